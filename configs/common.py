@@ -1,0 +1,79 @@
+"""Defaults every run config starts from. Each config file calls `base()` and sets a few fields."""
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = 'tiny'  # a preset name from rftjax.model.PRESETS
+  c.init = ''  # '' = random init; 'gguf:PATH', 'hf:DIR', or a shorthand like 'gguf:gemma3-270m'
+  c.tokenizer = ''  # '' = the init's own tokenizer; 'sp:PATH', 'gguf:PATH', 'hf:DIR'
+  c.chat_template = ''  # '' = the tokenizer's default; 'plain', 'gemma', 'chatml', 'llama3'
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train = ''
+  c.data.valid = ''
+  c.data.max_prompt_len = 64  # tokens; a longer prompt is an error at start-up naming its line
+  c.grader = None  # a grader dict, or a path to a grader JSON file
+
+  c.seed = 0
+  c.total_steps = 100
+  c.batch_size = 16  # prompts per step
+  c.num_generations = 8  # G: completions per prompt
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.temperature = 1.0
+  c.sampling.top_p = 1.0
+  c.sampling.top_k = 0
+  c.sampling.max_new_tokens = 32
+
+  c.grpo = ml_collections.ConfigDict()
+  c.grpo.beta = 0.0  # KL weight; 0 loads no reference model
+  c.grpo.kl_estimator = 'k3'
+  c.grpo.epsilon = 0.2
+  c.grpo.epsilon_high = 0.28
+  c.grpo.num_iterations = 1  # mu: updates per sampled batch
+  c.grpo.advantage = 'grpo'  # 'grpo' | 'dr_grpo' | 'rloo'
+  c.grpo.scale_rewards = 'group'  # 'group' | 'batch' | 'none'
+  c.grpo.loss_aggregation = 'token_mean'  # 'token_mean' | 'sequence_mean' | 'constant'
+  c.grpo.importance_level = 'token'  # 'token' | 'sequence' (GSPO)
+  c.grpo.dual_clip = 0.0  # 0 = off; c > 1 bounds the loss of negative-advantage tokens at c*|A|
+  c.grpo.tis_cap = 0.0  # 0 = off; truncated importance sampling between sampler and trainer logprobs
+  c.grpo.entropy_coef = 0.0  # entropy bonus
+  c.grpo.dynamic_sampling = False  # DAPO: drop groups whose rewards are all equal, sample more prompts
+  c.grpo.max_resample_rounds = 3  # bound on the extra sampling rounds dynamic sampling may take per step
+  c.grpo.mask_truncated = False  # DAPO overlong filtering: truncated completions get no loss
+  c.grpo.overlong_buffer = 0  # tokens; > 0 = DAPO soft overlong penalty over the last this-many tokens
+  c.grpo.overlong_penalty = 1.0  # the penalty at max_new_tokens
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 1e-6
+  c.optimizer.warmup_steps = 0
+  c.optimizer.schedule = 'constant'  # 'constant' | 'cosine'
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.99
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.max_grad_norm = 1.0
+
+  c.eval_interval = 10
+  c.eval_temperature = 0.0  # 0 = greedy
+  c.eval_batch_size = 64
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.keep_best = 3
+  c.checkpoint.async_save = True
+
+  c.grading = ml_collections.ConfigDict()
+  c.grading.num_workers = 0  # 0 = one per CPU core
+  c.grading.timeout_s = 10.0
+  c.grading.max_error_share = 0.5  # stop the run when more gradings than this fail in one step
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1
+  c.mesh.fsdp = -1  # -1 = all remaining devices
+  c.mesh.tensor = 1
+
+  c.compute_dtype = 'float32'
+  c.param_dtype = 'float32'
+  c.remat = False
+  c.progress = True
+  return c

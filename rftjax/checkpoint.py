@@ -1,0 +1,247 @@
+"""Checkpoints of the train state: keep the best N by eval reward, and always the latest.
+
+One `Checkpointer` wraps an Orbax `CheckpointManager`. Each step is a directory `<workdir>/<step>/` with two
+items, written together and atomically:
+
+  state/   the train-state pytree (params, optimizer state, rng keys, step), via `StandardSave`; arrays may be
+           sharded over a mesh and are restored straight into the shardings the caller asks for.
+  extra/   a small JSON dict (data-iterator position, config snapshot, ...), via `JsonSave`.
+  metrics/ the eval metrics passed to `save` (absent when none were), used to rank checkpoints.
+
+Retention (see docs/checkpoints.md): after each save, a checkpoint survives if it is among the `keep_best`
+evaluated checkpoints with the highest `best_metric`, OR it is the latest one. A checkpoint saved without
+metrics (final step, SIGTERM between evals) is never "best" and is deleted as soon as a newer one exists.
+
+Orbax pitfalls this module exists to hide (see ../shared/JAX_NOTES.md):
+  * `best_fn` + `max_to_keep` alone deletes the newest checkpoint when it is not among the best, so resume
+    would go back in time; we pass an explicit `preservation_policy` = BestN OR LatestN(1).
+  * `BestN(reverse=True)` keeps the *worst*; "higher is better" is the default `reverse=False`.
+  * `BestN(keep_checkpoints_without_metrics=True)` (the default) would keep every un-evaluated checkpoint forever.
+  * Restoring without a target turns int dict keys into strings and optax namedtuples into lists, so `restore`
+    always takes an abstract target.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+_STATE = 'state'
+_EXTRA = 'extra'
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+  """Saves and restores `(state, extra)` per step under one directory; see the module docstring.
+
+  Every process of a multi-host run must construct it and call `save`/`restore` with the same arguments:
+  Orbax coordinates which process writes what, so nothing here is guarded by `jax.process_index()`.
+
+  Args:
+    directory: where step directories live (local path or a `gs://` URL); created unless `read_only`.
+    keep_best: how many evaluated checkpoints to keep by `best_metric`, on top of the latest one. 0 keeps only
+      the latest.
+    best_metric: key of the `metrics` dict that ranks checkpoints; higher is better.
+    async_save: if True, `save` returns once the arrays are copied to host memory and writes in the background.
+    read_only: for tools that only read a run (report, export) possibly while training still writes to it:
+      never deletes or cleans up anything; `save` raises.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, keep_best: int = 3,
+               best_metric: str = 'valid_reward_mean', async_save: bool = True, read_only: bool = False):
+    if keep_best < 0:
+      raise ValueError(f'Checkpointer(keep_best={keep_best}): expected an int >= 0.')
+    directory = epath.Path(directory)
+    if '://' not in os.fspath(directory):
+      directory = directory.absolute()  # a later os.chdir cannot move the run.
+    self.directory = directory
+    self.keep_best = keep_best
+    self.best_metric = best_metric
+    self.read_only = read_only
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        # reverse=False sorts ascending and keeps the tail, i.e. the highest scores.
+        ocp.checkpoint_managers.BestN(get_metric_fn=self._score, reverse=False, n=keep_best,
+                                      keep_checkpoints_without_metrics=False),
+        ocp.checkpoint_managers.LatestN(n=1),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        best_fn=self._score,  # makes Orbax write the metrics item next to each step.
+        best_mode='max',
+        preservation_policy=policy,
+        enable_async_checkpointing=async_save,
+        # Leftovers of a crash mid-save (`<step>.orbax-checkpoint-tmp*`) are ignored when listing steps; a writer
+        # also deletes them at start-up. A read-only reader must not: the run may be writing one right now.
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
+        create=not read_only,
+    )
+    self._manager = ocp.CheckpointManager(directory, options=options)
+    # step -> metrics dict or None. Filled lazily from disk, kept current by `save`.
+    self._metrics_cache: dict[int, dict[str, Any] | None] = {}
+
+  # ---- queries -----------------------------------------------------------------------------------------------
+
+  def all_steps(self) -> list[int]:
+    """Steps on disk (or being written by this process), ascending."""
+    return sorted(int(s) for s in self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def metrics(self, step: int) -> dict[str, Any] | None:
+    """The metrics saved with `step`, or None if it was saved without metrics."""
+    step = int(step)
+    if step not in self._metrics_cache:
+      self._metrics_cache[step] = self._manager.metrics(step)
+    return self._metrics_cache[step]
+
+  def best_step(self) -> int | None:
+    """The kept step with the highest finite `best_metric` (the later one on ties); None if none was evaluated."""
+    best, best_score = None, -math.inf
+    for step in self.all_steps():
+      score = self._score(self.metrics(step))
+      if score > best_score or (score == best_score and best is not None):
+        best, best_score = step, score
+    return best
+
+  def resolve_step(self, which: int | str | None) -> int:
+    """Maps `None`/'latest', 'best' or a step number (int or digit string) to a step that exists on disk."""
+    steps = self.all_steps()
+    if which is None or which == 'latest':
+      step = self.latest_step()
+    elif which == 'best':
+      step = self.best_step()
+      if step is None and steps:
+        raise FileNotFoundError(f'{self.directory}: no checkpoint has metric {self.best_metric!r} (steps on disk: '
+                                f'{steps}); use step=latest or a step number.')
+    elif isinstance(which, (int, np.integer)) or (isinstance(which, str) and which.isdigit()):
+      step = int(which)
+    else:
+      raise ValueError(f"step must be 'latest', 'best' or a step number; got {which!r}.")
+    if step is None or step not in steps:
+      raise FileNotFoundError(f'{self.directory}: no checkpoint for step {which!r}; steps on disk: {steps}.')
+    return step
+
+  # ---- save / restore ----------------------------------------------------------------------------------------
+
+  def save(self, step: int, state: Any, *, extra: dict[str, Any], metrics: dict[str, Any] | None = None,
+           force: bool = False) -> bool:
+    """Starts writing `state`, `extra` (and `metrics`) as checkpoint `step`, then applies the keep policy.
+
+    Returns True if a checkpoint was started, False if `step` already exists (saving the same step twice, e.g.
+    the periodic save and the final save of a run, is a no-op; the first one wins, metrics included).
+    A step older than `latest_step()` raises unless `force=True`: it usually means a run resumed from an old
+    step into the same directory, and its checkpoints would interleave with the newer ones.
+    Old checkpoints are deleted only after the new one is committed, so a crash mid-save loses nothing.
+    """
+    if self.read_only:
+      raise PermissionError(f'Checkpointer({self.directory}) is read-only; cannot save step {step}.')
+    step = int(step)
+    steps = self.all_steps()
+    if step in steps:
+      log.info('checkpoint %s/%d already exists; not saving it again.', self.directory, step)
+      if metrics is not None and self.metrics(step) is None:
+        log.warning('metrics for step %d dropped: that step was already saved without metrics.', step)
+      return False
+    if steps and step < steps[-1] and not force:
+      raise ValueError(f'save(step={step}) is older than the latest checkpoint {steps[-1]} in {self.directory}; '
+                       'use a fresh directory for a run restarted from an old step, or pass force=True.')
+    _check_json('extra', extra)
+    metrics = self._clean_metrics(metrics)
+    args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)})
+    # force=True: the decision above replaces Orbax's save-interval policy.
+    saved = self._manager.save(step, args=args, metrics=metrics, force=True)
+    if saved:
+      self._metrics_cache[step] = metrics
+    return bool(saved)
+
+  def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    """Reads checkpoint `step` (None = latest) into the structure, dtypes and shardings of `abstract_state`.
+
+    `abstract_state` is a pytree of `jax.ShapeDtypeStruct(shape, dtype, sharding=...)` (or of arrays, whose
+    shardings are used); arrays land directly in those shardings, which may come from a different mesh than
+    the one the checkpoint was saved from. A leaf without a sharding lands on the default device. The target's
+    dtype wins (a float32 checkpoint restores into a bfloat16 target by casting); tree structure and shapes must
+    match exactly.
+    Returns `(state, extra)`.
+    """
+    self._manager.wait_until_finished()  # the step may still be in flight from this process.
+    step = self.resolve_step(step)
+    target = jax.tree.map(_as_abstract, abstract_state)
+    args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target), _EXTRA: ocp.args.JsonRestore()})
+    try:
+      restored = self._manager.restore(step, args=args)
+    except ValueError as e:  # structure/shape mismatch: say which checkpoint, Orbax says which leaf.
+      raise ValueError(f'restoring {self.directory}/{step} into abstract_state failed: {e}') from e
+    return restored[_STATE], restored[_EXTRA]
+
+  def wait_until_finished(self) -> None:
+    """Blocks until the in-flight save (if any) is committed and old checkpoints are deleted."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases Orbax's threads. Call before the process exits (also on SIGTERM)."""
+    self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  # ---- helpers -----------------------------------------------------------------------------------------------
+
+  def _score(self, metrics: dict[str, Any] | None) -> float:
+    """Ranking value: `metrics[best_metric]`; -inf when absent or NaN so such a step never outranks a real one."""
+    if not metrics or self.best_metric not in metrics:
+      return -math.inf
+    value = float(metrics[self.best_metric])
+    return -math.inf if math.isnan(value) else value
+
+  def _clean_metrics(self, metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metrics is None:
+      return None
+    if self.best_metric not in metrics:
+      raise ValueError(f'save(metrics=...) has no {self.best_metric!r} (the best_metric checkpoints are ranked '
+                       f'by); got keys {sorted(metrics)}. Pass metrics=None for an un-evaluated checkpoint.')
+    # Device/numpy scalars -> Python numbers, so the metrics item is plain JSON.
+    clean = {k: (np.asarray(v).item() if isinstance(v, (jax.Array, np.ndarray, np.generic)) else v)
+             for k, v in metrics.items()}
+    _check_json('metrics', clean)
+    if isinstance(clean[self.best_metric], bool) or not isinstance(clean[self.best_metric], (int, float)):
+      raise TypeError(f'metrics[{self.best_metric!r}] = {clean[self.best_metric]!r}: expected a number.')
+    return clean
+
+
+def _as_abstract(x: Any) -> jax.ShapeDtypeStruct:
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  x = np.asarray(x)
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+def _check_json(name: str, value: Any, path: str = '') -> None:
+  """Raises early (not in Orbax's background thread) on what JSON would refuse or silently change."""
+  if isinstance(value, dict):
+    for k, v in value.items():
+      if not isinstance(k, str):
+        raise TypeError(f'{name}{path}: key {k!r} is {type(k).__name__}; JSON keys must be str (an int key would '
+                        'come back as a string).')
+      _check_json(name, v, f'{path}[{k!r}]')
+  elif isinstance(value, (list, tuple)):  # a tuple comes back as a list.
+    for i, v in enumerate(value):
+      _check_json(name, v, f'{path}[{i}]')
+  elif not (value is None or isinstance(value, (str, bool, int, float))):
+    raise TypeError(f'{name}{path} = {value!r} ({type(value).__name__}) is not JSON; use str/int/float/bool/None, '
+                    'lists/tuples and str-keyed dicts (convert arrays with .tolist(), rng keys with jax.random.key_data).')

@@ -1,0 +1,137 @@
+"""OpenAI RFT JSONL: each line `{"messages": [...], <any extra fields>}`, the last message from the user.
+
+The whole line is the grader's `item`. A bad file fails before training with its path, line number and reason.
+Batches come from a per-epoch permutation seeded by (seed, epoch), and the position in that stream is a small
+dict saved with every checkpoint, so a resumed run sees exactly the prompts it would have seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+ROLES = ('system', 'developer', 'user', 'assistant')
+
+
+class DataError(ValueError):
+  """A data file is malformed; the message names the file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  messages: tuple[dict, ...]
+  item: dict
+  source: str  # 'path:line', for error messages and written samples
+
+
+def _content_text(content, where: str) -> str:
+  """OpenAI allows a string or a list of parts; text parts are joined."""
+  if isinstance(content, str):
+    return content
+  if isinstance(content, list):
+    texts = []
+    for j, part in enumerate(content):
+      if not isinstance(part, dict) or part.get('type') not in ('text', 'input_text') or not isinstance(
+          part.get('text'), str):
+        raise DataError(f'{where}: content part {j} must be {{"type": "text", "text": "..."}}, got {part!r:.80}')
+      texts.append(part['text'])
+    return ''.join(texts)
+  raise DataError(f'{where}: "content" must be a string or a list of text parts, got {type(content).__name__}')
+
+
+def parse_line(line: str, where: str) -> Example:
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise DataError(f'{where}: not valid JSON ({e.msg} at column {e.colno})') from None
+  if not isinstance(obj, dict):
+    raise DataError(f'{where}: expected a JSON object, got {type(obj).__name__}')
+  messages = obj.get('messages')
+  if not isinstance(messages, list) or not messages:
+    raise DataError(f'{where}: field "messages" must be a non-empty list of {{"role", "content"}} objects'
+                    + ('' if 'messages' in obj else ' (missing)'))
+  clean = []
+  for i, m in enumerate(messages):
+    at = f'{where}: messages[{i}]'
+    if not isinstance(m, dict):
+      raise DataError(f'{at}: expected an object with "role" and "content", got {type(m).__name__}')
+    if m.get('role') not in ROLES:
+      raise DataError(f'{at}: "role" must be one of {", ".join(ROLES)}, got {m.get("role")!r}')
+    if 'content' not in m:
+      raise DataError(f'{at}: missing "content"')
+    clean.append({'role': m['role'], 'content': _content_text(m['content'], at)})
+  if clean[-1]['role'] != 'user':
+    raise DataError(f'{where}: the last message must come from "user" (it is the prompt to complete), '
+                    f'got "{clean[-1]["role"]}"')
+  return Example(messages=tuple(clean), item=obj, source=where)
+
+
+def load_jsonl(path: str | pathlib.Path) -> list[Example]:
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f'{path}: no such file')
+  examples = []
+  with path.open(encoding='utf-8') as f:
+    for lineno, line in enumerate(f, start=1):
+      if line.strip():
+        examples.append(parse_line(line, f'{path}:{lineno}'))
+  if not examples:
+    raise DataError(f'{path}: no examples (the file is empty)')
+  return examples
+
+
+def write_jsonl(path: str | pathlib.Path, rows: Sequence[dict]) -> None:
+  """Atomic write (temp file + rename), so a crash never leaves half a file."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(path.suffix + '.tmp')
+  with tmp.open('w', encoding='utf-8') as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + '\n')
+  tmp.replace(path)
+
+
+class DataIterator:
+  """Endless batches of example indices over shuffled epochs; `state()` / `restore()` make it resumable.
+
+  Every process computes the same global batch; a process takes its contiguous slice, so the global batch does not
+  depend on how many hosts serve it.
+  """
+
+  def __init__(self, num_examples: int, batch_size: int, seed: int, *, shuffle: bool = True,
+               process_index: int = 0, process_count: int = 1):
+    if batch_size % process_count:
+      raise ValueError(f'batch_size={batch_size} must be divisible by the number of processes ({process_count})')
+    self.num_examples, self.batch_size, self.seed, self.shuffle = num_examples, batch_size, seed, shuffle
+    self.process_index, self.process_count = process_index, process_count
+    self.epoch, self.position = 0, 0
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if not self.shuffle:
+      return np.arange(self.num_examples)
+    return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+
+  def next_global(self) -> np.ndarray:
+    out = []
+    while len(out) < self.batch_size:
+      order = self._order(self.epoch)
+      take = min(self.batch_size - len(out), self.num_examples - self.position)
+      out.extend(order[self.position:self.position + take])
+      self.position += take
+      if self.position == self.num_examples:
+        self.epoch, self.position = self.epoch + 1, 0
+    return np.asarray(out)
+
+  def next(self) -> np.ndarray:
+    """This process's indices of the next global batch."""
+    per = self.batch_size // self.process_count
+    return self.next_global()[self.process_index * per:(self.process_index + 1) * per]
+
+  def state(self) -> dict:
+    return {'epoch': self.epoch, 'position': self.position}
+
+  def restore(self, state: dict) -> None:
+    self.epoch, self.position = int(state['epoch']), int(state['position'])

@@ -1,0 +1,160 @@
+"""Offline evaluation of a checkpoint: k samples per prompt, graded; mean reward, pass@k, per-grader scores.
+
+  python -m rftjax.evaluate --workdir=runs/tiny [--step=best] --data=valid.jsonl [--samples=k]
+      [--temperature=T] [--grader=G.json] [--pass_threshold=1.0] [--out=FILE.jsonl]
+
+k=1 samples greedily unless --temperature is given; k>1 samples at temperature 1.0 unless given. The grader is the
+run's (config.json) unless --grader names another. Every sample is written with its grade to --out (default
+`DIR/eval/step<N>_<data stem>.jsonl`), the summary to `<out>.summary.json`; stdout gets a table and, last, the
+summary as one JSON line. See docs/cli.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import pathlib
+import sys
+
+import numpy as np
+
+from rftjax import data as data_lib
+from rftjax import graders
+from rftjax import inference
+from rftjax import sample as sample_cli
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k of Chen et al. 2021 (Codex), eq. 1: 1 - C(n-c, k) / C(n, k), for n samples of which c pass.
+
+  Computed as 1 - prod_{i=n-c+1}^{n} (1 - k/i), which never forms the large binomials.
+  """
+  if not 0 <= c <= n or not 1 <= k <= n:
+    raise ValueError(f'pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}')
+  if n - c < k:
+    return 1.0
+  return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def ks_to_report(n: int) -> list[int]:
+  """1, 2, 4, ... up to n, and n itself."""
+  ks = [k for k in (2**i for i in range(int(math.log2(n)) + 1)) if k <= n]
+  return ks if ks[-1] == n else ks + [n]
+
+
+def summarize(rewards: np.ndarray, results_flat, threshold: float) -> dict:
+  """rewards [P, k] -> mean reward, pass@j for j in ks_to_report(k), graders.summarize(prefix='eval')."""
+  p, k = rewards.shape
+  passed = (rewards >= threshold).sum(axis=1)
+  out = {'num_prompts': int(p), 'samples_per_prompt': int(k), 'reward_mean': float(rewards.mean()),
+         'reward_std': float(rewards.std())}
+  for j in ks_to_report(k):
+    out[f'pass@{j}'] = float(np.mean([pass_at_k(k, int(c), j) for c in passed]))
+  out.update(graders.summarize(results_flat, prefix='eval'))
+  return out
+
+
+def _grader_spec(args, run_config):
+  if args.grader:
+    return args.grader
+  spec = run_config.get('grader') if run_config is not None else None
+  if not spec:
+    raise inference.InferenceError('no grader: pass --grader=G.json (the run\'s config.json has none)')
+  return spec.to_dict() if hasattr(spec, 'to_dict') else spec
+
+
+def default_out(workdir, step, data_path) -> pathlib.Path:
+  return pathlib.Path(workdir) / 'eval' / f'step{step}_{pathlib.Path(data_path).stem}.jsonl'
+
+
+def table(summary: dict) -> str:
+  rows = [(k, v) for k, v in summary.items() if not k.startswith('eval/errors/') or v]
+  width = max(len(k) for k, _ in rows)
+  return '\n'.join(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}' for k, v in rows)
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(prog='python -m rftjax.evaluate', description=__doc__.split('\n')[0])
+  sample_cli.add_model_flags(p)
+  p.add_argument('--data', required=True, help='JSONL in the training format (messages + grader fields)')
+  p.add_argument('--samples', type=int, default=1, help='k: samples per prompt')
+  p.add_argument('--temperature', type=float, default=None, help='default: 0 (greedy) for k=1, 1.0 for k>1')
+  p.add_argument('--top_p', type=float, default=1.0)
+  p.add_argument('--top_k', type=int, default=0)
+  p.add_argument('--max_new_tokens', type=int, default=None, help="default: the run's sampling.max_new_tokens")
+  p.add_argument('--grader', default=None, help="grader JSON file (default: the run's grader)")
+  p.add_argument('--pass_threshold', type=float, default=1.0, help='a sample passes when its reward >= this')
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--num_workers', type=int, default=0, help='grading processes (0: one per CPU core)')
+  p.add_argument('--out', default=None, help='per-sample JSONL (default: DIR/eval/step<N>_<data stem>.jsonl)')
+  args = p.parse_args(argv)
+  if args.samples < 1:
+    p.error(f'--samples must be >= 1, got {args.samples}')
+  if args.temperature is not None and args.temperature < 0:
+    p.error(f'--temperature must be >= 0, got {args.temperature}')
+  if (args.workdir is None) == (args.init is None):
+    p.error('give exactly one of --workdir or --init')
+  if args.init is not None and not args.out:
+    p.error('--init needs --out (there is no run directory to write into)')
+  if args.init is not None and not args.grader:
+    p.error('--init needs --grader (there is no run config to take it from)')
+  return args
+
+
+def run(args) -> dict:
+  examples = data_lib.load_jsonl(args.data)  # bad input fails before anything slow
+  run_config = inference.read_run_config(args.workdir) if args.workdir else None
+  grader = graders.build(_grader_spec(args, run_config))
+  loaded = sample_cli.load_from_args(args)
+  k = args.samples
+  temperature = args.temperature if args.temperature is not None else (0.0 if k == 1 else 1.0)
+  max_new = args.max_new_tokens or (run_config.sampling.max_new_tokens if run_config else 128)
+  ids = []
+  for ex in examples:
+    try:
+      ids.append(loaded.tokenizer.encode_prompt(list(ex.messages)))
+    except ValueError as e:
+      raise data_lib.DataError(f'{ex.source}: {e}') from None
+  outs = inference.complete(loaded, [p for p in ids for _ in range(k)], max_new_tokens=max_new,
+                            temperature=temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                            batch_size=args.batch_size, progress=sample_cli.stderr_progress('sampling'))
+  texts = [o['text'] for o in outs]
+  items = [ex.item for ex in examples for _ in range(k)]
+  timeout = float(run_config.grading.timeout_s) if run_config else 10.0
+  with graders.GradingPool(num_workers=args.num_workers or None, timeout_s=timeout) as pool:
+    results = pool.grade(grader, texts, items)
+  rewards = np.asarray([r.reward for r in results], np.float64).reshape(len(examples), k)
+  summary = {'step': loaded.step, 'data': str(args.data), 'temperature': temperature,
+             'pass_threshold': args.pass_threshold, **summarize(rewards, results, args.pass_threshold)}
+  out = pathlib.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
+  rows = []
+  for i, (o, r) in enumerate(zip(outs, results)):
+    ex = examples[i // k]
+    grade = r.to_json()
+    rows.append({'source': ex.source, 'sample': i % k, 'completion': o['text'], 'tokens': o['tokens'],
+                 'truncated': o['truncated'], 'reward': grade['reward'], 'sub_rewards': grade['sub_rewards'],
+                 'errors': grade['errors'], 'passed': bool(r.reward >= args.pass_threshold)})
+  data_lib.write_jsonl(out, rows)
+  out.with_name(out.name + '.summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+  summary['out'] = str(out)
+  return summary
+
+
+def main(argv=None) -> int:
+  """Returns the exit status: 0, or 2 with the reason on stderr (argparse errors raise SystemExit(2))."""
+  args = parse_args(argv)
+  try:
+    summary = run(args)
+  except (inference.InferenceError, data_lib.DataError, graders.GraderConfigError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(table({k: v for k, v in summary.items() if k != 'out'}))
+  print(f'samples written to {summary["out"]}', file=sys.stderr)
+  print(json.dumps(summary))
+  return 0
+
+
+if __name__ == '__main__':
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', stream=sys.stderr)
+  sys.exit(main())

@@ -1,0 +1,26 @@
+"""Graders: OpenAI-compatible grader specs (plus `math` and `code`), a sandboxed parallel pool, metrics.
+
+  g = graders.build(spec)                      # dict or JSON path; GraderConfigError names the bad field
+  with graders.GradingPool(timeout_s=10) as pool:
+    results = pool.grade(g, samples, items)    # or pool.submit(...) -> Future
+  graders.summarize(results, prefix="train"); graders.check_failures(results, max_error_share=0.5)
+See docs/graders.md.
+"""
+from rftjax.graders.core import CATEGORIES
+from rftjax.graders.core import GradeError
+from rftjax.graders.core import GradeResult
+from rftjax.graders.core import Grader
+from rftjax.graders.core import GraderConfigError
+from rftjax.graders.metrics import GradingFailed
+from rftjax.graders.metrics import check_failures
+from rftjax.graders.metrics import summarize
+from rftjax.graders.model_graders import http_judge
+from rftjax.graders.model_graders import register_judge
+from rftjax.graders.pool import GradingPool
+from rftjax.graders.spec import TYPES
+from rftjax.graders.spec import build
+from rftjax.graders.spec import validate
+
+__all__ = ["CATEGORIES", "GradeError", "GradeResult", "Grader", "GraderConfigError", "GradingFailed",
+           "check_failures", "summarize", "http_judge", "register_judge", "GradingPool", "TYPES", "build",
+           "validate"]

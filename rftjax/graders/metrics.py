@@ -1,0 +1,70 @@
+"""Turning a batch of GradeResults into logged scalars, and failing loudly when too many gradings failed."""
+from __future__ import annotations
+
+import collections
+from typing import Sequence
+
+from rftjax.graders import core
+
+
+class GradingFailed(RuntimeError):
+  """More than the allowed share of a batch failed; `.errors` holds every (index, GradeError)."""
+
+  def __init__(self, message: str, errors: list[tuple[int, core.GradeError]]):
+    super().__init__(message)
+    self.errors = errors
+
+
+def summarize(results: Sequence[core.GradeResult], prefix: str = "train") -> dict[str, float]:
+  """Scalars for the metrics writer.
+
+  {prefix}_reward_mean, {prefix}/grader/<name> (mean of each multi sub-grader), {prefix}/errors/<category>
+  (share of gradings with at least one error of that category, every category present, 0 when none),
+  {prefix}/error_rate, {prefix}/grading_latency_s_mean and _max (over results that report a latency: sandbox
+  and model graders), {prefix}/num_graded.
+  """
+  n = len(results)
+  out: dict[str, float] = {f"{prefix}_reward_mean": sum(r.reward for r in results) / n if n else 0.0,
+                           f"{prefix}/num_graded": float(n)}
+  sub_sum: dict[str, float] = collections.defaultdict(float)
+  sub_count: dict[str, int] = collections.defaultdict(int)
+  errors = collections.Counter()
+  any_error = 0
+  latencies = []
+  for r in results:
+    for name, value in r.sub_rewards.items():
+      sub_sum[name] += value
+      sub_count[name] += 1
+    if r.errors:
+      any_error += 1
+      for category in {e.category for e in r.errors}:
+        errors[category] += 1
+    lat = r.metadata.get("latency_s") if r.metadata else None
+    if lat is None and r.metadata:
+      subs = [m.get("latency_s") for m in r.metadata.values() if isinstance(m, dict) and "latency_s" in m]
+      lat = max(subs) if subs else None
+    if lat is not None:
+      latencies.append(float(lat))
+  for name in sub_sum:
+    out[f"{prefix}/grader/{name}"] = sub_sum[name] / sub_count[name]
+  for category in core.CATEGORIES:
+    out[f"{prefix}/errors/{category}"] = errors[category] / n if n else 0.0
+  out[f"{prefix}/error_rate"] = any_error / n if n else 0.0
+  if latencies:
+    out[f"{prefix}/grading_latency_s_mean"] = sum(latencies) / len(latencies)
+    out[f"{prefix}/grading_latency_s_max"] = max(latencies)
+  return out
+
+
+def check_failures(results: Sequence[core.GradeResult], max_error_share: float = 0.5) -> None:
+  """Raises GradingFailed (message with per-category counts and the first tracebacks) when the share of
+  results with an error exceeds `max_error_share`."""
+  failed = [(i, e) for i, r in enumerate(results) for e in r.errors]
+  bad = sum(1 for r in results if r.errors)
+  if not results or bad / len(results) <= max_error_share:
+    return
+  counts = collections.Counter(e.category for _, e in failed)
+  shown = "\n\n".join(f"--- sample {i} [{e.category}]\n{e.message}" for i, e in failed[:5])
+  raise GradingFailed(
+      f"{bad} of {len(results)} gradings failed ({bad / len(results):.0%} > allowed {max_error_share:.0%}); "
+      f"by category: {dict(counts)}. First failures:\n{shown}", failed)

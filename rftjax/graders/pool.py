@@ -1,0 +1,384 @@
+"""GradingPool: grades a step's samples in parallel, host side, with per-call deadlines.
+
+* INLINE graders (string_check, text_similarity) run in the dispatcher thread: no IPC for cheap work.
+* SANDBOX graders (python, math, code) run in warm worker processes (`sandbox_worker.py`). Samples go out in
+  chunks so that one compiled `grade` handles many samples; each result comes back as its own message, so the
+  parent knows which sample a worker is on. A sample whose deadline passes, or whose worker dies, scores 0 with
+  python_grader_timeout / python_grader_runtime; the worker (its process group and its cgroup) is killed and
+  replaced and the rest of its chunk goes back in the queue. Deadlines are wall-clock checks in the dispatcher
+  thread's select loop: no SIGALRM, no main-thread requirement.
+* MODEL graders (score_model, label_model) call their judge on a thread pool (network-bound).
+Every spawn happens on the dispatcher thread, which lives as long as the pool: PR_SET_PDEATHSIG in the workers
+fires when the *thread* that spawned them exits, so this also makes workers die with the pool's process.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import json
+import os
+import pathlib
+import queue
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from rftjax.graders import core
+
+_WORKER_SCRIPT = pathlib.Path(__file__).with_name("sandbox_worker.py")
+_CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup/pids")
+_MAX_FRAME = 64 << 20
+_MAX_TASKS_PER_WORKER = 4  # cgroup pids.max: the worker itself plus a few threads a grader library may start
+_counter = itertools.count()
+
+# OpenAI's python grader limits: 2 GB of memory, 1 GB of disk, 2 minutes.
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_MEMORY_MB = 2048
+DEFAULT_DISK_MB = 1024
+# Extra time for a worker to start and load a grader it has not seen (imports such as sympy, module-level code),
+# so a busy machine does not turn a cold start into a timeout of the first sample.
+LOAD_GRACE_S = 10.0
+
+
+class _Worker:
+  """One sandbox process and the parent's ends of its pipes."""
+
+  def __init__(self, memory_mb: int, disk_mb: int):
+    self.tmpdir = tempfile.mkdtemp(prefix="rftjax-grader-")
+    self.cgroup = _make_cgroup()
+    child_r, self.w = os.pipe()
+    self.r, child_w = os.pipe()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    try:
+      self.proc = subprocess.Popen(
+          [sys.executable, "-E", "-s", "-B", str(_WORKER_SCRIPT), str(child_r), str(child_w), self.tmpdir,
+           str(self.cgroup or ""), str(memory_mb), str(disk_mb)],
+          pass_fds=(child_r, child_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+          stderr=subprocess.DEVNULL, start_new_session=True, env=env, cwd=self.tmpdir)
+    finally:
+      os.close(child_r)
+      os.close(child_w)
+    os.set_blocking(self.w, False)
+    self.buf = bytearray()
+    self.loaded: set[str] = set()  # grader keys this worker has compiled
+    self.chunk: list[tuple[int, list]] | None = None  # tasks sent and not yet answered
+    self.job = None
+    self.deadline = 0.0
+
+  def send(self, obj: Any, timeout_s: float) -> None:
+    data = json.dumps(obj, default=str).encode()  # non-JSON item values reach the grader as strings
+    view = memoryview(struct.pack(">I", len(data)) + data)
+    end = time.monotonic() + timeout_s
+    while view:
+      _, ready, _ = select.select([], [self.w], [], max(0.0, end - time.monotonic()))
+      if not ready:
+        raise TimeoutError("worker did not read its task")
+      view = view[os.write(self.w, view):]
+
+  def read_frames(self) -> list[dict] | None:
+    """Reads what is available; returns decoded frames, or None at EOF (the worker died)."""
+    try:
+      data = os.read(self.r, 1 << 20)
+    except OSError:
+      return None
+    if not data:
+      return None
+    self.buf += data
+    frames = []
+    while len(self.buf) >= 4:
+      (n,) = struct.unpack(">I", self.buf[:4])
+      if n > _MAX_FRAME:
+        raise ValueError(f"worker sent a {n}-byte frame")
+      if len(self.buf) < 4 + n:
+        break
+      frames.append(json.loads(bytes(self.buf[4:4 + n])))
+      del self.buf[:4 + n]
+    return frames
+
+  def kill(self) -> None:
+    for sig_target in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), lambda: self.proc.kill()):
+      try:
+        sig_target()
+      except (ProcessLookupError, PermissionError, OSError):
+        pass
+    _kill_cgroup(self.cgroup)
+    try:
+      self.proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+      pass
+    for fd in (self.r, self.w):
+      try:
+        os.close(fd)
+      except OSError:
+        pass
+    _remove_cgroup(self.cgroup)
+    shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+  def exit_description(self) -> str:
+    try:
+      code = self.proc.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+      return "worker process stopped answering"
+    if code < 0:
+      return f"worker process killed by signal {signal.Signals(-code).name}"
+    return f"worker process exited with code {code}"
+
+
+def _make_cgroup() -> pathlib.Path | None:
+  """A pids cgroup capping the worker's tasks (a fork bomb stops at the cap), where the kernel lets us."""
+  if not (_CGROUP_ROOT / "cgroup.procs").exists() or not os.access(_CGROUP_ROOT, os.W_OK):
+    return None
+  path = _CGROUP_ROOT / f"rftjax-grader-{os.getpid()}-{next(_counter)}"
+  try:
+    path.mkdir()
+    (path / "pids.max").write_text(str(_MAX_TASKS_PER_WORKER))
+    return path
+  except OSError:
+    _remove_cgroup(path)
+    return None
+
+
+def _kill_cgroup(path: pathlib.Path | None) -> None:
+  if path is None:
+    return
+  for _ in range(50):
+    try:
+      pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+      return
+    if not pids:
+      return
+    for pid in pids:
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except OSError:
+        pass
+    time.sleep(0.01)
+
+
+def _remove_cgroup(path: pathlib.Path | None) -> None:
+  if path is None:
+    return
+  for _ in range(100):
+    try:
+      path.rmdir()
+      return
+    except FileNotFoundError:
+      return
+    except OSError:
+      time.sleep(0.01)
+
+
+class _SandboxJob:
+  """The sandbox tasks of one grader over one batch: task index -> args, results filled in as they come."""
+
+  def __init__(self, grader: core.Grader, tasks: list[tuple[int, list]], timeout_s: float):
+    self.spec = grader.worker_spec()
+    self.timeout_s = timeout_s
+    self.results: dict[int, core.GradeResult] = {}
+    self.pending = collections.deque(tasks)
+    self.total = len(tasks)
+
+
+class GradingPool:
+  """Parallel grading with deadlines. See the module docstring and docs/graders.md.
+
+  num_workers: sandbox processes (default: CPU count). timeout_s: per-sample wall-clock deadline for sandbox
+  graders unless the grader's spec sets `timeout_s`; also the HTTP timeout of model judges. memory_mb / disk_mb:
+  each worker's RLIMIT_AS / RLIMIT_FSIZE. chunk_size: most samples sent to a worker at once. load_grace_s: extra
+  deadline for starting a worker and loading a grader it has not seen.
+  """
+
+  def __init__(self, num_workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+               memory_mb: int = DEFAULT_MEMORY_MB, disk_mb: int = DEFAULT_DISK_MB, chunk_size: int = 64,
+               model_threads: int = 16, load_grace_s: float = LOAD_GRACE_S):
+    self.num_workers = max(1, num_workers or os.cpu_count() or 1)
+    self.timeout_s, self.memory_mb, self.disk_mb, self.chunk_size = timeout_s, memory_mb, disk_mb, chunk_size
+    self.load_grace_s = load_grace_s
+    self._workers: list[_Worker] = []
+    self._jobs: queue.Queue = queue.Queue()
+    self._model_threads = concurrent.futures.ThreadPoolExecutor(model_threads, thread_name_prefix="rftjax-judge")
+    self._closed = False
+    self._thread = threading.Thread(target=self._dispatch_forever, name="rftjax-grading", daemon=True)
+    self._thread.start()
+
+  # Public API ------------------------------------------------------------------------------------------------
+  def submit(self, grader: core.Grader, samples: list[str], items: list[dict]) -> concurrent.futures.Future:
+    """Non-blocking: returns a Future whose .result() is list[GradeResult], one per sample, in order."""
+    if self._closed:
+      raise RuntimeError("GradingPool is closed")
+    if len(samples) != len(items):
+      raise ValueError(f"samples and items must have the same length, found {len(samples)} and {len(items)}")
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    self._jobs.put((grader, list(samples), list(items), fut))
+    return fut
+
+  def grade(self, grader: core.Grader, samples: list[str], items: list[dict]) -> list[core.GradeResult]:
+    if grader.mode == core.INLINE and not self._closed:  # cheap: skip the thread hop
+      return grader.grade_batch(list(samples), list(items))
+    return self.submit(grader, samples, items).result()
+
+  def close(self) -> None:
+    if self._closed:
+      return
+    self._closed = True
+    self._jobs.put(None)
+    self._thread.join(timeout=30)
+    self._model_threads.shutdown(wait=False, cancel_futures=True)
+
+  def __enter__(self) -> "GradingPool":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # noqa: BLE001
+      pass
+
+  # Dispatcher thread -----------------------------------------------------------------------------------------
+  def _dispatch_forever(self) -> None:
+    try:
+      while True:
+        job = self._jobs.get()
+        if job is None:
+          return
+        grader, samples, items, fut = job
+        if not fut.set_running_or_notify_cancel():
+          continue
+        try:
+          fut.set_result(self._grade_now(grader, samples, items))
+        except BaseException as e:  # noqa: BLE001  (hand any bug to the caller instead of hanging it)
+          fut.set_exception(e)
+    finally:
+      for w in self._workers:
+        w.kill()
+      self._workers.clear()
+
+  def _grade_now(self, grader: core.Grader, samples: list[str], items: list[dict]) -> list[core.GradeResult]:
+    leaves = grader.leaves() if hasattr(grader, "leaves") else [grader]
+    per_leaf: list[list[core.GradeResult]] = [None] * len(leaves)  # type: ignore[list-item]
+    model_futs, sandbox_jobs = {}, {}
+    for k, leaf in enumerate(leaves):
+      if leaf.mode == core.MODEL:
+        model_futs[k] = [self._model_threads.submit(leaf.grade_one, s, it, self.timeout_s)
+                         for s, it in zip(samples, items)]
+      elif leaf.mode == core.SANDBOX:
+        tasks, early = leaf.sandbox_tasks(samples, items)
+        job = _SandboxJob(leaf, tasks, float(leaf.spec.get("timeout_s", self.timeout_s)))
+        job.results.update(early)
+        sandbox_jobs[k] = job
+    for k, leaf in enumerate(leaves):
+      if leaf.mode == core.INLINE:
+        per_leaf[k] = leaf.grade_batch(samples, items)
+    if sandbox_jobs:
+      self._run_sandbox(list(sandbox_jobs.values()))
+      for k, job in sandbox_jobs.items():
+        per_leaf[k] = [job.results[i] for i in range(len(samples))]
+    for k, futs in model_futs.items():
+      per_leaf[k] = [f.result() for f in futs]
+    if hasattr(grader, "combine"):
+      return grader.combine(per_leaf)
+    return per_leaf[0]
+
+  def _run_sandbox(self, jobs: list[_SandboxJob]) -> None:
+    if not any(j.pending for j in jobs):
+      return
+    while len(self._workers) < self.num_workers:
+      self._workers.append(_Worker(self.memory_mb, self.disk_mb))
+    chunk = max(1, min(self.chunk_size, -(-sum(len(j.pending) for j in jobs) // (2 * self.num_workers))))
+    while True:
+      for slot, w in enumerate(self._workers):  # hand out work to idle workers
+        while w.chunk is None:
+          job = next((j for j in jobs if j.pending), None)
+          if job is None:
+            break
+          tasks = [job.pending.popleft() for _ in range(min(chunk, len(job.pending)))]
+          try:
+            w.send({"grader": job.spec, "tasks": tasks}, job.timeout_s)
+          except (OSError, TimeoutError):
+            job.pending.extendleft(reversed(tasks))
+            w = self._replace(slot, w)
+            continue
+          grace = 0.0 if job.spec["key"] in w.loaded else self.load_grace_s
+          w.chunk, w.job, w.deadline = tasks, job, time.monotonic() + job.timeout_s + grace
+      busy = [w for w in self._workers if w.chunk is not None]
+      if not busy:
+        return
+      timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+      readable, _, _ = select.select([w.r for w in busy], [], [], timeout)
+      now = time.monotonic()
+      for slot, w in enumerate(list(self._workers)):
+        if w.chunk is None:
+          continue
+        if w.r in readable:
+          try:
+            frames = w.read_frames()
+          except (ValueError, UnicodeDecodeError) as e:
+            frames = None
+            self._fail_current(w, core.OTHER, f"worker sent an unreadable reply: {e}")
+          if frames is None:
+            if w.chunk:
+              self._fail_current(w, core.PYTHON_RUNTIME, w.exit_description())
+            self._replace(slot, w)
+            continue
+          try:
+            for frame in frames:
+              self._accept(w, frame)
+          except (ValueError, KeyError, TypeError, IndexError) as e:
+            self._fail_current(w, core.OTHER, f"worker sent an unexpected reply: {e}")
+            self._replace(slot, w)
+            continue
+          if frames and w.chunk is not None:  # only whole replies restart the clock
+            w.deadline = now + w.job.timeout_s
+        elif now >= w.deadline:
+          self._fail_current(w, core.PYTHON_TIMEOUT,
+                             f"grading took longer than {w.job.timeout_s:g} s (wall clock); worker killed")
+          self._replace(slot, w)
+
+  def _accept(self, w: _Worker, frame: dict) -> None:
+    if "loaded" in frame:
+      w.loaded.add(frame["loaded"])
+      return
+    job = w.job
+    idx = frame.get("i")
+    if not w.chunk or w.chunk[0][0] != idx:
+      raise ValueError(f"worker answered task {idx}, expected {w.chunk[0][0] if w.chunk else None}")
+    w.chunk.pop(0)
+    err = frame.get("e")
+    meta = frame.get("m") or {}
+    if err:
+      job.results[idx] = core.GradeResult(0.0, {}, (core.GradeError(str(err[0]), str(err[1])),), meta)
+    else:
+      job.results[idx] = core.GradeResult(float(frame["s"]), {}, (), meta)
+    if not w.chunk:
+      w.chunk, w.job = None, None
+
+  def _fail_current(self, w: _Worker, category: str, message: str) -> None:
+    """The task the worker was on failed; its unanswered successors go back to the front of the queue."""
+    if not w.chunk:
+      return
+    (idx, _), rest = w.chunk[0], w.chunk[1:]
+    w.job.results[idx] = core.failed(category, message)
+    w.job.pending.extendleft(reversed(rest))
+    w.chunk = []
+
+  def _replace(self, slot: int, w: _Worker) -> _Worker:
+    job = w.job
+    if w.chunk:
+      job.pending.extendleft(reversed(w.chunk))
+    w.kill()
+    fresh = _Worker(self.memory_mb, self.disk_mb)
+    self._workers[slot] = fresh
+    return fresh

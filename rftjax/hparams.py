@@ -1,0 +1,195 @@
+"""OpenAI-style hyperparameters (`n_epochs`, `batch_size`, ...) as a thin layer over rftjax's native config.
+
+  configs/common.py:  hparams.add_openai_fields(c)                  # adds config.openai.*, all off by default
+  trainer.train:      config = hparams.apply(config, len(train_examples))
+
+A field the user set (anything but 'auto' / None) always overrides the native field it maps to. With
+`config.openai.enabled = True`, the 'auto' fields are filled by the rules below as well; with it False (the default)
+they leave the native fields alone. Every resolved value is logged and recorded as JSON in
+`config.openai.resolved`. The mapping and the rules are documented in docs/hyperparameters.md; keep them in step.
+
+  n_epochs                -> total_steps = ceil(n_epochs * n_train / batch_size)
+                             auto: clamp(ceil(100 * batch_size / n_train), 1, 10) (at least ~100 steps, <= 10 epochs)
+  batch_size              -> batch_size; auto: clamp(n_train / 50, 4, 64) rounded to the nearest power of 2
+  learning_rate_multiplier-> optimizer.learning_rate = multiplier * BASE_LR[model]; auto: 1.0
+  compute_multiplier      -> num_generations = max(2, round half up(multiplier * num_generations)); auto: 1
+  eval_interval           -> eval_interval; auto: max(1, ceil(total_steps / 10))
+  eval_samples            -> eval_samples (when the config has that field; else only recorded); auto: unchanged
+  seed                    -> seed (None = the config's)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import ml_collections
+from ml_collections import config_dict
+
+from rftjax import model as model_lib
+
+log = logging.getLogger('rftjax')
+
+FIELDS = ('n_epochs', 'batch_size', 'learning_rate_multiplier', 'compute_multiplier', 'eval_interval',
+          'eval_samples', 'seed')
+
+# Base learning rate per model preset for full fine-tuning with GRPO (AdamW, constant schedule): what
+# learning_rate_multiplier=1 means. RL updates are small and noisy; ~1e-6 for 1B-class models is the common choice
+# (DeepSeekMath GRPO, TRL's GRPO defaults), a little higher for sub-1B models, lower for larger ones (about
+# 1/sqrt(params)). 'tiny' is the random-init CPU demo: 3e-4 is what configs/tiny.py reaches > 0.9 with.
+BASE_LR = {
+    'tiny': 3e-4,
+    'smollm2_135m': 3e-6,
+    'gemma3_270m': 3e-6,
+    'smollm2_360m': 2e-6,
+    'qwen2_5_0_5b': 2e-6,
+    'gemma3_1b': 1e-6,
+    'llama3_2_1b': 1e-6,
+    'qwen2_5_1_5b': 1e-6,
+    'smollm2_1_7b': 1e-6,
+    'llama3_2_3b': 7e-7,
+    'qwen2_5_3b': 7e-7,
+    'gemma3_4b': 5e-7,
+    'qwen2_5_7b': 5e-7,
+    'llama3_1_8b': 5e-7,
+    'gemma3_12b': 3e-7,
+    'gemma3_27b': 2e-7,
+}
+
+
+class HparamError(ValueError):
+  """A config.openai value is unusable; the message names the field."""
+
+
+def add_openai_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds `config.openai` (call from configs/common.py before the config is locked). Fields take a number, a
+  numeric string (`--config.openai.n_epochs=3`), 'auto' or None."""
+  o = ml_collections.ConfigDict()
+  o.enabled = False  # True: 'auto' fields are resolved by the rules too, not only the fields set by hand
+  for name in FIELDS:
+    # type object: the same field holds 'auto' and, once overridden, a number
+    o[name] = config_dict.FieldReference(None if name == 'seed' else 'auto', field_type=object)
+  o.resolved = ''  # written by apply(): JSON of every value it resolved, kept in the run's config.json
+  with config.unlocked():
+    config.openai = o
+  return config
+
+
+def base_learning_rate(model: str) -> float:
+  """BASE_LR[model]; for a preset not in the table, 1e-6 * sqrt(1.2e9 / num_params) clamped to [1e-7, 1e-5]."""
+  if model in BASE_LR:
+    return BASE_LR[model]
+  n = model_lib.get_config(model).num_params()
+  return min(1e-5, max(1e-7, 1e-6 * math.sqrt(1.2e9 / n)))
+
+
+def auto_batch_size(n_train: int) -> int:
+  x = min(64.0, max(4.0, n_train / 50))
+  return int(2 ** round(math.log2(x)))
+
+
+def auto_n_epochs(n_train: int, batch_size: int) -> int:
+  return int(min(10, max(1, math.ceil(100 * batch_size / n_train))))
+
+
+def _value(o, name: str, kind):
+  """The user's value as `kind` (int/float), or None for 'auto' / None / ''."""
+  raw = o.get(name)
+  if raw is None or (isinstance(raw, str) and raw.strip().lower() in ('auto', '')):
+    return None
+  try:
+    if isinstance(raw, bool):
+      raise ValueError
+    value = float(raw)
+    if kind is int:
+      if value != int(value):
+        raise ValueError
+      value = int(value)
+  except (TypeError, ValueError):
+    raise HparamError(f"config.openai.{name}: expected {'an integer' if kind is int else 'a number'} or 'auto', "
+                      f'got {raw!r}') from None
+  return value
+
+
+def _positive(name: str, value, minimum=0, strict=True):
+  if value is not None and (value <= minimum if strict else value < minimum):
+    raise HparamError(f'config.openai.{name}: must be {">" if strict else ">="} {minimum}, got {value!r}')
+  return value
+
+
+def apply(config: ml_collections.ConfigDict, num_train_examples: int) -> ml_collections.ConfigDict:
+  """Returns a copy of `config` with config.openai resolved into native fields (see the module docstring)."""
+  if 'openai' not in config:
+    return config
+  if num_train_examples < 1:
+    raise HparamError(f'hparams.apply: num_train_examples must be >= 1, got {num_train_examples}')
+  c = config.copy_and_resolve_references()
+  o, n = c.openai, int(num_train_examples)
+  auto = bool(o.enabled)
+  user = {
+      'n_epochs': _positive('n_epochs', _value(o, 'n_epochs', float)),
+      'batch_size': _positive('batch_size', _value(o, 'batch_size', int)),
+      'learning_rate_multiplier': _positive('learning_rate_multiplier', _value(o, 'learning_rate_multiplier', float)),
+      'compute_multiplier': _positive('compute_multiplier', _value(o, 'compute_multiplier', float)),
+      'eval_interval': _positive('eval_interval', _value(o, 'eval_interval', int)),
+      'eval_samples': _positive('eval_samples', _value(o, 'eval_samples', int)),
+      'seed': _positive('seed', _value(o, 'seed', int), strict=False),
+  }
+  resolved: dict[str, dict] = {}
+
+  def note(field: str, value, how: str) -> None:
+    resolved[field] = {'value': value, 'from': how}
+    log.info('hparams: %s = %s (%s)', field, value, how)
+
+  with c.ignore_type():
+    if user['batch_size'] is not None:
+      c.batch_size = user['batch_size']
+      note('batch_size', c.batch_size, f'openai.batch_size={user["batch_size"]}')
+    elif auto:
+      c.batch_size = auto_batch_size(n)
+      note('batch_size', c.batch_size, f'auto: clamp({n} / 50, 4, 64) rounded to a power of 2')
+
+    epochs, how = user['n_epochs'], f'openai.n_epochs={user["n_epochs"]}'
+    if epochs is None and auto:
+      epochs, how = auto_n_epochs(n, c.batch_size), f'auto: clamp(ceil(100 * {c.batch_size} / {n}), 1, 10)'
+    if epochs is not None:
+      c.total_steps = int(math.ceil(epochs * n / c.batch_size))
+      note('total_steps', c.total_steps, f'ceil(n_epochs {epochs:g} x {n} examples / batch_size {c.batch_size}); '
+           f'n_epochs {how}')
+
+    mult = user['learning_rate_multiplier']
+    if mult is not None or auto:
+      m = 1.0 if mult is None else mult
+      base = base_learning_rate(c.model)
+      c.optimizer.learning_rate = float(m * base)
+      note('optimizer.learning_rate', c.optimizer.learning_rate,
+           f'{"auto: " if mult is None else ""}multiplier {m:g} x base {base:g} for model {c.model}')
+
+    mult = user['compute_multiplier']
+    if mult is not None:
+      g = max(2, int(math.floor(mult * c.num_generations + 0.5)))
+      note('num_generations', g, f'max(2, round half up(compute_multiplier {mult:g} x num_generations {c.num_generations}))')
+      c.num_generations = g
+
+    if user['eval_interval'] is not None:
+      c.eval_interval = user['eval_interval']
+      note('eval_interval', c.eval_interval, f'openai.eval_interval={user["eval_interval"]}')
+    elif auto:
+      c.eval_interval = max(1, math.ceil(c.total_steps / 10))
+      note('eval_interval', c.eval_interval, f'auto: max(1, ceil(total_steps {c.total_steps} / 10))')
+
+    if user['eval_samples'] is not None:
+      if 'eval_samples' in c:
+        c.eval_samples = user['eval_samples']
+        note('eval_samples', c.eval_samples, f'openai.eval_samples={user["eval_samples"]}')
+      else:
+        log.warning('hparams: config.openai.eval_samples=%d has no native field (config.eval_samples) in this '
+                    'version; validation still samples once per prompt', user['eval_samples'])
+        resolved['eval_samples'] = {'value': user['eval_samples'], 'from': 'recorded only: no config.eval_samples'}
+
+    if user['seed'] is not None:
+      c.seed = user['seed']
+      note('seed', c.seed, f'openai.seed={user["seed"]}')
+
+    c.openai.resolved = json.dumps(resolved)
+  return c

@@ -1,0 +1,418 @@
+"""A decoder-only transformer: one model, many presets (tiny, Gemma 3, Llama, SmolLM2, Qwen 2.5).
+
+Einsum alphabet, used everywhere in rftjax:
+  B batch, T query length, S key length, D model dim, N query heads, K kv heads, G query heads per kv head,
+  H head dim, F hidden (MLP) dim, V vocab, L layers.
+
+Parameters live in `Transformer` (an `nnx.Module`) as `nnx.Param`s whose `axes` metadata names their logical
+axes; `sharding.py` turns those names into mesh shardings. Hot paths never call the module: they take the
+pure-dict params (`nnx.state(model, nnx.Param).to_pure_dict()`) and call `forward` under `jax.jit`.
+Per-layer tensors are stacked on a leading L axis and the layer stack runs under `lax.scan`, so compile time does
+not grow with depth; the layer kind (local sliding-window vs global) and RoPE table are scanned inputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rftjax import sharding
+
+Params = dict[str, Any]
+Cache = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Architecture. Presets are classmethods; `dataclasses.replace` makes variants."""
+  name: str
+  family: str  # 'tiny' | 'gemma3' | 'llama' (Llama, SmolLM2, Qwen 2.5: one family, options differ)
+  vocab_size: int
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  activation: str = 'silu'  # 'silu' | 'gelu_tanh'
+  norm_eps: float = 1e-6
+  norm_offset: float = 0.0  # Gemma scales by (1 + w): offset 1.0, weights stored as HF stores them
+  rope_base: float = 10_000.0
+  rope_base_local: float | None = None  # Gemma 3: local layers use their own base
+  rope_scale_global: float = 1.0  # linear position scaling on global layers (Gemma 3 4B+)
+  rope_llama3: tuple[float, float, float, int] | None = None  # (factor, low_freq, high_freq, original_max_pos)
+  sliding_window: int | None = None
+  global_every: int = 0  # layer i is global when (i + 1) % global_every == 0; 0 = every layer global
+  qk_norm: bool = False
+  post_norms: bool = False  # Gemma: norms after attention and MLP too
+  embed_scale: bool = False  # Gemma: embeddings times sqrt(D)
+  tie_embeddings: bool = True
+  qkv_bias: bool = False  # Qwen 2.5
+  query_pre_attn_scalar: float | None = None  # attention scale = this ** -0.5 (default head_dim)
+  final_softcap: float | None = None
+  max_seq_len: int = 2048
+
+  # ---- presets -------------------------------------------------------------------------------------------
+  @classmethod
+  def tiny(cls, vocab_size: int = 512) -> 'TransformerConfig':
+    return cls(name='tiny', family='tiny', vocab_size=vocab_size, d_model=128, num_layers=4, num_heads=4,
+               num_kv_heads=2, head_dim=32, mlp_dim=512, max_seq_len=512)
+
+  @classmethod
+  def _gemma3(cls, name, vocab, d, layers, heads, kv, hd, mlp, window, qpas, rope_scale):
+    return cls(name=name, family='gemma3', vocab_size=vocab, d_model=d, num_layers=layers, num_heads=heads,
+               num_kv_heads=kv, head_dim=hd, mlp_dim=mlp, activation='gelu_tanh', norm_eps=1e-6, norm_offset=1.0,
+               rope_base=1_000_000.0, rope_base_local=10_000.0, rope_scale_global=rope_scale,
+               sliding_window=window, global_every=6, qk_norm=True, post_norms=True, embed_scale=True,
+               tie_embeddings=True, query_pre_attn_scalar=qpas, max_seq_len=32_768 if d < 1000 else 131_072)
+
+  @classmethod
+  def gemma3_270m(cls):
+    return cls._gemma3('gemma3_270m', 262_144, 640, 18, 4, 1, 256, 2048, 512, 256, 1.0)
+
+  @classmethod
+  def gemma3_1b(cls):
+    return cls._gemma3('gemma3_1b', 262_144, 1152, 26, 4, 1, 256, 6912, 512, 256, 1.0)
+
+  @classmethod
+  def gemma3_4b(cls):
+    return cls._gemma3('gemma3_4b', 262_208, 2560, 34, 8, 4, 256, 10_240, 1024, 256, 8.0)
+
+  @classmethod
+  def gemma3_12b(cls):
+    return cls._gemma3('gemma3_12b', 262_208, 3840, 48, 16, 8, 256, 15_360, 1024, 256, 8.0)
+
+  @classmethod
+  def gemma3_27b(cls):
+    return cls._gemma3('gemma3_27b', 262_208, 5376, 62, 32, 16, 128, 21_504, 1024, 168, 8.0)
+
+  @classmethod
+  def _llama(cls, name, vocab, d, layers, heads, kv, hd, mlp, rope, *, eps=1e-5, tie=True, bias=False,
+             llama3=None, max_len=8192):
+    return cls(name=name, family='llama', vocab_size=vocab, d_model=d, num_layers=layers, num_heads=heads,
+               num_kv_heads=kv, head_dim=hd, mlp_dim=mlp, activation='silu', norm_eps=eps, rope_base=rope,
+               rope_llama3=llama3, tie_embeddings=tie, qkv_bias=bias, max_seq_len=max_len)
+
+  @classmethod
+  def smollm2_135m(cls):
+    return cls._llama('smollm2_135m', 49_152, 576, 30, 9, 3, 64, 1536, 100_000.0)
+
+  @classmethod
+  def smollm2_360m(cls):
+    return cls._llama('smollm2_360m', 49_152, 960, 32, 15, 5, 64, 2560, 100_000.0)
+
+  @classmethod
+  def smollm2_1_7b(cls):
+    return cls._llama('smollm2_1_7b', 49_152, 2048, 24, 32, 32, 64, 8192, 130_000.0)
+
+  @classmethod
+  def llama3_2_1b(cls):
+    return cls._llama('llama3_2_1b', 128_256, 2048, 16, 32, 8, 64, 8192, 500_000.0,
+                      llama3=(32.0, 1.0, 4.0, 8192), max_len=131_072)
+
+  @classmethod
+  def llama3_2_3b(cls):
+    return cls._llama('llama3_2_3b', 128_256, 3072, 28, 24, 8, 128, 8192, 500_000.0,
+                      llama3=(32.0, 1.0, 4.0, 8192), max_len=131_072)
+
+  @classmethod
+  def llama3_1_8b(cls):
+    return cls._llama('llama3_1_8b', 128_256, 4096, 32, 32, 8, 128, 14_336, 500_000.0, tie=False,
+                      llama3=(8.0, 1.0, 4.0, 8192), max_len=131_072)
+
+  @classmethod
+  def qwen2_5_0_5b(cls):
+    return cls._llama('qwen2_5_0_5b', 151_936, 896, 24, 14, 2, 64, 4864, 1_000_000.0, eps=1e-6, bias=True,
+                      max_len=32_768)
+
+  @classmethod
+  def qwen2_5_1_5b(cls):
+    return cls._llama('qwen2_5_1_5b', 151_936, 1536, 28, 12, 2, 128, 8960, 1_000_000.0, eps=1e-6, bias=True,
+                      max_len=32_768)
+
+  @classmethod
+  def qwen2_5_3b(cls):
+    return cls._llama('qwen2_5_3b', 151_936, 2048, 36, 16, 2, 128, 11_008, 1_000_000.0, eps=1e-6, bias=True,
+                      max_len=32_768)
+
+  @classmethod
+  def qwen2_5_7b(cls):
+    return cls._llama('qwen2_5_7b', 152_064, 3584, 28, 28, 4, 128, 18_944, 1_000_000.0, eps=1e-6, bias=True,
+                      tie=False, max_len=32_768)
+
+  # ---- derived -------------------------------------------------------------------------------------------
+  def layer_is_local(self) -> np.ndarray:
+    """[L] bool: True where the layer attends within the sliding window only."""
+    if not self.sliding_window:
+      return np.zeros(self.num_layers, bool)
+    if self.global_every <= 0:
+      return np.ones(self.num_layers, bool)
+    return np.array([(i + 1) % self.global_every != 0 for i in range(self.num_layers)])
+
+  def inv_freq(self) -> np.ndarray:
+    """[L, H/2] float32 RoPE inverse frequencies, computed as Hugging Face does (f32 from int64 arange)."""
+    def base_freq(base: float) -> np.ndarray:
+      exponent = np.arange(0, self.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(self.head_dim)
+      return (1.0 / (np.float32(base) ** exponent)).astype(np.float32)
+
+    global_freq = base_freq(self.rope_base) / np.float32(self.rope_scale_global)
+    if self.rope_llama3 is not None:  # Llama 3.1 frequency-dependent scaling of long wavelengths
+      factor, low, high, orig = self.rope_llama3
+      wavelen = 2 * math.pi / global_freq
+      low_wl, high_wl = orig / low, orig / high
+      scaled = np.where(wavelen > low_wl, global_freq / factor, global_freq)
+      smooth = (orig / wavelen - low) / (high - low)
+      smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+      mid = (wavelen >= high_wl) & (wavelen <= low_wl)
+      global_freq = np.where(mid, smoothed, scaled).astype(np.float32)
+    local_freq = base_freq(self.rope_base_local or self.rope_base)
+    return np.where(self.layer_is_local()[:, None], local_freq[None], global_freq[None]).astype(np.float32)
+
+  def attn_scale(self) -> float:
+    return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+  def num_params(self) -> int:
+    d, f, n, k, h, v, l = (self.d_model, self.mlp_dim, self.num_heads, self.num_kv_heads, self.head_dim,
+                           self.vocab_size, self.num_layers)
+    per_layer = d * h * (2 * n + 2 * k) + 3 * d * f + 2 * d + (2 * d if self.post_norms else 0)
+    per_layer += (2 * h if self.qk_norm else 0) + ((n + 2 * k) * h if self.qkv_bias else 0)
+    return v * d * (1 if self.tie_embeddings else 2) + l * per_layer + d
+
+
+PRESETS = {name: getattr(TransformerConfig, name) for name in (
+    'tiny', 'gemma3_270m', 'gemma3_1b', 'gemma3_4b', 'gemma3_12b', 'gemma3_27b', 'smollm2_135m', 'smollm2_360m',
+    'smollm2_1_7b', 'llama3_2_1b', 'llama3_2_3b', 'llama3_1_8b', 'qwen2_5_0_5b', 'qwen2_5_1_5b', 'qwen2_5_3b',
+    'qwen2_5_7b')}
+
+
+def get_config(name: str, **overrides) -> TransformerConfig:
+  if name not in PRESETS:
+    raise ValueError(f'unknown model preset {name!r}; known: {", ".join(sorted(PRESETS))}')
+  cfg = PRESETS[name]()
+  return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+# ---- parameters ----------------------------------------------------------------------------------------------
+def _param(rngs: nnx.Rngs, init, shape, axes, dtype):
+  return nnx.Param(init(rngs.params(), shape, dtype), axes=axes)
+
+
+class Transformer(nnx.Module):
+  """Parameter container. Attribute names are the params' pure-dict keys (weights.py maps onto them)."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    d, f, n, k, h, v, l = (cfg.d_model, cfg.mlp_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                           cfg.vocab_size, cfg.num_layers)
+    dense = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=-2, batch_axis=(0,))
+    dense_in2 = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=(-3, -2),
+                                                  batch_axis=(0,))
+    normal = nnx.initializers.normal(1.0 / math.sqrt(d))
+    norm_init = nnx.initializers.zeros if cfg.norm_offset else nnx.initializers.ones
+    zeros = nnx.initializers.zeros
+    p = lambda init, shape, axes: _param(rngs, init, shape, axes, param_dtype)  # noqa: E731
+    norm = lambda shape, axes: nnx.Dict(scale=p(norm_init, shape, axes))  # noqa: E731
+
+    self.embed = nnx.Dict(embedding=p(normal, (v, d), ('vocab', 'embed')))
+    attn = dict(q=p(dense, (l, d, n, h), ('layers', 'embed', 'heads', 'head_dim')),
+                k=p(dense, (l, d, k, h), ('layers', 'embed', 'kv_heads', 'head_dim')),
+                v=p(dense, (l, d, k, h), ('layers', 'embed', 'kv_heads', 'head_dim')),
+                o=p(dense_in2, (l, n, h, d), ('layers', 'heads', 'head_dim', 'embed')))
+    if cfg.qkv_bias:
+      attn.update(q_bias=p(zeros, (l, n, h), ('layers', 'heads', 'head_dim')),
+                  k_bias=p(zeros, (l, k, h), ('layers', 'kv_heads', 'head_dim')),
+                  v_bias=p(zeros, (l, k, h), ('layers', 'kv_heads', 'head_dim')))
+    if cfg.qk_norm:
+      attn.update(q_norm=norm((l, h), ('layers', 'norm')), k_norm=norm((l, h), ('layers', 'norm')))
+    layers = dict(attn_norm=norm((l, d), ('layers', 'norm')), attn=nnx.Dict(**attn),
+                  mlp_norm=norm((l, d), ('layers', 'norm')),
+                  mlp=nnx.Dict(gate=p(dense, (l, d, f), ('layers', 'embed', 'mlp')),
+                               up=p(dense, (l, d, f), ('layers', 'embed', 'mlp')),
+                               down=p(dense, (l, f, d), ('layers', 'mlp', 'embed'))))
+    if cfg.post_norms:
+      layers.update(post_attn_norm=norm((l, d), ('layers', 'norm')), post_mlp_norm=norm((l, d), ('layers', 'norm')))
+    self.layers = nnx.Dict(**layers)
+    self.final_norm = norm((d,), ('norm',))
+    if not cfg.tie_embeddings:
+      self.lm_head = nnx.Dict(kernel=p(dense, (d, v), ('embed', 'vocab')))
+
+
+def param_axes(cfg: TransformerConfig) -> Params:
+  """Pure-dict tree of logical axis tuples, same structure as the params."""
+  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  def walk(node):
+    if isinstance(node, nnx.Variable):
+      return tuple(node.get_metadata()['axes'])
+    return {key: walk(child) for key, child in node.items()}
+
+  return walk(nnx.state(abstract, nnx.Param))
+
+
+def param_shapes(cfg: TransformerConfig, dtype=jnp.float32) -> Params:
+  """Pure-dict tree of ShapeDtypeStructs (no memory), for planning and for restore targets."""
+  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=dtype))
+  return nnx.state(abstract, nnx.Param).to_pure_dict()
+
+
+def init_params(cfg: TransformerConfig, seed: int | jax.Array = 0, mesh=None, dtype=jnp.float32) -> Params:
+  """Random params created directly in their shardings (no full host copy on the way)."""
+  shardings = sharding.param_shardings(param_shapes(cfg, dtype), param_axes(cfg), mesh)
+  key = jax.random.key(seed) if isinstance(seed, int) else seed
+
+  def make(key):
+    return nnx.state(Transformer(cfg, rngs=nnx.Rngs(params=key), param_dtype=dtype), nnx.Param).to_pure_dict()
+
+  return jax.jit(make, out_shardings=shardings)(key)
+
+
+# ---- forward ------------------------------------------------------------------------------------------------
+def rms_norm(x, scale, eps: float, offset: float):
+  """RMSNorm in float32; Gemma multiplies by (1 + w), Llama by w."""
+  xf = x.astype(jnp.float32)
+  xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  return (xf * (offset + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+def apply_rope(x_btnh, positions_bt, inv_freq_h2):
+  """Rotate-half RoPE (Hugging Face layout: the two halves of H pair up)."""
+  angles = positions_bt[..., None].astype(jnp.float32) * inv_freq_h2  # [B, T, H/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x_btnh.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_btnh.dtype)
+
+
+def init_cache(cfg: TransformerConfig, batch: int, length: int, dtype=jnp.float32) -> Cache:
+  """KV cache: k, v [L, B, S, K, H]. The caller tracks which slots hold real tokens (key mask)."""
+  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
+
+
+CACHE_AXES = ('layers', 'act_batch', 'act_len', 'kv_heads', 'head_dim')
+
+
+def _attention_mask(q_index_t, k_index_s, key_mask_bs, window, is_local):
+  """[B, T, S] bool: causal in slot index, padding from key_mask, sliding window on local layers.
+
+  Prompts are left-padded, so real tokens are contiguous and slot distance equals position distance.
+  """
+  causal = k_index_s[None, :] <= q_index_t[:, None]
+  if window:
+    in_window = (q_index_t[:, None] - k_index_s[None, :]) < window
+    causal = causal & jnp.where(is_local, in_window, True)
+  return causal[None] & key_mask_bs[:, None, :]
+
+
+def _layer(cfg: TransformerConfig, x, p, inv_freq, is_local, positions, q_index, k_index, key_mask, kv=None,
+           cache_index=None):
+  """One decoder layer. kv: None (keys are this call's tokens) or (k_cache, v_cache) [B, S, K, H] to update."""
+  eps, off = cfg.norm_eps, cfg.norm_offset
+  a = p['attn']
+  h = rms_norm(x, p['attn_norm']['scale'], eps, off)
+  q = jnp.einsum('btd,dnh->btnh', h, a['q'])
+  k = jnp.einsum('btd,dkh->btkh', h, a['k'])
+  v = jnp.einsum('btd,dkh->btkh', h, a['v'])
+  if cfg.qkv_bias:
+    q, k, v = q + a['q_bias'], k + a['k_bias'], v + a['v_bias']
+  if cfg.qk_norm:
+    q = rms_norm(q, a['q_norm']['scale'], eps, off)
+    k = rms_norm(k, a['k_norm']['scale'], eps, off)
+  q = apply_rope(q, positions, inv_freq)
+  k = apply_rope(k, positions, inv_freq)
+  if kv is not None:
+    k_cache = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), cache_index, axis=1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), cache_index, axis=1)
+    k, v = k_cache.astype(x.dtype), v_cache.astype(x.dtype)
+    kv = (k_cache, v_cache)
+  b, t, n, hd = q.shape
+  kh = cfg.num_kv_heads
+  q = q.reshape(b, t, kh, n // kh, hd) * cfg.attn_scale()
+  logits = jnp.einsum('btkgh,bskh->bkgts', q, k).astype(jnp.float32)
+  mask = _attention_mask(q_index, k_index, key_mask, cfg.sliding_window, is_local)
+  logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
+  out = jnp.einsum('bkgts,bskh->btkgh', probs, v).reshape(b, t, n, hd)
+  out = jnp.einsum('btnh,nhd->btd', out, a['o'])
+  if cfg.post_norms:
+    out = rms_norm(out, p['post_attn_norm']['scale'], eps, off)
+  x = sharding.constrain(x + out, ('act_batch', 'act_len', 'act_embed'))
+
+  h = rms_norm(x, p['mlp_norm']['scale'], eps, off)
+  m = p['mlp']
+  gate = jnp.einsum('btd,df->btf', h, m['gate'])
+  act = jax.nn.gelu(gate, approximate=True) if cfg.activation == 'gelu_tanh' else jax.nn.silu(gate)
+  hidden = sharding.constrain(act * jnp.einsum('btd,df->btf', h, m['up']), ('act_batch', 'act_len', 'act_mlp'))
+  out = jnp.einsum('btf,fd->btd', hidden, m['down'])
+  if cfg.post_norms:
+    out = rms_norm(out, p['post_mlp_norm']['scale'], eps, off)
+  return sharding.constrain(x + out, ('act_batch', 'act_len', 'act_embed')), kv
+
+
+def embed(params: Params, cfg: TransformerConfig, tokens, dtype=jnp.float32):
+  x = jnp.take(params['embed']['embedding'], tokens, axis=0).astype(dtype)
+  if cfg.embed_scale:  # Gemma rounds sqrt(D) to the activation dtype first
+    x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
+  return sharding.constrain(x, ('act_batch', 'act_len', 'act_embed'))
+
+
+def unembed(params: Params, cfg: TransformerConfig, hidden):
+  """Final norm + logits in float32."""
+  h = rms_norm(hidden, params['final_norm']['scale'], cfg.norm_eps, cfg.norm_offset)
+  if cfg.tie_embeddings:
+    logits = jnp.einsum('btd,vd->btv', h, params['embed']['embedding'].astype(h.dtype))
+  else:
+    logits = jnp.einsum('btd,dv->btv', h, params['lm_head']['kernel'].astype(h.dtype))
+  logits = logits.astype(jnp.float32)
+  if cfg.final_softcap:
+    logits = jnp.tanh(logits / cfg.final_softcap) * cfg.final_softcap
+  return logits
+
+
+def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask, *, cache: Cache | None = None,
+            cache_index=None, dtype=jnp.float32, remat: bool = False, return_hidden: bool = False):
+  """Runs the decoder.
+
+  tokens, positions: [B, T] int32. key_mask: [B, S] bool, True where a key slot holds a real token; without a
+  cache S == T (the call's own tokens), with a cache S is the cache length and the call's tokens are written at
+  slots [cache_index, cache_index + T). Returns (logits [B, T, V] float32 — or final hidden states when
+  return_hidden — and the updated cache or None).
+  """
+  t = tokens.shape[1]
+  x = embed(params, cfg, tokens, dtype)
+  if cache is None:
+    q_index = jnp.arange(t)
+    k_index = jnp.arange(t)
+  else:
+    q_index = cache_index + jnp.arange(t)
+    k_index = jnp.arange(cache['k'].shape[2])
+  inv_freq = jnp.asarray(cfg.inv_freq())
+  is_local = jnp.asarray(cfg.layer_is_local())
+  params_layers = jax.tree.map(lambda w: w.astype(dtype) if w.dtype != dtype else w, params['layers'])
+
+  def body(carry, xs):
+    x, cache_k, cache_v, i = carry
+    p, freq, local = xs
+    kv = None
+    if cache is not None:
+      kv = (jax.lax.dynamic_index_in_dim(cache_k, i, keepdims=False),
+            jax.lax.dynamic_index_in_dim(cache_v, i, keepdims=False))
+    x, kv = _layer(cfg, x, p, freq, local, positions, q_index, k_index, key_mask, kv, cache_index)
+    if cache is not None:
+      cache_k = jax.lax.dynamic_update_index_in_dim(cache_k, kv[0], i, axis=0)
+      cache_v = jax.lax.dynamic_update_index_in_dim(cache_v, kv[1], i, axis=0)
+    return (x, cache_k, cache_v, i + 1), None
+
+  if remat:
+    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+  ck = cache['k'] if cache is not None else jnp.zeros((), dtype)
+  cv = cache['v'] if cache is not None else jnp.zeros((), dtype)
+  (x, ck, cv, _), _ = jax.lax.scan(body, (x, ck, cv, jnp.int32(0)), (params_layers, inv_freq, is_local))
+  new_cache = {'k': ck, 'v': cv} if cache is not None else None
+  if return_hidden:
+    return x, new_cache
+  return unembed(params, cfg, x), new_cache

@@ -1,0 +1,427 @@
+"""Memory planning before step one: will this config fit on that slice? No TPU and no allocation needed.
+
+  python -m rftjax.plan --config=configs/gemma3_tpu.py:27b_v5p32 --devices=v5p-32 [--config.x=y ...]
+
+Prints per-device bytes for what lives on a chip during a GRPO run and exits 1 (naming the biggest consumers and
+what to change) when the peak does not fit in HBM minus a headroom margin. Shapes come from `model.param_shapes`
+(`jax.eval_shape`: nothing is allocated, so Gemma 3 27B plans in a second) and every tensor is divided exactly as
+`sharding.logical_to_spec` would divide it on that mesh: a dim that a mesh axis does not divide stays replicated.
+
+What is counted (per device):
+  persistent   params, AdamW moments (mu, nu), the reference model when grpo.beta > 0;
+  sampling     the KV cache [L, R, P+N, K, H] x 2 (k and v), one prefill layer's activations, last-token logits;
+  train step   gradients, saved activations (all layers, or with remat only each layer's input plus one layer
+               recomputed), the completion logits [R, N, V] float32 (logits, log-softmax, entropy and their
+               gradient: `LOGITS_COPIES` copies), the FSDP all-gathers (embedding table, two layers in flight) and
+               the compute-dtype copy of the layer weights when it differs from the param dtype.
+  peak         persistent + max(sampling, train step): the sampler's cache is freed before the train step runs.
+Activations are an estimate (XLA fuses and rematerialises on its own); tests/test_plan.py checks it against the
+compiled program's `memory_analysis()` on CPU. The reference/old-policy logprob passes need less than the train
+step and are not counted separately.
+
+Config knobs read here that the trainer may not have yet (proposals for configs/common.py; absent = today's
+behaviour): `sampling.cache_dtype` ('' = float32, the Sampler's default today), `optimizer.mu_dtype`
+('' = the param dtype, optax's default), `train_microbatches` (1 = whole batch per step).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from rftjax import model as model_lib
+from rftjax import sharding
+
+GiB = 1024**3
+LOGITS_COPIES = 3  # logits, log-softmax (and softmax for the entropy), d loss / d logits: all [R, N, V] float32
+
+
+# ---- hardware --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+  """A slice: `chips` devices with `hbm_bytes` each, `chips_per_host` per TPU VM worker."""
+  name: str
+  generation: str
+  chips: int
+  hbm_bytes: int
+  chips_per_host: int
+
+  @property
+  def hosts(self) -> int:
+    return max(1, self.chips // self.chips_per_host)
+
+
+# generation -> (HBM per chip in GiB, does the type's number count TensorCores (2 per chip)?, chips per host)
+GENERATIONS = {
+    'v4': (32, True, 4),
+    'v5p': (95, True, 4),
+    'v5e': (16, False, 4),
+    'v6e': (32, False, 4),
+}
+_ALIASES = {'v5litepod': 'v5e', 'v5lite': 'v5e', 'v6litepod': 'v6e'}
+
+
+def parse_devices(spec: str) -> Hardware:
+  """'v5p-32' -> 16 chips (v4/v5p names count TensorCores, 2 per chip); 'v5e-8', 'v6e-16' count chips.
+
+  Hosts: v4/v5p have 4 chips per host; v5e/v6e slices of up to 8 chips are one host with all of them
+  (v5e-8 = one VM with 8 chips), larger ones have 4 chips per host (v6e-16 = 4 hosts). 'cpu-N': N fake CPU devices
+  sharing this machine's RAM (for the tiny configs).
+  """
+  m = re.fullmatch(r'([a-z0-9]+)-(\d+)', spec.strip().lower())
+  if not m:
+    raise ValueError(f'--devices={spec!r}: expected TYPE-N such as v5p-32, v5e-8, v6e-16, v4-8 or cpu-8')
+  gen, n = _ALIASES.get(m.group(1), m.group(1)), int(m.group(2))
+  if gen == 'cpu':
+    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    return Hardware(spec, 'cpu', n, total // n, n)
+  if gen not in GENERATIONS:
+    raise ValueError(f'--devices={spec!r}: unknown TPU type {m.group(1)!r}; known: '
+                     f'{", ".join(sorted(GENERATIONS))} (and v5litepod), or cpu-N')
+  hbm_gib, counts_cores, per_host = GENERATIONS[gen]
+  if counts_cores:
+    if n % 2:
+      raise ValueError(f'--devices={spec!r}: {gen} types count TensorCores (2 per chip), so N must be even')
+    chips = n // 2
+  else:
+    chips = n
+  if not counts_cores and chips <= 8:
+    per_host = chips
+  return Hardware(spec, gen, chips, hbm_gib * GiB, min(per_host, chips))
+
+
+# ---- per-device sizes ------------------------------------------------------------------------------------------
+class _MeshShape:
+  """Just enough of a Mesh for `sharding.logical_to_spec`: the axis sizes."""
+
+  def __init__(self, sizes: dict[str, int]):
+    self.shape = dict(sizes)
+
+
+def local_elems(shape: Sequence[int], names: Sequence[str | None], mesh: _MeshShape) -> int:
+  """Elements of one device's shard of a [shape] array with logical axis `names` (ceil on uneven splits)."""
+  spec = tuple(sharding.logical_to_spec(names, shape, mesh))
+  spec = spec + (None,) * (len(shape) - len(spec))
+  n = 1
+  for dim, axes in zip(shape, spec):
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    n *= -(-dim // math.prod(mesh.shape[a] for a in axes))
+  return n
+
+
+def local_bytes(shape, names, dtype, mesh: _MeshShape) -> int:
+  return local_elems(shape, names, mesh) * jnp.dtype(dtype).itemsize
+
+
+def resolve_mesh(mesh_cfg, chips: int) -> dict[str, int]:
+  sizes = {a: int(mesh_cfg[a]) for a in sharding.MESH_AXES}
+  known = math.prod(s for s in sizes.values() if s != -1)
+  if list(sizes.values()).count(-1) > 1:
+    raise ValueError(f'config.mesh {sizes}: at most one of data/fsdp/tensor may be -1')
+  if -1 in sizes.values():
+    if chips % known:
+      raise ValueError(f'config.mesh {sizes}: {chips} chips are not divisible by {known}')
+    sizes[next(a for a, s in sizes.items() if s == -1)] = chips // known
+  if math.prod(sizes.values()) != chips:
+    raise ValueError(f'config.mesh {sizes} needs {math.prod(sizes.values())} devices, the slice has {chips}')
+  return sizes
+
+
+def _get(config, dotted: str, default):
+  node = config
+  for part in dotted.split('.'):
+    if node is None or part not in node:
+      return default
+    node = node[part]
+  return default if node in ('', None) else node
+
+
+def _tree_bytes(shapes, axes, mesh, dtype=None) -> int:
+  total = 0
+  for path_shape, path_axes in zip(_leaves(shapes), _leaves(axes)):
+    total += local_bytes(path_shape.shape, path_axes, dtype or path_shape.dtype, mesh)
+  return total
+
+
+def _leaves(tree):
+  if isinstance(tree, dict):
+    return [leaf for key in sorted(tree) for leaf in _leaves(tree[key])]
+  return [tree]
+
+
+def _layer_activations(cfg: model_lib.TransformerConfig, rows: int, t: int, s: int, c, mesh) -> int:
+  """Bytes one decoder layer keeps for its backward pass (no remat), following `model._layer` line by line."""
+  d, f, n, k, h = cfg.d_model, cfg.mlp_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  btd = ((rows, t, d), ('act_batch', 'act_len', 'act_embed'))
+  btf = ((rows, t, f), ('act_batch', 'act_len', 'act_mlp'))
+  btnh = ((rows, t, n, h), ('act_batch', 'act_len', 'heads', 'head_dim'))
+  btkh = ((rows, t, k, h), ('act_batch', 'act_len', 'kv_heads', 'head_dim'))
+  bnts = ((rows, n, t, s), ('act_batch', 'heads', 'act_len', None))
+  f32 = jnp.float32
+  norms = 4 if cfg.post_norms else 2
+  parts = [
+      (btd, c, 3),  # layer input, residual after attention, o-projection output
+      (btd, f32, norms), (btd, c, norms),  # RMSNorms run in float32: their f32 input and the cast output
+      (btnh, c, 1 + 2 + (1 if cfg.qk_norm else 0)),  # q, RoPE'd q (f32 halves fused into one), attention output
+      (btnh, c, 1),
+      (btkh, c, 2 + 2 + (1 if cfg.qk_norm else 0)),  # k, v, RoPE'd k, cache-dtype k/v
+      (bnts, f32, 2), (bnts, c, 1),  # attention logits, masked logits, probs
+      (btf, c, 4),  # gate, activation, up, hidden
+      (btd, c, 1),  # down-projection output
+  ]
+  return sum(local_bytes(shape, names, dtype, mesh) * count for (shape, names), dtype, count in parts)
+
+
+# ---- the plan --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Plan:
+  model: str
+  num_params: int
+  hardware: Hardware
+  mesh: dict[str, int]
+  rows: int
+  seq_len: int
+  persistent: dict[str, int]
+  sampling: dict[str, int]
+  train: dict[str, int]
+  headroom: float
+  notes: list[str]
+
+  @property
+  def sampling_peak(self) -> int:
+    return sum(self.persistent.values()) + sum(self.sampling.values())
+
+  @property
+  def train_peak(self) -> int:
+    return sum(self.persistent.values()) + sum(self.train.values())
+
+  @property
+  def peak(self) -> int:
+    return max(self.sampling_peak, self.train_peak)
+
+  @property
+  def usable(self) -> int:
+    return int(self.hardware.hbm_bytes * (1 - self.headroom))
+
+  @property
+  def fits(self) -> bool:
+    return self.peak <= self.usable
+
+  def consumers(self) -> list[tuple[str, int]]:
+    """The items of the peak phase, biggest first."""
+    phase = self.train if self.train_peak >= self.sampling_peak else self.sampling
+    return sorted({**self.persistent, **phase}.items(), key=lambda kv: -kv[1])
+
+
+def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, vocab_size: int | None = None) -> Plan:
+  """Per-device memory of `config` (a run config, see configs/common.py) on `devices` (e.g. 'v5p-32')."""
+  hw = parse_devices(devices) if isinstance(devices, str) else devices
+  cfg = model_lib.get_config(config.model)
+  if vocab_size is None and cfg.family == 'tiny':
+    vocab_size = _tokenizer_vocab(config)
+  if vocab_size:
+    cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
+  sizes = resolve_mesh(config.mesh, hw.chips)
+  mesh = _MeshShape(sizes)
+  notes = []
+
+  param_dtype = jnp.dtype(config.param_dtype)
+  c = jnp.dtype(config.compute_dtype)
+  mu_dtype = jnp.dtype(_get(config, 'optimizer.mu_dtype', param_dtype))
+  cache_dtype = jnp.dtype(_get(config, 'sampling.cache_dtype', 'float32'))
+  micro = int(_get(config, 'train_microbatches', 1))
+  shapes = model_lib.param_shapes(cfg, param_dtype)
+  axes = model_lib.param_axes(cfg)
+
+  g = int(config.num_generations)
+  rows = int(config.batch_size) * g
+  batch_shards = sizes['data'] * sizes['fsdp']
+  if rows % batch_shards:
+    raise ValueError(f'config.batch_size * config.num_generations = {rows} is not divisible by data x fsdp = '
+                     f'{batch_shards}; the trainer refuses this mesh')
+  if rows % micro or (rows // micro) % batch_shards:
+    raise ValueError(f'config.train_microbatches={micro}: {rows} rows do not split into {micro} microbatches that '
+                     f'data x fsdp = {batch_shards} divides')
+  p, n = int(config.data.max_prompt_len), int(config.sampling.max_new_tokens)
+
+  # ---- persistent: lives through the whole run ----
+  params = _tree_bytes(shapes, axes, mesh)
+  persistent = {'params': params, 'optimizer (AdamW mu, nu)': 2 * _tree_bytes(shapes, axes, mesh, mu_dtype)}
+  if float(config.grpo.beta) > 0:
+    persistent['reference model'] = params
+
+  # Weights the forward pass materialises: the layer stack cast to the compute dtype (model.forward), the
+  # embedding table gathered over fsdp for the lookup / tied unembedding, two layers' FSDP all-gathers in flight.
+  layers_only = {'layers': shapes['layers']}
+  cast_copy = _tree_bytes(layers_only, {'layers': axes['layers']}, mesh, c) if c != param_dtype else 0
+  v, d, L = cfg.vocab_size, cfg.d_model, cfg.num_layers
+  table = local_bytes((v, d), ('vocab', None), c, mesh)
+  per_layer_gathered = sum(
+      local_bytes(s.shape[1:], tuple(None if name == 'embed' else name for name in a[1:]), c, mesh)
+      for s, a in zip(_leaves(shapes['layers']), _leaves(axes['layers'])))
+
+  # ---- sampling (train sampler: R rows; eval sampler: eval_batch_size rows) ----
+  sampling_items = {}
+  for label, r in (('train', rows), ('eval', int(config.eval_batch_size))):
+    kv = 2 * local_bytes((L, r, p + n, cfg.num_kv_heads, cfg.head_dim), model_lib.CACHE_AXES, cache_dtype, mesh)
+    prefill = _layer_activations(cfg, r, p, p + n, c, mesh) // 2  # no backward: about half is live at once
+    last_logits = LOGITS_COPIES * local_bytes((r, 1, v), ('act_batch', 'act_len', 'vocab'), jnp.float32, mesh)
+    items = {'KV cache': kv, 'sampling activations (prefill layer, logits)': prefill + last_logits,
+             'gathered / cast weights': cast_copy + table + 2 * per_layer_gathered}
+    if not sampling_items or sum(items.values()) > sum(sampling_items.values()):
+      sampling_items, sampling_label = items, label
+  notes.append(f'sampling peak from the {sampling_label} sampler')
+
+  # ---- train step ----
+  mrows = rows // micro
+  t = p + n - 1
+  one_layer = _layer_activations(cfg, mrows, t, t, c, mesh)
+  carry = local_bytes((mrows, t, d), ('act_batch', 'act_len', 'act_embed'), c, mesh)
+  if config.remat:
+    activations = L * carry + 2 * one_layer  # each layer's input saved; one layer recomputed + its backward
+  else:
+    activations = (L + 1) * one_layer
+  logits = LOGITS_COPIES * local_bytes((mrows, n, v), ('act_batch', 'act_len', 'vocab'), jnp.float32, mesh)
+  train = {
+      'gradients': params,
+      f'activations ({"remat" if config.remat else "no remat"}, {mrows} rows x {t} tokens)': activations,
+      f'logits [{mrows}, {n}, {v}] f32 x{LOGITS_COPIES}': logits,
+      'gathered / cast weights': cast_copy + 2 * table + 2 * per_layer_gathered,
+  }
+  if micro > 1:
+    train['gradient accumulator'] = _tree_bytes(shapes, axes, mesh, jnp.float32)
+  return Plan(model=cfg.name, num_params=cfg.num_params(), hardware=hw, mesh=sizes, rows=rows, seq_len=p + n,
+              persistent=persistent, sampling=sampling_items, train=train, headroom=headroom, notes=notes)
+
+
+def _tokenizer_vocab(config) -> int | None:
+  """The tiny model takes its vocab from the tokenizer (as the trainer does); None if it cannot be read here."""
+  try:
+    from rftjax import tokenizer as tokenizer_lib
+    return tokenizer_lib.load_tokenizer(config.tokenizer or config.init).vocab_size
+  except Exception:  # noqa: BLE001  planning still works with the preset's vocab
+    return None
+
+
+# ---- report ----------------------------------------------------------------------------------------------------
+def _gib(x: int) -> str:
+  return f'{x / GiB:8.2f}'
+
+
+def format_plan(plan: Plan) -> str:
+  hw = plan.hardware
+  lines = [
+      f'model {plan.model} ({plan.num_params / 1e9:.2f}B params) on {hw.name}: {hw.chips} chips x '
+      f'{hw.hbm_bytes / GiB:.0f} GiB, {hw.hosts} host(s) x {hw.chips_per_host} chips',
+      f'mesh data={plan.mesh["data"]} fsdp={plan.mesh["fsdp"]} tensor={plan.mesh["tensor"]}; '
+      f'{plan.rows} rows x {plan.seq_len} tokens per step',
+      '',
+      f'{"per device":<58}{"GiB":>8}',
+  ]
+  for title, items in (('persistent', plan.persistent), ('sampling (transient)', plan.sampling),
+                       ('train step (transient)', plan.train)):
+    lines.append(f'{title}')
+    lines += [f'  {name:<56}{_gib(size)}' for name, size in items.items()]
+  lines += [
+      f'{"peak while sampling":<58}{_gib(plan.sampling_peak)}',
+      f'{"peak in the train step":<58}{_gib(plan.train_peak)}',
+      f'{"PEAK":<58}{_gib(plan.peak)}',
+      f'{"usable (HBM minus " + format(plan.headroom, ".0%") + " headroom)":<58}{_gib(plan.usable)}',
+  ]
+  lines += [f'note: {n}' for n in plan.notes]
+  return '\n'.join(lines)
+
+
+def suggestions(plan: Plan, config) -> list[str]:
+  """Concrete changes, biggest saving first, for a plan that does not fit."""
+  out = []
+  total_persistent = sum(plan.persistent.values())
+  sharded = plan.mesh['fsdp'] * plan.mesh['tensor']
+  if total_persistent > plan.usable:
+    need = math.ceil(total_persistent * plan.hardware.chips / plan.usable)
+    out.append(f'params + optimizer (+ reference) alone need {total_persistent / GiB:.1f} GiB per device at '
+               f'{sharded}-way sharding: use a slice with at least {need} chips of this type (and mesh.fsdp = all of '
+               f'them), or a smaller model')
+  if plan.mesh['data'] > 1:
+    out.append(f'mesh.data={plan.mesh["data"]} replicates the weights: move it into fsdp '
+               f'(--config.mesh.data=1 --config.mesh.fsdp=-1)')
+  if float(config.grpo.beta) > 0:
+    out.append(f'--config.grpo.beta=0 drops the reference model ({plan.persistent["reference model"] / GiB:.1f} GiB)')
+  if jnp.dtype(config.param_dtype) == jnp.float32:
+    out.append('--config.param_dtype=bfloat16 halves params, gradients and (with optax\'s default mu dtype) the '
+               'optimizer state')
+  if jnp.dtype(_get(config, 'sampling.cache_dtype', 'float32')) == jnp.float32:
+    out.append(f'a bfloat16 KV cache (sampling.cache_dtype=bfloat16) halves the cache '
+               f'({plan.sampling["KV cache"] / GiB:.1f} GiB)')
+  if not config.remat:
+    out.append('--config.remat=True keeps one layer\'s activations instead of all of them')
+  if plan.train_peak >= plan.sampling_peak:
+    act = sum(v for k, v in plan.train.items() if k.startswith(('activations', 'logits')))
+    out.append(f'activations + logits are {act / GiB:.1f} GiB: lower --config.batch_size ({config.batch_size}) or '
+               f'--config.num_generations ({config.num_generations}), --config.sampling.max_new_tokens '
+               f'({config.sampling.max_new_tokens}), or split the step (train_microbatches)')
+    if plan.mesh['tensor'] == 1 and plan.hardware.chips_per_host > 1:
+      out.append(f'--config.mesh.tensor={min(4, plan.hardware.chips_per_host)} (within a host) splits the logits\' '
+                 'vocab dim and the MLP activations')
+  else:
+    out.append(f'the KV cache is {plan.sampling["KV cache"] / GiB:.1f} GiB: fewer rows per step (batch_size x '
+               f'num_generations, eval_batch_size) or a shorter max_prompt_len + max_new_tokens')
+  return out
+
+
+def check(plan: Plan, config) -> str | None:
+  """None when it fits; otherwise the message a user acts on."""
+  if plan.fits:
+    return None
+  top = ', '.join(f'{name} {size / GiB:.1f} GiB' for name, size in plan.consumers()[:4])
+  lines = [f'DOES NOT FIT: {plan.model} on {plan.hardware.name} needs {plan.peak / GiB:.1f} GiB per device at peak, '
+           f'{plan.usable / GiB:.1f} GiB usable ({plan.hardware.hbm_bytes / GiB:.0f} GiB HBM minus '
+           f'{plan.headroom:.0%} headroom).',
+           f'biggest consumers: {top}.', 'try:']
+  lines += [f'  - {s}' for s in suggestions(plan, config)]
+  return '\n'.join(lines)
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str]) -> int:
+  """`python -m rftjax.plan --config=... --devices=...`; returns the exit status (0 fits, 1 does not, 2 bad input).
+
+  Parses its own FlagValues, so tests can call `main([...])` in-process.
+  """
+  from absl import flags
+  from ml_collections import config_flags
+
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:arg]).', flag_values=fv,
+                                  lock_config=True)
+  flags.DEFINE_string('devices', None, 'Slice: v5p-32, v5e-8, v6e-16, v4-8, cpu-8, ...', flag_values=fv)
+  flags.DEFINE_float('headroom', 0.1, 'Fraction of HBM kept free (XLA scratch, fragmentation).', flag_values=fv)
+  try:
+    fv(list(argv))
+    if not fv.config or not fv.devices:
+      raise flags.Error('--config and --devices are required')
+  except flags.Error as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  try:
+    plan = make_plan(fv.config, fv.devices, headroom=fv.headroom)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(format_plan(plan))
+  message = check(plan, fv.config)
+  if message:
+    print(message, file=sys.stderr)
+    return 1
+  print(f'fits: peak {plan.peak / GiB:.1f} of {plan.usable / GiB:.1f} GiB usable per device')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))

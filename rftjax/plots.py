@@ -1,0 +1,64 @@
+"""The reward curve of a run: train reward (raw and smoothed) and validation reward against step, as a PNG.
+
+  path = plots.write_reward_plot(workdir)   # DIR/reward_curve.png, from DIR/metrics.jsonl
+
+Read-only on metrics.jsonl, so it can run while training writes; the PNG is replaced atomically.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+
+from rftjax import metrics as metrics_lib
+
+
+def smooth(values, weight: float = 0.8) -> np.ndarray:
+  """TensorBoard-style exponential moving average, debiased so the first points are not pulled to 0."""
+  out, avg = [], 0.0
+  for i, v in enumerate(values, start=1):
+    avg = weight * avg + (1 - weight) * v
+    out.append(avg / (1 - weight**i))
+  return np.asarray(out)
+
+
+def reward_series(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+  """{'train': (steps, rewards), 'valid': (steps, rewards)} from metrics.jsonl records (None values skipped)."""
+  out = {}
+  for name in ('train', 'valid'):
+    key = f'{name}_reward_mean'
+    pts = sorted({int(r['step']): r[key] for r in records if r.get(key) is not None}.items())
+    out[name] = ([s for s, _ in pts], [float(v) for _, v in pts])
+  return out
+
+
+def write_reward_plot(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> pathlib.Path:
+  """Writes the plot (default DIR/reward_curve.png) and returns its path; an empty run gives an empty axes."""
+  import matplotlib
+  matplotlib.use('Agg')  # no display; must precede pyplot
+  from matplotlib import pyplot as plt
+
+  workdir = pathlib.Path(workdir)
+  out = pathlib.Path(out) if out else workdir / 'reward_curve.png'
+  series = reward_series(metrics_lib.read_jsonl(workdir / 'metrics.jsonl'))
+  fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+  steps, rewards = series['train']
+  if steps:
+    ax.plot(steps, rewards, color='tab:blue', alpha=0.3, linewidth=1, label='train (raw)')
+    ax.plot(steps, smooth(rewards), color='tab:blue', linewidth=2, label='train (smoothed)')
+  steps, rewards = series['valid']
+  if steps:
+    ax.plot(steps, rewards, color='tab:orange', marker='o', linewidth=2, label='validation')
+  ax.set_xlabel('step')
+  ax.set_ylabel('mean reward')
+  ax.set_title(workdir.name)
+  ax.grid(alpha=0.3)
+  if ax.lines:
+    ax.legend(loc='best')
+  fig.tight_layout()
+  tmp = out.with_name(out.name + '.tmp')
+  fig.savefig(tmp, format='png')
+  plt.close(fig)
+  tmp.replace(out)
+  return out

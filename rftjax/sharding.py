@@ -1,0 +1,99 @@
+"""The mesh and the one table that maps logical axis names to mesh axes.
+
+Model code names axes ('embed', 'heads', 'act_batch', ...); this module alone decides where they go. A dimension
+that a mesh axis does not divide stays replicated (Gemma's single KV head on a tensor axis of 2, say), and with no
+mesh set every constraint is a no-op, so CPU tests run the very same code as a pod slice.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# logical name -> mesh axes (None = replicated). Weights are FSDP-sharded on their 'embed' dim and tensor-parallel
+# on heads / MLP / vocab; activations are split over the batch only.
+RULES: dict[str, tuple[str, ...] | str | None] = {
+    'act_batch': ('data', 'fsdp'),
+    'act_len': None,
+    'act_embed': None,
+    'act_mlp': 'tensor',
+    'vocab': 'tensor',
+    'embed': 'fsdp',
+    'heads': 'tensor',
+    'kv_heads': 'tensor',
+    'mlp': 'tensor',
+    'head_dim': None,
+    'layers': None,
+    'norm': None,
+}
+
+
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Mesh over ('data', 'fsdp', 'tensor') from a config with those fields; one of them may be -1 (the rest)."""
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = [int(mesh_cfg[name] if isinstance(mesh_cfg, dict) else getattr(mesh_cfg, name)) for name in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'config.mesh: at most one of data/fsdp/tensor may be -1, got {dict(zip(MESH_AXES, sizes))}')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not divisible by {known}')
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, '
+                     f'but {len(devices)} are available')
+  if len(devices) == len(jax.devices()):
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
+  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None
+                    ) -> PartitionSpec:
+  """PartitionSpec for logical names; drops mesh axes that do not divide the dim or are already used."""
+  used: set[str] = set()
+  spec = []
+  for i, name in enumerate(names):
+    target = RULES.get(name) if name else None
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    axes = tuple(a for a in axes if a not in used)
+    if mesh is not None and shape is not None:
+      size = math.prod(mesh.shape[a] for a in axes)
+      if shape[i] % size:
+        axes = tuple(a for a in axes if shape[i] % mesh.shape[a] == 0)[:1]
+        if axes and shape[i] % mesh.shape[axes[0]]:
+          axes = ()
+    used.update(axes)
+    spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return PartitionSpec(*spec)
+
+
+def named_sharding(mesh: Mesh | None, names: Sequence[str | None], shape: Sequence[int]):
+  if mesh is None:
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
+
+
+def param_shardings(shapes, axes, mesh: Mesh | None):
+  """Tree of shardings for a tree of ShapeDtypeStructs and the matching tree of logical-axis tuples."""
+  return jax.tree.map(lambda s, a: named_sharding(mesh, a, s.shape), shapes, axes,
+                      is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(n, (str, type(None))) for n in x))
+
+
+def data_sharding(mesh: Mesh | None, ndim: int = 2):
+  """Batches are split over data x fsdp on their leading dim."""
+  if mesh is None:
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return NamedSharding(mesh, logical_to_spec(('act_batch',) + (None,) * (ndim - 1)))
+
+
+def constrain(x, names: Sequence[str | None]):
+  """with_sharding_constraint by logical names; a no-op when no mesh is set (jax.set_mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))

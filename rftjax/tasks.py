@@ -1,0 +1,94 @@
+"""Bundled synthetic tasks with checkable answers, generated deterministically from a seed.
+
+`python -m rftjax.tasks` regenerates the files shipped under `data/`; the tests check that what is shipped equals
+what the generator makes, so the demo data can never drift from its recipe.
+
+- `tiny`: "Largest digit: 3 9 4 1" -> "9". A random tiny model names the right one-token answer with
+  probability about 1/vocab, enough for GRPO to find and reinforce it; answers are uniform over the ten digits.
+- `arith`: short integer arithmetic in words and symbols for SmolLM2-135M-Instruct, answer graded by the math
+  grader on the final number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import numpy as np
+
+from rftjax import data
+from rftjax import tokenizer
+
+DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / 'data'
+
+TINY_VOCAB = 32
+TINY_GRADER = {'type': 'string_check', 'name': 'exact_answer', 'input': '{{sample.output_text}}',
+               'reference': '{{item.answer}}', 'operation': 'eq'}
+
+
+def tiny_examples(n: int, seed: int, num_digits: int = 4) -> list[dict]:
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    # the answer is uniform over 0-9: with independent digits 9 would win a third of the time, and a policy that
+    # always says "9" is a trap GRPO falls into before it learns to compare
+    top = rng.integers(0, 10)
+    digits = rng.integers(0, top + 1, size=num_digits)
+    digits[rng.integers(0, num_digits)] = top
+    prompt = 'Largest digit: ' + ' '.join(map(str, digits))
+    rows.append({'messages': [{'role': 'user', 'content': prompt}], 'answer': str(int(digits.max()))})
+  return rows
+
+
+def arith_examples(n: int, seed: int) -> list[dict]:
+  """Two- and three-operand integer problems, a mix that SmolLM2-135M-Instruct gets right some of the time."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    kind = rng.integers(0, 3)
+    if kind == 0:
+      a, b = rng.integers(10, 100, size=2)
+      q, ans = f'What is {a} + {b}?', a + b
+    elif kind == 1:
+      a, b = sorted(rng.integers(10, 100, size=2))[::-1]
+      q, ans = f'What is {a} - {b}?', a - b
+    else:
+      a, b = rng.integers(2, 13, size=2)
+      q, ans = f'What is {a} times {b}?', a * b
+    prompt = q + ' Give the final answer as a number.'
+    rows.append({'messages': [{'role': 'user', 'content': prompt}], 'answer': str(int(ans))})
+  return rows
+
+
+def tiny_tokenizer_texts() -> list[str]:
+  """Every string the tiny model must encode: prompts and answers."""
+  return ['Largest digit: 0 1 2 3 4 5 6 7 8 9'] + [str(d) for d in range(10)]
+
+
+def write_tiny(out_dir: pathlib.Path = DATA_DIR / 'tiny') -> None:
+  out_dir.mkdir(parents=True, exist_ok=True)
+  data.write_jsonl(out_dir / 'train.jsonl', tiny_examples(2000, seed=1))
+  data.write_jsonl(out_dir / 'valid.jsonl', tiny_examples(200, seed=2))
+  (out_dir / 'grader.json').write_text(json.dumps(TINY_GRADER, indent=2) + '\n')
+  # no byte fallback: a ~30-token vocabulary keeps a random model's chance of a right answer near 1/30
+  tokenizer.train_sentencepiece(tiny_tokenizer_texts() * 20, vocab_size=TINY_VOCAB, out_prefix=out_dir / 'tokenizer',
+                                byte_fallback=False)
+
+
+def write_arith(out_dir: pathlib.Path = DATA_DIR / 'arith') -> None:
+  out_dir.mkdir(parents=True, exist_ok=True)
+  data.write_jsonl(out_dir / 'train.jsonl', arith_examples(2000, seed=11))
+  data.write_jsonl(out_dir / 'valid.jsonl', arith_examples(100, seed=12))
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description='Regenerate the bundled task data under data/.')
+  parser.add_argument('--out', default=str(DATA_DIR))
+  args = parser.parse_args(argv)
+  write_tiny(pathlib.Path(args.out) / 'tiny')
+  write_arith(pathlib.Path(args.out) / 'arith')
+  print(f'wrote tasks under {args.out}')
+
+
+if __name__ == '__main__':
+  main()

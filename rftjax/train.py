@@ -1,0 +1,53 @@
+"""Entry point: python -m rftjax.train --config=configs/tiny.py --workdir=runs/tiny [--config.x=y ...]
+
+Running the same command again resumes from the workdir's latest checkpoint; raising --config.total_steps
+continues a finished run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py[:arg]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics.jsonl, samples.')
+_DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
+                                 'jax.distributed.initialize(): auto = when running on a multi-host TPU VM or '
+                                 'when --coordinator is given.')
+_COORDINATOR = flags.DEFINE_string('coordinator', None, 'host:port of process 0 (multi-process without a TPU VM).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index (with --coordinator).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', stream=sys.stderr)
+  import jax
+  from rftjax import distributed, trainer
+
+  distributed.maybe_initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  cache_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(_WORKDIR.value, '.jax_cache')
+  if not _WORKDIR.value.startswith('gs://'):
+    jax.config.update('jax_compilation_cache_dir', cache_dir)
+  from rftjax import preemption
+  try:
+    trainer.train(_CONFIG.value, _WORKDIR.value)
+  except preemption.Preempted as e:
+    logging.warning('%s', e)
+    sys.exit(preemption.EXIT_CODE)
+  except ValueError as e:
+    if type(e).__name__ in ('ConfigError', 'DataError', 'GraderConfigError', 'FormulaError'):
+      logging.error('%s', e)  # bad input: the message names the file, line, field or key; no traceback
+      sys.exit(2)
+    raise
+
+
+if __name__ == '__main__':
+  app.run(main)

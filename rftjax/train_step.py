@@ -1,0 +1,164 @@
+"""Train state, optimizer and the jitted GRPO step.
+
+The state is a plain dict pytree {'params', 'opt_state', 'step'}: Orbax saves it as is, and `abstract_state`
+gives the restore target with shardings. The optimizer state is created straight into the params' shardings
+(`jax.jit(tx.init)` alone would replicate Adam's moments on every device).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from rftjax import grpo
+from rftjax import model as model_lib
+from rftjax import sharding
+
+
+@flax.struct.dataclass
+class Batch:
+  """One GRPO batch of R = B*G rows; prompts left-padded to P, completions right-padded to N."""
+  prompt_tokens: jax.Array  # [R, P] int32
+  prompt_mask: jax.Array  # [R, P] bool
+  completion_tokens: jax.Array  # [R, N] int32
+  completion_mask: jax.Array  # [R, N] float32 (loss mask: 0 on padding and on masked-out completions)
+  advantages: jax.Array  # [R] float32
+  sampler_logp: jax.Array  # [R, N] float32
+  old_logp: jax.Array | None = None  # [R, N] policy logprobs before this batch's first update (num_iterations > 1)
+  ref_logp: jax.Array | None = None  # [R, N] reference logprobs (beta > 0)
+
+
+def schedule(opt_cfg, total_steps: int):
+  """Learning rate of update number `count` (0-based): linear warmup that reaches the peak at update `warmup`,
+  then constant or cosine decay to 10% of the peak. The first update already moves (lr/warmup, not 0)."""
+  lr, warmup = float(opt_cfg.learning_rate), max(int(opt_cfg.warmup_steps), 1)
+  if opt_cfg.schedule not in ('constant', 'cosine'):
+    raise ValueError(f"config.optimizer.schedule: expected 'constant' or 'cosine', got {opt_cfg.schedule!r}")
+  decay_steps = max(total_steps - warmup, 1)
+
+  def fn(count):
+    count = jnp.asarray(count, jnp.float32)
+    ramp = jnp.minimum(1.0, (count + 1.0) / warmup)
+    if opt_cfg.schedule == 'constant':
+      return lr * ramp
+    progress = jnp.clip((count + 1.0 - warmup) / decay_steps, 0.0, 1.0)
+    return lr * ramp * (0.1 + 0.9 * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+
+  return fn
+
+
+def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
+  """AdamW on `schedule`, after global-norm gradient clipping."""
+  return optax.chain(
+      optax.clip_by_global_norm(float(opt_cfg.max_grad_norm)),
+      optax.adamw(schedule(opt_cfg, total_steps), b1=float(opt_cfg.b1), b2=float(opt_cfg.b2),
+                  weight_decay=float(opt_cfg.weight_decay)),
+  )
+
+
+def learning_rate(opt_cfg, step: int, total_steps: int) -> float:
+  """The rate used by update number `step` (1-based, as logged), for metrics."""
+  return float(schedule(opt_cfg, total_steps)(step - 1))
+
+
+def _replicated(params):
+  first = jax.tree.leaves(params)[0].sharding
+  if isinstance(first, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(first.mesh, jax.sharding.PartitionSpec())
+  return first
+
+
+def _opt_shardings(tx, params):
+  """Optimizer-state shardings that follow the params (moments) and replicate scalars (counts)."""
+  abstract = jax.eval_shape(tx.init, params)
+  param_shardings = jax.tree.map(lambda p: p.sharding, params)
+  non_param = jax.tree.map(lambda _: _replicated(params), abstract)
+  return optax.tree_map_params(tx, lambda _, s: s, non_param, param_shardings, transform_non_params=lambda s: s)
+
+
+def init_state(params, tx) -> dict:
+  opt_state = jax.jit(tx.init, out_shardings=_opt_shardings(tx, params))(params)
+  # committed like the step's outputs, or the second call of the step would compile a second program
+  step = jax.device_put(jnp.zeros((), jnp.int32), _replicated(params))
+  return {'params': params, 'opt_state': opt_state, 'step': step}
+
+
+def abstract_state(state) -> Any:
+  """ShapeDtypeStructs carrying the live state's shardings: the restore target."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def completion_logits(params, cfg: model_lib.TransformerConfig, batch: Batch, *, dtype=jnp.float32,
+                      remat: bool = False):
+  """Logits that predict each completion token: [R, N, V] float32, from one forward over prompt + completion."""
+  p = batch.prompt_tokens.shape[1]
+  tokens = jnp.concatenate([batch.prompt_tokens, batch.completion_tokens], axis=1)[:, :-1]
+  key_mask = jnp.concatenate([batch.prompt_mask, batch.completion_mask > 0], axis=1)[:, :-1]
+  # completion tokens after a stop are padding; keep them visible to nothing but give them sane positions
+  key_mask = key_mask | (jnp.arange(tokens.shape[1]) >= p)[None] & batch.prompt_mask[:, -1:]
+  positions = jnp.maximum(jnp.cumsum(key_mask, axis=1) - 1, 0).astype(jnp.int32)
+  hidden, _ = model_lib.forward(params, cfg, tokens, positions, key_mask, dtype=dtype, remat=remat,
+                                return_hidden=True)
+  return model_lib.unembed(params, cfg, hidden[:, p - 1:])
+
+
+def token_logprobs(params, cfg, batch: Batch, temperature: float, **kw):
+  logits = completion_logits(params, cfg, batch, **kw)
+  return grpo.token_logprobs(logits, batch.completion_tokens, temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static parts of the train step (hashable: it keys the jit cache)."""
+  model: model_lib.TransformerConfig
+  loss: grpo.LossConfig
+  temperature: float = 1.0
+  compute_dtype: str = 'float32'
+  remat: bool = False
+  with_entropy: bool = True
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def policy_logprobs(step_cfg: StepConfig, tx_unused, params, batch: Batch):
+  """Logprobs of the sampled completions under `params` (old policy or reference), no gradient."""
+  return token_logprobs(params, step_cfg.model, batch, step_cfg.temperature or 1.0,
+                        dtype=jnp.dtype(step_cfg.compute_dtype))
+
+
+def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
+  """Returns `step(state, batch) -> (state, metrics)`, jitted, donating the state."""
+  temperature = step_cfg.temperature or 1.0  # greedy sampling still trains the temperature-1 policy
+
+  def loss_fn(params, batch: Batch):
+    logits = completion_logits(params, step_cfg.model, batch, dtype=jnp.dtype(step_cfg.compute_dtype),
+                               remat=step_cfg.remat)
+    logp = grpo.token_logprobs(logits, batch.completion_tokens, temperature)
+    entropy = None
+    if step_cfg.with_entropy or step_cfg.loss.entropy_coef:
+      entropy = grpo.entropy_from_logits(jax.lax.stop_gradient(logits) if not step_cfg.loss.entropy_coef
+                                         else logits, temperature)
+    return grpo.policy_loss(logp, batch.old_logp, batch.advantages, batch.completion_mask, config=step_cfg.loss,
+                            ref_logp=batch.ref_logp, sampler_logp=batch.sampler_logp, entropy=entropy)
+
+  def step(state, batch: Batch):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    return {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}, metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def shard_batch(batch: Batch, mesh) -> Batch:
+  """Places a host batch on the mesh, rows split over data x fsdp."""
+  def put(x):
+    if x is None:
+      return None
+    return jax.device_put(x, sharding.data_sharding(mesh, x.ndim))
+  return jax.tree.map(put, batch)

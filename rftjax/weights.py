@@ -1,0 +1,597 @@
+"""Weight import / export: one declarative key table per family, read in one direction and inverted for the other.
+
+A table row says where one rftjax parameter lives in a Hugging Face checkpoint and in a GGUF file, and how the HF
+tensor is laid out relative to ours (`LAYOUTS`). GGUF tensors are first brought to HF layout (gguf_io.py: reversed
+shapes, dequantization, Gemma's norm - 1, llama's q/k row un-permutation), so one layout transform serves both.
+
+  load('gguf:PATH' | 'gguf:gemma3-270m' | 'hf:DIR', cfg, mesh) -> params   (pure dict, per-layer tensors stacked on L)
+  config_from_file(init, expected)                                 -> TransformerConfig read from the file's metadata
+  export_hf(params, cfg, out_dir, tokenizer)                        -> a folder transformers / vLLM load as-is
+
+Loading never holds more than one parameter (its addressable part) on the host: each tensor is read, transformed,
+cast, sliced into the target sharding's per-device pieces and put on its devices; a stacked [L, ...] parameter is
+filled layer by layer. Every tensor's shape is asserted against the config before use, naming the tensor.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rftjax import gguf_io
+from rftjax import model as model_lib
+from rftjax import pretrained
+from rftjax import sharding
+
+
+# ---- the tables -----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """HF tensor (one layer's) <-> rftjax tensor (one layer's). Written with array methods: numpy and jnp alike."""
+  to_model: Callable
+  to_hf: Callable
+
+
+LAYOUTS = {
+    'same': Layout(lambda w, c: w, lambda w, c: w),  # embeddings [V, D], norm scales
+    'transpose': Layout(lambda w, c: w.T, lambda w, c: w.T),  # Linear [out, in] <-> [in, out]
+    'q': Layout(lambda w, c: w.T.reshape(c.d_model, c.num_heads, c.head_dim),  # [N*H, D] <-> [D, N, H]
+                lambda w, c: w.reshape(c.d_model, -1).T),
+    'kv': Layout(lambda w, c: w.T.reshape(c.d_model, c.num_kv_heads, c.head_dim),  # [K*H, D] <-> [D, K, H]
+                 lambda w, c: w.reshape(c.d_model, -1).T),
+    'o': Layout(lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.d_model),  # [D, N*H] <-> [N, H, D]
+                lambda w, c: w.reshape(-1, c.d_model).T),
+    'q_bias': Layout(lambda w, c: w.reshape(c.num_heads, c.head_dim), lambda w, c: w.reshape(-1)),
+    'kv_bias': Layout(lambda w, c: w.reshape(c.num_kv_heads, c.head_dim), lambda w, c: w.reshape(-1)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  path: str  # rftjax params path, dots between keys; 'layers.*' are stacked on a leading L axis
+  hf: str  # HF safetensors name; '{i}' is the layer
+  gguf: str  # GGUF tensor name
+  layout: str  # key of LAYOUTS
+  gguf_fix: str | None = None  # gguf_io.GGUFFile.hf_tensor: 'norm_minus_1' | 'rotary_q' | 'rotary_k'
+  when: str | None = None  # TransformerConfig flag the row needs; '!flag' for its negation
+
+
+def _norm(path, hf, gguf, fix=None, when=None):
+  return Row(f'{path}.scale', hf, gguf, 'same', fix, when)
+
+
+_ATTN = (
+    Row('layers.attn.q', 'model.layers.{i}.self_attn.q_proj.weight', 'blk.{i}.attn_q.weight', 'q', 'rotary_q'),
+    Row('layers.attn.k', 'model.layers.{i}.self_attn.k_proj.weight', 'blk.{i}.attn_k.weight', 'kv', 'rotary_k'),
+    Row('layers.attn.v', 'model.layers.{i}.self_attn.v_proj.weight', 'blk.{i}.attn_v.weight', 'kv'),
+    Row('layers.attn.o', 'model.layers.{i}.self_attn.o_proj.weight', 'blk.{i}.attn_output.weight', 'o'),
+    Row('layers.mlp.gate', 'model.layers.{i}.mlp.gate_proj.weight', 'blk.{i}.ffn_gate.weight', 'transpose'),
+    Row('layers.mlp.up', 'model.layers.{i}.mlp.up_proj.weight', 'blk.{i}.ffn_up.weight', 'transpose'),
+    Row('layers.mlp.down', 'model.layers.{i}.mlp.down_proj.weight', 'blk.{i}.ffn_down.weight', 'transpose'),
+    Row('embed.embedding', 'model.embed_tokens.weight', 'token_embd.weight', 'same'),
+    Row('lm_head.kernel', 'lm_head.weight', 'output.weight', 'transpose', when='!tie_embeddings'),
+)
+
+TABLES: dict[str, tuple[Row, ...]] = {
+    'gemma3': _ATTN + (
+        _norm('final_norm', 'model.norm.weight', 'output_norm.weight', 'norm_minus_1'),
+        _norm('layers.attn_norm', 'model.layers.{i}.input_layernorm.weight', 'blk.{i}.attn_norm.weight',
+              'norm_minus_1'),
+        _norm('layers.post_attn_norm', 'model.layers.{i}.post_attention_layernorm.weight',
+              'blk.{i}.post_attention_norm.weight', 'norm_minus_1'),
+        _norm('layers.mlp_norm', 'model.layers.{i}.pre_feedforward_layernorm.weight', 'blk.{i}.ffn_norm.weight',
+              'norm_minus_1'),
+        _norm('layers.post_mlp_norm', 'model.layers.{i}.post_feedforward_layernorm.weight',
+              'blk.{i}.post_ffw_norm.weight', 'norm_minus_1'),
+        _norm('layers.attn.q_norm', 'model.layers.{i}.self_attn.q_norm.weight', 'blk.{i}.attn_q_norm.weight',
+              'norm_minus_1'),
+        _norm('layers.attn.k_norm', 'model.layers.{i}.self_attn.k_norm.weight', 'blk.{i}.attn_k_norm.weight',
+              'norm_minus_1'),
+    ),
+    'llama': _ATTN + (  # Llama, SmolLM2, Qwen 2.5 (biases)
+        _norm('final_norm', 'model.norm.weight', 'output_norm.weight'),
+        _norm('layers.attn_norm', 'model.layers.{i}.input_layernorm.weight', 'blk.{i}.attn_norm.weight'),
+        # HF llama calls the pre-MLP norm "post_attention_layernorm".
+        _norm('layers.mlp_norm', 'model.layers.{i}.post_attention_layernorm.weight', 'blk.{i}.ffn_norm.weight'),
+        Row('layers.attn.q_bias', 'model.layers.{i}.self_attn.q_proj.bias', 'blk.{i}.attn_q.bias', 'q_bias',
+            when='qkv_bias'),
+        Row('layers.attn.k_bias', 'model.layers.{i}.self_attn.k_proj.bias', 'blk.{i}.attn_k.bias', 'kv_bias',
+            when='qkv_bias'),
+        Row('layers.attn.v_bias', 'model.layers.{i}.self_attn.v_proj.bias', 'blk.{i}.attn_v.bias', 'kv_bias',
+            when='qkv_bias'),
+    ),
+}
+TABLES['tiny'] = TABLES['llama']  # the CPU test model is a small Llama: exported as one (reads back as 'llama')
+
+# Tensors a checkpoint may carry that rftjax has no use for (not an error).
+_IGNORED_SUFFIXES = ('rotary_emb.inv_freq', 'rope_freqs.weight')
+_IGNORED_PREFIXES = ('vision_tower.', 'multi_modal_projector.', 'model.vision_tower.', 'model.multi_modal_projector.')
+
+
+def table(cfg: model_lib.TransformerConfig) -> tuple[Row, ...]:
+  """The rows that apply to this config (biases only with qkv_bias, lm_head only when untied, ...)."""
+  if cfg.family not in TABLES:
+    raise ValueError(f'model family {cfg.family!r} ({cfg.name}) has no weight table; known: {sorted(TABLES)}')
+
+  def applies(row):
+    if row.when is None:
+      return True
+    negate = row.when.startswith('!')
+    return bool(getattr(cfg, row.when.lstrip('!'))) != negate
+
+  return tuple(r for r in TABLES[cfg.family] if applies(r))
+
+
+def _flatten(tree, prefix=''):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _unflatten(flat):
+  tree: dict = {}
+  for path, v in flat.items():
+    *parents, leaf = path.split('.')
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return tree
+
+
+def hf_shape(row: Row, cfg, model_shape) -> tuple[int, ...]:
+  """The HF tensor shape (one layer) a row expects, derived from the rftjax shape through the layout."""
+  layer_shape = model_shape[1:] if row.path.startswith('layers.') else model_shape
+  out = jax.eval_shape(lambda w: LAYOUTS[row.layout].to_hf(w, cfg), jax.ShapeDtypeStruct(layer_shape, jnp.float32))
+  return tuple(out.shape)
+
+
+# ---- sources ----------------------------------------------------------------------------------------------------
+class _HFSource:
+  """A Hugging Face folder: config.json + model.safetensors or sharded model-*.safetensors with an index."""
+
+  def __init__(self, directory: str):
+    import safetensors
+    self._safetensors = safetensors
+    self.dir = pathlib.Path(directory)
+    self.spec = f'hf:{directory}'
+    if not (self.dir / 'config.json').is_file():
+      raise FileNotFoundError(f'{self.spec}: no config.json in {self.dir}')
+    self.config = json.loads((self.dir / 'config.json').read_text())
+    index = self.dir / 'model.safetensors.index.json'
+    if index.is_file():
+      self.files = {name: self.dir / f for name, f in json.loads(index.read_text())['weight_map'].items()}
+    elif (self.dir / 'model.safetensors').is_file():
+      with safetensors.safe_open(self.dir / 'model.safetensors', 'np') as f:
+        self.files = {name: self.dir / 'model.safetensors' for name in f.keys()}
+    else:
+      raise FileNotFoundError(f'{self.spec}: neither model.safetensors nor model.safetensors.index.json')
+    # Gemma 3 4B+ are multimodal checkpoints: the text decoder sits under a prefix.
+    if 'model.language_model.embed_tokens.weight' in self.files:  # transformers >= 4.52 layout
+      self.prefix = 'model.language_model.'
+    elif 'language_model.model.embed_tokens.weight' in self.files:
+      self.prefix = 'language_model.'
+    else:
+      self.prefix = ''
+    self._open: dict = {}
+
+  def name(self, row: Row, i: int | None) -> str:
+    name = row.hf.format(i=i)
+    if self.prefix == 'model.language_model.':  # transformers >= 4.52 layout: model.language_model.layers...
+      return name.replace('model.', self.prefix, 1) if name.startswith('model.') else name
+    return self.prefix + name
+
+  def _file(self, name: str):
+    path = self.files[name]
+    if path not in self._open:
+      self._open[path] = self._safetensors.safe_open(path, 'np')
+    return self._open[path]
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._file(name).get_slice(name).get_shape())
+
+  def read(self, row: Row, i: int | None, cfg) -> np.ndarray:
+    return self._file(self.name(row, i)).get_tensor(self.name(row, i))
+
+  def stated_fields(self) -> dict:
+    return hf_config_fields(self.config, self.spec)
+
+
+class _GGUFSource:
+  def __init__(self, path: str):
+    self.file = gguf_io.GGUFFile(path)
+    self.spec = f'gguf:{path}'
+    self.files = dict.fromkeys(self.file.names)
+
+  def name(self, row: Row, i: int | None) -> str:
+    return row.gguf.format(i=i)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return self.file.shape(name)
+
+  def read(self, row: Row, i: int | None, cfg) -> np.ndarray:
+    return self.file.hf_tensor(self.name(row, i), row.gguf_fix, cfg)
+
+  def stated_fields(self) -> dict:
+    return self.file.config_fields()
+
+
+def _open(init: str):
+  init = pretrained.resolve(init)
+  kind, _, path = init.partition(':')
+  if kind == 'gguf':
+    return _GGUFSource(path)
+  if kind == 'hf':
+    return _HFSource(path)
+  raise ValueError(f'init {init!r}: expected gguf:PATH, gguf:NAME ({", ".join(pretrained.SHORTHANDS)}) or hf:DIR')
+
+
+# ---- architecture from the file -------------------------------------------------------------------------------
+# transformers' class defaults (Gemma3TextConfig, LlamaConfig, Qwen2Config), for fields a config.json leaves out.
+_HF_DEFAULTS = {
+    'gemma3_text': dict(vocab_size=262_208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, rms_norm_eps=1e-6,
+                        max_position_embeddings=131_072, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+                        query_pre_attn_scalar=256, sliding_window=4096, sliding_window_pattern=6,
+                        tie_word_embeddings=True, hidden_activation='gelu_pytorch_tanh'),
+    'llama': dict(vocab_size=32_000, hidden_size=4096, intermediate_size=11_008, num_hidden_layers=32,
+                  num_attention_heads=32, rms_norm_eps=1e-6, max_position_embeddings=2048, rope_theta=10_000.0,
+                  tie_word_embeddings=False, hidden_act='silu'),
+    'qwen2': dict(vocab_size=151_936, hidden_size=4096, intermediate_size=22_016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-6, max_position_embeddings=32_768,
+                  rope_theta=10_000.0, tie_word_embeddings=False, hidden_act='silu'),
+}
+_NULLABLE = ('sliding_window', 'rope_scaling', 'final_logit_softcapping')
+
+
+def hf_config_fields(c: dict, where: str = 'config.json') -> dict:
+  """TransformerConfig fields stated by a Hugging Face config.json (old and new rope formats both read)."""
+  model_type = c.get('model_type')
+  if model_type == 'gemma3' and 'text_config' in c:  # multimodal wrapper (4B+)
+    c, model_type = dict(c['text_config']), 'gemma3_text'
+  if model_type not in _HF_DEFAULTS:
+    raise ValueError(f'{where}: model_type {model_type!r} is not supported; rftjax reads gemma3_text, llama, qwen2')
+  # save_pretrained writes only fields that differ from the class defaults (nested text_config especially).
+  c = {**_HF_DEFAULTS[model_type], **{k: v for k, v in c.items() if v is not None or k in _NULLABLE}}
+  family = 'gemma3' if model_type == 'gemma3_text' else 'llama'
+  heads = int(c['num_attention_heads'])
+  fields = dict(family=family, vocab_size=int(c['vocab_size']), d_model=int(c['hidden_size']),
+                num_layers=int(c['num_hidden_layers']), num_heads=heads,
+                num_kv_heads=int(c.get('num_key_value_heads') or heads),
+                head_dim=int(c.get('head_dim') or c['hidden_size'] // heads), mlp_dim=int(c['intermediate_size']),
+                norm_eps=float(c.get('rms_norm_eps', 1e-6)),
+                tie_embeddings=bool(c.get('tie_word_embeddings', family == 'gemma3')))
+  if 'max_position_embeddings' in c:
+    fields['max_seq_len'] = int(c['max_position_embeddings'])
+  rope = c.get('rope_parameters') or {}
+  full = rope.get('full_attention', rope) if family == 'gemma3' else rope
+  scaling = c.get('rope_scaling') or (full if full.get('rope_type', 'default') != 'default' else None)
+  theta = full.get('rope_theta', c.get('rope_theta'))
+  if theta is not None:
+    fields['rope_base'] = float(theta)
+  act = c.get('hidden_activation') or c.get('hidden_act')
+  if act:
+    fields['activation'] = {'gelu_pytorch_tanh': 'gelu_tanh', 'silu': 'silu'}.get(act, act)
+  if family == 'gemma3':
+    local = rope.get('sliding_attention', {}).get('rope_theta', c.get('rope_local_base_freq'))
+    if local is not None:
+      fields['rope_base_local'] = float(local)
+    fields['sliding_window'] = c.get('sliding_window')
+    types = c.get('layer_types')
+    if types:
+      globals_ = [i + 1 for i, t in enumerate(types) if t == 'full_attention']
+      every = globals_[0] if globals_ else 0
+      if [i + 1 for i in range(len(types)) if every and (i + 1) % every == 0] != globals_:
+        raise ValueError(f'{where}: layer_types {types} is not "every n-th layer global"; rftjax cannot run it')
+      fields['global_every'] = every
+    elif c.get('sliding_window_pattern'):
+      fields['global_every'] = int(c['sliding_window_pattern'])
+    if c.get('query_pre_attn_scalar') is not None:
+      fields['query_pre_attn_scalar'] = float(c['query_pre_attn_scalar'])
+    fields['final_softcap'] = c.get('final_logit_softcapping')
+    fields['rope_scale_global'] = float(scaling['factor']) if scaling and scaling.get('rope_type',
+                                                                 scaling.get('type')) == 'linear' else 1.0
+  else:
+    fields['qkv_bias'] = bool(c.get('attention_bias', False)) or model_type == 'qwen2'
+    kind = scaling.get('rope_type', scaling.get('type')) if scaling else None
+    fields['rope_llama3'] = (float(scaling['factor']), float(scaling['low_freq_factor']),
+                             float(scaling['high_freq_factor']),
+                             int(scaling['original_max_position_embeddings'])) if kind == 'llama3' else None
+  return fields
+
+
+# Fields that describe a deployment limit, not the weights' architecture: reported, never an error.
+_NOT_CHECKED = ('max_seq_len',)
+
+
+def _family_default(fields: dict) -> model_lib.TransformerConfig:
+  """A config for a file with no preset named: the family's conventions fill what the file does not state."""
+  f = fields
+  if f['family'] == 'gemma3':
+    # llama.cpp's rule for GGUFs, which do not store it: 27B scales by d/N, the others by head_dim.
+    qpas = f['d_model'] // f['num_heads'] if f['head_dim'] == 128 else f['head_dim']
+    base = model_lib.TransformerConfig._gemma3('from_file', f['vocab_size'], f['d_model'], f['num_layers'],
+                                               f['num_heads'], f['num_kv_heads'], f['head_dim'], f['mlp_dim'],
+                                               f.get('sliding_window'), qpas, 1.0)
+  else:
+    base = model_lib.TransformerConfig._llama('from_file', f['vocab_size'], f['d_model'], f['num_layers'],
+                                              f['num_heads'], f['num_kv_heads'], f['head_dim'], f['mlp_dim'],
+                                              f.get('rope_base', 10_000.0))
+  return dataclasses.replace(base, **f)
+
+
+def _differs(a, b) -> bool:
+  if isinstance(a, float) or isinstance(b, float):
+    if a is None or b is None:
+      return a is not b
+    return not math.isclose(float(a), float(b), rel_tol=1e-5)
+  if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+    return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+  return a != b
+
+
+def config_from_file(init: str, expected: model_lib.TransformerConfig | str | None = None
+                     ) -> model_lib.TransformerConfig:
+  """The architecture a checkpoint's own metadata states, checked against a preset when one is given.
+
+  With `expected` (a TransformerConfig or preset name), every field the file states must agree, else a ValueError
+  lists each mismatch (`init gguf:x.gguf has num_layers=18 but config.model=gemma3_1b says 26`); the preset is
+  returned (fields the file does not state, like Gemma's local RoPE base in a GGUF, come from it). Without, the
+  family's conventions fill the gaps.
+  """
+  return _check_config(_open(init), expected)
+
+
+def _check_config(src, expected) -> model_lib.TransformerConfig:
+  fields = src.stated_fields()
+  if expected is None:
+    return _family_default(fields)
+  if isinstance(expected, str):
+    expected = model_lib.get_config(expected)
+  bad = [f'{k}={v!r} but config.model={expected.name} says {getattr(expected, k)!r}'
+         for k, v in fields.items() if k not in _NOT_CHECKED and _differs(v, getattr(expected, k))]
+  if bad:
+    raise ValueError(f'init {src.spec} does not match the model preset:\n  has ' + '\n  has '.join(bad))
+  return expected
+
+
+# ---- load ---------------------------------------------------------------------------------------------------------
+def _place(shape, target_sharding, np_dtype, num_layers: int | None, get: Callable[[int | None], np.ndarray]):
+  """Builds a jax.Array of `shape` in `target_sharding` from per-layer host tensors, reading each tensor once.
+
+  Only this process's devices are filled (multi-host: each process reads the file and keeps its part). Devices with
+  the same index (replicas) share one host buffer.
+  """
+  index_map = target_sharding.addressable_devices_indices_map(tuple(shape))
+  keys = {d: tuple(s.indices(n) for s, n in zip(idx, shape)) for d, idx in index_map.items()}
+  as_slices = lambda key: tuple(slice(*k) for k in key)  # noqa: E731
+  if num_layers is None:
+    w = get(None)
+    bufs = {key: np.ascontiguousarray(w[as_slices(key)]) for key in set(keys.values())}
+  else:
+    bufs = {key: np.empty([len(range(*k)) for k in key], np_dtype) for key in set(keys.values())}
+    for layer in range(num_layers):
+      w = get(layer)
+      for key, buf in bufs.items():
+        start, stop, step = key[0]
+        if start <= layer < stop and (layer - start) % step == 0:
+          buf[(layer - start) // step] = w[as_slices(key[1:])]
+  arrays = [jax.device_put(bufs[keys[d]], d) for d in index_map]
+  return jax.make_array_from_single_device_arrays(tuple(shape), target_sharding, arrays)
+
+
+def load(init: str, cfg: model_lib.TransformerConfig, mesh=None, dtype=jnp.float32) -> model_lib.Params:
+  """Params for `cfg` from `gguf:PATH` / `gguf:NAME` / `hf:DIR`, placed straight into their mesh shardings.
+
+  Checks the file's architecture against `cfg` first (config_from_file), then every tensor's shape; a tensor the
+  table does not know (other than rotary caches and a tied lm_head copy) is an error, so a wrong family fails loudly.
+  """
+  src = _open(init)
+  _check_config(src, cfg)
+  shapes = _flatten(model_lib.param_shapes(cfg, dtype))
+  shardings = _flatten(sharding.param_shardings(model_lib.param_shapes(cfg, dtype), model_lib.param_axes(cfg), mesh))
+  rows = table(cfg)
+  missing = sorted(set(shapes) - {r.path for r in rows})
+  if missing:  # the table and model.py disagree: a bug here, not in the user's files
+    raise AssertionError(f'weight table for {cfg.family} has no row for params {missing}')
+  np_dtype = np.dtype(jnp.dtype(dtype))
+  used: set[str] = set()
+  flat = {}
+  for row in rows:
+    shape = shapes[row.path].shape
+    expect = hf_shape(row, cfg, shape)
+
+    def get(i, row=row, expect=expect):
+      name = src.name(row, i)
+      if name not in src.files:
+        raise KeyError(f'{src.spec}: tensor {name!r} (for {row.path}) is missing')
+      if src.shape(name) != expect:  # checked before reading: GGUF fix-ups reshape
+        raise ValueError(f'{src.spec}: tensor {name!r} (-> {row.path}) has shape {src.shape(name)}, expected '
+                         f'{expect} for model {cfg.name}')
+      w = src.read(row, i, cfg)
+      used.add(name)
+      return np.asarray(LAYOUTS[row.layout].to_model(w, cfg)).astype(np_dtype, copy=False)
+
+    stacked = cfg.num_layers if row.path.startswith('layers.') else None
+    flat[row.path] = _place(shape, shardings[row.path], np_dtype, stacked, get)
+  unused = [n for n in src.files if n not in used and not n.endswith(_IGNORED_SUFFIXES)
+            and not n.startswith(_IGNORED_PREFIXES) and not (cfg.tie_embeddings and n.endswith('lm_head.weight'))]
+  if unused:
+    raise ValueError(f'{src.spec}: {len(unused)} tensors have no place in model {cfg.name} ({cfg.family} table), '
+                     f'e.g. {unused[:5]}')
+  return _unflatten(flat)
+
+
+# ---- export -------------------------------------------------------------------------------------------------------
+def hf_config(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype: str = 'float32') -> dict:
+  """config.json for transformers / vLLM. Writes both the current `rope_parameters` and the older flat rope keys."""
+  ids = {'bos': 2, 'eos': 1, 'pad': 0} if cfg.family == 'gemma3' else {}
+  ids.update(token_ids or {})
+  common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
+                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
+                max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=cfg.tie_embeddings,
+                bos_token_id=ids.get('bos'), eos_token_id=ids.get('eos'), pad_token_id=ids.get('pad'),
+                attention_bias=cfg.qkv_bias, attention_dropout=0.0, initializer_range=0.02, use_cache=True,
+                torch_dtype=dtype, dtype=dtype, rope_theta=cfg.rope_base)
+  if cfg.family == 'gemma3':
+    if cfg.rope_llama3 is not None:
+      raise ValueError(f'{cfg.name}: Gemma 3 with llama3 rope scaling has no HF equivalent')
+    scaling = {'rope_type': 'linear', 'factor': cfg.rope_scale_global} if cfg.rope_scale_global != 1.0 else None
+    local = cfg.rope_base_local or cfg.rope_base
+    types = ['sliding_attention' if is_local else 'full_attention' for is_local in cfg.layer_is_local()]
+    return dict(architectures=['Gemma3ForCausalLM'], model_type='gemma3_text', **common,
+                hidden_activation='gelu_pytorch_tanh', rope_local_base_freq=local, rope_scaling=scaling,
+                rope_parameters={'full_attention': {'rope_type': 'default', 'rope_theta': cfg.rope_base,
+                                                    **(scaling or {})},
+                                 'sliding_attention': {'rope_type': 'default', 'rope_theta': local}},
+                sliding_window=cfg.sliding_window, sliding_window_pattern=cfg.global_every, layer_types=types,
+                query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
+                final_logit_softcapping=cfg.final_softcap, attn_logit_softcapping=None)
+  if cfg.family not in ('llama', 'tiny'):
+    raise ValueError(f'model family {cfg.family!r} ({cfg.name}) has no Hugging Face export')
+  if cfg.activation != 'silu' or cfg.sliding_window or cfg.final_softcap or cfg.qk_norm or cfg.post_norms:
+    raise ValueError(f'{cfg.name}: a llama-family config with Gemma features has no HF llama/qwen2 equivalent')
+  scaling = None
+  if cfg.rope_llama3 is not None:
+    factor, low, high, orig = cfg.rope_llama3
+    scaling = dict(rope_type='llama3', factor=factor, low_freq_factor=low, high_freq_factor=high,
+                   original_max_position_embeddings=orig)
+  rope = {'rope_type': 'default', 'rope_theta': cfg.rope_base, **(scaling or {})}
+  if cfg.qkv_bias:
+    return dict(architectures=['Qwen2ForCausalLM'], model_type='qwen2', **common, hidden_act='silu',
+                rope_scaling=scaling, rope_parameters=rope, use_sliding_window=False, sliding_window=None,
+                max_window_layers=cfg.num_layers)
+  return dict(architectures=['LlamaForCausalLM'], model_type='llama', **common, hidden_act='silu',
+              rope_scaling=scaling, rope_parameters=rope, mlp_bias=False, pretraining_tp=1)
+
+
+def hf_tensors(params, cfg: model_lib.TransformerConfig):
+  """Yields (HF name, shape) lazily paired with a loader: the export plan, one layer-tensor at a time."""
+  flat = _flatten(params)
+  for row in table(cfg):
+    leaf = flat[row.path]
+    layers = range(cfg.num_layers) if row.path.startswith('layers.') else [None]
+    for i in layers:
+      def value(leaf=leaf, i=i, row=row):
+        w = np.asarray(jax.device_get(leaf if i is None else leaf[i]))
+        return np.ascontiguousarray(LAYOUTS[row.layout].to_hf(w, cfg))
+      yield row.hf.format(i=i), hf_shape(row, cfg, leaf.shape), value
+
+
+def export_hf(params, cfg: model_lib.TransformerConfig, out_dir: str | os.PathLike, tokenizer=None, *,
+              dtype: str | None = None, token_ids: dict | None = None, max_shard_bytes: int = 4 << 30) -> pathlib.Path:
+  """Writes a Hugging Face folder: config.json, generation_config.json, safetensors (+ index when sharded) and,
+  given an rftjax Tokenizer, its files. `dtype` ('float32' | 'bfloat16') defaults to the params' dtype.
+
+  Params must be addressable from this process (single-host, or gathered first).
+  """
+  import safetensors.numpy
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  leaves = jax.tree.leaves(params)
+  dtype = dtype or jnp.dtype(leaves[0].dtype).name
+  np_dtype = np.dtype(jnp.dtype(dtype))
+  if tokenizer is not None:
+    token_ids = {**{k: getattr(tokenizer, f'{k}_id') for k in ('bos', 'eos', 'pad')}, **(token_ids or {})}
+    token_ids = {k: v for k, v in token_ids.items() if v is not None}
+  config = hf_config(cfg, token_ids, dtype)
+  (out / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
+  stops = list(getattr(tokenizer, 'stop_ids', ()) or [config['eos_token_id']])
+  gen = dict(bos_token_id=config['bos_token_id'], eos_token_id=stops if len(stops) > 1 else stops[0],
+             pad_token_id=config['pad_token_id'], _from_model_config=False)
+  (out / 'generation_config.json').write_text(json.dumps(gen, indent=2) + '\n')
+
+  # Plan shards from shapes alone, then materialise one shard at a time.
+  plan = list(hf_tensors(params, cfg))
+  shards: list[list] = [[]]
+  size = 0
+  for name, shape, value in plan:
+    nbytes = math.prod(shape) * np_dtype.itemsize
+    if shards[-1] and size + nbytes > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append((name, value))
+    size += nbytes
+  for stale in list(out.glob('model*.safetensors')) + list(out.glob('model.safetensors.index.json')):
+    stale.unlink()
+  weight_map, total = {}, 0
+  for k, shard in enumerate(shards):
+    fname = 'model.safetensors' if len(shards) == 1 else f'model-{k + 1:05d}-of-{len(shards):05d}.safetensors'
+    tensors = {name: value().astype(np_dtype, copy=False) for name, value in shard}
+    total += sum(t.nbytes for t in tensors.values())
+    safetensors.numpy.save_file(tensors, out / fname, metadata={'format': 'pt'})
+    os.chmod(out / fname, 0o644)  # written via a private temp file; serving processes may run as other users
+    weight_map.update(dict.fromkeys(tensors, fname))
+    del tensors
+  if len(shards) > 1:
+    index = {'metadata': {'total_size': total}, 'weight_map': weight_map}
+    (out / 'model.safetensors.index.json').write_text(json.dumps(index, indent=2) + '\n')
+  if tokenizer is not None:
+    write_tokenizer_files(tokenizer, out, config)
+  return out
+
+
+# Jinja versions of rftjax.tokenizer.render_chat's templates (what transformers / vLLM run). {bos} is added by the
+# template exactly where rftjax's encode_prompt adds BOS; tests check both render the same text.
+_JINJA = {
+    'gemma': ("{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+              "{%- set prefix = messages[0]['content'] + '\\n\\n' -%}{%- set turns = messages[1:] -%}"
+              "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+              "{%- for m in turns -%}{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}"
+              "{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + m['content'] | trim"
+              " + '<end_of_turn>\\n' }}{%- endfor -%}"
+              "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"),
+    'chatml': ("{%- for m in messages -%}{%- if loop.first and m['role'] != 'system' and DEFAULT -%}"
+               "{{ '<|im_start|>system\\n' + DEFAULT + '<|im_end|>\\n' }}{%- endif -%}"
+               "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor -%}"
+               "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"),
+    'llama3': ("{{ bos_token }}{%- for m in messages -%}{{ '<|start_header_id|>' + m['role'] + "
+               "'<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}{%- endfor -%}"
+               "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+               "{%- endif -%}"),
+    'plain': "{{ (messages | selectattr('role', 'equalto', 'user') | list | last)['content'] }}",
+}
+
+
+def _tokenizer_payload(tokenizer) -> dict[str, bytes]:
+  """The backend's own files (tokenizer.Tokenizer.serialized_files): a sentencepiece proto or a tokenizers JSON."""
+  if not hasattr(tokenizer, 'serialized_files'):
+    raise TypeError(f'cannot export tokenizer {tokenizer!r}: it has no serialized_files()')
+  return tokenizer.serialized_files()
+
+
+def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
+  """tokenizer.model (sentencepiece) or tokenizer.json (BPE), plus tokenizer_config.json with the chat template."""
+  files = _tokenizer_payload(tokenizer)
+  for stale in ('tokenizer.model', 'tokenizer.json', 'special_tokens_map.json', 'chat_template.jinja'):
+    (out / stale).unlink(missing_ok=True)
+  for name, data in files.items():
+    (out / name).write_bytes(data)
+  token = lambda i: tokenizer.id_to_token(i) if i is not None else None  # noqa: E731
+  special = {'bos_token': token(tokenizer.bos_id), 'eos_token': token(tokenizer.eos_id),
+             'pad_token': token(tokenizer.pad_id)}
+  template = _JINJA[tokenizer.chat_template]
+  if 'DEFAULT' in template:
+    template = template.replace('DEFAULT', json.dumps(tokenizer.default_system or ''))
+  tok_config = dict(
+      tokenizer_class='GemmaTokenizer' if 'tokenizer.model' in files else 'PreTrainedTokenizerFast',
+      add_bos_token=bool(tokenizer.add_bos), add_eos_token=False, clean_up_tokenization_spaces=False,
+      model_max_length=config['max_position_embeddings'], chat_template=template,
+      **{k: v for k, v in special.items() if v is not None})
+  if 'tokenizer.model' in files:
+    tok_config.update(unk_token='<unk>', sp_model_kwargs={}, spaces_between_special_tokens=False)
+  (out / 'tokenizer_config.json').write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + '\n')
+  (out / 'special_tokens_map.json').write_text(
+      json.dumps({k: v for k, v in special.items() if v is not None}, indent=2, ensure_ascii=False) + '\n')

@@ -1,0 +1,233 @@
+"""Tests for rftjax.checkpoint: keep policy, round trips, resharding restore, crash leftovers, resume."""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rftjax import checkpoint
+
+METRICS = [0.1, 0.5, 0.3, 0.9, 0.2, 0.7, 0.4, 0.05]
+
+
+def _step_dirs(directory) -> list[int]:
+  """Committed step directories actually on disk (not Orbax's cached view)."""
+  return sorted(int(p.name) for p in pathlib.Path(directory).iterdir() if p.name.isdigit())
+
+
+def _tiny_state(i):
+  return {'w': jnp.full((4,), float(i)), 'step': jnp.asarray(i, jnp.int32)}
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _assert_same(a, b):
+  """Same tree structure, dtypes and values (typed PRNG keys compared through their key data)."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert x.dtype == y.dtype and x.shape == y.shape
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_keeps_best_n_and_latest(tmp_path):
+  ckpt = checkpoint.Checkpointer(tmp_path, keep_best=3)
+  for step, reward in enumerate(METRICS):
+    ckpt.save(step, _tiny_state(step), extra={'pos': step}, metrics={'valid_reward_mean': reward, 'other': 1.0})
+  ckpt.wait_until_finished()
+  # The 3 best (3: 0.9, 5: 0.7, 1: 0.5) plus the latest (7: 0.05, the worst of all).
+  assert _step_dirs(tmp_path) == [1, 3, 5, 7]
+  assert ckpt.all_steps() == [1, 3, 5, 7]
+  assert ckpt.best_step() == 3 and ckpt.latest_step() == 7
+  assert ckpt.metrics(3) == {'valid_reward_mean': 0.9, 'other': 1.0}
+
+  # A final save without metrics: kept as latest, never best; 7 (worst, no longer latest) goes.
+  assert ckpt.save(8, _tiny_state(8), extra={'pos': 8})
+  ckpt.wait_until_finished()
+  assert _step_dirs(tmp_path) == [1, 3, 5, 8]
+  assert ckpt.best_step() == 3 and ckpt.latest_step() == 8 and ckpt.metrics(8) is None
+  assert ckpt.resolve_step('best') == 3 and ckpt.resolve_step('latest') == 8 and ckpt.resolve_step('5') == 5
+
+  # Another un-evaluated one (e.g. a SIGTERM save between evals): the previous un-evaluated one goes.
+  ckpt.save(9, _tiny_state(9), extra={'pos': 9}, metrics=None)
+  # Saving an existing step again is a no-op; going back in time needs force=True.
+  assert not ckpt.save(9, _tiny_state(99), extra={'pos': 99})
+  with pytest.raises(ValueError, match='older than the latest'):
+    ckpt.save(4, _tiny_state(4), extra={})
+  # A new best pushes out the weakest of the best three.
+  ckpt.save(10, _tiny_state(10), extra={'pos': 10}, metrics={'valid_reward_mean': jnp.float32(0.95)})
+  ckpt.wait_until_finished()
+  assert _step_dirs(tmp_path) == [3, 5, 10]
+  assert ckpt.best_step() == 10
+  state, extra = ckpt.restore(None, _abstract(_tiny_state(0)))
+  assert extra == {'pos': 10} and int(state['step']) == 10
+
+  with pytest.raises(ValueError, match="no 'valid_reward_mean'"):
+    ckpt.save(11, _tiny_state(11), extra={}, metrics={'valid/reward_mean': 1.0})
+  with pytest.raises(TypeError, match='JSON keys must be str'):
+    ckpt.save(11, _tiny_state(11), extra={'rng': {0: 1}})
+  ckpt.close()
+
+
+def test_unevaluated_checkpoint_is_never_best(tmp_path):
+  with checkpoint.Checkpointer(tmp_path, keep_best=2) as ckpt:
+    ckpt.save(0, _tiny_state(0), extra={})
+    assert ckpt.best_step() is None and ckpt.latest_step() == 0
+    with pytest.raises(FileNotFoundError, match='no checkpoint has metric'):
+      ckpt.resolve_step('best')
+    ckpt.save(1, _tiny_state(1), extra={}, metrics={'valid_reward_mean': -3.0})
+    ckpt.save(2, _tiny_state(2), extra={}, metrics={'valid_reward_mean': float('nan')})
+    ckpt.wait_until_finished()
+    assert ckpt.best_step() == 1  # a negative reward beats no evaluation and NaN.
+
+
+def _realistic_state():
+  params = {
+      'embed': jax.random.normal(jax.random.key(0), (16, 8)),
+      'layers': {'w_dnh': jax.random.normal(jax.random.key(1), (2, 8, 8)).astype(jnp.bfloat16),
+                 'scale': jnp.ones((2, 8))},
+  }
+  tx = optax.adamw(1e-2)
+  opt_state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, opt_state = tx.update(grads, opt_state, params)  # count=1, non-zero moments.
+  params = optax.apply_updates(params, updates)
+  return {'params': params, 'opt_state': opt_state, 'rng': jax.random.key(42),
+          'rng_data': jax.random.key_data(jax.random.key(7)), 'step': jnp.asarray(1, jnp.int32)}
+
+
+def test_round_trip_realistic_state(tmp_path):
+  state = _realistic_state()
+  expected = jax.tree.map(lambda x: x.copy(), state)
+  abstract = _abstract(state)
+  extra = {'data': {'epoch': 1, 'index': 17}, 'config': {'lr': 1e-2, 'name': 'tiny', 'mesh': [1, 2, 4]},
+           'rng': [0, 7], 'done': False, 'note': None}
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, extra=extra)
+    # Async save has copied the arrays to host before returning: the caller may donate/free them right away.
+    jax.tree.map(lambda x: x.delete(), state)
+    restored, restored_extra = ckpt.restore(1, abstract)
+  _assert_same(restored, expected)
+  assert restored_extra == extra
+  assert isinstance(restored['opt_state'][0], optax.ScaleByAdamState)
+  assert isinstance(restored['opt_state'][0].count, jax.Array) and restored['opt_state'][0].count == 1
+  np.testing.assert_array_equal(jax.random.uniform(restored['rng'], (3,)),
+                                jax.random.uniform(expected['rng'], (3,)))
+  # A target that does not match what was saved fails loudly, naming the checkpoint.
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as reader, pytest.raises(ValueError, match='/1 into'):
+    reader.restore(1, {'params': abstract['params']})
+
+
+def test_restore_onto_another_mesh(tmp_path):
+  auto = (jax.sharding.AxisType.Auto,) * 3
+  mesh = jax.make_mesh((2, 2, 2), ('data', 'fsdp', 'tensor'), axis_types=auto)
+  specs = {'w': P(('data', 'fsdp'), 'tensor'), 'b': P('tensor'), 'count': P()}
+  values = {'w': np.arange(8 * 16, dtype=np.float32).reshape(8, 16), 'b': np.arange(16, dtype=np.float32),
+            'count': np.int32(5)}
+  state = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in values.items()}
+  state['rng'] = jax.device_put(jax.random.key(3), NamedSharding(mesh, P()))
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(0, state, extra={})
+    ckpt.wait_until_finished()
+
+    other = jax.make_mesh((1, 2, 4), ('data', 'fsdp', 'tensor'), axis_types=auto)
+    single = jax.sharding.SingleDeviceSharding(jax.devices()[3])
+    targets = {
+        'other_mesh': {'w': NamedSharding(other, P('tensor', 'fsdp')), 'b': NamedSharding(other, P(('fsdp', 'tensor'))),
+                       'count': NamedSharding(other, P()), 'rng': NamedSharding(other, P())},
+        'single_device': {k: single for k in state},
+    }
+    for name, shardings in targets.items():
+      abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in state.items()}
+      restored, _ = ckpt.restore(0, abstract)
+      for k, v in values.items():
+        np.testing.assert_array_equal(np.asarray(restored[k]), v, err_msg=f'{name}/{k}')
+      np.testing.assert_array_equal(jax.random.key_data(restored['rng']), jax.random.key_data(jax.random.key(3)))
+      for k in state:
+        assert restored[k].sharding == shardings[k], (name, k, restored[k].sharding)
+
+
+def test_stale_temporary_directory_is_ignored(tmp_path):
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(0, _tiny_state(0), extra={'pos': 0}, metrics={'valid_reward_mean': 0.5})
+    ckpt.save(1, _tiny_state(1), extra={'pos': 1})
+  # What a crash mid-save leaves behind: a partial copy under Orbax's temporary name (no commit marker, half of
+  # the arrays), plus an empty one in the older timestamped naming.
+  tmp_dir = tmp_path / '2.orbax-checkpoint-tmp'
+  shutil.copytree(tmp_path / '1', tmp_dir)
+  for name in ('commit_success.txt', '_CHECKPOINT_METADATA', 'extra'):
+    target = tmp_dir / name
+    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+  (tmp_path / '3.orbax-checkpoint-tmp-1763900000123456').mkdir()
+
+  # A read-only reader (e.g. export while training runs) skips them and deletes nothing.
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as reader:
+    assert reader.all_steps() == [0, 1] and reader.latest_step() == 1 and reader.best_step() == 0
+    state, extra = reader.restore(None, _abstract(_tiny_state(0)))
+    assert extra == {'pos': 1} and int(state['step']) == 1
+    with pytest.raises(PermissionError):
+      reader.save(5, _tiny_state(5), extra={})
+  assert tmp_dir.exists()
+
+  # A writer (the resumed run) sees the same steps, and can write step 2 over the leftover.
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    assert ckpt.latest_step() == 1
+    ckpt.save(2, _tiny_state(2), extra={'pos': 2})
+    ckpt.wait_until_finished()
+    state, extra = ckpt.restore(2, _abstract(_tiny_state(0)))
+    assert extra == {'pos': 2} and int(state['step']) == 2
+  leftovers = [p.name for p in tmp_path.iterdir() if 'tmp' in p.name]
+  assert leftovers == [], leftovers
+
+
+_CRASHING_RUN = textwrap.dedent("""
+    import os, sys
+    import jax.numpy as jnp
+    from rftjax import checkpoint
+    ckpt = checkpoint.Checkpointer(sys.argv[1])
+    ckpt.save(0, {'w': jnp.zeros((4,))}, extra={'pos': 0})
+    ckpt.wait_until_finished()
+    ckpt.save(1, {'w': jnp.ones((8192, 1024))}, extra={'pos': 1})  # 32 MB: still writing when we die.
+    os._exit(3)
+""")
+
+
+def test_process_killed_mid_save_leaves_previous_checkpoint_usable(tmp_path):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(pathlib.Path(__file__).resolve().parents[1])}
+  env.pop('XLA_FLAGS', None)
+  proc = subprocess.run([sys.executable, '-c', _CRASHING_RUN, str(tmp_path)], env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  assert (tmp_path / '1.orbax-checkpoint-tmp').exists(), sorted(p.name for p in tmp_path.iterdir())
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as reader:
+    assert reader.all_steps() == [0]
+    state, extra = reader.restore(None, {'w': jax.ShapeDtypeStruct((4,), jnp.float32)})
+  assert extra == {'pos': 0} and float(state['w'][0]) == 0.0
+
+
+def test_fresh_checkpointer_resumes_existing_directory(tmp_path):
+  with checkpoint.Checkpointer(tmp_path, keep_best=2) as ckpt:
+    for step, reward in enumerate(METRICS[:4]):  # 0.1 0.5 0.3 0.9
+      ckpt.save(step, _tiny_state(step), extra={'pos': step}, metrics={'valid_reward_mean': reward})
+  assert _step_dirs(tmp_path) == [1, 3]
+
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep_best=2)  # after a process restart
+  assert ckpt.all_steps() == [1, 3] and ckpt.latest_step() == 3 and ckpt.best_step() == 3
+  assert ckpt.metrics(1) == {'valid_reward_mean': 0.5}
+  state, extra = ckpt.restore(None, _abstract(_tiny_state(0)))
+  assert extra == {'pos': 3} and float(state['w'][0]) == 3.0
+  # The keep policy still ranks the old steps: a new 0.7 evicts step 1 (0.5), not step 3 (0.9).
+  ckpt.save(4, _tiny_state(4), extra={'pos': 4}, metrics={'valid_reward_mean': 0.7})
+  ckpt.close()
+  assert _step_dirs(tmp_path) == [3, 4]

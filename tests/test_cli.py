@@ -1,0 +1,220 @@
+"""The inference CLIs (sample, evaluate, report) and the reward plot, against one real 3-step tiny run."""
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from rftjax import checkpoint
+from rftjax import evaluate
+from rftjax import graders
+from rftjax import inference
+from rftjax import plots
+from rftjax import report
+from rftjax import sample
+from rftjax import sampler
+from rftjax import trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PROMPTS = [{'messages': [{'role': 'user', 'content': 'Largest digit: 3 9 4 1'}], 'answer': '9'},
+           {'text': 'Largest digit: 1 2'},
+           {'messages': [{'role': 'user', 'content': 'Largest digit: 5 0 7'}], 'answer': '7'}]
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  """A fresh 3-step tiny run (the configs/tiny.py:test recipe, validated on 16 examples to stay fast)."""
+  tmp = tmp_path_factory.mktemp('tinyrun')
+  valid = tmp / 'valid.jsonl'
+  valid.write_text(''.join((REPO / 'data/tiny/valid.jsonl').read_text().splitlines(keepends=True)[:16]))
+  c = tiny.get_config('test')
+  c.data.valid = str(valid)
+  c.eval_batch_size = 16
+  with pytest.MonkeyPatch.context() as mp:
+    mp.chdir(REPO)  # the config's paths are relative to the repo root
+    trainer.train(c, tmp / 'run')
+  return tmp / 'run'
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+  monkeypatch.chdir(REPO)
+
+
+def write_jsonl(path, rows):
+  path.write_text(''.join((r if isinstance(r, str) else json.dumps(r)) + '\n' for r in rows))
+  return path
+
+
+def read_jsonl(path):
+  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+
+
+# ---- pass@k ------------------------------------------------------------------------------------------------------
+def test_pass_at_k_hand_computed():
+  assert evaluate.pass_at_k(4, 1, 1) == pytest.approx(0.25)
+  assert evaluate.pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2)/C(4,2)
+  assert evaluate.pass_at_k(5, 2, 3) == pytest.approx(1 - 1 / 10)  # 1 - C(3,3)/C(5,3)
+  assert evaluate.pass_at_k(4, 0, 4) == 0.0
+  assert evaluate.pass_at_k(4, 3, 2) == 1.0  # n - c < k: every draw of 2 contains a pass
+  for n in range(1, 9):
+    for c in range(n + 1):
+      for k in range(1, n + 1):
+        assert evaluate.pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
+  with pytest.raises(ValueError, match='k <= n'):
+    evaluate.pass_at_k(2, 1, 3)
+
+
+def test_summary_pass_at_k_small_case():
+  rewards = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0.5]], float)
+  results = [graders.GradeResult(float(r)) for r in rewards.ravel()]
+  s = evaluate.summarize(rewards, results, threshold=1.0)
+  assert s['pass@1'] == pytest.approx((0.25 + 0.5 + 0) / 3)
+  assert s['pass@2'] == pytest.approx((0.5 + (1 - 1 / 6) + 0) / 3)
+  assert s['pass@4'] == pytest.approx(2 / 3)
+  assert s['reward_mean'] == pytest.approx(3.5 / 12)
+  assert s['eval_reward_mean'] == pytest.approx(3.5 / 12)
+  assert evaluate.summarize(rewards, results, threshold=0.5)['pass@4'] == pytest.approx(1.0)
+
+
+# ---- sample ------------------------------------------------------------------------------------------------------
+def test_sample_greedy_equals_sampler_generate(run_dir, tmp_path, in_repo):
+  prompts = write_jsonl(tmp_path / 'prompts.jsonl', PROMPTS)
+  out = tmp_path / 'out.jsonl'
+  assert sample.main([f'--workdir={run_dir}', '--step=latest', f'--prompts={prompts}', f'--out={out}',
+                      '--max_new_tokens=4']) == 0
+  rows = read_jsonl(out)
+  assert len(rows) == len(PROMPTS)
+  assert rows[1]['source'] == f'{prompts}:2' and rows[0]['answer'] == '9'
+  loaded = inference.load(workdir=run_dir, step='latest')
+  assert loaded.step == 3
+  tok = loaded.tokenizer
+  ids = [tok.encode_prompt(p['messages']) if 'messages' in p else tok.encode_text(p['text']) for p in PROMPTS]
+  want = sampler.generate(loaded.params, loaded.cfg, ids, max_new_tokens=4, stop_ids=tok.stop_ids,
+                          pad_id=loaded.pad_id)
+  for row, w in zip(rows, want):
+    assert row['tokens'] == w
+    assert row['completion'] == tok.decode(w)
+    assert len(row['logprobs']) == len(w) and all(lp <= 0 for lp in row['logprobs'])
+
+
+def test_sample_bad_prompt_line_names_file_and_line(run_dir, tmp_path, in_repo, capsys):
+  prompts = write_jsonl(tmp_path / 'prompts.jsonl', [PROMPTS[0], '{"messages": [{"role": "user"}]}'])
+  assert sample.main([f'--workdir={run_dir}', f'--prompts={prompts}', f'--out={tmp_path / "o.jsonl"}']) == 2
+  err = capsys.readouterr().err
+  assert f'{prompts}:2' in err and 'content' in err
+  assert not (tmp_path / 'o.jsonl').exists()
+
+
+def test_sample_bad_flags(run_dir, tmp_path, in_repo, capsys):
+  prompts = write_jsonl(tmp_path / 'prompts.jsonl', PROMPTS[:1])
+  with pytest.raises(SystemExit) as e:
+    sample.main([f'--prompts={prompts}', f'--out={tmp_path / "o.jsonl"}'])
+  assert e.value.code == 2 and '--workdir or --init' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    sample.main([f'--workdir={run_dir}', f'--prompts={prompts}', '--out=o.jsonl', '--temperature=-1'])
+  assert '--temperature' in capsys.readouterr().err
+  assert sample.main([f'--workdir={run_dir}', '--step=7', f'--prompts={prompts}', f'--out={tmp_path / "o"}']) == 2
+  err = capsys.readouterr().err
+  assert '--step=7' in err and '[0, 2, 3]' in err
+  assert sample.main([f'--workdir={tmp_path}', f'--prompts={prompts}', f'--out={tmp_path / "o"}']) == 2
+  assert 'config.json' in capsys.readouterr().err
+
+
+# ---- evaluate ----------------------------------------------------------------------------------------------------
+def test_evaluate_writes_graded_samples_and_pass_at_k(run_dir, tmp_path, in_repo, capsys):
+  data = write_jsonl(tmp_path / 'heldout.jsonl', [PROMPTS[0], PROMPTS[2],
+                                                   {'messages': [{'role': 'user', 'content': 'Largest digit: 8'}],
+                                                    'answer': '8'}])
+  assert evaluate.main([f'--workdir={run_dir}', f'--data={data}', '--samples=4', '--num_workers=1']) == 0
+  stdout = capsys.readouterr().out
+  summary = json.loads(stdout.strip().splitlines()[-1])
+  best = checkpoint.Checkpointer(run_dir / 'checkpoints', read_only=True).best_step()
+  out = run_dir / 'eval' / f'step{best}_heldout.jsonl'
+  assert summary['out'] == str(out) and summary['step'] == best and summary['temperature'] == 1.0
+  assert 'pass@4' in stdout and (out.parent / (out.name + '.summary.json')).is_file()
+  rows = read_jsonl(out)
+  assert len(rows) == 12 and [r['sample'] for r in rows[:4]] == [0, 1, 2, 3]
+  assert all({'reward', 'sub_rewards', 'errors', 'completion'} <= set(r) for r in rows)
+  rewards = np.array([r['reward'] for r in rows]).reshape(3, 4)
+  assert summary['reward_mean'] == pytest.approx(rewards.mean())
+  for k in (1, 2, 4):
+    want = np.mean([evaluate.pass_at_k(4, int(c), k) for c in (rewards >= 1.0).sum(1)])
+    assert summary[f'pass@{k}'] == pytest.approx(want)
+
+
+def test_evaluate_bad_grader_and_data(run_dir, tmp_path, in_repo, capsys):
+  data = write_jsonl(tmp_path / 'd.jsonl', [PROMPTS[0]])
+  bad = tmp_path / 'g.json'
+  bad.write_text('{"type": "string_check", "name": "x", "input": "{{sample.output_text}}"}')
+  assert evaluate.main([f'--workdir={run_dir}', f'--data={data}', f'--grader={bad}']) == 2
+  assert 'reference' in capsys.readouterr().err
+  broken = write_jsonl(tmp_path / 'broken.jsonl', [PROMPTS[0], 'not json'])
+  assert evaluate.main([f'--workdir={run_dir}', f'--data={broken}']) == 2
+  assert f'{broken}:2' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    evaluate.main([f'--workdir={run_dir}', f'--data={data}', '--samples=0'])
+  assert '--samples' in capsys.readouterr().err
+
+
+# ---- report and plot ---------------------------------------------------------------------------------------------
+def test_report_matches_the_checkpointer(run_dir, in_repo, capsys):
+  assert report.main([f'--workdir={run_dir}', '--json']) == 0
+  s = json.loads(capsys.readouterr().out)
+  ckpt = checkpoint.Checkpointer(run_dir / 'checkpoints', read_only=True)
+  assert s['best_step'] == ckpt.best_step() and s['best_from'] == 'checkpoints'
+  assert s['best_valid_reward'] == pytest.approx(ckpt.metrics(ckpt.best_step())['valid_reward_mean'])
+  assert s['checkpoints'] == ckpt.all_steps()
+  assert (s['steps_done'], s['total_steps']) == (3, 3)
+  assert s['valid_reward_first_step'] == 0 and s['valid_reward_last_step'] == 3
+  assert s['source']['grader'] == 'string_check' and s['source']['model'] == 'tiny'
+  assert {'sampling_s', 'grading_s', 'training_s', 'eval_s'} <= set(s['timing_s'])
+  assert report.main([f'--workdir={run_dir}']) == 0
+  assert 'best step' in capsys.readouterr().out
+  assert report.main([f'--workdir={run_dir / "nope"}']) == 2
+  assert 'nope' in capsys.readouterr().err
+
+
+def assert_png(path):
+  data = pathlib.Path(path).read_bytes()
+  assert len(data) > 100 and data[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_reward_plot(run_dir, tmp_path):
+  path = plots.write_reward_plot(run_dir)
+  assert path == run_dir / 'reward_curve.png'
+  assert_png(path)
+  only_step0 = tmp_path / 'fresh'
+  only_step0.mkdir()
+  write_jsonl(only_step0 / 'metrics.jsonl', [{'step': 0, 'valid_reward_mean': 0.1}])
+  assert_png(plots.write_reward_plot(only_step0))
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  assert_png(plots.write_reward_plot(empty))
+
+
+def test_smooth_is_debiased():
+  np.testing.assert_allclose(plots.smooth([1.0, 1.0, 1.0]), [1.0, 1.0, 1.0])
+
+
+# ---- local judge -------------------------------------------------------------------------------------------------
+def test_local_judge_answers_model_graders(run_dir, in_repo):
+  loaded = inference.load(workdir=run_dir)
+  inference.register_local_judge('tiny-judge', loaded, max_new_tokens=2)
+  try:
+    g = graders.build({'type': 'score_model', 'name': 'judge', 'model': 'tiny-judge', 'range': [0, 9],
+                       'input': [{'role': 'developer', 'content': 'ignored by the plain template'},
+                                 {'role': 'user', 'content': 'Largest digit: {{item.digits}}'}]})
+    item = {'digits': '3 9 4 1'}
+    with graders.GradingPool(num_workers=1) as pool:
+      (result,) = pool.grade(g, ['x'], [item])
+    said = inference.complete(loaded, [loaded.tokenizer.encode_prompt(
+        [{'role': 'user', 'content': 'Largest digit: 3 9 4 1'}])], max_new_tokens=2)[0]['text']
+    if result.errors:  # the judge answered, with text that is no score: a parse error quoting it
+      assert result.errors[0].category == 'model_grader_parse' and repr(said) in result.errors[0].message
+    else:
+      assert result.reward == min(max(float(said), 0), 9)
+  finally:
+    graders.register_judge('tiny-judge', None)

@@ -1,0 +1,79 @@
+"""Data files: errors name the file and line; batching is deterministic and resumable; shipped data is current."""
+import json
+
+import numpy as np
+import pytest
+
+from rftjax import data
+from rftjax import tasks
+
+
+def write(tmp_path, lines):
+  path = tmp_path / 'd.jsonl'
+  path.write_text('\n'.join(lines) + '\n')
+  return path
+
+
+GOOD = json.dumps({'messages': [{'role': 'user', 'content': 'hi'}], 'answer': '1'})
+
+
+@pytest.mark.parametrize('line, message', [
+    ('{"messages": [', r'd.jsonl:3: not valid JSON'),
+    ('[1, 2]', r'd.jsonl:3: expected a JSON object, got list'),
+    ('{"answer": 1}', r'd.jsonl:3: field "messages" must be a non-empty list .* \(missing\)'),
+    ('{"messages": [{"role": "robot", "content": "x"}]}', r'd.jsonl:3: messages\[0\]: "role" must be one of'),
+    ('{"messages": [{"role": "user"}]}', r'd.jsonl:3: messages\[0\]: missing "content"'),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+     r'd.jsonl:3: the last message must come from "user"'),
+    ('{"messages": [{"role": "user", "content": [{"type": "image"}]}]}', r'd.jsonl:3: messages\[0\]: content part 0'),
+])
+def test_bad_line_names_file_and_line(tmp_path, line, message):
+  path = write(tmp_path, [GOOD, '', line])  # a blank line still counts: line 3
+  with pytest.raises(data.DataError, match=message):
+    data.load_jsonl(path)
+
+
+def test_missing_and_empty_file(tmp_path):
+  with pytest.raises(data.DataError, match='no such file'):
+    data.load_jsonl(tmp_path / 'nope.jsonl')
+  with pytest.raises(data.DataError, match='no examples'):
+    data.load_jsonl(write(tmp_path, ['']))
+
+
+def test_item_is_the_whole_line_and_parts_are_joined(tmp_path):
+  line = json.dumps({'messages': [{'role': 'system', 'content': 's'},
+                                  {'role': 'user', 'content': [{'type': 'text', 'text': 'a'},
+                                                               {'type': 'text', 'text': 'b'}]}], 'ref': {'x': [1]}})
+  (ex,) = data.load_jsonl(write(tmp_path, [line]))
+  assert ex.messages[-1] == {'role': 'user', 'content': 'ab'}
+  assert ex.item['ref'] == {'x': [1]} and ex.source.endswith('d.jsonl:1')
+
+
+def test_iterator_covers_each_epoch_once_and_resumes():
+  it = data.DataIterator(10, 4, seed=3)
+  seen = np.concatenate([it.next() for _ in range(5)])  # 20 = two epochs
+  assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+  assert list(seen[:10]) != list(seen[10:])  # reshuffled per epoch
+  it2 = data.DataIterator(10, 4, seed=3)
+  for _ in range(2):
+    it2.next()
+  state = it2.state()
+  fresh = data.DataIterator(10, 4, seed=3)
+  fresh.restore(state)
+  np.testing.assert_array_equal(np.concatenate([fresh.next() for _ in range(3)]), seen[8:20])
+
+
+def test_iterator_process_slices_form_the_global_batch():
+  whole = data.DataIterator(12, 6, seed=0)
+  parts = [data.DataIterator(12, 6, seed=0, process_index=i, process_count=3) for i in range(3)]
+  for _ in range(4):
+    np.testing.assert_array_equal(whole.next(), np.concatenate([p.next() for p in parts]))
+
+
+def test_shipped_tiny_data_matches_generator(tmp_path):
+  tasks.write_tiny(tmp_path)
+  for name in ('train.jsonl', 'valid.jsonl', 'grader.json', 'tokenizer.model'):
+    assert (tmp_path / name).read_bytes() == (tasks.DATA_DIR / 'tiny' / name).read_bytes(), name
+  answers = [json.loads(line)['answer'] for line in (tasks.DATA_DIR / 'tiny' / 'train.jsonl').open()]
+  counts = np.bincount([int(a) for a in answers], minlength=10)
+  assert counts.min() > 150  # roughly uniform over 0..9 out of 2000

@@ -1,0 +1,107 @@
+"""OpenAI-style hyperparameters resolved into native config fields, against hand-computed numbers."""
+import json
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import common
+from rftjax import hparams
+
+
+def make_config(**openai):
+  c = common.base()
+  if 'openai' not in c:  # until configs/common.py calls it itself
+    hparams.add_openai_fields(c)
+  c.lock()
+  for k, v in openai.items():
+    c.openai[k] = v
+  return c
+
+
+def resolved(c):
+  return json.loads(c.openai.resolved)
+
+
+def test_defaults_change_nothing():
+  c = make_config()
+  assert c.openai.enabled is False and c.openai.seed is None
+  assert all(c.openai[f] == 'auto' for f in hparams.FIELDS if f != 'seed')
+  r = hparams.apply(c, 2000)
+  for key in ('total_steps', 'batch_size', 'num_generations', 'eval_interval', 'seed'):
+    assert r[key] == c[key]
+  assert r.optimizer.learning_rate == c.optimizer.learning_rate and resolved(r) == {}
+
+
+def test_user_fields_override_without_enabled():
+  c = make_config(n_epochs=3, batch_size=16, learning_rate_multiplier=2.0, compute_multiplier=1.5,
+                  eval_interval=7, seed=42)
+  c.model = 'gemma3_1b'
+  r = hparams.apply(c, 1000)
+  assert r.batch_size == 16
+  assert r.total_steps == 188  # ceil(3 * 1000 / 16) = ceil(187.5)
+  assert r.optimizer.learning_rate == pytest.approx(2e-6)  # 2 x base 1e-6 for gemma3_1b
+  assert r.num_generations == 12  # round(1.5 x 8)
+  assert (r.eval_interval, r.seed) == (7, 42)
+  assert set(resolved(r)) == {'batch_size', 'total_steps', 'optimizer.learning_rate', 'num_generations',
+                              'eval_interval', 'seed'}
+  assert c.total_steps == 100  # the input config is left alone
+
+
+def test_auto_rules_when_enabled():
+  c = make_config(enabled=True)  # model tiny, num_generations 8
+  r = hparams.apply(c, 2000)
+  assert r.batch_size == 32  # 2000 / 50 = 40 -> nearest power of 2
+  assert r.total_steps == 125  # n_epochs = ceil(100 * 32 / 2000) = 2; ceil(2 * 2000 / 32)
+  assert r.eval_interval == 13  # ceil(125 / 10)
+  assert r.optimizer.learning_rate == pytest.approx(3e-4)  # tiny's base
+  assert r.num_generations == 8
+  small = hparams.apply(c, 10)
+  assert (small.batch_size, small.total_steps) == (4, 25)  # clamp to 4; 10 epochs (capped); ceil(10 * 10 / 4)
+  big = hparams.apply(c, 1_000_000)
+  assert (big.batch_size, big.total_steps) == (64, 15625)  # clamp to 64; 1 epoch
+  mixed = hparams.apply(make_config(enabled=True, n_epochs='1', batch_size=8), 100)
+  assert (mixed.batch_size, mixed.total_steps, mixed.eval_interval) == (8, 13, 2)
+
+
+def test_compute_multiplier_rounds_and_floors_at_two():
+  assert hparams.apply(make_config(compute_multiplier=0.1), 100).num_generations == 2  # 0.8 -> max(2, 1)
+  assert hparams.apply(make_config(compute_multiplier=0.3125), 100).num_generations == 3  # 2.5 rounds half up
+
+
+def test_base_learning_rate_table_and_fallback():
+  assert hparams.base_learning_rate('llama3_1_8b') == 5e-7
+  for name in ('smollm2_135m', 'gemma3_270m', 'qwen2_5_7b'):
+    assert 1e-7 <= hparams.base_learning_rate(name) <= 1e-5
+  with pytest.raises(ValueError, match='unknown model preset'):
+    hparams.base_learning_rate('nope')
+
+
+def test_eval_samples_without_native_field_is_recorded():
+  r = hparams.apply(make_config(eval_samples=4), 100)
+  assert resolved(r)['eval_samples']['value'] == 4
+
+
+@pytest.mark.parametrize('field,value,expect', [
+    ('n_epochs', 'three', "config.openai.n_epochs: expected a number or 'auto', got 'three'"),
+    ('batch_size', 2.5, 'config.openai.batch_size: expected an integer'),
+    ('learning_rate_multiplier', -1, 'config.openai.learning_rate_multiplier: must be > 0'),
+    ('eval_interval', 0, 'config.openai.eval_interval: must be > 0'),
+])
+def test_bad_values_name_the_field(field, value, expect):
+  with pytest.raises(hparams.HparamError, match=expect.replace('(', r'\(').replace(')', r'\)')):
+    hparams.apply(make_config(**{field: value}), 100)
+
+
+def test_command_line_overrides(tmp_path):
+  cfg_file = tmp_path / 'cfg.py'
+  cfg_file.write_text('from configs import common\nfrom rftjax import hparams\n\n'
+                      'def get_config(arg=None):\n  c = common.base()\n'
+                      "  if 'openai' not in c:\n    hparams.add_openai_fields(c)\n  return c.lock()\n")
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv)
+  fv(['prog', f'--config={cfg_file}', '--config.openai.n_epochs=2', '--config.openai.batch_size=8',
+      '--config.openai.learning_rate_multiplier=0.5'])
+  r = hparams.apply(fv.config, 100)
+  assert (r.batch_size, r.total_steps) == (8, 25)
+  assert r.optimizer.learning_rate == pytest.approx(1.5e-4)

@@ -1,0 +1,95 @@
+"""Model and sampler: cached decoding equals a full forward pass, presets have the published sizes."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rftjax import model
+from rftjax import sampler
+
+GEMMA_LIKE = dataclasses.replace(
+    model.TransformerConfig.tiny(), name='tiny_gemma', sliding_window=4, global_every=3, rope_base_local=100.0,
+    qk_norm=True, post_norms=True, norm_offset=1.0, embed_scale=True, activation='gelu_tanh', num_layers=3,
+    query_pre_attn_scalar=24.0)
+QWEN_LIKE = dataclasses.replace(model.TransformerConfig.tiny(), name='tiny_qwen', qkv_bias=True, tie_embeddings=False)
+
+
+@pytest.mark.parametrize('cfg', [model.TransformerConfig.tiny(), GEMMA_LIKE, QWEN_LIKE], ids=lambda c: c.name)
+def test_cached_decoding_equals_full_forward(cfg):
+  params = model.init_params(cfg, 3)
+  if cfg.qkv_bias:  # non-zero biases so they matter
+    params['layers']['attn']['q_bias'] = jax.random.normal(jax.random.key(1), params['layers']['attn']['q_bias'].shape)
+  rng = np.random.default_rng(0)
+  prompt_lens, new = [7, 2, 5], 9  # total 16 > sliding window 4
+  p = max(prompt_lens)
+  prompts = [list(rng.integers(4, cfg.vocab_size, n)) for n in prompt_lens]
+  tokens, mask = sampler.pad_prompts(prompts, p, pad_id=0)
+  s = sampler.Sampler(cfg, p, new, stop_ids=(), pad_id=0, params=sampler.SamplingParams(temperature=1.0))
+  out = jax.device_get(s(params, tokens, mask, jax.random.key(0)))
+  assert out.mask.sum() == 3 * new and out.truncated.all()
+  full = jax.jit(lambda prm, t: model.forward(prm, cfg, t, jnp.arange(t.shape[1])[None], jnp.ones(t.shape, bool))[0])
+  for i, prompt in enumerate(prompts):
+    seq = np.asarray(prompt + list(out.tokens[i]))[None]
+    logits = np.asarray(full(params, jnp.asarray(seq)))[0]
+    logp = jax.nn.log_softmax(logits[len(prompt) - 1:-1], axis=-1)
+    expected = np.take_along_axis(np.asarray(logp), out.tokens[i][:, None], axis=-1)[:, 0]
+    np.testing.assert_allclose(out.logprobs[i], expected, atol=2e-5, rtol=1e-5)
+
+
+def test_greedy_stops_at_stop_token_and_masks_after():
+  cfg = model.TransformerConfig.tiny(vocab_size=64)
+  params = model.init_params(cfg, 0)
+  first = sampler.generate(params, cfg, [[5, 6, 7]], max_new_tokens=6, stop_ids=[], pad_id=0)[0]
+  stop = first[2]
+  out = sampler.generate(params, cfg, [[5, 6, 7]], max_new_tokens=6, stop_ids=[stop], pad_id=0)[0]
+  assert out == first[:first.index(stop) + 1]
+
+
+def test_top_k_one_is_greedy():
+  cfg = model.TransformerConfig.tiny(vocab_size=64)
+  params = model.init_params(cfg, 0)
+  greedy = sampler.generate(params, cfg, [[5, 6, 7], [9]], max_new_tokens=5, stop_ids=[])
+  top1 = sampler.generate(params, cfg, [[5, 6, 7], [9]], max_new_tokens=5, stop_ids=[],
+                          params=sampler.SamplingParams(temperature=1.0, top_k=1), seed=7)
+  assert greedy == top1
+
+
+def test_top_p_keeps_smallest_prefix():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+  draws = {int(sampler.choose(logits, jax.random.key(i), sampler.SamplingParams(1.0, top_p=0.7))[0][0])
+           for i in range(200)}
+  assert draws == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: tokens 0 and 1 stay
+
+
+@pytest.mark.parametrize('name, billions', [('gemma3_270m', 0.268), ('gemma3_1b', 1.0), ('gemma3_27b', 27.0),
+                                            ('smollm2_135m', 0.1345), ('llama3_1_8b', 8.03),
+                                            ('qwen2_5_7b', 7.6)])
+def test_presets_eval_shape(name, billions):
+  cfg = model.get_config(name)
+  shapes = model.param_shapes(cfg)
+  total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+  assert total == cfg.num_params()
+  assert abs(total / 1e9 - billions) / billions < 0.02
+  axes = model.param_axes(cfg)
+  for s, a in zip(jax.tree.leaves(shapes), jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))):
+    assert len(s.shape) == len(a)
+
+
+def test_all_presets_eval_shape_forward():
+  for name in model.PRESETS:
+    cfg = model.get_config(name)
+    out = jax.eval_shape(lambda p: model.forward(p, cfg, jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), jnp.int32),
+                                                 jnp.ones((1, 4), bool))[0], model.param_shapes(cfg))
+    assert out.shape == (1, 4, cfg.vocab_size)
+
+
+def test_gemma3_layer_pattern():
+  cfg = model.TransformerConfig.gemma3_270m()
+  assert ''.join('L' if x else 'G' for x in cfg.layer_is_local()) == 'LLLLLG' * 3
+
+
+def test_unknown_preset_message():
+  with pytest.raises(ValueError, match="unknown model preset 'gemma9'"):
+    model.get_config('gemma9')

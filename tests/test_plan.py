@@ -1,0 +1,138 @@
+"""rftjax.plan: slice names, exact per-device division, the CLI's verdicts, and the estimate vs XLA's own numbers."""
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import gemma3_tpu
+from configs import tiny
+from rftjax import grpo
+from rftjax import model
+from rftjax import plan
+from rftjax import sharding
+from rftjax import train_step
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+GiB = 1024**3
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+  monkeypatch.chdir(REPO)
+
+
+@pytest.mark.parametrize('spec, chips, hosts, per_host, hbm', [
+    ('v5p-32', 16, 4, 4, 95),  # v5p counts TensorCores: 32 cores = 16 chips
+    ('v5p-8', 4, 1, 4, 95),
+    ('v4-32', 16, 4, 4, 32),
+    ('v5e-8', 8, 1, 8, 16),  # v5e counts chips; up to 8 chips is one host
+    ('v5litepod-16', 16, 4, 4, 16),
+    ('v6e-8', 8, 1, 8, 32),
+    ('v6e-16', 16, 4, 4, 32),
+    ('v5e-4', 4, 1, 4, 16),
+])
+def test_parse_devices(spec, chips, hosts, per_host, hbm):
+  hw = plan.parse_devices(spec)
+  assert (hw.chips, hw.hosts, hw.chips_per_host, hw.hbm_bytes) == (chips, hosts, per_host, hbm * GiB)
+
+
+def test_parse_devices_errors_name_the_problem():
+  with pytest.raises(ValueError, match='TensorCores'):
+    plan.parse_devices('v5p-7')
+  with pytest.raises(ValueError, match='unknown TPU type'):
+    plan.parse_devices('v9x-8')
+
+
+def test_division_follows_the_sharding_rules():
+  mesh = plan._MeshShape({'data': 1, 'fsdp': 4, 'tensor': 4})
+  # embedding [V, D]: vocab on tensor, embed on fsdp
+  assert plan.local_elems((262_144, 1152), ('vocab', 'embed'), mesh) == 262_144 // 4 * 1152 // 4
+  # Gemma 3 1B has one KV head: a tensor axis of 4 does not divide it, so the cache stays whole on that dim
+  cache = plan.local_elems((26, 64, 512, 1, 256), model.CACHE_AXES, mesh)
+  assert cache == 26 * 16 * 512 * 1 * 256
+  # rows that data x fsdp does not divide fall back to one axis that does, as sharding.logical_to_spec does
+  assert plan.local_elems((6, 10), ('act_batch', None), plan._MeshShape({'data': 2, 'fsdp': 4, 'tensor': 1})) == 30
+
+
+def test_cli_27b_on_v5p32_fits(in_repo, capsys):
+  rc = plan.main(['plan', '--config=configs/gemma3_tpu.py:27b_v5p32', '--devices=v5p-32'])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  assert 'gemma3_27b (27.01B params) on v5p-32: 16 chips x 95 GiB, 4 host(s) x 4 chips' in out
+  for line in ('params', 'optimizer (AdamW mu, nu)', 'KV cache', 'activations (remat', 'logits [', 'PEAK'):
+    assert line in out
+  assert 'fits: peak' in out
+
+
+def test_cli_27b_on_v5e8_does_not_fit(in_repo):
+  """The real CLI in a subprocess: exit status 1, and a message that says why and what to change."""
+  cmd = [sys.executable, '-m', 'rftjax.plan', '--config=configs/gemma3_tpu.py:27b_v5p32', '--devices=v5e-8',
+         '--config.mesh.fsdp=-1', '--config.mesh.tensor=1']
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                        env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'})
+  assert proc.returncode == 1, proc.stderr
+  err = proc.stderr
+  assert 'DOES NOT FIT: gemma3_27b on v5e-8' in err
+  assert '14.4 GiB usable (16 GiB HBM minus 10% headroom)' in err
+  assert 'biggest consumers:' in err and 'optimizer (AdamW mu, nu)' in err
+  assert 'use a slice with at least' in err  # the weights and moments alone exceed 8 x 16 GiB
+  assert '--config.batch_size' in err or 'batch_size' in err
+  assert 'PEAK' in proc.stdout  # the table is printed either way
+
+
+def test_cli_mesh_that_does_not_match_the_slice_is_a_usage_error(in_repo, capsys):
+  rc = plan.main(['plan', '--config=configs/gemma3_tpu.py:27b_v5p32', '--devices=v5e-8'])
+  assert rc == 2
+  assert 'config.mesh' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('arg', sorted(gemma3_tpu.PRESETS))
+def test_every_tpu_preset_fits_its_slice(arg):
+  config = gemma3_tpu.get_config(arg)
+  p = plan.make_plan(config, config.devices)
+  assert p.fits, plan.format_plan(p) + '\n' + plan.check(p, config)
+
+
+def test_remat_and_bf16_cache_lower_the_plan():
+  config = gemma3_tpu.get_config('4b_v6e16').copy_and_resolve_references()
+  base = plan.make_plan(config, 'v6e-16')
+  config.remat = False
+  no_remat = plan.make_plan(config, 'v6e-16')
+  assert no_remat.train_peak > base.train_peak
+  config.sampling.cache_dtype = 'float32'
+  assert plan.make_plan(config, 'v6e-16').sampling['KV cache'] == 2 * base.sampling['KV cache']
+
+
+def test_estimate_matches_compiled_memory_analysis():
+  """Tiny train step on the 8 fake devices, (2, 2, 2) mesh: XLA's per-device numbers vs the plan.
+
+  Tolerance: arguments (params + AdamW state + batch) within 1 %; temporaries (gradients, activations, logits,
+  gathers) estimated within [0.8, 1.75] x what XLA's buffer assignment reports: the plan errs on the safe side.
+  """
+  config = tiny.get_config('test').copy_and_resolve_references()
+  config.data.max_prompt_len, config.sampling.max_new_tokens = 32, 32
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+  vocab, rows, p, n = 512, 16, 32, 32
+  cfg = model.TransformerConfig.tiny(vocab)
+  estimate = plan.make_plan(config, 'cpu-8', vocab_size=vocab)
+
+  mesh = sharding.make_mesh(config.mesh)
+  with jax.set_mesh(mesh):
+    tx = train_step.make_optimizer(config.optimizer, 10)
+    state = train_step.abstract_state(train_step.init_state(model.init_params(cfg, 0, mesh), tx))  # tiny: cheap
+    step = train_step.make_train_step(train_step.StepConfig(cfg, grpo.LossConfig()), tx)
+    batch = train_step.Batch(
+        prompt_tokens=np.zeros((rows, p), np.int32), prompt_mask=np.ones((rows, p), bool),
+        completion_tokens=np.zeros((rows, n), np.int32), completion_mask=np.ones((rows, n), np.float32),
+        advantages=np.zeros(rows, np.float32), sampler_logp=np.zeros((rows, n), np.float32))
+    batch = train_step.shard_batch(batch, mesh)
+    stats = step.lower(state, batch).compile().memory_analysis()
+
+  batch_bytes = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(batch))
+  persistent = sum(estimate.persistent.values())
+  np.testing.assert_allclose(stats.argument_size_in_bytes, persistent + batch_bytes, rtol=0.01)
+  ratio = sum(estimate.train.values()) / stats.temp_size_in_bytes
+  assert 0.8 <= ratio <= 1.75, (ratio, stats, plan.format_plan(estimate))

@@ -1,0 +1,78 @@
+"""SIGTERM (what a Spot/preemptible TPU VM gets before it is taken) -> checkpoint at the step reached, exit 42;
+the same command again continues from that step.
+
+The trainer contract (tpu/README.md, tpu/supervise.sh): on SIGTERM finish or abandon the current step, save a
+checkpoint of the last completed step (no eval needed), wait for it to be committed, exit with status 42.
+"""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rftjax import checkpoint
+from rftjax import metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PREEMPTED = 42
+
+
+def command(workdir, valid, total_steps, eval_interval):
+  return [sys.executable, '-m', 'rftjax.train', '--config=configs/tiny.py:test', f'--workdir={workdir}',
+          f'--config.total_steps={total_steps}', f'--config.eval_interval={eval_interval}',
+          f'--config.data.valid={valid}', '--config.eval_batch_size=8']
+
+
+def env():
+  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu',
+              JAX_COMPILATION_CACHE_DIR=str(REPO / '.cache' / 'jax-preemption'), PYTHONPATH=str(REPO))
+
+
+def train_steps(workdir):
+  return [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_reward_mean' in r]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_the_rerun_continues(tmp_path):
+  valid = tmp_path / 'valid_small.jsonl'
+  valid.write_text(''.join((REPO / 'data/tiny/valid.jsonl').read_text().splitlines(True)[:8]))
+  workdir = tmp_path / 'run'
+  log_path = tmp_path / 'first.log'
+  with open(log_path, 'w') as log:
+    proc = subprocess.Popen(command(workdir, valid, 200, 100), cwd=REPO, env=env(), stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+      deadline = time.monotonic() + 300
+      while len(train_steps(workdir)) < 3:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, 'no 3 training steps within 300 s:\n' + log_path.read_text()[-3000:]
+        time.sleep(0.2)
+      proc.send_signal(signal.SIGTERM)
+      code = proc.wait(timeout=120)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  out = log_path.read_text()
+  assert code == PREEMPTED, out[-3000:]
+
+  reached = train_steps(workdir)[-1]
+  assert 3 <= reached < 200
+  assert train_steps(workdir) == list(range(1, reached + 1))
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
+  assert ckpt.latest_step() == reached, (ckpt.all_steps(), reached)
+  ckpt.close()
+
+  # the same command with a few more steps: resumes at reached + 1, writes no step twice
+  total = reached + 2
+  proc = subprocess.run(command(workdir, valid, total, 100), cwd=REPO, env=env(), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'resumed from step {reached}' in proc.stderr
+  assert train_steps(workdir) == list(range(1, total + 1))
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
+  assert ckpt.latest_step() == total
+  ckpt.close()

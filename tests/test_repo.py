@@ -1,0 +1,32 @@
+"""The README's promises: .ci/run runs the README's test command verbatim; the demo command names real files."""
+import pathlib
+import re
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def quickstart_commands() -> list[str]:
+  text = (REPO / 'README.md').read_text()
+  section = text.split('## Quickstart', 1)[1].split('\n## ', 1)[0]
+  block = re.search(r'```(?:bash|sh)?\n(.*?)```', section, re.S).group(1)
+  return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith('#')]
+
+
+def test_quickstart_has_exactly_two_commands():
+  demo, test = quickstart_commands()
+  assert demo.startswith('python3 -m venv .venv') and 'requirements.txt' in demo
+  assert '-m rftjax.train --config=configs/tiny.py' in demo
+  assert test.startswith('python3 -m venv .venv') and '-m pytest' in test
+
+
+def test_ci_runs_the_readme_test_command():
+  ci = (REPO / '.ci' / 'run').read_text().splitlines()
+  test = quickstart_commands()[1]
+  assert test in [line.strip() for line in ci]
+
+
+def test_requirements_are_pinned():
+  for name in ('requirements.txt', 'requirements-test.txt', 'requirements-nodeps.txt'):
+    for line in (REPO / name).read_text().splitlines():
+      if line.strip() and not line.startswith('#'):
+        assert re.fullmatch(r'[A-Za-z0-9_.\-\[\]]+==[0-9][^ ]*', line.strip()), f'{name}: {line!r} is not pinned'

@@ -1,0 +1,181 @@
+"""Train step and loop: sharded == single device, resume == uninterrupted, the CLI contract of metrics.jsonl."""
+import contextlib
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import tiny
+from rftjax import grpo
+from rftjax import metrics
+from rftjax import model
+from rftjax import sampler
+from rftjax import sharding
+from rftjax import train_step
+from rftjax import trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CFG = model.TransformerConfig.tiny(vocab_size=64)
+OPT = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=0, schedule='constant', b1=0.9, b2=0.99,
+                                     weight_decay=0.01, max_grad_norm=1.0))
+
+
+def make_batch(rows=8, p=5, n=4, seed=0) -> train_step.Batch:
+  rng = np.random.default_rng(seed)
+  prompts = [list(rng.integers(3, CFG.vocab_size, rng.integers(2, p + 1))) for _ in range(rows)]
+  tokens, mask = sampler.pad_prompts(prompts, p, 0)
+  completion_mask = np.ones((rows, n), np.float32)
+  completion_mask[1, 2:] = 0  # stopped early: padding must not count
+  completion_mask[5, 1:] = 0
+  return train_step.Batch(prompt_tokens=tokens, prompt_mask=mask,
+                          completion_tokens=rng.integers(3, CFG.vocab_size, (rows, n)).astype(np.int32),
+                          completion_mask=completion_mask, advantages=rng.normal(size=rows).astype(np.float32),
+                          sampler_logp=-rng.uniform(1, 5, (rows, n)).astype(np.float32))
+
+
+def one_step(mesh):
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    params = model.init_params(CFG, 0, mesh)
+    tx = train_step.make_optimizer(OPT, 10)
+    state = train_step.init_state(params, tx)
+    step = train_step.make_train_step(train_step.StepConfig(CFG, grpo.LossConfig.dapo()), tx)
+    state, m = step(state, train_step.shard_batch(make_batch(), mesh))
+    return state, jax.device_get(m)
+
+
+def test_sharded_step_equals_single_device():
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
+  sharded, m8 = one_step(mesh)
+  single, m1 = one_step(None)
+  q = sharded['params']['layers']['attn']['q']
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor')
+  mu = sharded['opt_state'][1][0].mu['layers']['attn']['q']  # Adam moments follow the params' sharding
+  assert mu.sharding.spec == q.sharding.spec
+  np.testing.assert_allclose(m8['loss'], m1['loss'], atol=1e-5)
+  assert abs(float(m1['loss'])) > 1e-3  # a real, non-trivial loss
+  for a, b in zip(jax.tree.leaves(jax.device_get(sharded['params'])), jax.tree.leaves(jax.device_get(single['params']))):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_step_gradient_moves_logprob_of_positive_advantage_up():
+  batch = make_batch()
+  params = model.init_params(CFG, 0)
+  tx = train_step.make_optimizer(OPT, 10)
+  step = train_step.make_train_step(train_step.StepConfig(CFG, grpo.LossConfig.dapo()), tx)
+  before = np.asarray(train_step.token_logprobs(params, CFG, batch, 1.0))
+  state, _ = step(train_step.init_state(jax.tree.map(jnp.copy, params), tx), batch)
+  after = np.asarray(train_step.token_logprobs(state['params'], CFG, batch, 1.0))
+  delta = ((after - before) * batch.completion_mask).sum(1)
+  adv = batch.advantages
+  assert np.corrcoef(delta, adv)[0, 1] > 0.8
+
+
+def test_completion_logits_match_the_sampler(tmp_path):
+  """The trainer's recomputed logprobs equal the sampler's for the same tokens (same positions, masks)."""
+  params = model.init_params(CFG, 1)
+  prompts = [[5, 6, 7, 8], [9, 10]]
+  tokens, mask = sampler.pad_prompts(prompts, 4, 0)
+  s = sampler.Sampler(CFG, 4, 6, stop_ids=(3,), pad_id=0, params=sampler.SamplingParams(temperature=1.0))
+  out = s(params, tokens, mask, jax.random.key(2))
+  batch = train_step.Batch(tokens, mask, out.tokens, out.mask, jnp.zeros(2), out.logprobs)
+  logp = train_step.token_logprobs(params, CFG, batch, 1.0)
+  np.testing.assert_allclose(np.asarray(logp) * out.mask, np.asarray(out.logprobs), atol=2e-5)
+
+
+def test_config_field_names_are_stable():
+  c = tiny.get_config()
+  for key in ('model', 'init', 'data.train', 'data.valid', 'grader', 'total_steps', 'batch_size', 'num_generations',
+              'sampling.temperature', 'sampling.top_p', 'sampling.top_k', 'sampling.max_new_tokens', 'grpo.beta',
+              'grpo.epsilon', 'grpo.epsilon_high', 'grpo.num_iterations', 'optimizer.learning_rate', 'eval_interval',
+              'checkpoint.keep_best', 'mesh.data', 'mesh.fsdp', 'mesh.tensor', 'seed'):
+    node = c
+    for part in key.split('.'):
+      node = node[part]
+
+
+def run(tmp_path, name, steps, **overrides):
+  c = tiny.get_config('test')
+  c.total_steps = steps
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for part in path:
+      node = node[part]
+    node[last] = v
+  workdir = tmp_path / name
+  trainer.train(c, workdir)
+  return workdir
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+  monkeypatch.chdir(REPO)
+
+
+def restore_params(workdir):
+  from rftjax import checkpoint
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
+  step = ckpt.latest_step()
+  shapes = model.param_shapes(model.TransformerConfig.tiny(vocab_size=32))
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(
+      jax.devices()[0])), shapes)
+  tx = train_step.make_optimizer(tiny.get_config().optimizer, 1)
+  state = train_step.init_state(model.init_params(model.TransformerConfig.tiny(vocab_size=32)), tx)
+  state, extra = ckpt.restore(step, train_step.abstract_state(state))
+  del abstract
+  return step, jax.device_get(state['params']), extra
+
+
+def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
+  # 3 steps end to end, with the metrics contract
+  short = run(tmp_path, 'resumed', 3)
+  rows = metrics.read_jsonl(short / 'metrics.jsonl')
+  train_rows = [r for r in rows if 'train_reward_mean' in r]
+  assert [r['step'] for r in train_rows] == [1, 2, 3]
+  for key in ('step', 'train_reward_mean', 'loss', 'kl', 'completion_len_mean', 'timing/sampling_s',
+              'timing/grading_s', 'timing/training_s'):
+    assert all(key in r for r in train_rows), key
+  evals = [r for r in rows if 'valid_reward_mean' in r]
+  assert [r['step'] for r in evals] == [0, 2, 3]
+  assert (short / 'samples' / 'valid_step000000.jsonl').exists()
+  assert json.loads((short / 'config.json').read_text())['model'] == 'tiny'
+
+  # the same command again: nothing to do, nothing rewritten
+  run(tmp_path, 'resumed', 3)
+  assert metrics.read_jsonl(short / 'metrics.jsonl') == rows
+
+  # more steps continue from step 3 and land where an uninterrupted 5-step run lands
+  run(tmp_path, 'resumed', 5)
+  whole = run(tmp_path, 'whole', 5)
+  step_a, params_a, extra_a = restore_params(short)
+  step_b, params_b, extra_b = restore_params(whole)
+  assert step_a == step_b == 5 and extra_a == extra_b
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(a, b)
+  resumed_rows = [r for r in metrics.read_jsonl(short / 'metrics.jsonl') if 'train_reward_mean' in r]
+  whole_rows = [r for r in metrics.read_jsonl(whole / 'metrics.jsonl') if 'train_reward_mean' in r]
+  assert [r['train_reward_mean'] for r in resumed_rows] == [r['train_reward_mean'] for r in whole_rows]
+
+
+def test_bad_grader_fails_before_training(tmp_path, in_repo):
+  from rftjax import graders
+  bad = tmp_path / 'grader.json'
+  bad.write_text(json.dumps({'type': 'string_check', 'name': 'x', 'input': '{{sample.output_text}}',
+                             'reference': 'a', 'operation': 'equals'}))
+  with pytest.raises(graders.GraderConfigError, match='operation'):
+    run(tmp_path, 'bad', 1, grader=str(bad))
+  assert not (tmp_path / 'bad' / 'checkpoints').exists()
+
+
+def test_schedule_warmup_and_cosine():
+  opt = ml_collections.ConfigDict(dict(OPT.to_dict(), warmup_steps=4, schedule='cosine', learning_rate=1.0))
+  lr = [train_step.learning_rate(opt, k, 12) for k in range(1, 13)]
+  np.testing.assert_allclose(lr[:4], [0.25, 0.5, 0.75, 1.0], rtol=1e-6)  # update k uses (k)/4 of the peak
+  np.testing.assert_allclose(lr[-1], 0.1, rtol=1e-5)  # cosine ends at 10% of the peak
+  assert all(a >= b for a, b in zip(lr[3:], lr[4:]))
+  const = ml_collections.ConfigDict(dict(OPT.to_dict(), learning_rate=2e-3))
+  assert train_step.learning_rate(const, 1, 10) == pytest.approx(2e-3)  # warmup 0: the first update moves

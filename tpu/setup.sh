@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up every worker the same way: the repo at COMMIT, a virtualenv with jax[tpu] and the repo's
+# requirements.txt. Safe to re-run: it clones only once, then fetches and checks out COMMIT; it makes
+# the virtualenv only if missing; the install is a no-op when nothing changed.
+set -euo pipefail
+usage() {
+  cat <<'USAGE'
+Usage: tpu/setup.sh [--dry-run] [--repo URL] [--commit SHA]
+On every worker (gcloud compute tpus tpu-vm ssh --worker=all): clone REPO_URL into REPO_DIR, check out
+COMMIT, create VENV with a uv-managed Python PYTHON_VERSION, install JAX_SPEC and requirements.txt.
+USAGE
+  usage_common
+}
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+parse_flags "$@"
+((${#EXTRA_ARGS[@]} == 0)) || die "unknown argument: ${EXTRA_ARGS[0]} (see --help)"
+require_set REPO_URL
+
+if [[ "$COMMIT_FROM_HEAD" == 1 && -n "$(git -C "$ROOT_DIR" status --porcelain 2>/dev/null)" ]]; then
+  echo "warning: local changes are not on the workers; they run commit $COMMIT (pushed to $REPO_URL)" >&2
+fi
+
+q() { rq "$1"; }
+repo_q="$(q "$REPO_DIR")"
+venv_q="$(q "$VENV")"
+# One line of shell for the worker's login shell (bash); paths are relative to the worker's $HOME.
+# uv provides a Python newer than the image's 3.10 and installs quickly; fetching COMMIT by name
+# works for a branch, a tag or a full SHA.
+remote="set -euo pipefail"
+remote+="; python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --user --quiet uv"
+remote+="; [ -d $repo_q/.git ] || git clone --quiet $(q "$REPO_URL") $repo_q"
+remote+="; git -C $repo_q remote set-url origin $(q "$REPO_URL")"
+remote+="; git -C $repo_q fetch --quiet origin $(q "$COMMIT")"
+remote+="; git -C $repo_q checkout --quiet --force --detach FETCH_HEAD"
+remote+="; [ -x $venv_q/bin/python ] || python3 -m uv venv --quiet --python $(q "$PYTHON_VERSION") $venv_q"
+remote+="; python3 -m uv pip install --quiet --python $venv_q/bin/python -r $repo_q/requirements.txt $(q "$JAX_SPEC")"
+remote+="; echo \"rftjax-setup \$(hostname) \$(git -C $repo_q rev-parse HEAD)\""
+vm run ssh --worker=all "--command=$remote"
