@@ -1,6 +1,8 @@
 """Defaults every run config starts from. Each config file calls `base()` and sets a few fields."""
 import ml_collections
 
+from rftjax import hparams
+
 
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -13,6 +15,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.train = ''
   c.data.valid = ''
   c.data.max_prompt_len = 64  # tokens; a longer prompt is an error at start-up naming its line
+  c.data.valid_limit = 0  # evaluate on the first N validation examples only; 0 = all
   c.grader = None  # a grader dict, or a path to a grader JSON file
 
   c.seed = 0
@@ -25,6 +28,7 @@ def base() -> ml_collections.ConfigDict:
   c.sampling.top_p = 1.0
   c.sampling.top_k = 0
   c.sampling.max_new_tokens = 32
+  c.sampling.cache_dtype = ''  # KV cache dtype; '' = float32 ('bfloat16' halves the cache on TPU)
 
   c.grpo = ml_collections.ConfigDict()
   c.grpo.beta = 0.0  # KL weight; 0 loads no reference model
@@ -53,6 +57,7 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.99
   c.optimizer.weight_decay = 0.0
   c.optimizer.max_grad_norm = 1.0
+  c.optimizer.mu_dtype = ''  # Adam first-moment dtype; '' = the param dtype
 
   c.eval_interval = 10
   c.eval_temperature = 0.0  # 0 = greedy
@@ -76,4 +81,18 @@ def base() -> ml_collections.ConfigDict:
   c.param_dtype = 'float32'
   c.remat = False
   c.progress = True
+  hparams.add_openai_fields(c)  # OpenAI-style n_epochs / batch_size / ... (docs/hyperparameters.md)
   return c
+
+
+def smoke_test(c: ml_collections.ConfigDict, max_new_tokens: int) -> None:
+  """The `:test` variant of a real-weights config: two GRPO steps on a handful of prompts, for the test suite.
+  8 rows (4 prompts x 2 samples) so the batch splits over the suite's 8 fake CPU devices."""
+  c.total_steps = 2
+  c.eval_interval = 2
+  c.batch_size = 4
+  c.num_generations = 2
+  c.sampling.max_new_tokens = max_new_tokens
+  c.eval_batch_size = 8
+  c.data.valid_limit = 8
+  c.progress = False

@@ -8,9 +8,8 @@ import jax
 
 
 def on_multihost_tpu_vm() -> bool:
-  """TPU VM pod slices set these; a single-host VM has one worker."""
-  hosts = os.environ.get('TPU_WORKER_HOSTNAMES') or os.environ.get('CLOUD_TPU_TASK_ID')
-  return bool(hosts) and (',' in os.environ.get('TPU_WORKER_HOSTNAMES', ',') )
+  """TPU VM pod slices list every worker in TPU_WORKER_HOSTNAMES; a single-host VM lists one."""
+  return ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
 
 
 def maybe_initialize(mode: str = 'auto', coordinator: str | None = None, num_processes: int | None = None,

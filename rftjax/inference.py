@@ -8,9 +8,8 @@
 
 The one place the CLIs (sample, evaluate) get a model from; the trainer builds its own state. A run's workdir is
 read only: `config.json` says which model, tokenizer and chat template it used, `checkpoints/<step>/` holds the
-state. Restoring goes through the same abstract state the trainer resumes into (params + optimizer + step), then
-drops everything but the params: Orbax cannot leave items out of a `StandardRestore` target through
-`Checkpointer.restore`, and the optimizer's memory is freed as soon as this returns.
+state. The step is resolved by a read-only `Checkpointer`; only the params are read (an Orbax partial restore into
+the params' mesh shardings), never the optimizer state.
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
+import orbax.checkpoint as ocp
 
 from rftjax import checkpoint as checkpoint_lib
 from rftjax import graders
@@ -34,7 +33,6 @@ from rftjax import model as model_lib
 from rftjax import sampler as sampler_lib
 from rftjax import sharding
 from rftjax import tokenizer as tokenizer_lib
-from rftjax import train_step as step_lib
 
 log = logging.getLogger('rftjax')
 
@@ -101,21 +99,26 @@ def _load_tokenizer(spec: str, chat_template: str | None, where: str) -> tokeniz
     raise InferenceError(f'{where}: cannot load tokenizer {spec!r}: {e}') from None
 
 
-def abstract_train_state(run_config, cfg: model_lib.TransformerConfig, mesh) -> dict:
-  """ShapeDtypeStructs of the trainer's state {'params', 'opt_state', 'step'} with its shardings; no memory."""
-  dtype = jnp.dtype(run_config.param_dtype)
-  shapes = model_lib.param_shapes(cfg, dtype)
+def abstract_params(cfg: model_lib.TransformerConfig, dtype, mesh) -> Any:
+  """ShapeDtypeStructs of the params in their mesh shardings (the restore target; no memory)."""
+  shapes = model_lib.param_shapes(cfg, jnp.dtype(dtype))
   shardings = sharding.param_shardings(shapes, model_lib.param_axes(cfg), mesh)
-  params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-  tx = step_lib.make_optimizer(run_config.optimizer, run_config.total_steps)
-  opt = jax.eval_shape(tx.init, params)
-  # The trainer's placement rule (train_step.init_state): moments follow their params, scalars are replicated.
-  replicated = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh is not None
-                else jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-  opt = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), opt)
-  opt = optax.tree_map_params(tx, lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p.sharding), opt,
-                              params, transform_non_params=lambda s: s)
-  return {'params': params, 'opt_state': opt, 'step': jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)}
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def restore_params(ckpt_dir: pathlib.Path, step: int, abstract, model_name: str = '') -> Any:
+  """Only the params of checkpoint `step`: an Orbax partial restore of its `state` item (layout in
+  docs/checkpoints.md), so the optimizer moments (2x the params with Adam) are never read or allocated."""
+  path = pathlib.Path(ckpt_dir).absolute() / str(step) / 'state'
+  target = {'params': abstract}
+  args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                partial_restore=True)
+  try:
+    with ocp.PyTreeCheckpointer() as reader:
+      return reader.restore(path, args=args)['params']
+  except (ValueError, KeyError, FileNotFoundError) as e:  # a model that does not match the checkpoint
+    raise InferenceError(f'{path}: cannot restore the params of model {model_name!r} (does the model preset match '
+                         f'the run?): {e}') from None
 
 
 def load(*, workdir: str | pathlib.Path | None = None, step: int | str | None = 'best', init: str | None = None,
@@ -143,16 +146,13 @@ def load(*, workdir: str | pathlib.Path | None = None, step: int | str | None = 
     ckpt = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, async_save=False)
     try:
       resolved = ckpt.resolve_step('best' if step is None else step)
-      with jax.set_mesh(mesh):
-        state, _ = ckpt.restore(resolved, abstract_train_state(run, cfg, mesh))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
       raise InferenceError(f'--step={step}: {e}') from None
     finally:
       ckpt.close()
-    params = state['params']
-    del state  # frees the optimizer moments
-    if param_dtype:
-      params = jax.tree.map(lambda x: x.astype(param_dtype), params)
+    dtype = param_dtype or run.get('param_dtype', 'float32')  # the target's dtype wins: restore casts
+    with jax.set_mesh(mesh):
+      params = restore_params(ckpt_dir, resolved, abstract_params(cfg, dtype, mesh), cfg.name)
     log.info('loaded %s step %d (%s, %d params)', workdir, resolved, cfg.name, cfg.num_params())
     return Loaded(cfg, tok, params, run, resolved, mesh, run.get('compute_dtype', 'float32'))
 

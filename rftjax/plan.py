@@ -1,6 +1,7 @@
 """Memory planning before step one: will this config fit on that slice? No TPU and no allocation needed.
 
   python -m rftjax.plan --config=configs/gemma3_tpu.py:27b_v5p32 --devices=v5p-32 [--config.x=y ...]
+  python -m rftjax.plan --config=configs/tiny.py --devices=cpu-8
 
 Prints per-device bytes for what lives on a chip during a GRPO run and exits 1 (naming the biggest consumers and
 what to change) when the peak does not fit in HBM minus a headroom margin. Shapes come from `model.param_shapes`
@@ -26,6 +27,7 @@ behaviour): `sampling.cache_dtype` ('' = float32, the Sampler's default today), 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -168,8 +170,7 @@ def _layer_activations(cfg: model_lib.TransformerConfig, rows: int, t: int, s: i
   parts = [
       (btd, c, 3),  # layer input, residual after attention, o-projection output
       (btd, f32, norms), (btd, c, norms),  # RMSNorms run in float32: their f32 input and the cast output
-      (btnh, c, 1 + 2 + (1 if cfg.qk_norm else 0)),  # q, RoPE'd q (f32 halves fused into one), attention output
-      (btnh, c, 1),
+      (btnh, c, 4 + (1 if cfg.qk_norm else 0)),  # q, (normed q), RoPE'd q, scaled q, attention output
       (btkh, c, 2 + 2 + (1 if cfg.qk_norm else 0)),  # k, v, RoPE'd k, cache-dtype k/v
       (bnts, f32, 2), (bnts, c, 1),  # attention logits, masked logits, probs
       (btf, c, 4),  # gate, activation, up, hidden
@@ -192,6 +193,7 @@ class Plan:
   train: dict[str, int]
   headroom: float
   notes: list[str]
+  vocab_size: int
 
   @property
   def sampling_peak(self) -> int:
@@ -236,8 +238,7 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, vocab_s
   mu_dtype = jnp.dtype(_get(config, 'optimizer.mu_dtype', param_dtype))
   cache_dtype = jnp.dtype(_get(config, 'sampling.cache_dtype', 'float32'))
   micro = int(_get(config, 'train_microbatches', 1))
-  shapes = model_lib.param_shapes(cfg, param_dtype)
-  axes = model_lib.param_axes(cfg)
+  shapes, axes = _shapes(cfg, param_dtype)
 
   g = int(config.num_generations)
   rows = int(config.batch_size) * g
@@ -245,6 +246,9 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, vocab_s
   if rows % batch_shards:
     raise ValueError(f'config.batch_size * config.num_generations = {rows} is not divisible by data x fsdp = '
                      f'{batch_shards}; the trainer refuses this mesh')
+  if int(config.batch_size) % hw.hosts:
+    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the {hw.hosts} hosts of {hw.name}: '
+                     'each host samples and grades its own prompts')
   if rows % micro or (rows // micro) % batch_shards:
     raise ValueError(f'config.train_microbatches={micro}: {rows} rows do not split into {micro} microbatches that '
                      f'data x fsdp = {batch_shards} divides')
@@ -297,7 +301,14 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, vocab_s
   if micro > 1:
     train['gradient accumulator'] = _tree_bytes(shapes, axes, mesh, jnp.float32)
   return Plan(model=cfg.name, num_params=cfg.num_params(), hardware=hw, mesh=sizes, rows=rows, seq_len=p + n,
-              persistent=persistent, sampling=sampling_items, train=train, headroom=headroom, notes=notes)
+              persistent=persistent, sampling=sampling_items, train=train, headroom=headroom, notes=notes,
+              vocab_size=cfg.vocab_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _shapes(cfg: model_lib.TransformerConfig, dtype):
+  """Abstract params and their logical axes (cached: suggestions re-plan the same model several times)."""
+  return model_lib.param_shapes(cfg, dtype), model_lib.param_axes(cfg)
 
 
 def _tokenizer_vocab(config) -> int | None:
@@ -310,19 +321,20 @@ def _tokenizer_vocab(config) -> int | None:
 
 
 # ---- report ----------------------------------------------------------------------------------------------------
-def _gib(x: int) -> str:
-  return f'{x / GiB:8.2f}'
-
-
 def format_plan(plan: Plan) -> str:
   hw = plan.hardware
+  unit, scale = ('GiB', GiB) if plan.peak >= GiB else ('MiB', 1024**2)  # the tiny configs: MiB
+
+  def _gib(x: int) -> str:
+    return f'{x / scale:8.2f}'
+
   lines = [
       f'model {plan.model} ({plan.num_params / 1e9:.2f}B params) on {hw.name}: {hw.chips} chips x '
       f'{hw.hbm_bytes / GiB:.0f} GiB, {hw.hosts} host(s) x {hw.chips_per_host} chips',
       f'mesh data={plan.mesh["data"]} fsdp={plan.mesh["fsdp"]} tensor={plan.mesh["tensor"]}; '
       f'{plan.rows} rows x {plan.seq_len} tokens per step',
       '',
-      f'{"per device":<58}{"GiB":>8}',
+      f'{"per device":<58}{unit:>8}',
   ]
   for title, items in (('persistent', plan.persistent), ('sampling (transient)', plan.sampling),
                        ('train step (transient)', plan.train)):
@@ -338,41 +350,81 @@ def format_plan(plan: Plan) -> str:
   return '\n'.join(lines)
 
 
+def _candidates(plan: Plan, config) -> list[tuple[str, dict]]:
+  """Config changes worth trying, as (flag text, {dotted key: value})."""
+  out = []
+  g, b = int(config.num_generations), int(config.batch_size)
+  shards = plan.mesh['data'] * plan.mesh['fsdp']
+  if plan.mesh['data'] > 1:
+    out.append(('--config.mesh.data=1 --config.mesh.fsdp=-1 (data replicates the weights)',
+                {'mesh.data': 1, 'mesh.fsdp': -1}))
+  if plan.mesh['tensor'] == 1 and plan.hardware.chips_per_host >= 4 and plan.hardware.chips % 4 == 0:
+    out.append(('--config.mesh.data=1 --config.mesh.fsdp=-1 --config.mesh.tensor=4 (tensor within a host splits '
+                'the vocab of the logits and the MLP)', {'mesh.data': 1, 'mesh.fsdp': -1, 'mesh.tensor': 4}))
+  if float(config.grpo.beta) > 0:
+    out.append(('--config.grpo.beta=0 (no reference model)', {'grpo.beta': 0.0}))
+  if jnp.dtype(config.param_dtype) == jnp.float32:
+    out.append(('--config.param_dtype=bfloat16', {'param_dtype': 'bfloat16'}))
+  if jnp.dtype(_get(config, 'sampling.cache_dtype', 'float32')) == jnp.float32:
+    out.append(('a bfloat16 KV cache (proposed key sampling.cache_dtype=bfloat16)',
+                {'sampling.cache_dtype': 'bfloat16'}))
+  if not config.remat:
+    out.append(('--config.remat=True', {'remat': True}))
+  if b % 2 == 0 and (b // 2 * g) % shards == 0:
+    out.append((f'--config.batch_size={b // 2}', {'batch_size': b // 2}))
+  if g % 2 == 0 and g > 2 and (b * g // 2) % shards == 0:
+    out.append((f'--config.num_generations={g // 2}', {'num_generations': g // 2}))
+  n = int(config.sampling.max_new_tokens)
+  if n >= 2:
+    out.append((f'--config.sampling.max_new_tokens={n // 2}', {'sampling.max_new_tokens': n // 2}))
+  micro = int(_get(config, 'train_microbatches', 1))
+  if (b * g) % (2 * micro * shards) == 0:
+    out.append((f'train_microbatches={2 * micro} (proposed key: split the train step)',
+                {'train_microbatches': 2 * micro}))
+  return out
+
+
 def suggestions(plan: Plan, config) -> list[str]:
-  """Concrete changes, biggest saving first, for a plan that does not fit."""
+  """Concrete changes with the peak each would give, best first (each change alone, from this config)."""
   out = []
   total_persistent = sum(plan.persistent.values())
-  sharded = plan.mesh['fsdp'] * plan.mesh['tensor']
   if total_persistent > plan.usable:
     need = math.ceil(total_persistent * plan.hardware.chips / plan.usable)
     out.append(f'params + optimizer (+ reference) alone need {total_persistent / GiB:.1f} GiB per device at '
-               f'{sharded}-way sharding: use a slice with at least {need} chips of this type (and mesh.fsdp = all of '
-               f'them), or a smaller model')
-  if plan.mesh['data'] > 1:
-    out.append(f'mesh.data={plan.mesh["data"]} replicates the weights: move it into fsdp '
-               f'(--config.mesh.data=1 --config.mesh.fsdp=-1)')
-  if float(config.grpo.beta) > 0:
-    out.append(f'--config.grpo.beta=0 drops the reference model ({plan.persistent["reference model"] / GiB:.1f} GiB)')
-  if jnp.dtype(config.param_dtype) == jnp.float32:
-    out.append('--config.param_dtype=bfloat16 halves params, gradients and (with optax\'s default mu dtype) the '
-               'optimizer state')
-  if jnp.dtype(_get(config, 'sampling.cache_dtype', 'float32')) == jnp.float32:
-    out.append(f'a bfloat16 KV cache (sampling.cache_dtype=bfloat16) halves the cache '
-               f'({plan.sampling["KV cache"] / GiB:.1f} GiB)')
-  if not config.remat:
-    out.append('--config.remat=True keeps one layer\'s activations instead of all of them')
-  if plan.train_peak >= plan.sampling_peak:
-    act = sum(v for k, v in plan.train.items() if k.startswith(('activations', 'logits')))
-    out.append(f'activations + logits are {act / GiB:.1f} GiB: lower --config.batch_size ({config.batch_size}) or '
-               f'--config.num_generations ({config.num_generations}), --config.sampling.max_new_tokens '
-               f'({config.sampling.max_new_tokens}), or split the step (train_microbatches)')
-    if plan.mesh['tensor'] == 1 and plan.hardware.chips_per_host > 1:
-      out.append(f'--config.mesh.tensor={min(4, plan.hardware.chips_per_host)} (within a host) splits the logits\' '
-                 'vocab dim and the MLP activations')
-  else:
-    out.append(f'the KV cache is {plan.sampling["KV cache"] / GiB:.1f} GiB: fewer rows per step (batch_size x '
-               f'num_generations, eval_batch_size) or a shorter max_prompt_len + max_new_tokens')
+               f'{plan.mesh["fsdp"] * plan.mesh["tensor"]}-way sharding: use a slice with at least {need} chips of '
+               f'this type ({_slice_name(plan.hardware, need)} or larger, all chips in mesh.fsdp x tensor), or a '
+               f'smaller model')
+  tried = []
+  for text, changes in _candidates(plan, config):
+    alt = config.copy_and_resolve_references()
+    alt.unlock()  # proposed keys may be new
+    for key, value in changes.items():
+      *parents, leaf = key.split('.')
+      node = alt
+      for part in parents:
+        node = node[part]
+      node[leaf] = value
+    try:
+      peak = make_plan(alt, plan.hardware, headroom=plan.headroom,
+                       vocab_size=plan.vocab_size).peak
+    except ValueError:
+      continue
+    tried.append((peak, text))
+  for peak, text in sorted(tried):
+    if peak >= plan.peak:
+      continue  # e.g. tensor parallelism that leaves more rows per device
+    verdict = 'fits' if peak <= plan.usable else 'still too big'
+    out.append(f'{text}: peak {peak / GiB:.1f} GiB ({verdict})')
+  if len(out) > 1 or tried:
+    out.append('changes combine: apply several of them and run the planner again')
   return out
+
+
+def _slice_name(hw: Hardware, chips: int) -> str:
+  """The smallest power-of-two slice of hw's generation with at least `chips` chips, named as TPU types are."""
+  chips = 1 << max(0, (chips - 1).bit_length())
+  counts_cores = GENERATIONS.get(hw.generation, (0, False, 0))[1]
+  return f'{hw.generation}-{2 * chips if counts_cores else chips}'
 
 
 def check(plan: Plan, config) -> str | None:
@@ -400,17 +452,21 @@ def main(argv: Sequence[str]) -> int:
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:arg]).', flag_values=fv,
                                   lock_config=True)
-  flags.DEFINE_string('devices', None, 'Slice: v5p-32, v5e-8, v6e-16, v4-8, cpu-8, ...', flag_values=fv)
+  flags.DEFINE_string('devices', None, 'Slice: v5p-32, v5e-8, v6e-16, v4-8, cpu-8, ... (default: the config\'s '
+                      '`devices` field, which configs/gemma3_tpu.py sets)', flag_values=fv)
   flags.DEFINE_float('headroom', 0.1, 'Fraction of HBM kept free (XLA scratch, fragmentation).', flag_values=fv)
   try:
     fv(list(argv))
-    if not fv.config or not fv.devices:
-      raise flags.Error('--config and --devices are required')
+    if not fv.config:
+      raise flags.Error('--config is required')
+    devices = fv.devices or _get(fv.config, 'devices', None)
+    if not devices:
+      raise flags.Error('--devices is required (the config has no `devices` field): e.g. --devices=v5p-32')
   except flags.Error as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   try:
-    plan = make_plan(fv.config, fv.devices, headroom=fv.headroom)
+    plan = make_plan(fv.config, devices, headroom=fv.headroom)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -419,7 +475,8 @@ def main(argv: Sequence[str]) -> int:
   if message:
     print(message, file=sys.stderr)
     return 1
-  print(f'fits: peak {plan.peak / GiB:.1f} of {plan.usable / GiB:.1f} GiB usable per device')
+  peak = f'{plan.peak / GiB:.1f} GiB' if plan.peak >= GiB / 10 else f'{plan.peak / 1024**2:.1f} MiB'
+  print(f'fits: peak {peak} of {plan.usable / GiB:.1f} GiB usable per device')
   return 0
 
 

@@ -66,12 +66,27 @@ def to_global(mesh, x: np.ndarray):
 
 
 def allmean(values: dict[str, float]) -> dict[str, float]:
-  """Mean of per-host metrics over hosts (hosts hold equal numbers of rows)."""
+  """Per-host metrics -> global ones (hosts hold equal numbers of rows): means average, `*num_graded` sums,
+  `*_max` takes the max, and `X_std` pools with its `X_mean` (total variance = mean of variances + variance of means).
+  """
   if jax.process_count() == 1 or not values:
     return values
   keys = sorted(values)
   gathered = multihost_utils.process_allgather(np.asarray([values[k] for k in keys], np.float64))
-  return dict(zip(keys, np.asarray(gathered).reshape(jax.process_count(), -1).mean(0).tolist()))
+  g = np.asarray(gathered).reshape(jax.process_count(), -1)
+  out = {}
+  for i, k in enumerate(keys):
+    col = g[:, i]
+    if k.endswith('num_graded'):
+      out[k] = float(col.sum())
+    elif k.endswith('_max'):
+      out[k] = float(col.max())
+    elif k.endswith('_std') and k[:-4] + '_mean' in values:
+      m = g[:, keys.index(k[:-4] + '_mean')]
+      out[k] = float(np.sqrt(max(np.mean(col ** 2 + m ** 2) - np.mean(m) ** 2, 0.0)))
+    else:
+      out[k] = float(col.mean())
+  return out
 
 
 def any_host(flag: bool) -> bool:
@@ -125,3 +140,30 @@ def rollout_metrics(r: Rollout, g: int, prefix: str = 'train') -> dict[str, floa
       'truncated_frac': float(r.truncated.mean()),
   })
   return m
+
+
+def collect(sample_fn, batch_prompts: int, g: int, *, dynamic: bool, max_rounds: int) -> tuple[Rollout, int]:
+  """Gathers one step's rollout; with DAPO dynamic sampling, keeps only groups whose rewards differ.
+
+  sample_fn(attempt) -> Rollout of `batch_prompts` fresh prompts x g samples (this host's rows). Without dynamic
+  sampling that is the step's batch. With it, zero-variance groups (no advantage, no gradient) are dropped and more
+  prompts are sampled, up to `max_rounds` extra rounds (all hosts take the same number); a shortfall is filled with
+  dropped groups whose loss mask is zeroed, so shapes stay fixed and nothing without signal is trained on.
+  Returns (rollout of batch_prompts * g rows, rounds taken).
+  """
+  rows = batch_prompts * g
+  kept, dropped = [], []
+  for attempt in range(1 + (max_rounds if dynamic else 0)):
+    r = sample_fn(attempt)
+    if not dynamic:
+      return r, 1
+    keep = grpo.dynamic_sampling_keep(r.rewards, g)
+    kept.append(r.take_groups(np.flatnonzero(keep), g))
+    dropped.append(r.take_groups(np.flatnonzero(~keep), g))
+    if not any_host(sum(len(k.rewards) for k in kept) < rows):
+      break
+  n_signal = min(sum(len(k.rewards) for k in kept), rows)
+  out = Rollout.concat(kept + dropped).take_groups(np.arange(batch_prompts), g)
+  out.mask = out.mask.copy()
+  out.mask[n_signal:] = 0.0
+  return out, attempt + 1

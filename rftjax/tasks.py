@@ -60,6 +60,26 @@ def arith_examples(n: int, seed: int) -> list[dict]:
   return rows
 
 
+FEWSHOT = 'Q: What is 12 + 7?\nA: 19\nQ: What is 9 times 3?\nA: 27\nQ: What is 58 - 21?\nA: 37\n'
+
+FIRST_LINE_GRADER = {
+    'type': 'python', 'name': 'first_line',
+    'source': ('import re\n\n\ndef grade(sample, item):\n'
+               '    first = sample["output_text"].strip().split("\\n")[0]\n'
+               '    m = re.match(r"\\s*(-?\\d+)\\s*$", first)\n'
+               '    return 1.0 if m and m.group(1) == item["answer"] else 0.0\n'),
+}
+
+
+def fewshot_examples(rows: list[dict]) -> list[dict]:
+  """The arith problems as a 3-shot plain-text prompt, for base models that do not follow chat turns."""
+  out = []
+  for row in rows:
+    question = row['messages'][-1]['content'].split('?')[0] + '?'
+    out.append({'messages': [{'role': 'user', 'content': FEWSHOT + f'Q: {question}\nA:'}], 'answer': row['answer']})
+  return out
+
+
 def tiny_tokenizer_texts() -> list[str]:
   """Every string the tiny model must encode: prompts and answers."""
   return ['Largest digit: 0 1 2 3 4 5 6 7 8 9'] + [str(d) for d in range(10)]
@@ -79,6 +99,9 @@ def write_arith(out_dir: pathlib.Path = DATA_DIR / 'arith') -> None:
   out_dir.mkdir(parents=True, exist_ok=True)
   data.write_jsonl(out_dir / 'train.jsonl', arith_examples(2000, seed=11))
   data.write_jsonl(out_dir / 'valid.jsonl', arith_examples(100, seed=12))
+  data.write_jsonl(out_dir / 'fewshot_train.jsonl', fewshot_examples(arith_examples(2000, seed=11)))
+  data.write_jsonl(out_dir / 'fewshot_valid.jsonl', fewshot_examples(arith_examples(100, seed=12)))
+  (out_dir / 'first_line_grader.json').write_text(json.dumps(FIRST_LINE_GRADER, indent=2) + '\n')
 
 
 def main(argv=None) -> None:

@@ -57,7 +57,7 @@ def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
   return optax.chain(
       optax.clip_by_global_norm(float(opt_cfg.max_grad_norm)),
       optax.adamw(schedule(opt_cfg, total_steps), b1=float(opt_cfg.b1), b2=float(opt_cfg.b2),
-                  weight_decay=float(opt_cfg.weight_decay)),
+                  weight_decay=float(opt_cfg.weight_decay), mu_dtype=opt_cfg.get('mu_dtype') or None),
   )
 
 
@@ -123,8 +123,8 @@ class StepConfig:
   with_entropy: bool = True
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def policy_logprobs(step_cfg: StepConfig, tx_unused, params, batch: Batch):
+@functools.partial(jax.jit, static_argnums=0)
+def policy_logprobs(step_cfg: StepConfig, params, batch: Batch):
   """Logprobs of the sampled completions under `params` (old policy or reference), no gradient."""
   return token_logprobs(params, step_cfg.model, batch, step_cfg.temperature or 1.0,
                         dtype=jnp.dtype(step_cfg.compute_dtype))

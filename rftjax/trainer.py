@@ -21,12 +21,14 @@ from rftjax import checkpoint as checkpoint_lib
 from rftjax import data as data_lib
 from rftjax import graders
 from rftjax import grpo
+from rftjax import hparams
 from jax.experimental import multihost_utils
 
 from rftjax import metrics as metrics_lib
 from rftjax import rollout
 from rftjax import model as model_lib
 from rftjax import sampler as sampler_lib
+from rftjax import plots
 from rftjax import preemption
 from rftjax import sharding
 from rftjax import tokenizer as tokenizer_lib
@@ -97,11 +99,13 @@ def evaluate(weights, sampler: sampler_lib.Sampler, prompt_ids, examples, tok, g
       records += [{'source': examples[i].source, 'completion': t, 'reward': res.reward,
                    'errors': [e.category for e in res.errors]} for i, t, res in zip(mine, part.texts, part.results)]
   local = {k: v / max(count, 1) for k, v in sums.items()}
+  local[f'{prefix}/num_graded'] = float(count)
   if pc > 1:  # weight each host's means by its row count
     keys = sorted(local)
     vec = np.asarray([local[k] * count for k in keys] + [count], np.float64)
     total = np.asarray(multihost_utils.process_allgather(vec)).reshape(pc, -1).sum(0)
     local = {k: float(total[i] / max(total[-1], 1)) for i, k in enumerate(keys)}
+    local[f'{prefix}/num_graded'] = float(total[-1])
   return local, records
 
 
@@ -110,12 +114,15 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
-  if is_main:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
 
   # ---- data and grader first: bad input fails before anything slow happens ----
   train_examples = data_lib.load_jsonl(config.data.train)
+  config = hparams.apply(config, len(train_examples))  # OpenAI-style fields -> native ones (a copy)
+  if is_main:
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
   valid_examples = data_lib.load_jsonl(config.data.valid)
+  if config.data.valid_limit:
+    valid_examples = valid_examples[:config.data.valid_limit]
   grader = graders.build(load_grader_spec(config.grader))
 
   mesh = sharding.make_mesh(config.mesh)
@@ -146,7 +153,8 @@ def train(config, workdir: str | pathlib.Path) -> dict:
     train_step = step_lib.make_train_step(step_cfg, tx)
 
     base = dict(cfg=cfg, max_prompt_len=config.data.max_prompt_len, max_new_tokens=config.sampling.max_new_tokens,
-                stop_ids=tuple(tok.stop_ids), pad_id=pad_id, compute_dtype=config.compute_dtype)
+                stop_ids=tuple(tok.stop_ids), pad_id=pad_id, compute_dtype=config.compute_dtype,
+                cache_dtype=config.sampling.cache_dtype or 'float32')
     train_sampler = sampler_lib.Sampler(**base, params=sampler_lib.SamplingParams(
         config.sampling.temperature, config.sampling.top_p, config.sampling.top_k))
     eval_sampler = sampler_lib.Sampler(**base, params=sampler_lib.SamplingParams(
@@ -175,6 +183,11 @@ def train(config, workdir: str | pathlib.Path) -> dict:
       writer.write(m)
       suffix = '' if jax.process_count() == 1 else f'.p{jax.process_index()}'
       data_lib.write_jsonl(workdir / 'samples' / f'valid_step{step:06d}{suffix}.jsonl', records)
+      if is_main:
+        try:
+          plots.write_reward_plot(workdir)
+        except Exception as e:  # a plot must never stop a run
+          log.warning('could not write the reward plot: %s', e)
       return m
 
     def save(step: int, eval_metrics: dict | None) -> None:
@@ -202,31 +215,23 @@ def train(config, workdir: str | pathlib.Path) -> dict:
         step_rng = jax.random.fold_in(rng, step)
 
         # ---- sample G completions per prompt, decode and grade on the host ----
-        t_sample = t_grade = 0.0
-        kept, dropped = [], []
-        for attempt in range(1 + (config.grpo.max_resample_rounds if config.grpo.dynamic_sampling else 0)):
+        timings = [0.0, 0.0]
+
+        def sample_fn(attempt):
           idx = data_iter.next()
           prompts = [train_prompts[i] for i in idx for _ in range(g)]
           items = [train_examples[i].item for i in idx for _ in range(g)]
           r, dt_sample, dt_grade = rollout.sample_and_grade(train_sampler, state['params'], prompts, items, tok,
                                                             grader, pool, jax.random.fold_in(step_rng, attempt), mesh)
-          t_sample, t_grade = t_sample + dt_sample, t_grade + dt_grade
+          timings[0] += dt_sample
+          timings[1] += dt_grade
           graders.check_failures(r.results, config.grading.max_error_share)
-          if not config.grpo.dynamic_sampling:
-            kept.append(r)
-            break
-          keep = grpo.dynamic_sampling_keep(r.rewards, g)
-          kept.append(r.take_groups(np.flatnonzero(keep), g))
-          dropped.append(r.take_groups(np.flatnonzero(~keep), g))
-          if not rollout.any_host(sum(len(k.rewards) for k in kept) < len(idx) * g):
-            break
-        batch_rows = len(idx) * g
-        rolled = rollout.Rollout.concat(kept + dropped)
-        if config.grpo.dynamic_sampling:
-          # groups with signal first; any shortfall is filled with zero-signal groups that get no loss
-          n_signal = min(sum(len(k.rewards) for k in kept), batch_rows)
-          rolled = rolled.take_groups(np.arange(batch_rows // g), g)
-          rolled.mask[n_signal:] = 0.0
+          return r
+
+        rolled, rounds = rollout.collect(sample_fn, config.batch_size // jax.process_count(), g,
+                                         dynamic=config.grpo.dynamic_sampling,
+                                         max_rounds=config.grpo.max_resample_rounds)
+        t_sample, t_grade = timings
         stats = rollout.rollout_metrics(rolled, g)
         batch, _ = rollout.make_batch(rolled, config.grpo, g, config.sampling.max_new_tokens, mesh)
 
@@ -236,9 +241,9 @@ def train(config, workdir: str | pathlib.Path) -> dict:
           raise preemption.stop(save, step, log)
         t0 = time.perf_counter()
         if config.grpo.num_iterations > 1:
-          batch = batch.replace(old_logp=step_lib.policy_logprobs(step_cfg, None, state['params'], batch))
+          batch = batch.replace(old_logp=step_lib.policy_logprobs(step_cfg, state['params'], batch))
         if ref_params is not None:
-          batch = batch.replace(ref_logp=step_lib.policy_logprobs(step_cfg, None, ref_params, batch))
+          batch = batch.replace(ref_logp=step_lib.policy_logprobs(step_cfg, ref_params, batch))
         for _ in range(config.grpo.num_iterations):
           state, step_metrics = train_step(state, batch)
         step_metrics = jax.device_get(step_metrics)
@@ -252,7 +257,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
             'kl': float(step_metrics['kl']),
             'learning_rate': step_lib.learning_rate(config.optimizer, step + 1, config.total_steps),
             **{k: float(v) for k, v in step_metrics.items() if k not in ('loss', 'kl')},
-            'sampling_rounds': attempt + 1,
+            'sampling_rounds': rounds,
             'tokens_per_s': float(rolled.lengths.sum()) * jax.process_count() / max(wall, 1e-9),
             'timing/sampling_s': t_sample,
             'timing/grading_s': t_grade,

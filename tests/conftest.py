@@ -13,7 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from a hub at t
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
-_CACHE = pathlib.Path(os.environ.get("RFTJAX_TEST_CACHE", pathlib.Path(__file__).resolve().parents[1] / ".cache" / "jax"))
-_CACHE.mkdir(parents=True, exist_ok=True)
-jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+# Slow, derived results (compiled programs, transformers' reference outputs, converted weights) are cached outside
+# the checkout, so a fresh clone on the same machine reuses them; every test also works from an empty cache.
+CACHE_ROOT = pathlib.Path(os.environ.setdefault("RFTJAX_TEST_CACHE", str(pathlib.Path.home() / ".cache" / "rftjax-tests")))
+(CACHE_ROOT / "jax").mkdir(parents=True, exist_ok=True)
+jax.config.update("jax_compilation_cache_dir", str(CACHE_ROOT / "jax"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -3,6 +3,7 @@ import json
 import math
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -11,10 +12,12 @@ from rftjax import checkpoint
 from rftjax import evaluate
 from rftjax import graders
 from rftjax import inference
+from rftjax import model
 from rftjax import plots
 from rftjax import report
 from rftjax import sample
 from rftjax import sampler
+from rftjax import train_step
 from rftjax import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -79,6 +82,21 @@ def test_summary_pass_at_k_small_case():
   assert evaluate.summarize(rewards, results, threshold=0.5)['pass@4'] == pytest.approx(1.0)
 
 
+# ---- loading ----------------------------------------------------------------------------------------------------
+def test_load_restores_the_params_the_trainer_saved(run_dir, in_repo):
+  loaded = inference.load(workdir=run_dir, step=2)
+  assert loaded.step == 2 and loaded.cfg.vocab_size == loaded.tokenizer.vocab_size
+  run = loaded.run_config
+  tx = train_step.make_optimizer(run.optimizer, run.total_steps)  # the trainer's full state, restored its way
+  state = train_step.init_state(model.init_params(loaded.cfg, 0), tx)
+  state, _ = checkpoint.Checkpointer(run_dir / 'checkpoints', read_only=True).restore(
+      2, train_step.abstract_state(state))
+  for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state['params'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(inference.InferenceError, match="--step=bestest: step must be 'latest', 'best' or a step"):
+    inference.load(workdir=run_dir, step='bestest')
+
+
 # ---- sample ------------------------------------------------------------------------------------------------------
 def test_sample_greedy_equals_sampler_generate(run_dir, tmp_path, in_repo):
   prompts = write_jsonl(tmp_path / 'prompts.jsonl', PROMPTS)
@@ -98,6 +116,15 @@ def test_sample_greedy_equals_sampler_generate(run_dir, tmp_path, in_repo):
     assert row['tokens'] == w
     assert row['completion'] == tok.decode(w)
     assert len(row['logprobs']) == len(w) and all(lp <= 0 for lp in row['logprobs'])
+
+
+def test_sample_from_init_random_weights(tmp_path, in_repo):
+  prompts = write_jsonl(tmp_path / 'prompts.jsonl', PROMPTS[1:2])
+  out = tmp_path / 'out.jsonl'
+  assert sample.main(['--init=', '--model=tiny', '--tokenizer=sp:data/tiny/tokenizer.model', f'--prompts={prompts}',
+                      f'--out={out}', '--max_new_tokens=2', '--temperature=1.0', '--seed=3']) == 0
+  (row,) = read_jsonl(out)
+  assert 1 <= len(row['tokens']) <= 2 and row['text'] == PROMPTS[1]['text']
 
 
 def test_sample_bad_prompt_line_names_file_and_line(run_dir, tmp_path, in_repo, capsys):

@@ -330,3 +330,12 @@ def test_cli(tmp_path):
   summary = json.loads(many.stdout)
   assert summary["eval/grader/exact"] == pytest.approx(1 / 3)
   assert summary["eval/errors/invalid_variable"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('2 * 4 = 8', '8'), ('53 - 30 = 25', '25'), ('9 times 9 is 81.', '81'), ('x = 5', '5'), ('5 cm', '5 cm'),
+    ('\\frac{1}{2}', '\\frac{1}{2}'), ('The sum is 12 apples and 3 pears', '3'),
+])
+def test_math_extracts_answers_small_models_write(text, expected):
+  from rftjax.graders import mathgrade
+  assert mathgrade.extract_answer(text) == expected

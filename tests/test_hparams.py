@@ -98,10 +98,11 @@ def test_command_line_overrides(tmp_path):
   cfg_file.write_text('from configs import common\nfrom rftjax import hparams\n\n'
                       'def get_config(arg=None):\n  c = common.base()\n'
                       "  if 'openai' not in c:\n    hparams.add_openai_fields(c)\n  return c.lock()\n")
+  argv = ['prog', f'--config={cfg_file}', '--config.openai.n_epochs=2', '--config.openai.batch_size=8',
+          '--config.openai.learning_rate_multiplier=0.5']
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv)
-  fv(['prog', f'--config={cfg_file}', '--config.openai.n_epochs=2', '--config.openai.batch_size=8',
-      '--config.openai.learning_rate_multiplier=0.5'])
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, sys_argv=argv)
+  fv(argv)
   r = hparams.apply(fv.config, 100)
   assert (r.batch_size, r.total_steps) == (8, 25)
   assert r.optimizer.learning_rate == pytest.approx(1.5e-4)

@@ -19,6 +19,8 @@ from rftjax import model
 from rftjax import train_step
 from rftjax import trainer
 
+pytestmark = pytest.mark.slow  # 5 tiny trainings: ~90 s on 2 idle cores with a warm compilation cache
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
 REFERENCE = MESHES[0]

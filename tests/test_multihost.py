@@ -5,8 +5,8 @@ What the trainer must do for this to hold: each process samples and grades only 
 global batch, `DataIterator(process_index=, process_count=)`), builds global arrays with
 `jax.make_array_from_process_local_data`, reduces train metrics across processes before process 0 writes
 metrics.jsonl, and every process takes part in checkpoint saves (Orbax coordinates the writes).
-Tolerances: rewards exactly; loss/entropy/grad_norm 1e-4 relative; params 1e-4 absolute (same mesh and program:
-only the collectives' transport differs).
+Tolerances: rewards and metrics 1e-4 relative; params 1e-4 absolute (same mesh and program: only the collectives'
+transport differs).
 """
 import os
 import pathlib
@@ -26,7 +26,10 @@ from rftjax import train_step
 from rftjax import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-COMPARED = ('train_reward_mean', 'train_reward_std', 'loss', 'entropy', 'grad_norm', 'completion_len_mean')
+COMPARED = ('train_reward_mean', 'loss', 'entropy', 'grad_norm', 'completion_len_mean', 'truncated_frac',
+            'zero_std_group_frac', 'train/error_rate')
+# metrics that need more than a mean over hosts: a count, a max, a std over the whole batch
+GLOBAL = ('train/num_graded', 'completion_len_max', 'train_reward_std')
 OVERRIDES = {'eval_batch_size': 8, 'checkpoint.async_save': False}
 
 
@@ -54,7 +57,7 @@ def params_of(workdir):
 
 def launch(workdir, valid, process_id, port, num_processes=2):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=str(REPO / '.cache' / 'jax-multihost'), PYTHONPATH=str(REPO))
+             JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(os.environ['RFTJAX_TEST_CACHE']) / 'jax-multihost'), PYTHONPATH=str(REPO))
   cmd = [sys.executable, '-m', 'rftjax.train', f'--coordinator=127.0.0.1:{port}',
          f'--num_processes={num_processes}', f'--process_id={process_id}', '--config=configs/tiny.py:test',
          f'--workdir={workdir}', f'--config.data.valid={valid}']
@@ -63,8 +66,10 @@ def launch(workdir, valid, process_id, port, num_processes=2):
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one(tmp_path, monkeypatch):
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """The 2-process run (subprocesses) and the 1-process x 8-device run (in this process), same config and mesh."""
+  tmp_path = tmp_path_factory.mktemp('multihost')
   valid = small_valid(tmp_path)
   port = free_port()
   multi = tmp_path / 'multi'
@@ -80,28 +85,49 @@ def test_two_processes_equal_one(tmp_path, monkeypatch):
   logs = '\n'.join((tmp_path / f'process{i}.log').read_text()[-3000:] for i in range(2))
   assert codes == [0, 0], logs
 
-  # the same config in this process, 8 devices, same mesh
-  monkeypatch.chdir(REPO)
-  c = tiny.get_config('test').copy_and_resolve_references()
-  c.data.valid = valid
-  c.eval_batch_size = 8
-  c.checkpoint.async_save = False
-  single = tmp_path / 'single'
-  trainer.train(c, single)
+  mp = pytest.MonkeyPatch()
+  mp.chdir(REPO)
+  try:
+    c = tiny.get_config('test').copy_and_resolve_references()
+    c.data.valid = valid
+    c.eval_batch_size = 8
+    c.checkpoint.async_save = False
+    single = tmp_path / 'single'
+    trainer.train(c, single)
+  finally:
+    mp.undo()
+  return multi, single
 
-  rows_m = [r for r in metrics.read_jsonl(multi / 'metrics.jsonl') if 'train_reward_mean' in r]
-  rows_s = [r for r in metrics.read_jsonl(single / 'metrics.jsonl') if 'train_reward_mean' in r]
-  assert [r['step'] for r in rows_m] == [r['step'] for r in rows_s] == [1, 2, 3], logs
+
+def train_rows(workdir):
+  return [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_reward_mean' in r]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(runs):
+  multi, single = runs
+  rows_m, rows_s = train_rows(multi), train_rows(single)
+  assert [r['step'] for r in rows_m] == [r['step'] for r in rows_s] == [1, 2, 3]
   for a, b in zip(rows_s, rows_m):
-    assert b['train/num_graded'] == a['train/num_graded'] == 16  # the global batch, not one host's half
     for key in COMPARED:
       np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=f'step {a["step"]} {key}')
-  evals_m = [r['valid_reward_mean'] for r in metrics.read_jsonl(multi / 'metrics.jsonl') if 'valid_reward_mean' in r]
-  evals_s = [r['valid_reward_mean'] for r in metrics.read_jsonl(single / 'metrics.jsonl') if 'valid_reward_mean' in r]
-  assert evals_m == evals_s
+  evals = [[r['valid_reward_mean'] for r in metrics.read_jsonl(w / 'metrics.jsonl') if 'valid_reward_mean' in r]
+           for w in (multi, single)]
+  assert evals[0] == evals[1] and len(evals[0]) == 3  # steps 0, 2, 3
 
   step_m, params_m = params_of(multi)
   step_s, params_s = params_of(single)
   assert step_m == step_s == 3
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params_s), jax.tree.leaves(params_m)):
     np.testing.assert_allclose(b, a, atol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.slow
+def test_two_processes_report_global_batch_metrics(runs):
+  multi, single = runs
+  problems = []  # every mismatch at once
+  for a, b in zip(train_rows(single), train_rows(multi)):
+    for key in GLOBAL:
+      if not np.isclose(b[key], a[key], rtol=1e-4, atol=1e-6):
+        problems.append(f'step {a["step"]} {key}: 2 processes {b[key]}, 1 process {a[key]}')
+  assert not problems, '\n'.join(problems)

@@ -28,7 +28,7 @@ def command(workdir, valid, total_steps, eval_interval):
 
 def env():
   return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu',
-              JAX_COMPILATION_CACHE_DIR=str(REPO / '.cache' / 'jax-preemption'), PYTHONPATH=str(REPO))
+              JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(os.environ['RFTJAX_TEST_CACHE']) / 'jax-preemption'), PYTHONPATH=str(REPO))
 
 
 def train_steps(workdir):

@@ -7,7 +7,7 @@ For Gemma 3 270M (base) and SmolLM2-135M-Instruct, from the pip-installed GGUFs:
   * `weights.export_hf` writes a folder that transformers loads as-is, giving the same logits, and whose tokenizer
     (AutoTokenizer) encodes like rftjax's.
 
-Slow parts are cached under .cache/real_models/, keyed on the GGUF's sha256: the converted float32 weights
+Slow parts are cached under $RFTJAX_TEST_CACHE/real_models/, keyed on the GGUF's sha256: the converted float32 weights
 (safetensors) and transformers' reference outputs (transformers spends ~30 s parsing a GGUF vocabulary). Delete the
 folder, or set RFTJAX_REFRESH_REFERENCE=1, to recompute the reference with transformers.
 """
@@ -35,7 +35,7 @@ from rftjax import weights
 
 pytestmark = pytest.mark.real_weights
 
-CACHE = pathlib.Path(__file__).resolve().parents[1] / '.cache' / 'real_models'
+CACHE = pathlib.Path(os.environ['RFTJAX_TEST_CACHE']) / 'real_models'
 TOLERANCE = 1e-3  # max |rftjax - transformers| / (max - min of transformers' logits)
 LONG_LEN = 600
 LONG_KEEP = 32  # positions compared at the end of the long prompt (all past the sliding window)

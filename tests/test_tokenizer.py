@@ -2,7 +2,7 @@
 
 Reference: `AutoTokenizer.from_pretrained(dir, gguf_file=...)`. Building it parses the whole vocabulary from GGUF
 metadata (~40 s for Gemma's 262k tokens, ~11 s for SmolLM2), so the first run saves it with `save_pretrained`
-under `.cache/hf_tokenizers/<gguf sha256>/` (delete the folder to rebuild). Every run, the first included, then
+under `$RFTJAX_TEST_CACHE/hf_tokenizers/<gguf sha256>/` (delete the folder to rebuild). Every run, the first included, then
 reads the reference back from there: its `tokenizer.json` (transformers' normalizer, pre-tokenizer, BPE and
 added tokens, serialized) through the `tokenizers` library, which is what transformers itself calls to encode and
 decode, and its chat template through transformers' own jinja renderer (`render_jinja_template`, the function
@@ -28,7 +28,7 @@ import pytest  # noqa: E402
 from rftjax import pretrained, tokenizer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-REF_CACHE = ROOT / ".cache" / "hf_tokenizers"
+REF_CACHE = pathlib.Path(os.environ["RFTJAX_TEST_CACHE"]) / "hf_tokenizers"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Test strings.

@@ -49,9 +49,22 @@ def last_boxed(text: str) -> str | None:
 
 
 def _is_bare(text: str) -> bool:
-  """True for a short text that is an answer, not prose: no two plain words in a row."""
-  plain = re.sub(r"\\[A-Za-z]+", " ", text)
-  return len(text) <= 120 and "\n" not in text.strip() and not re.search(r"[A-Za-z]{2,}[\s,]+[A-Za-z]{2,}", plain)
+  """True for a short one-line text that is an answer, not prose or a worked equation: no '=', and no plain word
+  (two or more letters, LaTeX commands and pi/sqrt/... aside) except one trailing unit ("5 cm")."""
+  plain = re.sub(r"[{}]", " ", re.sub(r"\\[A-Za-z]+", " ", text)).strip()
+  if len(text) > 120 or "\n" in plain or "=" in plain:
+    return False
+  words = [w for w in re.findall(r"[A-Za-z]{2,}", plain) if w not in _ALLOWED_NAMES]
+  return not words or (len(words) == 1 and re.search(words[0] + r"\s*(?:\^\s*\d+)?[\s.]*$", plain) is not None)
+
+
+def _after_equals(text: str) -> str | None:
+  """"2 * 4 = 8" -> "8": a short one-line equation answers with its last right-hand side."""
+  line = text.strip()
+  if "\n" in line or len(line) > 120 or "=" not in line:
+    return None
+  rhs = line.rsplit("=", 1)[1].strip().rstrip(".").strip()
+  return rhs if rhs and _is_bare(rhs) else None
 
 
 def extract_answer(text: str) -> str | None:
@@ -72,6 +85,9 @@ def extract_answer(text: str) -> str | None:
     return (spans[-1][0] or spans[-1][1]).replace("\\dollar ", "").strip()
   if text.strip() and _is_bare(text.strip()):
     return text.strip().strip("*").strip()
+  rhs = _after_equals(text)
+  if rhs is not None:
+    return rhs
   numbers = _NUMBER.findall(text)
   return numbers[-1].strip() if numbers else None
 

