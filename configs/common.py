@@ -80,6 +80,7 @@ def base() -> ml_collections.ConfigDict:
   c.compute_dtype = 'float32'
   c.param_dtype = 'float32'
   c.remat = False
+  c.train_microbatches = 1  # gradient accumulation: rows per step / this must divide by data x fsdp
   c.progress = True
   hparams.add_openai_fields(c)  # OpenAI-style n_epochs / batch_size / ... (docs/hyperparameters.md)
   return c

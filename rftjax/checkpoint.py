@@ -22,7 +22,6 @@ Orbax pitfalls this module exists to hide (see ../shared/JAX_NOTES.md):
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os

@@ -35,7 +35,6 @@ import sys
 from collections.abc import Sequence
 
 import jax.numpy as jnp
-import numpy as np
 
 from rftjax import model as model_lib
 from rftjax import sharding

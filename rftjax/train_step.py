@@ -121,6 +121,7 @@ class StepConfig:
   compute_dtype: str = 'float32'
   remat: bool = False
   with_entropy: bool = True
+  microbatches: int = 1  # gradient accumulation: the batch's rows in this many sequential chunks
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -130,11 +131,21 @@ def policy_logprobs(step_cfg: StepConfig, params, batch: Batch):
                         dtype=jnp.dtype(step_cfg.compute_dtype))
 
 
+def loss_denominator(loss_cfg: grpo.LossConfig, mask):
+  """The whole batch's normaliser for `grpo.aggregate` (valid tokens, valid sequences, or rows x max_tokens)."""
+  m = mask.astype(jnp.float32)
+  if loss_cfg.aggregation == 'token_mean':
+    return jnp.maximum(jnp.sum(m), 1.0)
+  if loss_cfg.aggregation == 'sequence_mean':
+    return jnp.maximum(jnp.sum(jnp.sum(m, axis=-1) > 0), 1).astype(jnp.float32)
+  return jnp.float32(m.shape[0] * (loss_cfg.max_tokens or m.shape[-1]))
+
+
 def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
   """Returns `step(state, batch) -> (state, metrics)`, jitted, donating the state."""
   temperature = step_cfg.temperature or 1.0  # greedy sampling still trains the temperature-1 policy
 
-  def loss_fn(params, batch: Batch):
+  def loss_fn(params, batch: Batch, denominator=None):
     logits = completion_logits(params, step_cfg.model, batch, dtype=jnp.dtype(step_cfg.compute_dtype),
                                remat=step_cfg.remat)
     logp = grpo.token_logprobs(logits, batch.completion_tokens, temperature)
@@ -143,10 +154,30 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
       entropy = grpo.entropy_from_logits(jax.lax.stop_gradient(logits) if not step_cfg.loss.entropy_coef
                                          else logits, temperature)
     return grpo.policy_loss(logp, batch.old_logp, batch.advantages, batch.completion_mask, config=step_cfg.loss,
-                            ref_logp=batch.ref_logp, sampler_logp=batch.sampler_logp, entropy=entropy)
+                            ref_logp=batch.ref_logp, sampler_logp=batch.sampler_logp, entropy=entropy,
+                            loss_denominator=denominator)
+
+  def accumulated(params, batch: Batch):
+    """Sum of microbatch gradients, each normalised by the whole batch's denominator: equal to the full-batch
+    gradient. Microbatch j takes rows j, j+k, j+2k, ... so every device's shard feeds every microbatch."""
+    k = step_cfg.microbatches
+    den = loss_denominator(step_cfg.loss, batch.completion_mask)
+    split = jax.tree.map(lambda x: None if x is None else jnp.swapaxes(x.reshape(-1, k, *x.shape[1:]), 0, 1), batch)
+
+    def body(grads, micro):
+      (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro, den)
+      return jax.tree.map(jnp.add, grads, g), metrics
+
+    grads, metrics = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), split)
+    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics['loss'] = metrics['loss'] * k  # each microbatch loss is a part of the total: sum, not mean
+    return (metrics['loss'], metrics), grads
 
   def step(state, batch: Batch):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch)
+    if step_cfg.microbatches > 1:
+      (loss, metrics), grads = accumulated(state['params'], batch)
+    else:
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads))

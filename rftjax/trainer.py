@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import pathlib
 import time
@@ -16,20 +15,19 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from rftjax import checkpoint as checkpoint_lib
 from rftjax import data as data_lib
 from rftjax import graders
 from rftjax import grpo
 from rftjax import hparams
-from jax.experimental import multihost_utils
-
 from rftjax import metrics as metrics_lib
-from rftjax import rollout
 from rftjax import model as model_lib
-from rftjax import sampler as sampler_lib
 from rftjax import plots
 from rftjax import preemption
+from rftjax import rollout
+from rftjax import sampler as sampler_lib
 from rftjax import sharding
 from rftjax import tokenizer as tokenizer_lib
 from rftjax import train_step as step_lib
@@ -45,6 +43,32 @@ def load_grader_spec(spec):
   if spec is None or spec == '':
     raise ConfigError('config.grader is not set: give a grader dict or a path to a grader JSON file')
   return spec.to_dict() if hasattr(spec, 'to_dict') else spec
+
+
+def register_local_judges(spec) -> list[str]:
+  """score_model / label_model graders whose `model` is an init spec (`gguf:...`, `hf:...`) are served by rftjax's
+  own sampler: load each such model once and register it as the judge of that name."""
+  names = []
+
+  def walk(node):
+    if isinstance(node, dict):
+      model = node.get('model')
+      if node.get('type') in ('score_model', 'label_model') and isinstance(model, str) and \
+          model.startswith(('gguf:', 'hf:')) and 'base_url' not in node and model not in names:
+        names.append(model)
+      for child in node.values():
+        walk(child)
+    elif isinstance(node, list):
+      for child in node:
+        walk(child)
+
+  walk(spec)
+  if names:
+    from rftjax import inference  # loads weights; only needed with local judges
+    for name in names:
+      log.info('serving model grader judge %s with rftjax', name)
+      inference.register_local_judge(name, inference.load(init=name))
+  return names
 
 
 def setup_model(config, mesh):
@@ -123,8 +147,10 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   valid_examples = data_lib.load_jsonl(config.data.valid)
   if config.data.valid_limit:
     valid_examples = valid_examples[:config.data.valid_limit]
-  grader = graders.build(load_grader_spec(config.grader))
+  grader_spec = graders.load(load_grader_spec(config.grader))  # a dict, read from its file when given a path
+  grader = graders.build(grader_spec)
 
+  register_local_judges(grader_spec)
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
     tok, cfg, params = setup_model(config, mesh)
@@ -145,7 +171,8 @@ def train(config, workdir: str | pathlib.Path) -> dict:
                                dual_clip=config.grpo.dual_clip or None, tis_cap=config.grpo.tis_cap or None,
                                entropy_coef=config.grpo.entropy_coef)
     step_cfg = step_lib.StepConfig(model=cfg, loss=loss_cfg, temperature=config.sampling.temperature,
-                                   compute_dtype=config.compute_dtype, remat=config.remat)
+                                   compute_dtype=config.compute_dtype, remat=config.remat,
+                                   microbatches=config.train_microbatches)
     tx = step_lib.make_optimizer(config.optimizer, config.total_steps)
     state = step_lib.init_state(params, tx)
     ref_params = jax.tree.map(jnp.copy, params) if config.grpo.beta > 0 else None
@@ -171,6 +198,9 @@ def train(config, workdir: str | pathlib.Path) -> dict:
       data_iter.restore(extra['data'])
       start_step = int(jax.device_get(state['step']))
       log.info('resumed from step %d in %s', start_step, workdir)
+      if start_step >= config.total_steps:
+        log.info('nothing to do: step %d >= config.total_steps=%d (raise it to continue)', start_step,
+                 config.total_steps)
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step, enabled=is_main)
     rng = jax.random.key(config.seed)
     eval_rng = jax.random.fold_in(rng, 2**31 - 1)  # a stream of its own, apart from the training steps'
@@ -181,6 +211,8 @@ def train(config, workdir: str | pathlib.Path) -> dict:
                             config.eval_batch_size, jax.random.fold_in(eval_rng, step), mesh)
       m = {'step': step, **m, 'timing/eval_s': time.perf_counter() - t0}
       writer.write(m)
+      log.info('step %d: valid_reward_mean=%.4f (%d prompts, %.1fs)', step, m['valid_reward_mean'],
+               m.get('valid/num_graded', 0), m['timing/eval_s'])
       suffix = '' if jax.process_count() == 1 else f'.p{jax.process_index()}'
       data_lib.write_jsonl(workdir / 'samples' / f'valid_step{step:06d}{suffix}.jsonl', records)
       if is_main:

@@ -143,6 +143,15 @@ def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
   assert [r['step'] for r in evals] == [0, 2, 3]
   assert (short / 'samples' / 'valid_step000000.jsonl').exists()
   assert json.loads((short / 'config.json').read_text())['model'] == 'tiny'
+  assert (short / 'reward_curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+  # TensorBoard's own reader sees the same numbers as metrics.jsonl
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(short / 'tensorboard'))
+  acc.Reload()
+  tb = {e.step: e.value for e in acc.Scalars('train_reward_mean')}
+  assert tb == pytest.approx({r['step']: r['train_reward_mean'] for r in train_rows}, abs=1e-6)
+  assert sorted(e.step for e in acc.Scalars('valid_reward_mean')) == [0, 2, 3]
 
   # the same command again: nothing to do, nothing rewritten
   run(tmp_path, 'resumed', 3)
@@ -179,3 +188,30 @@ def test_schedule_warmup_and_cosine():
   assert all(a >= b for a, b in zip(lr[3:], lr[4:]))
   const = ml_collections.ConfigDict(dict(OPT.to_dict(), learning_rate=2e-3))
   assert train_step.learning_rate(const, 1, 10) == pytest.approx(2e-3)  # warmup 0: the first update moves
+
+
+def test_model_graders_naming_an_init_get_a_local_judge(monkeypatch):
+  calls = []
+  monkeypatch.setattr('rftjax.inference.load', lambda init: calls.append(init) or init)
+  monkeypatch.setattr('rftjax.inference.register_local_judge', lambda name, loaded: calls.append(('reg', name)))
+  spec = {'type': 'multi', 'calculate_output': 'a + b', 'graders': {
+      'a': {'type': 'score_model', 'model': 'gguf:smollm2-135m', 'input': [], 'range': [0, 1]},
+      'b': {'type': 'label_model', 'model': 'gpt-4o-mini', 'input': [], 'labels': ['y'], 'passing_labels': ['y']}}}
+  assert trainer.register_local_judges(spec) == ['gguf:smollm2-135m']  # an API model name is left to its endpoint
+  assert calls == ['gguf:smollm2-135m', ('reg', 'gguf:smollm2-135m')]
+
+
+@pytest.mark.parametrize('aggregation', ['token_mean', 'sequence_mean', 'constant'])
+def test_microbatches_equal_the_full_batch(aggregation):
+  loss_cfg = grpo.LossConfig(aggregation=aggregation, max_tokens=4, beta=0.0)
+  tx = train_step.make_optimizer(OPT, 10)
+  outs = []
+  for k in (1, 2):
+    state = train_step.init_state(model.init_params(CFG, 0), tx)
+    step = train_step.make_train_step(train_step.StepConfig(CFG, loss_cfg, microbatches=k), tx)
+    state, m = step(state, make_batch())
+    outs.append((float(m['loss']), jax.device_get(state['params'])))
+  for loss, params in outs[1:]:
+    np.testing.assert_allclose(loss, outs[0][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(outs[0][1])):
+      np.testing.assert_allclose(a, b, atol=1e-4)  # Adam magnifies float-rounding differences of the gradient

@@ -19,8 +19,9 @@ from rftjax.graders.model_graders import register_judge
 from rftjax.graders.pool import GradingPool
 from rftjax.graders.spec import TYPES
 from rftjax.graders.spec import build
+from rftjax.graders.spec import load
 from rftjax.graders.spec import validate
 
 __all__ = ["CATEGORIES", "GradeError", "GradeResult", "Grader", "GraderConfigError", "GradingFailed",
            "check_failures", "summarize", "http_judge", "register_judge", "GradingPool", "TYPES", "build",
-           "validate"]
+           "load", "validate"]
