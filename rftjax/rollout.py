@@ -95,20 +95,30 @@ def any_host(flag: bool) -> bool:
   return bool(np.asarray(multihost_utils.process_allgather(np.asarray([flag]))).any())
 
 
-def sample_and_grade(sampler: sampler_lib.Sampler, params, prompts: list[list[int]], items: list[dict], tok,
-                     grader, pool, rng, mesh) -> tuple[Rollout, float, float]:
-  """prompts / items: this host's rows (already repeated G times). Returns (rollout, sampling_s, grading_s)."""
-  t0 = time.perf_counter()
+def sample(sampler: sampler_lib.Sampler, params, prompts: list[list[int]], tok, rng, mesh) -> Rollout:
+  """Samples and decodes this host's rows (already repeated G times); rewards and results are not filled yet."""
   p_tokens, p_mask = sampler_lib.pad_prompts(prompts, sampler.max_prompt_len, sampler.pad_id)
   out = sampler(params, to_global(mesh, p_tokens), to_global(mesh, p_mask), rng)
   tokens, mask, logprobs, lengths, truncated = (local_rows(a) for a in (out.tokens, out.mask, out.logprobs,
                                                                          out.lengths, out.truncated))
-  t1 = time.perf_counter()
   texts = [tok.decode(row[:n]) for row, n in zip(tokens, lengths)]
-  results = pool.grade(grader, texts, items)
-  rewards = np.asarray([r.reward for r in results], np.float32)
-  return (Rollout(p_tokens, p_mask, tokens, mask.astype(np.float32), logprobs, lengths, truncated, rewards, results,
-                  texts), t1 - t0, time.perf_counter() - t1)
+  return Rollout(p_tokens, p_mask, tokens, mask.astype(np.float32), logprobs, lengths, truncated,
+                 np.zeros(len(texts), np.float32), [None] * len(texts), texts)
+
+
+def with_grades(r: Rollout, results: list) -> Rollout:
+  r.results = results
+  r.rewards = np.asarray([res.reward for res in results], np.float32)
+  return r
+
+
+def sample_and_grade(sampler: sampler_lib.Sampler, params, prompts: list[list[int]], items: list[dict], tok,
+                     grader, pool, rng, mesh) -> tuple[Rollout, float, float]:
+  """sample() then grade in the pool. Returns (rollout, sampling_s, grading_s)."""
+  t0 = time.perf_counter()
+  r = sample(sampler, params, prompts, tok, rng, mesh)
+  t1 = time.perf_counter()
+  return with_grades(r, pool.grade(grader, r.texts, items)), t1 - t0, time.perf_counter() - t1
 
 
 def make_batch(r: Rollout, grpo_cfg, g: int, max_new_tokens: int, mesh) -> tuple[step_lib.Batch, np.ndarray]:

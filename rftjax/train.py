@@ -30,23 +30,20 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', stream=sys.stderr)
   import jax
-  from rftjax import distributed, trainer
+  from rftjax import data, distributed, graders, preemption, trainer
 
   distributed.maybe_initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   cache_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(_WORKDIR.value, '.jax_cache')
   if not _WORKDIR.value.startswith('gs://'):
     jax.config.update('jax_compilation_cache_dir', cache_dir)
-  from rftjax import preemption
   try:
     trainer.train(_CONFIG.value, _WORKDIR.value)
   except preemption.Preempted as e:
     logging.warning('%s', e)
     sys.exit(preemption.EXIT_CODE)
-  except ValueError as e:
-    if type(e).__name__ in ('ConfigError', 'DataError', 'GraderConfigError', 'FormulaError'):
-      logging.error('%s', e)  # bad input: the message names the file, line, field or key; no traceback
-      sys.exit(2)
-    raise
+  except (trainer.ConfigError, data.DataError, graders.GraderConfigError) as e:
+    logging.error('%s', e)  # bad input: the message names the file, line, field or key; a traceback adds nothing
+    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -106,15 +106,20 @@ def evaluate(weights, sampler: sampler_lib.Sampler, prompt_ids, examples, tok, g
   per = batch_size // pc
   sums: dict[str, float] = {}
   records, count = [], 0
+  pending = []  # grading of batch i runs in the pool while batch i + 1 samples
   for start in range(0, len(prompt_ids), batch_size):
     rows = list(range(start, min(start + batch_size, len(prompt_ids))))
     mine = rows[pi * per:(pi + 1) * per]
     real = len(mine)
     mine = mine + [rows[0]] * (per - real)  # fixed shapes: one compiled program, every host the same calls
-    r, _, _ = rollout.sample_and_grade(sampler, weights, [prompt_ids[i] for i in mine], [examples[i].item for i in mine],
-                                 tok, grader, pool, jax.random.fold_in(rng, start), mesh)
+    r = rollout.sample(sampler, weights, [prompt_ids[i] for i in mine], tok, jax.random.fold_in(rng, start), mesh)
+    part = r.take_groups(np.arange(real), 1)
+    items = [examples[i].item for i in mine[:real]]
+    pending.append((mine[:real], part, pool.submit(grader, part.texts, items) if real else None))
+  for mine, part, future in pending:
+    real = len(mine)
     if real:
-      part = r.take_groups(np.arange(real), 1)
+      part = rollout.with_grades(part, future.result())
       m = graders.summarize(part.results, prefix=prefix)
       m[f'{prefix}_completion_len_mean'] = float(part.lengths.mean())
       for k, v in m.items():
@@ -135,6 +140,10 @@ def evaluate(weights, sampler: sampler_lib.Sampler, prompt_ids, examples, tok, g
 
 def train(config, workdir: str | pathlib.Path) -> dict:
   """Runs (or resumes) training in `workdir`; returns the last eval metrics."""
+  if str(workdir).startswith('gs://'):
+    raise ConfigError(f'--workdir={workdir}: a GCS workdir is not supported yet (metrics, samples and TensorBoard '
+                      'files are written with local file I/O); use a local or persistent-disk path, and copy it to '
+                      'GCS with `gcloud storage rsync` if the VM may be preempted')
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0

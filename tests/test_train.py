@@ -215,3 +215,8 @@ def test_microbatches_equal_the_full_batch(aggregation):
     np.testing.assert_allclose(loss, outs[0][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(outs[0][1])):
       np.testing.assert_allclose(a, b, atol=1e-4)  # Adam magnifies float-rounding differences of the gradient
+
+
+def test_gcs_workdir_is_refused_with_a_clear_message():
+  with pytest.raises(trainer.ConfigError, match='GCS workdir is not supported yet'):
+    trainer.train(tiny.get_config('test'), 'gs://bucket/run')
