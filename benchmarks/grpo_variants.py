@@ -2,7 +2,8 @@
 
   python benchmarks/grpo_variants.py [--variants grpo,dr_grpo,dapo] [--steps 200] [--out benchmarks/results/grpo_variants.json]
 Each variant is the demo command with a few overrides, run in its own process and workdir (runs/variants/NAME);
-a finished variant is not rerun (the trainer resumes, finds nothing to do), so the script can be re-invoked.
+a variant whose run already reached --steps is only read back, so the script can be re-invoked; a larger --steps
+continues a variant from its last checkpoint.
 """
 import argparse
 import json
@@ -51,8 +52,12 @@ def main():
            f'--config.total_steps={args.steps}', f'--config.eval_interval={args.eval_interval}',
            '--config.progress=False', *VARIANTS[name]]
     t0 = time.time()
-    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    metrics = workdir / 'metrics.jsonl'
+    done = metrics.exists() and any(json.loads(line).get('step', 0) >= args.steps and 'train_reward_mean' in line
+                                    for line in metrics.read_text().splitlines())
+    if not done:  # a finished variant is only read back
+      subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     evals = [r for r in rows if 'valid_reward_mean' in r]
     train = [r for r in rows if 'train_reward_mean' in r]
     results[name] = {

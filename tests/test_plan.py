@@ -118,6 +118,7 @@ def test_estimate_matches_compiled_memory_analysis(remat):
   """
   config = tiny.get_config('test').copy_and_resolve_references()
   config.remat = remat
+  config.grpo.beta = 0.0  # the step compiled below has no reference model (LossConfig() defaults)
   config.data.max_prompt_len, config.sampling.max_new_tokens = 32, 32
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
   vocab, rows, p, n = 512, 16, 32, 32
