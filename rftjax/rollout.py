@@ -121,8 +121,9 @@ def sample_and_grade(sampler: sampler_lib.Sampler, params, prompts: list[list[in
   return with_grades(r, pool.grade(grader, r.texts, items)), t1 - t0, time.perf_counter() - t1
 
 
-def make_batch(r: Rollout, grpo_cfg, g: int, max_new_tokens: int, mesh) -> tuple[step_lib.Batch, np.ndarray]:
-  """Advantages (with the configured shaping) and the global device batch. Returns (batch, shaped rewards)."""
+def make_batch(r: Rollout, grpo_cfg, g: int, max_new_tokens: int, mesh) -> step_lib.Batch:
+  """The global device batch: advantages from the (overlong-shaped) rewards, the loss mask (truncations masked
+  out when configured)."""
   rewards = r.rewards.astype(np.float32)
   if grpo_cfg.overlong_buffer > 0:
     rewards = rewards + grpo.overlong_penalty(r.lengths, max_new_tokens, grpo_cfg.overlong_buffer,
@@ -136,7 +137,7 @@ def make_batch(r: Rollout, grpo_cfg, g: int, max_new_tokens: int, mesh) -> tuple
   batch = step_lib.Batch(prompt_tokens=to_global(mesh, r.prompt_tokens), prompt_mask=to_global(mesh, r.prompt_mask),
                          completion_tokens=to_global(mesh, r.tokens), completion_mask=to_global(mesh, mask),
                          advantages=to_global(mesh, advantages), sampler_logp=to_global(mesh, r.logprobs))
-  return batch, rewards
+  return batch
 
 
 def rollout_metrics(r: Rollout, g: int, prefix: str = 'train') -> dict[str, float]:

@@ -274,7 +274,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
                                          max_rounds=config.grpo.max_resample_rounds)
         t_sample, t_grade = timings
         stats = rollout.rollout_metrics(rolled, g)
-        batch, _ = rollout.make_batch(rolled, config.grpo, g, config.sampling.max_new_tokens, mesh)
+        batch = rollout.make_batch(rolled, config.grpo, g, config.sampling.max_new_tokens, mesh)
 
         # ---- GRPO update(s) ----
         if watcher.requested(step):  # preempted mid-step: abandon this batch, keep the data position before it

@@ -48,3 +48,17 @@ def test_dynamic_sampling_shortfall_is_masked_out():
   assert n == 2  # bounded: one extra round only
   assert r.texts[:6] == ['1:0', '1:1', '1:4', '1:5', '2:2', '2:3']
   np.testing.assert_array_equal(r.mask.sum(1), [2, 2, 2, 2, 2, 2, 0, 0])  # the filler group gets no loss
+
+
+def test_make_batch_overlong_penalty_and_truncation_mask():
+  import ml_collections
+  r = fake_rollout([(1, 1), (0, 1)], tag=1)
+  r.lengths = np.asarray([4, 8, 8, 2])
+  r.truncated = np.asarray([False, True, False, False])
+  cfg = ml_collections.ConfigDict(dict(advantage='grpo', scale_rewards='group', overlong_buffer=4,
+                                       overlong_penalty=1.0, mask_truncated=True))
+  batch = rollout.make_batch(r, cfg, G, max_new_tokens=8, mesh=None)
+  # shaped rewards: len 4 <= 8 - 4 -> 0 penalty; len 8 = max -> -1; len 2 -> 0  =>  [1, 0, -1, 1]
+  # group (1, 0): mean .5, std .5 -> (+1, -1); group (-1, 1): mean 0, std 1 -> (-1, +1)   (eps 1e-4 in the std)
+  np.testing.assert_allclose(np.asarray(batch.advantages), [1, -1, -1, 1], atol=1e-3)
+  np.testing.assert_array_equal(np.asarray(batch.completion_mask).sum(1), [2, 0, 2, 2])  # truncated row: no loss
