@@ -61,6 +61,7 @@ def base() -> ml_collections.ConfigDict:
 
   c.eval_interval = 10
   c.eval_temperature = 0.0  # 0 = greedy
+  c.eval_samples = 1  # completions per validation prompt (averaged); > 1 wants eval_temperature > 0
   c.eval_batch_size = 64
 
   c.checkpoint = ml_collections.ConfigDict()

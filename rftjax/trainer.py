@@ -166,6 +166,9 @@ def train(config, workdir: str | pathlib.Path) -> dict:
     pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
     train_prompts = tokenize_prompts(train_examples, tok, config.data.max_prompt_len)
     valid_prompts = tokenize_prompts(valid_examples, tok, config.data.max_prompt_len)
+    if config.eval_samples > 1:  # k completions per validation prompt, each graded; the means average them all
+      valid_prompts = [p for p in valid_prompts for _ in range(config.eval_samples)]
+      valid_examples = [e for e in valid_examples for _ in range(config.eval_samples)]
     g = config.num_generations
     rows = config.batch_size * g
     if rows % (mesh.shape['data'] * mesh.shape['fsdp']):

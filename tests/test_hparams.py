@@ -77,9 +77,9 @@ def test_base_learning_rate_table_and_fallback():
     hparams.base_learning_rate('nope')
 
 
-def test_eval_samples_without_native_field_is_recorded():
+def test_eval_samples_sets_the_native_field():
   r = hparams.apply(make_config(eval_samples=4), 100)
-  assert resolved(r)['eval_samples']['value'] == 4
+  assert r.eval_samples == 4 and resolved(r)['eval_samples']['value'] == 4
 
 
 @pytest.mark.parametrize('field,value,expect', [

@@ -220,3 +220,9 @@ def test_microbatches_equal_the_full_batch(aggregation):
 def test_gcs_workdir_is_refused_with_a_clear_message():
   with pytest.raises(trainer.ConfigError, match='GCS workdir is not supported yet'):
     trainer.train(tiny.get_config('test'), 'gs://bucket/run')
+
+
+def test_eval_samples_grades_k_completions_per_prompt(tmp_path, in_repo):
+  workdir = run(tmp_path, 'k2', 1, eval_samples=2, eval_temperature=1.0)
+  evals = [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'valid_reward_mean' in r]
+  assert [r['valid/num_graded'] for r in evals] == [400.0, 400.0]  # 200 prompts x 2 samples, at steps 0 and 1
