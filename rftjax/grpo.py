@@ -223,6 +223,19 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(m > 0, x, 0.0) * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
+def aggregate_denominator(mask_nt: jax.Array, aggregation: str, max_tokens: int | None = None) -> jax.Array:
+  """The outer denominator of `aggregate` for this mask: valid tokens ('token_mean'), sequences with >= 1 valid token
+  ('sequence_mean'), or N * max_tokens ('constant'). Computed on a whole batch, it is what micro-batches share."""
+  m = mask_nt.astype(jnp.float32)
+  if aggregation == "token_mean":
+    return jnp.maximum(jnp.sum(m), 1.0)
+  if aggregation == "sequence_mean":
+    return jnp.maximum(jnp.sum(jnp.sum(m, axis=-1) > 0), 1).astype(jnp.float32)
+  if aggregation == "constant":
+    return jnp.float32(m.shape[0] * (m.shape[-1] if max_tokens is None else max_tokens))
+  raise ValueError(f"aggregate: aggregation={aggregation!r}; expected one of {AGGREGATIONS}")
+
+
 def aggregate(x_nt: jax.Array, mask_nt: jax.Array, aggregation: str, max_tokens: int | None = None,
               denominator: jax.Array | float | None = None) -> jax.Array:
   """Reduce per-token values [N, T] to the scalar loss ("loss aggregation").
@@ -237,19 +250,16 @@ def aggregate(x_nt: jax.Array, mask_nt: jax.Array, aggregation: str, max_tokens:
   """
   m = mask_nt.astype(jnp.float32)
   x = jnp.where(m > 0, x_nt, 0.0) * m  # where(): padding may hold inf/NaN garbage; 0*NaN would still be NaN
-  if aggregation == "token_mean":
-    num, den = jnp.sum(x), jnp.maximum(jnp.sum(m), 1.0)
-  elif aggregation == "sequence_mean":
-    len_n = jnp.sum(m, axis=-1)
-    num = jnp.sum(jnp.sum(x, axis=-1) / jnp.maximum(len_n, 1.0))
-    den = jnp.maximum(jnp.sum(len_n > 0), 1).astype(jnp.float32)
-  elif aggregation == "constant":
+  if denominator is None:
+    den = aggregate_denominator(mask_nt, aggregation, max_tokens)  # also rejects an unknown aggregation
+  else:
+    den = jnp.asarray(denominator, jnp.float32)
+  if aggregation == "sequence_mean":
+    num = jnp.sum(jnp.sum(x, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0))
+  elif aggregation in ("token_mean", "constant"):
     num = jnp.sum(x)
-    den = jnp.float32(x.shape[0] * (x.shape[-1] if max_tokens is None else max_tokens))
   else:
     raise ValueError(f"aggregate: aggregation={aggregation!r}; expected one of {AGGREGATIONS}")
-  if denominator is not None:
-    den = jnp.asarray(denominator, jnp.float32)
   return num / den
 
 

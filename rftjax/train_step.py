@@ -131,16 +131,6 @@ def policy_logprobs(step_cfg: StepConfig, params, batch: Batch):
                         dtype=jnp.dtype(step_cfg.compute_dtype))
 
 
-def loss_denominator(loss_cfg: grpo.LossConfig, mask):
-  """The whole batch's normaliser for `grpo.aggregate` (valid tokens, valid sequences, or rows x max_tokens)."""
-  m = mask.astype(jnp.float32)
-  if loss_cfg.aggregation == 'token_mean':
-    return jnp.maximum(jnp.sum(m), 1.0)
-  if loss_cfg.aggregation == 'sequence_mean':
-    return jnp.maximum(jnp.sum(jnp.sum(m, axis=-1) > 0), 1).astype(jnp.float32)
-  return jnp.float32(m.shape[0] * (loss_cfg.max_tokens or m.shape[-1]))
-
-
 def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
   """Returns `step(state, batch) -> (state, metrics)`, jitted, donating the state."""
   temperature = step_cfg.temperature or 1.0  # greedy sampling still trains the temperature-1 policy
@@ -161,7 +151,7 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
     """Sum of microbatch gradients, each normalised by the whole batch's denominator: equal to the full-batch
     gradient. Microbatch j takes rows j, j+k, j+2k, ... so every device's shard feeds every microbatch."""
     k = step_cfg.microbatches
-    den = loss_denominator(step_cfg.loss, batch.completion_mask)
+    den = grpo.aggregate_denominator(batch.completion_mask, step_cfg.loss.aggregation, step_cfg.loss.max_tokens)
     split = jax.tree.map(lambda x: None if x is None else jnp.swapaxes(x.reshape(-1, k, *x.shape[1:]), 0, 1), batch)
 
     def body(grads, micro):
