@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rftjax import gguf_io
+from rftjax import hf_config
 from rftjax import model as model_lib
 from rftjax import pretrained
 from rftjax import sharding
@@ -205,7 +206,7 @@ class _HFSource:
     return self._file(self.name(row, i)).get_tensor(self.name(row, i))
 
   def stated_fields(self) -> dict:
-    return hf_config_fields(self.config, self.spec)
+    return hf_config.read(self.config, self.spec)
 
 
 class _GGUFSource:
@@ -238,109 +239,6 @@ def _open(init: str):
 
 
 # ---- architecture from the file -------------------------------------------------------------------------------
-# transformers' class defaults (Gemma3TextConfig, LlamaConfig, Qwen2Config), for fields a config.json leaves out.
-_HF_DEFAULTS = {
-    'gemma3_text': dict(vocab_size=262_208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, rms_norm_eps=1e-6,
-                        max_position_embeddings=131_072, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
-                        query_pre_attn_scalar=256, sliding_window=4096, sliding_window_pattern=6,
-                        tie_word_embeddings=True, hidden_activation='gelu_pytorch_tanh'),
-    'llama': dict(vocab_size=32_000, hidden_size=4096, intermediate_size=11_008, num_hidden_layers=32,
-                  num_attention_heads=32, rms_norm_eps=1e-6, max_position_embeddings=2048, rope_theta=10_000.0,
-                  tie_word_embeddings=False, hidden_act='silu'),
-    'qwen2': dict(vocab_size=151_936, hidden_size=4096, intermediate_size=22_016, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-6, max_position_embeddings=32_768,
-                  rope_theta=10_000.0, tie_word_embeddings=False, hidden_act='silu'),
-}
-_NULLABLE = ('sliding_window', 'rope_scaling', 'final_logit_softcapping')
-
-
-def hf_config_fields(c: dict, where: str = 'config.json') -> dict:
-  """TransformerConfig fields stated by a Hugging Face config.json (old and new rope formats both read)."""
-  model_type = c.get('model_type')
-  if model_type == 'gemma3' and 'text_config' in c:  # multimodal wrapper (4B+)
-    c, model_type = dict(c['text_config']), 'gemma3_text'
-  if model_type not in _HF_DEFAULTS:
-    raise ValueError(f'{where}: model_type {model_type!r} is not supported; rftjax reads gemma3_text, llama, qwen2')
-  # save_pretrained writes only fields that differ from the class defaults (nested text_config especially).
-  c = {**_HF_DEFAULTS[model_type], **{k: v for k, v in c.items() if v is not None or k in _NULLABLE}}
-  family = 'gemma3' if model_type == 'gemma3_text' else 'llama'
-  heads = int(c['num_attention_heads'])
-  fields = dict(family=family, vocab_size=int(c['vocab_size']), d_model=int(c['hidden_size']),
-                num_layers=int(c['num_hidden_layers']), num_heads=heads,
-                num_kv_heads=int(c.get('num_key_value_heads') or heads),
-                head_dim=int(c.get('head_dim') or c['hidden_size'] // heads), mlp_dim=int(c['intermediate_size']),
-                norm_eps=float(c.get('rms_norm_eps', 1e-6)),
-                tie_embeddings=bool(c.get('tie_word_embeddings', family == 'gemma3')))
-  if 'max_position_embeddings' in c:
-    fields['max_seq_len'] = int(c['max_position_embeddings'])
-  rope = c.get('rope_parameters') or {}
-  full = rope.get('full_attention', rope) if family == 'gemma3' else rope
-  scaling = c.get('rope_scaling') or (full if full.get('rope_type', 'default') != 'default' else None)
-  theta = full.get('rope_theta', c.get('rope_theta'))
-  if theta is not None:
-    fields['rope_base'] = float(theta)
-  act = c.get('hidden_activation') or c.get('hidden_act')
-  if act:
-    fields['activation'] = {'gelu_pytorch_tanh': 'gelu_tanh', 'silu': 'silu'}.get(act, act)
-  if family == 'gemma3':
-    local = rope.get('sliding_attention', {}).get('rope_theta', c.get('rope_local_base_freq'))
-    if local is not None:
-      fields['rope_base_local'] = float(local)
-    fields['sliding_window'] = c.get('sliding_window')
-    types = c.get('layer_types')
-    if types:
-      globals_ = [i + 1 for i, t in enumerate(types) if t == 'full_attention']
-      every = globals_[0] if globals_ else 0
-      if [i + 1 for i in range(len(types)) if every and (i + 1) % every == 0] != globals_:
-        raise ValueError(f'{where}: layer_types {types} is not "every n-th layer global"; rftjax cannot run it')
-      fields['global_every'] = every
-    elif c.get('sliding_window_pattern'):
-      fields['global_every'] = int(c['sliding_window_pattern'])
-    if c.get('query_pre_attn_scalar') is not None:
-      fields['query_pre_attn_scalar'] = float(c['query_pre_attn_scalar'])
-    fields['final_softcap'] = c.get('final_logit_softcapping')
-    fields['rope_scale_global'] = float(scaling['factor']) if scaling and scaling.get('rope_type',
-                                                                 scaling.get('type')) == 'linear' else 1.0
-  else:
-    fields['qkv_bias'] = bool(c.get('attention_bias', False)) or model_type == 'qwen2'
-    kind = scaling.get('rope_type', scaling.get('type')) if scaling else None
-    fields['rope_llama3'] = (float(scaling['factor']), float(scaling['low_freq_factor']),
-                             float(scaling['high_freq_factor']),
-                             int(scaling['original_max_position_embeddings'])) if kind == 'llama3' else None
-  return fields
-
-
-# Fields that describe a deployment limit, not the weights' architecture: reported, never an error.
-_NOT_CHECKED = ('max_seq_len',)
-
-
-def _family_default(fields: dict) -> model_lib.TransformerConfig:
-  """A config for a file with no preset named: the family's conventions fill what the file does not state."""
-  f = fields
-  if f['family'] == 'gemma3':
-    # llama.cpp's rule for GGUFs, which do not store it: 27B scales by d/N, the others by head_dim.
-    qpas = f['d_model'] // f['num_heads'] if f['head_dim'] == 128 else f['head_dim']
-    base = model_lib.TransformerConfig._gemma3('from_file', f['vocab_size'], f['d_model'], f['num_layers'],
-                                               f['num_heads'], f['num_kv_heads'], f['head_dim'], f['mlp_dim'],
-                                               f.get('sliding_window'), qpas, 1.0)
-  else:
-    base = model_lib.TransformerConfig._llama('from_file', f['vocab_size'], f['d_model'], f['num_layers'],
-                                              f['num_heads'], f['num_kv_heads'], f['head_dim'], f['mlp_dim'],
-                                              f.get('rope_base', 10_000.0))
-  return dataclasses.replace(base, **f)
-
-
-def _differs(a, b) -> bool:
-  if isinstance(a, float) or isinstance(b, float):
-    if a is None or b is None:
-      return a is not b
-    return not math.isclose(float(a), float(b), rel_tol=1e-5)
-  if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-    return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
-  return a != b
-
-
 def config_from_file(init: str, expected: model_lib.TransformerConfig | str | None = None
                      ) -> model_lib.TransformerConfig:
   """The architecture a checkpoint's own metadata states, checked against a preset when one is given.
@@ -356,11 +254,11 @@ def config_from_file(init: str, expected: model_lib.TransformerConfig | str | No
 def _check_config(src, expected) -> model_lib.TransformerConfig:
   fields = src.stated_fields()
   if expected is None:
-    return _family_default(fields)
+    return hf_config.family_default(fields)
   if isinstance(expected, str):
     expected = model_lib.get_config(expected)
   bad = [f'{k}={v!r} but config.model={expected.name} says {getattr(expected, k)!r}'
-         for k, v in fields.items() if k not in _NOT_CHECKED and _differs(v, getattr(expected, k))]
+         for k, v in fields.items() if k not in hf_config.NOT_CHECKED and hf_config.differs(v, getattr(expected, k))]
   if bad:
     raise ValueError(f'init {src.spec} does not match the model preset:\n  has ' + '\n  has '.join(bad))
   return expected
@@ -434,49 +332,6 @@ def load(init: str, cfg: model_lib.TransformerConfig, mesh=None, dtype=jnp.float
 
 
 # ---- export -------------------------------------------------------------------------------------------------------
-def hf_config(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype: str = 'float32') -> dict:
-  """config.json for transformers / vLLM. Writes both the current `rope_parameters` and the older flat rope keys."""
-  ids = {'bos': 2, 'eos': 1, 'pad': 0} if cfg.family == 'gemma3' else {}
-  ids.update(token_ids or {})
-  common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
-                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
-                max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=cfg.tie_embeddings,
-                bos_token_id=ids.get('bos'), eos_token_id=ids.get('eos'), pad_token_id=ids.get('pad'),
-                attention_bias=cfg.qkv_bias, attention_dropout=0.0, initializer_range=0.02, use_cache=True,
-                torch_dtype=dtype, dtype=dtype, rope_theta=cfg.rope_base)
-  if cfg.family == 'gemma3':
-    if cfg.rope_llama3 is not None:
-      raise ValueError(f'{cfg.name}: Gemma 3 with llama3 rope scaling has no HF equivalent')
-    scaling = {'rope_type': 'linear', 'factor': cfg.rope_scale_global} if cfg.rope_scale_global != 1.0 else None
-    local = cfg.rope_base_local or cfg.rope_base
-    types = ['sliding_attention' if is_local else 'full_attention' for is_local in cfg.layer_is_local()]
-    return dict(architectures=['Gemma3ForCausalLM'], model_type='gemma3_text', **common,
-                hidden_activation='gelu_pytorch_tanh', rope_local_base_freq=local, rope_scaling=scaling,
-                rope_parameters={'full_attention': {'rope_type': 'default', 'rope_theta': cfg.rope_base,
-                                                    **(scaling or {})},
-                                 'sliding_attention': {'rope_type': 'default', 'rope_theta': local}},
-                sliding_window=cfg.sliding_window, sliding_window_pattern=cfg.global_every, layer_types=types,
-                query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
-                final_logit_softcapping=cfg.final_softcap, attn_logit_softcapping=None)
-  if cfg.family not in ('llama', 'tiny'):
-    raise ValueError(f'model family {cfg.family!r} ({cfg.name}) has no Hugging Face export')
-  if cfg.activation != 'silu' or cfg.sliding_window or cfg.final_softcap or cfg.qk_norm or cfg.post_norms:
-    raise ValueError(f'{cfg.name}: a llama-family config with Gemma features has no HF llama/qwen2 equivalent')
-  scaling = None
-  if cfg.rope_llama3 is not None:
-    factor, low, high, orig = cfg.rope_llama3
-    scaling = dict(rope_type='llama3', factor=factor, low_freq_factor=low, high_freq_factor=high,
-                   original_max_position_embeddings=orig)
-  rope = {'rope_type': 'default', 'rope_theta': cfg.rope_base, **(scaling or {})}
-  if cfg.qkv_bias:
-    return dict(architectures=['Qwen2ForCausalLM'], model_type='qwen2', **common, hidden_act='silu',
-                rope_scaling=scaling, rope_parameters=rope, use_sliding_window=False, sliding_window=None,
-                max_window_layers=cfg.num_layers)
-  return dict(architectures=['LlamaForCausalLM'], model_type='llama', **common, hidden_act='silu',
-              rope_scaling=scaling, rope_parameters=rope, mlp_bias=False, pretraining_tp=1)
-
-
 def hf_tensors(params, cfg: model_lib.TransformerConfig):
   """Yields (HF name, shape) lazily paired with a loader: the export plan, one layer-tensor at a time."""
   flat = _flatten(params)
@@ -506,7 +361,7 @@ def export_hf(params, cfg: model_lib.TransformerConfig, out_dir: str | os.PathLi
   if tokenizer is not None:
     token_ids = {**{k: getattr(tokenizer, f'{k}_id') for k in ('bos', 'eos', 'pad')}, **(token_ids or {})}
     token_ids = {k: v for k, v in token_ids.items() if v is not None}
-  config = hf_config(cfg, token_ids, dtype)
+  config = hf_config.write(cfg, token_ids, dtype)
   (out / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
   stops = list(getattr(tokenizer, 'stop_ids', ()) or [config['eos_token_id']])
   gen = dict(bos_token_id=config['bos_token_id'], eos_token_id=stops if len(stops) > 1 else stops[0],

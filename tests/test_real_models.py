@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from rftjax import gguf_io
+from rftjax import hf_config
 from rftjax import model as model_lib
 from rftjax import pretrained
 from rftjax import sampler as sampler_lib
@@ -234,5 +235,5 @@ def test_config_from_file_without_preset(real):
   cfg = real['cfg']
   read = weights.config_from_file(f'gguf:{real["path"]}')
   diff = {f.name: (getattr(read, f.name), getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-          if f.name != 'name' and weights._differs(getattr(read, f.name), getattr(cfg, f.name))}
+          if f.name != 'name' and hf_config.differs(getattr(read, f.name), getattr(cfg, f.name))}
   assert not diff

@@ -11,6 +11,7 @@ import pytest
 import safetensors.numpy
 
 from rftjax import gguf_io
+from rftjax import hf_config
 from rftjax import model as model_lib
 from rftjax import sharding
 from rftjax import weights
@@ -193,21 +194,21 @@ def test_config_mismatch_lists_fields(tmp_path):
 
 
 def test_hf_config_gemma_details():
-  c = weights.hf_config(model_lib.TransformerConfig.gemma3_4b())
+  c = hf_config.write(model_lib.TransformerConfig.gemma3_4b())
   assert c['model_type'] == 'gemma3_text' and c['hidden_activation'] == 'gelu_pytorch_tanh'
   assert c['rope_scaling'] == {'rope_type': 'linear', 'factor': 8.0}
   assert c['rope_parameters']['sliding_attention']['rope_theta'] == 10_000.0
   assert c['layer_types'][:6] == ['sliding_attention'] * 5 + ['full_attention'] and c['sliding_window'] == 1024
   assert c['query_pre_attn_scalar'] == 256 and c['tie_word_embeddings'] and c['rms_norm_eps'] == 1e-6
-  assert weights.hf_config_fields(c)['rope_scale_global'] == 8.0
-  assert weights.hf_config(model_lib.TransformerConfig.gemma3_27b())['query_pre_attn_scalar'] == 168
+  assert hf_config.read(c)['rope_scale_global'] == 8.0
+  assert hf_config.write(model_lib.TransformerConfig.gemma3_27b())['query_pre_attn_scalar'] == 168
   # Every preset's config.json reads back as the same architecture.
   for name in model_lib.PRESETS:
     cfg = model_lib.get_config(name)
     if cfg.family == 'tiny':
       continue
-    fields = weights.hf_config_fields(weights.hf_config(cfg))
-    bad = {k: (v, getattr(cfg, k)) for k, v in fields.items() if weights._differs(v, getattr(cfg, k))}
+    fields = hf_config.read(hf_config.write(cfg))
+    bad = {k: (v, getattr(cfg, k)) for k, v in fields.items() if hf_config.differs(v, getattr(cfg, k))}
     assert not bad, (name, bad)
 
 
