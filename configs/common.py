@@ -25,6 +25,7 @@ def base() -> ml_collections.ConfigDict:
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.temperature = 1.0
+  c.sampling.stop = ()  # extra single-token stop strings, e.g. ('\n',); EOS and the turn end always stop
   c.sampling.top_p = 1.0
   c.sampling.top_k = 0
   c.sampling.max_new_tokens = 32
@@ -83,6 +84,7 @@ def base() -> ml_collections.ConfigDict:
   c.remat = False
   c.train_microbatches = 1  # gradient accumulation: rows per step / this must divide by data x fsdp
   c.progress = True
+  c.sync_interval_s = 60.0  # gs:// workdir: upload metrics/samples/TensorBoard this often (and at evals, saves, exit)
   hparams.add_openai_fields(c)  # OpenAI-style n_epochs / batch_size / ... (docs/hyperparameters.md)
   return c
 

@@ -12,6 +12,7 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
 
 ROLES = ('system', 'developer', 'user', 'assistant')
 
@@ -70,7 +71,8 @@ def parse_line(line: str, where: str) -> Example:
 
 
 def load_jsonl(path: str | pathlib.Path) -> list[Example]:
-  path = pathlib.Path(path)
+  """Examples from a local JSONL file or a gs:// one."""
+  path = epath.Path(path)
   if not path.is_file():
     raise DataError(f'{path}: no such file')
   examples = []
@@ -84,13 +86,17 @@ def load_jsonl(path: str | pathlib.Path) -> list[Example]:
 
 
 def write_jsonl(path: str | pathlib.Path, rows: Sequence[dict]) -> None:
-  """Atomic write (temp file + rename), so a crash never leaves half a file."""
+  """Atomic write (temp file + rename), so a crash never leaves half a file. A gs:// path is one object write,
+  atomic by itself."""
+  text = ''.join(json.dumps(row, ensure_ascii=False) + '\n' for row in rows)
+  if '://' in str(path):
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(path).write_text(text, encoding='utf-8')
+    return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(path.suffix + '.tmp')
-  with tmp.open('w', encoding='utf-8') as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + '\n')
+  tmp.write_text(text, encoding='utf-8')
   tmp.replace(path)
 
 

@@ -14,10 +14,10 @@ import argparse
 import json
 import logging
 import math
-import pathlib
 import sys
 
 import numpy as np
+from etils import epath
 
 from rftjax import data as data_lib
 from rftjax import graders
@@ -64,8 +64,8 @@ def _grader_spec(args, run_config):
   return spec.to_dict() if hasattr(spec, 'to_dict') else spec
 
 
-def default_out(workdir, step, data_path) -> pathlib.Path:
-  return pathlib.Path(workdir) / 'eval' / f'step{step}_{pathlib.Path(data_path).stem}.jsonl'
+def default_out(workdir, step, data_path):
+  return epath.Path(workdir) / 'eval' / f'step{step}_{epath.Path(data_path).stem}.jsonl'
 
 
 def table(summary: dict) -> str:
@@ -118,7 +118,8 @@ def run(args) -> dict:
       raise data_lib.DataError(f'{ex.source}: {e}') from None
   outs = inference.complete(loaded, [p for p in ids for _ in range(k)], max_new_tokens=max_new,
                             temperature=temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                            batch_size=args.batch_size, progress=sample_cli.stderr_progress('sampling'))
+                            batch_size=args.batch_size, stop=args.stop,
+                            progress=sample_cli.stderr_progress('sampling'))
   texts = [o['text'] for o in outs]
   items = [ex.item for ex in examples for _ in range(k)]
   timeout = float(run_config.grading.timeout_s) if run_config else 10.0
@@ -127,7 +128,7 @@ def run(args) -> dict:
   rewards = np.asarray([r.reward for r in results], np.float64).reshape(len(examples), k)
   summary = {'step': loaded.step, 'data': str(args.data), 'temperature': temperature,
              'pass_threshold': args.pass_threshold, **summarize(rewards, results, args.pass_threshold)}
-  out = pathlib.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
+  out = epath.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
   rows = []
   for i, (o, r) in enumerate(zip(outs, results)):
     ex = examples[i // k]

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from rftjax import model as model_lib
+from rftjax import runfs
 from rftjax import tokenizer as tokenizer_lib
 from rftjax import weights
 
@@ -35,7 +36,7 @@ def restore_params(workdir: str | pathlib.Path, step: str | int = 'best', dtype=
   """
   import orbax.checkpoint as ocp
   from rftjax import checkpoint as checkpoint_lib
-  workdir = pathlib.Path(workdir)
+  workdir = runfs.path(workdir)  # local or gs://
   config_path = workdir / 'config.json'
   if not config_path.is_file():
     raise FileNotFoundError(f'{config_path}: not found; --workdir must be a run directory written by rftjax.train')

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from rftjax import checkpoint as checkpoint_lib
 from rftjax import graders
 from rftjax import model as model_lib
+from rftjax import runfs
 from rftjax import sampler as sampler_lib
 from rftjax import sharding
 from rftjax import tokenizer as tokenizer_lib
@@ -63,7 +64,7 @@ class Loaded:
 
 
 def read_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  path = pathlib.Path(workdir) / 'config.json'
+  path = runfs.path(workdir) / 'config.json'
   if not path.is_file():
     raise InferenceError(f'{path}: no such file; --workdir must be a run directory written by rftjax.train')
   try:
@@ -109,7 +110,7 @@ def abstract_params(cfg: model_lib.TransformerConfig, dtype, mesh) -> Any:
 def restore_params(ckpt_dir: pathlib.Path, step: int, abstract, model_name: str = '') -> Any:
   """Only the params of checkpoint `step`: an Orbax partial restore of its `state` item (layout in
   docs/checkpoints.md), so the optimizer moments (2x the params with Adam) are never read or allocated."""
-  path = pathlib.Path(ckpt_dir).absolute() / str(step) / 'state'
+  path = runfs.path(ckpt_dir) / str(step) / 'state'
   target = {'params': abstract}
   args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                 partial_restore=True)
@@ -133,7 +134,7 @@ def load(*, workdir: str | pathlib.Path | None = None, step: int | str | None = 
   if (workdir is None) == (init is None):
     raise InferenceError('give exactly one of --workdir (a run) or --init (gguf:PATH, hf:DIR, or "" for random)')
   if workdir is not None:
-    workdir = pathlib.Path(workdir)
+    workdir = runfs.path(workdir)
     run = read_run_config(workdir)
     where = f'{workdir / "config.json"}'
     tok = _load_tokenizer(tokenizer or run.get('tokenizer') or run.get('init'),
@@ -179,7 +180,7 @@ def _round_up(n: int, multiple: int) -> int:
 
 def complete(loaded: Loaded, prompts_ids: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, seed: int = 0, batch_size: int = 32,
-             max_prompt_len: int | None = None, progress=None) -> list[dict]:
+             max_prompt_len: int | None = None, stop: Sequence[str] | None = None, progress=None) -> list[dict]:
   """Completes every prompt (token ids) once; returns one dict per prompt, in order:
   {'tokens': ids through the stop token, 'text': decoded (special tokens dropped), 'logprobs': per token,
    'truncated': hit max_new_tokens without a stop token}.
@@ -187,6 +188,7 @@ def complete(loaded: Loaded, prompts_ids: Sequence[Sequence[int]], *, max_new_to
   Fixed shapes so one program compiles: every batch has `batch_size` rows (rounded up to the mesh's data x fsdp
   size; the last batch repeats its final prompt), prompts are left-padded to the longest one rounded up to a
   multiple of 8. Batch `i` samples with `fold_in(key(seed), i)`. `progress(done, total)` is called per batch.
+  `stop`: extra single-token stop strings on top of EOS and the turn end; None = the run's `sampling.stop`.
   """
   if not prompts_ids:
     return []
@@ -196,7 +198,13 @@ def complete(loaded: Loaded, prompts_ids: Sequence[Sequence[int]], *, max_new_to
     raise InferenceError('a prompt has no tokens; an empty text prompt needs a tokenizer that adds BOS')
   max_prompt_len = max_prompt_len or _round_up(longest, 8)
   batch = _round_up(max(1, min(batch_size, len(prompts_ids))), loaded.rows_multiple)
-  sampler = sampler_lib.Sampler(loaded.cfg, max_prompt_len, max_new_tokens, tuple(tok.stop_ids), loaded.pad_id,
+  if stop is None:
+    stop = tuple((loaded.run_config or {}).get('sampling', {}).get('stop', ()))
+  try:
+    stop_ids = tok.stop_ids_with(stop)
+  except ValueError as e:
+    raise InferenceError(f'--stop: {e}') from None
+  sampler = sampler_lib.Sampler(loaded.cfg, max_prompt_len, max_new_tokens, stop_ids, loaded.pad_id,
                                 sampler_lib.SamplingParams(float(temperature), float(top_p), int(top_k)),
                                 compute_dtype=loaded.compute_dtype)
   rng = jax.random.key(seed)

@@ -11,10 +11,11 @@ import pathlib
 import sys
 
 import tqdm
+from etils import epath
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict]:
-  path = pathlib.Path(path)
+  path = epath.Path(path)  # local or gs:// (report reads a run in a bucket)
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -15,6 +15,7 @@ from typing import Any
 
 from rftjax import checkpoint as checkpoint_lib
 from rftjax import metrics as metrics_lib
+from rftjax import runfs
 
 TIMINGS = ('sampling_s', 'grading_s', 'training_s', 'eval_s', 'checkpoint_s')
 
@@ -37,7 +38,7 @@ def _grader_type(spec: Any) -> str | None:
 
 def summarize(workdir: str | pathlib.Path) -> dict:
   """Everything the table shows, as a JSON-able dict."""
-  workdir = pathlib.Path(workdir)
+  workdir = runfs.path(workdir)  # local or gs://
   if not workdir.is_dir():
     raise FileNotFoundError(f'{workdir}: no such run directory (--workdir)')
   cfg_path = workdir / 'config.json'

@@ -12,10 +12,13 @@ See docs/cli.md.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import logging
 import pathlib
 import sys
+
+from etils import epath
 
 from rftjax import data as data_lib
 from rftjax import inference
@@ -30,6 +33,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument('--tokenizer', help='tokenizer spec (default: the run\'s, or the --init file\'s)')
   p.add_argument('--chat_template', help='gemma | chatml | llama3 | plain (default: the tokenizer\'s)')
   p.add_argument('--batch_size', type=int, default=32, help='prompts per compiled batch')
+  p.add_argument('--stop', action='append', type=lambda s: codecs.decode(s, 'unicode_escape'),
+                 help="an extra single-token stop string, repeatable; escapes work: --stop='\\n' (default: the "
+                      "run's config.sampling.stop)")
 
 
 def load_from_args(args) -> inference.Loaded:
@@ -39,7 +45,7 @@ def load_from_args(args) -> inference.Loaded:
 
 def read_prompts(path: str | pathlib.Path) -> list[tuple[str, dict, data_lib.Example | None]]:
   """(source 'file:line', the line as a dict, Example or None for a raw `text` prompt) per non-blank line."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)  # local or gs://
   if not path.is_file():
     raise data_lib.DataError(f'{path}: no such file (--prompts)')
   out = []
@@ -112,7 +118,7 @@ def main(argv=None) -> int:
     ids = [encode(loaded.tokenizer, pr) for pr in prompts]
     outs = inference.complete(loaded, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, seed=args.seed, batch_size=args.batch_size,
-                              progress=stderr_progress('sampling'))
+                              stop=args.stop, progress=stderr_progress('sampling'))
   except (inference.InferenceError, data_lib.DataError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -338,6 +338,18 @@ class Tokenizer:
     stop_ids = property(lambda self: self._stop_ids, doc="EOS plus the chat template's turn-end token.")
     chat_template = property(lambda self: self._chat_template)
 
+    def stop_ids_with(self, stop: Sequence[str] = ()) -> tuple[int, ...]:
+        """`stop_ids` plus the token of each string in `stop` (e.g. "\\n" to end at the first line break). The
+        sampler stops on token ids, so each string must be exactly one token; ValueError names any that is not."""
+        ids = list(self._stop_ids)
+        for s in stop:
+            enc = self.encode(s)
+            if len(enc) != 1:
+                raise ValueError(f'stop string {s!r} is {len(enc)} tokens {enc}; only single-token stop strings '
+                                 f'are supported')
+            ids.append(enc[0])
+        return tuple(dict.fromkeys(ids))
+
     def token_to_id(self, token: str) -> int | None:
         """Id of a token spelled exactly as in the vocabulary, or None."""
         return self._backend.token_id(token)

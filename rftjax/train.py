@@ -16,7 +16,8 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py[:arg]).',
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics.jsonl, samples.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (a local path or gs://bucket/path): checkpoints, '
+                                'metrics.jsonl, samples.')
 _DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
                                  'jax.distributed.initialize(): auto = when running on a multi-host TPU VM or '
                                  'when --coordinator is given.')
@@ -30,12 +31,14 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', stream=sys.stderr)
   import jax
-  from rftjax import data, distributed, graders, preemption, trainer
+  from rftjax import data, distributed, graders, preemption, runfs, trainer
 
   distributed.maybe_initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  cache_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(_WORKDIR.value, '.jax_cache')
-  if not _WORKDIR.value.startswith('gs://'):
-    jax.config.update('jax_compilation_cache_dir', cache_dir)
+  cache_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  if not cache_dir:  # next to the run; for a gs:// run on the VM's disk, where a cache lookup costs no round trip
+    cache_dir = (os.path.join(os.path.expanduser('~/.cache/rftjax'), 'jax_cache') if runfs.is_remote(_WORKDIR.value)
+                 else os.path.join(_WORKDIR.value, '.jax_cache'))
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
   try:
     trainer.train(_CONFIG.value, _WORKDIR.value)
   except preemption.Preempted as e:

@@ -27,6 +27,7 @@ from rftjax import model as model_lib
 from rftjax import plots
 from rftjax import preemption
 from rftjax import rollout
+from rftjax import runfs
 from rftjax import sampler as sampler_lib
 from rftjax import sharding
 from rftjax import tokenizer as tokenizer_lib
@@ -139,13 +140,17 @@ def evaluate(weights, sampler: sampler_lib.Sampler, prompt_ids, examples, tok, g
 
 
 def train(config, workdir: str | pathlib.Path) -> dict:
-  """Runs (or resumes) training in `workdir`; returns the last eval metrics."""
-  if str(workdir).startswith('gs://'):
-    raise ConfigError(f'--workdir={workdir}: a GCS workdir is not supported yet (metrics, samples and TensorBoard '
-                      'files are written with local file I/O); use a local or persistent-disk path, and copy it to '
-                      'GCS with `gcloud storage rsync` if the VM may be preempted')
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  """Runs (or resumes) training in `workdir` (a local path or a gs:// URL); returns the last eval metrics."""
+  try:
+    run = runfs.RunDir(workdir, sync_interval_s=config.sync_interval_s)
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir}: cannot write there ({e})') from None
+  with run:
+    return _train(config, run)
+
+
+def _train(config, run: runfs.RunDir) -> dict:
+  workdir = run.local  # run files; checkpoints go to run.remote (the same folder when the workdir is local)
   is_main = jax.process_index() == 0
 
   # ---- data and grader first: bad input fails before anything slow happens ----
@@ -153,6 +158,10 @@ def train(config, workdir: str | pathlib.Path) -> dict:
   config = hparams.apply(config, len(train_examples))  # OpenAI-style fields -> native ones (a copy)
   if is_main:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+    try:
+      run.sync()  # a bucket this VM may not write to fails here, not after the model has loaded
+    except OSError as e:
+      raise ConfigError(f'--workdir={run.remote}: cannot write there ({e})') from None
   valid_examples = data_lib.load_jsonl(config.data.valid)
   if config.data.valid_limit:
     valid_examples = valid_examples[:config.data.valid_limit]
@@ -191,8 +200,12 @@ def train(config, workdir: str | pathlib.Path) -> dict:
     del params
     train_step = step_lib.make_train_step(step_cfg, tx)
 
+    try:
+      stop_ids = tok.stop_ids_with(tuple(config.sampling.stop))
+    except ValueError as e:
+      raise ConfigError(f'config.sampling.stop: {e}') from None
     base = dict(cfg=cfg, max_prompt_len=config.data.max_prompt_len, max_new_tokens=config.sampling.max_new_tokens,
-                stop_ids=tuple(tok.stop_ids), pad_id=pad_id, compute_dtype=config.compute_dtype,
+                stop_ids=stop_ids, pad_id=pad_id, compute_dtype=config.compute_dtype,
                 cache_dtype=config.sampling.cache_dtype or 'float32')
     train_sampler = sampler_lib.Sampler(**base, params=sampler_lib.SamplingParams(
         config.sampling.temperature, config.sampling.top_p, config.sampling.top_k))
@@ -200,7 +213,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
         config.eval_temperature, config.sampling.top_p, config.sampling.top_k))
 
     # ---- resume ----
-    ckpt = checkpoint_lib.Checkpointer(workdir / 'checkpoints', keep_best=config.checkpoint.keep_best,
+    ckpt = checkpoint_lib.Checkpointer(run.remote / 'checkpoints', keep_best=config.checkpoint.keep_best,
                                        async_save=config.checkpoint.async_save)
     data_iter = data_lib.DataIterator(len(train_examples), config.batch_size, config.seed,
                                       process_index=jax.process_index(), process_count=jax.process_count())
@@ -209,7 +222,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
       state, extra = ckpt.restore(ckpt.latest_step(), step_lib.abstract_state(state))
       data_iter.restore(extra['data'])
       start_step = int(jax.device_get(state['step']))
-      log.info('resumed from step %d in %s', start_step, workdir)
+      log.info('resumed from step %d in %s', start_step, run.remote)
       if start_step >= config.total_steps:
         log.info('nothing to do: step %d >= config.total_steps=%d (raise it to continue)', start_step,
                  config.total_steps)
@@ -232,6 +245,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
           plots.write_reward_plot(workdir)
         except Exception as e:  # a plot must never stop a run
           log.warning('could not write the reward plot: %s', e)
+      run.sync(raise_errors=False)
       return m
 
     def save(step: int, eval_metrics: dict | None) -> None:
@@ -239,6 +253,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
       ckpt.save(step, state, extra={'data': data_iter.state()},
                 metrics=None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']})
       writer.write({'step': step, 'timing/checkpoint_s': time.perf_counter() - t0})
+      run.sync(raise_errors=False)  # so the bucket holds the metrics up to each checkpoint it holds
 
     last_eval: dict = {}
     compile_clock = metrics_lib.CompileClock()
@@ -311,6 +326,7 @@ def train(config, workdir: str | pathlib.Path) -> dict:
         }
         writer.write(record)
         progress.update(step + 1, record)
+        run.maybe_sync()
 
         done = step + 1 == config.total_steps
         if (step + 1) % config.eval_interval == 0 or done:

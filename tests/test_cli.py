@@ -127,6 +127,24 @@ def test_sample_from_init_random_weights(tmp_path, in_repo):
   assert 1 <= len(row['tokens']) <= 2 and row['text'] == PROMPTS[1]['text']
 
 
+def test_sample_stop_string_ends_the_completion_at_its_token(tmp_path, in_repo, capsys):
+  prompts = write_jsonl(tmp_path / 'prompts.jsonl', PROMPTS[1:2])
+  base = ['--init=', '--model=tiny', '--tokenizer=sp:data/tiny/tokenizer.model', f'--prompts={prompts}',
+          '--max_new_tokens=8', '--temperature=1.0', '--seed=5']
+  assert sample.main(base + [f'--out={tmp_path / "free.jsonl"}']) == 0
+  (free,) = read_jsonl(tmp_path / 'free.jsonl')
+  tok = inference.load(init='', model='tiny', tokenizer='sp:data/tiny/tokenizer.model').tokenizer
+  k = next(i for i, t in enumerate(free['tokens'][1:], 1) if tok.encode(tok.decode([t])) == [t])  # a stop-able token
+  stop = tok.decode([free['tokens'][k]])
+  assert sample.main(base + [f'--out={tmp_path / "stop.jsonl"}', f'--stop={stop}']) == 0
+  (row,) = read_jsonl(tmp_path / 'stop.jsonl')
+  # the same random stream, cut after the first occurrence of the stop token
+  assert row['tokens'] == free['tokens'][:free['tokens'].index(free['tokens'][k]) + 1]
+  assert row['truncated'] is False
+  assert sample.main(base + [f'--out={tmp_path / "x.jsonl"}', '--stop=Largest digit: 12']) == 2
+  assert "--stop: stop string 'Largest digit: 12' is" in capsys.readouterr().err
+
+
 def test_sample_bad_prompt_line_names_file_and_line(run_dir, tmp_path, in_repo, capsys):
   prompts = write_jsonl(tmp_path / 'prompts.jsonl', [PROMPTS[0], '{"messages": [{"role": "user"}]}'])
   assert sample.main([f'--workdir={run_dir}', f'--prompts={prompts}', f'--out={tmp_path / "o.jsonl"}']) == 2

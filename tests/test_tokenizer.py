@@ -247,6 +247,11 @@ def test_special_ids_and_sizes(model):
     else:
         # SmolLM2's EOS *is* <|im_end|>, so the tuple holds it once.
         assert tok.chat_template == "chatml" and tok.stop_ids == (tok.token_to_id("<|im_end|>"),) == (2,)
+    (newline,) = tok.encode("\n")
+    assert tok.stop_ids_with(("\n",)) == tok.stop_ids + (newline,)
+    assert tok.stop_ids_with(("\n", "\n")) == tok.stop_ids + (newline,)  # no duplicates
+    with pytest.raises(ValueError, match=r"stop string '12' is 2 tokens"):
+        tok.stop_ids_with(("12",))  # both split numbers into digits
 
 
 # ---------------------------------------------------------------------------------------------------------------

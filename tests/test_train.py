@@ -217,9 +217,9 @@ def test_microbatches_equal_the_full_batch(aggregation):
       np.testing.assert_allclose(a, b, atol=1e-4)  # Adam magnifies float-rounding differences of the gradient
 
 
-def test_gcs_workdir_is_refused_with_a_clear_message():
-  with pytest.raises(trainer.ConfigError, match='GCS workdir is not supported yet'):
-    trainer.train(tiny.get_config('test'), 'gs://bucket/run')
+def test_a_multi_token_stop_string_is_a_config_error(tmp_path, in_repo):
+  with pytest.raises(trainer.ConfigError, match=r"config.sampling.stop: stop string 'Largest digit: 12' is \d+ tokens"):
+    run(tmp_path, 'stop', 1, **{'sampling.stop': ('Largest digit: 12',)})
 
 
 def test_eval_samples_grades_k_completions_per_prompt(tmp_path, in_repo):

@@ -6,6 +6,8 @@ import math
 import pathlib
 from typing import Any
 
+from etils import epath
+
 from rftjax.graders import core
 from rftjax.graders import formula
 from rftjax.graders import model_graders
@@ -146,11 +148,11 @@ class Multi(core.Grader):
 
 def load(spec: dict | str | pathlib.Path) -> dict:
   if isinstance(spec, (str, pathlib.Path)):
-    path = pathlib.Path(spec)
+    path = epath.Path(spec)  # a local path or gs://
     try:
       text = path.read_text()
     except OSError as e:
-      raise _E(f"{path}: cannot read grader file: {e.strerror}") from None
+      raise _E(f"{path}: cannot read grader file: {e.strerror or e}") from None
     try:
       spec = json.loads(text)
     except ValueError as e:

@@ -1,0 +1,138 @@
+"""A run directory that may live on GCS (or any `scheme://` filesystem etils.epath knows): `RunDir`.
+
+Checkpoints go straight to the workdir: Orbax writes `gs://` itself. The other run files (metrics.jsonl, which
+grows by one line per step, TensorBoard event files, validation samples, the reward plot, config.json) are
+written by code that wants a local file it can append to and flush; GCS objects cannot be appended to. So for a
+remote workdir they are written to a local staging folder and `sync()` uploads every file that changed since
+the last upload, whole (one object write each, which GCS makes atomic). The trainer syncs after every
+evaluation and checkpoint, every `sync_interval_s` in between, and on the way out (success, error or
+preemption), so a checkpoint in the bucket always comes with the metrics up to its step. On resume the files the
+trainer reads back (metrics.jsonl) are fetched from the workdir first.
+
+For a local workdir the staging folder is the workdir itself and `sync()` does nothing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+
+from etils import epath
+
+log = logging.getLogger(__name__)
+
+FETCHED_ON_RESUME = ('metrics.jsonl',)
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  return '://' in os.fspath(path)
+
+
+def path(p: str | os.PathLike) -> epath.Path:
+  """An epath for a local path or a URL; local paths are made absolute so a later chdir cannot move them."""
+  out = epath.Path(p)
+  return out if is_remote(p) else out.absolute()
+
+
+class RunDir:
+  """`local` is where run files are written; `remote` is the workdir; `sync()` makes the second match the first.
+
+  Args:
+    workdir: a local path or a URL (`gs://bucket/run`).
+    staging: for a remote workdir, the local folder to stage files in (default: a fresh temporary folder, removed
+      by `close()`). Ignored for a local workdir.
+    sync_interval_s: `maybe_sync()` uploads at most this often.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, staging: str | os.PathLike | None = None,
+               sync_interval_s: float = 60.0):
+    self.remote = path(workdir)
+    self.is_remote = is_remote(workdir)
+    self.sync_interval_s = sync_interval_s
+    self._uploaded: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) at its last upload
+    self._last_sync = time.monotonic()
+    self._own_staging = False
+    if not self.is_remote:
+      self.local = pathlib.Path(self.remote)
+      self.local.mkdir(parents=True, exist_ok=True)
+      return
+    # no mkdir: object stores have no folders, and gcsfs's makedirs would create a missing *bucket*
+    scheme, rest = os.fspath(workdir).split('://', 1)
+    bucket = epath.Path(f'{scheme}://{rest.split("/")[0]}')
+    if not bucket.exists():
+      raise FileNotFoundError(f'bucket {bucket} does not exist (or this machine may not list it)')
+    if staging is None:
+      staging = tempfile.mkdtemp(prefix='rftjax-staging-')
+      self._own_staging = True
+    self.local = pathlib.Path(staging).absolute()
+    self.local.mkdir(parents=True, exist_ok=True)
+    for name in FETCHED_ON_RESUME:
+      src = self.remote / name
+      if src.exists():
+        (self.local / name).write_bytes(src.read_bytes())
+        self._mark_uploaded(name)
+    log.info('workdir %s: run files are staged in %s and uploaded every %.0fs, after each eval and checkpoint, '
+             'and at exit', self.remote, self.local, sync_interval_s)
+
+  def _mark_uploaded(self, rel: str) -> None:
+    st = (self.local / rel).stat()
+    self._uploaded[rel] = (st.st_size, st.st_mtime_ns)
+
+  def sync(self, *, raise_errors: bool = True) -> int:
+    """Uploads staged files that are new or changed since their last upload; returns how many. Local: 0.
+
+    With `raise_errors=False` (mid-run) a failed upload is logged and retried at the next sync: the files stay
+    staged, and a network blip must not end a training run."""
+    self._last_sync = time.monotonic()
+    if not self.is_remote:
+      return 0
+    if not raise_errors:
+      try:
+        return self.sync()
+      except Exception as e:  # gcsfs has retried already; what is left is an outage or a permission change
+        log.warning('upload to %s failed (%s: %s); the files stay in %s and are retried at the next sync',
+                    self.remote, type(e).__name__, e, self.local)
+        return 0
+    count = 0
+    for file in sorted(self.local.rglob('*')):
+      if not file.is_file() or file.name.endswith('.tmp'):
+        continue
+      rel = file.relative_to(self.local).as_posix()
+      st = file.stat()
+      if self._uploaded.get(rel) == (st.st_size, st.st_mtime_ns):
+        continue
+      (self.remote / rel).write_bytes(file.read_bytes())
+      self._uploaded[rel] = (st.st_size, st.st_mtime_ns)
+      count += 1
+    return count
+
+  def maybe_sync(self) -> int:
+    if self.is_remote and time.monotonic() - self._last_sync >= self.sync_interval_s:
+      return self.sync(raise_errors=False)
+    return 0
+
+  def __enter__(self) -> 'RunDir':
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    try:
+      self.close()
+    except Exception:
+      if exc_type is None:
+        raise
+      log.exception('upload at exit failed (while handling %s)', exc_type.__name__)  # keep the first error
+
+  def close(self) -> None:
+    """Last upload; then the staging folder goes (if this object made it). A failed upload keeps it and says where."""
+    if not self.is_remote:
+      return
+    try:
+      self.sync()
+    except Exception:
+      log.error('could not upload the run files to %s; they are still in %s', self.remote, self.local)
+      raise
+    if self._own_staging:
+      shutil.rmtree(self.local, ignore_errors=True)
