@@ -6,7 +6,8 @@ what the generator makes, so the demo data can never drift from its recipe.
 - `tiny`: "Largest digit: 3 9 4 1" -> "9". A random tiny model names the right one-token answer with
   probability about 1/vocab, enough for GRPO to find and reinforce it; answers are uniform over the ten digits.
 - `arith`: short integer arithmetic in words and symbols for SmolLM2-135M-Instruct, answer graded by the math
-  grader on the final number.
+  grader on the final number; `arith/equations_*`: 4-shot plain-text sums for Gemma 3 270M base, graded on the
+  first line of the completion.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def arith_examples(n: int, seed: int) -> list[dict]:
   return rows
 
 
-FEWSHOT = 'Q: What is 12 + 7?\nA: 19\nQ: What is 9 times 3?\nA: 27\nQ: What is 58 - 21?\nA: 37\n'
+EQUATION_SHOTS = '3 + 5 = 8\n47 - 3 = 44\n4 * 6 = 24\n61 + 9 = 70\n'
 
 FIRST_LINE_GRADER = {
     'type': 'python', 'name': 'first_line',
@@ -71,13 +72,27 @@ FIRST_LINE_GRADER = {
 }
 
 
-def fewshot_examples(rows: list[dict]) -> list[dict]:
-  """The arith problems as a 3-shot plain-text prompt, for base models that do not follow chat turns."""
-  out = []
-  for row in rows:
-    question = row['messages'][-1]['content'].split('?')[0] + '?'
-    out.append({'messages': [{'role': 'user', 'content': FEWSHOT + f'Q: {question}\nA:'}], 'answer': row['answer']})
-  return out
+def equation_examples(n: int, seed: int) -> list[dict]:
+  """Short sums as 4-shot plain-text equations ("3 + 5 = 8\\n...61 + 9 = 70\\n34 + 8 ="), half with one-digit
+  operands (+, -, *), half two-digit plus or minus one-digit.
+
+  Sized for Gemma 3 270M base, measured greedy on 48 prompts each: one-digit 38/48, two-digit +- one-digit 17/48,
+  two-digit + two-digit 3/48. The same sums as "Q: What is ...? A:" score near zero, whatever the shots.
+  """
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    if rng.integers(0, 2):
+      op = '+-*'[rng.integers(0, 3)]
+      a, b = (int(x) for x in rng.integers(1, 10, size=2))
+      if op == '-':
+        a, b = max(a, b), min(a, b)
+    else:
+      op = '+-'[rng.integers(0, 2)]
+      a, b = int(rng.integers(10, 100)), int(rng.integers(1, 10))
+    ans = a + b if op == '+' else a - b if op == '-' else a * b
+    rows.append({'messages': [{'role': 'user', 'content': EQUATION_SHOTS + f'{a} {op} {b} ='}], 'answer': str(ans)})
+  return rows
 
 
 def tiny_tokenizer_texts() -> list[str]:
@@ -99,8 +114,8 @@ def write_arith(out_dir: pathlib.Path = DATA_DIR / 'arith') -> None:
   out_dir.mkdir(parents=True, exist_ok=True)
   data.write_jsonl(out_dir / 'train.jsonl', arith_examples(2000, seed=11))
   data.write_jsonl(out_dir / 'valid.jsonl', arith_examples(100, seed=12))
-  data.write_jsonl(out_dir / 'fewshot_train.jsonl', fewshot_examples(arith_examples(2000, seed=11)))
-  data.write_jsonl(out_dir / 'fewshot_valid.jsonl', fewshot_examples(arith_examples(100, seed=12)))
+  data.write_jsonl(out_dir / 'equations_train.jsonl', equation_examples(2000, seed=13))
+  data.write_jsonl(out_dir / 'equations_valid.jsonl', equation_examples(100, seed=14))
   (out_dir / 'first_line_grader.json').write_text(json.dumps(FIRST_LINE_GRADER, indent=2) + '\n')
 
 

@@ -77,3 +77,23 @@ def test_shipped_tiny_data_matches_generator(tmp_path):
   answers = [json.loads(line)['answer'] for line in (tasks.DATA_DIR / 'tiny' / 'train.jsonl').open()]
   counts = np.bincount([int(a) for a in answers], minlength=10)
   assert counts.min() > 150  # roughly uniform over 0..9 out of 2000
+
+
+def test_shipped_arith_data_matches_generator_and_answers_are_right(tmp_path):
+  tasks.write_arith(tmp_path)
+  shipped = sorted(p.name for p in (tasks.DATA_DIR / 'arith').iterdir())
+  assert shipped == sorted(p.name for p in tmp_path.iterdir())
+  for name in shipped:
+    assert (tmp_path / name).read_bytes() == (tasks.DATA_DIR / 'arith' / name).read_bytes(), name
+  rows = [json.loads(line) for line in (tasks.DATA_DIR / 'arith' / 'equations_valid.jsonl').open()]
+  for row in rows:
+    *shots, query = row['messages'][0]['content'].split('\n')
+    a, op, b, eq = query.split()
+    assert eq == '=' and (1 <= int(a) <= 9 or 10 <= int(a) <= 99 and op != '*') and 1 <= int(b) <= 9
+    assert int(row['answer']) == eval(f'{a} {op} {b}') >= 0
+    assert len(shots) == 4
+    for shot in shots:  # the worked examples are right too
+      x, sop, y, _, z = shot.split()
+      assert int(z) == eval(f'{x} {sop} {y}')
+  one_digit = sum(len(r['messages'][0]['content'].split('\n')[-1].split()[0]) == 1 for r in rows)
+  assert 35 <= one_digit <= 65  # about half and half
