@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from etils import epath
 
+from rftjax import runfs
+
 ROLES = ('system', 'developer', 'user', 'assistant')
 
 
@@ -89,8 +91,7 @@ def write_jsonl(path: str | pathlib.Path, rows: Sequence[dict]) -> None:
   """Atomic write (temp file + rename), so a crash never leaves half a file. A gs:// path is one object write,
   atomic by itself."""
   text = ''.join(json.dumps(row, ensure_ascii=False) + '\n' for row in rows)
-  if '://' in str(path):
-    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  if runfs.is_remote(path):  # no mkdir: buckets have no folders (and gcsfs's makedirs creates missing buckets)
     epath.Path(path).write_text(text, encoding='utf-8')
     return
   path = pathlib.Path(path)

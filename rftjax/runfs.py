@@ -6,8 +6,9 @@ written by code that wants a local file it can append to and flush; GCS objects 
 remote workdir they are written to a local staging folder and `sync()` uploads every file that changed since
 the last upload, whole (one object write each, which GCS makes atomic). The trainer syncs after every
 evaluation and checkpoint, every `sync_interval_s` in between, and on the way out (success, error or
-preemption), so a checkpoint in the bucket always comes with the metrics up to its step. On resume the files the
-trainer reads back (metrics.jsonl) are fetched from the workdir first.
+preemption), so a checkpoint in the bucket comes with the metrics up to its step. A failed upload mid-run is
+logged and retried at the next sync; the files wait in staging. On resume the files the trainer reads back
+(metrics.jsonl) are fetched from the workdir first.
 
 For a local workdir the staging folder is the workdir itself and `sync()` does nothing.
 """

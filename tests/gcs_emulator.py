@@ -49,3 +49,21 @@ def serve(bucket: str):
         os.environ.pop(k, None)
       else:
         os.environ[k] = v
+
+
+def without_ocdbt(monkeypatch) -> None:
+  """Orbax's array writes as plain zarr instead of OCDBT, for runs against the emulator.
+
+  About one run in three, tensorstore's conditional write of OCDBT's `manifest.ocdbt` to the emulator failed with
+  "Malformed StorageGeneration" (at a different step each time; it did not go away with one request at a time).
+  OCDBT on real GCS is Orbax's default and is not what rftjax's gs:// code is about. Plain zarr goes through the
+  same tensorstore gcs driver and the same checkpoint directories.
+  """
+  import orbax.checkpoint as ocp
+  init = ocp.StandardCheckpointHandler.__init__
+
+  def patched(self, *args, **kwargs):
+    kwargs['use_ocdbt'] = False
+    init(self, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.StandardCheckpointHandler, '__init__', patched)

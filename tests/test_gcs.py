@@ -55,6 +55,7 @@ def test_run_dir_stages_locally_and_uploads_what_changed(bucket, tmp_path):
 
 def test_train_resume_and_read_back_from_a_bucket(bucket, tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
+  gcs_emulator.without_ocdbt(monkeypatch)
   workdir = f'{bucket}/runs/tiny'
   c = tiny.get_config('test')
   c.total_steps = 2
@@ -102,3 +103,14 @@ def test_a_failed_upload_mid_run_is_retried_not_fatal(bucket, caplog):
   assert run.sync() == 1
   run.close()
   assert epath.Path('gs://doomed-bucket/run/metrics.jsonl').read_text() == '{"step": 1}\n'
+
+
+def test_data_files_round_trip_through_a_bucket_and_no_bucket_is_created(bucket):
+  from rftjax import data
+  rows = [{'messages': [{'role': 'user', 'content': 'Largest digit: 1 2'}], 'answer': '2'}]
+  data.write_jsonl(f'{bucket}/data/train.jsonl', rows)
+  (example,) = data.load_jsonl(f'{bucket}/data/train.jsonl')
+  assert example.source == f'{bucket}/data/train.jsonl:1' and example.item['answer'] == '2'
+  with pytest.raises(OSError):
+    data.write_jsonl('gs://never-made/data/train.jsonl', rows)
+  assert not epath.Path('gs://never-made').exists()
