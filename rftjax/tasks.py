@@ -76,8 +76,8 @@ def equation_examples(n: int, seed: int) -> list[dict]:
   """Short sums as 4-shot plain-text equations ("3 + 5 = 8\\n...61 + 9 = 70\\n34 + 8 ="), half with one-digit
   operands (+, -, *), half two-digit plus or minus one-digit.
 
-  Sized for Gemma 3 270M base, measured greedy on 48 prompts each: one-digit 38/48, two-digit +- one-digit 17/48,
-  two-digit + two-digit 3/48. The same sums as "Q: What is ...? A:" score near zero, whatever the shots.
+  Sized for Gemma 3 270M base: greedy, it gets 28/40 one-digit and 15/60 two-digit validation items right (0.43).
+  Two-digit + two-digit sums, or the same sums as "Q: What is ...? A:", start near zero (probes in docs/demo.md).
   """
   rng = np.random.default_rng(seed)
   rows = []
