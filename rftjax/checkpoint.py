@@ -30,7 +30,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
+
+from rftjax import runfs
 
 _STATE = 'state'
 _EXTRA = 'extra'
@@ -58,10 +59,7 @@ class Checkpointer:
                best_metric: str = 'valid_reward_mean', async_save: bool = True, read_only: bool = False):
     if keep_best < 0:
       raise ValueError(f'Checkpointer(keep_best={keep_best}): expected an int >= 0.')
-    directory = epath.Path(directory)
-    if '://' not in os.fspath(directory):
-      directory = directory.absolute()  # a later os.chdir cannot move the run.
-    self.directory = directory
+    self.directory = directory = runfs.path(directory)  # absolute when local: a later os.chdir cannot move the run
     self.keep_best = keep_best
     self.best_metric = best_metric
     self.read_only = read_only
