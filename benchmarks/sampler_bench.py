@@ -12,6 +12,7 @@ one untimed warm-up call; then `--repeats` timed calls alternate rftjax / transf
 hits both alike, and the median is reported. Throughput = batch x new_tokens / seconds (prefill included).
 The markdown table is printed last; the JSON (with nproc, load averages, versions) goes to `--out`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,12 +39,14 @@ from rftjax import weights  # noqa: E402
 
 MODELS = {'gemma3_270m': 'gguf:gemma3-270m', 'smollm2_135m': 'gguf:smollm2-135m'}
 
-TEXT = ('The old lighthouse keeper climbed the spiral stairs every evening, counting the steps as his father had '
-        'taught him: one hundred and twelve, never more, never fewer. From the lamp room he could see the fishing '
-        'boats returning, the gulls circling the harbour, and the long grey line of the northern cliffs. He wrote '
-        'the weather in a small leather book, and on quiet nights he read old letters from his sister, who had '
-        'moved to the city years ago and now worked in a bakery near the river. In spring the storms eased, the '
-        'ferry came twice a week, and children from the village climbed the hill to ask about the light. ')
+TEXT = (
+  'The old lighthouse keeper climbed the spiral stairs every evening, counting the steps as his father had '
+  'taught him: one hundred and twelve, never more, never fewer. From the lamp room he could see the fishing '
+  'boats returning, the gulls circling the harbour, and the long grey line of the northern cliffs. He wrote '
+  'the weather in a small leather book, and on quiet nights he read old letters from his sister, who had '
+  'moved to the city years ago and now worked in a bakery near the river. In spring the storms eased, the '
+  'ferry came twice a week, and children from the village climbed the hill to ask about the light. '
+)
 
 
 def log(msg: str) -> None:
@@ -63,6 +66,7 @@ def load_params(cfg, path: pathlib.Path):
     cached = cache / f'{cfg.name}-{sha[:16]}-{code[:8]}-params.safetensors'
     if cached.is_file():
       import safetensors.numpy
+
       tree: dict = {}
       for key, value in safetensors.numpy.load_file(cached).items():
         *parents, leaf = key.split('.')
@@ -83,7 +87,7 @@ def make_prompts(tok, batch: int, prompt_len: int) -> list[list[int]]:
   for i in range(batch):
     n = prompt_len - (i * 5) % spread - len(bos)
     start = (i * 13) % (len(body) - prompt_len)
-    prompts.append(bos + body[start:start + n])
+    prompts.append(bos + body[start : start + n])
   return prompts
 
 
@@ -129,21 +133,26 @@ def main() -> None:
   if not args.skip_hf:
     import torch
     import transformers
+
     torch.set_num_threads(threads)
     t0 = time.time()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                           dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+      str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
     hf_load_s = time.time() - t0
-    log(f'transformers model from GGUF in {hf_load_s:.1f} s '
-        f'(attn={hf.config._attn_implementation}, torch threads={torch.get_num_threads()})')
+    log(
+      f'transformers model from GGUF in {hf_load_s:.1f} s '
+      f'(attn={hf.config._attn_implementation}, torch threads={torch.get_num_threads()})'
+    )
 
   all_prompts = make_prompts(tok, max(batches), args.prompt_len)
   rows = []
   for b in batches:
     tokens, mask = sampler_lib.pad_prompts(all_prompts[:b], args.prompt_len, pad_id)
     row: dict = {'batch': b, 'prompt_lens': [int(m.sum()) for m in mask], 'load_before': os.getloadavg()}
-    sampler = sampler_lib.Sampler(cfg, args.prompt_len, args.new_tokens, (), pad_id,
-                                  sampler_lib.SamplingParams(temperature=0.0))
+    sampler = sampler_lib.Sampler(
+      cfg, args.prompt_len, args.new_tokens, (), pad_id, sampler_lib.SamplingParams(temperature=0.0)
+    )
     jt, jm, rng = jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0)
 
     # rftjax: compile (ahead of time, timed apart), then an untimed warm-up through the public call.
@@ -159,13 +168,23 @@ def main() -> None:
 
     if hf is not None:
       import torch
+
       ids, am = torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
 
       def hf_generate():
         with torch.inference_mode():
-          return hf.generate(ids, attention_mask=am, do_sample=False, max_new_tokens=args.new_tokens,
-                             min_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=pad_id,
-                             temperature=None, top_p=None, top_k=None)
+          return hf.generate(
+            ids,
+            attention_mask=am,
+            do_sample=False,
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+            eos_token_id=None,
+            pad_token_id=pad_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+          )
 
       t0 = time.perf_counter()
       hf_generate()
@@ -187,58 +206,92 @@ def main() -> None:
     n_tok = b * args.new_tokens
     row.update(rftjax_s=ours_s, rftjax_median_s=median(ours_s), rftjax_tok_s=n_tok / median(ours_s))
     if hf is not None:
-      hf_tokens = gen[:, args.prompt_len:].numpy()
+      hf_tokens = gen[:, args.prompt_len :].numpy()
       assert hf_tokens.shape == (b, args.new_tokens), hf_tokens.shape
       same = ours_tokens == hf_tokens
       first_diff = [int(np.argmin(s)) if not s.all() else args.new_tokens for s in same]
-      row.update(hf_s=hf_s, hf_median_s=median(hf_s), hf_tok_s=n_tok / median(hf_s),
-                 ratio=median(hf_s) / median(ours_s),
-                 greedy_rows_identical=int(sum(s.all() for s in same)),
-                 greedy_mean_tokens_before_first_difference=float(np.mean(first_diff)))
+      row.update(
+        hf_s=hf_s,
+        hf_median_s=median(hf_s),
+        hf_tok_s=n_tok / median(hf_s),
+        ratio=median(hf_s) / median(ours_s),
+        greedy_rows_identical=int(sum(s.all() for s in same)),
+        greedy_mean_tokens_before_first_difference=float(np.mean(first_diff)),
+      )
     row['load_after'] = os.getloadavg()
     rows.append(row)
 
   import jaxlib
+
   info = {
-      'model': args.model, 'gguf': path.name, 'params_from': params_from,
-      'prompt_len': args.prompt_len, 'new_tokens': args.new_tokens, 'repeats': args.repeats, 'dtype': 'float32',
-      'decoding': 'greedy, no EOS stop', 'pad_id': pad_id,
-      'machine': {'nproc': os.cpu_count(), 'affinity_cpus': threads, 'cpu': cpu_name(),
-                  'platform': platform.platform(), 'loadavg_start': load_start, 'loadavg_end': os.getloadavg(),
-                  'jax_devices': [str(d) for d in jax.devices()]},
-      'versions': {'python': platform.python_version(), 'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
-                   'numpy': np.__version__},
-      'total_s': None, 'rows': rows,
+    'model': args.model,
+    'gguf': path.name,
+    'params_from': params_from,
+    'prompt_len': args.prompt_len,
+    'new_tokens': args.new_tokens,
+    'repeats': args.repeats,
+    'dtype': 'float32',
+    'decoding': 'greedy, no EOS stop',
+    'pad_id': pad_id,
+    'machine': {
+      'nproc': os.cpu_count(),
+      'affinity_cpus': threads,
+      'cpu': cpu_name(),
+      'platform': platform.platform(),
+      'loadavg_start': load_start,
+      'loadavg_end': os.getloadavg(),
+      'jax_devices': [str(d) for d in jax.devices()],
+    },
+    'versions': {
+      'python': platform.python_version(),
+      'jax': jax.__version__,
+      'jaxlib': jaxlib.__version__,
+      'numpy': np.__version__,
+    },
+    'total_s': None,
+    'rows': rows,
   }
   if hf is not None:
     import torch
     import transformers
+
     info['versions'].update(torch=torch.__version__, transformers=transformers.__version__)
-    info['hf'] = {'load_s': hf_load_s, 'attn_implementation': hf.config._attn_implementation,
-                  'torch_threads': torch.get_num_threads()}
+    info['hf'] = {
+      'load_s': hf_load_s,
+      'attn_implementation': hf.config._attn_implementation,
+      'torch_threads': torch.get_num_threads(),
+    }
   info['total_s'] = time.time() - t_start
   out_path.parent.mkdir(parents=True, exist_ok=True)
   out_path.write_text(json.dumps(info, indent=1) + '\n')
   log(f'wrote {out_path}')
 
   la0, la1 = load_start[0], info['machine']['loadavg_end'][0]
-  print(f'\n{args.model}, float32 greedy, prompt {args.prompt_len} (left-padded), {args.new_tokens} new tokens, '
-        f'median of {args.repeats}; {threads} CPU threads; load average {la0:.1f} -> {la1:.1f} on nproc='
-        f'{os.cpu_count()}\n')
+  print(
+    f'\n{args.model}, float32 greedy, prompt {args.prompt_len} (left-padded), {args.new_tokens} new tokens, '
+    f'median of {args.repeats}; {threads} CPU threads; load average {la0:.1f} -> {la1:.1f} on nproc='
+    f'{os.cpu_count()}\n'
+  )
   if hf is not None:
-    print('| batch | rftjax tok/s | transformers tok/s | ratio (rftjax / HF) | rftjax compile s | rftjax s | HF s '
-          '| identical greedy rows |')
+    print(
+      '| batch | rftjax tok/s | transformers tok/s | ratio (rftjax / HF) | rftjax compile s | rftjax s | HF s '
+      '| identical greedy rows |'
+    )
     print('|---:|---:|---:|---:|---:|---:|---:|---:|')
     for r in rows:
-      print(f'| {r["batch"]} | {r["rftjax_tok_s"]:.1f} | {r["hf_tok_s"]:.1f} | {r["ratio"]:.2f}x '
-            f'| {r["rftjax_lower_s"] + r["rftjax_compile_s"]:.1f} | {r["rftjax_median_s"]:.2f} '
-            f'| {r["hf_median_s"]:.2f} | {r["greedy_rows_identical"]}/{r["batch"]} |')
+      print(
+        f'| {r["batch"]} | {r["rftjax_tok_s"]:.1f} | {r["hf_tok_s"]:.1f} | {r["ratio"]:.2f}x '
+        f'| {r["rftjax_lower_s"] + r["rftjax_compile_s"]:.1f} | {r["rftjax_median_s"]:.2f} '
+        f'| {r["hf_median_s"]:.2f} | {r["greedy_rows_identical"]}/{r["batch"]} |'
+      )
   else:
     print('| batch | rftjax tok/s | rftjax compile s | rftjax s |')
     print('|---:|---:|---:|---:|')
     for r in rows:
-      print(f'| {r["batch"]} | {r["rftjax_tok_s"]:.1f} | {r["rftjax_lower_s"] + r["rftjax_compile_s"]:.1f} '
-            f'| {r["rftjax_median_s"]:.2f} |')
+      print(
+        f'| {r["batch"]} | {r["rftjax_tok_s"]:.1f} | {r["rftjax_lower_s"] + r["rftjax_compile_s"]:.1f} '
+        f'| {r["rftjax_median_s"]:.2f} |'
+      )
 
 
 if __name__ == '__main__':

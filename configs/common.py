@@ -1,4 +1,5 @@
 """Defaults every run config starts from. Each config file calls `base()` and sets a few fields."""
+
 import ml_collections
 
 from rftjax import hparams

@@ -9,6 +9,7 @@ checks that the first line of the completion is the right number; generation sto
 "Q: What is ...? A:" prompts or two-digit + two-digit sums start near zero, where GRPO has nothing to reinforce
 (docs/demo.md has the probes and the runs).
 """
+
 from configs import common
 
 

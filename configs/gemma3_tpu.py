@@ -17,19 +17,20 @@ parallelism only within a host and only where the vocab-sized logits or the MLP 
 tensor=4 splits the [rows, N, 262k] float32 logits four ways. Params are bfloat16 with bfloat16 Adam moments
 for the 12B/27B (float32 for the small ones); the KV cache is bfloat16 and layers are rematerialised.
 """
+
 from configs import common
 
 # arg -> (preset, devices, mesh (data, fsdp, tensor), batch_size, num_generations, max_prompt_len, max_new_tokens,
 #         param_dtype)
 PRESETS = {
-    '1b_v5e8': ('gemma3_1b', 'v5e-8', (1, 8, 1), 8, 8, 256, 256, 'float32'),
-    '1b_v6e8': ('gemma3_1b', 'v6e-8', (1, 8, 1), 16, 8, 256, 256, 'float32'),
-    '4b_v5e8': ('gemma3_4b', 'v5e-8', (1, 8, 1), 4, 8, 256, 256, 'bfloat16'),
-    '4b_v5p8': ('gemma3_4b', 'v5p-8', (1, 4, 1), 8, 8, 256, 512, 'float32'),
-    '4b_v5p16': ('gemma3_4b', 'v5p-16', (1, 8, 1), 16, 8, 256, 512, 'float32'),
-    '4b_v6e16': ('gemma3_4b', 'v6e-16', (1, 16, 1), 16, 8, 256, 512, 'float32'),
-    '12b_v5p32': ('gemma3_12b', 'v5p-32', (1, 4, 4), 16, 8, 512, 1024, 'bfloat16'),
-    '27b_v5p32': ('gemma3_27b', 'v5p-32', (1, 4, 4), 8, 8, 512, 1024, 'bfloat16'),
+  '1b_v5e8': ('gemma3_1b', 'v5e-8', (1, 8, 1), 8, 8, 256, 256, 'float32'),
+  '1b_v6e8': ('gemma3_1b', 'v6e-8', (1, 8, 1), 16, 8, 256, 256, 'float32'),
+  '4b_v5e8': ('gemma3_4b', 'v5e-8', (1, 8, 1), 4, 8, 256, 256, 'bfloat16'),
+  '4b_v5p8': ('gemma3_4b', 'v5p-8', (1, 4, 1), 8, 8, 256, 512, 'float32'),
+  '4b_v5p16': ('gemma3_4b', 'v5p-16', (1, 8, 1), 16, 8, 256, 512, 'float32'),
+  '4b_v6e16': ('gemma3_4b', 'v6e-16', (1, 16, 1), 16, 8, 256, 512, 'float32'),
+  '12b_v5p32': ('gemma3_12b', 'v5p-32', (1, 4, 4), 16, 8, 512, 1024, 'bfloat16'),
+  '27b_v5p32': ('gemma3_27b', 'v5p-32', (1, 4, 4), 8, 8, 512, 1024, 'bfloat16'),
 }
 
 

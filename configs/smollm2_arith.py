@@ -4,6 +4,7 @@
 The data (data/arith/, made by `python -m rftjax.tasks`) mixes two-digit sums and differences and small products;
 the math grader compares the last number of the answer with the reference, exactly.
 """
+
 from configs import common
 
 

@@ -20,6 +20,7 @@ Orbax pitfalls this module exists to hide (see ../shared/JAX_NOTES.md):
   * Restoring without a target turns int dict keys into strings and optax namedtuples into lists, so `restore`
     always takes an abstract target.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,30 +56,40 @@ class Checkpointer:
       never deletes or cleans up anything; `save` raises.
   """
 
-  def __init__(self, directory: str | os.PathLike, *, keep_best: int = 3,
-               best_metric: str = 'valid_reward_mean', async_save: bool = True, read_only: bool = False):
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    keep_best: int = 3,
+    best_metric: str = 'valid_reward_mean',
+    async_save: bool = True,
+    read_only: bool = False,
+  ):
     if keep_best < 0:
       raise ValueError(f'Checkpointer(keep_best={keep_best}): expected an int >= 0.')
     self.directory = directory = runfs.path(directory)  # absolute when local: a later os.chdir cannot move the run
     self.keep_best = keep_best
     self.best_metric = best_metric
     self.read_only = read_only
-    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+      [
         # reverse=False sorts ascending and keeps the tail, i.e. the highest scores.
-        ocp.checkpoint_managers.BestN(get_metric_fn=self._score, reverse=False, n=keep_best,
-                                      keep_checkpoints_without_metrics=False),
+        ocp.checkpoint_managers.BestN(
+          get_metric_fn=self._score, reverse=False, n=keep_best, keep_checkpoints_without_metrics=False
+        ),
         ocp.checkpoint_managers.LatestN(n=1),
-    ])
+      ]
+    )
     options = ocp.CheckpointManagerOptions(
-        best_fn=self._score,  # makes Orbax write the metrics item next to each step.
-        best_mode='max',
-        preservation_policy=policy,
-        enable_async_checkpointing=async_save,
-        # Leftovers of a crash mid-save (`<step>.orbax-checkpoint-tmp*`) are ignored when listing steps; a writer
-        # also deletes them at start-up. A read-only reader must not: the run may be writing one right now.
-        cleanup_tmp_directories=not read_only,
-        read_only=read_only,
-        create=not read_only,
+      best_fn=self._score,  # makes Orbax write the metrics item next to each step.
+      best_mode='max',
+      preservation_policy=policy,
+      enable_async_checkpointing=async_save,
+      # Leftovers of a crash mid-save (`<step>.orbax-checkpoint-tmp*`) are ignored when listing steps; a writer
+      # also deletes them at start-up. A read-only reader must not: the run may be writing one right now.
+      cleanup_tmp_directories=not read_only,
+      read_only=read_only,
+      create=not read_only,
     )
     self._manager = ocp.CheckpointManager(directory, options=options)
     # step -> metrics dict or None. Filled lazily from disk, kept current by `save`.
@@ -118,8 +129,10 @@ class Checkpointer:
     elif which == 'best':
       step = self.best_step()
       if step is None and steps:
-        raise FileNotFoundError(f'{self.directory}: no checkpoint has metric {self.best_metric!r} (steps on disk: '
-                                f'{steps}); use step=latest or a step number.')
+        raise FileNotFoundError(
+          f'{self.directory}: no checkpoint has metric {self.best_metric!r} (steps on disk: '
+          f'{steps}); use step=latest or a step number.'
+        )
     elif isinstance(which, (int, np.integer)) or (isinstance(which, str) and which.isdigit()):
       step = int(which)
     else:
@@ -130,8 +143,9 @@ class Checkpointer:
 
   # ---- save / restore ----------------------------------------------------------------------------------------
 
-  def save(self, step: int, state: Any, *, extra: dict[str, Any], metrics: dict[str, Any] | None = None,
-           force: bool = False) -> bool:
+  def save(
+    self, step: int, state: Any, *, extra: dict[str, Any], metrics: dict[str, Any] | None = None, force: bool = False
+  ) -> bool:
     """Starts writing `state`, `extra` (and `metrics`) as checkpoint `step`, then applies the keep policy.
 
     Returns True if a checkpoint was started, False if `step` already exists (saving the same step twice, e.g.
@@ -150,8 +164,10 @@ class Checkpointer:
         log.warning('metrics for step %d dropped: that step was already saved without metrics.', step)
       return False
     if steps and step < steps[-1] and not force:
-      raise ValueError(f'save(step={step}) is older than the latest checkpoint {steps[-1]} in {self.directory}; '
-                       'use a fresh directory for a run restarted from an old step, or pass force=True.')
+      raise ValueError(
+        f'save(step={step}) is older than the latest checkpoint {steps[-1]} in {self.directory}; '
+        'use a fresh directory for a run restarted from an old step, or pass force=True.'
+      )
     _check_json('extra', extra)
     metrics = self._clean_metrics(metrics)
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)})
@@ -208,11 +224,14 @@ class Checkpointer:
     if metrics is None:
       return None
     if self.best_metric not in metrics:
-      raise ValueError(f'save(metrics=...) has no {self.best_metric!r} (the best_metric checkpoints are ranked '
-                       f'by); got keys {sorted(metrics)}. Pass metrics=None for an un-evaluated checkpoint.')
+      raise ValueError(
+        f'save(metrics=...) has no {self.best_metric!r} (the best_metric checkpoints are ranked '
+        f'by); got keys {sorted(metrics)}. Pass metrics=None for an un-evaluated checkpoint.'
+      )
     # Device/numpy scalars -> Python numbers, so the metrics item is plain JSON.
-    clean = {k: (np.asarray(v).item() if isinstance(v, (jax.Array, np.ndarray, np.generic)) else v)
-             for k, v in metrics.items()}
+    clean = {
+      k: (np.asarray(v).item() if isinstance(v, (jax.Array, np.ndarray, np.generic)) else v) for k, v in metrics.items()
+    }
     _check_json('metrics', clean)
     if isinstance(clean[self.best_metric], bool) or not isinstance(clean[self.best_metric], (int, float)):
       raise TypeError(f'metrics[{self.best_metric!r}] = {clean[self.best_metric]!r}: expected a number.')
@@ -233,12 +252,16 @@ def _check_json(name: str, value: Any, path: str = '') -> None:
   if isinstance(value, dict):
     for k, v in value.items():
       if not isinstance(k, str):
-        raise TypeError(f'{name}{path}: key {k!r} is {type(k).__name__}; JSON keys must be str (an int key would '
-                        'come back as a string).')
+        raise TypeError(
+          f'{name}{path}: key {k!r} is {type(k).__name__}; JSON keys must be str (an int key would '
+          'come back as a string).'
+        )
       _check_json(name, v, f'{path}[{k!r}]')
   elif isinstance(value, (list, tuple)):  # a tuple comes back as a list.
     for i, v in enumerate(value):
       _check_json(name, v, f'{path}[{i}]')
   elif not (value is None or isinstance(value, (str, bool, int, float))):
-    raise TypeError(f'{name}{path} = {value!r} ({type(value).__name__}) is not JSON; use str/int/float/bool/None, '
-                    'lists/tuples and str-keyed dicts (convert arrays with .tolist(), rng keys with jax.random.key_data).')
+    raise TypeError(
+      f'{name}{path} = {value!r} ({type(value).__name__}) is not JSON; use str/int/float/bool/None, '
+      'lists/tuples and str-keyed dicts (convert arrays with .tolist(), rng keys with jax.random.key_data).'
+    )

@@ -4,6 +4,7 @@ The whole line is the grader's `item`. A bad file fails before training with its
 Batches come from a per-epoch permutation seeded by (seed, epoch), and the position in that stream is a small
 dict saved with every checkpoint, so a resumed run sees exactly the prompts it would have seen.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,11 @@ def _content_text(content, where: str) -> str:
   if isinstance(content, list):
     texts = []
     for j, part in enumerate(content):
-      if not isinstance(part, dict) or part.get('type') not in ('text', 'input_text') or not isinstance(
-          part.get('text'), str):
+      if (
+        not isinstance(part, dict)
+        or part.get('type') not in ('text', 'input_text')
+        or not isinstance(part.get('text'), str)
+      ):
         raise DataError(f'{where}: content part {j} must be {{"type": "text", "text": "..."}}, got {part!r:.80}')
       texts.append(part['text'])
     return ''.join(texts)
@@ -54,8 +58,10 @@ def parse_line(line: str, where: str) -> Example:
     raise DataError(f'{where}: expected a JSON object, got {type(obj).__name__}')
   messages = obj.get('messages')
   if not isinstance(messages, list) or not messages:
-    raise DataError(f'{where}: field "messages" must be a non-empty list of {{"role", "content"}} objects'
-                    + ('' if 'messages' in obj else ' (missing)'))
+    raise DataError(
+      f'{where}: field "messages" must be a non-empty list of {{"role", "content"}} objects'
+      + ('' if 'messages' in obj else ' (missing)')
+    )
   clean = []
   for i, m in enumerate(messages):
     at = f'{where}: messages[{i}]'
@@ -67,8 +73,9 @@ def parse_line(line: str, where: str) -> Example:
       raise DataError(f'{at}: missing "content"')
     clean.append({'role': m['role'], 'content': _content_text(m['content'], at)})
   if clean[-1]['role'] != 'user':
-    raise DataError(f'{where}: the last message must come from "user" (it is the prompt to complete), '
-                    f'got "{clean[-1]["role"]}"')
+    raise DataError(
+      f'{where}: the last message must come from "user" (it is the prompt to complete), got "{clean[-1]["role"]}"'
+    )
   return Example(messages=tuple(clean), item=obj, source=where)
 
 
@@ -108,8 +115,16 @@ class DataIterator:
   depend on how many hosts serve it.
   """
 
-  def __init__(self, num_examples: int, batch_size: int, seed: int, *, shuffle: bool = True,
-               process_index: int = 0, process_count: int = 1):
+  def __init__(
+    self,
+    num_examples: int,
+    batch_size: int,
+    seed: int,
+    *,
+    shuffle: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     if batch_size % process_count:
       raise ValueError(f'batch_size={batch_size} must be divisible by the number of processes ({process_count})')
     self.num_examples, self.batch_size, self.seed, self.shuffle = num_examples, batch_size, seed, shuffle
@@ -126,7 +141,7 @@ class DataIterator:
     while len(out) < self.batch_size:
       order = self._order(self.epoch)
       take = min(self.batch_size - len(out), self.num_examples - self.position)
-      out.extend(order[self.position:self.position + take])
+      out.extend(order[self.position : self.position + take])
       self.position += take
       if self.position == self.num_examples:
         self.epoch, self.position = self.epoch + 1, 0
@@ -135,7 +150,7 @@ class DataIterator:
   def next(self) -> np.ndarray:
     """This process's indices of the next global batch."""
     per = self.batch_size // self.process_count
-    return self.next_global()[self.process_index * per:(self.process_index + 1) * per]
+    return self.next_global()[self.process_index * per : (self.process_index + 1) * per]
 
   def state(self) -> dict:
     return {'epoch': self.epoch, 'position': self.position}

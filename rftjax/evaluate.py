@@ -8,6 +8,7 @@ run's (config.json) unless --grader names another. Every sample is written with 
 `DIR/eval/step<N>_<data stem>.jsonl`), the summary to `<out>.summary.json`; stdout gets a table and, last, the
 summary as one JSON line. See docs/cli.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,12 @@ def summarize(rewards: np.ndarray, results_flat, threshold: float) -> dict:
   """rewards [P, k] -> mean reward, pass@j for j in ks_to_report(k), graders.summarize(prefix='eval')."""
   p, k = rewards.shape
   passed = (rewards >= threshold).sum(axis=1)
-  out = {'num_prompts': int(p), 'samples_per_prompt': int(k), 'reward_mean': float(rewards.mean()),
-         'reward_std': float(rewards.std())}
+  out = {
+    'num_prompts': int(p),
+    'samples_per_prompt': int(k),
+    'reward_mean': float(rewards.mean()),
+    'reward_std': float(rewards.std()),
+  }
   for j in ks_to_report(k):
     out[f'pass@{j}'] = float(np.mean([pass_at_k(k, int(c), j) for c in passed]))
   out.update(graders.summarize(results_flat, prefix='eval'))
@@ -60,7 +65,7 @@ def _grader_spec(args, run_config):
     return args.grader
   spec = run_config.get('grader') if run_config is not None else None
   if not spec:
-    raise inference.InferenceError('no grader: pass --grader=G.json (the run\'s config.json has none)')
+    raise inference.InferenceError("no grader: pass --grader=G.json (the run's config.json has none)")
   return spec.to_dict() if hasattr(spec, 'to_dict') else spec
 
 
@@ -116,26 +121,49 @@ def run(args) -> dict:
       ids.append(loaded.tokenizer.encode_prompt(list(ex.messages)))
     except ValueError as e:
       raise data_lib.DataError(f'{ex.source}: {e}') from None
-  outs = inference.complete(loaded, [p for p in ids for _ in range(k)], max_new_tokens=max_new,
-                            temperature=temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                            batch_size=args.batch_size, stop=args.stop,
-                            progress=sample_cli.stderr_progress('sampling'))
+  outs = inference.complete(
+    loaded,
+    [p for p in ids for _ in range(k)],
+    max_new_tokens=max_new,
+    temperature=temperature,
+    top_p=args.top_p,
+    top_k=args.top_k,
+    seed=args.seed,
+    batch_size=args.batch_size,
+    stop=args.stop,
+    progress=sample_cli.stderr_progress('sampling'),
+  )
   texts = [o['text'] for o in outs]
   items = [ex.item for ex in examples for _ in range(k)]
   timeout = float(run_config.grading.timeout_s) if run_config else 10.0
   with graders.GradingPool(num_workers=args.num_workers or None, timeout_s=timeout) as pool:
     results = pool.grade(grader, texts, items)
   rewards = np.asarray([r.reward for r in results], np.float64).reshape(len(examples), k)
-  summary = {'step': loaded.step, 'data': str(args.data), 'temperature': temperature,
-             'pass_threshold': args.pass_threshold, **summarize(rewards, results, args.pass_threshold)}
+  summary = {
+    'step': loaded.step,
+    'data': str(args.data),
+    'temperature': temperature,
+    'pass_threshold': args.pass_threshold,
+    **summarize(rewards, results, args.pass_threshold),
+  }
   out = epath.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
   rows = []
   for i, (o, r) in enumerate(zip(outs, results)):
     ex = examples[i // k]
     grade = r.to_json()
-    rows.append({'source': ex.source, 'sample': i % k, 'completion': o['text'], 'tokens': o['tokens'],
-                 'truncated': o['truncated'], 'reward': grade['reward'], 'sub_rewards': grade['sub_rewards'],
-                 'errors': grade['errors'], 'passed': bool(r.reward >= args.pass_threshold)})
+    rows.append(
+      {
+        'source': ex.source,
+        'sample': i % k,
+        'completion': o['text'],
+        'tokens': o['tokens'],
+        'truncated': o['truncated'],
+        'reward': grade['reward'],
+        'sub_rewards': grade['sub_rewards'],
+        'errors': grade['errors'],
+        'passed': bool(r.reward >= args.pass_threshold),
+      }
+    )
   data_lib.write_jsonl(out, rows)
   out.with_name(out.name + '.summary.json').write_text(json.dumps(summary, indent=2) + '\n')
   summary['out'] = str(out)

@@ -7,6 +7,7 @@ The workdir form reads the run's `config.json` (its `model`, `init`, `tokenizer`
 params of the chosen checkpoint (not the optimizer state) and writes them with the run's tokenizer. It only reads
 the run, so it is safe while training continues.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ def restore_params(workdir: str | pathlib.Path, step: str | int = 'best', dtype=
   """
   import orbax.checkpoint as ocp
   from rftjax import checkpoint as checkpoint_lib
+
   workdir = runfs.path(workdir)  # local or gs://
   config_path = workdir / 'config.json'
   if not config_path.is_file():
@@ -58,9 +60,10 @@ def restore_params(workdir: str | pathlib.Path, step: str | int = 'best', dtype=
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
   path = ckpt.directory / str(step_n) / 'state'
   with ocp.PyTreeCheckpointer() as reader:
-    state = reader.restore(path, args=ocp.args.PyTreeRestore(item={'params': target},
-                                                             restore_args={'params': restore_args},
-                                                             partial_restore=True))
+    state = reader.restore(
+      path,
+      args=ocp.args.PyTreeRestore(item={'params': target}, restore_args={'params': restore_args}, partial_restore=True),
+    )
   return state['params'], cfg, run, step_n, tok
 
 
@@ -69,10 +72,10 @@ def main(argv=None) -> int:
   p.add_argument('--out', required=True, help='output folder (created; model files in it are replaced)')
   p.add_argument('--init', help='gguf:PATH, gguf:gemma3-270m, gguf:smollm2-135m or hf:DIR')
   p.add_argument('--model', help='model preset (e.g. gemma3_270m); default: read from the file')
-  p.add_argument('--tokenizer', help='tokenizer spec (default: the --init file, or the run\'s)')
+  p.add_argument('--tokenizer', help="tokenizer spec (default: the --init file, or the run's)")
   p.add_argument('--workdir', help='a run directory: export its trained params')
   p.add_argument('--step', default='best', help="with --workdir: 'best' (default), 'latest' or a step number")
-  p.add_argument('--dtype', help='float32 or bfloat16 (default: the params\' dtype)')
+  p.add_argument('--dtype', help="float32 or bfloat16 (default: the params' dtype)")
   args = p.parse_args(argv)
   if bool(args.init) == bool(args.workdir):
     p.error('give exactly one of --init or --workdir')
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
       tok = _tokenizer(args.tokenizer, run.get('chat_template'))
     source = f'{args.workdir} step {step}'
   else:
-    cfg = (model_lib.get_config(args.model) if args.model else None)
+    cfg = model_lib.get_config(args.model) if args.model else None
     cfg = weights.config_from_file(args.init, cfg)
     params = weights.load(args.init, cfg)
     try:

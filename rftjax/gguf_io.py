@@ -8,6 +8,7 @@ weights.py owns the key table; this module only knows GGUF's conventions (see ..
     rftjax) use rotate-half, so the rows are un-permuted here.
 A tensor comes back exactly as Hugging Face's `model.safetensors` would hold it, so one table serves both formats.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,7 @@ def _read_header(buf) -> tuple[dict, list, int]:
 
   def string(pos):
     (n,) = struct.unpack_from('<Q', buf, pos)
-    return str(buf[pos + 8:pos + 8 + n], 'utf-8', 'replace'), pos + 8 + n
+    return str(buf[pos + 8 : pos + 8 + n], 'utf-8', 'replace'), pos + 8 + n
 
   def value(kind, pos):
     if kind == _STRING:
@@ -88,6 +89,7 @@ class GGUFFile:
 
   def __init__(self, path: str | os.PathLike):
     import gguf  # imported lazily: only GGUF users need it (for its dequantization kernels)
+
     self._gguf = gguf
     self.path = str(path)
     try:
@@ -98,8 +100,9 @@ class GGUFFile:
     self._tensors = {name: (shape, kind, offset) for name, shape, kind, offset in tensors}
     self.architecture = str(self.field('general.architecture'))
     if self.architecture not in FAMILIES:
-      raise ValueError(f'gguf:{self.path}: general.architecture is {self.architecture!r}; rftjax reads '
-                       f'{sorted(FAMILIES)}')
+      raise ValueError(
+        f'gguf:{self.path}: general.architecture is {self.architecture!r}; rftjax reads {sorted(FAMILIES)}'
+      )
     self.family = FAMILIES[self.architecture]
 
   @property
@@ -125,7 +128,7 @@ class GGUFFile:
     block, block_bytes = self._gguf.GGML_QUANT_SIZES[qtype]
     row_bytes = shape[-1] // block * block_bytes
     n_bytes = int(np.prod(shape[:-1], dtype=np.int64)) * row_bytes
-    raw = self._data[self._start + offset:self._start + offset + n_bytes].reshape(*shape[:-1], row_bytes)
+    raw = self._data[self._start + offset : self._start + offset + n_bytes].reshape(*shape[:-1], row_bytes)
     w = self._gguf.quants.dequantize(raw, qtype)  # uint8 rows -> float rows, any type incl. F32 / F16 / BF16
     return np.asarray(w, np.float32).reshape(shape)
 
@@ -145,16 +148,16 @@ class GGUFFile:
     d = int(self.arch('embedding_length'))
     head_dim = self.arch('attention.key_length') or self.arch('rope.dimension_count') or d // heads
     fields = dict(
-        family=self.family,
-        vocab_size=self.shape('token_embd.weight')[0],
-        d_model=d,
-        num_layers=int(self.arch('block_count')),
-        num_heads=heads,
-        num_kv_heads=int(self.arch('attention.head_count_kv', heads)),
-        head_dim=int(head_dim),
-        mlp_dim=int(self.arch('feed_forward_length')),
-        norm_eps=float(self.arch('attention.layer_norm_rms_epsilon')),
-        tie_embeddings='output.weight' not in self._tensors,
+      family=self.family,
+      vocab_size=self.shape('token_embd.weight')[0],
+      d_model=d,
+      num_layers=int(self.arch('block_count')),
+      num_heads=heads,
+      num_kv_heads=int(self.arch('attention.head_count_kv', heads)),
+      head_dim=int(head_dim),
+      mlp_dim=int(self.arch('feed_forward_length')),
+      norm_eps=float(self.arch('attention.layer_norm_rms_epsilon')),
+      tie_embeddings='output.weight' not in self._tensors,
     )
     if self.arch('rope.freq_base') is not None:
       fields['rope_base'] = float(self.arch('rope.freq_base'))
@@ -172,5 +175,4 @@ class GGUFFile:
   def token_ids(self) -> dict:
     """bos / eos / pad ids from the tokenizer metadata (for generation_config.json on export)."""
     get = lambda key: self.field(f'tokenizer.ggml.{key}_token_id')  # noqa: E731
-    return {k: int(v) for k, v in (('bos', get('bos')), ('eos', get('eos')), ('pad', get('padding')))
-            if v is not None}
+    return {k: int(v) for k, v in (('bos', get('bos')), ('eos', get('eos')), ('pad', get('padding'))) if v is not None}

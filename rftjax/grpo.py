@@ -22,6 +22,7 @@ References (equation numbers refer to the arXiv versions):
   [KL]     Schulman 2020, Approximating KL Divergence, http://joschu.net/blog/kl-approx.html.
   [TIS]    Yao et al. 2025, Your Efficient RL Framework Secretly Brings You Off-Policy RL Training (blog post).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,26 +32,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ADVANTAGE_METHODS = ("grpo", "dr_grpo", "rloo")
-ADVANTAGE_SCALES = ("group", "batch", "none")
-IMPORTANCE_LEVELS = ("token", "sequence")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
+ADVANTAGE_METHODS = ('grpo', 'dr_grpo', 'rloo')
+ADVANTAGE_SCALES = ('group', 'batch', 'none')
+IMPORTANCE_LEVELS = ('token', 'sequence')
+KL_ESTIMATORS = ('k1', 'k2', 'k3')
+AGGREGATIONS = ('token_mean', 'sequence_mean', 'constant')
 
 # Default scale per advantage method when the caller passes scale=None.
-_DEFAULT_SCALE = {"grpo": "group", "dr_grpo": "none", "rloo": "none"}
+_DEFAULT_SCALE = {'grpo': 'group', 'dr_grpo': 'none', 'rloo': 'none'}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Advantages (device)
 # ----------------------------------------------------------------------------------------------------------------
 def compute_advantages(
-    rewards: jax.Array,
-    num_generations: int,
-    method: str = "grpo",
-    scale: str | None = None,
-    eps: float = 1e-4,
-    ddof: int = 0,
+  rewards: jax.Array,
+  num_generations: int,
+  method: str = 'grpo',
+  scale: str | None = None,
+  eps: float = 1e-4,
+  ddof: int = 0,
 ) -> jax.Array:
   """Group-relative advantages, one per completion: [N] -> [N] float32, N = B*G prompt-major.
 
@@ -72,32 +73,34 @@ def compute_advantages(
   A group whose G rewards are all equal gets advantage exactly 0 (never eps-amplified round-off, never NaN).
   """
   if method not in ADVANTAGE_METHODS:
-    raise ValueError(f"compute_advantages: method={method!r}; expected one of {ADVANTAGE_METHODS}")
+    raise ValueError(f'compute_advantages: method={method!r}; expected one of {ADVANTAGE_METHODS}')
   if scale is None:
     scale = _DEFAULT_SCALE[method]
   if scale not in ADVANTAGE_SCALES:
-    raise ValueError(f"compute_advantages: scale={scale!r}; expected one of {ADVANTAGE_SCALES}")
-  if method == "dr_grpo" and scale != "none":
-    raise ValueError(f"compute_advantages: method='dr_grpo' means no std scaling, got scale={scale!r}; "
-                     "use method='grpo' with that scale instead")
+    raise ValueError(f'compute_advantages: scale={scale!r}; expected one of {ADVANTAGE_SCALES}')
+  if method == 'dr_grpo' and scale != 'none':
+    raise ValueError(
+      f"compute_advantages: method='dr_grpo' means no std scaling, got scale={scale!r}; "
+      "use method='grpo' with that scale instead"
+    )
   g = int(num_generations)
   r = jnp.asarray(rewards, jnp.float32)
   if r.ndim != 1 or g < 1 or r.shape[0] % g:
-    raise ValueError(f"compute_advantages: rewards must be [B*G] with G={g}, got shape {r.shape}")
-  if method == "rloo" and g < 2:
+    raise ValueError(f'compute_advantages: rewards must be [B*G] with G={g}, got shape {r.shape}')
+  if method == 'rloo' and g < 2:
     raise ValueError("compute_advantages: method='rloo' needs num_generations >= 2")
-  if scale != "none" and ddof >= g:
-    raise ValueError(f"compute_advantages: ddof={ddof} needs num_generations > ddof, got {g}")
+  if scale != 'none' and ddof >= g:
+    raise ValueError(f'compute_advantages: ddof={ddof} needs num_generations > ddof, got {g}')
 
   r_bg = r.reshape(-1, g)
   mean_b1 = r_bg.mean(axis=1, keepdims=True)
-  if method == "rloo":
+  if method == 'rloo':
     adv_bg = (r_bg - mean_b1) * (g / (g - 1))  # == r_i - mean of the other G-1
   else:
     adv_bg = r_bg - mean_b1
-  if scale == "group":
+  if scale == 'group':
     adv_bg = adv_bg / (r_bg.std(axis=1, keepdims=True, ddof=ddof) + eps)
-  elif scale == "batch":
+  elif scale == 'batch':
     adv_bg = adv_bg / (r.std(ddof=ddof) + eps)
   # Constant groups carry no signal: force exact zeros (round-off in the mean could otherwise survive).
   constant_b1 = r_bg.max(axis=1, keepdims=True) == r_bg.min(axis=1, keepdims=True)
@@ -117,7 +120,7 @@ def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1
   distribution that was actually sampled from.
   """
   if logits.shape[:-1] != targets.shape:
-    raise ValueError(f"token_logprobs: logits {logits.shape} and targets {targets.shape} disagree on [..., T]")
+    raise ValueError(f'token_logprobs: logits {logits.shape} and targets {targets.shape} disagree on [..., T]')
   z = logits.astype(jnp.float32)
   if temperature != 1.0:
     z = z / temperature
@@ -157,38 +160,40 @@ class LossConfig:
   tis_cap:          None or C: weight each token's policy-gradient loss by min(exp(old - sampler), C) ([TIS]).
   entropy_coef:     subtract entropy_coef * H (aggregated like the loss) - an entropy bonus; needs `entropy`.
   """
+
   epsilon: float = 0.2
   epsilon_high: float | None = None
   dual_clip: float | None = None
-  importance_level: str = "token"
+  importance_level: str = 'token'
   beta: float = 0.0
-  kl_estimator: str = "k3"
-  aggregation: str = "token_mean"
+  kl_estimator: str = 'k3'
+  aggregation: str = 'token_mean'
   max_tokens: int | None = None
   tis_cap: float | None = None
   entropy_coef: float = 0.0
 
   def __post_init__(self):
     def bad(field, found, expected):
-      raise ValueError(f"LossConfig.{field}: found {found!r}, expected {expected}")
+      raise ValueError(f'LossConfig.{field}: found {found!r}, expected {expected}')
+
     if not self.epsilon > 0:
-      bad("epsilon", self.epsilon, "> 0")
+      bad('epsilon', self.epsilon, '> 0')
     if self.epsilon_high is not None and not self.epsilon_high > 0:
-      bad("epsilon_high", self.epsilon_high, "None or > 0")
+      bad('epsilon_high', self.epsilon_high, 'None or > 0')
     if self.dual_clip is not None and not self.dual_clip > 1:
-      bad("dual_clip", self.dual_clip, "None or > 1")
+      bad('dual_clip', self.dual_clip, 'None or > 1')
     if self.importance_level not in IMPORTANCE_LEVELS:
-      bad("importance_level", self.importance_level, f"one of {IMPORTANCE_LEVELS}")
+      bad('importance_level', self.importance_level, f'one of {IMPORTANCE_LEVELS}')
     if not self.beta >= 0:
-      bad("beta", self.beta, ">= 0")
+      bad('beta', self.beta, '>= 0')
     if self.kl_estimator not in KL_ESTIMATORS:
-      bad("kl_estimator", self.kl_estimator, f"one of {KL_ESTIMATORS}")
+      bad('kl_estimator', self.kl_estimator, f'one of {KL_ESTIMATORS}')
     if self.aggregation not in AGGREGATIONS:
-      bad("aggregation", self.aggregation, f"one of {AGGREGATIONS}")
+      bad('aggregation', self.aggregation, f'one of {AGGREGATIONS}')
     if self.max_tokens is not None and not self.max_tokens >= 1:
-      bad("max_tokens", self.max_tokens, "None or >= 1")
+      bad('max_tokens', self.max_tokens, 'None or >= 1')
     if self.tis_cap is not None and not self.tis_cap > 0:
-      bad("tis_cap", self.tis_cap, "None or > 0")
+      bad('tis_cap', self.tis_cap, 'None or > 0')
 
   @property
   def eps_high(self) -> float:
@@ -196,25 +201,33 @@ class LossConfig:
 
   # Presets (docs/grpo.md explains each choice). Override fields with dataclasses.replace(...).
   @classmethod
-  def grpo(cls, **kw: Any) -> "LossConfig":
+  def grpo(cls, **kw: Any) -> 'LossConfig':
     """DeepSeekMath GRPO: symmetric clip 0.2, k3 KL with beta=0.04, per-sequence mean."""
-    return cls(**{"epsilon": 0.2, "beta": 0.04, "kl_estimator": "k3", "aggregation": "sequence_mean", **kw})
+    return cls(**{'epsilon': 0.2, 'beta': 0.04, 'kl_estimator': 'k3', 'aggregation': 'sequence_mean', **kw})
 
   @classmethod
-  def dr_grpo(cls, max_tokens: int, **kw: Any) -> "LossConfig":
+  def dr_grpo(cls, max_tokens: int, **kw: Any) -> 'LossConfig':
     """Dr. GRPO: no length normalisation (constant max_tokens), no KL; pair with method='dr_grpo' advantages."""
-    return cls(**{"epsilon": 0.2, "beta": 0.0, "aggregation": "constant", "max_tokens": max_tokens, **kw})
+    return cls(**{'epsilon': 0.2, 'beta': 0.0, 'aggregation': 'constant', 'max_tokens': max_tokens, **kw})
 
   @classmethod
-  def dapo(cls, **kw: Any) -> "LossConfig":
+  def dapo(cls, **kw: Any) -> 'LossConfig':
     """DAPO: clip-higher (0.2, 0.28), token-level mean, no KL."""
-    return cls(**{"epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.0, "aggregation": "token_mean", **kw})
+    return cls(**{'epsilon': 0.2, 'epsilon_high': 0.28, 'beta': 0.0, 'aggregation': 'token_mean', **kw})
 
   @classmethod
-  def gspo(cls, **kw: Any) -> "LossConfig":
+  def gspo(cls, **kw: Any) -> 'LossConfig':
     """GSPO: sequence-level ratio with the paper's tiny clip range (3e-4, 4e-4), no KL, per-sequence mean."""
-    return cls(**{"epsilon": 3e-4, "epsilon_high": 4e-4, "importance_level": "sequence", "beta": 0.0,
-                  "aggregation": "sequence_mean", **kw})
+    return cls(
+      **{
+        'epsilon': 3e-4,
+        'epsilon_high': 4e-4,
+        'importance_level': 'sequence',
+        'beta': 0.0,
+        'aggregation': 'sequence_mean',
+        **kw,
+      }
+    )
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -227,17 +240,22 @@ def aggregate_denominator(mask_nt: jax.Array, aggregation: str, max_tokens: int 
   """The outer denominator of `aggregate` for this mask: valid tokens ('token_mean'), sequences with >= 1 valid token
   ('sequence_mean'), or N * max_tokens ('constant'). Computed on a whole batch, it is what micro-batches share."""
   m = mask_nt.astype(jnp.float32)
-  if aggregation == "token_mean":
+  if aggregation == 'token_mean':
     return jnp.maximum(jnp.sum(m), 1.0)
-  if aggregation == "sequence_mean":
+  if aggregation == 'sequence_mean':
     return jnp.maximum(jnp.sum(jnp.sum(m, axis=-1) > 0), 1).astype(jnp.float32)
-  if aggregation == "constant":
+  if aggregation == 'constant':
     return jnp.float32(m.shape[0] * (m.shape[-1] if max_tokens is None else max_tokens))
-  raise ValueError(f"aggregate: aggregation={aggregation!r}; expected one of {AGGREGATIONS}")
+  raise ValueError(f'aggregate: aggregation={aggregation!r}; expected one of {AGGREGATIONS}')
 
 
-def aggregate(x_nt: jax.Array, mask_nt: jax.Array, aggregation: str, max_tokens: int | None = None,
-              denominator: jax.Array | float | None = None) -> jax.Array:
+def aggregate(
+  x_nt: jax.Array,
+  mask_nt: jax.Array,
+  aggregation: str,
+  max_tokens: int | None = None,
+  denominator: jax.Array | float | None = None,
+) -> jax.Array:
   """Reduce per-token values [N, T] to the scalar loss ("loss aggregation").
 
   'token_mean'    ([DAPO] Eq. 12, token-level loss): sum_{i,t} m x / sum_{i,t} m.
@@ -254,12 +272,12 @@ def aggregate(x_nt: jax.Array, mask_nt: jax.Array, aggregation: str, max_tokens:
     den = aggregate_denominator(mask_nt, aggregation, max_tokens)  # also rejects an unknown aggregation
   else:
     den = jnp.asarray(denominator, jnp.float32)
-  if aggregation == "sequence_mean":
+  if aggregation == 'sequence_mean':
     num = jnp.sum(jnp.sum(x, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0))
-  elif aggregation in ("token_mean", "constant"):
+  elif aggregation in ('token_mean', 'constant'):
     num = jnp.sum(x)
   else:
-    raise ValueError(f"aggregate: aggregation={aggregation!r}; expected one of {AGGREGATIONS}")
+    raise ValueError(f'aggregate: aggregation={aggregation!r}; expected one of {AGGREGATIONS}')
   return num / den
 
 
@@ -272,26 +290,26 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Arra
     k3 = exp(d) - d - 1      unbiased, low variance, >= 0.
   """
   d = ref_logp - logp
-  if estimator == "k1":
+  if estimator == 'k1':
     return -d
-  if estimator == "k2":
+  if estimator == 'k2':
     return 0.5 * jnp.square(d)
-  if estimator == "k3":
+  if estimator == 'k3':
     return jnp.exp(d) - d - 1.0
-  raise ValueError(f"kl_penalty: estimator={estimator!r}; expected one of {KL_ESTIMATORS}")
+  raise ValueError(f'kl_penalty: estimator={estimator!r}; expected one of {KL_ESTIMATORS}')
 
 
 def policy_loss(
-    logp: jax.Array,
-    old_logp: jax.Array | None,
-    advantages: jax.Array,
-    mask: jax.Array,
-    *,
-    config: LossConfig,
-    ref_logp: jax.Array | None = None,
-    sampler_logp: jax.Array | None = None,
-    entropy: jax.Array | None = None,
-    loss_denominator: jax.Array | float | None = None,
+  logp: jax.Array,
+  old_logp: jax.Array | None,
+  advantages: jax.Array,
+  mask: jax.Array,
+  *,
+  config: LossConfig,
+  ref_logp: jax.Array | None = None,
+  sampler_logp: jax.Array | None = None,
+  entropy: jax.Array | None = None,
+  loss_denominator: jax.Array | float | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The clipped-surrogate GRPO loss and its metrics: (scalar loss, {name: scalar}).
 
@@ -330,17 +348,21 @@ def policy_loss(
   """
   cfg = config
   if logp.ndim != 2 or mask.shape != logp.shape:
-    raise ValueError(f"policy_loss: logp {logp.shape} and mask {mask.shape} must both be [N, T]")
-  for name, arr in (("old_logp", old_logp), ("ref_logp", ref_logp), ("sampler_logp", sampler_logp),
-                    ("entropy", entropy)):
+    raise ValueError(f'policy_loss: logp {logp.shape} and mask {mask.shape} must both be [N, T]')
+  for name, arr in (
+    ('old_logp', old_logp),
+    ('ref_logp', ref_logp),
+    ('sampler_logp', sampler_logp),
+    ('entropy', entropy),
+  ):
     if arr is not None and arr.shape != logp.shape:
-      raise ValueError(f"policy_loss: {name} has shape {arr.shape}, expected {logp.shape} like logp")
+      raise ValueError(f'policy_loss: {name} has shape {arr.shape}, expected {logp.shape} like logp')
   if cfg.beta > 0 and ref_logp is None:
-    raise ValueError(f"policy_loss: LossConfig.beta={cfg.beta} > 0 needs ref_logp")
+    raise ValueError(f'policy_loss: LossConfig.beta={cfg.beta} > 0 needs ref_logp')
   if cfg.tis_cap is not None and sampler_logp is None:
-    raise ValueError(f"policy_loss: LossConfig.tis_cap={cfg.tis_cap} needs sampler_logp")
+    raise ValueError(f'policy_loss: LossConfig.tis_cap={cfg.tis_cap} needs sampler_logp')
   if cfg.entropy_coef != 0 and entropy is None:
-    raise ValueError(f"policy_loss: LossConfig.entropy_coef={cfg.entropy_coef} needs entropy")
+    raise ValueError(f'policy_loss: LossConfig.entropy_coef={cfg.entropy_coef} needs entropy')
 
   valid = mask.astype(jnp.float32) > 0
   logp = logp.astype(jnp.float32)
@@ -352,7 +374,7 @@ def policy_loss(
 
   # Padding may carry arbitrary logprobs: zero the log-ratio there so exp() cannot overflow into NaN gradients.
   log_ratio = jnp.where(valid, logp - old, 0.0)
-  if cfg.importance_level == "token":
+  if cfg.importance_level == 'token':
     ratio = jnp.exp(log_ratio)
   else:
     len_n1 = jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True), 1).astype(jnp.float32)
@@ -384,8 +406,7 @@ def policy_loss(
   loss = pg_loss
   if ref_logp is not None:
     # Both sides zeroed on padding (d = 0 there), so exp() in k3 can neither overflow nor send NaN gradients.
-    kl = kl_penalty(jnp.where(valid, logp, 0.0), jnp.where(valid, ref_logp.astype(jnp.float32), 0.0),
-                    cfg.kl_estimator)
+    kl = kl_penalty(jnp.where(valid, logp, 0.0), jnp.where(valid, ref_logp.astype(jnp.float32), 0.0), cfg.kl_estimator)
     if cfg.beta > 0:
       loss = loss + cfg.beta * agg(kl)
     kl_metric = masked_mean(kl, valid)
@@ -396,22 +417,23 @@ def policy_loss(
 
   r = jax.lax.stop_gradient(ratio)
   metrics = {
-      "loss": loss,
-      "pg_loss": pg_loss,
-      "kl": kl_metric,
-      "clip_frac_low": masked_mean(((r < 1.0 - eps_low) & (adv < 0)).astype(jnp.float32), valid),
-      "clip_frac_high": masked_mean(((r > 1.0 + eps_high) & (adv > 0)).astype(jnp.float32), valid),
-      "ratio_mean": masked_mean(r, valid),
-      "tis_weight_mean": masked_mean(tis_w, valid),
+    'loss': loss,
+    'pg_loss': pg_loss,
+    'kl': kl_metric,
+    'clip_frac_low': masked_mean(((r < 1.0 - eps_low) & (adv < 0)).astype(jnp.float32), valid),
+    'clip_frac_high': masked_mean(((r > 1.0 + eps_high) & (adv > 0)).astype(jnp.float32), valid),
+    'ratio_mean': masked_mean(r, valid),
+    'tis_weight_mean': masked_mean(tis_w, valid),
   }
   if cfg.dual_clip is not None:
     ppo_clipped = jnp.maximum(-r * adv, -jnp.clip(r, 1.0 - eps_low, 1.0 + eps_high) * adv)
-    metrics["dual_clip_frac"] = masked_mean(((adv < 0) & (ppo_clipped > -cfg.dual_clip * adv)).astype(jnp.float32),
-                                            valid)
+    metrics['dual_clip_frac'] = masked_mean(
+      ((adv < 0) & (ppo_clipped > -cfg.dual_clip * adv)).astype(jnp.float32), valid
+    )
   if entropy is not None:
-    metrics["entropy"] = masked_mean(jax.lax.stop_gradient(entropy.astype(jnp.float32)), valid)
+    metrics['entropy'] = masked_mean(jax.lax.stop_gradient(entropy.astype(jnp.float32)), valid)
   if sampler_logp is not None:
-    metrics["logprob_gap"] = masked_mean(jnp.abs(jax.lax.stop_gradient(old_minus_sampler)), valid)
+    metrics['logprob_gap'] = masked_mean(jnp.abs(jax.lax.stop_gradient(old_minus_sampler)), valid)
   return loss, metrics
 
 
@@ -427,7 +449,7 @@ def dynamic_sampling_keep(rewards: np.ndarray, num_generations: int) -> np.ndarr
   r = np.asarray(rewards, dtype=np.float64)
   g = int(num_generations)
   if r.ndim != 1 or g < 1 or r.shape[0] % g:
-    raise ValueError(f"dynamic_sampling_keep: rewards must be [B*G] with G={g}, got shape {r.shape}")
+    raise ValueError(f'dynamic_sampling_keep: rewards must be [B*G] with G={g}, got shape {r.shape}')
   r_bg = r.reshape(-1, g)
   return r_bg.max(axis=1) != r_bg.min(axis=1)
 
@@ -436,8 +458,9 @@ def dynamic_sampling_keep(rewards: np.ndarray, num_generations: int) -> np.ndarr
 dynamic_sampling_mask = dynamic_sampling_keep
 
 
-def overlong_penalty(lengths: np.ndarray, max_new_tokens: int, buffer_len: int,
-                     penalty_factor: float = 1.0) -> np.ndarray:
+def overlong_penalty(
+  lengths: np.ndarray, max_new_tokens: int, buffer_len: int, penalty_factor: float = 1.0
+) -> np.ndarray:
   """Host-side. DAPO soft overlong punishment ([DAPO] Eq. 13), lengths in TOKENS: [N] -> float32 [N] to add to
   the rewards.
 
@@ -447,7 +470,7 @@ def overlong_penalty(lengths: np.ndarray, max_new_tokens: int, buffer_len: int,
   buffer_len = 0 gives no penalty up to max_new_tokens.
   """
   if not 0 <= buffer_len <= max_new_tokens:
-    raise ValueError(f"overlong_penalty: buffer_len={buffer_len} must be in [0, max_new_tokens={max_new_tokens}]")
+    raise ValueError(f'overlong_penalty: buffer_len={buffer_len} must be in [0, max_new_tokens={max_new_tokens}]')
   length = np.asarray(lengths, dtype=np.float64)
   if buffer_len == 0:
     over = (length > max_new_tokens).astype(np.float64)

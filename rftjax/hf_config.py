@@ -1,9 +1,10 @@
 """Hugging Face `config.json` <-> `TransformerConfig`, both directions, for Gemma 3 (text), Llama and Qwen 2.
 
-  read(config_json_dict)            -> the TransformerConfig fields the file states (old and new rope formats)
-  write(cfg, token_ids, dtype)      -> a config.json dict transformers and vLLM load
-  family_default(fields)            -> a full config for a file that names no preset
+read(config_json_dict)            -> the TransformerConfig fields the file states (old and new rope formats)
+write(cfg, token_ids, dtype)      -> a config.json dict transformers and vLLM load
+family_default(fields)            -> a full config for a file that names no preset
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,17 +14,49 @@ from rftjax import model as model_lib
 
 # transformers' class defaults (Gemma3TextConfig, LlamaConfig, Qwen2Config), for fields a config.json leaves out.
 _HF_DEFAULTS = {
-    'gemma3_text': dict(vocab_size=262_208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, rms_norm_eps=1e-6,
-                        max_position_embeddings=131_072, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
-                        query_pre_attn_scalar=256, sliding_window=4096, sliding_window_pattern=6,
-                        tie_word_embeddings=True, hidden_activation='gelu_pytorch_tanh'),
-    'llama': dict(vocab_size=32_000, hidden_size=4096, intermediate_size=11_008, num_hidden_layers=32,
-                  num_attention_heads=32, rms_norm_eps=1e-6, max_position_embeddings=2048, rope_theta=10_000.0,
-                  tie_word_embeddings=False, hidden_act='silu'),
-    'qwen2': dict(vocab_size=151_936, hidden_size=4096, intermediate_size=22_016, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-6, max_position_embeddings=32_768,
-                  rope_theta=10_000.0, tie_word_embeddings=False, hidden_act='silu'),
+  'gemma3_text': dict(
+    vocab_size=262_208,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_hidden_layers=26,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=131_072,
+    rope_theta=1_000_000.0,
+    rope_local_base_freq=10_000.0,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+    sliding_window_pattern=6,
+    tie_word_embeddings=True,
+    hidden_activation='gelu_pytorch_tanh',
+  ),
+  'llama': dict(
+    vocab_size=32_000,
+    hidden_size=4096,
+    intermediate_size=11_008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=2048,
+    rope_theta=10_000.0,
+    tie_word_embeddings=False,
+    hidden_act='silu',
+  ),
+  'qwen2': dict(
+    vocab_size=151_936,
+    hidden_size=4096,
+    intermediate_size=22_016,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=32_768,
+    rope_theta=10_000.0,
+    tie_word_embeddings=False,
+    hidden_act='silu',
+  ),
 }
 _NULLABLE = ('sliding_window', 'rope_scaling', 'final_logit_softcapping')
 
@@ -39,12 +72,18 @@ def read(c: dict, where: str = 'config.json') -> dict:
   c = {**_HF_DEFAULTS[model_type], **{k: v for k, v in c.items() if v is not None or k in _NULLABLE}}
   family = 'gemma3' if model_type == 'gemma3_text' else 'llama'
   heads = int(c['num_attention_heads'])
-  fields = dict(family=family, vocab_size=int(c['vocab_size']), d_model=int(c['hidden_size']),
-                num_layers=int(c['num_hidden_layers']), num_heads=heads,
-                num_kv_heads=int(c.get('num_key_value_heads') or heads),
-                head_dim=int(c.get('head_dim') or c['hidden_size'] // heads), mlp_dim=int(c['intermediate_size']),
-                norm_eps=float(c.get('rms_norm_eps', 1e-6)),
-                tie_embeddings=bool(c.get('tie_word_embeddings', family == 'gemma3')))
+  fields = dict(
+    family=family,
+    vocab_size=int(c['vocab_size']),
+    d_model=int(c['hidden_size']),
+    num_layers=int(c['num_hidden_layers']),
+    num_heads=heads,
+    num_kv_heads=int(c.get('num_key_value_heads') or heads),
+    head_dim=int(c.get('head_dim') or c['hidden_size'] // heads),
+    mlp_dim=int(c['intermediate_size']),
+    norm_eps=float(c.get('rms_norm_eps', 1e-6)),
+    tie_embeddings=bool(c.get('tie_word_embeddings', family == 'gemma3')),
+  )
   if 'max_position_embeddings' in c:
     fields['max_seq_len'] = int(c['max_position_embeddings'])
   rope = c.get('rope_parameters') or {}
@@ -73,14 +112,22 @@ def read(c: dict, where: str = 'config.json') -> dict:
     if c.get('query_pre_attn_scalar') is not None:
       fields['query_pre_attn_scalar'] = float(c['query_pre_attn_scalar'])
     fields['final_softcap'] = c.get('final_logit_softcapping')
-    fields['rope_scale_global'] = float(scaling['factor']) if scaling and scaling.get('rope_type',
-                                                                 scaling.get('type')) == 'linear' else 1.0
+    fields['rope_scale_global'] = (
+      float(scaling['factor']) if scaling and scaling.get('rope_type', scaling.get('type')) == 'linear' else 1.0
+    )
   else:
     fields['qkv_bias'] = bool(c.get('attention_bias', False)) or model_type == 'qwen2'
     kind = scaling.get('rope_type', scaling.get('type')) if scaling else None
-    fields['rope_llama3'] = (float(scaling['factor']), float(scaling['low_freq_factor']),
-                             float(scaling['high_freq_factor']),
-                             int(scaling['original_max_position_embeddings'])) if kind == 'llama3' else None
+    fields['rope_llama3'] = (
+      (
+        float(scaling['factor']),
+        float(scaling['low_freq_factor']),
+        float(scaling['high_freq_factor']),
+        int(scaling['original_max_position_embeddings']),
+      )
+      if kind == 'llama3'
+      else None
+    )
   return fields
 
 
@@ -94,13 +141,31 @@ def family_default(fields: dict) -> model_lib.TransformerConfig:
   if f['family'] == 'gemma3':
     # llama.cpp's rule for GGUFs, which do not store it: 27B scales by d/N, the others by head_dim.
     qpas = f['d_model'] // f['num_heads'] if f['head_dim'] == 128 else f['head_dim']
-    base = model_lib.TransformerConfig._gemma3('from_file', f['vocab_size'], f['d_model'], f['num_layers'],
-                                               f['num_heads'], f['num_kv_heads'], f['head_dim'], f['mlp_dim'],
-                                               f.get('sliding_window'), qpas, 1.0)
+    base = model_lib.TransformerConfig._gemma3(
+      'from_file',
+      f['vocab_size'],
+      f['d_model'],
+      f['num_layers'],
+      f['num_heads'],
+      f['num_kv_heads'],
+      f['head_dim'],
+      f['mlp_dim'],
+      f.get('sliding_window'),
+      qpas,
+      1.0,
+    )
   else:
-    base = model_lib.TransformerConfig._llama('from_file', f['vocab_size'], f['d_model'], f['num_layers'],
-                                              f['num_heads'], f['num_kv_heads'], f['head_dim'], f['mlp_dim'],
-                                              f.get('rope_base', 10_000.0))
+    base = model_lib.TransformerConfig._llama(
+      'from_file',
+      f['vocab_size'],
+      f['d_model'],
+      f['num_layers'],
+      f['num_heads'],
+      f['num_kv_heads'],
+      f['head_dim'],
+      f['mlp_dim'],
+      f.get('rope_base', 10_000.0),
+    )
   return dataclasses.replace(base, **f)
 
 
@@ -118,27 +183,52 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
   """config.json for transformers / vLLM. Writes both the current `rope_parameters` and the older flat rope keys."""
   ids = {'bos': 2, 'eos': 1, 'pad': 0} if cfg.family == 'gemma3' else {}
   ids.update(token_ids or {})
-  common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
-                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
-                max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=cfg.tie_embeddings,
-                bos_token_id=ids.get('bos'), eos_token_id=ids.get('eos'), pad_token_id=ids.get('pad'),
-                attention_bias=cfg.qkv_bias, attention_dropout=0.0, initializer_range=0.02, use_cache=True,
-                torch_dtype=dtype, dtype=dtype, rope_theta=cfg.rope_base)
+  common = dict(
+    vocab_size=cfg.vocab_size,
+    hidden_size=cfg.d_model,
+    intermediate_size=cfg.mlp_dim,
+    num_hidden_layers=cfg.num_layers,
+    num_attention_heads=cfg.num_heads,
+    num_key_value_heads=cfg.num_kv_heads,
+    head_dim=cfg.head_dim,
+    rms_norm_eps=cfg.norm_eps,
+    max_position_embeddings=cfg.max_seq_len,
+    tie_word_embeddings=cfg.tie_embeddings,
+    bos_token_id=ids.get('bos'),
+    eos_token_id=ids.get('eos'),
+    pad_token_id=ids.get('pad'),
+    attention_bias=cfg.qkv_bias,
+    attention_dropout=0.0,
+    initializer_range=0.02,
+    use_cache=True,
+    torch_dtype=dtype,
+    dtype=dtype,
+    rope_theta=cfg.rope_base,
+  )
   if cfg.family == 'gemma3':
     if cfg.rope_llama3 is not None:
       raise ValueError(f'{cfg.name}: Gemma 3 with llama3 rope scaling has no HF equivalent')
     scaling = {'rope_type': 'linear', 'factor': cfg.rope_scale_global} if cfg.rope_scale_global != 1.0 else None
     local = cfg.rope_base_local or cfg.rope_base
     types = ['sliding_attention' if is_local else 'full_attention' for is_local in cfg.layer_is_local()]
-    return dict(architectures=['Gemma3ForCausalLM'], model_type='gemma3_text', **common,
-                hidden_activation='gelu_pytorch_tanh', rope_local_base_freq=local, rope_scaling=scaling,
-                rope_parameters={'full_attention': {'rope_type': 'default', 'rope_theta': cfg.rope_base,
-                                                    **(scaling or {})},
-                                 'sliding_attention': {'rope_type': 'default', 'rope_theta': local}},
-                sliding_window=cfg.sliding_window, sliding_window_pattern=cfg.global_every, layer_types=types,
-                query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
-                final_logit_softcapping=cfg.final_softcap, attn_logit_softcapping=None)
+    return dict(
+      architectures=['Gemma3ForCausalLM'],
+      model_type='gemma3_text',
+      **common,
+      hidden_activation='gelu_pytorch_tanh',
+      rope_local_base_freq=local,
+      rope_scaling=scaling,
+      rope_parameters={
+        'full_attention': {'rope_type': 'default', 'rope_theta': cfg.rope_base, **(scaling or {})},
+        'sliding_attention': {'rope_type': 'default', 'rope_theta': local},
+      },
+      sliding_window=cfg.sliding_window,
+      sliding_window_pattern=cfg.global_every,
+      layer_types=types,
+      query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
+      final_logit_softcapping=cfg.final_softcap,
+      attn_logit_softcapping=None,
+    )
   if cfg.family not in ('llama', 'tiny'):
     raise ValueError(f'model family {cfg.family!r} ({cfg.name}) has no Hugging Face export')
   if cfg.activation != 'silu' or cfg.sliding_window or cfg.final_softcap or cfg.qk_norm or cfg.post_norms:
@@ -146,12 +236,33 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
   scaling = None
   if cfg.rope_llama3 is not None:
     factor, low, high, orig = cfg.rope_llama3
-    scaling = dict(rope_type='llama3', factor=factor, low_freq_factor=low, high_freq_factor=high,
-                   original_max_position_embeddings=orig)
+    scaling = dict(
+      rope_type='llama3',
+      factor=factor,
+      low_freq_factor=low,
+      high_freq_factor=high,
+      original_max_position_embeddings=orig,
+    )
   rope = {'rope_type': 'default', 'rope_theta': cfg.rope_base, **(scaling or {})}
   if cfg.qkv_bias:
-    return dict(architectures=['Qwen2ForCausalLM'], model_type='qwen2', **common, hidden_act='silu',
-                rope_scaling=scaling, rope_parameters=rope, use_sliding_window=False, sliding_window=None,
-                max_window_layers=cfg.num_layers)
-  return dict(architectures=['LlamaForCausalLM'], model_type='llama', **common, hidden_act='silu',
-              rope_scaling=scaling, rope_parameters=rope, mlp_bias=False, pretraining_tp=1)
+    return dict(
+      architectures=['Qwen2ForCausalLM'],
+      model_type='qwen2',
+      **common,
+      hidden_act='silu',
+      rope_scaling=scaling,
+      rope_parameters=rope,
+      use_sliding_window=False,
+      sliding_window=None,
+      max_window_layers=cfg.num_layers,
+    )
+  return dict(
+    architectures=['LlamaForCausalLM'],
+    model_type='llama',
+    **common,
+    hidden_act='silu',
+    rope_scaling=scaling,
+    rope_parameters=rope,
+    mlp_bias=False,
+    pretraining_tp=1,
+  )

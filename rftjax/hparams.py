@@ -17,6 +17,7 @@ they leave the native fields alone. Every resolved value is logged and recorded 
   eval_samples            -> eval_samples (when the config has that field; else only recorded); auto: unchanged
   seed                    -> seed (None = the config's)
 """
+
 from __future__ import annotations
 
 import json
@@ -30,30 +31,37 @@ from rftjax import model as model_lib
 
 log = logging.getLogger('rftjax')
 
-FIELDS = ('n_epochs', 'batch_size', 'learning_rate_multiplier', 'compute_multiplier', 'eval_interval',
-          'eval_samples', 'seed')
+FIELDS = (
+  'n_epochs',
+  'batch_size',
+  'learning_rate_multiplier',
+  'compute_multiplier',
+  'eval_interval',
+  'eval_samples',
+  'seed',
+)
 
 # Base learning rate per model preset for full fine-tuning with GRPO (AdamW, constant schedule): what
 # learning_rate_multiplier=1 means. RL updates are small and noisy; ~1e-6 for 1B-class models is the common choice
 # (DeepSeekMath GRPO, TRL's GRPO defaults), a little higher for sub-1B models, lower for larger ones (about
 # 1/sqrt(params)). 'tiny' is the random-init CPU demo: 3e-4 is what configs/tiny.py reaches > 0.9 with.
 BASE_LR = {
-    'tiny': 3e-4,
-    'smollm2_135m': 3e-6,
-    'gemma3_270m': 3e-6,
-    'smollm2_360m': 2e-6,
-    'qwen2_5_0_5b': 2e-6,
-    'gemma3_1b': 1e-6,
-    'llama3_2_1b': 1e-6,
-    'qwen2_5_1_5b': 1e-6,
-    'smollm2_1_7b': 1e-6,
-    'llama3_2_3b': 7e-7,
-    'qwen2_5_3b': 7e-7,
-    'gemma3_4b': 5e-7,
-    'qwen2_5_7b': 5e-7,
-    'llama3_1_8b': 5e-7,
-    'gemma3_12b': 3e-7,
-    'gemma3_27b': 2e-7,
+  'tiny': 3e-4,
+  'smollm2_135m': 3e-6,
+  'gemma3_270m': 3e-6,
+  'smollm2_360m': 2e-6,
+  'qwen2_5_0_5b': 2e-6,
+  'gemma3_1b': 1e-6,
+  'llama3_2_1b': 1e-6,
+  'qwen2_5_1_5b': 1e-6,
+  'smollm2_1_7b': 1e-6,
+  'llama3_2_3b': 7e-7,
+  'qwen2_5_3b': 7e-7,
+  'gemma3_4b': 5e-7,
+  'qwen2_5_7b': 5e-7,
+  'llama3_1_8b': 5e-7,
+  'gemma3_12b': 3e-7,
+  'gemma3_27b': 2e-7,
 }
 
 
@@ -106,8 +114,9 @@ def _value(o, name: str, kind):
         raise ValueError
       value = int(value)
   except (TypeError, ValueError):
-    raise HparamError(f"config.openai.{name}: expected {'an integer' if kind is int else 'a number'} or 'auto', "
-                      f'got {raw!r}') from None
+    raise HparamError(
+      f"config.openai.{name}: expected {'an integer' if kind is int else 'a number'} or 'auto', got {raw!r}"
+    ) from None
   return value
 
 
@@ -127,13 +136,13 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int) -> ml_coll
   o, n = c.openai, int(num_train_examples)
   auto = bool(o.enabled)
   user = {
-      'n_epochs': _positive('n_epochs', _value(o, 'n_epochs', float)),
-      'batch_size': _positive('batch_size', _value(o, 'batch_size', int)),
-      'learning_rate_multiplier': _positive('learning_rate_multiplier', _value(o, 'learning_rate_multiplier', float)),
-      'compute_multiplier': _positive('compute_multiplier', _value(o, 'compute_multiplier', float)),
-      'eval_interval': _positive('eval_interval', _value(o, 'eval_interval', int)),
-      'eval_samples': _positive('eval_samples', _value(o, 'eval_samples', int)),
-      'seed': _positive('seed', _value(o, 'seed', int), strict=False),
+    'n_epochs': _positive('n_epochs', _value(o, 'n_epochs', float)),
+    'batch_size': _positive('batch_size', _value(o, 'batch_size', int)),
+    'learning_rate_multiplier': _positive('learning_rate_multiplier', _value(o, 'learning_rate_multiplier', float)),
+    'compute_multiplier': _positive('compute_multiplier', _value(o, 'compute_multiplier', float)),
+    'eval_interval': _positive('eval_interval', _value(o, 'eval_interval', int)),
+    'eval_samples': _positive('eval_samples', _value(o, 'eval_samples', int)),
+    'seed': _positive('seed', _value(o, 'seed', int), strict=False),
   }
   resolved: dict[str, dict] = {}
 
@@ -154,21 +163,31 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int) -> ml_coll
       epochs, how = auto_n_epochs(n, c.batch_size), f'auto: clamp(ceil(100 * {c.batch_size} / {n}), 1, 10)'
     if epochs is not None:
       c.total_steps = int(math.ceil(epochs * n / c.batch_size))
-      note('total_steps', c.total_steps, f'ceil(n_epochs {epochs:g} x {n} examples / batch_size {c.batch_size}); '
-           f'n_epochs {how}')
+      note(
+        'total_steps',
+        c.total_steps,
+        f'ceil(n_epochs {epochs:g} x {n} examples / batch_size {c.batch_size}); n_epochs {how}',
+      )
 
     mult = user['learning_rate_multiplier']
     if mult is not None or auto:
       m = 1.0 if mult is None else mult
       base = base_learning_rate(c.model)
       c.optimizer.learning_rate = float(m * base)
-      note('optimizer.learning_rate', c.optimizer.learning_rate,
-           f'{"auto: " if mult is None else ""}multiplier {m:g} x base {base:g} for model {c.model}')
+      note(
+        'optimizer.learning_rate',
+        c.optimizer.learning_rate,
+        f'{"auto: " if mult is None else ""}multiplier {m:g} x base {base:g} for model {c.model}',
+      )
 
     mult = user['compute_multiplier']
     if mult is not None:
       g = max(2, int(math.floor(mult * c.num_generations + 0.5)))
-      note('num_generations', g, f'max(2, round half up(compute_multiplier {mult:g} x num_generations {c.num_generations}))')
+      note(
+        'num_generations',
+        g,
+        f'max(2, round half up(compute_multiplier {mult:g} x num_generations {c.num_generations}))',
+      )
       c.num_generations = g
 
     if user['eval_interval'] is not None:
@@ -183,8 +202,11 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int) -> ml_coll
         c.eval_samples = user['eval_samples']
         note('eval_samples', c.eval_samples, f'openai.eval_samples={user["eval_samples"]}')
       else:
-        log.warning('hparams: config.openai.eval_samples=%d has no native field (config.eval_samples) in this '
-                    'version; validation still samples once per prompt', user['eval_samples'])
+        log.warning(
+          'hparams: config.openai.eval_samples=%d has no native field (config.eval_samples) in this '
+          'version; validation still samples once per prompt',
+          user['eval_samples'],
+        )
         resolved['eval_samples'] = {'value': user['eval_samples'], 'from': 'recorded only: no config.eval_samples'}
 
     if user['seed'] is not None:

@@ -11,6 +11,7 @@ read only: `config.json` says which model, tokenizer and chat template it used, 
 state. The step is resolved by a read-only `Checkpointer`; only the params are read (an Orbax partial restore into
 the params' mesh shardings), never the optimizer state.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -79,8 +80,9 @@ def _default_mesh(mesh_cfg=None) -> jax.sharding.Mesh:
     try:
       return sharding.make_mesh(mesh_cfg)
     except ValueError as e:
-      log.info('run mesh %s does not fit here (%s); using fsdp over all %d devices', dict(mesh_cfg), e,
-               jax.device_count())
+      log.info(
+        'run mesh %s does not fit here (%s); using fsdp over all %d devices', dict(mesh_cfg), e, jax.device_count()
+      )
   return sharding.make_mesh({'data': 1, 'fsdp': -1, 'tensor': 1})
 
 
@@ -112,19 +114,30 @@ def restore_params(ckpt_dir: pathlib.Path, step: int, abstract, model_name: str 
   docs/checkpoints.md), so the optimizer moments (2x the params with Adam) are never read or allocated."""
   path = runfs.path(ckpt_dir) / str(step) / 'state'
   target = {'params': abstract}
-  args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                partial_restore=True)
+  args = ocp.args.PyTreeRestore(
+    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+  )
   try:
     with ocp.PyTreeCheckpointer() as reader:
       return reader.restore(path, args=args)['params']
   except (ValueError, KeyError, FileNotFoundError) as e:  # a model that does not match the checkpoint
-    raise InferenceError(f'{path}: cannot restore the params of model {model_name!r} (does the model preset match '
-                         f'the run?): {e}') from None
+    raise InferenceError(
+      f'{path}: cannot restore the params of model {model_name!r} (does the model preset match the run?): {e}'
+    ) from None
 
 
-def load(*, workdir: str | pathlib.Path | None = None, step: int | str | None = 'best', init: str | None = None,
-         model: str | None = None, tokenizer: str | None = None, chat_template: str | None = None,
-         mesh: jax.sharding.Mesh | None = None, param_dtype: str | None = None, seed: int = 0) -> Loaded:
+def load(
+  *,
+  workdir: str | pathlib.Path | None = None,
+  step: int | str | None = 'best',
+  init: str | None = None,
+  model: str | None = None,
+  tokenizer: str | None = None,
+  chat_template: str | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  param_dtype: str | None = None,
+  seed: int = 0,
+) -> Loaded:
   """A model for inference: from a run's checkpoint (`workdir`, `step`) or from `init` (see module docstring).
 
   `step`: 'best' (highest validation reward kept), 'latest', or a step number. `model`, `tokenizer` and
@@ -137,8 +150,11 @@ def load(*, workdir: str | pathlib.Path | None = None, step: int | str | None = 
     workdir = runfs.path(workdir)
     run = read_run_config(workdir)
     where = f'{workdir / "config.json"}'
-    tok = _load_tokenizer(tokenizer or run.get('tokenizer') or run.get('init'),
-                          chat_template if chat_template is not None else run.get('chat_template'), where)
+    tok = _load_tokenizer(
+      tokenizer or run.get('tokenizer') or run.get('init'),
+      chat_template if chat_template is not None else run.get('chat_template'),
+      where,
+    )
     cfg = _model_config(model or run.model, tok)
     mesh = mesh if mesh is not None else _default_mesh(run.get('mesh'))
     ckpt_dir = workdir / 'checkpoints'
@@ -163,6 +179,7 @@ def load(*, workdir: str | pathlib.Path | None = None, step: int | str | None = 
   with jax.set_mesh(mesh):
     if init:
       from rftjax import weights  # heavy (gguf, safetensors); only needed for pretrained models
+
       cfg = _model_config(model, tok) if model else weights.config_from_file(init)
       params = weights.load(init, cfg, mesh, dtype=dtype)
     else:
@@ -178,9 +195,20 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def complete(loaded: Loaded, prompts_ids: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float = 0.0,
-             top_p: float = 1.0, top_k: int = 0, seed: int = 0, batch_size: int = 32,
-             max_prompt_len: int | None = None, stop: Sequence[str] | None = None, progress=None) -> list[dict]:
+def complete(
+  loaded: Loaded,
+  prompts_ids: Sequence[Sequence[int]],
+  *,
+  max_new_tokens: int,
+  temperature: float = 0.0,
+  top_p: float = 1.0,
+  top_k: int = 0,
+  seed: int = 0,
+  batch_size: int = 32,
+  max_prompt_len: int | None = None,
+  stop: Sequence[str] | None = None,
+  progress=None,
+) -> list[dict]:
   """Completes every prompt (token ids) once; returns one dict per prompt, in order:
   {'tokens': ids through the stop token, 'text': decoded (special tokens dropped), 'logprobs': per token,
    'truncated': hit max_new_tokens without a stop token}.
@@ -204,31 +232,44 @@ def complete(loaded: Loaded, prompts_ids: Sequence[Sequence[int]], *, max_new_to
     stop_ids = tok.stop_ids_with(stop)
   except ValueError as e:
     raise InferenceError(f'--stop: {e}') from None
-  sampler = sampler_lib.Sampler(loaded.cfg, max_prompt_len, max_new_tokens, stop_ids, loaded.pad_id,
-                                sampler_lib.SamplingParams(float(temperature), float(top_p), int(top_k)),
-                                compute_dtype=loaded.compute_dtype)
+  sampler = sampler_lib.Sampler(
+    loaded.cfg,
+    max_prompt_len,
+    max_new_tokens,
+    stop_ids,
+    loaded.pad_id,
+    sampler_lib.SamplingParams(float(temperature), float(top_p), int(top_k)),
+    compute_dtype=loaded.compute_dtype,
+  )
   rng = jax.random.key(seed)
   put = lambda a: jax.device_put(a, sharding.data_sharding(loaded.mesh, a.ndim))  # noqa: E731
   results = []
   with jax.set_mesh(loaded.mesh) if loaded.mesh is not None else contextlib.nullcontext():
     for i, start in enumerate(range(0, len(prompts_ids), batch)):
-      chunk = [list(p) for p in prompts_ids[start:start + batch]]
+      chunk = [list(p) for p in prompts_ids[start : start + batch]]
       padded = chunk + [chunk[-1]] * (batch - len(chunk))
       tokens, mask = sampler_lib.pad_prompts(padded, max_prompt_len, loaded.pad_id)
       out = jax.device_get(sampler(loaded.params, put(tokens), put(mask), jax.random.fold_in(rng, i)))
       for r in range(len(chunk)):
         n = int(out.lengths[r])
         ids = [int(t) for t in out.tokens[r, :n]]
-        results.append({'tokens': ids, 'text': tok.decode(ids), 'logprobs': [float(x) for x in out.logprobs[r, :n]],
-                        'truncated': bool(out.truncated[r])})
+        results.append(
+          {
+            'tokens': ids,
+            'text': tok.decode(ids),
+            'logprobs': [float(x) for x in out.logprobs[r, :n]],
+            'truncated': bool(out.truncated[r]),
+          }
+        )
       if progress is not None:
         progress(len(results), len(prompts_ids))
   return results
 
 
 # ---- local judge -----------------------------------------------------------------------------------------------
-def register_local_judge(name: str, loaded: Loaded, *, max_new_tokens: int = 256, temperature: float = 0.0,
-                         top_p: float = 1.0, seed: int = 0) -> None:
+def register_local_judge(
+  name: str, loaded: Loaded, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0
+) -> None:
   """Makes model graders (score_model / label_model) whose `model` is `name` ask `loaded` instead of an API.
 
   The judge renders the grader's messages with the tokenizer's chat template (`developer` becomes `system`) and
@@ -244,13 +285,20 @@ def register_local_judge(name: str, loaded: Loaded, *, max_new_tokens: int = 256
     sp = dict(sampling_params or {})
     msgs = [{'role': 'system' if m['role'] == 'developer' else m['role'], 'content': m['content']} for m in messages]
     ids = loaded.tokenizer.encode_prompt(msgs)
-    new = int(sp.get('max_completions_tokens') or sp.get('max_completion_tokens') or sp.get('max_tokens')
-              or max_new_tokens)
+    new = int(
+      sp.get('max_completions_tokens') or sp.get('max_completion_tokens') or sp.get('max_tokens') or max_new_tokens
+    )
     with lock:
       calls[0] += 1
-      out = complete(loaded, [ids], max_new_tokens=new, temperature=float(sp.get('temperature', temperature)),
-                     top_p=float(sp.get('top_p', top_p)), seed=int(sp.get('seed', seed + calls[0])), batch_size=1)
+      out = complete(
+        loaded,
+        [ids],
+        max_new_tokens=new,
+        temperature=float(sp.get('temperature', temperature)),
+        top_p=float(sp.get('top_p', top_p)),
+        seed=int(sp.get('seed', seed + calls[0])),
+        batch_size=1,
+      )
     return out[0]['text']
 
   graders.register_judge(name, judge)
-

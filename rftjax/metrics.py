@@ -3,6 +3,7 @@
 On resume, lines for steps after the checkpoint are dropped first: they belong to work the resumed run redoes,
 so the file never holds two different values for one step.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,9 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict]:
 
 
 class MetricsWriter:
-
-  def __init__(self, workdir: str | pathlib.Path, *, resume_step: int = 0, enabled: bool = True,
-               tensorboard: bool = True):
+  def __init__(
+    self, workdir: str | pathlib.Path, *, resume_step: int = 0, enabled: bool = True, tensorboard: bool = True
+  ):
     self.enabled = enabled
     self.path = pathlib.Path(workdir) / 'metrics.jsonl'
     self._tb = None
@@ -37,6 +38,7 @@ class MetricsWriter:
     self._file = self.path.open('a')
     if tensorboard:
       import tensorboardX  # optional at import time: only the writer needs it
+
       self._tb = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'), purge_step=resume_step or None)
 
   def write(self, record: dict) -> None:
@@ -63,13 +65,14 @@ class Progress:
   """A tqdm bar over training steps showing reward, validation reward and ETA."""
 
   def __init__(self, start: int, total: int, *, enabled: bool = True):
-    self.bar = tqdm.tqdm(total=total, initial=start, disable=not enabled, unit='step', dynamic_ncols=True,
-                         file=sys.stderr, desc='rft')
+    self.bar = tqdm.tqdm(
+      total=total, initial=start, disable=not enabled, unit='step', dynamic_ncols=True, file=sys.stderr, desc='rft'
+    )
     self.valid = None
 
   def update(self, step: int, record: dict) -> None:
     self.bar.n = step
-    post = {'reward': f"{record.get('train_reward_mean', float('nan')):.3f}"}
+    post = {'reward': f'{record.get("train_reward_mean", float("nan")):.3f}'}
     if self.valid is not None:
       post['valid'] = f'{self.valid:.3f}'
     self.bar.set_postfix(post, refresh=False)
@@ -77,7 +80,7 @@ class Progress:
 
   def note(self, step: int, eval_record: dict) -> None:
     self.valid = eval_record.get('valid_reward_mean')
-    self.bar.write(f"step {step}: valid_reward_mean={self.valid:.4f}")
+    self.bar.write(f'step {step}: valid_reward_mean={self.valid:.4f}')
 
   def close(self) -> None:
     self.bar.close()
@@ -88,6 +91,7 @@ class CompileClock:
 
   def __init__(self):
     import jax.monitoring
+
     self._total = 0.0
     self._taken = 0.0
 

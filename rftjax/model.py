@@ -10,6 +10,7 @@ pure-dict params (`nnx.state(model, nnx.Param).to_pure_dict()`) and call `forwar
 Per-layer tensors are stacked on a leading L axis and the layer stack runs under `lax.scan`, so compile time does
 not grow with depth; the layer kind (local sliding-window vs global) and RoPE table are scanned inputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,6 +31,7 @@ Cache = dict[str, jax.Array]
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """Architecture. Presets are classmethods; `dataclasses.replace` makes variants."""
+
   name: str
   family: str  # 'tiny' | 'gemma3' | 'llama' (Llama, SmolLM2, Qwen 2.5: one family, options differ)
   vocab_size: int
@@ -60,16 +62,46 @@ class TransformerConfig:
   # ---- presets -------------------------------------------------------------------------------------------
   @classmethod
   def tiny(cls, vocab_size: int = 512) -> 'TransformerConfig':
-    return cls(name='tiny', family='tiny', vocab_size=vocab_size, d_model=128, num_layers=4, num_heads=4,
-               num_kv_heads=2, head_dim=32, mlp_dim=512, max_seq_len=512)
+    return cls(
+      name='tiny',
+      family='tiny',
+      vocab_size=vocab_size,
+      d_model=128,
+      num_layers=4,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=32,
+      mlp_dim=512,
+      max_seq_len=512,
+    )
 
   @classmethod
   def _gemma3(cls, name, vocab, d, layers, heads, kv, hd, mlp, window, qpas, rope_scale):
-    return cls(name=name, family='gemma3', vocab_size=vocab, d_model=d, num_layers=layers, num_heads=heads,
-               num_kv_heads=kv, head_dim=hd, mlp_dim=mlp, activation='gelu_tanh', norm_eps=1e-6, norm_offset=1.0,
-               rope_base=1_000_000.0, rope_base_local=10_000.0, rope_scale_global=rope_scale,
-               sliding_window=window, global_every=6, qk_norm=True, post_norms=True, embed_scale=True,
-               tie_embeddings=True, query_pre_attn_scalar=qpas, max_seq_len=32_768 if d < 1000 else 131_072)
+    return cls(
+      name=name,
+      family='gemma3',
+      vocab_size=vocab,
+      d_model=d,
+      num_layers=layers,
+      num_heads=heads,
+      num_kv_heads=kv,
+      head_dim=hd,
+      mlp_dim=mlp,
+      activation='gelu_tanh',
+      norm_eps=1e-6,
+      norm_offset=1.0,
+      rope_base=1_000_000.0,
+      rope_base_local=10_000.0,
+      rope_scale_global=rope_scale,
+      sliding_window=window,
+      global_every=6,
+      qk_norm=True,
+      post_norms=True,
+      embed_scale=True,
+      tie_embeddings=True,
+      query_pre_attn_scalar=qpas,
+      max_seq_len=32_768 if d < 1000 else 131_072,
+    )
 
   @classmethod
   def gemma3_270m(cls):
@@ -92,11 +124,27 @@ class TransformerConfig:
     return cls._gemma3('gemma3_27b', 262_208, 5376, 62, 32, 16, 128, 21_504, 1024, 168, 8.0)
 
   @classmethod
-  def _llama(cls, name, vocab, d, layers, heads, kv, hd, mlp, rope, *, eps=1e-5, tie=True, bias=False,
-             llama3=None, max_len=8192):
-    return cls(name=name, family='llama', vocab_size=vocab, d_model=d, num_layers=layers, num_heads=heads,
-               num_kv_heads=kv, head_dim=hd, mlp_dim=mlp, activation='silu', norm_eps=eps, rope_base=rope,
-               rope_llama3=llama3, tie_embeddings=tie, qkv_bias=bias, max_seq_len=max_len)
+  def _llama(
+    cls, name, vocab, d, layers, heads, kv, hd, mlp, rope, *, eps=1e-5, tie=True, bias=False, llama3=None, max_len=8192
+  ):
+    return cls(
+      name=name,
+      family='llama',
+      vocab_size=vocab,
+      d_model=d,
+      num_layers=layers,
+      num_heads=heads,
+      num_kv_heads=kv,
+      head_dim=hd,
+      mlp_dim=mlp,
+      activation='silu',
+      norm_eps=eps,
+      rope_base=rope,
+      rope_llama3=llama3,
+      tie_embeddings=tie,
+      qkv_bias=bias,
+      max_seq_len=max_len,
+    )
 
   @classmethod
   def smollm2_135m(cls):
@@ -112,38 +160,56 @@ class TransformerConfig:
 
   @classmethod
   def llama3_2_1b(cls):
-    return cls._llama('llama3_2_1b', 128_256, 2048, 16, 32, 8, 64, 8192, 500_000.0,
-                      llama3=(32.0, 1.0, 4.0, 8192), max_len=131_072)
+    return cls._llama(
+      'llama3_2_1b', 128_256, 2048, 16, 32, 8, 64, 8192, 500_000.0, llama3=(32.0, 1.0, 4.0, 8192), max_len=131_072
+    )
 
   @classmethod
   def llama3_2_3b(cls):
-    return cls._llama('llama3_2_3b', 128_256, 3072, 28, 24, 8, 128, 8192, 500_000.0,
-                      llama3=(32.0, 1.0, 4.0, 8192), max_len=131_072)
+    return cls._llama(
+      'llama3_2_3b', 128_256, 3072, 28, 24, 8, 128, 8192, 500_000.0, llama3=(32.0, 1.0, 4.0, 8192), max_len=131_072
+    )
 
   @classmethod
   def llama3_1_8b(cls):
-    return cls._llama('llama3_1_8b', 128_256, 4096, 32, 32, 8, 128, 14_336, 500_000.0, tie=False,
-                      llama3=(8.0, 1.0, 4.0, 8192), max_len=131_072)
+    return cls._llama(
+      'llama3_1_8b',
+      128_256,
+      4096,
+      32,
+      32,
+      8,
+      128,
+      14_336,
+      500_000.0,
+      tie=False,
+      llama3=(8.0, 1.0, 4.0, 8192),
+      max_len=131_072,
+    )
 
   @classmethod
   def qwen2_5_0_5b(cls):
-    return cls._llama('qwen2_5_0_5b', 151_936, 896, 24, 14, 2, 64, 4864, 1_000_000.0, eps=1e-6, bias=True,
-                      max_len=32_768)
+    return cls._llama(
+      'qwen2_5_0_5b', 151_936, 896, 24, 14, 2, 64, 4864, 1_000_000.0, eps=1e-6, bias=True, max_len=32_768
+    )
 
   @classmethod
   def qwen2_5_1_5b(cls):
-    return cls._llama('qwen2_5_1_5b', 151_936, 1536, 28, 12, 2, 128, 8960, 1_000_000.0, eps=1e-6, bias=True,
-                      max_len=32_768)
+    return cls._llama(
+      'qwen2_5_1_5b', 151_936, 1536, 28, 12, 2, 128, 8960, 1_000_000.0, eps=1e-6, bias=True, max_len=32_768
+    )
 
   @classmethod
   def qwen2_5_3b(cls):
-    return cls._llama('qwen2_5_3b', 151_936, 2048, 36, 16, 2, 128, 11_008, 1_000_000.0, eps=1e-6, bias=True,
-                      max_len=32_768)
+    return cls._llama(
+      'qwen2_5_3b', 151_936, 2048, 36, 16, 2, 128, 11_008, 1_000_000.0, eps=1e-6, bias=True, max_len=32_768
+    )
 
   @classmethod
   def qwen2_5_7b(cls):
-    return cls._llama('qwen2_5_7b', 152_064, 3584, 28, 28, 4, 128, 18_944, 1_000_000.0, eps=1e-6, bias=True,
-                      tie=False, max_len=32_768)
+    return cls._llama(
+      'qwen2_5_7b', 152_064, 3584, 28, 28, 4, 128, 18_944, 1_000_000.0, eps=1e-6, bias=True, tie=False, max_len=32_768
+    )
 
   # ---- derived -------------------------------------------------------------------------------------------
   def layer_is_local(self) -> np.ndarray:
@@ -156,6 +222,7 @@ class TransformerConfig:
 
   def inv_freq(self) -> np.ndarray:
     """[L, H/2] float32 RoPE inverse frequencies, computed as Hugging Face does (f32 from int64 arange)."""
+
     def base_freq(base: float) -> np.ndarray:
       exponent = np.arange(0, self.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(self.head_dim)
       return (1.0 / (np.float32(base) ** exponent)).astype(np.float32)
@@ -177,17 +244,41 @@ class TransformerConfig:
     return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
 
   def num_params(self) -> int:
-    d, f, n, k, h, v, l = (self.d_model, self.mlp_dim, self.num_heads, self.num_kv_heads, self.head_dim,
-                           self.vocab_size, self.num_layers)
+    d, f, n, k, h, v, l = (  # noqa: E741  (l: the L of the einsum alphabet)
+      self.d_model,
+      self.mlp_dim,
+      self.num_heads,
+      self.num_kv_heads,
+      self.head_dim,
+      self.vocab_size,
+      self.num_layers,
+    )
     per_layer = d * h * (2 * n + 2 * k) + 3 * d * f + 2 * d + (2 * d if self.post_norms else 0)
     per_layer += (2 * h if self.qk_norm else 0) + ((n + 2 * k) * h if self.qkv_bias else 0)
     return v * d * (1 if self.tie_embeddings else 2) + l * per_layer + d
 
 
-PRESETS = {name: getattr(TransformerConfig, name) for name in (
-    'tiny', 'gemma3_270m', 'gemma3_1b', 'gemma3_4b', 'gemma3_12b', 'gemma3_27b', 'smollm2_135m', 'smollm2_360m',
-    'smollm2_1_7b', 'llama3_2_1b', 'llama3_2_3b', 'llama3_1_8b', 'qwen2_5_0_5b', 'qwen2_5_1_5b', 'qwen2_5_3b',
-    'qwen2_5_7b')}
+PRESETS = {
+  name: getattr(TransformerConfig, name)
+  for name in (
+    'tiny',
+    'gemma3_270m',
+    'gemma3_1b',
+    'gemma3_4b',
+    'gemma3_12b',
+    'gemma3_27b',
+    'smollm2_135m',
+    'smollm2_360m',
+    'smollm2_1_7b',
+    'llama3_2_1b',
+    'llama3_2_3b',
+    'llama3_1_8b',
+    'qwen2_5_0_5b',
+    'qwen2_5_1_5b',
+    'qwen2_5_3b',
+    'qwen2_5_7b',
+  )
+}
 
 
 def get_config(name: str, **overrides) -> TransformerConfig:
@@ -206,11 +297,17 @@ class Transformer(nnx.Module):
   """Parameter container. Attribute names are the params' pure-dict keys (weights.py maps onto them)."""
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-    d, f, n, k, h, v, l = (cfg.d_model, cfg.mlp_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                           cfg.vocab_size, cfg.num_layers)
+    d, f, n, k, h, v, l = (  # noqa: E741  (l: the L of the einsum alphabet)
+      cfg.d_model,
+      cfg.mlp_dim,
+      cfg.num_heads,
+      cfg.num_kv_heads,
+      cfg.head_dim,
+      cfg.vocab_size,
+      cfg.num_layers,
+    )
     dense = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=-2, batch_axis=(0,))
-    dense_in2 = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=(-3, -2),
-                                                  batch_axis=(0,))
+    dense_in2 = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=(-3, -2), batch_axis=(0,))
     normal = nnx.initializers.normal(1.0 / math.sqrt(d))
     norm_init = nnx.initializers.zeros if cfg.norm_offset else nnx.initializers.ones
     zeros = nnx.initializers.zeros
@@ -218,21 +315,30 @@ class Transformer(nnx.Module):
     norm = lambda shape, axes: nnx.Dict(scale=p(norm_init, shape, axes))  # noqa: E731
 
     self.embed = nnx.Dict(embedding=p(normal, (v, d), ('vocab', 'embed')))
-    attn = dict(q=p(dense, (l, d, n, h), ('layers', 'embed', 'heads', 'head_dim')),
-                k=p(dense, (l, d, k, h), ('layers', 'embed', 'kv_heads', 'head_dim')),
-                v=p(dense, (l, d, k, h), ('layers', 'embed', 'kv_heads', 'head_dim')),
-                o=p(dense_in2, (l, n, h, d), ('layers', 'heads', 'head_dim', 'embed')))
+    attn = dict(
+      q=p(dense, (l, d, n, h), ('layers', 'embed', 'heads', 'head_dim')),
+      k=p(dense, (l, d, k, h), ('layers', 'embed', 'kv_heads', 'head_dim')),
+      v=p(dense, (l, d, k, h), ('layers', 'embed', 'kv_heads', 'head_dim')),
+      o=p(dense_in2, (l, n, h, d), ('layers', 'heads', 'head_dim', 'embed')),
+    )
     if cfg.qkv_bias:
-      attn.update(q_bias=p(zeros, (l, n, h), ('layers', 'heads', 'head_dim')),
-                  k_bias=p(zeros, (l, k, h), ('layers', 'kv_heads', 'head_dim')),
-                  v_bias=p(zeros, (l, k, h), ('layers', 'kv_heads', 'head_dim')))
+      attn.update(
+        q_bias=p(zeros, (l, n, h), ('layers', 'heads', 'head_dim')),
+        k_bias=p(zeros, (l, k, h), ('layers', 'kv_heads', 'head_dim')),
+        v_bias=p(zeros, (l, k, h), ('layers', 'kv_heads', 'head_dim')),
+      )
     if cfg.qk_norm:
       attn.update(q_norm=norm((l, h), ('layers', 'norm')), k_norm=norm((l, h), ('layers', 'norm')))
-    layers = dict(attn_norm=norm((l, d), ('layers', 'norm')), attn=nnx.Dict(**attn),
-                  mlp_norm=norm((l, d), ('layers', 'norm')),
-                  mlp=nnx.Dict(gate=p(dense, (l, d, f), ('layers', 'embed', 'mlp')),
-                               up=p(dense, (l, d, f), ('layers', 'embed', 'mlp')),
-                               down=p(dense, (l, f, d), ('layers', 'mlp', 'embed'))))
+    layers = dict(
+      attn_norm=norm((l, d), ('layers', 'norm')),
+      attn=nnx.Dict(**attn),
+      mlp_norm=norm((l, d), ('layers', 'norm')),
+      mlp=nnx.Dict(
+        gate=p(dense, (l, d, f), ('layers', 'embed', 'mlp')),
+        up=p(dense, (l, d, f), ('layers', 'embed', 'mlp')),
+        down=p(dense, (l, f, d), ('layers', 'mlp', 'embed')),
+      ),
+    )
     if cfg.post_norms:
       layers.update(post_attn_norm=norm((l, d), ('layers', 'norm')), post_mlp_norm=norm((l, d), ('layers', 'norm')))
     self.layers = nnx.Dict(**layers)
@@ -244,6 +350,7 @@ class Transformer(nnx.Module):
 def param_axes(cfg: TransformerConfig) -> Params:
   """Pure-dict tree of logical axis tuples, same structure as the params."""
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+
   def walk(node):
     if isinstance(node, nnx.Variable):
       return tuple(node.get_metadata()['axes'])
@@ -308,8 +415,9 @@ def _attention_mask(q_index_t, k_index_s, key_mask_bs, window, is_local):
   return causal[None] & key_mask_bs[:, None, :]
 
 
-def _layer(cfg: TransformerConfig, x, p, inv_freq, is_local, positions, q_index, k_index, key_mask, kv=None,
-           cache_index=None):
+def _layer(
+  cfg: TransformerConfig, x, p, inv_freq, is_local, positions, q_index, k_index, key_mask, kv=None, cache_index=None
+):
   """One decoder layer. kv: None (keys are this call's tokens) or (k_cache, v_cache) [B, S, K, H] to update."""
   eps, off = cfg.norm_eps, cfg.norm_offset
   a = p['attn']
@@ -373,8 +481,19 @@ def unembed(params: Params, cfg: TransformerConfig, hidden):
   return logits
 
 
-def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask, *, cache: Cache | None = None,
-            cache_index=None, dtype=jnp.float32, remat: bool = False, return_hidden: bool = False):
+def forward(
+  params: Params,
+  cfg: TransformerConfig,
+  tokens,
+  positions,
+  key_mask,
+  *,
+  cache: Cache | None = None,
+  cache_index=None,
+  dtype=jnp.float32,
+  remat: bool = False,
+  return_hidden: bool = False,
+):
   """Runs the decoder.
 
   tokens, positions: [B, T] int32. key_mask: [B, S] bool, True where a key slot holds a real token; without a
@@ -399,8 +518,10 @@ def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask,
     p, freq, local = xs
     kv = None
     if cache is not None:
-      kv = (jax.lax.dynamic_index_in_dim(cache_k, i, keepdims=False),
-            jax.lax.dynamic_index_in_dim(cache_v, i, keepdims=False))
+      kv = (
+        jax.lax.dynamic_index_in_dim(cache_k, i, keepdims=False),
+        jax.lax.dynamic_index_in_dim(cache_v, i, keepdims=False),
+      )
     x, kv = _layer(cfg, x, p, freq, local, positions, q_index, k_index, key_mask, kv, cache_index)
     if cache is not None:
       cache_k = jax.lax.dynamic_update_index_in_dim(cache_k, kv[0], i, axis=0)

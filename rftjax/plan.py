@@ -24,6 +24,7 @@ Config knobs read here that the trainer may not have yet (proposals for configs/
 behaviour): `sampling.cache_dtype` ('' = float32, the Sampler's default today), `optimizer.mu_dtype`
 ('' = the param dtype, optax's default), `train_microbatches` (1 = whole batch per step).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,6 +48,7 @@ LOGITS_COPIES = 3  # logits, log-softmax (and softmax for the entropy), d loss /
 @dataclasses.dataclass(frozen=True)
 class Hardware:
   """A slice: `chips` devices with `hbm_bytes` each, `chips_per_host` per TPU VM worker."""
+
   name: str
   generation: str
   chips: int
@@ -59,12 +61,7 @@ class Hardware:
 
 
 # generation -> (HBM per chip in GiB, does the type's number count TensorCores (2 per chip)?, chips per host)
-GENERATIONS = {
-    'v4': (32, True, 4),
-    'v5p': (95, True, 4),
-    'v5e': (16, False, 4),
-    'v6e': (32, False, 4),
-}
+GENERATIONS = {'v4': (32, True, 4), 'v5p': (95, True, 4), 'v5e': (16, False, 4), 'v6e': (32, False, 4)}
 _ALIASES = {'v5litepod': 'v5e', 'v5lite': 'v5e', 'v6litepod': 'v6e'}
 
 
@@ -83,8 +80,10 @@ def parse_devices(spec: str) -> Hardware:
     total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     return Hardware(spec, 'cpu', n, total // n, n)
   if gen not in GENERATIONS:
-    raise ValueError(f'--devices={spec!r}: unknown TPU type {m.group(1)!r}; known: '
-                     f'{", ".join(sorted(GENERATIONS))} (and v5litepod), or cpu-N')
+    raise ValueError(
+      f'--devices={spec!r}: unknown TPU type {m.group(1)!r}; known: '
+      f'{", ".join(sorted(GENERATIONS))} (and v5litepod), or cpu-N'
+    )
   hbm_gib, counts_cores, per_host = GENERATIONS[gen]
   if counts_cores:
     if n % 2:
@@ -167,13 +166,15 @@ def _layer_activations(cfg: model_lib.TransformerConfig, rows: int, t: int, s: i
   f32 = jnp.float32
   norms = 4 if cfg.post_norms else 2
   parts = [
-      (btd, c, 3),  # layer input, residual after attention, o-projection output
-      (btd, f32, norms), (btd, c, norms),  # RMSNorms run in float32: their f32 input and the cast output
-      (btnh, c, 4 + (1 if cfg.qk_norm else 0)),  # q, (normed q), RoPE'd q, scaled q, attention output
-      (btkh, c, 2 + 2 + (1 if cfg.qk_norm else 0)),  # k, v, RoPE'd k, cache-dtype k/v
-      (bnts, f32, 2), (bnts, c, 1),  # attention logits, masked logits, probs
-      (btf, c, 4),  # gate, activation, up, hidden
-      (btd, c, 1),  # down-projection output
+    (btd, c, 3),  # layer input, residual after attention, o-projection output
+    (btd, f32, norms),
+    (btd, c, norms),  # RMSNorms run in float32: their f32 input and the cast output
+    (btnh, c, 4 + (1 if cfg.qk_norm else 0)),  # q, (normed q), RoPE'd q, scaled q, attention output
+    (btkh, c, 2 + 2 + (1 if cfg.qk_norm else 0)),  # k, v, RoPE'd k, cache-dtype k/v
+    (bnts, f32, 2),
+    (bnts, c, 1),  # attention logits, masked logits, probs
+    (btf, c, 4),  # gate, activation, up, hidden
+    (btd, c, 1),  # down-projection output
   ]
   return sum(local_bytes(shape, names, dtype, mesh) * count for (shape, names), dtype, count in parts)
 
@@ -243,14 +244,20 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, vocab_s
   rows = int(config.batch_size) * g
   batch_shards = sizes['data'] * sizes['fsdp']
   if rows % batch_shards:
-    raise ValueError(f'config.batch_size * config.num_generations = {rows} is not divisible by data x fsdp = '
-                     f'{batch_shards}; the trainer refuses this mesh')
+    raise ValueError(
+      f'config.batch_size * config.num_generations = {rows} is not divisible by data x fsdp = '
+      f'{batch_shards}; the trainer refuses this mesh'
+    )
   if int(config.batch_size) % hw.hosts:
-    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the {hw.hosts} hosts of {hw.name}: '
-                     'each host samples and grades its own prompts')
+    raise ValueError(
+      f'config.batch_size={config.batch_size} must be divisible by the {hw.hosts} hosts of {hw.name}: '
+      'each host samples and grades its own prompts'
+    )
   if rows % micro or (rows // micro) % batch_shards:
-    raise ValueError(f'config.train_microbatches={micro}: {rows} rows do not split into {micro} microbatches that '
-                     f'data x fsdp = {batch_shards} divides')
+    raise ValueError(
+      f'config.train_microbatches={micro}: {rows} rows do not split into {micro} microbatches that '
+      f'data x fsdp = {batch_shards} divides'
+    )
   p, n = int(config.data.max_prompt_len), int(config.sampling.max_new_tokens)
 
   # ---- persistent: lives through the whole run ----
@@ -266,8 +273,9 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, vocab_s
   v, d, L = cfg.vocab_size, cfg.d_model, cfg.num_layers
   table = local_bytes((v, d), ('vocab', None), c, mesh)
   per_layer_gathered = sum(
-      local_bytes(s.shape[1:], tuple(None if name == 'embed' else name for name in a[1:]), c, mesh)
-      for s, a in zip(_leaves(shapes['layers']), _leaves(axes['layers'])))
+    local_bytes(s.shape[1:], tuple(None if name == 'embed' else name for name in a[1:]), c, mesh)
+    for s, a in zip(_leaves(shapes['layers']), _leaves(axes['layers']))
+  )
 
   # ---- sampling (train sampler: R rows; eval sampler: eval_batch_size rows) ----
   sampling_items = {}
@@ -275,8 +283,11 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, vocab_s
     kv = 2 * local_bytes((L, r, p + n, cfg.num_kv_heads, cfg.head_dim), model_lib.CACHE_AXES, cache_dtype, mesh)
     prefill = _layer_activations(cfg, r, p, p + n, c, mesh) // 2  # no backward: about half is live at once
     last_logits = LOGITS_COPIES * local_bytes((r, 1, v), ('act_batch', 'act_len', 'vocab'), jnp.float32, mesh)
-    items = {'KV cache': kv, 'sampling activations (prefill layer, logits)': prefill + last_logits,
-             'gathered / cast weights': cast_copy + table + 2 * per_layer_gathered}
+    items = {
+      'KV cache': kv,
+      'sampling activations (prefill layer, logits)': prefill + last_logits,
+      'gathered / cast weights': cast_copy + table + 2 * per_layer_gathered,
+    }
     if not sampling_items or sum(items.values()) > sum(sampling_items.values()):
       sampling_items, sampling_label = items, label
   notes.append(f'sampling peak from the {sampling_label} sampler')
@@ -292,16 +303,27 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, vocab_s
     activations = (L + 1) * one_layer
   logits = LOGITS_COPIES * local_bytes((mrows, n, v), ('act_batch', 'act_len', 'vocab'), jnp.float32, mesh)
   train = {
-      'gradients': params,
-      f'activations ({"remat" if config.remat else "no remat"}, {mrows} rows x {t} tokens)': activations,
-      f'logits [{mrows}, {n}, {v}] f32 x{LOGITS_COPIES}': logits,
-      'gathered / cast weights': cast_copy + 2 * table + 2 * per_layer_gathered,
+    'gradients': params,
+    f'activations ({"remat" if config.remat else "no remat"}, {mrows} rows x {t} tokens)': activations,
+    f'logits [{mrows}, {n}, {v}] f32 x{LOGITS_COPIES}': logits,
+    'gathered / cast weights': cast_copy + 2 * table + 2 * per_layer_gathered,
   }
   if micro > 1:
     train['gradient accumulator'] = _tree_bytes(shapes, axes, mesh, jnp.float32)
-  return Plan(model=cfg.name, num_params=cfg.num_params(), hardware=hw, mesh=sizes, rows=rows, seq_len=p + n,
-              persistent=persistent, sampling=sampling_items, train=train, headroom=headroom, notes=notes,
-              vocab_size=cfg.vocab_size)
+  return Plan(
+    model=cfg.name,
+    num_params=cfg.num_params(),
+    hardware=hw,
+    mesh=sizes,
+    rows=rows,
+    seq_len=p + n,
+    persistent=persistent,
+    sampling=sampling_items,
+    train=train,
+    headroom=headroom,
+    notes=notes,
+    vocab_size=cfg.vocab_size,
+  )
 
 
 @functools.lru_cache(maxsize=8)
@@ -314,6 +336,7 @@ def _tokenizer_vocab(config) -> int | None:
   """The tiny model takes its vocab from the tokenizer (as the trainer does); None if it cannot be read here."""
   try:
     from rftjax import tokenizer as tokenizer_lib
+
     return tokenizer_lib.load_tokenizer(config.tokenizer or config.init).vocab_size
   except Exception:  # noqa: BLE001  planning still works with the preset's vocab
     return None
@@ -328,22 +351,25 @@ def format_plan(plan: Plan) -> str:
     return f'{x / scale:8.2f}'
 
   lines = [
-      f'model {plan.model} ({plan.num_params / 1e9:.2f}B params) on {hw.name}: {hw.chips} chips x '
-      f'{hw.hbm_bytes / GiB:.0f} GiB, {hw.hosts} host(s) x {hw.chips_per_host} chips',
-      f'mesh data={plan.mesh["data"]} fsdp={plan.mesh["fsdp"]} tensor={plan.mesh["tensor"]}; '
-      f'{plan.rows} rows x {plan.seq_len} tokens per step',
-      '',
-      f'{"per device":<58}{unit:>8}',
+    f'model {plan.model} ({plan.num_params / 1e9:.2f}B params) on {hw.name}: {hw.chips} chips x '
+    f'{hw.hbm_bytes / GiB:.0f} GiB, {hw.hosts} host(s) x {hw.chips_per_host} chips',
+    f'mesh data={plan.mesh["data"]} fsdp={plan.mesh["fsdp"]} tensor={plan.mesh["tensor"]}; '
+    f'{plan.rows} rows x {plan.seq_len} tokens per step',
+    '',
+    f'{"per device":<58}{unit:>8}',
   ]
-  for title, items in (('persistent', plan.persistent), ('sampling (transient)', plan.sampling),
-                       ('train step (transient)', plan.train)):
+  for title, items in (
+    ('persistent', plan.persistent),
+    ('sampling (transient)', plan.sampling),
+    ('train step (transient)', plan.train),
+  ):
     lines.append(f'{title}')
     lines += [f'  {name:<56}{_gib(size)}' for name, size in items.items()]
   lines += [
-      f'{"peak while sampling":<58}{_gib(plan.sampling_peak)}',
-      f'{"peak in the train step":<58}{_gib(plan.train_peak)}',
-      f'{"PEAK":<58}{_gib(plan.peak)}',
-      f'{"usable (HBM minus " + format(plan.headroom, ".0%") + " headroom)":<58}{_gib(plan.usable)}',
+    f'{"peak while sampling":<58}{_gib(plan.sampling_peak)}',
+    f'{"peak in the train step":<58}{_gib(plan.train_peak)}',
+    f'{"PEAK":<58}{_gib(plan.peak)}',
+    f'{"usable (HBM minus " + format(plan.headroom, ".0%") + " headroom)":<58}{_gib(plan.usable)}',
   ]
   lines += [f'note: {n}' for n in plan.notes]
   return '\n'.join(lines)
@@ -355,18 +381,25 @@ def _candidates(plan: Plan, config) -> list[tuple[str, dict]]:
   g, b = int(config.num_generations), int(config.batch_size)
   shards = plan.mesh['data'] * plan.mesh['fsdp']
   if plan.mesh['data'] > 1:
-    out.append(('--config.mesh.data=1 --config.mesh.fsdp=-1 (data replicates the weights)',
-                {'mesh.data': 1, 'mesh.fsdp': -1}))
+    out.append(
+      ('--config.mesh.data=1 --config.mesh.fsdp=-1 (data replicates the weights)', {'mesh.data': 1, 'mesh.fsdp': -1})
+    )
   if plan.mesh['tensor'] == 1 and plan.hardware.chips_per_host >= 4 and plan.hardware.chips % 4 == 0:
-    out.append(('--config.mesh.data=1 --config.mesh.fsdp=-1 --config.mesh.tensor=4 (tensor within a host splits '
-                'the vocab of the logits and the MLP)', {'mesh.data': 1, 'mesh.fsdp': -1, 'mesh.tensor': 4}))
+    out.append(
+      (
+        '--config.mesh.data=1 --config.mesh.fsdp=-1 --config.mesh.tensor=4 (tensor within a host splits '
+        'the vocab of the logits and the MLP)',
+        {'mesh.data': 1, 'mesh.fsdp': -1, 'mesh.tensor': 4},
+      )
+    )
   if float(config.grpo.beta) > 0:
     out.append(('--config.grpo.beta=0 (no reference model)', {'grpo.beta': 0.0}))
   if jnp.dtype(config.param_dtype) == jnp.float32:
     out.append(('--config.param_dtype=bfloat16', {'param_dtype': 'bfloat16'}))
   if jnp.dtype(_get(config, 'sampling.cache_dtype', 'float32')) == jnp.float32:
-    out.append(('a bfloat16 KV cache (proposed key sampling.cache_dtype=bfloat16)',
-                {'sampling.cache_dtype': 'bfloat16'}))
+    out.append(
+      ('a bfloat16 KV cache (proposed key sampling.cache_dtype=bfloat16)', {'sampling.cache_dtype': 'bfloat16'})
+    )
   if not config.remat:
     out.append(('--config.remat=True', {'remat': True}))
   if b % 2 == 0 and (b // 2 * g) % shards == 0:
@@ -378,8 +411,9 @@ def _candidates(plan: Plan, config) -> list[tuple[str, dict]]:
     out.append((f'--config.sampling.max_new_tokens={n // 2}', {'sampling.max_new_tokens': n // 2}))
   micro = int(_get(config, 'train_microbatches', 1))
   if (b * g) % (2 * micro * shards) == 0:
-    out.append((f'train_microbatches={2 * micro} (proposed key: split the train step)',
-                {'train_microbatches': 2 * micro}))
+    out.append(
+      (f'train_microbatches={2 * micro} (proposed key: split the train step)', {'train_microbatches': 2 * micro})
+    )
   return out
 
 
@@ -389,10 +423,12 @@ def suggestions(plan: Plan, config) -> list[str]:
   total_persistent = sum(plan.persistent.values())
   if total_persistent > plan.usable:
     need = math.ceil(total_persistent * plan.hardware.chips / plan.usable)
-    out.append(f'params + optimizer (+ reference) alone need {total_persistent / GiB:.1f} GiB per device at '
-               f'{plan.mesh["fsdp"] * plan.mesh["tensor"]}-way sharding: use a slice with at least {need} chips of '
-               f'this type ({_slice_name(plan.hardware, need)} or larger, all chips in mesh.fsdp x tensor), or a '
-               f'smaller model')
+    out.append(
+      f'params + optimizer (+ reference) alone need {total_persistent / GiB:.1f} GiB per device at '
+      f'{plan.mesh["fsdp"] * plan.mesh["tensor"]}-way sharding: use a slice with at least {need} chips of '
+      f'this type ({_slice_name(plan.hardware, need)} or larger, all chips in mesh.fsdp x tensor), or a '
+      f'smaller model'
+    )
   tried = []
   for text, changes in _candidates(plan, config):
     alt = config.copy_and_resolve_references()
@@ -404,8 +440,7 @@ def suggestions(plan: Plan, config) -> list[str]:
         node = node[part]
       node[leaf] = value
     try:
-      peak = make_plan(alt, plan.hardware, headroom=plan.headroom,
-                       vocab_size=plan.vocab_size).peak
+      peak = make_plan(alt, plan.hardware, headroom=plan.headroom, vocab_size=plan.vocab_size).peak
     except ValueError:
       continue
     tried.append((peak, text))
@@ -431,10 +466,13 @@ def check(plan: Plan, config) -> str | None:
   if plan.fits:
     return None
   top = ', '.join(f'{name} {size / GiB:.1f} GiB' for name, size in plan.consumers()[:4])
-  lines = [f'DOES NOT FIT: {plan.model} on {plan.hardware.name} needs {plan.peak / GiB:.1f} GiB per device at peak, '
-           f'{plan.usable / GiB:.1f} GiB usable ({plan.hardware.hbm_bytes / GiB:.0f} GiB HBM minus '
-           f'{plan.headroom:.0%} headroom).',
-           f'biggest consumers: {top}.', 'try:']
+  lines = [
+    f'DOES NOT FIT: {plan.model} on {plan.hardware.name} needs {plan.peak / GiB:.1f} GiB per device at peak, '
+    f'{plan.usable / GiB:.1f} GiB usable ({plan.hardware.hbm_bytes / GiB:.0f} GiB HBM minus '
+    f'{plan.headroom:.0%} headroom).',
+    f'biggest consumers: {top}.',
+    'try:',
+  ]
   lines += [f'  - {s}' for s in suggestions(plan, config)]
   return '\n'.join(lines)
 
@@ -449,10 +487,14 @@ def main(argv: Sequence[str]) -> int:
   from ml_collections import config_flags
 
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:arg]).', flag_values=fv,
-                                  lock_config=True)
-  flags.DEFINE_string('devices', None, 'Slice: v5p-32, v5e-8, v6e-16, v4-8, cpu-8, ... (default: the config\'s '
-                      '`devices` field, which configs/gemma3_tpu.py sets)', flag_values=fv)
+  config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:arg]).', flag_values=fv, lock_config=True)
+  flags.DEFINE_string(
+    'devices',
+    None,
+    "Slice: v5p-32, v5e-8, v6e-16, v4-8, cpu-8, ... (default: the config's "
+    '`devices` field, which configs/gemma3_tpu.py sets)',
+    flag_values=fv,
+  )
   flags.DEFINE_float('headroom', 0.1, 'Fraction of HBM kept free (XLA scratch, fragmentation).', flag_values=fv)
   try:
     fv(list(argv))

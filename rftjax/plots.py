@@ -4,6 +4,7 @@
 
 Read-only on metrics.jsonl, so it can run while training writes; the PNG is replaced atomically.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,6 +37,7 @@ def reward_series(records: list[dict]) -> dict[str, tuple[list[int], list[float]
 def write_reward_plot(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> pathlib.Path:
   """Writes the plot (default DIR/reward_curve.png) and returns its path; an empty run gives an empty axes."""
   import matplotlib
+
   matplotlib.use('Agg')  # no display; must precede pyplot
   from matplotlib import pyplot as plt
 

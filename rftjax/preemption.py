@@ -4,6 +4,7 @@ The handler only sets a flag; the loop polls it at step boundaries (all hosts ag
 so every host stops at the same step), saves, and raises `Preempted`, which the entry point turns into exit
 status 42 so `tpu/supervise.sh` knows to relaunch rather than give up.
 """
+
 from __future__ import annotations
 
 import signal

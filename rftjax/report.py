@@ -5,6 +5,7 @@
 Read-only (config.json, metrics.jsonl, checkpoints/ through a read-only Checkpointer), so it is safe on a run that
 is still training. See docs/cli.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,16 +71,25 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   out.update(best_step=best_step, best_valid_reward=best_reward, best_from=best_source)
   if valid_by_step:
     first, last = min(valid_by_step), max(valid_by_step)
-    out.update(valid_reward_first=valid_by_step[first], valid_reward_first_step=first,
-               valid_reward_last=valid_by_step[last], valid_reward_last_step=last)
+    out.update(
+      valid_reward_first=valid_by_step[first],
+      valid_reward_first_step=first,
+      valid_reward_last=valid_by_step[last],
+      valid_reward_last_step=last,
+    )
   if train:
     tail = train[-10:]
     out['train_reward_last10_mean'] = sum(r['train_reward_mean'] for r in tail) / len(tail)
 
   data = config.get('data') or {}
-  out['source'] = {'model': config.get('model'), 'init': config.get('init') or '(random)',
-                   'tokenizer': config.get('tokenizer') or config.get('init'), 'train_data': data.get('train'),
-                   'valid_data': data.get('valid'), 'grader': _grader_type(config.get('grader'))}
+  out['source'] = {
+    'model': config.get('model'),
+    'init': config.get('init') or '(random)',
+    'tokenizer': config.get('tokenizer') or config.get('init'),
+    'train_data': data.get('train'),
+    'valid_data': data.get('valid'),
+    'grader': _grader_type(config.get('grader')),
+  }
 
   timing = {}
   for name in TIMINGS:
@@ -97,8 +107,10 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   elif train and timing.get('sampling_s') and config.get('batch_size') and config.get('num_generations'):
     rows = config['batch_size'] * config['num_generations']
     tokens = sum(r.get('completion_len_mean', 0.0) * rows for r in train)
-    out['tokens_per_s'] = {'key': 'estimated: completion_len_mean x batch_size x num_generations / sampling_s',
-                           'mean': tokens / timing['sampling_s']}
+    out['tokens_per_s'] = {
+      'key': 'estimated: completion_len_mean x batch_size x num_generations / sampling_s',
+      'mean': tokens / timing['sampling_s'],
+    }
   out['checkpoints'] = steps_on_disk
   return out
 
@@ -110,24 +122,33 @@ def _fmt(v) -> str:
 
 
 def table(s: dict) -> str:
-  rows = [('run', s['workdir']),
-          ('steps', f"{s['steps_done']} / {_fmt(s['total_steps'])}"),
-          ('best step', f"{_fmt(s['best_step'])}  (valid reward {_fmt(s['best_valid_reward'])}, from "
-                        f"{_fmt(s['best_from'])})")]
+  rows = [
+    ('run', s['workdir']),
+    ('steps', f'{s["steps_done"]} / {_fmt(s["total_steps"])}'),
+    (
+      'best step',
+      f'{_fmt(s["best_step"])}  (valid reward {_fmt(s["best_valid_reward"])}, from {_fmt(s["best_from"])})',
+    ),
+  ]
   if 'valid_reward_first' in s:
-    rows.append(('valid reward', f"{_fmt(s['valid_reward_first'])} at step {s['valid_reward_first_step']} -> "
-                                 f"{_fmt(s['valid_reward_last'])} at step {s['valid_reward_last_step']}"))
+    rows.append(
+      (
+        'valid reward',
+        f'{_fmt(s["valid_reward_first"])} at step {s["valid_reward_first_step"]} -> '
+        f'{_fmt(s["valid_reward_last"])} at step {s["valid_reward_last_step"]}',
+      )
+    )
   if 'train_reward_last10_mean' in s:
-    rows.append(('train reward', f"{_fmt(s['train_reward_last10_mean'])} (mean of the last 10 steps)"))
+    rows.append(('train reward', f'{_fmt(s["train_reward_last10_mean"])} (mean of the last 10 steps)'))
   for k, v in s['source'].items():
     rows.append((k.replace('_', ' '), _fmt(v)))
   total = s['timing_total_s'] or 1.0
   for k, v in s['timing_s'].items():
     rows.append((f'time {k[:-2]}', f'{v:.1f} s ({100 * v / total:.0f}%)'))
   if s['timing_s']:
-    rows.append(('time total', f"{s['timing_total_s']:.1f} s"))
+    rows.append(('time total', f'{s["timing_total_s"]:.1f} s'))
   if 'tokens_per_s' in s:
-    rows.append(('tokens/s', f"{s['tokens_per_s']['mean']:.1f}  ({s['tokens_per_s']['key']})"))
+    rows.append(('tokens/s', f'{s["tokens_per_s"]["mean"]:.1f}  ({s["tokens_per_s"]["key"]})'))
   rows.append(('checkpoints', ', '.join(map(str, s['checkpoints'])) or '-'))
   width = max(len(k) for k, _ in rows)
   return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)

@@ -3,6 +3,7 @@
 Everything here is this process's rows only (on a pod slice each host samples, decodes and grades its own slice of
 the global batch); `to_global` assembles the device batch from every host's rows, and `allmean` reduces metrics.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,7 @@ from rftjax import train_step as step_lib
 @dataclasses.dataclass
 class Rollout:
   """Host-local rows, G consecutive rows per prompt."""
+
   prompt_tokens: np.ndarray  # [R, P]
   prompt_mask: np.ndarray  # [R, P]
   tokens: np.ndarray  # [R, N]
@@ -44,6 +46,7 @@ class Rollout:
     def join(name):
       values = [getattr(p, name) for p in parts]
       return sum(values, []) if isinstance(values[0], list) else np.concatenate(values)
+
     return Rollout(**{f.name: join(f.name) for f in dataclasses.fields(Rollout)})
 
 
@@ -83,7 +86,7 @@ def allmean(values: dict[str, float]) -> dict[str, float]:
       out[k] = float(col.max())
     elif k.endswith('_std') and k[:-4] + '_mean' in values:
       m = g[:, keys.index(k[:-4] + '_mean')]
-      out[k] = float(np.sqrt(max(np.mean(col ** 2 + m ** 2) - np.mean(m) ** 2, 0.0)))
+      out[k] = float(np.sqrt(max(np.mean(col**2 + m**2) - np.mean(m) ** 2, 0.0)))
     else:
       out[k] = float(col.mean())
   return out
@@ -99,11 +102,22 @@ def sample(sampler: sampler_lib.Sampler, params, prompts: list[list[int]], tok, 
   """Samples and decodes this host's rows (already repeated G times); rewards and results are not filled yet."""
   p_tokens, p_mask = sampler_lib.pad_prompts(prompts, sampler.max_prompt_len, sampler.pad_id)
   out = sampler(params, to_global(mesh, p_tokens), to_global(mesh, p_mask), rng)
-  tokens, mask, logprobs, lengths, truncated = (local_rows(a) for a in (out.tokens, out.mask, out.logprobs,
-                                                                         out.lengths, out.truncated))
+  tokens, mask, logprobs, lengths, truncated = (
+    local_rows(a) for a in (out.tokens, out.mask, out.logprobs, out.lengths, out.truncated)
+  )
   texts = [tok.decode(row[:n]) for row, n in zip(tokens, lengths)]
-  return Rollout(p_tokens, p_mask, tokens, mask.astype(np.float32), logprobs, lengths, truncated,
-                 np.zeros(len(texts), np.float32), [None] * len(texts), texts)
+  return Rollout(
+    p_tokens,
+    p_mask,
+    tokens,
+    mask.astype(np.float32),
+    logprobs,
+    lengths,
+    truncated,
+    np.zeros(len(texts), np.float32),
+    [None] * len(texts),
+    texts,
+  )
 
 
 def with_grades(r: Rollout, results: list) -> Rollout:
@@ -112,8 +126,9 @@ def with_grades(r: Rollout, results: list) -> Rollout:
   return r
 
 
-def sample_and_grade(sampler: sampler_lib.Sampler, params, prompts: list[list[int]], items: list[dict], tok,
-                     grader, pool, rng, mesh) -> tuple[Rollout, float, float]:
+def sample_and_grade(
+  sampler: sampler_lib.Sampler, params, prompts: list[list[int]], items: list[dict], tok, grader, pool, rng, mesh
+) -> tuple[Rollout, float, float]:
   """sample() then grade in the pool. Returns (rollout, sampling_s, grading_s)."""
   t0 = time.perf_counter()
   r = sample(sampler, params, prompts, tok, rng, mesh)
@@ -126,30 +141,39 @@ def make_batch(r: Rollout, grpo_cfg, g: int, max_new_tokens: int, mesh) -> step_
   out when configured)."""
   rewards = r.rewards.astype(np.float32)
   if grpo_cfg.overlong_buffer > 0:
-    rewards = rewards + grpo.overlong_penalty(r.lengths, max_new_tokens, grpo_cfg.overlong_buffer,
-                                              grpo_cfg.overlong_penalty)
+    rewards = rewards + grpo.overlong_penalty(
+      r.lengths, max_new_tokens, grpo_cfg.overlong_buffer, grpo_cfg.overlong_penalty
+    )
   scale = grpo_cfg.scale_rewards if grpo_cfg.advantage == 'grpo' else None
-  advantages = np.asarray(grpo.compute_advantages(jnp.asarray(rewards), g, method=grpo_cfg.advantage, scale=scale),
-                          np.float32)
+  advantages = np.asarray(
+    grpo.compute_advantages(jnp.asarray(rewards), g, method=grpo_cfg.advantage, scale=scale), np.float32
+  )
   mask = r.mask
   if grpo_cfg.mask_truncated:
     mask = grpo.truncation_mask(mask, r.truncated)
-  batch = step_lib.Batch(prompt_tokens=to_global(mesh, r.prompt_tokens), prompt_mask=to_global(mesh, r.prompt_mask),
-                         completion_tokens=to_global(mesh, r.tokens), completion_mask=to_global(mesh, mask),
-                         advantages=to_global(mesh, advantages), sampler_logp=to_global(mesh, r.logprobs))
+  batch = step_lib.Batch(
+    prompt_tokens=to_global(mesh, r.prompt_tokens),
+    prompt_mask=to_global(mesh, r.prompt_mask),
+    completion_tokens=to_global(mesh, r.tokens),
+    completion_mask=to_global(mesh, mask),
+    advantages=to_global(mesh, advantages),
+    sampler_logp=to_global(mesh, r.logprobs),
+  )
   return batch
 
 
 def rollout_metrics(r: Rollout, g: int, prefix: str = 'train') -> dict[str, float]:
   m = graders.summarize(r.results, prefix=prefix)
   keep = grpo.dynamic_sampling_keep(r.rewards, g)
-  m.update({
+  m.update(
+    {
       f'{prefix}_reward_std': float(r.rewards.std()),
       'zero_std_group_frac': float(1.0 - keep.mean()),
       'completion_len_mean': float(r.lengths.mean()),
       'completion_len_max': float(r.lengths.max()),
       'truncated_frac': float(r.truncated.mean()),
-  })
+    }
+  )
   return m
 
 

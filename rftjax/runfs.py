@@ -12,6 +12,7 @@ logged and retried at the next sync; the files wait in staging. On resume the fi
 
 For a local workdir the staging folder is the workdir itself and `sync()` does nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,9 @@ class RunDir:
     sync_interval_s: `maybe_sync()` uploads at most this often.
   """
 
-  def __init__(self, workdir: str | os.PathLike, *, staging: str | os.PathLike | None = None,
-               sync_interval_s: float = 60.0):
+  def __init__(
+    self, workdir: str | os.PathLike, *, staging: str | os.PathLike | None = None, sync_interval_s: float = 60.0
+  ):
     self.remote = path(workdir)
     self.is_remote = is_remote(workdir)
     self.sync_interval_s = sync_interval_s
@@ -75,8 +77,12 @@ class RunDir:
       if src.exists():
         (self.local / name).write_bytes(src.read_bytes())
         self._mark_uploaded(name)
-    log.info('workdir %s: run files are staged in %s and uploaded every %.0fs, after each eval and checkpoint, '
-             'and at exit', self.remote, self.local, sync_interval_s)
+    log.info(
+      'workdir %s: run files are staged in %s and uploaded every %.0fs, after each eval and checkpoint, and at exit',
+      self.remote,
+      self.local,
+      sync_interval_s,
+    )
 
   def _mark_uploaded(self, rel: str) -> None:
     st = (self.local / rel).stat()
@@ -94,8 +100,13 @@ class RunDir:
       try:
         return self.sync()
       except Exception as e:  # gcsfs has retried already; what is left is an outage or a permission change
-        log.warning('upload to %s failed (%s: %s); the files stay in %s and are retried at the next sync',
-                    self.remote, type(e).__name__, e, self.local)
+        log.warning(
+          'upload to %s failed (%s: %s); the files stay in %s and are retried at the next sync',
+          self.remote,
+          type(e).__name__,
+          e,
+          self.local,
+        )
         return 0
     count = 0
     for file in sorted(self.local.rglob('*')):

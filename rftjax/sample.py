@@ -9,6 +9,7 @@ A prompt line is either the training format `{"messages": [...]}` (rendered with
 policy), `truncated` and `source` (file:line). Greedy by default (--temperature=0). Progress goes to stderr.
 See docs/cli.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,18 +30,28 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument('--workdir', help='a run directory (config.json + checkpoints/)')
   p.add_argument('--step', default='best', help="checkpoint: 'best' (default), 'latest' or a step number")
   p.add_argument('--init', help="instead of --workdir: 'gguf:PATH', 'gguf:smollm2-135m', 'hf:DIR', or '' (random)")
-  p.add_argument('--model', help='model preset (default: the run\'s, or what the --init file states)')
-  p.add_argument('--tokenizer', help='tokenizer spec (default: the run\'s, or the --init file\'s)')
-  p.add_argument('--chat_template', help='gemma | chatml | llama3 | plain (default: the tokenizer\'s)')
+  p.add_argument('--model', help="model preset (default: the run's, or what the --init file states)")
+  p.add_argument('--tokenizer', help="tokenizer spec (default: the run's, or the --init file's)")
+  p.add_argument('--chat_template', help="gemma | chatml | llama3 | plain (default: the tokenizer's)")
   p.add_argument('--batch_size', type=int, default=32, help='prompts per compiled batch')
-  p.add_argument('--stop', action='append', type=lambda s: codecs.decode(s, 'unicode_escape'),
-                 help="an extra single-token stop string, repeatable; escapes work: --stop='\\n' (default: the "
-                      "run's config.sampling.stop)")
+  p.add_argument(
+    '--stop',
+    action='append',
+    type=lambda s: codecs.decode(s, 'unicode_escape'),
+    help="an extra single-token stop string, repeatable; escapes work: --stop='\\n' (default: the "
+    "run's config.sampling.stop)",
+  )
 
 
 def load_from_args(args) -> inference.Loaded:
-  return inference.load(workdir=args.workdir, step=args.step, init=args.init, model=args.model,
-                        tokenizer=args.tokenizer, chat_template=args.chat_template)
+  return inference.load(
+    workdir=args.workdir,
+    step=args.step,
+    init=args.init,
+    model=args.model,
+    tokenizer=args.tokenizer,
+    chat_template=args.chat_template,
+  )
 
 
 def read_prompts(path: str | pathlib.Path) -> list[tuple[str, dict, data_lib.Example | None]]:
@@ -84,6 +95,7 @@ def encode(tok, prompt: tuple[str, dict, data_lib.Example | None]) -> list[int]:
 def stderr_progress(label: str):
   def report(done: int, total: int) -> None:
     print(f'\r{label}: {done}/{total}', end='\n' if done == total else '', file=sys.stderr, flush=True)
+
   return report
 
 
@@ -116,14 +128,32 @@ def main(argv=None) -> int:
     prompts = read_prompts(args.prompts)  # bad input fails before the model loads
     loaded = load_from_args(args)
     ids = [encode(loaded.tokenizer, pr) for pr in prompts]
-    outs = inference.complete(loaded, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, top_k=args.top_k, seed=args.seed, batch_size=args.batch_size,
-                              stop=args.stop, progress=stderr_progress('sampling'))
+    outs = inference.complete(
+      loaded,
+      ids,
+      max_new_tokens=args.max_new_tokens,
+      temperature=args.temperature,
+      top_p=args.top_p,
+      top_k=args.top_k,
+      seed=args.seed,
+      batch_size=args.batch_size,
+      stop=args.stop,
+      progress=stderr_progress('sampling'),
+    )
   except (inference.InferenceError, data_lib.DataError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  rows = [{**obj, 'source': where, 'completion': o['text'], 'tokens': o['tokens'], 'logprobs': o['logprobs'],
-           'truncated': o['truncated']} for (where, obj, _), o in zip(prompts, outs)]
+  rows = [
+    {
+      **obj,
+      'source': where,
+      'completion': o['text'],
+      'tokens': o['tokens'],
+      'logprobs': o['logprobs'],
+      'truncated': o['truncated'],
+    }
+    for (where, obj, _), o in zip(prompts, outs)
+  ]
   data_lib.write_jsonl(args.out, rows)
   print(f'wrote {len(rows)} completions to {args.out}', file=sys.stderr)
   return 0

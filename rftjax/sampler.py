@@ -6,6 +6,7 @@ emitted a stop token. It returns the completion tokens, a mask (1 up to and incl
 log-probability of each sampled token under the temperature-scaled policy (before top-k/top-p truncation), which
 is what the trainer recomputes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ from rftjax import sharding
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
   """temperature 0 = greedy. top_k 0 and top_p 1.0 disable those filters."""
+
   temperature: float = 1.0
   top_p: float = 1.0
   top_k: int = 0
@@ -61,8 +63,8 @@ def pad_prompts(prompts: Sequence[Sequence[int]], max_prompt_len: int, pad_id: i
     if len(p) > max_prompt_len:
       raise ValueError(f'prompt {i} has {len(p)} tokens, more than max_prompt_len={max_prompt_len}')
     if len(p):
-      tokens[i, -len(p):] = p
-      mask[i, -len(p):] = True
+      tokens[i, -len(p) :] = p
+      mask[i, -len(p) :] = True
   return tokens, mask
 
 
@@ -92,6 +94,7 @@ def choose(logits, rng, params: SamplingParams):
 @dataclasses.dataclass(frozen=True)
 class Sampler:
   """Static description of a sampling program; hashable, so it is the jit cache key."""
+
   cfg: model_lib.TransformerConfig
   max_prompt_len: int
   max_new_tokens: int
@@ -114,17 +117,27 @@ def _sample(s: Sampler, weights, prompt_tokens, prompt_mask, rng) -> SampleOutpu
   cache = jax.tree.map(lambda c: sharding.constrain(c, model_lib.CACHE_AXES), cache)
   key_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
-  hidden, cache = model_lib.forward(weights, cfg, prompt_tokens, positions, key_mask, cache=cache, cache_index=0,
-                                    dtype=dtype, return_hidden=True)
+  hidden, cache = model_lib.forward(
+    weights, cfg, prompt_tokens, positions, key_mask, cache=cache, cache_index=0, dtype=dtype, return_hidden=True
+  )
   logits = model_lib.unembed(weights, cfg, hidden[:, -1:])[:, 0]
   rng, sub = jax.random.split(rng)
   token, logprob = choose(logits, sub, s.params)
   stop_ids = jnp.asarray(s.stop_ids, jnp.int32)
 
-  state = _LoopState(step=jnp.int32(0), token=token, logprob=logprob, done=jnp.zeros((b,), bool),
-                     tokens=jnp.full((b, n), s.pad_id, jnp.int32), logprobs=jnp.zeros((b, n), jnp.float32),
-                     mask=jnp.zeros((b, n), jnp.float32), cache=cache, key_mask=key_mask,
-                     position=positions[:, -1] + 1, rng=rng)
+  state = _LoopState(
+    step=jnp.int32(0),
+    token=token,
+    logprob=logprob,
+    done=jnp.zeros((b,), bool),
+    tokens=jnp.full((b, n), s.pad_id, jnp.int32),
+    logprobs=jnp.zeros((b, n), jnp.float32),
+    mask=jnp.zeros((b, n), jnp.float32),
+    cache=cache,
+    key_mask=key_mask,
+    position=positions[:, -1] + 1,
+    rng=rng,
+  )
 
   def cond(st: _LoopState):
     return (st.step < n) & ~jnp.all(st.done)
@@ -137,24 +150,53 @@ def _sample(s: Sampler, weights, prompt_tokens, prompt_mask, rng) -> SampleOutpu
     done = st.done | jnp.isin(st.token, stop_ids)
     slot = p + st.step
     key_mask = jax.lax.dynamic_update_slice_in_dim(st.key_mask, live[:, None], slot, axis=1)
-    hidden, cache = model_lib.forward(weights, cfg, st.token[:, None], st.position[:, None], key_mask,
-                                      cache=st.cache, cache_index=slot, dtype=dtype, return_hidden=True)
+    hidden, cache = model_lib.forward(
+      weights,
+      cfg,
+      st.token[:, None],
+      st.position[:, None],
+      key_mask,
+      cache=st.cache,
+      cache_index=slot,
+      dtype=dtype,
+      return_hidden=True,
+    )
     logits = model_lib.unembed(weights, cfg, hidden)[:, 0]
     rng, sub = jax.random.split(st.rng)
     token, logprob = choose(logits, sub, s.params)
-    return _LoopState(step=st.step + 1, token=token, logprob=logprob, done=done, tokens=tokens,
-                      logprobs=logprobs, mask=mask, cache=cache, key_mask=key_mask, position=st.position + 1,
-                      rng=rng)
+    return _LoopState(
+      step=st.step + 1,
+      token=token,
+      logprob=logprob,
+      done=done,
+      tokens=tokens,
+      logprobs=logprobs,
+      mask=mask,
+      cache=cache,
+      key_mask=key_mask,
+      position=st.position + 1,
+      rng=rng,
+    )
 
   state = jax.lax.while_loop(cond, body, state)
   lengths = jnp.sum(state.mask, axis=1).astype(jnp.int32)
-  return SampleOutput(tokens=state.tokens, mask=state.mask, logprobs=state.logprobs, lengths=lengths,
-                      truncated=~state.done)
+  return SampleOutput(
+    tokens=state.tokens, mask=state.mask, logprobs=state.logprobs, lengths=lengths, truncated=~state.done
+  )
 
 
-def generate(weights, cfg: model_lib.TransformerConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             stop_ids: Sequence[int], pad_id: int = 0, params: SamplingParams = SamplingParams(temperature=0.0),
-             seed: int = 0, max_prompt_len: int | None = None) -> list[list[int]]:
+def generate(
+  weights,
+  cfg: model_lib.TransformerConfig,
+  prompts: Sequence[Sequence[int]],
+  *,
+  max_new_tokens: int,
+  stop_ids: Sequence[int],
+  pad_id: int = 0,
+  params: SamplingParams = SamplingParams(temperature=0.0),
+  seed: int = 0,
+  max_prompt_len: int | None = None,
+) -> list[list[int]]:
   """Convenience for tests and CLIs: token lists in, completion token lists (through the stop token) out."""
   max_prompt_len = max_prompt_len or max(len(p) for p in prompts)
   tokens, mask = pad_prompts(prompts, max_prompt_len, pad_id)

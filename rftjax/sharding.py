@@ -4,6 +4,7 @@ Model code names axes ('embed', 'heads', 'act_batch', ...); this module alone de
 that a mesh axis does not divide stays replicated (Gemma's single KV head on a tensor axis of 2, say), and with no
 mesh set every constraint is a no-op, so CPU tests run the very same code as a pod slice.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,18 +19,18 @@ MESH_AXES = ('data', 'fsdp', 'tensor')
 # logical name -> mesh axes (None = replicated). Weights are FSDP-sharded on their 'embed' dim and tensor-parallel
 # on heads / MLP / vocab; activations are split over the batch only.
 RULES: dict[str, tuple[str, ...] | str | None] = {
-    'act_batch': ('data', 'fsdp'),
-    'act_len': None,
-    'act_embed': None,
-    'act_mlp': 'tensor',
-    'vocab': 'tensor',
-    'embed': 'fsdp',
-    'heads': 'tensor',
-    'kv_heads': 'tensor',
-    'mlp': 'tensor',
-    'head_dim': None,
-    'layers': None,
-    'norm': None,
+  'act_batch': ('data', 'fsdp'),
+  'act_len': None,
+  'act_embed': None,
+  'act_mlp': 'tensor',
+  'vocab': 'tensor',
+  'embed': 'fsdp',
+  'heads': 'tensor',
+  'kv_heads': 'tensor',
+  'mlp': 'tensor',
+  'head_dim': None,
+  'layers': None,
+  'norm': None,
 }
 
 
@@ -42,18 +43,22 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not divisible by {known}')
+      raise ValueError(
+        f'config.mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not divisible by {known}'
+      )
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, '
-                     f'but {len(devices)} are available')
+    raise ValueError(
+      f'config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, but {len(devices)} are available'
+    )
   if len(devices) == len(jax.devices()):
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
-def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None
-                    ) -> PartitionSpec:
+def logical_to_spec(
+  names: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None
+) -> PartitionSpec:
   """PartitionSpec for logical names; drops mesh axes that do not divide the dim or are already used."""
   used: set[str] = set()
   spec = []
@@ -80,8 +85,12 @@ def named_sharding(mesh: Mesh | None, names: Sequence[str | None], shape: Sequen
 
 def param_shardings(shapes, axes, mesh: Mesh | None):
   """Tree of shardings for a tree of ShapeDtypeStructs and the matching tree of logical-axis tuples."""
-  return jax.tree.map(lambda s, a: named_sharding(mesh, a, s.shape), shapes, axes,
-                      is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(n, (str, type(None))) for n in x))
+  return jax.tree.map(
+    lambda s, a: named_sharding(mesh, a, s.shape),
+    shapes,
+    axes,
+    is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(n, (str, type(None))) for n in x),
+  )
 
 
 def data_sharding(mesh: Mesh | None, ndim: int = 2):

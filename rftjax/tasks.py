@@ -9,6 +9,7 @@ what the generator makes, so the demo data can never drift from its recipe.
   grader on the final number; `arith/equations_*`: 4-shot plain-text sums for Gemma 3 270M base, graded on the
   first line of the completion.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ from rftjax import tokenizer
 DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / 'data'
 
 TINY_VOCAB = 32
-TINY_GRADER = {'type': 'string_check', 'name': 'exact_answer', 'input': '{{sample.output_text}}',
-               'reference': '{{item.answer}}', 'operation': 'eq'}
+TINY_GRADER = {
+  'type': 'string_check',
+  'name': 'exact_answer',
+  'input': '{{sample.output_text}}',
+  'reference': '{{item.answer}}',
+  'operation': 'eq',
+}
 
 
 def tiny_examples(n: int, seed: int, num_digits: int = 4) -> list[dict]:
@@ -64,11 +70,14 @@ def arith_examples(n: int, seed: int) -> list[dict]:
 EQUATION_SHOTS = '3 + 5 = 8\n47 - 3 = 44\n4 * 6 = 24\n61 + 9 = 70\n'
 
 FIRST_LINE_GRADER = {
-    'type': 'python', 'name': 'first_line',
-    'source': ('import re\n\n\ndef grade(sample, item):\n'
-               '    first = sample["output_text"].strip().split("\\n")[0]\n'
-               '    m = re.match(r"\\s*(-?\\d+)\\s*$", first)\n'
-               '    return 1.0 if m and m.group(1) == item["answer"] else 0.0\n'),
+  'type': 'python',
+  'name': 'first_line',
+  'source': (
+    'import re\n\n\ndef grade(sample, item):\n'
+    '    first = sample["output_text"].strip().split("\\n")[0]\n'
+    '    m = re.match(r"\\s*(-?\\d+)\\s*$", first)\n'
+    '    return 1.0 if m and m.group(1) == item["answer"] else 0.0\n'
+  ),
 }
 
 
@@ -106,8 +115,9 @@ def write_tiny(out_dir: pathlib.Path = DATA_DIR / 'tiny') -> None:
   data.write_jsonl(out_dir / 'valid.jsonl', tiny_examples(200, seed=2))
   (out_dir / 'grader.json').write_text(json.dumps(TINY_GRADER, indent=2) + '\n')
   # no byte fallback: a ~30-token vocabulary keeps a random model's chance of a right answer near 1/30
-  tokenizer.train_sentencepiece(tiny_tokenizer_texts() * 20, vocab_size=TINY_VOCAB, out_prefix=out_dir / 'tokenizer',
-                                byte_fallback=False)
+  tokenizer.train_sentencepiece(
+    tiny_tokenizer_texts() * 20, vocab_size=TINY_VOCAB, out_prefix=out_dir / 'tokenizer', byte_fallback=False
+  )
 
 
 def write_arith(out_dir: pathlib.Path = DATA_DIR / 'arith') -> None:

@@ -16,6 +16,7 @@ on it. Host-side only: nothing here runs under jit.
 Chat templates are plain Python (no jinja), named `gemma`, `chatml`, `llama3`, `plain`; `apply_chat` renders the
 OpenAI-style `messages` plus the generation prompt, never the BOS (that is `encode_prompt`'s job).
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,506 +35,587 @@ from rftjax import pretrained
 # Sentencepiece piece types; GGUF's `tokenizer.ggml.token_type` uses the same codes.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-TEMPLATES = ("gemma", "chatml", "llama3", "plain")
+TEMPLATES = ('gemma', 'chatml', 'llama3', 'plain')
 # The token that closes a turn in each template; generation stops on it as well as on EOS.
-_TURN_END = {"gemma": "<end_of_turn>", "chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
+_TURN_END = {'gemma': '<end_of_turn>', 'chatml': '<|im_end|>', 'llama3': '<|eot_id|>'}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # GGUF metadata (the key/value header only; tensors are weights.py's business).
 
-_GGUF_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_SCALAR = {0: '<B', 1: '<b', 2: '<H', 3: '<h', 4: '<I', 5: '<i', 6: '<f', 7: '<?', 10: '<Q', 11: '<q', 12: '<d'}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 
 def read_gguf_metadata(path: str | os.PathLike) -> dict:
-    """All metadata key/values of a GGUF file; numeric arrays as numpy, string arrays as lists.
+  """All metadata key/values of a GGUF file; numeric arrays as numpy, string arrays as lists.
 
-    gguf-py's `GGUFReader` takes ~27 s on Gemma's 262k-token vocabulary; this reads the same header in ~0.5 s.
-    """
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        buf = memoryview(m)
-        try:
-            magic, version, _, n_kv = struct.unpack_from("<4sIQQ", buf, 0)
-            if magic != b"GGUF" or version < 2:
-                raise ValueError(f"{path}: not a GGUF v2+ file (magic {magic!r}, version {version})")
+  gguf-py's `GGUFReader` takes ~27 s on Gemma's 262k-token vocabulary; this reads the same header in ~0.5 s.
+  """
+  with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+    buf = memoryview(m)
+    try:
+      magic, version, _, n_kv = struct.unpack_from('<4sIQQ', buf, 0)
+      if magic != b'GGUF' or version < 2:
+        raise ValueError(f'{path}: not a GGUF v2+ file (magic {magic!r}, version {version})')
 
-            def string(pos):
-                (n,) = struct.unpack_from("<Q", buf, pos)
-                return str(buf[pos + 8:pos + 8 + n], "utf-8", "replace"), pos + 8 + n
+      def string(pos):
+        (n,) = struct.unpack_from('<Q', buf, pos)
+        return str(buf[pos + 8 : pos + 8 + n], 'utf-8', 'replace'), pos + 8 + n
 
-            def value(kind, pos):
-                if kind == _GGUF_STRING:
-                    return string(pos)
-                if kind == _GGUF_ARRAY:
-                    item_kind, count = struct.unpack_from("<IQ", buf, pos)
-                    pos += 12
-                    if item_kind in _GGUF_SCALAR:
-                        arr = np.frombuffer(buf, _GGUF_SCALAR[item_kind], count, pos).copy()
-                        return arr, pos + arr.nbytes
-                    items = []
-                    for _ in range(count):
-                        item, pos = value(item_kind, pos)
-                        items.append(item)
-                    return items, pos
-                fmt = _GGUF_SCALAR[kind]
-                return struct.unpack_from(fmt, buf, pos)[0], pos + struct.calcsize(fmt)
+      def value(kind, pos):
+        if kind == _GGUF_STRING:
+          return string(pos)
+        if kind == _GGUF_ARRAY:
+          item_kind, count = struct.unpack_from('<IQ', buf, pos)
+          pos += 12
+          if item_kind in _GGUF_SCALAR:
+            arr = np.frombuffer(buf, _GGUF_SCALAR[item_kind], count, pos).copy()
+            return arr, pos + arr.nbytes
+          items = []
+          for _ in range(count):
+            item, pos = value(item_kind, pos)
+            items.append(item)
+          return items, pos
+        fmt = _GGUF_SCALAR[kind]
+        return struct.unpack_from(fmt, buf, pos)[0], pos + struct.calcsize(fmt)
 
-            out, pos = {}, 24
-            for _ in range(n_kv):
-                key, pos = string(pos)
-                (kind,) = struct.unpack_from("<I", buf, pos)
-                out[key], pos = value(kind, pos + 4)
-            return out
-        finally:
-            buf.release()
+      out, pos = {}, 24
+      for _ in range(n_kv):
+        key, pos = string(pos)
+        (kind,) = struct.unpack_from('<I', buf, pos)
+        out[key], pos = value(kind, pos + 4)
+      return out
+    finally:
+      buf.release()
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Backends. Each turns text without special tokens into ids and ids back into text; `Tokenizer` does the rest.
 
+
 class _SentencePiece:
-    def __init__(self, model_proto: bytes):
-        import sentencepiece as spm
-        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
-        self.vocab_size = self.sp.get_piece_size()
-        self.pieces = [self.sp.id_to_piece(i) for i in range(self.vocab_size)]
+  def __init__(self, model_proto: bytes):
+    import sentencepiece as spm
 
-    def encode(self, text: str, parse_special: bool = False) -> list[int]:
-        return self.sp.encode(text, out_type=int)  # never matches control pieces itself: `Tokenizer` does that
+    self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self.vocab_size = self.sp.get_piece_size()
+    self.pieces = [self.sp.id_to_piece(i) for i in range(self.vocab_size)]
 
-    def decode(self, ids: list[int]) -> str:
-        return self.sp.decode(ids)
+  def encode(self, text: str, parse_special: bool = False) -> list[int]:
+    return self.sp.encode(text, out_type=int)  # never matches control pieces itself: `Tokenizer` does that
 
-    def piece(self, i: int) -> str:
-        return self.pieces[i]
+  def decode(self, ids: list[int]) -> str:
+    return self.sp.decode(ids)
 
-    def token_id(self, token: str) -> int | None:
-        i = self.sp.piece_to_id(token) if token else 0
-        return i if token and self.pieces[i] == token else None
+  def piece(self, i: int) -> str:
+    return self.pieces[i]
+
+  def token_id(self, token: str) -> int | None:
+    i = self.sp.piece_to_id(token) if token else 0
+    return i if token and self.pieces[i] == token else None
 
 
 class _HFTokenizers:
-    """A `tokenizers.Tokenizer`: byte-level BPE rebuilt from a GGUF, or any HF `tokenizer.json`."""
+  """A `tokenizers.Tokenizer`: byte-level BPE rebuilt from a GGUF, or any HF `tokenizer.json`."""
 
-    def __init__(self, tok):  # a `tokenizers.Tokenizer`
-        self.tok = tok
-        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+  def __init__(self, tok):  # a `tokenizers.Tokenizer`
+    self.tok = tok
+    self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str, parse_special: bool = True) -> list[int]:
-        if parse_special:
-            return self.tok.encode(text, add_special_tokens=False).ids
-        self.tok.encode_special_tokens = True  # a switch on the shared object: set it for this call only
-        try:
-            return self.tok.encode(text, add_special_tokens=False).ids
-        finally:
-            self.tok.encode_special_tokens = False
+  def encode(self, text: str, parse_special: bool = True) -> list[int]:
+    if parse_special:
+      return self.tok.encode(text, add_special_tokens=False).ids
+    self.tok.encode_special_tokens = True  # a switch on the shared object: set it for this call only
+    try:
+      return self.tok.encode(text, add_special_tokens=False).ids
+    finally:
+      self.tok.encode_special_tokens = False
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=False)
+  def decode(self, ids: list[int]) -> str:
+    return self.tok.decode(ids, skip_special_tokens=False)
 
-    def piece(self, i: int) -> str:
-        return self.tok.id_to_token(i)
+  def piece(self, i: int) -> str:
+    return self.tok.id_to_token(i)
 
-    def token_id(self, token: str) -> int | None:
-        return self.tok.token_to_id(token) if token else None
+  def token_id(self, token: str) -> int | None:
+    return self.tok.token_to_id(token) if token else None
 
 
 def _sentencepiece_proto_from_gguf(md: dict) -> bytes:
-    """A sentencepiece BPE `ModelProto` equal to the tokenizer a llama-style (Gemma) GGUF describes.
+  """A sentencepiece BPE `ModelProto` equal to the tokenizer a llama-style (Gemma) GGUF describes.
 
-    Recipe from ../../shared/JAX_NOTES.md: BPE with byte fallback, identity normalizer, no dummy prefix, no
-    whitespace trimming; the GGUF spells its user-defined whitespace-run pieces with real spaces, which
-    sentencepiece never sees after escaping, so they are respelled with `▁`.
-    """
-    from sentencepiece import sentencepiece_model_pb2 as pb
-    tokens, scores, types = md["tokenizer.ggml.tokens"], md["tokenizer.ggml.scores"], md["tokenizer.ggml.token_type"]
-    proto = pb.ModelProto()
-    for token, score, kind in zip(tokens, scores.tolist(), types.tolist()):
-        if kind == USER_DEFINED and " " in token and not token.strip(" "):
-            token = token.replace(" ", "\u2581")
-        proto.pieces.add(piece=token, score=score, type=kind)
-    ts = proto.trainer_spec
-    ts.model_type = pb.TrainerSpec.BPE
-    ts.vocab_size = len(tokens)
-    ts.byte_fallback = True
-    ts.unk_id = int(md.get("tokenizer.ggml.unknown_token_id", 0))
-    ts.bos_id = int(md.get("tokenizer.ggml.bos_token_id", -1))
-    ts.eos_id = int(md.get("tokenizer.ggml.eos_token_id", -1))
-    ts.pad_id = int(md.get("tokenizer.ggml.padding_token_id", -1))
-    ns = proto.normalizer_spec
-    ns.name = "identity"
-    # llama.cpp's default for sentencepiece vocabularies is to add the prefix space; Gemma's file turns it off.
-    ns.add_dummy_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", True))
-    ns.remove_extra_whitespaces = False
-    ns.escape_whitespaces = True
-    return proto.SerializeToString()
+  Recipe from ../../shared/JAX_NOTES.md: BPE with byte fallback, identity normalizer, no dummy prefix, no
+  whitespace trimming; the GGUF spells its user-defined whitespace-run pieces with real spaces, which
+  sentencepiece never sees after escaping, so they are respelled with `▁`.
+  """
+  from sentencepiece import sentencepiece_model_pb2 as pb
+
+  tokens, scores, types = md['tokenizer.ggml.tokens'], md['tokenizer.ggml.scores'], md['tokenizer.ggml.token_type']
+  proto = pb.ModelProto()
+  for token, score, kind in zip(tokens, scores.tolist(), types.tolist()):
+    if kind == USER_DEFINED and ' ' in token and not token.strip(' '):
+      token = token.replace(' ', '\u2581')
+    proto.pieces.add(piece=token, score=score, type=kind)
+  ts = proto.trainer_spec
+  ts.model_type = pb.TrainerSpec.BPE
+  ts.vocab_size = len(tokens)
+  ts.byte_fallback = True
+  ts.unk_id = int(md.get('tokenizer.ggml.unknown_token_id', 0))
+  ts.bos_id = int(md.get('tokenizer.ggml.bos_token_id', -1))
+  ts.eos_id = int(md.get('tokenizer.ggml.eos_token_id', -1))
+  ts.pad_id = int(md.get('tokenizer.ggml.padding_token_id', -1))
+  ns = proto.normalizer_spec
+  ns.name = 'identity'
+  # llama.cpp's default for sentencepiece vocabularies is to add the prefix space; Gemma's file turns it off.
+  ns.add_dummy_prefix = bool(md.get('tokenizer.ggml.add_space_prefix', True))
+  ns.remove_extra_whitespaces = False
+  ns.escape_whitespaces = True
+  return proto.SerializeToString()
 
 
 @functools.lru_cache(maxsize=1)
 def _byte_alphabet() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table (byte-level BPE spells every token with it)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+  """GPT-2's reversible byte -> printable character table (byte-level BPE spells every token with it)."""
+  printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
+  table, extra = {}, 0
+  for b in range(256):
+    if b in printable:
+      table[b] = chr(b)
+    else:
+      table[b] = chr(256 + extra)
+      extra += 1
+  return table
 
 
 def _byte_level_bpe_from_gguf(md: dict):
-    """A byte-level BPE equal to what transformers builds from a `gpt2`-type GGUF.
+  """A byte-level BPE equal to what transformers builds from a `gpt2`-type GGUF.
 
-    transformers (integrations/gguf/gguf_tokenizer_mapping.py) hands the vocab and merges to `GPT2Tokenizer`,
-    whose pre-tokenizer is plain `ByteLevel` (GPT-2's split regex, no prefix space) unless the file's
-    `tokenizer.ggml.pre` names one of a few known split regexes. SmolLM2's `smollm` is not among them, so digits
-    are *not* split one by one here (llama.cpp and the hub's tokenizer.json do split them: see docs/tokenizers.md).
-    """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    alphabet = _byte_alphabet()
-    letters = set(alphabet.values())
-    tokens, types = md["tokenizer.ggml.tokens"], md.get("tokenizer.ggml.token_type")
-    types = [NORMAL] * len(tokens) if types is None else types.tolist()
-    # A token spelled outside the byte alphabet is raw text: respell it byte by byte.
-    vocab = {t if set(t) <= letters else "".join(alphabet[b] for b in t.encode("utf-8")): i
-             for i, t in enumerate(tokens)}
-    merges = [tuple(m.split(" ")) for m in md.get("tokenizer.ggml.merges", [])]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="",
-                               fuse_unk=False, dropout=None))
-    pre = md.get("tokenizer.ggml.pre")
-    if pre in _GGUF_SPLIT_REGEX:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_GGUF_SPLIT_REGEX[pre]), "isolated"),
-                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    else:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    # Control tokens are matched whole in text and are "special"; a control token spelled outside the byte
-    # alphabet is a llama.cpp mislabel and is left alone (adding it would grow the vocabulary).
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types)
-                            if k == CONTROL and set(t) <= letters])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types)
-                    if k == USER_DEFINED and t in vocab])
-    return tok
+  transformers (integrations/gguf/gguf_tokenizer_mapping.py) hands the vocab and merges to `GPT2Tokenizer`,
+  whose pre-tokenizer is plain `ByteLevel` (GPT-2's split regex, no prefix space) unless the file's
+  `tokenizer.ggml.pre` names one of a few known split regexes. SmolLM2's `smollm` is not among them, so digits
+  are *not* split one by one here (llama.cpp and the hub's tokenizer.json do split them: see docs/tokenizers.md).
+  """
+  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+  alphabet = _byte_alphabet()
+  letters = set(alphabet.values())
+  tokens, types = md['tokenizer.ggml.tokens'], md.get('tokenizer.ggml.token_type')
+  types = [NORMAL] * len(tokens) if types is None else types.tolist()
+  # A token spelled outside the byte alphabet is raw text: respell it byte by byte.
+  vocab = {t if set(t) <= letters else ''.join(alphabet[b] for b in t.encode('utf-8')): i for i, t in enumerate(tokens)}
+  merges = [tuple(m.split(' ')) for m in md.get('tokenizer.ggml.merges', [])]
+  tok = Tokenizer(
+    models.BPE(
+      vocab=vocab, merges=merges, continuing_subword_prefix='', end_of_word_suffix='', fuse_unk=False, dropout=None
+    )
+  )
+  pre = md.get('tokenizer.ggml.pre')
+  if pre in _GGUF_SPLIT_REGEX:
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+      [
+        pre_tokenizers.Split(Regex(_GGUF_SPLIT_REGEX[pre]), 'isolated'),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+      ]
+    )
+  else:
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  # Control tokens are matched whole in text and are "special"; a control token spelled outside the byte
+  # alphabet is a llama.cpp mislabel and is left alone (adding it would grow the vocabulary).
+  tok.add_special_tokens(
+    [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == CONTROL and set(t) <= letters]
+  )
+  tok.add_tokens(
+    [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED and t in vocab]
+  )
+  return tok
 
 
 # Split regexes for the `tokenizer.ggml.pre` values used by Llama 3-style vocabularies (same as transformers).
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_GGUF_SPLIT_REGEX = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT}
+_LLAMA3_SPLIT = (
+  r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+  r'| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+'
+)
+_GGUF_SPLIT_REGEX = {'llama3': _LLAMA3_SPLIT, 'llama-v3': _LLAMA3_SPLIT, 'llama-bpe': _LLAMA3_SPLIT}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Chat templates.
 
+
 def _check_messages(messages: Sequence[dict]) -> None:
-    if not messages:
-        raise ValueError("apply_chat: empty messages list")
-    for i, m in enumerate(messages):
-        if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-            raise ValueError(f"apply_chat: messages[{i}] must be {{'role': system|user|assistant, 'content': str}}, "
-                             f"got {m!r}")
+  if not messages:
+    raise ValueError('apply_chat: empty messages list')
+  for i, m in enumerate(messages):
+    if m.get('role') not in ('system', 'user', 'assistant') or not isinstance(m.get('content'), str):
+      raise ValueError(
+        f"apply_chat: messages[{i}] must be {{'role': system|user|assistant, 'content': str}}, got {m!r}"
+      )
 
 
 def render_chat(template: str, messages: Sequence[dict], *, default_system: str | None = None) -> str:
-    """Render `messages` with a named template and append the assistant generation prompt. No BOS."""
-    _check_messages(messages)
-    if template == "gemma":
-        # Gemma has no system role: the system text opens the first user turn, then a blank line.
-        prefix, turns = "", list(messages)
-        if turns[0]["role"] == "system":
-            prefix, turns = turns[0]["content"] + "\n\n", turns[1:]
-        out = []
-        for i, m in enumerate(turns):
-            if (m["role"] == "user") != (i % 2 == 0):
-                raise ValueError("gemma template: roles must alternate user/assistant/user/... after the system "
-                                 f"message; turn {i} is {m['role']!r}")
-            role = "model" if m["role"] == "assistant" else m["role"]
-            out.append(f"<start_of_turn>{role}\n{prefix if i == 0 else ''}{m['content'].strip()}<end_of_turn>\n")
-        return "".join(out) + "<start_of_turn>model\n"
-    if template == "chatml":
-        out = []
-        if messages[0]["role"] != "system" and default_system is not None:
-            out.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
-        out += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
-        return "".join(out) + "<|im_start|>assistant\n"
-    if template == "llama3":
-        out = [f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>" for m in messages]
-        return "".join(out) + "<|start_header_id|>assistant<|end_header_id|>\n\n"
-    if template == "plain":
-        users = [m["content"] for m in messages if m["role"] == "user"]
-        if not users:
-            raise ValueError("plain template: no user message")
-        return users[-1]
-    raise ValueError(f"unknown chat template {template!r}; expected one of {TEMPLATES}")
+  """Render `messages` with a named template and append the assistant generation prompt. No BOS."""
+  _check_messages(messages)
+  if template == 'gemma':
+    # Gemma has no system role: the system text opens the first user turn, then a blank line.
+    prefix, turns = '', list(messages)
+    if turns[0]['role'] == 'system':
+      prefix, turns = turns[0]['content'] + '\n\n', turns[1:]
+    out = []
+    for i, m in enumerate(turns):
+      if (m['role'] == 'user') != (i % 2 == 0):
+        raise ValueError(
+          'gemma template: roles must alternate user/assistant/user/... after the system '
+          f'message; turn {i} is {m["role"]!r}'
+        )
+      role = 'model' if m['role'] == 'assistant' else m['role']
+      out.append(f'<start_of_turn>{role}\n{prefix if i == 0 else ""}{m["content"].strip()}<end_of_turn>\n')
+    return ''.join(out) + '<start_of_turn>model\n'
+  if template == 'chatml':
+    out = []
+    if messages[0]['role'] != 'system' and default_system is not None:
+      out.append(f'<|im_start|>system\n{default_system}<|im_end|>\n')
+    out += [f'<|im_start|>{m["role"]}\n{m["content"]}<|im_end|>\n' for m in messages]
+    return ''.join(out) + '<|im_start|>assistant\n'
+  if template == 'llama3':
+    out = [f'<|start_header_id|>{m["role"]}<|end_header_id|>\n\n{m["content"].strip()}<|eot_id|>' for m in messages]
+    return ''.join(out) + '<|start_header_id|>assistant<|end_header_id|>\n\n'
+  if template == 'plain':
+    users = [m['content'] for m in messages if m['role'] == 'user']
+    if not users:
+      raise ValueError('plain template: no user message')
+    return users[-1]
+  raise ValueError(f'unknown chat template {template!r}; expected one of {TEMPLATES}')
 
 
-_CHATML_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system\\n(.*?)<\|im_end\|>", re.S)
+_CHATML_DEFAULT_SYSTEM = re.compile(r'<\|im_start\|>system\\n(.*?)<\|im_end\|>', re.S)
 
 
 def _template_from_jinja(jinja: str | None) -> tuple[str | None, str | None]:
-    """(template name, chatml default system prompt) recognised from a model's jinja chat template."""
-    if not jinja:
-        return None, None
-    if "<start_of_turn>" in jinja:
-        return "gemma", None
-    if "<|start_header_id|>" in jinja:
-        return "llama3", None
-    if "<|im_start|>" in jinja:
-        # SmolLM2 (and Qwen) insert a default system prompt when the conversation has none.
-        m = _CHATML_DEFAULT_SYSTEM.search(jinja.replace("\n", "\\n"))
-        # Only a literal prompt counts, not one the template assembles (`'...' + var + '...'`, `{{ ... }}`).
-        literal = m and not re.search(r"\{\{|\{%|['\"]\s*\+|\+\s*['\"]", m.group(1))
-        return "chatml", (m.group(1).replace("\\n", "\n") if literal else None)
+  """(template name, chatml default system prompt) recognised from a model's jinja chat template."""
+  if not jinja:
     return None, None
+  if '<start_of_turn>' in jinja:
+    return 'gemma', None
+  if '<|start_header_id|>' in jinja:
+    return 'llama3', None
+  if '<|im_start|>' in jinja:
+    # SmolLM2 (and Qwen) insert a default system prompt when the conversation has none.
+    m = _CHATML_DEFAULT_SYSTEM.search(jinja.replace('\n', '\\n'))
+    # Only a literal prompt counts, not one the template assembles (`'...' + var + '...'`, `{{ ... }}`).
+    literal = m and not re.search(r"\{\{|\{%|['\"]\s*\+|\+\s*['\"]", m.group(1))
+    return 'chatml', (m.group(1).replace('\\n', '\n') if literal else None)
+  return None, None
 
 
 def _template_from_vocab(backend) -> str:
-    """The template whose turn-end token the vocabulary has, else `plain`."""
-    for name, token in _TURN_END.items():
-        if backend.token_id(token) is not None:
-            return name
-    return "plain"
+  """The template whose turn-end token the vocabulary has, else `plain`."""
+  for name, token in _TURN_END.items():
+    if backend.token_id(token) is not None:
+      return name
+  return 'plain'
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
+
 class Tokenizer:
-    """Text <-> ids plus the model's chat conventions. Build with `load_tokenizer`."""
+  """Text <-> ids plus the model's chat conventions. Build with `load_tokenizer`."""
 
-    def __init__(self, backend, *, bos_id: int | None, eos_id: int | None, pad_id: int | None, add_bos: bool,
-                 special_ids: Iterable[int], chat_template: str, default_system: str | None = None,
-                 source: str = ""):
-        if chat_template not in TEMPLATES:
-            raise ValueError(f"unknown chat template {chat_template!r}; expected one of {TEMPLATES}")
-        self._backend = backend
-        self._bos, self._eos = bos_id, eos_id
-        self._pad = pad_id if pad_id is not None else eos_id
-        self.add_bos = add_bos and bos_id is not None
-        self.special_ids = frozenset(int(i) for i in special_ids)
-        self._chat_template = chat_template
-        self.default_system = default_system
-        self.source = source
-        turn_end = self.token_to_id(_TURN_END.get(chat_template, ""))
-        self._stop_ids = tuple(dict.fromkeys(i for i in (eos_id, turn_end) if i is not None))
-        # Control tokens written in text encode whole (transformers does the same); longest first so that the
-        # leftmost match is also the longest one. Sentencepiece never matches them itself; byte-level BPE does.
-        self._special_re = None
-        if isinstance(backend, _SentencePiece):
-            words = sorted({backend.piece(i) for i in self.special_ids}, key=len, reverse=True)
-            self._special_re = re.compile("|".join(map(re.escape, words))) if words else None
-            self._special_to_id = {backend.piece(i): i for i in self.special_ids}
+  def __init__(
+    self,
+    backend,
+    *,
+    bos_id: int | None,
+    eos_id: int | None,
+    pad_id: int | None,
+    add_bos: bool,
+    special_ids: Iterable[int],
+    chat_template: str,
+    default_system: str | None = None,
+    source: str = '',
+  ):
+    if chat_template not in TEMPLATES:
+      raise ValueError(f'unknown chat template {chat_template!r}; expected one of {TEMPLATES}')
+    self._backend = backend
+    self._bos, self._eos = bos_id, eos_id
+    self._pad = pad_id if pad_id is not None else eos_id
+    self.add_bos = add_bos and bos_id is not None
+    self.special_ids = frozenset(int(i) for i in special_ids)
+    self._chat_template = chat_template
+    self.default_system = default_system
+    self.source = source
+    turn_end = self.token_to_id(_TURN_END.get(chat_template, ''))
+    self._stop_ids = tuple(dict.fromkeys(i for i in (eos_id, turn_end) if i is not None))
+    # Control tokens written in text encode whole (transformers does the same); longest first so that the
+    # leftmost match is also the longest one. Sentencepiece never matches them itself; byte-level BPE does.
+    self._special_re = None
+    if isinstance(backend, _SentencePiece):
+      words = sorted({backend.piece(i) for i in self.special_ids}, key=len, reverse=True)
+      self._special_re = re.compile('|'.join(map(re.escape, words))) if words else None
+      self._special_to_id = {backend.piece(i): i for i in self.special_ids}
 
-    def __repr__(self):
-        return (f"Tokenizer({self.source!r}, vocab={self.vocab_size}, bos={self._bos}, eos={self._eos}, "
-                f"template={self._chat_template!r})")
+  def __repr__(self):
+    return (
+      f'Tokenizer({self.source!r}, vocab={self.vocab_size}, bos={self._bos}, eos={self._eos}, '
+      f'template={self._chat_template!r})'
+    )
 
-    # -- properties -------------------------------------------------------------------------------------------
-    vocab_size = property(lambda self: self._backend.vocab_size)
-    bos_id = property(lambda self: self._bos)
-    eos_id = property(lambda self: self._eos)
-    pad_id = property(lambda self: self._pad)
-    stop_ids = property(lambda self: self._stop_ids, doc="EOS plus the chat template's turn-end token.")
-    chat_template = property(lambda self: self._chat_template)
+  # -- properties -------------------------------------------------------------------------------------------
+  vocab_size = property(lambda self: self._backend.vocab_size)
+  bos_id = property(lambda self: self._bos)
+  eos_id = property(lambda self: self._eos)
+  pad_id = property(lambda self: self._pad)
+  stop_ids = property(lambda self: self._stop_ids, doc="EOS plus the chat template's turn-end token.")
+  chat_template = property(lambda self: self._chat_template)
 
-    def stop_ids_with(self, stop: Sequence[str] = ()) -> tuple[int, ...]:
-        """`stop_ids` plus the token of each string in `stop` (e.g. "\\n" to end at the first line break). The
-        sampler stops on token ids, so each string must be exactly one token; ValueError names any that is not."""
-        ids = list(self._stop_ids)
-        for s in stop:
-            enc = self.encode(s)
-            if len(enc) != 1:
-                raise ValueError(f'stop string {s!r} is {len(enc)} tokens {enc}; only single-token stop strings '
-                                 f'are supported')
-            ids.append(enc[0])
-        return tuple(dict.fromkeys(ids))
+  def stop_ids_with(self, stop: Sequence[str] = ()) -> tuple[int, ...]:
+    """`stop_ids` plus the token of each string in `stop` (e.g. "\\n" to end at the first line break). The
+    sampler stops on token ids, so each string must be exactly one token; ValueError names any that is not."""
+    ids = list(self._stop_ids)
+    for s in stop:
+      enc = self.encode(s)
+      if len(enc) != 1:
+        raise ValueError(f'stop string {s!r} is {len(enc)} tokens {enc}; only single-token stop strings are supported')
+      ids.append(enc[0])
+    return tuple(dict.fromkeys(ids))
 
-    def token_to_id(self, token: str) -> int | None:
-        """Id of a token spelled exactly as in the vocabulary, or None."""
-        return self._backend.token_id(token)
+  def token_to_id(self, token: str) -> int | None:
+    """Id of a token spelled exactly as in the vocabulary, or None."""
+    return self._backend.token_id(token)
 
-    def id_to_token(self, i: int) -> str:
-        return self._backend.piece(int(i))
+  def id_to_token(self, i: int) -> str:
+    return self._backend.piece(int(i))
 
-    # -- text <-> ids -----------------------------------------------------------------------------------------
-    def encode(self, text: str, *, add_bos: bool = False, parse_special: bool = True) -> list[int]:
-        """Text -> ids. Text spelling a control token (`<end_of_turn>`) becomes that token, as in transformers,
-        unless `parse_special=False`, which encodes it as plain text (for untrusted text such as model outputs)."""
-        ids = [self._bos] if add_bos and self._bos is not None else []
-        if not parse_special:
-            return ids + self._backend.encode(text, parse_special=False)
-        if self._special_re is None:
-            return ids + self._backend.encode(text)
-        start = 0
-        for m in self._special_re.finditer(text):
-            if m.start() > start:
-                ids += self._backend.encode(text[start:m.start()])
-            ids.append(self._special_to_id[m.group()])
-            start = m.end()
-        if start < len(text):
-            ids += self._backend.encode(text[start:])
-        return ids
+  # -- text <-> ids -----------------------------------------------------------------------------------------
+  def encode(self, text: str, *, add_bos: bool = False, parse_special: bool = True) -> list[int]:
+    """Text -> ids. Text spelling a control token (`<end_of_turn>`) becomes that token, as in transformers,
+    unless `parse_special=False`, which encodes it as plain text (for untrusted text such as model outputs)."""
+    ids = [self._bos] if add_bos and self._bos is not None else []
+    if not parse_special:
+      return ids + self._backend.encode(text, parse_special=False)
+    if self._special_re is None:
+      return ids + self._backend.encode(text)
+    start = 0
+    for m in self._special_re.finditer(text):
+      if m.start() > start:
+        ids += self._backend.encode(text[start : m.start()])
+      ids.append(self._special_to_id[m.group()])
+      start = m.end()
+    if start < len(text):
+      ids += self._backend.encode(text[start:])
+    return ids
 
-    def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
-        """Ids -> text. `skip_special` drops control tokens (BOS, EOS, turn markers, pad)."""
-        if not isinstance(ids, (list, tuple)) and not hasattr(ids, "__array__"):
-            ids = list(ids)
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()  # lists, numpy and jax arrays alike
-        if skip_special:
-            return self._backend.decode([i for i in ids if i not in self.special_ids])
-        if not isinstance(self._backend, _SentencePiece):
-            return self._backend.decode(ids)
-        # Sentencepiece renders control pieces as "": write them out, decoding the runs between them.
-        out, run = [], []
-        for i in ids:
-            if i in self.special_ids:
-                out += [self._backend.decode(run), self._backend.piece(i)]
-                run = []
-            else:
-                run.append(i)
-        return "".join(out + [self._backend.decode(run)])
+  def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
+    """Ids -> text. `skip_special` drops control tokens (BOS, EOS, turn markers, pad)."""
+    if not isinstance(ids, (list, tuple)) and not hasattr(ids, '__array__'):
+      ids = list(ids)
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()  # lists, numpy and jax arrays alike
+    if skip_special:
+      return self._backend.decode([i for i in ids if i not in self.special_ids])
+    if not isinstance(self._backend, _SentencePiece):
+      return self._backend.decode(ids)
+    # Sentencepiece renders control pieces as "": write them out, decoding the runs between them.
+    out, run = [], []
+    for i in ids:
+      if i in self.special_ids:
+        out += [self._backend.decode(run), self._backend.piece(i)]
+        run = []
+      else:
+        run.append(i)
+    return ''.join(out + [self._backend.decode(run)])
 
-    def decode_batch(self, batch: Iterable[Iterable[int]], *, skip_special: bool = True) -> list[str]:
-        return [self.decode(ids, skip_special=skip_special) for ids in batch]
+  def decode_batch(self, batch: Iterable[Iterable[int]], *, skip_special: bool = True) -> list[str]:
+    return [self.decode(ids, skip_special=skip_special) for ids in batch]
 
-    # -- prompts ----------------------------------------------------------------------------------------------
-    def apply_chat(self, messages: Sequence[dict]) -> str:
-        """The conversation as text, ending with the prompt for the assistant's turn (no BOS)."""
-        return render_chat(self._chat_template, messages, default_system=self.default_system)
+  # -- prompts ----------------------------------------------------------------------------------------------
+  def apply_chat(self, messages: Sequence[dict]) -> str:
+    """The conversation as text, ending with the prompt for the assistant's turn (no BOS)."""
+    return render_chat(self._chat_template, messages, default_system=self.default_system)
 
-    def encode_prompt(self, messages: Sequence[dict]) -> list[int]:
-        """Chat-rendered prompt ids, with BOS when the model's tokenizer config adds one."""
-        return self.encode(self.apply_chat(messages), add_bos=self.add_bos)
+  def encode_prompt(self, messages: Sequence[dict]) -> list[int]:
+    """Chat-rendered prompt ids, with BOS when the model's tokenizer config adds one."""
+    return self.encode(self.apply_chat(messages), add_bos=self.add_bos)
 
-    def encode_text(self, text: str) -> list[int]:
-        """A raw-text prompt's ids, with BOS when the model's tokenizer config adds one."""
-        return self.encode(text, add_bos=self.add_bos)
+  def encode_text(self, text: str) -> list[int]:
+    """A raw-text prompt's ids, with BOS when the model's tokenizer config adds one."""
+    return self.encode(text, add_bos=self.add_bos)
 
-    # -- export (weights.export_hf) -----------------------------------------------------------------------------
-    def serialized_files(self) -> dict[str, bytes]:
-        """The backend as Hugging Face files: {'tokenizer.model': sentencepiece proto} or {'tokenizer.json': ...}."""
-        if isinstance(self._backend, _SentencePiece):
-            return {"tokenizer.model": self._backend.sp.serialized_model_proto()}
-        return {"tokenizer.json": self._backend.tok.to_str().encode()}
+  # -- export (weights.export_hf) -----------------------------------------------------------------------------
+  def serialized_files(self) -> dict[str, bytes]:
+    """The backend as Hugging Face files: {'tokenizer.model': sentencepiece proto} or {'tokenizer.json': ...}."""
+    if isinstance(self._backend, _SentencePiece):
+      return {'tokenizer.model': self._backend.sp.serialized_model_proto()}
+    return {'tokenizer.json': self._backend.tok.to_str().encode()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading.
 
+
 def _from_gguf(path: str, chat_template: str | None) -> Tokenizer:
-    md = read_gguf_metadata(path)
-    kind = md.get("tokenizer.ggml.model")
-    get_id = lambda key: int(md[key]) if key in md else None  # noqa: E731
-    bos, eos = get_id("tokenizer.ggml.bos_token_id"), get_id("tokenizer.ggml.eos_token_id")
-    pad = get_id("tokenizer.ggml.padding_token_id")
-    types = md["tokenizer.ggml.token_type"].tolist() if "tokenizer.ggml.token_type" in md else []
-    name, default_system = _template_from_jinja(md.get("tokenizer.chat_template"))
-    if kind == "llama":
-        backend = _SentencePiece(_sentencepiece_proto_from_gguf(md))
-        special = [i for i, k in enumerate(types) if k in (CONTROL, UNKNOWN)]
-        # llama.cpp adds BOS to a sentencepiece vocabulary unless the file says otherwise.
-        add_bos = bool(md.get("tokenizer.ggml.add_bos_token", True))
-    elif kind == "gpt2":
-        backend = _HFTokenizers(_byte_level_bpe_from_gguf(md))
-        letters = set(_byte_alphabet().values())
-        special = [i for i, (t, k) in enumerate(zip(md["tokenizer.ggml.tokens"], types))
-                   if k == CONTROL and set(t) <= letters]
-        add_bos = bool(md.get("tokenizer.ggml.add_bos_token", False))
-    else:
-        raise ValueError(f"{path}: tokenizer.ggml.model is {kind!r}; supported: 'llama' (sentencepiece, e.g. Gemma) "
-                         "and 'gpt2' (byte-level BPE, e.g. SmolLM2)")
-    if name is None and str(md.get("general.architecture", "")).startswith("gemma"):
-        name = "gemma"  # Gemma base GGUFs carry no chat template
-    return Tokenizer(backend, bos_id=bos, eos_id=eos, pad_id=pad, add_bos=add_bos, special_ids=special,
-                     chat_template=chat_template or name or _template_from_vocab(backend),
-                     default_system=default_system, source=f"gguf:{path}")
+  md = read_gguf_metadata(path)
+  kind = md.get('tokenizer.ggml.model')
+  get_id = lambda key: int(md[key]) if key in md else None  # noqa: E731
+  bos, eos = get_id('tokenizer.ggml.bos_token_id'), get_id('tokenizer.ggml.eos_token_id')
+  pad = get_id('tokenizer.ggml.padding_token_id')
+  types = md['tokenizer.ggml.token_type'].tolist() if 'tokenizer.ggml.token_type' in md else []
+  name, default_system = _template_from_jinja(md.get('tokenizer.chat_template'))
+  if kind == 'llama':
+    backend = _SentencePiece(_sentencepiece_proto_from_gguf(md))
+    special = [i for i, k in enumerate(types) if k in (CONTROL, UNKNOWN)]
+    # llama.cpp adds BOS to a sentencepiece vocabulary unless the file says otherwise.
+    add_bos = bool(md.get('tokenizer.ggml.add_bos_token', True))
+  elif kind == 'gpt2':
+    backend = _HFTokenizers(_byte_level_bpe_from_gguf(md))
+    letters = set(_byte_alphabet().values())
+    special = [
+      i for i, (t, k) in enumerate(zip(md['tokenizer.ggml.tokens'], types)) if k == CONTROL and set(t) <= letters
+    ]
+    add_bos = bool(md.get('tokenizer.ggml.add_bos_token', False))
+  else:
+    raise ValueError(
+      f"{path}: tokenizer.ggml.model is {kind!r}; supported: 'llama' (sentencepiece, e.g. Gemma) "
+      "and 'gpt2' (byte-level BPE, e.g. SmolLM2)"
+    )
+  if name is None and str(md.get('general.architecture', '')).startswith('gemma'):
+    name = 'gemma'  # Gemma base GGUFs carry no chat template
+  return Tokenizer(
+    backend,
+    bos_id=bos,
+    eos_id=eos,
+    pad_id=pad,
+    add_bos=add_bos,
+    special_ids=special,
+    chat_template=chat_template or name or _template_from_vocab(backend),
+    default_system=default_system,
+    source=f'gguf:{path}',
+  )
 
 
 def _from_sentencepiece_file(path: str, chat_template: str | None, config: dict | None = None) -> Tokenizer:
-    backend = _SentencePiece(pathlib.Path(path).read_bytes())
-    sp = backend.sp
-    opt = lambda i: i if i >= 0 else None  # noqa: E731
-    special = [i for i in range(backend.vocab_size) if sp.is_control(i) or sp.is_unknown(i)]
-    config = config or {}
-    name, default_system = _template_from_jinja(config.get("chat_template"))
-    return Tokenizer(backend, bos_id=opt(sp.bos_id()), eos_id=opt(sp.eos_id()), pad_id=opt(sp.pad_id()),
-                     add_bos=bool(config.get("add_bos_token", sp.bos_id() >= 0)), special_ids=special,
-                     chat_template=chat_template or name or "plain", default_system=default_system,
-                     source=f"sp:{path}")
+  backend = _SentencePiece(pathlib.Path(path).read_bytes())
+  sp = backend.sp
+  opt = lambda i: i if i >= 0 else None  # noqa: E731
+  special = [i for i in range(backend.vocab_size) if sp.is_control(i) or sp.is_unknown(i)]
+  config = config or {}
+  name, default_system = _template_from_jinja(config.get('chat_template'))
+  return Tokenizer(
+    backend,
+    bos_id=opt(sp.bos_id()),
+    eos_id=opt(sp.eos_id()),
+    pad_id=opt(sp.pad_id()),
+    add_bos=bool(config.get('add_bos_token', sp.bos_id() >= 0)),
+    special_ids=special,
+    chat_template=chat_template or name or 'plain',
+    default_system=default_system,
+    source=f'sp:{path}',
+  )
 
 
 def _token_text(value) -> str | None:
-    return value.get("content") if isinstance(value, dict) else value
+  return value.get('content') if isinstance(value, dict) else value
 
 
 def _from_hf_dir(directory: str, chat_template: str | None) -> Tokenizer:
-    d = pathlib.Path(directory)
-    config = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        if (d / name).is_file():
-            config.update(json.loads((d / name).read_text()))
-    if (d / "chat_template.jinja").is_file():
-        config["chat_template"] = (d / "chat_template.jinja").read_text()
-    if not (d / "tokenizer.json").is_file():
-        if (d / "tokenizer.model").is_file():
-            return _from_sentencepiece_file(str(d / "tokenizer.model"), chat_template, config)
-        raise FileNotFoundError(f"hf:{directory}: no tokenizer.json or tokenizer.model in the folder")
-    import tokenizers
-    raw = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
-    backend = _HFTokenizers(raw)
-    special = [i for i, t in raw.get_added_tokens_decoder().items() if t.special]
-    ids = {k: raw.token_to_id(_token_text(config.get(k)) or "") for k in ("bos_token", "eos_token", "pad_token")}
-    # transformers 5 saves no `add_bos_token`; the post-processor in tokenizer.json says whether BOS is added.
-    probe = raw.encode("", add_special_tokens=True).ids
-    adds_bos = ids["bos_token"] is not None and probe[:1] == [ids["bos_token"]]
-    name, default_system = _template_from_jinja(config.get("chat_template"))
-    return Tokenizer(backend, bos_id=ids["bos_token"], eos_id=ids["eos_token"], pad_id=ids["pad_token"],
-                     add_bos=bool(config.get("add_bos_token", adds_bos)), special_ids=special,
-                     chat_template=chat_template or name or _template_from_vocab(backend),
-                     default_system=default_system, source=f"hf:{directory}")
+  d = pathlib.Path(directory)
+  config = {}
+  for name in ('special_tokens_map.json', 'tokenizer_config.json'):
+    if (d / name).is_file():
+      config.update(json.loads((d / name).read_text()))
+  if (d / 'chat_template.jinja').is_file():
+    config['chat_template'] = (d / 'chat_template.jinja').read_text()
+  if not (d / 'tokenizer.json').is_file():
+    if (d / 'tokenizer.model').is_file():
+      return _from_sentencepiece_file(str(d / 'tokenizer.model'), chat_template, config)
+    raise FileNotFoundError(f'hf:{directory}: no tokenizer.json or tokenizer.model in the folder')
+  import tokenizers
+
+  raw = tokenizers.Tokenizer.from_file(str(d / 'tokenizer.json'))
+  backend = _HFTokenizers(raw)
+  special = [i for i, t in raw.get_added_tokens_decoder().items() if t.special]
+  ids = {k: raw.token_to_id(_token_text(config.get(k)) or '') for k in ('bos_token', 'eos_token', 'pad_token')}
+  # transformers 5 saves no `add_bos_token`; the post-processor in tokenizer.json says whether BOS is added.
+  probe = raw.encode('', add_special_tokens=True).ids
+  adds_bos = ids['bos_token'] is not None and probe[:1] == [ids['bos_token']]
+  name, default_system = _template_from_jinja(config.get('chat_template'))
+  return Tokenizer(
+    backend,
+    bos_id=ids['bos_token'],
+    eos_id=ids['eos_token'],
+    pad_id=ids['pad_token'],
+    add_bos=bool(config.get('add_bos_token', adds_bos)),
+    special_ids=special,
+    chat_template=chat_template or name or _template_from_vocab(backend),
+    default_system=default_system,
+    source=f'hf:{directory}',
+  )
 
 
 def load_tokenizer(spec: str, chat_template: str | None = None) -> Tokenizer:
-    """`sp:PATH`, `gguf:PATH`, `gguf:gemma3-270m`, `gguf:smollm2-135m` or `hf:DIR` -> Tokenizer.
+  """`sp:PATH`, `gguf:PATH`, `gguf:gemma3-270m`, `gguf:smollm2-135m` or `hf:DIR` -> Tokenizer.
 
-    `chat_template` (`gemma`, `chatml`, `llama3`, `plain`) overrides the one recognised from the model.
-    """
-    spec = pretrained.resolve(spec)
-    kind, _, path = spec.partition(":")
-    if kind == "gguf":
-        return _from_gguf(path, chat_template)
-    if kind == "sp":
-        return _from_sentencepiece_file(path, chat_template)
-    return _from_hf_dir(path, chat_template)
+  `chat_template` (`gemma`, `chatml`, `llama3`, `plain`) overrides the one recognised from the model.
+  """
+  spec = pretrained.resolve(spec)
+  kind, _, path = spec.partition(':')
+  if kind == 'gguf':
+    return _from_gguf(path, chat_template)
+  if kind == 'sp':
+    return _from_sentencepiece_file(path, chat_template)
+  return _from_hf_dir(path, chat_template)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
-def train_sentencepiece(texts: Sequence[str], vocab_size: int, out_prefix: str | os.PathLike, *,
-                        user_defined_symbols: Sequence[str] = (), model_type: str = "bpe",
-                        byte_fallback: bool = True) -> pathlib.Path:
-    """Train a small sentencepiece model deterministically; returns `{out_prefix}.model`.
 
-    Same inputs give the same `.model` bytes: one thread, no sentence sampling or shuffling. Ids follow Gemma's
-    layout (pad 0, eos 1, bos 2, unk 3); identity normalisation, no dummy prefix, digits split one by one.
-    """
-    import io
+def train_sentencepiece(
+  texts: Sequence[str],
+  vocab_size: int,
+  out_prefix: str | os.PathLike,
+  *,
+  user_defined_symbols: Sequence[str] = (),
+  model_type: str = 'bpe',
+  byte_fallback: bool = True,
+) -> pathlib.Path:
+  """Train a small sentencepiece model deterministically; returns `{out_prefix}.model`.
 
-    import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2 as pb
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(texts)), model_writer=model, vocab_size=vocab_size,
-        model_type=model_type, character_coverage=1.0, byte_fallback=byte_fallback, split_digits=True,
-        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True, user_defined_symbols=list(user_defined_symbols),
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, num_threads=1, input_sentence_size=0,
-        shuffle_input_sentence=False, max_sentence_length=1 << 16, minloglevel=2)
-    proto = pb.ModelProto.FromString(model.getvalue())
-    proto.trainer_spec.ClearField("model_prefix")  # the output path must not change the bytes
-    path = pathlib.Path(f"{out_prefix}.model")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(proto.SerializeToString(deterministic=True))
-    return path
+  Same inputs give the same `.model` bytes: one thread, no sentence sampling or shuffling. Ids follow Gemma's
+  layout (pad 0, eos 1, bos 2, unk 3); identity normalisation, no dummy prefix, digits split one by one.
+  """
+  import io
+
+  import sentencepiece as spm
+  from sentencepiece import sentencepiece_model_pb2 as pb
+
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(list(texts)),
+    model_writer=model,
+    vocab_size=vocab_size,
+    model_type=model_type,
+    character_coverage=1.0,
+    byte_fallback=byte_fallback,
+    split_digits=True,
+    normalization_rule_name='identity',
+    add_dummy_prefix=False,
+    remove_extra_whitespaces=False,
+    allow_whitespace_only_pieces=True,
+    user_defined_symbols=list(user_defined_symbols),
+    pad_id=0,
+    eos_id=1,
+    bos_id=2,
+    unk_id=3,
+    num_threads=1,
+    input_sentence_size=0,
+    shuffle_input_sentence=False,
+    max_sentence_length=1 << 16,
+    minloglevel=2,
+  )
+  proto = pb.ModelProto.FromString(model.getvalue())
+  proto.trainer_spec.ClearField('model_prefix')  # the output path must not change the bytes
+  path = pathlib.Path(f'{out_prefix}.model')
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(proto.SerializeToString(deterministic=True))
+  return path

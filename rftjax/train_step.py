@@ -4,6 +4,7 @@ The state is a plain dict pytree {'params', 'opt_state', 'step'}: Orbax saves it
 gives the restore target with shardings. The optimizer state is created straight into the params' shardings
 (`jax.jit(tx.init)` alone would replicate Adam's moments on every device).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,7 @@ from rftjax import sharding
 @flax.struct.dataclass
 class Batch:
   """One GRPO batch of R = B*G rows; prompts left-padded to P, completions right-padded to N."""
+
   prompt_tokens: jax.Array  # [R, P] int32
   prompt_mask: jax.Array  # [R, P] bool
   completion_tokens: jax.Array  # [R, N] int32
@@ -55,9 +57,14 @@ def schedule(opt_cfg, total_steps: int):
 def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
   """AdamW on `schedule`, after global-norm gradient clipping."""
   return optax.chain(
-      optax.clip_by_global_norm(float(opt_cfg.max_grad_norm)),
-      optax.adamw(schedule(opt_cfg, total_steps), b1=float(opt_cfg.b1), b2=float(opt_cfg.b2),
-                  weight_decay=float(opt_cfg.weight_decay), mu_dtype=opt_cfg.get('mu_dtype') or None),
+    optax.clip_by_global_norm(float(opt_cfg.max_grad_norm)),
+    optax.adamw(
+      schedule(opt_cfg, total_steps),
+      b1=float(opt_cfg.b1),
+      b2=float(opt_cfg.b2),
+      weight_decay=float(opt_cfg.weight_decay),
+      mu_dtype=opt_cfg.get('mu_dtype') or None,
+    ),
   )
 
 
@@ -93,8 +100,9 @@ def abstract_state(state) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def completion_logits(params, cfg: model_lib.TransformerConfig, batch: Batch, *, dtype=jnp.float32,
-                      remat: bool = False):
+def completion_logits(
+  params, cfg: model_lib.TransformerConfig, batch: Batch, *, dtype=jnp.float32, remat: bool = False
+):
   """Logits that predict each completion token: [R, N, V] float32, from one forward over prompt + completion."""
   p = batch.prompt_tokens.shape[1]
   tokens = jnp.concatenate([batch.prompt_tokens, batch.completion_tokens], axis=1)[:, :-1]
@@ -102,9 +110,8 @@ def completion_logits(params, cfg: model_lib.TransformerConfig, batch: Batch, *,
   # completion tokens after a stop are padding; keep them visible to nothing but give them sane positions
   key_mask = key_mask | (jnp.arange(tokens.shape[1]) >= p)[None] & batch.prompt_mask[:, -1:]
   positions = jnp.maximum(jnp.cumsum(key_mask, axis=1) - 1, 0).astype(jnp.int32)
-  hidden, _ = model_lib.forward(params, cfg, tokens, positions, key_mask, dtype=dtype, remat=remat,
-                                return_hidden=True)
-  return model_lib.unembed(params, cfg, hidden[:, p - 1:])
+  hidden, _ = model_lib.forward(params, cfg, tokens, positions, key_mask, dtype=dtype, remat=remat, return_hidden=True)
+  return model_lib.unembed(params, cfg, hidden[:, p - 1 :])
 
 
 def token_logprobs(params, cfg, batch: Batch, temperature: float, **kw):
@@ -115,6 +122,7 @@ def token_logprobs(params, cfg, batch: Batch, temperature: float, **kw):
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   """Static parts of the train step (hashable: it keys the jit cache)."""
+
   model: model_lib.TransformerConfig
   loss: grpo.LossConfig
   temperature: float = 1.0
@@ -127,8 +135,9 @@ class StepConfig:
 @functools.partial(jax.jit, static_argnums=0)
 def policy_logprobs(step_cfg: StepConfig, params, batch: Batch):
   """Logprobs of the sampled completions under `params` (old policy or reference), no gradient."""
-  return token_logprobs(params, step_cfg.model, batch, step_cfg.temperature or 1.0,
-                        dtype=jnp.dtype(step_cfg.compute_dtype))
+  return token_logprobs(
+    params, step_cfg.model, batch, step_cfg.temperature or 1.0, dtype=jnp.dtype(step_cfg.compute_dtype)
+  )
 
 
 def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
@@ -136,16 +145,26 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
   temperature = step_cfg.temperature or 1.0  # greedy sampling still trains the temperature-1 policy
 
   def loss_fn(params, batch: Batch, denominator=None):
-    logits = completion_logits(params, step_cfg.model, batch, dtype=jnp.dtype(step_cfg.compute_dtype),
-                               remat=step_cfg.remat)
+    logits = completion_logits(
+      params, step_cfg.model, batch, dtype=jnp.dtype(step_cfg.compute_dtype), remat=step_cfg.remat
+    )
     logp = grpo.token_logprobs(logits, batch.completion_tokens, temperature)
     entropy = None
     if step_cfg.with_entropy or step_cfg.loss.entropy_coef:
-      entropy = grpo.entropy_from_logits(jax.lax.stop_gradient(logits) if not step_cfg.loss.entropy_coef
-                                         else logits, temperature)
-    return grpo.policy_loss(logp, batch.old_logp, batch.advantages, batch.completion_mask, config=step_cfg.loss,
-                            ref_logp=batch.ref_logp, sampler_logp=batch.sampler_logp, entropy=entropy,
-                            loss_denominator=denominator)
+      entropy = grpo.entropy_from_logits(
+        jax.lax.stop_gradient(logits) if not step_cfg.loss.entropy_coef else logits, temperature
+      )
+    return grpo.policy_loss(
+      logp,
+      batch.old_logp,
+      batch.advantages,
+      batch.completion_mask,
+      config=step_cfg.loss,
+      ref_logp=batch.ref_logp,
+      sampler_logp=batch.sampler_logp,
+      entropy=entropy,
+      loss_denominator=denominator,
+    )
 
   def accumulated(params, batch: Batch):
     """Sum of microbatch gradients, each normalised by the whole batch's denominator: equal to the full-batch
@@ -178,8 +197,10 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
 
 def shard_batch(batch: Batch, mesh) -> Batch:
   """Places a host batch on the mesh, rows split over data x fsdp."""
+
   def put(x):
     if x is None:
       return None
     return jax.device_put(x, sharding.data_sharding(mesh, x.ndim))
+
   return jax.tree.map(put, batch)

@@ -4,6 +4,7 @@ One flat function that reads top to bottom. Everything a resumed run needs is in
 step, data position); the per-step RNG is `fold_in(seed, step)`, so a resumed run draws the samples an
 uninterrupted run would have drawn.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,13 @@ def register_local_judges(spec) -> list[str]:
   def walk(node):
     if isinstance(node, dict):
       model = node.get('model')
-      if node.get('type') in ('score_model', 'label_model') and isinstance(model, str) and \
-          model.startswith(('gguf:', 'hf:')) and 'base_url' not in node and model not in names:
+      if (
+        node.get('type') in ('score_model', 'label_model')
+        and isinstance(model, str)
+        and model.startswith(('gguf:', 'hf:'))
+        and 'base_url' not in node
+        and model not in names
+      ):
         names.append(model)
       for child in node.values():
         walk(child)
@@ -66,6 +72,7 @@ def register_local_judges(spec) -> list[str]:
   walk(spec)
   if names:
     from rftjax import inference  # loads weights; only needed with local judges
+
     for name in names:
       log.info('serving model grader judge %s with rftjax', name)
       inference.register_local_judge(name, inference.load(init=name))
@@ -81,6 +88,7 @@ def setup_model(config, mesh):
   dtype = jnp.dtype(config.param_dtype)
   if config.init:
     from rftjax import weights  # heavy (gguf, safetensors); only needed for pretrained models
+
     params = weights.load(config.init, cfg, mesh, dtype=dtype)
   else:
     params = model_lib.init_params(cfg, config.seed, mesh, dtype=dtype)
@@ -92,14 +100,27 @@ def tokenize_prompts(examples, tok, max_prompt_len: int) -> list[list[int]]:
   for ex in examples:
     ids = tok.encode_prompt(list(ex.messages))
     if len(ids) > max_prompt_len:
-      raise data_lib.DataError(f'{ex.source}: the prompt is {len(ids)} tokens long, more than '
-                               f'config.data.max_prompt_len={max_prompt_len}; raise it or shorten the prompt')
+      raise data_lib.DataError(
+        f'{ex.source}: the prompt is {len(ids)} tokens long, more than '
+        f'config.data.max_prompt_len={max_prompt_len}; raise it or shorten the prompt'
+      )
     out.append(ids)
   return out
 
 
-def evaluate(weights, sampler: sampler_lib.Sampler, prompt_ids, examples, tok, grader, pool, batch_size: int,
-             rng, mesh, prefix: str = 'valid'):
+def evaluate(
+  weights,
+  sampler: sampler_lib.Sampler,
+  prompt_ids,
+  examples,
+  tok,
+  grader,
+  pool,
+  batch_size: int,
+  rng,
+  mesh,
+  prefix: str = 'valid',
+):
   """One sample per prompt at the eval temperature; hosts split every batch. Returns (metrics, this host's records)."""
   pc, pi = jax.process_count(), jax.process_index()
   if batch_size % pc:
@@ -110,7 +131,7 @@ def evaluate(weights, sampler: sampler_lib.Sampler, prompt_ids, examples, tok, g
   pending = []  # grading of batch i runs in the pool while batch i + 1 samples
   for start in range(0, len(prompt_ids), batch_size):
     rows = list(range(start, min(start + batch_size, len(prompt_ids))))
-    mine = rows[pi * per:(pi + 1) * per]
+    mine = rows[pi * per : (pi + 1) * per]
     real = len(mine)
     mine = mine + [rows[0]] * (per - real)  # fixed shapes: one compiled program, every host the same calls
     r = rollout.sample(sampler, weights, [prompt_ids[i] for i in mine], tok, jax.random.fold_in(rng, start), mesh)
@@ -126,8 +147,15 @@ def evaluate(weights, sampler: sampler_lib.Sampler, prompt_ids, examples, tok, g
       for k, v in m.items():
         sums[k] = sums.get(k, 0.0) + v * real
       count += real
-      records += [{'source': examples[i].source, 'completion': t, 'reward': res.reward,
-                   'errors': [e.category for e in res.errors]} for i, t, res in zip(mine, part.texts, part.results)]
+      records += [
+        {
+          'source': examples[i].source,
+          'completion': t,
+          'reward': res.reward,
+          'errors': [e.category for e in res.errors],
+        }
+        for i, t, res in zip(mine, part.texts, part.results)
+      ]
   local = {k: v / max(count, 1) for k, v in sums.items()}
   local[f'{prefix}/num_graded'] = float(count)
   if pc > 1:  # weight each host's means by its row count
@@ -164,7 +192,7 @@ def _train(config, run: runfs.RunDir) -> dict:
       raise ConfigError(f'--workdir={run.remote}: cannot write there ({e})') from None
   valid_examples = data_lib.load_jsonl(config.data.valid)
   if config.data.valid_limit:
-    valid_examples = valid_examples[:config.data.valid_limit]
+    valid_examples = valid_examples[: config.data.valid_limit]
   grader_spec = graders.load(load_grader_spec(config.grader))  # a dict, read from its file when given a path
   grader = graders.build(grader_spec)
 
@@ -181,19 +209,31 @@ def _train(config, run: runfs.RunDir) -> dict:
     g = config.num_generations
     rows = config.batch_size * g
     if rows % (mesh.shape['data'] * mesh.shape['fsdp']):
-      raise ConfigError(f'config.batch_size * config.num_generations = {rows} must be divisible by the data x fsdp '
-                        f'mesh size {mesh.shape["data"] * mesh.shape["fsdp"]}')
+      raise ConfigError(
+        f'config.batch_size * config.num_generations = {rows} must be divisible by the data x fsdp '
+        f'mesh size {mesh.shape["data"] * mesh.shape["fsdp"]}'
+      )
 
-    loss_cfg = grpo.LossConfig(epsilon=config.grpo.epsilon, epsilon_high=config.grpo.epsilon_high,
-                               beta=config.grpo.beta, kl_estimator=config.grpo.kl_estimator,
-                               aggregation=config.grpo.loss_aggregation,
-                               max_tokens=config.sampling.max_new_tokens,
-                               importance_level=config.grpo.importance_level,
-                               dual_clip=config.grpo.dual_clip or None, tis_cap=config.grpo.tis_cap or None,
-                               entropy_coef=config.grpo.entropy_coef)
-    step_cfg = step_lib.StepConfig(model=cfg, loss=loss_cfg, temperature=config.sampling.temperature,
-                                   compute_dtype=config.compute_dtype, remat=config.remat,
-                                   microbatches=config.train_microbatches)
+    loss_cfg = grpo.LossConfig(
+      epsilon=config.grpo.epsilon,
+      epsilon_high=config.grpo.epsilon_high,
+      beta=config.grpo.beta,
+      kl_estimator=config.grpo.kl_estimator,
+      aggregation=config.grpo.loss_aggregation,
+      max_tokens=config.sampling.max_new_tokens,
+      importance_level=config.grpo.importance_level,
+      dual_clip=config.grpo.dual_clip or None,
+      tis_cap=config.grpo.tis_cap or None,
+      entropy_coef=config.grpo.entropy_coef,
+    )
+    step_cfg = step_lib.StepConfig(
+      model=cfg,
+      loss=loss_cfg,
+      temperature=config.sampling.temperature,
+      compute_dtype=config.compute_dtype,
+      remat=config.remat,
+      microbatches=config.train_microbatches,
+    )
     tx = step_lib.make_optimizer(config.optimizer, config.total_steps)
     state = step_lib.init_state(params, tx)
     ref_params = jax.tree.map(jnp.copy, params) if config.grpo.beta > 0 else None
@@ -204,19 +244,34 @@ def _train(config, run: runfs.RunDir) -> dict:
       stop_ids = tok.stop_ids_with(tuple(config.sampling.stop))
     except ValueError as e:
       raise ConfigError(f'config.sampling.stop: {e}') from None
-    base = dict(cfg=cfg, max_prompt_len=config.data.max_prompt_len, max_new_tokens=config.sampling.max_new_tokens,
-                stop_ids=stop_ids, pad_id=pad_id, compute_dtype=config.compute_dtype,
-                cache_dtype=config.sampling.cache_dtype or 'float32')
-    train_sampler = sampler_lib.Sampler(**base, params=sampler_lib.SamplingParams(
-        config.sampling.temperature, config.sampling.top_p, config.sampling.top_k))
-    eval_sampler = sampler_lib.Sampler(**base, params=sampler_lib.SamplingParams(
-        config.eval_temperature, config.sampling.top_p, config.sampling.top_k))
+    base = dict(
+      cfg=cfg,
+      max_prompt_len=config.data.max_prompt_len,
+      max_new_tokens=config.sampling.max_new_tokens,
+      stop_ids=stop_ids,
+      pad_id=pad_id,
+      compute_dtype=config.compute_dtype,
+      cache_dtype=config.sampling.cache_dtype or 'float32',
+    )
+    train_sampler = sampler_lib.Sampler(
+      **base,
+      params=sampler_lib.SamplingParams(config.sampling.temperature, config.sampling.top_p, config.sampling.top_k),
+    )
+    eval_sampler = sampler_lib.Sampler(
+      **base, params=sampler_lib.SamplingParams(config.eval_temperature, config.sampling.top_p, config.sampling.top_k)
+    )
 
     # ---- resume ----
-    ckpt = checkpoint_lib.Checkpointer(run.remote / 'checkpoints', keep_best=config.checkpoint.keep_best,
-                                       async_save=config.checkpoint.async_save)
-    data_iter = data_lib.DataIterator(len(train_examples), config.batch_size, config.seed,
-                                      process_index=jax.process_index(), process_count=jax.process_count())
+    ckpt = checkpoint_lib.Checkpointer(
+      run.remote / 'checkpoints', keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save
+    )
+    data_iter = data_lib.DataIterator(
+      len(train_examples),
+      config.batch_size,
+      config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
     start_step = 0
     if ckpt.latest_step() is not None:
       state, extra = ckpt.restore(ckpt.latest_step(), step_lib.abstract_state(state))
@@ -224,20 +279,36 @@ def _train(config, run: runfs.RunDir) -> dict:
       start_step = int(jax.device_get(state['step']))
       log.info('resumed from step %d in %s', start_step, run.remote)
       if start_step >= config.total_steps:
-        log.info('nothing to do: step %d >= config.total_steps=%d (raise it to continue)', start_step,
-                 config.total_steps)
+        log.info(
+          'nothing to do: step %d >= config.total_steps=%d (raise it to continue)', start_step, config.total_steps
+        )
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step, enabled=is_main)
     rng = jax.random.key(config.seed)
     eval_rng = jax.random.fold_in(rng, 2**31 - 1)  # a stream of its own, apart from the training steps'
 
     def run_eval(step: int) -> dict:
       t0 = time.perf_counter()
-      m, records = evaluate(state['params'], eval_sampler, valid_prompts, valid_examples, tok, grader, pool,
-                            config.eval_batch_size, jax.random.fold_in(eval_rng, step), mesh)
+      m, records = evaluate(
+        state['params'],
+        eval_sampler,
+        valid_prompts,
+        valid_examples,
+        tok,
+        grader,
+        pool,
+        config.eval_batch_size,
+        jax.random.fold_in(eval_rng, step),
+        mesh,
+      )
       m = {'step': step, **m, 'timing/eval_s': time.perf_counter() - t0}
       writer.write(m)
-      log.info('step %d: valid_reward_mean=%.4f (%d prompts, %.1fs)', step, m['valid_reward_mean'],
-               m.get('valid/num_graded', 0), m['timing/eval_s'])
+      log.info(
+        'step %d: valid_reward_mean=%.4f (%d prompts, %.1fs)',
+        step,
+        m['valid_reward_mean'],
+        m.get('valid/num_graded', 0),
+        m['timing/eval_s'],
+      )
       suffix = '' if jax.process_count() == 1 else f'.p{jax.process_index()}'
       data_lib.write_jsonl(workdir / 'samples' / f'valid_step{step:06d}{suffix}.jsonl', records)
       if is_main:
@@ -250,8 +321,12 @@ def _train(config, run: runfs.RunDir) -> dict:
 
     def save(step: int, eval_metrics: dict | None) -> None:
       t0 = time.perf_counter()
-      ckpt.save(step, state, extra={'data': data_iter.state()},
-                metrics=None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']})
+      ckpt.save(
+        step,
+        state,
+        extra={'data': data_iter.state()},
+        metrics=None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']},
+      )
       writer.write({'step': step, 'timing/checkpoint_s': time.perf_counter() - t0})
       run.sync(raise_errors=False)  # so the bucket holds the metrics up to each checkpoint it holds
 
@@ -261,8 +336,9 @@ def _train(config, run: runfs.RunDir) -> dict:
       cleanup.callback(writer.close)
       cleanup.callback(ckpt.close)
       cleanup.callback(ckpt.wait_until_finished)
-      pool = cleanup.enter_context(graders.GradingPool(num_workers=config.grading.num_workers or None,
-                                                       timeout_s=config.grading.timeout_s))
+      pool = cleanup.enter_context(
+        graders.GradingPool(num_workers=config.grading.num_workers or None, timeout_s=config.grading.timeout_s)
+      )
       watcher = cleanup.enter_context(preemption.Watcher())
       if start_step == 0:
         last_eval = run_eval(0)
@@ -280,16 +356,29 @@ def _train(config, run: runfs.RunDir) -> dict:
           idx = data_iter.next()
           prompts = [train_prompts[i] for i in idx for _ in range(g)]
           items = [train_examples[i].item for i in idx for _ in range(g)]
-          r, dt_sample, dt_grade = rollout.sample_and_grade(train_sampler, state['params'], prompts, items, tok,
-                                                            grader, pool, jax.random.fold_in(step_rng, attempt), mesh)
+          r, dt_sample, dt_grade = rollout.sample_and_grade(
+            train_sampler,
+            state['params'],
+            prompts,
+            items,
+            tok,
+            grader,
+            pool,
+            jax.random.fold_in(step_rng, attempt),
+            mesh,
+          )
           timings[0] += dt_sample
           timings[1] += dt_grade
           graders.check_failures(r.results, config.grading.max_error_share)
           return r
 
-        rolled, rounds = rollout.collect(sample_fn, config.batch_size // jax.process_count(), g,
-                                         dynamic=config.grpo.dynamic_sampling,
-                                         max_rounds=config.grpo.max_resample_rounds)
+        rolled, rounds = rollout.collect(
+          sample_fn,
+          config.batch_size // jax.process_count(),
+          g,
+          dynamic=config.grpo.dynamic_sampling,
+          max_rounds=config.grpo.max_resample_rounds,
+        )
         t_sample, t_grade = timings
         stats = rollout.rollout_metrics(rolled, g)
         batch = rollout.make_batch(rolled, config.grpo, g, config.sampling.max_new_tokens, mesh)
@@ -310,19 +399,19 @@ def _train(config, run: runfs.RunDir) -> dict:
 
         wall = time.perf_counter() - t_step
         record = {
-            'step': step + 1,
-            **rollout.allmean(stats),
-            'loss': float(step_metrics['loss']),
-            'kl': float(step_metrics['kl']),
-            'learning_rate': step_lib.learning_rate(config.optimizer, step + 1, config.total_steps),
-            **{k: float(v) for k, v in step_metrics.items() if k not in ('loss', 'kl')},
-            'sampling_rounds': rounds,
-            'tokens_per_s': float(rolled.lengths.sum()) * jax.process_count() / max(wall, 1e-9),
-            'timing/sampling_s': t_sample,
-            'timing/grading_s': t_grade,
-            'timing/training_s': t_train,
-            'timing/compile_s': compile_clock.take(),
-            'timing/step_s': wall,
+          'step': step + 1,
+          **rollout.allmean(stats),
+          'loss': float(step_metrics['loss']),
+          'kl': float(step_metrics['kl']),
+          'learning_rate': step_lib.learning_rate(config.optimizer, step + 1, config.total_steps),
+          **{k: float(v) for k, v in step_metrics.items() if k not in ('loss', 'kl')},
+          'sampling_rounds': rounds,
+          'tokens_per_s': float(rolled.lengths.sum()) * jax.process_count() / max(wall, 1e-9),
+          'timing/sampling_s': t_sample,
+          'timing/grading_s': t_grade,
+          'timing/training_s': t_train,
+          'timing/compile_s': compile_clock.take(),
+          'timing/step_s': wall,
         }
         writer.write(record)
         progress.update(step + 1, record)

@@ -12,6 +12,7 @@ Loading never holds more than one parameter (its addressable part) on the host: 
 cast, sliced into the target sharding's per-device pieces and put on its devices; a stacked [L, ...] parameter is
 filled layer by layer. Every tensor's shape is asserted against the config before use, naming the tensor.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,21 +37,28 @@ from rftjax import sharding
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """HF tensor (one layer's) <-> rftjax tensor (one layer's). Written with array methods: numpy and jnp alike."""
+
   to_model: Callable
   to_hf: Callable
 
 
 LAYOUTS = {
-    'same': Layout(lambda w, c: w, lambda w, c: w),  # embeddings [V, D], norm scales
-    'transpose': Layout(lambda w, c: w.T, lambda w, c: w.T),  # Linear [out, in] <-> [in, out]
-    'q': Layout(lambda w, c: w.T.reshape(c.d_model, c.num_heads, c.head_dim),  # [N*H, D] <-> [D, N, H]
-                lambda w, c: w.reshape(c.d_model, -1).T),
-    'kv': Layout(lambda w, c: w.T.reshape(c.d_model, c.num_kv_heads, c.head_dim),  # [K*H, D] <-> [D, K, H]
-                 lambda w, c: w.reshape(c.d_model, -1).T),
-    'o': Layout(lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.d_model),  # [D, N*H] <-> [N, H, D]
-                lambda w, c: w.reshape(-1, c.d_model).T),
-    'q_bias': Layout(lambda w, c: w.reshape(c.num_heads, c.head_dim), lambda w, c: w.reshape(-1)),
-    'kv_bias': Layout(lambda w, c: w.reshape(c.num_kv_heads, c.head_dim), lambda w, c: w.reshape(-1)),
+  'same': Layout(lambda w, c: w, lambda w, c: w),  # embeddings [V, D], norm scales
+  'transpose': Layout(lambda w, c: w.T, lambda w, c: w.T),  # Linear [out, in] <-> [in, out]
+  'q': Layout(
+    lambda w, c: w.T.reshape(c.d_model, c.num_heads, c.head_dim),  # [N*H, D] <-> [D, N, H]
+    lambda w, c: w.reshape(c.d_model, -1).T,
+  ),
+  'kv': Layout(
+    lambda w, c: w.T.reshape(c.d_model, c.num_kv_heads, c.head_dim),  # [K*H, D] <-> [D, K, H]
+    lambda w, c: w.reshape(c.d_model, -1).T,
+  ),
+  'o': Layout(
+    lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.d_model),  # [D, N*H] <-> [N, H, D]
+    lambda w, c: w.reshape(-1, c.d_model).T,
+  ),
+  'q_bias': Layout(lambda w, c: w.reshape(c.num_heads, c.head_dim), lambda w, c: w.reshape(-1)),
+  'kv_bias': Layout(lambda w, c: w.reshape(c.num_kv_heads, c.head_dim), lambda w, c: w.reshape(-1)),
 }
 
 
@@ -69,45 +77,60 @@ def _norm(path, hf, gguf, fix=None, when=None):
 
 
 _ATTN = (
-    Row('layers.attn.q', 'model.layers.{i}.self_attn.q_proj.weight', 'blk.{i}.attn_q.weight', 'q', 'rotary_q'),
-    Row('layers.attn.k', 'model.layers.{i}.self_attn.k_proj.weight', 'blk.{i}.attn_k.weight', 'kv', 'rotary_k'),
-    Row('layers.attn.v', 'model.layers.{i}.self_attn.v_proj.weight', 'blk.{i}.attn_v.weight', 'kv'),
-    Row('layers.attn.o', 'model.layers.{i}.self_attn.o_proj.weight', 'blk.{i}.attn_output.weight', 'o'),
-    Row('layers.mlp.gate', 'model.layers.{i}.mlp.gate_proj.weight', 'blk.{i}.ffn_gate.weight', 'transpose'),
-    Row('layers.mlp.up', 'model.layers.{i}.mlp.up_proj.weight', 'blk.{i}.ffn_up.weight', 'transpose'),
-    Row('layers.mlp.down', 'model.layers.{i}.mlp.down_proj.weight', 'blk.{i}.ffn_down.weight', 'transpose'),
-    Row('embed.embedding', 'model.embed_tokens.weight', 'token_embd.weight', 'same'),
-    Row('lm_head.kernel', 'lm_head.weight', 'output.weight', 'transpose', when='!tie_embeddings'),
+  Row('layers.attn.q', 'model.layers.{i}.self_attn.q_proj.weight', 'blk.{i}.attn_q.weight', 'q', 'rotary_q'),
+  Row('layers.attn.k', 'model.layers.{i}.self_attn.k_proj.weight', 'blk.{i}.attn_k.weight', 'kv', 'rotary_k'),
+  Row('layers.attn.v', 'model.layers.{i}.self_attn.v_proj.weight', 'blk.{i}.attn_v.weight', 'kv'),
+  Row('layers.attn.o', 'model.layers.{i}.self_attn.o_proj.weight', 'blk.{i}.attn_output.weight', 'o'),
+  Row('layers.mlp.gate', 'model.layers.{i}.mlp.gate_proj.weight', 'blk.{i}.ffn_gate.weight', 'transpose'),
+  Row('layers.mlp.up', 'model.layers.{i}.mlp.up_proj.weight', 'blk.{i}.ffn_up.weight', 'transpose'),
+  Row('layers.mlp.down', 'model.layers.{i}.mlp.down_proj.weight', 'blk.{i}.ffn_down.weight', 'transpose'),
+  Row('embed.embedding', 'model.embed_tokens.weight', 'token_embd.weight', 'same'),
+  Row('lm_head.kernel', 'lm_head.weight', 'output.weight', 'transpose', when='!tie_embeddings'),
 )
 
 TABLES: dict[str, tuple[Row, ...]] = {
-    'gemma3': _ATTN + (
-        _norm('final_norm', 'model.norm.weight', 'output_norm.weight', 'norm_minus_1'),
-        _norm('layers.attn_norm', 'model.layers.{i}.input_layernorm.weight', 'blk.{i}.attn_norm.weight',
-              'norm_minus_1'),
-        _norm('layers.post_attn_norm', 'model.layers.{i}.post_attention_layernorm.weight',
-              'blk.{i}.post_attention_norm.weight', 'norm_minus_1'),
-        _norm('layers.mlp_norm', 'model.layers.{i}.pre_feedforward_layernorm.weight', 'blk.{i}.ffn_norm.weight',
-              'norm_minus_1'),
-        _norm('layers.post_mlp_norm', 'model.layers.{i}.post_feedforward_layernorm.weight',
-              'blk.{i}.post_ffw_norm.weight', 'norm_minus_1'),
-        _norm('layers.attn.q_norm', 'model.layers.{i}.self_attn.q_norm.weight', 'blk.{i}.attn_q_norm.weight',
-              'norm_minus_1'),
-        _norm('layers.attn.k_norm', 'model.layers.{i}.self_attn.k_norm.weight', 'blk.{i}.attn_k_norm.weight',
-              'norm_minus_1'),
+  'gemma3': _ATTN
+  + (
+    _norm('final_norm', 'model.norm.weight', 'output_norm.weight', 'norm_minus_1'),
+    _norm('layers.attn_norm', 'model.layers.{i}.input_layernorm.weight', 'blk.{i}.attn_norm.weight', 'norm_minus_1'),
+    _norm(
+      'layers.post_attn_norm',
+      'model.layers.{i}.post_attention_layernorm.weight',
+      'blk.{i}.post_attention_norm.weight',
+      'norm_minus_1',
     ),
-    'llama': _ATTN + (  # Llama, SmolLM2, Qwen 2.5 (biases)
-        _norm('final_norm', 'model.norm.weight', 'output_norm.weight'),
-        _norm('layers.attn_norm', 'model.layers.{i}.input_layernorm.weight', 'blk.{i}.attn_norm.weight'),
-        # HF llama calls the pre-MLP norm "post_attention_layernorm".
-        _norm('layers.mlp_norm', 'model.layers.{i}.post_attention_layernorm.weight', 'blk.{i}.ffn_norm.weight'),
-        Row('layers.attn.q_bias', 'model.layers.{i}.self_attn.q_proj.bias', 'blk.{i}.attn_q.bias', 'q_bias',
-            when='qkv_bias'),
-        Row('layers.attn.k_bias', 'model.layers.{i}.self_attn.k_proj.bias', 'blk.{i}.attn_k.bias', 'kv_bias',
-            when='qkv_bias'),
-        Row('layers.attn.v_bias', 'model.layers.{i}.self_attn.v_proj.bias', 'blk.{i}.attn_v.bias', 'kv_bias',
-            when='qkv_bias'),
+    _norm(
+      'layers.mlp_norm', 'model.layers.{i}.pre_feedforward_layernorm.weight', 'blk.{i}.ffn_norm.weight', 'norm_minus_1'
     ),
+    _norm(
+      'layers.post_mlp_norm',
+      'model.layers.{i}.post_feedforward_layernorm.weight',
+      'blk.{i}.post_ffw_norm.weight',
+      'norm_minus_1',
+    ),
+    _norm(
+      'layers.attn.q_norm', 'model.layers.{i}.self_attn.q_norm.weight', 'blk.{i}.attn_q_norm.weight', 'norm_minus_1'
+    ),
+    _norm(
+      'layers.attn.k_norm', 'model.layers.{i}.self_attn.k_norm.weight', 'blk.{i}.attn_k_norm.weight', 'norm_minus_1'
+    ),
+  ),
+  'llama': _ATTN
+  + (  # Llama, SmolLM2, Qwen 2.5 (biases)
+    _norm('final_norm', 'model.norm.weight', 'output_norm.weight'),
+    _norm('layers.attn_norm', 'model.layers.{i}.input_layernorm.weight', 'blk.{i}.attn_norm.weight'),
+    # HF llama calls the pre-MLP norm "post_attention_layernorm".
+    _norm('layers.mlp_norm', 'model.layers.{i}.post_attention_layernorm.weight', 'blk.{i}.ffn_norm.weight'),
+    Row(
+      'layers.attn.q_bias', 'model.layers.{i}.self_attn.q_proj.bias', 'blk.{i}.attn_q.bias', 'q_bias', when='qkv_bias'
+    ),
+    Row(
+      'layers.attn.k_bias', 'model.layers.{i}.self_attn.k_proj.bias', 'blk.{i}.attn_k.bias', 'kv_bias', when='qkv_bias'
+    ),
+    Row(
+      'layers.attn.v_bias', 'model.layers.{i}.self_attn.v_proj.bias', 'blk.{i}.attn_v.bias', 'kv_bias', when='qkv_bias'
+    ),
+  ),
 }
 TABLES['tiny'] = TABLES['llama']  # the CPU test model is a small Llama: exported as one (reads back as 'llama')
 
@@ -164,6 +187,7 @@ class _HFSource:
 
   def __init__(self, directory: str):
     import safetensors
+
     self._safetensors = safetensors
     self.dir = pathlib.Path(directory)
     self.spec = f'hf:{directory}'
@@ -239,8 +263,9 @@ def _open(init: str):
 
 
 # ---- architecture from the file -------------------------------------------------------------------------------
-def config_from_file(init: str, expected: model_lib.TransformerConfig | str | None = None
-                     ) -> model_lib.TransformerConfig:
+def config_from_file(
+  init: str, expected: model_lib.TransformerConfig | str | None = None
+) -> model_lib.TransformerConfig:
   """The architecture a checkpoint's own metadata states, checked against a preset when one is given.
 
   With `expected` (a TransformerConfig or preset name), every field the file states must agree, else a ValueError
@@ -257,8 +282,11 @@ def _check_config(src, expected) -> model_lib.TransformerConfig:
     return hf_config.family_default(fields)
   if isinstance(expected, str):
     expected = model_lib.get_config(expected)
-  bad = [f'{k}={v!r} but config.model={expected.name} says {getattr(expected, k)!r}'
-         for k, v in fields.items() if k not in hf_config.NOT_CHECKED and hf_config.differs(v, getattr(expected, k))]
+  bad = [
+    f'{k}={v!r} but config.model={expected.name} says {getattr(expected, k)!r}'
+    for k, v in fields.items()
+    if k not in hf_config.NOT_CHECKED and hf_config.differs(v, getattr(expected, k))
+  ]
   if bad:
     raise ValueError(f'init {src.spec} does not match the model preset:\n  has ' + '\n  has '.join(bad))
   return expected
@@ -315,19 +343,28 @@ def load(init: str, cfg: model_lib.TransformerConfig, mesh=None, dtype=jnp.float
       if name not in src.files:
         raise KeyError(f'{src.spec}: tensor {name!r} (for {row.path}) is missing')
       if src.shape(name) != expect:  # checked before reading: GGUF fix-ups reshape
-        raise ValueError(f'{src.spec}: tensor {name!r} (-> {row.path}) has shape {src.shape(name)}, expected '
-                         f'{expect} for model {cfg.name}')
+        raise ValueError(
+          f'{src.spec}: tensor {name!r} (-> {row.path}) has shape {src.shape(name)}, expected '
+          f'{expect} for model {cfg.name}'
+        )
       w = src.read(row, i, cfg)
       used.add(name)
       return np.asarray(LAYOUTS[row.layout].to_model(w, cfg)).astype(np_dtype, copy=False)
 
     stacked = cfg.num_layers if row.path.startswith('layers.') else None
     flat[row.path] = _place(shape, shardings[row.path], np_dtype, stacked, get)
-  unused = [n for n in src.files if n not in used and not n.endswith(_IGNORED_SUFFIXES)
-            and not n.startswith(_IGNORED_PREFIXES) and not (cfg.tie_embeddings and n.endswith('lm_head.weight'))]
+  unused = [
+    n
+    for n in src.files
+    if n not in used
+    and not n.endswith(_IGNORED_SUFFIXES)
+    and not n.startswith(_IGNORED_PREFIXES)
+    and not (cfg.tie_embeddings and n.endswith('lm_head.weight'))
+  ]
   if unused:
-    raise ValueError(f'{src.spec}: {len(unused)} tensors have no place in model {cfg.name} ({cfg.family} table), '
-                     f'e.g. {unused[:5]}')
+    raise ValueError(
+      f'{src.spec}: {len(unused)} tensors have no place in model {cfg.name} ({cfg.family} table), e.g. {unused[:5]}'
+    )
   return _unflatten(flat)
 
 
@@ -339,20 +376,31 @@ def hf_tensors(params, cfg: model_lib.TransformerConfig):
     leaf = flat[row.path]
     layers = range(cfg.num_layers) if row.path.startswith('layers.') else [None]
     for i in layers:
+
       def value(leaf=leaf, i=i, row=row):
         w = np.asarray(jax.device_get(leaf if i is None else leaf[i]))
         return np.ascontiguousarray(LAYOUTS[row.layout].to_hf(w, cfg))
+
       yield row.hf.format(i=i), hf_shape(row, cfg, leaf.shape), value
 
 
-def export_hf(params, cfg: model_lib.TransformerConfig, out_dir: str | os.PathLike, tokenizer=None, *,
-              dtype: str | None = None, token_ids: dict | None = None, max_shard_bytes: int = 4 << 30) -> pathlib.Path:
+def export_hf(
+  params,
+  cfg: model_lib.TransformerConfig,
+  out_dir: str | os.PathLike,
+  tokenizer=None,
+  *,
+  dtype: str | None = None,
+  token_ids: dict | None = None,
+  max_shard_bytes: int = 4 << 30,
+) -> pathlib.Path:
   """Writes a Hugging Face folder: config.json, generation_config.json, safetensors (+ index when sharded) and,
   given an rftjax Tokenizer, its files. `dtype` ('float32' | 'bfloat16') defaults to the params' dtype.
 
   Params must be addressable from this process (single-host, or gathered first).
   """
   import safetensors.numpy
+
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   leaves = jax.tree.leaves(params)
@@ -364,8 +412,12 @@ def export_hf(params, cfg: model_lib.TransformerConfig, out_dir: str | os.PathLi
   config = hf_config.write(cfg, token_ids, dtype)
   (out / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
   stops = list(getattr(tokenizer, 'stop_ids', ()) or [config['eos_token_id']])
-  gen = dict(bos_token_id=config['bos_token_id'], eos_token_id=stops if len(stops) > 1 else stops[0],
-             pad_token_id=config['pad_token_id'], _from_model_config=False)
+  gen = dict(
+    bos_token_id=config['bos_token_id'],
+    eos_token_id=stops if len(stops) > 1 else stops[0],
+    pad_token_id=config['pad_token_id'],
+    _from_model_config=False,
+  )
   (out / 'generation_config.json').write_text(json.dumps(gen, indent=2) + '\n')
 
   # Plan shards from shapes alone, then materialise one shard at a time.
@@ -401,22 +453,28 @@ def export_hf(params, cfg: model_lib.TransformerConfig, out_dir: str | os.PathLi
 # Jinja versions of rftjax.tokenizer.render_chat's templates (what transformers / vLLM run). {bos} is added by the
 # template exactly where rftjax's encode_prompt adds BOS; tests check both render the same text.
 _JINJA = {
-    'gemma': ("{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
-              "{%- set prefix = messages[0]['content'] + '\\n\\n' -%}{%- set turns = messages[1:] -%}"
-              "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
-              "{%- for m in turns -%}{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}"
-              "{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + m['content'] | trim"
-              " + '<end_of_turn>\\n' }}{%- endfor -%}"
-              "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"),
-    'chatml': ("{%- for m in messages -%}{%- if loop.first and m['role'] != 'system' and DEFAULT -%}"
-               "{{ '<|im_start|>system\\n' + DEFAULT + '<|im_end|>\\n' }}{%- endif -%}"
-               "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor -%}"
-               "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"),
-    'llama3': ("{{ bos_token }}{%- for m in messages -%}{{ '<|start_header_id|>' + m['role'] + "
-               "'<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}{%- endfor -%}"
-               "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-               "{%- endif -%}"),
-    'plain': "{{ (messages | selectattr('role', 'equalto', 'user') | list | last)['content'] }}",
+  'gemma': (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set prefix = messages[0]['content'] + '\\n\\n' -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for m in turns -%}{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + m['content'] | trim"
+    " + '<end_of_turn>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+  ),
+  'chatml': (
+    "{%- for m in messages -%}{%- if loop.first and m['role'] != 'system' and DEFAULT -%}"
+    "{{ '<|im_start|>system\\n' + DEFAULT + '<|im_end|>\\n' }}{%- endif -%}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+  ),
+  'llama3': (
+    "{{ bos_token }}{%- for m in messages -%}{{ '<|start_header_id|>' + m['role'] + "
+    "'<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    '{%- endif -%}'
+  ),
+  'plain': "{{ (messages | selectattr('role', 'equalto', 'user') | list | last)['content'] }}",
 }
 
 
@@ -435,18 +493,26 @@ def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
   for name, data in files.items():
     (out / name).write_bytes(data)
   token = lambda i: tokenizer.id_to_token(i) if i is not None else None  # noqa: E731
-  special = {'bos_token': token(tokenizer.bos_id), 'eos_token': token(tokenizer.eos_id),
-             'pad_token': token(tokenizer.pad_id)}
+  special = {
+    'bos_token': token(tokenizer.bos_id),
+    'eos_token': token(tokenizer.eos_id),
+    'pad_token': token(tokenizer.pad_id),
+  }
   template = _JINJA[tokenizer.chat_template]
   if 'DEFAULT' in template:
     template = template.replace('DEFAULT', json.dumps(tokenizer.default_system or ''))
   tok_config = dict(
-      tokenizer_class='GemmaTokenizer' if 'tokenizer.model' in files else 'PreTrainedTokenizerFast',
-      add_bos_token=bool(tokenizer.add_bos), add_eos_token=False, clean_up_tokenization_spaces=False,
-      model_max_length=config['max_position_embeddings'], chat_template=template,
-      **{k: v for k, v in special.items() if v is not None})
+    tokenizer_class='GemmaTokenizer' if 'tokenizer.model' in files else 'PreTrainedTokenizerFast',
+    add_bos_token=bool(tokenizer.add_bos),
+    add_eos_token=False,
+    clean_up_tokenization_spaces=False,
+    model_max_length=config['max_position_embeddings'],
+    chat_template=template,
+    **{k: v for k, v in special.items() if v is not None},
+  )
   if 'tokenizer.model' in files:
     tok_config.update(unk_token='<unk>', sp_model_kwargs={}, spaces_between_special_tokens=False)
   (out / 'tokenizer_config.json').write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + '\n')
   (out / 'special_tokens_map.json').write_text(
-      json.dumps({k: v for k, v in special.items() if v is not None}, indent=2, ensure_ascii=False) + '\n')
+    json.dumps({k: v for k, v in special.items() if v is not None}, indent=2, ensure_ascii=False) + '\n'
+  )

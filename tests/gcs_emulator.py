@@ -4,6 +4,7 @@ Both clients rftjax uses on gs:// are pointed at it: gcsfs (behind etils.epath: 
 STORAGE_EMULATOR_HOST, and tensorstore (Orbax's array writes) reads TENSORSTORE_GCS_HTTP_URL. Credentials are
 anonymous / a fixed test token, so nothing looks for gcloud or a metadata server.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,6 +31,7 @@ def serve(bucket: str):
   """Yields `gs://BUCKET` on a fresh in-memory emulator; restores the environment afterwards."""
   import fsspec.config
   from gcp_storage_emulator.server import create_server
+
   fsspec.config.conf.setdefault('gcs', {})['token'] = 'anon'
   logging.getLogger('gcp_storage_emulator').setLevel(logging.CRITICAL)  # it logs every 404 Orbax probes for
   port = _free_port()
@@ -60,6 +62,7 @@ def without_ocdbt(monkeypatch) -> None:
   same tensorstore gcs driver and the same checkpoint directories.
   """
   import orbax.checkpoint as ocp
+
   init = ocp.StandardCheckpointHandler.__init__
 
   def patched(self, *args, **kwargs):

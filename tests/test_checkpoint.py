@@ -1,4 +1,5 @@
 """Tests for rftjax.checkpoint: keep policy, round trips, resharding restore, crash leftovers, resume."""
+
 import os
 import pathlib
 import shutil
@@ -94,25 +95,37 @@ def test_unevaluated_checkpoint_is_never_best(tmp_path):
 
 def _realistic_state():
   params = {
-      'embed': jax.random.normal(jax.random.key(0), (16, 8)),
-      'layers': {'w_dnh': jax.random.normal(jax.random.key(1), (2, 8, 8)).astype(jnp.bfloat16),
-                 'scale': jnp.ones((2, 8))},
+    'embed': jax.random.normal(jax.random.key(0), (16, 8)),
+    'layers': {
+      'w_dnh': jax.random.normal(jax.random.key(1), (2, 8, 8)).astype(jnp.bfloat16),
+      'scale': jnp.ones((2, 8)),
+    },
   }
   tx = optax.adamw(1e-2)
   opt_state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, opt_state = tx.update(grads, opt_state, params)  # count=1, non-zero moments.
   params = optax.apply_updates(params, updates)
-  return {'params': params, 'opt_state': opt_state, 'rng': jax.random.key(42),
-          'rng_data': jax.random.key_data(jax.random.key(7)), 'step': jnp.asarray(1, jnp.int32)}
+  return {
+    'params': params,
+    'opt_state': opt_state,
+    'rng': jax.random.key(42),
+    'rng_data': jax.random.key_data(jax.random.key(7)),
+    'step': jnp.asarray(1, jnp.int32),
+  }
 
 
 def test_round_trip_realistic_state(tmp_path):
   state = _realistic_state()
   expected = jax.tree.map(lambda x: x.copy(), state)
   abstract = _abstract(state)
-  extra = {'data': {'epoch': 1, 'index': 17}, 'config': {'lr': 1e-2, 'name': 'tiny', 'mesh': [1, 2, 4]},
-           'rng': [0, 7], 'done': False, 'note': None}
+  extra = {
+    'data': {'epoch': 1, 'index': 17},
+    'config': {'lr': 1e-2, 'name': 'tiny', 'mesh': [1, 2, 4]},
+    'rng': [0, 7],
+    'done': False,
+    'note': None,
+  }
   with checkpoint.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, state, extra=extra)
     # Async save has copied the arrays to host before returning: the caller may donate/free them right away.
@@ -122,8 +135,7 @@ def test_round_trip_realistic_state(tmp_path):
   assert restored_extra == extra
   assert isinstance(restored['opt_state'][0], optax.ScaleByAdamState)
   assert isinstance(restored['opt_state'][0].count, jax.Array) and restored['opt_state'][0].count == 1
-  np.testing.assert_array_equal(jax.random.uniform(restored['rng'], (3,)),
-                                jax.random.uniform(expected['rng'], (3,)))
+  np.testing.assert_array_equal(jax.random.uniform(restored['rng'], (3,)), jax.random.uniform(expected['rng'], (3,)))
   # A target that does not match what was saved fails loudly, naming the checkpoint.
   with checkpoint.Checkpointer(tmp_path, read_only=True) as reader, pytest.raises(ValueError, match='/1 into'):
     reader.restore(1, {'params': abstract['params']})
@@ -133,8 +145,11 @@ def test_restore_onto_another_mesh(tmp_path):
   auto = (jax.sharding.AxisType.Auto,) * 3
   mesh = jax.make_mesh((2, 2, 2), ('data', 'fsdp', 'tensor'), axis_types=auto)
   specs = {'w': P(('data', 'fsdp'), 'tensor'), 'b': P('tensor'), 'count': P()}
-  values = {'w': np.arange(8 * 16, dtype=np.float32).reshape(8, 16), 'b': np.arange(16, dtype=np.float32),
-            'count': np.int32(5)}
+  values = {
+    'w': np.arange(8 * 16, dtype=np.float32).reshape(8, 16),
+    'b': np.arange(16, dtype=np.float32),
+    'count': np.int32(5),
+  }
   state = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in values.items()}
   state['rng'] = jax.device_put(jax.random.key(3), NamedSharding(mesh, P()))
   with checkpoint.Checkpointer(tmp_path) as ckpt:
@@ -144,9 +159,13 @@ def test_restore_onto_another_mesh(tmp_path):
     other = jax.make_mesh((1, 2, 4), ('data', 'fsdp', 'tensor'), axis_types=auto)
     single = jax.sharding.SingleDeviceSharding(jax.devices()[3])
     targets = {
-        'other_mesh': {'w': NamedSharding(other, P('tensor', 'fsdp')), 'b': NamedSharding(other, P(('fsdp', 'tensor'))),
-                       'count': NamedSharding(other, P()), 'rng': NamedSharding(other, P())},
-        'single_device': {k: single for k in state},
+      'other_mesh': {
+        'w': NamedSharding(other, P('tensor', 'fsdp')),
+        'b': NamedSharding(other, P(('fsdp', 'tensor'))),
+        'count': NamedSharding(other, P()),
+        'rng': NamedSharding(other, P()),
+      },
+      'single_device': {k: single for k in state},
     }
     for name, shardings in targets.items():
       abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in state.items()}
@@ -206,8 +225,9 @@ _CRASHING_RUN = textwrap.dedent("""
 def test_process_killed_mid_save_leaves_previous_checkpoint_usable(tmp_path):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(pathlib.Path(__file__).resolve().parents[1])}
   env.pop('XLA_FLAGS', None)
-  proc = subprocess.run([sys.executable, '-c', _CRASHING_RUN, str(tmp_path)], env=env, capture_output=True,
-                        text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, '-c', _CRASHING_RUN, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+  )
   assert proc.returncode == 3, proc.stderr[-3000:]
   assert (tmp_path / '1.orbax-checkpoint-tmp').exists(), sorted(p.name for p in tmp_path.iterdir())
   with checkpoint.Checkpointer(tmp_path, read_only=True) as reader:

@@ -1,4 +1,5 @@
 """The inference CLIs (sample, evaluate, report) and the reward plot, against one real 3-step tiny run."""
+
 import json
 import math
 import pathlib
@@ -21,9 +22,11 @@ from rftjax import train_step
 from rftjax import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PROMPTS = [{'messages': [{'role': 'user', 'content': 'Largest digit: 3 9 4 1'}], 'answer': '9'},
-           {'text': 'Largest digit: 1 2'},
-           {'messages': [{'role': 'user', 'content': 'Largest digit: 5 0 7'}], 'answer': '7'}]
+PROMPTS = [
+  {'messages': [{'role': 'user', 'content': 'Largest digit: 3 9 4 1'}], 'answer': '9'},
+  {'text': 'Largest digit: 1 2'},
+  {'messages': [{'role': 'user', 'content': 'Largest digit: 5 0 7'}], 'answer': '7'},
+]
 
 
 @pytest.fixture(scope='module')
@@ -90,7 +93,8 @@ def test_load_restores_the_params_the_trainer_saved(run_dir, in_repo):
   tx = train_step.make_optimizer(run.optimizer, run.total_steps)  # the trainer's full state, restored its way
   state = train_step.init_state(model.init_params(loaded.cfg, 0), tx)
   state, _ = checkpoint.Checkpointer(run_dir / 'checkpoints', read_only=True).restore(
-      2, train_step.abstract_state(state))
+    2, train_step.abstract_state(state)
+  )
   for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state['params'])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(inference.InferenceError, match="--step=bestest: step must be 'latest', 'best' or a step"):
@@ -101,8 +105,10 @@ def test_load_restores_the_params_the_trainer_saved(run_dir, in_repo):
 def test_sample_greedy_equals_sampler_generate(run_dir, tmp_path, in_repo):
   prompts = write_jsonl(tmp_path / 'prompts.jsonl', PROMPTS)
   out = tmp_path / 'out.jsonl'
-  assert sample.main([f'--workdir={run_dir}', '--step=latest', f'--prompts={prompts}', f'--out={out}',
-                      '--max_new_tokens=4']) == 0
+  assert (
+    sample.main([f'--workdir={run_dir}', '--step=latest', f'--prompts={prompts}', f'--out={out}', '--max_new_tokens=4'])
+    == 0
+  )
   rows = read_jsonl(out)
   assert len(rows) == len(PROMPTS)
   assert rows[1]['source'] == f'{prompts}:2' and rows[0]['answer'] == '9'
@@ -110,8 +116,7 @@ def test_sample_greedy_equals_sampler_generate(run_dir, tmp_path, in_repo):
   assert loaded.step == 3
   tok = loaded.tokenizer
   ids = [tok.encode_prompt(p['messages']) if 'messages' in p else tok.encode_text(p['text']) for p in PROMPTS]
-  want = sampler.generate(loaded.params, loaded.cfg, ids, max_new_tokens=4, stop_ids=tok.stop_ids,
-                          pad_id=loaded.pad_id)
+  want = sampler.generate(loaded.params, loaded.cfg, ids, max_new_tokens=4, stop_ids=tok.stop_ids, pad_id=loaded.pad_id)
   for row, w in zip(rows, want):
     assert row['tokens'] == w
     assert row['completion'] == tok.decode(w)
@@ -121,16 +126,36 @@ def test_sample_greedy_equals_sampler_generate(run_dir, tmp_path, in_repo):
 def test_sample_from_init_random_weights(tmp_path, in_repo):
   prompts = write_jsonl(tmp_path / 'prompts.jsonl', PROMPTS[1:2])
   out = tmp_path / 'out.jsonl'
-  assert sample.main(['--init=', '--model=tiny', '--tokenizer=sp:data/tiny/tokenizer.model', f'--prompts={prompts}',
-                      f'--out={out}', '--max_new_tokens=2', '--temperature=1.0', '--seed=3']) == 0
+  assert (
+    sample.main(
+      [
+        '--init=',
+        '--model=tiny',
+        '--tokenizer=sp:data/tiny/tokenizer.model',
+        f'--prompts={prompts}',
+        f'--out={out}',
+        '--max_new_tokens=2',
+        '--temperature=1.0',
+        '--seed=3',
+      ]
+    )
+    == 0
+  )
   (row,) = read_jsonl(out)
   assert 1 <= len(row['tokens']) <= 2 and row['text'] == PROMPTS[1]['text']
 
 
 def test_sample_stop_string_ends_the_completion_at_its_token(tmp_path, in_repo, capsys):
   prompts = write_jsonl(tmp_path / 'prompts.jsonl', PROMPTS[1:2])
-  base = ['--init=', '--model=tiny', '--tokenizer=sp:data/tiny/tokenizer.model', f'--prompts={prompts}',
-          '--max_new_tokens=8', '--temperature=1.0', '--seed=5']
+  base = [
+    '--init=',
+    '--model=tiny',
+    '--tokenizer=sp:data/tiny/tokenizer.model',
+    f'--prompts={prompts}',
+    '--max_new_tokens=8',
+    '--temperature=1.0',
+    '--seed=5',
+  ]
   assert sample.main(base + [f'--out={tmp_path / "free.jsonl"}']) == 0
   (free,) = read_jsonl(tmp_path / 'free.jsonl')
   tok = inference.load(init='', model='tiny', tokenizer='sp:data/tiny/tokenizer.model').tokenizer
@@ -139,7 +164,7 @@ def test_sample_stop_string_ends_the_completion_at_its_token(tmp_path, in_repo, 
   assert sample.main(base + [f'--out={tmp_path / "stop.jsonl"}', f'--stop={stop}']) == 0
   (row,) = read_jsonl(tmp_path / 'stop.jsonl')
   # the same random stream, cut after the first occurrence of the stop token
-  assert row['tokens'] == free['tokens'][:free['tokens'].index(free['tokens'][k]) + 1]
+  assert row['tokens'] == free['tokens'][: free['tokens'].index(free['tokens'][k]) + 1]
   assert row['truncated'] is False
   assert sample.main(base + [f'--out={tmp_path / "x.jsonl"}', '--stop=Largest digit: 12']) == 2
   assert "--stop: stop string 'Largest digit: 12' is" in capsys.readouterr().err
@@ -170,9 +195,10 @@ def test_sample_bad_flags(run_dir, tmp_path, in_repo, capsys):
 
 # ---- evaluate ----------------------------------------------------------------------------------------------------
 def test_evaluate_writes_graded_samples_and_pass_at_k(run_dir, tmp_path, in_repo, capsys):
-  data = write_jsonl(tmp_path / 'heldout.jsonl', [PROMPTS[0], PROMPTS[2],
-                                                   {'messages': [{'role': 'user', 'content': 'Largest digit: 8'}],
-                                                    'answer': '8'}])
+  data = write_jsonl(
+    tmp_path / 'heldout.jsonl',
+    [PROMPTS[0], PROMPTS[2], {'messages': [{'role': 'user', 'content': 'Largest digit: 8'}], 'answer': '8'}],
+  )
   assert evaluate.main([f'--workdir={run_dir}', f'--data={data}', '--samples=4', '--num_workers=1']) == 0
   stdout = capsys.readouterr().out
   summary = json.loads(stdout.strip().splitlines()[-1])
@@ -249,14 +275,26 @@ def test_local_judge_answers_model_graders(run_dir, in_repo):
   loaded = inference.load(workdir=run_dir)
   inference.register_local_judge('tiny-judge', loaded, max_new_tokens=2)
   try:
-    g = graders.build({'type': 'score_model', 'name': 'judge', 'model': 'tiny-judge', 'range': [0, 9],
-                       'input': [{'role': 'developer', 'content': 'ignored by the plain template'},
-                                 {'role': 'user', 'content': 'Largest digit: {{item.digits}}'}]})
+    g = graders.build(
+      {
+        'type': 'score_model',
+        'name': 'judge',
+        'model': 'tiny-judge',
+        'range': [0, 9],
+        'input': [
+          {'role': 'developer', 'content': 'ignored by the plain template'},
+          {'role': 'user', 'content': 'Largest digit: {{item.digits}}'},
+        ],
+      }
+    )
     item = {'digits': '3 9 4 1'}
     with graders.GradingPool(num_workers=1) as pool:
       (result,) = pool.grade(g, ['x'], [item])
-    said = inference.complete(loaded, [loaded.tokenizer.encode_prompt(
-        [{'role': 'user', 'content': 'Largest digit: 3 9 4 1'}])], max_new_tokens=2)[0]['text']
+    said = inference.complete(
+      loaded,
+      [loaded.tokenizer.encode_prompt([{'role': 'user', 'content': 'Largest digit: 3 9 4 1'}])],
+      max_new_tokens=2,
+    )[0]['text']
     if result.errors:  # the judge answered, with text that is no score: a parse error quoting it
       assert result.errors[0].category == 'model_grader_parse' and repr(said) in result.errors[0].message
     else:

@@ -1,4 +1,5 @@
 """Every shipped config is usable: its data loads, its grader builds, its preset exists, its prompts fit."""
+
 import importlib
 import pathlib
 
@@ -11,8 +12,14 @@ from rftjax import tokenizer
 from rftjax import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = [('tiny', None), ('tiny', 'test'), ('smollm2_arith', None), ('smollm2_arith', 'test'),
-           ('gemma3_270m', None), ('gemma3_270m', 'test')]
+CONFIGS = [
+  ('tiny', None),
+  ('tiny', 'test'),
+  ('smollm2_arith', None),
+  ('smollm2_arith', 'test'),
+  ('gemma3_270m', None),
+  ('gemma3_270m', 'test'),
+]
 
 
 @pytest.mark.parametrize('name, arg', CONFIGS, ids=[f'{n}:{a}' for n, a in CONFIGS])
@@ -36,6 +43,7 @@ def test_config_is_usable(name, arg, monkeypatch):
 
 def test_tpu_variant_names_a_bigger_model():
   from configs import gemma3_270m
+
   c = gemma3_270m.get_config('tpu')
   assert c.model == 'gemma3_1b' and c.init.startswith('hf:') and c.mesh.fsdp == -1
 
@@ -45,6 +53,7 @@ def test_smollm2_two_real_training_steps(tmp_path, monkeypatch):
   """The real-weights path end to end: GGUF load, chat template, sandboxed math grader, two GRPO steps."""
   from configs import smollm2_arith
   from rftjax import metrics
+
   monkeypatch.chdir(REPO)
   trainer.train(smollm2_arith.get_config('test'), tmp_path)
   rows = metrics.read_jsonl(tmp_path / 'metrics.jsonl')

@@ -1,4 +1,5 @@
 """Data files: errors name the file and line; batching is deterministic and resumable; shipped data is current."""
+
 import json
 
 import numpy as np
@@ -17,16 +18,21 @@ def write(tmp_path, lines):
 GOOD = json.dumps({'messages': [{'role': 'user', 'content': 'hi'}], 'answer': '1'})
 
 
-@pytest.mark.parametrize('line, message', [
+@pytest.mark.parametrize(
+  'line, message',
+  [
     ('{"messages": [', r'd.jsonl:3: not valid JSON'),
     ('[1, 2]', r'd.jsonl:3: expected a JSON object, got list'),
     ('{"answer": 1}', r'd.jsonl:3: field "messages" must be a non-empty list .* \(missing\)'),
     ('{"messages": [{"role": "robot", "content": "x"}]}', r'd.jsonl:3: messages\[0\]: "role" must be one of'),
     ('{"messages": [{"role": "user"}]}', r'd.jsonl:3: messages\[0\]: missing "content"'),
-    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
-     r'd.jsonl:3: the last message must come from "user"'),
+    (
+      '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+      r'd.jsonl:3: the last message must come from "user"',
+    ),
     ('{"messages": [{"role": "user", "content": [{"type": "image"}]}]}', r'd.jsonl:3: messages\[0\]: content part 0'),
-])
+  ],
+)
 def test_bad_line_names_file_and_line(tmp_path, line, message):
   path = write(tmp_path, [GOOD, '', line])  # a blank line still counts: line 3
   with pytest.raises(data.DataError, match=message):
@@ -41,9 +47,15 @@ def test_missing_and_empty_file(tmp_path):
 
 
 def test_item_is_the_whole_line_and_parts_are_joined(tmp_path):
-  line = json.dumps({'messages': [{'role': 'system', 'content': 's'},
-                                  {'role': 'user', 'content': [{'type': 'text', 'text': 'a'},
-                                                               {'type': 'text', 'text': 'b'}]}], 'ref': {'x': [1]}})
+  line = json.dumps(
+    {
+      'messages': [
+        {'role': 'system', 'content': 's'},
+        {'role': 'user', 'content': [{'type': 'text', 'text': 'a'}, {'type': 'text', 'text': 'b'}]},
+      ],
+      'ref': {'x': [1]},
+    }
+  )
   (ex,) = data.load_jsonl(write(tmp_path, [line]))
   assert ex.messages[-1] == {'role': 'user', 'content': 'ab'}
   assert ex.item['ref'] == {'x': [1]} and ex.source.endswith('d.jsonl:1')

@@ -1,5 +1,6 @@
 """A gs:// workdir, end to end, against a local GCS emulator (tests/gcs_emulator.py): the trainer writes every run
 file and checkpoint to the bucket, resumes from it, and the read-side tools (report, inference, export) read it."""
+
 import json
 import pathlib
 
@@ -92,6 +93,7 @@ def test_a_bucket_that_does_not_exist_is_a_config_error(bucket):
 
 def test_a_failed_upload_mid_run_is_retried_not_fatal(bucket, caplog):
   import fsspec
+
   fs = fsspec.filesystem('gs')
   fs.mkdir('doomed-bucket')
   run = runfs.RunDir('gs://doomed-bucket/run')
@@ -107,6 +109,7 @@ def test_a_failed_upload_mid_run_is_retried_not_fatal(bucket, caplog):
 
 def test_data_files_round_trip_through_a_bucket_and_no_bucket_is_created(bucket):
   from rftjax import data
+
   rows = [{'messages': [{'role': 'user', 'content': 'Largest digit: 1 2'}], 'answer': '2'}]
   data.write_jsonl(f'{bucket}/data/train.jsonl', rows)
   (example,) = data.load_jsonl(f'{bucket}/data/train.jsonl')

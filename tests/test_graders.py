@@ -1,4 +1,5 @@
 """In-process graders, templates, formulas, config errors, metrics, model judges (stub server) and the CLI."""
+
 import http.server
 import json
 import pathlib
@@ -12,12 +13,11 @@ from rftjax import graders
 from rftjax.graders import formula
 from rftjax.graders import text_graders
 
-OUT = "{{sample.output_text}}"
+OUT = '{{sample.output_text}}'
 
 
-def sc(op, reference="{{item.ref}}", input_=OUT):
-  return graders.build({"type": "string_check", "name": "s", "input": input_, "reference": reference,
-                        "operation": op})
+def sc(op, reference='{{item.ref}}', input_=OUT):
+  return graders.build({'type': 'string_check', 'name': 's', 'input': input_, 'reference': reference, 'operation': op})
 
 
 def rewards(g, samples, items):
@@ -25,52 +25,60 @@ def rewards(g, samples, items):
 
 
 # string_check ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("op,sample,ref,expected", [
-    ("eq", "Paris", "Paris", 1.0), ("eq", "paris", "Paris", 0.0), ("eq", "Paris ", "Paris", 0.0),
-    ("ne", "Paris", "Paris", 0.0), ("ne", "paris", "Paris", 1.0),
-    ("like", "The capital is Paris.", "Paris", 1.0), ("like", "the capital is paris.", "Paris", 0.0),
-    ("like", "Par", "Paris", 0.0),  # reference in input, not the reverse
-    ("ilike", "the capital is PARIS.", "Paris", 1.0), ("ilike", "Lyon", "Paris", 0.0),
-    ("like", "anything", "", 1.0),  # the empty string is a substring of every string
-])
+@pytest.mark.parametrize(
+  'op,sample,ref,expected',
+  [
+    ('eq', 'Paris', 'Paris', 1.0),
+    ('eq', 'paris', 'Paris', 0.0),
+    ('eq', 'Paris ', 'Paris', 0.0),
+    ('ne', 'Paris', 'Paris', 0.0),
+    ('ne', 'paris', 'Paris', 1.0),
+    ('like', 'The capital is Paris.', 'Paris', 1.0),
+    ('like', 'the capital is paris.', 'Paris', 0.0),
+    ('like', 'Par', 'Paris', 0.0),  # reference in input, not the reverse
+    ('ilike', 'the capital is PARIS.', 'Paris', 1.0),
+    ('ilike', 'Lyon', 'Paris', 0.0),
+    ('like', 'anything', '', 1.0),  # the empty string is a substring of every string
+  ],
+)
 def test_string_check(op, sample, ref, expected):
-  assert rewards(sc(op), [sample], [{"ref": ref}]) == [expected]
+  assert rewards(sc(op), [sample], [{'ref': ref}]) == [expected]
 
 
 def test_string_check_templates_nested_and_errors():
-  g = sc("eq", reference="{{item.answers[1].text}}")
-  assert rewards(g, ["b", "a"], [{"answers": [{"text": "a"}, {"text": "b"}]}] * 2) == [1.0, 0.0]
-  missing = g.grade_batch(["b"], [{"answers": [{"text": "a"}]}])[0]
-  assert missing.reward == 0.0 and missing.errors[0].category == "invalid_variable"
-  assert "answers" in missing.errors[0].message
-  j = sc("eq", reference="yes", input_="{{sample.output_json.ok}}")
+  g = sc('eq', reference='{{item.answers[1].text}}')
+  assert rewards(g, ['b', 'a'], [{'answers': [{'text': 'a'}, {'text': 'b'}]}] * 2) == [1.0, 0.0]
+  missing = g.grade_batch(['b'], [{'answers': [{'text': 'a'}]}])[0]
+  assert missing.reward == 0.0 and missing.errors[0].category == 'invalid_variable'
+  assert 'answers' in missing.errors[0].message
+  j = sc('eq', reference='yes', input_='{{sample.output_json.ok}}')
   assert rewards(j, ['{"ok": "yes"}'], [{}]) == [1.0]
-  bad = j.grade_batch(["not json"], [{}])[0]
-  assert bad.errors[0].category == "sample_parse"
-  mixed = sc("eq", reference="{{ item.a }}-{{item.b}}")
-  assert rewards(mixed, ["1-x"], [{"a": 1, "b": "x"}]) == [1.0]
+  bad = j.grade_batch(['not json'], [{}])[0]
+  assert bad.errors[0].category == 'sample_parse'
+  mixed = sc('eq', reference='{{ item.a }}-{{item.b}}')
+  assert rewards(mixed, ['1-x'], [{'a': 1, 'b': 'x'}]) == [1.0]
 
 
 # text_similarity -------------------------------------------------------------------------------------------------
 def ts(metric, threshold=None):
-  spec = {"type": "text_similarity", "input": OUT, "reference": "{{item.ref}}", "evaluation_metric": metric}
+  spec = {'type': 'text_similarity', 'input': OUT, 'reference': '{{item.ref}}', 'evaluation_metric': metric}
   if threshold is not None:
-    spec["pass_threshold"] = threshold
+    spec['pass_threshold'] = threshold
   return graders.build(spec)
 
 
 def test_text_similarity_hand_computed():
   # Indel similarity: "abc" vs "abd" needs 2 edits over 6 characters.
-  assert rewards(ts("fuzzy_match"), ["abc"], [{"ref": "abd"}])[0] == pytest.approx(4 / 6)
+  assert rewards(ts('fuzzy_match'), ['abc'], [{'ref': 'abd'}])[0] == pytest.approx(4 / 6)
   # ROUGE-1 "the cat sat" vs "the cat": P = 2/3, R = 1, F = 0.8.
-  assert rewards(ts("rouge_1"), ["the cat sat"], [{"ref": "the cat"}])[0] == pytest.approx(0.8)
+  assert rewards(ts('rouge_1'), ['the cat sat'], [{'ref': 'the cat'}])[0] == pytest.approx(0.8)
   # ROUGE-2: bigrams {the cat, cat sat} vs {the cat}: P = 1/2, R = 1, F = 2/3.
-  assert rewards(ts("rouge_2"), ["the cat sat"], [{"ref": "the cat"}])[0] == pytest.approx(2 / 3)
+  assert rewards(ts('rouge_2'), ['the cat sat'], [{'ref': 'the cat'}])[0] == pytest.approx(2 / 3)
   for metric in text_graders.SIMILARITY_METRICS:
-    same = "the quick brown fox jumps over the lazy dog today"
-    assert rewards(ts(metric), [same], [{"ref": same}])[0] == pytest.approx(1.0, abs=2e-3), metric
-  r = ts("rouge_1", threshold=0.9).grade_batch(["the cat sat"], [{"ref": "the cat"}])[0]
-  assert r.metadata["passed"] is False and r.reward == pytest.approx(0.8)
+    same = 'the quick brown fox jumps over the lazy dog today'
+    assert rewards(ts(metric), [same], [{'ref': same}])[0] == pytest.approx(1.0, abs=2e-3), metric
+  r = ts('rouge_1', threshold=0.9).grade_batch(['the cat sat'], [{'ref': 'the cat'}])[0]
+  assert r.metadata['passed'] is False and r.reward == pytest.approx(0.8)
 
 
 def test_text_similarity_matches_libraries():
@@ -78,98 +86,174 @@ def test_text_similarity_matches_libraries():
   from nltk.translate import gleu_score, meteor_score
   from rapidfuzz import fuzz
   from rouge_score import rouge_scorer
-  hyp, ref = "the cat is on the mat today", "there is a cat on the mat"
-  got = {m: rewards(ts(m), [hyp], [{"ref": ref}])[0] for m in text_graders.SIMILARITY_METRICS}
-  assert got["fuzzy_match"] == pytest.approx(fuzz.ratio(hyp, ref) / 100)
-  assert got["bleu"] == pytest.approx(sacrebleu.sentence_bleu(hyp, [ref]).score / 100)
-  assert got["gleu"] == pytest.approx(gleu_score.sentence_gleu([ref.split()], hyp.split()))
-  scorer = rouge_scorer.RougeScorer(["rouge3", "rougeL"])
-  assert got["rouge_3"] == pytest.approx(scorer.score(ref, hyp)["rouge3"].fmeasure)
-  assert got["rouge_l"] == pytest.approx(scorer.score(ref, hyp)["rougeL"].fmeasure)
+
+  hyp, ref = 'the cat is on the mat today', 'there is a cat on the mat'
+  got = {m: rewards(ts(m), [hyp], [{'ref': ref}])[0] for m in text_graders.SIMILARITY_METRICS}
+  assert got['fuzzy_match'] == pytest.approx(fuzz.ratio(hyp, ref) / 100)
+  assert got['bleu'] == pytest.approx(sacrebleu.sentence_bleu(hyp, [ref]).score / 100)
+  assert got['gleu'] == pytest.approx(gleu_score.sentence_gleu([ref.split()], hyp.split()))
+  scorer = rouge_scorer.RougeScorer(['rouge3', 'rougeL'])
+  assert got['rouge_3'] == pytest.approx(scorer.score(ref, hyp)['rouge3'].fmeasure)
+  assert got['rouge_l'] == pytest.approx(scorer.score(ref, hyp)['rougeL'].fmeasure)
   # METEOR without the WordNet corpus: exact + stem matches only.
-  assert got["meteor"] == pytest.approx(meteor_score.meteor_score(
-      [ref.split()], hyp.split(), wordnet=text_graders._NoSynonyms()))
-  assert 0.0 < got["meteor"] < 1.0
+  assert got['meteor'] == pytest.approx(
+    meteor_score.meteor_score([ref.split()], hyp.split(), wordnet=text_graders._NoSynonyms())
+  )
+  assert 0.0 < got['meteor'] < 1.0
 
 
 # formula and multi -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text,expected", [
-    ("1 + 2 * 3", 7.0), ("(1 + 2) * 3", 9.0), ("2 ^ 3 ^ 2", 512.0), ("-2 ^ 2", -4.0), ("2 * 3 ^ 2", 18.0),
-    ("10 - 4 - 3", 3.0), ("12 / 3 / 2", 2.0), ("a + b * c", 1 + 0.5 * 4), ("min(a, b, c) + max(a, b)", 1.5),
-    ("abs(-a) + floor(2.7) + ceil(2.1)", 6.0), ("exp(0) + sqrt(c) + log(1)", 3.0), ("2^-1", 0.5),
-    ("0.5 * a + 0.5 * b", 0.75), ("-(a - c)", 3.0), ("1e-1 * c", 0.4), ("+a", 1.0),
-])
+@pytest.mark.parametrize(
+  'text,expected',
+  [
+    ('1 + 2 * 3', 7.0),
+    ('(1 + 2) * 3', 9.0),
+    ('2 ^ 3 ^ 2', 512.0),
+    ('-2 ^ 2', -4.0),
+    ('2 * 3 ^ 2', 18.0),
+    ('10 - 4 - 3', 3.0),
+    ('12 / 3 / 2', 2.0),
+    ('a + b * c', 1 + 0.5 * 4),
+    ('min(a, b, c) + max(a, b)', 1.5),
+    ('abs(-a) + floor(2.7) + ceil(2.1)', 6.0),
+    ('exp(0) + sqrt(c) + log(1)', 3.0),
+    ('2^-1', 0.5),
+    ('0.5 * a + 0.5 * b', 0.75),
+    ('-(a - c)', 3.0),
+    ('1e-1 * c', 0.4),
+    ('+a', 1.0),
+  ],
+)
 def test_formula(text, expected):
-  assert formula.Formula(text, {"a", "b", "c"}).evaluate({"a": 1.0, "b": 0.5, "c": 4.0}) == pytest.approx(expected)
+  assert formula.Formula(text, {'a', 'b', 'c'}).evaluate({'a': 1.0, 'b': 0.5, 'c': 4.0}) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("a +", "end of formula"), ("a * (b", "')'"), ("d + 1", "unknown name 'd'"), ("a $ b", "'$'"),
-    ("min(a)", "at least 2"), ("sqrt(a, b)", "exactly 1"), ("__import__('os')", "unexpected character"),
-    ("", "non-empty"),
-    ("a b", "unexpected 'b'"),
-])
+@pytest.mark.parametrize(
+  'text,needle',
+  [
+    ('a +', 'end of formula'),
+    ('a * (b', "')'"),
+    ('d + 1', "unknown name 'd'"),
+    ('a $ b', "'$'"),
+    ('min(a)', 'at least 2'),
+    ('sqrt(a, b)', 'exactly 1'),
+    ("__import__('os')", 'unexpected character'),
+    ('', 'non-empty'),
+    ('a b', "unexpected 'b'"),
+  ],
+)
 def test_formula_errors(text, needle):
-  with pytest.raises(graders.GraderConfigError, match="calculate_output") as e:
-    formula.Formula(text, {"a", "b"})
+  with pytest.raises(graders.GraderConfigError, match='calculate_output') as e:
+    formula.Formula(text, {'a', 'b'})
   assert needle in str(e.value)
 
 
 def test_formula_runtime_errors():
-  f = formula.Formula("a / b + log(b)", {"a", "b"})
+  f = formula.Formula('a / b + log(b)', {'a', 'b'})
   with pytest.raises(Exception) as e:
-    f.evaluate({"a": 1.0, "b": 0.0})
-  assert e.value.category == "formula_parse"
+    f.evaluate({'a': 1.0, 'b': 0.0})
+  assert e.value.category == 'formula_parse'
 
 
 def multi_spec():
-  return {"type": "multi", "graders": {
-      "exact": {"type": "string_check", "input": OUT, "reference": "{{item.ref}}", "operation": "eq"},
-      "close": {"type": "text_similarity", "input": OUT, "reference": "{{item.ref}}",
-                "evaluation_metric": "fuzzy_match"}}, "calculate_output": "0.5 * exact + 0.5 * close ^ 2"}
+  return {
+    'type': 'multi',
+    'graders': {
+      'exact': {'type': 'string_check', 'input': OUT, 'reference': '{{item.ref}}', 'operation': 'eq'},
+      'close': {
+        'type': 'text_similarity',
+        'input': OUT,
+        'reference': '{{item.ref}}',
+        'evaluation_metric': 'fuzzy_match',
+      },
+    },
+    'calculate_output': '0.5 * exact + 0.5 * close ^ 2',
+  }
 
 
 def test_multi_inline():
   g = graders.build(multi_spec())
-  r = g.grade_batch(["abc", "abd"], [{"ref": "abc"}] * 2)
-  assert r[0].reward == pytest.approx(1.0) and r[0].sub_rewards == {"exact": 1.0, "close": 1.0}
+  r = g.grade_batch(['abc', 'abd'], [{'ref': 'abc'}] * 2)
+  assert r[0].reward == pytest.approx(1.0) and r[0].sub_rewards == {'exact': 1.0, 'close': 1.0}
   assert r[1].reward == pytest.approx(0.5 * (4 / 6) ** 2)
-  bad = g.grade_batch(["abc"], [{}])[0]  # both sub-graders miss item.ref
-  assert bad.reward == 0.0 and {e.category for e in bad.errors} == {"invalid_variable"}
-  assert bad.errors[0].message.startswith("exact:")
+  bad = g.grade_batch(['abc'], [{}])[0]  # both sub-graders miss item.ref
+  assert bad.reward == 0.0 and {e.category for e in bad.errors} == {'invalid_variable'}
+  assert bad.errors[0].message.startswith('exact:')
 
 
 # config errors ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec,needle", [
-    ({"type": "string_check", "input": OUT, "reference": "x", "operation": "like2"},
-     "grader.operation: found 'like2', expected one of ['eq', 'ne', 'like', 'ilike']"),
-    ({"type": "string_check", "input": OUT, "operation": "eq"}, "missing required field 'reference'"),
-    ({"type": "string_check", "input": 3, "reference": "x", "operation": "eq"},
-     "grader.input: expected str, found int"),
-    ({"type": "nope"}, "grader.type: found 'nope'"),
-    ({"type": "string_check", "input": "{{output_text}}", "reference": "x", "operation": "eq"},
-     "not a path"),
-    ({"type": "text_similarity", "input": OUT, "reference": "x", "evaluation_metric": "cosine"}, "embedding"),
-    ({"type": "text_similarity", "input": OUT, "reference": "x", "evaluation_metric": "rouge_6"}, "rouge_6"),
-    ({"type": "python", "source": "def grade(sample, item):\n  return 1 +\n"}, "syntax error at line 2"),
-    ({"type": "python", "source": "def score(sample, item):\n  return 1\n"}, "no top-level `def grade"),
-    ({"type": "python", "source": "def grade(sample):\n  return 1\n"}, "expected grade(sample, item)"),
-    ({"type": "python", "source": "def grade(s, i): return 1", "timeout_s": -1}, "positive number"),
-    ({"type": "score_model", "input": [{"role": "user", "content": "x"}], "model": "m", "range": [1, 0]},
-     "grader.range: expected [low, high]"),
-    ({"type": "label_model", "input": [{"role": "user", "content": "x"}], "model": "m", "labels": ["a"],
-      "passing_labels": ["b"]}, "passing_labels: expected a non-empty subset"),
-    ({"type": "label_model", "input": [{"role": "robot", "content": "x"}], "model": "m", "labels": ["a"],
-      "passing_labels": ["a"]}, "grader.input[0].role"),
-    ({"type": "multi", "graders": {"a-b": {"type": "string_check", "input": OUT, "reference": "x",
-                                           "operation": "eq"}}, "calculate_output": "1"}, "'a-b'"),
-    ({"type": "multi", "graders": {"a": {"type": "string_check", "input": OUT, "reference": "x", "operation": "eq"}},
-      "calculate_output": "a + b"}, "unknown name 'b'"),
-    ({"type": "multi", "graders": {"a": {"type": "string_check", "input": OUT, "reference": "x", "operation": "xx"}},
-      "calculate_output": "a"}, "multi.graders.a.operation"),
-    ({"type": "code", "input": OUT, "tests": []}, "non-empty list"),
-    ({"type": "math", "input": OUT}, "missing required field 'reference'"),
-])
+@pytest.mark.parametrize(
+  'spec,needle',
+  [
+    (
+      {'type': 'string_check', 'input': OUT, 'reference': 'x', 'operation': 'like2'},
+      "grader.operation: found 'like2', expected one of ['eq', 'ne', 'like', 'ilike']",
+    ),
+    ({'type': 'string_check', 'input': OUT, 'operation': 'eq'}, "missing required field 'reference'"),
+    (
+      {'type': 'string_check', 'input': 3, 'reference': 'x', 'operation': 'eq'},
+      'grader.input: expected str, found int',
+    ),
+    ({'type': 'nope'}, "grader.type: found 'nope'"),
+    ({'type': 'string_check', 'input': '{{output_text}}', 'reference': 'x', 'operation': 'eq'}, 'not a path'),
+    ({'type': 'text_similarity', 'input': OUT, 'reference': 'x', 'evaluation_metric': 'cosine'}, 'embedding'),
+    ({'type': 'text_similarity', 'input': OUT, 'reference': 'x', 'evaluation_metric': 'rouge_6'}, 'rouge_6'),
+    ({'type': 'python', 'source': 'def grade(sample, item):\n  return 1 +\n'}, 'syntax error at line 2'),
+    ({'type': 'python', 'source': 'def score(sample, item):\n  return 1\n'}, 'no top-level `def grade'),
+    ({'type': 'python', 'source': 'def grade(sample):\n  return 1\n'}, 'expected grade(sample, item)'),
+    ({'type': 'python', 'source': 'def grade(s, i): return 1', 'timeout_s': -1}, 'positive number'),
+    (
+      {'type': 'score_model', 'input': [{'role': 'user', 'content': 'x'}], 'model': 'm', 'range': [1, 0]},
+      'grader.range: expected [low, high]',
+    ),
+    (
+      {
+        'type': 'label_model',
+        'input': [{'role': 'user', 'content': 'x'}],
+        'model': 'm',
+        'labels': ['a'],
+        'passing_labels': ['b'],
+      },
+      'passing_labels: expected a non-empty subset',
+    ),
+    (
+      {
+        'type': 'label_model',
+        'input': [{'role': 'robot', 'content': 'x'}],
+        'model': 'm',
+        'labels': ['a'],
+        'passing_labels': ['a'],
+      },
+      'grader.input[0].role',
+    ),
+    (
+      {
+        'type': 'multi',
+        'graders': {'a-b': {'type': 'string_check', 'input': OUT, 'reference': 'x', 'operation': 'eq'}},
+        'calculate_output': '1',
+      },
+      "'a-b'",
+    ),
+    (
+      {
+        'type': 'multi',
+        'graders': {'a': {'type': 'string_check', 'input': OUT, 'reference': 'x', 'operation': 'eq'}},
+        'calculate_output': 'a + b',
+      },
+      "unknown name 'b'",
+    ),
+    (
+      {
+        'type': 'multi',
+        'graders': {'a': {'type': 'string_check', 'input': OUT, 'reference': 'x', 'operation': 'xx'}},
+        'calculate_output': 'a',
+      },
+      'multi.graders.a.operation',
+    ),
+    ({'type': 'code', 'input': OUT, 'tests': []}, 'non-empty list'),
+    ({'type': 'math', 'input': OUT}, "missing required field 'reference'"),
+  ],
+)
 def test_config_errors(spec, needle):
   with pytest.raises(graders.GraderConfigError) as e:
     graders.validate(spec)
@@ -177,28 +261,28 @@ def test_config_errors(spec, needle):
 
 
 def test_build_from_file(tmp_path):
-  path = tmp_path / "g.json"
-  path.write_text(json.dumps({"grader": {"type": "string_check", "input": OUT, "reference": "a", "operation": "eq"}}))
-  assert graders.build(str(path)).type == "string_check"
-  path.write_text("{bad json")
-  with pytest.raises(graders.GraderConfigError, match="line 1, column 2"):
+  path = tmp_path / 'g.json'
+  path.write_text(json.dumps({'grader': {'type': 'string_check', 'input': OUT, 'reference': 'a', 'operation': 'eq'}}))
+  assert graders.build(str(path)).type == 'string_check'
+  path.write_text('{bad json')
+  with pytest.raises(graders.GraderConfigError, match='line 1, column 2'):
     graders.build(str(path))
 
 
 # metrics ---------------------------------------------------------------------------------------------------------
 def test_summarize_and_check_failures():
   g = graders.build(multi_spec())
-  results = g.grade_batch(["abc", "abd", "x", "abc"], [{"ref": "abc"}] * 3 + [{}])
-  s = graders.summarize(results, prefix="train")
-  assert s["train_reward_mean"] == pytest.approx(sum(r.reward for r in results) / 4)
-  assert s["train/grader/exact"] == pytest.approx(0.25)
-  assert s["train/errors/invalid_variable"] == pytest.approx(0.25)
-  assert s["train/errors/python_grader_timeout"] == 0.0 and s["train/error_rate"] == pytest.approx(0.25)
-  assert set(f"train/errors/{c}" for c in graders.CATEGORIES) <= set(s)
+  results = g.grade_batch(['abc', 'abd', 'x', 'abc'], [{'ref': 'abc'}] * 3 + [{}])
+  s = graders.summarize(results, prefix='train')
+  assert s['train_reward_mean'] == pytest.approx(sum(r.reward for r in results) / 4)
+  assert s['train/grader/exact'] == pytest.approx(0.25)
+  assert s['train/errors/invalid_variable'] == pytest.approx(0.25)
+  assert s['train/errors/python_grader_timeout'] == 0.0 and s['train/error_rate'] == pytest.approx(0.25)
+  assert set(f'train/errors/{c}' for c in graders.CATEGORIES) <= set(s)
   graders.check_failures(results, max_error_share=0.25)
-  with pytest.raises(graders.GradingFailed, match=r"1 of 4 gradings failed") as e:
+  with pytest.raises(graders.GradingFailed, match=r'1 of 4 gradings failed') as e:
     graders.check_failures(results, max_error_share=0.2)
-  assert "item" in str(e.value) and len(e.value.errors) == 2
+  assert 'item' in str(e.value) and len(e.value.errors) == 2
 
 
 # model graders ---------------------------------------------------------------------------------------------------
@@ -207,14 +291,14 @@ class _Judge(http.server.BaseHTTPRequestHandler):
   seen: list = []
 
   def do_POST(self):
-    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-    _Judge.seen.append((body, self.headers.get("Authorization")))
-    key = body["messages"][-1]["content"]
-    status, content = _Judge.replies.get(key, (200, "0.5"))
-    data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+    body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+    _Judge.seen.append((body, self.headers.get('Authorization')))
+    key = body['messages'][-1]['content']
+    status, content = _Judge.replies.get(key, (200, '0.5'))
+    data = json.dumps({'choices': [{'message': {'role': 'assistant', 'content': content}}]}).encode()
     self.send_response(status)
-    self.send_header("Content-Type", "application/json")
-    self.send_header("Content-Length", str(len(data)))
+    self.send_header('Content-Type', 'application/json')
+    self.send_header('Content-Length', str(len(data)))
     self.end_headers()
     self.wfile.write(data)
 
@@ -222,53 +306,71 @@ class _Judge(http.server.BaseHTTPRequestHandler):
     pass
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def judge_url():
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Judge)
   thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()
-  yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+  yield f'http://127.0.0.1:{server.server_address[1]}/v1'
   server.shutdown()
   server.server_close()
 
 
 def model_spec(kind, url, **extra):
-  spec = {"type": kind, "name": kind, "model": "judge-1", "base_url": url, "api_key_env": "RFTJAX_TEST_KEY",
-          "max_retries": 0, "sampling_params": {"temperature": 0.0, "max_completions_tokens": 16},
-          "input": [{"role": "system", "content": "Grade the answer to {{item.q}}."},
-                    {"role": "user", "content": {"type": "input_text", "text": "{{sample.output_text}}"}}]}
+  spec = {
+    'type': kind,
+    'name': kind,
+    'model': 'judge-1',
+    'base_url': url,
+    'api_key_env': 'RFTJAX_TEST_KEY',
+    'max_retries': 0,
+    'sampling_params': {'temperature': 0.0, 'max_completions_tokens': 16},
+    'input': [
+      {'role': 'system', 'content': 'Grade the answer to {{item.q}}.'},
+      {'role': 'user', 'content': {'type': 'input_text', 'text': '{{sample.output_text}}'}},
+    ],
+  }
   spec.update(extra)
   return spec
 
 
 def test_score_model_http(judge_url, monkeypatch):
-  monkeypatch.setenv("RFTJAX_TEST_KEY", "sk-test")
-  _Judge.replies.update({"a7": (200, "7"), "a15": (200, "15"), "aneg": (200, "-3"), "ajson": (200, '{"result": 2.5}'),
-                         "atext": (200, "Score: 4.5"), "abad": (200, "excellent!"), "a500": (500, "oops")})
-  g = graders.build(model_spec("score_model", judge_url, range=[0, 10], pass_threshold=5))
+  monkeypatch.setenv('RFTJAX_TEST_KEY', 'sk-test')
+  _Judge.replies.update(
+    {
+      'a7': (200, '7'),
+      'a15': (200, '15'),
+      'aneg': (200, '-3'),
+      'ajson': (200, '{"result": 2.5}'),
+      'atext': (200, 'Score: 4.5'),
+      'abad': (200, 'excellent!'),
+      'a500': (500, 'oops'),
+    }
+  )
+  g = graders.build(model_spec('score_model', judge_url, range=[0, 10], pass_threshold=5))
   with graders.GradingPool(num_workers=1, timeout_s=5) as pool:
-    res = pool.grade(g, ["a7", "a15", "aneg", "ajson", "atext", "abad", "a500"], [{"q": "2+2"}] * 7)
+    res = pool.grade(g, ['a7', 'a15', 'aneg', 'ajson', 'atext', 'abad', 'a500'], [{'q': '2+2'}] * 7)
   assert [r.reward for r in res] == [7.0, 10.0, 0.0, 2.5, 4.5, 0.0, 0.0]
-  assert res[0].metadata["passed"] is True and res[1].metadata["clamped"] is True
-  assert res[5].errors[0].category == "model_grader_parse"
-  assert res[6].errors[0].category == "model_grader_server" and "HTTP 500" in res[6].errors[0].message
+  assert res[0].metadata['passed'] is True and res[1].metadata['clamped'] is True
+  assert res[5].errors[0].category == 'model_grader_parse'
+  assert res[6].errors[0].category == 'model_grader_server' and 'HTTP 500' in res[6].errors[0].message
   body, auth = _Judge.seen[0]
-  assert auth == "Bearer sk-test" and body["model"] == "judge-1" and body["max_completion_tokens"] == 16
-  assert body["messages"][0] == {"role": "system", "content": "Grade the answer to 2+2."}
+  assert auth == 'Bearer sk-test' and body['model'] == 'judge-1' and body['max_completion_tokens'] == 16
+  assert body['messages'][0] == {'role': 'system', 'content': 'Grade the answer to 2+2.'}
 
 
 def test_label_model_http_and_unreachable(judge_url):
-  _Judge.replies.update({"l1": (200, "correct"), "l2": (200, "Incorrect."), "l3": (200, '{"result": "correct"}'),
-                         "l4": (200, "maybe")})
-  g = graders.build(model_spec("label_model", judge_url, labels=["correct", "incorrect"],
-                               passing_labels=["correct"]))
-  res = g.grade_batch(["l1", "l2", "l3", "l4"], [{"q": "x"}] * 4)
+  _Judge.replies.update(
+    {'l1': (200, 'correct'), 'l2': (200, 'Incorrect.'), 'l3': (200, '{"result": "correct"}'), 'l4': (200, 'maybe')}
+  )
+  g = graders.build(model_spec('label_model', judge_url, labels=['correct', 'incorrect'], passing_labels=['correct']))
+  res = g.grade_batch(['l1', 'l2', 'l3', 'l4'], [{'q': 'x'}] * 4)
   assert [r.reward for r in res] == [1.0, 0.0, 1.0, 0.0]
-  assert res[1].metadata["label"] == "incorrect" and res[3].errors[0].category == "model_grader_parse"
-  dead = graders.build(model_spec("label_model", "http://127.0.0.1:9/v1", labels=["a"], passing_labels=["a"]))
-  assert dead.grade_batch(["x"], [{"q": "x"}])[0].errors[0].category == "model_grader_server"
-  missing = g.grade_batch(["l1"], [{}])[0]
-  assert missing.errors[0].category == "invalid_variable"
+  assert res[1].metadata['label'] == 'incorrect' and res[3].errors[0].category == 'model_grader_parse'
+  dead = graders.build(model_spec('label_model', 'http://127.0.0.1:9/v1', labels=['a'], passing_labels=['a']))
+  assert dead.grade_batch(['x'], [{'q': 'x'}])[0].errors[0].category == 'model_grader_server'
+  missing = g.grade_batch(['l1'], [{}])[0]
+  assert missing.errors[0].category == 'invalid_variable'
 
 
 def test_local_judge_registration():
@@ -276,66 +378,89 @@ def test_local_judge_registration():
 
   def judge(messages, sampling_params):
     calls.append((messages, sampling_params))
-    return "0.25" if "short" in messages[-1]["content"] else "not a number"
-  graders.register_judge("local-tiny", judge)
+    return '0.25' if 'short' in messages[-1]['content'] else 'not a number'
+
+  graders.register_judge('local-tiny', judge)
   try:
-    spec = model_spec("score_model", "", model="local-tiny")
-    del spec["base_url"]
+    spec = model_spec('score_model', '', model='local-tiny')
+    del spec['base_url']
     g = graders.build(spec)
-    res = g.grade_batch(["short", "long"], [{"q": "x"}] * 2)
-    assert res[0].reward == 0.25 and res[1].errors[0].category == "model_grader_parse"
-    assert calls[0][1] == {"temperature": 0.0, "max_completions_tokens": 16}
+    res = g.grade_batch(['short', 'long'], [{'q': 'x'}] * 2)
+    assert res[0].reward == 0.25 and res[1].errors[0].category == 'model_grader_parse'
+    assert calls[0][1] == {'temperature': 0.0, 'max_completions_tokens': 16}
   finally:
-    graders.register_judge("local-tiny", None)
+    graders.register_judge('local-tiny', None)
 
 
 def test_multi_with_a_model_judge_through_the_pool():
-  graders.register_judge("local-yesno", lambda messages, params: "pass" if "42" in messages[0]["content"] else "fail")
+  graders.register_judge('local-yesno', lambda messages, params: 'pass' if '42' in messages[0]['content'] else 'fail')
   try:
-    g = graders.build({"type": "multi", "calculate_output": "(judge + exact) / 2", "graders": {
-        "judge": {"type": "label_model", "model": "local-yesno", "labels": ["pass", "fail"], "passing_labels": ["pass"],
-                  "input": [{"role": "user", "content": "{{sample.output_text}}"}]},
-        "exact": {"type": "string_check", "input": "{{sample.output_text}}", "reference": "42", "operation": "like"}}})
+    g = graders.build(
+      {
+        'type': 'multi',
+        'calculate_output': '(judge + exact) / 2',
+        'graders': {
+          'judge': {
+            'type': 'label_model',
+            'model': 'local-yesno',
+            'labels': ['pass', 'fail'],
+            'passing_labels': ['pass'],
+            'input': [{'role': 'user', 'content': '{{sample.output_text}}'}],
+          },
+          'exact': {'type': 'string_check', 'input': '{{sample.output_text}}', 'reference': '42', 'operation': 'like'},
+        },
+      }
+    )
     with graders.GradingPool(num_workers=1, timeout_s=5) as pool:
-      res = pool.submit(g, ["it is 42", "it is 41"], [{}, {}]).result(timeout=30)
-    assert [r.reward for r in res] == [1.0, 0.0] and res[0].sub_rewards == {"judge": 1.0, "exact": 1.0}
+      res = pool.submit(g, ['it is 42', 'it is 41'], [{}, {}]).result(timeout=30)
+    assert [r.reward for r in res] == [1.0, 0.0] and res[0].sub_rewards == {'judge': 1.0, 'exact': 1.0}
   finally:
-    graders.register_judge("local-yesno", None)
+    graders.register_judge('local-yesno', None)
 
 
 # CLI -------------------------------------------------------------------------------------------------------------
 def run_cli(*args):
   root = pathlib.Path(__file__).resolve().parents[1]
-  return subprocess.run([sys.executable, "-m", "rftjax.grade", *args], capture_output=True, text=True, timeout=60,
-                        cwd=root)
+  return subprocess.run(
+    [sys.executable, '-m', 'rftjax.grade', *args], capture_output=True, text=True, timeout=60, cwd=root
+  )
 
 
 def test_cli(tmp_path):
-  good = tmp_path / "g.json"
+  good = tmp_path / 'g.json'
   good.write_text(json.dumps(multi_spec()))
-  ok = run_cli(f"--grader={good}", "--validate")
-  assert ok.returncode == 0 and json.loads(ok.stdout)["type"] == "multi"
-  bad = tmp_path / "b.json"
-  bad.write_text(json.dumps({"type": "text_similarity", "input": OUT, "reference": "x", "evaluation_metric": "blue"}))
-  out = run_cli(f"--grader={bad}", "--validate")
+  ok = run_cli(f'--grader={good}', '--validate')
+  assert ok.returncode == 0 and json.loads(ok.stdout)['type'] == 'multi'
+  bad = tmp_path / 'b.json'
+  bad.write_text(json.dumps({'type': 'text_similarity', 'input': OUT, 'reference': 'x', 'evaluation_metric': 'blue'}))
+  out = run_cli(f'--grader={bad}', '--validate')
   assert out.returncode == 2
   assert "grader.evaluation_metric: found 'blue', expected one of" in out.stderr
-  one = run_cli(f"--grader={good}", "--sample=abc", '--item={"ref": "abc"}')
+  one = run_cli(f'--grader={good}', '--sample=abc', '--item={"ref": "abc"}')
   result = json.loads(one.stdout)
-  assert result["reward"] == 1.0 and result["sub_rewards"] == {"exact": 1.0, "close": 1.0} and result["errors"] == []
-  data, samples = tmp_path / "d.jsonl", tmp_path / "s.jsonl"
+  assert result['reward'] == 1.0 and result['sub_rewards'] == {'exact': 1.0, 'close': 1.0} and result['errors'] == []
+  data, samples = tmp_path / 'd.jsonl', tmp_path / 's.jsonl'
   data.write_text('{"ref": "abc"}\n{"ref": "abc"}\n{"other": 1}\n')
   samples.write_text('"abc"\n{"output_text": "xyz"}\n"abc"\n')
-  many = run_cli(f"--grader={good}", f"--data={data}", f"--samples={samples}", "--prefix=eval")
+  many = run_cli(f'--grader={good}', f'--data={data}', f'--samples={samples}', '--prefix=eval')
   summary = json.loads(many.stdout)
-  assert summary["eval/grader/exact"] == pytest.approx(1 / 3)
-  assert summary["eval/errors/invalid_variable"] == pytest.approx(1 / 3)
+  assert summary['eval/grader/exact'] == pytest.approx(1 / 3)
+  assert summary['eval/errors/invalid_variable'] == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize('text, expected', [
-    ('2 * 4 = 8', '8'), ('53 - 30 = 25', '25'), ('9 times 9 is 81.', '81'), ('x = 5', '5'), ('5 cm', '5 cm'),
-    ('\\frac{1}{2}', '\\frac{1}{2}'), ('The sum is 12 apples and 3 pears', '3'),
-])
+@pytest.mark.parametrize(
+  'text, expected',
+  [
+    ('2 * 4 = 8', '8'),
+    ('53 - 30 = 25', '25'),
+    ('9 times 9 is 81.', '81'),
+    ('x = 5', '5'),
+    ('5 cm', '5 cm'),
+    ('\\frac{1}{2}', '\\frac{1}{2}'),
+    ('The sum is 12 apples and 3 pears', '3'),
+  ],
+)
 def test_math_extracts_answers_small_models_write(text, expected):
   from rftjax.graders import mathgrade
+
   assert mathgrade.extract_answer(text) == expected

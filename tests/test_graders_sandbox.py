@@ -1,4 +1,5 @@
 """Sandboxed graders (python, math, code) through the GradingPool: hostile code, deadlines, the math table."""
+
 import concurrent.futures
 import glob
 import os
@@ -15,184 +16,227 @@ from rftjax.graders import mathgrade
 TIMEOUT_S = 1.5
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def pool():
   with graders.GradingPool(num_workers=2, timeout_s=TIMEOUT_S) as p:
     yield p
 
 
 def py(source, **extra):
-  return graders.build({"type": "python", "source": source, **extra})
+  return graders.build({'type': 'python', 'source': source, **extra})
 
 
 # python ----------------------------------------------------------------------------------------------------------
 def test_python_grader(pool):
-  g = py("import json\n\ndef grade(sample, item):\n"
-         "  if sample['output_json'] is not None:\n    return float(sample['output_json']['x'] == item['x'])\n"
-         "  return len(sample['output_text']) / item['n']\n")
-  res = pool.grade(g, ['{"x": 3}', '{"x": 4}', "abcd"], [{"x": 3}, {"x": 3}, {"n": 8}])
+  g = py(
+    'import json\n\ndef grade(sample, item):\n'
+    "  if sample['output_json'] is not None:\n    return float(sample['output_json']['x'] == item['x'])\n"
+    "  return len(sample['output_text']) / item['n']\n"
+  )
+  res = pool.grade(g, ['{"x": 3}', '{"x": 4}', 'abcd'], [{'x': 3}, {'x': 3}, {'n': 8}])
   assert [r.reward for r in res] == [1.0, 0.0, 0.5] and all(not r.errors for r in res)
-  assert "latency_s" in res[0].metadata
+  assert 'latency_s' in res[0].metadata
 
 
 HOSTILE = {
-    "infinite_loop": ("def grade(s, i):\n  while True:\n    pass\n", "python_grader_timeout"),
-    "sleep": ("import time\ndef grade(s, i):\n  time.sleep(60)\n", "python_grader_timeout"),
-    "fork_bomb": ("import os\ndef grade(s, i):\n  while True:\n    os.fork()\n", "python_grader_runtime"),
-    "subprocess": ("import subprocess\ndef grade(s, i):\n  subprocess.run(['sleep', '60'])\n  return 1.0\n",
-                   "python_grader_runtime"),
-    "multiprocessing": ("import multiprocessing, time\ndef grade(s, i):\n"
-                        "  ps = [multiprocessing.Process(target=time.sleep, args=(60,)) for _ in range(50)]\n"
-                        "  [p.start() for p in ps]\n  return 1.0\n", "python_grader_runtime"),
-    "posixsubprocess": ("import _posixsubprocess\ndef grade(s, i):\n  _posixsubprocess.fork_exec()\n  return 1.0\n",
-                        "python_grader_runtime"),
-    "reimport_posixsubprocess": ("import sys\ndef grade(s, i):\n  del sys.modules['_posixsubprocess']\n"
-                                 "  import _posixsubprocess\n  return 1.0\n", "python_grader_runtime"),
-    "ctypes_fork": ("import ctypes\ndef grade(s, i):\n  ctypes.CDLL(None).fork()\n  return 1.0\n",
-                    "python_grader_runtime"),
-    "alloc_10gb": ("def grade(s, i):\n  x = bytearray(10 * 1024 ** 3)\n  return 1.0\n", "python_grader_runtime"),
-    "alloc_list": ("def grade(s, i):\n  x = [1] * (10 * 1024 ** 3 // 8)\n  return 1.0\n", "python_grader_runtime"),
-    "socket": ("import socket\ndef grade(s, i):\n  s = socket.socket()\n  s.connect(('127.0.0.1', 22))\n  return 1.0\n",
-               "python_grader_runtime"),
-    "dns": ("import socket\ndef grade(s, i):\n  socket.getaddrinfo('example.com', 80)\n  return 1.0\n",
-            "python_grader_runtime"),
-    "urllib": ("import urllib.request\ndef grade(s, i):\n  urllib.request.urlopen('http://127.0.0.1:9')\n"
-               "  return 1.0\n",
-               "python_grader_runtime"),
-    "write_outside": ("def grade(s, i):\n  open('{outside}', 'w').write('x')\n  return 1.0\n", "python_grader_runtime"),
-    "os_open_outside": ("import os\ndef grade(s, i):\n  os.open('{outside}', os.O_WRONLY | os.O_CREAT)\n  return 1.0\n",
-                        "python_grader_runtime"),
-    "remove_outside": ("import os\ndef grade(s, i):\n  os.remove('{victim}')\n  return 1.0\n", "python_grader_runtime"),
-    "rename_out": ("import os\ndef grade(s, i):\n  open('a', 'w').close()\n  os.rename('a', '{outside}')\n"
-                   "  return 1.0\n",
-                   "python_grader_runtime"),
-    "kill_parent": ("import os, signal\ndef grade(s, i):\n  os.kill(os.getppid(), signal.SIGKILL)\n  return 1.0\n",
-                    "python_grader_runtime"),
-    "raise": ("def grade(s, i):\n  raise ValueError('boom')\n", "python_grader_runtime"),
-    "nan": ("def grade(s, i):\n  return float('nan')\n", "python_grader_runtime"),
-    "inf": ("def grade(s, i):\n  return float('inf')\n", "python_grader_runtime"),
-    "string": ("def grade(s, i):\n  return '1.0'\n", "python_grader_runtime"),
-    "none": ("def grade(s, i):\n  return None\n", "python_grader_runtime"),
-    "os_exit": ("import os\ndef grade(s, i):\n  os._exit(3)\n", "python_grader_runtime"),
-    "sys_exit": ("import sys\ndef grade(s, i):\n  sys.exit(0)\n", "python_grader_runtime"),
-    "segfault": ("import faulthandler\ndef grade(s, i):\n  faulthandler._sigsegv()\n", "python_grader_runtime"),
-    "huge_file": ("def grade(s, i):\n  with open('big', 'wb') as f:\n    for _ in range(40):\n"
-                  "      f.write(b'x' * 2 ** 20)\n  return 1.0\n", "python_grader_runtime"),
-    "setrlimit": ("import resource\ndef grade(s, i):\n  resource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n"
-                  "  return 1.0\n",
-                  "python_grader_runtime"),
-    "import_error": ("import not_a_module_xyz\ndef grade(s, i):\n  return 1.0\n", "python_grader_runtime"),
+  'infinite_loop': ('def grade(s, i):\n  while True:\n    pass\n', 'python_grader_timeout'),
+  'sleep': ('import time\ndef grade(s, i):\n  time.sleep(60)\n', 'python_grader_timeout'),
+  'fork_bomb': ('import os\ndef grade(s, i):\n  while True:\n    os.fork()\n', 'python_grader_runtime'),
+  'subprocess': (
+    "import subprocess\ndef grade(s, i):\n  subprocess.run(['sleep', '60'])\n  return 1.0\n",
+    'python_grader_runtime',
+  ),
+  'multiprocessing': (
+    'import multiprocessing, time\ndef grade(s, i):\n'
+    '  ps = [multiprocessing.Process(target=time.sleep, args=(60,)) for _ in range(50)]\n'
+    '  [p.start() for p in ps]\n  return 1.0\n',
+    'python_grader_runtime',
+  ),
+  'posixsubprocess': (
+    'import _posixsubprocess\ndef grade(s, i):\n  _posixsubprocess.fork_exec()\n  return 1.0\n',
+    'python_grader_runtime',
+  ),
+  'reimport_posixsubprocess': (
+    "import sys\ndef grade(s, i):\n  del sys.modules['_posixsubprocess']\n  import _posixsubprocess\n  return 1.0\n",
+    'python_grader_runtime',
+  ),
+  'ctypes_fork': (
+    'import ctypes\ndef grade(s, i):\n  ctypes.CDLL(None).fork()\n  return 1.0\n',
+    'python_grader_runtime',
+  ),
+  'alloc_10gb': ('def grade(s, i):\n  x = bytearray(10 * 1024 ** 3)\n  return 1.0\n', 'python_grader_runtime'),
+  'alloc_list': ('def grade(s, i):\n  x = [1] * (10 * 1024 ** 3 // 8)\n  return 1.0\n', 'python_grader_runtime'),
+  'socket': (
+    "import socket\ndef grade(s, i):\n  s = socket.socket()\n  s.connect(('127.0.0.1', 22))\n  return 1.0\n",
+    'python_grader_runtime',
+  ),
+  'dns': (
+    "import socket\ndef grade(s, i):\n  socket.getaddrinfo('example.com', 80)\n  return 1.0\n",
+    'python_grader_runtime',
+  ),
+  'urllib': (
+    "import urllib.request\ndef grade(s, i):\n  urllib.request.urlopen('http://127.0.0.1:9')\n  return 1.0\n",
+    'python_grader_runtime',
+  ),
+  'write_outside': ("def grade(s, i):\n  open('{outside}', 'w').write('x')\n  return 1.0\n", 'python_grader_runtime'),
+  'os_open_outside': (
+    "import os\ndef grade(s, i):\n  os.open('{outside}', os.O_WRONLY | os.O_CREAT)\n  return 1.0\n",
+    'python_grader_runtime',
+  ),
+  'remove_outside': ("import os\ndef grade(s, i):\n  os.remove('{victim}')\n  return 1.0\n", 'python_grader_runtime'),
+  'rename_out': (
+    "import os\ndef grade(s, i):\n  open('a', 'w').close()\n  os.rename('a', '{outside}')\n  return 1.0\n",
+    'python_grader_runtime',
+  ),
+  'kill_parent': (
+    'import os, signal\ndef grade(s, i):\n  os.kill(os.getppid(), signal.SIGKILL)\n  return 1.0\n',
+    'python_grader_runtime',
+  ),
+  'raise': ("def grade(s, i):\n  raise ValueError('boom')\n", 'python_grader_runtime'),
+  'nan': ("def grade(s, i):\n  return float('nan')\n", 'python_grader_runtime'),
+  'inf': ("def grade(s, i):\n  return float('inf')\n", 'python_grader_runtime'),
+  'string': ("def grade(s, i):\n  return '1.0'\n", 'python_grader_runtime'),
+  'none': ('def grade(s, i):\n  return None\n', 'python_grader_runtime'),
+  'os_exit': ('import os\ndef grade(s, i):\n  os._exit(3)\n', 'python_grader_runtime'),
+  'sys_exit': ('import sys\ndef grade(s, i):\n  sys.exit(0)\n', 'python_grader_runtime'),
+  'segfault': ('import faulthandler\ndef grade(s, i):\n  faulthandler._sigsegv()\n', 'python_grader_runtime'),
+  'huge_file': (
+    "def grade(s, i):\n  with open('big', 'wb') as f:\n    for _ in range(40):\n"
+    "      f.write(b'x' * 2 ** 20)\n  return 1.0\n",
+    'python_grader_runtime',
+  ),
+  'setrlimit': (
+    'import resource\ndef grade(s, i):\n  resource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n  return 1.0\n',
+    'python_grader_runtime',
+  ),
+  'import_error': ('import not_a_module_xyz\ndef grade(s, i):\n  return 1.0\n', 'python_grader_runtime'),
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def small_pool():
   with graders.GradingPool(num_workers=2, timeout_s=TIMEOUT_S, disk_mb=16) as p:
     yield p
 
 
-@pytest.mark.parametrize("name", sorted(HOSTILE))
+@pytest.mark.parametrize('name', sorted(HOSTILE))
 def test_hostile_python_grader(small_pool, tmp_path, name):
-  outside, victim = tmp_path / "escaped.txt", tmp_path / "victim.txt"
-  victim.write_text("keep me")
+  outside, victim = tmp_path / 'escaped.txt', tmp_path / 'victim.txt'
+  victim.write_text('keep me')
   source, category = HOSTILE[name]
   g = py(source.format(outside=outside, victim=victim))
   t0 = time.monotonic()
-  bad, = small_pool.grade(g, ["x"], [{}])
+  (bad,) = small_pool.grade(g, ['x'], [{}])
   assert bad.reward == 0.0 and [e.category for e in bad.errors] == [category], bad
   assert time.monotonic() - t0 < TIMEOUT_S + 10
-  assert not outside.exists() and victim.read_text() == "keep me"
-  ok = small_pool.grade(py("def grade(s, i):\n  return 0.75\n"), ["x", "y"], [{}, {}])  # the run goes on
+  assert not outside.exists() and victim.read_text() == 'keep me'
+  ok = small_pool.grade(py('def grade(s, i):\n  return 0.75\n'), ['x', 'y'], [{}, {}])  # the run goes on
   assert [r.reward for r in ok] == [0.75, 0.75]
 
 
 def test_hang_while_loading_the_grader():
   with graders.GradingPool(num_workers=1, timeout_s=0.5, load_grace_s=0.5) as p:
-    res = p.grade(py("while True:\n  pass\n\ndef grade(s, i):\n  return 1.0\n"), ["a", "b"], [{}, {}])
-    assert [r.errors[0].category for r in res] == ["python_grader_timeout"] * 2
-    assert p.grade(py("def grade(s, i):\n  return 1.0\n"), ["c"], [{}])[0].reward == 1.0
+    res = p.grade(py('while True:\n  pass\n\ndef grade(s, i):\n  return 1.0\n'), ['a', 'b'], [{}, {}])
+    assert [r.errors[0].category for r in res] == ['python_grader_timeout'] * 2
+    assert p.grade(py('def grade(s, i):\n  return 1.0\n'), ['c'], [{}])[0].reward == 1.0
 
 
 def test_print_megabytes_is_cheap(pool):
   g = py("def grade(s, i):\n  for _ in range(20):\n    print('x' * 10 ** 6)\n  return 1.0\n")
-  r, = pool.grade(g, ["x"], [{}])
-  assert r.reward == 1.0 and len(r.metadata["stdout"]) <= 2000
+  (r,) = pool.grade(g, ['x'], [{}])
+  assert r.reward == 1.0 and len(r.metadata['stdout']) <= 2000
 
 
 def test_writes_inside_temp_dir_are_allowed_and_cleared(pool):
-  g = py("import os\ndef grade(s, i):\n  n = len(os.listdir('.'))\n  open('f.txt', 'w').write('x')\n"
-         "  return float(n)\n")
-  assert [r.reward for r in pool.grade(g, ["a"], [{}])] == [0.0]
-  assert [r.reward for r in pool.grade(g, ["b"], [{}])] == [0.0]  # each chunk starts in an empty dir
+  g = py(
+    "import os\ndef grade(s, i):\n  n = len(os.listdir('.'))\n  open('f.txt', 'w').write('x')\n  return float(n)\n"
+  )
+  assert [r.reward for r in pool.grade(g, ['a'], [{}])] == [0.0]
+  assert [r.reward for r in pool.grade(g, ['b'], [{}])] == [0.0]  # each chunk starts in an empty dir
 
 
 def test_a_hang_only_costs_its_own_sample(pool):
-  g = py("def grade(sample, item):\n  if sample['output_text'] == 'hang':\n    while True:\n      pass\n"
-         "  return float(sample['output_text'])\n", timeout_s=1.0)
-  texts = ["0.1", "hang", "0.3", "0.4", "hang", "0.6", "0.7", "0.8"]
+  g = py(
+    "def grade(sample, item):\n  if sample['output_text'] == 'hang':\n    while True:\n      pass\n"
+    "  return float(sample['output_text'])\n",
+    timeout_s=1.0,
+  )
+  texts = ['0.1', 'hang', '0.3', '0.4', 'hang', '0.6', '0.7', '0.8']
   res = pool.grade(g, texts, [{}] * len(texts))
   assert [r.reward for r in res] == [0.1, 0.0, 0.3, 0.4, 0.0, 0.6, 0.7, 0.8]
-  assert [r.errors[0].category for r in res if r.errors] == ["python_grader_timeout"] * 2
+  assert [r.errors[0].category for r in res if r.errors] == ['python_grader_timeout'] * 2
 
 
 def test_submit_is_non_blocking_and_works_off_the_main_thread(pool):
-  slow = py("import time\ndef grade(s, i):\n  time.sleep(0.3)\n  return 1.0\n")
+  slow = py('import time\ndef grade(s, i):\n  time.sleep(0.3)\n  return 1.0\n')
   t0 = time.monotonic()
-  fut = pool.submit(slow, ["a", "b"], [{}, {}])
+  fut = pool.submit(slow, ['a', 'b'], [{}, {}])
   assert time.monotonic() - t0 < 0.2 and isinstance(fut, concurrent.futures.Future)
-  fast = pool.submit(py("def grade(s, i):\n  return 0.5\n"), ["c"], [{}])
+  fast = pool.submit(py('def grade(s, i):\n  return 0.5\n'), ['c'], [{}])
   assert [r.reward for r in fut.result(timeout=30)] == [1.0, 1.0]
   assert [r.reward for r in fast.result(timeout=30)] == [0.5]
   out = {}
-  thread = threading.Thread(target=lambda: out.update(r=pool.grade(
-      py("def grade(s, i):\n  while True: pass\n", timeout_s=0.5), ["x"], [{}])))
+  thread = threading.Thread(
+    target=lambda: out.update(r=pool.grade(py('def grade(s, i):\n  while True: pass\n', timeout_s=0.5), ['x'], [{}]))
+  )
   thread.start()
   thread.join(30)
-  assert out["r"][0].errors[0].category == "python_grader_timeout"
+  assert out['r'][0].errors[0].category == 'python_grader_timeout'
 
 
 def test_multi_mixes_in_process_and_sandboxed(pool):
-  g = graders.build({"type": "multi", "calculate_output": "max(exact, 0.5 * length)", "graders": {
-      "exact": {"type": "string_check", "input": "{{sample.output_text}}", "reference": "{{item.a}}",
-                "operation": "eq"},
-      "length": {"type": "python", "source": "def grade(s, i):\n  return min(1.0, len(s['output_text']) / 10)\n"}}})
-  res = pool.grade(g, ["yes", "no and more"], [{"a": "yes"}, {"a": "yes"}])
-  assert [r.reward for r in res] == [1.0, 0.5] and res[1].sub_rewards == {"exact": 0.0, "length": 1.0}
-  s = graders.summarize(res, "eval")
-  assert s["eval/grader/length"] == pytest.approx(0.65) and "eval/grading_latency_s_mean" in s
+  g = graders.build(
+    {
+      'type': 'multi',
+      'calculate_output': 'max(exact, 0.5 * length)',
+      'graders': {
+        'exact': {
+          'type': 'string_check',
+          'input': '{{sample.output_text}}',
+          'reference': '{{item.a}}',
+          'operation': 'eq',
+        },
+        'length': {'type': 'python', 'source': "def grade(s, i):\n  return min(1.0, len(s['output_text']) / 10)\n"},
+      },
+    }
+  )
+  res = pool.grade(g, ['yes', 'no and more'], [{'a': 'yes'}, {'a': 'yes'}])
+  assert [r.reward for r in res] == [1.0, 0.5] and res[1].sub_rewards == {'exact': 0.0, 'length': 1.0}
+  s = graders.summarize(res, 'eval')
+  assert s['eval/grader/length'] == pytest.approx(0.65) and 'eval/grading_latency_s_mean' in s
 
 
 def test_close_leaves_nothing_behind():
-  before = set(glob.glob(os.path.join(tempfile.gettempdir(), "rftjax-grader-*")))
+  before = set(glob.glob(os.path.join(tempfile.gettempdir(), 'rftjax-grader-*')))
   p = graders.GradingPool(num_workers=2, timeout_s=1.0)
-  p.grade(py("def grade(s, i):\n  open('x', 'w').write('y')\n  return 1.0\n"), ["a", "b", "c"], [{}] * 3)
-  p.grade(py("import os\ndef grade(s, i):\n  os.fork()\n"), ["a"], [{}])
+  p.grade(py("def grade(s, i):\n  open('x', 'w').write('y')\n  return 1.0\n"), ['a', 'b', 'c'], [{}] * 3)
+  p.grade(py('import os\ndef grade(s, i):\n  os.fork()\n'), ['a'], [{}])
   pids = [w.proc.pid for w in p._workers]
   cgroups = [w.cgroup for w in p._workers if w.cgroup]
   p.close()
-  assert set(glob.glob(os.path.join(tempfile.gettempdir(), "rftjax-grader-*"))) <= before
+  assert set(glob.glob(os.path.join(tempfile.gettempdir(), 'rftjax-grader-*'))) <= before
   for pid in pids:
-    assert not pathlib.Path(f"/proc/{pid}").exists() or "Z" in pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert not pathlib.Path(f'/proc/{pid}').exists() or 'Z' in pathlib.Path(f'/proc/{pid}/stat').read_text().split()[2]
   assert not any(c.exists() for c in cgroups)
 
 
 def test_worker_is_confined_by_the_kernel(pool):
   """Where the pids cgroup is writable, the worker sits in one capped at a few tasks (a fork bomb that got
   past the audit hook would stop there)."""
-  pool.grade(py("def grade(s, i):\n  return 1.0\n"), ["a"], [{}])
+  pool.grade(py('def grade(s, i):\n  return 1.0\n'), ['a'], [{}])
   w = pool._workers[0]
   if w.cgroup is None:
-    pytest.skip("no writable pids cgroup here; RLIMIT_NPROC and the audit hook confine the worker instead")
-  assert str(w.proc.pid) in (w.cgroup / "cgroup.procs").read_text().split()
-  assert int((w.cgroup / "pids.max").read_text()) <= 4
+    pytest.skip('no writable pids cgroup here; RLIMIT_NPROC and the audit hook confine the worker instead')
+  assert str(w.proc.pid) in (w.cgroup / 'cgroup.procs').read_text().split()
+  assert int((w.cgroup / 'pids.max').read_text()) <= 4
 
 
 # math ------------------------------------------------------------------------------------------------------------
 def math_pairs():
   rows = []
-  for line in (pathlib.Path(__file__).parent / "data" / "math_pairs.tsv").read_text().splitlines():
-    if line.strip() and not line.startswith("#"):
-      expected, answer, reference = line.split("\t")
+  for line in (pathlib.Path(__file__).parent / 'data' / 'math_pairs.tsv').read_text().splitlines():
+    if line.strip() and not line.startswith('#'):
+      expected, answer, reference = line.split('\t')
       rows.append((int(expected), answer, reference))
   return rows
 
@@ -210,40 +254,59 @@ def test_math_table_in_process():
 
 def test_math_grader_through_pool(pool):
   rows = math_pairs()[::5]
-  g = graders.build({"type": "math", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
-                     "timeout_s": 20})
-  res = pool.grade(g, [a for _, a, _ in rows], [{"answer": r} for _, _, r in rows])
+  g = graders.build(
+    {'type': 'math', 'input': '{{sample.output_text}}', 'reference': '{{item.answer}}', 'timeout_s': 20}
+  )
+  res = pool.grade(g, [a for _, a, _ in rows], [{'answer': r} for _, _, r in rows])
   assert [r.reward for r in res] == [float(e) for e, _, _ in rows]
   assert all(not r.errors for r in res)
 
 
 def test_math_extraction():
-  assert mathgrade.extract_answer("... so \\boxed{\\frac{1}{2}} and done") == "\\frac{1}{2}"
-  assert mathgrade.extract_answer("Thus the answer is 17. Next question") == "17"
-  assert mathgrade.extract_answer("We have 3 cats and 4 dogs, 7 pets in all.") == "7"
-  assert mathgrade.extract_answer("Nothing numeric here at all") is None
+  assert mathgrade.extract_answer('... so \\boxed{\\frac{1}{2}} and done') == '\\frac{1}{2}'
+  assert mathgrade.extract_answer('Thus the answer is 17. Next question') == '17'
+  assert mathgrade.extract_answer('We have 3 cats and 4 dogs, 7 pets in all.') == '7'
+  assert mathgrade.extract_answer('Nothing numeric here at all') is None
 
 
 def test_math_hostile_answer_hits_the_deadline_not_the_run(pool):
-  g = graders.build({"type": "math", "reference": "1", "timeout_s": 1.0})
-  res = pool.grade(g, ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{1}"], [{}, {}])
+  g = graders.build({'type': 'math', 'reference': '1', 'timeout_s': 1.0})
+  res = pool.grade(g, ['\\boxed{9^{9^{9^{9}}}}', '\\boxed{1}'], [{}, {}])
   assert res[0].reward == 0.0 and res[1].reward == 1.0
 
 
 # code ------------------------------------------------------------------------------------------------------------
 def test_code_grader(pool):
-  g = graders.build({"type": "code", "input": "{{sample.output_text}}", "timeout_s": 1.0,
-                     "tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 5"]})
-  good = "Here:\n```python\ndef add(a, b):\n    return a + b\n```\n"
-  older = "```python\ndef add(a, b):\n    return 0\n```\nthen\n" + good
-  res = pool.grade(g, [good, older, "def add(a, b): return a + b", "```python\nraise SystemExit\n```",
-                       "```python\nwhile True:\n    pass\n```"], [{}] * 5)
+  g = graders.build(
+    {
+      'type': 'code',
+      'input': '{{sample.output_text}}',
+      'timeout_s': 1.0,
+      'tests': ['assert add(1, 2) == 3', 'assert add(-1, 1) == 0', 'assert add(2, 2) == 5'],
+    }
+  )
+  good = 'Here:\n```python\ndef add(a, b):\n    return a + b\n```\n'
+  older = '```python\ndef add(a, b):\n    return 0\n```\nthen\n' + good
+  res = pool.grade(
+    g,
+    [
+      good,
+      older,
+      'def add(a, b): return a + b',
+      '```python\nraise SystemExit\n```',
+      '```python\nwhile True:\n    pass\n```',
+    ],
+    [{}] * 5,
+  )
   assert [r.reward for r in res] == [pytest.approx(2 / 3), pytest.approx(2 / 3), 0.0, 0.0, 0.0]
-  assert res[0].metadata["passed"] == 2 and "assert add(2, 2) == 5" in res[0].metadata["failures"][0]
-  assert res[2].errors[0].category == "sample_parse"
-  assert not res[3].errors and "SystemExit" in res[3].metadata["exception"]
-  assert res[4].errors[0].category == "python_grader_timeout"
-  from_item = graders.build({"type": "code", "tests": "{{item.tests}}"})
-  res = pool.grade(from_item, [good, good], [{"tests": ["assert add(1, 1) == 2"]},
-                                             {"tests": "assert add(1, 1) == 2\nassert add(0, 0) == 1"}])
+  assert res[0].metadata['passed'] == 2 and 'assert add(2, 2) == 5' in res[0].metadata['failures'][0]
+  assert res[2].errors[0].category == 'sample_parse'
+  assert not res[3].errors and 'SystemExit' in res[3].metadata['exception']
+  assert res[4].errors[0].category == 'python_grader_timeout'
+  from_item = graders.build({'type': 'code', 'tests': '{{item.tests}}'})
+  res = pool.grade(
+    from_item,
+    [good, good],
+    [{'tests': ['assert add(1, 1) == 2']}, {'tests': 'assert add(1, 1) == 2\nassert add(0, 0) == 1'}],
+  )
   assert [r.reward for r in res] == [1.0, 0.0]

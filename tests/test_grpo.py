@@ -1,4 +1,5 @@
 """Hand-computed checks of rftjax.grpo: every expected number is written out as arithmetic next to its test."""
+
 import dataclasses
 import functools
 import math
@@ -31,41 +32,44 @@ def _adv(rewards=REWARDS, **kw):
 def test_grpo_group_scale():
   # (r - mean) / (std + eps): 2/3 / (0.4714 + 1e-4) ~ 1.4139, -1/3 / (0.4714 + 1e-4) ~ -0.7070.
   np.testing.assert_allclose(_adv(), np.r_[DEV0 / (STD0 + EPS), 0, 0, 0], rtol=1e-6)
-  np.testing.assert_allclose(_adv(method="grpo", scale="group"), _adv(), rtol=0)
+  np.testing.assert_allclose(_adv(method='grpo', scale='group'), _adv(), rtol=0)
   # TRL's unbiased std: divide by 1/sqrt(3) ~ 0.5774 instead.
   np.testing.assert_allclose(_adv(ddof=1), np.r_[DEV0 / (1 / math.sqrt(3) + EPS), 0, 0, 0], rtol=1e-6)
 
 
 def test_grpo_none_scale_and_dr_grpo():
   # No division: the centred rewards (2/3, -1/3, -1/3, 0, 0, 0); dr_grpo is the same thing.
-  np.testing.assert_allclose(_adv(scale="none"), np.r_[DEV0, 0, 0, 0], rtol=1e-6)
-  np.testing.assert_allclose(_adv(method="dr_grpo"), np.r_[DEV0, 0, 0, 0], rtol=1e-6)
-  np.testing.assert_allclose(_adv(method="dr_grpo", scale="none"), np.r_[DEV0, 0, 0, 0], rtol=1e-6)
-  with pytest.raises(ValueError, match="dr_grpo"):
-    _adv(method="dr_grpo", scale="group")
+  np.testing.assert_allclose(_adv(scale='none'), np.r_[DEV0, 0, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(_adv(method='dr_grpo'), np.r_[DEV0, 0, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(_adv(method='dr_grpo', scale='none'), np.r_[DEV0, 0, 0, 0], rtol=1e-6)
+  with pytest.raises(ValueError, match='dr_grpo'):
+    _adv(method='dr_grpo', scale='group')
 
 
 def test_grpo_batch_scale():
   # Rewards [1,0,0, 2,2,2]: batch mean 7/6, squared deviations 1/36, 49/36, 49/36, 25/36 x 3 -> sum 174/36,
   # population variance 174/216 = 29/36, batch std = sqrt(29)/6 ~ 0.8975. Group 1 is constant -> 0.
   expected = np.r_[DEV0 / (math.sqrt(29) / 6 + EPS), 0, 0, 0]
-  np.testing.assert_allclose(_adv([1, 0, 0, 2, 2, 2], scale="batch"), expected, rtol=1e-6)
+  np.testing.assert_allclose(_adv([1, 0, 0, 2, 2, 2], scale='batch'), expected, rtol=1e-6)
 
 
 def test_rloo():
   # r_i - mean of the other two: 1 - (0+0)/2 = 1; 0 - (1+0)/2 = -0.5 (twice); group 1: 1 - 1 = 0.
-  np.testing.assert_allclose(_adv(method="rloo"), [1, -0.5, -0.5, 0, 0, 0], rtol=1e-6)
-  np.testing.assert_allclose(_adv(method="rloo", scale="none"), [1, -0.5, -0.5, 0, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(_adv(method='rloo'), [1, -0.5, -0.5, 0, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(_adv(method='rloo', scale='none'), [1, -0.5, -0.5, 0, 0, 0], rtol=1e-6)
   # Scaled by the group std sqrt(2)/3: 1 / 0.4715 ~ 2.1209.
-  np.testing.assert_allclose(_adv(method="rloo", scale="group"),
-                             np.r_[np.array([1, -0.5, -0.5]) / (STD0 + EPS), 0, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(
+    _adv(method='rloo', scale='group'), np.r_[np.array([1, -0.5, -0.5]) / (STD0 + EPS), 0, 0, 0], rtol=1e-6
+  )
   # Batch std of [1,0,0,2,2,2] is sqrt(29)/6 (see test_grpo_batch_scale).
-  np.testing.assert_allclose(_adv([1, 0, 0, 2, 2, 2], method="rloo", scale="batch"),
-                             np.r_[np.array([1, -0.5, -0.5]) / (math.sqrt(29) / 6 + EPS), 0, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(
+    _adv([1, 0, 0, 2, 2, 2], method='rloo', scale='batch'),
+    np.r_[np.array([1, -0.5, -0.5]) / (math.sqrt(29) / 6 + EPS), 0, 0, 0],
+    rtol=1e-6,
+  )
 
 
-@pytest.mark.parametrize("method,scale", [("grpo", "group"), ("grpo", "batch"), ("rloo", "group"),
-                                          ("dr_grpo", "none")])
+@pytest.mark.parametrize('method,scale', [('grpo', 'group'), ('grpo', 'batch'), ('rloo', 'group'), ('dr_grpo', 'none')])
 def test_constant_groups_are_exactly_zero(method, scale):
   # 0.1 is not representable: a float mean of [0.1]*3 can differ from 0.1 by round-off that the 1/eps scaling would
   # blow up; constant groups must still give exact zeros.
@@ -74,9 +78,9 @@ def test_constant_groups_are_exactly_zero(method, scale):
 
 
 def test_advantages_jit_and_bad_shapes():
-  f = jax.jit(grpo.compute_advantages, static_argnames=("num_generations", "method", "scale"))
+  f = jax.jit(grpo.compute_advantages, static_argnames=('num_generations', 'method', 'scale'))
   np.testing.assert_allclose(f(jnp.array(REWARDS), num_generations=3), _adv(), rtol=1e-6)
-  with pytest.raises(ValueError, match="B\\*G"):
+  with pytest.raises(ValueError, match='B\\*G'):
     grpo.compute_advantages(jnp.zeros(5), 3)
 
 
@@ -101,14 +105,18 @@ def test_token_logprobs_matches_numpy():
   assert got16.dtype == jnp.float32
   np.testing.assert_allclose(got16, expected, atol=0.1)
   # temperature 2 is the log-softmax of logits / 2.
-  np.testing.assert_allclose(grpo.token_logprobs(jnp.array(logits), jnp.array(targets), temperature=2.0),
-                             grpo.token_logprobs(jnp.array(logits / 2), jnp.array(targets)), rtol=1e-6)
+  np.testing.assert_allclose(
+    grpo.token_logprobs(jnp.array(logits), jnp.array(targets), temperature=2.0),
+    grpo.token_logprobs(jnp.array(logits / 2), jnp.array(targets)),
+    rtol=1e-6,
+  )
 
 
 def test_entropy():
   # Uniform over V=7: H = -7 * (1/7) log(1/7) = log 7 ~ 1.9459, whatever the constant logit.
-  np.testing.assert_allclose(grpo.entropy_from_logits(jnp.full((2, 4, 7), 3.0)), np.full((2, 4), math.log(7)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    grpo.entropy_from_logits(jnp.full((2, 4, 7), 3.0)), np.full((2, 4), math.log(7)), rtol=1e-6
+  )
   # Random logits vs -sum p log p in numpy; a near one-hot distribution has entropy near 0.
   rng = np.random.default_rng(1)
   logits = rng.normal(size=(3, 6)).astype(np.float32)
@@ -141,31 +149,32 @@ VALID = MASK > 0
 
 
 def _loss(cfg, logp=LOGP, old=OLD, adv=ADV, mask=MASK, **kw):
-  loss, metrics = grpo.policy_loss(jnp.array(logp), None if old is None else jnp.array(old), jnp.array(adv),
-                                   jnp.array(mask), config=cfg, **kw)
+  loss, metrics = grpo.policy_loss(
+    jnp.array(logp), None if old is None else jnp.array(old), jnp.array(adv), jnp.array(mask), config=cfg, **kw
+  )
   return float(loss), {k: float(v) for k, v in metrics.items()}
 
 
 def test_token_mean_clipping_and_metrics():
   loss, m = _loss(grpo.LossConfig())
   assert loss == pytest.approx(1.1 / 5, abs=1e-6)  # 0.22
-  assert m["loss"] == pytest.approx(0.22, abs=1e-6) and m["pg_loss"] == pytest.approx(0.22, abs=1e-6)
-  assert m["clip_frac_low"] == pytest.approx(1 / 5)   # row 1 token 0 (r=0.5, A<0)
-  assert m["clip_frac_high"] == pytest.approx(1 / 5)  # row 0 token 0 (r=1.5, A>0)
-  assert m["ratio_mean"] == pytest.approx((1.5 + 0.9 + 0.5 + 1.1 + 1.3) / 5, abs=1e-6)  # 1.06
-  assert m["kl"] == 0.0 and m["tis_weight_mean"] == 1.0
-  assert "entropy" not in m and "logprob_gap" not in m and "dual_clip_frac" not in m
+  assert m['loss'] == pytest.approx(0.22, abs=1e-6) and m['pg_loss'] == pytest.approx(0.22, abs=1e-6)
+  assert m['clip_frac_low'] == pytest.approx(1 / 5)  # row 1 token 0 (r=0.5, A<0)
+  assert m['clip_frac_high'] == pytest.approx(1 / 5)  # row 0 token 0 (r=1.5, A>0)
+  assert m['ratio_mean'] == pytest.approx((1.5 + 0.9 + 0.5 + 1.1 + 1.3) / 5, abs=1e-6)  # 1.06
+  assert m['kl'] == 0.0 and m['tis_weight_mean'] == 1.0
+  assert 'entropy' not in m and 'logprob_gap' not in m and 'dual_clip_frac' not in m
 
 
 def test_sequence_mean_and_constant_aggregation():
   # sequence_mean: row 0 mean (-1.2 - 0.9)/2 = -1.05; row 1 mean (0.8 + 1.1 + 1.3)/3 = 3.2/3; row 2 has no valid
   # token and is not counted -> (-1.05 + 1.0667) / 2 = 0.008333.
-  loss, _ = _loss(grpo.LossConfig(aggregation="sequence_mean"))
+  loss, _ = _loss(grpo.LossConfig(aggregation='sequence_mean'))
   assert loss == pytest.approx((-1.05 + 3.2 / 3) / 2, abs=1e-6)
   # constant (Dr. GRPO): sum / (N * max_tokens) = 1.1 / (3 * 4) with max_tokens=4; 1.1 / (3 * 3) with T.
-  loss, _ = _loss(grpo.LossConfig(aggregation="constant", max_tokens=4))
+  loss, _ = _loss(grpo.LossConfig(aggregation='constant', max_tokens=4))
   assert loss == pytest.approx(1.1 / 12, abs=1e-6)
-  loss, _ = _loss(grpo.LossConfig(aggregation="constant"))
+  loss, _ = _loss(grpo.LossConfig(aggregation='constant'))
   assert loss == pytest.approx(1.1 / 9, abs=1e-6)
   # An explicit denominator (e.g. the global token count over micro-batches): 1.1 / 10.
   loss, _ = _loss(grpo.LossConfig(), loss_denominator=10.0)
@@ -176,12 +185,12 @@ def test_clip_higher_and_dual_clip():
   # epsilon_high=0.6: r=1.5 < 1.6 is no longer clipped -> -1.5; sum = -1.5 - 0.9 + 3.2 = 0.8 -> 0.8 / 5 = 0.16.
   loss, m = _loss(grpo.LossConfig(epsilon_high=0.6))
   assert loss == pytest.approx(0.16, abs=1e-6)
-  assert m["clip_frac_high"] == 0.0 and m["clip_frac_low"] == pytest.approx(0.2)
+  assert m['clip_frac_high'] == 0.0 and m['clip_frac_low'] == pytest.approx(0.2)
   # dual_clip c=1.25: for A=-1 the loss is bounded by 1.25 * |A| = 1.25, so row 1 token 2: 1.3 -> 1.25;
   # sum = -2.1 + 0.8 + 1.1 + 1.25 = 1.05 -> 0.21. One of 5 tokens hits the bound.
   loss, m = _loss(grpo.LossConfig(dual_clip=1.25))
   assert loss == pytest.approx(0.21, abs=1e-6)
-  assert m["dual_clip_frac"] == pytest.approx(0.2)
+  assert m['dual_clip_frac'] == pytest.approx(0.2)
 
 
 # ref_logp = logp - delta on the valid tokens: k1 = logp - ref = delta;
@@ -194,18 +203,18 @@ REF[2, :] = -1e4  # and in the masked row
 
 def test_kl_k1_k3():
   # k1 masked mean: (0.1 - 0.2 + 0.3 + 0 + 0.5) / 5 = 0.14; loss = 0.22 + 0.1 * 0.14 = 0.234.
-  loss, m = _loss(grpo.LossConfig(beta=0.1, kl_estimator="k1"), ref_logp=jnp.array(REF))
-  assert m["kl"] == pytest.approx(0.14, abs=1e-6)
+  loss, m = _loss(grpo.LossConfig(beta=0.1, kl_estimator='k1'), ref_logp=jnp.array(REF))
+  assert m['kl'] == pytest.approx(0.14, abs=1e-6)
   assert loss == pytest.approx(0.234, abs=1e-6)
   # k3 per token: exp(-0.1)+0.1-1 = 0.0048374, exp(0.2)-0.2-1 = 0.0214028, exp(-0.3)+0.3-1 = 0.0408182, 0,
   # exp(-0.5)+0.5-1 = 0.1065307; mean = 0.1735891 / 5 = 0.0347178.
   k3 = [math.exp(-d) + d - 1 for d in (0.1, -0.2, 0.3, 0.0, 0.5)]
-  loss, m = _loss(grpo.LossConfig(beta=0.1, kl_estimator="k3"), ref_logp=jnp.array(REF))
-  assert m["kl"] == pytest.approx(sum(k3) / 5, abs=1e-6)
+  loss, m = _loss(grpo.LossConfig(beta=0.1, kl_estimator='k3'), ref_logp=jnp.array(REF))
+  assert m['kl'] == pytest.approx(sum(k3) / 5, abs=1e-6)
   assert loss == pytest.approx(0.22 + 0.1 * sum(k3) / 5, abs=1e-6)
   # beta=0 with a ref: KL is reported, not added.
-  loss, m = _loss(grpo.LossConfig(beta=0.0, kl_estimator="k1"), ref_logp=jnp.array(REF))
-  assert loss == pytest.approx(0.22, abs=1e-6) and m["kl"] == pytest.approx(0.14, abs=1e-6)
+  loss, m = _loss(grpo.LossConfig(beta=0.0, kl_estimator='k1'), ref_logp=jnp.array(REF))
+  assert loss == pytest.approx(0.22, abs=1e-6) and m['kl'] == pytest.approx(0.14, abs=1e-6)
 
 
 def test_truncated_importance_sampling():
@@ -215,16 +224,19 @@ def test_truncated_importance_sampling():
   sampler = jnp.array(OLD - s)
   loss, m = _loss(grpo.LossConfig(tis_cap=2.0), sampler_logp=sampler)
   assert loss == pytest.approx(0.41, abs=1e-6)
-  assert m["tis_weight_mean"] == pytest.approx((2 + 0.5 + 1.5 + 1 + 2) / 5, abs=1e-6)  # 1.4
+  assert m['tis_weight_mean'] == pytest.approx((2 + 0.5 + 1.5 + 1 + 2) / 5, abs=1e-6)  # 1.4
   # |old - sampler| = |s|: (ln 2 + ln 2 + ln 1.5 + 0 + ln 3) / 5 = 2.890372 / 5 = 0.578074.
-  assert m["logprob_gap"] == pytest.approx((2 * math.log(2) + math.log(1.5) + math.log(3)) / 5, abs=1e-6)
+  assert m['logprob_gap'] == pytest.approx((2 * math.log(2) + math.log(1.5) + math.log(3)) / 5, abs=1e-6)
   # Without tis_cap the sampler logprobs only feed the metric.
   loss, m = _loss(grpo.LossConfig(), sampler_logp=sampler)
-  assert loss == pytest.approx(0.22, abs=1e-6) and m["tis_weight_mean"] == 1.0
+  assert loss == pytest.approx(0.22, abs=1e-6) and m['tis_weight_mean'] == 1.0
   # With old_logp=None (on-policy) the weight is exp(sg(logp) - sampler), held constant: d loss / d logp = -w A / 5.
   cfg = grpo.LossConfig(tis_cap=2.0)
-  g = jax.grad(lambda lp: grpo.policy_loss(lp, None, jnp.array(ADV), jnp.array(MASK), config=cfg,
-                                           sampler_logp=jnp.array(LOGP - s))[0])(jnp.array(LOGP))
+  g = jax.grad(
+    lambda lp: grpo.policy_loss(
+      lp, None, jnp.array(ADV), jnp.array(MASK), config=cfg, sampler_logp=jnp.array(LOGP - s)
+    )[0]
+  )(jnp.array(LOGP))
   w = np.minimum(np.exp(s), 2.0)
   np.testing.assert_allclose(g, np.where(VALID, -w * ADV[:, None] / 5, 0), atol=1e-6)
 
@@ -233,24 +245,25 @@ def test_entropy_bonus():
   # H on the valid tokens 1, 2 | 3, 4, 5 -> mean 3; loss = 0.22 - 0.01 * 3 = 0.19; garbage on padding ignored.
   ent = np.array([[1, 2, 1e9], [3, 4, 5], [7, 7, 7]], np.float32)
   loss, m = _loss(grpo.LossConfig(entropy_coef=0.01), entropy=jnp.array(ent))
-  assert loss == pytest.approx(0.19, abs=1e-6) and m["entropy"] == pytest.approx(3.0)
-  with pytest.raises(ValueError, match="entropy"):
+  assert loss == pytest.approx(0.19, abs=1e-6) and m['entropy'] == pytest.approx(3.0)
+  with pytest.raises(ValueError, match='entropy'):
     _loss(grpo.LossConfig(entropy_coef=0.01))
 
 
 def test_gspo_sequence_ratio_by_hand():
   # s_i = exp(mean of valid log-ratios): row 0 (1.5 * 0.9)^(1/2) = sqrt(1.35) = 1.161895 (A=+1, inside [0.8,1.2]);
   # row 1 (0.5 * 1.1 * 1.3)^(1/3) = 0.715^(1/3) = 0.894190 (A=-1, inside). Every token of row i carries -s_i A_i.
-  s0, s1 = 1.35 ** 0.5, 0.715 ** (1 / 3)
-  loss, m = _loss(grpo.LossConfig(importance_level="sequence", aggregation="sequence_mean"))
+  s0, s1 = 1.35**0.5, 0.715 ** (1 / 3)
+  loss, m = _loss(grpo.LossConfig(importance_level='sequence', aggregation='sequence_mean'))
   assert loss == pytest.approx((-s0 + s1) / 2, abs=1e-6)  # -0.133852
-  assert m["ratio_mean"] == pytest.approx((2 * s0 + 3 * s1) / 5, abs=1e-6)
-  loss, _ = _loss(grpo.LossConfig(importance_level="sequence"))
+  assert m['ratio_mean'] == pytest.approx((2 * s0 + 3 * s1) / 5, abs=1e-6)
+  loss, _ = _loss(grpo.LossConfig(importance_level='sequence'))
   assert loss == pytest.approx((-2 * s0 + 3 * s1) / 5, abs=1e-6)  # token_mean: 0.071756
   # GSPO gradient (sequence_mean): d loss / d logp_{i,t} = -A_i s_i / (|y_i| * 2 sequences): -s0/4 and +s1/6.
-  cfg = grpo.LossConfig(importance_level="sequence", aggregation="sequence_mean")
+  cfg = grpo.LossConfig(importance_level='sequence', aggregation='sequence_mean')
   g = jax.grad(lambda lp: grpo.policy_loss(lp, jnp.array(OLD), jnp.array(ADV), jnp.array(MASK), config=cfg)[0])(
-      jnp.array(LOGP))
+    jnp.array(LOGP)
+  )
   np.testing.assert_allclose(g, [[-s0 / 4, -s0 / 4, 0], [s1 / 6, s1 / 6, s1 / 6], [0, 0, 0]], atol=1e-6)
 
   # The same gradient from GSPO's own form, the ratio s_i(theta) differentiated through the sequence mean.
@@ -264,7 +277,7 @@ def test_gspo_sequence_ratio_by_hand():
   np.testing.assert_allclose(g, jax.grad(pure_gspo)(jnp.array(LOGP)), atol=1e-6)
 
 
-@pytest.mark.parametrize("aggregation", grpo.AGGREGATIONS)
+@pytest.mark.parametrize('aggregation', grpo.AGGREGATIONS)
 def test_sequence_and_token_ratio_agree_on_one_token_completions(aggregation):
   rng = np.random.default_rng(2)
   logp = jnp.array(rng.normal(size=(4, 3)) - 2, jnp.float32)
@@ -276,7 +289,7 @@ def test_sequence_and_token_ratio_agree_on_one_token_completions(aggregation):
     cfg = grpo.LossConfig(importance_level=level, aggregation=aggregation, dual_clip=3.0)
     return jax.value_and_grad(lambda lp: grpo.policy_loss(lp, old, adv, mask, config=cfg)[0])(logp)
 
-  (lt, gt), (ls, gs) = f("token"), f("sequence")
+  (lt, gt), (ls, gs) = f('token'), f('sequence')
   np.testing.assert_allclose(ls, lt, rtol=1e-6)
   np.testing.assert_allclose(gs, gt, rtol=1e-6, atol=1e-7)
 
@@ -286,37 +299,60 @@ def test_on_policy_gradient_is_minus_advantage_over_num_tokens():
   # d loss / d logp = -A / 5 on the valid tokens, 0 on padding and on the masked row.
   f = lambda lp: grpo.policy_loss(lp, None, jnp.array(ADV), jnp.array(MASK), config=grpo.LossConfig())
   (loss, m), g = jax.value_and_grad(f, has_aux=True)(jnp.array(LOGP))
-  assert float(loss) == pytest.approx(0.2, abs=1e-6) and float(m["ratio_mean"]) == 1.0
+  assert float(loss) == pytest.approx(0.2, abs=1e-6) and float(m['ratio_mean']) == 1.0
   np.testing.assert_allclose(g, np.where(VALID, -ADV[:, None] / 5, 0), atol=1e-7)
   assert np.all(np.isfinite(g))
   # Same with old_logp passed explicitly equal to logp.
-  g2 = jax.grad(lambda lp: grpo.policy_loss(lp, jnp.array(LOGP), jnp.array(ADV), jnp.array(MASK),
-                                            config=grpo.LossConfig())[0])(jnp.array(LOGP))
+  g2 = jax.grad(
+    lambda lp: grpo.policy_loss(lp, jnp.array(LOGP), jnp.array(ADV), jnp.array(MASK), config=grpo.LossConfig())[0]
+  )(jnp.array(LOGP))
   np.testing.assert_allclose(g2, g, atol=1e-7)
   # sequence_mean at ratio 1: -A_i / (|y_i| * 2): row 0 -1/4, row 1 +1/6.
-  g3 = jax.grad(lambda lp: grpo.policy_loss(lp, None, jnp.array(ADV), jnp.array(MASK),
-                                            config=grpo.LossConfig(aggregation="sequence_mean"))[0])(jnp.array(LOGP))
+  g3 = jax.grad(
+    lambda lp: grpo.policy_loss(
+      lp, None, jnp.array(ADV), jnp.array(MASK), config=grpo.LossConfig(aggregation='sequence_mean')
+    )[0]
+  )(jnp.array(LOGP))
   np.testing.assert_allclose(g3, [[-1 / 4, -1 / 4, 0], [1 / 6, 1 / 6, 1 / 6], [0, 0, 0]], atol=1e-7)
 
 
 def test_gradients_finite_with_garbage_padding():
   # Every option on at once; the inf ratio / -1e4 ref in padding must not produce NaN/inf gradients.
-  cfg = grpo.LossConfig(epsilon_high=0.28, dual_clip=3.0, beta=0.05, kl_estimator="k3", tis_cap=2.0,
-                        entropy_coef=0.01, importance_level="sequence")
-  f = lambda lp: grpo.policy_loss(lp, jnp.array(OLD), jnp.array(ADV), jnp.array(MASK), config=cfg,
-                                  ref_logp=jnp.array(REF), sampler_logp=jnp.array(OLD),
-                                  entropy=jnp.ones((3, 3)))[0]
+  cfg = grpo.LossConfig(
+    epsilon_high=0.28,
+    dual_clip=3.0,
+    beta=0.05,
+    kl_estimator='k3',
+    tis_cap=2.0,
+    entropy_coef=0.01,
+    importance_level='sequence',
+  )
+  f = lambda lp: grpo.policy_loss(
+    lp,
+    jnp.array(OLD),
+    jnp.array(ADV),
+    jnp.array(MASK),
+    config=cfg,
+    ref_logp=jnp.array(REF),
+    sampler_logp=jnp.array(OLD),
+    entropy=jnp.ones((3, 3)),
+  )[0]
   g = jax.grad(f)(jnp.array(LOGP))
   assert np.all(np.isfinite(g)) and np.all(np.asarray(g)[~VALID] == 0)
 
 
 def test_policy_loss_jit_matches_eager_and_presets():
-  for cfg in (grpo.LossConfig.grpo(), grpo.LossConfig.dr_grpo(max_tokens=4), grpo.LossConfig.dapo(),
-              grpo.LossConfig.gspo()):
+  for cfg in (
+    grpo.LossConfig.grpo(),
+    grpo.LossConfig.dr_grpo(max_tokens=4),
+    grpo.LossConfig.dapo(),
+    grpo.LossConfig.gspo(),
+  ):
     kw = dict(ref_logp=jnp.array(REF)) if cfg.beta > 0 else {}
     eager = _loss(cfg, **kw)
     jitted = jax.jit(functools.partial(grpo.policy_loss, config=cfg, **kw))(
-        jnp.array(LOGP), jnp.array(OLD), jnp.array(ADV), jnp.array(MASK))
+      jnp.array(LOGP), jnp.array(OLD), jnp.array(ADV), jnp.array(MASK)
+    )
     assert float(jitted[0]) == pytest.approx(eager[0], abs=1e-6)
   # DAPO preset = eps (0.2, 0.28): r=1.5 -> clipped at 1.28; sum = -1.28 - 0.9 + 3.2 = 1.02 -> 0.204.
   assert _loss(grpo.LossConfig.dapo())[0] == pytest.approx(0.204, abs=1e-6)
@@ -324,15 +360,20 @@ def test_policy_loss_jit_matches_eager_and_presets():
 
 
 def test_config_and_input_errors():
-  for bad in (dict(dual_clip=0.5), dict(aggregation="mean"), dict(kl_estimator="k4"), dict(epsilon=0.0),
-              dict(importance_level="seq")):
-    with pytest.raises(ValueError, match="LossConfig"):
+  for bad in (
+    dict(dual_clip=0.5),
+    dict(aggregation='mean'),
+    dict(kl_estimator='k4'),
+    dict(epsilon=0.0),
+    dict(importance_level='seq'),
+  ):
+    with pytest.raises(ValueError, match='LossConfig'):
       grpo.LossConfig(**bad)
-  with pytest.raises(ValueError, match="ref_logp"):
+  with pytest.raises(ValueError, match='ref_logp'):
     _loss(grpo.LossConfig(beta=0.1))
-  with pytest.raises(ValueError, match="sampler_logp"):
+  with pytest.raises(ValueError, match='sampler_logp'):
     _loss(grpo.LossConfig(tis_cap=2.0))
-  with pytest.raises(ValueError, match="mask"):
+  with pytest.raises(ValueError, match='mask'):
     _loss(grpo.LossConfig(), mask=MASK[:, :2])
 
 
@@ -359,7 +400,7 @@ def test_overlong_penalty():
   np.testing.assert_allclose(grpo.overlong_penalty([7, 10], 10, 4, 0.5), [-0.125, -0.5])
   # No buffer: nothing up to max, the full penalty beyond it.
   np.testing.assert_allclose(grpo.overlong_penalty([5, 10, 11], 10, 0, 1.0), [0, 0, -1])
-  with pytest.raises(ValueError, match="buffer_len"):
+  with pytest.raises(ValueError, match='buffer_len'):
     grpo.overlong_penalty([1], 10, 11, 1.0)
 
 

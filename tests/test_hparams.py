@@ -1,4 +1,5 @@
 """OpenAI-style hyperparameters resolved into native config fields, against hand-computed numbers."""
+
 import json
 
 import pytest
@@ -34,8 +35,9 @@ def test_defaults_change_nothing():
 
 
 def test_user_fields_override_without_enabled():
-  c = make_config(n_epochs=3, batch_size=16, learning_rate_multiplier=2.0, compute_multiplier=1.5,
-                  eval_interval=7, seed=42)
+  c = make_config(
+    n_epochs=3, batch_size=16, learning_rate_multiplier=2.0, compute_multiplier=1.5, eval_interval=7, seed=42
+  )
   c.model = 'gemma3_1b'
   r = hparams.apply(c, 1000)
   assert r.batch_size == 16
@@ -43,8 +45,14 @@ def test_user_fields_override_without_enabled():
   assert r.optimizer.learning_rate == pytest.approx(2e-6)  # 2 x base 1e-6 for gemma3_1b
   assert r.num_generations == 12  # round(1.5 x 8)
   assert (r.eval_interval, r.seed) == (7, 42)
-  assert set(resolved(r)) == {'batch_size', 'total_steps', 'optimizer.learning_rate', 'num_generations',
-                              'eval_interval', 'seed'}
+  assert set(resolved(r)) == {
+    'batch_size',
+    'total_steps',
+    'optimizer.learning_rate',
+    'num_generations',
+    'eval_interval',
+    'seed',
+  }
   assert c.total_steps == 100  # the input config is left alone
 
 
@@ -82,12 +90,15 @@ def test_eval_samples_sets_the_native_field():
   assert r.eval_samples == 4 and resolved(r)['eval_samples']['value'] == 4
 
 
-@pytest.mark.parametrize('field,value,expect', [
+@pytest.mark.parametrize(
+  'field,value,expect',
+  [
     ('n_epochs', 'three', "config.openai.n_epochs: expected a number or 'auto', got 'three'"),
     ('batch_size', 2.5, 'config.openai.batch_size: expected an integer'),
     ('learning_rate_multiplier', -1, 'config.openai.learning_rate_multiplier: must be > 0'),
     ('eval_interval', 0, 'config.openai.eval_interval: must be > 0'),
-])
+  ],
+)
 def test_bad_values_name_the_field(field, value, expect):
   with pytest.raises(hparams.HparamError, match=expect.replace('(', r'\(').replace(')', r'\)')):
     hparams.apply(make_config(**{field: value}), 100)
@@ -95,11 +106,18 @@ def test_bad_values_name_the_field(field, value, expect):
 
 def test_command_line_overrides(tmp_path):
   cfg_file = tmp_path / 'cfg.py'
-  cfg_file.write_text('from configs import common\nfrom rftjax import hparams\n\n'
-                      'def get_config(arg=None):\n  c = common.base()\n'
-                      "  if 'openai' not in c:\n    hparams.add_openai_fields(c)\n  return c.lock()\n")
-  argv = ['prog', f'--config={cfg_file}', '--config.openai.n_epochs=2', '--config.openai.batch_size=8',
-          '--config.openai.learning_rate_multiplier=0.5']
+  cfg_file.write_text(
+    'from configs import common\nfrom rftjax import hparams\n\n'
+    'def get_config(arg=None):\n  c = common.base()\n'
+    "  if 'openai' not in c:\n    hparams.add_openai_fields(c)\n  return c.lock()\n"
+  )
+  argv = [
+    'prog',
+    f'--config={cfg_file}',
+    '--config.openai.n_epochs=2',
+    '--config.openai.batch_size=8',
+    '--config.openai.learning_rate_multiplier=0.5',
+  ]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, sys_argv=argv)
   fv(argv)

@@ -5,6 +5,7 @@ Sharding changes only the order of floating-point reductions, so losses agree to
 exactly (same samples: the RNG is sharding-invariant), loss/entropy/grad_norm to 1e-4 relative, params to 2e-3
 absolute after 2-3 steps at the config's learning rate (warmup: 6e-5, 1.2e-4, 1.8e-4).
 """
+
 import pathlib
 import shutil
 

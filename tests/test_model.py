@@ -1,4 +1,5 @@
 """Model and sampler: cached decoding equals a full forward pass, presets have the published sizes."""
+
 import dataclasses
 
 import jax
@@ -10,9 +11,19 @@ from rftjax import model
 from rftjax import sampler
 
 GEMMA_LIKE = dataclasses.replace(
-    model.TransformerConfig.tiny(), name='tiny_gemma', sliding_window=4, global_every=3, rope_base_local=100.0,
-    qk_norm=True, post_norms=True, norm_offset=1.0, embed_scale=True, activation='gelu_tanh', num_layers=3,
-    query_pre_attn_scalar=24.0)
+  model.TransformerConfig.tiny(),
+  name='tiny_gemma',
+  sliding_window=4,
+  global_every=3,
+  rope_base_local=100.0,
+  qk_norm=True,
+  post_norms=True,
+  norm_offset=1.0,
+  embed_scale=True,
+  activation='gelu_tanh',
+  num_layers=3,
+  query_pre_attn_scalar=24.0,
+)
 QWEN_LIKE = dataclasses.replace(model.TransformerConfig.tiny(), name='tiny_qwen', qkv_bias=True, tie_embeddings=False)
 
 
@@ -33,7 +44,7 @@ def test_cached_decoding_equals_full_forward(cfg):
   for i, prompt in enumerate(prompts):
     seq = np.asarray(prompt + list(out.tokens[i]))[None]
     logits = np.asarray(full(params, jnp.asarray(seq)))[0]
-    logp = jax.nn.log_softmax(logits[len(prompt) - 1:-1], axis=-1)
+    logp = jax.nn.log_softmax(logits[len(prompt) - 1 : -1], axis=-1)
     expected = np.take_along_axis(np.asarray(logp), out.tokens[i][:, None], axis=-1)[:, 0]
     np.testing.assert_allclose(out.logprobs[i], expected, atol=2e-5, rtol=1e-5)
 
@@ -44,28 +55,44 @@ def test_greedy_stops_at_stop_token_and_masks_after():
   first = sampler.generate(params, cfg, [[5, 6, 7]], max_new_tokens=6, stop_ids=[], pad_id=0)[0]
   stop = first[2]
   out = sampler.generate(params, cfg, [[5, 6, 7]], max_new_tokens=6, stop_ids=[stop], pad_id=0)[0]
-  assert out == first[:first.index(stop) + 1]
+  assert out == first[: first.index(stop) + 1]
 
 
 def test_top_k_one_is_greedy():
   cfg = model.TransformerConfig.tiny(vocab_size=64)
   params = model.init_params(cfg, 0)
   greedy = sampler.generate(params, cfg, [[5, 6, 7], [9]], max_new_tokens=5, stop_ids=[])
-  top1 = sampler.generate(params, cfg, [[5, 6, 7], [9]], max_new_tokens=5, stop_ids=[],
-                          params=sampler.SamplingParams(temperature=1.0, top_k=1), seed=7)
+  top1 = sampler.generate(
+    params,
+    cfg,
+    [[5, 6, 7], [9]],
+    max_new_tokens=5,
+    stop_ids=[],
+    params=sampler.SamplingParams(temperature=1.0, top_k=1),
+    seed=7,
+  )
   assert greedy == top1
 
 
 def test_top_p_keeps_smallest_prefix():
   logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
-  draws = {int(sampler.choose(logits, jax.random.key(i), sampler.SamplingParams(1.0, top_p=0.7))[0][0])
-           for i in range(200)}
+  draws = {
+    int(sampler.choose(logits, jax.random.key(i), sampler.SamplingParams(1.0, top_p=0.7))[0][0]) for i in range(200)
+  }
   assert draws == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: tokens 0 and 1 stay
 
 
-@pytest.mark.parametrize('name, billions', [('gemma3_270m', 0.268), ('gemma3_1b', 1.0), ('gemma3_27b', 27.0),
-                                            ('smollm2_135m', 0.1345), ('llama3_1_8b', 8.03),
-                                            ('qwen2_5_7b', 7.6)])
+@pytest.mark.parametrize(
+  'name, billions',
+  [
+    ('gemma3_270m', 0.268),
+    ('gemma3_1b', 1.0),
+    ('gemma3_27b', 27.0),
+    ('smollm2_135m', 0.1345),
+    ('llama3_1_8b', 8.03),
+    ('qwen2_5_7b', 7.6),
+  ],
+)
 def test_presets_eval_shape(name, billions):
   cfg = model.get_config(name)
   shapes = model.param_shapes(cfg)
@@ -80,8 +107,12 @@ def test_presets_eval_shape(name, billions):
 def test_all_presets_eval_shape_forward():
   for name in model.PRESETS:
     cfg = model.get_config(name)
-    out = jax.eval_shape(lambda p: model.forward(p, cfg, jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), jnp.int32),
-                                                 jnp.ones((1, 4), bool))[0], model.param_shapes(cfg))
+    out = jax.eval_shape(
+      lambda p: model.forward(
+        p, cfg, jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool)
+      )[0],
+      model.param_shapes(cfg),
+    )
     assert out.shape == (1, 4, cfg.vocab_size)
 
 

@@ -8,6 +8,7 @@ metrics.jsonl, and every process takes part in checkpoint saves (Orbax coordinat
 Tolerances: rewards and metrics 1e-4 relative; params 1e-4 absolute (same mesh and program: only the collectives'
 transport differs).
 """
+
 import os
 import pathlib
 import socket
@@ -26,8 +27,16 @@ from rftjax import train_step
 from rftjax import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-COMPARED = ('train_reward_mean', 'loss', 'entropy', 'grad_norm', 'completion_len_mean', 'truncated_frac',
-            'zero_std_group_frac', 'train/error_rate')
+COMPARED = (
+  'train_reward_mean',
+  'loss',
+  'entropy',
+  'grad_norm',
+  'completion_len_mean',
+  'truncated_frac',
+  'zero_std_group_frac',
+  'train/error_rate',
+)
 # metrics that need more than a mean over hosts: a count, a max, a std over the whole batch
 GLOBAL = ('train/num_graded', 'completion_len_max', 'train_reward_std')
 OVERRIDES = {'eval_batch_size': 8, 'checkpoint.async_save': False}
@@ -56,11 +65,24 @@ def params_of(workdir):
 
 
 def launch(workdir, valid, process_id, port, num_processes=2):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(os.environ['RFTJAX_TEST_CACHE']) / 'jax-multihost'), PYTHONPATH=str(REPO))
-  cmd = [sys.executable, '-m', 'rftjax.train', f'--coordinator=127.0.0.1:{port}',
-         f'--num_processes={num_processes}', f'--process_id={process_id}', '--config=configs/tiny.py:test',
-         f'--workdir={workdir}', f'--config.data.valid={valid}']
+  env = dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=4',
+    JAX_PLATFORMS='cpu',
+    JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(os.environ['RFTJAX_TEST_CACHE']) / 'jax-multihost'),
+    PYTHONPATH=str(REPO),
+  )
+  cmd = [
+    sys.executable,
+    '-m',
+    'rftjax.train',
+    f'--coordinator=127.0.0.1:{port}',
+    f'--num_processes={num_processes}',
+    f'--process_id={process_id}',
+    '--config=configs/tiny.py:test',
+    f'--workdir={workdir}',
+    f'--config.data.valid={valid}',
+  ]
   cmd += [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
   log = open(workdir.parent / f'process{process_id}.log', 'w')
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log
@@ -111,8 +133,10 @@ def test_two_processes_train_like_one(runs):
   for a, b in zip(rows_s, rows_m):
     for key in COMPARED:
       np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=f'step {a["step"]} {key}')
-  evals = [[r['valid_reward_mean'] for r in metrics.read_jsonl(w / 'metrics.jsonl') if 'valid_reward_mean' in r]
-           for w in (multi, single)]
+  evals = [
+    [r['valid_reward_mean'] for r in metrics.read_jsonl(w / 'metrics.jsonl') if 'valid_reward_mean' in r]
+    for w in (multi, single)
+  ]
   assert evals[0] == evals[1] and len(evals[0]) == 3  # steps 0, 2, 3
 
   step_m, params_m = params_of(multi)

@@ -1,4 +1,5 @@
 """rftjax.plan: slice names, exact per-device division, the CLI's verdicts, and the estimate vs XLA's own numbers."""
+
 import pathlib
 import subprocess
 import sys
@@ -24,7 +25,9 @@ def in_repo(monkeypatch):
   monkeypatch.chdir(REPO)
 
 
-@pytest.mark.parametrize('spec, chips, hosts, per_host, hbm', [
+@pytest.mark.parametrize(
+  'spec, chips, hosts, per_host, hbm',
+  [
     ('v5p-32', 16, 4, 4, 95),  # v5p counts TensorCores: 32 cores = 16 chips
     ('v5p-8', 4, 1, 4, 95),
     ('v4-32', 16, 4, 4, 32),
@@ -33,7 +36,8 @@ def in_repo(monkeypatch):
     ('v6e-8', 8, 1, 8, 32),
     ('v6e-16', 16, 4, 4, 32),
     ('v5e-4', 4, 1, 4, 16),
-])
+  ],
+)
 def test_parse_devices(spec, chips, hosts, per_host, hbm):
   hw = plan.parse_devices(spec)
   assert (hw.chips, hw.hosts, hw.chips_per_host, hw.hbm_bytes) == (chips, hosts, per_host, hbm * GiB)
@@ -69,10 +73,18 @@ def test_cli_27b_on_v5p32_fits(in_repo, capsys):
 
 def test_cli_27b_on_v5e8_does_not_fit(in_repo):
   """The real CLI in a subprocess: exit status 1, and a message that says why and what to change."""
-  cmd = [sys.executable, '-m', 'rftjax.plan', '--config=configs/gemma3_tpu.py:27b_v5p32', '--devices=v5e-8',
-         '--config.mesh.fsdp=-1', '--config.mesh.tensor=1']
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
-                        env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'})
+  cmd = [
+    sys.executable,
+    '-m',
+    'rftjax.plan',
+    '--config=configs/gemma3_tpu.py:27b_v5p32',
+    '--devices=v5e-8',
+    '--config.mesh.fsdp=-1',
+    '--config.mesh.tensor=1',
+  ]
+  proc = subprocess.run(
+    cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'}
+  )
   assert proc.returncode == 1, proc.stderr
   err = proc.stderr
   assert 'DOES NOT FIT: gemma3_27b on v5e-8' in err
@@ -131,9 +143,13 @@ def test_estimate_matches_compiled_memory_analysis(remat):
     state = train_step.abstract_state(train_step.init_state(model.init_params(cfg, 0, mesh), tx))  # tiny: cheap
     step = train_step.make_train_step(train_step.StepConfig(cfg, grpo.LossConfig(), remat=remat), tx)
     batch = train_step.Batch(
-        prompt_tokens=np.zeros((rows, p), np.int32), prompt_mask=np.ones((rows, p), bool),
-        completion_tokens=np.zeros((rows, n), np.int32), completion_mask=np.ones((rows, n), np.float32),
-        advantages=np.zeros(rows, np.float32), sampler_logp=np.zeros((rows, n), np.float32))
+      prompt_tokens=np.zeros((rows, p), np.int32),
+      prompt_mask=np.ones((rows, p), bool),
+      completion_tokens=np.zeros((rows, n), np.int32),
+      completion_mask=np.ones((rows, n), np.float32),
+      advantages=np.zeros(rows, np.float32),
+      sampler_logp=np.zeros((rows, n), np.float32),
+    )
     batch = train_step.shard_batch(batch, mesh)
     stats = step.lower(state, batch).compile().memory_analysis()
 

@@ -4,6 +4,7 @@ the same command again continues from that step.
 The trainer contract (tpu/README.md, tpu/supervise.sh): on SIGTERM finish or abandon the current step, save a
 checkpoint of the last completed step (no eval needed), wait for it to be committed, exit with status 42.
 """
+
 import os
 import pathlib
 import signal
@@ -21,14 +22,27 @@ PREEMPTED = 42
 
 
 def command(workdir, valid, total_steps, eval_interval):
-  return [sys.executable, '-m', 'rftjax.train', '--config=configs/tiny.py:test', f'--workdir={workdir}',
-          f'--config.total_steps={total_steps}', f'--config.eval_interval={eval_interval}',
-          f'--config.data.valid={valid}', '--config.eval_batch_size=8']
+  return [
+    sys.executable,
+    '-m',
+    'rftjax.train',
+    '--config=configs/tiny.py:test',
+    f'--workdir={workdir}',
+    f'--config.total_steps={total_steps}',
+    f'--config.eval_interval={eval_interval}',
+    f'--config.data.valid={valid}',
+    '--config.eval_batch_size=8',
+  ]
 
 
 def env():
-  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu',
-              JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(os.environ['RFTJAX_TEST_CACHE']) / 'jax-preemption'), PYTHONPATH=str(REPO))
+  return dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=2',
+    JAX_PLATFORMS='cpu',
+    JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(os.environ['RFTJAX_TEST_CACHE']) / 'jax-preemption'),
+    PYTHONPATH=str(REPO),
+  )
 
 
 def train_steps(workdir):
@@ -42,8 +56,9 @@ def test_sigterm_checkpoints_and_the_rerun_continues(tmp_path):
   workdir = tmp_path / 'run'
   log_path = tmp_path / 'first.log'
   with open(log_path, 'w') as log:
-    proc = subprocess.Popen(command(workdir, valid, 200, 100), cwd=REPO, env=env(), stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+      command(workdir, valid, 200, 100), cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT
+    )
     try:
       deadline = time.monotonic() + 300
       while len(train_steps(workdir)) < 3:
@@ -68,8 +83,9 @@ def test_sigterm_checkpoints_and_the_rerun_continues(tmp_path):
 
   # the same command with a few more steps: resumes at reached + 1, writes no step twice
   total = reached + 2
-  proc = subprocess.run(command(workdir, valid, total, 100), cwd=REPO, env=env(), capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    command(workdir, valid, total, 100), cwd=REPO, env=env(), capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f'resumed from step {reached}' in proc.stderr
   assert train_steps(workdir) == list(range(1, total + 1))

@@ -11,6 +11,7 @@ Slow parts are cached under $RFTJAX_TEST_CACHE/real_models/, keyed on the GGUF's
 (safetensors) and transformers' reference outputs (transformers spends ~30 s parsing a GGUF vocabulary). Delete the
 folder, or set RFTJAX_REFRESH_REFERENCE=1, to recompute the reference with transformers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,10 +43,12 @@ LONG_LEN = 600
 LONG_KEEP = 32  # positions compared at the end of the long prompt (all past the sliding window)
 NEW_TOKENS = 64
 
-PARAGRAPH = ('The old lighthouse keeper climbed the spiral stairs every evening, counting the steps as his father '
-             'had taught him: one hundred and twelve, never more, never fewer. From the lamp room he could see the '
-             'fishing boats returning, the gulls circling the harbour, and the long grey line of the northern '
-             'cliffs. He wrote the weather in a small leather book, and on quiet nights he read old letters. ')
+PARAGRAPH = (
+  'The old lighthouse keeper climbed the spiral stairs every evening, counting the steps as his father '
+  'had taught him: one hundred and twelve, never more, never fewer. From the lamp room he could see the '
+  'fishing boats returning, the gulls circling the harbour, and the long grey line of the northern '
+  'cliffs. He wrote the weather in a small leather book, and on quiet nights he read old letters. '
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +60,12 @@ class Case:
 
 
 CASES = {
-    'gemma3_270m': Case('gemma3_270m', 'gguf:gemma3-270m', None,
-                        'Q: What is 2 + 3?\nA: 5\nQ: What is 7 + 6?\nA: 13\nQ: What is 12 + 9?\nA:'),
-    'smollm2_135m': Case('smollm2_135m', 'gguf:smollm2-135m',
-                         ({'role': 'user', 'content': 'What is 12 + 9? Answer in one sentence.'},), ''),
+  'gemma3_270m': Case(
+    'gemma3_270m', 'gguf:gemma3-270m', None, 'Q: What is 2 + 3?\nA: 5\nQ: What is 7 + 6?\nA: 13\nQ: What is 12 + 9?\nA:'
+  ),
+  'smollm2_135m': Case(
+    'smollm2_135m', 'gguf:smollm2-135m', ({'role': 'user', 'content': 'What is 12 + 9? Answer in one sentence.'},), ''
+  ),
 }
 
 
@@ -87,6 +92,7 @@ def _gguf_path(init: str) -> pathlib.Path:
 def _load_params(cfg, path: pathlib.Path, sha: str):
   """weights.load from the GGUF, or the cached conversion of the very same file."""
   import safetensors.numpy
+
   # Keyed on the loader's own source too: a change to weights.py / gguf_io.py re-runs the real conversion.
   code = hashlib.sha256(b''.join(pathlib.Path(m.__file__).read_bytes() for m in (weights, gguf_io))).hexdigest()
   cached = CACHE / f'{cfg.name}-{sha[:16]}-{code[:8]}-params.safetensors'
@@ -114,25 +120,41 @@ def _load_params(cfg, path: pathlib.Path, sha: str):
 def _reference(case: Case, path: pathlib.Path, sha: str, prompts: dict) -> dict:
   """transformers' outputs for the prompts, loaded from the GGUF by transformers itself (cached)."""
   import transformers
-  key = json.dumps({'prompts': {k: list(map(int, v)) for k, v in prompts.items()}, 'new': NEW_TOKENS,
-                    'keep': LONG_KEEP, 'transformers': transformers.__version__})
+
+  key = json.dumps(
+    {
+      'prompts': {k: list(map(int, v)) for k, v in prompts.items()},
+      'new': NEW_TOKENS,
+      'keep': LONG_KEEP,
+      'transformers': transformers.__version__,
+    }
+  )
   key = hashlib.sha256(key.encode()).hexdigest()[:12]
   cached = CACHE / f'{case.preset}-{sha[:16]}-reference-{key}.npz'
   if cached.is_file() and not os.environ.get('RFTJAX_REFRESH_REFERENCE'):
     return dict(np.load(cached))
   import torch
+
   torch.set_num_threads(max(1, os.cpu_count() or 1))
-  tm = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                         torch_dtype=torch.float32).eval()
+  tm = transformers.AutoModelForCausalLM.from_pretrained(
+    str(path.parent), gguf_file=path.name, torch_dtype=torch.float32
+  ).eval()
   with torch.no_grad():
     out = {
-        'short': tm(torch.tensor([prompts['short']])).logits[0].numpy(),
-        'long': tm(torch.tensor([prompts['long']]), logits_to_keep=LONG_KEEP).logits[0].numpy(),
+      'short': tm(torch.tensor([prompts['short']])).logits[0].numpy(),
+      'long': tm(torch.tensor([prompts['long']]), logits_to_keep=LONG_KEEP).logits[0].numpy(),
     }
     ids = torch.tensor([prompts['greedy']])
-    gen = tm.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
-                      min_new_tokens=0, eos_token_id=None, pad_token_id=0)
-    out['greedy'] = gen[0, ids.shape[1]:].numpy()
+    gen = tm.generate(
+      ids,
+      attention_mask=torch.ones_like(ids),
+      do_sample=False,
+      max_new_tokens=NEW_TOKENS,
+      min_new_tokens=0,
+      eos_token_id=None,
+      pad_token_id=0,
+    )
+    out['greedy'] = gen[0, ids.shape[1] :].numpy()
   CACHE.mkdir(parents=True, exist_ok=True)
   tmp = cached.with_name(f'{cached.stem}.tmp{os.getpid()}.npz')
   np.savez(tmp, **out)
@@ -170,8 +192,11 @@ def real(request):
   long_ids = tok.encode_text(PARAGRAPH * 8)[:LONG_LEN]
   assert len(long_ids) == LONG_LEN
   greedy = tok.encode_prompt(list(case.messages)) if case.messages else tok.encode_text(case.text)
-  prompts = {'short': tok.encode_text('The capital of France is Paris, and the capital of Italy is'),
-             'long': long_ids, 'greedy': greedy}
+  prompts = {
+    'short': tok.encode_text('The capital of France is Paris, and the capital of Italy is'),
+    'long': long_ids,
+    'greedy': greedy,
+  }
   t0 = time.time()
   params, source = _load_params(cfg, path, sha)
   t1 = time.time()
@@ -201,13 +226,16 @@ def test_greedy_matches_transformers(real):
   expected = [int(t) for t in ref['greedy']]
   first_diff = next((i for i, (a, b) in enumerate(zip(out, expected)) if a != b), None)
   RESULTS[cfg.name]['greedy_identical_tokens'] = len(out) if first_diff is None else first_diff
-  assert out == expected, (f'greedy continuation differs from transformers at token {first_diff}: '
-                           f'{real["tok"].decode(out)!r} vs {real["tok"].decode(expected)!r}')
+  assert out == expected, (
+    f'greedy continuation differs from transformers at token {first_diff}: '
+    f'{real["tok"].decode(out)!r} vs {real["tok"].decode(expected)!r}'
+  )
 
 
 def test_exported_folder_loads_in_transformers(real, tmp_path):
   import torch
   import transformers
+
   cfg, params, prompts, tok = real['cfg'], real['params'], real['prompts'], real['tok']
   out = weights.export_hf(params, cfg, tmp_path / 'hf', tok)
   tm = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
@@ -234,6 +262,9 @@ def test_config_from_file_without_preset(real):
   """The GGUF's own metadata plus family defaults reproduce the preset (what `--model` may be omitted for)."""
   cfg = real['cfg']
   read = weights.config_from_file(f'gguf:{real["path"]}')
-  diff = {f.name: (getattr(read, f.name), getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-          if f.name != 'name' and hf_config.differs(getattr(read, f.name), getattr(cfg, f.name))}
+  diff = {
+    f.name: (getattr(read, f.name), getattr(cfg, f.name))
+    for f in dataclasses.fields(cfg)
+    if f.name != 'name' and hf_config.differs(getattr(read, f.name), getattr(cfg, f.name))
+  }
   assert not diff

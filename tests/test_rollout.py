@@ -1,4 +1,5 @@
 """Host side of a step: dynamic sampling changes what is trained on; advantages and masks from rollouts."""
+
 import numpy as np
 
 from rftjax import rollout
@@ -11,16 +12,23 @@ def fake_rollout(group_rewards, tag):
   rewards = np.asarray(group_rewards, np.float32).reshape(-1)
   n = len(rewards)
   return rollout.Rollout(
-      prompt_tokens=np.zeros((n, 3), np.int32), prompt_mask=np.ones((n, 3), bool),
-      tokens=np.full((n, 2), tag, np.int32) + np.arange(n)[:, None] * 100, mask=np.ones((n, 2), np.float32),
-      logprobs=np.zeros((n, 2), np.float32), lengths=np.full(n, 2), truncated=np.zeros(n, bool), rewards=rewards,
-      results=[None] * n, texts=[f'{tag}:{i}' for i in range(n)])
+    prompt_tokens=np.zeros((n, 3), np.int32),
+    prompt_mask=np.ones((n, 3), bool),
+    tokens=np.full((n, 2), tag, np.int32) + np.arange(n)[:, None] * 100,
+    mask=np.ones((n, 2), np.float32),
+    logprobs=np.zeros((n, 2), np.float32),
+    lengths=np.full(n, 2),
+    truncated=np.zeros(n, bool),
+    rewards=rewards,
+    results=[None] * n,
+    texts=[f'{tag}:{i}' for i in range(n)],
+  )
 
 
 ROUNDS = [
-    [(1, 0), (1, 1), (0, 1), (0, 0)],  # half the groups have zero variance
-    [(0, 0), (1, 0), (1, 1), (1, 1)],
-    [(0, 1), (0, 0), (0, 0), (0, 0)],
+  [(1, 0), (1, 1), (0, 1), (0, 0)],  # half the groups have zero variance
+  [(0, 0), (1, 0), (1, 1), (1, 1)],
+  [(0, 1), (0, 0), (0, 0), (0, 0)],
 ]
 
 
@@ -52,11 +60,13 @@ def test_dynamic_sampling_shortfall_is_masked_out():
 
 def test_make_batch_overlong_penalty_and_truncation_mask():
   import ml_collections
+
   r = fake_rollout([(1, 1), (0, 1)], tag=1)
   r.lengths = np.asarray([4, 8, 8, 2])
   r.truncated = np.asarray([False, True, False, False])
-  cfg = ml_collections.ConfigDict(dict(advantage='grpo', scale_rewards='group', overlong_buffer=4,
-                                       overlong_penalty=1.0, mask_truncated=True))
+  cfg = ml_collections.ConfigDict(
+    dict(advantage='grpo', scale_rewards='group', overlong_buffer=4, overlong_penalty=1.0, mask_truncated=True)
+  )
   batch = rollout.make_batch(r, cfg, G, max_new_tokens=8, mesh=None)
   # shaped rewards: len 4 <= 8 - 4 -> 0 penalty; len 8 = max -> -1; len 2 -> 0  =>  [1, 0, -1, 1]
   # group (1, 0): mean .5, std .5 -> (+1, -1); group (-1, 1): mean 0, std 1 -> (-1, +1)   (eps 1e-4 in the std)

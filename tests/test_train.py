@@ -1,4 +1,5 @@
 """Train step and loop: sharded == single device, resume == uninterrupted, the CLI contract of metrics.jsonl."""
+
 import contextlib
 import json
 import pathlib
@@ -20,8 +21,9 @@ from rftjax import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CFG = model.TransformerConfig.tiny(vocab_size=64)
-OPT = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=0, schedule='constant', b1=0.9, b2=0.99,
-                                     weight_decay=0.01, max_grad_norm=1.0))
+OPT = ml_collections.ConfigDict(
+  dict(learning_rate=1e-3, warmup_steps=0, schedule='constant', b1=0.9, b2=0.99, weight_decay=0.01, max_grad_norm=1.0)
+)
 
 
 def make_batch(rows=8, p=5, n=4, seed=0) -> train_step.Batch:
@@ -31,10 +33,14 @@ def make_batch(rows=8, p=5, n=4, seed=0) -> train_step.Batch:
   completion_mask = np.ones((rows, n), np.float32)
   completion_mask[1, 2:] = 0  # stopped early: padding must not count
   completion_mask[5, 1:] = 0
-  return train_step.Batch(prompt_tokens=tokens, prompt_mask=mask,
-                          completion_tokens=rng.integers(3, CFG.vocab_size, (rows, n)).astype(np.int32),
-                          completion_mask=completion_mask, advantages=rng.normal(size=rows).astype(np.float32),
-                          sampler_logp=-rng.uniform(1, 5, (rows, n)).astype(np.float32))
+  return train_step.Batch(
+    prompt_tokens=tokens,
+    prompt_mask=mask,
+    completion_tokens=rng.integers(3, CFG.vocab_size, (rows, n)).astype(np.int32),
+    completion_mask=completion_mask,
+    advantages=rng.normal(size=rows).astype(np.float32),
+    sampler_logp=-rng.uniform(1, 5, (rows, n)).astype(np.float32),
+  )
 
 
 def one_step(mesh):
@@ -57,7 +63,9 @@ def test_sharded_step_equals_single_device():
   assert mu.sharding.spec == q.sharding.spec
   np.testing.assert_allclose(m8['loss'], m1['loss'], atol=1e-5)
   assert abs(float(m1['loss'])) > 1e-3  # a real, non-trivial loss
-  for a, b in zip(jax.tree.leaves(jax.device_get(sharded['params'])), jax.tree.leaves(jax.device_get(single['params']))):
+  for a, b in zip(
+    jax.tree.leaves(jax.device_get(sharded['params'])), jax.tree.leaves(jax.device_get(single['params']))
+  ):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
@@ -88,10 +96,31 @@ def test_completion_logits_match_the_sampler(tmp_path):
 
 def test_config_field_names_are_stable():
   c = tiny.get_config()
-  for key in ('model', 'init', 'data.train', 'data.valid', 'grader', 'total_steps', 'batch_size', 'num_generations',
-              'sampling.temperature', 'sampling.top_p', 'sampling.top_k', 'sampling.max_new_tokens', 'grpo.beta',
-              'grpo.epsilon', 'grpo.epsilon_high', 'grpo.num_iterations', 'optimizer.learning_rate', 'eval_interval',
-              'checkpoint.keep_best', 'mesh.data', 'mesh.fsdp', 'mesh.tensor', 'seed'):
+  for key in (
+    'model',
+    'init',
+    'data.train',
+    'data.valid',
+    'grader',
+    'total_steps',
+    'batch_size',
+    'num_generations',
+    'sampling.temperature',
+    'sampling.top_p',
+    'sampling.top_k',
+    'sampling.max_new_tokens',
+    'grpo.beta',
+    'grpo.epsilon',
+    'grpo.epsilon_high',
+    'grpo.num_iterations',
+    'optimizer.learning_rate',
+    'eval_interval',
+    'checkpoint.keep_best',
+    'mesh.data',
+    'mesh.fsdp',
+    'mesh.tensor',
+    'seed',
+  ):
     node = c
     for part in key.split('.'):
       node = node[part]
@@ -118,11 +147,14 @@ def in_repo(monkeypatch):
 
 def restore_params(workdir):
   from rftjax import checkpoint
+
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
   step = ckpt.latest_step()
   shapes = model.param_shapes(model.TransformerConfig.tiny(vocab_size=32))
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(
-      jax.devices()[0])), shapes)
+  abstract = jax.tree.map(
+    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+    shapes,
+  )
   tx = train_step.make_optimizer(tiny.get_config().optimizer, 1)
   state = train_step.init_state(model.init_params(model.TransformerConfig.tiny(vocab_size=32)), tx)
   state, extra = ckpt.restore(step, train_step.abstract_state(state))
@@ -136,8 +168,16 @@ def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
   rows = metrics.read_jsonl(short / 'metrics.jsonl')
   train_rows = [r for r in rows if 'train_reward_mean' in r]
   assert [r['step'] for r in train_rows] == [1, 2, 3]
-  for key in ('step', 'train_reward_mean', 'loss', 'kl', 'completion_len_mean', 'timing/sampling_s',
-              'timing/grading_s', 'timing/training_s'):
+  for key in (
+    'step',
+    'train_reward_mean',
+    'loss',
+    'kl',
+    'completion_len_mean',
+    'timing/sampling_s',
+    'timing/grading_s',
+    'timing/training_s',
+  ):
     assert all(key in r for r in train_rows), key
   evals = [r for r in rows if 'valid_reward_mean' in r]
   assert [r['step'] for r in evals] == [0, 2, 3]
@@ -147,6 +187,7 @@ def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
 
   # TensorBoard's own reader sees the same numbers as metrics.jsonl
   from tensorboard.backend.event_processing import event_accumulator
+
   acc = event_accumulator.EventAccumulator(str(short / 'tensorboard'))
   acc.Reload()
   tb = {e.step: e.value for e in acc.Scalars('train_reward_mean')}
@@ -172,9 +213,13 @@ def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
 
 def test_bad_grader_fails_before_training(tmp_path, in_repo):
   from rftjax import graders
+
   bad = tmp_path / 'grader.json'
-  bad.write_text(json.dumps({'type': 'string_check', 'name': 'x', 'input': '{{sample.output_text}}',
-                             'reference': 'a', 'operation': 'equals'}))
+  bad.write_text(
+    json.dumps(
+      {'type': 'string_check', 'name': 'x', 'input': '{{sample.output_text}}', 'reference': 'a', 'operation': 'equals'}
+    )
+  )
   with pytest.raises(graders.GraderConfigError, match='operation'):
     run(tmp_path, 'bad', 1, grader=str(bad))
   assert not (tmp_path / 'bad' / 'checkpoints').exists()
@@ -194,9 +239,14 @@ def test_model_graders_naming_an_init_get_a_local_judge(monkeypatch):
   calls = []
   monkeypatch.setattr('rftjax.inference.load', lambda init: calls.append(init) or init)
   monkeypatch.setattr('rftjax.inference.register_local_judge', lambda name, loaded: calls.append(('reg', name)))
-  spec = {'type': 'multi', 'calculate_output': 'a + b', 'graders': {
+  spec = {
+    'type': 'multi',
+    'calculate_output': 'a + b',
+    'graders': {
       'a': {'type': 'score_model', 'model': 'gguf:smollm2-135m', 'input': [], 'range': [0, 1]},
-      'b': {'type': 'label_model', 'model': 'gpt-4o-mini', 'input': [], 'labels': ['y'], 'passing_labels': ['y']}}}
+      'b': {'type': 'label_model', 'model': 'gpt-4o-mini', 'input': [], 'labels': ['y'], 'passing_labels': ['y']},
+    },
+  }
   assert trainer.register_local_judges(spec) == ['gguf:smollm2-135m']  # an API model name is left to its endpoint
   assert calls == ['gguf:smollm2-135m', ('reg', 'gguf:smollm2-135m')]
 

@@ -1,4 +1,5 @@
 """Weight tables without real weights: HF export -> load round trips, a hand-written GGUF, errors, sharded loading."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,13 +17,34 @@ from rftjax import model as model_lib
 from rftjax import sharding
 from rftjax import weights
 
-GEMMA = dataclasses.replace(model_lib.TransformerConfig.gemma3_270m(), name='gemma_tiny', vocab_size=96, d_model=32,
-                            num_layers=4, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=48, sliding_window=8,
-                            global_every=2, query_pre_attn_scalar=16, max_seq_len=256)
-LLAMA = dataclasses.replace(model_lib.TransformerConfig.smollm2_135m(), name='llama_tiny', vocab_size=80, d_model=48,
-                            num_layers=3, num_heads=6, num_kv_heads=2, head_dim=8, mlp_dim=40, max_seq_len=256)
-LLAMA_UNTIED = dataclasses.replace(LLAMA, name='llama_untied', tie_embeddings=False,
-                                   rope_llama3=(8.0, 1.0, 4.0, 128))
+GEMMA = dataclasses.replace(
+  model_lib.TransformerConfig.gemma3_270m(),
+  name='gemma_tiny',
+  vocab_size=96,
+  d_model=32,
+  num_layers=4,
+  num_heads=2,
+  num_kv_heads=1,
+  head_dim=16,
+  mlp_dim=48,
+  sliding_window=8,
+  global_every=2,
+  query_pre_attn_scalar=16,
+  max_seq_len=256,
+)
+LLAMA = dataclasses.replace(
+  model_lib.TransformerConfig.smollm2_135m(),
+  name='llama_tiny',
+  vocab_size=80,
+  d_model=48,
+  num_layers=3,
+  num_heads=6,
+  num_kv_heads=2,
+  head_dim=8,
+  mlp_dim=40,
+  max_seq_len=256,
+)
+LLAMA_UNTIED = dataclasses.replace(LLAMA, name='llama_untied', tie_embeddings=False, rope_llama3=(8.0, 1.0, 4.0, 128))
 QWEN = dataclasses.replace(LLAMA, name='qwen_tiny', qkv_bias=True, norm_eps=1e-6, rope_base=1e6)
 
 
@@ -66,9 +88,12 @@ def test_hf_tensor_names_and_layouts(tmp_path):
   np.testing.assert_array_equal(t['model.layers.1.self_attn.q_proj.weight'], q.reshape(cfg.d_model, -1).T)
   o = np.asarray(params['layers']['attn']['o'][2])  # [N, H, D]
   np.testing.assert_array_equal(t['model.layers.2.self_attn.o_proj.weight'], o.reshape(-1, cfg.d_model).T)
-  np.testing.assert_array_equal(t['model.layers.0.mlp.down_proj.weight'], np.asarray(params['layers']['mlp']['down'][0]).T)
-  np.testing.assert_array_equal(t['model.layers.0.post_attention_layernorm.weight'],
-                                np.asarray(params['layers']['mlp_norm']['scale'][0]))
+  np.testing.assert_array_equal(
+    t['model.layers.0.mlp.down_proj.weight'], np.asarray(params['layers']['mlp']['down'][0]).T
+  )
+  np.testing.assert_array_equal(
+    t['model.layers.0.post_attention_layernorm.weight'], np.asarray(params['layers']['mlp_norm']['scale'][0])
+  )
   assert 'lm_head.weight' not in t and len(t) == 2 + 9 * cfg.num_layers
 
 
@@ -91,11 +116,11 @@ def test_load_into_mesh_shardings(tmp_path):
   loaded = weights.load(f'hf:{tmp_path}', cfg, mesh, dtype=jnp.bfloat16)
   want = sharding.param_shardings(model_lib.param_shapes(cfg), model_lib.param_axes(cfg), mesh)
   jax.tree.map(lambda x, s: (x.dtype == jnp.bfloat16) or pytest.fail(str(x.dtype)), loaded, want)
-  jax.tree.map(lambda x, s: x.sharding.is_equivalent_to(s, x.ndim) or pytest.fail(f'{x.sharding} != {s}'),
-               loaded, want)
+  jax.tree.map(lambda x, s: x.sharding.is_equivalent_to(s, x.ndim) or pytest.fail(f'{x.sharding} != {s}'), loaded, want)
   assert loaded['layers']['mlp']['gate'].sharding.spec == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor')
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y.astype(jnp.bfloat16))),
-               loaded, params)
+  jax.tree.map(
+    lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y.astype(jnp.bfloat16))), loaded, params
+  )
 
 
 def test_rotary_permutation_round_trip():
@@ -113,12 +138,19 @@ def test_rotary_permutation_round_trip():
 def _write_gguf(path, cfg, params):
   """A float32 GGUF the way llama.cpp's converter writes one: Gemma norms + 1, llama q/k rows permuted."""
   import gguf
+
   arch = 'gemma3' if cfg.family == 'gemma3' else 'llama'
   w = gguf.GGUFWriter(str(path), arch)
-  for key, value in {'block_count': cfg.num_layers, 'context_length': cfg.max_seq_len,
-                     'embedding_length': cfg.d_model, 'feed_forward_length': cfg.mlp_dim,
-                     'attention.head_count': cfg.num_heads, 'attention.head_count_kv': cfg.num_kv_heads,
-                     'attention.key_length': cfg.head_dim, 'attention.value_length': cfg.head_dim}.items():
+  for key, value in {
+    'block_count': cfg.num_layers,
+    'context_length': cfg.max_seq_len,
+    'embedding_length': cfg.d_model,
+    'feed_forward_length': cfg.mlp_dim,
+    'attention.head_count': cfg.num_heads,
+    'attention.head_count_kv': cfg.num_kv_heads,
+    'attention.key_length': cfg.head_dim,
+    'attention.value_length': cfg.head_dim,
+  }.items():
     w.add_uint32(f'{arch}.{key}', value)
   w.add_float32(f'{arch}.attention.layer_norm_rms_epsilon', cfg.norm_eps)
   w.add_float32(f'{arch}.rope.freq_base', cfg.rope_base)
@@ -154,8 +186,12 @@ def test_gguf_load(cfg, tmp_path):
   tokens = jnp.arange(12)[None] % cfg.vocab_size
   np.testing.assert_allclose(_logits(loaded, cfg, tokens), _logits(params, cfg, tokens), atol=1e-4)
   read = weights.config_from_file(f'gguf:{tmp_path / "m.gguf"}')
-  assert (read.family, read.num_layers, read.head_dim, read.vocab_size) == (cfg.family, cfg.num_layers,
-                                                                            cfg.head_dim, cfg.vocab_size)
+  assert (read.family, read.num_layers, read.head_dim, read.vocab_size) == (
+    cfg.family,
+    cfg.num_layers,
+    cfg.head_dim,
+    cfg.vocab_size,
+  )
 
 
 def test_shape_mismatch_names_the_tensor(tmp_path):
@@ -164,8 +200,11 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
   tensors = safetensors.numpy.load_file(tmp_path / 'model.safetensors')
   tensors['model.layers.1.mlp.up_proj.weight'] = tensors['model.layers.1.mlp.up_proj.weight'][:-1]
   safetensors.numpy.save_file(tensors, tmp_path / 'model.safetensors')
-  with pytest.raises(ValueError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' \(-> layers\.mlp\.up\) has "
-                                       r"shape \(39, 48\), expected \(40, 48\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"'model\.layers\.1\.mlp\.up_proj\.weight' \(-> layers\.mlp\.up\) has "
+    r'shape \(39, 48\), expected \(40, 48\)',
+  ):
     weights.load(f'hf:{tmp_path}', LLAMA)
 
 
@@ -216,16 +255,22 @@ def test_export_cli_from_run_workdir(tmp_path):
   """`python -m rftjax.export --workdir`: params of the best checkpoint, without restoring the optimizer state."""
   from rftjax import checkpoint as checkpoint_lib
   from rftjax import export
+
   cfg = model_lib.get_config('tiny')
   run = tmp_path / 'run'
   run.mkdir()
-  (run / 'config.json').write_text(json.dumps({'model': 'tiny', 'init': '', 'tokenizer': None,
-                                               'param_dtype': 'float32'}))
+  (run / 'config.json').write_text(
+    json.dumps({'model': 'tiny', 'init': '', 'tokenizer': None, 'param_dtype': 'float32'})
+  )
   best, last = _random_params(cfg, 1), _random_params(cfg, 2)
   with checkpoint_lib.Checkpointer(run / 'checkpoints', async_save=False) as ckpt:
     for step, params, reward in ((10, best, 0.9), (20, last, 0.1)):
-      state = {'params': params, 'opt_state': {'mu': jax.tree.map(jnp.zeros_like, params)},
-               'step': jnp.int32(step), 'rng': jax.random.key_data(jax.random.key(step))}
+      state = {
+        'params': params,
+        'opt_state': {'mu': jax.tree.map(jnp.zeros_like, params)},
+        'step': jnp.int32(step),
+        'rng': jax.random.key_data(jax.random.key(step)),
+      }
       ckpt.save(step, state, extra={}, metrics={'valid_reward_mean': reward})
   for which, want in (('best', best), ('latest', last), ('20', last)):
     out = tmp_path / f'hf-{which}'
@@ -236,6 +281,7 @@ def test_export_cli_from_run_workdir(tmp_path):
 
 def test_export_cli_plain_conversion(tmp_path, capsys):
   from rftjax import export
+
   params = _random_params(QWEN)
   weights.export_hf(params, QWEN, tmp_path / 'a')
   assert export.main([f'--init=hf:{tmp_path / "a"}', f'--out={tmp_path / "b"}', '--dtype=bfloat16']) == 0
@@ -243,7 +289,8 @@ def test_export_cli_plain_conversion(tmp_path, capsys):
   config = json.loads((tmp_path / 'b' / 'config.json').read_text())
   assert config['architectures'] == ['Qwen2ForCausalLM'] and config['torch_dtype'] == 'bfloat16'
   back = weights.load(f'hf:{tmp_path / "b"}', QWEN)
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y.astype(jnp.bfloat16))),
-               back, params)
+  jax.tree.map(
+    lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y.astype(jnp.bfloat16))), back, params
+  )
   with pytest.raises(SystemExit):
     export.main([f'--out={tmp_path / "c"}'])  # neither --init nor --workdir

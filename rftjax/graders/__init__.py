@@ -6,6 +6,7 @@
   graders.summarize(results, prefix="train"); graders.check_failures(results, max_error_share=0.5)
 See docs/graders.md.
 """
+
 from rftjax.graders.core import CATEGORIES
 from rftjax.graders.core import GradeError
 from rftjax.graders.core import GradeResult
@@ -22,6 +23,20 @@ from rftjax.graders.spec import build
 from rftjax.graders.spec import load
 from rftjax.graders.spec import validate
 
-__all__ = ["CATEGORIES", "GradeError", "GradeResult", "Grader", "GraderConfigError", "GradingFailed",
-           "check_failures", "summarize", "http_judge", "register_judge", "GradingPool", "TYPES", "build",
-           "load", "validate"]
+__all__ = [
+  'CATEGORIES',
+  'GradeError',
+  'GradeResult',
+  'Grader',
+  'GraderConfigError',
+  'GradingFailed',
+  'check_failures',
+  'summarize',
+  'http_judge',
+  'register_judge',
+  'GradingPool',
+  'TYPES',
+  'build',
+  'load',
+  'validate',
+]

@@ -3,6 +3,7 @@
 A grading never raises into the trainer: it ends as a `GradeResult` whose `reward` is 0 and whose `errors`
 name one of OpenAI's categories. `GraderConfigError` is the one exception users see, at build time.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,16 +11,24 @@ import json
 from typing import Any
 
 # OpenAI's reinforcement fine-tuning error categories (the `*_error` metrics of a fine-tuning job).
-SAMPLE_PARSE = "sample_parse"
-INVALID_VARIABLE = "invalid_variable"
-FORMULA_PARSE = "formula_parse"
-PYTHON_RUNTIME = "python_grader_runtime"
-PYTHON_TIMEOUT = "python_grader_timeout"
-MODEL_PARSE = "model_grader_parse"
-MODEL_SERVER = "model_grader_server"
-OTHER = "other"
-CATEGORIES = (SAMPLE_PARSE, INVALID_VARIABLE, FORMULA_PARSE, PYTHON_RUNTIME, PYTHON_TIMEOUT, MODEL_PARSE,
-              MODEL_SERVER, OTHER)
+SAMPLE_PARSE = 'sample_parse'
+INVALID_VARIABLE = 'invalid_variable'
+FORMULA_PARSE = 'formula_parse'
+PYTHON_RUNTIME = 'python_grader_runtime'
+PYTHON_TIMEOUT = 'python_grader_timeout'
+MODEL_PARSE = 'model_grader_parse'
+MODEL_SERVER = 'model_grader_server'
+OTHER = 'other'
+CATEGORIES = (
+  SAMPLE_PARSE,
+  INVALID_VARIABLE,
+  FORMULA_PARSE,
+  PYTHON_RUNTIME,
+  PYTHON_TIMEOUT,
+  MODEL_PARSE,
+  MODEL_SERVER,
+  OTHER,
+)
 
 
 class GraderConfigError(ValueError):
@@ -40,15 +49,19 @@ class GradeResult:
   give values in [0, 1]; score_model gives a value inside its `range` (default [0, 1]); python gives whatever
   finite float `grade` returns; multi gives the value of `calculate_output`. A failed grading has reward 0.
   """
+
   reward: float
   sub_rewards: dict[str, float] = dataclasses.field(default_factory=dict)
   errors: tuple[GradeError, ...] = ()
   metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict[str, Any]:
-    return {"reward": self.reward, "sub_rewards": dict(self.sub_rewards),
-            "errors": [{"category": e.category, "message": e.message} for e in self.errors],
-            "metadata": dict(self.metadata)}
+    return {
+      'reward': self.reward,
+      'sub_rewards': dict(self.sub_rewards),
+      'errors': [{'category': e.category, 'message': e.message} for e in self.errors],
+      'metadata': dict(self.metadata),
+    }
 
 
 def failed(category: str, message: str, **metadata: Any) -> GradeResult:
@@ -65,13 +78,14 @@ class GradingException(Exception):
 
 # How a grader runs: in the calling process (cheap and trusted), in a sandboxed worker process (user code,
 # sympy), or on a thread in the calling process (network-bound model judges).
-INLINE, SANDBOX, MODEL = "inline", "sandbox", "model"
+INLINE, SANDBOX, MODEL = 'inline', 'sandbox', 'model'
 
 
 class Grader:
   """Base class. Subclasses set `type`, `name`, `mode` and implement one of the grading hooks."""
-  type: str = ""
-  name: str = ""
+
+  type: str = ''
+  name: str = ''
   mode: str = INLINE
   spec: dict[str, Any]
 
@@ -84,16 +98,16 @@ class Grader:
     raise NotImplementedError
 
   def __repr__(self) -> str:
-    return f"{type(self).__name__}(name={self.name!r}, spec={json.dumps(self.spec)[:200]})"
+    return f'{type(self).__name__}(name={self.name!r}, spec={json.dumps(self.spec)[:200]})'
 
 
 def sample_dict(text: str) -> dict[str, Any]:
   """The sample a grader sees: OpenAI's `output_text`, plus `output_json` when the text parses as JSON."""
-  sample: dict[str, Any] = {"output_text": text, "output_json": None}
+  sample: dict[str, Any] = {'output_text': text, 'output_json': None}
   stripped = text.strip()
-  if stripped[:1] in ("{", "["):
+  if stripped[:1] in ('{', '['):
     try:
-      sample["output_json"] = json.loads(stripped)
+      sample['output_json'] = json.loads(stripped)
     except ValueError:
       pass
   return sample

@@ -9,61 +9,62 @@ signs, a trailing unit written as words after a space ("5 cm", "12 \\text{dollar
 ("1,000"), and a leading "x =". A percentage "50%" matches both 50 and 0.5. Intervals compare endpoints and
 bracket types; tuples compare in order; `\\{...\\}` sets and bare comma lists compare as unordered multisets.
 """
+
 from __future__ import annotations
 
 import re
 
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?(?:[eE][-+]?\d+)?\s*\\?%?|-?\.\d+")
-_ANSWER_IS = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*(.+)", re.IGNORECASE)
-_ALLOWED_NAMES = {"sqrt", "root", "pi", "oo", "log", "ln", "exp", "sin", "cos", "tan", "Abs"}
+_NUMBER = re.compile(r'-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?(?:[eE][-+]?\d+)?\s*\\?%?|-?\.\d+')
+_ANSWER_IS = re.compile(r'(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*(.+)', re.IGNORECASE)
+_ALLOWED_NAMES = {'sqrt', 'root', 'pi', 'oo', 'log', 'ln', 'exp', 'sin', 'cos', 'tan', 'Abs'}
 _MAX_LEN = 400
 # A number followed, after a space, by unit words ("5 cm", "3 m^2", "12 dollars"), not by pi/oo/sqrt.
-_UNIT = re.compile(r"^(-?[\d.,/\s*^()]*\d\)?)\s+(?:(?!(?:pi|oo|sqrt|root)\b)[A-Za-z]+\.?(?:\s*\^\s*\(?\d\)?)?\s*)+$")
+_UNIT = re.compile(r'^(-?[\d.,/\s*^()]*\d\)?)\s+(?:(?!(?:pi|oo|sqrt|root)\b)[A-Za-z]+\.?(?:\s*\^\s*\(?\d\)?)?\s*)+$')
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:
   """Content of the brace group opening at text[start] == '{' and the index after it."""
   depth = 0
   for i in range(start, len(text)):
-    if text[i] == "{":
+    if text[i] == '{':
       depth += 1
-    elif text[i] == "}":
+    elif text[i] == '}':
       depth -= 1
       if depth == 0:
-        return text[start + 1:i], i + 1
+        return text[start + 1 : i], i + 1
   return None
 
 
 def last_boxed(text: str) -> str | None:
-  idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+  idx = max(text.rfind('\\boxed'), text.rfind('\\fbox'))
   if idx < 0:
     return None
-  rest = idx + (6 if text.startswith("\\boxed", idx) else 5)
-  while rest < len(text) and text[rest] == " ":
+  rest = idx + (6 if text.startswith('\\boxed', idx) else 5)
+  while rest < len(text) and text[rest] == ' ':
     rest += 1
-  if rest < len(text) and text[rest] == "{":
+  if rest < len(text) and text[rest] == '{':
     group = _braced(text, rest)
     return group[0] if group else None
-  m = re.match(r"\S+", text[rest:].lstrip())  # "\boxed 5"
-  return m.group(0).rstrip("$.") if m else None
+  m = re.match(r'\S+', text[rest:].lstrip())  # "\boxed 5"
+  return m.group(0).rstrip('$.') if m else None
 
 
 def _is_bare(text: str) -> bool:
   """True for a short one-line text that is an answer, not prose or a worked equation: no '=', and no plain word
   (two or more letters, LaTeX commands and pi/sqrt/... aside) except one trailing unit ("5 cm")."""
-  plain = re.sub(r"[{}]", " ", re.sub(r"\\[A-Za-z]+", " ", text)).strip()
-  if len(text) > 120 or "\n" in plain or "=" in plain:
+  plain = re.sub(r'[{}]', ' ', re.sub(r'\\[A-Za-z]+', ' ', text)).strip()
+  if len(text) > 120 or '\n' in plain or '=' in plain:
     return False
-  words = [w for w in re.findall(r"[A-Za-z]{2,}", plain) if w not in _ALLOWED_NAMES]
-  return not words or (len(words) == 1 and re.search(words[0] + r"\s*(?:\^\s*\d+)?[\s.]*$", plain) is not None)
+  words = [w for w in re.findall(r'[A-Za-z]{2,}', plain) if w not in _ALLOWED_NAMES]
+  return not words or (len(words) == 1 and re.search(words[0] + r'\s*(?:\^\s*\d+)?[\s.]*$', plain) is not None)
 
 
 def _after_equals(text: str) -> str | None:
-  """"2 * 4 = 8" -> "8": a short one-line equation answers with its last right-hand side."""
+  """ "2 * 4 = 8" -> "8": a short one-line equation answers with its last right-hand side."""
   line = text.strip()
-  if "\n" in line or len(line) > 120 or "=" not in line:
+  if '\n' in line or len(line) > 120 or '=' not in line:
     return None
-  rhs = line.rsplit("=", 1)[1].strip().rstrip(".").strip()
+  rhs = line.rsplit('=', 1)[1].strip().rstrip('.').strip()
   return rhs if rhs and _is_bare(rhs) else None
 
 
@@ -75,16 +76,16 @@ def extract_answer(text: str) -> str | None:
     return boxed
   matches = list(_ANSWER_IS.finditer(text))
   if matches:
-    ans = matches[-1].group(1).strip().split("\n")[0].strip()
-    ans = re.sub(r"\.\s.*$", "", ans)  # cut at a sentence end, keep decimal points
-    ans = ans.strip().rstrip(".").strip().strip("*").strip()
+    ans = matches[-1].group(1).strip().split('\n')[0].strip()
+    ans = re.sub(r'\.\s.*$', '', ans)  # cut at a sentence end, keep decimal points
+    ans = ans.strip().rstrip('.').strip().strip('*').strip()
     if ans:
       return ans
-  spans = re.findall(r"\$([^$]+)\$|\\\((.+?)\\\)", text.replace("\\$", "\\dollar "))
+  spans = re.findall(r'\$([^$]+)\$|\\\((.+?)\\\)', text.replace('\\$', '\\dollar '))
   if spans:
-    return (spans[-1][0] or spans[-1][1]).replace("\\dollar ", "").strip()
+    return (spans[-1][0] or spans[-1][1]).replace('\\dollar ', '').strip()
   if text.strip() and _is_bare(text.strip()):
-    return text.strip().strip("*").strip()
+    return text.strip().strip('*').strip()
   rhs = _after_equals(text)
   if rhs is not None:
     return rhs
@@ -95,119 +96,155 @@ def extract_answer(text: str) -> str | None:
 def _replace_frac(s: str) -> str:
   """\\frac{a}{b} and \\frac12 -> ((a)/(b)), innermost last so nesting works."""
   while True:
-    idx = s.find("\\frac")
+    idx = s.find('\\frac')
     if idx < 0:
       return s
     pos = idx + 5
     args = []
     for _ in range(2):
-      while pos < len(s) and s[pos] == " ":
+      while pos < len(s) and s[pos] == ' ':
         pos += 1
-      if pos < len(s) and s[pos] == "{":
+      if pos < len(s) and s[pos] == '{':
         group = _braced(s, pos)
         if group is None:
-          raise ValueError("unbalanced braces")
+          raise ValueError('unbalanced braces')
         args.append(group[0])
         pos = group[1]
       elif pos < len(s):
         args.append(s[pos])
         pos += 1
       else:
-        raise ValueError("\\frac needs two arguments")
-    s = s[:idx] + f"(({args[0]})/({args[1]}))" + s[pos:]
+        raise ValueError('\\frac needs two arguments')
+    s = s[:idx] + f'(({args[0]})/({args[1]}))' + s[pos:]
 
 
 def _replace_sqrt(s: str) -> str:
   while True:
-    idx = s.find("\\sqrt")
+    idx = s.find('\\sqrt')
     if idx < 0:
       return s
     pos = idx + 5
     index = None
-    if pos < len(s) and s[pos] == "[":
-      end = s.index("]", pos)
-      index, pos = s[pos + 1:end], end + 1
-    if pos < len(s) and s[pos] == "{":
+    if pos < len(s) and s[pos] == '[':
+      end = s.index(']', pos)
+      index, pos = s[pos + 1 : end], end + 1
+    if pos < len(s) and s[pos] == '{':
       group = _braced(s, pos)
       if group is None:
-        raise ValueError("unbalanced braces")
+        raise ValueError('unbalanced braces')
       arg, pos = group
     else:
-      m = re.match(r"\s*(\d+|[A-Za-z])", s[pos:])
+      m = re.match(r'\s*(\d+|[A-Za-z])', s[pos:])
       if not m:
-        raise ValueError("\\sqrt without argument")
+        raise ValueError('\\sqrt without argument')
       arg, pos = m.group(1), pos + m.end()
-    s = s[:idx] + (f"root({arg},{index})" if index else f"sqrt({arg})") + s[pos:]
+    s = s[:idx] + (f'root({arg},{index})' if index else f'sqrt({arg})') + s[pos:]
 
 
 def normalize(ans: str) -> tuple[str, bool]:
   """LaTeX/plain answer -> (plain text for sympy or string compare, had_percent)."""
   s = ans.strip()
-  for wrapper in ("\\text", "\\textbf", "\\mathrm", "\\mbox", "\\mathbf", "\\operatorname"):
-    while wrapper + "{" in s:
-      i = s.index(wrapper + "{")
+  for wrapper in ('\\text', '\\textbf', '\\mathrm', '\\mbox', '\\mathbf', '\\operatorname'):
+    while wrapper + '{' in s:
+      i = s.index(wrapper + '{')
       group = _braced(s, i + len(wrapper))
       if group is None:
         break
-      s = s[:i] + " " + group[0] + " " + s[group[1]:]
-  for old, new in (("\\$", ""), ("$", ""), ("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", " "),
-                   ("\\;", " "), ("\\:", " "), ("\\ ", " "), ("~", " "), ("\\displaystyle", ""),
-                   ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("^\\circ", ""), ("^{\\circ}", ""), ("°", ""),
-                   ("\\degree", ""), ("\\circ", ""), ("\\cdot", "*"), ("\\times", "*"), ("\\div", "/"),
-                   ("\\pi", " pi "), ("π", " pi "), ("\\infty", " oo "), ("∞", " oo "), ("\\cup", " U "),
-                   ("∪", " U "), ("\\ln", " ln "), ("\\log", " log "), ("\\sin", " sin "), ("\\cos", " cos "),
-                   ("\\tan", " tan "), ("\\exp", " exp "), ("\\{", "{"), ("\\}", "}"), ("\u2212", "-")):
+      s = s[:i] + ' ' + group[0] + ' ' + s[group[1] :]
+  for old, new in (
+    ('\\$', ''),
+    ('$', ''),
+    ('\\left', ''),
+    ('\\right', ''),
+    ('\\!', ''),
+    ('\\,', ' '),
+    ('\\;', ' '),
+    ('\\:', ' '),
+    ('\\ ', ' '),
+    ('~', ' '),
+    ('\\displaystyle', ''),
+    ('\\dfrac', '\\frac'),
+    ('\\tfrac', '\\frac'),
+    ('^\\circ', ''),
+    ('^{\\circ}', ''),
+    ('°', ''),
+    ('\\degree', ''),
+    ('\\circ', ''),
+    ('\\cdot', '*'),
+    ('\\times', '*'),
+    ('\\div', '/'),
+    ('\\pi', ' pi '),
+    ('π', ' pi '),
+    ('\\infty', ' oo '),
+    ('∞', ' oo '),
+    ('\\cup', ' U '),
+    ('∪', ' U '),
+    ('\\ln', ' ln '),
+    ('\\log', ' log '),
+    ('\\sin', ' sin '),
+    ('\\cos', ' cos '),
+    ('\\tan', ' tan '),
+    ('\\exp', ' exp '),
+    ('\\{', '{'),
+    ('\\}', '}'),
+    ('\u2212', '-'),
+  ):
     s = s.replace(old, new)
-  percent = "%" in s
-  s = s.replace("\\%", "").replace("%", "")
-  s = re.sub(r"\\(?:quad|qquad)", " ", s)
-  s = s.strip().rstrip(".").strip()
-  s = re.sub(r"^\(?\s*([A-Za-z])\s*\)$", r"\1", s) if re.fullmatch(r"\(\s*[A-Z]\s*\)", s) else s
-  s = re.sub(r"^[A-Za-z]\s*=\s*(?=\S)", "", s)  # "x = 5" -> "5"
-  s = _UNIT.sub(r"\1", s)  # "5 cm^2" -> "5"
-  if re.fullmatch(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?", s):  # "3\,000"
-    s = s.replace(" ", "")
-  if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
-    s = s.replace(",", "")
-  s = re.sub(r"(?<![\d.])0+(?=\d)", "", s)  # 007 -> 7 (Python rejects leading zeros)
+  percent = '%' in s
+  s = s.replace('\\%', '').replace('%', '')
+  s = re.sub(r'\\(?:quad|qquad)', ' ', s)
+  s = s.strip().rstrip('.').strip()
+  s = re.sub(r'^\(?\s*([A-Za-z])\s*\)$', r'\1', s) if re.fullmatch(r'\(\s*[A-Z]\s*\)', s) else s
+  s = re.sub(r'^[A-Za-z]\s*=\s*(?=\S)', '', s)  # "x = 5" -> "5"
+  s = _UNIT.sub(r'\1', s)  # "5 cm^2" -> "5"
+  if re.fullmatch(r'-?\d{1,3}(?: \d{3})+(?:\.\d+)?', s):  # "3\,000"
+    s = s.replace(' ', '')
+  if re.fullmatch(r'-?\d{1,3}(?:,\d{3})+(?:\.\d+)?', s):
+    s = s.replace(',', '')
+  s = re.sub(r'(?<![\d.])0+(?=\d)', '', s)  # 007 -> 7 (Python rejects leading zeros)
   return s.strip(), percent
 
 
 def _to_sympy(s: str):
   import sympy
   from sympy.parsing import sympy_parser as sp
+
   if len(s) > _MAX_LEN:
-    raise ValueError("answer too long to parse")
-  s = re.sub(r"(?<![\d.])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}", r"(\1+\\frac{\2}{\3})", s)  # mixed number 2\frac{1}{2}
+    raise ValueError('answer too long to parse')
+  s = re.sub(r'(?<![\d.])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}', r'(\1+\\frac{\2}{\3})', s)  # mixed number 2\frac{1}{2}
   s = _replace_sqrt(_replace_frac(s))
-  s = re.sub(r"\b(sin|cos|tan)\s*\^\s*\(?(\d)\)?\s*\(?([A-Za-z])\)?", r"(\1(\3))**\2", s)  # sin^2 x
-  s = re.sub(r"\|([^|]+)\|", r"Abs(\1)", s)
-  s = s.replace("{", "(").replace("}", ")")
-  s = re.sub(r"(\d+(?:\.\d+)?)[eE]([-+]?\d+)", r"(\1*10**(\2))", s)  # 1.5e3, exact
-  if re.search(r"[^0-9A-Za-z+\-*/^().,_ ]", s) or "__" in s:
-    raise ValueError(f"unsupported characters in {s!r}")
-  names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", s))
-  if re.fullmatch(r"[A-Za-z ]+", s) and any(len(n) > 1 and n not in _ALLOWED_NAMES for n in names):
-    raise ValueError("a word, not math")  # "yes", "even": compared as text
+  s = re.sub(r'\b(sin|cos|tan)\s*\^\s*\(?(\d)\)?\s*\(?([A-Za-z])\)?', r'(\1(\3))**\2', s)  # sin^2 x
+  s = re.sub(r'\|([^|]+)\|', r'Abs(\1)', s)
+  s = s.replace('{', '(').replace('}', ')')
+  s = re.sub(r'(\d+(?:\.\d+)?)[eE]([-+]?\d+)', r'(\1*10**(\2))', s)  # 1.5e3, exact
+  if re.search(r'[^0-9A-Za-z+\-*/^().,_ ]', s) or '__' in s:
+    raise ValueError(f'unsupported characters in {s!r}')
+  names = set(re.findall(r'[A-Za-z_][A-Za-z0-9_]*', s))
+  if re.fullmatch(r'[A-Za-z ]+', s) and any(len(n) > 1 and n not in _ALLOWED_NAMES for n in names):
+    raise ValueError('a word, not math')  # "yes", "even": compared as text
   for name in sorted(names, key=len, reverse=True):
     if len(name) > 1 and name not in _ALLOWED_NAMES:
       if not (name.isalpha() and len(name) <= 3):
-        raise ValueError(f"unknown name {name!r}")
-      s = re.sub(rf"\b{name}\b", "*".join(name), s)  # xy -> x*y
-  names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", s))
+        raise ValueError(f'unknown name {name!r}')
+      s = re.sub(rf'\b{name}\b', '*'.join(name), s)  # xy -> x*y
+  names = set(re.findall(r'[A-Za-z_][A-Za-z0-9_]*', s))
   local = {n: sympy.Symbol(n) for n in names if len(n) == 1}
   local.update(ln=sympy.log, root=sympy.root, oo=sympy.oo, pi=sympy.pi)
-  transformations = sp.standard_transformations + (sp.implicit_multiplication_application, sp.convert_xor,
-                                                   sp.rationalize)
+  transformations = sp.standard_transformations + (
+    sp.implicit_multiplication_application,
+    sp.convert_xor,
+    sp.rationalize,
+  )
   expr = sp.parse_expr(s, local_dict=local, transformations=transformations, evaluate=False)
   for node in sympy.preorder_traversal(expr):
     if isinstance(node, sympy.Pow) and node.exp.is_number and abs(node.exp) > 10_000:
-      raise ValueError("exponent too large")
+      raise ValueError('exponent too large')
   return sympy.sympify(expr)
 
 
 def _scalar_equal(a: str, b: str, a_pct: bool, b_pct: bool) -> bool:
   import sympy
+
   ea, eb = _to_sympy(a), _to_sympy(b)
   cands_a = [ea, ea / 100] if a_pct else [ea]
   cands_b = [eb, eb / 100] if b_pct else [eb]
@@ -227,15 +264,15 @@ def _scalar_equal(a: str, b: str, a_pct: bool, b_pct: bool) -> bool:
 
 
 def _split_top(s: str) -> list[str]:
-  parts, depth, cur = [], 0, ""
+  parts, depth, cur = [], 0, ''
   for ch in s:
-    if ch in "([{":
+    if ch in '([{':
       depth += 1
-    elif ch in ")]}":
+    elif ch in ')]}':
       depth -= 1
-    if ch == "," and depth == 0:
+    if ch == ',' and depth == 0:
       parts.append(cur)
-      cur = ""
+      cur = ''
     else:
       cur += ch
   parts.append(cur)
@@ -244,11 +281,11 @@ def _split_top(s: str) -> list[str]:
 
 def _group(s: str) -> tuple[str, str, list[str]] | None:
   """'(a, b]' -> ('(', ']', ['a', 'b']) when the brackets enclose the whole string and there is a comma."""
-  if len(s) >= 2 and s[0] in "([{" and s[-1] in ")]}":
+  if len(s) >= 2 and s[0] in '([{' and s[-1] in ')]}':
     depth = 0
     for i, ch in enumerate(s):
-      depth += ch in "([{"
-      depth -= ch in ")]}"
+      depth += ch in '([{'
+      depth -= ch in ')]}'
       if depth == 0 and i < len(s) - 1:
         return None
     inner = _split_top(s[1:-1])
@@ -260,14 +297,14 @@ def _group(s: str) -> tuple[str, str, list[str]] | None:
 def _equal(a: str, b: str, a_pct: bool, b_pct: bool) -> bool:
   if a == b:
     return True
-  a_union, b_union = [p.strip() for p in a.split(" U ")], [p.strip() for p in b.split(" U ")]
+  a_union, b_union = [p.strip() for p in a.split(' U ')], [p.strip() for p in b.split(' U ')]
   if len(a_union) > 1 or len(b_union) > 1:
     return len(a_union) == len(b_union) and all(_equal(x, y, False, False) for x, y in zip(a_union, b_union))
   ga, gb = _group(a), _group(b)
   if ga or gb:
     if not (ga and gb) or len(ga[2]) != len(gb[2]):
       return False
-    if ga[0] == "{" or gb[0] == "{":  # sets: unordered
+    if ga[0] == '{' or gb[0] == '{':  # sets: unordered
       return ga[0] == gb[0] and _multiset_equal(ga[2], gb[2])
     return ga[:2] == gb[:2] and all(_equal(x, y, False, False) for x, y in zip(ga[2], gb[2]))
   la, lb = _split_top(a), _split_top(b)
@@ -292,7 +329,7 @@ def _multiset_equal(xs: list[str], ys: list[str]) -> bool:
 
 
 def _text(s: str) -> str:
-  return re.sub(r"\s+", " ", s).strip().lower()
+  return re.sub(r'\s+', ' ', s).strip().lower()
 
 
 def answers_equal(answer: str, reference: str) -> bool:
@@ -309,5 +346,5 @@ def grade(output_text: str, reference: str) -> tuple[float, dict]:
   ref = last_boxed(reference)
   ref = reference if ref is None else ref
   if answer is None:
-    return 0.0, {"extracted": None}
-  return float(answers_equal(answer, ref)), {"extracted": answer[:200]}
+    return 0.0, {'extracted': None}
+  return float(answers_equal(answer, ref)), {'extracted': answer[:200]}

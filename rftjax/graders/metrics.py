@@ -1,4 +1,5 @@
 """Turning a batch of GradeResults into logged scalars, and failing loudly when too many gradings failed."""
+
 from __future__ import annotations
 
 import collections
@@ -15,7 +16,7 @@ class GradingFailed(RuntimeError):
     self.errors = errors
 
 
-def summarize(results: Sequence[core.GradeResult], prefix: str = "train") -> dict[str, float]:
+def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dict[str, float]:
   """Scalars for the metrics writer.
 
   {prefix}_reward_mean, {prefix}/grader/<name> (mean of each multi sub-grader), {prefix}/errors/<category>
@@ -24,8 +25,10 @@ def summarize(results: Sequence[core.GradeResult], prefix: str = "train") -> dic
   and model graders), {prefix}/num_graded.
   """
   n = len(results)
-  out: dict[str, float] = {f"{prefix}_reward_mean": sum(r.reward for r in results) / n if n else 0.0,
-                           f"{prefix}/num_graded": float(n)}
+  out: dict[str, float] = {
+    f'{prefix}_reward_mean': sum(r.reward for r in results) / n if n else 0.0,
+    f'{prefix}/num_graded': float(n),
+  }
   sub_sum: dict[str, float] = collections.defaultdict(float)
   sub_count: dict[str, int] = collections.defaultdict(int)
   errors = collections.Counter()
@@ -39,20 +42,20 @@ def summarize(results: Sequence[core.GradeResult], prefix: str = "train") -> dic
       any_error += 1
       for category in {e.category for e in r.errors}:
         errors[category] += 1
-    lat = r.metadata.get("latency_s") if r.metadata else None
+    lat = r.metadata.get('latency_s') if r.metadata else None
     if lat is None and r.metadata:
-      subs = [m.get("latency_s") for m in r.metadata.values() if isinstance(m, dict) and "latency_s" in m]
+      subs = [m.get('latency_s') for m in r.metadata.values() if isinstance(m, dict) and 'latency_s' in m]
       lat = max(subs) if subs else None
     if lat is not None:
       latencies.append(float(lat))
   for name in sub_sum:
-    out[f"{prefix}/grader/{name}"] = sub_sum[name] / sub_count[name]
+    out[f'{prefix}/grader/{name}'] = sub_sum[name] / sub_count[name]
   for category in core.CATEGORIES:
-    out[f"{prefix}/errors/{category}"] = errors[category] / n if n else 0.0
-  out[f"{prefix}/error_rate"] = any_error / n if n else 0.0
+    out[f'{prefix}/errors/{category}'] = errors[category] / n if n else 0.0
+  out[f'{prefix}/error_rate'] = any_error / n if n else 0.0
   if latencies:
-    out[f"{prefix}/grading_latency_s_mean"] = sum(latencies) / len(latencies)
-    out[f"{prefix}/grading_latency_s_max"] = max(latencies)
+    out[f'{prefix}/grading_latency_s_mean'] = sum(latencies) / len(latencies)
+    out[f'{prefix}/grading_latency_s_max'] = max(latencies)
   return out
 
 
@@ -64,7 +67,9 @@ def check_failures(results: Sequence[core.GradeResult], max_error_share: float =
   if not results or bad / len(results) <= max_error_share:
     return
   counts = collections.Counter(e.category for _, e in failed)
-  shown = "\n\n".join(f"--- sample {i} [{e.category}]\n{e.message}" for i, e in failed[:5])
+  shown = '\n\n'.join(f'--- sample {i} [{e.category}]\n{e.message}' for i, e in failed[:5])
   raise GradingFailed(
-      f"{bad} of {len(results)} gradings failed ({bad / len(results):.0%} > allowed {max_error_share:.0%}); "
-      f"by category: {dict(counts)}. First failures:\n{shown}", failed)
+    f'{bad} of {len(results)} gradings failed ({bad / len(results):.0%} > allowed {max_error_share:.0%}); '
+    f'by category: {dict(counts)}. First failures:\n{shown}',
+    failed,
+  )

@@ -8,6 +8,7 @@ A judge is any callable `judge(messages: list[dict], sampling_params: dict) -> s
 Failures: transport/HTTP errors -> model_grader_server; an answer that is not a number in range / not one of
 the labels -> model_grader_parse.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,8 @@ from rftjax.graders import templating
 Judge = Callable[[list[dict], dict], str]
 _LOCAL_JUDGES: dict[str, Judge] = {}
 _LOCK = threading.Lock()
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+DEFAULT_BASE_URL = 'https://api.openai.com/v1'
+_NUM = r'[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?'
 
 
 def register_judge(name: str, judge: Judge | None) -> None:
@@ -38,73 +39,83 @@ def register_judge(name: str, judge: Judge | None) -> None:
       _LOCAL_JUDGES[name] = judge
 
 
-def http_judge(base_url: str, api_key_env: str | None = "OPENAI_API_KEY", model: str = "",
-               timeout_s: float = 60.0, max_retries: int = 2) -> Judge:
+def http_judge(
+  base_url: str,
+  api_key_env: str | None = 'OPENAI_API_KEY',
+  model: str = '',
+  timeout_s: float = 60.0,
+  max_retries: int = 2,
+) -> Judge:
   """A judge backed by an OpenAI-compatible chat completions endpoint (stdlib urllib only)."""
-  url = base_url.rstrip("/") + "/chat/completions"
+  url = base_url.rstrip('/') + '/chat/completions'
 
   def judge(messages: list[dict], sampling_params: dict) -> str:
-    body = {"model": model, "messages": messages, **_map_sampling(sampling_params)}
-    headers = {"Content-Type": "application/json"}
+    body = {'model': model, 'messages': messages, **_map_sampling(sampling_params)}
+    headers = {'Content-Type': 'application/json'}
     key = os.environ.get(api_key_env) if api_key_env else None
     if key:
-      headers["Authorization"] = f"Bearer {key}"
-    last = ""
+      headers['Authorization'] = f'Bearer {key}'
+    last = ''
     for attempt in range(max_retries + 1):
-      request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+      request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method='POST')
       try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
           payload = json.loads(response.read().decode())
         break
       except urllib.error.HTTPError as e:
-        last = f"HTTP {e.code} from {url}: {e.read()[:300].decode(errors='replace')}"
+        last = f'HTTP {e.code} from {url}: {e.read()[:300].decode(errors="replace")}'
         if e.code not in (408, 409, 429) and e.code < 500:
           raise core.GradingException(core.MODEL_SERVER, last) from None
       except (urllib.error.URLError, TimeoutError, OSError) as e:
-        last = f"cannot reach judge at {url}: {e}"
+        last = f'cannot reach judge at {url}: {e}'
       except ValueError as e:
-        raise core.GradingException(core.MODEL_SERVER, f"judge at {url} returned invalid JSON: {e}") from None
+        raise core.GradingException(core.MODEL_SERVER, f'judge at {url} returned invalid JSON: {e}') from None
       if attempt < max_retries:
         time.sleep(0.2 * 2**attempt)
     else:
       raise core.GradingException(core.MODEL_SERVER, last)
     try:
-      message = payload["choices"][0]["message"]
+      message = payload['choices'][0]['message']
     except (KeyError, IndexError, TypeError):
-      raise core.GradingException(core.MODEL_SERVER, f"judge reply has no choices[0].message: "
-                                  f"{json.dumps(payload)[:300]}") from None
-    if message.get("refusal"):
-      raise core.GradingException(core.MODEL_PARSE, f"judge refused: {message['refusal'][:300]}")
-    return message.get("content") or ""
+      raise core.GradingException(
+        core.MODEL_SERVER, f'judge reply has no choices[0].message: {json.dumps(payload)[:300]}'
+      ) from None
+    if message.get('refusal'):
+      raise core.GradingException(core.MODEL_PARSE, f'judge refused: {message["refusal"][:300]}')
+    return message.get('content') or ''
+
   return judge
 
 
 def _map_sampling(params: dict) -> dict:
   out = dict(params or {})
-  if "max_completions_tokens" in out:  # OpenAI's grader field name -> the chat API's
-    out["max_completion_tokens"] = out.pop("max_completions_tokens")
+  if 'max_completions_tokens' in out:  # OpenAI's grader field name -> the chat API's
+    out['max_completion_tokens'] = out.pop('max_completions_tokens')
   return out
 
 
 def _compile_messages(messages: Any, field: str):
   if not isinstance(messages, list) or not messages:
-    raise core.GraderConfigError(f"{field}: expected a non-empty list of messages {{role, content}}, found "
-                                 f"{json.dumps(messages)[:100]}")
+    raise core.GraderConfigError(
+      f'{field}: expected a non-empty list of messages {{role, content}}, found {json.dumps(messages)[:100]}'
+    )
   compiled = []
   for k, msg in enumerate(messages):
-    where = f"{field}[{k}]"
-    if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-      raise core.GraderConfigError(f"{where}: expected an object with 'role' and 'content', found "
-                                   f"{json.dumps(msg)[:100]}")
-    if msg["role"] not in ("system", "developer", "user", "assistant"):
-      raise core.GraderConfigError(f"{where}.role: found {msg['role']!r}, expected system, developer, user or "
-                                   "assistant")
-    content = msg["content"]
+    where = f'{field}[{k}]'
+    if not isinstance(msg, dict) or 'role' not in msg or 'content' not in msg:
+      raise core.GraderConfigError(
+        f"{where}: expected an object with 'role' and 'content', found {json.dumps(msg)[:100]}"
+      )
+    if msg['role'] not in ('system', 'developer', 'user', 'assistant'):
+      raise core.GraderConfigError(
+        f'{where}.role: found {msg["role"]!r}, expected system, developer, user or assistant'
+      )
+    content = msg['content']
     if isinstance(content, dict):  # {"type": "input_text", "text": ...}
-      content = content.get("text")
+      content = content.get('text')
     elif isinstance(content, list):
-      content = "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-    compiled.append((msg["role"], templating.compile_template(content, f"{where}.content")))
+      content = ''.join(part.get('text', '') if isinstance(part, dict) else str(part) for part in content)
+    compiled.append((msg['role'], templating.compile_template(content, f'{where}.content')))
   return compiled
 
 
@@ -113,33 +124,37 @@ class _ModelGrader(core.Grader):
 
   def __init__(self, spec: dict[str, Any], name: str):
     self.spec, self.name = spec, name
-    self.messages = _compile_messages(spec.get("input"), f"{name}.input")
-    self.model = spec["model"]
-    self.sampling_params = dict(spec.get("sampling_params") or {})
-    self.needs_json = "output_json" in json.dumps(spec.get("input"))
+    self.messages = _compile_messages(spec.get('input'), f'{name}.input')
+    self.model = spec['model']
+    self.sampling_params = dict(spec.get('sampling_params') or {})
+    self.needs_json = 'output_json' in json.dumps(spec.get('input'))
 
   def judge(self, timeout_s: float) -> Judge:
     local = _LOCAL_JUDGES.get(self.model)
-    if local is not None and "base_url" not in self.spec:
+    if local is not None and 'base_url' not in self.spec:
       return local
-    return http_judge(self.spec.get("base_url", DEFAULT_BASE_URL), self.spec.get("api_key_env", "OPENAI_API_KEY"),
-                      self.model, timeout_s, int(self.spec.get("max_retries", 2)))
+    return http_judge(
+      self.spec.get('base_url', DEFAULT_BASE_URL),
+      self.spec.get('api_key_env', 'OPENAI_API_KEY'),
+      self.model,
+      timeout_s,
+      int(self.spec.get('max_retries', 2)),
+    )
 
   def grade_one(self, text: str, item: dict, timeout_s: float) -> core.GradeResult:
     t0 = time.perf_counter()
-    sample = core.sample_dict(text) if self.needs_json else {"output_text": text}
+    sample = core.sample_dict(text) if self.needs_json else {'output_text': text}
     try:
-      messages = [{"role": role, "content": render(sample, item)} for role, render in self.messages]
+      messages = [{'role': role, 'content': render(sample, item)} for role, render in self.messages]
       answer = self.judge(timeout_s)(messages, self.sampling_params)
       if not isinstance(answer, str):
-        raise core.GradingException(core.MODEL_PARSE, f"judge returned {type(answer).__name__}, expected str")
+        raise core.GradingException(core.MODEL_PARSE, f'judge returned {type(answer).__name__}, expected str')
       reward, meta = self.parse(answer)
     except core.GradingException as e:
       return core.failed(e.category, str(e), latency_s=time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001  (a local judge's bug must not stop the run)
-      return core.failed(core.MODEL_SERVER, f"judge raised {type(e).__name__}: {e}",
-                         latency_s=time.perf_counter() - t0)
-    meta["latency_s"] = time.perf_counter() - t0
+      return core.failed(core.MODEL_SERVER, f'judge raised {type(e).__name__}: {e}', latency_s=time.perf_counter() - t0)
+    meta['latency_s'] = time.perf_counter() - t0
     return core.GradeResult(reward, {}, (), meta)
 
   def grade_batch(self, samples, items):
@@ -151,8 +166,8 @@ class _ModelGrader(core.Grader):
 
 def _json_field(answer: str, keys: tuple[str, ...]) -> Any:
   text = answer.strip()
-  text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text)
-  if text.startswith("{"):
+  text = re.sub(r'^```(?:json)?\s*|\s*```$', '', text)
+  if text.startswith('{'):
     try:
       obj = json.loads(text)
     except ValueError:
@@ -165,58 +180,62 @@ def _json_field(answer: str, keys: tuple[str, ...]) -> Any:
 
 class ScoreModel(_ModelGrader):
   """The judge's number, clamped into `range` (default [0, 1]); metadata["passed"] against pass_threshold."""
-  type = "score_model"
+
+  type = 'score_model'
 
   def __init__(self, spec, name):
     super().__init__(spec, name)
-    self.lo, self.hi = (float(x) for x in spec.get("range", (0.0, 1.0)))
-    self.pass_threshold = spec.get("pass_threshold")
+    self.lo, self.hi = (float(x) for x in spec.get('range', (0.0, 1.0)))
+    self.pass_threshold = spec.get('pass_threshold')
 
   def parse(self, answer):
-    value = _json_field(answer, ("result", "score"))
+    value = _json_field(answer, ('result', 'score'))
     if value is None:
-      stripped = answer.strip().strip("*").strip()
+      stripped = answer.strip().strip('*').strip()
       if re.fullmatch(_NUM, stripped):
         value = stripped
       else:
-        keyed = re.findall(rf"(?:score|result|rating)\W{{0,3}}\s*({_NUM})", answer, re.IGNORECASE)
+        keyed = re.findall(rf'(?:score|result|rating)\W{{0,3}}\s*({_NUM})', answer, re.IGNORECASE)
         numbers = re.findall(_NUM, answer)
         value = keyed[-1] if keyed else (numbers[0] if len(numbers) == 1 else None)
     try:
       score = float(value)
-      if score != score or score in (float("inf"), float("-inf")):
+      if score != score or score in (float('inf'), float('-inf')):
         raise ValueError
     except (TypeError, ValueError):
-      raise core.GradingException(core.MODEL_PARSE, f"judge answer is not a score in [{self.lo:g}, {self.hi:g}]: "
-                                  f"{answer[:300]!r}") from None
-    meta: dict[str, Any] = {"raw_score": score}
+      raise core.GradingException(
+        core.MODEL_PARSE, f'judge answer is not a score in [{self.lo:g}, {self.hi:g}]: {answer[:300]!r}'
+      ) from None
+    meta: dict[str, Any] = {'raw_score': score}
     clamped = min(max(score, self.lo), self.hi)
     if clamped != score:
-      meta["clamped"] = True
+      meta['clamped'] = True
     if self.pass_threshold is not None:
-      meta["passed"] = clamped >= self.pass_threshold
+      meta['passed'] = clamped >= self.pass_threshold
     return clamped, meta
 
 
 class LabelModel(_ModelGrader):
   """1.0 if the judge's label is in `passing_labels`, 0.0 if it is another of `labels`."""
-  type = "label_model"
+
+  type = 'label_model'
 
   def __init__(self, spec, name):
     super().__init__(spec, name)
-    self.labels = list(spec["labels"])
-    self.passing = set(spec["passing_labels"])
+    self.labels = list(spec['labels'])
+    self.passing = set(spec['passing_labels'])
 
   def parse(self, answer):
-    label = _json_field(answer, ("result", "label"))
+    label = _json_field(answer, ('result', 'label'))
     if not isinstance(label, str):
-      label = answer.strip().strip("*\"'`").strip().rstrip(".").strip()
+      label = answer.strip().strip('*"\'`').strip().rstrip('.').strip()
     if label not in self.labels:
       folded = [lb for lb in self.labels if lb.lower() == label.lower()]
       if not folded:
-        folded = [lb for lb in self.labels if re.search(rf"\b{re.escape(lb)}\b", answer, re.IGNORECASE)]
+        folded = [lb for lb in self.labels if re.search(rf'\b{re.escape(lb)}\b', answer, re.IGNORECASE)]
       if len(folded) != 1:
-        raise core.GradingException(core.MODEL_PARSE, f"judge answer is not one of the labels {self.labels}: "
-                                    f"{answer[:300]!r}")
+        raise core.GradingException(
+          core.MODEL_PARSE, f'judge answer is not one of the labels {self.labels}: {answer[:300]!r}'
+        )
       label = folded[0]
-    return (1.0 if label in self.passing else 0.0), {"label": label}
+    return (1.0 if label in self.passing else 0.0), {'label': label}

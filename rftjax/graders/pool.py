@@ -11,6 +11,7 @@
 Every spawn happens on the dispatcher thread, which lives as long as the pool: PR_SET_PDEATHSIG in the workers
 fires when the *thread* that spawned them exits, so this also makes workers die with the pool's process.
 """
+
 from __future__ import annotations
 
 import collections
@@ -33,8 +34,8 @@ from typing import Any
 
 from rftjax.graders import core
 
-_WORKER_SCRIPT = pathlib.Path(__file__).with_name("sandbox_worker.py")
-_CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup/pids")
+_WORKER_SCRIPT = pathlib.Path(__file__).with_name('sandbox_worker.py')
+_CGROUP_ROOT = pathlib.Path('/sys/fs/cgroup/pids')
 _MAX_FRAME = 64 << 20
 _MAX_TASKS_PER_WORKER = 4  # cgroup pids.max: the worker itself plus a few threads a grader library may start
 _counter = itertools.count()
@@ -52,18 +53,41 @@ class _Worker:
   """One sandbox process and the parent's ends of its pipes."""
 
   def __init__(self, memory_mb: int, disk_mb: int):
-    self.tmpdir = tempfile.mkdtemp(prefix="rftjax-grader-")
+    self.tmpdir = tempfile.mkdtemp(prefix='rftjax-grader-')
     self.cgroup = _make_cgroup()
     child_r, self.w = os.pipe()
     self.r, child_w = os.pipe()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    env = {
+      'PATH': os.environ.get('PATH', '/usr/bin:/bin'),
+      'LANG': 'C.UTF-8',
+      'OMP_NUM_THREADS': '1',
+      'OPENBLAS_NUM_THREADS': '1',
+      'MKL_NUM_THREADS': '1',
+      'PYTHONHASHSEED': '0',
+    }
     try:
       self.proc = subprocess.Popen(
-          [sys.executable, "-E", "-s", "-B", str(_WORKER_SCRIPT), str(child_r), str(child_w), self.tmpdir,
-           str(self.cgroup or ""), str(memory_mb), str(disk_mb)],
-          pass_fds=(child_r, child_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-          stderr=subprocess.DEVNULL, start_new_session=True, env=env, cwd=self.tmpdir)
+        [
+          sys.executable,
+          '-E',
+          '-s',
+          '-B',
+          str(_WORKER_SCRIPT),
+          str(child_r),
+          str(child_w),
+          self.tmpdir,
+          str(self.cgroup or ''),
+          str(memory_mb),
+          str(disk_mb),
+        ],
+        pass_fds=(child_r, child_w),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+        cwd=self.tmpdir,
+      )
     finally:
       os.close(child_r)
       os.close(child_w)
@@ -76,13 +100,13 @@ class _Worker:
 
   def send(self, obj: Any, timeout_s: float) -> None:
     data = json.dumps(obj, default=str).encode()  # non-JSON item values reach the grader as strings
-    view = memoryview(struct.pack(">I", len(data)) + data)
+    view = memoryview(struct.pack('>I', len(data)) + data)
     end = time.monotonic() + timeout_s
     while view:
       _, ready, _ = select.select([], [self.w], [], max(0.0, end - time.monotonic()))
       if not ready:
-        raise TimeoutError("worker did not read its task")
-      view = view[os.write(self.w, view):]
+        raise TimeoutError('worker did not read its task')
+      view = view[os.write(self.w, view) :]
 
   def read_frames(self) -> list[dict] | None:
     """Reads what is available; returns decoded frames, or None at EOF (the worker died)."""
@@ -95,13 +119,13 @@ class _Worker:
     self.buf += data
     frames = []
     while len(self.buf) >= 4:
-      (n,) = struct.unpack(">I", self.buf[:4])
+      (n,) = struct.unpack('>I', self.buf[:4])
       if n > _MAX_FRAME:
-        raise ValueError(f"worker sent a {n}-byte frame")
+        raise ValueError(f'worker sent a {n}-byte frame')
       if len(self.buf) < 4 + n:
         break
-      frames.append(json.loads(bytes(self.buf[4:4 + n])))
-      del self.buf[:4 + n]
+      frames.append(json.loads(bytes(self.buf[4 : 4 + n])))
+      del self.buf[: 4 + n]
     return frames
 
   def kill(self) -> None:
@@ -127,20 +151,20 @@ class _Worker:
     try:
       code = self.proc.wait(timeout=1)
     except subprocess.TimeoutExpired:
-      return "worker process stopped answering"
+      return 'worker process stopped answering'
     if code < 0:
-      return f"worker process killed by signal {signal.Signals(-code).name}"
-    return f"worker process exited with code {code}"
+      return f'worker process killed by signal {signal.Signals(-code).name}'
+    return f'worker process exited with code {code}'
 
 
 def _make_cgroup() -> pathlib.Path | None:
   """A pids cgroup capping the worker's tasks (a fork bomb stops at the cap), where the kernel lets us."""
-  if not (_CGROUP_ROOT / "cgroup.procs").exists() or not os.access(_CGROUP_ROOT, os.W_OK):
+  if not (_CGROUP_ROOT / 'cgroup.procs').exists() or not os.access(_CGROUP_ROOT, os.W_OK):
     return None
-  path = _CGROUP_ROOT / f"rftjax-grader-{os.getpid()}-{next(_counter)}"
+  path = _CGROUP_ROOT / f'rftjax-grader-{os.getpid()}-{next(_counter)}'
   try:
     path.mkdir()
-    (path / "pids.max").write_text(str(_MAX_TASKS_PER_WORKER))
+    (path / 'pids.max').write_text(str(_MAX_TASKS_PER_WORKER))
     return path
   except OSError:
     _remove_cgroup(path)
@@ -152,7 +176,7 @@ def _kill_cgroup(path: pathlib.Path | None) -> None:
     return
   for _ in range(50):
     try:
-      pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+      pids = [int(p) for p in (path / 'cgroup.procs').read_text().split()]
     except (OSError, ValueError):
       return
     if not pids:
@@ -198,26 +222,33 @@ class GradingPool:
   deadline for starting a worker and loading a grader it has not seen.
   """
 
-  def __init__(self, num_workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-               memory_mb: int = DEFAULT_MEMORY_MB, disk_mb: int = DEFAULT_DISK_MB, chunk_size: int = 64,
-               model_threads: int = 16, load_grace_s: float = LOAD_GRACE_S):
+  def __init__(
+    self,
+    num_workers: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    disk_mb: int = DEFAULT_DISK_MB,
+    chunk_size: int = 64,
+    model_threads: int = 16,
+    load_grace_s: float = LOAD_GRACE_S,
+  ):
     self.num_workers = max(1, num_workers or os.cpu_count() or 1)
     self.timeout_s, self.memory_mb, self.disk_mb, self.chunk_size = timeout_s, memory_mb, disk_mb, chunk_size
     self.load_grace_s = load_grace_s
     self._workers: list[_Worker] = []
     self._jobs: queue.Queue = queue.Queue()
-    self._model_threads = concurrent.futures.ThreadPoolExecutor(model_threads, thread_name_prefix="rftjax-judge")
+    self._model_threads = concurrent.futures.ThreadPoolExecutor(model_threads, thread_name_prefix='rftjax-judge')
     self._closed = False
-    self._thread = threading.Thread(target=self._dispatch_forever, name="rftjax-grading", daemon=True)
+    self._thread = threading.Thread(target=self._dispatch_forever, name='rftjax-grading', daemon=True)
     self._thread.start()
 
   # Public API ------------------------------------------------------------------------------------------------
   def submit(self, grader: core.Grader, samples: list[str], items: list[dict]) -> concurrent.futures.Future:
     """Non-blocking: returns a Future whose .result() is list[GradeResult], one per sample, in order."""
     if self._closed:
-      raise RuntimeError("GradingPool is closed")
+      raise RuntimeError('GradingPool is closed')
     if len(samples) != len(items):
-      raise ValueError(f"samples and items must have the same length, found {len(samples)} and {len(items)}")
+      raise ValueError(f'samples and items must have the same length, found {len(samples)} and {len(items)}')
     fut: concurrent.futures.Future = concurrent.futures.Future()
     self._jobs.put((grader, list(samples), list(items), fut))
     return fut
@@ -235,7 +266,7 @@ class GradingPool:
     self._thread.join(timeout=30)
     self._model_threads.shutdown(wait=False, cancel_futures=True)
 
-  def __enter__(self) -> "GradingPool":
+  def __enter__(self) -> 'GradingPool':
     return self
 
   def __exit__(self, *exc) -> None:
@@ -267,16 +298,17 @@ class GradingPool:
       self._workers.clear()
 
   def _grade_now(self, grader: core.Grader, samples: list[str], items: list[dict]) -> list[core.GradeResult]:
-    leaves = grader.leaves() if hasattr(grader, "leaves") else [grader]
+    leaves = grader.leaves() if hasattr(grader, 'leaves') else [grader]
     per_leaf: list[list[core.GradeResult]] = [None] * len(leaves)  # type: ignore[list-item]
     model_futs, sandbox_jobs = {}, {}
     for k, leaf in enumerate(leaves):
       if leaf.mode == core.MODEL:
-        model_futs[k] = [self._model_threads.submit(leaf.grade_one, s, it, self.timeout_s)
-                         for s, it in zip(samples, items)]
+        model_futs[k] = [
+          self._model_threads.submit(leaf.grade_one, s, it, self.timeout_s) for s, it in zip(samples, items)
+        ]
       elif leaf.mode == core.SANDBOX:
         tasks, early = leaf.sandbox_tasks(samples, items)
-        job = _SandboxJob(leaf, tasks, float(leaf.spec.get("timeout_s", self.timeout_s)))
+        job = _SandboxJob(leaf, tasks, float(leaf.spec.get('timeout_s', self.timeout_s)))
         job.results.update(early)
         sandbox_jobs[k] = job
     for k, leaf in enumerate(leaves):
@@ -288,7 +320,7 @@ class GradingPool:
         per_leaf[k] = [job.results[i] for i in range(len(samples))]
     for k, futs in model_futs.items():
       per_leaf[k] = [f.result() for f in futs]
-    if hasattr(grader, "combine"):
+    if hasattr(grader, 'combine'):
       return grader.combine(per_leaf)
     return per_leaf[0]
 
@@ -306,12 +338,12 @@ class GradingPool:
             break
           tasks = [job.pending.popleft() for _ in range(min(chunk, len(job.pending)))]
           try:
-            w.send({"grader": job.spec, "tasks": tasks}, job.timeout_s)
+            w.send({'grader': job.spec, 'tasks': tasks}, job.timeout_s)
           except (OSError, TimeoutError):
             job.pending.extendleft(reversed(tasks))
             w = self._replace(slot, w)
             continue
-          grace = 0.0 if job.spec["key"] in w.loaded else self.load_grace_s
+          grace = 0.0 if job.spec['key'] in w.loaded else self.load_grace_s
           w.chunk, w.job, w.deadline = tasks, job, time.monotonic() + job.timeout_s + grace
       busy = [w for w in self._workers if w.chunk is not None]
       if not busy:
@@ -327,7 +359,7 @@ class GradingPool:
             frames = w.read_frames()
           except (ValueError, UnicodeDecodeError) as e:
             frames = None
-            self._fail_current(w, core.OTHER, f"worker sent an unreadable reply: {e}")
+            self._fail_current(w, core.OTHER, f'worker sent an unreadable reply: {e}')
           if frames is None:
             if w.chunk:
               self._fail_current(w, core.PYTHON_RUNTIME, w.exit_description())
@@ -337,31 +369,32 @@ class GradingPool:
             for frame in frames:
               self._accept(w, frame)
           except (ValueError, KeyError, TypeError, IndexError) as e:
-            self._fail_current(w, core.OTHER, f"worker sent an unexpected reply: {e}")
+            self._fail_current(w, core.OTHER, f'worker sent an unexpected reply: {e}')
             self._replace(slot, w)
             continue
           if frames and w.chunk is not None:  # only whole replies restart the clock
             w.deadline = now + w.job.timeout_s
         elif now >= w.deadline:
-          self._fail_current(w, core.PYTHON_TIMEOUT,
-                             f"grading took longer than {w.job.timeout_s:g} s (wall clock); worker killed")
+          self._fail_current(
+            w, core.PYTHON_TIMEOUT, f'grading took longer than {w.job.timeout_s:g} s (wall clock); worker killed'
+          )
           self._replace(slot, w)
 
   def _accept(self, w: _Worker, frame: dict) -> None:
-    if "loaded" in frame:
-      w.loaded.add(frame["loaded"])
+    if 'loaded' in frame:
+      w.loaded.add(frame['loaded'])
       return
     job = w.job
-    idx = frame.get("i")
+    idx = frame.get('i')
     if not w.chunk or w.chunk[0][0] != idx:
-      raise ValueError(f"worker answered task {idx}, expected {w.chunk[0][0] if w.chunk else None}")
+      raise ValueError(f'worker answered task {idx}, expected {w.chunk[0][0] if w.chunk else None}')
     w.chunk.pop(0)
-    err = frame.get("e")
-    meta = frame.get("m") or {}
+    err = frame.get('e')
+    meta = frame.get('m') or {}
     if err:
       job.results[idx] = core.GradeResult(0.0, {}, (core.GradeError(str(err[0]), str(err[1])),), meta)
     else:
-      job.results[idx] = core.GradeResult(float(frame["s"]), {}, (), meta)
+      job.results[idx] = core.GradeResult(float(frame['s']), {}, (), meta)
     if not w.chunk:
       w.chunk, w.job = None, None
 

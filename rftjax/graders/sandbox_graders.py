@@ -2,6 +2,7 @@
 
 The parent side only renders templates and packs JSON tasks; `sandbox_worker.py` does the grading.
 """
+
 from __future__ import annotations
 
 import ast
@@ -38,13 +39,14 @@ class _Sandboxed(core.Grader):
 
 class PythonGrader(_Sandboxed):
   """`source` defines grade(sample, item) -> float; run in a worker with OpenAI's limits."""
-  type = "python"
+
+  type = 'python'
 
   def __init__(self, spec: dict[str, Any], name: str):
     self.spec, self.name = spec, name
-    check_source(spec["source"], f"{name}.source")
-    self._worker_spec = {"kind": "python", "source": spec["source"]}
-    self._worker_spec["key"] = _key(self._worker_spec)
+    check_source(spec['source'], f'{name}.source')
+    self._worker_spec = {'kind': 'python', 'source': spec['source']}
+    self._worker_spec['key'] = _key(self._worker_spec)
 
   def worker_spec(self):
     return self._worker_spec
@@ -55,70 +57,77 @@ class PythonGrader(_Sandboxed):
 
 def check_source(source: Any, field: str) -> None:
   if not isinstance(source, str):
-    raise core.GraderConfigError(f"{field}: expected Python source code as a string, found {type(source).__name__}")
+    raise core.GraderConfigError(f'{field}: expected Python source code as a string, found {type(source).__name__}')
   if len(source.encode()) > MAX_SOURCE_BYTES:
-    raise core.GraderConfigError(f"{field}: source is {len(source.encode())} bytes, expected at most "
-                                 f"{MAX_SOURCE_BYTES}")
+    raise core.GraderConfigError(
+      f'{field}: source is {len(source.encode())} bytes, expected at most {MAX_SOURCE_BYTES}'
+    )
   try:
     tree = ast.parse(source, filename=field)
   except SyntaxError as e:
-    raise core.GraderConfigError(f"{field}: syntax error at line {e.lineno}, column {e.offset}: {e.msg}: "
-                                 f"{(e.text or '').strip()!r}") from None
-  fns = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "grade"]
+    raise core.GraderConfigError(
+      f'{field}: syntax error at line {e.lineno}, column {e.offset}: {e.msg}: {(e.text or "").strip()!r}'
+    ) from None
+  fns = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == 'grade']
   if not fns:
-    raise core.GraderConfigError(f"{field}: found no top-level `def grade(sample, item)`; expected one that "
-                                 "returns a float")
+    raise core.GraderConfigError(
+      f'{field}: found no top-level `def grade(sample, item)`; expected one that returns a float'
+    )
   args = fns[-1].args
   if len(args.posonlyargs) + len(args.args) < 2 and args.vararg is None:
-    raise core.GraderConfigError(f"{field}: grade() takes {len(args.args)} argument(s) at line {fns[-1].lineno}; "
-                                 "expected grade(sample, item)")
+    raise core.GraderConfigError(
+      f'{field}: grade() takes {len(args.args)} argument(s) at line {fns[-1].lineno}; expected grade(sample, item)'
+    )
 
 
 class MathGrader(_Sandboxed):
   """1.0 if the final answer of `input` equals `reference` (see mathgrade.py for the rules), else 0.0."""
-  type = "math"
+
+  type = 'math'
 
   def __init__(self, spec: dict[str, Any], name: str):
     self.spec, self.name = spec, name
-    self.render_input = templating.compile_template(spec.get("input", "{{sample.output_text}}"), f"{name}.input")
-    self.render_reference = templating.compile_template(spec["reference"], f"{name}.reference")
-    self.needs_json = templating.uses_json(spec.get("input")) or templating.uses_json(spec["reference"])
+    self.render_input = templating.compile_template(spec.get('input', '{{sample.output_text}}'), f'{name}.input')
+    self.render_reference = templating.compile_template(spec['reference'], f'{name}.reference')
+    self.needs_json = templating.uses_json(spec.get('input')) or templating.uses_json(spec['reference'])
 
   def worker_spec(self):
-    return {"kind": "math", "key": "math"}
+    return {'kind': 'math', 'key': 'math'}
 
   def task_args(self, text, item):
-    sample = core.sample_dict(text) if self.needs_json else {"output_text": text}
+    sample = core.sample_dict(text) if self.needs_json else {'output_text': text}
     return [self.render_input(sample, item), self.render_reference(sample, item)]
 
 
 class CodeGrader(_Sandboxed):
   """Runs the last fenced code block of `input`, then each of `tests` separately; score = fraction passed."""
-  type = "code"
+
+  type = 'code'
 
   def __init__(self, spec: dict[str, Any], name: str):
     self.spec, self.name = spec, name
-    self.render_input = templating.compile_template(spec.get("input", "{{sample.output_text}}"), f"{name}.input")
-    tests = spec["tests"]
-    field = f"{name}.tests"
+    self.render_input = templating.compile_template(spec.get('input', '{{sample.output_text}}'), f'{name}.input')
+    tests = spec['tests']
+    field = f'{name}.tests'
     if isinstance(tests, list):
       if not tests:
-        raise core.GraderConfigError(f"{field}: expected a non-empty list of test statements, found []")
-      self.render_tests = [templating.compile_template(t, f"{field}[{k}]") for k, t in enumerate(tests)]
+        raise core.GraderConfigError(f'{field}: expected a non-empty list of test statements, found []')
+      self.render_tests = [templating.compile_template(t, f'{field}[{k}]') for k, t in enumerate(tests)]
       self.tests_path = None
     elif isinstance(tests, str):
       m = templating._VAR.fullmatch(tests.strip())
       self.tests_path = templating.parse_path(m.group(1), field) if m else None
       self.render_tests = templating.compile_template(tests, field)
     else:
-      raise core.GraderConfigError(f"{field}: expected a list of Python statements or one string of test code, "
-                                   f"found {type(tests).__name__}")
+      raise core.GraderConfigError(
+        f'{field}: expected a list of Python statements or one string of test code, found {type(tests).__name__}'
+      )
 
   def worker_spec(self):
-    return {"kind": "code", "key": "code"}
+    return {'kind': 'code', 'key': 'code'}
 
   def task_args(self, text, item):
-    sample = {"output_text": text}
+    sample = {'output_text': text}
     if isinstance(self.render_tests, list):
       tests = [r(sample, item) for r in self.render_tests]
     elif self.tests_path is not None:  # "{{item.tests}}": a list in the item stays a list

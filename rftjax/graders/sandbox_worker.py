@@ -12,6 +12,7 @@ Protocol on the pipes: frames of a 4-byte big-endian length and UTF-8 JSON. Requ
 {"grader": {...}, "tasks": [[index, *args], ...]}; one reply per task: {"i": index, "s": score,
 "e": [category, message] | null, "m": metadata}.
 """
+
 import io
 import json
 import math
@@ -24,16 +25,51 @@ import sys
 import time
 import traceback
 
-_BLOCKED_PREFIXES = ("os.fork", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.kill", "os.killpg",
-                     "subprocess.", "socket.", "ctypes.", "resource.setrlimit", "resource.prlimit", "pty.",
-                     "os.setuid", "os.setgid", "os.setsid", "os.setpgid", "os.chroot", "os.startfile", "os.mknod",
-                     "os.mkfifo", "winreg.", "_posixsubprocess")
+_BLOCKED_PREFIXES = (
+  'os.fork',
+  'os.exec',
+  'os.posix_spawn',
+  'os.spawn',
+  'os.system',
+  'os.kill',
+  'os.killpg',
+  'subprocess.',
+  'socket.',
+  'ctypes.',
+  'resource.setrlimit',
+  'resource.prlimit',
+  'pty.',
+  'os.setuid',
+  'os.setgid',
+  'os.setsid',
+  'os.setpgid',
+  'os.chroot',
+  'os.startfile',
+  'os.mknod',
+  'os.mkfifo',
+  'winreg.',
+  '_posixsubprocess',
+)
 # Modules that reach fork/exec or raw memory without raising an audit event of their own.
-_BLOCKED_MODULES = {"_posixsubprocess", "_xxsubinterpreters"}  # ctypes: every use raises a ctypes.* event
-_PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.mkdir": (0,), "os.chmod": (0,),
-                "os.chown": (0,), "os.link": (0, 1), "os.symlink": (1,), "os.truncate": (0,), "os.utime": (0,),
-                "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copytree": (1,), "shutil.move": (1,),
-                "os.removexattr": (0,), "os.setxattr": (0,)}
+_BLOCKED_MODULES = {'_posixsubprocess', '_xxsubinterpreters'}  # ctypes: every use raises a ctypes.* event
+_PATH_EVENTS = {
+  'os.remove': (0,),
+  'os.rmdir': (0,),
+  'os.rename': (0, 1),
+  'os.mkdir': (0,),
+  'os.chmod': (0,),
+  'os.chown': (0,),
+  'os.link': (0, 1),
+  'os.symlink': (1,),
+  'os.truncate': (0,),
+  'os.utime': (0,),
+  'shutil.rmtree': (0,),
+  'shutil.copyfile': (1,),
+  'shutil.copytree': (1,),
+  'shutil.move': (1,),
+  'os.removexattr': (0,),
+  'os.setxattr': (0,),
+}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _STDOUT_KEEP = 2000
 
@@ -47,12 +83,12 @@ class _CappedOutput(io.TextIOBase):
   def write(self, text):
     n = len(text)
     if self.size < _STDOUT_KEEP:
-      self.kept.append(text[:_STDOUT_KEEP - self.size])
+      self.kept.append(text[: _STDOUT_KEEP - self.size])
     self.size += n
     return n
 
   def take(self):
-    out = "".join(self.kept)
+    out = ''.join(self.kept)
     self.kept, self.size = [], 0
     return out
 
@@ -63,12 +99,13 @@ class _CappedOutput(io.TextIOBase):
 def _confine(tmpdir: str, cgroup: str, mem_mb: int, disk_mb: int) -> None:
   if cgroup:
     try:
-      with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+      with open(os.path.join(cgroup, 'cgroup.procs'), 'w') as f:
         f.write(str(os.getpid()))
     except OSError:
       pass
   try:
     import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
     if os.geteuid() == 0:
@@ -78,6 +115,7 @@ def _confine(tmpdir: str, cgroup: str, mem_mb: int, disk_mb: int) -> None:
   os.chdir(tmpdir)
   os.environ.update(HOME=tmpdir, TMPDIR=tmpdir, TMP=tmpdir, TEMP=tmpdir)
   import tempfile
+
   tempfile.tempdir = tmpdir
   resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
   resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
@@ -95,24 +133,25 @@ def _confine(tmpdir: str, cgroup: str, mem_mb: int, disk_mb: int) -> None:
       p = os.fsdecode(path)
     except TypeError:
       return False
-    if p == "/dev/null":
+    if p == '/dev/null':
       return True
     return (realpath(p) + os.sep).startswith(root)
 
   def hook(event, args):
-    if event == "open":
+    if event == 'open':
       mode, flags = args[1], args[2]
-      if ((isinstance(mode, str) and any(c in mode for c in "wax+")) or (flags or 0) & _WRITE_FLAGS) and \
-          not inside(args[0]):
+      if ((isinstance(mode, str) and any(c in mode for c in 'wax+')) or (flags or 0) & _WRITE_FLAGS) and not inside(
+        args[0]
+      ):
         raise PermissionError(f"sandbox: writing {args[0]!r} outside the grader's temp dir is not allowed")
     elif event in path_events:
       for k in path_events[event]:
         if k < len(args) and not inside(args[k]):
           raise PermissionError(f"sandbox: {event} on {args[k]!r} outside the grader's temp dir is not allowed")
-    elif event == "import" and args[0].split(".")[0] in _BLOCKED_MODULES:
-      raise ImportError(f"sandbox: module {args[0]} is not available to graders")
+    elif event == 'import' and args[0].split('.')[0] in _BLOCKED_MODULES:
+      raise ImportError(f'sandbox: module {args[0]} is not available to graders')
     elif event.startswith(blocked):
-      raise PermissionError(f"sandbox: {event} is not allowed in a grader")
+      raise PermissionError(f'sandbox: {event} is not allowed in a grader')
 
   # subprocess is imported by common libraries (sympy), so it stays importable, but its fork_exec (which raises
   # no audit event of its own) is replaced, and a fresh import of _posixsubprocess is refused by the hook.
@@ -120,7 +159,8 @@ def _confine(tmpdir: str, cgroup: str, mem_mb: int, disk_mb: int) -> None:
   import _posixsubprocess
 
   def no_fork_exec(*args, **kwargs):
-    raise PermissionError("sandbox: starting processes is not allowed in a grader")
+    raise PermissionError('sandbox: starting processes is not allowed in a grader')
+
   _posixsubprocess.fork_exec = no_fork_exec
   subprocess._fork_exec = no_fork_exec
   sys.addaudithook(hook)
@@ -133,71 +173,79 @@ class _Error(Exception):
     self.category = category
 
 
-def _as_score(value, what="grade()"):
+def _as_score(value, what='grade()'):
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise _Error("python_grader_runtime", f"{what} returned {type(value).__name__} {str(value)[:100]!r}; "
-                 "expected a finite float")
+    raise _Error(
+      'python_grader_runtime', f'{what} returned {type(value).__name__} {str(value)[:100]!r}; expected a finite float'
+    )
   value = float(value)
   if not math.isfinite(value):
-    raise _Error("python_grader_runtime", f"{what} returned {value}; expected a finite float")
+    raise _Error('python_grader_runtime', f'{what} returned {value}; expected a finite float')
   return value
 
 
 def _sample(text):
-  sample = {"output_text": text, "output_json": None, "output_tools": []}
+  sample = {'output_text': text, 'output_json': None, 'output_tools': []}
   stripped = text.strip()
-  if stripped[:1] in ("{", "["):
+  if stripped[:1] in ('{', '['):
     try:
-      sample["output_json"] = json.loads(stripped)
+      sample['output_json'] = json.loads(stripped)
     except ValueError:
       pass
   return sample
 
 
 def _make_python(spec):
-  namespace = {"__name__": "grader"}
+  namespace = {'__name__': 'grader'}
   try:
-    exec(compile(spec["source"], "<grader source>", "exec"), namespace)
+    exec(compile(spec['source'], '<grader source>', 'exec'), namespace)
   except BaseException:  # noqa: BLE001  (user code)
     tb = traceback.format_exc(limit=-5)
+
     def broken(text, item):
-      raise _Error("python_grader_runtime", "grader source failed to load:\n" + tb)
+      raise _Error('python_grader_runtime', 'grader source failed to load:\n' + tb)
+
     return broken
-  grade_fn = namespace.get("grade")
+  grade_fn = namespace.get('grade')
   if not callable(grade_fn):
+
     def missing(text, item):
-      raise _Error("python_grader_runtime", "grader source does not define grade(sample, item)")
+      raise _Error('python_grader_runtime', 'grader source does not define grade(sample, item)')
+
     return missing
   return lambda text, item: (_as_score(grade_fn(_sample(text), item)), None)
 
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+\-]*)[^\n]*\n(.*?)```", re.DOTALL)
+_FENCE = re.compile(r'```[ \t]*([A-Za-z0-9_+\-]*)[^\n]*\n(.*?)```', re.DOTALL)
 
 
 def _run_code(text, tests):
   blocks = _FENCE.findall(text)
   if not blocks:
-    raise _Error("sample_parse", "no fenced code block (```...```) in the completion")
+    raise _Error('sample_parse', 'no fenced code block (```...```) in the completion')
   code = blocks[-1][1]
-  namespace = {"__name__": "__main__"}
+  namespace = {'__name__': '__main__'}
   meta = {}
   try:
-    exec(compile(code, "<completion>", "exec"), namespace)
+    exec(compile(code, '<completion>', 'exec'), namespace)
   except BaseException as e:  # noqa: BLE001  (the model's code failing is a score of 0, not a grader error)
-    return 0.0, {"passed": 0, "total": len(tests) if isinstance(tests, list) else 1,
-                 "exception": f"{type(e).__name__}: {e}"[:500]}
+    return 0.0, {
+      'passed': 0,
+      'total': len(tests) if isinstance(tests, list) else 1,
+      'exception': f'{type(e).__name__}: {e}'[:500],
+    }
   tests = [tests] if isinstance(tests, str) else list(tests)
   passed, failures = 0, []
   for test in tests:
     try:
-      exec(compile(test, "<test>", "exec"), dict(namespace))
+      exec(compile(test, '<test>', 'exec'), dict(namespace))
       passed += 1
     except BaseException as e:  # noqa: BLE001
       if len(failures) < 5:
-        failures.append(f"{test[:200]}: {type(e).__name__}: {str(e)[:200]}")
-  meta = {"passed": passed, "total": len(tests)}
+        failures.append(f'{test[:200]}: {type(e).__name__}: {str(e)[:200]}')
+  meta = {'passed': passed, 'total': len(tests)}
   if failures:
-    meta["failures"] = failures
+    meta['failures'] = failures
   return (passed / len(tests) if tests else 0.0), meta
 
 
@@ -206,23 +254,26 @@ def _make(spec):
     return _make_kind(spec)
   except Exception:  # noqa: BLE001  (an import failure must end as a named error, not a dead worker)
     tb = traceback.format_exc(limit=-5)
+
     def broken(*args):
-      raise _Error("python_grader_runtime", "grader failed to load in the sandbox:\n" + tb)
+      raise _Error('python_grader_runtime', 'grader failed to load in the sandbox:\n' + tb)
+
     return broken
 
 
 def _make_kind(spec):
-  kind = spec["kind"]
-  if kind == "python":
+  kind = spec['kind']
+  if kind == 'python':
     return _make_python(spec)
-  if kind == "math":
+  if kind == 'math':
     import mathgrade  # a sibling file: this script's directory is sys.path[0]
     import sympy  # noqa: F401  (import now, under the load deadline, not during the first sample's)
     from sympy.parsing import sympy_parser  # noqa: F401
+
     return lambda text, ref: mathgrade.grade(text, ref)
-  if kind == "code":
+  if kind == 'code':
     return _run_code
-  raise _Error("other", f"unknown sandbox grader kind {kind!r}")
+  raise _Error('other', f'unknown sandbox grader kind {kind!r}')
 
 
 # Loop --------------------------------------------------------------------------------------------------------
@@ -234,24 +285,25 @@ def _read_exact(fd, n):
       raise EOFError
     chunks.append(b)
     n -= len(b)
-  return b"".join(chunks)
+  return b''.join(chunks)
 
 
 def _send(fd, obj):
   data = json.dumps(obj, allow_nan=True, default=str).encode()
-  data = struct.pack(">I", len(data)) + data
+  data = struct.pack('>I', len(data)) + data
   view = memoryview(data)
   while view:
-    view = view[os.write(fd, view):]
+    view = view[os.write(fd, view) :]
 
 
 def _clear_workdir():
   """Each chunk starts with an empty temp dir, so one grader's files never reach the next or fill the disk."""
   try:
-    with os.scandir(".") as entries:
+    with os.scandir('.') as entries:
       for entry in entries:
         if entry.is_dir(follow_symlinks=False):
           import shutil
+
           shutil.rmtree(entry.path, ignore_errors=True)
         else:
           os.unlink(entry.path)
@@ -269,20 +321,20 @@ def main(argv):
   graders = {}
   while True:
     try:
-      (n,) = struct.unpack(">I", _read_exact(rfd, 4))
+      (n,) = struct.unpack('>I', _read_exact(rfd, 4))
       request = json.loads(_read_exact(rfd, n))
     except EOFError:
       return
-    spec = request["grader"]
-    key = spec["key"]
+    spec = request['grader']
+    key = spec['key']
     if key not in graders:
       if len(graders) > 32:
         graders.clear()
       graders[key] = _make(spec)
-      _send(wfd, {"loaded": key})  # loading (imports, module code) gets its own deadline
+      _send(wfd, {'loaded': key})  # loading (imports, module code) gets its own deadline
     fn = graders[key]
     _clear_workdir()
-    for index, args in request["tasks"]:
+    for index, args in request['tasks']:
       t0 = time.perf_counter()
       err, meta, score = None, None, 0.0
       try:
@@ -291,19 +343,19 @@ def main(argv):
       except _Error as e:
         err = [e.category, str(e)]
       except MemoryError:
-        err = ["python_grader_runtime", "MemoryError: the grader exceeded its memory limit"]
+        err = ['python_grader_runtime', 'MemoryError: the grader exceeded its memory limit']
       except BaseException:  # noqa: BLE001  (user code; SystemExit and KeyboardInterrupt included)
-        err = ["python_grader_runtime", traceback.format_exc(limit=-8)[-4000:]]
+        err = ['python_grader_runtime', traceback.format_exc(limit=-8)[-4000:]]
       meta = dict(meta or {})
-      meta["latency_s"] = time.perf_counter() - t0
+      meta['latency_s'] = time.perf_counter() - t0
       if out.size:
-        meta["stdout"] = out.take()
+        meta['stdout'] = out.take()
       try:
-        _send(wfd, {"i": index, "s": score, "e": err, "m": meta})
+        _send(wfd, {'i': index, 's': score, 'e': err, 'm': meta})
       except (TypeError, ValueError):
-        _send(wfd, {"i": index, "s": 0.0, "e": ["other", "result metadata is not JSON"], "m": {}})
+        _send(wfd, {'i': index, 's': 0.0, 'e': ['other', 'result metadata is not JSON'], 'm': {}})
       sys.stdout = sys.stderr = out  # a grader may have replaced them
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main(sys.argv)

@@ -1,4 +1,5 @@
 """Building graders from OpenAI-style JSON specs, with error messages that name the field, and `multi`."""
+
 from __future__ import annotations
 
 import json
@@ -22,106 +23,118 @@ _NUMBER = (int, float)
 def _field(spec: dict, key: str, types: tuple, where: str, required: bool = True, choices=None) -> Any:
   if key not in spec:
     if required:
-      raise _E(f"{where}: missing required field {key!r}; found fields {sorted(spec)}")
+      raise _E(f'{where}: missing required field {key!r}; found fields {sorted(spec)}')
     return None
   value = spec[key]
   if not isinstance(value, types) or (types == _NUMBER and isinstance(value, bool)):
-    names = " or ".join(t.__name__ for t in types)
-    raise _E(f"{where}.{key}: expected {names}, found {type(value).__name__} {json.dumps(value)[:80]}")
+    names = ' or '.join(t.__name__ for t in types)
+    raise _E(f'{where}.{key}: expected {names}, found {type(value).__name__} {json.dumps(value)[:80]}')
   if choices is not None and value not in choices:
-    raise _E(f"{where}.{key}: found {value!r}, expected one of {list(choices)}")
+    raise _E(f'{where}.{key}: found {value!r}, expected one of {list(choices)}')
   return value
 
 
 def _check_leaf(spec: dict, where: str) -> None:
-  kind = spec["type"]
-  if kind == "string_check":
-    _field(spec, "input", _STR, where)
-    _field(spec, "reference", _STR, where)
-    _field(spec, "operation", _STR, where, choices=text_graders.STRING_OPERATIONS)
-  elif kind == "text_similarity":
-    _field(spec, "input", _STR, where)
-    _field(spec, "reference", _STR, where)
-    metric = _field(spec, "evaluation_metric", _STR, where)
-    if metric == "cosine":
-      raise _E(f"{where}.evaluation_metric: 'cosine' needs an embedding model, which rftjax does not provide; "
-               f"expected one of {list(text_graders.SIMILARITY_METRICS)}")
-    _field(spec, "evaluation_metric", _STR, where, choices=text_graders.SIMILARITY_METRICS)
-    _field(spec, "pass_threshold", _NUMBER, where, required=False)
-  elif kind == "python":
-    _field(spec, "source", _STR, where)
-    _field(spec, "image_tag", _STR, where, required=False)
-    _positive(spec, "timeout_s", where)
-  elif kind in ("score_model", "label_model"):
-    _field(spec, "input", (list,), where)
-    _field(spec, "model", _STR, where)
-    _field(spec, "sampling_params", (dict,), where, required=False)
-    _field(spec, "base_url", _STR, where, required=False)
-    _field(spec, "api_key_env", _STR, where, required=False)
-    if kind == "score_model":
-      rng = _field(spec, "range", (list,), where, required=False)
-      if rng is not None and (len(rng) != 2 or not all(isinstance(x, _NUMBER) and not isinstance(x, bool)
-                                                        for x in rng) or not rng[0] < rng[1]):
-        raise _E(f"{where}.range: expected [low, high] numbers with low < high, found {json.dumps(rng)}")
-      _field(spec, "pass_threshold", _NUMBER, where, required=False)
+  kind = spec['type']
+  if kind == 'string_check':
+    _field(spec, 'input', _STR, where)
+    _field(spec, 'reference', _STR, where)
+    _field(spec, 'operation', _STR, where, choices=text_graders.STRING_OPERATIONS)
+  elif kind == 'text_similarity':
+    _field(spec, 'input', _STR, where)
+    _field(spec, 'reference', _STR, where)
+    metric = _field(spec, 'evaluation_metric', _STR, where)
+    if metric == 'cosine':
+      raise _E(
+        f"{where}.evaluation_metric: 'cosine' needs an embedding model, which rftjax does not provide; "
+        f'expected one of {list(text_graders.SIMILARITY_METRICS)}'
+      )
+    _field(spec, 'evaluation_metric', _STR, where, choices=text_graders.SIMILARITY_METRICS)
+    _field(spec, 'pass_threshold', _NUMBER, where, required=False)
+  elif kind == 'python':
+    _field(spec, 'source', _STR, where)
+    _field(spec, 'image_tag', _STR, where, required=False)
+    _positive(spec, 'timeout_s', where)
+  elif kind in ('score_model', 'label_model'):
+    _field(spec, 'input', (list,), where)
+    _field(spec, 'model', _STR, where)
+    _field(spec, 'sampling_params', (dict,), where, required=False)
+    _field(spec, 'base_url', _STR, where, required=False)
+    _field(spec, 'api_key_env', _STR, where, required=False)
+    if kind == 'score_model':
+      rng = _field(spec, 'range', (list,), where, required=False)
+      if rng is not None and (
+        len(rng) != 2 or not all(isinstance(x, _NUMBER) and not isinstance(x, bool) for x in rng) or not rng[0] < rng[1]
+      ):
+        raise _E(f'{where}.range: expected [low, high] numbers with low < high, found {json.dumps(rng)}')
+      _field(spec, 'pass_threshold', _NUMBER, where, required=False)
     else:
-      labels = _field(spec, "labels", (list,), where)
-      passing = _field(spec, "passing_labels", (list,), where)
+      labels = _field(spec, 'labels', (list,), where)
+      passing = _field(spec, 'passing_labels', (list,), where)
       if not labels or not all(isinstance(x, str) for x in labels):
-        raise _E(f"{where}.labels: expected a non-empty list of strings, found {json.dumps(labels)[:100]}")
+        raise _E(f'{where}.labels: expected a non-empty list of strings, found {json.dumps(labels)[:100]}')
       if not passing or not set(passing) <= set(labels):
-        raise _E(f"{where}.passing_labels: expected a non-empty subset of labels {labels}, found "
-                 f"{json.dumps(passing)[:100]}")
-  elif kind == "math":
-    _field(spec, "input", _STR, where, required=False)
-    _field(spec, "reference", _STR, where)
-    _positive(spec, "timeout_s", where)
-  elif kind == "code":
-    _field(spec, "input", _STR, where, required=False)
-    _field(spec, "tests", (list, str), where)
-    _positive(spec, "timeout_s", where)
+        raise _E(
+          f'{where}.passing_labels: expected a non-empty subset of labels {labels}, found {json.dumps(passing)[:100]}'
+        )
+  elif kind == 'math':
+    _field(spec, 'input', _STR, where, required=False)
+    _field(spec, 'reference', _STR, where)
+    _positive(spec, 'timeout_s', where)
+  elif kind == 'code':
+    _field(spec, 'input', _STR, where, required=False)
+    _field(spec, 'tests', (list, str), where)
+    _positive(spec, 'timeout_s', where)
 
 
 def _positive(spec: dict, key: str, where: str) -> None:
   value = _field(spec, key, _NUMBER, where, required=False)
   if value is not None and not (value > 0 and math.isfinite(value)):
-    raise _E(f"{where}.{key}: expected a positive number of seconds, found {value}")
+    raise _E(f'{where}.{key}: expected a positive number of seconds, found {value}')
 
 
-_LEAVES = {"string_check": text_graders.StringCheck, "text_similarity": text_graders.TextSimilarity,
-           "python": sandbox_graders.PythonGrader, "score_model": model_graders.ScoreModel,
-           "label_model": model_graders.LabelModel, "math": sandbox_graders.MathGrader,
-           "code": sandbox_graders.CodeGrader}
-TYPES = tuple(_LEAVES) + ("multi",)
+_LEAVES = {
+  'string_check': text_graders.StringCheck,
+  'text_similarity': text_graders.TextSimilarity,
+  'python': sandbox_graders.PythonGrader,
+  'score_model': model_graders.ScoreModel,
+  'label_model': model_graders.LabelModel,
+  'math': sandbox_graders.MathGrader,
+  'code': sandbox_graders.CodeGrader,
+}
+TYPES = tuple(_LEAVES) + ('multi',)
 
 
 def _build_leaf(spec: Any, where: str) -> core.Grader:
   if not isinstance(spec, dict):
-    raise _E(f"{where}: expected a grader object, found {type(spec).__name__}")
-  kind = _field(spec, "type", _STR, where, choices=TYPES)
-  if kind == "multi":
-    raise _E(f"{where}.type: a multi grader cannot contain another multi grader; expected one of {list(_LEAVES)}")
+    raise _E(f'{where}: expected a grader object, found {type(spec).__name__}')
+  kind = _field(spec, 'type', _STR, where, choices=TYPES)
+  if kind == 'multi':
+    raise _E(f'{where}.type: a multi grader cannot contain another multi grader; expected one of {list(_LEAVES)}')
   _check_leaf(spec, where)
-  return _LEAVES[kind](spec, spec.get("name") or where)
+  return _LEAVES[kind](spec, spec.get('name') or where)
 
 
 class Multi(core.Grader):
   """Sub-graders by name, combined by `calculate_output`. A failed sub-grader counts as 0 in the formula."""
-  type = "multi"
+
+  type = 'multi'
 
   def __init__(self, spec: dict[str, Any], name: str):
     self.spec, self.name = spec, name
-    graders = _field(spec, "graders", (dict,), name)
+    graders = _field(spec, 'graders', (dict,), name)
     if not graders:
-      raise _E(f"{name}.graders: expected a non-empty map of name -> grader, found {{}}")
+      raise _E(f'{name}.graders: expected a non-empty map of name -> grader, found {{}}')
     for sub in graders:
       if not sub.isidentifier():
-        raise _E(f"{name}.graders: name {sub!r} cannot be used in calculate_output; expected letters, digits "
-                 "and underscores, not starting with a digit")
-    self.subs = {sub: _build_leaf(s, f"{name}.graders.{sub}") for sub, s in graders.items()}
+        raise _E(
+          f'{name}.graders: name {sub!r} cannot be used in calculate_output; expected letters, digits '
+          'and underscores, not starting with a digit'
+        )
+    self.subs = {sub: _build_leaf(s, f'{name}.graders.{sub}') for sub, s in graders.items()}
     for sub, g in self.subs.items():
       g.name = sub
-    self.formula = formula.Formula(_field(spec, "calculate_output", _STR, name), set(self.subs))
+    self.formula = formula.Formula(_field(spec, 'calculate_output', _STR, name), set(self.subs))
     # INLINE only when every sub-grader is; otherwise the pool's dispatcher fans the leaves out.
     self.mode = core.INLINE if all(g.mode == core.INLINE for g in self.subs.values()) else core.SANDBOX
 
@@ -136,7 +149,7 @@ class Multi(core.Grader):
     out = []
     for row in zip(*per_leaf):
       values = {n: r.reward for n, r in zip(names, row)}
-      errors = tuple(core.GradeError(e.category, f"{n}: {e.message}") for n, r in zip(names, row) for e in r.errors)
+      errors = tuple(core.GradeError(e.category, f'{n}: {e.message}') for n, r in zip(names, row) for e in r.errors)
       meta = {n: r.metadata for n, r in zip(names, row) if r.metadata}
       try:
         reward = self.formula.evaluate(values)
@@ -152,25 +165,25 @@ def load(spec: dict | str | pathlib.Path) -> dict:
     try:
       text = path.read_text()
     except OSError as e:
-      raise _E(f"{path}: cannot read grader file: {e.strerror or e}") from None
+      raise _E(f'{path}: cannot read grader file: {e.strerror or e}') from None
     try:
       spec = json.loads(text)
     except ValueError as e:
-      raise _E(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+      raise _E(f'{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}') from None
   if not isinstance(spec, dict):
-    raise _E(f"grader: expected a JSON object, found {type(spec).__name__}")
-  if "grader" in spec and isinstance(spec["grader"], dict) and "type" not in spec:
-    spec = spec["grader"]  # the body of OpenAI's /graders/validate and /graders/run requests
+    raise _E(f'grader: expected a JSON object, found {type(spec).__name__}')
+  if 'grader' in spec and isinstance(spec['grader'], dict) and 'type' not in spec:
+    spec = spec['grader']  # the body of OpenAI's /graders/validate and /graders/run requests
   return spec
 
 
 def build(spec: dict | str | pathlib.Path) -> core.Grader:
   """A grader from a dict or a JSON file path; raises GraderConfigError naming the offending field."""
   spec = load(spec)
-  where = "grader"
-  kind = _field(spec, "type", _STR, where, choices=TYPES)
-  if kind == "multi":
-    return Multi(spec, spec.get("name") or "multi")
+  where = 'grader'
+  kind = _field(spec, 'type', _STR, where, choices=TYPES)
+  if kind == 'multi':
+    return Multi(spec, spec.get('name') or 'multi')
   return _build_leaf(spec, where)
 
 

@@ -4,6 +4,7 @@ A template is split into literal text and variable paths at build time; renderin
 A path that does not resolve raises `GradingException(invalid_variable)`; `sample.output_json` on a text that
 is not JSON raises `GradingException(sample_parse)`.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from typing import Any, Callable
 
 from rftjax.graders import core
 
-_VAR = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+_VAR = re.compile(r'\{\{\s*(.*?)\s*\}\}')
 _PATH = re.compile(r"^(sample|item)((?:\.[A-Za-z_][A-Za-z0-9_\-]*|\[\d+\]|\[\"[^\"]*\"\]|\['[^']*'\])*)$")
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]|\[\"([^\"]*)\"\]|\['([^']*)'\]")
 
@@ -21,8 +22,9 @@ def parse_path(expr: str, field: str) -> tuple[str, tuple[str | int, ...]]:
   m = _PATH.match(expr)
   if not m:
     raise core.GraderConfigError(
-        f"{field}: template variable {{{{{expr}}}}} is not a path; expected sample.<field>... or item.<field>... "
-        "with .name and [index] steps, e.g. {{item.answers[0]}}")
+      f'{field}: template variable {{{{{expr}}}}} is not a path; expected sample.<field>... or item.<field>... '
+      'with .name and [index] steps, e.g. {{item.answers[0]}}'
+    )
   steps: list[str | int] = []
   for name, idx, dq, sq in _STEP.findall(m.group(2)):
     steps.append(int(idx) if idx else (name or dq or sq))
@@ -30,10 +32,13 @@ def parse_path(expr: str, field: str) -> tuple[str, tuple[str | int, ...]]:
 
 
 def lookup(root: str, steps: tuple[str | int, ...], sample: dict, item: dict) -> Any:
-  value: Any = sample if root == "sample" else item
-  if root == "sample" and steps and steps[0] == "output_json" and value.get("output_json") is None:
-    raise core.GradingException(core.SAMPLE_PARSE, "template uses sample.output_json but the sample text is not "
-                                f"a JSON object or array: {str(value.get('output_text'))[:200]!r}")
+  value: Any = sample if root == 'sample' else item
+  if root == 'sample' and steps and steps[0] == 'output_json' and value.get('output_json') is None:
+    raise core.GradingException(
+      core.SAMPLE_PARSE,
+      'template uses sample.output_json but the sample text is not '
+      f'a JSON object or array: {str(value.get("output_text"))[:200]!r}',
+    )
   walked = root
   for step in steps:
     try:
@@ -45,14 +50,16 @@ def lookup(root: str, steps: tuple[str | int, ...], sample: dict, item: dict) ->
         raise KeyError(step)
     except (KeyError, IndexError):
       raise core.GradingException(
-          core.INVALID_VARIABLE, f"template variable {{{{{root}{_fmt(steps)}}}}}: {walked} has no "
-          f"{'index' if isinstance(step, int) else 'key'} {step!r}") from None
-    walked += f"[{step}]" if isinstance(step, int) else f".{step}"
+        core.INVALID_VARIABLE,
+        f'template variable {{{{{root}{_fmt(steps)}}}}}: {walked} has no '
+        f'{"index" if isinstance(step, int) else "key"} {step!r}',
+      ) from None
+    walked += f'[{step}]' if isinstance(step, int) else f'.{step}'
   return value
 
 
 def _fmt(steps) -> str:
-  return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps)
+  return ''.join(f'[{s}]' if isinstance(s, int) else f'.{s}' for s in steps)
 
 
 def to_text(value: Any) -> str:
@@ -64,31 +71,32 @@ def to_text(value: Any) -> str:
 def compile_template(template: Any, field: str) -> Callable[[dict, dict], str]:
   """Returns render(sample, item) -> str. Plain strings without variables render to themselves."""
   if not isinstance(template, str):
-    raise core.GraderConfigError(f"{field}: expected a string (template), found {type(template).__name__}")
+    raise core.GraderConfigError(f'{field}: expected a string (template), found {type(template).__name__}')
   parts: list[Any] = []
   pos = 0
   for m in _VAR.finditer(template):
     if m.start() > pos:
-      parts.append(template[pos:m.start()])
+      parts.append(template[pos : m.start()])
     parts.append(parse_path(m.group(1), field))
     pos = m.end()
   if pos < len(template):
     parts.append(template[pos:])
   if not parts:
-    return lambda sample, item: ""
+    return lambda sample, item: ''
   if len(parts) == 1 and isinstance(parts[0], str):
     text = parts[0]
     return lambda sample, item: text
   if len(parts) == 1:
     root, steps = parts[0]
-    if root == "sample" and steps == ("output_text",):  # the hot path of string_check
-      return lambda sample, item: sample["output_text"]
+    if root == 'sample' and steps == ('output_text',):  # the hot path of string_check
+      return lambda sample, item: sample['output_text']
     return lambda sample, item: to_text(lookup(root, steps, sample, item))
 
   def render(sample: dict, item: dict) -> str:
-    return "".join(p if isinstance(p, str) else to_text(lookup(p[0], p[1], sample, item)) for p in parts)
+    return ''.join(p if isinstance(p, str) else to_text(lookup(p[0], p[1], sample, item)) for p in parts)
+
   return render
 
 
 def uses_json(template: Any) -> bool:
-  return isinstance(template, str) and "output_json" in template
+  return isinstance(template, str) and 'output_json' in template

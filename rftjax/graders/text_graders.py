@@ -3,6 +3,7 @@
 Both are cheap and run no user code, so the pool calls them in the calling process. The similarity metrics come
 from maintained libraries: rapidfuzz (fuzzy_match), sacrebleu (bleu), nltk (gleu, meteor), rouge-score (rouge).
 """
+
 from __future__ import annotations
 
 import functools
@@ -11,13 +12,23 @@ from typing import Any
 from rftjax.graders import core
 from rftjax.graders import templating
 
-STRING_OPERATIONS = ("eq", "ne", "like", "ilike")
-SIMILARITY_METRICS = ("fuzzy_match", "bleu", "gleu", "meteor", "rouge_1", "rouge_2", "rouge_3", "rouge_4",
-                      "rouge_5", "rouge_l")
+STRING_OPERATIONS = ('eq', 'ne', 'like', 'ilike')
+SIMILARITY_METRICS = (
+  'fuzzy_match',
+  'bleu',
+  'gleu',
+  'meteor',
+  'rouge_1',
+  'rouge_2',
+  'rouge_3',
+  'rouge_4',
+  'rouge_5',
+  'rouge_l',
+)
 
 
 def _batch(grader, samples: list[str], items: list[dict], score_one) -> list[core.GradeResult]:
-  make_sample = core.sample_dict if grader.needs_json else (lambda t: {"output_text": t})
+  make_sample = core.sample_dict if grader.needs_json else (lambda t: {'output_text': t})
   out = []
   for text, item in zip(samples, items):
     sample = make_sample(text)
@@ -26,7 +37,7 @@ def _batch(grader, samples: list[str], items: list[dict], score_one) -> list[cor
     except core.GradingException as e:
       out.append(core.failed(e.category, str(e)))
     except Exception as e:  # noqa: BLE001  (a grading must never crash the run)
-      out.append(core.failed(core.OTHER, f"{type(e).__name__}: {e}"))
+      out.append(core.failed(core.OTHER, f'{type(e).__name__}: {e}'))
   return out
 
 
@@ -36,25 +47,26 @@ class StringCheck(core.Grader):
   eq / ne: exact (case-sensitive) equality / inequality; like: `reference in input` (case-sensitive substring);
   ilike: the same, case-insensitive.
   """
-  type = "string_check"
+
+  type = 'string_check'
 
   def __init__(self, spec: dict[str, Any], name: str):
     self.spec, self.name = spec, name
-    self.operation = spec["operation"]
-    self.render_input = templating.compile_template(spec["input"], f"{name}.input")
-    self.render_reference = templating.compile_template(spec["reference"], f"{name}.reference")
-    self.needs_json = templating.uses_json(spec["input"]) or templating.uses_json(spec["reference"])
+    self.operation = spec['operation']
+    self.render_input = templating.compile_template(spec['input'], f'{name}.input')
+    self.render_reference = templating.compile_template(spec['reference'], f'{name}.reference')
+    self.needs_json = templating.uses_json(spec['input']) or templating.uses_json(spec['reference'])
 
   def grade_batch(self, samples, items):
     ri, rr = self.render_input, self.render_reference
     op = self.operation
     one, zero = core.GradeResult(1.0), core.GradeResult(0.0)  # immutable, safe to share
 
-    if op == "eq":
+    if op == 'eq':
       check = lambda s, i: one if ri(s, i) == rr(s, i) else zero
-    elif op == "ne":
+    elif op == 'ne':
       check = lambda s, i: one if ri(s, i) != rr(s, i) else zero
-    elif op == "like":
+    elif op == 'like':
       check = lambda s, i: one if rr(s, i) in ri(s, i) else zero
     else:
       check = lambda s, i: one if rr(s, i).lower() in ri(s, i).lower() else zero
@@ -63,53 +75,60 @@ class StringCheck(core.Grader):
 
 class TextSimilarity(core.Grader):
   """A similarity score in [0, 1]; `metadata["passed"]` says whether it reached `pass_threshold`."""
-  type = "text_similarity"
+
+  type = 'text_similarity'
 
   def __init__(self, spec: dict[str, Any], name: str):
     self.spec, self.name = spec, name
-    self.metric = spec["evaluation_metric"]
-    self.pass_threshold = spec.get("pass_threshold")
-    self.render_input = templating.compile_template(spec["input"], f"{name}.input")
-    self.render_reference = templating.compile_template(spec["reference"], f"{name}.reference")
-    self.needs_json = templating.uses_json(spec["input"]) or templating.uses_json(spec["reference"])
+    self.metric = spec['evaluation_metric']
+    self.pass_threshold = spec.get('pass_threshold')
+    self.render_input = templating.compile_template(spec['input'], f'{name}.input')
+    self.render_reference = templating.compile_template(spec['reference'], f'{name}.reference')
+    self.needs_json = templating.uses_json(spec['input']) or templating.uses_json(spec['reference'])
     self.score_fn = metric_fn(self.metric)
 
   def grade_batch(self, samples, items):
     def one(sample, item):
       score = float(self.score_fn(self.render_input(sample, item), self.render_reference(sample, item)))
-      meta = {} if self.pass_threshold is None else {"passed": score >= self.pass_threshold}
+      meta = {} if self.pass_threshold is None else {'passed': score >= self.pass_threshold}
       return core.GradeResult(score, {}, (), meta)
+
     return _batch(self, samples, items, one)
 
 
 def metric_fn(metric: str):
   """Returns score(hypothesis, reference) -> float in [0, 1]."""
-  if metric == "fuzzy_match":
+  if metric == 'fuzzy_match':
     from rapidfuzz import fuzz
+
     return lambda hyp, ref: fuzz.ratio(hyp, ref) / 100.0  # normalised Indel similarity
-  if metric == "bleu":
+  if metric == 'bleu':
     import sacrebleu
+
     return lambda hyp, ref: sacrebleu.sentence_bleu(hyp, [ref]).score / 100.0
-  if metric == "gleu":
+  if metric == 'gleu':
     from nltk.translate import gleu_score
+
     return lambda hyp, ref: gleu_score.sentence_gleu([_tokens(ref)], _tokens(hyp))
-  if metric == "meteor":
+  if metric == 'meteor':
     return _meteor
-  if metric.startswith("rouge_"):
-    key = "rougeL" if metric == "rouge_l" else "rouge" + metric[-1]
+  if metric.startswith('rouge_'):
+    key = 'rougeL' if metric == 'rouge_l' else 'rouge' + metric[-1]
     scorer = _rouge_scorer(key)
     return lambda hyp, ref: scorer.score(ref, hyp)[key].fmeasure
-  raise core.GraderConfigError(f"evaluation_metric: found {metric!r}, expected one of {SIMILARITY_METRICS}")
+  raise core.GraderConfigError(f'evaluation_metric: found {metric!r}, expected one of {SIMILARITY_METRICS}')
 
 
 def _tokens(text: str) -> list[str]:
   import nltk
+
   return nltk.tokenize.wordpunct_tokenize(text.lower())
 
 
 @functools.lru_cache(maxsize=None)
 def _rouge_scorer(key: str):
   from rouge_score import rouge_scorer
+
   return rouge_scorer.RougeScorer([key], use_stemmer=False)
 
 
@@ -127,9 +146,11 @@ class _NoSynonyms:
 def _wordnet():
   try:
     import nltk
-    nltk.data.find("corpora/wordnet")
+
+    nltk.data.find('corpora/wordnet')
     from nltk.corpus import wordnet
-    wordnet.synsets("test")
+
+    wordnet.synsets('test')
     return wordnet
   except Exception:  # noqa: BLE001  (LookupError when the corpus is absent; anything else: same fallback)
     return _NoSynonyms()
@@ -137,4 +158,5 @@ def _wordnet():
 
 def _meteor(hyp: str, ref: str) -> float:
   from nltk.translate import meteor_score
+
   return meteor_score.meteor_score([_tokens(ref)], _tokens(hyp), wordnet=_wordnet())
