@@ -1,4 +1,5 @@
 """The README's promises: .ci/run runs the README's test command verbatim; the demo command names real files."""
+
 import pathlib
 import re
 
@@ -30,3 +31,17 @@ def test_requirements_are_pinned():
     for line in (REPO / name).read_text().splitlines():
       if line.strip() and not line.startswith('#'):
         assert re.fullmatch(r'[A-Za-z0-9_.\-\[\]]+==[0-9][^ ]*', line.strip()), f'{name}: {line!r} is not pinned'
+
+
+def test_code_is_formatted_and_lint_clean():
+  """One dialect (pyproject.toml): `ruff format` leaves every file as it is and `ruff check` finds nothing."""
+  import shutil
+  import subprocess
+  import sys
+
+  ruff = shutil.which('ruff', path=str(pathlib.Path(sys.executable).parent)) or shutil.which('ruff')
+  assert ruff, 'ruff is not installed (requirements-test.txt)'
+  fmt = subprocess.run([ruff, 'format', '--check', '--diff', '.'], cwd=REPO, capture_output=True, text=True)
+  assert fmt.returncode == 0, f'not formatted (run `ruff format .`):\n{fmt.stdout[-3000:]}{fmt.stderr[-1000:]}'
+  lint = subprocess.run([ruff, 'check', '.'], cwd=REPO, capture_output=True, text=True)
+  assert lint.returncode == 0, f'lint errors (run `ruff check .`):\n{lint.stdout[-3000:]}'
