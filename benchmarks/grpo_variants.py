@@ -30,13 +30,15 @@ VARIANTS = {
     '--config.grpo.scale_rewards=none',
     '--config.grpo.loss_aggregation=constant',
     '--config.grpo.epsilon_high=0.2',
+    '--config.grpo.beta=0',  # configs/tiny.py sets 0.04: without this the "no KL" variant would have one
   ],
   # DAPO-style: clip-higher 0.28, token-mean, no KL
-  'dapo': ['--config.grpo.loss_aggregation=token_mean', '--config.grpo.epsilon_high=0.28'],
+  'dapo': ['--config.grpo.loss_aggregation=token_mean', '--config.grpo.epsilon_high=0.28', '--config.grpo.beta=0'],
   # the same plus DAPO's dynamic sampling (resamples prompts whose G rewards are all equal)
   'dapo_dynamic': [
     '--config.grpo.loss_aggregation=token_mean',
     '--config.grpo.epsilon_high=0.28',
+    '--config.grpo.beta=0',
     '--config.grpo.dynamic_sampling=True',
   ],
 }

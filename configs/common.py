@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from rftjax import errors
 from rftjax import hparams
 
 
@@ -88,6 +89,14 @@ def base() -> ml_collections.ConfigDict:
   c.sync_interval_s = 60.0  # gs:// workdir: upload metrics/samples/TensorBoard this often (and at evals, saves, exit)
   hparams.add_openai_fields(c)  # OpenAI-style n_epochs / batch_size / ... (docs/hyperparameters.md)
   return c
+
+
+def check_variant(name: str, arg, variants) -> None:
+  """big_vision's parse_arg check: an unknown `--config=configs/NAME.py:VARIANT` is an error, not the default."""
+  if arg not in (None, '', *variants):
+    raise errors.ConfigError(
+      f'--config=configs/{name}.py:{arg}: unknown variant {arg!r}; expected one of: {", ".join(variants)} (or none)'
+    )
 
 
 def smoke_test(c: ml_collections.ConfigDict, max_new_tokens: int) -> None:

@@ -9,6 +9,7 @@ from configs import common
 
 
 def get_config(arg=None):
+  common.check_variant('smollm2_arith', arg, ('test',))
   c = common.base()
   c.model = 'smollm2_135m'
   c.init = 'gguf:smollm2-135m'

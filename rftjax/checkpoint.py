@@ -12,7 +12,7 @@ Retention (see docs/checkpoints.md): after each save, a checkpoint survives if i
 evaluated checkpoints with the highest `best_metric`, OR it is the latest one. A checkpoint saved without
 metrics (final step, SIGTERM between evals) is never "best" and is deleted as soon as a newer one exists.
 
-Orbax pitfalls this module exists to hide (see ../shared/JAX_NOTES.md):
+Orbax pitfalls this module exists to hide (docs/platform.md):
   * `best_fn` + `max_to_keep` alone deletes the newest checkpoint when it is not among the best, so resume
     would go back in time; we pass an explicit `preservation_policy` = BestN OR LatestN(1).
   * `BestN(reverse=True)` keeps the *worst*; "higher is better" is the default `reverse=False`.
@@ -38,6 +38,18 @@ _STATE = 'state'
 _EXTRA = 'extra'
 
 log = logging.getLogger(__name__)
+
+
+class _ReadOnlyNotes(logging.Filter):
+  """Orbax warns every time a manager is opened read-only, which the tools that only read a run (sample, evaluate,
+  export, report) always do on purpose: two warning lines per command that say nothing to act on."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ('read_only=True, setting save_interval_steps' in message or 'Given directory is read only' in message)
+
+
+logging.getLogger('absl').addFilter(_ReadOnlyNotes())
 
 
 class Checkpointer:
@@ -196,6 +208,21 @@ class Checkpointer:
     except ValueError as e:  # structure/shape mismatch: say which checkpoint, Orbax says which leaf.
       raise ValueError(f'restoring {self.directory}/{step} into abstract_state failed: {e}') from e
     return restored[_STATE], restored[_EXTRA]
+
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """Only `state['params']` of checkpoint `step`, into the shardings and dtypes of `abstract_params`: an Orbax
+    partial restore, so the optimizer moments (2x the params with Adam) are never read or allocated. For tools
+    that use a trained model (sample, evaluate, export), never for resuming."""
+    path = self.directory / str(int(step)) / _STATE
+    target = {'params': jax.tree.map(_as_abstract, abstract_params)}
+    args = ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+    )
+    try:
+      with ocp.PyTreeCheckpointer() as reader:
+        return reader.restore(path, args=args)['params']
+    except (ValueError, KeyError, FileNotFoundError) as e:  # another model than the run's, or a broken step
+      raise ValueError(f'{path}: cannot restore the params (does the model preset match the run?): {e}') from None
 
   def wait_until_finished(self) -> None:
     """Blocks until the in-flight save (if any) is committed and old checkpoints are deleted."""

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 import numpy as np
 from etils import epath
 
+from rftjax import errors
 from rftjax import runfs
 
 ROLES = ('system', 'developer', 'user', 'assistant')
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
   """A data file is malformed; the message names the file and line."""
 
 
@@ -29,6 +30,7 @@ class Example:
   messages: tuple[dict, ...]
   item: dict
   source: str  # 'path:line', for error messages and written samples
+  text: str | None = None  # a raw-text prompt instead of messages (rftjax.sample's {"text": ...} lines)
 
 
 def _content_text(content, where: str) -> str:
@@ -94,6 +96,24 @@ def load_jsonl(path: str | pathlib.Path) -> list[Example]:
   return examples
 
 
+def encode_prompts(examples: Sequence[Example], tok, max_prompt_len: int | None = None) -> list[list[int]]:
+  """Each example's prompt as token ids: the chat template's rendering of its messages, or its raw `text`. A
+  prompt the template refuses, or one longer than `max_prompt_len`, is a DataError naming its line."""
+  out = []
+  for ex in examples:
+    try:
+      ids = tok.encode_text(ex.text) if ex.text is not None else tok.encode_prompt(list(ex.messages))
+    except ValueError as e:  # e.g. the gemma template's role alternation
+      raise DataError(f'{ex.source}: {e}') from None
+    if max_prompt_len is not None and len(ids) > max_prompt_len:
+      raise DataError(
+        f'{ex.source}: the prompt is {len(ids)} tokens long, more than '
+        f'config.data.max_prompt_len={max_prompt_len}; raise it or shorten the prompt'
+      )
+    out.append(ids)
+  return out
+
+
 def write_jsonl(path: str | pathlib.Path, rows: Sequence[dict]) -> None:
   """Atomic write (temp file + rename), so a crash never leaves half a file. A gs:// path is one object write,
   atomic by itself."""
@@ -125,8 +145,6 @@ class DataIterator:
     process_index: int = 0,
     process_count: int = 1,
   ):
-    if batch_size % process_count:
-      raise ValueError(f'batch_size={batch_size} must be divisible by the number of processes ({process_count})')
     self.num_examples, self.batch_size, self.seed, self.shuffle = num_examples, batch_size, seed, shuffle
     self.process_index, self.process_count = process_index, process_count
     self.epoch, self.position = 0, 0

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 
+import jax
 import numpy as np
 from etils import epath
 
+from rftjax import cli
 from rftjax import data as data_lib
 from rftjax import graders
 from rftjax import inference
+from rftjax import runfs
 from rftjax import sample as sample_cli
 
 
@@ -58,15 +60,6 @@ def summarize(rewards: np.ndarray, results_flat, threshold: float) -> dict:
     out[f'pass@{j}'] = float(np.mean([pass_at_k(k, int(c), j) for c in passed]))
   out.update(graders.summarize(results_flat, prefix='eval'))
   return out
-
-
-def _grader_spec(args, run_config):
-  if args.grader:
-    return args.grader
-  spec = run_config.get('grader') if run_config is not None else None
-  if not spec:
-    raise inference.InferenceError("no grader: pass --grader=G.json (the run's config.json has none)")
-  return spec.to_dict() if hasattr(spec, 'to_dict') else spec
 
 
 def default_out(workdir, step, data_path):
@@ -109,35 +102,36 @@ def parse_args(argv):
 
 def run(args) -> dict:
   examples = data_lib.load_jsonl(args.data)  # bad input fails before anything slow
-  run_config = inference.read_run_config(args.workdir) if args.workdir else None
-  grader = graders.build(_grader_spec(args, run_config))
+  run_config = runfs.read_config(args.workdir) if args.workdir else None
+  grader_spec = graders.load(args.grader or (run_config.get('grader') if run_config else None))
+  graders.build(grader_spec)  # a bad field fails before the model loads
   loaded = sample_cli.load_from_args(args)
+  grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
   k = args.samples
   temperature = args.temperature if args.temperature is not None else (0.0 if k == 1 else 1.0)
   max_new = args.max_new_tokens or (run_config.sampling.max_new_tokens if run_config else 128)
-  ids = []
-  for ex in examples:
-    try:
-      ids.append(loaded.tokenizer.encode_prompt(list(ex.messages)))
-    except ValueError as e:
-      raise data_lib.DataError(f'{ex.source}: {e}') from None
-  outs = inference.complete(
-    loaded,
-    [p for p in ids for _ in range(k)],
-    max_new_tokens=max_new,
-    temperature=temperature,
-    top_p=args.top_p,
-    top_k=args.top_k,
-    seed=args.seed,
-    batch_size=args.batch_size,
-    stop=args.stop,
-    progress=sample_cli.stderr_progress('sampling'),
-  )
-  texts = [o['text'] for o in outs]
+  ids = data_lib.encode_prompts(examples, loaded.tokenizer)
+  ids = [p for p in ids for _ in range(k)]
   items = [ex.item for ex in examples for _ in range(k)]
+  sampler = inference.make_sampler(
+    loaded, ids, max_new_tokens=max_new, temperature=temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop
+  )
   timeout = float(run_config.grading.timeout_s) if run_config else 10.0
   with graders.GradingPool(num_workers=args.num_workers or None, timeout_s=timeout) as pool:
-    results = pool.grade(grader, texts, items)
+    graded = inference.evaluate(
+      sampler,
+      loaded.params,
+      ids,
+      items,
+      loaded.tokenizer,
+      grader,
+      pool,
+      mesh=loaded.mesh,
+      batch_size=args.batch_size,
+      rng=jax.random.key(args.seed),
+      progress=sample_cli.stderr_progress('sampling'),
+    )
+  results = [r for _, r in graded]
   rewards = np.asarray([r.reward for r in results], np.float64).reshape(len(examples), k)
   summary = {
     'step': loaded.step,
@@ -148,12 +142,11 @@ def run(args) -> dict:
   }
   out = epath.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
   rows = []
-  for i, (o, r) in enumerate(zip(outs, results)):
-    ex = examples[i // k]
+  for i, (o, r) in enumerate(graded):
     grade = r.to_json()
     rows.append(
       {
-        'source': ex.source,
+        'source': examples[i // k].source,
         'sample': i % k,
         'completion': o['text'],
         'tokens': o['tokens'],
@@ -164,8 +157,9 @@ def run(args) -> dict:
         'passed': bool(r.reward >= args.pass_threshold),
       }
     )
-  data_lib.write_jsonl(out, rows)
-  out.with_name(out.name + '.summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+  if jax.process_index() == 0:
+    data_lib.write_jsonl(out, rows)
+    out.with_name(out.name + '.summary.json').write_text(json.dumps(summary, indent=2) + '\n')
   summary['out'] = str(out)
   return summary
 
@@ -173,17 +167,18 @@ def run(args) -> dict:
 def main(argv=None) -> int:
   """Returns the exit status: 0, or 2 with the reason on stderr (argparse errors raise SystemExit(2))."""
   args = parse_args(argv)
-  try:
+
+  def body() -> int:
     summary = run(args)
-  except (inference.InferenceError, data_lib.DataError, graders.GraderConfigError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(table({k: v for k, v in summary.items() if k != 'out'}))
-  print(f'samples written to {summary["out"]}', file=sys.stderr)
-  print(json.dumps(summary))
-  return 0
+    if jax.process_index() == 0:
+      print(table({k: v for k, v in summary.items() if k != 'out'}))
+      print(f'samples written to {summary["out"]}', file=sys.stderr)
+      print(json.dumps(summary))
+    return 0
+
+  return cli.run(body)
 
 
 if __name__ == '__main__':
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', stream=sys.stderr)
+  cli.setup_logging()
   sys.exit(main())

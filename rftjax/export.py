@@ -11,60 +11,12 @@ the run, so it is safe while training continues.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import pathlib
 import sys
 
-import jax
-import jax.numpy as jnp
-
-from rftjax import model as model_lib
+from rftjax import cli
+from rftjax import loader
 from rftjax import runfs
-from rftjax import tokenizer as tokenizer_lib
 from rftjax import weights
-
-
-def _tokenizer(spec: str | None, chat_template: str | None = None):
-  return tokenizer_lib.load_tokenizer(spec, chat_template=chat_template or None) if spec else None
-
-
-def restore_params(workdir: str | pathlib.Path, step: str | int = 'best', dtype=None):
-  """(params, cfg, run_config, step) from a run directory; `step`: 'best', 'latest' or a number.
-
-  Restores just the `params` subtree of the checkpoint's train state (Orbax partial restore), so exporting a
-  large model never materialises its optimizer state.
-  """
-  import orbax.checkpoint as ocp
-  from rftjax import checkpoint as checkpoint_lib
-
-  workdir = runfs.path(workdir)  # local or gs://
-  config_path = workdir / 'config.json'
-  if not config_path.is_file():
-    raise FileNotFoundError(f'{config_path}: not found; --workdir must be a run directory written by rftjax.train')
-  run = json.loads(config_path.read_text())
-  for key in ('model',):
-    if not run.get(key):
-      raise ValueError(f'{config_path}: has no {key!r} field')
-  cfg = model_lib.get_config(run['model'])
-  tok = _tokenizer(run.get('tokenizer') or run.get('init'), run.get('chat_template'))
-  if cfg.family == 'tiny' and tok is not None:  # the trainer sizes the tiny model's vocabulary the same way
-    cfg = dataclasses.replace(cfg, vocab_size=tok.vocab_size)
-  dtype = jnp.dtype(dtype or run.get('param_dtype') or 'float32')
-  ckpt = checkpoint_lib.Checkpointer(workdir / 'checkpoints', read_only=True)
-  which = int(step) if isinstance(step, str) and step.isdigit() else step
-  step_n = ckpt.resolve_step(which)
-  abstract = model_lib.param_shapes(cfg, dtype)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=device, dtype=s.dtype), abstract)
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
-  path = ckpt.directory / str(step_n) / 'state'
-  with ocp.PyTreeCheckpointer() as reader:
-    state = reader.restore(
-      path,
-      args=ocp.args.PyTreeRestore(item={'params': target}, restore_args={'params': restore_args}, partial_restore=True),
-    )
-  return state['params'], cfg, run, step_n, tok
 
 
 def main(argv=None) -> int:
@@ -79,27 +31,30 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   if bool(args.init) == bool(args.workdir):
     p.error('give exactly one of --init or --workdir')
-  if args.workdir:
-    params, cfg, run, step, tok = restore_params(args.workdir, args.step)
-    if args.tokenizer:
-      tok = _tokenizer(args.tokenizer, run.get('chat_template'))
-    source = f'{args.workdir} step {step}'
-  else:
-    cfg = model_lib.get_config(args.model) if args.model else None
-    cfg = weights.config_from_file(args.init, cfg)
-    params = weights.load(args.init, cfg)
-    try:
-      tok = _tokenizer(args.tokenizer or args.init)
-    except FileNotFoundError as e:  # an hf: folder without tokenizer files: export the model alone
+
+  def body() -> int:
+    if args.workdir:
+      config = runfs.read_config(args.workdir)
       if args.tokenizer:
-        raise
-      print(f'note: no tokenizer exported ({e})', file=sys.stderr)
-      tok = None
-    source = args.init
-  out = weights.export_hf(params, cfg, args.out, tok, dtype=args.dtype)
-  print(f'exported {source} ({cfg.name}) to {out}')
-  return 0
+        with config.unlocked():
+          config.tokenizer = args.tokenizer
+      source = args.workdir
+    else:
+      config = loader.model_spec(model=args.model or '', init=args.init, tokenizer=args.tokenizer or '')
+      source = args.init
+    # one device, params only; a folder with no tokenizer files exports the model alone
+    loaded = loader.load(config, workdir=args.workdir, step=args.step, tokenizer_required=bool(args.tokenizer))
+    if loaded.tokenizer is None:
+      print(f'note: no tokenizer exported ({source} names none that loads)', file=sys.stderr)
+    if loaded.step is not None:
+      source = f'{source} step {loaded.step}'
+    out = weights.export_hf(loaded.params, loaded.cfg, args.out, loaded.tokenizer, dtype=args.dtype)
+    print(f'exported {source} ({loaded.cfg.name}) to {out}')
+    return 0
+
+  return cli.run(body)
 
 
 if __name__ == '__main__':
+  cli.setup_logging()
   sys.exit(main())

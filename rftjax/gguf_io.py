@@ -1,6 +1,6 @@
 """Reading GGUF files: metadata -> architecture fields, tensors -> float32 arrays in Hugging Face layout.
 
-weights.py owns the key table; this module only knows GGUF's conventions (see ../../shared/JAX_NOTES.md):
+weights.py owns the key table; this module only knows GGUF's conventions (docs/platform.md):
   * shapes are stored reversed (`token_embd` [640, 262144] is the numpy array (262144, 640));
   * every tensor, quantized or not, is dequantized to float32 with `gguf.quants.dequantize`;
   * Gemma's RMSNorm weights are stored with the +1 of `(1 + w)` already added (HF weight = GGUF value - 1);
@@ -82,6 +82,15 @@ def _read_header(buf) -> tuple[dict, list, int]:
     tensors.append((name, tuple(int(d) for d in reversed(dims)), kind, offset))  # reversed: numpy order
   align = int(metadata.get('general.alignment', 32))
   return metadata, tensors, (pos + align - 1) // align * align
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+  """All metadata key/values of a GGUF file (numeric arrays as numpy, string arrays as lists); no tensor is read."""
+  try:
+    data = np.memmap(path, np.uint8, mode='r')
+    return _read_header(memoryview(data))[0]
+  except (OSError, ValueError, struct.error) as e:
+    raise ValueError(f'gguf:{path}: cannot read as GGUF ({e})') from e
 
 
 class GGUFFile:

@@ -16,6 +16,7 @@ import json
 import pathlib
 import sys
 
+from rftjax import errors
 from rftjax import graders
 
 
@@ -68,8 +69,15 @@ def _sample_text(row, where: str) -> str:
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
-    grader = graders.build(args.grader)
-  except graders.GraderConfigError as e:
+    spec = graders.load(args.grader)
+    graders.build(spec)  # every field checked before a judge model loads
+    judges = {}
+    if graders.local_models(spec) and not args.validate:
+      from rftjax import inference  # JAX and the judge's weights: only for graders that name a local model
+
+      judges = inference.local_judges(spec)
+    grader = graders.build(spec, judges=judges)
+  except errors.UserError as e:
     _fail(str(e))
   if args.validate:
     print(json.dumps({'valid': True, 'type': grader.type, 'name': grader.name}))

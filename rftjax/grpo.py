@@ -454,10 +454,6 @@ def dynamic_sampling_keep(rewards: np.ndarray, num_generations: int) -> np.ndarr
   return r_bg.max(axis=1) != r_bg.min(axis=1)
 
 
-# The name docs/design.md uses; same function.
-dynamic_sampling_mask = dynamic_sampling_keep
-
-
 def overlong_penalty(
   lengths: np.ndarray, max_new_tokens: int, buffer_len: int, penalty_factor: float = 1.0
 ) -> np.ndarray:

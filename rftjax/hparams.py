@@ -14,7 +14,7 @@ they leave the native fields alone. Every resolved value is logged and recorded 
   learning_rate_multiplier-> optimizer.learning_rate = multiplier * BASE_LR[model]; auto: 1.0
   compute_multiplier      -> num_generations = max(2, round half up(multiplier * num_generations)); auto: 1
   eval_interval           -> eval_interval; auto: max(1, ceil(total_steps / 10))
-  eval_samples            -> eval_samples (when the config has that field; else only recorded); auto: unchanged
+  eval_samples            -> eval_samples; auto: unchanged
   seed                    -> seed (None = the config's)
 """
 
@@ -27,6 +27,7 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
+from rftjax import errors
 from rftjax import model as model_lib
 
 log = logging.getLogger('rftjax')
@@ -63,10 +64,6 @@ BASE_LR = {
   'gemma3_12b': 3e-7,
   'gemma3_27b': 2e-7,
 }
-
-
-class HparamError(ValueError):
-  """A config.openai value is unusable; the message names the field."""
 
 
 def add_openai_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -114,7 +111,7 @@ def _value(o, name: str, kind):
         raise ValueError
       value = int(value)
   except (TypeError, ValueError):
-    raise HparamError(
+    raise errors.ConfigError(
       f"config.openai.{name}: expected {'an integer' if kind is int else 'a number'} or 'auto', got {raw!r}"
     ) from None
   return value
@@ -122,7 +119,7 @@ def _value(o, name: str, kind):
 
 def _positive(name: str, value, minimum=0, strict=True):
   if value is not None and (value <= minimum if strict else value < minimum):
-    raise HparamError(f'config.openai.{name}: must be {">" if strict else ">="} {minimum}, got {value!r}')
+    raise errors.ConfigError(f'config.openai.{name}: must be {">" if strict else ">="} {minimum}, got {value!r}')
   return value
 
 
@@ -131,7 +128,7 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int) -> ml_coll
   if 'openai' not in config:
     return config
   if num_train_examples < 1:
-    raise HparamError(f'hparams.apply: num_train_examples must be >= 1, got {num_train_examples}')
+    raise errors.ConfigError(f'hparams.apply: num_train_examples must be >= 1, got {num_train_examples}')
   c = config.copy_and_resolve_references()
   o, n = c.openai, int(num_train_examples)
   auto = bool(o.enabled)
@@ -198,16 +195,8 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int) -> ml_coll
       note('eval_interval', c.eval_interval, f'auto: max(1, ceil(total_steps {c.total_steps} / 10))')
 
     if user['eval_samples'] is not None:
-      if 'eval_samples' in c:
-        c.eval_samples = user['eval_samples']
-        note('eval_samples', c.eval_samples, f'openai.eval_samples={user["eval_samples"]}')
-      else:
-        log.warning(
-          'hparams: config.openai.eval_samples=%d has no native field (config.eval_samples) in this '
-          'version; validation still samples once per prompt',
-          user['eval_samples'],
-        )
-        resolved['eval_samples'] = {'value': user['eval_samples'], 'from': 'recorded only: no config.eval_samples'}
+      c.eval_samples = user['eval_samples']
+      note('eval_samples', c.eval_samples, f'openai.eval_samples={user["eval_samples"]}')
 
     if user['seed'] is not None:
       c.seed = user['seed']

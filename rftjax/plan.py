@@ -20,9 +20,8 @@ Activations are an estimate (XLA fuses and rematerialises on its own); tests/tes
 compiled program's `memory_analysis()` on CPU. The reference/old-policy logprob passes need less than the train
 step and are not counted separately.
 
-Config knobs read here that the trainer may not have yet (proposals for configs/common.py; absent = today's
-behaviour): `sampling.cache_dtype` ('' = float32, the Sampler's default today), `optimizer.mu_dtype`
-('' = the param dtype, optax's default), `train_microbatches` (1 = whole batch per step).
+The config is checked as training checks it (runspec.check, for the slice's chips and hosts; the files it names
+need not exist here) and its OpenAI-style fields are applied first, as training applies them.
 """
 
 from __future__ import annotations
@@ -37,7 +36,12 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
+from rftjax import cli
+from rftjax import errors
+from rftjax import hparams
+from rftjax import loader
 from rftjax import model as model_lib
+from rftjax import runspec
 from rftjax import sharding
 
 GiB = 1024**3
@@ -74,20 +78,20 @@ def parse_devices(spec: str) -> Hardware:
   """
   m = re.fullmatch(r'([a-z0-9]+)-(\d+)', spec.strip().lower())
   if not m:
-    raise ValueError(f'--devices={spec!r}: expected TYPE-N such as v5p-32, v5e-8, v6e-16, v4-8 or cpu-8')
+    raise errors.ConfigError(f'--devices={spec!r}: expected TYPE-N such as v5p-32, v5e-8, v6e-16, v4-8 or cpu-8')
   gen, n = _ALIASES.get(m.group(1), m.group(1)), int(m.group(2))
   if gen == 'cpu':
     total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     return Hardware(spec, 'cpu', n, total // n, n)
   if gen not in GENERATIONS:
-    raise ValueError(
+    raise errors.ConfigError(
       f'--devices={spec!r}: unknown TPU type {m.group(1)!r}; known: '
       f'{", ".join(sorted(GENERATIONS))} (and v5litepod), or cpu-N'
     )
   hbm_gib, counts_cores, per_host = GENERATIONS[gen]
   if counts_cores:
     if n % 2:
-      raise ValueError(f'--devices={spec!r}: {gen} types count TensorCores (2 per chip), so N must be even')
+      raise errors.ConfigError(f'--devices={spec!r}: {gen} types count TensorCores (2 per chip), so N must be even')
     chips = n // 2
   else:
     chips = n
@@ -117,29 +121,6 @@ def local_elems(shape: Sequence[int], names: Sequence[str | None], mesh: _MeshSh
 
 def local_bytes(shape, names, dtype, mesh: _MeshShape) -> int:
   return local_elems(shape, names, mesh) * jnp.dtype(dtype).itemsize
-
-
-def resolve_mesh(mesh_cfg, chips: int) -> dict[str, int]:
-  sizes = {a: int(mesh_cfg[a]) for a in sharding.MESH_AXES}
-  known = math.prod(s for s in sizes.values() if s != -1)
-  if list(sizes.values()).count(-1) > 1:
-    raise ValueError(f'config.mesh {sizes}: at most one of data/fsdp/tensor may be -1')
-  if -1 in sizes.values():
-    if chips % known:
-      raise ValueError(f'config.mesh {sizes}: {chips} chips are not divisible by {known}')
-    sizes[next(a for a, s in sizes.items() if s == -1)] = chips // known
-  if math.prod(sizes.values()) != chips:
-    raise ValueError(f'config.mesh {sizes} needs {math.prod(sizes.values())} devices, the slice has {chips}')
-  return sizes
-
-
-def _get(config, dotted: str, default):
-  node = config
-  for part in dotted.split('.'):
-    if node is None or part not in node:
-      return default
-    node = node[part]
-  return default if node in ('', None) else node
 
 
 def _tree_bytes(shapes, axes, mesh, dtype=None) -> int:
@@ -221,43 +202,25 @@ class Plan:
     return sorted({**self.persistent, **phase}.items(), key=lambda kv: -kv[1])
 
 
-def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, vocab_size: int | None = None) -> Plan:
-  """Per-device memory of `config` (a run config, see configs/common.py) on `devices` (e.g. 'v5p-32')."""
+def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=None) -> Plan:
+  """Per-device memory of `config` (a checked run config, see configs/common.py) on `devices` (e.g. 'v5p-32').
+  `model`: the abstract `loader.load` of the config, when the caller has it (re-planning variants of one config)."""
   hw = parse_devices(devices) if isinstance(devices, str) else devices
-  cfg = model_lib.get_config(config.model)
-  if vocab_size is None and cfg.family == 'tiny':
-    vocab_size = _tokenizer_vocab(config)
-  if vocab_size:
-    cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
-  sizes = resolve_mesh(config.mesh, hw.chips)
+  model = model or loader.load(config, abstract=True)
+  cfg = model.cfg
+  sizes = sharding.resolve_mesh_shape(config.mesh, hw.chips)
   mesh = _MeshShape(sizes)
   notes = []
 
   param_dtype = jnp.dtype(config.param_dtype)
   c = jnp.dtype(config.compute_dtype)
-  mu_dtype = jnp.dtype(_get(config, 'optimizer.mu_dtype', param_dtype))
-  cache_dtype = jnp.dtype(_get(config, 'sampling.cache_dtype', 'float32'))
-  micro = int(_get(config, 'train_microbatches', 1))
+  mu_dtype = jnp.dtype(config.optimizer.mu_dtype or param_dtype)
+  cache_dtype = jnp.dtype(config.sampling.cache_dtype or 'float32')
+  micro = int(config.train_microbatches)
   shapes, axes = _shapes(cfg, param_dtype)
 
   g = int(config.num_generations)
   rows = int(config.batch_size) * g
-  batch_shards = sizes['data'] * sizes['fsdp']
-  if rows % batch_shards:
-    raise ValueError(
-      f'config.batch_size * config.num_generations = {rows} is not divisible by data x fsdp = '
-      f'{batch_shards}; the trainer refuses this mesh'
-    )
-  if int(config.batch_size) % hw.hosts:
-    raise ValueError(
-      f'config.batch_size={config.batch_size} must be divisible by the {hw.hosts} hosts of {hw.name}: '
-      'each host samples and grades its own prompts'
-    )
-  if rows % micro or (rows // micro) % batch_shards:
-    raise ValueError(
-      f'config.train_microbatches={micro}: {rows} rows do not split into {micro} microbatches that '
-      f'data x fsdp = {batch_shards} divides'
-    )
   p, n = int(config.data.max_prompt_len), int(config.sampling.max_new_tokens)
 
   # ---- persistent: lives through the whole run ----
@@ -332,16 +295,6 @@ def _shapes(cfg: model_lib.TransformerConfig, dtype):
   return model_lib.param_shapes(cfg, dtype), model_lib.param_axes(cfg)
 
 
-def _tokenizer_vocab(config) -> int | None:
-  """The tiny model takes its vocab from the tokenizer (as the trainer does); None if it cannot be read here."""
-  try:
-    from rftjax import tokenizer as tokenizer_lib
-
-    return tokenizer_lib.load_tokenizer(config.tokenizer or config.init).vocab_size
-  except Exception:  # noqa: BLE001  planning still works with the preset's vocab
-    return None
-
-
 # ---- report ----------------------------------------------------------------------------------------------------
 def format_plan(plan: Plan) -> str:
   hw = plan.hardware
@@ -396,10 +349,8 @@ def _candidates(plan: Plan, config) -> list[tuple[str, dict]]:
     out.append(('--config.grpo.beta=0 (no reference model)', {'grpo.beta': 0.0}))
   if jnp.dtype(config.param_dtype) == jnp.float32:
     out.append(('--config.param_dtype=bfloat16', {'param_dtype': 'bfloat16'}))
-  if jnp.dtype(_get(config, 'sampling.cache_dtype', 'float32')) == jnp.float32:
-    out.append(
-      ('a bfloat16 KV cache (proposed key sampling.cache_dtype=bfloat16)', {'sampling.cache_dtype': 'bfloat16'})
-    )
+  if jnp.dtype(config.sampling.cache_dtype or 'float32') == jnp.float32:
+    out.append(('--config.sampling.cache_dtype=bfloat16', {'sampling.cache_dtype': 'bfloat16'}))
   if not config.remat:
     out.append(('--config.remat=True', {'remat': True}))
   if b % 2 == 0 and (b // 2 * g) % shards == 0:
@@ -409,10 +360,10 @@ def _candidates(plan: Plan, config) -> list[tuple[str, dict]]:
   n = int(config.sampling.max_new_tokens)
   if n >= 2:
     out.append((f'--config.sampling.max_new_tokens={n // 2}', {'sampling.max_new_tokens': n // 2}))
-  micro = int(_get(config, 'train_microbatches', 1))
+  micro = int(config.train_microbatches)
   if (b * g) % (2 * micro * shards) == 0:
     out.append(
-      (f'train_microbatches={2 * micro} (proposed key: split the train step)', {'train_microbatches': 2 * micro})
+      (f'--config.train_microbatches={2 * micro} (the train step in smaller pieces)', {'train_microbatches': 2 * micro})
     )
   return out
 
@@ -432,7 +383,6 @@ def suggestions(plan: Plan, config) -> list[str]:
   tried = []
   for text, changes in _candidates(plan, config):
     alt = config.copy_and_resolve_references()
-    alt.unlock()  # proposed keys may be new
     for key, value in changes.items():
       *parents, leaf = key.split('.')
       node = alt
@@ -440,8 +390,9 @@ def suggestions(plan: Plan, config) -> list[str]:
         node = node[part]
       node[leaf] = value
     try:
-      peak = make_plan(alt, plan.hardware, headroom=plan.headroom, vocab_size=plan.vocab_size).peak
-    except ValueError:
+      runspec.check(alt, devices=plan.hardware.chips, processes=plan.hardware.hosts, inputs=False)
+      peak = make_plan(alt, plan.hardware, headroom=plan.headroom).peak
+    except errors.ConfigError:
       continue
     tried.append((peak, text))
   for peak, text in sorted(tried):
@@ -480,46 +431,57 @@ def check(plan: Plan, config) -> str | None:
 # ---- CLI -------------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
   """`python -m rftjax.plan --config=... --devices=...`; returns the exit status (0 fits, 1 does not, 2 bad input).
+  Parses its own FlagValues, so tests can call `main([...])` in-process."""
 
-  Parses its own FlagValues, so tests can call `main([...])` in-process.
-  """
-  from absl import flags
-  from ml_collections import config_flags
+  def define(fv) -> None:
+    from absl import flags
 
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:arg]).', flag_values=fv, lock_config=True)
-  flags.DEFINE_string(
-    'devices',
-    None,
-    "Slice: v5p-32, v5e-8, v6e-16, v4-8, cpu-8, ... (default: the config's "
-    '`devices` field, which configs/gemma3_tpu.py sets)',
-    flag_values=fv,
-  )
-  flags.DEFINE_float('headroom', 0.1, 'Fraction of HBM kept free (XLA scratch, fragmentation).', flag_values=fv)
-  try:
-    fv(list(argv))
-    if not fv.config:
-      raise flags.Error('--config is required')
-    devices = fv.devices or _get(fv.config, 'devices', None)
+    flags.DEFINE_string(
+      'devices',
+      None,
+      "Slice: v5p-32, v5e-8, v6e-16, v4-8, cpu-8, ... (default: the config's "
+      '`devices` field, which configs/gemma3_tpu.py sets)',
+      flag_values=fv,
+    )
+    flags.DEFINE_float('headroom', 0.1, 'Fraction of HBM kept free (XLA scratch, fragmentation).', flag_values=fv)
+    flags.DEFINE_integer(
+      'num_train_examples',
+      0,
+      'Training examples, for the OpenAI-style fields (default: the '
+      'lines of config.data.train when it is readable here)',
+      flag_values=fv,
+    )
+
+  def body() -> int:
+    fv = cli.parse_config_flags(argv, define, required=('config',))
+    devices = fv.devices or fv.config.get('devices')
     if not devices:
-      raise flags.Error('--devices is required (the config has no `devices` field): e.g. --devices=v5p-32')
-  except flags.Error as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+      raise errors.ConfigError('--devices is required (the config has no `devices` field): e.g. --devices=v5p-32')
+    hw = parse_devices(devices)
+    config = hparams.apply(fv.config, fv.num_train_examples or _count_lines(fv.config.data.train))
+    runspec.check(config, devices=hw.chips, processes=hw.hosts, inputs=False)
+    plan = make_plan(config, hw, headroom=fv.headroom)
+    print(format_plan(plan))
+    message = check(plan, config)
+    if message:
+      print(message, file=sys.stderr)
+      return 1
+    peak = f'{plan.peak / GiB:.1f} GiB' if plan.peak >= GiB / 10 else f'{plan.peak / 1024**2:.1f} MiB'
+    print(f'fits: peak {peak} of {plan.usable / GiB:.1f} GiB usable per device')
+    return 0
+
+  return cli.run(body)
+
+
+def _count_lines(path: str) -> int:
+  """Non-blank lines of a data file, or 1000 when it is not readable here (a placeholder path)."""
   try:
-    plan = make_plan(fv.config, devices, headroom=fv.headroom)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(format_plan(plan))
-  message = check(plan, fv.config)
-  if message:
-    print(message, file=sys.stderr)
-    return 1
-  peak = f'{plan.peak / GiB:.1f} GiB' if plan.peak >= GiB / 10 else f'{plan.peak / 1024**2:.1f} MiB'
-  print(f'fits: peak {peak} of {plan.usable / GiB:.1f} GiB usable per device')
-  return 0
+    with open(path, encoding='utf-8') as f:
+      return max(1, sum(1 for line in f if line.strip()))
+  except OSError:
+    return 1000
 
 
 if __name__ == '__main__':
+  cli.setup_logging()
   sys.exit(main(sys.argv))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from rftjax import rollout
+from rftjax import multihost
 
 EXIT_CODE = 42
 
@@ -46,7 +46,7 @@ class Watcher:
 
   def requested(self, step: int) -> bool:
     del step
-    return rollout.any_host(self.flag)
+    return multihost.any_host(self.flag)
 
 
 def stop(save, step: int, log) -> Preempted:

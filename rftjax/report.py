@@ -15,6 +15,9 @@ import sys
 from typing import Any
 
 from rftjax import checkpoint as checkpoint_lib
+from rftjax import cli
+from rftjax import errors
+from rftjax import graders
 from rftjax import metrics as metrics_lib
 from rftjax import runfs
 
@@ -22,28 +25,25 @@ TIMINGS = ('sampling_s', 'grading_s', 'training_s', 'eval_s', 'checkpoint_s')
 
 
 def _grader_type(spec: Any) -> str | None:
-  if isinstance(spec, str) and spec:
-    try:
-      spec = json.loads(pathlib.Path(spec).read_text())
-    except (OSError, ValueError):
-      return f'? ({spec} unreadable from here)'
-  if isinstance(spec, dict):
-    spec = spec.get('grader', spec) if 'type' not in spec else spec
-    kind = spec.get('type')
-    if kind == 'multi':
-      subs = spec.get('graders') or {}
-      return 'multi(' + ', '.join(f'{n}:{g.get("type")}' for n, g in subs.items() if isinstance(g, dict)) + ')'
-    return kind
-  return None
+  if not spec:
+    return None
+  try:
+    spec = graders.load(spec)  # a dict, or read from its file
+  except graders.GraderConfigError:
+    return f'? ({spec} unreadable from here)'
+  kind = spec.get('type')
+  if kind == 'multi':
+    subs = spec.get('graders') or {}
+    return 'multi(' + ', '.join(f'{n}:{g.get("type")}' for n, g in subs.items() if isinstance(g, dict)) + ')'
+  return kind
 
 
 def summarize(workdir: str | pathlib.Path) -> dict:
   """Everything the table shows, as a JSON-able dict."""
   workdir = runfs.path(workdir)  # local or gs://
   if not workdir.is_dir():
-    raise FileNotFoundError(f'{workdir}: no such run directory (--workdir)')
-  cfg_path = workdir / 'config.json'
-  config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    raise errors.ConfigError(f'--workdir={workdir}: no such run directory')
+  config = runfs.read_config(workdir).to_dict() if (workdir / 'config.json').is_file() else {}
   records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
   train = [r for r in records if r.get('train_reward_mean') is not None]
   valid = [r for r in records if r.get('valid_reward_mean') is not None]
@@ -159,13 +159,13 @@ def main(argv=None) -> int:
   p.add_argument('--workdir', required=True, help='a run directory')
   p.add_argument('--json', action='store_true', help='print the summary as one JSON object instead of a table')
   args = p.parse_args(argv)
-  try:
+
+  def body() -> int:
     s = summarize(args.workdir)
-  except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(json.dumps(s) if args.json else table(s))
-  return 0
+    print(json.dumps(s) if args.json else table(s))
+    return 0
+
+  return cli.run(body)
 
 
 if __name__ == '__main__':

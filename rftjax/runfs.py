@@ -39,6 +39,25 @@ def path(p: str | os.PathLike) -> epath.Path:
   return out if is_remote(p) else out.absolute()
 
 
+def read_config(workdir: str | os.PathLike):
+  """The run's `config.json` as a ConfigDict (what the trainer wrote at start-up); ConfigError when absent."""
+  import json
+
+  import ml_collections
+
+  from rftjax import errors
+
+  file = path(workdir) / 'config.json'
+  if not file.is_file():
+    raise errors.ConfigError(
+      f'--workdir={workdir}: no {file.name} there; expected a run directory written by rftjax.train'
+    )
+  try:
+    return ml_collections.ConfigDict(json.loads(file.read_text()))
+  except ValueError as e:
+    raise errors.ConfigError(f'{file}: not valid JSON ({e})') from None
+
+
 class RunDir:
   """`local` is where run files are written; `remote` is the workdir; `sync()` makes the second match the first.
 

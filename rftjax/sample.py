@@ -15,14 +15,19 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
-import logging
 import pathlib
 import sys
 
+import jax
 from etils import epath
 
+from rftjax import cli
 from rftjax import data as data_lib
+from rftjax import errors
 from rftjax import inference
+from rftjax import loader
+from rftjax import multihost
+from rftjax import runfs
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -41,21 +46,33 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     help="an extra single-token stop string, repeatable; escapes work: --stop='\\n' (default: the "
     "run's config.sampling.stop)",
   )
+  # several hosts (a pod slice: automatic; elsewhere: the same command on each, with these three flags)
+  p.add_argument('--coordinator', help='host:port of process 0, to run on several hosts as one')
+  p.add_argument('--num_processes', type=int, help='with --coordinator: how many processes')
+  p.add_argument('--process_id', type=int, help="with --coordinator: this process's index")
 
 
-def load_from_args(args) -> inference.Loaded:
-  return inference.load(
-    workdir=args.workdir,
-    step=args.step,
-    init=args.init,
-    model=args.model,
-    tokenizer=args.tokenizer,
-    chat_template=args.chat_template,
+def load_from_args(args) -> loader.Loaded:
+  """The model --workdir/--step or --init (with --model, --tokenizer, --chat_template) name, on this machine (and
+  the others of a multi-host run, which JAX joins here)."""
+  multihost.initialize('auto', args.coordinator, args.num_processes, args.process_id)
+  if args.workdir is not None:
+    config = runfs.read_config(args.workdir)
+    with config.unlocked():
+      for key in ('model', 'tokenizer', 'chat_template'):
+        if getattr(args, key):
+          config[key] = getattr(args, key)
+    return loader.load(config, mesh=loader.inference_mesh(config.get('mesh')), workdir=args.workdir, step=args.step)
+  if not args.init and not (args.model and args.tokenizer):
+    raise errors.ConfigError('--init="" (random weights) needs --model=<preset> and --tokenizer=<spec>')
+  config = loader.model_spec(
+    model=args.model or '', init=args.init, tokenizer=args.tokenizer or '', chat_template=args.chat_template or ''
   )
+  return loader.load(config, mesh=loader.inference_mesh())
 
 
-def read_prompts(path: str | pathlib.Path) -> list[tuple[str, dict, data_lib.Example | None]]:
-  """(source 'file:line', the line as a dict, Example or None for a raw `text` prompt) per non-blank line."""
+def read_prompts(path: str | pathlib.Path) -> list[tuple[dict, data_lib.Example]]:
+  """(the line as a dict, its Example) per non-blank line; a `{"text": ...}` line is an Example with `text`."""
   path = epath.Path(path)  # local or gs://
   if not path.is_file():
     raise data_lib.DataError(f'{path}: no such file (--prompts)')
@@ -72,24 +89,16 @@ def read_prompts(path: str | pathlib.Path) -> list[tuple[str, dict, data_lib.Exa
       if isinstance(obj, dict) and 'messages' not in obj and 'text' in obj:
         if not isinstance(obj['text'], str):
           raise data_lib.DataError(f'{where}: "text" must be a string, got {type(obj["text"]).__name__}')
-        out.append((where, obj, None))
+        out.append((obj, data_lib.Example(messages=(), item=obj, source=where, text=obj['text'])))
       else:
         try:
           ex = data_lib.parse_line(line, where)
         except data_lib.DataError as e:
           raise data_lib.DataError(f'{e} (a prompt line is {{"messages": [...]}} or {{"text": "..."}})') from None
-        out.append((where, obj, ex))
+        out.append((obj, ex))
   if not out:
     raise data_lib.DataError(f'{path}: no prompts (the file is empty)')
   return out
-
-
-def encode(tok, prompt: tuple[str, dict, data_lib.Example | None]) -> list[int]:
-  where, obj, ex = prompt
-  try:
-    return tok.encode_prompt(list(ex.messages)) if ex is not None else tok.encode_text(obj['text'])
-  except ValueError as e:  # e.g. the gemma template's role alternation
-    raise data_lib.DataError(f'{where}: {e}') from None
 
 
 def stderr_progress(label: str):
@@ -124,41 +133,49 @@ def parse_args(argv):
 def main(argv=None) -> int:
   """Returns the exit status: 0, or 2 with the reason on stderr (argparse errors raise SystemExit(2))."""
   args = parse_args(argv)
-  try:
+
+  def body() -> int:
     prompts = read_prompts(args.prompts)  # bad input fails before the model loads
     loaded = load_from_args(args)
-    ids = [encode(loaded.tokenizer, pr) for pr in prompts]
-    outs = inference.complete(
+    ids = data_lib.encode_prompts([ex for _, ex in prompts], loaded.tokenizer)
+    sampler = inference.make_sampler(
       loaded,
       ids,
       max_new_tokens=args.max_new_tokens,
       temperature=args.temperature,
       top_p=args.top_p,
       top_k=args.top_k,
-      seed=args.seed,
-      batch_size=args.batch_size,
       stop=args.stop,
+    )
+    outs = inference.complete(
+      sampler,
+      loaded.params,
+      ids,
+      loaded.tokenizer,
+      mesh=loaded.mesh,
+      batch_size=args.batch_size,
+      rng=jax.random.key(args.seed),
       progress=stderr_progress('sampling'),
     )
-  except (inference.InferenceError, data_lib.DataError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  rows = [
-    {
-      **obj,
-      'source': where,
-      'completion': o['text'],
-      'tokens': o['tokens'],
-      'logprobs': o['logprobs'],
-      'truncated': o['truncated'],
-    }
-    for (where, obj, _), o in zip(prompts, outs)
-  ]
-  data_lib.write_jsonl(args.out, rows)
-  print(f'wrote {len(rows)} completions to {args.out}', file=sys.stderr)
-  return 0
+    rows = [
+      {
+        **obj,
+        'source': ex.source,
+        'completion': o['text'],
+        'tokens': o['tokens'],
+        'logprobs': o['logprobs'],
+        'truncated': o['truncated'],
+      }
+      for (obj, ex), o in zip(prompts, outs)
+    ]
+    if jax.process_index() == 0:
+      data_lib.write_jsonl(args.out, rows)
+      print(f'wrote {len(rows)} completions to {args.out}', file=sys.stderr)
+    return 0
+
+  return cli.run(body)
 
 
 if __name__ == '__main__':
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s', stream=sys.stderr)
+  cli.setup_logging()
   sys.exit(main())

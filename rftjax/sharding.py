@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rftjax import errors
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 # logical name -> mesh axes (None = replicated). Weights are FSDP-sharded on their 'embed' dim and tensor-parallel
@@ -34,26 +36,37 @@ RULES: dict[str, tuple[str, ...] | str | None] = {
 }
 
 
+def resolve_mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
+  """{'data', 'fsdp', 'tensor'} sizes from a config with those fields; one of them may be -1 (the rest). Raises
+  ConfigError naming `config.mesh` when the sizes cannot cover `num_devices` exactly."""
+  try:
+    sizes = {name: int(mesh_cfg[name] if isinstance(mesh_cfg, dict) else getattr(mesh_cfg, name)) for name in MESH_AXES}
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    raise errors.ConfigError(f'config.mesh: expected integer fields {", ".join(MESH_AXES)} ({e})') from None
+  if any(s < 1 and s != -1 for s in sizes.values()) or list(sizes.values()).count(-1) > 1:
+    raise errors.ConfigError(
+      f'config.mesh: expected sizes >= 1, at most one of them -1 (all remaining devices), found {sizes}'
+    )
+  known = math.prod(s for s in sizes.values() if s != -1)
+  if -1 in sizes.values():
+    if num_devices % known:
+      raise errors.ConfigError(f'config.mesh {sizes}: {num_devices} devices are not divisible by {known}')
+    sizes[next(a for a, s in sizes.items() if s == -1)] = num_devices // known
+  if math.prod(sizes.values()) != num_devices:
+    raise errors.ConfigError(
+      f'config.mesh {sizes}: expected data x fsdp x tensor = {num_devices} devices, found {math.prod(sizes.values())}'
+    )
+  return sizes
+
+
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """Mesh over ('data', 'fsdp', 'tensor') from a config with those fields; one of them may be -1 (the rest)."""
   devices = list(devices if devices is not None else jax.devices())
-  sizes = [int(mesh_cfg[name] if isinstance(mesh_cfg, dict) else getattr(mesh_cfg, name)) for name in MESH_AXES]
-  if sizes.count(-1) > 1:
-    raise ValueError(f'config.mesh: at most one of data/fsdp/tensor may be -1, got {dict(zip(MESH_AXES, sizes))}')
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(
-        f'config.mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not divisible by {known}'
-      )
-    sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
-    raise ValueError(
-      f'config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, but {len(devices)} are available'
-    )
+  sizes = tuple(resolve_mesh_shape(mesh_cfg, len(devices)).values())
+  axis_types = (jax.sharding.AxisType.Auto,) * 3
   if len(devices) == len(jax.devices()):
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=axis_types, devices=devices)
+  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=axis_types)
 
 
 def logical_to_spec(

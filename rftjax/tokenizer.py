@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import functools
 import json
-import mmap
 import os
 import pathlib
 import re
-import struct
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from rftjax import gguf_io
 from rftjax import pretrained
 
 # Sentencepiece piece types; GGUF's `tokenizer.ggml.token_type` uses the same codes.
@@ -38,56 +37,6 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 TEMPLATES = ('gemma', 'chatml', 'llama3', 'plain')
 # The token that closes a turn in each template; generation stops on it as well as on EOS.
 _TURN_END = {'gemma': '<end_of_turn>', 'chatml': '<|im_end|>', 'llama3': '<|eot_id|>'}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# GGUF metadata (the key/value header only; tensors are weights.py's business).
-
-_GGUF_SCALAR = {0: '<B', 1: '<b', 2: '<H', 3: '<h', 4: '<I', 5: '<i', 6: '<f', 7: '<?', 10: '<Q', 11: '<q', 12: '<d'}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def read_gguf_metadata(path: str | os.PathLike) -> dict:
-  """All metadata key/values of a GGUF file; numeric arrays as numpy, string arrays as lists.
-
-  gguf-py's `GGUFReader` takes ~27 s on Gemma's 262k-token vocabulary; this reads the same header in ~0.5 s.
-  """
-  with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-    buf = memoryview(m)
-    try:
-      magic, version, _, n_kv = struct.unpack_from('<4sIQQ', buf, 0)
-      if magic != b'GGUF' or version < 2:
-        raise ValueError(f'{path}: not a GGUF v2+ file (magic {magic!r}, version {version})')
-
-      def string(pos):
-        (n,) = struct.unpack_from('<Q', buf, pos)
-        return str(buf[pos + 8 : pos + 8 + n], 'utf-8', 'replace'), pos + 8 + n
-
-      def value(kind, pos):
-        if kind == _GGUF_STRING:
-          return string(pos)
-        if kind == _GGUF_ARRAY:
-          item_kind, count = struct.unpack_from('<IQ', buf, pos)
-          pos += 12
-          if item_kind in _GGUF_SCALAR:
-            arr = np.frombuffer(buf, _GGUF_SCALAR[item_kind], count, pos).copy()
-            return arr, pos + arr.nbytes
-          items = []
-          for _ in range(count):
-            item, pos = value(item_kind, pos)
-            items.append(item)
-          return items, pos
-        fmt = _GGUF_SCALAR[kind]
-        return struct.unpack_from(fmt, buf, pos)[0], pos + struct.calcsize(fmt)
-
-      out, pos = {}, 24
-      for _ in range(n_kv):
-        key, pos = string(pos)
-        (kind,) = struct.unpack_from('<I', buf, pos)
-        out[key], pos = value(kind, pos + 4)
-      return out
-    finally:
-      buf.release()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -145,7 +94,7 @@ class _HFTokenizers:
 def _sentencepiece_proto_from_gguf(md: dict) -> bytes:
   """A sentencepiece BPE `ModelProto` equal to the tokenizer a llama-style (Gemma) GGUF describes.
 
-  Recipe from ../../shared/JAX_NOTES.md: BPE with byte fallback, identity normalizer, no dummy prefix, no
+  Recipe (docs/tokenizers.md): BPE with byte fallback, identity normalizer, no dummy prefix, no
   whitespace trimming; the GGUF spells its user-defined whitespace-run pieces with real spaces, which
   sentencepiece never sees after escaping, so they are respelled with `▁`.
   """
@@ -455,7 +404,7 @@ class Tokenizer:
 
 
 def _from_gguf(path: str, chat_template: str | None) -> Tokenizer:
-  md = read_gguf_metadata(path)
+  md = gguf_io.read_metadata(path)
   kind = md.get('tokenizer.ggml.model')
   get_id = lambda key: int(md[key]) if key in md else None  # noqa: E731
   bos, eos = get_id('tokenizer.ggml.bos_token_id'), get_id('tokenizer.ggml.eos_token_id')

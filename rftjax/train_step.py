@@ -18,7 +18,6 @@ import optax
 
 from rftjax import grpo
 from rftjax import model as model_lib
-from rftjax import sharding
 
 
 @flax.struct.dataclass
@@ -128,8 +127,8 @@ class StepConfig:
   temperature: float = 1.0
   compute_dtype: str = 'float32'
   remat: bool = False
-  with_entropy: bool = True
   microbatches: int = 1  # gradient accumulation: the batch's rows in this many sequential chunks
+  num_iterations: int = 1  # mu: updates per sampled batch (GRPO's inner loop)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -149,11 +148,10 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
       params, step_cfg.model, batch, dtype=jnp.dtype(step_cfg.compute_dtype), remat=step_cfg.remat
     )
     logp = grpo.token_logprobs(logits, batch.completion_tokens, temperature)
-    entropy = None
-    if step_cfg.with_entropy or step_cfg.loss.entropy_coef:
-      entropy = grpo.entropy_from_logits(
-        jax.lax.stop_gradient(logits) if not step_cfg.loss.entropy_coef else logits, temperature
-      )
+    # the entropy is always logged; it carries a gradient only when it is part of the loss
+    entropy = grpo.entropy_from_logits(
+      logits if step_cfg.loss.entropy_coef else jax.lax.stop_gradient(logits), temperature
+    )
     return grpo.policy_loss(
       logp,
       batch.old_logp,
@@ -195,12 +193,22 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
   return jax.jit(step, donate_argnums=0)
 
 
-def shard_batch(batch: Batch, mesh) -> Batch:
-  """Places a host batch on the mesh, rows split over data x fsdp."""
+def make_update(step_cfg: StepConfig, tx: optax.GradientTransformation):
+  """Returns `update(state, batch, ref_params) -> (state, metrics)`: one sampled batch's whole GRPO update.
 
-  def put(x):
-    if x is None:
-      return None
-    return jax.device_put(x, sharding.data_sharding(mesh, x.ndim))
+  With `num_iterations` (mu) > 1 the policy before the first update is the "old" policy of the clipped ratio, so
+  its logprobs are computed once up front ([GRPO] Algorithm 1); with `ref_params` (beta > 0) so are the reference
+  model's. Then mu jitted train steps run on the same batch. Metrics are those of the last step.
+  """
+  train_step = make_train_step(step_cfg, tx)
 
-  return jax.tree.map(put, batch)
+  def update(state, batch: Batch, ref_params=None):
+    if step_cfg.num_iterations > 1:
+      batch = batch.replace(old_logp=policy_logprobs(step_cfg, state['params'], batch))
+    if ref_params is not None:
+      batch = batch.replace(ref_logp=policy_logprobs(step_cfg, ref_params, batch))
+    for _ in range(step_cfg.num_iterations):
+      state, metrics = train_step(state, batch)
+    return state, metrics
+
+  return update

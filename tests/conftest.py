@@ -1,7 +1,7 @@
 """Test session setup shared by every test file.
 
 Eight fake CPU devices so sharding tests can build a 2x2x2 mesh; single-device tests simply use no mesh.
-A persistent compilation cache makes the second run of the suite much faster (see ../shared/JAX_NOTES.md).
+A persistent compilation cache makes the second run of the suite much faster (docs/platform.md).
 """
 
 import os

@@ -10,12 +10,15 @@ import pytest
 
 from configs import tiny
 from rftjax import checkpoint
+from rftjax import errors
 from rftjax import evaluate
 from rftjax import graders
 from rftjax import inference
+from rftjax import loader
 from rftjax import model
 from rftjax import plots
 from rftjax import report
+from rftjax import runfs
 from rftjax import sample
 from rftjax import sampler
 from rftjax import train_step
@@ -86,10 +89,14 @@ def test_summary_pass_at_k_small_case():
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------
+def load_run(run_dir, step='best'):
+  return loader.load(runfs.read_config(run_dir), workdir=run_dir, step=step)
+
+
 def test_load_restores_the_params_the_trainer_saved(run_dir, in_repo):
-  loaded = inference.load(workdir=run_dir, step=2)
+  loaded = load_run(run_dir, step=2)
   assert loaded.step == 2 and loaded.cfg.vocab_size == loaded.tokenizer.vocab_size
-  run = loaded.run_config
+  run = loaded.config
   tx = train_step.make_optimizer(run.optimizer, run.total_steps)  # the trainer's full state, restored its way
   state = train_step.init_state(model.init_params(loaded.cfg, 0), tx)
   state, _ = checkpoint.Checkpointer(run_dir / 'checkpoints', read_only=True).restore(
@@ -97,8 +104,8 @@ def test_load_restores_the_params_the_trainer_saved(run_dir, in_repo):
   )
   for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state['params'])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  with pytest.raises(inference.InferenceError, match="--step=bestest: step must be 'latest', 'best' or a step"):
-    inference.load(workdir=run_dir, step='bestest')
+  with pytest.raises(errors.ConfigError, match="--step=bestest: step must be 'latest', 'best' or a step"):
+    load_run(run_dir, step='bestest')
 
 
 # ---- sample ------------------------------------------------------------------------------------------------------
@@ -112,11 +119,11 @@ def test_sample_greedy_equals_sampler_generate(run_dir, tmp_path, in_repo):
   rows = read_jsonl(out)
   assert len(rows) == len(PROMPTS)
   assert rows[1]['source'] == f'{prompts}:2' and rows[0]['answer'] == '9'
-  loaded = inference.load(workdir=run_dir, step='latest')
+  loaded = load_run(run_dir, step='latest')
   assert loaded.step == 3
   tok = loaded.tokenizer
   ids = [tok.encode_prompt(p['messages']) if 'messages' in p else tok.encode_text(p['text']) for p in PROMPTS]
-  want = sampler.generate(loaded.params, loaded.cfg, ids, max_new_tokens=4, stop_ids=tok.stop_ids, pad_id=loaded.pad_id)
+  want = sampler.generate(loaded.params, loaded.cfg, ids, max_new_tokens=4, stop_ids=tok.stop_ids, pad_id=tok.pad_id)
   for row, w in zip(rows, want):
     assert row['tokens'] == w
     assert row['completion'] == tok.decode(w)
@@ -158,7 +165,7 @@ def test_sample_stop_string_ends_the_completion_at_its_token(tmp_path, in_repo, 
   ]
   assert sample.main(base + [f'--out={tmp_path / "free.jsonl"}']) == 0
   (free,) = read_jsonl(tmp_path / 'free.jsonl')
-  tok = inference.load(init='', model='tiny', tokenizer='sp:data/tiny/tokenizer.model').tokenizer
+  tok = loader.load_tokenizer(loader.model_spec(tokenizer='sp:data/tiny/tokenizer.model'))
   k = next(i for i, t in enumerate(free['tokens'][1:], 1) if tok.encode(tok.decode([t])) == [t])  # a stop-able token
   stop = tok.decode([free['tokens'][k]])
   assert sample.main(base + [f'--out={tmp_path / "stop.jsonl"}', f'--stop={stop}']) == 0
@@ -272,32 +279,30 @@ def test_smooth_is_debiased():
 
 # ---- local judge -------------------------------------------------------------------------------------------------
 def test_local_judge_answers_model_graders(run_dir, in_repo):
-  loaded = inference.load(workdir=run_dir)
-  inference.register_local_judge('tiny-judge', loaded, max_new_tokens=2)
-  try:
-    g = graders.build(
-      {
-        'type': 'score_model',
-        'name': 'judge',
-        'model': 'tiny-judge',
-        'range': [0, 9],
-        'input': [
-          {'role': 'developer', 'content': 'ignored by the plain template'},
-          {'role': 'user', 'content': 'Largest digit: {{item.digits}}'},
-        ],
-      }
-    )
-    item = {'digits': '3 9 4 1'}
-    with graders.GradingPool(num_workers=1) as pool:
-      (result,) = pool.grade(g, ['x'], [item])
-    said = inference.complete(
-      loaded,
-      [loaded.tokenizer.encode_prompt([{'role': 'user', 'content': 'Largest digit: 3 9 4 1'}])],
-      max_new_tokens=2,
-    )[0]['text']
-    if result.errors:  # the judge answered, with text that is no score: a parse error quoting it
-      assert result.errors[0].category == 'model_grader_parse' and repr(said) in result.errors[0].message
-    else:
-      assert result.reward == min(max(float(said), 0), 9)
-  finally:
-    graders.register_judge('tiny-judge', None)
+  loaded = load_run(run_dir)
+  judges = {'tiny-judge': inference.make_judge(loaded, max_new_tokens=2)}
+  spec = {
+    'type': 'score_model',
+    'name': 'judge',
+    'model': 'tiny-judge',
+    'range': [0, 9],
+    'input': [
+      {'role': 'developer', 'content': 'ignored by the plain template'},
+      {'role': 'user', 'content': 'Largest digit: {{item.digits}}'},
+    ],
+  }
+  g = graders.build(spec, judges=judges)
+  item = {'digits': '3 9 4 1'}
+  with graders.GradingPool(num_workers=1) as pool:
+    (result,) = pool.grade(g, ['x'], [item])
+  ids = [loaded.tokenizer.encode_prompt([{'role': 'user', 'content': 'Largest digit: 3 9 4 1'}])]
+  s = inference.make_sampler(loaded, ids, max_new_tokens=2, stop=())
+  said = inference.complete(s, loaded.params, ids, loaded.tokenizer, mesh=None)[0]['text']
+  if result.errors:  # the judge answered, with text that is no score: a parse error quoting it
+    assert result.errors[0].category == 'model_grader_parse' and repr(said) in result.errors[0].message
+  else:
+    assert result.reward == min(max(float(said), 0), 9)
+  # with a base_url of its own the grader asks that endpoint, not the local judge (none listens there)
+  with graders.GradingPool(num_workers=1) as pool:
+    (offline,) = pool.grade(graders.build({**spec, 'base_url': 'http://127.0.0.1:9'}, judges=judges), ['x'], [item])
+  assert offline.errors and offline.errors[0].category == 'model_grader_server'

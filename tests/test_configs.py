@@ -29,11 +29,11 @@ def test_config_is_usable(name, arg, monkeypatch):
   cfg = model.get_config(c.model)
   examples = data.load_jsonl(c.data.train)
   valid = data.load_jsonl(c.data.valid)
-  graders.build(trainer.load_grader_spec(c.grader))
+  graders.build(graders.load(c.grader))
   tok = tokenizer.load_tokenizer(c.tokenizer or c.init, chat_template=c.chat_template or None)
   if cfg.family != 'tiny':
     assert tok.vocab_size <= cfg.vocab_size
-  lengths = [len(ids) for ids in trainer.tokenize_prompts(examples[:200] + valid, tok, c.data.max_prompt_len)]
+  lengths = [len(ids) for ids in data.encode_prompts(examples[:200] + valid, tok, c.data.max_prompt_len)]
   assert max(lengths) <= c.data.max_prompt_len
   assert c.eval_interval > 0
   assert len(tok.stop_ids_with(tuple(c.sampling.stop))) == len(tok.stop_ids) + len(c.sampling.stop)  # one token each

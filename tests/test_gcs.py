@@ -10,7 +10,8 @@ from etils import epath
 
 from configs import tiny
 from rftjax import export
-from rftjax import inference
+from rftjax import errors
+from rftjax import loader
 from rftjax import metrics
 from rftjax import report
 from rftjax import runfs
@@ -78,7 +79,7 @@ def test_train_resume_and_read_back_from_a_bucket(bucket, tmp_path, monkeypatch)
 
   summary = report.summarize(workdir)
   assert summary['steps_done'] == 3 and summary['best_step'] in (0, 2, 3)
-  loaded = inference.load(workdir=workdir, step='latest')
+  loaded = loader.load(runfs.read_config(workdir), workdir=workdir, step='latest')
   assert loaded.step == 3
   assert export.main([f'--workdir={workdir}', '--step=latest', f'--out={tmp_path / "hf"}']) == 0
   assert json.loads((tmp_path / 'hf' / 'config.json').read_text())['num_hidden_layers'] == loaded.cfg.num_layers
@@ -87,7 +88,7 @@ def test_train_resume_and_read_back_from_a_bucket(bucket, tmp_path, monkeypatch)
 
 def test_a_bucket_that_does_not_exist_is_a_config_error(bucket):
   del bucket  # the emulator must be up: the error is the missing bucket, not a dead endpoint
-  with pytest.raises(trainer.ConfigError, match='gs://no-such-bucket/run: cannot write there'):
+  with pytest.raises(errors.ConfigError, match='gs://no-such-bucket/run: cannot write there'):
     trainer.train(tiny.get_config('test'), 'gs://no-such-bucket/run')
 
 

@@ -373,49 +373,47 @@ def test_label_model_http_and_unreachable(judge_url):
   assert missing.errors[0].category == 'invalid_variable'
 
 
-def test_local_judge_registration():
+def test_local_judges_are_passed_to_build(monkeypatch):
+  monkeypatch.setenv('OPENAI_API_KEY', '')
+  monkeypatch.setattr('rftjax.graders.model_graders.DEFAULT_BASE_URL', 'http://127.0.0.1:9/v1')
   calls = []
 
   def judge(messages, sampling_params):
     calls.append((messages, sampling_params))
     return '0.25' if 'short' in messages[-1]['content'] else 'not a number'
 
-  graders.register_judge('local-tiny', judge)
-  try:
-    spec = model_spec('score_model', '', model='local-tiny')
-    del spec['base_url']
-    g = graders.build(spec)
-    res = g.grade_batch(['short', 'long'], [{'q': 'x'}] * 2)
-    assert res[0].reward == 0.25 and res[1].errors[0].category == 'model_grader_parse'
-    assert calls[0][1] == {'temperature': 0.0, 'max_completions_tokens': 16}
-  finally:
-    graders.register_judge('local-tiny', None)
+  spec = model_spec('score_model', '', model='local-tiny')
+  del spec['base_url']
+  g = graders.build(spec, judges={'local-tiny': judge})
+  res = g.grade_batch(['short', 'long'], [{'q': 'x'}] * 2)
+  assert res[0].reward == 0.25 and res[1].errors[0].category == 'model_grader_parse'
+  assert calls[0][1] == {'temperature': 0.0, 'max_completions_tokens': 16}
+  unjudged = graders.build(spec).grade_batch(['short'], [{'q': 'x'}])[0]  # no judge given: the API, unreachable
+  assert unjudged.errors[0].category == 'model_grader_server' and len(calls) == 2
 
 
 def test_multi_with_a_model_judge_through_the_pool():
-  graders.register_judge('local-yesno', lambda messages, params: 'pass' if '42' in messages[0]['content'] else 'fail')
-  try:
-    g = graders.build(
-      {
-        'type': 'multi',
-        'calculate_output': '(judge + exact) / 2',
-        'graders': {
-          'judge': {
-            'type': 'label_model',
-            'model': 'local-yesno',
-            'labels': ['pass', 'fail'],
-            'passing_labels': ['pass'],
-            'input': [{'role': 'user', 'content': '{{sample.output_text}}'}],
-          },
-          'exact': {'type': 'string_check', 'input': '{{sample.output_text}}', 'reference': '42', 'operation': 'like'},
+  judges = {'local-yesno': lambda messages, params: 'pass' if '42' in messages[0]['content'] else 'fail'}
+  g = graders.build(
+    {
+      'type': 'multi',
+      'calculate_output': '(judge + exact) / 2',
+      'graders': {
+        'judge': {
+          'type': 'label_model',
+          'model': 'local-yesno',
+          'labels': ['pass', 'fail'],
+          'passing_labels': ['pass'],
+          'input': [{'role': 'user', 'content': '{{sample.output_text}}'}],
         },
-      }
-    )
-    with graders.GradingPool(num_workers=1, timeout_s=5) as pool:
-      res = pool.submit(g, ['it is 42', 'it is 41'], [{}, {}]).result(timeout=30)
-    assert [r.reward for r in res] == [1.0, 0.0] and res[0].sub_rewards == {'judge': 1.0, 'exact': 1.0}
-  finally:
-    graders.register_judge('local-yesno', None)
+        'exact': {'type': 'string_check', 'input': '{{sample.output_text}}', 'reference': '42', 'operation': 'like'},
+      },
+    },
+    judges=judges,
+  )
+  with graders.GradingPool(num_workers=1, timeout_s=5) as pool:
+    res = pool.submit(g, ['it is 42', 'it is 41'], [{}, {}]).result(timeout=30)
+  assert [r.reward for r in res] == [1.0, 0.0] and res[0].sub_rewards == {'judge': 1.0, 'exact': 1.0}
 
 
 # CLI -------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import common
+from rftjax import errors
 from rftjax import hparams
 
 
@@ -100,7 +101,7 @@ def test_eval_samples_sets_the_native_field():
   ],
 )
 def test_bad_values_name_the_field(field, value, expect):
-  with pytest.raises(hparams.HparamError, match=expect.replace('(', r'\(').replace(')', r'\)')):
+  with pytest.raises(errors.ConfigError, match=expect.replace('(', r'\(').replace(')', r'\)')):
     hparams.apply(make_config(**{field: value}), 100)
 
 

@@ -1,7 +1,7 @@
 """The same tiny training on four meshes of the 8 fake devices, and a checkpoint carried from one mesh to another.
 
 Sharding changes only the order of floating-point reductions, so losses agree to ~1e-6 and AdamW turns that into
-~1e-4 parameter differences after a step (../shared/JAX_NOTES.md). Tolerances below: rewards and completions
+~1e-4 parameter differences after a step (docs/platform.md). Tolerances below: rewards and completions
 exactly (same samples: the RNG is sharding-invariant), loss/entropy/grad_norm to 1e-4 relative, params to 2e-3
 absolute after 2-3 steps at the config's learning rate (warmup: 6e-5, 1.2e-4, 1.8e-4).
 """

@@ -9,6 +9,7 @@ Tolerances: rewards and metrics 1e-4 relative; params 1e-4 absolute (same mesh a
 transport differs).
 """
 
+import json
 import os
 import pathlib
 import socket
@@ -21,6 +22,7 @@ import pytest
 
 from configs import tiny
 from rftjax import checkpoint
+from rftjax import evaluate
 from rftjax import metrics
 from rftjax import model
 from rftjax import train_step
@@ -65,6 +67,13 @@ def params_of(workdir):
 
 
 def launch(workdir, valid, process_id, port, num_processes=2):
+  cmd = ['-m', 'rftjax.train', '--config=configs/tiny.py:test', f'--workdir={workdir}', f'--config.data.valid={valid}']
+  cmd += [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  return spawn(cmd, workdir.parent / f'process{process_id}.log', process_id, port, num_processes)
+
+
+def spawn(args, log_path, process_id, port, num_processes=2):
+  """`python ARGS` as process `process_id` of a jax.distributed run on 127.0.0.1:port, 4 CPU devices each."""
   env = dict(
     os.environ,
     XLA_FLAGS='--xla_force_host_platform_device_count=4',
@@ -74,17 +83,12 @@ def launch(workdir, valid, process_id, port, num_processes=2):
   )
   cmd = [
     sys.executable,
-    '-m',
-    'rftjax.train',
+    *args,
     f'--coordinator=127.0.0.1:{port}',
     f'--num_processes={num_processes}',
     f'--process_id={process_id}',
-    '--config=configs/tiny.py:test',
-    f'--workdir={workdir}',
-    f'--config.data.valid={valid}',
   ]
-  cmd += [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
-  log = open(workdir.parent / f'process{process_id}.log', 'w')
+  log = open(log_path, 'w')
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
 
@@ -155,3 +159,54 @@ def test_two_processes_report_global_batch_metrics(runs):
       if not np.isclose(b[key], a[key], rtol=1e-4, atol=1e-6):
         problems.append(f'step {a["step"]} {key}: 2 processes {b[key]}, 1 process {a[key]}')
   assert not problems, '\n'.join(problems)
+
+
+@pytest.mark.slow
+def test_console_shows_rftjax_lines_not_library_info(runs):
+  """The default console: rftjax's own lines and warnings, none of Orbax's or absl's INFO chatter."""
+  log = (runs[0].parent / 'process0.log').read_text()
+  assert 'step 0: valid_reward_mean=' in log and 'step 3: valid_reward_mean=' in log
+  assert 'checkpoint_manager' not in log and 'CheckpointManager' not in log and 'orbax' not in log.lower(), log[-3000:]
+
+
+@pytest.mark.slow
+def test_evaluate_on_two_processes_equals_one(runs, tmp_path):
+  """rftjax.evaluate on 2 hosts (each samples and grades its share of every batch) writes what 1 host writes."""
+  multi, _ = runs
+  data = small_valid(tmp_path)
+  port = free_port()
+  outs = [tmp_path / 'two.jsonl', tmp_path / 'two.jsonl']
+  args = [
+    '-m',
+    'rftjax.evaluate',
+    f'--workdir={multi}',
+    '--step=latest',
+    f'--data={data}',
+    '--samples=2',
+    '--temperature=1.0',
+    '--batch_size=6',
+    f'--out={outs[0]}',
+    '--num_workers=1',
+  ]
+  procs = [spawn(args, tmp_path / f'eval{i}.log', i, port) for i in range(2)]
+  try:
+    codes = [p.wait(timeout=300) for p, _ in procs]
+  finally:
+    for p, log in procs:
+      if p.poll() is None:
+        p.kill()
+      log.close()
+  assert codes == [0, 0], '\n'.join((tmp_path / f'eval{i}.log').read_text()[-2000:] for i in range(2))
+  mp = pytest.MonkeyPatch()
+  mp.chdir(REPO)
+  try:
+    one = tmp_path / 'one.jsonl'
+    assert evaluate.main(args[2:-2] + [f'--out={one}', '--num_workers=1']) == 0
+  finally:
+    mp.undo()
+  two_rows, one_rows = metrics.read_jsonl(outs[0]), metrics.read_jsonl(one)
+  assert len(two_rows) == len(one_rows) == 16  # 8 prompts x 2 samples, in order
+  assert [r['tokens'] for r in two_rows] == [r['tokens'] for r in one_rows]
+  assert [r['reward'] for r in two_rows] == [r['reward'] for r in one_rows]
+  summary = json.loads((tmp_path / 'two.jsonl.summary.json').read_text())
+  assert summary['reward_mean'] == json.loads((tmp_path / 'one.jsonl.summary.json').read_text())['reward_mean']

@@ -12,6 +12,8 @@ from configs import gemma3_tpu
 from configs import tiny
 from rftjax import grpo
 from rftjax import model
+from rftjax import loader
+from rftjax import multihost
 from rftjax import plan
 from rftjax import sharding
 from rftjax import train_step
@@ -120,6 +122,11 @@ def test_remat_and_bf16_cache_lower_the_plan():
   assert plan.make_plan(config, 'v6e-16').sampling['KV cache'] == 2 * base.sampling['KV cache']
 
 
+class FakeVocab:
+  def __init__(self, vocab_size):
+    self.vocab_size = vocab_size
+
+
 @pytest.mark.parametrize('remat', [False, True], ids=['no_remat', 'remat'])
 def test_estimate_matches_compiled_memory_analysis(remat):
   """Tiny train step on the 8 fake devices, (2, 2, 2) mesh: XLA's per-device numbers vs the plan.
@@ -135,7 +142,7 @@ def test_estimate_matches_compiled_memory_analysis(remat):
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
   vocab, rows, p, n = 512, 16, 32, 32
   cfg = model.TransformerConfig.tiny(vocab)
-  estimate = plan.make_plan(config, 'cpu-8', vocab_size=vocab)
+  estimate = plan.make_plan(config, 'cpu-8', model=loader.load(config, abstract=True, tokenizer=FakeVocab(vocab)))
 
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
@@ -150,7 +157,7 @@ def test_estimate_matches_compiled_memory_analysis(remat):
       advantages=np.zeros(rows, np.float32),
       sampler_logp=np.zeros((rows, n), np.float32),
     )
-    batch = train_step.shard_batch(batch, mesh)
+    batch = jax.tree.map(lambda x: multihost.to_global(mesh, x), batch)
     stats = step.lower(state, batch).compile().memory_analysis()
 
   batch_bytes = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(batch))

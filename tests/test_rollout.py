@@ -1,7 +1,9 @@
 """Host side of a step: dynamic sampling changes what is trained on; advantages and masks from rollouts."""
 
+import jax
 import numpy as np
 
+from rftjax import graders
 from rftjax import rollout
 
 G = 2
@@ -20,7 +22,7 @@ def fake_rollout(group_rewards, tag):
     lengths=np.full(n, 2),
     truncated=np.zeros(n, bool),
     rewards=rewards,
-    results=[None] * n,
+    results=[graders.GradeResult(float(x)) for x in rewards],
     texts=[f'{tag}:{i}' for i in range(n)],
   )
 
@@ -32,18 +34,42 @@ ROUNDS = [
 ]
 
 
-def sampler(rounds):
-  return lambda attempt: fake_rollout(rounds[attempt], tag=attempt + 1)
+class CannedRollouts(rollout.Rollouts):
+  """Rollouts whose draws are the canned rounds above, so the selection logic runs without a model."""
+
+  def __init__(self, dynamic: bool, max_rounds: int):
+    cfg = rollout.RolloutConfig(
+      num_generations=G, prompts=4, max_new_tokens=2, dynamic_sampling=dynamic, max_resample_rounds=max_rounds
+    )
+    super().__init__(cfg, None, [], [], None, None, None, None, None, jax.random.key(0))
+    self.draws = 0
+
+  def draw(self, params, rng):
+    self.draws += 1
+    return fake_rollout(ROUNDS[self.draws - 1], tag=self.draws), 0.5, 0.25
+
+
+def collect(dynamic: bool, max_rounds: int = 3):
+  captured = {}
+  rollouts = CannedRollouts(dynamic, max_rounds)
+  real = rollout.make_batch
+  rollout.make_batch = lambda r, cfg, mesh: captured.setdefault('r', r)
+  try:
+    _, stats, timings = rollouts(None, 0)
+  finally:
+    rollout.make_batch = real
+  assert timings == {'sampling_s': 0.5 * rollouts.draws, 'grading_s': 0.25 * rollouts.draws}
+  return captured['r'], stats['sampling_rounds']
 
 
 def test_without_dynamic_sampling_zero_variance_groups_are_trained_on():
-  r, n = rollout.collect(sampler(ROUNDS), 4, G, dynamic=False, max_rounds=3)
+  r, n = collect(dynamic=False)
   assert n == 1 and r.texts == fake_rollout(ROUNDS[0], 1).texts
   assert r.mask.sum() == 16  # every row (8 x 2 tokens), flat groups included, gets a loss
 
 
 def test_dynamic_sampling_keeps_only_groups_with_signal():
-  r, n = rollout.collect(sampler(ROUNDS), 4, G, dynamic=True, max_rounds=3)
+  r, n = collect(dynamic=True)
   assert n == 3  # 2 signal groups in round 1, +1 in round 2, +1 in round 3
   assert r.texts == ['1:0', '1:1', '1:4', '1:5', '2:2', '2:3', '3:0', '3:1']
   groups = r.rewards.reshape(4, G)
@@ -52,22 +78,27 @@ def test_dynamic_sampling_keeps_only_groups_with_signal():
 
 
 def test_dynamic_sampling_shortfall_is_masked_out():
-  r, n = rollout.collect(sampler(ROUNDS), 4, G, dynamic=True, max_rounds=1)
+  r, n = collect(dynamic=True, max_rounds=1)
   assert n == 2  # bounded: one extra round only
   assert r.texts[:6] == ['1:0', '1:1', '1:4', '1:5', '2:2', '2:3']
   np.testing.assert_array_equal(r.mask.sum(1), [2, 2, 2, 2, 2, 2, 0, 0])  # the filler group gets no loss
 
 
 def test_make_batch_overlong_penalty_and_truncation_mask():
-  import ml_collections
-
   r = fake_rollout([(1, 1), (0, 1)], tag=1)
   r.lengths = np.asarray([4, 8, 8, 2])
   r.truncated = np.asarray([False, True, False, False])
-  cfg = ml_collections.ConfigDict(
-    dict(advantage='grpo', scale_rewards='group', overlong_buffer=4, overlong_penalty=1.0, mask_truncated=True)
+  cfg = rollout.RolloutConfig(
+    num_generations=G,
+    prompts=2,
+    max_new_tokens=8,
+    advantage='grpo',
+    scale_rewards='group',
+    overlong_buffer=4,
+    overlong_penalty=1.0,
+    mask_truncated=True,
   )
-  batch = rollout.make_batch(r, cfg, G, max_new_tokens=8, mesh=None)
+  batch = rollout.make_batch(r, cfg, mesh=None)
   # shaped rewards: len 4 <= 8 - 4 -> 0 penalty; len 8 = max -> -1; len 2 -> 0  =>  [1, 0, -1, 1]
   # group (1, 0): mean .5, std .5 -> (+1, -1); group (-1, 1): mean 0, std 1 -> (-1, +1)   (eps 1e-4 in the std)
   np.testing.assert_allclose(np.asarray(batch.advantages), [1, -1, -1, 1], atol=1e-3)

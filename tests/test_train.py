@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from rftjax import errors
+from rftjax import graders
 from rftjax import grpo
+from rftjax import inference
 from rftjax import metrics
 from rftjax import model
+from rftjax import multihost
 from rftjax import sampler
 from rftjax import sharding
 from rftjax import train_step
@@ -49,7 +53,7 @@ def one_step(mesh):
     tx = train_step.make_optimizer(OPT, 10)
     state = train_step.init_state(params, tx)
     step = train_step.make_train_step(train_step.StepConfig(CFG, grpo.LossConfig.dapo()), tx)
-    state, m = step(state, train_step.shard_batch(make_batch(), mesh))
+    state, m = step(state, jax.tree.map(lambda x: multihost.to_global(mesh, x), make_batch()))
     return state, jax.device_get(m)
 
 
@@ -212,7 +216,6 @@ def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
 
 
 def test_bad_grader_fails_before_training(tmp_path, in_repo):
-  from rftjax import graders
 
   bad = tmp_path / 'grader.json'
   bad.write_text(
@@ -222,7 +225,7 @@ def test_bad_grader_fails_before_training(tmp_path, in_repo):
   )
   with pytest.raises(graders.GraderConfigError, match='operation'):
     run(tmp_path, 'bad', 1, grader=str(bad))
-  assert not (tmp_path / 'bad' / 'checkpoints').exists()
+  assert not (tmp_path / 'bad').exists()  # checked before the workdir is created
 
 
 def test_schedule_warmup_and_cosine():
@@ -237,8 +240,8 @@ def test_schedule_warmup_and_cosine():
 
 def test_model_graders_naming_an_init_get_a_local_judge(monkeypatch):
   calls = []
-  monkeypatch.setattr('rftjax.inference.load', lambda init: calls.append(init) or init)
-  monkeypatch.setattr('rftjax.inference.register_local_judge', lambda name, loaded: calls.append(('reg', name)))
+  monkeypatch.setattr('rftjax.loader.load', lambda config, mesh: calls.append(config.init) or config.init)
+  monkeypatch.setattr('rftjax.inference.make_judge', lambda loaded: lambda messages, params: f'judged by {loaded}')
   spec = {
     'type': 'multi',
     'calculate_output': 'a + b',
@@ -247,8 +250,10 @@ def test_model_graders_naming_an_init_get_a_local_judge(monkeypatch):
       'b': {'type': 'label_model', 'model': 'gpt-4o-mini', 'input': [], 'labels': ['y'], 'passing_labels': ['y']},
     },
   }
-  assert trainer.register_local_judges(spec) == ['gguf:smollm2-135m']  # an API model name is left to its endpoint
-  assert calls == ['gguf:smollm2-135m', ('reg', 'gguf:smollm2-135m')]
+  assert graders.local_models(spec) == ['gguf:smollm2-135m']  # an API model name is left to its endpoint
+  judges = inference.local_judges(spec)
+  assert calls == ['gguf:smollm2-135m'] and list(judges) == ['gguf:smollm2-135m']
+  assert judges['gguf:smollm2-135m']([], {}) == 'judged by gguf:smollm2-135m'
 
 
 @pytest.mark.parametrize('aggregation', ['token_mean', 'sequence_mean', 'constant'])
@@ -268,7 +273,7 @@ def test_microbatches_equal_the_full_batch(aggregation):
 
 
 def test_a_multi_token_stop_string_is_a_config_error(tmp_path, in_repo):
-  with pytest.raises(trainer.ConfigError, match=r"config.sampling.stop: stop string 'Largest digit: 12' is \d+ tokens"):
+  with pytest.raises(errors.ConfigError, match=r"config.sampling.stop: stop string 'Largest digit: 12' is \d+ tokens"):
     run(tmp_path, 'stop', 1, **{'sampling.stop': ('Largest digit: 12',)})
 
 

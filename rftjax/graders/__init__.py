@@ -16,11 +16,11 @@ from rftjax.graders.metrics import GradingFailed
 from rftjax.graders.metrics import check_failures
 from rftjax.graders.metrics import summarize
 from rftjax.graders.model_graders import http_judge
-from rftjax.graders.model_graders import register_judge
 from rftjax.graders.pool import GradingPool
 from rftjax.graders.spec import TYPES
 from rftjax.graders.spec import build
 from rftjax.graders.spec import load
+from rftjax.graders.spec import local_models
 from rftjax.graders.spec import validate
 
 __all__ = [
@@ -33,10 +33,10 @@ __all__ = [
   'check_failures',
   'summarize',
   'http_judge',
-  'register_judge',
   'GradingPool',
   'TYPES',
   'build',
   'load',
+  'local_models',
   'validate',
 ]

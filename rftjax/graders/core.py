@@ -10,6 +10,8 @@ import dataclasses
 import json
 from typing import Any
 
+from rftjax import errors
+
 # OpenAI's reinforcement fine-tuning error categories (the `*_error` metrics of a fine-tuning job).
 SAMPLE_PARSE = 'sample_parse'
 INVALID_VARIABLE = 'invalid_variable'
@@ -31,7 +33,7 @@ CATEGORIES = (
 )
 
 
-class GraderConfigError(ValueError):
+class GraderConfigError(errors.UserError):
   """A grader spec is invalid; the message names the field, what was found and what was expected."""
 
 
@@ -62,6 +64,12 @@ class GradeResult:
       'errors': [{'category': e.category, 'message': e.message} for e in self.errors],
       'metadata': dict(self.metadata),
     }
+
+  @classmethod
+  def from_json(cls, d: dict[str, Any]) -> GradeResult:
+    """The inverse of `to_json` (results travel between hosts as JSON)."""
+    errs = tuple(GradeError(e['category'], e['message']) for e in d['errors'])
+    return cls(d['reward'], dict(d['sub_rewards']), errs, dict(d['metadata']))
 
 
 def failed(category: str, message: str, **metadata: Any) -> GradeResult:
@@ -102,7 +110,10 @@ class Grader:
 
 
 def sample_dict(text: str) -> dict[str, Any]:
-  """The sample a grader sees: OpenAI's `output_text`, plus `output_json` when the text parses as JSON."""
+  """The sample a grader sees: OpenAI's `output_text`, plus `output_json` when the text parses as JSON.
+
+  Deliberately twinned by `sandbox_worker._sample`, which must not import rftjax (it runs in the sandbox): a change
+  here goes there too."""
   sample: dict[str, Any] = {'output_text': text, 'output_json': None}
   stripped = text.strip()
   if stripped[:1] in ('{', '['):

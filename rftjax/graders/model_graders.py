@@ -1,8 +1,8 @@
 """`score_model` and `label_model`: a judge model reads templated messages and answers with a score or a label.
 
 A judge is any callable `judge(messages: list[dict], sampling_params: dict) -> str`. Two kinds exist:
-  * local judges, registered by name with `register_judge(name, fn)` (the trainer wires rftjax's own sampler in
-    here) and selected when the spec's `model` equals that name;
+  * local judges, passed to `graders.build(spec, judges={name: fn})` and selected when the spec's `model` equals
+    that name (`inference.local_judges` serves `gguf:...` / `hf:...` models with rftjax's own sampler);
   * an OpenAI-compatible chat endpoint (`POST {base_url}/chat/completions`) given by the spec's `base_url`
     (default https://api.openai.com/v1) and `api_key_env` (default OPENAI_API_KEY; unset env means no auth).
 Failures: transport/HTTP errors -> model_grader_server; an answer that is not a number in range / not one of
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,19 +23,8 @@ from rftjax.graders import core
 from rftjax.graders import templating
 
 Judge = Callable[[list[dict], dict], str]
-_LOCAL_JUDGES: dict[str, Judge] = {}
-_LOCK = threading.Lock()
 DEFAULT_BASE_URL = 'https://api.openai.com/v1'
 _NUM = r'[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?'
-
-
-def register_judge(name: str, judge: Judge | None) -> None:
-  """Makes `judge` answer model graders whose `model` is `name`; `None` unregisters."""
-  with _LOCK:
-    if judge is None:
-      _LOCAL_JUDGES.pop(name, None)
-    else:
-      _LOCAL_JUDGES[name] = judge
 
 
 def http_judge(
@@ -122,17 +110,17 @@ def _compile_messages(messages: Any, field: str):
 class _ModelGrader(core.Grader):
   mode = core.MODEL
 
-  def __init__(self, spec: dict[str, Any], name: str):
+  def __init__(self, spec: dict[str, Any], name: str, judges: dict[str, Judge] | None = None):
     self.spec, self.name = spec, name
+    self.local_judge = (judges or {}).get(spec['model']) if 'base_url' not in spec else None
     self.messages = _compile_messages(spec.get('input'), f'{name}.input')
     self.model = spec['model']
     self.sampling_params = dict(spec.get('sampling_params') or {})
     self.needs_json = 'output_json' in json.dumps(spec.get('input'))
 
   def judge(self, timeout_s: float) -> Judge:
-    local = _LOCAL_JUDGES.get(self.model)
-    if local is not None and 'base_url' not in self.spec:
-      return local
+    if self.local_judge is not None:
+      return self.local_judge
     return http_judge(
       self.spec.get('base_url', DEFAULT_BASE_URL),
       self.spec.get('api_key_env', 'OPENAI_API_KEY'),
@@ -183,8 +171,8 @@ class ScoreModel(_ModelGrader):
 
   type = 'score_model'
 
-  def __init__(self, spec, name):
-    super().__init__(spec, name)
+  def __init__(self, spec, name, judges=None):
+    super().__init__(spec, name, judges)
     self.lo, self.hi = (float(x) for x in spec.get('range', (0.0, 1.0)))
     self.pass_threshold = spec.get('pass_threshold')
 
@@ -220,8 +208,8 @@ class LabelModel(_ModelGrader):
 
   type = 'label_model'
 
-  def __init__(self, spec, name):
-    super().__init__(spec, name)
+  def __init__(self, spec, name, judges=None):
+    super().__init__(spec, name, judges)
     self.labels = list(spec['labels'])
     self.passing = set(spec['passing_labels'])
 

@@ -185,6 +185,7 @@ def _as_score(value, what='grade()'):
 
 
 def _sample(text):
+  # The twin of graders.core.sample_dict (this process imports nothing of rftjax): keep the two alike.
   sample = {'output_text': text, 'output_json': None, 'output_tools': []}
   stripped = text.strip()
   if stripped[:1] in ('{', '['):

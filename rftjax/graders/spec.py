@@ -105,13 +105,18 @@ _LEAVES = {
 TYPES = tuple(_LEAVES) + ('multi',)
 
 
-def _build_leaf(spec: Any, where: str) -> core.Grader:
+_JUDGED = ('score_model', 'label_model')
+
+
+def _build_leaf(spec: Any, where: str, judges: dict | None) -> core.Grader:
   if not isinstance(spec, dict):
     raise _E(f'{where}: expected a grader object, found {type(spec).__name__}')
   kind = _field(spec, 'type', _STR, where, choices=TYPES)
   if kind == 'multi':
     raise _E(f'{where}.type: a multi grader cannot contain another multi grader; expected one of {list(_LEAVES)}')
   _check_leaf(spec, where)
+  if kind in _JUDGED:
+    return _LEAVES[kind](spec, spec.get('name') or where, judges)
   return _LEAVES[kind](spec, spec.get('name') or where)
 
 
@@ -120,7 +125,7 @@ class Multi(core.Grader):
 
   type = 'multi'
 
-  def __init__(self, spec: dict[str, Any], name: str):
+  def __init__(self, spec: dict[str, Any], name: str, judges: dict | None = None):
     self.spec, self.name = spec, name
     graders = _field(spec, 'graders', (dict,), name)
     if not graders:
@@ -131,7 +136,7 @@ class Multi(core.Grader):
           f'{name}.graders: name {sub!r} cannot be used in calculate_output; expected letters, digits '
           'and underscores, not starting with a digit'
         )
-    self.subs = {sub: _build_leaf(s, f'{name}.graders.{sub}') for sub, s in graders.items()}
+    self.subs = {sub: _build_leaf(s, f'{name}.graders.{sub}', judges) for sub, s in graders.items()}
     for sub, g in self.subs.items():
       g.name = sub
     self.formula = formula.Formula(_field(spec, 'calculate_output', _STR, name), set(self.subs))
@@ -159,7 +164,12 @@ class Multi(core.Grader):
     return out
 
 
-def load(spec: dict | str | pathlib.Path) -> dict:
+def load(spec: Any) -> dict:
+  """The grader as a plain dict: from a dict, a ConfigDict (a run config's inline grader) or a JSON file path."""
+  if spec is None or spec == '':
+    raise _E('config.grader is not set: give a grader dict or the path of a grader JSON file')
+  if hasattr(spec, 'to_dict'):
+    spec = spec.to_dict()
   if isinstance(spec, (str, pathlib.Path)):
     path = epath.Path(spec)  # a local path or gs://
     try:
@@ -177,14 +187,30 @@ def load(spec: dict | str | pathlib.Path) -> dict:
   return spec
 
 
-def build(spec: dict | str | pathlib.Path) -> core.Grader:
-  """A grader from a dict or a JSON file path; raises GraderConfigError naming the offending field."""
+def build(spec: Any, judges: dict | None = None) -> core.Grader:
+  """A grader from a dict or a JSON file path; raises GraderConfigError naming the offending field.
+
+  `judges` maps a model grader's `model` name to a local judge callable (model_graders.Judge); other model
+  graders call their OpenAI-compatible endpoint."""
   spec = load(spec)
   where = 'grader'
   kind = _field(spec, 'type', _STR, where, choices=TYPES)
   if kind == 'multi':
-    return Multi(spec, spec.get('name') or 'multi')
-  return _build_leaf(spec, where)
+    return Multi(spec, spec.get('name') or 'multi', judges)
+  return _build_leaf(spec, where, judges)
+
+
+def local_models(spec: dict) -> list[str]:
+  """Model names of the score_model / label_model graders in `spec` that rftjax serves itself: an init spec
+  (`gguf:...`, `hf:...`) with no `base_url` of its own. In order, without repeats."""
+  names: list[str] = []
+  subs = spec.get('graders') if spec.get('type') == 'multi' and isinstance(spec.get('graders'), dict) else {}
+  for leaf in [spec, *subs.values()]:
+    model = leaf.get('model') if isinstance(leaf, dict) else None
+    if model and leaf.get('type') in _JUDGED and isinstance(model, str) and model.startswith(('gguf:', 'hf:')):
+      if 'base_url' not in leaf and model not in names:
+        names.append(model)
+  return names
 
 
 def validate(spec: dict | str | pathlib.Path) -> None:

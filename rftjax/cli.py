@@ -1,0 +1,109 @@
+"""What the command-line tools share: a quiet console, the `--config` flag, and one way bad input ends a command.
+
+  cli.setup_logging(verbosity)           # rftjax's lines + every warning; verbosity 1 adds the libraries' INFO
+  fv = cli.parse_config_flags(argv, define=...)   # --config=configs/x.py[:variant] --config.a.b=v, checked
+  return cli.run(main_body)              # a UserError is one `error: ...` line on stderr and exit status 2
+
+Config overrides are checked before the config is used: a key that does not exist is one line naming it and the
+closest existing key (`config.sampling.temprature: no such field; did you mean config.sampling.temperature?`), a
+value of the wrong type names the key and what it expected.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import pathlib
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+from rftjax import errors
+
+FORMAT = '%(asctime)s %(levelname).1s %(message)s'
+
+
+def setup_logging(verbosity: int = 0) -> None:
+  """rftjax's own INFO lines, warnings from everything; `verbosity >= 1`: the libraries' INFO lines too (Orbax,
+  absl, JAX), `>= 2`: DEBUG."""
+  level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+  logging.basicConfig(level=level, format=FORMAT, datefmt='%H:%M:%S', stream=sys.stderr, force=True)
+  logging.getLogger('rftjax').setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+  logging.getLogger('absl').setLevel(level)  # Orbax logs through absl
+
+
+def run(body: Callable[[], int]) -> int:
+  """Calls `body`; a UserError becomes `error: <message>` on stderr and exit status 2 (no traceback)."""
+  try:
+    return body()
+  except errors.UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return errors.EXIT_CODE
+
+
+# ---- the --config flag ----------------------------------------------------------------------------------------
+_OVERRIDE = re.compile(r'--?config\.([A-Za-z0-9_.]+)(?:=(.*))?$')
+
+
+def _load_config_file(spec: str):
+  """configs/x.py[:arg] -> get_config(arg), for the error message when config_flags fails on it."""
+  path, _, arg = spec.partition(':')
+  if not pathlib.Path(path).is_file():
+    raise errors.ConfigError(f'--config={spec}: no such file {path}')
+  module_spec = importlib.util.spec_from_file_location('rftjax_config_file', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _check_key(config, dotted: str) -> None:
+  """config.a.b exists, else one line naming it and the closest field."""
+  node, prefix = config, 'config.'
+  for part in dotted.split('.'):
+    keys = list(node.keys()) if hasattr(node, 'keys') else []
+    if part not in keys:
+      hint = errors.did_you_mean(part, keys, prefix=prefix) or f'; {prefix[:-1]} has {", ".join(keys) or "no fields"}'
+      raise errors.ConfigError(f'{prefix}{part}: no such field{hint}')
+    node, prefix = node[part], f'{prefix}{part}.'
+
+
+def parse_config_flags(argv: Sequence[str], define: Callable | None = None, *, required: Sequence[str] = ()):
+  """An absl FlagValues with `--config` (a config file, its overrides) and the flags `define(fv)` adds, parsed
+  from `argv` (argv[0] is the program). Raises ConfigError naming the flag or key on any problem."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  argv = list(argv)
+  config_args = [a for a in argv[1:] if re.match(r'--?config=', a)]
+  overrides = [m for m in (_OVERRIDE.match(a) for a in argv[1:]) if m]
+  if config_args:  # unknown keys first: config_flags would end in a chained traceback
+    try:
+      config = _load_config_file(config_args[-1].split('=', 1)[1])
+    except errors.UserError:
+      raise
+    except Exception as e:  # noqa: BLE001  the config file's own error is the message
+      raise errors.ConfigError(f'{config_args[-1]}: {type(e).__name__}: {e}') from None
+    for m in overrides:
+      _check_key(config, m.group(1))
+
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+    'config', None, 'Run config: configs/*.py[:variant].', flag_values=fv, lock_config=True, sys_argv=argv
+  )
+  flags.DEFINE_integer(
+    'verbosity', 0, "0: rftjax lines and warnings; 1: the libraries' INFO lines too; 2: debug", flag_values=fv
+  )
+  if define is not None:
+    define(fv)
+  try:
+    fv(argv)
+  except flags.Error as e:
+    cause = e.__cause__ or e.__context__
+    m = re.match(r'flag --config\.([\w.]+)=', str(e))
+    if m:
+      raise errors.ConfigError(f'config.{m.group(1)}: {cause or e}') from None
+    raise errors.ConfigError(str(e).split('\n')[0]) from None
+  for name in required:
+    if fv[name].value is None:
+      raise errors.ConfigError(f'--{name} is required')
+  return fv

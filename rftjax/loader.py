@@ -1,0 +1,169 @@
+"""The one way to get a model: tokenizer, architecture and params from a config, a pretrained file or a run.
+
+  loaded = loader.load(config, mesh=mesh)                          # config.init: a pretrained file, or random
+  loaded = loader.load(run_config, mesh=mesh, workdir=W, step='best')  # a run's checkpoint (params only)
+  loaded = loader.load(config, abstract=True)                      # shapes only: nothing is read or allocated
+
+`config` is a run config (configs/*.py) or any ConfigDict with its model keys: `model` (a preset; '' = what the
+init file states), `init` ('' = random, `gguf:PATH`, `gguf:NAME`, `hf:DIR`), `tokenizer` ('' = the init's own),
+`chat_template`, `param_dtype` and `seed`; `model_spec(...)` builds one for the command-line tools. The trainer,
+the inference tools, export and the memory planner all load through `load`, so a model means the same thing in each
+(the tiny demo model's vocabulary follows its tokenizer; a run restores what it trained).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from rftjax import checkpoint as checkpoint_lib
+from rftjax import errors
+from rftjax import model as model_lib
+from rftjax import pretrained
+from rftjax import runfs
+from rftjax import sharding
+from rftjax import tokenizer as tokenizer_lib
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  cfg: model_lib.TransformerConfig
+  tokenizer: tokenizer_lib.Tokenizer | None  # None only for an abstract load that did not need it
+  params: Any  # pure-dict params on `mesh` (ShapeDtypeStructs when abstract)
+  mesh: jax.sharding.Mesh | None
+  config: ml_collections.ConfigDict  # the model keys it was loaded from (a run's whole config.json)
+  step: int | None = None  # the checkpoint step, when loaded from a run
+
+
+def model_spec(
+  model: str = '',
+  init: str = '',
+  tokenizer: str = '',
+  chat_template: str = '',
+  param_dtype: str = 'float32',
+  seed: int = 0,
+) -> ml_collections.ConfigDict:
+  """A config with only the model keys, for tools that load a model without a run config (`--init`, judges)."""
+  return ml_collections.ConfigDict(
+    dict(model=model, init=init, tokenizer=tokenizer, chat_template=chat_template, param_dtype=param_dtype, seed=seed)
+  )
+
+
+def load_tokenizer(config) -> tokenizer_lib.Tokenizer:
+  """`config.tokenizer`, else the tokenizer stored with `config.init`."""
+  key = 'tokenizer' if config.get('tokenizer') else 'init'
+  spec = config.get(key)
+  if not spec:
+    raise errors.ConfigError(
+      'config.tokenizer: not set and there is no config.init to take one from; expected '
+      'sp:PATH, gguf:PATH, gguf:NAME or hf:DIR'
+    )
+  try:
+    return tokenizer_lib.load_tokenizer(spec, chat_template=config.get('chat_template') or None)
+  except (OSError, ValueError) as e:
+    raise errors.ConfigError(f'config.{key}={spec!r}: cannot load a tokenizer from it ({e})') from None
+
+
+def model_config(config, tok: tokenizer_lib.Tokenizer | None) -> model_lib.TransformerConfig:
+  """The architecture: preset `config.model` (checked against the init file when weights are read), or the one
+  the init file states when no preset is named. The tiny demo model's vocabulary follows its tokenizer."""
+  if config.get('model'):
+    if config.model not in model_lib.PRESETS:
+      raise errors.ConfigError(
+        f'config.model: unknown preset {config.model!r}'
+        f'{errors.did_you_mean(config.model, model_lib.PRESETS)}; known: '
+        f'{", ".join(sorted(model_lib.PRESETS))}'
+      )
+    cfg = model_lib.get_config(config.model)
+  elif config.get('init'):
+    from rftjax import weights  # heavy (gguf, safetensors); only needed for pretrained models
+
+    cfg = weights.config_from_file(config.init)
+  else:
+    raise errors.ConfigError('config.model: not set, and there is no config.init file to read the architecture from')
+  if cfg.family == 'tiny' and tok is not None:
+    cfg = dataclasses.replace(cfg, vocab_size=tok.vocab_size)
+  return cfg
+
+
+def abstract_params(cfg: model_lib.TransformerConfig, dtype, mesh) -> Any:
+  """ShapeDtypeStructs of the params in their mesh shardings (a restore target; no memory)."""
+  shapes = model_lib.param_shapes(cfg, jnp.dtype(dtype))
+  shardings = sharding.param_shardings(shapes, model_lib.param_axes(cfg), mesh)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def load(
+  config,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+  workdir: str | pathlib.Path | None = None,
+  step: int | str | None = 'best',
+  abstract: bool = False,
+  tokenizer: tokenizer_lib.Tokenizer | None = None,
+  tokenizer_required: bool = True,
+) -> Loaded:
+  """Tokenizer, architecture and params (see the module docstring).
+
+  With `workdir`, the params of checkpoint `step` ('best', 'latest' or a number) are restored into their
+  shardings on `mesh` (None: one device), never the optimizer state. `abstract` reads no weights and loads the
+  tokenizer only where the architecture needs it (the tiny model), so it works without the files. `tokenizer`
+  skips loading one that the caller already has; `tokenizer_required=False` loads the model without one when
+  there is none (exporting a weights-only folder).
+  """
+  dtype = jnp.dtype(config.get('param_dtype') or 'float32')
+  tok = tokenizer
+  if tok is None and (not abstract or config.get('model') == 'tiny'):  # tiny: the vocabulary is the tokenizer's
+    try:
+      tok = load_tokenizer(config)
+    except errors.ConfigError as e:
+      if tokenizer_required and not abstract:
+        raise
+      log.info('no tokenizer: %s', e)
+  cfg = model_config(config, tok)
+  if abstract:
+    return Loaded(cfg, tok, abstract_params(cfg, dtype, mesh), mesh, config)
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    if workdir is not None:
+      ckpt_dir = runfs.path(workdir) / 'checkpoints'
+      ckpt = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, async_save=False)
+      try:
+        resolved = ckpt.resolve_step('best' if step is None else step)
+        params = ckpt.restore_params(resolved, abstract_params(cfg, dtype, mesh))
+      except (FileNotFoundError, ValueError) as e:
+        raise errors.ConfigError(f'--step={step}: {e}') from None
+      finally:
+        ckpt.close()
+      log.info('loaded %s step %d (%s, %d params)', workdir, resolved, cfg.name, cfg.num_params())
+      return Loaded(cfg, tok, params, mesh, config, resolved)
+    if config.get('init'):
+      from rftjax import weights  # heavy (gguf, safetensors); only needed for pretrained models
+
+      try:
+        params = weights.load(config.init, cfg, mesh, dtype=dtype)
+      except (pretrained.MissingWeightsError, FileNotFoundError) as e:
+        raise errors.ConfigError(f'config.init={config.init!r}: {e}') from None
+    else:
+      params = model_lib.init_params(cfg, int(config.get('seed') or 0), mesh, dtype=dtype)
+  return Loaded(cfg, tok, params, mesh, config)
+
+
+def inference_mesh(mesh_cfg=None) -> jax.sharding.Mesh:
+  """A run's own mesh when this machine has the devices for it, else FSDP over every device."""
+  if mesh_cfg is not None:
+    try:
+      return sharding.make_mesh(mesh_cfg)
+    except ValueError as e:
+      log.info(
+        'run mesh %s does not fit here (%s); using fsdp over all %d devices', dict(mesh_cfg), e, jax.device_count()
+      )
+  return sharding.make_mesh({'data': 1, 'fsdp': -1, 'tensor': 1})

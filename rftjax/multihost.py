@@ -1,0 +1,114 @@
+"""Multi-host: JAX's own multi-controller runtime and the few host-side collectives rftjax needs.
+
+On a pod slice every host runs the same command (`tpu/launch.sh`); `initialize` joins them into one JAX runtime.
+From then on each host samples, decodes and grades its own rows: `to_global` builds the device batch from every
+host's rows, `local_rows` takes this host's rows back out of a batch-sharded array, `allmean` reduces per-host
+metrics, `any_host` agrees on a flag (preemption) and `gather_objects` hands every host the JSON records of all of
+them (evaluation). With one process every function is the identity or close to it, so CPU tests run the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from rftjax import sharding
+
+log = logging.getLogger(__name__)
+
+
+def on_multihost_tpu_vm() -> bool:
+  """TPU VM pod slices list every worker in TPU_WORKER_HOSTNAMES; a single-host VM lists one."""
+  return ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
+
+
+def initialize(
+  mode: str = 'auto', coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
+  """Calls jax.distributed.initialize when asked or when the environment says we are one of several hosts."""
+  if mode == 'off':
+    return False
+  if coordinator:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+  elif mode == 'on' or on_multihost_tpu_vm():
+    jax.distributed.initialize()  # auto-detects the coordinator on TPU VMs
+  else:
+    return False
+  log.info(
+    'jax.distributed: process %d of %d, %d local / %d global devices',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
+  return True
+
+
+def spans_hosts(mesh) -> bool:
+  """True when the mesh has devices of several processes (rows must then be split between the hosts)."""
+  return mesh is not None and len({d.process_index for d in mesh.devices.flat}) > 1
+
+
+def local_rows(x) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in global order."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  shards = {}
+  for shard in x.addressable_shards:
+    shards.setdefault(shard.index[0].start or 0, shard.data)
+  return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+
+
+def to_global(mesh, x: np.ndarray):
+  """Global array from every process's rows (rows split over data x fsdp)."""
+  s = sharding.data_sharding(mesh, x.ndim)
+  if jax.process_count() == 1:
+    return jax.device_put(x, s)
+  return jax.make_array_from_process_local_data(s, x)
+
+
+def allmean(values: dict[str, float]) -> dict[str, float]:
+  """Per-host metrics -> global ones (hosts hold equal numbers of rows): means average, `*num_graded` sums,
+  `*_max` takes the max, and `X_std` pools with its `X_mean` (total variance = mean of variances + variance of means).
+  """
+  if jax.process_count() == 1 or not values:
+    return values
+  keys = sorted(values)
+  gathered = multihost_utils.process_allgather(np.asarray([values[k] for k in keys], np.float64))
+  g = np.asarray(gathered).reshape(jax.process_count(), -1)
+  out = {}
+  for i, k in enumerate(keys):
+    col = g[:, i]
+    if k.endswith('num_graded'):
+      out[k] = float(col.sum())
+    elif k.endswith('_max'):
+      out[k] = float(col.max())
+    elif k.endswith('_std') and k[:-4] + '_mean' in values:
+      m = g[:, keys.index(k[:-4] + '_mean')]
+      out[k] = float(np.sqrt(max(np.mean(col**2 + m**2) - np.mean(m) ** 2, 0.0)))
+    else:
+      out[k] = float(col.mean())
+  return out
+
+
+def any_host(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.asarray(multihost_utils.process_allgather(np.asarray([flag]))).any())
+
+
+def gather_objects(objects: list) -> list:
+  """Every host's list of JSON-able objects, concatenated in process order, on every host."""
+  if jax.process_count() == 1:
+    return list(objects)
+  data = np.frombuffer(json.dumps(objects).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[: data.size] = data
+  rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+  return [obj for row, n in zip(rows, sizes) for obj in json.loads(row[:n].tobytes())]

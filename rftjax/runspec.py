@@ -1,0 +1,310 @@
+"""A run config, checked once and translated into the frozen description the training loop runs from.
+
+  config = runspec.resolve(config, len(train_examples))  # OpenAI-style fields applied, then `check`
+  spec = runspec.build(config, tokenizer)                 # RunSpec: model, loss and step, samplers, rollout options
+
+`check` is every test a config value must pass: types, ranges, choices, divisibility by the mesh and the hosts,
+the files `init` and `tokenizer` name. It runs before anything slow (no model is loaded, nothing is written), and
+each failure is one `ConfigError` naming the `config.` key, what was found and what was expected. The trainer reads
+the learning algorithm from the `RunSpec` only; `plan` runs the same checks for a slice it does not run on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+
+import jax
+
+from rftjax import errors
+from rftjax import grpo
+from rftjax import hparams
+from rftjax import loader
+from rftjax import model as model_lib
+from rftjax import pretrained
+from rftjax import rollout
+from rftjax import sampler as sampler_lib
+from rftjax import sharding
+from rftjax import train_step
+from rftjax import tokenizer as tokenizer_lib
+
+DTYPES = ('float32', 'bfloat16')
+SCHEDULES = ('constant', 'cosine')
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """What the loop runs: every field derived from the config once, by `build`."""
+
+  model: model_lib.TransformerConfig
+  step: train_step.StepConfig  # loss, temperature, dtypes, remat, microbatches, mu
+  rollout: rollout.RolloutConfig  # G, prompts per host, advantages, overlong shaping, dynamic sampling
+  train_sampler: sampler_lib.Sampler
+  eval_sampler: sampler_lib.Sampler
+  uses_reference: bool  # beta > 0: reference logprobs are part of the loss
+  total_steps: int
+  eval_interval: int
+  eval_samples: int  # completions per validation prompt
+  eval_batch_size: int
+
+
+# ---- checks ----------------------------------------------------------------------------------------------------
+def _get(config, key: str):
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return node
+
+
+def _fail(key: str, found, expected: str):
+  raise errors.ConfigError(f'config.{key}: expected {expected}, found {found!r}')
+
+
+def _int(config, key: str, minimum: int, why: str = '') -> int:
+  value = _get(config, key)
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    _fail(key, value, f'an integer >= {minimum}{why}')
+  return value
+
+
+def _num(config, key: str, low: float | None = None, high: float | None = None, *, open_low=False, why=''):
+  value = _get(config, key)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  if ok and low is not None:
+    ok = value > low if open_low else value >= low
+  if ok and high is not None:
+    ok = value <= high
+  if not ok:
+    bounds = [f'{">" if open_low else ">="} {low:g}' if low is not None else '', f'<= {high:g}' if high else '']
+    _fail(key, value, ' '.join(['a finite number', ' and '.join(b for b in bounds if b)]).strip() + why)
+  return float(value)
+
+
+def _choice(config, key: str, choices) -> str:
+  value = _get(config, key)
+  if value not in choices:
+    hint = errors.did_you_mean(value, choices) if isinstance(value, str) else ''
+    raise errors.ConfigError(f'config.{key}: expected one of {", ".join(map(repr, choices))}, found {value!r}{hint}')
+  return value
+
+
+def _bool(config, key: str) -> bool:
+  value = _get(config, key)
+  if not isinstance(value, bool):
+    _fail(key, value, 'True or False')
+  return value
+
+
+def _file_spec(key: str, spec: str, kinds: tuple[str, ...]) -> None:
+  """`config.init` / `config.tokenizer` name a file or folder that exists (a shorthand: an installed package)."""
+  kind, _, rest = spec.partition(':')
+  if kind not in kinds or not rest:
+    _fail(
+      key,
+      spec,
+      ' or '.join(f'{k}:PATH' if k != 'hf' else 'hf:DIR' for k in kinds)
+      + (f' or gguf:NAME ({", ".join(pretrained.SHORTHANDS)})' if 'gguf' in kinds else ''),
+    )
+  if kind == 'gguf' and rest in pretrained.SHORTHANDS:
+    try:
+      pretrained.resolve(spec)
+    except pretrained.MissingWeightsError as e:
+      raise errors.ConfigError(f'config.{key}={spec!r}: {e}') from None
+    return
+  path = pathlib.Path(rest)
+  if kind == 'hf' and not path.is_dir():
+    raise errors.ConfigError(f'config.{key}={spec!r}: no such folder {path}')
+  if kind != 'hf' and not path.is_file():
+    known = f' (known gguf:NAME shorthands: {", ".join(pretrained.SHORTHANDS)})' if kind == 'gguf' else ''
+    raise errors.ConfigError(f'config.{key}={spec!r}: no such file {path}{known}')
+
+
+def check(config, *, devices: int | None = None, processes: int | None = None, inputs: bool = True) -> None:
+  """Raises ConfigError for the first unusable value. `devices` / `processes` default to this machine's;
+  `inputs=False` skips what names the user's files (init, tokenizer, data, grader): planning for another machine."""
+  devices = jax.device_count() if devices is None else devices
+  processes = jax.process_count() if processes is None else processes
+  if config.get('model') and config.model not in model_lib.PRESETS:
+    _choice(config, 'model', tuple(sorted(model_lib.PRESETS)))
+  if not config.get('model') and not config.get('init'):
+    _fail('model', config.get('model'), 'a preset name when config.init is empty (random weights)')
+  if inputs and config.get('init'):
+    _file_spec('init', config.init, ('gguf', 'hf'))
+    if config.get('model'):
+      from rftjax import weights  # reads the file's header only
+
+      try:
+        weights.config_from_file(config.init, config.model)
+      except ValueError as e:
+        raise errors.ConfigError(f'config.model={config.model!r}: {e}') from None
+  if inputs and config.get('tokenizer'):
+    _file_spec('tokenizer', config.tokenizer, ('sp', 'gguf', 'hf'))
+  if inputs and not config.get('tokenizer') and not config.get('init'):
+    _fail('tokenizer', config.get('tokenizer'), 'a tokenizer (sp:PATH, gguf:PATH, hf:DIR) when config.init is empty')
+  if config.get('chat_template'):
+    _choice(config, 'chat_template', tokenizer_lib.TEMPLATES)
+  for key in ('data.train', 'data.valid') if inputs else ():
+    if not _get(config, key):
+      _fail(key, _get(config, key), 'the path of a JSONL file')
+  _int(config, 'data.max_prompt_len', 1)
+  _int(config, 'data.valid_limit', 0, ' (0 = every validation example)')
+  if inputs and config.get('grader') in (None, ''):
+    _fail('grader', config.get('grader'), 'a grader dict or the path of a grader JSON file')
+  _int(config, 'seed', 0)
+  _int(config, 'total_steps', 0)
+  batch = _int(config, 'batch_size', 1)
+  g = _int(config, 'num_generations', 2, ' (GRPO compares the completions of one prompt)')
+
+  _num(config, 'sampling.temperature', 0, why=' (0 = greedy)')
+  _num(config, 'sampling.top_p', 0, 1, open_low=True)
+  _int(config, 'sampling.top_k', 0, ' (0 = off)')
+  new_tokens = _int(config, 'sampling.max_new_tokens', 1)
+  if config.sampling.cache_dtype:
+    _choice(config, 'sampling.cache_dtype', DTYPES)
+  if isinstance(config.sampling.stop, str) or not all(isinstance(s, str) and s for s in config.sampling.stop):
+    _fail('sampling.stop', config.sampling.stop, 'a tuple of non-empty strings')
+
+  _num(config, 'grpo.beta', 0, why=' (0 = no KL term)')
+  _choice(config, 'grpo.kl_estimator', grpo.KL_ESTIMATORS)
+  _num(config, 'grpo.epsilon', 0, open_low=True)
+  _num(config, 'grpo.epsilon_high', 0, why=' (0 = the same as grpo.epsilon)')
+  _int(config, 'grpo.num_iterations', 1)
+  advantage = _choice(config, 'grpo.advantage', grpo.ADVANTAGE_METHODS)
+  _choice(config, 'grpo.scale_rewards', grpo.ADVANTAGE_SCALES)
+  _choice(config, 'grpo.loss_aggregation', grpo.AGGREGATIONS)
+  _choice(config, 'grpo.importance_level', grpo.IMPORTANCE_LEVELS)
+  if config.grpo.dual_clip and _num(config, 'grpo.dual_clip') <= 1:
+    _fail('grpo.dual_clip', config.grpo.dual_clip, '0 (off) or a number > 1')
+  _num(config, 'grpo.tis_cap', 0, why=' (0 = off)')
+  _num(config, 'grpo.entropy_coef')
+  _bool(config, 'grpo.dynamic_sampling')
+  _int(config, 'grpo.max_resample_rounds', 0)
+  _bool(config, 'grpo.mask_truncated')
+  overlong = _int(config, 'grpo.overlong_buffer', 0, ' (0 = off)')
+  if overlong >= new_tokens:
+    _fail('grpo.overlong_buffer', overlong, f'fewer tokens than config.sampling.max_new_tokens={new_tokens}')
+  _num(config, 'grpo.overlong_penalty', 0)
+  if advantage == 'rloo' and g < 2:
+    _fail('num_generations', g, '>= 2 for grpo.advantage=rloo')
+
+  _num(config, 'optimizer.learning_rate', 0, open_low=True)
+  _int(config, 'optimizer.warmup_steps', 0)
+  _choice(config, 'optimizer.schedule', SCHEDULES)
+  _num(config, 'optimizer.b1', 0, 1)
+  _num(config, 'optimizer.b2', 0, 1)
+  _num(config, 'optimizer.weight_decay', 0)
+  _num(config, 'optimizer.max_grad_norm', 0, open_low=True)
+  if config.optimizer.get('mu_dtype'):
+    _choice(config, 'optimizer.mu_dtype', DTYPES)
+
+  _int(config, 'eval_interval', 1)
+  _num(config, 'eval_temperature', 0, why=' (0 = greedy)')
+  _int(config, 'eval_samples', 1)
+  _int(config, 'eval_batch_size', 1)
+  _int(config, 'checkpoint.keep_best', 0)
+  _bool(config, 'checkpoint.async_save')
+  _int(config, 'grading.num_workers', 0, ' (0 = one per CPU core)')
+  _num(config, 'grading.timeout_s', 0, open_low=True)
+  _num(config, 'grading.max_error_share', 0, 1)
+  _choice(config, 'compute_dtype', DTYPES)
+  _choice(config, 'param_dtype', DTYPES)
+  _bool(config, 'remat')
+  micro = _int(config, 'train_microbatches', 1)
+  _num(config, 'sync_interval_s', 0, open_low=True)
+
+  sizes = sharding.resolve_mesh_shape(config.mesh, devices)
+  shards = sizes['data'] * sizes['fsdp']
+  rows = batch * g
+  if rows % shards:
+    raise errors.ConfigError(
+      f'config.batch_size x config.num_generations = {batch} x {g} = {rows} rows: expected '
+      f'a multiple of the mesh data x fsdp = {shards}, which splits them'
+    )
+  if rows % (micro * shards):
+    raise errors.ConfigError(
+      f'config.train_microbatches={micro}: {rows} rows do not split into {micro} '
+      f'microbatches that data x fsdp = {shards} divides'
+    )
+  if batch % processes:
+    raise errors.ConfigError(
+      f'config.batch_size={batch}: expected a multiple of the {processes} processes '
+      '(each host samples and grades its own prompts)'
+    )
+
+
+def resolve(config, num_train_examples: int):
+  """`config` with the OpenAI-style fields applied (hparams.apply, a copy), checked."""
+  config = hparams.apply(config, num_train_examples)
+  check(config)
+  return config
+
+
+# ---- the run description ---------------------------------------------------------------------------------------
+def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
+  """The RunSpec of a checked config (see `resolve`); `tok` supplies stop and pad ids and the tiny model's vocab."""
+  cfg = loader.model_config(config, tok)
+  s, o = config.sampling, config.grpo
+  try:
+    stop_ids = tok.stop_ids_with(tuple(s.stop))
+  except ValueError as e:
+    raise errors.ConfigError(f'config.sampling.stop: {e}') from None
+  loss = grpo.LossConfig(
+    epsilon=o.epsilon,
+    epsilon_high=o.epsilon_high or None,
+    beta=o.beta,
+    kl_estimator=o.kl_estimator,
+    aggregation=o.loss_aggregation,
+    max_tokens=s.max_new_tokens,
+    importance_level=o.importance_level,
+    dual_clip=o.dual_clip or None,
+    tis_cap=o.tis_cap or None,
+    entropy_coef=o.entropy_coef,
+  )
+  step = train_step.StepConfig(
+    model=cfg,
+    loss=loss,
+    temperature=s.temperature,
+    compute_dtype=config.compute_dtype,
+    remat=config.remat,
+    microbatches=config.train_microbatches,
+    num_iterations=o.num_iterations,
+  )
+  rollouts = rollout.RolloutConfig(
+    num_generations=config.num_generations,
+    prompts=config.batch_size // jax.process_count(),
+    max_new_tokens=s.max_new_tokens,
+    advantage=o.advantage,
+    scale_rewards=o.scale_rewards if o.advantage == 'grpo' else None,
+    overlong_buffer=o.overlong_buffer,
+    overlong_penalty=o.overlong_penalty,
+    mask_truncated=o.mask_truncated,
+    dynamic_sampling=o.dynamic_sampling,
+    max_resample_rounds=o.max_resample_rounds,
+    max_error_share=config.grading.max_error_share,
+  )
+  samplers = [
+    sampler_lib.Sampler(
+      cfg,
+      config.data.max_prompt_len,
+      s.max_new_tokens,
+      stop_ids,
+      tok.pad_id,
+      sampler_lib.SamplingParams(temperature, s.top_p, s.top_k),
+      cache_dtype=s.cache_dtype or 'float32',
+      compute_dtype=config.compute_dtype,
+    )
+    for temperature in (s.temperature, config.eval_temperature)
+  ]
+  return RunSpec(
+    model=cfg,
+    step=step,
+    rollout=rollouts,
+    train_sampler=samplers[0],
+    eval_sampler=samplers[1],
+    uses_reference=o.beta > 0,
+    total_steps=config.total_steps,
+    eval_interval=config.eval_interval,
+    eval_samples=config.eval_samples,
+    eval_batch_size=config.eval_batch_size,
+  )

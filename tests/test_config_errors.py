@@ -1,0 +1,126 @@
+"""Bad config values end `python -m rftjax.train` with exit status 2 and one line naming the key, before any model
+loads and before anything is written to the workdir (no config.json, no compile cache, no checkpoint)."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from rftjax import cli
+from rftjax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = '--config=configs/tiny.py'
+
+# (flags after --workdir, what the one error line must contain)
+BAD = [
+  ([TINY, '--config.batch_size=-1'], 'config.batch_size: expected an integer >= 1, found -1'),
+  ([TINY, '--config.num_generations=1'], 'config.num_generations: expected an integer >= 2'),
+  (
+    [TINY, '--config.sampling.temprature=0.5'],
+    'config.sampling.temprature: no such field; did you mean config.sampling.temperature?',
+  ),
+  ([TINY, '--config.nope=1'], 'config.nope: no such field'),
+  ([TINY, '--config.mesh.fsdp=3'], 'config.mesh'),
+  ([TINY, '--config.mesh.data=3', '--config.mesh.fsdp=1'], 'config.mesh'),
+  ([TINY, '--config.init=gguf:/no/such/model.gguf'], "config.init='gguf:/no/such/model.gguf': no such file"),
+  ([TINY, '--config.init=gguf:smollm3'], 'known gguf:NAME shorthands: gemma3-270m, smollm2-135m'),
+  ([TINY, '--config.tokenizer=sp:/no/such/tokenizer.model'], 'config.tokenizer='),
+  ([TINY, '--config.sampling.max_new_tokens=0'], 'config.sampling.max_new_tokens: expected an integer >= 1, found 0'),
+  ([TINY, '--config.eval_interval=0'], 'config.eval_interval: expected an integer >= 1, found 0'),
+  ([TINY, '--config.total_steps=-5'], 'config.total_steps: expected an integer >= 0, found -5'),
+  (
+    [TINY, '--config.grpo.advantage=grpoo'],
+    "config.grpo.advantage: expected one of 'grpo', 'dr_grpo', 'rloo', found 'grpoo'; did you mean grpo?",
+  ),
+  ([TINY, '--config.grpo.kl_estimator=k9'], 'config.grpo.kl_estimator: expected one of'),
+  ([TINY, '--config.grpo.loss_aggregation=mean'], 'config.grpo.loss_aggregation: expected one of'),
+  ([TINY, '--config.sampling.temperature=-1'], 'config.sampling.temperature: expected a finite number >= 0'),
+  ([TINY, '--config.sampling.top_p=0'], 'config.sampling.top_p: expected a finite number > 0 and <= 1, found 0'),
+  ([TINY, '--config.optimizer.schedule=linear'], "config.optimizer.schedule: expected one of 'constant', 'cosine'"),
+  ([TINY, '--config.optimizer.learning_rate=0'], 'config.optimizer.learning_rate: expected a finite number > 0'),
+  ([TINY, '--config.openai.n_epochs=abc'], "config.openai.n_epochs: expected a number or 'auto', got 'abc'"),
+  ([TINY, '--config.openai.batch_size=-2'], 'config.openai.batch_size: must be > 0'),
+  (['--config=configs/tiny.py:foo'], "--config=configs/tiny.py:foo: unknown variant 'foo'; expected one of: test"),
+  (
+    ['--config=configs/gemma3_tpu.py'],
+    '--config=configs/gemma3_tpu.py: no layout; expected --config=configs/gemma3_tpu.py:LAYOUT',
+  ),
+  (['--config=configs/no_such.py'], '--config=configs/no_such.py: no such file'),
+  ([TINY, '--config.batch_size=abc'], 'config.batch_size: invalid literal'),
+  ([TINY, '--config.model=tinyy'], 'config.model: expected one of'),
+  ([TINY, '--config.param_dtype=float16'], "config.param_dtype: expected one of 'float32', 'bfloat16'"),
+  ([TINY, '--config.train_microbatches=3'], 'config.train_microbatches=3: 128 rows do not split into 3'),
+  ([TINY, '--config.grading.max_error_share=2'], 'config.grading.max_error_share: expected a finite number'),
+  ([TINY, '--config.data.max_prompt_len=0'], 'config.data.max_prompt_len: expected an integer >= 1'),
+  ([TINY, '--config.grpo.overlong_buffer=5'], 'config.grpo.overlong_buffer: expected fewer tokens than'),
+  ([TINY, '--config.eval_samples=0'], 'config.eval_samples: expected an integer >= 1, found 0'),
+  ([TINY, '--config.chat_template=chatm'], 'config.chat_template: expected one of'),
+  ([TINY, '--config.grader='], 'config.grader: expected a grader dict'),
+]
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+  """Any attempt to load a model, create a mesh's params or restore a checkpoint fails the test."""
+
+  def forbidden(*args, **kwargs):
+    raise AssertionError('a model was loaded before the config was checked')
+
+  monkeypatch.setattr('rftjax.loader.load', forbidden)
+  monkeypatch.setattr('rftjax.model.init_params', forbidden)
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)  # leave pytest's logging alone
+
+
+@pytest.mark.parametrize('flags, message', BAD, ids=[' '.join(f[-1:]) for f, _ in BAD])
+def test_bad_config_exits_2_with_one_line_naming_the_key(flags, message, tmp_path, monkeypatch, capsys, no_model_loads):
+  monkeypatch.chdir(REPO)
+  workdir = tmp_path / 'run'
+  rc = train.main(['rftjax.train', f'--workdir={workdir}', *flags])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2, err
+  assert len(err) == 1 and err[0].startswith('error: '), err
+  assert message in err[0], err[0]
+  assert not workdir.exists()  # no config.json, compile cache or checkpoint
+
+
+def test_existing_workdir_is_left_as_it_was(tmp_path, monkeypatch, capsys, no_model_loads):
+  monkeypatch.chdir(REPO)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'notes.txt').write_text('mine')
+  assert train.main(['rftjax.train', f'--workdir={workdir}', TINY, '--config.batch_size=0']) == 2
+  assert [p.name for p in workdir.iterdir()] == ['notes.txt']
+  capsys.readouterr()
+
+
+def test_command_line_error_is_one_line_without_traceback(tmp_path):
+  """The real entry point: nothing but the error line on the console (no traceback, no library logs)."""
+  proc = subprocess.run(
+    [sys.executable, '-m', 'rftjax.train', TINY, f'--workdir={tmp_path / "run"}', '--config.sampling.temprature=0.5'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'},
+  )
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == (
+    'error: config.sampling.temprature: no such field; did you mean config.sampling.temperature?'
+  )
+  assert proc.stdout == '' and not (tmp_path / 'run').exists()
+
+
+def test_every_shipped_config_passes_the_checks(monkeypatch):
+  from configs import gemma3_270m, gemma3_tpu, smollm2_arith, tiny
+  from rftjax import plan, runspec
+
+  monkeypatch.chdir(REPO)
+  for module, args in ((tiny, (None, 'test')), (smollm2_arith, (None, 'test')), (gemma3_270m, (None, 'test'))):
+    for arg in args:
+      runspec.check(module.get_config(arg), devices=8, processes=1)
+  for arg in gemma3_tpu.PRESETS:
+    config = gemma3_tpu.get_config(arg)
+    hw = plan.parse_devices(config.devices)
+    runspec.check(config, devices=hw.chips, processes=hw.hosts, inputs=False)
