@@ -45,3 +45,16 @@ def test_code_is_formatted_and_lint_clean():
   assert fmt.returncode == 0, f'not formatted (run `ruff format .`):\n{fmt.stdout[-3000:]}{fmt.stderr[-1000:]}'
   lint = subprocess.run([ruff, 'check', '.'], cwd=REPO, capture_output=True, text=True)
   assert lint.returncode == 0, f'lint errors (run `ruff check .`):\n{lint.stdout[-3000:]}'
+
+
+def test_nothing_cites_files_outside_the_repository():
+  """The repository stands on its own: code and docs cite docs/, never a neighbour folder or a machine path."""
+  import subprocess
+
+  files = subprocess.run(['git', 'ls-files'], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+  bad = []
+  for name in files:
+    if name.endswith(('.py', '.md', '.txt', '.sh', '.toml')) and name != 'tests/test_repo.py':
+      text = (REPO / name).read_text(errors='replace')
+      bad += [f'{name}: {m}' for m in re.findall(r'\.\./shared/\S*|/work/\S+|JAX_NOTES', text)]
+  assert not bad, bad
