@@ -9,6 +9,7 @@ continues a variant from its last checkpoint.
 
 import argparse
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def main():
       '--config.progress=False',
       *VARIANTS[name],
     ]
-    t0 = time.time()
+    t0, load_before = time.time(), os.getloadavg()[0]
     metrics = workdir / 'metrics.jsonl'
     done = metrics.exists() and any(
       json.loads(line).get('step', 0) >= args.steps and 'train_reward_mean' in line
@@ -95,6 +96,7 @@ def main():
       'final_valid': evals[-1]['valid_reward_mean'],
       'wall_s': round(time.time() - t0, 1),
       'train_s': round(sum(r['timing/step_s'] for r in train), 1),
+      'load_avg_1min': [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after: idle is well under 1
     }
     print(name, results[name], flush=True)
     out.write_text(json.dumps(results, indent=2) + '\n')

@@ -1,5 +1,7 @@
 """Defaults every run config starts from. Each config file calls `base()` and sets a few fields."""
 
+import dataclasses
+
 import ml_collections
 
 from rftjax import errors
@@ -11,7 +13,13 @@ def base() -> ml_collections.ConfigDict:
   c.model = 'tiny'  # a preset name from rftjax.model.PRESETS
   c.init = ''  # '' = random init; 'gguf:PATH', 'hf:DIR', or a shorthand like 'gguf:gemma3-270m'
   c.tokenizer = ''  # '' = the init's own tokenizer; 'sp:PATH', 'gguf:PATH', 'hf:DIR'
-  c.chat_template = ''  # '' = the tokenizer's default; 'plain', 'gemma', 'chatml', 'llama3'
+  c.chat_template = ''  # '' = the tokenizer's default; 'plain', 'gemma', 'chatml', 'qwen3', 'llama3'
+  c.thinking = False  # qwen3 template: True lets the model reason in <think> first (longer completions)
+
+  c.lora = ml_collections.ConfigDict()  # docs/lora.md
+  c.lora.rank = 0  # 0 = full fine-tuning; r > 0 trains rank-r adapters on a frozen base (needs a pretrained init)
+  c.lora.alpha = 32.0  # the update is alpha / rank * (x @ A) @ B
+  c.lora.targets = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')  # linears with adapters; embeddings stay frozen
 
   c.data = ml_collections.ConfigDict()
   c.data.train = ''
@@ -88,6 +96,59 @@ def base() -> ml_collections.ConfigDict:
   c.progress = True
   c.sync_interval_s = 60.0  # gs:// workdir: upload metrics/samples/TensorBoard this often (and at evals, saves, exit)
   hparams.add_openai_fields(c)  # OpenAI-style n_epochs / batch_size / ... (docs/hyperparameters.md)
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """One model on one slice: what `rftjax.plan` checked fits (docs/scaling.md)."""
+
+  model: str  # rftjax.model preset
+  devices: str  # the slice the layout is planned for (rftjax.plan --devices)
+  mesh: tuple[int, int, int]  # (data, fsdp, tensor)
+  batch_size: int  # prompts per step
+  num_generations: int
+  max_prompt_len: int
+  max_new_tokens: int
+  param_dtype: str
+  train_microbatches: int = 1
+  lora_rank: int = 0  # 0 = full fine-tuning
+
+
+def from_layout(name: str, arg, layouts: dict[str, Layout], init: str) -> ml_collections.ConfigDict:
+  """A run config for `layouts[arg]`: the model on the slice it was planned for, bfloat16 compute and KV cache,
+  remat, no progress bar (unattended logs). `init`, `data.*` and `grader` are placeholders to point at your files."""
+  if arg not in layouts:  # these configs have no default: the layout is the point
+    found = f'unknown layout {arg!r}' if arg else 'no layout'
+    raise errors.ConfigError(
+      f'--config=configs/{name}.py{":" + arg if arg else ""}: {found}; expected '
+      f'--config=configs/{name}.py:LAYOUT with LAYOUT one of {", ".join(layouts)}'
+    )
+  layout = layouts[arg]
+  c = base()
+  c.model = layout.model
+  c.init = init  # placeholder: a local HF checkpoint dir
+  c.data.train = 'data/train.jsonl'  # placeholder
+  c.data.valid = 'data/valid.jsonl'  # placeholder
+  c.data.max_prompt_len = layout.max_prompt_len
+  c.grader = None  # placeholder: a grader dict or JSON path (docs/graders.md)
+  c.devices = layout.devices  # the slice this layout was planned for (informational; `rftjax.plan --devices` decides)
+  c.total_steps = 500
+  c.batch_size = layout.batch_size
+  c.num_generations = layout.num_generations
+  c.sampling.max_new_tokens = layout.max_new_tokens
+  c.sampling.cache_dtype = 'bfloat16'  # half the KV cache of float32
+  c.lora.rank = layout.lora_rank
+  c.optimizer.learning_rate = 1e-5 if layout.lora_rank else 1e-6  # LoRA wants ~10x full fine-tuning's rate
+  c.optimizer.warmup_steps = 10
+  c.eval_interval = 50
+  c.eval_batch_size = layout.batch_size * layout.num_generations
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = layout.mesh
+  c.compute_dtype = 'bfloat16'
+  c.param_dtype = layout.param_dtype
+  c.train_microbatches = layout.train_microbatches
+  c.remat = True
+  c.progress = False
   return c
 
 

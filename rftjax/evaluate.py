@@ -24,6 +24,7 @@ from rftjax import cli
 from rftjax import data as data_lib
 from rftjax import graders
 from rftjax import inference
+from rftjax import lora
 from rftjax import runfs
 from rftjax import sample as sample_cli
 
@@ -120,7 +121,7 @@ def run(args) -> dict:
   with graders.GradingPool(num_workers=args.num_workers or None, timeout_s=timeout) as pool:
     graded = inference.evaluate(
       sampler,
-      loaded.params,
+      lora.for_sampling(loaded.params, loaded.cfg.lora),
       ids,
       items,
       loaded.tokenizer,

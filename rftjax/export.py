@@ -2,10 +2,14 @@
 
   python -m rftjax.export --init=gguf:PATH|gguf:gemma3-270m|hf:DIR --model=gemma3_270m --out=OUT [--tokenizer=SPEC]
   python -m rftjax.export --workdir=runs/x [--step=best|latest|N] --out=OUT [--dtype=bfloat16]
+  python -m rftjax.export --workdir=runs/x_lora --adapter --out=OUT    # a PEFT adapter folder for the run's base
 
-The workdir form reads the run's `config.json` (its `model`, `init`, `tokenizer`, `param_dtype`), restores only the
-params of the chosen checkpoint (not the optimizer state) and writes them with the run's tokenizer. It only reads
-the run, so it is safe while training continues.
+The workdir form reads the run's `config.json` (its `model`, `init`, `tokenizer`, `param_dtype`, `lora`), restores
+only the trained params of the chosen checkpoint (not the optimizer state) and writes them with the run's tokenizer.
+A LoRA run exports its adapters merged into the base weights (W + alpha / r * A @ B), a folder that serves like any
+model; with `--adapter`, a PEFT folder (adapter_config.json + adapter_model.safetensors) that
+`peft.PeftModel.from_pretrained(base_model, OUT)` loads on top of the run's base. It only reads the run, so it is
+safe while training continues.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import argparse
 import sys
 
 from rftjax import cli
+from rftjax import errors
 from rftjax import loader
+from rftjax import lora
+from rftjax import model
 from rftjax import runfs
 from rftjax import weights
 
@@ -28,13 +35,21 @@ def main(argv=None) -> int:
   p.add_argument('--workdir', help='a run directory: export its trained params')
   p.add_argument('--step', default='best', help="with --workdir: 'best' (default), 'latest' or a step number")
   p.add_argument('--dtype', help="float32 or bfloat16 (default: the params' dtype)")
+  p.add_argument('--adapter', action='store_true', help='with --workdir of a LoRA run: a PEFT adapter folder only')
   args = p.parse_args(argv)
   if bool(args.init) == bool(args.workdir):
     p.error('give exactly one of --init or --workdir')
+  if args.adapter and not args.workdir:
+    p.error('--adapter exports the adapters of a LoRA run: it needs --workdir')
 
   def body() -> int:
     if args.workdir:
       config = runfs.read_config(args.workdir)
+      if args.adapter and not config.get('lora', {}).get('rank'):
+        raise errors.ConfigError(
+          f'--adapter: {args.workdir} is a full fine-tuning run (its config.lora.rank is 0), '
+          'so it has no adapters; export it without --adapter (a whole model folder)'
+        )
       if args.tokenizer:
         with config.unlocked():
           config.tokenizer = args.tokenizer
@@ -48,8 +63,14 @@ def main(argv=None) -> int:
       print(f'note: no tokenizer exported ({source} names none that loads)', file=sys.stderr)
     if loaded.step is not None:
       source = f'{source} step {loaded.step}'
-    out = weights.export_hf(loaded.params, loaded.cfg, args.out, loaded.tokenizer, dtype=args.dtype)
-    print(f'exported {source} ({loaded.cfg.name}) to {out}')
+    cfg = loaded.cfg
+    if args.adapter:
+      out = weights.export_peft(loaded.params['lora'], cfg, args.out, base_model=config.init, dtype=args.dtype)
+      print(f'exported the adapters of {source} (rank {cfg.lora.rank}, on {config.init}) to {out}')
+      return 0
+    params = lora.merge(loaded.params, cfg.lora) if cfg.lora else loaded.params
+    out = weights.export_hf(params, model.base_config(cfg), args.out, loaded.tokenizer, dtype=args.dtype)
+    print(f'exported {source} ({cfg.name}{", adapters merged" if cfg.lora else ""}) to {out}')
     return 0
 
   return cli.run(body)

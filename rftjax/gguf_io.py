@@ -17,7 +17,7 @@ import struct
 import numpy as np
 
 # GGUF `general.architecture` -> rftjax family.
-FAMILIES = {'gemma3': 'gemma3', 'llama': 'llama', 'qwen2': 'llama'}
+FAMILIES = {'gemma3': 'gemma3', 'llama': 'llama', 'qwen2': 'llama', 'qwen3': 'llama'}
 
 
 def permute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -179,6 +179,7 @@ class GGUFFile:
         fields['rope_scale_global'] = float(self.arch('rope.scaling.factor'))
     else:
       fields['qkv_bias'] = 'blk.0.attn_q.bias' in self._tensors
+      fields['qk_norm'] = 'blk.0.attn_q_norm.weight' in self._tensors
     return fields
 
   def token_ids(self) -> dict:

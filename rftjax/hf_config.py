@@ -1,4 +1,4 @@
-"""Hugging Face `config.json` <-> `TransformerConfig`, both directions, for Gemma 3 (text), Llama and Qwen 2.
+"""Hugging Face `config.json` <-> `TransformerConfig`, both directions, for Gemma 3 (text), Llama, Qwen 2 and Qwen 3.
 
 read(config_json_dict)            -> the TransformerConfig fields the file states (old and new rope formats)
 write(cfg, token_ids, dtype)      -> a config.json dict transformers and vLLM load
@@ -44,6 +44,20 @@ _HF_DEFAULTS = {
     tie_word_embeddings=False,
     hidden_act='silu',
   ),
+  'qwen3': dict(
+    vocab_size=151_936,
+    hidden_size=4096,
+    intermediate_size=22_016,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    head_dim=128,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=32_768,
+    rope_theta=10_000.0,
+    tie_word_embeddings=False,
+    hidden_act='silu',
+  ),
   'qwen2': dict(
     vocab_size=151_936,
     hidden_size=4096,
@@ -67,7 +81,9 @@ def read(c: dict, where: str = 'config.json') -> dict:
   if model_type == 'gemma3' and 'text_config' in c:  # multimodal wrapper (4B+)
     c, model_type = dict(c['text_config']), 'gemma3_text'
   if model_type not in _HF_DEFAULTS:
-    raise ValueError(f'{where}: model_type {model_type!r} is not supported; rftjax reads gemma3_text, llama, qwen2')
+    raise ValueError(
+      f'{where}: model_type {model_type!r} is not supported; rftjax reads gemma3_text, llama, qwen2, qwen3'
+    )
   # save_pretrained writes only fields that differ from the class defaults (nested text_config especially).
   c = {**_HF_DEFAULTS[model_type], **{k: v for k, v in c.items() if v is not None or k in _NULLABLE}}
   family = 'gemma3' if model_type == 'gemma3_text' else 'llama'
@@ -117,6 +133,7 @@ def read(c: dict, where: str = 'config.json') -> dict:
     )
   else:
     fields['qkv_bias'] = bool(c.get('attention_bias', False)) or model_type == 'qwen2'
+    fields['qk_norm'] = model_type == 'qwen3'
     kind = scaling.get('rope_type', scaling.get('type')) if scaling else None
     fields['rope_llama3'] = (
       (
@@ -210,6 +227,7 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
       raise ValueError(f'{cfg.name}: Gemma 3 with llama3 rope scaling has no HF equivalent')
     scaling = {'rope_type': 'linear', 'factor': cfg.rope_scale_global} if cfg.rope_scale_global != 1.0 else None
     local = cfg.rope_base_local or cfg.rope_base
+    qpas = cfg.query_pre_attn_scalar or cfg.head_dim
     types = ['sliding_attention' if is_local else 'full_attention' for is_local in cfg.layer_is_local()]
     return dict(
       architectures=['Gemma3ForCausalLM'],
@@ -225,14 +243,17 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
       sliding_window=cfg.sliding_window,
       sliding_window_pattern=cfg.global_every,
       layer_types=types,
-      query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
+      # transformers 5 validates it as an int (read() gives a float): 256.0 in config.json fails to load
+      query_pre_attn_scalar=int(qpas) if float(qpas).is_integer() else qpas,
       final_logit_softcapping=cfg.final_softcap,
       attn_logit_softcapping=None,
     )
   if cfg.family not in ('llama', 'tiny'):
     raise ValueError(f'model family {cfg.family!r} ({cfg.name}) has no Hugging Face export')
-  if cfg.activation != 'silu' or cfg.sliding_window or cfg.final_softcap or cfg.qk_norm or cfg.post_norms:
-    raise ValueError(f'{cfg.name}: a llama-family config with Gemma features has no HF llama/qwen2 equivalent')
+  if cfg.activation != 'silu' or cfg.sliding_window or cfg.final_softcap or cfg.post_norms:
+    raise ValueError(f'{cfg.name}: a llama-family config with Gemma features has no HF llama/qwen equivalent')
+  if cfg.qk_norm and cfg.qkv_bias:
+    raise ValueError(f'{cfg.name}: QK-norm with QKV bias has no HF llama/qwen equivalent')
   scaling = None
   if cfg.rope_llama3 is not None:
     factor, low, high, orig = cfg.rope_llama3
@@ -244,6 +265,18 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
       original_max_position_embeddings=orig,
     )
   rope = {'rope_type': 'default', 'rope_theta': cfg.rope_base, **(scaling or {})}
+  if cfg.qk_norm:
+    return dict(
+      architectures=['Qwen3ForCausalLM'],
+      model_type='qwen3',
+      **common,
+      hidden_act='silu',
+      rope_scaling=scaling,
+      rope_parameters=rope,
+      use_sliding_window=False,
+      sliding_window=None,
+      max_window_layers=cfg.num_layers,
+    )
   if cfg.qkv_bias:
     return dict(
       architectures=['Qwen2ForCausalLM'],

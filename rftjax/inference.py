@@ -16,19 +16,25 @@ Batch `i` samples with `fold_in(rng, i)`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
+import time
 from collections.abc import Sequence
 
 import jax
 
+from rftjax import data as data_lib
 from rftjax import errors
 from rftjax import graders
 from rftjax import loader
 from rftjax import multihost
+from rftjax import plots
 from rftjax import rollout
 from rftjax import sampler as sampler_lib
 from rftjax import sharding
+
+log = logging.getLogger(__name__)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -146,6 +152,53 @@ def evaluate(
     mine += [[k, _completion(r, j), res.to_json()] for j, (k, res) in enumerate(zip(rows, results))]
   everything = sorted(multihost.gather_objects(mine), key=lambda row: row[0])
   return [(c, graders.GradeResult.from_json(res)) for _, c, res in everything]
+
+
+class Validation:
+  """A training run's validation pass: `evaluate` on the validation prompts (k samples each, repeated by the caller)
+  and its records: one line of metrics.jsonl, samples/valid_stepNNNNNN.jsonl with every completion and reward, the
+  reward plot. `validate(params, step) -> metrics`."""
+
+  def __init__(self, sampler, batch_size: int, prompts, examples, tok, grader, pool, mesh, rng, writer, run):
+    self.sampler, self.batch_size, self.prompts, self.examples, self.tok = sampler, batch_size, prompts, examples, tok
+    self.grader, self.pool, self.mesh, self.rng, self.writer, self.run = grader, pool, mesh, rng, writer, run
+
+  def __call__(self, params, step: int) -> dict:
+    t0 = time.perf_counter()
+    rows = evaluate(
+      self.sampler,
+      params,
+      self.prompts,
+      [e.item for e in self.examples],
+      self.tok,
+      self.grader,
+      self.pool,
+      mesh=self.mesh,
+      batch_size=self.batch_size,
+      rng=jax.random.fold_in(self.rng, step),
+    )
+    m = {
+      'step': step,
+      **graders.summarize([res for _, res in rows], prefix='valid'),
+      'valid_completion_len_mean': sum(len(c['tokens']) for c, _ in rows) / max(len(rows), 1),
+      'timing/eval_s': time.perf_counter() - t0,
+    }
+    self.writer.write(m)
+    log.info(
+      'step %d: valid_reward_mean=%.4f (%d prompts, %.1fs)', step, m['valid_reward_mean'], len(rows), m['timing/eval_s']
+    )
+    if jax.process_index() == 0:
+      records = [
+        {'source': ex.source, 'completion': c['text'], 'reward': res.reward, 'errors': [e.category for e in res.errors]}
+        for ex, (c, res) in zip(self.examples, rows)
+      ]
+      data_lib.write_jsonl(self.run.local / 'samples' / f'valid_step{step:06d}.jsonl', records)
+      try:
+        plots.write_reward_plot(self.run.local)
+      except Exception as e:  # a plot must never stop a run
+        log.warning('could not write the reward plot: %s', e)
+    self.run.sync(raise_errors=False)
+    return m
 
 
 # ---- local judges ----------------------------------------------------------------------------------------------

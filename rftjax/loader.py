@@ -25,6 +25,7 @@ import ml_collections
 
 from rftjax import checkpoint as checkpoint_lib
 from rftjax import errors
+from rftjax import lora as lora_lib
 from rftjax import model as model_lib
 from rftjax import pretrained
 from rftjax import runfs
@@ -68,14 +69,25 @@ def load_tokenizer(config) -> tokenizer_lib.Tokenizer:
       'sp:PATH, gguf:PATH, gguf:NAME or hf:DIR'
     )
   try:
-    return tokenizer_lib.load_tokenizer(spec, chat_template=config.get('chat_template') or None)
+    return tokenizer_lib.load_tokenizer(
+      spec, chat_template=config.get('chat_template') or None, thinking=bool(config.get('thinking'))
+    )
   except (OSError, ValueError) as e:
     raise errors.ConfigError(f'config.{key}={spec!r}: cannot load a tokenizer from it ({e})') from None
 
 
+def lora_config(config) -> lora_lib.LoRAConfig | None:
+  """`config.lora` as a LoRAConfig, or None for full fine-tuning (rank 0, or a config without the keys)."""
+  spec = config.get('lora')
+  if not spec or not spec.get('rank'):
+    return None
+  return lora_lib.LoRAConfig(rank=int(spec.rank), alpha=float(spec.alpha), targets=tuple(spec.targets))
+
+
 def model_config(config, tok: tokenizer_lib.Tokenizer | None) -> model_lib.TransformerConfig:
   """The architecture: preset `config.model` (checked against the init file when weights are read), or the one
-  the init file states when no preset is named. The tiny demo model's vocabulary follows its tokenizer."""
+  the init file states when no preset is named, with `config.lora`'s adapters. The tiny demo model's vocabulary
+  follows its tokenizer."""
   if config.get('model'):
     if config.model not in model_lib.PRESETS:
       raise errors.ConfigError(
@@ -92,11 +104,12 @@ def model_config(config, tok: tokenizer_lib.Tokenizer | None) -> model_lib.Trans
     raise errors.ConfigError('config.model: not set, and there is no config.init file to read the architecture from')
   if cfg.family == 'tiny' and tok is not None:
     cfg = dataclasses.replace(cfg, vocab_size=tok.vocab_size)
-  return cfg
+  return dataclasses.replace(cfg, lora=lora_config(config))
 
 
 def abstract_params(cfg: model_lib.TransformerConfig, dtype, mesh) -> Any:
-  """ShapeDtypeStructs of the params in their mesh shardings (a restore target; no memory)."""
+  """ShapeDtypeStructs of the params in their mesh shardings (a restore target; no memory); adapters included
+  with `cfg.lora`."""
   shapes = model_lib.param_shapes(cfg, jnp.dtype(dtype))
   shardings = sharding.param_shardings(shapes, model_lib.param_axes(cfg), mesh)
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
@@ -133,28 +146,42 @@ def load(
   if abstract:
     return Loaded(cfg, tok, abstract_params(cfg, dtype, mesh), mesh, config)
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    if workdir is not None:
-      ckpt_dir = runfs.path(workdir) / 'checkpoints'
-      ckpt = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, async_save=False)
-      try:
-        resolved = ckpt.resolve_step('best' if step is None else step)
-        params = ckpt.restore_params(resolved, abstract_params(cfg, dtype, mesh))
-      except (FileNotFoundError, ValueError) as e:
-        raise errors.ConfigError(f'--step={step}: {e}') from None
-      finally:
-        ckpt.close()
-      log.info('loaded %s step %d (%s, %d params)', workdir, resolved, cfg.name, cfg.num_params())
+    if workdir is not None and not cfg.lora:  # full fine-tuning: the checkpoint holds every param
+      params, resolved = _restore(workdir, step, abstract_params(cfg, dtype, mesh))
       return Loaded(cfg, tok, params, mesh, config, resolved)
+    base = model_lib.base_config(cfg)
     if config.get('init'):
       from rftjax import weights  # heavy (gguf, safetensors); only needed for pretrained models
 
       try:
-        params = weights.load(config.init, cfg, mesh, dtype=dtype)
+        params = weights.load(config.init, base, mesh, dtype=dtype)
       except (pretrained.MissingWeightsError, FileNotFoundError) as e:
         raise errors.ConfigError(f'config.init={config.init!r}: {e}') from None
     else:
-      params = model_lib.init_params(cfg, int(config.get('seed') or 0), mesh, dtype=dtype)
-  return Loaded(cfg, tok, params, mesh, config)
+      params = model_lib.init_params(base, int(config.get('seed') or 0), mesh, dtype=dtype)
+    if not cfg.lora:
+      return Loaded(cfg, tok, params, mesh, config)
+    if workdir is None:  # fresh adapters, B = 0: the model starts as the base model
+      params['lora'] = model_lib.init_lora(cfg, int(config.get('seed') or 0), mesh)
+      return Loaded(cfg, tok, params, mesh, config)
+    # a LoRA run: the base from its init, the adapters from the checkpoint (which holds nothing else)
+    trained, resolved = _restore(workdir, step, {'lora': abstract_params(cfg, dtype, mesh)['lora']})
+    return Loaded(cfg, tok, {**params, **trained}, mesh, config, resolved)
+
+
+def _restore(workdir, step, abstract) -> tuple[Any, int]:
+  """The trainable params of a run's checkpoint `step` (resolved) into `abstract`'s shardings."""
+  ckpt_dir = runfs.path(workdir) / 'checkpoints'
+  ckpt = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, async_save=False)
+  try:
+    resolved = ckpt.resolve_step('best' if step is None else step)
+    params = ckpt.restore_params(resolved, abstract)
+  except (FileNotFoundError, ValueError) as e:
+    raise errors.ConfigError(f'--step={step}: {e}') from None
+  finally:
+    ckpt.close()
+  log.info('loaded %s step %d', workdir, resolved)
+  return params, resolved
 
 
 def inference_mesh(mesh_cfg=None) -> jax.sharding.Mesh:

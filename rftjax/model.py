@@ -1,4 +1,4 @@
-"""A decoder-only transformer: one model, many presets (tiny, Gemma 3, Llama, SmolLM2, Qwen 2.5).
+"""A decoder-only transformer: one model, many presets (tiny, Gemma 3, Llama, SmolLM2, Qwen 2.5, Qwen 3).
 
 Einsum alphabet, used everywhere in rftjax:
   B batch, T query length, S key length, D model dim, N query heads, K kv heads, G query heads per kv head,
@@ -9,6 +9,10 @@ axes; `sharding.py` turns those names into mesh shardings. Hot paths never call 
 pure-dict params (`nnx.state(model, nnx.Param).to_pure_dict()`) and call `forward` under `jax.jit`.
 Per-layer tensors are stacked on a leading L axis and the layer stack runs under `lax.scan`, so compile time does
 not grow with depth; the layer kind (local sliding-window vs global) and RoPE table are scanned inputs.
+
+LoRA (`cfg.lora`, rftjax/lora.py): every linear of `lora.LINEARS` may carry a low-rank adapter in
+`params['lora']`; `_linear` adds it to the frozen weight's einsum, so there is one forward with or without
+adapters, and params without a 'lora' subtree run the base model.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rftjax import lora as lora_lib
 from rftjax import sharding
 
 Params = dict[str, Any]
@@ -58,50 +63,22 @@ class TransformerConfig:
   query_pre_attn_scalar: float | None = None  # attention scale = this ** -0.5 (default head_dim)
   final_softcap: float | None = None
   max_seq_len: int = 2048
+  lora: lora_lib.LoRAConfig | None = None  # None: full fine-tuning (no adapters)
 
-  # ---- presets -------------------------------------------------------------------------------------------
+  # ---- presets (one line each; kept as written: a formatter would spread every constructor over 20 lines) ----
+  # fmt: off
   @classmethod
   def tiny(cls, vocab_size: int = 512) -> 'TransformerConfig':
-    return cls(
-      name='tiny',
-      family='tiny',
-      vocab_size=vocab_size,
-      d_model=128,
-      num_layers=4,
-      num_heads=4,
-      num_kv_heads=2,
-      head_dim=32,
-      mlp_dim=512,
-      max_seq_len=512,
-    )
+    return cls(name='tiny', family='tiny', vocab_size=vocab_size, d_model=128, num_layers=4, num_heads=4,
+               num_kv_heads=2, head_dim=32, mlp_dim=512, max_seq_len=512)
 
   @classmethod
   def _gemma3(cls, name, vocab, d, layers, heads, kv, hd, mlp, window, qpas, rope_scale):
-    return cls(
-      name=name,
-      family='gemma3',
-      vocab_size=vocab,
-      d_model=d,
-      num_layers=layers,
-      num_heads=heads,
-      num_kv_heads=kv,
-      head_dim=hd,
-      mlp_dim=mlp,
-      activation='gelu_tanh',
-      norm_eps=1e-6,
-      norm_offset=1.0,
-      rope_base=1_000_000.0,
-      rope_base_local=10_000.0,
-      rope_scale_global=rope_scale,
-      sliding_window=window,
-      global_every=6,
-      qk_norm=True,
-      post_norms=True,
-      embed_scale=True,
-      tie_embeddings=True,
-      query_pre_attn_scalar=qpas,
-      max_seq_len=32_768 if d < 1000 else 131_072,
-    )
+    return cls(name=name, family='gemma3', vocab_size=vocab, d_model=d, num_layers=layers, num_heads=heads,
+               num_kv_heads=kv, head_dim=hd, mlp_dim=mlp, activation='gelu_tanh', norm_eps=1e-6, norm_offset=1.0,
+               rope_base=1_000_000.0, rope_base_local=10_000.0, rope_scale_global=rope_scale,
+               sliding_window=window, global_every=6, qk_norm=True, post_norms=True, embed_scale=True,
+               tie_embeddings=True, query_pre_attn_scalar=qpas, max_seq_len=32_768 if d < 1000 else 131_072)
 
   @classmethod
   def gemma3_270m(cls):
@@ -124,27 +101,11 @@ class TransformerConfig:
     return cls._gemma3('gemma3_27b', 262_208, 5376, 62, 32, 16, 128, 21_504, 1024, 168, 8.0)
 
   @classmethod
-  def _llama(
-    cls, name, vocab, d, layers, heads, kv, hd, mlp, rope, *, eps=1e-5, tie=True, bias=False, llama3=None, max_len=8192
-  ):
-    return cls(
-      name=name,
-      family='llama',
-      vocab_size=vocab,
-      d_model=d,
-      num_layers=layers,
-      num_heads=heads,
-      num_kv_heads=kv,
-      head_dim=hd,
-      mlp_dim=mlp,
-      activation='silu',
-      norm_eps=eps,
-      rope_base=rope,
-      rope_llama3=llama3,
-      tie_embeddings=tie,
-      qkv_bias=bias,
-      max_seq_len=max_len,
-    )
+  def _llama(cls, name, vocab, d, layers, heads, kv, hd, mlp, rope, *, eps=1e-5, tie=True, bias=False, llama3=None,
+             max_len=8192, qk_norm=False):
+    return cls(name=name, family='llama', vocab_size=vocab, d_model=d, num_layers=layers, num_heads=heads,
+               num_kv_heads=kv, head_dim=hd, mlp_dim=mlp, activation='silu', norm_eps=eps, rope_base=rope,
+               rope_llama3=llama3, tie_embeddings=tie, qkv_bias=bias, max_seq_len=max_len, qk_norm=qk_norm)
 
   @classmethod
   def smollm2_135m(cls):
@@ -160,56 +121,62 @@ class TransformerConfig:
 
   @classmethod
   def llama3_2_1b(cls):
-    return cls._llama(
-      'llama3_2_1b', 128_256, 2048, 16, 32, 8, 64, 8192, 500_000.0, llama3=(32.0, 1.0, 4.0, 8192), max_len=131_072
-    )
+    return cls._llama('llama3_2_1b', 128_256, 2048, 16, 32, 8, 64, 8192, 500_000.0, llama3=(32.0, 1.0, 4.0, 8192),
+                      max_len=131_072)
 
   @classmethod
   def llama3_2_3b(cls):
-    return cls._llama(
-      'llama3_2_3b', 128_256, 3072, 28, 24, 8, 128, 8192, 500_000.0, llama3=(32.0, 1.0, 4.0, 8192), max_len=131_072
-    )
+    return cls._llama('llama3_2_3b', 128_256, 3072, 28, 24, 8, 128, 8192, 500_000.0, llama3=(32.0, 1.0, 4.0, 8192),
+                      max_len=131_072)
 
   @classmethod
   def llama3_1_8b(cls):
-    return cls._llama(
-      'llama3_1_8b',
-      128_256,
-      4096,
-      32,
-      32,
-      8,
-      128,
-      14_336,
-      500_000.0,
-      tie=False,
-      llama3=(8.0, 1.0, 4.0, 8192),
-      max_len=131_072,
-    )
+    return cls._llama('llama3_1_8b', 128_256, 4096, 32, 32, 8, 128, 14_336, 500_000.0, tie=False,
+                      llama3=(8.0, 1.0, 4.0, 8192), max_len=131_072)
 
   @classmethod
   def qwen2_5_0_5b(cls):
-    return cls._llama(
-      'qwen2_5_0_5b', 151_936, 896, 24, 14, 2, 64, 4864, 1_000_000.0, eps=1e-6, bias=True, max_len=32_768
-    )
+    return cls._llama('qwen2_5_0_5b', 151_936, 896, 24, 14, 2, 64, 4864, 1e6, eps=1e-6, bias=True, max_len=32_768)
 
   @classmethod
   def qwen2_5_1_5b(cls):
-    return cls._llama(
-      'qwen2_5_1_5b', 151_936, 1536, 28, 12, 2, 128, 8960, 1_000_000.0, eps=1e-6, bias=True, max_len=32_768
-    )
+    return cls._llama('qwen2_5_1_5b', 151_936, 1536, 28, 12, 2, 128, 8960, 1e6, eps=1e-6, bias=True, max_len=32_768)
 
   @classmethod
   def qwen2_5_3b(cls):
-    return cls._llama(
-      'qwen2_5_3b', 151_936, 2048, 36, 16, 2, 128, 11_008, 1_000_000.0, eps=1e-6, bias=True, max_len=32_768
-    )
+    return cls._llama('qwen2_5_3b', 151_936, 2048, 36, 16, 2, 128, 11_008, 1e6, eps=1e-6, bias=True, max_len=32_768)
 
   @classmethod
   def qwen2_5_7b(cls):
-    return cls._llama(
-      'qwen2_5_7b', 152_064, 3584, 28, 28, 4, 128, 18_944, 1_000_000.0, eps=1e-6, bias=True, tie=False, max_len=32_768
-    )
+    return cls._llama('qwen2_5_7b', 152_064, 3584, 28, 28, 4, 128, 18_944, 1e6, eps=1e-6, bias=True, tie=False,
+                      max_len=32_768)
+
+  @classmethod
+  def _qwen3(cls, name, d, layers, heads, mlp, tie):
+    """Qwen 3 (dense): RMSNorm on q and k per head before RoPE, no QKV bias, 8 KV heads of 128."""
+    return cls._llama(name, 151_936, d, layers, heads, 8, 128, mlp, 1e6, eps=1e-6, tie=tie, max_len=40_960,
+                      qk_norm=True)
+
+  @classmethod
+  def qwen3_0_6b(cls):
+    return cls._qwen3('qwen3_0_6b', 1024, 28, 16, 3072, tie=True)
+
+  @classmethod
+  def qwen3_1_7b(cls):
+    return cls._qwen3('qwen3_1_7b', 2048, 28, 16, 6144, tie=True)
+
+  @classmethod
+  def qwen3_4b(cls):
+    return cls._qwen3('qwen3_4b', 2560, 36, 32, 9728, tie=True)
+
+  @classmethod
+  def qwen3_8b(cls):
+    return cls._qwen3('qwen3_8b', 4096, 36, 32, 12_288, tie=False)
+
+  @classmethod
+  def qwen3_14b(cls):
+    return cls._qwen3('qwen3_14b', 5120, 40, 40, 17_408, tie=False)
+  # fmt: on
 
   # ---- derived -------------------------------------------------------------------------------------------
   def layer_is_local(self) -> np.ndarray:
@@ -243,8 +210,9 @@ class TransformerConfig:
   def attn_scale(self) -> float:
     return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
 
-  def num_params(self) -> int:
-    d, f, n, k, h, v, l = (  # noqa: E741  (l: the L of the einsum alphabet)
+  def dims(self) -> tuple[int, int, int, int, int, int, int]:
+    """(D, F, N, K, H, V, L) of the einsum alphabet."""
+    return (
       self.d_model,
       self.mlp_dim,
       self.num_heads,
@@ -253,6 +221,10 @@ class TransformerConfig:
       self.vocab_size,
       self.num_layers,
     )
+
+  def num_params(self) -> int:
+    """Parameters of the base model (adapters not counted)."""
+    d, f, n, k, h, v, l = self.dims()  # noqa: E741  (l: the L of the einsum alphabet)
     per_layer = d * h * (2 * n + 2 * k) + 3 * d * f + 2 * d + (2 * d if self.post_norms else 0)
     per_layer += (2 * h if self.qk_norm else 0) + ((n + 2 * k) * h if self.qkv_bias else 0)
     return v * d * (1 if self.tie_embeddings else 2) + l * per_layer + d
@@ -261,23 +233,10 @@ class TransformerConfig:
 PRESETS = {
   name: getattr(TransformerConfig, name)
   for name in (
-    'tiny',
-    'gemma3_270m',
-    'gemma3_1b',
-    'gemma3_4b',
-    'gemma3_12b',
-    'gemma3_27b',
-    'smollm2_135m',
-    'smollm2_360m',
-    'smollm2_1_7b',
-    'llama3_2_1b',
-    'llama3_2_3b',
-    'llama3_1_8b',
-    'qwen2_5_0_5b',
-    'qwen2_5_1_5b',
-    'qwen2_5_3b',
-    'qwen2_5_7b',
-  )
+    'tiny gemma3_270m gemma3_1b gemma3_4b gemma3_12b gemma3_27b smollm2_135m smollm2_360m smollm2_1_7b llama3_2_1b '
+    'llama3_2_3b llama3_1_8b qwen2_5_0_5b qwen2_5_1_5b qwen2_5_3b qwen2_5_7b qwen3_0_6b qwen3_1_7b qwen3_4b qwen3_8b '
+    'qwen3_14b'
+  ).split()
 }
 
 
@@ -297,15 +256,7 @@ class Transformer(nnx.Module):
   """Parameter container. Attribute names are the params' pure-dict keys (weights.py maps onto them)."""
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-    d, f, n, k, h, v, l = (  # noqa: E741  (l: the L of the einsum alphabet)
-      cfg.d_model,
-      cfg.mlp_dim,
-      cfg.num_heads,
-      cfg.num_kv_heads,
-      cfg.head_dim,
-      cfg.vocab_size,
-      cfg.num_layers,
-    )
+    d, f, n, k, h, v, l = cfg.dims()  # noqa: E741  (l: the L of the einsum alphabet)
     dense = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=-2, batch_axis=(0,))
     dense_in2 = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=(-3, -2), batch_axis=(0,))
     normal = nnx.initializers.normal(1.0 / math.sqrt(d))
@@ -347,33 +298,58 @@ class Transformer(nnx.Module):
       self.lm_head = nnx.Dict(kernel=p(dense, (d, v), ('embed', 'vocab')))
 
 
+def base_config(cfg: TransformerConfig) -> TransformerConfig:
+  """The architecture without adapters (what pretrained files hold)."""
+  return dataclasses.replace(cfg, lora=None) if cfg.lora else cfg
+
+
 def param_axes(cfg: TransformerConfig) -> Params:
-  """Pure-dict tree of logical axis tuples, same structure as the params."""
-  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  """Pure-dict tree of logical axis tuples, same structure as the params (adapters included with `cfg.lora`)."""
+  abstract = nnx.eval_shape(lambda: Transformer(base_config(cfg), rngs=nnx.Rngs(0)))
 
   def walk(node):
     if isinstance(node, nnx.Variable):
       return tuple(node.get_metadata()['axes'])
     return {key: walk(child) for key, child in node.items()}
 
-  return walk(nnx.state(abstract, nnx.Param))
+  axes = walk(nnx.state(abstract, nnx.Param))
+  if cfg.lora:
+    axes['lora'] = lora_lib.axes(cfg.lora, axes['layers'])
+  return axes
 
 
 def param_shapes(cfg: TransformerConfig, dtype=jnp.float32) -> Params:
-  """Pure-dict tree of ShapeDtypeStructs (no memory), for planning and for restore targets."""
-  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=dtype))
-  return nnx.state(abstract, nnx.Param).to_pure_dict()
+  """Pure-dict tree of ShapeDtypeStructs (no memory), for planning and for restore targets. Adapters (with
+  `cfg.lora`) are float32 whatever the base's dtype."""
+  abstract = nnx.eval_shape(lambda: Transformer(base_config(cfg), rngs=nnx.Rngs(0), param_dtype=dtype))
+  shapes = nnx.state(abstract, nnx.Param).to_pure_dict()
+  if cfg.lora:
+    shapes['lora'] = lora_lib.shapes(cfg.lora, shapes['layers'])
+  return shapes
+
+
+def init_lora(cfg: TransformerConfig, seed: int | jax.Array = 0, mesh=None) -> Params:
+  """Fresh adapters for `params['lora']`, created in their shardings (lora.init: B = 0)."""
+  shapes = param_shapes(cfg)['lora']
+  shardings = sharding.param_shardings(shapes, param_axes(cfg)['lora'], mesh)
+  key = jax.random.key(seed) if isinstance(seed, int) else seed
+  return jax.jit(lambda k: lora_lib.init(shapes, k), out_shardings=shardings)(key)
 
 
 def init_params(cfg: TransformerConfig, seed: int | jax.Array = 0, mesh=None, dtype=jnp.float32) -> Params:
-  """Random params created directly in their shardings (no full host copy on the way)."""
-  shardings = sharding.param_shardings(param_shapes(cfg, dtype), param_axes(cfg), mesh)
+  """Random params created directly in their shardings (no full host copy on the way); with `cfg.lora`, fresh
+  adapters too (the base draws the same numbers as without)."""
+  base = base_config(cfg)
+  shardings = sharding.param_shardings(param_shapes(base, dtype), param_axes(base), mesh)
   key = jax.random.key(seed) if isinstance(seed, int) else seed
 
   def make(key):
-    return nnx.state(Transformer(cfg, rngs=nnx.Rngs(params=key), param_dtype=dtype), nnx.Param).to_pure_dict()
+    return nnx.state(Transformer(base, rngs=nnx.Rngs(params=key), param_dtype=dtype), nnx.Param).to_pure_dict()
 
-  return jax.jit(make, out_shardings=shardings)(key)
+  params = jax.jit(make, out_shardings=shardings)(key)
+  if cfg.lora:
+    params['lora'] = init_lora(cfg, jax.random.fold_in(key, 1), mesh)
+  return params
 
 
 # ---- forward ------------------------------------------------------------------------------------------------
@@ -415,16 +391,34 @@ def _attention_mask(q_index_t, k_index_s, key_mask_bs, window, is_local):
   return causal[None] & key_mask_bs[:, None, :]
 
 
+def _linear(cfg: TransformerConfig, x, p, lora, name: str):
+  """x through the frozen weight `name` (lora.LINEARS), plus its LoRA adapter when `lora` holds one."""
+  group, eq = lora_lib.LINEARS[name]
+  y = jnp.einsum(eq, x, p[group][name])
+  adapter = lora.get(group, {}).get(name)
+  return y if adapter is None else lora_lib.apply(y, x, name, adapter, cfg.lora.scale)
+
+
 def _layer(
-  cfg: TransformerConfig, x, p, inv_freq, is_local, positions, q_index, k_index, key_mask, kv=None, cache_index=None
+  cfg: TransformerConfig,
+  x,
+  p,
+  lora,
+  inv_freq,
+  is_local,
+  positions,
+  q_index,
+  k_index,
+  key_mask,
+  kv=None,
+  cache_index=None,
 ):
-  """One decoder layer. kv: None (keys are this call's tokens) or (k_cache, v_cache) [B, S, K, H] to update."""
+  """One decoder layer. kv: None (keys are this call's tokens) or (k_cache, v_cache) [B, S, K, H] to update.
+  lora: this layer's adapters ({} for none)."""
   eps, off = cfg.norm_eps, cfg.norm_offset
   a = p['attn']
   h = rms_norm(x, p['attn_norm']['scale'], eps, off)
-  q = jnp.einsum('btd,dnh->btnh', h, a['q'])
-  k = jnp.einsum('btd,dkh->btkh', h, a['k'])
-  v = jnp.einsum('btd,dkh->btkh', h, a['v'])
+  q, k, v = (_linear(cfg, h, p, lora, name) for name in ('q', 'k', 'v'))
   if cfg.qkv_bias:
     q, k, v = q + a['q_bias'], k + a['k_bias'], v + a['v_bias']
   if cfg.qk_norm:
@@ -445,17 +439,16 @@ def _layer(
   logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
   out = jnp.einsum('bkgts,bskh->btkgh', probs, v).reshape(b, t, n, hd)
-  out = jnp.einsum('btnh,nhd->btd', out, a['o'])
+  out = _linear(cfg, out, p, lora, 'o')
   if cfg.post_norms:
     out = rms_norm(out, p['post_attn_norm']['scale'], eps, off)
   x = sharding.constrain(x + out, ('act_batch', 'act_len', 'act_embed'))
 
   h = rms_norm(x, p['mlp_norm']['scale'], eps, off)
-  m = p['mlp']
-  gate = jnp.einsum('btd,df->btf', h, m['gate'])
+  gate = _linear(cfg, h, p, lora, 'gate')
   act = jax.nn.gelu(gate, approximate=True) if cfg.activation == 'gelu_tanh' else jax.nn.silu(gate)
-  hidden = sharding.constrain(act * jnp.einsum('btd,df->btf', h, m['up']), ('act_batch', 'act_len', 'act_mlp'))
-  out = jnp.einsum('btf,fd->btd', hidden, m['down'])
+  hidden = sharding.constrain(act * _linear(cfg, h, p, lora, 'up'), ('act_batch', 'act_len', 'act_mlp'))
+  out = _linear(cfg, hidden, p, lora, 'down')
   if cfg.post_norms:
     out = rms_norm(out, p['post_mlp_norm']['scale'], eps, off)
   return sharding.constrain(x + out, ('act_batch', 'act_len', 'act_embed')), kv
@@ -511,18 +504,20 @@ def forward(
     k_index = jnp.arange(cache['k'].shape[2])
   inv_freq = jnp.asarray(cfg.inv_freq())
   is_local = jnp.asarray(cfg.layer_is_local())
-  params_layers = jax.tree.map(lambda w: w.astype(dtype) if w.dtype != dtype else w, params['layers'])
+  cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype) if w.dtype != dtype else w, tree)
+  params_layers = cast(params['layers'])
+  lora_layers = cast(params['lora']['layers']) if cfg.lora and 'lora' in params else {}
 
   def body(carry, xs):
     x, cache_k, cache_v, i = carry
-    p, freq, local = xs
+    p, lora, freq, local = xs
     kv = None
     if cache is not None:
       kv = (
         jax.lax.dynamic_index_in_dim(cache_k, i, keepdims=False),
         jax.lax.dynamic_index_in_dim(cache_v, i, keepdims=False),
       )
-    x, kv = _layer(cfg, x, p, freq, local, positions, q_index, k_index, key_mask, kv, cache_index)
+    x, kv = _layer(cfg, x, p, lora, freq, local, positions, q_index, k_index, key_mask, kv, cache_index)
     if cache is not None:
       cache_k = jax.lax.dynamic_update_index_in_dim(cache_k, kv[0], i, axis=0)
       cache_v = jax.lax.dynamic_update_index_in_dim(cache_v, kv[1], i, axis=0)
@@ -532,7 +527,8 @@ def forward(
     body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
   ck = cache['k'] if cache is not None else jnp.zeros((), dtype)
   cv = cache['v'] if cache is not None else jnp.zeros((), dtype)
-  (x, ck, cv, _), _ = jax.lax.scan(body, (x, ck, cv, jnp.int32(0)), (params_layers, inv_freq, is_local))
+  xs = (params_layers, lora_layers, inv_freq, is_local)
+  (x, ck, cv, _), _ = jax.lax.scan(body, (x, ck, cv, jnp.int32(0)), xs)
   new_cache = {'k': ck, 'v': cv} if cache is not None else None
   if return_hidden:
     return x, new_cache

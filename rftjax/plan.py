@@ -40,6 +40,7 @@ from rftjax import cli
 from rftjax import errors
 from rftjax import hparams
 from rftjax import loader
+from rftjax import lora
 from rftjax import model as model_lib
 from rftjax import runspec
 from rftjax import sharding
@@ -74,19 +75,22 @@ def parse_devices(spec: str) -> Hardware:
 
   Hosts: v4/v5p have 4 chips per host; v5e/v6e slices of up to 8 chips are one host with all of them
   (v5e-8 = one VM with 8 chips), larger ones have 4 chips per host (v6e-16 = 4 hosts). 'cpu-N': N fake CPU devices
-  sharing this machine's RAM (for the tiny configs).
+  sharing this machine's RAM (for the tiny configs); 'cpu24g-N': the same on a machine with 24 GiB.
   """
   m = re.fullmatch(r'([a-z0-9]+)-(\d+)', spec.strip().lower())
   if not m:
-    raise errors.ConfigError(f'--devices={spec!r}: expected TYPE-N such as v5p-32, v5e-8, v6e-16, v4-8 or cpu-8')
+    raise errors.ConfigError(
+      f'--devices={spec!r}: expected TYPE-N such as v5p-32, v5e-8, v6e-16, v4-8, cpu-8 or cpu24g-1'
+    )
   gen, n = _ALIASES.get(m.group(1), m.group(1)), int(m.group(2))
-  if gen == 'cpu':
-    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  ram = re.fullmatch(r'cpu(\d+)g', gen)
+  if gen == 'cpu' or ram:
+    total = int(ram.group(1)) * GiB if ram else os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     return Hardware(spec, 'cpu', n, total // n, n)
   if gen not in GENERATIONS:
     raise errors.ConfigError(
       f'--devices={spec!r}: unknown TPU type {m.group(1)!r}; known: '
-      f'{", ".join(sorted(GENERATIONS))} (and v5litepod), or cpu-N'
+      f'{", ".join(sorted(GENERATIONS))} (and v5litepod), or cpu-N / cpu<GiB>g-N'
     )
   hbm_gib, counts_cores, per_host = GENERATIONS[gen]
   if counts_cores:
@@ -214,7 +218,6 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
 
   param_dtype = jnp.dtype(config.param_dtype)
   c = jnp.dtype(config.compute_dtype)
-  mu_dtype = jnp.dtype(config.optimizer.mu_dtype or param_dtype)
   cache_dtype = jnp.dtype(config.sampling.cache_dtype or 'float32')
   micro = int(config.train_microbatches)
   shapes, axes = _shapes(cfg, param_dtype)
@@ -224,20 +227,39 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
   p, n = int(config.data.max_prompt_len), int(config.sampling.max_new_tokens)
 
   # ---- persistent: lives through the whole run ----
-  params = _tree_bytes(shapes, axes, mesh)
-  persistent = {'params': params, 'optimizer (AdamW mu, nu)': 2 * _tree_bytes(shapes, axes, mesh, mu_dtype)}
-  if float(config.grpo.beta) > 0:
-    persistent['reference model'] = params
+  # LoRA: the base is frozen (no gradient, no moments, and it is its own KL reference); the adapters train
+  trainable, frozen = lora.split(shapes)
+  trainable_axes, frozen_axes = lora.split(axes)
+  moments = 2 * _tree_bytes(trainable, trainable_axes, mesh, config.optimizer.mu_dtype or None)
+  if frozen is None:
+    params = _tree_bytes(shapes, axes, mesh)
+    persistent = {'params': params, 'optimizer (AdamW mu, nu)': moments}
+    if float(config.grpo.beta) > 0:
+      persistent['reference model'] = params
+  else:
+    persistent = {
+      f'frozen base ({param_dtype.name})': _tree_bytes(frozen, frozen_axes, mesh),
+      f'LoRA adapters (rank {cfg.lora.rank}, float32)': _tree_bytes(trainable, trainable_axes, mesh),
+      'optimizer (AdamW mu, nu of the adapters)': moments,
+    }
+    notes.append('LoRA: the KL reference is the frozen base without adapters (no second copy)')
+  gradients = _tree_bytes(trainable, trainable_axes, mesh)
 
   # Weights the forward pass materialises: the layer stack cast to the compute dtype (model.forward), the
   # embedding table gathered over fsdp for the lookup / tied unembedding, two layers' FSDP all-gathers in flight.
-  layers_only = {'layers': shapes['layers']}
+  # Without FSDP (fsdp = 1) nothing is gathered: every weight is used where it lies.
+  layers_only = {'layers': shapes['layers']}  # adapters are small: their casts are not counted
   cast_copy = _tree_bytes(layers_only, {'layers': axes['layers']}, mesh, c) if c != param_dtype else 0
   v, d, L = cfg.vocab_size, cfg.d_model, cfg.num_layers
-  table = local_bytes((v, d), ('vocab', None), c, mesh)
-  per_layer_gathered = sum(
-    local_bytes(s.shape[1:], tuple(None if name == 'embed' else name for name in a[1:]), c, mesh)
-    for s, a in zip(_leaves(shapes['layers']), _leaves(axes['layers']))
+  gathers = sizes['fsdp'] > 1
+  table = local_bytes((v, d), ('vocab', None), c, mesh) if gathers else 0
+  per_layer_gathered = (
+    sum(
+      local_bytes(s.shape[1:], tuple(None if name == 'embed' else name for name in a[1:]), c, mesh)
+      for s, a in zip(_leaves(shapes['layers']), _leaves(axes['layers']))
+    )
+    if gathers
+    else 0
   )
 
   # ---- sampling (train sampler: R rows; eval sampler: eval_batch_size rows) ----
@@ -251,6 +273,8 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
       'sampling activations (prefill layer, logits)': prefill + last_logits,
       'gathered / cast weights': cast_copy + table + 2 * per_layer_gathered,
     }
+    if frozen is not None and param_dtype == jnp.float32:  # lora.for_sampling merges a float32 base: one copy
+      items['merged LoRA weights (float32 base)'] = _tree_bytes(layers_only, {'layers': axes['layers']}, mesh)
     if not sampling_items or sum(items.values()) > sum(sampling_items.values()):
       sampling_items, sampling_label = items, label
   notes.append(f'sampling peak from the {sampling_label} sampler')
@@ -266,13 +290,13 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
     activations = (L + 1) * one_layer
   logits = LOGITS_COPIES * local_bytes((mrows, n, v), ('act_batch', 'act_len', 'vocab'), jnp.float32, mesh)
   train = {
-    'gradients': params,
+    'gradients': gradients,
     f'activations ({"remat" if config.remat else "no remat"}, {mrows} rows x {t} tokens)': activations,
     f'logits [{mrows}, {n}, {v}] f32 x{LOGITS_COPIES}': logits,
     'gathered / cast weights': cast_copy + 2 * table + 2 * per_layer_gathered,
   }
   if micro > 1:
-    train['gradient accumulator'] = _tree_bytes(shapes, axes, mesh, jnp.float32)
+    train['gradient accumulator'] = _tree_bytes(trainable, trainable_axes, mesh, jnp.float32)
   return Plan(
     model=cfg.name,
     num_params=cfg.num_params(),
@@ -345,8 +369,12 @@ def _candidates(plan: Plan, config) -> list[tuple[str, dict]]:
         {'mesh.data': 1, 'mesh.fsdp': -1, 'mesh.tensor': 4},
       )
     )
-  if float(config.grpo.beta) > 0:
-    out.append(('--config.grpo.beta=0 (no reference model)', {'grpo.beta': 0.0}))
+  if not config.lora.rank:
+    out.append(
+      ('--config.lora.rank=16 (LoRA: a frozen base, adapters train; raise the learning rate ~10x)', {'lora.rank': 16})
+    )
+    if float(config.grpo.beta) > 0:
+      out.append(('--config.grpo.beta=0 (no reference model)', {'grpo.beta': 0.0}))
   if jnp.dtype(config.param_dtype) == jnp.float32:
     out.append(('--config.param_dtype=bfloat16', {'param_dtype': 'bfloat16'}))
   if jnp.dtype(config.sampling.cache_dtype or 'float32') == jnp.float32:

@@ -7,6 +7,7 @@ status 42 so `tpu/supervise.sh` knows to relaunch rather than give up.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 
@@ -49,8 +50,7 @@ class Watcher:
     return multihost.any_host(self.flag)
 
 
-def stop(save, step: int, log) -> Preempted:
-  """Saves a checkpoint of `step` (no eval metrics: never ranked as best) and returns the exception to raise."""
-  save(step, None)
-  log.warning('SIGTERM: saved a checkpoint at step %d, exiting with status %d', step, EXIT_CODE)
+def stop(step: int) -> Preempted:
+  """The exception to raise once the checkpoint of `step` is written (without eval metrics: never ranked best)."""
+  logging.getLogger('rftjax').warning('SIGTERM: saved a checkpoint at step %d, exiting with status %d', step, EXIT_CODE)
   return Preempted(step)

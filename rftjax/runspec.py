@@ -21,6 +21,7 @@ from rftjax import errors
 from rftjax import grpo
 from rftjax import hparams
 from rftjax import loader
+from rftjax import lora as lora_lib
 from rftjax import model as model_lib
 from rftjax import pretrained
 from rftjax import rollout
@@ -144,6 +145,19 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
     _fail('tokenizer', config.get('tokenizer'), 'a tokenizer (sp:PATH, gguf:PATH, hf:DIR) when config.init is empty')
   if config.get('chat_template'):
     _choice(config, 'chat_template', tokenizer_lib.TEMPLATES)
+  _bool(config, 'thinking')
+  if _int(config, 'lora.rank', 0, ' (0 = full fine-tuning)'):
+    _num(config, 'lora.alpha', 0, open_low=True)
+    targets = config.lora.targets
+    if isinstance(targets, str) or not targets or any(t not in lora_lib.LINEARS for t in targets):
+      _fail('lora.targets', targets, f'a non-empty tuple of names from {", ".join(lora_lib.LINEARS)}')
+    if not config.get('init'):
+      _fail(
+        'init',
+        config.get('init'),
+        'pretrained weights (gguf:PATH, gguf:NAME or hf:DIR) when config.lora.rank '
+        '> 0: adapters train on a frozen base, which random weights are not',
+      )
   for key in ('data.train', 'data.valid') if inputs else ():
     if not _get(config, key):
       _fail(key, _get(config, key), 'the path of a JSONL file')

@@ -26,6 +26,7 @@ from rftjax import data as data_lib
 from rftjax import errors
 from rftjax import inference
 from rftjax import loader
+from rftjax import lora
 from rftjax import multihost
 from rftjax import runfs
 
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     )
     outs = inference.complete(
       sampler,
-      loaded.params,
+      lora.for_sampling(loaded.params, loaded.cfg.lora),
       ids,
       loaded.tokenizer,
       mesh=loaded.mesh,

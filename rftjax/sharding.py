@@ -33,6 +33,7 @@ RULES: dict[str, tuple[str, ...] | str | None] = {
   'head_dim': None,
   'layers': None,
   'norm': None,
+  'lora_rank': None,  # adapters split like the weight they adapt, on its other axes
 }
 
 

@@ -34,9 +34,9 @@ from rftjax import pretrained
 # Sentencepiece piece types; GGUF's `tokenizer.ggml.token_type` uses the same codes.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-TEMPLATES = ('gemma', 'chatml', 'llama3', 'plain')
+TEMPLATES = ('gemma', 'chatml', 'qwen3', 'llama3', 'plain')
 # The token that closes a turn in each template; generation stops on it as well as on EOS.
-_TURN_END = {'gemma': '<end_of_turn>', 'chatml': '<|im_end|>', 'llama3': '<|eot_id|>'}
+_TURN_END = {'gemma': '<end_of_turn>', 'qwen3': '<|im_end|>', 'chatml': '<|im_end|>', 'llama3': '<|eot_id|>'}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,8 +203,14 @@ def _check_messages(messages: Sequence[dict]) -> None:
       )
 
 
-def render_chat(template: str, messages: Sequence[dict], *, default_system: str | None = None) -> str:
-  """Render `messages` with a named template and append the assistant generation prompt. No BOS."""
+def render_chat(
+  template: str, messages: Sequence[dict], *, default_system: str | None = None, thinking: bool = False
+) -> str:
+  """Render `messages` with a named template and append the assistant generation prompt. No BOS.
+
+  `thinking` (qwen3 only): False opens the answer with an empty `<think>\n\n</think>\n\n` block, which is how
+  Qwen3's own template turns its reasoning mode off (`enable_thinking=False`); True leaves the model to think first.
+  """
   _check_messages(messages)
   if template == 'gemma':
     # Gemma has no system role: the system text opens the first user turn, then a blank line.
@@ -227,6 +233,12 @@ def render_chat(template: str, messages: Sequence[dict], *, default_system: str 
       out.append(f'<|im_start|>system\n{default_system}<|im_end|>\n')
     out += [f'<|im_start|>{m["role"]}\n{m["content"]}<|im_end|>\n' for m in messages]
     return ''.join(out) + '<|im_start|>assistant\n'
+  if template == 'qwen3':  # ChatML with no default system prompt; earlier answers lose their <think> part
+    out = []
+    for m in messages:
+      content = m['content'].split('</think>')[-1].lstrip('\n') if m['role'] == 'assistant' else m['content']
+      out.append(f'<|im_start|>{m["role"]}\n{content}<|im_end|>\n')
+    return ''.join(out) + '<|im_start|>assistant\n' + ('' if thinking else '<think>\n\n</think>\n\n')
   if template == 'llama3':
     out = [f'<|start_header_id|>{m["role"]}<|end_header_id|>\n\n{m["content"].strip()}<|eot_id|>' for m in messages]
     return ''.join(out) + '<|start_header_id|>assistant<|end_header_id|>\n\n'
@@ -249,6 +261,8 @@ def _template_from_jinja(jinja: str | None) -> tuple[str | None, str | None]:
     return 'gemma', None
   if '<|start_header_id|>' in jinja:
     return 'llama3', None
+  if '<|im_start|>' in jinja and '<think>' in jinja:
+    return 'qwen3', None
   if '<|im_start|>' in jinja:
     # SmolLM2 (and Qwen) insert a default system prompt when the conversation has none.
     m = _CHATML_DEFAULT_SYSTEM.search(jinja.replace('\n', '\\n'))
@@ -261,7 +275,7 @@ def _template_from_jinja(jinja: str | None) -> tuple[str | None, str | None]:
 def _template_from_vocab(backend) -> str:
   """The template whose turn-end token the vocabulary has, else `plain`."""
   for name, token in _TURN_END.items():
-    if backend.token_id(token) is not None:
+    if backend.token_id(token) is not None and (name != 'qwen3' or backend.token_id('<think>') is not None):
       return name
   return 'plain'
 
@@ -294,6 +308,7 @@ class Tokenizer:
     self.special_ids = frozenset(int(i) for i in special_ids)
     self._chat_template = chat_template
     self.default_system = default_system
+    self.thinking = False  # qwen3: the model reasons in <think> before answering (load_tokenizer sets it)
     self.source = source
     turn_end = self.token_to_id(_TURN_END.get(chat_template, ''))
     self._stop_ids = tuple(dict.fromkeys(i for i in (eos_id, turn_end) if i is not None))
@@ -381,7 +396,7 @@ class Tokenizer:
   # -- prompts ----------------------------------------------------------------------------------------------
   def apply_chat(self, messages: Sequence[dict]) -> str:
     """The conversation as text, ending with the prompt for the assistant's turn (no BOS)."""
-    return render_chat(self._chat_template, messages, default_system=self.default_system)
+    return render_chat(self._chat_template, messages, default_system=self.default_system, thinking=self.thinking)
 
   def encode_prompt(self, messages: Sequence[dict]) -> list[int]:
     """Chat-rendered prompt ids, with BOS when the model's tokenizer config adds one."""
@@ -502,18 +517,22 @@ def _from_hf_dir(directory: str, chat_template: str | None) -> Tokenizer:
   )
 
 
-def load_tokenizer(spec: str, chat_template: str | None = None) -> Tokenizer:
+def load_tokenizer(spec: str, chat_template: str | None = None, thinking: bool = False) -> Tokenizer:
   """`sp:PATH`, `gguf:PATH`, `gguf:gemma3-270m`, `gguf:smollm2-135m` or `hf:DIR` -> Tokenizer.
 
-  `chat_template` (`gemma`, `chatml`, `llama3`, `plain`) overrides the one recognised from the model.
+  `chat_template` (`gemma`, `chatml`, `qwen3`, `llama3`, `plain`) overrides the one recognised from the model;
+  `thinking`: Qwen3's reasoning mode in prompts (render_chat).
   """
   spec = pretrained.resolve(spec)
   kind, _, path = spec.partition(':')
   if kind == 'gguf':
-    return _from_gguf(path, chat_template)
-  if kind == 'sp':
-    return _from_sentencepiece_file(path, chat_template)
-  return _from_hf_dir(path, chat_template)
+    tok = _from_gguf(path, chat_template)
+  elif kind == 'sp':
+    tok = _from_sentencepiece_file(path, chat_template)
+  else:
+    tok = _from_hf_dir(path, chat_template)
+  tok.thinking = thinking
+  return tok
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from rftjax import grpo
+from rftjax import lora
 from rftjax import model as model_lib
 
 
@@ -140,10 +141,14 @@ def policy_logprobs(step_cfg: StepConfig, params, batch: Batch):
 
 
 def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
-  """Returns `step(state, batch) -> (state, metrics)`, jitted, donating the state."""
+  """Returns `step(state, batch, frozen=None) -> (state, metrics)`, jitted, donating the state.
+
+  `state['params']` are the trainable params; `frozen` the rest of the model (a LoRA run's base weights, see
+  lora.split), which get no gradient and no optimizer state and are not donated."""
   temperature = step_cfg.temperature or 1.0  # greedy sampling still trains the temperature-1 policy
 
-  def loss_fn(params, batch: Batch, denominator=None):
+  def loss_fn(trainable, frozen, batch: Batch, denominator=None):
+    params = lora.join(trainable, frozen)
     logits = completion_logits(
       params, step_cfg.model, batch, dtype=jnp.dtype(step_cfg.compute_dtype), remat=step_cfg.remat
     )
@@ -164,7 +169,7 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
       loss_denominator=denominator,
     )
 
-  def accumulated(params, batch: Batch):
+  def accumulated(params, frozen, batch: Batch):
     """Sum of microbatch gradients, each normalised by the whole batch's denominator: equal to the full-batch
     gradient. Microbatch j takes rows j, j+k, j+2k, ... so every device's shard feeds every microbatch."""
     k = step_cfg.microbatches
@@ -172,7 +177,7 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
     split = jax.tree.map(lambda x: None if x is None else jnp.swapaxes(x.reshape(-1, k, *x.shape[1:]), 0, 1), batch)
 
     def body(grads, micro):
-      (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, micro, den)
+      (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, micro, den)
       return jax.tree.map(jnp.add, grads, g), metrics
 
     grads, metrics = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), split)
@@ -180,11 +185,11 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
     metrics['loss'] = metrics['loss'] * k  # each microbatch loss is a part of the total: sum, not mean
     return (metrics['loss'], metrics), grads
 
-  def step(state, batch: Batch):
+  def step(state, batch: Batch, frozen=None):
     if step_cfg.microbatches > 1:
-      (loss, metrics), grads = accumulated(state['params'], batch)
+      (loss, metrics), grads = accumulated(state['params'], frozen, batch)
     else:
-      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch)
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], frozen, batch)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads))
@@ -194,21 +199,22 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
 
 
 def make_update(step_cfg: StepConfig, tx: optax.GradientTransformation):
-  """Returns `update(state, batch, ref_params) -> (state, metrics)`: one sampled batch's whole GRPO update.
+  """Returns `update(state, batch, frozen, ref_params) -> (state, metrics)`: one sampled batch's whole GRPO update.
 
   With `num_iterations` (mu) > 1 the policy before the first update is the "old" policy of the clipped ratio, so
   its logprobs are computed once up front ([GRPO] Algorithm 1); with `ref_params` (beta > 0) so are the reference
-  model's. Then mu jitted train steps run on the same batch. Metrics are those of the last step.
+  model's (a LoRA run's reference is its frozen base: the same weights without adapters, no second copy). Then mu
+  jitted train steps run on the same batch. Metrics are those of the last step.
   """
   train_step = make_train_step(step_cfg, tx)
 
-  def update(state, batch: Batch, ref_params=None):
+  def update(state, batch: Batch, frozen=None, ref_params=None):
     if step_cfg.num_iterations > 1:
-      batch = batch.replace(old_logp=policy_logprobs(step_cfg, state['params'], batch))
+      batch = batch.replace(old_logp=policy_logprobs(step_cfg, lora.join(state['params'], frozen), batch))
     if ref_params is not None:
       batch = batch.replace(ref_logp=policy_logprobs(step_cfg, ref_params, batch))
     for _ in range(step_cfg.num_iterations):
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, batch, frozen)
     return state, metrics
 
   return update

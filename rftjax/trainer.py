@@ -8,6 +8,7 @@ uninterrupted run would have drawn.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import pathlib
 import time
@@ -21,9 +22,9 @@ from rftjax import errors
 from rftjax import graders
 from rftjax import inference
 from rftjax import loader
+from rftjax import lora
 from rftjax import metrics as metrics_lib
 from rftjax import multihost
-from rftjax import plots
 from rftjax import preemption
 from rftjax import rollout
 from rftjax import runfs
@@ -78,10 +79,12 @@ def _train(
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh), contextlib.ExitStack() as cleanup:  # the stack runs on success, preemption, errors
     loaded = loader.load(config, mesh=mesh, tokenizer=tok)
+    trainable, frozen = lora.split(loaded.params)  # LoRA: (adapters, base); full fine-tuning: (params, None)
     tx = step_lib.make_optimizer(config.optimizer, spec.total_steps)
-    state = step_lib.init_state(loaded.params, tx)
-    ref_params = jax.tree.map(jnp.copy, loaded.params) if spec.uses_reference else None
-    del loaded
+    state = step_lib.init_state(trainable, tx)  # the optimizer, its moments and checkpoints see `trainable` only
+    # the KL reference: LoRA's frozen base (the same weights without adapters) or a copy of the initial params
+    ref_params = (frozen or jax.tree.map(jnp.copy, trainable)) if spec.uses_reference else None
+    del loaded, trainable
     update = step_lib.make_update(spec.step, tx)
 
     # ---- resume ----
@@ -112,69 +115,29 @@ def _train(
     )
     watcher = cleanup.enter_context(preemption.Watcher())
     rng = jax.random.key(config.seed)
-    eval_rng = jax.random.fold_in(rng, 2**31 - 1)  # a stream of its own, apart from the training steps'
     items = [ex.item for ex in train_set]
     rollouts = rollout.Rollouts(
       spec.rollout, spec.train_sampler, train_prompts, items, tok, grader, pool, data_iter, mesh, rng
     )
-
-    def evaluate(step: int) -> dict:
-      t0 = time.perf_counter()
-      rows = inference.evaluate(
-        spec.eval_sampler,
-        state['params'],
-        valid_prompts,
-        [e.item for e in valid_set],
-        tok,
-        grader,
-        pool,
-        mesh=mesh,
-        batch_size=spec.eval_batch_size,
-        rng=jax.random.fold_in(eval_rng, step),
-      )
-      m = {
-        'step': step,
-        **graders.summarize([res for _, res in rows], prefix='valid'),
-        'valid_completion_len_mean': sum(len(c['tokens']) for c, _ in rows) / max(len(rows), 1),
-        'timing/eval_s': time.perf_counter() - t0,
-      }
-      writer.write(m)
-      log.info(
-        'step %d: valid_reward_mean=%.4f (%d prompts, %.1fs)',
-        step,
-        m['valid_reward_mean'],
-        len(rows),
-        m['timing/eval_s'],
-      )
-      if is_main:
-        records = [
-          {
-            'source': ex.source,
-            'completion': c['text'],
-            'reward': res.reward,
-            'errors': [e.category for e in res.errors],
-          }
-          for ex, (c, res) in zip(valid_set, rows)
-        ]
-        data_lib.write_jsonl(workdir / 'samples' / f'valid_step{step:06d}.jsonl', records)
-        try:
-          plots.write_reward_plot(workdir)
-        except Exception as e:  # a plot must never stop a run
-          log.warning('could not write the reward plot: %s', e)
-      run.sync(raise_errors=False)
-      return m
-
-    def save(step: int, eval_metrics: dict | None) -> None:
-      t0 = time.perf_counter()
-      best = None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']}
-      ckpt.save(step, state, extra={'data': data_iter.state()}, metrics=best)
-      writer.write({'step': step, 'timing/checkpoint_s': time.perf_counter() - t0})
-      run.sync(raise_errors=False)  # so the bucket holds the metrics up to each checkpoint it holds
+    validate = inference.Validation(
+      spec.eval_sampler,
+      spec.eval_batch_size,
+      valid_prompts,
+      valid_set,
+      tok,
+      grader,
+      pool,
+      mesh,
+      jax.random.fold_in(rng, 2**31 - 1),
+      writer,
+      run,
+    )
+    save = functools.partial(_save, ckpt, writer, run)
 
     last_eval: dict = {}
     if start == 0:
-      last_eval = evaluate(0)
-      save(0, last_eval)
+      last_eval = validate(lora.for_sampling(lora.join(state['params'], frozen), spec.model.lora), 0)
+      save(0, state, data_iter, last_eval)
     compile_clock = metrics_lib.CompileClock()
     progress = metrics_lib.Progress(start, spec.total_steps, enabled=config.progress and is_main)
     for step in range(start, spec.total_steps):
@@ -182,28 +145,31 @@ def _train(
       data_before = data_iter.state()
 
       # ---- rollout: G completions per prompt, sampled, decoded and graded on the host ----
-      batch, stats, timings = rollouts(state['params'], step)
+      policy = lora.for_sampling(lora.join(state['params'], frozen), spec.model.lora)
+      batch, stats, timings = rollouts(policy, step)
       if watcher.requested(step):  # preempted mid-step: drop this batch, keep the data position before it
         data_iter.restore(data_before)
-        raise preemption.stop(save, step, log)
+        save(step, state, data_iter)
+        raise preemption.stop(step)
 
       # ---- GRPO update(s): reference / old-policy logprobs, then num_iterations steps on the batch ----
       t0 = time.perf_counter()
-      state, step_metrics = update(state, batch, ref_params)
+      state, step_metrics = update(state, batch, frozen, ref_params)
       step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
       t_train = time.perf_counter() - t0
 
       # ---- log ----
       wall = time.perf_counter() - t_step
       stats = multihost.allmean(stats)
+      rate = step_lib.learning_rate(config.optimizer, step + 1, spec.total_steps)
+      tokens = stats['completion_len_mean'] * config.batch_size * config.num_generations
       record = {
         'step': step + 1,
         **stats,
         **step_metrics,
-        'learning_rate': step_lib.learning_rate(config.optimizer, step + 1, spec.total_steps),
-        'tokens_per_s': stats['completion_len_mean'] * config.batch_size * config.num_generations / wall,
-        'timing/sampling_s': timings['sampling_s'],
-        'timing/grading_s': timings['grading_s'],
+        'learning_rate': rate,
+        'tokens_per_s': tokens / wall,
+        **{f'timing/{k}': v for k, v in timings.items()},
         'timing/training_s': t_train,
         'timing/compile_s': compile_clock.take(),
         'timing/step_s': wall,
@@ -212,15 +178,25 @@ def _train(
       progress.update(step + 1, record)
       run.maybe_sync()
 
-      # ---- evaluate and save every eval_interval steps and at the end; stop on SIGTERM ----
+      # ---- validate and save every eval_interval steps and at the end; stop on SIGTERM ----
       if (step + 1) % spec.eval_interval == 0 or step + 1 == spec.total_steps:
-        last_eval = evaluate(step + 1)
+        last_eval = validate(lora.for_sampling(lora.join(state['params'], frozen), spec.model.lora), step + 1)
         progress.note(step + 1, last_eval)
-        save(step + 1, last_eval)
+        save(step + 1, state, data_iter, last_eval)
       elif watcher.requested(step + 1):
-        raise preemption.stop(save, step + 1, log)
+        save(step + 1, state, data_iter)
+        raise preemption.stop(step + 1)
     progress.close()
   return last_eval
+
+
+def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | None = None) -> None:
+  """Checkpoint `step` (ranked by its validation reward when it has one) and sync the run files with it."""
+  t0 = time.perf_counter()
+  best = None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']}
+  ckpt.save(step, state, extra={'data': data_iter.state()}, metrics=best)
+  writer.write({'step': step, 'timing/checkpoint_s': time.perf_counter() - t0})
+  run.sync(raise_errors=False)  # so the bucket holds the metrics up to each checkpoint it holds
 
 
 def _compile_cache(run: runfs.RunDir) -> pathlib.Path:

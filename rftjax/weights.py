@@ -7,6 +7,7 @@ shapes, dequantization, Gemma's norm - 1, llama's q/k row un-permutation), so on
   load('gguf:PATH' | 'gguf:gemma3-270m' | 'hf:DIR', cfg, mesh) -> params   (pure dict, per-layer tensors stacked on L)
   config_from_file(init, expected)                                 -> TransformerConfig read from the file's metadata
   export_hf(params, cfg, out_dir, tokenizer)                        -> a folder transformers / vLLM load as-is
+  export_peft(params['lora'], cfg, out_dir)                         -> a PEFT LoRA adapter folder for that base
 
 Loading never holds more than one parameter (its addressable part) on the host: each tensor is read, transformed,
 cast, sliced into the target sharding's per-device pieces and put on its devices; a stacked [L, ...] parameter is
@@ -129,6 +130,13 @@ TABLES: dict[str, tuple[Row, ...]] = {
     ),
     Row(
       'layers.attn.v_bias', 'model.layers.{i}.self_attn.v_proj.bias', 'blk.{i}.attn_v.bias', 'kv_bias', when='qkv_bias'
+    ),
+    # Qwen 3: RMSNorm of q and k per head (plain weights, not Gemma's 1 + w)
+    _norm(
+      'layers.attn.q_norm', 'model.layers.{i}.self_attn.q_norm.weight', 'blk.{i}.attn_q_norm.weight', when='qk_norm'
+    ),
+    _norm(
+      'layers.attn.k_norm', 'model.layers.{i}.self_attn.k_norm.weight', 'blk.{i}.attn_k_norm.weight', when='qk_norm'
     ),
   ),
 }
@@ -450,6 +458,59 @@ def export_hf(
   return out
 
 
+def export_peft(
+  adapters, cfg: model_lib.TransformerConfig, out_dir: str | os.PathLike, *, base_model: str = '', dtype=None
+) -> pathlib.Path:
+  """Writes a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) for `params['lora']`, which
+  `peft.PeftModel.from_pretrained(base, out_dir)` loads on top of the base `export_hf` writes.
+
+  Module names come from the same table rows as the base's weights ('layers.attn.q' -> model.layers.{i}.self_attn.
+  q_proj.weight -> ...q_proj.lora_A.weight). Our A [L, <in dims>, r] and B [L, r, <out dims>] flatten row-major
+  like the row's layout flattens the weight ([D, N, H] -> q_proj.weight [N*H, D]), so lora_A = A[i] as [r, in] and
+  lora_B = B[i] as [out, r]; PEFT's scale lora_alpha / r is ours. `dtype` defaults to the adapters' (float32).
+  """
+  import safetensors.numpy
+
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  rows = {row.path: row for row in table(cfg)}
+  np_dtype = np.dtype(jnp.dtype(dtype or jax.tree.leaves(adapters)[0].dtype))
+  tensors, modules = {}, []
+  for group, named in adapters['layers'].items():
+    for name, ab in named.items():
+      row = rows[f'layers.{group}.{name}']
+      a, b = np.asarray(jax.device_get(ab['a'])), np.asarray(jax.device_get(ab['b']))
+      n_layers, r, in_dims, out_dims = a.shape[0], a.shape[-1], a.shape[1:-1], b.shape[2:]
+      expect = hf_shape(row, cfg, (n_layers, *in_dims, *out_dims))  # the base weight's HF shape [out, in]
+      assert expect == (math.prod(out_dims), math.prod(in_dims)), (row.hf, expect, a.shape, b.shape)
+      modules.append(row.hf.split('.')[-2])  # 'q_proj': what PEFT's target_modules matches
+      for i in range(n_layers):
+        prefix = 'base_model.model.' + row.hf.format(i=i).removesuffix('.weight')
+        tensors[f'{prefix}.lora_A.weight'] = np.ascontiguousarray(a[i].reshape(-1, r).T, np_dtype)
+        tensors[f'{prefix}.lora_B.weight'] = np.ascontiguousarray(b[i].reshape(r, -1).T, np_dtype)
+  config = dict(
+    peft_type='LORA',
+    task_type='CAUSAL_LM',
+    base_model_name_or_path=base_model,
+    r=cfg.lora.rank,
+    lora_alpha=cfg.lora.alpha,
+    target_modules=sorted(modules),
+    lora_dropout=0.0,
+    bias='none',
+    fan_in_fan_out=False,
+    use_rslora=False,
+    use_dora=False,
+    modules_to_save=None,
+    inference_mode=True,
+  )
+  for stale in ('adapter_model.safetensors', 'adapter_model.bin'):
+    (out / stale).unlink(missing_ok=True)
+  (out / 'adapter_config.json').write_text(json.dumps(config, indent=2) + '\n')
+  safetensors.numpy.save_file(tensors, out / 'adapter_model.safetensors', metadata={'format': 'pt'})
+  os.chmod(out / 'adapter_model.safetensors', 0o644)  # as in export_hf: served by other users
+  return out
+
+
 # Jinja versions of rftjax.tokenizer.render_chat's templates (what transformers / vLLM run). {bos} is added by the
 # template exactly where rftjax's encode_prompt adds BOS; tests check both render the same text.
 _JINJA = {
@@ -467,6 +528,14 @@ _JINJA = {
     "{{ '<|im_start|>system\\n' + DEFAULT + '<|im_end|>\\n' }}{%- endif -%}"
     "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+  ),
+  'qwen3': (
+    "{%- for m in messages -%}{%- set content = m['content'] -%}"
+    "{%- if m['role'] == 'assistant' -%}{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}{%- endif -%}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + content + '<|im_end|>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if not (enable_thinking if enable_thinking is defined else THINKING) -%}{{ '<think>\\n\\n</think>\\n\\n' }}"
+    '{%- endif -%}{%- endif -%}'
   ),
   'llama3': (
     "{{ bos_token }}{%- for m in messages -%}{{ '<|start_header_id|>' + m['role'] + "
@@ -501,6 +570,7 @@ def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
   template = _JINJA[tokenizer.chat_template]
   if 'DEFAULT' in template:
     template = template.replace('DEFAULT', json.dumps(tokenizer.default_system or ''))
+  template = template.replace('THINKING', 'true' if tokenizer.thinking else 'false')  # the run's default
   tok_config = dict(
     tokenizer_class='GemmaTokenizer' if 'tokenizer.model' in files else 'PreTrainedTokenizerFast',
     add_bos_token=bool(tokenizer.add_bos),

@@ -58,6 +58,20 @@ BAD = [
   ([TINY, '--config.eval_samples=0'], 'config.eval_samples: expected an integer >= 1, found 0'),
   ([TINY, '--config.chat_template=chatm'], 'config.chat_template: expected one of'),
   ([TINY, '--config.grader='], 'config.grader: expected a grader dict'),
+  ([TINY, '--config.lora.rank=-1'], 'config.lora.rank: expected an integer >= 0'),
+  (
+    [TINY, '--config.lora.rank=4'],
+    'config.init: expected pretrained weights (gguf:PATH, gguf:NAME or hf:DIR) when config.lora.rank > 0',
+  ),
+  (
+    ['--config=configs/smollm2_arith.py:lora', '--config.lora.alpha=0'],
+    'config.lora.alpha: expected a finite number > 0',
+  ),
+  (
+    ['--config=configs/smollm2_arith.py:lora', "--config.lora.targets=('q', 'qkv')"],
+    "config.lora.targets: expected a non-empty tuple of names from q, k, v, o, gate, up, down, found ('q', 'qkv')",
+  ),
+  ([TINY, '--config.thinking=maybe'], 'config.thinking'),
 ]
 
 
@@ -113,14 +127,19 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path):
 
 
 def test_every_shipped_config_passes_the_checks(monkeypatch):
-  from configs import gemma3_270m, gemma3_tpu, smollm2_arith, tiny
+  from configs import gemma3_270m, gemma3_tpu, lora_one_vm, smollm2_arith, tiny
   from rftjax import plan, runspec
 
   monkeypatch.chdir(REPO)
-  for module, args in ((tiny, (None, 'test')), (smollm2_arith, (None, 'test')), (gemma3_270m, (None, 'test'))):
+  for module, args in (
+    (tiny, (None, 'test')),
+    (smollm2_arith, (None, 'test', 'lora', 'lora_test')),
+    (gemma3_270m, (None, 'test')),
+  ):
     for arg in args:
       runspec.check(module.get_config(arg), devices=8, processes=1)
-  for arg in gemma3_tpu.PRESETS:
-    config = gemma3_tpu.get_config(arg)
-    hw = plan.parse_devices(config.devices)
-    runspec.check(config, devices=hw.chips, processes=hw.hosts, inputs=False)
+  for module, layouts in ((gemma3_tpu, gemma3_tpu.PRESETS), (lora_one_vm, lora_one_vm.LAYOUTS)):
+    for arg in layouts:
+      config = module.get_config(arg)
+      hw = plan.parse_devices(config.devices)
+      runspec.check(config, devices=hw.chips, processes=hw.hosts, inputs=False)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import gemma3_tpu
+from configs import lora_one_vm
 from configs import tiny
 from rftjax import grpo
 from rftjax import model
@@ -103,6 +104,26 @@ def test_cli_mesh_that_does_not_match_the_slice_is_a_usage_error(in_repo, capsys
   rc = plan.main(['plan', '--config=configs/gemma3_tpu.py:27b_v5p32', '--devices=v5e-8'])
   assert rc == 2
   assert 'config.mesh' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('arg', sorted(lora_one_vm.LAYOUTS))
+def test_every_lora_layout_fits_its_machine(arg):
+  config = lora_one_vm.get_config(arg)
+  p = plan.make_plan(config, config.devices)
+  assert p.fits, plan.format_plan(p) + '\n' + plan.check(p, config)
+  assert any(k.startswith('frozen base') for k in p.persistent) and 'reference model' not in p.persistent
+  full = config.copy_and_resolve_references()
+  full.lora.rank, full.grpo.beta = 0, 0.04
+  assert not plan.make_plan(full, config.devices).fits  # the same layout with full fine-tuning does not fit
+
+
+def test_lora_plan_counts_adapters_not_the_base_for_the_optimizer():
+  config = lora_one_vm.get_config('qwen3_8b_v5e8')
+  p = plan.make_plan(config, config.devices)
+  adapters = p.persistent['LoRA adapters (rank 16, float32)']
+  assert p.persistent['optimizer (AdamW mu, nu of the adapters)'] == 2 * adapters  # float32 moments
+  assert p.train['gradients'] == adapters
+  assert adapters < p.persistent['frozen base (bfloat16)'] / 10
 
 
 @pytest.mark.parametrize('arg', sorted(gemma3_tpu.PRESETS))

@@ -756,3 +756,31 @@ def test_pretrained_paths():
   assert pretrained.gemma3_270m_gguf() == gemma  # second call: cached
   assert pretrained.resolve('gguf:gemma3-270m') == f'gguf:{gemma}'
   assert pretrained.resolve('gguf:smollm2-135m') == f'gguf:{smol}'
+
+
+def test_qwen3_template_thinking_on_and_off_and_its_exported_jinja():
+  """Qwen3's documented prompt: ChatML, no default system prompt; `enable_thinking=False` is an empty <think> block
+  that opens the answer. The jinja template rftjax exports for the run renders the same text in transformers."""
+  from transformers.utils.chat_template_utils import render_jinja_template
+
+  from rftjax import weights
+
+  hi = [{'role': 'user', 'content': 'Hi'}]
+  off = tokenizer.render_chat('qwen3', hi)
+  assert off == '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n'
+  assert tokenizer.render_chat('qwen3', hi, thinking=True) == '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n'
+  history = [
+    *hi,
+    {'role': 'assistant', 'content': '<think>\nplan\n</think>\n\nHello!'},
+    {'role': 'user', 'content': 'x'},
+  ]
+  assert '<|im_start|>assistant\nHello!<|im_end|>\n' in tokenizer.render_chat('qwen3', history)  # no old reasoning
+  for thinking in (False, True):
+    jinja = weights._JINJA['qwen3'].replace('THINKING', 'true' if thinking else 'false')
+    for messages in CONVERSATIONS + [history]:
+      (want,), _ = render_jinja_template(conversations=[messages], chat_template=jinja, add_generation_prompt=True)
+      assert tokenizer.render_chat('qwen3', messages, thinking=thinking) == want
+    (explicit,), _ = render_jinja_template(
+      conversations=[hi], chat_template=jinja, add_generation_prompt=True, enable_thinking=not thinking
+    )  # a server's per-request switch wins
+    assert explicit == tokenizer.render_chat('qwen3', hi, thinking=not thinking)

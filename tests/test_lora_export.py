@@ -1,0 +1,195 @@
+"""LoRA export: PEFT loads `weights.export_peft`'s adapters on `weights.export_hf`'s base and computes rftjax's model.
+
+Small random models of each family (Llama with tied embeddings, Qwen 2 with qkv biases and untied embeddings,
+Qwen 3 with q/k norms, Gemma 3 with a sliding window of 8), float32, weights drawn large enough that logits spread
+and greedy continuations vary, with rank-4 adapters (B != 0) on every linear, or on q and v only. Compared with
+rftjax's forward through the adapters (`model.forward` with `params['lora']`), on 2 sequences of 16 tokens:
+  * transformers' base + `peft.PeftModel.from_pretrained(base, adapter_dir)`: max |diff| within 1e-4 of the range
+    of rftjax's logits;
+  * the merged export (`lora.merge`, then `export_hf`) loaded plainly in transformers: within 1e-4 of the range;
+  * 32 greedy tokens from rftjax's sampler equal the PEFT model's `generate(do_sample=False)`, token for token.
+And the CLI: `python -m rftjax.export --adapter` writes the same folder from a LoRA run's checkpoint, and refuses a
+full fine-tuning run with exit status 2 and one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from rftjax import lora
+from rftjax import model
+from rftjax import sampler
+from rftjax import weights
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+peft = pytest.importorskip('peft')
+
+TOLERANCE = 1e-4  # max |diff| / (max - min of rftjax's logits)
+NEW_TOKENS = 32
+LORA = lora.LoRAConfig(rank=4, alpha=8.0)
+_SHRINK = dict(vocab_size=96, d_model=48, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=64)
+LLAMA = dataclasses.replace(model.TransformerConfig.smollm2_135m(), name='llama_tiny', **_SHRINK)
+QWEN2 = dataclasses.replace(model.TransformerConfig.qwen2_5_0_5b(), name='qwen2_tiny', tie_embeddings=False, **_SHRINK)
+QWEN3 = dataclasses.replace(model.TransformerConfig.qwen3_0_6b(), name='qwen3_tiny', **_SHRINK)
+GEMMA = dataclasses.replace(
+  model.TransformerConfig.gemma3_270m(),
+  name='gemma_tiny',
+  **dict(_SHRINK, num_layers=4),
+  sliding_window=8,
+  global_every=2,
+  query_pre_attn_scalar=16,
+)
+CASES = {
+  'llama': dataclasses.replace(LLAMA, lora=LORA),
+  'qwen2': dataclasses.replace(QWEN2, lora=LORA),
+  'qwen2_qv': dataclasses.replace(QWEN2, lora=dataclasses.replace(LORA, targets=('q', 'v'))),
+  'qwen3': dataclasses.replace(QWEN3, lora=LORA),
+  'gemma3': dataclasses.replace(GEMMA, lora=LORA),
+}
+
+
+def _random_params(cfg, seed=0):
+  """Every leaf random: norm weights in [0.5, 1.5] (Gemma scales by 1 + w), biases != 0, adapters with B != 0."""
+  shapes = model.param_shapes(cfg)
+  paths, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  keys = jax.random.split(jax.random.key(seed), len(paths))
+  out = []
+  for k, (path, s) in zip(keys, paths):
+    name = jax.tree_util.keystr(path)
+    if "'scale'" in name:
+      w = jax.random.uniform(k, s.shape, s.dtype, 0.5, 1.5)
+    elif "'embedding'" in name:  # Gemma multiplies embeddings by sqrt(d_model)
+      w = jax.random.normal(k, s.shape, s.dtype) * (0.1 if cfg.family == 'gemma3' else 0.25)
+    else:
+      w = jax.random.normal(k, s.shape, s.dtype) * (0.1 if "'b'" in name else 0.5 if 'bias' in name else 0.25)
+    out.append(w)
+  return jax.tree.unflatten(treedef, out)
+
+
+def _rel_err(ours, ref) -> float:
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  return float(np.max(np.abs(ours - ref)) / (ref.max() - ref.min()))
+
+
+def _torch_logits(tm, tokens):
+  with torch.no_grad():
+    return tm(torch.tensor(tokens)).logits.numpy()
+
+
+def _load(directory):
+  return transformers.AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope='module', params=sorted(CASES))
+def case(request, tmp_path_factory):
+  """(cfg, params with adapters, transformers base + PEFT adapters, tmp dir) for one family."""
+  cfg = CASES[request.param]
+  params = _random_params(cfg)
+  tmp = tmp_path_factory.mktemp(request.param)
+  base = weights.export_hf(lora.split(params)[1], model.base_config(cfg), tmp / 'base')
+  adapter = weights.export_peft(params['lora'], cfg, tmp / 'adapter', base_model=f'hf:{base}')
+  return cfg, params, peft.PeftModel.from_pretrained(_load(base), str(adapter)).eval(), tmp
+
+
+def test_adapter_folder(case):
+  cfg, params, _, tmp = case
+  config = json.loads((tmp / 'adapter' / 'adapter_config.json').read_text())
+  assert config['target_modules'] == sorted(f'{t}_proj' for t in cfg.lora.targets)
+  assert (config['r'], config['lora_alpha'], config['peft_type']) == (4, 8.0, 'LORA')
+  t = safetensors.numpy.load_file(tmp / 'adapter' / 'adapter_model.safetensors')
+  assert len(t) == 2 * cfg.num_layers * len(cfg.lora.targets)
+  q = 'base_model.model.model.layers.1.self_attn.q_proj'
+  assert t[f'{q}.lora_A.weight'].shape == (4, cfg.d_model)
+  assert t[f'{q}.lora_B.weight'].shape == (cfg.num_heads * cfg.head_dim, 4)
+  np.testing.assert_array_equal(t[f'{q}.lora_B.weight'][5], params['lora']['layers']['attn']['q']['b'][1, :, 0, 5])
+
+
+def _tokens(cfg, seed=1, shape=(2, 16)):
+  return np.random.default_rng(seed).integers(1, cfg.vocab_size, shape)
+
+
+def _rftjax_logits(params, cfg, tokens):
+  b, t = tokens.shape
+  positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  return np.asarray(model.forward(params, cfg, jnp.asarray(tokens, jnp.int32), positions, jnp.ones((b, t), bool))[0])
+
+
+def test_peft_logits_equal_rftjax(case, request):
+  cfg, params, tm, _ = case
+  tokens = _tokens(cfg)
+  ours = _rftjax_logits(params, cfg, tokens)
+  err = _rel_err(_torch_logits(tm, tokens), ours)
+  base_err = _rel_err(_rftjax_logits(lora.split(params)[1], model.base_config(cfg), tokens), ours)
+  print(f'{request.node.callspec.id}: range {ours.max() - ours.min():.1f}, PEFT {err:.2e}, base {base_err:.2e}')
+  assert ours.max() - ours.min() > 5 and base_err > 0.02  # logits spread, and the adapters matter
+  assert err < TOLERANCE, err
+
+
+def test_merged_export_equals_rftjax(case, request):
+  cfg, params, _, tmp = case
+  merged = weights.export_hf(lora.merge(params, cfg.lora), model.base_config(cfg), tmp / 'merged')
+  tokens = _tokens(cfg, seed=2)
+  err = _rel_err(_torch_logits(_load(merged), tokens), _rftjax_logits(params, cfg, tokens))
+  print(f'{request.node.callspec.id}: merged {err:.2e}')
+  assert err < TOLERANCE, err
+
+
+def test_greedy_equals_peft_generate(case):
+  cfg, params, tm, _ = case
+  prompt = [int(t) for t in _tokens(cfg, seed=3, shape=5)]
+  ids = torch.tensor([prompt])
+  with torch.no_grad():
+    out = tm.generate(
+      input_ids=ids,
+      attention_mask=torch.ones_like(ids),
+      do_sample=False,
+      max_new_tokens=NEW_TOKENS,
+      min_new_tokens=NEW_TOKENS,
+      eos_token_id=None,
+      pad_token_id=0,
+    )
+  ref = [int(t) for t in out[0, len(prompt) :]]
+  assert len(ref) == NEW_TOKENS and len(set(ref)) >= 8, ref  # not degenerate
+  assert sampler.generate(params, cfg, [prompt], max_new_tokens=NEW_TOKENS, stop_ids=(), pad_id=0) == [ref]
+
+
+def _run_dir(path, init, lora_spec, params):
+  """A run directory as the trainer leaves it: config.json and one checkpoint of the trainable params."""
+  from rftjax import checkpoint
+
+  path.mkdir()
+  config = dict(model='', init=init, tokenizer=None, param_dtype='float32', lora=lora_spec)
+  (path / 'config.json').write_text(json.dumps(config))
+  state = {'params': params, 'step': jnp.int32(10), 'rng': jax.random.key_data(jax.random.key(0))}
+  with checkpoint.Checkpointer(path / 'checkpoints', async_save=False) as ckpt:
+    ckpt.save(10, state, extra={}, metrics={'valid_reward_mean': 0.5})
+  return path
+
+
+def test_export_cli_adapter(tmp_path, capsys):
+  from rftjax import export
+
+  cfg = CASES['qwen2_qv']
+  params = _random_params(cfg, seed=4)
+  base = weights.export_hf(lora.split(params)[1], model.base_config(cfg), tmp_path / 'base')
+  spec = dict(rank=4, alpha=8.0, targets=['q', 'v'])
+  run = _run_dir(tmp_path / 'lora_run', f'hf:{base}', spec, {'lora': params['lora']})
+  assert export.main([f'--workdir={run}', '--adapter', f'--out={tmp_path / "cli"}']) == 0
+  direct = weights.export_peft(params['lora'], cfg, tmp_path / 'direct', base_model=f'hf:{base}')
+  for name in ('adapter_config.json', 'adapter_model.safetensors'):
+    assert (tmp_path / 'cli' / name).read_bytes() == (direct / name).read_bytes(), name
+
+  full = _run_dir(tmp_path / 'full_run', f'hf:{base}', dict(spec, rank=0), lora.split(params)[1])
+  capsys.readouterr()
+  assert export.main([f'--workdir={full}', '--adapter', f'--out={tmp_path / "x"}']) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and 'is a full fine-tuning run' in err, err
+  assert not (tmp_path / 'x').exists()
