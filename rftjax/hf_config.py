@@ -44,20 +44,6 @@ _HF_DEFAULTS = {
     tie_word_embeddings=False,
     hidden_act='silu',
   ),
-  'qwen3': dict(
-    vocab_size=151_936,
-    hidden_size=4096,
-    intermediate_size=22_016,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    head_dim=128,
-    rms_norm_eps=1e-6,
-    max_position_embeddings=32_768,
-    rope_theta=10_000.0,
-    tie_word_embeddings=False,
-    hidden_act='silu',
-  ),
   'qwen2': dict(
     vocab_size=151_936,
     hidden_size=4096,
@@ -72,6 +58,7 @@ _HF_DEFAULTS = {
     hidden_act='silu',
   ),
 }
+_HF_DEFAULTS['qwen3'] = dict(_HF_DEFAULTS['qwen2'], head_dim=128)  # Qwen3Config: Qwen2Config's plus head_dim
 _NULLABLE = ('sliding_window', 'rope_scaling', 'final_logit_softcapping')
 
 
