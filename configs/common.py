@@ -3,6 +3,7 @@
 import dataclasses
 
 import ml_collections
+from ml_collections import config_dict
 
 from rftjax import errors
 from rftjax import hparams
@@ -26,7 +27,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.valid = ''
   c.data.max_prompt_len = 64  # tokens; a longer prompt is an error at start-up naming its line
   c.data.valid_limit = 0  # evaluate on the first N validation examples only; 0 = all
-  c.grader = None  # a grader dict, or a path to a grader JSON file
+  # a grader dict, or the path of a grader JSON file (either kind on any config: the field takes both)
+  c.grader = config_dict.FieldReference(None, field_type=object)
 
   c.seed = 0
   c.total_steps = 100

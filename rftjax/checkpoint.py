@@ -133,6 +133,11 @@ class Checkpointer:
         best, best_score = step, score
     return best
 
+  def best_steps(self) -> list[int]:
+    """The (up to) `keep_best` steps with the highest finite `best_metric`, best first: the ones kept as best."""
+    scored = [(self._score(self.metrics(s)), s) for s in self.all_steps()]
+    return [s for score, s in sorted(scored, reverse=True) if score > -math.inf][: self.keep_best]
+
   def resolve_step(self, which: int | str | None) -> int:
     """Maps `None`/'latest', 'best' or a step number (int or digit string) to a step that exists on disk."""
     steps = self.all_steps()

@@ -67,25 +67,21 @@ def _check_key(config, dotted: str) -> None:
     node, prefix = node[part], f'{prefix}{part}.'
 
 
-def parse_config_flags(argv: Sequence[str], define: Callable | None = None, *, required: Sequence[str] = ()):
+def override_keys(argv: Sequence[str]) -> tuple[str, ...]:
+  """The dotted config keys set on the command line (`--config.optimizer.learning_rate=1e-5` ->
+  'optimizer.learning_rate'): explicit choices that defaults and OpenAI-style 'auto' rules must not override."""
+  return tuple(m.group(1) for m in (_OVERRIDE.match(a) for a in argv[1:]) if m)
+
+
+def parse_config_flags(
+  argv: Sequence[str], define: Callable | None = None, *, required: Sequence[str] = (), doc: str = ''
+):
   """An absl FlagValues with `--config` (a config file, its overrides) and the flags `define(fv)` adds, parsed
   from `argv` (argv[0] is the program). Raises ConfigError naming the flag or key on any problem."""
   from absl import flags
   from ml_collections import config_flags
 
   argv = list(argv)
-  config_args = [a for a in argv[1:] if re.match(r'--?config=', a)]
-  overrides = [m for m in (_OVERRIDE.match(a) for a in argv[1:]) if m]
-  if config_args:  # unknown keys first: config_flags would end in a chained traceback
-    try:
-      config = _load_config_file(config_args[-1].split('=', 1)[1])
-    except errors.UserError:
-      raise
-    except Exception as e:  # noqa: BLE001  the config file's own error is the message
-      raise errors.ConfigError(f'{config_args[-1]}: {type(e).__name__}: {e}') from None
-    for m in overrides:
-      _check_key(config, m.group(1))
-
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file(
     'config', None, 'Run config: configs/*.py[:variant].', flag_values=fv, lock_config=True, sys_argv=argv
@@ -95,6 +91,19 @@ def parse_config_flags(argv: Sequence[str], define: Callable | None = None, *, r
   )
   if define is not None:
     define(fv)
+  if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
+    print(f'{doc.strip()}\n\nflags:\n{fv.get_help()}')
+    raise SystemExit(0)
+  config_args = [a for a in argv[1:] if re.match(r'--?config=', a)]
+  if config_args:  # unknown keys first: config_flags would end in a chained traceback
+    try:
+      config = _load_config_file(config_args[-1].split('=', 1)[1])
+    except errors.UserError:
+      raise
+    except Exception as e:  # noqa: BLE001  the config file's own error is the message
+      raise errors.ConfigError(f'{config_args[-1]}: {type(e).__name__}: {e}') from None
+    for key in override_keys(argv):
+      _check_key(config, key)
   try:
     fv(argv)
   except flags.Error as e:

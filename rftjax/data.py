@@ -96,6 +96,11 @@ def load_jsonl(path: str | pathlib.Path) -> list[Example]:
   return examples
 
 
+def reference(example: Example) -> dict:
+  """The example's row without its prompt: what graders compare against (`answer`, tests, ...), for records."""
+  return {k: v for k, v in example.item.items() if k != 'messages'}
+
+
 def encode_prompts(examples: Sequence[Example], tok, max_prompt_len: int | None = None) -> list[list[int]]:
   """Each example's prompt as token ids: the chat template's rendering of its messages, or its raw `text`. A
   prompt the template refuses, or one longer than `max_prompt_len`, is a DataError naming its line."""

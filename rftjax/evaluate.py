@@ -83,7 +83,12 @@ def parse_args(argv):
   p.add_argument('--top_k', type=int, default=0)
   p.add_argument('--max_new_tokens', type=int, default=None, help="default: the run's sampling.max_new_tokens")
   p.add_argument('--grader', default=None, help="grader JSON file (default: the run's grader)")
-  p.add_argument('--pass_threshold', type=float, default=1.0, help='a sample passes when its reward >= this')
+  p.add_argument(
+    '--pass_threshold',
+    type=float,
+    default=None,
+    help="a sample passes when its reward >= this (default: the grader's pass_threshold, else 1.0)",
+  )
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--num_workers', type=int, default=0, help='grading processes (0: one per CPU core)')
   p.add_argument('--out', default=None, help='per-sample JSONL (default: DIR/eval/step<N>_<data stem>.jsonl)')
@@ -110,7 +115,8 @@ def run(args) -> dict:
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
   k = args.samples
   temperature = args.temperature if args.temperature is not None else (0.0 if k == 1 else 1.0)
-  max_new = args.max_new_tokens or (run_config.sampling.max_new_tokens if run_config else 128)
+  max_new = sample_cli.max_new_tokens(args, loaded)
+  threshold = args.pass_threshold if args.pass_threshold is not None else float(grader_spec.get('pass_threshold', 1.0))
   ids = data_lib.encode_prompts(examples, loaded.tokenizer)
   ids = [p for p in ids for _ in range(k)]
   items = [ex.item for ex in examples for _ in range(k)]
@@ -128,18 +134,18 @@ def run(args) -> dict:
       grader,
       pool,
       mesh=loaded.mesh,
-      batch_size=args.batch_size,
+      batch_size=args.batch_size or int(loaded.config.get('eval_batch_size') or 32),
       rng=jax.random.key(args.seed),
       progress=sample_cli.stderr_progress('sampling'),
     )
   results = [r for _, r in graded]
   rewards = np.asarray([r.reward for r in results], np.float64).reshape(len(examples), k)
   summary = {
-    'step': loaded.step,
+    **({'step': loaded.step} if loaded.step is not None else {}),  # an --init model has no step
     'data': str(args.data),
     'temperature': temperature,
-    'pass_threshold': args.pass_threshold,
-    **summarize(rewards, results, args.pass_threshold),
+    'pass_threshold': threshold,
+    **summarize(rewards, results, threshold),
   }
   out = epath.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
   rows = []
@@ -148,6 +154,7 @@ def run(args) -> dict:
     rows.append(
       {
         'source': examples[i // k].source,
+        'item': data_lib.reference(examples[i // k]),
         'sample': i % k,
         'completion': o['text'],
         'tokens': o['tokens'],
@@ -155,13 +162,16 @@ def run(args) -> dict:
         'reward': grade['reward'],
         'sub_rewards': grade['sub_rewards'],
         'errors': grade['errors'],
-        'passed': bool(r.reward >= args.pass_threshold),
+        'passed': bool(r.reward >= threshold),
       }
     )
   if jax.process_index() == 0:
     data_lib.write_jsonl(out, rows)
     out.with_name(out.name + '.summary.json').write_text(json.dumps(summary, indent=2) + '\n')
   summary['out'] = str(out)
+  failed = graders.all_failed(results)
+  if failed:  # a summary of zeros that only mean the grader could not run
+    raise graders.GradingFailed(f'{failed}; the samples and the summary are in {out}', [])
   return summary
 
 
@@ -170,7 +180,11 @@ def main(argv=None) -> int:
   args = parse_args(argv)
 
   def body() -> int:
-    summary = run(args)
+    try:
+      summary = run(args)
+    except graders.GradingFailed as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
     if jax.process_index() == 0:
       print(table({k: v for k, v in summary.items() if k != 'out'}))
       print(f'samples written to {summary["out"]}', file=sys.stderr)

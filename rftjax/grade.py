@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail(f'--item: expected a JSON object, found {type(item).__name__}')
       result = pool.grade(grader, [text], [item])[0]
       print(json.dumps(result.to_json(), default=str))
-      return 0
+      return 1 if result.errors else 0  # a grading that failed is not a score of 0
     if not (args.data and args.samples):
       _fail('--data and --samples go together')
     items, rows = _read_jsonl(args.data), _read_jsonl(args.samples)
@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
       for r in results:
         f.write(json.dumps(r.to_json(), default=str) + '\n')
   print(json.dumps(graders.summarize(results, prefix=args.prefix), indent=1))
+  failed = graders.all_failed(results)
+  if failed:  # the zeros above mean the grader could not run, not that the samples are wrong
+    print(f'error: {failed}', file=sys.stderr)
+    return 1
   return 0
 
 

@@ -32,6 +32,16 @@ from rftjax import model as model_lib
 
 log = logging.getLogger('rftjax')
 
+# the native key each field decides: set on the command line as well, it is an error (which one did you mean?)
+NATIVE = {
+  'n_epochs': 'total_steps',
+  'batch_size': 'batch_size',
+  'learning_rate_multiplier': 'optimizer.learning_rate',
+  'compute_multiplier': 'num_generations',
+  'eval_interval': 'eval_interval',
+  'eval_samples': 'eval_samples',
+  'seed': 'seed',
+}
 FIELDS = (
   'n_epochs',
   'batch_size',
@@ -41,6 +51,9 @@ FIELDS = (
   'eval_samples',
   'seed',
 )
+
+# LoRA learns at about 10x full fine-tuning's rate for RL ("LoRA Without Regret", Thinking Machines 2025).
+LORA_FACTOR = 10.0
 
 # Base learning rate per model preset for full fine-tuning with GRPO (AdamW, constant schedule): what
 # learning_rate_multiplier=1 means. RL updates are small and noisy; ~1e-6 for 1B-class models is the common choice
@@ -78,6 +91,21 @@ def add_openai_fields(config: ml_collections.ConfigDict) -> ml_collections.Confi
   with config.unlocked():
     config.openai = o
   return config
+
+
+def _get(config, dotted: str):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
+def deciding_key(config, native: str) -> str:
+  """The key that decided `native` in a resolved config: its OpenAI-style field when one did, else itself."""
+  resolved = json.loads(config.get('openai', {}).get('resolved') or '{}')
+  field = next((f for f, n in NATIVE.items() if n == native), None)
+  if native in resolved and field is not None:
+    return f'config.openai.{field}'
+  return f'config.{native}'
 
 
 def base_learning_rate(model: str) -> float:
@@ -123,8 +151,11 @@ def _positive(name: str, value, minimum=0, strict=True):
   return value
 
 
-def apply(config: ml_collections.ConfigDict, num_train_examples: int) -> ml_collections.ConfigDict:
-  """Returns a copy of `config` with config.openai resolved into native fields (see the module docstring)."""
+def apply(config: ml_collections.ConfigDict, num_train_examples: int, explicit=()) -> ml_collections.ConfigDict:
+  """Returns a copy of `config` with config.openai resolved into native fields (see the module docstring).
+
+  `explicit`: the dotted native keys the user set on the command line. An 'auto' rule never overrides one of them,
+  and a field set by hand that decides one of them is an error naming both keys."""
   if 'openai' not in config:
     return config
   if num_train_examples < 1:
@@ -141,6 +172,13 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int) -> ml_coll
     'eval_samples': _positive('eval_samples', _value(o, 'eval_samples', int)),
     'seed': _positive('seed', _value(o, 'seed', int), strict=False),
   }
+  for field, native in NATIVE.items():
+    if user[field] is not None and native in explicit:
+      raise errors.ConfigError(
+        f'config.openai.{field}={o[field]!r} and config.{native}={_get(c, native)!r} both '
+        f'decide {native}; give only one of them'
+      )
+  auto_sets = lambda field: auto and NATIVE[field] not in explicit  # an explicit native key wins over 'auto'
   resolved: dict[str, dict] = {}
 
   def note(field: str, value, how: str) -> None:
@@ -151,12 +189,12 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int) -> ml_coll
     if user['batch_size'] is not None:
       c.batch_size = user['batch_size']
       note('batch_size', c.batch_size, f'openai.batch_size={user["batch_size"]}')
-    elif auto:
+    elif auto_sets('batch_size'):
       c.batch_size = auto_batch_size(n)
       note('batch_size', c.batch_size, f'auto: clamp({n} / 50, 4, 64) rounded to a power of 2')
 
     epochs, how = user['n_epochs'], f'openai.n_epochs={user["n_epochs"]}'
-    if epochs is None and auto:
+    if epochs is None and auto_sets('n_epochs'):
       epochs, how = auto_n_epochs(n, c.batch_size), f'auto: clamp(ceil(100 * {c.batch_size} / {n}), 1, 10)'
     if epochs is not None:
       c.total_steps = int(math.ceil(epochs * n / c.batch_size))
@@ -167,9 +205,9 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int) -> ml_coll
       )
 
     mult = user['learning_rate_multiplier']
-    if mult is not None or auto:
+    if mult is not None or auto_sets('learning_rate_multiplier'):
       m = 1.0 if mult is None else mult
-      base = base_learning_rate(c.model)
+      base = base_learning_rate(c.model) * (LORA_FACTOR if c.get('lora', {}).get('rank') else 1)
       c.optimizer.learning_rate = float(m * base)
       note(
         'optimizer.learning_rate',
@@ -190,7 +228,7 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int) -> ml_coll
     if user['eval_interval'] is not None:
       c.eval_interval = user['eval_interval']
       note('eval_interval', c.eval_interval, f'openai.eval_interval={user["eval_interval"]}')
-    elif auto:
+    elif auto_sets('eval_interval'):
       c.eval_interval = max(1, math.ceil(c.total_steps / 10))
       note('eval_interval', c.eval_interval, f'auto: max(1, ceil(total_steps {c.total_steps} / 10))')
 

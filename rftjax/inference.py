@@ -29,7 +29,6 @@ from rftjax import errors
 from rftjax import graders
 from rftjax import loader
 from rftjax import multihost
-from rftjax import plots
 from rftjax import rollout
 from rftjax import sampler as sampler_lib
 from rftjax import sharding
@@ -51,7 +50,8 @@ def make_sampler(
   top_k: int = 0,
   stop: Sequence[str] | None = None,
 ) -> sampler_lib.Sampler:
-  """A sampler for these prompts: left-padded to the longest, rounded up to a multiple of 8 (few shapes compile).
+  """A sampler for these prompts: left-padded to the run's `data.max_prompt_len` (the shapes its validation ran with)
+  or to the longest prompt rounded up to a multiple of 8 (few shapes compile), whichever is longer.
   `stop`: extra single-token stop strings on top of EOS and the turn end; None = the run's `sampling.stop`."""
   longest = max((len(p) for p in prompts), default=0)
   if longest == 0:
@@ -64,7 +64,7 @@ def make_sampler(
     raise errors.ConfigError(f'--stop: {e}') from None
   return sampler_lib.Sampler(
     loaded.cfg,
-    _round_up(longest, 8),
+    max(_round_up(longest, 8), int(loaded.config.get('data', {}).get('max_prompt_len') or 0)),
     max_new_tokens,
     stop_ids,
     loaded.tokenizer.pad_id,
@@ -156,8 +156,8 @@ def evaluate(
 
 class Validation:
   """A training run's validation pass: `evaluate` on the validation prompts (k samples each, repeated by the caller)
-  and its records: one line of metrics.jsonl, samples/valid_stepNNNNNN.jsonl with every completion and reward, the
-  reward plot. `validate(params, step) -> metrics`."""
+  and its records: one line of metrics.jsonl, samples/valid_stepNNNNNN.jsonl with every completion, its reward and
+  sub-rewards and the row it answers. `validate(params, step) -> metrics`."""
 
   def __init__(self, sampler, batch_size: int, prompts, examples, tok, grader, pool, mesh, rng, writer, run):
     self.sampler, self.batch_size, self.prompts, self.examples, self.tok = sampler, batch_size, prompts, examples, tok
@@ -189,14 +189,11 @@ class Validation:
     )
     if jax.process_index() == 0:
       records = [
-        {'source': ex.source, 'completion': c['text'], 'reward': res.reward, 'errors': [e.category for e in res.errors]}
+        {'source': ex.source, 'item': data_lib.reference(ex), 'completion': c['text'], 'reward': res.reward,
+         'sub_rewards': res.sub_rewards, 'errors': [e.category for e in res.errors]}
         for ex, (c, res) in zip(self.examples, rows)
-      ]
+      ]  # fmt: skip
       data_lib.write_jsonl(self.run.local / 'samples' / f'valid_step{step:06d}.jsonl', records)
-      try:
-        plots.write_reward_plot(self.run.local)
-      except Exception as e:  # a plot must never stop a run
-        log.warning('could not write the reward plot: %s', e)
     self.run.sync(raise_errors=False)
     return m
 

@@ -59,11 +59,34 @@ def model_spec(
   )
 
 
+def check_spec(key: str, spec: str, kinds: tuple[str, ...]) -> None:
+  """`config.init` / `config.tokenizer` name a file or folder that exists (a shorthand: an installed package)."""
+  kind, _, rest = spec.partition(':')
+  if kind not in kinds or not rest:
+    forms = ' or '.join(f'{k}:PATH' if k != 'hf' else 'hf:DIR' for k in kinds)
+    shorthands = f' or gguf:NAME ({", ".join(pretrained.SHORTHANDS)})' if 'gguf' in kinds else ''
+    raise errors.ConfigError(f'config.{key}: expected {forms}{shorthands}, found {spec!r}')
+  if kind == 'gguf' and rest in pretrained.SHORTHANDS:
+    try:
+      pretrained.resolve(spec)
+    except pretrained.MissingWeightsError as e:
+      raise errors.ConfigError(f'config.{key}={spec!r}: {e}') from None
+    return
+  path = pathlib.Path(rest)
+  if kind == 'hf' and not path.is_dir():
+    raise errors.ConfigError(f'config.{key}={spec!r}: no such folder {path}')
+  if kind != 'hf' and not path.is_file():
+    known = f' (known gguf:NAME shorthands: {", ".join(pretrained.SHORTHANDS)})' if kind == 'gguf' else ''
+    raise errors.ConfigError(f'config.{key}={spec!r}: no such file {path}{known}')
+
+
 def load_tokenizer(config) -> tokenizer_lib.Tokenizer:
   """`config.tokenizer`, else the tokenizer stored with `config.init`."""
   key = 'tokenizer' if config.get('tokenizer') else 'init'
   spec = config.get(key)
-  if not spec:
+  if spec:
+    check_spec(key, spec, ('sp', 'gguf', 'hf'))
+  else:
     raise errors.ConfigError(
       'config.tokenizer: not set and there is no config.init to take one from; expected '
       'sp:PATH, gguf:PATH, gguf:NAME or hf:DIR'
@@ -145,6 +168,15 @@ def load(
   cfg = model_config(config, tok)
   if abstract:
     return Loaded(cfg, tok, abstract_params(cfg, dtype, mesh), mesh, config)
+  source = f'{workdir} step {step}' if workdir is not None and not cfg.lora else config.get('init') or 'random init'
+  log.info(
+    'loading %s (%.2fB params, %s%s) from %s',
+    cfg.name,
+    cfg.num_params() / 1e9,
+    dtype.name,
+    f', LoRA rank {cfg.lora.rank}' if cfg.lora else '',
+    source,
+  )
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     if workdir is not None and not cfg.lora:  # full fine-tuning: the checkpoint holds every param
       params, resolved = _restore(workdir, step, abstract_params(cfg, dtype, mesh))
@@ -153,6 +185,7 @@ def load(
     if config.get('init'):
       from rftjax import weights  # heavy (gguf, safetensors); only needed for pretrained models
 
+      check_spec('init', config.init, ('gguf', 'hf'))
       try:
         params = weights.load(config.init, base, mesh, dtype=dtype)
       except (pretrained.MissingWeightsError, FileNotFoundError) as e:

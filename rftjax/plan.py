@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import re
@@ -481,14 +482,16 @@ def main(argv: Sequence[str]) -> int:
     )
 
   def body() -> int:
-    fv = cli.parse_config_flags(argv, define, required=('config',))
+    fv = cli.parse_config_flags(argv, define, required=('config',), doc=__doc__)
     devices = fv.devices or fv.config.get('devices')
     if not devices:
       raise errors.ConfigError('--devices is required (the config has no `devices` field): e.g. --devices=v5p-32')
     hw = parse_devices(devices)
-    config = hparams.apply(fv.config, fv.num_train_examples or _count_lines(fv.config.data.train))
+    n_train = fv.num_train_examples or _count_lines(fv.config.data.train)
+    config = hparams.apply(fv.config, n_train, cli.override_keys(argv))
     runspec.check(config, devices=hw.chips, processes=hw.hosts, inputs=False)
     plan = make_plan(config, hw, headroom=fv.headroom)
+    print(resolved_summary(config, n_train))
     print(format_plan(plan))
     message = check(plan, config)
     if message:
@@ -499,6 +502,20 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
   return cli.run(body)
+
+
+def resolved_summary(config, n_train: int) -> str:
+  """What training would run, with the OpenAI-style fields applied as the trainer applies them."""
+  rows = config.batch_size * config.num_generations
+  lines = [
+    f'run: {config.total_steps} steps of {config.batch_size} prompts x {config.num_generations} completions = '
+    f'{rows} rows ({n_train} training examples), learning rate {config.optimizer.learning_rate:g}, '
+    f'{"LoRA rank " + str(config.lora.rank) if config.lora.rank else "full fine-tuning"}, '
+    f'validation every {config.eval_interval} steps'
+  ]
+  for key, how in json.loads(config.openai.get('resolved') or '{}').items():
+    lines.append(f'  {key} = {how["value"]}  ({how["from"]})')
+  return '\n'.join(lines)
 
 
 def _count_lines(path: str) -> int:

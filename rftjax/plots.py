@@ -34,15 +34,16 @@ def reward_series(records: list[dict]) -> dict[str, tuple[list[int], list[float]
   return out
 
 
-def write_reward_plot(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> pathlib.Path:
-  """Writes the plot (default DIR/reward_curve.png) and returns its path; an empty run gives an empty axes."""
+def reward_figure(workdir: str | os.PathLike, kept=()):
+  """The figure: train reward (raw and smoothed) and validation reward against step, the kept best checkpoints
+  (`kept`, their steps) starred on the validation curve, whole-number steps on the x axis."""
   import matplotlib
 
   matplotlib.use('Agg')  # no display; must precede pyplot
+  import matplotlib.ticker
   from matplotlib import pyplot as plt
 
   workdir = pathlib.Path(workdir)
-  out = pathlib.Path(out) if out else workdir / 'reward_curve.png'
   series = reward_series(metrics_lib.read_jsonl(workdir / 'metrics.jsonl'))
   fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
   steps, rewards = series['train']
@@ -52,6 +53,10 @@ def write_reward_plot(workdir: str | os.PathLike, out: str | os.PathLike | None 
   steps, rewards = series['valid']
   if steps:
     ax.plot(steps, rewards, color='tab:orange', marker='o', linewidth=2, label='validation')
+    best = [(s, r) for s, r in zip(steps, rewards) if s in set(kept)]
+    if best:
+      ax.plot(*zip(*best), linestyle='none', marker='*', markersize=14, color='tab:red', label='kept best checkpoints')
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel('step')
   ax.set_ylabel('mean reward')
   ax.set_title(workdir.name)
@@ -59,6 +64,16 @@ def write_reward_plot(workdir: str | os.PathLike, out: str | os.PathLike | None 
   if ax.lines:
     ax.legend(loc='best')
   fig.tight_layout()
+  return fig
+
+
+def write_reward_plot(workdir: str | os.PathLike, out: str | os.PathLike | None = None, kept=()) -> pathlib.Path:
+  """Writes `reward_figure` (default DIR/reward_curve.png, replaced atomically) and returns its path; an empty run
+  gives an empty axes."""
+  from matplotlib import pyplot as plt
+
+  out = pathlib.Path(out) if out else pathlib.Path(workdir) / 'reward_curve.png'
+  fig = reward_figure(workdir, kept)
   tmp = out.with_name(out.name + '.tmp')
   fig.savefig(tmp, format='png')
   plt.close(fig)

@@ -1,8 +1,9 @@
-"""Spot / preemptible TPU VMs get SIGTERM shortly before they go: checkpoint the step reached and exit 42.
+"""Stopping without losing work: SIGTERM (a Spot TPU VM about to go) and Ctrl-C both checkpoint the step reached.
 
 The handler only sets a flag; the loop polls it at step boundaries (all hosts agree through one tiny collective,
-so every host stops at the same step), saves, and raises `Preempted`, which the entry point turns into exit
-status 42 so `tpu/supervise.sh` knows to relaunch rather than give up.
+so every host stops at the same step), saves, and raises `Preempted`. The entry point turns it into exit status 42
+after SIGTERM, so `tpu/supervise.sh` knows to relaunch rather than give up, and 130 after Ctrl-C (the shell's
+convention for an interrupt, which no supervisor relaunches). A second Ctrl-C aborts at once, without a checkpoint.
 """
 
 from __future__ import annotations
@@ -13,25 +14,36 @@ import threading
 
 from rftjax import multihost
 
-EXIT_CODE = 42
+EXIT_CODE = 42  # SIGTERM: relaunch me
+INTERRUPT_EXIT_CODE = 130  # Ctrl-C: the user stopped the run
+
+log = logging.getLogger('rftjax')
 
 
 class Preempted(Exception):
-  """Training stopped on SIGTERM after writing a checkpoint of `step`."""
+  """Training stopped on SIGTERM or Ctrl-C after writing a checkpoint of `step`."""
 
-  def __init__(self, step: int):
-    super().__init__(f'preempted: checkpoint written at step {step}; rerun the same command to resume')
+  def __init__(self, step: int, interrupted: bool = False):
+    cause = 'stopped by Ctrl-C' if interrupted else 'preempted'
+    super().__init__(f'{cause}: checkpoint written at step {step}; rerun the same command to resume')
     self.step = step
+    self.exit_code = INTERRUPT_EXIT_CODE if interrupted else EXIT_CODE
 
 
 class Watcher:
-  """Context manager: SIGTERM sets a flag instead of killing the process (main thread only)."""
+  """Context manager: SIGTERM and SIGINT set a flag instead of killing the process (main thread only); a second
+  SIGINT raises KeyboardInterrupt at once."""
 
-  def __init__(self, signals=(signal.SIGTERM,)):
-    self.signals, self._old, self.flag = signals, {}, False
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    self.signals, self._old, self.flag, self.interrupted = signals, {}, False, False
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT:
+      if self.interrupted:
+        raise KeyboardInterrupt('second Ctrl-C: stopped without a checkpoint')
+      self.interrupted = True
+      log.warning('Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort without one)')
     self.flag = True
 
   def __enter__(self):
@@ -49,8 +61,9 @@ class Watcher:
     del step
     return multihost.any_host(self.flag)
 
-
-def stop(step: int) -> Preempted:
-  """The exception to raise once the checkpoint of `step` is written (without eval metrics: never ranked best)."""
-  logging.getLogger('rftjax').warning('SIGTERM: saved a checkpoint at step %d, exiting with status %d', step, EXIT_CODE)
-  return Preempted(step)
+  def stop(self, step: int) -> Preempted:
+    """The exception to raise once the checkpoint of `step` is written (without eval metrics: never ranked best)."""
+    how = 'Ctrl-C' if self.interrupted else 'SIGTERM'
+    code = INTERRUPT_EXIT_CODE if self.interrupted else EXIT_CODE
+    log.warning('%s: saved a checkpoint at step %d, exiting with status %d', how, step, code)
+    return Preempted(step, self.interrupted)

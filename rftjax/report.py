@@ -9,6 +9,7 @@ is still training. See docs/cli.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import sys
@@ -79,6 +80,7 @@ def summarize(workdir: str | pathlib.Path) -> dict:
     )
   if train:
     tail = train[-10:]
+    out['train_reward_last_n'] = len(tail)
     out['train_reward_last10_mean'] = sum(r['train_reward_mean'] for r in tail) / len(tail)
 
   data = config.get('data') or {}
@@ -112,7 +114,34 @@ def summarize(workdir: str | pathlib.Path) -> dict:
       'mean': tokens / timing['sampling_s'],
     }
   out['checkpoints'] = steps_on_disk
+  out['hyperparameters'] = _hyperparameters(config)
+  out['disk_bytes'] = _disk_use(workdir, steps_on_disk)
   return out
+
+
+def _hyperparameters(config: dict) -> dict:
+  """What decided the run's updates, as the trainer resolved them (OpenAI-style values included)."""
+  if not config:
+    return {}
+  get = lambda *keys: functools.reduce(lambda d, k: (d or {}).get(k), keys, config)
+  out = {
+    'total_steps': get('total_steps'), 'batch_size': get('batch_size'), 'num_generations': get('num_generations'),
+    'learning_rate': get('optimizer', 'learning_rate'), 'schedule': get('optimizer', 'schedule'),
+    'beta': get('grpo', 'beta'), 'advantage': get('grpo', 'advantage'),
+    'loss_aggregation': get('grpo', 'loss_aggregation'), 'temperature': get('sampling', 'temperature'),
+    'max_new_tokens': get('sampling', 'max_new_tokens'), 'lora_rank': get('lora', 'rank') or 0,
+  }  # fmt: skip
+  resolved = json.loads(get('openai', 'resolved') or '{}')
+  out['openai_resolved'] = {k: f'{v["value"]} ({v["from"]})' for k, v in resolved.items()}
+  return out
+
+
+def _disk_use(workdir, steps: list[int]) -> dict:
+  """Bytes of the whole run directory and of each checkpoint on disk (local runs; a bucket is not walked)."""
+  if runfs.is_remote(workdir):
+    return {}
+  size = lambda p: sum(f.stat().st_size for f in pathlib.Path(p).rglob('*') if f.is_file())
+  return {'total': size(workdir), **{f'checkpoint {s}': size(workdir / 'checkpoints' / str(s)) for s in steps}}
 
 
 def _fmt(v) -> str:
@@ -139,7 +168,8 @@ def table(s: dict) -> str:
       )
     )
   if 'train_reward_last10_mean' in s:
-    rows.append(('train reward', f'{_fmt(s["train_reward_last10_mean"])} (mean of the last 10 steps)'))
+    n = s['train_reward_last_n']
+    rows.append(('train reward', f'{_fmt(s["train_reward_last10_mean"])} (mean of the last {n} step{"s" * (n > 1)})'))
   for k, v in s['source'].items():
     rows.append((k.replace('_', ' '), _fmt(v)))
   total = s['timing_total_s'] or 1.0
@@ -150,6 +180,13 @@ def table(s: dict) -> str:
   if 'tokens_per_s' in s:
     rows.append(('tokens/s', f'{s["tokens_per_s"]["mean"]:.1f}  ({s["tokens_per_s"]["key"]})'))
   rows.append(('checkpoints', ', '.join(map(str, s['checkpoints'])) or '-'))
+  for k, v in s['hyperparameters'].items():
+    if k == 'openai_resolved':
+      rows += [(f'  {name}', how) for name, how in v.items()]
+    else:
+      rows.append((k.replace('_', ' '), _fmt(v)))
+  for k, v in s['disk_bytes'].items():
+    rows.append((f'disk {k}', f'{v / 2**20:.1f} MiB'))
   width = max(len(k) for k, _ in rows)
   return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
 

@@ -103,6 +103,14 @@ class RunDir:
       sync_interval_s,
     )
 
+  @property
+  def compile_cache(self) -> pathlib.Path:
+    """Where JAX keeps compiled programs for this run: next to it, or for a remote run on this machine's disk,
+    where a cache lookup costs no round trip."""
+    if self.is_remote:
+      return pathlib.Path('~/.cache/rftjax/jax_cache').expanduser()
+    return self.local / '.jax_cache'
+
   def _mark_uploaded(self, rel: str) -> None:
     st = (self.local / rel).stat()
     self._uploaded[rel] = (st.st_size, st.st_mtime_ns)

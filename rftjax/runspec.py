@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
 
 import jax
 
 from rftjax import errors
+from rftjax import graders
 from rftjax import grpo
 from rftjax import hparams
 from rftjax import loader
 from rftjax import lora as lora_lib
 from rftjax import model as model_lib
-from rftjax import pretrained
 from rftjax import rollout
 from rftjax import sampler as sampler_lib
 from rftjax import sharding
@@ -97,30 +96,6 @@ def _bool(config, key: str) -> bool:
   return value
 
 
-def _file_spec(key: str, spec: str, kinds: tuple[str, ...]) -> None:
-  """`config.init` / `config.tokenizer` name a file or folder that exists (a shorthand: an installed package)."""
-  kind, _, rest = spec.partition(':')
-  if kind not in kinds or not rest:
-    _fail(
-      key,
-      spec,
-      ' or '.join(f'{k}:PATH' if k != 'hf' else 'hf:DIR' for k in kinds)
-      + (f' or gguf:NAME ({", ".join(pretrained.SHORTHANDS)})' if 'gguf' in kinds else ''),
-    )
-  if kind == 'gguf' and rest in pretrained.SHORTHANDS:
-    try:
-      pretrained.resolve(spec)
-    except pretrained.MissingWeightsError as e:
-      raise errors.ConfigError(f'config.{key}={spec!r}: {e}') from None
-    return
-  path = pathlib.Path(rest)
-  if kind == 'hf' and not path.is_dir():
-    raise errors.ConfigError(f'config.{key}={spec!r}: no such folder {path}')
-  if kind != 'hf' and not path.is_file():
-    known = f' (known gguf:NAME shorthands: {", ".join(pretrained.SHORTHANDS)})' if kind == 'gguf' else ''
-    raise errors.ConfigError(f'config.{key}={spec!r}: no such file {path}{known}')
-
-
 def check(config, *, devices: int | None = None, processes: int | None = None, inputs: bool = True) -> None:
   """Raises ConfigError for the first unusable value. `devices` / `processes` default to this machine's;
   `inputs=False` skips what names the user's files (init, tokenizer, data, grader): planning for another machine."""
@@ -131,7 +106,7 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   if not config.get('model') and not config.get('init'):
     _fail('model', config.get('model'), 'a preset name when config.init is empty (random weights)')
   if inputs and config.get('init'):
-    _file_spec('init', config.init, ('gguf', 'hf'))
+    loader.check_spec('init', config.init, ('gguf', 'hf'))
     if config.get('model'):
       from rftjax import weights  # reads the file's header only
 
@@ -140,7 +115,7 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
       except ValueError as e:
         raise errors.ConfigError(f'config.model={config.model!r}: {e}') from None
   if inputs and config.get('tokenizer'):
-    _file_spec('tokenizer', config.tokenizer, ('sp', 'gguf', 'hf'))
+    loader.check_spec('tokenizer', config.tokenizer, ('sp', 'gguf', 'hf'))
   if inputs and not config.get('tokenizer') and not config.get('init'):
     _fail('tokenizer', config.get('tokenizer'), 'a tokenizer (sp:PATH, gguf:PATH, hf:DIR) when config.init is empty')
   if config.get('chat_template'):
@@ -247,10 +222,17 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
     )
 
 
-def resolve(config, num_train_examples: int):
-  """`config` with the OpenAI-style fields applied (hparams.apply, a copy), checked."""
-  config = hparams.apply(config, num_train_examples)
+def resolve(config, num_train_examples: int, explicit=()):
+  """A copy of `config` with the OpenAI-style fields applied (hparams.apply; `explicit`: the keys set on the command
+  line, which win), checked, and the grader's content in `grader` (its file, if any, in `grader_file`), so that the
+  run's config.json keeps what the run was graded with."""
+  config = hparams.apply(config, num_train_examples, explicit).copy_and_resolve_references()
   check(config)
+  spec = graders.load(config.grader)
+  with config.unlocked(), config.ignore_type():
+    if isinstance(config.grader, str):
+      config.grader_file = config.grader
+    config.grader = spec
   return config
 
 

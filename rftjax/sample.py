@@ -39,7 +39,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument('--model', help="model preset (default: the run's, or what the --init file states)")
   p.add_argument('--tokenizer', help="tokenizer spec (default: the run's, or the --init file's)")
   p.add_argument('--chat_template', help="gemma | chatml | llama3 | plain (default: the tokenizer's)")
-  p.add_argument('--batch_size', type=int, default=32, help='prompts per compiled batch')
+  p.add_argument(
+    '--batch_size',
+    type=int,
+    default=None,
+    help="prompts per compiled batch (default: the run's eval_batch_size, else 32)",
+  )
   p.add_argument(
     '--stop',
     action='append',
@@ -70,6 +75,11 @@ def load_from_args(args) -> loader.Loaded:
     model=args.model or '', init=args.init, tokenizer=args.tokenizer or '', chat_template=args.chat_template or ''
   )
   return loader.load(config, mesh=loader.inference_mesh())
+
+
+def max_new_tokens(args, loaded: loader.Loaded) -> int:
+  """--max_new_tokens, else the run's `sampling.max_new_tokens` (what its validation used), else 128."""
+  return args.max_new_tokens or int(loaded.config.get('sampling', {}).get('max_new_tokens') or 128)
 
 
 def read_prompts(path: str | pathlib.Path) -> list[tuple[dict, data_lib.Example]]:
@@ -114,13 +124,15 @@ def parse_args(argv):
   add_model_flags(p)
   p.add_argument('--prompts', required=True, help='JSONL: {"messages": [...]} or {"text": "..."} per line')
   p.add_argument('--out', required=True, help='output JSONL, one line per prompt')
-  p.add_argument('--max_new_tokens', type=int, default=128)
+  p.add_argument(
+    '--max_new_tokens', type=int, default=None, help="default: the run's sampling.max_new_tokens, else 128"
+  )
   p.add_argument('--temperature', type=float, default=0.0, help='0 = greedy')
   p.add_argument('--top_p', type=float, default=1.0)
   p.add_argument('--top_k', type=int, default=0, help='0 = off')
   p.add_argument('--seed', type=int, default=0)
   args = p.parse_args(argv)
-  if args.max_new_tokens < 1:
+  if args.max_new_tokens is not None and args.max_new_tokens < 1:
     p.error(f'--max_new_tokens must be >= 1, got {args.max_new_tokens}')
   if args.temperature < 0:
     p.error(f'--temperature must be >= 0, got {args.temperature}')
@@ -142,7 +154,7 @@ def main(argv=None) -> int:
     sampler = inference.make_sampler(
       loaded,
       ids,
-      max_new_tokens=args.max_new_tokens,
+      max_new_tokens=max_new_tokens(args, loaded),
       temperature=args.temperature,
       top_p=args.top_p,
       top_k=args.top_k,
@@ -154,7 +166,7 @@ def main(argv=None) -> int:
       ids,
       loaded.tokenizer,
       mesh=loaded.mesh,
-      batch_size=args.batch_size,
+      batch_size=args.batch_size or int(loaded.config.get('eval_batch_size') or 32),
       rng=jax.random.key(args.seed),
       progress=stderr_progress('sampling'),
     )

@@ -2,8 +2,9 @@
 
 Running the same command again resumes from the workdir's latest checkpoint; raising --config.total_steps
 continues a finished run. Exit status: 0 done; 2 bad input (one `error:` line naming the config key, flag, file
-and line, or grader field; nothing written to the workdir); 42 preempted (SIGTERM: a checkpoint was written,
-rerun the same command). `--verbosity=1` shows the libraries' INFO lines as well.
+and line, or grader field; nothing written to the workdir); 42 preempted (SIGTERM: a checkpoint was written, rerun
+the same command); 130 stopped by Ctrl-C (a checkpoint was written; a second Ctrl-C stops without one).
+`--verbosity=1` shows the libraries' INFO lines as well.
 """
 
 from __future__ import annotations
@@ -42,16 +43,19 @@ def main(argv=None) -> int:
   cli.setup_logging(0)
 
   def body() -> int:
-    fv = cli.parse_config_flags(argv, _define, required=('config', 'workdir'))
+    fv = cli.parse_config_flags(argv, _define, required=('config', 'workdir'), doc=__doc__)
     cli.setup_logging(fv.verbosity)
     from rftjax import multihost, preemption, trainer  # JAX starts here, after the flags are known to be good
 
     multihost.initialize(fv.distributed, fv.coordinator, fv.num_processes, fv.process_id)
     try:
-      trainer.train(fv.config, fv.workdir)
+      trainer.train(fv.config, fv.workdir, explicit=cli.override_keys(argv))
     except preemption.Preempted as e:
       log.warning('%s', e)
-      return preemption.EXIT_CODE
+      return e.exit_code
+    except KeyboardInterrupt:  # the second Ctrl-C, or one before the loop started
+      log.warning('interrupted: the last checkpoint on disk is where a rerun resumes')
+      return preemption.INTERRUPT_EXIT_CODE
     return 0
 
   return cli.run(body)

@@ -20,11 +20,13 @@ from rftjax import checkpoint as checkpoint_lib
 from rftjax import data as data_lib
 from rftjax import errors
 from rftjax import graders
+from rftjax import hparams
 from rftjax import inference
 from rftjax import loader
 from rftjax import lora
 from rftjax import metrics as metrics_lib
 from rftjax import multihost
+from rftjax import plots
 from rftjax import preemption
 from rftjax import rollout
 from rftjax import runfs
@@ -35,16 +37,17 @@ from rftjax import train_step as step_lib
 log = logging.getLogger('rftjax')
 
 
-def train(config, workdir: str | pathlib.Path) -> dict:
+def train(config, workdir: str | pathlib.Path, explicit=()) -> dict:
   """Runs (or resumes) training in `workdir` (a local path or a gs:// URL); returns the last eval metrics.
 
   Bad input (a config key, a data line, a grader field) raises a `errors.UserError` before any model loads and
-  before anything is written to the workdir."""
+  before anything is written to the workdir. `explicit`: the config keys the user set on the command line."""
   # ---- everything the user gave is checked before anything slow runs or any file is written ----
   train_set = data_lib.load_jsonl(config.data.train)
-  config = runspec.resolve(config, len(train_set))  # OpenAI-style fields applied (a copy); every key checked
+  config = runspec.resolve(config, len(train_set), explicit)  # a copy: OpenAI fields applied, every key checked
   valid_set = data_lib.load_jsonl(config.data.valid)[: config.data.valid_limit or None]
-  grader_spec = graders.load(config.grader)
+  log.info('data: %d training and %d validation examples', len(train_set), len(valid_set))
+  grader_spec = config.grader  # its content (resolve read the file)
   graders.build(grader_spec)  # a bad field fails here, before judges or the model load
   tok = loader.load_tokenizer(config)
   spec = runspec.build(config, tok)
@@ -72,12 +75,23 @@ def _train(
     except OSError as e:
       raise errors.ConfigError(f'--workdir={run.remote}: cannot write there ({e})') from None
   if not jax.config.jax_compilation_cache_dir:  # next to the run, unless the environment chose a place
-    jax.config.update('jax_compilation_cache_dir', str(_compile_cache(run)))
+    jax.config.update('jax_compilation_cache_dir', str(run.compile_cache))
+  ckpt = checkpoint_lib.Checkpointer(
+    run.remote / 'checkpoints', keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save
+  )
+  latest = ckpt.latest_step()
+  if latest is not None and latest >= spec.total_steps:  # said before anything loads
+    ckpt.close()
+    key = hparams.deciding_key(config, 'total_steps')
+    log.info('nothing to do: step %d >= total_steps=%d (raise %s to continue)', latest, spec.total_steps, key)
+    return {}
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
 
   # ---- mesh, model, optimizer state ----
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh), contextlib.ExitStack() as cleanup:  # the stack runs on success, preemption, errors
+    cleanup.callback(ckpt.close)
+    cleanup.callback(ckpt.wait_until_finished)
     loaded = loader.load(config, mesh=mesh, tokenizer=tok)
     trainable, frozen = lora.split(loaded.params)  # LoRA: (adapters, base); full fine-tuning: (params, None)
     tx = step_lib.make_optimizer(config.optimizer, spec.total_steps)
@@ -88,26 +102,14 @@ def _train(
     update = step_lib.make_update(spec.step, tx)
 
     # ---- resume ----
-    ckpt = checkpoint_lib.Checkpointer(
-      run.remote / 'checkpoints', keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save
-    )
-    cleanup.callback(ckpt.close)
-    cleanup.callback(ckpt.wait_until_finished)
-    data_iter = data_lib.DataIterator(
-      len(train_set),
-      config.batch_size,
-      config.seed,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    )
+    hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    data_iter = data_lib.DataIterator(len(train_set), config.batch_size, config.seed, **hosts)
     start = 0
-    if ckpt.latest_step() is not None:
-      state, extra = ckpt.restore(ckpt.latest_step(), step_lib.abstract_state(state))
+    if latest is not None:
+      state, extra = ckpt.restore(latest, step_lib.abstract_state(state))
       data_iter.restore(extra['data'])
       start = int(jax.device_get(state['step']))
       log.info('resumed from step %d in %s', start, run.remote)
-      if start >= spec.total_steps:
-        log.info('nothing to do: step %d >= config.total_steps=%d (raise it to continue)', start, spec.total_steps)
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start, enabled=is_main)
     cleanup.callback(writer.close)
     pool = cleanup.enter_context(
@@ -150,7 +152,7 @@ def _train(
       if watcher.requested(step):  # preempted mid-step: drop this batch, keep the data position before it
         data_iter.restore(data_before)
         save(step, state, data_iter)
-        raise preemption.stop(step)
+        raise watcher.stop(step)
 
       # ---- GRPO update(s): reference / old-policy logprobs, then num_iterations steps on the batch ----
       t0 = time.perf_counter()
@@ -185,22 +187,21 @@ def _train(
         save(step + 1, state, data_iter, last_eval)
       elif watcher.requested(step + 1):
         save(step + 1, state, data_iter)
-        raise preemption.stop(step + 1)
+        raise watcher.stop(step + 1)
     progress.close()
   return last_eval
 
 
 def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | None = None) -> None:
-  """Checkpoint `step` (ranked by its validation reward when it has one) and sync the run files with it."""
+  """Checkpoint `step` (ranked by its validation reward when it has one), redraw the reward plot with the kept best
+  checkpoints marked, and sync the run files with them."""
   t0 = time.perf_counter()
   best = None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']}
   ckpt.save(step, state, extra={'data': data_iter.state()}, metrics=best)
   writer.write({'step': step, 'timing/checkpoint_s': time.perf_counter() - t0})
+  if jax.process_index() == 0:
+    try:
+      plots.write_reward_plot(run.local, kept=ckpt.best_steps())
+    except Exception as e:  # a plot must never stop a run
+      log.warning('could not write the reward plot: %s', e)
   run.sync(raise_errors=False)  # so the bucket holds the metrics up to each checkpoint it holds
-
-
-def _compile_cache(run: runfs.RunDir) -> pathlib.Path:
-  """Compiled programs next to the run; for a gs:// run on this machine's disk, where a lookup costs no round trip."""
-  if run.is_remote:
-    return pathlib.Path('~/.cache/rftjax/jax_cache').expanduser()
-  return run.local / '.jax_cache'

@@ -50,7 +50,8 @@ def train_steps(workdir):
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_and_the_rerun_continues(tmp_path):
+@pytest.mark.parametrize('sig, code', [(signal.SIGTERM, PREEMPTED), (signal.SIGINT, 130)], ids=['SIGTERM', 'Ctrl-C'])
+def test_sigterm_checkpoints_and_the_rerun_continues(tmp_path, sig, code):
   valid = tmp_path / 'valid_small.jsonl'
   valid.write_text(''.join((REPO / 'data/tiny/valid.jsonl').read_text().splitlines(True)[:8]))
   workdir = tmp_path / 'run'
@@ -65,14 +66,15 @@ def test_sigterm_checkpoints_and_the_rerun_continues(tmp_path):
         assert proc.poll() is None, log_path.read_text()[-3000:]
         assert time.monotonic() < deadline, 'no 3 training steps within 300 s:\n' + log_path.read_text()[-3000:]
         time.sleep(0.2)
-      proc.send_signal(signal.SIGTERM)
-      code = proc.wait(timeout=120)
+      proc.send_signal(sig)
+      exit_code = proc.wait(timeout=120)
     finally:
       if proc.poll() is None:
         proc.kill()
         proc.wait()
   out = log_path.read_text()
-  assert code == PREEMPTED, out[-3000:]
+  assert exit_code == code, out[-3000:]
+  assert 'checkpoint written at step' in out
 
   reached = train_steps(workdir)[-1]
   assert 3 <= reached < 200

@@ -13,6 +13,7 @@ from rftjax.graders.core import GradeResult
 from rftjax.graders.core import Grader
 from rftjax.graders.core import GraderConfigError
 from rftjax.graders.metrics import GradingFailed
+from rftjax.graders.metrics import all_failed
 from rftjax.graders.metrics import check_failures
 from rftjax.graders.metrics import summarize
 from rftjax.graders.model_graders import http_judge
@@ -30,6 +31,7 @@ __all__ = [
   'Grader',
   'GraderConfigError',
   'GradingFailed',
+  'all_failed',
   'check_failures',
   'summarize',
   'http_judge',

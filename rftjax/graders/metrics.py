@@ -59,6 +59,15 @@ def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dic
   return out
 
 
+def all_failed(results: Sequence[core.GradeResult]) -> str | None:
+  """None, or a one-line account when every grading failed (the rewards are all zeros that mean nothing)."""
+  if not results or not all(r.errors for r in results):
+    return None
+  counts = collections.Counter(e.category for r in results for e in r.errors)
+  first = results[0].errors[0].message.strip().splitlines()[-1][:200]
+  return f'all {len(results)} gradings failed ({dict(counts)}); the first: {first}'
+
+
 def check_failures(results: Sequence[core.GradeResult], max_error_share: float = 0.5) -> None:
   """Raises GradingFailed (message with per-category counts and the first tracebacks) when the share of
   results with an error exceeds `max_error_share`."""

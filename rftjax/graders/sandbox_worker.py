@@ -174,7 +174,8 @@ class _Error(Exception):
 
 
 def _as_score(value, what='grade()'):
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
+  # True / False count as 1 / 0: `return answer == expected` is the most natural grader there is
+  if not isinstance(value, (int, float)):
     raise _Error(
       'python_grader_runtime', f'{what} returned {type(value).__name__} {str(value)[:100]!r}; expected a finite float'
     )
