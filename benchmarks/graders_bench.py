@@ -3,7 +3,9 @@
   python benchmarks/graders_bench.py [--num_workers=2] [--scale=1.0]
 Prints a table and writes benchmarks/results/graders.json. Targets (issue): string_check >= 100,000/s in process;
 python >= 200/s on 2 cores with a trivial grade(). Sandboxed rows are measured with warm workers (one warm-up
-batch first); the "cold" row includes starting the workers.
+batch first); the "cold" row includes starting the workers. The "python_trivial (no bubblewrap)" row runs the same
+grader in the same run with the kernel sandbox switched off (docs/graders.md, "Isolation"), for its cost as a ratio.
+The load average before and after goes into the JSON: numbers measured on a busy machine say so.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from rftjax import graders  # noqa: E402
+from rftjax.graders import isolation  # noqa: E402
 
 OUT = '{{sample.output_text}}'
 CASES = {
@@ -75,6 +78,7 @@ def main() -> None:
   ap.add_argument('--out', default=str(pathlib.Path(__file__).parent / 'results' / 'graders.json'))
   args = ap.parse_args()
   rows = []
+  load_before = os.getloadavg()
   t_cold = time.perf_counter()
   with graders.GradingPool(num_workers=args.num_workers, timeout_s=30) as pool:
     cold = pool.grade(graders.build(CASES['python_trivial'][0]), *data('python', 200))
@@ -96,6 +100,16 @@ def main() -> None:
       dt = time.perf_counter() - t0
       errors = sum(1 for r in res if r.errors)
       rows.append({'grader': name, 'n': n, 'seconds': dt, 'target': target, 'errors': errors})
+  sandbox = isolation.probe()
+  with graders.GradingPool(num_workers=args.num_workers, timeout_s=30, allow_unsandboxed=True) as pool:
+    pool.isolation = isolation.Isolation(None, 'switched off for the comparison')  # workers start lazily
+    spec, n, _ = CASES['python_trivial']
+    g, (samples, items) = graders.build(spec), data('python', max(10, int(n * args.scale)))
+    pool.grade(g, samples[:200], items[:200])
+    t0 = time.perf_counter()
+    pool.grade(g, samples, items)
+    rows.append({'grader': 'python_trivial (no bubblewrap)', 'n': len(samples), 'seconds': time.perf_counter() - t0,
+                 'target': None, 'errors': 0})  # fmt: skip
   for r in rows:
     r['per_s'] = r['n'] / r['seconds']
     r['meets_target'] = None if r['target'] is None else r['per_s'] >= r['target']
@@ -107,9 +121,21 @@ def main() -> None:
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(
     json.dumps(
-      {'num_workers': args.num_workers, 'cpu_count': os.cpu_count(), 'python': platform.python_version(), 'rows': rows},
+      {
+        'num_workers': args.num_workers,
+        'cpu_count': os.cpu_count(),
+        'python': platform.python_version(),
+        'sandbox': f'bubblewrap {sandbox.bwrap}' if sandbox.available else f'none: {sandbox.reason}',
+        'loadavg_before': load_before,
+        'loadavg_after': os.getloadavg(),
+        'rows': rows,
+      },
       indent=1,
     )
+  )
+  print(
+    f'sandbox: {"bubblewrap" if sandbox.available else "none"}; load average before {load_before[0]:.2f}, after '
+    f'{os.getloadavg()[0]:.2f}'
   )
   print(f'wrote {out}')
 

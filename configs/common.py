@@ -85,6 +85,8 @@ def base() -> ml_collections.ConfigDict:
   c.grading.num_workers = 0  # 0 = one per CPU core
   c.grading.timeout_s = 10.0
   c.grading.max_error_share = 0.5  # stop the run when more gradings than this fail in one step
+  c.grading.step_budget_s = 600.0  # the most one step's grading may take; what is left then scores 0 (0 = no cap)
+  c.grading.allow_unsandboxed = False  # True runs python/code graders even where they cannot be isolated
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from etils import epath
@@ -51,11 +51,50 @@ def _content_text(content, where: str) -> str:
   raise DataError(f'{where}: "content" must be a string or a list of text parts, got {type(content).__name__}')
 
 
-def parse_line(line: str, where: str) -> Example:
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+  obj = {}
+  for key, value in pairs:
+    if key in obj:  # json.loads would silently keep the last value
+      raise _DuplicateKey(key)
+    obj[key] = value
+  return obj
+
+
+class _DuplicateKey(ValueError):
+  pass
+
+
+def loads(line: str, where: str):
+  """One JSON value; invalid JSON, or an object with a key twice, is a DataError naming `where` (file:line)."""
   try:
-    obj = json.loads(line)
+    return json.loads(line, object_pairs_hook=_unique_keys)
   except json.JSONDecodeError as e:
     raise DataError(f'{where}: not valid JSON ({e.msg} at column {e.colno})') from None
+  except _DuplicateKey as e:
+    raise DataError(f'{where}: key "{e}" appears twice in one object; expected each key once') from None
+
+
+def lines(path: str | pathlib.Path) -> Iterator[tuple[str, str]]:
+  """('file:line', text) for each non-blank line of a local or gs:// text file; bytes that are not UTF-8 are a
+  DataError naming the file, line and byte offset."""
+  path = epath.Path(path)
+  offset = 0
+  with path.open('rb') as f:
+    for lineno, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        raise DataError(
+          f'{path}:{lineno}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {offset + e.start} of the '
+          f'file (byte {e.start + 1} of the line); expected UTF-8 (re-save the file as UTF-8)'
+        ) from None
+      offset += len(raw)
+      if line.strip():
+        yield f'{path}:{lineno}', line
+
+
+def parse_line(line: str, where: str) -> Example:
+  obj = loads(line, where)
   if not isinstance(obj, dict):
     raise DataError(f'{where}: expected a JSON object, got {type(obj).__name__}')
   messages = obj.get('messages')
@@ -86,11 +125,7 @@ def load_jsonl(path: str | pathlib.Path) -> list[Example]:
   path = epath.Path(path)
   if not path.is_file():
     raise DataError(f'{path}: no such file')
-  examples = []
-  with path.open(encoding='utf-8') as f:
-    for lineno, line in enumerate(f, start=1):
-      if line.strip():
-        examples.append(parse_line(line, f'{path}:{lineno}'))
+  examples = [parse_line(line, where) for where, line in lines(path)]
   if not examples:
     raise DataError(f'{path}: no examples (the file is empty)')
   return examples

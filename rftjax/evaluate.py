@@ -91,6 +91,11 @@ def parse_args(argv):
   )
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--num_workers', type=int, default=0, help='grading processes (0: one per CPU core)')
+  p.add_argument(
+    '--allow_unsandboxed',
+    action='store_true',
+    help="run python/code graders even where they cannot be isolated (default: the run's grading.allow_unsandboxed)",
+  )
   p.add_argument('--out', default=None, help='per-sample JSONL (default: DIR/eval/step<N>_<data stem>.jsonl)')
   args = p.parse_args(argv)
   if args.samples < 1:
@@ -110,7 +115,10 @@ def run(args) -> dict:
   examples = data_lib.load_jsonl(args.data)  # bad input fails before anything slow
   run_config = runfs.read_config(args.workdir) if args.workdir else None
   grader_spec = graders.load(args.grader or (run_config.get('grader') if run_config else None))
-  graders.build(grader_spec)  # a bad field fails before the model loads
+  grading = run_config.grading if run_config else {}
+  allow = args.allow_unsandboxed or bool(grading.get('allow_unsandboxed', False))
+  graders.check_sandbox(graders.build(grader_spec), allow)  # a bad field fails before the model loads
+  graders.check_items(grader_spec, [(ex.source, ex.item) for ex in examples])
   loaded = sample_cli.load_from_args(args)
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
   k = args.samples
@@ -123,8 +131,8 @@ def run(args) -> dict:
   sampler = inference.make_sampler(
     loaded, ids, max_new_tokens=max_new, temperature=temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop
   )
-  timeout = float(run_config.grading.timeout_s) if run_config else 10.0
-  with graders.GradingPool(num_workers=args.num_workers or None, timeout_s=timeout) as pool:
+  timeout = float(grading.get('timeout_s', 10.0))
+  with graders.GradingPool(num_workers=args.num_workers or None, timeout_s=timeout, allow_unsandboxed=allow) as pool:
     graded = inference.evaluate(
       sampler,
       lora.for_sampling(loaded.params, loaded.cfg.lora),

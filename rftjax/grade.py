@@ -5,8 +5,9 @@
   python -m rftjax.grade --grader=G.json --data=items.jsonl --samples=samples.jsonl [--output=results.jsonl]
 
 --samples lines are JSON strings, or objects with "output_text" (or "sample"); line k grades with line k of --data.
-Exit status: 0 ok, 2 invalid grader or arguments (the message names the field or file, what was found and what
-was expected).
+Exit status: 0 ok; 1 the grading failed (one sample), or every grading failed (--data); 2 invalid grader or
+arguments (the message names the field or file, what was found and what was expected), or a python/code grader
+this machine cannot sandbox (see --allow_unsandboxed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import pathlib
 import sys
 
+from rftjax import data as data_lib
 from rftjax import errors
 from rftjax import graders
 
@@ -33,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--prefix', default='grade', help='metric prefix of the --data summary')
   p.add_argument('--timeout_s', type=float, default=graders.pool.DEFAULT_TIMEOUT_S, help='per-sample deadline')
   p.add_argument('--num_workers', type=int, default=None)
+  p.add_argument('--budget_s', type=float, default=None, help='the most the whole grading may take (default: no cap)')
+  p.add_argument(
+    '--allow_unsandboxed',
+    action='store_true',
+    help='run python/code graders even where bubblewrap cannot isolate them (docs/graders.md)',
+  )
   return p
 
 
@@ -41,19 +49,14 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def _read_jsonl(path: str) -> list:
-  rows = []
+def _read_jsonl(path: str) -> list[tuple[str, object]]:
+  """('file:line', JSON value) per non-blank line."""
+  if not pathlib.Path(path).is_file():
+    _fail(f'{path}: no such file')
   try:
-    lines = pathlib.Path(path).read_text().splitlines()
-  except OSError as e:
-    _fail(f'{path}: cannot read: {e.strerror}')
-  for n, line in enumerate(lines, 1):
-    if line.strip():
-      try:
-        rows.append(json.loads(line))
-      except ValueError as e:
-        _fail(f'{path}:{n}: invalid JSON at column {e.colno}: {e.msg}')
-  return rows
+    return [(where, data_lib.loads(line, where)) for where, line in data_lib.lines(path)]
+  except errors.UserError as e:
+    _fail(str(e))
 
 
 def _sample_text(row, where: str) -> str:
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
     spec = graders.load(args.grader)
-    graders.build(spec)  # every field checked before a judge model loads
+    graders.check_sandbox(graders.build(spec), args.allow_unsandboxed)  # every field checked before a judge loads
     judges = {}
     if graders.local_models(spec) and not args.validate:
       from rftjax import inference  # JAX and the judge's weights: only for graders that name a local model
@@ -85,28 +88,36 @@ def main(argv: list[str] | None = None) -> int:
   modes = [bool(args.sample is not None or args.sample_file), bool(args.data or args.samples)]
   if sum(modes) != 1:
     _fail('give --validate, or one sample (--sample or --sample_file, with --item), or --data with --samples')
-  with graders.GradingPool(num_workers=args.num_workers, timeout_s=args.timeout_s) as pool:
-    if modes[0]:
-      text = args.sample if args.sample is not None else pathlib.Path(args.sample_file).read_text()
-      try:
-        item = json.loads(args.item)
-      except ValueError as e:
-        _fail(f'--item: invalid JSON at column {e.colno}: {e.msg}')
-      if not isinstance(item, dict):
-        _fail(f'--item: expected a JSON object, found {type(item).__name__}')
-      result = pool.grade(grader, [text], [item])[0]
-      print(json.dumps(result.to_json(), default=str))
-      return 1 if result.errors else 0  # a grading that failed is not a score of 0
+  if modes[0]:  # every input is read and checked before the pool starts
+    text = args.sample if args.sample is not None else pathlib.Path(args.sample_file).read_text()
+    try:
+      item = json.loads(args.item)
+    except ValueError as e:
+      _fail(f'--item: invalid JSON at column {e.colno}: {e.msg}')
+    if not isinstance(item, dict):
+      _fail(f'--item: expected a JSON object, found {type(item).__name__}')
+    texts, items = [text], [item]
+  else:
     if not (args.data and args.samples):
       _fail('--data and --samples go together')
-    items, rows = _read_jsonl(args.data), _read_jsonl(args.samples)
-    if len(items) != len(rows):
-      _fail(f'--data has {len(items)} lines but --samples has {len(rows)}; expected the same number')
-    for n, item in enumerate(items, 1):
+    data, rows = _read_jsonl(args.data), _read_jsonl(args.samples)
+    if len(data) != len(rows):
+      _fail(f'--data has {len(data)} lines but --samples has {len(rows)}; expected the same number')
+    for where, item in data:
       if not isinstance(item, dict):
-        _fail(f'{args.data}:{n}: expected a JSON object, found {type(item).__name__}')
-    texts = [_sample_text(r, f'{args.samples}:{n}') for n, r in enumerate(rows, 1)]
+        _fail(f'{where}: expected a JSON object, found {type(item).__name__}')
+    texts, items = [_sample_text(r, where) for where, r in rows], [item for _, item in data]
+    try:
+      graders.check_items(spec, data)
+    except errors.UserError as e:
+      _fail(str(e))
+  pool = graders.GradingPool(args.num_workers, args.timeout_s, budget_s=args.budget_s,
+                             allow_unsandboxed=args.allow_unsandboxed)  # fmt: skip
+  with pool:
     results = pool.grade(grader, texts, items)
+  if modes[0]:
+    print(json.dumps(results[0].to_json(), default=str))
+    return 1 if results[0].errors else 0  # a grading that failed is not a score of 0
   if args.output:
     with open(args.output, 'w') as f:
       for r in results:

@@ -7,6 +7,7 @@ so the file never holds two different values for one step.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pathlib
 import sys
@@ -14,12 +15,33 @@ import sys
 import tqdm
 from etils import epath
 
+log = logging.getLogger('rftjax')
 
-def read_jsonl(path: str | pathlib.Path) -> list[dict]:
+
+def read_jsonl(path: str | pathlib.Path, set_aside: bool = False) -> list[dict]:
+  """The records of a metrics file. A line that is not JSON (the torn end of a write a crash interrupted) is skipped
+  with a warning; with `set_aside` it is appended to `<name>.torn` next to the file, so nothing is thrown away."""
   path = epath.Path(path)  # local or gs:// (report reads a run in a bucket)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records, torn = [], []
+  for n, line in enumerate(path.read_bytes().decode('utf-8', errors='replace').splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError:
+      record = None
+    if isinstance(record, dict):
+      records.append(record)
+    else:
+      torn.append(line)
+      log.warning('%s:%d: not a JSON object (a write cut short by a crash?); %s', path, n,
+                  f'set aside in {path.name}.torn' if set_aside else 'skipped')  # fmt: skip
+  if torn and set_aside:
+    with (path.parent / f'{path.name}.torn').open('a') as f:
+      f.write(''.join(line + '\n' for line in torn))
+  return records
 
 
 class MetricsWriter:
@@ -31,7 +53,7 @@ class MetricsWriter:
     self._tb = None
     if not enabled:
       return
-    kept = [r for r in read_jsonl(self.path) if r.get('step', 0) <= resume_step] if resume_step else []
+    kept = [r for r in read_jsonl(self.path, set_aside=True) if r.get('step', 0) <= resume_step] if resume_step else []
     tmp = self.path.with_suffix('.jsonl.tmp')
     tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
     tmp.replace(self.path)

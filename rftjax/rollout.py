@@ -179,7 +179,14 @@ class Rollouts:
     r = sample(self.sampler, params, [self.prompts[i] for i in idx for _ in range(g)], self.tok, rng, self.mesh)
     t1 = time.perf_counter()
     r = r.graded(self.pool.grade(self.grader, r.texts, [self.items[i] for i in idx for _ in range(g)]))
-    graders.check_failures(r.results, self.cfg.max_error_share)
+    bad = sum(1 for x in r.results if x.errors) > self.cfg.max_error_share * len(r.results)
+    if multihost.any_host(bad):  # every host stops together, so none waits for the others in a collective
+      line = (
+        graders.failure_line(r.results, self.cfg.max_error_share, self.grader)
+        if bad
+        else 'gradings failed on another host (its log has the details)'
+      )
+      raise graders.GradingFailed(line, [(i, e) for i, x in enumerate(r.results) for e in x.errors])
     return r, t1 - t0, time.perf_counter() - t1
 
   def __call__(self, params, step: int) -> tuple[step_lib.Batch, dict[str, float], dict[str, float]]:

@@ -196,6 +196,8 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _int(config, 'grading.num_workers', 0, ' (0 = one per CPU core)')
   _num(config, 'grading.timeout_s', 0, open_low=True)
   _num(config, 'grading.max_error_share', 0, 1)
+  _num(config, 'grading.step_budget_s', 0, why=' (0 = no cap)')
+  _bool(config, 'grading.allow_unsandboxed')
   _choice(config, 'compute_dtype', DTYPES)
   _choice(config, 'param_dtype', DTYPES)
   _bool(config, 'remat')

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import json
 import pathlib
 import sys
 
@@ -88,25 +87,21 @@ def read_prompts(path: str | pathlib.Path) -> list[tuple[dict, data_lib.Example]
   if not path.is_file():
     raise data_lib.DataError(f'{path}: no such file (--prompts)')
   out = []
-  with path.open(encoding='utf-8') as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f'{path}:{lineno}'
+  for where, line in data_lib.lines(path):
+    try:
+      obj = data_lib.loads(line, where)
+    except data_lib.DataError:
+      obj = None  # parse_line words the error
+    if isinstance(obj, dict) and 'messages' not in obj and 'text' in obj:
+      if not isinstance(obj['text'], str):
+        raise data_lib.DataError(f'{where}: "text" must be a string, got {type(obj["text"]).__name__}')
+      out.append((obj, data_lib.Example(messages=(), item=obj, source=where, text=obj['text'])))
+    else:
       try:
-        obj = json.loads(line)
-      except json.JSONDecodeError:
-        obj = None  # parse_line words the error
-      if isinstance(obj, dict) and 'messages' not in obj and 'text' in obj:
-        if not isinstance(obj['text'], str):
-          raise data_lib.DataError(f'{where}: "text" must be a string, got {type(obj["text"]).__name__}')
-        out.append((obj, data_lib.Example(messages=(), item=obj, source=where, text=obj['text'])))
-      else:
-        try:
-          ex = data_lib.parse_line(line, where)
-        except data_lib.DataError as e:
-          raise data_lib.DataError(f'{e} (a prompt line is {{"messages": [...]}} or {{"text": "..."}})') from None
-        out.append((obj, ex))
+        ex = data_lib.parse_line(line, where)
+      except data_lib.DataError as e:
+        raise data_lib.DataError(f'{e} (a prompt line is {{"messages": [...]}} or {{"text": "..."}})') from None
+      out.append((obj, ex))
   if not out:
     raise data_lib.DataError(f'{path}: no prompts (the file is empty)')
   return out

@@ -2,7 +2,9 @@
 
 Running the same command again resumes from the workdir's latest checkpoint; raising --config.total_steps
 continues a finished run. Exit status: 0 done; 2 bad input (one `error:` line naming the config key, flag, file
-and line, or grader field; nothing written to the workdir); 42 preempted (SIGTERM: a checkpoint was written, rerun
+and line, or grader field; nothing written to the workdir); 3 grading broken (more than
+grading.max_error_share of a step's gradings failed: one `error:` line naming the grader, the error category, a
+sample message and the share; a checkpoint was written); 42 preempted (SIGTERM: a checkpoint was written, rerun
 the same command); 130 stopped by Ctrl-C (a checkpoint was written; a second Ctrl-C stops without one).
 `--verbosity=1` shows the libraries' INFO lines as well.
 """
@@ -50,6 +52,9 @@ def main(argv=None) -> int:
     multihost.initialize(fv.distributed, fv.coordinator, fv.num_processes, fv.process_id)
     try:
       trainer.train(fv.config, fv.workdir, explicit=cli.override_keys(argv))
+    except trainer.GradingStopped as e:
+      print(f'error: grading failed: {e}', file=sys.stderr)
+      return e.exit_code
     except preemption.Preempted as e:
       log.warning('%s', e)
       return e.exit_code

@@ -48,7 +48,9 @@ def train(config, workdir: str | pathlib.Path, explicit=()) -> dict:
   valid_set = data_lib.load_jsonl(config.data.valid)[: config.data.valid_limit or None]
   log.info('data: %d training and %d validation examples', len(train_set), len(valid_set))
   grader_spec = config.grader  # its content (resolve read the file)
-  graders.build(grader_spec)  # a bad field fails here, before judges or the model load
+  # a bad field, or user code this machine cannot sandbox, fails here, before judges or the model load
+  graders.check_sandbox(graders.build(grader_spec), config.grading.allow_unsandboxed)
+  graders.check_items(grader_spec, [(ex.source, ex.item) for ex in train_set + valid_set])
   tok = loader.load_tokenizer(config)
   spec = runspec.build(config, tok)
   train_prompts = data_lib.encode_prompts(train_set, tok, config.data.max_prompt_len)
@@ -69,7 +71,9 @@ def _train(
   workdir = run.local  # run files; checkpoints go to run.remote (the same folder when the workdir is local)
   is_main = jax.process_index() == 0
   if is_main:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+    tmp = workdir / 'config.json.tmp'  # whole or not at all: export and evaluate read it
+    tmp.write_text(config.to_json_best_effort(indent=2) + '\n')
+    tmp.replace(workdir / 'config.json')
     try:
       run.sync()  # a bucket this VM may not write to fails here, not after the model has loaded
     except OSError as e:
@@ -112,8 +116,14 @@ def _train(
       log.info('resumed from step %d in %s', start, run.remote)
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start, enabled=is_main)
     cleanup.callback(writer.close)
+    g = config.grading
     pool = cleanup.enter_context(
-      graders.GradingPool(num_workers=config.grading.num_workers or None, timeout_s=config.grading.timeout_s)
+      graders.GradingPool(
+        num_workers=g.num_workers or None,
+        timeout_s=g.timeout_s,
+        budget_s=g.step_budget_s or None,
+        allow_unsandboxed=g.allow_unsandboxed,
+      )
     )
     watcher = cleanup.enter_context(preemption.Watcher())
     rng = jax.random.key(config.seed)
@@ -148,7 +158,13 @@ def _train(
 
       # ---- rollout: G completions per prompt, sampled, decoded and graded on the host ----
       policy = lora.for_sampling(lora.join(state['params'], frozen), spec.model.lora)
-      batch, stats, timings = rollouts(policy, step)
+      try:
+        batch, stats, timings = rollouts(policy, step)
+      except graders.GradingFailed as e:  # broken grading: keep what was learnt, stop with one line
+        data_iter.restore(data_before)
+        if ckpt.latest_step() != step:
+          save(step, state, data_iter)
+        raise GradingStopped(f'step {step + 1}: {e}. The checkpoint at step {step} is where a rerun resumes') from None
       if watcher.requested(step):  # preempted mid-step: drop this batch, keep the data position before it
         data_iter.restore(data_before)
         save(step, state, data_iter)
@@ -190,6 +206,12 @@ def _train(
         raise watcher.stop(step + 1)
     progress.close()
   return last_eval
+
+
+class GradingStopped(RuntimeError):
+  """Too many of a step's gradings failed (grading.max_error_share); a checkpoint was written. Exit status 3."""
+
+  exit_code = 3
 
 
 def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | None = None) -> None:

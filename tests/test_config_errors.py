@@ -72,6 +72,8 @@ BAD = [
     "config.lora.targets: expected a non-empty tuple of names from q, k, v, o, gate, up, down, found ('q', 'qkv')",
   ),
   ([TINY, '--config.thinking=maybe'], 'config.thinking'),
+  ([TINY, '--config.grading.step_budget_s=-1'], 'config.grading.step_budget_s: expected a finite number >= 0'),
+  ([TINY, '--config.grading.allow_unsandboxed=2'], 'config.grading.allow_unsandboxed'),
 ]
 
 
@@ -143,3 +145,40 @@ def test_every_shipped_config_passes_the_checks(monkeypatch):
       config = module.get_config(arg)
       hw = plan.parse_devices(config.devices)
       runspec.check(config, devices=hw.chips, processes=hw.hosts, inputs=False)
+
+
+GOOD_LINE = '{"messages": [{"role": "user", "content": "Largest digit: 1 2 3 4"}], "answer": "4"}\n'
+
+
+@pytest.mark.parametrize(
+  'train_lines, message',
+  [
+    (
+      [GOOD_LINE, GOOD_LINE.replace('"answer": "4"', '"solution": "4"')],
+      "error: grader.reference uses {{{{item.answer}}}}, but {train}:2 has no such field: item has no key 'answer'; "
+      'expected every data line to have it',
+    ),
+    (
+      [GOOD_LINE, GOOD_LINE.replace('"answer": "4"', '"answer": "4", "answer": "5"')],
+      'error: {train}:2: key "answer" appears twice in one object; expected each key once',
+    ),
+    (
+      [GOOD_LINE, GOOD_LINE.replace('digit:', 'digit\xe9:').encode('latin-1')],
+      'error: {train}:2: not UTF-8 text: byte 0xe9 at byte offset {offset} of the file (byte {column} of the line); '
+      'expected UTF-8 (re-save the file as UTF-8)',
+    ),
+  ],
+  ids=['missing field', 'duplicate key', 'not utf-8'],
+)
+def test_data_that_does_not_fit_the_grader_fails_before_anything_slow(
+  train_lines, message, tmp_path, monkeypatch, capsys, no_model_loads
+):
+  monkeypatch.chdir(REPO)
+  train_file = tmp_path / 'train.jsonl'
+  train_file.write_bytes(b''.join(x if isinstance(x, bytes) else x.encode() for x in train_lines))
+  workdir = tmp_path / 'run'
+  rc = train.main(['rftjax.train', f'--workdir={workdir}', TINY, f'--config.data.train={train_file}'])
+  err = capsys.readouterr().err.strip().splitlines()
+  at = GOOD_LINE.index('digit:') + len('digit')  # where the latin-1 byte sits in line 2
+  assert rc == 2 and err == [message.format(train=train_file, offset=len(GOOD_LINE) + at, column=at + 1)]
+  assert not workdir.exists()

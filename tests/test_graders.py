@@ -438,12 +438,20 @@ def test_cli(tmp_path):
   result = json.loads(one.stdout)
   assert result['reward'] == 1.0 and result['sub_rewards'] == {'exact': 1.0, 'close': 1.0} and result['errors'] == []
   data, samples = tmp_path / 'd.jsonl', tmp_path / 's.jsonl'
-  data.write_text('{"ref": "abc"}\n{"ref": "abc"}\n{"other": 1}\n')
+  data.write_text('{"ref": "abc"}\n{"ref": "abc"}\n{"ref": "abd"}\n')
   samples.write_text('"abc"\n{"output_text": "xyz"}\n"abc"\n')
   many = run_cli(f'--grader={good}', f'--data={data}', f'--samples={samples}', '--prefix=eval')
   summary = json.loads(many.stdout)
-  assert summary['eval/grader/exact'] == pytest.approx(1 / 3)
-  assert summary['eval/errors/invalid_variable'] == pytest.approx(1 / 3)
+  assert summary['eval/grader/exact'] == pytest.approx(1 / 3) and summary['eval/error_rate'] == 0.0
+  # an item field the grader's templates name but a data line lacks: refused before grading, naming both
+  data.write_text('{"ref": "abc"}\n\n{"other": 1}\n{"other": 2}\n')
+  samples.write_text('"abc"\n"abc"\n"abc"\n')
+  missing = run_cli(f'--grader={good}', f'--data={data}', f'--samples={samples}')
+  assert missing.returncode == 2 and missing.stdout == ''
+  assert missing.stderr == (
+    f'error: grader.graders.exact.reference uses {{{{item.ref}}}}, but {data}:3 has no such field: item has no '
+    "key 'ref' (2 of 3 lines lack it); expected every data line to have it\n"
+  )
 
 
 @pytest.mark.parametrize(
@@ -462,3 +470,14 @@ def test_math_extracts_answers_small_models_write(text, expected):
   from rftjax.graders import mathgrade
 
   assert mathgrade.extract_answer(text) == expected
+
+
+@pytest.mark.parametrize('metric', text_graders.SIMILARITY_METRICS)
+def test_similarity_scores_stay_in_unit_interval(metric):
+  """BLEU's brevity penalty and n-gram precisions multiplied to 1.0000000000000004 on this exact match."""
+  g = graders.build({'type': 'text_similarity', 'input': OUT, 'reference': '{{item.r}}', 'evaluation_metric': metric})
+  text = 'the cat sat on the mat with a hat and then it ran away quickly'
+  (same, other) = g.grade_batch([text, 'zebra'], [{'r': text}, {'r': text}])
+  assert 0.99 <= same.reward <= 1.0 and 0.0 <= other.reward <= 1.0
+  if metric == 'bleu':
+    assert same.reward == 1.0

@@ -2,8 +2,11 @@
 
 import concurrent.futures
 import glob
+import json
 import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -144,7 +147,8 @@ def test_hang_while_loading_the_grader():
 def test_print_megabytes_is_cheap(pool):
   g = py("def grade(s, i):\n  for _ in range(20):\n    print('x' * 10 ** 6)\n  return 1.0\n")
   (r,) = pool.grade(g, ['x'], [{}])
-  assert r.reward == 1.0 and len(r.metadata['stdout']) <= 2000
+  assert r.reward == 1.0 and len(r.metadata['stdout']) <= 2100  # 2000 characters kept, and a note
+  assert r.metadata['stdout'].endswith('[... 19998020 more characters of output dropped]')
 
 
 def test_writes_inside_temp_dir_are_allowed_and_cleared(pool):
@@ -228,7 +232,7 @@ def test_worker_is_confined_by_the_kernel(pool):
   if w.cgroup is None:
     pytest.skip('no writable pids cgroup here; RLIMIT_NPROC and the audit hook confine the worker instead')
   assert str(w.proc.pid) in (w.cgroup / 'cgroup.procs').read_text().split()
-  assert int((w.cgroup / 'pids.max').read_text()) <= 4
+  assert int((w.cgroup / 'pids.max').read_text()) <= 8
 
 
 # math ------------------------------------------------------------------------------------------------------------
@@ -310,3 +314,81 @@ def test_code_grader(pool):
     [{'tests': ['assert add(1, 1) == 2']}, {'tests': 'assert add(1, 1) == 2\nassert add(0, 0) == 1'}],
   )
   assert [r.reward for r in res] == [1.0, 0.0]
+
+
+def test_code_grader_per_test_time_limit(pool):
+  """An endless loop in the completion or in one test costs test_timeout_s, not the grader's whole deadline."""
+  g = graders.build(
+    {'type': 'code', 'timeout_s': 60, 'test_timeout_s': 0.5, 'tests': ['assert f(1) == 1', 'assert f(0) == 0']}
+  )
+  loops = '```python\ndef f(x):\n    while x == 0:\n        pass\n    return x\n```'
+  hangs_at_import = '```python\nwhile True:\n    pass\n```'
+  t0 = time.monotonic()
+  one_test, at_import = pool.grade(g, [loops, hangs_at_import], [{}, {}])
+  assert time.monotonic() - t0 < 10
+  assert one_test.reward == 0.5 and not one_test.errors
+  assert one_test.metadata['failures'] == ['assert f(0) == 0: timed out after 0.5 s']
+  assert at_import.reward == 0.0 and at_import.metadata['exception'] == 'timed out after 0.5 s'
+  with pytest.raises(graders.GraderConfigError, match='test_timeout_s'):
+    graders.build({'type': 'code', 'tests': ['pass'], 'test_timeout_s': 0})
+
+
+def test_step_budget_scores_what_is_left_zero_with_a_named_error():
+  slow = py('import time\ndef grade(s, i):\n  time.sleep(0.4)\n  return 1.0\n')
+  with graders.GradingPool(num_workers=1, timeout_s=5, budget_s=1.5) as p:
+    t0 = time.monotonic()
+    res = p.grade(slow, [str(k) for k in range(12)], [{}] * 12)
+    took = time.monotonic() - t0
+    assert took < 4, took  # the budget, plus killing the worker; 12 x 0.4 s would be 4.8 s
+    graded = [r for r in res if not r.errors]
+    assert 1 <= len(graded) < 12 and all(r.reward == 1.0 for r in graded)
+    late = [r for r in res if r.errors]
+    assert {e.category for r in late for e in r.errors} == {'python_grader_timeout'}
+    assert "the step's grading budget of 1.5 s ran out" in late[0].errors[0].message
+    assert p.grade(slow, ['again'], [{}])[0].reward == 1.0  # the next call gets a budget of its own
+
+
+def test_a_killed_run_leaves_nothing_behind_once_the_next_pool_starts(tmp_path):
+  """kill -9 of rftjax.grade mid-grading: its worker dies with it (bubblewrap's --die-with-parent, or
+  PR_SET_PDEATHSIG), and what nothing could clean at the kill (the worker's cgroup; an unsandboxed worker's temp
+  dir, stood for here by one named like it) goes when the next pool starts."""
+  grader = tmp_path / 'g.json'
+  grader.write_text(json.dumps({'type': 'python', 'source': 'import time\ndef grade(s, i):\n  time.sleep(60)\n'}))
+  before = set(_workers())
+  proc = subprocess.Popen(
+    [sys.executable, '-m', 'rftjax.grade', f'--grader={grader}', '--sample=x', '--allow_unsandboxed'],
+    cwd=pathlib.Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+  )  # fmt: skip
+  deadline = time.monotonic() + 30
+  while not set(_workers()) - before and time.monotonic() < deadline:
+    time.sleep(0.05)
+  started = set(_workers()) - before
+  assert started, 'the grading worker never started'
+  time.sleep(0.5)  # inside its grader's sleep
+  proc.kill()
+  proc.wait()
+  deadline = time.monotonic() + 10
+  while started & set(_workers()) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert not started & set(_workers()), 'a worker outlived the kill -9 of its run'
+  (pathlib.Path(tempfile.gettempdir()) / f'rftjax-grader-{proc.pid}-99').mkdir()
+  assert _owned(proc.pid)
+  graders.GradingPool(num_workers=1).close()
+  assert not _owned(proc.pid)
+
+
+def _workers() -> list[int]:
+  out = []
+  for pid in os.listdir('/proc'):
+    try:
+      if pid.isdigit() and b'sandbox_worker.py' in pathlib.Path(f'/proc/{pid}/cmdline').read_bytes():
+        out.append(int(pid))
+    except OSError:
+      pass
+  return out
+
+
+def _owned(owner: int) -> list[pathlib.Path]:
+  """The cgroups and temp dirs named after the rftjax process `owner`."""
+  names = [*pathlib.Path('/sys/fs/cgroup/pids').glob(f'rftjax-grader-{owner}-*')]
+  return names + [*pathlib.Path(tempfile.gettempdir()).glob(f'rftjax-grader-{owner}-*')]

@@ -165,6 +165,7 @@ def test_dry_run_defaults_print_exact_commands(dry):
     'git -C rftjax checkout --quiet --force --detach FETCH_HEAD',
     'python3 -m uv venv --quiet --python 3.12 rftjax-venv',
     'install --quiet --python rftjax-venv/bin/python -r rftjax/requirements.txt "jax[tpu]"',
+    'command -v bwrap >/dev/null || sudo apt-get install -y -q bubblewrap',
   ]:
     assert part in remote
   # Idempotent: clone and venv creation are guarded, so a second run only fetches and re-installs.

@@ -281,3 +281,61 @@ def test_eval_samples_grades_k_completions_per_prompt(tmp_path, in_repo):
   workdir = run(tmp_path, 'k2', 1, eval_samples=2, eval_temperature=1.0)
   evals = [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'valid_reward_mean' in r]
   assert [r['valid/num_graded'] for r in evals] == [400.0, 400.0]  # 200 prompts x 2 samples, at steps 0 and 1
+
+
+def test_resume_sets_a_torn_metrics_line_aside(tmp_path, in_repo, caplog):
+  """A crash in the middle of appending to metrics.jsonl leaves half a line; the next run keeps going."""
+  workdir = run(tmp_path, 'torn', 2)
+  torn = '{"step": 3, "train_reward_me'
+  with (workdir / 'metrics.jsonl').open('a') as f:
+    f.write(torn)
+  with caplog.at_level('WARNING', logger='rftjax'):
+    run(tmp_path, 'torn', 3)
+  rows = metrics.read_jsonl(workdir / 'metrics.jsonl')
+  assert [r['step'] for r in rows if 'train_reward_mean' in r] == [1, 2, 3]
+  assert (workdir / 'metrics.jsonl.torn').read_text() == torn + '\n'
+  assert any('not a JSON object (a write cut short by a crash?); set aside in metrics.jsonl.torn' in m for m in
+             caplog.messages)  # fmt: skip
+
+
+def test_broken_grading_stops_with_one_line_and_exit_3(tmp_path, monkeypatch, capsys):
+  from rftjax import cli, train
+
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  grader = tmp_path / 'boom.json'
+  grader.write_text(json.dumps({'type': 'python', 'name': 'boom', 'source': 'def grade(s, i):\n  return 1 / 0\n'}))
+  workdir = tmp_path / 'run'
+  argv = ['rftjax.train', f'--workdir={workdir}', '--config=configs/tiny.py:test', f'--config.grader={grader}']
+  assert train.main(argv) == 3
+  assert capsys.readouterr().err.splitlines() == [
+    "error: grading failed: step 1: 16 of 16 gradings failed (100% > grading.max_error_share=50%): grader 'boom' "
+    '(python), python_grader_runtime in 16, e.g. ZeroDivisionError: division by zero. The checkpoint at step 0 is '
+    'where a rerun resumes'
+  ]
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['0']
+
+
+def test_a_grading_stop_mid_run_checkpoints_the_step_before_it(tmp_path, in_repo, monkeypatch):
+  """Steps since the last checkpoint are kept; the rerun resumes there and draws the prompts it would have."""
+  from rftjax import checkpoint, rollout
+
+  calls = []
+  real = rollout.Rollouts.__call__
+
+  def failing_at_step_2(self, params, step):
+    calls.append(step)
+    if step == 1 and len(calls) == 2:
+      raise graders.GradingFailed('3 of 4 gradings failed', [])
+    return real(self, params, step)
+
+  monkeypatch.setattr(rollout.Rollouts, '__call__', failing_at_step_2)
+  with pytest.raises(trainer.GradingStopped, match=r'^step 2: 3 of 4 gradings failed. The checkpoint at step 1 is'):
+    run(tmp_path, 'stop', 3)  # eval_interval 2: without the stop's own save, the newest checkpoint is step 0
+  workdir = tmp_path / 'stop'
+  assert checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True).latest_step() == 1
+  run(tmp_path, 'stop', 3)
+  assert calls == [0, 1, 1, 2]  # resumed at step 2 (index 1), not from the start
+  stopped = [r['train_reward_mean'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_reward_mean' in r]
+  whole = run(tmp_path, 'whole', 3)
+  assert stopped == [r['train_reward_mean'] for r in metrics.read_jsonl(whole / 'metrics.jsonl') if 'loss' in r]

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Sets up every worker the same way: the repo at COMMIT, a virtualenv with jax[tpu] and the repo's
-# requirements.txt. Safe to re-run: it clones only once, then fetches and checks out COMMIT; it makes
+# requirements.txt, and bubblewrap (the graders' sandbox). Safe to re-run: it clones only once, then fetches and checks out COMMIT; it makes
 # the virtualenv only if missing; the install is a no-op when nothing changed.
 set -euo pipefail
 usage() {
   cat <<'USAGE'
 Usage: tpu/setup.sh [--dry-run] [--repo URL] [--commit SHA]
 On every worker (gcloud compute tpus tpu-vm ssh --worker=all): clone REPO_URL into REPO_DIR, check out
-COMMIT, create VENV with a uv-managed Python PYTHON_VERSION, install JAX_SPEC and requirements.txt.
+COMMIT, create VENV with a uv-managed Python PYTHON_VERSION, install JAX_SPEC and requirements.txt, and
+install bubblewrap with apt-get when missing (the sandbox of python/code graders).
 USAGE
   usage_common
 }
@@ -29,6 +30,9 @@ venv_q="$(q "$VENV")"
 # works for a branch, a tag or a full SHA.
 remote="set -euo pipefail"
 remote+="; python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --user --quiet uv"
+# bubblewrap sandboxes python/code graders (docs/graders.md, "Isolation"); without it rftjax refuses to run them
+remote+="; command -v bwrap >/dev/null || sudo apt-get install -y -q bubblewrap >/dev/null"
+remote+=" || { sudo apt-get update -q >/dev/null && sudo apt-get install -y -q bubblewrap >/dev/null; }"
 remote+="; [ -d $repo_q/.git ] || git clone --quiet $(q "$REPO_URL") $repo_q"
 remote+="; git -C $repo_q remote set-url origin $(q "$REPO_URL")"
 remote+="; git -C $repo_q fetch --quiet origin $(q "$COMMIT")"

@@ -15,11 +15,14 @@ from rftjax.graders.core import GraderConfigError
 from rftjax.graders.metrics import GradingFailed
 from rftjax.graders.metrics import all_failed
 from rftjax.graders.metrics import check_failures
+from rftjax.graders.metrics import failure_line
 from rftjax.graders.metrics import summarize
 from rftjax.graders.model_graders import http_judge
 from rftjax.graders.pool import GradingPool
+from rftjax.graders.pool import check_sandbox
 from rftjax.graders.spec import TYPES
 from rftjax.graders.spec import build
+from rftjax.graders.spec import check_items
 from rftjax.graders.spec import load
 from rftjax.graders.spec import local_models
 from rftjax.graders.spec import validate
@@ -33,11 +36,14 @@ __all__ = [
   'GradingFailed',
   'all_failed',
   'check_failures',
+  'check_sandbox',
+  'failure_line',
   'summarize',
   'http_judge',
   'GradingPool',
   'TYPES',
   'build',
+  'check_items',
   'load',
   'local_models',
   'validate',

@@ -47,9 +47,10 @@ class GradeError:
 class GradeResult:
   """One sample's grade.
 
-  `reward` is the grader's own score, not clipped: string_check, text_similarity, math, code and label_model
-  give values in [0, 1]; score_model gives a value inside its `range` (default [0, 1]); python gives whatever
-  finite float `grade` returns; multi gives the value of `calculate_output`. A failed grading has reward 0.
+  `reward` is the grader's own score: string_check, text_similarity, math, code, label_model and python give
+  values in [0, 1] (a python score outside it is clamped, with a python_grader_runtime error naming the value);
+  score_model gives a value inside its `range` (default [0, 1]); multi gives the value of `calculate_output`.
+  A failed grading has reward 0.
   """
 
   reward: float

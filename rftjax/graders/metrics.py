@@ -68,17 +68,27 @@ def all_failed(results: Sequence[core.GradeResult]) -> str | None:
   return f'all {len(results)} gradings failed ({dict(counts)}); the first: {first}'
 
 
-def check_failures(results: Sequence[core.GradeResult], max_error_share: float = 0.5) -> None:
-  """Raises GradingFailed (message with per-category counts and the first tracebacks) when the share of
-  results with an error exceeds `max_error_share`."""
+def check_failures(results: Sequence[core.GradeResult], max_error_share: float = 0.5, grader=None) -> None:
+  """Raises GradingFailed when the share of results with an error exceeds `max_error_share`. Its message is one
+  line: the share, the grader, the most common error category and one message of that category."""
   failed = [(i, e) for i, r in enumerate(results) for e in r.errors]
   bad = sum(1 for r in results if r.errors)
   if not results or bad / len(results) <= max_error_share:
     return
-  counts = collections.Counter(e.category for _, e in failed)
-  shown = '\n\n'.join(f'--- sample {i} [{e.category}]\n{e.message}' for i, e in failed[:5])
-  raise GradingFailed(
-    f'{bad} of {len(results)} gradings failed ({bad / len(results):.0%} > allowed {max_error_share:.0%}); '
-    f'by category: {dict(counts)}. First failures:\n{shown}',
-    failed,
+  raise GradingFailed(failure_line(results, max_error_share, grader), failed)
+
+
+def failure_line(results: Sequence[core.GradeResult], max_error_share: float, grader=None) -> str:
+  """'12 of 16 gradings failed (75% > grading.max_error_share=50%): grader 'x' (python), python_grader_runtime
+  in 12, e.g. ZeroDivisionError: division by zero'."""
+  bad = sum(1 for r in results if r.errors)
+  counts = collections.Counter(e.category for r in results for e in r.errors)
+  category, n = counts.most_common(1)[0]
+  example = next(e.message for r in results for e in r.errors if e.category == category)
+  lines = [ln.strip() for ln in example.strip().splitlines() if ln.strip()] or ['(no message)']
+  who = f'grader {grader.name!r} ({grader.type}), ' if grader is not None else ''
+  others = f' (also: {", ".join(f"{c} in {k}" for c, k in counts.most_common()[1:])})' if len(counts) > 1 else ''
+  return (
+    f'{bad} of {len(results)} gradings failed ({bad / len(results):.0%} > grading.max_error_share='
+    f'{max_error_share:.0%}): {who}{category} in {n}, e.g. {lines[-1][:300]}{others}'
   )

@@ -18,6 +18,7 @@ import collections
 import concurrent.futures
 import itertools
 import json
+import logging
 import os
 import pathlib
 import queue
@@ -33,12 +34,14 @@ import time
 from typing import Any
 
 from rftjax.graders import core
+from rftjax.graders import isolation as isolation_lib
 
 _WORKER_SCRIPT = pathlib.Path(__file__).with_name('sandbox_worker.py')
 _CGROUP_ROOT = pathlib.Path('/sys/fs/cgroup/pids')
 _MAX_FRAME = 64 << 20
-_MAX_TASKS_PER_WORKER = 4  # cgroup pids.max: the worker itself plus a few threads a grader library may start
+_MAX_TASKS_PER_WORKER = 8  # cgroup pids.max: bubblewrap's two processes, the worker, a few threads or children
 _counter = itertools.count()
+log = logging.getLogger('rftjax')
 
 # OpenAI's python grader limits: 2 GB of memory, 1 GB of disk, 2 minutes.
 DEFAULT_TIMEOUT_S = 120.0
@@ -50,10 +53,11 @@ LOAD_GRACE_S = 10.0
 
 
 class _Worker:
-  """One sandbox process and the parent's ends of its pipes."""
+  """One sandbox process and the parent's ends of its pipes. With `isolation` the worker runs inside bubblewrap's
+  namespaces and writes only to its in-memory /sandbox; without, to a host temp dir named after this process."""
 
-  def __init__(self, memory_mb: int, disk_mb: int):
-    self.tmpdir = tempfile.mkdtemp(prefix='rftjax-grader-')
+  def __init__(self, memory_mb: int, disk_mb: int, isolation: isolation_lib.Isolation | None):
+    self.tmpdir = None if isolation else tempfile.mkdtemp(prefix=f'rftjax-grader-{os.getpid()}-')
     self.cgroup = _make_cgroup()
     child_r, self.w = os.pipe()
     self.r, child_w = os.pipe()
@@ -65,28 +69,23 @@ class _Worker:
       'MKL_NUM_THREADS': '1',
       'PYTHONHASHSEED': '0',
     }
+    workdir = isolation_lib.SANDBOX_DIR if isolation else self.tmpdir
+    cmd = [sys.executable, '-E', '-s', '-B', str(_WORKER_SCRIPT), str(child_r), str(child_w), workdir,
+           str(memory_mb), str(disk_mb)]  # fmt: skip
+    if isolation:
+      cmd = isolation.wrap(cmd, disk_mb)
+    if self.cgroup:  # joined before anything runs: every process the worker starts is counted
+      cmd = ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', str(self.cgroup / 'cgroup.procs'), *cmd]
     try:
       self.proc = subprocess.Popen(
-        [
-          sys.executable,
-          '-E',
-          '-s',
-          '-B',
-          str(_WORKER_SCRIPT),
-          str(child_r),
-          str(child_w),
-          self.tmpdir,
-          str(self.cgroup or ''),
-          str(memory_mb),
-          str(disk_mb),
-        ],
+        cmd,
         pass_fds=(child_r, child_w),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         env=env,
-        cwd=self.tmpdir,
+        cwd=self.tmpdir or '/',
       )
     finally:
       os.close(child_r)
@@ -145,7 +144,8 @@ class _Worker:
       except OSError:
         pass
     _remove_cgroup(self.cgroup)
-    shutil.rmtree(self.tmpdir, ignore_errors=True)
+    if self.tmpdir:
+      shutil.rmtree(self.tmpdir, ignore_errors=True)
 
   def exit_description(self) -> str:
     try:
@@ -155,6 +155,37 @@ class _Worker:
     if code < 0:
       return f'worker process killed by signal {signal.Signals(-code).name}'
     return f'worker process exited with code {code}'
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:
+    return True
+  return True
+
+
+def clean_stale() -> int:
+  """Removes the cgroups and temp dirs of grading pools whose process is gone (a `kill -9` of rftjax leaves them
+  behind: nothing runs at the death of a killed process). Names carry the owner's pid. Returns how many went."""
+  count = 0
+  cgroups = list(_CGROUP_ROOT.glob('rftjax-grader-*')) if _CGROUP_ROOT.is_dir() else []
+  for path in cgroups + list(pathlib.Path(tempfile.gettempdir()).glob('rftjax-grader-*')):
+    try:
+      owner = int(path.name.split('-')[2])
+    except (IndexError, ValueError):
+      continue
+    if _alive(owner):
+      continue
+    if path.parent == _CGROUP_ROOT:
+      _kill_cgroup(path)
+      _remove_cgroup(path)
+    else:
+      shutil.rmtree(path, ignore_errors=True)
+    count += not path.exists()
+  return count
 
 
 def _make_cgroup() -> pathlib.Path | None:
@@ -202,6 +233,23 @@ def _remove_cgroup(path: pathlib.Path | None) -> None:
       time.sleep(0.01)
 
 
+def check_sandbox(grader: core.Grader, allow_unsandboxed: bool = False) -> bool:
+  """Raises GraderConfigError when `grader` runs user code (python, code graders) that this machine cannot isolate,
+  unless `allow_unsandboxed`; returns whether it will run without a sandbox. Call it before anything slow."""
+  leaves = grader.leaves() if hasattr(grader, 'leaves') else [grader]
+  user_code = [g for g in leaves if g.mode == core.SANDBOX and g.worker_spec()['kind'] in ('python', 'code')]
+  isolation = isolation_lib.probe()
+  if not user_code or isolation.available:
+    return False
+  if allow_unsandboxed:
+    return True
+  raise core.GraderConfigError(
+    f'grader {user_code[0].name!r} ({user_code[0].type}) runs code, and this machine cannot isolate it: '
+    f'{isolation.reason}. To run it anyway, without a sandbox, set grading.allow_unsandboxed=True '
+    '(--allow_unsandboxed for rftjax.grade and rftjax.evaluate); see docs/graders.md'
+  )
+
+
 class _SandboxJob:
   """The sandbox tasks of one grader over one batch: task index -> args, results filled in as they come."""
 
@@ -218,8 +266,10 @@ class GradingPool:
 
   num_workers: sandbox processes (default: CPU count). timeout_s: per-sample wall-clock deadline for sandbox
   graders unless the grader's spec sets `timeout_s`; also the HTTP timeout of model judges. memory_mb / disk_mb:
-  each worker's RLIMIT_AS / RLIMIT_FSIZE. chunk_size: most samples sent to a worker at once. load_grace_s: extra
-  deadline for starting a worker and loading a grader it has not seen.
+  each worker's RLIMIT_AS / its private disk. chunk_size: most samples sent to a worker at once. load_grace_s: extra
+  deadline for starting a worker and loading a grader it has not seen. budget_s: the most one call (a step's
+  grading) may take; what is not graded by then scores 0 with a named error. allow_unsandboxed: run graders of user
+  code (python, code) even where bubblewrap cannot isolate them (`check`).
   """
 
   def __init__(
@@ -231,20 +281,33 @@ class GradingPool:
     chunk_size: int = 64,
     model_threads: int = 16,
     load_grace_s: float = LOAD_GRACE_S,
+    budget_s: float | None = None,
+    allow_unsandboxed: bool = False,
   ):
     self.num_workers = max(1, num_workers or os.cpu_count() or 1)
     self.timeout_s, self.memory_mb, self.disk_mb, self.chunk_size = timeout_s, memory_mb, disk_mb, chunk_size
-    self.load_grace_s = load_grace_s
+    self.load_grace_s, self.budget_s, self.allow_unsandboxed = load_grace_s, budget_s, allow_unsandboxed
+    self.isolation = isolation_lib.probe()
+    clean_stale()
     self._workers: list[_Worker] = []
     self._jobs: queue.Queue = queue.Queue()
     self._model_threads = concurrent.futures.ThreadPoolExecutor(model_threads, thread_name_prefix='rftjax-judge')
     self._closed = False
+    self._warned: set[str] = set()
     self._thread = threading.Thread(target=self._dispatch_forever, name='rftjax-grading', daemon=True)
     self._thread.start()
+
+  def check(self, grader: core.Grader) -> None:
+    """`check_sandbox` for this pool; running unsandboxed is logged as a warning, once per grader and pool."""
+    if check_sandbox(grader, self.allow_unsandboxed) and grader.name not in self._warned:
+      self._warned.add(grader.name)
+      log.warning('grading with %r WITHOUT a sandbox (grading.allow_unsandboxed=True): its code can read and write '
+                  'what this user can, and reach the network. %s', grader.name, self.isolation.reason)  # fmt: skip
 
   # Public API ------------------------------------------------------------------------------------------------
   def submit(self, grader: core.Grader, samples: list[str], items: list[dict]) -> concurrent.futures.Future:
     """Non-blocking: returns a Future whose .result() is list[GradeResult], one per sample, in order."""
+    self.check(grader)
     if self._closed:
       raise RuntimeError('GradingPool is closed')
     if len(samples) != len(items):
@@ -288,8 +351,9 @@ class GradingPool:
         grader, samples, items, fut = job
         if not fut.set_running_or_notify_cancel():
           continue
+        deadline = time.monotonic() + self.budget_s if self.budget_s else float('inf')
         try:
-          fut.set_result(self._grade_now(grader, samples, items))
+          fut.set_result(self._grade_now(grader, samples, items, deadline))
         except BaseException as e:  # noqa: BLE001  (hand any bug to the caller instead of hanging it)
           fut.set_exception(e)
     finally:
@@ -297,7 +361,9 @@ class GradingPool:
         w.kill()
       self._workers.clear()
 
-  def _grade_now(self, grader: core.Grader, samples: list[str], items: list[dict]) -> list[core.GradeResult]:
+  def _grade_now(
+    self, grader: core.Grader, samples: list[str], items: list[dict], deadline: float
+  ) -> list[core.GradeResult]:
     leaves = grader.leaves() if hasattr(grader, 'leaves') else [grader]
     per_leaf: list[list[core.GradeResult]] = [None] * len(leaves)  # type: ignore[list-item]
     model_futs, sandbox_jobs = {}, {}
@@ -315,20 +381,34 @@ class GradingPool:
       if leaf.mode == core.INLINE:
         per_leaf[k] = leaf.grade_batch(samples, items)
     if sandbox_jobs:
-      self._run_sandbox(list(sandbox_jobs.values()))
+      self._run_sandbox(list(sandbox_jobs.values()), deadline)
       for k, job in sandbox_jobs.items():
         per_leaf[k] = [job.results[i] for i in range(len(samples))]
     for k, futs in model_futs.items():
-      per_leaf[k] = [f.result() for f in futs]
+      per_leaf[k] = [self._judged(f, deadline) for f in futs]
     if hasattr(grader, 'combine'):
       return grader.combine(per_leaf)
     return per_leaf[0]
 
-  def _run_sandbox(self, jobs: list[_SandboxJob]) -> None:
+  def _over_budget(self) -> core.GradeResult:
+    return core.failed(core.PYTHON_TIMEOUT, f"the step's grading budget of {self.budget_s:g} s ran out before this "
+                       'sample was graded (grading.step_budget_s)')  # fmt: skip
+
+  def _judged(self, fut: concurrent.futures.Future, deadline: float) -> core.GradeResult:
+    try:
+      return fut.result(timeout=max(0.0, deadline - time.monotonic()) if deadline != float('inf') else None)
+    except concurrent.futures.TimeoutError:
+      fut.cancel()
+      return self._over_budget()
+
+  def _new_worker(self) -> _Worker:
+    return _Worker(self.memory_mb, self.disk_mb, self.isolation if self.isolation.available else None)
+
+  def _run_sandbox(self, jobs: list[_SandboxJob], deadline: float = float('inf')) -> None:
     if not any(j.pending for j in jobs):
       return
     while len(self._workers) < self.num_workers:
-      self._workers.append(_Worker(self.memory_mb, self.disk_mb))
+      self._workers.append(self._new_worker())
     chunk = max(1, min(self.chunk_size, -(-sum(len(j.pending) for j in jobs) // (2 * self.num_workers))))
     while True:
       for slot, w in enumerate(self._workers):  # hand out work to idle workers
@@ -348,7 +428,17 @@ class GradingPool:
       busy = [w for w in self._workers if w.chunk is not None]
       if not busy:
         return
-      timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+      if time.monotonic() >= deadline:  # the step's budget is spent: what is left scores 0, named
+        for slot, w in enumerate(list(self._workers)):
+          if w.chunk is not None:
+            w.job.pending.extendleft(reversed(w.chunk))
+            w.chunk = []
+            self._replace(slot, w)
+        for job in jobs:
+          while job.pending:
+            job.results[job.pending.popleft()[0]] = self._over_budget()
+        return
+      timeout = max(0.0, min(min(w.deadline for w in busy), deadline) - time.monotonic())
       readable, _, _ = select.select([w.r for w in busy], [], [], timeout)
       now = time.monotonic()
       for slot, w in enumerate(list(self._workers)):
@@ -392,7 +482,10 @@ class GradingPool:
     err = frame.get('e')
     meta = frame.get('m') or {}
     if err:
-      job.results[idx] = core.GradeResult(0.0, {}, (core.GradeError(str(err[0]), str(err[1])),), meta)
+      # 0, or a score outside [0, 1] clamped into it (the worker names that error and keeps the clamped score)
+      job.results[idx] = core.GradeResult(
+        float(frame.get('s') or 0.0), {}, (core.GradeError(str(err[0]), str(err[1])),), meta
+      )
     else:
       job.results[idx] = core.GradeResult(float(frame['s']), {}, (), meta)
     if not w.chunk:
@@ -412,6 +505,6 @@ class GradingPool:
     if w.chunk:
       job.pending.extendleft(reversed(w.chunk))
     w.kill()
-    fresh = _Worker(self.memory_mb, self.disk_mb)
+    fresh = self._new_worker()
     self._workers[slot] = fresh
     return fresh

@@ -99,6 +99,9 @@ class MathGrader(_Sandboxed):
     return [self.render_input(sample, item), self.render_reference(sample, item)]
 
 
+DEFAULT_TEST_TIMEOUT_S = 5.0  # per test: an endless loop in a completion costs seconds, not the grader's deadline
+
+
 class CodeGrader(_Sandboxed):
   """Runs the last fenced code block of `input`, then each of `tests` separately; score = fraction passed."""
 
@@ -124,7 +127,8 @@ class CodeGrader(_Sandboxed):
       )
 
   def worker_spec(self):
-    return {'kind': 'code', 'key': 'code'}
+    limit = float(self.spec.get('test_timeout_s', DEFAULT_TEST_TIMEOUT_S))
+    return {'kind': 'code', 'key': f'code-{limit:g}', 'test_timeout_s': limit}
 
   def task_args(self, text, item):
     sample = {'output_text': text}

@@ -1,12 +1,16 @@
-"""The sandboxed grading worker, run as a script: `python -E -s sandbox_worker.py RFD WFD TMPDIR CGROUP MEM DISK`.
+"""The sandboxed grading worker, run as a script: `python -E -s sandbox_worker.py RFD WFD WORKDIR MEM DISK`.
 
 It never imports rftjax (so a heavy package __init__ cannot slow every respawn). Confinement, strongest first:
+  * bubblewrap's namespaces (isolation.py, when the machine allows them): a read-only view of the system and the
+    Python installation, a private in-memory WORKDIR, no network, its own PID space, no capabilities;
   * the parent puts it in its own pids cgroup (when /sys/fs/cgroup/pids is writable) capping its tasks, and
-    kills the whole cgroup and process group on timeout;
-  * its own network namespace (when it may unshare one): no interface but a down loopback;
-  * rlimits: RLIMIT_AS (memory), RLIMIT_FSIZE (largest file), RLIMIT_NPROC (enforced for non-root), no core files;
+    kills the whole cgroup and process group at its deadline (which bounds its CPU time too);
+  * its own network namespace even without bubblewrap (when it may unshare one);
+  * rlimits: RLIMIT_AS (memory), RLIMIT_FSIZE (largest file), RLIMIT_NOFILE (open files), RLIMIT_NPROC (for
+    non-root users), no core files;
   * a PEP 578 audit hook, installed before any user code, that refuses process creation, signals, sockets, ctypes,
-    rlimit changes, and every write, rename, delete or mkdir outside its temp dir (the working directory);
+    rlimit changes, and every write, rename, delete or mkdir outside WORKDIR: the last line without bubblewrap,
+    a second one within it;
   * stdout/stderr are /dev/null at the fd level and a capped buffer at the Python level.
 Protocol on the pipes: frames of a 4-byte big-endian length and UTF-8 JSON. Request
 {"grader": {...}, "tasks": [[index, *args], ...]}; one reply per task: {"i": index, "s": score,
@@ -72,6 +76,7 @@ _PATH_EVENTS = {
 }
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _STDOUT_KEEP = 2000
+_MAX_OPEN_FILES = 256
 
 
 class _CappedOutput(io.TextIOBase):
@@ -89,6 +94,8 @@ class _CappedOutput(io.TextIOBase):
 
   def take(self):
     out = ''.join(self.kept)
+    if self.size > _STDOUT_KEEP:
+      out += f'\n[... {self.size - _STDOUT_KEEP} more characters of output dropped]'
     self.kept, self.size = [], 0
     return out
 
@@ -96,13 +103,7 @@ class _CappedOutput(io.TextIOBase):
     return True
 
 
-def _confine(tmpdir: str, cgroup: str, mem_mb: int, disk_mb: int) -> None:
-  if cgroup:
-    try:
-      with open(os.path.join(cgroup, 'cgroup.procs'), 'w') as f:
-        f.write(str(os.getpid()))
-    except OSError:
-      pass
+def _confine(tmpdir: str, mem_mb: int, disk_mb: int) -> None:
   try:
     import ctypes
 
@@ -121,7 +122,9 @@ def _confine(tmpdir: str, cgroup: str, mem_mb: int, disk_mb: int) -> None:
   resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
   resource.setrlimit(resource.RLIMIT_FSIZE, (disk_mb << 20, disk_mb << 20))
   resource.setrlimit(resource.RLIMIT_AS, (mem_mb << 20, mem_mb << 20))
+  resource.setrlimit(resource.RLIMIT_NOFILE, (_MAX_OPEN_FILES, _MAX_OPEN_FILES))
   signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises OSError instead of killing us
+  signal.signal(signal.SIGALRM, _on_alarm)  # the code grader's per-test time limit
 
   root = os.path.realpath(tmpdir) + os.sep
   realpath, blocked, path_events = os.path.realpath, _BLOCKED_PREFIXES, _PATH_EVENTS
@@ -173,6 +176,15 @@ class _Error(Exception):
     self.category = category
 
 
+class _OutOfRange(_Error):
+  """A finite score outside [0, 1]: kept clamped, with a named error (it usually means a grader bug)."""
+
+  def __init__(self, value, clamped, what):
+    super().__init__('python_grader_runtime', f'{what} returned {value!r}; expected a score in [0, 1], clamped to '
+                     f'{clamped:g}')  # fmt: skip
+    self.score = clamped
+
+
 def _as_score(value, what='grade()'):
   # True / False count as 1 / 0: `return answer == expected` is the most natural grader there is
   if not isinstance(value, (int, float)):
@@ -182,6 +194,8 @@ def _as_score(value, what='grade()'):
   value = float(value)
   if not math.isfinite(value):
     raise _Error('python_grader_runtime', f'{what} returned {value}; expected a finite float')
+  if not 0.0 <= value <= 1.0:
+    raise _OutOfRange(value, min(max(value, 0.0), 1.0), what)
   return value
 
 
@@ -221,7 +235,24 @@ def _make_python(spec):
 _FENCE = re.compile(r'```[ \t]*([A-Za-z0-9_+\-]*)[^\n]*\n(.*?)```', re.DOTALL)
 
 
-def _run_code(text, tests):
+class _TestTimeout(BaseException):  # BaseException: the model's `except Exception` must not swallow it
+  pass
+
+
+def _on_alarm(signum, frame):
+  raise _TestTimeout
+
+
+def _limited(seconds, fn, *args):
+  """fn(*args), interrupted after `seconds` of wall clock (SIGALRM: this worker is single-threaded)."""
+  signal.setitimer(signal.ITIMER_REAL, seconds)
+  try:
+    return fn(*args)
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _run_code(text, tests, test_timeout_s=5.0):
   blocks = _FENCE.findall(text)
   if not blocks:
     raise _Error('sample_parse', 'no fenced code block (```...```) in the completion')
@@ -229,22 +260,20 @@ def _run_code(text, tests):
   namespace = {'__name__': '__main__'}
   meta = {}
   try:
-    exec(compile(code, '<completion>', 'exec'), namespace)
+    _limited(test_timeout_s, exec, compile(code, '<completion>', 'exec'), namespace)
   except BaseException as e:  # noqa: BLE001  (the model's code failing is a score of 0, not a grader error)
-    return 0.0, {
-      'passed': 0,
-      'total': len(tests) if isinstance(tests, list) else 1,
-      'exception': f'{type(e).__name__}: {e}'[:500],
-    }
+    why = f'timed out after {test_timeout_s:g} s' if isinstance(e, _TestTimeout) else f'{type(e).__name__}: {e}'
+    return 0.0, {'passed': 0, 'total': len(tests) if isinstance(tests, list) else 1, 'exception': why[:500]}
   tests = [tests] if isinstance(tests, str) else list(tests)
   passed, failures = 0, []
   for test in tests:
     try:
-      exec(compile(test, '<test>', 'exec'), dict(namespace))
+      _limited(test_timeout_s, exec, compile(test, '<test>', 'exec'), dict(namespace))
       passed += 1
     except BaseException as e:  # noqa: BLE001
+      why = f'timed out after {test_timeout_s:g} s' if isinstance(e, _TestTimeout) else f'{type(e).__name__}: {e}'
       if len(failures) < 5:
-        failures.append(f'{test[:200]}: {type(e).__name__}: {str(e)[:200]}')
+        failures.append(f'{test[:200]}: {why[:200]}')
   meta = {'passed': passed, 'total': len(tests)}
   if failures:
     meta['failures'] = failures
@@ -274,7 +303,7 @@ def _make_kind(spec):
 
     return lambda text, ref: mathgrade.grade(text, ref)
   if kind == 'code':
-    return _run_code
+    return lambda text, tests: _run_code(text, tests, float(spec.get('test_timeout_s', 5.0)))
   raise _Error('other', f'unknown sandbox grader kind {kind!r}')
 
 
@@ -319,7 +348,7 @@ def main(argv):
   os.set_inheritable(wfd, False)
   out = _CappedOutput()
   sys.stdout = sys.stderr = out
-  _confine(argv[3], argv[4], int(argv[5]), int(argv[6]))
+  _confine(argv[3], int(argv[4]), int(argv[5]))
   graders = {}
   while True:
     try:
@@ -343,7 +372,7 @@ def main(argv):
         score, meta = fn(*args)
         score = _as_score(score)
       except _Error as e:
-        err = [e.category, str(e)]
+        err, score = [e.category, str(e)], getattr(e, 'score', 0.0)
       except MemoryError:
         err = ['python_grader_runtime', 'MemoryError: the grader exceeded its memory limit']
       except BaseException:  # noqa: BLE001  (user code; SystemExit and KeyboardInterrupt included)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 from etils import epath
 
@@ -13,6 +13,7 @@ from rftjax.graders import core
 from rftjax.graders import formula
 from rftjax.graders import model_graders
 from rftjax.graders import sandbox_graders
+from rftjax.graders import templating
 from rftjax.graders import text_graders
 
 _E = core.GraderConfigError
@@ -85,6 +86,7 @@ def _check_leaf(spec: dict, where: str) -> None:
     _field(spec, 'input', _STR, where, required=False)
     _field(spec, 'tests', (list, str), where)
     _positive(spec, 'timeout_s', where)
+    _positive(spec, 'test_timeout_s', where)
 
 
 def _positive(spec: dict, key: str, where: str) -> None:
@@ -215,3 +217,49 @@ def local_models(spec: dict) -> list[str]:
 
 def validate(spec: dict | str | pathlib.Path) -> None:
   build(spec)
+
+
+def item_variables(spec: Any) -> list[tuple[str, str, tuple]]:
+  """Every `{{item...}}` variable of the grader's templates: (field, expression, steps), in spec order. A python
+  grader's `source` is code, not a template, and is not searched."""
+  found: list[tuple[str, str, tuple]] = []
+
+  def walk(node: Any, field: str) -> None:
+    if isinstance(node, dict):
+      for key, value in node.items():
+        if key != 'source':
+          walk(value, f'{field}.{key}')
+    elif isinstance(node, list):
+      for k, value in enumerate(node):
+        walk(value, f'{field}[{k}]')
+    elif isinstance(node, str):
+      for m in templating._VAR.finditer(node):
+        try:
+          root, steps = templating.parse_path(m.group(1), field)
+        except core.GraderConfigError:
+          continue  # build() names it
+        if root == 'item':
+          found.append((field, m.group(1), steps))
+
+  walk(load(spec), 'grader')
+  return found
+
+
+def check_items(spec: Any, rows: Sequence[tuple[str, dict]]) -> None:
+  """Raises GraderConfigError when a template names an item field that a data line lacks: the variable, the first
+  line without it (`rows` are (where, item) pairs, where = 'file:line') and how many lines lack it. Run it before
+  anything slow: otherwise every grading of those lines fails with invalid_variable after training started."""
+  for field, expr, steps in item_variables(spec):
+    missing = []
+    for where, item in rows:
+      try:
+        templating.lookup('item', steps, {}, item)
+      except core.GradingException as e:
+        missing.append((where, str(e)))
+    if missing:
+      where, why = missing[0]
+      more = f' ({len(missing)} of {len(rows)} lines lack it)' if len(missing) > 1 else ''
+      raise core.GraderConfigError(
+        f'{field} uses {{{{{expr}}}}}, but {where} has no such field: {why.split(": ", 1)[-1]}{more}; '
+        'expected every data line to have it'
+      )

@@ -90,6 +90,7 @@ class TextSimilarity(core.Grader):
   def grade_batch(self, samples, items):
     def one(sample, item):
       score = float(self.score_fn(self.render_input(sample, item), self.render_reference(sample, item)))
+      score = min(max(score, 0.0), 1.0)  # BLEU gives 1.0000000000000004 on an exact match
       meta = {} if self.pass_threshold is None else {'passed': score >= self.pass_threshold}
       return core.GradeResult(score, {}, (), meta)
 
