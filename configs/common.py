@@ -6,6 +6,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from rftjax import errors
+from rftjax import guard
 from rftjax import hparams
 
 
@@ -29,6 +30,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.valid_limit = 0  # evaluate on the first N validation examples only; 0 = all
   # a grader dict, or the path of a grader JSON file (either kind on any config: the field takes both)
   c.grader = config_dict.FieldReference(None, field_type=object)
+  # OpenAI's response_format ({"type": "json_schema", ...}, or a JSON file path): completions must be JSON matching
+  # it; the schema goes into the prompt and a completion that fails scores 0 (docs/openai_jobs.md)
+  c.response_format = config_dict.FieldReference(None, field_type=object)
 
   c.seed = 0
   c.total_steps = 100
@@ -100,6 +104,7 @@ def base() -> ml_collections.ConfigDict:
   c.progress = True
   c.sync_interval_s = 60.0  # gs:// workdir: upload metrics/samples/TensorBoard this often (and at evals, saves, exit)
   hparams.add_openai_fields(c)  # OpenAI-style n_epochs / batch_size / ... (docs/hyperparameters.md)
+  guard.add_guard_fields(c)  # collapse alarms: warnings, and with guard.stop=True a clean stop (docs/guard.md)
   return c
 
 

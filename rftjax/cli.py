@@ -116,3 +116,50 @@ def parse_config_flags(
     if fv[name].value is None:
       raise errors.ConfigError(f'--{name} is required')
   return fv
+
+
+# ---- --openai_job (train, preflight) ---------------------------------------------------------------------------
+def define_openai_job(fv) -> None:
+  from absl import flags
+
+  flags.DEFINE_string(
+    'openai_job',
+    None,
+    'An OpenAI fine-tuning job request (JSON): model, files, grader, hyperparameters (docs/openai_jobs.md).',
+    flag_values=fv,
+  )
+
+
+def openai_job_argv(argv: Sequence[str]):
+  """(the --openai_job file read and checked, or None; argv with the --config its model names when none is given).
+  Apply the job with `openai_job.apply(config, job, override_keys(argv))` once the flags are parsed."""
+  argv = list(argv)
+  path = None
+  for k, arg in enumerate(argv[1:], 1):
+    if arg.startswith('--openai_job='):
+      path = arg.split('=', 1)[1]
+    elif arg == '--openai_job' and k + 1 < len(argv):
+      path = argv[k + 1]
+  if path is None:
+    return None, argv
+  from rftjax import openai_job  # JAX comes with it: only for job runs
+
+  job = openai_job.read(path)
+  if not any(re.match(r'--?config=', a) for a in argv[1:]):
+    argv.insert(1, f'--config={job.config_file()}')  # before any --config.x=y, as config_flags wants
+  elif not job.body['model'].startswith(openai_job.INIT_KINDS):
+    raise errors.ConfigError(
+      f'{path}: model: {job.body["model"]!r} names a run config, and --config gives another; give one of them'
+    )
+  return job, argv
+
+
+def parse_job_flags(argv: Sequence[str], define: Callable, *, required: Sequence[str], doc: str):
+  """(job or None, parsed flags, argv with the job's --config) for a command that takes --config or
+  --openai_job; logging set up."""
+  job, argv = openai_job_argv(argv)
+  fv = parse_config_flags(argv, define, required=required, doc=doc)
+  if fv.config is None:
+    raise errors.ConfigError('--config is required (or --openai_job, whose model names the config)')
+  setup_logging(fv.verbosity)
+  return job, fv, argv

@@ -136,13 +136,19 @@ def reference(example: Example) -> dict:
   return {k: v for k, v in example.item.items() if k != 'messages'}
 
 
-def encode_prompts(examples: Sequence[Example], tok, max_prompt_len: int | None = None) -> list[list[int]]:
-  """Each example's prompt as token ids: the chat template's rendering of its messages, or its raw `text`. A
-  prompt the template refuses, or one longer than `max_prompt_len`, is a DataError naming its line."""
+def encode_prompts(
+  examples: Sequence[Example], tok, max_prompt_len: int | None = None, response_format=None
+) -> list[list[int]]:
+  """Each example's prompt as token ids: the chat template's rendering of its messages (with the schema instruction
+  of a `response_format.ResponseFormat`), or its raw `text`. A prompt the template refuses, or one longer than
+  `max_prompt_len`, is a DataError naming its line."""
+  from rftjax import response_format as response_format_lib
+
   out = []
   for ex in examples:
     try:
-      ids = tok.encode_text(ex.text) if ex.text is not None else tok.encode_prompt(list(ex.messages))
+      messages = response_format_lib.instruct(list(ex.messages), response_format)
+      ids = tok.encode_text(ex.text) if ex.text is not None else tok.encode_prompt(messages)
     except ValueError as e:  # e.g. the gemma template's role alternation
       raise DataError(f'{ex.source}: {e}') from None
     if max_prompt_len is not None and len(ids) > max_prompt_len:

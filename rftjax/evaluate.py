@@ -25,6 +25,7 @@ from rftjax import data as data_lib
 from rftjax import graders
 from rftjax import inference
 from rftjax import lora
+from rftjax import response_format
 from rftjax import runfs
 from rftjax import sample as sample_cli
 
@@ -119,20 +120,22 @@ def run(args) -> dict:
   allow = args.allow_unsandboxed or bool(grading.get('allow_unsandboxed', False))
   graders.check_sandbox(graders.build(grader_spec), allow)  # a bad field fails before the model loads
   graders.check_items(grader_spec, [(ex.source, ex.item) for ex in examples])
+  fmt = response_format.make(run_config.get('response_format') if run_config else None)
   loaded = sample_cli.load_from_args(args)
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
   k = args.samples
   temperature = args.temperature if args.temperature is not None else (0.0 if k == 1 else 1.0)
   max_new = sample_cli.max_new_tokens(args, loaded)
   threshold = args.pass_threshold if args.pass_threshold is not None else float(grader_spec.get('pass_threshold', 1.0))
-  ids = data_lib.encode_prompts(examples, loaded.tokenizer)
+  ids = data_lib.encode_prompts(examples, loaded.tokenizer, response_format=fmt)
   ids = [p for p in ids for _ in range(k)]
   items = [ex.item for ex in examples for _ in range(k)]
   sampler = inference.make_sampler(
     loaded, ids, max_new_tokens=max_new, temperature=temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop
   )
   timeout = float(grading.get('timeout_s', 10.0))
-  with graders.GradingPool(num_workers=args.num_workers or None, timeout_s=timeout, allow_unsandboxed=allow) as pool:
+  pool = graders.GradingPool(args.num_workers or None, timeout, allow_unsandboxed=allow, response_format=fmt)
+  with pool:
     graded = inference.evaluate(
       sampler,
       lora.for_sampling(loaded.params, loaded.cfg.lora),

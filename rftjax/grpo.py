@@ -32,14 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ADVANTAGE_METHODS = ('grpo', 'dr_grpo', 'rloo')
+ADVANTAGE_METHODS = ('grpo', 'dr_grpo', 'rloo', 'gdpo')
 ADVANTAGE_SCALES = ('group', 'batch', 'none')
 IMPORTANCE_LEVELS = ('token', 'sequence')
 KL_ESTIMATORS = ('k1', 'k2', 'k3')
 AGGREGATIONS = ('token_mean', 'sequence_mean', 'constant')
 
 # Default scale per advantage method when the caller passes scale=None.
-_DEFAULT_SCALE = {'grpo': 'group', 'dr_grpo': 'none', 'rloo': 'none'}
+_DEFAULT_SCALE = {'grpo': 'group', 'dr_grpo': 'none', 'rloo': 'none', 'gdpo': 'group'}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -72,8 +72,10 @@ def compute_advantages(
 
   A group whose G rewards are all equal gets advantage exactly 0 (never eps-amplified round-off, never NaN).
   """
-  if method not in ADVANTAGE_METHODS:
-    raise ValueError(f'compute_advantages: method={method!r}; expected one of {ADVANTAGE_METHODS}')
+  if method not in ADVANTAGE_METHODS or method == 'gdpo':
+    raise ValueError(
+      f'compute_advantages: method={method!r}; expected one of {ADVANTAGE_METHODS[:3]} (gdpo: gdpo_advantages)'
+    )
   if scale is None:
     scale = _DEFAULT_SCALE[method]
   if scale not in ADVANTAGE_SCALES:
@@ -106,6 +108,30 @@ def compute_advantages(
   constant_b1 = r_bg.max(axis=1, keepdims=True) == r_bg.min(axis=1, keepdims=True)
   adv_bg = jnp.where(constant_b1, 0.0, adv_bg)
   return adv_bg.reshape(-1)
+
+
+def gdpo_advantages(sub_rewards: jax.Array, weights: jax.Array, num_generations: int, eps: float = 1e-4) -> jax.Array:
+  """GDPO (Liu et al. 2026, "Group reward-Decoupled Normalization Policy Optimization"): [N, K] sub-rewards (one
+  column per sub-grader of a `multi` grader) -> [N] advantages.
+
+  Each reward is normalised within its group on its own, A_k = (r_k - mean_group) / (std_group + eps) (a constant
+  group gives 0), the A_k are summed with the weights of the grader's weighted-sum formula, and the sum is
+  normalised over the batch, (A - mean) / (std + eps). Normalising the combined reward instead (GRPO) lets a
+  sub-grader with a wide spread drown one with a narrow spread, and maps different reward combinations to the same
+  advantage; decoupled, each criterion keeps its own signal.
+  """
+  g = int(num_generations)
+  r = jnp.asarray(sub_rewards, jnp.float32)
+  if r.ndim != 2 or r.shape[0] % g:
+    raise ValueError(f'gdpo_advantages: sub_rewards must be [B*G, K] with G={g}, got shape {r.shape}')
+  r_bgk = r.reshape(-1, g, r.shape[1])
+  centred = r_bgk - r_bgk.mean(axis=1, keepdims=True)
+  per_reward = centred / (r_bgk.std(axis=1, keepdims=True) + eps)
+  constant = r_bgk.max(axis=1, keepdims=True) == r_bgk.min(axis=1, keepdims=True)
+  per_reward = jnp.where(constant, 0.0, per_reward)
+  total = (per_reward * jnp.asarray(weights, jnp.float32)).sum(-1).reshape(-1)
+  spread = total.std()
+  return jnp.where(spread > 0, (total - total.mean()) / (spread + eps), 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ they leave the native fields alone. Every resolved value is logged and recorded 
   compute_multiplier      -> num_generations = max(2, round half up(multiplier * num_generations)); auto: 1
   eval_interval           -> eval_interval; auto: max(1, ceil(total_steps / 10))
   eval_samples            -> eval_samples; auto: unchanged
+  reasoning_effort        -> sampling.max_new_tokens = round(REASONING_EFFORT[effort] * the config's); auto: unchanged
   seed                    -> seed (None = the config's)
 """
 
@@ -40,6 +41,7 @@ NATIVE = {
   'compute_multiplier': 'num_generations',
   'eval_interval': 'eval_interval',
   'eval_samples': 'eval_samples',
+  'reasoning_effort': 'sampling.max_new_tokens',
   'seed': 'seed',
 }
 FIELDS = (
@@ -49,8 +51,13 @@ FIELDS = (
   'compute_multiplier',
   'eval_interval',
   'eval_samples',
+  'reasoning_effort',
   'seed',
 )
+# OpenAI's reasoning_effort as a generation budget: a multiple of the config's sampling.max_new_tokens, which is the
+# 'medium' budget (OpenAI's default effort). A config sized for its task keeps its size at 'medium'; 'low' halves
+# it (shorter, cheaper rollouts) and 'high' doubles it (room to reason before answering).
+REASONING_EFFORT = {'low': 0.5, 'medium': 1.0, 'high': 2.0}
 
 # LoRA learns at about 10x full fine-tuning's rate for RL ("LoRA Without Regret", Thinking Machines 2025).
 LORA_FACTOR = 10.0
@@ -88,6 +95,9 @@ def add_openai_fields(config: ml_collections.ConfigDict) -> ml_collections.Confi
     # type object: the same field holds 'auto' and, once overridden, a number
     o[name] = config_dict.FieldReference(None if name == 'seed' else 'auto', field_type=object)
   o.resolved = ''  # written by apply(): JSON of every value it resolved, kept in the run's config.json
+  o.suffix = ''  # an OpenAI job's suffix: names the run in reports and the exported model
+  o.metadata = '{}'  # an OpenAI job's metadata, as JSON (kept in config.json)
+  o.job = ''  # the --openai_job file the run came from, if any
   with config.unlocked():
     config.openai = o
   return config
@@ -108,11 +118,17 @@ def deciding_key(config, native: str) -> str:
   return f'config.{native}'
 
 
-def base_learning_rate(model: str) -> float:
-  """BASE_LR[model]; for a preset not in the table, 1e-6 * sqrt(1.2e9 / num_params) clamped to [1e-7, 1e-5]."""
+def base_learning_rate(model: str, init: str = '') -> float:
+  """BASE_LR[model]; for a preset not in the table (or none: the architecture of the `init` file), 1e-6 *
+  sqrt(1.2e9 / num_params) clamped to [1e-7, 1e-5]."""
   if model in BASE_LR:
     return BASE_LR[model]
-  n = model_lib.get_config(model).num_params()
+  if model:
+    n = model_lib.get_config(model).num_params()
+  else:
+    from rftjax import weights  # reads the file's header only
+
+    n = weights.config_from_file(init).num_params()
   return min(1e-5, max(1e-7, 1e-6 * math.sqrt(1.2e9 / n)))
 
 
@@ -145,6 +161,16 @@ def _value(o, name: str, kind):
   return value
 
 
+def _effort(raw) -> str | None:
+  if raw is None or (isinstance(raw, str) and raw.strip().lower() in ('auto', '')):
+    return None
+  if raw not in REASONING_EFFORT:
+    raise errors.ConfigError(
+      f"config.openai.reasoning_effort: expected one of {', '.join(REASONING_EFFORT)} or 'auto', got {raw!r}"
+    )
+  return raw
+
+
 def _positive(name: str, value, minimum=0, strict=True):
   if value is not None and (value <= minimum if strict else value < minimum):
     raise errors.ConfigError(f'config.openai.{name}: must be {">" if strict else ">="} {minimum}, got {value!r}')
@@ -170,6 +196,7 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int, explicit=(
     'compute_multiplier': _positive('compute_multiplier', _value(o, 'compute_multiplier', float)),
     'eval_interval': _positive('eval_interval', _value(o, 'eval_interval', int)),
     'eval_samples': _positive('eval_samples', _value(o, 'eval_samples', int)),
+    'reasoning_effort': _effort(o.get('reasoning_effort')),
     'seed': _positive('seed', _value(o, 'seed', int), strict=False),
   }
   for field, native in NATIVE.items():
@@ -207,12 +234,12 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int, explicit=(
     mult = user['learning_rate_multiplier']
     if mult is not None or auto_sets('learning_rate_multiplier'):
       m = 1.0 if mult is None else mult
-      base = base_learning_rate(c.model) * (LORA_FACTOR if c.get('lora', {}).get('rank') else 1)
+      base = base_learning_rate(c.model, c.get('init', '')) * (LORA_FACTOR if c.get('lora', {}).get('rank') else 1)
       c.optimizer.learning_rate = float(m * base)
       note(
         'optimizer.learning_rate',
         c.optimizer.learning_rate,
-        f'{"auto: " if mult is None else ""}multiplier {m:g} x base {base:g} for model {c.model}',
+        f'{"auto: " if mult is None else ""}multiplier {m:g} x base {base:g} for model {c.model or c.init}',
       )
 
     mult = user['compute_multiplier']
@@ -235,6 +262,13 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int, explicit=(
     if user['eval_samples'] is not None:
       c.eval_samples = user['eval_samples']
       note('eval_samples', c.eval_samples, f'openai.eval_samples={user["eval_samples"]}')
+
+    effort = user['reasoning_effort']
+    if effort is not None:
+      budget = max(1, round(REASONING_EFFORT[effort] * c.sampling.max_new_tokens))
+      note('sampling.max_new_tokens', budget, f'reasoning_effort {effort}: {REASONING_EFFORT[effort]:g} x '
+           f'{c.sampling.max_new_tokens}')  # fmt: skip
+      c.sampling.max_new_tokens = budget
 
     if user['seed'] is not None:
       c.seed = user['seed']

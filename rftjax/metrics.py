@@ -1,7 +1,13 @@
-"""Where numbers go: `metrics.jsonl` (one JSON object per line), TensorBoard event files, a progress bar.
+"""Where numbers go: `metrics.jsonl` (one JSON object per line), `events.jsonl` (the same run as OpenAI
+fine-tuning job events), TensorBoard event files, a progress bar.
 
 On resume, lines for steps after the checkpoint are dropped first: they belong to work the resumed run redoes,
 so the file never holds two different values for one step.
+
+`events.jsonl` holds one `fine_tuning.job.event` per line, shaped like the events OpenAI's fine-tuning API lists
+for a job, so scripts written against `client.fine_tuning.jobs.list_events` read a local run too: a "metrics" event
+per training step and per validation (`openai_metrics` maps rftjax's names to OpenAI's, docs/cli.md), and the
+"message" events the trainer writes with `MetricsWriter.event` (started, resumed, checkpoint, stopped, finished).
 """
 
 from __future__ import annotations
@@ -11,11 +17,24 @@ import logging
 import math
 import pathlib
 import sys
+import time
+import uuid
+from typing import Any, Mapping
 
 import tqdm
 from etils import epath
 
 log = logging.getLogger('rftjax')
+
+LEVELS = ('info', 'warn', 'error')  # what FineTuningJobEvent.level allows
+
+# rftjax's timings -> the keys of OpenAI's `data.timing.step` (the RFT guide's "Timing metrics")
+_STEP_TIMING = {
+  'timing/sampling_s': 'sampling',
+  'timing/training_s': 'training',
+  'timing/eval_s': 'eval',
+  'timing/step_s': 'full_iteration',
+}
 
 
 def read_jsonl(path: str | pathlib.Path, set_aside: bool = False) -> list[dict]:
@@ -44,20 +63,168 @@ def read_jsonl(path: str | pathlib.Path, set_aside: bool = False) -> list[dict]:
   return records
 
 
+def _clean(value: Any) -> Any:
+  """JSON without NaN or inf (which `json.dumps` writes but strict parsers refuse): None in their place."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _clean(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_clean(v) for v in value]
+  return value
+
+
+def event_step(event: dict) -> float:
+  """The training step an event belongs to (`data.step`; 0 when it has none), which decides what a resume drops."""
+  data = event.get('data')
+  step = data.get('step', 0) if isinstance(data, dict) else 0
+  try:
+    return float(step)
+  except (TypeError, ValueError):
+    return 0.0
+
+
+def run_id(events: list[dict]) -> str | None:
+  """The run's id, as its first event carries it (`ftevent-<run>-<n>`); None for a file without one."""
+  for e in events[:1]:
+    parts = str(e.get('id', '')).split('-')
+    if len(parts) == 3 and parts[0] == 'ftevent' and parts[1] and parts[2].isdigit():
+      return parts[1]
+  return None
+
+
+def _grader_names(grader: Any) -> tuple[str | None, str | None, dict[str, str]]:
+  """(name, type) of the run's grader and {sub-grader name: type} of a multi grader, from its spec."""
+  if hasattr(grader, 'to_dict'):
+    grader = grader.to_dict()
+  if not isinstance(grader, Mapping):  # none, or a file path: the events go without the grader's name then
+    return None, None, {}
+  kind = grader.get('type')
+  name = grader.get('name') or ('multi' if kind == 'multi' else 'grader')
+  subs = grader.get('graders') if kind == 'multi' and isinstance(grader.get('graders'), Mapping) else {}
+  return name, kind, {n: g.get('type') for n, g in subs.items() if isinstance(g, Mapping)}
+
+
+def openai_metrics(record: dict, *, total_steps: int | None = None, grader: Any = None) -> dict | None:
+  """The `data` of OpenAI's "metrics" event for a training or validation record of metrics.jsonl; None for any other
+  record (a checkpoint's timing). Names follow the metrics event of OpenAI's RFT guide ("Training metrics"); a
+  metric OpenAI has no name for keeps rftjax's, at the top level. The mapping table is in docs/cli.md.
+
+  Errors and grader latencies are rftjax's over the whole grader (a multi grader's errors are not split by
+  sub-grader), so `errors.graders` and `timing.graders` have one entry, named after the run's grader."""
+  split = 'train' if record.get('train_reward_mean') is not None else 'valid'
+  if record.get(f'{split}_reward_mean') is None:
+    return None
+  used = {'step', f'{split}_reward_mean'}
+  name, kind, subs = _grader_names(grader)
+  top = {'name': name or 'grader', **({'type': kind} if kind else {})}
+  reward = record[f'{split}_reward_mean']
+  data: dict[str, Any] = {'step': int(record['step'])}
+  if total_steps:
+    data['total_steps'] = int(total_steps)
+
+  prefix = f'{split}/grader/'
+  per_grader = []
+  for key in record:
+    if key.startswith(prefix):
+      used.add(key)
+      sub = key[len(prefix) :]
+      per_grader.append(
+        {'name': sub, **({'type': subs[sub]} if subs.get(sub) else {}), f'{split}_reward_mean': record[key]}
+      )
+  if not per_grader and name is not None:  # one grader: OpenAI still lists it, with the overall mean
+    per_grader = [{**top, f'{split}_reward_mean': reward}]
+  data['scores'] = {'graders': per_grader, f'{split}_reward_mean': reward}
+
+  graded = record.get(f'{split}/num_graded')
+  errors: dict[str, float] = {}
+  for key in record:
+    if key.startswith(f'{split}/errors/'):
+      used.add(key)
+      category, share = key.split('/', 2)[2], record[key]
+      errors[f'{split}_{category}_error_mean'] = share
+      if graded is not None and share is not None:
+        errors[f'{split}_{category}_error_count'] = float(round(share * graded))
+  data['errors'] = {'graders': [{**top, **errors}] if errors else []}
+
+  timing: dict[str, Any] = {'step': {}, 'graders': []}
+  for key, openai_name in _STEP_TIMING.items():
+    if key in record:
+      used.add(key)
+      timing['step'][openai_name] = record[key]
+  if f'{split}/grading_latency_s_mean' in record:
+    used.add(f'{split}/grading_latency_s_mean')
+    timing['graders'] = [{**top, f'{split}_execution_latency_mean': record[f'{split}/grading_latency_s_mean']}]
+  data['timing'] = timing
+
+  if split == 'train':
+    data['train_mean_reward'] = reward
+    if 'completion_len_mean' in record:
+      used.add('completion_len_mean')
+      data['completion_tokens_mean'] = record['completion_len_mean']
+  else:
+    data['full_valid_mean_reward'] = reward
+    if 'valid/errors/sample_parse' in record:
+      data['full_valid_mean_parse_error'] = record['valid/errors/sample_parse']
+  data.update({k: v for k, v in record.items() if k not in used})
+  return _clean(data)
+
+
+def _metrics_message(data: dict) -> str:
+  """OpenAI's one-line summary of a metrics event ("Step 10/20: train mean reward=0.42, ...")."""
+  step = f'Step {data["step"]}' + (f'/{data["total_steps"]}' if 'total_steps' in data else '')
+  fmt = lambda v: 'nan' if v is None else f'{v:.2f}'
+  if 'train_mean_reward' in data:
+    return f'{step}: train mean reward={fmt(data["train_mean_reward"])}'
+  parts = [f'full validation mean reward={fmt(data["full_valid_mean_reward"])}']
+  if 'full_valid_mean_parse_error' in data:
+    parts.append(f'full validation mean parse error={fmt(data["full_valid_mean_parse_error"])}')
+  return f'{step}: ' + ', '.join(parts)
+
+
 class MetricsWriter:
+  """Appends each record to metrics.jsonl (and TensorBoard), and its OpenAI-shaped event to events.jsonl.
+
+  Args:
+    workdir: the run's local folder (the staging folder of a remote run).
+    resume_step: the checkpoint step a resumed run starts from; lines and events of later steps are dropped. 0 starts
+      both files afresh (and a new run id).
+    enabled: False on every process but the first of a multi-host run: nothing is written.
+    tensorboard: also write TensorBoard event files.
+    total_steps: for the events' `total_steps` and "Step N/total" messages (left out when None).
+    grader: the run's grader spec (a dict), to name the grader and its sub-graders' types in the events.
+  """
+
   def __init__(
-    self, workdir: str | pathlib.Path, *, resume_step: int = 0, enabled: bool = True, tensorboard: bool = True
+    self,
+    workdir: str | pathlib.Path,
+    *,
+    resume_step: int = 0,
+    enabled: bool = True,
+    tensorboard: bool = True,
+    total_steps: int | None = None,
+    grader: Any = None,
   ):
     self.enabled = enabled
     self.path = pathlib.Path(workdir) / 'metrics.jsonl'
+    self.events_path = pathlib.Path(workdir) / 'events.jsonl'
+    self.total_steps = total_steps
+    self.grader = grader.to_dict() if hasattr(grader, 'to_dict') else grader  # a ConfigDict: once, not per step
     self._tb = None
+    self._step = int(resume_step)
     if not enabled:
       return
     kept = [r for r in read_jsonl(self.path, set_aside=True) if r.get('step', 0) <= resume_step] if resume_step else []
-    tmp = self.path.with_suffix('.jsonl.tmp')
-    tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
-    tmp.replace(self.path)
+    _rewrite(self.path, kept)
+    events = read_jsonl(self.events_path, set_aside=True) if resume_step else []
+    kept_events = [e for e in events if event_step(e) <= resume_step]
+    _rewrite(self.events_path, kept_events)
+    # ids go on from the highest ever written, dropped ones included: a reader that saw an event never sees its id
+    # again on another one
+    self.run_id = run_id(kept_events) or uuid.uuid4().hex[:20]
+    self._next_event = 1 + max((_event_number(e) for e in events), default=-1)
     self._file = self.path.open('a')
+    self._events = self.events_path.open('a')
     if tensorboard:
       import tensorboardX  # optional at import time: only the writer needs it
 
@@ -66,9 +233,13 @@ class MetricsWriter:
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
+    self._step = int(record['step'])
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     self._file.write(json.dumps(clean) + '\n')
     self._file.flush()
+    data = openai_metrics(record, total_steps=self.total_steps, grader=self.grader)
+    if data is not None:
+      self._append_event(_metrics_message(data), 'info', 'metrics', data)
     if self._tb is not None:
       step = int(record['step'])
       for key, value in record.items():
@@ -76,11 +247,49 @@ class MetricsWriter:
           self._tb.add_scalar(key, value, step)
       self._tb.flush()
 
+  def event(self, message: str, level: str = 'info', data: dict | None = None) -> None:
+    """Appends a "message" event. `data.step` defaults to the step of the last record written (the resume step
+    before any), so a resume keeps the events of the steps it keeps. `data.status` ('running', 'succeeded',
+    'failed', 'cancelled') is what `report --format=openai` reads the job's status from, `data.checkpoint` (a
+    path) marks a checkpoint's creation time."""
+    if level not in LEVELS:
+      raise ValueError(f'MetricsWriter.event(level={level!r}): expected one of {list(LEVELS)}')
+    if not self.enabled:
+      return
+    self._append_event(str(message), level, 'message', {'step': self._step, **(data or {})})
+
+  def _append_event(self, message: str, level: str, kind: str, data: dict) -> None:
+    event = {
+      'object': 'fine_tuning.job.event',
+      'id': f'ftevent-{self.run_id}-{self._next_event}',
+      'created_at': int(time.time()),
+      'level': level,
+      'message': message,
+      'type': kind,
+      'data': _clean(data),
+    }
+    self._next_event += 1
+    self._events.write(json.dumps(event) + '\n')
+    self._events.flush()
+
   def close(self) -> None:
     if self.enabled:
       self._file.close()
+      self._events.close()
       if self._tb is not None:
         self._tb.close()
+
+
+def _rewrite(path: pathlib.Path, records: list[dict]) -> None:
+  """`path` holding exactly `records`, replaced atomically: a crash now leaves the old file or the new one."""
+  tmp = path.with_suffix(path.suffix + '.tmp')
+  tmp.write_text(''.join(json.dumps(r) + '\n' for r in records))
+  tmp.replace(path)
+
+
+def _event_number(event: dict) -> int:
+  tail = str(event.get('id', '')).rsplit('-', 1)[-1]
+  return int(tail) if tail.isdigit() else -1
 
 
 class Progress:

@@ -1,17 +1,20 @@
 """A run at a glance: progress, best checkpoint, validation reward, provenance, where the time went.
 
-  python -m rftjax.report --workdir=runs/tiny [--json]
+  python -m rftjax.report --workdir=runs/tiny [--json | --format=table|json|openai]
 
-Read-only (config.json, metrics.jsonl, checkpoints/ through a read-only Checkpointer), so it is safe on a run that
-is still training. See docs/cli.md.
+Read-only (config.json, metrics.jsonl, events.jsonl, checkpoints/ through a read-only Checkpointer), so it is safe on
+a run that is still training. `--format=openai` prints the run as OpenAI's fine-tuning job object, with its
+checkpoints as `fine_tuning.job.checkpoint` objects under `checkpoints` (`openai_job`). See docs/cli.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import pathlib
+import re
 import sys
 from typing import Any
 
@@ -19,6 +22,7 @@ from rftjax import checkpoint as checkpoint_lib
 from rftjax import cli
 from rftjax import errors
 from rftjax import graders
+from rftjax import hparams
 from rftjax import metrics as metrics_lib
 from rftjax import runfs
 
@@ -191,15 +195,241 @@ def table(s: dict) -> str:
   return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
 
 
+ORGANIZATION = 'rftjax-local'  # FineTuningJob.organization_id is required; a local run belongs to no organization
+TERMINAL = ('succeeded', 'failed', 'cancelled')
+
+
+def openai_job(workdir: str | pathlib.Path) -> dict:
+  """The run as OpenAI's `fine_tuning.job` object (the fields of the `openai` package's `FineTuningJob`), plus
+  `checkpoints`: the checkpoints on disk as `fine_tuning.job.checkpoint` objects, newest first as OpenAI lists
+  them, and `rftjax`: what only rftjax has (the workdir, steps done, the best step). docs/cli.md says where each
+  field comes from."""
+  workdir = runfs.path(workdir)
+  if not workdir.is_dir():
+    raise errors.ConfigError(f'--workdir={workdir}: no such run directory')
+  config = runfs.read_config(workdir).to_dict() if (workdir / 'config.json').is_file() else {}
+  records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
+  events = metrics_lib.read_jsonl(workdir / 'events.jsonl')
+  train = [r for r in records if r.get('train_reward_mean') is not None]
+  train_by_step = {int(r['step']): r for r in train}
+  valid_by_step = {
+    int(r['step']): float(r['valid_reward_mean']) for r in records if r.get('valid_reward_mean') is not None
+  }
+
+  steps, best, saved = [], None, {}
+  if (workdir / 'checkpoints').is_dir():
+    ckpt = checkpoint_lib.Checkpointer(workdir / 'checkpoints', read_only=True, async_save=False)
+    try:
+      steps, best = ckpt.all_steps(), ckpt.best_step()
+      saved = {s: (ckpt.metrics(s) or {}).get(ckpt.best_metric) for s in steps}
+    finally:
+      ckpt.close()
+
+  run = metrics_lib.run_id(events) or hashlib.sha256(str(workdir).encode()).hexdigest()[:20]
+  job_id = f'ftjob-{run}'
+  total = config.get('total_steps')
+  # what a rerun would start from: the latest checkpoint (metrics past it are redone); without checkpoints, the log
+  done = steps[-1] if steps else max(train_by_step, default=0)
+  status, status_event = _status(events, done, total)
+  times = [e['created_at'] for e in events if isinstance(e.get('created_at'), int)]
+  created = times[0] if times else _mtime(workdir / 'config.json') or _mtime(workdir / 'metrics.jsonl') or 0
+  finished = None
+  if status in TERMINAL:
+    finished = status_event['created_at'] if status_event else max(times, default=None)
+    finished = finished or _mtime(workdir / 'metrics.jsonl') or created
+  estimated = None
+  step_times = [r['timing/step_s'] for r in train if isinstance(r.get('timing/step_s'), (int, float))]
+  if status == 'running' and times and total and step_times:
+    estimated = int(max(times) + (total - done) * sum(step_times) / len(step_times))
+  error = None
+  if status == 'failed' and status_event:
+    data = status_event.get('data') or {}
+    error = {'code': str(data.get('code') or 'error'), 'message': status_event.get('message', ''), 'param': None}
+
+  data_files = config.get('data') or {}
+  tokens = None
+  if config.get('batch_size') and config.get('num_generations'):
+    rows = config['batch_size'] * config['num_generations']
+    tokens = int(round(sum((r.get('completion_len_mean') or 0.0) * rows for r in train)))
+  hyper = _openai_hyperparameters(config)
+  method: dict[str, Any] = {'type': 'reinforcement'}
+  grader = _openai_grader(config.get('grader'))
+  if grader is not None:
+    method['reinforcement'] = {'grader': grader, 'hyperparameters': hyper}
+    response_format = _response_format(config.get('response_format'))
+    if response_format is not None:
+      method['reinforcement']['response_format'] = response_format
+  openai_cfg = config.get('openai') or {}
+  checkpoint_times = {
+    int(e['data']['step']): e['created_at']
+    for e in events
+    if isinstance(e.get('data'), dict) and e['data'].get('checkpoint') and isinstance(e.get('created_at'), int)
+  }
+  checkpoints = []
+  for s in reversed(steps):
+    m: dict[str, Any] = {'step': float(s)}
+    if s in train_by_step:
+      m['train_reward_mean'] = train_by_step[s]['train_reward_mean']
+    valid = saved.get(s) if saved.get(s) is not None else valid_by_step.get(s)
+    if valid is not None:
+      m['valid_reward_mean'] = m['full_valid_mean_reward'] = float(valid)
+    checkpoints.append(
+      {
+        'object': 'fine_tuning.job.checkpoint',
+        'id': f'ftckpt-{run}-{s}',
+        'created_at': checkpoint_times.get(s) or _mtime(workdir / 'checkpoints' / str(s)) or created,
+        'fine_tuned_model_checkpoint': str(workdir / 'checkpoints' / str(s)),
+        'fine_tuning_job_id': job_id,
+        'metrics': m,
+        'step_number': s,
+      }
+    )
+  return {
+    'object': 'fine_tuning.job',
+    'id': job_id,
+    'created_at': created,
+    'finished_at': finished,
+    'estimated_finish': estimated,
+    'status': status,
+    'error': error,
+    'model': config.get('init') or config.get('model') or '',
+    'fine_tuned_model': str(workdir / 'checkpoints' / str(best)) if best is not None else None,
+    'trained_tokens': tokens,
+    'training_file': str(data_files.get('train') or ''),
+    'validation_file': data_files.get('valid') or None,
+    'hyperparameters': {k: hyper[k] for k in ('batch_size', 'learning_rate_multiplier', 'n_epochs')},
+    'method': method,
+    'seed': int(config.get('seed') or 0),
+    'result_files': [str(workdir / n) for n in ('metrics.jsonl', 'events.jsonl') if (workdir / n).exists()],
+    'organization_id': ORGANIZATION,
+    'user_provided_suffix': openai_cfg.get('suffix') or None,
+    'metadata': _metadata(openai_cfg.get('metadata')),
+    'integrations': [],
+    'checkpoints': checkpoints,
+    'rftjax': {'workdir': str(workdir), 'steps_done': done, 'total_steps': total, 'best_step': best},
+  }
+
+
+def _status(events: list[dict], done: int, total: int | None) -> tuple[str, dict | None]:
+  """'succeeded' once the latest checkpoint reaches total_steps (a rerun has nothing to do); else what the last
+  event with a `data.status` says (the trainer writes 'running' when it starts or resumes, 'cancelled' or 'failed'
+  when it stops early); 'running' without one. Returns the status and the event that decided it, if any."""
+  said = [e for e in events if isinstance(e.get('data'), dict) and e['data'].get('status') in ('running', *TERMINAL)]
+  if total is not None and done >= int(total):
+    ends = [e for e in said if e['data']['status'] == 'succeeded']
+    return 'succeeded', (ends[-1] if ends else None)
+  if said and said[-1]['data']['status'] in ('failed', 'cancelled'):
+    return said[-1]['data']['status'], said[-1]
+  return 'running', None
+
+
+def _mtime(path) -> int | None:
+  try:
+    st = path.stat()
+  except OSError:
+    return None
+  value = getattr(st, 'st_mtime', None) or getattr(st, 'mtime', None)  # os.stat_result locally, epath's on GCS
+  return int(value) if value else None
+
+
+def _number(raw) -> float | None:
+  """The user's value of an OpenAI-style field: a number, or None for 'auto' / None / a non-number."""
+  if isinstance(raw, bool) or raw is None:
+    return None
+  try:
+    return float(raw)
+  except (TypeError, ValueError):
+    return None
+
+
+def _openai_hyperparameters(config: dict) -> dict:
+  """OpenAI's reinforcement hyperparameters as this run resolved them: the user's value when one was given, else the
+  value the native config implies where it says one (batch_size, eval_interval, eval_samples; n_epochs from
+  config.openai.resolved; learning_rate_multiplier as learning_rate / the model's base rate), else 'auto'."""
+  o = config.get('openai') or {}
+  resolved = json.loads(o.get('resolved') or '{}')
+  epochs = _number(o.get('n_epochs'))
+  if epochs is None:  # 'auto' resolved by hparams.apply: its note says the count it used
+    found = re.search(r'n_epochs ([0-9.eE+-]+) x', str((resolved.get('total_steps') or {}).get('from', '')))
+    epochs = _number(found.group(1)) if found else None
+  multiplier = _number(o.get('learning_rate_multiplier'))
+  base = hparams.BASE_LR.get(config.get('model') or '')
+  rate = (config.get('optimizer') or {}).get('learning_rate')
+  if multiplier is None and base and rate:
+    lora = (config.get('lora') or {}).get('rank')
+    multiplier = float(f'{rate / (base * (hparams.LORA_FACTOR if lora else 1.0)):.6g}')
+  compute = _number(o.get('compute_multiplier'))
+  effort = o.get('reasoning_effort')
+  return {
+    'batch_size': config.get('batch_size', 'auto'),
+    'learning_rate_multiplier': multiplier if multiplier is not None else 'auto',
+    # FineTuningJob's n_epochs is an int: a fractional count (rftjax allows one) shows as 'auto'
+    'n_epochs': int(epochs) if epochs is not None and float(epochs).is_integer() else 'auto',
+    'compute_multiplier': compute if compute is not None else 'auto',
+    'eval_interval': config.get('eval_interval', 'auto'),
+    'eval_samples': config.get('eval_samples', 'auto'),
+    'reasoning_effort': effort if effort in hparams.REASONING_EFFORT else 'default',
+  }
+
+
+def _openai_grader(spec: Any) -> dict | None:
+  """The run's grader as OpenAI's job object shows it: the spec as given, with the `name` OpenAI requires filled in
+  (rftjax's default names: the grader's own, 'multi' or 'grader'; a sub-grader's key). None when unreadable."""
+  if not spec:
+    return None
+  try:
+    spec = json.loads(json.dumps(graders.load(spec)))  # a copy: the names below must not change the config
+  except graders.GraderConfigError:
+    return None
+  spec.setdefault('name', 'multi' if spec.get('type') == 'multi' else 'grader')
+  if spec.get('type') == 'multi' and isinstance(spec.get('graders'), dict):
+    for key, sub in spec['graders'].items():
+      if isinstance(sub, dict):
+        sub.setdefault('name', key)
+  return spec
+
+
+def _response_format(value: Any) -> dict | None:
+  if isinstance(value, dict):
+    return value
+  if isinstance(value, str) and value:
+    try:
+      return json.loads(runfs.path(value).read_text())
+    except (OSError, ValueError):
+      return None
+  return None
+
+
+def _metadata(raw: Any) -> dict[str, str] | None:
+  """config.openai.metadata (a JSON string) as OpenAI's metadata: string values, None when empty."""
+  try:
+    value = json.loads(raw) if isinstance(raw, str) else raw
+  except ValueError:
+    return None
+  if not isinstance(value, dict) or not value:
+    return None
+  return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m rftjax.report', description=__doc__.split('\n')[0])
   p.add_argument('--workdir', required=True, help='a run directory')
   p.add_argument('--json', action='store_true', help='print the summary as one JSON object instead of a table')
+  p.add_argument(
+    '--format',
+    choices=('table', 'json', 'openai'),
+    default=None,
+    help="table (default); json (the same as --json); openai: the run as OpenAI's fine-tuning job object (JSON)",
+  )
   args = p.parse_args(argv)
+  fmt = args.format or ('json' if args.json else 'table')
 
   def body() -> int:
+    if fmt == 'openai':
+      print(json.dumps(openai_job(args.workdir), indent=2))
+      return 0
     s = summarize(args.workdir)
-    print(json.dumps(s) if args.json else table(s))
+    print(json.dumps(s) if fmt == 'json' else table(s))
     return 0
 
   return cli.run(body)

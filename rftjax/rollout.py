@@ -95,6 +95,7 @@ class RolloutConfig:
   dynamic_sampling: bool = False  # DAPO: resample until every group has reward variance
   max_resample_rounds: int = 3
   max_error_share: float = 0.5  # more failed gradings than this in one draw stop the run
+  gdpo_weights: tuple[tuple[str, float], ...] = ()  # advantage 'gdpo': (sub-grader, weight) of the multi grader
 
 
 def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
@@ -103,9 +104,14 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   rewards = r.rewards.astype(np.float32)
   if cfg.overlong_buffer > 0:
     rewards = rewards + grpo.overlong_penalty(r.lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
-  advantages = grpo.compute_advantages(
-    jnp.asarray(rewards), cfg.num_generations, method=cfg.advantage, scale=cfg.scale_rewards
-  )
+  if cfg.advantage == 'gdpo':  # each sub-grader normalised in its group on its own (a missing one counts 0)
+    names, weights = zip(*cfg.gdpo_weights)
+    subs = np.asarray([[res.sub_rewards.get(n, 0.0) for n in names] for res in r.results], np.float32)
+    advantages = grpo.gdpo_advantages(jnp.asarray(subs), jnp.asarray(weights), cfg.num_generations)
+  else:
+    advantages = grpo.compute_advantages(
+      jnp.asarray(rewards), cfg.num_generations, method=cfg.advantage, scale=cfg.scale_rewards
+    )
   mask = grpo.truncation_mask(r.mask, r.truncated) if cfg.mask_truncated else r.mask
   put = lambda x: multihost.to_global(mesh, np.asarray(x))
   return step_lib.Batch(

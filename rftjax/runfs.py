@@ -26,7 +26,7 @@ from etils import epath
 
 log = logging.getLogger(__name__)
 
-FETCHED_ON_RESUME = ('metrics.jsonl',)
+FETCHED_ON_RESUME = ('metrics.jsonl', 'events.jsonl')
 
 
 def is_remote(path: str | os.PathLike) -> bool:

@@ -23,6 +23,7 @@ from rftjax import hparams
 from rftjax import loader
 from rftjax import lora as lora_lib
 from rftjax import model as model_lib
+from rftjax import response_format
 from rftjax import rollout
 from rftjax import sampler as sampler_lib
 from rftjax import sharding
@@ -138,6 +139,8 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
       _fail(key, _get(config, key), 'the path of a JSONL file')
   _int(config, 'data.max_prompt_len', 1)
   _int(config, 'data.valid_limit', 0, ' (0 = every validation example)')
+  if inputs:
+    response_format.load(config.get('response_format'))
   if inputs and config.get('grader') in (None, ''):
     _fail('grader', config.get('grader'), 'a grader dict or the path of a grader JSON file')
   _int(config, 'seed', 0)
@@ -176,6 +179,10 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _num(config, 'grpo.overlong_penalty', 0)
   if advantage == 'rloo' and g < 2:
     _fail('num_generations', g, '>= 2 for grpo.advantage=rloo')
+  if advantage == 'gdpo' and inputs:
+    gdpo_weights(config)
+    if overlong:
+      _fail('grpo.overlong_buffer', overlong, '0 with grpo.advantage=gdpo (the penalty is not a sub-grader)')
 
   _num(config, 'optimizer.learning_rate', 0, open_low=True)
   _int(config, 'optimizer.warmup_steps', 0)
@@ -198,6 +205,18 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _num(config, 'grading.max_error_share', 0, 1)
   _num(config, 'grading.step_budget_s', 0, why=' (0 = no cap)')
   _bool(config, 'grading.allow_unsandboxed')
+  _bool(config, 'guard.enabled')
+  _bool(config, 'guard.stop')
+  _int(config, 'guard.patience', 1, ' (evaluations in a row)')
+  _int(config, 'guard.step_patience', 1, ' (training steps in a row)')
+  _num(config, 'guard.min_delta', 0)
+  _num(config, 'guard.sigmas', 0, why=' (0 = min_delta alone)')
+  _num(config, 'guard.gap', 0, why=' (0 = off)')
+  _num(config, 'guard.entropy_low', 0, 1, why=' (0 = off)')
+  _num(config, 'guard.solved_reward')
+  if config.guard.entropy_high and _num(config, 'guard.entropy_high', 0) <= 1:
+    _fail('guard.entropy_high', config.guard.entropy_high, '0 (off) or a number > 1')
+  _num(config, 'guard.truncated_frac', 0, 1, why=' (0 = off)')
   _choice(config, 'compute_dtype', DTYPES)
   _choice(config, 'param_dtype', DTYPES)
   _bool(config, 'remat')
@@ -224,6 +243,21 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
     )
 
 
+def gdpo_weights(config) -> dict[str, float]:
+  """{sub-grader: weight} of the run's multi grader, for grpo.advantage=gdpo; ConfigError when it has none."""
+  grader = graders.build(graders.load(config.grader))
+  weights = grader.linear_weights() if isinstance(grader, graders.spec.Multi) else None
+  if weights is None:
+    found = (
+      f'calculate_output {grader.spec["calculate_output"]!r}' if grader.type == 'multi' else f'a {grader.type} grader'
+    )
+    raise errors.ConfigError(
+      "config.grpo.advantage='gdpo': expected a multi grader whose calculate_output is a weighted sum of its "
+      f'sub-graders (e.g. 0.7 * a + 0.3 * b), found {found}'
+    )
+  return weights
+
+
 def resolve(config, num_train_examples: int, explicit=()):
   """A copy of `config` with the OpenAI-style fields applied (hparams.apply; `explicit`: the keys set on the command
   line, which win), checked, and the grader's content in `grader` (its file, if any, in `grader_file`), so that the
@@ -235,6 +269,7 @@ def resolve(config, num_train_examples: int, explicit=()):
     if isinstance(config.grader, str):
       config.grader_file = config.grader
     config.grader = spec
+    config.response_format = response_format.load(config.get('response_format'))  # its content, like the grader
   return config
 
 
@@ -280,6 +315,7 @@ def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
     dynamic_sampling=o.dynamic_sampling,
     max_resample_rounds=o.max_resample_rounds,
     max_error_share=config.grading.max_error_share,
+    gdpo_weights=tuple(gdpo_weights(config).items()) if o.advantage == 'gdpo' else (),
   )
   samplers = [
     sampler_lib.Sampler(

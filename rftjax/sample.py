@@ -27,6 +27,7 @@ from rftjax import inference
 from rftjax import loader
 from rftjax import lora
 from rftjax import multihost
+from rftjax import response_format
 from rftjax import runfs
 
 
@@ -145,7 +146,8 @@ def main(argv=None) -> int:
   def body() -> int:
     prompts = read_prompts(args.prompts)  # bad input fails before the model loads
     loaded = load_from_args(args)
-    ids = data_lib.encode_prompts([ex for _, ex in prompts], loaded.tokenizer)
+    fmt = response_format.make(loaded.config.get('response_format'))  # a run trained to answer in JSON
+    ids = data_lib.encode_prompts([ex for _, ex in prompts], loaded.tokenizer, response_format=fmt)
     sampler = inference.make_sampler(
       loaded,
       ids,

@@ -1,12 +1,18 @@
 """Entry point: python -m rftjax.train --config=configs/tiny.py --workdir=runs/tiny [--config.x=y ...]
+         python -m rftjax.train --openai_job=job.json --workdir=runs/job [--config=C] [--config.x=y ...]
 
 Running the same command again resumes from the workdir's latest checkpoint; raising --config.total_steps
-continues a finished run. Exit status: 0 done; 2 bad input (one `error:` line naming the config key, flag, file
-and line, or grader field; nothing written to the workdir); 3 grading broken (more than
-grading.max_error_share of a step's gradings failed: one `error:` line naming the grader, the error category, a
-sample message and the share; a checkpoint was written); 42 preempted (SIGTERM: a checkpoint was written, rerun
-the same command); 130 stopped by Ctrl-C (a checkpoint was written; a second Ctrl-C stops without one).
-`--verbosity=1` shows the libraries' INFO lines as well.
+continues a finished run. `--openai_job` runs the body of an OpenAI `fine_tuning.jobs.create` request as it is
+(docs/openai_jobs.md): --config gives defaults, the job overrides them, an explicit --config.x=y overrides both.
+`--verbosity=1` shows the libraries' INFO lines as well. Exit status:
+  0    done
+  2    bad input: one `error:` line naming the config key, flag, file and line, or grader field; nothing written
+  3    grading broken: more than grading.max_error_share of a step's gradings failed; one `error:` line naming the
+       grader, the error category, a sample message and the share; a checkpoint was written
+  4    stopped by the collapse guard (guard.stop=True): the line names the best checkpoint and how to export it;
+       a checkpoint was written
+  42   preempted (SIGTERM): a checkpoint was written; rerun the same command
+  130  stopped by Ctrl-C: a checkpoint was written (a second Ctrl-C stops without one)
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ def _define(fv) -> None:
     'jax.distributed.initialize(): auto = when running on a multi-host TPU VM or when --coordinator is given.',
     flag_values=fv,
   )
+  cli.define_openai_job(fv)
   flags.DEFINE_string('coordinator', None, 'host:port of process 0 (multi-process without a TPU VM).', flag_values=fv)
   flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator).', flag_values=fv)
   flags.DEFINE_integer('process_id', None, 'This process index (with --coordinator).', flag_values=fv)
@@ -45,15 +52,22 @@ def main(argv=None) -> int:
   cli.setup_logging(0)
 
   def body() -> int:
-    fv = cli.parse_config_flags(argv, _define, required=('config', 'workdir'), doc=__doc__)
-    cli.setup_logging(fv.verbosity)
+    job, fv, argv_ = cli.parse_job_flags(argv, _define, required=('workdir',), doc=__doc__)
     from rftjax import multihost, preemption, trainer  # JAX starts here, after the flags are known to be good
 
     multihost.initialize(fv.distributed, fv.coordinator, fv.num_processes, fv.process_id)
     try:
-      trainer.train(fv.config, fv.workdir, explicit=cli.override_keys(argv))
+      config, explicit = fv.config, cli.override_keys(argv_)
+      if job is not None:
+        from rftjax import openai_job
+
+        config = openai_job.apply(config, job, explicit)
+      trainer.train(config, fv.workdir, explicit=explicit)
     except trainer.GradingStopped as e:
       print(f'error: grading failed: {e}', file=sys.stderr)
+      return e.exit_code
+    except trainer.GuardStopped as e:
+      print(f'stopped: {e}', file=sys.stderr)
       return e.exit_code
     except preemption.Preempted as e:
       log.warning('%s', e)

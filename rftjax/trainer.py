@@ -20,6 +20,7 @@ from rftjax import checkpoint as checkpoint_lib
 from rftjax import data as data_lib
 from rftjax import errors
 from rftjax import graders
+from rftjax import guard as guard_lib
 from rftjax import hparams
 from rftjax import inference
 from rftjax import loader
@@ -28,6 +29,7 @@ from rftjax import metrics as metrics_lib
 from rftjax import multihost
 from rftjax import plots
 from rftjax import preemption
+from rftjax import response_format
 from rftjax import rollout
 from rftjax import runfs
 from rftjax import runspec
@@ -53,8 +55,9 @@ def train(config, workdir: str | pathlib.Path, explicit=()) -> dict:
   graders.check_items(grader_spec, [(ex.source, ex.item) for ex in train_set + valid_set])
   tok = loader.load_tokenizer(config)
   spec = runspec.build(config, tok)
-  train_prompts = data_lib.encode_prompts(train_set, tok, config.data.max_prompt_len)
-  valid_prompts = data_lib.encode_prompts(valid_set, tok, config.data.max_prompt_len)
+  fmt = response_format.make(config.response_format)  # JSON completions: the schema joins every prompt
+  train_prompts = data_lib.encode_prompts(train_set, tok, config.data.max_prompt_len, fmt)
+  valid_prompts = data_lib.encode_prompts(valid_set, tok, config.data.max_prompt_len, fmt)
   k = spec.eval_samples  # k completions per validation prompt, each graded; the means average them all
   valid_prompts, valid_set = [p for p in valid_prompts for _ in range(k)], [e for e in valid_set for _ in range(k)]
   try:
@@ -114,8 +117,15 @@ def _train(
       data_iter.restore(extra['data'])
       start = int(jax.device_get(state['step']))
       log.info('resumed from step %d in %s', start, run.remote)
-    writer = metrics_lib.MetricsWriter(workdir, resume_step=start, enabled=is_main)
+    writer = metrics_lib.MetricsWriter(
+      workdir, resume_step=start, enabled=is_main, total_steps=spec.total_steps, grader=grader_spec
+    )
     cleanup.callback(writer.close)
+    cleanup.enter_context(_job_events(writer, start, spec.total_steps))  # events.jsonl: started ... succeeded
+    guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
+    if is_main:  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
+      guard.replay(metrics_lib.read_jsonl(writer.path))
+    watch = functools.partial(_watch, guard, writer, is_main)
     g = config.grading
     pool = cleanup.enter_context(
       graders.GradingPool(
@@ -123,6 +133,7 @@ def _train(
         timeout_s=g.timeout_s,
         budget_s=g.step_budget_s or None,
         allow_unsandboxed=g.allow_unsandboxed,
+        response_format=response_format.make(config.response_format),
       )
     )
     watcher = cleanup.enter_context(preemption.Watcher())
@@ -149,6 +160,7 @@ def _train(
     last_eval: dict = {}
     if start == 0:
       last_eval = validate(lora.for_sampling(lora.join(state['params'], frozen), spec.model.lora), 0)
+      watch(last_eval)
       save(0, state, data_iter, last_eval)
     compile_clock = metrics_lib.CompileClock()
     progress = metrics_lib.Progress(start, spec.total_steps, enabled=config.progress and is_main)
@@ -193,6 +205,7 @@ def _train(
         'timing/step_s': wall,
       }
       writer.write(record)
+      stop = watch(record)
       progress.update(step + 1, record)
       run.maybe_sync()
 
@@ -200,12 +213,44 @@ def _train(
       if (step + 1) % spec.eval_interval == 0 or step + 1 == spec.total_steps:
         last_eval = validate(lora.for_sampling(lora.join(state['params'], frozen), spec.model.lora), step + 1)
         progress.note(step + 1, last_eval)
+        stop = watch(last_eval) or stop
         save(step + 1, state, data_iter, last_eval)
       elif watcher.requested(step + 1):
         save(step + 1, state, data_iter)
         raise watcher.stop(step + 1)
+      # ---- the collapse guard asked to stop (guard.stop): every host at this step, after a checkpoint ----
+      if config.guard.enabled and config.guard.stop and multihost.any_host(stop is not None):
+        if ckpt.latest_step() != step + 1:
+          save(step + 1, state, data_iter)
+        ckpt.wait_until_finished()  # the best step's metrics are on disk
+        best = ckpt.best_step()
+        reward = (ckpt.metrics(best) or {}).get('valid_reward_mean') if best is not None else None
+        raise GuardStopped(
+          guard_lib.stop_message(stop, run.remote, best, reward) if stop else 'the collapse guard stopped the run'
+        )
     progress.close()
   return last_eval
+
+
+class GuardStopped(RuntimeError):
+  """The collapse guard stopped the run (guard.stop=True); a checkpoint of the step was written. Exit status 4."""
+
+  exit_code = 4
+
+
+def _watch(guard, writer, is_main: bool, record: dict):
+  """Feeds a record just written to metrics.jsonl to the collapse guard (process 0 holds the file a resume replays);
+  logs each alarm and writes it to events.jsonl. Returns the first alarm that asks to stop, or None."""
+  stop = None
+  for alarm in guard.observe(record) if is_main else []:
+    log.warning('guard: %s: %s', alarm.kind, alarm.message)
+    writer.event(
+      f'{alarm.kind}: {alarm.message}',
+      level='warn',
+      data={'step': alarm.step, 'guard': {'alarm': alarm.kind, 'stop': alarm.stop, **alarm.data}},
+    )
+    stop = stop or (alarm if alarm.stop else None)
+  return stop
 
 
 class GradingStopped(RuntimeError):
@@ -214,13 +259,48 @@ class GradingStopped(RuntimeError):
   exit_code = 3
 
 
+@contextlib.contextmanager
+def _job_events(writer, start: int, total_steps: int):
+  """OpenAI-shaped job events around the loop (docs/cli.md, events.jsonl): how the run began and how it ended."""
+  if start == 0:
+    writer.event(f'Fine-tuning job started: {total_steps} steps', data={'status': 'running'})
+  else:
+    writer.event(f'Resumed from step {start}', data={'status': 'running'})
+  try:
+    yield
+  except preemption.Preempted as e:
+    how = 'Ctrl-C' if e.exit_code == preemption.INTERRUPT_EXIT_CODE else 'preempted'
+    writer.event(f'Job stopped at step {e.step} ({how}); rerun the command to resume', level='warn',
+                 data={'step': e.step, 'status': 'cancelled'})  # fmt: skip
+    raise
+  except GradingStopped as e:
+    writer.event(f'Job failed: {e}', level='error', data={'status': 'failed', 'code': 'grading_failed'})
+    raise
+  except GuardStopped as e:
+    writer.event(f'Job stopped: {e}', level='warn', data={'status': 'cancelled', 'code': 'guard_stopped'})
+    raise
+  except KeyboardInterrupt:
+    writer.event('Job stopped by a second Ctrl-C, without a checkpoint', level='warn', data={'status': 'cancelled'})
+    raise
+  except Exception as e:
+    writer.event(
+      f'Job failed: {type(e).__name__}: {e}', level='error', data={'status': 'failed', 'code': type(e).__name__}
+    )
+    raise
+  writer.event('The job has successfully completed', data={'status': 'succeeded'})
+
+
 def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | None = None) -> None:
   """Checkpoint `step` (ranked by its validation reward when it has one), redraw the reward plot with the kept best
   checkpoints marked, and sync the run files with them."""
   t0 = time.perf_counter()
   best = None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']}
-  ckpt.save(step, state, extra={'data': data_iter.state()}, metrics=best)
+  saved = ckpt.save(step, state, extra={'data': data_iter.state()}, metrics=best)
   writer.write({'step': step, 'timing/checkpoint_s': time.perf_counter() - t0})
+  if saved:
+    writer.event(
+      f'Checkpoint created at step {step}', data={'step': step, 'checkpoint': str(ckpt.directory / str(step))}
+    )
   if jax.process_index() == 0:
     try:
       plots.write_reward_plot(run.local, kept=ckpt.best_steps())

@@ -32,7 +32,7 @@ BAD = [
   ([TINY, '--config.total_steps=-5'], 'config.total_steps: expected an integer >= 0, found -5'),
   (
     [TINY, '--config.grpo.advantage=grpoo'],
-    "config.grpo.advantage: expected one of 'grpo', 'dr_grpo', 'rloo', found 'grpoo'; did you mean grpo?",
+    "config.grpo.advantage: expected one of 'grpo', 'dr_grpo', 'rloo', 'gdpo', found 'grpoo'; did you mean grpo?",
   ),
   ([TINY, '--config.grpo.kl_estimator=k9'], 'config.grpo.kl_estimator: expected one of'),
   ([TINY, '--config.grpo.loss_aggregation=mean'], 'config.grpo.loss_aggregation: expected one of'),

@@ -64,7 +64,15 @@ def test_train_resume_and_read_back_from_a_bucket(bucket, tmp_path, monkeypatch)
   trainer.train(c, workdir)
   remote = epath.Path(workdir)
   names = sorted(p.name for p in remote.iterdir())
-  assert names == ['checkpoints', 'config.json', 'metrics.jsonl', 'reward_curve.png', 'samples', 'tensorboard']
+  assert names == [
+    'checkpoints',
+    'config.json',
+    'events.jsonl',
+    'metrics.jsonl',
+    'reward_curve.png',
+    'samples',
+    'tensorboard',
+  ]
   assert sorted(p.name for p in (remote / 'samples').iterdir()) == ['valid_step000000.jsonl', 'valid_step000002.jsonl']
   assert any(p.name.startswith('events.out.tfevents') for p in (remote / 'tensorboard').iterdir())
   assert (remote / 'reward_curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -339,3 +339,52 @@ def test_a_grading_stop_mid_run_checkpoints_the_step_before_it(tmp_path, in_repo
   stopped = [r['train_reward_mean'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_reward_mean' in r]
   whole = run(tmp_path, 'whole', 3)
   assert stopped == [r['train_reward_mean'] for r in metrics.read_jsonl(whole / 'metrics.jsonl') if 'loss' in r]
+
+
+def test_gdpo_advantages_train_with_a_weighted_multi_grader(tmp_path, in_repo):
+  leaf = {'type': 'string_check', 'input': '{{sample.output_text}}', 'reference': '{{item.answer}}'}
+  multi = {
+    'type': 'multi',
+    'graders': {'exact': {**leaf, 'operation': 'eq'}, 'has': {**leaf, 'operation': 'like'}},
+    'calculate_output': '0.9 * exact + 0.1 * has',
+  }
+  workdir = run(tmp_path, 'gdpo', 1, grader=multi, **{'grpo.advantage': 'gdpo'})
+  rows = [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_reward_mean' in r]
+  assert [r['step'] for r in rows] == [1] and np.isfinite(rows[0]['loss'])
+  with pytest.raises(
+    errors.ConfigError,
+    match=r"config.grpo.advantage='gdpo': expected a multi .* found calculate_output 'max\(exact, has\)'",
+  ):
+    run(
+      tmp_path, 'not_linear', 1, grader={**multi, 'calculate_output': 'max(exact, has)'}, **{'grpo.advantage': 'gdpo'}
+    )
+  assert not (tmp_path / 'not_linear').exists()
+
+
+def test_the_guard_stops_a_falling_run_and_the_best_checkpoint_exports(tmp_path, in_repo, monkeypatch):
+  """A real tiny run whose validation reward is made to fall after step 2: with guard.stop the run stops at the
+  patience-th bad evaluation, after a checkpoint, naming the best one, which exports."""
+  from rftjax import checkpoint, export
+
+  falling = iter([0.5, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2])  # validations at steps 0, 1, 2, ...
+  real = graders.summarize
+
+  def summarize(results, prefix='train'):
+    out = real(results, prefix)
+    if prefix == 'valid':
+      out['valid_reward_mean'] = next(falling)
+    return out
+
+  monkeypatch.setattr(inference.graders, 'summarize', summarize)
+  guard = {'guard.stop': True, 'guard.patience': 2, 'guard.sigmas': 0.0, 'eval_interval': 1}
+  with pytest.raises(trainer.GuardStopped) as e:
+    run(tmp_path, 'falling', 8, **guard)
+  workdir = tmp_path / 'falling'
+  assert 'valid_reward_mean fell to 0.2 at step 4' in str(e.value) and 'best 0.5 (step 2)' in str(e.value)
+  assert f'python -m rftjax.export --workdir={workdir} --step=best' in str(e.value)
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
+  assert (ckpt.latest_step(), ckpt.best_step()) == (4, 2)
+  events = [json.loads(line) for line in (workdir / 'events.jsonl').read_text().splitlines()]
+  assert [ev['data']['guard']['alarm'] for ev in events if 'guard' in ev['data']] == ['valid_reward_drop']
+  assert export.main([f'--workdir={workdir}', '--step=best', f'--out={tmp_path / "best"}']) == 0
+  assert (tmp_path / 'best' / 'model.safetensors').is_file()

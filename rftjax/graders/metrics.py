@@ -22,7 +22,8 @@ def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dic
   {prefix}_reward_mean, {prefix}/grader/<name> (mean of each multi sub-grader), {prefix}/errors/<category>
   (share of gradings with at least one error of that category, every category present, 0 when none),
   {prefix}/error_rate, {prefix}/grading_latency_s_mean and _max (over results that report a latency: sandbox
-  and model graders), {prefix}/num_graded.
+  and model graders), {prefix}/num_graded, and with a response format {prefix}/response_format_valid (the share of
+  completions that matched it).
   """
   n = len(results)
   out: dict[str, float] = {
@@ -53,6 +54,9 @@ def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dic
   for category in core.CATEGORIES:
     out[f'{prefix}/errors/{category}'] = errors[category] / n if n else 0.0
   out[f'{prefix}/error_rate'] = any_error / n if n else 0.0
+  checked = [r.metadata['response_format_valid'] for r in results if 'response_format_valid' in (r.metadata or {})]
+  if checked:
+    out[f'{prefix}/response_format_valid'] = sum(checked) / len(checked)
   if latencies:
     out[f'{prefix}/grading_latency_s_mean'] = sum(latencies) / len(latencies)
     out[f'{prefix}/grading_latency_s_max'] = max(latencies)

@@ -269,7 +269,8 @@ class GradingPool:
   each worker's RLIMIT_AS / its private disk. chunk_size: most samples sent to a worker at once. load_grace_s: extra
   deadline for starting a worker and loading a grader it has not seen. budget_s: the most one call (a step's
   grading) may take; what is not graded by then scores 0 with a named error. allow_unsandboxed: run graders of user
-  code (python, code) even where bubblewrap cannot isolate them (`check`).
+  code (python, code) even where bubblewrap cannot isolate them (`check`). response_format: a
+  `rftjax.response_format.ResponseFormat`; samples that fail it score 0 ungraded (`_formatted`).
   """
 
   def __init__(
@@ -283,10 +284,12 @@ class GradingPool:
     load_grace_s: float = LOAD_GRACE_S,
     budget_s: float | None = None,
     allow_unsandboxed: bool = False,
+    response_format=None,
   ):
     self.num_workers = max(1, num_workers or os.cpu_count() or 1)
     self.timeout_s, self.memory_mb, self.disk_mb, self.chunk_size = timeout_s, memory_mb, disk_mb, chunk_size
     self.load_grace_s, self.budget_s, self.allow_unsandboxed = load_grace_s, budget_s, allow_unsandboxed
+    self.response_format = response_format
     self.isolation = isolation_lib.probe()
     clean_stale()
     self._workers: list[_Worker] = []
@@ -318,8 +321,25 @@ class GradingPool:
 
   def grade(self, grader: core.Grader, samples: list[str], items: list[dict]) -> list[core.GradeResult]:
     if grader.mode == core.INLINE and not self._closed:  # cheap: skip the thread hop
-      return grader.grade_batch(list(samples), list(items))
+      return self._formatted(list(samples), list(items), grader.grade_batch)
     return self.submit(grader, samples, items).result()
+
+  def _formatted(self, samples: list[str], items: list[dict], grade_fn) -> list[core.GradeResult]:
+    """`grade_fn(samples, items)` over the samples that pass the response format; the others score 0 ungraded,
+    with the reason in metadata (the model's miss, not a grader error). Without a format: `grade_fn` as is."""
+    if self.response_format is None:
+      return grade_fn(samples, items)
+    reasons = [self.response_format.validate(s) for s in samples]
+    ok = [i for i, why in enumerate(reasons) if why is None]
+    graded = iter(grade_fn([samples[i] for i in ok], [items[i] for i in ok]) if ok else [])
+    out = []
+    for why in reasons:
+      if why is None:
+        r = next(graded)
+        out.append(core.GradeResult(r.reward, r.sub_rewards, r.errors, {**r.metadata, 'response_format_valid': True}))
+      else:
+        out.append(core.GradeResult(0.0, {}, (), {'response_format_valid': False, 'response_format_error': why}))
+    return out
 
   def close(self) -> None:
     if self._closed:
@@ -353,7 +373,7 @@ class GradingPool:
           continue
         deadline = time.monotonic() + self.budget_s if self.budget_s else float('inf')
         try:
-          fut.set_result(self._grade_now(grader, samples, items, deadline))
+          fut.set_result(self._formatted(samples, items, lambda s, i: self._grade_now(grader, s, i, deadline)))
         except BaseException as e:  # noqa: BLE001  (hand any bug to the caller instead of hanging it)
           fut.set_exception(e)
     finally:

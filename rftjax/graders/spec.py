@@ -151,6 +151,22 @@ class Multi(core.Grader):
   def leaves(self) -> list[core.Grader]:
     return list(self.subs.values())
 
+  def linear_weights(self) -> dict[str, float] | None:
+    """{sub-grader: weight} when `calculate_output` is a weighted sum (plus a constant), as `0.7 * a + 0.3 * b`;
+    None otherwise. Read off the formula at unit vectors, then checked at a few other points."""
+    names = list(self.subs)
+    f = lambda values: self.formula.evaluate({n: values.get(n, 0.0) for n in names})  # noqa: E731
+    try:
+      zero = f({})
+      weights = {n: f({n: 1.0}) - zero for n in names}
+      for k in range(3):
+        point = {n: ((j + 1) * 0.37 * (k + 1)) % 1.0 for j, n in enumerate(names)}
+        if abs(f(point) - zero - sum(weights[n] * point[n] for n in names)) > 1e-9:
+          return None
+    except core.GradingException:
+      return None
+    return weights
+
   def combine(self, per_leaf: list[list[core.GradeResult]]) -> list[core.GradeResult]:
     names = list(self.subs)
     out = []

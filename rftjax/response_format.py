@@ -1,0 +1,119 @@
+"""OpenAI's `response_format` for reinforcement fine-tuning: completions that must be JSON matching a schema.
+
+  {"type": "json_schema", "json_schema": {"name": "answer", "schema": {...JSON Schema...}, "strict": true}}
+
+OpenAI enforces the schema while decoding; rftjax samples freely and checks afterwards, which also teaches the
+format: the schema and an instruction are appended to each prompt's last user message (`instruct`), every
+completion is parsed and validated (`ResponseFormat.validate`, with `jsonschema`), a completion that fails scores 0
+without being graded (its reason in `metadata.response_format_error`; it is the model's miss, not a grader error,
+so it never stops a run), and the graders see `sample.output_json` only for completions that passed. Metrics:
+`{prefix}/response_format_valid`, the share that passed. config: `response_format` (a dict, a JSON file path, or
+None); an OpenAI job's `method.reinforcement.response_format`. docs/openai_jobs.md.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+
+from rftjax import errors
+
+INSTRUCTION = 'Reply with a JSON object only, no other text, that matches this JSON Schema'
+
+
+def _fail(where: str, found, expected: str):
+  raise errors.ConfigError(f'{where}: found {json.dumps(found)[:80]}, expected {expected}')
+
+
+def load(spec: Any, where: str = 'config.response_format') -> dict | None:
+  """The spec as a dict (from a dict, a ConfigDict or a JSON file path), checked; None when there is none."""
+  if spec is None or spec == '' or spec == {}:
+    return None
+  if hasattr(spec, 'to_dict'):
+    spec = spec.to_dict()
+  if isinstance(spec, str):
+    from etils import epath
+
+    try:
+      spec = json.loads(epath.Path(spec).read_text())
+    except (OSError, ValueError) as e:
+      raise errors.ConfigError(f'{where}={spec!r}: cannot read it as JSON ({e})') from None
+  check(spec, where)
+  return spec
+
+
+def check(spec: Any, where: str) -> None:
+  """Raises ConfigError naming the field: the OpenAI shape, and a schema that is itself valid JSON Schema."""
+  if not isinstance(spec, dict):
+    _fail(where, spec, 'an object {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}')
+  unknown = set(spec) - {'type', 'json_schema'}
+  if unknown:
+    raise errors.ConfigError(f'{where}.{sorted(unknown)[0]}: unknown field; known: type, json_schema')
+  if spec.get('type') != 'json_schema':
+    _fail(f'{where}.type', spec.get('type'), '"json_schema" (the one type reinforcement fine-tuning takes)')
+  body = spec.get('json_schema')
+  if not isinstance(body, dict):
+    _fail(f'{where}.json_schema', body, 'an object with "name" and "schema"')
+  unknown = set(body) - {'name', 'schema', 'strict', 'description'}
+  if unknown:
+    raise errors.ConfigError(
+      f'{where}.json_schema.{sorted(unknown)[0]}: unknown field; known: name, schema, strict, description'
+    )
+  if not isinstance(body.get('name'), str) or not body['name']:
+    _fail(f'{where}.json_schema.name', body.get('name'), 'a non-empty string')
+  if not isinstance(body.get('schema'), dict):
+    _fail(f'{where}.json_schema.schema', body.get('schema'), 'a JSON Schema object')
+  if not isinstance(body.get('strict', False), bool):
+    _fail(f'{where}.json_schema.strict', body.get('strict'), 'true or false')
+  try:
+    jsonschema.validators.validator_for(body['schema']).check_schema(body['schema'])
+  except jsonschema.SchemaError as e:
+    path = ''.join(f'[{p}]' if isinstance(p, int) else f'.{p}' for p in e.path)
+    raise errors.ConfigError(f'{where}.json_schema.schema{path}: not a valid JSON Schema: {e.message}') from None
+
+
+class ResponseFormat:
+  """A checked spec, ready to validate completions."""
+
+  def __init__(self, spec: dict):
+    self.spec = spec
+    self.name = spec['json_schema']['name']
+    self.schema = spec['json_schema']['schema']
+    self._validator = jsonschema.validators.validator_for(self.schema)(self.schema)
+
+  def instruction(self) -> str:
+    return f'{INSTRUCTION} ("{self.name}"):\n{json.dumps(self.schema, ensure_ascii=False)}'
+
+  def validate(self, text: str) -> str | None:
+    """None when `text` is JSON matching the schema, parsed the way graders parse `sample.output_json` (the whole
+    text, stripped); else a one-line reason."""
+    stripped = text.strip()
+    if stripped[:1] not in ('{', '['):  # graders' sample.output_json is only ever an object or an array
+      return f'not a JSON object or array: {stripped[:80]!r}'
+    try:
+      value = json.loads(stripped)
+    except ValueError as e:
+      return f'not JSON ({e.msg} at line {e.lineno}, column {e.colno}): {stripped[:80]!r}'
+    error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+    if error is None:
+      return None
+    at = '/'.join(str(p) for p in error.absolute_path) or '(top level)'
+    return f'does not match the schema {self.name!r} at {at}: {error.message[:200]}'
+
+
+def make(spec: Any) -> ResponseFormat | None:
+  spec = load(spec)
+  return None if spec is None else ResponseFormat(spec)
+
+
+def instruct(messages: list[dict], fmt: ResponseFormat | None) -> list[dict]:
+  """The conversation with the schema instruction appended to its last user message (every chat template has one:
+  a system message is not, Gemma's has no system role)."""
+  if fmt is None:
+    return messages
+  out = [dict(m) for m in messages]
+  last = max(i for i, m in enumerate(out) if m['role'] == 'user')
+  out[last]['content'] = f'{out[last]["content"]}\n\n{fmt.instruction()}'
+  return out

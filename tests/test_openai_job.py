@@ -1,0 +1,221 @@
+"""OpenAI job files run as they are (`--openai_job`), and `response_format` (docs/openai_jobs.md)."""
+
+import copy
+import json
+import pathlib
+
+import pytest
+
+from configs import tiny
+from rftjax import cli
+from rftjax import errors
+from rftjax import graders
+from rftjax import hparams
+from rftjax import openai_job
+from rftjax import response_format
+from rftjax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCHEMA = {
+  'type': 'json_schema',
+  'json_schema': {
+    'name': 'digit',
+    'schema': {
+      'type': 'object',
+      'properties': {'answer': {'type': 'string'}},
+      'required': ['answer'],
+      'additionalProperties': False,
+    },
+    'strict': True,
+  },
+}
+# as OpenAI's fine-tuning guide writes a reinforcement job, with local paths for the file IDs
+JOB = {
+  'model': 'tiny',
+  'training_file': str(REPO / 'data/tiny/train.jsonl'),
+  'validation_file': str(REPO / 'data/tiny/valid.jsonl'),
+  'suffix': 'digits',
+  'seed': 3,
+  'metadata': {'team': 'rl'},
+  'method': {
+    'type': 'reinforcement',
+    'reinforcement': {
+      'grader': {
+        'type': 'multi',
+        'graders': {
+          'exact': {
+            'type': 'string_check',
+            'name': 'exact',
+            'input': '{{sample.output_text}}',
+            'reference': '{{item.answer}}',
+            'operation': 'eq',
+          },
+          'close': {
+            'type': 'text_similarity',
+            'name': 'close',
+            'input': '{{sample.output_text}}',
+            'reference': '{{item.answer}}',
+            'evaluation_metric': 'fuzzy_match',
+          },
+        },
+        'calculate_output': '0.8 * exact + 0.2 * close',
+      },
+      'response_format': SCHEMA,
+      'hyperparameters': {
+        'n_epochs': 'auto',
+        'batch_size': 'auto',
+        'learning_rate_multiplier': 'auto',
+        'compute_multiplier': 'auto',
+        'eval_interval': 'auto',
+        'eval_samples': 'auto',
+        'reasoning_effort': 'medium',
+      },
+    },
+  },
+}
+
+
+def write_job(tmp_path, body=None, **changes):
+  body = copy.deepcopy(JOB if body is None else body)
+  for dotted, value in changes.items():
+    node = body
+    *parents, last = dotted.split('.')
+    for part in parents:
+      node = node[part]
+    if value is None:
+      del node[last]
+    else:
+      node[last] = value
+  path = tmp_path / 'job.json'
+  path.write_text(json.dumps(body))
+  return path
+
+
+H = 'method.reinforcement.hyperparameters'
+
+
+@pytest.mark.parametrize(
+  'changes, message',
+  [
+    ({f'{H}.n_epoch': 2}, f'{H}.n_epoch: unknown field; did you mean n_epochs?'),
+    ({f'{H}.n_epochs': 'three'}, f"{H}.n_epochs: found 'three', expected a number or 'auto'"),
+    ({f'{H}.batch_size': 2.5}, f"{H}.batch_size: found 2.5, expected an integer or 'auto'"),
+    ({f'{H}.batch_size': 0}, f'{H}.batch_size: found 0, expected an integer > 0'),
+    (
+      {f'{H}.reasoning_effort': 'max'},
+      f"{H}.reasoning_effort: found 'max', expected one of low, medium, high or 'auto'",
+    ),
+    ({'method.type': 'supervised'}, 'method.type: found \'supervised\', expected "reinforcement"'),
+    ({'method.reinforcement.grader': None}, 'method.reinforcement.grader: missing; expected a grader object'),
+    ({'training_file': 'file-abc123'}, "training_file: 'file-abc123' is an OpenAI file ID; expected a path"),
+    ({'model': 'o4-mini'}, "model: found 'o4-mini', expected an init spec (gguf:PATH, gguf:NAME, hf:DIR) or a config"),
+    ({'seed': True}, 'seed: found true, expected an integer or null'),
+    ({'metadata': {'team': 1}}, 'metadata.team: found 1, expected a string'),
+    ({'suffix': 'a b'}, "suffix: found 'a b', expected at most 64 letters, digits, - and _"),
+    ({'trainig_file': 'x'}, 'trainig_file: unknown field; did you mean training_file?'),
+    (
+      {'method.reinforcement.response_format': {'type': 'json_schema', 'json_schema': {'name': 'x', 'schema': []}}},
+      'method.reinforcement.response_format.json_schema.schema: found [], expected a JSON Schema object',
+    ),
+    (
+      {'method.reinforcement.response_format.json_schema.schema': {'type': 'objekt'}},
+      "response_format.json_schema.schema.type: not a valid JSON Schema: 'objekt' is not valid under any of the given",
+    ),
+  ],
+)
+def test_a_bad_field_is_named_by_its_json_path(tmp_path, changes, message):
+  path = write_job(tmp_path, **changes)
+  with pytest.raises(errors.ConfigError) as e:
+    openai_job.read(path)
+  assert str(e.value).startswith(f'{path}: ') and message in str(e.value), str(e.value)
+
+
+def test_precedence_config_then_job_then_explicit_flags(tmp_path):
+  path = write_job(tmp_path, **{f'{H}.batch_size': 8, f'{H}.n_epochs': 0.5, f'{H}.reasoning_effort': 'high'})
+  job = openai_job.read(path)
+  assert job.config_file() == str(REPO / 'configs' / 'tiny.py')
+  applied = openai_job.apply(tiny.get_config(), job)
+  resolved = hparams.apply(applied, 2000)
+  assert (resolved.batch_size, resolved.total_steps, resolved.seed) == (8, 125, 3)  # ceil(0.5 * 2000 / 8)
+  assert resolved.sampling.max_new_tokens == 2  # high: 2 x tiny's 1 token
+  assert resolved.grader.type == 'multi' and resolved.response_format.json_schema.name == 'digit'
+  assert (resolved.openai.suffix, json.loads(resolved.openai.metadata)) == ('digits', {'team': 'rl'})
+  # a key set on the command line beats the job, without the "both decide" error of two config keys
+  explicit = {'batch_size', 'seed'}
+  config = tiny.get_config().unlock()
+  config.batch_size, config.seed = 4, 11
+  resolved = hparams.apply(openai_job.apply(config, job, explicit), 2000, explicit)
+  assert (resolved.batch_size, resolved.seed, resolved.total_steps) == (4, 11, 250)
+
+
+def test_relative_paths_are_relative_to_the_job_file(tmp_path):
+  (tmp_path / 'data').mkdir()
+  path = write_job(tmp_path, training_file='data/t.jsonl', validation_file='gs://bucket/v.jsonl')
+  job = openai_job.read(path)
+  assert job.file('training_file') == str(tmp_path / 'data/t.jsonl')
+  assert job.file('validation_file') == 'gs://bucket/v.jsonl'
+
+
+def test_an_init_model_uses_the_generic_config_and_reads_the_architecture(tmp_path):
+  job = openai_job.read(write_job(tmp_path, model='gguf:smollm2-135m'))
+  assert job.config_file() == str(REPO / 'configs' / 'openai_job.py')
+  from configs import openai_job as generic
+
+  applied = openai_job.apply(generic.get_config(), job)
+  assert (applied.init, applied.model, applied.tokenizer) == ('gguf:smollm2-135m', '', '')
+  assert hparams.base_learning_rate('', 'gguf:smollm2-135m') == pytest.approx(
+    1e-6 * (1.2e9 / 134_515_008) ** 0.5
+  )  # SmolLM2-135M's parameters, read from the GGUF header
+
+
+def test_the_job_trains_unchanged_and_a_typo_stops_it_at_start_up(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  path = write_job(tmp_path)
+  workdir = tmp_path / 'run'
+  fast = ['--config.total_steps=2', '--config.batch_size=4', '--config.data.max_prompt_len=192']
+  argv = ['rftjax.train', f'--openai_job={path}', f'--workdir={workdir}', *fast, '--config.data.valid_limit=8']
+  assert train.main(argv) == 0, capsys.readouterr().err
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['openai']['job'] == str(path) and config['openai']['suffix'] == 'digits'
+  assert config['seed'] == 3 and config['batch_size'] == 4 and config['grader']['calculate_output']
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows if 'train_reward_mean' in r] == [1, 2]
+  assert all('train/response_format_valid' in r for r in rows if 'train_reward_mean' in r)
+  capsys.readouterr()
+
+  typo = write_job(tmp_path, **{f'{H}.n_epochs': None, f'{H}.n_epoch': 'auto'})
+  assert train.main(['rftjax.train', f'--openai_job={typo}', f'--workdir={tmp_path / "typo"}']) == 2
+  assert capsys.readouterr().err.splitlines() == [
+    f'error: {typo}: {H}.n_epoch: unknown field; did you mean n_epochs?; known: n_epochs, batch_size, '
+    'learning_rate_multiplier, compute_multiplier, eval_interval, eval_samples, reasoning_effort'
+  ]
+  assert not (tmp_path / 'typo').exists()
+
+
+# response_format ----------------------------------------------------------------------------------------------
+def test_response_format_validates_completions_like_graders_parse_them():
+  fmt = response_format.make(SCHEMA)
+  assert fmt.validate('  {"answer": "7"}\n') is None
+  assert fmt.validate('7') == "not a JSON object or array: '7'"
+  assert fmt.validate('{"answer": ') == 'not JSON (Expecting value at line 1, column 11): \'{"answer":\''
+  assert fmt.validate('{"answer": 7}') == "does not match the schema 'digit' at answer: 7 is not of type 'string'"
+  assert fmt.validate('{"answer": "7", "why": "x"}').startswith("does not match the schema 'digit' at (top level)")
+  messages = [{'role': 'system', 'content': 's'}, {'role': 'user', 'content': 'q'}]
+  (system, user) = response_format.instruct(messages, fmt)
+  assert system == messages[0] and user['content'].startswith('q\n\nReply with a JSON object only')
+  assert json.loads(user['content'].split('\n')[-1]) == SCHEMA['json_schema']['schema']
+  assert response_format.instruct(messages, None) is messages and messages[1]['content'] == 'q'
+
+
+def test_the_pool_grades_only_completions_that_match_the_format():
+  g = graders.build(
+    {'type': 'string_check', 'input': '{{sample.output_json.answer}}', 'reference': '{{item.a}}', 'operation': 'eq'}
+  )
+  with graders.GradingPool(num_workers=1, response_format=response_format.make(SCHEMA)) as pool:
+    res = pool.grade(g, ['{"answer": "7"}', '{"answer": "8"}', 'seven', '{"answer": 7}'], [{'a': '7'}] * 4)
+  assert [r.reward for r in res] == [1.0, 0.0, 0.0, 0.0]
+  assert [r.metadata['response_format_valid'] for r in res] == [True, True, False, False]
+  assert not any(r.errors for r in res)  # a format miss is the model's, not the grader's: it never stops a run
+  assert res[2].metadata['response_format_error'] == "not a JSON object or array: 'seven'"
+  assert graders.summarize(res, 'train')['train/response_format_valid'] == 0.5
