@@ -1,6 +1,7 @@
 """Sampler throughput: rftjax's `Sampler` vs transformers' `generate` on the same CPU, same weights, same prompts.
 
-  python benchmarks/sampler_bench.py --model gemma3_270m --batch 1,8,32 --prompt_len 32 --new_tokens 32 --repeats 3
+  python benchmarks/sampler_bench.py --model gemma3_270m --batch 1,8,32 --prompt_len 64 --new_tokens 64 --repeats 3
+  python benchmarks/sampler_bench.py --model gemma3_270m --batch 64 --num_generations 8 ...   # 8 prompts x G=8
 
 Both sides run the same pip-installed GGUF (rftjax via `weights.load`, transformers via its own GGUF loader), in
 float32, greedy, with EOS stopping disabled so every row generates exactly `--new_tokens` tokens (rftjax
@@ -10,6 +11,15 @@ to both sides as the same token and mask arrays. torch gets as many threads as J
 process may run on). Per batch size: rftjax is compiled (timed separately: lower + XLA compile) and both sides get
 one untimed warm-up call; then `--repeats` timed calls alternate rftjax / transformers so that load from other jobs
 hits both alike, and the median is reported. Throughput = batch x new_tokens / seconds (prefill included).
+With `--num_generations G` each batch is batch/G distinct prompts, each completed G times (GRPO's rollouts):
+rftjax's sampler with `group_size=G` (one prefill per prompt) against `generate(num_return_sequences=G)`, both
+sampling at temperature 1 without top-k/top-p (transformers allows G > 1 only when sampling), so the outputs
+differ and only their lengths are checked.
+
+Roofline: at the start the benchmark measures this machine's f32 matmul rate (jitted 2048x2048 matmul) and
+memory bandwidth (a jitted sum over 1 GiB); a shape's roofline time is the prefill's FLOPs at that rate plus, per
+new token, the larger of the decode step's FLOPs at that rate and its bytes (all weights once, the KV cache read)
+at that bandwidth. "% roofline" = roofline time / measured time.
 The markdown table is printed last; the JSON (with nproc, load averages, versions) goes to `--out`.
 """
 
@@ -105,6 +115,41 @@ def median(xs):
   return statistics.median(xs) if xs else None
 
 
+def machine_peaks(repeats: int = 7) -> dict:
+  """This machine's f32 matmul FLOP/s and memory read bandwidth, measured now (medians)."""
+  a = jnp.ones((2048, 2048), jnp.float32)
+  mm = jax.jit(lambda x: x @ x)
+  big = jnp.ones((1 << 28,), jnp.float32)  # 1 GiB
+  total = jax.jit(jnp.sum)
+
+  def timed(f, x):
+    jax.block_until_ready(f(x))
+    ts = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(x))
+      ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+  flops = 2 * 2048**3 / timed(mm, a)
+  bandwidth = big.nbytes / timed(total, big)
+  del big
+  return {'matmul_flop_s': flops, 'mem_bytes_s': bandwidth}
+
+
+def roofline_s(cfg, params, rows: int, prompts: int, prompt_len: int, new_tokens: int, peaks: dict) -> float:
+  """Seconds this shape needs at the machine's peaks (docstring at the top)."""
+  sizes = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in params.items()}
+  unembed = cfg.vocab_size * cfg.d_model
+  body = sum(sizes.values()) - sizes['embed'] - sizes.get('lm_head', 0)  # per-token matmul weights
+  weight_bytes = 4 * (body + unembed)
+  prefill = 2 * body * prompts * prompt_len + 2 * unembed * prompts
+  length = prompt_len + new_tokens
+  kv_bytes = 2 * 4 * cfg.num_layers * rows * length * cfg.num_kv_heads * cfg.head_dim
+  step = max(2 * (body + unembed) * rows / peaks['matmul_flop_s'], (weight_bytes + kv_bytes) / peaks['mem_bytes_s'])
+  return prefill / peaks['matmul_flop_s'] + new_tokens * step
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   ap.add_argument('--model', default='gemma3_270m', choices=sorted(MODELS))
@@ -112,11 +157,16 @@ def main() -> None:
   ap.add_argument('--prompt_len', type=int, default=32)
   ap.add_argument('--new_tokens', type=int, default=32)
   ap.add_argument('--repeats', type=int, default=3)
+  ap.add_argument('--num_generations', type=int, default=1, help='G: rows are batch/G prompts, each completed G times')
   ap.add_argument('--out', default=None, help='default: benchmarks/results/sampler_<model>.json')
   ap.add_argument('--skip_hf', action='store_true', help='rftjax only (no transformers)')
   args = ap.parse_args()
   batches = [int(b) for b in args.batch.split(',') if b.strip()]
-  out_path = pathlib.Path(args.out or pathlib.Path(__file__).parent / 'results' / f'sampler_{args.model}.json')
+  g = args.num_generations
+  if any(b % g for b in batches):
+    ap.error(f'--batch: every batch size must be a multiple of --num_generations={g}')
+  suffix = f'_g{g}' if g > 1 else ''
+  out_path = pathlib.Path(args.out or pathlib.Path(__file__).parent / 'results' / f'sampler_{args.model}{suffix}.json')
 
   load_start = os.getloadavg()
   t_start = time.time()
@@ -128,6 +178,8 @@ def main() -> None:
   t0 = time.time()
   params, params_from = load_params(cfg, path)
   log(f'rftjax params from {params_from} in {time.time() - t0:.1f} s')
+  peaks = machine_peaks()
+  log(f'machine: {peaks["matmul_flop_s"] / 1e9:.0f} GFLOP/s f32 matmul, {peaks["mem_bytes_s"] / 1e9:.1f} GB/s reads')
 
   hf = None
   if not args.skip_hf:
@@ -145,13 +197,27 @@ def main() -> None:
       f'(attn={hf.config._attn_implementation}, torch threads={torch.get_num_threads()})'
     )
 
-  all_prompts = make_prompts(tok, max(batches), args.prompt_len)
+  all_prompts = make_prompts(tok, max(batches) // g, args.prompt_len)
   rows = []
   for b in batches:
-    tokens, mask = sampler_lib.pad_prompts(all_prompts[:b], args.prompt_len, pad_id)
-    row: dict = {'batch': b, 'prompt_lens': [int(m.sum()) for m in mask], 'load_before': os.getloadavg()}
+    distinct = all_prompts[: b // g]
+    tokens, mask = sampler_lib.pad_prompts([p for p in distinct for _ in range(g)], args.prompt_len, pad_id)
+    row: dict = {
+      'batch': b,
+      'prompts': b // g,
+      'num_generations': g,
+      'prompt_lens': [len(p) for p in distinct],
+      'load_before': os.getloadavg(),
+      'roofline_s': roofline_s(cfg, params, b, b // g, args.prompt_len, args.new_tokens, peaks),
+    }
     sampler = sampler_lib.Sampler(
-      cfg, args.prompt_len, args.new_tokens, (), pad_id, sampler_lib.SamplingParams(temperature=0.0)
+      cfg,
+      args.prompt_len,
+      args.new_tokens,
+      (),
+      pad_id,
+      sampler_lib.SamplingParams(temperature=1.0 if g > 1 else 0.0),
+      group_size=g,
     )
     jt, jm, rng = jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0)
 
@@ -169,21 +235,22 @@ def main() -> None:
     if hf is not None:
       import torch
 
-      ids, am = torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
+      ids, am = torch.from_numpy(tokens[::g].astype(np.int64)), torch.from_numpy(mask[::g].astype(np.int64))
 
       def hf_generate():
         with torch.inference_mode():
           return hf.generate(
             ids,
             attention_mask=am,
-            do_sample=False,
+            do_sample=g > 1,
             max_new_tokens=args.new_tokens,
             min_new_tokens=args.new_tokens,
             eos_token_id=None,
             pad_token_id=pad_id,
-            temperature=None,
-            top_p=None,
-            top_k=None,
+            temperature=1.0 if g > 1 else None,
+            top_p=1.0 if g > 1 else None,
+            top_k=0 if g > 1 else None,
+            num_return_sequences=g,
           )
 
       t0 = time.perf_counter()
@@ -205,10 +272,11 @@ def main() -> None:
     assert ours_tokens.shape == (b, args.new_tokens) and bool(np.all(np.asarray(out.lengths) == args.new_tokens))
     n_tok = b * args.new_tokens
     row.update(rftjax_s=ours_s, rftjax_median_s=median(ours_s), rftjax_tok_s=n_tok / median(ours_s))
+    row['roofline_share'] = row['roofline_s'] / median(ours_s)
     if hf is not None:
       hf_tokens = gen[:, args.prompt_len :].numpy()
       assert hf_tokens.shape == (b, args.new_tokens), hf_tokens.shape
-      same = ours_tokens == hf_tokens
+      same = ours_tokens == hf_tokens if g == 1 else np.zeros_like(ours_tokens, bool)
       first_diff = [int(np.argmin(s)) if not s.all() else args.new_tokens for s in same]
       row.update(
         hf_s=hf_s,
@@ -230,8 +298,10 @@ def main() -> None:
     'prompt_len': args.prompt_len,
     'new_tokens': args.new_tokens,
     'repeats': args.repeats,
+    'num_generations': g,
+    'peaks': peaks,
     'dtype': 'float32',
-    'decoding': 'greedy, no EOS stop',
+    'decoding': 'greedy, no EOS stop' if g == 1 else 'temperature 1 sampling, no EOS stop',
     'pad_id': pad_id,
     'machine': {
       'nproc': os.cpu_count(),
@@ -268,29 +338,33 @@ def main() -> None:
 
   la0, la1 = load_start[0], info['machine']['loadavg_end'][0]
   print(
-    f'\n{args.model}, float32 greedy, prompt {args.prompt_len} (left-padded), {args.new_tokens} new tokens, '
-    f'median of {args.repeats}; {threads} CPU threads; load average {la0:.1f} -> {la1:.1f} on nproc='
-    f'{os.cpu_count()}\n'
+    f'\n{args.model}, float32 {"greedy" if g == 1 else "sampling at temperature 1"}, prompt {args.prompt_len} '
+    f'(left-padded), {args.new_tokens} new tokens, '
+    f'{"G=" + str(g) + " completions per prompt, " if g > 1 else ""}'
+    f'median of {args.repeats}; {threads} CPU threads; load average {la0:.2f} -> {la1:.2f} on nproc='
+    f'{os.cpu_count()}; machine {peaks["matmul_flop_s"] / 1e9:.0f} GFLOP/s, {peaks["mem_bytes_s"] / 1e9:.1f} GB/s\n'
   )
   if hf is not None:
     print(
       '| batch | rftjax tok/s | transformers tok/s | ratio (rftjax / HF) | rftjax compile s | rftjax s | HF s '
-      '| identical greedy rows |'
+      '| identical greedy rows | roofline s | % roofline |'
     )
-    print('|---:|---:|---:|---:|---:|---:|---:|---:|')
+    print('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     for r in rows:
+      same = f'{r["greedy_rows_identical"]}/{r["batch"]}' if g == 1 else 'sampled'
       print(
         f'| {r["batch"]} | {r["rftjax_tok_s"]:.1f} | {r["hf_tok_s"]:.1f} | {r["ratio"]:.2f}x '
         f'| {r["rftjax_lower_s"] + r["rftjax_compile_s"]:.1f} | {r["rftjax_median_s"]:.2f} '
-        f'| {r["hf_median_s"]:.2f} | {r["greedy_rows_identical"]}/{r["batch"]} |'
+        f'| {r["hf_median_s"]:.2f} | {same} '
+        f'| {r["roofline_s"]:.2f} | {100 * r["roofline_share"]:.0f}% |'
       )
   else:
-    print('| batch | rftjax tok/s | rftjax compile s | rftjax s |')
-    print('|---:|---:|---:|---:|')
+    print('| batch | rftjax tok/s | rftjax compile s | rftjax s | roofline s | % roofline |')
+    print('|---:|---:|---:|---:|---:|---:|')
     for r in rows:
       print(
         f'| {r["batch"]} | {r["rftjax_tok_s"]:.1f} | {r["rftjax_lower_s"] + r["rftjax_compile_s"]:.1f} '
-        f'| {r["rftjax_median_s"]:.2f} |'
+        f'| {r["rftjax_median_s"]:.2f} | {r["roofline_s"]:.2f} | {100 * r["roofline_share"]:.0f}% |'
       )
 
 

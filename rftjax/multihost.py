@@ -96,6 +96,12 @@ def allmean(values: dict[str, float]) -> dict[str, float]:
   return out
 
 
+def max_over_hosts(n: int) -> int:
+  if jax.process_count() == 1:
+    return int(n)
+  return int(np.asarray(multihost_utils.process_allgather(np.asarray([n], np.int64))).max())
+
+
 def any_host(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag

@@ -58,7 +58,10 @@ class Rollout:
 
 
 def sample(sampler: sampler_lib.Sampler, params, prompts: list[list[int]], tok, rng, mesh) -> Rollout:
-  """Samples and decodes this host's rows; rewards and results are not filled yet."""
+  """Samples and decodes this host's rows; rewards and results are not filled yet. A sampler with group_size > 1
+  prefills each group once when every host's rows come in such groups, and every row on its own otherwise."""
+  if sampler.group_size > 1 and multihost.any_host(not sampler_lib.grouped(prompts, sampler.group_size)):
+    sampler = dataclasses.replace(sampler, group_size=1)
   p_tokens, p_mask = sampler_lib.pad_prompts(prompts, sampler.max_prompt_len, sampler.pad_id)
   out = sampler(params, multihost.to_global(mesh, p_tokens), multihost.to_global(mesh, p_mask), rng)
   tokens, mask, logprobs, lengths, truncated = (
@@ -98,9 +101,21 @@ class RolloutConfig:
   gdpo_weights: tuple[tuple[str, float], ...] = ()  # advantage 'gdpo': (sub-grader, weight) of the multi grader
 
 
+def bucket(n: int, limit: int, parts: int = 4) -> int:
+  """The smallest of `parts` lengths spread evenly up to `limit` (each a multiple of 8, or `limit`) that holds n."""
+  ceil = lambda a, b: -(-a // b)
+  sizes = sorted({min(limit, ceil(ceil(limit * k, parts), 8) * 8) for k in range(1, parts + 1)})
+  return next((s for s in sizes if s >= n), limit)
+
+
 def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   """The global device batch: advantages from the (overlong-shaped) rewards, the loss mask (truncations masked
-  out when configured)."""
+  out when configured).
+
+  Columns that are padding in every row of the global batch are cut: completions to the longest completion and
+  prompts (left-padded) to the longest prompt, each rounded up to a `bucket` so that only a few shapes compile
+  (at most 4 completion x 2 prompt lengths). Padding is masked, so the loss is the same; the train step and the
+  old/reference logprob passes just stop computing on it."""
   rewards = r.rewards.astype(np.float32)
   if cfg.overlong_buffer > 0:
     rewards = rewards + grpo.overlong_penalty(r.lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
@@ -113,14 +128,17 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
       jnp.asarray(rewards), cfg.num_generations, method=cfg.advantage, scale=cfg.scale_rewards
     )
   mask = grpo.truncation_mask(r.mask, r.truncated) if cfg.mask_truncated else r.mask
-  put = lambda x: multihost.to_global(mesh, np.asarray(x))
+  n, p = r.tokens.shape[1], r.prompt_tokens.shape[1]
+  n = bucket(multihost.max_over_hosts(int(r.lengths.max(initial=1))), n)
+  p = bucket(multihost.max_over_hosts(int(r.prompt_mask.sum(axis=1).max(initial=1))), p, parts=2)
+  put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
   return step_lib.Batch(
-    prompt_tokens=put(r.prompt_tokens),
-    prompt_mask=put(r.prompt_mask),
-    completion_tokens=put(r.tokens),
-    completion_mask=put(mask),
+    prompt_tokens=put(r.prompt_tokens[:, -p:]),
+    prompt_mask=put(r.prompt_mask[:, -p:]),
+    completion_tokens=put(r.tokens[:, :n]),
+    completion_mask=put(mask[:, :n]),
     advantages=put(np.asarray(advantages, np.float32)),
-    sampler_logp=put(r.logprobs),
+    sampler_logp=put(r.logprobs[:, :n]),
   )
 
 

@@ -327,8 +327,9 @@ def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
       sampler_lib.SamplingParams(temperature, s.top_p, s.top_k),
       cache_dtype=s.cache_dtype or 'float32',
       compute_dtype=config.compute_dtype,
+      group_size=group,
     )
-    for temperature in (s.temperature, config.eval_temperature)
+    for temperature, group in ((s.temperature, config.num_generations), (config.eval_temperature, config.eval_samples))
   ]
   return RunSpec(
     model=cfg,

@@ -5,6 +5,9 @@ Prompts are left-padded to `max_prompt_len`, so every row's next token lands in 
 emitted a stop token. It returns the completion tokens, a mask (1 up to and including the stop token), and the
 log-probability of each sampled token under the temperature-scaled policy (before top-k/top-p truncation), which
 is what the trainer recomputes.
+
+With `group_size` G > 1 (GRPO: G completions of each prompt, in consecutive rows) each distinct prompt is prefilled
+once and its KV cache repeated to its G rows; `grouped` says whether rows are laid out that way.
 """
 
 from __future__ import annotations
@@ -68,27 +71,36 @@ def pad_prompts(prompts: Sequence[Sequence[int]], max_prompt_len: int, pad_id: i
   return tokens, mask
 
 
+def grouped(prompts: Sequence[Sequence[int]], g: int) -> bool:
+  """Whether the rows are consecutive groups of `g` identical prompts (what `group_size=g` assumes)."""
+  return len(prompts) % g == 0 and all(
+    list(prompts[i]) == list(prompts[i - i % g]) for i in range(len(prompts)) if i % g
+  )
+
+
 def choose(logits, rng, params: SamplingParams):
-  """Samples one token per row from [B, V] float32 logits. Returns (token, logprob under logits / T)."""
+  """Samples one token per row from [B, V] float32 logits. Returns (token, logprob under logits / T).
+
+  The logprob is the chosen logit minus a logsumexp: a full [B, V] log-softmax would write a vocabulary-sized row
+  (262k floats on Gemma 3) per row and decode step, only to read one value back."""
+  scaled = logits if params.temperature <= 0 else logits / params.temperature
+  lse = jax.nn.logsumexp(scaled, axis=-1)
   if params.temperature <= 0:
-    token = jnp.argmax(logits, axis=-1)
-    logprob = jax.nn.log_softmax(logits, axis=-1)
-    return token.astype(jnp.int32), jnp.take_along_axis(logprob, token[:, None], axis=-1)[:, 0]
-  scaled = logits / params.temperature
-  logprob = jax.nn.log_softmax(scaled, axis=-1)
-  filtered = scaled
-  if params.top_k and params.top_k < logits.shape[-1]:
-    kth = jax.lax.top_k(scaled, params.top_k)[0][:, -1:]
-    filtered = jnp.where(scaled < kth, -jnp.inf, filtered)
-  if params.top_p < 1.0:
-    sorted_logits = jnp.sort(filtered, axis=-1)[:, ::-1]
-    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    # keep the smallest prefix whose mass reaches top_p (the token that crosses it stays)
-    cutoff_idx = jnp.sum(cum - jax.nn.softmax(sorted_logits, axis=-1) < params.top_p, axis=-1, keepdims=True) - 1
-    cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
-    filtered = jnp.where(filtered < cutoff, -jnp.inf, filtered)
-  token = jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
-  return token, jnp.take_along_axis(logprob, token[:, None], axis=-1)[:, 0]
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  else:
+    filtered = scaled
+    if params.top_k and params.top_k < logits.shape[-1]:
+      kth = jax.lax.top_k(scaled, params.top_k)[0][:, -1:]
+      filtered = jnp.where(scaled < kth, -jnp.inf, filtered)
+    if params.top_p < 1.0:
+      sorted_logits = jnp.sort(filtered, axis=-1)[:, ::-1]
+      cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+      # keep the smallest prefix whose mass reaches top_p (the token that crosses it stays)
+      cutoff_idx = jnp.sum(cum - jax.nn.softmax(sorted_logits, axis=-1) < params.top_p, axis=-1, keepdims=True) - 1
+      cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
+      filtered = jnp.where(filtered < cutoff, -jnp.inf, filtered)
+    token = jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+  return token, jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0] - lse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,24 +115,40 @@ class Sampler:
   params: SamplingParams = SamplingParams()
   cache_dtype: str = 'float32'
   compute_dtype: str = 'float32'
+  group_size: int = 1  # rows come in groups of this many identical prompts (GRPO's G): each group prefills once
 
   def __call__(self, weights, prompt_tokens, prompt_mask, rng) -> SampleOutput:
+    if prompt_tokens.shape[0] % self.group_size:
+      raise ValueError(f'{prompt_tokens.shape[0]} rows are not groups of group_size={self.group_size}')
     return _sample(self, weights, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, bool), rng)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _sample(s: Sampler, weights, prompt_tokens, prompt_mask, rng) -> SampleOutput:
-  cfg, n = s.cfg, s.max_new_tokens
+  cfg, n, g = s.cfg, s.max_new_tokens, s.group_size
   b, p = prompt_tokens.shape
   dtype = jnp.dtype(s.compute_dtype)
-  cache = model_lib.init_cache(cfg, b, p + n, jnp.dtype(s.cache_dtype))
-  cache = jax.tree.map(lambda c: sharding.constrain(c, model_lib.CACHE_AXES), cache)
   key_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
+  # Prefill: one row per distinct prompt; its cache and last logits are then repeated to the group's G rows
+  # (transformers' generate(num_return_sequences=G) prefills G copies)
+  cache = model_lib.init_cache(cfg, b // g, p + n, jnp.dtype(s.cache_dtype))
+  cache = jax.tree.map(lambda c: sharding.constrain(c, model_lib.CACHE_AXES), cache)
   hidden, cache = model_lib.forward(
-    weights, cfg, prompt_tokens, positions, key_mask, cache=cache, cache_index=0, dtype=dtype, return_hidden=True
+    weights,
+    cfg,
+    prompt_tokens[::g],
+    positions[::g],
+    key_mask[::g],
+    cache=cache,
+    cache_index=0,
+    dtype=dtype,
+    return_hidden=True,
   )
   logits = model_lib.unembed(weights, cfg, hidden[:, -1:])[:, 0]
+  if g > 1:
+    cache = jax.tree.map(lambda c: sharding.constrain(jnp.repeat(c, g, axis=1), model_lib.CACHE_AXES), cache)
+    logits = jnp.repeat(logits, g, axis=0)
   rng, sub = jax.random.split(rng)
   token, logprob = choose(logits, sub, s.params)
   stop_ids = jnp.asarray(s.stop_ids, jnp.int32)

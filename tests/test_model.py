@@ -124,3 +124,26 @@ def test_gemma3_layer_pattern():
 def test_unknown_preset_message():
   with pytest.raises(ValueError, match="unknown model preset 'gemma9'"):
     model.get_config('gemma9')
+
+
+@pytest.mark.parametrize('cfg', [model.TransformerConfig.tiny(), GEMMA_LIKE], ids=lambda c: c.name)
+def test_shared_prefill_equals_per_row_prefill(cfg):
+  """G completions of each prompt: prefilling each prompt once and repeating its cache gives the same tokens and
+  logprobs as prefilling every row (same RNG), at temperature 1 so that the rows of a group differ."""
+  params = model.init_params(cfg, 5)
+  rng = np.random.default_rng(1)
+  prompts = [list(rng.integers(4, cfg.vocab_size, n)) for n in (6, 2, 5)]
+  g = 4
+  rows = [p for p in prompts for _ in range(g)]
+  tokens, mask = sampler.pad_prompts(rows, 6, pad_id=0)
+  base = sampler.Sampler(cfg, 6, 7, stop_ids=(9,), pad_id=0, params=sampler.SamplingParams(temperature=1.0))
+  per_row = jax.device_get(base(params, tokens, mask, jax.random.key(3)))
+  shared_sampler = dataclasses.replace(base, group_size=g)
+  shared = jax.device_get(shared_sampler(params, tokens, mask, jax.random.key(3)))
+  np.testing.assert_array_equal(shared.tokens, per_row.tokens)
+  np.testing.assert_array_equal(shared.mask, per_row.mask)
+  np.testing.assert_allclose(shared.logprobs, per_row.logprobs, atol=1e-5)
+  assert len({tuple(t) for t in per_row.tokens[:g]}) > 1  # the group's rows really differ
+  assert sampler.grouped(rows, g) and not sampler.grouped(prompts, 3) and not sampler.grouped(rows[1:], g)
+  with pytest.raises(ValueError, match='not groups of group_size=4'):
+    shared_sampler(params, tokens[:6], mask[:6], jax.random.key(3))

@@ -103,3 +103,40 @@ def test_make_batch_overlong_penalty_and_truncation_mask():
   # group (1, 0): mean .5, std .5 -> (+1, -1); group (-1, 1): mean 0, std 1 -> (-1, +1)   (eps 1e-4 in the std)
   np.testing.assert_allclose(np.asarray(batch.advantages), [1, -1, -1, 1], atol=1e-3)
   np.testing.assert_array_equal(np.asarray(batch.completion_mask).sum(1), [2, 0, 2, 2])  # truncated row: no loss
+
+
+def test_bucket_lengths():
+  assert [rollout.bucket(n, 48) for n in (1, 16, 17, 24, 25, 40, 41, 48)] == [16, 16, 24, 24, 40, 40, 48, 48]
+  assert [rollout.bucket(n, 64, parts=2) for n in (1, 32, 33, 64)] == [32, 32, 64, 64]
+  assert rollout.bucket(5, 7) == 7  # limits below 8 are one bucket
+
+
+def test_make_batch_cuts_padding_columns_without_changing_logprobs():
+  """Columns that are padding in every row are cut to a bucket; the logprobs of the real tokens stay the same."""
+  from rftjax import model
+  from rftjax import train_step
+
+  cfg = model.TransformerConfig.tiny(vocab_size=64)
+  params = model.init_params(cfg, 1)
+  rng = np.random.default_rng(0)
+  n, p, lengths, prompt_lens = 48, 64, [9, 3, 14, 1], [5, 12, 7, 12]
+  r = fake_rollout([(1, 0), (0, 1)], tag=1)
+  r.prompt_tokens, r.prompt_mask = np.zeros((4, p), np.int32), np.zeros((4, p), bool)
+  r.tokens, r.mask = np.zeros((4, n), np.int32), np.zeros((4, n), np.float32)
+  for i, (length, plen) in enumerate(zip(lengths, prompt_lens)):
+    r.prompt_tokens[i, p - plen :], r.prompt_mask[i, p - plen :] = rng.integers(4, 64, plen), True
+    r.tokens[i, :length], r.mask[i, :length] = rng.integers(4, 64, length), 1.0
+  r.logprobs, r.lengths = np.zeros((4, n), np.float32), np.asarray(lengths)
+  batch = rollout.make_batch(r, rollout.RolloutConfig(num_generations=G, prompts=2, max_new_tokens=n), mesh=None)
+  assert batch.completion_tokens.shape == (4, 16) and batch.prompt_tokens.shape == (4, 32)  # longest 14 and 12
+  full = train_step.Batch(
+    prompt_tokens=r.prompt_tokens,
+    prompt_mask=r.prompt_mask,
+    completion_tokens=r.tokens,
+    completion_mask=r.mask,
+    advantages=np.zeros(4, np.float32),
+    sampler_logp=r.logprobs,
+  )
+  cut_logp = np.asarray(train_step.token_logprobs(params, cfg, batch, 1.0))
+  full_logp = np.asarray(train_step.token_logprobs(params, cfg, full, 1.0))
+  np.testing.assert_allclose(cut_logp * r.mask[:, :16], full_logp[:, :16] * r.mask[:, :16], atol=1e-5)
