@@ -12,6 +12,7 @@ no traceback. Everything else that goes wrong is a bug or an outage and keeps it
 from __future__ import annotations
 
 import difflib
+import json
 
 EXIT_CODE = 2
 
@@ -22,6 +23,22 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
   """A `config.*` value or a command-line flag is unusable."""
+
+
+def read_json_file(path, error: type[UserError], label: str | None = None):
+  """The value in a JSON file (a local path or gs://). An unreadable file or invalid JSON raises `error`, its message
+  starting with `label` (default: the path) and giving the line and column of bad JSON."""
+  from etils import epath
+
+  label = label or str(path)
+  try:
+    text = epath.Path(path).read_text()
+  except OSError as e:
+    raise error(f'{label}: cannot read it ({e.strerror or e})') from None
+  try:
+    return json.loads(text)
+  except ValueError as e:
+    raise error(f'{label}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})') from None
 
 
 def did_you_mean(name: str, known, prefix: str = '') -> str:

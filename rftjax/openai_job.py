@@ -22,7 +22,6 @@ import logging
 import pathlib
 from typing import Any
 
-from etils import epath
 
 from rftjax import errors
 from rftjax import hparams
@@ -112,14 +111,7 @@ def _fields(path, node: dict, known: dict, where: str) -> None:
 
 def read(path: str | pathlib.Path) -> Job:
   """The job file, every field checked (JobError names the JSON path of the first bad one)."""
-  try:
-    text = epath.Path(path).read_text()
-  except OSError as e:
-    raise JobError(f'--openai_job={path}: cannot read it ({e.strerror or e})') from None
-  try:
-    body = json.loads(text)
-  except ValueError as e:
-    raise JobError(f'{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})') from None
+  body = errors.read_json_file(path, JobError, f'--openai_job={path}')
   if not isinstance(body, dict):
     _fail(path, '(top level)', body, 'a JSON object: the body of a fine_tuning.jobs.create request')
   _fields(path, body, _TOP, '')

@@ -34,12 +34,7 @@ def load(spec: Any, where: str = 'config.response_format') -> dict | None:
   if hasattr(spec, 'to_dict'):
     spec = spec.to_dict()
   if isinstance(spec, str):
-    from etils import epath
-
-    try:
-      spec = json.loads(epath.Path(spec).read_text())
-    except (OSError, ValueError) as e:
-      raise errors.ConfigError(f'{where}={spec!r}: cannot read it as JSON ({e})') from None
+    spec = errors.read_json_file(spec, errors.ConfigError, f'{where}={spec!r}')
   check(spec, where)
   return spec
 

@@ -182,3 +182,17 @@ def test_data_that_does_not_fit_the_grader_fails_before_anything_slow(
   at = GOOD_LINE.index('digit:') + len('digit')  # where the latin-1 byte sits in line 2
   assert rc == 2 and err == [message.format(train=train_file, offset=len(GOOD_LINE) + at, column=at + 1)]
   assert not workdir.exists()
+
+
+def test_json_files_name_the_file_and_the_line(tmp_path):
+  """One reader for the job, grader and response_format files: the label, then the line and column of bad JSON."""
+  from rftjax import errors
+
+  bad = tmp_path / 'bad.json'
+  bad.write_text('{"a": 1,\n "b": }')
+  with pytest.raises(errors.ConfigError, match=r"^config.x='.*bad.json': not valid JSON \(line 2, column 7: "):
+    errors.read_json_file(bad, errors.ConfigError, f'config.x={str(bad)!r}')
+  with pytest.raises(errors.ConfigError, match=r'missing.json: cannot read it \(No such file'):
+    errors.read_json_file(tmp_path / 'missing.json', errors.ConfigError)
+  bad.write_text('[1, 2]')
+  assert errors.read_json_file(bad, errors.ConfigError) == [1, 2]

@@ -7,8 +7,8 @@ import math
 import pathlib
 from typing import Any, Sequence
 
-from etils import epath
 
+from rftjax import errors
 from rftjax.graders import core
 from rftjax.graders import formula
 from rftjax.graders import model_graders
@@ -189,15 +189,7 @@ def load(spec: Any) -> dict:
   if hasattr(spec, 'to_dict'):
     spec = spec.to_dict()
   if isinstance(spec, (str, pathlib.Path)):
-    path = epath.Path(spec)  # a local path or gs://
-    try:
-      text = path.read_text()
-    except OSError as e:
-      raise _E(f'{path}: cannot read grader file: {e.strerror or e}') from None
-    try:
-      spec = json.loads(text)
-    except ValueError as e:
-      raise _E(f'{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}') from None
+    spec = errors.read_json_file(spec, _E, f'grader file {spec}')  # a local path or gs://
   if not isinstance(spec, dict):
     raise _E(f'grader: expected a JSON object, found {type(spec).__name__}')
   if 'grader' in spec and isinstance(spec['grader'], dict) and 'type' not in spec:
