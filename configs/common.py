@@ -41,11 +41,20 @@ def base() -> ml_collections.ConfigDict:
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.temperature = 1.0
-  c.sampling.stop = ()  # extra single-token stop strings, e.g. ('\n',); EOS and the turn end always stop
+  c.sampling.stop = ()  # extra stop strings (any length, matched on their tokens), e.g. ('\n',); EOS and turn end stop
   c.sampling.top_p = 1.0
   c.sampling.top_k = 0
   c.sampling.max_new_tokens = 32
   c.sampling.cache_dtype = ''  # KV cache dtype; '' = float32 ('bfloat16' halves the cache on TPU)
+
+  c.sampling.tool_tokens = 128  # episodes: room for one tool turn (outputs cut to fit, counted in metrics)
+
+  # Agentic episodes (docs/tools.md): the model calls tools over HTTP between turns. A list of
+  # {"name", "server_url", "headers"} (or a JSON file of one); every tool a data row offers must be here.
+  c.tools = config_dict.FieldReference((), field_type=object)
+  c.max_episode_steps = 1  # model turns per episode; 1 = one completion, as without tools
+  c.tool_timeout_s = 60.0  # per HTTP attempt; 5xx, timeouts and connection errors are retried 3 times
+  c.tool_server = ''  # 'example': start rftjax.tool_server on a free 127.0.0.1 port; '{tool_server}' in URLs is it
 
   c.grpo = ml_collections.ConfigDict()
   c.grpo.beta = 0.0  # KL weight; 0 loads no reference model

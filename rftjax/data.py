@@ -18,7 +18,7 @@ from etils import epath
 from rftjax import errors
 from rftjax import runfs
 
-ROLES = ('system', 'developer', 'user', 'assistant')
+ROLES = ('system', 'developer', 'user', 'assistant', 'tool')
 
 
 class DataError(errors.UserError):
@@ -110,9 +110,26 @@ def parse_line(line: str, where: str) -> Example:
       raise DataError(f'{at}: expected an object with "role" and "content", got {type(m).__name__}')
     if m.get('role') not in ROLES:
       raise DataError(f'{at}: "role" must be one of {", ".join(ROLES)}, got {m.get("role")!r}')
-    if 'content' not in m:
+    calls = m.get('tool_calls') if m['role'] == 'assistant' else None
+    if 'content' not in m and not calls:
       raise DataError(f'{at}: missing "content"')
-    clean.append({'role': m['role'], 'content': _content_text(m['content'], at)})
+    # OpenAI's developer role is the system prompt of chat templates (none has a developer role)
+    msg = {
+      'role': 'system' if m['role'] == 'developer' else m['role'],
+      'content': _content_text(m.get('content') or '', at),
+    }
+    if calls is not None:  # an earlier tool call in the conversation: the chat template renders it
+      if not isinstance(calls, list) or not all(
+        isinstance(c, dict) and isinstance(c.get('function'), dict) for c in calls
+      ):
+        raise DataError(
+          f'{at}: "tool_calls" must be a list of {{"type": "function", "function": {{"name", "arguments"}}}}'
+        )
+      msg['tool_calls'] = calls
+    for key in ('tool_call_id', 'name') if m['role'] == 'tool' else ():
+      if key in m:
+        msg[key] = m[key]
+    clean.append(msg)
   if clean[-1]['role'] != 'user':
     raise DataError(
       f'{where}: the last message must come from "user" (it is the prompt to complete), got "{clean[-1]["role"]}"'
@@ -139,16 +156,21 @@ def reference(example: Example) -> dict:
 def encode_prompts(
   examples: Sequence[Example], tok, max_prompt_len: int | None = None, response_format=None
 ) -> list[list[int]]:
-  """Each example's prompt as token ids: the chat template's rendering of its messages (with the schema instruction
-  of a `response_format.ResponseFormat`), or its raw `text`. A prompt the template refuses, or one longer than
-  `max_prompt_len`, is a DataError naming its line."""
+  """Each example's prompt as token ids: the chat template's rendering of its messages and tools (with the schema
+  instruction of a `response_format.ResponseFormat`), or its raw `text`. A prompt the template refuses, or one
+  longer than `max_prompt_len`, is a DataError naming its line."""
   from rftjax import response_format as response_format_lib
 
   out = []
   for ex in examples:
     try:
       messages = response_format_lib.instruct(list(ex.messages), response_format)
-      ids = tok.encode_text(ex.text) if ex.text is not None else tok.encode_prompt(messages)
+      if ex.text is not None:
+        ids = tok.encode_text(ex.text)
+      else:  # a row's `tools` (OpenAI function definitions) are rendered by the model's chat template
+        ids = (
+          tok.encode_prompt(messages, tools=ex.item['tools']) if ex.item.get('tools') else tok.encode_prompt(messages)
+        )
     except ValueError as e:  # e.g. the gemma template's role alternation
       raise DataError(f'{ex.source}: {e}') from None
     if max_prompt_len is not None and len(ids) > max_prompt_len:

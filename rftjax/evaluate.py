@@ -12,6 +12,8 @@ summary as one JSON line. See docs/cli.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -22,12 +24,15 @@ from etils import epath
 
 from rftjax import cli
 from rftjax import data as data_lib
+from rftjax import episodes
 from rftjax import graders
 from rftjax import inference
 from rftjax import lora
 from rftjax import response_format
 from rftjax import runfs
 from rftjax import sample as sample_cli
+from rftjax import tool_server
+from rftjax import tools
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -113,8 +118,16 @@ def parse_args(argv):
 
 
 def run(args) -> dict:
-  examples = data_lib.load_jsonl(args.data)  # bad input fails before anything slow
   run_config = runfs.read_config(args.workdir) if args.workdir else None
+  with contextlib.ExitStack() as stack:
+    if run_config is not None and run_config.get('tool_server') == 'example':  # its server is gone: a new one
+      url = stack.enter_context(tool_server.serve())
+      run_config = tool_server.substitute(run_config, url, placeholder=run_config.get('tool_server_url') or url)
+    return _run(args, run_config, stack)
+
+
+def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
+  examples = data_lib.load_jsonl(args.data)  # bad input fails before anything slow
   grader_spec = graders.load(args.grader or (run_config.get('grader') if run_config else None))
   grading = run_config.grading if run_config else {}
   allow = args.allow_unsandboxed or bool(grading.get('allow_unsandboxed', False))
@@ -133,6 +146,14 @@ def run(args) -> dict:
   sampler = inference.make_sampler(
     loaded, ids, max_new_tokens=max_new, temperature=temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop
   )
+  steps = int(run_config.get('max_episode_steps') or 1) if run_config else 1
+  if steps > 1:  # the run's episodes: the same tools, turns and room for tool outputs (docs/tools.md)
+    specs = tools.load_tools(run_config.get('tools'))
+    tools.check_data_tools([(ex.source, ex.item) for ex in examples], specs)
+    width = int(run_config.sampling.tool_tokens)
+    slots = episodes.context_len(sampler.max_prompt_len, max_new, steps, width)
+    client = stack.enter_context(tools.ToolClient(specs, timeout_s=float(run_config.tool_timeout_s))) if specs else None
+    sampler = episodes.Agent(dataclasses.replace(sampler, context_len=slots), loaded.tokenizer, client, steps, width)
   timeout = float(grading.get('timeout_s', 10.0))
   pool = graders.GradingPool(args.num_workers or None, timeout, allow_unsandboxed=allow, response_format=fmt)
   with pool:
@@ -174,6 +195,7 @@ def run(args) -> dict:
         'sub_rewards': grade['sub_rewards'],
         'errors': grade['errors'],
         'passed': bool(r.reward >= threshold),
+        **({'transcript': o['transcript']} if 'transcript' in o else {}),
       }
     )
   if jax.process_index() == 0:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import jax
 
 from rftjax import data as data_lib
+from rftjax import episodes
 from rftjax import errors
 from rftjax import graders
 from rftjax import loader
@@ -52,14 +53,15 @@ def make_sampler(
 ) -> sampler_lib.Sampler:
   """A sampler for these prompts: left-padded to the run's `data.max_prompt_len` (the shapes its validation ran with)
   or to the longest prompt rounded up to a multiple of 8 (few shapes compile), whichever is longer.
-  `stop`: extra single-token stop strings on top of EOS and the turn end; None = the run's `sampling.stop`."""
+  `stop`: extra stop strings (one token or several) on top of EOS and the turn end; None = the run's
+  `sampling.stop`."""
   longest = max((len(p) for p in prompts), default=0)
   if longest == 0:
     raise errors.ConfigError('a prompt has no tokens; an empty text prompt needs a tokenizer that adds BOS')
   if stop is None:
     stop = tuple(loaded.config.get('sampling', {}).get('stop', ()))
   try:
-    stop_ids = loaded.tokenizer.stop_ids_with(stop)
+    stop_ids, stop_seqs = sampler_lib.stop_tokens(loaded.tokenizer, stop)
   except ValueError as e:
     raise errors.ConfigError(f'--stop: {e}') from None
   return sampler_lib.Sampler(
@@ -70,6 +72,7 @@ def make_sampler(
     loaded.tokenizer.pad_id,
     sampler_lib.SamplingParams(float(temperature), float(top_p), int(top_k)),
     compute_dtype=loaded.config.get('compute_dtype') or 'float32',
+    stop_seqs=stop_seqs,
   )
 
 
@@ -80,6 +83,7 @@ def _completion(r: rollout.Rollout, j: int) -> dict:
     'text': r.texts[j],
     'logprobs': [float(x) for x in r.logprobs[j, :n]],
     'truncated': bool(r.truncated[j]),
+    **({'transcript': episodes.record(r.episodes[j])} if r.episodes[j] is not None else {}),
   }
 
 
@@ -141,7 +145,8 @@ def evaluate(
   pending, done = [], 0
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     for rows, r in _host_batches(sampler, params, prompts, tok, mesh=mesh, rng=rng, batch_size=batch_size):
-      future = pool.submit(grader, r.texts, [items[k] for k in rows]) if rows else None
+      traces = r.traces
+      future = pool.submit(grader, r.texts, [items[k] for k in rows], traces=traces) if rows else None
       pending.append((rows, r, future))
       done += len(rows)
       if progress is not None:
@@ -180,6 +185,7 @@ class Validation:
     m = {
       'step': step,
       **graders.summarize([res for _, res in rows], prefix='valid'),
+      **episodes.metrics([c.get('transcript') for c, _ in rows], prefix='valid_'),
       'valid_completion_len_mean': sum(len(c['tokens']) for c, _ in rows) / max(len(rows), 1),
       'timing/eval_s': time.perf_counter() - t0,
     }
@@ -190,7 +196,8 @@ class Validation:
     if jax.process_index() == 0:
       records = [
         {'source': ex.source, 'item': data_lib.reference(ex), 'completion': c['text'], 'reward': res.reward,
-         'sub_rewards': res.sub_rewards, 'errors': [e.category for e in res.errors]}
+         'sub_rewards': res.sub_rewards, 'errors': [e.category for e in res.errors],
+         **({'transcript': c['transcript']} if 'transcript' in c else {})}
         for ex, (c, res) in zip(self.examples, rows)
       ]  # fmt: skip
       data_lib.write_jsonl(self.run.local / 'samples' / f'valid_step{step:06d}.jsonl', records)

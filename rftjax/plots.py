@@ -1,4 +1,5 @@
-"""The reward curve of a run: train reward (raw and smoothed) and validation reward against step, as a PNG.
+"""The reward curve of a run: train reward (raw and smoothed) and validation reward against step, as a PNG (and the
+tool calls per rollout, for runs whose episodes call tools).
 
   path = plots.write_reward_plot(workdir)   # DIR/reward_curve.png, from DIR/metrics.jsonl
 
@@ -44,8 +45,15 @@ def reward_figure(workdir: str | os.PathLike, kept=()):
   from matplotlib import pyplot as plt
 
   workdir = pathlib.Path(workdir)
-  series = reward_series(metrics_lib.read_jsonl(workdir / 'metrics.jsonl'))
+  records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
+  series = reward_series(records)
   fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+  calls = sorted(
+    {int(r['step']): r['tools/calls_per_rollout'] for r in records if 'tools/calls_per_rollout' in r}.items()
+  )
+  if calls:  # an episode run (docs/tools.md): how often the policy calls its tools, on the same axis
+    ax.plot([s for s, _ in calls], smooth([c for _, c in calls]), color='tab:green', linestyle='--', linewidth=1.5,
+            label='tool calls per rollout (train, smoothed)')  # fmt: skip
   steps, rewards = series['train']
   if steps:
     ax.plot(steps, rewards, color='tab:blue', alpha=0.3, linewidth=1, label='train (raw)')
@@ -58,7 +66,7 @@ def reward_figure(workdir: str | os.PathLike, kept=()):
       ax.plot(*zip(*best), linestyle='none', marker='*', markersize=14, color='tab:red', label='kept best checkpoints')
   ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel('step')
-  ax.set_ylabel('mean reward')
+  ax.set_ylabel('mean reward' + (' / tool calls' if calls else ''))
   ax.set_title(workdir.name)
   ax.grid(alpha=0.3)
   if ax.lines:

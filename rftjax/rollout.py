@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rftjax import episodes as episodes_lib
 from rftjax import graders
 from rftjax import grpo
 from rftjax import multihost
@@ -36,7 +37,9 @@ class Rollout:
   truncated: np.ndarray  # [R]
   rewards: np.ndarray  # [R] float32
   results: list  # [R] GradeResult
-  texts: list  # [R] str
+  texts: list  # [R] str: the completion (an episode's final turn), what graders grade
+  discard: np.ndarray  # [R] bool: no loss on this row (a tool or an endpoint grader failed for good)
+  episodes: list  # [R] episode transcript dicts (episodes.py), or None per row without tools
 
   def take(self, rows) -> Rollout:
     pick = lambda x: [x[i] for i in rows] if isinstance(x, list) else x[np.asarray(rows, int)]
@@ -54,33 +57,39 @@ class Rollout:
     return Rollout(**{f.name: join(f.name) for f in dataclasses.fields(Rollout)})
 
   def graded(self, results: list) -> Rollout:
-    return dataclasses.replace(self, results=results, rewards=np.asarray([r.reward for r in results], np.float32))
+    failed = np.asarray([bool(r.metadata.get('discard')) for r in results], bool)
+    rewards = np.asarray([r.reward for r in results], np.float32)
+    return dataclasses.replace(self, results=results, rewards=rewards, discard=self.discard | failed)
+
+  @property
+  def traces(self) -> list[str] | None:
+    """Each row's episode trace id (what tools and endpoint graders saw), or None without episodes."""
+    return None if self.episodes[0] is None else [e['trace_id'] for e in self.episodes]
 
 
-def sample(sampler: sampler_lib.Sampler, params, prompts: list[list[int]], tok, rng, mesh) -> Rollout:
-  """Samples and decodes this host's rows; rewards and results are not filled yet. A sampler with group_size > 1
-  prefills each group once when every host's rows come in such groups, and every row on its own otherwise."""
-  if sampler.group_size > 1 and multihost.any_host(not sampler_lib.grouped(prompts, sampler.group_size)):
-    sampler = dataclasses.replace(sampler, group_size=1)
-  p_tokens, p_mask = sampler_lib.pad_prompts(prompts, sampler.max_prompt_len, sampler.pad_id)
-  out = sampler(params, multihost.to_global(mesh, p_tokens), multihost.to_global(mesh, p_mask), rng)
+def sample(sampler, params, prompts: list[list[int]], tok, rng, mesh) -> Rollout:
+  """Samples and decodes this host's rows; rewards and results are not filled yet. `sampler`: a
+  sampler_lib.Sampler (one completion per row) or an episodes.Agent (multi-turn episodes with tools). A sampler
+  with group_size > 1 prefills each group once when every host's rows come in such groups, and every row on its
+  own otherwise."""
+  agent = sampler if isinstance(sampler, episodes_lib.Agent) else None
+  s = agent.sampler if agent else sampler
+  if s.group_size > 1 and multihost.any_host(not sampler_lib.grouped(prompts, s.group_size)):
+    s = dataclasses.replace(s, group_size=1)
+  p_tokens, p_mask = sampler_lib.pad_prompts(prompts, s.max_prompt_len, s.pad_id)
+  n = len(prompts)
+  if agent:
+    e = dataclasses.replace(agent, sampler=s).run(params, p_tokens, p_mask, rng, mesh)
+    fields = (e.tokens, e.mask, e.logprobs, e.lengths, e.truncated)
+    return Rollout(p_tokens, p_mask, *fields, np.zeros(n, np.float32), [None] * n, e.texts, e.discard, e.transcripts)
+  out = s(params, multihost.to_global(mesh, p_tokens), multihost.to_global(mesh, p_mask), rng)
   tokens, mask, logprobs, lengths, truncated = (
     multihost.local_rows(a) for a in (out.tokens, out.mask, out.logprobs, out.lengths, out.truncated)
   )
-  texts = [tok.decode(row[:n]) for row, n in zip(tokens, lengths)]
-  n = len(texts)
-  return Rollout(
-    p_tokens,
-    p_mask,
-    tokens,
-    mask.astype(np.float32),
-    logprobs,
-    lengths,
-    truncated,
-    np.zeros(n, np.float32),
-    [None] * n,
-    texts,
-  )
+  texts = [tok.decode(row[:k]) for row, k in zip(tokens, lengths)]
+  rewards, results = np.zeros(n, np.float32), [None] * n
+  return Rollout(p_tokens, p_mask, tokens, mask.astype(np.float32), logprobs, lengths, truncated, rewards, results,
+                 texts, np.zeros(n, bool), [None] * n)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +126,11 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   (at most 4 completion x 2 prompt lengths). Padding is masked, so the loss is the same; the train step and the
   old/reference logprob passes just stop computing on it."""
   rewards = r.rewards.astype(np.float32)
+  if r.discard.any():  # a discarded row takes its group's mean of the others: it moves no advantage
+    groups = rewards.reshape(-1, cfg.num_generations)
+    keep = ~r.discard.reshape(groups.shape)
+    means = np.where(keep.any(1), (groups * keep).sum(1) / np.maximum(keep.sum(1), 1), 0.0)
+    rewards = np.where(keep, groups, means[:, None]).reshape(-1).astype(np.float32)
   if cfg.overlong_buffer > 0:
     rewards = rewards + grpo.overlong_penalty(r.lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
   if cfg.advantage == 'gdpo':  # each sub-grader normalised in its group on its own (a missing one counts 0)
@@ -128,9 +142,10 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
       jnp.asarray(rewards), cfg.num_generations, method=cfg.advantage, scale=cfg.scale_rewards
     )
   mask = grpo.truncation_mask(r.mask, r.truncated) if cfg.mask_truncated else r.mask
+  mask = np.where(r.discard[:, None], 0.0, mask).astype(np.float32)
   n, p = r.tokens.shape[1], r.prompt_tokens.shape[1]
-  n = bucket(multihost.max_over_hosts(int(r.lengths.max(initial=1))), n)
-  p = bucket(multihost.max_over_hosts(int(r.prompt_mask.sum(axis=1).max(initial=1))), p, parts=2)
+  longest, longest_prompt = multihost.max_over_hosts(r.lengths.max(initial=1), r.prompt_mask.sum(axis=1).max(initial=1))
+  n, p = bucket(longest, n), bucket(longest_prompt, p, parts=2)
   put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
   return step_lib.Batch(
     prompt_tokens=put(r.prompt_tokens[:, -p:]),
@@ -145,8 +160,10 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
 def rollout_metrics(r: Rollout, g: int, prefix: str = 'train') -> dict[str, float]:
   m = graders.summarize(r.results, prefix=prefix)
   keep = grpo.dynamic_sampling_keep(r.rewards, g)
+  m.update(episodes_lib.metrics([episodes_lib.record(e) for e in r.episodes]))
   m.update(
     {
+      'discarded_frac': float(r.discard.mean()),
       f'{prefix}_reward_std': float(r.rewards.std()),
       'zero_std_group_frac': float(1.0 - keep.mean()),
       'completion_len_mean': float(r.lengths.mean()),
@@ -202,7 +219,7 @@ class Rollouts:
     t0 = time.perf_counter()
     r = sample(self.sampler, params, [self.prompts[i] for i in idx for _ in range(g)], self.tok, rng, self.mesh)
     t1 = time.perf_counter()
-    r = r.graded(self.pool.grade(self.grader, r.texts, [self.items[i] for i in idx for _ in range(g)]))
+    r = r.graded(self.pool.grade(self.grader, r.texts, [self.items[i] for i in idx for _ in range(g)], traces=r.traces))
     bad = sum(1 for x in r.results if x.errors) > self.cfg.max_error_share * len(r.results)
     if multihost.any_host(bad):  # every host stops together, so none waits for the others in a collective
       line = (

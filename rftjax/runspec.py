@@ -16,6 +16,7 @@ import math
 
 import jax
 
+from rftjax import episodes as episodes_lib
 from rftjax import errors
 from rftjax import graders
 from rftjax import grpo
@@ -27,11 +28,22 @@ from rftjax import response_format
 from rftjax import rollout
 from rftjax import sampler as sampler_lib
 from rftjax import sharding
-from rftjax import train_step
 from rftjax import tokenizer as tokenizer_lib
+from rftjax import tools as tools_lib
+from rftjax import train_step
 
 DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('constant', 'cosine')
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeSpec:
+  """Multi-turn episodes with tools (config.max_episode_steps > 1), docs/tools.md."""
+
+  max_steps: int  # model turns
+  tool_tokens: int  # width of one tool turn
+  tools: tuple  # tools.ToolSpec
+  timeout_s: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +60,7 @@ class RunSpec:
   eval_interval: int
   eval_samples: int  # completions per validation prompt
   eval_batch_size: int
+  episodes: EpisodeSpec | None = None  # None: one completion per row
 
 
 # ---- checks ----------------------------------------------------------------------------------------------------
@@ -156,6 +169,12 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
     _choice(config, 'sampling.cache_dtype', DTYPES)
   if isinstance(config.sampling.stop, str) or not all(isinstance(s, str) and s for s in config.sampling.stop):
     _fail('sampling.stop', config.sampling.stop, 'a tuple of non-empty strings')
+  steps = _int(config, 'max_episode_steps', 1, ' (1 = one completion per prompt)')
+  _int(config, 'sampling.tool_tokens', 8)
+  _num(config, 'tool_timeout_s', 0, open_low=True)
+  _choice(config, 'tool_server', ('', 'example'))
+  if inputs and tools_lib.load_tools(config.get('tools')) and steps < 2:
+    _fail('max_episode_steps', steps, '>= 2 when config.tools is set (a tool output needs a turn to be read in)')
 
   _num(config, 'grpo.beta', 0, why=' (0 = no KL term)')
   _choice(config, 'grpo.kl_estimator', grpo.KL_ESTIMATORS)
@@ -279,16 +298,19 @@ def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
   cfg = loader.model_config(config, tok)
   s, o = config.sampling, config.grpo
   try:
-    stop_ids = tok.stop_ids_with(tuple(s.stop))
+    stop_ids, stop_seqs = sampler_lib.stop_tokens(tok, tuple(s.stop))
   except ValueError as e:
     raise errors.ConfigError(f'config.sampling.stop: {e}') from None
+  steps = config.max_episode_steps
+  # an episode's completion is its whole transcript after the prompt: length limits count every token of it
+  width = episodes_lib.completion_width(s.max_new_tokens, steps, s.tool_tokens) if steps > 1 else s.max_new_tokens
   loss = grpo.LossConfig(
     epsilon=o.epsilon,
     epsilon_high=o.epsilon_high or None,
     beta=o.beta,
     kl_estimator=o.kl_estimator,
     aggregation=o.loss_aggregation,
-    max_tokens=s.max_new_tokens,
+    max_tokens=width,
     importance_level=o.importance_level,
     dual_clip=o.dual_clip or None,
     tis_cap=o.tis_cap or None,
@@ -306,7 +328,7 @@ def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
   rollouts = rollout.RolloutConfig(
     num_generations=config.num_generations,
     prompts=config.batch_size // jax.process_count(),
-    max_new_tokens=s.max_new_tokens,
+    max_new_tokens=width,
     advantage=o.advantage,
     scale_rewards=o.scale_rewards if o.advantage == 'grpo' else None,
     overlong_buffer=o.overlong_buffer,
@@ -328,6 +350,10 @@ def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
       cache_dtype=s.cache_dtype or 'float32',
       compute_dtype=config.compute_dtype,
       group_size=group,
+      stop_seqs=stop_seqs,
+      context_len=(
+        episodes_lib.context_len(config.data.max_prompt_len, s.max_new_tokens, steps, s.tool_tokens) if steps > 1 else 0
+      ),
     )
     for temperature, group in ((s.temperature, config.num_generations), (config.eval_temperature, config.eval_samples))
   ]
@@ -342,4 +368,7 @@ def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
     eval_interval=config.eval_interval,
     eval_samples=config.eval_samples,
     eval_batch_size=config.eval_batch_size,
+    episodes=EpisodeSpec(steps, s.tool_tokens, tools_lib.load_tools(config.get('tools')), config.tool_timeout_s)
+    if steps > 1
+    else None,
   )

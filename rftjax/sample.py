@@ -49,7 +49,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     '--stop',
     action='append',
     type=lambda s: codecs.decode(s, 'unicode_escape'),
-    help="an extra single-token stop string, repeatable; escapes work: --stop='\\n' (default: the "
+    help="an extra stop string (one token or several), repeatable; escapes work: --stop='\\n' (default: the "
     "run's config.sampling.stop)",
   )
   # several hosts (a pod slice: automatic; elsewhere: the same command on each, with these three flags)

@@ -8,6 +8,10 @@ is what the trainer recomputes.
 
 With `group_size` G > 1 (GRPO: G completions of each prompt, in consecutive rows) each distinct prompt is prefilled
 once and its KV cache repeated to its G rows; `grouped` says whether rows are laid out that way.
+
+A row stops on a single stop token (`stop_ids`) or when its last tokens equal a multi-token stop sequence
+(`stop_seqs`, matched inside the loop). Episodes (tool calls, episodes.py) sample turn after turn: `start` returns
+a `Context` as well, and `resume` prefills only the next turn's new tokens into the same cache before decoding on.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class _LoopState:
   key_mask: jax.Array  # [B, S]
   position: jax.Array  # [B] position of `token`
   rng: jax.Array
+  recent: jax.Array  # [B, W] the row's last W tokens this turn, for multi-token stops
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], max_prompt_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +108,36 @@ def choose(logits, rng, params: SamplingParams):
   return token, jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0] - lse
 
 
+@flax.struct.dataclass
+class Context:
+  """Where an episode's sampling left off, so that the next turn prefills only its own new tokens.
+
+  Slots [0, slot) of the cache are written; `key_mask` says which of them hold real tokens (a row that stopped
+  early leaves masked holes, which attention skips). `position` is each row's next RoPE position: positions stay
+  contiguous per row whatever the holes, so a continued episode computes what one forward over its transcript
+  computes (tests/test_episodes.py)."""
+
+  cache: dict
+  key_mask: jax.Array  # [B, S] bool
+  slot: jax.Array  # [] int32: the first free slot, the same for every row
+  position: jax.Array  # [B] int32
+
+
+def stop_tokens(tok, strings: Sequence[str]) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+  """(single stop ids, multi-token stop sequences): the tokenizer's EOS and turn-end ids, then each string's token
+  ids as the tokenizer encodes it alone (a one-token string joins the single ids)."""
+  ids, seqs = list(tok.stop_ids), []
+  for s in strings:
+    enc = tuple(tok.encode(s))
+    if not enc:
+      raise ValueError(f'stop string {s!r} encodes to no tokens')
+    if len(enc) == 1:
+      ids.append(enc[0])
+    else:
+      seqs.append(enc)
+  return tuple(dict.fromkeys(ids)), tuple(dict.fromkeys(seqs))
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampler:
   """Static description of a sampling program; hashable, so it is the jit cache key."""
@@ -116,55 +151,105 @@ class Sampler:
   cache_dtype: str = 'float32'
   compute_dtype: str = 'float32'
   group_size: int = 1  # rows come in groups of this many identical prompts (GRPO's G): each group prefills once
+  stop_seqs: tuple[tuple[int, ...], ...] = ()  # multi-token stops: a row ends when its last tokens equal one
+  context_len: int = 0  # cache slots; 0: one turn (max_prompt_len + max_new_tokens). Episodes need room for all
+
+  @property
+  def slots(self) -> int:
+    return self.context_len or self.max_prompt_len + self.max_new_tokens
 
   def __call__(self, weights, prompt_tokens, prompt_mask, rng) -> SampleOutput:
+    return self.start(weights, prompt_tokens, prompt_mask, rng, keep_context=False)[0]
+
+  def start(self, weights, prompt_tokens, prompt_mask, rng, *, keep_context: bool = True):
+    """The first turn: (SampleOutput, Context to `resume` from, or None without keep_context)."""
     if prompt_tokens.shape[0] % self.group_size:
       raise ValueError(f'{prompt_tokens.shape[0]} rows are not groups of group_size={self.group_size}')
-    return _sample(self, weights, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, bool), rng)
+    tokens, mask = jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, bool)
+    return _start(self, weights, tokens, mask, rng, keep_context)
+
+  def resume(self, weights, context: Context, block_tokens, block_mask, live, rng) -> tuple[SampleOutput, Context]:
+    """The next turn of an episode: prefill each row's new tokens (left-padded [B, T], e.g. a tool result and the
+    template's next assistant header) after the context, then decode. Rows with `live` False stay silent."""
+    need = int(context.slot) + block_tokens.shape[1] + self.max_new_tokens
+    if need > self.slots:
+      raise ValueError(f'the episode needs {need} cache slots, more than the sampler has ({self.slots})')
+    tokens, mask = jnp.asarray(block_tokens, jnp.int32), jnp.asarray(block_mask, bool)
+    return _resume(self, weights, context, tokens, mask, jnp.asarray(live, bool), rng)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _sample(s: Sampler, weights, prompt_tokens, prompt_mask, rng) -> SampleOutput:
-  cfg, n, g = s.cfg, s.max_new_tokens, s.group_size
-  b, p = prompt_tokens.shape
-  dtype = jnp.dtype(s.compute_dtype)
-  key_mask = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
-  # Prefill: one row per distinct prompt; its cache and last logits are then repeated to the group's G rows
-  # (transformers' generate(num_return_sequences=G) prefills G copies)
-  cache = model_lib.init_cache(cfg, b // g, p + n, jnp.dtype(s.cache_dtype))
-  cache = jax.tree.map(lambda c: sharding.constrain(c, model_lib.CACHE_AXES), cache)
+def _prefill(s: Sampler, weights, cache, key_mask, slot, position, tokens, mask, g: int):
+  """Writes a left-padded block at `slot` (one row per group of g identical rows, then repeated); returns the last
+  token's logits [B, V], the cache, the key mask and each row's next position."""
+  key_mask = jax.lax.dynamic_update_slice_in_dim(key_mask, mask, slot, axis=1)
+  positions = position[:, None] + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
   hidden, cache = model_lib.forward(
     weights,
-    cfg,
-    prompt_tokens[::g],
+    s.cfg,
+    tokens[::g],
     positions[::g],
     key_mask[::g],
     cache=cache,
-    cache_index=0,
-    dtype=dtype,
+    cache_index=slot,
+    dtype=jnp.dtype(s.compute_dtype),
     return_hidden=True,
   )
-  logits = model_lib.unembed(weights, cfg, hidden[:, -1:])[:, 0]
-  if g > 1:
+  logits = model_lib.unembed(weights, s.cfg, hidden[:, -1:])[:, 0]
+  if g > 1:  # transformers' generate(num_return_sequences=G) prefills G copies
     cache = jax.tree.map(lambda c: sharding.constrain(jnp.repeat(c, g, axis=1), model_lib.CACHE_AXES), cache)
     logits = jnp.repeat(logits, g, axis=0)
+  return logits, cache, key_mask, position + jnp.sum(mask, axis=1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _start(s: Sampler, weights, prompt_tokens, prompt_mask, rng, keep_context: bool):
+  b, g = prompt_tokens.shape[0], s.group_size
+  cache = model_lib.init_cache(s.cfg, b // g, s.slots, jnp.dtype(s.cache_dtype))
+  cache = jax.tree.map(lambda c: sharding.constrain(c, model_lib.CACHE_AXES), cache)
+  zero = jnp.zeros((b,), jnp.int32)
+  logits, cache, key_mask, position = _prefill(
+    s, weights, cache, jnp.zeros((b, s.slots), bool), 0, zero, prompt_tokens, prompt_mask, g
+  )
+  out, ctx = _decode(s, weights, cache, key_mask, prompt_tokens.shape[1], position, logits, jnp.zeros((b,), bool), rng)
+  return out, (ctx if keep_context else None)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _resume(s: Sampler, weights, ctx: Context, tokens, mask, live, rng):
+  logits, cache, key_mask, position = _prefill(s, weights, ctx.cache, ctx.key_mask, ctx.slot, ctx.position, tokens,
+                                               mask, 1)  # fmt: skip
+  return _decode(s, weights, cache, key_mask, ctx.slot + tokens.shape[1], position, logits, ~live, rng)
+
+
+def _decode(s: Sampler, weights, cache, key_mask, base, position, logits, done, rng) -> tuple[SampleOutput, Context]:
+  """The `lax.while_loop` from the prefill's last logits: token k of the turn goes to cache slot base + k."""
+  cfg, n = s.cfg, s.max_new_tokens
+  b = logits.shape[0]
+  dtype = jnp.dtype(s.compute_dtype)
   rng, sub = jax.random.split(rng)
   token, logprob = choose(logits, sub, s.params)
   stop_ids = jnp.asarray(s.stop_ids, jnp.int32)
+  width = max((len(q) for q in s.stop_seqs), default=1)
+  # multi-token stops, right-aligned in a [Q, width] table; -1 marks unused columns (matches anything)
+  seqs = np.full((max(len(s.stop_seqs), 1), width), -2, np.int32)
+  for i, q in enumerate(s.stop_seqs):
+    seqs[i, :] = -1
+    seqs[i, width - len(q) :] = q
+  seqs = jnp.asarray(seqs)
 
   state = _LoopState(
     step=jnp.int32(0),
     token=token,
     logprob=logprob,
-    done=jnp.zeros((b,), bool),
+    done=done,
     tokens=jnp.full((b, n), s.pad_id, jnp.int32),
     logprobs=jnp.zeros((b, n), jnp.float32),
     mask=jnp.zeros((b, n), jnp.float32),
     cache=cache,
     key_mask=key_mask,
-    position=positions[:, -1] + 1,
+    position=position,
     rng=rng,
+    recent=jnp.full((b, width), -3, jnp.int32),
   )
 
   def cond(st: _LoopState):
@@ -175,8 +260,10 @@ def _sample(s: Sampler, weights, prompt_tokens, prompt_mask, rng) -> SampleOutpu
     tokens = st.tokens.at[:, st.step].set(jnp.where(live, st.token, s.pad_id))
     logprobs = st.logprobs.at[:, st.step].set(jnp.where(live, st.logprob, 0.0))
     mask = st.mask.at[:, st.step].set(live.astype(jnp.float32))
-    done = st.done | jnp.isin(st.token, stop_ids)
-    slot = p + st.step
+    recent = jnp.concatenate([st.recent[:, 1:], st.token[:, None]], axis=1)
+    hit = jnp.any(jnp.all((recent[:, None, :] == seqs[None]) | (seqs[None] == -1), axis=-1), axis=-1)
+    done = st.done | jnp.isin(st.token, stop_ids) | (hit if s.stop_seqs else False)
+    slot = base + st.step
     key_mask = jax.lax.dynamic_update_slice_in_dim(st.key_mask, live[:, None], slot, axis=1)
     hidden, cache = model_lib.forward(
       weights,
@@ -204,13 +291,16 @@ def _sample(s: Sampler, weights, prompt_tokens, prompt_mask, rng) -> SampleOutpu
       key_mask=key_mask,
       position=st.position + 1,
       rng=rng,
+      recent=recent,
     )
 
   state = jax.lax.while_loop(cond, body, state)
   lengths = jnp.sum(state.mask, axis=1).astype(jnp.int32)
-  return SampleOutput(
+  out = SampleOutput(
     tokens=state.tokens, mask=state.mask, logprobs=state.logprobs, lengths=lengths, truncated=~state.done
   )
+  ctx = Context(state.cache, state.key_mask, jnp.asarray(base + state.step, jnp.int32), position + lengths)
+  return out, ctx
 
 
 def generate(
@@ -220,6 +310,7 @@ def generate(
   *,
   max_new_tokens: int,
   stop_ids: Sequence[int],
+  stop_seqs: Sequence[Sequence[int]] = (),
   pad_id: int = 0,
   params: SamplingParams = SamplingParams(temperature=0.0),
   seed: int = 0,
@@ -228,6 +319,7 @@ def generate(
   """Convenience for tests and CLIs: token lists in, completion token lists (through the stop token) out."""
   max_prompt_len = max_prompt_len or max(len(p) for p in prompts)
   tokens, mask = pad_prompts(prompts, max_prompt_len, pad_id)
-  sampler = Sampler(cfg, max_prompt_len, max_new_tokens, tuple(stop_ids), pad_id, params)
+  seqs = tuple(tuple(q) for q in stop_seqs)
+  sampler = Sampler(cfg, max_prompt_len, max_new_tokens, tuple(stop_ids), pad_id, params, stop_seqs=seqs)
   out = jax.device_get(sampler(weights, tokens, mask, jax.random.key(seed)))
   return [list(map(int, row[:length])) for row, length in zip(out.tokens, out.lengths)]

@@ -120,6 +120,88 @@ def write_tiny(out_dir: pathlib.Path = DATA_DIR / 'tiny') -> None:
   )
 
 
+# The tiny tools task (configs/tiny_tools.py): the answer is a digit the example tool server draws afresh for every
+# episode (tool_server.py, `lookup` of "secret"), so only a model that calls the tool and copies what it returns can
+# score above chance; the server's /grade endpoint (an `endpoint` grader) knows what it returned to each trace.
+TINY_TOOLS_PROMPTS = ('What is the secret number?', 'Tell me the secret.', 'Secret?')
+TINY_TOOLS_CALL = '<tool_call>{"name":"lookup","arguments":{"key":"secret"}}</tool_call>'
+TINY_TOOLS_SPEC = [
+  {
+    'type': 'function',
+    'name': 'lookup',
+    'description': 'The value stored under a key.',
+    'parameters': {'type': 'object', 'properties': {'key': {'type': 'string'}}, 'required': ['key']},
+  }
+]
+TINY_TOOLS_GRADER = {'type': 'endpoint', 'name': 'secret', 'url': '{tool_server}grade', 'pass_threshold': 1.0}
+
+
+def tiny_tools_examples(n: int, seed: int) -> list[dict]:
+  rng = np.random.default_rng(seed)
+  return [
+    {'messages': [{'role': 'user', 'content': TINY_TOOLS_PROMPTS[rng.integers(0, 3)]}], 'tools': TINY_TOOLS_SPEC}
+    for _ in range(n)
+  ]
+
+
+def write_tiny_tools(out_dir: pathlib.Path = DATA_DIR / 'tiny_tools') -> None:
+  out_dir.mkdir(parents=True, exist_ok=True)
+  data.write_jsonl(out_dir / 'train.jsonl', tiny_tools_examples(256, seed=21))
+  data.write_jsonl(out_dir / 'valid.jsonl', tiny_tools_examples(60, seed=22))
+  (out_dir / 'grader.json').write_text(json.dumps(TINY_TOOLS_GRADER, indent=2) + '\n')
+  # a whole call is one token, and so are the tool-turn markers: a random model writes a call with probability about
+  # 1/vocab, as the tiny digit task's answers (the format is the Hermes one every template here parses)
+  pieces = [TINY_TOOLS_CALL, '<tool_response>', '</tool_response>']
+  tokenizer.train_sentencepiece(
+    list(TINY_TOOLS_PROMPTS) * 20 + [str(d) for d in range(10)] * 20,
+    vocab_size=40,
+    out_prefix=out_dir / 'tokenizer',
+    user_defined_symbols=pieces,
+    byte_fallback=False,
+  )
+
+
+# SmolLM2 with a calculator (configs/smollm2_tools.py): products it gets wrong unaided. Its chat template shows the
+# model no tool list, so the system message says how to call the calculator and one worked exchange shows it.
+CALCULATOR_SPEC = {
+  'type': 'function',
+  'name': 'calculator',
+  'description': 'Evaluates an arithmetic expression: + - * / and parentheses.',
+  'parameters': {'type': 'object', 'properties': {'expression': {'type': 'string'}}, 'required': ['expression']},
+}
+CALCULATOR_SYSTEM = (
+  'You can use a calculator. To call it, write <tool_call>{"name": "calculator", "arguments": {"expression": '
+  '"EXPRESSION"}}</tool_call> and the result will come back. Then answer with the final number only.'
+)
+CALCULATOR_SHOT = [
+  {'role': 'user', 'content': 'What is 23 * 41?'},
+  {
+    'role': 'assistant',
+    'content': '<tool_call>{"name": "calculator", "arguments": {"expression": "23 * 41"}}</tool_call>',
+  },
+  {'role': 'tool', 'content': '943'},
+  {'role': 'assistant', 'content': '943'},
+]
+
+
+def tools_arith_examples(n: int, seed: int) -> list[dict]:
+  """Three-digit times two-digit products: SmolLM2-135M-Instruct gets almost none right in its head."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    a, b = int(rng.integers(100, 1000)), int(rng.integers(11, 100))
+    messages = [{'role': 'system', 'content': CALCULATOR_SYSTEM}, *CALCULATOR_SHOT]
+    messages.append({'role': 'user', 'content': f'What is {a} * {b}?'})
+    rows.append({'messages': messages, 'tools': [CALCULATOR_SPEC], 'answer': str(a * b)})
+  return rows
+
+
+def write_tools_arith(out_dir: pathlib.Path = DATA_DIR / 'tools_arith') -> None:
+  out_dir.mkdir(parents=True, exist_ok=True)
+  data.write_jsonl(out_dir / 'train.jsonl', tools_arith_examples(1000, seed=31))
+  data.write_jsonl(out_dir / 'valid.jsonl', tools_arith_examples(100, seed=32))
+
+
 def write_arith(out_dir: pathlib.Path = DATA_DIR / 'arith') -> None:
   out_dir.mkdir(parents=True, exist_ok=True)
   data.write_jsonl(out_dir / 'train.jsonl', arith_examples(2000, seed=11))
@@ -134,6 +216,8 @@ def main(argv=None) -> None:
   parser.add_argument('--out', default=str(DATA_DIR))
   args = parser.parse_args(argv)
   write_tiny(pathlib.Path(args.out) / 'tiny')
+  write_tiny_tools(pathlib.Path(args.out) / 'tiny_tools')
+  write_tools_arith(pathlib.Path(args.out) / 'tools_arith')
   write_arith(pathlib.Path(args.out) / 'arith')
   print(f'wrote tasks under {args.out}')
 

@@ -13,8 +13,10 @@ gguf_file=...)`); tests/test_tokenizer.py checks token ids on >1,000 strings per
 that spells a control token (`<end_of_turn>`, `<|im_end|>`, ...) encodes to that token: the chat templates rely
 on it. Host-side only: nothing here runs under jit.
 
-Chat templates are plain Python (no jinja), named `gemma`, `chatml`, `llama3`, `plain`; `apply_chat` renders the
-OpenAI-style `messages` plus the generation prompt, never the BOS (that is `encode_prompt`'s job).
+Chat templates (rftjax/chat_template.py): the model's own Jinja template when the tokenizer ships one (GGUF
+`tokenizer.chat_template`, an HF folder's `chat_template.jinja` or tokenizer_config.json), else a named Python one
+(`gemma`, `chatml`, `qwen3`, `llama3`, `plain`), which `chat_template=` can also force. `chat_text` renders the
+OpenAI-style `messages` (and function `tools`) plus the generation prompt, never the BOS (`encode_prompt` adds it).
 """
 
 from __future__ import annotations
@@ -28,15 +30,14 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from rftjax import chat_template as chat_template_lib
 from rftjax import gguf_io
 from rftjax import pretrained
 
 # Sentencepiece piece types; GGUF's `tokenizer.ggml.token_type` uses the same codes.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-TEMPLATES = ('gemma', 'chatml', 'qwen3', 'llama3', 'plain')
-# The token that closes a turn in each template; generation stops on it as well as on EOS.
-_TURN_END = {'gemma': '<end_of_turn>', 'qwen3': '<|im_end|>', 'chatml': '<|im_end|>', 'llama3': '<|eot_id|>'}
+TEMPLATES = chat_template_lib.TEMPLATES
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,91 +191,19 @@ _GGUF_SPLIT_REGEX = {'llama3': _LLAMA3_SPLIT, 'llama-v3': _LLAMA3_SPLIT, 'llama-
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Chat templates.
-
-
-def _check_messages(messages: Sequence[dict]) -> None:
-  if not messages:
-    raise ValueError('apply_chat: empty messages list')
-  for i, m in enumerate(messages):
-    if m.get('role') not in ('system', 'user', 'assistant') or not isinstance(m.get('content'), str):
-      raise ValueError(
-        f"apply_chat: messages[{i}] must be {{'role': system|user|assistant, 'content': str}}, got {m!r}"
-      )
+# Chat templates (rftjax/chat_template.py renders them).
 
 
 def render_chat(
   template: str, messages: Sequence[dict], *, default_system: str | None = None, thinking: bool = False
 ) -> str:
-  """Render `messages` with a named template and append the assistant generation prompt. No BOS.
-
-  `thinking` (qwen3 only): False opens the answer with an empty `<think>\n\n</think>\n\n` block, which is how
-  Qwen3's own template turns its reasoning mode off (`enable_thinking=False`); True leaves the model to think first.
-  """
-  _check_messages(messages)
-  if template == 'gemma':
-    # Gemma has no system role: the system text opens the first user turn, then a blank line.
-    prefix, turns = '', list(messages)
-    if turns[0]['role'] == 'system':
-      prefix, turns = turns[0]['content'] + '\n\n', turns[1:]
-    out = []
-    for i, m in enumerate(turns):
-      if (m['role'] == 'user') != (i % 2 == 0):
-        raise ValueError(
-          'gemma template: roles must alternate user/assistant/user/... after the system '
-          f'message; turn {i} is {m["role"]!r}'
-        )
-      role = 'model' if m['role'] == 'assistant' else m['role']
-      out.append(f'<start_of_turn>{role}\n{prefix if i == 0 else ""}{m["content"].strip()}<end_of_turn>\n')
-    return ''.join(out) + '<start_of_turn>model\n'
-  if template == 'chatml':
-    out = []
-    if messages[0]['role'] != 'system' and default_system is not None:
-      out.append(f'<|im_start|>system\n{default_system}<|im_end|>\n')
-    out += [f'<|im_start|>{m["role"]}\n{m["content"]}<|im_end|>\n' for m in messages]
-    return ''.join(out) + '<|im_start|>assistant\n'
-  if template == 'qwen3':  # ChatML with no default system prompt; earlier answers lose their <think> part
-    out = []
-    for m in messages:
-      content = m['content'].split('</think>')[-1].lstrip('\n') if m['role'] == 'assistant' else m['content']
-      out.append(f'<|im_start|>{m["role"]}\n{content}<|im_end|>\n')
-    return ''.join(out) + '<|im_start|>assistant\n' + ('' if thinking else '<think>\n\n</think>\n\n')
-  if template == 'llama3':
-    out = [f'<|start_header_id|>{m["role"]}<|end_header_id|>\n\n{m["content"].strip()}<|eot_id|>' for m in messages]
-    return ''.join(out) + '<|start_header_id|>assistant<|end_header_id|>\n\n'
-  if template == 'plain':
-    users = [m['content'] for m in messages if m['role'] == 'user']
-    if not users:
-      raise ValueError('plain template: no user message')
-    return users[-1]
-  raise ValueError(f'unknown chat template {template!r}; expected one of {TEMPLATES}')
-
-
-_CHATML_DEFAULT_SYSTEM = re.compile(r'<\|im_start\|>system\\n(.*?)<\|im_end\|>', re.S)
-
-
-def _template_from_jinja(jinja: str | None) -> tuple[str | None, str | None]:
-  """(template name, chatml default system prompt) recognised from a model's jinja chat template."""
-  if not jinja:
-    return None, None
-  if '<start_of_turn>' in jinja:
-    return 'gemma', None
-  if '<|start_header_id|>' in jinja:
-    return 'llama3', None
-  if '<|im_start|>' in jinja and '<think>' in jinja:
-    return 'qwen3', None
-  if '<|im_start|>' in jinja:
-    # SmolLM2 (and Qwen) insert a default system prompt when the conversation has none.
-    m = _CHATML_DEFAULT_SYSTEM.search(jinja.replace('\n', '\\n'))
-    # Only a literal prompt counts, not one the template assembles (`'...' + var + '...'`, `{{ ... }}`).
-    literal = m and not re.search(r"\{\{|\{%|['\"]\s*\+|\+\s*['\"]", m.group(1))
-    return 'chatml', (m.group(1).replace('\\n', '\n') if literal else None)
-  return None, None
+  """Render `messages` with a named template and append the assistant generation prompt. No BOS."""
+  return chat_template_lib.render_named(template, messages, default_system=default_system, thinking=thinking)
 
 
 def _template_from_vocab(backend) -> str:
   """The template whose turn-end token the vocabulary has, else `plain`."""
-  for name, token in _TURN_END.items():
+  for name, token in chat_template_lib.TURN_END.items():
     if backend.token_id(token) is not None and (name != 'qwen3' or backend.token_id('<think>') is not None):
       return name
   return 'plain'
@@ -298,6 +227,8 @@ class Tokenizer:
     chat_template: str,
     default_system: str | None = None,
     source: str = '',
+    jinja: chat_template_lib.JinjaTemplate | None = None,
+    use_jinja: bool = True,
   ):
     if chat_template not in TEMPLATES:
       raise ValueError(f'unknown chat template {chat_template!r}; expected one of {TEMPLATES}')
@@ -308,9 +239,14 @@ class Tokenizer:
     self.special_ids = frozenset(int(i) for i in special_ids)
     self._chat_template = chat_template
     self.default_system = default_system
-    self.thinking = False  # qwen3: the model reasons in <think> before answering (load_tokenizer sets it)
+    self.thinking = False  # reasoning first: the qwen3 template, and Jinja ones via enable_thinking (load_tokenizer)
     self.source = source
-    turn_end = self.token_to_id(_TURN_END.get(chat_template, ''))
+    self._jinja = jinja
+    # A forced named template (`chat_template=`) keeps the Jinja text for inspection but never renders with it.
+    self._use_jinja = jinja is not None and use_jinja
+    if self._use_jinja:
+      jinja.check()  # a syntax error surfaces at load time, naming the file
+    turn_end = self.token_to_id(chat_template_lib.TURN_END.get(chat_template, ''))
     self._stop_ids = tuple(dict.fromkeys(i for i in (eos_id, turn_end) if i is not None))
     # Control tokens written in text encode whole (transformers does the same); longest first so that the
     # leftmost match is also the longest one. Sentencepiece never matches them itself; byte-level BPE does.
@@ -332,18 +268,14 @@ class Tokenizer:
   eos_id = property(lambda self: self._eos)
   pad_id = property(lambda self: self._pad)
   stop_ids = property(lambda self: self._stop_ids, doc="EOS plus the chat template's turn-end token.")
-  chat_template = property(lambda self: self._chat_template)
-
-  def stop_ids_with(self, stop: Sequence[str] = ()) -> tuple[int, ...]:
-    """`stop_ids` plus the token of each string in `stop` (e.g. "\\n" to end at the first line break). The
-    sampler stops on token ids, so each string must be exactly one token; ValueError names any that is not."""
-    ids = list(self._stop_ids)
-    for s in stop:
-      enc = self.encode(s)
-      if len(enc) != 1:
-        raise ValueError(f'stop string {s!r} is {len(enc)} tokens {enc}; only single-token stop strings are supported')
-      ids.append(enc[0])
-    return tuple(dict.fromkeys(ids))
+  chat_template = property(lambda self: self._chat_template, doc='The named template (stop token, export).')
+  has_jinja_template = property(
+    lambda self: self._use_jinja, doc="Whether `chat_text` renders with the model's own Jinja template."
+  )
+  jinja_template = property(
+    lambda self: self._jinja.text if self._jinja else None, doc="The model's Jinja template text, if it ships one."
+  )
+  jinja_source = property(lambda self: self._jinja.source if self._jinja else None, doc='Where it came from.')
 
   def token_to_id(self, token: str) -> int | None:
     """Id of a token spelled exactly as in the vocabulary, or None."""
@@ -394,13 +326,38 @@ class Tokenizer:
     return [self.decode(ids, skip_special=skip_special) for ids in batch]
 
   # -- prompts ----------------------------------------------------------------------------------------------
-  def apply_chat(self, messages: Sequence[dict]) -> str:
-    """The conversation as text, ending with the prompt for the assistant's turn (no BOS)."""
-    return render_chat(self._chat_template, messages, default_system=self.default_system, thinking=self.thinking)
+  def chat_text(
+    self, messages: Sequence[dict], tools: Sequence[dict] | None = None, add_generation_prompt: bool = True
+  ) -> str:
+    """The conversation as text, ending with the prompt for the assistant's turn; never starts with BOS.
 
-  def encode_prompt(self, messages: Sequence[dict]) -> list[int]:
+    Rendered with the model's Jinja template (`has_jinja_template`), with `enable_thinking=self.thinking`, else
+    with the named template. `tools`: function tools, Responses or chat-completions shape. If the template writes
+    the BOS text first and `encode_prompt` adds BOS itself (`add_bos`), that text is cut off here.
+    """
+    if not self._use_jinja:
+      return chat_template_lib.render_named(
+        self._chat_template,
+        messages,
+        tools=tools,
+        add_generation_prompt=add_generation_prompt,
+        default_system=self.default_system,
+        thinking=self.thinking,
+      )
+    text = self._jinja.render(
+      messages, tools=tools, add_generation_prompt=add_generation_prompt, enable_thinking=self.thinking
+    )
+    # Only when BOS is added separately: SmolLM2's "bos_token" is <|im_start|>, which opens its first turn.
+    bos = self._jinja.variables.get('bos_token')
+    return text[len(bos) :] if self.add_bos and bos and text.startswith(bos) else text
+
+  def apply_chat(self, messages: Sequence[dict]) -> str:
+    """`chat_text(messages)`: kept for existing callers."""
+    return self.chat_text(messages)
+
+  def encode_prompt(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> list[int]:
     """Chat-rendered prompt ids, with BOS when the model's tokenizer config adds one."""
-    return self.encode(self.apply_chat(messages), add_bos=self.add_bos)
+    return self.encode(self.chat_text(messages, tools), add_bos=self.add_bos)
 
   def encode_text(self, text: str) -> list[int]:
     """A raw-text prompt's ids, with BOS when the model's tokenizer config adds one."""
@@ -425,7 +382,14 @@ def _from_gguf(path: str, chat_template: str | None) -> Tokenizer:
   bos, eos = get_id('tokenizer.ggml.bos_token_id'), get_id('tokenizer.ggml.eos_token_id')
   pad = get_id('tokenizer.ggml.padding_token_id')
   types = md['tokenizer.ggml.token_type'].tolist() if 'tokenizer.ggml.token_type' in md else []
-  name, default_system = _template_from_jinja(md.get('tokenizer.chat_template'))
+  tokens = md['tokenizer.ggml.tokens']
+  # The special tokens transformers builds from a GGUF, by the names chat templates use.
+  named = {'bos_token': bos, 'eos_token': eos, 'unk_token': get_id('tokenizer.ggml.unknown_token_id'), 'pad_token': pad}
+  variables = {k: tokens[i] for k, i in named.items() if i is not None and 0 <= i < len(tokens)}
+  source = f'gguf:{path} (metadata tokenizer.chat_template)'
+  templates = chat_template_lib.templates_from_config(md.get('tokenizer.chat_template'), source)
+  jinja = chat_template_lib.JinjaTemplate(templates, source, variables) if templates else None
+  name, default_system = chat_template_lib.recognise(jinja and jinja.text)
   if kind == 'llama':
     backend = _SentencePiece(_sentencepiece_proto_from_gguf(md))
     special = [i for i, k in enumerate(types) if k in (CONTROL, UNKNOWN)]
@@ -455,16 +419,20 @@ def _from_gguf(path: str, chat_template: str | None) -> Tokenizer:
     chat_template=chat_template or name or _template_from_vocab(backend),
     default_system=default_system,
     source=f'gguf:{path}',
+    jinja=jinja,
+    use_jinja=not chat_template,
   )
 
 
-def _from_sentencepiece_file(path: str, chat_template: str | None, config: dict | None = None) -> Tokenizer:
+def _from_sentencepiece_file(
+  path: str, chat_template: str | None, config: dict | None = None, jinja: chat_template_lib.JinjaTemplate | None = None
+) -> Tokenizer:
   backend = _SentencePiece(pathlib.Path(path).read_bytes())
   sp = backend.sp
   opt = lambda i: i if i >= 0 else None  # noqa: E731
   special = [i for i in range(backend.vocab_size) if sp.is_control(i) or sp.is_unknown(i)]
   config = config or {}
-  name, default_system = _template_from_jinja(config.get('chat_template'))
+  name, default_system = chat_template_lib.recognise(jinja and jinja.text)
   return Tokenizer(
     backend,
     bos_id=opt(sp.bos_id()),
@@ -475,11 +443,29 @@ def _from_sentencepiece_file(path: str, chat_template: str | None, config: dict 
     chat_template=chat_template or name or 'plain',
     default_system=default_system,
     source=f'sp:{path}',
+    jinja=jinja,
+    use_jinja=not chat_template,
   )
 
 
 def _token_text(value) -> str | None:
   return value.get('content') if isinstance(value, dict) else value
+
+
+def _hf_chat_template(d: pathlib.Path, config: dict) -> chat_template_lib.JinjaTemplate | None:
+  """The folder's Jinja template(s), as transformers finds them: `chat_template.jinja` and `chat_templates/*.jinja`
+  if any exist, else tokenizer_config.json's "chat_template". Variables: every `*_token` text in the config."""
+  files = {'default': d / 'chat_template.jinja', **{f.stem: f for f in sorted(d.glob('chat_templates/*.jinja'))}}
+  templates = {name: f.read_text(encoding='utf-8') for name, f in files.items() if f.is_file()}
+  source = f'hf:{d}/{"chat_template.jinja" if "default" in templates else "chat_templates/"}'
+  if not templates:
+    source = f'hf:{d}/tokenizer_config.json'
+    templates = chat_template_lib.templates_from_config(config.get('chat_template'), source)
+  extra = config.get('extra_special_tokens')
+  tokens = {k: _token_text(v) for k, v in config.items() if k.endswith('_token')}
+  tokens.update({k: _token_text(v) for k, v in extra.items()} if isinstance(extra, dict) else {})
+  variables = {k: v for k, v in tokens.items() if isinstance(v, str)}
+  return chat_template_lib.JinjaTemplate(templates, source, variables) if templates else None
 
 
 def _from_hf_dir(directory: str, chat_template: str | None) -> Tokenizer:
@@ -488,11 +474,10 @@ def _from_hf_dir(directory: str, chat_template: str | None) -> Tokenizer:
   for name in ('special_tokens_map.json', 'tokenizer_config.json'):
     if (d / name).is_file():
       config.update(json.loads((d / name).read_text()))
-  if (d / 'chat_template.jinja').is_file():
-    config['chat_template'] = (d / 'chat_template.jinja').read_text()
+  jinja = _hf_chat_template(d, config)
   if not (d / 'tokenizer.json').is_file():
     if (d / 'tokenizer.model').is_file():
-      return _from_sentencepiece_file(str(d / 'tokenizer.model'), chat_template, config)
+      return _from_sentencepiece_file(str(d / 'tokenizer.model'), chat_template, config, jinja)
     raise FileNotFoundError(f'hf:{directory}: no tokenizer.json or tokenizer.model in the folder')
   import tokenizers
 
@@ -503,7 +488,7 @@ def _from_hf_dir(directory: str, chat_template: str | None) -> Tokenizer:
   # transformers 5 saves no `add_bos_token`; the post-processor in tokenizer.json says whether BOS is added.
   probe = raw.encode('', add_special_tokens=True).ids
   adds_bos = ids['bos_token'] is not None and probe[:1] == [ids['bos_token']]
-  name, default_system = _template_from_jinja(config.get('chat_template'))
+  name, default_system = chat_template_lib.recognise(jinja and jinja.text)
   return Tokenizer(
     backend,
     bos_id=ids['bos_token'],
@@ -514,14 +499,16 @@ def _from_hf_dir(directory: str, chat_template: str | None) -> Tokenizer:
     chat_template=chat_template or name or _template_from_vocab(backend),
     default_system=default_system,
     source=f'hf:{directory}',
+    jinja=jinja,
+    use_jinja=not chat_template,
   )
 
 
 def load_tokenizer(spec: str, chat_template: str | None = None, thinking: bool = False) -> Tokenizer:
   """`sp:PATH`, `gguf:PATH`, `gguf:gemma3-270m`, `gguf:smollm2-135m` or `hf:DIR` -> Tokenizer.
 
-  `chat_template` (`gemma`, `chatml`, `qwen3`, `llama3`, `plain`) overrides the one recognised from the model;
-  `thinking`: Qwen3's reasoning mode in prompts (render_chat).
+  `chat_template` (`gemma`, `chatml`, `qwen3`, `llama3`, `plain`) forces that named template instead of the model's
+  own Jinja one (or the one recognised from the model); `thinking`: reasoning mode in prompts (`enable_thinking`).
   """
   spec = pretrained.resolve(spec)
   kind, _, path = spec.partition(':')

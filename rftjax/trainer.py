@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from rftjax import checkpoint as checkpoint_lib
 from rftjax import data as data_lib
+from rftjax import episodes
 from rftjax import errors
 from rftjax import graders
 from rftjax import guard as guard_lib
@@ -34,6 +35,8 @@ from rftjax import rollout
 from rftjax import runfs
 from rftjax import runspec
 from rftjax import sharding
+from rftjax import tool_server
+from rftjax import tools
 from rftjax import train_step as step_lib
 
 log = logging.getLogger('rftjax')
@@ -44,11 +47,19 @@ def train(config, workdir: str | pathlib.Path, explicit=()) -> dict:
 
   Bad input (a config key, a data line, a grader field) raises a `errors.UserError` before any model loads and
   before anything is written to the workdir. `explicit`: the config keys the user set on the command line."""
+  with contextlib.ExitStack() as servers:
+    if config.get('tool_server') == 'example':  # the demos' tool server, on a free port for this run only
+      config = tool_server.substitute(config, servers.enter_context(tool_server.serve()))
+    return _checked(config, workdir, explicit)
+
+
+def _checked(config, workdir, explicit) -> dict:
   # ---- everything the user gave is checked before anything slow runs or any file is written ----
   train_set = data_lib.load_jsonl(config.data.train)
   config = runspec.resolve(config, len(train_set), explicit)  # a copy: OpenAI fields applied, every key checked
   valid_set = data_lib.load_jsonl(config.data.valid)[: config.data.valid_limit or None]
   log.info('data: %d training and %d validation examples', len(train_set), len(valid_set))
+  tools.check_data_tools([(ex.source, ex.item) for ex in train_set + valid_set], tools.load_tools(config.tools))
   grader_spec = config.grader  # its content (resolve read the file)
   # a bad field, or user code this machine cannot sandbox, fails here, before judges or the model load
   graders.check_sandbox(graders.build(grader_spec), config.grading.allow_unsandboxed)
@@ -139,11 +150,18 @@ def _train(
     watcher = cleanup.enter_context(preemption.Watcher())
     rng = jax.random.key(config.seed)
     items = [ex.item for ex in train_set]
+    train_sampler, eval_sampler = spec.train_sampler, spec.eval_sampler
+    if spec.episodes is not None:  # multi-turn episodes: the samplers run inside an agent that calls the tools
+      e = spec.episodes
+      client = cleanup.enter_context(tools.ToolClient(e.tools, timeout_s=e.timeout_s)) if e.tools else None
+      train_sampler, eval_sampler = (
+        episodes.Agent(s, tok, client, e.max_steps, e.tool_tokens) for s in (train_sampler, eval_sampler)
+      )
     rollouts = rollout.Rollouts(
-      spec.rollout, spec.train_sampler, train_prompts, items, tok, grader, pool, data_iter, mesh, rng
+      spec.rollout, train_sampler, train_prompts, items, tok, grader, pool, data_iter, mesh, rng
     )
     validate = inference.Validation(
-      spec.eval_sampler,
+      eval_sampler,
       spec.eval_batch_size,
       valid_prompts,
       valid_set,

@@ -543,7 +543,16 @@ _JINJA = {
     "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
     '{%- endif -%}'
   ),
-  'plain': "{{ (messages | selectattr('role', 'equalto', 'user') | list | last)['content'] }}",
+  # the last user message, then assistant text and Hermes tool calls verbatim, tool results in tags (plain's format)
+  'plain': (
+    "{%- set ns = namespace(last=0) -%}{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
+    '{%- set ns.last = loop.index0 -%}{%- endif -%}{%- endfor -%}'
+    "{%- for m in messages[ns.last:] -%}{%- if m['role'] == 'tool' -%}"
+    "{{ '<tool_response>' + m['content'] + '</tool_response>' }}{%- else -%}{{ m['content'] or '' }}"
+    "{%- for c in m['tool_calls'] or [] -%}{{ '<tool_call>{\"name\": ' + c['function']['name'] | tojson + "
+    "', \"arguments\": ' + (c['function']['arguments'] if c['function']['arguments'] is string else "
+    "c['function']['arguments'] | tojson) + '}</tool_call>' }}{%- endfor -%}{%- endif -%}{%- endfor -%}"
+  ),
 }
 
 

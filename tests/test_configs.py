@@ -8,7 +8,10 @@ import pytest
 from rftjax import data
 from rftjax import graders
 from rftjax import model
+from rftjax import sampler
 from rftjax import tokenizer
+from rftjax import tool_server
+from rftjax import tools
 from rftjax import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -19,6 +22,10 @@ CONFIGS = [
   ('smollm2_arith', 'test'),
   ('gemma3_270m', None),
   ('gemma3_270m', 'test'),
+  ('tiny_tools', None),
+  ('tiny_tools', 'test'),
+  ('smollm2_tools', None),
+  ('smollm2_tools', 'test'),
 ]
 
 
@@ -26,17 +33,22 @@ CONFIGS = [
 def test_config_is_usable(name, arg, monkeypatch):
   monkeypatch.chdir(REPO)
   c = importlib.import_module(f'configs.{name}').get_config(arg)
+  if c.tool_server:  # the URL the example server gets at run time
+    c = tool_server.substitute(c, 'http://127.0.0.1:8000/')
   cfg = model.get_config(c.model)
   examples = data.load_jsonl(c.data.train)
   valid = data.load_jsonl(c.data.valid)
   graders.build(graders.load(c.grader))
+  tools.check_data_tools([(ex.source, ex.item) for ex in examples + valid], tools.load_tools(c.tools))
+  assert bool(c.tools) == (c.max_episode_steps > 1)
   tok = tokenizer.load_tokenizer(c.tokenizer or c.init, chat_template=c.chat_template or None)
   if cfg.family != 'tiny':
     assert tok.vocab_size <= cfg.vocab_size
   lengths = [len(ids) for ids in data.encode_prompts(examples[:200] + valid, tok, c.data.max_prompt_len)]
   assert max(lengths) <= c.data.max_prompt_len
   assert c.eval_interval > 0
-  assert len(tok.stop_ids_with(tuple(c.sampling.stop))) == len(tok.stop_ids) + len(c.sampling.stop)  # one token each
+  ids, seqs = sampler.stop_tokens(tok, tuple(c.sampling.stop))
+  assert len(ids) + len(seqs) == len(tok.stop_ids) + len(c.sampling.stop)  # each string stops on its own tokens
   if arg == 'test':  # the suite's 8 fake devices split the batch rows
     assert (c.batch_size * c.num_generations) % 8 == 0
 

@@ -91,6 +91,44 @@ def test_shipped_tiny_data_matches_generator(tmp_path):
   assert counts.min() > 150  # roughly uniform over 0..9 out of 2000
 
 
+@pytest.mark.parametrize('name', ['tiny_tools', 'tools_arith'])
+def test_shipped_tool_task_data_matches_generator(tmp_path, name):
+  getattr(tasks, f'write_{name}')(tmp_path)
+  shipped = sorted(p.name for p in (tasks.DATA_DIR / name).iterdir())
+  assert shipped == sorted(p.name for p in tmp_path.iterdir())
+  for f in shipped:
+    assert (tmp_path / f).read_bytes() == (tasks.DATA_DIR / name / f).read_bytes(), f
+  if name == 'tools_arith':  # the worked exchange's answer is right, and so is every reference
+    rows = [json.loads(line) for line in (tasks.DATA_DIR / name / 'valid.jsonl').open()]
+    assert tasks.CALCULATOR_SHOT[-1]['content'] == str(23 * 41)
+    for row in rows:
+      a, _, b = row['messages'][-1]['content'].removeprefix('What is ').rstrip('?').split()
+      assert int(row['answer']) == int(a) * int(b)
+
+
+def test_rows_may_hold_tool_turns_and_developer_becomes_system():
+  row = {
+    'messages': [
+      {'role': 'developer', 'content': 'be brief'},
+      {'role': 'user', 'content': 'q'},
+      {
+        'role': 'assistant',
+        'content': None,
+        'tool_calls': [{'type': 'function', 'function': {'name': 'f', 'arguments': '{}'}}],
+      },
+      {'role': 'tool', 'content': '7', 'tool_call_id': 'c1'},
+      {'role': 'user', 'content': 'and?'},
+    ]
+  }
+  ex = data.parse_line(json.dumps(row), 'f.jsonl:3')
+  assert ex.messages[0] == {'role': 'system', 'content': 'be brief'}
+  assert ex.messages[2] == {'role': 'assistant', 'content': '', 'tool_calls': row['messages'][2]['tool_calls']}
+  assert ex.messages[3] == {'role': 'tool', 'content': '7', 'tool_call_id': 'c1'}
+  row['messages'][2]['tool_calls'] = 'f()'
+  with pytest.raises(data.DataError, match=r'f.jsonl:3: messages\[2\]: "tool_calls" must be a list'):
+    data.parse_line(json.dumps(row), 'f.jsonl:3')
+
+
 def test_shipped_arith_data_matches_generator_and_answers_are_right(tmp_path):
   tasks.write_arith(tmp_path)
   shipped = sorted(p.name for p in (tasks.DATA_DIR / 'arith').iterdir())

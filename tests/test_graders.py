@@ -1,13 +1,13 @@
 """In-process graders, templates, formulas, config errors, metrics, model judges (stub server) and the CLI."""
 
-import http.server
 import json
 import pathlib
 import subprocess
 import sys
-import threading
 
 import pytest
+
+import local_http
 
 from rftjax import graders
 from rftjax.graders import formula
@@ -286,34 +286,22 @@ def test_summarize_and_check_failures():
 
 
 # model graders ---------------------------------------------------------------------------------------------------
-class _Judge(http.server.BaseHTTPRequestHandler):
+class _Judge(local_http.Handler):
   replies: dict = {}
   seen: list = []
 
   def do_POST(self):
-    body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+    body = self.json_body()
     _Judge.seen.append((body, self.headers.get('Authorization')))
     key = body['messages'][-1]['content']
     status, content = _Judge.replies.get(key, (200, '0.5'))
-    data = json.dumps({'choices': [{'message': {'role': 'assistant', 'content': content}}]}).encode()
-    self.send_response(status)
-    self.send_header('Content-Type', 'application/json')
-    self.send_header('Content-Length', str(len(data)))
-    self.end_headers()
-    self.wfile.write(data)
-
-  def log_message(self, *args):
-    pass
+    self.send(status, json.dumps({'choices': [{'message': {'role': 'assistant', 'content': content}}]}))
 
 
 @pytest.fixture(scope='module')
 def judge_url():
-  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Judge)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
-  yield f'http://127.0.0.1:{server.server_address[1]}/v1'
-  server.shutdown()
-  server.server_close()
+  with local_http.serving(_Judge, '/v1') as url:
+    yield url
 
 
 def model_spec(kind, url, **extra):

@@ -268,6 +268,8 @@ def test_the_guard_reads_the_names_the_trainer_writes():
     rewards=np.array([1, 0, 1, 1], np.float32),
     results=[graders.GradeResult(float(x)) for x in (1, 0, 1, 1)],
     texts=[''] * n,
+    discard=np.zeros(n, bool),
+    episodes=[None] * n,
   )
   _, update = grpo.policy_loss(
     jnp.zeros((n, 2)), None, jnp.ones(n), jnp.ones((n, 2)), config=grpo.LossConfig(), entropy=jnp.full((n, 2), 0.5)

@@ -24,6 +24,8 @@ def fake_rollout(group_rewards, tag):
     rewards=rewards,
     results=[graders.GradeResult(float(x)) for x in rewards],
     texts=[f'{tag}:{i}' for i in range(n)],
+    discard=np.zeros(n, bool),
+    episodes=[None] * n,
   )
 
 
@@ -103,6 +105,23 @@ def test_make_batch_overlong_penalty_and_truncation_mask():
   # group (1, 0): mean .5, std .5 -> (+1, -1); group (-1, 1): mean 0, std 1 -> (-1, +1)   (eps 1e-4 in the std)
   np.testing.assert_allclose(np.asarray(batch.advantages), [1, -1, -1, 1], atol=1e-3)
   np.testing.assert_array_equal(np.asarray(batch.completion_mask).sum(1), [2, 0, 2, 2])  # truncated row: no loss
+
+
+def test_discarded_rollouts_get_no_loss_and_move_no_advantage():
+  """A rollout whose tool or endpoint grader failed for good: its loss mask is zeroed and it takes its group's mean
+  reward of the others, so the other rows' advantages are those of the group without it (up to the std)."""
+  r = fake_rollout([(1, 0, 0, 1), (1, 1, 0, 0)], tag=1)
+  r.results[5] = graders.GradeResult(0.0, metadata={'discard': True})  # an endpoint grader gave up on row 5
+  r = r.graded(r.results)
+  r.discard[2] = True  # a tool gave up on row 2
+  cfg = rollout.RolloutConfig(num_generations=4, prompts=2, max_new_tokens=2, scale_rewards='none')
+  batch = rollout.make_batch(r, cfg, mesh=None)
+  np.testing.assert_array_equal(np.asarray(batch.completion_mask).sum(1), [2, 2, 0, 2, 2, 0, 2, 2])
+  # group 1: rewards (1, 0, [2/3], 1), mean 2/3; group 2: (1, [1/3], 0, 0), mean 1/3
+  np.testing.assert_allclose(
+    np.asarray(batch.advantages), [1 / 3, -2 / 3, 0, 1 / 3, 2 / 3, 0, -1 / 3, -1 / 3], atol=1e-6
+  )
+  assert rollout.rollout_metrics(r, 4)['discarded_frac'] == 0.25
 
 
 def test_bucket_lengths():

@@ -26,7 +26,7 @@ os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 import pytest  # noqa: E402
 
-from rftjax import pretrained, tokenizer  # noqa: E402
+from rftjax import pretrained, sampler, tokenizer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REF_CACHE = pathlib.Path(os.environ['RFTJAX_TEST_CACHE']) / 'hf_tokenizers'
@@ -455,7 +455,8 @@ class Reference:
     return rendered[0]
 
 
-def _reference(gguf):
+def reference_folder(gguf):
+  """transformers' tokenizer built from `gguf`, saved once (tests/test_chat_templates.py uses it too)."""
   folder = REF_CACHE / _sha256(gguf)
   if not (folder / 'tokenizer.json').is_file():
     from transformers import AutoTokenizer
@@ -465,7 +466,11 @@ def _reference(gguf):
     built.save_pretrained(str(tmp))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-  return Reference(folder)
+  return folder
+
+
+def _reference(gguf):
+  return Reference(reference_folder(gguf))
 
 
 @functools.cache
@@ -542,10 +547,10 @@ def test_special_ids_and_sizes(model):
     # SmolLM2's EOS *is* <|im_end|>, so the tuple holds it once.
     assert tok.chat_template == 'chatml' and tok.stop_ids == (tok.token_to_id('<|im_end|>'),) == (2,)
   (newline,) = tok.encode('\n')
-  assert tok.stop_ids_with(('\n',)) == tok.stop_ids + (newline,)
-  assert tok.stop_ids_with(('\n', '\n')) == tok.stop_ids + (newline,)  # no duplicates
-  with pytest.raises(ValueError, match=r"stop string '12' is 2 tokens"):
-    tok.stop_ids_with(('12',))  # both split numbers into digits
+  assert sampler.stop_tokens(tok, ('\n',)) == (tok.stop_ids + (newline,), ())
+  assert sampler.stop_tokens(tok, ('\n', '\n')) == (tok.stop_ids + (newline,), ())  # no duplicates
+  # a string of several tokens is a stop sequence, matched in the decode loop (both split numbers into digits)
+  assert sampler.stop_tokens(tok, ('12', '12')) == (tok.stop_ids, (tuple(tok.encode('12')),))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -272,9 +272,22 @@ def test_microbatches_equal_the_full_batch(aggregation):
       np.testing.assert_allclose(a, b, atol=1e-4)  # Adam magnifies float-rounding differences of the gradient
 
 
-def test_a_multi_token_stop_string_is_a_config_error(tmp_path, in_repo):
-  with pytest.raises(errors.ConfigError, match=r"config.sampling.stop: stop string 'Largest digit: 12' is \d+ tokens"):
-    run(tmp_path, 'stop', 1, **{'sampling.stop': ('Largest digit: 12',)})
+def test_stop_strings_of_one_token_and_of_several_reach_both_samplers(in_repo):
+  from rftjax import loader, runspec
+
+  c = tiny.get_config('test')
+  c.sampling.stop = ('Largest digit: 12', '7')
+  c = runspec.resolve(c, 100)
+  tok = loader.load_tokenizer(c)
+  spec = runspec.build(c, tok)
+  for s in (spec.train_sampler, spec.eval_sampler):
+    assert s.stop_ids == (*tok.stop_ids, *tok.encode('7')) and s.stop_seqs == (tuple(tok.encode('Largest digit: 12')),)
+  c = tiny.get_config('test')
+  c.sampling.stop = ('',)
+  with pytest.raises(
+    errors.ConfigError, match=r"config.sampling.stop: expected a tuple of non-empty strings, found \(''"
+  ):
+    runspec.resolve(c, 100)
 
 
 def test_eval_samples_grades_k_completions_per_prompt(tmp_path, in_repo):

@@ -2,7 +2,7 @@
 
   g = graders.build(spec)                      # dict or JSON path; GraderConfigError names the bad field
   with graders.GradingPool(timeout_s=10) as pool:
-    results = pool.grade(g, samples, items)    # or pool.submit(...) -> Future
+    results = pool.grade(g, samples, items)    # or pool.submit(...) -> Future; traces= for endpoint graders
   graders.summarize(results, prefix="train"); graders.check_failures(results, max_error_share=0.5)
 See docs/graders.md.
 """

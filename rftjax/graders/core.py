@@ -21,6 +21,8 @@ PYTHON_TIMEOUT = 'python_grader_timeout'
 MODEL_PARSE = 'model_grader_parse'
 MODEL_SERVER = 'model_grader_server'
 OTHER = 'other'
+# rftjax's: an `endpoint` grader's server failed or answered something other than a score.
+ENDPOINT = 'endpoint_grader'
 CATEGORIES = (
   SAMPLE_PARSE,
   INVALID_VARIABLE,
@@ -30,6 +32,7 @@ CATEGORIES = (
   MODEL_PARSE,
   MODEL_SERVER,
   OTHER,
+  ENDPOINT,
 )
 
 
@@ -49,8 +52,10 @@ class GradeResult:
 
   `reward` is the grader's own score: string_check, text_similarity, math, code, label_model and python give
   values in [0, 1] (a python score outside it is clamped, with a python_grader_runtime error naming the value);
-  score_model gives a value inside its `range` (default [0, 1]); multi gives the value of `calculate_output`.
-  A failed grading has reward 0.
+  score_model gives a value inside its `range` (default [0, 1]); endpoint gives its server's score as it came;
+  multi gives the value of `calculate_output`. A failed grading has reward 0. metadata["discard"] is True when the
+  grading failed for reasons outside the sample (an endpoint grader's server stayed down, also inside a multi):
+  such a rollout is left out of the loss rather than scored 0.
   """
 
   reward: float
@@ -96,6 +101,9 @@ class Grader:
   type: str = ''
   name: str = ''
   mode: str = INLINE
+  # MODEL graders only: True when `grade_one` takes a fourth argument, the sample's trace id (the episode's id,
+  # shared with its tool calls), which the pool passes on from `GradingPool.grade(..., traces=)`.
+  wants_trace: bool = False
   spec: dict[str, Any]
 
   def grade_batch(self, samples: list[str], items: list[dict]) -> list[GradeResult]:

@@ -7,7 +7,7 @@
   python_grader_timeout / python_grader_runtime; the worker (its process group and its cgroup) is killed and
   replaced and the rest of its chunk goes back in the queue. Deadlines are wall-clock checks in the dispatcher
   thread's select loop: no SIGALRM, no main-thread requirement.
-* MODEL graders (score_model, label_model) call their judge on a thread pool (network-bound).
+* MODEL graders (score_model, label_model, endpoint) call their judge or server on a thread pool (network-bound).
 Every spawn happens on the dispatcher thread, which lives as long as the pool: PR_SET_PDEATHSIG in the workers
 fires when the *thread* that spawned them exits, so this also makes workers die with the pool's process.
 """
@@ -308,30 +308,42 @@ class GradingPool:
                   'what this user can, and reach the network. %s', grader.name, self.isolation.reason)  # fmt: skip
 
   # Public API ------------------------------------------------------------------------------------------------
-  def submit(self, grader: core.Grader, samples: list[str], items: list[dict]) -> concurrent.futures.Future:
-    """Non-blocking: returns a Future whose .result() is list[GradeResult], one per sample, in order."""
+  def submit(
+    self, grader: core.Grader, samples: list[str], items: list[dict], traces: list[str] | None = None
+  ) -> concurrent.futures.Future:
+    """Non-blocking: returns a Future whose .result() is list[GradeResult], one per sample, in order. `traces`: each
+    sample's trace id (its episode's, shared with its tool calls), for the graders that send one (`endpoint`);
+    None: they make a fresh one per sample."""
     self.check(grader)
     if self._closed:
       raise RuntimeError('GradingPool is closed')
     if len(samples) != len(items):
       raise ValueError(f'samples and items must have the same length, found {len(samples)} and {len(items)}')
+    if traces is not None and len(traces) != len(samples):
+      raise ValueError(f'traces and samples must have the same length, found {len(traces)} and {len(samples)}')
     fut: concurrent.futures.Future = concurrent.futures.Future()
-    self._jobs.put((grader, list(samples), list(items), fut))
+    self._jobs.put((grader, list(samples), list(items), None if traces is None else list(traces), fut))
     return fut
 
-  def grade(self, grader: core.Grader, samples: list[str], items: list[dict]) -> list[core.GradeResult]:
-    if grader.mode == core.INLINE and not self._closed:  # cheap: skip the thread hop
-      return self._formatted(list(samples), list(items), grader.grade_batch)
-    return self.submit(grader, samples, items).result()
+  def grade(
+    self, grader: core.Grader, samples: list[str], items: list[dict], traces: list[str] | None = None
+  ) -> list[core.GradeResult]:
+    if grader.mode == core.INLINE and not self._closed:  # cheap: skip the thread hop (and INLINE takes no traces)
+      return self._formatted(list(samples), list(items), None, lambda s, i, t: grader.grade_batch(s, i))
+    return self.submit(grader, samples, items, traces).result()
 
-  def _formatted(self, samples: list[str], items: list[dict], grade_fn) -> list[core.GradeResult]:
-    """`grade_fn(samples, items)` over the samples that pass the response format; the others score 0 ungraded,
-    with the reason in metadata (the model's miss, not a grader error). Without a format: `grade_fn` as is."""
+  def _formatted(
+    self, samples: list[str], items: list[dict], traces: list[str] | None, grade_fn
+  ) -> list[core.GradeResult]:
+    """`grade_fn(samples, items, traces)` over the samples that pass the response format; the others score 0
+    ungraded, with the reason in metadata (the model's miss, not a grader error). Without a format: `grade_fn` as
+    is."""
     if self.response_format is None:
-      return grade_fn(samples, items)
+      return grade_fn(samples, items, traces)
     reasons = [self.response_format.validate(s) for s in samples]
     ok = [i for i, why in enumerate(reasons) if why is None]
-    graded = iter(grade_fn([samples[i] for i in ok], [items[i] for i in ok]) if ok else [])
+    kept_traces = None if traces is None else [traces[i] for i in ok]
+    graded = iter(grade_fn([samples[i] for i in ok], [items[i] for i in ok], kept_traces) if ok else [])
     out = []
     for why in reasons:
       if why is None:
@@ -368,12 +380,13 @@ class GradingPool:
         job = self._jobs.get()
         if job is None:
           return
-        grader, samples, items, fut = job
+        grader, samples, items, traces, fut = job
         if not fut.set_running_or_notify_cancel():
           continue
         deadline = time.monotonic() + self.budget_s if self.budget_s else float('inf')
         try:
-          fut.set_result(self._formatted(samples, items, lambda s, i: self._grade_now(grader, s, i, deadline)))
+          grade_fn = lambda s, i, t: self._grade_now(grader, s, i, deadline, t)  # noqa: E731
+          fut.set_result(self._formatted(samples, items, traces, grade_fn))
         except BaseException as e:  # noqa: BLE001  (hand any bug to the caller instead of hanging it)
           fut.set_exception(e)
     finally:
@@ -382,15 +395,18 @@ class GradingPool:
       self._workers.clear()
 
   def _grade_now(
-    self, grader: core.Grader, samples: list[str], items: list[dict], deadline: float
+    self, grader: core.Grader, samples: list[str], items: list[dict], deadline: float, traces: list[str] | None = None
   ) -> list[core.GradeResult]:
     leaves = grader.leaves() if hasattr(grader, 'leaves') else [grader]
     per_leaf: list[list[core.GradeResult]] = [None] * len(leaves)  # type: ignore[list-item]
     model_futs, sandbox_jobs = {}, {}
     for k, leaf in enumerate(leaves):
       if leaf.mode == core.MODEL:
+        # a leaf that wants a trace id gets one (None: it makes its own); the others keep their three arguments
+        extra = [(t,) for t in traces or [None] * len(samples)] if leaf.wants_trace else [()] * len(samples)
         model_futs[k] = [
-          self._model_threads.submit(leaf.grade_one, s, it, self.timeout_s) for s, it in zip(samples, items)
+          self._model_threads.submit(leaf.grade_one, s, it, self.timeout_s, *x)
+          for s, it, x in zip(samples, items, extra)
         ]
       elif leaf.mode == core.SANDBOX:
         tasks, early = leaf.sandbox_tasks(samples, items)

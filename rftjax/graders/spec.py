@@ -9,7 +9,9 @@ from typing import Any, Sequence
 
 
 from rftjax import errors
+from rftjax import tools
 from rftjax.graders import core
+from rftjax.graders import endpoint
 from rftjax.graders import formula
 from rftjax.graders import model_graders
 from rftjax.graders import sandbox_graders
@@ -87,6 +89,18 @@ def _check_leaf(spec: dict, where: str) -> None:
     _field(spec, 'tests', (list, str), where)
     _positive(spec, 'timeout_s', where)
     _positive(spec, 'test_timeout_s', where)
+  elif kind == 'endpoint':
+    problem = tools.url_problem(_field(spec, 'url', _STR, where))
+    if problem:
+      raise _E(f'{where}.url: {problem}')
+    headers = _field(spec, 'headers', (dict,), where, required=False)
+    problem = tools.headers_problem(headers) if headers is not None else None
+    if problem:
+      raise _E(f'{where}.headers: {problem}')
+    rate = _field(spec, 'rate_limit', _NUMBER, where, required=False)
+    if rate is not None and not (rate > 0 and math.isfinite(rate)):
+      raise _E(f'{where}.rate_limit: expected a positive number of requests per second, found {rate}')
+    _field(spec, 'pass_threshold', _NUMBER, where, required=False)
 
 
 def _positive(spec: dict, key: str, where: str) -> None:
@@ -103,6 +117,7 @@ _LEAVES = {
   'label_model': model_graders.LabelModel,
   'math': sandbox_graders.MathGrader,
   'code': sandbox_graders.CodeGrader,
+  'endpoint': endpoint.Endpoint,
 }
 TYPES = tuple(_LEAVES) + ('multi',)
 
@@ -133,6 +148,8 @@ class Multi(core.Grader):
     if not graders:
       raise _E(f'{name}.graders: expected a non-empty map of name -> grader, found {{}}')
     for sub in graders:
+      if sub == 'discard':
+        raise _E(f"{name}.graders: the name 'discard' is taken (metadata['discard'] flags a rollout to leave out)")
       if not sub.isidentifier():
         raise _E(
           f'{name}.graders: name {sub!r} cannot be used in calculate_output; expected letters, digits '
@@ -145,8 +162,10 @@ class Multi(core.Grader):
     # INLINE only when every sub-grader is; otherwise the pool's dispatcher fans the leaves out.
     self.mode = core.INLINE if all(g.mode == core.INLINE for g in self.subs.values()) else core.SANDBOX
 
-  def grade_batch(self, samples, items):
-    return self.combine([g.grade_batch(samples, items) for g in self.subs.values()])
+  def grade_batch(self, samples, items, traces=None):
+    return self.combine(
+      [g.grade_batch(samples, items, traces) if g.wants_trace else g.grade_batch(samples, items) for g in self.leaves()]
+    )
 
   def leaves(self) -> list[core.Grader]:
     return list(self.subs.values())
@@ -173,7 +192,9 @@ class Multi(core.Grader):
     for row in zip(*per_leaf):
       values = {n: r.reward for n, r in zip(names, row)}
       errors = tuple(core.GradeError(e.category, f'{n}: {e.message}') for n, r in zip(names, row) for e in r.errors)
-      meta = {n: r.metadata for n, r in zip(names, row) if r.metadata}
+      meta: dict = {n: r.metadata for n, r in zip(names, row) if r.metadata}
+      if any(r.metadata.get('discard') for r in row):  # one sub-grader's outage spoils the whole reward
+        meta['discard'] = True
       try:
         reward = self.formula.evaluate(values)
       except core.GradingException as e:

@@ -1,0 +1,247 @@
+"""Episodes: the model writes, calls tools over HTTP, reads their outputs and writes on; one rollout = the transcript.
+
+  agent = episodes.Agent(sampler, tok, client, max_steps=4, tool_tokens=64)
+  out = agent.run(params, prompt_tokens, prompt_mask, rng, mesh)   # this host's rows
+
+A turn ends at a stop token or sequence (the template's end of turn, a tool-call end marker such as `</tool_call>`)
+or after `max_new_tokens`. The host decodes each row's turn, parses its tool calls (tools.parse_calls), sends every
+row's calls at once (tools.ToolClient) and renders the outputs as the next tool turn with the model's own chat
+template. The next turn prefills only those tokens into the same KV cache (`Sampler.resume`), never the whole
+conversation again. Rows that finished wait silently; an episode ends at a turn without a tool call, when a turn
+runs out of tokens, or after `max_steps` model turns (a call in the last turn is not run; `episode/capped_frac`).
+
+What the trainer sees (`Episodes`): the transcript after the prompt as one completion, with a loss mask that covers
+the model's own tokens only (tool outputs and template tokens inserted by the host are context, not actions), the
+sampler's logprobs on those tokens, and the final turn's text for the graders. A rollout whose tool calls failed
+for good (5xx, timeouts, connection errors after retries) is `discard`ed: the trainer zeroes its loss mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import uuid
+
+import jax
+import numpy as np
+
+from rftjax import multihost
+from rftjax import sampler as sampler_lib
+from rftjax import tools as tools_lib
+
+# placeholders for the tool-turn rendering; any text a template passes through unchanged will do
+_MARK = '\u27e6rftjax-{}\u27e7'
+
+
+@dataclasses.dataclass
+class Episodes:
+  """This host's rows after `Agent.run`. Completions are the transcripts after the prompt, [R, W]."""
+
+  tokens: np.ndarray  # [R, W] int32
+  mask: np.ndarray  # [R, W] float32: 1 on model-written tokens only
+  logprobs: np.ndarray  # [R, W] sampler logprobs of the model's tokens (0 elsewhere)
+  lengths: np.ndarray  # [R] tokens in the transcript, model and tool turns alike
+  truncated: np.ndarray  # [R] the last turn hit max_new_tokens without a stop
+  texts: list  # [R] the final turn's text (what graders grade)
+  transcripts: list  # [R] dict: trace_id, messages (assistant / tool turns), calls, turns, capped
+  discard: np.ndarray  # [R] bool: a tool failed for good
+
+
+@dataclasses.dataclass
+class _Row:
+  trace_id: str
+  tokens: list = dataclasses.field(default_factory=list)
+  model: list = dataclasses.field(default_factory=list)  # 1.0 per model token, 0.0 per inserted token
+  logprobs: list = dataclasses.field(default_factory=list)
+  messages: list = dataclasses.field(default_factory=list)
+  calls: list = dataclasses.field(default_factory=list)  # tools.CallResult
+  tool_tokens: list = dataclasses.field(default_factory=list)  # tokens per tool output
+  truncated: bool = False
+  capped: bool = False
+  clipped: int = 0  # tool outputs cut to fit the tool turn
+
+  def add(self, tokens, logprobs=None):
+    self.tokens += [int(t) for t in tokens]
+    self.model += [0.0 if logprobs is None else 1.0] * len(tokens)
+    self.logprobs += [0.0] * len(tokens) if logprobs is None else [float(x) for x in logprobs]
+
+
+def context_len(max_prompt_len: int, max_new_tokens: int, max_steps: int, tool_tokens: int) -> int:
+  """Cache slots an episode may need: the prompt, every model turn and every tool turn between them."""
+  return max_prompt_len + max_steps * max_new_tokens + (max_steps - 1) * tool_tokens
+
+
+def completion_width(max_new_tokens: int, max_steps: int, tool_tokens: int) -> int:
+  return max_steps * max_new_tokens + (max_steps - 1) * tool_tokens
+
+
+@functools.lru_cache(maxsize=64)
+def _tool_turn_pieces(tok, calls: int) -> tuple[str, ...]:
+  """The template text around `calls` tool outputs that follows an assistant turn: `calls + 1` pieces, the first
+  closing the assistant's turn, the last opening the next one (its generation prompt). Found by rendering a
+  conversation with placeholders, so any template that writes an assistant's content as given works."""
+  marks = [_MARK.format(i) for i in range(calls + 1)]
+  conv = [{'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': marks[0]}]
+  conv += [{'role': 'tool', 'content': marks[i + 1], 'tool_call_id': f'call_{i}', 'name': 'tool'} for i in range(calls)]
+  text = tok.chat_text(conv, add_generation_prompt=True)
+  if text.count(marks[0]) != 1 or any(text.count(m) != 1 for m in marks[1:]):
+    raise ValueError(f'the chat template does not write tool outputs as given: {text[-300:]!r}')
+  rest = text.split(marks[0], 1)[1]
+  pieces = []
+  for m in marks[1:]:
+    head, rest = rest.split(m, 1)
+    pieces.append(head)
+  return (*pieces, rest)
+
+
+def tool_turn(tok, outputs: list[str], after_token: int | None, budget: int) -> tuple[list[int], list[int], int]:
+  """The token ids the host inserts after an assistant turn that made `len(outputs)` calls: template pieces (special
+  tokens parsed) around each output (encoded as plain text: a tool cannot inject control tokens). `after_token`: the
+  turn's stop token, dropped from the closing piece when the model already wrote it. Outputs are cut (from the end)
+  until the whole turn fits `budget` tokens. Returns (ids, tokens per output, outputs cut)."""
+  pieces = list(_tool_turn_pieces(tok, len(outputs)))
+  if after_token is not None:
+    written = tok.decode([after_token], skip_special=False)
+    if written and pieces[0].startswith(written):
+      pieces[0] = pieces[0][len(written) :]
+  frame = [tok.encode(p) for p in pieces]
+  bodies = [tok.encode(o, parse_special=False) for o in outputs]
+  room = budget - sum(map(len, frame))
+  if room < len(outputs):
+    raise ValueError(f'sampling.tool_tokens={budget} cannot hold the chat template around {len(outputs)} tool outputs')
+  cut = 0
+  while sum(map(len, bodies)) > room:  # trim the longest output first
+    i = max(range(len(bodies)), key=lambda k: len(bodies[k]))
+    bodies[i] = bodies[i][: max(1, len(bodies[i]) - (sum(map(len, bodies)) - room))]
+    cut += 1
+  ids = frame[0]
+  for body, piece in zip(bodies, frame[1:]):
+    ids = ids + body + piece
+  return ids, [len(b) for b in bodies], min(cut, len(outputs))
+
+
+@dataclasses.dataclass
+class Agent:
+  """Samples episodes. `sampler.context_len` must hold `context_len(...)` slots (runspec builds it so)."""
+
+  sampler: sampler_lib.Sampler
+  tok: object
+  client: tools_lib.ToolClient | None
+  max_steps: int
+  tool_tokens: int
+
+  def run(self, params, prompt_tokens: np.ndarray, prompt_mask: np.ndarray, rng, mesh) -> Episodes:
+    s, tok = self.sampler, self.tok
+    n_rows = prompt_tokens.shape[0]
+    rows = [_Row(trace_id=f'trace_{uuid.uuid4().hex}') for _ in range(n_rows)]
+    live = np.ones(n_rows, bool)
+    pending: dict = {}  # row -> (its turn's calls, then their results; the turn's stop token)
+    put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
+    out, ctx = s.start(params, put(prompt_tokens), put(prompt_mask), jax.random.fold_in(rng, 0))
+    for turn in range(self.max_steps):
+      if turn:
+        block, block_mask = self._tool_block(rows, live, pending)
+        out, ctx = s.resume(params, ctx, put(block), put(block_mask), put(live), jax.random.fold_in(rng, turn))
+      tokens, logprobs, lengths, truncated = (
+        multihost.local_rows(a) for a in (out.tokens, out.logprobs, out.lengths, out.truncated)
+      )
+      pending = {}
+      for i in np.flatnonzero(live):
+        n = int(lengths[i])
+        row = rows[i]
+        row.add(tokens[i, :n], logprobs[i, :n])
+        text = tok.decode(tokens[i, :n])
+        row.messages.append({'role': 'assistant', 'content': text})
+        row.truncated = bool(truncated[i])
+        calls = tools_lib.parse_calls(text) if self.client is not None and not row.truncated else []
+        if calls and turn + 1 < self.max_steps:
+          last = int(tokens[i, n - 1]) if n else None
+          pending[i] = (calls, last if last in s.stop_ids else None)
+        else:
+          row.capped = bool(calls)
+          live[i] = False
+      if not multihost.any_host(bool(live.any())) or turn + 1 == self.max_steps:
+        break
+      flat = [(c, rows[i].trace_id) for i, (calls, _) in pending.items() for c in calls]
+      results = iter(self.client.call_many(flat) if flat else [])
+      pending = {i: ([next(results) for _ in calls], stop) for i, (calls, stop) in pending.items()}
+    return self._episodes(rows)
+
+  def _tool_block(self, rows: list[_Row], live: np.ndarray, pending: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Each live row's tool turn, left-padded to [R, tool_tokens], appended to its transcript."""
+    width = self.tool_tokens
+    block = np.full((len(rows), width), self.sampler.pad_id, np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for i, (results, stop) in pending.items():
+      row = rows[i]
+      ids, sizes, cut = tool_turn(self.tok, [r.output for r in results], stop, width)
+      block[i, width - len(ids) :], mask[i, width - len(ids) :] = ids, True
+      row.add(ids)
+      row.calls += results
+      row.tool_tokens += sizes
+      row.clipped += cut
+      row.messages += [{'role': 'tool', 'name': r.name, 'content': r.output, 'kind': r.kind} for r in results]
+    assert not (live & ~np.isin(np.arange(len(rows)), list(pending))).any()
+    return block, mask
+
+  def _episodes(self, rows: list[_Row]) -> Episodes:
+    s = self.sampler
+    width = completion_width(s.max_new_tokens, self.max_steps, self.tool_tokens)
+    tokens = np.full((len(rows), width), s.pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.float32)
+    logprobs = np.zeros((len(rows), width), np.float32)
+    for i, row in enumerate(rows):
+      n = len(row.tokens)
+      tokens[i, :n], mask[i, :n], logprobs[i, :n] = row.tokens, row.model, row.logprobs
+    transcripts = [
+      {
+        'trace_id': row.trace_id,
+        'messages': row.messages,
+        'turns': sum(m['role'] == 'assistant' for m in row.messages),
+        'calls': row.calls,
+        'tool_tokens': row.tool_tokens,
+        'capped': row.capped,
+        'clipped': row.clipped,
+      }
+      for row in rows
+    ]
+    return Episodes(
+      tokens=tokens,
+      mask=mask,
+      logprobs=logprobs,
+      lengths=np.asarray([len(r.tokens) for r in rows], np.int32),
+      truncated=np.asarray([r.truncated for r in rows]),
+      texts=[r.messages[-1]['content'] if r.messages else '' for r in rows],
+      transcripts=transcripts,
+      discard=np.asarray([any(c.discard for c in r.calls) for r in rows]),
+    )
+
+
+def record(transcript: dict | None) -> dict | None:
+  """A transcript as JSON (samples files, gathering across hosts): messages, calls without their internals."""
+  if transcript is None:
+    return None
+  calls = [
+    {'name': c.name, 'call_id': c.call_id, 'kind': c.kind, 'latency_s': c.latency_s, 'discard': c.discard}
+    for c in transcript['calls']
+  ]
+  return {**transcript, 'calls': calls}
+
+
+def metrics(records: list[dict | None], prefix: str = '') -> dict[str, float]:
+  """Episode metrics over `record`s (names fixed, docs/tools.md): turns, tool calls, their latency and errors,
+  discarded rollouts, tokens per tool output. Empty without episodes. `prefix`: 'valid_' for validation."""
+  if not records or records[0] is None:
+    return {}
+  m = tools_lib.summary([[types.SimpleNamespace(**c) for c in r['calls']] for r in records])
+  sizes = [n for r in records for n in r['tool_tokens']]
+  m.update(
+    {
+      'episode/turns_mean': float(np.mean([r['turns'] for r in records])),
+      'episode/capped_frac': float(np.mean([r['capped'] for r in records])),
+      'tools/output_tokens_mean': float(np.mean(sizes)) if sizes else 0.0,
+      'tools/outputs_clipped': float(sum(r['clipped'] for r in records)),
+    }
+  )
+  return {prefix + k: v for k, v in m.items()}

@@ -1,0 +1,512 @@
+"""Agent tools: the `config.tools` list, Hermes-style tool calls in the model's text, and the HTTP client that runs
+them (docs/tools.md).
+
+During a rollout the model writes
+
+  <tool_call>{"name": "lookup", "arguments": {"key": "k7"}}</tool_call>
+
+`parse_calls` turns each block into a `ParsedCall`; `ToolClient.call_many` sends a turn's calls to their servers at
+once, and each `CallResult.output` is the string the model reads in its next turn. A failing tool never raises: the
+model is shown what went wrong, and a call that kept failing on the server's side (`CallResult.discard`) marks its
+rollout for discarding, because a reward earned against a broken tool says nothing about the policy.
+
+The wire format is that of OpenAI's Responses API function calls (rftjax/tool_server.py is a server to copy):
+
+  request  POST server_url  {"type": "function_call", "name", "arguments": "<JSON object as a string>", "call_id",
+                             "trace_id"}
+  reply    200              {"type": "function_call_output", "call_id", "output": "<string>"}
+
+`post` is the one HTTP path of the host-side tools and of the `endpoint` grader: retries, deadlines, size limits.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import http
+import http.client
+import json
+import pathlib
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Any, Callable, Sequence
+
+from rftjax import data as data_lib
+from rftjax import errors
+
+# What became of one call. The first six come from `post` (or, for an oversize request, from the size check
+# before it); the last two never reach a server.
+KINDS = ('ok', 'client_error', 'server_error', 'timeout', 'connection', 'oversize', 'unknown_tool', 'bad_call')
+# Failures of the server or the network, not of the call: tried again, and discarded when they persist.
+RETRIED = ('server_error', 'timeout', 'connection')
+_FIELDS = ('name', 'server_url', 'headers')
+_NAME = re.compile(r'[A-Za-z0-9_-]{1,64}')  # OpenAI's rule for function names
+_OPEN, _CLOSE = '<tool_call>', '</tool_call>'
+_SHOWN_ERROR_CHARS = 2000  # an HTML error page should not fill the model's context
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolSpec:
+  """One entry of `config.tools`. Hashed by name and URL only (a dict is not hashable); headers stay out of its repr,
+  since they may hold secrets."""
+
+  name: str
+  server_url: str
+  headers: dict[str, str] = dataclasses.field(default_factory=dict, hash=False, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedCall:
+  """One `<tool_call>` block. `arguments` is a JSON object as a string, as the Responses API carries it; when the
+  block is unusable, `error` is the message the model will be shown instead of a tool's output."""
+
+  name: str
+  arguments: str
+  error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CallResult:
+  """What one call came to. `output` is always the string the model is shown; `kind` is one of KINDS."""
+
+  name: str
+  call_id: str
+  output: str
+  kind: str
+  latency_s: float  # wall time of every attempt and the pauses between them; 0 for calls never sent
+  attempts: int  # requests sent: 0 for unknown_tool, bad_call and an oversize request
+  discard: bool  # a server, timeout or connection failure that outlasted every retry
+
+
+# Config ----------------------------------------------------------------------------------------------------------
+def url_problem(url: str) -> str | None:
+  """None for an http(s) URL with a host, else what is wrong with it (for messages that also name the field)."""
+  try:
+    parts = urllib.parse.urlsplit(url)
+    _ = parts.port  # raises ValueError for a port that is not a number in range
+  except ValueError as e:
+    return f'expected an http:// or https:// URL, found {url!r} ({e})'
+  if parts.scheme not in ('http', 'https') or not parts.hostname:
+    return f'expected an http:// or https:// URL with a host, found {url!r}'
+  return None
+
+
+def headers_problem(headers: Any) -> str | None:
+  """None for an object of string header names and values that urllib can send, else what is wrong with it."""
+  if not isinstance(headers, dict):
+    return f'expected an object of header name -> string value, found {type(headers).__name__}'
+  for key, value in headers.items():
+    if not isinstance(key, str) or not isinstance(value, str):
+      return f'expected string names and values, found {key!r}: {json.dumps(value)[:80]}'
+    if not key or any(c in key + value for c in '\r\n') or any(c in key for c in ' :'):
+      return f'expected header names without spaces or colons and values without line breaks, found {key!r}'
+  return None
+
+
+def load_tools(value: Any, key: str = 'tools') -> tuple[ToolSpec, ...]:
+  """The tools of `config.<key>`: a list of {"name", "server_url", "headers"?} objects, or the path of a JSON file
+  (local or gs://) holding one. None or an empty list: no tools. Raises errors.ConfigError naming the entry and
+  field (`config.tools[1].server_url`), what was found and what was expected."""
+  where = f'config.{key}'
+  source = ''
+  if isinstance(value, (str, pathlib.Path)) and str(value):
+    source = f' (in {value})'
+    value = errors.read_json_file(value, errors.ConfigError, f'{where} file {value}')
+  if value is None or value == '':
+    return ()
+  if not isinstance(value, (list, tuple)):
+    raise errors.ConfigError(
+      f'{where}{source}: expected a list of {{"name", "server_url", "headers"?}} objects, or the path of a JSON '
+      f'file holding one, found {type(value).__name__}'
+    )
+  specs: list[ToolSpec] = []
+  for i, entry in enumerate(value):
+    at = f'{where}[{i}]'
+    if hasattr(entry, 'to_dict'):  # a ConfigDict
+      entry = entry.to_dict()
+    if not isinstance(entry, dict):
+      raise errors.ConfigError(
+        f'{at}{source}: expected an object {{"name", "server_url", "headers"?}}, found {type(entry).__name__}'
+      )
+    for field in entry:
+      if field not in _FIELDS:
+        hint = errors.did_you_mean(str(field), _FIELDS)
+        raise errors.ConfigError(f'{at}{source}: unknown field {field!r}{hint}; expected {", ".join(_FIELDS)}')
+    for field in ('name', 'server_url'):
+      if field not in entry:
+        raise errors.ConfigError(f'{at}{source}: missing required field {field!r}; found fields {sorted(entry)}')
+      if not isinstance(entry[field], str):
+        found = f'{type(entry[field]).__name__} {json.dumps(entry[field])[:80]}'
+        raise errors.ConfigError(f'{at}.{field}{source}: expected a string, found {found}')
+    name = entry['name']
+    if not _NAME.fullmatch(name):
+      raise errors.ConfigError(
+        f'{at}.name{source}: found {name!r}, expected 1 to 64 letters, digits, underscores or hyphens'
+      )
+    for j, other in enumerate(specs):
+      if other.name == name:
+        raise errors.ConfigError(
+          f'{at}.name{source}: {name!r} is also the name of {where}[{j}]; expected each tool name once'
+        )
+    problem = url_problem(entry['server_url'])
+    if problem:
+      raise errors.ConfigError(f'{at}.server_url{source}: {problem}')
+    headers = entry.get('headers') or {}
+    if hasattr(headers, 'to_dict'):
+      headers = headers.to_dict()
+    problem = headers_problem(headers)
+    if problem:
+      raise errors.ConfigError(f'{at}.headers{source}: {problem}')
+    specs.append(ToolSpec(name, entry['server_url'], dict(headers)))
+  return tuple(specs)
+
+
+# Data --------------------------------------------------------------------------------------------------------------
+def row_tools(item: dict, where: str) -> list[dict]:
+  """The tools a data row offers, each as {"type": "function", "name", "description", "parameters"} (the chat
+  completions shape {"type": "function", "function": {...}} is unwrapped). No "tools" field: []. Raises
+  data.DataError naming `where` (file:line) and `tools[j]`."""
+  value = item.get('tools')
+  if value is None:
+    return []
+  if not isinstance(value, list):
+    raise data_lib.DataError(
+      f'{where}: "tools" must be a list of {{"type": "function", "name", ...}} objects, got {type(value).__name__}'
+    )
+  out: list[dict] = []
+  for j, entry in enumerate(value):
+    at = f'{where}: tools[{j}]'
+    if not isinstance(entry, dict):
+      raise data_lib.DataError(f'{at}: expected an object {{"type": "function", "name", ...}}, got {entry!r:.80}')
+    if entry.get('type') != 'function':
+      raise data_lib.DataError(f'{at}: "type" must be "function", got {json.dumps(entry.get("type"))[:80]}')
+    fn = entry.get('function', entry)
+    if not isinstance(fn, dict):
+      raise data_lib.DataError(f'{at}: "function" must be an object with a "name", got {type(fn).__name__}')
+    name = fn.get('name')
+    if not isinstance(name, str) or not name:
+      raise data_lib.DataError(f'{at}: expected a string "name", got {json.dumps(name)[:80]}')
+    description = fn.get('description', '')
+    if not isinstance(description, str):
+      raise data_lib.DataError(f'{at}: "description" must be a string, got {type(description).__name__}')
+    parameters = fn.get('parameters', {'type': 'object', 'properties': {}})
+    if not isinstance(parameters, dict):
+      raise data_lib.DataError(f'{at}: "parameters" must be a JSON schema object, got {type(parameters).__name__}')
+    if any(t['name'] == name for t in out):
+      raise data_lib.DataError(f'{at}: tool {name!r} is offered twice in this row; expected each name once')
+    out.append({'type': 'function', 'name': name, 'description': description, 'parameters': parameters})
+  return out
+
+
+def check_data_tools(rows: Sequence[tuple[str, dict]], tools: Sequence[ToolSpec]) -> None:
+  """Before anything slow: every tool a row offers is configured, and every configured tool is offered by some row.
+  `rows` are ('file:line', row) pairs of every data file the run reads. A row naming a tool that config.tools lacks
+  is a data.DataError naming the line; a configured tool no row offers is an errors.ConfigError naming its entry."""
+  configured = [t.name for t in tools]
+  offered: set[str] = set()
+  for where, item in rows:
+    if not isinstance(item, dict):
+      continue  # rftjax.data names rows that are not objects
+    for j, tool in enumerate(row_tools(item, where)):
+      name = tool['name']
+      if name not in configured:
+        raise data_lib.DataError(
+          f'{where}: tools[{j}] offers tool {name!r}, which config.tools does not configure'
+          f'{errors.did_you_mean(name, configured)}; configured: {", ".join(configured) or "none"}'
+        )
+      offered.add(name)
+  for i, name in enumerate(configured):
+    if name not in offered:
+      raise errors.ConfigError(
+        f'config.tools[{i}]: tool {name!r} is configured, but no data row offers it (none of the {len(rows)} rows '
+        'lists it in "tools"); expected every configured tool in some row\'s "tools", or remove it'
+      )
+
+
+# Parsing -----------------------------------------------------------------------------------------------------------
+_EXPECTED = 'expected <tool_call>{"name": "...", "arguments": {...}}</tool_call>'
+
+
+def has_call(text: str) -> bool:
+  return _OPEN in text
+
+
+def parse_calls(text: str) -> list[ParsedCall]:
+  """Every `<tool_call> JSON </tool_call>` block of `text`, in order. Never raises: a block the host cannot run is
+  a ParsedCall whose `error` says why, in words the model can act on; so is an unclosed block at the end."""
+  calls: list[ParsedCall] = []
+  pos = 0
+  while (start := text.find(_OPEN, pos)) != -1:
+    body_start = start + len(_OPEN)
+    end = text.find(_CLOSE, body_start)
+    if end == -1:
+      call = _parse_body(text[body_start:])
+      calls.append(ParsedCall(call.name, '', f'Error: the tool call is not closed; {_EXPECTED}'))
+      break
+    calls.append(_parse_body(text[body_start:end]))
+    pos = end + len(_CLOSE)
+  return calls
+
+
+def _parse_body(body: str) -> ParsedCall:
+  try:
+    obj = json.loads(body)
+  except ValueError as e:
+    msg = f'{e.msg} at line {e.lineno} column {e.colno}' if isinstance(e, json.JSONDecodeError) else str(e)
+    return ParsedCall('', '', f'Error: the tool call is not valid JSON ({msg}); {_EXPECTED}')
+  if not isinstance(obj, dict):
+    return ParsedCall('', '', f'Error: the tool call is a JSON {type(obj).__name__}, not an object; {_EXPECTED}')
+  name = obj.get('name')
+  if not isinstance(name, str) or not name:
+    return ParsedCall('', '', f'Error: the tool call has no string "name"; {_EXPECTED}')
+  arguments = obj.get('arguments', {})  # a tool without parameters may be called without them
+  if not isinstance(arguments, dict):
+    kind = 'null' if arguments is None else type(arguments).__name__
+    return ParsedCall(name, '', f'Error: the "arguments" of the call to {name!r} must be a JSON object, not {kind}')
+  return ParsedCall(name, json.dumps(arguments, ensure_ascii=False))
+
+
+# HTTP --------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Reply:
+  """The outcome of `post`: `kind` is one of KINDS[:6]; `body` is the last reply's body (b'' when none was read)."""
+
+  kind: str
+  status: int | None  # the last HTTP status; None when no reply came
+  body: bytes
+  detail: str  # for failures, one line on what went wrong
+  attempts: int
+  latency_s: float
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+  """A redirected POST would arrive as a GET without its body; a 3xx is the server's answer, not a place to go."""
+
+  def redirect_request(self, *args, **kwargs):
+    return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect())
+
+
+def post(
+  url: str,
+  payload: bytes,
+  headers: dict[str, str],
+  timeout_s: float,
+  retries: int = 3,
+  max_bytes: int = 1_000_000,
+  backoff_s: float = 0.05,
+  pace: Callable[[], None] | None = None,
+) -> Reply:
+  """POST a JSON `payload`. 5xx, timeouts and connection errors are tried again, up to `retries` more times, after
+  pauses of backoff_s * 2**k; any other answer is final. A reply body over `max_bytes` is not read past the limit
+  (`oversize`). `timeout_s` bounds each attempt, reading the reply included. `pace()`, when given, runs before
+  every attempt (a rate limiter)."""
+  t0 = time.perf_counter()
+  sent = {**headers, 'Content-Type': 'application/json'}
+  attempt = 0
+  while True:
+    if pace is not None:
+      pace()
+    kind, status, body, detail = _attempt(url, payload, sent, timeout_s, max_bytes)
+    attempt += 1
+    if kind not in RETRIED or attempt > retries:
+      return Reply(kind, status, body, detail, attempt, time.perf_counter() - t0)
+    time.sleep(backoff_s * 2 ** (attempt - 1))
+
+
+def _attempt(url: str, payload: bytes, headers: dict, timeout_s: float, max_bytes: int):
+  request = urllib.request.Request(url, data=payload, headers=headers, method='POST')
+  deadline = time.monotonic() + timeout_s
+  try:
+    with _OPENER.open(request, timeout=timeout_s) as response:
+      return _read(response, response.status, deadline, timeout_s, max_bytes)
+  except urllib.error.HTTPError as e:
+    try:
+      with e:
+        body = _read(e, e.code, deadline, timeout_s, max_bytes)[2]
+    except (OSError, http.client.HTTPException):  # the status is the answer; its body is a courtesy
+      body = b''
+    text = body.decode('utf-8', 'replace').strip()
+    detail = f'HTTP {e.code} from {url}' + (f': {text[:300]}' if text else '')
+    return ('server_error' if e.code >= 500 else 'client_error'), e.code, body, detail
+  except TimeoutError:
+    return 'timeout', None, b'', f'no answer from {url} within {timeout_s:g} s'
+  except urllib.error.URLError as e:
+    if isinstance(e.reason, TimeoutError):
+      return 'timeout', None, b'', f'no answer from {url} within {timeout_s:g} s'
+    return 'connection', None, b'', f'cannot reach {url}: {e.reason}'
+  except (http.client.HTTPException, OSError) as e:  # a dropped connection, a garbled status line
+    return 'connection', None, b'', f'connection to {url} failed: {type(e).__name__}: {e}'
+
+
+def _read(response, status: int, deadline: float, timeout_s: float, max_bytes: int):
+  """(kind, status, body, detail) of a reply, reading no more than max_bytes + 1 bytes of it."""
+  length = response.headers.get('Content-Length', '')
+  if length.isdigit() and int(length) > max_bytes:
+    return 'oversize', status, b'', f'the reply is {int(length)} bytes, over the limit of {max_bytes}'
+  chunks, size = [], 0
+  while chunk := response.read1(min(65536, max_bytes + 1 - size)):
+    size += len(chunk)
+    if size > max_bytes:
+      return 'oversize', status, b'', f'the reply is over the limit of {max_bytes} bytes; reading stopped there'
+    if time.monotonic() > deadline:  # a server that trickles bytes would otherwise reset the socket timeout forever
+      raise TimeoutError(f'reply not read within {timeout_s:g} s')
+    chunks.append(chunk)
+  return 'ok', status, b''.join(chunks), ''
+
+
+# The client --------------------------------------------------------------------------------------------------------
+class ToolClient:
+  """Runs parsed calls against their tools' servers, a turn's calls at once on a thread pool.
+
+  timeout_s bounds each attempt; retries: extra attempts after a 5xx, timeout or connection error; max_bytes caps
+  the request and the reply (neither is sent / read past it); max_workers: calls in flight at once."""
+
+  def __init__(
+    self,
+    tools: Sequence[ToolSpec],
+    timeout_s: float = 60.0,
+    retries: int = 3,
+    max_bytes: int = 1_000_000,
+    max_workers: int = 16,
+    backoff_s: float = 0.05,
+  ):
+    self.tools = {t.name: t for t in tools}
+    self.timeout_s, self.retries, self.max_bytes, self.backoff_s = timeout_s, retries, max_bytes, backoff_s
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix='rftjax-tool')
+
+  def call_many(self, calls: Sequence[tuple[ParsedCall, str]]) -> list[CallResult]:
+    """One CallResult per (call, trace_id), in order; the calls run concurrently."""
+    futures = [self._pool.submit(self.call, call, trace_id) for call, trace_id in calls]
+    return [f.result() for f in futures]
+
+  def call(self, call: ParsedCall, trace_id: str) -> CallResult:
+    call_id = f'call_{uuid.uuid4().hex[:24]}'  # one id for every attempt, so a server can drop repeats
+    result = lambda output, kind: CallResult(call.name, call_id, output, kind, 0.0, 0, False)  # noqa: E731
+    if call.error is not None:
+      return result(call.error, 'bad_call')
+    tool = self.tools.get(call.name)
+    if tool is None:
+      return result(f'Error: unknown tool {call.name!r}; available: {", ".join(self.tools) or "none"}', 'unknown_tool')
+    body = {
+      'type': 'function_call',
+      'name': call.name,
+      'arguments': call.arguments,
+      'call_id': call_id,
+      'trace_id': trace_id,
+    }
+    payload = json.dumps(body, ensure_ascii=False).encode()
+    if len(payload) > self.max_bytes:
+      return result(
+        f'Error: the call to {call.name!r} is {len(payload)} bytes, over the limit of {self.max_bytes}; it was not '
+        'sent',
+        'oversize',
+      )
+    reply = post(tool.server_url, payload, tool.headers, self.timeout_s, self.retries, self.max_bytes, self.backoff_s)
+    return CallResult(
+      call.name,
+      call_id,
+      self._shown(call.name, reply),
+      reply.kind,
+      reply.latency_s,
+      reply.attempts,
+      reply.kind in RETRIED,
+    )
+
+  def _shown(self, name: str, reply: Reply) -> str:
+    """The string the model reads for `reply`."""
+    if reply.kind == 'ok':
+      return reply_output(reply.body)
+    if reply.kind == 'client_error':
+      message = _error_message(reply.body) or _phrase(reply.status)
+      if len(message) > _SHOWN_ERROR_CHARS:
+        message = message[:_SHOWN_ERROR_CHARS] + f' [... {len(message) - _SHOWN_ERROR_CHARS} more characters]'
+      return f'Error {reply.status}: {message}'
+    if reply.kind == 'oversize':
+      return f'Error: the reply of tool {name!r} is over the limit of {self.max_bytes} bytes; it was not read'
+    tries = f'{reply.attempts} attempt' + ('s' if reply.attempts != 1 else '')
+    if reply.kind == 'server_error':
+      return f'Error: tool {name!r} failed with HTTP {reply.status} ({tries})'
+    if reply.kind == 'timeout':
+      return f'Error: tool {name!r} did not answer within {self.timeout_s:g} s ({tries})'
+    return f'Error: cannot reach tool {name!r} ({tries})'
+
+  def close(self) -> None:
+    self._pool.shutdown(wait=False, cancel_futures=True)
+
+  def __enter__(self) -> ToolClient:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def reply_output(body: bytes) -> str:
+  """The output in a tool's reply: `output` of a {"output": ...} object (a non-string as JSON), or the body as text."""
+  text = body.decode('utf-8', 'replace')
+  try:
+    obj = json.loads(text)
+  except ValueError:
+    return text
+  if isinstance(obj, dict) and 'output' in obj:
+    out = obj['output']
+    return out if isinstance(out, str) else json.dumps(out, ensure_ascii=False)
+  return obj if isinstance(obj, str) else text
+
+
+def _error_message(body: bytes) -> str:
+  """The message of an error reply: its `output`, `error` (or `error.message`), `message` or `detail`, or the text."""
+  text = body.decode('utf-8', 'replace').strip()
+  try:
+    obj = json.loads(text)
+  except ValueError:
+    return text
+  if isinstance(obj, dict):
+    for key in ('output', 'error', 'message', 'detail'):
+      value = obj.get(key)
+      if isinstance(value, dict) and isinstance(value.get('message'), str):
+        value = value['message']
+      if isinstance(value, str) and value:
+        return value
+  return text
+
+
+def _phrase(status: int | None) -> str:
+  try:
+    return http.HTTPStatus(status).phrase
+  except ValueError:
+    return 'error'
+
+
+# Metrics -----------------------------------------------------------------------------------------------------------
+def summary(results: Sequence[Sequence[CallResult]], tools: Sequence[ToolSpec] = ()) -> dict[str, float]:
+  """Scalars for the metrics writer from each rollout's calls (`results[r]` = rollout r's CallResults).
+
+  tools/calls_per_rollout, tools/calls_per_rollout/<name> (each tool in `tools`, and every name that was called),
+  tools/latency_mean_s and tools/latency_max_s (over calls that were sent), tools/errors/<kind> (calls per non-ok
+  kind, every kind present), tools/errors/total and tools/discarded_rollouts (rollouts with a discarding call).
+  Reads only `name`, `kind`, `latency_s` and `discard` of each call, so JSON records of calls work as well."""
+  n = len(results)
+  calls = [c for rollout in results for c in rollout]
+  per = lambda count: count / n if n else 0.0  # noqa: E731
+  out = {'tools/calls_per_rollout': per(len(calls))}
+  by_name = collections.Counter({t.name: 0 for t in tools})
+  by_name.update(c.name for c in calls if c.kind not in ('unknown_tool', 'bad_call'))  # names a model made up stay out
+  for name, count in by_name.items():
+    out[f'tools/calls_per_rollout/{name}'] = per(count)
+  latencies = [c.latency_s for c in calls if c.latency_s > 0]  # a call never sent has 0
+  out['tools/latency_mean_s'] = sum(latencies) / len(latencies) if latencies else 0.0
+  out['tools/latency_max_s'] = max(latencies, default=0.0)
+  kinds = collections.Counter(c.kind for c in calls if c.kind != 'ok')
+  for kind in KINDS[1:]:
+    out[f'tools/errors/{kind}'] = float(kinds[kind])
+  out['tools/errors/total'] = float(sum(kinds.values()))
+  out['tools/discarded_rollouts'] = float(sum(any(c.discard for c in rollout) for rollout in results))
+  return out

@@ -1,0 +1,297 @@
+"""Episodes: multi-token stops in the jitted loop, exact KV-cache continuation, the episode loss mask."""
+
+import contextlib
+import dataclasses
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+import local_http
+
+from rftjax import episodes
+from rftjax import model
+from rftjax import multihost
+from rftjax import sampler
+from rftjax import sharding
+from rftjax import tasks
+from rftjax import tokenizer
+from rftjax import tool_server
+from rftjax import tools
+from rftjax import train_step
+
+CFG = model.TransformerConfig.tiny(vocab_size=128)
+
+
+def test_multi_token_stop_ends_the_row_at_the_sequence():
+  params = model.init_params(CFG, 0)
+  prompts = [[5, 6, 7], [9, 10]]
+  free = sampler.generate(params, CFG, prompts, max_new_tokens=12, stop_ids=[], pad_id=0)
+  seq = tuple(free[0][3:5])  # two tokens row 0 writes at steps 3-4
+
+  def cut(row):  # through the first occurrence of the sequence, nothing after
+    j = next((j for j in range(len(row) - 1) if tuple(row[j : j + 2]) == seq), None)
+    return row if j is None else row[: j + 2]
+
+  out = sampler.generate(params, CFG, prompts, max_new_tokens=12, stop_ids=[], stop_seqs=[seq], pad_id=0)
+  assert out == [cut(r) for r in free] and len(out[0]) <= 5
+  # a sequence longer than another stop: both kinds in one sampler; the single id wins when it comes first
+  stop = free[0][1]
+  out = sampler.generate(params, CFG, prompts, max_new_tokens=12, stop_ids=[stop], stop_seqs=[seq], pad_id=0)
+  assert out[0] == free[0][: free[0].index(stop) + 1]
+
+
+def test_stop_tokens_splits_single_and_multi_token_strings():
+  class Tok:
+    stop_ids = (1,)
+
+    def encode(self, s):
+      return {'\n': [7], '</tool_call>': [3, 4, 5], '': []}[s]
+
+  assert sampler.stop_tokens(Tok(), ('\n', '</tool_call>', '\n')) == ((1, 7), ((3, 4, 5),))
+  with pytest.raises(ValueError, match='encodes to no tokens'):
+    sampler.stop_tokens(Tok(), ('',))
+
+
+def _episode(params, mesh):
+  """Three turns of a hand-driven episode: rows stop at different lengths, one row finishes after turn 1, another
+  after turn 2; between turns each live row gets a tool block of its own length. Returns (prompt tokens and
+  mask, transcripts, model masks, sampler logprobs)."""
+  rng = np.random.default_rng(0)
+  g, p, new, width = 2, 6, 5, 4
+  prompts = [list(rng.integers(10, CFG.vocab_size, n)) for n in (6, 3)]
+  rows = [q for q in prompts for _ in range(g)]
+  tokens, mask = sampler.pad_prompts(rows, p, pad_id=0)
+  s = sampler.Sampler(
+    CFG, p, new, stop_ids=tuple(range(10, 40)), pad_id=0, params=sampler.SamplingParams(1.0), group_size=g,
+    context_len=p + 3 * new + 2 * width,
+  )  # fmt: skip
+  put = (lambda x: multihost.to_global(mesh, np.asarray(x))) if mesh is not None else np.asarray
+  out, ctx = s.start(params, put(tokens), put(mask), jax.random.key(1))
+  texts = [[] for _ in rows]
+  model_mask = [[] for _ in rows]
+  logps = [[] for _ in rows]
+  lives = [None, np.array([1, 1, 0, 1], bool), np.array([1, 0, 0, 1], bool)]
+  for turn in range(3):
+    if turn:
+      live = lives[turn]
+      block = np.zeros((len(rows), width), np.int32)
+      bmask = np.zeros((len(rows), width), bool)
+      for i in np.flatnonzero(live):
+        k = 1 + (i + turn) % width
+        block[i, width - k :] = rng.integers(40, CFG.vocab_size, k)
+        bmask[i, width - k :] = True
+        texts[i] += list(block[i, width - k :])
+        model_mask[i] += [0.0] * k
+        logps[i] += [0.0] * k
+      out, ctx = s.resume(params, ctx, put(block), put(bmask), put(live), jax.random.key(10 + turn))
+    o = jax.device_get(out)
+    live = lives[turn] if turn else np.ones(len(rows), bool)
+    assert (o.lengths[~live] == 0).all()  # finished rows stay silent
+    for i in np.flatnonzero(live):
+      n = int(o.lengths[i])
+      texts[i] += list(o.tokens[i, :n])
+      model_mask[i] += [1.0] * n
+      logps[i] += list(o.logprobs[i, :n])
+  lengths = [int(jax.device_get(out).lengths[i]) for i in range(len(rows))]
+  assert len(set(len(t) for t in texts)) > 1 and max(lengths) > 0
+  return tokens, mask, texts, model_mask, logps
+
+
+@pytest.mark.parametrize('devices', [1, 8])
+def test_continued_episode_logprobs_equal_one_forward_over_the_transcript(devices):
+  """Sampling turn after turn from the same cache (holes where rows stopped early, tool blocks prefilled at the
+  next free slot) gives the logprobs that one forward over each row's contiguous transcript gives."""
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}) if devices == 8 else None
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    params = model.init_params(CFG, 3, mesh)
+    tokens, mask, texts, model_mask, logps = _episode(params, mesh)
+    w = max(map(len, texts))
+    pad = lambda rows, dtype: np.asarray([list(r) + [0] * (w - len(r)) for r in rows], dtype)
+    batch = train_step.Batch(
+      prompt_tokens=tokens,
+      prompt_mask=mask,
+      completion_tokens=pad(texts, np.int32),
+      completion_mask=pad(model_mask, np.float32),
+      advantages=np.zeros(len(texts), np.float32),
+      sampler_logp=pad(logps, np.float32),
+    )
+    recomputed = np.asarray(jax.jit(train_step.token_logprobs, static_argnums=(1, 3))(params, CFG, batch, 1.0))
+  m = batch.completion_mask > 0
+  assert m.sum() > 8 and (~m).sum() > 8  # model tokens and inserted tokens both present
+  np.testing.assert_allclose(recomputed[m], batch.sampler_logp[m], atol=1e-5)
+
+
+# ---- the agent: transcripts, loss mask, tool failures ---------------------------------------------------------
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def tok():
+  return tokenizer.load_tokenizer(f'sp:{REPO}/data/tiny_tools/tokenizer.model')
+
+
+@dataclasses.dataclass
+class ScriptedSampler:
+  """Stands in for the jitted sampler: each turn returns the tokens the test wrote for each row."""
+
+  turns: list  # per turn: per row, a list of (token, logprob) or None for a silent row
+  stop_ids: tuple
+  pad_id: int = 0
+  max_new_tokens: int = 3
+  max_prompt_len: int = 8
+  group_size: int = 1
+  blocks: list = dataclasses.field(default_factory=list)
+
+  def _out(self, turn, live):
+    rows = self.turns[turn]
+    n = self.max_new_tokens
+    tokens = np.zeros((len(rows), n), np.int32)
+    logprobs = np.zeros((len(rows), n), np.float32)
+    lengths = np.zeros(len(rows), np.int32)
+    for i, row in enumerate(rows):
+      if live[i]:
+        tokens[i, : len(row)] = [t for t, _ in row]
+        logprobs[i, : len(row)] = [lp for _, lp in row]
+        lengths[i] = len(row)
+    mask = (np.arange(n)[None] < lengths[:, None]).astype(np.float32)
+    truncated = np.asarray([live[i] and rows[i][-1][0] not in self.stop_ids for i in range(len(rows))])
+    return sampler.SampleOutput(tokens, mask, logprobs, lengths, truncated)
+
+  def start(self, params, tokens, mask, rng):
+    return self._out(0, np.ones(tokens.shape[0], bool)), 1
+
+  def resume(self, params, ctx, block, block_mask, live, rng):
+    self.blocks.append([list(np.asarray(block)[i][np.asarray(block_mask)[i]]) for i in range(block.shape[0])])
+    return self._out(ctx, np.asarray(live)), ctx + 1
+
+
+def test_episode_transcript_and_loss_mask_cover_exactly_the_model_tokens(tok):
+  """A hand-built episode against the example tool server: a call, the tool turn the host inserts, the answer; a
+  row that answers at once; a row still calling at the last turn (capped). The loss mask is 1 on exactly the
+  tokens the model wrote, the logprobs sit on them, the graders get each row's final turn."""
+  call = tok.encode(tasks.TINY_TOOLS_CALL)
+  assert len(call) == 1
+  call = call[0]
+  d = {k: tok.encode(str(k))[0] for k in range(10)}
+  stops = (*tok.stop_ids, call, *d.values())
+  script = ScriptedSampler(
+    turns=[[[(call, -0.5)], [(d[3], -0.25)], [(call, -0.75)]], [[(d[7], -0.125)], None, [(call, -1.5)]]], stop_ids=stops
+  )
+  with (
+    tool_server.serve({'secret': '7'}) as url,
+    tools.ToolClient(tools.load_tools([{'name': 'lookup', 'server_url': url}])) as client,
+  ):
+    agent = episodes.Agent(script, tok, client, max_steps=2, tool_tokens=8)
+    prompts = np.ones((3, 8), np.int32)
+    e = agent.run(None, prompts, np.ones((3, 8), bool), jax.random.key(0), None)
+  tool = tok.encode('<tool_response>') + tok.encode('7') + tok.encode('</tool_response>')
+  assert script.blocks == [[tool, [], tool]]
+  assert len(tool) == 3
+  width = episodes.completion_width(3, 2, 8)
+  expect_tokens = [[call, *tool, d[7]], [d[3]], [call, *tool, call]]
+  expect_mask = [[1, 0, 0, 0, 1], [1], [1, 0, 0, 0, 1]]
+  expect_logp = [[-0.5, 0, 0, 0, -0.125], [-0.25], [-0.75, 0, 0, 0, -1.5]]
+  pad = lambda rows: np.asarray([r + [0] * (width - len(r)) for r in rows])
+  np.testing.assert_array_equal(e.tokens, pad(expect_tokens))
+  np.testing.assert_array_equal(e.mask, pad(expect_mask))
+  np.testing.assert_allclose(e.logprobs, pad(expect_logp))
+  np.testing.assert_array_equal(e.lengths, [5, 1, 5])
+  assert e.texts == ['7', '3', tasks.TINY_TOOLS_CALL]
+  assert [t['turns'] for t in e.transcripts] == [2, 1, 2] and [t['capped'] for t in e.transcripts] == [0, 0, 1]
+  assert e.transcripts[0]['messages'][1] == {'role': 'tool', 'name': 'lookup', 'content': '7', 'kind': 'ok'}
+  assert len({t['trace_id'] for t in e.transcripts}) == 3 and not e.discard.any()
+  m = episodes.metrics([episodes.record(t) for t in e.transcripts])
+  assert m['tools/calls_per_rollout'] == pytest.approx(2 / 3) and m['episode/turns_mean'] == pytest.approx(5 / 3)
+  assert m['episode/capped_frac'] == pytest.approx(1 / 3) and m['tools/output_tokens_mean'] == 1.0
+
+
+class _Broken(local_http.Handler):
+  """A tool server that is down: every call is a 503; counts the attempts."""
+
+  attempts = 0
+
+  def do_POST(self):
+    type(self).attempts += 1
+    self.json_body()
+    self.send(503, '')
+
+
+@pytest.mark.real_weights
+def test_episode_tool_failures_and_the_chat_template_around_tool_turns():
+  """SmolLM2's own template: the tool turn is its `<|im_end|>` ... `<|im_start|>assistant` frame around the output
+  (the model's own `<|im_end|>` is not written twice). A malformed call is shown to the model as an error and the
+  episode goes on; a tool that stays down (503) is retried and the rollout discarded; a 404 is shown as is."""
+  tok = tokenizer.load_tokenizer('gguf:smollm2-135m')
+  end = tok.token_to_id('<|im_end|>')
+  turn = lambda text: [(t, -0.5) for t in tok.encode(text)] + [(end, -0.25)]  # noqa: E731
+  script = ScriptedSampler(
+    turns=[
+      [
+        turn('<tool_call>{"name": "lookup", "arguments": {"key": "k9"}}</tool_call>'),
+        turn('<tool_call>{"name": "lookup", "arguments": {"key": oops}}</tool_call>'),
+        turn('<tool_call>{"name": "broken", "arguments": {}}</tool_call>'),
+      ],
+      [turn('no such key'), turn('fixed'), turn('down')],
+    ],
+    stop_ids=(end,),
+    max_new_tokens=40,
+  )
+  with tool_server.serve({'k7': 'blue'}) as url, local_http.serving(_Broken) as broken:
+    specs = tools.load_tools([{'name': 'lookup', 'server_url': url}, {'name': 'broken', 'server_url': broken}])
+    with tools.ToolClient(specs, timeout_s=5) as client:
+      e = episodes.Agent(script, tok, client, max_steps=2, tool_tokens=64).run(
+        None, np.ones((3, 8), np.int32), np.ones((3, 8), bool), jax.random.key(0), None
+      )
+  tool_msgs = [t['messages'][1] for t in e.transcripts]
+  assert [m['kind'] for m in tool_msgs] == ['client_error', 'bad_call', 'server_error']
+  assert tool_msgs[0]['content'].startswith('Error 404') and 'k9' in tool_msgs[0]['content']
+  assert 'JSON' in tool_msgs[1]['content'] or 'json' in tool_msgs[1]['content']
+  assert _Broken.attempts == 4 and list(e.discard) == [False, False, True]
+  # the inserted frame: after the model's own <|im_end|>, a newline, the tool turn, then the assistant's header
+  frame = tok.encode('\n<|im_start|>tool\n') + tok.encode(tool_msgs[0]['content'], parse_special=False)
+  frame += tok.encode('<|im_end|>\n<|im_start|>assistant\n')
+  assert script.blocks[0][0] == frame
+  n_model = len(script.turns[0][0])
+  assert list(e.tokens[0, n_model : n_model + len(frame)]) == frame
+  assert e.mask[0, :n_model].all() and not e.mask[0, n_model : n_model + len(frame)].any()
+  assert e.texts == ['no such key', 'fixed', 'down']  # the final turn, control tokens dropped
+
+
+def test_tiny_tools_config_trains_end_to_end(tmp_path, monkeypatch):
+  """configs/tiny_tools.py:test starts the example tool server, samples episodes, grades them with the server's
+  endpoint grader and writes tool metrics and whole transcripts."""
+  from configs import tiny_tools
+  from rftjax import metrics as metrics_lib
+  from rftjax import trainer
+
+  monkeypatch.chdir(REPO)
+  trainer.train(tiny_tools.get_config('test'), tmp_path / 'run')
+  rows = metrics_lib.read_jsonl(tmp_path / 'run' / 'metrics.jsonl')
+  train = [r for r in rows if 'train_reward_mean' in r]
+  assert len(train) == 3
+  for key in ('tools/calls_per_rollout', 'tools/latency_max_s', 'tools/errors/total', 'tools/discarded_rollouts',
+              'episode/turns_mean', 'tools/output_tokens_mean', 'discarded_frac'):  # fmt: skip
+    assert key in train[0], key
+  assert any('valid_tools/calls_per_rollout' in r for r in rows)
+  from matplotlib import pyplot as plt
+
+  from rftjax import plots
+
+  fig = plots.reward_figure(tmp_path / 'run')
+  labels = fig.axes[0].get_legend_handles_labels()[1]
+  plt.close(fig)
+  assert 'tool calls per rollout (train, smoothed)' in labels and 'validation' in labels
+  samples = [json.loads(line) for line in (tmp_path / 'run' / 'samples' / 'valid_step000003.jsonl').open()]
+  assert len(samples) == 8 and all(s['transcript']['trace_id'].startswith('trace_') for s in samples)
+  assert all(s['transcript']['messages'][0]['role'] == 'assistant' for s in samples)
+  # rftjax.evaluate on the finished run: a new example server, the run's episodes, whole transcripts written
+  from rftjax import evaluate
+
+  out = tmp_path / 'eval.jsonl'
+  assert evaluate.main([f'--workdir={tmp_path / "run"}', '--data=data/tiny_tools/valid.jsonl', f'--out={out}']) == 0
+  rows = [json.loads(line) for line in out.open()]
+  assert len(rows) == 60 and all(r['transcript']['trace_id'].startswith('trace_') for r in rows)
+  assert {r['completion'] for r in rows} == {r['transcript']['messages'][-1]['content'] for r in rows}
