@@ -26,7 +26,6 @@ def get_config(arg=None):
   c.sampling.tool_tokens = 8
   # a turn ends at a whole tool call (one token here, tasks.py) or at an answer digit
   c.sampling.stop = ('<tool_call>{"name":"lookup","arguments":{"key":"secret"}}</tool_call>',) + tuple('0123456789')
-  c.total_steps = 100 if arg is None else c.total_steps
   c.eval_batch_size = 60
   if arg == 'test':
     c.data.valid_limit = 8

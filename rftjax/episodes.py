@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import types
-import uuid
 
 import jax
 import numpy as np
@@ -134,7 +134,9 @@ class Agent:
   def run(self, params, prompt_tokens: np.ndarray, prompt_mask: np.ndarray, rng, mesh) -> Episodes:
     s, tok = self.sampler, self.tok
     n_rows = prompt_tokens.shape[0]
-    rows = [_Row(trace_id=f'trace_{uuid.uuid4().hex}') for _ in range(n_rows)]
+    # trace ids from the step's key: unique within a run, the same when a run (or a resumed step) is repeated
+    seed = hashlib.sha256(np.asarray(jax.random.key_data(rng)).tobytes()).hexdigest()[:16]
+    rows = [_Row(trace_id=f'trace_{seed}_{jax.process_index()}_{i}') for i in range(n_rows)]
     live = np.ones(n_rows, bool)
     pending: dict = {}  # row -> (its turn's calls, then their results; the turn's stop token)
     put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))

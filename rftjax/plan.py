@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 
 from rftjax import cli
+from rftjax import episodes
 from rftjax import errors
 from rftjax import hparams
 from rftjax import loader
@@ -226,6 +227,10 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
   g = int(config.num_generations)
   rows = int(config.batch_size) * g
   p, n = int(config.data.max_prompt_len), int(config.sampling.max_new_tokens)
+  steps = int(config.get('max_episode_steps') or 1)
+  if steps > 1:  # episodes: the cache and the trained sequence hold every turn and every tool turn between them
+    n = episodes.completion_width(n, steps, int(config.sampling.tool_tokens))
+    notes.append(f'episodes of {steps} turns: {n} tokens after the prompt (docs/tools.md)')
 
   # ---- persistent: lives through the whole run ----
   # LoRA: the base is frozen (no gradient, no moments, and it is its own KL reference); the adapters train

@@ -143,6 +143,18 @@ def test_remat_and_bf16_cache_lower_the_plan():
   assert plan.make_plan(config, 'v6e-16').sampling['KV cache'] == 2 * base.sampling['KV cache']
 
 
+def test_episodes_plan_the_cache_for_every_turn():
+  """Three turns of 32 tokens with two tool turns of 64 between them: the KV cache holds prompt + 224 tokens."""
+  config = gemma3_tpu.get_config('4b_v6e16').copy_and_resolve_references()
+  p = config.data.max_prompt_len
+  config.sampling.max_new_tokens = 32
+  one = plan.make_plan(config, 'v6e-16').sampling['KV cache']
+  config.max_episode_steps, config.sampling.tool_tokens = 3, 64
+  episode = plan.make_plan(config, 'v6e-16')
+  assert episode.sampling['KV cache'] * (p + 32) == one * (p + 3 * 32 + 2 * 64)
+  assert any('episodes of 3 turns: 224 tokens' in note for note in episode.notes)
+
+
 class FakeVocab:
   def __init__(self, vocab_size):
     self.vocab_size = vocab_size
