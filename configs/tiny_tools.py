@@ -2,9 +2,9 @@
 
   python -m rftjax.train --config=configs/tiny_tools.py --workdir=runs/tiny_tools
 Starts rftjax's example tool server (rftjax/tool_server.py) on a free 127.0.0.1 port and stops it at exit. The
-answer is a digit the server draws for each episode, so without the tool the model can only guess (validation
-reward ~0.1); the server's /grade endpoint, an `endpoint` grader, scores the final answer against what the tool
-returned to that episode (docs/tools.md).
+answer is a digit the server draws for each episode (from its trace id), and the server's /grade endpoint, the
+run's `endpoint` grader, scores the final answer against what `lookup` returned to that episode: an answer without
+a lookup scores 0 (validation reward 0 at step 0, 1.0 from step 100 on; docs/demo.md).
 """
 
 from configs import common
