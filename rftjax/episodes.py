@@ -233,7 +233,7 @@ def record(transcript: dict | None) -> dict | None:
 
 def metrics(records: list[dict | None], prefix: str = '') -> dict[str, float]:
   """Episode metrics over `record`s (names fixed, docs/tools.md): turns, tool calls, their latency and errors,
-  discarded rollouts, tokens per tool output. Empty without episodes. `prefix`: 'valid_' for validation."""
+  discarded rollouts, tokens per tool output. Empty without episodes. `prefix`: 'valid/' for validation."""
   if not records or records[0] is None:
     return {}
   m = tools_lib.summary([[types.SimpleNamespace(**c) for c in r['calls']] for r in records])

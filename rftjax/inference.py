@@ -185,7 +185,7 @@ class Validation:
     m = {
       'step': step,
       **graders.summarize([res for _, res in rows], prefix='valid'),
-      **episodes.metrics([c.get('transcript') for c, _ in rows], prefix='valid_'),
+      **episodes.metrics([c.get('transcript') for c, _ in rows], prefix='valid/'),
       'valid_completion_len_mean': sum(len(c['tokens']) for c, _ in rows) / max(len(rows), 1),
       'timing/eval_s': time.perf_counter() - t0,
     }

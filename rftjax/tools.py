@@ -92,7 +92,12 @@ def url_problem(url: str) -> str | None:
   except ValueError as e:
     return f'expected an http:// or https:// URL, found {url!r} ({e})'
   if parts.scheme not in ('http', 'https') or not parts.hostname:
-    return f'expected an http:// or https:// URL with a host, found {url!r}'
+    hint = (
+      " ('{tool_server}' is filled in only by a run with config.tool_server='example', which starts that server)"
+      if '{tool_server}' in url
+      else ''
+    )
+    return f'expected an http:// or https:// URL with a host, found {url!r}{hint}'
   return None
 
 

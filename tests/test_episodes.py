@@ -275,7 +275,7 @@ def test_tiny_tools_config_trains_end_to_end(tmp_path, monkeypatch):
   for key in ('tools/calls_per_rollout', 'tools/latency_max_s', 'tools/errors/total', 'tools/discarded_rollouts',
               'episode/turns_mean', 'tools/output_tokens_mean', 'discarded_frac'):  # fmt: skip
     assert key in train[0], key
-  assert any('valid_tools/calls_per_rollout' in r for r in rows)
+  assert any('valid/tools/calls_per_rollout' in r for r in rows)
   from matplotlib import pyplot as plt
 
   from rftjax import plots

@@ -472,3 +472,19 @@ def test_summary_by_hand():
   empty = tools.summary([], SPECS)
   assert empty['tools/calls_per_rollout'] == 0 and empty['tools/errors/total'] == 0
   assert empty['tools/calls_per_rollout/lookup'] == 0 and empty['tools/latency_max_s'] == 0
+
+
+def test_the_example_server_placeholder_outside_a_demo_run_says_what_fills_it():
+  with pytest.raises(
+    errors.ConfigError, match=r"config.tools\[0\].server_url: .*'\{tool_server\}' is filled in only by"
+  ):
+    tools.load_tools([{'name': 'lookup', 'server_url': '{tool_server}'}])
+  assert tools.load_tools(tool_server.substitute(_demo_config(), 'http://127.0.0.1:9/').tools)[0].server_url == (
+    'http://127.0.0.1:9/'
+  )
+
+
+def _demo_config():
+  from configs import tiny_tools
+
+  return tiny_tools.get_config()
