@@ -58,6 +58,19 @@ BAD = [
   ([TINY, '--config.eval_samples=0'], 'config.eval_samples: expected an integer >= 1, found 0'),
   ([TINY, '--config.chat_template=chatm'], 'config.chat_template: expected one of'),
   ([TINY, '--config.grader='], 'config.grader: expected a grader dict'),
+  (
+    [TINY, '--config.max_episode_steps=0'],
+    'config.max_episode_steps: expected an integer >= 1 (1 = one completion per prompt), found 0',
+  ),
+  ([TINY, '--config.tool_server=mine'], "config.tool_server: expected one of '', 'example', found 'mine'"),
+  (
+    ['--config=configs/tiny_tools.py', '--config.max_episode_steps=1'],
+    'config.max_episode_steps: expected >= 2 when config.tools is set',
+  ),
+  (
+    ['--config=configs/tiny_tools.py', '--config.tool_server='],
+    "config.tools[0].server_url: expected an http:// or https:// URL with a host, found '{tool_server}'",
+  ),
   ([TINY, '--config.lora.rank=-1'], 'config.lora.rank: expected an integer >= 0'),
   (
     [TINY, '--config.lora.rank=4'],
@@ -129,17 +142,22 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path):
 
 
 def test_every_shipped_config_passes_the_checks(monkeypatch):
-  from configs import gemma3_270m, gemma3_tpu, lora_one_vm, smollm2_arith, tiny
-  from rftjax import plan, runspec
+  from configs import gemma3_270m, gemma3_tpu, lora_one_vm, smollm2_arith, smollm2_tools, tiny, tiny_tools
+  from rftjax import plan, runspec, tool_server
 
   monkeypatch.chdir(REPO)
   for module, args in (
     (tiny, (None, 'test')),
     (smollm2_arith, (None, 'test', 'lora', 'lora_test')),
     (gemma3_270m, (None, 'test')),
+    (tiny_tools, (None, 'test')),
+    (smollm2_tools, (None, 'test')),
   ):
     for arg in args:
-      runspec.check(module.get_config(arg), devices=8, processes=1)
+      config = module.get_config(arg)
+      if config.tool_server:  # what a run does before its checks: the example server's URL in place
+        config = tool_server.substitute(config, 'http://127.0.0.1:8000/')
+      runspec.check(config, devices=8, processes=1)
   for module, layouts in ((gemma3_tpu, gemma3_tpu.PRESETS), (lora_one_vm, lora_one_vm.LAYOUTS)):
     for arg in layouts:
       config = module.get_config(arg)
