@@ -564,7 +564,9 @@ def _tokenizer_payload(tokenizer) -> dict[str, bytes]:
 
 
 def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
-  """tokenizer.model (sentencepiece) or tokenizer.json (BPE), plus tokenizer_config.json with the chat template."""
+  """tokenizer.model (sentencepiece) or tokenizer.json (BPE), plus tokenizer_config.json with the chat template: the
+  model's own Jinja template when its tokenizer shipped one (served as the original model is, tools included), else
+  the Jinja twin of the named template the run used."""
   files = _tokenizer_payload(tokenizer)
   for stale in ('tokenizer.model', 'tokenizer.json', 'special_tokens_map.json', 'chat_template.jinja'):
     (out / stale).unlink(missing_ok=True)
@@ -576,10 +578,13 @@ def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
     'eos_token': token(tokenizer.eos_id),
     'pad_token': token(tokenizer.pad_id),
   }
-  template = _JINJA[tokenizer.chat_template]
-  if 'DEFAULT' in template:
-    template = template.replace('DEFAULT', json.dumps(tokenizer.default_system or ''))
-  template = template.replace('THINKING', 'true' if tokenizer.thinking else 'false')  # the run's default
+  if getattr(tokenizer, 'has_jinja_template', False):  # the model's own template: it also renders tools
+    template = tokenizer.jinja_template
+  else:
+    template = _JINJA[tokenizer.chat_template]
+    if 'DEFAULT' in template:
+      template = template.replace('DEFAULT', json.dumps(tokenizer.default_system or ''))
+    template = template.replace('THINKING', 'true' if tokenizer.thinking else 'false')  # the run's default
   tok_config = dict(
     tokenizer_class='GemmaTokenizer' if 'tokenizer.model' in files else 'PreTrainedTokenizerFast',
     add_bos_token=bool(tokenizer.add_bos),

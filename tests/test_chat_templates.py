@@ -444,3 +444,15 @@ def test_gemma3_ids_match_transformers(gemma3):
   with pytest.raises(ValueError, match="the 'gemma' chat template cannot render tools"):
     named.encode_prompt(*TOOL_CHATS[1])
   assert jinja.encode_prompt(*TOOL_CHATS[0]) == _ref_ids(ref, TOOL_CHATS[0][0], TOOLS_CC, chat_template=GEMMA3_JINJA)
+
+
+def test_an_export_keeps_the_models_own_template(smollm2, tmp_path):
+  """A tokenizer that ships a Jinja template exports it as is (tools and all); one without exports the named twin."""
+  from rftjax import weights
+
+  tok, _ = smollm2
+  weights.write_tokenizer_files(tok, tmp_path, {'max_position_embeddings': 2048})
+  assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == tok.jinja_template
+  plain = tokenizer.load_tokenizer('gguf:smollm2-135m', chat_template='plain')
+  weights.write_tokenizer_files(plain, tmp_path, {'max_position_embeddings': 2048})
+  assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == weights._JINJA['plain']
