@@ -67,13 +67,14 @@ class _Row:
     self.logprobs += [0.0] * len(tokens) if logprobs is None else [float(x) for x in logprobs]
 
 
-def context_len(max_prompt_len: int, max_new_tokens: int, max_steps: int, tool_tokens: int) -> int:
-  """Cache slots an episode may need: the prompt, every model turn and every tool turn between them."""
-  return max_prompt_len + max_steps * max_new_tokens + (max_steps - 1) * tool_tokens
-
-
 def completion_width(max_new_tokens: int, max_steps: int, tool_tokens: int) -> int:
+  """Tokens after the prompt an episode may hold: every model turn and every tool turn between them."""
   return max_steps * max_new_tokens + (max_steps - 1) * tool_tokens
+
+
+def context_len(max_prompt_len: int, max_new_tokens: int, max_steps: int, tool_tokens: int) -> int:
+  """Cache slots an episode may need: the prompt and `completion_width`."""
+  return max_prompt_len + completion_width(max_new_tokens, max_steps, tool_tokens)
 
 
 @functools.lru_cache(maxsize=64)
@@ -133,17 +134,20 @@ class Agent:
 
   def run(self, params, prompt_tokens: np.ndarray, prompt_mask: np.ndarray, rng, mesh) -> Episodes:
     s, tok = self.sampler, self.tok
+    need = context_len(s.max_prompt_len, s.max_new_tokens, self.max_steps, self.tool_tokens)
+    if s.slots < need:  # checked here, once: the cache is a device array of a fixed size
+      raise ValueError(f'episodes of {self.max_steps} turns need {need} cache slots; the sampler has {s.slots}')
     n_rows = prompt_tokens.shape[0]
     # trace ids from the step's key: unique within a run, the same when a run (or a resumed step) is repeated
     seed = hashlib.sha256(np.asarray(jax.random.key_data(rng)).tobytes()).hexdigest()[:16]
     rows = [_Row(trace_id=f'trace_{seed}_{jax.process_index()}_{i}') for i in range(n_rows)]
     live = np.ones(n_rows, bool)
-    pending: dict = {}  # row -> (its turn's calls, then their results; the turn's stop token)
+    answered: dict = {}  # row -> (its calls' results, the turn's stop token): the next tool turn
     put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
     out, ctx = s.start(params, put(prompt_tokens), put(prompt_mask), jax.random.fold_in(rng, 0))
     for turn in range(self.max_steps):
       if turn:
-        block, block_mask = self._tool_block(rows, live, pending)
+        block, block_mask = self._tool_block(rows, live, answered)
         out, ctx = s.resume(params, ctx, put(block), put(block_mask), put(live), jax.random.fold_in(rng, turn))
       tokens, logprobs, lengths, truncated = (
         multihost.local_rows(a) for a in (out.tokens, out.logprobs, out.lengths, out.truncated)
@@ -167,15 +171,15 @@ class Agent:
         break
       flat = [(c, rows[i].trace_id) for i, (calls, _) in pending.items() for c in calls]
       results = iter(self.client.call_many(flat) if flat else [])
-      pending = {i: ([next(results) for _ in calls], stop) for i, (calls, stop) in pending.items()}
+      answered = {i: ([next(results) for _ in calls], stop) for i, (calls, stop) in pending.items()}
     return self._episodes(rows)
 
-  def _tool_block(self, rows: list[_Row], live: np.ndarray, pending: dict) -> tuple[np.ndarray, np.ndarray]:
+  def _tool_block(self, rows: list[_Row], live: np.ndarray, answered: dict) -> tuple[np.ndarray, np.ndarray]:
     """Each live row's tool turn, left-padded to [R, tool_tokens], appended to its transcript."""
     width = self.tool_tokens
     block = np.full((len(rows), width), self.sampler.pad_id, np.int32)
     mask = np.zeros((len(rows), width), bool)
-    for i, (results, stop) in pending.items():
+    for i, (results, stop) in answered.items():
       row = rows[i]
       ids, sizes, cut = tool_turn(self.tok, [r.output for r in results], stop, width)
       block[i, width - len(ids) :], mask[i, width - len(ids) :] = ids, True
@@ -184,7 +188,7 @@ class Agent:
       row.tool_tokens += sizes
       row.clipped += cut
       row.messages += [{'role': 'tool', 'name': r.name, 'content': r.output, 'kind': r.kind} for r in results]
-    assert not (live & ~np.isin(np.arange(len(rows)), list(pending))).any()
+    assert not (live & ~np.isin(np.arange(len(rows)), list(answered))).any()
     return block, mask
 
   def _episodes(self, rows: list[_Row]) -> Episodes:

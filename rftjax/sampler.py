@@ -170,10 +170,8 @@ class Sampler:
 
   def resume(self, weights, context: Context, block_tokens, block_mask, live, rng) -> tuple[SampleOutput, Context]:
     """The next turn of an episode: prefill each row's new tokens (left-padded [B, T], e.g. a tool result and the
-    template's next assistant header) after the context, then decode. Rows with `live` False stay silent."""
-    need = int(context.slot) + block_tokens.shape[1] + self.max_new_tokens
-    if need > self.slots:
-      raise ValueError(f'the episode needs {need} cache slots, more than the sampler has ({self.slots})')
+    template's next assistant header) after the context, then decode. Rows with `live` False stay silent. The
+    cache must have room for every turn (`context_len`; episodes.Agent checks it before the first turn)."""
     tokens, mask = jnp.asarray(block_tokens, jnp.int32), jnp.asarray(block_mask, bool)
     return _resume(self, weights, context, tokens, mask, jnp.asarray(live, bool), rng)
 
@@ -230,10 +228,10 @@ def _decode(s: Sampler, weights, cache, key_mask, base, position, logits, done, 
   token, logprob = choose(logits, sub, s.params)
   stop_ids = jnp.asarray(s.stop_ids, jnp.int32)
   width = max((len(q) for q in s.stop_seqs), default=1)
-  # multi-token stops, right-aligned in a [Q, width] table; -1 marks unused columns (matches anything)
-  seqs = np.full((max(len(s.stop_seqs), 1), width), -2, np.int32)
+  # multi-token stops, right-aligned in a [Q, width] table; -1 marks unused columns (matches anything). Q may be 0:
+  # then no row ever matches
+  seqs = np.full((len(s.stop_seqs), width), -1, np.int32)
   for i, q in enumerate(s.stop_seqs):
-    seqs[i, :] = -1
     seqs[i, width - len(q) :] = q
   seqs = jnp.asarray(seqs)
 
@@ -262,7 +260,7 @@ def _decode(s: Sampler, weights, cache, key_mask, base, position, logits, done, 
     mask = st.mask.at[:, st.step].set(live.astype(jnp.float32))
     recent = jnp.concatenate([st.recent[:, 1:], st.token[:, None]], axis=1)
     hit = jnp.any(jnp.all((recent[:, None, :] == seqs[None]) | (seqs[None] == -1), axis=-1), axis=-1)
-    done = st.done | jnp.isin(st.token, stop_ids) | (hit if s.stop_seqs else False)
+    done = st.done | jnp.isin(st.token, stop_ids) | hit
     slot = base + st.step
     key_mask = jax.lax.dynamic_update_slice_in_dim(st.key_mask, live[:, None], slot, axis=1)
     hidden, cache = model_lib.forward(

@@ -143,6 +143,7 @@ class ScriptedSampler:
   max_new_tokens: int = 3
   max_prompt_len: int = 8
   group_size: int = 1
+  slots: int = 64  # cache room: enough for the episodes below
   blocks: list = dataclasses.field(default_factory=list)
 
   def _out(self, turn, live):
@@ -185,6 +186,9 @@ def test_episode_transcript_and_loss_mask_cover_exactly_the_model_tokens(tok):
     tools.ToolClient(tools.load_tools([{'name': 'lookup', 'server_url': url}])) as client,
   ):
     agent = episodes.Agent(script, tok, client, max_steps=2, tool_tokens=8)
+    small = episodes.Agent(dataclasses.replace(script, slots=20), tok, client, max_steps=2, tool_tokens=8)
+    with pytest.raises(ValueError, match='episodes of 2 turns need 22 cache slots; the sampler has 20'):
+      small.run(None, np.ones((3, 8), np.int32), np.ones((3, 8), bool), jax.random.key(0), None)
     prompts = np.ones((3, 8), np.int32)
     e = agent.run(None, prompts, np.ones((3, 8), bool), jax.random.key(0), None)
   tool = tok.encode('<tool_response>') + tok.encode('7') + tok.encode('</tool_response>')
@@ -238,6 +242,7 @@ def test_episode_tool_failures_and_the_chat_template_around_tool_turns():
     ],
     stop_ids=(end,),
     max_new_tokens=40,
+    slots=8 + 2 * 40 + 64,
   )
   with tool_server.serve({'k7': 'blue'}) as url, local_http.serving(_Broken) as broken:
     specs = tools.load_tools([{'name': 'lookup', 'server_url': url}, {'name': 'broken', 'server_url': broken}])
