@@ -167,6 +167,52 @@ def _render_plain(messages: list[dict]) -> str:
   return ''.join(out)
 
 
+# Jinja twins of the named templates, written into exported tokenizer_config.json files (weights.py; what
+# transformers / vLLM run). {bos} is added by the
+# template exactly where rftjax's encode_prompt adds BOS; tests check both render the same text.
+JINJA_TWINS = {
+  'gemma': (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set prefix = messages[0]['content'] + '\\n\\n' -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for m in turns -%}{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + m['content'] | trim"
+    " + '<end_of_turn>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+  ),
+  'chatml': (
+    "{%- for m in messages -%}{%- if loop.first and m['role'] != 'system' and DEFAULT -%}"
+    "{{ '<|im_start|>system\\n' + DEFAULT + '<|im_end|>\\n' }}{%- endif -%}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+  ),
+  'qwen3': (
+    "{%- for m in messages -%}{%- set content = m['content'] -%}"
+    "{%- if m['role'] == 'assistant' -%}{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}{%- endif -%}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + content + '<|im_end|>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if not (enable_thinking if enable_thinking is defined else THINKING) -%}{{ '<think>\\n\\n</think>\\n\\n' }}"
+    '{%- endif -%}{%- endif -%}'
+  ),
+  'llama3': (
+    "{{ bos_token }}{%- for m in messages -%}{{ '<|start_header_id|>' + m['role'] + "
+    "'<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    '{%- endif -%}'
+  ),
+  # the last user message, then assistant text and Hermes tool calls verbatim, tool results in tags (plain's format)
+  'plain': (
+    "{%- set ns = namespace(last=0) -%}{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
+    '{%- set ns.last = loop.index0 -%}{%- endif -%}{%- endfor -%}'
+    "{%- for m in messages[ns.last:] -%}{%- if m['role'] == 'tool' -%}"
+    "{{ '<tool_response>' + m['content'] + '</tool_response>' }}{%- else -%}{{ m['content'] or '' }}"
+    "{%- for c in m['tool_calls'] or [] -%}{{ '<tool_call>{\"name\": ' + c['function']['name'] | tojson + "
+    "', \"arguments\": ' + (c['function']['arguments'] if c['function']['arguments'] is string else "
+    "c['function']['arguments'] | tojson) + '}</tool_call>' }}{%- endfor -%}{%- endif -%}{%- endfor -%}"
+  ),
+}
+
+
 def render_named(
   name: str,
   messages: Sequence[Mapping],

@@ -168,9 +168,7 @@ def encode_prompts(
       if ex.text is not None:
         ids = tok.encode_text(ex.text)
       else:  # a row's `tools` (OpenAI function definitions) are rendered by the model's chat template
-        ids = (
-          tok.encode_prompt(messages, tools=ex.item['tools']) if ex.item.get('tools') else tok.encode_prompt(messages)
-        )
+        ids = tok.encode_prompt(messages, tools=ex.item.get('tools') or None)
     except ValueError as e:  # e.g. the gemma template's role alternation
       raise DataError(f'{ex.source}: {e}') from None
     if max_prompt_len is not None and len(ids) > max_prompt_len:

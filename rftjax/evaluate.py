@@ -119,10 +119,8 @@ def parse_args(argv):
 
 def run(args) -> dict:
   run_config = runfs.read_config(args.workdir) if args.workdir else None
-  with contextlib.ExitStack() as stack:
-    if run_config is not None and run_config.get('tool_server') == 'example':  # its server is gone: a new one
-      url = stack.enter_context(tool_server.serve())
-      run_config = tool_server.substitute(run_config, url, placeholder=run_config.get('tool_server_url') or url)
+  # a run that used the example tool server gets a new one (its own is gone)
+  with tool_server.serving_for(run_config) as run_config, contextlib.ExitStack() as stack:
     return _run(args, run_config, stack)
 
 

@@ -25,14 +25,16 @@ def smooth(values, weight: float = 0.8) -> np.ndarray:
   return np.asarray(out)
 
 
+def metric_series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+  """(steps, values) of one metric from metrics.jsonl records, by step (None values skipped; a rewritten step's
+  last value wins)."""
+  pts = sorted({int(r['step']): r[key] for r in records if r.get(key) is not None}.items())
+  return [s for s, _ in pts], [float(v) for _, v in pts]
+
+
 def reward_series(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
   """{'train': (steps, rewards), 'valid': (steps, rewards)} from metrics.jsonl records (None values skipped)."""
-  out = {}
-  for name in ('train', 'valid'):
-    key = f'{name}_reward_mean'
-    pts = sorted({int(r['step']): r[key] for r in records if r.get(key) is not None}.items())
-    out[name] = ([s for s, _ in pts], [float(v) for _, v in pts])
-  return out
+  return {name: metric_series(records, f'{name}_reward_mean') for name in ('train', 'valid')}
 
 
 def reward_figure(workdir: str | os.PathLike, kept=()):
@@ -48,11 +50,9 @@ def reward_figure(workdir: str | os.PathLike, kept=()):
   records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
   series = reward_series(records)
   fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-  calls = sorted(
-    {int(r['step']): r['tools/calls_per_rollout'] for r in records if 'tools/calls_per_rollout' in r}.items()
-  )
+  call_steps, calls = metric_series(records, 'tools/calls_per_rollout')
   if calls:  # an episode run (docs/tools.md): how often the policy calls its tools, on the same axis
-    ax.plot([s for s, _ in calls], smooth([c for _, c in calls]), color='tab:green', linestyle='--', linewidth=1.5,
+    ax.plot(call_steps, smooth(calls), color='tab:green', linestyle='--', linewidth=1.5,
             label='tool calls per rollout (train, smoothed)')  # fmt: skip
   steps, rewards = series['train']
   if steps:

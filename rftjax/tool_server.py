@@ -270,12 +270,24 @@ def serve(table: dict[str, str] | None = None, port: int = 0, host: str = '127.0
 PLACEHOLDER = '{tool_server}'
 
 
+@contextlib.contextmanager
+def serving_for(config) -> Iterator:
+  """A run config ready to run, for as long as the block runs: with config.tool_server='example' a new example
+  server is started and `substitute`d for '{tool_server}' (or, in a finished run's config.json, for the URL its
+  own server had, config.tool_server_url); any other config is yielded as it is."""
+  if config is None or config.get('tool_server') != 'example':
+    yield config
+    return
+  with serve() as url:
+    yield substitute(config, url, placeholder=config.get('tool_server_url') or PLACEHOLDER)
+
+
 def substitute(config, url: str, placeholder: str = PLACEHOLDER):
   """A copy of a run config in which '{tool_server}' stands for `url` (a running server's, from `serve`): in the
   server_url of every config.tools entry, and in the url / base_url fields of the grader. A grader given as a file
   is read, its content put in config.grader and its path in config.grader_file (as runspec.resolve does). The URL
   is kept in config.tool_server_url, so that a finished run's config (config.json) can be pointed at a new server
-  (`placeholder`: that old URL; rftjax.evaluate does it)."""
+  (`placeholder`: that old URL; `serving_for` does it)."""
   from rftjax.graders import spec as grader_spec  # only runs that start the server need the graders here
 
   def fill(node, keys):

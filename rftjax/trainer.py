@@ -47,9 +47,7 @@ def train(config, workdir: str | pathlib.Path, explicit=()) -> dict:
 
   Bad input (a config key, a data line, a grader field) raises a `errors.UserError` before any model loads and
   before anything is written to the workdir. `explicit`: the config keys the user set on the command line."""
-  with contextlib.ExitStack() as servers:
-    if config.get('tool_server') == 'example':  # the demos' tool server, on a free port for this run only
-      config = tool_server.substitute(config, servers.enter_context(tool_server.serve()))
+  with tool_server.serving_for(config) as config:  # the demos' tool server, on a free port for this run only
     return _checked(config, workdir, explicit)
 
 

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rftjax import chat_template
 from rftjax import gguf_io
 from rftjax import hf_config
 from rftjax import model as model_lib
@@ -511,51 +512,6 @@ def export_peft(
   return out
 
 
-# Jinja versions of rftjax.tokenizer.render_chat's templates (what transformers / vLLM run). {bos} is added by the
-# template exactly where rftjax's encode_prompt adds BOS; tests check both render the same text.
-_JINJA = {
-  'gemma': (
-    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set prefix = messages[0]['content'] + '\\n\\n' -%}{%- set turns = messages[1:] -%}"
-    "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
-    "{%- for m in turns -%}{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + m['content'] | trim"
-    " + '<end_of_turn>\\n' }}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
-  ),
-  'chatml': (
-    "{%- for m in messages -%}{%- if loop.first and m['role'] != 'system' and DEFAULT -%}"
-    "{{ '<|im_start|>system\\n' + DEFAULT + '<|im_end|>\\n' }}{%- endif -%}"
-    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-  ),
-  'qwen3': (
-    "{%- for m in messages -%}{%- set content = m['content'] -%}"
-    "{%- if m['role'] == 'assistant' -%}{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}{%- endif -%}"
-    "{{ '<|im_start|>' + m['role'] + '\\n' + content + '<|im_end|>\\n' }}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}"
-    "{%- if not (enable_thinking if enable_thinking is defined else THINKING) -%}{{ '<think>\\n\\n</think>\\n\\n' }}"
-    '{%- endif -%}{%- endif -%}'
-  ),
-  'llama3': (
-    "{{ bos_token }}{%- for m in messages -%}{{ '<|start_header_id|>' + m['role'] + "
-    "'<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    '{%- endif -%}'
-  ),
-  # the last user message, then assistant text and Hermes tool calls verbatim, tool results in tags (plain's format)
-  'plain': (
-    "{%- set ns = namespace(last=0) -%}{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
-    '{%- set ns.last = loop.index0 -%}{%- endif -%}{%- endfor -%}'
-    "{%- for m in messages[ns.last:] -%}{%- if m['role'] == 'tool' -%}"
-    "{{ '<tool_response>' + m['content'] + '</tool_response>' }}{%- else -%}{{ m['content'] or '' }}"
-    "{%- for c in m['tool_calls'] or [] -%}{{ '<tool_call>{\"name\": ' + c['function']['name'] | tojson + "
-    "', \"arguments\": ' + (c['function']['arguments'] if c['function']['arguments'] is string else "
-    "c['function']['arguments'] | tojson) + '}</tool_call>' }}{%- endfor -%}{%- endif -%}{%- endfor -%}"
-  ),
-}
-
-
 def _tokenizer_payload(tokenizer) -> dict[str, bytes]:
   """The backend's own files (tokenizer.Tokenizer.serialized_files): a sentencepiece proto or a tokenizers JSON."""
   if not hasattr(tokenizer, 'serialized_files'):
@@ -565,8 +521,7 @@ def _tokenizer_payload(tokenizer) -> dict[str, bytes]:
 
 def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
   """tokenizer.model (sentencepiece) or tokenizer.json (BPE), plus tokenizer_config.json with the chat template: the
-  model's own Jinja template when its tokenizer shipped one (served as the original model is, tools included), else
-  the Jinja twin of the named template the run used."""
+  model's own Jinja one when it shipped one (tools included), else the twin of the run's named template."""
   files = _tokenizer_payload(tokenizer)
   for stale in ('tokenizer.model', 'tokenizer.json', 'special_tokens_map.json', 'chat_template.jinja'):
     (out / stale).unlink(missing_ok=True)
@@ -578,10 +533,10 @@ def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
     'eos_token': token(tokenizer.eos_id),
     'pad_token': token(tokenizer.pad_id),
   }
-  if getattr(tokenizer, 'has_jinja_template', False):  # the model's own template: it also renders tools
+  if getattr(tokenizer, 'has_jinja_template', False):
     template = tokenizer.jinja_template
   else:
-    template = _JINJA[tokenizer.chat_template]
+    template = chat_template.JINJA_TWINS[tokenizer.chat_template]
     if 'DEFAULT' in template:
       template = template.replace('DEFAULT', json.dumps(tokenizer.default_system or ''))
     template = template.replace('THINKING', 'true' if tokenizer.thinking else 'false')  # the run's default

@@ -455,4 +455,6 @@ def test_an_export_keeps_the_models_own_template(smollm2, tmp_path):
   assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == tok.jinja_template
   plain = tokenizer.load_tokenizer('gguf:smollm2-135m', chat_template='plain')
   weights.write_tokenizer_files(plain, tmp_path, {'max_position_embeddings': 2048})
-  assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == weights._JINJA['plain']
+  assert (
+    json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == chat_template.JINJA_TWINS['plain']
+  )

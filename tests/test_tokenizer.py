@@ -26,7 +26,7 @@ os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 import pytest  # noqa: E402
 
-from rftjax import pretrained, sampler, tokenizer  # noqa: E402
+from rftjax import chat_template, pretrained, sampler, tokenizer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REF_CACHE = pathlib.Path(os.environ['RFTJAX_TEST_CACHE']) / 'hf_tokenizers'
@@ -768,8 +768,6 @@ def test_qwen3_template_thinking_on_and_off_and_its_exported_jinja():
   that opens the answer. The jinja template rftjax exports for the run renders the same text in transformers."""
   from transformers.utils.chat_template_utils import render_jinja_template
 
-  from rftjax import weights
-
   hi = [{'role': 'user', 'content': 'Hi'}]
   off = tokenizer.render_chat('qwen3', hi)
   assert off == '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n'
@@ -781,7 +779,7 @@ def test_qwen3_template_thinking_on_and_off_and_its_exported_jinja():
   ]
   assert '<|im_start|>assistant\nHello!<|im_end|>\n' in tokenizer.render_chat('qwen3', history)  # no old reasoning
   for thinking in (False, True):
-    jinja = weights._JINJA['qwen3'].replace('THINKING', 'true' if thinking else 'false')
+    jinja = chat_template.JINJA_TWINS['qwen3'].replace('THINKING', 'true' if thinking else 'false')
     for messages in CONVERSATIONS + [history]:
       (want,), _ = render_jinja_template(conversations=[messages], chat_template=jinja, add_generation_prompt=True)
       assert tokenizer.render_chat('qwen3', messages, thinking=thinking) == want
