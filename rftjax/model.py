@@ -2,7 +2,8 @@
 
 Einsum alphabet, used everywhere in rftjax:
   B batch, T query length, S key length, D model dim, N query heads, K kv heads, G query heads per kv head,
-  H head dim, F hidden (MLP) dim, V vocab, L layers.
+  H head dim, F hidden (MLP) dim, V vocab, L layers, C rows per prompt (training's GRPO groups, see
+  `forward_grouped`).
 
 Parameters live in `Transformer` (an `nnx.Module`) as `nnx.Param`s whose `axes` metadata names their logical
 axes; `sharding.py` turns those names into mesh shardings. Hot paths never call the module: they take the
@@ -399,39 +400,61 @@ def _linear(cfg: TransformerConfig, x, p, lora, name: str):
   return y if adapter is None else lora_lib.apply(y, x, name, adapter, cfg.lora.scale)
 
 
-def _layer(
-  cfg: TransformerConfig,
-  x,
-  p,
-  lora,
-  inv_freq,
-  is_local,
-  positions,
-  q_index,
-  k_index,
-  key_mask,
-  kv=None,
-  cache_index=None,
-):
+def _qkv(cfg: TransformerConfig, x, p, lora, inv_freq, positions):
+  """Queries [B, T, K, G, H] (scaled) and keys, values [B, T, K, H] of one layer's input x [B, T, D]."""
+  a = p['attn']
+  h = rms_norm(x, p['attn_norm']['scale'], cfg.norm_eps, cfg.norm_offset)
+  q, k, v = (_linear(cfg, h, p, lora, name) for name in ('q', 'k', 'v'))
+  if cfg.qkv_bias:
+    q, k, v = q + a['q_bias'], k + a['k_bias'], v + a['v_bias']
+  if cfg.qk_norm:
+    q = rms_norm(q, a['q_norm']['scale'], cfg.norm_eps, cfg.norm_offset)
+    k = rms_norm(k, a['k_norm']['scale'], cfg.norm_eps, cfg.norm_offset)
+  q = apply_rope(q, positions, inv_freq)
+  k = apply_rope(k, positions, inv_freq)
+  b, t, n, hd = q.shape
+  return q.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, hd) * cfg.attn_scale(), k, v
+
+
+def _softmax(masked_logits: list, dtype) -> list:
+  """One softmax over the key axes of several [..., T, S_i] blocks of logits (masked entries already at the float32
+  minimum), split back into blocks: keys held in different places are attended to as one set."""
+  probs = jax.nn.softmax(jnp.concatenate(masked_logits, axis=-1), axis=-1).astype(dtype)
+  return jnp.split(probs, np.cumsum([lg.shape[-1] for lg in masked_logits])[:-1], axis=-1)
+
+
+def _mask(logits, mask):
+  return jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+
+
+def _out_and_mlp(cfg: TransformerConfig, x, attended, p, lora):
+  """The rest of a layer after attention: output projection, residual, MLP, residual. attended [B, T, K, G, H]."""
+  eps, off = cfg.norm_eps, cfg.norm_offset
+  b, t = attended.shape[:2]
+  out = _linear(cfg, attended.reshape(b, t, cfg.num_heads, cfg.head_dim), p, lora, 'o')
+  if cfg.post_norms:
+    out = rms_norm(out, p['post_attn_norm']['scale'], eps, off)
+  x = sharding.constrain(x + out, ('act_batch', 'act_len', 'act_embed'))
+
+  h = rms_norm(x, p['mlp_norm']['scale'], eps, off)
+  gate = _linear(cfg, h, p, lora, 'gate')
+  act = jax.nn.gelu(gate, approximate=True) if cfg.activation == 'gelu_tanh' else jax.nn.silu(gate)
+  hidden = sharding.constrain(act * _linear(cfg, h, p, lora, 'up'), ('act_batch', 'act_len', 'act_mlp'))
+  out = _linear(cfg, hidden, p, lora, 'down')
+  if cfg.post_norms:
+    out = rms_norm(out, p['post_mlp_norm']['scale'], eps, off)
+  return sharding.constrain(x + out, ('act_batch', 'act_len', 'act_embed'))
+
+
+def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_index, k_index, key_mask, kv=None,
+           cache_index=None):  # fmt: skip
   """One decoder layer. Returns (x, (k, v) of this call's tokens [B, T, K, H], or None without a cache).
 
   kv: None (keys are this call's tokens only) or this layer's cache (k, v) [B, S, K, H], read only: the queries
   attend to the cache's slots before `cache_index` and to this call's own keys, and the caller writes the returned
   keys into slots [cache_index, cache_index + T) once for all layers. lora: this layer's adapters ({} for none)."""
-  eps, off = cfg.norm_eps, cfg.norm_offset
-  a = p['attn']
-  h = rms_norm(x, p['attn_norm']['scale'], eps, off)
-  q, k, v = (_linear(cfg, h, p, lora, name) for name in ('q', 'k', 'v'))
-  if cfg.qkv_bias:
-    q, k, v = q + a['q_bias'], k + a['k_bias'], v + a['v_bias']
-  if cfg.qk_norm:
-    q = rms_norm(q, a['q_norm']['scale'], eps, off)
-    k = rms_norm(k, a['k_norm']['scale'], eps, off)
-  q = apply_rope(q, positions, inv_freq)
-  k = apply_rope(k, positions, inv_freq)
-  b, t, n, hd = q.shape
-  kh = cfg.num_kv_heads
-  q = q.reshape(b, t, kh, n // kh, hd) * cfg.attn_scale()
+  q, k, v = _qkv(cfg, x, p, lora, inv_freq, positions)
+  t = q.shape[1]
   if kv is None:
     new_kv, parts = None, [(k, v, k_index, key_mask)]
   else:
@@ -444,30 +467,39 @@ def _layer(
     own = jax.lax.dynamic_slice_in_dim(key_mask, cache_index, t, axis=1)
     cached = key_mask & (k_index < cache_index)[None]
     parts = [(kv[0].astype(x.dtype), kv[1].astype(x.dtype), k_index, cached), (k, v, cache_index + jnp.arange(t), own)]
-  logits = []
-  for keys, _, slots, visible in parts:
-    mask = _attention_mask(q_index, slots, visible, cfg.sliding_window, is_local)
-    lg = jnp.einsum('btkgh,bskh->bkgts', q, keys).astype(jnp.float32)
-    logits.append(jnp.where(mask[:, None, None], lg, jnp.finfo(jnp.float32).min))
-  probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1).astype(x.dtype)
-  splits = np.cumsum([part[0].shape[1] for part in parts])[:-1]
+  masks = [_attention_mask(q_index, slots, seen, cfg.sliding_window, is_local) for _, _, slots, seen in parts]
+  logits = [_mask(jnp.einsum('btkgh,bskh->bkgts', q, part[0]), m[:, None, None]) for part, m in zip(parts, masks)]
+  probs = _softmax(logits, x.dtype)
   # values first: XLA:CPU's dot for this operand order ran 1.3-14x faster (decode 14x), gradients alike
-  out = sum(
-    jnp.einsum('bskh,bkgts->btkgh', part[1], pr) for pr, part in zip(jnp.split(probs, splits, axis=-1), parts)
-  ).reshape(b, t, n, hd)
-  out = _linear(cfg, out, p, lora, 'o')
-  if cfg.post_norms:
-    out = rms_norm(out, p['post_attn_norm']['scale'], eps, off)
-  x = sharding.constrain(x + out, ('act_batch', 'act_len', 'act_embed'))
+  attended = sum(jnp.einsum('bskh,bkgts->btkgh', part[1], pr) for pr, part in zip(probs, parts))
+  return _out_and_mlp(cfg, x, attended, p, lora), new_kv
 
-  h = rms_norm(x, p['mlp_norm']['scale'], eps, off)
-  gate = _linear(cfg, h, p, lora, 'gate')
-  act = jax.nn.gelu(gate, approximate=True) if cfg.activation == 'gelu_tanh' else jax.nn.silu(gate)
-  hidden = sharding.constrain(act * _linear(cfg, h, p, lora, 'up'), ('act_batch', 'act_len', 'act_mlp'))
-  out = _linear(cfg, hidden, p, lora, 'down')
-  if cfg.post_norms:
-    out = rms_norm(out, p['post_mlp_norm']['scale'], eps, off)
-  return sharding.constrain(x + out, ('act_batch', 'act_len', 'act_embed')), new_kv
+
+def _grouped_layer(cfg: TransformerConfig, xs, p, lora, inv_freq, is_local, positions, prompt_mask, group: int):
+  """One decoder layer over B prompts [B, P, D] and their R = B*C completions [R, T, D] (C = `group` per prompt,
+  consecutive rows), the prompt computed once: each completion's queries attend to its prompt's keys (read from the
+  prompt stream, never copied C times) and causally to its own. Equal to `_layer` over the R rows prompt +
+  completion, for about 1/C of the prompt's compute."""
+  (xp, xc), (pos_p, pos_c) = xs, positions
+  big_p, t = xp.shape[1], xc.shape[1]
+  qp, kp, vp = _qkv(cfg, xp, p, lora, inv_freq, pos_p)
+  qc, kc, vc = _qkv(cfg, xc, p, lora, inv_freq, pos_c)
+  window, slots_p, slots_c = cfg.sliding_window, jnp.arange(big_p), big_p + jnp.arange(t)
+  causal = _attention_mask(slots_p, slots_p, prompt_mask, window, is_local)[:, None, None]
+  (pr,) = _softmax([_mask(jnp.einsum('btkgh,bskh->bkgts', qp, kp), causal)], xp.dtype)
+  attended_p = jnp.einsum('bskh,bkgts->btkgh', vp, pr)
+  # the R rows of the completion stream are [B, C] flattened
+  b = xp.shape[0]
+  qc = qc.reshape(b, group, *qc.shape[1:])
+  to_prompt = _attention_mask(slots_c, slots_p, prompt_mask, window, is_local)[:, None, None, None]
+  own = _attention_mask(slots_c, slots_c, jnp.ones((1, t), bool), window, is_local)[:, None, None]
+  cross = _mask(jnp.einsum('bctkgh,bskh->bckgts', qc, kp), to_prompt)
+  cross = cross.reshape(b * group, *cross.shape[2:])
+  self_ = _mask(jnp.einsum('btkgh,bskh->bkgts', qc.reshape(b * group, *qc.shape[2:]), kc), own)
+  pr_cross, pr_self = _softmax([cross, self_], xc.dtype)
+  attended_c = jnp.einsum('bskh,bckgts->bctkgh', vp, pr_cross.reshape(b, group, *pr_cross.shape[1:]))
+  attended_c = attended_c.reshape(b * group, *attended_c.shape[2:]) + jnp.einsum('bskh,bkgts->btkgh', vc, pr_self)
+  return (_out_and_mlp(cfg, xp, attended_p, p, lora), _out_and_mlp(cfg, xc, attended_c, p, lora)), None
 
 
 def embed(params: Params, cfg: TransformerConfig, tokens, dtype=jnp.float32):
@@ -494,19 +526,8 @@ def unembed(params: Params, cfg: TransformerConfig, hidden):
   return logits
 
 
-def forward(
-  params: Params,
-  cfg: TransformerConfig,
-  tokens,
-  positions,
-  key_mask,
-  *,
-  cache: Cache | None = None,
-  cache_index=None,
-  dtype=jnp.float32,
-  remat: bool = False,
-  return_hidden: bool = False,
-):
+def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask, *, cache: Cache | None = None,
+            cache_index=None, dtype=jnp.float32, remat: bool = False, return_hidden: bool = False):  # fmt: skip
   """Runs the decoder.
 
   tokens, positions: [B, T] int32. key_mask: [B, S] bool, True where a key slot holds a real token; without a
@@ -522,23 +543,15 @@ def forward(
   else:
     q_index = cache_index + jnp.arange(t)
     k_index = jnp.arange(cache['k'].shape[2])
-  inv_freq = jnp.asarray(cfg.inv_freq())
-  is_local = jnp.asarray(cfg.layer_is_local())
-  cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype) if w.dtype != dtype else w, tree)
-  params_layers = cast(params['layers'])
-  lora_layers = cast(params['lora']['layers']) if cfg.lora and 'lora' in params else {}
 
   # Each layer reads its cache slice (a scan input) and returns only this call's keys and values; they are written
   # into the [L, B, S, K, H] cache once, after the scan, in place. Carrying the cache through the scan and updating
   # it per layer made XLA copy the whole cache once per layer: ~80% of a Gemma 3 decode step on CPU.
-  def body(x, xs):
-    p, lora, freq, local, kv = xs
+  def layer(x, p, lora, freq, local, kv):
     return _layer(cfg, x, p, lora, freq, local, positions, q_index, k_index, key_mask, kv, cache_index)
 
-  if remat:
-    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
   kv = (cache['k'], cache['v']) if cache is not None else None
-  x, kv = jax.lax.scan(body, x, (params_layers, lora_layers, inv_freq, is_local, kv))
+  x, kv = _scan_layers(params, cfg, layer, x, kv, dtype, remat)
   new_cache = None
   if cache is not None:
     write = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), cache_index, axis=2)
@@ -546,3 +559,34 @@ def forward(
   if return_hidden:
     return x, new_cache
   return unembed(params, cfg, x), new_cache
+
+
+def forward_grouped(params: Params, cfg: TransformerConfig, prompt_tokens, prompt_mask, tokens, *, dtype=jnp.float32,
+                    remat: bool = False):  # fmt: skip
+  """The decoder over B left-padded prompts [B, P] (mask [B, P]) each followed by C continuations: `tokens` [R, T],
+  R = B*C, the C rows of prompt b consecutive (GRPO's groups). Each prompt is computed once, not once per row.
+
+  Returns the final hidden states (before the final norm) of the prompts [B, P, D] and of the continuations
+  [R, T, D]: equal to `forward(..., return_hidden=True)` over the R rows prompt + continuation."""
+  group = tokens.shape[0] // prompt_tokens.shape[0]
+  prompt_len = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
+  pos_p = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
+  pos_c = jnp.repeat(prompt_len, group)[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
+  xs = (embed(params, cfg, prompt_tokens, dtype), embed(params, cfg, tokens, dtype))
+
+  def layer(xs, p, lora, freq, local, _):
+    return _grouped_layer(cfg, xs, p, lora, freq, local, (pos_p, pos_c), prompt_mask, group)
+
+  return _scan_layers(params, cfg, layer, xs, None, dtype, remat)[0]
+
+
+def _scan_layers(params: Params, cfg: TransformerConfig, layer, x, per_layer, dtype, remat: bool):
+  """x through `layer(x, weights, adapters, rope_freqs, is_local, per_layer slice) -> (x, out)` for every layer
+  under one `lax.scan` over the stacked weights (cast to `dtype`); returns (x, stacked outs)."""
+  cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype) if w.dtype != dtype else w, tree)
+  lora_layers = cast(params['lora']['layers']) if cfg.lora and 'lora' in params else {}
+  body = lambda x, xs: layer(x, *xs)  # noqa: E731
+  if remat:
+    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+  layers = (cast(params['layers']), lora_layers, jnp.asarray(cfg.inv_freq()), jnp.asarray(cfg.layer_is_local()))
+  return jax.lax.scan(body, x, (*layers, per_layer))

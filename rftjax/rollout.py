@@ -147,6 +147,8 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   longest, longest_prompt = multihost.max_over_hosts(r.lengths.max(initial=1), r.prompt_mask.sum(axis=1).max(initial=1))
   n, p = bucket(longest, n), bucket(longest_prompt, p, parts=2)
   put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
+  g = cfg.num_generations
+  shared = g > 1 and not multihost.any_host(not sampler_lib.grouped(r.prompt_tokens.tolist(), g))
   return step_lib.Batch(
     prompt_tokens=put(r.prompt_tokens[:, -p:]),
     prompt_mask=put(r.prompt_mask[:, -p:]),
@@ -154,6 +156,7 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
     completion_mask=put(mask[:, :n]),
     advantages=put(np.asarray(advantages, np.float32)),
     sampler_logp=put(r.logprobs[:, :n]),
+    group_size=g if shared else 1,
   )
 
 

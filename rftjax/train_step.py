@@ -33,6 +33,9 @@ class Batch:
   sampler_logp: jax.Array  # [R, N] float32
   old_logp: jax.Array | None = None  # [R, N] policy logprobs before this batch's first update (num_iterations > 1)
   ref_logp: jax.Array | None = None  # [R, N] reference logprobs (beta > 0)
+  # rows come in consecutive groups of this many identical prompts (GRPO's G; static: it picks the program): each
+  # group's prompt is computed once in the forward passes, not G times (model.forward_grouped)
+  group_size: int = flax.struct.field(pytree_node=False, default=1)
 
 
 def schedule(opt_cfg, total_steps: int):
@@ -104,6 +107,15 @@ def completion_logits(
   params, cfg: model_lib.TransformerConfig, batch: Batch, *, dtype=jnp.float32, remat: bool = False
 ):
   """Logits that predict each completion token: [R, N, V] float32, from one forward over prompt + completion."""
+  g = batch.group_size
+  if g > 1:  # the token after a prompt is predicted from its last position, the others from the completion's
+    first = lambda x: x.reshape(-1, g, *x.shape[1:])[:, 0]  # noqa: E731  (a reshape: no gather across shards)
+    prompts, rest = model_lib.forward_grouped(
+      params, cfg, first(batch.prompt_tokens), first(batch.prompt_mask), batch.completion_tokens[:, :-1],
+      dtype=dtype, remat=remat,
+    )  # fmt: skip
+    last = jnp.broadcast_to(prompts[:, None, -1:], (prompts.shape[0], g, 1, prompts.shape[2]))
+    return model_lib.unembed(params, cfg, jnp.concatenate([last.reshape(-1, 1, last.shape[3]), rest], axis=1))
   p = batch.prompt_tokens.shape[1]
   tokens = jnp.concatenate([batch.prompt_tokens, batch.completion_tokens], axis=1)[:, :-1]
   key_mask = jnp.concatenate([batch.prompt_mask, batch.completion_mask > 0], axis=1)[:, :-1]
@@ -171,10 +183,17 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
 
   def accumulated(params, frozen, batch: Batch):
     """Sum of microbatch gradients, each normalised by the whole batch's denominator: equal to the full-batch
-    gradient. Microbatch j takes rows j, j+k, j+2k, ... so every device's shard feeds every microbatch."""
+    gradient. Microbatch j takes groups (rows without shared prompts) j, j+k, j+2k, ... so every device's shard
+    feeds every microbatch and every group stays whole."""
     k = step_cfg.microbatches
     den = grpo.aggregate_denominator(batch.completion_mask, step_cfg.loss.aggregation, step_cfg.loss.max_tokens)
-    split = jax.tree.map(lambda x: None if x is None else jnp.swapaxes(x.reshape(-1, k, *x.shape[1:]), 0, 1), batch)
+    g = batch.group_size if batch.prompt_tokens.shape[0] % (batch.group_size * k) == 0 else 1
+
+    def chunks(x):  # [R, ...] -> [k, R/k, ...]
+      x = jnp.swapaxes(x.reshape(x.shape[0] // (k * g), k, g, *x.shape[1:]), 0, 1)
+      return x.reshape(k, -1, *x.shape[3:])
+
+    split = jax.tree.map(lambda x: None if x is None else chunks(x), batch.replace(group_size=g))
 
     def body(grads, micro):
       (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, micro, den)

@@ -159,3 +159,14 @@ def test_make_batch_cuts_padding_columns_without_changing_logprobs():
   cut_logp = np.asarray(train_step.token_logprobs(params, cfg, batch, 1.0))
   full_logp = np.asarray(train_step.token_logprobs(params, cfg, full, 1.0))
   np.testing.assert_allclose(cut_logp * r.mask[:, :16], full_logp[:, :16] * r.mask[:, :16], atol=1e-5)
+
+
+def test_batches_share_prompts_only_when_every_group_has_one_prompt():
+  """make_batch marks a batch whose rows come in groups of G identical prompts (then the train step computes each
+  prompt once); one row with another prompt makes it a per-row batch."""
+  cfg = rollout.RolloutConfig(num_generations=G, prompts=2, max_new_tokens=2)
+  r = fake_rollout([(1, 0), (0, 1)], tag=1)
+  r.prompt_tokens[:] = [[0, 5, 6], [0, 5, 6], [7, 8, 9], [7, 8, 9]]
+  assert rollout.make_batch(r, cfg, mesh=None).group_size == G
+  r.prompt_tokens[3, 0] = 4
+  assert rollout.make_batch(r, cfg, mesh=None).group_size == 1
