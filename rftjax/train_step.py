@@ -104,9 +104,10 @@ def abstract_state(state) -> Any:
 
 
 def completion_logits(
-  params, cfg: model_lib.TransformerConfig, batch: Batch, *, dtype=jnp.float32, remat: bool = False
+  params, cfg: model_lib.TransformerConfig, batch: Batch, *, temperature=1.0, dtype=jnp.float32, remat: bool = False
 ):
-  """Logits that predict each completion token: [R, N, V] float32, from one forward over prompt + completion."""
+  """Logits / temperature that predict each completion token: [R, N, V] float32, from one forward over prompt +
+  completion."""
   g = batch.group_size
   if g > 1:  # the token after a prompt is predicted from its last position, the others from the completion's
     first = lambda x: x.reshape(-1, g, *x.shape[1:])[:, 0]  # noqa: E731  (a reshape: no gather across shards)
@@ -115,7 +116,8 @@ def completion_logits(
       dtype=dtype, remat=remat,
     )  # fmt: skip
     last = jnp.broadcast_to(prompts[:, None, -1:], (prompts.shape[0], g, 1, prompts.shape[2]))
-    return model_lib.unembed(params, cfg, jnp.concatenate([last.reshape(-1, 1, last.shape[3]), rest], axis=1))
+    hidden = jnp.concatenate([last.reshape(-1, 1, last.shape[3]), rest], axis=1)
+    return model_lib.unembed(params, cfg, hidden, temperature)
   p = batch.prompt_tokens.shape[1]
   tokens = jnp.concatenate([batch.prompt_tokens, batch.completion_tokens], axis=1)[:, :-1]
   key_mask = jnp.concatenate([batch.prompt_mask, batch.completion_mask > 0], axis=1)[:, :-1]
@@ -123,12 +125,12 @@ def completion_logits(
   key_mask = key_mask | (jnp.arange(tokens.shape[1]) >= p)[None] & batch.prompt_mask[:, -1:]
   positions = jnp.maximum(jnp.cumsum(key_mask, axis=1) - 1, 0).astype(jnp.int32)
   hidden, _ = model_lib.forward(params, cfg, tokens, positions, key_mask, dtype=dtype, remat=remat, return_hidden=True)
-  return model_lib.unembed(params, cfg, hidden[:, p - 1 :])
+  return model_lib.unembed(params, cfg, hidden[:, p - 1 :], temperature)
 
 
 def token_logprobs(params, cfg, batch: Batch, temperature: float, **kw):
-  logits = completion_logits(params, cfg, batch, **kw)
-  return grpo.token_logprobs(logits, batch.completion_tokens, temperature)
+  logits = completion_logits(params, cfg, batch, temperature=temperature, **kw)
+  return grpo.token_logprobs(logits, batch.completion_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,14 +163,13 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
 
   def loss_fn(trainable, frozen, batch: Batch, denominator=None):
     params = lora.join(trainable, frozen)
+    dtype = jnp.dtype(step_cfg.compute_dtype)
     logits = completion_logits(
-      params, step_cfg.model, batch, dtype=jnp.dtype(step_cfg.compute_dtype), remat=step_cfg.remat
+      params, step_cfg.model, batch, temperature=temperature, dtype=dtype, remat=step_cfg.remat
     )
-    logp = grpo.token_logprobs(logits, batch.completion_tokens, temperature)
+    logp = grpo.token_logprobs(logits, batch.completion_tokens)
     # the entropy is always logged; it carries a gradient only when it is part of the loss
-    entropy = grpo.entropy_from_logits(
-      logits if step_cfg.loss.entropy_coef else jax.lax.stop_gradient(logits), temperature
-    )
+    entropy = grpo.entropy_from_logits(logits if step_cfg.loss.entropy_coef else jax.lax.stop_gradient(logits))
     return grpo.policy_loss(
       logp,
       batch.old_logp,

@@ -135,16 +135,25 @@ def test_shared_prompts_train_as_per_row_with_microbatches():
         np.testing.assert_allclose(a, b, atol=5e-4)  # Adam: see test_sharded_step_equals_single_device
 
 
-def test_completion_logits_match_the_sampler(tmp_path):
-  """The trainer's recomputed logprobs equal the sampler's for the same tokens (same positions, masks)."""
-  params = model.init_params(CFG, 1)
+@pytest.mark.parametrize('temperature', [1.0, 0.7])
+@pytest.mark.parametrize('softcap', [None, 3.0])
+def test_completion_logits_match_the_sampler(temperature, softcap):
+  """The trainer's recomputed logprobs equal the sampler's for the same tokens (same positions, masks), at the
+  sampling temperature (which the trainer folds into the unembedding's input unless a softcap comes after it)."""
+  cfg = CFG.__class__(**{**CFG.__dict__, 'final_softcap': softcap})
+  params = model.init_params(cfg, 1)
   prompts = [[5, 6, 7, 8], [9, 10]]
   tokens, mask = sampler.pad_prompts(prompts, 4, 0)
-  s = sampler.Sampler(CFG, 4, 6, stop_ids=(3,), pad_id=0, params=sampler.SamplingParams(temperature=1.0))
+  s = sampler.Sampler(cfg, 4, 6, stop_ids=(3,), pad_id=0, params=sampler.SamplingParams(temperature=temperature))
   out = s(params, tokens, mask, jax.random.key(2))
   batch = train_step.Batch(tokens, mask, out.tokens, out.mask, jnp.zeros(2), out.logprobs)
-  logp = train_step.token_logprobs(params, CFG, batch, 1.0)
+  logp = train_step.token_logprobs(params, cfg, batch, temperature)
   np.testing.assert_allclose(np.asarray(logp) * out.mask, np.asarray(out.logprobs), atol=2e-5)
+  unscaled = train_step.completion_logits(params, cfg, batch)
+  want = grpo.token_logprobs(unscaled, batch.completion_tokens, temperature)  # the division after the logits
+  np.testing.assert_allclose(np.asarray(logp), np.asarray(want), atol=1e-5)
+  if temperature != 1.0:  # the temperature really reaches the logprobs
+    assert np.abs(np.asarray(logp - train_step.token_logprobs(params, cfg, batch, 1.0))).max() > 1e-3
 
 
 def test_config_field_names_are_stable():
