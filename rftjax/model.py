@@ -510,8 +510,8 @@ def embed(params: Params, cfg: TransformerConfig, tokens, dtype=jnp.float32):
 
 
 def unembed(params: Params, cfg: TransformerConfig, hidden, temperature: float = 1.0):
-  """Final norm + logits in float32, divided by `temperature`: without a softcap on the normed hidden state, [.., D]
-  (a division of the [R, N, V] training logits and its gradient cost ~10% of a SmolLM2 GRPO update on CPU)."""
+  """Final norm + logits in float32, divided by `temperature`: without a softcap on the normed hidden state [.., D],
+  not on the [.., V] logits (the train step's [R, N, V] logits and their gradient are the largest tensors it has)."""
   h = rms_norm(hidden, params['final_norm']['scale'], cfg.norm_eps, cfg.norm_offset)
   if temperature != 1.0 and not cfg.final_softcap:
     h, temperature = h / jnp.asarray(temperature, h.dtype), 1.0

@@ -148,7 +148,8 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   n, p = bucket(longest, n), bucket(longest_prompt, p, parts=2)
   put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
   g = cfg.num_generations
-  shared = g > 1 and not multihost.any_host(not sampler_lib.grouped(r.prompt_tokens.tolist(), g))
+  prompts = np.concatenate([r.prompt_tokens, r.prompt_mask], axis=1).tolist()  # tokens and padding alike
+  shared = g > 1 and not multihost.any_host(not sampler_lib.grouped(prompts, g))
   return step_lib.Batch(
     prompt_tokens=put(r.prompt_tokens[:, -p:]),
     prompt_mask=put(r.prompt_mask[:, -p:]),

@@ -170,3 +170,6 @@ def test_batches_share_prompts_only_when_every_group_has_one_prompt():
   assert rollout.make_batch(r, cfg, mesh=None).group_size == G
   r.prompt_tokens[3, 0] = 4
   assert rollout.make_batch(r, cfg, mesh=None).group_size == 1
+  r.prompt_tokens[3, 0] = 7
+  r.prompt_mask[3, 0] = False  # the same tokens, but one of them padding: another prompt
+  assert rollout.make_batch(r, cfg, mesh=None).group_size == 1
