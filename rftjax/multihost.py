@@ -97,7 +97,7 @@ def allmean(values: dict[str, float]) -> dict[str, float]:
 
 
 def max_over_hosts(*values: int) -> tuple[int, ...]:
-  """Each value's maximum over every host, in one collective."""
+  """Each value's maximum over every host, in one collective (for flags: whether any host's is set)."""
   if jax.process_count() == 1:
     return tuple(int(v) for v in values)
   gathered = np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int64)))

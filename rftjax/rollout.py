@@ -143,13 +143,14 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
     )
   mask = grpo.truncation_mask(r.mask, r.truncated) if cfg.mask_truncated else r.mask
   mask = np.where(r.discard[:, None], 0.0, mask).astype(np.float32)
-  n, p = r.tokens.shape[1], r.prompt_tokens.shape[1]
-  longest, longest_prompt = multihost.max_over_hosts(r.lengths.max(initial=1), r.prompt_mask.sum(axis=1).max(initial=1))
+  n, p, g = r.tokens.shape[1], r.prompt_tokens.shape[1], cfg.num_generations
+  # groups share one prompt when tokens and padding agree; one host whose groups do not makes it a per-row batch
+  apart = g > 1 and not sampler_lib.grouped(np.concatenate([r.prompt_tokens, r.prompt_mask], axis=1).tolist(), g)
+  longest, longest_prompt, any_apart = multihost.max_over_hosts(
+    r.lengths.max(initial=1), r.prompt_mask.sum(axis=1).max(initial=1), apart
+  )
   n, p = bucket(longest, n), bucket(longest_prompt, p, parts=2)
   put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
-  g = cfg.num_generations
-  prompts = np.concatenate([r.prompt_tokens, r.prompt_mask], axis=1).tolist()  # tokens and padding alike
-  shared = g > 1 and not multihost.any_host(not sampler_lib.grouped(prompts, g))
   return step_lib.Batch(
     prompt_tokens=put(r.prompt_tokens[:, -p:]),
     prompt_mask=put(r.prompt_mask[:, -p:]),
@@ -157,7 +158,7 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
     completion_mask=put(mask[:, :n]),
     advantages=put(np.asarray(advantages, np.float32)),
     sampler_logp=put(r.logprobs[:, :n]),
-    group_size=g if shared else 1,
+    group_size=1 if any_apart or g == 1 else g,
   )
 
 

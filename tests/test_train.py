@@ -1,6 +1,7 @@
 """Train step and loop: sharded == single device, resume == uninterrupted, the CLI contract of metrics.jsonl."""
 
 import contextlib
+import dataclasses
 import json
 import pathlib
 
@@ -97,15 +98,25 @@ def test_step_gradient_moves_logprob_of_positive_advantage_up():
   assert np.corrcoef(delta, adv)[0, 1] > 0.8
 
 
-GEMMA_LIKE = model.TransformerConfig.tiny(vocab_size=64).__class__(
-  **{**model.TransformerConfig.tiny(vocab_size=64).__dict__, 'name': 'gemma_like', 'family': 'gemma3'}
-  | dict(sliding_window=6, global_every=2, qk_norm=True, post_norms=True, norm_offset=1.0, embed_scale=True,
-         rope_base_local=10_000.0, activation='gelu_tanh'),
+GEMMA_LIKE = dataclasses.replace(
+  CFG, name='gemma_like', family='gemma3', sliding_window=6, global_every=2, qk_norm=True, post_norms=True,
+  norm_offset=1.0, embed_scale=True, rope_base_local=10_000.0, activation='gelu_tanh',
 )  # fmt: skip
 
 
-@pytest.mark.parametrize('cfg', [CFG, GEMMA_LIKE, CFG.__class__(**{**CFG.__dict__, 'lora': LORA})], ids=str)
-def test_shared_prompts_give_the_per_row_logits(cfg):
+@pytest.fixture
+def grouped_calls(monkeypatch):
+  """The number of forward passes (traces, under jit) that computed each group's prompt once."""
+  calls = []
+  real = model.forward_grouped
+  monkeypatch.setattr(model, 'forward_grouped', lambda *a, **kw: calls.append(1) or real(*a, **kw))
+  return calls
+
+
+@pytest.mark.parametrize(
+  'cfg', [CFG, GEMMA_LIKE, dataclasses.replace(CFG, lora=LORA)], ids=['tiny', 'gemma_like', 'lora']
+)
+def test_shared_prompts_give_the_per_row_logits(cfg, grouped_calls):
   """A batch whose prompts are computed once per group (model.forward_grouped) gives the logits of one forward
   per row, with prompts of different lengths, a sliding window that reaches from the completion into the prompt
   (window 6 < prompt + completion) and LoRA adapters."""
@@ -116,23 +127,26 @@ def test_shared_prompts_give_the_per_row_logits(cfg):
   per_row = grouped.replace(group_size=1)
   assert (np.asarray(grouped.prompt_mask).sum(1) < 7).any()  # some prompts are left-padded
   want = np.asarray(train_step.completion_logits(params, cfg, per_row))
+  assert not grouped_calls
   got = np.asarray(train_step.completion_logits(params, cfg, grouped))
+  assert len(grouped_calls) == 1  # the prompts really were computed once per group
   np.testing.assert_allclose(got, want, atol=2e-5)
   assert np.abs(want).max() > 0.1
 
 
-def test_shared_prompts_train_as_per_row_with_microbatches():
+def test_shared_prompts_train_as_per_row_with_microbatches(grouped_calls):
   """The same update from a shared-prompt batch as from its rows one by one, whole and in two microbatches (each
-  taking whole groups); 3 microbatches of 2 groups of 4 rows cannot keep groups whole and fall back to rows."""
-  for rows, splits in [(8, (1, 2)), (24, (3,))]:
+  taking whole groups); 2 microbatches of 3 groups of 4 rows cannot keep groups whole and fall back to rows."""
+  for rows, k, shared in [(8, 1, True), (8, 2, True), (12, 2, False)]:
     batch = make_batch(rows=rows, group=4)
-    want_state, want = one_step(None, batch.replace(group_size=1))
-    for k in splits:
-      state, got = one_step(None, batch, microbatches=k)
-      np.testing.assert_allclose(got['loss'], want['loss'], rtol=1e-5, atol=1e-6)
-      np.testing.assert_allclose(got['grad_norm'], want['grad_norm'], rtol=1e-5)
-      for a, b in zip(jax.tree.leaves(state['params']), jax.tree.leaves(want_state['params'])):
-        np.testing.assert_allclose(a, b, atol=5e-4)  # Adam: see test_sharded_step_equals_single_device
+    want_state, want = one_step(None, batch.replace(group_size=1))  # the whole batch at once, row by row
+    grouped_calls.clear()
+    state, got = one_step(None, batch, microbatches=k)
+    assert bool(grouped_calls) == shared, (rows, k)
+    np.testing.assert_allclose(got['loss'], want['loss'], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got['grad_norm'], want['grad_norm'], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(state['params']), jax.tree.leaves(want_state['params'])):
+      np.testing.assert_allclose(a, b, atol=5e-4)  # Adam: see test_sharded_step_equals_single_device
 
 
 @pytest.mark.parametrize('temperature', [1.0, 0.7])
@@ -140,7 +154,7 @@ def test_shared_prompts_train_as_per_row_with_microbatches():
 def test_completion_logits_match_the_sampler(temperature, softcap):
   """The trainer's recomputed logprobs equal the sampler's for the same tokens (same positions, masks), at the
   sampling temperature (which the trainer folds into the unembedding's input unless a softcap comes after it)."""
-  cfg = CFG.__class__(**{**CFG.__dict__, 'final_softcap': softcap})
+  cfg = dataclasses.replace(CFG, final_softcap=softcap)
   params = model.init_params(cfg, 1)
   prompts = [[5, 6, 7, 8], [9, 10]]
   tokens, mask = sampler.pad_prompts(prompts, 4, 0)
