@@ -10,7 +10,8 @@ rftjax's chat-template rendering, given to TRL as the same text; both sides rewa
 
 Each side is one training run in its own process, one after the other (rftjax trees first, then TRL). The first
 --warmup steps (compilation, caches) are left out; the table gives medians over the rest: seconds per step split
-into sampling, grading and training, completions per second, and the process's peak RSS (VmHWM, polled).
+into sampling, grading and training, completions per second, the process's peak RSS (VmHWM, polled) and the
+seconds rftjax spent compiling inside the timed steps (a batch shape first seen there).
 TRL never enters requirements.txt; make an environment for it, e.g.
   python3 -m venv /tmp/trl && /tmp/trl/bin/pip install torch transformers trl==1.16.0 datasets gguf
 `--tree NAME=DIR` adds an rftjax checkout (a `git worktree` of an older commit) to compare with this one.
@@ -70,6 +71,8 @@ def summarize(steps: list[dict], warmup: int) -> dict:
   out = {k: med(k) for k in ('step_s', 'sampling_s', 'grading_s', 'training_s', 'completion_len_mean')}
   out['completions_per_s'] = PROMPTS * G / out['step_s']
   out['steady_steps'] = len(steady)
+  # XLA compilations inside the timed steps (a new batch shape: rftjax only; TRL does not compile)
+  out['steady_compile_s'] = sum(s.get('compile_s', 0.0) for s in steady)
   return out
 
 
@@ -194,13 +197,17 @@ def main() -> None:
     f'{args.warmup + 1}-{args.steps}; load average {load_start[0]:.2f} -> {info["loadavg_end"][0]:.2f} '
     f'on nproc={os.cpu_count()}\n'
   )
-  print('| side | s/step | sampling s | grading s | training s | completions/s | mean length | peak RSS GiB |')
-  print('|---|---:|---:|---:|---:|---:|---:|---:|')
+  print(
+    '| side | s/step | sampling s | grading s | training s | completions/s | mean length | peak RSS GiB '
+    '| compile s in timed steps |'
+  )
+  print('|---|---:|---:|---:|---:|---:|---:|---:|---:|')
   for name, r in results.items():
     s = r['summary']
     print(
       f'| {name} | {s["step_s"]:.2f} | {s["sampling_s"]:.2f} | {s["grading_s"]:.3f} | {s["training_s"]:.2f} '
-      f'| {s["completions_per_s"]:.2f} | {s["completion_len_mean"]:.1f} | {r["peak_rss_gib"]:.2f} |'
+      f'| {s["completions_per_s"]:.2f} | {s["completion_len_mean"]:.1f} | {r["peak_rss_gib"]:.2f} '
+      f'| {s["steady_compile_s"]:.1f} |'
     )
 
 

@@ -2,8 +2,8 @@
 
 Einsum alphabet, used everywhere in rftjax:
   B batch, T query length, S key length, D model dim, N query heads, K kv heads, G query heads per kv head,
-  H head dim, F hidden (MLP) dim, V vocab, L layers, C rows per prompt (training's GRPO groups, see
-  `forward_grouped`).
+  H head dim, F hidden (MLP) dim, V vocab, L layers, C rows per prompt (training's GRPO groups packed into rows,
+  see `forward_grouped`), W tokens per such row.
 
 Parameters live in `Transformer` (an `nnx.Module`) as `nnx.Param`s whose `axes` metadata names their logical
 axes; `sharding.py` turns those names into mesh shardings. Hot paths never call the module: they take the
@@ -475,24 +475,22 @@ def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_
   return _out_and_mlp(cfg, x, attended, p, lora), new_kv
 
 
-def _grouped_layer(cfg: TransformerConfig, xs, p, lora, inv_freq, is_local, positions, prompt_mask, group: int):
-  """One decoder layer over B prompts [B, P, D] and their R = B*C completions [R, T, D] (C = `group` per prompt,
-  consecutive rows), the prompt computed once: each completion's queries attend to its prompt's keys (read from the
-  prompt stream, never copied C times) and causally to its own. Equal to `_layer` over the R rows prompt +
-  completion, for about 1/C of the prompt's compute."""
+def _grouped_layer(cfg: TransformerConfig, xs, p, lora, inv_freq, is_local, positions, masks, group: int):
+  """One decoder layer over B prompts [B, P, D] and their completions packed into R = B*C rows [R, W, D] (C =
+  `group` consecutive rows per prompt), the prompt computed once: each row's queries attend to its prompt's keys
+  (read from the prompt stream, never copied C times) and to the keys `masks` allow in their own row.
+  masks: (prompt causal [B, 1, 1, P, P], row to prompt [B, C, 1, 1, W, P], row to row [R, 1, 1, W, W]), each a
+  (global, local) pair (local: the sliding window's, used on local layers)."""
   (xp, xc), (pos_p, pos_c) = xs, positions
-  big_p, t = xp.shape[1], xc.shape[1]
+  pick = lambda pair: jnp.where(is_local, pair[1], pair[0]) if cfg.sliding_window else pair[0]  # noqa: E731
+  causal, to_prompt, own = (pick(pair) for pair in masks)
   qp, kp, vp = _qkv(cfg, xp, p, lora, inv_freq, pos_p)
   qc, kc, vc = _qkv(cfg, xc, p, lora, inv_freq, pos_c)
-  window, slots_p, slots_c = cfg.sliding_window, jnp.arange(big_p), big_p + jnp.arange(t)
-  causal = _attention_mask(slots_p, slots_p, prompt_mask, window, is_local)[:, None, None]
   (pr,) = _softmax([_mask(jnp.einsum('btkgh,bskh->bkgts', qp, kp), causal)], xp.dtype)
   attended_p = jnp.einsum('bskh,bkgts->btkgh', vp, pr)
   # the R rows of the completion stream are [B, C] flattened
   b = xp.shape[0]
   qc = qc.reshape(b, group, *qc.shape[1:])
-  to_prompt = _attention_mask(slots_c, slots_p, prompt_mask, window, is_local)[:, None, None, None]
-  own = _attention_mask(slots_c, slots_c, jnp.ones((1, t), bool), window, is_local)[:, None, None]
   cross = _mask(jnp.einsum('bctkgh,bskh->bckgts', qc, kp), to_prompt)
   cross = cross.reshape(b * group, *cross.shape[2:])
   self_ = _mask(jnp.einsum('btkgh,bskh->bkgts', qc.reshape(b * group, *qc.shape[2:]), kc), own)
@@ -564,21 +562,39 @@ def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask,
   return unembed(params, cfg, x), new_cache
 
 
-def forward_grouped(params: Params, cfg: TransformerConfig, prompt_tokens, prompt_mask, tokens, *, dtype=jnp.float32,
-                    remat: bool = False):  # fmt: skip
-  """The decoder over B left-padded prompts [B, P] (mask [B, P]) each followed by C continuations: `tokens` [R, T],
-  R = B*C, the C rows of prompt b consecutive (GRPO's groups). Each prompt is computed once, not once per row.
+def forward_grouped(params: Params, cfg: TransformerConfig, prompt_tokens, prompt_mask, tokens, segments, offsets, *,
+                    dtype=jnp.float32, remat: bool = False):  # fmt: skip
+  """The decoder over B left-padded prompts [B, P] (mask [B, P]), each followed by its completions packed into C
+  rows of W tokens: `tokens` [R, W], R = B*C, the C rows of prompt b consecutive. `segments` [R, W] names the
+  completion each token belongs to (-1: padding) and `offsets` [R, W] its index in that completion; a completion's
+  tokens are consecutive in one row. A token attends to its prompt and to the earlier tokens of its completion.
+  Each prompt is computed once, and no completion is padded to the longest one (GRPO's groups, train_step.py).
 
-  Returns the final hidden states (before the final norm) of the prompts [B, P, D] and of the continuations
-  [R, T, D]: equal to `forward(..., return_hidden=True)` over the R rows prompt + continuation."""
-  group = tokens.shape[0] // prompt_tokens.shape[0]
+  Returns the final hidden states (before the final norm) of the prompts [B, P, D] and of the rows [R, W, D]: at
+  each completion token equal to `forward(..., return_hidden=True)` over that prompt + completion alone."""
+  (b, big_p), w = prompt_tokens.shape, tokens.shape[1]
+  group = tokens.shape[0] // b
   prompt_len = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
   pos_p = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
-  pos_c = jnp.repeat(prompt_len, group)[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
+  pos_c = jnp.repeat(prompt_len, group)[:, None] + offsets.astype(jnp.int32)
+  # (global, local) masks; prompts are left-padded, so slot distance is position distance and a completion token
+  # at `offset` sits at slot P + offset
+  slots_p, window = jnp.arange(big_p), cfg.sliding_window
+  causal = [_attention_mask(slots_p, slots_p, prompt_mask, window, local) for local in (False, True)]
+  to_prompt = jnp.broadcast_to(jnp.repeat(prompt_mask, group, axis=0)[:, None, :], (b * group, w, big_p))
+  own = (segments[:, :, None] == segments[:, None, :]) & (segments >= 0)[:, :, None]
+  own = own & (jnp.arange(w)[:, None] >= jnp.arange(w)[None, :])[None]  # causal within its completion
+  near_prompt = (big_p + offsets)[:, :, None] - slots_p[None, None, :] < (window or 1)
+  near_own = offsets[:, :, None] - offsets[:, None, :] < (window or 1)
+  masks = (
+    tuple(m[:, None, None] for m in causal),
+    tuple(m.reshape(b, group, 1, 1, w, big_p) for m in (to_prompt, to_prompt & near_prompt)),
+    tuple(m[:, None, None] for m in (own, own & near_own)),
+  )
   xs = (embed(params, cfg, prompt_tokens, dtype), embed(params, cfg, tokens, dtype))
 
   def layer(xs, p, lora, freq, local, _):
-    return _grouped_layer(cfg, xs, p, lora, freq, local, (pos_p, pos_c), prompt_mask, group)
+    return _grouped_layer(cfg, xs, p, lora, freq, local, (pos_p, pos_c), masks, group)
 
   return _scan_layers(params, cfg, layer, xs, None, dtype, remat)[0]
 

@@ -12,10 +12,10 @@ What is counted (per device):
   persistent   params, AdamW moments (mu, nu), the reference model when grpo.beta > 0;
   sampling     the KV cache [L, R, P+N, K, H] x 2 (k and v), one prefill layer's activations, last-token logits;
   train step   gradients, saved activations (all layers, or with remat only each layer's input plus one layer
-               recomputed; each group's prompt once, then its G completions), the completion logits [R, N, V]
-               float32 (logits, log-softmax, entropy and their gradient: `LOGITS_COPIES` copies), the FSDP
-               all-gathers (embedding table, two layers in flight) and the compute-dtype copy of the layer weights
-               when it differs from the param dtype.
+               recomputed; each group's prompt once, then at most G rows of packed completions), the completion
+               logits [R, N, V] float32 (logits, log-softmax, entropy and their gradient: `LOGITS_COPIES` copies),
+               the FSDP all-gathers (embedding table, two layers in flight) and the compute-dtype copy of the layer
+               weights when it differs from the param dtype.
   peak         persistent + max(sampling, train step): the sampler's cache is freed before the train step runs.
 Activations are an estimate (XLA fuses and rematerialises on its own); tests/test_plan.py checks it against the
 compiled program's `memory_analysis()` on CPU. The reference/old-policy logprob passes need less than the train
@@ -292,13 +292,14 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
   one_layer = _layer_activations(cfg, mrows, t, t, c, mesh)
   carry = local_bytes((mrows, t, d), ('act_batch', 'act_len', 'act_embed'), c, mesh)
   shape_label = f'{mrows} rows x {t} tokens'
-  if g > 1 and mrows % g == 0:  # each group's prompt once, then its G completions (model.forward_grouped)
-    one_layer = _layer_activations(cfg, mrows // g, p, p, c, mesh) + _layer_activations(cfg, mrows, n - 1, t, c, mesh)
+  if g > 1 and mrows % g == 0:
+    # each group's prompt once, then its completions packed into rows of n: G rows when none shares a row (the
+    # most there can be: completions of max_new_tokens)
+    one_layer = _layer_activations(cfg, mrows // g, p, p, c, mesh) + _layer_activations(cfg, mrows, n, p + n, c, mesh)
     carry = sum(
-      local_bytes((r, s, d), ('act_batch', 'act_len', 'act_embed'), c, mesh)
-      for r, s in ((mrows // g, p), (mrows, n - 1))
+      local_bytes((r, s, d), ('act_batch', 'act_len', 'act_embed'), c, mesh) for r, s in ((mrows // g, p), (mrows, n))
     )
-    shape_label = f'{mrows // g} prompts x {p} + {mrows} completions x {n - 1} tokens'
+    shape_label = f'{mrows // g} prompts x {p} + at most {mrows} packed rows x {n} tokens'
   if config.remat:
     activations = L * carry + 2 * one_layer  # each layer's input saved; one layer recomputed + its backward
   else:

@@ -110,11 +110,24 @@ class RolloutConfig:
   gdpo_weights: tuple[tuple[str, float], ...] = ()  # advantage 'gdpo': (sub-grader, weight) of the multi grader
 
 
-def bucket(n: int, limit: int, parts: int = 4) -> int:
-  """The smallest of `parts` lengths spread evenly up to `limit` (each a multiple of 8, or `limit`) that holds n."""
+def bucket_sizes(limit: int, parts: int = 4) -> list[int]:
+  """`parts` lengths spread evenly up to `limit`, each a multiple of 8 (or `limit`)."""
   ceil = lambda a, b: -(-a // b)
-  sizes = sorted({min(limit, ceil(ceil(limit * k, parts), 8) * 8) for k in range(1, parts + 1)})
-  return next((s for s in sizes if s >= n), limit)
+  return sorted({min(limit, ceil(ceil(limit * k, parts), 8) * 8) for k in range(1, parts + 1)})
+
+
+def bucket(n: int, limit: int, parts: int = 4) -> int:
+  """The smallest of `bucket_sizes(limit, parts)` that holds n."""
+  return next((s for s in bucket_sizes(limit, parts) if s >= n), limit)
+
+
+def packed_rows(extents: np.ndarray, g: int, width: int) -> int:
+  """Rows of `width` tokens that every group's completions fit in (train_step.pack_completions), rounded up to a
+  multiple of g/4 so that at most 4 row counts compile; g where a completion is longer than `width`."""
+  if extents.max(initial=0) > width:
+    return g
+  step = -(-g // 4)
+  return min(g, -(-step_lib.pack_completions(extents, g, width)[2] // step) * step)
 
 
 def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
@@ -123,8 +136,9 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
 
   Columns that are padding in every row of the global batch are cut: completions to the longest completion and
   prompts (left-padded) to the longest prompt, each rounded up to a `bucket` so that only a few shapes compile
-  (at most 4 completion x 2 prompt lengths). Padding is masked, so the loss is the same; the train step and the
-  old/reference logprob passes just stop computing on it."""
+  (at most 4 completion x 2 prompt lengths, x 4 row counts with shared prompts). When each group shares one
+  prompt, its completions are packed into as few rows of that width as hold them (`packed_rows`). Padding is
+  masked, so the loss is the same; the train step and the old/reference logprob passes just stop computing on it."""
   rewards = r.rewards.astype(np.float32)
   if r.discard.any():  # a discarded row takes its group's mean of the others: it moves no advantage
     groups = rewards.reshape(-1, cfg.num_generations)
@@ -146,11 +160,16 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   n, p, g = r.tokens.shape[1], r.prompt_tokens.shape[1], cfg.num_generations
   # groups share one prompt when tokens and padding agree; one host whose groups do not makes it a per-row batch
   apart = g > 1 and not sampler_lib.grouped(np.concatenate([r.prompt_tokens, r.prompt_mask], axis=1).tolist(), g)
-  longest, longest_prompt, any_apart = multihost.max_over_hosts(
-    r.lengths.max(initial=1), r.prompt_mask.sum(axis=1).max(initial=1), apart
-  )
+  extents, widths = step_lib.loss_extent(mask), bucket_sizes(n)
+  # the rows each completion width would pack into ride in the same collective as the maxima that pick the width
+  longest, longest_prompt, any_apart, *rows = multihost.max_over_hosts(
+    r.lengths.max(initial=1), r.prompt_mask.sum(axis=1).max(initial=1), apart,
+    *(packed_rows(extents, g, w) for w in widths),
+  )  # fmt: skip
   n, p = bucket(longest, n), bucket(longest_prompt, p, parts=2)
   put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
+  shared = not any_apart and g > 1
+  pack_row, pack_start, _ = step_lib.pack_completions(np.minimum(extents, n), g, n) if shared else (None,) * 3
   return step_lib.Batch(
     prompt_tokens=put(r.prompt_tokens[:, -p:]),
     prompt_mask=put(r.prompt_mask[:, -p:]),
@@ -158,7 +177,10 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
     completion_mask=put(mask[:, :n]),
     advantages=put(np.asarray(advantages, np.float32)),
     sampler_logp=put(r.logprobs[:, :n]),
-    group_size=1 if any_apart or g == 1 else g,
+    pack_row=put(pack_row) if shared else None,
+    pack_start=put(pack_start) if shared else None,
+    group_size=g if shared else 1,
+    pack_rows=rows[widths.index(n)] if shared else 0,
   )
 
 

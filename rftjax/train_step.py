@@ -14,6 +14,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rftjax import grpo
@@ -33,9 +34,15 @@ class Batch:
   sampler_logp: jax.Array  # [R, N] float32
   old_logp: jax.Array | None = None  # [R, N] policy logprobs before this batch's first update (num_iterations > 1)
   ref_logp: jax.Array | None = None  # [R, N] reference logprobs (beta > 0)
-  # rows come in consecutive groups of this many identical prompts (GRPO's G; static: it picks the program): each
-  # group's prompt is computed once in the forward passes, not G times (model.forward_grouped)
+  # with group_size > 1, each group's completions packed into rows of N tokens (`pack_completions`): completion r
+  # from slot pack_start[r] of its group's row pack_row[r]; None: one row each, from slot 0
+  pack_row: jax.Array | None = None  # [R] int32
+  pack_start: jax.Array | None = None  # [R] int32
+  # static (they pick the program): rows come in consecutive groups of this many identical prompts (GRPO's G), each
+  # group's prompt computed once in the forward passes, not G times (model.forward_grouped) ...
   group_size: int = flax.struct.field(pytree_node=False, default=1)
+  # ... and its completions in this many rows (0: group_size rows, one per completion)
+  pack_rows: int = flax.struct.field(pytree_node=False, default=0)
 
 
 def schedule(opt_cfg, total_steps: int):
@@ -103,21 +110,80 @@ def abstract_state(state) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
+def loss_extent(mask):
+  """[R, N] loss mask -> [R]: each row's tokens up to its last one in the loss (numpy or jax). The train step
+  computes only these: later tokens change no loss term (they are masked and nothing before them sees them)."""
+  return ((mask > 0) * np.arange(1, mask.shape[-1] + 1)).max(axis=-1)
+
+
+def pack_completions(extents: np.ndarray, group: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """Host side: each group's completions (`extents` [R] tokens each, `loss_extent`) packed into rows of `width`
+  tokens, first fit in decreasing length. Returns (pack_row [R], pack_start [R], rows: the most any group needs).
+
+  Rows of the completion width keep attention as cheap as one row per completion, while the MLPs and the
+  [rows, width, vocabulary] logits stop computing on padding: completions averaging half the longest fill about
+  half the rows."""
+  extents = np.asarray(extents, np.int64)
+  row, start, rows = np.zeros(extents.size, np.int32), np.zeros(extents.size, np.int32), 1
+  for first in range(0, extents.size, group):
+    filled: list[int] = []
+    for i in first + np.argsort(-extents[first : first + group], kind='stable'):
+      c = next((c for c, used in enumerate(filled) if used + extents[i] <= width), len(filled))
+      if c == len(filled):
+        filled.append(0)
+      row[i], start[i], filled[c] = c, filled[c], filled[c] + extents[i]
+    rows = max(rows, len(filled))
+  return row, start, rows
+
+
+def _packing(batch: Batch):
+  """The packed completion rows of a shared-prompt batch: (tokens, segments, offsets) [B*C, N] for
+  model.forward_grouped, and `unpack`, which takes a per-token [B*C, N] array to the rows' [R, N] (0 on the tokens
+  `loss_extent` leaves out)."""
+  (r, n), g = batch.completion_tokens.shape, batch.group_size
+  b, c = r // g, batch.pack_rows or g
+  row = jnp.tile(jnp.arange(g), b) if batch.pack_row is None else batch.pack_row
+  start = jnp.zeros(r, jnp.int32) if batch.pack_start is None else batch.pack_start
+  length = loss_extent(batch.completion_mask)
+  row, start, length = (x.reshape(b, 1, 1, g) for x in (row, start, length))
+  slot = jnp.arange(n)[None, None, :, None]
+  # inside[b, c, j, i]: slot j of the group's row c holds a token of its completion i
+  inside = (row == jnp.arange(c)[None, :, None, None]) & (start <= slot) & (slot < start + length)
+  real = inside.any(axis=-1)
+  segments = jnp.where(real, jnp.sum(jnp.where(inside, jnp.arange(g), 0), axis=-1), -1)
+  offsets = jnp.where(real, jnp.arange(n)[None, None] - jnp.sum(jnp.where(inside, start, 0), axis=-1), 0)
+  source = (jnp.maximum(segments, 0) * n + offsets).reshape(b, c * n)
+  tokens = jnp.take_along_axis(batch.completion_tokens.reshape(b, g * n), source, axis=1).reshape(b * c, n)
+  tokens = jnp.where(real.reshape(b * c, n), tokens, 0)
+  index = (row * n + start).reshape(b, g, 1) + jnp.arange(n)  # [b, g, n]: each completion token's packed slot
+  valid = (jnp.arange(n) < length.reshape(b, g, 1)).reshape(r, n)
+
+  def unpack(x):
+    got = jnp.take_along_axis(x.reshape(b, c * n), jnp.minimum(index, c * n - 1).reshape(b, g * n), axis=1)
+    return jnp.where(valid, got.reshape(r, n), 0)
+
+  return tokens, segments.reshape(b * c, n), offsets.reshape(b * c, n), unpack
+
+
 def completion_logits(
   params, cfg: model_lib.TransformerConfig, batch: Batch, *, temperature=1.0, dtype=jnp.float32, remat: bool = False
 ):
-  """Logits / temperature that predict each completion token: [R, N, V] float32, from one forward over prompt +
-  completion."""
-  g = batch.group_size
-  if g > 1:  # the token after a prompt is predicted from its last position, the others from the completion's
+  """Logits / temperature [.., V] float32 that predict the completion tokens, from one forward over prompt +
+  completion. Returns (logits, the tokens they predict [..], `unpack`: a per-token array in their layout to the
+  batch's [R, N]). Rows: [R, N] (unpack is the identity); a shared-prompt batch: its packed rows [B*C, N]."""
+  if batch.group_size > 1:
+    g = batch.group_size
     first = lambda x: x.reshape(-1, g, *x.shape[1:])[:, 0]  # noqa: E731  (a reshape: no gather across shards)
+    tokens, segments, offsets, unpack = _packing(batch)
     prompts, rest = model_lib.forward_grouped(
-      params, cfg, first(batch.prompt_tokens), first(batch.prompt_mask), batch.completion_tokens[:, :-1],
+      params, cfg, first(batch.prompt_tokens), first(batch.prompt_mask), tokens, segments, offsets,
       dtype=dtype, remat=remat,
     )  # fmt: skip
-    last = jnp.broadcast_to(prompts[:, None, -1:], (prompts.shape[0], g, 1, prompts.shape[2]))
-    hidden = jnp.concatenate([last.reshape(-1, 1, last.shape[3]), rest], axis=1)
-    return model_lib.unembed(params, cfg, hidden, temperature)
+    # a completion's first token is predicted from its prompt's last position, the others from the token before
+    last = jnp.repeat(prompts[:, -1:], tokens.shape[0] // prompts.shape[0], axis=0)
+    before = jnp.concatenate([last, rest[:, :-1]], axis=1)
+    hidden = jnp.where((offsets == 0)[..., None], last, before)
+    return model_lib.unembed(params, cfg, hidden, temperature), tokens, unpack
   p = batch.prompt_tokens.shape[1]
   tokens = jnp.concatenate([batch.prompt_tokens, batch.completion_tokens], axis=1)[:, :-1]
   key_mask = jnp.concatenate([batch.prompt_mask, batch.completion_mask > 0], axis=1)[:, :-1]
@@ -125,12 +191,14 @@ def completion_logits(
   key_mask = key_mask | (jnp.arange(tokens.shape[1]) >= p)[None] & batch.prompt_mask[:, -1:]
   positions = jnp.maximum(jnp.cumsum(key_mask, axis=1) - 1, 0).astype(jnp.int32)
   hidden, _ = model_lib.forward(params, cfg, tokens, positions, key_mask, dtype=dtype, remat=remat, return_hidden=True)
-  return model_lib.unembed(params, cfg, hidden[:, p - 1 :], temperature)
+  logits = model_lib.unembed(params, cfg, hidden[:, p - 1 :], temperature)
+  return logits, batch.completion_tokens, lambda x: x
 
 
 def token_logprobs(params, cfg, batch: Batch, temperature: float, **kw):
-  logits = completion_logits(params, cfg, batch, temperature=temperature, **kw)
-  return grpo.token_logprobs(logits, batch.completion_tokens)
+  """log pi(completion token) [R, N] at the sampling temperature."""
+  logits, targets, unpack = completion_logits(params, cfg, batch, temperature=temperature, **kw)
+  return unpack(grpo.token_logprobs(logits, targets))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,12 +232,12 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
   def loss_fn(trainable, frozen, batch: Batch, denominator=None):
     params = lora.join(trainable, frozen)
     dtype = jnp.dtype(step_cfg.compute_dtype)
-    logits = completion_logits(
+    logits, targets, unpack = completion_logits(
       params, step_cfg.model, batch, temperature=temperature, dtype=dtype, remat=step_cfg.remat
     )
-    logp = grpo.token_logprobs(logits, batch.completion_tokens)
+    logp = unpack(grpo.token_logprobs(logits, targets))
     # the entropy is always logged; it carries a gradient only when it is part of the loss
-    entropy = grpo.entropy_from_logits(logits if step_cfg.loss.entropy_coef else jax.lax.stop_gradient(logits))
+    entropy = unpack(grpo.entropy_from_logits(logits if step_cfg.loss.entropy_coef else jax.lax.stop_gradient(logits)))
     return grpo.policy_loss(
       logp,
       batch.old_logp,

@@ -173,3 +173,36 @@ def test_batches_share_prompts_only_when_every_group_has_one_prompt():
   r.prompt_tokens[3, 0] = 7
   r.prompt_mask[3, 0] = False  # the same tokens, but one of them padding: another prompt
   assert rollout.make_batch(r, cfg, mesh=None).group_size == 1
+
+
+def test_make_batch_packs_each_groups_completions_without_changing_logprobs():
+  """Shared prompts: each group's completions go into as few rows of the cut width as hold them (a discarded row
+  takes no room: it has no loss tokens), and the logprobs of the loss tokens stay those of one row per completion."""
+  from rftjax import model
+  from rftjax import train_step
+
+  cfg = model.TransformerConfig.tiny(vocab_size=64)
+  params = model.init_params(cfg, 1)
+  rng = np.random.default_rng(1)
+  g, n, p = 4, 48, 8
+  lengths = np.asarray([14, 3, 9, 6, 11, 12, 2, 13])
+  r = fake_rollout([(1, 0, 0, 1), (0, 1, 1, 0)], tag=1)
+  r.prompt_tokens = np.repeat(rng.integers(4, 64, (2, p)), g, axis=0).astype(np.int32)
+  r.prompt_mask = np.ones((8, p), bool)
+  r.tokens, r.mask = rng.integers(4, 64, (8, n)).astype(np.int32), np.zeros((8, n), np.float32)
+  for i, length in enumerate(lengths):
+    r.mask[i, :length] = 1.0
+  r.logprobs, r.lengths, r.truncated = np.zeros((8, n), np.float32), lengths, np.zeros(8, bool)
+  r.discard[5] = True
+  batch = rollout.make_batch(r, rollout.RolloutConfig(num_generations=g, prompts=2, max_new_tokens=n), mesh=None)
+  assert batch.completion_tokens.shape == (8, 16) and batch.group_size == g
+  # width 16: group 1 (14, 9, 6, 3) -> rows [14], [9, 6], [3]; group 2 (13, 11, 2, discarded) -> [13, 2], [11]
+  assert batch.pack_rows == 3
+  np.testing.assert_array_equal(np.asarray(batch.pack_row), [0, 2, 1, 1, 1, 0, 0, 0])
+  np.testing.assert_array_equal(np.asarray(batch.pack_start), [0, 0, 0, 9, 0, 15, 13, 0])  # 5: empty, at the end
+  per_row = batch.replace(group_size=1, pack_row=None, pack_start=None, pack_rows=0)
+  mask = np.asarray(batch.completion_mask)
+  got = np.asarray(train_step.token_logprobs(params, cfg, batch, 1.0)) * mask
+  want = np.asarray(train_step.token_logprobs(params, cfg, per_row, 1.0)) * mask
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert mask[5].sum() == 0 and np.abs(want).max() > 0.1

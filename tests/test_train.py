@@ -33,15 +33,19 @@ OPT = ml_collections.ConfigDict(
 )
 
 
-def make_batch(rows=8, p=5, n=4, seed=0, group=1) -> train_step.Batch:
-  """`group` > 1: rows in consecutive groups of that many identical prompts, marked as such (GRPO's batches)."""
+def make_batch(rows=8, p=5, n=4, seed=0, group=1, lengths=None, pack=False) -> train_step.Batch:
+  """`group` > 1: rows in consecutive groups of that many identical prompts, marked as such (GRPO's batches);
+  `pack`: their completions packed into rows (train_step.pack_completions). `lengths`: each completion's tokens
+  (default: all n, rows 1 and 5 stopped early)."""
   rng = np.random.default_rng(seed)
   prompts = [list(rng.integers(3, CFG.vocab_size, rng.integers(2, p + 1))) for _ in range(rows // group)]
   prompts = [prompt for prompt in prompts for _ in range(group)]
   tokens, mask = sampler.pad_prompts(prompts, p, 0)
-  completion_mask = np.ones((rows, n), np.float32)
-  completion_mask[1, 2:] = 0  # stopped early: padding must not count
-  completion_mask[5, 1:] = 0
+  if lengths is None:
+    lengths = np.full(rows, n)
+    lengths[1], lengths[5] = 2, 1  # stopped early: padding must not count
+  completion_mask = (np.arange(n)[None] < np.asarray(lengths)[:, None]).astype(np.float32)
+  row, start, rows_needed = train_step.pack_completions(train_step.loss_extent(completion_mask), group, n)
   return train_step.Batch(
     prompt_tokens=tokens,
     prompt_mask=mask,
@@ -49,7 +53,10 @@ def make_batch(rows=8, p=5, n=4, seed=0, group=1) -> train_step.Batch:
     completion_mask=completion_mask,
     advantages=rng.normal(size=rows).astype(np.float32),
     sampler_logp=-rng.uniform(1, 5, (rows, n)).astype(np.float32),
+    pack_row=row if pack else None,
+    pack_start=start if pack else None,
     group_size=group,
+    pack_rows=rows_needed if pack else 0,
   )
 
 
@@ -67,9 +74,12 @@ def one_step(mesh, batch=None, cfg=CFG, microbatches=1):
 
 @pytest.mark.parametrize('group', [1, 4])
 def test_sharded_step_equals_single_device(group):
+  """group 4: shared prompts, each group's 4 completions packed into 3 rows (data-parallel over 2 groups)."""
   mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-  sharded, m8 = one_step(mesh, make_batch(group=group))
-  single, m1 = one_step(None, make_batch(group=group))
+  batch = make_batch(group=group, lengths=[4, 2, 1, 3, 4, 1, 2, 2], pack=group > 1)
+  assert batch.pack_rows == (3 if group > 1 else 0)
+  sharded, m8 = one_step(mesh, batch)
+  single, m1 = one_step(None, batch)
   q = sharded['params']['layers']['attn']['q']
   assert q.sharding.spec == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor')
   mu = sharded['opt_state'][1][0].mu['layers']['attn']['q']  # Adam moments follow the params' sharding
@@ -113,32 +123,63 @@ def grouped_calls(monkeypatch):
   return calls
 
 
+def test_pack_completions_first_fit_decreasing():
+  """Each group's completions go longest first into the first row of the width with room; a completion with no
+  loss tokens takes no room. The loss extent ends at the last loss token, past a masked-out tool result."""
+  mask = np.zeros((8, 10), np.float32)
+  for i, length in enumerate([6, 4, 3, 7, 10, 0, 1, 9]):
+    mask[i, :length] = 1
+  mask[2, 1] = 0  # a tool result inside the completion: still computed, not in the loss
+  extents = train_step.loss_extent(mask)
+  np.testing.assert_array_equal(extents, [6, 4, 3, 7, 10, 0, 1, 9])
+  row, start, rows = train_step.pack_completions(extents, 4, 10)
+  # group 1 (7, 6, 4, 3): 7 -> row 0, 6 -> row 1, 4 -> row 1 at 6, 3 -> row 0 at 7
+  # group 2 (10, 9, 1, 0): 10 -> row 0, 9 -> row 1, 1 -> row 1 at 9, 0 -> row 0 at 10 (nothing)
+  np.testing.assert_array_equal(row, [1, 1, 0, 0, 0, 0, 1, 1])
+  np.testing.assert_array_equal(start, [0, 6, 7, 0, 0, 10, 9, 0])
+  assert rows == 2
+  assert train_step.pack_completions(extents, 4, 12)[2] == 2 and train_step.pack_completions(extents, 2, 17)[2] == 1
+
+
 @pytest.mark.parametrize(
   'cfg', [CFG, GEMMA_LIKE, dataclasses.replace(CFG, lora=LORA)], ids=['tiny', 'gemma_like', 'lora']
 )
-def test_shared_prompts_give_the_per_row_logits(cfg, grouped_calls):
-  """A batch whose prompts are computed once per group (model.forward_grouped) gives the logits of one forward
-  per row, with prompts of different lengths, a sliding window that reaches from the completion into the prompt
-  (window 6 < prompt + completion) and LoRA adapters."""
+def test_shared_prompts_give_the_per_row_logprobs(cfg, grouped_calls):
+  """A batch whose prompts are computed once per group (model.forward_grouped), with each group's completions in
+  rows of their own or packed several to a row, gives the logprobs and entropies of one forward per row: prompts
+  of different lengths, a sliding window that reaches from the completion into the prompt (window 6 < prompt +
+  completion) and across packed neighbours, LoRA adapters, a completion with no loss tokens."""
   params = model.init_params(cfg, 3)
   if cfg.lora:  # fresh adapters are zero in B: give them a value, so the test sees them
     params['lora'] = jax.tree.map(lambda x: x + 0.05, params['lora'])
-  grouped = make_batch(rows=12, p=7, n=9, seed=4, group=4)
-  per_row = grouped.replace(group_size=1)
-  assert (np.asarray(grouped.prompt_mask).sum(1) < 7).any()  # some prompts are left-padded
-  want = np.asarray(train_step.completion_logits(params, cfg, per_row))
+  lengths = [9, 2, 5, 4, 0, 9, 3, 6, 1, 7, 2, 8]
+  per_row = make_batch(rows=12, p=7, n=9, seed=4, group=4, lengths=lengths).replace(group_size=1)
+  packed = make_batch(rows=12, p=7, n=9, seed=4, group=4, lengths=lengths, pack=True)
+  assert packed.pack_rows == 3 and (np.asarray(per_row.prompt_mask).sum(1) < 7).any()  # packed; left-padded
+  mask = per_row.completion_mask
+
+  def stats(batch):
+    logits, targets, unpack = train_step.completion_logits(params, cfg, batch)
+    got = unpack(grpo.token_logprobs(logits, targets)), unpack(grpo.entropy_from_logits(logits))
+    return [np.asarray(x) * mask for x in got]
+
+  want = stats(per_row)
   assert not grouped_calls
-  got = np.asarray(train_step.completion_logits(params, cfg, grouped))
-  assert len(grouped_calls) == 1  # the prompts really were computed once per group
-  np.testing.assert_allclose(got, want, atol=2e-5)
-  assert np.abs(want).max() > 0.1
+  for batch in (per_row.replace(group_size=4), packed):  # one row per completion; packed
+    got = stats(batch)
+    np.testing.assert_allclose(got[0], want[0], atol=2e-5)
+    np.testing.assert_allclose(got[1], want[1], atol=2e-5)
+  assert len(grouped_calls) == 2  # the prompts really were computed once per group
+  assert np.abs(want[0]).max() > 0.1 and np.abs(want[1]).max() > 0.1
 
 
 def test_shared_prompts_train_as_per_row_with_microbatches(grouped_calls):
-  """The same update from a shared-prompt batch as from its rows one by one, whole and in two microbatches (each
-  taking whole groups); 2 microbatches of 3 groups of 4 rows cannot keep groups whole and fall back to rows."""
+  """The same update from a packed shared-prompt batch as from its rows one by one, whole and in two microbatches
+  (each taking whole groups); 2 microbatches of 3 groups of 4 rows cannot keep groups whole and fall back to rows."""
   for rows, k, shared in [(8, 1, True), (8, 2, True), (12, 2, False)]:
-    batch = make_batch(rows=rows, group=4)
+    lengths = np.random.default_rng(rows).integers(0, 5, rows)
+    batch = make_batch(rows=rows, group=4, lengths=lengths, pack=True)
+    assert batch.pack_rows < 4
     want_state, want = one_step(None, batch.replace(group_size=1))  # the whole batch at once, row by row
     grouped_calls.clear()
     state, got = one_step(None, batch, microbatches=k)
@@ -163,8 +204,8 @@ def test_completion_logits_match_the_sampler(temperature, softcap):
   batch = train_step.Batch(tokens, mask, out.tokens, out.mask, jnp.zeros(2), out.logprobs)
   logp = train_step.token_logprobs(params, cfg, batch, temperature)
   np.testing.assert_allclose(np.asarray(logp) * out.mask, np.asarray(out.logprobs), atol=2e-5)
-  unscaled = train_step.completion_logits(params, cfg, batch)
-  want = grpo.token_logprobs(unscaled, batch.completion_tokens, temperature)  # the division after the logits
+  unscaled, targets, _ = train_step.completion_logits(params, cfg, batch)
+  want = grpo.token_logprobs(unscaled, targets, temperature)  # the division after the logits
   np.testing.assert_allclose(np.asarray(logp), np.asarray(want), atol=1e-5)
   if temperature != 1.0:  # the temperature really reaches the logprobs
     assert np.abs(np.asarray(logp - train_step.token_logprobs(params, cfg, batch, 1.0))).max() > 1e-3
