@@ -138,14 +138,19 @@ def gdpo_advantages(sub_rewards: jax.Array, weights: jax.Array, num_generations:
 # Log-probs and entropy (device)
 # ----------------------------------------------------------------------------------------------------------------
 def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
-  """log pi(target_t | context) in float32: logits [..., T, V], targets [..., T] int -> [..., T].
+  """log pi(target_t | context) in float32: logits [..., T, V], targets [..., T] int -> [..., T] (logits of size 1
+  in a leading dim serve every target along it: one prediction, several sampled tokens).
 
   log_softmax(z)[y] = z_y - logsumexp(z). The [..., V] log_softmax tensor is never built: we gather the one target
   logit and subtract a float32 logsumexp (under jit XLA fuses the upcast into the reduction, so no float32 copy of
   bf16 logits is materialised). `temperature` must equal the sampler's, so that these are the logprobs of the
   distribution that was actually sampled from.
   """
-  if logits.shape[:-1] != targets.shape:
+  try:
+    fits = jnp.broadcast_shapes(logits.shape[:-1], targets.shape) == targets.shape
+  except ValueError:
+    fits = False
+  if not fits:
     raise ValueError(f'token_logprobs: logits {logits.shape} and targets {targets.shape} disagree on [..., T]')
   z = logits.astype(jnp.float32)
   if temperature != 1.0:

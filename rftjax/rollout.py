@@ -121,13 +121,13 @@ def bucket(n: int, limit: int, parts: int = 4) -> int:
   return next((s for s in bucket_sizes(limit, parts) if s >= n), limit)
 
 
-def packed_rows(extents: np.ndarray, g: int, width: int) -> int:
-  """Rows of `width` tokens that every group's completions fit in (train_step.pack_completions), rounded up to a
+def packed_rows(lengths: np.ndarray, g: int, width: int) -> int:
+  """Rows of `width` tokens that every group's completions (`train_step.pack_lengths`) fit in, rounded up to a
   multiple of g/4 so that at most 4 row counts compile; g where a completion is longer than `width`."""
-  if extents.max(initial=0) > width:
+  if lengths.max(initial=0) > width:
     return g
   step = -(-g // 4)
-  return min(g, -(-step_lib.pack_completions(extents, g, width)[2] // step) * step)
+  return min(g, -(-step_lib.pack_completions(lengths, g, width)[2] // step) * step)
 
 
 def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
@@ -160,16 +160,16 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   n, p, g = r.tokens.shape[1], r.prompt_tokens.shape[1], cfg.num_generations
   # groups share one prompt when tokens and padding agree; one host whose groups do not makes it a per-row batch
   apart = g > 1 and not sampler_lib.grouped(np.concatenate([r.prompt_tokens, r.prompt_mask], axis=1).tolist(), g)
-  extents, widths = step_lib.loss_extent(mask), bucket_sizes(n)
+  lengths, widths = step_lib.pack_lengths(mask), bucket_sizes(n)
   # the rows each completion width would pack into ride in the same collective as the maxima that pick the width
   longest, longest_prompt, any_apart, *rows = multihost.max_over_hosts(
     r.lengths.max(initial=1), r.prompt_mask.sum(axis=1).max(initial=1), apart,
-    *(packed_rows(extents, g, w) for w in widths),
+    *(packed_rows(lengths, g, w - 1) for w in widths),
   )  # fmt: skip
   n, p = bucket(longest, n), bucket(longest_prompt, p, parts=2)
   put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
   shared = not any_apart and g > 1
-  pack_row, pack_start, _ = step_lib.pack_completions(np.minimum(extents, n), g, n) if shared else (None,) * 3
+  pack_row, pack_start, _ = step_lib.pack_completions(lengths, g, n - 1) if shared else (None,) * 3
   return step_lib.Batch(
     prompt_tokens=put(r.prompt_tokens[:, -p:]),
     prompt_mask=put(r.prompt_mask[:, -p:]),

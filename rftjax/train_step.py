@@ -34,8 +34,8 @@ class Batch:
   sampler_logp: jax.Array  # [R, N] float32
   old_logp: jax.Array | None = None  # [R, N] policy logprobs before this batch's first update (num_iterations > 1)
   ref_logp: jax.Array | None = None  # [R, N] reference logprobs (beta > 0)
-  # with group_size > 1, each group's completions packed into rows of N tokens (`pack_completions`): completion r
-  # from slot pack_start[r] of its group's row pack_row[r]; None: one row each, from slot 0
+  # with group_size > 1, each group's completions packed into rows of N - 1 tokens (`pack_completions`): completion
+  # r's `pack_lengths` tokens from slot pack_start[r] of its group's row pack_row[r]; None: one row each, from slot 0
   pack_row: jax.Array | None = None  # [R] int32
   pack_start: jax.Array | None = None  # [R] int32
   # static (they pick the program): rows come in consecutive groups of this many identical prompts (GRPO's G), each
@@ -116,74 +116,82 @@ def loss_extent(mask):
   return ((mask > 0) * np.arange(1, mask.shape[-1] + 1)).max(axis=-1)
 
 
-def pack_completions(extents: np.ndarray, group: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:
-  """Host side: each group's completions (`extents` [R] tokens each, `loss_extent`) packed into rows of `width`
+def pack_lengths(mask):
+  """[R, N] loss mask -> [R]: the tokens of each completion that a shared-prompt batch's packed rows hold, its
+  `loss_extent` but the last (the first token is predicted from the prompt, each later one from the token before
+  it, and nothing from the last). Rows are N - 1 wide."""
+  return np.maximum(loss_extent(mask) - 1, 0)
+
+
+def pack_completions(lengths: np.ndarray, group: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """Host side: each group's completions (`lengths` [R] tokens each, `pack_lengths`) packed into rows of `width`
   tokens, first fit in decreasing length. Returns (pack_row [R], pack_start [R], rows: the most any group needs).
 
   Rows of the completion width keep attention as cheap as one row per completion, while the MLPs and the
   [rows, width, vocabulary] logits stop computing on padding: completions averaging half the longest fill about
   half the rows."""
-  extents = np.asarray(extents, np.int64)
-  row, start, rows = np.zeros(extents.size, np.int32), np.zeros(extents.size, np.int32), 1
-  for first in range(0, extents.size, group):
+  lengths = np.asarray(lengths, np.int64)
+  row, start, rows = np.zeros(lengths.size, np.int32), np.zeros(lengths.size, np.int32), 1
+  for first in range(0, lengths.size, group):
     filled: list[int] = []
-    for i in first + np.argsort(-extents[first : first + group], kind='stable'):
-      c = next((c for c, used in enumerate(filled) if used + extents[i] <= width), len(filled))
+    for i in first + np.argsort(-lengths[first : first + group], kind='stable'):
+      c = next((c for c, used in enumerate(filled) if used + lengths[i] <= width), len(filled))
       if c == len(filled):
         filled.append(0)
-      row[i], start[i], filled[c] = c, filled[c], filled[c] + extents[i]
+      row[i], start[i], filled[c] = c, filled[c], filled[c] + lengths[i]
     rows = max(rows, len(filled))
   return row, start, rows
 
 
 def _packing(batch: Batch):
-  """The packed completion rows of a shared-prompt batch: (tokens, segments, offsets) [B*C, N] for
-  model.forward_grouped, and `unpack`, which takes a per-token [B*C, N] array to the rows' [R, N] (0 on the tokens
-  `loss_extent` leaves out)."""
+  """A shared-prompt batch's packed completion rows [B*C, W], W = N - 1: (tokens, segments, offsets) for
+  model.forward_grouped, the tokens each position predicts (0 where none), and `unpack`, which takes per-token
+  values of the first tokens ([B, G], or [B, 1] for all of a group) and of the rows to the batch's [R, N] (0 on the
+  tokens `loss_extent` leaves out)."""
   (r, n), g = batch.completion_tokens.shape, batch.group_size
-  b, c = r // g, batch.pack_rows or g
+  b, c, w = r // g, batch.pack_rows or g, n - 1
   row = jnp.tile(jnp.arange(g), b) if batch.pack_row is None else batch.pack_row
   start = jnp.zeros(r, jnp.int32) if batch.pack_start is None else batch.pack_start
-  length = loss_extent(batch.completion_mask)
-  row, start, length = (x.reshape(b, 1, 1, g) for x in (row, start, length))
-  slot = jnp.arange(n)[None, None, :, None]
+  extent = loss_extent(batch.completion_mask)
+  row, start, length = (x.reshape(b, 1, 1, g) for x in (row, start, jnp.maximum(extent - 1, 0)))
+  slot = jnp.arange(w)[None, None, :, None]
   # inside[b, c, j, i]: slot j of the group's row c holds a token of its completion i
   inside = (row == jnp.arange(c)[None, :, None, None]) & (start <= slot) & (slot < start + length)
-  real = inside.any(axis=-1)
-  segments = jnp.where(real, jnp.sum(jnp.where(inside, jnp.arange(g), 0), axis=-1), -1)
-  offsets = jnp.where(real, jnp.arange(n)[None, None] - jnp.sum(jnp.where(inside, start, 0), axis=-1), 0)
-  source = (jnp.maximum(segments, 0) * n + offsets).reshape(b, c * n)
-  tokens = jnp.take_along_axis(batch.completion_tokens.reshape(b, g * n), source, axis=1).reshape(b * c, n)
-  tokens = jnp.where(real.reshape(b * c, n), tokens, 0)
-  index = (row * n + start).reshape(b, g, 1) + jnp.arange(n)  # [b, g, n]: each completion token's packed slot
-  valid = (jnp.arange(n) < length.reshape(b, g, 1)).reshape(r, n)
+  real = inside.any(axis=-1).reshape(b * c, w)
+  segments = jnp.sum(jnp.where(inside, jnp.arange(g), 0), axis=-1).reshape(b * c, w)
+  offsets = (jnp.arange(w) - jnp.sum(jnp.where(inside, start, 0), axis=-1)).reshape(b * c, w)
+  source = (segments * n + offsets).reshape(b, c * w)
+  take = lambda k: jnp.take_along_axis(batch.completion_tokens.reshape(b, g * n), source + k, axis=1)  # noqa: E731
+  tokens, targets = (jnp.where(real, take(k).reshape(b * c, w), 0) for k in (0, 1))  # a token, the one it predicts
+  index = jnp.minimum((row * w + start).reshape(b, g, 1) + jnp.arange(w), max(c * w - 1, 0)).reshape(b, g * w)
+  valid = jnp.arange(w) < length.reshape(r, 1)
 
-  def unpack(x):
-    got = jnp.take_along_axis(x.reshape(b, c * n), jnp.minimum(index, c * n - 1).reshape(b, g * n), axis=1)
-    return jnp.where(valid, got.reshape(r, n), 0)
+  def unpack(first, rest):
+    first = jnp.where(extent > 0, jnp.broadcast_to(first, (b, g)).reshape(r), 0)
+    rest = jnp.take_along_axis(rest.reshape(b, c * w), index, axis=1).reshape(r, w) if w else rest.reshape(r, 0)
+    return jnp.concatenate([first[:, None], jnp.where(valid, rest, 0)], axis=1)
 
-  return tokens, segments.reshape(b * c, n), offsets.reshape(b * c, n), unpack
+  return (tokens, jnp.where(real, segments, -1), jnp.where(real, offsets, 0)), targets, unpack
 
 
 def completion_logits(
   params, cfg: model_lib.TransformerConfig, batch: Batch, *, temperature=1.0, dtype=jnp.float32, remat: bool = False
 ):
   """Logits / temperature [.., V] float32 that predict the completion tokens, from one forward over prompt +
-  completion. Returns (logits, the tokens they predict [..], `unpack`: a per-token array in their layout to the
-  batch's [R, N]). Rows: [R, N] (unpack is the identity); a shared-prompt batch: its packed rows [B*C, N]."""
+  completion, as a list of (logits [..., T, V], the tokens they predict [..., T]) and `unpack`, which takes one
+  per-token array per part to the batch's [R, N]. Rows: one part, [R, N]. A shared-prompt batch: each group's
+  first tokens [B, 1, V] (one prediction for G targets [B, G]) and its packed rows [B*C, N - 1]."""
   if batch.group_size > 1:
     g = batch.group_size
     first = lambda x: x.reshape(-1, g, *x.shape[1:])[:, 0]  # noqa: E731  (a reshape: no gather across shards)
-    tokens, segments, offsets, unpack = _packing(batch)
+    inputs, targets, unpack = _packing(batch)
     prompts, rest = model_lib.forward_grouped(
-      params, cfg, first(batch.prompt_tokens), first(batch.prompt_mask), tokens, segments, offsets,
-      dtype=dtype, remat=remat,
-    )  # fmt: skip
-    # a completion's first token is predicted from its prompt's last position, the others from the token before
-    last = jnp.repeat(prompts[:, -1:], tokens.shape[0] // prompts.shape[0], axis=0)
-    before = jnp.concatenate([last, rest[:, :-1]], axis=1)
-    hidden = jnp.where((offsets == 0)[..., None], last, before)
-    return model_lib.unembed(params, cfg, hidden, temperature), tokens, unpack
+      params, cfg, first(batch.prompt_tokens), first(batch.prompt_mask), *inputs, dtype=dtype, remat=remat
+    )
+    firsts = batch.completion_tokens[:, 0].reshape(-1, g)
+    parts = [(model_lib.unembed(params, cfg, prompts[:, -1:], temperature), firsts)]
+    parts.append((model_lib.unembed(params, cfg, rest, temperature), targets))
+    return parts, lambda values: unpack(*values)
   p = batch.prompt_tokens.shape[1]
   tokens = jnp.concatenate([batch.prompt_tokens, batch.completion_tokens], axis=1)[:, :-1]
   key_mask = jnp.concatenate([batch.prompt_mask, batch.completion_mask > 0], axis=1)[:, :-1]
@@ -192,13 +200,13 @@ def completion_logits(
   positions = jnp.maximum(jnp.cumsum(key_mask, axis=1) - 1, 0).astype(jnp.int32)
   hidden, _ = model_lib.forward(params, cfg, tokens, positions, key_mask, dtype=dtype, remat=remat, return_hidden=True)
   logits = model_lib.unembed(params, cfg, hidden[:, p - 1 :], temperature)
-  return logits, batch.completion_tokens, lambda x: x
+  return [(logits, batch.completion_tokens)], lambda values: values[0]
 
 
 def token_logprobs(params, cfg, batch: Batch, temperature: float, **kw):
   """log pi(completion token) [R, N] at the sampling temperature."""
-  logits, targets, unpack = completion_logits(params, cfg, batch, temperature=temperature, **kw)
-  return unpack(grpo.token_logprobs(logits, targets))
+  parts, unpack = completion_logits(params, cfg, batch, temperature=temperature, **kw)
+  return unpack([grpo.token_logprobs(logits, targets) for logits, targets in parts])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,12 +240,13 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
   def loss_fn(trainable, frozen, batch: Batch, denominator=None):
     params = lora.join(trainable, frozen)
     dtype = jnp.dtype(step_cfg.compute_dtype)
-    logits, targets, unpack = completion_logits(
+    parts, unpack = completion_logits(
       params, step_cfg.model, batch, temperature=temperature, dtype=dtype, remat=step_cfg.remat
     )
-    logp = unpack(grpo.token_logprobs(logits, targets))
+    logp = unpack([grpo.token_logprobs(logits, targets) for logits, targets in parts])
     # the entropy is always logged; it carries a gradient only when it is part of the loss
-    entropy = unpack(grpo.entropy_from_logits(logits if step_cfg.loss.entropy_coef else jax.lax.stop_gradient(logits)))
+    keep = (lambda x: x) if step_cfg.loss.entropy_coef else jax.lax.stop_gradient
+    entropy = unpack([grpo.entropy_from_logits(keep(logits)) for logits, _ in parts])
     return grpo.policy_loss(
       logp,
       batch.old_logp,

@@ -196,10 +196,11 @@ def test_make_batch_packs_each_groups_completions_without_changing_logprobs():
   r.discard[5] = True
   batch = rollout.make_batch(r, rollout.RolloutConfig(num_generations=g, prompts=2, max_new_tokens=n), mesh=None)
   assert batch.completion_tokens.shape == (8, 16) and batch.group_size == g
-  # width 16: group 1 (14, 9, 6, 3) -> rows [14], [9, 6], [3]; group 2 (13, 11, 2, discarded) -> [13, 2], [11]
-  assert batch.pack_rows == 3
-  np.testing.assert_array_equal(np.asarray(batch.pack_row), [0, 2, 1, 1, 1, 0, 0, 0])
-  np.testing.assert_array_equal(np.asarray(batch.pack_start), [0, 0, 0, 9, 0, 15, 13, 0])  # 5: empty, at the end
+  # rows of 15 holding each completion but its last token: group 1 (13, 8, 5, 2) -> [13, 2], [8, 5];
+  # group 2 (12, 10, 1, discarded: 0) -> [12, 1, 0], [10]
+  assert batch.pack_rows == 2
+  np.testing.assert_array_equal(np.asarray(batch.pack_row), [0, 0, 1, 1, 1, 0, 0, 0])
+  np.testing.assert_array_equal(np.asarray(batch.pack_start), [0, 13, 0, 8, 0, 13, 12, 0])
   per_row = batch.replace(group_size=1, pack_row=None, pack_start=None, pack_rows=0)
   mask = np.asarray(batch.completion_mask)
   got = np.asarray(train_step.token_logprobs(params, cfg, batch, 1.0)) * mask

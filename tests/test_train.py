@@ -45,7 +45,7 @@ def make_batch(rows=8, p=5, n=4, seed=0, group=1, lengths=None, pack=False) -> t
     lengths = np.full(rows, n)
     lengths[1], lengths[5] = 2, 1  # stopped early: padding must not count
   completion_mask = (np.arange(n)[None] < np.asarray(lengths)[:, None]).astype(np.float32)
-  row, start, rows_needed = train_step.pack_completions(train_step.loss_extent(completion_mask), group, n)
+  row, start, rows_needed = train_step.pack_completions(train_step.pack_lengths(completion_mask), group, n - 1)
   return train_step.Batch(
     prompt_tokens=tokens,
     prompt_mask=mask,
@@ -74,10 +74,10 @@ def one_step(mesh, batch=None, cfg=CFG, microbatches=1):
 
 @pytest.mark.parametrize('group', [1, 4])
 def test_sharded_step_equals_single_device(group):
-  """group 4: shared prompts, each group's 4 completions packed into 3 rows (data-parallel over 2 groups)."""
+  """group 4: shared prompts, each group's 4 completions packed into 2 rows (data-parallel over 2 groups)."""
   mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
   batch = make_batch(group=group, lengths=[4, 2, 1, 3, 4, 1, 2, 2], pack=group > 1)
-  assert batch.pack_rows == (3 if group > 1 else 0)
+  assert batch.pack_rows == (2 if group > 1 else 0)
   sharded, m8 = one_step(mesh, batch)
   single, m1 = one_step(None, batch)
   q = sharded['params']['layers']['attn']['q']
@@ -132,6 +132,7 @@ def test_pack_completions_first_fit_decreasing():
   mask[2, 1] = 0  # a tool result inside the completion: still computed, not in the loss
   extents = train_step.loss_extent(mask)
   np.testing.assert_array_equal(extents, [6, 4, 3, 7, 10, 0, 1, 9])
+  np.testing.assert_array_equal(train_step.pack_lengths(mask), [5, 3, 2, 6, 9, 0, 0, 8])  # the last one: no input
   row, start, rows = train_step.pack_completions(extents, 4, 10)
   # group 1 (7, 6, 4, 3): 7 -> row 0, 6 -> row 1, 4 -> row 1 at 6, 3 -> row 0 at 7
   # group 2 (10, 9, 1, 0): 10 -> row 0, 9 -> row 1, 1 -> row 1 at 9, 0 -> row 0 at 10 (nothing)
@@ -155,13 +156,14 @@ def test_shared_prompts_give_the_per_row_logprobs(cfg, grouped_calls):
   lengths = [9, 2, 5, 4, 0, 9, 3, 6, 1, 7, 2, 8]
   per_row = make_batch(rows=12, p=7, n=9, seed=4, group=4, lengths=lengths).replace(group_size=1)
   packed = make_batch(rows=12, p=7, n=9, seed=4, group=4, lengths=lengths, pack=True)
-  assert packed.pack_rows == 3 and (np.asarray(per_row.prompt_mask).sum(1) < 7).any()  # packed; left-padded
+  assert packed.pack_rows == 2 and (np.asarray(per_row.prompt_mask).sum(1) < 7).any()  # packed; left-padded
   mask = per_row.completion_mask
 
   def stats(batch):
-    logits, targets, unpack = train_step.completion_logits(params, cfg, batch)
-    got = unpack(grpo.token_logprobs(logits, targets)), unpack(grpo.entropy_from_logits(logits))
-    return [np.asarray(x) * mask for x in got]
+    parts, unpack = train_step.completion_logits(params, cfg, batch)
+    logp = unpack([grpo.token_logprobs(logits, targets) for logits, targets in parts])
+    entropy = unpack([grpo.entropy_from_logits(logits) for logits, _ in parts])
+    return [np.asarray(x) * mask for x in (logp, entropy)]
 
   want = stats(per_row)
   assert not grouped_calls
@@ -171,6 +173,19 @@ def test_shared_prompts_give_the_per_row_logprobs(cfg, grouped_calls):
     np.testing.assert_allclose(got[1], want[1], atol=2e-5)
   assert len(grouped_calls) == 2  # the prompts really were computed once per group
   assert np.abs(want[0]).max() > 0.1 and np.abs(want[1]).max() > 0.1
+
+
+def test_one_token_completions_need_no_completion_stream(grouped_calls):
+  """Completions of one token (the digit demo's answers) are all predicted from their prompt's last position: the
+  packed rows are 0 tokens wide, and the logprobs are those of one forward per row."""
+  params = model.init_params(CFG, 2)
+  packed = make_batch(rows=8, n=1, group=4, lengths=[1, 1, 0, 1, 1, 1, 1, 1], pack=True)
+  per_row = packed.replace(group_size=1)
+  want = np.asarray(train_step.token_logprobs(params, CFG, per_row, 1.0))
+  got = np.asarray(train_step.token_logprobs(params, CFG, packed, 1.0))
+  assert len(grouped_calls) == 1 and got.shape == (8, 1)
+  np.testing.assert_allclose(got[[0, 1, 3, 4, 5, 6, 7]], want[[0, 1, 3, 4, 5, 6, 7]], atol=2e-5)
+  assert got[2, 0] == 0.0 and np.abs(want).max() > 0.1  # no loss token: left out
 
 
 def test_shared_prompts_train_as_per_row_with_microbatches(grouped_calls):
@@ -204,7 +219,7 @@ def test_completion_logits_match_the_sampler(temperature, softcap):
   batch = train_step.Batch(tokens, mask, out.tokens, out.mask, jnp.zeros(2), out.logprobs)
   logp = train_step.token_logprobs(params, cfg, batch, temperature)
   np.testing.assert_allclose(np.asarray(logp) * out.mask, np.asarray(out.logprobs), atol=2e-5)
-  unscaled, targets, _ = train_step.completion_logits(params, cfg, batch)
+  [(unscaled, targets)], _ = train_step.completion_logits(params, cfg, batch)
   want = grpo.token_logprobs(unscaled, targets, temperature)  # the division after the logits
   np.testing.assert_allclose(np.asarray(logp), np.asarray(want), atol=1e-5)
   if temperature != 1.0:  # the temperature really reaches the logprobs
