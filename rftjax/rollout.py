@@ -121,13 +121,11 @@ def bucket(n: int, limit: int, parts: int = 4) -> int:
   return next((s for s in bucket_sizes(limit, parts) if s >= n), limit)
 
 
-def packed_rows(lengths: np.ndarray, g: int, width: int) -> int:
-  """Rows of `width` tokens that every group's completions (`train_step.pack_lengths`) fit in, rounded up to a
-  multiple of g/4 so that at most 4 row counts compile; g where a completion is longer than `width`."""
-  if lengths.max(initial=0) > width:
-    return g
+def packed_rows(rows: int, g: int) -> int:
+  """A packing's rows per group (train_step.pack_completions) rounded up to a multiple of g/4, so that at most 4
+  row counts compile."""
   step = -(-g // 4)
-  return min(g, -(-step_lib.pack_completions(lengths, g, width)[2] // step) * step)
+  return min(g, -(-rows // step) * step)
 
 
 def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
@@ -137,8 +135,9 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   Columns that are padding in every row of the global batch are cut: completions to the longest completion and
   prompts (left-padded) to the longest prompt, each rounded up to a `bucket` so that only a few shapes compile
   (at most 4 completion x 2 prompt lengths, x 4 row counts with shared prompts). When each group shares one
-  prompt, its completions are packed into as few rows of that width as hold them (`packed_rows`). Padding is
-  masked, so the loss is the same; the train step and the old/reference logprob passes just stop computing on it."""
+  prompt, its completions are packed into as few rows of that width as hold them (`train_step.pack_completions`).
+  Padding is masked, so the loss is the same; the train step and the old/reference logprob passes just stop
+  computing on it."""
   rewards = r.rewards.astype(np.float32)
   if r.discard.any():  # a discarded row takes its group's mean of the others: it moves no advantage
     groups = rewards.reshape(-1, cfg.num_generations)
@@ -160,16 +159,19 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   n, p, g = r.tokens.shape[1], r.prompt_tokens.shape[1], cfg.num_generations
   # groups share one prompt when tokens and padding agree; one host whose groups do not makes it a per-row batch
   apart = g > 1 and not sampler_lib.grouped(np.concatenate([r.prompt_tokens, r.prompt_mask], axis=1).tolist(), g)
-  lengths, widths = step_lib.pack_lengths(mask), bucket_sizes(n)
-  # the rows each completion width would pack into ride in the same collective as the maxima that pick the width
+  # this host's packing at each completion width the batch may be cut to (rows one token narrower); the rows each
+  # needs ride in the same collective as the maxima that pick the width (a width shorter than a completion here
+  # is never picked)
+  widths = bucket_sizes(n)
+  packings = [step_lib.pack_completions(step_lib.pack_lengths(mask), g, w - 1) for w in widths]
   longest, longest_prompt, any_apart, *rows = multihost.max_over_hosts(
     r.lengths.max(initial=1), r.prompt_mask.sum(axis=1).max(initial=1), apart,
-    *(packed_rows(lengths, g, w - 1) for w in widths),
+    *(packed_rows(packing[2], g) for packing in packings),
   )  # fmt: skip
   n, p = bucket(longest, n), bucket(longest_prompt, p, parts=2)
   put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
   shared = not any_apart and g > 1
-  pack_row, pack_start, _ = step_lib.pack_completions(lengths, g, n - 1) if shared else (None,) * 3
+  pack_row, pack_start, _ = packings[widths.index(n)]
   return step_lib.Batch(
     prompt_tokens=put(r.prompt_tokens[:, -p:]),
     prompt_mask=put(r.prompt_mask[:, -p:]),
