@@ -25,6 +25,7 @@ import dataclasses  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from rftjax import presets  # noqa: E402
 from rftjax import lora  # noqa: E402
 from rftjax import model as model_lib  # noqa: E402
 from rftjax import sampler as sampler_lib  # noqa: E402
@@ -53,7 +54,7 @@ def main():
     loaded = loader.load(config)
     cfg, params = loaded.cfg, loaded.params
   else:
-    cfg = dataclasses.replace(model_lib.get_config(args.model), lora=adapters)
+    cfg = dataclasses.replace(presets.get_config(args.model), lora=adapters)
     params = model_lib.init_params(cfg, 0, dtype=args.dtype)
   keys = iter(jax.random.split(jax.random.key(0), 1000))
   params = dict(

@@ -12,7 +12,7 @@ from rftjax import hparams
 
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.model = 'tiny'  # a preset name from rftjax.model.PRESETS
+  c.model = 'tiny'  # a preset name from rftjax.presets.PRESETS
   c.init = ''  # '' = random init; 'gguf:PATH', 'hf:DIR', or a shorthand like 'gguf:gemma3-270m'
   c.tokenizer = ''  # '' = the init's own tokenizer; 'sp:PATH', 'gguf:PATH', 'hf:DIR'
   c.chat_template = ''  # '' = the tokenizer's default; 'plain', 'gemma', 'chatml', 'qwen3', 'llama3'

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from rftjax import presets
 from rftjax import model as model_lib
 
 # transformers' class defaults (Gemma3TextConfig, LlamaConfig, Qwen2Config), for fields a config.json leaves out.
@@ -145,7 +146,7 @@ def family_default(fields: dict) -> model_lib.TransformerConfig:
   if f['family'] == 'gemma3':
     # llama.cpp's rule for GGUFs, which do not store it: 27B scales by d/N, the others by head_dim.
     qpas = f['d_model'] // f['num_heads'] if f['head_dim'] == 128 else f['head_dim']
-    base = model_lib.TransformerConfig._gemma3(
+    base = presets.gemma3(
       'from_file',
       f['vocab_size'],
       f['d_model'],
@@ -159,7 +160,7 @@ def family_default(fields: dict) -> model_lib.TransformerConfig:
       1.0,
     )
   else:
-    base = model_lib.TransformerConfig._llama(
+    base = presets.llama(
       'from_file',
       f['vocab_size'],
       f['d_model'],

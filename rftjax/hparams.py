@@ -28,8 +28,8 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
+from rftjax import presets
 from rftjax import errors
-from rftjax import model as model_lib
 
 log = logging.getLogger('rftjax')
 
@@ -124,7 +124,7 @@ def base_learning_rate(model: str, init: str = '') -> float:
   if model in BASE_LR:
     return BASE_LR[model]
   if model:
-    n = model_lib.get_config(model).num_params()
+    n = presets.get_config(model).num_params()
   else:
     from rftjax import weights  # reads the file's header only
 

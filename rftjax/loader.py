@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from rftjax import presets
 from rftjax import checkpoint as checkpoint_lib
 from rftjax import errors
 from rftjax import lora as lora_lib
@@ -112,13 +113,13 @@ def model_config(config, tok: tokenizer_lib.Tokenizer | None) -> model_lib.Trans
   the init file states when no preset is named, with `config.lora`'s adapters. The tiny demo model's vocabulary
   follows its tokenizer."""
   if config.get('model'):
-    if config.model not in model_lib.PRESETS:
+    if config.model not in presets.PRESETS:
       raise errors.ConfigError(
         f'config.model: unknown preset {config.model!r}'
-        f'{errors.did_you_mean(config.model, model_lib.PRESETS)}; known: '
-        f'{", ".join(sorted(model_lib.PRESETS))}'
+        f'{errors.did_you_mean(config.model, presets.PRESETS)}; known: '
+        f'{", ".join(sorted(presets.PRESETS))}'
       )
-    cfg = model_lib.get_config(config.model)
+    cfg = presets.get_config(config.model)
   elif config.get('init'):
     from rftjax import weights  # heavy (gguf, safetensors); only needed for pretrained models
 

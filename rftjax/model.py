@@ -1,4 +1,4 @@
-"""A decoder-only transformer: one model, many presets (tiny, Gemma 3, Llama, SmolLM2, Qwen 2.5, Qwen 3).
+"""A decoder-only transformer: one model for every preset of rftjax/presets.py (tiny, Gemma 3, Llama, SmolLM2, Qwen).
 
 Einsum alphabet, used everywhere in rftjax:
   B batch, T query length, S key length, D model dim, N query heads, K kv heads, G query heads per kv head,
@@ -36,7 +36,7 @@ Cache = dict[str, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Architecture. Presets are classmethods; `dataclasses.replace` makes variants."""
+  """Architecture. Presets live in rftjax/presets.py; `dataclasses.replace` makes variants."""
 
   name: str
   family: str  # 'tiny' | 'gemma3' | 'llama' (Llama, SmolLM2, Qwen 2.5: one family, options differ)
@@ -65,119 +65,6 @@ class TransformerConfig:
   final_softcap: float | None = None
   max_seq_len: int = 2048
   lora: lora_lib.LoRAConfig | None = None  # None: full fine-tuning (no adapters)
-
-  # ---- presets (one line each; kept as written: a formatter would spread every constructor over 20 lines) ----
-  # fmt: off
-  @classmethod
-  def tiny(cls, vocab_size: int = 512) -> 'TransformerConfig':
-    return cls(name='tiny', family='tiny', vocab_size=vocab_size, d_model=128, num_layers=4, num_heads=4,
-               num_kv_heads=2, head_dim=32, mlp_dim=512, max_seq_len=512)
-
-  @classmethod
-  def _gemma3(cls, name, vocab, d, layers, heads, kv, hd, mlp, window, qpas, rope_scale):
-    return cls(name=name, family='gemma3', vocab_size=vocab, d_model=d, num_layers=layers, num_heads=heads,
-               num_kv_heads=kv, head_dim=hd, mlp_dim=mlp, activation='gelu_tanh', norm_eps=1e-6, norm_offset=1.0,
-               rope_base=1_000_000.0, rope_base_local=10_000.0, rope_scale_global=rope_scale,
-               sliding_window=window, global_every=6, qk_norm=True, post_norms=True, embed_scale=True,
-               tie_embeddings=True, query_pre_attn_scalar=qpas, max_seq_len=32_768 if d < 1000 else 131_072)
-
-  @classmethod
-  def gemma3_270m(cls):
-    return cls._gemma3('gemma3_270m', 262_144, 640, 18, 4, 1, 256, 2048, 512, 256, 1.0)
-
-  @classmethod
-  def gemma3_1b(cls):
-    return cls._gemma3('gemma3_1b', 262_144, 1152, 26, 4, 1, 256, 6912, 512, 256, 1.0)
-
-  @classmethod
-  def gemma3_4b(cls):
-    return cls._gemma3('gemma3_4b', 262_208, 2560, 34, 8, 4, 256, 10_240, 1024, 256, 8.0)
-
-  @classmethod
-  def gemma3_12b(cls):
-    return cls._gemma3('gemma3_12b', 262_208, 3840, 48, 16, 8, 256, 15_360, 1024, 256, 8.0)
-
-  @classmethod
-  def gemma3_27b(cls):
-    return cls._gemma3('gemma3_27b', 262_208, 5376, 62, 32, 16, 128, 21_504, 1024, 168, 8.0)
-
-  @classmethod
-  def _llama(cls, name, vocab, d, layers, heads, kv, hd, mlp, rope, *, eps=1e-5, tie=True, bias=False, llama3=None,
-             max_len=8192, qk_norm=False):
-    return cls(name=name, family='llama', vocab_size=vocab, d_model=d, num_layers=layers, num_heads=heads,
-               num_kv_heads=kv, head_dim=hd, mlp_dim=mlp, activation='silu', norm_eps=eps, rope_base=rope,
-               rope_llama3=llama3, tie_embeddings=tie, qkv_bias=bias, max_seq_len=max_len, qk_norm=qk_norm)
-
-  @classmethod
-  def smollm2_135m(cls):
-    return cls._llama('smollm2_135m', 49_152, 576, 30, 9, 3, 64, 1536, 100_000.0)
-
-  @classmethod
-  def smollm2_360m(cls):
-    return cls._llama('smollm2_360m', 49_152, 960, 32, 15, 5, 64, 2560, 100_000.0)
-
-  @classmethod
-  def smollm2_1_7b(cls):
-    return cls._llama('smollm2_1_7b', 49_152, 2048, 24, 32, 32, 64, 8192, 130_000.0)
-
-  @classmethod
-  def llama3_2_1b(cls):
-    return cls._llama('llama3_2_1b', 128_256, 2048, 16, 32, 8, 64, 8192, 500_000.0, llama3=(32.0, 1.0, 4.0, 8192),
-                      max_len=131_072)
-
-  @classmethod
-  def llama3_2_3b(cls):
-    return cls._llama('llama3_2_3b', 128_256, 3072, 28, 24, 8, 128, 8192, 500_000.0, llama3=(32.0, 1.0, 4.0, 8192),
-                      max_len=131_072)
-
-  @classmethod
-  def llama3_1_8b(cls):
-    return cls._llama('llama3_1_8b', 128_256, 4096, 32, 32, 8, 128, 14_336, 500_000.0, tie=False,
-                      llama3=(8.0, 1.0, 4.0, 8192), max_len=131_072)
-
-  @classmethod
-  def qwen2_5_0_5b(cls):
-    return cls._llama('qwen2_5_0_5b', 151_936, 896, 24, 14, 2, 64, 4864, 1e6, eps=1e-6, bias=True, max_len=32_768)
-
-  @classmethod
-  def qwen2_5_1_5b(cls):
-    return cls._llama('qwen2_5_1_5b', 151_936, 1536, 28, 12, 2, 128, 8960, 1e6, eps=1e-6, bias=True, max_len=32_768)
-
-  @classmethod
-  def qwen2_5_3b(cls):
-    return cls._llama('qwen2_5_3b', 151_936, 2048, 36, 16, 2, 128, 11_008, 1e6, eps=1e-6, bias=True, max_len=32_768)
-
-  @classmethod
-  def qwen2_5_7b(cls):
-    return cls._llama('qwen2_5_7b', 152_064, 3584, 28, 28, 4, 128, 18_944, 1e6, eps=1e-6, bias=True, tie=False,
-                      max_len=32_768)
-
-  @classmethod
-  def _qwen3(cls, name, d, layers, heads, mlp, tie):
-    """Qwen 3 (dense): RMSNorm on q and k per head before RoPE, no QKV bias, 8 KV heads of 128."""
-    return cls._llama(name, 151_936, d, layers, heads, 8, 128, mlp, 1e6, eps=1e-6, tie=tie, max_len=40_960,
-                      qk_norm=True)
-
-  @classmethod
-  def qwen3_0_6b(cls):
-    return cls._qwen3('qwen3_0_6b', 1024, 28, 16, 3072, tie=True)
-
-  @classmethod
-  def qwen3_1_7b(cls):
-    return cls._qwen3('qwen3_1_7b', 2048, 28, 16, 6144, tie=True)
-
-  @classmethod
-  def qwen3_4b(cls):
-    return cls._qwen3('qwen3_4b', 2560, 36, 32, 9728, tie=True)
-
-  @classmethod
-  def qwen3_8b(cls):
-    return cls._qwen3('qwen3_8b', 4096, 36, 32, 12_288, tie=False)
-
-  @classmethod
-  def qwen3_14b(cls):
-    return cls._qwen3('qwen3_14b', 5120, 40, 40, 17_408, tie=False)
-  # fmt: on
 
   # ---- derived -------------------------------------------------------------------------------------------
   def layer_is_local(self) -> np.ndarray:
@@ -229,23 +116,6 @@ class TransformerConfig:
     per_layer = d * h * (2 * n + 2 * k) + 3 * d * f + 2 * d + (2 * d if self.post_norms else 0)
     per_layer += (2 * h if self.qk_norm else 0) + ((n + 2 * k) * h if self.qkv_bias else 0)
     return v * d * (1 if self.tie_embeddings else 2) + l * per_layer + d
-
-
-PRESETS = {
-  name: getattr(TransformerConfig, name)
-  for name in (
-    'tiny gemma3_270m gemma3_1b gemma3_4b gemma3_12b gemma3_27b smollm2_135m smollm2_360m smollm2_1_7b llama3_2_1b '
-    'llama3_2_3b llama3_1_8b qwen2_5_0_5b qwen2_5_1_5b qwen2_5_3b qwen2_5_7b qwen3_0_6b qwen3_1_7b qwen3_4b qwen3_8b '
-    'qwen3_14b'
-  ).split()
-}
-
-
-def get_config(name: str, **overrides) -> TransformerConfig:
-  if name not in PRESETS:
-    raise ValueError(f'unknown model preset {name!r}; known: {", ".join(sorted(PRESETS))}')
-  cfg = PRESETS[name]()
-  return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
 # ---- parameters ----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import math
 
 import jax
 
+from rftjax import presets
 from rftjax import episodes as episodes_lib
 from rftjax import errors
 from rftjax import graders
@@ -115,8 +116,8 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   `inputs=False` skips what names the user's files (init, tokenizer, data, grader): planning for another machine."""
   devices = jax.device_count() if devices is None else devices
   processes = jax.process_count() if processes is None else processes
-  if config.get('model') and config.model not in model_lib.PRESETS:
-    _choice(config, 'model', tuple(sorted(model_lib.PRESETS)))
+  if config.get('model') and config.model not in presets.PRESETS:
+    _choice(config, 'model', tuple(sorted(presets.PRESETS)))
   if not config.get('model') and not config.get('init'):
     _fail('model', config.get('model'), 'a preset name when config.init is empty (random weights)')
   if inputs and config.get('init'):

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rftjax import presets
 from rftjax import chat_template
 from rftjax import gguf_io
 from rftjax import hf_config
@@ -290,7 +291,7 @@ def _check_config(src, expected) -> model_lib.TransformerConfig:
   if expected is None:
     return hf_config.family_default(fields)
   if isinstance(expected, str):
-    expected = model_lib.get_config(expected)
+    expected = presets.get_config(expected)
   bad = [
     f'{k}={v!r} but config.model={expected.name} says {getattr(expected, k)!r}'
     for k, v in fields.items()

@@ -5,9 +5,9 @@ import pathlib
 
 import pytest
 
+from rftjax import presets
 from rftjax import data
 from rftjax import graders
-from rftjax import model
 from rftjax import sampler
 from rftjax import tokenizer
 from rftjax import tool_server
@@ -35,7 +35,7 @@ def test_config_is_usable(name, arg, monkeypatch):
   c = importlib.import_module(f'configs.{name}').get_config(arg)
   if c.tool_server:  # the URL the example server gets at run time
     c = tool_server.substitute(c, 'http://127.0.0.1:8000/')
-  cfg = model.get_config(c.model)
+  cfg = presets.get_config(c.model)
   examples = data.load_jsonl(c.data.train)
   valid = data.load_jsonl(c.data.valid)
   graders.build(graders.load(c.grader))

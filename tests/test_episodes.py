@@ -11,6 +11,7 @@ import pytest
 
 import local_http
 
+from rftjax import presets
 from rftjax import episodes
 from rftjax import model
 from rftjax import multihost
@@ -22,7 +23,7 @@ from rftjax import tool_server
 from rftjax import tools
 from rftjax import train_step
 
-CFG = model.TransformerConfig.tiny(vocab_size=128)
+CFG = presets.tiny(vocab_size=128)
 
 
 def test_multi_token_stop_ends_the_row_at_the_sequence():

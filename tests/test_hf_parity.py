@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rftjax import presets
 from rftjax import hf_config
 from rftjax import loader
 from rftjax import model as model_lib
@@ -228,9 +229,9 @@ def test_export_round_trip(family, tmp_path):
   assert err < TOLERANCE, err
 
 
-@pytest.mark.parametrize('name', sorted(n for n in model_lib.PRESETS if n.startswith('qwen3')))
+@pytest.mark.parametrize('name', sorted(n for n in presets.PRESETS if n.startswith('qwen3')))
 def test_qwen3_presets_through_transformers_config(name):
-  cfg = model_lib.get_config(name)
+  cfg = presets.get_config(name)
   written = hf_config.write(cfg)
   assert written['model_type'] == 'qwen3' and written['architectures'] == ['Qwen3ForCausalLM']
   config = transformers.Qwen3Config(**written)

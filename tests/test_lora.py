@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from rftjax import presets
 from rftjax import checkpoint
 from rftjax import grpo
 from rftjax import lora
@@ -27,7 +28,7 @@ from rftjax import weights
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LORA = lora.LoRAConfig(rank=4, alpha=8.0)
-CFG = dataclasses.replace(model.TransformerConfig.tiny(vocab_size=64), lora=LORA)
+CFG = dataclasses.replace(presets.tiny(vocab_size=64), lora=LORA)
 OPT = ml_collections.ConfigDict(
   dict(learning_rate=1e-2, warmup_steps=0, schedule='constant', b1=0.9, b2=0.99, weight_decay=0.0, max_grad_norm=1.0)
 )
@@ -142,7 +143,7 @@ def test_lora_step_on_8_devices_equals_one_device():
 @pytest.fixture(scope='module')
 def tiny_base(tmp_path_factory):
   """A 'pretrained' base: random tiny weights with the demo tokenizer's 32-token vocabulary, as an HF folder."""
-  cfg = model.TransformerConfig.tiny(vocab_size=32)
+  cfg = presets.tiny(vocab_size=32)
   out = tmp_path_factory.mktemp('base') / 'hf'
   weights.export_hf(model.init_params(cfg, 7), cfg, out)
   return out

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from rftjax import presets
 from rftjax import lora
 from rftjax import model
 from rftjax import sampler
@@ -36,11 +37,11 @@ TOLERANCE = 1e-4  # max |diff| / (max - min of rftjax's logits)
 NEW_TOKENS = 32
 LORA = lora.LoRAConfig(rank=4, alpha=8.0)
 _SHRINK = dict(vocab_size=96, d_model=48, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=64)
-LLAMA = dataclasses.replace(model.TransformerConfig.smollm2_135m(), name='llama_tiny', **_SHRINK)
-QWEN2 = dataclasses.replace(model.TransformerConfig.qwen2_5_0_5b(), name='qwen2_tiny', tie_embeddings=False, **_SHRINK)
-QWEN3 = dataclasses.replace(model.TransformerConfig.qwen3_0_6b(), name='qwen3_tiny', **_SHRINK)
+LLAMA = dataclasses.replace(presets.smollm2_135m(), name='llama_tiny', **_SHRINK)
+QWEN2 = dataclasses.replace(presets.qwen2_5_0_5b(), name='qwen2_tiny', tie_embeddings=False, **_SHRINK)
+QWEN3 = dataclasses.replace(presets.qwen3_0_6b(), name='qwen3_tiny', **_SHRINK)
 GEMMA = dataclasses.replace(
-  model.TransformerConfig.gemma3_270m(),
+  presets.gemma3_270m(),
   name='gemma_tiny',
   **dict(_SHRINK, num_layers=4),
   sliding_window=8,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from rftjax import presets
 from rftjax import checkpoint
 from rftjax import metrics
 from rftjax import model
@@ -56,7 +57,7 @@ def train_rows(workdir):
 def final_params(workdir):
   """The latest checkpoint's params, restored onto one device whatever mesh wrote them."""
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
-  cfg = model.TransformerConfig.tiny(vocab_size=32)  # tiny's tokenizer has 32 pieces
+  cfg = presets.tiny(vocab_size=32)  # tiny's tokenizer has 32 pieces
   tx = train_step.make_optimizer(tiny.get_config().optimizer, 1)
   state = train_step.init_state(model.init_params(cfg), tx)
   state, _ = ckpt.restore(None, train_step.abstract_state(state))
@@ -101,7 +102,7 @@ def test_mesh_gives_the_same_training(runs, mesh):
   assert step == 2
   # the reference's step-2 params: restore that step explicitly
   ckpt = checkpoint.Checkpointer(runs[REFERENCE] / 'checkpoints', read_only=True)
-  cfg = model.TransformerConfig.tiny(vocab_size=32)
+  cfg = presets.tiny(vocab_size=32)
   tx = train_step.make_optimizer(tiny.get_config().optimizer, 1)
   state, _ = ckpt.restore(2, train_step.abstract_state(train_step.init_state(model.init_params(cfg), tx)))
   ckpt.close()

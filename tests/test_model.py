@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rftjax import presets
 from rftjax import model
 from rftjax import sampler
 
 GEMMA_LIKE = dataclasses.replace(
-  model.TransformerConfig.tiny(),
+  presets.tiny(),
   name='tiny_gemma',
   sliding_window=4,
   global_every=3,
@@ -24,10 +25,10 @@ GEMMA_LIKE = dataclasses.replace(
   num_layers=3,
   query_pre_attn_scalar=24.0,
 )
-QWEN_LIKE = dataclasses.replace(model.TransformerConfig.tiny(), name='tiny_qwen', qkv_bias=True, tie_embeddings=False)
+QWEN_LIKE = dataclasses.replace(presets.tiny(), name='tiny_qwen', qkv_bias=True, tie_embeddings=False)
 
 
-@pytest.mark.parametrize('cfg', [model.TransformerConfig.tiny(), GEMMA_LIKE, QWEN_LIKE], ids=lambda c: c.name)
+@pytest.mark.parametrize('cfg', [presets.tiny(), GEMMA_LIKE, QWEN_LIKE], ids=lambda c: c.name)
 def test_cached_decoding_equals_full_forward(cfg):
   params = model.init_params(cfg, 3)
   if cfg.qkv_bias:  # non-zero biases so they matter
@@ -50,7 +51,7 @@ def test_cached_decoding_equals_full_forward(cfg):
 
 
 def test_greedy_stops_at_stop_token_and_masks_after():
-  cfg = model.TransformerConfig.tiny(vocab_size=64)
+  cfg = presets.tiny(vocab_size=64)
   params = model.init_params(cfg, 0)
   first = sampler.generate(params, cfg, [[5, 6, 7]], max_new_tokens=6, stop_ids=[], pad_id=0)[0]
   stop = first[2]
@@ -59,7 +60,7 @@ def test_greedy_stops_at_stop_token_and_masks_after():
 
 
 def test_top_k_one_is_greedy():
-  cfg = model.TransformerConfig.tiny(vocab_size=64)
+  cfg = presets.tiny(vocab_size=64)
   params = model.init_params(cfg, 0)
   greedy = sampler.generate(params, cfg, [[5, 6, 7], [9]], max_new_tokens=5, stop_ids=[])
   top1 = sampler.generate(
@@ -115,7 +116,7 @@ def test_draw_samples_the_softmax():
   ],
 )
 def test_presets_eval_shape(name, billions):
-  cfg = model.get_config(name)
+  cfg = presets.get_config(name)
   shapes = model.param_shapes(cfg)
   total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
   assert total == cfg.num_params()
@@ -126,8 +127,8 @@ def test_presets_eval_shape(name, billions):
 
 
 def test_all_presets_eval_shape_forward():
-  for name in model.PRESETS:
-    cfg = model.get_config(name)
+  for name in presets.PRESETS:
+    cfg = presets.get_config(name)
     out = jax.eval_shape(
       lambda p: model.forward(
         p, cfg, jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool)
@@ -138,16 +139,16 @@ def test_all_presets_eval_shape_forward():
 
 
 def test_gemma3_layer_pattern():
-  cfg = model.TransformerConfig.gemma3_270m()
+  cfg = presets.gemma3_270m()
   assert ''.join('L' if x else 'G' for x in cfg.layer_is_local()) == 'LLLLLG' * 3
 
 
 def test_unknown_preset_message():
   with pytest.raises(ValueError, match="unknown model preset 'gemma9'"):
-    model.get_config('gemma9')
+    presets.get_config('gemma9')
 
 
-@pytest.mark.parametrize('cfg', [model.TransformerConfig.tiny(), GEMMA_LIKE], ids=lambda c: c.name)
+@pytest.mark.parametrize('cfg', [presets.tiny(), GEMMA_LIKE], ids=lambda c: c.name)
 def test_shared_prefill_equals_per_row_prefill(cfg):
   """G completions of each prompt: prefilling each prompt once and repeating its cache gives the same tokens and
   logprobs as prefilling every row (same RNG), at temperature 1 so that the rows of a group differ."""

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from rftjax import presets
 from rftjax import checkpoint
 from rftjax import evaluate
 from rftjax import metrics
@@ -58,7 +59,7 @@ def small_valid(directory: pathlib.Path) -> str:
 
 def params_of(workdir):
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
-  cfg = model.TransformerConfig.tiny(vocab_size=32)
+  cfg = presets.tiny(vocab_size=32)
   tx = train_step.make_optimizer(tiny.get_config().optimizer, 1)
   state, _ = ckpt.restore(None, train_step.abstract_state(train_step.init_state(model.init_params(cfg), tx)))
   step = ckpt.latest_step()

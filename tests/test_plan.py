@@ -11,6 +11,7 @@ import pytest
 from configs import gemma3_tpu
 from configs import lora_one_vm
 from configs import tiny
+from rftjax import presets
 from rftjax import grpo
 from rftjax import model
 from rftjax import loader
@@ -174,7 +175,7 @@ def test_estimate_matches_compiled_memory_analysis(remat):
   config.data.max_prompt_len, config.sampling.max_new_tokens = 32, 32
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
   vocab, rows, p, n = 512, 16, 32, 32
-  cfg = model.TransformerConfig.tiny(vocab)
+  cfg = presets.tiny(vocab)
   estimate = plan.make_plan(config, 'cpu-8', model=loader.load(config, abstract=True, tokenizer=FakeVocab(vocab)))
 
   mesh = sharding.make_mesh(config.mesh)

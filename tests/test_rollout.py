@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 
+from rftjax import presets
 from rftjax import graders
 from rftjax import rollout
 
@@ -135,7 +136,7 @@ def test_make_batch_cuts_padding_columns_without_changing_logprobs():
   from rftjax import model
   from rftjax import train_step
 
-  cfg = model.TransformerConfig.tiny(vocab_size=64)
+  cfg = presets.tiny(vocab_size=64)
   params = model.init_params(cfg, 1)
   rng = np.random.default_rng(0)
   n, p, lengths, prompt_lens = 48, 64, [9, 3, 14, 1], [5, 12, 7, 12]
@@ -181,7 +182,7 @@ def test_make_batch_packs_each_groups_completions_without_changing_logprobs():
   from rftjax import model
   from rftjax import train_step
 
-  cfg = model.TransformerConfig.tiny(vocab_size=64)
+  cfg = presets.tiny(vocab_size=64)
   params = model.init_params(cfg, 1)
   rng = np.random.default_rng(1)
   g, n, p = 4, 48, 8

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from rftjax import presets
 from rftjax import errors
 from rftjax import graders
 from rftjax import grpo
@@ -27,7 +28,7 @@ from rftjax import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LORA = lora.LoRAConfig(rank=4, alpha=8.0)
-CFG = model.TransformerConfig.tiny(vocab_size=64)
+CFG = presets.tiny(vocab_size=64)
 OPT = ml_collections.ConfigDict(
   dict(learning_rate=1e-3, warmup_steps=0, schedule='constant', b1=0.9, b2=0.99, weight_decay=0.01, max_grad_norm=1.0)
 )
@@ -282,13 +283,13 @@ def restore_params(workdir):
 
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
   step = ckpt.latest_step()
-  shapes = model.param_shapes(model.TransformerConfig.tiny(vocab_size=32))
+  shapes = model.param_shapes(presets.tiny(vocab_size=32))
   abstract = jax.tree.map(
     lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
     shapes,
   )
   tx = train_step.make_optimizer(tiny.get_config().optimizer, 1)
-  state = train_step.init_state(model.init_params(model.TransformerConfig.tiny(vocab_size=32)), tx)
+  state = train_step.init_state(model.init_params(presets.tiny(vocab_size=32)), tx)
   state, extra = ckpt.restore(step, train_step.abstract_state(state))
   del abstract
   return step, jax.device_get(state['params']), extra

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from rftjax import presets
 from rftjax import gguf_io
 from rftjax import hf_config
 from rftjax import model as model_lib
@@ -18,7 +19,7 @@ from rftjax import sharding
 from rftjax import weights
 
 GEMMA = dataclasses.replace(
-  model_lib.TransformerConfig.gemma3_270m(),
+  presets.gemma3_270m(),
   name='gemma_tiny',
   vocab_size=96,
   d_model=32,
@@ -33,7 +34,7 @@ GEMMA = dataclasses.replace(
   max_seq_len=256,
 )
 LLAMA = dataclasses.replace(
-  model_lib.TransformerConfig.smollm2_135m(),
+  presets.smollm2_135m(),
   name='llama_tiny',
   vocab_size=80,
   d_model=48,
@@ -233,17 +234,17 @@ def test_config_mismatch_lists_fields(tmp_path):
 
 
 def test_hf_config_gemma_details():
-  c = hf_config.write(model_lib.TransformerConfig.gemma3_4b())
+  c = hf_config.write(presets.gemma3_4b())
   assert c['model_type'] == 'gemma3_text' and c['hidden_activation'] == 'gelu_pytorch_tanh'
   assert c['rope_scaling'] == {'rope_type': 'linear', 'factor': 8.0}
   assert c['rope_parameters']['sliding_attention']['rope_theta'] == 10_000.0
   assert c['layer_types'][:6] == ['sliding_attention'] * 5 + ['full_attention'] and c['sliding_window'] == 1024
   assert c['query_pre_attn_scalar'] == 256 and c['tie_word_embeddings'] and c['rms_norm_eps'] == 1e-6
   assert hf_config.read(c)['rope_scale_global'] == 8.0
-  assert hf_config.write(model_lib.TransformerConfig.gemma3_27b())['query_pre_attn_scalar'] == 168
+  assert hf_config.write(presets.gemma3_27b())['query_pre_attn_scalar'] == 168
   # Every preset's config.json reads back as the same architecture.
-  for name in model_lib.PRESETS:
-    cfg = model_lib.get_config(name)
+  for name in presets.PRESETS:
+    cfg = presets.get_config(name)
     if cfg.family == 'tiny':
       continue
     fields = hf_config.read(hf_config.write(cfg))
@@ -256,7 +257,7 @@ def test_export_cli_from_run_workdir(tmp_path):
   from rftjax import checkpoint as checkpoint_lib
   from rftjax import export
 
-  cfg = model_lib.get_config('tiny')
+  cfg = presets.get_config('tiny')
   run = tmp_path / 'run'
   run.mkdir()
   (run / 'config.json').write_text(
