@@ -25,9 +25,9 @@ import dataclasses  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rftjax import presets  # noqa: E402
 from rftjax import lora  # noqa: E402
 from rftjax import model as model_lib  # noqa: E402
+from rftjax import presets  # noqa: E402
 from rftjax import sampler as sampler_lib  # noqa: E402
 
 

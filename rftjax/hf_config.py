@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from rftjax import presets
 from rftjax import model as model_lib
+from rftjax import presets
 
 # transformers' class defaults (Gemma3TextConfig, LlamaConfig, Qwen2Config), for fields a config.json leaves out.
 _HF_DEFAULTS = {

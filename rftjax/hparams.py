@@ -28,8 +28,8 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from rftjax import presets
 from rftjax import errors
+from rftjax import presets
 
 log = logging.getLogger('rftjax')
 

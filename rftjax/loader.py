@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rftjax import presets
 from rftjax import checkpoint as checkpoint_lib
 from rftjax import errors
 from rftjax import lora as lora_lib
 from rftjax import model as model_lib
+from rftjax import presets
 from rftjax import pretrained
 from rftjax import runfs
 from rftjax import sharding

@@ -16,7 +16,6 @@ import math
 
 import jax
 
-from rftjax import presets
 from rftjax import episodes as episodes_lib
 from rftjax import errors
 from rftjax import graders
@@ -25,6 +24,7 @@ from rftjax import hparams
 from rftjax import loader
 from rftjax import lora as lora_lib
 from rftjax import model as model_lib
+from rftjax import presets
 from rftjax import response_format
 from rftjax import rollout
 from rftjax import sampler as sampler_lib

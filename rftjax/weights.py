@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rftjax import presets
 from rftjax import chat_template
 from rftjax import gguf_io
 from rftjax import hf_config
 from rftjax import model as model_lib
+from rftjax import presets
 from rftjax import pretrained
 from rftjax import sharding
 

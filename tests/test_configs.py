@@ -5,9 +5,9 @@ import pathlib
 
 import pytest
 
-from rftjax import presets
 from rftjax import data
 from rftjax import graders
+from rftjax import presets
 from rftjax import sampler
 from rftjax import tokenizer
 from rftjax import tool_server

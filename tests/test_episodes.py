@@ -11,10 +11,10 @@ import pytest
 
 import local_http
 
-from rftjax import presets
 from rftjax import episodes
 from rftjax import model
 from rftjax import multihost
+from rftjax import presets
 from rftjax import sampler
 from rftjax import sharding
 from rftjax import tasks

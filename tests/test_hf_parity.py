@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rftjax import presets
 from rftjax import hf_config
 from rftjax import loader
 from rftjax import model as model_lib
+from rftjax import presets
 from rftjax import sampler
 from rftjax import weights
 

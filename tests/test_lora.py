@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from rftjax import presets
 from rftjax import checkpoint
 from rftjax import grpo
 from rftjax import lora
 from rftjax import metrics
 from rftjax import model
 from rftjax import multihost
+from rftjax import presets
 from rftjax import sampler
 from rftjax import sharding
 from rftjax import train_step

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from rftjax import presets
 from rftjax import lora
 from rftjax import model
+from rftjax import presets
 from rftjax import sampler
 from rftjax import weights
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from rftjax import presets
 from rftjax import checkpoint
 from rftjax import metrics
 from rftjax import model
+from rftjax import presets
 from rftjax import train_step
 from rftjax import trainer
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rftjax import presets
 from rftjax import model
+from rftjax import presets
 from rftjax import sampler
 
 GEMMA_LIKE = dataclasses.replace(

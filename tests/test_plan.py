@@ -11,12 +11,12 @@ import pytest
 from configs import gemma3_tpu
 from configs import lora_one_vm
 from configs import tiny
-from rftjax import presets
 from rftjax import grpo
 from rftjax import model
 from rftjax import loader
 from rftjax import multihost
 from rftjax import plan
+from rftjax import presets
 from rftjax import sharding
 from rftjax import train_step
 

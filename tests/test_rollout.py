@@ -3,8 +3,8 @@
 import jax
 import numpy as np
 
-from rftjax import presets
 from rftjax import graders
+from rftjax import presets
 from rftjax import rollout
 
 G = 2

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from rftjax import presets
 from rftjax import errors
 from rftjax import graders
 from rftjax import grpo
@@ -21,6 +20,7 @@ from rftjax import lora
 from rftjax import metrics
 from rftjax import model
 from rftjax import multihost
+from rftjax import presets
 from rftjax import sampler
 from rftjax import sharding
 from rftjax import train_step

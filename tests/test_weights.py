@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from rftjax import presets
 from rftjax import gguf_io
 from rftjax import hf_config
 from rftjax import model as model_lib
+from rftjax import presets
 from rftjax import sharding
 from rftjax import weights
 
