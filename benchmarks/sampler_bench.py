@@ -18,8 +18,8 @@ differ and only their lengths are checked.
 
 Roofline: at the start the benchmark measures this machine's f32 matmul rate (jitted 2048x2048 matmul) and
 memory bandwidth (a jitted sum over 1 GiB); a shape's roofline time is the prefill's FLOPs at that rate plus, per
-new token, the larger of the decode step's FLOPs at that rate and its bytes (all weights once, the KV cache read)
-at that bandwidth. "% roofline" = roofline time / measured time.
+new token, the larger of the decode step's FLOPs at that rate and its bytes (all weights once, the KV cache read,
+a shared prompt's keys once per group) at that bandwidth. "% roofline" = roofline time / measured time.
 The markdown table is printed last; the JSON (with nproc, load averages, versions) goes to `--out`.
 """
 
@@ -144,8 +144,8 @@ def roofline_s(cfg, params, rows: int, prompts: int, prompt_len: int, new_tokens
   body = sum(sizes.values()) - sizes['embed'] - sizes.get('lm_head', 0)  # per-token matmul weights
   weight_bytes = 4 * (body + unembed)
   prefill = 2 * body * prompts * prompt_len + 2 * unembed * prompts
-  length = prompt_len + new_tokens
-  kv_bytes = 2 * 4 * cfg.num_layers * rows * length * cfg.num_kv_heads * cfg.head_dim
+  slots = prompts * prompt_len + rows * new_tokens  # a shared prompt's keys are held (and read) once
+  kv_bytes = 2 * 4 * cfg.num_layers * slots * cfg.num_kv_heads * cfg.head_dim
   step = max(2 * (body + unembed) * rows / peaks['matmul_flop_s'], (weight_bytes + kv_bytes) / peaks['mem_bytes_s'])
   return prefill / peaks['matmul_flop_s'] + new_tokens * step
 

@@ -317,14 +317,16 @@ def _out_and_mlp(cfg: TransformerConfig, x, attended, p, lora):
 
 
 def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_index, k_index, key_mask, kv=None,
-           cache_index=None):  # fmt: skip
+           shared=None, cache_index=None):  # fmt: skip
   """One decoder layer. Returns (x, (k, v) of this call's tokens [B, T, K, H], or None without a cache).
 
   kv: None (keys are this call's tokens only) or this layer's cache (k, v) [B, S, K, H], read only: the queries
   attend to the cache's slots before `cache_index` and to this call's own keys, and the caller writes the returned
-  keys into slots [cache_index, cache_index + T) once for all layers. lora: this layer's adapters ({} for none)."""
+  keys into slots [cache_index, cache_index + T) once for all layers. shared: None or this layer's keys and values
+  of the prompts that groups of rows share [B/G, P, K, H] (slots [0, P) of their rows; `forward`). lora: this
+  layer's adapters ({} for none)."""
   q, k, v = _qkv(cfg, x, p, lora, inv_freq, positions)
-  t = q.shape[1]
+  b, t = q.shape[:2]
   if kv is None:
     new_kv, parts = None, [(k, v, k_index, key_mask)]
   else:
@@ -335,13 +337,22 @@ def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_
     v = v.astype(kv[1].dtype).astype(x.dtype)
     new_kv = (k, v)
     own = jax.lax.dynamic_slice_in_dim(key_mask, cache_index, t, axis=1)
-    cached = key_mask & (k_index < cache_index)[None]
+    cached = key_mask[:, key_mask.shape[1] - k_index.shape[0] :] & (k_index < cache_index)[None]
     parts = [(kv[0].astype(x.dtype), kv[1].astype(x.dtype), k_index, cached), (k, v, cache_index + jnp.arange(t), own)]
   masks = [_attention_mask(q_index, slots, seen, cfg.sliding_window, is_local) for _, _, slots, seen in parts]
   logits = [_mask(jnp.einsum('btkgh,bskh->bkgts', q, part[0]), m[:, None, None]) for part, m in zip(parts, masks)]
+  if shared is not None:  # each group's queries against its prompt's keys, held once for the group
+    sk, sv = (c.astype(x.dtype) for c in shared)
+    groups, n_shared = sk.shape[:2]
+    seen = _attention_mask(q_index, jnp.arange(n_shared), key_mask[:, :n_shared], cfg.sliding_window, is_local)
+    cross = jnp.einsum('bctkgh,bskh->bckgts', q.reshape(groups, b // groups, *q.shape[1:]), sk)
+    logits.append(_mask(cross.reshape(b, *cross.shape[2:]), seen[:, None, None]))
   probs = _softmax(logits, x.dtype)
   # values first: XLA:CPU's dot for this operand order ran 1.3-14x faster (decode 14x), gradients alike
   attended = sum(jnp.einsum('bskh,bkgts->btkgh', part[1], pr) for pr, part in zip(probs, parts))
+  if shared is not None:
+    pr = probs[-1].reshape(groups, b // groups, *probs[-1].shape[1:])
+    attended = attended + jnp.einsum('bskh,bckgts->bctkgh', sv, pr).reshape(attended.shape)
   return _out_and_mlp(cfg, x, attended, p, lora), new_kv
 
 
@@ -398,13 +409,18 @@ def unembed(params: Params, cfg: TransformerConfig, hidden, temperature: float =
 
 
 def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask, *, cache: Cache | None = None,
-            cache_index=None, dtype=jnp.float32, remat: bool = False, return_hidden: bool = False):  # fmt: skip
+            cache_index=None, shared: Cache | None = None, dtype=jnp.float32, remat: bool = False,
+            return_hidden: bool = False):  # fmt: skip
   """Runs the decoder.
 
   tokens, positions: [B, T] int32. key_mask: [B, S] bool, True where a key slot holds a real token; without a
   cache S == T (the call's own tokens), with a cache S is the cache length and the call's tokens are written at
   slots [cache_index, cache_index + T). Returns (logits [B, T, V] float32 — or final hidden states when
   return_hidden — and the updated cache or None).
+
+  shared: the keys and values of prompts that groups of consecutive rows share, [L, B/G, P, K, H], read only. They
+  are slots [0, P) of every row of their group, stored once (not G times); `cache` then holds slots [P, S) of
+  each row, `key_mask` and `cache_index` count slots from 0 all the same.
   """
   t = tokens.shape[1]
   x = embed(params, cfg, tokens, dtype)
@@ -413,19 +429,21 @@ def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask,
     k_index = jnp.arange(t)
   else:
     q_index = cache_index + jnp.arange(t)
-    k_index = jnp.arange(cache['k'].shape[2])
+    k_index = (0 if shared is None else shared['k'].shape[2]) + jnp.arange(cache['k'].shape[2])
 
   # Each layer reads its cache slice (a scan input) and returns only this call's keys and values; they are written
   # into the [L, B, S, K, H] cache once, after the scan, in place. Carrying the cache through the scan and updating
   # it per layer made XLA copy the whole cache once per layer: ~80% of a Gemma 3 decode step on CPU.
   def layer(x, p, lora, freq, local, kv):
-    return _layer(cfg, x, p, lora, freq, local, positions, q_index, k_index, key_mask, kv, cache_index)
+    return _layer(cfg, x, p, lora, freq, local, positions, q_index, k_index, key_mask, *kv, cache_index)
 
   kv = (cache['k'], cache['v']) if cache is not None else None
-  x, kv = _scan_layers(params, cfg, layer, x, kv, dtype, remat)
+  per_layer = (kv, None if shared is None else (shared['k'], shared['v']))
+  x, kv = _scan_layers(params, cfg, layer, x, per_layer, dtype, remat)
   new_cache = None
   if cache is not None:
-    write = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), cache_index, axis=2)
+    start = cache_index - (0 if shared is None else shared['k'].shape[2])
+    write = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), start, axis=2)
     new_cache = {'k': write(cache['k'], kv[0]), 'v': write(cache['v'], kv[1])}
   if return_hidden:
     return x, new_cache

@@ -10,7 +10,9 @@ what to change) when the peak does not fit in HBM minus a headroom margin. Shape
 
 What is counted (per device):
   persistent   params, AdamW moments (mu, nu), the reference model when grpo.beta > 0;
-  sampling     the KV cache [L, R, P+N, K, H] x 2 (k and v), one prefill layer's activations, last-token logits;
+  sampling     the KV cache x 2 (k and v): [L, R/G, P, K, H] for the prompts each group of G rows shares plus
+               [L, R, N, K, H] for the rows' own tokens (episodes: [L, R, P+N, K, H]), one prefill layer's
+               activations, last-token logits;
   train step   gradients, saved activations (all layers, or with remat only each layer's input plus one layer
                recomputed; each group's prompt once, then at most G rows of packed completions), the completion
                logits [R, N, V] float32 (logits, log-softmax, entropy and their gradient: `LOGITS_COPIES` copies),
@@ -271,8 +273,13 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
 
   # ---- sampling (train sampler: R rows; eval sampler: eval_batch_size rows) ----
   sampling_items = {}
-  for label, r in (('train', rows), ('eval', int(config.eval_batch_size))):
-    kv = 2 * local_bytes((L, r, p + n, cfg.num_kv_heads, cfg.head_dim), model_lib.CACHE_AXES, cache_dtype, mesh)
+  for label, r, k in (('train', rows, g), ('eval', int(config.eval_batch_size), int(config.eval_samples))):
+    # one turn of groups of k rows keeps each prompt's keys once (sampler._start); episodes keep a copy per row
+    kv_slots = ((r // k, p), (r, n)) if k > 1 and r % k == 0 and steps == 1 else ((r, p + n),)
+    kv = sum(
+      2 * local_bytes((L, rr, ss, cfg.num_kv_heads, cfg.head_dim), model_lib.CACHE_AXES, cache_dtype, mesh)
+      for rr, ss in kv_slots
+    )
     prefill = _layer_activations(cfg, r, p, p + n, c, mesh) // 2  # no backward: about half is live at once
     last_logits = LOGITS_COPIES * local_bytes((r, 1, v), ('act_batch', 'act_len', 'vocab'), jnp.float32, mesh)
     items = {

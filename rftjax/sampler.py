@@ -205,9 +205,10 @@ class Sampler:
     return _resume(self, weights, context, tokens, mask, jnp.asarray(live, bool), rng)
 
 
-def _prefill(s: Sampler, weights, cache, key_mask, slot, position, tokens, mask, g: int):
-  """Writes a left-padded block at `slot` (one row per group of g identical rows, then repeated); returns the last
-  token's logits [B, V], the cache, the key mask and each row's next position."""
+def _prefill(s: Sampler, weights, cache, key_mask, slot, position, tokens, mask, g: int, shared: bool = False):
+  """Writes a left-padded block at `slot` (one row per group of g identical rows); returns the last token's logits
+  [B, V], the cache (its rows repeated g times, unless `shared`: the groups' prompt cache, one row per group),
+  the key mask and each row's next position."""
   key_mask = jax.lax.dynamic_update_slice_in_dim(key_mask, mask, slot, axis=1)
   positions = position[:, None] + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
   hidden, cache = model_lib.forward(
@@ -215,7 +216,7 @@ def _prefill(s: Sampler, weights, cache, key_mask, slot, position, tokens, mask,
     s.cfg,
     tokens[::g],
     positions[::g],
-    key_mask[::g],
+    key_mask[::g, : cache['k'].shape[2]],
     cache=cache,
     cache_index=slot,
     dtype=jnp.dtype(s.compute_dtype),
@@ -223,21 +224,32 @@ def _prefill(s: Sampler, weights, cache, key_mask, slot, position, tokens, mask,
   )
   logits = model_lib.unembed(weights, s.cfg, hidden[:, -1:])[:, 0]
   if g > 1:  # transformers' generate(num_return_sequences=G) prefills G copies
-    cache = jax.tree.map(lambda c: sharding.constrain(jnp.repeat(c, g, axis=1), model_lib.CACHE_AXES), cache)
+    if not shared:
+      cache = jax.tree.map(lambda c: sharding.constrain(jnp.repeat(c, g, axis=1), model_lib.CACHE_AXES), cache)
     logits = jnp.repeat(logits, g, axis=0)
   return logits, cache, key_mask, position + jnp.sum(mask, axis=1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def _start(s: Sampler, weights, prompt_tokens, prompt_mask, rng, keep_context: bool):
-  b, g = prompt_tokens.shape[0], s.group_size
-  cache = model_lib.init_cache(s.cfg, b // g, s.slots, jnp.dtype(s.cache_dtype))
-  cache = jax.tree.map(lambda c: sharding.constrain(c, model_lib.CACHE_AXES), cache)
-  zero = jnp.zeros((b,), jnp.int32)
-  logits, cache, key_mask, position = _prefill(
-    s, weights, cache, jnp.zeros((b, s.slots), bool), 0, zero, prompt_tokens, prompt_mask, g
+  (b, p), g = prompt_tokens.shape, s.group_size
+  init = lambda rows, slots: jax.tree.map(  # noqa: E731
+    lambda c: sharding.constrain(c, model_lib.CACHE_AXES), model_lib.init_cache(s.cfg, rows, slots, s.cache_dtype)
   )
-  out, ctx = _decode(s, weights, cache, key_mask, prompt_tokens.shape[1], position, logits, jnp.zeros((b,), bool), rng)
+  zero, done, key_mask = jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool), jnp.zeros((b, s.slots), bool)
+  if g > 1 and not keep_context:
+    # one turn of groups: each prompt's keys and values stay in a cache of their own, one row per group, read by
+    # the group's G rows at every decode step; the rows' cache holds only what they generate
+    shared = init(b // g, p)
+    logits, shared, key_mask, position = _prefill(
+      s, weights, shared, key_mask, 0, zero, prompt_tokens, prompt_mask, g, shared=True
+    )
+    out, ctx = _decode(s, weights, init(b, s.slots - p), key_mask, p, position, logits, done, rng, shared)
+  else:
+    logits, cache, key_mask, position = _prefill(
+      s, weights, init(b // g, s.slots), key_mask, 0, zero, prompt_tokens, prompt_mask, g
+    )
+    out, ctx = _decode(s, weights, cache, key_mask, p, position, logits, done, rng)
   return out, (ctx if keep_context else None)
 
 
@@ -248,8 +260,9 @@ def _resume(s: Sampler, weights, ctx: Context, tokens, mask, live, rng):
   return _decode(s, weights, cache, key_mask, ctx.slot + tokens.shape[1], position, logits, ~live, rng)
 
 
-def _decode(s: Sampler, weights, cache, key_mask, base, position, logits, done, rng) -> tuple[SampleOutput, Context]:
-  """The `lax.while_loop` from the prefill's last logits: token k of the turn goes to cache slot base + k."""
+def _decode(s: Sampler, weights, cache, key_mask, base, position, logits, done, rng, shared=None):
+  """The `lax.while_loop` from the prefill's last logits: token k of the turn goes to slot base + k. shared: the
+  groups' prompt cache (`model.forward`); `cache` then holds the slots after it. Returns (SampleOutput, Context)."""
   cfg, n = s.cfg, s.max_new_tokens
   b = logits.shape[0]
   dtype = jnp.dtype(s.compute_dtype)
@@ -300,6 +313,7 @@ def _decode(s: Sampler, weights, cache, key_mask, base, position, logits, done, 
       key_mask,
       cache=st.cache,
       cache_index=slot,
+      shared=shared,
       dtype=dtype,
       return_hidden=True,
     )

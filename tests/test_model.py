@@ -149,9 +149,15 @@ def test_unknown_preset_message():
 
 
 @pytest.mark.parametrize('cfg', [presets.tiny(), GEMMA_LIKE], ids=lambda c: c.name)
-def test_shared_prefill_equals_per_row_prefill(cfg):
-  """G completions of each prompt: prefilling each prompt once and repeating its cache gives the same tokens and
-  logprobs as prefilling every row (same RNG), at temperature 1 so that the rows of a group differ."""
+def test_shared_prefill_equals_per_row_prefill(cfg, monkeypatch):
+  """G completions of each prompt: prefilling each prompt once, into a cache of one row per group that the group's
+  rows read at every decode step, gives the same tokens and logprobs as prefilling every row (same RNG), at
+  temperature 1 so that the rows of a group differ; the sliding window (GEMMA_LIKE: 4) reaches into the prompt."""
+  caches = []
+  init_cache = model.init_cache
+  monkeypatch.setattr(
+    model, 'init_cache', lambda c, rows, slots, dtype: caches.append((rows, slots)) or init_cache(c, rows, slots, dtype)
+  )
   params = model.init_params(cfg, 5)
   rng = np.random.default_rng(1)
   prompts = [list(rng.integers(4, cfg.vocab_size, n)) for n in (6, 2, 5)]
@@ -161,7 +167,9 @@ def test_shared_prefill_equals_per_row_prefill(cfg):
   base = sampler.Sampler(cfg, 6, 7, stop_ids=(9,), pad_id=0, params=sampler.SamplingParams(temperature=1.0))
   per_row = jax.device_get(base(params, tokens, mask, jax.random.key(3)))
   shared_sampler = dataclasses.replace(base, group_size=g)
+  caches.clear()
   shared = jax.device_get(shared_sampler(params, tokens, mask, jax.random.key(3)))
+  assert caches == [(3, 6), (12, 7)]  # the prompts' cache: 3 groups x 6 slots; the rows': 12 x 7 new tokens
   np.testing.assert_array_equal(shared.tokens, per_row.tokens)
   np.testing.assert_array_equal(shared.mask, per_row.mask)
   np.testing.assert_allclose(shared.logprobs, per_row.logprobs, atol=1e-5)

@@ -156,6 +156,20 @@ def test_episodes_plan_the_cache_for_every_turn():
   assert any('episodes of 3 turns: 224 tokens' in note for note in episode.notes)
 
 
+def test_plan_counts_a_shared_prompt_once_per_group():
+  """One turn of 8 prompts x G=4 on one chip: the cache holds 8 prompts of P slots and 32 rows of N (sampler._start),
+  not 32 rows of P + N; float32, 2 x L x K x H x 4 bytes per slot."""
+  config = tiny.get_config('test').copy_and_resolve_references()
+  config.batch_size, config.num_generations, config.eval_batch_size = 8, 4, 1
+  config.data.max_prompt_len, config.sampling.max_new_tokens = 48, 16
+  vocab = 512
+  estimate = plan.make_plan(config, 'cpu-1', model=loader.load(config, abstract=True, tokenizer=FakeVocab(vocab)))
+  cfg = presets.tiny(vocab)
+  per_slot = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4
+  assert estimate.sampling['KV cache'] == per_slot * (8 * 48 + 32 * 16)
+  assert any('from the train sampler' in note for note in estimate.notes)
+
+
 class FakeVocab:
   def __init__(self, vocab_size):
     self.vocab_size = vocab_size
