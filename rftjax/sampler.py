@@ -216,7 +216,7 @@ def _prefill(s: Sampler, weights, cache, key_mask, slot, position, tokens, mask,
     s.cfg,
     tokens[::g],
     positions[::g],
-    key_mask[::g, : cache['k'].shape[2]],
+    key_mask[::g, : cache['k'].shape[2]],  # a shared prompt cache has the prompt's slots only
     cache=cache,
     cache_index=slot,
     dtype=jnp.dtype(s.compute_dtype),
@@ -237,19 +237,16 @@ def _start(s: Sampler, weights, prompt_tokens, prompt_mask, rng, keep_context: b
     lambda c: sharding.constrain(c, model_lib.CACHE_AXES), model_lib.init_cache(s.cfg, rows, slots, s.cache_dtype)
   )
   zero, done, key_mask = jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool), jnp.zeros((b, s.slots), bool)
-  if g > 1 and not keep_context:
-    # one turn of groups: each prompt's keys and values stay in a cache of their own, one row per group, read by
-    # the group's G rows at every decode step; the rows' cache holds only what they generate
-    shared = init(b // g, p)
-    logits, shared, key_mask, position = _prefill(
-      s, weights, shared, key_mask, 0, zero, prompt_tokens, prompt_mask, g, shared=True
-    )
-    out, ctx = _decode(s, weights, init(b, s.slots - p), key_mask, p, position, logits, done, rng, shared)
-  else:
-    logits, cache, key_mask, position = _prefill(
-      s, weights, init(b // g, s.slots), key_mask, 0, zero, prompt_tokens, prompt_mask, g
-    )
-    out, ctx = _decode(s, weights, cache, key_mask, p, position, logits, done, rng)
+  # one turn of groups: each prompt's keys and values stay in a cache of their own, one row per group, read by the
+  # group's G rows at every decode step, and the rows' cache holds only what they generate. Episodes continue
+  # from a cache of whole rows (Context).
+  shared = g > 1 and not keep_context
+  cache = init(b // g, p if shared else s.slots)
+  logits, cache, key_mask, position = _prefill(
+    s, weights, cache, key_mask, 0, zero, prompt_tokens, prompt_mask, g, shared=shared
+  )
+  rows, prompts = (init(b, s.slots - p), cache) if shared else (cache, None)
+  out, ctx = _decode(s, weights, rows, key_mask, p, position, logits, done, rng, prompts)
   return out, (ctx if keep_context else None)
 
 
