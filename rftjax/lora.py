@@ -5,7 +5,7 @@
   trainable, frozen = lora.split(params)        # the optimizer, its moments and checkpoints see the adapters only
   lora.join(trainable, frozen)                  # the params the forward takes
   lora.merge(params, cfg.lora)                  # W + alpha / r * A @ B: plain params (an HF export)
-  lora.for_sampling(params, cfg.lora)           # what the sampler gets (merged when the base is float32)
+  lora.merged_for_sampling(params, cfg.lora)    # whether the sampler merges them (a float32 base)
 
 An adapter lives at `params['lora']['layers'][group][name] = {'a': [L, <in dims>, R], 'b': [L, R, <out dims>]}`,
 shaped and sharded after the weight it adapts (A on the weight's input axes, B on its output axes, rank R
@@ -20,7 +20,6 @@ module-interception LoRA targets flax modules that rftjax's forward does not use
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -129,21 +128,12 @@ def merge(params: dict, cfg: LoRAConfig) -> dict:
   return out
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _merged(params: dict, cfg: LoRAConfig) -> dict:
-  return merge(params, cfg)
-
-
-def for_sampling(params: dict, cfg: LoRAConfig | None) -> dict:
-  """What the sampler gets: a float32 base with its adapters merged in once (faster: 1.08x on SmolLM2 on CPU at
-  batch 32, 1.07-1.29x on an H200; benchmarks/lora_sampling.py), else the params as they are, adapters applied in
-  the decode loop. A bfloat16 base is not merged: rounding W + alpha / r * A @ B to bfloat16 drops updates smaller
-  than a bfloat16 step of W, and the sampled policy would not be the trained one (docs/lora.md)."""
-  if cfg is None or 'lora' not in params:
-    return params
-  if any(w.dtype != jnp.float32 for w in jax.tree.leaves(params['layers'])):
-    return params
-  return _merged(params, cfg)
+def merged_for_sampling(params: dict, cfg: LoRAConfig | None) -> bool:
+  """Whether the sampler folds the adapters into the base before decoding (sampler.py): yes for a float32 base
+  (faster: 1.05-1.08x on SmolLM2 on CPU at batch 32, 1.07-1.29x on an H200; benchmarks/lora_sampling.py), no for a
+  bfloat16 base: rounding W + alpha / r * A @ B to bfloat16 drops updates smaller than a bfloat16 step of W, and the
+  sampled policy would not be the trained one (docs/lora.md); its adapters run in the decode loop."""
+  return cfg is not None and 'lora' in params and all(w.dtype == jnp.float32 for w in jax.tree.leaves(params['layers']))
 
 
 def split(params: dict) -> tuple[dict, dict | None]:

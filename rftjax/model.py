@@ -9,7 +9,8 @@ Parameters live in `Transformer` (an `nnx.Module`) as `nnx.Param`s whose `axes` 
 axes; `sharding.py` turns those names into mesh shardings. Hot paths never call the module: they take the
 pure-dict params (`nnx.state(model, nnx.Param).to_pure_dict()`) and call `forward` under `jax.jit`.
 Per-layer tensors are stacked on a leading L axis and the layer stack runs under `lax.scan`, so compile time does
-not grow with depth; the layer kind (local sliding-window vs global) and RoPE table are scanned inputs.
+not grow with depth; the layer kind (local sliding-window vs global) and RoPE table are scanned inputs. Decoding
+on CPU runs the same layer over per-layer arrays instead (`split_layers`).
 
 LoRA (`cfg.lora`, rftjax/lora.py): every linear of `lora.LINEARS` may carry a low-rank adapter in
 `params['lora']`; `_linear` adds it to the frozen weight's einsum, so there is one forward with or without
@@ -487,13 +488,62 @@ def forward_grouped(params: Params, cfg: TransformerConfig, prompt_tokens, promp
   return _scan_layers(params, cfg, layer, xs, None, dtype, remat)[0]
 
 
+def split_layers(params: Params, cfg: TransformerConfig, dtype=jnp.float32, merge: bool = False) -> Params:
+  """The params with the layer weights (and adapters) as a tuple of per-layer trees, cast to `dtype`; `forward`
+  then runs layer i as branch i of a `lax.switch`, whose dots read that layer's arrays where they lie. merge: the
+  adapters folded into each layer's weights on the way (`lora.merge`, one layer at a time: one copy in all).
+
+  For decoding on CPU (sampler.py): XLA:CPU copies each layer's slice out of the stacked [L, ...] arrays before
+  its dots, at every decode step; splitting once per sampler call pays that copy once (docs/benchmarks.md). A TPU
+  reads the slice in place, so there the split would only hold the layers twice."""
+  cast = lambda w: w.astype(dtype) if w.dtype != dtype else w  # noqa: E731
+
+  def per_layer(tree):
+    return tuple(jax.tree.map(lambda w: cast(w[i]), tree) for i in range(cfg.num_layers))
+
+  if merge:
+    stacked = {'layers': params['layers'], 'lora': {'layers': params['lora']['layers']}}
+    one = lambda i: jax.tree.map(lambda w: w[i : i + 1], stacked)  # noqa: E731
+    merged = [
+      jax.tree.map(lambda w: cast(w[0]), lora_lib.merge(one(i), cfg.lora)['layers']) for i in range(cfg.num_layers)
+    ]
+    return dict(lora_lib.split(params)[1], layers=tuple(merged))
+  out = dict(params, layers=per_layer(params['layers']))
+  if cfg.lora and 'lora' in params:
+    out['lora'] = dict(params['lora'], layers=per_layer(params['lora']['layers']))
+  return out
+
+
 def _scan_layers(params: Params, cfg: TransformerConfig, layer, x, per_layer, dtype, remat: bool):
   """x through `layer(x, weights, adapters, rope_freqs, is_local, per_layer slice) -> (x, out)` for every layer
-  under one `lax.scan` over the stacked weights (cast to `dtype`); returns (x, stacked outs)."""
-  cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype) if w.dtype != dtype else w, tree)
-  lora_layers = cast(params['lora']['layers']) if cfg.lora and 'lora' in params else {}
+  under one `lax.scan` over the stacked weights (cast to `dtype`), or one branch per layer with `split_layers`'
+  params; returns (x, stacked outs)."""
+  tables = (jnp.asarray(cfg.inv_freq()), jnp.asarray(cfg.layer_is_local()), per_layer)
+  has_lora = cfg.lora and 'lora' in params
+  if isinstance(params['layers'], tuple):
+    if remat:
+      raise ValueError('split layers are for decoding: remat needs the stacked layers')
+    return _switch_layers(params['layers'], params['lora']['layers'] if has_lora else None, layer, x, tables)
+  cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype) if w.dtype != dtype else w, tree)  # noqa: E731
   body = lambda x, xs: layer(x, *xs)  # noqa: E731
   if remat:
     body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-  layers = (cast(params['layers']), lora_layers, jnp.asarray(cfg.inv_freq()), jnp.asarray(cfg.layer_is_local()))
-  return jax.lax.scan(body, x, (*layers, per_layer))
+  lora_layers = cast(params['lora']['layers']) if has_lora else {}
+  return jax.lax.scan(body, x, (cast(params['layers']), lora_layers, *tables))
+
+
+def _switch_layers(layers: tuple, lora: tuple | None, layer, x, tables):
+  """`_scan_layers` over per-layer weights: a `fori_loop` whose step i runs branch i, which closes over layer i's
+  arrays; the per-layer tables are indexed as the scan would slice them and the outs stacked the same way."""
+  n = len(layers)
+  lora = lora or ({},) * n
+  at = lambda i: jax.tree.map(lambda a: a[i], tables)  # noqa: E731
+  branches = [lambda x, xs, i=i: layer(x, layers[i], lora[i], *xs) for i in range(n)]
+  outs = jax.tree.map(lambda o: jnp.zeros((n, *o.shape), o.dtype), jax.eval_shape(branches[0], x, at(0))[1])
+
+  def step(i, carry):
+    x, outs = carry
+    x, out = jax.lax.switch(i, branches, x, at(i))
+    return x, jax.tree.map(lambda o, new: jax.lax.dynamic_update_index_in_dim(o, new, i, 0), outs, out)
+
+  return jax.lax.fori_loop(0, n, step, (x, outs))

@@ -12,7 +12,8 @@ What is counted (per device):
   persistent   params, AdamW moments (mu, nu), the reference model when grpo.beta > 0;
   sampling     the KV cache x 2 (k and v): [L, R/G, P, K, H] for the prompts each group of G rows shares plus
                [L, R, N, K, H] for the rows' own tokens (episodes: [L, R, P+N, K, H]), one prefill layer's
-               activations, last-token logits;
+               activations, last-token logits, a merged copy of a float32 base's layers with LoRA (on CPU: a
+               copy of the layers, split per layer and merged);
   train step   gradients, saved activations (all layers, or with remat only each layer's input plus one layer
                recomputed; each group's prompt once, then at most G rows of packed completions), the completion
                logits [R, N, V] float32 (logits, log-softmax, entropy and their gradient: `LOGITS_COPIES` copies),
@@ -287,7 +288,10 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
       'sampling activations (prefill layer, logits)': prefill + last_logits,
       'gathered / cast weights': cast_copy + table + 2 * per_layer_gathered,
     }
-    if frozen is not None and param_dtype == jnp.float32:  # lora.for_sampling merges a float32 base: one copy
+    if hw.generation == 'cpu':  # the sampler splits the layers once per call (model.split_layers), cast and merged
+      items['gathered / cast weights'] -= cast_copy
+      items['layers split for decoding (CPU)'] = _tree_bytes(layers_only, {'layers': axes['layers']}, mesh, c)
+    elif frozen is not None and param_dtype == jnp.float32:  # the sampler merges a float32 base: one copy
       items['merged LoRA weights (float32 base)'] = _tree_bytes(layers_only, {'layers': axes['layers']}, mesh)
     if not sampling_items or sum(items.values()) > sum(sampling_items.values()):
       sampling_items, sampling_label = items, label

@@ -384,7 +384,6 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   from rftjax import graders
   from rftjax import inference
   from rftjax import loader
-  from rftjax import lora
   from rftjax import response_format
   from rftjax import runspec
   from rftjax import sharding
@@ -426,7 +425,7 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
     t0 = time.perf_counter()
     loaded = loader.load(config, mesh=mesh, tokenizer=tok)
     load_s = max(0.0, time.perf_counter() - t0 - clock.total)  # random init compiles: counted as compilation
-    params = lora.for_sampling(loaded.params, spec.model.lora)
+    params = loaded.params
     rewards, texts, errs, results, batch, batch_times, grade_s, lengths, truncated = _sample_and_grade(
       spec, params, prompts, [ex.item for ex in measured], samples, tok, grader, pool, mesh,
       jax.random.key(config.seed), clock, progress=config.progress,

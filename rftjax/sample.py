@@ -25,7 +25,6 @@ from rftjax import data as data_lib
 from rftjax import errors
 from rftjax import inference
 from rftjax import loader
-from rftjax import lora
 from rftjax import multihost
 from rftjax import response_format
 from rftjax import runfs
@@ -159,7 +158,7 @@ def main(argv=None) -> int:
     )
     outs = inference.complete(
       sampler,
-      lora.for_sampling(loaded.params, loaded.cfg.lora),
+      loaded.params,
       ids,
       loaded.tokenizer,
       mesh=loaded.mesh,

@@ -175,7 +175,7 @@ def _train(
 
     last_eval: dict = {}
     if start == 0:
-      last_eval = validate(lora.for_sampling(lora.join(state['params'], frozen), spec.model.lora), 0)
+      last_eval = validate(lora.join(state['params'], frozen), 0)
       watch(last_eval)
       save(0, state, data_iter, last_eval)
     compile_clock = metrics_lib.CompileClock()
@@ -185,9 +185,8 @@ def _train(
       data_before = data_iter.state()
 
       # ---- rollout: G completions per prompt, sampled, decoded and graded on the host ----
-      policy = lora.for_sampling(lora.join(state['params'], frozen), spec.model.lora)
       try:
-        batch, stats, timings = rollouts(policy, step)
+        batch, stats, timings = rollouts(lora.join(state['params'], frozen), step)
       except graders.GradingFailed as e:  # broken grading: keep what was learnt, stop with one line
         data_iter.restore(data_before)
         if ckpt.latest_step() != step:
@@ -227,7 +226,7 @@ def _train(
 
       # ---- validate and save every eval_interval steps and at the end; stop on SIGTERM ----
       if (step + 1) % spec.eval_interval == 0 or step + 1 == spec.total_steps:
-        last_eval = validate(lora.for_sampling(lora.join(state['params'], frozen), spec.model.lora), step + 1)
+        last_eval = validate(lora.join(state['params'], frozen), step + 1)
         progress.note(step + 1, last_eval)
         stop = watch(last_eval) or stop
         save(step + 1, state, data_iter, last_eval)

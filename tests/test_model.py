@@ -177,3 +177,38 @@ def test_shared_prefill_equals_per_row_prefill(cfg, monkeypatch):
   assert sampler.grouped(rows, g) and not sampler.grouped(prompts, 3) and not sampler.grouped(rows[1:], g)
   with pytest.raises(ValueError, match='not groups of group_size=4'):
     shared_sampler(params, tokens[:6], mask[:6], jax.random.key(3))
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float32'])
+def test_split_layers_decode_equals_stacked(dtype, monkeypatch):
+  """Decoding on CPU runs each layer as a branch over its own arrays (model.split_layers), elsewhere one scan over
+  the stacked layers: same tokens, logprobs within float rounding, with LoRA adapters (non-zero B; merged into a
+  float32 base, split and merged one layer at a time on CPU; kept apart from a bfloat16 base, which is cast to
+  float32 once), a sliding window and shared prompts."""
+  from rftjax import lora
+
+  cfg = dataclasses.replace(GEMMA_LIKE, lora=lora.LoRAConfig(rank=4, alpha=8.0))
+  params = model.init_params(cfg, 2, dtype=jnp.dtype(dtype))
+  params['lora'] = jax.tree.map(lambda a: a + 0.05, params['lora'])
+  splits, merges = [], []
+  split_layers, merge = model.split_layers, lora.merge
+  monkeypatch.setattr(model, 'split_layers', lambda *a: splits.append(a[3]) or split_layers(*a))
+  monkeypatch.setattr(lora, 'merge', lambda p, c: merges.append(p['layers']['mlp']['down'].shape[0]) or merge(p, c))
+  rng = np.random.default_rng(4)
+  rows = [list(rng.integers(4, cfg.vocab_size, n)) for n in (6, 3) for _ in range(2)]
+  tokens, mask = sampler.pad_prompts(rows, 6, pad_id=0)
+  s = sampler.Sampler(cfg, 6, 8, stop_ids=(), params=sampler.SamplingParams(temperature=1.0), group_size=2)
+  jax.clear_caches()  # the backend is read when the program is traced
+  on_cpu = jax.device_get(s(params, tokens, mask, jax.random.key(1)))
+  float32 = dtype == 'float32'
+  assert splits == [float32] and merges == ([1, 1, 1] if float32 else [])  # merged one layer at a time
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
+  jax.clear_caches()
+  stacked = jax.device_get(s(params, tokens, mask, jax.random.key(1)))
+  assert len(splits) == 1 and merges == ([1, 1, 1, 3] if float32 else [])  # not split; merged stacked
+  np.testing.assert_array_equal(on_cpu.tokens, stacked.tokens)
+  np.testing.assert_allclose(on_cpu.logprobs, stacked.logprobs, atol=1e-5)
+  split = split_layers(params, cfg, jnp.float32)
+  assert len(split['layers']) == 3 and split['layers'][2]['mlp']['down'].dtype == jnp.float32
+  with pytest.raises(ValueError, match='remat needs the stacked layers'):
+    model.forward(split, cfg, tokens, jnp.zeros(tokens.shape, jnp.int32), mask, remat=True)
