@@ -205,7 +205,10 @@ def completion_logits(
 
 def token_logprobs(params, cfg, batch: Batch, temperature: float, **kw):
   """log pi(completion token) [R, N] at the sampling temperature."""
-  parts, unpack = completion_logits(params, cfg, batch, temperature=temperature, **kw)
+  return _logprobs(*completion_logits(params, cfg, batch, temperature=temperature, **kw))
+
+
+def _logprobs(parts, unpack):
   return unpack([grpo.token_logprobs(logits, targets) for logits, targets in parts])
 
 
@@ -243,7 +246,7 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
     parts, unpack = completion_logits(
       params, step_cfg.model, batch, temperature=temperature, dtype=dtype, remat=step_cfg.remat
     )
-    logp = unpack([grpo.token_logprobs(logits, targets) for logits, targets in parts])
+    logp = _logprobs(parts, unpack)
     # the entropy is always logged; it carries a gradient only when it is part of the loss
     keep = (lambda x: x) if step_cfg.loss.entropy_coef else jax.lax.stop_gradient
     entropy = unpack([grpo.entropy_from_logits(keep(logits)) for logits, _ in parts])
