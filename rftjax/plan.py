@@ -283,13 +283,13 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
     )
     prefill = _layer_activations(cfg, r, p, p + n, c, mesh) // 2  # no backward: about half is live at once
     last_logits = LOGITS_COPIES * local_bytes((r, 1, v), ('act_batch', 'act_len', 'vocab'), jnp.float32, mesh)
+    on_cpu = hw.generation == 'cpu'  # the sampler splits the layers once per call there (model.split_layers)
     items = {
       'KV cache': kv,
       'sampling activations (prefill layer, logits)': prefill + last_logits,
-      'gathered / cast weights': cast_copy + table + 2 * per_layer_gathered,
+      'gathered / cast weights': (0 if on_cpu else cast_copy) + table + 2 * per_layer_gathered,
     }
-    if hw.generation == 'cpu':  # the sampler splits the layers once per call (model.split_layers), cast and merged
-      items['gathered / cast weights'] -= cast_copy
+    if on_cpu:  # the split is the cast copy, and with LoRA the merged one
       items['layers split for decoding (CPU)'] = _tree_bytes(layers_only, {'layers': axes['layers']}, mesh, c)
     elif frozen is not None and param_dtype == jnp.float32:  # the sampler merges a float32 base: one copy
       items['merged LoRA weights (float32 base)'] = _tree_bytes(layers_only, {'layers': axes['layers']}, mesh)

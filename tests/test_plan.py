@@ -170,6 +170,19 @@ def test_plan_counts_a_shared_prompt_once_per_group():
   assert any('from the train sampler' in note for note in estimate.notes)
 
 
+def test_plan_counts_the_split_layers_on_cpu_only():
+  """On CPU the sampler splits the layers once per call (model.split_layers): one copy of them in the compute
+  dtype, which stands for the cast copy; a TPU slice decodes from the stacked layers and counts no split."""
+  config = tiny.get_config('test').copy_and_resolve_references()
+  config.param_dtype, config.compute_dtype = 'bfloat16', 'float32'
+  model_ = loader.load(config, abstract=True, tokenizer=FakeVocab(512))
+  layers = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(model.param_shapes(presets.tiny(512))['layers']))
+  on_cpu, on_tpu = (plan.make_plan(config, devices, model=model_).sampling for devices in ('cpu-1', 'v5e-1'))
+  assert on_cpu['layers split for decoding (CPU)'] == 4 * layers  # float32
+  assert 'layers split for decoding (CPU)' not in on_tpu
+  assert on_tpu['gathered / cast weights'] - on_cpu['gathered / cast weights'] == 4 * layers  # the cast copy
+
+
 class FakeVocab:
   def __init__(self, vocab_size):
     self.vocab_size = vocab_size
