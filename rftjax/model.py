@@ -20,6 +20,7 @@ adapters, and params without a 'lora' subtree run the base model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -225,8 +226,9 @@ def init_params(cfg: TransformerConfig, seed: int | jax.Array = 0, mesh=None, dt
 
 
 # ---- forward ------------------------------------------------------------------------------------------------
+@functools.partial(jax.checkpoint, static_argnums=(2, 3), prevent_cse=False)
 def rms_norm(x, scale, eps: float, offset: float):
-  """RMSNorm in float32; Gemma multiplies by (1 + w), Llama by w."""
+  """RMSNorm in float32; Gemma multiplies by (1 + w), Llama by w. Only x and scale are kept for the backward pass."""
   xf = x.astype(jnp.float32)
   xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
   return (xf * (offset + scale.astype(jnp.float32))).astype(x.dtype)
@@ -287,15 +289,40 @@ def _qkv(cfg: TransformerConfig, x, p, lora, inv_freq, positions):
   return q.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, hd) * cfg.attn_scale(), k, v
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _softmax(masked_logits: list, dtype) -> list:
   """One softmax over the key axes of several [..., T, S_i] blocks of logits (masked entries already at the float32
-  minimum), split back into blocks: keys held in different places are attended to as one set."""
+  minimum), split back into blocks of `dtype`: keys held in different places are attended to as one set. The
+  backward pass keeps only these blocks, which the value product keeps anyway (differentiated as written it also
+  kept the float32 softmax and two [..., T, 1] reductions per layer: docs/benchmarks.md, "Less kept for the
+  backward pass")."""
+  return _softmax_fwd(masked_logits, dtype)[0]
+
+
+def _softmax_fwd(masked_logits, dtype):
   probs = jax.nn.softmax(jnp.concatenate(masked_logits, axis=-1), axis=-1).astype(dtype)
-  return jnp.split(probs, np.cumsum([lg.shape[-1] for lg in masked_logits])[:-1], axis=-1)
+  parts = jnp.split(probs, np.cumsum([lg.shape[-1] for lg in masked_logits])[:-1], axis=-1)
+  return parts, parts
+
+
+def _softmax_bwd(dtype, parts, grads):
+  y, g = (jnp.concatenate(xs, axis=-1).astype(jnp.float32) for xs in (parts, grads))
+  dx = y * (g - jnp.sum(g * y, axis=-1, keepdims=True))
+  return (jnp.split(dx, np.cumsum([p.shape[-1] for p in parts])[:-1], axis=-1),)
+
+
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 def _mask(logits, mask):
   return jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+
+
+# act(gate) * up, keeping only gate and up for the backward pass, which recomputes the rest: differentiated as
+# written it kept more [T, F] arrays per layer for a cheap elementwise product (docs/benchmarks.md, "Less kept for
+# the backward pass"). The layers run inside a loop, where CSE cannot undo the recomputation.
+_gated_silu = jax.checkpoint(lambda gate, up: jax.nn.silu(gate) * up, prevent_cse=False)
+_gated_gelu = jax.checkpoint(lambda gate, up: jax.nn.gelu(gate, approximate=True) * up, prevent_cse=False)
 
 
 def _out_and_mlp(cfg: TransformerConfig, x, attended, p, lora):
@@ -308,9 +335,9 @@ def _out_and_mlp(cfg: TransformerConfig, x, attended, p, lora):
   x = sharding.constrain(x + out, ('act_batch', 'act_len', 'act_embed'))
 
   h = rms_norm(x, p['mlp_norm']['scale'], eps, off)
-  gate = _linear(cfg, h, p, lora, 'gate')
-  act = jax.nn.gelu(gate, approximate=True) if cfg.activation == 'gelu_tanh' else jax.nn.silu(gate)
-  hidden = sharding.constrain(act * _linear(cfg, h, p, lora, 'up'), ('act_batch', 'act_len', 'act_mlp'))
+  gated = _gated_gelu if cfg.activation == 'gelu_tanh' else _gated_silu
+  hidden = gated(_linear(cfg, h, p, lora, 'gate'), _linear(cfg, h, p, lora, 'up'))
+  hidden = sharding.constrain(hidden, ('act_batch', 'act_len', 'act_mlp'))
   out = _linear(cfg, hidden, p, lora, 'down')
   if cfg.post_norms:
     out = rms_norm(out, p['post_mlp_norm']['scale'], eps, off)

@@ -154,17 +154,13 @@ def _layer_activations(cfg: model_lib.TransformerConfig, rows: int, t: int, s: i
   btnh = ((rows, t, n, h), ('act_batch', 'act_len', 'heads', 'head_dim'))
   btkh = ((rows, t, k, h), ('act_batch', 'act_len', 'kv_heads', 'head_dim'))
   bnts = ((rows, n, t, s), ('act_batch', 'heads', 'act_len', None))
-  f32 = jnp.float32
-  norms = 4 if cfg.post_norms else 2
+  # the RMSNorms keep only their inputs (counted below), the softmax only its probs, act(gate) * up only gate and up
   parts = [
     (btd, c, 3),  # layer input, residual after attention, o-projection output
-    (btd, f32, norms),
-    (btd, c, norms),  # RMSNorms run in float32: their f32 input and the cast output
     (btnh, c, 4 + (1 if cfg.qk_norm else 0)),  # q, (normed q), RoPE'd q, scaled q, attention output
     (btkh, c, 2 + 2 + (1 if cfg.qk_norm else 0)),  # k, v, RoPE'd k, cache-dtype k/v
-    (bnts, f32, 2),
-    (bnts, c, 1),  # attention logits, masked logits, probs
-    (btf, c, 4),  # gate, activation, up, hidden
+    (bnts, c, 1),  # attention probs
+    (btf, c, 3),  # gate, up, hidden
     (btd, c, 1),  # down-projection output
   ]
   return sum(local_bytes(shape, names, dtype, mesh) * count for (shape, names), dtype, count in parts)

@@ -212,3 +212,46 @@ def test_split_layers_decode_equals_stacked(dtype, monkeypatch):
   assert len(split['layers']) == 3 and split['layers'][2]['mlp']['down'].dtype == jnp.float32
   with pytest.raises(ValueError, match='remat needs the stacked layers'):
     model.forward(split, cfg, tokens, jnp.zeros(tokens.shape, jnp.int32), mask, remat=True)
+
+
+def _softmax_as_written(masked_logits, dtype):
+  probs = jax.nn.softmax(jnp.concatenate(masked_logits, axis=-1), axis=-1).astype(dtype)
+  return jnp.split(probs, np.cumsum([lg.shape[-1] for lg in masked_logits])[:-1], axis=-1)
+
+
+def _norm_as_written(x, scale, eps, offset):
+  xf = x.astype(jnp.float32)
+  xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  return (xf * (offset + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+@pytest.mark.parametrize('cfg', [presets.tiny(), GEMMA_LIKE], ids=lambda c: c.name)
+def test_backward_keeps_less_per_layer_with_the_same_gradient(cfg, monkeypatch):
+  """model.rms_norm and the MLP's act(gate) * up keep only their inputs for the backward pass and recompute the
+  rest, and the attention softmax keeps only its output (docs/benchmarks.md, "Less kept for the backward pass"):
+  per layer three [T, F] arrays (gate, up and the down projection's input), one [.., T, S] attention array, and
+  fewer [T, D] ones than differentiated as written, with the same gradient."""
+  cfg = dataclasses.replace(cfg, mlp_dim=96)  # F apart from D = 128 and the vocabulary
+  params = model.init_params(cfg, 0)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(1, cfg.vocab_size, (2, 7)), jnp.int32)
+  positions, mask = jnp.broadcast_to(jnp.arange(7), (2, 7)), jnp.ones((2, 7), bool)
+
+  def loss(p):
+    return jnp.sum(model.forward(p, cfg, tokens, positions, mask)[0] ** 2) / 1e3
+
+  def kept(width):
+    residuals = jax.tree.leaves(jax.vjp(loss, params)[1])  # and the weights, which these shapes leave out
+    if width == 'attention':  # [L, B, K, G, T, S]
+      return [a.shape for a in residuals if a.ndim == 6 and a.shape[-2:] == (7, 7) and a.dtype == jnp.float32]
+    return [a.shape for a in residuals if a.shape[1:3] == (2, 7) and a.shape[-1] == width]
+
+  wide, narrow, attention, grads = kept(96), kept(128), kept('attention'), jax.grad(loss)(params)
+  assert wide == [(cfg.num_layers, 2, 7, 96)] * 3 and attention == [(cfg.num_layers, 2, 2, 2, 7, 7)]
+  monkeypatch.setattr(model, '_softmax', _softmax_as_written)
+  assert len(kept('attention')) > 1
+  monkeypatch.setattr(model, 'rms_norm', _norm_as_written)
+  monkeypatch.setattr(model, '_gated_silu', lambda gate, up: jax.nn.silu(gate) * up)
+  monkeypatch.setattr(model, '_gated_gelu', lambda gate, up: jax.nn.gelu(gate, approximate=True) * up)
+  assert len(kept(96)) > len(wide) and len(kept(128)) > len(narrow)
+  expected = jax.grad(loss)(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, expected)

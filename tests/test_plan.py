@@ -194,7 +194,7 @@ def test_estimate_matches_compiled_memory_analysis(remat):
 
   Tolerance: arguments (params + AdamW state + batch) within 1 %; temporaries (gradients, activations, logits,
   gathers) estimated within [0.8, 1.75] x what XLA's buffer assignment reports: the plan errs on the safe side
-  (measured 1.04 without remat, 1.51 with remat, whose recompute XLA schedules more tightly than assumed).
+  (measured 1.00 without remat, 1.20 with remat, whose recompute XLA schedules more tightly than assumed).
   """
   config = tiny.get_config('test').copy_and_resolve_references()
   config.remat = remat
