@@ -16,7 +16,8 @@ What is counted (per device):
                copy of the layers, split per layer and merged);
   train step   gradients, saved activations (all layers, or with remat only each layer's input plus one layer
                recomputed; each group's prompt once, then at most G rows of packed completions), the completion
-               logits [R, N, V] float32 (logits, log-softmax, entropy and their gradient: `LOGITS_COPIES` copies),
+               logits [R, N, V] float32, or [R, chunk, V] when the step computes them in chunks of positions
+               (train_step.logit_chunk), x `LOGITS_COPIES` (logits, log-softmax and entropy, their gradient),
                the FSDP all-gathers (embedding table, two layers in flight) and the compute-dtype copy of the layer
                weights when it differs from the param dtype.
   peak         persistent + max(sampling, train step): the sampler's cache is freed before the train step runs.
@@ -50,6 +51,7 @@ from rftjax import lora
 from rftjax import model as model_lib
 from rftjax import runspec
 from rftjax import sharding
+from rftjax import train_step as step_lib
 
 GiB = 1024**3
 LOGITS_COPIES = 3  # logits, log-softmax (and softmax for the entropy), d loss / d logits: all [R, N, V] float32
@@ -311,11 +313,12 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
     activations = L * carry + 2 * one_layer  # each layer's input saved; one layer recomputed + its backward
   else:
     activations = (L + 1) * one_layer
-  logits = LOGITS_COPIES * local_bytes((mrows, n, v), ('act_batch', 'act_len', 'vocab'), jnp.float32, mesh)
+  chunk = step_lib.logit_chunk(mrows, n, v)  # positions whose logits exist at once (all n unless chunked)
+  logits = LOGITS_COPIES * local_bytes((mrows, chunk, v), ('act_batch', 'act_len', 'vocab'), jnp.float32, mesh)
   train = {
     'gradients': gradients,
     f'activations ({"remat" if config.remat else "no remat"}, {shape_label})': activations,
-    f'logits [{mrows}, {n}, {v}] f32 x{LOGITS_COPIES}': logits,
+    f'logits [{mrows}, {chunk}{"" if chunk == n else f" of {n}"}, {v}] f32 x{LOGITS_COPIES}': logits,
     'gathered / cast weights': cast_copy + 2 * table + 2 * per_layer_gathered,
   }
   if micro > 1:

@@ -174,13 +174,22 @@ def _packing(batch: Batch):
   return (tokens, jnp.where(real, segments, -1), jnp.where(real, offsets, 0)), targets, unpack
 
 
-def completion_logits(
-  params, cfg: model_lib.TransformerConfig, batch: Batch, *, temperature=1.0, dtype=jnp.float32, remat: bool = False
-):
-  """Logits / temperature [.., V] float32 that predict the completion tokens, from one forward over prompt +
-  completion, as a list of (logits [..., T, V], the tokens they predict [..., T]) and `unpack`, which takes one
-  per-token array per part to the batch's [R, N]. Rows: one part, [R, N]. A shared-prompt batch: each group's
-  first tokens [B, 1, V] (one prediction for G targets [B, G]) and its packed rows [B*C, N - 1]."""
+# [rows, positions, vocabulary] float32 logits built at once over the whole batch (1 GiB): past it the train step and
+# the logprob passes compute a part's logits a chunk of positions at a time (`completion_stats`)
+LOGIT_CHUNK_ELEMENTS = 2**28
+
+
+def logit_chunk(rows: int, width: int, vocab: int) -> int:
+  """Positions per chunk of a [rows, width, vocab] part's logits: all of them within LOGIT_CHUNK_ELEMENTS, else as
+  many as fit (at least one). rftjax.plan counts the same chunk."""
+  return max(1, min(width, LOGIT_CHUNK_ELEMENTS // max(rows * vocab, 1)))
+
+
+def completion_hidden(params, cfg: model_lib.TransformerConfig, batch: Batch, *, dtype=jnp.float32, remat=False):
+  """The final hidden states [..., T, D] whose logits predict the completion tokens, from one forward over prompt
+  + completion, as a list of (hidden, the tokens they predict [..., T]) and `unpack`, which takes one per-token
+  array per part to the batch's [R, N]. Rows: one part, [R, N]. A shared-prompt batch: each group's last prompt
+  position [B, 1] (one prediction for G targets [B, G]) and its packed rows [B*C, N - 1]."""
   if batch.group_size > 1:
     g = batch.group_size
     first = lambda x: x.reshape(-1, g, *x.shape[1:])[:, 0]  # noqa: E731  (a reshape: no gather across shards)
@@ -189,9 +198,7 @@ def completion_logits(
       params, cfg, first(batch.prompt_tokens), first(batch.prompt_mask), *inputs, dtype=dtype, remat=remat
     )
     firsts = batch.completion_tokens[:, 0].reshape(-1, g)
-    parts = [(model_lib.unembed(params, cfg, prompts[:, -1:], temperature), firsts)]
-    parts.append((model_lib.unembed(params, cfg, rest, temperature), targets))
-    return parts, lambda values: unpack(*values)
+    return [(prompts[:, -1:], firsts), (rest, targets)], lambda values: unpack(*values)
   p = batch.prompt_tokens.shape[1]
   tokens = jnp.concatenate([batch.prompt_tokens, batch.completion_tokens], axis=1)[:, :-1]
   key_mask = jnp.concatenate([batch.prompt_mask, batch.completion_mask > 0], axis=1)[:, :-1]
@@ -199,17 +206,53 @@ def completion_logits(
   key_mask = key_mask | (jnp.arange(tokens.shape[1]) >= p)[None] & batch.prompt_mask[:, -1:]
   positions = jnp.maximum(jnp.cumsum(key_mask, axis=1) - 1, 0).astype(jnp.int32)
   hidden, _ = model_lib.forward(params, cfg, tokens, positions, key_mask, dtype=dtype, remat=remat, return_hidden=True)
-  logits = model_lib.unembed(params, cfg, hidden[:, p - 1 :], temperature)
-  return [(logits, batch.completion_tokens)], lambda values: values[0]
+  return [(hidden[:, p - 1 :], batch.completion_tokens)], lambda values: values[0]
+
+
+def completion_logits(params, cfg: model_lib.TransformerConfig, batch: Batch, *, temperature=1.0, **kw):
+  """`completion_hidden`'s parts with their logits / temperature [..., T, V] float32 in place of the hidden states,
+  all built at once (the train step goes through `completion_stats`)."""
+  parts, unpack = completion_hidden(params, cfg, batch, **kw)
+  return [(model_lib.unembed(params, cfg, h, temperature), t) for h, t in parts], unpack
+
+
+def completion_stats(params, cfg, batch: Batch, *, temperature=1.0, entropy: bool = True, entropy_grad=True, **kw):
+  """(log pi(completion token), entropy of its distribution) [R, N] float32 at `temperature` (entropy None when not
+  asked for; without entropy_grad it carries no gradient). A part whose logits exceed LOGIT_CHUNK_ELEMENTS has them
+  computed `logit_chunk` positions at a time, each chunk's again in the backward pass, so that its [rows, T, V]
+  logits, their softmax and their gradient never exist whole: on Gemma 3's 262k vocabulary they are most of the
+  train step's memory (docs/scaling.md)."""
+  parts, unpack = completion_hidden(params, cfg, batch, **kw)
+
+  def stats(h, t):
+    logits = model_lib.unembed(params, cfg, h, temperature)
+    if not entropy:
+      return grpo.token_logprobs(logits, t), None
+    return grpo.token_logprobs(logits, t), grpo.entropy_from_logits(
+      logits if entropy_grad else jax.lax.stop_gradient(logits)
+    )
+
+  def chunked(h, t):
+    rows, width = h.shape[:2]
+    chunk = logit_chunk(rows, width, cfg.vocab_size)
+    if chunk >= width:
+      return stats(h, t)
+    k = -(-width // chunk)
+
+    def split(x):  # [rows, width, ...] -> [k, rows, chunk, ...], the last chunk padded
+      x = jnp.pad(x, [(0, 0), (0, k * chunk - width)] + [(0, 0)] * (x.ndim - 2))
+      return jnp.moveaxis(x.reshape(rows, k, chunk, *x.shape[2:]), 1, 0)
+
+    out = jax.lax.map(jax.checkpoint(lambda ht: stats(*ht), prevent_cse=False), (split(h), split(t)))
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(rows, k * chunk)[:, :width], out)
+
+  logp, ent = zip(*(chunked(h, t) for h, t in parts))
+  return unpack(list(logp)), (unpack(list(ent)) if entropy else None)
 
 
 def token_logprobs(params, cfg, batch: Batch, temperature: float, **kw):
   """log pi(completion token) [R, N] at the sampling temperature."""
-  return _logprobs(*completion_logits(params, cfg, batch, temperature=temperature, **kw))
-
-
-def _logprobs(parts, unpack):
-  return unpack([grpo.token_logprobs(logits, targets) for logits, targets in parts])
+  return completion_stats(params, cfg, batch, temperature=temperature, entropy=False, **kw)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,13 +286,16 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
   def loss_fn(trainable, frozen, batch: Batch, denominator=None):
     params = lora.join(trainable, frozen)
     dtype = jnp.dtype(step_cfg.compute_dtype)
-    parts, unpack = completion_logits(
-      params, step_cfg.model, batch, temperature=temperature, dtype=dtype, remat=step_cfg.remat
-    )
-    logp = _logprobs(parts, unpack)
     # the entropy is always logged; it carries a gradient only when it is part of the loss
-    keep = (lambda x: x) if step_cfg.loss.entropy_coef else jax.lax.stop_gradient
-    entropy = unpack([grpo.entropy_from_logits(keep(logits)) for logits, _ in parts])
+    logp, entropy = completion_stats(
+      params,
+      step_cfg.model,
+      batch,
+      temperature=temperature,
+      entropy_grad=bool(step_cfg.loss.entropy_coef),
+      dtype=dtype,
+      remat=step_cfg.remat,
+    )
     return grpo.policy_loss(
       logp,
       batch.old_logp,

@@ -188,9 +188,12 @@ class FakeVocab:
     self.vocab_size = vocab_size
 
 
-@pytest.mark.parametrize('remat', [False, True], ids=['no_remat', 'remat'])
-def test_estimate_matches_compiled_memory_analysis(remat):
-  """Tiny train step on the 8 fake devices, (2, 2, 2) mesh: XLA's per-device numbers vs the plan.
+@pytest.mark.parametrize(
+  'remat,chunked', [(False, False), (True, False), (False, True)], ids=['no_remat', 'remat', 'chunked_logits']
+)
+def test_estimate_matches_compiled_memory_analysis(remat, chunked, monkeypatch):
+  """Tiny train step on the 8 fake devices, (2, 2, 2) mesh: XLA's per-device numbers vs the plan. chunked: the
+  logits computed 4 positions at a time (train_step.LOGIT_CHUNK_ELEMENTS lowered to make them so).
 
   Tolerance: arguments (params + AdamW state + batch) within 1 %; temporaries (gradients, activations, logits,
   gathers) estimated within [0.8, 1.75] x what XLA's buffer assignment reports: the plan errs on the safe side
@@ -202,6 +205,8 @@ def test_estimate_matches_compiled_memory_analysis(remat):
   config.data.max_prompt_len, config.sampling.max_new_tokens = 32, 32
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
   vocab, rows, p, n = 512, 16, 32, 32
+  if chunked:
+    monkeypatch.setattr(train_step, 'LOGIT_CHUNK_ELEMENTS', rows * vocab * 4)
   cfg = presets.tiny(vocab)
   estimate = plan.make_plan(config, 'cpu-8', model=loader.load(config, abstract=True, tokenizer=FakeVocab(vocab)))
 

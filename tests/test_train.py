@@ -530,3 +530,39 @@ def test_the_guard_stops_a_falling_run_and_the_best_checkpoint_exports(tmp_path,
   assert [ev['data']['guard']['alarm'] for ev in events if 'guard' in ev['data']] == ['valid_reward_drop']
   assert export.main([f'--workdir={workdir}', '--step=best', f'--out={tmp_path / "best"}']) == 0
   assert (tmp_path / 'best' / 'model.safetensors').is_file()
+
+
+@pytest.mark.parametrize('group', [1, 4])
+def test_logits_in_chunks_give_the_same_logprobs_entropy_and_update(group, monkeypatch):
+  """Past LOGIT_CHUNK_ELEMENTS a part's logits are built a chunk of positions at a time (and again in the backward
+  pass): the same logprobs, entropies and gradients as all at once, and the same update sharded over 8 devices."""
+  batch = make_batch(n=7, group=group, lengths=[7, 2, 1, 6, 7, 1, 5, 3], pack=group > 1)
+  params = model.init_params(CFG, 3)
+  widths = []
+  unembed = model.unembed
+  monkeypatch.setattr(model, 'unembed', lambda p, c, h, *a: widths.append(h.shape[1]) or unembed(p, c, h, *a))
+
+  def run():
+    def f(p):
+      logp, entropy = train_step.completion_stats(p, CFG, batch, temperature=0.7)
+      return jnp.sum(logp * batch.completion_mask) + 0.3 * jnp.sum(entropy * batch.completion_mask), (logp, entropy)
+
+    (_, stats), grads = jax.value_and_grad(f, has_aux=True)(params)
+    return stats, grads
+
+  whole = run()
+  rows = 8 if group == 1 else batch.pack_rows * 2  # the packed rows: 2 groups of pack_rows
+  assert max(widths) == 7 - (group > 1)  # all positions at once
+  monkeypatch.setattr(train_step, 'LOGIT_CHUNK_ELEMENTS', rows * CFG.vocab_size * 4)
+  assert train_step.logit_chunk(rows, 7 - (group > 1), CFG.vocab_size) == 4  # 2 chunks, the last one padded
+  widths.clear()
+  chunked = run()
+  assert max(widths) == 4
+  for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=3e-5)  # float32 sums in another order
+  assert float(jnp.abs(whole[0][1]).max()) > 1.0  # real entropies, not zeros
+  sharded, m8 = one_step(sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}), batch)
+  monkeypatch.setattr(train_step, 'LOGIT_CHUNK_ELEMENTS', 2**28)
+  single, m1 = one_step(None, batch)
+  np.testing.assert_allclose(m8['loss'], m1['loss'], atol=1e-5)
+  np.testing.assert_allclose(m8['grad_norm'], m1['grad_norm'], rtol=1e-5)
