@@ -562,7 +562,7 @@ def test_logits_in_chunks_give_the_same_logprobs_entropy_and_update(group, monke
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=3e-5)  # float32 sums in another order
   assert float(jnp.abs(whole[0][1]).max()) > 1.0  # real entropies, not zeros
   sharded, m8 = one_step(sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}), batch)
-  monkeypatch.setattr(train_step, 'LOGIT_CHUNK_ELEMENTS', 2**28)
+  monkeypatch.undo()  # the logits whole again
   single, m1 = one_step(None, batch)
   np.testing.assert_allclose(m8['loss'], m1['loss'], atol=1e-5)
   np.testing.assert_allclose(m8['grad_norm'], m1['grad_norm'], rtol=1e-5)
