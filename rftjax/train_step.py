@@ -119,8 +119,8 @@ def loss_extent(mask):
 def pack_lengths(mask):
   """[R, N] loss mask -> [R]: the tokens of each completion that a shared-prompt batch's packed rows hold, its
   `loss_extent` but the last (the first token is predicted from the prompt, each later one from the token before
-  it, and nothing from the last). Rows are N - 1 wide."""
-  return np.maximum(loss_extent(mask) - 1, 0)
+  it, and nothing from the last). Rows are N - 1 wide. numpy or jax, like `loss_extent`."""
+  return (loss_extent(mask) - 1).clip(min=0)
 
 
 def pack_completions(lengths: np.ndarray, group: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -153,7 +153,7 @@ def _packing(batch: Batch):
   row = jnp.tile(jnp.arange(g), b) if batch.pack_row is None else batch.pack_row
   start = jnp.zeros(r, jnp.int32) if batch.pack_start is None else batch.pack_start
   extent = loss_extent(batch.completion_mask)
-  row, start, length = (x.reshape(b, 1, 1, g) for x in (row, start, jnp.maximum(extent - 1, 0)))
+  row, start, length = (x.reshape(b, 1, 1, g) for x in (row, start, pack_lengths(batch.completion_mask)))
   slot = jnp.arange(w)[None, None, :, None]
   # inside[b, c, j, i]: slot j of the group's row c holds a token of its completion i
   inside = (row == jnp.arange(c)[None, :, None, None]) & (start <= slot) & (slot < start + length)
