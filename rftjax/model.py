@@ -299,16 +299,19 @@ def _softmax(masked_logits: list, dtype) -> list:
   return _softmax_fwd(masked_logits, dtype)[0]
 
 
+def _split_like(x, blocks: list) -> list:
+  """x [..., sum S_i] split on its last axis into blocks as wide as `blocks`' [..., S_i]."""
+  return jnp.split(x, np.cumsum([b.shape[-1] for b in blocks])[:-1], axis=-1)
+
+
 def _softmax_fwd(masked_logits, dtype):
-  probs = jax.nn.softmax(jnp.concatenate(masked_logits, axis=-1), axis=-1).astype(dtype)
-  parts = jnp.split(probs, np.cumsum([lg.shape[-1] for lg in masked_logits])[:-1], axis=-1)
+  parts = _split_like(jax.nn.softmax(jnp.concatenate(masked_logits, axis=-1), axis=-1).astype(dtype), masked_logits)
   return parts, parts
 
 
 def _softmax_bwd(dtype, parts, grads):
   y, g = (jnp.concatenate(xs, axis=-1).astype(jnp.float32) for xs in (parts, grads))
-  dx = y * (g - jnp.sum(g * y, axis=-1, keepdims=True))
-  return (jnp.split(dx, np.cumsum([p.shape[-1] for p in parts])[:-1], axis=-1),)
+  return (_split_like(y * (g - jnp.sum(g * y, axis=-1, keepdims=True)), parts),)
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
@@ -523,18 +526,18 @@ def split_layers(params: Params, cfg: TransformerConfig, dtype=jnp.float32, merg
   For decoding on CPU (sampler.py): XLA:CPU copies each layer's slice out of the stacked [L, ...] arrays before
   its dots, at every decode step; splitting once per sampler call pays that copy once (docs/benchmarks.md). A TPU
   reads the slice in place, so there the split would only hold the layers twice."""
-  cast = lambda w: w.astype(dtype) if w.dtype != dtype else w  # noqa: E731
 
   def per_layer(tree):
-    return tuple(jax.tree.map(lambda w: cast(w[i]), tree) for i in range(cfg.num_layers))
+    return tuple(_cast(jax.tree.map(lambda w: w[i], tree), dtype) for i in range(cfg.num_layers))
 
   if merge:
     stacked = {'layers': params['layers'], 'lora': {'layers': params['lora']['layers']}}
     one = lambda i: jax.tree.map(lambda w: w[i : i + 1], stacked)  # noqa: E731
-    merged = [
-      jax.tree.map(lambda w: cast(w[0]), lora_lib.merge(one(i), cfg.lora)['layers']) for i in range(cfg.num_layers)
-    ]
-    return dict(lora_lib.split(params)[1], layers=tuple(merged))
+    merged = tuple(
+      _cast(jax.tree.map(lambda w: w[0], lora_lib.merge(one(i), cfg.lora)['layers']), dtype)
+      for i in range(cfg.num_layers)
+    )
+    return dict(lora_lib.split(params)[1], layers=merged)
   out = dict(params, layers=per_layer(params['layers']))
   if cfg.lora and 'lora' in params:
     out['lora'] = dict(params['lora'], layers=per_layer(params['lora']['layers']))
@@ -551,12 +554,15 @@ def _scan_layers(params: Params, cfg: TransformerConfig, layer, x, per_layer, dt
     if remat:
       raise ValueError('split layers are for decoding: remat needs the stacked layers')
     return _switch_layers(params['layers'], params['lora']['layers'] if has_lora else None, layer, x, tables)
-  cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype) if w.dtype != dtype else w, tree)  # noqa: E731
   body = lambda x, xs: layer(x, *xs)  # noqa: E731
   if remat:
     body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-  lora_layers = cast(params['lora']['layers']) if has_lora else {}
-  return jax.lax.scan(body, x, (cast(params['layers']), lora_layers, *tables))
+  lora_layers = _cast(params['lora']['layers'], dtype) if has_lora else {}
+  return jax.lax.scan(body, x, (_cast(params['layers'], dtype), lora_layers, *tables))
+
+
+def _cast(tree, dtype):
+  return jax.tree.map(lambda w: w.astype(dtype) if w.dtype != dtype else w, tree)
 
 
 def _switch_layers(layers: tuple, lora: tuple | None, layer, x, tables):

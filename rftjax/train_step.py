@@ -209,13 +209,6 @@ def completion_hidden(params, cfg: model_lib.TransformerConfig, batch: Batch, *,
   return [(hidden[:, p - 1 :], batch.completion_tokens)], lambda values: values[0]
 
 
-def completion_logits(params, cfg: model_lib.TransformerConfig, batch: Batch, *, temperature=1.0, **kw):
-  """`completion_hidden`'s parts with their logits / temperature [..., T, V] float32 in place of the hidden states,
-  all built at once (the train step goes through `completion_stats`)."""
-  parts, unpack = completion_hidden(params, cfg, batch, **kw)
-  return [(model_lib.unembed(params, cfg, h, temperature), t) for h, t in parts], unpack
-
-
 def completion_stats(params, cfg, batch: Batch, *, temperature=1.0, entropy: bool = True, entropy_grad=True, **kw):
   """(log pi(completion token), entropy of its distribution) [R, N] float32 at `temperature` (entropy None when not
   asked for; without entropy_grad it carries no gradient). A part whose logits exceed LOGIT_CHUNK_ELEMENTS has them

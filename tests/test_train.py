@@ -161,10 +161,7 @@ def test_shared_prompts_give_the_per_row_logprobs(cfg, grouped_calls):
   mask = per_row.completion_mask
 
   def stats(batch):
-    parts, unpack = train_step.completion_logits(params, cfg, batch)
-    logp = unpack([grpo.token_logprobs(logits, targets) for logits, targets in parts])
-    entropy = unpack([grpo.entropy_from_logits(logits) for logits, _ in parts])
-    return [np.asarray(x) * mask for x in (logp, entropy)]
+    return [np.asarray(x) * mask for x in train_step.completion_stats(params, cfg, batch)]
 
   want = stats(per_row)
   assert not grouped_calls
@@ -208,7 +205,7 @@ def test_shared_prompts_train_as_per_row_with_microbatches(grouped_calls):
 
 @pytest.mark.parametrize('temperature', [1.0, 0.7])
 @pytest.mark.parametrize('softcap', [None, 3.0])
-def test_completion_logits_match_the_sampler(temperature, softcap):
+def test_completion_logprobs_match_the_sampler(temperature, softcap):
   """The trainer's recomputed logprobs equal the sampler's for the same tokens (same positions, masks), at the
   sampling temperature (which the trainer folds into the unembedding's input unless a softcap comes after it)."""
   cfg = dataclasses.replace(CFG, final_softcap=softcap)
@@ -220,8 +217,8 @@ def test_completion_logits_match_the_sampler(temperature, softcap):
   batch = train_step.Batch(tokens, mask, out.tokens, out.mask, jnp.zeros(2), out.logprobs)
   logp = train_step.token_logprobs(params, cfg, batch, temperature)
   np.testing.assert_allclose(np.asarray(logp) * out.mask, np.asarray(out.logprobs), atol=2e-5)
-  [(unscaled, targets)], _ = train_step.completion_logits(params, cfg, batch)
-  want = grpo.token_logprobs(unscaled, targets, temperature)  # the division after the logits
+  [(hidden, targets)], _ = train_step.completion_hidden(params, cfg, batch)
+  want = grpo.token_logprobs(model.unembed(params, cfg, hidden), targets, temperature)  # the division after them
   np.testing.assert_allclose(np.asarray(logp), np.asarray(want), atol=1e-5)
   if temperature != 1.0:  # the temperature really reaches the logprobs
     assert np.abs(np.asarray(logp - train_step.token_logprobs(params, cfg, batch, 1.0))).max() > 1e-3
