@@ -268,9 +268,21 @@ def _attention_mask(q_index_t, k_index_s, key_mask_bs, window, is_local):
 def _linear(cfg: TransformerConfig, x, p, lora, name: str):
   """x through the frozen weight `name` (lora.LINEARS), plus its LoRA adapter when `lora` holds one."""
   group, eq = lora_lib.LINEARS[name]
-  y = jnp.einsum(eq, x, p[group][name])
+  y = _contract(eq, x, p[group][name])
   adapter = lora.get(group, {}).get(name)
   return y if adapter is None else lora_lib.apply(y, x, name, adapter, cfg.lora.scale)
+
+
+def _contract(eq: str, x, w):
+  """jnp.einsum(eq, x, w) for a `lora.LINEARS` equation (out = x's other dims, then w's), summing the shared dims
+  in w's order. jnp.einsum orders them its own way ('btnh,nhd->btd' as [h, n]), and XLA then transposed the
+  output projection's weight to that order at every call: every decode step, on CPU (docs/benchmarks.md)."""
+  (xs, ws), out = eq.split('->')[0].split(','), eq.split('->')[1]
+  shared = [c for c in ws if c in xs]
+  assert out == ''.join(c for c in xs if c not in shared) + ''.join(c for c in ws if c not in shared), eq
+  dtype = jnp.promote_types(x.dtype, w.dtype)
+  dims = (tuple(xs.index(c) for c in shared), tuple(ws.index(c) for c in shared))
+  return jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (dims, ((), ())))
 
 
 def _qkv(cfg: TransformerConfig, x, p, lora, inv_freq, positions):
