@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rftjax import lora
 from rftjax import model
 from rftjax import presets
 from rftjax import sampler
@@ -261,8 +262,6 @@ def test_linears_sum_their_shared_dims_in_the_weights_order():
   """`model._contract` computes each `lora.LINEARS` equation as jnp.einsum does, but sums the shared dims in the
   weight's own order: for the output projection jnp.einsum sums [h, n], and XLA then transposed the [n, h, d]
   weight at every call (every decode step on CPU; docs/benchmarks.md)."""
-  from rftjax import lora
-
   sizes = dict(b=2, t=3, d=8, n=4, k=2, h=5, f=6)
   rng = np.random.default_rng(0)
   for name, (_, eq) in lora.LINEARS.items():
@@ -275,6 +274,3 @@ def test_linears_sum_their_shared_dims_in_the_weights_order():
     (x_dims, w_dims), _ = dot.params['dimension_numbers']
     shared = [c for c in ws if c in xs]
     assert tuple(w_dims) == tuple(range(len(shared))) and tuple(x_dims) == tuple(xs.index(c) for c in shared), name
-  (dot,) = [e for e in jax.make_jaxpr(lambda x, w: jnp.einsum('btnh,nhd->btd', x, w))(
-    jnp.zeros((2, 3, 4, 5)), jnp.zeros((4, 5, 8))).eqns if e.primitive.name == 'dot_general']  # fmt: skip
-  assert tuple(dot.params['dimension_numbers'][0][1]) == (1, 0)  # what jnp.einsum does, hence _contract
