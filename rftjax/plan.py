@@ -276,7 +276,7 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
     # one turn of groups of k rows keeps each prompt's keys once (sampler._start); episodes keep a copy per row
     kv_slots = ((r // k, p), (r, n)) if k > 1 and r % k == 0 and steps == 1 else ((r, p + n),)
     kv = sum(
-      2 * local_bytes((L, rr, ss, cfg.num_kv_heads, cfg.head_dim), model_lib.CACHE_AXES, cache_dtype, mesh)
+      2 * local_bytes((L, rr, cfg.num_kv_heads, ss, cfg.head_dim), model_lib.CACHE_AXES['v'], cache_dtype, mesh)
       for rr, ss in kv_slots
     )
     prefill = _layer_activations(cfg, r, p, p + n, c, mesh) // 2  # no backward: about half is live at once

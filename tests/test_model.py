@@ -149,6 +149,29 @@ def test_unknown_preset_message():
     presets.get_config('gemma9')
 
 
+def test_first_prefill_reads_none_of_the_cache():
+  """With cache_index known to be 0 no slot comes before the call's tokens, so a first prefill skips the cache:
+  a cache full of NaN gives the same hidden states and written keys as a zero cache, while the same call with
+  the index as a traced value (the general path, which reads the slots and masks them) turns NaN."""
+  cfg = presets.tiny()
+  params = model.init_params(cfg, 2)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(4, cfg.vocab_size, (2, 5)), jnp.int32)
+  positions, key_mask = jnp.broadcast_to(jnp.arange(5), (2, 5)), jnp.zeros((2, 8), bool).at[:, :5].set(True)
+  zeros = model.init_cache(cfg, 2, 8)
+  nans = jax.tree.map(lambda c: jnp.full_like(c, jnp.nan), zeros)
+
+  def run(cache, index):
+    return model.forward(params, cfg, tokens, positions, key_mask, cache=cache, cache_index=index, return_hidden=True)
+
+  (h0, c0), (h1, c1) = run(zeros, 0), run(nans, 0)
+  assert np.isfinite(np.asarray(h0)).all()
+  np.testing.assert_array_equal(np.asarray(h1), np.asarray(h0))
+  for name, slots in (('k', np.s_[..., :5]), ('v', np.s_[..., :5, :])):
+    np.testing.assert_array_equal(np.asarray(c1[name][slots]), np.asarray(c0[name][slots]))
+  traced, _ = jax.jit(run)(nans, jnp.int32(0))
+  assert np.isnan(np.asarray(traced)).all()
+
+
 @pytest.mark.parametrize('cfg', [presets.tiny(), GEMMA_LIKE], ids=lambda c: c.name)
 def test_shared_prefill_equals_per_row_prefill(cfg, monkeypatch):
   """G completions of each prompt: prefilling each prompt once, into a cache of one row per group that the group's
