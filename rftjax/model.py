@@ -29,11 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rftjax import kvcache
 from rftjax import lora as lora_lib
 from rftjax import sharding
 
 Params = dict[str, Any]
-Cache = dict[str, jax.Array]
+Cache = kvcache.Cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,28 +245,6 @@ def apply_rope(x_btnh, positions_bt, inv_freq_h2):
   return out.astype(x_btnh.dtype)
 
 
-def init_cache(cfg: TransformerConfig, batch: int, length: int, dtype=jnp.float32) -> Cache:
-  """KV cache: k [L, B, K, H, S], v [L, B, K, S, H]: for each row and KV head, the keys as the right operand of the
-  queries' [G, H] @ [H, S] and the values of the weights' [G, S] @ [S, H] (`_cached_logits`). The caller tracks
-  which slots hold real tokens (key mask)."""
-  shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
-  return {'k': jnp.zeros(shape[:3] + shape[:2:-1], dtype), 'v': jnp.zeros(shape, dtype)}
-
-
-CACHE_AXES = {
-  'k': ('layers', 'act_batch', 'kv_heads', 'head_dim', 'act_len'),
-  'v': ('layers', 'act_batch', 'kv_heads', 'act_len', 'head_dim'),
-}
-
-
-def constrain_cache(cache: Cache) -> Cache:
-  return {name: sharding.constrain(c, CACHE_AXES[name]) for name, c in cache.items()}
-
-
-def cache_slots(cache: Cache) -> int:
-  return cache['v'].shape[3]
-
-
 def _attention_mask(q_index_t, k_index_s, key_mask_bs, window, is_local):
   """[B, T, S] bool: causal in slot index, padding from key_mask, sliding window on local layers.
 
@@ -376,14 +355,15 @@ def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_
            shared=None, cache_index=None):  # fmt: skip
   """One decoder layer. Returns (x, (k, v) of this call's tokens [B, T, K, H], or None without a cache).
 
-  kv: None (keys are this call's tokens only) or this layer's cache (k [B, K, H, S], v [B, K, S, H]), read only:
-  the queries attend to the cache's slots before `cache_index` and to this call's own keys, and the caller writes
-  the returned keys into slots [cache_index, cache_index + T) once for all layers. shared: None or this layer's
+  q_index: the slots of the call's tokens. kv: None (keys are this call's tokens only) or this layer's cache
+  (k [B, K, H, S], v [B, K, S, H]; `kvcache`) whose slots are k_index, read only: the queries attend to the
+  cache's slots before `cache_index` and to this call's own keys, and the caller writes the returned keys into
+  slots [cache_index, cache_index + T) once for all layers. shared: None or this layer's
   keys and values of the prompts that groups of rows share ([B/G, K, H, P], [B/G, K, P, H]: slots [0, P) of their
   rows; `forward`). lora: this layer's adapters ({} for none)."""
   q, k, v = _qkv(cfg, x, p, lora, inv_freq, positions)
   b, t = q.shape[:2]
-  own = key_mask
+  own = key_mask  # which of the call's own keys are real
   cached = []  # ((keys, values), mask [B, T, S], groups): what the queries read from a cache
   if kv is not None:
     # the cache's slots before cache_index, then this call's own keys (rounded through the cache dtype, so a
@@ -398,40 +378,18 @@ def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_
       seen = key_mask[:, key_mask.shape[1] - k_index.shape[0] :] & (k_index < cache_index)[None]
       cached.append((kv, _attention_mask(q_index, k_index, seen, cfg.sliding_window, is_local), b))
   if shared is not None:  # each group's queries against its prompt's keys, held once for the group
-    slots = jnp.arange(shared[1].shape[2])
-    seen = _attention_mask(q_index, slots, key_mask[:, : slots.shape[0]], cfg.sliding_window, is_local)
+    prompt = jnp.arange(shared[1].shape[2])
+    seen = _attention_mask(q_index, prompt, key_mask[:, : prompt.shape[0]], cfg.sliding_window, is_local)
     cached.append((shared, seen, shared[1].shape[0]))
-  own_slots = q_index if kv is not None else k_index
-  own_mask = _attention_mask(q_index, own_slots, own, cfg.sliding_window, is_local)
+  own_mask = _attention_mask(q_index, q_index, own, cfg.sliding_window, is_local)  # own keys: the queries' slots
   logits = [_mask(jnp.einsum('btkgh,bskh->bkgts', q, k), own_mask[:, None, None])]
-  logits += [_mask(_cached_logits(q, ck.astype(x.dtype), n), m[:, None, None]) for (ck, _), m, n in cached]
+  logits += [_mask(kvcache.logits(q, ck.astype(x.dtype), n), m[:, None, None]) for (ck, _), m, n in cached]
   probs = _softmax(logits, x.dtype)
   # values first: XLA:CPU's dot for this operand order ran 1.3-14x faster (decode 14x), gradients alike
   attended = jnp.einsum('bskh,bkgts->btkgh', v, probs[0])
   for pr, ((_, cv), _, n) in zip(probs[1:], cached):
-    attended = attended + _cached_values(pr, cv.astype(x.dtype), n)
+    attended = attended + kvcache.attend(pr, cv.astype(x.dtype), n)
   return _out_and_mlp(cfg, x, attended, p, lora), (None if kv is None else (k, v))
-
-
-def _cached_logits(q, keys, groups: int):
-  """Queries [B, T, K, G, H] against cached keys [groups, K, H, S] (groups == B, or one per group of B/groups
-  consecutive rows sharing a prompt): logits [B, K, G, T, S]. Per (group, KV head) one [rows, H] @ [H, S] matmul,
-  neither operand transposed: reading the cache as [S, K, H] cost XLA:CPU a transpose of each layer's slice per
-  decode step (docs/benchmarks.md). The moves of T-sized dims are free at T = 1."""
-  b, t, kh, g, h = q.shape
-  c = b // groups
-  rows = q.reshape(groups, c, t, kh, g, h).transpose(0, 3, 1, 2, 4, 5).reshape(groups, kh, c * t * g, h)
-  logits = jnp.einsum('bkmh,bkhs->bkms', rows, keys)
-  return logits.reshape(groups, kh, c, t, g, -1).transpose(0, 2, 1, 4, 3, 5).reshape(b, kh, g, t, -1)
-
-
-def _cached_values(probs, values, groups: int):
-  """Attention weights [B, K, G, T, S] times cached values [groups, K, S, H] (as `_cached_logits`): [B, T, K, G, H]."""
-  b, kh, g, t, s = probs.shape
-  c = b // groups
-  rows = probs.reshape(groups, c, kh, g, t, s).transpose(0, 2, 1, 4, 3, 5).reshape(groups, kh, c * t * g, s)
-  out = jnp.einsum('bkms,bksh->bkmh', rows, values)
-  return out.reshape(groups, kh, c, t, g, -1).transpose(0, 2, 3, 1, 4, 5).reshape(b, t, kh, g, -1)
 
 
 def _grouped_layer(cfg: TransformerConfig, xs, p, lora, inv_freq, is_local, positions, masks, group: int):
@@ -497,17 +455,15 @@ def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask,
   return_hidden — and the updated cache or None).
 
   shared: the keys and values of prompts that groups of consecutive rows share, a cache of B/G rows and P slots
-  (`init_cache`), read only. They are slots [0, P) of every row of their group, stored once (not G times);
+  (`kvcache.init`), read only. They are slots [0, P) of every row of their group, stored once (not G times);
   `cache` then holds slots [P, S) of each row, `key_mask` and `cache_index` count slots from 0 all the same.
   """
   t = tokens.shape[1]
   x = embed(params, cfg, tokens, dtype)
-  if cache is None:
-    q_index = jnp.arange(t)
-    k_index = jnp.arange(t)
-  else:
-    q_index = cache_index + jnp.arange(t)
-    k_index = (0 if shared is None else cache_slots(shared)) + jnp.arange(cache_slots(cache))
+  q_index = jnp.arange(t) if cache is None else cache_index + jnp.arange(t)  # the call's tokens' slots
+  k_index = None  # the cache's slots
+  if cache is not None:
+    k_index = (0 if shared is None else kvcache.slots(shared)) + jnp.arange(kvcache.slots(cache))
 
   # Each layer reads its cache slice (a scan input) and returns only this call's keys and values; they are written
   # into the cache once, after the scan, in place. Carrying the cache through the scan and updating it per layer
@@ -519,11 +475,8 @@ def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask,
   per_layer = (kv, None if shared is None else (shared['k'], shared['v']))
   x, kv = _scan_layers(params, cfg, layer, x, per_layer, dtype, remat)
   new_cache = None
-  if cache is not None:  # kv: [L, B, T, K, H] each
-    start = cache_index - (0 if shared is None else cache_slots(shared))
-    write = lambda c, new, axis: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), start, axis=axis)  # noqa: E731
-    k, v = kv[0].transpose(0, 1, 3, 4, 2), kv[1].transpose(0, 1, 3, 2, 4)  # init_cache's layouts
-    new_cache = {'k': write(cache['k'], k, 4), 'v': write(cache['v'], v, 3)}
+  if cache is not None:
+    new_cache = kvcache.write(cache, *kv, cache_index - (0 if shared is None else kvcache.slots(shared)))
   if return_hidden:
     return x, new_cache
   return unembed(params, cfg, x), new_cache

@@ -10,10 +10,10 @@ what to change) when the peak does not fit in HBM minus a headroom margin. Shape
 
 What is counted (per device):
   persistent   params, AdamW moments (mu, nu), the reference model when grpo.beta > 0;
-  sampling     the KV cache x 2 (k and v): [L, R/G, P, K, H] for the prompts each group of G rows shares plus
-               [L, R, N, K, H] for the rows' own tokens (episodes: [L, R, P+N, K, H]), one prefill layer's
-               activations, last-token logits, a merged copy of a float32 base's layers with LoRA (on CPU: a
-               copy of the layers, split per layer and merged);
+  sampling     the KV cache (`kvcache.shapes`, k and v): L x R/G x P x K x H each for the prompts each group of G
+               rows shares plus L x R x N x K x H for the rows' own tokens (episodes: L x R x (P+N) x K x H), one
+               prefill layer's activations, last-token logits, a merged copy of a float32 base's layers with LoRA
+               (on CPU: a copy of the layers, split per layer and merged);
   train step   gradients, saved activations (all layers, or with remat only each layer's input plus one layer
                recomputed; each group's prompt once, then at most G rows of packed completions), the completion
                logits [R, N, V] float32, or [R, chunk, V] when the step computes them in chunks of positions
@@ -46,6 +46,7 @@ from rftjax import cli
 from rftjax import episodes
 from rftjax import errors
 from rftjax import hparams
+from rftjax import kvcache
 from rftjax import loader
 from rftjax import lora
 from rftjax import model as model_lib
@@ -276,8 +277,9 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
     # one turn of groups of k rows keeps each prompt's keys once (sampler._start); episodes keep a copy per row
     kv_slots = ((r // k, p), (r, n)) if k > 1 and r % k == 0 and steps == 1 else ((r, p + n),)
     kv = sum(
-      2 * local_bytes((L, rr, cfg.num_kv_heads, ss, cfg.head_dim), model_lib.CACHE_AXES['v'], cache_dtype, mesh)
+      local_bytes(shape, kvcache.AXES[name], cache_dtype, mesh)
       for rr, ss in kv_slots
+      for name, shape in kvcache.shapes(cfg, rr, ss).items()
     )
     prefill = _layer_activations(cfg, r, p, p + n, c, mesh) // 2  # no backward: about half is live at once
     last_logits = LOGITS_COPIES * local_bytes((r, 1, v), ('act_batch', 'act_len', 'vocab'), jnp.float32, mesh)

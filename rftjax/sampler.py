@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rftjax import kvcache
 from rftjax import lora as lora_lib
 from rftjax import model as model_lib
 
@@ -216,7 +217,7 @@ def _prefill(s: Sampler, weights, cache, key_mask, slot, position, tokens, mask,
     s.cfg,
     tokens[::g],
     positions[::g],
-    key_mask[::g, : model_lib.cache_slots(cache)],  # a shared prompt cache has the prompt's slots only
+    key_mask[::g, : kvcache.slots(cache)],  # a shared prompt cache has the prompt's slots only
     cache=cache,
     cache_index=slot,
     dtype=jnp.dtype(s.compute_dtype),
@@ -225,7 +226,7 @@ def _prefill(s: Sampler, weights, cache, key_mask, slot, position, tokens, mask,
   logits = model_lib.unembed(weights, s.cfg, hidden[:, -1:])[:, 0]
   if g > 1:  # transformers' generate(num_return_sequences=G) prefills G copies
     if not shared:
-      cache = model_lib.constrain_cache(jax.tree.map(lambda c: jnp.repeat(c, g, axis=1), cache))
+      cache = kvcache.constrain(jax.tree.map(lambda c: jnp.repeat(c, g, axis=1), cache))
     logits = jnp.repeat(logits, g, axis=0)
   return logits, cache, key_mask, position + jnp.sum(mask, axis=1).astype(jnp.int32)
 
@@ -233,7 +234,7 @@ def _prefill(s: Sampler, weights, cache, key_mask, slot, position, tokens, mask,
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def _start(s: Sampler, weights, prompt_tokens, prompt_mask, rng, keep_context: bool):
   (b, p), g = prompt_tokens.shape, s.group_size
-  init = lambda rows, slots: model_lib.constrain_cache(model_lib.init_cache(s.cfg, rows, slots, s.cache_dtype))  # noqa: E731
+  init = lambda rows, slots: kvcache.constrain(kvcache.init(s.cfg, rows, slots, s.cache_dtype))  # noqa: E731
   zero, done, key_mask = jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool), jnp.zeros((b, s.slots), bool)
   # one turn of groups: each prompt's keys and values stay in a cache of their own, one row per group, read by the
   # group's G rows at every decode step, and the rows' cache holds only what they generate. Episodes continue

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rftjax import kvcache
 from rftjax import lora
 from rftjax import model
 from rftjax import presets
@@ -157,7 +158,7 @@ def test_first_prefill_reads_none_of_the_cache():
   params = model.init_params(cfg, 2)
   tokens = jnp.asarray(np.random.default_rng(0).integers(4, cfg.vocab_size, (2, 5)), jnp.int32)
   positions, key_mask = jnp.broadcast_to(jnp.arange(5), (2, 5)), jnp.zeros((2, 8), bool).at[:, :5].set(True)
-  zeros = model.init_cache(cfg, 2, 8)
+  zeros = kvcache.init(cfg, 2, 8)
   nans = jax.tree.map(lambda c: jnp.full_like(c, jnp.nan), zeros)
 
   def run(cache, index):
@@ -178,9 +179,9 @@ def test_shared_prefill_equals_per_row_prefill(cfg, monkeypatch):
   rows read at every decode step, gives the same tokens and logprobs as prefilling every row (same RNG), at
   temperature 1 so that the rows of a group differ; the sliding window (GEMMA_LIKE: 4) reaches into the prompt."""
   caches = []
-  init_cache = model.init_cache
+  init = kvcache.init
   monkeypatch.setattr(
-    model, 'init_cache', lambda c, rows, slots, dtype: caches.append((rows, slots)) or init_cache(c, rows, slots, dtype)
+    kvcache, 'init', lambda c, rows, slots, dtype: caches.append((rows, slots)) or init(c, rows, slots, dtype)
   )
   params = model.init_params(cfg, 5)
   rng = np.random.default_rng(1)
@@ -209,8 +210,6 @@ def test_split_layers_decode_equals_stacked(dtype, monkeypatch):
   the stacked layers: same tokens, logprobs within float rounding, with LoRA adapters (non-zero B; merged into a
   float32 base, split and merged one layer at a time on CPU; kept apart from a bfloat16 base, which is cast to
   float32 once), a sliding window and shared prompts."""
-  from rftjax import lora
-
   cfg = dataclasses.replace(GEMMA_LIKE, lora=lora.LoRAConfig(rank=4, alpha=8.0))
   params = model.init_params(cfg, 2, dtype=jnp.dtype(dtype))
   params['lora'] = jax.tree.map(lambda a: a + 0.05, params['lora'])

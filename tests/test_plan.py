@@ -12,6 +12,7 @@ from configs import gemma3_tpu
 from configs import lora_one_vm
 from configs import tiny
 from rftjax import grpo
+from rftjax import kvcache
 from rftjax import model
 from rftjax import loader
 from rftjax import multihost
@@ -59,7 +60,7 @@ def test_division_follows_the_sharding_rules():
   # embedding [V, D]: vocab on tensor, embed on fsdp
   assert plan.local_elems((262_144, 1152), ('vocab', 'embed'), mesh) == 262_144 // 4 * 1152 // 4
   # Gemma 3 1B has one KV head: a tensor axis of 4 does not divide it, so the cache stays whole on that dim
-  cache = plan.local_elems((26, 64, 1, 512, 256), model.CACHE_AXES['v'], mesh)
+  cache = plan.local_elems((26, 64, 1, 512, 256), kvcache.AXES['v'], mesh)
   assert cache == 26 * 16 * 512 * 1 * 256
   # rows that data x fsdp does not divide fall back to one axis that does, as sharding.logical_to_spec does
   assert plan.local_elems((6, 10), ('act_batch', None), plan._MeshShape({'data': 2, 'fsdp': 4, 'tensor': 1})) == 30
