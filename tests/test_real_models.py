@@ -78,7 +78,9 @@ def _sha256(path: pathlib.Path) -> str:
     for chunk in iter(lambda: f.read(1 << 22), b''):
       h.update(chunk)
   CACHE.mkdir(parents=True, exist_ok=True)
-  stamp.write_text(h.hexdigest())
+  tmp = stamp.with_name(f'{stamp.name}.tmp{os.getpid()}')  # test workers may race (pytest -n 2)
+  tmp.write_text(h.hexdigest())
+  os.replace(tmp, stamp)
   return h.hexdigest()
 
 
