@@ -92,7 +92,7 @@ def choose(logits, rng, params: SamplingParams):
   scaled = logits if params.temperature <= 0 else logits / params.temperature
   lse = jax.nn.logsumexp(scaled, axis=-1)
   if params.temperature <= 0:
-    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    token = greedy(logits)
   else:
     filtered = scaled
     if params.top_k and params.top_k < logits.shape[-1]:
@@ -107,6 +107,19 @@ def choose(logits, rng, params: SamplingParams):
       filtered = jnp.where(filtered < cutoff, -jnp.inf, filtered)
     token = draw(filtered, rng)
   return token, jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0] - lse
+
+
+def greedy(logits, block: int = 256):
+  """jnp.argmax(logits, axis=-1) of [B, V] logits (the first index of the largest value; NaN counts as largest),
+  found in two levels: each block of `block` tokens' maximum, then the first block holding the largest, then the
+  token in it. XLA:CPU runs a vocabulary-wide argmax as one serial loop per row: 15.8 ms against 0.8 ms at 32 rows
+  of Gemma 3's 262k vocabulary, about a tenth of a greedy decode step (docs/benchmarks.md)."""
+  b, v = logits.shape
+  nb = -(-v // block)
+  blocks = jnp.pad(logits, ((0, 0), (0, nb * block - v)), constant_values=-jnp.inf).reshape(b, nb, block)
+  k = jnp.argmax(jnp.max(blocks, axis=-1), axis=-1)
+  j = jnp.argmax(jnp.take_along_axis(blocks, k[:, None, None], axis=1)[:, 0], axis=-1)
+  return (k * block + j).astype(jnp.int32)
 
 
 def draw(logits, rng, block: int = 256):

@@ -106,6 +106,25 @@ def test_draw_samples_the_softmax():
   np.testing.assert_array_equal(np.asarray(sampler.draw(jnp.asarray(one), jax.random.key(4))), [590] * 3)
 
 
+def test_greedy_is_argmax_with_its_ties_nan_and_infinities():
+  """The two-level greedy pick equals jnp.argmax row by row over a vocabulary that is not a multiple of the block
+  (600 = 2 blocks of 256 + padding): the first of tied maxima (in the same block and in different blocks), the
+  first NaN, a row of -inf only (index 0), a maximum in the padded last block."""
+  rng = np.random.default_rng(0)
+  logits = np.round(rng.normal(size=(9, 600)), 1).astype(np.float32)  # rounded: many ties below the maximum
+  logits[0, [7, 300, 599]] = 9.0  # tied maxima in three blocks: the first wins
+  logits[1, [301, 302]] = 9.0  # tied in one block
+  logits[2, [40, 500]] = np.nan
+  logits[3] = -np.inf
+  logits[4, 599] = 9.0  # in the padded last block
+  logits[5, :] = 1.0  # all tied
+  logits[6, 256] = 9.0  # a block's first token
+  got = np.asarray(sampler.greedy(jnp.asarray(logits)))
+  np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(logits), axis=-1)))
+  np.testing.assert_array_equal(got[:7], [7, 301, 40, 0, 599, 0, 256])
+  assert got.dtype == np.int32
+
+
 @pytest.mark.parametrize(
   'name, billions',
   [
