@@ -464,10 +464,13 @@ def reference_folder(gguf):
     built = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tmp = folder.with_name(f'{folder.name}.tmp{os.getpid()}')
     built.save_pretrained(str(tmp))
-    shutil.rmtree(folder, ignore_errors=True)
+    if (folder / 'tokenizer.json').is_file():  # another test worker finished first (pytest -n 2): keep its folder
+      shutil.rmtree(tmp, ignore_errors=True)
+      return folder
+    shutil.rmtree(folder, ignore_errors=True)  # a partial folder left by an interrupted run
     try:
       os.replace(tmp, folder)
-    except OSError:  # another test worker put the same folder there first (pytest -n 2)
+    except OSError:  # another test worker put its folder there in between
       shutil.rmtree(tmp, ignore_errors=True)
   return folder
 
