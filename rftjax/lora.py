@@ -60,10 +60,11 @@ def equations(eq: str) -> tuple[str, str]:
   return f'{x},{w_in}r->{xr}', f'{xr},r{w_out}->{out}'
 
 
-def apply(y, x, name: str, adapter, scale: float):
-  """y (x through the frozen weight `name`) plus the adapter's `scale * (x @ A) @ B`."""
+def apply(y, x, name: str, adapter, scale: float, contract=jnp.einsum):
+  """y (x through the frozen weight `name`) plus the adapter's `scale * (x @ A) @ B`, each product computed by
+  `contract(eq, x, w)` (model.py passes the one it computes the frozen weight's product with)."""
   eq_a, eq_b = equations(LINEARS[name][1])
-  return y + jnp.einsum(eq_b, jnp.einsum(eq_a, x, adapter['a']) * scale, adapter['b'])
+  return y + contract(eq_b, contract(eq_a, x, adapter['a']) * scale, adapter['b'])
 
 
 def _tree(cfg: LoRAConfig, leaf) -> dict:

@@ -288,19 +288,55 @@ def test_backward_keeps_less_per_layer_with_the_same_gradient(cfg, monkeypatch):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, expected)
 
 
+def _linear_operands(seed: int):
+  """(name, equation, x, w) of every `lora.LINEARS` product, at small sizes."""
+  sizes = dict(b=2, t=3, d=8, n=4, k=2, h=5, f=6)
+  rng = np.random.default_rng(seed)
+  for name, (_, eq) in lora.LINEARS.items():
+    operands = eq.split('->')[0].split(',')
+    yield name, eq, *(jnp.asarray(rng.normal(size=[sizes[c] for c in dims]), jnp.float32) for dims in operands)
+
+
 def test_linears_sum_their_shared_dims_in_the_weights_order():
   """`model._contract` computes each `lora.LINEARS` equation as jnp.einsum does, but sums the shared dims in the
   weight's own order: for the output projection jnp.einsum sums [h, n], and XLA then transposed the [n, h, d]
   weight at every call (every decode step on CPU; docs/benchmarks.md)."""
-  sizes = dict(b=2, t=3, d=8, n=4, k=2, h=5, f=6)
-  rng = np.random.default_rng(0)
-  for name, (_, eq) in lora.LINEARS.items():
+  for name, eq, x, w in _linear_operands(seed=0):
     xs, ws = eq.split('->')[0].split(',')
-    x = jnp.asarray(rng.normal(size=[sizes[c] for c in xs]), jnp.float32)
-    w = jnp.asarray(rng.normal(size=[sizes[c] for c in ws]), jnp.float32)
     np.testing.assert_allclose(model._contract(eq, x, w), jnp.einsum(eq, x, w), rtol=1e-5, atol=1e-5)
-    (dot,) = [e for e in jax.make_jaxpr(lambda x, w, eq=eq: model._contract(eq, x, w))(x, w).eqns
+    (dot,) = [e for e in jax.make_jaxpr(lambda x, w, eq=eq: model._dot(eq, x, w))(x, w).eqns
               if e.primitive.name == 'dot_general']  # fmt: skip
     (x_dims, w_dims), _ = dot.params['dimension_numbers']
     shared = [c for c in ws if c in xs]
     assert tuple(w_dims) == tuple(range(len(shared))) and tuple(x_dims) == tuple(xs.index(c) for c in shared), name
+
+
+def _dots(fn, *args) -> int:
+  """dot_generals in fn's jaxpr, those of nested jaxprs (custom_vjp, pjit) included."""
+
+  def count(jaxpr) -> int:
+    n = 0
+    for e in jaxpr.eqns:
+      n += e.primitive.name == 'dot_general'
+      for v in e.params.values():
+        for j in v if isinstance(v, (list, tuple)) else [v]:
+          j = getattr(j, 'jaxpr', j)  # a ClosedJaxpr's Jaxpr
+          n += count(j) if hasattr(j, 'eqns') else 0
+    return n
+
+  return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def test_linears_gradients_match_einsum_and_skip_frozen_weights():
+  """On CPU `model._contract` has its own backward pass (its weight gradient reads operands written out first:
+  docs/benchmarks.md): for every `lora.LINEARS` equation its gradients equal jnp.einsum's, and a weight nothing
+  asks a gradient of (LoRA's frozen base) costs no product: the input's gradient alone is one dot, not two."""
+  for name, eq, x, w in _linear_operands(seed=1):
+    g = jnp.asarray(np.random.default_rng(2).normal(size=jnp.einsum(eq, x, w).shape), jnp.float32)
+    ours = jax.grad(lambda x, w, eq=eq: jnp.sum(model._contract(eq, x, w) * g), (0, 1))
+    theirs = jax.grad(lambda x, w, eq=eq: jnp.sum(jnp.einsum(eq, x, w) * g), (0, 1))
+    for a, b, what in zip(ours(x, w), theirs(x, w), ('input', 'weight')):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f'{name} {what}')
+    only_x = jax.grad(lambda x, eq=eq: jnp.sum(model._contract(eq, x, w) * g))
+    np.testing.assert_allclose(only_x(x), theirs(x, w)[0], rtol=1e-5, atol=1e-5)
+    assert _dots(only_x, x) == 2 and _dots(ours, x, w) == 3, name
