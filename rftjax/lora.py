@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from rftjax import products
+
 # Every linear of a decoder layer: name -> (params group, einsum of the frozen weight, in the model's alphabet).
 LINEARS = {
   'q': ('attn', 'btd,dnh->btnh'),
@@ -60,11 +62,11 @@ def equations(eq: str) -> tuple[str, str]:
   return f'{x},{w_in}r->{xr}', f'{xr},r{w_out}->{out}'
 
 
-def apply(y, x, name: str, adapter, scale: float, contract=jnp.einsum):
-  """y (x through the frozen weight `name`) plus the adapter's `scale * (x @ A) @ B`, each product computed by
-  `contract(eq, x, w)` (model.py passes the one it computes the frozen weight's product with)."""
+def apply(y, x, name: str, adapter, scale: float):
+  """y (x through the frozen weight `name`) plus the adapter's `scale * (x @ A) @ B`, each product computed as the
+  frozen weight's is (`products.contract`: on CPU its backward pass is the cheaper one)."""
   eq_a, eq_b = equations(LINEARS[name][1])
-  return y + contract(eq_b, contract(eq_a, x, adapter['a']) * scale, adapter['b'])
+  return y + products.contract(eq_b, products.contract(eq_a, x, adapter['a']) * scale, adapter['b'])
 
 
 def _tree(cfg: LoRAConfig, leaf) -> dict:

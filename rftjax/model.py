@@ -31,6 +31,7 @@ from flax import nnx
 
 from rftjax import kvcache
 from rftjax import lora as lora_lib
+from rftjax import products
 from rftjax import sharding
 
 Params = dict[str, Any]
@@ -260,60 +261,9 @@ def _attention_mask(q_index_t, k_index_s, key_mask_bs, window, is_local):
 def _linear(cfg: TransformerConfig, x, p, lora, name: str):
   """x through the frozen weight `name` (lora.LINEARS), plus its LoRA adapter when `lora` holds one."""
   group, eq = lora_lib.LINEARS[name]
-  y = _contract(eq, x, p[group][name])
+  y = products.contract(eq, x, p[group][name])
   adapter = lora.get(group, {}).get(name)
-  return y if adapter is None else lora_lib.apply(y, x, name, adapter, cfg.lora.scale, _contract)
-
-
-def _contract(eq: str, x, w):
-  """jnp.einsum(eq, x, w) for a `lora.LINEARS` equation (out = x's other dims, then w's), summing the shared dims
-  in w's order. jnp.einsum orders them its own way ('btnh,nhd->btd' as [h, n]), and XLA then transposed the
-  output projection's weight to that order at every call: every decode step, on CPU (docs/benchmarks.md). On CPU
-  the product carries its own backward pass (`_contract_cpu`)."""
-  (xs, ws), out = eq.split('->')[0].split(','), eq.split('->')[1]
-  assert out == ''.join(c for c in xs if c not in ws) + ''.join(c for c in ws if c not in xs), eq
-  dtype = jnp.promote_types(x.dtype, w.dtype)
-  x, w = x.astype(dtype), w.astype(dtype)
-  return _contract_cpu(eq, x, w) if jax.default_backend() == 'cpu' else _dot(eq, x, w)
-
-
-def _dot(eq: str, a, b):
-  """jnp.einsum(eq, a, b) as one dot_general: the dims both operands have are summed in b's order, and the result,
-  a's other dims then b's, is transposed to eq's output order only where that differs."""
-  (xs, ws), out = eq.split('->')[0].split(','), eq.split('->')[1]
-  shared = [c for c in ws if c in xs]
-  y = jax.lax.dot_general(a, b, ((tuple(xs.index(c) for c in shared), tuple(ws.index(c) for c in shared)), ((), ())))
-  got = ''.join(c for c in xs if c not in shared) + ''.join(c for c in ws if c not in shared)
-  return y if got == out else jnp.transpose(y, [got.index(c) for c in out])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _contract_cpu(eq: str, x, w):
-  """`_dot(eq, x, w)` whose weight gradient sums over the tokens of x and of the output's gradient as they lie in
-  memory. Differentiated as written, XLA:CPU fused the gradient's elementwise producer (the gated MLP's backward)
-  into a transposed copy that ran several times slower than the product, copy and dot written alone: 2.0 s of the
-  ~9.9 s the two threads spent on a SmolLM2 GRPO gradient (docs/benchmarks.md, "The weight gradients' operands");
-  LoRA's adapters read it the same way. A weight no gradient is asked for (LoRA's frozen base) gets none computed."""
-  return _dot(eq, x, w)
-
-
-def _contract_cpu_fwd(eq: str, x, w):
-  # symbolic zeros: x and w come with whether they carry a gradient; keep only what the backward pass reads
-  return _dot(eq, x.value, w.value), (x.value if w.perturbed else None, w.value if x.perturbed else None)
-
-
-def _contract_cpu_bwd(eq: str, res, g):
-  x, w = res
-  if isinstance(g, jax.custom_derivatives.SymbolicZero):
-    return None, None
-  (xs, ws), out = eq.split('->')[0].split(','), eq.split('->')[1]
-  dx = None if w is None else _dot(f'{out},{ws}->{xs}', g, w)
-  # the barrier makes XLA write both operands out before the dot reads them (see the docstring)
-  dw = None if x is None else _dot(f'{xs},{out}->{ws}', *jax.lax.optimization_barrier((x, g)))
-  return dx, dw
-
-
-_contract_cpu.defvjp(_contract_cpu_fwd, _contract_cpu_bwd, symbolic_zeros=True)
+  return y if adapter is None else lora_lib.apply(y, x, name, adapter, cfg.lora.scale)
 
 
 def _qkv(cfg: TransformerConfig, x, p, lora, inv_freq, positions):

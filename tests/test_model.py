@@ -11,6 +11,7 @@ from rftjax import kvcache
 from rftjax import lora
 from rftjax import model
 from rftjax import presets
+from rftjax import products
 from rftjax import sampler
 
 GEMMA_LIKE = dataclasses.replace(
@@ -298,13 +299,13 @@ def _linear_operands(seed: int):
 
 
 def test_linears_sum_their_shared_dims_in_the_weights_order():
-  """`model._contract` computes each `lora.LINEARS` equation as jnp.einsum does, but sums the shared dims in the
+  """`products.contract` computes each `lora.LINEARS` equation as jnp.einsum does, but sums the shared dims in the
   weight's own order: for the output projection jnp.einsum sums [h, n], and XLA then transposed the [n, h, d]
   weight at every call (every decode step on CPU; docs/benchmarks.md)."""
   for name, eq, x, w in _linear_operands(seed=0):
     xs, ws = eq.split('->')[0].split(',')
-    np.testing.assert_allclose(model._contract(eq, x, w), jnp.einsum(eq, x, w), rtol=1e-5, atol=1e-5)
-    (dot,) = [e for e in jax.make_jaxpr(lambda x, w, eq=eq: model._dot(eq, x, w))(x, w).eqns
+    np.testing.assert_allclose(products.contract(eq, x, w), jnp.einsum(eq, x, w), rtol=1e-5, atol=1e-5)
+    (dot,) = [e for e in jax.make_jaxpr(lambda x, w, eq=eq: products.dot(eq, x, w))(x, w).eqns
               if e.primitive.name == 'dot_general']  # fmt: skip
     (x_dims, w_dims), _ = dot.params['dimension_numbers']
     shared = [c for c in ws if c in xs]
@@ -328,15 +329,15 @@ def _dots(fn, *args) -> int:
 
 
 def test_linears_gradients_match_einsum_and_skip_frozen_weights():
-  """On CPU `model._contract` has its own backward pass (its weight gradient reads operands written out first:
+  """On CPU `products.contract` has its own backward pass (its weight gradient reads operands written out first:
   docs/benchmarks.md): for every `lora.LINEARS` equation its gradients equal jnp.einsum's, and a weight nothing
   asks a gradient of (LoRA's frozen base) costs no product: the input's gradient alone is one dot, not two."""
   for name, eq, x, w in _linear_operands(seed=1):
     g = jnp.asarray(np.random.default_rng(2).normal(size=jnp.einsum(eq, x, w).shape), jnp.float32)
-    ours = jax.grad(lambda x, w, eq=eq: jnp.sum(model._contract(eq, x, w) * g), (0, 1))
+    ours = jax.grad(lambda x, w, eq=eq: jnp.sum(products.contract(eq, x, w) * g), (0, 1))
     theirs = jax.grad(lambda x, w, eq=eq: jnp.sum(jnp.einsum(eq, x, w) * g), (0, 1))
     for a, b, what in zip(ours(x, w), theirs(x, w), ('input', 'weight')):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f'{name} {what}')
-    only_x = jax.grad(lambda x, eq=eq: jnp.sum(model._contract(eq, x, w) * g))
+    only_x = jax.grad(lambda x, eq=eq: jnp.sum(products.contract(eq, x, w) * g))
     np.testing.assert_allclose(only_x(x), theirs(x, w)[0], rtol=1e-5, atol=1e-5)
     assert _dots(only_x, x) == 2 and _dots(ours, x, w) == 3, name
