@@ -130,6 +130,7 @@ def main():
     'args': vars(args),
     'batch_shape': list(batch.completion_tokens.shape),
     'pack_rows': batch.pack_rows,
+    'pack_groups': getattr(batch, 'pack_groups', 1),
     'group_size': batch.group_size,
     'mean_completion_len': float(np.mean(host.lengths)),
     'compile_s': compile_s,

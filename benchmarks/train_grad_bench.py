@@ -78,7 +78,9 @@ def worker(tree: pathlib.Path, model: str, lora_rank: int) -> dict:
     [None] * r, [''] * r, np.zeros(r, bool), [None] * r,
   )  # fmt: skip
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
-  rollout_cfg = rollout.RolloutConfig(num_generations=g, prompts=b, max_new_tokens=n_max)
+  # as runspec fills it (a checkout before parts of groups has no key_costs)
+  costs = {'key_costs': rollout.key_costs(cfg)} if hasattr(rollout, 'key_costs') else {}
+  rollout_cfg = rollout.RolloutConfig(num_generations=g, prompts=b, max_new_tokens=n_max, **costs)
   batch = rollout.make_batch(experience, rollout_cfg, mesh)  # cut and packed as the trainer does it
   batch = batch.replace(ref_logp=batch.sampler_logp * 1.01)
   loss_cfg = grpo.LossConfig(epsilon=0.2, epsilon_high=0.28, beta=0.04, aggregation='token_mean')
@@ -106,7 +108,8 @@ def worker(tree: pathlib.Path, model: str, lora_rank: int) -> dict:
     jax.block_until_ready(gradient(trainable, frozen))
   out['page_faults_per_gradient'] = _minor_faults() - before
   out['peak_rss_gib'] = _status('VmHWM') / 2**20
-  out['packed_tokens'] = b * batch.pack_rows * (batch.completion_tokens.shape[1] - 1)
+  parts = b // getattr(batch, 'pack_groups', 1)  # a checkout before parts of groups packs each group on its own
+  out['packed_tokens'] = parts * batch.pack_rows * (batch.completion_tokens.shape[1] - 1)
   return out
 
 

@@ -2,7 +2,7 @@
 
 Einsum alphabet, used everywhere in rftjax:
   B batch, T query length, S key length, D model dim, N query heads, K kv heads, G query heads per kv head,
-  H head dim, F hidden (MLP) dim, V vocab, L layers, C rows per prompt (training's GRPO groups packed into rows,
+  H head dim, F hidden (MLP) dim, V vocab, L layers, C rows per part (training's GRPO groups packed into rows,
   see `forward_grouped`), W tokens per such row.
 
 Parameters live in `Transformer` (an `nnx.Module`) as `nnx.Param`s whose `axes` metadata names their logical
@@ -381,12 +381,13 @@ def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_
   return _out_and_mlp(cfg, x, attended, p, lora), (None if kv is None else (k, v))
 
 
-def _grouped_layer(cfg: TransformerConfig, xs, p, lora, inv_freq, is_local, positions, masks, group: int):
-  """One decoder layer over B prompts [B, P, D] and their completions packed into R = B*C rows [R, W, D] (C =
-  `group` consecutive rows per prompt), the prompt computed once: each row's queries attend to its prompt's keys
-  (read from the prompt stream, never copied C times) and to the keys `masks` allow in their own row.
-  masks: (prompt causal [B, 1, 1, P, P], row to prompt [B, C, 1, 1, W, P], row to row [R, 1, 1, W, W]), each a
-  (global, local) pair (local: the sliding window's, used on local layers)."""
+def _grouped_layer(cfg: TransformerConfig, xs, p, lora, inv_freq, is_local, positions, masks, group: int, part: int):
+  """One decoder layer over B prompts [B, P, D] and their completions packed into R = Q*C rows [R, W, D] (C =
+  `group` consecutive rows for each of Q parts of `part` prompts), the prompts computed once: each row's queries
+  attend to its part's prompt keys (read from the prompt stream, never copied per row; the mask keeps each token
+  to its own prompt's) and to the keys `masks` allow in their own row.
+  masks: (prompt causal [B, 1, 1, P, P], row to prompt [Q, C, 1, 1, W, part*P], row to row [R, 1, 1, W, W]), each
+  a (global, local) pair (local: the sliding window's, used on local layers)."""
   (xp, xc), (pos_p, pos_c) = xs, positions
   pick = lambda pair: jnp.where(is_local, pair[1], pair[0]) if cfg.sliding_window else pair[0]  # noqa: E731
   causal, to_prompt, own = (pick(pair) for pair in masks)
@@ -394,15 +395,16 @@ def _grouped_layer(cfg: TransformerConfig, xs, p, lora, inv_freq, is_local, posi
   qc, kc, vc = _qkv(cfg, xc, p, lora, inv_freq, pos_c)
   (pr,) = _softmax([_mask(jnp.einsum('btkgh,bskh->bkgts', qp, kp), causal)], xp.dtype)
   attended_p = jnp.einsum('bskh,bkgts->btkgh', vp, pr)
-  # the R rows of the completion stream are [B, C] flattened
-  b = xp.shape[0]
-  qc = qc.reshape(b, group, *qc.shape[1:])
+  # the R rows of the completion stream are [Q, C] flattened; a part's prompts' keys side by side: [Q, part*P]
+  q = xp.shape[0] // part
+  kp, vp = (x.reshape(q, part * x.shape[1], *x.shape[2:]) for x in (kp, vp))
+  qc = qc.reshape(q, group, *qc.shape[1:])
   cross = _mask(jnp.einsum('bctkgh,bskh->bckgts', qc, kp), to_prompt)
-  cross = cross.reshape(b * group, *cross.shape[2:])
-  self_ = _mask(jnp.einsum('btkgh,bskh->bkgts', qc.reshape(b * group, *qc.shape[2:]), kc), own)
+  cross = cross.reshape(q * group, *cross.shape[2:])
+  self_ = _mask(jnp.einsum('btkgh,bskh->bkgts', qc.reshape(q * group, *qc.shape[2:]), kc), own)
   pr_cross, pr_self = _softmax([cross, self_], xc.dtype)
-  attended_c = jnp.einsum('bskh,bckgts->bctkgh', vp, pr_cross.reshape(b, group, *pr_cross.shape[1:]))
-  attended_c = attended_c.reshape(b * group, *attended_c.shape[2:]) + jnp.einsum('bskh,bkgts->btkgh', vc, pr_self)
+  attended_c = jnp.einsum('bskh,bckgts->bctkgh', vp, pr_cross.reshape(q, group, *pr_cross.shape[1:]))
+  attended_c = attended_c.reshape(q * group, *attended_c.shape[2:]) + jnp.einsum('bskh,bkgts->btkgh', vc, pr_self)
   return (_out_and_mlp(cfg, xp, attended_p, p, lora), _out_and_mlp(cfg, xc, attended_c, p, lora)), None
 
 
@@ -471,39 +473,46 @@ def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask,
   return unembed(params, cfg, x), new_cache
 
 
-def forward_grouped(params: Params, cfg: TransformerConfig, prompt_tokens, prompt_mask, tokens, segments, offsets, *,
-                    dtype=jnp.float32, remat: bool = False):  # fmt: skip
-  """The decoder over B left-padded prompts [B, P] (mask [B, P]), each followed by its completions packed into C
-  rows of W tokens: `tokens` [R, W], R = B*C, the C rows of prompt b consecutive. `segments` [R, W] names the
-  completion each token belongs to (-1: padding) and `offsets` [R, W] its index in that completion; a completion's
-  tokens are consecutive in one row. A token attends to its prompt and to the earlier tokens of its completion.
-  Each prompt is computed once, and no completion is padded to the longest one (GRPO's groups, train_step.py).
+def forward_grouped(params: Params, cfg: TransformerConfig, prompt_tokens, prompt_mask, tokens, segments, offsets,
+                    owners=None, *, part: int = 1, dtype=jnp.float32, remat: bool = False):  # fmt: skip
+  """The decoder over B left-padded prompts [B, P] (mask [B, P]), in Q = B / `part` parts of `part` consecutive
+  prompts, each part's completions packed into C rows of W tokens: `tokens` [R, W], R = Q*C, the C rows of part
+  q consecutive. `segments` [R, W] names the completion each token belongs to (-1: padding), `offsets` [R, W] its
+  index in that completion and `owners` [R, W] its prompt within the part (None: 0, one prompt per part); a
+  completion's tokens are consecutive in one row. A token attends to its prompt and to the earlier tokens of its
+  completion. Each prompt is computed once, and no completion is padded to the longest one (GRPO's groups,
+  train_step.py).
 
   Returns the final hidden states (before the final norm) of the prompts [B, P, D] and of the rows [R, W, D]: at
   each completion token equal to `forward(..., return_hidden=True)` over that prompt + completion alone."""
-  (b, big_p), w = prompt_tokens.shape, tokens.shape[1]
-  group = tokens.shape[0] // b
+  (b, big_p), (rows, w) = prompt_tokens.shape, tokens.shape
+  q = b // part
+  group = rows // q
+  owners = jnp.zeros_like(segments) if owners is None else owners
   prompt_len = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
   pos_p = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
-  pos_c = jnp.repeat(prompt_len, group)[:, None] + offsets.astype(jnp.int32)
+  prompt_of = (jnp.arange(rows) // group * part)[:, None] + owners  # [R, W] each token's prompt, 0..B-1
+  pos_c = prompt_len[prompt_of] + offsets.astype(jnp.int32)
   # (global, local) masks; prompts are left-padded, so slot distance is position distance and a completion token
-  # at `offset` sits at slot P + offset
+  # at `offset` sits at slot P + offset of its own prompt
   slots_p, window = jnp.arange(big_p), cfg.sliding_window
   causal = [_attention_mask(slots_p, slots_p, prompt_mask, window, local) for local in (False, True)]
-  to_prompt = jnp.broadcast_to(jnp.repeat(prompt_mask, group, axis=0)[:, None, :], (b * group, w, big_p))
+  # a row's keys from the prompt stream: its part's prompts side by side, [part * P]; a token sees its own prompt's
+  to_prompt = jnp.repeat(prompt_mask.reshape(q, part * big_p), group, axis=0)[:, None, :]
+  to_prompt = to_prompt & (owners[:, :, None] == jnp.repeat(jnp.arange(part), big_p)[None, None, :])
   own = (segments[:, :, None] == segments[:, None, :]) & (segments >= 0)[:, :, None]
   own = own & (jnp.arange(w)[:, None] >= jnp.arange(w)[None, :])[None]  # causal within its completion
-  near_prompt = (big_p + offsets)[:, :, None] - slots_p[None, None, :] < (window or 1)
+  near_prompt = (big_p + offsets)[:, :, None] - jnp.tile(slots_p, part)[None, None, :] < (window or 1)
   near_own = offsets[:, :, None] - offsets[:, None, :] < (window or 1)
   masks = (
     tuple(m[:, None, None] for m in causal),
-    tuple(m.reshape(b, group, 1, 1, w, big_p) for m in (to_prompt, to_prompt & near_prompt)),
+    tuple(m.reshape(q, group, 1, 1, w, part * big_p) for m in (to_prompt, to_prompt & near_prompt)),
     tuple(m[:, None, None] for m in (own, own & near_own)),
   )
   xs = (embed(params, cfg, prompt_tokens, dtype), embed(params, cfg, tokens, dtype))
 
   def layer(xs, p, lora, freq, local, _):
-    return _grouped_layer(cfg, xs, p, lora, freq, local, (pos_p, pos_c), masks, group)
+    return _grouped_layer(cfg, xs, p, lora, freq, local, (pos_p, pos_c), masks, group, part)
 
   return _scan_layers(params, cfg, layer, xs, None, dtype, remat)[0]
 

@@ -108,6 +108,8 @@ class RolloutConfig:
   max_resample_rounds: int = 3
   max_error_share: float = 0.5  # more failed gradings than this in one draw stop the run
   gdpo_weights: tuple[tuple[str, float], ...] = ()  # advantage 'gdpo': (sub-grader, weight) of the multi grader
+  microbatches: int = 1  # the train step's (config.train_microbatches): each takes whole parts of packed groups
+  key_costs: tuple[float, float] = (0.0, 0.0)  # a key's train-step time and memory against a token's (`key_costs`)
 
 
 def bucket_sizes(limit: int, parts: int = 4) -> list[int]:
@@ -122,10 +124,36 @@ def bucket(n: int, limit: int, parts: int = 4) -> int:
 
 
 def packed_rows(rows: int, g: int) -> int:
-  """A packing's rows per group (train_step.pack_completions) rounded up to a multiple of g/4, so that at most 4
-  row counts compile."""
+  """A packing's rows per group, or per part of groups (train_step.pack_completions: `g` completions), rounded up
+  to a multiple of g/4, so that at most 4 row counts compile."""
   step = -(-g // 4)
   return min(g, -(-rows // step) * step)
+
+
+def key_costs(cfg) -> tuple[float, float]:
+  """A key's cost in the train step against a token's, (time, memory), for `make_batch`'s choice of parts. Time:
+  each query head reads a key in two products (4 x H FLOPs a layer), counted twice for the masked softmax's
+  elementwise work around them, against about 2 FLOPs per weight for a token's products (layers and
+  unembedding). Memory: a layer keeps one attention probability per key and query head, against what it keeps
+  per token (as rftjax.plan counts it: 4 x D, the queries', keys' and values' forms, 3 x F)."""
+  d, f, n, k, h, _, layers = cfg.dims()
+  forms = 4 + (1 if cfg.qk_norm else 0)
+  return 8 * n * h * layers / (2 * cfg.num_params()), n / (4 * d + forms * (n + k) * h + 3 * f)
+
+
+def part_sizes(cfg: RolloutConfig, mesh, prompt_len: int) -> list[int]:
+  """Groups per part that `make_batch` may pack together: 1, and the largest power of two that divides this host's
+  groups, leaves every data shard of every microbatch whole parts (groups split across shards stay apart) and,
+  at full prompt and completion width, adds at most a quarter to a token's estimated cost (`key_costs`). Only the
+  two, so that a run compiles at most twice the train step shapes it would with each group apart: measured on
+  CPU, each new shape cost more compile time than the sizes in between saved (docs/benchmarks.md)."""
+  shards = 1 if mesh is None else mesh.shape.get('data', 1) * mesh.shape.get('fsdp', 1)
+  per_shard, rest = divmod(cfg.prompts * jax.process_count(), shards * cfg.microbatches)
+  cost = lambda a: 1 + cfg.key_costs[0] * (a * prompt_len + cfg.max_new_tokens)  # noqa: E731
+  size = 1
+  while not rest and per_shard % (2 * size) == 0 and cfg.prompts % (2 * size) == 0 and cost(2 * size) <= 1.25 * cost(1):
+    size *= 2
+  return sorted({1, size})
 
 
 def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
@@ -134,10 +162,13 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
 
   Columns that are padding in every row of the global batch are cut: completions to the longest completion and
   prompts (left-padded) to the longest prompt, each rounded up to a `bucket` so that only a few shapes compile
-  (at most 4 completion x 2 prompt lengths, x 4 row counts with shared prompts). When each group shares one
-  prompt, its completions are packed into as few rows of that width as hold them (`train_step.pack_completions`).
-  Padding is masked, so the loss is the same; the train step and the old/reference logprob passes just stop
-  computing on it."""
+  (at most 4 completion x 2 prompt lengths, x 4 row counts per part size with shared prompts). When each group
+  shares one prompt, its completions are packed into as few rows of that width as hold them
+  (`train_step.pack_completions`), with other groups' when that costs less: a part of A groups shares its rows,
+  and each row reads the A prompts' keys (a token attends to its own prompt's). A is picked where rows x (1 + key
+  time x keys) is least, among the `part_sizes` whose rows x (1 + key memory x keys) is no more than one row per
+  completion's (what rftjax.plan counts; `key_costs`). Padding is masked, so the loss is the same; the train
+  step and the old/reference logprob passes just stop computing on it."""
   rewards = r.rewards.astype(np.float32)
   if r.discard.any():  # a discarded row takes its group's mean of the others: it moves no advantage
     groups = rewards.reshape(-1, cfg.num_generations)
@@ -162,16 +193,20 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   # this host's packing at each completion width the batch may be cut to (rows one token narrower); the rows each
   # needs ride in the same collective as the maxima that pick the width (a width shorter than a completion here
   # is never picked)
-  widths = bucket_sizes(n)
-  packings = [step_lib.pack_completions(step_lib.pack_lengths(mask), g, w - 1) for w in widths]
+  keys = [(w, a) for w in bucket_sizes(n) for a in part_sizes(cfg, mesh, p)]
+  packings = [step_lib.pack_completions(step_lib.pack_lengths(mask), a * g, w - 1) for w, a in keys]
   longest, longest_prompt, any_apart, *rows = multihost.max_over_hosts(
     r.lengths.max(initial=1), r.prompt_mask.sum(axis=1).max(initial=1), apart,
-    *(packed_rows(packing[2], g) for packing in packings),
+    *(packed_rows(packing[2], a * g) for packing, (_, a) in zip(packings, keys)),
   )  # fmt: skip
   n, p = bucket(longest, n), bucket(longest_prompt, p, parts=2)
   put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
   shared = not any_apart and g > 1
-  pack_row, pack_start, _ = packings[widths.index(n)]
+  # each part size's rows per part at the picked width; of those that fit the memory counted, the cheapest per group
+  rows, (time, memory) = {a: c for (w, a), c in zip(keys, rows) if w == n}, cfg.key_costs
+  fits = [a for a, c in rows.items() if c * (1 + memory * (a * p + n - 1)) <= a * g * (1 + memory * (p + n - 1))]
+  part = min(fits, key=lambda a: (rows[a] / a * (1 + time * (a * p + n - 1)), a))
+  pack_row, pack_start, _ = packings[keys.index((n, part))]
   return step_lib.Batch(
     prompt_tokens=put(r.prompt_tokens[:, -p:]),
     prompt_mask=put(r.prompt_mask[:, -p:]),
@@ -182,7 +217,8 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
     pack_row=put(pack_row) if shared else None,
     pack_start=put(pack_start) if shared else None,
     group_size=g if shared else 1,
-    pack_rows=rows[widths.index(n)] if shared else 0,
+    pack_rows=rows[part] if shared else 0,
+    pack_groups=part if shared else 1,
   )
 
 

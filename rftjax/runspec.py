@@ -339,6 +339,8 @@ def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
     max_resample_rounds=o.max_resample_rounds,
     max_error_share=config.grading.max_error_share,
     gdpo_weights=tuple(gdpo_weights(config).items()) if o.advantage == 'gdpo' else (),
+    microbatches=config.train_microbatches,
+    key_costs=rollout.key_costs(cfg),
   )
   samplers = [
     sampler_lib.Sampler(

@@ -34,15 +34,18 @@ class Batch:
   sampler_logp: jax.Array  # [R, N] float32
   old_logp: jax.Array | None = None  # [R, N] policy logprobs before this batch's first update (num_iterations > 1)
   ref_logp: jax.Array | None = None  # [R, N] reference logprobs (beta > 0)
-  # with group_size > 1, each group's completions packed into rows of N - 1 tokens (`pack_completions`): completion
-  # r's `pack_lengths` tokens from slot pack_start[r] of its group's row pack_row[r]; None: one row each, from slot 0
+  # with group_size > 1, the completions of each part (pack_groups consecutive groups) packed into rows of N - 1
+  # tokens (`pack_completions`): completion r's `pack_lengths` tokens from slot pack_start[r] of its part's row
+  # pack_row[r]; None: one row each, from slot 0
   pack_row: jax.Array | None = None  # [R] int32
   pack_start: jax.Array | None = None  # [R] int32
   # static (they pick the program): rows come in consecutive groups of this many identical prompts (GRPO's G), each
   # group's prompt computed once in the forward passes, not G times (model.forward_grouped) ...
   group_size: int = flax.struct.field(pytree_node=False, default=1)
-  # ... and its completions in this many rows (0: group_size rows, one per completion)
+  # ... its completions in this many rows per part (0: group_size rows, one per completion) ...
   pack_rows: int = flax.struct.field(pytree_node=False, default=0)
+  # ... where a part is this many consecutive groups whose completions may share a row (rollout.make_batch)
+  pack_groups: int = flax.struct.field(pytree_node=False, default=1)
 
 
 def schedule(opt_cfg, total_steps: int):
@@ -124,8 +127,9 @@ def pack_lengths(mask):
 
 
 def pack_completions(lengths: np.ndarray, group: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:
-  """Host side: each group's completions (`lengths` [R] tokens each, `pack_lengths`) packed into rows of `width`
-  tokens, first fit in decreasing length. Returns (pack_row [R], pack_start [R], rows: the most any group needs).
+  """Host side: the completions of each run of `group` consecutive ones (`lengths` [R] tokens each,
+  `pack_lengths`: a GRPO group, or a part of several groups) packed into rows of `width` tokens, first fit in
+  decreasing length. Returns (pack_row [R], pack_start [R], rows: the most any run needs).
 
   Rows of the completion width keep attention as cheap as one row per completion, while the MLPs and the
   [rows, width, vocabulary] logits stop computing on padding: completions averaging half the longest fill about
@@ -144,34 +148,39 @@ def pack_completions(lengths: np.ndarray, group: int, width: int) -> tuple[np.nd
 
 
 def _packing(batch: Batch):
-  """A shared-prompt batch's packed completion rows [B*C, W], W = N - 1: (tokens, segments, offsets) for
-  model.forward_grouped, the tokens each position predicts (0 where none), and `unpack`, which takes per-token
-  values of the first tokens ([B, G], or [B, 1] for all of a group) and of the rows to the batch's [R, N] (0 on the
-  tokens `loss_extent` leaves out)."""
+  """A shared-prompt batch's packed completion rows [Q*C, W], W = N - 1, C rows for each of its Q parts of
+  `pack_groups` groups: (tokens, segments, offsets, owners) for model.forward_grouped (segments: the completion
+  within its part, -1 on padding; owners: the prompt within its part), the tokens each position predicts (0 where
+  none), and `unpack`, which takes per-token values of the first tokens ([B, G], or [B, 1] for all of a group) and
+  of the rows to the batch's [R, N] (0 on the tokens `loss_extent` leaves out)."""
   (r, n), g = batch.completion_tokens.shape, batch.group_size
-  b, c, w = r // g, batch.pack_rows or g, n - 1
-  row = jnp.tile(jnp.arange(g), b) if batch.pack_row is None else batch.pack_row
+  m = g * batch.pack_groups  # completions per part
+  q, c, w = r // m, batch.pack_rows or m, n - 1
+  row = jnp.tile(jnp.arange(m), q) if batch.pack_row is None else batch.pack_row
   start = jnp.zeros(r, jnp.int32) if batch.pack_start is None else batch.pack_start
   extent = loss_extent(batch.completion_mask)
-  row, start, length = (x.reshape(b, 1, 1, g) for x in (row, start, pack_lengths(batch.completion_mask)))
-  slot = jnp.arange(w)[None, None, :, None]
-  # inside[b, c, j, i]: slot j of the group's row c holds a token of its completion i
-  inside = (row == jnp.arange(c)[None, :, None, None]) & (start <= slot) & (slot < start + length)
-  real = inside.any(axis=-1).reshape(b * c, w)
-  segments = jnp.sum(jnp.where(inside, jnp.arange(g), 0), axis=-1).reshape(b * c, w)
-  offsets = (jnp.arange(w) - jnp.sum(jnp.where(inside, start, 0), axis=-1)).reshape(b * c, w)
-  source = (segments * n + offsets).reshape(b, c * w)
-  take = lambda k: jnp.take_along_axis(batch.completion_tokens.reshape(b, g * n), source + k, axis=1)  # noqa: E731
-  tokens, targets = (jnp.where(real, take(k).reshape(b * c, w), 0) for k in (0, 1))  # a token, the one it predicts
-  index = jnp.minimum((row * w + start).reshape(b, g, 1) + jnp.arange(w), max(c * w - 1, 0)).reshape(b, g * w)
-  valid = jnp.arange(w) < length.reshape(r, 1)
+  valid = jnp.arange(w) < pack_lengths(batch.completion_mask)[:, None]
+  slot = (row * w + start)[:, None] + jnp.arange(w)  # [R, W]: where each completion token sits in its part's rows
+  to = jnp.where(valid, slot, c * w).reshape(q, m * w)  # c * w: nowhere (dropped)
+
+  def place(values, fill):  # [R, W] values per completion token -> [Q*C, W] at their slots, `fill` elsewhere
+    values = jnp.broadcast_to(values, (r, w)).reshape(q, m * w)
+    rows = jax.vmap(lambda at, v: jnp.full(c * w, fill, v.dtype).at[at].set(v, mode='drop'))(to, values)
+    return rows.reshape(q * c, w)
+
+  segments = place((jnp.arange(r) % m)[:, None], -1)
+  offsets, real = place(jnp.arange(w)[None], 0), segments >= 0
+  source = (jnp.maximum(segments, 0) * n + offsets).reshape(q, c * w)
+  take = lambda k: jnp.take_along_axis(batch.completion_tokens.reshape(q, m * n), source + k, axis=1)  # noqa: E731
+  tokens, targets = (jnp.where(real, take(k).reshape(q * c, w), 0) for k in (0, 1))  # a token, the one it predicts
+  index = jnp.minimum(slot, max(c * w - 1, 0)).reshape(q, m * w)
 
   def unpack(first, rest):
-    first = jnp.where(extent > 0, jnp.broadcast_to(first, (b, g)).reshape(r), 0)
-    rest = jnp.take_along_axis(rest.reshape(b, c * w), index, axis=1).reshape(r, w) if w else rest.reshape(r, 0)
+    first = jnp.where(extent > 0, jnp.broadcast_to(first, (r // g, g)).reshape(r), 0)
+    rest = jnp.take_along_axis(rest.reshape(q, c * w), index, axis=1).reshape(r, w) if w else rest.reshape(r, 0)
     return jnp.concatenate([first[:, None], jnp.where(valid, rest, 0)], axis=1)
 
-  return (tokens, jnp.where(real, segments, -1), jnp.where(real, offsets, 0)), targets, unpack
+  return (tokens, segments, offsets, jnp.maximum(segments, 0) // g), targets, unpack
 
 
 # [rows, positions, vocabulary] float32 logits built at once over the whole batch (1 GiB): past it the train step and
@@ -189,14 +198,15 @@ def completion_hidden(params, cfg: model_lib.TransformerConfig, batch: Batch, *,
   """The final hidden states [..., T, D] whose logits predict the completion tokens, from one forward over prompt
   + completion, as a list of (hidden, the tokens they predict [..., T]) and `unpack`, which takes one per-token
   array per part to the batch's [R, N]. Rows: one part, [R, N]. A shared-prompt batch: each group's last prompt
-  position [B, 1] (one prediction for G targets [B, G]) and its packed rows [B*C, N - 1]."""
+  position [B, 1] (one prediction for G targets [B, G]) and its packed rows [Q*C, N - 1]."""
   if batch.group_size > 1:
     g = batch.group_size
     first = lambda x: x.reshape(-1, g, *x.shape[1:])[:, 0]  # noqa: E731  (a reshape: no gather across shards)
     inputs, targets, unpack = _packing(batch)
     prompts, rest = model_lib.forward_grouped(
-      params, cfg, first(batch.prompt_tokens), first(batch.prompt_mask), *inputs, dtype=dtype, remat=remat
-    )
+      params, cfg, first(batch.prompt_tokens), first(batch.prompt_mask), *inputs,
+      part=batch.pack_groups, dtype=dtype, remat=remat,
+    )  # fmt: skip
     firsts = batch.completion_tokens[:, 0].reshape(-1, g)
     return [(prompts[:, -1:], firsts), (rest, targets)], lambda values: unpack(*values)
   p = batch.prompt_tokens.shape[1]
@@ -303,14 +313,16 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
 
   def accumulated(params, frozen, batch: Batch):
     """Sum of microbatch gradients, each normalised by the whole batch's denominator: equal to the full-batch
-    gradient. Microbatch j takes groups (rows without shared prompts) j, j+k, j+2k, ... so every device's shard
-    feeds every microbatch and every group stays whole."""
+    gradient. Microbatch j takes parts of packed groups (rows without shared prompts) j, j+k, j+2k, ... so every
+    device's shard feeds every microbatch and every part stays whole."""
     k = step_cfg.microbatches
     den = grpo.aggregate_denominator(batch.completion_mask, step_cfg.loss.aggregation, step_cfg.loss.max_tokens)
-    g = batch.group_size if batch.prompt_tokens.shape[0] % (batch.group_size * k) == 0 else 1
+    u = batch.group_size * batch.pack_groups  # rows per part
+    g = batch.group_size if batch.prompt_tokens.shape[0] % (u * k) == 0 else 1
+    u = u if g > 1 else 1
 
     def chunks(x):  # [R, ...] -> [k, R/k, ...]
-      x = jnp.swapaxes(x.reshape(x.shape[0] // (k * g), k, g, *x.shape[1:]), 0, 1)
+      x = jnp.swapaxes(x.reshape(x.shape[0] // (k * u), k, u, *x.shape[1:]), 0, 1)
       return x.reshape(k, -1, *x.shape[3:])
 
     split = jax.tree.map(lambda x: None if x is None else chunks(x), batch.replace(group_size=g))

@@ -1,5 +1,7 @@
 """Host side of a step: dynamic sampling changes what is trained on; advantages and masks from rollouts."""
 
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -208,3 +210,48 @@ def test_make_batch_packs_each_groups_completions_without_changing_logprobs():
   want = np.asarray(train_step.token_logprobs(params, cfg, per_row, 1.0)) * mask
   np.testing.assert_allclose(got, want, atol=1e-5)
   assert mask[5].sum() == 0 and np.abs(want).max() > 0.1
+
+
+def test_make_batch_packs_groups_together_when_fewer_rows_hold_them():
+  """Two groups whose completions fit fewer rows together than apart share rows (one part of 2 groups), and the
+  logprobs stay those of one row per completion; a mesh whose shards split the groups, or microbatches that would
+  split a part, keep each group to its own rows."""
+  from rftjax import model
+  from rftjax import sharding
+  from rftjax import train_step
+
+  cfg = presets.tiny(vocab_size=64)
+  params = model.init_params(cfg, 1)
+  rng = np.random.default_rng(2)
+  g, n, p = 4, 16, 8
+  lengths = np.asarray([10, 10, 1, 1, 6, 6, 1, 1])  # rows of 15: apart [9], [9] | [5, 5]; together [9, 5] x 2
+  r = fake_rollout([(1, 0, 0, 1), (0, 1, 1, 0)], tag=1)
+  r.prompt_tokens = np.repeat(rng.integers(4, 64, (2, p)), g, axis=0).astype(np.int32)
+  r.prompt_mask = np.ones((8, p), bool)
+  r.prompt_mask[4:, :3] = False  # the second prompt is shorter: its completions' positions differ
+  r.tokens, r.mask = rng.integers(4, 64, (8, n)).astype(np.int32), np.zeros((8, n), np.float32)
+  for i, length in enumerate(lengths):
+    r.mask[i, :length] = 1.0
+  r.logprobs, r.lengths, r.truncated = np.zeros((8, n), np.float32), lengths, np.zeros(8, bool)
+  rc = rollout.RolloutConfig(num_generations=g, prompts=2, max_new_tokens=n, key_costs=rollout.key_costs(cfg))
+  assert rollout.part_sizes(rc, None, p) == [1, 2]
+  batch = rollout.make_batch(r, rc, mesh=None)
+  assert (batch.pack_groups, batch.pack_rows) == (2, 2)
+  np.testing.assert_array_equal(np.asarray(batch.pack_row), [0, 1, 0, 0, 0, 1, 0, 0])  # one-token ones: no room
+  np.testing.assert_array_equal(np.asarray(batch.pack_start), [0, 0, 14, 14, 9, 9, 14, 14])
+  per_row = batch.replace(group_size=1, pack_row=None, pack_start=None, pack_rows=0, pack_groups=1)
+  mask = np.asarray(batch.completion_mask)
+  got = np.asarray(train_step.token_logprobs(params, cfg, batch, 1.0)) * mask
+  want = np.asarray(train_step.token_logprobs(params, cfg, per_row, 1.0)) * mask
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert np.abs(want).max() > 0.1
+
+  mesh = sharding.make_mesh({'data': 4, 'fsdp': 2, 'tensor': 1})  # 8 shards: a group spans several
+  assert rollout.part_sizes(rc, mesh, p) == [1]
+  assert rollout.make_batch(r, rc, mesh).pack_groups == 1
+  assert rollout.part_sizes(dataclasses.replace(rc, microbatches=2), None, p) == [1]
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 1, 'tensor': 4})  # 2 shards of 4 groups each
+  assert rollout.part_sizes(dataclasses.replace(rc, prompts=8), mesh, p) == [1, 4]
+  # keys that cost more (longer prompts, a costlier attention) stop at the part that adds at most a quarter:
+  # 1 + 0.02 x (A x 8 + 16) is 1.48, 1.64, 1.96 at A = 1, 2, 4
+  assert rollout.part_sizes(dataclasses.replace(rc, prompts=8, key_costs=(0.02, 0.0)), mesh, p) == [1, 2]

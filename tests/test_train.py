@@ -34,10 +34,10 @@ OPT = ml_collections.ConfigDict(
 )
 
 
-def make_batch(rows=8, p=5, n=4, seed=0, group=1, lengths=None, pack=False) -> train_step.Batch:
+def make_batch(rows=8, p=5, n=4, seed=0, group=1, lengths=None, pack=False, part=1) -> train_step.Batch:
   """`group` > 1: rows in consecutive groups of that many identical prompts, marked as such (GRPO's batches);
-  `pack`: their completions packed into rows (train_step.pack_completions). `lengths`: each completion's tokens
-  (default: all n, rows 1 and 5 stopped early)."""
+  `pack`: their completions packed into rows (train_step.pack_completions), those of `part` consecutive groups
+  sharing rows. `lengths`: each completion's tokens (default: all n, rows 1 and 5 stopped early)."""
   rng = np.random.default_rng(seed)
   prompts = [list(rng.integers(3, CFG.vocab_size, rng.integers(2, p + 1))) for _ in range(rows // group)]
   prompts = [prompt for prompt in prompts for _ in range(group)]
@@ -46,7 +46,7 @@ def make_batch(rows=8, p=5, n=4, seed=0, group=1, lengths=None, pack=False) -> t
     lengths = np.full(rows, n)
     lengths[1], lengths[5] = 2, 1  # stopped early: padding must not count
   completion_mask = (np.arange(n)[None] < np.asarray(lengths)[:, None]).astype(np.float32)
-  row, start, rows_needed = train_step.pack_completions(train_step.pack_lengths(completion_mask), group, n - 1)
+  row, start, rows_needed = train_step.pack_completions(train_step.pack_lengths(completion_mask), group * part, n - 1)
   return train_step.Batch(
     prompt_tokens=tokens,
     prompt_mask=mask,
@@ -58,6 +58,7 @@ def make_batch(rows=8, p=5, n=4, seed=0, group=1, lengths=None, pack=False) -> t
     pack_start=start if pack else None,
     group_size=group,
     pack_rows=rows_needed if pack else 0,
+    pack_groups=part if pack else 1,
   )
 
 
@@ -73,12 +74,15 @@ def one_step(mesh, batch=None, cfg=CFG, microbatches=1):
     return state, jax.device_get(m)
 
 
-@pytest.mark.parametrize('group', [1, 4])
-def test_sharded_step_equals_single_device(group):
-  """group 4: shared prompts, each group's 4 completions packed into 2 rows (data-parallel over 2 groups)."""
+@pytest.mark.parametrize('group,part', [(1, 1), (4, 1), (2, 2)])
+def test_sharded_step_equals_single_device(group, part):
+  """group 4: shared prompts, each group's 4 completions packed into 2 rows (data-parallel over 2 groups); group 2,
+  part 2: two parts of two groups whose 4 completions share 2 rows, each row reading both groups' prompts."""
   mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-  batch = make_batch(group=group, lengths=[4, 2, 1, 3, 4, 1, 2, 2], pack=group > 1)
+  batch = make_batch(group=group, lengths=[4, 2, 1, 3, 4, 1, 2, 2], pack=group > 1, part=part)
   assert batch.pack_rows == (2 if group > 1 else 0)
+  if part > 1:  # the first part's rows hold completions of both its groups
+    assert set(np.asarray(batch.pack_row)[:2]) & set(np.asarray(batch.pack_row)[2:4])
   sharded, m8 = one_step(mesh, batch)
   single, m1 = one_step(None, batch)
   q = sharded['params']['layers']['attn']['q']
@@ -158,6 +162,10 @@ def test_shared_prompts_give_the_per_row_logprobs(cfg, grouped_calls):
   per_row = make_batch(rows=12, p=7, n=9, seed=4, group=4, lengths=lengths).replace(group_size=1)
   packed = make_batch(rows=12, p=7, n=9, seed=4, group=4, lengths=lengths, pack=True)
   assert packed.pack_rows == 2 and (np.asarray(per_row.prompt_mask).sum(1) < 7).any()  # packed; left-padded
+  # the three groups as one part: rows shared across groups, each token keeping to its own prompt
+  across = make_batch(rows=12, p=7, n=9, seed=4, group=4, lengths=lengths, pack=True, part=3)
+  row = np.asarray(across.pack_row).reshape(3, 4)
+  assert across.pack_rows == 6 and len(set(row[0]) & set(row[1])) + len(set(row[1]) & set(row[2])) > 0
   mask = per_row.completion_mask
 
   def stats(batch):
@@ -165,11 +173,11 @@ def test_shared_prompts_give_the_per_row_logprobs(cfg, grouped_calls):
 
   want = stats(per_row)
   assert not grouped_calls
-  for batch in (per_row.replace(group_size=4), packed):  # one row per completion; packed
+  for batch in (per_row.replace(group_size=4), packed, across):  # one row per completion; packed; across groups
     got = stats(batch)
     np.testing.assert_allclose(got[0], want[0], atol=2e-5)
     np.testing.assert_allclose(got[1], want[1], atol=2e-5)
-  assert len(grouped_calls) == 2  # the prompts really were computed once per group
+  assert len(grouped_calls) == 3  # the prompts really were computed once per group
   assert np.abs(want[0]).max() > 0.1 and np.abs(want[1]).max() > 0.1
 
 
@@ -188,11 +196,13 @@ def test_one_token_completions_need_no_completion_stream(grouped_calls):
 
 def test_shared_prompts_train_as_per_row_with_microbatches(grouped_calls):
   """The same update from a packed shared-prompt batch as from its rows one by one, whole and in two microbatches
-  (each taking whole groups); 2 microbatches of 3 groups of 4 rows cannot keep groups whole and fall back to rows."""
-  for rows, k, shared in [(8, 1, True), (8, 2, True), (12, 2, False)]:
+  (each taking whole groups, or whole parts of two groups sharing rows); 2 microbatches of 3 groups of 4 rows, or
+  of one part of two groups, cannot keep them whole and fall back to rows."""
+  cases = [(8, 1, True, 1), (8, 2, True, 1), (12, 2, False, 1), (16, 2, True, 2), (8, 2, False, 2)]
+  for rows, k, shared, part in cases:  # rows, microbatches, groups kept, groups per part
     lengths = np.random.default_rng(rows).integers(0, 5, rows)
-    batch = make_batch(rows=rows, group=4, lengths=lengths, pack=True)
-    assert batch.pack_rows < 4
+    batch = make_batch(rows=rows, group=4, lengths=lengths, pack=True, part=part)
+    assert batch.pack_rows < 4 * part
     want_state, want = one_step(None, batch.replace(group_size=1))  # the whole batch at once, row by row
     grouped_calls.clear()
     state, got = one_step(None, batch, microbatches=k)
