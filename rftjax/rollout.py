@@ -203,9 +203,11 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
   shared = not any_apart and g > 1
   # each part size's rows per part at the picked width; of those that fit the memory counted, the cheapest per group
-  rows, (time, memory) = {a: c for (w, a), c in zip(keys, rows) if w == n}, cfg.key_costs
-  fits = [a for a, c in rows.items() if c * (1 + memory * (a * p + n - 1)) <= a * g * (1 + memory * (p + n - 1))]
-  part = min(fits, key=lambda a: (rows[a] / a * (1 + time * (a * p + n - 1)), a))
+  rows, (key_time, key_memory) = {a: c for (w, a), c in zip(keys, rows) if w == n}, cfg.key_costs
+  fits = [
+    a for a, c in rows.items() if c * (1 + key_memory * (a * p + n - 1)) <= a * g * (1 + key_memory * (p + n - 1))
+  ]
+  part = min(fits, key=lambda a: (rows[a] / a * (1 + key_time * (a * p + n - 1)), a))
   pack_row, pack_start, _ = packings[keys.index((n, part))]
   return step_lib.Batch(
     prompt_tokens=put(r.prompt_tokens[:, -p:]),
