@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import pytest
 
 from rftjax import graders
 from rftjax import presets
@@ -255,3 +256,18 @@ def test_make_batch_packs_groups_together_when_fewer_rows_hold_them():
   # keys that cost more (longer prompts, a costlier attention) stop at the part that adds at most a quarter:
   # 1 + 0.02 x (A x 8 + 16) is 1.48, 1.64, 1.96 at A = 1, 2, 4
   assert rollout.part_sizes(dataclasses.replace(rc, prompts=8, key_costs=(0.02, 0.0)), mesh, p) == [1, 2]
+
+
+@pytest.mark.parametrize('name', ['smollm2_135m', 'gemma3_270m'])
+def test_key_memory_is_what_the_planner_counts(name):
+  """`rollout.key_costs`' memory figure (a key's kept attention probabilities against a token's kept arrays, which
+  decides whether groups may share rows) is the ratio rftjax.plan counts for a layer: the two must not drift."""
+  import jax.numpy as jnp
+
+  from rftjax import plan
+
+  cfg = getattr(presets, name)()
+  one = plan._MeshShape({'data': 1, 'fsdp': 1, 'tensor': 1})
+  per_token = plan._layer_activations(cfg, 1, 1, 0, jnp.float32, one)
+  per_key = plan._layer_activations(cfg, 1, 1, 1, jnp.float32, one) - per_token
+  assert rollout.key_costs(cfg)[1] == pytest.approx(per_key / per_token, rel=1e-12)
