@@ -28,7 +28,7 @@ def _parts(eq: str) -> tuple[str, str, str]:
 
 def contract(eq: str, x, w):
   """jnp.einsum(eq, x, w) for an equation whose output is x's other dims, then w's (both cast to their common
-  dtype), as `dot` computes it; on CPU with the backward pass above."""
+  dtype), as `dot` computes it; on CPU with the backward pass the module docstring describes."""
   xs, ws, out = _parts(eq)
   assert out == ''.join(c for c in xs if c not in ws) + ''.join(c for c in ws if c not in xs), eq
   dtype = jnp.promote_types(x.dtype, w.dtype)
