@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -156,7 +157,62 @@ def part_sizes(cfg: RolloutConfig, mesh, prompt_len: int) -> list[int]:
   return sorted({1, size})
 
 
-def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
+class Shape(NamedTuple):
+  """A train-step batch shape (what compiles): prompt and completion widths, groups per part and packed rows per
+  part (0: one row per completion, groups not packed)."""
+
+  prompt: int
+  width: int
+  part: int
+  rows: int
+
+
+class ShapePicker:
+  """Which shape each step's batch takes (`make_batch`): the cheapest for it, unless a shape this run has compiled
+  already holds it (wider, more rows) for less extra training time than a compile costs.
+
+  Each new train-step shape compiles the update and the reference pass (6-9 s for SmolLM2 on a 2-core CPU, about a
+  step's training; minutes for large models on TPUs), while a batch in a compiled wider shape only computes on more
+  padding. The rule is the ski rental's: the padding a step pays by reusing a shape (its extra cost, in seconds at
+  the last step's measured rate) adds up until it reaches what the last new shape took to compile; then the
+  cheapest shape is compiled and the sum starts again. So a run never pays more than twice what the best of
+  compiling at once or always reusing would have cost, and a shape a run keeps needing gets compiled. Every host
+  holds the same history and measurements (`observe` takes them averaged over hosts), so all pick the same shape.
+  """
+
+  def __init__(self):
+    self.seen: dict[Shape, None] = {}
+    self.padding_s = 0.0  # extra training seconds reusing shapes cost since the last compile
+    self.compile_s: float | None = None  # what the last new shape took to compile
+    self.unit_s: float | None = None  # training seconds per unit of make_batch's cost, at the last step
+    self._last: tuple[Shape, float, bool] | None = None
+
+  def pick(self, best: Shape, holds, cost) -> Shape:
+    """`best` (the batch's cheapest shape) or a compiled one that `holds` it; cost: a shape's training cost."""
+    choice = best
+    reusable = [s for s in self.seen if holds(s)]
+    if best not in self.seen and reusable and self.compile_s is not None and self.unit_s is not None:
+      reuse = min(reusable, key=cost)
+      extra_s = (cost(reuse) - cost(best)) * self.unit_s
+      if self.padding_s + extra_s < self.compile_s:
+        choice, self.padding_s = reuse, self.padding_s + extra_s
+    new = choice not in self.seen
+    if new:
+      self.seen[choice], self.padding_s = None, 0.0
+    self._last = (choice, cost(choice), new)
+    return choice
+
+  def observe(self, training_s: float, compile_s: float) -> None:
+    """The step's update after `pick`: its seconds without compiling, and the seconds it spent compiling."""
+    if self._last is None:
+      return
+    _, units, new = self._last
+    if new:
+      self.compile_s = compile_s
+    self.unit_s = max(training_s, 0.0) / units if units > 0 else None
+
+
+def make_batch(r: Rollout, cfg: RolloutConfig, mesh, shapes: ShapePicker | None = None) -> step_lib.Batch:
   """The global device batch: advantages from the (overlong-shaped) rewards, the loss mask (truncations masked
   out when configured).
 
@@ -168,7 +224,8 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
   and each row reads the A prompts' keys (a token attends to its own prompt's). A is picked where rows x (1 + key
   time x keys) is least, among the `part_sizes` whose rows x (1 + key memory x keys) is no more than one row per
   completion's (what rftjax.plan counts; `key_costs`). Padding is masked, so the loss is the same; the train
-  step and the old/reference logprob passes just stop computing on it."""
+  step and the old/reference logprob passes just stop computing on it. With `shapes`, a batch may take a wider
+  shape that this run has compiled already instead of compiling its own (`ShapePicker`)."""
   rewards = r.rewards.astype(np.float32)
   if r.discard.any():  # a discarded row takes its group's mean of the others: it moves no advantage
     groups = rewards.reshape(-1, cfg.num_generations)
@@ -199,16 +256,35 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
     r.lengths.max(initial=1), r.prompt_mask.sum(axis=1).max(initial=1), apart,
     *(packed_rows(packing[2], a * g) for packing, (_, a) in zip(packings, keys)),
   )  # fmt: skip
-  n, p = bucket(longest, n), bucket(longest_prompt, p, parts=2)
+  need_n, need_p = bucket(longest, n), bucket(longest_prompt, p, parts=2)
   put = lambda x: multihost.to_global(mesh, np.ascontiguousarray(x))
   shared = not any_apart and g > 1
-  # each part size's rows per part at the picked width; of those that fit the memory counted, the cheapest per group
-  rows, (key_time, key_memory) = {a: c for (w, a), c in zip(keys, rows) if w == n}, cfg.key_costs
+  needed = dict(zip(keys, rows))  # (width, part size) -> packed rows per part
+  key_time, key_memory = cfg.key_costs
+
+  def cost(s: Shape) -> float:
+    """A step's train-step work in tokens, each weighted by 1 + key time x the keys it reads."""
+    if not shared:
+      return (s.prompt + s.width) * (1 + key_time * (s.prompt + s.width))
+    completions = s.rows / s.part * (s.width - 1) * (1 + key_time * (s.part * s.prompt + s.width - 1))
+    return cfg.prompts * (s.prompt * (1 + key_time * s.prompt) + completions)
+
+  # each part size's rows per part at the needed widths; of those that fit the memory counted, the cheapest
   fits = [
-    a for a, c in rows.items() if c * (1 + key_memory * (a * p + n - 1)) <= a * g * (1 + key_memory * (p + n - 1))
-  ]
-  part = min(fits, key=lambda a: (rows[a] / a * (1 + key_time * (a * p + n - 1)), a))
-  pack_row, pack_start, _ = packings[keys.index((n, part))]
+    Shape(need_p, need_n, a, c if shared else 0)
+    for (w, a), c in needed.items()
+    if w == need_n and (a == 1 or shared)
+    and c * (1 + key_memory * (a * need_p + w - 1)) <= a * g * (1 + key_memory * (need_p + w - 1))
+  ]  # fmt: skip
+  best = min(fits, key=lambda s: (cost(s), s.part))
+
+  def holds(s: Shape) -> bool:  # a shape compiled before, wide enough for this batch
+    rows_needed = needed.get((s.width, s.part), s.rows + 1) if shared else 0
+    return s.prompt >= need_p and s.width >= need_n and (s.rows > 0) == shared and s.rows >= rows_needed
+
+  shape = best if shapes is None else shapes.pick(best, holds, cost)
+  p, n = shape.prompt, shape.width
+  pack_row, pack_start, _ = packings[keys.index((n, shape.part))]
   return step_lib.Batch(
     prompt_tokens=put(r.prompt_tokens[:, -p:]),
     prompt_mask=put(r.prompt_mask[:, -p:]),
@@ -219,8 +295,8 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh) -> step_lib.Batch:
     pack_row=put(pack_row) if shared else None,
     pack_start=put(pack_start) if shared else None,
     group_size=g if shared else 1,
-    pack_rows=rows[part] if shared else 0,
-    pack_groups=part if shared else 1,
+    pack_rows=shape.rows,
+    pack_groups=shape.part,
   )
 
 
@@ -278,6 +354,7 @@ class Rollouts:
   ):
     self.cfg, self.sampler, self.prompts, self.items = cfg, sampler, prompts, items
     self.tok, self.grader, self.pool, self.data_iter, self.mesh, self.rng = tok, grader, pool, data_iter, mesh, rng
+    self.shapes = ShapePicker()  # the trainer reports each update to it (`ShapePicker.observe`)
 
   def draw(self, params, rng) -> tuple[Rollout, float, float]:
     """The next `prompts` prompts x G: (graded rollout, sampling seconds, grading seconds)."""
@@ -314,4 +391,5 @@ class Rollouts:
     if not cfg.dynamic_sampling:
       rolled = parts[0]
     stats = {**rollout_metrics(rolled, g), 'sampling_rounds': len(parts)}
-    return make_batch(rolled, cfg, self.mesh), stats, {'sampling_s': sampling_s, 'grading_s': grading_s}
+    batch = make_batch(rolled, cfg, self.mesh, self.shapes)
+    return batch, stats, {'sampling_s': sampling_s, 'grading_s': grading_s}

@@ -198,14 +198,19 @@ def _train(
         raise watcher.stop(step)
 
       # ---- GRPO update(s): reference / old-policy logprobs, then num_iterations steps on the batch ----
+      compile_s = compile_clock.take()  # the sampler's, when it compiled
       t0 = time.perf_counter()
       state, step_metrics = update(state, batch, frozen, ref_params)
       step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
       t_train = time.perf_counter() - t0
+      compile_update_s = compile_clock.take()
 
       # ---- log ----
       wall = time.perf_counter() - t_step
-      stats = multihost.allmean(stats)
+      stats = multihost.allmean({**stats, 'timing/update_s': t_train, 'timing/update_compile_s': compile_update_s})
+      # the shapes later steps pick weigh padding against compiling by what this one measured (every host alike)
+      rollouts.shapes.observe(stats.pop('timing/update_s') - stats['timing/update_compile_s'],
+                              stats.pop('timing/update_compile_s'))  # fmt: skip
       rate = step_lib.learning_rate(config.optimizer, step + 1, spec.total_steps)
       tokens = stats['completion_len_mean'] * config.batch_size * config.num_generations
       record = {
@@ -216,7 +221,8 @@ def _train(
         'tokens_per_s': tokens / wall,
         **{f'timing/{k}': v for k, v in timings.items()},
         'timing/training_s': t_train,
-        'timing/compile_s': compile_clock.take(),
+        'timing/compile_s': compile_s + compile_update_s,
+        'train_shapes': len(rollouts.shapes.seen),
         'timing/step_s': wall,
       }
       writer.write(record)

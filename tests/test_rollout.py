@@ -59,7 +59,7 @@ def collect(dynamic: bool, max_rounds: int = 3):
   captured = {}
   rollouts = CannedRollouts(dynamic, max_rounds)
   real = rollout.make_batch
-  rollout.make_batch = lambda r, cfg, mesh: captured.setdefault('r', r)
+  rollout.make_batch = lambda r, cfg, mesh, shapes=None: captured.setdefault('r', r)
   try:
     _, stats, timings = rollouts(None, 0)
   finally:
@@ -179,24 +179,42 @@ def test_batches_share_prompts_only_when_every_group_has_one_prompt():
   assert rollout.make_batch(r, cfg, mesh=None).group_size == 1
 
 
+def grouped_rollout(rng, lengths, g: int, n: int, p: int) -> rollout.Rollout:
+  """Two groups of g rows sharing a random p-token prompt each, with random completions of these lengths."""
+  r = fake_rollout([(1, 0, 0, 1), (0, 1, 1, 0)], tag=1)
+  r.prompt_tokens = np.repeat(rng.integers(4, 64, (2, p)), g, axis=0).astype(np.int32)
+  r.prompt_mask = np.ones((2 * g, p), bool)
+  r.tokens, r.mask = rng.integers(4, 64, (2 * g, n)).astype(np.int32), np.zeros((2 * g, n), np.float32)
+  for i, length in enumerate(lengths):
+    r.mask[i, :length] = 1.0
+  r.logprobs, r.lengths = np.zeros((2 * g, n), np.float32), np.asarray(lengths)
+  r.truncated = np.zeros(2 * g, bool)
+  return r
+
+
+def assert_packed_logprobs_match(params, cfg, batch):
+  """The packed batch's logprobs of the loss tokens equal those of one row per completion."""
+  from rftjax import train_step
+
+  per_row = batch.replace(group_size=1, pack_row=None, pack_start=None, pack_rows=0, pack_groups=1)
+  mask = np.asarray(batch.completion_mask)
+  got = np.asarray(train_step.token_logprobs(params, cfg, batch, 1.0)) * mask
+  want = np.asarray(train_step.token_logprobs(params, cfg, per_row, 1.0)) * mask
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert np.abs(want).max() > 0.1
+
+
 def test_make_batch_packs_each_groups_completions_without_changing_logprobs():
   """Shared prompts: each group's completions go into as few rows of the cut width as hold them (a discarded row
   takes no room: it has no loss tokens), and the logprobs of the loss tokens stay those of one row per completion."""
   from rftjax import model
-  from rftjax import train_step
 
   cfg = presets.tiny(vocab_size=64)
   params = model.init_params(cfg, 1)
   rng = np.random.default_rng(1)
   g, n, p = 4, 48, 8
   lengths = np.asarray([14, 3, 9, 6, 11, 12, 2, 13])
-  r = fake_rollout([(1, 0, 0, 1), (0, 1, 1, 0)], tag=1)
-  r.prompt_tokens = np.repeat(rng.integers(4, 64, (2, p)), g, axis=0).astype(np.int32)
-  r.prompt_mask = np.ones((8, p), bool)
-  r.tokens, r.mask = rng.integers(4, 64, (8, n)).astype(np.int32), np.zeros((8, n), np.float32)
-  for i, length in enumerate(lengths):
-    r.mask[i, :length] = 1.0
-  r.logprobs, r.lengths, r.truncated = np.zeros((8, n), np.float32), lengths, np.zeros(8, bool)
+  r = grouped_rollout(rng, lengths, g, n, p)
   r.discard[5] = True
   batch = rollout.make_batch(r, rollout.RolloutConfig(num_generations=g, prompts=2, max_new_tokens=n), mesh=None)
   assert batch.completion_tokens.shape == (8, 16) and batch.group_size == g
@@ -205,12 +223,8 @@ def test_make_batch_packs_each_groups_completions_without_changing_logprobs():
   assert batch.pack_rows == 2
   np.testing.assert_array_equal(np.asarray(batch.pack_row), [0, 0, 1, 1, 1, 0, 0, 0])
   np.testing.assert_array_equal(np.asarray(batch.pack_start), [0, 13, 0, 8, 0, 13, 12, 0])
-  per_row = batch.replace(group_size=1, pack_row=None, pack_start=None, pack_rows=0)
-  mask = np.asarray(batch.completion_mask)
-  got = np.asarray(train_step.token_logprobs(params, cfg, batch, 1.0)) * mask
-  want = np.asarray(train_step.token_logprobs(params, cfg, per_row, 1.0)) * mask
-  np.testing.assert_allclose(got, want, atol=1e-5)
-  assert mask[5].sum() == 0 and np.abs(want).max() > 0.1
+  assert_packed_logprobs_match(params, cfg, batch)
+  assert np.asarray(batch.completion_mask)[5].sum() == 0
 
 
 def test_make_batch_packs_groups_together_when_fewer_rows_hold_them():
@@ -219,33 +233,21 @@ def test_make_batch_packs_groups_together_when_fewer_rows_hold_them():
   split a part, keep each group to its own rows."""
   from rftjax import model
   from rftjax import sharding
-  from rftjax import train_step
 
   cfg = presets.tiny(vocab_size=64)
   params = model.init_params(cfg, 1)
   rng = np.random.default_rng(2)
   g, n, p = 4, 16, 8
   lengths = np.asarray([10, 10, 1, 1, 6, 6, 1, 1])  # rows of 15: apart [9], [9] | [5, 5]; together [9, 5] x 2
-  r = fake_rollout([(1, 0, 0, 1), (0, 1, 1, 0)], tag=1)
-  r.prompt_tokens = np.repeat(rng.integers(4, 64, (2, p)), g, axis=0).astype(np.int32)
-  r.prompt_mask = np.ones((8, p), bool)
+  r = grouped_rollout(rng, lengths, g, n, p)
   r.prompt_mask[4:, :3] = False  # the second prompt is shorter: its completions' positions differ
-  r.tokens, r.mask = rng.integers(4, 64, (8, n)).astype(np.int32), np.zeros((8, n), np.float32)
-  for i, length in enumerate(lengths):
-    r.mask[i, :length] = 1.0
-  r.logprobs, r.lengths, r.truncated = np.zeros((8, n), np.float32), lengths, np.zeros(8, bool)
   rc = rollout.RolloutConfig(num_generations=g, prompts=2, max_new_tokens=n, key_costs=rollout.key_costs(cfg))
   assert rollout.part_sizes(rc, None, p) == [1, 2]
   batch = rollout.make_batch(r, rc, mesh=None)
   assert (batch.pack_groups, batch.pack_rows) == (2, 2)
   np.testing.assert_array_equal(np.asarray(batch.pack_row), [0, 1, 0, 0, 0, 1, 0, 0])  # one-token ones: no room
   np.testing.assert_array_equal(np.asarray(batch.pack_start), [0, 0, 14, 14, 9, 9, 14, 14])
-  per_row = batch.replace(group_size=1, pack_row=None, pack_start=None, pack_rows=0, pack_groups=1)
-  mask = np.asarray(batch.completion_mask)
-  got = np.asarray(train_step.token_logprobs(params, cfg, batch, 1.0)) * mask
-  want = np.asarray(train_step.token_logprobs(params, cfg, per_row, 1.0)) * mask
-  np.testing.assert_allclose(got, want, atol=1e-5)
-  assert np.abs(want).max() > 0.1
+  assert_packed_logprobs_match(params, cfg, batch)
 
   mesh = sharding.make_mesh({'data': 4, 'fsdp': 2, 'tensor': 1})  # 8 shards: a group spans several
   assert rollout.part_sizes(rc, mesh, p) == [1]
@@ -271,3 +273,54 @@ def test_key_memory_is_what_the_planner_counts(name):
   per_token = plan._layer_activations(cfg, 1, 1, 0, jnp.float32, one)
   per_key = plan._layer_activations(cfg, 1, 1, 1, jnp.float32, one) - per_token
   assert rollout.key_costs(cfg)[1] == pytest.approx(per_key / per_token, rel=1e-12)
+
+
+def test_shape_picker_reuses_a_compiled_shape_until_its_padding_costs_a_compile():
+  """Ski rental: a batch takes a compiled wider shape while the padding that adds (cost difference x the measured
+  seconds per unit) sums to less than the last compile took; then its own shape compiles, and is reused."""
+  wide, narrow = rollout.Shape(8, 48, 1, 4), rollout.Shape(8, 24, 1, 4)
+  cost = lambda s: float(s.width)  # noqa: E731
+  holds = lambda s: True  # noqa: E731
+  picker = rollout.ShapePicker()
+  assert picker.pick(wide, holds, cost) == wide  # nothing compiled yet
+  picker.observe(training_s=10.0, compile_s=6.0)  # 10 s for 48 units; a compile costs 6 s
+  assert picker.pick(narrow, holds, cost) == wide  # 24 units of padding: 5 s < 6 s
+  assert picker.padding_s == pytest.approx(5.0)
+  picker.observe(training_s=10.0, compile_s=0.0)  # a reused shape compiles nothing: the 6 s estimate stays
+  assert picker.compile_s == 6.0
+  assert picker.pick(narrow, holds, cost) == narrow  # 5 + 5 s >= 6 s: compile it
+  assert picker.padding_s == 0.0 and list(picker.seen) == [wide, narrow]
+  picker.observe(training_s=5.0, compile_s=7.0)
+  assert picker.pick(narrow, holds, cost) == narrow  # compiled: no padding
+  other = rollout.Shape(16, 24, 1, 4)
+  assert picker.pick(other, lambda s: s.prompt >= 16, cost) == other  # nothing compiled holds a wider prompt
+  assert len(picker.seen) == 3
+
+
+def test_make_batch_takes_a_compiled_wider_shape_without_changing_logprobs():
+  """After a batch of long completions, one of short completions takes the long one's compiled shape (wider, more
+  rows) while a compile costs more than the padding, and its logprobs stay those of one row per completion; when
+  compiles cost nothing it takes its own narrower shape."""
+  from rftjax import model
+
+  cfg = presets.tiny(vocab_size=64)
+  params = model.init_params(cfg, 1)
+  rng = np.random.default_rng(3)
+  g, n, p = 4, 48, 8
+  rc = rollout.RolloutConfig(num_generations=g, prompts=2, max_new_tokens=n, key_costs=rollout.key_costs(cfg))
+
+  def batch_of(lengths, picker):
+    return rollout.make_batch(grouped_rollout(rng, lengths, g, n, p), rc, None, picker)
+
+  long_ones, short_ones = [40, 30, 44, 20, 35, 41, 12, 25], [5, 9, 3, 7, 10, 2, 6, 8]
+  for compile_s, want_width in ((100.0, 48), (0.0, 16)):
+    picker = rollout.ShapePicker()
+    first = batch_of(long_ones, picker)
+    assert first.completion_tokens.shape[1] == 48
+    picker.observe(training_s=1.0, compile_s=compile_s)
+    batch = batch_of(short_ones, picker)
+    assert batch.completion_tokens.shape[1] == want_width
+    if want_width == 48:  # the first batch's shape, rows included
+      assert (batch.pack_rows, batch.pack_groups) == (first.pack_rows, first.pack_groups)
+      assert batch.pack_rows > int(np.asarray(batch.pack_row).max()) + 1  # rows of padding only
+    assert_packed_logprobs_match(params, cfg, batch)
