@@ -164,6 +164,17 @@ def test_make_batch_cuts_padding_columns_without_changing_logprobs():
   full_logp = np.asarray(train_step.token_logprobs(params, cfg, full, 1.0))
   np.testing.assert_allclose(cut_logp * r.mask[:, :16], full_logp[:, :16] * r.mask[:, :16], atol=1e-5)
 
+  # a run that compiled the full shape before (for longer rows) gives this batch that shape while a compile costs
+  # more than the padding; the logprobs stay the same
+  rc, picker = rollout.RolloutConfig(num_generations=G, prompts=2, max_new_tokens=n), rollout.ShapePicker()
+  longer = dataclasses.replace(r, lengths=np.asarray([44, 3, 14, 1]), prompt_mask=np.ones((4, p), bool))
+  assert rollout.make_batch(longer, rc, None, picker).completion_tokens.shape == (4, 48)
+  picker.observe(training_s=1.0, compile_s=100.0)
+  wide = rollout.make_batch(r, rc, None, picker)
+  assert wide.completion_tokens.shape == (4, 48) and wide.prompt_tokens.shape == (4, 64) and wide.group_size == 1
+  wide_logp = np.asarray(train_step.token_logprobs(params, cfg, wide, 1.0))
+  np.testing.assert_allclose(wide_logp * r.mask, full_logp * r.mask, atol=1e-5)
+
 
 def test_batches_share_prompts_only_when_every_group_has_one_prompt():
   """make_batch marks a batch whose rows come in groups of G identical prompts (then the train step computes each
