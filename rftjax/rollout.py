@@ -209,7 +209,7 @@ class ShapePicker:
     _, units, new = self._last
     if new:
       self.compile_s = compile_s
-    self.unit_s = max(training_s, 0.0) / units if units > 0 else None
+    self.unit_s = max(training_s, 0.0) / units
 
 
 def make_batch(r: Rollout, cfg: RolloutConfig, mesh, shapes: ShapePicker | None = None) -> step_lib.Batch:
@@ -263,9 +263,10 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh, shapes: ShapePicker | None 
   key_time, key_memory = cfg.key_costs
 
   def cost(s: Shape) -> float:
-    """A step's train-step work in tokens, each weighted by 1 + key time x the keys it reads."""
+    """A step's train-step work in tokens, each weighted by 1 + key time x the keys it reads (one scale for
+    shared and per-row batches: `ShapePicker` measures its seconds per unit on either)."""
     if not shared:
-      return (s.prompt + s.width) * (1 + key_time * (s.prompt + s.width))
+      return cfg.prompts * g * (s.prompt + s.width) * (1 + key_time * (s.prompt + s.width))
     completions = s.rows / s.part * (s.width - 1) * (1 + key_time * (s.part * s.prompt + s.width - 1))
     return cfg.prompts * (s.prompt * (1 + key_time * s.prompt) + completions)
 

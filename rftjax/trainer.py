@@ -209,8 +209,8 @@ def _train(
       wall = time.perf_counter() - t_step
       stats = multihost.allmean({**stats, 'timing/update_s': t_train, 'timing/update_compile_s': compile_update_s})
       # the shapes later steps pick weigh padding against compiling by what this one measured (every host alike)
-      rollouts.shapes.observe(stats.pop('timing/update_s') - stats['timing/update_compile_s'],
-                              stats.pop('timing/update_compile_s'))  # fmt: skip
+      update_s, update_compile_s = stats.pop('timing/update_s'), stats.pop('timing/update_compile_s')
+      rollouts.shapes.observe(update_s - update_compile_s, update_compile_s)
       rate = step_lib.learning_rate(config.optimizer, step + 1, spec.total_steps)
       tokens = stats['completion_len_mean'] * config.batch_size * config.num_generations
       record = {
