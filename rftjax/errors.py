@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from typing import Any
 
 EXIT_CODE = 2
 
@@ -26,8 +27,9 @@ class ConfigError(UserError):
 
 
 def read_json_file(path, error: type[UserError], label: str | None = None):
-  """The value in a JSON file (a local path or gs://). An unreadable file or invalid JSON raises `error`, its message
-  starting with `label` (default: the path) and giving the line and column of bad JSON."""
+  """The value in a JSON file (a local path or gs://). An unreadable file, invalid JSON or an object with a key
+  twice raises `error`, its message starting with `label` (default: the path) and giving the line and column of bad
+  JSON or the JSON path of the repeated key."""
   from etils import epath
 
   label = label or str(path)
@@ -35,10 +37,55 @@ def read_json_file(path, error: type[UserError], label: str | None = None):
     text = epath.Path(path).read_text()
   except OSError as e:
     raise error(f'{label}: cannot read it ({e.strerror or e})') from None
+  return json_loads(text, error, label)
+
+
+# `json.loads` keeps the last of two equal keys without a word, so `{"operation": "eq", "operation": "ne"}` silently
+# inverts a reward. Grader, job and tool files are hand-written and nested: the error names where in the file.
+def json_loads(text: str, error: type[UserError], label: str) -> Any:
+  """The JSON value in `text`; invalid JSON or an object with a key twice raises `error` starting with `label`."""
+  repeats: list[tuple[dict, str, Any, Any]] = []  # (object, key, first value, last value); keeps each object alive
+
+  def unique(pairs: list[tuple[str, Any]]) -> dict:
+    obj: dict = {}
+    for key, value in pairs:
+      if key in obj:
+        repeats.append((obj, key, obj[key], value))
+      obj[key] = value
+    return obj
+
   try:
-    return json.loads(text)
-  except ValueError as e:
+    value = json.loads(text, object_pairs_hook=unique)
+  except json.JSONDecodeError as e:
     raise error(f'{label}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})') from None
+  except ValueError as e:  # e.g. an integer of more digits than Python converts
+    raise error(f'{label}: not valid JSON ({e})') from None
+  if repeats:
+    where = {id(obj): (key, first, last) for obj, key, first, last in reversed(repeats)}  # each object's first
+    at, (key, first, last) = _first(value, where, '')
+    shown = lambda v: json.dumps(v)[:40]  # noqa: E731
+    raise error(
+      f'{label}: {at + "." if at else ""}{key}: the key {key!r} appears twice in one object (first {shown(first)}, '
+      f'then {shown(last)}); expected each key once (a JSON reader keeps only the last, silently)'
+    )
+  return value
+
+
+def _first(node: Any, where: dict, at: str):
+  """(JSON path of the object, its repeat) for the first object in document order that repeats a key."""
+  if isinstance(node, dict):
+    if id(node) in where:
+      return at, where[id(node)]
+    children = ((f'{at}.{k}' if at else k, v) for k, v in node.items())
+  elif isinstance(node, list):
+    children = ((f'{at}[{k}]', v) for k, v in enumerate(node))
+  else:
+    return None
+  for child_at, child in children:
+    found = _first(child, where, child_at)
+    if found:
+      return found
+  return None
 
 
 def did_you_mean(name: str, known, prefix: str = '') -> str:

@@ -4,7 +4,9 @@
   python -m rftjax.grade --grader=G.json --sample='The answer is 4' --item='{"answer": "4"}'
   python -m rftjax.grade --grader=G.json --data=items.jsonl --samples=samples.jsonl [--output=results.jsonl]
 
---samples lines are JSON strings, or objects with "output_text" (or "sample"); line k grades with line k of --data.
+--grader may also be an OpenAI /graders/run request body ({"grader": {...}}) or a fine-tuning job file, whose grader
+at method.reinforcement.grader is used. --samples lines are JSON strings, or objects with a string "output_text",
+"completion" (what rftjax.sample and rftjax.evaluate write) or "sample"; line k grades with line k of --data.
 Exit status: 0 ok; 1 the grading failed (one sample), or every grading failed (--data); 2 invalid grader or
 arguments (the message names the field or file, what was found and what was expected), or a python/code grader
 this machine cannot sandbox (see --allow_unsandboxed).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 
@@ -22,9 +25,24 @@ from rftjax import errors
 from rftjax import graders
 
 
+def _positive(kind: type):
+  """An argparse type: a finite number > 0 (a deadline, budget or worker count of 0 or less grades nothing)."""
+
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      value = None
+    if value is None or not (value > 0 and math.isfinite(value)):
+      raise argparse.ArgumentTypeError(f'found {text!r}, expected {"an integer" if kind is int else "a number"} > 0')
+    return value
+
+  return parse
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m rftjax.grade', description=__doc__.split('\n\n')[0])
-  p.add_argument('--grader', required=True, help='grader JSON file (an OpenAI grader object)')
+  p.add_argument('--grader', required=True, help='grader JSON file (an OpenAI grader object, or a job file with one)')
   p.add_argument('--validate', action='store_true', help='only check the grader')
   p.add_argument('--sample', help="one sample's output text")
   p.add_argument('--sample_file', help="file holding one sample's output text")
@@ -33,9 +51,13 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--samples', help='JSONL of samples, one per line of --data')
   p.add_argument('--output', help='with --data: write one result per line here')
   p.add_argument('--prefix', default='grade', help='metric prefix of the --data summary')
-  p.add_argument('--timeout_s', type=float, default=graders.pool.DEFAULT_TIMEOUT_S, help='per-sample deadline')
-  p.add_argument('--num_workers', type=int, default=None)
-  p.add_argument('--budget_s', type=float, default=None, help='the most the whole grading may take (default: no cap)')
+  p.add_argument(
+    '--timeout_s', type=_positive(float), default=graders.pool.DEFAULT_TIMEOUT_S, help='per-sample deadline (s)'
+  )
+  p.add_argument('--num_workers', type=_positive(int), default=None)
+  p.add_argument(
+    '--budget_s', type=_positive(float), default=None, help='the most the whole grading may take, s (default: no cap)'
+  )
   p.add_argument(
     '--allow_unsandboxed',
     action='store_true',
@@ -59,31 +81,39 @@ def _read_jsonl(path: str) -> list[tuple[str, object]]:
     _fail(str(e))
 
 
+SAMPLE_KEYS = ('output_text', 'completion', 'sample')  # OpenAI's name; rftjax.sample's and rftjax.evaluate's; old
+
+
 def _sample_text(row, where: str) -> str:
   if isinstance(row, str):
     return row
   if isinstance(row, dict):
-    for key in ('output_text', 'sample'):
+    for key in SAMPLE_KEYS:
       if isinstance(row.get(key), str):
         return row[key]
-  _fail(f"{where}: expected a JSON string or an object with a string 'output_text', found {json.dumps(row)[:80]}")
+  _fail(
+    f'{where}: expected a JSON string or an object with a string {" or ".join(map(repr, SAMPLE_KEYS))} (the '
+    f'output of rftjax.sample and rftjax.evaluate has "completion"), found {json.dumps(row)[:80]}'
+  )
 
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
-    spec = graders.load(args.grader)
-    graders.check_sandbox(graders.build(spec), args.allow_unsandboxed)  # every field checked before a judge loads
+    spec, grader_at = graders.locate(args.grader)  # its JSON path in a job or /graders/run body, or None
+    checked = graders.build(spec, where=grader_at)  # every field checked before a judge loads
+    graders.check_sandbox(checked, args.allow_unsandboxed)
     judges = {}
     if graders.local_models(spec) and not args.validate:
       from rftjax import inference  # JAX and the judge's weights: only for graders that name a local model
 
       judges = inference.local_judges(spec)
-    grader = graders.build(spec, judges=judges)
+    grader = graders.build(spec, judges=judges, where=grader_at)
   except errors.UserError as e:
     _fail(str(e))
   if args.validate:
-    print(json.dumps({'valid': True, 'type': grader.type, 'name': grader.name}))
+    at = {'grader_at': grader_at} if grader_at else {}  # which grader of the file was checked
+    print(json.dumps({'valid': True, 'type': grader.type, 'name': grader.name, **at}))
     return 0
   modes = [bool(args.sample is not None or args.sample_file), bool(args.data or args.samples)]
   if sum(modes) != 1:
@@ -108,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail(f'{where}: expected a JSON object, found {type(item).__name__}')
     texts, items = [_sample_text(r, where) for where, r in rows], [item for _, item in data]
     try:
-      graders.check_items(spec, data)
+      graders.check_items(spec, data, grader_at)
     except errors.UserError as e:
       _fail(str(e))
   pool = graders.GradingPool(args.num_workers, args.timeout_s, budget_s=args.budget_s,

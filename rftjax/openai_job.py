@@ -24,6 +24,7 @@ from typing import Any
 
 
 from rftjax import errors
+from rftjax import graders
 from rftjax import hparams
 from rftjax import runfs
 
@@ -111,7 +112,7 @@ def _fields(path, node: dict, known: dict, where: str) -> None:
 
 def read(path: str | pathlib.Path) -> Job:
   """The job file, every field checked (JobError names the JSON path of the first bad one)."""
-  body = errors.read_json_file(path, JobError, f'--openai_job={path}')
+  body = errors.read_json_file(path, JobError, f'--openai_job={path}')  # a key given twice is an error
   if not isinstance(body, dict):
     _fail(path, '(top level)', body, 'a JSON object: the body of a fine_tuning.jobs.create request')
   _fields(path, body, _TOP, '')
@@ -136,6 +137,10 @@ def read(path: str | pathlib.Path) -> Job:
   if 'reinforcement' not in method or 'grader' not in method['reinforcement']:
     raise JobError(f'{path}: method.reinforcement.grader: missing; expected a grader object')
   _fields(path, method['reinforcement'], _REINFORCEMENT, 'method.reinforcement')
+  try:  # here, before the data loads, and named by its place in this file
+    graders.validate(method['reinforcement']['grader'], where='method.reinforcement.grader')
+  except graders.GraderConfigError as e:
+    raise JobError(f'{path}: {e}') from None
   hyper = method['reinforcement'].get('hyperparameters') or {}
   known = {k: ((*types, str), f"{what} or 'auto'") for k, (types, what) in _HYPER.items()}
   _fields(path, hyper, known, 'method.reinforcement.hyperparameters')
@@ -203,6 +208,8 @@ def apply(config, job: Job, explicit=()) -> Any:
         f'{job.path}: validation_file: missing, and the config has no data.valid; expected a path (rftjax keeps '
         'the checkpoints with the best validation reward)'
       )
+    else:  # said, since the checkpoints kept are ranked on it
+      log.info('%s has no validation_file: validating on %s (config.data.valid)', job.path, c.data.valid)
     if body.get('seed') is not None:
       put('seed', body['seed'], 'seed')
     put('grader', job.reinforcement['grader'], 'method.reinforcement.grader')

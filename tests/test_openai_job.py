@@ -130,6 +130,50 @@ def test_a_bad_field_is_named_by_its_json_path(tmp_path, changes, message):
   assert str(e.value).startswith(f'{path}: ') and message in str(e.value), str(e.value)
 
 
+G = 'method.reinforcement.grader'
+
+
+@pytest.mark.parametrize(
+  'changes, message',
+  [
+    (
+      {f'{G}.graders.exact.refrence': '{{item.answer}}', f'{G}.graders.exact.reference': None},
+      f'{G}.graders.exact.refrence: unknown field of a string_check grader; did you mean reference?; known: type, '
+      'name, input, reference, operation',
+    ),
+    (
+      {f'{G}.graders.close.pass_treshold': 0.8},
+      f'{G}.graders.close.pass_treshold: unknown field of a text_similarity grader; did you mean pass_threshold?',
+    ),
+    ({f'{G}.graders.exact.operation': 'equals'}, f"{G}.graders.exact.operation: found 'equals', expected one of"),
+    ({f'{G}.calculate_output': '0.8 * exact + 0.2 * clos'}, f"{G}.calculate_output: unknown name 'clos' at position"),
+    (
+      {G: {'type': 'python', 'name': 'py', 'source': 'def grade(sample, item)\n  return 1.0\n'}},
+      f"{G}.source: syntax error at line 1, column 24: expected ':'",
+    ),
+  ],
+)
+def test_a_bad_grader_field_is_named_by_the_job_file_and_its_json_path(tmp_path, changes, message):
+  path = write_job(tmp_path, **changes)
+  with pytest.raises(errors.ConfigError) as e:
+    openai_job.read(path)
+  assert str(e.value).startswith(f'{path}: {message}'), str(e.value)
+
+
+def test_a_key_given_twice_in_a_job_file_is_named_by_its_json_path(tmp_path):
+  path = tmp_path / 'job.json'
+  path.write_text(json.dumps(JOB).replace('"operation": "eq"', '"operation": "eq", "operation": "ne"'))
+  with pytest.raises(errors.ConfigError) as e:
+    openai_job.read(path)
+  assert str(e.value) == (
+    f"--openai_job={path}: {G}.graders.exact.operation: the key 'operation' appears twice in one object (first "
+    '"eq", then "ne"); expected each key once (a JSON reader keeps only the last, silently)'
+  )
+  path.write_text(json.dumps(JOB).replace('"model": "tiny"', '"model": "tiny", "model": "smollm2_arith"'))
+  with pytest.raises(errors.ConfigError, match=r"job\.json: model: the key 'model' appears twice in one object"):
+    openai_job.read(path)
+
+
 def test_precedence_config_then_job_then_explicit_flags(tmp_path):
   path = write_job(tmp_path, **{f'{H}.batch_size': 8, f'{H}.n_epochs': 0.5, f'{H}.reasoning_effort': 'high'})
   job = openai_job.read(path)
@@ -146,6 +190,16 @@ def test_precedence_config_then_job_then_explicit_flags(tmp_path):
   config.batch_size, config.seed = 4, 11
   resolved = hparams.apply(openai_job.apply(config, job, explicit), 2000, explicit)
   assert (resolved.batch_size, resolved.seed, resolved.total_steps) == (4, 11, 250)
+
+
+def test_a_job_without_validation_file_says_which_file_validates(tmp_path, caplog):
+  job = openai_job.read(write_job(tmp_path, validation_file=None))
+  with caplog.at_level('INFO', logger='rftjax'):
+    applied = openai_job.apply(tiny.get_config(), job)
+  assert applied.data.valid == 'data/tiny/valid.jsonl'
+  assert (
+    f'{job.path} has no validation_file: validating on data/tiny/valid.jsonl (config.data.valid)' in caplog.messages
+  )
 
 
 def test_relative_paths_are_relative_to_the_job_file(tmp_path):

@@ -24,6 +24,7 @@ from rftjax.graders.spec import TYPES
 from rftjax.graders.spec import build
 from rftjax.graders.spec import check_items
 from rftjax.graders.spec import load
+from rftjax.graders.spec import locate
 from rftjax.graders.spec import local_models
 from rftjax.graders.spec import validate
 
@@ -45,6 +46,7 @@ __all__ = [
   'build',
   'check_items',
   'load',
+  'locate',
   'local_models',
   'validate',
 ]

@@ -67,8 +67,8 @@ class Endpoint(core.Grader):
   mode = core.MODEL
   wants_trace = True
 
-  def __init__(self, spec: dict[str, Any], name: str):
-    self.spec, self.name = spec, name
+  def __init__(self, spec: dict[str, Any], name: str, where: str | None = None):
+    self.spec, self.name = spec, name  # `where` (the spec's place, for errors): every field is checked in spec.py
     self.url = spec['url']
     self.headers = dict(spec.get('headers') or {})
     self.pass_threshold = spec.get('pass_threshold')

@@ -36,7 +36,7 @@ class FormulaError(core.GraderConfigError):
   pass
 
 
-def _tokenize(text: str) -> list[tuple[str, str, int]]:
+def _tokenize(text: str, where: str) -> list[tuple[str, str, int]]:
   tokens, pos = [], 0
   text = text.rstrip()
   while pos < len(text):
@@ -49,7 +49,7 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
       tokens.append(('op', m.group(3), m.start(3)))
     else:
       raise FormulaError(
-        f'calculate_output: unexpected character {m.group(3)!r} at position {m.start(3)} in '
+        f'{where}: unexpected character {m.group(3)!r} at position {m.start(3)} in '
         f'{text!r}; expected numbers, grader names, + - * / ^ ( ) , and {sorted(_FUNCS)}'
       )
     pos = m.end()
@@ -59,16 +59,17 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
 class Formula:
   """Parsed once at build time; `evaluate(values)` maps sub-grader names to floats."""
 
-  def __init__(self, text: str, names: set[str]):
+  def __init__(self, text: str, names: set[str], where: str = 'calculate_output'):
+    self.where = where  # the formula's place in the grader spec, which errors name
     if not isinstance(text, str) or not text.strip():
-      raise FormulaError(f'calculate_output: expected a non-empty formula string, found {text!r}')
+      raise FormulaError(f'{where}: expected a non-empty formula string, found {text!r}')
     self.text, self.names = text, names
-    self._toks = _tokenize(text)
+    self._toks = _tokenize(text, where)
     self._i = 0
     self.tree = self._expr()
     if self._i < len(self._toks):
       kind, val, pos = self._toks[self._i]
-      raise FormulaError(f'calculate_output: unexpected {val!r} at position {pos} in {text!r}')
+      raise FormulaError(f'{where}: unexpected {val!r} at position {pos} in {text!r}')
     del self._toks
 
   # Parser --------------------------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ class Formula:
   def _fail(self, expected: str):
     tok = self._peek()
     found = f'{tok[1]!r} at position {tok[2]}' if tok else 'end of formula'
-    raise FormulaError(f'calculate_output: expected {expected}, found {found} in {self.text!r}')
+    raise FormulaError(f'{self.where}: expected {expected}, found {found} in {self.text!r}')
 
   def _expr(self):
     node = self._term()
@@ -139,13 +140,13 @@ class Formula:
         arity = _FUNCS[val][1]
         if (arity == 1 and len(args) != 1) or (arity == 2 and len(args) < 2):
           raise FormulaError(
-            f'calculate_output: {val}() takes {"exactly 1" if arity == 1 else "at least 2"} '
+            f'{self.where}: {val}() takes {"exactly 1" if arity == 1 else "at least 2"} '
             f'argument(s), found {len(args)} in {self.text!r}'
           )
         return ('call', val, args)
       if val not in self.names:
         raise FormulaError(
-          f'calculate_output: unknown name {val!r} at position {pos} in {self.text!r}; expected '
+          f'{self.where}: unknown name {val!r} at position {pos} in {self.text!r}; expected '
           f"one of the graders {sorted(self.names)} or a function {sorted(_FUNCS)} with '('"
         )
       return ('var', val)

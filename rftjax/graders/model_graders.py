@@ -110,10 +110,11 @@ def _compile_messages(messages: Any, field: str):
 class _ModelGrader(core.Grader):
   mode = core.MODEL
 
-  def __init__(self, spec: dict[str, Any], name: str, judges: dict[str, Judge] | None = None):
+  def __init__(self, spec: dict[str, Any], name: str, judges: dict[str, Judge] | None = None, where: str | None = None):
     self.spec, self.name = spec, name
+    where = where or name  # errors name the field's place in the spec
     self.local_judge = (judges or {}).get(spec['model']) if 'base_url' not in spec else None
-    self.messages = _compile_messages(spec.get('input'), f'{name}.input')
+    self.messages = _compile_messages(spec.get('input'), f'{where}.input')
     self.model = spec['model']
     self.sampling_params = dict(spec.get('sampling_params') or {})
     self.needs_json = 'output_json' in json.dumps(spec.get('input'))
@@ -171,8 +172,8 @@ class ScoreModel(_ModelGrader):
 
   type = 'score_model'
 
-  def __init__(self, spec, name, judges=None):
-    super().__init__(spec, name, judges)
+  def __init__(self, spec, name, judges=None, where=None):
+    super().__init__(spec, name, judges, where)
     self.lo, self.hi = (float(x) for x in spec.get('range', (0.0, 1.0)))
     self.pass_threshold = spec.get('pass_threshold')
 
@@ -208,8 +209,8 @@ class LabelModel(_ModelGrader):
 
   type = 'label_model'
 
-  def __init__(self, spec, name, judges=None):
-    super().__init__(spec, name, judges)
+  def __init__(self, spec, name, judges=None, where=None):
+    super().__init__(spec, name, judges, where)
     self.labels = list(spec['labels'])
     self.passing = set(spec['passing_labels'])
 

@@ -42,9 +42,10 @@ class PythonGrader(_Sandboxed):
 
   type = 'python'
 
-  def __init__(self, spec: dict[str, Any], name: str):
+  def __init__(self, spec: dict[str, Any], name: str, where: str | None = None):
     self.spec, self.name = spec, name
-    check_source(spec['source'], f'{name}.source')
+    where = where or name  # errors name the field's place in the spec
+    check_source(spec['source'], f'{where}.source')
     self._worker_spec = {'kind': 'python', 'source': spec['source']}
     self._worker_spec['key'] = _key(self._worker_spec)
 
@@ -85,10 +86,11 @@ class MathGrader(_Sandboxed):
 
   type = 'math'
 
-  def __init__(self, spec: dict[str, Any], name: str):
+  def __init__(self, spec: dict[str, Any], name: str, where: str | None = None):
     self.spec, self.name = spec, name
-    self.render_input = templating.compile_template(spec.get('input', '{{sample.output_text}}'), f'{name}.input')
-    self.render_reference = templating.compile_template(spec['reference'], f'{name}.reference')
+    where = where or name  # errors name the field's place in the spec
+    self.render_input = templating.compile_template(spec.get('input', '{{sample.output_text}}'), f'{where}.input')
+    self.render_reference = templating.compile_template(spec['reference'], f'{where}.reference')
     self.needs_json = templating.uses_json(spec.get('input')) or templating.uses_json(spec['reference'])
 
   def worker_spec(self):
@@ -107,11 +109,12 @@ class CodeGrader(_Sandboxed):
 
   type = 'code'
 
-  def __init__(self, spec: dict[str, Any], name: str):
+  def __init__(self, spec: dict[str, Any], name: str, where: str | None = None):
     self.spec, self.name = spec, name
-    self.render_input = templating.compile_template(spec.get('input', '{{sample.output_text}}'), f'{name}.input')
+    where = where or name  # errors name the field's place in the spec
+    self.render_input = templating.compile_template(spec.get('input', '{{sample.output_text}}'), f'{where}.input')
     tests = spec['tests']
-    field = f'{name}.tests'
+    field = f'{where}.tests'
     if isinstance(tests, list):
       if not tests:
         raise core.GraderConfigError(f'{field}: expected a non-empty list of test statements, found []')

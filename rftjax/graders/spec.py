@@ -21,6 +21,23 @@ from rftjax.graders import text_graders
 _E = core.GraderConfigError
 _STR = (str,)
 _NUMBER = (int, float)
+# The fields each grader type takes: OpenAI's grader schema (docs/graders.md), then rftjax's own extensions. Anything
+# else is an error: a misspelt optional field (`pass_treshold`) would otherwise leave its default silently in force.
+# `image_tag` (OpenAI's choice of python grader image) is accepted and ignored: the grader runs on this machine.
+_MODEL = ('input', 'model', 'sampling_params', 'base_url', 'api_key_env', 'max_retries')
+FIELDS = {
+  'string_check': ('type', 'name', 'input', 'reference', 'operation'),
+  'text_similarity': ('type', 'name', 'input', 'reference', 'evaluation_metric', 'pass_threshold'),
+  'python': ('type', 'name', 'source', 'image_tag', 'timeout_s'),
+  'score_model': ('type', 'name', *_MODEL, 'range', 'pass_threshold'),
+  'label_model': ('type', 'name', *_MODEL, 'labels', 'passing_labels'),
+  'multi': ('type', 'name', 'graders', 'calculate_output'),
+  'math': ('type', 'name', 'input', 'reference', 'timeout_s'),
+  'code': ('type', 'name', 'input', 'tests', 'timeout_s', 'test_timeout_s'),
+  'endpoint': ('type', 'name', 'url', 'headers', 'rate_limit', 'pass_threshold'),
+}
+# Where OpenAI's fine-tuning job request keeps its grader: a job file given as a grader file uses that one.
+JOB_GRADER = ('method', 'reinforcement', 'grader')
 
 
 def _field(spec: dict, key: str, types: tuple, where: str, required: bool = True, choices=None) -> Any:
@@ -37,8 +54,21 @@ def _field(spec: dict, key: str, types: tuple, where: str, required: bool = True
   return value
 
 
+def _known_fields(spec: dict, where: str) -> None:
+  """Every key of `spec` is one its type takes; the first that is not is named, with the closest known one."""
+  known = FIELDS[spec['type']]
+  for key in spec:
+    if key not in known:
+      raise _E(
+        f'{where}.{key}: unknown field of a {spec["type"]} grader{errors.did_you_mean(str(key), known)}; '
+        f'known: {", ".join(known)}'
+      )
+
+
 def _check_leaf(spec: dict, where: str) -> None:
   kind = spec['type']
+  _known_fields(spec, where)
+  _field(spec, 'name', _STR, where, required=False)
   if kind == 'string_check':
     _field(spec, 'input', _STR, where)
     _field(spec, 'reference', _STR, where)
@@ -64,6 +94,9 @@ def _check_leaf(spec: dict, where: str) -> None:
     _field(spec, 'sampling_params', (dict,), where, required=False)
     _field(spec, 'base_url', _STR, where, required=False)
     _field(spec, 'api_key_env', _STR, where, required=False)
+    retries = _field(spec, 'max_retries', (int,), where, required=False)
+    if retries is not None and (isinstance(retries, bool) or retries < 0):
+      raise _E(f'{where}.max_retries: expected a whole number >= 0, found {json.dumps(retries)}')
     if kind == 'score_model':
       rng = _field(spec, 'range', (list,), where, required=False)
       if rng is not None and (
@@ -133,8 +166,8 @@ def _build_leaf(spec: Any, where: str, judges: dict | None) -> core.Grader:
     raise _E(f'{where}.type: a multi grader cannot contain another multi grader; expected one of {list(_LEAVES)}')
   _check_leaf(spec, where)
   if kind in _JUDGED:
-    return _LEAVES[kind](spec, spec.get('name') or where, judges)
-  return _LEAVES[kind](spec, spec.get('name') or where)
+    return _LEAVES[kind](spec, spec.get('name') or where, judges, where=where)
+  return _LEAVES[kind](spec, spec.get('name') or where, where=where)
 
 
 class Multi(core.Grader):
@@ -142,23 +175,28 @@ class Multi(core.Grader):
 
   type = 'multi'
 
-  def __init__(self, spec: dict[str, Any], name: str, judges: dict | None = None):
+  def __init__(self, spec: dict[str, Any], name: str, judges: dict | None = None, where: str | None = None):
     self.spec, self.name = spec, name
-    graders = _field(spec, 'graders', (dict,), name)
+    where = where or name  # the place errors name: the grader's JSON path where the caller knows it
+    _known_fields(spec, where)
+    _field(spec, 'name', _STR, where, required=False)
+    graders = _field(spec, 'graders', (dict,), where)
     if not graders:
-      raise _E(f'{name}.graders: expected a non-empty map of name -> grader, found {{}}')
+      raise _E(f'{where}.graders: expected a non-empty map of name -> grader, found {{}}')
     for sub in graders:
       if sub == 'discard':
-        raise _E(f"{name}.graders: the name 'discard' is taken (metadata['discard'] flags a rollout to leave out)")
+        raise _E(f"{where}.graders: the name 'discard' is taken (metadata['discard'] flags a rollout to leave out)")
       if not sub.isidentifier():
         raise _E(
-          f'{name}.graders: name {sub!r} cannot be used in calculate_output; expected letters, digits '
+          f'{where}.graders: name {sub!r} cannot be used in calculate_output; expected letters, digits '
           'and underscores, not starting with a digit'
         )
-    self.subs = {sub: _build_leaf(s, f'{name}.graders.{sub}', judges) for sub, s in graders.items()}
+    self.subs = {sub: _build_leaf(s, f'{where}.graders.{sub}', judges) for sub, s in graders.items()}
     for sub, g in self.subs.items():
       g.name = sub
-    self.formula = formula.Formula(_field(spec, 'calculate_output', _STR, name), set(self.subs))
+    self.formula = formula.Formula(
+      _field(spec, 'calculate_output', _STR, where), set(self.subs), f'{where}.calculate_output'
+    )
     # INLINE only when every sub-grader is; otherwise the pool's dispatcher fans the leaves out.
     self.mode = core.INLINE if all(g.mode == core.INLINE for g in self.subs.values()) else core.SANDBOX
 
@@ -203,32 +241,56 @@ class Multi(core.Grader):
     return out
 
 
-def load(spec: Any) -> dict:
-  """The grader as a plain dict: from a dict, a ConfigDict (a run config's inline grader) or a JSON file path."""
+def locate(spec: Any) -> tuple[dict, str | None]:
+  """(the grader as a plain dict, its JSON path in the file or None for a bare grader). `spec` is a dict, a
+  ConfigDict (a run config's inline grader) or a JSON file path; the file may also be the body of OpenAI's
+  /graders/run request (`{"grader": {...}}`) or of a fine-tuning job request (`method.reinforcement.grader`)."""
   if spec is None or spec == '':
     raise _E('config.grader is not set: give a grader dict or the path of a grader JSON file')
   if hasattr(spec, 'to_dict'):
     spec = spec.to_dict()
+  label = 'grader'
   if isinstance(spec, (str, pathlib.Path)):
-    spec = errors.read_json_file(spec, _E, f'grader file {spec}')  # a local path or gs://
+    label = f'grader file {spec}'
+    spec = errors.read_json_file(spec, _E, label)  # a local path or gs://; a key given twice is an error
   if not isinstance(spec, dict):
-    raise _E(f'grader: expected a JSON object, found {type(spec).__name__}')
-  if 'grader' in spec and isinstance(spec['grader'], dict) and 'type' not in spec:
-    spec = spec['grader']  # the body of OpenAI's /graders/validate and /graders/run requests
-  return spec
+    raise _E(f'{label}: expected a JSON object, found {type(spec).__name__}')
+  if 'type' in spec:
+    return spec, None
+  if isinstance(spec.get('grader'), dict):
+    return spec['grader'], 'grader'  # the body of OpenAI's /graders/validate and /graders/run requests
+  if 'method' in spec or 'training_file' in spec:  # an OpenAI fine-tuning job request
+    node, at = spec, []
+    for key in JOB_GRADER:
+      node = node.get(key) if isinstance(node, dict) else None
+      at.append(key)
+      if not isinstance(node, dict):
+        found = 'missing' if node is None else f'a {type(node).__name__}, {json.dumps(node)[:60]}'
+        raise _E(
+          f"{label}: this looks like an OpenAI fine-tuning job file (it has 'method' or 'training_file'), whose "
+          f'grader is at {".".join(JOB_GRADER)}, but {".".join(at)} is {found}; expected a grader object there'
+        )
+    return node, '.'.join(JOB_GRADER)
+  return spec, None
 
 
-def build(spec: Any, judges: dict | None = None) -> core.Grader:
+def load(spec: Any) -> dict:
+  """The grader as a plain dict: from a dict, a ConfigDict or a JSON file path (see `locate`)."""
+  return locate(spec)[0]
+
+
+def build(spec: Any, judges: dict | None = None, where: str | None = None) -> core.Grader:
   """A grader from a dict or a JSON file path; raises GraderConfigError naming the offending field.
 
   `judges` maps a model grader's `model` name to a local judge callable (model_graders.Judge); other model
-  graders call their OpenAI-compatible endpoint."""
-  spec = load(spec)
-  where = 'grader'
-  kind = _field(spec, 'type', _STR, where, choices=TYPES)
+  graders call their OpenAI-compatible endpoint. `where` is the grader's JSON path in the file it came from
+  (`method.reinforcement.grader` in a job file), which errors then name; by default `grader` (a multi: its name)."""
+  spec, found = locate(spec)
+  where = where or found
+  kind = _field(spec, 'type', _STR, where or 'grader', choices=TYPES)
   if kind == 'multi':
-    return Multi(spec, spec.get('name') or 'multi', judges)
-  return _build_leaf(spec, where, judges)
+    return Multi(spec, spec.get('name') or 'multi', judges, where)
+  return _build_leaf(spec, where or 'grader', judges)
 
 
 def local_models(spec: dict) -> list[str]:
@@ -244,13 +306,14 @@ def local_models(spec: dict) -> list[str]:
   return names
 
 
-def validate(spec: dict | str | pathlib.Path) -> None:
-  build(spec)
+def validate(spec: dict | str | pathlib.Path, where: str | None = None) -> None:
+  build(spec, where=where)
 
 
-def item_variables(spec: Any) -> list[tuple[str, str, tuple]]:
-  """Every `{{item...}}` variable of the grader's templates: (field, expression, steps), in spec order. A python
-  grader's `source` is code, not a template, and is not searched."""
+def item_variables(spec: Any, where: str | None = None) -> list[tuple[str, str, tuple]]:
+  """Every `{{item...}}` variable of the grader's templates: (field, expression, steps), in spec order; `field` starts
+  at `where` (the grader's JSON path, default `grader`). A python grader's `source` is code, not a template, and is
+  not searched."""
   found: list[tuple[str, str, tuple]] = []
 
   def walk(node: Any, field: str) -> None:
@@ -270,25 +333,27 @@ def item_variables(spec: Any) -> list[tuple[str, str, tuple]]:
         if root == 'item':
           found.append((field, m.group(1), steps))
 
-  walk(load(spec), 'grader')
+  spec, at = locate(spec)
+  walk(spec, where or at or 'grader')
   return found
 
 
-def check_items(spec: Any, rows: Sequence[tuple[str, dict]]) -> None:
+def check_items(spec: Any, rows: Sequence[tuple[str, dict]], where: str | None = None) -> None:
   """Raises GraderConfigError when a template names an item field that a data line lacks: the variable, the first
-  line without it (`rows` are (where, item) pairs, where = 'file:line') and how many lines lack it. Run it before
-  anything slow: otherwise every grading of those lines fails with invalid_variable after training started."""
-  for field, expr, steps in item_variables(spec):
+  line without it (`rows` are (line, item) pairs, line = 'file:line') and how many lines lack it. Run it before
+  anything slow: otherwise every grading of those lines fails with invalid_variable after training started.
+  `where`: the grader's JSON path, as in `build`."""
+  for field, expr, steps in item_variables(spec, where):
     missing = []
-    for where, item in rows:
+    for line, item in rows:
       try:
         templating.lookup('item', steps, {}, item)
       except core.GradingException as e:
-        missing.append((where, str(e)))
+        missing.append((line, str(e)))
     if missing:
-      where, why = missing[0]
+      line, why = missing[0]
       more = f' ({len(missing)} of {len(rows)} lines lack it)' if len(missing) > 1 else ''
       raise core.GraderConfigError(
-        f'{field} uses {{{{{expr}}}}}, but {where} has no such field: {why.split(": ", 1)[-1]}{more}; '
+        f'{field} uses {{{{{expr}}}}}, but {line} has no such field: {why.split(": ", 1)[-1]}{more}; '
         'expected every data line to have it'
       )

@@ -50,11 +50,12 @@ class StringCheck(core.Grader):
 
   type = 'string_check'
 
-  def __init__(self, spec: dict[str, Any], name: str):
+  def __init__(self, spec: dict[str, Any], name: str, where: str | None = None):
     self.spec, self.name = spec, name
+    where = where or name  # errors name the field's place in the spec
     self.operation = spec['operation']
-    self.render_input = templating.compile_template(spec['input'], f'{name}.input')
-    self.render_reference = templating.compile_template(spec['reference'], f'{name}.reference')
+    self.render_input = templating.compile_template(spec['input'], f'{where}.input')
+    self.render_reference = templating.compile_template(spec['reference'], f'{where}.reference')
     self.needs_json = templating.uses_json(spec['input']) or templating.uses_json(spec['reference'])
 
   def grade_batch(self, samples, items):
@@ -78,12 +79,13 @@ class TextSimilarity(core.Grader):
 
   type = 'text_similarity'
 
-  def __init__(self, spec: dict[str, Any], name: str):
+  def __init__(self, spec: dict[str, Any], name: str, where: str | None = None):
     self.spec, self.name = spec, name
+    where = where or name  # errors name the field's place in the spec
     self.metric = spec['evaluation_metric']
     self.pass_threshold = spec.get('pass_threshold')
-    self.render_input = templating.compile_template(spec['input'], f'{name}.input')
-    self.render_reference = templating.compile_template(spec['reference'], f'{name}.reference')
+    self.render_input = templating.compile_template(spec['input'], f'{where}.input')
+    self.render_reference = templating.compile_template(spec['reference'], f'{where}.reference')
     self.needs_json = templating.uses_json(spec['input']) or templating.uses_json(spec['reference'])
     self.score_fn = metric_fn(self.metric)
 
