@@ -3,6 +3,8 @@
   cli.setup_logging(verbosity)           # rftjax's lines + every warning; verbosity 1 adds the libraries' INFO
   fv = cli.parse_config_flags(argv, define=...)   # --config=configs/x.py[:variant] --config.a.b=v, checked
   return cli.run(main_body)              # a UserError is one `error: ...` line on stderr and exit status 2
+  cli.check_inference_flags(parser, args)  # sample and evaluate: one check of the flags they share
+  cli.check_out(path, folder=False)      # before any work: --out can be written
 
 Config overrides are checked before the config is used: a key that does not exist is one line naming it and the
 closest existing key (`config.sampling.temprature: no such field; did you mean config.sampling.temperature?`), a
@@ -11,14 +13,19 @@ value of the wrong type names the key and what it expected.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import logging
+import math
+import os
 import pathlib
 import re
+import select
 import sys
 from collections.abc import Callable, Sequence
 
 from rftjax import errors
+from rftjax import runfs
 
 FORMAT = '%(asctime)s %(levelname).1s %(message)s'
 
@@ -32,13 +39,95 @@ def setup_logging(verbosity: int = 0) -> None:
   logging.getLogger('absl').setLevel(level)  # Orbax logs through absl
 
 
+# The status a shell gives a tool that SIGPIPE ended (128 + 13): what `report ... | head` means with pipefail.
+BROKEN_PIPE_EXIT_CODE = 141
+
+
 def run(body: Callable[[], int]) -> int:
-  """Calls `body`; a UserError becomes `error: <message>` on stderr and exit status 2 (no traceback)."""
+  """Calls `body`; a UserError becomes `error: <message>` on stderr and exit status 2 (no traceback). When the
+  reader of stdout goes away (`report ... | head`), the command stops quietly with status 141."""
   try:
-    return body()
+    status = body()
+    sys.stdout.flush()  # here rather than at exit, so that a reader gone by then is handled below too
+    return status
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return errors.EXIT_CODE
+  except BrokenPipeError:
+    if not _stdout_closed():  # a socket's broken pipe (a grader endpoint, a tool server) is a real error
+      raise
+    # Python flushes stdout again at exit and would report that failure too: send the rest nowhere.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return BROKEN_PIPE_EXIT_CODE
+
+
+def _stdout_closed() -> bool:
+  """Whether stdout is a pipe whose reader has gone (poll says POLLERR on its write end)."""
+  try:
+    fd = sys.stdout.fileno()
+  except (AttributeError, ValueError, OSError):  # a replaced stdout (tests) has no descriptor
+    return False
+  if not hasattr(select, 'poll'):
+    return False
+  poller = select.poll()
+  poller.register(fd, select.POLLOUT)
+  return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+# ---- what the inference CLIs share (sample, evaluate) ----------------------------------------------------------
+# (flag, lowest value, what that value means): one table, so sample and evaluate refuse the same values in the
+# same words. A flag that a command does not have is skipped.
+_LOWEST = (
+  ('max_new_tokens', 1, ''),
+  ('batch_size', 1, ''),
+  ('samples', 1, ''),
+  ('temperature', 0, ' (0 = greedy)'),
+  ('top_k', 0, ' (0 = off)'),
+  ('num_workers', 0, ' (0 = one per CPU core)'),
+)
+
+
+def check_inference_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """The flags sample and evaluate share, checked once: a bad value is `p.error` (its usage, one `error:` line,
+  exit status 2) naming the flag, the value and what is allowed, before any model loads."""
+  if (args.workdir is None) == (args.init is None):
+    p.error('give exactly one of --workdir or --init')
+  if args.init is not None and args.step is not None:
+    p.error(f'--step={args.step} picks a checkpoint of --workdir; --init={args.init} has no checkpoints: drop --step')
+  for name, lowest, meaning in _LOWEST:
+    value = getattr(args, name, None)
+    if value is None:
+      continue
+    if isinstance(value, float) and not math.isfinite(value):
+      p.error(f'--{name} must be a finite number >= {lowest}{meaning}, got {value}')
+    if value < lowest:
+      p.error(f'--{name} must be >= {lowest}{meaning}, got {value}')
+  top_p = getattr(args, 'top_p', None)
+  if top_p is not None and not 0 < top_p <= 1:
+    p.error(f'--top_p must be in (0, 1] (1 = off), got {top_p}')
+
+
+def check_out(path, *, folder: bool = False, label: str | None = None) -> None:
+  """Before any work, that `path` can be written: a file (or with `folder`, a folder) that is not the other kind,
+  under a folder this process may write in (missing folders are made when writing, as data.write_jsonl and
+  weights.export_hf do, so the nearest existing one counts). A gs:// path is not checked here: a bucket has no
+  folders, and its permissions show only at the write. Raises ConfigError starting with `label` (default
+  `--out=<path>`)."""
+  label = label or f'--out={path}'
+  if runfs.is_remote(path):
+    return
+  target = pathlib.Path(os.fspath(path)).absolute()
+  if folder and target.exists() and not target.is_dir():
+    raise errors.ConfigError(f'{label}: a file is there; expected a folder (made if missing)')
+  if not folder and target.is_dir():
+    raise errors.ConfigError(f'{label}: a folder is there; expected the name of a file to write')
+  where = target if folder and target.is_dir() else target.parent
+  while not where.exists():  # exists() is False below a file too: that file is then named
+    where = where.parent
+  if not where.is_dir():
+    raise errors.ConfigError(f'{label}: {where} is a file; expected a folder there')
+  if not os.access(where, os.W_OK | os.X_OK):
+    raise errors.ConfigError(f'{label}: cannot write in {where} (permission denied)')
 
 
 # ---- the --config flag ----------------------------------------------------------------------------------------
@@ -118,7 +207,7 @@ def parse_config_flags(
   return fv
 
 
-# ---- --openai_job (train, preflight) ---------------------------------------------------------------------------
+# ---- --openai_job (train, preflight, plan) ------------------------------------------------------------------
 def define_openai_job(fv) -> None:
   from absl import flags
 

@@ -81,8 +81,8 @@ def lines(path: str | pathlib.Path) -> Iterator[tuple[str, str]]:
   offset = 0
   with path.open('rb') as f:
     for lineno, raw in enumerate(f, start=1):
-      try:
-        line = raw.decode('utf-8')
+      try:  # a byte-order mark (Windows editors write one) is no part of the first line's JSON
+        line = raw.decode('utf-8-sig' if lineno == 1 else 'utf-8')
       except UnicodeDecodeError as e:
         raise DataError(
           f'{path}:{lineno}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {offset + e.start} of the '
@@ -172,8 +172,12 @@ def encode_prompts(
     except ValueError as e:  # e.g. the gemma template's role alternation
       raise DataError(f'{ex.source}: {e}') from None
     if max_prompt_len is not None and len(ids) > max_prompt_len:
+      schema = ''
+      if response_format is not None and ex.text is None:  # what the schema instruction adds, measured
+        bare = tok.encode_prompt(list(ex.messages), tools=ex.item.get('tools') or None)
+        schema = f' ({len(ids) - len(bare)} of them the response_format schema instruction)'
       raise DataError(
-        f'{ex.source}: the prompt is {len(ids)} tokens long, more than '
+        f'{ex.source}: the prompt is {len(ids)} tokens long{schema}, more than '
         f'config.data.max_prompt_len={max_prompt_len}; raise it or shorten the prompt'
       )
     out.append(ids)
@@ -181,8 +185,8 @@ def encode_prompts(
 
 
 def write_jsonl(path: str | pathlib.Path, rows: Sequence[dict]) -> None:
-  """Atomic write (temp file + rename), so a crash never leaves half a file. A gs:// path is one object write,
-  atomic by itself."""
+  """Atomic write (temp file + rename), so a crash never leaves half a file, and a failed write no temp file. A
+  gs:// path is one object write, atomic by itself."""
   text = ''.join(json.dumps(row, ensure_ascii=False) + '\n' for row in rows)
   if runfs.is_remote(path):  # no mkdir: buckets have no folders (and gcsfs's makedirs creates missing buckets)
     epath.Path(path).write_text(text, encoding='utf-8')
@@ -190,8 +194,12 @@ def write_jsonl(path: str | pathlib.Path, rows: Sequence[dict]) -> None:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(path.suffix + '.tmp')
-  tmp.write_text(text, encoding='utf-8')
-  tmp.replace(path)
+  try:
+    tmp.write_text(text, encoding='utf-8')
+    tmp.replace(path)
+  except OSError:
+    tmp.unlink(missing_ok=True)
+    raise
 
 
 class DataIterator:

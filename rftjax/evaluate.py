@@ -82,11 +82,16 @@ def parse_args(argv):
   p = argparse.ArgumentParser(prog='python -m rftjax.evaluate', description=__doc__.split('\n')[0])
   sample_cli.add_model_flags(p)
   p.add_argument('--data', required=True, help='JSONL in the training format (messages + grader fields)')
-  p.add_argument('--samples', type=int, default=1, help='k: samples per prompt')
-  p.add_argument('--temperature', type=float, default=None, help='default: 0 (greedy) for k=1, 1.0 for k>1')
-  p.add_argument('--top_p', type=float, default=1.0)
-  p.add_argument('--top_k', type=int, default=0)
-  p.add_argument('--max_new_tokens', type=int, default=None, help="default: the run's sampling.max_new_tokens")
+  p.add_argument('--samples', type=int, default=1, help='k: samples per prompt, >= 1')
+  p.add_argument('--temperature', type=float, default=None, help='>= 0; default: 0 (greedy) for k=1, 1.0 for k>1')
+  p.add_argument('--top_p', type=float, default=1.0, help='in (0, 1]; 1 = off')
+  p.add_argument('--top_k', type=int, default=0, help='>= 0; 0 = off')
+  p.add_argument(
+    '--max_new_tokens',
+    type=int,
+    default=None,
+    help="tokens per completion, >= 1 (default: the run's sampling.max_new_tokens, else 128)",
+  )
   p.add_argument('--grader', default=None, help="grader JSON file (default: the run's grader)")
   p.add_argument(
     '--pass_threshold',
@@ -94,7 +99,7 @@ def parse_args(argv):
     default=None,
     help="a sample passes when its reward >= this (default: the grader's pass_threshold, else 1.0)",
   )
-  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--seed', type=int, default=0, help='the sampling rng (with a temperature > 0)')
   p.add_argument('--num_workers', type=int, default=0, help='grading processes (0: one per CPU core)')
   p.add_argument(
     '--allow_unsandboxed',
@@ -103,12 +108,7 @@ def parse_args(argv):
   )
   p.add_argument('--out', default=None, help='per-sample JSONL (default: DIR/eval/step<N>_<data stem>.jsonl)')
   args = p.parse_args(argv)
-  if args.samples < 1:
-    p.error(f'--samples must be >= 1, got {args.samples}')
-  if args.temperature is not None and args.temperature < 0:
-    p.error(f'--temperature must be >= 0, got {args.temperature}')
-  if (args.workdir is None) == (args.init is None):
-    p.error('give exactly one of --workdir or --init')
+  cli.check_inference_flags(p, args)
   if args.init is not None and not args.out:
     p.error('--init needs --out (there is no run directory to write into)')
   if args.init is not None and not args.grader:
@@ -116,7 +116,15 @@ def parse_args(argv):
   return args
 
 
+def check_out(out, label: str) -> None:
+  """Both files evaluate writes (the samples, `<out>.summary.json`) can be written: cli.check_out."""
+  cli.check_out(out, label=label)
+  cli.check_out(f'{out}.summary.json', label=f'{label}: its summary {out}.summary.json')
+
+
 def run(args) -> dict:
+  if args.out:  # before anything slow; the default (in the run, named after the step) once the step is known
+    check_out(args.out, f'--out={args.out}')
   run_config = runfs.read_config(args.workdir) if args.workdir else None
   # a run that used the example tool server gets a new one (its own is gone)
   with tool_server.serving_for(run_config) as run_config, contextlib.ExitStack() as stack:
@@ -132,6 +140,9 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   graders.check_items(grader_spec, [(ex.source, ex.item) for ex in examples])
   fmt = response_format.make(run_config.get('response_format') if run_config else None)
   loaded = sample_cli.load_from_args(args)
+  out = epath.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
+  if not args.out:
+    check_out(out, f'{out} (the default --out)')
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
   k = args.samples
   temperature = args.temperature if args.temperature is not None else (0.0 if k == 1 else 1.0)
@@ -163,7 +174,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
       grader,
       pool,
       mesh=loaded.mesh,
-      batch_size=args.batch_size or int(loaded.config.get('eval_batch_size') or 32),
+      batch_size=sample_cli.batch_size(args, loaded),
       rng=jax.random.key(args.seed),
       progress=sample_cli.stderr_progress('sampling'),
     )
@@ -176,7 +187,6 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     'pass_threshold': threshold,
     **summarize(rewards, results, threshold),
   }
-  out = epath.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
   rows = []
   for i, (o, r) in enumerate(graded):
     grade = r.to_json()
@@ -196,7 +206,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
       }
     )
   if jax.process_index() == 0:
-    data_lib.write_jsonl(out, rows)
+    sample_cli.write_out(out, rows)
     out.with_name(out.name + '.summary.json').write_text(json.dumps(summary, indent=2) + '\n')
   summary['out'] = str(out)
   failed = graders.all_failed(results)

@@ -9,12 +9,15 @@ only the trained params of the chosen checkpoint (not the optimizer state) and w
 A LoRA run exports its adapters merged into the base weights (W + alpha / r * A @ B), a folder that serves like any
 model; with `--adapter`, a PEFT folder (adapter_config.json + adapter_model.safetensors) that
 `peft.PeftModel.from_pretrained(base_model, OUT)` loads on top of the run's base. It only reads the run, so it is
-safe while training continues.
+safe while training continues. `--out` is checked before the model loads: a folder (made if missing) that is not a
+run directory, whose config.json evaluate, report and a resume read (an earlier export's folder is written over).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import sys
 
 from rftjax import cli
@@ -26,23 +29,62 @@ from rftjax import runfs
 from rftjax import weights
 
 
+# What rftjax.train writes into a run directory besides config.json (which an export would replace).
+RUN_FILES = ('checkpoints', 'metrics.jsonl', 'events.jsonl')
+
+
+def check_not_a_run(out) -> None:
+  """An export into a run directory would replace the run's config.json, which evaluate, report and a resume read:
+  ConfigError naming the folder and what makes it a run. A folder holding an earlier export (a Hugging Face
+  config.json, which has `model_type`) may be written over."""
+  out = pathlib.Path(out)
+  found = [f'{n}/' if (out / n).is_dir() else n for n in RUN_FILES if (out / n).exists()]
+  config = out / 'config.json'
+  if config.is_file():
+    try:
+      exported = 'model_type' in json.loads(config.read_text())
+    except (OSError, ValueError, TypeError):  # TypeError: JSON that is no object
+      exported = False
+    if not exported:
+      found.append('config.json without model_type')
+  if found:
+    raise errors.ConfigError(
+      f'--out={out}: an rftjax run directory (it holds {", ".join(found)}); an export there would replace the '
+      f"run's config.json, which evaluate, report and a resume read; expected a new folder or an earlier export's, "
+      f'e.g. --out={out}-hf'
+    )
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m rftjax.export', description=__doc__.split('\n\n')[0])
-  p.add_argument('--out', required=True, help='output folder (created; model files in it are replaced)')
+  p.add_argument(
+    '--out',
+    required=True,
+    help='output folder (made if missing; an earlier export in it is replaced; a run directory is refused)',
+  )
   p.add_argument('--init', help='gguf:PATH, gguf:gemma3-270m, gguf:smollm2-135m or hf:DIR')
-  p.add_argument('--model', help='model preset (e.g. gemma3_270m); default: read from the file')
+  p.add_argument('--model', help='with --init: model preset (e.g. gemma3_270m); default: read from the file')
   p.add_argument('--tokenizer', help="tokenizer spec (default: the --init file, or the run's)")
   p.add_argument('--workdir', help='a run directory: export its trained params')
-  p.add_argument('--step', default='best', help="with --workdir: 'best' (default), 'latest' or a step number")
-  p.add_argument('--dtype', help="float32 or bfloat16 (default: the params' dtype)")
+  # default None, read as 'best': so that a --step given with --init is refused rather than ignored
+  p.add_argument('--step', default=None, help="with --workdir: 'best' (default), 'latest' or a step number")
+  # the dtypes weights.export_hf documents and tests/test_weights.py round-trips; a choice, because numpy casts to
+  # anything (int8 wrote all-zero weights); float16 is not offered: no export test covers it
+  p.add_argument('--dtype', choices=('float32', 'bfloat16'), help="the weights' dtype (default: the params')")
   p.add_argument('--adapter', action='store_true', help='with --workdir of a LoRA run: a PEFT adapter folder only')
   args = p.parse_args(argv)
   if bool(args.init) == bool(args.workdir):
     p.error('give exactly one of --init or --workdir')
   if args.adapter and not args.workdir:
     p.error('--adapter exports the adapters of a LoRA run: it needs --workdir')
+  if args.init and args.step is not None:
+    p.error(f'--step={args.step} picks a checkpoint of --workdir; --init={args.init} has no checkpoints: drop --step')
+  if args.workdir and args.model:
+    p.error(f"--model={args.model}: with --workdir the model is the run's (its config.json names it): drop --model")
 
   def body() -> int:
+    cli.check_out(args.out, folder=True)  # before loading: the model may take minutes
+    check_not_a_run(args.out)
     if args.workdir:
       config = runfs.read_config(args.workdir)
       if args.adapter and not config.get('lora', {}).get('rank'):
@@ -58,7 +100,8 @@ def main(argv=None) -> int:
       config = loader.model_spec(model=args.model or '', init=args.init, tokenizer=args.tokenizer or '')
       source = args.init
     # one device, params only; a folder with no tokenizer files exports the model alone
-    loaded = loader.load(config, workdir=args.workdir, step=args.step, tokenizer_required=bool(args.tokenizer))
+    step = 'best' if args.step is None else args.step
+    loaded = loader.load(config, workdir=args.workdir, step=step, tokenizer_required=bool(args.tokenizer))
     if loaded.tokenizer is None:
       print(f'note: no tokenizer exported ({source} names none that loads)', file=sys.stderr)
     if loaded.step is not None:
@@ -67,6 +110,13 @@ def main(argv=None) -> int:
     if args.adapter:
       out = weights.export_peft(loaded.params['lora'], cfg, args.out, base_model=config.init, dtype=args.dtype)
       print(f'exported the adapters of {source} (rank {cfg.lora.rank}, on {config.init}) to {out}')
+      if not config.init.startswith('hf:'):  # adapter_config.json names a base transformers cannot resolve
+        print(
+          f'note: the base is {config.init}, which only rftjax resolves; write it as a Hugging Face folder with '
+          f'`python -m rftjax.export --init={config.init} --out=BASE` and load the adapters with '
+          f'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), {str(out)!r}) (docs/lora.md)',
+          file=sys.stderr,
+        )
       return 0
     params = lora.merge(loaded.params, cfg.lora) if cfg.lora else loaded.params
     out = weights.export_hf(params, model.base_config(cfg), args.out, loaded.tokenizer, dtype=args.dtype)

@@ -2,6 +2,7 @@
 
   python -m rftjax.plan --config=configs/gemma3_tpu.py:27b_v5p32 --devices=v5p-32 [--config.x=y ...]
   python -m rftjax.plan --config=configs/tiny.py --devices=cpu-8
+  python -m rftjax.plan --openai_job=job.json --devices=v5e-8     # an OpenAI job file, as train runs it
 
 Prints per-device bytes for what lives on a chip during a GRPO run and exits 1 (naming the biggest consumers and
 what to change) when the peak does not fit in HBM minus a headroom margin. Shapes come from `model.param_shapes`
@@ -492,6 +493,7 @@ def main(argv: Sequence[str]) -> int:
   def define(fv) -> None:
     from absl import flags
 
+    cli.define_openai_job(fv)
     flags.DEFINE_string(
       'devices',
       None,
@@ -509,13 +511,21 @@ def main(argv: Sequence[str]) -> int:
     )
 
   def body() -> int:
-    fv = cli.parse_config_flags(argv, define, required=('config',), doc=__doc__)
-    devices = fv.devices or fv.config.get('devices')
+    job, argv_ = cli.openai_job_argv(argv)  # (parse_job_flags would set up logging: tests call main in-process)
+    fv = cli.parse_config_flags(argv_, define, required=('config',), doc=__doc__)
+    config = fv.config
+    if job is not None:  # the job's fields over the config its model names, as training applies them
+      from rftjax import openai_job
+
+      config = openai_job.apply(config, job, cli.override_keys(argv_))
+    devices = fv.devices or config.get('devices')
     if not devices:
       raise errors.ConfigError('--devices is required (the config has no `devices` field): e.g. --devices=v5p-32')
     hw = parse_devices(devices)
-    n_train = fv.num_train_examples or _count_lines(fv.config.data.train)
-    config = hparams.apply(fv.config, n_train, cli.override_keys(argv))
+    if not 0 <= fv.headroom < 1:
+      raise errors.ConfigError(f'--headroom={fv.headroom}: expected a fraction of HBM kept free, in [0, 1)')
+    n_train = fv.num_train_examples or _count_lines(config.data.train)
+    config = hparams.apply(config, n_train, cli.override_keys(argv_))
     runspec.check(config, devices=hw.chips, processes=hw.hosts, inputs=False)
     plan = make_plan(config, hw, headroom=fv.headroom)
     print(resolved_summary(config, n_train))

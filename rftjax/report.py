@@ -13,6 +13,7 @@ import argparse
 import functools
 import hashlib
 import json
+import logging
 import pathlib
 import re
 import sys
@@ -25,6 +26,8 @@ from rftjax import graders
 from rftjax import hparams
 from rftjax import metrics as metrics_lib
 from rftjax import runfs
+
+log = logging.getLogger(__name__)
 
 TIMINGS = ('sampling_s', 'grading_s', 'training_s', 'eval_s', 'checkpoint_s')
 
@@ -43,12 +46,27 @@ def _grader_type(spec: Any) -> str | None:
   return kind
 
 
+def run_config(workdir) -> dict:
+  """The run's config.json as a dict, {} for a run whose logs are there without it. A folder with no run in it
+  (missing, empty, a Hugging Face model folder) is a ConfigError, as in evaluate and export: a report of it would be
+  all dashes, and a job 'running' since 1970."""
+  logs = [n for n in ('metrics.jsonl', 'events.jsonl') if (workdir / n).is_file()]
+  if logs and not (workdir / 'config.json').is_file():
+    return {}
+  config = runfs.read_config(workdir).to_dict()  # neither: "no config.json there; expected a run directory ..."
+  if 'model_type' not in config:  # what weights.export_hf writes; a run's config has no such key
+    return config
+  what = f"--workdir={workdir}: its config.json is a Hugging Face model's (model_type {config['model_type']!r})"
+  if not logs:
+    raise errors.ConfigError(f"{what}, not a run's; expected a run directory written by rftjax.train")
+  log.warning("%s: an export replaced the run's; reporting from its logs alone", what)
+  return {}
+
+
 def summarize(workdir: str | pathlib.Path) -> dict:
   """Everything the table shows, as a JSON-able dict."""
   workdir = runfs.path(workdir)  # local or gs://
-  if not workdir.is_dir():
-    raise errors.ConfigError(f'--workdir={workdir}: no such run directory')
-  config = runfs.read_config(workdir).to_dict() if (workdir / 'config.json').is_file() else {}
+  config = run_config(workdir)
   records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
   train = [r for r in records if r.get('train_reward_mean') is not None]
   valid = [r for r in records if r.get('valid_reward_mean') is not None]
@@ -205,9 +223,7 @@ def openai_job(workdir: str | pathlib.Path) -> dict:
   them, and `rftjax`: what only rftjax has (the workdir, steps done, the best step). docs/cli.md says where each
   field comes from."""
   workdir = runfs.path(workdir)
-  if not workdir.is_dir():
-    raise errors.ConfigError(f'--workdir={workdir}: no such run directory')
-  config = runfs.read_config(workdir).to_dict() if (workdir / 'config.json').is_file() else {}
+  config = run_config(workdir)
   records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
   events = metrics_lib.read_jsonl(workdir / 'events.jsonl')
   train = [r for r in records if r.get('train_reward_mean') is not None]
@@ -414,14 +430,17 @@ def _metadata(raw: Any) -> dict[str, str] | None:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m rftjax.report', description=__doc__.split('\n')[0])
   p.add_argument('--workdir', required=True, help='a run directory')
-  p.add_argument('--json', action='store_true', help='print the summary as one JSON object instead of a table')
+  p.add_argument('--json', action='store_true', help='print the summary as one JSON object (the same as --format=json)')
   p.add_argument(
     '--format',
     choices=('table', 'json', 'openai'),
     default=None,
-    help="table (default); json (the same as --json); openai: the run as OpenAI's fine-tuning job object (JSON)",
+    help="table (default); json: the summary as one JSON object; openai: the run as OpenAI's fine-tuning job "
+    'object (indented JSON)',
   )
   args = p.parse_args(argv)
+  if args.json and args.format not in (None, 'json'):
+    p.error(f'--json and --format={args.format} ask for two formats: give one (--json is --format=json)')
   fmt = args.format or ('json' if args.json else 'table')
 
   def body() -> int:
@@ -436,4 +455,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+  cli.setup_logging()
   sys.exit(main())

@@ -33,7 +33,8 @@ from rftjax import runfs
 def add_model_flags(p: argparse.ArgumentParser) -> None:
   """Flags shared by the inference CLIs: which model to load."""
   p.add_argument('--workdir', help='a run directory (config.json + checkpoints/)')
-  p.add_argument('--step', default='best', help="checkpoint: 'best' (default), 'latest' or a step number")
+  # default None, read as 'best': so that a --step given with --init is refused rather than ignored
+  p.add_argument('--step', default=None, help="with --workdir, the checkpoint: 'best' (default), 'latest' or a number")
   p.add_argument('--init', help="instead of --workdir: 'gguf:PATH', 'gguf:smollm2-135m', 'hf:DIR', or '' (random)")
   p.add_argument('--model', help="model preset (default: the run's, or what the --init file states)")
   p.add_argument('--tokenizer', help="tokenizer spec (default: the run's, or the --init file's)")
@@ -42,7 +43,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     '--batch_size',
     type=int,
     default=None,
-    help="prompts per compiled batch (default: the run's eval_batch_size, else 32)",
+    help="prompts per compiled batch, >= 1 (default: the run's eval_batch_size, else 32)",
   )
   p.add_argument(
     '--stop',
@@ -67,7 +68,8 @@ def load_from_args(args) -> loader.Loaded:
       for key in ('model', 'tokenizer', 'chat_template'):
         if getattr(args, key):
           config[key] = getattr(args, key)
-    return loader.load(config, mesh=loader.inference_mesh(config.get('mesh')), workdir=args.workdir, step=args.step)
+    step = 'best' if args.step is None else args.step
+    return loader.load(config, mesh=loader.inference_mesh(config.get('mesh')), workdir=args.workdir, step=step)
   if not args.init and not (args.model and args.tokenizer):
     raise errors.ConfigError('--init="" (random weights) needs --model=<preset> and --tokenizer=<spec>')
   config = loader.model_spec(
@@ -78,7 +80,25 @@ def load_from_args(args) -> loader.Loaded:
 
 def max_new_tokens(args, loaded: loader.Loaded) -> int:
   """--max_new_tokens, else the run's `sampling.max_new_tokens` (what its validation used), else 128."""
-  return args.max_new_tokens or int(loaded.config.get('sampling', {}).get('max_new_tokens') or 128)
+  if args.max_new_tokens is not None:  # never `or`: 0 is refused by cli.check_inference_flags, not read as unset
+    return args.max_new_tokens
+  return int(loaded.config.get('sampling', {}).get('max_new_tokens') or 128)
+
+
+def batch_size(args, loaded: loader.Loaded) -> int:
+  """--batch_size, else the run's `eval_batch_size`, else 32."""
+  if args.batch_size is not None:
+    return args.batch_size
+  return int(loaded.config.get('eval_batch_size') or 32)
+
+
+def write_out(path, rows: list[dict]) -> None:
+  """data.write_jsonl, where a failed write (checked by cli.check_out before the work, but the disk can fill or a
+  folder appear meanwhile) is one line naming --out (write_jsonl leaves no temp file behind)."""
+  try:
+    data_lib.write_jsonl(path, rows)
+  except OSError as e:
+    raise errors.ConfigError(f'--out={path}: cannot write it ({e.strerror or e})') from None
 
 
 def read_prompts(path: str | pathlib.Path) -> list[tuple[dict, data_lib.Example]]:
@@ -120,21 +140,17 @@ def parse_args(argv):
   p.add_argument('--prompts', required=True, help='JSONL: {"messages": [...]} or {"text": "..."} per line')
   p.add_argument('--out', required=True, help='output JSONL, one line per prompt')
   p.add_argument(
-    '--max_new_tokens', type=int, default=None, help="default: the run's sampling.max_new_tokens, else 128"
+    '--max_new_tokens',
+    type=int,
+    default=None,
+    help="tokens per completion, >= 1 (default: the run's sampling.max_new_tokens, else 128)",
   )
-  p.add_argument('--temperature', type=float, default=0.0, help='0 = greedy')
-  p.add_argument('--top_p', type=float, default=1.0)
-  p.add_argument('--top_k', type=int, default=0, help='0 = off')
-  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--temperature', type=float, default=0.0, help='>= 0; 0 = greedy')
+  p.add_argument('--top_p', type=float, default=1.0, help='in (0, 1]; 1 = off')
+  p.add_argument('--top_k', type=int, default=0, help='>= 0; 0 = off')
+  p.add_argument('--seed', type=int, default=0, help='the sampling rng (with --temperature > 0)')
   args = p.parse_args(argv)
-  if args.max_new_tokens is not None and args.max_new_tokens < 1:
-    p.error(f'--max_new_tokens must be >= 1, got {args.max_new_tokens}')
-  if args.temperature < 0:
-    p.error(f'--temperature must be >= 0, got {args.temperature}')
-  if not 0 < args.top_p <= 1:
-    p.error(f'--top_p must be in (0, 1], got {args.top_p}')
-  if (args.workdir is None) == (args.init is None):
-    p.error('give exactly one of --workdir or --init')
+  cli.check_inference_flags(p, args)
   return args
 
 
@@ -143,6 +159,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
 
   def body() -> int:
+    cli.check_out(args.out)  # a bad --out fails before the sampling, not after it
     prompts = read_prompts(args.prompts)  # bad input fails before the model loads
     loaded = load_from_args(args)
     fmt = response_format.make(loaded.config.get('response_format'))  # a run trained to answer in JSON
@@ -162,7 +179,7 @@ def main(argv=None) -> int:
       ids,
       loaded.tokenizer,
       mesh=loaded.mesh,
-      batch_size=args.batch_size or int(loaded.config.get('eval_batch_size') or 32),
+      batch_size=batch_size(args, loaded),
       rng=jax.random.key(args.seed),
       progress=stderr_progress('sampling'),
     )
@@ -178,7 +195,7 @@ def main(argv=None) -> int:
       for (obj, ex), o in zip(prompts, outs)
     ]
     if jax.process_index() == 0:
-      data_lib.write_jsonl(args.out, rows)
+      write_out(args.out, rows)
       print(f'wrote {len(rows)} completions to {args.out}', file=sys.stderr)
     return 0
 

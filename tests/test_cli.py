@@ -1,17 +1,25 @@
 """The inference CLIs (sample, evaluate, report) and the reward plot, against one real 3-step tiny run."""
 
+import argparse
+import importlib
 import json
 import math
 import pathlib
+import re
+import subprocess
+import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import tiny
 from rftjax import checkpoint
+from rftjax import cli
 from rftjax import errors
 from rftjax import evaluate
+from rftjax import export
 from rftjax import graders
 from rftjax import inference
 from rftjax import loader
@@ -317,3 +325,206 @@ def test_local_judge_answers_model_graders(run_dir, in_repo):
   with graders.GradingPool(num_workers=1) as pool:
     (offline,) = pool.grade(graders.build({**spec, 'base_url': 'http://127.0.0.1:9'}, judges=judges), ['x'], [item])
   assert offline.errors and offline.errors[0].category == 'model_grader_server'
+
+
+# ---- the flags sample and evaluate share: one check, the same words ---------------------------------------------
+@pytest.mark.parametrize(
+  'flag, said',
+  [
+    ('--max_new_tokens=0', '--max_new_tokens must be >= 1, got 0'),
+    ('--top_p=1.5', '--top_p must be in (0, 1] (1 = off), got 1.5'),
+    ('--top_p=0', '--top_p must be in (0, 1] (1 = off), got 0.0'),
+    ('--top_k=-3', '--top_k must be >= 0 (0 = off), got -3'),
+    ('--temperature=-1', '--temperature must be >= 0 (0 = greedy), got -1.0'),
+    ('--temperature=nan', '--temperature must be a finite number >= 0 (0 = greedy), got nan'),
+    ('--batch_size=-4', '--batch_size must be >= 1, got -4'),
+    ('--batch_size=0', '--batch_size must be >= 1, got 0'),
+    ('--step=5', '--step=5 picks a checkpoint of --workdir; --init= has no checkpoints: drop --step'),
+  ],
+)
+def test_sample_and_evaluate_refuse_the_same_flags_in_the_same_words(flag, said, tmp_path, capsys):
+  prompts = write_jsonl(tmp_path / 'p.jsonl', PROMPTS[:1])
+  model = ['--init=', '--model=tiny', '--tokenizer=sp:data/tiny/tokenizer.model'] if 'step' in flag else []
+  where = model or [f'--workdir={tmp_path}']
+  out = f'--out={tmp_path / "o.jsonl"}'
+  commands = [
+    (sample.main, where + [f'--prompts={prompts}', out, '--temperature=1', flag]),
+    (evaluate.main, where + [f'--data={prompts}', out, f'--grader={tmp_path / "g.json"}', '--temperature=1', flag]),
+  ]
+  for main, argv in commands:
+    with pytest.raises(SystemExit) as e:
+      main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f'error: {said}')
+
+
+def test_evaluate_refuses_negative_num_workers_before_loading(tmp_path, capsys):
+  data = write_jsonl(tmp_path / 'd.jsonl', PROMPTS[:1])
+  with pytest.raises(SystemExit) as e:
+    evaluate.main([f'--workdir={tmp_path}', f'--data={data}', '--num_workers=-1'])
+  assert e.value.code == 2
+  assert 'error: --num_workers must be >= 0 (0 = one per CPU core), got -1' in capsys.readouterr().err
+
+
+def test_max_new_tokens_is_the_flag_else_the_runs():
+  run = argparse.Namespace(config=ml_collections.ConfigDict({'sampling': {'max_new_tokens': 7}}))
+  assert sample.max_new_tokens(argparse.Namespace(max_new_tokens=None), run) == 7
+  assert sample.max_new_tokens(argparse.Namespace(max_new_tokens=3), run) == 3
+
+
+# ---- --out is checked before any work, and a failed write leaves nothing behind ---------------------------------
+def test_an_out_that_is_a_folder_fails_before_the_model_loads(run_dir, tmp_path, in_repo, monkeypatch, capsys):
+  prompts = write_jsonl(tmp_path / 'p.jsonl', PROMPTS[:1])
+  folder = tmp_path / 'results'
+  folder.mkdir()
+  monkeypatch.setattr(sample, 'load_from_args', lambda args: pytest.fail('loaded a model with a bad --out'))
+  assert sample.main([f'--workdir={run_dir}', f'--prompts={prompts}', f'--out={folder}']) == 2
+  assert capsys.readouterr().err == f'error: --out={folder}: a folder is there; expected the name of a file to write\n'
+  assert evaluate.main([f'--workdir={run_dir}', f'--data={prompts}', f'--out={folder}']) == 2
+  assert capsys.readouterr().err == f'error: --out={folder}: a folder is there; expected the name of a file to write\n'
+  a_file = write_jsonl(tmp_path / 'f', [])
+  assert sample.main([f'--workdir={run_dir}', f'--prompts={prompts}', f'--out={a_file}/o.jsonl']) == 2
+  assert f'{a_file} is a file; expected a folder there' in capsys.readouterr().err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['f', 'p.jsonl', 'results']  # no results.tmp
+
+
+def test_a_write_that_fails_after_sampling_leaves_no_temp_file(run_dir, tmp_path, in_repo, monkeypatch, capsys):
+  prompts = write_jsonl(tmp_path / 'p.jsonl', PROMPTS[:1])
+  folder = tmp_path / 'appeared'  # made while sampling ran: the check before it passed
+  monkeypatch.setattr(cli, 'check_out', lambda *args, **kwargs: folder.mkdir(exist_ok=True))
+  assert sample.main([f'--workdir={run_dir}', f'--prompts={prompts}', f'--out={folder}', '--max_new_tokens=1']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith(f'error: --out={folder}: cannot write it (') and 'Traceback' not in ''.join(err)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['appeared', 'p.jsonl']
+
+
+# ---- export: its flags, its --out ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+  'argv, said',
+  [
+    (['--dtype=int8'], "argument --dtype: invalid choice: 'int8' (choose from 'float32', 'bfloat16')"),
+    (['--dtype=foo'], "argument --dtype: invalid choice: 'foo' (choose from 'float32', 'bfloat16')"),
+    (['--model=tiny'], "--model=tiny: with --workdir the model is the run's (its config.json names it): drop --model"),
+  ],
+)
+def test_export_refuses_flags_it_would_misread(argv, said, run_dir, tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    export.main([f'--workdir={run_dir}', f'--out={tmp_path / "hf"}', *argv])
+  assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(f'error: {said}')
+  assert not (tmp_path / 'hf').exists()
+
+
+def test_export_refuses_step_with_init(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    export.main(['--init=gguf:gemma3-270m', '--step=5', f'--out={tmp_path / "hf"}'])
+  assert e.value.code == 2
+  assert (
+    capsys.readouterr()
+    .err.strip()
+    .endswith(
+      'error: --step=5 picks a checkpoint of --workdir; --init=gguf:gemma3-270m has no checkpoints: drop --step'
+    )
+  )
+
+
+def test_export_out_a_file_or_a_run_is_one_line_and_an_earlier_export_is_replaced(run_dir, tmp_path, in_repo, capsys):
+  a_file = write_jsonl(tmp_path / 'f', [])
+  assert export.main([f'--workdir={run_dir}', f'--out={a_file}']) == 2
+  assert capsys.readouterr().err == f'error: --out={a_file}: a file is there; expected a folder (made if missing)\n'
+  config = (run_dir / 'config.json').read_text()
+  assert export.main([f'--workdir={run_dir}', f'--out={run_dir}']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: --out={run_dir}: an rftjax run directory (it holds checkpoints/, metrics.jsonl, ')
+  assert 'config.json without model_type)' in err and err.count('\n') == 1
+  assert (run_dir / 'config.json').read_text() == config and not (run_dir / 'model.safetensors').exists()
+  just_config = tmp_path / 'copied'  # a run's config.json alone, copied somewhere
+  just_config.mkdir()
+  (just_config / 'config.json').write_text(config)
+  assert export.main([f'--workdir={run_dir}', f'--out={just_config}']) == 2
+  assert 'it holds config.json without model_type' in capsys.readouterr().err
+  hf = tmp_path / 'hf'
+  for _ in range(2):  # the second replaces the first
+    assert export.main([f'--workdir={run_dir}', f'--out={hf}']) == 0
+  assert json.loads((hf / 'config.json').read_text())['model_type']
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+def test_report_of_no_run_is_the_error_evaluate_gives(run_dir, tmp_path, in_repo, capsys):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  hf = tmp_path / 'hf'
+  assert export.main([f'--workdir={run_dir}', f'--out={hf}']) == 0
+  capsys.readouterr()
+  for workdir in (empty, tmp_path / 'missing'):
+    for fmt in ('table', 'json', 'openai'):
+      assert report.main([f'--workdir={workdir}', f'--format={fmt}']) == 2
+      assert capsys.readouterr() == (
+        '',
+        f'error: --workdir={workdir}: no config.json there; expected a run directory written by rftjax.train\n',
+      )
+  assert evaluate.main([f'--workdir={empty}', f'--data={write_jsonl(tmp_path / "d.jsonl", PROMPTS[:1])}']) == 2
+  assert capsys.readouterr().err == f'error: --workdir={empty}: no config.json there; expected a run directory ' \
+    'written by rftjax.train\n'  # fmt: skip
+  assert report.main([f'--workdir={hf}', '--format=openai']) == 2
+  assert capsys.readouterr().err.startswith(f"error: --workdir={hf}: its config.json is a Hugging Face model's")
+
+
+def test_report_refuses_json_with_another_format(run_dir, capsys):
+  with pytest.raises(SystemExit) as e:
+    report.main([f'--workdir={run_dir}', '--json', '--format=table'])
+  assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(
+    'error: --json and --format=table ask for two formats: give one (--json is --format=json)'
+  )
+  assert report.main([f'--workdir={run_dir}', '--json', '--format=json']) == 0
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+  run = tmp_path / 'run'
+  run.mkdir()
+  grader = {
+    'type': 'string_check',
+    'name': 'x',
+    'input': '{{sample.output_text}}',
+    'operation': 'eq',
+    'reference': 'a' * 400_000,
+  }  # fmt: skip  (more than a pipe holds: the writer sees the reader go)
+  (run / 'config.json').write_text(json.dumps({'model': 'tiny', 'grader': grader, 'total_steps': 3}))
+  proc = subprocess.Popen(
+    [sys.executable, '-m', 'rftjax.report', f'--workdir={run}', '--format=openai'],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
+  assert proc.stdout.readline() == b'{\n'
+  proc.stdout.close()  # `| head -1`
+  assert proc.wait(timeout=120) == cli.BROKEN_PIPE_EXIT_CODE
+  err = proc.stderr.read()
+  assert b'Traceback' not in err and b'BrokenPipe' not in err, err.decode()
+
+
+def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback():
+  def body():
+    raise BrokenPipeError('a grader endpoint hung up')
+
+  with pytest.raises(BrokenPipeError):
+    cli.run(body)
+
+
+# ---- docs/cli.md names every flag --------------------------------------------------------------------------------
+@pytest.mark.parametrize('module', ['sample', 'evaluate', 'report', 'export', 'grade', 'plan', 'train'])
+def test_docs_name_every_flag_in_the_commands_section(module, capsys):
+  mod = importlib.import_module(f'rftjax.{module}')
+  with pytest.raises(SystemExit) as e:  # argparse commands take argv without the program, absl ones with it
+    mod.main(['--help'] if module in ('sample', 'evaluate', 'report', 'export', 'grade') else [module, '--help'])
+  assert e.value.code == 0
+  flags = set(re.findall(r'(?<![\w-])--(\w+)', capsys.readouterr().out)) - {
+    'help',
+    'flagfile',
+    'undefok',
+    'flag',
+  }  # absl's own; '--flag=value' is in its help text
+  # its own sections (`python -m rftjax.<module>` in the heading), and for sample and evaluate the shared flags
+  sections = (REPO / 'docs' / 'cli.md').read_text().split('\n## ')
+  heading = re.compile(rf'rftjax\.{module}\b' + (r'|Loading a model' if module in ('sample', 'evaluate') else ''))
+  doc = '\n'.join(s for s in sections if heading.search(s.split('\n')[0]))
+  assert flags and doc and sorted(f for f in flags if not re.search(rf'--{f}\b', doc)) == []

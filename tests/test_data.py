@@ -46,6 +46,36 @@ def test_missing_and_empty_file(tmp_path):
     data.load_jsonl(write(tmp_path, ['']))
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+  path = tmp_path / 'bom.jsonl'
+  path.write_bytes(b'\xef\xbb\xbf' + (GOOD + '\n' + GOOD + '\n').encode())
+  assert [ex.item['answer'] for ex in data.load_jsonl(path)] == ['1', '1']
+  path.write_bytes((GOOD + '\n').encode() + b'\xef\xbb\xbf' + GOOD.encode())  # only a file starts with one
+  with pytest.raises(data.DataError, match=r'bom.jsonl:2: not valid JSON'):
+    data.load_jsonl(path)
+
+
+def test_a_prompt_too_long_says_what_the_schema_added(tmp_path):
+  import pathlib
+
+  from rftjax import response_format, tokenizer
+
+  tok = tokenizer.load_tokenizer(f'sp:{pathlib.Path(__file__).parents[1] / "data/tiny/tokenizer.model"}')
+  (ex,) = data.load_jsonl(write(tmp_path, [GOOD]))
+  fmt = response_format.make({'type': 'json_schema', 'json_schema': {'name': 'n', 'schema': {'type': 'object'}}})
+  plain, schema = (len(data.encode_prompts([ex], tok, None, f)[0]) for f in (None, fmt))
+  long = (
+    rf'd.jsonl:1: the prompt is {schema} tokens long \({schema - plain} of them the response_format schema '
+    r'instruction\), more than config.data.max_prompt_len=5;'
+  )
+  with pytest.raises(data.DataError, match=long):
+    data.encode_prompts([ex], tok, 5, fmt)
+  with pytest.raises(
+    data.DataError, match=rf'the prompt is {plain} tokens long, more than config.data.max_prompt_len=1;'
+  ):
+    data.encode_prompts([ex], tok, 1, None)
+
+
 def test_item_is_the_whole_line_and_parts_are_joined(tmp_path):
   line = json.dumps(
     {

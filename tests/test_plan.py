@@ -1,5 +1,6 @@
 """rftjax.plan: slice names, exact per-device division, the CLI's verdicts, and the estimate vs XLA's own numbers."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -106,6 +107,36 @@ def test_cli_mesh_that_does_not_match_the_slice_is_a_usage_error(in_repo, capsys
   rc = plan.main(['plan', '--config=configs/gemma3_tpu.py:27b_v5p32', '--devices=v5e-8'])
   assert rc == 2
   assert 'config.mesh' in capsys.readouterr().err
+
+
+def test_cli_plans_an_openai_job_file_as_train_runs_it(tmp_path, capsys):
+  job = {
+    'model': 'tiny',
+    'training_file': str(REPO / 'data/tiny/train.jsonl'),
+    'validation_file': str(REPO / 'data/tiny/valid.jsonl'),
+    'method': {
+      'type': 'reinforcement',
+      'reinforcement': {
+        'grader': {'type': 'string_check', 'input': '{{sample.output_text}}', 'reference': '{{item.answer}}',
+                   'operation': 'eq'},
+        'hyperparameters': {'batch_size': 4, 'n_epochs': 1},
+      },
+    },
+  }  # fmt: skip
+  (tmp_path / 'job.json').write_text(json.dumps(job))
+  assert plan.main(['plan', f'--openai_job={tmp_path / "job.json"}', '--devices=cpu-1']) == 0
+  out = capsys.readouterr().out
+  # the job's hyperparameters over configs/tiny.py (its batch 16, 200 steps), as the trainer resolves them
+  assert 'run: 500 steps of 4 prompts x 8 completions = 32 rows (2000 training examples)' in out
+  assert 'model tiny (0.00B params) on cpu-1' in out and 'fits: peak' in out
+
+
+@pytest.mark.parametrize('headroom', ['-1', '1.5'])
+def test_cli_headroom_outside_0_1_is_a_usage_error(in_repo, capsys, headroom):
+  rc = plan.main(['plan', '--config=configs/gemma3_tpu.py:27b_v5p32', '--devices=v5p-32', f'--headroom={headroom}'])
+  assert rc == 2
+  err = capsys.readouterr().err
+  assert f'error: --headroom={float(headroom)}: expected a fraction of HBM kept free, in [0, 1)' in err
 
 
 @pytest.mark.parametrize('arg', sorted(lora_one_vm.LAYOUTS))
