@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -42,11 +43,17 @@ log = logging.getLogger(__name__)
 
 class _ReadOnlyNotes(logging.Filter):
   """Orbax warns every time a manager is opened read-only, which the tools that only read a run (sample, evaluate,
-  export, report) always do on purpose: two warning lines per command that say nothing to act on."""
+  export, report) always do on purpose: two warning lines per command that say nothing to act on. It also warns at
+  every save without metrics, which the trainer makes on purpose (an unranked step: Ctrl-C, preemption, a stop)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     message = record.getMessage()
-    return not ('read_only=True, setting save_interval_steps' in message or 'Given directory is read only' in message)
+    return not (
+      'read_only=True, setting save_interval_steps' in message
+      or 'Given directory is read only' in message
+      or 'Requested `tracked_metric`; did not provide metrics' in message
+      or ('Metadata file does not exist' in message and '_CHECKPOINT_METADATA' in message)  # _stored_tree's read
+    )
 
 
 logging.getLogger('absl').addFilter(_ReadOnlyNotes())
@@ -207,6 +214,9 @@ class Checkpointer:
     self._manager.wait_until_finished()  # the step may still be in flight from this process.
     step = self.resolve_step(step)
     target = jax.tree.map(_as_abstract, abstract_state)
+    mismatch = _mismatch(_stored_tree(self.directory / str(step) / _STATE), target)
+    if mismatch:
+      raise ValueError(f'restoring {self.directory}/{step} into abstract_state failed: {mismatch}')
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target), _EXTRA: ocp.args.JsonRestore()})
     try:
       restored = self._manager.restore(step, args=args)
@@ -225,6 +235,12 @@ class Checkpointer:
     that use a trained model (sample, evaluate, export), never for resuming."""
     path = self.directory / str(int(step)) / _STATE
     target = {'params': jax.tree.map(_as_abstract, abstract_params)}
+    try:
+      mismatch = _mismatch({'params': _stored_tree(path)['params']}, target)
+    except (KeyError, FileNotFoundError, ValueError) as e:  # a broken step
+      mismatch = f'unreadable metadata ({type(e).__name__}: {e})'
+    if mismatch:
+      raise ValueError(f'{path}: cannot restore the params (does the model preset match the run?): {mismatch}')
     args = ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
     )
@@ -273,6 +289,36 @@ class Checkpointer:
     if isinstance(clean[self.best_metric], bool) or not isinstance(clean[self.best_metric], (int, float)):
       raise TypeError(f'metrics[{self.best_metric!r}] = {clean[self.best_metric]!r}: expected a number.')
     return clean
+
+
+def _mismatch(stored: Any, target: Any) -> str | None:
+  """Where the stored `params` and the target's differ in leaves or shapes, checked from metadata before any array
+  is read: a failing Orbax read leaves its other reads running into a closed event loop, and their tracebacks end
+  up after the one-line error. Params are plain dicts, named alike on both sides (optimizer states are not)."""
+
+  def leaves(tree, at='params') -> dict:
+    if not isinstance(tree, Mapping):
+      return {at: tree.shape}
+    return {k: v for key, sub in tree.items() for k, v in leaves(sub, f'{at}.{key}').items()}
+
+  trees = (getattr(t, 'tree', t) for t in (stored, target))  # Orbax's TreeMetadata holds the nested dicts
+  stored, target = (t.get('params', {}) if isinstance(t, Mapping) else {} for t in trees)
+  if not target:  # nothing to compare (a target of None restores whatever is on disk)
+    return None
+  have, want = leaves(stored) if stored else {}, leaves(target)
+  for key in sorted(want.keys() - have.keys())[:1]:
+    return f'{key} is not in the checkpoint'
+  for key in sorted(have.keys() - want.keys())[:1]:
+    return f'the checkpoint holds {key}, which this config has no place for'
+  for key in sorted(k for k in want if tuple(want[k]) != tuple(have[k]))[:1]:
+    return f'{key}: the checkpoint holds shape {tuple(have[key])}, this config expects {tuple(want[key])}'
+  return None
+
+
+def _stored_tree(path) -> Any:
+  """The array metadata (shapes, dtypes) of a saved train state, read without its arrays."""
+  with ocp.PyTreeCheckpointer() as reader:
+    return reader.metadata(path).item_metadata
 
 
 def _as_abstract(x: Any) -> jax.ShapeDtypeStruct:

@@ -126,8 +126,10 @@ def base_learning_rate(model: str, init: str = '') -> float:
   if model:
     n = presets.get_config(model).num_params()
   else:
+    from rftjax import loader  # a missing file is the one line config.init gives everywhere
     from rftjax import weights  # reads the file's header only
 
+    loader.check_spec('init', init, ('gguf', 'hf'))
     n = weights.config_from_file(init).num_params()
   return min(1e-5, max(1e-7, 1e-6 * math.sqrt(1.2e9 / n)))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import pathlib
 import threading
 import time
 from collections.abc import Sequence
@@ -162,11 +163,15 @@ def evaluate(
 class Validation:
   """A training run's validation pass: `evaluate` on the validation prompts (k samples each, repeated by the caller)
   and its records: one line of metrics.jsonl, samples/valid_stepNNNNNN.jsonl with every completion, its reward and
-  sub-rewards and the row it answers. `validate(params, step) -> metrics`."""
+  sub-rewards and the row it answers. `validate(params, step) -> metrics`. More failed gradings than
+  `max_error_share` raise graders.GradingFailed once the samples file is written and before the metrics line: a
+  reward of 0 for every broken grading would rank checkpoints by the grader's errors."""
 
-  def __init__(self, sampler, batch_size: int, prompts, examples, tok, grader, pool, mesh, rng, writer, run):
+  def __init__(self, sampler, batch_size: int, prompts, examples, tok, grader, pool, mesh, rng, writer, run,
+               max_error_share: float = 1.0):  # fmt: skip
     self.sampler, self.batch_size, self.prompts, self.examples, self.tok = sampler, batch_size, prompts, examples, tok
     self.grader, self.pool, self.mesh, self.rng, self.writer, self.run = grader, pool, mesh, rng, writer, run
+    self.max_error_share = max_error_share
 
   def __call__(self, params, step: int) -> dict:
     t0 = time.perf_counter()
@@ -182,17 +187,15 @@ class Validation:
       batch_size=self.batch_size,
       rng=jax.random.fold_in(self.rng, step),
     )
+    results = [res for _, res in rows]
     m = {
       'step': step,
-      **graders.summarize([res for _, res in rows], prefix='valid'),
+      **graders.summarize(results, prefix='valid'),
       **episodes.metrics([c.get('transcript') for c, _ in rows], prefix='valid/'),
       'valid_completion_len_mean': sum(len(c['tokens']) for c, _ in rows) / max(len(rows), 1),
       'timing/eval_s': time.perf_counter() - t0,
     }
-    self.writer.write(m)
-    log.info(
-      'step %d: valid_reward_mean=%.4f (%d prompts, %.1fs)', step, m['valid_reward_mean'], len(rows), m['timing/eval_s']
-    )
+    samples = pathlib.Path('samples') / f'valid_step{step:06d}.jsonl'
     if jax.process_index() == 0:
       records = [
         {'source': ex.source, 'item': data_lib.reference(ex), 'completion': c['text'], 'reward': res.reward,
@@ -200,7 +203,15 @@ class Validation:
          **({'transcript': c['transcript']} if 'transcript' in c else {})}
         for ex, (c, res) in zip(self.examples, rows)
       ]  # fmt: skip
-      data_lib.write_jsonl(self.run.local / 'samples' / f'valid_step{step:06d}.jsonl', records)
+      data_lib.write_jsonl(self.run.local / samples, records)
+    if sum(1 for r in results if r.errors) > self.max_error_share * len(results):
+      self.run.sync(raise_errors=False)
+      line = graders.failure_line(results, self.max_error_share, self.grader)
+      raise graders.GradingFailed(f'validation at step {step}: {line} (every completion is in {samples})', [])
+    self.writer.write(m)
+    log.info(
+      'step %d: valid_reward_mean=%.4f (%d prompts, %.1fs)', step, m['valid_reward_mean'], len(rows), m['timing/eval_s']
+    )
     self.run.sync(raise_errors=False)
     return m
 

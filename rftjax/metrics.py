@@ -310,8 +310,8 @@ class Progress:
     self.bar.refresh()
 
   def note(self, step: int, eval_record: dict) -> None:
+    """The bar shows the new validation reward; the validation's own log line has already said it."""
     self.valid = eval_record.get('valid_reward_mean')
-    self.bar.write(f'step {step}: valid_reward_mean={self.valid:.4f}')
 
   def close(self) -> None:
     self.bar.close()

@@ -58,6 +58,32 @@ def read_config(workdir: str | os.PathLike):
     raise errors.ConfigError(f'{file}: not valid JSON ({e})') from None
 
 
+def previous_run(workdir: str | os.PathLike) -> tuple[dict | None, bool]:
+  """(the config.json a run left in `workdir` as a dict, or None; whether it holds a checkpoint). A config.json
+  that rftjax.train did not write (a Hugging Face model folder, say) is a ConfigError: training into it would
+  replace that file."""
+  import json
+
+  from rftjax import errors
+
+  root = path(workdir)
+  file = root / 'config.json'
+  if not file.is_file():
+    return None, False
+  try:
+    found = json.loads(file.read_text())
+  except ValueError as e:
+    raise errors.ConfigError(f'--workdir={workdir}: its {file.name} is not valid JSON ({e})') from None
+  if not isinstance(found, dict) or not {'model', 'grpo', 'data'} <= found.keys():
+    what = 'a Hugging Face model folder' if isinstance(found, dict) and 'model_type' in found else 'not a run'
+    raise errors.ConfigError(
+      f'--workdir={workdir}: its {file.name} was not written by rftjax.train ({what}); training there would '
+      'replace it: choose another --workdir'
+    )
+  ckpts = root / 'checkpoints'
+  return found, ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+
+
 class RunDir:
   """`local` is where run files are written; `remote` is the workdir; `sync()` makes the second match the first.
 

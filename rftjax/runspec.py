@@ -12,7 +12,10 @@ the learning algorithm from the `RunSpec` only; `plan` runs the same checks for 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import math
+import os
 
 import jax
 
@@ -32,6 +35,8 @@ from rftjax import sharding
 from rftjax import tokenizer as tokenizer_lib
 from rftjax import tools as tools_lib
 from rftjax import train_step
+
+log = logging.getLogger('rftjax')
 
 DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('constant', 'cosine')
@@ -217,6 +222,13 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _int(config, 'eval_interval', 1)
   _num(config, 'eval_temperature', 0, why=' (0 = greedy)')
   _int(config, 'eval_samples', 1)
+  if config.eval_samples > 1 and config.eval_temperature == 0:
+    log.warning(
+      'eval_samples=%d with eval_temperature=0: greedy decoding gives each validation prompt the same completion %d '
+      'times; set config.eval_temperature above 0 for k different samples',
+      config.eval_samples,
+      config.eval_samples,
+    )
   _int(config, 'eval_batch_size', 1)
   _int(config, 'checkpoint.keep_best', 0)
   _bool(config, 'checkpoint.async_save')
@@ -291,6 +303,48 @@ def resolve(config, num_train_examples: int, explicit=()):
     config.grader = spec
     config.response_format = response_format.load(config.get('response_format'))  # its content, like the grader
   return config
+
+
+# ---- resuming ---------------------------------------------------------------------------------------------------
+# What a run is: a checkpoint of another model, tokenizer or adapter shape cannot be restored, and validation
+# rewards from another grader or validation set cannot rank its checkpoints against the ones already kept.
+RUN_IDENTITY = ('model', 'init', 'tokenizer', 'chat_template', 'lora', 'data.train', 'data.valid', 'grader',
+                'response_format')  # fmt: skip
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) and k not in ('grader', 'response_format'):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _same_file(a, b) -> bool:
+  """Equal specs, or two spellings ('data/x.jsonl', 'sp:./data/x.model') of one local file."""
+  if a == b or not (isinstance(a, str) and isinstance(b, str)):
+    return a == b
+  strip = lambda s: s.split(':', 1)[1] if ':' in s and '://' not in s and len(s.split(':', 1)[0]) <= 4 else s  # noqa: E731
+  pa, pb = strip(a), strip(b)
+  return a[: len(a) - len(pa)] == b[: len(b) - len(pb)] and os.path.realpath(pa) == os.path.realpath(pb)
+
+
+def check_resume(config, previous: dict, workdir) -> list[str]:
+  """The settings that changed since the run in `workdir` was started (`previous`: its config.json), as
+  'key old -> new' for a warning; a change of what the run is (RUN_IDENTITY) is a ConfigError."""
+  old, new = _flat(previous), _flat(json.loads(config.to_json_best_effort()))
+  changed = [k for k in sorted(old.keys() | new.keys()) if not _same_file(old.get(k), new.get(k))]
+  clash = [k for k in changed if any(k == i or k.startswith(i + '.') for i in RUN_IDENTITY)]
+  if clash:
+    show = lambda v: json.dumps(v)[:60]  # noqa: E731
+    diff = '; '.join(f'config.{k} was {show(old.get(k))}, now {show(new.get(k))}' for k in clash)
+    raise errors.ConfigError(
+      f'--workdir={workdir} holds checkpoints of another run ({diff}); resuming it needs the same model, data and '
+      'grader: choose a new --workdir (or delete that one to start over)'
+    )
+  return [f'{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}' for k in changed if k != 'total_steps']
 
 
 # ---- the run description ---------------------------------------------------------------------------------------

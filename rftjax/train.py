@@ -7,8 +7,9 @@ continues a finished run. `--openai_job` runs the body of an OpenAI `fine_tuning
 `--verbosity=1` shows the libraries' INFO lines as well. Exit status:
   0    done
   2    bad input: one `error:` line naming the config key, flag, file and line, or grader field; nothing written
-  3    grading broken: more than grading.max_error_share of a step's gradings failed; one `error:` line naming the
-       grader, the error category, a sample message and the share; a checkpoint was written
+  3    grading broken: more than grading.max_error_share of a step's (or a validation's) gradings failed; one
+       `error:` line naming the grader, the error category, a sample message and the share; a checkpoint of the
+       steps trained so far was written (none when the step-0 validation failed: nothing was trained)
   4    stopped by the collapse guard (guard.stop=True): the line names the best checkpoint and how to export it;
        a checkpoint was written
   42   preempted (SIGTERM): a checkpoint was written; rerun the same command

@@ -69,38 +69,50 @@ def _checked(config, workdir, explicit) -> dict:
   valid_prompts = data_lib.encode_prompts(valid_set, tok, config.data.max_prompt_len, fmt)
   k = spec.eval_samples  # k completions per validation prompt, each graded; the means average them all
   valid_prompts, valid_set = [p for p in valid_prompts for _ in range(k)], [e for e in valid_set for _ in range(k)]
+  # a workdir that holds another run (or no run at all) is refused before anything in it changes
+  previous, has_checkpoints = runfs.previous_run(workdir)
+  changed = runspec.check_resume(config, previous, workdir) if has_checkpoints else []
   try:
     run = runfs.RunDir(workdir, sync_interval_s=config.sync_interval_s)
   except OSError as e:
     raise errors.ConfigError(f'--workdir={workdir}: cannot write there ({e})') from None
   with run:
-    return _train(config, spec, run, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts)
+    return _train(config, spec, run, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts, changed)
 
 
-def _train(
-  config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts
-) -> dict:
+def _write_config(config, run: runfs.RunDir) -> None:
+  """config.json, whole or not at all (export and evaluate read it), synced: a bucket this VM may not write to
+  fails here, not after the model has loaded."""
+  if jax.process_index() != 0:
+    return
+  tmp = run.local / 'config.json.tmp'
+  tmp.write_text(config.to_json_best_effort(indent=2) + '\n')
+  tmp.replace(run.local / 'config.json')
+  try:
+    run.sync()
+  except OSError as e:
+    raise errors.ConfigError(f'--workdir={run.remote}: cannot write there ({e})') from None
+
+
+def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, train_set, train_prompts, valid_set,
+           valid_prompts, changed) -> dict:  # fmt: skip
   workdir = run.local  # run files; checkpoints go to run.remote (the same folder when the workdir is local)
   is_main = jax.process_index() == 0
-  if is_main:
-    tmp = workdir / 'config.json.tmp'  # whole or not at all: export and evaluate read it
-    tmp.write_text(config.to_json_best_effort(indent=2) + '\n')
-    tmp.replace(workdir / 'config.json')
-    try:
-      run.sync()  # a bucket this VM may not write to fails here, not after the model has loaded
-    except OSError as e:
-      raise errors.ConfigError(f'--workdir={run.remote}: cannot write there ({e})') from None
   if not jax.config.jax_compilation_cache_dir:  # next to the run, unless the environment chose a place
     jax.config.update('jax_compilation_cache_dir', str(run.compile_cache))
   ckpt = checkpoint_lib.Checkpointer(
     run.remote / 'checkpoints', keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save
   )
   latest = ckpt.latest_step()
-  if latest is not None and latest >= spec.total_steps:  # said before anything loads
+  if latest is not None and latest >= spec.total_steps:  # said before anything loads; config.json stays the run's
     ckpt.close()
     key = hparams.deciding_key(config, 'total_steps')
     log.info('nothing to do: step %d >= total_steps=%d (raise %s to continue)', latest, spec.total_steps, key)
     return {}
+  if latest is None:  # a new run; a resumed one writes its config.json once its checkpoint has restored
+    _write_config(config, run)
+  elif changed:
+    log.warning('resuming with changed settings: %s', ', '.join(changed))
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
 
   # ---- mesh, model, optimizer state ----
@@ -122,9 +134,16 @@ def _train(
     data_iter = data_lib.DataIterator(len(train_set), config.batch_size, config.seed, **hosts)
     start = 0
     if latest is not None:
-      state, extra = ckpt.restore(latest, step_lib.abstract_state(state))
+      try:
+        state, extra = ckpt.restore(latest, step_lib.abstract_state(state))
+      except ValueError as e:
+        raise errors.ConfigError(
+          f'--workdir={run.remote}: checkpoint {latest} does not fit this config ({str(e).splitlines()[-1][:300]}); '
+          'was it written with another model or LoRA setting? Choose a new --workdir'
+        ) from None
       data_iter.restore(extra['data'])
       start = int(jax.device_get(state['step']))
+      _write_config(config, run)
       log.info('resumed from step %d in %s', start, run.remote)
     writer = metrics_lib.MetricsWriter(
       workdir, resume_step=start, enabled=is_main, total_steps=spec.total_steps, grader=grader_spec
@@ -170,12 +189,16 @@ def _train(
       jax.random.fold_in(rng, 2**31 - 1),
       writer,
       run,
+      max_error_share=config.grading.max_error_share,
     )
     save = functools.partial(_save, ckpt, writer, run)
 
     last_eval: dict = {}
     if start == 0:
-      last_eval = validate(lora.join(state['params'], frozen), 0)
+      try:
+        last_eval = validate(lora.join(state['params'], frozen), 0)
+      except graders.GradingFailed as e:  # nothing learnt yet: nothing to keep
+        raise GradingStopped(f'{e}. Nothing was trained; fix the grader and run again') from None
       watch(last_eval)
       save(0, state, data_iter, last_eval)
     compile_clock = metrics_lib.CompileClock()
@@ -232,7 +255,11 @@ def _train(
 
       # ---- validate and save every eval_interval steps and at the end; stop on SIGTERM ----
       if (step + 1) % spec.eval_interval == 0 or step + 1 == spec.total_steps:
-        last_eval = validate(lora.join(state['params'], frozen), step + 1)
+        try:
+          last_eval = validate(lora.join(state['params'], frozen), step + 1)
+        except graders.GradingFailed as e:  # the step is kept, unranked: a broken grading is no measure of it
+          save(step + 1, state, data_iter)
+          raise GradingStopped(f'{e}. The checkpoint at step {step + 1} is where a rerun resumes') from None
         progress.note(step + 1, last_eval)
         stop = watch(last_eval) or stop
         save(step + 1, state, data_iter, last_eval)
@@ -275,7 +302,8 @@ def _watch(guard, writer, is_main: bool, record: dict):
 
 
 class GradingStopped(RuntimeError):
-  """Too many of a step's gradings failed (grading.max_error_share); a checkpoint was written. Exit status 3."""
+  """Too many of a step's or a validation's gradings failed (grading.max_error_share); the steps trained so far were
+  checkpointed first. Exit status 3."""
 
   exit_code = 3
 

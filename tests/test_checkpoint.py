@@ -81,9 +81,10 @@ def test_keeps_best_n_and_latest(tmp_path):
   ckpt.close()
 
 
-def test_unevaluated_checkpoint_is_never_best(tmp_path):
-  with checkpoint.Checkpointer(tmp_path, keep_best=2) as ckpt:
-    ckpt.save(0, _tiny_state(0), extra={})
+def test_unevaluated_checkpoint_is_never_best(tmp_path, caplog):
+  with checkpoint.Checkpointer(tmp_path, keep_best=2) as ckpt, caplog.at_level('WARNING'):
+    ckpt.save(0, _tiny_state(0), extra={})  # on purpose, so without Orbax's warning about it
+    assert not [r for r in caplog.records if 'metrics' in r.getMessage()], caplog.messages
     assert ckpt.best_step() is None and ckpt.latest_step() == 0
     with pytest.raises(FileNotFoundError, match='no checkpoint has metric'):
       ckpt.resolve_step('best')
@@ -91,6 +92,23 @@ def test_unevaluated_checkpoint_is_never_best(tmp_path):
     ckpt.save(2, _tiny_state(2), extra={}, metrics={'valid_reward_mean': float('nan')})
     ckpt.wait_until_finished()
     assert ckpt.best_step() == 1  # a negative reward beats no evaluation and NaN.
+
+
+def test_a_checkpoint_of_other_shapes_is_refused_before_any_read(tmp_path):
+  params = {'params': {'lora': {'a': jnp.ones((3, 16)), 'b': jnp.ones((16, 2))}}, 'step': jnp.asarray(1)}
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, params, extra={})
+  other = {'params': {'lora': {'a': jnp.ones((3, 8)), 'b': jnp.ones((8, 2))}}, 'step': jnp.asarray(1)}
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as reader:
+    with pytest.raises(ValueError, match=r'/1 into abstract_state failed: params.lora.a: the checkpoint holds shape '
+                       r'\(3, 16\), this config expects \(3, 8\)$'):  # fmt: skip
+      reader.restore(1, _abstract(other))
+    with pytest.raises(ValueError, match=r'/1/state: cannot restore the params .*: params.lora.a: the checkpoint holds '
+                       r'shape \(3, 16\), this config expects \(3, 8\)$'):  # fmt: skip
+      reader.restore_params(1, _abstract(other['params']))
+    with pytest.raises(ValueError, match=r'params.lora.c is not in the checkpoint$'):
+      reader.restore_params(1, _abstract({'lora': {**params['params']['lora'], 'c': jnp.ones(2)}}))
+    assert reader.restore_params(1, _abstract(params['params']))['lora']['a'][0, :2].tolist() == [1.0, 1.0]
 
 
 def _realistic_state():

@@ -165,6 +165,23 @@ def test_every_shipped_config_passes_the_checks(monkeypatch):
       runspec.check(config, devices=hw.chips, processes=hw.hosts, inputs=False)
 
 
+def test_k_greedy_validation_samples_get_a_warning(monkeypatch, caplog):
+  from configs import tiny
+  from rftjax import runspec
+
+  monkeypatch.chdir(REPO)
+  config = tiny.get_config('test')
+  config.eval_samples = 3
+  with caplog.at_level('WARNING', logger='rftjax'):
+    runspec.check(config)
+    config.eval_temperature = 1.0
+    runspec.check(config)
+  assert caplog.messages == [
+    'eval_samples=3 with eval_temperature=0: greedy decoding gives each validation prompt the same completion 3 times; '
+    'set config.eval_temperature above 0 for k different samples'
+  ]
+
+
 GOOD_LINE = '{"messages": [{"role": "user", "content": "Largest digit: 1 2 3 4"}], "answer": "4"}\n'
 
 

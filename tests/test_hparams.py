@@ -84,6 +84,9 @@ def test_base_learning_rate_table_and_fallback():
     assert 1e-7 <= hparams.base_learning_rate(name) <= 1e-5
   with pytest.raises(ValueError, match='unknown model preset'):
     hparams.base_learning_rate('nope')
+  # a model named by its file only: a missing file is config.init's one line, not a reader's traceback
+  with pytest.raises(errors.ConfigError, match=r"^config.init='gguf:/nonexistent/m.gguf': no such file /nonexistent/m"):
+    hparams.base_learning_rate('', 'gguf:/nonexistent/m.gguf')
 
 
 def test_eval_samples_sets_the_native_field():

@@ -364,6 +364,43 @@ def test_bad_grader_fails_before_training(tmp_path, in_repo):
   assert not (tmp_path / 'bad').exists()  # checked before the workdir is created
 
 
+def test_a_workdir_holds_one_run(tmp_path, in_repo, caplog):
+  """Another grader or model is refused before anything in the workdir changes; config.json stays the run's until
+  a resumed checkpoint has restored; other changed settings are listed."""
+  from rftjax import errors
+
+  workdir = run(tmp_path, 'one', 1)
+  written = (workdir / 'config.json').read_text()
+  grader = {'type': 'string_check', 'name': 'other', 'input': '{{sample.output_text}}', 'reference': '{{item.answer}}',
+            'operation': 'like'}  # fmt: skip
+  other = (
+    r'holds checkpoints of another run \(config.grader was .*string_check.* now .*\); resuming it needs the same '
+    r'model, data and grader: choose a new --workdir'
+  )
+  with pytest.raises(errors.ConfigError, match=other):
+    run(tmp_path, 'one', 2, grader=grader)
+  with pytest.raises(errors.ConfigError, match=r'config.data.train was "data/tiny/train.jsonl", now "'):
+    run(tmp_path, 'one', 2, **{'data.train': 'data/tiny/valid.jsonl'})
+  run(tmp_path, 'one', 1, **{'grpo.beta': 0.5})  # nothing to do
+  assert (workdir / 'config.json').read_text() == written
+  # the same file under another spelling is the same run
+  with caplog.at_level('WARNING', logger='rftjax'):
+    run(tmp_path, 'one', 2, **{'grpo.beta': 0.5, 'data.train': './data/../data/tiny/train.jsonl'})
+  assert [m for m in caplog.messages if 'changed settings' in m] == [
+    'resuming with changed settings: grpo.beta 0.04 -> 0.5'
+  ]
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['grpo']['beta'] == 0.5 and saved['total_steps'] == 2
+
+  hf = tmp_path / 'export'
+  hf.mkdir()
+  (hf / 'config.json').write_text(json.dumps({'model_type': 'llama', 'architectures': ['LlamaForCausalLM']}))
+  refused = r'its config.json was not written by rftjax.train \(a Hugging Face model folder\); training there would'
+  with pytest.raises(errors.ConfigError, match=refused):
+    run(tmp_path, 'export', 1)
+  assert sorted(p.name for p in hf.iterdir()) == ['config.json']
+
+
 def test_schedule_warmup_and_cosine():
   opt = ml_collections.ConfigDict(dict(OPT.to_dict(), warmup_steps=4, schedule='cosine', learning_rate=1.0))
   lr = [train_step.learning_rate(opt, k, 12) for k in range(1, 13)]
@@ -448,6 +485,8 @@ def test_resume_sets_a_torn_metrics_line_aside(tmp_path, in_repo, caplog):
 
 
 def test_broken_grading_stops_with_one_line_and_exit_3(tmp_path, monkeypatch, capsys):
+  """The step-0 validation grades with the same grader first: nothing is trained or checkpointed on a broken one,
+  and its completions are kept for a look."""
   from rftjax import cli, train
 
   monkeypatch.chdir(REPO)
@@ -458,11 +497,39 @@ def test_broken_grading_stops_with_one_line_and_exit_3(tmp_path, monkeypatch, ca
   argv = ['rftjax.train', f'--workdir={workdir}', '--config=configs/tiny.py:test', f'--config.grader={grader}']
   assert train.main(argv) == 3
   assert capsys.readouterr().err.splitlines() == [
-    "error: grading failed: step 1: 16 of 16 gradings failed (100% > grading.max_error_share=50%): grader 'boom' "
-    '(python), python_grader_runtime in 16, e.g. ZeroDivisionError: division by zero. The checkpoint at step 0 is '
-    'where a rerun resumes'
+    'error: grading failed: validation at step 0: 200 of 200 gradings failed (100% > grading.max_error_share=50%): '
+    "grader 'boom' (python), python_grader_runtime in 200, e.g. ZeroDivisionError: division by zero (every "
+    'completion is in samples/valid_step000000.jsonl). Nothing was trained; fix the grader and run again'
   ]
-  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['0']
+  assert not any(p.name.isdigit() for p in (workdir / 'checkpoints').iterdir())
+  assert not [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'valid_reward_mean' in r]
+  kept = metrics.read_jsonl(workdir / 'samples' / 'valid_step000000.jsonl')
+  assert len(kept) == 200 and {tuple(r['errors']) for r in kept} == {('python_grader_runtime',)}
+
+
+def test_a_broken_validation_mid_run_keeps_the_step_unranked(tmp_path, in_repo, monkeypatch):
+  from rftjax import checkpoint, inference
+
+  real, calls = inference.evaluate, []
+
+  def broken_second_time(*args, **kwargs):
+    rows = real(*args, **kwargs)
+    calls.append(len(rows))
+    if len(calls) < 2:
+      return rows
+    error = graders.GradeError('python_grader_runtime', 'KeyError: x')
+    return [(c, graders.GradeResult(0.0, errors=(error,))) for c, _ in rows[:-1]] + rows[-1:]
+
+  monkeypatch.setattr(inference, 'evaluate', broken_second_time)
+  stopped = (
+    r'^validation at step 2: 199 of 200 gradings failed .* KeyError: x \(every completion is in '
+    r'samples/valid_step000002.jsonl\). The checkpoint at step 2 is where a rerun resumes$'
+  )
+  with pytest.raises(trainer.GradingStopped, match=stopped):
+    run(tmp_path, 'stop', 3)  # eval_interval 2
+  ckpt = checkpoint.Checkpointer(tmp_path / 'stop' / 'checkpoints', read_only=True)
+  assert ckpt.latest_step() == 2 and ckpt.metrics(2) is None and ckpt.best_step() == 0
+  assert [r['step'] for r in metrics.read_jsonl(tmp_path / 'stop' / 'metrics.jsonl') if 'valid_reward_mean' in r] == [0]
 
 
 def test_a_grading_stop_mid_run_checkpoints_the_step_before_it(tmp_path, in_repo, monkeypatch):
