@@ -168,11 +168,11 @@ def _render_plain(messages: list[dict]) -> str:
 
 
 # Jinja twins of the named templates, written into exported tokenizer_config.json files (weights.py; what
-# transformers / vLLM run). {bos} is added by the
-# template exactly where rftjax's encode_prompt adds BOS; tests check both render the same text.
+# transformers / vLLM run) by `jinja_twin`, which adds BOS exactly where rftjax's encode_prompt does; tests check
+# both render the same text.
 JINJA_TWINS = {
   'gemma': (
-    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['role'] == 'system' -%}"
     "{%- set prefix = messages[0]['content'] + '\\n\\n' -%}{%- set turns = messages[1:] -%}"
     "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
     "{%- for m in turns -%}{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}"
@@ -195,7 +195,7 @@ JINJA_TWINS = {
     '{%- endif -%}{%- endif -%}'
   ),
   'llama3': (
-    "{{ bos_token }}{%- for m in messages -%}{{ '<|start_header_id|>' + m['role'] + "
+    "{%- for m in messages -%}{{ '<|start_header_id|>' + m['role'] + "
     "'<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
     '{%- endif -%}'
@@ -211,6 +211,16 @@ JINJA_TWINS = {
     "c['function']['arguments'] | tojson) + '}</tool_call>' }}{%- endfor -%}{%- endif -%}{%- endfor -%}"
   ),
 }
+
+
+def jinja_twin(name: str, *, add_bos: bool, default_system: str = '', thinking: bool = False) -> str:
+  """The Jinja twin of template `name` as an export writes it: BOS first when the tokenizer adds one
+  (apply_chat_template tokenizes without special tokens, so the template must write it), the run's default system
+  prompt and thinking switch filled in."""
+  template = ('{{ bos_token }}' if add_bos else '') + JINJA_TWINS[name]
+  if 'DEFAULT' in template:
+    template = template.replace('DEFAULT', json.dumps(default_system or ''))
+  return template.replace('THINKING', 'true' if thinking else 'false')
 
 
 def render_named(

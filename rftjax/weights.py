@@ -493,7 +493,10 @@ def export_peft(
   config = dict(
     peft_type='LORA',
     task_type='CAUSAL_LM',
-    base_model_name_or_path=base_model,
+    # a folder PEFT can load the base from (an hf:DIR init); a GGUF init stays rftjax's spec (docs/lora.md)
+    base_model_name_or_path=str(pathlib.Path(base_model[3:]).absolute())
+    if base_model.startswith('hf:')
+    else base_model,
     r=cfg.lora.rank,
     lora_alpha=cfg.lora.alpha,
     target_modules=sorted(modules),
@@ -537,10 +540,12 @@ def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
   if getattr(tokenizer, 'has_jinja_template', False):
     template = tokenizer.jinja_template
   else:
-    template = chat_template.JINJA_TWINS[tokenizer.chat_template]
-    if 'DEFAULT' in template:
-      template = template.replace('DEFAULT', json.dumps(tokenizer.default_system or ''))
-    template = template.replace('THINKING', 'true' if tokenizer.thinking else 'false')  # the run's default
+    template = chat_template.jinja_twin(
+      tokenizer.chat_template,
+      add_bos=bool(tokenizer.add_bos),
+      default_system=tokenizer.default_system,
+      thinking=tokenizer.thinking,  # the run's default
+    )
   tok_config = dict(
     tokenizer_class='GemmaTokenizer' if 'tokenizer.model' in files else 'PreTrainedTokenizerFast',
     add_bos_token=bool(tokenizer.add_bos),

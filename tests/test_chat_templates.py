@@ -446,6 +446,22 @@ def test_gemma3_ids_match_transformers(gemma3):
   assert jinja.encode_prompt(*TOOL_CHATS[0]) == _ref_ids(ref, TOOL_CHATS[0][0], TOOLS_CC, chat_template=GEMMA3_JINJA)
 
 
+@pytest.mark.parametrize('name', sorted(chat_template.JINJA_TWINS))
+def test_jinja_twins_render_the_named_templates_with_bos_where_rftjax_adds_it(name):
+  """What transformers renders from an exported twin (tokenized without special tokens) is rftjax's prompt: BOS
+  first exactly when the tokenizer adds one, as `encode_prompt` does (a plain-template export once dropped it)."""
+  from transformers.utils.chat_template_utils import render_jinja_template
+
+  for add_bos in (True, False):
+    jinja = chat_template.jinja_twin(name, add_bos=add_bos, default_system='Be brief.')
+    for messages in CONVERSATIONS[:3]:
+      (got,), _ = render_jinja_template(
+        conversations=[messages], chat_template=jinja, add_generation_prompt=True, bos_token='<s>'
+      )
+      named = tokenizer.render_chat(name, messages, default_system='Be brief.')
+      assert got == ('<s>' if add_bos else '') + named
+
+
 def test_an_export_keeps_the_models_own_template(smollm2, tmp_path):
   """A tokenizer that ships a Jinja template exports it as is (tools and all); one without exports the named twin."""
   from rftjax import weights
@@ -455,6 +471,6 @@ def test_an_export_keeps_the_models_own_template(smollm2, tmp_path):
   assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == tok.jinja_template
   plain = tokenizer.load_tokenizer('gguf:smollm2-135m', chat_template='plain')
   weights.write_tokenizer_files(plain, tmp_path, {'max_position_embeddings': 2048})
-  assert (
-    json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == chat_template.JINJA_TWINS['plain']
+  assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == chat_template.jinja_twin(
+    'plain', add_bos=plain.add_bos
   )

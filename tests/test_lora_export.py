@@ -97,7 +97,8 @@ def case(request, tmp_path_factory):
   tmp = tmp_path_factory.mktemp(request.param)
   base = weights.export_hf(lora.split(params)[1], model.base_config(cfg), tmp / 'base')
   adapter = weights.export_peft(params['lora'], cfg, tmp / 'adapter', base_model=f'hf:{base}')
-  return cfg, params, peft.PeftModel.from_pretrained(_load(base), str(adapter)).eval(), tmp
+  # the adapter folder alone: AutoPeftModel finds the base through adapter_config.json
+  return cfg, params, peft.AutoPeftModelForCausalLM.from_pretrained(str(adapter), dtype=torch.float32).eval(), tmp
 
 
 def test_adapter_folder(case):
@@ -105,6 +106,7 @@ def test_adapter_folder(case):
   config = json.loads((tmp / 'adapter' / 'adapter_config.json').read_text())
   assert config['target_modules'] == sorted(f'{t}_proj' for t in cfg.lora.targets)
   assert (config['r'], config['lora_alpha'], config['peft_type']) == (4, 8.0, 'LORA')
+  assert config['base_model_name_or_path'] == str(tmp / 'base')  # an hf:DIR init: a folder PEFT loads by itself
   t = safetensors.numpy.load_file(tmp / 'adapter' / 'adapter_model.safetensors')
   assert len(t) == 2 * cfg.num_layers * len(cfg.lora.targets)
   q = 'base_model.model.model.layers.1.self_attn.q_proj'
