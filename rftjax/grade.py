@@ -4,8 +4,9 @@
   python -m rftjax.grade --grader=G.json --sample='The answer is 4' --item='{"answer": "4"}'
   python -m rftjax.grade --grader=G.json --data=items.jsonl --samples=samples.jsonl [--output=results.jsonl]
 
---grader may also be an OpenAI /graders/run request body ({"grader": {...}}) or a fine-tuning job file, whose grader
-at method.reinforcement.grader is used. --samples lines are JSON strings, or objects with a string "output_text",
+--grader may also be an OpenAI /graders/run request body ({"grader": {...}, "model_sample": ..., "item": {...}}: its
+sample and item are graded unless --sample or --item is given) or a fine-tuning job file, whose grader at
+method.reinforcement.grader is used. --samples lines are JSON strings, or objects with a string "output_text",
 "completion" (what rftjax.sample and rftjax.evaluate write) or "sample"; line k grades with line k of --data.
 Exit status: 0 ok; 1 the grading failed (one sample), or every grading failed (--data); 2 invalid grader or
 arguments (the message names the field or file, what was found and what was expected), or a python/code grader
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--validate', action='store_true', help='only check the grader')
   p.add_argument('--sample', help="one sample's output text")
   p.add_argument('--sample_file', help="file holding one sample's output text")
-  p.add_argument('--item', default='{}', help='the item (dataset row) as JSON, for --sample/--sample_file')
+  p.add_argument('--item', help='the item (dataset row) as JSON, for --sample/--sample_file (default: {})')
   p.add_argument('--data', help='JSONL of items')
   p.add_argument('--samples', help='JSONL of samples, one per line of --data')
   p.add_argument('--output', help='with --data: write one result per line here')
@@ -111,7 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     grader = graders.build(spec, judges=judges, where=grader_at)
   except errors.UserError as e:
     _fail(str(e))
+  if args.sample is not None and args.sample_file:
+    _fail('give one of --sample or --sample_file')
+  if grader_at == 'grader' and not (args.validate or args.data or args.samples):
+    # an OpenAI /graders/run body carries its sample and item too; flags given win
+    body = errors.read_json_file(args.grader, errors.UserError, f'--grader={args.grader}')
+    if args.sample is None and not args.sample_file and isinstance(body.get('model_sample'), str):
+      args.sample = body['model_sample']
+    if args.item is None and 'item' in body:
+      args.item = json.dumps(body['item'])
   if args.validate:
+    if args.sample is not None or args.sample_file or args.data or args.samples:
+      _fail('--validate only checks the grader: drop --sample, --sample_file, --data and --samples')
     at = {'grader_at': grader_at} if grader_at else {}  # which grader of the file was checked
     print(json.dumps({'valid': True, 'type': grader.type, 'name': grader.name, **at}))
     return 0
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
   if modes[0]:  # every input is read and checked before the pool starts
     text = args.sample if args.sample is not None else pathlib.Path(args.sample_file).read_text()
     try:
-      item = json.loads(args.item)
+      item = json.loads(args.item or '{}')
     except ValueError as e:
       _fail(f'--item: invalid JSON at column {e.colno}: {e.msg}')
     if not isinstance(item, dict):
