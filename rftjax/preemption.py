@@ -32,7 +32,8 @@ class Preempted(Exception):
 
 class Watcher:
   """Context manager: SIGTERM and SIGINT set a flag instead of killing the process (main thread only); a second
-  SIGINT raises KeyboardInterrupt at once."""
+  SIGINT raises KeyboardInterrupt at once, and leaves SIGINT to the system: Python drops a KeyboardInterrupt that
+  lands in a callback (a garbage-collection hook, say), and a third Ctrl-C then ends the process for sure."""
 
   def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
     self.signals, self._old, self.flag, self.interrupted = signals, {}, False, False
@@ -41,6 +42,7 @@ class Watcher:
     del frame
     if signum == signal.SIGINT:
       if self.interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         raise KeyboardInterrupt('second Ctrl-C: stopped without a checkpoint')
       self.interrupted = True
       log.warning('Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort without one)')

@@ -13,7 +13,7 @@ continues a finished run. `--openai_job` runs the body of an OpenAI `fine_tuning
   4    stopped by the collapse guard (guard.stop=True): the line names the best checkpoint and how to export it;
        a checkpoint was written
   42   preempted (SIGTERM): a checkpoint was written; rerun the same command
-  130  stopped by Ctrl-C: a checkpoint was written (a second Ctrl-C stops without one)
+  130  stopped by Ctrl-C: a checkpoint was written (a second Ctrl-C stops without one; a third is the system's)
 """
 
 from __future__ import annotations

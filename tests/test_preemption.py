@@ -16,6 +16,7 @@ import pytest
 
 from rftjax import checkpoint
 from rftjax import metrics
+from rftjax import preemption
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PREEMPTED = 42
@@ -94,3 +95,15 @@ def test_sigterm_checkpoints_and_the_rerun_continues(tmp_path, sig, code):
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
   assert ckpt.latest_step() == total
   ckpt.close()
+
+
+def test_a_second_ctrl_c_raises_and_a_third_is_the_systems():
+  before = signal.getsignal(signal.SIGINT)
+  with preemption.Watcher() as watcher:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert watcher.flag and watcher.interrupted and watcher.requested(0)
+    with pytest.raises(KeyboardInterrupt, match='second Ctrl-C'):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)  # the handler runs between bytecodes; this is where it raises
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # a swallowed interrupt still leaves a way out
+  assert signal.getsignal(signal.SIGINT) is before
