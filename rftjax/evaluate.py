@@ -86,12 +86,6 @@ def parse_args(argv):
   p.add_argument('--temperature', type=float, default=None, help='>= 0; default: 0 (greedy) for k=1, 1.0 for k>1')
   p.add_argument('--top_p', type=float, default=1.0, help='in (0, 1]; 1 = off')
   p.add_argument('--top_k', type=int, default=0, help='>= 0; 0 = off')
-  p.add_argument(
-    '--max_new_tokens',
-    type=int,
-    default=None,
-    help="tokens per completion, >= 1 (default: the run's sampling.max_new_tokens, else 128)",
-  )
   p.add_argument('--grader', default=None, help="grader JSON file (default: the run's grader)")
   p.add_argument(
     '--pass_threshold',

@@ -31,7 +31,7 @@ from rftjax import runfs
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-  """Flags shared by the inference CLIs: which model to load."""
+  """Flags shared by the inference CLIs: which model to load, and how long and in what batches it samples."""
   p.add_argument('--workdir', help='a run directory (config.json + checkpoints/)')
   # default None, read as 'best': so that a --step given with --init is refused rather than ignored
   p.add_argument('--step', default=None, help="with --workdir, the checkpoint: 'best' (default), 'latest' or a number")
@@ -39,6 +39,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument('--model', help="model preset (default: the run's, or what the --init file states)")
   p.add_argument('--tokenizer', help="tokenizer spec (default: the run's, or the --init file's)")
   p.add_argument('--chat_template', help="gemma | chatml | llama3 | plain (default: the tokenizer's)")
+  p.add_argument(
+    '--max_new_tokens',
+    type=int,
+    default=None,
+    help="tokens per completion, >= 1 (default: the run's sampling.max_new_tokens, else 128)",
+  )
   p.add_argument(
     '--batch_size',
     type=int,
@@ -139,12 +145,6 @@ def parse_args(argv):
   add_model_flags(p)
   p.add_argument('--prompts', required=True, help='JSONL: {"messages": [...]} or {"text": "..."} per line')
   p.add_argument('--out', required=True, help='output JSONL, one line per prompt')
-  p.add_argument(
-    '--max_new_tokens',
-    type=int,
-    default=None,
-    help="tokens per completion, >= 1 (default: the run's sampling.max_new_tokens, else 128)",
-  )
   p.add_argument('--temperature', type=float, default=0.0, help='>= 0; 0 = greedy')
   p.add_argument('--top_p', type=float, default=1.0, help='in (0, 1]; 1 = off')
   p.add_argument('--top_k', type=int, default=0, help='>= 0; 0 = off')
