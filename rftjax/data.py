@@ -51,27 +51,9 @@ def _content_text(content, where: str) -> str:
   raise DataError(f'{where}: "content" must be a string or a list of text parts, got {type(content).__name__}')
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-  obj = {}
-  for key, value in pairs:
-    if key in obj:  # json.loads would silently keep the last value
-      raise _DuplicateKey(key)
-    obj[key] = value
-  return obj
-
-
-class _DuplicateKey(ValueError):
-  pass
-
-
 def loads(line: str, where: str):
   """One JSON value; invalid JSON, or an object with a key twice, is a DataError naming `where` (file:line)."""
-  try:
-    return json.loads(line, object_pairs_hook=_unique_keys)
-  except json.JSONDecodeError as e:
-    raise DataError(f'{where}: not valid JSON ({e.msg} at column {e.colno})') from None
-  except _DuplicateKey as e:
-    raise DataError(f'{where}: key "{e}" appears twice in one object; expected each key once') from None
+  return errors.json_loads(line, DataError, where, in_file=False)
 
 
 def lines(path: str | pathlib.Path) -> Iterator[tuple[str, str]]:

@@ -42,8 +42,10 @@ def read_json_file(path, error: type[UserError], label: str | None = None):
 
 # `json.loads` keeps the last of two equal keys without a word, so `{"operation": "eq", "operation": "ne"}` silently
 # inverts a reward. Grader, job and tool files are hand-written and nested: the error names where in the file.
-def json_loads(text: str, error: type[UserError], label: str) -> Any:
-  """The JSON value in `text`; invalid JSON or an object with a key twice raises `error` starting with `label`."""
+# Data rows (`data.loads`) too, one line each.
+def json_loads(text: str, error: type[UserError], label: str, in_file: bool = True) -> Any:
+  """The JSON value in `text`; invalid JSON or an object with a key twice raises `error` starting with `label`.
+  `in_file=False`: `text` is one line that `label` names (file:line), so a syntax error gives its column alone."""
   repeats: list[tuple[dict, str, Any, Any]] = []  # (object, key, first value, last value); keeps each object alive
 
   def unique(pairs: list[tuple[str, Any]]) -> dict:
@@ -57,7 +59,8 @@ def json_loads(text: str, error: type[UserError], label: str) -> Any:
   try:
     value = json.loads(text, object_pairs_hook=unique)
   except json.JSONDecodeError as e:
-    raise error(f'{label}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})') from None
+    at = f'line {e.lineno}, column {e.colno}' if in_file else f'column {e.colno}'
+    raise error(f'{label}: not valid JSON ({at}: {e.msg})') from None
   except ValueError as e:  # e.g. an integer of more digits than Python converts
     raise error(f'{label}: not valid JSON ({e})') from None
   if repeats:

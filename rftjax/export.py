@@ -42,8 +42,8 @@ def check_not_a_run(out) -> None:
   config = out / 'config.json'
   if config.is_file():
     try:
-      exported = 'model_type' in json.loads(config.read_text())
-    except (OSError, ValueError, TypeError):  # TypeError: JSON that is no object
+      exported = runfs.config_kind(json.loads(config.read_text())) == 'export'
+    except (OSError, ValueError):
       exported = False
     if not exported:
       found.append('config.json without model_type')

@@ -169,6 +169,8 @@ def load(
   cfg = model_config(config, tok)
   if abstract:
     return Loaded(cfg, tok, abstract_params(cfg, dtype, mesh), mesh, config)
+  if workdir is not None:  # the step first: a missing one is an error before minutes of loading
+    step = _resolve(workdir, step)
   source = f'{workdir} step {step}' if workdir is not None and not cfg.lora else config.get('init') or 'random init'
   log.info(
     'loading %s (%.2fB params, %s%s) from %s',
@@ -203,19 +205,32 @@ def load(
     return Loaded(cfg, tok, {**params, **trained}, mesh, config, resolved)
 
 
-def _restore(workdir, step, abstract) -> tuple[Any, int]:
-  """The trainable params of a run's checkpoint `step` (resolved) into `abstract`'s shardings."""
-  ckpt_dir = runfs.path(workdir) / 'checkpoints'
-  ckpt = checkpoint_lib.Checkpointer(ckpt_dir, read_only=True, async_save=False)
+def _checkpointer(workdir) -> checkpoint_lib.Checkpointer:
+  return checkpoint_lib.Checkpointer(runfs.path(workdir) / 'checkpoints', read_only=True, async_save=False)
+
+
+def _resolve(workdir, step) -> int:
+  """`step` ('best', 'latest', a number or None for 'best') as the number of a checkpoint the run holds."""
+  ckpt = _checkpointer(workdir)
   try:
-    resolved = ckpt.resolve_step('best' if step is None else step)
-    params = ckpt.restore_params(resolved, abstract)
+    return ckpt.resolve_step('best' if step is None else step)
   except (FileNotFoundError, ValueError) as e:
     raise errors.ConfigError(f'--step={step}: {e}') from None
   finally:
     ckpt.close()
-  log.info('loaded %s step %d', workdir, resolved)
-  return params, resolved
+
+
+def _restore(workdir, step: int, abstract) -> tuple[Any, int]:
+  """The trainable params of a run's checkpoint `step` (a resolved number) into `abstract`'s shardings."""
+  ckpt = _checkpointer(workdir)
+  try:
+    params = ckpt.restore_params(step, abstract)
+  except (FileNotFoundError, ValueError) as e:
+    raise errors.ConfigError(f'--step={step}: {e}') from None
+  finally:
+    ckpt.close()
+  log.info('loaded %s step %d', workdir, step)
+  return params, step
 
 
 def inference_mesh(mesh_cfg=None) -> jax.sharding.Mesh:

@@ -54,7 +54,7 @@ def run_config(workdir) -> dict:
   if logs and not (workdir / 'config.json').is_file():
     return {}
   config = runfs.read_config(workdir).to_dict()  # neither: "no config.json there; expected a run directory ..."
-  if 'model_type' not in config:  # what weights.export_hf writes; a run's config has no such key
+  if runfs.config_kind(config) != 'export':
     return config
   what = f"--workdir={workdir}: its config.json is a Hugging Face model's (model_type {config['model_type']!r})"
   if not logs:

@@ -58,6 +58,14 @@ def read_config(workdir: str | os.PathLike):
     raise errors.ConfigError(f'{file}: not valid JSON ({e})') from None
 
 
+def config_kind(found) -> str:
+  """What wrote a folder's config.json (parsed): 'run' (rftjax.train), 'export' (a Hugging Face model's, as
+  weights.export_hf writes it: it has model_type) or 'other'."""
+  if isinstance(found, dict) and {'model', 'grpo', 'data'} <= found.keys():
+    return 'run'
+  return 'export' if isinstance(found, dict) and 'model_type' in found else 'other'
+
+
 def previous_run(workdir: str | os.PathLike) -> tuple[dict | None, bool]:
   """(the config.json a run left in `workdir` as a dict, or None; whether it holds a checkpoint). A config.json
   that rftjax.train did not write (a Hugging Face model folder, say) is a ConfigError: training into it would
@@ -74,8 +82,9 @@ def previous_run(workdir: str | os.PathLike) -> tuple[dict | None, bool]:
     found = json.loads(file.read_text())
   except ValueError as e:
     raise errors.ConfigError(f'--workdir={workdir}: its {file.name} is not valid JSON ({e})') from None
-  if not isinstance(found, dict) or not {'model', 'grpo', 'data'} <= found.keys():
-    what = 'a Hugging Face model folder' if isinstance(found, dict) and 'model_type' in found else 'not a run'
+  kind = config_kind(found)
+  if kind != 'run':
+    what = 'a Hugging Face model folder' if kind == 'export' else 'not a run'
     raise errors.ConfigError(
       f'--workdir={workdir}: its {file.name} was not written by rftjax.train ({what}); training there would '
       'replace it: choose another --workdir'

@@ -289,17 +289,23 @@ def config_from_file(
 def _check_config(src, expected) -> model_lib.TransformerConfig:
   fields = src.stated_fields()
   if expected is None:
-    return hf_config.family_default(fields)
+    # named for logs and messages after the preset the file matches (gguf:smollm2-135m is smollm2_135m), else the file
+    same = [n for n in sorted(presets.PRESETS) if not _differences(fields, presets.get_config(n))]
+    return dataclasses.replace(hf_config.family_default(fields), name=same[0] if same else src.spec)
   if isinstance(expected, str):
     expected = presets.get_config(expected)
-  bad = [
-    f'{k}={v!r} but config.model={expected.name} says {getattr(expected, k)!r}'
-    for k, v in fields.items()
-    if k not in hf_config.NOT_CHECKED and hf_config.differs(v, getattr(expected, k))
-  ]
+  bad = _differences(fields, expected)
   if bad:
     raise ValueError(f'init {src.spec} does not match the model preset:\n  has ' + '\n  has '.join(bad))
   return expected
+
+
+def _differences(fields: dict, preset: model_lib.TransformerConfig) -> list[str]:
+  return [
+    f'{k}={v!r} but config.model={preset.name} says {getattr(preset, k)!r}'
+    for k, v in fields.items()
+    if k not in hf_config.NOT_CHECKED and hf_config.differs(v, getattr(preset, k))
+  ]
 
 
 # ---- load ---------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import argparse
 import importlib
 import json
+import logging
 import math
 import pathlib
 import re
@@ -204,7 +205,7 @@ def test_sample_bad_prompt_line_names_file_and_line(run_dir, tmp_path, in_repo, 
   assert not (tmp_path / 'o.jsonl').exists()
 
 
-def test_sample_bad_flags(run_dir, tmp_path, in_repo, capsys):
+def test_sample_bad_flags(run_dir, tmp_path, in_repo, capsys, caplog):
   prompts = write_jsonl(tmp_path / 'prompts.jsonl', PROMPTS[:1])
   with pytest.raises(SystemExit) as e:
     sample.main([f'--prompts={prompts}', f'--out={tmp_path / "o.jsonl"}'])
@@ -212,9 +213,11 @@ def test_sample_bad_flags(run_dir, tmp_path, in_repo, capsys):
   with pytest.raises(SystemExit):
     sample.main([f'--workdir={run_dir}', f'--prompts={prompts}', '--out=o.jsonl', '--temperature=-1'])
   assert '--temperature' in capsys.readouterr().err
+  caplog.set_level(logging.INFO, logger='rftjax')
   assert sample.main([f'--workdir={run_dir}', '--step=7', f'--prompts={prompts}', f'--out={tmp_path / "o"}']) == 2
   err = capsys.readouterr().err
   assert '--step=7' in err and '[0, 2, 3]' in err
+  assert not [r for r in caplog.records if 'loading' in r.message]  # checked before minutes of loading
   assert sample.main([f'--workdir={tmp_path}', f'--prompts={prompts}', f'--out={tmp_path / "o"}']) == 2
   assert 'config.json' in capsys.readouterr().err
 

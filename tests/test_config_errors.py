@@ -195,7 +195,8 @@ GOOD_LINE = '{"messages": [{"role": "user", "content": "Largest digit: 1 2 3 4"}
     ),
     (
       [GOOD_LINE, GOOD_LINE.replace('"answer": "4"', '"answer": "4", "answer": "5"')],
-      'error: {train}:2: key "answer" appears twice in one object; expected each key once',
+      'error: {train}:2: answer: the key \'answer\' appears twice in one object (first "4", then "5"); expected each '
+      'key once (a JSON reader keeps only the last, silently)',
     ),
     (
       [GOOD_LINE, GOOD_LINE.replace('digit:', 'digit\xe9:').encode('latin-1')],

@@ -270,3 +270,4 @@ def test_config_from_file_without_preset(real):
     if f.name != 'name' and hf_config.differs(getattr(read, f.name), getattr(cfg, f.name))
   }
   assert not diff
+  assert read.name == cfg.name  # named after the preset it matches, for logs (export --init printed 'from_file')

@@ -76,6 +76,7 @@ def test_hf_round_trip(cfg, tmp_path):
   # The architecture read back from config.json is the one we wrote.
   read = weights.config_from_file(f'hf:{out}')
   assert dataclasses.replace(read, name=cfg.name) == cfg
+  assert read.name == f'hf:{out}'  # a file that matches no preset is named after itself
   _assert_same(weights.load(f'hf:{out}', cfg), params)
 
 
