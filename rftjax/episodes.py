@@ -13,7 +13,8 @@ runs out of tokens, or after `max_steps` model turns (a call in the last turn is
 What the trainer sees (`Episodes`): the transcript after the prompt as one completion, with a loss mask that covers
 the model's own tokens only (tool outputs and template tokens inserted by the host are context, not actions), the
 sampler's logprobs on those tokens, and the final turn's text for the graders. A rollout whose tool calls failed
-for good (5xx, timeouts, connection errors after retries) is `discard`ed: the trainer zeroes its loss mask.
+for good (5xx, timeouts, connection errors after retries, refused credentials) is `discard`ed: the trainer zeroes
+its loss mask; when more of a batch's calls than `max_error_share` failed so, `run` raises tools.ToolsFailed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import re
 import types
 
 import jax
@@ -96,9 +98,12 @@ def _tool_turn_pieces(tok, calls: int) -> tuple[str, ...]:
   return (*pieces, rest)
 
 
-def tool_turn(tok, outputs: list[str], after_token: int | None, budget: int) -> tuple[list[int], list[int], int]:
+def tool_turn(
+  tok, outputs: list[str], after_token: int | None, budget: int, stop_ids=()
+) -> tuple[list[int], list[int], int]:
   """The token ids the host inserts after an assistant turn that made `len(outputs)` calls: template pieces (special
-  tokens parsed) around each output (encoded as plain text: a tool cannot inject control tokens). `after_token`: the
+  tokens parsed) around each output (encoded as plain text: a tool cannot inject control tokens, nor the template's
+  markup tokens or a stop token, `_plain`). `after_token`: the
   turn's stop token, dropped from the closing piece when the model already wrote it. Outputs are cut (from the end)
   until the whole turn fits `budget` tokens. Returns (ids, tokens per output, outputs cut)."""
   pieces = list(_tool_turn_pieces(tok, len(outputs)))
@@ -107,7 +112,9 @@ def tool_turn(tok, outputs: list[str], after_token: int | None, budget: int) -> 
     if written and pieces[0].startswith(written):
       pieces[0] = pieces[0][len(written) :]
   frame = [tok.encode(p) for p in pieces]
-  bodies = [tok.encode(o, parse_special=False) for o in outputs]
+  markers = {tok.decode([i], skip_special=False) for i in [*stop_ids, *(i for piece in frame for i in piece)]}
+  markers = {m for m in markers if len(m) > 2 and m.startswith('<') and m.endswith('>')}  # `</tool_response>`
+  bodies = [_plain(tok, o, markers) for o in outputs]
   room = budget - sum(map(len, frame))
   if room < len(outputs):
     raise ValueError(f'sampling.tool_tokens={budget} cannot hold the chat template around {len(outputs)} tool outputs')
@@ -122,6 +129,17 @@ def tool_turn(tok, outputs: list[str], after_token: int | None, budget: int) -> 
   return ids, [len(b) for b in bodies], min(cut, len(outputs))
 
 
+def _plain(tok, text: str, markers: set[str]) -> list[int]:
+  """`text` as plain tokens, none of them one of the template's `markers`: a sentencepiece model matches its
+  user-defined pieces (the tiny demo's `</tool_response>`) even in text encoded without special tokens, so the
+  text is cut inside each marker it spells."""
+  found = [m for m in markers if m in text]
+  if not found:
+    return tok.encode(text, parse_special=False)
+  cuts = sorted({m.start() + 1 for m in re.finditer('|'.join(map(re.escape, found)), text)})
+  return [i for a, b in zip([0, *cuts], [*cuts, len(text)]) for i in tok.encode(text[a:b], parse_special=False)]
+
+
 @dataclasses.dataclass
 class Agent:
   """Samples episodes. `sampler.context_len` must hold `context_len(...)` slots (runspec builds it so)."""
@@ -131,8 +149,15 @@ class Agent:
   client: tools_lib.ToolClient | None
   max_steps: int
   tool_tokens: int
+  max_error_share: float = 1.0  # more calls than this failing for good raise tools.ToolsFailed (every host alike)
 
-  def run(self, params, prompt_tokens: np.ndarray, prompt_mask: np.ndarray, rng, mesh) -> Episodes:
+  @property
+  def tools(self) -> tuple:
+    """The configured tools (ToolSpec), for metrics."""
+    return tuple(self.client.tools.values()) if self.client is not None else ()
+
+  def run(self, params, prompt_tokens: np.ndarray, prompt_mask: np.ndarray, rng, mesh, offered=None) -> Episodes:
+    """`offered`: per row, the names of the tools its data row offers (None: every configured tool)."""
     s, tok = self.sampler, self.tok
     need = context_len(s.max_prompt_len, s.max_new_tokens, self.max_steps, self.tool_tokens)
     if s.slots < need:  # checked here, once: the cache is a device array of a fixed size
@@ -169,9 +194,16 @@ class Agent:
           live[i] = False
       if not multihost.any_host(bool(live.any())) or turn + 1 == self.max_steps:
         break
-      flat = [(c, rows[i].trace_id) for i, (calls, _) in pending.items() for c in calls]
+      flat = [
+        (c, rows[i].trace_id, None if offered is None else offered[i])
+        for i, (calls, _) in pending.items()
+        for c in calls
+      ]
       results = iter(self.client.call_many(flat) if flat else [])
       answered = {i: ([next(results) for _ in calls], stop) for i, (calls, stop) in pending.items()}
+    line = tools_lib.failure_line([r.calls for r in rows], self.max_error_share)
+    if multihost.any_host(line is not None):
+      raise tools_lib.ToolsFailed(line or 'tool calls failed on another host (its log has the details)')
     return self._episodes(rows)
 
   def _tool_block(self, rows: list[_Row], live: np.ndarray, answered: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +213,7 @@ class Agent:
     mask = np.zeros((len(rows), width), bool)
     for i, (results, stop) in answered.items():
       row = rows[i]
-      ids, sizes, cut = tool_turn(self.tok, [r.output for r in results], stop, width)
+      ids, sizes, cut = tool_turn(self.tok, [r.output for r in results], stop, width, self.sampler.stop_ids)
       block[i, width - len(ids) :], mask[i, width - len(ids) :] = ids, True
       row.add(ids)
       row.calls += results
@@ -235,12 +267,18 @@ def record(transcript: dict | None) -> dict | None:
   return {**transcript, 'calls': calls}
 
 
-def metrics(records: list[dict | None], prefix: str = '') -> dict[str, float]:
+def record_calls(records: list[dict | None]) -> list[list]:
+  """Each `record`'s calls as objects with a CallResult's fields (what tools.summary and failure_line read)."""
+  return [[types.SimpleNamespace(**c) for c in r['calls']] for r in records if r is not None]
+
+
+def metrics(records: list[dict | None], prefix: str = '', tools: tuple = ()) -> dict[str, float]:
   """Episode metrics over `record`s (names fixed, docs/tools.md): turns, tool calls, their latency and errors,
-  discarded rollouts, tokens per tool output. Empty without episodes. `prefix`: 'valid/' for validation."""
+  discarded rollouts, tokens per tool output. Empty without episodes. `prefix`: 'valid/' for validation. `tools`:
+  the configured ToolSpecs (each gets its calls_per_rollout, 0 when unused)."""
   if not records or records[0] is None:
     return {}
-  m = tools_lib.summary([[types.SimpleNamespace(**c) for c in r['calls']] for r in records])
+  m = tools_lib.summary(record_calls(records), tools)
   sizes = [n for r in records for n in r['tool_tokens']]
   m.update(
     {

@@ -46,6 +46,8 @@ SETTINGS = [
   'JAX_CACHE_DIR',
   'PYTHON_VERSION',
   'JAX_SPEC',
+  'MODEL_URI',
+  'MODELS_DIR',
   'MAX_ATTEMPTS',
   'POLL_S',
   'RETRY_WAIT_S',
@@ -293,6 +295,118 @@ def test_logs_flags(dry):
   )
 
 
+def test_trainer_flags_pass_through_in_both_forms(dry):
+  """The trainer's own flags (not only --config.x=y) reach it, as --flag=value or --flag value, one word each."""
+  (line,) = _commands(
+    dry(
+      'launch.sh',
+      '--openai_job',
+      "jobs/my job's.json",
+      '--verbosity',
+      '1',
+      '--config.grpo.beta',
+      '0.02',
+      '--config.grading.allow_unsandboxed',  # a boolean field alone
+      '--distributed=off',
+      '--config.total_steps=-1',
+      COMMIT=SHA,
+    )
+  )
+  words = shlex.split(_remote(line))
+  # With --openai_job and no CONFIG the job's model names the config: no --config=default.
+  assert words[words.index('start') + 1 :] == [
+    '--workdir=gs://YOUR_BUCKET/rftjax/rftjax',
+    "--openai_job=jobs/my job's.json",
+    '--verbosity=1',
+    '--config.grpo.beta=0.02',
+    '--config.grading.allow_unsandboxed',
+    '--distributed=off',
+    '--config.total_steps=-1',
+  ]
+  (line,) = _commands(dry('launch.sh', '--openai_job=gs://b/job.json', '--config', 'configs/tiny.py', COMMIT=SHA))
+  words = shlex.split(_remote(line))
+  assert words[words.index('start') + 1 :] == [
+    '--config=configs/tiny.py',
+    '--workdir=gs://YOUR_BUCKET/rftjax/rftjax',
+    '--openai_job=gs://b/job.json',
+  ]
+  cmds = _commands(dry('supervise.sh', '--verbosity', '2', '--config.grpo.beta', '0.5', COMMIT=SHA))
+  assert cmds[2].endswith(" --verbosity=2 --config.grpo.beta=0.5'")
+
+
+def test_a_job_file_the_workers_cannot_read_is_warned_about(no_gcloud_bin, tmp_path):
+  p = _run('launch.sh', '--dry-run', '--openai_job=no/such/job.json', path=no_gcloud_bin, cwd=tmp_path, COMMIT=SHA)
+  assert p.returncode == 0 and 'warning: --openai_job=no/such/job.json is not in commit' in p.stderr
+  p = _run('launch.sh', '--dry-run', '--openai_job=gs://b/job.json', path=no_gcloud_bin, cwd=tmp_path, COMMIT=SHA)
+  assert p.returncode == 0 and 'warning' not in p.stderr
+
+
+def test_flags_meant_for_one_process_are_refused(trap_gcloud):
+  path, marker = trap_gcloud
+  for flag in ('--process_id=1', '--coordinator=h:1', '--num_processes=2'):
+    p = _run('launch.sh', '--dry-run', flag, path=path)
+    assert p.returncode == 2 and flag.split('=')[0] in p.stderr and 'same command' in p.stderr
+  p = _run('launch.sh', '--dry-run', '--openai_job', path=path)
+  assert p.returncode == 2 and '--openai_job needs a value' in p.stderr
+  assert not marker.exists()
+
+
+def test_bucket_may_be_given_as_a_gs_url(dry):
+  for bucket in ('gs://my-bucket', 'gs://my-bucket/', 'my-bucket'):
+    (line,) = _commands(dry('launch.sh', BUCKET=bucket, COMMIT=SHA))
+    assert '--workdir=gs://my-bucket/rftjax/rftjax' in shlex.split(_remote(line)), bucket
+  (line,) = _commands(dry('launch.sh', '--bucket=gs://b2', COMMIT=SHA))
+  assert '--workdir=gs://b2/rftjax/rftjax' in shlex.split(_remote(line))
+
+
+def test_create_warns_when_the_zone_does_not_offer_the_type(no_gcloud_bin, tmp_path):
+  def warning(*args):
+    p = _run('create.sh', '--dry-run', *args, path=no_gcloud_bin, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    return [line for line in p.stderr.splitlines() if line.startswith('warning: zone')]
+
+  assert warning() == []  # v5litepod-8 in us-west4-a
+  (line,) = warning('--type=v6e-8')
+  assert 'zone us-west4-a is not one known to offer v6e' in line and 'us-east5-b' in line
+  assert warning('--type=v6e-8', '--zone=us-east5-b') == []
+  assert len(warning('--type=v5p-8')) == 1 and warning('--type=v5p-8', '--zone=us-east5-a') == []
+  assert len(warning('--type=v4-8')) == 1 and warning('--type=v4-8', '--zone=us-central2-b') == []
+
+
+def test_setup_copies_a_model_folder_from_gcs(dry, no_gcloud_bin):
+  (setup,) = _commands(dry('setup.sh', COMMIT=SHA, MODEL_URI='gs://b/models/gemma-3-1b-pt/'))
+  remote = _remote(setup)
+  assert (
+    'gcloud storage rsync --recursive --quiet gs://b/models/gemma-3-1b-pt /mnt/disks/models/gemma-3-1b-pt' in remote
+  )
+  assert 'sudo mkdir -p /mnt/disks/models' in remote
+  assert 'gcloud storage' not in _remote(_commands(dry('setup.sh', COMMIT=SHA))[0])
+  p = _run('setup.sh', '--dry-run', path=no_gcloud_bin, MODEL_URI='/local/gemma')
+  assert p.returncode == 2 and 'MODEL_URI' in p.stderr
+
+
+def test_local_changes_warning_shows_under_supervise_too(tmp_path, no_gcloud_bin):
+  repo = tmp_path / 'repo'
+  shutil.copytree(TPU, repo / 'tpu')
+  git = ['git', '-C', str(repo), '-c', 'user.name=t', '-c', 'user.email=t@t']
+  subprocess.run(['git', 'init', '-q', str(repo)], check=True)
+  subprocess.run([*git, 'add', '.'], check=True)
+  subprocess.run([*git, 'commit', '-qm', 'c'], check=True)
+  (repo / 'uncommitted.txt').write_text('x')
+  for script, extra in [('setup.sh', {}), ('supervise.sh', {}), ('supervise.sh', {'COMMIT': SHA})]:
+    p = subprocess.run(
+      ['bash', str(repo / 'tpu' / script), '--dry-run'],
+      capture_output=True,
+      text=True,
+      env=_env(no_gcloud_bin, **extra),
+      cwd=tmp_path,
+      timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    # Once: supervise warns itself; the setup.sh it runs gets COMMIT from it and cannot tell.
+    assert p.stderr.count('warning: local changes are not on the workers') == (0 if extra else 1), (script, p.stderr)
+
+
 # ------------------------------------------------------------------------------------- no changes, no gcloud
 
 
@@ -463,8 +577,9 @@ def test_worker_start_status_stop(worker_home):
     f'--config=c.py --workdir=gs://b/w --config.x=1 cache={home}/.cache/rftjax-jax'
   ]
   rc, out = _worker(home, path, 'stop')
-  assert rc == 0 and out.split()[-2:] == ['exited', '42']
-  _worker(home, path, 'start', '--config=c.py', '--workdir=gs://b/w')
+  assert rc == 0 and out.split()[-2:] == ['stopped', '42']  # a deliberate stop, not a preemption
+  assert _worker(home, path, 'status')[1].split()[2:] == ['stopped', '42']
+  _worker(home, path, 'start', '--config=c.py', '--workdir=gs://b/w')  # a new start forgets the stop
   assert _wait_for(lambda: _worker(home, path, 'status')[1].split()[2:] == ['exited', '0'])
   log = (home / 'rftjax-logs' / 'train.log').read_text()
   assert log.count('start commit') == 2 and 'exit 42' in log and 'exit 0' in log
@@ -508,10 +623,10 @@ def test_supervise_recreates_after_preemption_and_finishes(worker_home):
 def test_supervise_relaunches_after_exit_42_on_the_same_vm(worker_home):
   home, path, env = worker_home
   (home / 'plan').write_text('42 0')
-  p, verbs = _supervise(home, path, env, '--config.grpo.beta=0.5')
+  p, verbs = _supervise(home, path, env, '--config.grpo.beta', '0.5', '--verbosity', '1', "--config.name=a b'c")
   assert p.returncode == 0, p.stdout + p.stderr
   calls = (home / 'calls').read_text().splitlines()
-  assert len(calls) == 2 and all('--config.grpo.beta=0.5' in c for c in calls)
+  assert len(calls) == 2 and all("--config.grpo.beta=0.5 --verbosity=1 --config.name=a b'c" in c for c in calls)
   assert verbs.count('create') == 1 and 'delete' not in verbs
 
 
@@ -535,3 +650,126 @@ def test_a_failed_check_is_not_taken_for_not_found(trap_gcloud):
     p = _run(script, path=path)
     assert p.returncode == 2 and 'could not check VM rftjax' in p.stderr, p.stderr
   assert [line.split()[3] for line in marker.read_text().splitlines()] == ['describe', 'describe']
+
+
+def test_setup_leaves_a_worker_with_a_running_trainer_alone(worker_home, dry, tmp_path):
+  """setup.sh checks out and installs: never under a live trainer (a re-run supervise.sh runs setup again)."""
+  home, path, _ = worker_home
+  (home / 'plan').write_text('wait')
+  assert 'running' in _worker(home, path, 'start', '--config=c.py', '--workdir=w')[1]
+  remote = _remote(_commands(dry('setup.sh', COMMIT=SHA, REPO_URL='https://example.com/r.git'))[0])
+  stubs = tmp_path / 'stubs'
+  stubs.mkdir()
+  for tool in ('git', 'python3', 'sudo', 'gcloud'):  # what setup would change things with: each only logs and fails
+    (stubs / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >> {tmp_path}/tools\nexit 1\n')
+    (stubs / tool).chmod(0o755)
+
+  def setup():
+    return subprocess.run(
+      ['bash', '-c', remote],
+      capture_output=True,
+      text=True,
+      env=_env(f'{stubs}:{path}', HOME=home),
+      cwd=home,
+      timeout=60,
+    )
+
+  p = setup()
+  assert p.returncode == 0 and 'skipped: its trainer is running' in p.stdout, p.stdout + p.stderr
+  assert not (tmp_path / 'tools').exists()
+  _worker(home, path, 'stop')
+  p = setup()  # no trainer now: setup goes ahead (and here fails at its first stub)
+  assert p.returncode != 0 and 'skipped' not in p.stdout
+  assert (tmp_path / 'tools').read_text().startswith('python3 -m uv --version')
+
+
+def test_supervise_exits_when_stop_sh_stops_the_run(worker_home):
+  """tpu/stop.sh under supervise: the trainer exits 42, and supervise ends instead of relaunching."""
+  home, path, env = worker_home
+  (home / 'plan').write_text('wait')
+  sup = subprocess.Popen(
+    ['bash', str(TPU / 'supervise.sh')],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=_env(path, **env),
+    cwd=home,
+  )
+  try:
+    assert _wait_for(lambda: (home / 'calls').exists())
+    p = _run('stop.sh', path=path, cwd=home, **env)
+    assert p.returncode == 0 and 'stopped 42' in p.stdout, p.stdout + p.stderr
+    out, err = sup.communicate(timeout=60)
+  finally:
+    if sup.poll() is None:
+      sup.kill()
+  assert sup.returncode == 0, out + err
+  assert 'stopped by tpu/stop.sh' in out
+  assert len((home / 'calls').read_text().splitlines()) == 1
+
+
+STATUS_GCLOUD = textwrap.dedent("""\
+    #!{python}
+    # Fake gcloud for a slice of several hosts: each `worker.sh status` prints the next line of $HOME/status ('|'
+    # separates the hosts' lines); create, setup, start and stop just succeed. What each ssh ran goes to $HOME/ssh.log.
+    import os, pathlib, re, sys
+    home = pathlib.Path(os.environ["HOME"])
+    args = sys.argv[1:]
+    verb = args[3]
+    cmd = next((a[len("--command="):] for a in args if a.startswith("--command=")), "")
+    m = re.search(r"worker\\.sh (\\w+)", cmd)
+    what = "setup" if "rftjax-setup" in cmd else (m.group(1) if m else "")
+    with open(home / "gcloud.log", "a") as f:
+        f.write(" ".join(args[:5]) + "\\n")
+    with open(home / "ssh.log", "a") as f:
+        f.write(what + "\\n")
+    state = home / "vm_state"
+    if verb == "describe":
+        if not state.exists():
+            sys.exit("ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: Resource was not found")
+        print(state.read_text())
+    elif verb == "create":
+        state.write_text("READY")
+    elif verb == "ssh" and what == "status":
+        first, *rest = (home / "status").read_text().splitlines()
+        (home / "status").write_text("".join(line + "\\n" for line in rest))
+        print("\\n".join("rftjax-status " + w for w in first.split("|")))
+    """)
+
+
+@pytest.mark.parametrize(
+  'polls, rc, verdict, starts',
+  [
+    # One host lost (VM rebooted) or preempted (42): the others die with 134 (SIGABRT: JAX's distributed service
+    # saw the peer go) or 1. That is a preemption of the slice, not a crash: relaunch.
+    (['w0 lost|w1 exited 134', 'w0 exited 0|w1 exited 0'], 0, 'relaunch', 2),
+    (['w0 exited 134|w1 lost', 'w0 exited 0|w1 exited 0'], 0, 'relaunch', 2),
+    (['w0 exited 1|w1 exited 42', 'w0 exited 0|w1 exited 0'], 0, 'relaunch', 2),
+    (['w0 exited 42|w1 running 7', 'w0 exited 0|w1 exited 0'], 0, 'relaunch', 2),
+    (['w0 exited 134|w1 none', 'w0 exited 0|w1 exited 0'], 0, 'relaunch', 2),
+    # Nobody lost or preempted: a crash code stops supervise, as before.
+    (['w0 running 7|w1 running 8', 'w0 exited 3|w1 exited 0'], 3, 'fail 3', 1),
+    (['w0 exited 134|w1 exited 134'], 134, 'fail 134', 1),
+    # tpu/stop.sh stopped one host (the other may have died of it first): the stop sticks.
+    (['w0 stopped 42|w1 exited 134'], 0, 'stopped', 1),
+    (['w0 exited 0|w1 exited 0'], 0, 'done', 1),
+  ],
+)
+def test_supervise_verdict_on_a_slice(tmp_path, no_gcloud_bin, polls, rc, verdict, starts):
+  home = tmp_path / 'home'
+  home.mkdir()
+  (home / 'status').write_text(''.join(line + '\n' for line in polls))
+  bindir = tmp_path / 'bin'
+  bindir.mkdir()
+  (bindir / 'gcloud').write_text(STATUS_GCLOUD.format(python=sys.executable))
+  (bindir / 'gcloud').chmod(0o755)
+  env = dict(
+    HOME=home, POLL_S=0, RETRY_WAIT_S=0, MAX_ATTEMPTS=3, BUCKET='b', REPO_URL='https://e.com/r.git', COMMIT=SHA
+  )
+  p, _ = _supervise(home, f'{bindir}:{no_gcloud_bin}', env)
+  assert p.returncode == rc, p.stdout + p.stderr
+  assert f'# round 1: {verdict}' in p.stdout
+  whats = (home / 'ssh.log').read_text().split()
+  assert whats.count('start') == starts
+  if verdict == 'stopped':
+    assert 'stopped by tpu/stop.sh' in p.stdout and 'stop' not in whats

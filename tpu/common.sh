@@ -17,8 +17,8 @@
 #   SERVICE_ACCOUNT    --service-account    (empty: the Compute Engine default service account)
 #   REPO_URL           --repo               this checkout's `origin` remote
 #   COMMIT             --commit             this checkout's HEAD (every worker runs exactly this commit)
-#   CONFIG             --config             configs/gemma3_270m.py:tpu
-#   BUCKET             --bucket             (none; a real launch needs BUCKET or WORKDIR)
+#   CONFIG             --config             configs/gemma3_270m.py:tpu (none with --openai_job: its model names it)
+#   BUCKET             --bucket             (none; a real launch needs BUCKET or WORKDIR; a gs:// prefix is dropped)
 #   WORKDIR            --workdir            gs://$BUCKET/rftjax/$TPU_NAME
 #   DRY_RUN=1          --dry-run            0   (print the gcloud commands, change nothing)
 #
@@ -26,8 +26,11 @@
 #   REPO_DIR=rftjax  VENV=rftjax-venv  LOG_DIR=rftjax-logs  JAX_CACHE_DIR=.cache/rftjax-jax
 #   PYTHON_VERSION=3.12 (a uv-managed Python; the TPU images ship 3.10, too old for current JAX)
 #   JAX_SPEC="jax[tpu]" (installed together with the repo's requirements.txt)
+#   MODEL_URI (empty)  a gs:// folder that setup.sh copies to MODELS_DIR/<its last part> on every worker
+#   MODELS_DIR=/mnt/disks/models
 #
-# Any `--config.a.b=value` flag is passed through to `python -m rftjax.train`.
+# The trainer's own flags pass through to `python -m rftjax.train`, as --flag=value or --flag value:
+# --config.a.b (a boolean field also alone), --noconfig.a.b, --openai_job, --verbosity, --distributed.
 
 TPU_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT_DIR="$(dirname "$TPU_DIR")"
@@ -48,7 +51,8 @@ QR_NAME="${QR_NAME:-}"
 SERVICE_ACCOUNT="${SERVICE_ACCOUNT:-}"
 REPO_URL="${REPO_URL:-}"
 COMMIT="${COMMIT:-}"
-CONFIG="${CONFIG:-configs/gemma3_270m.py:tpu}"
+CONFIG="${CONFIG:-}"   # resolve_defaults sets DEFAULT_CONFIG unless --openai_job names the config
+DEFAULT_CONFIG="configs/gemma3_270m.py:tpu"
 BUCKET="${BUCKET:-}"
 WORKDIR="${WORKDIR:-}"
 DRY_RUN="${DRY_RUN:-0}"
@@ -58,8 +62,10 @@ LOG_DIR="${LOG_DIR:-rftjax-logs}"
 JAX_CACHE_DIR="${JAX_CACHE_DIR:-.cache/rftjax-jax}"
 PYTHON_VERSION="${PYTHON_VERSION:-3.12}"
 JAX_SPEC="${JAX_SPEC:-jax[tpu]}"
+MODEL_URI="${MODEL_URI:-}"
+MODELS_DIR="${MODELS_DIR:-/mnt/disks/models}"
 COMMIT_FROM_HEAD=0
-TRAIN_ARGS=()   # --config.x=y overrides for the trainer
+TRAIN_ARGS=()   # the trainer's own flags (--config.x=y, --openai_job=F, ...), each one --flag[=value] word
 EXTRA_ARGS=()   # script-specific flags, for the script to parse after parse_flags
 
 die() { echo "error: $*" >&2; exit 2; }
@@ -137,9 +143,12 @@ Common flags (each also settable by an environment variable; see tpu/common.sh a
   --queued                 QUEUED=1, with --qr-name Q / QR_NAME (default: NAME-qr)
   --service-account SA     SERVICE_ACCOUNT   (default: the Compute Engine default service account)
   --repo URL --commit C    REPO_URL, COMMIT  (default: this checkout's origin and HEAD)
-  --config C               CONFIG            (default: configs/gemma3_270m.py:tpu)
+  --config C               CONFIG            (default: configs/gemma3_270m.py:tpu; none with --openai_job)
   --bucket B --workdir W   BUCKET, WORKDIR   (default: gs://BUCKET/rftjax/NAME)
-  --config.a.b=value       passed through to python -m rftjax.train
+Passed through to python -m rftjax.train (as --flag=value or --flag value):
+  --config.a.b=value       a config override (a boolean field also alone: --config.a.b)
+  --openai_job=FILE        an OpenAI job file, read on the workers: a path in the repo at COMMIT, or gs://
+  --verbosity=N  --distributed=auto|on|off
   -h, --help
 EOF
 }
@@ -169,7 +178,24 @@ parse_flags() {
           --bucket) BUCKET="$value" ;;
           --workdir) WORKDIR="$value" ;;
         esac ;;
-      --config.*) TRAIN_ARGS+=("$1") ;;
+      # The trainer's own flags, kept as one --flag=value word each (what the workers' shell gets).
+      --config.*)
+        if [[ "$1" == *=* ]]; then
+          TRAIN_ARGS+=("$1")
+        elif (($# >= 2)) && [[ "$2" != --* ]]; then
+          TRAIN_ARGS+=("$1=$2"); shift
+        else
+          TRAIN_ARGS+=("$1")   # a boolean field given alone means True
+        fi ;;
+      --noconfig.*) TRAIN_ARGS+=("$1") ;;
+      --openai_job|--verbosity|--distributed)
+        if [[ "$1" != *=* ]]; then
+          (($# >= 2)) || die "$flag needs a value"
+          value="$2"; shift
+        fi
+        TRAIN_ARGS+=("$flag=$value") ;;
+      --coordinator|--num_processes|--process_id)
+        die "$flag: every worker gets the same command, and the hosts of a TPU slice find each other by themselves" ;;
       --dry-run) DRY_RUN=1 ;;
       --spot) SPOT=1 ;;
       --preemptible) PREEMPTIBLE=1 ;;
@@ -192,8 +218,32 @@ runtime_for() {
   esac
 }
 
+# The --openai_job=FILE among the trainer's flags (the last one), or nothing.
+openai_job() {
+  local arg job=""
+  for arg in "${TRAIN_ARGS[@]}"; do [[ "$arg" == --openai_job=* ]] && job="${arg#*=}"; done
+  printf '%s' "$job"
+}
+
+# The zones known to offer each TPU generation (cloud.google.com/tpu/docs/regions-zones, 2025; tpu/README.md);
+# empty when the generation is not listed here. The list changes: it only feeds create.sh's warning.
+zones_for() {
+  case "$1" in
+    v6e-*) echo "us-central1-b us-east1-d us-east5-a us-east5-b europe-west4-a" ;;
+    v5p-*) echo "us-central1-a us-east5-a" ;;
+    v5litepod-*|v5e-*) echo "us-central1-a us-south1-a us-west1-c us-west4-a europe-west4-b" ;;
+    v4-*) echo "us-central2-b" ;;
+  esac
+}
+
 resolve_defaults() {
   [[ -n "$RUNTIME_VERSION" ]] || RUNTIME_VERSION="$(runtime_for "$ACCELERATOR_TYPE")"
+  # With --openai_job and no CONFIG the job's model names the config (docs/openai_jobs.md), so no default.
+  [[ -n "$CONFIG" || -n "$(openai_job)" ]] || CONFIG="$DEFAULT_CONFIG"
+  BUCKET="${BUCKET#gs://}"   # BUCKET is the bucket's name; gs://NAME is accepted too
+  BUCKET="${BUCKET%/}"
+  MODEL_URI="${MODEL_URI%/}"
+  [[ -z "$MODEL_URI" || "$MODEL_URI" == gs://?*/?* ]] || die "MODEL_URI is '$MODEL_URI': expected gs://BUCKET/FOLDER"
   [[ -n "$QR_NAME" ]] || QR_NAME="$TPU_NAME-qr"
   if [[ -z "$REPO_URL" ]]; then
     REPO_URL="$(git -C "$ROOT_DIR" remote get-url origin 2>/dev/null || echo "$PLACEHOLDER_REPO")"
@@ -206,6 +256,14 @@ resolve_defaults() {
   [[ -n "$WORKDIR" ]] || WORKDIR="gs://${BUCKET:-$PLACEHOLDER_BUCKET}/rftjax/$TPU_NAME"
   [[ "$SPOT" == 1 && "$PREEMPTIBLE" == 1 ]] && die "choose one of --spot and --preemptible"
   [[ "$QUEUED" == 1 && "$PREEMPTIBLE" == 1 ]] && die "queued resources take --spot, not --preemptible"
+  return 0
+}
+
+# Setup and supervise run COMMIT, HEAD by default: uncommitted changes here do not reach the workers.
+warn_local_changes() {
+  if [[ "$COMMIT_FROM_HEAD" == 1 && -n "$(git -C "$ROOT_DIR" status --porcelain 2>/dev/null)" ]]; then
+    echo "warning: local changes are not on the workers; they run commit $COMMIT (pushed to $REPO_URL)" >&2
+  fi
   return 0
 }
 

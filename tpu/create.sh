@@ -19,6 +19,11 @@ parse_flags "$@"
 ((${#EXTRA_ARGS[@]} == 0)) || die "unknown argument: ${EXTRA_ARGS[0]} (see --help)"
 QR_WAIT_S="${QR_WAIT_S:-21600}"
 POLL_S="${POLL_S:-60}"
+known_zones="$(zones_for "$ACCELERATOR_TYPE")"
+if [[ -n "$known_zones" && " $known_zones " != *" $ZONE "* ]]; then
+  echo "warning: zone $ZONE is not one known to offer ${ACCELERATOR_TYPE%%-*} ($known_zones);" \
+    "choose one with --zone (tpu/README.md)" >&2
+fi
 CREATE_FLAGS=()
 [[ "$SPOT" == 1 ]] && CREATE_FLAGS+=(--spot)
 [[ "$PREEMPTIBLE" == 1 ]] && CREATE_FLAGS+=(--preemptible)

@@ -7,11 +7,13 @@
 #                                                   does nothing if it is already running
 #   bash rftjax/tpu/worker.sh status                 print one line:
 #       rftjax-status HOST running PID | exited CODE | lost (started, died without a code) | none
+#                          | stopped [CODE] (ended after `stop`: tpu/stop.sh; supervise.sh does not relaunch)
 #   bash rftjax/tpu/worker.sh stop                   SIGTERM the trainer (it checkpoints and exits 42),
 #                                                   SIGKILL after STOP_TIMEOUT_S (default 300)
 #
 # Settings (env; relative paths are under $HOME): VENV, LOG_DIR, JAX_CACHE_DIR, EXPECT_COMMIT.
-# Logs append to $LOG_DIR/train.log; the exit code goes to $LOG_DIR/train.exit.
+# Logs append to $LOG_DIR/train.log; the exit code goes to $LOG_DIR/train.exit, and `stop` leaves
+# $LOG_DIR/train.stopped (removed by the next `start`).
 set -euo pipefail
 
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
@@ -24,6 +26,7 @@ JAX_CACHE_DIR="$(under_home "${JAX_CACHE_DIR:-.cache/rftjax-jax}")"
 PID_FILE="$LOG_DIR/train.pid"
 EXIT_FILE="$LOG_DIR/train.exit"
 LOG_FILE="$LOG_DIR/train.log"
+STOP_FILE="$LOG_DIR/train.stopped"
 
 # True when the recorded process is alive and is ours (pids are reused after a reboot).
 running() {
@@ -40,6 +43,10 @@ status() {
   host="$(hostname)"
   if running; then
     echo "rftjax-status $host running $(cat "$PID_FILE")"
+  elif [[ -f "$STOP_FILE" ]]; then
+    local code=""
+    if [[ -f "$EXIT_FILE" ]]; then code=" $(cat "$EXIT_FILE")"; fi
+    echo "rftjax-status $host stopped$code"
   elif [[ -f "$EXIT_FILE" ]]; then
     echo "rftjax-status $host exited $(cat "$EXIT_FILE")"
   elif [[ -f "$PID_FILE" ]]; then
@@ -65,7 +72,7 @@ case "$cmd" in
     fi
     [[ -x "$VENV/bin/python" ]] || { echo "error: no virtualenv at $VENV; run tpu/setup.sh" >&2; exit 3; }
     mkdir -p "$LOG_DIR"
-    rm -f "$EXIT_FILE"
+    rm -f "$EXIT_FILE" "$STOP_FILE"
     echo "=== $(date -u +%FT%TZ) start commit $head: python -m rftjax.train $*" >>"$LOG_FILE"
     # setsid: own session and process group, so `stop` can signal the whole group and a closing ssh
     # session sends it nothing. All three streams are redirected so ssh does not wait on them.
@@ -96,6 +103,7 @@ case "$cmd" in
       exit 0
     fi
     pid="$(cat "$PID_FILE")"
+    date -u +%FT%TZ >"$STOP_FILE"   # a deliberate stop: status says `stopped`, and supervise.sh ends the run
     kill -TERM -- "-$pid"
     for ((i = 0; i < ${STOP_TIMEOUT_S:-300}; i++)); do
       running || break
@@ -108,7 +116,7 @@ case "$cmd" in
     status
     ;;
   *)
-    sed -n '2,14p' "$SELF"
+    sed -n '2,16p' "$SELF"
     [[ "$cmd" == -h || "$cmd" == --help ]] || exit 2
     ;;
 esac
