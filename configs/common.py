@@ -54,6 +54,7 @@ def base() -> ml_collections.ConfigDict:
   c.tools = config_dict.FieldReference((), field_type=object)
   c.max_episode_steps = 1  # model turns per episode; 1 = one completion, as without tools
   c.tool_timeout_s = 60.0  # per HTTP attempt; 5xx, timeouts and connection errors are retried 3 times
+  c.tools_max_error_share = 0.5  # stop the run when more tool calls than this fail for good in one batch
   c.tool_server = ''  # 'example': start rftjax.tool_server on a free 127.0.0.1 port; '{tool_server}' in URLs is it
 
   c.grpo = ml_collections.ConfigDict()

@@ -10,7 +10,8 @@ items, written together and atomically:
 
 Retention (see docs/checkpoints.md): after each save, a checkpoint survives if it is among the `keep_best`
 evaluated checkpoints with the highest `best_metric`, OR it is the latest one. A checkpoint saved without
-metrics (final step, SIGTERM between evals) is never "best" and is deleted as soon as a newer one exists.
+metrics (final step, SIGTERM between evals) is never "best" and is deleted once a newer one exists (by the next
+save's policy, or at `close`).
 
 Orbax pitfalls this module exists to hide (docs/platform.md):
   * `best_fn` + `max_to_keep` alone deletes the newest checkpoint when it is not among the best, so resume
@@ -255,7 +256,17 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending saves and releases Orbax's threads. Call before the process exits (also on SIGTERM)."""
+    """Waits for pending saves, deletes the checkpoints without metrics that a newer one has replaced, and
+    releases Orbax's threads. Call before the process exits (also on SIGTERM)."""
+    if not self.read_only:
+      # Orbax applies the keep policy before a save commits, so an unranked step stays until the save after the
+      # next one: at a run's end (its last save, a SIGTERM's step then one more) it would stay for good
+      self._manager.wait_until_finished()
+      steps = self.all_steps()
+      for step in steps[:-1]:
+        if self.metrics(step) is None:
+          self._manager.delete(step)
+          self._metrics_cache.pop(step, None)
     self._manager.close()
 
   def __enter__(self) -> Checkpointer:

@@ -23,6 +23,7 @@ import re
 import select
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from rftjax import errors
 from rftjax import runfs
@@ -37,6 +38,18 @@ def setup_logging(verbosity: int = 0) -> None:
   logging.basicConfig(level=level, format=FORMAT, datefmt='%H:%M:%S', stream=sys.stderr, force=True)
   logging.getLogger('rftjax').setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
   logging.getLogger('absl').setLevel(level)  # Orbax logs through absl
+
+
+def exit_now(status: int) -> NoReturn:
+  """Ends the process with `status` once the logs and the console are flushed, without waiting for worker threads
+  (Python joins a thread pool's workers at exit, and a tool call can hang for minutes) or atexit hooks."""
+  logging.shutdown()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+      pass
+  os._exit(status)
 
 
 # The status a shell gives a tool that SIGPIPE ended (128 + 13): what `report ... | head` means with pipefail.
@@ -162,6 +175,15 @@ def override_keys(argv: Sequence[str]) -> tuple[str, ...]:
   return tuple(m.group(1) for m in (_OVERRIDE.match(a) for a in argv[1:]) if m)
 
 
+def _kind(config, key: str) -> str:
+  """What a config field's default says it holds, in words."""
+  value = config
+  for part in key.split('.'):
+    value = value[part]
+  kinds = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string'}
+  return kinds.get(type(value), f'a value of type {type(value).__name__}')
+
+
 def parse_config_flags(
   argv: Sequence[str], define: Callable | None = None, *, required: Sequence[str] = (), doc: str = ''
 ):
@@ -197,7 +219,11 @@ def parse_config_flags(
     fv(argv)
   except flags.Error as e:
     cause = e.__cause__ or e.__context__
-    m = re.match(r'flag --config\.([\w.]+)=', str(e))
+    m = re.match(r'flag --config\.([\w.]+)=(.*?): ', str(e))
+    if m and config_args and isinstance(cause, ValueError):  # a value its field's type cannot take
+      raise errors.ConfigError(
+        f'config.{m.group(1)}: expected {_kind(config, m.group(1))}, found {m.group(2)!r}'
+      ) from None
     if m:
       raise errors.ConfigError(f'config.{m.group(1)}: {cause or e}') from None
     raise errors.ConfigError(str(e).split('\n')[0]) from None

@@ -133,6 +133,10 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   graders.check_sandbox(graders.build(grader_spec), allow)  # a bad field fails before the model loads
   graders.check_items(grader_spec, [(ex.source, ex.item) for ex in examples])
   fmt = response_format.make(run_config.get('response_format') if run_config else None)
+  steps = int(run_config.get('max_episode_steps') or 1) if run_config else 1
+  specs = tools.load_tools(run_config.get('tools')) if steps > 1 else ()
+  if specs:  # other data may offer fewer of the run's tools, but none it lacks
+    tools.check_data_tools([(ex.source, ex.item) for ex in examples], specs, every_tool_offered=False)
   loaded = sample_cli.load_from_args(args)
   out = epath.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
   if not args.out:
@@ -148,10 +152,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   sampler = inference.make_sampler(
     loaded, ids, max_new_tokens=max_new, temperature=temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop
   )
-  steps = int(run_config.get('max_episode_steps') or 1) if run_config else 1
   if steps > 1:  # the run's episodes: the same tools, turns and room for tool outputs (docs/tools.md)
-    specs = tools.load_tools(run_config.get('tools'))
-    tools.check_data_tools([(ex.source, ex.item) for ex in examples], specs)
     width = int(run_config.sampling.tool_tokens)
     slots = episodes.context_len(sampler.max_prompt_len, max_new, steps, width)
     client = stack.enter_context(tools.ToolClient(specs, timeout_s=float(run_config.tool_timeout_s))) if specs else None
@@ -180,6 +181,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     'temperature': temperature,
     'pass_threshold': threshold,
     **summarize(rewards, results, threshold),
+    **episodes.metrics([o.get('transcript') for o, _ in graded], tools=getattr(sampler, 'tools', ())),
   }
   rows = []
   for i, (o, r) in enumerate(graded):
@@ -206,6 +208,10 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   failed = graders.all_failed(results)
   if failed:  # a summary of zeros that only mean the grader could not run
     raise graders.GradingFailed(f'{failed}; the samples and the summary are in {out}', [])
+  share = float(run_config.get('tools_max_error_share', 0.5)) if steps > 1 else 1.0
+  broken = tools.failure_line(episodes.record_calls([o.get('transcript') for o, _ in graded]), share)
+  if broken:  # rewards earned against tool errors measure the outage, not the model
+    raise tools.ToolsFailed(f'{broken}; the samples and the summary are in {out}')
   return summary
 
 
@@ -216,7 +222,7 @@ def main(argv=None) -> int:
   def body() -> int:
     try:
       summary = run(args)
-    except graders.GradingFailed as e:
+    except (graders.GradingFailed, tools.ToolsFailed) as e:
       print(f'error: {e}', file=sys.stderr)
       return 1
     if jax.process_index() == 0:

@@ -34,6 +34,7 @@ from rftjax import multihost
 from rftjax import rollout
 from rftjax import sampler as sampler_lib
 from rftjax import sharding
+from rftjax import tools
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ def _completion(r: rollout.Rollout, j: int) -> dict:
   }
 
 
-def _host_batches(sampler, params, prompts, tok, *, mesh, rng, batch_size: int):
-  """Yields (prompt indices, Rollout of those rows) for this host's share of each fixed-size batch."""
+def _host_batches(sampler, params, prompts, tok, *, mesh, rng, batch_size: int, items=None):
+  """Yields (prompt indices, Rollout of those rows) for this host's share of each fixed-size batch. `items`: the
+  prompts' data rows (episodes call only the tools a row offers)."""
   hosts = jax.process_count() if multihost.spans_hosts(mesh) else 1
   shards = 1 if mesh is None else mesh.shape['data'] * mesh.shape['fsdp']
   batch = _round_up(max(1, min(batch_size, len(prompts))), math.lcm(shards, hosts))
@@ -97,7 +99,8 @@ def _host_batches(sampler, params, prompts, tok, *, mesh, rng, batch_size: int):
   for i, start in enumerate(range(0, len(prompts), batch)):
     rows = list(range(start, min(start + batch, len(prompts))))[me * per : (me + 1) * per]
     filled = rows + [rows[-1] if rows else start] * (per - len(rows))  # same shapes and calls on every host
-    r = rollout.sample(sampler, params, [prompts[k] for k in filled], tok, jax.random.fold_in(rng, i), mesh)
+    mine = None if items is None else [items[k] for k in filled]
+    r = rollout.sample(sampler, params, [prompts[k] for k in filled], tok, jax.random.fold_in(rng, i), mesh, mine)
     yield rows, r.take(range(len(rows)))
 
 
@@ -145,7 +148,8 @@ def evaluate(
   rng = jax.random.key(0) if rng is None else rng
   pending, done = [], 0
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    for rows, r in _host_batches(sampler, params, prompts, tok, mesh=mesh, rng=rng, batch_size=batch_size):
+    batches = _host_batches(sampler, params, prompts, tok, mesh=mesh, rng=rng, batch_size=batch_size, items=items)
+    for rows, r in batches:
       traces = r.traces
       future = pool.submit(grader, r.texts, [items[k] for k in rows], traces=traces) if rows else None
       pending.append((rows, r, future))
@@ -175,23 +179,26 @@ class Validation:
 
   def __call__(self, params, step: int) -> dict:
     t0 = time.perf_counter()
-    rows = evaluate(
-      self.sampler,
-      params,
-      self.prompts,
-      [e.item for e in self.examples],
-      self.tok,
-      self.grader,
-      self.pool,
-      mesh=self.mesh,
-      batch_size=self.batch_size,
-      rng=jax.random.fold_in(self.rng, step),
-    )
+    try:
+      rows = evaluate(
+        self.sampler,
+        params,
+        self.prompts,
+        [e.item for e in self.examples],
+        self.tok,
+        self.grader,
+        self.pool,
+        mesh=self.mesh,
+        batch_size=self.batch_size,
+        rng=jax.random.fold_in(self.rng, step),
+      )
+    except tools.ToolsFailed as e:  # a reward earned against a broken tool would rank the checkpoint
+      raise tools.ToolsFailed(f'validation at step {step}: {e}') from None
     results = [res for _, res in rows]
     m = {
       'step': step,
       **graders.summarize(results, prefix='valid'),
-      **episodes.metrics([c.get('transcript') for c, _ in rows], prefix='valid/'),
+      **episodes.metrics([c.get('transcript') for c, _ in rows], 'valid/', getattr(self.sampler, 'tools', ())),
       'valid_completion_len_mean': sum(len(c['tokens']) for c, _ in rows) / max(len(rows), 1),
       'timing/eval_s': time.perf_counter() - t0,
     }

@@ -123,7 +123,10 @@ def model_config(config, tok: tokenizer_lib.Tokenizer | None) -> model_lib.Trans
   elif config.get('init'):
     from rftjax import weights  # heavy (gguf, safetensors); only needed for pretrained models
 
-    cfg = weights.config_from_file(config.init)
+    try:
+      cfg = weights.config_from_file(config.init)
+    except (FileNotFoundError, ValueError) as e:  # an hf:DIR without config.json, an architecture unknown here
+      raise errors.ConfigError(f'config.init={config.init!r}: {e}') from None
   else:
     raise errors.ConfigError('config.model: not set, and there is no config.init file to read the architecture from')
   if cfg.family == 'tiny' and tok is not None:

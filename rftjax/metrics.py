@@ -187,8 +187,8 @@ class MetricsWriter:
 
   Args:
     workdir: the run's local folder (the staging folder of a remote run).
-    resume_step: the checkpoint step a resumed run starts from; lines and events of later steps are dropped. 0 starts
-      both files afresh (and a new run id).
+    resume_step: the checkpoint step a resumed run starts from (0 too: a run stopped after its first validation);
+      lines and events of later steps are dropped. None starts both files afresh (and a new run id).
     enabled: False on every process but the first of a multi-host run: nothing is written.
     tensorboard: also write TensorBoard event files.
     total_steps: for the events' `total_steps` and "Step N/total" messages (left out when None).
@@ -199,7 +199,7 @@ class MetricsWriter:
     self,
     workdir: str | pathlib.Path,
     *,
-    resume_step: int = 0,
+    resume_step: int | None = None,
     enabled: bool = True,
     tensorboard: bool = True,
     total_steps: int | None = None,
@@ -211,12 +211,13 @@ class MetricsWriter:
     self.total_steps = total_steps
     self.grader = grader.to_dict() if hasattr(grader, 'to_dict') else grader  # a ConfigDict: once, not per step
     self._tb = None
-    self._step = int(resume_step)
+    self._step = resume_step or 0
     if not enabled:
       return
-    kept = [r for r in read_jsonl(self.path, set_aside=True) if r.get('step', 0) <= resume_step] if resume_step else []
+    resumed = resume_step is not None
+    kept = [r for r in read_jsonl(self.path, set_aside=True) if r.get('step', 0) <= resume_step] if resumed else []
     _rewrite(self.path, kept)
-    events = read_jsonl(self.events_path, set_aside=True) if resume_step else []
+    events = read_jsonl(self.events_path, set_aside=True) if resumed else []
     kept_events = [e for e in events if event_step(e) <= resume_step]
     _rewrite(self.events_path, kept_events)
     # ids go on from the highest ever written, dropped ones included: a reader that saw an event never sees its id
@@ -228,7 +229,9 @@ class MetricsWriter:
     if tensorboard:
       import tensorboardX  # optional at import time: only the writer needs it
 
-      self._tb = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'), purge_step=resume_step or None)
+      self._tb = tensorboardX.SummaryWriter(
+        str(pathlib.Path(workdir) / 'tensorboard'), purge_step=resume_step + 1 if resumed else None
+      )
 
   def write(self, record: dict) -> None:
     if not self.enabled:
@@ -299,19 +302,24 @@ class Progress:
     self.bar = tqdm.tqdm(
       total=total, initial=start, disable=not enabled, unit='step', dynamic_ncols=True, file=sys.stderr, desc='rft'
     )
-    self.valid = None
+    self.post: dict[str, str] = {}
 
   def update(self, step: int, record: dict) -> None:
     self.bar.n = step
-    post = {'reward': f'{record.get("train_reward_mean", float("nan")):.3f}'}
-    if self.valid is not None:
-      post['valid'] = f'{self.valid:.3f}'
-    self.bar.set_postfix(post, refresh=False)
-    self.bar.refresh()
+    self.post['reward'] = f'{record.get("train_reward_mean", float("nan")):.3f}'
+    self._show()
 
   def note(self, step: int, eval_record: dict) -> None:
-    """The bar shows the new validation reward; the validation's own log line has already said it."""
-    self.valid = eval_record.get('valid_reward_mean')
+    """The bar shows the new validation reward at once (the last one of a run too); the validation's own log line
+    has already said it."""
+    del step
+    if eval_record.get('valid_reward_mean') is not None:
+      self.post['valid'] = f'{eval_record["valid_reward_mean"]:.3f}'
+      self._show()
+
+  def _show(self) -> None:
+    self.bar.set_postfix(self.post, refresh=False)
+    self.bar.refresh()
 
   def close(self) -> None:
     self.bar.close()

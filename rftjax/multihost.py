@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from rftjax import errors
 from rftjax import sharding
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,30 @@ def on_multihost_tpu_vm() -> bool:
 def initialize(
   mode: str = 'auto', coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> bool:
-  """Calls jax.distributed.initialize when asked or when the environment says we are one of several hosts."""
+  """Calls jax.distributed.initialize when asked or when the environment says we are one of several hosts. Flags
+  that cannot work together are a ConfigError naming them (JAX's own errors are tracebacks)."""
+  if (num_processes is not None or process_id is not None) and not coordinator:
+    raise errors.ConfigError(
+      f'--num_processes={num_processes} --process_id={process_id}: expected --coordinator=HOST:PORT with them '
+      "(process 0's address), or neither (a TPU VM finds its hosts itself)"
+    )
+  if coordinator and (num_processes is None or process_id is None or not 0 <= process_id < num_processes):
+    raise errors.ConfigError(
+      f'--coordinator={coordinator}: expected --num_processes=N and --process_id in 0..N-1 with it, found '
+      f'--num_processes={num_processes} --process_id={process_id}'
+    )
   if mode == 'off':
     return False
   if coordinator:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
   elif mode == 'on' or on_multihost_tpu_vm():
-    jax.distributed.initialize()  # auto-detects the coordinator on TPU VMs
+    try:
+      jax.distributed.initialize()  # auto-detects the coordinator on TPU VMs
+    except ValueError as e:
+      raise errors.ConfigError(
+        f'--distributed={mode}: this machine does not say who its other hosts are ({e}); expected a multi-host TPU VM, '
+        'or --coordinator=HOST:PORT --num_processes=N --process_id=I'
+      ) from None
   else:
     return False
   log.info(
@@ -108,6 +126,28 @@ def any_host(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
   return bool(np.asarray(multihost_utils.process_allgather(np.asarray([flag]))).any())
+
+
+def check_shared_folder(folder) -> None:
+  """Every host must see the same run folder when it is a local path (a shared file system): Orbax's checkpoint
+  commit waits for every host's write to show up there, and waits forever when each host has a folder of its own.
+  A ConfigError on every host when one cannot see what process 0 wrote."""
+  if jax.process_count() == 1:
+    return
+  (token,) = gather_objects([os.urandom(8).hex()] if jax.process_index() == 0 else [])
+  marker = folder / f'.rftjax-shared-{token}'
+  if jax.process_index() == 0:
+    marker.write_text('')
+  multihost_utils.sync_global_devices('rftjax-shared-folder-written')
+  missing = max_over_hosts(0 if marker.exists() else jax.process_index() + 1)[0]
+  multihost_utils.sync_global_devices('rftjax-shared-folder-read')
+  if jax.process_index() == 0:
+    marker.unlink(missing_ok=True)
+  if missing:
+    raise errors.ConfigError(
+      f'--workdir={folder}: process {missing - 1} of {jax.process_count()} does not see what process 0 writes there; '
+      'a multi-host run needs one folder every host sees: a gs:// workdir, or a shared file system'
+    )
 
 
 def gather_objects(objects: list) -> list:

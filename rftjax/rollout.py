@@ -22,6 +22,7 @@ from rftjax import graders
 from rftjax import grpo
 from rftjax import multihost
 from rftjax import sampler as sampler_lib
+from rftjax import tools as tools_lib
 from rftjax import train_step as step_lib
 
 
@@ -68,9 +69,10 @@ class Rollout:
     return None if self.episodes[0] is None else [e['trace_id'] for e in self.episodes]
 
 
-def sample(sampler, params, prompts: list[list[int]], tok, rng, mesh) -> Rollout:
+def sample(sampler, params, prompts: list[list[int]], tok, rng, mesh, items=None) -> Rollout:
   """Samples and decodes this host's rows; rewards and results are not filled yet. `sampler`: a
-  sampler_lib.Sampler (one completion per row) or an episodes.Agent (multi-turn episodes with tools). A sampler
+  sampler_lib.Sampler (one completion per row) or an episodes.Agent (multi-turn episodes with tools; `items`, the
+  rows' data, say which tools each row may call: without, every configured one). A sampler
   with group_size > 1 prefills each group once when every host's rows come in such groups, and every row on its
   own otherwise."""
   agent = sampler if isinstance(sampler, episodes_lib.Agent) else None
@@ -80,7 +82,8 @@ def sample(sampler, params, prompts: list[list[int]], tok, rng, mesh) -> Rollout
   p_tokens, p_mask = sampler_lib.pad_prompts(prompts, s.max_prompt_len, s.pad_id)
   n = len(prompts)
   if agent:
-    e = dataclasses.replace(agent, sampler=s).run(params, p_tokens, p_mask, rng, mesh)
+    offered = None if items is None else [tools_lib.offered(item) for item in items]
+    e = dataclasses.replace(agent, sampler=s).run(params, p_tokens, p_mask, rng, mesh, offered)
     fields = (e.tokens, e.mask, e.logprobs, e.lengths, e.truncated)
     return Rollout(p_tokens, p_mask, *fields, np.zeros(n, np.float32), [None] * n, e.texts, e.discard, e.transcripts)
   out = s(params, multihost.to_global(mesh, p_tokens), multihost.to_global(mesh, p_mask), rng)
@@ -301,10 +304,10 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh, shapes: ShapePicker | None 
   )
 
 
-def rollout_metrics(r: Rollout, g: int, prefix: str = 'train') -> dict[str, float]:
+def rollout_metrics(r: Rollout, g: int, prefix: str = 'train', tools: tuple = ()) -> dict[str, float]:
   m = graders.summarize(r.results, prefix=prefix)
   keep = grpo.dynamic_sampling_keep(r.rewards, g)
-  m.update(episodes_lib.metrics([episodes_lib.record(e) for e in r.episodes]))
+  m.update(episodes_lib.metrics([episodes_lib.record(e) for e in r.episodes], tools=tools))
   m.update(
     {
       'discarded_frac': float(r.discard.mean()),
@@ -362,9 +365,10 @@ class Rollouts:
     g = self.cfg.num_generations
     idx = self.data_iter.next()
     t0 = time.perf_counter()
-    r = sample(self.sampler, params, [self.prompts[i] for i in idx for _ in range(g)], self.tok, rng, self.mesh)
+    items = [self.items[i] for i in idx for _ in range(g)]
+    r = sample(self.sampler, params, [self.prompts[i] for i in idx for _ in range(g)], self.tok, rng, self.mesh, items)
     t1 = time.perf_counter()
-    r = r.graded(self.pool.grade(self.grader, r.texts, [self.items[i] for i in idx for _ in range(g)], traces=r.traces))
+    r = r.graded(self.pool.grade(self.grader, r.texts, items, traces=r.traces))
     bad = sum(1 for x in r.results if x.errors) > self.cfg.max_error_share * len(r.results)
     if multihost.any_host(bad):  # every host stops together, so none waits for the others in a collective
       line = (
@@ -391,6 +395,6 @@ class Rollouts:
         break
     if not cfg.dynamic_sampling:
       rolled = parts[0]
-    stats = {**rollout_metrics(rolled, g), 'sampling_rounds': len(parts)}
+    stats = {**rollout_metrics(rolled, g, tools=getattr(self.sampler, 'tools', ())), 'sampling_rounds': len(parts)}
     batch = make_batch(rolled, cfg, self.mesh, self.shapes)
     return batch, stats, {'sampling_s': sampling_s, 'grading_s': grading_s}

@@ -34,7 +34,14 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 
 def path(p: str | os.PathLike) -> epath.Path:
-  """An epath for a local path or a URL; local paths are made absolute so a later chdir cannot move them."""
+  """An epath for a local path or a gs:// URL; local paths are made absolute so a later chdir cannot move them.
+  Another kind of URL, or gs:// without a bucket, is a ConfigError."""
+  scheme, _, rest = os.fspath(p).partition('://')
+  if _ and (scheme != 'gs' or not rest.split('/', 1)[0]):
+    from rftjax import errors
+
+    what = 'no bucket' if scheme == 'gs' else f'{scheme}:// is not supported'
+    raise errors.ConfigError(f'{os.fspath(p)}: expected a local path or gs://BUCKET/PATH ({what})')
   out = epath.Path(p)
   return out if is_remote(p) else out.absolute()
 

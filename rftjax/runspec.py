@@ -50,6 +50,7 @@ class EpisodeSpec:
   tool_tokens: int  # width of one tool turn
   tools: tuple  # tools.ToolSpec
   timeout_s: float
+  max_error_share: float = 0.5  # config.tools_max_error_share
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,13 +128,14 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
     _fail('model', config.get('model'), 'a preset name when config.init is empty (random weights)')
   if inputs and config.get('init'):
     loader.check_spec('init', config.init, ('gguf', 'hf'))
-    if config.get('model'):
-      from rftjax import weights  # reads the file's header only
+    from rftjax import weights  # reads the file's header only
 
-      try:
-        weights.config_from_file(config.init, config.model)
-      except ValueError as e:
-        raise errors.ConfigError(f'config.model={config.model!r}: {e}') from None
+    try:
+      weights.config_from_file(config.init, config.get('model') or None)
+    except FileNotFoundError as e:  # an hf:DIR without config.json (a PEFT adapter's folder, say)
+      raise errors.ConfigError(f'config.init={config.init!r}: {e}') from None
+    except ValueError as e:
+      raise errors.ConfigError(f'config.model={config.model!r}: {e}') from None
   if inputs and config.get('tokenizer'):
     loader.check_spec('tokenizer', config.tokenizer, ('sp', 'gguf', 'hf'))
   if inputs and not config.get('tokenizer') and not config.get('init'):
@@ -178,6 +180,7 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   steps = _int(config, 'max_episode_steps', 1, ' (1 = one completion per prompt)')
   _int(config, 'sampling.tool_tokens', 8)
   _num(config, 'tool_timeout_s', 0, open_low=True)
+  _num(config, 'tools_max_error_share', 0, 1)
   _choice(config, 'tool_server', ('', 'example'))
   if inputs and tools_lib.load_tools(config.get('tools')) and steps < 2:
     _fail('max_episode_steps', steps, '>= 2 when config.tools is set (a tool output needs a turn to be read in)')
@@ -425,7 +428,13 @@ def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
     eval_interval=config.eval_interval,
     eval_samples=config.eval_samples,
     eval_batch_size=config.eval_batch_size,
-    episodes=EpisodeSpec(steps, s.tool_tokens, tools_lib.load_tools(config.get('tools')), config.tool_timeout_s)
+    episodes=EpisodeSpec(
+      steps,
+      s.tool_tokens,
+      tools_lib.load_tools(config.get('tools')),
+      config.tool_timeout_s,
+      config.tools_max_error_share,
+    )
     if steps > 1
     else None,
   )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import logging
 import pathlib
 import sys
 
@@ -28,6 +29,8 @@ from rftjax import loader
 from rftjax import multihost
 from rftjax import response_format
 from rftjax import runfs
+
+log = logging.getLogger('rftjax')
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -162,6 +165,11 @@ def main(argv=None) -> int:
     cli.check_out(args.out)  # a bad --out fails before the sampling, not after it
     prompts = read_prompts(args.prompts)  # bad input fails before the model loads
     loaded = load_from_args(args)
+    if int(loaded.config.get('max_episode_steps') or 1) > 1:
+      log.warning(
+        "this run trained multi-turn episodes with tools; rftjax.sample writes each prompt's first turn and calls "
+        'no tool (a tool call ends it): rftjax.evaluate runs whole episodes'
+      )
     fmt = response_format.make(loaded.config.get('response_format'))  # a run trained to answer in JSON
     ids = data_lib.encode_prompts([ex for _, ex in prompts], loaded.tokenizer, response_format=fmt)
     sampler = inference.make_sampler(

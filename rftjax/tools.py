@@ -34,7 +34,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from rftjax import data as data_lib
 from rftjax import errors
@@ -44,6 +44,8 @@ from rftjax import errors
 KINDS = ('ok', 'client_error', 'server_error', 'timeout', 'connection', 'oversize', 'unknown_tool', 'bad_call')
 # Failures of the server or the network, not of the call: tried again, and discarded when they persist.
 RETRIED = ('server_error', 'timeout', 'connection')
+# Client errors that no call a model writes can cause (credentials, a wrong URL's method): discarded, not retried.
+REFUSED = (401, 403, 405, 407)
 _FIELDS = ('name', 'server_url', 'headers')
 _NAME = re.compile(r'[A-Za-z0-9_-]{1,64}')  # OpenAI's rule for function names
 _OPEN, _CLOSE = '<tool_call>', '</tool_call>'
@@ -80,7 +82,7 @@ class CallResult:
   kind: str
   latency_s: float  # wall time of every attempt and the pauses between them; 0 for calls never sent
   attempts: int  # requests sent: 0 for unknown_tool, bad_call and an oversize request
-  discard: bool  # a server, timeout or connection failure that outlasted every retry
+  discard: bool  # a server, timeout or connection failure that outlasted every retry, or a REFUSED status
 
 
 # Config ----------------------------------------------------------------------------------------------------------
@@ -172,6 +174,11 @@ def load_tools(value: Any, key: str = 'tools') -> tuple[ToolSpec, ...]:
 
 
 # Data --------------------------------------------------------------------------------------------------------------
+def offered(item: dict) -> frozenset[str]:
+  """The names of the tools a (checked) data row offers."""
+  return frozenset(t['name'] for t in row_tools(item, ''))
+
+
 def row_tools(item: dict, where: str) -> list[dict]:
   """The tools a data row offers, each as {"type": "function", "name", "description", "parameters"} (the chat
   completions shape {"type": "function", "function": {...}} is unwrapped). No "tools" field: []. Raises
@@ -208,10 +215,13 @@ def row_tools(item: dict, where: str) -> list[dict]:
   return out
 
 
-def check_data_tools(rows: Sequence[tuple[str, dict]], tools: Sequence[ToolSpec]) -> None:
-  """Before anything slow: every tool a row offers is configured, and every configured tool is offered by some row.
-  `rows` are ('file:line', row) pairs of every data file the run reads. A row naming a tool that config.tools lacks
-  is a data.DataError naming the line; a configured tool no row offers is an errors.ConfigError naming its entry."""
+def check_data_tools(
+  rows: Sequence[tuple[str, dict]], tools: Sequence[ToolSpec], every_tool_offered: bool = True
+) -> None:
+  """Before anything slow: every tool a row offers is configured, and (`every_tool_offered`, for a run's own data)
+  every configured tool is offered by some row. `rows` are ('file:line', row) pairs of every data file the run
+  reads. A row naming a tool that config.tools lacks is a data.DataError naming the line; a configured tool no row
+  offers is an errors.ConfigError naming its entry."""
   configured = [t.name for t in tools]
   offered: set[str] = set()
   for where, item in rows:
@@ -226,7 +236,7 @@ def check_data_tools(rows: Sequence[tuple[str, dict]], tools: Sequence[ToolSpec]
         )
       offered.add(name)
   for i, name in enumerate(configured):
-    if name not in offered:
+    if every_tool_offered and name not in offered:
       raise errors.ConfigError(
         f'config.tools[{i}]: tool {name!r} is configured, but no data row offers it (none of the {len(rows)} rows '
         'lists it in "tools"); expected every configured tool in some row\'s "tools", or remove it'
@@ -387,19 +397,22 @@ class ToolClient:
     self.timeout_s, self.retries, self.max_bytes, self.backoff_s = timeout_s, retries, max_bytes, backoff_s
     self._pool = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix='rftjax-tool')
 
-  def call_many(self, calls: Sequence[tuple[ParsedCall, str]]) -> list[CallResult]:
-    """One CallResult per (call, trace_id), in order; the calls run concurrently."""
-    futures = [self._pool.submit(self.call, call, trace_id) for call, trace_id in calls]
+  def call_many(self, calls: Sequence[tuple[ParsedCall, str, Collection[str] | None]]) -> list[CallResult]:
+    """One CallResult per (call, trace_id, tools its row offers), in order; the calls run concurrently."""
+    futures = [self._pool.submit(self.call, *args) for args in calls]
     return [f.result() for f in futures]
 
-  def call(self, call: ParsedCall, trace_id: str) -> CallResult:
+  def call(self, call: ParsedCall, trace_id: str, offered: Collection[str] | None = None) -> CallResult:
+    """`offered`: the names of the tools the call's data row offers (None: every configured tool); a tool that is
+    configured but not offered to this row is unknown to it, as the model was never shown it."""
     call_id = f'call_{uuid.uuid4().hex[:24]}'  # one id for every attempt, so a server can drop repeats
     result = lambda output, kind: CallResult(call.name, call_id, output, kind, 0.0, 0, False)  # noqa: E731
     if call.error is not None:
       return result(call.error, 'bad_call')
-    tool = self.tools.get(call.name)
+    available = [n for n in self.tools if offered is None or n in offered]
+    tool = self.tools.get(call.name) if call.name in available else None
     if tool is None:
-      return result(f'Error: unknown tool {call.name!r}; available: {", ".join(self.tools) or "none"}', 'unknown_tool')
+      return result(f'Error: unknown tool {call.name!r}; available: {", ".join(available) or "none"}', 'unknown_tool')
     body = {
       'type': 'function_call',
       'name': call.name,
@@ -422,7 +435,7 @@ class ToolClient:
       reply.kind,
       reply.latency_s,
       reply.attempts,
-      reply.kind in RETRIED,
+      reply.kind in RETRIED or (reply.kind == 'client_error' and reply.status in REFUSED),
     )
 
   def _shown(self, name: str, reply: Reply) -> str:
@@ -491,6 +504,30 @@ def _phrase(status: int | None) -> str:
 
 
 # Metrics -----------------------------------------------------------------------------------------------------------
+class ToolsFailed(RuntimeError):
+  """More of a batch's tool calls failed for good (`CallResult.discard`) than `tools_max_error_share` allows: a
+  tool server down, hung or refusing the credentials. Rewards earned against it would rank checkpoints by the
+  outage, so the run stops."""
+
+
+def failure_line(results: Sequence[Sequence[CallResult]], max_share: float) -> str | None:
+  """None while at most `max_share` of the calls sent failed for good, else one line: '14 of 16 tool calls failed
+  for good (88% > tools_max_error_share=50%): connection in 14 (lookup), ...'. Reads `name`, `kind` and `discard`
+  (JSON records of calls work as well)."""
+  sent = [c for rollout in results for c in rollout if c.kind not in ('unknown_tool', 'bad_call', 'oversize')]
+  bad = [c for c in sent if c.discard]
+  if not bad or len(bad) <= max_share * len(sent):
+    return None
+  kinds = collections.Counter(c.kind for c in bad)
+  where = lambda kind: ', '.join(sorted({c.name for c in bad if c.kind == kind}))  # noqa: E731
+  shown = '; '.join(f'{kind} in {n} ({where(kind)})' for kind, n in kinds.most_common())
+  return (
+    f'{len(bad)} of {len(sent)} tool calls failed for good ({len(bad) / len(sent):.0%} > tools_max_error_share='
+    f"{max_share:.0%}): {shown}; check that config.tools' servers are up, answer within tool_timeout_s and accept "
+    'the headers'
+  )
+
+
 def summary(results: Sequence[Sequence[CallResult]], tools: Sequence[ToolSpec] = ()) -> dict[str, float]:
   """Scalars for the metrics writer from each rollout's calls (`results[r]` = rollout r's CallResults).
 

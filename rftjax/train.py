@@ -7,18 +7,21 @@ continues a finished run. `--openai_job` runs the body of an OpenAI `fine_tuning
 `--verbosity=1` shows the libraries' INFO lines as well. Exit status:
   0    done
   2    bad input: one `error:` line naming the config key, flag, file and line, or grader field; nothing written
-  3    grading broken: more than grading.max_error_share of a step's (or a validation's) gradings failed; one
-       `error:` line naming the grader, the error category, a sample message and the share; a checkpoint of the
-       steps trained so far was written (none when the step-0 validation failed: nothing was trained)
+  3    grading or tools broken: more than grading.max_error_share of a step's (or a validation's) gradings failed,
+       or more than tools_max_error_share of its tool calls; one `error:` line naming the grader or tools, the
+       error category, a sample message and the share; a checkpoint of the steps trained so far was written (none
+       when the step-0 validation failed: nothing was trained)
   4    stopped by the collapse guard (guard.stop=True): the line names the best checkpoint and how to export it;
        a checkpoint was written
-  42   preempted (SIGTERM): a checkpoint was written; rerun the same command
+  42   preempted (SIGTERM): a checkpoint was written (none when it came before the first step: loading,
+       compiling); rerun the same command
   130  stopped by Ctrl-C: a checkpoint was written (a second Ctrl-C stops without one; a third is the system's)
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from rftjax import cli
@@ -48,7 +51,19 @@ def _define(fv) -> None:
   flags.DEFINE_integer('process_id', None, 'This process index (with --coordinator).', flag_values=fv)
 
 
-def main(argv=None) -> int:
+def _preempted_while_starting(signum, frame):
+  """SIGTERM before the training loop watches for it (loading and compiling can take minutes): nothing to save,
+  and status 42 tells tpu/supervise.sh to relaunch, as after any preemption."""
+  del signum, frame
+  from rftjax import preemption
+
+  log.warning('SIGTERM before the first step: nothing to save; exiting with status %d', preemption.EXIT_CODE)
+  raise SystemExit(preemption.EXIT_CODE)
+
+
+def main(argv=None, abandon_threads: bool = False) -> int:
+  """Returns the exit status. `abandon_threads` (the command line): a second Ctrl-C ends the process at once,
+  without waiting for worker threads (a tool call may hang for minutes)."""
   argv = sys.argv if argv is None else argv
   cli.setup_logging(0)
 
@@ -57,6 +72,7 @@ def main(argv=None) -> int:
     from rftjax import multihost, preemption, trainer  # JAX starts here, after the flags are known to be good
 
     multihost.initialize(fv.distributed, fv.coordinator, fv.num_processes, fv.process_id)
+    before = signal.signal(signal.SIGTERM, _preempted_while_starting)  # the loop's own handler replaces it
     try:
       config, explicit = fv.config, cli.override_keys(argv_)
       if job is not None:
@@ -65,7 +81,7 @@ def main(argv=None) -> int:
         config = openai_job.apply(config, job, explicit)
       trainer.train(config, fv.workdir, explicit=explicit)
     except trainer.GradingStopped as e:
-      print(f'error: grading failed: {e}', file=sys.stderr)
+      print(f'error: {"tool calls" if e.code == "tools_failed" else "grading"} failed: {e}', file=sys.stderr)
       return e.exit_code
     except trainer.GuardStopped as e:
       print(f'stopped: {e}', file=sys.stderr)
@@ -75,11 +91,15 @@ def main(argv=None) -> int:
       return e.exit_code
     except KeyboardInterrupt:  # the second Ctrl-C, or one before the loop started
       log.warning('interrupted: the last checkpoint on disk is where a rerun resumes')
+      if abandon_threads:
+        cli.exit_now(preemption.INTERRUPT_EXIT_CODE)
       return preemption.INTERRUPT_EXIT_CODE
+    finally:
+      signal.signal(signal.SIGTERM, before)
     return 0
 
   return cli.run(body)
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(main(abandon_threads=True))

@@ -77,6 +77,8 @@ def _checked(config, workdir, explicit) -> dict:
   except OSError as e:
     raise errors.ConfigError(f'--workdir={workdir}: cannot write there ({e})') from None
   with run:
+    if not runfs.is_remote(workdir):  # a pod slice's hosts must share it (a hang at the first checkpoint otherwise)
+      multihost.check_shared_folder(run.local)
     return _train(config, spec, run, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts, changed)
 
 
@@ -145,11 +147,12 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       start = int(jax.device_get(state['step']))
       _write_config(config, run)
       log.info('resumed from step %d in %s', start, run.remote)
+    resumed_at = start if latest is not None else None  # a run stopped after its step-0 validation resumes at 0
     writer = metrics_lib.MetricsWriter(
-      workdir, resume_step=start, enabled=is_main, total_steps=spec.total_steps, grader=grader_spec
+      workdir, resume_step=resumed_at, enabled=is_main, total_steps=spec.total_steps, grader=grader_spec
     )
     cleanup.callback(writer.close)
-    cleanup.enter_context(_job_events(writer, start, spec.total_steps))  # events.jsonl: started ... succeeded
+    cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps))  # events.jsonl: started ... succeeded
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
     if is_main:  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
       guard.replay(metrics_lib.read_jsonl(writer.path))
@@ -172,7 +175,8 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       e = spec.episodes
       client = cleanup.enter_context(tools.ToolClient(e.tools, timeout_s=e.timeout_s)) if e.tools else None
       train_sampler, eval_sampler = (
-        episodes.Agent(s, tok, client, e.max_steps, e.tool_tokens) for s in (train_sampler, eval_sampler)
+        episodes.Agent(s, tok, client, e.max_steps, e.tool_tokens, e.max_error_share)
+        for s in (train_sampler, eval_sampler)
       )
     rollouts = rollout.Rollouts(
       spec.rollout, train_sampler, train_prompts, items, tok, grader, pool, data_iter, mesh, rng
@@ -194,15 +198,19 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     save = functools.partial(_save, ckpt, writer, run)
 
     last_eval: dict = {}
-    if start == 0:
+    if latest is None:  # a new run (a checkpoint of step 0 was written after its validation)
       try:
         last_eval = validate(lora.join(state['params'], frozen), 0)
-      except graders.GradingFailed as e:  # nothing learnt yet: nothing to keep
-        raise GradingStopped(f'{e}. Nothing was trained; fix the grader and run again') from None
+      except BROKEN as e:  # nothing learnt yet: nothing to keep
+        what = 'the tools' if isinstance(e, tools.ToolsFailed) else 'the grader'
+        raise _stopped(e, f'{e}. Nothing was trained; fix {what} and run again') from None
       watch(last_eval)
       save(0, state, data_iter, last_eval)
+      if watcher.requested(0):  # Ctrl-C or SIGTERM during the step-0 validation
+        raise watcher.stop(0)
     compile_clock = metrics_lib.CompileClock()
     progress = metrics_lib.Progress(start, spec.total_steps, enabled=config.progress and is_main)
+    progress.note(start, last_eval)  # step 0's validation, before the first step
     for step in range(start, spec.total_steps):
       t_step = time.perf_counter()
       data_before = data_iter.state()
@@ -210,11 +218,11 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       # ---- rollout: G completions per prompt, sampled, decoded and graded on the host ----
       try:
         batch, stats, timings = rollouts(lora.join(state['params'], frozen), step)
-      except graders.GradingFailed as e:  # broken grading: keep what was learnt, stop with one line
+      except BROKEN as e:  # broken grading or tools: keep what was learnt, stop with one line
         data_iter.restore(data_before)
         if ckpt.latest_step() != step:
           save(step, state, data_iter)
-        raise GradingStopped(f'step {step + 1}: {e}. The checkpoint at step {step} is where a rerun resumes') from None
+        raise _stopped(e, f'step {step + 1}: {e}. The checkpoint at step {step} is where a rerun resumes') from None
       if watcher.requested(step):  # preempted mid-step: drop this batch, keep the data position before it
         data_iter.restore(data_before)
         save(step, state, data_iter)
@@ -257,12 +265,14 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       if (step + 1) % spec.eval_interval == 0 or step + 1 == spec.total_steps:
         try:
           last_eval = validate(lora.join(state['params'], frozen), step + 1)
-        except graders.GradingFailed as e:  # the step is kept, unranked: a broken grading is no measure of it
+        except BROKEN as e:  # the step is kept, unranked: a broken grading is no measure of it
           save(step + 1, state, data_iter)
-          raise GradingStopped(f'{e}. The checkpoint at step {step + 1} is where a rerun resumes') from None
+          raise _stopped(e, f'{e}. The checkpoint at step {step + 1} is where a rerun resumes') from None
         progress.note(step + 1, last_eval)
         stop = watch(last_eval) or stop
         save(step + 1, state, data_iter, last_eval)
+        if watcher.requested(step + 1):  # during the validation: saved already
+          raise watcher.stop(step + 1)
       elif watcher.requested(step + 1):
         save(step + 1, state, data_iter)
         raise watcher.stop(step + 1)
@@ -302,19 +312,31 @@ def _watch(guard, writer, is_main: bool, record: dict):
 
 
 class GradingStopped(RuntimeError):
-  """Too many of a step's or a validation's gradings failed (grading.max_error_share); the steps trained so far were
-  checkpointed first. Exit status 3."""
+  """Too many of a step's or a validation's gradings failed (grading.max_error_share), or tool calls
+  (tools_max_error_share); the steps trained so far were checkpointed first. Exit status 3."""
 
   exit_code = 3
 
+  def __init__(self, message: str, code: str = 'grading_failed'):
+    super().__init__(message)
+    self.code = code  # events.jsonl's
+
+
+# what stops a run with GradingStopped: rewards that measure a broken grader or tool server, not the policy
+BROKEN = (graders.GradingFailed, tools.ToolsFailed)
+
+
+def _stopped(e: Exception, message: str) -> GradingStopped:
+  return GradingStopped(message, 'tools_failed' if isinstance(e, tools.ToolsFailed) else 'grading_failed')
+
 
 @contextlib.contextmanager
-def _job_events(writer, start: int, total_steps: int):
+def _job_events(writer, resumed_at: int | None, total_steps: int):
   """OpenAI-shaped job events around the loop (docs/cli.md, events.jsonl): how the run began and how it ended."""
-  if start == 0:
+  if resumed_at is None:
     writer.event(f'Fine-tuning job started: {total_steps} steps', data={'status': 'running'})
   else:
-    writer.event(f'Resumed from step {start}', data={'status': 'running'})
+    writer.event(f'Resumed from step {resumed_at}', data={'status': 'running'})
   try:
     yield
   except preemption.Preempted as e:
@@ -323,7 +345,7 @@ def _job_events(writer, start: int, total_steps: int):
                  data={'step': e.step, 'status': 'cancelled'})  # fmt: skip
     raise
   except GradingStopped as e:
-    writer.event(f'Job failed: {e}', level='error', data={'status': 'failed', 'code': 'grading_failed'})
+    writer.event(f'Job failed: {e}', level='error', data={'status': 'failed', 'code': e.code})
     raise
   except GuardStopped as e:
     writer.event(f'Job stopped: {e}', level='warn', data={'status': 'cancelled', 'code': 'guard_stopped'})

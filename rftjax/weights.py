@@ -296,7 +296,10 @@ def _check_config(src, expected) -> model_lib.TransformerConfig:
     expected = presets.get_config(expected)
   bad = _differences(fields, expected)
   if bad:
-    raise ValueError(f'init {src.spec} does not match the model preset:\n  has ' + '\n  has '.join(bad))
+    raise ValueError(
+      f'init {src.spec} does not match the model preset: it has ' + '; '.join(bad) + '. Leave config.model empty '
+      "(--config.model='') to take the architecture from the file"
+    )
   return expected
 
 

@@ -81,6 +81,22 @@ def test_keeps_best_n_and_latest(tmp_path):
   ckpt.close()
 
 
+def test_an_unevaluated_checkpoint_replaced_by_the_last_save_goes_at_close(tmp_path):
+  """A SIGTERM's step, then a resume's final evaluated save: Orbax's policy runs before that save commits and
+  would keep the unranked step for good (for a 27B run, a whole extra checkpoint in the bucket)."""
+  with checkpoint.Checkpointer(tmp_path, keep_best=3) as ckpt:
+    ckpt.save(0, _tiny_state(0), extra={}, metrics={'valid_reward_mean': 0.1})
+    ckpt.save(1, _tiny_state(1), extra={})  # SIGTERM
+  with checkpoint.Checkpointer(tmp_path, keep_best=3) as ckpt:  # the resume
+    ckpt.save(4, _tiny_state(4), extra={}, metrics={'valid_reward_mean': 0.05})
+    ckpt.wait_until_finished()
+    assert _step_dirs(tmp_path) == [0, 1, 4]  # Orbax's view before close
+  assert _step_dirs(tmp_path) == [0, 4]
+  with checkpoint.Checkpointer(tmp_path, keep_best=3) as ckpt:  # the latest stays, ranked or not
+    ckpt.save(5, _tiny_state(5), extra={})
+  assert _step_dirs(tmp_path) == [0, 4, 5]
+
+
 def test_unevaluated_checkpoint_is_never_best(tmp_path, caplog):
   with checkpoint.Checkpointer(tmp_path, keep_best=2) as ckpt, caplog.at_level('WARNING'):
     ckpt.save(0, _tiny_state(0), extra={})  # on purpose, so without Orbax's warning about it

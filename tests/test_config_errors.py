@@ -48,7 +48,8 @@ BAD = [
     '--config=configs/gemma3_tpu.py: no layout; expected --config=configs/gemma3_tpu.py:LAYOUT',
   ),
   (['--config=configs/no_such.py'], '--config=configs/no_such.py: no such file'),
-  ([TINY, '--config.batch_size=abc'], 'config.batch_size: invalid literal'),
+  ([TINY, '--config.batch_size=abc'], "config.batch_size: expected an integer, found 'abc'"),
+  ([TINY, '--config.grpo.beta=lots'], "config.grpo.beta: expected a number, found 'lots'"),
   ([TINY, '--config.model=tinyy'], 'config.model: expected one of'),
   ([TINY, '--config.param_dtype=float16'], "config.param_dtype: expected one of 'float32', 'bfloat16'"),
   ([TINY, '--config.train_microbatches=3'], 'config.train_microbatches=3: 128 rows do not split into 3'),
@@ -232,3 +233,17 @@ def test_json_files_name_the_file_and_the_line(tmp_path):
     errors.read_json_file(tmp_path / 'missing.json', errors.ConfigError)
   bad.write_text('[1, 2]')
   assert errors.read_json_file(bad, errors.ConfigError) == [1, 2]
+
+
+@pytest.mark.parametrize(
+  'workdir, message',
+  [
+    ('gs://', 'error: gs://: expected a local path or gs://BUCKET/PATH (no bucket)'),
+    ('gs:///runs/x', 'error: gs:///runs/x: expected a local path or gs://BUCKET/PATH (no bucket)'),
+    ('s3://bucket/run', 'error: s3://bucket/run: expected a local path or gs://BUCKET/PATH (s3:// is not supported)'),
+  ],
+)
+def test_a_workdir_url_rftjax_cannot_write_is_one_line(workdir, message, monkeypatch, capsys, no_model_loads):
+  monkeypatch.chdir(REPO)
+  assert train.main(['rftjax.train', f'--workdir={workdir}', TINY]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [message]

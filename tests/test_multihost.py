@@ -12,6 +12,7 @@ transport differs).
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -93,6 +94,17 @@ def spawn(args, log_path, process_id, port, num_processes=2):
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
 
+def finish(procs, timeout: int) -> list[int]:
+  """Each `spawn`ed process's exit status; one still running after `timeout` seconds is killed."""
+  try:
+    return [p.wait(timeout=timeout) for p, _ in procs]
+  finally:
+    for p, log in procs:
+      if p.poll() is None:
+        p.kill()
+      log.close()
+
+
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """The 2-process run (subprocesses) and the 1-process x 8-device run (in this process), same config and mesh."""
@@ -102,13 +114,7 @@ def runs(tmp_path_factory):
   multi = tmp_path / 'multi'
   multi.mkdir()
   procs = [launch(multi, valid, i, port) for i in range(2)]
-  try:
-    codes = [p.wait(timeout=420) for p, _ in procs]
-  finally:
-    for p, log in procs:
-      if p.poll() is None:
-        p.kill()
-      log.close()
+  codes = finish(procs, timeout=420)
   logs = '\n'.join((tmp_path / f'process{i}.log').read_text()[-3000:] for i in range(2))
   assert codes == [0, 0], logs
 
@@ -190,13 +196,7 @@ def test_evaluate_on_two_processes_equals_one(runs, tmp_path):
     '--num_workers=1',
   ]
   procs = [spawn(args, tmp_path / f'eval{i}.log', i, port) for i in range(2)]
-  try:
-    codes = [p.wait(timeout=300) for p, _ in procs]
-  finally:
-    for p, log in procs:
-      if p.poll() is None:
-        p.kill()
-      log.close()
+  codes = finish(procs, timeout=300)
   assert codes == [0, 0], '\n'.join((tmp_path / f'eval{i}.log').read_text()[-2000:] for i in range(2))
   mp = pytest.MonkeyPatch()
   mp.chdir(REPO)
@@ -211,3 +211,39 @@ def test_evaluate_on_two_processes_equals_one(runs, tmp_path):
   assert [r['reward'] for r in two_rows] == [r['reward'] for r in one_rows]
   summary = json.loads((tmp_path / 'two.jsonl.summary.json').read_text())
   assert summary['reward_mean'] == json.loads((tmp_path / 'one.jsonl.summary.json').read_text())['reward_mean']
+
+
+@pytest.mark.slow
+def test_hosts_that_do_not_share_a_local_workdir_are_refused(tmp_path):
+  """Each host with a folder of its own (a pod slice's local disks): Orbax's first checkpoint would wait forever for
+  the other host's files. Two processes given two folders stand in for one path on two disks."""
+  valid = small_valid(tmp_path)
+  port = free_port()
+  for i in range(2):
+    (tmp_path / f'host{i}').mkdir()
+  procs = [launch(tmp_path / f'host{i}' / 'run', valid, i, port) for i in range(2)]
+  codes = finish(procs, timeout=300)
+  logs = [(tmp_path / f'host{i}' / f'process{i}.log').read_text() for i in range(2)]
+  assert codes == [2, 2], '\n'.join(log[-2000:] for log in logs)
+  for log in logs:
+    assert 'process 1 of 2 does not see what process 0 writes there; a multi-host run needs one folder' in log
+  assert not (tmp_path / 'host0' / 'run' / 'checkpoints').exists()  # refused before anything was trained
+
+
+def test_distributed_flags_that_cannot_work_are_one_line_errors():
+  from rftjax import errors
+  from rftjax import multihost
+
+  cases = [
+    (dict(coordinator='127.0.0.1:1'), '--coordinator=127.0.0.1:1: expected --num_processes=N and --process_id in'),
+    (dict(coordinator='127.0.0.1:1', num_processes=2, process_id=5), 'found --num_processes=2 --process_id=5'),
+    (dict(num_processes=2), '--num_processes=2 --process_id=None: expected --coordinator=HOST:PORT with them'),
+  ]
+  for kwargs, message in cases:
+    with pytest.raises(errors.ConfigError, match=re.escape(message)):
+      multihost.initialize('auto', **kwargs)
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))  # JAX not started yet: its own process
+  cmd = [sys.executable, '-m', 'rftjax.train', '--config=configs/tiny.py:test', '--workdir=unused', '--distributed=on']
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.startswith('error: --distributed=on: this machine does not say who its other hosts are')

@@ -236,7 +236,7 @@ def test_resume_drops_the_events_after_the_resumed_step_and_keeps_the_run_id(tmp
   assert report.openai_job(tmp_path)['id'] == job_id
   assert [r['step'] for r in metrics.read_jsonl(tmp_path / 'metrics.jsonl') if 'train_reward_mean' in r] == [1, 2, 3]
 
-  metrics.MetricsWriter(tmp_path, resume_step=0, tensorboard=False).close()  # a fresh start: a new job
+  metrics.MetricsWriter(tmp_path, tensorboard=False).close()  # a fresh start: a new job
   assert (tmp_path / 'events.jsonl').read_text() == ''
   assert report.openai_job(tmp_path)['id'] != job_id
 

@@ -107,3 +107,41 @@ def test_a_second_ctrl_c_raises_and_a_third_is_the_systems():
       time.sleep(1)  # the handler runs between bytecodes; this is where it raises
     assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # a swallowed interrupt still leaves a way out
   assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_exit_now_does_not_wait_for_busy_worker_threads():
+  """What a second Ctrl-C ends the trainer with: a tool call hung in a thread pool must not hold the process."""
+  code = (
+    'import concurrent.futures, time\n'
+    'from rftjax import cli\n'
+    'pool = concurrent.futures.ThreadPoolExecutor(1)\n'
+    'pool.submit(time.sleep, 60)\n'
+    'print("flushed", flush=False)\n'
+    'cli.exit_now(130)\n'
+  )
+  t0 = time.monotonic()
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=50)
+  assert (proc.returncode, proc.stdout) == (130, 'flushed\n')
+  assert time.monotonic() - t0 < 30  # a plain sys.exit would wait the 60 s out
+
+
+def test_sigterm_before_the_first_step_exits_42(monkeypatch, tmp_path):
+  """Loading and compiling a large model takes minutes before the loop watches for SIGTERM: a preemption then must
+  still say 'relaunch me' (42), not die as 143, which tpu/supervise.sh takes for a crash."""
+  from rftjax import cli
+  from rftjax import train
+  from rftjax import trainer
+
+  def loading(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler interrupts this
+    raise AssertionError('SIGTERM did not stop the start-up')
+
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  monkeypatch.setattr(trainer, 'train', loading)
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(SystemExit) as e:
+    train.main(['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path / "run"}'])
+  assert e.value.code == PREEMPTED
+  assert signal.getsignal(signal.SIGTERM) is before  # the trainer's own handler is not left behind

@@ -331,6 +331,8 @@ class _Scripted(local_http.Handler):
       self.send(404, json.dumps({'error': {'message': 'no such thing'}}))
     elif name == 'teapot':
       self.send(418, '')
+    elif name == 'locked':
+      self.send(401, json.dumps({'error': 'bad token'}))
     elif name == 'broken':
       self.send(503, 'down for maintenance')
     elif name == 'slow':
@@ -357,7 +359,7 @@ class _Scripted(local_http.Handler):
 def scripted():
   _Scripted.seen, _Scripted.attempts = [], collections.Counter()
   _Scripted.in_flight = _Scripted.max_in_flight = 0
-  names = ('echo', 'plain', 'missing', 'teapot', 'broken', 'slow', 'sleepy', 'big', 'big_stream', 'flaky')
+  names = ('echo', 'plain', 'missing', 'teapot', 'locked', 'broken', 'slow', 'sleepy', 'big', 'big_stream', 'flaky')
   with local_http.serving(_Scripted, '/tools') as url:
     yield tools.load_tools([{'name': n, 'server_url': url, 'headers': {'X-Tool-Key': f'key-{n}'}} for n in names])
 
@@ -383,6 +385,18 @@ def test_client_errors_are_shown_once_and_kept(scripted):
     False,
   )
   assert teapot.output == "Error 418: I'm a Teapot" and _Scripted.attempts == {'missing': 1, 'teapot': 1}
+
+
+def test_refused_credentials_are_discarded_not_retried(scripted):
+  """No call a model writes gets past a 401: training on it would teach the config's mistake."""
+  with tools.ToolClient(scripted, **FAST) as client:
+    (locked,) = client.call_many([(call('locked'), 't')])
+  assert (locked.kind, locked.output, locked.attempts, locked.discard) == (
+    'client_error',
+    'Error 401: bad token',
+    1,
+    True,
+  )
 
 
 def test_server_errors_are_retried_then_discarded(scripted):
@@ -438,6 +452,16 @@ def test_unknown_tool_and_malformed_call_are_not_sent(scripted):
   assert not _Scripted.seen
 
 
+def test_a_tool_the_row_does_not_offer_is_unknown_to_it(scripted):
+  with tools.ToolClient(scripted[:2], **FAST) as client:
+    (plain,) = client.call_many([(call('plain'), 't', frozenset({'echo'}))])
+    (echo,) = client.call_many([(call('echo', key='k'), 't', frozenset({'echo'}))])
+  assert (plain.kind, plain.output) == ('unknown_tool', "Error: unknown tool 'plain'; available: echo")
+  assert echo.kind == 'ok' and [b['name'] for b, _ in _Scripted.seen] == ['echo']
+  assert tools.offered({'tools': [{'type': 'function', 'function': {'name': 'plain'}}]}) == {'plain'}
+  assert tools.offered({'messages': []}) == frozenset()
+
+
 def test_calls_run_concurrently(scripted):
   with tools.ToolClient(scripted, max_workers=8, **FAST) as client:
     res = client.call_many([(call('sleepy', i=i), f't{i}') for i in range(8)])
@@ -488,3 +512,17 @@ def _demo_config():
   from configs import tiny_tools
 
   return tiny_tools.get_config()
+
+
+def test_failure_line_counts_calls_that_failed_for_good():
+  results = [
+    [R('lookup', 'connection', 0.1, 4, True), R('lookup', 'ok')],
+    [R('calc', 'client_error', 0.1, 1, True), R('nonsense', 'unknown_tool', 0.0, 0)],  # unknown: not a sent call
+    [R('lookup', 'connection', 0.1, 4, True)],
+  ]
+  assert tools.failure_line(results, 0.75) is None  # 3 of 4 sent: 75%, not over
+  assert tools.failure_line(results, 0.5) == (
+    '3 of 4 tool calls failed for good (75% > tools_max_error_share=50%): connection in 2 (lookup); client_error '
+    "in 1 (calc); check that config.tools' servers are up, answer within tool_timeout_s and accept the headers"
+  )
+  assert tools.failure_line([[R('x', 'client_error')]], 0.0) is None  # a 4xx the model caused is not the server's

@@ -640,3 +640,34 @@ def test_logits_in_chunks_give_the_same_logprobs_entropy_and_update(group, monke
   single, m1 = one_step(None, batch)
   np.testing.assert_allclose(m8['loss'], m1['loss'], atol=1e-5)
   np.testing.assert_allclose(m8['grad_norm'], m1['grad_norm'], rtol=1e-5)
+
+
+def test_the_progress_bar_shows_each_validation_at_once():
+  from rftjax import metrics as metrics_lib
+
+  bar = metrics_lib.Progress(0, 4, enabled=False)
+  bar.note(0, {'step': 0, 'valid_reward_mean': 0.125})  # step 0's, before any step
+  assert bar.bar.postfix == 'valid=0.125'
+  bar.update(1, {'step': 1, 'train_reward_mean': 0.5})
+  bar.note(1, {})  # no validation this step: the last one stays
+  assert bar.bar.postfix == 'valid=0.125, reward=0.500'
+  bar.note(4, {'step': 4, 'valid_reward_mean': 0.75})  # the run's last: shown, with no step after it
+  assert bar.bar.postfix == 'valid=0.750, reward=0.500'
+  bar.close()
+
+
+def test_a_stop_during_step_0_validation_keeps_it_and_the_resume_does_not_redo_it(tmp_path, in_repo, monkeypatch):
+  from rftjax import preemption
+
+  with monkeypatch.context() as m:  # SIGTERM arrived during the step-0 validation
+    m.setattr(preemption.Watcher, 'requested', lambda self, step: True)
+    with pytest.raises(preemption.Preempted) as e:
+      run(tmp_path, 'run', 2)
+  assert e.value.step == 0
+  rows = metrics.read_jsonl(tmp_path / 'run' / 'metrics.jsonl')
+  assert [r['step'] for r in rows] == [0, 0]  # its validation and one checkpoint: no rollout after it
+  assert rows[0]['valid_reward_mean'] >= 0 and 'timing/checkpoint_s' in rows[1]
+  run(tmp_path, 'run', 2)  # resumes from checkpoint 0, whose validation is done
+  rows = metrics.read_jsonl(tmp_path / 'run' / 'metrics.jsonl')
+  assert [r['step'] for r in rows if 'valid_reward_mean' in r] == [0, 2]
+  assert [r['step'] for r in rows if 'timing/checkpoint_s' in r] == [0, 2]

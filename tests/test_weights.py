@@ -230,6 +230,9 @@ def test_config_mismatch_lists_fields(tmp_path):
   assert 'num_layers=4 but config.model=gemma_other says 6' in msg
   assert 'sliding_window=8 but config.model=gemma_other says 16' in msg
   assert 'd_model' not in msg
+  assert '\n' not in msg and msg.endswith(
+    "Leave config.model empty (--config.model='') to take the architecture from the file"
+  )
   with pytest.raises(ValueError, match="family='gemma3' but config.model=smollm2_135m says 'llama'"):
     weights.config_from_file(f'hf:{tmp_path}', 'smollm2_135m')
 
