@@ -119,11 +119,12 @@ def parse_line(line: str, where: str) -> Example:
   return Example(messages=tuple(clean), item=obj, source=where)
 
 
-def load_jsonl(path: str | pathlib.Path) -> list[Example]:
-  """Examples from a local JSONL file or a gs:// one."""
+def load_jsonl(path: str | pathlib.Path, key: str = '') -> list[Example]:
+  """Examples from a local JSONL file or a gs:// one. `key`: the config key or flag that named it, for the
+  message when there is no such file."""
   path = epath.Path(path)
   if not path.is_file():
-    raise DataError(f'{path}: no such file')
+    raise DataError(f'{path}: no such file' + (f' ({key})' if key else ''))
   examples = [parse_line(line, where) for where, line in lines(path)]
   if not examples:
     raise DataError(f'{path}: no examples (the file is empty)')

@@ -126,7 +126,7 @@ def run(args) -> dict:
 
 
 def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
-  examples = data_lib.load_jsonl(args.data)  # bad input fails before anything slow
+  examples = data_lib.load_jsonl(args.data, '--data')  # bad input fails before anything slow
   grader_spec = graders.load(args.grader or (run_config.get('grader') if run_config else None))
   grading = run_config.grading if run_config else {}
   allow = args.allow_unsandboxed or bool(grading.get('allow_unsandboxed', False))

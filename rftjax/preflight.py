@@ -390,9 +390,9 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
 
   load_start = os.getloadavg()
   # ---- the trainer's checks, in its order: nothing slow runs on bad input ----
-  train_set = data_lib.load_jsonl(config.data.train)
+  train_set = data_lib.load_jsonl(config.data.train, 'config.data.train')
   config = runspec.resolve(config, len(train_set), explicit)  # the run's total_steps, batch size, G (OpenAI fields)
-  valid_set = data_lib.load_jsonl(config.data.valid)[: config.data.valid_limit or None]
+  valid_set = data_lib.load_jsonl(config.data.valid, 'config.data.valid')[: config.data.valid_limit or None]
   grader_spec = config.grader
   graders.check_sandbox(graders.build(grader_spec), config.grading.allow_unsandboxed)
   graders.check_items(grader_spec, [(ex.source, ex.item) for ex in train_set + valid_set])

@@ -55,7 +55,9 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
     sizes[next(a for a, s in sizes.items() if s == -1)] = num_devices // known
   if math.prod(sizes.values()) != num_devices:
     raise errors.ConfigError(
-      f'config.mesh {sizes}: expected data x fsdp x tensor = {num_devices} devices, found {math.prod(sizes.values())}'
+      f'config.mesh {sizes}: expected data x fsdp x tensor = {num_devices} devices, found {math.prod(sizes.values())} '
+      f'(a config written for another slice: --config.mesh.fsdp=-1 --config.mesh.tensor=1 spreads it over these '
+      f'{num_devices})'
     )
   return sizes
 

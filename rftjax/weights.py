@@ -565,7 +565,9 @@ def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
     **{k: v for k, v in special.items() if v is not None},
   )
   if 'tokenizer.model' in files:
-    tok_config.update(unk_token='<unk>', sp_model_kwargs={}, spaces_between_special_tokens=False)
+    # GemmaTokenizer adds a '<mask>' token past the vocabulary unless told the model's own (Gemma has one) or none
+    mask = '<mask>' if tokenizer.token_to_id('<mask>') is not None else None
+    tok_config.update(unk_token='<unk>', mask_token=mask, sp_model_kwargs={}, spaces_between_special_tokens=False)
   (out / 'tokenizer_config.json').write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + '\n')
   (out / 'special_tokens_map.json').write_text(
     json.dumps({k: v for k, v in special.items() if v is not None}, indent=2, ensure_ascii=False) + '\n'

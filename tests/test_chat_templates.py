@@ -474,3 +474,16 @@ def test_an_export_keeps_the_models_own_template(smollm2, tmp_path):
   assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == chat_template.jinja_twin(
     'plain', add_bos=plain.add_bos
   )
+
+
+def test_an_exported_sentencepiece_tokenizer_has_the_models_vocabulary(tmp_path):
+  """transformers' GemmaTokenizer adds a '<mask>' token past the vocabulary of a model that has none (the tiny
+  demos'): the exported model would have one token more in its tokenizer than in its embedding."""
+  from rftjax import weights
+
+  tok = tokenizer.load_tokenizer(f'sp:{ROOT}/data/tiny_tools/tokenizer.model')
+  weights.write_tokenizer_files(tok, tmp_path, {'max_position_embeddings': 512})
+  ref = _auto(tmp_path)
+  assert len(ref) == tok.vocab_size and ref.mask_token is None
+  text = 'Secret? 42'
+  assert ref.encode(text, add_special_tokens=False) == tok.encode(text)

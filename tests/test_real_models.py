@@ -252,6 +252,7 @@ def test_exported_folder_loads_in_transformers(real, tmp_path):
   np.testing.assert_array_equal(np.asarray(again['layers']['attn']['q']), np.asarray(params['layers']['attn']['q']))
   # The tokenizer files load in transformers and encode like rftjax.
   hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+  assert len(hf_tok) == tok.vocab_size  # no token past the embedding (GemmaTokenizer's '<mask>', say)
   text = 'Hello world! 12 + 9 = 21.\n  Indented   spaces, émojis 🙂 and <b>tags</b>.'
   assert hf_tok.encode(text, add_special_tokens=False) == tok.encode(text)
   chat = [{'role': 'user', 'content': 'What is 12 + 9?'}]
