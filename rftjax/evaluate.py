@@ -93,7 +93,12 @@ def parse_args(argv):
     default=None,
     help="a sample passes when its reward >= this (default: the grader's pass_threshold, else 1.0)",
   )
-  p.add_argument('--seed', type=int, default=0, help='the sampling rng (with a temperature > 0)')
+  p.add_argument(
+    '--seed',
+    type=int,
+    default=None,
+    help="the sampling rng (with a temperature > 0); default: a run's validation's at that step, else 0",
+  )
   p.add_argument('--num_workers', type=int, default=0, help='grading processes (0: one per CPU core)')
   p.add_argument(
     '--allow_unsandboxed',
@@ -157,6 +162,12 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     slots = episodes.context_len(sampler.max_prompt_len, max_new, steps, width)
     client = stack.enter_context(tools.ToolClient(specs, timeout_s=float(run_config.tool_timeout_s))) if specs else None
     sampler = episodes.Agent(dataclasses.replace(sampler, context_len=slots), loaded.tokenizer, client, steps, width)
+  if args.seed is None and run_config is not None and loaded.step is not None:
+    # the run's validation's key at that step: the same samples at its temperature and batch size, and the same
+    # episode trace ids (what a tool or endpoint grader keyed by trace answers by)
+    rng = inference.validation_rng(int(run_config.get('seed') or 0), loaded.step)
+  else:
+    rng = jax.random.key(args.seed or 0)
   timeout = float(grading.get('timeout_s', 10.0))
   pool = graders.GradingPool(args.num_workers or None, timeout, allow_unsandboxed=allow, response_format=fmt)
   with pool:
@@ -170,7 +181,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
       pool,
       mesh=loaded.mesh,
       batch_size=sample_cli.batch_size(args, loaded),
-      rng=jax.random.key(args.seed),
+      rng=rng,
       progress=sample_cli.stderr_progress('sampling'),
     )
   results = [r for _, r in graded]

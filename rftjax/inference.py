@@ -164,17 +164,24 @@ def evaluate(
   return [(c, graders.GradeResult.from_json(res)) for _, c, res in everything]
 
 
+def validation_rng(seed: int, step: int):
+  """The key a run's validation at `step` samples with (the trainer's, preflight's and evaluate's of a run's
+  checkpoint): its completions at a temperature, and its episodes' trace ids, come out the same."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2**31 - 1), step)
+
+
 class Validation:
   """A training run's validation pass: `evaluate` on the validation prompts (k samples each, repeated by the caller)
   and its records: one line of metrics.jsonl, samples/valid_stepNNNNNN.jsonl with every completion, its reward and
-  sub-rewards and the row it answers. `validate(params, step) -> metrics`. More failed gradings than
+  sub-rewards and the row it answers. `validate(params, step) -> metrics`, sampled with
+  `validation_rng(seed, step)`. More failed gradings than
   `max_error_share` raise graders.GradingFailed once the samples file is written and before the metrics line: a
   reward of 0 for every broken grading would rank checkpoints by the grader's errors."""
 
-  def __init__(self, sampler, batch_size: int, prompts, examples, tok, grader, pool, mesh, rng, writer, run,
+  def __init__(self, sampler, batch_size: int, prompts, examples, tok, grader, pool, mesh, seed: int, writer, run,
                max_error_share: float = 1.0):  # fmt: skip
     self.sampler, self.batch_size, self.prompts, self.examples, self.tok = sampler, batch_size, prompts, examples, tok
-    self.grader, self.pool, self.mesh, self.rng, self.writer, self.run = grader, pool, mesh, rng, writer, run
+    self.grader, self.pool, self.mesh, self.seed, self.writer, self.run = grader, pool, mesh, seed, writer, run
     self.max_error_share = max_error_share
 
   def __call__(self, params, step: int) -> dict:
@@ -190,7 +197,7 @@ class Validation:
         self.pool,
         mesh=self.mesh,
         batch_size=self.batch_size,
-        rng=jax.random.fold_in(self.rng, step),
+        rng=validation_rng(self.seed, step),
       )
     except tools.ToolsFailed as e:  # a reward earned against a broken tool would rank the checkpoint
       raise tools.ToolsFailed(f'validation at step {step}: {e}') from None

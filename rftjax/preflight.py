@@ -319,14 +319,12 @@ def _sample_and_grade(spec, params, prompts, items, k, tok, grader, pool, mesh, 
 def _validate(spec, params, valid_set, valid_prompts, tok, grader, pool, mesh, seed: int, clock) -> dict:
   """The run's step-0 validation pass, as trainer.py runs it (`inference.evaluate` with the eval sampler, its batch
   size, eval_samples per prompt and the same rng), timed without its compilation."""
-  import jax
-
   from rftjax import inference
 
   k = spec.eval_samples
   prompts = [p for p in valid_prompts for _ in range(k)]
   items = [ex.item for ex in valid_set for _ in range(k)]
-  rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2**31 - 1), 0)  # trainer: Validation, step 0
+  rng = inference.validation_rng(seed, 0)  # the trainer's step-0 validation
   t0, compiled = time.perf_counter(), clock.total
   graded = inference.evaluate(spec.eval_sampler, params, prompts, items, tok, grader, pool, mesh=mesh,
                               batch_size=spec.eval_batch_size, rng=rng)  # fmt: skip

@@ -190,7 +190,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       grader,
       pool,
       mesh,
-      jax.random.fold_in(rng, 2**31 - 1),
+      config.seed,
       writer,
       run,
       max_error_share=config.grading.max_error_share,

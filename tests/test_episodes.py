@@ -304,6 +304,11 @@ def test_tiny_tools_config_trains_end_to_end(tmp_path, monkeypatch, caplog):
   assert evaluate.main([f'--workdir={tmp_path / "run"}', '--data=data/tiny_tools/valid.jsonl', f'--out={out}']) == 0
   rows = [json.loads(line) for line in out.open()]
   assert len(rows) == 60 and all(r['transcript']['trace_id'].startswith('trace_') for r in rows)
+  # with the run's validation key at that step: the first 8 rows (the run validated on 8) are its episodes
+  step = json.loads(out.with_name(out.name + '.summary.json').read_text())['step']
+  valid = [json.loads(line) for line in (tmp_path / 'run' / 'samples' / f'valid_step{step:06d}.jsonl').open()]
+  assert [r['transcript']['trace_id'] for r in rows[:8]] == [v['transcript']['trace_id'] for v in valid]
+  assert [r['completion'] for r in rows[:8]] == [v['completion'] for v in valid]
   assert {r['completion'] for r in rows} == {r['transcript']['messages'][-1]['content'] for r in rows}
   # rftjax.sample writes one turn per prompt, and says so for a run of episodes
   from rftjax import sample
