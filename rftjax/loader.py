@@ -177,7 +177,7 @@ def load(
   source = f'{workdir} step {step}' if workdir is not None and not cfg.lora else config.get('init') or 'random init'
   log.info(
     'loading %s (%.2fB params, %s%s) from %s',
-    cfg.name,
+    cfg.name if cfg.name != source else f'a {cfg.family} model',  # a file matching no preset is named after itself
     cfg.num_params() / 1e9,
     dtype.name,
     f', LoRA rank {cfg.lora.rank}' if cfg.lora else '',
