@@ -512,7 +512,7 @@ class ToolsFailed(RuntimeError):
 
 def failure_line(results: Sequence[Sequence[CallResult]], max_share: float) -> str | None:
   """None while at most `max_share` of the calls sent failed for good, else one line: '14 of 16 tool calls failed
-  for good (88% > tools_max_error_share=50%): connection in 14 (lookup), ...'. Reads `name`, `kind` and `discard`
+  for good (88% > tools_max_error_share=50%): connection in 14 (lookup); ...'. Reads `name`, `kind` and `discard`
   (JSON records of calls work as well)."""
   sent = [c for rollout in results for c in rollout if c.kind not in ('unknown_tool', 'bad_call', 'oversize')]
   bad = [c for c in sent if c.discard]
