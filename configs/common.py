@@ -63,8 +63,8 @@ def base() -> ml_collections.ConfigDict:
   c.grpo.epsilon = 0.2
   c.grpo.epsilon_high = 0.28
   c.grpo.num_iterations = 1  # mu: updates per sampled batch
-  c.grpo.advantage = 'grpo'  # 'grpo' | 'dr_grpo' | 'rloo'
-  c.grpo.scale_rewards = 'group'  # 'group' | 'batch' | 'none'
+  c.grpo.advantage = 'grpo'  # 'grpo' | 'dr_grpo' | 'rloo' | 'gdpo' (docs/grpo.md)
+  c.grpo.scale_rewards = 'group'  # 'group' | 'batch' | 'none'; advantage='grpo' only (the others scale their own way)
   c.grpo.loss_aggregation = 'token_mean'  # 'token_mean' | 'sequence_mean' | 'constant'
   c.grpo.importance_level = 'token'  # 'token' | 'sequence' (GSPO)
   c.grpo.dual_clip = 0.0  # 0 = off; c > 1 bounds the loss of negative-advantage tokens at c*|A|

@@ -375,7 +375,7 @@ def policy_loss(
   kl (masked mean of the estimator, 0 without ref_logp); clip_frac_low (r < 1 - eps and A < 0: the low clip is
   active); clip_frac_high (r > 1 + eps_high and A > 0); dual_clip_frac (A < 0 and c|A| < the clipped loss, only
   with dual_clip); ratio_mean; tis_weight_mean (1 without TIS); entropy (if given); logprob_gap
-  (mean |old - sampler|, if sampler_logp given).
+  (mean |old - sampler|, if sampler_logp given). With no valid token every metric but the losses is NaN.
   """
   cfg = config
   if logp.ndim != 2 or mask.shape != logp.shape:
@@ -465,6 +465,10 @@ def policy_loss(
     metrics['entropy'] = masked_mean(jax.lax.stop_gradient(entropy.astype(jnp.float32)), valid)
   if sampler_logp is not None:
     metrics['logprob_gap'] = masked_mean(jnp.abs(jax.lax.stop_gradient(old_minus_sampler)), valid)
+  # no valid token (dynamic sampling found no group with signal): the token means measure nothing, and a 0 would
+  # read as a collapsed entropy; NaN is written as null and skipped by the guard
+  empty = jnp.sum(valid) == 0
+  metrics = {k: v if k in ('loss', 'pg_loss') else jnp.where(empty, jnp.nan, v) for k, v in metrics.items()}
   return loss, metrics
 
 

@@ -213,7 +213,14 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
       _fail('grpo.overlong_buffer', overlong, '0 with grpo.advantage=gdpo (the penalty is not a sub-grader)')
 
   _num(config, 'optimizer.learning_rate', 0, open_low=True)
-  _int(config, 'optimizer.warmup_steps', 0)
+  warmup = _int(config, 'optimizer.warmup_steps', 0)
+  if warmup >= int(config.total_steps) > 0:
+    log.warning(
+      'optimizer.warmup_steps=%d >= total_steps=%d: the learning rate never reaches optimizer.learning_rate (nor '
+      'decays); expected fewer warm-up steps than steps',
+      warmup,
+      int(config.total_steps),
+    )
   _choice(config, 'optimizer.schedule', SCHEDULES)
   _num(config, 'optimizer.b1', 0, 1)
   _num(config, 'optimizer.b2', 0, 1)
@@ -299,6 +306,13 @@ def resolve(config, num_train_examples: int, explicit=()):
   run's config.json keeps what the run was graded with."""
   config = hparams.apply(config, num_train_examples, explicit).copy_and_resolve_references()
   check(config)
+  if 'grpo.scale_rewards' in explicit and config.grpo.advantage != 'grpo':
+    log.warning(
+      'grpo.scale_rewards=%s is ignored with grpo.advantage=%s, which has its own scaling (docs/grpo.md); use '
+      "grpo.advantage='grpo' for that scale",
+      config.grpo.scale_rewards,
+      config.grpo.advantage,
+    )
   spec = graders.load(config.grader)
   with config.unlocked(), config.ignore_type():
     if isinstance(config.grader, str):

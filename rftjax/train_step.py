@@ -332,8 +332,9 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
       return jax.tree.map(jnp.add, grads, g), metrics
 
     grads, metrics = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), split)
-    metrics = jax.tree.map(jnp.mean, metrics)
-    metrics['loss'] = metrics['loss'] * k  # each microbatch loss is a part of the total: sum, not mean
+    metrics = jax.tree.map(jnp.nanmean, metrics)  # a microbatch of masked rows only has NaN token means
+    for key in ('loss', 'pg_loss'):  # each microbatch's is a part of the total (the whole batch's denominator): sum
+      metrics[key] = metrics[key] * k
     return (metrics['loss'], metrics), grads
 
   def step(state, batch: Batch, frozen=None):

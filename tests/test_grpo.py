@@ -448,3 +448,17 @@ def test_gdpo_needs_a_multi_grader_with_a_weighted_sum():
   assert multi('0.7 * a + 0.3 * b').linear_weights() == pytest.approx({'a': 0.7, 'b': 0.3})
   assert multi('(a + 2 * b) / 4 + 1').linear_weights() == pytest.approx({'a': 0.25, 'b': 0.5})
   assert multi('max(a, b)').linear_weights() is None and multi('a * b').linear_weights() is None
+
+
+def test_a_batch_without_valid_tokens_has_no_token_means():
+  """Dynamic sampling may mask every row of a step: its entropy is not 0 (what the guard reads as a collapse)."""
+  logp = jnp.full((2, 3), -1.0)
+  mask = jnp.zeros((2, 3))
+  loss, m = grpo.policy_loss(
+    logp, logp, jnp.ones(2), mask, config=grpo.LossConfig(beta=0.04), ref_logp=logp, entropy=jnp.ones((2, 3))
+  )
+  assert float(loss) == 0.0 and float(m['pg_loss']) == 0.0
+  for key in ('kl', 'clip_frac_low', 'clip_frac_high', 'ratio_mean', 'tis_weight_mean', 'entropy'):
+    assert np.isnan(float(m[key])), key
+  _, m = grpo.policy_loss(logp, logp, jnp.ones(2), mask.at[0, 0].set(1.0), config=grpo.LossConfig(), entropy=logp)
+  assert float(m['entropy']) == -1.0 and float(m['tis_weight_mean']) == 1.0

@@ -128,3 +128,33 @@ def test_command_line_overrides(tmp_path):
   r = hparams.apply(fv.config, 100)
   assert (r.batch_size, r.total_steps) == (8, 25)
   assert r.optimizer.learning_rate == pytest.approx(1.5e-4)
+
+
+def test_warmup_longer_than_the_run_is_warned_about(caplog):
+  from configs import tiny
+  from rftjax import runspec
+
+  c = tiny.get_config('test')
+  c.optimizer.warmup_steps = c.total_steps
+  with caplog.at_level('WARNING', logger='rftjax'):
+    runspec.check(c, inputs=False)
+  assert any(f'optimizer.warmup_steps={c.total_steps} >= total_steps={c.total_steps}' in m for m in caplog.messages)
+
+
+def test_scale_rewards_set_for_another_advantage_is_warned_about(caplog, monkeypatch):
+  import pathlib
+
+  from configs import tiny
+  from rftjax import runspec
+
+  monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])  # the config's paths are the repo's
+
+  c = tiny.get_config('test')
+  c.grpo.advantage, c.grpo.scale_rewards = 'rloo', 'batch'
+  with caplog.at_level('WARNING', logger='rftjax'):
+    runspec.resolve(c, 256, explicit=('grpo.advantage', 'grpo.scale_rewards'))
+    runspec.resolve(c, 256, explicit=('grpo.advantage',))  # the default, not asked for: no word
+  assert [m for m in caplog.messages if 'scale_rewards' in m] == [
+    'grpo.scale_rewards=batch is ignored with grpo.advantage=rloo, which has its own scaling (docs/grpo.md); use '
+    "grpo.advantage='grpo' for that scale"
+  ]

@@ -439,6 +439,7 @@ def test_microbatches_equal_the_full_batch(aggregation):
     step = train_step.make_train_step(train_step.StepConfig(CFG, loss_cfg, microbatches=k), tx)
     state, m = step(state, make_batch())
     outs.append((float(m['loss']), jax.device_get(state['params'])))
+    np.testing.assert_allclose(float(m['pg_loss']), float(m['loss']), rtol=1e-6)  # beta = 0: the same sum
   for loss, params in outs[1:]:
     np.testing.assert_allclose(loss, outs[0][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(outs[0][1])):
