@@ -213,14 +213,7 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
       _fail('grpo.overlong_buffer', overlong, '0 with grpo.advantage=gdpo (the penalty is not a sub-grader)')
 
   _num(config, 'optimizer.learning_rate', 0, open_low=True)
-  warmup = _int(config, 'optimizer.warmup_steps', 0)
-  if warmup >= int(config.total_steps) > 0:
-    log.warning(
-      'optimizer.warmup_steps=%d >= total_steps=%d: the learning rate never reaches optimizer.learning_rate (nor '
-      'decays); expected fewer warm-up steps than steps',
-      warmup,
-      int(config.total_steps),
-    )
+  _int(config, 'optimizer.warmup_steps', 0)
   _choice(config, 'optimizer.schedule', SCHEDULES)
   _num(config, 'optimizer.b1', 0, 1)
   _num(config, 'optimizer.b2', 0, 1)

@@ -130,17 +130,6 @@ def test_command_line_overrides(tmp_path):
   assert r.optimizer.learning_rate == pytest.approx(1.5e-4)
 
 
-def test_warmup_longer_than_the_run_is_warned_about(caplog):
-  from configs import tiny
-  from rftjax import runspec
-
-  c = tiny.get_config('test')
-  c.optimizer.warmup_steps = c.total_steps
-  with caplog.at_level('WARNING', logger='rftjax'):
-    runspec.check(c, inputs=False)
-  assert any(f'optimizer.warmup_steps={c.total_steps} >= total_steps={c.total_steps}' in m for m in caplog.messages)
-
-
 def test_scale_rewards_set_for_another_advantage_is_warned_about(caplog, monkeypatch):
   import pathlib
 
