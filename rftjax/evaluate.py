@@ -185,6 +185,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
       progress=sample_cli.stderr_progress('sampling'),
     )
   results = [r for _, r in graded]
+  transcripts = [o.get('transcript') for o, _ in graded]
   rewards = np.asarray([r.reward for r in results], np.float64).reshape(len(examples), k)
   summary = {
     **({'step': loaded.step} if loaded.step is not None else {}),  # an --init model has no step
@@ -192,7 +193,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     'temperature': temperature,
     'pass_threshold': threshold,
     **summarize(rewards, results, threshold),
-    **episodes.metrics([o.get('transcript') for o, _ in graded], tools=getattr(sampler, 'tools', ())),
+    **episodes.metrics(transcripts, tools=sampler.tools),
   }
   rows = []
   for i, (o, r) in enumerate(graded):
@@ -220,7 +221,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   if failed:  # a summary of zeros that only mean the grader could not run
     raise graders.GradingFailed(f'{failed}; the samples and the summary are in {out}', [])
   share = float(run_config.get('tools_max_error_share', 0.5)) if steps > 1 else 1.0
-  broken = tools.failure_line(episodes.record_calls([o.get('transcript') for o, _ in graded]), share)
+  broken = tools.failure_line(episodes.record_calls(transcripts), share)
   if broken:  # rewards earned against tool errors measure the outage, not the model
     raise tools.ToolsFailed(f'{broken}; the samples and the summary are in {out}')
   return summary

@@ -205,7 +205,7 @@ class Validation:
     m = {
       'step': step,
       **graders.summarize(results, prefix='valid'),
-      **episodes.metrics([c.get('transcript') for c, _ in rows], 'valid/', getattr(self.sampler, 'tools', ())),
+      **episodes.metrics([c.get('transcript') for c, _ in rows], 'valid/', self.sampler.tools),
       'valid_completion_len_mean': sum(len(c['tokens']) for c, _ in rows) / max(len(rows), 1),
       'timing/eval_s': time.perf_counter() - t0,
     }

@@ -172,9 +172,22 @@ def load(
   cfg = model_config(config, tok)
   if abstract:
     return Loaded(cfg, tok, abstract_params(cfg, dtype, mesh), mesh, config)
-  if workdir is not None:  # the step first: a missing one is an error before minutes of loading
-    step = _resolve(workdir, step)
-  source = f'{workdir} step {step}' if workdir is not None and not cfg.lora else config.get('init') or 'random init'
+  if workdir is None:
+    return _load(config, cfg, tok, dtype, mesh)
+  ckpt = checkpoint_lib.Checkpointer(runfs.path(workdir) / 'checkpoints', read_only=True, async_save=False)
+  try:  # one listing of the checkpoints folder serves both the step and its restore (requests, on gs://)
+    try:  # the step first: a missing one is an error before minutes of loading
+      step = ckpt.resolve_step('best' if step is None else step)
+    except (FileNotFoundError, ValueError) as e:
+      raise errors.ConfigError(f'--step={step}: {e}') from None
+    return _load(config, cfg, tok, dtype, mesh, ckpt, f'{workdir} step {step}', step)
+  finally:
+    ckpt.close()
+
+
+def _load(config, cfg, tok, dtype, mesh, ckpt=None, ckpt_name=None, step=None) -> Loaded:
+  """`load` past the tokenizer and architecture; `ckpt` (read-only) holds the run's trained params at `step`."""
+  source = ckpt_name if ckpt is not None and not cfg.lora else config.get('init') or 'random init'
   log.info(
     'loading %s (%.2fB params, %s%s) from %s',
     cfg.name if cfg.name != source else f'a {cfg.family} model',  # a file matching no preset is named after itself
@@ -184,9 +197,9 @@ def load(
     source,
   )
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    if workdir is not None and not cfg.lora:  # full fine-tuning: the checkpoint holds every param
-      params, resolved = _restore(workdir, step, abstract_params(cfg, dtype, mesh))
-      return Loaded(cfg, tok, params, mesh, config, resolved)
+    if ckpt is not None and not cfg.lora:  # full fine-tuning: the checkpoint holds every param
+      params = _restore(ckpt, ckpt_name, step, abstract_params(cfg, dtype, mesh))
+      return Loaded(cfg, tok, params, mesh, config, step)
     base = model_lib.base_config(cfg)
     if config.get('init'):
       from rftjax import weights  # heavy (gguf, safetensors); only needed for pretrained models
@@ -200,40 +213,22 @@ def load(
       params = model_lib.init_params(base, int(config.get('seed') or 0), mesh, dtype=dtype)
     if not cfg.lora:
       return Loaded(cfg, tok, params, mesh, config)
-    if workdir is None:  # fresh adapters, B = 0: the model starts as the base model
+    if ckpt is None:  # fresh adapters, B = 0: the model starts as the base model
       params['lora'] = model_lib.init_lora(cfg, int(config.get('seed') or 0), mesh)
       return Loaded(cfg, tok, params, mesh, config)
     # a LoRA run: the base from its init, the adapters from the checkpoint (which holds nothing else)
-    trained, resolved = _restore(workdir, step, {'lora': abstract_params(cfg, dtype, mesh)['lora']})
-    return Loaded(cfg, tok, {**params, **trained}, mesh, config, resolved)
+    trained = _restore(ckpt, ckpt_name, step, {'lora': abstract_params(cfg, dtype, mesh)['lora']})
+    return Loaded(cfg, tok, {**params, **trained}, mesh, config, step)
 
 
-def _checkpointer(workdir) -> checkpoint_lib.Checkpointer:
-  return checkpoint_lib.Checkpointer(runfs.path(workdir) / 'checkpoints', read_only=True, async_save=False)
-
-
-def _resolve(workdir, step) -> int:
-  """`step` ('best', 'latest', a number or None for 'best') as the number of a checkpoint the run holds."""
-  ckpt = _checkpointer(workdir)
-  try:
-    return ckpt.resolve_step('best' if step is None else step)
-  except (FileNotFoundError, ValueError) as e:
-    raise errors.ConfigError(f'--step={step}: {e}') from None
-  finally:
-    ckpt.close()
-
-
-def _restore(workdir, step: int, abstract) -> tuple[Any, int]:
-  """The trainable params of a run's checkpoint `step` (a resolved number) into `abstract`'s shardings."""
-  ckpt = _checkpointer(workdir)
+def _restore(ckpt, ckpt_name: str, step: int, abstract) -> Any:
+  """The trainable params of checkpoint `step` (a resolved number) into `abstract`'s shardings."""
   try:
     params = ckpt.restore_params(step, abstract)
   except (FileNotFoundError, ValueError) as e:
     raise errors.ConfigError(f'--step={step}: {e}') from None
-  finally:
-    ckpt.close()
-  log.info('loaded %s step %d', workdir, step)
-  return params, step
+  log.info('loaded %s', ckpt_name)
+  return params
 
 
 def inference_mesh(mesh_cfg=None) -> jax.sharding.Mesh:

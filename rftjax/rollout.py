@@ -395,6 +395,6 @@ class Rollouts:
         break
     if not cfg.dynamic_sampling:
       rolled = parts[0]
-    stats = {**rollout_metrics(rolled, g, tools=getattr(self.sampler, 'tools', ())), 'sampling_rounds': len(parts)}
+    stats = {**rollout_metrics(rolled, g, tools=self.sampler.tools), 'sampling_rounds': len(parts)}
     batch = make_batch(rolled, cfg, self.mesh, self.shapes)
     return batch, stats, {'sampling_s': sampling_s, 'grading_s': grading_s}

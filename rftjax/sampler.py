@@ -205,6 +205,11 @@ class Sampler:
   def slots(self) -> int:
     return self.context_len or self.max_prompt_len + self.max_new_tokens
 
+  @property
+  def tools(self) -> tuple:
+    """None: one turn calls no tools (episodes.Agent, which samples through a Sampler, has its own)."""
+    return ()
+
   def __call__(self, weights, prompt_tokens, prompt_mask, rng) -> SampleOutput:
     return self.start(weights, prompt_tokens, prompt_mask, rng, keep_context=False)[0]
 

@@ -1,6 +1,7 @@
 """Host side of a step: dynamic sampling changes what is trained on; advantages and masks from rollouts."""
 
 import dataclasses
+import types
 
 import jax
 import numpy as np
@@ -47,7 +48,7 @@ class CannedRollouts(rollout.Rollouts):
     cfg = rollout.RolloutConfig(
       num_generations=G, prompts=4, max_new_tokens=2, dynamic_sampling=dynamic, max_resample_rounds=max_rounds
     )
-    super().__init__(cfg, None, [], [], None, None, None, None, None, jax.random.key(0))
+    super().__init__(cfg, types.SimpleNamespace(tools=()), [], [], None, None, None, None, None, jax.random.key(0))
     self.draws = 0
 
   def draw(self, params, rng):
