@@ -207,10 +207,11 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _num(config, 'grpo.overlong_penalty', 0)
   if advantage == 'rloo' and g < 2:
     _fail('num_generations', g, '>= 2 for grpo.advantage=rloo')
-  if advantage == 'gdpo' and inputs:
+  if advantage == 'gdpo' and overlong:
+    _fail('grpo.overlong_buffer', overlong, '0 with grpo.advantage=gdpo (the penalty is not a sub-grader)')
+  grader = config.get('grader')
+  if advantage == 'gdpo' and (inputs or (grader and not isinstance(grader, str))):  # plan reads no file, but a dict
     gdpo_weights(config)
-    if overlong:
-      _fail('grpo.overlong_buffer', overlong, '0 with grpo.advantage=gdpo (the penalty is not a sub-grader)')
 
   _num(config, 'optimizer.learning_rate', 0, open_low=True)
   _int(config, 'optimizer.warmup_steps', 0)

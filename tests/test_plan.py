@@ -265,3 +265,21 @@ def test_estimate_matches_compiled_memory_analysis(remat, chunked, monkeypatch):
   ratio = sum(estimate.train.values()) / stats.temp_size_in_bytes
   print(f'estimated / compiled temporaries: {ratio:.2f}')
   assert 0.8 <= ratio <= 1.75, (ratio, stats, plan.format_plan(estimate))
+
+
+def test_cli_refuses_gdpo_as_train_does_without_reading_files(tmp_path, in_repo, capsys):
+  """plan reads no data or grader file, but an inline grader (an OpenAI job's) and the overlong buffer it checks."""
+  job = {
+    'model': 'tiny', 'training_file': 'data/tiny/train.jsonl', 'validation_file': 'data/tiny/valid.jsonl',
+    'method': {'type': 'reinforcement', 'reinforcement': {'grader': {
+      'type': 'string_check', 'input': '{{sample.output_text}}', 'reference': '{{item.answer}}', 'operation': 'eq'}}},
+  }  # fmt: skip
+  (tmp_path / 'job.json').write_text(json.dumps(job))
+  gdpo = '--config.grpo.advantage=gdpo'
+  assert plan.main(['plan', f'--openai_job={tmp_path / "job.json"}', '--devices=cpu-1', gdpo]) == 2
+  assert "config.grpo.advantage='gdpo': expected a multi grader" in capsys.readouterr().err
+  flags = [gdpo, '--config.sampling.max_new_tokens=8', '--config.grpo.overlong_buffer=2']
+  assert plan.main(['plan', '--config=configs/tiny.py', '--devices=cpu-1', *flags]) == 2
+  assert 'config.grpo.overlong_buffer: expected 0 with grpo.advantage=gdpo' in capsys.readouterr().err
+  # a grader file is train's to read: plan passes it
+  assert plan.main(['plan', '--config=configs/tiny.py', '--devices=cpu-1', gdpo]) == 0
