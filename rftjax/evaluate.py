@@ -1,7 +1,7 @@
 """Offline evaluation of a checkpoint: k samples per prompt, graded; mean reward, pass@k, per-grader scores.
 
   python -m rftjax.evaluate --workdir=runs/tiny [--step=best] --data=valid.jsonl [--samples=k]
-      [--temperature=T] [--grader=G.json] [--pass_threshold=1.0] [--out=FILE.jsonl]
+      [--temperature=T] [--grader=G.json] [--pass_threshold=1.0] [--tools=TOOLS.json] [--out=FILE.jsonl]
 
 k=1 samples greedily unless --temperature is given; k>1 samples at temperature 1.0 unless given. The grader is the
 run's (config.json) unless --grader names another. Every sample is written with its grade to --out (default
@@ -25,6 +25,7 @@ from etils import epath
 from rftjax import cli
 from rftjax import data as data_lib
 from rftjax import episodes
+from rftjax import errors
 from rftjax import graders
 from rftjax import inference
 from rftjax import response_format
@@ -105,11 +106,18 @@ def parse_args(argv):
     action='store_true',
     help="run python/code graders even where they cannot be isolated (default: the run's grading.allow_unsandboxed)",
   )
+  p.add_argument(
+    '--tools',
+    default=None,
+    help="a tool run's tools as a JSON file (default: the run's config.tools): a server that has moved, new headers",
+  )
   p.add_argument('--out', default=None, help='per-sample JSONL (default: DIR/eval/step<N>_<data stem>.jsonl)')
   args = p.parse_args(argv)
   cli.check_inference_flags(p, args)
   if args.init is not None and not args.out:
     p.error('--init needs --out (there is no run directory to write into)')
+  if args.init is not None and args.tools:
+    p.error('--tools needs --workdir: a model from --init is evaluated one turn, without tool calls')
   if args.init is not None and not args.grader:
     p.error('--init needs --grader (there is no run config to take it from)')
   return args
@@ -139,7 +147,12 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   graders.check_items(grader_spec, [(ex.source, ex.item) for ex in examples])
   fmt = response_format.make(run_config.get('response_format') if run_config else None)
   steps = int(run_config.get('max_episode_steps') or 1) if run_config else 1
-  specs = tools.load_tools(run_config.get('tools')) if steps > 1 else ()
+  if args.tools and steps == 1:
+    raise errors.ConfigError(f'--tools={args.tools}: the run calls no tools (its config.max_episode_steps is 1)')
+  if steps == 1:
+    specs = ()
+  else:
+    specs = tools.load_tools(args.tools, '--tools') if args.tools else tools.load_tools(run_config.get('tools'))
   if specs:  # other data may offer fewer of the run's tools, but none it lacks
     tools.check_data_tools([(ex.source, ex.item) for ex in examples], specs, every_tool_offered=False)
   loaded = sample_cli.load_from_args(args)

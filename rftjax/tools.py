@@ -115,11 +115,10 @@ def headers_problem(headers: Any) -> str | None:
   return None
 
 
-def load_tools(value: Any, key: str = 'tools') -> tuple[ToolSpec, ...]:
-  """The tools of `config.<key>`: a list of {"name", "server_url", "headers"?} objects, or the path of a JSON file
-  (local or gs://) holding one. None or an empty list: no tools. Raises errors.ConfigError naming the entry and
-  field (`config.tools[1].server_url`), what was found and what was expected."""
-  where = f'config.{key}'
+def load_tools(value: Any, where: str = 'config.tools') -> tuple[ToolSpec, ...]:
+  """The tools of `config.tools` (or of the flag `where` names): a list of {"name", "server_url", "headers"?}
+  objects, or the path of a JSON file (local or gs://) holding one. None or an empty list: no tools. Raises
+  errors.ConfigError naming the entry and field (`config.tools[1].server_url`), what was found and expected."""
   source = ''
   if isinstance(value, (str, pathlib.Path)) and str(value):
     source = f' (in {value})'

@@ -257,6 +257,13 @@ def test_evaluate_bad_grader_and_data(run_dir, tmp_path, in_repo, capsys):
   with pytest.raises(SystemExit):
     evaluate.main([f'--workdir={run_dir}', f'--data={data}', '--samples=0'])
   assert '--samples' in capsys.readouterr().err
+  tools_file = tmp_path / 'tools.json'
+  tools_file.write_text('[]')
+  assert evaluate.main([f'--workdir={run_dir}', f'--data={data}', f'--tools={tools_file}']) == 2
+  assert f'--tools={tools_file}: the run calls no tools (its config.max_episode_steps is 1)' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    evaluate.main(['--init=gguf:smollm2-135m', f'--data={data}', f'--tools={tools_file}', '--grader=g', '--out=o'])
+  assert '--tools needs --workdir' in capsys.readouterr().err
 
 
 # ---- report and plot ---------------------------------------------------------------------------------------------

@@ -353,6 +353,18 @@ def test_a_tool_server_that_is_down_stops_the_run_and_fails_evaluate(tmp_path, m
   summary = json.loads(out.with_name(out.name + '.summary.json').read_text())
   assert summary['tools/errors/connection'] == summary['tools/discarded_rollouts'] > 0
   assert summary['tools/calls_per_rollout/lookup'] == summary['tools/calls_per_rollout']
+  # the server moved: --tools points the run's episodes at it, without editing the run
+  from rftjax import tool_server
+
+  with tool_server.serve() as url:
+    moved = tmp_path / 'moved_tools.json'
+    moved.write_text(json.dumps([{'name': 'lookup', 'server_url': url}]))
+    assert evaluate.main([*argv, f'--tools={moved}']) == 0
+  summary = json.loads(out.with_name(out.name + '.summary.json').read_text())
+  assert summary['tools/calls_per_rollout'] > 0 and summary['tools/errors/total'] == 0
+  moved.write_text(json.dumps([{'name': 'lookup'}]))
+  assert evaluate.main([*argv, f'--tools={moved}']) == 2
+  assert f"--tools[0] (in {moved}): missing required field 'server_url'" in capsys.readouterr().err
 
 
 def test_a_tool_output_cannot_spell_the_templates_markup_or_a_stop_token(tok):
