@@ -42,9 +42,12 @@ def _read_header(buf) -> tuple[dict, list, int]:
   gguf-py's `GGUFReader` builds numpy views of every vocabulary string (~20 s for 49k tokens + merges on this
   machine); the plain `struct` walk below reads the same header in well under a second.
   """
-  magic, version, n_tensors, n_kv = struct.unpack_from('<4sIQQ', buf, 0)
-  if magic != b'GGUF' or version < 2:
-    raise ValueError(f'not a GGUF v2+ file (magic {magic!r}, version {version})')
+  head = bytes(buf[:24])
+  if head.startswith(b'version https://git-lfs'):  # a clone without `git lfs pull`: the pointer, not the file
+    raise ValueError('a Git LFS pointer file, not the GGUF it points to (fetch it: git lfs pull)')
+  if len(head) < 24 or head[:4] != b'GGUF' or struct.unpack_from('<I', head, 4)[0] < 2:
+    raise ValueError(f'not a GGUF v2+ file (it starts with {head[:8]!r})')
+  _, _, n_tensors, n_kv = struct.unpack_from('<4sIQQ', buf, 0)
 
   def string(pos):
     (n,) = struct.unpack_from('<Q', buf, pos)

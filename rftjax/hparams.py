@@ -130,7 +130,10 @@ def base_learning_rate(model: str, init: str = '') -> float:
     from rftjax import weights  # reads the file's header only
 
     loader.check_spec('init', init, ('gguf', 'hf'))
-    n = weights.config_from_file(init).num_params()
+    try:
+      n = weights.config_from_file(init).num_params()
+    except (OSError, ValueError) as e:  # an hf:DIR without config.json or weights, not a GGUF file
+      raise errors.ConfigError(f'config.init={init!r}: {e}') from None
   return min(1e-5, max(1e-7, 1e-6 * math.sqrt(1.2e9 / n)))
 
 
@@ -164,11 +167,12 @@ def _value(o, name: str, kind):
 
 
 def _effort(raw) -> str | None:
-  if raw is None or (isinstance(raw, str) and raw.strip().lower() in ('auto', '')):
+  """None for 'auto', and for the API's 'default' (the config's own budget; `report --format=openai` writes it)."""
+  if raw is None or (isinstance(raw, str) and raw.strip().lower() in ('auto', 'default', '')):
     return None
   if raw not in REASONING_EFFORT:
     raise errors.ConfigError(
-      f"config.openai.reasoning_effort: expected one of {', '.join(REASONING_EFFORT)} or 'auto', got {raw!r}"
+      f"config.openai.reasoning_effort: expected one of {', '.join(REASONING_EFFORT)}, 'default' or 'auto', got {raw!r}"
     )
   return raw
 

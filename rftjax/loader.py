@@ -125,7 +125,7 @@ def model_config(config, tok: tokenizer_lib.Tokenizer | None) -> model_lib.Trans
 
     try:
       cfg = weights.config_from_file(config.init)
-    except (FileNotFoundError, ValueError) as e:  # an hf:DIR without config.json, an architecture unknown here
+    except (OSError, ValueError) as e:  # an hf:DIR without config.json, not a GGUF file, an unknown architecture
       raise errors.ConfigError(f'config.init={config.init!r}: {e}') from None
   else:
     raise errors.ConfigError('config.model: not set, and there is no config.init file to read the architecture from')

@@ -142,13 +142,15 @@ def read(path: str | pathlib.Path) -> Job:
   except graders.GraderConfigError as e:
     raise JobError(f'{path}: {e}') from None
   hyper = method['reinforcement'].get('hyperparameters') or {}
-  known = {k: ((*types, str), f"{what} or 'auto'") for k, (types, what) in _HYPER.items()}
+  known = {k: ((*types, str, type(None)), f"{what} or 'auto'") for k, (types, what) in _HYPER.items()}
   _fields(path, hyper, known, 'method.reinforcement.hyperparameters')
   for key, value in hyper.items():
     at = f'method.reinforcement.hyperparameters.{key}'
+    if value is None:  # the API's null: the default, as 'auto'
+      continue
     if key == 'reasoning_effort':
-      if value not in (*hparams.REASONING_EFFORT, 'auto'):
-        _fail(path, at, value, f"one of {', '.join(hparams.REASONING_EFFORT)} or 'auto'")
+      if value not in (*hparams.REASONING_EFFORT, 'default', 'auto'):
+        _fail(path, at, value, f"one of {', '.join(hparams.REASONING_EFFORT)}, 'default' or 'auto'")
     elif isinstance(value, str) and value != 'auto':
       _fail(path, at, value, f"{_HYPER[key][1]} or 'auto'")
     elif isinstance(value, _NUMBER) and value <= 0:

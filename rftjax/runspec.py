@@ -132,10 +132,10 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
 
     try:
       weights.config_from_file(config.init, config.get('model') or None)
-    except FileNotFoundError as e:  # an hf:DIR without config.json (a PEFT adapter's folder, say)
-      raise errors.ConfigError(f'config.init={config.init!r}: {e}') from None
-    except ValueError as e:
+    except weights.ArchitectureMismatch as e:
       raise errors.ConfigError(f'config.model={config.model!r}: {e}') from None
+    except (OSError, ValueError) as e:  # an hf:DIR without config.json (a PEFT adapter's), not a GGUF file
+      raise errors.ConfigError(f'config.init={config.init!r}: {e}') from None
   if inputs and config.get('tokenizer'):
     loader.check_spec('tokenizer', config.tokenizer, ('sp', 'gguf', 'hf'))
   if inputs and not config.get('tokenizer') and not config.get('init'):

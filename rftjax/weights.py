@@ -203,7 +203,10 @@ class _HFSource:
     self.spec = f'hf:{directory}'
     if not (self.dir / 'config.json').is_file():
       raise FileNotFoundError(f'{self.spec}: no config.json in {self.dir}')
-    self.config = json.loads((self.dir / 'config.json').read_text())
+    try:
+      self.config = json.loads((self.dir / 'config.json').read_text())
+    except ValueError as e:  # UnicodeDecodeError too
+      raise ValueError(f'{self.dir / "config.json"} is not valid JSON ({e})') from None
     index = self.dir / 'model.safetensors.index.json'
     if index.is_file():
       self.files = {name: self.dir / f for name, f in json.loads(index.read_text())['weight_map'].items()}
@@ -273,6 +276,10 @@ def _open(init: str):
 
 
 # ---- architecture from the file -------------------------------------------------------------------------------
+class ArchitectureMismatch(ValueError):
+  """The file's architecture is not config.model's preset (a ValueError that names config.model, not the file)."""
+
+
 def config_from_file(
   init: str, expected: model_lib.TransformerConfig | str | None = None
 ) -> model_lib.TransformerConfig:
@@ -296,7 +303,7 @@ def _check_config(src, expected) -> model_lib.TransformerConfig:
     expected = presets.get_config(expected)
   bad = _differences(fields, expected)
   if bad:
-    raise ValueError(
+    raise ArchitectureMismatch(
       f'init {src.spec} does not match the model preset: it has ' + '; '.join(bad) + '. Leave config.model empty '
       "(--config.model='') to take the architecture from the file"
     )

@@ -1,6 +1,7 @@
 """Bad config values end `python -m rftjax.train` with exit status 2 and one line naming the key, before any model
 loads and before anything is written to the workdir (no config.json, no compile cache, no checkpoint)."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -248,3 +249,28 @@ def test_a_workdir_url_rftjax_cannot_write_is_one_line(workdir, message, monkeyp
   monkeypatch.chdir(REPO)
   assert train.main(['rftjax.train', f'--workdir={workdir}', TINY]) == 2
   assert capsys.readouterr().err.strip().splitlines() == [message]
+
+
+@pytest.mark.parametrize('model', ['tiny', ''], ids=['preset', 'architecture_from_the_file'])
+def test_an_unreadable_model_file_is_one_line_naming_config_init(model, tmp_path, monkeypatch, capsys, no_model_loads):
+  """A Git LFS pointer saved as .gguf, a GGUF-less file, an hf: folder whose config.json is not JSON or that holds no
+  weights: one error line (it was a traceback from the learning-rate table or the preset check), exit 2."""
+  monkeypatch.chdir(REPO)
+  pointer = tmp_path / 'model.gguf'
+  pointer.write_text('version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1\n')
+  other = tmp_path / 'notes.gguf'
+  other.write_text('hello, this is not a model at all')
+  broken, empty = tmp_path / 'broken', tmp_path / 'empty'
+  broken.mkdir(), empty.mkdir()
+  (broken / 'config.json').write_text('{"model_type": "llama",')
+  (empty / 'config.json').write_text(json.dumps({'model_type': 'llama', 'hidden_size': 8}))
+  cases = [
+    (f'gguf:{pointer}', 'a Git LFS pointer file, not the GGUF it points to (fetch it: git lfs pull)'),
+    (f'gguf:{other}', "not a GGUF v2+ file (it starts with b'hello, t')"),
+    (f'hf:{broken}', f'{broken / "config.json"} is not valid JSON'),
+  ] + ([(f'hf:{empty}', 'neither model.safetensors nor model.safetensors.index.json')] if model == '' else [])
+  for init, message in cases:
+    flags = [TINY, f'--config.init={init}', f'--config.model={model}']
+    assert train.main(['rftjax.train', f'--workdir={tmp_path / "run"}', *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'error: config.init={init!r}: ') and message in err[0], err

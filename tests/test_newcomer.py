@@ -172,6 +172,19 @@ def test_a_python_grader_may_return_a_bool(tmp_path, capsys):
   assert json.loads(capsys.readouterr().out)['reward'] == 1.0
 
 
+@pytest.mark.parametrize('value', ['np.float32(1.0)', 'np.int64(1)', "np.array(['4']) == sample['output_text']"])
+def test_a_python_grader_may_return_a_numpy_number(tmp_path, capsys, value):
+  """np.float32, np.int64 and np.bool_ are not Python's float, int and bool, but a grader returns them naturally."""
+  source = f'import numpy as np\ndef grade(sample, item):\n  return {value}\n'
+  (tmp_path / 'g.json').write_text(json.dumps({'type': 'python', 'name': 'n', 'source': source}))
+  assert grade.main([f'--grader={tmp_path / "g.json"}', '--sample=4']) == (0 if 'array' not in value else 1)
+  out = json.loads(capsys.readouterr().out)
+  if 'array' in value:  # an array of one bool is not a score
+    assert out['reward'] == 0.0 and "grade() returned ndarray '[ True]'; expected a finite float" in str(out['errors'])
+  else:
+    assert out['reward'] == 1.0 and out['errors'] == []
+
+
 def test_tensorboard_is_installed_with_the_runtime():
   assert 'tensorboard==' in (REPO / 'requirements.txt').read_text()
 

@@ -103,7 +103,7 @@ H = 'method.reinforcement.hyperparameters'
     ({f'{H}.batch_size': 0}, f'{H}.batch_size: found 0, expected an integer > 0'),
     (
       {f'{H}.reasoning_effort': 'max'},
-      f"{H}.reasoning_effort: found 'max', expected one of low, medium, high or 'auto'",
+      f"{H}.reasoning_effort: found 'max', expected one of low, medium, high, 'default' or 'auto'",
     ),
     ({'method.type': 'supervised'}, 'method.type: found \'supervised\', expected "reinforcement"'),
     ({'method.reinforcement.grader': None}, 'method.reinforcement.grader: missing; expected a grader object'),
@@ -190,6 +190,22 @@ def test_precedence_config_then_job_then_explicit_flags(tmp_path):
   config.batch_size, config.seed = 4, 11
   resolved = hparams.apply(openai_job.apply(config, job, explicit), 2000, explicit)
   assert (resolved.batch_size, resolved.seed, resolved.total_steps) == (4, 11, 250)
+
+
+def test_nulls_and_the_default_effort_are_the_apis_defaults(tmp_path):
+  """The openai package types every hyperparameter as `... | None` and reasoning_effort as default/low/medium/high
+  (`report --format=openai` writes 'default' back): each is what 'auto' is."""
+  keys = ('batch_size', 'n_epochs', 'learning_rate_multiplier', 'eval_interval', 'compute_multiplier')
+  jobs = []
+  for name, value, effort in (('null', None, 'default'), ('auto', 'auto', 'auto')):
+    body = copy.deepcopy(JOB)
+    body['method']['reinforcement']['hyperparameters'] = {**{k: value for k in keys}, 'reasoning_effort': effort}
+    (tmp_path / name).mkdir()
+    jobs.append(openai_job.read(write_job(tmp_path / name, body)))
+  resolved, expected = (hparams.apply(openai_job.apply(tiny.get_config(), j), 2000) for j in jobs)
+  assert resolved.sampling.max_new_tokens == 1  # tiny's own budget
+  for key in ('batch_size', 'total_steps', 'eval_interval', 'optimizer.learning_rate', 'num_generations'):
+    assert hparams._get(resolved, key) == hparams._get(expected, key), key
 
 
 def test_a_job_without_validation_file_says_which_file_validates(tmp_path, caplog):

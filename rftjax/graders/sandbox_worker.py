@@ -186,7 +186,10 @@ class _OutOfRange(_Error):
 
 
 def _as_score(value, what='grade()'):
-  # True / False count as 1 / 0: `return answer == expected` is the most natural grader there is
+  # True / False count as 1 / 0: `return answer == expected` is the most natural grader there is. numpy's
+  # scalars are numbers too (np.float32(1.0), np.sum(...), (a == b).all()): their Python value
+  if type(value).__module__ == 'numpy' and getattr(value, 'shape', None) == ():
+    value = value.item()
   if not isinstance(value, (int, float)):
     raise _Error(
       'python_grader_runtime', f'{what} returned {type(value).__name__} {str(value)[:100]!r}; expected a finite float'
