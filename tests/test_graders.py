@@ -201,6 +201,29 @@ def test_multi_inline():
     ({'type': 'python', 'source': 'def grade(sample, item):\n  return 1 +\n'}, 'syntax error at line 2'),
     ({'type': 'python', 'source': 'def score(sample, item):\n  return 1\n'}, 'no top-level `def grade'),
     ({'type': 'python', 'source': 'def grade(sample):\n  return 1\n'}, 'expected grade(sample, item)'),
+    (
+      {'type': 'python', 'source': 'def grade(sample, item,\n          extra):\n  return 1\n'},
+      'grader.source: grade(sample, item, extra) at line 1 cannot be called as grade(sample, item)',
+    ),
+    ({'type': 'python', 'source': 'def grade(sample, item, *, k):\n  return 1\n'}, 'grade(sample, item, *, k) at'),
+    (
+      {'type': 'python', 'source': 'import json\nfrom no_such_module.sub import x\ndef grade(s, i):\n  return 1\n'},
+      'grader.source: line 2 imports no_such_module.sub, which is not installed where rftjax runs',
+    ),
+    (
+      {'type': 'string_check', 'input': '{{sample.output}}', 'reference': 'x', 'operation': 'eq'},
+      "grader.input: template variable {{sample.output}}: the sample has no field 'output'; expected one of "
+      'output_text, output_json, output_tools; did you mean sample.output_text?',
+    ),
+    (
+      {'type': 'string_check', 'input': OUT, 'reference': 'is {{item.answer}', 'operation': 'eq'},
+      "grader.reference: '{{item.answer' in 'is {{item.answer}' is not a template variable; expected "
+      '{{sample.<field>}} or {{item.<field>}} with two braces on each side',
+    ),
+    (
+      {'type': 'string_check', 'input': OUT, 'reference': '{item.answer}}', 'operation': 'eq'},
+      "grader.reference: '{item.answer}}' in '{item.answer}}' is not a template variable",
+    ),
     ({'type': 'python', 'source': 'def grade(s, i): return 1', 'timeout_s': -1}, 'positive number'),
     (
       {'type': 'score_model', 'input': [{'role': 'user', 'content': 'x'}], 'model': 'm', 'range': [1, 0]},
@@ -258,6 +281,12 @@ def test_config_errors(spec, needle):
   with pytest.raises(graders.GraderConfigError) as e:
     graders.validate(spec)
   assert needle in str(e.value)
+
+
+def test_templates_keep_braces_that_are_not_variables_and_read_output_tools():
+  spec = {'type': 'string_check', 'input': '{"a": {"b": {{item.n}}}} {sample} {{sample.output_tools}}',
+          'reference': '{"a": {"b": 4}} {sample} []', 'operation': 'eq'}  # fmt: skip
+  assert rewards(graders.build(spec), ['x'], [{'n': 4}]) == [1.0]
 
 
 def test_build_from_file(tmp_path):

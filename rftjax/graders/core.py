@@ -118,14 +118,19 @@ class Grader:
     return f'{type(self).__name__}(name={self.name!r}, spec={json.dumps(self.spec)[:200]})'
 
 
-def sample_dict(text: str) -> dict[str, Any]:
-  """The sample a grader sees: OpenAI's `output_text`, plus `output_json` when the text parses as JSON.
+SAMPLE_FIELDS = ('output_text', 'output_json', 'output_tools')
+
+
+def sample_dict(text: str, parse_json: bool = True) -> dict[str, Any]:
+  """The sample a grader sees: OpenAI's `output_text`, `output_json` when the text parses as JSON (and
+  `parse_json`: graders whose templates never read it skip the parse) and `output_tools`, always empty (rftjax's
+  tool calls are the episode's, docs/tools.md; the graded text is the last turn's).
 
   Deliberately twinned by `sandbox_worker._sample`, which must not import rftjax (it runs in the sandbox): a change
   here goes there too."""
-  sample: dict[str, Any] = {'output_text': text, 'output_json': None}
+  sample: dict[str, Any] = {'output_text': text, 'output_json': None, 'output_tools': []}
   stripped = text.strip()
-  if stripped[:1] in ('{', '['):
+  if parse_json and stripped[:1] in ('{', '['):
     try:
       sample['output_json'] = json.loads(stripped)
     except ValueError:

@@ -132,7 +132,7 @@ class _ModelGrader(core.Grader):
 
   def grade_one(self, text: str, item: dict, timeout_s: float) -> core.GradeResult:
     t0 = time.perf_counter()
-    sample = core.sample_dict(text) if self.needs_json else {'output_text': text}
+    sample = core.sample_dict(text, self.needs_json)
     try:
       messages = [{'role': role, 'content': render(sample, item)} for role, render in self.messages]
       answer = self.judge(timeout_s)(messages, self.sampling_params)

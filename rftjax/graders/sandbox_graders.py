@@ -6,6 +6,7 @@ The parent side only renders templates and packs JSON tasks; `sandbox_worker.py`
 from __future__ import annotations
 
 import ast
+import importlib.util
 import hashlib
 import json
 from typing import Any
@@ -74,10 +75,24 @@ def check_source(source: Any, field: str) -> None:
     raise core.GraderConfigError(
       f'{field}: found no top-level `def grade(sample, item)`; expected one that returns a float'
     )
+  for node in tree.body:  # unconditional imports: a module missing here fails every grading (pandas, say)
+    names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      names = [node.module]
+    for name in names:
+      if importlib.util.find_spec(name.split('.')[0]) is None:
+        raise core.GraderConfigError(
+          f'{field}: line {node.lineno} imports {name}, which is not installed where rftjax runs; expected a module '
+          f'of this Python environment (pip install it there, or import it inside a try)'
+        )
   args = fns[-1].args
-  if len(args.posonlyargs) + len(args.args) < 2 and args.vararg is None:
+  positional = len(args.posonlyargs) + len(args.args)
+  required = positional - len(args.defaults)  # the defaults belong to the last positional ones
+  required_kw = sum(d is None for d in args.kw_defaults)  # called as grade(sample, item): none is ever given
+  if (positional < 2 and args.vararg is None) or required > 2 or required_kw:
     raise core.GraderConfigError(
-      f'{field}: grade() takes {len(args.args)} argument(s) at line {fns[-1].lineno}; expected grade(sample, item)'
+      f'{field}: grade({ast.unparse(args)}) at line {fns[-1].lineno} cannot be called as grade(sample, item); '
+      'expected grade(sample, item) (more arguments only with defaults)'
     )
 
 
@@ -97,7 +112,7 @@ class MathGrader(_Sandboxed):
     return {'kind': 'math', 'key': 'math'}
 
   def task_args(self, text, item):
-    sample = core.sample_dict(text) if self.needs_json else {'output_text': text}
+    sample = core.sample_dict(text, self.needs_json)
     return [self.render_input(sample, item), self.render_reference(sample, item)]
 
 

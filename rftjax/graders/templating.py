@@ -11,10 +11,13 @@ import json
 import re
 from typing import Any, Callable
 
+from rftjax import errors
 from rftjax.graders import core
 
 _VAR = re.compile(r'\{\{\s*(.*?)\s*\}\}')
 _PATH = re.compile(r"^(sample|item)((?:\.[A-Za-z_][A-Za-z0-9_\-]*|\[\d+\]|\[\"[^\"]*\"\]|\['[^']*'\])*)$")
+_UNCLOSED = re.compile(r'\{\{\s*[^{}]{0,80}')  # '{{item.answer}': an opening pair that no closing pair follows
+_SINGLE = re.compile(r'(?<!\{)\{\s*(?:sample|item)\.[A-Za-z_][^{}]{0,80}\}+')  # '{item.answer}}', '{item.answer}'
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]|\[\"([^\"]*)\"\]|\['([^']*)'\]")
 
 
@@ -77,10 +80,23 @@ def compile_template(template: Any, field: str) -> Callable[[dict, dict], str]:
   for m in _VAR.finditer(template):
     if m.start() > pos:
       parts.append(template[pos : m.start()])
-    parts.append(parse_path(m.group(1), field))
+    root, steps = parse_path(m.group(1), field)
+    if root == 'sample' and steps and steps[0] not in core.SAMPLE_FIELDS:  # a typo would fail every grading
+      raise core.GraderConfigError(
+        f'{field}: template variable {m.group(0)}: the sample has no field {steps[0]!r}; expected one of '
+        f'{", ".join(core.SAMPLE_FIELDS)}{errors.did_you_mean(str(steps[0]), core.SAMPLE_FIELDS, "sample.")}'
+      )
+    parts.append((root, steps))
     pos = m.end()
   if pos < len(template):
     parts.append(template[pos:])
+  for text in (p for p in parts if isinstance(p, str)):  # left as literal text, the variable would never match
+    bad = _UNCLOSED.search(text) or _SINGLE.search(text)
+    if bad:
+      raise core.GraderConfigError(
+        f'{field}: {bad.group(0)!r} in {template[:200]!r} is not a template variable; expected {{{{sample.<field>}}}} '
+        'or {{item.<field>}} with two braces on each side'
+      )
   if not parts:
     return lambda sample, item: ''
   if len(parts) == 1 and isinstance(parts[0], str):

@@ -28,7 +28,7 @@ SIMILARITY_METRICS = (
 
 
 def _batch(grader, samples: list[str], items: list[dict], score_one) -> list[core.GradeResult]:
-  make_sample = core.sample_dict if grader.needs_json else (lambda t: {'output_text': t})
+  make_sample = functools.partial(core.sample_dict, parse_json=grader.needs_json)
   out = []
   for text, item in zip(samples, items):
     sample = make_sample(text)
