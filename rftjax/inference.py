@@ -226,6 +226,9 @@ class Validation:
     log.info(
       'step %d: valid_reward_mean=%.4f (%d prompts, %.1fs)', step, m['valid_reward_mean'], len(rows), m['timing/eval_s']
     )
+    if any(r.errors for r in results):  # too few to stop the run, but each one scores 0
+      line = graders.failure_line(results, self.max_error_share, self.grader)
+      log.warning('validation at step %d: %s; they score 0 (every completion is in %s)', step, line, samples)
     self.run.sync(raise_errors=False)
     return m
 

@@ -136,6 +136,19 @@ def summarize(workdir: str | pathlib.Path) -> dict:
       'mean': tokens / timing['sampling_s'],
     }
   out['checkpoints'] = steps_on_disk
+  events = metrics_lib.read_jsonl(workdir / 'events.jsonl')
+  status, said = _status(events, steps_on_disk[-1] if steps_on_disk else out['steps_done'], out['total_steps'])
+  out['status'] = status
+  if status in ('failed', 'cancelled') and said:
+    out['status_message'] = said.get('message', '')
+  train_errors = [r['train/error_rate'] for r in train if r.get('train/error_rate') is not None]
+  valid_errors = [r for r in valid if r.get('valid/error_rate') is not None]
+  if any(train_errors) or any(r['valid/error_rate'] for r in valid_errors):  # each failed grading scored 0
+    out['grading_errors'] = {
+      'train_error_rate_mean': sum(train_errors) / len(train_errors) if train_errors else None,
+      'valid_error_rate_last': valid_errors[-1]['valid/error_rate'] if valid_errors else None,
+      'valid_error_rate_last_step': int(valid_errors[-1]['step']) if valid_errors else None,
+    }
   out['hyperparameters'] = _hyperparameters(config)
   out['disk_bytes'] = _disk_use(workdir, steps_on_disk)
   return out
@@ -173,8 +186,10 @@ def _fmt(v) -> str:
 
 
 def table(s: dict) -> str:
+  status = {'running': 'running, or stopped without a word (killed?)'}.get(s['status'], s['status'])
   rows = [
     ('run', s['workdir']),
+    ('status', f'{status}: {s["status_message"]}' if s.get('status_message') else status),
     ('steps', f'{s["steps_done"]} / {_fmt(s["total_steps"])}'),
     (
       'best step',
@@ -192,6 +207,14 @@ def table(s: dict) -> str:
   if 'train_reward_last10_mean' in s:
     n = s['train_reward_last_n']
     rows.append(('train reward', f'{_fmt(s["train_reward_last10_mean"])} (mean of the last {n} step{"s" * (n > 1)})'))
+  if 'grading_errors' in s:
+    e = s['grading_errors']
+    said = []
+    if e['train_error_rate_mean'] is not None:
+      said.append(f'train {e["train_error_rate_mean"]:.1%} (mean over steps)')
+    if e['valid_error_rate_last'] is not None:
+      said.append(f'valid {e["valid_error_rate_last"]:.1%} at step {e["valid_error_rate_last_step"]}')
+    rows.append(('failed gradings', ', '.join(said) + ' (each scored 0; <split>/errors/* in metrics.jsonl)'))
   for k, v in s['source'].items():
     rows.append((k.replace('_', ' '), _fmt(v)))
   total = s['timing_total_s'] or 1.0

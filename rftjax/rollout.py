@@ -10,6 +10,7 @@ the global batch (multihost.py assembles the device batch and reduces the metric
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import NamedTuple
 
@@ -24,6 +25,8 @@ from rftjax import multihost
 from rftjax import sampler as sampler_lib
 from rftjax import tools as tools_lib
 from rftjax import train_step as step_lib
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -359,6 +362,7 @@ class Rollouts:
     self.cfg, self.sampler, self.prompts, self.items = cfg, sampler, prompts, items
     self.tok, self.grader, self.pool, self.data_iter, self.mesh, self.rng = tok, grader, pool, data_iter, mesh, rng
     self.shapes = ShapePicker()  # the trainer reports each update to it (`ShapePicker.observe`)
+    self.failures_said = False  # gradings that failed under max_error_share: said once, then in the metrics
 
   def draw(self, params, rng) -> tuple[Rollout, float, float]:
     """The next `prompts` prompts x G: (graded rollout, sampling seconds, grading seconds)."""
@@ -395,6 +399,15 @@ class Rollouts:
         break
     if not cfg.dynamic_sampling:
       rolled = parts[0]
+    results = [x for p in parts for x in p.results]
+    if not self.failures_said and any(x.errors for x in results):
+      self.failures_said = True
+      log.warning(
+        'step %d: %s; they score 0 (said once: train/error_rate and train/errors/<category> in metrics.jsonl count '
+        'them at every step)',
+        step + 1,  # the step this rollout trains, as metrics.jsonl numbers it
+        graders.failure_line(results, cfg.max_error_share, self.grader),
+      )
     stats = {**rollout_metrics(rolled, g, tools=self.sampler.tools), 'sampling_rounds': len(parts)}
     batch = make_batch(rolled, cfg, self.mesh, self.shapes)
     return batch, stats, {'sampling_s': sampling_s, 'grading_s': grading_s}

@@ -278,10 +278,40 @@ def test_report_matches_the_checkpointer(run_dir, in_repo, capsys):
   assert s['valid_reward_first_step'] == 0 and s['valid_reward_last_step'] == 3
   assert s['source']['grader'] == 'string_check' and s['source']['model'] == 'tiny'
   assert {'sampling_s', 'grading_s', 'training_s', 'eval_s'} <= set(s['timing_s'])
+  assert s['status'] == 'succeeded' and 'grading_errors' not in s
   assert report.main([f'--workdir={run_dir}']) == 0
-  assert 'best step' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'best step' in out and 'status      ' in out and 'failed gradings' not in out
   assert report.main([f'--workdir={run_dir / "nope"}']) == 2
   assert 'nope' in capsys.readouterr().err
+
+
+def test_report_shows_a_failed_run_and_its_failed_gradings(tmp_path, capsys):
+  """Gradings that failed under the share scored 0 without stopping the run; a stopped run says why."""
+  write_jsonl(tmp_path / 'metrics.jsonl', [
+    {'step': 0, 'valid_reward_mean': 0.1, 'valid/error_rate': 0.15},
+    {'step': 1, 'train_reward_mean': 0.2, 'train/error_rate': 0.25},
+    {'step': 2, 'train_reward_mean': 0.3, 'train/error_rate': 0.0},
+  ])  # fmt: skip
+  why = 'Job failed: step 3: 12 of 16 gradings failed (75% > grading.max_error_share=50%)'
+  write_jsonl(tmp_path / 'events.jsonl', [
+    {'object': 'fine_tuning.job.event', 'id': 'ftevent-r-0', 'created_at': 1, 'level': 'info', 'type': 'message',
+     'message': 'started', 'data': {'status': 'running'}},
+    {'object': 'fine_tuning.job.event', 'id': 'ftevent-r-1', 'created_at': 2, 'level': 'error', 'type': 'message',
+     'message': why, 'data': {'status': 'failed', 'code': 'grading_failed'}},
+  ])  # fmt: skip
+  (tmp_path / 'config.json').write_text(json.dumps({'total_steps': 5}))
+  s = report.summarize(tmp_path)
+  assert (s['status'], s['status_message']) == ('failed', why)
+  assert s['grading_errors'] == {
+    'train_error_rate_mean': 0.125, 'valid_error_rate_last': 0.15, 'valid_error_rate_last_step': 0
+  }  # fmt: skip
+  table = [' '.join(line.split()) for line in report.table(s).splitlines()]
+  assert f'status failed: {why}' in table
+  assert (
+    'failed gradings train 12.5% (mean over steps), valid 15.0% at step 0 (each scored 0; <split>/errors/* in '
+    'metrics.jsonl)'
+  ) in table
 
 
 def assert_png(path):

@@ -508,6 +508,28 @@ def test_broken_grading_stops_with_one_line_and_exit_3(tmp_path, monkeypatch, ca
   assert len(kept) == 200 and {tuple(r['errors']) for r in kept} == {('python_grader_runtime',)}
 
 
+def test_gradings_that_fail_under_the_share_are_said_on_the_console(tmp_path, in_repo, caplog):
+  """Failures too few to stop the run still score 0: each validation says so, and training once (then the metrics)."""
+  source = (
+    "def grade(s, i):\n  if i['answer'] == '9':\n    raise ValueError('nine')\n  return s['output_text'] == '9'\n"
+  )
+  grader = {'type': 'python', 'name': 'picky', 'source': source}
+  with caplog.at_level('WARNING', logger='rftjax'):
+    workdir = run(tmp_path, 'picky', 4, grader=grader, batch_size=8)  # most steps draw a 9
+  nines = sum(json.loads(line)['answer'] == '9' for line in (REPO / 'data/tiny/valid.jsonl').open())
+  said = [m for m in caplog.messages if 'gradings failed' in m]
+  valid = [m for m in said if m.startswith('validation at step')]
+  assert [m.split(':')[0] for m in valid] == ['validation at step 0', 'validation at step 2', 'validation at step 4']
+  assert valid[0].startswith(
+    f'validation at step 0: {nines} of 200 gradings failed ({nines / 200:.0%} <= grading.max_error_share=50%): '
+    "grader 'picky' (python), python_grader_runtime in"
+  ) and valid[0].endswith('ValueError: nine; they score 0 (every completion is in samples/valid_step000000.jsonl)')
+  train_said = [m for m in said if m not in valid]
+  failing = [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if r.get('train/error_rate', 0) > 0]
+  assert len(train_said) == 1 and len(failing) >= 2  # said at the first such step only
+  assert train_said[0].startswith(f'step {failing[0]["step"]}: ') and 'said once' in train_said[0]
+
+
 def test_a_broken_validation_mid_run_keeps_the_step_unranked(tmp_path, in_repo, monkeypatch):
   from rftjax import checkpoint, inference
 

@@ -92,7 +92,8 @@ def failure_line(results: Sequence[core.GradeResult], max_error_share: float, gr
   lines = [ln.strip() for ln in example.strip().splitlines() if ln.strip()] or ['(no message)']
   who = f'grader {grader.name!r} ({grader.type}), ' if grader is not None else ''
   others = f' (also: {", ".join(f"{c} in {k}" for c, k in counts.most_common()[1:])})' if len(counts) > 1 else ''
+  over = '>' if bad > max_error_share * len(results) else '<='
   return (
-    f'{bad} of {len(results)} gradings failed ({bad / len(results):.0%} > grading.max_error_share='
+    f'{bad} of {len(results)} gradings failed ({bad / len(results):.0%} {over} grading.max_error_share='
     f'{max_error_share:.0%}): {who}{category} in {n}, e.g. {lines[-1][:300]}{others}'
   )
