@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -42,6 +43,7 @@ import sys
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+from etils import epath
 
 from rftjax import cli
 from rftjax import episodes
@@ -55,6 +57,7 @@ from rftjax import runspec
 from rftjax import sharding
 from rftjax import train_step as step_lib
 
+log = logging.getLogger(__name__)
 GiB = 1024**3
 LOGITS_COPIES = 3  # logits, log-softmax (and softmax for the entropy), d loss / d logits: all [R, N, V] float32
 
@@ -506,7 +509,7 @@ def main(argv: Sequence[str]) -> int:
       'num_train_examples',
       0,
       'Training examples, for the OpenAI-style fields (default: the '
-      'lines of config.data.train when it is readable here)',
+      'lines of config.data.train when it is readable here, else 1000, with a warning)',
       flag_values=fv,
     )
 
@@ -556,11 +559,19 @@ def resolved_summary(config, n_train: int) -> str:
 
 
 def _count_lines(path: str) -> int:
-  """Non-blank lines of a data file, or 1000 when it is not readable here (a placeholder path)."""
+  """Non-blank lines of a data file (local or gs://), or 1000, with a warning, when it is not readable here (a
+  placeholder path, a bucket this machine has no credentials for)."""
   try:
-    with open(path, encoding='utf-8') as f:
+    with epath.Path(path).open('rb') as f:
       return max(1, sum(1 for line in f if line.strip()))
-  except OSError:
+  except Exception as e:  # noqa: BLE001 - whatever the filesystem raises (OSError, a GCS client's errors)
+    log.warning(
+      'config.data.train=%r is not readable here (%s: %s): planning for 1000 training examples; '
+      '--num_train_examples=N plans for N',
+      str(path),
+      type(e).__name__,
+      str(e).splitlines()[0][:200] if str(e) else '',
+    )
     return 1000
 
 

@@ -1,6 +1,7 @@
 """rftjax.plan: slice names, exact per-device division, the CLI's verdicts, and the estimate vs XLA's own numbers."""
 
 import json
+import logging
 import pathlib
 import subprocess
 import sys
@@ -283,3 +284,15 @@ def test_cli_refuses_gdpo_as_train_does_without_reading_files(tmp_path, in_repo,
   assert 'config.grpo.overlong_buffer: expected 0 with grpo.advantage=gdpo' in capsys.readouterr().err
   # a grader file is train's to read: plan passes it
   assert plan.main(['plan', '--config=configs/tiny.py', '--devices=cpu-1', gdpo]) == 0
+
+
+def test_cli_says_when_it_cannot_count_the_training_file(in_repo, capsys, caplog):
+  """The OpenAI-style fields depend on the count: a typo in the path must not pass as a run of 1000 examples."""
+  caplog.set_level(logging.WARNING, logger='rftjax')
+  assert plan.main(['plan', '--config=configs/tiny.py', '--devices=cpu-1', '--config.data.train=data/nope.jsonl']) == 0
+  assert "config.data.train='data/nope.jsonl' is not readable here (FileNotFoundError: " in caplog.text
+  assert 'planning for 1000 training examples; --num_train_examples=N plans for N' in caplog.text
+  assert '(1000 training examples)' in capsys.readouterr().out
+  caplog.clear()
+  assert plan.main(['plan', '--config=configs/tiny.py', '--devices=cpu-1']) == 0
+  assert '(2000 training examples)' in capsys.readouterr().out and not caplog.text
