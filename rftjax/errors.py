@@ -34,9 +34,16 @@ def read_json_file(path, error: type[UserError], label: str | None = None):
 
   label = label or str(path)
   try:
-    text = epath.Path(path).read_text()
+    raw = epath.Path(path).read_bytes()
   except OSError as e:
     raise error(f'{label}: cannot read it ({e.strerror or e})') from None
+  try:  # a byte-order mark (Windows editors write one) is no part of the JSON, as in data files
+    text = raw.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    raise error(
+      f'{label}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start}; expected UTF-8 (re-save the '
+      'file as UTF-8)'
+    ) from None
   return json_loads(text, error, label)
 
 
@@ -56,11 +63,19 @@ def json_loads(text: str, error: type[UserError], label: str, in_file: bool = Tr
       obj[key] = value
     return obj
 
+  if not in_file:  # the line's end is no part of it: an error there is at the last column, not "line 2"
+    text = text.rstrip('\r\n')
   try:
     value = json.loads(text, object_pairs_hook=unique)
   except json.JSONDecodeError as e:
-    at = f'line {e.lineno}, column {e.colno}' if in_file else f'column {e.colno}'
-    raise error(f'{label}: not valid JSON ({at}: {e.msg})') from None
+    if in_file:
+      raise error(f'{label}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})') from None
+    why = 'a string starting there is not closed' if e.msg == 'Unterminated string starting at' else e.msg
+    why = why if e.pos < len(text.rstrip()) else f'{why}: the line ends before its JSON value does'
+    hint = ''
+    if text.strip() in ('[', '{'):  # a pretty-printed document, not JSON Lines
+      hint = '; expected JSON Lines, one object per line, not one JSON document over many lines (jq -c converts one)'
+    raise error(f'{label}: not valid JSON (column {e.colno}: {why}){hint}') from None
   except ValueError as e:  # e.g. an integer of more digits than Python converts
     raise error(f'{label}: not valid JSON ({e})') from None
   if repeats:

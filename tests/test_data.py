@@ -39,6 +39,27 @@ def test_bad_line_names_file_and_line(tmp_path, line, message):
     data.load_jsonl(path)
 
 
+def test_json_errors_point_at_the_column_and_name_a_pretty_printed_file(tmp_path):
+  """The line's newline is no part of its JSON: a missing '}' was reported at column 1 (of "line 2")."""
+  cut = GOOD[:-1]
+  with pytest.raises(data.DataError) as e:
+    data.load_jsonl(write(tmp_path, [GOOD, cut]))
+  assert str(e.value).endswith(
+    f"d.jsonl:2: not valid JSON (column {len(cut) + 1}: Expecting ',' delimiter: the line ends before its JSON value "
+    'does)'
+  )
+  torn = '{"messages": [{"role": "user", "content": "half a'
+  with pytest.raises(data.DataError, match=r'd.jsonl:1: not valid JSON \(column 43: a string starting there is not'):
+    data.load_jsonl(write(tmp_path, [torn]))
+  pretty = json.dumps([json.loads(GOOD)], indent=2).splitlines()
+  with pytest.raises(data.DataError) as e:
+    data.load_jsonl(write(tmp_path, pretty))
+  assert str(e.value).endswith(
+    'd.jsonl:1: not valid JSON (column 2: Expecting value: the line ends before its JSON value does); expected JSON '
+    'Lines, one object per line, not one JSON document over many lines (jq -c converts one)'
+  )
+
+
 def test_missing_and_empty_file(tmp_path):
   with pytest.raises(data.DataError, match='no such file'):
     data.load_jsonl(tmp_path / 'nope.jsonl')

@@ -86,6 +86,22 @@ def test_a_key_given_twice_in_a_grader_file_is_named_by_its_json_path(tmp_path):
     graders.load(str(path))
 
 
+def test_a_grader_file_may_start_with_a_byte_order_mark_but_must_be_utf8(tmp_path):
+  """Windows editors write a BOM; data files accepted it and grader or job files did not."""
+  path = tmp_path / 'g.json'
+  spec = {'type': 'string_check', 'input': '{{sample.output_text}}', 'reference': 'y', 'operation': 'eq'}
+  path.write_bytes(b'\xef\xbb\xbf' + json.dumps(spec).encode())
+  assert graders.load(str(path)) == spec
+  latin1 = json.dumps(spec).replace('"y"', '"caf\xe9"')
+  path.write_bytes(latin1.encode('latin-1'))
+  with pytest.raises(graders.GraderConfigError) as e:
+    graders.load(str(path))
+  offset = latin1.index('caf') + 3
+  assert str(e.value).endswith(
+    f'g.json: not UTF-8 text: byte 0xe9 at byte offset {offset}; expected UTF-8 (re-save the file as UTF-8)'
+  )
+
+
 def job_body(grader):
   return {
     'model': 'tiny',
