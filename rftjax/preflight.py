@@ -392,8 +392,9 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   config = runspec.resolve(config, len(train_set), explicit)  # the run's total_steps, batch size, G (OpenAI fields)
   valid_set = data_lib.load_jsonl(config.data.valid, 'config.data.valid')[: config.data.valid_limit or None]
   grader_spec = config.grader
-  graders.check_sandbox(graders.build(grader_spec), config.grading.allow_unsandboxed)
-  graders.check_items(grader_spec, [(ex.source, ex.item) for ex in train_set + valid_set])
+  at = runspec.grader_at(config, explicit)  # a job file's grader is named by its path there
+  graders.check_sandbox(graders.build(grader_spec, where=at), config.grading.allow_unsandboxed)
+  graders.check_items(grader_spec, [(ex.source, ex.item) for ex in train_set + valid_set], at)
   threshold = float(pass_threshold if pass_threshold is not None else grader_spec.get('pass_threshold', 1.0))
   filtered_dir = _check_filtered_dir(config, write_filtered) if write_filtered else None
   tok = loader.load_tokenizer(config)

@@ -279,6 +279,13 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
     )
 
 
+def grader_at(config, explicit=()) -> str | None:
+  """Where the run's grader was written: `method.reinforcement.grader` when an OpenAI job file gave it (errors name
+  its fields by their path there), else None (`grader`)."""
+  from_job = config.get('openai') and config.openai.get('job') and 'grader' not in set(explicit)
+  return 'method.reinforcement.grader' if from_job else None
+
+
 def gdpo_weights(config) -> dict[str, float]:
   """{sub-grader: weight} of the run's multi grader, for grpo.advantage=gdpo; ConfigError when it has none."""
   grader = graders.build(graders.load(config.grader))

@@ -60,8 +60,9 @@ def _checked(config, workdir, explicit) -> dict:
   tools.check_data_tools([(ex.source, ex.item) for ex in train_set + valid_set], tools.load_tools(config.tools))
   grader_spec = config.grader  # its content (resolve read the file)
   # a bad field, or user code this machine cannot sandbox, fails here, before judges or the model load
-  graders.check_sandbox(graders.build(grader_spec), config.grading.allow_unsandboxed)
-  graders.check_items(grader_spec, [(ex.source, ex.item) for ex in train_set + valid_set])
+  at = runspec.grader_at(config, explicit)  # a job file's grader is named by its path there
+  graders.check_sandbox(graders.build(grader_spec, where=at), config.grading.allow_unsandboxed)
+  graders.check_items(grader_spec, [(ex.source, ex.item) for ex in train_set + valid_set], at)
   tok = loader.load_tokenizer(config)
   spec = runspec.build(config, tok)
   fmt = response_format.make(config.response_format)  # JSON completions: the schema joins every prompt

@@ -467,7 +467,7 @@ def test_cli(tmp_path):
   assert missing.returncode == 2 and missing.stdout == ''
   assert missing.stderr == (
     f'error: grader.graders.exact.reference uses {{{{item.ref}}}}, but {data}:3 has no such field: item has no '
-    "key 'ref' (2 of 3 lines lack it); expected every data line to have it\n"
+    "key 'ref' (2 of its 3 lines lack it); expected every data line to have it\n"
   )
 
 

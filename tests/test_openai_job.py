@@ -289,3 +289,19 @@ def test_the_pool_grades_only_completions_that_match_the_format():
   assert not any(r.errors for r in res)  # a format miss is the model's, not the grader's: it never stops a run
   assert res[2].metadata['response_format_error'] == "not a JSON object or array: 'seven'"
   assert graders.summarize(res, 'train')['train/response_format_valid'] == 0.5
+
+
+def test_a_data_line_without_a_graded_field_is_named_by_the_jobs_grader_path(tmp_path, monkeypatch, capsys):
+  """The grader came from the job file: the error names its field there, and counts the lines of the file at fault."""
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  valid = tmp_path / 'valid.jsonl'
+  row = {'messages': [{'role': 'user', 'content': 'Largest digit: 1 2 3 4'}]}
+  valid.write_text('\n'.join(json.dumps(r) for r in [{**row, 'answer': '4'}, row, row]) + '\n')
+  path = write_job(tmp_path, validation_file=str(valid))
+  assert train.main(['rftjax.train', f'--openai_job={path}', f'--workdir={tmp_path / "run"}']) == 2
+  assert capsys.readouterr().err.splitlines() == [
+    'error: method.reinforcement.grader.graders.close.reference uses {{item.answer}}, but '
+    f"{valid}:2 has no such field: item has no key 'answer' (2 of its 3 lines lack it); expected every data line "
+    'to have it'
+  ]

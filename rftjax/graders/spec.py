@@ -352,7 +352,12 @@ def check_items(spec: Any, rows: Sequence[tuple[str, dict]], where: str | None =
         missing.append((line, str(e)))
     if missing:
       line, why = missing[0]
-      more = f' ({len(missing)} of {len(rows)} lines lack it)' if len(missing) > 1 else ''
+      file = lambda where: where.rpartition(':')[0]  # noqa: E731 - 'file:line'
+      lines = sum(1 for where, _ in rows if file(where) == file(line))
+      lacking = sum(1 for where, _ in missing if file(where) == file(line))
+      elsewhere = len(missing) - lacking
+      more = f' ({lacking} of its {lines} lines lack it' if lacking > 1 else ' (its only line without it'
+      more += f', and {elsewhere} line{"s" * (elsewhere > 1)} of other files)' if elsewhere else ')'
       raise core.GraderConfigError(
         f'{field} uses {{{{{expr}}}}}, but {line} has no such field: {why.split(": ", 1)[-1]}{more}; '
         'expected every data line to have it'
