@@ -236,9 +236,18 @@ class Checkpointer:
     that use a trained model (sample, evaluate, export), never for resuming."""
     path = self.directory / str(int(step)) / _STATE
     target = {'params': jax.tree.map(_as_abstract, abstract_params)}
+    # a run still training deletes the steps its keep policy drops, maybe while this reads one
+    gone = FileNotFoundError(
+      f'checkpoint {step} is gone from {self.directory} (a run that is still training deletes the checkpoints its '
+      'keep policy drops); run the command again, or pick --step=best'
+    )
+    if not path.exists():
+      raise gone
     try:
       mismatch = _mismatch({'params': _stored_tree(path)['params']}, target)
-    except (KeyError, FileNotFoundError, ValueError) as e:  # a broken step
+    except (KeyError, FileNotFoundError, ValueError, TypeError) as e:  # a broken step (no metadata: None)
+      if not path.exists():
+        raise gone from None
       mismatch = f'unreadable metadata ({type(e).__name__}: {e})'
     if mismatch:
       raise ValueError(f'{path}: cannot restore the params (does the model preset match the run?): {mismatch}')
@@ -248,8 +257,12 @@ class Checkpointer:
     try:
       with ocp.PyTreeCheckpointer() as reader:
         return reader.restore(path, args=args)['params']
-    except (ValueError, KeyError, FileNotFoundError) as e:  # another model than the run's, or a broken step
-      raise ValueError(f'{path}: cannot restore the params (does the model preset match the run?): {e}') from None
+    except Exception as e:
+      if not path.exists():
+        raise gone from None
+      if isinstance(e, (ValueError, KeyError, FileNotFoundError)):  # another model than the run's, a broken step
+        raise ValueError(f'{path}: cannot restore the params (does the model preset match the run?): {e}') from None
+      raise
 
   def wait_until_finished(self) -> None:
     """Blocks until the in-flight save (if any) is committed and old checkpoints are deleted."""

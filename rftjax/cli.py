@@ -57,8 +57,9 @@ BROKEN_PIPE_EXIT_CODE = 141
 
 
 def run(body: Callable[[], int]) -> int:
-  """Calls `body`; a UserError becomes `error: <message>` on stderr and exit status 2 (no traceback). When the
-  reader of stdout goes away (`report ... | head`), the command stops quietly with status 141."""
+  """Calls `body`; a UserError becomes `error: <message>` on stderr and exit status 2 (no traceback), Ctrl-C
+  `interrupted` and 130. When the reader of stdout goes away (`report ... | head`), the command stops quietly with
+  status 141."""
   try:
     status = body()
     sys.stdout.flush()  # here rather than at exit, so that a reader gone by then is handled below too
@@ -66,6 +67,9 @@ def run(body: Callable[[], int]) -> int:
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return errors.EXIT_CODE
+  except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for it, no traceback
+    print('interrupted', file=sys.stderr)
+    return 130
   except BrokenPipeError:
     if not _stdout_closed():  # a socket's broken pipe (a grader endpoint, a tool server) is a real error
       raise

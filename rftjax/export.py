@@ -9,16 +9,21 @@ only the trained params of the chosen checkpoint (not the optimizer state) and w
 A LoRA run exports its adapters merged into the base weights (W + alpha / r * A @ B), a folder that serves like any
 model; with `--adapter`, a PEFT folder (adapter_config.json + adapter_model.safetensors) that
 `peft.PeftModel.from_pretrained(base_model, OUT)` loads on top of the run's base. It only reads the run, so it is
-safe while training continues. `--out` is checked before the model loads: a folder (made if missing) that is not a
-run directory, whose config.json evaluate, report and a resume read (an earlier export's folder is written over).
+safe while training continues. `--out` is checked before the model loads: a folder (made if missing) that is new,
+empty or an earlier export's (it holds rftjax_export.json, which says what it holds), and not the model the export
+reads. The export is written beside it and then takes its place whole: an interrupted one changes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import pathlib
+import shutil
 import sys
+import tempfile
+from typing import Any, Callable
 
 from rftjax import cli
 from rftjax import errors
@@ -31,21 +36,32 @@ from rftjax import weights
 
 # What rftjax.train writes into a run directory besides config.json (which an export would replace).
 RUN_FILES = ('checkpoints', 'metrics.jsonl', 'events.jsonl')
+# What export writes last: a folder holding it is an export (which one it says), replaced whole by the next export.
+MARKER = 'rftjax_export.json'
 
 
-def check_not_a_run(out) -> None:
-  """An export into a run directory would replace the run's config.json, which evaluate, report and a resume read:
-  ConfigError naming the folder and what makes it a run. A folder holding an earlier export (a Hugging Face
-  config.json, which has `model_type`) may be written over."""
+def check_out_folder(out, base: str | None = None) -> None:
+  """`--out` may be written: missing, empty, or an earlier export's (it holds MARKER), and not `base` (the model the
+  export reads, or a LoRA run's base: an export there would replace the weights the run's adapters apply to).
+  Anything else is a ConfigError naming what is there: an export replaces the whole folder."""
   out = pathlib.Path(out)
+  if base and base.startswith('hf:') and out.absolute().resolve() == pathlib.Path(base[3:]).absolute().resolve():
+    raise errors.ConfigError(
+      f'--out={out}: that is the model this export reads ({base}), which the run also needs (a LoRA run applies its '
+      f'adapters to it); expected another folder, e.g. --out={out}-exported'
+    )
+  if not out.is_dir() or (out / MARKER).is_file():
+    return
+  entries = sorted(p.name for p in out.iterdir())
+  if not entries:
+    return
   found = [f'{n}/' if (out / n).is_dir() else n for n in RUN_FILES if (out / n).exists()]
   config = out / 'config.json'
   if config.is_file():
     try:
-      exported = runfs.config_kind(json.loads(config.read_text())) == 'export'
+      if runfs.config_kind(json.loads(config.read_text())) != 'export':
+        found.append('config.json without model_type')
     except (OSError, ValueError):
-      exported = False
-    if not exported:
       found.append('config.json without model_type')
   if found:
     raise errors.ConfigError(
@@ -53,6 +69,36 @@ def check_not_a_run(out) -> None:
       f"run's config.json, which evaluate, report and a resume read; expected a new folder or an earlier export's, "
       f'e.g. --out={out}-hf'
     )
+  shown = ', '.join(entries[:6]) + (f', ... ({len(entries)} in all)' if len(entries) > 6 else '')
+  raise errors.ConfigError(
+    f'--out={out}: a folder of other files ({shown}) without {MARKER}, so no export of rftjax (an older one wrote '
+    'none: delete it to reuse the name); an export replaces the whole folder; expected a new or empty folder, or an '
+    'earlier export'
+  )
+
+
+def write_folder(out, write: Callable[[pathlib.Path], Any], provenance: dict) -> pathlib.Path:
+  """Calls write(tmp) on a new folder beside `out`, adds MARKER (`provenance`: what the folder holds), then puts
+  it in `out`'s place. An interrupted or failed export leaves `out` as it was; a replaced export leaves none of
+  its files behind (an adapter beside merged weights made transformers apply it on load)."""
+  out = pathlib.Path(out).absolute()
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.partial-', dir=out.parent))
+  old = out.parent / f'.{out.name}.old-{tmp.name.rsplit("-", 1)[-1]}'
+  try:
+    write(tmp)
+    (tmp / MARKER).write_text(json.dumps(provenance, indent=2) + '\n')
+    tmp.chmod(0o755)  # mkdtemp's folder is the user's alone; a model server may run as another
+    if out.exists():
+      out.rename(old)
+    tmp.rename(out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old.exists() and not out.exists():  # between the two renames: the earlier export goes back
+      old.rename(out)
+    raise
+  shutil.rmtree(old, ignore_errors=True)
+  return pathlib.Path(out)
 
 
 def main(argv=None) -> int:
@@ -60,7 +106,7 @@ def main(argv=None) -> int:
   p.add_argument(
     '--out',
     required=True,
-    help='output folder (made if missing; an earlier export in it is replaced; a run directory is refused)',
+    help='output folder: new, empty or an earlier export (replaced whole); other folders are refused',
   )
   p.add_argument('--init', help='gguf:PATH, gguf:gemma3-270m, gguf:smollm2-135m or hf:DIR')
   p.add_argument('--model', help='with --init: model preset (e.g. gemma3_270m); default: read from the file')
@@ -84,7 +130,8 @@ def main(argv=None) -> int:
 
   def body() -> int:
     cli.check_out(args.out, folder=True)  # before loading: the model may take minutes
-    check_not_a_run(args.out)
+    if pathlib.Path(args.out).exists():  # the export is written beside it, then takes its place
+      cli.check_out(pathlib.Path(args.out).absolute().parent, folder=True, label=f'--out={args.out}')
     if args.workdir:
       config = runfs.read_config(args.workdir)
       if args.adapter and not config.get('lora', {}).get('rank'):
@@ -99,6 +146,7 @@ def main(argv=None) -> int:
     else:
       config = loader.model_spec(model=args.model or '', init=args.init, tokenizer=args.tokenizer or '')
       source = args.init
+    check_out_folder(args.out, config.get('init') or None)
     # one device, params only; a folder with no tokenizer files exports the model alone
     step = 'best' if args.step is None else args.step
     loaded = loader.load(config, workdir=args.workdir, step=step, tokenizer_required=bool(args.tokenizer))
@@ -107,8 +155,21 @@ def main(argv=None) -> int:
     if loaded.step is not None:
       source = f'{source} step {loaded.step}'
     cfg = loaded.cfg
+    provenance = {
+      'source': str(args.workdir or args.init),
+      'step': loaded.step,
+      'kind': 'adapter' if args.adapter else 'merged' if cfg.lora else 'model',
+      'base': config.get('init') or None,
+      'dtype': args.dtype,  # None: the params' own
+      'exported_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+    }
     if args.adapter:
-      out = weights.export_peft(loaded.params['lora'], cfg, args.out, base_model=config.init, dtype=args.dtype)
+      adapters = loaded.params['lora']
+      out = write_folder(
+        args.out,
+        lambda tmp: weights.export_peft(adapters, cfg, tmp, base_model=config.init, dtype=args.dtype),
+        provenance,
+      )
       print(f'exported the adapters of {source} (rank {cfg.lora.rank}, on {config.init}) to {out}')
       if not config.init.startswith('hf:'):  # adapter_config.json names a base transformers cannot resolve
         print(
@@ -119,7 +180,10 @@ def main(argv=None) -> int:
         )
       return 0
     params = lora.merge(loaded.params, cfg.lora) if cfg.lora else loaded.params
-    out = weights.export_hf(params, model.base_config(cfg), args.out, loaded.tokenizer, dtype=args.dtype)
+    base = model.base_config(cfg)
+    out = write_folder(
+      args.out, lambda tmp: weights.export_hf(params, base, tmp, loaded.tokenizer, dtype=args.dtype), provenance
+    )
     print(f'exported {source} ({cfg.name}{", adapters merged" if cfg.lora else ""}) to {out}')
     return 0
 

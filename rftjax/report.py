@@ -53,7 +53,9 @@ def run_config(workdir) -> dict:
   logs = [n for n in ('metrics.jsonl', 'events.jsonl') if (workdir / n).is_file()]
   if logs and not (workdir / 'config.json').is_file():
     return {}
-  config = runfs.read_config(workdir).to_dict()  # neither: "no config.json there; expected a run directory ..."
+  config = runfs.read_config(
+    workdir, model_ok=True
+  ).to_dict()  # neither: "no config.json there; expected a run directory ..."
   if runfs.config_kind(config) != 'export':
     return config
   what = f"--workdir={workdir}: its config.json is a Hugging Face model's (model_type {config['model_type']!r})"

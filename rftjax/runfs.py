@@ -46,8 +46,9 @@ def path(p: str | os.PathLike) -> epath.Path:
   return out if is_remote(p) else out.absolute()
 
 
-def read_config(workdir: str | os.PathLike):
-  """The run's `config.json` as a ConfigDict (what the trainer wrote at start-up); ConfigError when absent."""
+def read_config(workdir: str | os.PathLike, model_ok: bool = False):
+  """The run's `config.json` as a ConfigDict (what the trainer wrote at start-up); ConfigError when absent, or when
+  it is a Hugging Face model's (an export's) unless `model_ok`."""
   import json
 
   import ml_collections
@@ -56,13 +57,21 @@ def read_config(workdir: str | os.PathLike):
 
   file = path(workdir) / 'config.json'
   if not file.is_file():
+    adapter = ' (it holds adapter_config.json: a PEFT adapter, whose run directory is what to give)'
     raise errors.ConfigError(
       f'--workdir={workdir}: no {file.name} there; expected a run directory written by rftjax.train'
+      f'{adapter if (path(workdir) / "adapter_config.json").is_file() else ""}'
     )
   try:
-    return ml_collections.ConfigDict(json.loads(file.read_text()))
+    found = json.loads(file.read_text())
   except ValueError as e:
     raise errors.ConfigError(f'{file}: not valid JSON ({e})') from None
+  if not model_ok and config_kind(found) == 'export':
+    raise errors.ConfigError(
+      f"--workdir={workdir}: its config.json is a Hugging Face model's (model_type {found['model_type']!r}), not "
+      f"a run's; expected a run directory written by rftjax.train (a model folder is given as --init=hf:{workdir})"
+    )
+  return ml_collections.ConfigDict(found)
 
 
 def config_kind(found) -> str:

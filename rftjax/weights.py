@@ -202,7 +202,13 @@ class _HFSource:
     self.dir = pathlib.Path(directory)
     self.spec = f'hf:{directory}'
     if not (self.dir / 'config.json').is_file():
-      raise FileNotFoundError(f'{self.spec}: no config.json in {self.dir}')
+      adapter = (self.dir / 'adapter_config.json').is_file()
+      raise FileNotFoundError(
+        f'{self.spec}: no config.json in {self.dir}'
+        + (
+          ': it holds a PEFT adapter, not a model (its run directory is --workdir; its base, --init)' if adapter else ''
+        )
+      )
     try:
       self.config = json.loads((self.dir / 'config.json').read_text())
     except ValueError as e:  # UnicodeDecodeError too

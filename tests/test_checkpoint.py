@@ -127,6 +127,32 @@ def test_a_checkpoint_of_other_shapes_is_refused_before_any_read(tmp_path):
     assert reader.restore_params(1, _abstract(params['params']))['lora']['a'][0, :2].tolist() == [1.0, 1.0]
 
 
+def test_a_step_deleted_while_it_is_read_is_said_to_be_gone(tmp_path):
+  """A run still training deletes the steps its keep policy drops: an export or sample reading one got a TypeError."""
+  import shutil
+
+  params = {'params': {'lora': {'a': jnp.ones((3, 16))}}, 'step': jnp.asarray(1)}
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, params, extra={}, metrics={'valid_reward_mean': 0.5})
+    ckpt.save(2, params, extra={}, metrics={'valid_reward_mean': 0.4})
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as reader:
+    shutil.rmtree(tmp_path / '1' / 'state')  # between the listing and the read
+    with pytest.raises(FileNotFoundError, match=r'^checkpoint 1 is gone from .*; run the command again, or pick'):
+      reader.restore_params(1, _abstract(params['params']))
+    real = checkpoint._stored_tree
+
+    def deleted_meanwhile(path):
+      shutil.rmtree(tmp_path / '2')
+      return real(path)
+
+    checkpoint._stored_tree = deleted_meanwhile
+    try:
+      with pytest.raises(FileNotFoundError, match=r'^checkpoint 2 is gone from '):
+        reader.restore_params(2, _abstract(params['params']))
+    finally:
+      checkpoint._stored_tree = real
+
+
 def _realistic_state():
   params = {
     'embed': jax.random.normal(jax.random.key(0), (16, 8)),

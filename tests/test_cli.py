@@ -507,6 +507,16 @@ def test_report_of_no_run_is_the_error_evaluate_gives(run_dir, tmp_path, in_repo
     'written by rftjax.train\n'  # fmt: skip
   assert report.main([f'--workdir={hf}', '--format=openai']) == 2
   assert capsys.readouterr().err.startswith(f"error: --workdir={hf}: its config.json is a Hugging Face model's")
+  # an exported model given where a run goes: the same words from every command, with the flag that takes it
+  prompts = write_jsonl(tmp_path / 'p.jsonl', [{'text': 'x'}])
+  for main, more in ((export.main, [f'--out={tmp_path / "again"}']),
+                     (sample.main, [f'--prompts={prompts}', f'--out={tmp_path / "s.jsonl"}']),
+                     (evaluate.main, [f'--data={prompts}'])):  # fmt: skip
+    assert main([f'--workdir={hf}', *more]) == 2
+    assert capsys.readouterr().err == (
+      f"error: --workdir={hf}: its config.json is a Hugging Face model's (model_type 'llama'), not a run's; "
+      f'expected a run directory written by rftjax.train (a model folder is given as --init=hf:{hf})\n'
+    )
 
 
 def test_report_refuses_json_with_another_format(run_dir, capsys):

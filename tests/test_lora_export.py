@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -196,3 +197,49 @@ def test_export_cli_adapter(tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and 'is a full fine-tuning run' in err, err
   assert not (tmp_path / 'x').exists()
+
+
+def test_export_replaces_an_earlier_export_whole_and_refuses_other_folders(tmp_path, capsys, monkeypatch):
+  """An adapter left beside merged weights is applied by transformers on load; a LoRA run's own hf: base written
+  over would get its adapters twice; an interrupted export must not leave new and old files mixed."""
+  from rftjax import export
+
+  cfg = CASES['qwen2_qv']
+  params = _random_params(cfg, seed=4)
+  base = weights.export_hf(lora.split(params)[1], model.base_config(cfg), tmp_path / 'base')
+  run = _run_dir(
+    tmp_path / 'lora_run', f'hf:{base}', dict(rank=4, alpha=8.0, targets=['q', 'v']), {'lora': params['lora']}
+  )
+  out = tmp_path / 'out'
+  assert export.main([f'--workdir={run}', f'--out={out}']) == 0
+  assert (out / 'model.safetensors').is_file()
+  marker = json.loads((out / export.MARKER).read_text())
+  assert (marker['source'], marker['kind'], marker['base']) == (str(run), 'merged', f'hf:{base}')
+  assert export.main([f'--workdir={run}', '--adapter', f'--out={out}']) == 0
+  assert sorted(p.name for p in out.iterdir()) == ['adapter_config.json', 'adapter_model.safetensors', export.MARKER]
+  assert json.loads((out / export.MARKER).read_text())['kind'] == 'adapter'
+  capsys.readouterr()
+
+  before = (base / 'model.safetensors').read_bytes()
+  assert export.main([f'--workdir={run}', f'--out={base}']) == 2
+  assert capsys.readouterr().err == (
+    f'error: --out={base}: that is the model this export reads (hf:{base}), which the run also needs (a LoRA run '
+    f'applies its adapters to it); expected another folder, e.g. --out={base}-exported\n'
+  )
+  assert (base / 'model.safetensors').read_bytes() == before
+  mine = tmp_path / 'project'
+  mine.mkdir()
+  (mine / 'README.md').write_text('mine')
+  assert export.main([f'--workdir={run}', f'--out={mine}']) == 2
+  assert capsys.readouterr().err.startswith(f'error: --out={mine}: a folder of other files (README.md) without ')
+  assert [p.name for p in mine.iterdir()] == ['README.md']
+
+  def interrupted(params, cfg, out_dir, *args, **kwargs):
+    (pathlib.Path(out_dir) / 'config.json').write_text('{}')  # half an export
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(weights, 'export_hf', interrupted)
+  assert export.main([f'--workdir={run}', f'--out={out}']) == 130
+  assert capsys.readouterr().err.endswith('interrupted\n')
+  assert sorted(p.name for p in out.iterdir()) == ['adapter_config.json', 'adapter_model.safetensors', export.MARKER]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['base', 'lora_run', 'out', 'project']  # no partial folder
