@@ -95,6 +95,9 @@ def parse_line(line: str, where: str) -> Example:
     calls = m.get('tool_calls') if m['role'] == 'assistant' else None
     if 'content' not in m and not calls:
       raise DataError(f'{at}: missing "content"')
+    if m.get('content') is None and not calls:  # OpenAI allows null only beside an assistant's tool calls
+      raise DataError(f'{at}: "content" is null; expected a string or a list of text parts (null only for an '
+                      'assistant message with "tool_calls")')  # fmt: skip
     # OpenAI's developer role is the system prompt of chat templates (none has a developer role)
     msg = {
       'role': 'system' if m['role'] == 'developer' else m['role'],

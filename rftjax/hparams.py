@@ -110,11 +110,13 @@ def _get(config, dotted: str):
 
 
 def deciding_key(config, native: str) -> str:
-  """The key that decided `native` in a resolved config: its OpenAI-style field when one did, else itself."""
+  """The key that decided `native` in a resolved config: its OpenAI-style field when one did (in the job file that
+  gave it, if one did), else itself."""
   resolved = json.loads(config.get('openai', {}).get('resolved') or '{}')
   field = next((f for f, n in NATIVE.items() if n == native), None)
   if native in resolved and field is not None:
-    return f'config.openai.{field}'
+    job = config.openai.get('job')
+    return f'method.reinforcement.hyperparameters.{field} in {job}' if job else f'config.openai.{field}'
   return f'config.{native}'
 
 

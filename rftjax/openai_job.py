@@ -26,6 +26,7 @@ from typing import Any
 from rftjax import errors
 from rftjax import graders
 from rftjax import hparams
+from rftjax import pretrained
 from rftjax import runfs
 
 log = logging.getLogger('rftjax')
@@ -88,7 +89,17 @@ class Job:
 
   def file(self, key: str) -> str | None:
     """training_file / validation_file: a relative path is relative to the job file's folder."""
-    value = self.body.get(key)
+    return self._relative(self.body.get(key))
+
+  def init(self) -> str:
+    """A `model` that is a file (gguf:PATH, hf:DIR) with its path relative to the job file's folder, as the data
+    files' are; gguf:NAME shorthands as they are."""
+    kind, _, where = self.body['model'].partition(':')
+    if kind == 'gguf' and where in pretrained.SHORTHANDS:
+      return self.body['model']
+    return f'{kind}:{self._relative(where)}'
+
+  def _relative(self, value: str | None) -> str | None:
     if value is None or runfs.is_remote(value) or pathlib.Path(value).is_absolute():
       return value
     return str(pathlib.Path(self.path).parent / value)
@@ -161,8 +172,12 @@ def read(path: str | pathlib.Path) -> Job:
   for key, value in (body.get('metadata') or {}).items():
     if not isinstance(value, str):
       _fail(path, f'metadata.{key}', value, 'a string (OpenAI metadata values are strings)')
+  if isinstance(body.get('seed'), int) and not isinstance(body['seed'], bool) and body['seed'] < 0:
+    _fail(path, 'seed', body['seed'], 'an integer >= 0 or null')
   for key in ('training_file', 'validation_file'):
     value = body.get(key)
+    if isinstance(value, str) and not value.strip():
+      _fail(path, key, value, 'a path (local or gs://)' + (' or null' if key == 'validation_file' else ''))
     if isinstance(value, str) and value.startswith('file-') and '/' not in value and '.' not in value:
       raise JobError(
         f'{path}: {key}: {value!r} is an OpenAI file ID; expected a path: download the file '
@@ -198,8 +213,8 @@ def apply(config, job: Job, explicit=()) -> Any:
 
   with c.unlocked():
     model = body['model']
-    if model.startswith(INIT_KINDS) and model != c.get('init'):
-      put('init', model, 'model')
+    if model.startswith(INIT_KINDS) and job.init() != c.get('init'):
+      put('init', job.init(), 'model')
       put('model', '', 'model')  # the architecture is read from the init file
       put('tokenizer', '', 'model')  # and so is its tokenizer
     put('data.train', job.file('training_file'), 'training_file')

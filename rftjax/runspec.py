@@ -362,7 +362,12 @@ def check_resume(config, previous: dict, workdir) -> list[str]:
       f'--workdir={workdir} holds checkpoints of another run ({diff}); resuming it needs the same model, data and '
       'grader: choose a new --workdir (or delete that one to start over)'
     )
-  return [f'{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}' for k in changed if k != 'total_steps']
+  # total_steps: how a run is continued; openai.resolved: a JSON record of what the changed fields resolved to
+  return [
+    f'{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}'
+    for k in changed
+    if k not in ('total_steps', 'openai.resolved')
+  ]
 
 
 # ---- the run description ---------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ GOOD = json.dumps({'messages': [{'role': 'user', 'content': 'hi'}], 'answer': '1
     ('{"answer": 1}', r'd.jsonl:3: field "messages" must be a non-empty list .* \(missing\)'),
     ('{"messages": [{"role": "robot", "content": "x"}]}', r'd.jsonl:3: messages\[0\]: "role" must be one of'),
     ('{"messages": [{"role": "user"}]}', r'd.jsonl:3: messages\[0\]: missing "content"'),
+    ('{"messages": [{"role": "user", "content": null}]}', r'd.jsonl:3: messages\[0\]: "content" is null; expected'),
     (
       '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
       r'd.jsonl:3: the last message must come from "user"',

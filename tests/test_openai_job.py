@@ -110,6 +110,9 @@ H = 'method.reinforcement.hyperparameters'
     ({'training_file': 'file-abc123'}, "training_file: 'file-abc123' is an OpenAI file ID; expected a path"),
     ({'model': 'o4-mini'}, "model: found 'o4-mini', expected an init spec (gguf:PATH, gguf:NAME, hf:DIR) or a config"),
     ({'seed': True}, 'seed: found true, expected an integer or null'),
+    ({'seed': -1}, 'seed: found -1, expected an integer >= 0 or null'),
+    ({'training_file': ''}, "training_file: found '', expected a path (local or gs://)"),
+    ({'validation_file': ' '}, "validation_file: found ' ', expected a path (local or gs://) or null"),
     ({'metadata': {'team': 1}}, 'metadata.team: found 1, expected a string'),
     ({'suffix': 'a b'}, "suffix: found 'a b', expected at most 64 letters, digits, - and _"),
     ({'trainig_file': 'x'}, 'trainig_file: unknown field; did you mean training_file?'),
@@ -208,6 +211,13 @@ def test_nulls_and_the_default_effort_are_the_apis_defaults(tmp_path):
     assert hparams._get(resolved, key) == hparams._get(expected, key), key
 
 
+def test_a_jobs_hyperparameter_is_named_in_its_file_where_it_decides(tmp_path):
+  job = openai_job.read(write_job(tmp_path, **{f'{H}.n_epochs': 1}))
+  resolved = hparams.apply(openai_job.apply(tiny.get_config(), job), 2000)
+  assert hparams.deciding_key(resolved, 'total_steps') == f'{H}.n_epochs in {job.path}'
+  assert hparams.deciding_key(resolved, 'seed') == 'config.seed'
+
+
 def test_a_job_without_validation_file_says_which_file_validates(tmp_path, caplog):
   job = openai_job.read(write_job(tmp_path, validation_file=None))
   with caplog.at_level('INFO', logger='rftjax'):
@@ -224,6 +234,9 @@ def test_relative_paths_are_relative_to_the_job_file(tmp_path):
   job = openai_job.read(path)
   assert job.file('training_file') == str(tmp_path / 'data/t.jsonl')
   assert job.file('validation_file') == 'gs://bucket/v.jsonl'
+  for model, init in (('gguf:models/m.gguf', f'gguf:{tmp_path}/models/m.gguf'), ('hf:/abs/dir', 'hf:/abs/dir'),
+                      ('gguf:smollm2-135m', 'gguf:smollm2-135m')):  # fmt: skip
+    assert openai_job.read(write_job(tmp_path, model=model)).init() == init
 
 
 def test_an_init_model_uses_the_generic_config_and_reads_the_architecture(tmp_path):
@@ -305,3 +318,13 @@ def test_a_data_line_without_a_graded_field_is_named_by_the_jobs_grader_path(tmp
     f"{valid}:2 has no such field: item has no key 'answer' (2 of its 3 lines lack it); expected every data line "
     'to have it'
   ]
+
+
+def test_a_resume_with_another_n_epochs_lists_the_field_not_the_resolved_record(tmp_path):
+  """config.openai.resolved is a JSON string of every resolved value: it made the warning a wall of escapes."""
+  from rftjax import runspec
+
+  runs = [hparams.apply(openai_job.apply(tiny.get_config(), openai_job.read(write_job(tmp_path, **{
+    f'{H}.n_epochs': n}))), 2000) for n in (1, 2)]  # fmt: skip
+  previous = json.loads(runs[0].to_json_best_effort())
+  assert runspec.check_resume(runs[1], previous, tmp_path) == ['eval_interval 7 -> 13', 'openai.n_epochs 1 -> 2']
