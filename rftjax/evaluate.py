@@ -222,6 +222,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
         'reward': grade['reward'],
         'sub_rewards': grade['sub_rewards'],
         'errors': grade['errors'],
+        **{k: grade['metadata'][k] for k in ('response_format_error',) if k in grade['metadata']},
         'passed': bool(r.reward >= threshold),
         **({'transcript': o['transcript']} if 'transcript' in o else {}),
       }

@@ -153,8 +153,14 @@ def main(argv: list[str] | None = None) -> int:
       graders.check_items(spec, data, grader_at)
     except errors.UserError as e:
       _fail(str(e))
+  fmt = None
+  if grader_at == 'method.reinforcement.grader':  # a job file: its completions must match its format, as in training
+    from rftjax import response_format
+
+    job = errors.read_json_file(args.grader, errors.UserError, f'--grader={args.grader}')
+    fmt = response_format.make(job['method']['reinforcement'].get('response_format'))
   pool = graders.GradingPool(args.num_workers, args.timeout_s, budget_s=args.budget_s,
-                             allow_unsandboxed=args.allow_unsandboxed)  # fmt: skip
+                             allow_unsandboxed=args.allow_unsandboxed, response_format=fmt)  # fmt: skip
   with pool:
     results = pool.grade(grader, texts, items)
   if modes[0]:

@@ -214,6 +214,7 @@ class Validation:
       records = [
         {'source': ex.source, 'item': data_lib.reference(ex), 'completion': c['text'], 'reward': res.reward,
          'sub_rewards': res.sub_rewards, 'errors': [e.category for e in res.errors],
+         **{k: res.metadata[k] for k in ('response_format_error',) if k in res.metadata},
          **({'transcript': c['transcript']} if 'transcript' in c else {})}
         for ex, (c, res) in zip(self.examples, rows)
       ]  # fmt: skip

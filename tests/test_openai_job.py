@@ -265,6 +265,8 @@ def test_the_job_trains_unchanged_and_a_typo_stops_it_at_start_up(tmp_path, monk
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rows if 'train_reward_mean' in r] == [1, 2]
   assert all('train/response_format_valid' in r for r in rows if 'train_reward_mean' in r)
+  kept = [json.loads(line) for line in (workdir / 'samples' / 'valid_step000000.jsonl').read_text().splitlines()]
+  assert all(r['response_format_error'].startswith('not a JSON object or array') for r in kept)  # 1-token answers
   capsys.readouterr()
 
   typo = write_job(tmp_path, **{f'{H}.n_epochs': None, f'{H}.n_epoch': 'auto'})
@@ -302,6 +304,18 @@ def test_the_pool_grades_only_completions_that_match_the_format():
   assert not any(r.errors for r in res)  # a format miss is the model's, not the grader's: it never stops a run
   assert res[2].metadata['response_format_error'] == "not a JSON object or array: 'seven'"
   assert graders.summarize(res, 'train')['train/response_format_valid'] == 0.5
+
+
+def test_grade_with_a_job_file_checks_its_response_format_as_training_does(tmp_path, capsys):
+  from rftjax import grade
+
+  g = {'type': 'string_check', 'input': '{{sample.output_json.answer}}', 'reference': '{{item.a}}', 'operation': 'eq'}
+  path = write_job(tmp_path, **{'method.reinforcement.grader': g})
+  for sample, reward, why in (('{"answer": "8"}', 1.0, None), ('{"answer": 8}', 0.0, 'answer: 8 is not of type')):
+    assert grade.main([f'--grader={path}', f'--sample={sample}', '--item={"a": "8"}']) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out['reward'] == reward and out['errors'] == []
+    assert why is None or why in out['metadata']['response_format_error'], out
 
 
 def test_a_data_line_without_a_graded_field_is_named_by_the_jobs_grader_path(tmp_path, monkeypatch, capsys):
