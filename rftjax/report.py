@@ -141,6 +141,11 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   events = metrics_lib.read_jsonl(workdir / 'events.jsonl')
   status, said = _status(events, steps_on_disk[-1] if steps_on_disk else out['steps_done'], out['total_steps'])
   out['status'] = status
+  holder = runfs.lock_holder(workdir) if status == 'running' and not runfs.is_remote(workdir) else None
+  if holder:  # the trainer's lock file: whether it still runs, on this host
+    out['status'] = {True: 'running', False: 'stopped', None: 'running'}[holder[1]]
+    out['status_message'] = {True: holder[0], False: f'{holder[0]} ended without a word (killed?)',
+                             None: f'{holder[0]} (another host: not checked)'}[holder[1]]  # fmt: skip
   if status in ('failed', 'cancelled') and said:
     out['status_message'] = said.get('message', '')
   train_errors = [r['train/error_rate'] for r in train if r.get('train/error_rate') is not None]
@@ -188,7 +193,9 @@ def _fmt(v) -> str:
 
 
 def table(s: dict) -> str:
-  status = {'running': 'running, or stopped without a word (killed?)'}.get(s['status'], s['status'])
+  status = s['status']
+  if status == 'running' and not s.get('status_message'):  # no lock file of this host's trainer to ask
+    status = 'running, or stopped without a word (killed?)'
   rows = [
     ('run', s['workdir']),
     ('status', f'{status}: {s["status_message"]}' if s.get('status_message') else status),

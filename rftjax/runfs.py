@@ -109,6 +109,61 @@ def previous_run(workdir: str | os.PathLike) -> tuple[dict | None, bool]:
   return found, ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
 
 
+LOCK = '.train.lock'  # held by the trainer using a local run folder; the OS lets it go when the process ends
+
+
+def lock(folder: str | os.PathLike):
+  """An exclusive lock on a local run folder for as long as the returned file stays open: two trainers in one
+  folder would write over each other's checkpoints and logs. ConfigError naming the holder (process, host, start)
+  when another process has it. flock: released when the holder exits, however it exits (a crash, SIGKILL)."""
+  import datetime
+  import fcntl
+  import socket
+
+  from rftjax import errors
+
+  file = open(pathlib.Path(folder) / LOCK, 'a+')  # noqa: SIM115 - held open: that is the lock
+  try:
+    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    file.seek(0)
+    holder = file.read().strip() or 'another process'
+    file.close()
+    raise errors.ConfigError(
+      f'--workdir={folder}: {holder} is training in it; expected no other trainer there (stop that one, or give '
+      'this run another --workdir)'
+    ) from None
+  file.seek(0)
+  file.truncate()
+  started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+  file.write(f'process {os.getpid()} on {socket.gethostname()} (started {started})')
+  file.flush()
+  return file
+
+
+def lock_holder(folder: str | os.PathLike) -> tuple[str, bool | None] | None:
+  """(what the run folder's lock file says, whether its process is alive: None when it ran on another host), or
+  None without a lock file. Takes no lock (a trainer starting meanwhile must not find it held)."""
+  import re
+  import socket
+
+  file = pathlib.Path(folder) / LOCK
+  try:
+    said = file.read_text().strip()
+  except OSError:
+    return None
+  m = re.match(r'process (\d+) on (\S+) ', said)
+  if not m or m.group(2) != socket.gethostname():
+    return said, None
+  try:
+    os.kill(int(m.group(1)), 0)
+  except ProcessLookupError:
+    return said, False
+  except PermissionError:  # another user's live process
+    pass
+  return said, True
+
+
 class RunDir:
   """`local` is where run files are written; `remote` is the workdir; `sync()` makes the second match the first.
 

@@ -77,8 +77,10 @@ def _checked(config, workdir, explicit) -> dict:
     run = runfs.RunDir(workdir, sync_interval_s=config.sync_interval_s)
   except OSError as e:
     raise errors.ConfigError(f'--workdir={workdir}: cannot write there ({e})') from None
-  with run:
+  with run, contextlib.ExitStack() as held:
     if not runfs.is_remote(workdir):  # a pod slice's hosts must share it (a hang at the first checkpoint otherwise)
+      if jax.process_index() == 0:  # one trainer per folder (a gs:// workdir is not locked: docs/checkpoints.md)
+        held.enter_context(runfs.lock(run.local))
       multihost.check_shared_folder(run.local)
     return _train(config, spec, run, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts, changed)
 

@@ -580,3 +580,27 @@ def test_docs_name_every_flag_in_the_commands_section(module, capsys, monkeypatc
   heading = re.compile(rf'rftjax\.{module}\b' + (r'|Loading a model' if module in ('sample', 'evaluate') else ''))
   doc = '\n'.join(s for s in sections if heading.search(s.split('\n')[0]))
   assert flags and doc and sorted(f for f in flags if not re.search(rf'--{f}\b', doc)) == []
+
+
+def test_report_asks_the_lock_file_whether_a_run_without_an_ending_still_runs(tmp_path):
+  """events.jsonl says 'running' until the trainer says otherwise: a killed one never does. Its lock file's process
+  tells the two apart on the host it ran on."""
+  import os
+  import socket
+  import subprocess
+
+  from rftjax import runfs
+
+  (tmp_path / 'config.json').write_text(json.dumps({'total_steps': 5}))
+  write_jsonl(tmp_path / 'metrics.jsonl', [{'step': 1, 'train_reward_mean': 0.2}])
+  assert report.summarize(tmp_path)['status'] == 'running' and 'status_message' not in report.summarize(tmp_path)
+  held = runfs.lock(tmp_path)  # this process: alive
+  s = report.summarize(tmp_path)
+  assert s['status'] == 'running' and s['status_message'].startswith(f'process {os.getpid()} on ')
+  held.close()
+  dead = subprocess.Popen(['true'])
+  dead.wait()
+  (tmp_path / runfs.LOCK).write_text(f'process {dead.pid} on {socket.gethostname()} (started 2026-12-06T10:00:00)')
+  s = report.summarize(tmp_path)
+  assert s['status'] == 'stopped' and s['status_message'].endswith('ended without a word (killed?)')
+  assert 'status stopped: process' in [' '.join(line.split()) for line in report.table(s).splitlines()][1]

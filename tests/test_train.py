@@ -694,3 +694,37 @@ def test_a_stop_during_step_0_validation_keeps_it_and_the_resume_does_not_redo_i
   rows = metrics.read_jsonl(tmp_path / 'run' / 'metrics.jsonl')
   assert [r['step'] for r in rows if 'valid_reward_mean' in r] == [0, 2]
   assert [r['step'] for r in rows if 'timing/checkpoint_s' in r] == [0, 2]
+
+
+def test_a_second_trainer_in_the_same_workdir_is_refused_before_it_writes(tmp_path, in_repo):
+  """Two trainers in one folder would write over each other's checkpoints and logs; the lock goes with its process."""
+  import os
+  import socket
+  import subprocess
+  import sys
+
+  from rftjax import errors
+  from rftjax import runfs
+
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  holder = subprocess.Popen(
+    [sys.executable, '-c', 'import sys; from rftjax import runfs; held = runfs.lock(sys.argv[1]); '
+     'print(1, flush=True); sys.stdin.read()', str(workdir)],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, 'PYTHONPATH': str(REPO)},
+  )  # fmt: skip
+  try:
+    assert holder.stdout.readline().strip() == '1'
+    with pytest.raises(errors.ConfigError) as e:
+      run(tmp_path, 'run', 1)
+    assert str(e.value).startswith(f'--workdir={workdir}: process {holder.pid} on {socket.gethostname()} (started ')
+    assert str(e.value).endswith(') is training in it; expected no other trainer there (stop that one, or give '
+                                 'this run another --workdir)')  # fmt: skip
+    assert sorted(p.name for p in workdir.iterdir()) == [runfs.LOCK]  # no config.json, checkpoint or log
+    said, alive = runfs.lock_holder(workdir)
+    assert alive is True and said.startswith(f'process {holder.pid} ')
+  finally:
+    holder.kill()
+    holder.wait()
+  assert runfs.lock_holder(workdir)[1] is False  # killed: the lock went with it, the file says who it was
+  runfs.lock(workdir).close()
