@@ -117,6 +117,7 @@ def lock(folder: str | os.PathLike):
   folder would write over each other's checkpoints and logs. ConfigError naming the holder (process, host, start)
   when another process has it. flock: released when the holder exits, however it exits (a crash, SIGKILL)."""
   import datetime
+  import errno
   import fcntl
   import socket
 
@@ -125,7 +126,10 @@ def lock(folder: str | os.PathLike):
   file = open(pathlib.Path(folder) / LOCK, 'a+')  # noqa: SIM115 - held open: that is the lock
   try:
     fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
+  except OSError as e:
+    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without locks (FUSE mounts)
+      log.warning('--workdir=%s: cannot lock it (%s): a second trainer there would not be stopped', folder, e)
+      return file
     file.seek(0)
     holder = file.read().strip() or 'another process'
     file.close()
