@@ -112,7 +112,8 @@ HOSTILE = {
     'import resource\ndef grade(s, i):\n  resource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n  return 1.0\n',
     'python_grader_runtime',
   ),
-  'import_error': ('import not_a_module_xyz\ndef grade(s, i):\n  return 1.0\n', 'python_grader_runtime'),
+  # (a top-level import of a missing module is refused when the grader is built: tests/test_graders.py)
+  'import_error': ('def grade(s, i):\n  import not_a_module_xyz\n  return 1.0\n', 'python_grader_runtime'),
 }
 
 

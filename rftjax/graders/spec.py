@@ -356,8 +356,10 @@ def check_items(spec: Any, rows: Sequence[tuple[str, dict]], where: str | None =
       lines = sum(1 for where, _ in rows if file(where) == file(line))
       lacking = sum(1 for where, _ in missing if file(where) == file(line))
       elsewhere = len(missing) - lacking
-      more = f' ({lacking} of its {lines} lines lack it' if lacking > 1 else ' (its only line without it'
-      more += f', and {elsewhere} line{"s" * (elsewhere > 1)} of other files)' if elsewhere else ')'
+      more = f' ({lacking} of its {lines} lines lack it' if lacking > 1 else ''
+      if elsewhere:
+        more += f'{", and" if more else " (and"} {elsewhere} line{"s" * (elsewhere > 1)} of other files'
+      more += ')' if more else ''
       raise core.GraderConfigError(
         f'{field} uses {{{{{expr}}}}}, but {line} has no such field: {why.split(": ", 1)[-1]}{more}; '
         'expected every data line to have it'
