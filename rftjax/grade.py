@@ -21,6 +21,7 @@ import math
 import pathlib
 import sys
 
+from rftjax import cli
 from rftjax import data as data_lib
 from rftjax import errors
 from rftjax import graders
@@ -100,6 +101,10 @@ def _sample_text(row, where: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  return cli.run(lambda: _run(args))  # Ctrl-C and a closed stdout as in the other commands
+
+
+def _run(args) -> int:
   try:
     spec, grader_at = graders.locate(args.grader)  # its JSON path in a job or /graders/run body, or None
     checked = graders.build(spec, where=grader_at)  # every field checked before a judge loads
@@ -131,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
   if sum(modes) != 1:
     _fail('give --validate, or one sample (--sample or --sample_file, with --item), or --data with --samples')
   if modes[0]:  # every input is read and checked before the pool starts
-    text = args.sample if args.sample is not None else pathlib.Path(args.sample_file).read_text()
+    try:
+      text = args.sample if args.sample is not None else pathlib.Path(args.sample_file).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+      _fail(f'--sample_file={args.sample_file}: cannot read it ({getattr(e, "strerror", None) or e})')
     try:
       item = json.loads(args.item or '{}')
     except ValueError as e:
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
       graders.check_items(spec, data, grader_at)
     except errors.UserError as e:
       _fail(str(e))
+  if args.output:  # before the grading, which may take long
+    cli.check_out(args.output, label=f'--output={args.output}')
   fmt = None
   if grader_at == 'method.reinforcement.grader':  # a job file: its completions must match its format, as in training
     from rftjax import response_format

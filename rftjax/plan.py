@@ -516,6 +516,8 @@ def main(argv: Sequence[str]) -> int:
   def body() -> int:
     job, argv_ = cli.openai_job_argv(argv)  # (parse_job_flags would set up logging: tests call main in-process)
     fv = cli.parse_config_flags(argv_, define, required=('config',), doc=__doc__)
+    if fv.verbosity:  # (0 is what `python -m rftjax.plan` set up; tests call main in-process)
+      cli.setup_logging(fv.verbosity)
     config = fv.config
     if job is not None:  # the job's fields over the config its model names, as training applies them
       from rftjax import openai_job

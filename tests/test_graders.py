@@ -469,6 +469,16 @@ def test_cli(tmp_path):
     f'error: grader.graders.exact.reference uses {{{{item.ref}}}}, but {data}:3 has no such field: item has no '
     "key 'ref' (2 of its 3 lines lack it); expected every data line to have it\n"
   )
+  # files it cannot read or write: one line, exit 2, before any grading
+  gone = run_cli(f'--grader={good}', f'--sample_file={tmp_path / "nope.txt"}')
+  assert (gone.returncode, gone.stderr) == (
+    2, f'error: --sample_file={tmp_path / "nope.txt"}: cannot read it (No such file or directory)\n'
+  )  # fmt: skip
+  data.write_text('{"ref": "abc"}\n')
+  samples.write_text('"abc"\n')
+  folder = run_cli(f'--grader={good}', f'--data={data}', f'--samples={samples}', f'--output={tmp_path}')
+  assert (folder.returncode, folder.stdout) == (2, '')
+  assert folder.stderr == f'error: --output={tmp_path}: a folder is there; expected the name of a file to write\n'
 
 
 @pytest.mark.parametrize(
