@@ -139,6 +139,19 @@ def reference(example: Example) -> dict:
   return {k: v for k, v in example.item.items() if k != 'messages'}
 
 
+def describe(train: Sequence[Example], valid: Sequence[Example]) -> str:
+  """'2000 training examples (1269 distinct prompts) and 200 validation examples (80 also in training)': a
+  validation prompt that is also a training prompt measures what the model trained on."""
+  key = lambda ex: json.dumps([ex.messages, ex.text, ex.item.get('tools')], sort_keys=True)  # noqa: E731
+  seen = {key(ex) for ex in train}
+  again = sum(key(ex) in seen for ex in valid)
+  distinct = f' ({len(seen)} distinct prompts)' if len(seen) < len(train) else ''
+  return (
+    f'{len(train)} training example{"s" * (len(train) != 1)}{distinct} and {len(valid)} validation '
+    f'example{"s" * (len(valid) != 1)}' + (f' ({again} also in training)' if again else '')
+  )
+
+
 def encode_prompts(
   examples: Sequence[Example], tok, max_prompt_len: int | None = None, response_format=None
 ) -> list[list[int]]:
@@ -147,7 +160,7 @@ def encode_prompts(
   longer than `max_prompt_len`, is a DataError naming its line."""
   from rftjax import response_format as response_format_lib
 
-  out = []
+  out, too_long = [], []  # (source, tokens, schema note) of each prompt over max_prompt_len: all said at once
   for ex in examples:
     try:
       messages = response_format_lib.instruct(list(ex.messages), response_format)
@@ -162,11 +175,17 @@ def encode_prompts(
       if response_format is not None and ex.text is None:  # what the schema instruction adds, measured
         bare = tok.encode_prompt(list(ex.messages), tools=ex.item.get('tools') or None)
         schema = f' ({len(ids) - len(bare)} of them the response_format schema instruction)'
-      raise DataError(
-        f'{ex.source}: the prompt is {len(ids)} tokens long{schema}, more than '
-        f'config.data.max_prompt_len={max_prompt_len}; raise it or shorten the prompt'
-      )
+      too_long.append((ex.source, len(ids), schema))
     out.append(ids)
+  if too_long:
+    (source, n, schema), more = too_long[0], ''
+    if len(too_long) > 1:
+      lines = ', '.join(s.rpartition(':')[2] for s, _, _ in too_long[:10]) + (', ...' if len(too_long) > 10 else '')
+      more = f' ({len(too_long)} prompts are: lines {lines}; the longest {max(t for _, t, _ in too_long)} tokens)'
+    raise DataError(
+      f'{source}: the prompt is {n} tokens long{schema}, more than config.data.max_prompt_len={max_prompt_len}'
+      f'{more}; raise it or shorten the prompt{"s" if more else ""}'
+    )
   return out
 
 

@@ -65,8 +65,12 @@ def json_loads(text: str, error: type[UserError], label: str, in_file: bool = Tr
 
   if not in_file:  # the line's end is no part of it: an error there is at the last column, not "line 2"
     text = text.rstrip('\r\n')
+
+  def constant(name: str):  # Python's json reads NaN and Infinity, which JSON has not (and other readers refuse)
+    raise ValueError(f'{name} is not JSON; expected a number, or null')
+
   try:
-    value = json.loads(text, object_pairs_hook=unique)
+    value = json.loads(text, object_pairs_hook=unique, parse_constant=constant)
   except json.JSONDecodeError as e:
     if in_file:
       raise error(f'{label}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})') from None
@@ -76,8 +80,17 @@ def json_loads(text: str, error: type[UserError], label: str, in_file: bool = Tr
     if text.strip() in ('[', '{'):  # a pretty-printed document, not JSON Lines
       hint = '; expected JSON Lines, one object per line, not one JSON document over many lines (jq -c converts one)'
     raise error(f'{label}: not valid JSON (column {e.colno}: {why}){hint}') from None
-  except ValueError as e:  # e.g. an integer of more digits than Python converts
+  except ValueError as e:  # NaN, or an integer of more digits than Python converts
     raise error(f'{label}: not valid JSON ({e})') from None
+  if '\\ud' in text.lower():  # an escaped surrogate that pairs with none is valid JSON but no text (scraped data)
+    try:
+      json.dumps(value, ensure_ascii=False).encode('utf-8')
+    except UnicodeEncodeError as e:
+      bad = ascii(e.object[e.start : e.end])
+      raise error(
+        f'{label}: the unpaired surrogate {bad} is no Unicode text; expected text (a \\ud800-\\udfff escape only '
+        'as half of a pair)'
+      ) from None
   if repeats:
     where = {id(obj): (key, first, last) for obj, key, first, last in reversed(repeats)}  # each object's first
     at, (key, first, last) = _first(value, where, '')

@@ -60,6 +60,12 @@ def make_sampler(
   longest = max((len(p) for p in prompts), default=0)
   if longest == 0:
     raise errors.ConfigError('a prompt has no tokens; an empty text prompt needs a tokenizer that adds BOS')
+  if longest + max_new_tokens > loaded.cfg.max_seq_len:  # time and memory grow with it; the model never saw it
+    log.warning(
+      'the longest prompt is %d tokens: with %d new tokens that is %d positions, more than the context of %s (%d, '
+      'its max_seq_len); expected shorter prompts or fewer new tokens',
+      longest, max_new_tokens, longest + max_new_tokens, loaded.cfg.name, loaded.cfg.max_seq_len,
+    )  # fmt: skip
   if stop is None:
     stop = tuple(loaded.config.get('sampling', {}).get('stop', ()))
   try:

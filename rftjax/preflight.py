@@ -141,21 +141,26 @@ def estimate(m: dict, run: dict) -> dict:
 
 
 def filtered_lines(train_path: str, rows: list[dict], drop) -> tuple[list[str], dict]:
-  """The training file's lines without the measured prompts `drop` names, as written (blank lines dropped); lines
-  that were not measured (--limit) are kept. Returns (lines, counts)."""
+  """The training file's lines without the measured prompts `drop` names, as written (blank lines dropped). Only a
+  prompt whose k rewards are all equal is dropped (no GRPO signal; rewards that differ train, whatever the pass
+  threshold says of them); one whose grading failed is kept (its zeros say nothing of the prompt), as are lines not
+  measured (--limit). Returns (lines, counts)."""
   from rftjax import data as data_lib
 
-  rate = {r['source']: r['pass_rate'] for r in rows}
-  kept, counts = [], {'kept': 0, 'always_solved': 0, 'never_solved': 0, 'unmeasured_kept': 0}
+  by_source = {r['source']: r for r in rows}
+  kept, counts = [], {'kept': 0, 'always_solved': 0, 'never_solved': 0, 'unmeasured_kept': 0, 'errored_kept': 0}
   for where, line in data_lib.lines(train_path):
-    p = rate.get(where)
-    kind = None if p is None else 'never_solved' if p == 0 else 'always_solved' if p == 1 else None
+    r = by_source.get(where)
+    kind = None
+    if r is not None and not r['grading_errors'] and len({round(x, 9) for x in r['rewards']}) == 1:
+      kind = 'never_solved' if r['pass_rate'] == 0 else 'always_solved' if r['pass_rate'] == 1 else None
     if kind in drop:
       counts[kind] += 1
       continue
     kept.append(line if line.endswith('\n') else line + '\n')
     counts['kept'] += 1
-    counts['unmeasured_kept'] += p is None
+    counts['unmeasured_kept'] += r is None
+    counts['errored_kept'] += bool(r is not None and r['grading_errors'])
   return kept, counts
 
 
@@ -401,7 +406,8 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   spec = runspec.build(config, tok)
   measured = train_set[: limit or None]
   fmt = response_format.make(config.get('response_format'))  # JSON completions: the schema joins every prompt
-  prompts = data_lib.encode_prompts(measured, tok, config.data.max_prompt_len, fmt)
+  # every line is checked as train checks it (a prompt too long), though only the first --limit are measured
+  prompts = data_lib.encode_prompts(train_set, tok, config.data.max_prompt_len, fmt)[: len(measured)]
   valid_prompts = data_lib.encode_prompts(valid_set, tok, config.data.max_prompt_len, fmt)
   out = pathlib.Path(out)
   try:
@@ -496,8 +502,17 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   data_lib.write_jsonl(out / 'pass_rates.jsonl', rows_out)
   write_histogram([r['pass_rate'] for r in rows_out], samples, out / 'pass_rates.png',
                   f'{config_name or config.data.train}: {len(rows_out)} prompts x {samples} samples')  # fmt: skip
+  nothing_left = None
   if filtered_dir is not None:
     kept, counts = filtered_lines(config.data.train, rows_out, drop)
+  if filtered_dir is not None and not kept:  # a file train refuses: said once summary.json is written
+    nothing_left = (
+      f'--write_filtered={filtered_dir}: --drop={",".join(drop)} drops every training prompt '
+      f'({counts["never_solved"]} never solved, {counts["always_solved"]} always solved at k={samples}); nothing '
+      f'written there (the measurements are in {out}); expected prompts left to train on: a larger --samples, '
+      'another --drop, or easier data'
+    )
+  elif filtered_dir is not None:
     filtered_dir.mkdir(parents=True, exist_ok=True)
     tmp = filtered_dir / 'train.jsonl.tmp'
     tmp.write_text(''.join(kept), encoding='utf-8')
@@ -509,6 +524,8 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   summary['load_average'] = {'start': list(load_start), 'end': list(os.getloadavg())}
   summary['timing']['estimate'] = estimate(summary['timing']['measured'], summary['timing']['run'])
   (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+  if nothing_left:
+    raise errors.ConfigError(nothing_left)
   failed = graders.all_failed(results)
   if failed or sum(1 for r in results if r.errors) > config.grading.max_error_share * len(results):
     raise graders.GradingFailed(failed or graders.failure_line(results, config.grading.max_error_share, grader), [])
@@ -580,8 +597,9 @@ def main(argv=None) -> int:
     if 'filtered' in summary:
       f = summary['filtered']
       print(
-        f'wrote {f["dir"]}/train.jsonl: {f["kept"]} lines kept ({f["unmeasured_kept"]} not measured), dropped '
-        f'{f["never_solved"]} never solved and {f["always_solved"]} always solved; valid.jsonl copied unchanged',
+        f'wrote {f["dir"]}/train.jsonl: {f["kept"]} lines kept ({f["unmeasured_kept"]} not measured, '
+        f'{f["errored_kept"]} whose grading failed), dropped {f["never_solved"]} never solved and '
+        f'{f["always_solved"]} always solved (k equal rewards); valid.jsonl copied unchanged',
         file=sys.stderr,
       )
     print(f'wrote {fv.out}/pass_rates.jsonl, pass_rates.png, summary.json', file=sys.stderr)

@@ -437,6 +437,17 @@ def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
     )
     for temperature, group in ((s.temperature, config.num_generations), (config.eval_temperature, config.eval_samples))
   ]
+  positions = samplers[0].slots
+  if positions > cfg.max_seq_len:  # RoPE runs on, but past what the model was trained on (and memory grows)
+    log.warning(
+      'config.data.max_prompt_len + sampling.max_new_tokens%s = %d positions, more than %s context of %d '
+      '(max_seq_len): the model never saw positions past it; expected at most %d',
+      ' (and the turns of an episode)' if samplers[0].context_len else '',
+      positions,
+      f"{cfg.name}'s",
+      cfg.max_seq_len,
+      cfg.max_seq_len,
+    )
   return RunSpec(
     model=cfg,
     step=step,

@@ -56,7 +56,7 @@ def _checked(config, workdir, explicit) -> dict:
   train_set = data_lib.load_jsonl(config.data.train, 'config.data.train')
   config = runspec.resolve(config, len(train_set), explicit)  # a copy: OpenAI fields applied, every key checked
   valid_set = data_lib.load_jsonl(config.data.valid, 'config.data.valid')[: config.data.valid_limit or None]
-  log.info('data: %d training and %d validation examples', len(train_set), len(valid_set))
+  log.info('data: %s', data_lib.describe(train_set, valid_set))
   tools.check_data_tools([(ex.source, ex.item) for ex in train_set + valid_set], tools.load_tools(config.tools))
   grader_spec = config.grader  # its content (resolve read the file)
   # a bad field, or user code this machine cannot sandbox, fails here, before judges or the model load

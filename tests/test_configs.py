@@ -72,3 +72,34 @@ def test_smollm2_two_real_training_steps(tmp_path, monkeypatch):
   assert [r['step'] for r in rows if 'train_reward_mean' in r] == [1, 2]
   assert [r['step'] for r in rows if 'valid_reward_mean' in r] == [0, 2]
   assert all(r['train/error_rate'] == 0 for r in rows if 'train_reward_mean' in r)
+
+
+def test_positions_past_the_models_context_are_warned_about(caplog, monkeypatch):
+  """A too-long prompt's error says "raise max_prompt_len"; past the model's max_seq_len that goes where the model
+  never was."""
+  import logging
+
+  from configs import tiny
+  from rftjax import loader, runspec
+
+  monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
+  c = tiny.get_config('test').unlock()
+  c.data.max_prompt_len, c.sampling.max_new_tokens = 500, 20
+  caplog.set_level(logging.WARNING, logger='rftjax')
+  runspec.build(c, loader.load_tokenizer(c))
+  assert (
+    "config.data.max_prompt_len + sampling.max_new_tokens = 520 positions, more than tiny's context of 512 "
+    '(max_seq_len): the model never saw positions past it; expected at most 512'
+  ) in caplog.messages
+  caplog.clear()
+  c.data.max_prompt_len = 400
+  runspec.build(c, loader.load_tokenizer(c))
+  assert not caplog.messages
+  from rftjax import inference
+
+  loaded = loader.load(c, abstract=True)
+  inference.make_sampler(loaded, [[5] * 510], max_new_tokens=10)
+  assert caplog.messages == [
+    'the longest prompt is 510 tokens: with 10 new tokens that is 520 positions, more than the context of tiny (512, '
+    'its max_seq_len); expected shorter prompts or fewer new tokens'
+  ]

@@ -27,6 +27,11 @@ GOOD = json.dumps({'messages': [{'role': 'user', 'content': 'hi'}], 'answer': '1
     ('{"messages": [{"role": "robot", "content": "x"}]}', r'd.jsonl:3: messages\[0\]: "role" must be one of'),
     ('{"messages": [{"role": "user"}]}', r'd.jsonl:3: messages\[0\]: missing "content"'),
     ('{"messages": [{"role": "user", "content": null}]}', r'd.jsonl:3: messages\[0\]: "content" is null; expected'),
+    ('{"messages": [{"role": "user", "content": "x"}], "w": NaN}', r'd.jsonl:3: not valid JSON \(NaN is not JSON;'),
+    (
+      '{"messages": [{"role": "user", "content": "bad \\ud800 text"}]}',
+      r"d.jsonl:3: the unpaired surrogate '\\ud800' is no Unicode text; expected text",
+    ),
     (
       '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
       r'd.jsonl:3: the last message must come from "user"',
@@ -96,6 +101,16 @@ def test_a_prompt_too_long_says_what_the_schema_added(tmp_path):
     data.DataError, match=rf'the prompt is {plain} tokens long, more than config.data.max_prompt_len=1;'
   ):
     data.encode_prompts([ex], tok, 1, None)
+  # every prompt over the limit is counted at once, not one per rerun
+  longer = json.dumps({'messages': [{'role': 'user', 'content': 'Largest digit: ' + '1 2 3 4 ' * 5}], 'answer': '4'})
+  examples = data.load_jsonl(write(tmp_path, [GOOD, longer, GOOD, longer]))
+  longest = len(data.encode_prompts(examples[1:2], tok)[0])
+  with pytest.raises(data.DataError) as e:
+    data.encode_prompts(examples, tok, plain)
+  assert str(e.value) == (
+    f'{tmp_path / "d.jsonl"}:2: the prompt is {longest} tokens long, more than config.data.max_prompt_len={plain} '
+    f'(2 prompts are: lines 2, 4; the longest {longest} tokens); raise it or shorten the prompts'
+  )
 
 
 def test_item_is_the_whole_line_and_parts_are_joined(tmp_path):
@@ -199,3 +214,14 @@ def test_shipped_arith_data_matches_generator_and_answers_are_right(tmp_path):
       assert int(z) == eval(f'{x} {sop} {y}')
   one_digit = sum(len(r['messages'][0]['content'].split('\n')[-1].split()[0]) == 1 for r in rows)
   assert 35 <= one_digit <= 65  # about half and half
+
+
+def test_the_data_line_counts_repeated_prompts_and_validation_prompts_seen_in_training(tmp_path):
+  other = GOOD.replace('hi', 'ho')
+  train = data.load_jsonl(write(tmp_path, [GOOD, GOOD, other]))
+  (tmp_path / 'v').mkdir()
+  valid = data.load_jsonl(write(tmp_path / 'v', [GOOD, GOOD.replace('hi', 'new')]))
+  assert data.describe(train, valid) == (
+    '3 training examples (2 distinct prompts) and 2 validation examples (1 also in training)'
+  )
+  assert data.describe(train[1:], valid[1:]) == '2 training examples and 1 validation example'
