@@ -198,3 +198,35 @@ def test_an_openai_job_file_gives_the_run_it_measures(tmp_path, monkeypatch):
   rows = [json.loads(line) for line in (tmp_path / 'out' / 'pass_rates.jsonl').read_text().splitlines()]
   texts = [t for r in rows for t in r['completions']]
   assert [r['pass_rate'] for r in rows] == [sum(t == '9' for t in r['completions']) / 8 for r in rows] and texts
+
+
+def test_filtering_drops_only_prompts_without_signal_and_keeps_failed_gradings(tmp_path):
+  """Partial rewards below the pass threshold still differ, so GRPO learns from them: not 'never solved'. A prompt
+  whose grading failed scored zeros that say nothing of it."""
+  lines = [json.dumps({'messages': [{'role': 'user', 'content': str(i)}]}) for i in range(5)]
+  path = tmp_path / 't.jsonl'
+  path.write_text('\n'.join(lines) + '\n')
+  row = lambda i, rewards, errors=0: {  # noqa: E731
+    'source': f'{path}:{i}', 'rewards': rewards, 'grading_errors': errors,
+    'pass_rate': sum(r >= 1.0 for r in rewards) / len(rewards),
+  }  # fmt: skip
+  rows = [row(1, [0.5, 0.0]), row(2, [0.0, 0.0]), row(3, [1.0, 1.0]), row(4, [0.0, 0.0], errors=2)]
+  kept, counts = preflight.filtered_lines(str(path), rows, preflight.DROPS)
+  assert kept == [lines[0] + '\n', lines[3] + '\n', lines[4] + '\n']  # line 5 was not measured
+  assert counts == {'kept': 3, 'never_solved': 1, 'always_solved': 1, 'unmeasured_kept': 1, 'errored_kept': 1}
+
+
+def test_a_filter_that_leaves_nothing_writes_no_training_file(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(
+    preflight, 'filtered_lines', lambda path, rows, drop: ([], {'never_solved': 4, 'always_solved': 0})
+  )
+  argv = ['rftjax.preflight', TINY, '--samples=2', '--limit=4', f'--out={tmp_path / "out"}', '--notime_train_step',
+          '--novalidate', f'--write_filtered={tmp_path / "filtered"}']  # fmt: skip
+  assert preflight.main(argv) == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+    f'error: --write_filtered={tmp_path / "filtered"}: --drop=always_solved,never_solved drops every training '
+    f'prompt (4 never solved, 0 always solved at k=2); nothing written there (the measurements are in '
+    f'{tmp_path / "out"}); expected prompts left to train on: a larger --samples, another --drop, or easier data'
+  )
+  assert not (tmp_path / 'filtered').exists() and (tmp_path / 'out' / 'summary.json').is_file()
