@@ -152,6 +152,19 @@ def describe(train: Sequence[Example], valid: Sequence[Example]) -> str:
   )
 
 
+def _check_calls_rendered(ex: Example, messages, text: str) -> None:
+  """An earlier assistant turn's tool calls must reach the prompt: a template that renders none (SmolLM2's) would
+  show the model a tool result that answers nothing, without a word."""
+  for i, m in enumerate(messages):
+    for call in m.get('tool_calls') or ():
+      name = call['function'].get('name')
+      if isinstance(name, str) and name and name not in text:
+        raise DataError(
+          f'{ex.source}: messages[{i}].tool_calls: the chat template renders no tool calls (the prompt has no '
+          f'{name!r}); expected a template that does (docs/tools.md), or the row without them'
+        )
+
+
 def encode_prompts(
   examples: Sequence[Example], tok, max_prompt_len: int | None = None, response_format=None
 ) -> list[list[int]]:
@@ -167,9 +180,12 @@ def encode_prompts(
       if ex.text is not None:
         ids = tok.encode_text(ex.text)
       else:  # a row's `tools` (OpenAI function definitions) are rendered by the model's chat template
-        ids = tok.encode_prompt(messages, tools=ex.item.get('tools') or None)
+        text = tok.chat_text(messages, tools=ex.item.get('tools') or None)
+        ids = tok.encode(text, add_bos=tok.add_bos)
     except ValueError as e:  # e.g. the gemma template's role alternation
       raise DataError(f'{ex.source}: {e}') from None
+    if ex.text is None:
+      _check_calls_rendered(ex, messages, text)
     if max_prompt_len is not None and len(ids) > max_prompt_len:
       schema = ''
       if response_format is not None and ex.text is None:  # what the schema instruction adds, measured

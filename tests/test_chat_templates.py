@@ -487,3 +487,24 @@ def test_an_exported_sentencepiece_tokenizer_has_the_models_vocabulary(tmp_path)
   assert len(ref) == tok.vocab_size and ref.mask_token is None
   text = 'Secret? 42'
   assert ref.encode(text, add_special_tokens=False) == tok.encode(text)
+
+
+@real_weights
+def test_a_template_that_drops_earlier_tool_calls_is_an_error_naming_the_row(smollm2, qwen3, tmp_path):
+  """SmolLM2's template renders an assistant turn's tool calls as nothing: the prompt would show a tool result that
+  answers no call. Qwen3's renders them."""
+  from rftjax import data
+
+  messages, tools = TOOL_CHATS[1]
+  path = tmp_path / 'd.jsonl'
+  row = {'messages': [*messages, {'role': 'user', 'content': 'And 4 + 5?'}], 'tools': tools}
+  path.write_text(json.dumps(row) + '\n')
+  examples = data.load_jsonl(path)
+  with pytest.raises(data.DataError) as e:
+    data.encode_prompts(examples, smollm2[0])
+  assert str(e.value) == (
+    f"{path}:1: messages[1].tool_calls: the chat template renders no tool calls (the prompt has no 'add'); expected "
+    'a template that does (docs/tools.md), or the row without them'
+  )
+  (ids,) = data.encode_prompts(examples, tokenizer.load_tokenizer(f'hf:{qwen3[0]}'))
+  assert ids
