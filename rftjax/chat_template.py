@@ -251,15 +251,16 @@ def render_named(
     )
   if name == 'gemma':
     # Gemma has no system role: the system text opens the first user turn, then a blank line.
-    prefix, turns = '', messages
+    prefix, turns, skipped = '', messages, 0
     if turns[0]['role'] == 'system':
-      prefix, turns = turns[0]['content'] + '\n\n', turns[1:]
+      prefix, turns, skipped = turns[0]['content'] + '\n\n', turns[1:], 1
     out = []
     for i, m in enumerate(turns):
       if (m['role'] == 'user') != (i % 2 == 0):
+        why = ' (a developer message is a system one)' if m['role'] == 'system' else ''
         raise ValueError(
-          'gemma template: roles must alternate user/assistant/user/... after the system '
-          f'message; turn {i} is {m["role"]!r}'
+          'gemma template: roles must alternate user/assistant/user/... after at most one system message; '
+          f'messages[{i + skipped}] is {m["role"]!r}{why}'
         )
       role = 'model' if m['role'] == 'assistant' else m['role']
       out.append(f'<start_of_turn>{role}\n{prefix if i == 0 else ""}{m["content"].strip()}<end_of_turn>\n')

@@ -508,3 +508,14 @@ def test_a_template_that_drops_earlier_tool_calls_is_an_error_naming_the_row(smo
   )
   (ids,) = data.encode_prompts(examples, tokenizer.load_tokenizer(f'hf:{qwen3[0]}'))
   assert ids
+
+
+def test_the_named_gemma_template_names_the_message_that_breaks_the_alternation():
+  messages = [{'role': 'system', 'content': 'a'}, {'role': 'system', 'content': 'b'}, {'role': 'user', 'content': 'c'}]
+  with pytest.raises(ValueError) as e:
+    chat_template.render_named('gemma', messages)
+  assert str(e.value) == (
+    'gemma template: roles must alternate user/assistant/user/... after at most one system message; messages[1] is '
+    "'system' (a developer message is a system one)"
+  )
+  assert '<start_of_turn>user\na\n\nc<end_of_turn>' in chat_template.render_named('gemma', messages[::2])
