@@ -93,6 +93,8 @@ def parse_line(line: str, where: str) -> Example:
     if m.get('role') not in ROLES:
       raise DataError(f'{at}: "role" must be one of {", ".join(ROLES)}, got {m.get("role")!r}')
     calls = m.get('tool_calls') if m['role'] == 'assistant' else None
+    if m.get('tool_calls') and m['role'] != 'assistant':  # no template renders them there: they would vanish
+      raise DataError(f'{at}: "tool_calls" on a {m["role"]} message; expected them on assistant messages only')
     if 'content' not in m and not calls:
       raise DataError(f'{at}: missing "content"')
     if m.get('content') is None and not calls:  # OpenAI allows null only beside an assistant's tool calls

@@ -27,6 +27,10 @@ GOOD = json.dumps({'messages': [{'role': 'user', 'content': 'hi'}], 'answer': '1
     ('{"messages": [{"role": "robot", "content": "x"}]}', r'd.jsonl:3: messages\[0\]: "role" must be one of'),
     ('{"messages": [{"role": "user"}]}', r'd.jsonl:3: messages\[0\]: missing "content"'),
     ('{"messages": [{"role": "user", "content": null}]}', r'd.jsonl:3: messages\[0\]: "content" is null; expected'),
+    (
+      '{"messages": [{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}]}',
+      r'd.jsonl:3: messages\[0\]: "tool_calls" on a user message; expected them on assistant messages only',
+    ),
     ('{"messages": [{"role": "user", "content": "x"}], "w": NaN}', r'd.jsonl:3: not valid JSON \(NaN is not JSON;'),
     (
       '{"messages": [{"role": "user", "content": "bad \\ud800 text"}]}',
