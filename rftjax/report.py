@@ -53,9 +53,8 @@ def run_config(workdir) -> dict:
   logs = [n for n in ('metrics.jsonl', 'events.jsonl') if (workdir / n).is_file()]
   if logs and not (workdir / 'config.json').is_file():
     return {}
-  config = runfs.read_config(
-    workdir, model_ok=True
-  ).to_dict()  # neither: "no config.json there; expected a run directory ..."
+  # neither log nor config.json: "no config.json there; expected a run directory ..."
+  config = runfs.read_config(workdir, model_ok=True).to_dict()
   if runfs.config_kind(config) != 'export':
     return config
   what = f"--workdir={workdir}: its config.json is a Hugging Face model's (model_type {config['model_type']!r})"
