@@ -27,6 +27,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.train = ''
   c.data.valid = ''
   c.data.max_prompt_len = 64  # tokens; a longer prompt is an error at start-up naming its line
+  c.data.skip_long_prompts = False  # True: such prompts are left out, with a warning, instead
   c.data.valid_limit = 0  # evaluate on the first N validation examples only; 0 = all
   # a grader dict, or the path of a grader JSON file (either kind on any config: the field takes both)
   c.grader = config_dict.FieldReference(None, field_type=object)

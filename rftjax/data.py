@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
 from collections.abc import Iterator, Sequence
 
@@ -19,6 +20,9 @@ from rftjax import errors
 from rftjax import runfs
 
 ROLES = ('system', 'developer', 'user', 'assistant', 'tool')
+
+
+log = logging.getLogger(__name__)
 
 
 class DataError(errors.UserError):
@@ -168,11 +172,12 @@ def _check_calls_rendered(ex: Example, messages, text: str) -> None:
 
 
 def encode_prompts(
-  examples: Sequence[Example], tok, max_prompt_len: int | None = None, response_format=None
-) -> list[list[int]]:
+  examples: Sequence[Example], tok, max_prompt_len: int | None = None, response_format=None, skip_long: bool = False
+) -> list[list[int] | None]:
   """Each example's prompt as token ids: the chat template's rendering of its messages and tools (with the schema
-  instruction of a `response_format.ResponseFormat`), or its raw `text`. A prompt the template refuses, or one
-  longer than `max_prompt_len`, is a DataError naming its line."""
+  instruction of a `response_format.ResponseFormat`), or its raw `text`. A prompt the template refuses is a
+  DataError naming its line; so are prompts longer than `max_prompt_len` (all of them counted), unless `skip_long`:
+  then each is None, said in a warning (`fitting` drops them)."""
   from rftjax import response_format as response_format_lib
 
   out, too_long = [], []  # (source, tokens, schema note) of each prompt over max_prompt_len: all said at once
@@ -195,6 +200,14 @@ def encode_prompts(
         schema = f' ({len(ids) - len(bare)} of them the response_format schema instruction)'
       too_long.append((ex.source, len(ids), schema))
     out.append(ids)
+  if too_long and skip_long:
+    shown = ', '.join(source for source, _, _ in too_long[:5]) + (', ...' if len(too_long) > 5 else '')
+    log.warning(
+      'skipped %d prompts longer than config.data.max_prompt_len=%d (config.data.skip_long_prompts): %s (the longest '
+      '%d tokens)', len(too_long), max_prompt_len, shown, max(t for _, t, _ in too_long),
+    )  # fmt: skip
+    skipped = {source for source, _, _ in too_long}
+    return [None if ex.source in skipped else ids for ex, ids in zip(examples, out)]
   if too_long:
     (source, n, schema), more = too_long[0], ''
     if len(too_long) > 1:
@@ -202,9 +215,21 @@ def encode_prompts(
       more = f' ({len(too_long)} prompts are: lines {lines}; the longest {max(t for _, t, _ in too_long)} tokens)'
     raise DataError(
       f'{source}: the prompt is {n} tokens long{schema}, more than config.data.max_prompt_len={max_prompt_len}'
-      f'{more}; raise it or shorten the prompt{"s" if more else ""}'
+      f'{more}; raise it, shorten the prompt{"s" if more else ""} or skip {"them" if more else "it"} '
+      '(config.data.skip_long_prompts=True)'
     )
   return out
+
+
+def fitting(examples: Sequence[Example], prompts: list, key: str) -> tuple[list[Example], list[list[int]]]:
+  """The examples and prompts `encode_prompts(skip_long=True)` kept; a DataError naming `key` when it kept none."""
+  kept = [(ex, p) for ex, p in zip(examples, prompts) if p is not None]
+  if not kept:
+    raise DataError(
+      f'{key}: every prompt is longer than config.data.max_prompt_len, so config.data.skip_long_prompts left none; '
+      'expected a larger config.data.max_prompt_len'
+    )
+  return [ex for ex, _ in kept], [p for _, p in kept]
 
 
 def write_jsonl(path: str | pathlib.Path, rows: Sequence[dict]) -> None:

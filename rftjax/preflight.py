@@ -407,8 +407,13 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   measured = train_set[: limit or None]
   fmt = response_format.make(config.get('response_format'))  # JSON completions: the schema joins every prompt
   # every line is checked as train checks it (a prompt too long), though only the first --limit are measured
-  prompts = data_lib.encode_prompts(train_set, tok, config.data.max_prompt_len, fmt)[: len(measured)]
-  valid_prompts = data_lib.encode_prompts(valid_set, tok, config.data.max_prompt_len, fmt)
+  skip = bool(config.data.get('skip_long_prompts'))
+  encoded = data_lib.encode_prompts(train_set, tok, config.data.max_prompt_len, fmt, skip)  # every line, as train
+  data_lib.fitting(train_set, encoded, 'config.data.train')
+  measured, prompts = data_lib.fitting(measured, encoded[: len(measured)], f'the first {len(measured)} prompts')
+  valid_set, valid_prompts = data_lib.fitting(
+    valid_set, data_lib.encode_prompts(valid_set, tok, config.data.max_prompt_len, fmt, skip), 'config.data.valid'
+  )
   out = pathlib.Path(out)
   try:
     out.mkdir(parents=True, exist_ok=True)

@@ -159,6 +159,8 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
     if not _get(config, key):
       _fail(key, _get(config, key), 'the path of a JSONL file')
   _int(config, 'data.max_prompt_len', 1)
+  if config.data.get('skip_long_prompts') is not None:
+    _bool(config, 'data.skip_long_prompts')
   _int(config, 'data.valid_limit', 0, ' (0 = every validation example)')
   if inputs:
     response_format.load(config.get('response_format'))

@@ -66,8 +66,12 @@ def _checked(config, workdir, explicit) -> dict:
   tok = loader.load_tokenizer(config)
   spec = runspec.build(config, tok)
   fmt = response_format.make(config.response_format)  # JSON completions: the schema joins every prompt
-  train_prompts = data_lib.encode_prompts(train_set, tok, config.data.max_prompt_len, fmt)
-  valid_prompts = data_lib.encode_prompts(valid_set, tok, config.data.max_prompt_len, fmt)
+  encode = functools.partial(
+    data_lib.encode_prompts, tok=tok, max_prompt_len=config.data.max_prompt_len, response_format=fmt,
+    skip_long=bool(config.data.skip_long_prompts),
+  )  # fmt: skip
+  train_set, train_prompts = data_lib.fitting(train_set, encode(train_set), 'config.data.train')
+  valid_set, valid_prompts = data_lib.fitting(valid_set, encode(valid_set), 'config.data.valid')
   k = spec.eval_samples  # k completions per validation prompt, each graded; the means average them all
   valid_prompts, valid_set = [p for p in valid_prompts for _ in range(k)], [e for e in valid_set for _ in range(k)]
   # a workdir that holds another run (or no run at all) is refused before anything in it changes

@@ -1,6 +1,7 @@
 """Data files: errors name the file and line; batching is deterministic and resumable; shipped data is current."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
     data.load_jsonl(path)
 
 
-def test_a_prompt_too_long_says_what_the_schema_added(tmp_path):
+def test_a_prompt_too_long_says_what_the_schema_added(tmp_path, caplog):
   import pathlib
 
   from rftjax import response_format, tokenizer
@@ -113,8 +114,21 @@ def test_a_prompt_too_long_says_what_the_schema_added(tmp_path):
     data.encode_prompts(examples, tok, plain)
   assert str(e.value) == (
     f'{tmp_path / "d.jsonl"}:2: the prompt is {longest} tokens long, more than config.data.max_prompt_len={plain} '
-    f'(2 prompts are: lines 2, 4; the longest {longest} tokens); raise it or shorten the prompts'
+    f'(2 prompts are: lines 2, 4; the longest {longest} tokens); raise it, shorten the prompts or skip them '
+    '(config.data.skip_long_prompts=True)'
   )
+  # skipped instead: said in one warning; `fitting` keeps the rest, and refuses to keep nothing
+  with caplog.at_level(logging.WARNING, logger='rftjax'):
+    ids = data.encode_prompts(examples, tok, plain, skip_long=True)
+  assert [i is None for i in ids] == [False, True, False, True]
+  assert caplog.messages == [
+    f'skipped 2 prompts longer than config.data.max_prompt_len={plain} (config.data.skip_long_prompts): '
+    f'{tmp_path / "d.jsonl"}:2, {tmp_path / "d.jsonl"}:4 (the longest {longest} tokens)'
+  ]
+  kept, prompts = data.fitting(examples, ids, 'config.data.train')
+  assert [ex.source for ex in kept] == [examples[0].source, examples[2].source] and prompts == [ids[0], ids[2]]
+  with pytest.raises(data.DataError, match='^config.data.valid: every prompt is longer than'):
+    data.fitting(examples[1::2], ids[1::2], 'config.data.valid')
 
 
 def test_item_is_the_whole_line_and_parts_are_joined(tmp_path):

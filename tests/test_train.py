@@ -728,3 +728,18 @@ def test_a_second_trainer_in_the_same_workdir_is_refused_before_it_writes(tmp_pa
     holder.wait()
   assert runfs.lock_holder(workdir)[1] is False  # killed: the lock went with it, the file says who it was
   runfs.lock(workdir).close()
+
+
+def test_long_prompts_can_be_skipped_instead_of_stopping_the_run(tmp_path, in_repo, caplog):
+  lines = (REPO / 'data/tiny/train.jsonl').read_text().splitlines()[:40]
+  long = json.dumps({'messages': [{'role': 'user', 'content': 'Largest digit: ' + '1 2 ' * 40}], 'answer': '2'})
+  train = tmp_path / 'train.jsonl'
+  train.write_text('\n'.join([*lines[:3], long, *lines[3:]]) + '\n')
+  from rftjax import data
+
+  with pytest.raises(data.DataError, match=r'train.jsonl:4: the prompt is \d+ tokens long, more than config.data.max'):
+    run(tmp_path, 'strict', 1, **{'data.train': str(train)})
+  with caplog.at_level('WARNING', logger='rftjax'):
+    workdir = run(tmp_path, 'skip', 1, **{'data.train': str(train), 'data.skip_long_prompts': True})
+  assert any(m.startswith('skipped 1 prompts longer than config.data.max_prompt_len=20') for m in caplog.messages)
+  assert [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_reward_mean' in r] == [1]
