@@ -355,7 +355,11 @@ def check_resume(config, previous: dict, workdir) -> list[str]:
   """The settings that changed since the run in `workdir` was started (`previous`: its config.json), as
   'key old -> new' for a warning; a change of what the run is (RUN_IDENTITY) is a ConfigError."""
   old, new = _flat(previous), _flat(json.loads(config.to_json_best_effort()))
-  changed = [k for k in sorted(old.keys() | new.keys()) if not _same_file(old.get(k), new.get(k))]
+  changed = [
+    k
+    for k in sorted(old.keys() | new.keys())
+    if not _same_file(old.get(k), new.get(k)) and (k in old or new[k] not in (False, 0, '', None))
+  ]  # a key the old run's config lacks, at an off value: a setting added to rftjax since, not a change
   clash = [k for k in changed if any(k == i or k.startswith(i + '.') for i in RUN_IDENTITY)]
   if clash:
     show = lambda v: json.dumps(v)[:60]  # noqa: E731
