@@ -397,23 +397,16 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   config = runspec.resolve(config, len(train_set), explicit)  # the run's total_steps, batch size, G (OpenAI fields)
   valid_set = data_lib.load_jsonl(config.data.valid, 'config.data.valid')[: config.data.valid_limit or None]
   grader_spec = config.grader
-  at = runspec.grader_at(config, explicit)  # a job file's grader is named by its path there
-  graders.check_sandbox(graders.build(grader_spec, where=at), config.grading.allow_unsandboxed)
-  graders.check_items(grader_spec, [(ex.source, ex.item) for ex in train_set + valid_set], at)
+  runspec.check_grader(config, train_set + valid_set, explicit)
   threshold = float(pass_threshold if pass_threshold is not None else grader_spec.get('pass_threshold', 1.0))
   filtered_dir = _check_filtered_dir(config, write_filtered) if write_filtered else None
   tok = loader.load_tokenizer(config)
   spec = runspec.build(config, tok)
-  measured = train_set[: limit or None]
   fmt = response_format.make(config.get('response_format'))  # JSON completions: the schema joins every prompt
   # every line is checked as train checks it (a prompt too long), though only the first --limit are measured
-  skip = bool(config.data.get('skip_long_prompts'))
-  encoded = data_lib.encode_prompts(train_set, tok, config.data.max_prompt_len, fmt, skip)  # every line, as train
-  data_lib.fitting(train_set, encoded, 'config.data.train')
-  measured, prompts = data_lib.fitting(measured, encoded[: len(measured)], f'the first {len(measured)} prompts')
-  valid_set, valid_prompts = data_lib.fitting(
-    valid_set, data_lib.encode_prompts(valid_set, tok, config.data.max_prompt_len, fmt, skip), 'config.data.valid'
-  )
+  train_set, prompts = runspec.encode(config, train_set, tok, fmt, 'config.data.train')
+  measured, prompts = train_set[: limit or None], prompts[: limit or None]
+  valid_set, valid_prompts = runspec.encode(config, valid_set, tok, fmt, 'config.data.valid')
   out = pathlib.Path(out)
   try:
     out.mkdir(parents=True, exist_ok=True)

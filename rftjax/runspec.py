@@ -288,6 +288,26 @@ def grader_at(config, explicit=()) -> str | None:
   return 'method.reinforcement.grader' if from_job else None
 
 
+def check_grader(config, examples, explicit=()) -> None:
+  """The run's grader (`resolve` put its content in config.grader) against its data, before anything slow: every
+  field, user code this machine cannot sandbox, every `{{item...}}` path on every line; a job file's grader is named
+  by its path there (trainer and preflight alike)."""
+  at = grader_at(config, explicit)
+  graders.check_sandbox(graders.build(config.grader, where=at), config.grading.allow_unsandboxed)
+  graders.check_items(config.grader, [(ex.source, ex.item) for ex in examples], at)
+
+
+def encode(config, examples, tok, fmt, key: str) -> tuple[list, list[list[int]]]:
+  """(examples, prompt ids) of a data split `key` names, as the run trains on them: its prompts longer than
+  data.max_prompt_len an error, or left out with `data.skip_long_prompts` (data.encode_prompts, data.fitting)."""
+  from rftjax import data as data_lib
+
+  skip = bool(config.data.get('skip_long_prompts'))
+  return data_lib.fitting(
+    examples, data_lib.encode_prompts(examples, tok, config.data.max_prompt_len, fmt, skip_long=skip), key
+  )
+
+
 def gdpo_weights(config) -> dict[str, float]:
   """{sub-grader: weight} of the run's multi grader, for grpo.advantage=gdpo; ConfigError when it has none."""
   grader = graders.build(graders.load(config.grader))

@@ -60,18 +60,12 @@ def _checked(config, workdir, explicit) -> dict:
   tools.check_data_tools([(ex.source, ex.item) for ex in train_set + valid_set], tools.load_tools(config.tools))
   grader_spec = config.grader  # its content (resolve read the file)
   # a bad field, or user code this machine cannot sandbox, fails here, before judges or the model load
-  at = runspec.grader_at(config, explicit)  # a job file's grader is named by its path there
-  graders.check_sandbox(graders.build(grader_spec, where=at), config.grading.allow_unsandboxed)
-  graders.check_items(grader_spec, [(ex.source, ex.item) for ex in train_set + valid_set], at)
+  runspec.check_grader(config, train_set + valid_set, explicit)
   tok = loader.load_tokenizer(config)
   spec = runspec.build(config, tok)
   fmt = response_format.make(config.response_format)  # JSON completions: the schema joins every prompt
-  encode = functools.partial(
-    data_lib.encode_prompts, tok=tok, max_prompt_len=config.data.max_prompt_len, response_format=fmt,
-    skip_long=bool(config.data.skip_long_prompts),
-  )  # fmt: skip
-  train_set, train_prompts = data_lib.fitting(train_set, encode(train_set), 'config.data.train')
-  valid_set, valid_prompts = data_lib.fitting(valid_set, encode(valid_set), 'config.data.valid')
+  train_set, train_prompts = runspec.encode(config, train_set, tok, fmt, 'config.data.train')
+  valid_set, valid_prompts = runspec.encode(config, valid_set, tok, fmt, 'config.data.valid')
   k = spec.eval_samples  # k completions per validation prompt, each graded; the means average them all
   valid_prompts, valid_set = [p for p in valid_prompts for _ in range(k)], [e for e in valid_set for _ in range(k)]
   # a workdir that holds another run (or no run at all) is refused before anything in it changes
