@@ -41,10 +41,10 @@ import numpy as np
 
 from rftjax import cli
 from rftjax import errors
+from rftjax import filtering
 
 log = logging.getLogger('rftjax')
 
-DROPS = ('always_solved', 'never_solved')
 EXIT_GRADING_FAILED = 3  # as rftjax.train
 BAR = '{l_bar}{bar}| {n:.1f}/{total_fmt} prompts [{elapsed}<{remaining}{postfix}]'  # prompts' worth of samples
 
@@ -138,30 +138,6 @@ def estimate(m: dict, run: dict) -> dict:
     'startup_s': m['load_s'] + m['sampler_compile_s'] + (m['train_step_first_s'] - step_s if step_s else 0.0),
   }
   return {**parts, 'total_s': sum(v for v in parts.values() if v is not None)}
-
-
-def filtered_lines(train_path: str, rows: list[dict], drop) -> tuple[list[str], dict]:
-  """The training file's lines without the measured prompts `drop` names, as written (blank lines dropped). Only a
-  prompt whose k rewards are all equal is dropped (no GRPO signal; rewards that differ train, whatever the pass
-  threshold says of them); one whose grading failed is kept (its zeros say nothing of the prompt), as are lines not
-  measured (--limit). Returns (lines, counts)."""
-  from rftjax import data as data_lib
-
-  by_source = {r['source']: r for r in rows}
-  kept, counts = [], {'kept': 0, 'always_solved': 0, 'never_solved': 0, 'unmeasured_kept': 0, 'errored_kept': 0}
-  for where, line in data_lib.lines(train_path):
-    r = by_source.get(where)
-    kind = None
-    if r is not None and not r['grading_errors'] and len({round(x, 9) for x in r['rewards']}) == 1:
-      kind = 'never_solved' if r['pass_rate'] == 0 else 'always_solved' if r['pass_rate'] == 1 else None
-    if kind in drop:
-      counts[kind] += 1
-      continue
-    kept.append(line if line.endswith('\n') else line + '\n')
-    counts['kept'] += 1
-    counts['unmeasured_kept'] += r is None
-    counts['errored_kept'] += bool(r is not None and r['grading_errors'])
-  return kept, counts
 
 
 def write_histogram(rates, k: int, path: pathlib.Path, title: str) -> None:
@@ -365,19 +341,7 @@ def _time_train_step(config, spec, loaded, batch_rollout, mesh) -> tuple[float, 
   return times[0], times[1]
 
 
-def _check_filtered_dir(config, out: str) -> pathlib.Path:
-  """--write_filtered's folder, unless a file it would write is the run's own data."""
-  path = pathlib.Path(out)
-  for key in ('train', 'valid'):
-    for name in ('train.jsonl', 'valid.jsonl'):
-      if (path / name).resolve() == pathlib.Path(config.data[key]).resolve():
-        raise errors.ConfigError(
-          f'--write_filtered={out}: would overwrite config.data.{key}={config.data[key]}; choose another folder'
-        )
-  return path
-
-
-def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=DROPS, pass_threshold=None,
+def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=filtering.DROPS, pass_threshold=None,
         time_train_step: bool = True, validate: bool = True, explicit=(), config_name: str = '') -> dict:  # fmt: skip
   """Measures and writes everything (module docstring); returns the summary. Bad input raises a UserError before
   the model loads; broken grading raises graders.GradingFailed after the files are written."""
@@ -399,7 +363,7 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   grader_spec = config.grader
   runspec.check_grader(config, train_set + valid_set, explicit)
   threshold = float(pass_threshold if pass_threshold is not None else grader_spec.get('pass_threshold', 1.0))
-  filtered_dir = _check_filtered_dir(config, write_filtered) if write_filtered else None
+  filtered_dir = filtering.check_folder(config, write_filtered) if write_filtered else None
   tok = loader.load_tokenizer(config)
   spec = runspec.build(config, tok)
   fmt = response_format.make(config.get('response_format'))  # JSON completions: the schema joins every prompt
@@ -500,30 +464,15 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   data_lib.write_jsonl(out / 'pass_rates.jsonl', rows_out)
   write_histogram([r['pass_rate'] for r in rows_out], samples, out / 'pass_rates.png',
                   f'{config_name or config.data.train}: {len(rows_out)} prompts x {samples} samples')  # fmt: skip
-  nothing_left = None
+  refusal = None  # said once summary.json is written
   if filtered_dir is not None:
-    kept, counts = filtered_lines(config.data.train, rows_out, drop)
-  if filtered_dir is not None and not kept:  # a file train refuses: said once summary.json is written
-    nothing_left = (
-      f'--write_filtered={filtered_dir}: --drop={",".join(drop)} drops every training prompt '
-      f'({counts["never_solved"]} never solved, {counts["always_solved"]} always solved at k={samples}); nothing '
-      f'written there (the measurements are in {out}); expected prompts left to train on: a larger --samples, '
-      'another --drop, or easier data'
-    )
-  elif filtered_dir is not None:
-    filtered_dir.mkdir(parents=True, exist_ok=True)
-    tmp = filtered_dir / 'train.jsonl.tmp'
-    tmp.write_text(''.join(kept), encoding='utf-8')
-    tmp.replace(filtered_dir / 'train.jsonl')
-    tmp = filtered_dir / 'valid.jsonl.tmp'
-    tmp.write_bytes(pathlib.Path(config.data.valid).read_bytes())  # not measured: copied as it is
-    tmp.replace(filtered_dir / 'valid.jsonl')
-    summary['filtered'] = {'dir': str(filtered_dir), 'drop': list(drop), **counts, 'valid': 'copied unchanged'}
+    entry, refusal = filtering.write(config, rows_out, drop, filtered_dir, samples, out)
+    summary.update({'filtered': entry} if entry else {})
   summary['load_average'] = {'start': list(load_start), 'end': list(os.getloadavg())}
   summary['timing']['estimate'] = estimate(summary['timing']['measured'], summary['timing']['run'])
   (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
-  if nothing_left:
-    raise errors.ConfigError(nothing_left)
+  if refusal:
+    raise errors.ConfigError(refusal)
   failed = graders.all_failed(results)
   if failed or sum(1 for r in results if r.errors) > config.grading.max_error_share * len(results):
     raise graders.GradingFailed(failed or graders.failure_line(results, config.grading.max_error_share, grader), [])
@@ -539,7 +488,9 @@ def _define(fv) -> None:
   flags.DEFINE_string('out', None, 'Output folder: pass_rates.jsonl, pass_rates.png, summary.json.', flag_values=fv)
   flags.DEFINE_integer('limit', 0, 'Measure the first N training prompts only (0 = all).', flag_values=fv)
   flags.DEFINE_string('write_filtered', None, 'Folder for train.jsonl / valid.jsonl without --drop.', flag_values=fv)
-  flags.DEFINE_list('drop', list(DROPS), f'With --write_filtered: any of {", ".join(DROPS)}.', flag_values=fv)
+  flags.DEFINE_list(
+    'drop', list(filtering.DROPS), f'With --write_filtered: any of {", ".join(filtering.DROPS)}.', flag_values=fv
+  )
   flags.DEFINE_float('pass_threshold', None, "Pass at reward >= this (default: the grader's, else 1).", flag_values=fv)
   flags.DEFINE_boolean('time_train_step', True, 'Time one real GRPO update (--no: skip).', flag_values=fv)
   flags.DEFINE_boolean('validate', True, 'Run the step-0 validation pass, timed (--no: priced).', flag_values=fv)
@@ -551,12 +502,13 @@ def _check_flags(fv) -> None:
   if fv.limit < 0:
     raise errors.ConfigError(f'--limit: expected an integer >= 0 (0 = every prompt), found {fv.limit}')
   for name in fv.drop:
-    if name not in DROPS:
+    if name not in filtering.DROPS:
       raise errors.ConfigError(
-        f'--drop: expected names from {", ".join(DROPS)}, found {name!r}{errors.did_you_mean(name, DROPS)}'
+        f'--drop: expected names from {", ".join(filtering.DROPS)}, found {name!r}'
+        f'{errors.did_you_mean(name, filtering.DROPS)}'
       )
   if not fv.drop:
-    raise errors.ConfigError(f'--drop: expected one or both of {", ".join(DROPS)}, found nothing')
+    raise errors.ConfigError(f'--drop: expected one or both of {", ".join(filtering.DROPS)}, found nothing')
 
 
 def main(argv=None) -> int:
@@ -593,13 +545,7 @@ def main(argv=None) -> int:
       return EXIT_GRADING_FAILED
     print(table(summary))
     if 'filtered' in summary:
-      f = summary['filtered']
-      print(
-        f'wrote {f["dir"]}/train.jsonl: {f["kept"]} lines kept ({f["unmeasured_kept"]} not measured, '
-        f'{f["errored_kept"]} whose grading failed), dropped {f["never_solved"]} never solved and '
-        f'{f["always_solved"]} always solved (k equal rewards); valid.jsonl copied unchanged',
-        file=sys.stderr,
-      )
+      print(filtering.said(summary['filtered']), file=sys.stderr)
     print(f'wrote {fv.out}/pass_rates.jsonl, pass_rates.png, summary.json', file=sys.stderr)
     return 0
 

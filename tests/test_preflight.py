@@ -10,6 +10,7 @@ import pathlib
 import pytest
 
 from rftjax import cli
+from rftjax import filtering
 from rftjax import preflight
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -211,7 +212,7 @@ def test_filtering_drops_only_prompts_without_signal_and_keeps_failed_gradings(t
     'pass_rate': sum(r >= 1.0 for r in rewards) / len(rewards),
   }  # fmt: skip
   rows = [row(1, [0.5, 0.0]), row(2, [0.0, 0.0]), row(3, [1.0, 1.0]), row(4, [0.0, 0.0], errors=2)]
-  kept, counts = preflight.filtered_lines(str(path), rows, preflight.DROPS)
+  kept, counts = filtering.filtered_lines(str(path), rows, filtering.DROPS)
   assert kept == [lines[0] + '\n', lines[3] + '\n', lines[4] + '\n']  # line 5 was not measured
   assert counts == {'kept': 3, 'never_solved': 1, 'always_solved': 1, 'unmeasured_kept': 1, 'errored_kept': 1}
 
@@ -219,7 +220,7 @@ def test_filtering_drops_only_prompts_without_signal_and_keeps_failed_gradings(t
 def test_a_filter_that_leaves_nothing_writes_no_training_file(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(REPO)
   monkeypatch.setattr(
-    preflight, 'filtered_lines', lambda path, rows, drop: ([], {'never_solved': 4, 'always_solved': 0})
+    filtering, 'filtered_lines', lambda path, rows, drop: ([], {'never_solved': 4, 'always_solved': 0})
   )
   argv = ['rftjax.preflight', TINY, '--samples=2', '--limit=4', f'--out={tmp_path / "out"}', '--notime_train_step',
           '--novalidate', f'--write_filtered={tmp_path / "filtered"}']  # fmt: skip

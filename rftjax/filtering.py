@@ -1,0 +1,82 @@
+"""`preflight --write_filtered=DIR`: the training file without the prompts that give GRPO no signal.
+
+A prompt whose k sampled completions all got the same reward (all failed: never solved; all passed: always solved)
+gives every completion of its group the same advantage, zero. DIR/train.jsonl is the training file's lines as they
+were written without the measured prompts `--drop` names; DIR/valid.jsonl is the run's validation file, unchanged
+(only training prompts are measured, and an unchanged validation set keeps a filtered run comparable). See
+docs/preflight.md.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from rftjax import data as data_lib
+from rftjax import errors
+
+DROPS = ('always_solved', 'never_solved')
+
+
+def check_folder(config, out: str) -> pathlib.Path:
+  """--write_filtered's folder, unless a file it would write is the run's own data."""
+  path = pathlib.Path(out)
+  for key in ('train', 'valid'):
+    for name in ('train.jsonl', 'valid.jsonl'):
+      if (path / name).resolve() == pathlib.Path(config.data[key]).resolve():
+        raise errors.ConfigError(
+          f'--write_filtered={out}: would overwrite config.data.{key}={config.data[key]}; choose another folder'
+        )
+  return path
+
+
+def filtered_lines(train_path: str, rows: list[dict], drop) -> tuple[list[str], dict]:
+  """The training file's lines without the measured prompts `drop` names, as written (blank lines dropped). Only a
+  prompt whose k rewards are all equal is dropped (no GRPO signal; rewards that differ train, whatever the pass
+  threshold says of them); one whose grading failed is kept (its zeros say nothing of the prompt), as are lines not
+  measured (--limit). `rows`: pass_rates.jsonl's. Returns (lines, counts)."""
+  by_source = {r['source']: r for r in rows}
+  kept, counts = [], {'kept': 0, 'always_solved': 0, 'never_solved': 0, 'unmeasured_kept': 0, 'errored_kept': 0}
+  for where, line in data_lib.lines(train_path):
+    r = by_source.get(where)
+    kind = None
+    if r is not None and not r['grading_errors'] and len({round(x, 9) for x in r['rewards']}) == 1:
+      kind = 'never_solved' if r['pass_rate'] == 0 else 'always_solved' if r['pass_rate'] == 1 else None
+    if kind in drop:
+      counts[kind] += 1
+      continue
+    kept.append(line if line.endswith('\n') else line + '\n')
+    counts['kept'] += 1
+    counts['unmeasured_kept'] += r is None
+    counts['errored_kept'] += bool(r is not None and r['grading_errors'])
+  return kept, counts
+
+
+def write(config, rows: list[dict], drop, folder: pathlib.Path, samples: int, out) -> tuple[dict | None, str | None]:
+  """Writes `folder`/train.jsonl and valid.jsonl, each whole or not at all: (summary.json's `filtered` entry, None).
+  A `drop` that leaves no training prompt writes nothing (train would refuse the file): (None, the error line),
+  for the caller to raise once its measurements in `out` are written."""
+  kept, counts = filtered_lines(config.data.train, rows, drop)
+  if not kept:
+    return None, (
+      f'--write_filtered={folder}: --drop={",".join(drop)} drops every training prompt '
+      f'({counts["never_solved"]} never solved, {counts["always_solved"]} always solved at k={samples}); nothing '
+      f'written there (the measurements are in {out}); expected prompts left to train on: a larger --samples, '
+      'another --drop, or easier data'
+    )
+  folder.mkdir(parents=True, exist_ok=True)
+  tmp = folder / 'train.jsonl.tmp'
+  tmp.write_text(''.join(kept), encoding='utf-8')
+  tmp.replace(folder / 'train.jsonl')
+  tmp = folder / 'valid.jsonl.tmp'
+  tmp.write_bytes(pathlib.Path(config.data.valid).read_bytes())  # not measured: copied as it is
+  tmp.replace(folder / 'valid.jsonl')
+  return {'dir': str(folder), 'drop': list(drop), **counts, 'valid': 'copied unchanged'}, None
+
+
+def said(entry: dict) -> str:
+  """The console's line for summary.json's `filtered` entry."""
+  return (
+    f'wrote {entry["dir"]}/train.jsonl: {entry["kept"]} lines kept ({entry["unmeasured_kept"]} not measured, '
+    f'{entry["errored_kept"]} whose grading failed), dropped {entry["never_solved"]} never solved and '
+    f'{entry["always_solved"]} always solved (k equal rewards); valid.jsonl copied unchanged'
+  )
