@@ -127,6 +127,9 @@ def main(argv=None) -> int:
     p.error(f'--step={args.step} picks a checkpoint of --workdir; --init={args.init} has no checkpoints: drop --step')
   if args.workdir and args.model:
     p.error(f"--model={args.model}: with --workdir the model is the run's (its config.json names it): drop --model")
+  if runfs.is_remote(args.out):  # pathlib would make it a local folder named gs:
+    p.error(f'--out={args.out}: expected a local folder; copy the export to the bucket afterwards with '
+            f'`gcloud storage cp -r FOLDER {args.out}`')  # fmt: skip
 
   def body() -> int:
     cli.check_out(args.out, folder=True)  # before loading: the model may take minutes
@@ -179,7 +182,8 @@ def main(argv=None) -> int:
           file=sys.stderr,
         )
       return 0
-    params = lora.merge(loaded.params, cfg.lora) if cfg.lora else loaded.params
+    # merged at --dtype: W + alpha/r * A @ B rounded to a bfloat16 base's dtype would drop the smaller updates
+    params = lora.merge(loaded.params, cfg.lora, args.dtype) if cfg.lora else loaded.params
     base = model.base_config(cfg)
     out = write_folder(
       args.out, lambda tmp: weights.export_hf(params, base, tmp, loaded.tokenizer, dtype=args.dtype), provenance

@@ -110,6 +110,12 @@ def _host_batches(sampler, params, prompts, tok, *, mesh, rng, batch_size: int, 
     yield rows, r.take(range(len(rows)))
 
 
+def _gather(mine: list, mesh) -> list:
+  """Every host's rows of a mesh that spans hosts; this host's own of one that does not (a local judge's: each host
+  completed all of its prompts, and gathering would hand it the other hosts' completions too)."""
+  return multihost.gather_objects(mine) if multihost.spans_hosts(mesh) else mine
+
+
 def complete(
   sampler: sampler_lib.Sampler,
   params,
@@ -132,7 +138,7 @@ def complete(
       done += len(rows)
       if progress is not None:
         progress(done, len(prompts))
-  return [c for _, c in sorted(multihost.gather_objects(mine), key=lambda kc: kc[0])]
+  return [c for _, c in sorted(_gather(mine, mesh), key=lambda kc: kc[0])]
 
 
 def evaluate(
@@ -166,7 +172,7 @@ def evaluate(
   for rows, r, future in pending:
     results = future.result() if future is not None else []
     mine += [[k, _completion(r, j), res.to_json()] for j, (k, res) in enumerate(zip(rows, results))]
-  everything = sorted(multihost.gather_objects(mine), key=lambda row: row[0])
+  everything = sorted(_gather(mine, mesh), key=lambda row: row[0])
   return [(c, graders.GradeResult.from_json(res)) for _, c, res in everything]
 
 

@@ -5,7 +5,7 @@
   trainable, frozen = lora.split(params)        # the optimizer, its moments and checkpoints see the adapters only
   lora.join(trainable, frozen)                  # the params the forward takes
   lora.merge(params, cfg.lora)                  # W + alpha / r * A @ B: plain params (an HF export)
-  lora.merged_for_sampling(params, cfg.lora)    # whether the sampler merges them (a float32 base)
+  lora.merged_for_sampling(params, cfg.lora, dtype)  # whether the sampler merges them (all float32)
 
 An adapter lives at `params['lora']['layers'][group][name] = {'a': [L, <in dims>, R], 'b': [L, R, <out dims>]}`,
 shaped and sharded after the weight it adapts (A on the weight's input axes, B on its output axes, rank R
@@ -117,8 +117,9 @@ def delta(name: str, adapter) -> jax.Array:
   return jnp.einsum(f'L{w_in}r,Lr{w_out}->L{w_in}{w_out}', a, b)
 
 
-def merge(params: dict, cfg: LoRAConfig) -> dict:
-  """Plain params with each adapter folded into its weight: W + alpha / rank * A @ B, in W's dtype."""
+def merge(params: dict, cfg: LoRAConfig, dtype=None) -> dict:
+  """Plain params with each adapter folded into its weight: W + alpha / rank * A @ B, summed in float32 and
+  returned in `dtype` (default: W's; a bfloat16 W keeps no update under half a bfloat16 step of it)."""
   out = {k: v for k, v in params.items() if k != 'lora'}
   if 'lora' not in params:
     return out
@@ -126,17 +127,20 @@ def merge(params: dict, cfg: LoRAConfig) -> dict:
   for group, adapters in params['lora']['layers'].items():
     for name, adapter in adapters.items():
       w = layers[group][name]
-      layers[group][name] = (w.astype(jnp.float32) + cfg.scale * delta(name, adapter)).astype(w.dtype)
+      layers[group][name] = (w.astype(jnp.float32) + cfg.scale * delta(name, adapter)).astype(dtype or w.dtype)
   out['layers'] = layers
   return out
 
 
-def merged_for_sampling(params: dict, cfg: LoRAConfig | None) -> bool:
+def merged_for_sampling(params: dict, cfg: LoRAConfig | None, compute_dtype) -> bool:
   """Whether the sampler folds the adapters into the base before decoding (sampler.py): yes for a float32 base
-  (faster: 1.05-1.08x on SmolLM2 on CPU at batch 32, 1.07-1.29x on an H200; benchmarks/lora_sampling.py), no for a
-  bfloat16 base: rounding W + alpha / r * A @ B to bfloat16 drops updates smaller than a bfloat16 step of W, and the
+  computed in float32 (faster: 1.05-1.08x on SmolLM2 on CPU at batch 32, 1.07-1.29x on an H200;
+  benchmarks/lora_sampling.py), otherwise no: the merged weight W + alpha / r * A @ B is rounded to bfloat16 (the
+  base's dtype, or the compute dtype it is cast to), which drops updates smaller than a bfloat16 step of W, so the
   sampled policy would not be the trained one (docs/lora.md); its adapters run in the decode loop."""
-  return cfg is not None and 'lora' in params and all(w.dtype == jnp.float32 for w in jax.tree.leaves(params['layers']))
+  if cfg is None or 'lora' not in params or jnp.dtype(compute_dtype) != jnp.float32:
+    return False
+  return all(w.dtype == jnp.float32 for w in jax.tree.leaves(params['layers']))
 
 
 def split(params: dict) -> tuple[dict, dict | None]:

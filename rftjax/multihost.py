@@ -9,9 +9,11 @@ them (evaluation). With one process every function is the identity or close to i
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import urllib.request
 
 import jax
 import numpy as np
@@ -24,8 +26,33 @@ log = logging.getLogger(__name__)
 
 
 def on_multihost_tpu_vm() -> bool:
-  """TPU VM pod slices list every worker in TPU_WORKER_HOSTNAMES; a single-host VM lists one."""
-  return ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  """Whether this is one host of a multi-host TPU slice, read where jax.distributed.initialize() reads its hosts:
+  GKE lists them in TPU_PROCESS_ADDRESSES or TPU_WORKER_HOSTNAMES, a Cloud TPU VM (tpu/create.sh's) in its metadata
+  attribute worker-network-endpoints. Only a machine with TPU chips asks the metadata server."""
+  for var in ('TPU_PROCESS_ADDRESSES', 'TPU_WORKER_HOSTNAMES'):
+    if os.environ.get(var):
+      return ',' in os.environ[var]
+  if os.environ.get('TPU_SKIP_MDS_QUERY') or not has_tpu_chips():
+    return False
+  return ',' in tpu_metadata('worker-network-endpoints')
+
+
+def has_tpu_chips() -> bool:
+  """TPU chips show up as /dev/accel* (v2-v4) or /dev/vfio/N (v5e and later)."""
+  return bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'))
+
+
+def tpu_metadata(key: str, timeout_s: float = 5.0) -> str:
+  """The VM's metadata attribute `key` ('' when it has none or there is no metadata server: not on GCE)."""
+  host = os.environ.get('GCE_METADATA_IP', 'metadata.google.internal')  # as JAX reads it
+  url = f'http://{host}/computeMetadata/v1/instance/attributes/{key}'
+  try:
+    with urllib.request.urlopen(
+      urllib.request.Request(url, headers={'Metadata-Flavor': 'Google'}), timeout=timeout_s
+    ) as r:
+      return r.read().decode()
+  except (OSError, ValueError):  # URLError, HTTPError and timeouts are OSErrors
+    return ''
 
 
 def initialize(

@@ -243,7 +243,9 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
   # LoRA: the base is frozen (no gradient, no moments, and it is its own KL reference); the adapters train
   trainable, frozen = lora.split(shapes)
   trainable_axes, frozen_axes = lora.split(axes)
-  moments = 2 * _tree_bytes(trainable, trainable_axes, mesh, config.optimizer.mu_dtype or None)
+  # optax's mu_dtype is the first moment's only: nu stays in the params' dtype
+  moments = _tree_bytes(trainable, trainable_axes, mesh, config.optimizer.mu_dtype or None)
+  moments += _tree_bytes(trainable, trainable_axes, mesh)
   if frozen is None:
     params = _tree_bytes(shapes, axes, mesh)
     persistent = {'params': params, 'optimizer (AdamW mu, nu)': moments}
@@ -295,7 +297,7 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
     }
     if on_cpu:  # the split is the cast copy, and with LoRA the merged one
       items['layers split for decoding (CPU)'] = _tree_bytes(layers_only, {'layers': axes['layers']}, mesh, c)
-    elif frozen is not None and param_dtype == jnp.float32:  # the sampler merges a float32 base: one copy
+    elif frozen is not None and param_dtype == c == jnp.float32:  # lora.merged_for_sampling: one merged copy
       items['merged LoRA weights (float32 base)'] = _tree_bytes(layers_only, {'layers': axes['layers']}, mesh)
     if not sampling_items or sum(items.values()) > sum(sampling_items.values()):
       sampling_items, sampling_label = items, label

@@ -281,10 +281,11 @@ def _resume(s: Sampler, weights, ctx: Context, tokens, mask, live, rng):
 
 
 def _for_decoding(s: Sampler, weights):
-  """The weights the call decodes with: LoRA adapters merged into a float32 base (`lora.merged_for_sampling`), and
-  on CPU the layers split once per call (`model.split_layers`, merging on the way): decode steps up to 1.45x faster
-  (SmolLM2, 32 rows; docs/benchmarks.md) for one more copy of the layers while sampling."""
-  merge = lora_lib.merged_for_sampling(weights, s.cfg.lora)
+  """The weights the call decodes with: LoRA adapters merged into a float32 base computed in float32
+  (`lora.merged_for_sampling`), and on CPU the layers split once per call (`model.split_layers`, merging on the
+  way): decode steps up to 1.45x faster (SmolLM2, 32 rows; docs/benchmarks.md) for one more copy of the layers
+  while sampling."""
+  merge = lora_lib.merged_for_sampling(weights, s.cfg.lora, s.compute_dtype)
   if jax.default_backend() == 'cpu':
     return model_lib.split_layers(weights, s.cfg, jnp.dtype(s.compute_dtype), merge)
   return lora_lib.merge(weights, s.cfg.lora) if merge else weights

@@ -489,9 +489,11 @@ def export_peft(
   `peft.PeftModel.from_pretrained(base, out_dir)` loads on top of the base `export_hf` writes.
 
   Module names come from the same table rows as the base's weights ('layers.attn.q' -> model.layers.{i}.self_attn.
-  q_proj.weight -> ...q_proj.lora_A.weight). Our A [L, <in dims>, r] and B [L, r, <out dims>] flatten row-major
-  like the row's layout flattens the weight ([D, N, H] -> q_proj.weight [N*H, D]), so lora_A = A[i] as [r, in] and
-  lora_B = B[i] as [out, r]; PEFT's scale lora_alpha / r is ours. `dtype` defaults to the adapters' (float32).
+  q_proj.weight -> ...q_proj.lora_A.weight), under the text decoder's prefix of an `hf:` base that has one (the
+  multimodal Gemma 3 4B+ checkpoints: model.language_model.layers...). Our A [L, <in dims>, r] and B [L, r, <out
+  dims>] flatten row-major like the row's layout flattens the weight ([D, N, H] -> q_proj.weight [N*H, D]), so
+  lora_A = A[i] as [r, in] and lora_B = B[i] as [out, r]; PEFT's scale lora_alpha / r is ours. `dtype` defaults to
+  the adapters' (float32).
   """
   import safetensors.numpy
 
@@ -499,6 +501,9 @@ def export_peft(
   out.mkdir(parents=True, exist_ok=True)
   rows = {row.path: row for row in table(cfg)}
   np_dtype = np.dtype(jnp.dtype(dtype or jax.tree.leaves(adapters)[0].dtype))
+  # the module names of the model PEFT loads: a multimodal Gemma 3 base (4B+) has its decoder under a prefix
+  source = _HFSource(base_model[3:]) if base_model.startswith('hf:') else None
+  hf_name = source.name if source else lambda row, i: row.hf.format(i=i)
   tensors, modules = {}, []
   for group, named in adapters['layers'].items():
     for name, ab in named.items():
@@ -509,7 +514,7 @@ def export_peft(
       assert expect == (math.prod(out_dims), math.prod(in_dims)), (row.hf, expect, a.shape, b.shape)
       modules.append(row.hf.split('.')[-2])  # 'q_proj': what PEFT's target_modules matches
       for i in range(n_layers):
-        prefix = 'base_model.model.' + row.hf.format(i=i).removesuffix('.weight')
+        prefix = 'base_model.model.' + hf_name(row, i).removesuffix('.weight')
         tensors[f'{prefix}.lora_A.weight'] = np.ascontiguousarray(a[i].reshape(-1, r).T, np_dtype)
         tensors[f'{prefix}.lora_B.weight'] = np.ascontiguousarray(b[i].reshape(r, -1).T, np_dtype)
   config = dict(
@@ -521,7 +526,10 @@ def export_peft(
     else base_model,
     r=cfg.lora.rank,
     lora_alpha=cfg.lora.alpha,
-    target_modules=sorted(modules),
+    # a list matches those names anywhere, the vision tower's q_proj too: there, a pattern of the decoder's only
+    target_modules=rf'.*language_model.*\.({"|".join(sorted(modules))})'
+    if source and source.prefix
+    else sorted(modules),
     lora_dropout=0.0,
     bias='none',
     fan_in_fan_out=False,

@@ -445,6 +445,11 @@ def test_a_write_that_fails_after_sampling_leaves_no_temp_file(run_dir, tmp_path
     (['--dtype=int8'], "argument --dtype: invalid choice: 'int8' (choose from 'float32', 'bfloat16')"),
     (['--dtype=foo'], "argument --dtype: invalid choice: 'foo' (choose from 'float32', 'bfloat16')"),
     (['--model=tiny'], "--model=tiny: with --workdir the model is the run's (its config.json names it): drop --model"),
+    (  # pathlib made it a local folder named gs:
+      ['--out=gs://b/x'],
+      '--out=gs://b/x: expected a local folder; copy the export to the bucket afterwards with '
+      '`gcloud storage cp -r FOLDER gs://b/x`',
+    ),
   ],
 )
 def test_export_refuses_flags_it_would_misread(argv, said, run_dir, tmp_path, capsys):

@@ -81,6 +81,47 @@ def test_merged_weights_equal_the_adapter_path():
   np.testing.assert_allclose(np.asarray(merged), np.asarray(with_adapters), atol=1e-5 * spread)
 
 
+def test_bfloat16_compute_samples_adapter_updates_that_a_merge_would_round_away():
+  """A float32 base computed in bfloat16 (the TPU layouts with a float32 base): W + alpha/r * A @ B cast to bfloat16
+  for the dots is W again for updates under half a bfloat16 step, so a merging sampler would sample (nearly) the
+  base. The train step adds the adapters' float32 product to the bfloat16 one; the sampler must sample that."""
+  params = model.init_params(CFG, 0)
+  # a bfloat16 checkpoint read into float32: every W is a bfloat16 value, as the released Gemma 3 weights are
+  params['layers'] = jax.tree.map(lambda w: w.astype(jnp.bfloat16).astype(jnp.float32), params['layers'])
+  base = lora.split(params)[1]
+  params['lora'] = jax.tree.map(lambda x: 0.005 * x, trained_adapters(params))  # early in training: small
+  merged = lora.merge(params, LORA)
+  step = jax.tree.map(lambda w: jnp.abs(w) * 2.0**-8, base['layers'])  # a bfloat16 step of each W (about)
+  small = jax.tree.map(lambda m, w, st: float((jnp.abs(m - w) < st / 2).mean()), merged['layers'], base['layers'], step)
+  assert min(jax.tree.leaves(small)) > 0.8  # most updates are under half a step: a bfloat16 merge drops them
+  assert not lora.merged_for_sampling(params, LORA, 'bfloat16') and lora.merged_for_sampling(params, LORA, 'float32')
+
+  prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13], [3, 4, 5, 6]]
+  tokens, mask = sampler.pad_prompts(prompts, 4, 0)
+  s = sampler.Sampler(CFG, 4, 6, stop_ids=(), params=sampler.SamplingParams(temperature=1.0), compute_dtype='bfloat16')
+  sampled, from_merged, from_base = (
+    jax.device_get(s(p, tokens, mask, jax.random.key(0))) for p in (params, merged, base)
+  )
+  common = np.cumprod((sampled.tokens == from_base.tokens) & (from_merged.tokens == from_base.tokens), axis=1) > 0
+  assert common.sum() >= 12  # positions all three drew alike: their logprobs compare
+  moved = lambda out: np.abs(out.logprobs - from_base.logprobs)[common].max()  # noqa: E731
+
+  # how far the trained policy (the train step's bfloat16 forward, adapters applied) moves those logprobs
+  seqs = jnp.concatenate([tokens, jnp.asarray(sampled.tokens)], axis=1)
+  positions = jnp.broadcast_to(jnp.cumsum(mask, axis=1) - 1, tokens.shape)
+  positions = jnp.concatenate([positions, positions[:, -1:] + 1 + jnp.arange(6)], axis=1)
+  full_mask = jnp.concatenate([mask, jnp.ones(sampled.tokens.shape, bool)], axis=1)
+
+  def logp(p):
+    out = model.forward(p, CFG, seqs, positions, full_mask, dtype=jnp.bfloat16)[0][:, 3:-1].astype(jnp.float32)
+    return np.take_along_axis(np.asarray(jax.nn.log_softmax(out)), sampled.tokens[..., None], -1)[..., 0]
+
+  trained = np.abs(logp(params) - logp(base))[common].max()
+  assert trained > 1e-3
+  assert moved(from_merged) < 0.1 * trained  # what merging would sample: the update mostly rounded away
+  assert moved(sampled) > 0.5 * trained, (moved(sampled), trained)
+
+
 def make_batch(rows=8, p=5, n=4, seed=0) -> train_step.Batch:
   rng = np.random.default_rng(seed)
   prompts = [list(rng.integers(3, CFG.vocab_size, rng.integers(2, p + 1))) for _ in range(rows)]

@@ -165,12 +165,45 @@ def test_greedy_equals_peft_generate(case):
   assert sampler.generate(params, cfg, [prompt], max_new_tokens=NEW_TOKENS, stop_ids=(), pad_id=0) == [ref]
 
 
-def _run_dir(path, init, lora_spec, params):
+def test_adapters_on_a_multimodal_gemma3_base(tmp_path):
+  """Gemma 3 4B and up ship as image-text checkpoints (Gemma3ForConditionalGeneration, the decoder under
+  model.language_model.): rftjax trains their decoder, and the adapter folder must name its modules there, or PEFT
+  leaves every adapter unloaded (a warning) and serves the untrained base."""
+  cfg = CASES['gemma3']
+  params = _random_params(cfg, seed=2)
+  text = weights.export_hf(lora.split(params)[1], model.base_config(cfg), tmp_path / 'text')
+  vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28)
+  config = transformers.Gemma3Config(
+    text_config=json.loads((text / 'config.json').read_text()),
+    vision_config=dict(vision, patch_size=14),
+    mm_tokens_per_image=4,
+    image_token_index=90,
+    boi_token_index=91,
+    eoi_token_index=92,
+  )
+  multimodal = transformers.Gemma3ForConditionalGeneration(config).eval()
+  decoder = {k.removeprefix('model.'): v for k, v in _load(text).state_dict().items() if k.startswith('model.')}
+  multimodal.model.language_model.load_state_dict(decoder, strict=True)
+  multimodal.save_pretrained(tmp_path / 'base')
+  loaded = weights.load(f'hf:{tmp_path / "base"}', model.base_config(cfg))
+  jax.tree.map(np.testing.assert_array_equal, loaded, lora.split(params)[1])
+
+  adapter = weights.export_peft(params['lora'], cfg, tmp_path / 'adapter', base_model=f'hf:{tmp_path / "base"}')
+  served = peft.AutoPeftModelForCausalLM.from_pretrained(str(adapter), dtype=torch.float32).eval()
+  adapted = [n for n, m in served.named_modules() if hasattr(m, 'lora_A')]
+  assert len(adapted) == 7 * cfg.num_layers and all('.language_model.' in n for n in adapted), adapted[:3]
+  tokens = _tokens(cfg)
+  ours = _rftjax_logits(params, cfg, tokens)
+  assert _rel_err(ours, _torch_logits(served, tokens)) < TOLERANCE
+  assert _rel_err(ours, _torch_logits(multimodal, tokens)) > 0.05  # the adapters matter
+
+
+def _run_dir(path, init, lora_spec, params, param_dtype='float32'):
   """A run directory as the trainer leaves it: config.json and one checkpoint of the trainable params."""
   from rftjax import checkpoint
 
   path.mkdir()
-  config = dict(model='', init=init, tokenizer=None, param_dtype='float32', lora=lora_spec)
+  config = dict(model='', init=init, tokenizer=None, param_dtype=param_dtype, lora=lora_spec)
   (path / 'config.json').write_text(json.dumps(config))
   state = {'params': params, 'step': jnp.int32(10), 'rng': jax.random.key_data(jax.random.key(0))}
   with checkpoint.Checkpointer(path / 'checkpoints', async_save=False) as ckpt:
@@ -197,6 +230,31 @@ def test_export_cli_adapter(tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and 'is a full fine-tuning run' in err, err
   assert not (tmp_path / 'x').exists()
+
+
+def test_merged_export_of_a_bfloat16_base_keeps_small_updates_at_float32(tmp_path):
+  """A bfloat16 base (the TPU layouts): W + alpha/r * A @ B rounded to bfloat16 is W again wherever the update is
+  under half a bfloat16 step; `--dtype=float32` writes the sum as computed, the default the base's dtype."""
+  from rftjax import export
+
+  cfg = CASES['qwen2_qv']
+  params = _random_params(cfg, seed=4)
+  base = weights.export_hf(lora.split(params)[1], model.base_config(cfg), tmp_path / 'base', dtype='bfloat16')
+  adapters = jax.tree.map(lambda x: 0.02 * x, params['lora'])  # early in training: small updates
+  spec = dict(rank=4, alpha=8.0, targets=['q', 'v'])
+  run = _run_dir(tmp_path / 'run', f'hf:{base}', spec, {'lora': adapters}, param_dtype='bfloat16')
+  assert export.main([f'--workdir={run}', '--dtype=float32', f'--out={tmp_path / "f32"}']) == 0
+  assert export.main([f'--workdir={run}', f'--out={tmp_path / "bf16"}']) == 0
+  w = weights.load(f'hf:{base}', model.base_config(cfg))['layers']['attn']['q']  # bfloat16 values, as float32
+  update = cfg.lora.scale * lora.delta('q', adapters['layers']['attn']['q'])
+  f32, bf16 = (
+    weights.load(f'hf:{tmp_path / d}', model.base_config(cfg))['layers']['attn']['q'] for d in ('f32', 'bf16')
+  )
+  np.testing.assert_allclose(np.asarray(f32), np.asarray(w + update), rtol=0, atol=1e-6)
+  small = np.abs(np.asarray(update)) < np.abs(np.asarray(w)) * 2.0**-10
+  assert small.mean() > 0.5
+  np.testing.assert_array_equal(np.asarray(bf16)[small], np.asarray(w)[small])  # rounded away in bfloat16
+  assert not np.array_equal(np.asarray(f32)[small], np.asarray(w)[small])
 
 
 def test_export_replaces_an_earlier_export_whole_and_refuses_other_folders(tmp_path, capsys, monkeypatch):

@@ -21,6 +21,8 @@ import jax
 import numpy as np
 import pytest
 
+import local_http
+
 from configs import tiny
 from rftjax import checkpoint
 from rftjax import evaluate
@@ -247,3 +249,84 @@ def test_distributed_flags_that_cannot_work_are_one_line_errors():
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.startswith('error: --distributed=on: this machine does not say who its other hosts are')
+
+
+JUDGE = """
+import json, sys
+import jax
+from configs import tiny
+from rftjax import inference, loader, multihost, sharding
+
+flags = dict(a.lstrip('-').split('=', 1) for a in sys.argv[1:])
+multihost.initialize(coordinator=flags['coordinator'], num_processes=2, process_id=int(flags['process_id']))
+mesh = sharding.make_mesh({'data': 1, 'fsdp': -1, 'tensor': 1}, devices=jax.local_devices())  # as local_judges
+judge = inference.make_judge(loader.load(tiny.get_config('test'), mesh=mesh), max_new_tokens=6)
+print('JUDGED', json.dumps(judge([{'role': 'user', 'content': PROMPTS[jax.process_index()]}], {})))
+"""
+JUDGE_PROMPTS = ['Largest digit: 1 2 3', 'Largest digit: 9 8 8 7 6 5']
+
+
+@pytest.mark.slow
+def test_a_local_judge_answers_each_host_its_own_prompt(tmp_path):
+  """A score_model grader's local judge runs on each host's own devices: its completions must not be gathered
+  from every host (each host would get the answer to host 0's prompt)."""
+  from rftjax import inference
+  from rftjax import loader
+
+  script = tmp_path / 'judge.py'
+  script.write_text(f'PROMPTS = {JUDGE_PROMPTS!r}\n' + JUDGE)
+  port = free_port()
+  procs = [spawn([str(script)], tmp_path / f'judge{i}.log', i, port) for i in range(2)]
+  codes = finish(procs, timeout=300)
+  logs = [(tmp_path / f'judge{i}.log').read_text() for i in range(2)]
+  assert codes == [0, 0], '\n'.join(log[-2000:] for log in logs)
+  said = [json.loads(log.split('JUDGED ', 1)[1].splitlines()[0]) for log in logs]
+  mp = pytest.MonkeyPatch()
+  mp.chdir(REPO)
+  try:
+    judge = inference.make_judge(loader.load(tiny.get_config('test')), max_new_tokens=6)
+    expected = [judge([{'role': 'user', 'content': p}], {}) for p in JUDGE_PROMPTS]
+  finally:
+    mp.undo()
+  assert expected[0] != expected[1]  # the two prompts tell the hosts apart
+  assert said == expected
+
+
+class _Metadata(local_http.Handler):
+  endpoints = ''
+
+  def do_GET(self):
+    path = '/computeMetadata/v1/instance/attributes/worker-network-endpoints'
+    if self.path != path or self.headers['Metadata-Flavor'] != 'Google' or not self.endpoints:
+      self.send(404, 'not found', 'text/plain')
+    else:
+      self.send(200, self.endpoints, 'text/plain')
+
+
+def test_a_cloud_tpu_vm_finds_its_hosts_in_its_metadata(monkeypatch):
+  """tpu/create.sh's VMs list a slice's workers in the metadata server, not in TPU_WORKER_HOSTNAMES (GKE's): a
+  slice of several hosts must start jax.distributed by itself (--distributed=auto), a single host must not."""
+  from rftjax import multihost
+
+  for var in ('TPU_PROCESS_ADDRESSES', 'TPU_WORKER_HOSTNAMES', 'TPU_SKIP_MDS_QUERY'):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setattr(multihost, 'has_tpu_chips', lambda: True)
+  with local_http.serving(_Metadata) as url:
+    monkeypatch.setenv('GCE_METADATA_IP', url.removeprefix('http://').rstrip('/'))
+    for endpoints, expected in [
+      ('t1v-n-0:0:10.0.0.2,t1v-n-1:1:10.0.0.3', True),  # the old name:id:ip format
+      ('10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5', True),
+      ('t1v-n-0:0:10.0.0.2', False),  # one host
+      ('', False),  # no such attribute: a GCE VM that is no TPU slice
+    ]:
+      monkeypatch.setattr(_Metadata, 'endpoints', endpoints)
+      assert multihost.on_multihost_tpu_vm() is expected, endpoints
+    monkeypatch.setattr(_Metadata, 'endpoints', '10.0.0.2,10.0.0.3')
+    monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'one-host')  # GKE's variable wins
+    assert multihost.on_multihost_tpu_vm() is False
+    monkeypatch.delenv('TPU_WORKER_HOSTNAMES')
+    monkeypatch.setattr(multihost, 'has_tpu_chips', lambda: False)  # no TPU: the server is not asked
+    assert multihost.on_multihost_tpu_vm() is False
+  monkeypatch.setattr(multihost, 'has_tpu_chips', lambda: True)
+  monkeypatch.setenv('GCE_METADATA_IP', '127.0.0.1:1')  # nothing listens: not on GCE
+  assert multihost.on_multihost_tpu_vm() is False

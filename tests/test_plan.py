@@ -160,6 +160,32 @@ def test_lora_plan_counts_adapters_not_the_base_for_the_optimizer():
   assert adapters < p.persistent['frozen base (bfloat16)'] / 10
 
 
+def test_a_bfloat16_first_moment_leaves_the_second_in_float32():
+  """optax.adamw's mu_dtype is the first moment's dtype only: the plan counts what the optimizer allocates."""
+  config = lora_one_vm.get_config('qwen3_8b_v5e8')
+  config.optimizer.mu_dtype = 'bfloat16'
+  p = plan.make_plan(config, config.devices)
+  adapters = p.persistent['LoRA adapters (rank 16, float32)']
+  assert p.persistent['optimizer (AdamW mu, nu of the adapters)'] == adapters // 2 + adapters
+  tx = train_step.make_optimizer(config.optimizer, 10)
+  trainable = {'w': jax.numpy.zeros((64, 32), jax.numpy.float32)}
+  state = jax.eval_shape(tx.init, trainable)
+  dtypes = sorted(str(x.dtype) for x in jax.tree.leaves(state) if x.shape == (64, 32))
+  assert dtypes == ['bfloat16', 'float32']  # mu, nu
+
+
+def test_the_merged_lora_copy_is_counted_where_the_sampler_merges():
+  """lora.merged_for_sampling: a float32 base computed in float32 only (in bfloat16 the merge would round away
+  small updates, so the adapters run in the decode loop and no merged copy exists)."""
+  config = lora_one_vm.get_config('qwen3_8b_v5e8')
+  config.param_dtype = 'float32'
+  merged = {}
+  for compute in ('bfloat16', 'float32'):
+    config.compute_dtype = compute
+    merged[compute] = plan.make_plan(config, config.devices).sampling.get('merged LoRA weights (float32 base)')
+  assert merged['bfloat16'] is None and merged['float32'] > 0
+
+
 @pytest.mark.parametrize('arg', sorted(gemma3_tpu.PRESETS))
 def test_every_tpu_preset_fits_its_slice(arg):
   config = gemma3_tpu.get_config(arg)

