@@ -239,11 +239,16 @@ def write_jsonl(path: str | pathlib.Path, rows: Sequence[dict]) -> None:
   if runfs.is_remote(path):  # no mkdir: buckets have no folders (and gcsfs's makedirs creates missing buckets)
     epath.Path(path).write_text(text, encoding='utf-8')
     return
-  path = pathlib.Path(path)
+  write_atomic(pathlib.Path(path), text)
+
+
+def write_atomic(path: pathlib.Path, payload: str | bytes) -> None:
+  """A local file written whole or not at all (temp file + rename; a failed write leaves no temp file); text as
+  UTF-8. Missing folders are made."""
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(path.suffix + '.tmp')
   try:
-    tmp.write_text(text, encoding='utf-8')
+    tmp.write_bytes(payload.encode('utf-8') if isinstance(payload, str) else payload)
     tmp.replace(path)
   except OSError:
     tmp.unlink(missing_ok=True)

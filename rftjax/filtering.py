@@ -63,13 +63,8 @@ def write(config, rows: list[dict], drop, folder: pathlib.Path, samples: int, ou
       f'written there (the measurements are in {out}); expected prompts left to train on: a larger --samples, '
       'another --drop, or easier data'
     )
-  folder.mkdir(parents=True, exist_ok=True)
-  tmp = folder / 'train.jsonl.tmp'
-  tmp.write_text(''.join(kept), encoding='utf-8')
-  tmp.replace(folder / 'train.jsonl')
-  tmp = folder / 'valid.jsonl.tmp'
-  tmp.write_bytes(pathlib.Path(config.data.valid).read_bytes())  # not measured: copied as it is
-  tmp.replace(folder / 'valid.jsonl')
+  data_lib.write_atomic(folder / 'train.jsonl', ''.join(kept))
+  data_lib.write_atomic(folder / 'valid.jsonl', pathlib.Path(config.data.valid).read_bytes())  # copied as it is
   return {'dir': str(folder), 'drop': list(drop), **counts, 'valid': 'copied unchanged'}, None
 
 
