@@ -60,6 +60,10 @@ class _ReadOnlyNotes(logging.Filter):
 logging.getLogger('absl').addFilter(_ReadOnlyNotes())
 
 
+class StateMismatch(ValueError):
+  """A checkpoint's params differ from the target's in leaves or shapes: another model or LoRA setting."""
+
+
 class Checkpointer:
   """Saves and restores `(state, extra)` per step under one directory; see the module docstring.
 
@@ -209,7 +213,7 @@ class Checkpointer:
     shardings are used); arrays land directly in those shardings, which may come from a different mesh than
     the one the checkpoint was saved from. A leaf without a sharding lands on the default device. The target's
     dtype wins (a float32 checkpoint restores into a bfloat16 target by casting); tree structure and shapes must
-    match exactly.
+    match exactly: params that differ (checked from metadata first) raise StateMismatch.
     Returns `(state, extra)`.
     """
     self._manager.wait_until_finished()  # the step may still be in flight from this process.
@@ -217,11 +221,11 @@ class Checkpointer:
     target = jax.tree.map(_as_abstract, abstract_state)
     mismatch = _mismatch(_stored_tree(self.directory / str(step) / _STATE), target)
     if mismatch:
-      raise ValueError(f'restoring {self.directory}/{step} into abstract_state failed: {mismatch}')
+      raise StateMismatch(f'restoring {self.directory}/{step} into abstract_state failed: {mismatch}')
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target), _EXTRA: ocp.args.JsonRestore()})
     try:
       restored = self._manager.restore(step, args=args)
-    except ValueError as e:  # structure/shape mismatch: say which checkpoint, Orbax says which leaf.
+    except ValueError as e:  # the params matched: a broken step or an outage; say which checkpoint
       raise ValueError(f'restoring {self.directory}/{step} into abstract_state failed: {e}') from e
     return restored[_STATE], restored[_EXTRA]
 

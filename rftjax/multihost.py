@@ -3,8 +3,10 @@
 On a pod slice every host runs the same command (`tpu/launch.sh`); `initialize` joins them into one JAX runtime.
 From then on each host samples, decodes and grades its own rows: `to_global` builds the device batch from every
 host's rows, `local_rows` takes this host's rows back out of a batch-sharded array, `allmean` reduces per-host
-metrics, `any_host` agrees on a flag (preemption) and `gather_objects` hands every host the JSON records of all of
-them (evaluation). With one process every function is the identity or close to it, so CPU tests run the same code.
+metrics, `any_host` agrees on a flag (preemption), `gather_objects` hands every host the JSON records of all of
+them (evaluation) and `on_process_0` runs what one host does for all (the run folder's lock, config.json) so that
+its failure stops every host. With one process every function is the identity or close to it, so CPU tests run the
+same code.
 """
 
 from __future__ import annotations
@@ -175,6 +177,31 @@ def check_shared_folder(folder) -> None:
       f'--workdir={folder}: process {missing - 1} of {jax.process_count()} does not see what process 0 writes there; '
       'a multi-host run needs one folder every host sees: a gs:// workdir, or a shared file system'
     )
+
+
+def on_process_0(fn, *args):
+  """`fn(*args)` on process 0 only (its result there, None elsewhere). When it raises, every host raises: process 0
+  its exception, the others a UserError with its message (a RuntimeError naming it, for a bug), so no host waits at
+  its next collective for a process 0 that has gone, until the coordinator's heartbeat gives up."""
+  if jax.process_count() == 1:
+    return fn(*args)
+  result, failure = None, None
+  if jax.process_index() == 0:
+    try:
+      result = fn(*args)
+    except Exception as e:
+      failure = e
+  said = gather_objects(
+    [[isinstance(failure, errors.UserError), type(failure).__name__, str(failure)]] if failure is not None else []
+  )
+  if failure is not None:
+    raise failure
+  if said:
+    user_error, kind, message = said[0]
+    if user_error:  # the CLIs print it as process 0 does: one `error: ...` line, exit status 2
+      raise errors.UserError(message)
+    raise RuntimeError(f'process 0 stopped with {kind}: {message}')
+  return result
 
 
 def gather_objects(objects: list) -> list:

@@ -77,24 +77,26 @@ def _checked(config, workdir, explicit) -> dict:
     raise errors.ConfigError(f'--workdir={workdir}: cannot write there ({e})') from None
   with run, contextlib.ExitStack() as held:
     if not runfs.is_remote(workdir):  # a pod slice's hosts must share it (a hang at the first checkpoint otherwise)
-      if jax.process_index() == 0:  # one trainer per folder (a gs:// workdir is not locked: docs/checkpoints.md)
-        held.enter_context(runfs.lock(run.local))
+      # one trainer per folder (a gs:// workdir is not locked: docs/checkpoints.md)
+      multihost.on_process_0(lambda: held.enter_context(runfs.lock(run.local)))
       multihost.check_shared_folder(run.local)
     return _train(config, spec, run, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts, changed)
 
 
 def _write_config(config, run: runfs.RunDir) -> None:
   """config.json, whole or not at all (export and evaluate read it), synced: a bucket this VM may not write to
-  fails here, not after the model has loaded."""
-  if jax.process_index() != 0:
-    return
-  tmp = run.local / 'config.json.tmp'
-  tmp.write_text(config.to_json_best_effort(indent=2) + '\n')
-  tmp.replace(run.local / 'config.json')
-  try:
-    run.sync()
-  except OSError as e:
-    raise errors.ConfigError(f'--workdir={run.remote}: cannot write there ({e})') from None
+  fails here, not after the model has loaded. Process 0 writes it; when it cannot, every host stops."""
+
+  def write():
+    tmp = run.local / 'config.json.tmp'
+    tmp.write_text(config.to_json_best_effort(indent=2) + '\n')
+    tmp.replace(run.local / 'config.json')
+    try:
+      run.sync()
+    except OSError as e:
+      raise errors.ConfigError(f'--workdir={run.remote}: cannot write there ({e})') from None
+
+  multihost.on_process_0(write)
 
 
 def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, train_set, train_prompts, valid_set,
@@ -139,9 +141,9 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     if latest is not None:
       try:
         state, extra = ckpt.restore(latest, step_lib.abstract_state(state))
-      except ValueError as e:
+      except checkpoint_lib.StateMismatch as e:  # any other error is a broken step or an outage: its traceback
         raise errors.ConfigError(
-          f'--workdir={run.remote}: checkpoint {latest} does not fit this config ({str(e).splitlines()[-1][:300]}); '
+          f'--workdir={run.remote}: checkpoint {latest} does not fit this config ({str(e).split(" failed: ")[-1]}); '
           'was it written with another model or LoRA setting? Choose a new --workdir'
         ) from None
       data_iter.restore(extra['data'])

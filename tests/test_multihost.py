@@ -232,6 +232,29 @@ def test_hosts_that_do_not_share_a_local_workdir_are_refused(tmp_path):
   assert not (tmp_path / 'host0' / 'run' / 'checkpoints').exists()  # refused before anything was trained
 
 
+@pytest.mark.slow
+def test_a_startup_error_on_process_0_alone_stops_every_host(tmp_path):
+  """Process 0 alone takes the run folder's lock (and writes config.json); when it cannot, process 1 must stop with
+  the same one-line error, not wait at its next collective until the coordinator's heartbeat gives up."""
+  from rftjax import runfs
+
+  valid = small_valid(tmp_path)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  port = free_port()
+  holder = runfs.lock(workdir)  # another trainer in the folder, as far as the two hosts can tell
+  try:
+    codes = finish([launch(workdir, valid, i, port) for i in range(2)], timeout=240)
+  finally:
+    holder.close()
+  logs = [(tmp_path / f'process{i}.log').read_text() for i in range(2)]
+  assert codes == [2, 2], '\n'.join(log[-2000:] for log in logs)
+  for log in logs:
+    assert f'error: --workdir={workdir}: process {os.getpid()} on ' in log, log[-2000:]
+    assert 'is training in it; expected no other trainer there' in log
+  assert not (workdir / 'config.json').exists()
+
+
 def test_distributed_flags_that_cannot_work_are_one_line_errors():
   from rftjax import errors
   from rftjax import multihost

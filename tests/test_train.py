@@ -743,3 +743,29 @@ def test_long_prompts_can_be_skipped_instead_of_stopping_the_run(tmp_path, in_re
     workdir = run(tmp_path, 'skip', 1, **{'data.train': str(train), 'data.skip_long_prompts': True})
   assert any(m.startswith('skipped 1 prompts longer than config.data.max_prompt_len=20') for m in caplog.messages)
   assert [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_reward_mean' in r] == [1]
+
+
+def test_resume_calls_only_a_checkpoint_of_other_shapes_a_config_error(tmp_path, in_repo, monkeypatch):
+  """Params of other shapes (a model file replaced under the same path: config.json cannot tell) are a one-line
+  ConfigError naming the leaf; a checkpoint that fails to read for another reason keeps its own error and traceback."""
+  from rftjax import checkpoint
+  from rftjax import loader
+
+  run(tmp_path, 'one', 1)
+  model_config = loader.model_config
+  monkeypatch.setattr(loader, 'model_config', lambda *a: dataclasses.replace(model_config(*a), mlp_dim=256))
+  other = (
+    r'--workdir=.*/one: checkpoint 1 does not fit this config \(params.layers.mlp.down: the checkpoint holds shape '
+    r'\(4, 512, 128\), this config expects \(4, 256, 128\)\); was it written with another model'
+  )
+  with pytest.raises(errors.ConfigError, match=other):
+    run(tmp_path, 'one', 2)
+  monkeypatch.setattr(loader, 'model_config', model_config)
+
+  def unreadable(self, step, abstract_state):
+    raise ValueError(f'restoring {self.directory}/{step} into abstract_state failed: Error reading "d/abc": corrupt')
+
+  monkeypatch.setattr(checkpoint.Checkpointer, 'restore', unreadable)
+  with pytest.raises(ValueError, match='corrupt') as raised:
+    run(tmp_path, 'one', 2)
+  assert not isinstance(raised.value, errors.UserError)
