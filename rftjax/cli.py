@@ -124,13 +124,16 @@ def check_inference_flags(p: argparse.ArgumentParser, args: argparse.Namespace) 
     p.error(f'--top_p must be in (0, 1] (1 = off), got {top_p}')
 
 
-def check_out(path, *, folder: bool = False, label: str | None = None) -> None:
+def check_out(path, *, folder: bool = False, label: str | None = None, inputs: dict | None = None) -> None:
   """Before any work, that `path` can be written: a file (or with `folder`, a folder) that is not the other kind,
   under a folder this process may write in (missing folders are made when writing, as data.write_jsonl and
-  weights.export_hf do, so the nearest existing one counts). A gs:// path is not checked here: a bucket has no
-  folders, and its permissions show only at the write. Raises ConfigError starting with `label` (default
-  `--out=<path>`)."""
+  weights.export_hf do, so the nearest existing one counts), and none of the command's `inputs` ({flag: path}),
+  which the write would replace. A gs:// path is checked against the inputs only: a bucket has no folders, and its
+  permissions show only at the write. Raises ConfigError starting with `label` (default `--out=<path>`)."""
   label = label or f'--out={path}'
+  for flag, given in (inputs or {}).items():
+    if given and _same_path(given, path):
+      raise errors.ConfigError(f'{label} is the {flag} file; expected another file (writing it would replace that)')
   if runfs.is_remote(path):
     return
   target = pathlib.Path(os.fspath(path)).absolute()
@@ -145,6 +148,12 @@ def check_out(path, *, folder: bool = False, label: str | None = None) -> None:
     raise errors.ConfigError(f'{label}: {where} is a file; expected a folder there')
   if not os.access(where, os.W_OK | os.X_OK):
     raise errors.ConfigError(f'{label}: cannot write in {where} (permission denied)')
+
+
+def _same_path(a, b) -> bool:
+  if runfs.is_remote(a) or runfs.is_remote(b):
+    return os.fspath(a).rstrip('/') == os.fspath(b).rstrip('/')
+  return pathlib.Path(os.fspath(a)).resolve() == pathlib.Path(os.fspath(b)).resolve()
 
 
 # ---- the --config flag ----------------------------------------------------------------------------------------

@@ -65,7 +65,11 @@ def lines(path: str | pathlib.Path) -> Iterator[tuple[str, str]]:
   DataError naming the file, line and byte offset."""
   path = epath.Path(path)
   offset = 0
-  with path.open('rb') as f:
+  try:
+    f = path.open('rb')
+  except OSError as e:  # permissions, a folder: the file is named, not a traceback
+    raise DataError(f'{path}: cannot read it ({e.strerror or e})') from None
+  with f:
     for lineno, raw in enumerate(f, start=1):
       try:  # a byte-order mark (Windows editors write one) is no part of the first line's JSON
         line = raw.decode('utf-8-sig' if lineno == 1 else 'utf-8')
@@ -235,7 +239,11 @@ def fitting(examples: Sequence[Example], prompts: list, key: str) -> tuple[list[
 def write_jsonl(path: str | pathlib.Path, rows: Sequence[dict]) -> None:
   """Atomic write (temp file + rename), so a crash never leaves half a file, and a failed write no temp file. A
   gs:// path is one object write, atomic by itself."""
-  text = ''.join(json.dumps(row, ensure_ascii=False) + '\n' for row in rows)
+  write_text(path, ''.join(json.dumps(row, ensure_ascii=False) + '\n' for row in rows))
+
+
+def write_text(path: str | pathlib.Path, text: str) -> None:
+  """`text` as UTF-8 to a local path (write_atomic) or a gs:// one (one object write, atomic by itself)."""
   if runfs.is_remote(path):  # no mkdir: buckets have no folders (and gcsfs's makedirs creates missing buckets)
     epath.Path(path).write_text(text, encoding='utf-8')
     return

@@ -123,15 +123,16 @@ def parse_args(argv):
   return args
 
 
-def check_out(out, label: str) -> None:
-  """Both files evaluate writes (the samples, `<out>.summary.json`) can be written: cli.check_out."""
-  cli.check_out(out, label=label)
+def check_out(out, label: str, data=None) -> None:
+  """Both files evaluate writes (the samples, `<out>.summary.json`) can be written, and neither is --data:
+  cli.check_out."""
+  cli.check_out(out, label=label, inputs={'--data': data})
   cli.check_out(f'{out}.summary.json', label=f'{label}: its summary {out}.summary.json')
 
 
 def run(args) -> dict:
   if args.out:  # before anything slow; the default (in the run, named after the step) once the step is known
-    check_out(args.out, f'--out={args.out}')
+    check_out(args.out, f'--out={args.out}', args.data)
   run_config = runfs.read_config(args.workdir) if args.workdir else None
   # a run that used the example tool server gets a new one (its own is gone)
   with tool_server.serving_for(run_config) as run_config, contextlib.ExitStack() as stack:
@@ -229,7 +230,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     )
   if jax.process_index() == 0:
     sample_cli.write_out(out, rows)
-    out.with_name(out.name + '.summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+    data_lib.write_text(out.with_name(out.name + '.summary.json'), json.dumps(summary, indent=2) + '\n')
   summary['out'] = str(out)
   failed = graders.all_failed(results)
   if failed:  # a summary of zeros that only mean the grader could not run

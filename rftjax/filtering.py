@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import pathlib
 
+from etils import epath
+
+from rftjax import cli
 from rftjax import data as data_lib
 from rftjax import errors
+from rftjax import runfs
 
 DROPS = ('always_solved', 'never_solved')
 
 
 def check_folder(config, out: str) -> pathlib.Path:
-  """--write_filtered's folder, unless a file it would write is the run's own data."""
+  """--write_filtered's folder, checked before the measurement: one this process can write in (cli.check_out) that
+  would not overwrite the run's own data."""
+  if runfs.is_remote(out):
+    raise errors.ConfigError(f'--write_filtered={out}: expected a local folder (copy it to a bucket afterwards)')
+  cli.check_out(out, folder=True, label=f'--write_filtered={out}')
   path = pathlib.Path(out)
   for key in ('train', 'valid'):
     for name in ('train.jsonl', 'valid.jsonl'):
@@ -64,7 +72,7 @@ def write(config, rows: list[dict], drop, folder: pathlib.Path, samples: int, ou
       'another --drop, or easier data'
     )
   data_lib.write_atomic(folder / 'train.jsonl', ''.join(kept))
-  data_lib.write_atomic(folder / 'valid.jsonl', pathlib.Path(config.data.valid).read_bytes())  # copied as it is
+  data_lib.write_atomic(folder / 'valid.jsonl', epath.Path(config.data.valid).read_bytes())  # copied as it is
   return {'dir': str(folder), 'drop': list(drop), **counts, 'valid': 'copied unchanged'}, None
 
 

@@ -153,6 +153,8 @@ def _run(args) -> int:
     data, rows = _read_jsonl(args.data), _read_jsonl(args.samples)
     if len(data) != len(rows):
       _fail(f'--data has {len(data)} lines but --samples has {len(rows)}; expected the same number')
+    if not data:  # a mean over nothing would print as 0.0
+      _fail(f'--data={args.data}: no items (the file is empty); expected one JSON object per line')
     for where, item in data:
       if not isinstance(item, dict):
         _fail(f'{where}: expected a JSON object, found {type(item).__name__}')
@@ -162,7 +164,7 @@ def _run(args) -> int:
     except errors.UserError as e:
       _fail(str(e))
   if args.output:  # before the grading, which may take long
-    cli.check_out(args.output, label=f'--output={args.output}')
+    cli.check_out(args.output, label=f'--output={args.output}', inputs={'--data': args.data, '--samples': args.samples})
   fmt = None
   if grader_at == 'method.reinforcement.grader':  # a job file: its completions must match its format, as in training
     from rftjax import response_format
@@ -176,10 +178,8 @@ def _run(args) -> int:
   if modes[0]:
     print(json.dumps(results[0].to_json(), default=str))
     return 1 if results[0].errors else 0  # a grading that failed is not a score of 0
-  if args.output:
-    with open(args.output, 'w') as f:
-      for r in results:
-        f.write(json.dumps(r.to_json(), default=str) + '\n')
+  if args.output:  # whole or not at all, missing folders made (as check_out promised)
+    data_lib.write_jsonl(args.output, [json.loads(json.dumps(r.to_json(), default=str)) for r in results])
   print(json.dumps(graders.summarize(results, prefix=args.prefix), indent=1))
   failed = graders.all_failed(results)
   if failed:  # the zeros above mean the grader could not run, not that the samples are wrong

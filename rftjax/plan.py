@@ -96,6 +96,8 @@ def parse_devices(spec: str) -> Hardware:
       f'--devices={spec!r}: expected TYPE-N such as v5p-32, v5e-8, v6e-16, v4-8, cpu-8 or cpu24g-1'
     )
   gen, n = _ALIASES.get(m.group(1), m.group(1)), int(m.group(2))
+  if n < 1:
+    raise errors.ConfigError(f'--devices={spec!r}: N is {n}; expected at least 1 device')
   ram = re.fullmatch(r'cpu(\d+)g', gen)
   if gen == 'cpu' or ram:
     total = int(ram.group(1)) * GiB if ram else os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')

@@ -42,6 +42,7 @@ import numpy as np
 from rftjax import cli
 from rftjax import errors
 from rftjax import filtering
+from rftjax import runfs
 
 log = logging.getLogger('rftjax')
 
@@ -98,7 +99,7 @@ def summarize(rows: list[dict], g: int, threshold: float) -> dict:
     'reward_mean': float(rewards.mean()),
     'pass_rate_mean': float(rates.mean()),
     # over prompts: it carries both the spread between prompts and the sampling noise within each
-    'pass_rate_stderr': float(rates.std(ddof=1) / math.sqrt(n)) if n > 1 else float('nan'),
+    'pass_rate_stderr': float(rates.std(ddof=1) / math.sqrt(n)) if n > 1 else None,  # JSON has no NaN
     'binary_rewards': bool(np.isin(rewards, (0.0, 1.0)).all()),
     'never_solved': never,
     'always_solved': always,
@@ -106,7 +107,7 @@ def summarize(rows: list[dict], g: int, threshold: float) -> dict:
     'always_solved_share': always / n,
     'zero_variance_share_at_k': float(np.mean([len(set(np.round(r, 9))) == 1 for r in rewards])),
     'zero_variance_share_at_g': float(zero.mean()),
-    'zero_variance_share_at_g_stderr': float(zero.std(ddof=1) / math.sqrt(n)) if n > 1 else float('nan'),
+    'zero_variance_share_at_g_stderr': float(zero.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
     'zero_variance_method': (
       f'mean over prompts of sum_v C(c_v, G) / C(k, G) (unbiased for sum_v P(v)^G; binary: p^G + (1-p)^G), G={g}, k={k}'
       if k >= g
@@ -183,14 +184,15 @@ def table(s: dict) -> str:
   )
   once = ' (one batch only)' if m['sampling_first_batch_only'] else ''
   first_extra = m['train_step_first_s'] - m['train_step_s'] if m['train_step_s'] is not None else None
+  pm = lambda v: '(one prompt: no standard error)' if v is None else f'+- {v:.4f}'  # noqa: E731
   zero_note = (
-    f"+- {s['zero_variance_share_at_g_stderr']:.4f}: expected share of a step's groups whose rewards all agree"
+    f"{pm(s['zero_variance_share_at_g_stderr'])}: expected share of a step's groups whose rewards all agree"
     if s['samples_per_prompt'] >= s['num_generations']
     else f'plug-in estimate from k={s["samples_per_prompt"]} < G samples: biased upward (1 at k=1)'
   )
   rows = [
     ('mean reward', f'{s["reward_mean"]:.4f}', ''),
-    ('mean pass rate', f'{s["pass_rate_mean"]:.4f}', f'+- {s["pass_rate_stderr"]:.4f} standard error over prompts; '
+    ('mean pass rate', f'{s["pass_rate_mean"]:.4f}', f'{pm(s["pass_rate_stderr"])} standard error over prompts; '
      f'a sample passes at reward >= {s["pass_threshold"]:g}'),
     ('never solved', f'{s["never_solved_share"]:.4f}', f'{s["never_solved"]} prompts: 0 of k samples pass'),
     ('always solved', f'{s["always_solved_share"]:.4f}', f'{s["always_solved"]} prompts: k of k samples pass'),
@@ -364,6 +366,9 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   runspec.check_grader(config, train_set + valid_set, explicit)
   threshold = float(pass_threshold if pass_threshold is not None else grader_spec.get('pass_threshold', 1.0))
   filtered_dir = filtering.check_folder(config, write_filtered) if write_filtered else None
+  if runfs.is_remote(out):
+    raise errors.ConfigError(f'--out={out}: expected a local folder (copy it to a bucket afterwards)')
+  cli.check_out(out, folder=True)  # both written after the measurement: a bad place would waste it
   tok = loader.load_tokenizer(config)
   spec = runspec.build(config, tok)
   fmt = response_format.make(config.get('response_format'))  # JSON completions: the schema joins every prompt
@@ -470,7 +475,7 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
     summary.update({'filtered': entry} if entry else {})
   summary['load_average'] = {'start': list(load_start), 'end': list(os.getloadavg())}
   summary['timing']['estimate'] = estimate(summary['timing']['measured'], summary['timing']['run'])
-  (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+  data_lib.write_atomic(out / 'summary.json', json.dumps(summary, indent=2) + '\n')
   if refusal:
     raise errors.ConfigError(refusal)
   failed = graders.all_failed(results)

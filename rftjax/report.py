@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import re
 import sys
@@ -181,8 +182,20 @@ def _disk_use(workdir, steps: list[int]) -> dict:
   """Bytes of the whole run directory and of each checkpoint on disk (local runs; a bucket is not walked)."""
   if runfs.is_remote(workdir):
     return {}
-  size = lambda p: sum(f.stat().st_size for f in pathlib.Path(p).rglob('*') if f.is_file())
-  return {'total': size(workdir), **{f'checkpoint {s}': size(workdir / 'checkpoints' / str(s)) for s in steps}}
+  return {'total': _size(workdir), **{f'checkpoint {s}': _size(workdir / 'checkpoints' / str(s)) for s in steps}}
+
+
+def _size(folder) -> int:
+  """Bytes of the files under `folder`, counting what a running trainer deletes or renames meanwhile (an old
+  checkpoint, Orbax's temporary folder) as gone, not as an error."""
+  total = 0
+  for root, _, files in os.walk(folder):  # os.walk skips a folder that vanished; rglob raises
+    for name in files:
+      try:
+        total += os.stat(os.path.join(root, name)).st_size
+      except FileNotFoundError:  # deleted since the walk listed it (or a broken link)
+        pass
+  return total
 
 
 def _fmt(v) -> str:

@@ -13,7 +13,6 @@ See docs/cli.md.
 from __future__ import annotations
 
 import argparse
-import codecs
 import logging
 import pathlib
 import sys
@@ -57,7 +56,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument(
     '--stop',
     action='append',
-    type=lambda s: codecs.decode(s, 'unicode_escape'),
+    type=escaped,
     help="an extra stop string (one token or several), repeatable; escapes work: --stop='\\n' (default: the "
     "run's config.sampling.stop)",
   )
@@ -65,6 +64,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument('--coordinator', help='host:port of process 0, to run on several hosts as one')
   p.add_argument('--num_processes', type=int, help='with --coordinator: how many processes')
   p.add_argument('--process_id', type=int, help="with --coordinator: this process's index")
+
+
+def escaped(text: str) -> str:
+  """A flag's backslash escapes (`\\n`, `\\t`, `\\u3002`) resolved; other characters stay as typed (unicode_escape
+  alone reads a non-ASCII character's UTF-8 bytes as Latin-1: '。' would become 'ã\\x80\\x82')."""
+  return text.encode('latin-1', 'backslashreplace').decode('unicode_escape')
 
 
 def load_from_args(args) -> loader.Loaded:
@@ -162,7 +167,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
 
   def body() -> int:
-    cli.check_out(args.out)  # a bad --out fails before the sampling, not after it
+    cli.check_out(args.out, inputs={'--prompts': args.prompts})  # a bad --out fails before the sampling
     prompts = read_prompts(args.prompts)  # bad input fails before the model loads
     loaded = load_from_args(args)
     if int(loaded.config.get('max_episode_steps') or 1) > 1:

@@ -220,6 +220,18 @@ def test_sample_bad_flags(run_dir, tmp_path, in_repo, capsys, caplog):
   assert not [r for r in caplog.records if 'loading' in r.message]  # checked before minutes of loading
   assert sample.main([f'--workdir={tmp_path}', f'--prompts={prompts}', f'--out={tmp_path / "o"}']) == 2
   assert 'config.json' in capsys.readouterr().err
+  kept = prompts.read_text()
+  assert sample.main([f'--workdir={run_dir}', f'--prompts={prompts}', f'--out={prompts}']) == 2
+  assert capsys.readouterr().err == (
+    f'error: --out={prompts} is the --prompts file; expected another file (writing it would replace that)\n'
+  )
+  assert prompts.read_text() == kept
+
+
+def test_stop_flags_keep_what_was_typed_and_resolve_escapes(run_dir, tmp_path):
+  flags = ['--stop=。', '--stop=\\n', '--stop=→\\t', '--stop=\\u00e9']
+  args = sample.parse_args([f'--workdir={run_dir}', '--prompts=p.jsonl', f'--out={tmp_path / "o"}', *flags])
+  assert args.stop == ['。', '\n', '→\t', 'é']  # unicode_escape alone gave 'ã\x80\x82' for the first
 
 
 # ---- evaluate ----------------------------------------------------------------------------------------------------
@@ -264,9 +276,31 @@ def test_evaluate_bad_grader_and_data(run_dir, tmp_path, in_repo, capsys):
   with pytest.raises(SystemExit):
     evaluate.main(['--init=gguf:smollm2-135m', f'--data={data}', f'--tools={tools_file}', '--grader=g', '--out=o'])
   assert '--tools needs --workdir' in capsys.readouterr().err
+  assert evaluate.main([f'--workdir={run_dir}', f'--data={data}', f'--out={data}']) == 2
+  assert capsys.readouterr().err == (
+    f'error: --out={data} is the --data file; expected another file (writing it would replace that)\n'
+  )
 
 
 # ---- report and plot ---------------------------------------------------------------------------------------------
+def test_disk_use_counts_what_a_running_trainer_deletes_meanwhile_as_gone(tmp_path, monkeypatch):
+  import os
+  import shutil
+
+  for rel, size in [('metrics.jsonl', 10), ('checkpoints/1/a', 100), ('checkpoints/2/b', 1000)]:
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_bytes(b'x' * size)
+  scandir = os.scandir
+
+  def trainer_deletes_step_1_first(path='.'):  # the keep policy drops step 1 between the listing and the walk into it
+    if isinstance(path, (str, os.PathLike)) and pathlib.Path(path).name == '1':  # (rmtree's own calls pass an fd)
+      shutil.rmtree(path, ignore_errors=True)
+    return scandir(path)
+
+  monkeypatch.setattr(os, 'scandir', trainer_deletes_step_1_first)
+  assert report._disk_use(tmp_path, [2]) == {'total': 1010, 'checkpoint 2': 1000}
+
+
 def test_report_matches_the_checkpointer(run_dir, in_repo, capsys):
   assert report.main([f'--workdir={run_dir}', '--json']) == 0
   s = json.loads(capsys.readouterr().out)

@@ -243,3 +243,8 @@ def test_the_data_line_counts_repeated_prompts_and_validation_prompts_seen_in_tr
     '3 training examples (2 distinct prompts) and 2 validation examples (1 also in training)'
   )
   assert data.describe(train[1:], valid[1:]) == '2 training examples and 1 validation example'
+
+
+def test_a_file_that_cannot_be_opened_is_a_data_error(tmp_path):
+  with pytest.raises(data.DataError, match=f'^{tmp_path}: cannot read it \\(Is a directory\\)$'):
+    list(data.lines(tmp_path))

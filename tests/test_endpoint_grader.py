@@ -92,7 +92,13 @@ def test_scores_and_the_request(url):
   assert path == '/grade' and headers['Authorization'] == 'Bearer t0k'
   assert headers['Content-Type'] == 'application/json'
   assert body == {
-    'sample': {'output_text': '{"x": 2}', 'output_json': {'x': 2}, 'output_tools': [], 'trace_id': 'trace_b'},
+    'sample': {
+      'output_text': '{"x": 2}',
+      'output_json': {'x': 2},
+      'output_tools': [],
+      'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': '{"x": 2}'}}],
+      'trace_id': 'trace_b',
+    },
     'item': {'q': 'b'},
     'trace_id': 'trace_b',
   }

@@ -102,6 +102,23 @@ def test_text_similarity_matches_libraries():
   assert 0.0 < got['meteor'] < 1.0
 
 
+def test_meteor_without_wordnet_says_so_when_built(monkeypatch, caplog):
+  import nltk
+
+  def absent(name):
+    raise LookupError(name)
+
+  monkeypatch.setattr(nltk.data, 'find', absent)
+  text_graders._wordnet.cache_clear()
+  try:
+    with caplog.at_level('WARNING', logger='rftjax.graders.text_graders'):
+      ts('meteor')
+    assert [m for m in caplog.messages if "'meteor': nltk's WordNet corpus is not installed" in m], caplog.messages
+    assert isinstance(text_graders._wordnet(), text_graders._NoSynonyms)
+  finally:
+    text_graders._wordnet.cache_clear()
+
+
 # formula and multi -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
   'text,expected',
@@ -213,7 +230,7 @@ def test_multi_inline():
     (
       {'type': 'string_check', 'input': '{{sample.output}}', 'reference': 'x', 'operation': 'eq'},
       "grader.input: template variable {{sample.output}}: the sample has no field 'output'; expected one of "
-      'output_text, output_json, output_tools; did you mean sample.output_text?',
+      'output_text, output_json, output_tools, choices; did you mean sample.output_text?',
     ),
     (
       {'type': 'string_check', 'input': OUT, 'reference': 'is {{item.answer}', 'operation': 'eq'},
@@ -287,6 +304,30 @@ def test_templates_keep_braces_that_are_not_variables_and_read_output_tools():
   spec = {'type': 'string_check', 'input': '{"a": {"b": {{item.n}}}} {sample} {{sample.output_tools}}',
           'reference': '{"a": {"b": 4}} {sample} []', 'operation': 'eq'}  # fmt: skip
   assert rewards(graders.build(spec), ['x'], [{'n': 4}]) == [1.0]
+
+
+CALLING = (
+  'Looking it up.\n<tool_call>\n{"name": "get_acceptors", "arguments": {"smiles": "CCO", "n": 2}}\n</tool_call>\n'
+  '<tool_call>{"name": 5}</tool_call>'  # not a call a host could run: left out, as it is of tool_calls
+)
+
+
+def test_output_tools_and_choices_are_shaped_as_openai_graders_read_them():
+  """OpenAI's graders guide reads a function call as {{sample.output_tools[0].function.name}}; before, output_tools
+  was always [] and that template failed on every sample (invalid_variable)."""
+  by_name = {'type': 'string_check', 'name': 'fn', 'input': '{{sample.output_tools[0].function.name}}',
+             'reference': '{{item.fn}}', 'operation': 'eq'}  # fmt: skip
+  assert rewards(graders.build(by_name), [CALLING], [{'fn': 'get_acceptors'}]) == [1.0]
+  no_call = graders.build(by_name).grade_batch(['CCO has one acceptor.'], [{'fn': 'get_acceptors'}])[0]
+  assert no_call.reward == 0.0 and no_call.errors[0].category == 'invalid_variable'
+  args = {'type': 'string_check', 'name': 'args', 'operation': 'eq', 'reference': '{"smiles": "CCO", "n": 2}',
+          'input': '{{sample.choices[0].message.tool_calls[0].function.arguments}}'}  # fmt: skip
+  assert rewards(graders.build(args), [CALLING], [{}]) == [1.0]  # a JSON string, as the API carries it
+  content = {'type': 'string_check', 'name': 'c', 'input': '{{sample.choices[0].message.content}}',
+             'reference': '{{item.text}}', 'operation': 'eq'}  # fmt: skip
+  assert rewards(graders.build(content), [CALLING, 'plain'], [{'text': CALLING}, {'text': 'plain'}]) == [1.0, 1.0]
+  with pytest.raises(graders.GraderConfigError, match='output_text, output_json, output_tools, choices'):
+    graders.build({**content, 'input': '{{sample.output_audio}}'})
 
 
 def test_build_from_file(tmp_path):
@@ -479,6 +520,32 @@ def test_cli(tmp_path):
   folder = run_cli(f'--grader={good}', f'--data={data}', f'--samples={samples}', f'--output={tmp_path}')
   assert (folder.returncode, folder.stdout) == (2, '')
   assert folder.stderr == f'error: --output={tmp_path}: a folder is there; expected the name of a file to write\n'
+
+
+def test_cli_output_is_written_whole_and_never_over_an_input(tmp_path):
+  good = tmp_path / 'g.json'
+  good.write_text(json.dumps(multi_spec()))
+  data, samples = tmp_path / 'd.jsonl', tmp_path / 's.jsonl'
+  data.write_text('{"ref": "abc"}\n{"ref": "abd"}\n')
+  samples.write_text('"abc"\n"abc"\n')
+  out = tmp_path / 'new' / 'folder' / 'r.jsonl'  # folders made, as --out's check promised
+  done = run_cli(f'--grader={good}', f'--data={data}', f'--samples={samples}', f'--output={out}')
+  assert done.returncode == 0, done.stderr
+  rewards = [json.loads(line)['reward'] for line in out.read_text().splitlines()]
+  assert rewards == [1.0, pytest.approx(0.5 * (2 * 2 / 6) ** 2)]  # exact 0; fuzzy ratio of abc/abd is 4/6
+  assert sorted(p.name for p in out.parent.iterdir()) == ['r.jsonl']
+  same = run_cli(f'--grader={good}', f'--data={data}', f'--samples={samples}', f'--output={tmp_path}/./s.jsonl')
+  assert (same.returncode, same.stdout) == (2, '')
+  assert same.stderr == (
+    f'error: --output={tmp_path}/./s.jsonl is the --samples file; expected another file (writing it would replace '
+    'that)\n'
+  )
+  assert samples.read_text() == '"abc"\n"abc"\n'
+  data.write_text('\n')
+  samples.write_text('')
+  empty = run_cli(f'--grader={good}', f'--data={data}', f'--samples={samples}')
+  assert (empty.returncode, empty.stdout) == (2, '')
+  assert empty.stderr == f'error: --data={data}: no items (the file is empty); expected one JSON object per line\n'
 
 
 @pytest.mark.parametrize(

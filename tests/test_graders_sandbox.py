@@ -41,6 +41,19 @@ def test_python_grader(pool):
   assert 'latency_s' in res[0].metadata
 
 
+def test_python_grader_sees_tool_calls_and_choices(pool):
+  g = py(
+    'import json\n\ndef grade(sample, item):\n'
+    "  calls = sample['output_tools']\n"
+    "  assert sample['choices'][0]['message']['content'] == sample['output_text']\n"
+    "  return float(bool(calls) and calls[0]['function']['name'] == item['fn']\n"
+    "               and json.loads(calls[0]['function']['arguments']) == item['args'])\n"
+  )
+  call = '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'
+  res = pool.grade(g, [call, 'the answer is 3'], [{'fn': 'add', 'args': {'a': 1, 'b': 2}}] * 2)
+  assert [r.reward for r in res] == [1.0, 0.0] and all(not r.errors for r in res), res
+
+
 HOSTILE = {
   'infinite_loop': ('def grade(s, i):\n  while True:\n    pass\n', 'python_grader_timeout'),
   'sleep': ('import time\ndef grade(s, i):\n  time.sleep(60)\n', 'python_grader_timeout'),

@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import sysconfig
@@ -176,17 +177,25 @@ def world(tmp_path):
 
 
 def leftovers() -> set[str]:
-  """Grader processes, temp dirs and cgroups that exist now."""
+  """Grader processes, temp dirs and cgroups that exist now, but for those of a pool whose owner still runs: another
+  test's, on the other xdist worker (a pool names its cgroups and temp dirs rftjax-grader-<owner pid>-*, and its
+  workers run in those cgroups). The pools of the commands a test ran have ended with them."""
+
+  def foreign(name: str) -> bool:
+    m = re.search(r'rftjax-grader-(\d+)-', name)
+    return bool(m) and pathlib.Path(f'/proc/{m.group(1)}').exists()
+
   found = set()
   for pid in os.listdir('/proc'):
     try:
       cmd = pathlib.Path(f'/proc/{pid}/cmdline').read_bytes()
+      cgroup = pathlib.Path(f'/proc/{pid}/cgroup').read_text()
     except OSError:
       continue
-    if pid.isdigit() and b'sandbox_worker.py' in cmd:
+    if pid.isdigit() and b'sandbox_worker.py' in cmd and not foreign(cgroup):
       found.add(f'process {pid}')
-  found |= {str(p) for p in pathlib.Path(tempfile.gettempdir()).glob('rftjax-grader-*')}
-  return found | {str(p) for p in pathlib.Path('/sys/fs/cgroup/pids').glob('rftjax-grader-*')}
+  found |= {str(p) for p in pathlib.Path(tempfile.gettempdir()).glob('rftjax-grader-*') if not foreign(p.name)}
+  return found | {str(p) for p in pathlib.Path('/sys/fs/cgroup/pids').glob('rftjax-grader-*') if not foreign(p.name)}
 
 
 def data_line(attack: str, prompt: str = 'Largest digit: 1 2 3 4') -> str:

@@ -13,6 +13,7 @@ import pytest
 from configs import gemma3_tpu
 from configs import lora_one_vm
 from configs import tiny
+from rftjax import errors
 from rftjax import grpo
 from rftjax import kvcache
 from rftjax import model
@@ -322,3 +323,9 @@ def test_cli_says_when_it_cannot_count_the_training_file(in_repo, capsys, caplog
   caplog.clear()
   assert plan.main(['plan', '--config=configs/tiny.py', '--devices=cpu-1']) == 0
   assert '(2000 training examples)' in capsys.readouterr().out and not caplog.text
+
+
+@pytest.mark.parametrize('spec', ['cpu-0', 'v5e-0', 'v5p-0'])
+def test_zero_devices_is_a_config_error(spec):
+  with pytest.raises(errors.ConfigError, match=f"--devices='{spec}': N is 0; expected at least 1 device"):
+    plan.parse_devices(spec)

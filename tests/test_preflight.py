@@ -107,6 +107,16 @@ def test_zero_variance_formula_hand_computed():
   assert preflight.zero_variance_prob([0.7] * 5, 3) == 1.0
 
 
+def test_one_measured_prompt_has_no_standard_error_and_strict_json(measured):
+  rows = [{'rewards': [1.0, 0.0, 0.0, 1.0], 'pass_rate': 0.5}]
+  s = preflight.summarize(rows, 4, 1.0)
+  assert s['pass_rate_stderr'] is None and s['zero_variance_share_at_g_stderr'] is None
+  json.dumps(s, allow_nan=False)  # summary.json stays JSON (NaN is not)
+  shown = preflight.table({**measured[2], **s})
+  assert '(one prompt: no standard error) standard error over prompts' in shown
+  assert '(one prompt: no standard error): expected share of a step' in shown
+
+
 def test_run_estimate_arithmetic():
   assert preflight.evaluations(3, 2) == 3  # steps 0, 2 and the last, 3
   assert preflight.evaluations(40, 10) == 5
@@ -151,6 +161,14 @@ def test_filtered_file_has_exactly_the_expected_lines(measured):
       ['--write_filtered=data/tiny'],
       'error: --write_filtered=data/tiny: would overwrite '
       'config.data.train=data/tiny/train.jsonl; choose another folder',
+    ),  # fmt: skip
+    (  # checked before the measurement, which a failed write after it would waste
+      ['--write_filtered=README.md'],
+      'error: --write_filtered=README.md: a file is there; expected a folder (made if missing)',
+    ),  # fmt: skip
+    (
+      ['--write_filtered=gs://bucket/filtered'],
+      'error: --write_filtered=gs://bucket/filtered: expected a local folder (copy it to a bucket afterwards)',
     ),  # fmt: skip
   ],
 )

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from rftjax import errors
+from rftjax import tools
 
 # OpenAI's reinforcement fine-tuning error categories (the `*_error` metrics of a fine-tuning job).
 SAMPLE_PARSE = 'sample_parse'
@@ -118,16 +119,16 @@ class Grader:
     return f'{type(self).__name__}(name={self.name!r}, spec={json.dumps(self.spec)[:200]})'
 
 
-SAMPLE_FIELDS = ('output_text', 'output_json', 'output_tools')
+SAMPLE_FIELDS = ('output_text', 'output_json', 'output_tools', 'choices')
 
 
 def sample_dict(text: str, parse_json: bool = True) -> dict[str, Any]:
-  """The sample a grader sees: OpenAI's `output_text`, `output_json` when the text parses as JSON (and
-  `parse_json`: graders whose templates never read it skip the parse) and `output_tools`, always empty (rftjax's
-  tool calls are the episode's, docs/tools.md; the graded text is the last turn's).
-
-  Deliberately twinned by `sandbox_worker._sample`, which must not import rftjax (it runs in the sandbox): a change
-  here goes there too."""
+  """The sample a grader sees, as OpenAI's graders see one: `output_text`; `output_json` when the text parses as
+  JSON (and `parse_json`: graders whose templates never read it skip the parse); `output_tools`, the text's
+  well-formed `<tool_call>` blocks as chat-completions `tool_calls` (`{"id", "type": "function", "function": {"name",
+  "arguments": JSON string}}`); `choices`, the one choice `{"index": 0, "message": {"role": "assistant", "content":
+  text[, "tool_calls"]}}`. In an episode the text is its last turn (docs/tools.md): calls that were run are in its
+  transcript, not here. The text keeps its tool-call blocks (OpenAI's `output_text` would not hold them)."""
   sample: dict[str, Any] = {'output_text': text, 'output_json': None, 'output_tools': []}
   stripped = text.strip()
   if parse_json and stripped[:1] in ('{', '['):
@@ -135,4 +136,13 @@ def sample_dict(text: str, parse_json: bool = True) -> dict[str, Any]:
       sample['output_json'] = json.loads(stripped)
     except ValueError:
       pass
+  if '<tool_call>' in text:
+    sample['output_tools'] = [
+      {'id': f'call_{i}', 'type': 'function', 'function': {'name': c.name, 'arguments': c.arguments}}
+      for i, c in enumerate(c for c in tools.parse_calls(text) if c.error is None)
+    ]
+  message = {'role': 'assistant', 'content': text}
+  if sample['output_tools']:
+    message['tool_calls'] = sample['output_tools']
+  sample['choices'] = [{'index': 0, 'message': message}]
   return sample

@@ -202,18 +202,6 @@ def _as_score(value, what='grade()'):
   return value
 
 
-def _sample(text):
-  # The twin of graders.core.sample_dict (this process imports nothing of rftjax): keep the two alike.
-  sample = {'output_text': text, 'output_json': None, 'output_tools': []}
-  stripped = text.strip()
-  if stripped[:1] in ('{', '['):
-    try:
-      sample['output_json'] = json.loads(stripped)
-    except ValueError:
-      pass
-  return sample
-
-
 def _make_python(spec):
   namespace = {'__name__': 'grader'}
   try:
@@ -221,18 +209,18 @@ def _make_python(spec):
   except BaseException:  # noqa: BLE001  (user code)
     tb = traceback.format_exc(limit=-5)
 
-    def broken(text, item):
+    def broken(sample, item):
       raise _Error('python_grader_runtime', 'grader source failed to load:\n' + tb)
 
     return broken
   grade_fn = namespace.get('grade')
   if not callable(grade_fn):
 
-    def missing(text, item):
+    def missing(sample, item):
       raise _Error('python_grader_runtime', 'grader source does not define grade(sample, item)')
 
     return missing
-  return lambda text, item: (_as_score(grade_fn(_sample(text), item)), None)
+  return lambda sample, item: (_as_score(grade_fn(sample, item)), None)
 
 
 _FENCE = re.compile(r'```[ \t]*([A-Za-z0-9_+\-]*)[^\n]*\n(.*?)```', re.DOTALL)

@@ -7,10 +7,13 @@ from maintained libraries: rapidfuzz (fuzzy_match), sacrebleu (bleu), nltk (gleu
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 from rftjax.graders import core
 from rftjax.graders import templating
+
+log = logging.getLogger(__name__)
 
 STRING_OPERATIONS = ('eq', 'ne', 'like', 'ilike')
 SIMILARITY_METRICS = (
@@ -114,6 +117,7 @@ def metric_fn(metric: str):
 
     return lambda hyp, ref: gleu_score.sentence_gleu([_tokens(ref)], _tokens(hyp))
   if metric == 'meteor':
+    _wordnet()  # said when the grader is built (rftjax.grade --validate too), not at the first grading
     return _meteor
   if metric.startswith('rouge_'):
     key = 'rougeL' if metric == 'rouge_l' else 'rouge' + metric[-1]
@@ -156,6 +160,10 @@ def _wordnet():
     wordnet.synsets('test')
     return wordnet
   except Exception:  # noqa: BLE001  (LookupError when the corpus is absent; anything else: same fallback)
+    log.warning(
+      "text_similarity 'meteor': nltk's WordNet corpus is not installed, so METEOR matches exact words and stems "
+      "only, no synonyms (OpenAI's scores may be higher); install it with python -m nltk.downloader wordnet omw-1.4"
+    )
     return _NoSynonyms()
 
 
