@@ -270,6 +270,10 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int, explicit=(
     if user['eval_samples'] is not None:
       c.eval_samples = user['eval_samples']
       note('eval_samples', c.eval_samples, f'openai.eval_samples={user["eval_samples"]}')
+      if c.eval_samples > 1 and not c.eval_temperature and 'eval_temperature' not in explicit:
+        # k greedy completions of one prompt are one completion k times: sample them as the rollouts are
+        c.eval_temperature = c.sampling.temperature
+        note('eval_temperature', c.eval_temperature, f'eval_samples {c.eval_samples} > 1: sampling.temperature')
 
     effort = user['reasoning_effort']
     if effort is not None:

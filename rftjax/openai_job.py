@@ -102,6 +102,8 @@ class Job:
   def _relative(self, value: str | None) -> str | None:
     if value is None or runfs.is_remote(value) or pathlib.Path(value).is_absolute():
       return value
+    if runfs.is_remote(self.path):  # pathlib would make gs://b/x gs:/b/x, a local path
+      return f'{str(self.path).rsplit("/", 1)[0]}/{value}'
     return str(pathlib.Path(self.path).parent / value)
 
 
@@ -169,11 +171,17 @@ def read(path: str | pathlib.Path) -> Job:
   suffix = body.get('suffix')
   if suffix is not None and (len(suffix) > 64 or not suffix.replace('-', '').replace('_', '').isalnum()):
     _fail(path, 'suffix', suffix, 'at most 64 letters, digits, - and _')
-  for key, value in (body.get('metadata') or {}).items():
-    if not isinstance(value, str):
-      _fail(path, f'metadata.{key}', value, 'a string (OpenAI metadata values are strings)')
-  if isinstance(body.get('seed'), int) and not isinstance(body['seed'], bool) and body['seed'] < 0:
-    _fail(path, 'seed', body['seed'], 'an integer >= 0 or null')
+  metadata = body.get('metadata') or {}
+  if len(metadata) > 16:  # OpenAI's limits: 16 pairs, keys of 64 characters, values of 512
+    _fail(path, 'metadata', f'{len(metadata)} keys', 'at most 16 key-value pairs')
+  for key, value in metadata.items():
+    if len(key) > 64:
+      _fail(path, f'metadata.{key[:20]}...', f'a key of {len(key)} characters', 'keys of at most 64 characters')
+    if not isinstance(value, str) or len(value) > 512:
+      _fail(path, f'metadata.{key}', value, 'a string of at most 512 characters (OpenAI metadata values are strings)')
+  seed = body.get('seed')
+  if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= 2**31 - 1:
+    _fail(path, 'seed', seed, 'an integer in [0, 2147483647] or null')
   for key in ('training_file', 'validation_file'):
     value = body.get(key)
     if isinstance(value, str) and not value.strip():
@@ -220,6 +228,8 @@ def apply(config, job: Job, explicit=()) -> Any:
     put('data.train', job.file('training_file'), 'training_file')
     if body.get('validation_file'):
       put('data.valid', job.file('validation_file'), 'validation_file')
+      if c.data.get('valid_limit'):  # a demo config's cut of its own validation set: the user's file is whole
+        put('data.valid_limit', 0, 'validation_file')
     elif not c.data.valid:
       raise JobError(
         f'{job.path}: validation_file: missing, and the config has no data.valid; expected a path (rftjax keeps '

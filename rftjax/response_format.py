@@ -14,6 +14,7 @@ None); an OpenAI job's `method.reinforcement.response_format`. docs/openai_jobs.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import jsonschema
@@ -56,12 +57,14 @@ def check(spec: Any, where: str) -> None:
     raise errors.ConfigError(
       f'{where}.json_schema.{sorted(unknown)[0]}: unknown field; known: name, schema, strict, description'
     )
-  if not isinstance(body.get('name'), str) or not body['name']:
-    _fail(f'{where}.json_schema.name', body.get('name'), 'a non-empty string')
+  if not isinstance(body.get('name'), str) or not re.fullmatch(r'[A-Za-z0-9_-]{1,64}', body['name']):
+    _fail(f'{where}.json_schema.name', body.get('name'), "1-64 of a-z, A-Z, 0-9, '_' and '-' (OpenAI's rule)")
   if not isinstance(body.get('schema'), dict):
     _fail(f'{where}.json_schema.schema', body.get('schema'), 'a JSON Schema object')
-  if not isinstance(body.get('strict', False), bool):
-    _fail(f'{where}.json_schema.strict', body.get('strict'), 'true or false')
+  if body.get('strict') is not None and not isinstance(body['strict'], bool):  # the SDKs write null for unset
+    _fail(f'{where}.json_schema.strict', body.get('strict'), 'true, false or null')
+  if body.get('description') is not None and not isinstance(body['description'], str):
+    _fail(f'{where}.json_schema.description', body.get('description'), 'a string')
   try:
     jsonschema.validators.validator_for(body['schema']).check_schema(body['schema'])
   except jsonschema.SchemaError as e:
@@ -75,11 +78,14 @@ class ResponseFormat:
   def __init__(self, spec: dict):
     self.spec = spec
     self.name = spec['json_schema']['name']
+    self.description = spec['json_schema'].get('description') or ''
     self.schema = spec['json_schema']['schema']
     self._validator = jsonschema.validators.validator_for(self.schema)(self.schema)
 
   def instruction(self) -> str:
-    return f'{INSTRUCTION} ("{self.name}"):\n{json.dumps(self.schema, ensure_ascii=False)}'
+    """What joins the prompt: OpenAI says the model reads the format's description to know how to respond."""
+    what = f'"{self.name}": {self.description}' if self.description else f'"{self.name}"'
+    return f'{INSTRUCTION} ({what}):\n{json.dumps(self.schema, ensure_ascii=False)}'
 
   def validate(self, text: str) -> str | None:
     """None when `text` is JSON matching the schema, parsed the way graders parse `sample.output_json` (the whole

@@ -12,6 +12,7 @@ the learning algorithm from the `RunSpec` only; `plan` runs the same checks for 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -264,9 +265,10 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   sizes = sharding.resolve_mesh_shape(config.mesh, devices)
   shards = sizes['data'] * sizes['fsdp']
   rows = batch * g
+  by = functools.partial(hparams.deciding_key, config)  # an OpenAI job's field when one decided the value
   if rows % shards:
     raise errors.ConfigError(
-      f'config.batch_size x config.num_generations = {batch} x {g} = {rows} rows: expected '
+      f'{by("batch_size")} x {by("num_generations")} = {batch} x {g} = {rows} rows: expected '
       f'a multiple of the mesh data x fsdp = {shards}, which splits them'
     )
   if rows % (micro * shards):
@@ -276,7 +278,7 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
     )
   if batch % processes:
     raise errors.ConfigError(
-      f'config.batch_size={batch}: expected a multiple of the {processes} processes '
+      f'{by("batch_size")}={batch}: expected a multiple of the {processes} processes '
       '(each host samples and grades its own prompts)'
     )
 
@@ -389,11 +391,18 @@ def check_resume(config, previous: dict, workdir) -> list[str]:
       'grader: choose a new --workdir (or delete that one to start over)'
     )
   # total_steps: how a run is continued; openai.resolved: a JSON record of what the changed fields resolved to
-  return [
+  notes = [
     f'{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}'
     for k in changed
     if k not in ('total_steps', 'openai.resolved')
   ]
+  if 'total_steps' in changed and new.get('optimizer.schedule') == 'cosine':  # the decay is over total_steps
+    notes.append(
+      f'total_steps {old.get("total_steps")} -> {new.get("total_steps")} under the cosine schedule, which now decays '
+      'over the new length: the learning rate jumps where the run resumes (a run of the new length from the start '
+      'would have decayed differently)'
+    )
+  return notes
 
 
 # ---- the run description ---------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import dataclasses
 import http
 import http.client
 import json
+import logging
 import pathlib
 import re
 import time
@@ -38,6 +39,8 @@ from typing import Any, Callable, Collection, Sequence
 
 from rftjax import data as data_lib
 from rftjax import errors
+
+log = logging.getLogger(__name__)
 
 # What became of one call. The first six come from `post` (or, for an oversize request, from the size check
 # before it); the last two never reach a server.
@@ -220,8 +223,19 @@ def check_data_tools(
   """Before anything slow: every tool a row offers is configured, and (`every_tool_offered`, for a run's own data)
   every configured tool is offered by some row. `rows` are ('file:line', row) pairs of every data file the run
   reads. A row naming a tool that config.tools lacks is a data.DataError naming the line; a configured tool no row
-  offers is an errors.ConfigError naming its entry."""
+  offers is an errors.ConfigError naming its entry. With no tools configured (a one-turn run) the rows' tools are
+  part of their prompts only, as in OpenAI's reinforcement fine-tuning: the model writes its calls, the graders read
+  them (sample.output_tools), none is run; only their shape is checked."""
   configured = [t.name for t in tools]
+  if not configured:
+    offering = sum(1 for where, item in rows if isinstance(item, dict) and row_tools(item, where))
+    if offering:
+      log.info(
+        '%d data rows offer tools; config.tools configures none, so the model sees them in its prompt and the '
+        'graders read its calls (sample.output_tools), which are not run (docs/tools.md)',
+        offering,
+      )
+    return
   offered: set[str] = set()
   for where, item in rows:
     if not isinstance(item, dict):

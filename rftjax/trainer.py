@@ -110,9 +110,18 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
   )
   latest = ckpt.latest_step()
   if latest is not None and latest >= spec.total_steps:  # said before anything loads; config.json stays the run's
+    unranked = ckpt.metrics(latest) is None
     ckpt.close()
     key = hparams.deciding_key(config, 'total_steps')
     log.info('nothing to do: step %d >= total_steps=%d (raise %s to continue)', latest, spec.total_steps, key)
+    if unranked:  # its validation failed (or a stop came first): the run's last model was never measured
+      log.warning(
+        'checkpoint %d has no validation reward, so it is not among the best kept; measure it with python -m '
+        'rftjax.evaluate --workdir=%s --step=%d',
+        latest,
+        run.remote,
+        latest,
+      )
     return {}
   if latest is None:  # a new run; a resumed one writes its config.json once its checkpoint has restored
     _write_config(config, run)
@@ -274,13 +283,14 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
         progress.note(step + 1, last_eval)
         stop = watch(last_eval) or stop
         save(step + 1, state, data_iter, last_eval)
-        if watcher.requested(step + 1):  # during the validation: saved already
-          raise watcher.stop(step + 1)
-      elif watcher.requested(step + 1):
-        save(step + 1, state, data_iter)
+      # ---- the collapse guard asked to stop (guard.stop): every host at this step, after a checkpoint. Before a
+      # SIGTERM's stop: a resume would not raise the alarm again (the guard fires once, when patience is reached) ----
+      stopping = config.guard.enabled and config.guard.stop and multihost.any_host(stop is not None)
+      if not stopping and watcher.requested(step + 1):
+        if ckpt.latest_step() != step + 1:  # an evaluation step is saved already
+          save(step + 1, state, data_iter)
         raise watcher.stop(step + 1)
-      # ---- the collapse guard asked to stop (guard.stop): every host at this step, after a checkpoint ----
-      if config.guard.enabled and config.guard.stop and multihost.any_host(stop is not None):
+      if stopping:
         if ckpt.latest_step() != step + 1:
           save(step + 1, state, data_iter)
         ckpt.wait_until_finished()  # the best step's metrics are on disk
@@ -290,6 +300,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
           guard_lib.stop_message(stop, run.remote, best, reward) if stop else 'the collapse guard stopped the run'
         )
     progress.close()
+    ckpt.wait_until_finished()  # the last save committed (or failed) inside the job: then 'succeeded' is true
   return last_eval
 
 
@@ -370,8 +381,8 @@ def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | N
   t0 = time.perf_counter()
   best = None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']}
   saved = ckpt.save(step, state, extra={'data': data_iter.state()}, metrics=best)
-  writer.write({'step': step, 'timing/checkpoint_s': time.perf_counter() - t0})
-  if saved:
+  if saved:  # a step on disk already (a stop right after a resume) is no second timing row for its step
+    writer.write({'step': step, 'timing/checkpoint_s': time.perf_counter() - t0})
     writer.event(
       f'Checkpoint created at step {step}', data={'step': step, 'checkpoint': str(ckpt.directory / str(step))}
     )

@@ -92,6 +92,13 @@ def test_base_learning_rate_table_and_fallback():
 def test_eval_samples_sets_the_native_field():
   r = hparams.apply(make_config(eval_samples=4), 100)
   assert r.eval_samples == 4 and resolved(r)['eval_samples']['value'] == 4
+  # four greedy completions would be one completion four times: they are sampled as the rollouts are
+  assert r.eval_temperature == r.sampling.temperature == 1.0 and resolved(r)['eval_temperature']['value'] == 1.0
+  c = make_config(eval_samples=4).unlock()
+  c.eval_temperature = 0.0
+  kept = hparams.apply(c, 100, explicit={'eval_temperature'})  # --config.eval_temperature=0 on the command line
+  assert kept.eval_temperature == 0.0 and 'eval_temperature' not in resolved(kept)
+  assert hparams.apply(make_config(eval_samples=1), 100).eval_temperature == 0.0
 
 
 @pytest.mark.parametrize(

@@ -110,10 +110,17 @@ H = 'method.reinforcement.hyperparameters'
     ({'training_file': 'file-abc123'}, "training_file: 'file-abc123' is an OpenAI file ID; expected a path"),
     ({'model': 'o4-mini'}, "model: found 'o4-mini', expected an init spec (gguf:PATH, gguf:NAME, hf:DIR) or a config"),
     ({'seed': True}, 'seed: found true, expected an integer or null'),
-    ({'seed': -1}, 'seed: found -1, expected an integer >= 0 or null'),
+    ({'seed': -1}, 'seed: found -1, expected an integer in [0, 2147483647] or null'),
+    ({'seed': 2**31}, 'seed: found 2147483648, expected an integer in [0, 2147483647] or null'),
+    ({'metadata': {f'k{i}': 'v' for i in range(17)}}, "metadata: found '17 keys', expected at most 16 key-value pairs"),
+    ({'metadata': {'team': 'x' * 513}}, "metadata.team: found 'xxxxxxxx"),
+    (
+      {'method.reinforcement.response_format.json_schema.name': 'my digit'},
+      "response_format.json_schema.name: found \"my digit\", expected 1-64 of a-z, A-Z, 0-9, '_' and '-'",
+    ),
     ({'training_file': ''}, "training_file: found '', expected a path (local or gs://)"),
     ({'validation_file': ' '}, "validation_file: found ' ', expected a path (local or gs://) or null"),
-    ({'metadata': {'team': 1}}, 'metadata.team: found 1, expected a string'),
+    ({'metadata': {'team': 1}}, 'metadata.team: found 1, expected a string of at most 512 characters'),
     ({'suffix': 'a b'}, "suffix: found 'a b', expected at most 64 letters, digits, - and _"),
     ({'trainig_file': 'x'}, 'trainig_file: unknown field; did you mean training_file?'),
     (
@@ -237,6 +244,22 @@ def test_relative_paths_are_relative_to_the_job_file(tmp_path):
   for model, init in (('gguf:models/m.gguf', f'gguf:{tmp_path}/models/m.gguf'), ('hf:/abs/dir', 'hf:/abs/dir'),
                       ('gguf:smollm2-135m', 'gguf:smollm2-135m')):  # fmt: skip
     assert openai_job.read(write_job(tmp_path, model=model)).init() == init
+  # a job file in a bucket: its neighbours are in the bucket (pathlib would have made gs://b/... gs:/b/...)
+  remote = openai_job.Job('gs://b/jobs/job.json', {**JOB, 'training_file': 't.jsonl', 'validation_file': 'v/v.jsonl'})
+  assert (remote.file('training_file'), remote.file('validation_file')) == (
+    'gs://b/jobs/t.jsonl',
+    'gs://b/jobs/v/v.jsonl',
+  )
+
+
+def test_a_jobs_validation_file_is_used_whole(tmp_path):
+  """A config that cuts its own validation set (smollm2_arith: data.valid_limit=50) must not cut the job's file,
+  whose reward ranks the checkpoints kept; without a validation_file the config's set stays as it was."""
+  config = tiny.get_config().unlock()
+  config.data.valid_limit = 50
+  assert openai_job.apply(config, openai_job.read(write_job(tmp_path))).data.valid_limit == 0
+  without = openai_job.read(write_job(tmp_path, validation_file=None))
+  assert openai_job.apply(config, without).data.valid_limit == 50
 
 
 def test_an_init_model_uses_the_generic_config_and_reads_the_architecture(tmp_path):
@@ -279,6 +302,19 @@ def test_the_job_trains_unchanged_and_a_typo_stops_it_at_start_up(tmp_path, monk
 
 
 # response_format ----------------------------------------------------------------------------------------------
+def test_response_format_takes_what_the_sdks_write_and_shows_the_description():
+  """The openai package writes "strict": null for an unset strict; OpenAI's model reads the description."""
+  spec = copy.deepcopy(SCHEMA)
+  spec['json_schema'].update(strict=None, description='the largest digit, as a string')
+  response_format.check(spec, 'job.json: method.reinforcement.response_format')
+  assert (
+    response_format.make(spec)
+    .instruction()
+    .startswith(f'{response_format.INSTRUCTION} ("digit": the largest digit, as a string):\n{{"type": "object"')
+  )
+  assert response_format.make(SCHEMA).instruction().startswith(f'{response_format.INSTRUCTION} ("digit"):\n')
+
+
 def test_response_format_validates_completions_like_graders_parse_them():
   fmt = response_format.make(SCHEMA)
   assert fmt.validate('  {"answer": "7"}\n') is None
@@ -344,3 +380,16 @@ def test_a_resume_with_another_n_epochs_lists_the_field_not_the_resolved_record(
   assert runspec.check_resume(runs[1], previous, tmp_path) == ['eval_interval 7 -> 13', 'openai.n_epochs 1 -> 2']
   del previous['data']['skip_long_prompts']  # a run started before rftjax had the setting (off by default)
   assert runspec.check_resume(runs[0], previous, tmp_path) == []
+
+
+def test_a_shape_the_jobs_hyperparameters_decided_is_refused_naming_them(tmp_path):
+  from rftjax import runspec
+
+  path = write_job(tmp_path, **{f'{H}.batch_size': 3, f'{H}.compute_multiplier': 1.1})  # 3 x 9 = 27 rows
+  resolved = hparams.apply(openai_job.apply(tiny.get_config(), openai_job.read(path)), 2000)
+  with pytest.raises(errors.ConfigError) as e:
+    runspec.check(resolved, devices=8, inputs=False)
+  assert str(e.value) == (
+    f'{H}.batch_size in {path} x {H}.compute_multiplier in {path} = 3 x 9 = 27 rows: expected a multiple of the mesh '
+    'data x fsdp = 8, which splits them'
+  )

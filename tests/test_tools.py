@@ -114,8 +114,17 @@ def test_data_and_config_must_agree():
   )
   with pytest.raises(errors.ConfigError, match=r"^config\.tools\[1\]: tool 'calculator' is configured, but no data"):
     tools.check_data_tools(rows[:1], SPECS)
-  with pytest.raises(data.DataError, match=r'configured: none$'):
-    tools.check_data_tools(rows[:1], ())
+
+
+def test_without_configured_tools_the_rows_tools_are_prompt_only(caplog):
+  """OpenAI's RFT rows offer tools that nothing runs: the model writes the call and the grader reads it. Before,
+  such a row was refused ('configured: none') and an OpenAI job with tools could not start."""
+  rows = [('d.jsonl:1', {'tools': [LOOKUP]}), ('d.jsonl:2', {'messages': []}), ('d.jsonl:3', {'tools': [CALC_CHAT]})]
+  with caplog.at_level('INFO', logger='rftjax.tools'):
+    tools.check_data_tools(rows, ())
+  assert [m for m in caplog.messages if m.startswith('2 data rows offer tools; config.tools configures none')]
+  with pytest.raises(data.DataError, match=r'^d\.jsonl:4: tools\[0\]: "type" must be "function"'):
+    tools.check_data_tools([('d.jsonl:4', {'tools': [{'type': 'web_search'}]})], ())  # still checked
 
 
 @pytest.mark.parametrize(

@@ -401,6 +401,20 @@ def test_a_workdir_holds_one_run(tmp_path, in_repo, caplog):
   assert sorted(p.name for p in hf.iterdir()) == ['config.json']
 
 
+@pytest.mark.parametrize('schedule', ['constant', 'cosine'])
+def test_more_steps_on_resume_say_when_the_learning_rate_jumps(schedule):
+  """Raising total_steps continues a run; under the cosine schedule it also moves the rate: said at the resume."""
+  from rftjax import runspec
+
+  old = tiny.get_config().unlock()
+  old.optimizer.schedule, old.total_steps = schedule, 3
+  new = old.copy_and_resolve_references()
+  new.total_steps = 5
+  notes = runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'runs/x')
+  jumps = 'total_steps 3 -> 5 under the cosine schedule, which now decays over the new length: the learning rate jumps'
+  assert [n[: len(jumps)] for n in notes] == ([jumps] if schedule == 'cosine' else [])
+
+
 def test_schedule_warmup_and_cosine():
   opt = ml_collections.ConfigDict(dict(OPT.to_dict(), warmup_steps=4, schedule='cosine', learning_rate=1.0))
   lr = [train_step.learning_rate(opt, k, 12) for k in range(1, 13)]
@@ -530,7 +544,7 @@ def test_gradings_that_fail_under_the_share_are_said_on_the_console(tmp_path, in
   assert train_said[0].startswith(f'step {failing[0]["step"]}: ') and 'said once' in train_said[0]
 
 
-def test_a_broken_validation_mid_run_keeps_the_step_unranked(tmp_path, in_repo, monkeypatch):
+def test_a_broken_validation_mid_run_keeps_the_step_unranked(tmp_path, in_repo, monkeypatch, caplog):
   from rftjax import checkpoint, inference
 
   real, calls = inference.evaluate, []
@@ -553,6 +567,11 @@ def test_a_broken_validation_mid_run_keeps_the_step_unranked(tmp_path, in_repo, 
   ckpt = checkpoint.Checkpointer(tmp_path / 'stop' / 'checkpoints', read_only=True)
   assert ckpt.latest_step() == 2 and ckpt.metrics(2) is None and ckpt.best_step() == 0
   assert [r['step'] for r in metrics.read_jsonl(tmp_path / 'stop' / 'metrics.jsonl') if 'valid_reward_mean' in r] == [0]
+  # the same command with total_steps=2 has nothing to do: it says that step 2 was never measured
+  with caplog.at_level('WARNING', logger='rftjax'):
+    run(tmp_path, 'stop', 2)
+  said = 'checkpoint 2 has no validation reward, so it is not among the best kept; measure it with python -m '
+  assert f'{said}rftjax.evaluate --workdir={tmp_path / "stop"} --step=2' in caplog.messages
 
 
 def test_a_grading_stop_mid_run_checkpoints_the_step_before_it(tmp_path, in_repo, monkeypatch):
@@ -629,6 +648,43 @@ def test_the_guard_stops_a_falling_run_and_the_best_checkpoint_exports(tmp_path,
   assert (tmp_path / 'best' / 'model.safetensors').is_file()
 
 
+def test_a_sigterm_in_the_step_the_guard_stops_does_not_hide_the_stop(tmp_path, in_repo, monkeypatch):
+  """A SIGTERM during the step whose validation raises the guard's stop: the run stops as the guard says (exit 4),
+  not as preempted (42: supervise.sh would resume it, and the guard, which fires once, would not stop it again)."""
+  from rftjax import preemption
+
+  falling = iter([0.5, 0.5, 0.5, 0.2, 0.2])
+  real = graders.summarize
+  monkeypatch.setattr(
+    inference.graders,
+    'summarize',
+    lambda results, prefix='train': {
+      **real(results, prefix),
+      **({'valid_reward_mean': next(falling)} if prefix == 'valid' else {}),
+    },
+  )
+  monkeypatch.setattr(preemption.Watcher, 'requested', lambda self, step: step == 4)  # during step 4
+  with pytest.raises(trainer.GuardStopped, match='valid_reward_mean fell to 0.2 at step 4'):
+    run(tmp_path, 'falling', 8, **{'guard.stop': True, 'guard.patience': 2, 'guard.sigmas': 0.0, 'eval_interval': 1})
+  rows = metrics.read_jsonl(tmp_path / 'falling' / 'metrics.jsonl')
+  assert [r['step'] for r in rows if 'timing/checkpoint_s' in r] == [0, 1, 2, 3, 4]  # one save per step
+
+
+def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in_repo, monkeypatch):
+  """The last save is asynchronous: when it fails (a full disk, a bucket's quota), events.jsonl must end 'failed',
+  not 'succeeded' written before the failure showed."""
+  from rftjax import checkpoint
+
+  def disk_full(self):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(checkpoint.Checkpointer, 'wait_until_finished', disk_full)
+  with pytest.raises(OSError, match='No space left on device'):
+    run(tmp_path, 'full', 1)
+  events = [json.loads(line) for line in (tmp_path / 'full' / 'events.jsonl').read_text().splitlines()]
+  assert [ev['data']['status'] for ev in events if 'status' in ev['data']] == ['running', 'failed']
+
+
 @pytest.mark.parametrize('group', [1, 4])
 def test_logits_in_chunks_give_the_same_logprobs_entropy_and_update(group, monkeypatch):
   """Past LOGIT_CHUNK_ELEMENTS a part's logits are built a chunk of positions at a time (and again in the backward
@@ -690,6 +746,11 @@ def test_a_stop_during_step_0_validation_keeps_it_and_the_resume_does_not_redo_i
   rows = metrics.read_jsonl(tmp_path / 'run' / 'metrics.jsonl')
   assert [r['step'] for r in rows] == [0, 0]  # its validation and one checkpoint: no rollout after it
   assert rows[0]['valid_reward_mean'] >= 0 and 'timing/checkpoint_s' in rows[1]
+  with monkeypatch.context() as m:  # SIGTERM during the resumed run's first rollout: step 0 is on disk already
+    m.setattr(preemption.Watcher, 'requested', lambda self, step: step == 0)
+    with pytest.raises(preemption.Preempted):
+      run(tmp_path, 'run', 2)
+  assert [r['step'] for r in metrics.read_jsonl(tmp_path / 'run' / 'metrics.jsonl')] == [0, 0]  # no second row
   run(tmp_path, 'run', 2)  # resumes from checkpoint 0, whose validation is done
   rows = metrics.read_jsonl(tmp_path / 'run' / 'metrics.jsonl')
   assert [r['step'] for r in rows if 'valid_reward_mean' in r] == [0, 2]
