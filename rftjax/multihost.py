@@ -119,23 +119,31 @@ def to_global(mesh, x: np.ndarray):
   return jax.make_array_from_process_local_data(s, x)
 
 
+# metrics that count over the batch (a host's count is its share: the batch's is the sum over hosts)
+COUNTS = ('num_graded', 'tools/errors/', 'tools/discarded_rollouts', 'tools/outputs_clipped')
+
+
 def allmean(values: dict[str, float]) -> dict[str, float]:
-  """Per-host metrics -> global ones (hosts hold equal numbers of rows): means average, `*num_graded` sums,
-  `*_max` takes the max, and `X_std` pools with its `X_mean` (total variance = mean of variances + variance of means).
-  """
+  """Per-host metrics -> global ones (hosts hold equal numbers of rows): means average, counts (`COUNTS`) sum,
+  `*_max` and `*_max_s` take the max, and `X_std` pools with its `X_mean` (total variance = mean of variances +
+  variance of means)."""
   if jax.process_count() == 1 or not values:
     return values
   keys = sorted(values)
   gathered = multihost_utils.process_allgather(np.asarray([values[k] for k in keys], np.float64))
-  g = np.asarray(gathered).reshape(jax.process_count(), -1)
+  return combine(keys, np.asarray(gathered).reshape(jax.process_count(), -1))
+
+
+def combine(keys: list[str], g: np.ndarray) -> dict[str, float]:
+  """`allmean`'s rule on `g[host, i]`, every host's value of `keys[i]`."""
   out = {}
   for i, k in enumerate(keys):
     col = g[:, i]
-    if k.endswith('num_graded'):
+    if any(k.endswith(c) or c.endswith('/') and c in k for c in COUNTS):
       out[k] = float(col.sum())
-    elif k.endswith('_max'):
+    elif k.endswith(('_max', '_max_s')):
       out[k] = float(col.max())
-    elif k.endswith('_std') and k[:-4] + '_mean' in values:
+    elif k.endswith('_std') and k[:-4] + '_mean' in keys:
       m = g[:, keys.index(k[:-4] + '_mean')]
       out[k] = float(np.sqrt(max(np.mean(col**2 + m**2) - np.mean(m) ** 2, 0.0)))
     else:

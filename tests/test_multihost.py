@@ -255,6 +255,32 @@ def test_a_startup_error_on_process_0_alone_stops_every_host(tmp_path):
   assert not (workdir / 'config.json').exists()
 
 
+def test_host_metrics_combine_by_what_they_measure():
+  """Counts add up over hosts, maxima take the max, means average and stds pool (two hosts' values per key)."""
+  from rftjax import multihost
+
+  per_host = {
+    'train/num_graded': [16, 16],
+    'tools/errors/timeout': [1, 2],  # calls: the batch had 3
+    'valid/tools/errors/total': [0, 4],
+    'tools/discarded_rollouts': [1, 0],
+    'valid/tools/outputs_clipped': [2, 3],
+    'tools/latency_max_s': [0.5, 2.0],
+    'completion_len_max': [10, 12],
+    'tools/latency_mean_s': [0.2, 0.4],
+    'train_reward_mean': [0.2, 0.6],
+    'train_reward_std': [0.1, 0.1],
+  }
+  keys = sorted(per_host)
+  got = multihost.combine(keys, np.asarray([per_host[k] for k in keys], np.float64).T)
+  assert {k: got[k] for k in keys if k != 'train_reward_std'} == pytest.approx({
+    'train/num_graded': 32, 'tools/errors/timeout': 3, 'valid/tools/errors/total': 4, 'tools/discarded_rollouts': 1,
+    'valid/tools/outputs_clipped': 5, 'tools/latency_max_s': 2.0, 'completion_len_max': 12,
+    'tools/latency_mean_s': 0.3, 'train_reward_mean': 0.4,
+  })  # fmt: skip
+  assert got['train_reward_std'] == pytest.approx(np.sqrt(0.01 + 0.04))  # within-host 0.1^2, between-host 0.2^2
+
+
 def test_distributed_flags_that_cannot_work_are_one_line_errors():
   from rftjax import errors
   from rftjax import multihost
