@@ -182,6 +182,10 @@ def validation_rng(seed: int, step: int):
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2**31 - 1), step)
 
 
+class ValidationStopped(Exception):
+  """A validation pass ended early because its `stop()` said so (the trainer's SIGTERM or Ctrl-C)."""
+
+
 class Validation:
   """A training run's validation pass: `evaluate` on the validation prompts (k samples each, repeated by the caller)
   and its records: one line of metrics.jsonl, samples/valid_stepNNNNNN.jsonl with every completion, its reward and
@@ -196,8 +200,15 @@ class Validation:
     self.grader, self.pool, self.mesh, self.seed, self.writer, self.run = grader, pool, mesh, seed, writer, run
     self.max_error_share = max_error_share
 
-  def __call__(self, params, step: int) -> dict:
+  def __call__(self, params, step: int, stop=None) -> dict:
+    """`stop() -> bool`, asked after each batch (on every host alike: it may be a collective), ends the pass
+    early with ValidationStopped: a preemption's notice is shorter than a whole pass may be."""
     t0 = time.perf_counter()
+
+    def between_batches(done, total):
+      if stop is not None and stop():
+        raise ValidationStopped(f'validation at step {step} stopped after {done} of {total} prompts')
+
     try:
       rows = evaluate(
         self.sampler,
@@ -210,6 +221,7 @@ class Validation:
         mesh=self.mesh,
         batch_size=self.batch_size,
         rng=validation_rng(self.seed, step),
+        progress=between_batches,
       )
     except tools.ToolsFailed as e:  # a reward earned against a broken tool would rank the checkpoint
       raise tools.ToolsFailed(f'validation at step {step}: {e}') from None

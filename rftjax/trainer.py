@@ -276,7 +276,10 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       # ---- validate and save every eval_interval steps and at the end; stop on SIGTERM ----
       if (step + 1) % spec.eval_interval == 0 or step + 1 == spec.total_steps:
         try:
-          last_eval = validate(lora.join(state['params'], frozen), step + 1)
+          last_eval = validate(lora.join(state['params'], frozen), step + 1, stop=lambda: watcher.requested(step + 1))
+        except inference.ValidationStopped:  # SIGTERM mid-pass: keep the step, unranked, before the notice runs out
+          save(step + 1, state, data_iter)
+          raise watcher.stop(step + 1) from None
         except BROKEN as e:  # the step is kept, unranked: a broken grading is no measure of it
           save(step + 1, state, data_iter)
           raise _stopped(e, f'{e}. The checkpoint at step {step + 1} is where a rerun resumes') from None

@@ -663,11 +663,31 @@ def test_a_sigterm_in_the_step_the_guard_stops_does_not_hide_the_stop(tmp_path, 
       **({'valid_reward_mean': next(falling)} if prefix == 'valid' else {}),
     },
   )
-  monkeypatch.setattr(preemption.Watcher, 'requested', lambda self, step: step == 4)  # during step 4
+  monkeypatch.setattr(preemption.Watcher, 'requested', lambda self, step: step == 4)
+  validate = inference.Validation.__call__  # the SIGTERM comes after step 4's validation has run its batches
+  monkeypatch.setattr(
+    inference.Validation, '__call__', lambda self, params, step, stop=None: validate(self, params, step)
+  )
   with pytest.raises(trainer.GuardStopped, match='valid_reward_mean fell to 0.2 at step 4'):
     run(tmp_path, 'falling', 8, **{'guard.stop': True, 'guard.patience': 2, 'guard.sigmas': 0.0, 'eval_interval': 1})
   rows = metrics.read_jsonl(tmp_path / 'falling' / 'metrics.jsonl')
   assert [r['step'] for r in rows if 'timing/checkpoint_s' in r] == [0, 1, 2, 3, 4]  # one save per step
+
+
+def test_a_sigterm_during_a_validation_saves_after_the_batch_not_after_the_pass(tmp_path, in_repo, monkeypatch):
+  """A preemption's notice (about 30 s on a spot VM) can be shorter than a validation pass: the pass stops after
+  the batch in flight and the step is saved unranked (its validation was not done), then the run exits 42."""
+  from rftjax import checkpoint, preemption
+
+  monkeypatch.setattr(preemption.Watcher, 'requested', lambda self, step: step == 2)
+  with pytest.raises(preemption.Preempted) as e:
+    run(tmp_path, 'run', 3, eval_batch_size=50)  # 200 validation prompts: 4 batches; eval_interval 2
+  assert e.value.step == 2
+  workdir = tmp_path / 'run'
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
+  assert ckpt.latest_step() == 2 and ckpt.metrics(2) is None and ckpt.best_step() == 0
+  assert [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'valid_reward_mean' in r] == [0]
+  assert not (workdir / 'samples' / 'valid_step000002.jsonl').exists()  # the pass did not run to its end
 
 
 def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in_repo, monkeypatch):
