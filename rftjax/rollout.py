@@ -338,6 +338,10 @@ def keep_signal(parts: list[Rollout], prompts: int, g: int) -> tuple[Rollout, in
   return out, n_signal
 
 
+class RolloutStopped(Exception):
+  """A step's dynamic sampling ended early because its `stop()` said so (the trainer's SIGTERM or Ctrl-C)."""
+
+
 class Rollouts:
   """Draws one step's experience: `prompts` fresh prompts x G completions per draw, this host's rows.
 
@@ -383,8 +387,10 @@ class Rollouts:
       raise graders.GradingFailed(line, [(i, e) for i, x in enumerate(r.results) for e in x.errors])
     return r, t1 - t0, time.perf_counter() - t1
 
-  def __call__(self, params, step: int) -> tuple[step_lib.Batch, dict[str, float], dict[str, float]]:
-    """(device batch, this host's rollout metrics, {'sampling_s', 'grading_s'}) for training step `step`."""
+  def __call__(self, params, step: int, stop=None) -> tuple[step_lib.Batch, dict[str, float], dict[str, float]]:
+    """(device batch, this host's rollout metrics, {'sampling_s', 'grading_s'}) for training step `step`. `stop()`,
+    asked before each extra dynamic-sampling draw (on every host alike: it may be a collective), ends the step with
+    RolloutStopped instead: a preemption's notice may be shorter than the draws left."""
     cfg, g = self.cfg, self.cfg.num_generations
     rng = jax.random.fold_in(self.rng, step)
     parts, sampling_s, grading_s = [], 0.0, 0.0
@@ -397,6 +403,8 @@ class Rollouts:
       rolled, n_signal = keep_signal(parts, cfg.prompts, g)
       if not multihost.any_host(n_signal < cfg.prompts * g):
         break
+      if stop is not None and attempt < cfg.max_resample_rounds and stop():
+        raise RolloutStopped(f'step {step + 1}: stopped after {attempt + 1} dynamic-sampling draws')
     if not cfg.dynamic_sampling:
       rolled = parts[0]
     results = [x for p in parts for x in p.results]

@@ -228,14 +228,17 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       data_before = data_iter.state()
 
       # ---- rollout: G completions per prompt, sampled, decoded and graded on the host ----
+      stopped = False
       try:
-        batch, stats, timings = rollouts(lora.join(state['params'], frozen), step)
+        batch, stats, timings = rollouts(lora.join(state['params'], frozen), step, stop=lambda: watcher.requested(step))
+      except rollout.RolloutStopped:  # SIGTERM between dynamic-sampling draws: no more of them
+        stopped = True
       except BROKEN as e:  # broken grading or tools: keep what was learnt, stop with one line
         data_iter.restore(data_before)
         if ckpt.latest_step() != step:
           save(step, state, data_iter)
         raise _stopped(e, f'step {step + 1}: {e}. The checkpoint at step {step} is where a rerun resumes') from None
-      if watcher.requested(step):  # preempted mid-step: drop this batch, keep the data position before it
+      if stopped or watcher.requested(step):  # preempted mid-step: drop this batch, keep the data position before it
         data_iter.restore(data_before)
         save(step, state, data_iter)
         raise watcher.stop(step)

@@ -91,6 +91,18 @@ def test_dynamic_sampling_shortfall_is_masked_out():
   np.testing.assert_array_equal(r.mask.sum(1), [2, 2, 2, 2, 2, 2, 0, 0])  # the filler group gets no loss
 
 
+def test_a_stop_between_dynamic_sampling_draws_ends_the_step_without_more_draws():
+  """A SIGTERM while dynamic sampling still wants draws: asked before each extra draw, the step ends at once (the
+  trainer then drops it and saves the step before it) instead of drawing up to max_resample_rounds more."""
+  asked = []
+  rollouts = CannedRollouts(dynamic=True, max_rounds=3)
+  with pytest.raises(rollout.RolloutStopped, match=r'^step 1: stopped after 1 dynamic-sampling draws$'):
+    rollouts(None, 0, stop=lambda: asked.append(1) or True)
+  assert rollouts.draws == 1 and asked == [1]
+  r, n = collect(dynamic=True)  # no stop asked for: the three draws of the test above
+  assert n == 3
+
+
 def test_make_batch_overlong_penalty_and_truncation_mask():
   r = fake_rollout([(1, 1), (0, 1)], tag=1)
   r.lengths = np.asarray([4, 8, 8, 2])

@@ -581,11 +581,11 @@ def test_a_grading_stop_mid_run_checkpoints_the_step_before_it(tmp_path, in_repo
   calls = []
   real = rollout.Rollouts.__call__
 
-  def failing_at_step_2(self, params, step):
+  def failing_at_step_2(self, params, step, stop=None):
     calls.append(step)
     if step == 1 and len(calls) == 2:
       raise graders.GradingFailed('3 of 4 gradings failed', [])
-    return real(self, params, step)
+    return real(self, params, step, stop)
 
   monkeypatch.setattr(rollout.Rollouts, '__call__', failing_at_step_2)
   with pytest.raises(trainer.GradingStopped, match=r'^step 2: 3 of 4 gradings failed. The checkpoint at step 1 is'):
