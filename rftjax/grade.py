@@ -179,7 +179,7 @@ def _run(args) -> int:
     print(json.dumps(results[0].to_json(), default=str))
     return 1 if results[0].errors else 0  # a grading that failed is not a score of 0
   if args.output:  # whole or not at all, missing folders made (as check_out promised)
-    data_lib.write_jsonl(args.output, [json.loads(json.dumps(r.to_json(), default=str)) for r in results])
+    data_lib.write_text(args.output, ''.join(json.dumps(r.to_json(), default=str) + '\n' for r in results))
   print(json.dumps(graders.summarize(results, prefix=args.prefix), indent=1))
   failed = graders.all_failed(results)
   if failed:  # the zeros above mean the grader could not run, not that the samples are wrong

@@ -88,9 +88,7 @@ def _write_config(config, run: runfs.RunDir) -> None:
   fails here, not after the model has loaded. Process 0 writes it; when it cannot, every host stops."""
 
   def write():
-    tmp = run.local / 'config.json.tmp'
-    tmp.write_text(config.to_json_best_effort(indent=2) + '\n')
-    tmp.replace(run.local / 'config.json')
+    data_lib.write_atomic(run.local / 'config.json', config.to_json_best_effort(indent=2) + '\n')
     try:
       run.sync()
     except OSError as e:
