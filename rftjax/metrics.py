@@ -22,6 +22,8 @@ import uuid
 from typing import Any, Mapping
 
 import tqdm
+
+from rftjax import data as data_lib
 from etils import epath
 
 log = logging.getLogger('rftjax')
@@ -285,9 +287,7 @@ class MetricsWriter:
 
 def _rewrite(path: pathlib.Path, records: list[dict]) -> None:
   """`path` holding exactly `records`, replaced atomically: a crash now leaves the old file or the new one."""
-  tmp = path.with_suffix(path.suffix + '.tmp')
-  tmp.write_text(''.join(json.dumps(r) + '\n' for r in records))
-  tmp.replace(path)
+  data_lib.write_atomic(path, ''.join(json.dumps(r) + '\n' for r in records))
 
 
 def _event_number(event: dict) -> int:

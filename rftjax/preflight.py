@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import io
 import json
 import logging
 import math
@@ -149,6 +150,8 @@ def write_histogram(rates, k: int, path: pathlib.Path, title: str) -> None:
   from matplotlib import patches as mpatches
   from matplotlib import pyplot as plt
 
+  from rftjax import data as data_lib
+
   fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
   _, _, bars = ax.hist(rates, bins=(np.arange(k + 2) - 0.5) / k, color='tab:blue', edgecolor='white')
   for bar in (bars[0], bars[-1]):
@@ -164,10 +167,10 @@ def write_histogram(rates, k: int, path: pathlib.Path, title: str) -> None:
   none = mpatches.Patch(color='tab:red', label='never / always solved: no GRPO signal')
   ax.legend(handles=[signal, none], loc='best')
   fig.tight_layout()
-  tmp = path.with_name(path.name + '.tmp')
-  fig.savefig(tmp, format='png')
+  png = io.BytesIO()
+  fig.savefig(png, format='png')
   plt.close(fig)
-  tmp.replace(path)
+  data_lib.write_atomic(path, png.getvalue())
 
 
 def _minutes(s) -> str:

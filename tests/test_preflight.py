@@ -107,6 +107,27 @@ def test_zero_variance_formula_hand_computed():
   assert preflight.zero_variance_prob([0.7] * 5, 3) == 1.0
 
 
+def test_a_failed_write_leaves_neither_a_half_file_nor_a_temp_file(tmp_path, monkeypatch):
+  """The histogram and metrics.jsonl's rewrite on resume are written whole: a full disk (here the rename) leaves the
+  old file as it was and no `.tmp` beside it (they were left behind before)."""
+  from rftjax import metrics
+
+  (tmp_path / 'pass_rates.png').write_bytes(b'old')
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 1}\n{"step": 2}\n')
+
+  def full_disk(self, target):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(pathlib.Path, 'replace', full_disk)
+  with pytest.raises(OSError, match='No space left'):
+    preflight.write_histogram([0.0, 0.5, 1.0], 2, tmp_path / 'pass_rates.png', 'title')
+  with pytest.raises(OSError, match='No space left'):
+    metrics.MetricsWriter(tmp_path, resume_step=1, tensorboard=False)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['metrics.jsonl', 'pass_rates.png']
+  assert (tmp_path / 'pass_rates.png').read_bytes() == b'old'
+  assert (tmp_path / 'metrics.jsonl').read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
 def test_one_measured_prompt_has_no_standard_error_and_strict_json(measured):
   rows = [{'rewards': [1.0, 0.0, 0.0, 1.0], 'pass_rate': 0.5}]
   s = preflight.summarize(rows, 4, 1.0)
