@@ -84,9 +84,14 @@ def parse_args(argv):
   sample_cli.add_model_flags(p)
   p.add_argument('--data', required=True, help='JSONL in the training format (messages + grader fields)')
   p.add_argument('--samples', type=int, default=1, help='k: samples per prompt, >= 1')
-  p.add_argument('--temperature', type=float, default=None, help='>= 0; default: 0 (greedy) for k=1, 1.0 for k>1')
-  p.add_argument('--top_p', type=float, default=1.0, help='in (0, 1]; 1 = off')
-  p.add_argument('--top_k', type=int, default=0, help='>= 0; 0 = off')
+  p.add_argument(
+    '--temperature',
+    type=float,
+    default=None,
+    help="0 = greedy, >= 0 (default: the run's eval_temperature when k is its eval_samples; else 0 for k=1, 1.0)",
+  )
+  p.add_argument('--top_p', type=float, default=None, help="in (0, 1]; 1 = off (default: the run's, else 1)")
+  p.add_argument('--top_k', type=int, default=None, help="0 = off, >= 0 (default: the run's, else 0)")
   p.add_argument('--grader', default=None, help="grader JSON file (default: the run's grader)")
   p.add_argument(
     '--pass_threshold',
@@ -162,7 +167,12 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     check_out(out, f'{out} (the default --out)')
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
   k = args.samples
-  temperature = args.temperature if args.temperature is not None else (0.0 if k == 1 else 1.0)
+  if args.temperature is not None:
+    temperature = args.temperature
+  elif run_config is not None and k == int(run_config.get('eval_samples') or 1):  # as the run's validation sampled
+    temperature = float(run_config.get('eval_temperature') or 0.0)
+  else:
+    temperature = 0.0 if k == 1 else 1.0
   max_new = sample_cli.max_new_tokens(args, loaded)
   threshold = args.pass_threshold if args.pass_threshold is not None else float(grader_spec.get('pass_threshold', 1.0))
   ids = data_lib.encode_prompts(examples, loaded.tokenizer, response_format=fmt)

@@ -49,14 +49,16 @@ def make_sampler(
   *,
   max_new_tokens: int,
   temperature: float = 0.0,
-  top_p: float = 1.0,
-  top_k: int = 0,
+  top_p: float | None = None,
+  top_k: int | None = None,
   stop: Sequence[str] | None = None,
 ) -> sampler_lib.Sampler:
   """A sampler for these prompts: left-padded to the run's `data.max_prompt_len` (the shapes its validation ran with)
   or to the longest prompt rounded up to a multiple of 8 (few shapes compile), whichever is longer.
   `stop`: extra stop strings (one token or several) on top of EOS and the turn end; None = the run's
-  `sampling.stop`."""
+  `sampling.stop`. `top_p` / `top_k` None: the run's `sampling.top_p` / `top_k` (1.0 and 0, off, without a run);
+  the KV cache's dtype is always the run's `sampling.cache_dtype`: what its validation sampled with."""
+  run_sampling = loaded.config.get('sampling', {})
   longest = max((len(p) for p in prompts), default=0)
   if longest == 0:
     raise errors.ConfigError('a prompt has no tokens; an empty text prompt needs a tokenizer that adds BOS')
@@ -67,7 +69,9 @@ def make_sampler(
       longest, max_new_tokens, longest + max_new_tokens, loaded.cfg.name, loaded.cfg.max_seq_len,
     )  # fmt: skip
   if stop is None:
-    stop = tuple(loaded.config.get('sampling', {}).get('stop', ()))
+    stop = tuple(run_sampling.get('stop', ()))
+  top_p = float(run_sampling.get('top_p', 1.0)) if top_p is None else top_p
+  top_k = int(run_sampling.get('top_k', 0)) if top_k is None else top_k
   try:
     stop_ids, stop_seqs = sampler_lib.stop_tokens(loaded.tokenizer, stop)
   except ValueError as e:
@@ -79,6 +83,7 @@ def make_sampler(
     stop_ids,
     loaded.tokenizer.pad_id,
     sampler_lib.SamplingParams(float(temperature), float(top_p), int(top_k)),
+    cache_dtype=run_sampling.get('cache_dtype') or 'float32',
     compute_dtype=loaded.config.get('compute_dtype') or 'float32',
     stop_seqs=stop_seqs,
   )

@@ -207,6 +207,20 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     )
     save = functools.partial(_save, ckpt, writer, run)
 
+    def guard_stop(at: int, state, alarm) -> GuardStopped | None:
+      """The collapse guard asked to stop (guard.stop; a collective, every host alike): step `at` saved, the error to
+      raise. It wins over a SIGTERM's stop: a resume would not raise the alarm again (it fires once, at patience)."""
+      if not (config.guard.enabled and config.guard.stop and multihost.any_host(alarm is not None)):
+        return None
+      if ckpt.latest_step() != at:
+        save(at, state, data_iter)
+      ckpt.wait_until_finished()  # the best step's metrics are on disk
+      best = ckpt.best_step()
+      reward = (ckpt.metrics(best) or {}).get('valid_reward_mean') if best is not None else None
+      return GuardStopped(
+        guard_lib.stop_message(alarm, run.remote, best, reward) if alarm else 'the collapse guard stopped the run'
+      )
+
     last_eval: dict = {}
     if latest is None:  # a new run (a checkpoint of step 0 was written after its validation)
       try:
@@ -280,29 +294,23 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
           last_eval = validate(lora.join(state['params'], frozen), step + 1, stop=lambda: watcher.requested(step + 1))
         except inference.ValidationStopped:  # SIGTERM mid-pass: keep the step, unranked, before the notice runs out
           save(step + 1, state, data_iter)
-          raise watcher.stop(step + 1) from None
+          raise (guard_stop(step + 1, state, stop) or watcher.stop(step + 1)) from None
         except BROKEN as e:  # the step is kept, unranked: a broken grading is no measure of it
           save(step + 1, state, data_iter)
-          raise _stopped(e, f'{e}. The checkpoint at step {step + 1} is where a rerun resumes') from None
+          guarded = guard_stop(step + 1, state, stop)  # said too: a rerun would train on past the collapse
+          also = f'; also {guarded}' if guarded else f'. The checkpoint at step {step + 1} is where a rerun resumes'
+          raise _stopped(e, f'{e}{also}') from None
         progress.note(step + 1, last_eval)
         stop = watch(last_eval) or stop
         save(step + 1, state, data_iter, last_eval)
-      # ---- the collapse guard asked to stop (guard.stop): every host at this step, after a checkpoint. Before a
-      # SIGTERM's stop: a resume would not raise the alarm again (the guard fires once, when patience is reached) ----
-      stopping = config.guard.enabled and config.guard.stop and multihost.any_host(stop is not None)
-      if not stopping and watcher.requested(step + 1):
+      # ---- the collapse guard asked to stop (guard.stop), or a SIGTERM: every host at this step, after a checkpoint
+      guarded = guard_stop(step + 1, state, stop)
+      if guarded is not None:
+        raise guarded
+      if watcher.requested(step + 1):
         if ckpt.latest_step() != step + 1:  # an evaluation step is saved already
           save(step + 1, state, data_iter)
         raise watcher.stop(step + 1)
-      if stopping:
-        if ckpt.latest_step() != step + 1:
-          save(step + 1, state, data_iter)
-        ckpt.wait_until_finished()  # the best step's metrics are on disk
-        best = ckpt.best_step()
-        reward = (ckpt.metrics(best) or {}).get('valid_reward_mean') if best is not None else None
-        raise GuardStopped(
-          guard_lib.stop_message(stop, run.remote, best, reward) if stop else 'the collapse guard stopped the run'
-        )
     progress.close()
     ckpt.wait_until_finished()  # the last save committed (or failed) inside the job: then 'succeeded' is true
   return last_eval

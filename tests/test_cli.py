@@ -257,6 +257,31 @@ def test_evaluate_writes_graded_samples_and_pass_at_k(run_dir, tmp_path, in_repo
     assert summary[f'pass@{k}'] == pytest.approx(want)
 
 
+def test_evaluate_of_a_run_samples_as_its_validation_did(tmp_path, in_repo, capsys):
+  """A run whose validation sampled (eval_samples 4 at eval_temperature 1, sampling.top_k 2, a bfloat16 KV cache):
+  `evaluate --samples=4` with no other flag gives its validation's reward. Before, it sampled without top-k (0.105
+  against 0.15) in a float32 cache."""
+  from rftjax import metrics
+
+  valid = tmp_path / 'valid.jsonl'
+  valid.write_text(''.join((REPO / 'data' / 'tiny' / 'valid.jsonl').read_text().splitlines(True)[:50]))
+  c = tiny.get_config('test')
+  c.total_steps, c.eval_interval, c.eval_samples, c.eval_temperature = 2, 2, 4, 1.0
+  c.sampling.top_k, c.sampling.cache_dtype = 2, 'bfloat16'
+  c.data.valid, c.eval_batch_size = str(valid), 200
+  trainer.train(c, tmp_path / 'run')
+  last = [r for r in metrics.read_jsonl(tmp_path / 'run' / 'metrics.jsonl') if 'valid_reward_mean' in r][-1]
+  argv = [f'--workdir={tmp_path / "run"}', '--step=2', f'--data={valid}', '--samples=4', '--num_workers=1']
+  assert evaluate.main(argv) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert last['step'] == 2 and summary['temperature'] == 1.0
+  assert summary['reward_mean'] == last['valid_reward_mean']
+  loaded = loader.load(runfs.read_config(tmp_path / 'run'), workdir=tmp_path / 'run', step='latest')
+  made = inference.make_sampler(loaded, [[1, 2, 3]], max_new_tokens=2)
+  assert (made.cache_dtype, made.params.top_k, made.params.top_p) == ('bfloat16', 2, 1.0)
+  assert inference.make_sampler(loaded, [[1, 2, 3]], max_new_tokens=2, top_k=0).params.top_k == 0  # a flag wins
+
+
 def test_evaluate_bad_grader_and_data(run_dir, tmp_path, in_repo, capsys):
   data = write_jsonl(tmp_path / 'd.jsonl', [PROMPTS[0]])
   bad = tmp_path / 'g.json'

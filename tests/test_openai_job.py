@@ -342,6 +342,24 @@ def test_the_pool_grades_only_completions_that_match_the_format():
   assert graders.summarize(res, 'train')['train/response_format_valid'] == 0.5
 
 
+def test_a_sub_graders_mean_counts_a_format_miss_as_zero_like_the_reward_mean():
+  """`train/grader/<name>` (and events.jsonl's `scores.graders[]`) average over the completions the reward mean
+  averages over: a format miss scores 0 in both. It was left out of the sub-graders' means, which rose while the
+  reward fell as a run broke the format more often."""
+  check = {
+    'type': 'string_check',
+    'input': '{{sample.output_json.answer}}',
+    'reference': '{{item.a}}',
+    'operation': 'eq',
+  }
+  g = graders.build({'type': 'multi', 'graders': {'x': check, 'y': check}, 'calculate_output': '0.5 * x + 0.5 * y'})
+  with graders.GradingPool(num_workers=1, response_format=response_format.make(SCHEMA)) as pool:
+    res = pool.grade(g, ['{"answer": "7"}', 'seven', 'seven', '{"answer": "8"}'], [{'a': '7'}] * 4)
+  s = graders.summarize(res, 'train')
+  assert s['train_reward_mean'] == s['train/grader/x'] == s['train/grader/y'] == 0.25
+  assert s['train/response_format_valid'] == 0.5
+
+
 def test_grade_with_a_job_file_checks_its_response_format_as_training_does(tmp_path, capsys):
   from rftjax import grade
 

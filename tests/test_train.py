@@ -674,6 +674,44 @@ def test_a_sigterm_in_the_step_the_guard_stops_does_not_hide_the_stop(tmp_path, 
   assert [r['step'] for r in rows if 'timing/checkpoint_s' in r] == [0, 1, 2, 3, 4]  # one save per step
 
 
+@pytest.mark.parametrize('during', ['sigterm', 'broken_grading'])
+def test_the_guards_stop_is_not_lost_when_that_steps_validation_is_cut_short(during, tmp_path, in_repo, monkeypatch):
+  """The guard asks to stop on step 2's training record (entropy blow-up) and step 2's validation then stops on a
+  SIGTERM or breaks: the guard's stop still wins (a SIGTERM's exit 42 was relaunched by supervise.sh and the guard,
+  which fires once, never stopped the run), or is said beside the broken grading."""
+  from rftjax import checkpoint
+  from rftjax import guard as guard_lib
+  from rftjax import preemption
+
+  observe = guard_lib.Guard.observe
+
+  def blowup(self, record):
+    alarms = observe(self, record)
+    if record.get('step') == 2 and 'train_reward_mean' in record:
+      alarms = [*alarms, guard_lib.Alarm('entropy_blowup', 2, 'entropy 9.0 is 100x its start 0.09', {}, stop=True)]
+    return alarms
+
+  monkeypatch.setattr(guard_lib.Guard, 'observe', blowup)
+  if during == 'sigterm':
+    monkeypatch.setattr(preemption.Watcher, 'requested', lambda self, step: step == 2)
+    expected, message = trainer.GuardStopped, 'the collapse guard stopped the run at step 2'
+  else:
+    validate = inference.Validation.__call__
+
+    def broken(self, params, step, stop=None):
+      if step == 2:
+        raise graders.GradingFailed('grading failed: validation at step 2: 200 of 200 gradings failed', [])
+      return validate(self, params, step, stop=stop)
+
+    monkeypatch.setattr(inference.Validation, '__call__', broken)
+    expected = trainer.GradingStopped
+    message = 'gradings failed; also the collapse guard stopped the run at step 2 .*entropy_blowup: entropy 9.0'
+  with pytest.raises(expected, match=message):
+    run(tmp_path, 'run', 4, eval_batch_size=50, **{'guard.stop': True})  # eval_interval 2
+  ckpt = checkpoint.Checkpointer(tmp_path / 'run' / 'checkpoints', read_only=True)
+  assert ckpt.latest_step() == 2 and ckpt.metrics(2) is None and ckpt.best_step() == 0
+
+
 def test_a_sigterm_during_a_validation_saves_after_the_batch_not_after_the_pass(tmp_path, in_repo, monkeypatch):
   """A preemption's notice (about 30 s on a spot VM) can be shorter than a validation pass: the pass stops after
   the batch in flight and the step is saved unranked (its validation was not done), then the run exits 42."""

@@ -19,7 +19,8 @@ class GradingFailed(RuntimeError):
 def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dict[str, float]:
   """Scalars for the metrics writer.
 
-  {prefix}_reward_mean, {prefix}/grader/<name> (mean of each multi sub-grader), {prefix}/errors/<category>
+  {prefix}_reward_mean, {prefix}/grader/<name> (mean of each multi sub-grader over every result, as the reward's: 0
+  where it has none, a response-format miss), {prefix}/errors/<category>
   (share of gradings with at least one error of that category, every category present, 0 when none),
   {prefix}/error_rate, {prefix}/grading_latency_s_mean and _max (over results that report a latency: sandbox
   and model graders), {prefix}/num_graded, and with a response format {prefix}/response_format_valid (the share of
@@ -31,14 +32,12 @@ def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dic
     f'{prefix}/num_graded': float(n),
   }
   sub_sum: dict[str, float] = collections.defaultdict(float)
-  sub_count: dict[str, int] = collections.defaultdict(int)
   errors = collections.Counter()
   any_error = 0
   latencies = []
   for r in results:
     for name, value in r.sub_rewards.items():
       sub_sum[name] += value
-      sub_count[name] += 1
     if r.errors:
       any_error += 1
       for category in {e.category for e in r.errors}:
@@ -50,7 +49,7 @@ def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dic
     if lat is not None:
       latencies.append(float(lat))
   for name in sub_sum:
-    out[f'{prefix}/grader/{name}'] = sub_sum[name] / sub_count[name]
+    out[f'{prefix}/grader/{name}'] = sub_sum[name] / n
   for category in core.CATEGORIES:
     out[f'{prefix}/errors/{category}'] = errors[category] / n if n else 0.0
   out[f'{prefix}/error_rate'] = any_error / n if n else 0.0
