@@ -75,7 +75,7 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   valid_by_step = {int(r['step']): float(r['valid_reward_mean']) for r in valid}
 
   out: dict[str, Any] = {'workdir': str(workdir)}
-  out['steps_done'] = max((int(r['step']) for r in train), default=0)
+  out['steps_logged'] = max((int(r['step']) for r in train), default=0)
   out['total_steps'] = config.get('total_steps')
 
   steps_on_disk: list[int] = []
@@ -138,8 +138,10 @@ def summarize(workdir: str | pathlib.Path) -> dict:
       'mean': tokens / timing['sampling_s'],
     }
   out['checkpoints'] = steps_on_disk
+  # what a rerun starts from (--format=openai's too): steps logged past the latest checkpoint are done again
+  out['steps_done'] = steps_on_disk[-1] if steps_on_disk else out['steps_logged']
   events = metrics_lib.read_jsonl(workdir / 'events.jsonl')
-  status, said = _status(events, steps_on_disk[-1] if steps_on_disk else out['steps_done'], out['total_steps'])
+  status, said = _status(events, out['steps_done'], out['total_steps'])
   out['status'] = status
   holder = runfs.lock_holder(workdir) if status == 'running' and not runfs.is_remote(workdir) else None
   if holder:  # the trainer's lock file: whether it still runs, on this host
@@ -204,6 +206,15 @@ def _fmt(v) -> str:
   return '-' if v is None else str(v)
 
 
+def _unsaved(s: dict) -> str:
+  """The table's note when steps were logged past the latest checkpoint (a run between saves, or one that died)."""
+  if s['steps_logged'] <= s['steps_done']:
+    return ''
+  if s['status'] == 'running':
+    return f' (the latest checkpoint is step {s["steps_done"]})'
+  return f' (the latest checkpoint is step {s["steps_done"]}: a rerun resumes there and does the steps after it again)'
+
+
 def table(s: dict) -> str:
   status = s['status']
   if status == 'running' and not s.get('status_message'):  # no lock file of this host's trainer to ask
@@ -211,7 +222,7 @@ def table(s: dict) -> str:
   rows = [
     ('run', s['workdir']),
     ('status', f'{status}: {s["status_message"]}' if s.get('status_message') else status),
-    ('steps', f'{s["steps_done"]} / {_fmt(s["total_steps"])}'),
+    ('steps', f'{s["steps_logged"]} / {_fmt(s["total_steps"])}' + _unsaved(s)),
     (
       'best step',
       f'{_fmt(s["best_step"])}  (valid reward {_fmt(s["best_valid_reward"])}, from {_fmt(s["best_from"])})',

@@ -373,6 +373,33 @@ def test_report_shows_a_failed_run_and_its_failed_gradings(tmp_path, capsys):
   ) in table
 
 
+def test_report_of_a_crashed_run_says_where_a_rerun_resumes(tmp_path, in_repo):
+  """A run that died at step 4 logged step 3 but saved step 2 last: `steps_done` is 2 in --json as in
+  --format=openai (it was 3 in one and 2 in the other), `steps_logged` 3, and the table says step 3 is done again."""
+  from rftjax import rollout
+
+  rollouts = rollout.Rollouts.__call__
+
+  def oom_at_step_4(self, params, step, stop=None):
+    if step == 3:
+      raise RuntimeError('host OOM')
+    return rollouts(self, params, step, stop=stop)
+
+  c = tiny.get_config('test')
+  c.total_steps, c.eval_interval, c.eval_batch_size = 4, 2, 50
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(rollout.Rollouts, '__call__', oom_at_step_4)
+    with pytest.raises(RuntimeError, match='host OOM'):
+      trainer.train(c, tmp_path / 'run')
+  s = report.summarize(tmp_path / 'run')
+  assert (s['checkpoints'], s['steps_logged'], s['steps_done'], s['status']) == ([0, 2], 3, 2, 'failed')
+  assert report.openai_job(tmp_path / 'run')['rftjax']['steps_done'] == 2
+  table = [' '.join(line.split()) for line in report.table(s).splitlines()]
+  assert 'steps 3 / 4 (the latest checkpoint is step 2: a rerun resumes there and does the steps after it again)' in (
+    table
+  )
+
+
 def assert_png(path):
   data = pathlib.Path(path).read_bytes()
   assert len(data) > 100 and data[:8] == b'\x89PNG\r\n\x1a\n'
