@@ -92,6 +92,8 @@ def _stdout_closed() -> bool:
 
 
 # ---- what the inference CLIs share (sample, evaluate) ----------------------------------------------------------
+MAX_SEED = 2**32 - 1  # jax.random.key keeps the low 32 bits of a seed
+
 # (flag, lowest value, what that value means): one table, so sample and evaluate refuse the same values in the
 # same words. A flag that a command does not have is skipped.
 _LOWEST = (
@@ -122,6 +124,9 @@ def check_inference_flags(p: argparse.ArgumentParser, args: argparse.Namespace) 
   top_p = getattr(args, 'top_p', None)
   if top_p is not None and not 0 < top_p <= 1:
     p.error(f'--top_p must be in (0, 1] (1 = off), got {top_p}')
+  seed = getattr(args, 'seed', None)
+  if seed is not None and not 0 <= seed <= MAX_SEED:  # a JAX key holds 32 bits: 2**32 would be seed 0 again
+    p.error(f'--seed must be in [0, {MAX_SEED}], got {seed}')
 
 
 def check_out(path, *, folder: bool = False, label: str | None = None, inputs: dict | None = None) -> None:

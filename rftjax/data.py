@@ -195,6 +195,8 @@ def encode_prompts(
         ids = tok.encode(text, add_bos=tok.add_bos)
     except ValueError as e:  # e.g. the gemma template's role alternation
       raise DataError(f'{ex.source}: {e}') from None
+    if not ids:  # an all-pad row: every key masked, its completion would depend on the pad id
+      raise DataError(f'{ex.source}: "text" is empty and this tokenizer adds no BOS: no tokens to complete from')
     if ex.text is None:
       _check_calls_rendered(ex, messages, text)
     if max_prompt_len is not None and len(ids) > max_prompt_len:

@@ -60,8 +60,11 @@ def make_sampler(
   the KV cache's dtype is always the run's `sampling.cache_dtype`: what its validation sampled with."""
   run_sampling = loaded.config.get('sampling', {})
   longest = max((len(p) for p in prompts), default=0)
-  if longest == 0:
-    raise errors.ConfigError('a prompt has no tokens; an empty text prompt needs a tokenizer that adds BOS')
+  empty = [i for i, p in enumerate(prompts) if not len(p)]
+  if longest == 0 or empty:
+    raise errors.ConfigError(
+      f'prompt {empty[0] if empty else 0} (0-based) has no tokens; an empty text prompt needs a tokenizer that adds BOS'
+    )
   if longest + max_new_tokens > loaded.cfg.max_seq_len:  # time and memory grow with it; the model never saw it
     log.warning(
       'the longest prompt is %d tokens: with %d new tokens that is %d positions, more than the context of %s (%d, '

@@ -20,6 +20,7 @@ import os
 
 import jax
 
+from rftjax import cli
 from rftjax import episodes as episodes_lib
 from rftjax import errors
 from rftjax import graders
@@ -167,7 +168,8 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
     response_format.load(config.get('response_format'))
   if inputs and config.get('grader') in (None, ''):
     _fail('grader', config.get('grader'), 'a grader dict or the path of a grader JSON file')
-  _int(config, 'seed', 0)
+  if _int(config, 'seed', 0) > cli.MAX_SEED:
+    _fail('seed', config.seed, f'an integer in [0, {cli.MAX_SEED}] (a JAX key holds 32 bits: larger seeds repeat)')
   _int(config, 'total_steps', 0)
   batch = _int(config, 'batch_size', 1)
   g = _int(config, 'num_generations', 2, ' (GRPO compares the completions of one prompt)')

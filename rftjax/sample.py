@@ -28,6 +28,7 @@ from rftjax import loader
 from rftjax import multihost
 from rftjax import response_format
 from rftjax import runfs
+from rftjax import tokenizer as tokenizer_lib
 
 log = logging.getLogger('rftjax')
 
@@ -40,7 +41,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument('--init', help="instead of --workdir: 'gguf:PATH', 'gguf:smollm2-135m', 'hf:DIR', or '' (random)")
   p.add_argument('--model', help="model preset (default: the run's, or what the --init file states)")
   p.add_argument('--tokenizer', help="tokenizer spec (default: the run's, or the --init file's)")
-  p.add_argument('--chat_template', help="gemma | chatml | llama3 | plain (default: the tokenizer's)")
+  p.add_argument(
+    '--chat_template', choices=tokenizer_lib.TEMPLATES, help="a named chat template (default: the tokenizer's)"
+  )
   p.add_argument(
     '--max_new_tokens',
     type=int,
@@ -69,7 +72,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 def escaped(text: str) -> str:
   """A flag's backslash escapes (`\\n`, `\\t`, `\\u3002`) resolved; other characters stay as typed (unicode_escape
   alone reads a non-ASCII character's UTF-8 bytes as Latin-1: '。' would become 'ã\\x80\\x82')."""
-  return text.encode('latin-1', 'backslashreplace').decode('unicode_escape')
+  text = text.encode('latin-1', 'backslashreplace').decode('unicode_escape')
+  if not text:  # before the model loads (argparse words it as "argument --stop: ...")
+    raise argparse.ArgumentTypeError("found '', expected a non-empty string")
+  return text
 
 
 def load_from_args(args) -> loader.Loaded:

@@ -217,6 +217,10 @@ class Sampler:
     """The first turn: (SampleOutput, Context to `resume` from, or None without keep_context)."""
     if prompt_tokens.shape[0] % self.group_size:
       raise ValueError(f'{prompt_tokens.shape[0]} rows are not groups of group_size={self.group_size}')
+    if prompt_tokens.shape[1] > self.max_prompt_len:  # the cache has no room: writes past it would be clamped
+      raise ValueError(
+        f'prompts of {prompt_tokens.shape[1]} tokens; expected at most max_prompt_len={self.max_prompt_len}'
+      )
     tokens, mask = jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, bool)
     return _start(self, weights, tokens, mask, rng, keep_context)
 

@@ -56,7 +56,9 @@ class _SentencePiece:
     return self.sp.encode(text, out_type=int)  # never matches control pieces itself: `Tokenizer` does that
 
   def decode(self, ids: list[int]) -> str:
-    return self.sp.decode(ids)
+    # ids past the vocabulary decode to nothing, as in the byte-level backend: a model's embedding may have padding
+    # rows the tokenizer lacks (Gemma 3 4B-27B: 262,208 of them), and sentencepiece raises on them
+    return self.sp.decode([i for i in ids if 0 <= i < self.vocab_size])
 
   def piece(self, i: int) -> str:
     return self.pieces[i]
@@ -229,6 +231,7 @@ class Tokenizer:
     source: str = '',
     jinja: chat_template_lib.JinjaTemplate | None = None,
     use_jinja: bool = True,
+    stop_ids: Iterable[int] = (),
   ):
     if chat_template not in TEMPLATES:
       raise ValueError(f'unknown chat template {chat_template!r}; expected one of {TEMPLATES}')
@@ -247,7 +250,7 @@ class Tokenizer:
     if self._use_jinja:
       jinja.check()  # a syntax error surfaces at load time, naming the file
     turn_end = self.token_to_id(chat_template_lib.TURN_END.get(chat_template, ''))
-    self._stop_ids = tuple(dict.fromkeys(i for i in (eos_id, turn_end) if i is not None))
+    self._stop_ids = tuple(dict.fromkeys(i for i in (eos_id, turn_end, *stop_ids) if i is not None))
     # Control tokens written in text encode whole (transformers does the same); longest first so that the
     # leftmost match is also the longest one. Sentencepiece never matches them itself; byte-level BPE does.
     self._special_re = None
@@ -267,7 +270,11 @@ class Tokenizer:
   bos_id = property(lambda self: self._bos)
   eos_id = property(lambda self: self._eos)
   pad_id = property(lambda self: self._pad)
-  stop_ids = property(lambda self: self._stop_ids, doc="EOS plus the chat template's turn-end token.")
+  stop_ids = property(
+    lambda self: self._stop_ids,
+    doc="EOS, the chat template's turn-end token and the model's other end tokens (generation_config.json's "
+    "eos_token_id list, a GGUF's eot/eom ids).",
+  )
   chat_template = property(lambda self: self._chat_template, doc='The named template (stop token, export).')
   has_jinja_template = property(
     lambda self: self._use_jinja, doc="Whether `chat_text` renders with the model's own Jinja template."
@@ -414,6 +421,7 @@ def _from_gguf(path: str, chat_template: str | None) -> Tokenizer:
     bos_id=bos,
     eos_id=eos,
     pad_id=pad,
+    stop_ids=[i for i in map(get_id, ('tokenizer.ggml.eot_token_id', 'tokenizer.ggml.eom_token_id')) if i is not None],
     add_bos=add_bos,
     special_ids=special,
     chat_template=chat_template or name or _template_from_vocab(backend),
@@ -425,7 +433,11 @@ def _from_gguf(path: str, chat_template: str | None) -> Tokenizer:
 
 
 def _from_sentencepiece_file(
-  path: str, chat_template: str | None, config: dict | None = None, jinja: chat_template_lib.JinjaTemplate | None = None
+  path: str,
+  chat_template: str | None,
+  config: dict | None = None,
+  jinja: chat_template_lib.JinjaTemplate | None = None,
+  stop_ids: Iterable[int] = (),
 ) -> Tokenizer:
   backend = _SentencePiece(pathlib.Path(path).read_bytes())
   sp = backend.sp
@@ -445,6 +457,7 @@ def _from_sentencepiece_file(
     source=f'sp:{path}',
     jinja=jinja,
     use_jinja=not chat_template,
+    stop_ids=[i for i in stop_ids if i < backend.vocab_size],
   )
 
 
@@ -475,9 +488,10 @@ def _from_hf_dir(directory: str, chat_template: str | None) -> Tokenizer:
     if (d / name).is_file():
       config.update(json.loads((d / name).read_text()))
   jinja = _hf_chat_template(d, config)
+  stops = _generation_eos_ids(d)
   if not (d / 'tokenizer.json').is_file():
     if (d / 'tokenizer.model').is_file():
-      return _from_sentencepiece_file(str(d / 'tokenizer.model'), chat_template, config, jinja)
+      return _from_sentencepiece_file(str(d / 'tokenizer.model'), chat_template, config, jinja, stops)
     raise FileNotFoundError(f'hf:{directory}: no tokenizer.json or tokenizer.model in the folder')
   import tokenizers
 
@@ -501,7 +515,22 @@ def _from_hf_dir(directory: str, chat_template: str | None) -> Tokenizer:
     source=f'hf:{directory}',
     jinja=jinja,
     use_jinja=not chat_template,
+    stop_ids=[i for i in stops if i < backend.vocab_size],
   )
+
+
+def _generation_eos_ids(d: pathlib.Path) -> list[int]:
+  """generation_config.json's `eos_token_id` (one id or a list): the ids transformers' `generate` stops on. Llama 3.x
+  Instruct lists <|end_of_text|>, <|eom_id|> and <|eot_id|>; Qwen2.5/3 <|im_end|> and <|endoftext|>."""
+  path = d / 'generation_config.json'
+  if not path.is_file():
+    return []
+  try:
+    eos = json.loads(path.read_text()).get('eos_token_id')
+  except (ValueError, AttributeError) as e:
+    raise ValueError(f'hf:{d}: generation_config.json: {e}; expected a JSON object') from None
+  ids = eos if isinstance(eos, list) else [eos]
+  return [i for i in ids if isinstance(i, int) and not isinstance(i, bool) and i >= 0]
 
 
 def load_tokenizer(spec: str, chat_template: str | None = None, thinking: bool = False) -> Tokenizer:

@@ -21,7 +21,7 @@ import pytest
 
 from test_tokenizer import CONVERSATIONS, reference_folder
 
-from rftjax import chat_template, pretrained, tokenizer
+from rftjax import chat_template, data, pretrained, tokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(__file__).parent / 'data'
@@ -493,7 +493,6 @@ def test_an_exported_sentencepiece_tokenizer_has_the_models_vocabulary(tmp_path)
 def test_a_template_that_drops_earlier_tool_calls_is_an_error_naming_the_row(smollm2, qwen3, tmp_path):
   """SmolLM2's template renders an assistant turn's tool calls as nothing: the prompt would show a tool result that
   answers no call. Qwen3's renders them."""
-  from rftjax import data
 
   messages, tools = TOOL_CHATS[1]
   path = tmp_path / 'd.jsonl'
@@ -508,6 +507,19 @@ def test_a_template_that_drops_earlier_tool_calls_is_an_error_naming_the_row(smo
   )
   (ids,) = data.encode_prompts(examples, tokenizer.load_tokenizer(f'hf:{qwen3[0]}'))
   assert ids
+
+
+def test_an_empty_text_prompt_without_bos_is_an_error_naming_its_line(smollm2, tmp_path):
+  """SmolLM2 adds no BOS: `{"text": ""}` has no tokens, an all-pad row whose completion depended on the pad id
+  when other prompts of the batch had tokens."""
+  from rftjax import sample
+
+  path = tmp_path / 'p.jsonl'
+  path.write_text('{"text": "Hi"}\n{"text": ""}\n')
+  examples = [ex for _, ex in sample.read_prompts(path)]
+  with pytest.raises(data.DataError) as e:
+    data.encode_prompts(examples, smollm2[0])
+  assert str(e.value) == f'{path}:2: "text" is empty and this tokenizer adds no BOS: no tokens to complete from'
 
 
 def test_the_named_gemma_template_names_the_message_that_breaks_the_alternation():

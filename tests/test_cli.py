@@ -466,6 +466,10 @@ def test_local_judge_answers_model_graders(run_dir, in_repo):
     ('--batch_size=-4', '--batch_size must be >= 1, got -4'),
     ('--batch_size=0', '--batch_size must be >= 1, got 0'),
     ('--step=5', '--step=5 picks a checkpoint of --workdir; --init= has no checkpoints: drop --step'),
+    ('--seed=4294967296', '--seed must be in [0, 4294967295], got 4294967296'),  # the key of seed 0
+    ('--seed=-1', '--seed must be in [0, 4294967295], got -1'),
+    ('--stop=', "argument --stop: found '', expected a non-empty string"),  # before the model loads
+    ('--chat_template=bogus', "argument --chat_template: invalid choice: 'bogus' (choose from 'gemma', 'chatml',"),
   ],
 )
 def test_sample_and_evaluate_refuse_the_same_flags_in_the_same_words(flag, said, tmp_path, capsys):
@@ -481,7 +485,7 @@ def test_sample_and_evaluate_refuse_the_same_flags_in_the_same_words(flag, said,
     with pytest.raises(SystemExit) as e:
       main(argv)
     assert e.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f'error: {said}')
+    assert f'error: {said}' in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_evaluate_refuses_negative_num_workers_before_loading(tmp_path, capsys):

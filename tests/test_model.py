@@ -222,6 +222,9 @@ def test_shared_prefill_equals_per_row_prefill(cfg, monkeypatch):
   assert sampler.grouped(rows, g) and not sampler.grouped(prompts, 3) and not sampler.grouped(rows[1:], g)
   with pytest.raises(ValueError, match='not groups of group_size=4'):
     shared_sampler(params, tokens[:6], mask[:6], jax.random.key(3))
+  narrow = dataclasses.replace(base, max_prompt_len=4)  # its cache has 4 + 7 slots: 6-token prompts overran it
+  with pytest.raises(ValueError, match='prompts of 6 tokens; expected at most max_prompt_len=4'):
+    narrow(params, tokens, mask, jax.random.key(3))
 
 
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float32'])

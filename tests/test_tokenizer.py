@@ -15,6 +15,7 @@ whitespace runs, chat markup and long numbers (>= 1,000 per model, identical on 
 
 import functools
 import hashlib
+import json
 import os
 import pathlib
 import random
@@ -524,6 +525,21 @@ def test_encode_prompt_and_text_add_bos_like_transformers(model):
   for s, w in zip(STRINGS[:200], want):
     assert tok.encode_text(s) == w
     assert tok.encode(s, add_bos=True) == [tok.bos_id] + tok.encode(s)
+
+
+@real_weights
+def test_a_folders_generation_config_eos_ids_stop_too(model, tmp_path):
+  """Llama 3.x and Qwen2.5/3 Instruct list several end tokens in generation_config.json (<|eom_id|>,
+  <|endoftext|>): `generate` stops on each, so rftjax's sampler does too (it stopped on EOS and the turn end only,
+  and a completion that emitted another ran on to max_new_tokens)."""
+  _, tok, ref = model
+  folder = tmp_path / 'tok'
+  shutil.copytree(ref.folder, folder)
+  (folder / 'generation_config.json').write_text(json.dumps({'eos_token_id': [tok.eos_id, 0, 10**9]}))
+  assert tokenizer.load_tokenizer(f'hf:{folder}').stop_ids == (*tok.stop_ids, 0)  # an id past the vocab: dropped
+  (folder / 'generation_config.json').write_text(json.dumps({'eos_token_id': 0}))
+  assert tokenizer.load_tokenizer(f'hf:{folder}').stop_ids == (*tok.stop_ids, 0)
+  assert tok.decode([5, tok.vocab_size + 3]) == tok.decode([5])  # a padding row's id decodes to nothing
 
 
 @real_weights
