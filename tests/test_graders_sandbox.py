@@ -318,7 +318,7 @@ def test_code_grader(pool):
   )
   assert [r.reward for r in res] == [pytest.approx(2 / 3), pytest.approx(2 / 3), 0.0, 0.0, 0.0]
   assert res[0].metadata['passed'] == 2 and 'assert add(2, 2) == 5' in res[0].metadata['failures'][0]
-  assert res[2].errors[0].category == 'sample_parse'
+  assert not res[2].errors and res[2].metadata['exception'] == 'no fenced python code block (```...```)'
   assert not res[3].errors and 'SystemExit' in res[3].metadata['exception']
   assert res[4].errors[0].category == 'python_grader_timeout'
   from_item = graders.build({'type': 'code', 'tests': '{{item.tests}}'})
@@ -328,6 +328,44 @@ def test_code_grader(pool):
     [{'tests': ['assert add(1, 1) == 2']}, {'tests': 'assert add(1, 1) == 2\nassert add(0, 0) == 1'}],
   )
   assert [r.reward for r in res] == [1.0, 0.0]
+
+
+def test_a_code_sample_cannot_change_how_other_samples_are_graded(pool):
+  """A completion that patches builtins.exec (so no test runs) or ignores SIGALRM (so no test times out) scored 1.0,
+  and so did every later wrong completion on its worker: each code sample now gets a fresh worker, and builtins and
+  the alarm are restored before each test. No python block is the model's 0, not a grader error; a later bash
+  block or a `__main__` block reading stdin does not spoil a right answer."""
+  g = graders.build(
+    {'type': 'code', 'test_timeout_s': 0.5, 'tests': ['assert add(1, 2) == 3', 'assert add(0, 0) == 0']}
+  )
+  fence = '```python\n{}\n```'.format
+  exec_hack = fence('import builtins\nbuiltins.exec = lambda *a, **k: None')
+  alarm_hack = fence(
+    'import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\ndef add(a, b):\n    while True:\n        pass'
+  )
+  wrong = fence('def add(a, b):\n    return 0')
+  right = fence('def add(a, b):\n    return a + b')
+  rows = [exec_hack, wrong, alarm_hack, wrong, 'no code at all', wrong]
+  rows += [
+    right + '\nRun it:\n```bash\npython add.py\n```',
+    fence('def add(a, b):\n    return a + b\nif __name__ == "__main__":\n    print(add(int(input()), 1))'),
+  ]
+  rows += ['1. Write it:\n   ```python\n   def add(a, b):\n       return a + b\n   ```']  # a fence in a list item
+  res = pool.grade(g, rows, [{}] * len(rows))
+  assert [r.reward for r in res] == [0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 1.0, 1.0, 1.0]
+  assert not any(r.errors for r in res)
+  assert res[2].metadata['failures'][0] == 'assert add(1, 2) == 3: timed out after 0.5 s'
+
+
+def test_a_code_samples_deadline_leaves_room_for_every_test_to_time_out():
+  """Without a timeout_s of its own, a sample gets (tests + 1) x test_timeout_s + 1 s: three looping tests of five
+  keep the two that pass (it was the pool's 10 s, and the sample a python_grader_timeout)."""
+  tests = [f'assert f({k}) == {k}' for k in (1, 2, 0, 0, 0)]
+  g = graders.build({'type': 'code', 'test_timeout_s': 1.0, 'tests': tests})
+  loops = '```python\ndef f(x):\n    while x == 0:\n        pass\n    return x\n```'
+  with graders.GradingPool(num_workers=1, timeout_s=2.5) as p:
+    (res,) = p.grade(g, [loops], [{}])
+  assert res.reward == pytest.approx(0.4) and not res.errors
 
 
 def test_code_grader_per_test_time_limit(pool):

@@ -4,9 +4,10 @@ Runs inside the sandbox worker (sympy can take unbounded time on hostile input; 
 bounds it), so this module imports only the standard library and sympy, never rftjax.
 
 Equality is exact: decimals are parsed as exact rationals, so 0.5 == 1/2 but 0.33 != 1/3 and 3.14 != pi.
-What is stripped before comparing: `$`, `\\left`/`\\right`, spacing commands, `\\text{...}` wrappers, degree
-signs, a trailing unit written as words after a space ("5 cm", "12 \\text{dollars}"), thousands separators
-("1,000"), and a leading "x =". A percentage "50%" matches both 50 and 0.5. Intervals compare endpoints and
+What is stripped before comparing: `$`, `\\(`/`\\)`, `\\left`/`\\right`, spacing commands, `\\text{...}` wrappers,
+degree signs, one or two trailing unit words after a space ("5 cm", "12 \\text{dollars}"; a single letter only as an
+SI symbol: "3 m", not "3 x"), thousands separators ("1,000"), and a leading "x =". A percentage "50%" matches both 50
+and 0.5 (and 50%, not 0.5%). Intervals compare endpoints and
 bracket types; tuples compare in order; `\\{...\\}` sets and bare comma lists compare as unordered multisets.
 """
 
@@ -18,8 +19,15 @@ _NUMBER = re.compile(r'-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?(?:[eE][-+]?\d+)
 _ANSWER_IS = re.compile(r'(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*(.+)', re.IGNORECASE)
 _ALLOWED_NAMES = {'sqrt', 'root', 'pi', 'oo', 'log', 'ln', 'exp', 'sin', 'cos', 'tan', 'Abs'}
 _MAX_LEN = 400
-# A number followed, after a space, by unit words ("5 cm", "3 m^2", "12 dollars"), not by pi/oo/sqrt.
-_UNIT = re.compile(r'^(-?[\d.,/\s*^()]*\d\)?)\s+(?:(?!(?:pi|oo|sqrt|root)\b)[A-Za-z]+\.?(?:\s*\^\s*\(?\d\)?)?\s*)+$')
+# A number followed, after a space, by one or two unit words ("5 cm", "3 m^2", "12 dollars", "6 sq ft"). A single
+# letter counts only as an SI unit's symbol: "3 x", "2 i" or "5 n" keep their variable. Words are separated by
+# whitespace, so the pattern has one way to match (a `[A-Za-z]+\s*` repeat took exponential time on prose).
+_UNIT_WORD = r'(?:[A-Za-z]{2,}\.?|[mgsLKVAJNWh])(?:\s*\^\s*\(?\d\)?)?'
+_UNIT = re.compile(rf'^(-?[\d.,/*^()]*\d\)?)\s+({_UNIT_WORD}(?:\s+{_UNIT_WORD})?)$')
+# Words after a number that are not a unit: "5 or more", "3 at least" keep them (and so do not equal 5 or 3).
+_NOT_UNITS = {'pi', 'oo', 'sqrt', 'root', 'or', 'and', 'more', 'less', 'than', 'at', 'least', 'most', 'not', 'no'}
+# Where "the answer is X" ends when no sentence end comes first: "12 since ...", "12, because ..."
+_CLAUSE_END = re.compile(r'\s*(?:[,;]\s+|\s)(?:since|because|as|which|so|when|where|given|for|from)\b.*$', re.DOTALL)
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:
@@ -76,8 +84,15 @@ def extract_answer(text: str) -> str | None:
     return boxed
   matches = list(_ANSWER_IS.finditer(text))
   if matches:
-    ans = matches[-1].group(1).strip().split('\n')[0].strip()
-    ans = re.sub(r'\.\s.*$', '', ans)  # cut at a sentence end, keep decimal points
+    ans = matches[-1].group(1)
+    for _ in range(3):  # "Final Answer: The final answer is $12$. I hope it is correct." (Minerva's format)
+      ans = ans.strip().split('\n')[0].strip()
+      ans = re.sub(r'\.\s.*$', '', ans)  # cut at a sentence end, keep decimal points
+      ans = _CLAUSE_END.sub('', ans)
+      inner = _ANSWER_IS.match(ans) or _ANSWER_IS.match(re.sub(r'^the\s+', '', ans, flags=re.IGNORECASE))
+      if inner is None:
+        break
+      ans = inner.group(1)
     ans = ans.strip().rstrip('.').strip().strip('*').strip()
     if ans:
       return ans
@@ -156,6 +171,10 @@ def normalize(ans: str) -> tuple[str, bool]:
     ('$', ''),
     ('\\left', ''),
     ('\\right', ''),
+    ('\\(', ''),  # inline math delimiters: "The answer is \\( 12 \\)"
+    ('\\)', ''),
+    ('\\[', ''),
+    ('\\]', ''),
     ('\\!', ''),
     ('\\,', ' '),
     ('\\;', ' '),
@@ -196,7 +215,9 @@ def normalize(ans: str) -> tuple[str, bool]:
   s = s.strip().rstrip('.').strip()
   s = re.sub(r'^\(?\s*([A-Za-z])\s*\)$', r'\1', s) if re.fullmatch(r'\(\s*[A-Z]\s*\)', s) else s
   s = re.sub(r'^[A-Za-z]\s*=\s*(?=\S)', '', s)  # "x = 5" -> "5"
-  s = _UNIT.sub(r'\1', s)  # "5 cm^2" -> "5"
+  unit = _UNIT.match(s)
+  if unit and not _NOT_UNITS & {w.lower() for w in re.findall(r'[A-Za-z]+', unit.group(2))}:
+    s = unit.group(1)  # "5 cm^2" -> "5"
   if re.fullmatch(r'-?\d{1,3}(?: \d{3})+(?:\.\d+)?', s):  # "3\,000"
     s = s.replace(' ', '')
   if re.fullmatch(r'-?\d{1,3}(?:,\d{3})+(?:\.\d+)?', s):
@@ -211,7 +232,7 @@ def _to_sympy(s: str):
 
   if len(s) > _MAX_LEN:
     raise ValueError('answer too long to parse')
-  s = re.sub(r'(?<![\d.])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}', r'(\1+\\frac{\2}{\3})', s)  # mixed number 2\frac{1}{2}
+  s = re.sub(r'(?<![\d.^])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}', r'(\1+\\frac{\2}{\3})', s)  # mixed number 2\frac{1}{2}
   s = _replace_sqrt(_replace_frac(s))
   s = re.sub(r'\b(sin|cos|tan)\s*\^\s*\(?(\d)\)?\s*\(?([A-Za-z])\)?', r'(\1(\3))**\2', s)  # sin^2 x
   s = re.sub(r'\|([^|]+)\|', r'Abs(\1)', s)
@@ -246,8 +267,9 @@ def _scalar_equal(a: str, b: str, a_pct: bool, b_pct: bool) -> bool:
   import sympy
 
   ea, eb = _to_sympy(a), _to_sympy(b)
-  cands_a = [ea, ea / 100] if a_pct else [ea]
-  cands_b = [eb, eb / 100] if b_pct else [eb]
+  both = a_pct and b_pct  # two percentages compare as written: 0.5% is not 50%
+  cands_a = [ea, ea / 100] if a_pct and not both else [ea]
+  cands_b = [eb, eb / 100] if b_pct and not both else [eb]
   for x in cands_a:
     for y in cands_b:
       if x == y:

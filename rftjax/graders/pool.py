@@ -250,12 +250,23 @@ def check_sandbox(grader: core.Grader, allow_unsandboxed: bool = False) -> bool:
   )
 
 
+def _task_timeout(job: '_SandboxJob', tasks: list[tuple[int, list]]) -> float:
+  """A sandbox task's deadline: the job's; for a code sample without a `timeout_s` of its own, at least room for
+  its code and each test to run out their `test_timeout_s` (a sample with tests that loop keeps its partial credit)."""
+  if job.spec['kind'] != 'code' or job.explicit_timeout or not tasks:
+    return job.timeout_s
+  tests = tasks[0][1][1]
+  count = 1 if isinstance(tests, str) else len(tests)
+  return max(job.timeout_s, (count + 1) * job.spec['test_timeout_s'] + 1.0)
+
+
 class _SandboxJob:
   """The sandbox tasks of one grader over one batch: task index -> args, results filled in as they come."""
 
   def __init__(self, grader: core.Grader, tasks: list[tuple[int, list]], timeout_s: float):
     self.spec = grader.worker_spec()
     self.timeout_s = timeout_s
+    self.explicit_timeout = 'timeout_s' in grader.spec  # the grader's own deadline is kept as given
     self.results: dict[int, core.GradeResult] = {}
     self.pending = collections.deque(tasks)
     self.total = len(tasks)
@@ -452,7 +463,9 @@ class GradingPool:
           job = next((j for j in jobs if j.pending), None)
           if job is None:
             break
-          tasks = [job.pending.popleft() for _ in range(min(chunk, len(job.pending)))]
+          # a code sample runs the model's code: one per worker, so that nothing it changes reaches another
+          size = 1 if job.spec['kind'] == 'code' else chunk
+          tasks = [job.pending.popleft() for _ in range(min(size, len(job.pending)))]
           try:
             w.send({'grader': job.spec, 'tasks': tasks}, job.timeout_s)
           except (OSError, TimeoutError):
@@ -460,7 +473,7 @@ class GradingPool:
             w = self._replace(slot, w)
             continue
           grace = 0.0 if job.spec['key'] in w.loaded else self.load_grace_s
-          w.chunk, w.job, w.deadline = tasks, job, time.monotonic() + job.timeout_s + grace
+          w.chunk, w.job, w.deadline = tasks, job, time.monotonic() + _task_timeout(job, tasks) + grace
       busy = [w for w in self._workers if w.chunk is not None]
       if not busy:
         return
@@ -491,6 +504,7 @@ class GradingPool:
               self._fail_current(w, core.PYTHON_RUNTIME, w.exit_description())
             self._replace(slot, w)
             continue
+          ran_code = w.job.spec['kind'] == 'code'
           try:
             for frame in frames:
               self._accept(w, frame)
@@ -499,7 +513,9 @@ class GradingPool:
             self._replace(slot, w)
             continue
           if frames and w.chunk is not None:  # only whole replies restart the clock
-            w.deadline = now + w.job.timeout_s
+            w.deadline = now + _task_timeout(w.job, w.chunk)
+          elif w.chunk is None and ran_code:  # its sample is graded: the worker goes, with whatever it changed
+            self._replace(slot, w)
         elif now >= w.deadline:
           self._fail_current(
             w, core.PYTHON_TIMEOUT, f'grading took longer than {w.job.timeout_s:g} s (wall clock); worker killed'

@@ -17,6 +17,7 @@ Protocol on the pipes: frames of a 4-byte big-endian length and UTF-8 JSON. Requ
 "e": [category, message] | null, "m": metadata}.
 """
 
+import builtins
 import io
 import json
 import math
@@ -26,6 +27,7 @@ import resource
 import signal
 import struct
 import sys
+import textwrap
 import time
 import traceback
 
@@ -243,23 +245,39 @@ def _limited(seconds, fn, *args):
     signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _run_code(text, tests, test_timeout_s=5.0):
-  blocks = _FENCE.findall(text)
-  if not blocks:
-    raise _Error('sample_parse', 'no fenced code block (```...```) in the completion')
-  code = blocks[-1][1]
-  namespace = {'__name__': '__main__'}
-  meta = {}
+_CODE_TAGS = ('', 'python', 'py', 'python3')
+
+
+def _code_block(text):
+  """The last fenced block tagged python (or untagged), dedented (a fence inside a list item is indented); None
+  without one. A later ```bash or ```text block (an example run, an output) is not the solution."""
+  blocks = [code for tag, code in _FENCE.findall(text) if tag.lower() in _CODE_TAGS]
+  return textwrap.dedent(blocks[-1]) if blocks else None
+
+
+def _run_code(text, tests, test_timeout_s=5.0, *, _builtins=dict(vars(builtins)), _exec=exec, _compile=compile,
+              _live=vars(builtins)):  # fmt: skip
+  """Score = share of `tests` that pass after the completion's code ran. The pool gives each code sample a fresh
+  worker, so nothing a completion changes reaches another sample; builtins and the alarm handler are restored
+  before each test, so the simplest ways to skip them (`builtins.exec = ...`, ignoring SIGALRM) do not."""
+  tests = [tests] if isinstance(tests, str) else list(tests)
+  code = _code_block(text)
+  if code is None:  # the model's miss (a 0, as a math answer it did not give), not the grader's error
+    return 0.0, {'passed': 0, 'total': len(tests), 'exception': 'no fenced python code block (```...```)'}
+  namespace = {'__name__': 'solution'}  # a `if __name__ == '__main__':` block reading stdin does not run
   try:
-    _limited(test_timeout_s, exec, compile(code, '<completion>', 'exec'), namespace)
+    _limited(test_timeout_s, _exec, _compile(code, '<completion>', 'exec'), namespace)
   except BaseException as e:  # noqa: BLE001  (the model's code failing is a score of 0, not a grader error)
     why = f'timed out after {test_timeout_s:g} s' if isinstance(e, _TestTimeout) else f'{type(e).__name__}: {e}'
-    return 0.0, {'passed': 0, 'total': len(tests) if isinstance(tests, list) else 1, 'exception': why[:500]}
-  tests = [tests] if isinstance(tests, str) else list(tests)
+    return 0.0, {'passed': 0, 'total': len(tests), 'exception': why[:500]}
   passed, failures = 0, []
   for test in tests:
+    _live.update(_builtins)  # update, then drop additions: the worker's own code needs its builtins throughout
+    for name in [name for name in _live if name not in _builtins]:
+      del _live[name]
+    signal.signal(signal.SIGALRM, _on_alarm)
     try:
-      _limited(test_timeout_s, exec, compile(test, '<test>', 'exec'), dict(namespace))
+      _limited(test_timeout_s, _exec, _compile(test, '<test>', 'exec'), dict(namespace))
       passed += 1
     except BaseException as e:  # noqa: BLE001
       why = f'timed out after {test_timeout_s:g} s' if isinstance(e, _TestTimeout) else f'{type(e).__name__}: {e}'
