@@ -320,7 +320,7 @@ def test_code_grader(pool):
   assert res[0].metadata['passed'] == 2 and 'assert add(2, 2) == 5' in res[0].metadata['failures'][0]
   assert not res[2].errors and res[2].metadata['exception'] == 'no fenced python code block (```...```)'
   assert not res[3].errors and 'SystemExit' in res[3].metadata['exception']
-  assert res[4].errors[0].category == 'python_grader_timeout'
+  assert not res[4].errors and res[4].metadata['exception'] == 'ran past the sample deadline of 1 s'  # the model's
   from_item = graders.build({'type': 'code', 'tests': '{{item.tests}}'})
   res = pool.grade(
     from_item,
@@ -363,9 +363,15 @@ def test_a_code_samples_deadline_leaves_room_for_every_test_to_time_out():
   tests = [f'assert f({k}) == {k}' for k in (1, 2, 0, 0, 0)]
   g = graders.build({'type': 'code', 'test_timeout_s': 1.0, 'tests': tests})
   loops = '```python\ndef f(x):\n    while x == 0:\n        pass\n    return x\n```'
+  swallows = (
+    '```python\ndef f(x):\n  while True:\n    try:\n      while True:\n        pass\n    except:\n      pass\n```'
+  )
   with graders.GradingPool(num_workers=1, timeout_s=2.5) as p:
-    (res,) = p.grade(g, [loops], [{}])
+    res, bare_except = p.grade(g, [loops, swallows], [{}, {}])
   assert res.reward == pytest.approx(0.4) and not res.errors
+  # a bare `except:` swallows the per-test alarm: the sample's deadline ends it, a 0 and no grader error
+  assert bare_except.reward == 0.0 and not bare_except.errors
+  assert bare_except.metadata['exception'] == 'ran past the sample deadline of 7 s'
 
 
 def test_code_grader_per_test_time_limit(pool):

@@ -96,6 +96,7 @@ class _Worker:
     self.chunk: list[tuple[int, list]] | None = None  # tasks sent and not yet answered
     self.job = None
     self.deadline = 0.0
+    self.deadline_s = 0.0  # the current task's deadline, s (without the load grace)
 
   def send(self, obj: Any, timeout_s: float) -> None:
     data = json.dumps(obj, default=str).encode()  # non-JSON item values reach the grader as strings
@@ -473,7 +474,8 @@ class GradingPool:
             w = self._replace(slot, w)
             continue
           grace = 0.0 if job.spec['key'] in w.loaded else self.load_grace_s
-          w.chunk, w.job, w.deadline = tasks, job, time.monotonic() + _task_timeout(job, tasks) + grace
+          w.deadline_s = _task_timeout(job, tasks)
+          w.chunk, w.job, w.deadline = tasks, job, time.monotonic() + w.deadline_s + grace
       busy = [w for w in self._workers if w.chunk is not None]
       if not busy:
         return
@@ -513,9 +515,19 @@ class GradingPool:
             self._replace(slot, w)
             continue
           if frames and w.chunk is not None:  # only whole replies restart the clock
-            w.deadline = now + _task_timeout(w.job, w.chunk)
+            w.deadline_s = _task_timeout(w.job, w.chunk)
+            w.deadline = now + w.deadline_s
           elif w.chunk is None and ran_code:  # its sample is graded: the worker goes, with whatever it changed
             self._replace(slot, w)
+        elif now >= w.deadline and w.job.spec['kind'] == 'code' and w.chunk and w.job.spec['key'] in w.loaded:
+          # only the completion's code runs there (a loop whose bare `except:` swallows the per-test alarm): the
+          # model's miss, a 0 like code that raises, not a grader error that counts towards stopping the run
+          idx, job = w.chunk[0][0], w.job
+          job.results[idx] = core.GradeResult(
+            0.0, {}, (), {'passed': 0, 'exception': f'ran past the sample deadline of {w.deadline_s:g} s'}
+          )
+          w.chunk = []
+          self._replace(slot, w)
         elif now >= w.deadline:
           self._fail_current(
             w, core.PYTHON_TIMEOUT, f'grading took longer than {w.job.timeout_s:g} s (wall clock); worker killed'
