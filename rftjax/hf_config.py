@@ -61,6 +61,8 @@ _HF_DEFAULTS = {
 }
 _HF_DEFAULTS['qwen3'] = dict(_HF_DEFAULTS['qwen2'], head_dim=128)  # Qwen3Config: Qwen2Config's plus head_dim
 _NULLABLE = ('sliding_window', 'rope_scaling', 'final_logit_softcapping')
+# transformers' activation names -> rftjax's (gelu_new is the same tanh approximation); others are refused
+_ACTIVATIONS = {'silu': 'silu', 'swish': 'silu', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_new': 'gelu_tanh'}
 
 
 def read(c: dict, where: str = 'config.json') -> dict:
@@ -98,7 +100,20 @@ def read(c: dict, where: str = 'config.json') -> dict:
     fields['rope_base'] = float(theta)
   act = c.get('hidden_activation') or c.get('hidden_act')
   if act:
-    fields['activation'] = {'gelu_pytorch_tanh': 'gelu_tanh', 'silu': 'silu'}.get(act, act)
+    if act not in _ACTIVATIONS:  # it ran as SiLU before: logits ~10% of their range off, without a word
+      raise ValueError(f'{where}: hidden_act {act!r} is not supported; rftjax runs {", ".join(sorted(_ACTIVATIONS))}')
+    fields['activation'] = _ACTIVATIONS[act]
+  kind = scaling.get('rope_type', scaling.get('type')) if scaling else None
+  if kind not in (None, 'default', 'linear' if family == 'gemma3' else 'llama3'):
+    # yarn, dynamic, longrope ... (Qwen's model cards add yarn for long inputs): plain RoPE would be silently wrong
+    raise ValueError(
+      f'{where}: rope_scaling type {kind!r} is not supported for {model_type} (rftjax runs '
+      f'{"default and linear" if family == "gemma3" else "default and llama3"} RoPE); to run at the native context '
+      'length, remove rope_scaling (rope_parameters) from config.json'
+    )
+  for flag in ('mlp_bias', 'use_bidirectional_attention'):
+    if c.get(flag):
+      raise ValueError(f'{where}: {flag}=true is not supported; rftjax runs {model_type} without it')
   if family == 'gemma3':
     local = rope.get('sliding_attention', {}).get('rope_theta', c.get('rope_local_base_freq'))
     if local is not None:
@@ -120,9 +135,20 @@ def read(c: dict, where: str = 'config.json') -> dict:
       float(scaling['factor']) if scaling and scaling.get('rope_type', scaling.get('type')) == 'linear' else 1.0
     )
   else:
-    fields['qkv_bias'] = bool(c.get('attention_bias', False)) or model_type == 'qwen2'
+    if c.get('attention_bias') and model_type != 'qwen2':  # llama/qwen3: o_proj has a bias too; rftjax has none
+      raise ValueError(f'{where}: attention_bias=true is not supported for {model_type} (a bias on o_proj)')
+    sliding = [t for t in c.get('layer_types') or [] if t != 'full_attention']
+    window = c.get('sliding_window') or 0
+    layers, from_layer = int(c['num_hidden_layers']), int(c.get('max_window_layers') or 0)
+    if (sliding or (c.get('use_sliding_window') and from_layer < layers)) and (
+      not window or window < int(c.get('max_position_embeddings') or 0)
+    ):
+      raise ValueError(
+        f'{where}: sliding-window layers (use_sliding_window / layer_types) are not supported for {model_type}; '
+        'rftjax runs every layer with full attention: set use_sliding_window to false'
+      )
+    fields['qkv_bias'] = model_type == 'qwen2'
     fields['qk_norm'] = model_type == 'qwen3'
-    kind = scaling.get('rope_type', scaling.get('type')) if scaling else None
     fields['rope_llama3'] = (
       (
         float(scaling['factor']),

@@ -331,7 +331,7 @@ def _out_and_mlp(cfg: TransformerConfig, x, attended, p, lora):
   x = sharding.constrain(x + out, ('act_batch', 'act_len', 'act_embed'))
 
   h = rms_norm(x, p['mlp_norm']['scale'], eps, off)
-  gated = _gated_gelu if cfg.activation == 'gelu_tanh' else _gated_silu
+  gated = {'gelu_tanh': _gated_gelu, 'silu': _gated_silu}[cfg.activation]  # no silent fallback
   hidden = gated(_linear(cfg, h, p, lora, 'gate'), _linear(cfg, h, p, lora, 'up'))
   hidden = sharding.constrain(hidden, ('act_batch', 'act_len', 'act_mlp'))
   out = _linear(cfg, hidden, p, lora, 'down')

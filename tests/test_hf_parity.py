@@ -16,6 +16,8 @@ file's config.json). Compared:
 
 from __future__ import annotations
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -240,3 +242,42 @@ def test_qwen3_presets_through_transformers_config(name):
   assert fields['qk_norm'] and not fields['qkv_bias'] and fields['family'] == 'llama'
   bad = {k: (v, getattr(cfg, k)) for k, v in fields.items() if hf_config.differs(v, getattr(cfg, k))}
   assert not bad, bad
+
+
+SMALL = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
+             vocab_size=512, max_position_embeddings=64)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+  'model_type, extra, said',
+  [
+    ('llama', {'rope_scaling': {'rope_type': 'linear', 'factor': 4.0}}, "rope_scaling type 'linear' is not supported"),
+    ('qwen2', {'rope_scaling': {'type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': 32}}, "'yarn'"),
+    ('qwen3', {'rope_parameters': {'rope_type': 'yarn', 'rope_theta': 1e4, 'factor': 4.0}}, "'yarn' is not"),
+    ('llama', {'rope_parameters': {'rope_type': 'dynamic', 'rope_theta': 1e4, 'factor': 2.0}}, "'dynamic'"),
+    ('gemma3_text', {'rope_scaling': {'rope_type': 'yarn', 'factor': 8.0}}, "'yarn' is not supported for gemma3"),
+    ('llama', {'hidden_act': 'gelu'}, "hidden_act 'gelu' is not supported; rftjax runs gelu_new, gelu_pytorch"),
+    ('gemma3_text', {'hidden_activation': 'relu'}, "hidden_act 'relu' is not supported"),
+    ('qwen2', {'use_sliding_window': True, 'sliding_window': 4, 'max_window_layers': 1}, 'use_sliding_window'),
+    ('qwen3', {'layer_types': ['full_attention', 'sliding_attention'], 'sliding_window': 4}, 'sliding-window'),
+    ('llama', {'attention_bias': True}, 'attention_bias=true is not supported for llama'),
+    ('llama', {'mlp_bias': True}, 'mlp_bias=true is not supported'),
+  ],
+)
+def test_configs_rftjax_would_run_wrong_are_refused_naming_the_field(model_type, extra, said):
+  """Each ran before as something else, without a word: rope scaling other than llama3 (Gemma: linear) as plain
+  RoPE (logits off by up to 65% of their range on a tiny model), an unknown activation as SiLU, Qwen's sliding
+  window as full attention; the biases failed later on tensors 'with no place'."""
+  with pytest.raises(ValueError, match=re.escape(said)):
+    hf_config.read({'model_type': model_type, **SMALL, **extra}, 'hf:/m/config.json')
+
+
+def test_configs_it_runs_as_written_still_read():
+  assert hf_config.read({'model_type': 'llama', **SMALL, 'hidden_act': 'gelu_new'})['activation'] == 'gelu_tanh'
+  qwen = hf_config.read({'model_type': 'qwen2', **SMALL, 'use_sliding_window': False, 'sliding_window': 4})
+  assert qwen['qkv_bias'] and 'sliding_window' not in qwen
+  llama3 = {'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
+            'original_max_position_embeddings': 32}  # fmt: skip
+  assert hf_config.read({'model_type': 'llama', **SMALL, 'rope_scaling': llama3})['rope_llama3'] == (8.0, 1.0, 4.0, 32)
+  gemma = hf_config.read({'model_type': 'gemma3_text', **SMALL, 'rope_scaling': {'rope_type': 'linear', 'factor': 8}})
+  assert gemma['rope_scale_global'] == 8.0
