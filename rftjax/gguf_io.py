@@ -171,6 +171,17 @@ class GGUFFile:
       norm_eps=float(self.arch('attention.layer_norm_rms_epsilon')),
       tie_embeddings='output.weight' not in self._tensors,
     )
+    scaling = self.arch('rope.scaling.type')
+    if scaling not in (None, 'none', 'linear' if self.family == 'gemma3' else 'none'):
+      raise ValueError(
+        f'gguf:{self.path}: {self.architecture}.rope.scaling.type is {scaling!r}; rftjax runs plain RoPE'
+        f'{" and linear scaling" if self.family == "gemma3" else ""} from a GGUF (its hf: checkpoint may be supported)'
+      )
+    if 'rope_freqs.weight' in self._tensors:  # Llama 3.1+: the llama3 rope scaling, stored as per-frequency factors
+      raise ValueError(
+        f'gguf:{self.path}: rope_freqs.weight holds RoPE frequency factors (Llama 3.1+ rope scaling) that rftjax does '
+        "not apply to a GGUF; load the model's hf: checkpoint instead (its rope_scaling llama3 is supported)"
+      )
     if self.arch('rope.freq_base') is not None:
       fields['rope_base'] = float(self.arch('rope.freq_base'))
     if self.arch('context_length') is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -137,8 +138,9 @@ def test_rotary_permutation_round_trip():
       np.testing.assert_array_equal(g[head * h + 2 * j + 1], w[head * h + j + h // 2])
 
 
-def _write_gguf(path, cfg, params):
-  """A float32 GGUF the way llama.cpp's converter writes one: Gemma norms + 1, llama q/k rows permuted."""
+def _write_gguf(path, cfg, params, extra=None):
+  """A float32 GGUF the way llama.cpp's converter writes one: Gemma norms + 1, llama q/k rows permuted. `extra`:
+  called with the writer and the architecture before the tensors are written (more keys or tensors)."""
   import gguf
 
   arch = 'gemma3' if cfg.family == 'gemma3' else 'llama'
@@ -159,6 +161,8 @@ def _write_gguf(path, cfg, params):
   if cfg.sliding_window:
     w.add_uint32(f'{arch}.attention.sliding_window', cfg.sliding_window)
   w.add_array('tokenizer.ggml.tokens', [f't{i}' for i in range(cfg.vocab_size)])  # exercises the header walk
+  if extra is not None:
+    extra(w, arch)
   flat = {name: value() for name, _, value in weights.hf_tensors(params, cfg)}
   names = {r.hf: r for r in weights.table(cfg)}
   for i in range(cfg.num_layers):
@@ -194,6 +198,22 @@ def test_gguf_load(cfg, tmp_path):
     cfg.head_dim,
     cfg.vocab_size,
   )
+
+
+@pytest.mark.parametrize(
+  'cfg, extra, said',
+  [
+    (LLAMA, lambda w, a: w.add_string(f'{a}.rope.scaling.type', 'yarn'), "llama.rope.scaling.type is 'yarn'"),
+    (GEMMA, lambda w, a: w.add_string(f'{a}.rope.scaling.type', 'yarn'), "gemma3.rope.scaling.type is 'yarn'"),
+    (LLAMA, lambda w, a: w.add_tensor('rope_freqs.weight', np.ones(4, np.float32)), 'rope_freqs.weight holds'),
+  ],
+  ids=['llama_yarn', 'gemma_yarn', 'llama31_rope_freqs'],
+)
+def test_a_gguf_with_rope_scaling_rftjax_does_not_apply_is_refused(cfg, extra, said, tmp_path):
+  """A Llama 3.1+ GGUF stores its rope scaling as rope_freqs.weight, which was ignored: plain RoPE ran."""
+  _write_gguf(tmp_path / 'm.gguf', cfg, _random_params(cfg), extra)
+  with pytest.raises(ValueError, match=re.escape(said)):
+    weights.config_from_file(f'gguf:{tmp_path / "m.gguf"}')
 
 
 def test_shape_mismatch_names_the_tensor(tmp_path):
