@@ -185,13 +185,29 @@ def main(argv=None) -> int:
     # merged at --dtype: W + alpha/r * A @ B rounded to a bfloat16 base's dtype would drop the smaller updates
     params = lora.merge(loaded.params, cfg.lora, args.dtype) if cfg.lora else loaded.params
     base = model.base_config(cfg)
+    generation = _source_generation_config(config.get('init') or '')
     out = write_folder(
-      args.out, lambda tmp: weights.export_hf(params, base, tmp, loaded.tokenizer, dtype=args.dtype), provenance
+      args.out,
+      lambda tmp: weights.export_hf(params, base, tmp, loaded.tokenizer, dtype=args.dtype, generation=generation),
+      provenance,
     )
     print(f'exported {source} ({cfg.name}{", adapters merged" if cfg.lora else ""}) to {out}')
     return 0
 
   return cli.run(body)
+
+
+def _source_generation_config(init: str) -> dict | None:
+  """An hf: base's generation_config.json (its sampling defaults travel with the export); None for a GGUF, or a
+  folder that is gone or has none."""
+  path = pathlib.Path(init[3:]) / 'generation_config.json' if init.startswith('hf:') else None
+  if path is None or not path.is_file():
+    return None
+  try:
+    value = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise errors.ConfigError(f'{path}: cannot read it ({e}); expected a JSON object') from None
+  return value if isinstance(value, dict) else None
 
 
 if __name__ == '__main__':

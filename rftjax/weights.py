@@ -425,9 +425,12 @@ def export_hf(
   dtype: str | None = None,
   token_ids: dict | None = None,
   max_shard_bytes: int = 4 << 30,
+  generation: dict | None = None,
 ) -> pathlib.Path:
   """Writes a Hugging Face folder: config.json, generation_config.json, safetensors (+ index when sharded) and,
   given an rftjax Tokenizer, its files. `dtype` ('float32' | 'bfloat16') defaults to the params' dtype.
+  `generation`: the source model's generation_config.json, whose sampling defaults (temperature, top_p, ...) the
+  export keeps (vLLM and transformers sample with them); its token ids fill in what this export does not know.
 
   Params must be addressable from this process (single-host, or gathered first).
   """
@@ -444,12 +447,13 @@ def export_hf(
   config = hf_config.write(cfg, token_ids, dtype)
   (out / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
   stops = list(getattr(tokenizer, 'stop_ids', ()) or [config['eos_token_id']])
-  gen = dict(
+  source = {k: v for k, v in (generation or {}).items() if k not in ('transformers_version', '_from_model_config')}
+  ours = dict(
     bos_token_id=config['bos_token_id'],
     eos_token_id=stops if len(stops) > 1 else stops[0],
     pad_token_id=config['pad_token_id'],
-    _from_model_config=False,
   )
+  gen = {**source, **{k: v for k, v in ours.items() if v is not None or k not in source}, '_from_model_config': False}
   (out / 'generation_config.json').write_text(json.dumps(gen, indent=2) + '\n')
 
   # Plan shards from shapes alone, then materialise one shard at a time.

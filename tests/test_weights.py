@@ -319,3 +319,16 @@ def test_export_cli_plain_conversion(tmp_path, capsys):
   )
   with pytest.raises(SystemExit):
     export.main([f'--out={tmp_path / "c"}'])  # neither --init nor --workdir
+
+
+def test_an_export_keeps_the_source_models_generation_defaults(tmp_path):
+  """vLLM and transformers sample with generation_config.json's defaults: an hf: source's temperature, top_k and
+  stop ids travel with the export (it wrote null token ids and no sampling defaults)."""
+  from rftjax import export
+
+  weights.export_hf(_random_params(QWEN), QWEN, tmp_path / 'a')
+  source = {'eos_token_id': [2, 3], 'temperature': 0.7, 'top_k': 20, 'repetition_penalty': 1.05, 'do_sample': True}
+  (tmp_path / 'a' / 'generation_config.json').write_text(json.dumps({**source, 'transformers_version': '4.0'}))
+  assert export.main([f'--init=hf:{tmp_path / "a"}', f'--out={tmp_path / "b"}']) == 0
+  gen = json.loads((tmp_path / 'b' / 'generation_config.json').read_text())
+  assert {k: gen[k] for k in source} == source and 'transformers_version' not in gen
