@@ -186,9 +186,15 @@ def main(argv=None) -> int:
     params = lora.merge(loaded.params, cfg.lora, args.dtype) if cfg.lora else loaded.params
     base = model.base_config(cfg)
     generation = _source_generation_config(config.get('init') or '')
+    # a converted hf: folder keeps its dtype (its params load as float32: a bfloat16 model doubled in size)
+    dtype = args.dtype
+    if dtype is None and args.init:
+      folder = _hf_json(args.init, 'config.json') or {}
+      stated = folder.get('dtype') or folder.get('torch_dtype')  # transformers 5 writes `dtype`
+      dtype = stated if stated in ('float32', 'bfloat16') else None
     out = write_folder(
       args.out,
-      lambda tmp: weights.export_hf(params, base, tmp, loaded.tokenizer, dtype=args.dtype, generation=generation),
+      lambda tmp: weights.export_hf(params, base, tmp, loaded.tokenizer, dtype=dtype, generation=generation),
       provenance,
     )
     print(f'exported {source} ({cfg.name}{", adapters merged" if cfg.lora else ""}) to {out}')
@@ -200,7 +206,12 @@ def main(argv=None) -> int:
 def _source_generation_config(init: str) -> dict | None:
   """An hf: base's generation_config.json (its sampling defaults travel with the export); None for a GGUF, or a
   folder that is gone or has none."""
-  path = pathlib.Path(init[3:]) / 'generation_config.json' if init.startswith('hf:') else None
+  return _hf_json(init, 'generation_config.json')
+
+
+def _hf_json(init: str, name: str) -> dict | None:
+  """The JSON object `name` in an hf: folder; None for a GGUF, or a folder that is gone or lacks the file."""
+  path = pathlib.Path(init[3:]) / name if init.startswith('hf:') else None
   if path is None or not path.is_file():
     return None
   try:

@@ -264,7 +264,7 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
     )
   if cfg.family not in ('llama', 'tiny'):
     raise ValueError(f'model family {cfg.family!r} ({cfg.name}) has no Hugging Face export')
-  if cfg.activation != 'silu' or cfg.sliding_window or cfg.final_softcap or cfg.post_norms:
+  if cfg.sliding_window or cfg.final_softcap or cfg.post_norms:
     raise ValueError(f'{cfg.name}: a llama-family config with Gemma features has no HF llama/qwen equivalent')
   if cfg.qk_norm and cfg.qkv_bias:
     raise ValueError(f'{cfg.name}: QK-norm with QKV bias has no HF llama/qwen equivalent')
@@ -279,12 +279,13 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
       original_max_position_embeddings=orig,
     )
   rope = {'rope_type': 'default', 'rope_theta': cfg.rope_base, **(scaling or {})}
+  act = {'silu': 'silu', 'gelu_tanh': 'gelu_pytorch_tanh'}[cfg.activation]  # read() takes both for these families
   if cfg.qk_norm:
     return dict(
       architectures=['Qwen3ForCausalLM'],
       model_type='qwen3',
       **common,
-      hidden_act='silu',
+      hidden_act=act,
       rope_scaling=scaling,
       rope_parameters=rope,
       use_sliding_window=False,
@@ -296,7 +297,7 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
       architectures=['Qwen2ForCausalLM'],
       model_type='qwen2',
       **common,
-      hidden_act='silu',
+      hidden_act=act,
       rope_scaling=scaling,
       rope_parameters=rope,
       use_sliding_window=False,
@@ -307,7 +308,7 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
     architectures=['LlamaForCausalLM'],
     model_type='llama',
     **common,
-    hidden_act='silu',
+    hidden_act=act,
     rope_scaling=scaling,
     rope_parameters=rope,
     mlp_bias=False,

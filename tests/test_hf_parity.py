@@ -281,3 +281,10 @@ def test_configs_it_runs_as_written_still_read():
   assert hf_config.read({'model_type': 'llama', **SMALL, 'rope_scaling': llama3})['rope_llama3'] == (8.0, 1.0, 4.0, 32)
   gemma = hf_config.read({'model_type': 'gemma3_text', **SMALL, 'rope_scaling': {'rope_type': 'linear', 'factor': 8}})
   assert gemma['rope_scale_global'] == 8.0
+
+
+def test_a_llama_with_the_tanh_gelu_exports_as_it_loads():
+  """It loaded (and matched transformers) but export refused it as 'a llama-family config with Gemma features'."""
+  cfg = hf_config.family_default(hf_config.read({'model_type': 'llama', **SMALL, 'hidden_act': 'gelu_pytorch_tanh'}))
+  written = hf_config.write(cfg)
+  assert written['hidden_act'] == 'gelu_pytorch_tanh' and hf_config.read(written)['activation'] == 'gelu_tanh'

@@ -332,3 +332,14 @@ def test_an_export_keeps_the_source_models_generation_defaults(tmp_path):
   assert export.main([f'--init=hf:{tmp_path / "a"}', f'--out={tmp_path / "b"}']) == 0
   gen = json.loads((tmp_path / 'b' / 'generation_config.json').read_text())
   assert {k: gen[k] for k in source} == source and 'transformers_version' not in gen
+
+
+def test_converting_a_bfloat16_folder_keeps_it_bfloat16(tmp_path):
+  """Its params load as float32: the export was float32, twice the size, unless --dtype said otherwise."""
+  from rftjax import export
+
+  weights.export_hf(_random_params(QWEN), QWEN, tmp_path / 'a', dtype='bfloat16')
+  assert export.main([f'--init=hf:{tmp_path / "a"}', f'--out={tmp_path / "b"}']) == 0
+  assert json.loads((tmp_path / 'b' / 'config.json').read_text())['torch_dtype'] == 'bfloat16'
+  assert export.main([f'--init=hf:{tmp_path / "a"}', f'--out={tmp_path / "c"}', '--dtype=float32']) == 0
+  assert json.loads((tmp_path / 'c' / 'config.json').read_text())['torch_dtype'] == 'float32'
