@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     # merged at --dtype: W + alpha/r * A @ B rounded to a bfloat16 base's dtype would drop the smaller updates
     params = lora.merge(loaded.params, cfg.lora, args.dtype) if cfg.lora else loaded.params
     base = model.base_config(cfg)
-    generation = _source_generation_config(config.get('init') or '')
+    generation = _hf_json(config.get('init') or '', 'generation_config.json')  # its sampling defaults travel on
     # a converted hf: folder keeps its dtype (its params load as float32: a bfloat16 model doubled in size)
     dtype = args.dtype
     if dtype is None and args.init:
@@ -201,12 +201,6 @@ def main(argv=None) -> int:
     return 0
 
   return cli.run(body)
-
-
-def _source_generation_config(init: str) -> dict | None:
-  """An hf: base's generation_config.json (its sampling defaults travel with the export); None for a GGUF, or a
-  folder that is gone or has none."""
-  return _hf_json(init, 'generation_config.json')
 
 
 def _hf_json(init: str, name: str) -> dict | None:

@@ -131,9 +131,7 @@ def read(c: dict, where: str = 'config.json') -> dict:
     if c.get('query_pre_attn_scalar') is not None:
       fields['query_pre_attn_scalar'] = float(c['query_pre_attn_scalar'])
     fields['final_softcap'] = c.get('final_logit_softcapping')
-    fields['rope_scale_global'] = (
-      float(scaling['factor']) if scaling and scaling.get('rope_type', scaling.get('type')) == 'linear' else 1.0
-    )
+    fields['rope_scale_global'] = float(scaling['factor']) if kind == 'linear' else 1.0
   else:
     if c.get('attention_bias') and model_type != 'qwen2':  # llama/qwen3: o_proj has a bias too; rftjax has none
       raise ValueError(f'{where}: attention_bias=true is not supported for {model_type} (a bias on o_proj)')

@@ -22,9 +22,9 @@ import uuid
 from typing import Any, Mapping
 
 import tqdm
+from etils import epath
 
 from rftjax import data as data_lib
-from etils import epath
 
 log = logging.getLogger('rftjax')
 

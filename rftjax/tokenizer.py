@@ -6,6 +6,7 @@ Specs (`load_tokenizer`):
                      pip-installed files (see pretrained.py).
                      - `tokenizer.ggml.model == 'llama'` (Gemma): rebuilt in memory as a sentencepiece BPE model.
                      - `tokenizer.ggml.model == 'gpt2'` (SmolLM2): rebuilt as a byte-level BPE in `tokenizers`.
+                     (both in gguf_vocab.py)
   hf:DIR             a Hugging Face folder: `tokenizer.json` (via `tokenizers`), else `tokenizer.model`.
 
 Parity target: transformers' own tokenizer loaded from the same file (`AutoTokenizer.from_pretrained(dir,
@@ -21,7 +22,6 @@ OpenAI-style `messages` (and function `tools`) plus the generation prompt, never
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pathlib
@@ -32,10 +32,8 @@ import numpy as np
 
 from rftjax import chat_template as chat_template_lib
 from rftjax import gguf_io
+from rftjax import gguf_vocab
 from rftjax import pretrained
-
-# Sentencepiece piece types; GGUF's `tokenizer.ggml.token_type` uses the same codes.
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 TEMPLATES = chat_template_lib.TEMPLATES
 
@@ -92,104 +90,6 @@ class _HFTokenizers:
 
   def token_id(self, token: str) -> int | None:
     return self.tok.token_to_id(token) if token else None
-
-
-def _sentencepiece_proto_from_gguf(md: dict) -> bytes:
-  """A sentencepiece BPE `ModelProto` equal to the tokenizer a llama-style (Gemma) GGUF describes.
-
-  Recipe (docs/tokenizers.md): BPE with byte fallback, identity normalizer, no dummy prefix, no
-  whitespace trimming; the GGUF spells its user-defined whitespace-run pieces with real spaces, which
-  sentencepiece never sees after escaping, so they are respelled with `▁`.
-  """
-  from sentencepiece import sentencepiece_model_pb2 as pb
-
-  tokens, scores, types = md['tokenizer.ggml.tokens'], md['tokenizer.ggml.scores'], md['tokenizer.ggml.token_type']
-  proto = pb.ModelProto()
-  for token, score, kind in zip(tokens, scores.tolist(), types.tolist()):
-    if kind == USER_DEFINED and ' ' in token and not token.strip(' '):
-      token = token.replace(' ', '\u2581')
-    proto.pieces.add(piece=token, score=score, type=kind)
-  ts = proto.trainer_spec
-  ts.model_type = pb.TrainerSpec.BPE
-  ts.vocab_size = len(tokens)
-  ts.byte_fallback = True
-  ts.unk_id = int(md.get('tokenizer.ggml.unknown_token_id', 0))
-  ts.bos_id = int(md.get('tokenizer.ggml.bos_token_id', -1))
-  ts.eos_id = int(md.get('tokenizer.ggml.eos_token_id', -1))
-  ts.pad_id = int(md.get('tokenizer.ggml.padding_token_id', -1))
-  ns = proto.normalizer_spec
-  ns.name = 'identity'
-  # llama.cpp's default for sentencepiece vocabularies is to add the prefix space; Gemma's file turns it off.
-  ns.add_dummy_prefix = bool(md.get('tokenizer.ggml.add_space_prefix', True))
-  ns.remove_extra_whitespaces = False
-  ns.escape_whitespaces = True
-  return proto.SerializeToString()
-
-
-@functools.lru_cache(maxsize=1)
-def _byte_alphabet() -> dict[int, str]:
-  """GPT-2's reversible byte -> printable character table (byte-level BPE spells every token with it)."""
-  printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
-  table, extra = {}, 0
-  for b in range(256):
-    if b in printable:
-      table[b] = chr(b)
-    else:
-      table[b] = chr(256 + extra)
-      extra += 1
-  return table
-
-
-def _byte_level_bpe_from_gguf(md: dict):
-  """A byte-level BPE equal to what transformers builds from a `gpt2`-type GGUF.
-
-  transformers (integrations/gguf/gguf_tokenizer_mapping.py) hands the vocab and merges to `GPT2Tokenizer`,
-  whose pre-tokenizer is plain `ByteLevel` (GPT-2's split regex, no prefix space) unless the file's
-  `tokenizer.ggml.pre` names one of a few known split regexes. SmolLM2's `smollm` is not among them, so digits
-  are *not* split one by one here (llama.cpp and the hub's tokenizer.json do split them: see docs/tokenizers.md).
-  """
-  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-  alphabet = _byte_alphabet()
-  letters = set(alphabet.values())
-  tokens, types = md['tokenizer.ggml.tokens'], md.get('tokenizer.ggml.token_type')
-  types = [NORMAL] * len(tokens) if types is None else types.tolist()
-  # A token spelled outside the byte alphabet is raw text: respell it byte by byte.
-  vocab = {t if set(t) <= letters else ''.join(alphabet[b] for b in t.encode('utf-8')): i for i, t in enumerate(tokens)}
-  merges = [tuple(m.split(' ')) for m in md.get('tokenizer.ggml.merges', [])]
-  tok = Tokenizer(
-    models.BPE(
-      vocab=vocab, merges=merges, continuing_subword_prefix='', end_of_word_suffix='', fuse_unk=False, dropout=None
-    )
-  )
-  pre = md.get('tokenizer.ggml.pre')
-  if pre in _GGUF_SPLIT_REGEX:
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-      [
-        pre_tokenizers.Split(Regex(_GGUF_SPLIT_REGEX[pre]), 'isolated'),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-      ]
-    )
-  else:
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  # Control tokens are matched whole in text and are "special"; a control token spelled outside the byte
-  # alphabet is a llama.cpp mislabel and is left alone (adding it would grow the vocabulary).
-  tok.add_special_tokens(
-    [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == CONTROL and set(t) <= letters]
-  )
-  tok.add_tokens(
-    [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED and t in vocab]
-  )
-  return tok
-
-
-# Split regexes for the `tokenizer.ggml.pre` values used by Llama 3-style vocabularies (same as transformers).
-_LLAMA3_SPLIT = (
-  r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-  r'| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+'
-)
-_GGUF_SPLIT_REGEX = {'llama3': _LLAMA3_SPLIT, 'llama-v3': _LLAMA3_SPLIT, 'llama-bpe': _LLAMA3_SPLIT}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,7 +150,8 @@ class Tokenizer:
     if self._use_jinja:
       jinja.check()  # a syntax error surfaces at load time, naming the file
     turn_end = self.token_to_id(chat_template_lib.TURN_END.get(chat_template, ''))
-    self._stop_ids = tuple(dict.fromkeys(i for i in (eos_id, turn_end, *stop_ids) if i is not None))
+    ends = [i for i in stop_ids if 0 <= i < backend.vocab_size]  # a file's list may name ids the vocabulary lacks
+    self._stop_ids = tuple(dict.fromkeys(i for i in (eos_id, turn_end, *ends) if i is not None))
     # Control tokens written in text encode whole (transformers does the same); longest first so that the
     # leftmost match is also the longest one. Sentencepiece never matches them itself; byte-level BPE does.
     self._special_re = None
@@ -398,15 +299,17 @@ def _from_gguf(path: str, chat_template: str | None) -> Tokenizer:
   jinja = chat_template_lib.JinjaTemplate(templates, source, variables) if templates else None
   name, default_system = chat_template_lib.recognise(jinja and jinja.text)
   if kind == 'llama':
-    backend = _SentencePiece(_sentencepiece_proto_from_gguf(md))
-    special = [i for i, k in enumerate(types) if k in (CONTROL, UNKNOWN)]
+    backend = _SentencePiece(gguf_vocab.sentencepiece_proto(md))
+    special = [i for i, k in enumerate(types) if k in (gguf_vocab.CONTROL, gguf_vocab.UNKNOWN)]
     # llama.cpp adds BOS to a sentencepiece vocabulary unless the file says otherwise.
     add_bos = bool(md.get('tokenizer.ggml.add_bos_token', True))
   elif kind == 'gpt2':
-    backend = _HFTokenizers(_byte_level_bpe_from_gguf(md))
-    letters = set(_byte_alphabet().values())
+    backend = _HFTokenizers(gguf_vocab.byte_level_bpe(md))
+    letters = set(gguf_vocab.byte_alphabet().values())
     special = [
-      i for i, (t, k) in enumerate(zip(md['tokenizer.ggml.tokens'], types)) if k == CONTROL and set(t) <= letters
+      i
+      for i, (t, k) in enumerate(zip(md['tokenizer.ggml.tokens'], types))
+      if k == gguf_vocab.CONTROL and set(t) <= letters
     ]
     add_bos = bool(md.get('tokenizer.ggml.add_bos_token', False))
   else:
@@ -457,7 +360,7 @@ def _from_sentencepiece_file(
     source=f'sp:{path}',
     jinja=jinja,
     use_jinja=not chat_template,
-    stop_ids=[i for i in stop_ids if i < backend.vocab_size],
+    stop_ids=stop_ids,
   )
 
 
@@ -515,7 +418,7 @@ def _from_hf_dir(directory: str, chat_template: str | None) -> Tokenizer:
     source=f'hf:{directory}',
     jinja=jinja,
     use_jinja=not chat_template,
-    stop_ids=[i for i in stops if i < backend.vocab_size],
+    stop_ids=stops,
   )
 
 
@@ -530,7 +433,7 @@ def _generation_eos_ids(d: pathlib.Path) -> list[int]:
   except (ValueError, AttributeError) as e:
     raise ValueError(f'hf:{d}: generation_config.json: {e}; expected a JSON object') from None
   ids = eos if isinstance(eos, list) else [eos]
-  return [i for i in ids if isinstance(i, int) and not isinstance(i, bool) and i >= 0]
+  return [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
 
 
 def load_tokenizer(spec: str, chat_template: str | None = None, thinking: bool = False) -> Tokenizer:

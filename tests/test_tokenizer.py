@@ -27,7 +27,7 @@ os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 import pytest  # noqa: E402
 
-from rftjax import chat_template, pretrained, sampler, tokenizer  # noqa: E402
+from rftjax import chat_template, gguf_vocab, pretrained, sampler, tokenizer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REF_CACHE = pathlib.Path(os.environ['RFTJAX_TEST_CACHE']) / 'hf_tokenizers'
@@ -587,7 +587,7 @@ def test_decode_roundtrip(model):
   # - SmolLM2's byte-level vocabulary lacks 21 of the 256 byte symbols, among them the ASCII control bytes
   #   0x04 0x06 0x13 0x14 0x16 0x1d: BPE drops them silently (no unk token). The other 15 (0xc0 0xc1 0xf1 0xf2
   #   0xf5-0xff) occur only in invalid UTF-8 or in unassigned planes 4-11, which no test string uses.
-  alphabet = tokenizer._byte_alphabet()
+  alphabet = gguf_vocab.byte_alphabet()
   missing = {b for b in range(256) if tok.token_to_id(alphabet[b]) is None} if name == 'smollm2' else set()
   assert name == 'gemma3' or len(missing) == 21
   dropped = {chr(b) for b in missing if b < 0x80}

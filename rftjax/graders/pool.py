@@ -500,10 +500,10 @@ class GradingPool:
             frames = w.read_frames()
           except (ValueError, UnicodeDecodeError) as e:
             frames = None
-            self._fail_current(w, core.OTHER, f'worker sent an unreadable reply: {e}')
+            self._end_current(w, core.failed(core.OTHER, f'worker sent an unreadable reply: {e}'))
           if frames is None:
             if w.chunk:
-              self._fail_current(w, core.PYTHON_RUNTIME, w.exit_description())
+              self._end_current(w, core.failed(core.PYTHON_RUNTIME, w.exit_description()))
             self._replace(slot, w)
             continue
           ran_code = w.job.spec['kind'] == 'code'
@@ -511,7 +511,7 @@ class GradingPool:
             for frame in frames:
               self._accept(w, frame)
           except (ValueError, KeyError, TypeError, IndexError) as e:
-            self._fail_current(w, core.OTHER, f'worker sent an unexpected reply: {e}')
+            self._end_current(w, core.failed(core.OTHER, f'worker sent an unexpected reply: {e}'))
             self._replace(slot, w)
             continue
           if frames and w.chunk is not None:  # only whole replies restart the clock
@@ -519,19 +519,15 @@ class GradingPool:
             w.deadline = now + w.deadline_s
           elif w.chunk is None and ran_code:  # its sample is graded: the worker goes, with whatever it changed
             self._replace(slot, w)
-        elif now >= w.deadline and w.job.spec['kind'] == 'code' and w.chunk and w.job.spec['key'] in w.loaded:
-          # only the completion's code runs there (a loop whose bare `except:` swallows the per-test alarm): the
-          # model's miss, a 0 like code that raises, not a grader error that counts towards stopping the run
-          idx, job = w.chunk[0][0], w.job
-          job.results[idx] = core.GradeResult(
-            0.0, {}, (), {'passed': 0, 'exception': f'ran past the sample deadline of {w.deadline_s:g} s'}
-          )
-          w.chunk = []
-          self._replace(slot, w)
         elif now >= w.deadline:
-          self._fail_current(
-            w, core.PYTHON_TIMEOUT, f'grading took longer than {w.job.timeout_s:g} s (wall clock); worker killed'
-          )
+          if w.job.spec['kind'] == 'code' and w.job.spec['key'] in w.loaded:
+            # only the completion's code runs there (a loop whose bare `except:` swallows the per-test alarm): the
+            # model's miss, a 0 like code that raises, not a grader error that counts towards stopping the run
+            why = f'ran past the sample deadline of {w.deadline_s:g} s'
+            self._end_current(w, core.GradeResult(0.0, {}, (), {'passed': 0, 'exception': why}))
+          else:
+            why = f'grading took longer than {w.job.timeout_s:g} s (wall clock); worker killed'
+            self._end_current(w, core.failed(core.PYTHON_TIMEOUT, why))
           self._replace(slot, w)
 
   def _accept(self, w: _Worker, frame: dict) -> None:
@@ -555,12 +551,13 @@ class GradingPool:
     if not w.chunk:
       w.chunk, w.job = None, None
 
-  def _fail_current(self, w: _Worker, category: str, message: str) -> None:
-    """The task the worker was on failed; its unanswered successors go back to the front of the queue."""
+  def _end_current(self, w: _Worker, result: core.GradeResult) -> None:
+    """The task the worker was on gets `result` (it failed, or it ran out its time); its unanswered successors go
+    back to the front of the queue."""
     if not w.chunk:
       return
     (idx, _), rest = w.chunk[0], w.chunk[1:]
-    w.job.results[idx] = core.failed(category, message)
+    w.job.results[idx] = result
     w.job.pending.extendleft(reversed(rest))
     w.chunk = []
 
