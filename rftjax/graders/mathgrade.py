@@ -9,16 +9,22 @@ degree signs, one or two trailing unit words after a space ("5 cm", "12 \\text{d
 SI symbol: "3 m", not "3 x"), thousands separators ("1,000"), and a leading "x =". A percentage "50%" matches both 50
 and 0.5 (and 50%, not 0.5%). Intervals compare endpoints and
 bracket types; tuples compare in order; `\\{...\\}` sets and bare comma lists compare as unordered multisets.
+Plain-text math ("√2", "3 × 4", "1½", "x²") is read as its LaTeX/ASCII form first.
 """
 
 from __future__ import annotations
 
+import fractions
 import re
+import unicodedata
 
 _NUMBER = re.compile(r'-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?(?:[eE][-+]?\d+)?\s*\\?%?|-?\.\d+')
 _ANSWER_IS = re.compile(r'(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*(.+)', re.IGNORECASE)
-_ALLOWED_NAMES = {'sqrt', 'root', 'pi', 'oo', 'log', 'ln', 'exp', 'sin', 'cos', 'tan', 'Abs'}
+_ALLOWED_NAMES = {'sqrt', 'root', 'pi', 'oo', 'log', 'ln', 'exp', 'sin', 'cos', 'tan', 'Abs', 'binomial'}
 _MAX_LEN = 400
+_SUPERSCRIPTS = str.maketrans('⁰¹²³⁴⁵⁶⁷⁸⁹⁻', '0123456789-')
+# "√2", "2√3", "∛8": the radical's argument is a brace or parenthesis group, or one number or letter
+_RADICALS = {'√': '\\sqrt', '∛': '\\sqrt[3]', '∜': '\\sqrt[4]'}
 # A number followed, after a space, by one or two unit words ("5 cm", "3 m^2", "12 dollars", "6 sq ft"). A single
 # letter counts only as an SI unit's symbol: "3 x", "2 i" or "5 n" keep their variable. Words are separated by
 # whitespace, so the pattern has one way to match (a `[A-Za-z]+\s*` repeat took exponential time on prose).
@@ -31,12 +37,14 @@ _CLAUSE_END = re.compile(r'\s*(?:[,;]\s+|\s)(?:since|because|as|which|so|when|wh
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:
-  """Content of the brace group opening at text[start] == '{' and the index after it."""
+  """Content of the group opening at text[start] ('{' or '(') and the index after it."""
+  opening = text[start]
+  closing = '}' if opening == '{' else ')'
   depth = 0
   for i in range(start, len(text)):
-    if text[i] == '{':
+    if text[i] == opening:
       depth += 1
-    elif text[i] == '}':
+    elif text[i] == closing:
       depth -= 1
       if depth == 0:
         return text[start + 1 : i], i + 1
@@ -108,13 +116,13 @@ def extract_answer(text: str) -> str | None:
   return numbers[-1].strip() if numbers else None
 
 
-def _replace_frac(s: str) -> str:
-  """\\frac{a}{b} and \\frac12 -> ((a)/(b)), innermost last so nesting works."""
+def _replace_two(s: str, command: str, template: str) -> str:
+  """\\frac{a}{b}, \\frac12, \\binom{n}{k} -> `template` with the two arguments, innermost last so nesting works."""
   while True:
-    idx = s.find('\\frac')
+    idx = s.find(command)
     if idx < 0:
       return s
-    pos = idx + 5
+    pos = idx + len(command)
     args = []
     for _ in range(2):
       while pos < len(s) and s[pos] == ' ':
@@ -129,8 +137,8 @@ def _replace_frac(s: str) -> str:
         args.append(s[pos])
         pos += 1
       else:
-        raise ValueError('\\frac needs two arguments')
-    s = s[:idx] + f'(({args[0]})/({args[1]}))' + s[pos:]
+        raise ValueError(f'{command} needs two arguments')
+    s = s[:idx] + template.format(*args) + s[pos:]
 
 
 def _replace_sqrt(s: str) -> str:
@@ -143,10 +151,10 @@ def _replace_sqrt(s: str) -> str:
     if pos < len(s) and s[pos] == '[':
       end = s.index(']', pos)
       index, pos = s[pos + 1 : end], end + 1
-    if pos < len(s) and s[pos] == '{':
+    if pos < len(s) and s[pos] in '{(':  # \sqrt{2}, "√(2)"
       group = _braced(s, pos)
       if group is None:
-        raise ValueError('unbalanced braces')
+        raise ValueError('unbalanced brackets')
       arg, pos = group
     else:
       m = re.match(r'\s*(\d+|[A-Za-z])', s[pos:])
@@ -156,9 +164,26 @@ def _replace_sqrt(s: str) -> str:
     s = s[:idx] + (f'root({arg},{index})' if index else f'sqrt({arg})') + s[pos:]
 
 
+def _unicode_math(s: str) -> str:
+  """Plain-text math as models write it: "3 × 4", "√2", "1½", "x²", "3⁄4" -> LaTeX/ASCII the parser reads."""
+  for old, new in (('×', '*'), ('·', '*'), ('⋅', '*'), ('÷', '/'), ('⁄', '/'), ('≤', '<='), ('≥', '>=')):
+    s = s.replace(old, new)
+  s = re.sub('[⁰¹²³⁴⁵⁶⁷⁸⁹⁻]+', lambda m: '^{' + m.group(0).translate(_SUPERSCRIPTS) + '}', s)
+
+  def vulgar(m: re.Match) -> str:  # "1½" -> "(1+1/2)", "½" -> "(1/2)"
+    f = fractions.Fraction(unicodedata.numeric(m.group(2))).limit_denominator(10)
+    return f'({m.group(1)}+{f})' if m.group(1) else f'({f})'
+
+  s = re.sub(r'(?<![\d.])(\d*)\s*([½⅓⅔¼¾⅕⅖⅗⅘⅙⅚⅛⅜⅝⅞])', vulgar, s)
+  for sign, command in _RADICALS.items():
+    s = re.sub(re.escape(sign) + r'\s*(\d+(?:\.\d+)?|[A-Za-z])', lambda m: command + '{' + m.group(1) + '}', s)
+    s = s.replace(sign, command)  # before a brace or parenthesis group (_replace_sqrt reads both)
+  return s
+
+
 def normalize(ans: str) -> tuple[str, bool]:
   """LaTeX/plain answer -> (plain text for sympy or string compare, had_percent)."""
-  s = ans.strip()
+  s = _unicode_math(ans.strip())
   for wrapper in ('\\text', '\\textbf', '\\mathrm', '\\mbox', '\\mathbf', '\\operatorname'):
     while wrapper + '{' in s:
       i = s.index(wrapper + '{')
@@ -171,6 +196,10 @@ def normalize(ans: str) -> tuple[str, bool]:
     ('$', ''),
     ('\\left', ''),
     ('\\right', ''),
+    ('\\leq', '<='),
+    ('\\geq', '>='),
+    ('\\le', '<='),
+    ('\\ge', '>='),
     ('\\(', ''),  # inline math delimiters: "The answer is \\( 12 \\)"
     ('\\)', ''),
     ('\\[', ''),
@@ -184,6 +213,8 @@ def normalize(ans: str) -> tuple[str, bool]:
     ('\\displaystyle', ''),
     ('\\dfrac', '\\frac'),
     ('\\tfrac', '\\frac'),
+    ('\\dbinom', '\\binom'),
+    ('\\tbinom', '\\binom'),
     ('^\\circ', ''),
     ('^{\\circ}', ''),
     ('°', ''),
@@ -233,12 +264,16 @@ def _to_sympy(s: str):
   if len(s) > _MAX_LEN:
     raise ValueError('answer too long to parse')
   s = re.sub(r'(?<![\d.^])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}', r'(\1+\\frac{\2}{\3})', s)  # mixed number 2\frac{1}{2}
-  s = _replace_sqrt(_replace_frac(s))
+  s = re.sub(r'\{([^{}]*)\\choose([^{}]*)\}', r'\\binom{\1}{\2}', s)  # {n \choose k}
+  s = _replace_two(s, '\\binom', 'binomial(({0}),({1}))')
+  s = _replace_sqrt(_replace_two(s, '\\frac', '(({0})/({1}))'))
+  if re.search(r'\d{5}', s) and re.search(r'!|binomial', s):  # sympy evaluates n! and binomials while parsing
+    raise ValueError('factorial too large')
   s = re.sub(r'\b(sin|cos|tan)\s*\^\s*\(?(\d)\)?\s*\(?([A-Za-z])\)?', r'(\1(\3))**\2', s)  # sin^2 x
   s = re.sub(r'\|([^|]+)\|', r'Abs(\1)', s)
   s = s.replace('{', '(').replace('}', ')')
   s = re.sub(r'(\d+(?:\.\d+)?)[eE]([-+]?\d+)', r'(\1*10**(\2))', s)  # 1.5e3, exact
-  if re.search(r'[^0-9A-Za-z+\-*/^().,_ ]', s) or '__' in s:
+  if re.search(r'[^0-9A-Za-z+\-*/^().,_ !]', s) or '__' in s or '!=' in s:
     raise ValueError(f'unsupported characters in {s!r}')
   names = set(re.findall(r'[A-Za-z_][A-Za-z0-9_]*', s))
   if re.fullmatch(r'[A-Za-z ]+', s) and any(len(n) > 1 and n not in _ALLOWED_NAMES for n in names):
@@ -250,7 +285,7 @@ def _to_sympy(s: str):
       s = re.sub(rf'\b{name}\b', '*'.join(name), s)  # xy -> x*y
   names = set(re.findall(r'[A-Za-z_][A-Za-z0-9_]*', s))
   local = {n: sympy.Symbol(n) for n in names if len(n) == 1}
-  local.update(ln=sympy.log, root=sympy.root, oo=sympy.oo, pi=sympy.pi)
+  local.update(ln=sympy.log, root=sympy.root, oo=sympy.oo, pi=sympy.pi, binomial=sympy.binomial)
   transformations = sp.standard_transformations + (
     sp.implicit_multiplication_application,
     sp.convert_xor,
