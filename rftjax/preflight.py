@@ -332,7 +332,7 @@ def _time_train_step(config, spec, loaded, batch_rollout, mesh) -> tuple[float, 
   from rftjax import train_step as step_lib
 
   trainable, frozen = lora.split(loaded.params)
-  tx = step_lib.make_optimizer(config.optimizer, spec.total_steps)
+  tx = step_lib.make_optimizer(config.optimizer, spec.total_steps, spec.step.num_iterations)
   state = step_lib.init_state(trainable, tx)
   ref_params = (frozen or jax.tree.map(jnp.copy, trainable)) if spec.uses_reference else None
   update = step_lib.make_update(spec.step, tx)

@@ -48,16 +48,17 @@ class Batch:
   pack_groups: int = flax.struct.field(pytree_node=False, default=1)
 
 
-def schedule(opt_cfg, total_steps: int):
-  """Learning rate of update number `count` (0-based): linear warmup that reaches the peak at update `warmup`,
-  then constant or cosine decay to 10% of the peak. The first update already moves (lr/warmup, not 0)."""
+def schedule(opt_cfg, total_steps: int, updates_per_step: int = 1):
+  """Learning rate of optimizer update number `count` (0-based): linear warmup that reaches the peak at GRPO step
+  `warmup`, then constant or cosine decay to 10% of the peak at `total_steps`. The first update already moves
+  (lr/warmup, not 0). A GRPO step is `updates_per_step` updates (num_iterations), all at its step's rate."""
   lr, warmup = float(opt_cfg.learning_rate), max(int(opt_cfg.warmup_steps), 1)
   if opt_cfg.schedule not in ('constant', 'cosine'):
     raise ValueError(f"config.optimizer.schedule: expected 'constant' or 'cosine', got {opt_cfg.schedule!r}")
   decay_steps = max(total_steps - warmup, 1)
 
   def fn(count):
-    count = jnp.asarray(count, jnp.float32)
+    count = jnp.asarray(jnp.asarray(count) // updates_per_step, jnp.float32)
     ramp = jnp.minimum(1.0, (count + 1.0) / warmup)
     if opt_cfg.schedule == 'constant':
       return lr * ramp
@@ -67,12 +68,12 @@ def schedule(opt_cfg, total_steps: int):
   return fn
 
 
-def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(opt_cfg, total_steps: int, updates_per_step: int = 1) -> optax.GradientTransformation:
   """AdamW on `schedule`, after global-norm gradient clipping."""
   return optax.chain(
     optax.clip_by_global_norm(float(opt_cfg.max_grad_norm)),
     optax.adamw(
-      schedule(opt_cfg, total_steps),
+      schedule(opt_cfg, total_steps, updates_per_step),
       b1=float(opt_cfg.b1),
       b2=float(opt_cfg.b2),
       weight_decay=float(opt_cfg.weight_decay),
@@ -82,7 +83,7 @@ def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
 
 
 def learning_rate(opt_cfg, step: int, total_steps: int) -> float:
-  """The rate used by update number `step` (1-based, as logged), for metrics."""
+  """The rate used by GRPO step `step` (1-based, as logged; each of its num_iterations updates), for metrics."""
   return float(schedule(opt_cfg, total_steps)(step - 1))
 
 
@@ -280,10 +281,12 @@ def policy_logprobs(step_cfg: StepConfig, params, batch: Batch):
 
 
 def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
-  """Returns `step(state, batch, frozen=None) -> (state, metrics)`, jitted, donating the state.
+  """Returns `step(state, batch, frozen=None, advance=1) -> (state, metrics)`, jitted, donating the state.
 
   `state['params']` are the trainable params; `frozen` the rest of the model (a LoRA run's base weights, see
-  lora.split), which get no gradient and no optimizer state and are not donated."""
+  lora.split), which get no gradient and no optimizer state and are not donated. `state['step']` counts GRPO steps
+  (a resume starts there): it moves by `advance`, 1 on the last of a batch's num_iterations updates, else 0 (a
+  traced int: one program for both)."""
   temperature = step_cfg.temperature or 1.0  # greedy sampling still trains the temperature-1 policy
 
   def loss_fn(trainable, frozen, batch: Batch, denominator=None):
@@ -337,7 +340,7 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
       metrics[key] = metrics[key] * k
     return (metrics['loss'], metrics), grads
 
-  def step(state, batch: Batch, frozen=None):
+  def step(state, batch: Batch, frozen=None, advance=1):
     if step_cfg.microbatches > 1:
       (loss, metrics), grads = accumulated(state['params'], frozen, batch)
     else:
@@ -345,7 +348,7 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-    return {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}, metrics
+    return {'params': params, 'opt_state': opt_state, 'step': state['step'] + advance}, metrics
 
   return jax.jit(step, donate_argnums=0)
 
@@ -365,8 +368,8 @@ def make_update(step_cfg: StepConfig, tx: optax.GradientTransformation):
       batch = batch.replace(old_logp=policy_logprobs(step_cfg, lora.join(state['params'], frozen), batch))
     if ref_params is not None:
       batch = batch.replace(ref_logp=policy_logprobs(step_cfg, ref_params, batch))
-    for _ in range(step_cfg.num_iterations):
-      state, metrics = train_step(state, batch, frozen)
+    for i in range(step_cfg.num_iterations):
+      state, metrics = train_step(state, batch, frozen, int(i == step_cfg.num_iterations - 1))
     return state, metrics
 
   return update

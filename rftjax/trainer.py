@@ -134,7 +134,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     cleanup.callback(ckpt.wait_until_finished)
     loaded = loader.load(config, mesh=mesh, tokenizer=tok)
     trainable, frozen = lora.split(loaded.params)  # LoRA: (adapters, base); full fine-tuning: (params, None)
-    tx = step_lib.make_optimizer(config.optimizer, spec.total_steps)
+    tx = step_lib.make_optimizer(config.optimizer, spec.total_steps, spec.step.num_iterations)
     state = step_lib.init_state(trainable, tx)  # the optimizer, its moments and checkpoints see `trainable` only
     # the KL reference: LoRA's frozen base (the same weights without adapters) or a copy of the initial params
     ref_params = (frozen or jax.tree.map(jnp.copy, trainable)) if spec.uses_reference else None
@@ -154,7 +154,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
           'was it written with another model or LoRA setting? Choose a new --workdir'
         ) from None
       data_iter.restore(extra['data'])
-      start = int(jax.device_get(state['step']))
+      start = latest  # GRPO steps (a checkpoint of before 2026-12-07 with num_iterations > 1 counted updates)
       _write_config(config, run)
       log.info('resumed from step %d in %s', start, run.remote)
     resumed_at = start if latest is not None else None  # a run stopped after its step-0 validation resumes at 0

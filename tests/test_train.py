@@ -303,8 +303,9 @@ def restore_params(workdir):
 
 
 def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
-  # 3 steps end to end, with the metrics contract
-  short = run(tmp_path, 'resumed', 3)
+  # 3 steps end to end, with the metrics contract; two updates per batch (a resume counts GRPO steps, not updates)
+  mu = {'grpo.num_iterations': 2}
+  short = run(tmp_path, 'resumed', 3, **mu)
   rows = metrics.read_jsonl(short / 'metrics.jsonl')
   train_rows = [r for r in rows if 'train_reward_mean' in r]
   assert [r['step'] for r in train_rows] == [1, 2, 3]
@@ -335,12 +336,12 @@ def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
   assert sorted(e.step for e in acc.Scalars('valid_reward_mean')) == [0, 2, 3]
 
   # the same command again: nothing to do, nothing rewritten
-  run(tmp_path, 'resumed', 3)
+  run(tmp_path, 'resumed', 3, **mu)
   assert metrics.read_jsonl(short / 'metrics.jsonl') == rows
 
   # more steps continue from step 3 and land where an uninterrupted 5-step run lands
-  run(tmp_path, 'resumed', 5)
-  whole = run(tmp_path, 'whole', 5)
+  run(tmp_path, 'resumed', 5, **mu)
+  whole = run(tmp_path, 'whole', 5, **mu)
   step_a, params_a, extra_a = restore_params(short)
   step_b, params_b, extra_b = restore_params(whole)
   assert step_a == step_b == 5 and extra_a == extra_b
@@ -349,6 +350,7 @@ def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
   resumed_rows = [r for r in metrics.read_jsonl(short / 'metrics.jsonl') if 'train_reward_mean' in r]
   whole_rows = [r for r in metrics.read_jsonl(whole / 'metrics.jsonl') if 'train_reward_mean' in r]
   assert [r['train_reward_mean'] for r in resumed_rows] == [r['train_reward_mean'] for r in whole_rows]
+  assert [r['step'] for r in resumed_rows] == [1, 2, 3, 4, 5]
 
 
 def test_bad_grader_fails_before_training(tmp_path, in_repo):
@@ -423,6 +425,20 @@ def test_schedule_warmup_and_cosine():
   assert all(a >= b for a, b in zip(lr[3:], lr[4:]))
   const = ml_collections.ConfigDict(dict(OPT.to_dict(), learning_rate=2e-3))
   assert train_step.learning_rate(const, 1, 10) == pytest.approx(2e-3)  # warmup 0: the first update moves
+
+
+def test_a_batchs_updates_share_its_steps_learning_rate():
+  """num_iterations = 2: both updates of GRPO step k run at the rate logged for step k (the warm-up and the decay
+  span total_steps GRPO steps, not updates)."""
+  opt = ml_collections.ConfigDict(dict(OPT.to_dict(), warmup_steps=4, learning_rate=1.0, weight_decay=0.0))
+  tx = train_step.make_optimizer(opt, 12, updates_per_step=2)
+  params = {'w': jnp.zeros(3)}
+  state, moves = tx.init(params), []
+  for _ in range(4):  # a constant gradient: each Adam update moves by its learning rate
+    updates, state = tx.update({'w': jnp.ones(3)}, state, params)
+    moves.append(-float(updates['w'][0]))
+  np.testing.assert_allclose(moves, [0.25, 0.25, 0.5, 0.5], rtol=1e-4)
+  assert [train_step.learning_rate(opt, k, 12) for k in (1, 2)] == pytest.approx([0.25, 0.5])
 
 
 def test_model_graders_naming_an_init_get_a_local_judge(monkeypatch):
