@@ -52,6 +52,8 @@ def compute_advantages(
   scale: str | None = None,
   eps: float = 1e-4,
   ddof: int = 0,
+  keep=None,
+  batch_moments=None,
 ) -> jax.Array:
   """Group-relative advantages, one per completion: [N] -> [N] float32, N = B*G prompt-major.
 
@@ -71,6 +73,10 @@ def compute_advantages(
   as; TRL computes torch's unbiased std (ddof=1, divide by G-1): pass ddof=1 to match it.
 
   A group whose G rewards are all equal gets advantage exactly 0 (never eps-amplified round-off, never NaN).
+
+  keep ([N] bool, None = all): rows left out (discarded rollouts) take no part in any mean or std, and get 0; a
+  group is then its kept rows (rloo: G is their count). batch_moments(x, keep) -> (mean, std) for scale='batch' (a
+  multi-host batch pools its hosts'; None: this array's).
   """
   if method not in ADVANTAGE_METHODS or method == 'gdpo':
     raise ValueError(
@@ -95,22 +101,50 @@ def compute_advantages(
     raise ValueError(f'compute_advantages: ddof={ddof} needs num_generations > ddof, got {g}')
 
   r_bg = r.reshape(-1, g)
-  mean_b1 = r_bg.mean(axis=1, keepdims=True)
-  if method == 'rloo':
-    adv_bg = (r_bg - mean_b1) * (g / (g - 1))  # == r_i - mean of the other G-1
-  else:
-    adv_bg = r_bg - mean_b1
+  keep_bg = None if keep is None else jnp.asarray(keep, bool).reshape(-1, g)
+  mean_b1, std_b1 = _moments(r_bg, keep_bg, ddof, axis=1)
+  adv_bg = r_bg - mean_b1
+  if method == 'rloo':  # == r_i - mean of the other G-1 (of the other kept rows)
+    count = keep_bg.sum(axis=1, keepdims=True) if keep_bg is not None else None
+    adv_bg = adv_bg * (g / (g - 1) if count is None else count / jnp.maximum(count - 1, 1))
   if scale == 'group':
-    adv_bg = adv_bg / (r_bg.std(axis=1, keepdims=True, ddof=ddof) + eps)
+    adv_bg = adv_bg / (std_b1 + eps)
   elif scale == 'batch':
-    adv_bg = adv_bg / (r.std(ddof=ddof) + eps)
+    flat = None if keep_bg is None else keep_bg.reshape(-1)
+    std = (batch_moments or (lambda x, k: _moments(x, k, ddof)))(r, flat)[1]
+    adv_bg = adv_bg / (std + eps)
   # Constant groups carry no signal: force exact zeros (round-off in the mean could otherwise survive).
-  constant_b1 = r_bg.max(axis=1, keepdims=True) == r_bg.min(axis=1, keepdims=True)
-  adv_bg = jnp.where(constant_b1, 0.0, adv_bg)
+  adv_bg = jnp.where(_constant(r_bg, keep_bg), 0.0, adv_bg)
+  if keep_bg is not None:
+    adv_bg = jnp.where(keep_bg, adv_bg, 0.0)
   return adv_bg.reshape(-1)
 
 
-def gdpo_advantages(sub_rewards: jax.Array, weights: jax.Array, num_generations: int, eps: float = 1e-4) -> jax.Array:
+def _moments(x, keep, ddof: int = 0, axis=None):
+  """(mean, std) of x along `axis` (None: all of it; kept dims otherwise), over the `keep` entries only when given
+  (keep: x's leading dims)."""
+  kw = dict(axis=axis, keepdims=axis is not None)
+  if keep is None:
+    return x.mean(**kw), x.std(ddof=ddof, **kw)
+  keep = jnp.broadcast_to(keep.reshape(keep.shape + (1,) * (x.ndim - keep.ndim)), x.shape)
+  count = keep.sum(**kw)
+  mean = jnp.where(keep, x, 0.0).sum(**kw) / jnp.maximum(count, 1)
+  var = jnp.where(keep, (x - mean) ** 2, 0.0).sum(**kw) / jnp.maximum(count - ddof, 1)
+  return mean, jnp.sqrt(var)
+
+
+def _constant(x, keep):
+  """[B, G(, K)] -> [B, 1(, K)]: True where the (kept) values of a group are all equal (or fewer than two kept)."""
+  if keep is None:
+    return x.max(axis=1, keepdims=True) == x.min(axis=1, keepdims=True)
+  keep = keep.reshape(keep.shape + (1,) * (x.ndim - keep.ndim))
+  hi = jnp.where(keep, x, -jnp.inf).max(axis=1, keepdims=True)
+  return hi <= jnp.where(keep, x, jnp.inf).min(axis=1, keepdims=True)
+
+
+def gdpo_advantages(
+  sub_rewards: jax.Array, weights: jax.Array, num_generations: int, eps: float = 1e-4, keep=None, batch_moments=None
+) -> jax.Array:
   """GDPO (Liu et al. 2026, "Group reward-Decoupled Normalization Policy Optimization"): [N, K] sub-rewards (one
   column per sub-grader of a `multi` grader) -> [N] advantages.
 
@@ -119,19 +153,21 @@ def gdpo_advantages(sub_rewards: jax.Array, weights: jax.Array, num_generations:
   normalised over the batch, (A - mean) / (std + eps). Normalising the combined reward instead (GRPO) lets a
   sub-grader with a wide spread drown one with a narrow spread, and maps different reward combinations to the same
   advantage; decoupled, each criterion keeps its own signal.
+
+  keep and batch_moments: as compute_advantages' (the batch normalisation pools the kept rows of every host).
   """
   g = int(num_generations)
   r = jnp.asarray(sub_rewards, jnp.float32)
   if r.ndim != 2 or r.shape[0] % g:
     raise ValueError(f'gdpo_advantages: sub_rewards must be [B*G, K] with G={g}, got shape {r.shape}')
   r_bgk = r.reshape(-1, g, r.shape[1])
-  centred = r_bgk - r_bgk.mean(axis=1, keepdims=True)
-  per_reward = centred / (r_bgk.std(axis=1, keepdims=True) + eps)
-  constant = r_bgk.max(axis=1, keepdims=True) == r_bgk.min(axis=1, keepdims=True)
-  per_reward = jnp.where(constant, 0.0, per_reward)
+  keep_bg = None if keep is None else jnp.asarray(keep, bool).reshape(-1, g)
+  mean, std = _moments(r_bgk, keep_bg, axis=1)
+  per_reward = jnp.where(_constant(r_bgk, keep_bg), 0.0, (r_bgk - mean) / (std + eps))
   total = (per_reward * jnp.asarray(weights, jnp.float32)).sum(-1).reshape(-1)
-  spread = total.std()
-  return jnp.where(spread > 0, (total - total.mean()) / (spread + eps), 0.0)
+  mean, spread = (batch_moments or _moments)(total, keep)
+  out = jnp.where(spread > 0, (total - mean) / (spread + eps), 0.0)
+  return out if keep is None else jnp.where(jnp.asarray(keep, bool), out, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -159,6 +159,19 @@ def max_over_hosts(*values: int) -> tuple[int, ...]:
   return tuple(int(v) for v in gathered.reshape(-1, len(values)).max(axis=0))
 
 
+def pooled_moments(x, keep=None) -> tuple[float, float]:
+  """(mean, population std) of the `keep` entries of `x` over every host's rows: what a batch-wide normalisation
+  (scale_rewards='batch', GDPO) needs when each host holds only its own rows."""
+  x = np.asarray(x, np.float64).reshape(-1)
+  x = x if keep is None else x[np.asarray(keep, bool).reshape(-1)]
+  sums = np.asarray([x.size, x.sum(), (x**2).sum()])
+  if jax.process_count() > 1:
+    sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, 3).sum(axis=0)
+  n, total, squares = sums
+  mean = total / max(n, 1)
+  return float(mean), float(np.sqrt(max(squares / max(n, 1) - mean**2, 0.0)))
+
+
 def any_host(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag

@@ -233,21 +233,23 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh, shapes: ShapePicker | None 
   step and the old/reference logprob passes just stop computing on it. With `shapes`, a batch may take a wider
   shape that this run has compiled already instead of compiling its own (`ShapePicker`)."""
   rewards = r.rewards.astype(np.float32)
-  if r.discard.any():  # a discarded row takes its group's mean of the others: it moves no advantage
-    groups = rewards.reshape(-1, cfg.num_generations)
-    keep = ~r.discard.reshape(groups.shape)
-    means = np.where(keep.any(1), (groups * keep).sum(1) / np.maximum(keep.sum(1), 1), 0.0)
-    rewards = np.where(keep, groups, means[:, None]).reshape(-1).astype(np.float32)
+  # a discarded row takes no part in its group's (or the batch's) mean and std: it moves no advantage
+  keep = ~r.discard if r.discard.any() else None
+  # this host holds its own rows: batch-wide moments pool every host's (one host: the array's own, as computed)
+  moments = multihost.pooled_moments if jax.process_count() > 1 else None
   if cfg.overlong_buffer > 0:
     rewards = rewards + grpo.overlong_penalty(r.lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
   if cfg.advantage == 'gdpo':  # each sub-grader normalised in its group on its own (a missing one counts 0)
     names, weights = zip(*cfg.gdpo_weights)
     subs = np.asarray([[res.sub_rewards.get(n, 0.0) for n in names] for res in r.results], np.float32)
-    advantages = grpo.gdpo_advantages(jnp.asarray(subs), jnp.asarray(weights), cfg.num_generations)
+    advantages = grpo.gdpo_advantages(
+      jnp.asarray(subs), jnp.asarray(weights), cfg.num_generations, keep=keep, batch_moments=moments
+    )
   else:
     advantages = grpo.compute_advantages(
-      jnp.asarray(rewards), cfg.num_generations, method=cfg.advantage, scale=cfg.scale_rewards
-    )
+      jnp.asarray(rewards), cfg.num_generations, method=cfg.advantage, scale=cfg.scale_rewards, keep=keep,
+      batch_moments=moments,
+    )  # fmt: skip
   mask = grpo.truncation_mask(r.mask, r.truncated) if cfg.mask_truncated else r.mask
   mask = np.where(r.discard[:, None], 0.0, mask).astype(np.float32)
   n, p, g = r.tokens.shape[1], r.prompt_tokens.shape[1], cfg.num_generations

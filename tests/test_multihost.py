@@ -36,6 +36,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 COMPARED = (
   'train_reward_mean',
   'loss',
+  'pg_loss',
   'entropy',
   'grad_norm',
   'completion_len_mean',
@@ -45,7 +46,14 @@ COMPARED = (
 )
 # metrics that need more than a mean over hosts: a count, a max, a std over the whole batch
 GLOBAL = ('train/num_graded', 'completion_len_max', 'train_reward_std')
-OVERRIDES = {'eval_batch_size': 8, 'checkpoint.async_save': False}
+# scale_rewards='batch': each host's advantages divide by the std of every host's rewards. The grader gives partial
+# credit (a completion's characters found in its prompt), so that groups differ and the advantages are not all 0 as
+# the exact answer's 0/1 are for the random tiny model
+GRADER = {
+  'type': 'text_similarity', 'name': 'overlap', 'input': '{{sample.output_text}}',
+  'reference': '{{item.messages[0].content}}', 'evaluation_metric': 'fuzzy_match',
+}  # fmt: skip
+OVERRIDES = {'eval_batch_size': 8, 'checkpoint.async_save': False, 'grpo.scale_rewards': 'batch'}
 
 
 def free_port() -> int:
@@ -70,9 +78,9 @@ def params_of(workdir):
   return step, jax.device_get(state['params'])
 
 
-def launch(workdir, valid, process_id, port, num_processes=2):
+def launch(workdir, valid, process_id, port, num_processes=2, grader=None):
   cmd = ['-m', 'rftjax.train', '--config=configs/tiny.py:test', f'--workdir={workdir}', f'--config.data.valid={valid}']
-  cmd += [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  cmd += [f'--config.{k}={v}' for k, v in OVERRIDES.items()] + ([f'--config.grader={grader}'] if grader else [])
   return spawn(cmd, workdir.parent / f'process{process_id}.log', process_id, port, num_processes)
 
 
@@ -112,10 +120,12 @@ def runs(tmp_path_factory):
   """The 2-process run (subprocesses) and the 1-process x 8-device run (in this process), same config and mesh."""
   tmp_path = tmp_path_factory.mktemp('multihost')
   valid = small_valid(tmp_path)
+  grader = tmp_path / 'grader.json'
+  grader.write_text(json.dumps(GRADER))
   port = free_port()
   multi = tmp_path / 'multi'
   multi.mkdir()
-  procs = [launch(multi, valid, i, port) for i in range(2)]
+  procs = [launch(multi, valid, i, port, grader=grader) for i in range(2)]
   codes = finish(procs, timeout=420)
   logs = '\n'.join((tmp_path / f'process{i}.log').read_text()[-3000:] for i in range(2))
   assert codes == [0, 0], logs
@@ -127,6 +137,8 @@ def runs(tmp_path_factory):
     c.data.valid = valid
     c.eval_batch_size = 8
     c.checkpoint.async_save = False
+    c.grpo.scale_rewards = 'batch'
+    c.grader = str(grader)
     single = tmp_path / 'single'
     trainer.train(c, single)
   finally:
@@ -143,6 +155,7 @@ def test_two_processes_train_like_one(runs):
   multi, single = runs
   rows_m, rows_s = train_rows(multi), train_rows(single)
   assert [r['step'] for r in rows_m] == [r['step'] for r in rows_s] == [1, 2, 3]
+  assert all(r['zero_std_group_frac'] < 1 for r in rows_s)  # advantages that count (grad_norm follows them)
   for a, b in zip(rows_s, rows_m):
     for key in COMPARED:
       np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=f'step {a["step"]} {key}')

@@ -124,20 +124,31 @@ def test_make_batch_overlong_penalty_and_truncation_mask():
   np.testing.assert_array_equal(np.asarray(batch.completion_mask).sum(1), [2, 0, 2, 2])  # truncated row: no loss
 
 
-def test_discarded_rollouts_get_no_loss_and_move_no_advantage():
-  """A rollout whose tool or endpoint grader failed for good: its loss mask is zeroed and it takes its group's mean
-  reward of the others, so the other rows' advantages are those of the group without it (up to the std)."""
+@pytest.mark.parametrize('advantage,scale', [('grpo', 'none'), ('grpo', 'group'), ('grpo', 'batch'), ('rloo', 'none')])
+def test_discarded_rollouts_get_no_loss_and_move_no_advantage(advantage, scale):
+  """A rollout whose tool or endpoint grader failed for good: its loss mask is zeroed and it takes no part in its
+  group's mean and std (or the batch's), so the other rows' advantages are those of the groups without it."""
   r = fake_rollout([(1, 0, 0, 1), (1, 1, 0, 0)], tag=1)
   r.results[5] = graders.GradeResult(0.0, metadata={'discard': True})  # an endpoint grader gave up on row 5
   r = r.graded(r.results)
   r.discard[2] = True  # a tool gave up on row 2
-  cfg = rollout.RolloutConfig(num_generations=4, prompts=2, max_new_tokens=2, scale_rewards='none')
+  r.lengths[:] = 1
+  r.lengths[2] = 2  # and it ran long: an overlong penalty on it would move its group's mean
+  cfg = rollout.RolloutConfig(
+    num_generations=4, prompts=2, max_new_tokens=2, advantage=advantage, scale_rewards=scale, overlong_buffer=1
+  )
   batch = rollout.make_batch(r, cfg, mesh=None)
   np.testing.assert_array_equal(np.asarray(batch.completion_mask).sum(1), [2, 2, 0, 2, 2, 0, 2, 2])
-  # group 1: rewards (1, 0, [2/3], 1), mean 2/3; group 2: (1, [1/3], 0, 0), mean 1/3
-  np.testing.assert_allclose(
-    np.asarray(batch.advantages), [1 / 3, -2 / 3, 0, 1 / 3, 2 / 3, 0, -1 / 3, -1 / 3], atol=1e-6
-  )
+  kept = np.asarray(batch.advantages)[[0, 1, 3, 4, 6, 7]]
+  # the kept rows, hand-computed: group 1 (1, 0, 1), mean 2/3; group 2 (1, 0, 0), mean 1/3 (lengths 1: no penalty)
+  centred = np.asarray([1 / 3, -2 / 3, 1 / 3, 2 / 3, -1 / 3, -1 / 3])
+  expected = {
+    'none': centred,
+    'group': centred / (np.sqrt(2 / 9) + 1e-4),
+    'batch': centred / (np.std([1, 0, 1, 1, 0, 0]) + 1e-4),
+  }[scale] * (3 / 2 if advantage == 'rloo' else 1)  # rloo: the mean of the other two kept rows
+  np.testing.assert_allclose(kept, expected, rtol=1e-4)
+  np.testing.assert_array_equal(np.asarray(batch.advantages)[[2, 5]], [0, 0])
   assert rollout.rollout_metrics(r, 4)['discarded_frac'] == 0.25
 
 
