@@ -332,12 +332,19 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
 
     def body(grads, micro):
       (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, micro, den)
-      return jax.tree.map(jnp.add, grads, g), metrics
+      tokens = jnp.sum(micro.completion_mask > 0).astype(jnp.float32)
+      return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g), (metrics, tokens)
 
-    grads, metrics = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), split)
-    metrics = jax.tree.map(jnp.nanmean, metrics)  # a microbatch of masked rows only has NaN token means
-    for key in ('loss', 'pg_loss'):  # each microbatch's is a part of the total (the whole batch's denominator): sum
-      metrics[key] = metrics[key] * k
+    # summed in float32 whatever the params' dtype (a bfloat16 sum rounds each microbatch's share away)
+    zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
+    grads, (metrics, tokens) = jax.lax.scan(body, zeros, split)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    for key, values in metrics.items():
+      if key in ('loss', 'pg_loss'):  # each microbatch's is a part of the total (the whole batch's denominator)
+        metrics[key] = values.sum()
+      else:  # token means: weighted by each microbatch's tokens (one of masked rows only has NaN)
+        counted = jnp.where(jnp.isnan(values), 0.0, tokens)
+        metrics[key] = jnp.sum(jnp.where(counted > 0, values, 0.0) * counted) / jnp.sum(counted)
     return (metrics['loss'], metrics), grads
 
   def step(state, batch: Batch, frozen=None, advance=1):

@@ -476,6 +476,29 @@ def test_microbatches_equal_the_full_batch(aggregation):
       np.testing.assert_allclose(a, b, atol=1e-4)  # Adam magnifies float-rounding differences of the gradient
 
 
+def test_microbatch_token_metrics_weigh_by_tokens_and_sum_gradients_in_float32():
+  """Rows of 4, 1, 4, 1, ... tokens in two microbatches of unequal token counts: kl, entropy and the other token
+  means are those of the whole batch (an unweighted mean of the two microbatches' differed), and the gradients of
+  bfloat16 params are summed in float32."""
+  loss_cfg = grpo.LossConfig(beta=0.04)
+  batch = make_batch(lengths=[4, 1, 4, 1, 4, 1, 4, 0])
+  rng = np.random.default_rng(1)
+  batch = batch.replace(ref_logp=batch.sampler_logp + rng.normal(0, 0.5, batch.sampler_logp.shape).astype(np.float32))
+  tx = train_step.make_optimizer(OPT, 10)
+  metrics = []
+  for k in (1, 2):
+    step = train_step.make_train_step(train_step.StepConfig(CFG, loss_cfg, microbatches=k), tx)
+    metrics.append(jax.device_get(step(train_step.init_state(model.init_params(CFG, 0), tx), batch)[1]))
+  for key in ('loss', 'kl', 'entropy', 'ratio_mean', 'clip_frac_low', 'tis_weight_mean', 'grad_norm'):
+    np.testing.assert_allclose(metrics[1][key], metrics[0][key], rtol=1e-5, atol=1e-6, err_msg=key)
+  half = jax.tree.map(lambda x: x.astype(jnp.bfloat16), model.init_params(CFG, 0))
+  step = train_step.make_train_step(train_step.StepConfig(CFG, loss_cfg, microbatches=2), tx)
+  jaxpr = jax.make_jaxpr(step)(train_step.init_state(half, tx), batch)
+  scans = [e for e in jaxpr.eqns[0].params['jaxpr'].eqns if e.primitive.name == 'scan']
+  carried = {v.aval.dtype for v in scans[-1].outvars[: len(jax.tree.leaves(half))]}
+  assert carried == {np.dtype('float32')}
+
+
 def test_stop_strings_of_one_token_and_of_several_reach_both_samplers(in_repo):
   from rftjax import loader, runspec
 
