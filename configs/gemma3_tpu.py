@@ -15,7 +15,8 @@ behind Gemma's terms). On a multi-host slice every host reads the same path, so 
 Layout: FSDP over every chip (the weights, moments and gradients divide by the whole slice) and tensor
 parallelism only within a host and only where the vocab-sized logits or the MLP activations dominate (12B/27B):
 tensor=4 splits the [rows, N, 262k] float32 logits four ways. Params are bfloat16 with bfloat16 Adam moments
-for the 12B/27B (float32 for the small ones); the KV cache is bfloat16 and layers are rematerialised.
+for the 12B/27B and the 4B on v5e-8's 16 GiB chips (float32 for the others); the KV cache is bfloat16 and layers
+are rematerialised.
 """
 
 from configs import common

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import pathlib
 import threading
 import time
@@ -108,7 +107,7 @@ def _host_batches(sampler, params, prompts, tok, *, mesh, rng, batch_size: int, 
   prompts' data rows (episodes call only the tools a row offers)."""
   hosts = jax.process_count() if multihost.spans_hosts(mesh) else 1
   shards = 1 if mesh is None else mesh.shape['data'] * mesh.shape['fsdp']
-  batch = _round_up(max(1, min(batch_size, len(prompts))), math.lcm(shards, hosts))
+  batch = sharding.sampling_rows(max(1, min(batch_size, len(prompts))), shards, hosts)
   per, me = batch // hosts, jax.process_index() if hosts > 1 else 0
   for i, start in enumerate(range(0, len(prompts), batch)):
     rows = list(range(start, min(start + batch, len(prompts))))[me * per : (me + 1) * per]

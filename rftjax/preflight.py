@@ -388,6 +388,10 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   if samples < g:
     log.warning('--samples=%d < num_generations=%d: the zero-variance share is a plug-in estimate, biased upward',
                 samples, g)  # fmt: skip
+  if samples % g:  # rows of a batch then hold fewer than G samples of a prompt: no shared prefill, no packing
+    log.warning('--samples=%d is not a multiple of num_generations=%d: some batches are not groups of G samples of '
+                'one prompt as training\'s are, so sampling_s and training_s time another program (use --samples=%d)',
+                samples, g, -(-samples // g) * g)  # fmt: skip
 
   # ---- model, samples, grades, one timed update ----
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))

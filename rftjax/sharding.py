@@ -62,6 +62,13 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
   return sizes
 
 
+def sampling_rows(rows: int, batch_shards: int, hosts: int = 1) -> int:
+  """The rows an evaluation batch of `rows` prompts samples: rounded up so that every batch shard (data x fsdp) and
+  every host gets the same number (repeats of the last prompt fill them)."""
+  multiple = math.lcm(batch_shards, hosts)
+  return -(-rows // multiple) * multiple
+
+
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """Mesh over ('data', 'fsdp', 'tensor') from a config with those fields; one of them may be -1 (the rest)."""
   devices = list(devices if devices is not None else jax.devices())

@@ -216,6 +216,16 @@ def test_episodes_plan_the_cache_for_every_turn():
   assert any('episodes of 3 turns: 224 tokens' in note for note in episode.notes)
 
 
+def test_an_eval_batch_the_mesh_does_not_divide_is_planned_as_the_rows_it_samples():
+  """Validation rounds eval_batch_size up to a multiple of data x fsdp (inference._host_batches): 124 rows on v5e-8
+  sample 128, split over the chips. Counted as 124, the cache could not be split and filled every chip."""
+  config = gemma3_tpu.get_config('4b_v5e8').copy_and_resolve_references()
+  config.eval_batch_size = 128
+  rounded = plan.make_plan(config, 'v5e-8')
+  config.eval_batch_size = 124
+  assert plan.make_plan(config, 'v5e-8').sampling == rounded.sampling
+
+
 def test_plan_counts_a_shared_prompt_once_per_group():
   """One turn of 8 prompts x G=4 on one chip: the cache holds 8 prompts of P slots and 32 rows of N (sampler._start),
   not 32 rows of P + N; float32, 2 x L x K x H x 4 bytes per slot."""

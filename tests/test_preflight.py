@@ -264,7 +264,9 @@ def test_a_filter_that_leaves_nothing_writes_no_training_file(tmp_path, monkeypa
   argv = ['rftjax.preflight', TINY, '--samples=2', '--limit=4', f'--out={tmp_path / "out"}', '--notime_train_step',
           '--novalidate', f'--write_filtered={tmp_path / "filtered"}']  # fmt: skip
   assert preflight.main(argv) == 2
-  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+  err = capsys.readouterr().err
+  assert '--samples=2 is not a multiple of num_generations=4: some batches are not groups' in err
+  assert err.strip().splitlines()[-1] == (
     f'error: --write_filtered={tmp_path / "filtered"}: --drop=always_solved,never_solved drops every training '
     f'prompt (4 never solved, 0 always solved at k=2); nothing written there (the measurements are in '
     f'{tmp_path / "out"}); expected prompts left to train on: a larger --samples, another --drop, or easier data'
