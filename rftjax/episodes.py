@@ -98,6 +98,39 @@ def _tool_turn_pieces(tok, calls: int) -> tuple[str, ...]:
   return (*pieces, rest)
 
 
+def frame_tokens(tok, calls: int) -> int:
+  """Tokens of the template text around `calls` tool outputs (the most: the model's stop token not yet dropped).
+  Raises ValueError when the chat template cannot frame tool outputs at all."""
+  return sum(len(tok.encode(piece)) for piece in _tool_turn_pieces(tok, calls))
+
+
+@functools.lru_cache(maxsize=64)
+def max_calls(tok, budget: int, limit: int = 32) -> int:
+  """The most tool outputs (of at least one token each) whose tool turn fits `budget` tokens (at most `limit`); 0
+  when not even one does."""
+  fits = 0
+  for n in range(1, limit + 1):
+    if frame_tokens(tok, n) + n > budget:
+      break
+    fits = n
+  return fits
+
+
+def capped_calls(calls: list, most: int) -> list:
+  """A turn's parsed calls, at most `most` of them: past it the last slot says which calls were not run (one
+  slot: only the first runs), so a model that calls too many tools in one turn learns it instead of the run
+  stopping."""
+  if len(calls) <= most:
+    return calls
+  if most == 1:
+    return calls[:1]
+  note = (
+    f'Error: {len(calls)} tool calls in one turn; at most {most} fit, so calls {most} to {len(calls)} were not run. '
+    'Make fewer calls per turn'
+  )
+  return calls[: most - 1] + [tools_lib.ParsedCall(calls[most - 1].name, '', note)]
+
+
 def tool_turn(
   tok, outputs: list[str], after_token: int | None, budget: int, stop_ids=()
 ) -> tuple[list[int], list[int], int]:
@@ -105,7 +138,8 @@ def tool_turn(
   tokens parsed) around each output (encoded as plain text: a tool cannot inject control tokens, nor the template's
   markup tokens or a stop token, `_plain`). `after_token`: the
   turn's stop token, dropped from the closing piece when the model already wrote it. Outputs are cut (from the end)
-  until the whole turn fits `budget` tokens. Returns (ids, tokens per output, outputs cut)."""
+  until the whole turn fits `budget` tokens, the longest first, down to one length. Returns (ids, tokens per output,
+  outputs cut)."""
   pieces = list(_tool_turn_pieces(tok, len(outputs)))
   if after_token is not None:
     written = tok.decode([after_token], skip_special=False)
@@ -118,15 +152,20 @@ def tool_turn(
   room = budget - sum(map(len, frame))
   if room < len(outputs):
     raise ValueError(f'sampling.tool_tokens={budget} cannot hold the chat template around {len(outputs)} tool outputs')
-  cut = 0
-  while sum(map(len, bodies)) > room:  # trim the longest output first
-    i = max(range(len(bodies)), key=lambda k: len(bodies[k]))
-    bodies[i] = bodies[i][: max(1, len(bodies[i]) - (sum(map(len, bodies)) - room))]
-    cut += 1
+  sizes = [len(b) for b in bodies]
+  if sum(sizes) > room:  # the longest outputs cut down to one length, the shorter ones whole: room shared fairly
+    cap = room // len(sizes)
+    while sum(min(n, cap + 1) for n in sizes) <= room:
+      cap += 1
+    kept = [min(n, cap) for n in sizes]
+    spare = room - sum(kept)
+    for i in (i for i, n in enumerate(sizes) if n > cap):  # what is left of the room, a token each in order
+      kept[i], spare = kept[i] + (spare > 0), spare - (spare > 0)
+    bodies = [b[:k] for b, k in zip(bodies, kept)]
   ids = frame[0]
   for body, piece in zip(bodies, frame[1:]):
     ids = ids + body + piece
-  return ids, [len(b) for b in bodies], min(cut, len(outputs))
+  return ids, [len(b) for b in bodies], sum(len(b) < n for b, n in zip(bodies, sizes))
 
 
 def _plain(tok, text: str, markers: set[str]) -> list[int]:
@@ -186,6 +225,7 @@ class Agent:
         row.messages.append({'role': 'assistant', 'content': text})
         row.truncated = bool(truncated[i])
         calls = tools_lib.parse_calls(text) if self.client is not None and not row.truncated else []
+        calls = capped_calls(calls, max_calls(tok, self.tool_tokens))
         if calls and turn + 1 < self.max_steps:
           last = int(tokens[i, n - 1]) if n else None
           pending[i] = (calls, last if last in s.stop_ids else None)

@@ -417,6 +417,17 @@ def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
   except ValueError as e:
     raise errors.ConfigError(f'config.sampling.stop: {e}') from None
   steps = config.max_episode_steps
+  if steps > 1:  # the tool turn's frame, checked before the model loads (it is first needed at the first call)
+    try:
+      fits = episodes_lib.max_calls(tok, s.tool_tokens)
+    except ValueError as e:
+      raise errors.ConfigError(f'config.max_episode_steps={steps} needs tool turns, and {e}') from None
+    if not fits:
+      need = episodes_lib.frame_tokens(tok, 1) + 1
+      raise errors.ConfigError(
+        f'config.sampling.tool_tokens={s.tool_tokens} cannot hold the chat template around one tool output; '
+        f'expected at least {need} (the template takes {need - 1} tokens around each turn of outputs)'
+      )
   # an episode's completion is its whole transcript after the prompt: length limits count every token of it
   width = episodes_lib.completion_width(s.max_new_tokens, steps, s.tool_tokens) if steps > 1 else s.max_new_tokens
   loss = grpo.LossConfig(

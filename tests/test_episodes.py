@@ -378,3 +378,49 @@ def test_a_tool_output_cannot_spell_the_templates_markup_or_a_stop_token(tok):
   assert ids[: len(frame[0])] == frame[0] and ids[len(ids) - len(frame[1]) :] == frame[1]
   body = ids[len(frame[0]) : len(ids) - len(frame[1])]
   assert len(body) == size and close not in body and call not in body
+
+
+def test_a_turn_with_more_calls_than_its_tool_turn_holds_runs_what_fits(tok):
+  """tool_tokens=8 holds two outputs in the tiny template (2 tokens of frame each, 1 of output at least): a turn of
+  three calls runs the first and tells the model in the second slot, instead of stopping the run."""
+  call = tok.token_to_id(tasks.TINY_TOOLS_CALL)
+  d7 = tok.encode('7')[0]
+  script = ScriptedSampler(turns=[[[(call, -0.5)] * 3], [[(d7, -0.1)]]], stop_ids=(*tok.stop_ids, call, d7))
+  assert episodes.max_calls(tok, 8) == 2
+  with (
+    tool_server.serve({'secret': '7'}) as url,
+    tools.ToolClient(tools.load_tools([{'name': 'lookup', 'server_url': url}])) as client,
+  ):
+    e = episodes.Agent(script, tok, client, max_steps=2, tool_tokens=8).run(
+      None, np.ones((1, 8), np.int32), np.ones((1, 8), bool), jax.random.key(0), None
+    )
+  tool_msgs = e.transcripts[0]['messages'][1:3]
+  assert [m['kind'] for m in tool_msgs] == ['ok', 'bad_call'] and tool_msgs[0]['content'] == '7'
+  assert tool_msgs[1]['content'].startswith('Error: 3 tool calls in one turn; at most 2 fit, so calls 2 to 3 were')
+  assert len(script.blocks[0][0]) == 8 and e.texts == ['7']
+
+
+def test_tool_outputs_too_long_for_their_turn_share_the_room(tok):
+  """Two outputs of 10 tokens where 8 fit: 4 and 4 (the cut took 9 off the first before); a short one stays whole."""
+  ten = ' '.join(['1'] * 10)
+  n = len(tok.encode(ten, parse_special=False))
+  frame = episodes.frame_tokens(tok, 2)
+  _, sizes, cut = episodes.tool_turn(tok, [ten, ten], None, frame + 8)
+  assert n >= 10 and sizes == [4, 4] and cut == 2
+  _, sizes, cut = episodes.tool_turn(tok, ['7', ten, ten], None, episodes.frame_tokens(tok, 3) + 8)
+  assert sizes == [1, 4, 3] and cut == 2
+
+
+def test_a_tool_turn_the_template_or_tool_tokens_cannot_hold_fails_before_the_model_loads():
+  from configs import tiny_tools
+  from rftjax import errors
+  from rftjax import runspec
+
+  config = tiny_tools.get_config().copy_and_resolve_references()
+  config.tools = ({'name': 'lookup', 'server_url': 'http://127.0.0.1:9/'},)  # as the run's tool server fills it in
+  tok = tokenizer.load_tokenizer(f'sp:{REPO}/data/tiny_tools/tokenizer.model')
+  assert runspec.build(config, tok).episodes.tool_tokens == config.sampling.tool_tokens
+  config.sampling.tool_tokens = 2
+  with pytest.raises(errors.ConfigError, match=r'config.sampling.tool_tokens=2 cannot hold the chat template around '
+                     r'one tool output; expected at least 3'):  # fmt: skip
+    runspec.build(config, tok)
