@@ -116,12 +116,17 @@ def chat_completions_tools(tools: Sequence[Mapping] | None) -> list[dict] | None
         f'"description": str, "parameters": {{JSON schema}}}}, got {tool!r:.200}'
       )
     fn = tool['function'] if 'function' in tool else {k: v for k, v in tool.items() if k != 'type'}
+    if isinstance(fn, Mapping):  # the OpenAI SDK writes unset optional fields ("parameters", "strict") as null
+      fn = {k: v for k, v in fn.items() if v is not None}
     if not isinstance(fn, Mapping) or not isinstance(fn.get('name'), str) or not fn['name']:
       raise ValueError(f'{at}: a function tool needs a non-empty string "name", got {tool!r:.200}')
     if not isinstance(fn.get('parameters', {}), Mapping):
       raise ValueError(f'{at}.parameters must be a JSON schema object, got {fn["parameters"]!r:.80}')
     # The chat-completions shape passes through as given: key order shows in templates' `tool | tojson`.
-    out.append({'type': 'function', **tool} if 'function' in tool else {'type': 'function', 'function': fn})
+    if 'function' in tool:
+      out.append({'type': 'function', **{k: fn if k == 'function' else v for k, v in tool.items()}})
+    else:
+      out.append({'type': 'function', 'function': fn})
   return out or None
 
 

@@ -49,6 +49,9 @@ KINDS = ('ok', 'client_error', 'server_error', 'timeout', 'connection', 'oversiz
 RETRIED = ('server_error', 'timeout', 'connection')
 # Client errors that no call a model writes can cause (credentials, a wrong URL's method): discarded, not retried.
 REFUSED = (401, 403, 405, 407)
+# Client statuses that say "not now" (request timeout, rate limited): tried again like a server's, after the reply's
+# Retry-After seconds when it gives them (at most the call's timeout_s)
+BUSY = (408, 429)
 _FIELDS = ('name', 'server_url', 'headers')
 _NAME = re.compile(r'[A-Za-z0-9_-]{1,64}')  # OpenAI's rule for function names
 _OPEN, _CLOSE = '<tool_call>', '</tool_call>'
@@ -96,6 +99,8 @@ def url_problem(url: str) -> str | None:
     _ = parts.port  # raises ValueError for a port that is not a number in range
   except ValueError as e:
     return f'expected an http:// or https:// URL, found {url!r} ({e})'
+  if not url.isascii() or any(c.isspace() for c in url):  # http.client sends the request line as ASCII
+    return f'expected an ASCII URL without spaces (percent-encode the others: %C3%A9 for é, %20), found {url!r}'
   if parts.scheme not in ('http', 'https') or not parts.hostname:
     hint = (
       " ('{tool_server}' is filled in only by a run with config.tool_server='example', which starts that server)"
@@ -115,6 +120,10 @@ def headers_problem(headers: Any) -> str | None:
       return f'expected string names and values, found {key!r}: {json.dumps(value)[:80]}'
     if not key or any(c in key + value for c in '\r\n') or any(c in key for c in ' :'):
       return f'expected header names without spaces or colons and values without line breaks, found {key!r}'
+    if not key.isascii() or any(ord(c) > 255 for c in value):  # http.client encodes them as Latin-1
+      return (
+        f'expected ASCII header names and Latin-1 values, found {key!r}: {json.dumps(value, ensure_ascii=False)[:80]}'
+      )
   return None
 
 
@@ -202,6 +211,7 @@ def row_tools(item: dict, where: str) -> list[dict]:
     fn = entry.get('function', entry)
     if not isinstance(fn, dict):
       raise data_lib.DataError(f'{at}: "function" must be an object with a "name", got {type(fn).__name__}')
+    fn = {k: v for k, v in fn.items() if v is not None}  # the OpenAI SDK writes unset optional fields as null
     name = fn.get('name')
     if not isinstance(name, str) or not name:
       raise data_lib.DataError(f'{at}: expected a string "name", got {json.dumps(name)[:80]}')
@@ -292,7 +302,8 @@ def _parse_body(body: str) -> ParsedCall:
   name = obj.get('name')
   if not isinstance(name, str) or not name:
     return ParsedCall('', '', f'Error: the tool call has no string "name"; {_EXPECTED}')
-  arguments = obj.get('arguments', {})  # a tool without parameters may be called without them
+  # a tool without parameters may be called without them; Llama 3.x's templates ask for "parameters"
+  arguments = obj.get('arguments', obj.get('parameters', {}))
   if not isinstance(arguments, dict):
     kind = 'null' if arguments is None else type(arguments).__name__
     return ParsedCall(name, '', f'Error: the "arguments" of the call to {name!r} must be a JSON object, not {kind}')
@@ -332,21 +343,21 @@ def post(
   backoff_s: float = 0.05,
   pace: Callable[[], None] | None = None,
 ) -> Reply:
-  """POST a JSON `payload`. 5xx, timeouts and connection errors are tried again, up to `retries` more times, after
-  pauses of backoff_s * 2**k; any other answer is final. A reply body over `max_bytes` is not read past the limit
-  (`oversize`). `timeout_s` bounds each attempt, reading the reply included. `pace()`, when given, runs before
-  every attempt (a rate limiter)."""
+  """POST a JSON `payload`. 5xx, 408, 429, timeouts and connection errors are tried again, up to `retries` more
+  times, after pauses of backoff_s * 2**k (or the reply's Retry-After, up to timeout_s); any other answer is final.
+  A reply body over `max_bytes` is not read past the limit (`oversize`). `timeout_s` bounds each attempt, reading
+  the reply included. `pace()`, when given, runs before every attempt (a rate limiter)."""
   t0 = time.perf_counter()
   sent = {**headers, 'Content-Type': 'application/json'}
   attempt = 0
   while True:
     if pace is not None:
       pace()
-    kind, status, body, detail = _attempt(url, payload, sent, timeout_s, max_bytes)
+    kind, status, body, detail, wait = _attempt(url, payload, sent, timeout_s, max_bytes)
     attempt += 1
     if kind not in RETRIED or attempt > retries:
       return Reply(kind, status, body, detail, attempt, time.perf_counter() - t0)
-    time.sleep(backoff_s * 2 ** (attempt - 1))
+    time.sleep(max(backoff_s * 2 ** (attempt - 1), min(wait or 0.0, timeout_s)))
 
 
 def _attempt(url: str, payload: bytes, headers: dict, timeout_s: float, max_bytes: int):
@@ -354,7 +365,7 @@ def _attempt(url: str, payload: bytes, headers: dict, timeout_s: float, max_byte
   deadline = time.monotonic() + timeout_s
   try:
     with _OPENER.open(request, timeout=timeout_s) as response:
-      return _read(response, response.status, deadline, timeout_s, max_bytes)
+      return (*_read(response, response.status, deadline, timeout_s, max_bytes), None)
   except urllib.error.HTTPError as e:
     try:
       with e:
@@ -363,15 +374,17 @@ def _attempt(url: str, payload: bytes, headers: dict, timeout_s: float, max_byte
       body = b''
     text = body.decode('utf-8', 'replace').strip()
     detail = f'HTTP {e.code} from {url}' + (f': {text[:300]}' if text else '')
-    return ('server_error' if e.code >= 500 else 'client_error'), e.code, body, detail
+    after = (e.headers.get('Retry-After') or '').strip() if e.headers is not None else ''
+    wait = float(after) if re.fullmatch(r'\d+(?:\.\d+)?', after) else None
+    return ('server_error' if e.code >= 500 or e.code in BUSY else 'client_error'), e.code, body, detail, wait
   except TimeoutError:
-    return 'timeout', None, b'', f'no answer from {url} within {timeout_s:g} s'
+    return 'timeout', None, b'', f'no answer from {url} within {timeout_s:g} s', None
   except urllib.error.URLError as e:
     if isinstance(e.reason, TimeoutError):
-      return 'timeout', None, b'', f'no answer from {url} within {timeout_s:g} s'
-    return 'connection', None, b'', f'cannot reach {url}: {e.reason}'
+      return 'timeout', None, b'', f'no answer from {url} within {timeout_s:g} s', None
+    return 'connection', None, b'', f'cannot reach {url}: {e.reason}', None
   except (http.client.HTTPException, OSError) as e:  # a dropped connection, a garbled status line
-    return 'connection', None, b'', f'connection to {url} failed: {type(e).__name__}: {e}'
+    return 'connection', None, b'', f'connection to {url} failed: {type(e).__name__}: {e}', None
 
 
 def _read(response, status: int, deadline: float, timeout_s: float, max_bytes: int):

@@ -17,6 +17,7 @@ import pytest
 
 import local_http
 
+from rftjax import chat_template
 from rftjax import data
 from rftjax import errors
 from rftjax import graders
@@ -70,6 +71,13 @@ def test_load_tools_good_and_empty(tmp_path):
       r"^config\.tools\[0\]\.headers: expected string names and values, found 'X-Key': 5",
     ),
     ([{'name': 'a', 'server_url': 'http://h', 'headers': {'X': 'a\nb'}}], r'^config\.tools\[0\]\.headers: .*line br'),
+    # http.client sends these as ASCII / Latin-1: each was a UnicodeEncodeError at the first call, mid-run
+    ([{'name': 'a', 'server_url': 'http://h/café'}], r'^config\.tools\[0\]\.server_url: expected an ASCII URL'),
+    ([{'name': 'a', 'server_url': 'http://h/a b'}], r'^config\.tools\[0\]\.server_url: expected an ASCII URL'),
+    (
+      [{'name': 'a', 'server_url': 'http://h', 'headers': {'Authorization': 'Bearer s€cret'}}],
+      r'^config\.tools\[0\]\.headers: expected ASCII header names and Latin-1 values',
+    ),
   ],
 )
 def test_load_tools_errors_name_the_entry_and_field(value, message):
@@ -101,6 +109,16 @@ def test_row_tools_accepts_both_shapes():
     {'type': 'function', 'name': 'calculator', 'description': '', 'parameters': {'type': 'object'}},
   ]
   assert tools.row_tools({'messages': []}, 'd.jsonl:1') == []
+  # the OpenAI SDK's model_dump() writes unset optional fields as null: they are absent, not wrong
+  nulls = {'name': 'lookup', 'description': None, 'parameters': None, 'strict': None}
+  expected = [
+    {'type': 'function', 'name': 'lookup', 'description': '', 'parameters': {'type': 'object', 'properties': {}}}
+  ]
+  assert tools.row_tools({'tools': [{'type': 'function', **nulls}]}, 'd.jsonl:1') == expected
+  assert tools.row_tools({'tools': [{'type': 'function', 'function': nulls}]}, 'd.jsonl:1') == expected
+  assert chat_template.chat_completions_tools([{'type': 'function', 'function': nulls}]) == [
+    {'type': 'function', 'function': {'name': 'lookup'}}
+  ]
   tools.check_data_tools([('d.jsonl:1', {'tools': [LOOKUP]}), ('d.jsonl:2', {'tools': [CALC_CHAT]})], SPECS)
 
 
@@ -158,6 +176,9 @@ def test_parse_calls():
     tools.ParsedCall('calculator', '{"expression": "1+1"}'),
     tools.ParsedCall('ping', '{}'),  # no arguments: an empty object
   ]
+  # Llama 3.x's templates ask for "parameters": they were dropped (the call ran with no arguments)
+  llama = '<tool_call>{"name": "lookup", "parameters": {"key": "k7"}}</tool_call>'
+  assert tools.parse_calls(llama) == [tools.ParsedCall('lookup', '{"key": "k7"}')]
   assert tools.parse_calls('plain answer') == []
 
 
@@ -357,6 +378,16 @@ class _Scripted(local_http.Handler):
       self.end_headers()
       for _ in range(100):
         self.wfile.write(b'y' * 1000)
+    elif name == 'busy':  # rate limited once (retry after 0.3 s), then answers
+      if type(self).attempts['busy'] == 1:
+        self.send_response(429)
+        self.send_header('Retry-After', '0.3')
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+      else:
+        self.send(200, json.dumps({'output': 'served'}))
+    elif name == 'throttled':
+      self.send(429, json.dumps({'error': {'message': 'Rate limit exceeded'}}))
     elif name == 'flaky':  # fails twice, then answers
       if type(self).attempts['flaky'] <= 2:
         self.send(500, 'hiccup')
@@ -368,7 +399,8 @@ class _Scripted(local_http.Handler):
 def scripted():
   _Scripted.seen, _Scripted.attempts = [], collections.Counter()
   _Scripted.in_flight = _Scripted.max_in_flight = 0
-  names = ('echo', 'plain', 'missing', 'teapot', 'locked', 'broken', 'slow', 'sleepy', 'big', 'big_stream', 'flaky')
+  names = ('echo', 'plain', 'missing', 'teapot', 'locked', 'broken', 'slow', 'sleepy', 'big', 'big_stream', 'flaky',
+           'busy', 'throttled')  # fmt: skip
   with local_http.serving(_Scripted, '/tools') as url:
     yield tools.load_tools([{'name': n, 'server_url': url, 'headers': {'X-Tool-Key': f'key-{n}'}} for n in names])
 
@@ -417,6 +449,15 @@ def test_server_errors_are_retried_then_discarded(scripted):
   assert (flaky.kind, flaky.output, flaky.attempts, flaky.discard) == ('ok', 'third time', 3, False)
   ids = {b['call_id'] for b, _ in _Scripted.seen if b['name'] == 'broken'}
   assert ids == {broken.call_id}  # every retry carries the same call_id
+
+
+def test_rate_limits_are_retried_after_the_wait_asked_then_discarded(scripted):
+  """A 429 is the server's "not now", not the model's mistake: it was shown to the model as its error and kept."""
+  with tools.ToolClient(scripted, **FAST) as client:
+    busy, throttled = client.call_many([(call('busy'), 't'), (call('throttled'), 't')])
+  assert (busy.kind, busy.output, busy.attempts, busy.discard) == ('ok', 'served', 2, False)
+  assert busy.latency_s >= 0.3  # the reply's Retry-After, not FAST's backoff
+  assert (throttled.kind, throttled.attempts, throttled.discard) == ('server_error', 4, True)
 
 
 def test_timeouts_are_retried_then_discarded(scripted):
