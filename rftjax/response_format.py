@@ -13,6 +13,8 @@ None); an OpenAI job's `method.reinforcement.response_format`. docs/openai_jobs.
 
 from __future__ import annotations
 
+import datetime
+import functools
 import json
 import re
 from typing import Any
@@ -22,6 +24,41 @@ import jsonschema
 from rftjax import errors
 
 INSTRUCTION = 'Reply with a JSON object only, no other text, that matches this JSON Schema'
+
+# The string formats OpenAI's structured outputs enforce. jsonschema checks "format" only with a checker, and checks
+# date-time, time, duration and hostname only with optional packages: those four are checked here.
+FORMATS = ('date-time', 'time', 'date', 'duration', 'email', 'hostname', 'ipv4', 'ipv6', 'uuid')
+_DURATION = re.compile(r'P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?')
+_HOSTNAME = re.compile(r'(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*')
+_TIME = r'\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})'
+
+
+def _format_checker() -> jsonschema.FormatChecker:
+  checker = jsonschema.FormatChecker([f for f in FORMATS if f in jsonschema.FormatChecker.checkers])
+  for name, pattern in (
+    ('date-time', rf'\d{{4}}-\d{{2}}-\d{{2}}[Tt ]{_TIME}'),
+    ('time', _TIME),
+    ('duration', _DURATION.pattern),
+    ('hostname', _HOSTNAME.pattern),
+  ):
+    checker.checks(name, raises=ValueError)(functools.partial(_matches, re.compile(pattern), name))
+  return checker
+
+
+def _matches(pattern: re.Pattern, name: str, value) -> bool:
+  if not isinstance(value, str):
+    return True  # "format" constrains strings only
+  if not pattern.fullmatch(value):
+    return False
+  if name == 'date-time':  # the digits must also be a real date and time (no 2026-02-30, no 25:00)
+    datetime.datetime.fromisoformat(value.replace('z', 'Z').replace('t', 'T'))
+  elif name == 'time':
+    datetime.time.fromisoformat(value.upper())
+  return True
+
+
+def _no_constants(name: str):
+  raise ValueError(f'{name} is not JSON')  # Python's json reads NaN and Infinity; no JSON parser or schema does
 
 
 def _fail(where: str, found, expected: str):
@@ -80,7 +117,7 @@ class ResponseFormat:
     self.name = spec['json_schema']['name']
     self.description = spec['json_schema'].get('description') or ''
     self.schema = spec['json_schema']['schema']
-    self._validator = jsonschema.validators.validator_for(self.schema)(self.schema)
+    self._validator = jsonschema.validators.validator_for(self.schema)(self.schema, format_checker=_format_checker())
 
   def instruction(self) -> str:
     """What joins the prompt: OpenAI says the model reads the format's description to know how to respond."""
@@ -94,9 +131,11 @@ class ResponseFormat:
     if stripped[:1] not in ('{', '['):  # graders' sample.output_json is only ever an object or an array
       return f'not a JSON object or array: {stripped[:80]!r}'
     try:
-      value = json.loads(stripped)
-    except ValueError as e:
+      value = json.loads(stripped, parse_constant=_no_constants)
+    except json.JSONDecodeError as e:
       return f'not JSON ({e.msg} at line {e.lineno}, column {e.colno}): {stripped[:80]!r}'
+    except ValueError as e:
+      return f'not JSON ({e}): {stripped[:80]!r}'
     error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
     if error is None:
       return None

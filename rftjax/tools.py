@@ -291,9 +291,13 @@ def parse_calls(text: str) -> list[ParsedCall]:
   return calls
 
 
+def _no_constant(name: str):
+  raise ValueError(f'{name} is not a JSON value')
+
+
 def _parse_body(body: str) -> ParsedCall:
   try:
-    obj = json.loads(body)
+    obj = json.loads(body, parse_constant=_no_constant)  # NaN would reach the server as invalid JSON
   except ValueError as e:
     msg = f'{e.msg} at line {e.lineno} column {e.colno}' if isinstance(e, json.JSONDecodeError) else str(e)
     return ParsedCall('', '', f'Error: the tool call is not valid JSON ({msg}); {_EXPECTED}')

@@ -329,6 +329,29 @@ def test_response_format_validates_completions_like_graders_parse_them():
   assert response_format.instruct(messages, None) is messages and messages[1]['content'] == 'q'
 
 
+@pytest.mark.parametrize(
+  'fmt, good, bad',
+  [
+    ('date-time', '2026-12-07T10:00:00.5-05:00', '2026-02-30T10:00:00Z'),
+    ('time', '10:00:00Z', '25:00:00Z'),
+    ('date', '2026-12-07', 'yesterday'),
+    ('duration', 'P1DT2H', '3 days'),
+    ('email', 'a@b.com', 'not an email'),
+    ('hostname', 'api.example.com', 'exa mple'),
+    ('ipv4', '10.0.0.1', '10.0.0'),
+    ('ipv6', '::1', 'xyz'),
+    ('uuid', '12345678-1234-5678-1234-567812345678', 'abc'),
+  ],
+)
+def test_response_format_checks_the_string_formats_openai_enforces(fmt, good, bad):
+  """OpenAI's structured outputs never produce these; they passed (jsonschema checks "format" only when asked to)."""
+  schema = {'type': 'object', 'properties': {'v': {'type': 'string', 'format': fmt}, 'x': {'type': 'number'}}}
+  checked = response_format.make({'type': 'json_schema', 'json_schema': {'name': 'f', 'schema': schema}})
+  assert checked.validate(json.dumps({'v': good})) is None
+  assert checked.validate(json.dumps({'v': bad})) == f"does not match the schema 'f' at v: {bad!r} is not a {fmt!r}"
+  assert checked.validate('{"x": NaN}') == 'not JSON (NaN is not JSON): \'{"x": NaN}\''
+
+
 def test_the_pool_grades_only_completions_that_match_the_format():
   g = graders.build(
     {'type': 'string_check', 'input': '{{sample.output_json.answer}}', 'reference': '{{item.a}}', 'operation': 'eq'}

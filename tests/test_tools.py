@@ -194,6 +194,7 @@ def test_parse_calls():
       r"^Error: the \"arguments\" of the call to 'lookup' must .*str",
     ),
     ('{"name": "lookup", "arguments": null}', 'lookup', r'must be a JSON object, not null'),
+    ('{"name": "lookup", "arguments": {"x": NaN}}', '', r'^Error: the tool call is not valid JSON \(NaN is not a JSON'),
   ],
 )
 def test_parse_calls_malformed(body, name, message):
