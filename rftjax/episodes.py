@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import re
 import types
 
@@ -98,6 +99,16 @@ def _tool_turn_pieces(tok, calls: int) -> tuple[str, ...]:
   return (*pieces, rest)
 
 
+@functools.lru_cache(maxsize=64)
+def _escapes_tool_outputs(tok) -> bool:
+  """Whether the template writes a tool output as a JSON string (Llama 3.x's `content | tojson`, between the quotes
+  that `_tool_turn_pieces` leaves in the frame): then an output is inserted escaped, as the template would."""
+  mark = _MARK.format(1)
+  conv = [{'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': _MARK.format(0)}]
+  conv.append({'role': 'tool', 'content': mark + '"', 'tool_call_id': 'call_0', 'name': 'tool'})
+  return mark + '\\"' in tok.chat_text(conv, add_generation_prompt=True)
+
+
 def frame_tokens(tok, calls: int) -> int:
   """Tokens of the template text around `calls` tool outputs (the most: the model's stop token not yet dropped).
   Raises ValueError when the chat template cannot frame tool outputs at all."""
@@ -148,7 +159,8 @@ def tool_turn(
   frame = [tok.encode(p) for p in pieces]
   markers = {tok.decode([i], skip_special=False) for i in [*stop_ids, *(i for piece in frame for i in piece)]}
   markers = {m for m in markers if len(m) > 2 and m.startswith('<') and m.endswith('>')}  # `</tool_response>`
-  bodies = [_plain(tok, o, markers) for o in outputs]
+  escaped = _escapes_tool_outputs(tok)
+  bodies = [_plain(tok, json.dumps(o, ensure_ascii=False)[1:-1] if escaped else o, markers) for o in outputs]
   room = budget - sum(map(len, frame))
   if room < len(outputs):
     raise ValueError(f'sampling.tool_tokens={budget} cannot hold the chat template around {len(outputs)} tool outputs')

@@ -271,12 +271,16 @@ _EXPECTED = 'expected <tool_call>{"name": "...", "arguments": {...}}</tool_call>
 
 
 def has_call(text: str) -> bool:
-  return _OPEN in text
+  return _OPEN in text or bool(_untagged(text))
 
 
 def parse_calls(text: str) -> list[ParsedCall]:
   """Every `<tool_call> JSON </tool_call>` block of `text`, in order. Never raises: a block the host cannot run is
-  a ParsedCall whose `error` says why, in words the model can act on; so is an unclosed block at the end."""
+  a ParsedCall whose `error` says why, in words the model can act on; so is an unclosed block at the end. A turn
+  with no block that is one JSON object {"name": ..., "parameters": {...}} (and at most "type") is a call too: the
+  untagged form Llama 3.x's chat templates ask for."""
+  if _OPEN not in text:
+    return _untagged(text)
   calls: list[ParsedCall] = []
   pos = 0
   while (start := text.find(_OPEN, pos)) != -1:
@@ -289,6 +293,19 @@ def parse_calls(text: str) -> list[ParsedCall]:
     calls.append(_parse_body(text[body_start:end]))
     pos = end + len(_CLOSE)
   return calls
+
+
+def _untagged(text: str) -> list[ParsedCall]:
+  body = text.strip()
+  if not (body.startswith('{') and body.endswith('}') and '"parameters"' in body):
+    return []
+  try:
+    obj = json.loads(body, parse_constant=_no_constant)
+  except ValueError:
+    return []  # an answer that happens to be JSON-like: not a call
+  if not isinstance(obj, dict) or not {'name', 'parameters'} <= obj.keys() <= {'type', 'name', 'parameters'}:
+    return []
+  return [_parse_body(body)]
 
 
 def _no_constant(name: str):

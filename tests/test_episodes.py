@@ -424,3 +424,41 @@ def test_a_tool_turn_the_template_or_tool_tokens_cannot_hold_fails_before_the_mo
   with pytest.raises(errors.ConfigError, match=r'config.sampling.tool_tokens=2 cannot hold the chat template around '
                      r'one tool output; expected at least 3'):  # fmt: skip
     runspec.build(config, tok)
+
+
+class _Bytes:
+  """A byte-level tokenizer over a jinja chat template: what `tool_turn` inserts decodes to exactly its text."""
+
+  def __init__(self, template: str):
+    from rftjax import chat_template
+
+    self.template = chat_template.JinjaTemplate({'default': template}, 'test', {})
+
+  def chat_text(self, conv, tools=None, add_generation_prompt=True):
+    return self.template.render(conv, tools=tools, add_generation_prompt=add_generation_prompt)
+
+  def encode(self, text, parse_special=True):
+    return list(text.encode())
+
+  def decode(self, ids, skip_special=True):
+    return bytes(ids).decode()
+
+
+# Llama 3.x's way with tool results: an `ipython` turn whose content is written with `tojson` (a JSON string)
+LLAMA_LIKE = (
+  '{% for m in messages %}<|start_header_id|>{{ "ipython" if m.role == "tool" else m.role }}<|end_header_id|>\n\n'
+  '{% if m.role == "tool" %}{{ m.content | tojson }}{% else %}{{ m.content }}{% endif %}<|eot_id|>{% endfor %}'
+  '{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}'
+)
+
+
+def test_a_template_that_writes_tool_outputs_as_json_strings_gets_them_escaped():
+  """The output went in raw between the quotes ("He said "hi"<newline>..."), not as the template writes it."""
+  tok = _Bytes(LLAMA_LIKE)
+  user = [{'role': 'user', 'content': 'What is k7?'}]
+  call = '{"name": "lookup", "parameters": {"key": "k7"}}'
+  output = 'He said "hi"\nline 2, café'
+  ids, _, _ = episodes.tool_turn(tok, [output], None, 10_000)
+  conv = user + [{'role': 'assistant', 'content': call}, {'role': 'tool', 'content': output, 'tool_call_id': 'c'}]
+  assert tok.chat_text(user) + call + tok.decode(ids) == tok.chat_text(conv)
+  assert tools.parse_calls(call) == [tools.ParsedCall('lookup', '{"key": "k7"}')]  # Llama's untagged call

@@ -577,3 +577,18 @@ def test_failure_line_counts_calls_that_failed_for_good():
     "in 1 (calc); check that config.tools' servers are up, answer within tool_timeout_s and accept the headers"
   )
   assert tools.failure_line([[R('x', 'client_error')]], 0.0) is None  # a 4xx the model caused is not the server's
+
+
+def test_llamas_untagged_call_is_a_call_and_other_json_is_not():
+  """Llama 3.x's templates ask for {"name": ..., "parameters": {...}} without tags: such a turn was a final answer."""
+  assert tools.parse_calls(' {"name": "lookup", "parameters": {"key": "k7"}}\n') == [
+    tools.ParsedCall('lookup', '{"key": "k7"}')
+  ]
+  assert tools.parse_calls('{"type": "function", "name": "ping", "parameters": {}}') == [tools.ParsedCall('ping', '{}')]
+  assert tools.has_call('{"name": "ping", "parameters": {}}')
+  for answer in (
+    '{"name": "Ada", "age": 36}',
+    '{"name": "x", "parameters": {}, "answer": 3}',
+    'The answer is {"parameters"}',
+  ):
+    assert tools.parse_calls(answer) == [] and not tools.has_call(answer)  # JSON answers stay answers
