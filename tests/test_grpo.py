@@ -436,6 +436,16 @@ def test_gdpo_normalises_each_reward_in_its_group_then_the_sum_over_the_batch():
   # gives them the same ordering but a magnitude set by a 0.02 spread, next to groups spread by 0.8
   assert adv[6] > adv[5] > adv[4] and adv[4] == pytest.approx(adv[7])
   assert np.all(np.asarray(grpo.gdpo_advantages(jnp.ones((8, 2)), jnp.ones(2), 4)) == 0)
+  # a discarded row (keep False) takes no part: the kept rows' advantages are those of the batch without it,
+  # whatever its sub-rewards (before, its 0s moved its group's means and stds and the batch's)
+  keep = np.ones(12, bool)
+  keep[[1, 9]] = False
+  kept = np.asarray(grpo.gdpo_advantages(jnp.asarray(sub), jnp.asarray([0.8, 0.2]), 4, keep=jnp.asarray(keep)))
+  moved = np.asarray(sub, np.float32)
+  moved[[1, 9]] = [[1, 5.0], [0, -3.0]]
+  again = np.asarray(grpo.gdpo_advantages(jnp.asarray(moved), jnp.asarray([0.8, 0.2]), 4, keep=jnp.asarray(keep)))
+  np.testing.assert_allclose(again, kept, atol=1e-6)
+  assert kept[1] == kept[9] == 0 and np.abs(kept[keep]).max() > 0.5
 
 
 def test_gdpo_needs_a_multi_grader_with_a_weighted_sum():
