@@ -20,6 +20,7 @@ import json
 import math
 import pathlib
 import sys
+import time
 
 from rftjax import cli
 from rftjax import data as data_lib
@@ -99,6 +100,10 @@ def _sample_text(row, where: str) -> str:
   )
 
 
+# samples per pool call with --data: each call keeps every worker busy, and the count on stderr moves between them
+PROGRESS_CHUNK = 256
+
+
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   return cli.run(lambda: _run(args))  # Ctrl-C and a closed stdout as in the other commands
@@ -174,7 +179,14 @@ def _run(args) -> int:
   pool = graders.GradingPool(args.num_workers, args.timeout_s, budget_s=args.budget_s,
                              allow_unsandboxed=args.allow_unsandboxed, response_format=fmt)  # fmt: skip
   with pool:
-    results = pool.grade(grader, texts, items)
+    results, t0 = [], time.monotonic()
+    for start in range(0, len(texts), PROGRESS_CHUNK):  # in chunks, so that a long --data shows how far it got
+      if args.budget_s:  # the pool's budget is per call: each chunk gets what is left of the whole one
+        pool.budget_s = max(args.budget_s - (time.monotonic() - t0), 1e-3)
+      results += pool.grade(grader, texts[start : start + PROGRESS_CHUNK], items[start : start + PROGRESS_CHUNK])
+      if len(texts) > PROGRESS_CHUNK:
+        done = len(results) == len(texts)
+        print(f'\rgrading: {len(results)}/{len(texts)}', end='\n' if done else '', file=sys.stderr, flush=True)
   if modes[0]:
     print(json.dumps(results[0].to_json(), default=str))
     return 1 if results[0].errors else 0  # a grading that failed is not a score of 0

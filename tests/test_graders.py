@@ -575,3 +575,18 @@ def test_similarity_scores_stay_in_unit_interval(metric):
   assert 0.99 <= same.reward <= 1.0 and 0.0 <= other.reward <= 1.0
   if metric == 'bleu':
     assert same.reward == 1.0
+
+
+def test_cli_shows_progress_on_long_data(tmp_path):
+  """600 samples: graded in chunks of 256, the count on stderr after each; the summary as from one call."""
+  grader = tmp_path / 'g.json'
+  grader.write_text(json.dumps({'type': 'string_check', 'name': 'eq', 'input': OUT, 'reference': '{{item.ref}}',
+                                'operation': 'eq'}))  # fmt: skip
+  data, samples = tmp_path / 'd.jsonl', tmp_path / 's.jsonl'
+  data.write_text('{"ref": "a"}\n' * 600)
+  samples.write_text('"a"\n"b"\n"a"\n' * 200)
+  out = run_cli(f'--grader={grader}', f'--data={data}', f'--samples={samples}')
+  assert out.returncode == 0, out.stderr
+  # text mode reads each '\r' as a line end
+  assert out.stderr.split() == ['grading:', '256/600', 'grading:', '512/600', 'grading:', '600/600'], out.stderr
+  assert json.loads(out.stdout)['grade_reward_mean'] == pytest.approx(2 / 3)
