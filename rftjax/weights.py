@@ -239,8 +239,19 @@ class _HFSource:
   def _file(self, name: str):
     path = self.files[name]
     if path not in self._open:
-      self._open[path] = self._safetensors.safe_open(path, 'np')
-    return self._open[path]
+      if not path.is_file():
+        raise FileNotFoundError(
+          f'{self.spec}: {path.name} is missing, and model.safetensors.index.json places {name} there (an '
+          'incomplete download?); expected every shard the index names'
+        )
+      self._open[path] = (f := self._safetensors.safe_open(path, 'np')), set(f.keys())
+    f, names = self._open[path]
+    if name not in names:
+      raise ValueError(
+        f'{self.spec}: {path.name} does not hold {name}, which model.safetensors.index.json places there (a shard '
+        'from another download?); expected the index and its shards to agree'
+      )
+    return f
 
   def shape(self, name: str) -> tuple[int, ...]:
     return tuple(self._file(name).get_slice(name).get_shape())

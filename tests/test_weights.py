@@ -106,6 +106,16 @@ def test_sharded_safetensors_round_trip(tmp_path):
   index = json.loads((out / 'model.safetensors.index.json').read_text())
   assert len(set(index['weight_map'].values())) > 3 and not (out / 'model.safetensors').exists()
   _assert_same(weights.load(f'hf:{out}', GEMMA), params)
+  # an index that names a tensor its shard does not hold, and a shard missing: each one line naming both
+  name = next(n for n, f in index['weight_map'].items() if f != index['weight_map']['model.embed_tokens.weight'])
+  wrong = {**index['weight_map'], name: index['weight_map']['model.embed_tokens.weight']}
+  (out / 'model.safetensors.index.json').write_text(json.dumps({**index, 'weight_map': wrong}))
+  with pytest.raises(ValueError, match=rf'{wrong[name]} does not hold {re.escape(name)}, which model.safetensors'):
+    weights.load(f'hf:{out}', GEMMA)
+  (out / 'model.safetensors.index.json').write_text(json.dumps(index))
+  (out / index['weight_map'][name]).unlink()
+  with pytest.raises(FileNotFoundError, match=rf'{index["weight_map"][name]} is missing, and model.safetensors.index'):
+    weights.load(f'hf:{out}', GEMMA)
 
 
 def test_load_into_mesh_shardings(tmp_path):
