@@ -244,7 +244,7 @@ class Validation:
     if jax.process_index() == 0:
       records = [
         {'source': ex.source, 'item': data_lib.reference(ex), 'completion': c['text'], 'reward': res.reward,
-         'sub_rewards': res.sub_rewards, 'errors': [e.category for e in res.errors],
+         'sub_rewards': res.sub_rewards, 'errors': res.to_json()['errors'],
          **{k: res.metadata[k] for k in ('response_format_error',) if k in res.metadata},
          **({'transcript': c['transcript']} if 'transcript' in c else {})}
         for ex, (c, res) in zip(self.examples, rows)

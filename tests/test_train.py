@@ -558,7 +558,10 @@ def test_broken_grading_stops_with_one_line_and_exit_3(tmp_path, monkeypatch, ca
   assert not any(p.name.isdigit() for p in (workdir / 'checkpoints').iterdir())
   assert not [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'valid_reward_mean' in r]
   kept = metrics.read_jsonl(workdir / 'samples' / 'valid_step000000.jsonl')
-  assert len(kept) == 200 and {tuple(r['errors']) for r in kept} == {('python_grader_runtime',)}
+  assert len(kept) == 200 and all(len(r['errors']) == 1 for r in kept)  # each with its message, as evaluate writes
+  assert {(e['category'], e['message'].splitlines()[-1]) for r in kept for e in r['errors']} == {
+    ('python_grader_runtime', 'ZeroDivisionError: division by zero')
+  }
 
 
 def test_gradings_that_fail_under_the_share_are_said_on_the_console(tmp_path, in_repo, caplog):
