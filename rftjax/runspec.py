@@ -375,10 +375,28 @@ def _same_file(a, b) -> bool:
   return a[: len(a) - len(pa)] == b[: len(b) - len(pb)] and os.path.realpath(pa) == os.path.realpath(pb)
 
 
+def _difference(key: str, a, b) -> str:
+  """'key was A, now B' at the first leaf where two values differ (a grader's field, not the whole grader)."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    k = next((k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)), None)
+    if k is not None:
+      return _difference(f'{key}.{k}', a.get(k), b.get(k))
+  if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if i is not None:
+      return _difference(f'{key}[{i}]', a[i], b[i])
+  show = lambda v: json.dumps(v, ensure_ascii=False)[:200]  # noqa: E731
+  return f'{key} was {show(a)}, now {show(b)}'
+
+
 def check_resume(config, previous: dict, workdir) -> list[str]:
   """The settings that changed since the run in `workdir` was started (`previous`: its config.json), as
   'key old -> new' for a warning; a change of what the run is (RUN_IDENTITY) is a ConfigError."""
-  old, new = _flat(previous), _flat(json.loads(config.to_json_best_effort()))
+  current = json.loads(config.to_json_best_effort())
+  before, now = previous.get('tool_server_url'), current.get('tool_server_url')
+  if before and now and before != now:  # the example tool server: a new port each run, the same server
+    previous = json.loads(json.dumps(previous).replace(json.dumps(before)[1:-1], json.dumps(now)[1:-1]))
+  old, new = _flat(previous), _flat(current)
   changed = [
     k
     for k in sorted(old.keys() | new.keys())
@@ -386,8 +404,7 @@ def check_resume(config, previous: dict, workdir) -> list[str]:
   ]  # a key the old run's config lacks, at an off value: a setting added to rftjax since, not a change
   clash = [k for k in changed if any(k == i or k.startswith(i + '.') for i in RUN_IDENTITY)]
   if clash:
-    show = lambda v: json.dumps(v)[:60]  # noqa: E731
-    diff = '; '.join(f'config.{k} was {show(old.get(k))}, now {show(new.get(k))}' for k in clash)
+    diff = '; '.join(_difference(f'config.{k}', old.get(k), new.get(k)) for k in clash)
     raise errors.ConfigError(
       f'--workdir={workdir} holds checkpoints of another run ({diff}); resuming it needs the same model, data and '
       'grader: choose a new --workdir (or delete that one to start over)'

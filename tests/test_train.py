@@ -376,8 +376,8 @@ def test_a_workdir_holds_one_run(tmp_path, in_repo, caplog):
   grader = {'type': 'string_check', 'name': 'other', 'input': '{{sample.output_text}}', 'reference': '{{item.answer}}',
             'operation': 'like'}  # fmt: skip
   other = (
-    r'holds checkpoints of another run \(config.grader was .*string_check.* now .*\); resuming it needs the same '
-    r'model, data and grader: choose a new --workdir'
+    r'holds checkpoints of another run \(config.grader.name was "exact_answer", now "other"\); resuming it needs the '
+    r'same model, data and grader: choose a new --workdir'
   )
   with pytest.raises(errors.ConfigError, match=other):
     run(tmp_path, 'one', 2, grader=grader)
