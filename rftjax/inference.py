@@ -102,12 +102,17 @@ def _completion(r: rollout.Rollout, j: int) -> dict:
   }
 
 
+def _batch_rows(mesh, batch_size: int, prompts: int) -> tuple[int, int]:
+  """(rows of each sampling batch over every host, hosts that share them)."""
+  hosts = jax.process_count() if multihost.spans_hosts(mesh) else 1
+  shards = 1 if mesh is None else mesh.shape['data'] * mesh.shape['fsdp']
+  return sharding.sampling_rows(max(1, min(batch_size, prompts)), shards, hosts), hosts
+
+
 def _host_batches(sampler, params, prompts, tok, *, mesh, rng, batch_size: int, items=None):
   """Yields (prompt indices, Rollout of those rows) for this host's share of each fixed-size batch. `items`: the
   prompts' data rows (episodes call only the tools a row offers)."""
-  hosts = jax.process_count() if multihost.spans_hosts(mesh) else 1
-  shards = 1 if mesh is None else mesh.shape['data'] * mesh.shape['fsdp']
-  batch = sharding.sampling_rows(max(1, min(batch_size, len(prompts))), shards, hosts)
+  batch, hosts = _batch_rows(mesh, batch_size, len(prompts))
   per, me = batch // hosts, jax.process_index() if hosts > 1 else 0
   for i, start in enumerate(range(0, len(prompts), batch)):
     rows = list(range(start, min(start + batch, len(prompts))))[me * per : (me + 1) * per]
@@ -208,12 +213,17 @@ class Validation:
     self.max_error_share = max_error_share
 
   def __call__(self, params, step: int, stop=None) -> dict:
-    """`stop() -> bool`, asked after each batch (on every host alike: it may be a collective), ends the pass
-    early with ValidationStopped: a preemption's notice is shorter than a whole pass may be."""
+    """`stop() -> bool`, asked after each batch but the last (on every host alike: it may be a collective), ends
+    the pass early with ValidationStopped: a preemption's notice is shorter than a whole pass may be. Once the last
+    batch is sampled the pass is finished and graded, so a stop during a one-batch pass loses nothing."""
     t0 = time.perf_counter()
 
+    batches = -(-len(self.prompts) // _batch_rows(self.mesh, self.batch_size, len(self.prompts))[0])
+    seen = []
+
     def between_batches(done, total):
-      if stop is not None and stop():
+      seen.append(done)  # after the last batch nothing is left to sample: the pass finishes (its grading)
+      if len(seen) < batches and stop is not None and stop():
         raise ValidationStopped(f'validation at step {step} stopped after {done} of {total} prompts')
 
     try:

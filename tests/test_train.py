@@ -754,20 +754,30 @@ def test_the_guards_stop_is_not_lost_when_that_steps_validation_is_cut_short(dur
   assert ckpt.latest_step() == 2 and ckpt.metrics(2) is None and ckpt.best_step() == 0
 
 
-def test_a_sigterm_during_a_validation_saves_after_the_batch_not_after_the_pass(tmp_path, in_repo, monkeypatch):
+@pytest.mark.parametrize('batches', [4, 1])
+def test_a_sigterm_during_a_validation_saves_after_the_batch_not_after_the_pass(
+  batches, tmp_path, in_repo, monkeypatch
+):
   """A preemption's notice (about 30 s on a spot VM) can be shorter than a validation pass: the pass stops after
-  the batch in flight and the step is saved unranked (its validation was not done), then the run exits 42."""
+  the batch in flight and the step is saved unranked (its validation was not done), then the run exits 42. After
+  the last batch (a pass of one batch: the demo's) nothing is left to sample: the pass is graded and the step
+  ranked, which was lost before (no valid_reward_mean, the checkpoint deleted at the next save)."""
   from rftjax import checkpoint, preemption
 
   monkeypatch.setattr(preemption.Watcher, 'requested', lambda self, step: step == 2)
   with pytest.raises(preemption.Preempted) as e:
-    run(tmp_path, 'run', 3, eval_batch_size=50)  # 200 validation prompts: 4 batches; eval_interval 2
+    run(tmp_path, 'run', 3, eval_batch_size=200 // batches)  # 200 validation prompts; eval_interval 2
   assert e.value.step == 2
   workdir = tmp_path / 'run'
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
-  assert ckpt.latest_step() == 2 and ckpt.metrics(2) is None and ckpt.best_step() == 0
-  assert [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'valid_reward_mean' in r] == [0]
-  assert not (workdir / 'samples' / 'valid_step000002.jsonl').exists()  # the pass did not run to its end
+  validated = [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'valid_reward_mean' in r]
+  assert ckpt.latest_step() == 2
+  if batches > 1:
+    assert ckpt.metrics(2) is None and ckpt.best_step() == 0 and validated == [0]
+    assert not (workdir / 'samples' / 'valid_step000002.jsonl').exists()  # the pass did not run to its end
+  else:
+    assert ckpt.metrics(2) is not None and validated == [0, 2]
+    assert (workdir / 'samples' / 'valid_step000002.jsonl').exists()
 
 
 def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in_repo, monkeypatch):
