@@ -274,17 +274,23 @@ class Checkpointer:
 
   def close(self) -> None:
     """Waits for pending saves, deletes the checkpoints without metrics that a newer one has replaced, and
-    releases Orbax's threads. Call before the process exits (also on SIGTERM)."""
-    if not self.read_only:
-      # Orbax applies the keep policy before a save commits, so an unranked step stays until the save after the
-      # next one: at a run's end (its last save, a SIGTERM's step then one more) it would stay for good
-      self._manager.wait_until_finished()
-      steps = self.all_steps()
-      for step in steps[:-1]:
-        if self.metrics(step) is None:
-          self._manager.delete(step)
-          self._metrics_cache.pop(step, None)
-    self._manager.close()
+    releases Orbax's threads, even when a save failed (whose error it raises then). Call before the process exits
+    (also on SIGTERM)."""
+    try:
+      if not self.read_only:
+        # Orbax applies the keep policy before a save commits, so an unranked step stays until the save after the
+        # next one: at a run's end (its last save, a SIGTERM's step then one more) it would stay for good
+        self._manager.wait_until_finished()
+        steps = self.all_steps()
+        for step in steps[:-1]:
+          if self.metrics(step) is None:
+            self._manager.delete(step)
+            self._metrics_cache.pop(step, None)
+    finally:
+      try:
+        self._manager.close()
+      except Exception as e:  # noqa: BLE001  (a failed save's error again: the one above is the one to see)
+        log.debug('closing the checkpoint manager: %s', e)
 
   def __enter__(self) -> Checkpointer:
     return self
@@ -317,6 +323,28 @@ class Checkpointer:
     if isinstance(clean[self.best_metric], bool) or not isinstance(clean[self.best_metric], (int, float)):
       raise TypeError(f'metrics[{self.best_metric!r}] = {clean[self.best_metric]!r}: expected a number.')
     return clean
+
+
+class SaveFailed(RuntimeError):
+  """A checkpoint could not be written (a full disk, a bucket's quota or permissions): `train` says so in one line
+  and exits 1; the checkpoints committed before it are intact."""
+
+  exit_code = 1
+
+
+def failure_reason(e: BaseException) -> str:
+  """The OS's words for a failed write ("No space left on device") when the error chain has them, else its first
+  300 characters: Orbax's own message is a page of TensorStore status."""
+  seen = e
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return seen.strerror
+    seen = seen.__cause__ or seen.__context__
+  text = ' '.join(str(e).split())
+  for words in ('No space left on device', 'Disk quota exceeded', 'Permission denied', 'Read-only file system'):
+    if words in text:
+      return words
+  return text[:300]
 
 
 def _mismatch(stored: Any, target: Any) -> str | None:

@@ -69,7 +69,7 @@ def main(argv=None, abandon_threads: bool = False) -> int:
 
   def body() -> int:
     job, fv, argv_ = cli.parse_job_flags(argv, _define, required=('workdir',), doc=__doc__)
-    from rftjax import multihost, preemption, trainer  # JAX starts here, after the flags are known to be good
+    from rftjax import checkpoint, multihost, preemption, trainer  # JAX starts here, after the flags are good
 
     multihost.initialize(fv.distributed, fv.coordinator, fv.num_processes, fv.process_id)
     before = signal.signal(signal.SIGTERM, _preempted_while_starting)  # the loop's own handler replaces it
@@ -85,6 +85,9 @@ def main(argv=None, abandon_threads: bool = False) -> int:
       return e.exit_code
     except trainer.GuardStopped as e:
       print(f'stopped: {e}', file=sys.stderr)
+      return e.exit_code
+    except checkpoint.SaveFailed as e:
+      print(f'error: {e}', file=sys.stderr)
       return e.exit_code
     except preemption.Preempted as e:
       log.warning('%s', e)

@@ -130,8 +130,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
   # ---- mesh, model, optimizer state ----
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh), contextlib.ExitStack() as cleanup:  # the stack runs on success, preemption, errors
-    cleanup.callback(ckpt.close)
-    cleanup.callback(ckpt.wait_until_finished)
+    cleanup.push(_closing(ckpt, run))
     loaded = loader.load(config, mesh=mesh, tokenizer=tok)
     trainable, frozen = lora.split(loaded.params)  # LoRA: (adapters, base); full fine-tuning: (params, None)
     tx = step_lib.make_optimizer(config.optimizer, spec.total_steps, spec.step.num_iterations)
@@ -214,7 +213,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
         return None
       if ckpt.latest_step() != at:
         save(at, state, data_iter)
-      ckpt.wait_until_finished()  # the best step's metrics are on disk
+      _wait(ckpt, run)  # the best step's metrics are on disk
       best = ckpt.best_step()
       reward = (ckpt.metrics(best) or {}).get('valid_reward_mean') if best is not None else None
       return GuardStopped(
@@ -312,7 +311,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
           save(step + 1, state, data_iter)
         raise watcher.stop(step + 1)
     progress.close()
-    ckpt.wait_until_finished()  # the last save committed (or failed) inside the job: then 'succeeded' is true
+    _wait(ckpt, run)  # the last save committed (or failed) inside the job: then 'succeeded' is true
   return last_eval
 
 
@@ -392,7 +391,10 @@ def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | N
   checkpoints marked, and sync the run files with them."""
   t0 = time.perf_counter()
   best = None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']}
-  saved = ckpt.save(step, state, extra={'data': data_iter.state()}, metrics=best)
+  try:  # an asynchronous save's failure shows here at the next save, or at the end (_wait)
+    saved = ckpt.save(step, state, extra={'data': data_iter.state()}, metrics=best)
+  except Exception as e:
+    raise _save_failed(ckpt, run, e) from e
   if saved:  # a step on disk already (a stop right after a resume) is no second timing row for its step
     writer.write({'step': step, 'timing/checkpoint_s': time.perf_counter() - t0})
     writer.event(
@@ -404,3 +406,38 @@ def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | N
     except Exception as e:  # a plot must never stop a run
       log.warning('could not write the reward plot: %s', e)
   run.sync(raise_errors=False)  # so the bucket holds the metrics up to each checkpoint it holds
+
+
+def _save_failed(ckpt, run, e: Exception) -> checkpoint_lib.SaveFailed:
+  try:
+    latest = ckpt.all_steps()[-1]
+  except Exception:  # noqa: BLE001  (the folder itself may be what failed)
+    latest = None
+  where = f'checkpoint {latest} is where a rerun resumes' if latest is not None else 'no checkpoint was kept'
+  return checkpoint_lib.SaveFailed(
+    f'a checkpoint could not be written to {run.remote / "checkpoints"}: {checkpoint_lib.failure_reason(e)}; '
+    f'{where} (make room, then run the same command again)'
+  )
+
+
+def _wait(ckpt, run) -> None:
+  try:
+    ckpt.wait_until_finished()
+  except Exception as e:
+    raise _save_failed(ckpt, run, e) from e
+
+
+def _closing(ckpt, run):
+  """The checkpointer's exit, for an ExitStack: closed on success, preemption and errors alike; a save that failed
+  is raised as one SaveFailed when nothing else went wrong, else only logged (the first error is the one to see)."""
+
+  def close(exc_type, exc, tb) -> bool:
+    try:
+      ckpt.close()
+    except Exception as e:
+      if exc is None:
+        raise _save_failed(ckpt, run, e) from e
+      log.warning('the checkpoint in flight failed too: %s', checkpoint_lib.failure_reason(e))
+    return False
+
+  return close
