@@ -38,6 +38,20 @@ def setup_logging(verbosity: int = 0) -> None:
   logging.basicConfig(level=level, format=FORMAT, datefmt='%H:%M:%S', stream=sys.stderr, force=True)
   logging.getLogger('rftjax').setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
   logging.getLogger('absl').setLevel(level)  # Orbax logs through absl
+  if verbosity <= 0:
+    for handler in logging.getLogger().handlers:
+      handler.addFilter(_short_library_errors)
+
+
+def _short_library_errors(record: logging.LogRecord) -> bool:
+  """A library's error on the default console is one line, without its traceback: a failed Orbax save logs the
+  same page-long traceback from each of its threads before rftjax says what failed in one line."""
+  if record.name.startswith('rftjax') or not (record.exc_info or len(record.getMessage()) > 300):
+    return True
+  first = record.getMessage().splitlines()[0] if record.getMessage() else ''
+  record.msg, record.args = f'{first[:300]} (--verbosity=1 shows the rest)', ()
+  record.exc_info = record.exc_text = None
+  return True
 
 
 def exit_now(status: int) -> NoReturn:

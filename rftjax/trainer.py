@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import pathlib
+import shutil
 import time
 
 import jax
@@ -391,6 +392,7 @@ def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | N
   checkpoints marked, and sync the run files with them."""
   t0 = time.perf_counter()
   best = None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']}
+  _check_room(ckpt, run, step)
   try:  # an asynchronous save's failure shows here at the next save, or at the end (_wait)
     saved = ckpt.save(step, state, extra={'data': data_iter.state()}, metrics=best)
   except Exception as e:
@@ -418,6 +420,24 @@ def _save_failed(ckpt, run, e: Exception) -> checkpoint_lib.SaveFailed:
     f'a checkpoint could not be written to {run.remote / "checkpoints"}: {checkpoint_lib.failure_reason(e)}; '
     f'{where} (make room, then run the same command again)'
   )
+
+
+def _check_room(ckpt, run, step: int) -> None:
+  """A local disk without room for one more checkpoint the size of the last one is said before Orbax starts
+  writing (a write that fails part-way logs a page from each of Orbax's threads). Old checkpoints are deleted only
+  after the new one commits, so the room must be there first."""
+  steps = ckpt.all_steps()
+  if runfs.is_remote(run.remote) or not steps or step in steps:
+    return
+  last = ckpt.directory / str(steps[-1])
+  size = sum(f.stat().st_size for f in pathlib.Path(last).rglob('*') if f.is_file())
+  free = shutil.disk_usage(ckpt.directory).free
+  if free < 1.05 * size:
+    raise checkpoint_lib.SaveFailed(
+      f'no room for checkpoint {step} in {ckpt.directory}: {free / 2**20:.0f} MiB free, checkpoint {steps[-1]} '
+      f'took {size / 2**20:.0f} MiB; checkpoint {steps[-1]} is where a rerun resumes (make room, then run the same '
+      'command again)'
+    )
 
 
 def _wait(ckpt, run) -> None:

@@ -1,5 +1,6 @@
 """Train step and loop: sharded == single device, resume == uninterrupted, the CLI contract of metrics.jsonl."""
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -780,6 +781,9 @@ def test_a_sigterm_during_a_validation_saves_after_the_batch_not_after_the_pass(
     assert (workdir / 'samples' / 'valid_step000002.jsonl').exists()
 
 
+shutil_usage = collections.namedtuple('usage', 'total used free')
+
+
 def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in_repo, monkeypatch, capsys):
   """The last save is asynchronous: when it fails (a full disk, a bucket's quota), events.jsonl must end 'failed',
   not 'succeeded' written before the failure showed; `train` says so in one line and exits 1 (it printed pages of
@@ -804,6 +808,30 @@ def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in
   assert closed == [1]
   events = [json.loads(line) for line in (workdir / 'events.jsonl').read_text().splitlines()]
   assert [ev['data']['status'] for ev in events if 'status' in ev['data']] == ['running', 'failed']
+  # a disk without room for one more checkpoint the size of the last: said before Orbax writes anything
+  monkeypatch.setattr(checkpoint.Checkpointer, 'wait_until_finished', lambda self: None)
+  monkeypatch.setattr(trainer.shutil, 'disk_usage', lambda path: shutil_usage(total=2**30, used=2**30, free=2**20))
+  small = tmp_path / 'small'
+  assert train.main([*argv[:1], f'--workdir={small}', *argv[2:]]) == 1
+  (line,) = capsys.readouterr().err.splitlines()
+  assert line.startswith(f'error: no room for checkpoint 1 in {small / "checkpoints"}: 1 MiB free, checkpoint 0 took ')
+  assert line.endswith('; checkpoint 0 is where a rerun resumes (make room, then run the same command again)')
+
+
+def test_a_librarys_error_on_the_console_is_one_line():
+  """Orbax logs a failed save's traceback from each of its threads (~300 lines on a full disk): one line each."""
+  import logging
+  import sys
+
+  from rftjax import cli
+
+  try:
+    raise ValueError('RESOURCE_EXHAUSTED: ' + 'x' * 1000)
+  except ValueError:
+    record = logging.getLogger('absl').makeRecord('absl', logging.ERROR, 'f', 1, 'save failed: %s', ('boom',), None)
+    record.exc_info = sys.exc_info()
+  assert cli._short_library_errors(record) and record.exc_info is None
+  assert record.getMessage() == 'save failed: boom (--verbosity=1 shows the rest)'
 
 
 @pytest.mark.parametrize('group', [1, 4])
