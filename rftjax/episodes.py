@@ -133,7 +133,7 @@ def capped_calls(calls: list, most: int) -> list:
   stopping."""
   if len(calls) <= most:
     return calls
-  if most == 1:
+  if most <= 1:
     return calls[:1]
   note = (
     f'Error: {len(calls)} tool calls in one turn; at most {most} fit, so calls {most} to {len(calls)} were not run. '

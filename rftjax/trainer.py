@@ -154,7 +154,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
           'was it written with another model or LoRA setting? Choose a new --workdir'
         ) from None
       data_iter.restore(extra['data'])
-      start = latest  # GRPO steps (a checkpoint of before 2026-12-07 with num_iterations > 1 counted updates)
+      start = latest  # its number, in GRPO steps (older checkpoints' state['step'] counted num_iterations updates)
       _write_config(config, run)
       log.info('resumed from step %d in %s', start, run.remote)
     resumed_at = start if latest is not None else None  # a run stopped after its step-0 validation resumes at 0
