@@ -16,7 +16,7 @@ The wire format is that of OpenAI's Responses API function calls (rftjax/tool_se
                              "trace_id"}
   reply    200              {"type": "function_call_output", "call_id", "output": "<string>"}
 
-`post` is the one HTTP path of the host-side tools and of the `endpoint` grader: retries, deadlines, size limits.
+Requests go through `http_post.post`, the one HTTP path of the tools and of the `endpoint` grader.
 """
 
 from __future__ import annotations
@@ -30,28 +30,21 @@ import json
 import logging
 import pathlib
 import re
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Collection, Sequence
 
 from rftjax import data as data_lib
 from rftjax import errors
+from rftjax import http_post
 
 log = logging.getLogger(__name__)
 
-# What became of one call. The first six come from `post` (or, for an oversize request, from the size check
+# What became of one call. The first six come from `http_post.post` (or, for an oversize request, from the size check
 # before it); the last two never reach a server.
 KINDS = ('ok', 'client_error', 'server_error', 'timeout', 'connection', 'oversize', 'unknown_tool', 'bad_call')
-# Failures of the server or the network, not of the call: tried again, and discarded when they persist.
-RETRIED = ('server_error', 'timeout', 'connection')
 # Client errors that no call a model writes can cause (credentials, a wrong URL's method): discarded, not retried.
 REFUSED = (401, 403, 405, 407)
-# Client statuses that say "not now" (request timeout, rate limited): tried again like a server's, after the reply's
-# Retry-After seconds when it gives them (at most the call's timeout_s)
-BUSY = (408, 429)
 _FIELDS = ('name', 'server_url', 'headers')
 _NAME = re.compile(r'[A-Za-z0-9_-]{1,64}')  # OpenAI's rule for function names
 _OPEN, _CLOSE = '<tool_call>', '</tool_call>'
@@ -331,99 +324,6 @@ def _parse_body(body: str) -> ParsedCall:
   return ParsedCall(name, json.dumps(arguments, ensure_ascii=False))
 
 
-# HTTP --------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Reply:
-  """The outcome of `post`: `kind` is one of KINDS[:6]; `body` is the last reply's body (b'' when none was read)."""
-
-  kind: str
-  status: int | None  # the last HTTP status; None when no reply came
-  body: bytes
-  detail: str  # for failures, one line on what went wrong
-  attempts: int
-  latency_s: float
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-  """A redirected POST would arrive as a GET without its body; a 3xx is the server's answer, not a place to go."""
-
-  def redirect_request(self, *args, **kwargs):
-    return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect())
-
-
-def post(
-  url: str,
-  payload: bytes,
-  headers: dict[str, str],
-  timeout_s: float,
-  retries: int = 3,
-  max_bytes: int = 1_000_000,
-  backoff_s: float = 0.05,
-  pace: Callable[[], None] | None = None,
-) -> Reply:
-  """POST a JSON `payload`. 5xx, 408, 429, timeouts and connection errors are tried again, up to `retries` more
-  times, after pauses of backoff_s * 2**k (or the reply's Retry-After, up to timeout_s); any other answer is final.
-  A reply body over `max_bytes` is not read past the limit (`oversize`). `timeout_s` bounds each attempt, reading
-  the reply included. `pace()`, when given, runs before every attempt (a rate limiter)."""
-  t0 = time.perf_counter()
-  sent = {**headers, 'Content-Type': 'application/json'}
-  attempt = 0
-  while True:
-    if pace is not None:
-      pace()
-    kind, status, body, detail, wait = _attempt(url, payload, sent, timeout_s, max_bytes)
-    attempt += 1
-    if kind not in RETRIED or attempt > retries:
-      return Reply(kind, status, body, detail, attempt, time.perf_counter() - t0)
-    time.sleep(max(backoff_s * 2 ** (attempt - 1), min(wait or 0.0, timeout_s)))
-
-
-def _attempt(url: str, payload: bytes, headers: dict, timeout_s: float, max_bytes: int):
-  request = urllib.request.Request(url, data=payload, headers=headers, method='POST')
-  deadline = time.monotonic() + timeout_s
-  try:
-    with _OPENER.open(request, timeout=timeout_s) as response:
-      return (*_read(response, response.status, deadline, timeout_s, max_bytes), None)
-  except urllib.error.HTTPError as e:
-    try:
-      with e:
-        body = _read(e, e.code, deadline, timeout_s, max_bytes)[2]
-    except (OSError, http.client.HTTPException):  # the status is the answer; its body is a courtesy
-      body = b''
-    text = body.decode('utf-8', 'replace').strip()
-    detail = f'HTTP {e.code} from {url}' + (f': {text[:300]}' if text else '')
-    after = (e.headers.get('Retry-After') or '').strip() if e.headers is not None else ''
-    wait = float(after) if re.fullmatch(r'\d+(?:\.\d+)?', after) else None
-    return ('server_error' if e.code >= 500 or e.code in BUSY else 'client_error'), e.code, body, detail, wait
-  except TimeoutError:
-    return 'timeout', None, b'', f'no answer from {url} within {timeout_s:g} s', None
-  except urllib.error.URLError as e:
-    if isinstance(e.reason, TimeoutError):
-      return 'timeout', None, b'', f'no answer from {url} within {timeout_s:g} s', None
-    return 'connection', None, b'', f'cannot reach {url}: {e.reason}', None
-  except (http.client.HTTPException, OSError) as e:  # a dropped connection, a garbled status line
-    return 'connection', None, b'', f'connection to {url} failed: {type(e).__name__}: {e}', None
-
-
-def _read(response, status: int, deadline: float, timeout_s: float, max_bytes: int):
-  """(kind, status, body, detail) of a reply, reading no more than max_bytes + 1 bytes of it."""
-  length = response.headers.get('Content-Length', '')
-  if length.isdigit() and int(length) > max_bytes:
-    return 'oversize', status, b'', f'the reply is {int(length)} bytes, over the limit of {max_bytes}'
-  chunks, size = [], 0
-  while chunk := response.read1(min(65536, max_bytes + 1 - size)):
-    size += len(chunk)
-    if size > max_bytes:
-      return 'oversize', status, b'', f'the reply is over the limit of {max_bytes} bytes; reading stopped there'
-    if time.monotonic() > deadline:  # a server that trickles bytes would otherwise reset the socket timeout forever
-      raise TimeoutError(f'reply not read within {timeout_s:g} s')
-    chunks.append(chunk)
-  return 'ok', status, b''.join(chunks), ''
-
-
 # The client --------------------------------------------------------------------------------------------------------
 class ToolClient:
   """Runs parsed calls against their tools' servers, a turn's calls at once on a thread pool.
@@ -474,7 +374,9 @@ class ToolClient:
         'sent',
         'oversize',
       )
-    reply = post(tool.server_url, payload, tool.headers, self.timeout_s, self.retries, self.max_bytes, self.backoff_s)
+    reply = http_post.post(
+      tool.server_url, payload, tool.headers, self.timeout_s, self.retries, self.max_bytes, self.backoff_s
+    )
     return CallResult(
       call.name,
       call_id,
@@ -482,10 +384,10 @@ class ToolClient:
       reply.kind,
       reply.latency_s,
       reply.attempts,
-      reply.kind in RETRIED or (reply.kind == 'client_error' and reply.status in REFUSED),
+      reply.kind in http_post.RETRIED or (reply.kind == 'client_error' and reply.status in REFUSED),
     )
 
-  def _shown(self, name: str, reply: Reply) -> str:
+  def _shown(self, name: str, reply: http_post.Reply) -> str:
     """The string the model reads for `reply`."""
     if reply.kind == 'ok':
       return reply_output(reply.body)

@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any
 
-from rftjax import tools
+from rftjax import http_post
 from rftjax.graders import core
 
 RETRIES = 3
@@ -82,9 +82,9 @@ class Endpoint(core.Grader):
       payload = json.dumps({'sample': sample, 'item': item, 'trace_id': trace_id}, ensure_ascii=False).encode()
     except (TypeError, ValueError) as e:
       return core.failed(core.ENDPOINT, f'cannot send the item as JSON: {e}', trace_id=trace_id)
-    reply = tools.post(self.url, payload, self.headers, timeout_s, RETRIES, MAX_REPLY_BYTES, BACKOFF_S, self.pace)
+    reply = http_post.post(self.url, payload, self.headers, timeout_s, RETRIES, MAX_REPLY_BYTES, BACKOFF_S, self.pace)
     meta: dict[str, Any] = {'latency_s': reply.latency_s, 'attempts': reply.attempts, 'trace_id': trace_id}
-    if reply.kind in tools.RETRIED:
+    if reply.kind in http_post.RETRIED:
       return core.failed(core.ENDPOINT, f'{reply.detail} ({reply.attempts} attempts)', discard=True, **meta)
     if reply.kind != 'ok':
       return core.failed(core.ENDPOINT, reply.detail, **meta)
