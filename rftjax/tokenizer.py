@@ -280,6 +280,59 @@ class Tokenizer:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# An exported folder's tokenizer files (weights.export_hf).
+
+
+def _tokenizer_payload(tokenizer) -> dict[str, bytes]:
+  """The backend's own files (tokenizer.Tokenizer.serialized_files): a sentencepiece proto or a tokenizers JSON."""
+  if not hasattr(tokenizer, 'serialized_files'):
+    raise TypeError(f'cannot export tokenizer {tokenizer!r}: it has no serialized_files()')
+  return tokenizer.serialized_files()
+
+
+def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
+  """tokenizer.model (sentencepiece) or tokenizer.json (BPE), plus tokenizer_config.json with the chat template: the
+  model's own Jinja one when it shipped one (tools included), else the twin of the run's named template."""
+  files = _tokenizer_payload(tokenizer)
+  for stale in ('tokenizer.model', 'tokenizer.json', 'special_tokens_map.json', 'chat_template.jinja'):
+    (out / stale).unlink(missing_ok=True)
+  for name, data in files.items():
+    (out / name).write_bytes(data)
+  token = lambda i: tokenizer.id_to_token(i) if i is not None else None  # noqa: E731
+  special = {
+    'bos_token': token(tokenizer.bos_id),
+    'eos_token': token(tokenizer.eos_id),
+    'pad_token': token(tokenizer.pad_id),
+  }
+  if getattr(tokenizer, 'has_jinja_template', False):
+    template = tokenizer.jinja_template
+  else:
+    template = chat_template_lib.jinja_twin(
+      tokenizer.chat_template,
+      add_bos=bool(tokenizer.add_bos),
+      default_system=tokenizer.default_system,
+      thinking=tokenizer.thinking,  # the run's default
+    )
+  tok_config = dict(
+    tokenizer_class='GemmaTokenizer' if 'tokenizer.model' in files else 'PreTrainedTokenizerFast',
+    add_bos_token=bool(tokenizer.add_bos),
+    add_eos_token=False,
+    clean_up_tokenization_spaces=False,
+    model_max_length=config['max_position_embeddings'],
+    chat_template=template,
+    **{k: v for k, v in special.items() if v is not None},
+  )
+  if 'tokenizer.model' in files:
+    # GemmaTokenizer adds a '<mask>' token past the vocabulary unless told the model's own (Gemma has one) or none
+    mask = '<mask>' if tokenizer.token_to_id('<mask>') is not None else None
+    tok_config.update(unk_token='<unk>', mask_token=mask, sp_model_kwargs={}, spaces_between_special_tokens=False)
+  (out / 'tokenizer_config.json').write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + '\n')
+  (out / 'special_tokens_map.json').write_text(
+    json.dumps({k: v for k, v in special.items() if v is not None}, indent=2, ensure_ascii=False) + '\n'
+  )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Loading.
 
 

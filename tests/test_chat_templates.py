@@ -464,13 +464,12 @@ def test_jinja_twins_render_the_named_templates_with_bos_where_rftjax_adds_it(na
 
 def test_an_export_keeps_the_models_own_template(smollm2, tmp_path):
   """A tokenizer that ships a Jinja template exports it as is (tools and all); one without exports the named twin."""
-  from rftjax import weights
 
   tok, _ = smollm2
-  weights.write_tokenizer_files(tok, tmp_path, {'max_position_embeddings': 2048})
+  tokenizer.write_tokenizer_files(tok, tmp_path, {'max_position_embeddings': 2048})
   assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == tok.jinja_template
   plain = tokenizer.load_tokenizer('gguf:smollm2-135m', chat_template='plain')
-  weights.write_tokenizer_files(plain, tmp_path, {'max_position_embeddings': 2048})
+  tokenizer.write_tokenizer_files(plain, tmp_path, {'max_position_embeddings': 2048})
   assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == chat_template.jinja_twin(
     'plain', add_bos=plain.add_bos
   )
@@ -479,10 +478,9 @@ def test_an_export_keeps_the_models_own_template(smollm2, tmp_path):
 def test_an_exported_sentencepiece_tokenizer_has_the_models_vocabulary(tmp_path):
   """transformers' GemmaTokenizer adds a '<mask>' token past the vocabulary of a model that has none (the tiny
   demos'): the exported model would have one token more in its tokenizer than in its embedding."""
-  from rftjax import weights
 
   tok = tokenizer.load_tokenizer(f'sp:{ROOT}/data/tiny_tools/tokenizer.model')
-  weights.write_tokenizer_files(tok, tmp_path, {'max_position_embeddings': 512})
+  tokenizer.write_tokenizer_files(tok, tmp_path, {'max_position_embeddings': 512})
   ref = _auto(tmp_path)
   assert len(ref) == tok.vocab_size and ref.mask_token is None
   text = 'Secret? 42'
