@@ -218,6 +218,32 @@ JINJA_TWINS = {
 }
 
 
+# What data.py does to an OpenAI row before any template sees it (`developer` is `system`, text parts joined, null
+# content ''), in Jinja: an exported template starts with it, so a server given the same row renders the prompt the
+# model was trained on. It writes nothing and ends without trimming, so the template's own text starts unchanged.
+SERVING_PRELUDE = (
+  '{%- set rftjax_ns = namespace(messages=[]) -%}'
+  '{%- for rftjax_m in messages -%}'
+  "{%- set rftjax_c = rftjax_m['content'] if rftjax_m['content'] is defined and rftjax_m['content'] is not none "
+  "else '' -%}"
+  "{%- if rftjax_c is not string -%}{%- set rftjax_c = rftjax_c | map(attribute='text') | join('') -%}{%- endif -%}"
+  "{%- set rftjax_role = 'system' if rftjax_m['role'] == 'developer' else rftjax_m['role'] -%}"
+  '{%- set rftjax_ns.messages = rftjax_ns.messages + [dict(rftjax_m, role=rftjax_role, content=rftjax_c)] -%}'
+  '{%- endfor -%}'
+  '{%- set messages = rftjax_ns.messages %}'
+)
+
+
+def for_serving(text: str, *, thinking: bool) -> str:
+  """Template `text` as an export writes it: SERVING_PRELUDE first, and in a template that reads `enable_thinking`,
+  the run's switch as the value when a request gives none (Qwen3's thinks by default; rftjax trained with
+  `thinking`, False unless set)."""
+  if 'enable_thinking' in text:
+    default = f'{{%- set enable_thinking = {str(thinking).lower()} %}}'
+    text = f'{{%- if enable_thinking is not defined %}}{default}{{%- endif %}}{text}'
+  return SERVING_PRELUDE + text
+
+
 def jinja_twin(name: str, *, add_bos: bool, default_system: str = '', thinking: bool = False) -> str:
   """The Jinja twin of template `name` as an export writes it: BOS first when the tokenizer adds one
   (apply_chat_template tokenizes without special tokens, so the template must write it), the run's default system

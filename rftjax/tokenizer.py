@@ -183,6 +183,10 @@ class Tokenizer:
   jinja_template = property(
     lambda self: self._jinja.text if self._jinja else None, doc="The model's Jinja template text, if it ships one."
   )
+  jinja_templates = property(
+    lambda self: dict(self._jinja.templates) if self._jinja else {},
+    doc="All of the model's Jinja templates by name ('default', 'tool_use', ...).",
+  )
   jinja_source = property(lambda self: self._jinja.source if self._jinja else None, doc='Where it came from.')
 
   def token_to_id(self, token: str) -> int | None:
@@ -291,11 +295,15 @@ def _tokenizer_payload(tokenizer) -> dict[str, bytes]:
 
 
 def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
-  """tokenizer.model (sentencepiece) or tokenizer.json (BPE), plus tokenizer_config.json with the chat template: the
-  model's own Jinja one when it shipped one (tools included), else the twin of the run's named template."""
+  """tokenizer.model (sentencepiece) or tokenizer.json (BPE), plus tokenizer_config.json with the chat template(s):
+  the model's own Jinja ones when it shipped them (`tool_use` too), else the twin of the run's named template; each
+  as `chat_template_lib.for_serving` writes it, so a server renders the trained prompts."""
   files = _tokenizer_payload(tokenizer)
+  stale_templates = [*out.glob('chat_templates/*.jinja'), *out.glob('additional_chat_templates/*.jinja')]
   for stale in ('tokenizer.model', 'tokenizer.json', 'special_tokens_map.json', 'chat_template.jinja'):
     (out / stale).unlink(missing_ok=True)
+  for stale in stale_templates:  # transformers reads template files before the config's: an older export's would win
+    stale.unlink()
   for name, data in files.items():
     (out / name).write_bytes(data)
   token = lambda i: tokenizer.id_to_token(i) if i is not None else None  # noqa: E731
@@ -305,14 +313,22 @@ def write_tokenizer_files(tokenizer, out: pathlib.Path, config: dict) -> None:
     'pad_token': token(tokenizer.pad_id),
   }
   if getattr(tokenizer, 'has_jinja_template', False):
-    template = tokenizer.jinja_template
+    templates = tokenizer.jinja_templates
   else:
-    template = chat_template_lib.jinja_twin(
+    twin = chat_template_lib.jinja_twin(
       tokenizer.chat_template,
       add_bos=bool(tokenizer.add_bos),
       default_system=tokenizer.default_system,
       thinking=tokenizer.thinking,  # the run's default
     )
+    templates = {'default': twin}
+  templates = {k: chat_template_lib.for_serving(v, thinking=tokenizer.thinking) for k, v in templates.items()}
+  # one template as a string; several as transformers' list form, so `tool_use` serves tool requests as in training
+  template = (
+    templates['default']
+    if list(templates) == ['default']
+    else [{'name': k, 'template': v} for k, v in templates.items()]
+  )
   tok_config = dict(
     tokenizer_class='GemmaTokenizer' if 'tokenizer.model' in files else 'PreTrainedTokenizerFast',
     add_bos_token=bool(tokenizer.add_bos),

@@ -446,19 +446,47 @@ def test_gemma3_ids_match_transformers(gemma3):
   assert jinja.encode_prompt(*TOOL_CHATS[0]) == _ref_ids(ref, TOOL_CHATS[0][0], TOOLS_CC, chat_template=GEMMA3_JINJA)
 
 
+# OpenAI rows as users send them to a server too: a developer message, content as a list of text parts, an
+# assistant's tool call with null content. data.py turns them into what the templates render.
+OPENAI_ROWS = [
+  {
+    'messages': [
+      {'role': 'developer', 'content': 'You are terse.'},
+      {'role': 'user', 'content': [{'type': 'text', 'text': 'What is '}, {'type': 'input_text', 'text': '2 + 2?'}]},
+    ]
+  },
+  {
+    'messages': [
+      {'role': 'system', 'content': [{'type': 'text', 'text': 'Sys A.'}, {'type': 'text', 'text': ' Sys B.'}]},
+      {'role': 'user', 'content': 'Hi!'},
+      {'role': 'assistant', 'content': [{'type': 'text', 'text': 'Hello.'}]},
+      {'role': 'user', 'content': 'Tell me a joke.'},
+    ]
+  },
+]
+
+
+def _trained_messages(row):
+  return list(data.parse_line(json.dumps(row), 'row').messages)
+
+
 @pytest.mark.parametrize('name', sorted(chat_template.JINJA_TWINS))
 def test_jinja_twins_render_the_named_templates_with_bos_where_rftjax_adds_it(name):
   """What transformers renders from an exported twin (tokenized without special tokens) is rftjax's prompt: BOS
-  first exactly when the tokenizer adds one, as `encode_prompt` does (a plain-template export once dropped it)."""
+  first exactly when the tokenizer adds one, as `encode_prompt` does (a plain-template export once dropped it); and
+  from an OpenAI row as a client sends it (developer role, content parts) the prompt trained on that row (the
+  exported twin once rendered a `developer` turn, or failed on a parts list)."""
   from transformers.utils.chat_template_utils import render_jinja_template
 
   for add_bos in (True, False):
-    jinja = chat_template.jinja_twin(name, add_bos=add_bos, default_system='Be brief.')
-    for messages in CONVERSATIONS[:3]:
+    twin = chat_template.jinja_twin(name, add_bos=add_bos, default_system='Be brief.')
+    jinja = chat_template.for_serving(twin, thinking=False)
+    rows = [(m, m) for m in CONVERSATIONS[:3]] + [(r['messages'], _trained_messages(r)) for r in OPENAI_ROWS]
+    for sent, trained in rows:
       (got,), _ = render_jinja_template(
-        conversations=[messages], chat_template=jinja, add_generation_prompt=True, bos_token='<s>'
+        conversations=[sent], chat_template=jinja, add_generation_prompt=True, bos_token='<s>'
       )
-      named = tokenizer.render_chat(name, messages, default_system='Be brief.')
+      named = tokenizer.render_chat(name, trained, default_system='Be brief.')
       assert got == ('<s>' if add_bos else '') + named
 
 
@@ -467,12 +495,38 @@ def test_an_export_keeps_the_models_own_template(smollm2, tmp_path):
 
   tok, _ = smollm2
   tokenizer.write_tokenizer_files(tok, tmp_path, {'max_position_embeddings': 2048})
-  assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == tok.jinja_template
+  exported = json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template']
+  assert exported == chat_template.SERVING_PRELUDE + tok.jinja_template  # it reads no enable_thinking
   plain = tokenizer.load_tokenizer('gguf:smollm2-135m', chat_template='plain')
   tokenizer.write_tokenizer_files(plain, tmp_path, {'max_position_embeddings': 2048})
-  assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == chat_template.jinja_twin(
-    'plain', add_bos=plain.add_bos
+  assert json.loads((tmp_path / 'tokenizer_config.json').read_text())['chat_template'] == chat_template.for_serving(
+    chat_template.jinja_twin('plain', add_bos=plain.add_bos), thinking=False
   )
+
+
+@real_weights
+@pytest.mark.parametrize('thinking', [False, True])
+def test_an_exported_folder_serves_the_prompts_trained_on(tmp_path, thinking):
+  """transformers serving an exported Qwen3-style folder, given the rows as a client sends them, renders the ids
+  rftjax trained on: with the run's thinking switch when the request does not say (Qwen3's template thinks then;
+  runs default to not), with the `tool_use` template for a row with tools (the export once kept `default` alone),
+  and with a developer role and content parts as data.py reads them."""
+  tool_use = '{{- "# tools: " + (tools | length | string) + "\\n" }}' + QWEN3_JINJA
+  source = _write_qwen3_folder(
+    tmp_path / 'src', [{'name': 'default', 'template': QWEN3_JINJA}, {'name': 'tool_use', 'template': tool_use}]
+  )
+  tok = tokenizer.load_tokenizer(f'hf:{source}', thinking=thinking)
+  (tmp_path / 'out').mkdir()
+  tokenizer.write_tokenizer_files(tok, tmp_path / 'out', {'max_position_embeddings': 2048})
+  served = _auto(tmp_path / 'out')
+  user, call, result = TOOL_CHATS[1][0]
+  again = {'role': 'user', 'content': 'And 4 + 5?'}
+  tool_row = {'messages': [user, {**call, 'content': None}, result, again], 'tools': TOOLS}
+  for row in [*OPENAI_ROWS, *({'messages': m} for m in CHATS), tool_row]:
+    (trained,) = data.encode_prompts([data.parse_line(json.dumps(row), 'row')], tok)
+    tools = TOOLS_CC if 'tools' in row else None
+    assert _ref_ids(served, row['messages'], tools) == trained
+  assert tok.chat_text(*TOOL_CHATS[1]).startswith(f'# tools: {len(TOOLS)}\n')
 
 
 def test_an_exported_sentencepiece_tokenizer_has_the_models_vocabulary(tmp_path):
