@@ -82,6 +82,13 @@ def make_optimizer(opt_cfg, total_steps: int, updates_per_step: int = 1) -> opta
   )
 
 
+def _schedule_at(opt_state, count):
+  """`opt_state` with its schedule's update counter at `count` (Adam's own counter, its bias correction, stays)."""
+  is_schedule = lambda s: isinstance(s, optax.ScaleByScheduleState)  # noqa: E731
+  put = lambda s: s._replace(count=jnp.asarray(count, s.count.dtype)) if is_schedule(s) else s  # noqa: E731
+  return jax.tree.map(put, opt_state, is_leaf=is_schedule)
+
+
 def learning_rate(opt_cfg, step: int, total_steps: int) -> float:
   """The rate used by GRPO step `step` (1-based, as logged; each of its num_iterations updates), for metrics."""
   return float(schedule(opt_cfg, total_steps)(step - 1))
@@ -281,12 +288,15 @@ def policy_logprobs(step_cfg: StepConfig, params, batch: Batch):
 
 
 def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
-  """Returns `step(state, batch, frozen=None, advance=1) -> (state, metrics)`, jitted, donating the state.
+  """Returns `step(state, batch, frozen=None, iteration=None) -> (state, metrics)`, jitted, donating the state.
 
   `state['params']` are the trainable params; `frozen` the rest of the model (a LoRA run's base weights, see
   lora.split), which get no gradient and no optimizer state and are not donated. `state['step']` counts GRPO steps
-  (a resume starts there): it moves by `advance`, 1 on the last of a batch's num_iterations updates, else 0 (a
-  traced int: one program for both)."""
+  (a resume starts there): it moves after the last (`iteration` num_iterations - 1, the default) of a batch's
+  updates (a traced int: one program for all). The learning rate is the schedule's at `state['step']`, whatever
+  updates ran before (a resume with another num_iterations, skipped updates). A batch with no completion token to
+  train on (dynamic sampling found no group with signal, every row masked) leaves params and optimizer state as they
+  were: AdamW would still move them by its momentum and weight decay."""
   temperature = step_cfg.temperature or 1.0  # greedy sampling still trains the temperature-1 policy
 
   def loss_fn(trainable, frozen, batch: Batch, denominator=None):
@@ -347,15 +357,21 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
         metrics[key] = jnp.sum(jnp.where(counted > 0, values, 0.0) * counted) / jnp.sum(counted)
     return (metrics['loss'], metrics), grads
 
-  def step(state, batch: Batch, frozen=None, advance=1):
+  def step(state, batch: Batch, frozen=None, iteration=None):
+    mu = step_cfg.num_iterations
+    iteration = mu - 1 if iteration is None else iteration
     if step_cfg.microbatches > 1:
       (loss, metrics), grads = accumulated(state['params'], frozen, batch)
     else:
       (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], frozen, batch)
-    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
+    opt_state = _schedule_at(state['opt_state'], state['step'] * mu + iteration)
+    updates, new_opt_state = tx.update(grads, opt_state, state['params'])
+    trains = jnp.any(batch.completion_mask > 0)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(trains, n, o), new, old)  # noqa: E731
+    params = keep(optax.apply_updates(state['params'], updates), state['params'])
     metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-    return {'params': params, 'opt_state': opt_state, 'step': state['step'] + advance}, metrics
+    advance = jnp.asarray(iteration == mu - 1, state['step'].dtype)
+    return {'params': params, 'opt_state': keep(new_opt_state, opt_state), 'step': state['step'] + advance}, metrics
 
   return jax.jit(step, donate_argnums=0)
 
@@ -376,7 +392,7 @@ def make_update(step_cfg: StepConfig, tx: optax.GradientTransformation):
     if ref_params is not None:
       batch = batch.replace(ref_logp=policy_logprobs(step_cfg, ref_params, batch))
     for i in range(step_cfg.num_iterations):
-      state, metrics = train_step(state, batch, frozen, int(i == step_cfg.num_iterations - 1))
+      state, metrics = train_step(state, batch, frozen, i)
     return state, metrics
 
   return update

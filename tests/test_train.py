@@ -9,6 +9,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 import numpy as np
 import pytest
 
@@ -440,6 +441,54 @@ def test_a_batchs_updates_share_its_steps_learning_rate():
     moves.append(-float(updates['w'][0]))
   np.testing.assert_allclose(moves, [0.25, 0.25, 0.5, 0.5], rtol=1e-4)
   assert [train_step.learning_rate(opt, k, 12) for k in (1, 2)] == pytest.approx([0.25, 0.5])
+
+
+def _schedule_count(opt_state):
+  (count,) = {
+    int(s.count)
+    for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByScheduleState))
+    if isinstance(s, optax.ScaleByScheduleState)
+  }
+  return count
+
+
+def test_the_rate_follows_the_grpo_step_whatever_updates_ran_before():
+  """A run stopped at step 3 with num_iterations 1 and resumed with 2 has made 3 optimizer updates, not 6: the
+  schedule once read step 1's rate off the update counter (lr 0.4 applied while 0.7 was logged, on a 10-step
+  warm-up). The update at GRPO step k runs at the rate `learning_rate` gives for it, whatever the counter says."""
+  opt = ml_collections.ConfigDict(dict(OPT.to_dict(), warmup_steps=10))
+  tx = train_step.make_optimizer(opt, 20, updates_per_step=2)
+  step = train_step.make_train_step(train_step.StepConfig(CFG, grpo.LossConfig.dapo(), num_iterations=2), tx)
+  batch = make_batch()
+  states = []
+  for history in (3, 6):  # the updates that ran before GRPO step 3 under mu = 1, and under mu = 2
+    state = train_step.init_state(model.init_params(CFG, 0), tx)
+    state['step'] = jnp.asarray(3, jnp.int32)
+    is_schedule = lambda s: isinstance(s, optax.ScaleByScheduleState)  # noqa: E731
+    put = lambda s: s._replace(count=jnp.asarray(history, jnp.int32)) if is_schedule(s) else s  # noqa: E731
+    state['opt_state'] = jax.tree.map(put, state['opt_state'], is_leaf=is_schedule)
+    states.append(step(state, batch, None, 0)[0])
+  for a, b in zip(jax.tree.leaves(states[0]['params']), jax.tree.leaves(states[1]['params'])):
+    np.testing.assert_array_equal(a, b)
+  assert _schedule_count(states[0]['opt_state']) == 7 and int(states[0]['step']) == 3  # update 0 of step 3 (0-based)
+
+
+def test_a_batch_with_nothing_to_train_on_leaves_the_weights_alone():
+  """Dynamic sampling that found no group with signal masks every row: the gradient is 0, but AdamW's momentum and
+  weight decay moved the weights anyway (as far as a real step). Now params and optimizer state stay; the step
+  counter moves."""
+  tx = train_step.make_optimizer(OPT, 10)
+  step = train_step.make_train_step(train_step.StepConfig(CFG, grpo.LossConfig.dapo()), tx)
+  state, _ = step(train_step.init_state(model.init_params(CFG, 0), tx), make_batch())  # momentum to carry
+  before = jax.device_get(state)
+  empty = make_batch(seed=1)
+  empty = empty.replace(completion_mask=np.zeros_like(empty.completion_mask))
+  after, metrics = step(state, empty)
+  assert float(metrics['grad_norm']) == 0.0 and int(after['step']) == 2
+  for a, b in zip(jax.tree.leaves(before['params']), jax.tree.leaves(jax.device_get(after['params']))):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(before['opt_state']), jax.tree.leaves(jax.device_get(after['opt_state']))):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_model_graders_naming_an_init_get_a_local_judge(monkeypatch):
