@@ -233,8 +233,10 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh, shapes: ShapePicker | None 
   step and the old/reference logprob passes just stop computing on it. With `shapes`, a batch may take a wider
   shape that this run has compiled already instead of compiling its own (`ShapePicker`)."""
   rewards = r.rewards.astype(np.float32)
-  # a discarded row takes no part in its group's (or the batch's) mean and std: it moves no advantage
-  keep = ~r.discard if r.discard.any() else None
+  # a discarded row, or a group dynamic sampling kept only to fill the batch (keep_signal: no token in the loss),
+  # takes no part in its group's (or the batch's) mean and std: it moves no advantage
+  counted = ~r.discard & r.mask.any(axis=1)
+  keep = None if counted.all() else counted
   # this host holds its own rows: batch-wide moments pool every host's (one host: the array's own, as computed)
   moments = multihost.pooled_moments if jax.process_count() > 1 else None
   if cfg.overlong_buffer > 0:

@@ -152,6 +152,28 @@ def test_discarded_rollouts_get_no_loss_and_move_no_advantage(advantage, scale):
   assert rollout.rollout_metrics(r, 4)['discarded_frac'] == 0.25
 
 
+@pytest.mark.parametrize('advantage,scale', [('grpo', 'batch'), ('gdpo', 'batch')])
+def test_groups_kept_only_to_fill_the_batch_move_no_advantage(advantage, scale):
+  """Dynamic sampling that found one group with signal fills the batch with zero-variance groups, loss masked: their
+  rewards took part in the batch's std, so the one group's advantages depended on them (3.10 with all-0 fillers,
+  1.92 with all-1, 1.73 alone). Now they are the group's alone."""
+  got = []
+  for filler in (0, 1):
+    parts = [fake_rollout([(1, 0, 0, 0), (filler,) * 4, (filler,) * 4, (filler,) * 4], tag=1)]
+    r, n_signal = rollout.keep_signal(parts, 4, 4)
+    assert n_signal == 4
+    r = dataclasses.replace(r, results=[graders.GradeResult(x.reward, {'a': x.reward}) for x in r.results])
+    cfg = rollout.RolloutConfig(
+      num_generations=4, prompts=4, max_new_tokens=2, advantage=advantage, scale_rewards=scale,
+      gdpo_weights=(('a', 1.0),),
+    )  # fmt: skip
+    got.append(np.asarray(rollout.make_batch(r, cfg, mesh=None).advantages))
+  centred = np.asarray([0.75, -0.25, -0.25, -0.25])
+  np.testing.assert_allclose(got[0][:4], centred / (np.std([1, 0, 0, 0]) + 1e-4), rtol=1e-3)
+  np.testing.assert_array_equal(got[0], got[1])
+  np.testing.assert_array_equal(got[0][4:], 0)
+
+
 def test_bucket_lengths():
   assert [rollout.bucket(n, 48) for n in (1, 16, 17, 24, 25, 40, 41, 48)] == [16, 16, 24, 24, 40, 40, 48, 48]
   assert [rollout.bucket(n, 64, parts=2) for n in (1, 32, 33, 64)] == [32, 32, 64, 64]
