@@ -133,9 +133,12 @@ def base_learning_rate(model: str, init: str = '') -> float:
 
     loader.check_spec('init', init, ('gguf', 'hf'))
     try:
-      n = weights.config_from_file(init).num_params()
+      found = weights.config_from_file(init)
     except (OSError, ValueError) as e:  # an hf:DIR without config.json or weights, not a GGUF file
       raise errors.ConfigError(f'config.init={init!r}: {e}') from None
+    if found.name in BASE_LR:  # a file of a preset's architecture (gguf:gemma3-270m is gemma3_270m): its rate
+      return BASE_LR[found.name]
+    n = found.num_params()
   return min(1e-5, max(1e-7, 1e-6 * math.sqrt(1.2e9 / n)))
 
 
@@ -157,15 +160,16 @@ def _value(o, name: str, kind):
     if isinstance(raw, bool):
       raise ValueError
     value = float(raw)
-    if kind is int:
-      if value != int(value):
-        raise ValueError
-      value = int(value)
+    if not math.isfinite(value) or (kind is int and not (value == int(value) and abs(value) <= INT_LIMIT)):
+      raise ValueError
+    value = int(value) if kind is int else value
   except (TypeError, ValueError):
-    raise errors.ConfigError(
-      f"config.openai.{name}: expected {'an integer' if kind is int else 'a number'} or 'auto', got {raw!r}"
-    ) from None
+    expected = f'an integer up to {INT_LIMIT}' if kind is int else 'a finite number'
+    raise errors.ConfigError(f"config.openai.{name}: expected {expected} or 'auto', got {raw!r}") from None
   return value
+
+
+INT_LIMIT = 2**31 - 1  # batch sizes, intervals, seeds: beyond it a value is a typo (1e20 prompts per step)
 
 
 def _effort(raw) -> str | None:
@@ -185,7 +189,9 @@ def _positive(name: str, value, minimum=0, strict=True):
   return value
 
 
-def apply(config: ml_collections.ConfigDict, num_train_examples: int, explicit=()) -> ml_collections.ConfigDict:
+def apply(
+  config: ml_collections.ConfigDict, num_train_examples: int, explicit=(), quiet: bool = False
+) -> ml_collections.ConfigDict:
   """Returns a copy of `config` with config.openai resolved into native fields (see the module docstring).
 
   `explicit`: the dotted native keys the user set on the command line. An 'auto' rule never overrides one of them,
@@ -218,7 +224,8 @@ def apply(config: ml_collections.ConfigDict, num_train_examples: int, explicit=(
 
   def note(field: str, value, how: str) -> None:
     resolved[field] = {'value': value, 'from': how}
-    log.info('hparams: %s = %s (%s)', field, value, how)
+    if not quiet:
+      log.info('hparams: %s = %s (%s)', field, value, how)
 
   with c.ignore_type():
     if user['batch_size'] is not None:

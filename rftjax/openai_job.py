@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import logging
 import pathlib
 from typing import Any
@@ -166,8 +167,10 @@ def read(path: str | pathlib.Path) -> Job:
         _fail(path, at, value, f"one of {', '.join(hparams.REASONING_EFFORT)}, 'default' or 'auto'")
     elif isinstance(value, str) and value != 'auto':
       _fail(path, at, value, f"{_HYPER[key][1]} or 'auto'")
-    elif isinstance(value, _NUMBER) and value <= 0:
-      _fail(path, at, value, f'{_HYPER[key][1]} > 0')
+    elif isinstance(value, _NUMBER) and not 0 < value < math.inf:  # JSON's 1e400 parses as inf
+      _fail(path, at, value, f'{_HYPER[key][1]} > 0 and finite')
+    elif isinstance(value, int) and value > hparams.INT_LIMIT:
+      _fail(path, at, value, f'{_HYPER[key][1]} up to {hparams.INT_LIMIT}')
   suffix = body.get('suffix')
   if suffix is not None and (len(suffix) > 64 or not suffix.replace('-', '').replace('_', '').isalnum()):
     _fail(path, 'suffix', suffix, 'at most 64 letters, digits, - and _')

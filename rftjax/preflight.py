@@ -363,7 +363,9 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   load_start = os.getloadavg()
   # ---- the trainer's checks, in its order: nothing slow runs on bad input ----
   train_set = data_lib.load_jsonl(config.data.train, 'config.data.train')
-  config = runspec.resolve(config, len(train_set), explicit)  # the run's total_steps, batch size, G (OpenAI fields)
+  given, skips = config, runspec.skips_prompts(config)
+  # the run's total_steps, batch size, G (OpenAI fields), counted on the prompts that fit when others are skipped
+  config = runspec.resolve(config, len(train_set), explicit, quiet=skips)
   valid_set = data_lib.load_jsonl(config.data.valid, 'config.data.valid')[: config.data.valid_limit or None]
   grader_spec = config.grader
   runspec.check_grader(config, train_set + valid_set, explicit)
@@ -377,6 +379,8 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   fmt = response_format.make(config.get('response_format'))  # JSON completions: the schema joins every prompt
   # every line is checked as train checks it (a prompt too long), though only the first --limit are measured
   train_set, prompts = runspec.encode(config, train_set, tok, fmt, 'config.data.train')
+  if skips:
+    config, spec = runspec.resolve_kept(given, len(train_set), explicit, tok)
   measured, prompts = train_set[: limit or None], prompts[: limit or None]
   valid_set, valid_prompts = runspec.encode(config, valid_set, tok, fmt, 'config.data.valid')
   out = pathlib.Path(out)

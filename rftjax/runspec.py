@@ -327,13 +327,16 @@ def gdpo_weights(config) -> dict[str, float]:
   return weights
 
 
-def resolve(config, num_train_examples: int, explicit=()):
+def resolve(config, num_train_examples: int, explicit=(), quiet: bool = False):
   """A copy of `config` with the OpenAI-style fields applied (hparams.apply; `explicit`: the keys set on the command
   line, which win), checked, and the grader's content in `grader` (its file, if any, in `grader_file`), so that the
-  run's config.json keeps what the run was graded with."""
-  config = hparams.apply(config, num_train_examples, explicit).copy_and_resolve_references()
+  run's config.json keeps what the run was graded with. `quiet`: nothing logged (a first pass, to check the keys,
+  before the number of prompts that train is known: `resolve_kept`)."""
+  config = hparams.apply(config, num_train_examples, explicit, quiet=quiet).copy_and_resolve_references()
   check(config)
-  if 'grpo.scale_rewards' in explicit and config.grpo.advantage != 'grpo':
+  if not quiet:
+    _warn_about_length(config)
+  if 'grpo.scale_rewards' in explicit and config.grpo.advantage != 'grpo' and not quiet:
     log.warning(
       'grpo.scale_rewards=%s is ignored with grpo.advantage=%s, which has its own scaling (docs/grpo.md); use '
       "grpo.advantage='grpo' for that scale",
@@ -347,6 +350,37 @@ def resolve(config, num_train_examples: int, explicit=()):
     config.grader = spec
     config.response_format = response_format.load(config.get('response_format'))  # its content, like the grader
   return config
+
+
+def _warn_about_length(config) -> None:
+  """What an epoch count or a warm-up does not do in this run, said once its length is known."""
+  total, warmup = int(config.total_steps), int(config.optimizer.warmup_steps)
+  key = hparams.deciding_key(config, 'total_steps')
+  if warmup > total:
+    log.warning(
+      'optimizer.warmup_steps=%d is more than total_steps=%d (%s): the learning rate reaches at most %.3g of '
+      'optimizer.learning_rate=%g; lower optimizer.warmup_steps',
+      warmup, total, key, total / warmup, config.optimizer.learning_rate,
+    )  # fmt: skip
+  if config.grpo.dynamic_sampling and key != 'config.total_steps':
+    log.warning(
+      '%s counts GRPO steps of batch_size=%d prompts, but grpo.dynamic_sampling may draw up to %d batches a step '
+      '(1 + grpo.max_resample_rounds): the run may pass over the data up to that many times more',
+      key, config.batch_size, 1 + int(config.grpo.max_resample_rounds),
+    )  # fmt: skip
+
+
+def skips_prompts(config) -> bool:
+  """Whether prompts too long are left out (data.skip_long_prompts): then the training examples that count for the
+  OpenAI-style fields are known only after encoding, and `resolve` runs first `quiet`, then again (`resolve_kept`)."""
+  return bool(config.data.get('skip_long_prompts'))
+
+
+def resolve_kept(config, num_kept: int, explicit, tok):
+  """(config, spec) resolved again on the `num_kept` training prompts that are not too long (`n_epochs` counts
+  passes over the data that trains, the auto batch size its size); with the log lines the first pass left out."""
+  config = resolve(config, num_kept, explicit)
+  return config, build(config, tok)
 
 
 # ---- resuming ---------------------------------------------------------------------------------------------------

@@ -55,7 +55,9 @@ def train(config, workdir: str | pathlib.Path, explicit=()) -> dict:
 def _checked(config, workdir, explicit) -> dict:
   # ---- everything the user gave is checked before anything slow runs or any file is written ----
   train_set = data_lib.load_jsonl(config.data.train, 'config.data.train')
-  config = runspec.resolve(config, len(train_set), explicit)  # a copy: OpenAI fields applied, every key checked
+  given, skips = config, runspec.skips_prompts(config)
+  # a copy: OpenAI fields applied, every key checked (quiet if they must count the prompts that fit, known later)
+  config = runspec.resolve(config, len(train_set), explicit, quiet=skips)
   valid_set = data_lib.load_jsonl(config.data.valid, 'config.data.valid')[: config.data.valid_limit or None]
   log.info('data: %s', data_lib.describe(train_set, valid_set))
   tools.check_data_tools([(ex.source, ex.item) for ex in train_set + valid_set], tools.load_tools(config.tools))
@@ -66,6 +68,8 @@ def _checked(config, workdir, explicit) -> dict:
   spec = runspec.build(config, tok)
   fmt = response_format.make(config.response_format)  # JSON completions: the schema joins every prompt
   train_set, train_prompts = runspec.encode(config, train_set, tok, fmt, 'config.data.train')
+  if skips:
+    config, spec = runspec.resolve_kept(given, len(train_set), explicit, tok)
   valid_set, valid_prompts = runspec.encode(config, valid_set, tok, fmt, 'config.data.valid')
   k = spec.eval_samples  # k completions per validation prompt, each graded; the means average them all
   valid_prompts, valid_set = [p for p in valid_prompts for _ in range(k)], [e for e in valid_set for _ in range(k)]

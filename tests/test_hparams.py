@@ -1,6 +1,7 @@
 """OpenAI-style hyperparameters resolved into native config fields, against hand-computed numbers."""
 
 import json
+import re
 
 import pytest
 from absl import flags
@@ -89,6 +90,34 @@ def test_base_learning_rate_table_and_fallback():
     hparams.base_learning_rate('', 'gguf:/nonexistent/m.gguf')
 
 
+@pytest.mark.real_weights
+def test_a_file_of_a_presets_architecture_takes_the_presets_base_rate():
+  """A job's `model` is a file (configs/openai_job.py leaves config.model empty): gguf:gemma3-270m got the formula's
+  2.1e-6, not gemma3_270m's 3e-6 that configs/gemma3_270m.py trains the same weights with."""
+  assert hparams.base_learning_rate('', 'gguf:gemma3-270m') == hparams.BASE_LR['gemma3_270m'] == 3e-6
+
+
+def test_a_warm_up_longer_than_the_run_and_epochs_under_dynamic_sampling_are_said(caplog):
+  from configs import tiny
+  from rftjax import runspec
+
+  c = tiny.get_config('test')
+  c.openai.n_epochs, c.openai.batch_size = 1, 4
+  c.optimizer.warmup_steps, c.grpo.dynamic_sampling, c.grpo.max_resample_rounds = 5, True, 3
+  with caplog.at_level('WARNING', logger='rftjax'):
+    r = runspec.resolve(c, 12)
+  assert r.total_steps == 3
+  assert caplog.messages == [
+    'optimizer.warmup_steps=5 is more than total_steps=3 (config.openai.n_epochs): the learning rate reaches at '
+    f'most 0.6 of optimizer.learning_rate={c.optimizer.learning_rate:g}; lower optimizer.warmup_steps',
+    'config.openai.n_epochs counts GRPO steps of batch_size=4 prompts, but grpo.dynamic_sampling may draw up to 4 '
+    'batches a step (1 + grpo.max_resample_rounds): the run may pass over the data up to that many times more',
+  ]
+  caplog.clear()
+  runspec.resolve(c, 12, quiet=True)  # the first of two passes (data.skip_long_prompts): said by the second
+  assert caplog.messages == []
+
+
 def test_eval_samples_sets_the_native_field():
   r = hparams.apply(make_config(eval_samples=4), 100)
   assert r.eval_samples == 4 and resolved(r)['eval_samples']['value'] == 4
@@ -104,14 +133,23 @@ def test_eval_samples_sets_the_native_field():
 @pytest.mark.parametrize(
   'field,value,expect',
   [
-    ('n_epochs', 'three', "config.openai.n_epochs: expected a number or 'auto', got 'three'"),
+    ('n_epochs', 'three', "config.openai.n_epochs: expected a finite number or 'auto', got 'three'"),
     ('batch_size', 2.5, 'config.openai.batch_size: expected an integer'),
     ('learning_rate_multiplier', -1, 'config.openai.learning_rate_multiplier: must be > 0'),
     ('eval_interval', 0, 'config.openai.eval_interval: must be > 0'),
+    # non-finite values ended in a traceback (NaN: ValueError, inf: OverflowError); 1e20 prompts per step ran out
+    # of memory
+    ('n_epochs', 'nan', "config.openai.n_epochs: expected a finite number or 'auto', got 'nan'"),
+    (
+      'compute_multiplier',
+      float('inf'),
+      "config.openai.compute_multiplier: expected a finite number or 'auto', got inf",
+    ),
+    ('batch_size', 1e20, "config.openai.batch_size: expected an integer up to 2147483647 or 'auto', got 1e+20"),
   ],
 )
 def test_bad_values_name_the_field(field, value, expect):
-  with pytest.raises(errors.ConfigError, match=expect.replace('(', r'\(').replace(')', r'\)')):
+  with pytest.raises(errors.ConfigError, match=re.escape(expect)):
     hparams.apply(make_config(**{field: value}), 100)
 
 

@@ -140,6 +140,21 @@ def test_a_bad_field_is_named_by_its_json_path(tmp_path, changes, message):
   assert str(e.value).startswith(f'{path}: ') and message in str(e.value), str(e.value)
 
 
+def test_an_infinite_or_huge_hyperparameter_is_named_by_its_json_path(tmp_path):
+  """JSON's 1e400 parses as inf: it passed the check (> 0) and ended in an OverflowError traceback at resolve."""
+  at = 'method.reinforcement.hyperparameters'
+  for field, text, expected in (
+    ('n_epochs', '1e400', 'a number > 0 and finite'),
+    ('compute_multiplier', '1e400', 'a number > 0 and finite'),
+    ('batch_size', str(2**40), 'an integer up to 2147483647'),
+  ):
+    path = write_job(tmp_path, **{f'{at}.{field}': 12345})
+    path.write_text(path.read_text().replace('12345', text))
+    with pytest.raises(errors.ConfigError) as e:
+      openai_job.read(path)
+    assert str(e.value).startswith(f'{path}: {at}.{field}: found ') and expected in str(e.value), str(e.value)
+
+
 G = 'method.reinforcement.grader'
 
 
@@ -269,9 +284,8 @@ def test_an_init_model_uses_the_generic_config_and_reads_the_architecture(tmp_pa
 
   applied = openai_job.apply(generic.get_config(), job)
   assert (applied.init, applied.model, applied.tokenizer) == ('gguf:smollm2-135m', '', '')
-  assert hparams.base_learning_rate('', 'gguf:smollm2-135m') == pytest.approx(
-    1e-6 * (1.2e9 / 134_515_008) ** 0.5
-  )  # SmolLM2-135M's parameters, read from the GGUF header
+  # the architecture read from the GGUF header is the smollm2_135m preset's: its base rate
+  assert hparams.base_learning_rate('', 'gguf:smollm2-135m') == hparams.BASE_LR['smollm2_135m']
 
 
 def test_the_job_trains_unchanged_and_a_typo_stops_it_at_start_up(tmp_path, monkeypatch, capsys):

@@ -1004,6 +1004,25 @@ def test_long_prompts_can_be_skipped_instead_of_stopping_the_run(tmp_path, in_re
   assert [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_reward_mean' in r] == [1]
 
 
+def test_openai_epochs_count_the_prompts_that_train(tmp_path, in_repo, monkeypatch, caplog):
+  """openai.n_epochs=1 on 40 rows of which 30 are too long and skipped is one pass over the 10 that train (3 steps of
+  4), not over 40 (10 steps: 4 passes); the log and config.json say the count used."""
+  lines = (REPO / 'data/tiny/train.jsonl').read_text().splitlines()[:10]
+  long = json.dumps({'messages': [{'role': 'user', 'content': 'Largest digit: ' + '1 2 ' * 40}], 'answer': '2'})
+  train = tmp_path / 'train.jsonl'
+  train.write_text('\n'.join([*lines, *[long] * 30]) + '\n')
+  seen = {}
+  monkeypatch.setattr(trainer, '_train', lambda config, spec, *a: seen.update(config=config, spec=spec) or {})
+  overrides = {'data.train': str(train), 'data.skip_long_prompts': True, 'openai.n_epochs': 1, 'batch_size': 4}
+  with caplog.at_level('INFO', logger='rftjax'):
+    run(tmp_path, 'skip', 99, **overrides)
+  assert seen['config'].total_steps == 3 and seen['spec'].total_steps == 3
+  notes = [m for m in caplog.messages if m.startswith('hparams: total_steps')]
+  assert notes == [
+    'hparams: total_steps = 3 (ceil(n_epochs 1 x 10 examples / batch_size 4); n_epochs openai.n_epochs=1.0)'
+  ]
+
+
 def test_resume_calls_only_a_checkpoint_of_other_shapes_a_config_error(tmp_path, in_repo, monkeypatch):
   """Params of other shapes (a model file replaced under the same path: config.json cannot tell) are a one-line
   ConfigError naming the leaf; a checkpoint that fails to read for another reason keeps its own error and traceback."""
