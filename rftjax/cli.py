@@ -138,6 +138,11 @@ def check_inference_flags(p: argparse.ArgumentParser, args: argparse.Namespace) 
   top_p = getattr(args, 'top_p', None)
   if top_p is not None and not 0 < top_p <= 1:
     p.error(f'--top_p must be in (0, 1] (1 = off), got {top_p}')
+  from rftjax import sampler  # jax: the commands that take these flags load a model anyway
+
+  temperature = getattr(args, 'temperature', None)
+  if temperature is not None and 0 < temperature < sampler.MIN_TEMPERATURE:
+    p.error(f'--temperature must be 0 (greedy) or >= {sampler.MIN_TEMPERATURE:g}, got {temperature}')
   seed = getattr(args, 'seed', None)
   if seed is not None and not 0 <= seed <= MAX_SEED:  # a JAX key holds 32 bits: 2**32 would be seed 0 again
     p.error(f'--seed must be in [0, {MAX_SEED}], got {seed}')

@@ -177,6 +177,9 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _num(config, 'sampling.temperature', 0, why=' (0 = greedy)')
   _num(config, 'sampling.top_p', 0, 1, open_low=True)
   _int(config, 'sampling.top_k', 0, ' (0 = off)')
+  for key in ('sampling.temperature', 'eval_temperature'):
+    if 0 < (_get(config, key) or 0) < sampler_lib.MIN_TEMPERATURE:
+      _fail(key, _get(config, key), f'0 (greedy) or a number >= {sampler_lib.MIN_TEMPERATURE:g}')
   new_tokens = _int(config, 'sampling.max_new_tokens', 1)
   if config.sampling.cache_dtype:
     _choice(config, 'sampling.cache_dtype', DTYPES)
@@ -353,7 +356,13 @@ def resolve(config, num_train_examples: int, explicit=(), quiet: bool = False):
 
 
 def _warn_about_length(config) -> None:
-  """What an epoch count or a warm-up does not do in this run, said once its length is known."""
+  """What an epoch count, a warm-up or greedy rollouts do not do in this run, said once its length is known."""
+  if config.sampling.temperature == 0 and config.max_episode_steps == 1:
+    log.warning(
+      'sampling.temperature=0: greedy decoding gives the num_generations=%d completions of a prompt the same tokens, '
+      'so every group has one reward and no advantage; set sampling.temperature above 0 (1.0 is usual for GRPO)',
+      config.num_generations,
+    )
   total, warmup = int(config.total_steps), int(config.optimizer.warmup_steps)
   key = hparams.deciding_key(config, 'total_steps')
   if warmup > total:

@@ -17,6 +17,7 @@ a `Context` as well, and `resume` prefills only the next turn's new tokens into 
 from __future__ import annotations
 
 import dataclasses
+import math
 import functools
 from collections.abc import Sequence
 
@@ -30,6 +31,24 @@ from rftjax import lora as lora_lib
 from rftjax import model as model_lib
 
 
+# A temperature between 0 and this is refused: greedy in all but name (vLLM samples greedily below it), and small
+# enough ones make logits / T overflow float32 (1e-38: NaN logprobs, a token id past the vocabulary).
+MIN_TEMPERATURE = 1e-5
+
+
+def params_problem(temperature, top_p, top_k) -> str | None:
+  """What is wrong with these sampling values, in words naming the field ('temperature: ...'), or None. One check
+  for configs, command-line flags, graders' sampling_params and SamplingParams."""
+  number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
+  if not number(temperature) or temperature < 0 or 0 < temperature < MIN_TEMPERATURE:
+    return f'temperature: expected 0 (greedy) or a number >= {MIN_TEMPERATURE:g}, got {temperature!r}'
+  if not number(top_p) or not 0 < top_p <= 1:
+    return f'top_p: expected a number in (0, 1] (1 = off), got {top_p!r}'
+  if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+    return f'top_k: expected an integer >= 0 (0 = off), got {top_k!r}'
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
   """temperature 0 = greedy. top_k 0 and top_p 1.0 disable those filters."""
@@ -37,6 +56,11 @@ class SamplingParams:
   temperature: float = 1.0
   top_p: float = 1.0
   top_k: int = 0
+
+  def __post_init__(self):
+    problem = params_problem(self.temperature, self.top_p, self.top_k)
+    if problem:
+      raise ValueError(f'SamplingParams.{problem}')
 
 
 @flax.struct.dataclass
@@ -103,6 +127,7 @@ def choose(logits, rng, params: SamplingParams):
       cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
       # keep the smallest prefix whose mass reaches top_p (the token that crosses it stays)
       cutoff_idx = jnp.sum(cum - jax.nn.softmax(sorted_logits, axis=-1) < params.top_p, axis=-1, keepdims=True) - 1
+      cutoff_idx = jnp.maximum(cutoff_idx, 0)  # the most likely token always stays
       cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
       filtered = jnp.where(filtered < cutoff, -jnp.inf, filtered)
     token = draw(filtered, rng)
@@ -152,7 +177,8 @@ def draw(logits, rng, block: int = 256):
   p_k = jnp.take_along_axis(p, k[:, None, None], axis=1)[:, 0]  # [B, block]
   before = jnp.where(k > 0, jnp.take_along_axis(ends, jnp.maximum(k - 1, 0)[:, None], axis=1)[:, 0], 0.0)
   j = first_over(jnp.cumsum(p_k, axis=-1), (u[:, 0] - before)[:, None], p_k)
-  return (k * block + j).astype(jnp.int32)
+  # a row with no finite mass (NaN logits of a diverged model) lands in the padding: an id of the vocabulary still
+  return jnp.minimum(k * block + j, logits.shape[-1] - 1).astype(jnp.int32)
 
 
 @flax.struct.dataclass

@@ -463,6 +463,7 @@ def test_local_judge_answers_model_graders(run_dir, in_repo):
     ('--top_k=-3', '--top_k must be >= 0 (0 = off), got -3'),
     ('--temperature=-1', '--temperature must be >= 0 (0 = greedy), got -1.0'),
     ('--temperature=nan', '--temperature must be a finite number >= 0 (0 = greedy), got nan'),
+    ('--temperature=1e-40', '--temperature must be 0 (greedy) or >= 1e-05, got 1e-40'),
     ('--batch_size=-4', '--batch_size must be >= 1, got -4'),
     ('--batch_size=0', '--batch_size must be >= 1, got 0'),
     ('--step=5', '--step=5 picks a checkpoint of --workdir; --init= has no checkpoints: drop --step'),

@@ -40,9 +40,15 @@ BAD = [
   ([TINY, '--config.grpo.loss_aggregation=mean'], 'config.grpo.loss_aggregation: expected one of'),
   ([TINY, '--config.sampling.temperature=-1'], 'config.sampling.temperature: expected a finite number >= 0'),
   ([TINY, '--config.sampling.top_p=0'], 'config.sampling.top_p: expected a finite number > 0 and <= 1, found 0'),
+  # logits / 1e-38 overflow float32: NaN logprobs, token ids past the vocabulary
+  (
+    [TINY, '--config.sampling.temperature=1e-38'],
+    'config.sampling.temperature: expected 0 (greedy) or a number >= 1e-05',
+  ),
+  ([TINY, '--config.eval_temperature=1e-9'], 'config.eval_temperature: expected 0 (greedy) or a number >= 1e-05'),
   ([TINY, '--config.optimizer.schedule=linear'], "config.optimizer.schedule: expected one of 'constant', 'cosine'"),
   ([TINY, '--config.optimizer.learning_rate=0'], 'config.optimizer.learning_rate: expected a finite number > 0'),
-  ([TINY, '--config.openai.n_epochs=abc'], "config.openai.n_epochs: expected a number or 'auto', got 'abc'"),
+  ([TINY, '--config.openai.n_epochs=abc'], "config.openai.n_epochs: expected a finite number or 'auto', got 'abc'"),
   ([TINY, '--config.openai.batch_size=-2'], 'config.openai.batch_size: must be > 0'),
   (['--config=configs/tiny.py:foo'], "--config=configs/tiny.py:foo: unknown variant 'foo'; expected one of: test"),
   (

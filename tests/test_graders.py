@@ -292,6 +292,20 @@ def test_multi_inline():
     ),
     ({'type': 'code', 'input': OUT, 'tests': []}, 'non-empty list'),
     ({'type': 'math', 'input': OUT}, "missing required field 'reference'"),
+    # a local judge's sampling values: top_p 0 kept every token (full random sampling), -1 was greedy, 0 tokens 256
+    *(
+      (
+        {'type': 'score_model', 'input': [], 'model': 'm', 'range': [0, 1], 'sampling_params': params},
+        f'grader.sampling_params.{said}',
+      )
+      for params, said in (
+        ({'top_p': 0}, 'top_p: expected a number in (0, 1] (1 = off), got 0'),
+        ({'temperature': -1}, 'temperature: expected 0 (greedy) or a number >= 1e-05, got -1'),
+        ({'temperature': 1e-38}, 'temperature: expected 0 (greedy) or a number >= 1e-05, got 1e-38'),
+        ({'max_completions_tokens': 0}, 'max_completions_tokens: expected an integer >= 1, got 0'),
+        ({'seed': 'x'}, 'seed: expected an integer >= 0, got "x"'),
+      )
+    ),
   ],
 )
 def test_config_errors(spec, needle):

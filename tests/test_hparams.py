@@ -116,6 +116,12 @@ def test_a_warm_up_longer_than_the_run_and_epochs_under_dynamic_sampling_are_sai
   caplog.clear()
   runspec.resolve(c, 12, quiet=True)  # the first of two passes (data.skip_long_prompts): said by the second
   assert caplog.messages == []
+  c.sampling.temperature = 0.0  # every group one reward: nothing to learn from
+  with caplog.at_level('WARNING', logger='rftjax'):
+    runspec.resolve(c, 12)
+  assert caplog.messages[0].startswith(
+    'sampling.temperature=0: greedy decoding gives the num_generations=4 completions of a prompt the same tokens'
+  )
 
 
 def test_eval_samples_sets_the_native_field():

@@ -86,6 +86,24 @@ def test_top_p_keeps_smallest_prefix():
   assert draws == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: tokens 0 and 1 stay
 
 
+def test_sampling_values_that_misbehaved_are_refused_and_nan_logits_draw_a_vocabulary_id():
+  """top_p 0 kept every token; temperature 1e-38 overflowed logits / T; a row of NaN logits (a diverged model)
+  drew id 255 of a 4-token vocabulary, the padding of its block."""
+  for bad, said in (
+    (dict(top_p=0.0), 'SamplingParams.top_p: expected a number in (0, 1] (1 = off), got 0.0'),
+    (dict(temperature=1e-38), 'SamplingParams.temperature: expected 0 (greedy) or a number >= 1e-05, got 1e-38'),
+    (dict(top_k=-1), 'SamplingParams.top_k: expected an integer >= 0 (0 = off), got -1'),
+  ):
+    with pytest.raises(ValueError) as e:
+      sampler.SamplingParams(**bad)
+    assert str(e.value) == said
+  nan = jnp.full((3, 4), jnp.nan, jnp.float32)
+  assert np.asarray(sampler.draw(nan, jax.random.key(0))).tolist() == [3, 3, 3]
+  peaked = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+  tiny_p = sampler.SamplingParams(1.0, top_p=1e-9)  # the most likely token stays
+  assert {int(sampler.choose(peaked, jax.random.key(i), tiny_p)[0][0]) for i in range(20)} == {0}
+
+
 def test_draw_samples_the_softmax():
   """The two-level inverse-CDF draw: token frequencies match softmax(logits) over a vocabulary that is not a
   multiple of the block (600 = 2 blocks of 256 + padding), -inf tokens are never drawn, and a row whose mass sits

@@ -91,7 +91,7 @@ def _check_leaf(spec: dict, where: str) -> None:
   elif kind in ('score_model', 'label_model'):
     _field(spec, 'input', (list,), where)
     _field(spec, 'model', _STR, where)
-    _field(spec, 'sampling_params', (dict,), where, required=False)
+    _check_sampling_params(_field(spec, 'sampling_params', (dict,), where, required=False), where)
     _field(spec, 'base_url', _STR, where, required=False)
     _field(spec, 'api_key_env', _STR, where, required=False)
     retries = _field(spec, 'max_retries', (int,), where, required=False)
@@ -134,6 +134,23 @@ def _check_leaf(spec: dict, where: str) -> None:
     if rate is not None and not (rate > 0 and math.isfinite(rate)):
       raise _E(f'{where}.rate_limit: expected a positive number of requests per second, found {rate}')
     _field(spec, 'pass_threshold', _NUMBER, where, required=False)
+
+
+def _check_sampling_params(params: dict | None, where: str) -> None:
+  """OpenAI's sampling_params as a local judge samples with them: a top_p of 0 once kept every token."""
+  from rftjax import sampler  # jax: only for a model grader's spec
+
+  if not params:
+    return
+  problem = sampler.params_problem(params.get('temperature', 1.0), params.get('top_p', 1.0), 0)
+  if problem:
+    field, _, rest = problem.partition(': ')
+    raise _E(f'{where}.sampling_params.{field}: {rest}')
+  for key in ('max_completions_tokens', 'max_completion_tokens', 'max_tokens', 'seed'):
+    value = params.get(key)
+    low = 0 if key == 'seed' else 1
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+      raise _E(f'{where}.sampling_params.{key}: expected an integer >= {low}, got {json.dumps(value)}')
 
 
 def _positive(spec: dict, key: str, where: str) -> None:
