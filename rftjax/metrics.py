@@ -248,7 +248,9 @@ class MetricsWriter:
     if self._tb is not None:
       step = int(record['step'])
       for key, value in record.items():
-        if key != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # NaN (no token to average: every row masked) is left out, as metrics.jsonl writes null: tensorboardX
+        # would print a warning per value
+        if key != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
           self._tb.add_scalar(key, value, step)
       self._tb.flush()
 

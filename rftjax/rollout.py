@@ -411,6 +411,12 @@ class Rollouts:
         raise RolloutStopped(f'step {step + 1}: stopped after {attempt + 1} dynamic-sampling draws')
     if not cfg.dynamic_sampling:
       rolled = parts[0]
+    elif n_signal < cfg.prompts * g:  # this host's share; the masked groups train nothing (metrics: zero_std_*)
+      log.warning(
+        'step %d: dynamic sampling found %d of %d groups with reward variance after %d draws '
+        '(grpo.max_resample_rounds=%d); the other %d train nothing this step',
+        step + 1, n_signal // g, cfg.prompts, len(parts), cfg.max_resample_rounds, cfg.prompts - n_signal // g,
+      )  # fmt: skip
     results = [x for p in parts for x in p.results]
     if not self.failures_said and any(x.errors for x in results):
       self.failures_said = True

@@ -3,6 +3,7 @@ object and its checkpoints), checked against the `openai` package's own types an
 
 import json
 import time
+import types
 
 import numpy as np
 import pytest
@@ -364,3 +365,14 @@ def test_the_table_and_json_outputs_are_unchanged(tmp_path, capsys):
   assert as_flag['steps_done'] == TOTAL and 'object' not in as_flag
   assert report.main([f'--workdir={tmp_path}']) == 0
   assert capsys.readouterr().out.startswith('run ')
+
+
+def test_tensorboard_leaves_out_what_metrics_jsonl_writes_as_null(tmp_path):
+  """A step whose every row is masked has NaN token means: metrics.jsonl writes null; tensorboardX printed a 'NaN or
+  Inf found in input tensor' warning for each of them."""
+  w = metrics.MetricsWriter(tmp_path, tensorboard=False, total_steps=TOTAL, grader=GRADER)
+  scalars = []
+  w._tb = types.SimpleNamespace(add_scalar=lambda k, v, step: scalars.append((k, v, step)), flush=lambda: None)
+  w.write({'step': 1, 'loss': 0.0, 'kl': float('nan'), 'entropy': float('inf')})
+  assert scalars == [('loss', 0.0, 1)]
+  assert json.loads((tmp_path / 'metrics.jsonl').read_text()) == {'step': 1, 'loss': 0.0, 'kl': None, 'entropy': None}

@@ -84,9 +84,15 @@ def test_dynamic_sampling_keeps_only_groups_with_signal():
   assert r.mask.sum() == 16
 
 
-def test_dynamic_sampling_shortfall_is_masked_out():
-  r, n = collect(dynamic=True, max_rounds=1)
+def test_dynamic_sampling_shortfall_is_masked_out(caplog):
+  with caplog.at_level('WARNING', logger='rftjax'):
+    r, n = collect(dynamic=True, max_rounds=1)
   assert n == 2  # bounded: one extra round only
+  # said on the console (metrics.jsonl's zero_std_group_frac was the only trace)
+  assert caplog.messages == [
+    'step 1: dynamic sampling found 3 of 4 groups with reward variance after 2 draws (grpo.max_resample_rounds=1); '
+    'the other 1 train nothing this step'
+  ]
   assert r.texts[:6] == ['1:0', '1:1', '1:4', '1:5', '2:2', '2:3']
   np.testing.assert_array_equal(r.mask.sum(1), [2, 2, 2, 2, 2, 2, 0, 0])  # the filler group gets no loss
 
