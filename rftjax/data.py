@@ -8,6 +8,7 @@ dict saved with every checkpoint, so a resumed run sees exactly the prompts it w
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import pathlib
@@ -281,10 +282,14 @@ class DataIterator:
     shuffle: bool = True,
     process_index: int = 0,
     process_count: int = 1,
+    prompts: str | None = None,
   ):
+    """`prompts`: the `fingerprint` of the examples' prompt ids, saved with the state; `restore` refuses a state
+    saved over other prompts, where its position would point at other examples."""
     self.num_examples, self.batch_size, self.seed, self.shuffle = num_examples, batch_size, seed, shuffle
     self.process_index, self.process_count = process_index, process_count
     self.epoch, self.position = 0, 0
+    self.prompts = prompts
 
   def _order(self, epoch: int) -> np.ndarray:
     if not self.shuffle:
@@ -308,7 +313,24 @@ class DataIterator:
     return self.next_global()[self.process_index * per : (self.process_index + 1) * per]
 
   def state(self) -> dict:
-    return {'epoch': self.epoch, 'position': self.position}
+    extra = {} if self.prompts is None else {'num_examples': self.num_examples, 'prompts': self.prompts}
+    return {'epoch': self.epoch, 'position': self.position, **extra}
 
   def restore(self, state: dict) -> None:
+    """Back to a saved state; a ValueError saying what differs when it was saved over other prompts (a state of
+    before the fingerprints is taken as it is)."""
+    saved = state.get('prompts')
+    if saved is not None and self.prompts is not None and saved != self.prompts:
+      raise ValueError(
+        f'its data position is into {state.get("num_examples")} training prompts (fingerprint {saved[:12]}), this '
+        f'run has {self.num_examples} (fingerprint {self.prompts[:12]}): other prompts, or in another order'
+      )
     self.epoch, self.position = int(state['epoch']), int(state['position'])
+
+
+def fingerprint(prompts) -> str:
+  """sha256 of a split's prompt ids, in order (DataIterator's `prompts`)."""
+  digest = hashlib.sha256()
+  for ids in prompts:
+    digest.update(np.asarray(ids, np.int64).tobytes() + b';')
+  return digest.hexdigest()

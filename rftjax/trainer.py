@@ -147,7 +147,9 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
 
     # ---- resume ----
     hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    data_iter = data_lib.DataIterator(len(train_set), config.batch_size, config.seed, **hosts)
+    data_iter = data_lib.DataIterator(
+      len(train_set), config.batch_size, config.seed, prompts=data_lib.fingerprint(train_prompts), **hosts
+    )
     start = 0
     if latest is not None:
       try:
@@ -157,7 +159,14 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
           f'--workdir={run.remote}: checkpoint {latest} does not fit this config ({str(e).split(" failed: ")[-1]}); '
           'was it written with another model or LoRA setting? Choose a new --workdir'
         ) from None
-      data_iter.restore(extra['data'])
+      try:
+        data_iter.restore(extra['data'])
+      except ValueError as e:  # its position would silently point at other examples
+        raise errors.ConfigError(
+          f'--workdir={run.remote}: checkpoint {latest} cannot resume on this data: {e}. config.data.train, '
+          'data.max_prompt_len, data.skip_long_prompts or the chat template changed since; put them back, or '
+          'choose a new --workdir'
+        ) from None
       start = latest  # its number, in GRPO steps (older checkpoints' state['step'] counted num_iterations updates)
       _write_config(config, run)
       log.info('resumed from step %d in %s', start, run.remote)

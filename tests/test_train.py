@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -1002,6 +1003,17 @@ def test_long_prompts_can_be_skipped_instead_of_stopping_the_run(tmp_path, in_re
     workdir = run(tmp_path, 'skip', 1, **{'data.train': str(train), 'data.skip_long_prompts': True})
   assert any(m.startswith('skipped 1 prompts longer than config.data.max_prompt_len=20') for m in caplog.messages)
   assert [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_reward_mean' in r] == [1]
+  # the file cut under the same name: the saved data position would point at other prompts (it resumed silently)
+  train.write_text('\n'.join(lines[:10]) + '\n')
+  with pytest.raises(errors.ConfigError) as e:
+    run(tmp_path, 'skip', 2, **{'data.train': str(train), 'data.skip_long_prompts': True})
+  assert re.fullmatch(
+    rf'--workdir={workdir}: checkpoint 1 cannot resume on this data: its data position is into 40 training '
+    r'prompts \(fingerprint \w{12}\), this run has 10 \(fingerprint \w{12}\): other prompts, or in another order\. '
+    r'config\.data\.train, data\.max_prompt_len, data\.skip_long_prompts or the chat template changed since; put them '
+    r'back, or choose a new --workdir',
+    str(e.value),
+  ), str(e.value)
 
 
 def test_openai_epochs_count_the_prompts_that_train(tmp_path, in_repo, monkeypatch, caplog):
