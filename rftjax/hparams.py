@@ -15,7 +15,7 @@ they leave the native fields alone. Every resolved value is logged and recorded 
   compute_multiplier      -> num_generations = max(2, round half up(multiplier * num_generations)); auto: 1
   eval_interval           -> eval_interval; auto: max(1, ceil(total_steps / 10))
   eval_samples            -> eval_samples; auto: unchanged
-  reasoning_effort        -> sampling.max_new_tokens = round(REASONING_EFFORT[effort] * the config's); auto: unchanged
+  reasoning_effort        -> sampling.max_new_tokens = round half up(REASONING_EFFORT[effort] * the config's); auto: unchanged
   seed                    -> seed (None = the config's)
 """
 
@@ -284,7 +284,7 @@ def apply(
 
     effort = user['reasoning_effort']
     if effort is not None:
-      budget = max(1, round(REASONING_EFFORT[effort] * c.sampling.max_new_tokens))
+      budget = max(1, math.floor(REASONING_EFFORT[effort] * c.sampling.max_new_tokens + 0.5))  # half up
       note('sampling.max_new_tokens', budget, f'reasoning_effort {effort}: {REASONING_EFFORT[effort]:g} x '
            f'{c.sampling.max_new_tokens}')  # fmt: skip
       c.sampling.max_new_tokens = budget

@@ -198,3 +198,13 @@ def test_scale_rewards_set_for_another_advantage_is_warned_about(caplog, monkeyp
     'grpo.scale_rewards=batch is ignored with grpo.advantage=rloo, which has its own scaling (docs/grpo.md); use '
     "grpo.advantage='grpo' for that scale"
   ]
+
+
+def test_reasoning_effort_rounds_half_up_as_compute_multiplier_does():
+  """0.5 x 5 tokens was 2 (Python's round, half to even) while 0.5 x 7 was 4."""
+  budgets = []
+  for tokens in (3, 5, 7):
+    c = make_config(reasoning_effort='low').unlock()
+    c.sampling.max_new_tokens = tokens
+    budgets.append(hparams.apply(c, 100).sampling.max_new_tokens)
+  assert budgets == [2, 3, 4]
