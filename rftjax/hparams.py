@@ -15,7 +15,7 @@ they leave the native fields alone. Every resolved value is logged and recorded 
   compute_multiplier      -> num_generations = max(2, round half up(multiplier * num_generations)); auto: 1
   eval_interval           -> eval_interval; auto: max(1, ceil(total_steps / 10))
   eval_samples            -> eval_samples; auto: unchanged
-  reasoning_effort        -> sampling.max_new_tokens = round half up(REASONING_EFFORT[effort] * the config's); auto: unchanged
+  reasoning_effort        -> sampling.max_new_tokens = round half up(REASONING_EFFORT[effort] x config's); auto: same
   seed                    -> seed (None = the config's)
 """
 

@@ -365,7 +365,7 @@ def _warn_about_length(config) -> None:
     )
   total, warmup = int(config.total_steps), int(config.optimizer.warmup_steps)
   key = hparams.deciding_key(config, 'total_steps')
-  if warmup > total:
+  if warmup > total and key != 'config.total_steps':  # an epoch count decided the length: the user set no steps
     log.warning(
       'optimizer.warmup_steps=%d is more than total_steps=%d (%s): the learning rate reaches at most %.3g of '
       'optimizer.learning_rate=%g; lower optimizer.warmup_steps',
