@@ -109,6 +109,11 @@ def extract_answer(text: str) -> str | None:
     return (spans[-1][0] or spans[-1][1]).replace('\\dollar ', '').strip()
   if text.strip() and _is_bare(text.strip()):
     return text.strip().strip('*').strip()
+  line = text.strip()
+  if '\n' not in line and len(line) <= 120 and '=' in line:  # "x = 2 or x = 3": every root, not the last one
+    plain = normalize(line)[0]  # normalize lists the roots (_roots): no '=' left, several values
+    if '=' not in plain and len(_split_top(plain)) > 1:
+      return line
   rhs = _after_equals(text)
   if rhs is not None:
     return rhs
@@ -245,7 +250,10 @@ def normalize(ans: str) -> tuple[str, bool]:
   s = re.sub(r'\\(?:quad|qquad)', ' ', s)
   s = s.strip().rstrip('.').strip()
   s = re.sub(r'^\(?\s*([A-Za-z])\s*\)$', r'\1', s) if re.fullmatch(r'\(\s*[A-Z]\s*\)', s) else s
+  s = _roots(s)  # "x = 2 or x = 3" -> "2, 3"
   s = re.sub(r'^[A-Za-z]\s*=\s*(?=\S)', '', s)  # "x = 5" -> "5"
+  s = re.sub(r'^[A-Za-z]\s*(?:\\in|∈)\s*(?=\S)', '', s)  # "x \in (1, 2)" -> "(1, 2)"
+  s = _interval(s)  # "1 < x <= 2" -> "(1, 2]"
   unit = _UNIT.match(s)
   if unit and not _NOT_UNITS & {w.lower() for w in re.findall(r'[A-Za-z]+', unit.group(2))}:
     s = unit.group(1)  # "5 cm^2" -> "5"
@@ -255,6 +263,41 @@ def normalize(ans: str) -> tuple[str, bool]:
     s = s.replace(',', '')
   s = re.sub(r'(?<![\d.])0+(?=\d)', '', s)  # 007 -> 7 (Python rejects leading zeros)
   return s.strip(), percent
+
+
+_ROOT = re.compile(r'([A-Za-z])\s*=\s*([^=<>,]+?)')
+_ROOT_SEP = re.compile(r'\s*(?:,|\bor\b|\band\b)\s*(?:,|\bor\b|\band\b)?\s*')
+
+
+def _roots(s: str) -> str:
+  """The values of one variable listed as equations ("x = 2 or x = 3", "x=2, x=3") as a list, "2, 3"; anything else
+  (two variables: a solution of a system) unchanged."""
+  pieces = _ROOT_SEP.split(s.strip())
+  matches = [_ROOT.fullmatch(p) for p in pieces]
+  if len(pieces) < 2 or not all(matches) or len({m.group(1) for m in matches}) != 1:
+    return s
+  return ', '.join(m.group(2).strip() for m in matches)
+
+
+_BOUND = r'(-?\s*(?:oo|[\w.\\{}()/*+^-]+?))'
+
+
+def _interval(s: str) -> str:
+  """An inequality on one variable as the interval it describes: "1 < x <= 2" -> "(1, 2]", "x > 2" -> "(2, oo)",
+  "x <= -1" -> "(-oo, -1]", "2 < x" -> "(2, oo)"."""
+  m = re.fullmatch(rf'{_BOUND}\s*(<=|<)\s*[A-Za-z]\s*(<=|<)\s*{_BOUND}', s)
+  if m:
+    return f'{"[" if m.group(2) == "<=" else "("}{m.group(1)}, {m.group(4)}{"]" if m.group(3) == "<=" else ")"}'
+  m = re.fullmatch(rf'[A-Za-z]\s*(<=|<|>=|>)\s*{_BOUND}', s) or re.fullmatch(rf'{_BOUND}\s*(<=|<|>=|>)\s*[A-Za-z]', s)
+  if not m:
+    return s
+  op, bound = (m.group(1), m.group(2)) if s[0].isalpha() and not s.startswith('oo') else (m.group(2), m.group(1))
+  if not s[0].isalpha() or s.startswith('oo'):  # "2 < x" is "x > 2"
+    op = {'<': '>', '<=': '>=', '>': '<', '>=': '<='}[op]
+  closed = op in ('<=', '>=')
+  if op in ('>', '>='):
+    return f'{"[" if closed else "("}{bound}, oo)'
+  return f'(-oo, {bound}{"]" if closed else ")"}'
 
 
 def _to_sympy(s: str):
