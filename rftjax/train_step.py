@@ -288,7 +288,8 @@ def policy_logprobs(step_cfg: StepConfig, params, batch: Batch):
 
 
 def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
-  """Returns `step(state, batch, frozen=None, iteration=None) -> (state, metrics)`, jitted, donating the state.
+  """Returns `step(state, batch, frozen=None, iteration=None) -> (state, metrics)`, jitted (one program per placement
+  of the state, whose outputs keep its shardings), donating the state; `step.lower(...)` as a jitted function's.
 
   `state['params']` are the trainable params; `frozen` the rest of the model (a LoRA run's base weights, see
   lora.split), which get no gradient and no optimizer state and are not donated. `state['step']` counts GRPO steps
@@ -373,7 +374,24 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
     advance = jnp.asarray(iteration == mu - 1, state['step'].dtype)
     return {'params': params, 'opt_state': keep(new_opt_state, opt_state), 'step': state['step'] + advance}, metrics
 
-  return jax.jit(step, donate_argnums=0)
+  # The new state keeps the old one's shardings: left to XLA, full fine-tuning on an fsdp mesh got its norm scales
+  # (and their Adam moments) back sharded over fsdp, and the second call compiled the step a second time.
+  programs = {}
+
+  def jitted(state):
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(state)):  # inside a trace: no placement to keep
+      return programs.setdefault(None, jax.jit(step, donate_argnums=0))
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    key = (jax.tree.structure(shardings), tuple(jax.tree.leaves(shardings)))
+    if key not in programs:
+      programs[key] = jax.jit(step, donate_argnums=0, out_shardings=(shardings, None))
+    return programs[key]
+
+  def call(state, batch: Batch, frozen=None, iteration=None):
+    return jitted(state)(state, batch, frozen, iteration)
+
+  call.lower = lambda state, *args: jitted(state).lower(state, *args)  # state: arrays or ShapeDtypeStructs
+  return call
 
 
 def make_update(step_cfg: StepConfig, tx: optax.GradientTransformation):

@@ -89,7 +89,13 @@ def test_sharded_step_equals_single_device(group, part):
   sharded, m8 = one_step(mesh, batch)
   single, m1 = one_step(None, batch)
   q = sharded['params']['layers']['attn']['q']
-  assert q.sharding.spec == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor')
+  want = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'fsdp', 'tensor'))
+  assert q.sharding.is_equivalent_to(want, q.ndim)
+  # every leaf as init_state placed it (the norm scales came back sharded over fsdp: a second compile of the step)
+  with jax.set_mesh(mesh):
+    placed = train_step.init_state(model.init_params(CFG, 0, mesh), train_step.make_optimizer(OPT, 10))
+  for a, b in zip(jax.tree.leaves(placed), jax.tree.leaves(sharded)):
+    assert a.sharding == b.sharding, (a.sharding, b.sharding)
   mu = sharded['opt_state'][1][0].mu['layers']['attn']['q']  # Adam moments follow the params' sharding
   assert mu.sharding.spec == q.sharding.spec
   np.testing.assert_allclose(m8['loss'], m1['loss'], atol=1e-5)
