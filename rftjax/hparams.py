@@ -151,6 +151,9 @@ def auto_n_epochs(n_train: int, batch_size: int) -> int:
   return int(min(10, max(1, math.ceil(100 * batch_size / n_train))))
 
 
+INT_LIMIT = 2**31 - 1  # batch sizes, intervals, seeds: beyond it a value is a typo (1e20 prompts per step)
+
+
 def _value(o, name: str, kind):
   """The user's value as `kind` (int/float), or None for 'auto' / None / ''."""
   raw = o.get(name)
@@ -167,9 +170,6 @@ def _value(o, name: str, kind):
     expected = f'an integer up to {INT_LIMIT}' if kind is int else 'a finite number'
     raise errors.ConfigError(f"config.openai.{name}: expected {expected} or 'auto', got {raw!r}") from None
   return value
-
-
-INT_LIMIT = 2**31 - 1  # batch sizes, intervals, seeds: beyond it a value is a typo (1e20 prompts per step)
 
 
 def _effort(raw) -> str | None:

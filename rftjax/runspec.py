@@ -338,7 +338,7 @@ def resolve(config, num_train_examples: int, explicit=(), quiet: bool = False):
   config = hparams.apply(config, num_train_examples, explicit, quiet=quiet).copy_and_resolve_references()
   check(config)
   if not quiet:
-    _warn_about_length(config)
+    _warn_about_run(config)
   if 'grpo.scale_rewards' in explicit and config.grpo.advantage != 'grpo' and not quiet:
     log.warning(
       'grpo.scale_rewards=%s is ignored with grpo.advantage=%s, which has its own scaling (docs/grpo.md); use '
@@ -355,7 +355,7 @@ def resolve(config, num_train_examples: int, explicit=(), quiet: bool = False):
   return config
 
 
-def _warn_about_length(config) -> None:
+def _warn_about_run(config) -> None:
   """What an epoch count, a warm-up or greedy rollouts do not do in this run, said once its length is known."""
   if config.sampling.temperature == 0 and config.max_episode_steps == 1:
     log.warning(

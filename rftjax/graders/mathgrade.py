@@ -288,12 +288,15 @@ def _interval(s: str) -> str:
   m = re.fullmatch(rf'{_BOUND}\s*(<=|<)\s*[A-Za-z]\s*(<=|<)\s*{_BOUND}', s)
   if m:
     return f'{"[" if m.group(2) == "<=" else "("}{m.group(1)}, {m.group(4)}{"]" if m.group(3) == "<=" else ")"}'
-  m = re.fullmatch(rf'[A-Za-z]\s*(<=|<|>=|>)\s*{_BOUND}', s) or re.fullmatch(rf'{_BOUND}\s*(<=|<|>=|>)\s*[A-Za-z]', s)
-  if not m:
-    return s
-  op, bound = (m.group(1), m.group(2)) if s[0].isalpha() and not s.startswith('oo') else (m.group(2), m.group(1))
-  if not s[0].isalpha() or s.startswith('oo'):  # "2 < x" is "x > 2"
-    op = {'<': '>', '<=': '>=', '>': '<', '>=': '<='}[op]
+  m = re.fullmatch(rf'[A-Za-z]\s*(<=|<|>=|>)\s*{_BOUND}', s)
+  if m:
+    op, bound = m.groups()
+  else:
+    m = re.fullmatch(rf'{_BOUND}\s*(<=|<|>=|>)\s*[A-Za-z]', s)
+    if not m:
+      return s
+    bound, op = m.groups()
+    op = {'<': '>', '<=': '>=', '>': '<', '>=': '<='}[op]  # "2 < x" is "x > 2"
   closed = op in ('<=', '>=')
   if op in ('>', '>='):
     return f'{"[" if closed else "("}{bound}, oo)'
