@@ -246,16 +246,22 @@ def apply_rope(x_btnh, positions_bt, inv_freq_h2):
   return out.astype(x_btnh.dtype)
 
 
-def _attention_mask(q_index_t, k_index_s, key_mask_bs, window, is_local):
+def _attention_mask(q_index_t, k_index_s, key_mask_bs, window, is_local, positions=None):
   """[B, T, S] bool: causal in slot index, padding from key_mask, sliding window on local layers.
 
-  Prompts are left-padded, so real tokens are contiguous and slot distance equals position distance.
+  The window is measured in slots, or in tokens when `positions` gives the queries' and keys' positions
+  ([B, T], [B, S]): a cache's slots may hold holes (an episode's rows that stopped early), and a forward over the
+  transcript counts only tokens. Without holes (left-padded prompts, packed completions) slot distance is token
+  distance.
   """
-  causal = k_index_s[None, :] <= q_index_t[:, None]
+  mask = (k_index_s[None, :] <= q_index_t[:, None])[None] & key_mask_bs[:, None, :]
   if window:
-    in_window = (q_index_t[:, None] - k_index_s[None, :]) < window
-    causal = causal & jnp.where(is_local, in_window, True)
-  return causal[None] & key_mask_bs[:, None, :]
+    if positions is None:
+      distance = (q_index_t[:, None] - k_index_s[None, :])[None]
+    else:
+      distance = positions[0][:, :, None] - positions[1][:, None, :]
+    mask = mask & jnp.where(is_local, distance < window, True)
+  return mask
 
 
 def _linear(cfg: TransformerConfig, x, p, lora, name: str):
@@ -341,10 +347,11 @@ def _out_and_mlp(cfg: TransformerConfig, x, attended, p, lora):
 
 
 def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_index, k_index, key_mask, kv=None,
-           shared=None, cache_index=None):  # fmt: skip
+           shared=None, cache_index=None, key_pos=None):  # fmt: skip
   """One decoder layer. Returns (x, (k, v) of this call's tokens [B, T, K, H], or None without a cache).
 
-  q_index: the slots of the call's tokens. kv: None (keys are this call's tokens only) or this layer's cache
+  q_index: the slots of the call's tokens. key_pos: None, or each key slot's position [B, S] (S as key_mask's),
+  which a sliding window then counts in. kv: None (keys are this call's tokens only) or this layer's cache
   (k [B, K, H, S], v [B, K, S, H]; `kvcache`) whose slots are k_index, read only: the queries attend to the
   cache's slots before `cache_index` and to this call's own keys, and the caller writes the returned keys into
   slots [cache_index, cache_index + T) once for all layers. shared: None or this layer's
@@ -353,6 +360,8 @@ def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_
   q, k, v = _qkv(cfg, x, p, lora, inv_freq, positions)
   b, t = q.shape[:2]
   own = key_mask  # which of the call's own keys are real
+  # (query positions, key positions) for the window of each key block; None: slot distance
+  window_at = (lambda k_pos: None) if key_pos is None else (lambda k_pos: (positions, k_pos))  # noqa: E731
   cached = []  # ((keys, values), mask [B, T, S], groups): what the queries read from a cache
   if kv is not None:
     # the cache's slots before cache_index, then this call's own keys (rounded through the cache dtype, so a
@@ -364,13 +373,17 @@ def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_
     # no slot comes before a cache_index known to be 0 (a first prefill): reading the empty cache anyway cost ~20%
     # of a SmolLM2 prefill of 32 x 64 tokens (docs/benchmarks.md)
     if not (isinstance(cache_index, int) and cache_index == 0):
-      seen = key_mask[:, key_mask.shape[1] - k_index.shape[0] :] & (k_index < cache_index)[None]
-      cached.append((kv, _attention_mask(q_index, k_index, seen, cfg.sliding_window, is_local), b))
+      first = key_mask.shape[1] - k_index.shape[0]
+      seen = key_mask[:, first:] & (k_index < cache_index)[None]
+      near = window_at(None if key_pos is None else key_pos[:, first:])
+      cached.append((kv, _attention_mask(q_index, k_index, seen, cfg.sliding_window, is_local, near), b))
   if shared is not None:  # each group's queries against its prompt's keys, held once for the group
     prompt = jnp.arange(shared[1].shape[2])
-    seen = _attention_mask(q_index, prompt, key_mask[:, : prompt.shape[0]], cfg.sliding_window, is_local)
+    near = window_at(None if key_pos is None else key_pos[:, : prompt.shape[0]])
+    seen = _attention_mask(q_index, prompt, key_mask[:, : prompt.shape[0]], cfg.sliding_window, is_local, near)
     cached.append((shared, seen, shared[1].shape[0]))
-  own_mask = _attention_mask(q_index, q_index, own, cfg.sliding_window, is_local)  # own keys: the queries' slots
+  # own keys: the queries' slots and positions
+  own_mask = _attention_mask(q_index, q_index, own, cfg.sliding_window, is_local, window_at(positions))
   logits = [_mask(jnp.einsum('btkgh,bskh->bkgts', q, k), own_mask[:, None, None])]
   logits += [_mask(kvcache.logits(q, ck.astype(x.dtype), n), m[:, None, None]) for (ck, _), m, n in cached]
   probs = _softmax(logits, x.dtype)
@@ -443,7 +456,8 @@ def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask,
   tokens, positions: [B, T] int32. key_mask: [B, S] bool, True where a key slot holds a real token; without a
   cache S == T (the call's own tokens), with a cache S is the cache length and the call's tokens are written at
   slots [cache_index, cache_index + T). Returns (logits [B, T, V] float32 — or final hidden states when
-  return_hidden — and the updated cache or None).
+  return_hidden — and the updated cache or None). With a cache, a token's position is the number of real keys
+  before it (the sampler's rule, holes skipped), which is what a sliding window counts.
 
   shared: the keys and values of prompts that groups of consecutive rows share, a cache of B/G rows and P slots
   (`kvcache.init`), read only. They are slots [0, P) of every row of their group, stored once (not G times);
@@ -452,15 +466,17 @@ def forward(params: Params, cfg: TransformerConfig, tokens, positions, key_mask,
   t = tokens.shape[1]
   x = embed(params, cfg, tokens, dtype)
   q_index = jnp.arange(t) if cache is None else cache_index + jnp.arange(t)  # the call's tokens' slots
-  k_index = None  # the cache's slots
+  k_index = key_pos = None  # the cache's slots; their tokens' positions
   if cache is not None:
     k_index = (0 if shared is None else kvcache.slots(shared)) + jnp.arange(kvcache.slots(cache))
+    if cfg.sliding_window:  # a slot's position is the count of real keys before it (the sampler's positions)
+      key_pos = jnp.cumsum(key_mask, axis=1, dtype=jnp.int32) - 1
 
   # Each layer reads its cache slice (a scan input) and returns only this call's keys and values; they are written
   # into the cache once, after the scan, in place. Carrying the cache through the scan and updating it per layer
   # made XLA copy the whole cache once per layer: ~80% of a Gemma 3 decode step on CPU.
   def layer(x, p, lora, freq, local, kv):
-    return _layer(cfg, x, p, lora, freq, local, positions, q_index, k_index, key_mask, *kv, cache_index)
+    return _layer(cfg, x, p, lora, freq, local, positions, q_index, k_index, key_mask, *kv, cache_index, key_pos)
 
   kv = (cache['k'], cache['v']) if cache is not None else None
   per_layer = (kv, None if shared is None else (shared['k'], shared['v']))

@@ -25,6 +25,8 @@ from rftjax import tools
 from rftjax import train_step
 
 CFG = presets.tiny(vocab_size=128)
+# Gemma 3's layer kinds: local layers see a sliding window, shorter than the episodes below
+WINDOWED = dataclasses.replace(CFG, name='tiny_windowed', sliding_window=3, global_every=2, rope_base_local=100.0)
 
 
 def test_multi_token_stop_ends_the_row_at_the_sequence():
@@ -57,17 +59,17 @@ def test_stop_tokens_splits_single_and_multi_token_strings():
     sampler.stop_tokens(Tok(), ('',))
 
 
-def _episode(params, mesh):
+def _episode(params, mesh, cfg=CFG):
   """Three turns of a hand-driven episode: rows stop at different lengths, one row finishes after turn 1, another
   after turn 2; between turns each live row gets a tool block of its own length. Returns (prompt tokens and
   mask, transcripts, model masks, sampler logprobs)."""
   rng = np.random.default_rng(0)
   g, p, new, width = 2, 6, 5, 4
-  prompts = [list(rng.integers(10, CFG.vocab_size, n)) for n in (6, 3)]
+  prompts = [list(rng.integers(10, cfg.vocab_size, n)) for n in (6, 3)]
   rows = [q for q in prompts for _ in range(g)]
   tokens, mask = sampler.pad_prompts(rows, p, pad_id=0)
   s = sampler.Sampler(
-    CFG, p, new, stop_ids=tuple(range(10, 40)), pad_id=0, params=sampler.SamplingParams(1.0), group_size=g,
+    cfg, p, new, stop_ids=tuple(range(10, 40)), pad_id=0, params=sampler.SamplingParams(1.0), group_size=g,
     context_len=p + 3 * new + 2 * width,
   )  # fmt: skip
   put = (lambda x: multihost.to_global(mesh, np.asarray(x))) if mesh is not None else np.asarray
@@ -83,7 +85,7 @@ def _episode(params, mesh):
       bmask = np.zeros((len(rows), width), bool)
       for i in np.flatnonzero(live):
         k = 1 + (i + turn) % width
-        block[i, width - k :] = rng.integers(40, CFG.vocab_size, k)
+        block[i, width - k :] = rng.integers(40, cfg.vocab_size, k)
         bmask[i, width - k :] = True
         texts[i] += list(block[i, width - k :])
         model_mask[i] += [0.0] * k
@@ -102,14 +104,15 @@ def _episode(params, mesh):
   return tokens, mask, texts, model_mask, logps
 
 
-@pytest.mark.parametrize('devices', [1, 8])
-def test_continued_episode_logprobs_equal_one_forward_over_the_transcript(devices):
+@pytest.mark.parametrize('devices,cfg', [(1, CFG), (8, CFG), (1, WINDOWED)], ids=['1', '8', '1-windowed'])
+def test_continued_episode_logprobs_equal_one_forward_over_the_transcript(devices, cfg):
   """Sampling turn after turn from the same cache (holes where rows stopped early, tool blocks prefilled at the
-  next free slot) gives the logprobs that one forward over each row's contiguous transcript gives."""
+  next free slot) gives the logprobs that one forward over each row's contiguous transcript gives; with a sliding
+  window too, which counts the transcript's tokens, not the cache slots between them."""
   mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}) if devices == 8 else None
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    params = model.init_params(CFG, 3, mesh)
-    tokens, mask, texts, model_mask, logps = _episode(params, mesh)
+    params = model.init_params(cfg, 3, mesh)
+    tokens, mask, texts, model_mask, logps = _episode(params, mesh, cfg)
     w = max(map(len, texts))
     pad = lambda rows, dtype: np.asarray([list(r) + [0] * (w - len(r)) for r in rows], dtype)
     batch = train_step.Batch(
@@ -120,7 +123,7 @@ def test_continued_episode_logprobs_equal_one_forward_over_the_transcript(device
       advantages=np.zeros(len(texts), np.float32),
       sampler_logp=pad(logps, np.float32),
     )
-    recomputed = np.asarray(jax.jit(train_step.token_logprobs, static_argnums=(1, 3))(params, CFG, batch, 1.0))
+    recomputed = np.asarray(jax.jit(train_step.token_logprobs, static_argnums=(1, 3))(params, cfg, batch, 1.0))
   m = batch.completion_mask > 0
   assert m.sum() > 8 and (~m).sum() > 8  # model tokens and inserted tokens both present
   np.testing.assert_allclose(recomputed[m], batch.sampler_logp[m], atol=1e-5)
