@@ -70,7 +70,7 @@ def json_loads(text: str, error: type[UserError], label: str, in_file: bool = Tr
     raise ValueError(f'{name} is not JSON; expected a number, or null')
 
   try:
-    value = json.loads(text, object_pairs_hook=unique, parse_constant=constant)
+    value = loads_untrusted(text, object_pairs_hook=unique, parse_constant=constant)
   except json.JSONDecodeError as e:
     if in_file:
       raise error(f'{label}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})') from None
@@ -80,7 +80,7 @@ def json_loads(text: str, error: type[UserError], label: str, in_file: bool = Tr
     if text.strip() in ('[', '{'):  # a pretty-printed document, not JSON Lines
       hint = '; expected JSON Lines, one object per line, not one JSON document over many lines (jq -c converts one)'
     raise error(f'{label}: not valid JSON (column {e.colno}: {why}){hint}') from None
-  except ValueError as e:  # NaN, or an integer of more digits than Python converts
+  except ValueError as e:  # NaN, an integer of more digits than Python converts, nesting past MAX_JSON_DEPTH
     raise error(f'{label}: not valid JSON ({e})') from None
   if '\\ud' in text.lower():  # an escaped surrogate that pairs with none is valid JSON but no text (scraped data)
     try:
@@ -99,6 +99,31 @@ def json_loads(text: str, error: type[UserError], label: str, in_file: bool = Tr
       f'{label}: {at + "." if at else ""}{key}: the key {key!r} appears twice in one object (first {shown(first)}, '
       f'then {shown(last)}); expected each key once (a JSON reader keeps only the last, silently)'
     )
+  return value
+
+
+# Text from a model or a server may nest brackets a thousand deep (a collapsed policy repeating '['): Python's reader
+# then raises RecursionError, which is no ValueError, and a value parsed just under the limit fails again when it
+# is written back out (to a grading worker). Nothing real nests this deep.
+MAX_JSON_DEPTH = 100
+
+
+def loads_untrusted(text: str | bytes, **kwargs) -> Any:
+  """`json.loads(text, **kwargs)` for text a model or a server wrote: ValueError for invalid JSON and for arrays
+  and objects nested more than MAX_JSON_DEPTH deep, never RecursionError."""
+  try:
+    value = json.loads(text, **kwargs)
+  except RecursionError:
+    raise ValueError(f'JSON nested more than {MAX_JSON_DEPTH} deep') from None
+  level = [value]
+  for _ in range(MAX_JSON_DEPTH):
+    level = [
+      c for node in level if isinstance(node, (dict, list)) for c in (node.values() if isinstance(node, dict) else node)
+    ]
+    if not level:
+      return value
+  if any(isinstance(node, (dict, list)) for node in level):
+    raise ValueError(f'JSON nested more than {MAX_JSON_DEPTH} deep')
   return value
 
 

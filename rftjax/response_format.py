@@ -131,7 +131,7 @@ class ResponseFormat:
     if stripped[:1] not in ('{', '['):  # graders' sample.output_json is only ever an object or an array
       return f'not a JSON object or array: {stripped[:80]!r}'
     try:
-      value = json.loads(stripped, parse_constant=_no_constants)
+      value = errors.loads_untrusted(stripped, parse_constant=_no_constants)
     except json.JSONDecodeError as e:
       return f'not JSON ({e.msg} at line {e.lineno}, column {e.colno}): {stripped[:80]!r}'
     except ValueError as e:

@@ -175,7 +175,7 @@ TOOLS = {'calculator': _calculator, 'lookup': _lookup}
 def answer(body: bytes, episodes: Episodes) -> tuple[int, dict[str, Any]]:
   """(status, reply object) for one request body: a tool call, or (a body with "sample") a grading."""
   try:
-    call = json.loads(body)
+    call = errors.loads_untrusted(body)
   except ValueError as e:
     return 400, {'error': f'the request is not JSON: {e}'}
   if isinstance(call, dict) and 'sample' in call and 'name' not in call:
@@ -187,7 +187,7 @@ def answer(body: bytes, episodes: Episodes) -> tuple[int, dict[str, Any]]:
     return 404, {'error': f'no tool named {name!r}; this server has {", ".join(TOOLS)}'}
   if isinstance(arguments, str):
     try:
-      arguments = json.loads(arguments)
+      arguments = errors.loads_untrusted(arguments)
     except ValueError as e:
       return 400, {'error': f'arguments are not JSON: {e}'}
   if not isinstance(arguments, dict):
@@ -196,6 +196,9 @@ def answer(body: bytes, episodes: Episodes) -> tuple[int, dict[str, Any]]:
     output = TOOLS[name](arguments, episodes, str(call.get('trace_id') or ''))
   except ToolError as e:
     return e.status, {'error': str(e)}
+  except Exception as e:  # a tool's own bug: the caller hears of it as a server error (docs/tools.md)
+    print(f'tool_server: the tool {name!r} failed: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
+    return 500, {'error': f'the tool {name!r} failed: {type(e).__name__}: {e}'}
   return 200, {'type': 'function_call_output', 'call_id': call.get('call_id'), 'output': output}
 
 
@@ -211,10 +214,11 @@ def _grade(request: dict, episodes: Episodes) -> tuple[int, dict[str, Any]]:
 class _Handler(http.server.BaseHTTPRequestHandler):
   episodes: Episodes  # set per server by `make_server`
   protocol_version = 'HTTP/1.1'
+  timeout = 30  # seconds a connection may wait for bytes: a body shorter than its Content-Length ends, not hangs
 
   def do_POST(self):
     length = self.headers.get('Content-Length', '')
-    if not length.isdigit():
+    if not (length.isascii() and length.isdigit()):  # '²' is a digit to isdigit, not to int
       self._reply(411, {'error': 'expected a Content-Length header'}, close=True)
     elif int(length) > MAX_BYTES:  # refused unread; closing keeps the unread body from posing as the next request
       self._reply(413, {'error': f'the request is {length} bytes, over the limit of {MAX_BYTES}'}, close=True)
@@ -334,7 +338,11 @@ def main(argv: list[str] | None = None) -> int:
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return errors.EXIT_CODE
-  server = make_server(table, args.port, args.host)
+  try:
+    server = make_server(table, args.port, args.host)
+  except (OSError, OverflowError) as e:  # a port in use or out of range, a host this machine does not have
+    print(f'error: --host {args.host} --port {args.port}: cannot listen there ({e})', file=sys.stderr)
+    return errors.EXIT_CODE
   print(f'serving {", ".join(TOOLS)} at http://{args.host}:{server.server_address[1]}/ (Ctrl-C stops)', flush=True)
   try:
     server.serve_forever()

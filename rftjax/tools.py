@@ -293,7 +293,7 @@ def _untagged(text: str) -> list[ParsedCall]:
   if not (body.startswith('{') and body.endswith('}') and '"parameters"' in body):
     return []
   try:
-    obj = json.loads(body, parse_constant=_no_constant)
+    obj = errors.loads_untrusted(body, parse_constant=_no_constant)
   except ValueError:
     return []  # an answer that happens to be JSON-like: not a call
   if not isinstance(obj, dict) or not {'name', 'parameters'} <= obj.keys() <= {'type', 'name', 'parameters'}:
@@ -307,7 +307,7 @@ def _no_constant(name: str):
 
 def _parse_body(body: str) -> ParsedCall:
   try:
-    obj = json.loads(body, parse_constant=_no_constant)  # NaN would reach the server as invalid JSON
+    obj = errors.loads_untrusted(body, parse_constant=_no_constant)  # NaN would reach the server as invalid JSON
   except ValueError as e:
     msg = f'{e.msg} at line {e.lineno} column {e.colno}' if isinstance(e, json.JSONDecodeError) else str(e)
     return ParsedCall('', '', f'Error: the tool call is not valid JSON ({msg}); {_EXPECTED}')
@@ -419,7 +419,7 @@ def reply_output(body: bytes) -> str:
   """The output in a tool's reply: `output` of a {"output": ...} object (a non-string as JSON), or the body as text."""
   text = body.decode('utf-8', 'replace')
   try:
-    obj = json.loads(text)
+    obj = errors.loads_untrusted(text)
   except ValueError:
     return text
   if isinstance(obj, dict) and 'output' in obj:
@@ -432,7 +432,7 @@ def _error_message(body: bytes) -> str:
   """The message of an error reply: its `output`, `error` (or `error.message`), `message` or `detail`, or the text."""
   text = body.decode('utf-8', 'replace').strip()
   try:
-    obj = json.loads(text)
+    obj = errors.loads_untrusted(text)
   except ValueError:
     return text
   if isinstance(obj, dict):

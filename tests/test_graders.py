@@ -10,6 +10,7 @@ import pytest
 import local_http
 
 from rftjax import graders
+from rftjax.graders import core
 from rftjax.graders import formula
 from rftjax.graders import text_graders
 
@@ -486,6 +487,21 @@ def test_multi_with_a_model_judge_through_the_pool():
   with graders.GradingPool(num_workers=1, timeout_s=5) as pool:
     res = pool.submit(g, ['it is 42', 'it is 41'], [{}, {}]).result(timeout=30)
   assert [r.reward for r in res] == [1.0, 0.0] and res[0].sub_rewards == {'judge': 1.0, 'exact': 1.0}
+
+
+def test_text_nested_a_thousand_deep_is_one_sample_not_a_crash():
+  """A collapsed policy repeating '[' wrote JSON too deep for Python's reader: RecursionError stopped the step."""
+  deep, ok = '[' * 1000, '[' * 100 + ']' * 100
+  assert core.sample_dict(deep)['output_json'] is None
+  assert core.sample_dict(ok)['output_json'] is not None  # 100 deep is still JSON
+  assert core.sample_dict('[' * 101 + ']' * 101)['output_json'] is None
+  g = graders.build(
+    {'type': 'python', 'source': 'def grade(sample, item):\n  return float(sample["output_json"] is None)'}
+  )
+  calls = '<tool_call>{"name": "f", "arguments": ' + deep
+  with graders.GradingPool(num_workers=1, timeout_s=20) as pool:
+    res = pool.submit(g, ['ok', deep, calls, ok], [{}] * 4).result(timeout=60)
+  assert [r.reward for r in res] == [1.0, 1.0, 1.0, 0.0] and not any(r.errors for r in res)
 
 
 # CLI -------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import http.server
 import json
 import pathlib
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -213,6 +214,19 @@ def test_parse_calls_unclosed_at_the_end():
   assert whole.name == 'lookup' and whole.error.startswith('Error: the tool call is not closed')
 
 
+def test_calls_and_replies_nested_past_the_json_limit_are_bad_calls_and_text():
+  deep = '[' * 1000
+  closed, unclosed = (
+    tools.parse_calls(f'<tool_call>{{"name": "f", "arguments": {deep}{end}') for end in ('</tool_call>', '')
+  )
+  assert closed[0].arguments == '' and 'not valid JSON (JSON nested more than 100 deep)' in closed[0].error
+  assert unclosed[0].arguments == '' and unclosed[0].error.startswith('Error: the tool call is not closed')
+  assert tools.parse_calls('{"name": "f", "parameters": ' + deep + ']' * 1000 + '}') == []  # untagged: an answer
+  assert tools.reply_output(('{"output": ' + deep).encode()) == '{"output": ' + deep  # the body as text
+  with pytest.raises(data.DataError, match=r'f.jsonl:3: not valid JSON \(JSON nested more than 100 deep\)'):
+    errors.json_loads('{"a": ' + deep + ']' * 1000 + '}', data.DataError, 'f.jsonl:3', in_file=False)
+
+
 # The example server ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def example():
@@ -265,10 +279,39 @@ def test_example_server_refusals(example):
   assert ask('not json')[0] == 400
   assert ask(json.dumps({'name': 'lookup', 'arguments': '[1]'}))[0] == 400
   assert ask(json.dumps({'name': 'lookup', 'arguments': '{"key": 3}'}))[0] == 400
+  assert ask('[' * 100_000)[0] == 400  # too deep for a JSON reader: refused, not a dropped connection
+  assert ask(json.dumps({'name': 'lookup', 'arguments': '[' * 100_000}))[0] == 400
   # over 1 MB: refused from the header alone (the body is never read, so none is sent here)
   status, reply = ask(b'{}', {'Content-Length': str(tool_server.MAX_BYTES + 1)})
   assert status == 413 and 'over the limit' in reply['error']
   conn.close()
+  conn = http.client.HTTPConnection(host, int(port), timeout=5)  # 411 closed the connection
+  assert ask(b'{}', {'Content-Length': '\u00b2'.encode().decode('latin-1')})[0] == 411  # a digit to isdigit only
+  conn.close()
+
+
+def test_example_server_answers_500_for_a_tool_that_raises(monkeypatch, capsys):
+  def broken(arguments, episodes, trace_id):
+    raise KeyError('oops')
+
+  monkeypatch.setitem(tool_server.TOOLS, 'broken', broken)
+  with tool_server.serve() as url:
+    with tools.ToolClient(tools.load_tools([{'name': 'broken', 'server_url': url}]), **FAST) as client:
+      (res,) = client.call_many([(call('broken'), 't')])
+  assert (res.kind, res.attempts, res.discard) == ('server_error', 4, True), res
+  assert "the tool 'broken' failed: KeyError: 'oops'" in capsys.readouterr().err
+
+
+def test_example_server_lets_a_short_body_time_out(monkeypatch):
+  assert 0 < (tool_server._Handler.timeout or 0) <= 60  # the socketserver default is None: wait forever
+  monkeypatch.setattr(tool_server._Handler, 'timeout', 0.5)
+  with tool_server.serve() as url:
+    host, port = url.split('//')[1].rstrip('/').split(':')
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+      sock.sendall(b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"name"')
+      t0 = time.perf_counter()
+      assert sock.recv(100) == b''  # the server hangs up once the body stops coming
+      assert time.perf_counter() - t0 < 4
 
 
 def test_example_server_command_line(tmp_path):
@@ -285,6 +328,14 @@ def test_example_server_command_line(tmp_path):
   finally:
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def test_example_server_command_line_port_in_use(example):
+  port = example.split(':')[-1].rstrip('/')
+  cmd = [sys.executable, '-m', 'rftjax.tool_server', '--port', port]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=pathlib.Path(__file__).parents[1])
+  assert out.returncode == 2 and 'Traceback' not in out.stderr, out.stderr
+  assert out.stderr.startswith(f'error: --host 127.0.0.1 --port {port}: cannot listen there ([Errno 98]')
 
 
 def test_example_server_demo_secret_and_grading():

@@ -133,7 +133,7 @@ def sample_dict(text: str, parse_json: bool = True) -> dict[str, Any]:
   stripped = text.strip()
   if parse_json and stripped[:1] in ('{', '['):
     try:
-      sample['output_json'] = json.loads(stripped)
+      sample['output_json'] = errors.loads_untrusted(stripped)
     except ValueError:
       pass
   if '<tool_call>' in text:

@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any
 
+from rftjax import errors
 from rftjax import http_post
 from rftjax.graders import core
 
@@ -105,7 +106,7 @@ def _score(body: bytes) -> float:
   """The finite number under "score"; ValueError naming what came instead."""
   text = body.decode('utf-8', 'replace')
   try:
-    obj = json.loads(text)
+    obj = errors.loads_untrusted(text)
   except ValueError:
     raise ValueError(f'with something that is not JSON: {text[:200]!r}') from None
   if not isinstance(obj, dict) or 'score' not in obj:

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
+from rftjax import errors
 from rftjax.graders import core
 from rftjax.graders import templating
 
@@ -158,7 +159,7 @@ def _json_field(answer: str, keys: tuple[str, ...]) -> Any:
   text = re.sub(r'^```(?:json)?\s*|\s*```$', '', text)
   if text.startswith('{'):
     try:
-      obj = json.loads(text)
+      obj = errors.loads_untrusted(text)
     except ValueError:
       return None
     for k in keys:
