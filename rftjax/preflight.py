@@ -482,7 +482,8 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
                   f'{config_name or config.data.train}: {len(rows_out)} prompts x {samples} samples')  # fmt: skip
   refusal = None  # said once summary.json is written
   if filtered_dir is not None:
-    entry, refusal = filtering.write(config, rows_out, drop, filtered_dir, samples, out)
+    fits = {ex.source for ex in train_set}  # data.skip_long_prompts: the others never train
+    entry, refusal = filtering.write(config, rows_out, drop, filtered_dir, samples, out, fits)
     summary.update({'filtered': entry} if entry else {})
   summary['load_average'] = {'start': list(load_start), 'end': list(os.getloadavg())}
   summary['timing']['estimate'] = estimate(summary['timing']['measured'], summary['timing']['run'])

@@ -7,9 +7,11 @@ import json
 import math
 import pathlib
 
+import ml_collections
 import pytest
 
 from rftjax import cli
+from rftjax import errors
 from rftjax import filtering
 from rftjax import preflight
 
@@ -166,6 +168,13 @@ def test_filtered_file_has_exactly_the_expected_lines(measured):
   assert (f['never_solved'], f['always_solved'], f['unmeasured_kept']) == (len(never), 0, 2000 - LIMIT)
 
 
+def test_a_folder_in_the_way_of_the_filtered_file_is_refused_before_the_measurement(tmp_path):
+  (tmp_path / 'valid.jsonl').mkdir()
+  config = ml_collections.ConfigDict({'data': {'train': 'data/tiny/train.jsonl', 'valid': 'data/tiny/valid.jsonl'}})
+  with pytest.raises(errors.ConfigError, match=f'^--write_filtered={tmp_path}: {tmp_path}/valid.jsonl is a folder; '):
+    filtering.check_folder(config, str(tmp_path))
+
+
 @pytest.mark.parametrize(
   'flags, message',
   [
@@ -253,13 +262,26 @@ def test_filtering_drops_only_prompts_without_signal_and_keeps_failed_gradings(t
   rows = [row(1, [0.5, 0.0]), row(2, [0.0, 0.0]), row(3, [1.0, 1.0]), row(4, [0.0, 0.0], errors=2)]
   kept, counts = filtering.filtered_lines(str(path), rows, filtering.DROPS)
   assert kept == [lines[0] + '\n', lines[3] + '\n', lines[4] + '\n']  # line 5 was not measured
-  assert counts == {'kept': 3, 'never_solved': 1, 'always_solved': 1, 'unmeasured_kept': 1, 'errored_kept': 1}
+  assert counts == {
+    'kept': 3, 'never_solved': 1, 'always_solved': 1, 'unmeasured_kept': 1, 'errored_kept': 1, 'too_long_kept': 0
+  }  # fmt: skip
+  # line 1 too long to train (data.skip_long_prompts): kept as written, counted as such, not as unmeasured
+  kept, counts = filtering.filtered_lines(str(path), rows, ('never_solved',), {f'{path}:{i}' for i in (2, 3, 4, 5)})
+  assert kept == [lines[0] + '\n', lines[2] + '\n', lines[3] + '\n', lines[4] + '\n']
+  assert (counts['too_long_kept'], counts['unmeasured_kept'], counts['kept']) == (1, 1, 4)
+  # every prompt that fits dropped: no file (train would refuse one of too-long prompts only)
+  config = ml_collections.ConfigDict({'data': {'train': str(path), 'valid': str(path)}})
+  entry, refusal = filtering.write(
+    config, rows[1:3], filtering.DROPS, tmp_path / 'f', 2, 'out', {f'{path}:2', f'{path}:3'}
+  )
+  assert entry is None and not (tmp_path / 'f').exists()
+  assert '(1 never solved, 1 always solved at k=2; 3 kept, too long to train); nothing written there' in refusal
 
 
 def test_a_filter_that_leaves_nothing_writes_no_training_file(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(REPO)
   monkeypatch.setattr(
-    filtering, 'filtered_lines', lambda path, rows, drop: ([], {'never_solved': 4, 'always_solved': 0})
+    filtering, 'filtered_lines', lambda path, rows, drop, fits: ([], {'never_solved': 4, 'always_solved': 0})
   )
   argv = ['rftjax.preflight', TINY, '--samples=2', '--limit=4', f'--out={tmp_path / "out"}', '--notime_train_step',
           '--novalidate', f'--write_filtered={tmp_path / "filtered"}']  # fmt: skip
