@@ -513,16 +513,17 @@ def policy_loss(
 # ----------------------------------------------------------------------------------------------------------------
 def dynamic_sampling_keep(rewards: np.ndarray, num_generations: int) -> np.ndarray:
   """Host-side. DAPO dynamic sampling ([DAPO] Eq. 11 constraint 0 < |{correct}| < G): bool [B], True for the
-  groups whose G rewards are not all equal (they have a non-zero advantage, hence a gradient).
+  groups whose G rewards are not all equal (they have a non-zero advantage, hence a gradient). rewards: [B*G], or
+  [B*G, K] sub-rewards (GDPO normalises each alone): a group has signal when any of its K columns differs.
 
   The trainer drops the other groups and samples more prompts until the batch is full (or trains on fewer).
   """
   r = np.asarray(rewards, dtype=np.float64)
   g = int(num_generations)
-  if r.ndim != 1 or g < 1 or r.shape[0] % g:
-    raise ValueError(f'dynamic_sampling_keep: rewards must be [B*G] with G={g}, got shape {r.shape}')
-  r_bg = r.reshape(-1, g)
-  return r_bg.max(axis=1) != r_bg.min(axis=1)
+  if r.ndim not in (1, 2) or g < 1 or r.shape[0] % g:
+    raise ValueError(f'dynamic_sampling_keep: rewards must be [B*G] or [B*G, K] with G={g}, got shape {r.shape}')
+  r_bg = r.reshape(r.shape[0] // g, g, -1)
+  return (r_bg.max(axis=1) != r_bg.min(axis=1)).any(axis=-1)
 
 
 def overlong_penalty(

@@ -243,9 +243,8 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh, shapes: ShapePicker | None 
     rewards = rewards + grpo.overlong_penalty(r.lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
   if cfg.advantage == 'gdpo':  # each sub-grader normalised in its group on its own (a missing one counts 0)
     names, weights = zip(*cfg.gdpo_weights)
-    subs = np.asarray([[res.sub_rewards.get(n, 0.0) for n in names] for res in r.results], np.float32)
     advantages = grpo.gdpo_advantages(
-      jnp.asarray(subs), jnp.asarray(weights), cfg.num_generations, keep=keep, batch_moments=moments
+      jnp.asarray(_sub_rewards(r, names)), jnp.asarray(weights), cfg.num_generations, keep=keep, batch_moments=moments
     )
   else:
     advantages = grpo.compute_advantages(
@@ -311,9 +310,23 @@ def make_batch(r: Rollout, cfg: RolloutConfig, mesh, shapes: ShapePicker | None 
   )
 
 
-def rollout_metrics(r: Rollout, g: int, prefix: str = 'train', tools: tuple = ()) -> dict[str, float]:
+def _sub_rewards(r: Rollout, names) -> np.ndarray:
+  """[B, K] float32: each row's reward from the multi grader's sub-graders `names` (a missing one counts 0)."""
+  return np.asarray([[res.sub_rewards.get(n, 0.0) for n in names] for res in r.results], np.float32).reshape(
+    -1, len(names)
+  )
+
+
+def signal_rewards(r: Rollout, gdpo_weights=()) -> np.ndarray:
+  """What a group's signal (dynamic sampling, zero_std_group_frac) is read from: the rewards [B], or under GDPO
+  the weighted sub-graders' [B, K]: GDPO normalises each alone, so a group whose totals tie may still train."""
+  names = [n for n, w in gdpo_weights if w]
+  return _sub_rewards(r, names) if names else r.rewards
+
+
+def rollout_metrics(r: Rollout, g: int, prefix: str = 'train', tools: tuple = (), gdpo_weights=()) -> dict[str, float]:
   m = graders.summarize(r.results, prefix=prefix)
-  keep = grpo.dynamic_sampling_keep(r.rewards, g)
+  keep = grpo.dynamic_sampling_keep(signal_rewards(r, gdpo_weights), g)
   m.update(episodes_lib.metrics([episodes_lib.record(e) for e in r.episodes], tools=tools))
   m.update(
     {
@@ -328,11 +341,12 @@ def rollout_metrics(r: Rollout, g: int, prefix: str = 'train', tools: tuple = ()
   return m
 
 
-def keep_signal(parts: list[Rollout], prompts: int, g: int) -> tuple[Rollout, int]:
-  """DAPO dynamic sampling: from the rounds drawn so far, the groups whose rewards differ (in draw order), then as
-  many zero-variance groups as it takes to fill `prompts` groups, with their loss mask zeroed so shapes stay fixed
-  and nothing without signal is trained on. Returns (rollout, rows with signal)."""
-  keeps = [grpo.dynamic_sampling_keep(p.rewards, g) for p in parts]
+def keep_signal(parts: list[Rollout], prompts: int, g: int, gdpo_weights=()) -> tuple[Rollout, int]:
+  """DAPO dynamic sampling: from the rounds drawn so far, the groups whose rewards differ (in draw order; under
+  GDPO, whose sub-rewards do: `signal_rewards`), then as many zero-variance groups as it takes to fill `prompts`
+  groups, with their loss mask zeroed so shapes stay fixed and nothing without signal is trained on. Returns
+  (rollout, rows with signal)."""
+  keeps = [grpo.dynamic_sampling_keep(signal_rewards(p, gdpo_weights), g) for p in parts]
   kept = [p.take_groups(np.flatnonzero(k), g) for p, k in zip(parts, keeps)]
   dropped = [p.take_groups(np.flatnonzero(~k), g) for p, k in zip(parts, keeps)]
   out = Rollout.concat(kept + dropped).take_groups(np.arange(prompts), g)
@@ -404,7 +418,7 @@ class Rollouts:
       sampling_s, grading_s = sampling_s + dt_sample, grading_s + dt_grade
       if not cfg.dynamic_sampling:
         break
-      rolled, n_signal = keep_signal(parts, cfg.prompts, g)
+      rolled, n_signal = keep_signal(parts, cfg.prompts, g, cfg.gdpo_weights)
       if not multihost.any_host(n_signal < cfg.prompts * g):
         break
       if stop is not None and attempt < cfg.max_resample_rounds and stop():
@@ -426,6 +440,7 @@ class Rollouts:
         step + 1,  # the step this rollout trains, as metrics.jsonl numbers it
         graders.failure_line(results, cfg.max_error_share, self.grader),
       )
-    stats = {**rollout_metrics(rolled, g, tools=self.sampler.tools), 'sampling_rounds': len(parts)}
+    stats = {**rollout_metrics(rolled, g, tools=self.sampler.tools, gdpo_weights=cfg.gdpo_weights),
+             'sampling_rounds': len(parts)}  # fmt: skip
     batch = make_batch(rolled, cfg, self.mesh, self.shapes)
     return batch, stats, {'sampling_s': sampling_s, 'grading_s': grading_s}

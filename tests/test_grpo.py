@@ -458,6 +458,12 @@ def test_gdpo_needs_a_multi_grader_with_a_weighted_sum():
   assert multi('0.7 * a + 0.3 * b').linear_weights() == pytest.approx({'a': 0.7, 'b': 0.3})
   assert multi('(a + 2 * b) / 4 + 1').linear_weights() == pytest.approx({'a': 0.25, 'b': 0.5})
   assert multi('max(a, b)').linear_weights() is None and multi('a * b').linear_weights() is None
+  # linear on [0, 1) where weights were read, not on a 0-10 score_model's range (b > 5) or past clipping
+  assert multi('a + 0.1 * max(b, 5)').linear_weights() is None and multi('a + min(b, 1)').linear_weights() is None
+  assert multi('a + b ^ 2').linear_weights() is None
+  assert multi('sqrt(4) * a + 2 ^ 2 * b').linear_weights() == pytest.approx(
+    {'a': 2.0, 'b': 4.0}
+  )  # constants bend nothing
 
 
 def test_a_batch_without_valid_tokens_has_no_token_means():

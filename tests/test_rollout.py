@@ -180,6 +180,27 @@ def test_groups_kept_only_to_fill_the_batch_move_no_advantage(advantage, scale):
   np.testing.assert_array_equal(got[0][4:], 0)
 
 
+def test_gdpo_groups_whose_totals_tie_still_have_signal():
+  """Sub-rewards a, b, c of one group: each column differs but every total is 1. GDPO normalises each column alone,
+  so the group trains (advantages +-1 after the batch std); dynamic sampling dropped it by the totals."""
+  subs = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 1)]
+  tied = fake_rollout([(1, 1, 1, 1)], tag=1)
+  tied = dataclasses.replace(tied, results=[graders.GradeResult(1.0, dict(zip('abc', s))) for s in subs])
+  flat = fake_rollout([(0, 0, 0, 0)], tag=2)
+  flat = dataclasses.replace(flat, results=[graders.GradeResult(0.0, {'a': 0, 'b': 0, 'c': 0})] * 4)
+  weights = (('a', 1.0), ('b', 1.0), ('c', 1.0))
+  r, n_signal = rollout.keep_signal([flat, tied], 1, 4, weights)
+  assert n_signal == 4 and r.texts == tied.texts
+  assert rollout.keep_signal([flat, tied], 1, 4)[1] == 0  # GRPO: the totals are all it trains on
+  assert rollout.keep_signal([tied], 1, 4, (('a', 0.0), ('c', 1.0)))[1] == 4  # c alone differs
+  assert rollout.keep_signal([tied], 1, 4, (('a', 0.0),))[1] == 0  # a weight of 0 moves nothing
+  assert rollout.rollout_metrics(tied, 4, gdpo_weights=weights)['zero_std_group_frac'] == 0.0
+  assert rollout.rollout_metrics(tied, 4)['zero_std_group_frac'] == 1.0
+  cfg = rollout.RolloutConfig(num_generations=4, prompts=1, max_new_tokens=2, advantage='gdpo', gdpo_weights=weights)
+  advantages = np.asarray(rollout.make_batch(r, cfg, mesh=None).advantages)
+  assert np.all(np.abs(advantages) > 0.99), advantages
+
+
 def test_bucket_lengths():
   assert [rollout.bucket(n, 48) for n in (1, 16, 17, 24, 25, 40, 41, 48)] == [16, 16, 24, 24, 40, 40, 48, 48]
   assert [rollout.bucket(n, 64, parts=2) for n in (1, 32, 33, 64)] == [32, 32, 64, 64]

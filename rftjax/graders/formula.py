@@ -157,6 +157,24 @@ class Formula:
       return node
     self._fail("a number, a grader name, a function or '('")
 
+  def bends(self) -> bool:
+    """Whether a function or a power takes a grader's value (`max(b, 5)`, `a ^ 2`): such a formula can be linear
+    on some values and not on others, so a few points cannot tell a weighted sum."""
+
+    def has_var(node) -> bool:
+      if node[0] == 'var':
+        return True
+      children = node[2] if node[0] == 'call' else [c for c in node[1:] if isinstance(c, tuple)]
+      return any(has_var(c) for c in children)
+
+    def walk(node) -> bool:
+      if node[0] in ('call', '^') and has_var(node):
+        return True
+      children = node[2] if node[0] == 'call' else [c for c in node[1:] if isinstance(c, tuple)]
+      return any(walk(c) for c in children)
+
+    return walk(self.tree)
+
   # Evaluation ----------------------------------------------------------------------------------------------
   def evaluate(self, values: dict[str, float]) -> float:
     """Raises core.GradingException(formula_parse) on a math error (division by zero, log of 0, overflow)."""

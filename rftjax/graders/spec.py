@@ -227,7 +227,10 @@ class Multi(core.Grader):
 
   def linear_weights(self) -> dict[str, float] | None:
     """{sub-grader: weight} when `calculate_output` is a weighted sum (plus a constant), as `0.7 * a + 0.3 * b`;
-    None otherwise. Read off the formula at unit vectors, then checked at a few other points."""
+    None otherwise (also when a function or a power takes a sub-grader's value: `max(b, 5)` is linear only on some
+    of b's range, which may reach past 1). Read off the formula at unit vectors, then checked at a few other points."""
+    if self.formula.bends():
+      return None
     names = list(self.subs)
     f = lambda values: self.formula.evaluate({n: values.get(n, 0.0) for n in names})  # noqa: E731
     try:
