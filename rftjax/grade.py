@@ -114,23 +114,32 @@ def _run(args) -> int:
     spec, grader_at = graders.locate(args.grader)  # its JSON path in a job or /graders/run body, or None
     checked = graders.build(spec, where=grader_at)  # every field checked before a judge loads
     graders.check_sandbox(checked, args.allow_unsandboxed)
-    judges = {}
-    if graders.local_models(spec) and not args.validate:
-      from rftjax import inference  # JAX and the judge's weights: only for graders that name a local model
+    fmt = None
+    if grader_at == 'method.reinforcement.grader':  # a job file: its completions must match its format, as in training
+      from rftjax import response_format
 
-      judges = inference.local_judges(spec)
+      job = errors.read_json_file(args.grader, errors.UserError, f'--grader={args.grader}')
+      fmt = response_format.make(job['method']['reinforcement'].get('response_format'), 'method.reinforcement')
+    judges = {}
+    if graders.local_models(spec):
+      from rftjax import inference  # JAX and the judge's weights: only for graders that name a local model
+      from rftjax import loader
+
+      loader.check_judges(spec)  # --validate too: the files are there
+      judges = {} if args.validate else inference.local_judges(spec)
     grader = graders.build(spec, judges=judges, where=grader_at)
   except errors.UserError as e:
     _fail(str(e))
   if args.sample is not None and args.sample_file:
     _fail('give one of --sample or --sample_file')
+  item_label = '--item'
   if grader_at == 'grader' and not (args.validate or args.data or args.samples):
     # an OpenAI /graders/run body carries its sample and item too; flags given win
     body = errors.read_json_file(args.grader, errors.UserError, f'--grader={args.grader}')
     if args.sample is None and not args.sample_file and isinstance(body.get('model_sample'), str):
       args.sample = body['model_sample']
     if args.item is None and 'item' in body:
-      args.item = json.dumps(body['item'])
+      args.item, item_label = json.dumps(body['item']), f'--grader={args.grader}: item'
   if args.validate:
     if args.sample is not None or args.sample_file or args.data or args.samples:
       _fail('--validate only checks the grader: drop --sample, --sample_file, --data and --samples')
@@ -145,12 +154,12 @@ def _run(args) -> int:
       text = args.sample if args.sample is not None else pathlib.Path(args.sample_file).read_text()
     except (OSError, UnicodeDecodeError) as e:
       _fail(f'--sample_file={args.sample_file}: cannot read it ({getattr(e, "strerror", None) or e})')
-    try:
-      item = json.loads(args.item or '{}')
-    except ValueError as e:
-      _fail(f'--item: invalid JSON at column {e.colno}: {e.msg}')
+    try:  # a key given twice is refused, as in data files
+      item = errors.json_loads(args.item or '{}', errors.UserError, item_label, in_file=False)
+    except errors.UserError as e:
+      _fail(str(e))
     if not isinstance(item, dict):
-      _fail(f'--item: expected a JSON object, found {type(item).__name__}')
+      _fail(f'{item_label}: expected a JSON object, found {type(item).__name__}')
     texts, items = [text], [item]
   else:
     if not (args.data and args.samples):
@@ -170,14 +179,9 @@ def _run(args) -> int:
       _fail(str(e))
   if args.output:  # before the grading, which may take long
     cli.check_out(args.output, label=f'--output={args.output}', inputs={'--data': args.data, '--samples': args.samples})
-  fmt = None
-  if grader_at == 'method.reinforcement.grader':  # a job file: its completions must match its format, as in training
-    from rftjax import response_format
-
-    job = errors.read_json_file(args.grader, errors.UserError, f'--grader={args.grader}')
-    fmt = response_format.make(job['method']['reinforcement'].get('response_format'))
   pool = graders.GradingPool(args.num_workers, args.timeout_s, budget_s=args.budget_s,
                              allow_unsandboxed=args.allow_unsandboxed, response_format=fmt)  # fmt: skip
+  pool.budget_label = f'--budget_s={args.budget_s:g}' if args.budget_s else ''
   with pool:
     results, t0 = [], time.monotonic()
     for start in range(0, len(texts), PROGRESS_CHUNK):  # in chunks, so that a long --data shows how far it got
@@ -190,9 +194,12 @@ def _run(args) -> int:
   if modes[0]:
     print(json.dumps(results[0].to_json(), default=str))
     return 1 if results[0].errors else 0  # a grading that failed is not a score of 0
-  if args.output:  # whole or not at all, missing folders made (as check_out promised)
-    data_lib.write_text(args.output, ''.join(json.dumps(r.to_json(), default=str) + '\n' for r in results))
   print(json.dumps(graders.summarize(results, prefix=args.prefix), indent=1))
+  if args.output:  # whole or not at all, missing folders made (as check_out promised; the disk may fill since)
+    try:
+      data_lib.write_text(args.output, ''.join(json.dumps(r.to_json(), default=str) + '\n' for r in results))
+    except OSError as e:
+      _fail(f'--output={args.output}: cannot write it ({e.strerror or e}); the summary above is all that is left')
   failed = graders.all_failed(results)
   if failed:  # the zeros above mean the grader could not run, not that the samples are wrong
     print(f'error: {failed}', file=sys.stderr)
@@ -201,4 +208,5 @@ def _run(args) -> int:
 
 
 if __name__ == '__main__':
+  cli.setup_logging()
   sys.exit(main())

@@ -319,6 +319,7 @@ def local_judges(spec: dict, **judge_options) -> dict:
   """{model name: judge} for every model grader in `spec` that names an init spec (`gguf:...`, `hf:...`):
   each model is loaded once, on this host's devices. Pass the result to `graders.build(spec, judges=...)`."""
   judges = {}
+  loader.check_judges(spec)  # every one before the first loads
   for name in graders.local_models(spec):
     mesh = sharding.make_mesh({'data': 1, 'fsdp': -1, 'tensor': 1}, devices=jax.local_devices())
     loaded = loader.load(loader.model_spec(init=name), mesh=mesh)

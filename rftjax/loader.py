@@ -25,6 +25,7 @@ import ml_collections
 
 from rftjax import checkpoint as checkpoint_lib
 from rftjax import errors
+from rftjax import graders
 from rftjax import lora as lora_lib
 from rftjax import model as model_lib
 from rftjax import presets
@@ -60,25 +61,33 @@ def model_spec(
   )
 
 
-def check_spec(key: str, spec: str, kinds: tuple[str, ...]) -> None:
-  """`config.init` / `config.tokenizer` name a file or folder that exists (a shorthand: an installed package)."""
+def check_spec(key: str, spec: str, kinds: tuple[str, ...], label: str = '') -> None:
+  """`config.init` / `config.tokenizer` name a file or folder that exists (a shorthand: an installed package).
+  label: what the errors name instead of `config.<key>` (a flag, a grader's field)."""
+  label = label or f'config.{key}'
   kind, _, rest = spec.partition(':')
   if kind not in kinds or not rest:
     forms = ' or '.join(f'{k}:PATH' if k != 'hf' else 'hf:DIR' for k in kinds)
     shorthands = f' or gguf:NAME ({", ".join(pretrained.SHORTHANDS)})' if 'gguf' in kinds else ''
-    raise errors.ConfigError(f'config.{key}: expected {forms}{shorthands}, found {spec!r}')
+    raise errors.ConfigError(f'{label}: expected {forms}{shorthands}, found {spec!r}')
   if kind == 'gguf' and rest in pretrained.SHORTHANDS:
     try:
       pretrained.resolve(spec)
     except pretrained.MissingWeightsError as e:
-      raise errors.ConfigError(f'config.{key}={spec!r}: {e}') from None
+      raise errors.ConfigError(f'{label}={spec!r}: {e}') from None
     return
   path = pathlib.Path(rest)
   if kind == 'hf' and not path.is_dir():
-    raise errors.ConfigError(f'config.{key}={spec!r}: no such folder {path}')
+    raise errors.ConfigError(f'{label}={spec!r}: no such folder {path}')
   if kind != 'hf' and not path.is_file():
     known = f' (known gguf:NAME shorthands: {", ".join(pretrained.SHORTHANDS)})' if kind == 'gguf' else ''
-    raise errors.ConfigError(f'config.{key}={spec!r}: no such file {path}{known}')
+    raise errors.ConfigError(f'{label}={spec!r}: no such file {path}{known}')
+
+
+def check_judges(spec: dict) -> None:
+  """The local judge models a grader spec names (`graders.local_models`) exist, before any loads."""
+  for name in graders.local_models(spec):
+    check_spec('init', name, ('gguf', 'hf'), label='a model grader\'s "model"')
 
 
 def load_tokenizer(config) -> tokenizer_lib.Tokenizer:

@@ -143,8 +143,9 @@ class ResponseFormat:
     return f'does not match the schema {self.name!r} at {at}: {error.message[:200]}'
 
 
-def make(spec: Any) -> ResponseFormat | None:
-  spec = load(spec)
+def make(spec: Any, where: str = 'config') -> ResponseFormat | None:
+  """where: the object holding `response_format`, which errors name (a job file's 'method.reinforcement')."""
+  spec = load(spec, f'{where}.response_format')
   return None if spec is None else ResponseFormat(spec)
 
 

@@ -578,6 +578,79 @@ def test_cli_output_is_written_whole_and_never_over_an_input(tmp_path):
   assert empty.stderr == f'error: --data={data}: no items (the file is empty); expected one JSON object per line\n'
 
 
+def test_cli_checks_what_validate_promises_and_names_the_flags(tmp_path):
+  job = tmp_path / 'job.json'
+  reinforcement = {
+    'grader': {'type': 'string_check', 'input': OUT, 'reference': '{{item.answer}}', 'operation': 'eq'},
+    'response_format': {'type': 'json_schema', 'json_schema': {'name': 'ans', 'schema': {'type': 'objekt'}}},
+  }
+  job.write_text(
+    json.dumps(
+      {'model': 'x', 'training_file': 'x', 'method': {'type': 'reinforcement', 'reinforcement': reinforcement}}
+    )
+  )
+  bad = run_cli(f'--grader={job}', '--validate')  # said valid, then refused the first grading naming config.*
+  assert bad.returncode == 2 and bad.stderr.startswith(
+    "error: method.reinforcement.response_format.json_schema.schema.type: not a valid JSON Schema: 'objekt'"
+  ), bad.stderr
+  judge = tmp_path / 'judge.json'
+  judge.write_text(json.dumps({'type': 'score_model', 'name': 'j', 'model': 'gguf:/nope.gguf', 'input': [
+    {'role': 'user', 'content': OUT}]}))  # fmt: skip
+  missing = run_cli(f'--grader={judge}', '--validate')
+  assert (missing.returncode, missing.stderr) == (
+    2, 'error: a model grader\'s "model"=\'gguf:/nope.gguf\': no such file /nope.gguf (known gguf:NAME shorthands: '
+    'gemma3-270m, smollm2-135m)\n',
+  ), missing.stderr  # fmt: skip
+  plain = tmp_path / 'g.json'
+  plain.write_text(json.dumps(reinforcement['grader']))
+  twice = run_cli(f'--grader={plain}', '--sample=4', '--item={"answer": "4", "answer": "5"}')
+  assert twice.returncode == 2 and twice.stderr.startswith(
+    "error: --item: answer: the key 'answer' appears twice in one object"
+  ), twice.stderr
+  slow = tmp_path / 'slow.json'
+  slow.write_text(
+    json.dumps({'type': 'python', 'source': 'import time\ndef grade(s, i):\n  time.sleep(5)\n  return 1.0\n'})
+  )
+  data, samples = tmp_path / 'd.jsonl', tmp_path / 's.jsonl'
+  data.write_text('{}\n')
+  samples.write_text('"a"\n')
+  spent = run_cli(f'--grader={slow}', f'--data={data}', f'--samples={samples}', '--budget_s=0.5', '--output=-')
+  assert 'the grading budget (--budget_s=0.5) ran out before this sample was graded' in spent.stdout + spent.stderr
+
+
+def test_cli_output_that_cannot_be_written_is_one_line_after_the_summary(tmp_path):
+  import resource
+  import signal
+
+  good = tmp_path / 'g.json'
+  good.write_text(json.dumps(multi_spec()))
+  data, samples = tmp_path / 'd.jsonl', tmp_path / 's.jsonl'
+  data.write_text('{"ref": "abc"}\n' * 300)
+  samples.write_text('"abc"\n' * 300)
+
+  def disk_full():  # the file size limit stands in for a disk that fills while grading
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+  out = tmp_path / 'r.jsonl'
+  cmd = [
+    sys.executable,
+    '-m',
+    'rftjax.grade',
+    f'--grader={good}',
+    f'--data={data}',
+    f'--samples={samples}',
+    f'--output={out}',
+  ]
+  root = pathlib.Path(__file__).resolve().parents[1]
+  full = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root, preexec_fn=disk_full)
+  assert full.returncode == 2 and 'Traceback' not in full.stderr, full.stderr
+  assert full.stderr.splitlines()[-1] == (
+    f'error: --output={out}: cannot write it (File too large); the summary above is all that is left'
+  )
+  assert json.loads(full.stdout)['grade_reward_mean'] == 1.0 and not out.exists()
+
+
 @pytest.mark.parametrize(
   'text, expected',
   [

@@ -238,6 +238,23 @@ def test_close_leaves_nothing_behind():
   assert not any(c.exists() for c in cgroups)
 
 
+def test_leaving_on_ctrl_c_stops_the_grading_at_once():
+  """A KeyboardInterrupt inside `with GradingPool()`: the close waited for the running job (up to 30 s, silent)
+  before `interrupted`; now it cancels the queued job and stops the running one."""
+  slow = py('import time\ndef grade(s, i):\n  time.sleep(20)\n  return 1.0\n', timeout_s=60)
+  with pytest.raises(KeyboardInterrupt):
+    with graders.GradingPool(num_workers=1, timeout_s=60) as p:
+      running, queued = p.submit(slow, ['a'], [{}]), p.submit(slow, ['b'], [{}])
+      time.sleep(1.0)  # the worker is on it
+      pids = [w.proc.pid for w in p._workers]
+      t0 = time.monotonic()
+      raise KeyboardInterrupt
+  assert time.monotonic() - t0 < 10 and pids
+  assert queued.cancelled() and isinstance(running.exception(timeout=1), concurrent.futures.CancelledError)
+  for pid in pids:  # the worker is gone (or a zombie until its parent reaps it)
+    assert not pathlib.Path(f'/proc/{pid}').exists() or 'Z' in pathlib.Path(f'/proc/{pid}/stat').read_text().split()[2]
+
+
 def test_worker_is_confined_by_the_kernel(pool):
   """Where the pids cgroup is writable, the worker sits in one capped at a few tasks (a fork bomb that got
   past the audit hook would stop there)."""

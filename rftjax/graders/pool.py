@@ -308,6 +308,8 @@ class GradingPool:
     self._jobs: queue.Queue = queue.Queue()
     self._model_threads = concurrent.futures.ThreadPoolExecutor(model_threads, thread_name_prefix='rftjax-judge')
     self._closed = False
+    self.budget_label = ''  # what a spent budget's error names, when not grading.step_budget_s (a flag)
+    self._abort = threading.Event()  # set by a close on an exception (Ctrl-C): the sandbox loop stops at once
     self._warned: set[str] = set()
     self._thread = threading.Thread(target=self._dispatch_forever, name='rftjax-grading', daemon=True)
     self._thread.start()
@@ -365,10 +367,21 @@ class GradingPool:
         out.append(core.GradeResult(0.0, {}, (), {'response_format_valid': False, 'response_format_error': why}))
     return out
 
-  def close(self) -> None:
+  def close(self, abort: bool = False) -> None:
+    """Waits for the jobs submitted (up to 30 s), then stops the workers. abort: the caller is leaving on an
+    exception (Ctrl-C): queued jobs are cancelled and the one running stops within a fraction of a second."""
     if self._closed:
       return
     self._closed = True
+    if abort:
+      self._abort.set()
+      while True:
+        try:
+          job = self._jobs.get_nowait()
+        except queue.Empty:
+          break
+        if job is not None:
+          job[-1].cancel()
     self._jobs.put(None)
     self._thread.join(timeout=30)
     self._model_threads.shutdown(wait=False, cancel_futures=True)
@@ -376,8 +389,8 @@ class GradingPool:
   def __enter__(self) -> 'GradingPool':
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, *exc) -> None:
+    self.close(abort=exc_type is not None)
 
   def __del__(self):
     try:
@@ -439,6 +452,9 @@ class GradingPool:
     return per_leaf[0]
 
   def _over_budget(self) -> core.GradeResult:
+    if self.budget_label:
+      return core.failed(core.PYTHON_TIMEOUT, f'the grading budget ({self.budget_label}) ran out before this sample '
+                         'was graded')  # fmt: skip
     return core.failed(core.PYTHON_TIMEOUT, f"the step's grading budget of {self.budget_s:g} s ran out before this "
                        'sample was graded (grading.step_budget_s)')  # fmt: skip
 
@@ -459,6 +475,8 @@ class GradingPool:
       self._workers.append(self._new_worker())
     chunk = max(1, min(self.chunk_size, -(-sum(len(j.pending) for j in jobs) // (2 * self.num_workers))))
     while True:
+      if self._abort.is_set():  # the pool is closing on an exception: nobody waits for these results
+        raise concurrent.futures.CancelledError('the grading pool was closed')
       for slot, w in enumerate(self._workers):  # hand out work to idle workers
         while w.chunk is None:
           job = next((j for j in jobs if j.pending), None)
@@ -489,7 +507,8 @@ class GradingPool:
           while job.pending:
             job.results[job.pending.popleft()[0]] = self._over_budget()
         return
-      timeout = max(0.0, min(min(w.deadline for w in busy), deadline) - time.monotonic())
+      # at most 0.2 s between looks at the abort flag
+      timeout = max(0.0, min(min(w.deadline for w in busy), deadline, time.monotonic() + 0.2) - time.monotonic())
       readable, _, _ = select.select([w.r for w in busy], [], [], timeout)
       now = time.monotonic()
       for slot, w in enumerate(list(self._workers)):
