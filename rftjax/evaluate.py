@@ -161,7 +161,10 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     specs = tools.load_tools(args.tools, '--tools') if args.tools else tools.load_tools(run_config.get('tools'))
   if specs:  # other data may offer fewer of the run's tools, but none it lacks
     tools.check_data_tools([(ex.source, ex.item) for ex in examples], specs, every_tool_offered=False)
-  loaded = sample_cli.load_from_args(args)
+  ids = []  # encoded once the tokenizer is there, before the weights load: a bad prompt fails first
+  loaded = sample_cli.load_from_args(
+    args, before=lambda config, tok: ids.extend(data_lib.encode_prompts(examples, tok, response_format=fmt))
+  )
   out = epath.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
   if not args.out:
     check_out(out, f'{out} (the default --out)')
@@ -175,7 +178,6 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     temperature = 0.0 if k == 1 else 1.0
   max_new = sample_cli.max_new_tokens(args, loaded)
   threshold = args.pass_threshold if args.pass_threshold is not None else float(grader_spec.get('pass_threshold', 1.0))
-  ids = data_lib.encode_prompts(examples, loaded.tokenizer, response_format=fmt)
   ids = [p for p in ids for _ in range(k)]
   items = [ex.item for ex in examples for _ in range(k)]
   sampler = inference.make_sampler(

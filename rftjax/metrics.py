@@ -39,9 +39,10 @@ _STEP_TIMING = {
 }
 
 
-def read_jsonl(path: str | pathlib.Path, set_aside: bool = False) -> list[dict]:
+def read_jsonl(path: str | pathlib.Path, set_aside: bool = False, stepped: bool = False) -> list[dict]:
   """The records of a metrics file. A line that is not JSON (the torn end of a write a crash interrupted) is skipped
-  with a warning; with `set_aside` it is appended to `<name>.torn` next to the file, so nothing is thrown away."""
+  with a warning; with `set_aside` it is appended to `<name>.torn` next to the file, so nothing is thrown away.
+  stepped (metrics.jsonl): a record without an integer "step" (a hand-edited line) is skipped alike."""
   path = epath.Path(path)  # local or gs:// (report reads a run in a bucket)
   if not path.exists():
     return []
@@ -53,12 +54,17 @@ def read_jsonl(path: str | pathlib.Path, set_aside: bool = False) -> list[dict]:
       record = json.loads(line)
     except ValueError:
       record = None
-    if isinstance(record, dict):
+    step = record.get('step') if isinstance(record, dict) else None
+    if isinstance(record, dict) and (not stepped or (isinstance(step, int) and not isinstance(step, bool))):
       records.append(record)
     else:
       torn.append(line)
-      log.warning('%s:%d: not a JSON object (a write cut short by a crash?); %s', path, n,
-                  f'set aside in {path.name}.torn' if set_aside else 'skipped')  # fmt: skip
+      what = (
+        'a record without an integer "step"'
+        if isinstance(record, dict)
+        else 'not a JSON object (a write cut short by a crash?)'
+      )
+      log.warning('%s:%d: %s; %s', path, n, what, f'set aside in {path.name}.torn' if set_aside else 'skipped')
   if torn and set_aside:
     with (path.parent / f'{path.name}.torn').open('a') as f:
       f.write(''.join(line + '\n' for line in torn))
@@ -217,7 +223,7 @@ class MetricsWriter:
     if not enabled:
       return
     resumed = resume_step is not None
-    kept = [r for r in read_jsonl(self.path, set_aside=True) if r.get('step', 0) <= resume_step] if resumed else []
+    kept = [r for r in read_jsonl(self.path, True, stepped=True) if r['step'] <= resume_step] if resumed else []
     _rewrite(self.path, kept)
     events = read_jsonl(self.events_path, set_aside=True) if resumed else []
     kept_events = [e for e in events if event_step(e) <= resume_step]

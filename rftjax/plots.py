@@ -47,7 +47,7 @@ def reward_figure(workdir: str | os.PathLike, kept=()):
   from matplotlib import pyplot as plt
 
   workdir = pathlib.Path(workdir)
-  records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
+  records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl', stepped=True)
   series = reward_series(records)
   fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
   call_steps, calls = metric_series(records, 'tools/calls_per_rollout')

@@ -69,7 +69,7 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   """Everything the table shows, as a JSON-able dict."""
   workdir = runfs.path(workdir)  # local or gs://
   config = run_config(workdir)
-  records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
+  records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl', stepped=True)
   train = [r for r in records if r.get('train_reward_mean') is not None]
   valid = [r for r in records if r.get('valid_reward_mean') is not None]
   valid_by_step = {int(r['step']): float(r['valid_reward_mean']) for r in valid}
@@ -279,7 +279,7 @@ def openai_job(workdir: str | pathlib.Path) -> dict:
   field comes from."""
   workdir = runfs.path(workdir)
   config = run_config(workdir)
-  records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
+  records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl', stepped=True)
   events = metrics_lib.read_jsonl(workdir / 'events.jsonl')
   train = [r for r in records if r.get('train_reward_mean') is not None]
   train_by_step = {int(r['step']): r for r in train}

@@ -68,6 +68,8 @@ def read_config(workdir: str | os.PathLike, model_ok: bool = False):
     raise errors.ConfigError(f'{file}: not valid JSON ({e})') from None
   except OSError as e:
     raise errors.ConfigError(f'{file}: cannot read it ({e.strerror or e})') from None
+  if not isinstance(found, dict):
+    raise errors.ConfigError(f"{file}: expected a JSON object (a run's settings), found {type(found).__name__}")
   if not model_ok and config_kind(found) == 'export':
     raise errors.ConfigError(
       f"--workdir={workdir}: its config.json is a Hugging Face model's (model_type {found['model_type']!r}), not "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import pathlib
+import re
 import sys
 
 import jax
@@ -78,24 +79,38 @@ def escaped(text: str) -> str:
   return text
 
 
-def load_from_args(args) -> loader.Loaded:
+def load_from_args(args, before=None) -> loader.Loaded:
   """The model --workdir/--step or --init (with --model, --tokenizer, --chat_template) name, on this machine (and
-  the others of a multi-host run, which JAX joins here)."""
+  the others of a multi-host run, which JAX joins here). before: called with (the model's config, its tokenizer)
+  once the tokenizer has loaded, before the weights do: the prompts' checks that need the chat template fail there,
+  not minutes later. Errors name the flags that set a key (`--model=...`), not `config.model`."""
   multihost.initialize('auto', args.coordinator, args.num_processes, args.process_id)
-  if args.workdir is not None:
-    config = runfs.read_config(args.workdir)
-    with config.unlocked():
-      for key in ('model', 'tokenizer', 'chat_template'):
-        if getattr(args, key):
-          config[key] = getattr(args, key)
-    step = 'best' if args.step is None else args.step
-    return loader.load(config, mesh=loader.inference_mesh(config.get('mesh')), workdir=args.workdir, step=step)
-  if not args.init and not (args.model and args.tokenizer):
-    raise errors.ConfigError('--init="" (random weights) needs --model=<preset> and --tokenizer=<spec>')
-  config = loader.model_spec(
-    model=args.model or '', init=args.init, tokenizer=args.tokenizer or '', chat_template=args.chat_template or ''
-  )
-  return loader.load(config, mesh=loader.inference_mesh())
+  flags = [key for key in ('model', 'tokenizer', 'chat_template', 'init') if getattr(args, key, None)]
+  try:
+    if args.workdir is not None:
+      config = runfs.read_config(args.workdir)
+      with config.unlocked():
+        for key in ('model', 'tokenizer', 'chat_template'):
+          if getattr(args, key):
+            config[key] = getattr(args, key)
+      step = 'best' if args.step is None else args.step
+      where = dict(mesh=loader.inference_mesh(config.get('mesh')), workdir=args.workdir, step=step)
+    else:
+      if not args.init and not (args.model and args.tokenizer):
+        raise errors.ConfigError('--init="" (random weights) needs --model=<preset> and --tokenizer=<spec>')
+      config = loader.model_spec(
+        model=args.model or '', init=args.init, tokenizer=args.tokenizer or '', chat_template=args.chat_template or ''
+      )
+      where = dict(mesh=loader.inference_mesh())
+    tok = loader.load_tokenizer(config)
+    if before is not None:
+      before(config, tok)
+    return loader.load(config, tokenizer=tok, **where)
+  except errors.ConfigError as e:
+    message = str(e)
+    for key in flags:  # the value came from the flag: say so
+      message = re.sub(rf'^config\.{key}\b', f'--{key}', message)
+    raise errors.ConfigError(message) from None
 
 
 def max_new_tokens(args, loaded: loader.Loaded) -> int:
@@ -175,14 +190,18 @@ def main(argv=None) -> int:
   def body() -> int:
     cli.check_out(args.out, inputs={'--prompts': args.prompts})  # a bad --out fails before the sampling
     prompts = read_prompts(args.prompts)  # bad input fails before the model loads
-    loaded = load_from_args(args)
-    if int(loaded.config.get('max_episode_steps') or 1) > 1:
-      log.warning(
-        "this run trained multi-turn episodes with tools; rftjax.sample writes each prompt's first turn and calls "
-        'no tool (a tool call ends it): rftjax.evaluate runs whole episodes'
-      )
-    fmt = response_format.make(loaded.config.get('response_format'))  # a run trained to answer in JSON
-    ids = data_lib.encode_prompts([ex for _, ex in prompts], loaded.tokenizer, response_format=fmt)
+    ids = []
+
+    def encode(config, tok):  # the chat template's and the tools' checks too
+      if int(config.get('max_episode_steps') or 1) > 1:
+        log.warning(
+          "this run trained multi-turn episodes with tools; rftjax.sample writes each prompt's first turn and calls "
+          'no tool (a tool call ends it): rftjax.evaluate runs whole episodes'
+        )
+      fmt = response_format.make(config.get('response_format'))  # a run trained to answer in JSON
+      ids.extend(data_lib.encode_prompts([ex for _, ex in prompts], tok, response_format=fmt))
+
+    loaded = load_from_args(args, before=encode)
     sampler = inference.make_sampler(
       loaded,
       ids,

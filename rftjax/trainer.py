@@ -178,7 +178,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps))  # events.jsonl: started ... succeeded
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
     if is_main:  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
-      guard.replay(metrics_lib.read_jsonl(writer.path))
+      guard.replay(metrics_lib.read_jsonl(writer.path, stepped=True))
     watch = functools.partial(_watch, guard, writer, is_main)
     g = config.grading
     pool = cleanup.enter_context(

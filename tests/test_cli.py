@@ -220,6 +220,17 @@ def test_sample_bad_flags(run_dir, tmp_path, in_repo, capsys, caplog):
   assert not [r for r in caplog.records if 'loading' in r.message]  # checked before minutes of loading
   assert sample.main([f'--workdir={tmp_path}', f'--prompts={prompts}', f'--out={tmp_path / "o"}']) == 2
   assert 'config.json' in capsys.readouterr().err
+  # what only the chat template finds (tools that are no list) fails before the weights load, not after
+  tooled = write_jsonl(tmp_path / 'tooled.jsonl', [{**PROMPTS[0], 'tools': 'lookup'}])
+  assert sample.main([f'--workdir={run_dir}', f'--prompts={tooled}', f'--out={tmp_path / "o"}']) == 2
+  assert f'{tooled}:1: tools must be a list' in capsys.readouterr().err
+  assert not [r for r in caplog.records if 'loading' in r.message]
+  # a flag's value is named as the flag, not as the config key it sets
+  argv = ['--init=', '--model=nosuchmodel', '--tokenizer=sp:data/tiny/tokenizer.model', f'--prompts={prompts}']
+  assert sample.main([*argv, f'--out={tmp_path / "o"}']) == 2
+  assert capsys.readouterr().err.startswith("error: --model: unknown preset 'nosuchmodel'")
+  assert sample.main(['--init=gguf:/nope.gguf', f'--prompts={prompts}', f'--out={tmp_path / "o"}']) == 2
+  assert capsys.readouterr().err.startswith("error: --init='gguf:/nope.gguf': no such file /nope.gguf")
   kept = prompts.read_text()
   assert sample.main([f'--workdir={run_dir}', f'--prompts={prompts}', f'--out={prompts}']) == 2
   assert capsys.readouterr().err == (
@@ -508,7 +519,7 @@ def test_an_out_that_is_a_folder_fails_before_the_model_loads(run_dir, tmp_path,
   prompts = write_jsonl(tmp_path / 'p.jsonl', PROMPTS[:1])
   folder = tmp_path / 'results'
   folder.mkdir()
-  monkeypatch.setattr(sample, 'load_from_args', lambda args: pytest.fail('loaded a model with a bad --out'))
+  monkeypatch.setattr(sample, 'load_from_args', lambda *a, **k: pytest.fail('loaded a model with a bad --out'))
   assert sample.main([f'--workdir={run_dir}', f'--prompts={prompts}', f'--out={folder}']) == 2
   assert capsys.readouterr().err == f'error: --out={folder}: a folder is there; expected the name of a file to write\n'
   assert evaluate.main([f'--workdir={run_dir}', f'--data={prompts}', f'--out={folder}']) == 2
@@ -613,6 +624,22 @@ def test_report_of_no_run_is_the_error_evaluate_gives(run_dir, tmp_path, in_repo
       f"error: --workdir={hf}: its config.json is a Hugging Face model's (model_type 'llama'), not a run's; "
       f'expected a run directory written by rftjax.train (a model folder is given as --init=hf:{hf})\n'
     )
+
+
+def test_report_skips_a_metrics_record_without_a_step_and_refuses_a_config_that_is_no_object(tmp_path, caplog):
+  run = tmp_path / 'run'
+  run.mkdir()
+  rows = [{'step': 1, 'train_reward_mean': 0.25}, {'train_reward_mean': 0.5}, {'step': '2', 'train_reward_mean': 1}]
+  write_jsonl(run / 'metrics.jsonl', rows)
+  s = report.summarize(run)  # KeyError: 'step' before
+  assert s['steps_logged'] == 1
+  assert [r.getMessage().split(': ', 1)[1] for r in caplog.records if 'integer' in r.getMessage()] == [
+    'a record without an integer "step"; skipped'
+  ] * 2
+  assert_png(plots.write_reward_plot(run))
+  (run / 'config.json').write_text('[1]')
+  with pytest.raises(errors.ConfigError, match=r'config.json: expected a JSON object \(a run.s settings\), found list'):
+    report.summarize(run)
 
 
 def test_report_refuses_json_with_another_format(run_dir, capsys):
