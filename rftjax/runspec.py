@@ -224,8 +224,9 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _num(config, 'optimizer.learning_rate', 0, open_low=True)
   _int(config, 'optimizer.warmup_steps', 0)
   _choice(config, 'optimizer.schedule', SCHEDULES)
-  _num(config, 'optimizer.b1', 0, 1)
-  _num(config, 'optimizer.b2', 0, 1)
+  for key in ('optimizer.b1', 'optimizer.b2'):  # 1: Adam's bias correction divides by 1 - b ** t = 0
+    if _num(config, key, 0, 1) == 1:
+      _fail(key, _get(config, key), 'a finite number >= 0 and < 1')
   _num(config, 'optimizer.weight_decay', 0)
   _num(config, 'optimizer.max_grad_norm', 0, open_low=True)
   if config.optimizer.get('mu_dtype'):

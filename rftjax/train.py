@@ -86,6 +86,9 @@ def main(argv=None, abandon_threads: bool = False) -> int:
     except trainer.GuardStopped as e:
       print(f'stopped: {e}', file=sys.stderr)
       return e.exit_code
+    except trainer.Diverged as e:
+      print(f'error: {e}', file=sys.stderr)
+      return e.exit_code
     except checkpoint.SaveFailed as e:
       print(f'error: {e}', file=sys.stderr)
       return e.exit_code

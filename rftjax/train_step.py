@@ -297,7 +297,8 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
   updates (a traced int: one program for all). The learning rate is the schedule's at `state['step']`, whatever
   updates ran before (a resume with another num_iterations, skipped updates). A batch with no completion token to
   train on (dynamic sampling found no group with signal, every row masked) leaves params and optimizer state as they
-  were: AdamW would still move them by its momentum and weight decay."""
+  were: AdamW would still move them by its momentum and weight decay. So does an update with a NaN or inf in it
+  (metric `nonfinite_update` 1; the trainer then stops the run)."""
   temperature = step_cfg.temperature or 1.0  # greedy sampling still trains the temperature-1 policy
 
   def loss_fn(trainable, frozen, batch: Batch, denominator=None):
@@ -367,10 +368,12 @@ def make_train_step(step_cfg: StepConfig, tx: optax.GradientTransformation):
       (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], frozen, batch)
     opt_state = _schedule_at(state['opt_state'], state['step'] * mu + iteration)
     updates, new_opt_state = tx.update(grads, opt_state, state['params'])
-    trains = jnp.any(batch.completion_mask > 0)
+    # a NaN or inf anywhere in the update (a diverged loss, optimizer.b1 = 1) is not applied: saved weights stay finite
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)]))
+    trains = jnp.any(batch.completion_mask > 0) & finite
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(trains, n, o), new, old)  # noqa: E731
     params = keep(optax.apply_updates(state['params'], updates), state['params'])
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), nonfinite_update=(~finite).astype(jnp.float32))
     advance = jnp.asarray(iteration == mu - 1, state['step'].dtype)
     return {'params': params, 'opt_state': keep(new_opt_state, opt_state), 'step': state['step'] + advance}, metrics
 

@@ -297,6 +297,13 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
         'timing/step_s': wall,
       }
       writer.write(record)
+      if record['nonfinite_update']:  # the step kept the weights it had: they are saved, and the run stops
+        save(step + 1, state, data_iter)
+        raise Diverged(
+          f'step {step + 1}: the update was not finite (loss {record["loss"]}, grad_norm {record["grad_norm"]}), '
+          f'so it was not applied; checkpoint {step + 1} holds the weights of step {step}. Lower '
+          'optimizer.learning_rate (or check optimizer.b1, optimizer.b2, max_grad_norm) and rerun to resume there'
+        )
       stop = watch(record)
       progress.update(step + 1, record)
       run.maybe_sync()
@@ -350,6 +357,13 @@ def _watch(guard, writer, is_main: bool, record: dict):
   return stop
 
 
+class Diverged(RuntimeError):
+  """An update had a NaN or inf in it and was not applied; a checkpoint of the step (the weights before it) was
+  written. Exit status 5."""
+
+  exit_code = 5
+
+
 class GradingStopped(RuntimeError):
   """Too many of a step's or a validation's gradings failed (grading.max_error_share), or tool calls
   (tools_max_error_share); the steps trained so far were checkpointed first. Exit status 3."""
@@ -388,6 +402,9 @@ def _job_events(writer, resumed_at: int | None, total_steps: int):
     raise
   except GuardStopped as e:
     writer.event(f'Job stopped: {e}', level='warn', data={'status': 'cancelled', 'code': 'guard_stopped'})
+    raise
+  except Diverged as e:
+    writer.event(f'Job failed: {e}', level='error', data={'status': 'failed', 'code': 'diverged'})
     raise
   except KeyboardInterrupt:
     writer.event('Job stopped by a second Ctrl-C, without a checkpoint', level='warn', data={'status': 'cancelled'})

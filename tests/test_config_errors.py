@@ -48,6 +48,8 @@ BAD = [
   ([TINY, '--config.eval_temperature=1e-9'], 'config.eval_temperature: expected 0 (greedy) or a number >= 1e-05'),
   ([TINY, '--config.optimizer.schedule=linear'], "config.optimizer.schedule: expected one of 'constant', 'cosine'"),
   ([TINY, '--config.optimizer.learning_rate=0'], 'config.optimizer.learning_rate: expected a finite number > 0'),
+  ([TINY, '--config.optimizer.b1=1.0'], 'config.optimizer.b1: expected a finite number >= 0 and < 1, found 1.0'),
+  ([TINY, '--config.optimizer.b2=1'], 'config.optimizer.b2: expected a finite number >= 0 and < 1, found 1'),
   ([TINY, '--config.openai.n_epochs=abc'], "config.openai.n_epochs: expected a finite number or 'auto', got 'abc'"),
   ([TINY, '--config.openai.batch_size=-2'], 'config.openai.batch_size: must be > 0'),
   (['--config=configs/tiny.py:foo'], "--config=configs/tiny.py:foo: unknown variant 'foo'; expected one of: test"),

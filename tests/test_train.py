@@ -311,6 +311,23 @@ def restore_params(workdir):
   return step, jax.device_get(state['params']), extra
 
 
+@pytest.mark.filterwarnings('ignore:overflow encountered in cast:RuntimeWarning')  # the rate 1e39 in float32
+def test_an_update_that_is_not_finite_is_not_applied_and_stops_the_run(tmp_path, in_repo):
+  """A learning rate past float32's range makes the update inf: it was applied, and every later step trained and
+  saved NaN weights while the job 'succeeded'. Now the weights stay, are saved, and the run stops (exit 5)."""
+  with pytest.raises(
+    trainer.Diverged, match=r'step 1: the update was not finite .* checkpoint 1 holds the weights of step 0'
+  ):
+    run(tmp_path, 'inf', 3, **{'optimizer.learning_rate': 1e39, 'optimizer.warmup_steps': 0})
+  step, params, _ = restore_params(tmp_path / 'inf')
+  initial = model.init_params(presets.tiny(vocab_size=32), tiny.get_config('test').seed)
+  assert step == 1 and all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(initial)))
+  (record,) = [r for r in metrics.read_jsonl(tmp_path / 'inf' / 'metrics.jsonl') if 'loss' in r]
+  assert record['step'] == 1 and record['nonfinite_update'] == 1.0
+  events = [json.loads(line) for line in (tmp_path / 'inf' / 'events.jsonl').read_text().splitlines()]
+  assert events[-1]['data'] == {'step': 1, 'status': 'failed', 'code': 'diverged'}
+
+
 def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
   # 3 steps end to end, with the metrics contract; two updates per batch (a resume counts GRPO steps, not updates)
   mu = {'grpo.num_iterations': 2}
