@@ -408,3 +408,27 @@ def test_make_batch_takes_a_compiled_wider_shape_without_changing_logprobs():
       assert (batch.pack_rows, batch.pack_groups) == (first.pack_rows, first.pack_groups)
       assert batch.pack_rows > int(np.asarray(batch.pack_row).max()) + 1  # rows of padding only
     assert_packed_logprobs_match(params, cfg, batch)
+
+
+def test_sampling_cuts_prompts_to_a_bucket_of_the_longest_with_the_same_completions(monkeypatch):
+  """Prompts of 3-9 tokens with data.max_prompt_len 64: the sampler prefills 16 columns, not 64 (a validation of
+  short prompts took 17x as long at 256), and the completions are those of the full width; the Rollout keeps it."""
+  from rftjax import model
+  from rftjax import sampler as sampler_lib
+
+  cfg = presets.tiny(vocab_size=64)
+  params = model.init_params(cfg, 2)
+  rng = np.random.default_rng(1)
+  prompts = [list(rng.integers(5, 64, n)) for n in (3, 9, 5, 7)]
+  s = sampler_lib.Sampler(cfg, 64, 6, stop_ids=(1,), params=sampler_lib.SamplingParams(1.0))
+  widths = []
+  call = sampler_lib.Sampler.__call__
+  monkeypatch.setattr(
+    sampler_lib.Sampler, '__call__', lambda self, *a: widths.append(self.max_prompt_len) or call(self, *a)
+  )
+  tok = types.SimpleNamespace(decode=lambda ids: ' '.join(map(str, ids)))
+  r = rollout.sample(s, params, prompts, tok, jax.random.key(3), mesh=None)
+  full = jax.device_get(call(s, params, *sampler_lib.pad_prompts(prompts, 64, 0), jax.random.key(3)))
+  assert widths == [16] and r.prompt_tokens.shape == (4, 64)
+  np.testing.assert_array_equal(r.tokens, full.tokens)
+  np.testing.assert_allclose(r.logprobs, full.logprobs, atol=1e-5)
