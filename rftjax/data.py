@@ -141,7 +141,7 @@ def load_jsonl(path: str | pathlib.Path, key: str = '') -> list[Example]:
     raise DataError(f'{path}: no such file' + (f' ({key})' if key else ''))
   examples = [parse_line(line, where) for where, line in lines(path)]
   if not examples:
-    raise DataError(f'{path}: no examples (the file is empty)')
+    raise DataError(f'{path}: no examples (the file is empty)' + (f' ({key})' if key else ''))
   return examples
 
 

@@ -102,17 +102,22 @@ def _completion(r: rollout.Rollout, j: int) -> dict:
   }
 
 
-def _batch_rows(mesh, batch_size: int, prompts: int) -> tuple[int, int]:
-  """(rows of each sampling batch over every host, hosts that share them)."""
+def _batch_rows(mesh, batch_size: int, prompts: int, group: int = 1) -> tuple[int, int]:
+  """(rows of each sampling batch over every host, hosts that share them). group: the sampler's group_size (k
+  samples of a prompt in consecutive rows): each host's rows hold whole groups, or no group prefills once."""
   hosts = jax.process_count() if multihost.spans_hosts(mesh) else 1
   shards = 1 if mesh is None else mesh.shape['data'] * mesh.shape['fsdp']
-  return sharding.sampling_rows(max(1, min(batch_size, prompts)), shards, hosts), hosts
+  return sharding.sampling_rows(max(1, min(batch_size, prompts)), shards, hosts * group), hosts
+
+
+def _group(sampler) -> int:
+  return getattr(getattr(sampler, 'sampler', sampler), 'group_size', 1)  # an episodes.Agent holds its Sampler
 
 
 def _host_batches(sampler, params, prompts, tok, *, mesh, rng, batch_size: int, items=None):
   """Yields (prompt indices, Rollout of those rows) for this host's share of each fixed-size batch. `items`: the
   prompts' data rows (episodes call only the tools a row offers)."""
-  batch, hosts = _batch_rows(mesh, batch_size, len(prompts))
+  batch, hosts = _batch_rows(mesh, batch_size, len(prompts), _group(sampler))
   per, me = batch // hosts, jax.process_index() if hosts > 1 else 0
   for i, start in enumerate(range(0, len(prompts), batch)):
     rows = list(range(start, min(start + batch, len(prompts))))[me * per : (me + 1) * per]
@@ -188,6 +193,22 @@ def evaluate(
   return [(c, graders.GradeResult.from_json(res)) for _, c, res in everything]
 
 
+def progress_log(label: str, every_s: float = 30.0):
+  """A `progress(done, total)` for `evaluate` that logs '<label>: done/total prompts (Ns)' when `every_s` have
+  passed since the pass began or since the last line: a pass over a few thousand prompts takes minutes, and a
+  short one says nothing."""
+  t0 = last = time.perf_counter()
+
+  def report(done: int, total: int) -> None:
+    nonlocal last
+    now = time.perf_counter()
+    if now - last >= every_s and done < total:
+      last = now
+      log.info('%s: %d/%d prompts (%.0fs)', label, done, total, now - t0)
+
+  return report
+
+
 def validation_rng(seed: int, step: int):
   """The key a run's validation at `step` samples with (the trainer's, preflight's and evaluate's of a run's
   checkpoint): its completions at a temperature, and its episodes' trace ids, come out the same."""
@@ -218,10 +239,12 @@ class Validation:
     batch is sampled the pass is finished and graded, so a stop during a one-batch pass loses nothing."""
     t0 = time.perf_counter()
 
-    batches = -(-len(self.prompts) // _batch_rows(self.mesh, self.batch_size, len(self.prompts))[0])
-    seen = []
+    rows = _batch_rows(self.mesh, self.batch_size, len(self.prompts), _group(self.sampler))[0]
+    batches = -(-len(self.prompts) // rows)
+    seen, said = [], progress_log(f'step {step}: validating')
 
     def between_batches(done, total):
+      said(done, total)
       seen.append(done)  # after the last batch nothing is left to sample: the pass finishes (its grading)
       if len(seen) < batches and stop is not None and stop():
         raise ValidationStopped(f'validation at step {step} stopped after {done} of {total} prompts')
@@ -265,9 +288,9 @@ class Validation:
       line = graders.failure_line(results, self.max_error_share, self.grader)
       raise graders.GradingFailed(f'validation at step {step}: {line} (every completion is in {samples})', [])
     self.writer.write(m)
-    log.info(
-      'step %d: valid_reward_mean=%.4f (%d prompts, %.1fs)', step, m['valid_reward_mean'], len(rows), m['timing/eval_s']
-    )
+    k = _group(self.sampler)  # the caller repeated each prompt k times (eval_samples)
+    shown = f'{len(rows) // k} prompts x {k} samples' if k > 1 else f'{len(rows)} prompts'
+    log.info('step %d: valid_reward_mean=%.4f (%s, %.1fs)', step, m['valid_reward_mean'], shown, m['timing/eval_s'])
     if any(r.errors for r in results):  # too few to stop the run, but each one scores 0
       line = graders.failure_line(results, self.max_error_share, self.grader)
       log.warning('validation at step %d: %s; they score 0 (every completion is in %s)', step, line, samples)

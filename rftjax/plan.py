@@ -281,7 +281,10 @@ def make_plan(config, devices: str | Hardware, *, headroom: float = 0.1, model=N
 
   # ---- sampling (train sampler: R rows; eval sampler: eval_batch_size rows) ----
   sampling_items = {}
-  eval_rows = sharding.sampling_rows(int(config.eval_batch_size), sizes['data'] * sizes['fsdp'], hw.hosts)
+  # as inference._batch_rows rounds it: whole groups of eval_samples rows on every host
+  eval_rows = sharding.sampling_rows(
+    int(config.eval_batch_size), sizes['data'] * sizes['fsdp'], hw.hosts * int(config.eval_samples)
+  )
   for label, r, k in (('train', rows, g), ('eval', eval_rows, int(config.eval_samples))):
     # one turn of groups of k rows keeps each prompt's keys once (sampler._start); episodes keep a copy per row
     kv_slots = ((r // k, p), (r, n)) if k > 1 and r % k == 0 and steps == 1 else ((r, p + n),)

@@ -313,7 +313,8 @@ def _validate(spec, params, valid_set, valid_prompts, tok, grader, pool, mesh, s
   rng = inference.validation_rng(seed, 0)  # the trainer's step-0 validation
   t0, compiled = time.perf_counter(), clock.total
   graded = inference.evaluate(spec.eval_sampler, params, prompts, items, tok, grader, pool, mesh=mesh,
-                              batch_size=spec.eval_batch_size, rng=rng)  # fmt: skip
+                              batch_size=spec.eval_batch_size, rng=rng,
+                              progress=inference.progress_log('validation'))  # fmt: skip
   return {
     'valid_reward_mean': float(np.mean([res.reward for _, res in graded])),
     'num_graded': len(graded),

@@ -88,6 +88,8 @@ def _int(config, key: str, minimum: int, why: str = '') -> int:
   value = _get(config, key)
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     _fail(key, value, f'an integer >= {minimum}{why}')
+  if value > hparams.INT_LIMIT:  # a typo (batch_size=10**20 ran out of memory minutes later), as for OpenAI fields
+    _fail(key, value, f'an integer from {minimum} to {hparams.INT_LIMIT}{why}')
   return value
 
 
@@ -235,13 +237,14 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _int(config, 'eval_interval', 1)
   _num(config, 'eval_temperature', 0, why=' (0 = greedy)')
   _int(config, 'eval_samples', 1)
-  if config.eval_samples > 1 and config.eval_temperature == 0:
+  eval_greedy = 'eval_temperature=0' if config.eval_temperature == 0 else None
+  eval_greedy = eval_greedy or ('sampling.top_k=1' if config.sampling.top_k == 1 else None)  # validation's too
+  if config.eval_samples > 1 and eval_greedy:
     log.warning(
-      'eval_samples=%d with eval_temperature=0: greedy decoding gives each validation prompt the same completion %d '
-      'times; set config.eval_temperature above 0 for k different samples',
-      config.eval_samples,
-      config.eval_samples,
-    )
+      'eval_samples=%d with %s: greedy decoding gives each validation prompt the same completion %d times; set '
+      'config.eval_temperature above 0 (and sampling.top_k to 0 or above 1) for k different samples',
+      config.eval_samples, eval_greedy, config.eval_samples,
+    )  # fmt: skip
   _int(config, 'eval_batch_size', 1)
   _int(config, 'checkpoint.keep_best', 0)
   _bool(config, 'checkpoint.async_save')
@@ -358,12 +361,15 @@ def resolve(config, num_train_examples: int, explicit=(), quiet: bool = False):
 
 def _warn_about_run(config) -> None:
   """What an epoch count, a warm-up or greedy rollouts do not do in this run, said once its length is known."""
-  if config.sampling.temperature == 0 and config.max_episode_steps == 1:
+  greedy = 'sampling.temperature=0' if config.sampling.temperature == 0 else None
+  greedy = greedy or ('sampling.top_k=1' if config.sampling.top_k == 1 else None)  # only the likeliest token is left
+  if greedy and config.max_episode_steps == 1:
     log.warning(
-      'sampling.temperature=0: greedy decoding gives the num_generations=%d completions of a prompt the same tokens, '
-      'so every group has one reward and no advantage; set sampling.temperature above 0 (1.0 is usual for GRPO)',
-      config.num_generations,
-    )
+      '%s: greedy decoding gives the num_generations=%d completions of a prompt the same tokens, so every group has '
+      'one reward and no advantage; set sampling.temperature above 0 (1.0 is usual for GRPO) and sampling.top_k to 0 '
+      'or above 1',
+      greedy, config.num_generations,
+    )  # fmt: skip
   total, warmup = int(config.total_steps), int(config.optimizer.warmup_steps)
   key = hparams.deciding_key(config, 'total_steps')
   if warmup > total and key != 'config.total_steps':  # an epoch count decided the length: the user set no steps
@@ -472,6 +478,8 @@ def check_resume(config, previous: dict, workdir) -> list[str]:
 def build(config, tok: tokenizer_lib.Tokenizer) -> RunSpec:
   """The RunSpec of a checked config (see `resolve`); `tok` supplies stop and pad ids and the tiny model's vocab."""
   cfg = loader.model_config(config, tok)
+  if cfg.lora and cfg.lora.rank > cfg.d_model:  # every adapted product has d_model on one side: a rank past it adds
+    _fail('lora.rank', cfg.lora.rank, f"an integer from 1 to {cfg.name}'s d_model, {cfg.d_model}")  # only memory
   s, o = config.sampling, config.grpo
   try:
     stop_ids, stop_seqs = sampler_lib.stop_tokens(tok, tuple(s.stop))

@@ -64,7 +64,8 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> dict[str, int]:
 
 def sampling_rows(rows: int, batch_shards: int, hosts: int = 1) -> int:
   """The rows an evaluation batch of `rows` prompts samples: rounded up so that every batch shard (data x fsdp) and
-  every host gets the same number (repeats of the last prompt fill them)."""
+  every host gets the same number (repeats of the last prompt fill them). `hosts` may be hosts x a group size:
+  each host's share is then whole groups."""
   multiple = math.lcm(batch_shards, hosts)
   return -(-rows // multiple) * multiple
 

@@ -59,7 +59,6 @@ def _checked(config, workdir, explicit) -> dict:
   # a copy: OpenAI fields applied, every key checked (quiet if they must count the prompts that fit, known later)
   config = runspec.resolve(config, len(train_set), explicit, quiet=skips)
   valid_set = data_lib.load_jsonl(config.data.valid, 'config.data.valid')[: config.data.valid_limit or None]
-  log.info('data: %s', data_lib.describe(train_set, valid_set))
   tools.check_data_tools([(ex.source, ex.item) for ex in train_set + valid_set], tools.load_tools(config.tools))
   grader_spec = config.grader  # its content (resolve read the file)
   # a bad field, or user code this machine cannot sandbox, fails here, before judges or the model load
@@ -71,6 +70,7 @@ def _checked(config, workdir, explicit) -> dict:
   if skips:
     config, spec = runspec.resolve_kept(given, len(train_set), explicit, tok)
   valid_set, valid_prompts = runspec.encode(config, valid_set, tok, fmt, 'config.data.valid')
+  log.info('data: %s', data_lib.describe(train_set, valid_set))  # what trains and validates: too-long ones skipped
   k = spec.eval_samples  # k completions per validation prompt, each graded; the means average them all
   valid_prompts, valid_set = [p for p in valid_prompts for _ in range(k)], [e for e in valid_set for _ in range(k)]
   # a workdir that holds another run (or no run at all) is refused before anything in it changes

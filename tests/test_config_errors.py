@@ -48,6 +48,7 @@ BAD = [
   ([TINY, '--config.eval_temperature=1e-9'], 'config.eval_temperature: expected 0 (greedy) or a number >= 1e-05'),
   ([TINY, '--config.optimizer.schedule=linear'], "config.optimizer.schedule: expected one of 'constant', 'cosine'"),
   ([TINY, '--config.optimizer.learning_rate=0'], 'config.optimizer.learning_rate: expected a finite number > 0'),
+  ([TINY, '--config.batch_size=100000000000'], 'config.batch_size: expected an integer from 1 to 2147483647, found'),
   ([TINY, '--config.optimizer.b1=1.0'], 'config.optimizer.b1: expected a finite number >= 0 and < 1, found 1.0'),
   ([TINY, '--config.optimizer.b2=1'], 'config.optimizer.b2: expected a finite number >= 0 and < 1, found 1'),
   ([TINY, '--config.openai.n_epochs=abc'], "config.openai.n_epochs: expected a finite number or 'auto', got 'abc'"),
@@ -84,6 +85,10 @@ BAD = [
     "config.tools[0].server_url: expected an http:// or https:// URL with a host, found '{tool_server}'",
   ),
   ([TINY, '--config.lora.rank=-1'], 'config.lora.rank: expected an integer >= 0'),
+  (
+    ['--config=configs/smollm2_arith.py', '--config.lora.rank=100000', '--config.lora.alpha=16'],
+    "config.lora.rank: expected an integer from 1 to smollm2_135m's d_model, 576, found 100000",
+  ),
   (
     [TINY, '--config.lora.rank=4'],
     'config.init: expected pretrained weights (gguf:PATH, gguf:NAME or hf:DIR) when config.lora.rank > 0',
@@ -190,8 +195,13 @@ def test_k_greedy_validation_samples_get_a_warning(monkeypatch, caplog):
     runspec.check(config)
   assert caplog.messages == [
     'eval_samples=3 with eval_temperature=0: greedy decoding gives each validation prompt the same completion 3 times; '
-    'set config.eval_temperature above 0 for k different samples'
+    'set config.eval_temperature above 0 (and sampling.top_k to 0 or above 1) for k different samples'
   ]
+  caplog.clear()
+  config.sampling.top_k = 1  # only the likeliest token is left: greedy at any temperature
+  with caplog.at_level('WARNING', logger='rftjax'):
+    runspec.check(config)
+  assert caplog.messages[0].startswith('eval_samples=3 with sampling.top_k=1: greedy decoding gives each validation')
 
 
 GOOD_LINE = '{"messages": [{"role": "user", "content": "Largest digit: 1 2 3 4"}], "answer": "4"}\n'

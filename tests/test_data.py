@@ -76,6 +76,8 @@ def test_missing_and_empty_file(tmp_path):
     data.load_jsonl(tmp_path / 'nope.jsonl')
   with pytest.raises(data.DataError, match='no examples'):
     data.load_jsonl(write(tmp_path, ['']))
+  with pytest.raises(data.DataError, match=r'no examples \(the file is empty\) \(config.data.valid\)$'):
+    data.load_jsonl(write(tmp_path, ['']), 'config.data.valid')
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):

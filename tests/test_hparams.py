@@ -122,6 +122,13 @@ def test_a_warm_up_longer_than_the_run_and_epochs_under_dynamic_sampling_are_sai
   assert caplog.messages[0].startswith(
     'sampling.temperature=0: greedy decoding gives the num_generations=4 completions of a prompt the same tokens'
   )
+  caplog.clear()
+  c.sampling.temperature, c.sampling.top_k = 1.0, 1  # greedy too: only the likeliest token is left
+  with caplog.at_level('WARNING', logger='rftjax'):
+    runspec.resolve(c, 12)
+  assert caplog.messages[0].startswith(
+    'sampling.top_k=1: greedy decoding gives the num_generations=4 completions of a prompt the same tokens'
+  )
 
 
 def test_eval_samples_sets_the_native_field():

@@ -432,3 +432,39 @@ def test_sampling_cuts_prompts_to_a_bucket_of_the_longest_with_the_same_completi
   assert widths == [16] and r.prompt_tokens.shape == (4, 64)
   np.testing.assert_array_equal(r.tokens, full.tokens)
   np.testing.assert_allclose(r.logprobs, full.logprobs, atol=1e-5)
+
+
+def test_validation_batches_hold_whole_groups_of_eval_samples(monkeypatch):
+  """eval_samples=3 with an eval batch of 4 rows: batches cut groups apart, so no batch prefilled its prompts once
+  (2.8x the time a row in the scale audit); batches are now rounded up to whole groups."""
+  from rftjax import inference
+  from rftjax import model
+  from rftjax import sampler as sampler_lib
+
+  cfg = presets.tiny(vocab_size=64)
+  params = model.init_params(cfg, 2)
+  prompts = [p for p in ([5, 6, 7], [8, 9], [10, 11, 12, 13]) for _ in range(3)]
+  s = sampler_lib.Sampler(cfg, 8, 3, stop_ids=(1,), params=sampler_lib.SamplingParams(1.0), group_size=3)
+  groups = []
+  call = sampler_lib.Sampler.__call__
+  monkeypatch.setattr(
+    sampler_lib.Sampler, '__call__', lambda self, *a: groups.append(self.group_size) or call(self, *a)
+  )
+  tok = types.SimpleNamespace(decode=lambda ids: ' '.join(map(str, ids)))
+  got = list(inference._host_batches(s, params, prompts, tok, mesh=None, rng=jax.random.key(0), batch_size=4))
+  assert [rows for rows, _ in got] == [[0, 1, 2, 3, 4, 5], [6, 7, 8]] and groups == [3, 3]
+
+
+def test_a_long_validation_pass_says_how_far_it_got(caplog):
+  from rftjax import inference
+
+  report = inference.progress_log('step 5: validating', every_s=0.0)
+  with caplog.at_level('INFO', logger='rftjax'):
+    report(64, 1000)
+    report(1000, 1000)  # the pass's own line follows
+  assert [m.split(' (')[0] for m in caplog.messages] == ['step 5: validating: 64/1000 prompts']
+  quiet = inference.progress_log('validation')  # the first 30 s say nothing
+  caplog.clear()
+  with caplog.at_level('INFO', logger='rftjax'):
+    quiet(64, 1000)
+  assert caplog.messages == []
