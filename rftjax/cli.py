@@ -69,6 +69,28 @@ def exit_now(status: int) -> NoReturn:
 # The status a shell gives a tool that SIGPIPE ended (128 + 13): what `report ... | head` means with pipefail.
 BROKEN_PIPE_EXIT_CODE = 141
 
+_open_line = False  # a progress line is on a terminal's stderr without its newline yet
+
+
+def progress(label: str) -> Callable[[int, int], None]:
+  """`report(done, total)` for long work, on stderr: on a terminal one line rewritten in place; in a log file a
+  line at each tenth of the way (carriage returns there made one line of hundreds of updates)."""
+  tty = sys.stderr.isatty()
+  tenths = [-1]
+
+  def report(done: int, total: int) -> None:
+    global _open_line
+    if total <= 0:
+      return
+    if tty:
+      print(f'\r{label}: {done}/{total}', end='\n' if done == total else '', file=sys.stderr, flush=True)
+      _open_line = done != total
+    elif done == total or done * 10 // total > tenths[0]:
+      tenths[0] = done * 10 // total
+      print(f'{label}: {done}/{total}', file=sys.stderr, flush=True)
+
+  return report
+
 
 def run(body: Callable[[], int]) -> int:
   """Calls `body`; a UserError becomes `error: <message>` on stderr and exit status 2 (no traceback), Ctrl-C
@@ -82,7 +104,7 @@ def run(body: Callable[[], int]) -> int:
     print(f'error: {e}', file=sys.stderr)
     return errors.EXIT_CODE
   except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for it, no traceback
-    print('interrupted', file=sys.stderr)
+    print(('\n' if _open_line else '') + 'interrupted', file=sys.stderr)  # not glued to a progress line
     return 130
   except BrokenPipeError:
     if not _stdout_closed():  # a socket's broken pipe (a grader endpoint, a tool server) is a real error

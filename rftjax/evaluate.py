@@ -208,7 +208,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
       mesh=loaded.mesh,
       batch_size=sample_cli.batch_size(args, loaded),
       rng=rng,
-      progress=sample_cli.stderr_progress('sampling'),
+      progress=cli.progress('sampling'),
     )
   results = [r for _, r in graded]
   transcripts = [o.get('transcript') for o, _ in graded]

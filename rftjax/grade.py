@@ -183,14 +183,13 @@ def _run(args) -> int:
                              allow_unsandboxed=args.allow_unsandboxed, response_format=fmt)  # fmt: skip
   pool.budget_label = f'--budget_s={args.budget_s:g}' if args.budget_s else ''
   with pool:
-    results, t0 = [], time.monotonic()
+    results, t0, report = [], time.monotonic(), cli.progress('grading')
     for start in range(0, len(texts), PROGRESS_CHUNK):  # in chunks, so that a long --data shows how far it got
       if args.budget_s:  # the pool's budget is per call: each chunk gets what is left of the whole one
         pool.budget_s = max(args.budget_s - (time.monotonic() - t0), 1e-3)
       results += pool.grade(grader, texts[start : start + PROGRESS_CHUNK], items[start : start + PROGRESS_CHUNK])
       if len(texts) > PROGRESS_CHUNK:
-        done = len(results) == len(texts)
-        print(f'\rgrading: {len(results)}/{len(texts)}', end='\n' if done else '', file=sys.stderr, flush=True)
+        report(len(results), len(texts))
   if modes[0]:
     print(json.dumps(results[0].to_json(), default=str))
     return 1 if results[0].errors else 0  # a grading that failed is not a score of 0

@@ -237,8 +237,9 @@ class MetricsWriter:
     if tensorboard:
       import tensorboardX  # optional at import time: only the writer needs it
 
+      # written out every 10 s and at each validation: a flush per step cost ~11 ms (a fifth of a tiny-demo step)
       self._tb = tensorboardX.SummaryWriter(
-        str(pathlib.Path(workdir) / 'tensorboard'), purge_step=resume_step + 1 if resumed else None
+        str(pathlib.Path(workdir) / 'tensorboard'), purge_step=resume_step + 1 if resumed else None, flush_secs=10
       )
 
   def write(self, record: dict) -> None:
@@ -258,7 +259,8 @@ class MetricsWriter:
         # would print a warning per value
         if key != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
           self._tb.add_scalar(key, value, step)
-      self._tb.flush()
+      if 'valid_reward_mean' in record:
+        self._tb.flush()
 
   def event(self, message: str, level: str = 'info', data: dict | None = None) -> None:
     """Appends a "message" event. `data.step` defaults to the step of the last record written (the resume step

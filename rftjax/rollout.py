@@ -394,6 +394,7 @@ class Rollouts:
     self.tok, self.grader, self.pool, self.data_iter, self.mesh, self.rng = tok, grader, pool, data_iter, mesh, rng
     self.shapes = ShapePicker()  # the trainer reports each update to it (`ShapePicker.observe`)
     self.failures_said = False  # gradings that failed under max_error_share: said once, then in the metrics
+    self.truncation_said = False  # grpo.mask_truncated masked a whole step: said once, then truncated_frac says it
 
   def draw(self, params, rng) -> tuple[Rollout, float, float]:
     """The next `prompts` prompts x G: (graded rollout, sampling seconds, grading seconds)."""
@@ -441,6 +442,14 @@ class Rollouts:
         step + 1, n_signal // g, cfg.prompts, len(parts), cfg.max_resample_rounds, cfg.prompts - n_signal // g,
       )  # fmt: skip
     results = [x for p in parts for x in p.results]
+    if cfg.mask_truncated and not self.truncation_said and rolled.truncated.all():
+      self.truncation_said = True
+      log.warning(
+        'step %d: every completion reached sampling.max_new_tokens=%d without a stop token, and grpo.mask_truncated '
+        'masks such completions out of the loss: the step trains nothing; raise sampling.max_new_tokens (said once; '
+        'truncated_frac in metrics.jsonl counts them at every step)',
+        step + 1, cfg.max_new_tokens,
+      )  # fmt: skip
     if not self.failures_said and any(x.errors for x in results):
       self.failures_said = True
       log.warning(

@@ -162,13 +162,6 @@ def read_prompts(path: str | pathlib.Path) -> list[tuple[dict, data_lib.Example]
   return out
 
 
-def stderr_progress(label: str):
-  def report(done: int, total: int) -> None:
-    print(f'\r{label}: {done}/{total}', end='\n' if done == total else '', file=sys.stderr, flush=True)
-
-  return report
-
-
 def parse_args(argv):
   p = argparse.ArgumentParser(prog='python -m rftjax.sample', description=__doc__.split('\n')[0])
   add_model_flags(p)
@@ -219,7 +212,7 @@ def main(argv=None) -> int:
       mesh=loaded.mesh,
       batch_size=batch_size(args, loaded),
       rng=jax.random.key(args.seed),
-      progress=stderr_progress('sampling'),
+      progress=cli.progress('sampling'),
     )
     rows = [
       {

@@ -727,3 +727,20 @@ def test_report_asks_the_lock_file_whether_a_run_without_an_ending_still_runs(tm
   s = report.summarize(tmp_path)
   assert s['status'] == 'stopped' and s['status_message'].endswith('ended without a word (killed?)')
   assert 'status stopped: process' in [' '.join(line.split()) for line in report.table(s).splitlines()][1]
+
+
+def test_progress_is_a_line_per_tenth_in_a_log_and_ctrl_c_starts_a_line_of_its_own(capsys, monkeypatch):
+  from rftjax import cli
+
+  report = cli.progress('sampling')  # stderr is no terminal here: a log file
+  for done in range(0, 1001, 50):
+    report(done, 1000)
+  assert capsys.readouterr().err.splitlines() == [f'sampling: {n}/1000' for n in range(0, 1001, 100)]
+  monkeypatch.setattr(sys.stderr, 'isatty', lambda: True)
+
+  def body():
+    cli.progress('grading')(256, 600)
+    raise KeyboardInterrupt
+
+  assert cli.run(body) == 130
+  assert capsys.readouterr().err == '\rgrading: 256/600\ninterrupted\n'  # was '...256/600interrupted'

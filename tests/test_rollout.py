@@ -468,3 +468,18 @@ def test_a_long_validation_pass_says_how_far_it_got(caplog):
   with caplog.at_level('INFO', logger='rftjax'):
     quiet(64, 1000)
   assert caplog.messages == []
+
+
+def test_a_step_that_mask_truncated_masks_whole_is_said_once(caplog, monkeypatch):
+  rollouts = CannedRollouts(dynamic=False, max_rounds=0)
+  rollouts.cfg = dataclasses.replace(rollouts.cfg, mask_truncated=True)
+  cut = lambda self, params, rng: (dataclasses.replace(fake_rollout(ROUNDS[0], 1), truncated=np.ones(8, bool)), 0, 0)  # noqa: E731
+  monkeypatch.setattr(CannedRollouts, 'draw', cut)
+  monkeypatch.setattr(rollout, 'make_batch', lambda r, cfg, mesh, shapes=None: None)
+  with caplog.at_level('WARNING', logger='rftjax'):
+    rollouts(None, 0)
+    rollouts(None, 1)
+  assert [m.split(': the step')[0] for m in caplog.messages] == [
+    'step 1: every completion reached sampling.max_new_tokens=2 without a stop token, and grpo.mask_truncated masks '
+    'such completions out of the loss'
+  ]
