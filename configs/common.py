@@ -90,7 +90,7 @@ def base() -> ml_collections.ConfigDict:
   c.eval_interval = 10
   c.eval_temperature = 0.0  # 0 = greedy
   c.eval_samples = 1  # completions per validation prompt (averaged); > 1 wants eval_temperature > 0
-  c.eval_batch_size = 64
+  c.eval_batch_size = 64  # rows; rounded up to whole groups of eval_samples on every data shard and host
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep_best = 3
