@@ -72,6 +72,19 @@ class Rollout:
     return None if self.episodes[0] is None else [e['trace_id'] for e in self.episodes]
 
 
+_WIDTHS: dict = {}  # Sampler at full width -> the prompt widths its program was compiled at in this process
+
+
+def _prompt_width(s, longest: int) -> int:
+  """The prompt width `s` samples `longest`-token prompts at: a width compiled before when it pads them at most
+  2x (a sampler compile is seconds to minutes: 30 s for SmolLM2 on CPU, so batches whose longest prompt moves
+  between buckets would compile each), else `bucket(longest)`. Every host decides alike (longest is every host's)."""
+  seen = _WIDTHS.setdefault(s, set())
+  width = min((w for w in seen if longest <= w <= 2 * longest), default=bucket(longest, s.max_prompt_len))
+  seen.add(width)
+  return width
+
+
 def sample(sampler, params, prompts: list[list[int]], tok, rng, mesh, items=None) -> Rollout:
   """Samples and decodes this host's rows; rewards and results are not filled yet. `sampler`: a
   sampler_lib.Sampler (one completion per row) or an episodes.Agent (multi-turn episodes with tools; `items`, the
@@ -88,7 +101,7 @@ def sample(sampler, params, prompts: list[list[int]], tok, rng, mesh, items=None
   # as wide as data.max_prompt_len (17x the time of a validation pass of ~9-token prompts at 256). An episode's
   # cache keeps its room for the turns after the prompt.
   (longest,) = multihost.max_over_hosts(max((len(q) for q in prompts), default=1))
-  width = bucket(longest, s.max_prompt_len)
+  width = _prompt_width(s, longest)
   cut = dict(max_prompt_len=width, context_len=s.context_len and s.context_len - (s.max_prompt_len - width))
   s = dataclasses.replace(s, **cut)
   c_tokens, c_mask = p_tokens[:, p_tokens.shape[1] - width :], p_mask[:, p_mask.shape[1] - width :]

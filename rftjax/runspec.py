@@ -84,12 +84,12 @@ def _fail(key: str, found, expected: str):
   raise errors.ConfigError(f'config.{key}: expected {expected}, found {found!r}')
 
 
-def _int(config, key: str, minimum: int, why: str = '') -> int:
+def _int(config, key: str, minimum: int, why: str = '', maximum: int = hparams.INT_LIMIT) -> int:
   value = _get(config, key)
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     _fail(key, value, f'an integer >= {minimum}{why}')
-  if value > hparams.INT_LIMIT:  # a typo (batch_size=10**20 ran out of memory minutes later), as for OpenAI fields
-    _fail(key, value, f'an integer from {minimum} to {hparams.INT_LIMIT}{why}')
+  if value > maximum:  # a typo (batch_size=10**20 ran out of memory minutes later), as for OpenAI fields
+    _fail(key, value, f'an integer from {minimum} to {maximum}{why}')
   return value
 
 
@@ -170,8 +170,7 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
     response_format.load(config.get('response_format'))
   if inputs and config.get('grader') in (None, ''):
     _fail('grader', config.get('grader'), 'a grader dict or the path of a grader JSON file')
-  if _int(config, 'seed', 0) > cli.MAX_SEED:
-    _fail('seed', config.seed, f'an integer in [0, {cli.MAX_SEED}] (a JAX key holds 32 bits: larger seeds repeat)')
+  _int(config, 'seed', 0, ' (a JAX key holds 32 bits: larger seeds repeat)', maximum=cli.MAX_SEED)
   _int(config, 'total_steps', 0)
   batch = _int(config, 'batch_size', 1)
   g = _int(config, 'num_generations', 2, ' (GRPO compares the completions of one prompt)')

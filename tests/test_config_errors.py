@@ -31,7 +31,10 @@ BAD = [
   ([TINY, '--config.sampling.max_new_tokens=0'], 'config.sampling.max_new_tokens: expected an integer >= 1, found 0'),
   ([TINY, '--config.eval_interval=0'], 'config.eval_interval: expected an integer >= 1, found 0'),
   ([TINY, '--config.total_steps=-5'], 'config.total_steps: expected an integer >= 0, found -5'),
-  ([TINY, '--config.seed=4294967296'], 'config.seed: expected an integer in [0, 4294967295] (a JAX key holds 32 bits'),
+  (
+    [TINY, '--config.seed=4294967296'],
+    'config.seed: expected an integer from 0 to 4294967295 (a JAX key holds 32 bits',
+  ),
   (
     [TINY, '--config.grpo.advantage=grpoo'],
     "config.grpo.advantage: expected one of 'grpo', 'dr_grpo', 'rloo', 'gdpo', found 'grpoo'; did you mean grpo?",

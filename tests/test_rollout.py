@@ -421,6 +421,7 @@ def test_sampling_cuts_prompts_to_a_bucket_of_the_longest_with_the_same_completi
   rng = np.random.default_rng(1)
   prompts = [list(rng.integers(5, 64, n)) for n in (3, 9, 5, 7)]
   s = sampler_lib.Sampler(cfg, 64, 6, stop_ids=(1,), params=sampler_lib.SamplingParams(1.0))
+  monkeypatch.setattr(rollout, '_WIDTHS', {})  # no width compiled before in this process
   widths = []
   call = sampler_lib.Sampler.__call__
   monkeypatch.setattr(
@@ -432,6 +433,9 @@ def test_sampling_cuts_prompts_to_a_bucket_of_the_longest_with_the_same_completi
   assert widths == [16] and r.prompt_tokens.shape == (4, 64)
   np.testing.assert_array_equal(r.tokens, full.tokens)
   np.testing.assert_allclose(r.logprobs, full.logprobs, atol=1e-5)
+  # a width compiled before serves prompts it pads at most 2x; shorter ones get their own bucket
+  rollout._WIDTHS.clear()
+  assert [rollout._prompt_width(s, n) for n in (40, 30, 12, 9, 33)] == [48, 48, 16, 16, 48]  # 30: 48, not 32
 
 
 def test_validation_batches_hold_whole_groups_of_eval_samples(monkeypatch):
