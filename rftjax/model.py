@@ -360,8 +360,8 @@ def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_
   q, k, v = _qkv(cfg, x, p, lora, inv_freq, positions)
   b, t = q.shape[:2]
   own = key_mask  # which of the call's own keys are real
-  # (query positions, key positions) for the window of each key block; None: slot distance
-  window_at = (lambda k_pos: None) if key_pos is None else (lambda k_pos: (positions, k_pos))  # noqa: E731
+  # (query positions, positions of the key slots `at`) for the window of a key block; None: slot distance
+  window_at = lambda at: None if key_pos is None else (positions, key_pos[:, at])  # noqa: E731
   cached = []  # ((keys, values), mask [B, T, S], groups): what the queries read from a cache
   if kv is not None:
     # the cache's slots before cache_index, then this call's own keys (rounded through the cache dtype, so a
@@ -375,15 +375,16 @@ def _layer(cfg: TransformerConfig, x, p, lora, inv_freq, is_local, positions, q_
     if not (isinstance(cache_index, int) and cache_index == 0):
       first = key_mask.shape[1] - k_index.shape[0]
       seen = key_mask[:, first:] & (k_index < cache_index)[None]
-      near = window_at(None if key_pos is None else key_pos[:, first:])
+      near = window_at(slice(first, None))
       cached.append((kv, _attention_mask(q_index, k_index, seen, cfg.sliding_window, is_local, near), b))
   if shared is not None:  # each group's queries against its prompt's keys, held once for the group
     prompt = jnp.arange(shared[1].shape[2])
-    near = window_at(None if key_pos is None else key_pos[:, : prompt.shape[0]])
+    near = window_at(slice(0, prompt.shape[0]))
     seen = _attention_mask(q_index, prompt, key_mask[:, : prompt.shape[0]], cfg.sliding_window, is_local, near)
     cached.append((shared, seen, shared[1].shape[0]))
   # own keys: the queries' slots and positions
-  own_mask = _attention_mask(q_index, q_index, own, cfg.sliding_window, is_local, window_at(positions))
+  own_at = None if key_pos is None else (positions, positions)
+  own_mask = _attention_mask(q_index, q_index, own, cfg.sliding_window, is_local, own_at)
   logits = [_mask(jnp.einsum('btkgh,bskh->bkgts', q, k), own_mask[:, None, None])]
   logits += [_mask(kvcache.logits(q, ck.astype(x.dtype), n), m[:, None, None]) for (ck, _), m, n in cached]
   probs = _softmax(logits, x.dtype)

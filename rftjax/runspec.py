@@ -236,8 +236,7 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _int(config, 'eval_interval', 1)
   _num(config, 'eval_temperature', 0, why=' (0 = greedy)')
   _int(config, 'eval_samples', 1)
-  eval_greedy = 'eval_temperature=0' if config.eval_temperature == 0 else None
-  eval_greedy = eval_greedy or ('sampling.top_k=1' if config.sampling.top_k == 1 else None)  # validation's too
+  eval_greedy = _greedy(config, 'eval_temperature')
   if config.eval_samples > 1 and eval_greedy:
     log.warning(
       'eval_samples=%d with %s: greedy decoding gives each validation prompt the same completion %d times; set '
@@ -358,10 +357,17 @@ def resolve(config, num_train_examples: int, explicit=(), quiet: bool = False):
   return config
 
 
+def _greedy(config, temperature_key: str) -> str | None:
+  """The setting ('<temperature_key>=0' or 'sampling.top_k=1', which validation samples with too) that makes
+  sampling at `temperature_key` greedy, or None."""
+  if _get(config, temperature_key) == 0:
+    return f'{temperature_key}=0'
+  return 'sampling.top_k=1' if config.sampling.top_k == 1 else None  # only the likeliest token is left
+
+
 def _warn_about_run(config) -> None:
   """What an epoch count, a warm-up or greedy rollouts do not do in this run, said once its length is known."""
-  greedy = 'sampling.temperature=0' if config.sampling.temperature == 0 else None
-  greedy = greedy or ('sampling.top_k=1' if config.sampling.top_k == 1 else None)  # only the likeliest token is left
+  greedy = _greedy(config, 'sampling.temperature')
   if greedy and config.max_episode_steps == 1:
     log.warning(
       '%s: greedy decoding gives the num_generations=%d completions of a prompt the same tokens, so every group has '

@@ -161,17 +161,14 @@ class Formula:
     """Whether a function or a power takes a grader's value (`max(b, 5)`, `a ^ 2`): such a formula can be linear
     on some values and not on others, so a few points cannot tell a weighted sum."""
 
+    def children(node) -> list:
+      return node[2] if node[0] == 'call' else [c for c in node[1:] if isinstance(c, tuple)]
+
     def has_var(node) -> bool:
-      if node[0] == 'var':
-        return True
-      children = node[2] if node[0] == 'call' else [c for c in node[1:] if isinstance(c, tuple)]
-      return any(has_var(c) for c in children)
+      return node[0] == 'var' or any(has_var(c) for c in children(node))
 
     def walk(node) -> bool:
-      if node[0] in ('call', '^') and has_var(node):
-        return True
-      children = node[2] if node[0] == 'call' else [c for c in node[1:] if isinstance(c, tuple)]
-      return any(walk(c) for c in children)
+      return (node[0] in ('call', '^') and has_var(node)) or any(walk(c) for c in children(node))
 
     return walk(self.tree)
 
