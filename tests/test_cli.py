@@ -464,6 +464,21 @@ def test_local_judge_answers_model_graders(run_dir, in_repo):
   assert offline.errors and offline.errors[0].category == 'model_grader_server'
 
 
+def test_evaluate_completes_as_complete_without_logprobs(run_dir, in_repo):
+  """Graded completions are complete's, less the per-token logprobs nobody reads (a validation's memory)."""
+  loaded = load_run(run_dir)
+  ids = [loaded.tokenizer.encode_prompt([{'role': 'user', 'content': f'{d} 9 4 1'}]) for d in range(3)]
+  s = inference.make_sampler(loaded, ids, max_new_tokens=3, stop=())
+  plain = inference.complete(s, loaded.params, ids, loaded.tokenizer, mesh=None)
+  g = graders.build({'type': 'string_check', 'name': 's', 'operation': 'eq', 'input': '{{sample.output_text}}',
+                     'reference': plain[1]['text']})  # fmt: skip
+  with graders.GradingPool(num_workers=1) as pool:
+    graded = inference.evaluate(s, loaded.params, ids, [{}] * 3, loaded.tokenizer, g, pool, mesh=None, batch_size=32)
+  assert all(len(c['logprobs']) == len(c['tokens']) for c in plain)
+  assert [c for c, _ in graded] == [{k: v for k, v in c.items() if k != 'logprobs'} for c in plain]
+  assert [r.reward for _, r in graded][1] == 1.0
+
+
 # ---- the flags sample and evaluate share: one check, the same words ---------------------------------------------
 @pytest.mark.parametrize(
   'flag, said',
