@@ -149,8 +149,8 @@ def tool_turn(
   tokens parsed) around each output (encoded as plain text: a tool cannot inject control tokens, nor the template's
   markup tokens or a stop token, `_plain`). `after_token`: the
   turn's stop token, dropped from the closing piece when the model already wrote it. Outputs are cut (from the end)
-  until the whole turn fits `budget` tokens, the longest first, down to one length. Returns (ids, tokens per output,
-  outputs cut)."""
+  until the whole turn fits `budget` tokens, the longest first, down to one length. Returns (ids, each output's
+  tokens as inserted, each output's token count before the cut)."""
   pieces = list(_tool_turn_pieces(tok, len(outputs)))
   if after_token is not None:
     written = tok.decode([after_token], skip_special=False)
@@ -177,7 +177,7 @@ def tool_turn(
   ids = frame[0]
   for body, piece in zip(bodies, frame[1:]):
     ids = ids + body + piece
-  return ids, [len(b) for b in bodies], sum(len(b) < n for b, n in zip(bodies, sizes))
+  return ids, bodies, sizes
 
 
 def _plain(tok, text: str, markers: set[str]) -> list[int]:
@@ -265,13 +265,17 @@ class Agent:
     mask = np.zeros((len(rows), width), bool)
     for i, (results, stop) in answered.items():
       row = rows[i]
-      ids, sizes, cut = tool_turn(self.tok, [r.output for r in results], stop, width, self.sampler.stop_ids)
+      ids, bodies, full = tool_turn(self.tok, [r.output for r in results], stop, width, self.sampler.stop_ids)
       block[i, width - len(ids) :], mask[i, width - len(ids) :] = ids, True
       row.add(ids)
       row.calls += results
-      row.tool_tokens += sizes
-      row.clipped += cut
-      row.messages += [{'role': 'tool', 'name': r.name, 'content': r.output, 'kind': r.kind} for r in results]
+      row.tool_tokens += [len(b) for b in bodies]
+      row.clipped += sum(len(b) < n for b, n in zip(bodies, full))
+      row.messages += [
+        {'role': 'tool', 'name': r.name, 'content': r.output, 'kind': r.kind,
+         **({'shown': self.tok.decode(b, skip_special=False)} if len(b) < n else {})}  # what the model read of it
+        for r, b, n in zip(results, bodies, full)
+      ]  # fmt: skip
     assert not (live & ~np.isin(np.arange(len(rows)), list(answered))).any()
     return block, mask
 
