@@ -100,8 +100,10 @@ def _sample_text(row, where: str) -> str:
   )
 
 
-# samples per pool call with --data: each call keeps every worker busy, and the count on stderr moves between them
-PROGRESS_CHUNK = 256
+def progress_chunk(pool) -> int:
+  """Samples per pool call with --data: four per worker (or judge thread) keeps each busy, and the count on stderr
+  moves between calls; 256 a call left a slow grader silent for minutes (a call costs ~1 ms more)."""
+  return max(32, 4 * pool.num_workers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,12 +185,12 @@ def _run(args) -> int:
                              allow_unsandboxed=args.allow_unsandboxed, response_format=fmt)  # fmt: skip
   pool.budget_label = f'--budget_s={args.budget_s:g}' if args.budget_s else ''
   with pool:
-    results, t0, report = [], time.monotonic(), cli.progress('grading')
-    for start in range(0, len(texts), PROGRESS_CHUNK):  # in chunks, so that a long --data shows how far it got
+    results, t0, report, chunk = [], time.monotonic(), cli.progress('grading'), progress_chunk(pool)
+    for start in range(0, len(texts), chunk):  # in chunks, so that a long --data shows how far it got
       if args.budget_s:  # the pool's budget is per call: each chunk gets what is left of the whole one
         pool.budget_s = max(args.budget_s - (time.monotonic() - t0), 1e-3)
-      results += pool.grade(grader, texts[start : start + PROGRESS_CHUNK], items[start : start + PROGRESS_CHUNK])
-      if len(texts) > PROGRESS_CHUNK:
+      results += pool.grade(grader, texts[start : start + chunk], items[start : start + chunk])
+      if len(texts) > chunk:
         report(len(results), len(texts))
   if modes[0]:
     print(json.dumps(results[0].to_json(), default=str))

@@ -200,10 +200,17 @@ def stop_tokens(tok, strings: Sequence[str]) -> tuple[tuple[int, ...], tuple[tup
   """(single stop ids, multi-token stop sequences): the tokenizer's EOS and turn-end ids, then each string's token
   ids as the tokenizer encodes it alone (a one-token string joins the single ids)."""
   ids, seqs = list(tok.stop_ids), []
+  unk = getattr(tok, 'unk_id', None)
   for s in strings:
     enc = tuple(tok.encode(s))
     if not enc:
       raise ValueError(f'stop string {s!r} encodes to no tokens')
+    if unk is not None and unk in enc and s != tok.id_to_token(unk):  # the model writes no unknown: it never stops
+      odd = ''.join(dict.fromkeys(c for c in s if unk in tok.encode(c)))
+      raise ValueError(
+        f'stop string {s!r} has characters the tokenizer cannot spell ({odd!r} encode to its unknown token '
+        f'{tok.id_to_token(unk)!r}), so no completion ever ends with it; expected text the tokenizer spells'
+      )
     if len(enc) == 1:
       ids.append(enc[0])
     else:

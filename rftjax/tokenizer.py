@@ -65,6 +65,11 @@ class _SentencePiece:
     i = self.sp.piece_to_id(token) if token else 0
     return i if token and self.pieces[i] == token else None
 
+  @property
+  def unk_id(self) -> int | None:  # without byte fallback, characters the pieces lack all encode to it
+    i = self.sp.unk_id()
+    return i if 0 <= i < self.vocab_size else None
+
 
 class _HFTokenizers:
   """A `tokenizers.Tokenizer`: byte-level BPE rebuilt from a GGUF, or any HF `tokenizer.json`."""
@@ -90,6 +95,10 @@ class _HFTokenizers:
 
   def token_id(self, token: str) -> int | None:
     return self.tok.token_to_id(token) if token else None
+
+  @property
+  def unk_id(self) -> int | None:  # byte-level BPE spells every text and has none
+    return self.token_id(getattr(self.tok.model, 'unk_token', None) or '')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,6 +197,10 @@ class Tokenizer:
     doc="All of the model's Jinja templates by name ('default', 'tool_use', ...).",
   )
   jinja_source = property(lambda self: self._jinja.source if self._jinja else None, doc='Where it came from.')
+
+  unk_id = property(
+    lambda self: self._backend.unk_id, doc='The id text the vocabulary cannot spell encodes to, or None (byte-level).'
+  )
 
   def token_to_id(self, token: str) -> int | None:
     """Id of a token spelled exactly as in the vocabulary, or None."""

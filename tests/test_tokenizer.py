@@ -757,6 +757,20 @@ def test_train_sentencepiece_is_deterministic(tmp_path):
   assert tok.decode([tok.bos_id, *tok.encode('hi'), tok.eos_id], skip_special=False) == '<s>hi</s>'
 
 
+def test_a_stop_string_the_vocabulary_cannot_spell_is_refused(tmp_path):
+  """Without byte fallback, unseen characters encode to <unk>, which a model does not write: such a stop never ends
+  a completion, so it is refused where the config or flag names it (byte-fallback vocabularies spell it)."""
+  bare = tokenizer.load_tokenizer(
+    f'sp:{tokenizer.train_sentencepiece(_TINY_CORPUS, 200, tmp_path / "b" / "t", byte_fallback=False)}'
+  )
+  with pytest.raises(ValueError, match=r"stop string 'end Ω∑Ω' has characters the tokenizer cannot spell \('Ω∑' "
+                     r"encode to its unknown token '<unk>'\), so no completion ever ends with it"):  # fmt: skip
+    sampler.stop_tokens(bare, ('\n', 'end Ω∑Ω'))
+  assert bare.unk_id == 3 and sampler.stop_tokens(bare, ('\n',))[0] == (*bare.stop_ids, *bare.encode('\n'))
+  full = tokenizer.load_tokenizer(f'sp:{tokenizer.train_sentencepiece(_TINY_CORPUS, 400, tmp_path / "f" / "t")}')
+  assert full.decode(sampler.stop_tokens(full, ('end Ω∑Ω',))[1][0]) == 'end Ω∑Ω'
+
+
 def test_pretrained_resolve_and_missing(monkeypatch):
   assert pretrained.resolve('hf:/some/dir') == 'hf:/some/dir'
   assert pretrained.resolve('gguf:/x.gguf') == 'gguf:/x.gguf'
