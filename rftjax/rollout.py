@@ -230,6 +230,20 @@ class ShapePicker:
     self._last = (choice, cost(choice), new)
     return choice
 
+  def state(self) -> dict:
+    """What a checkpoint keeps (`restore`): a resumed run picks as the run would have gone on picking. Without it
+    the history started empty, and a shape loaded from the compilation cache (~1 s) set the price of a compile, so
+    the next new shape compiled for real (23 s on the tiny model) where the run had reused one."""
+    return {'seen': [list(s) for s in self.seen], 'padding_s': self.padding_s, 'compile_s': self.compile_s,
+            'unit_s': self.unit_s}  # fmt: skip
+
+  def restore(self, state: dict | None) -> None:
+    """Back to `state()`; None (a checkpoint from before it was kept): as new."""
+    if state is not None:
+      self.seen = {Shape(*map(int, s)): None for s in state['seen']}
+      self.padding_s, self.compile_s, self.unit_s = state['padding_s'], state['compile_s'], state['unit_s']
+      self._last = None
+
   def observe(self, training_s: float, compile_s: float) -> None:
     """The step's update after `pick`: its seconds without compiling, and the seconds it spent compiling."""
     if self._last is None:

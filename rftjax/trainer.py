@@ -150,7 +150,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     data_iter = data_lib.DataIterator(
       len(train_set), config.batch_size, config.seed, prompts=data_lib.fingerprint(train_prompts), **hosts
     )
-    start = 0
+    start, extra = 0, {}
     if latest is not None:
       try:
         state, extra = ckpt.restore(latest, step_lib.abstract_state(state))
@@ -204,6 +204,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     rollouts = rollout.Rollouts(
       spec.rollout, train_sampler, train_prompts, items, tok, grader, pool, data_iter, mesh, rng
     )
+    rollouts.shapes.restore(extra.get('shapes'))  # the train-step shapes compiled before, and their price
     validate = inference.Validation(
       eval_sampler,
       spec.eval_batch_size,
@@ -218,7 +219,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       run,
       max_error_share=config.grading.max_error_share,
     )
-    save = functools.partial(_save, ckpt, writer, run)
+    save = functools.partial(_save, ckpt, writer, run, shapes=rollouts.shapes)
 
     def guard_stop(at: int, state, alarm) -> GuardStopped | None:
       """The collapse guard asked to stop (guard.stop; a collective, every host alike): step `at` saved, the error to
@@ -417,14 +418,14 @@ def _job_events(writer, resumed_at: int | None, total_steps: int):
   writer.event('The job has successfully completed', data={'status': 'succeeded'})
 
 
-def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | None = None) -> None:
+def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | None = None, *, shapes) -> None:
   """Checkpoint `step` (ranked by its validation reward when it has one), redraw the reward plot with the kept best
   checkpoints marked, and sync the run files with them."""
   t0 = time.perf_counter()
   best = None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']}
   _check_room(ckpt, run, step)
   try:  # an asynchronous save's failure shows here at the next save, or at the end (_wait)
-    saved = ckpt.save(step, state, extra={'data': data_iter.state()}, metrics=best)
+    saved = ckpt.save(step, state, extra={'data': data_iter.state(), 'shapes': shapes.state()}, metrics=best)
   except Exception as e:
     raise _save_failed(ckpt, run, e) from e
   if saved:  # a step on disk already (a stop right after a resume) is no second timing row for its step

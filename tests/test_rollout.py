@@ -381,6 +381,25 @@ def test_shape_picker_reuses_a_compiled_shape_until_its_padding_costs_a_compile(
   assert len(picker.seen) == 3
 
 
+def test_a_shape_pickers_state_picks_after_a_resume_as_it_would_have(tmp_path):
+  """The picker's history goes into each checkpoint: without it a resumed run had compiled nothing, took the ~1 s
+  of loading a cached shape as the price of a compile, and compiled a shape the run would have reused."""
+  import json
+
+  wide, narrow = rollout.Shape(8, 48, 1, 4), rollout.Shape(8, 24, 1, 4)
+  cost, holds = (lambda s: float(s.width)), (lambda s: True)  # noqa: E731
+  picker = rollout.ShapePicker()
+  picker.pick(wide, holds, cost)
+  picker.observe(training_s=10.0, compile_s=6.0)
+  saved = json.loads(json.dumps(picker.state()))  # as the checkpoint's JSON keeps it
+  resumed, fresh = rollout.ShapePicker(), rollout.ShapePicker()
+  resumed.restore(saved)
+  fresh.restore(None)  # a checkpoint from before: as new
+  assert resumed.pick(narrow, holds, cost) == picker.pick(narrow, holds, cost) == wide  # 5 s of padding < 6 s
+  assert resumed.state() == picker.state() and resumed.padding_s == pytest.approx(5.0)
+  assert fresh.pick(narrow, holds, cost) == narrow
+
+
 def test_make_batch_takes_a_compiled_wider_shape_without_changing_logprobs():
   """After a batch of long completions, one of short completions takes the long one's compiled shape (wider, more
   rows) while a compile costs more than the padding, and its logprobs stay those of one row per completion; when
