@@ -206,20 +206,6 @@ def test_grade_reads_the_completions_rftjax_sample_writes(tmp_path, capsys):
   )
 
 
-def test_grade_shows_progress_a_few_calls_per_worker_at_a_time(tmp_path, capsys):
-  """--data of 100 lines on 2 workers: chunks of 32 (it said nothing below 257 lines); a log gets its tenths."""
-  from rftjax import grade
-
-  g = tmp_path / 'g.json'
-  g.write_text(json.dumps({'type': 'string_check', 'input': OUT, 'reference': '{{item.ref}}', 'operation': 'eq'}))
-  data = tmp_path / 'd.jsonl'
-  data.write_text(''.join(json.dumps({'ref': '4', 'completion': str(i % 2 * 4)}) + '\n' for i in range(100)))
-  assert grade.main([f'--grader={g}', f'--data={data}', f'--samples={data}', '--num_workers=2']) == 0
-  captured = capsys.readouterr()
-  assert json.loads(captured.out)['grade_reward_mean'] == 0.5
-  assert captured.err.splitlines() == [f'grading: {n}/100' for n in (32, 64, 96, 100)]
-
-
 def test_a_graders_run_body_grades_its_own_sample_and_item(tmp_path):
   body = tmp_path / 'run.json'
   body.write_text(json.dumps({'grader': multi_spec(), 'model_sample': 'abc', 'item': {'ref': 'abc'}}))

@@ -305,8 +305,26 @@ def test_multi_inline():
         ({'temperature': 1e-38}, 'temperature: expected 0 (greedy) or a number >= 1e-05, got 1e-38'),
         ({'max_completions_tokens': 0}, 'max_completions_tokens: expected an integer >= 1, got 0'),
         ({'seed': 'x'}, 'seed: expected an integer >= 0, got "x"'),
+        ({'temperture': 0.2}, 'temperture: unknown field; did you mean temperature?; known: temperature, top_p, '),
       )
     ),
+    # a judge reads text: an image part was dropped, and the judge scored without it
+    (
+      {
+        'type': 'label_model',
+        'model': 'm',
+        'labels': ['a'],
+        'passing_labels': ['a'],
+        'input': [
+          {
+            'role': 'user',
+            'content': [{'type': 'input_text', 'text': 'Is it a cat?'}, {'type': 'input_image', 'image_url': 'x'}],
+          }
+        ],
+      },
+      'grader.input[0].content[1].type: found "input_image", expected one of input_text, output_text, text: the judge '
+      'reads text only',
+    ),  # fmt: skip
   ],
 )
 def test_config_errors(spec, needle):
@@ -681,15 +699,16 @@ def test_similarity_scores_stay_in_unit_interval(metric):
 
 
 def test_cli_shows_progress_on_long_data(tmp_path):
-  """600 samples: graded in chunks of 256, the count on stderr after each; the summary as from one call."""
+  """600 samples on 2 workers: graded in chunks of 32 (of 256 before: a slow grader was silent for minutes, and
+  fewer than 257 lines said nothing), a line per tenth in a log; the summary as from one call."""
   grader = tmp_path / 'g.json'
   grader.write_text(json.dumps({'type': 'string_check', 'name': 'eq', 'input': OUT, 'reference': '{{item.ref}}',
                                 'operation': 'eq'}))  # fmt: skip
   data, samples = tmp_path / 'd.jsonl', tmp_path / 's.jsonl'
   data.write_text('{"ref": "a"}\n' * 600)
   samples.write_text('"a"\n"b"\n"a"\n' * 200)
-  out = run_cli(f'--grader={grader}', f'--data={data}', f'--samples={samples}')
+  out = run_cli(f'--grader={grader}', f'--data={data}', f'--samples={samples}', '--num_workers=2')
   assert out.returncode == 0, out.stderr
-  # text mode reads each '\r' as a line end
-  assert out.stderr.split() == ['grading:', '256/600', 'grading:', '512/600', 'grading:', '600/600'], out.stderr
+  shown = [32, 64, 128, 192, 256, 320, 384, 448, 480, 544, 600]  # the first call past each tenth
+  assert out.stderr.splitlines() == [f'grading: {n}/600' for n in shown], out.stderr
   assert json.loads(out.stdout)['grade_reward_mean'] == pytest.approx(2 / 3)

@@ -83,6 +83,21 @@ def _map_sampling(params: dict) -> dict:
   return out
 
 
+TEXT_PARTS = ('input_text', 'output_text', 'text')
+
+
+def _text_part(part: dict, where: str) -> Any:
+  """A content part's text. OpenAI's judges also read input_image and input_audio parts; these judges (a local
+  model, or a chat-completions endpoint sent text) read text only, and a dropped image would be scored without."""
+  kind = part.get('type', 'input_text')
+  if kind not in TEXT_PARTS:
+    raise core.GraderConfigError(
+      f'{where}.type: found {json.dumps(kind)[:40]}, expected one of {", ".join(TEXT_PARTS)}: the judge reads text '
+      'only, and would score without the image or audio'
+    )
+  return part.get('text')
+
+
 def _compile_messages(messages: Any, field: str):
   if not isinstance(messages, list) or not messages:
     raise core.GraderConfigError(
@@ -101,9 +116,12 @@ def _compile_messages(messages: Any, field: str):
       )
     content = msg['content']
     if isinstance(content, dict):  # {"type": "input_text", "text": ...}
-      content = content.get('text')
+      content = _text_part(content, f'{where}.content')
     elif isinstance(content, list):
-      content = ''.join(part.get('text', '') if isinstance(part, dict) else str(part) for part in content)
+      content = ''.join(
+        _text_part(part, f'{where}.content[{j}]') if isinstance(part, dict) else str(part)
+        for j, part in enumerate(content)
+      )
     compiled.append((msg['role'], templating.compile_template(content, f'{where}.content')))
   return compiled
 

@@ -136,12 +136,23 @@ def _check_leaf(spec: dict, where: str) -> None:
     _field(spec, 'pass_threshold', _NUMBER, where, required=False)
 
 
+# OpenAI's five, and the chat API's names for the token limit (which a judge's endpoint is sent)
+SAMPLING_PARAMS = ('temperature', 'top_p', 'max_completions_tokens', 'seed', 'reasoning_effort',
+                   'max_completion_tokens', 'max_tokens')  # fmt: skip
+
+
 def _check_sampling_params(params: dict | None, where: str) -> None:
   """OpenAI's sampling_params as a local judge samples with them: a top_p of 0 once kept every token."""
   from rftjax import sampler  # jax: only for a model grader's spec
 
   if not params:
     return
+  for key in params:  # a misspelt key left its default in force (a greedy judge for `temperture`)
+    if key not in SAMPLING_PARAMS:
+      raise _E(
+        f'{where}.sampling_params.{key}: unknown field{errors.did_you_mean(str(key), SAMPLING_PARAMS)}; known: '
+        f'{", ".join(SAMPLING_PARAMS)}'
+      )
   problem = sampler.params_problem(params.get('temperature', 1.0), params.get('top_p', 1.0), 0)
   if problem:
     field, _, rest = problem.partition(': ')
@@ -267,8 +278,7 @@ def locate(spec: Any) -> tuple[dict, str | None]:
   /graders/run request (`{"grader": {...}}`) or of a fine-tuning job request (`method.reinforcement.grader`)."""
   if spec is None or spec == '':
     raise _E('config.grader is not set: give a grader dict or the path of a grader JSON file')
-  if hasattr(spec, 'to_dict'):
-    spec = spec.to_dict()
+  spec = errors.plain(spec)
   label = 'grader'
   if isinstance(spec, (str, pathlib.Path)):
     label = f'grader file {spec}'
