@@ -127,6 +127,13 @@ def loads_untrusted(text: str | bytes, **kwargs) -> Any:
   return value
 
 
+def plain(value: Any) -> Any:
+  """A ConfigDict (a config's grader, response_format, tools) as plain dicts and lists in the order its keys were
+  written: ConfigDict's to_dict() and items() sort them, and a schema's property order is the order a model is asked
+  to write them in (OpenAI's structured outputs keep it: 'reasoning' before 'answer'). Anything else as it is."""
+  return json.loads(value.to_json_best_effort()) if hasattr(value, 'to_json_best_effort') else value
+
+
 def _first(node: Any, where: dict, at: str):
   """(JSON path of the object, its repeat) for the first object in document order that repeats a key."""
   if isinstance(node, dict):

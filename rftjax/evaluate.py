@@ -92,7 +92,11 @@ def parse_args(argv):
   )
   p.add_argument('--top_p', type=float, default=None, help="in (0, 1]; 1 = off (default: the run's, else 1)")
   p.add_argument('--top_k', type=int, default=None, help="0 = off, >= 0 (default: the run's, else 0)")
-  p.add_argument('--grader', default=None, help="grader JSON file (default: the run's grader)")
+  p.add_argument(
+    '--grader',
+    default=None,
+    help="grader JSON file, or an OpenAI job file (its response_format too); default: the run's grader and format",
+  )
   p.add_argument(
     '--pass_threshold',
     type=float,
@@ -151,7 +155,9 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   allow = args.allow_unsandboxed or bool(grading.get('allow_unsandboxed', False))
   graders.check_sandbox(graders.build(grader_spec), allow)  # a bad field fails before the model loads
   graders.check_items(grader_spec, [(ex.source, ex.item) for ex in examples])
-  fmt = response_format.make(run_config.get('response_format') if run_config else None)
+  job, fmt = response_format.of_job(args.grader)  # a job file's format, as grade and training take it
+  if not job:
+    fmt = response_format.make(run_config.get('response_format') if run_config else None)
   steps = int(run_config.get('max_episode_steps') or 1) if run_config else 1
   if args.tools and steps == 1:
     raise errors.ConfigError(f'--tools={args.tools}: the run calls no tools (its config.max_episode_steps is 1)')
@@ -181,8 +187,9 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   ids = [p for p in ids for _ in range(k)]
   items = [ex.item for ex in examples for _ in range(k)]
   sampler = inference.make_sampler(
-    loaded, ids, max_new_tokens=max_new, temperature=temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop
-  )
+    loaded, ids, max_new_tokens=max_new, temperature=temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop,
+    group_size=k,  # k copies of each prompt in a row: one prefill each, and the program the run's validation ran
+  )  # fmt: skip
   if steps > 1:  # the run's episodes: the same tools, turns and room for tool outputs (docs/tools.md)
     width = int(run_config.sampling.tool_tokens)
     slots = episodes.context_len(sampler.max_prompt_len, max_new, steps, width)

@@ -30,6 +30,7 @@ from rftjax import errors
 from rftjax import loader
 from rftjax import lora
 from rftjax import model
+from rftjax import response_format
 from rftjax import runfs
 from rftjax import weights
 
@@ -166,6 +167,15 @@ def main(argv=None) -> int:
       'dtype': args.dtype,  # None: the params' own
       'exported_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
     }
+    fmt = response_format.make(config.get('response_format')) if args.workdir else None
+    if fmt is not None:  # every prompt it trained on ended in this text: a server sends it too, or answers drift
+      provenance['response_format'] = {
+        'spec': fmt.spec,
+        'instruction': fmt.instruction(),
+        'appended_to': 'the last user message, after a blank line',
+      }
+      print(f'note: {source} was trained with config.response_format: each prompt ended in its instruction, kept in '
+            f'{MARKER}; send it the same way when serving (docs/openai_jobs.md)', file=sys.stderr)  # fmt: skip
     if args.adapter:
       adapters = loaded.params['lora']
       out = write_folder(

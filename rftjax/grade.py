@@ -116,12 +116,9 @@ def _run(args) -> int:
     spec, grader_at = graders.locate(args.grader)  # its JSON path in a job or /graders/run body, or None
     checked = graders.build(spec, where=grader_at)  # every field checked before a judge loads
     graders.check_sandbox(checked, args.allow_unsandboxed)
-    fmt = None
-    if grader_at == 'method.reinforcement.grader':  # a job file: its completions must match its format, as in training
-      from rftjax import response_format
+    from rftjax import response_format
 
-      job = errors.read_json_file(args.grader, errors.UserError, f'--grader={args.grader}')
-      fmt = response_format.make(job['method']['reinforcement'].get('response_format'), 'method.reinforcement')
+    fmt = response_format.of_job(args.grader)[1]  # a job file: its completions must match its format, as in training
     judges = {}
     if graders.local_models(spec):
       from rftjax import inference  # JAX and the judge's weights: only for graders that name a local model

@@ -30,6 +30,7 @@ from rftjax import errors
 from rftjax import graders
 from rftjax import loader
 from rftjax import multihost
+from rftjax import response_format
 from rftjax import rollout
 from rftjax import sampler as sampler_lib
 from rftjax import sharding
@@ -51,12 +52,15 @@ def make_sampler(
   top_p: float | None = None,
   top_k: int | None = None,
   stop: Sequence[str] | None = None,
+  group_size: int = 1,
 ) -> sampler_lib.Sampler:
   """A sampler for these prompts: left-padded to the run's `data.max_prompt_len` (the shapes its validation ran with)
   or to the longest prompt rounded up to a multiple of 8 (few shapes compile), whichever is longer.
   `stop`: extra stop strings (one token or several) on top of EOS and the turn end; None = the run's
   `sampling.stop`. `top_p` / `top_k` None: the run's `sampling.top_p` / `top_k` (1.0 and 0, off, without a run);
-  the KV cache's dtype is always the run's `sampling.cache_dtype`: what its validation sampled with."""
+  the KV cache's dtype is always the run's `sampling.cache_dtype`: what its validation sampled with. `group_size`:
+  the prompts come as groups of that many copies in consecutive rows, each group prefilled once (as a run's
+  validation samples its `eval_samples`: the same program, so the same draws)."""
   run_sampling = loaded.config.get('sampling', {})
   longest = max((len(p) for p in prompts), default=0)
   empty = [i for i, p in enumerate(prompts) if not len(p)]
@@ -88,6 +92,7 @@ def make_sampler(
     cache_dtype=run_sampling.get('cache_dtype') or 'float32',
     compute_dtype=loaded.config.get('compute_dtype') or 'float32',
     stop_seqs=stop_seqs,
+    group_size=group_size,
   )
 
 
@@ -233,6 +238,7 @@ class Validation:
     self.sampler, self.batch_size, self.prompts, self.examples, self.tok = sampler, batch_size, prompts, examples, tok
     self.grader, self.pool, self.mesh, self.seed, self.writer, self.run = grader, pool, mesh, seed, writer, run
     self.max_error_share = max_error_share
+    self.format_said = False
 
   def __call__(self, params, step: int, stop=None) -> dict:
     """`stop() -> bool`, asked after each batch but the last (on every host alike: it may be a collective), ends
@@ -292,6 +298,10 @@ class Validation:
     k = _group(self.sampler)  # the caller repeated each prompt k times (eval_samples)
     shown = f'{len(rows) // k} prompts x {k} samples' if k > 1 else f'{len(rows)} prompts'
     log.info('step %d: valid_reward_mean=%.4f (%s, %.1fs)', step, m['valid_reward_mean'], shown, m['timing/eval_s'])
+    missed = None if self.format_said else response_format.none_matched(results, f'validation at step {step}')
+    if missed:
+      self.format_said = True
+      log.warning('%s (said once: valid/response_format_valid in metrics.jsonl is the share each time)', missed)
     if any(r.errors for r in results):  # too few to stop the run, but each one scores 0
       line = graders.failure_line(results, self.max_error_share, self.grader)
       log.warning('validation at step %d: %s; they score 0 (every completion is in %s)', step, line, samples)

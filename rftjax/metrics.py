@@ -25,6 +25,7 @@ import tqdm
 from etils import epath
 
 from rftjax import data as data_lib
+from rftjax import errors
 
 log = logging.getLogger('rftjax')
 
@@ -103,8 +104,7 @@ def run_id(events: list[dict]) -> str | None:
 
 def _grader_names(grader: Any) -> tuple[str | None, str | None, dict[str, str]]:
   """(name, type) of the run's grader and {sub-grader name: type} of a multi grader, from its spec."""
-  if hasattr(grader, 'to_dict'):
-    grader = grader.to_dict()
+  grader = errors.plain(grader)
   if not isinstance(grader, Mapping):  # none, or a file path: the events go without the grader's name then
     return None, None, {}
   kind = grader.get('type')
@@ -172,8 +172,10 @@ def openai_metrics(record: dict, *, total_steps: int | None = None, grader: Any 
       data['completion_tokens_mean'] = record['completion_len_mean']
   else:
     data['full_valid_mean_reward'] = reward
-    if 'valid/errors/sample_parse' in record:
-      data['full_valid_mean_parse_error'] = record['valid/errors/sample_parse']
+    if 'valid/errors/sample_parse' in record or 'valid/response_format_valid' in record:
+      # a completion that is not the response format's JSON did not parse either (it was not graded: no error)
+      missed = 1.0 - record.get('valid/response_format_valid', 1.0)
+      data['full_valid_mean_parse_error'] = record.get('valid/errors/sample_parse', 0.0) + missed
   data.update({k: v for k, v in record.items() if k not in used})
   return _clean(data)
 
@@ -217,7 +219,7 @@ class MetricsWriter:
     self.path = pathlib.Path(workdir) / 'metrics.jsonl'
     self.events_path = pathlib.Path(workdir) / 'events.jsonl'
     self.total_steps = total_steps
-    self.grader = grader.to_dict() if hasattr(grader, 'to_dict') else grader  # a ConfigDict: once, not per step
+    self.grader = errors.plain(grader)  # a ConfigDict: once, not per step
     self._tb = None
     self._step = resume_step or 0
     if not enabled:

@@ -202,6 +202,8 @@ def table(s: dict) -> str:
     (f'zero-variance groups, G={s["num_generations"]}', f'{s["zero_variance_share_at_g"]:.4f}', zero_note),
     ('completion tokens', f'{s["completion_len_mean"]:.1f}', f'mean; {s["truncated_share"]:.1%} hit max_new_tokens'),
     ('grading errors', f'{s["grading_error_share"]:.1%}', 'of the samples'),
+    *([('response format valid', f'{s["response_format_valid_share"]:.1%}', 'of the samples: the others score 0 '
+        'ungraded')] if 'response_format_valid_share' in s else []),  # fmt: skip
     *([('step-0 validation reward', f'{s["valid_reward_mean_step0"]:.4f}', 'measured: the valid_reward_mean the run '
         f'logs at step 0 ({s["valid_completions_graded"]} completions at eval_temperature {s["eval_temperature"]:g})')]
       if 'valid_reward_mean_step0' in s else []),
@@ -439,6 +441,7 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
     'completion_len_mean': float(np.mean(lengths)),
     'truncated_share': float(np.mean(truncated)),
     'grading_error_share': sum(1 for r in results if r.errors) / len(results),
+    **({'response_format_valid_share': graders.summarize(results)['train/response_format_valid']} if fmt else {}),
     **(
       {
         'valid_reward_mean_step0': val['valid_reward_mean'],
@@ -489,6 +492,9 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   summary['load_average'] = {'start': list(load_start), 'end': list(os.getloadavg())}
   summary['timing']['estimate'] = estimate(summary['timing']['measured'], summary['timing']['run'])
   data_lib.write_atomic(out / 'summary.json', json.dumps(summary, indent=2) + '\n')
+  missed = response_format.none_matched(results, 'preflight')
+  if missed:  # the run would train on zeros
+    log.warning('%s', missed)
   if refusal:
     raise errors.ConfigError(refusal)
   failed = graders.all_failed(results)

@@ -55,7 +55,7 @@ def run_config(workdir) -> dict:
   if logs and not (workdir / 'config.json').is_file():
     return {}
   # neither log nor config.json: "no config.json there; expected a run directory ..."
-  config = runfs.read_config(workdir, model_ok=True).to_dict()
+  config = errors.plain(runfs.read_config(workdir, model_ok=True))
   if runfs.config_kind(config) != 'export':
     return config
   what = f"--workdir={workdir}: its config.json is a Hugging Face model's (model_type {config['model_type']!r})"
@@ -158,6 +158,15 @@ def summarize(workdir: str | pathlib.Path) -> dict:
       'valid_error_rate_last': valid_errors[-1]['valid/error_rate'] if valid_errors else None,
       'valid_error_rate_last_step': int(valid_errors[-1]['step']) if valid_errors else None,
     }
+  key = 'train/response_format_valid'
+  formatted = [r[key] for r in train[-10:] if r.get(key) is not None]
+  valid_formatted = [r for r in valid if r.get('valid/response_format_valid') is not None]
+  if formatted or valid_formatted:  # a completion off the format scored 0 ungraded: all of them, nothing learned
+    out['response_format_valid'] = {
+      'train_last10_mean': sum(formatted) / len(formatted) if formatted else None,
+      'valid_last': valid_formatted[-1]['valid/response_format_valid'] if valid_formatted else None,
+      'valid_last_step': int(valid_formatted[-1]['step']) if valid_formatted else None,
+    }
   out['hyperparameters'] = _hyperparameters(config)
   out['disk_bytes'] = _disk_use(workdir, steps_on_disk)
   return out
@@ -201,8 +210,8 @@ def _size(folder) -> int:
 
 
 def _fmt(v) -> str:
-  if isinstance(v, float):
-    return f'{v:.4f}' if abs(v) < 1000 else f'{v:.0f}'
+  if isinstance(v, float):  # a learning rate of 3e-06 printed as 0.0000
+    return f'{v:.4f}' if 1e-3 <= abs(v) < 1000 or v == 0 else f'{v:.0f}' if abs(v) >= 1000 else f'{v:.4g}'
   return '-' if v is None else str(v)
 
 
@@ -247,6 +256,12 @@ def table(s: dict) -> str:
     if e['valid_error_rate_last'] is not None:
       said.append(f'valid {e["valid_error_rate_last"]:.1%} at step {e["valid_error_rate_last_step"]}')
     rows.append(('failed gradings', ', '.join(said) + ' (each scored 0; <split>/errors/* in metrics.jsonl)'))
+  if 'response_format_valid' in s:
+    f = s['response_format_valid']
+    said = [] if f['train_last10_mean'] is None else [f'train {f["train_last10_mean"]:.1%} (mean of the last steps)']
+    if f['valid_last'] is not None:
+      said.append(f'valid {f["valid_last"]:.1%} at step {f["valid_last_step"]}')
+    rows.append(('response format valid', ', '.join(said) + ' (the others scored 0 ungraded)'))
   for k, v in s['source'].items():
     rows.append((k.replace('_', ' '), _fmt(v)))
   total = s['timing_total_s'] or 1.0

@@ -13,6 +13,7 @@ None); an OpenAI job's `method.reinforcement.response_format`. docs/openai_jobs.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import functools
 import json
@@ -69,8 +70,7 @@ def load(spec: Any, where: str = 'config.response_format') -> dict | None:
   """The spec as a dict (from a dict, a ConfigDict or a JSON file path), checked; None when there is none."""
   if spec is None or spec == '' or spec == {}:
     return None
-  if hasattr(spec, 'to_dict'):
-    spec = spec.to_dict()
+  spec = errors.plain(spec)
   if isinstance(spec, str):
     spec = errors.read_json_file(spec, errors.ConfigError, f'{where}={spec!r}')
   check(spec, where)
@@ -149,6 +149,17 @@ def make(spec: Any, where: str = 'config') -> ResponseFormat | None:
   return None if spec is None else ResponseFormat(spec)
 
 
+def of_job(grader_file: Any, flag: str = '--grader') -> tuple[bool, ResponseFormat | None]:
+  """(whether `grader_file` is an OpenAI job file, its response format or None): a job states its task whole, so
+  `rftjax.grade` and `rftjax.evaluate` given one check and ask for its format as training does."""
+  from rftjax import graders  # graders import this module
+
+  if not isinstance(grader_file, str) or graders.locate(grader_file)[1] != 'method.reinforcement.grader':
+    return False, None
+  job = errors.read_json_file(grader_file, errors.ConfigError, f'{flag}={grader_file}')
+  return True, make(job['method']['reinforcement'].get('response_format'), 'method.reinforcement')
+
+
 def instruct(messages: list[dict], fmt: ResponseFormat | None) -> list[dict]:
   """The conversation with the schema instruction appended to its last user message (every chat template has one:
   a system message is not, Gemma's has no system role)."""
@@ -158,3 +169,20 @@ def instruct(messages: list[dict], fmt: ResponseFormat | None) -> list[dict]:
   last = max(i for i, m in enumerate(out) if m['role'] == 'user')
   out[last]['content'] = f'{out[last]["content"]}\n\n{fmt.instruction()}'
   return out
+
+
+def none_matched(results: list, where: str) -> str | None:
+  """A line saying that none of `results` (GradeResults of a pool with a format) matched it, or None. `where`: whose
+  completions ('step 3', 'validation at step 0'). Every completion then scores 0 ungraded and the group advantages
+  are all 0: the run learns nothing, neither the format nor the task, and nothing else says so."""
+  checked = [r.metadata for r in results if 'response_format_valid' in (r.metadata or {})]
+  if not checked or any(m['response_format_valid'] for m in checked):
+    return None
+  why = collections.Counter(m['response_format_error'].split(':')[0] for m in checked).most_common(1)[0][0]
+  example = next(m['response_format_error'] for m in checked if m['response_format_error'].startswith(why))
+  return (
+    f'{where}: none of the {len(checked)} completions matched config.response_format (most: {why}; e.g. '
+    f'{example[:160]}), so each scored 0 ungraded and nothing is learned, the format included. Show the reply '
+    'format by example in the prompts (a system or user message), or start from a model that follows JSON '
+    'instructions; the samples files have the completions'
+  )

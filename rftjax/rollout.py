@@ -22,6 +22,7 @@ from rftjax import episodes as episodes_lib
 from rftjax import graders
 from rftjax import grpo
 from rftjax import multihost
+from rftjax import response_format
 from rftjax import sampler as sampler_lib
 from rftjax import tools as tools_lib
 from rftjax import train_step as step_lib
@@ -422,6 +423,7 @@ class Rollouts:
     self.shapes = ShapePicker()  # the trainer reports each update to it (`ShapePicker.observe`)
     self.failures_said = False  # gradings that failed under max_error_share: said once, then in the metrics
     self.truncation_said = False  # grpo.mask_truncated masked a whole step: said once, then truncated_frac says it
+    self.format_said = False  # no completion of a step matched the response format: said once, then the metrics
 
   def draw(self, params, rng) -> tuple[Rollout, float, float]:
     """The next `prompts` prompts x G: (graded rollout, sampling seconds, grading seconds)."""
@@ -485,6 +487,10 @@ class Rollouts:
         step + 1,  # the step this rollout trains, as metrics.jsonl numbers it
         graders.failure_line(results, cfg.max_error_share, self.grader),
       )
+    missed = None if self.format_said else response_format.none_matched(results, f'step {step + 1}')
+    if missed:
+      self.format_said = True
+      log.warning('%s (said once: train/response_format_valid in metrics.jsonl is the share at every step)', missed)
     stats = {**rollout_metrics(rolled, g, tools=self.sampler.tools, gdpo_weights=cfg.gdpo_weights),
              'sampling_rounds': len(parts)}  # fmt: skip
     batch = make_batch(rolled, cfg, self.mesh, self.shapes)

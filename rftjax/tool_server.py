@@ -309,7 +309,7 @@ def substitute(config, url: str, placeholder: str = PLACEHOLDER):
   grader = config.get('grader')
   with config.unlocked(), config.ignore_type():
     if isinstance(value, (list, tuple)):
-      config.tools = tuple(fill(e.to_dict() if hasattr(e, 'to_dict') else e, ('server_url',)) for e in value)
+      config.tools = tuple(fill(errors.plain(e), ('server_url',)) for e in value)
     if grader not in (None, ''):
       if isinstance(grader, str):
         config.grader_file = grader

@@ -138,8 +138,7 @@ def load_tools(value: Any, where: str = 'config.tools') -> tuple[ToolSpec, ...]:
   specs: list[ToolSpec] = []
   for i, entry in enumerate(value):
     at = f'{where}[{i}]'
-    if hasattr(entry, 'to_dict'):  # a ConfigDict
-      entry = entry.to_dict()
+    entry = errors.plain(entry)  # a ConfigDict
     if not isinstance(entry, dict):
       raise errors.ConfigError(
         f'{at}{source}: expected an object {{"name", "server_url", "headers"?}}, found {type(entry).__name__}'
@@ -168,8 +167,7 @@ def load_tools(value: Any, where: str = 'config.tools') -> tuple[ToolSpec, ...]:
     if problem:
       raise errors.ConfigError(f'{at}.server_url{source}: {problem}')
     headers = entry.get('headers') or {}
-    if hasattr(headers, 'to_dict'):
-      headers = headers.to_dict()
+    headers = errors.plain(headers)
     problem = headers_problem(headers)
     if problem:
       raise errors.ConfigError(f'{at}.headers{source}: {problem}')

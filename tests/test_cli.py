@@ -27,6 +27,7 @@ from rftjax import loader
 from rftjax import model
 from rftjax import plots
 from rftjax import report
+from rftjax import rollout
 from rftjax import runfs
 from rftjax import sample
 from rftjax import sampler
@@ -268,7 +269,7 @@ def test_evaluate_writes_graded_samples_and_pass_at_k(run_dir, tmp_path, in_repo
     assert summary[f'pass@{k}'] == pytest.approx(want)
 
 
-def test_evaluate_of_a_run_samples_as_its_validation_did(tmp_path, in_repo, capsys):
+def test_evaluate_of_a_run_samples_as_its_validation_did(tmp_path, in_repo, capsys, monkeypatch):
   """A run whose validation sampled (eval_samples 4 at eval_temperature 1, sampling.top_k 2, a bfloat16 KV cache):
   `evaluate --samples=4` with no other flag gives its validation's reward. Before, it sampled without top-k (0.105
   against 0.15) in a float32 cache."""
@@ -280,10 +281,14 @@ def test_evaluate_of_a_run_samples_as_its_validation_did(tmp_path, in_repo, caps
   c.total_steps, c.eval_interval, c.eval_samples, c.eval_temperature = 2, 2, 4, 1.0
   c.sampling.top_k, c.sampling.cache_dtype = 2, 'bfloat16'
   c.data.valid, c.eval_batch_size = str(valid), 200
+  used, real = [], rollout.sample
+  monkeypatch.setattr(rollout, 'sample', lambda sampler, *a, **k: used.append(sampler) or real(sampler, *a, **k))
   trainer.train(c, tmp_path / 'run')
   last = [r for r in metrics.read_jsonl(tmp_path / 'run' / 'metrics.jsonl') if 'valid_reward_mean' in r][-1]
   argv = [f'--workdir={tmp_path / "run"}', '--step=2', f'--data={valid}', '--samples=4', '--num_workers=1']
+  trained = set(used)
   assert evaluate.main(argv) == 0
+  assert used[-1] in trained and used[-1].group_size == 4  # the validation's program: each prompt prefilled once
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert last['step'] == 2 and summary['temperature'] == 1.0
   assert summary['reward_mean'] == last['valid_reward_mean']
@@ -291,6 +296,25 @@ def test_evaluate_of_a_run_samples_as_its_validation_did(tmp_path, in_repo, caps
   made = inference.make_sampler(loaded, [[1, 2, 3]], max_new_tokens=2)
   assert (made.cache_dtype, made.params.top_k, made.params.top_p) == ('bfloat16', 2, 1.0)
   assert inference.make_sampler(loaded, [[1, 2, 3]], max_new_tokens=2, top_k=0).params.top_k == 0  # a flag wins
+
+
+def test_evaluate_with_a_job_file_asks_for_and_checks_its_response_format(run_dir, tmp_path, in_repo, capsys):
+  """A job file's response_format is the task's, as `grade` and training take it: the schema joins each prompt and
+  a completion off it scores 0 ungraded (it was graded as text, every grading failing on output_json)."""
+  schema = {'type': 'object', 'properties': {'answer': {'type': 'string'}}, 'required': ['answer']}
+  job = tmp_path / 'job.json'
+  job.write_text(json.dumps({'method': {'type': 'reinforcement', 'reinforcement': {
+    'grader': {'type': 'string_check', 'input': '{{sample.output_json.answer}}', 'reference': '{{item.answer}}',
+               'operation': 'eq'},
+    'response_format': {'type': 'json_schema', 'json_schema': {'name': 'a', 'schema': schema}}}}}))  # fmt: skip
+  data = write_jsonl(tmp_path / 'd.jsonl', [PROMPTS[0], PROMPTS[2]])
+  out = tmp_path / 'e.jsonl'
+  argv = [f'--workdir={run_dir}', f'--data={data}', f'--grader={job}', f'--out={out}', '--num_workers=1']
+  assert evaluate.main(argv) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  rows = read_jsonl(out)
+  assert summary['eval/response_format_valid'] == 0.0 and summary['eval/error_rate'] == 0.0
+  assert all(r['response_format_error'].startswith('not a JSON object or array') for r in rows)
 
 
 def test_evaluate_bad_grader_and_data(run_dir, tmp_path, in_repo, capsys):
@@ -382,6 +406,24 @@ def test_report_shows_a_failed_run_and_its_failed_gradings(tmp_path, capsys):
     'failed gradings train 12.5% (mean over steps), valid 15.0% at step 0 (each scored 0; <split>/errors/* in '
     'metrics.jsonl)'
   ) in table
+
+
+def test_report_shows_the_response_format_share_and_a_small_learning_rate(tmp_path):
+  """A run none of whose completions matched its format trained on zeros: the table says how many did."""
+  write_jsonl(tmp_path / 'metrics.jsonl', [
+    {'step': 0, 'valid_reward_mean': 0.0, 'valid/response_format_valid': 0.0},
+    *({'step': k, 'train_reward_mean': 0.1, 'train/response_format_valid': k / 20} for k in range(1, 13)),
+    {'step': 12, 'valid_reward_mean': 0.2, 'valid/response_format_valid': 0.25},
+  ])  # fmt: skip
+  (tmp_path / 'config.json').write_text(json.dumps({'total_steps': 12, 'optimizer': {'learning_rate': 3e-6}}))
+  s = report.summarize(tmp_path)
+  assert s['response_format_valid'] == pytest.approx(
+    {'train_last10_mean': sum(range(3, 13)) / 200, 'valid_last': 0.25, 'valid_last_step': 12}
+  )
+  table = [' '.join(line.split()) for line in report.table(s).splitlines()]
+  assert 'response format valid train 37.5% (mean of the last steps), valid 25.0% at step 12 (the others scored 0 ' \
+         'ungraded)' in table  # fmt: skip
+  assert 'learning rate 3e-06' in table and 'train reward 0.1000 (mean of the last 10 steps)' in table
 
 
 def test_report_of_a_crashed_run_says_where_a_rerun_resumes(tmp_path, in_repo):

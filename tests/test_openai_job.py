@@ -288,14 +288,19 @@ def test_an_init_model_uses_the_generic_config_and_reads_the_architecture(tmp_pa
   assert hparams.base_learning_rate('', 'gguf:smollm2-135m') == hparams.BASE_LR['smollm2_135m']
 
 
-def test_the_job_trains_unchanged_and_a_typo_stops_it_at_start_up(tmp_path, monkeypatch, capsys):
+def test_the_job_trains_unchanged_and_a_typo_stops_it_at_start_up(tmp_path, monkeypatch, capsys, caplog):
   monkeypatch.chdir(REPO)
   monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
   path = write_job(tmp_path)
   workdir = tmp_path / 'run'
   fast = ['--config.total_steps=2', '--config.batch_size=4', '--config.data.max_prompt_len=192']
   argv = ['rftjax.train', f'--openai_job={path}', f'--workdir={workdir}', *fast, '--config.data.valid_limit=8']
-  assert train.main(argv) == 0, capsys.readouterr().err
+  with caplog.at_level('WARNING', logger='rftjax'):
+    assert train.main(argv) == 0, capsys.readouterr().err
+  # the tiny model answers one digit, never JSON: each pass says once that it learns nothing
+  said = [m for m in caplog.messages if 'matched config.response_format' in m]
+  assert [m.split(':')[0] for m in said] == ['validation at step 0', 'step 1'], said
+  assert said[1].startswith('step 1: none of the 32 completions matched config.response_format (most: not a JSON ')
   config = json.loads((workdir / 'config.json').read_text())
   assert config['openai']['job'] == str(path) and config['openai']['suffix'] == 'digits'
   assert config['seed'] == 3 and config['batch_size'] == 4 and config['grader']['calculate_output']
@@ -304,7 +309,14 @@ def test_the_job_trains_unchanged_and_a_typo_stops_it_at_start_up(tmp_path, monk
   assert all('train/response_format_valid' in r for r in rows if 'train_reward_mean' in r)
   kept = [json.loads(line) for line in (workdir / 'samples' / 'valid_step000000.jsonl').read_text().splitlines()]
   assert all(r['response_format_error'].startswith('not a JSON object or array') for r in kept)  # 1-token answers
+  # the export says what each training prompt ended in, for whoever serves it
+  from rftjax import export
+
   capsys.readouterr()
+  assert export.main([f'--workdir={workdir}', f'--out={tmp_path / "hf"}']) == 0
+  marker = json.loads((tmp_path / 'hf' / export.MARKER).read_text())['response_format']
+  assert marker['spec'] == SCHEMA and marker['instruction'] == response_format.make(SCHEMA).instruction()
+  assert f'kept in {export.MARKER}; send it the same way when serving' in capsys.readouterr().err
 
   typo = write_job(tmp_path, **{f'{H}.n_epochs': None, f'{H}.n_epoch': 'auto'})
   assert train.main(['rftjax.train', f'--openai_job={typo}', f'--workdir={tmp_path / "typo"}']) == 2
@@ -327,6 +339,31 @@ def test_response_format_takes_what_the_sdks_write_and_shows_the_description():
     .startswith(f'{response_format.INSTRUCTION} ("digit": the largest digit, as a string):\n{{"type": "object"')
   )
   assert response_format.make(SCHEMA).instruction().startswith(f'{response_format.INSTRUCTION} ("digit"):\n')
+
+
+def test_a_schemas_property_order_reaches_the_prompt_through_the_config(tmp_path):
+  """ConfigDict sorts keys when it gives them back (to_dict, items): a reasoning-first schema asked the model for
+  'answer' first. The job's order stays through the config, its config.json and the report's copy of it."""
+  import ml_collections
+
+  from configs import tiny
+  from rftjax import graders, report, runfs
+
+  schema = {'type': 'object', 'properties': {'reasoning': {'type': 'string'}, 'answer': {'type': 'string'}},
+            'required': ['reasoning', 'answer'], 'additionalProperties': False}  # fmt: skip
+  path = write_job(tmp_path, **{'method.reinforcement.response_format.json_schema.schema': schema})
+  config = openai_job.apply(tiny.get_config(), openai_job.read(path))
+  stored = tmp_path / 'run'
+  stored.mkdir()
+  (stored / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  reread = runfs.read_config(stored)
+  for c in (config, reread):
+    shown = json.loads(response_format.make(c.response_format).instruction().splitlines()[-1])
+    assert list(shown) == list(schema) and list(shown['properties']) == ['reasoning', 'answer']
+  kept = report.run_config(stored)['response_format']['json_schema']['schema']
+  assert list(kept['properties']) == ['reasoning', 'answer']
+  multi = ml_collections.ConfigDict({'type': 'multi', 'graders': {'zeta': {}, 'alpha': {}}, 'calculate_output': 'x'})
+  assert list(graders.locate(multi)[0]['graders']) == ['zeta', 'alpha']
 
 
 def test_response_format_validates_completions_like_graders_parse_them():
@@ -395,6 +432,13 @@ def test_a_sub_graders_mean_counts_a_format_miss_as_zero_like_the_reward_mean():
   s = graders.summarize(res, 'train')
   assert s['train_reward_mean'] == s['train/grader/x'] == s['train/grader/y'] == 0.25
   assert s['train/response_format_valid'] == 0.5
+  # a step none of whose completions passed keeps each sub-grader's name, at 0 (it had none: a gap in each curve)
+  with graders.GradingPool(num_workers=1, response_format=response_format.make(SCHEMA)) as pool:
+    res = pool.grade(g, ['seven', 'eight'], [{'a': '7'}] * 2)
+  assert res[0].sub_rewards == {'x': 0.0, 'y': 0.0}
+  assert {k: v for k, v in graders.summarize(res, 'train').items() if '/grader/' in k} == {
+    'train/grader/x': 0.0, 'train/grader/y': 0.0
+  }  # fmt: skip
 
 
 def test_grade_with_a_job_file_checks_its_response_format_as_training_does(tmp_path, capsys):
@@ -419,7 +463,7 @@ def test_a_data_line_without_a_graded_field_is_named_by_the_jobs_grader_path(tmp
   path = write_job(tmp_path, validation_file=str(valid))
   assert train.main(['rftjax.train', f'--openai_job={path}', f'--workdir={tmp_path / "run"}']) == 2
   assert capsys.readouterr().err.splitlines() == [
-    'error: method.reinforcement.grader.graders.close.reference uses {{item.answer}}, but '
+    'error: method.reinforcement.grader.graders.exact.reference uses {{item.answer}}, but '  # the file's first
     f"{valid}:2 has no such field: item has no key 'answer' (2 of its 3 lines lack it); expected every data line "
     'to have it'
   ]

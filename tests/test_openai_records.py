@@ -185,6 +185,19 @@ def test_every_event_is_an_openai_event_and_carries_the_numbers_written(tmp_path
     assert e['message'].startswith(f'Step {r["step"]}/{TOTAL}: full validation mean reward=')
 
 
+def test_a_response_format_miss_is_a_parse_error_in_the_validation_event(tmp_path):
+  """OpenAI's parse-error share counts outputs that did not parse; a format miss did not (it was never graded)."""
+  w = metrics.MetricsWriter(tmp_path, tensorboard=False)
+  w.write({'step': 0, 'valid_reward_mean': 0.0, 'valid/response_format_valid': 0.0})
+  w.write(
+    {'step': 2, 'valid_reward_mean': 0.5, 'valid/response_format_valid': 0.75, 'valid/errors/sample_parse': 0.125}
+  )
+  w.close()
+  first, second = events_of(tmp_path)
+  assert first['data']['full_valid_mean_parse_error'] == 1.0 and second['data']['full_valid_mean_parse_error'] == 0.375
+  assert second['message'] == 'Step 2: full validation mean reward=0.50, full validation mean parse error=0.38'
+
+
 def test_a_multi_graders_sub_graders_are_listed_by_name_and_type(tmp_path):
   multi = {
     'type': 'multi',

@@ -249,6 +249,25 @@ def test_an_openai_job_file_gives_the_run_it_measures(tmp_path, monkeypatch):
   assert [r['pass_rate'] for r in rows] == [sum(t == '9' for t in r['completions']) / 8 for r in rows] and texts
 
 
+def test_a_response_format_no_sample_matches_is_measured_and_said(tmp_path, monkeypatch, caplog):
+  """The tiny model answers a digit, never a JSON object: every sample scores 0 ungraded, which the run would train
+  on silently; preflight gives the share and says so."""
+  from rftjax import cli
+
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  fmt = {'type': 'json_schema', 'json_schema': {'name': 'a', 'schema': {'type': 'object'}}}
+  argv = ['rftjax.preflight', TINY, f'--config.response_format={json.dumps(fmt)}', '--samples=2', '--limit=4',
+          '--config.data.max_prompt_len=128', f'--out={tmp_path / "out"}', '--notime_train_step',
+          '--novalidate']  # fmt: skip
+  with contextlib.redirect_stdout(io.StringIO()) as shown, caplog.at_level('WARNING', logger='rftjax'):
+    assert preflight.main(argv) == 0
+  assert json.loads((tmp_path / 'out' / 'summary.json').read_text())['response_format_valid_share'] == 0.0
+  assert 'response format valid 0.0% of the samples: the others score 0 ungraded' in ' '.join(shown.getvalue().split())
+  (said,) = [m for m in caplog.messages if 'config.response_format' in m]
+  assert said.startswith('preflight: none of the 8 completions matched config.response_format (most: not a JSON ')
+
+
 def test_filtering_drops_only_prompts_without_signal_and_keeps_failed_gradings(tmp_path):
   """Partial rewards below the pass threshold still differ, so GRPO learns from them: not 'never solved'. A prompt
   whose grading failed scored zeros that say nothing of it."""

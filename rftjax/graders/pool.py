@@ -343,15 +343,16 @@ class GradingPool:
     self, grader: core.Grader, samples: list[str], items: list[dict], traces: list[str] | None = None
   ) -> list[core.GradeResult]:
     if grader.mode == core.INLINE and not self._closed:  # cheap: skip the thread hop (and INLINE takes no traces)
-      return self._formatted(list(samples), list(items), None, lambda s, i, t: grader.grade_batch(s, i))
+      return self._formatted(grader, list(samples), list(items), None, lambda s, i, t: grader.grade_batch(s, i))
     return self.submit(grader, samples, items, traces).result()
 
   def _formatted(
-    self, samples: list[str], items: list[dict], traces: list[str] | None, grade_fn
+    self, grader: core.Grader, samples: list[str], items: list[dict], traces: list[str] | None, grade_fn
   ) -> list[core.GradeResult]:
     """`grade_fn(samples, items, traces)` over the samples that pass the response format; the others score 0
-    ungraded, with the reason in metadata (the model's miss, not a grader error). Without a format: `grade_fn` as
-    is."""
+    ungraded, 0 on each of a multi grader's sub-graders too (the metrics keep every sub-grader's name at a step
+    none passed), with the reason in metadata (the model's miss, not a grader error). Without a format: `grade_fn`
+    as is."""
     if self.response_format is None:
       return grade_fn(samples, items, traces)
     reasons = [self.response_format.validate(s) for s in samples]
@@ -364,7 +365,8 @@ class GradingPool:
         r = next(graded)
         out.append(core.GradeResult(r.reward, r.sub_rewards, r.errors, {**r.metadata, 'response_format_valid': True}))
       else:
-        out.append(core.GradeResult(0.0, {}, (), {'response_format_valid': False, 'response_format_error': why}))
+        zeros = {name: 0.0 for name in getattr(grader, 'subs', {})}
+        out.append(core.GradeResult(0.0, zeros, (), {'response_format_valid': False, 'response_format_error': why}))
     return out
 
   def close(self, abort: bool = False) -> None:
@@ -411,7 +413,7 @@ class GradingPool:
         deadline = time.monotonic() + self.budget_s if self.budget_s else float('inf')
         try:
           grade_fn = lambda s, i, t: self._grade_now(grader, s, i, deadline, t)  # noqa: E731
-          fut.set_result(self._formatted(samples, items, traces, grade_fn))
+          fut.set_result(self._formatted(grader, samples, items, traces, grade_fn))
         except BaseException as e:  # noqa: BLE001  (hand any bug to the caller instead of hanging it)
           fut.set_exception(e)
     finally:
