@@ -178,7 +178,8 @@ def none_matched(results: list, where: str) -> str | None:
   checked = [r.metadata for r in results if 'response_format_valid' in (r.metadata or {})]
   if not checked or any(m['response_format_valid'] for m in checked):
     return None
-  why = collections.Counter(m['response_format_error'].split(':')[0] for m in checked).most_common(1)[0][0]
+  kind = lambda m: re.split(r'[:(]', m['response_format_error'])[0].strip()  # noqa: E731  ('not JSON (...)')
+  why = collections.Counter(map(kind, checked)).most_common(1)[0][0]
   example = next(m['response_format_error'] for m in checked if m['response_format_error'].startswith(why))
   return (
     f'{where}: none of the {len(checked)} completions matched config.response_format (most: {why}; e.g. '
