@@ -3,7 +3,8 @@
   python -m rftjax.train --config=configs/smollm2_arith.py --workdir=runs/smollm2_arith
   python -m rftjax.train --config=configs/smollm2_arith.py:lora --workdir=runs/smollm2_arith_lora   # LoRA
 The data (data/arith/, made by `python -m rftjax.tasks`) mixes two-digit sums and differences and small products;
-the math grader compares the last number of the answer with the reference, exactly.
+the math grader compares the final answer with the reference, exactly, and wants a number written out
+(`exact_number`: an echo of the question, "21 + 81", does not score as 102).
 """
 
 from configs import common
@@ -17,7 +18,8 @@ def get_config(arg=None):
   c.data.train = 'data/arith/train.jsonl'
   c.data.valid = 'data/arith/valid.jsonl'
   c.data.max_prompt_len = 64
-  c.grader = {'type': 'math', 'name': 'answer', 'input': '{{sample.output_text}}', 'reference': '{{item.answer}}'}
+  c.grader = {'type': 'math', 'name': 'answer', 'input': '{{sample.output_text}}', 'reference': '{{item.answer}}',
+              'exact_number': True}  # fmt: skip
   c.total_steps = 40
   c.batch_size = 4  # 4 prompts x 4 samples: a full-model GRPO step of SmolLM2 takes seconds, not minutes, on 2 cores
   c.num_generations = 4

@@ -297,6 +297,32 @@ def test_math_grader_through_pool(pool):
   assert all(not r.errors for r in res)
 
 
+def test_math_exact_number_wants_a_number_written_out(pool):
+  """An arithmetic task's policy can echo its question: '21 + 81' equals 102 to sympy. With exact_number a number
+  reference wants a number (integer, decimal, fraction); other references compare as before."""
+  texts = [
+    '21 + 81',
+    'The answer is 13 + 14.',
+    '21 + 81 = 102',
+    '\\boxed{102}',
+    '1/2',
+    '\\frac{3}{4}',
+    '2 \\times 3',
+    'x + 1',
+  ]
+  refs = ['102', '27', '102', '102', '0.5', '0.75', '6', '1 + x']
+  want_exact, want_default = [0, 0, 1, 1, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1]
+  assert [mathgrade.grade(t, r, exact_number=True)[0] for t, r in zip(texts, refs)] == want_exact
+  assert [mathgrade.grade(t, r)[0] for t, r in zip(texts, refs)] == want_default
+  spec = {'type': 'math', 'input': '{{sample.output_text}}', 'reference': '{{item.r}}'}
+  exact, default = graders.build({**spec, 'exact_number': True}), graders.build(spec)
+  items = [{'r': r} for r in refs]
+  assert [r.reward for r in pool.grade(exact, texts, items)] == want_exact  # one worker holds both, apart
+  assert [r.reward for r in pool.grade(default, texts, items)] == want_default
+  with pytest.raises(graders.GraderConfigError, match='grader.exact_number: expected bool, found str'):
+    graders.build({**spec, 'exact_number': 'yes'})
+
+
 def test_math_extraction():
   assert mathgrade.extract_answer('... so \\boxed{\\frac{1}{2}} and done') == '\\frac{1}{2}'
   assert mathgrade.extract_answer('Thus the answer is 17. Next question') == '17'

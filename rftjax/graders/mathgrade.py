@@ -435,19 +435,30 @@ def _text(s: str) -> str:
   return re.sub(r'\s+', ' ', s).strip().lower()
 
 
-def answers_equal(answer: str, reference: str) -> bool:
+# A number as written: an integer or decimal (exponent allowed), a fraction of integers, a mixed number
+_LITERAL = re.compile(
+  r'[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|\d+\s*/\s*\d+|\\frac\{-?\d+\}\{\d+\}|\d+\s+\d+\s*/\s*\d+)'
+)
+
+
+def answers_equal(answer: str, reference: str, exact_number: bool = False) -> bool:
+  """Whether the answer equals the reference. `exact_number`: a reference that is a number wants a number written
+  out (an integer, a decimal, a fraction): on an arithmetic task '21 + 81' repeats the question, it does not answer
+  102, though sympy evaluates it to 102 (a policy can learn to echo the question)."""
   a, a_pct = normalize(answer)
   b, b_pct = normalize(reference)
   if not a or not b:
     return False
+  if exact_number and _LITERAL.fullmatch(b.strip()) and not _LITERAL.fullmatch(a.strip()):
+    return False
   return _equal(a, b, a_pct, b_pct)
 
 
-def grade(output_text: str, reference: str) -> tuple[float, dict]:
+def grade(output_text: str, reference: str, exact_number: bool = False) -> tuple[float, dict]:
   """Score 1.0 when the completion's final answer equals the reference, plus metadata for debugging."""
   answer = extract_answer(output_text)
   ref = last_boxed(reference)
   ref = reference if ref is None else ref
   if answer is None:
     return 0.0, {'extracted': None}
-  return float(answers_equal(answer, ref)), {'extracted': answer[:200]}
+  return float(answers_equal(answer, ref, exact_number)), {'extracted': answer[:200]}

@@ -109,7 +109,8 @@ class MathGrader(_Sandboxed):
     self.needs_json = templating.uses_json(spec.get('input')) or templating.uses_json(spec['reference'])
 
   def worker_spec(self):
-    return {'kind': 'math', 'key': 'math'}
+    exact = bool(self.spec.get('exact_number'))
+    return {'kind': 'math', 'key': 'math_exact' if exact else 'math', 'exact_number': exact}
 
   def task_args(self, text, item):
     sample = core.sample_dict(text, self.needs_json)

@@ -310,7 +310,8 @@ def _make_kind(spec):
     import sympy  # noqa: F401  (import now, under the load deadline, not during the first sample's)
     from sympy.parsing import sympy_parser  # noqa: F401
 
-    return lambda text, ref: mathgrade.grade(text, ref)
+    exact = bool(spec.get('exact_number'))
+    return lambda text, ref: mathgrade.grade(text, ref, exact)
   if kind == 'code':
     return lambda text, tests: _run_code(text, tests, float(spec.get('test_timeout_s', 5.0)))
   raise _Error('other', f'unknown sandbox grader kind {kind!r}')

@@ -32,7 +32,7 @@ FIELDS = {
   'score_model': ('type', 'name', *_MODEL, 'range', 'pass_threshold'),
   'label_model': ('type', 'name', *_MODEL, 'labels', 'passing_labels'),
   'multi': ('type', 'name', 'graders', 'calculate_output'),
-  'math': ('type', 'name', 'input', 'reference', 'timeout_s'),
+  'math': ('type', 'name', 'input', 'reference', 'exact_number', 'timeout_s'),
   'code': ('type', 'name', 'input', 'tests', 'timeout_s', 'test_timeout_s'),
   'endpoint': ('type', 'name', 'url', 'headers', 'rate_limit', 'pass_threshold'),
 }
@@ -116,6 +116,7 @@ def _check_leaf(spec: dict, where: str) -> None:
   elif kind == 'math':
     _field(spec, 'input', _STR, where, required=False)
     _field(spec, 'reference', _STR, where)
+    _field(spec, 'exact_number', (bool,), where, required=False)
     _positive(spec, 'timeout_s', where)
   elif kind == 'code':
     _field(spec, 'input', _STR, where, required=False)
