@@ -237,7 +237,14 @@ SERVING_PRELUDE = (
 def for_serving(text: str, *, thinking: bool) -> str:
   """Template `text` as an export writes it: SERVING_PRELUDE first, and in a template that reads `enable_thinking`,
   the run's switch as the value when a request gives none (Qwen3's thinks by default; rftjax trained with
-  `thinking`, False unless set)."""
+  `thinking`, False unless set). A template an export wrote already (a run on an exported folder) gets them once:
+  they are taken off first."""
+  if text.startswith(SERVING_PRELUDE):
+    text = re.sub(
+      r'^\{%- if enable_thinking is not defined %\}\{%- set enable_thinking = (?:true|false) %\}\{%- endif %\}',
+      '',
+      text[len(SERVING_PRELUDE) :],
+    )
   if 'enable_thinking' in text:
     default = f'{{%- set enable_thinking = {str(thinking).lower()} %}}'
     text = f'{{%- if enable_thinking is not defined %}}{default}{{%- endif %}}{text}'

@@ -27,11 +27,13 @@ from typing import Any, Callable
 
 from rftjax import cli
 from rftjax import errors
+from rftjax import hf_config
 from rftjax import loader
 from rftjax import lora
 from rftjax import model
 from rftjax import response_format
 from rftjax import runfs
+from rftjax import tokenizer as tokenizer_lib
 from rftjax import weights
 
 
@@ -178,11 +180,15 @@ def main(argv=None) -> int:
             f'{MARKER}; send it the same way when serving (docs/openai_jobs.md)', file=sys.stderr)  # fmt: skip
     if args.adapter:
       adapters = loaded.params['lora']
-      out = write_folder(
-        args.out,
-        lambda tmp: weights.export_peft(adapters, cfg, tmp, base_model=config.init, dtype=args.dtype),
-        provenance,
-      )
+
+      def write_adapter(tmp):
+        weights.export_peft(adapters, cfg, tmp, base_model=config.init, dtype=args.dtype)
+        if loaded.tokenizer is not None:  # PEFT's AutoPeftModel and TRL read the tokenizer, and its chat template
+          # (the run's: a Qwen3 base's thinks by default), from the adapter's folder, as a merged export has it
+          hf = hf_config.write(model.base_config(cfg))
+          tokenizer_lib.write_tokenizer_files(loaded.tokenizer, tmp, hf)
+
+      out = write_folder(args.out, write_adapter, provenance)
       print(f'exported the adapters of {source} (rank {cfg.lora.rank}, on {config.init}) to {out}')
       if not config.init.startswith('hf:'):  # adapter_config.json names a base transformers cannot resolve
         print(

@@ -504,6 +504,15 @@ def test_an_export_keeps_the_models_own_template(smollm2, tmp_path):
   )
 
 
+def test_a_template_an_export_wrote_is_written_again_once():
+  """A run on an exported folder exports its template again: the prelude and thinking default went on twice (the
+  template grew at each round); the newest thinking default is the one kept."""
+  qwen3 = (pathlib.Path(__file__).parent / 'data' / 'qwen3_chat_template.jinja').read_text()
+  once = chat_template.for_serving(qwen3, thinking=True)
+  assert chat_template.for_serving(once, thinking=False) == chat_template.for_serving(qwen3, thinking=False)
+  assert chat_template.for_serving(once, thinking=True) == once and once.count('rftjax_ns = namespace') == 1
+
+
 @real_weights
 @pytest.mark.parametrize('thinking', [False, True])
 def test_an_exported_folder_serves_the_prompts_trained_on(tmp_path, thinking):

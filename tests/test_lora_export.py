@@ -37,6 +37,7 @@ peft = pytest.importorskip('peft')
 TOLERANCE = 1e-4  # max |diff| / (max - min of rftjax's logits)
 NEW_TOKENS = 32
 LORA = lora.LoRAConfig(rank=4, alpha=8.0)
+REPO = pathlib.Path(__file__).resolve().parents[1]
 _SHRINK = dict(vocab_size=96, d_model=48, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=64)
 LLAMA = dataclasses.replace(presets.smollm2_135m(), name='llama_tiny', **_SHRINK)
 QWEN2 = dataclasses.replace(presets.qwen2_5_0_5b(), name='qwen2_tiny', tie_embeddings=False, **_SHRINK)
@@ -212,17 +213,22 @@ def _run_dir(path, init, lora_spec, params, param_dtype='float32'):
 
 
 def test_export_cli_adapter(tmp_path, capsys):
-  from rftjax import export
+  """The adapter folder holds the run's tokenizer and chat template too: PEFT's AutoPeftModel and TRL read them
+  there (without them a Qwen3 base's own template, thinking by default, prompted otherwise than the run)."""
+  from rftjax import export, tokenizer
 
   cfg = CASES['qwen2_qv']
   params = _random_params(cfg, seed=4)
-  base = weights.export_hf(lora.split(params)[1], model.base_config(cfg), tmp_path / 'base')
+  tok = tokenizer.load_tokenizer(f'sp:{REPO / "data/tiny/tokenizer.model"}')
+  base = weights.export_hf(lora.split(params)[1], model.base_config(cfg), tmp_path / 'base', tok)
   spec = dict(rank=4, alpha=8.0, targets=['q', 'v'])
   run = _run_dir(tmp_path / 'lora_run', f'hf:{base}', spec, {'lora': params['lora']})
   assert export.main([f'--workdir={run}', '--adapter', f'--out={tmp_path / "cli"}']) == 0
   direct = weights.export_peft(params['lora'], cfg, tmp_path / 'direct', base_model=f'hf:{base}')
   for name in ('adapter_config.json', 'adapter_model.safetensors'):
     assert (tmp_path / 'cli' / name).read_bytes() == (direct / name).read_bytes(), name
+  for name in ('tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json'):  # the base's, as served
+    assert (tmp_path / 'cli' / name).read_bytes() == (base / name).read_bytes(), name
 
   full = _run_dir(tmp_path / 'full_run', f'hf:{base}', dict(spec, rank=0), lora.split(params)[1])
   capsys.readouterr()
