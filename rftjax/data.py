@@ -84,6 +84,21 @@ def lines(path: str | pathlib.Path) -> Iterator[tuple[str, str]]:
         yield f'{path}:{lineno}', line
 
 
+def _converting(obj: dict) -> str:
+  """How to turn the row shapes TRL and Hugging Face datasets use into rftjax's (docs/cli.md's data format)."""
+  if 'messages' in obj:
+    return ''
+  if isinstance(obj.get('prompt'), list):  # TRL's conversational prompt column
+    return '; this row has TRL\'s "prompt": a list of messages is what "messages" holds: rename the field'
+  if isinstance(obj.get('prompt'), str) or isinstance(obj.get('text'), str):  # TRL's standard format, plain text
+    key = 'prompt' if isinstance(obj.get('prompt'), str) else 'text'
+    return (
+      f'; this row has a text "{key}": write it as "messages": [{{"role": "user", "content": <the text>}}], and set '
+      'config.chat_template="plain" to train on the text as it is, without a chat template'
+    )
+  return ''
+
+
 def parse_line(line: str, where: str) -> Example:
   obj = loads(line, where)
   if not isinstance(obj, dict):
@@ -93,6 +108,7 @@ def parse_line(line: str, where: str) -> Example:
     raise DataError(
       f'{where}: field "messages" must be a non-empty list of {{"role", "content"}} objects'
       + ('' if 'messages' in obj else ' (missing)')
+      + _converting(obj)
     )
   clean = []
   for i, m in enumerate(messages):

@@ -24,7 +24,17 @@ GOOD = json.dumps({'messages': [{'role': 'user', 'content': 'hi'}], 'answer': '1
   [
     ('{"messages": [', r'd.jsonl:3: not valid JSON'),
     ('[1, 2]', r'd.jsonl:3: expected a JSON object, got list'),
-    ('{"answer": 1}', r'd.jsonl:3: field "messages" must be a non-empty list .* \(missing\)'),
+    ('{"answer": 1}', r'd.jsonl:3: field "messages" must be a non-empty list .* \(missing\)$'),
+    # the rows TRL's GRPOTrainer reads: what to change is said
+    (
+      '{"prompt": [{"role": "user", "content": "x"}], "solution": "1"}',
+      r'\(missing\); this row has TRL\'s "prompt": a list of messages is what "messages" holds: rename the field$',
+    ),
+    (
+      '{"prompt": "2 + 2 =", "solution": "4"}',
+      r'\(missing\); this row has a text "prompt": write it as "messages": \[\{"role": "user", "content": '
+      r'<the text>\}\], and set config.chat_template="plain" to train on the text as it is',
+    ),
     ('{"messages": [{"role": "robot", "content": "x"}]}', r'd.jsonl:3: messages\[0\]: "role" must be one of'),
     ('{"messages": [{"role": "user"}]}', r'd.jsonl:3: messages\[0\]: missing "content"'),
     ('{"messages": [{"role": "user", "content": null}]}', r'd.jsonl:3: messages\[0\]: "content" is null; expected'),
