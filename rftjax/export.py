@@ -202,6 +202,11 @@ def main(argv=None) -> int:
     params = lora.merge(loaded.params, cfg.lora, args.dtype) if cfg.lora else loaded.params
     base = model.base_config(cfg)
     generation = _hf_json(config.get('init') or '', 'generation_config.json')  # its sampling defaults travel on
+    unapplied = untrained_processors(generation or {})
+    if unapplied and args.workdir:  # they change even greedy output: the served model answers otherwise
+      print(f'note: the base\'s generation_config.json sets {", ".join(unapplied)}, which rftjax never applied in '
+            f'training or validation; transformers and vLLM apply it by default: take it out of '
+            f'{args.out}/generation_config.json to serve as validated (docs/models.md)', file=sys.stderr)  # fmt: skip
     # a converted hf: folder keeps its dtype (its params load as float32: a bfloat16 model doubled in size)
     dtype = args.dtype
     if dtype is None and args.init:
@@ -217,6 +222,20 @@ def main(argv=None) -> int:
     return 0
 
   return cli.run(body)
+
+
+# generation_config.json settings that change which token decoding picks, none of which rftjax's sampler applies,
+# with the value each has when it does nothing
+PROCESSORS = {'repetition_penalty': 1.0, 'encoder_repetition_penalty': 1.0, 'no_repeat_ngram_size': 0,
+              'bad_words_ids': None, 'suppress_tokens': None, 'begin_suppress_tokens': None, 'min_length': 0,
+              'min_new_tokens': None, 'forced_bos_token_id': None, 'forced_eos_token_id': None,
+              'exponential_decay_length_penalty': None, 'sequence_bias': None}  # fmt: skip
+
+
+def untrained_processors(generation: dict) -> list[str]:
+  """'key=value' for each of PROCESSORS that `generation` (a generation_config.json) sets to act."""
+  return [f'{k}={json.dumps(generation[k])}' for k, idle in PROCESSORS.items()
+          if generation.get(k, idle) not in (idle, None, [], 0)]  # fmt: skip
 
 
 def _hf_json(init: str, name: str) -> dict | None:

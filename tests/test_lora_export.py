@@ -238,6 +238,28 @@ def test_export_cli_adapter(tmp_path, capsys):
   assert not (tmp_path / 'x').exists()
 
 
+def test_export_says_which_of_the_bases_decoding_settings_rftjax_never_applied(tmp_path, capsys):
+  """Qwen2.5-Instruct ships repetition_penalty 1.05: the export keeps the base's generation_config.json, so a server
+  applies it, and greedy output differed from what the run validated; the export says so (sampling defaults aside)."""
+  from rftjax import export
+
+  cfg = CASES['qwen2_qv']
+  params = _random_params(cfg, seed=4)
+  base = weights.export_hf(lora.split(params)[1], model.base_config(cfg), tmp_path / 'base')
+  gen = json.loads((base / 'generation_config.json').read_text())
+  gen.update(repetition_penalty=1.05, temperature=0.7, top_k=20, no_repeat_ngram_size=0)
+  (base / 'generation_config.json').write_text(json.dumps(gen))
+  run = _run_dir(tmp_path / 'run', f'hf:{base}', dict(rank=4, alpha=8.0, targets=['q', 'v']), {'lora': params['lora']})
+  assert export.main([f'--workdir={run}', f'--out={tmp_path / "out"}']) == 0
+  notes = [line for line in capsys.readouterr().err.splitlines() if 'generation_config.json sets' in line]
+  assert notes == [
+    "note: the base's generation_config.json sets repetition_penalty=1.05, which rftjax never applied in training or "
+    f'validation; transformers and vLLM apply it by default: take it out of {tmp_path / "out"}/generation_config.json '
+    'to serve as validated (docs/models.md)'
+  ]
+  assert json.loads((tmp_path / 'out' / 'generation_config.json').read_text())['repetition_penalty'] == 1.05
+
+
 def test_merged_export_of_a_bfloat16_base_keeps_small_updates_at_float32(tmp_path):
   """A bfloat16 base (the TPU layouts): W + alpha/r * A @ B rounded to bfloat16 is W again wherever the update is
   under half a bfloat16 step; `--dtype=float32` writes the sum as computed, the default the base's dtype."""
