@@ -159,6 +159,20 @@ def test_check_items_names_the_graders_json_path_in_a_job_file(tmp_path):
   )
 
 
+def test_a_reference_that_is_a_list_in_the_data_is_named_before_grading():
+  """open-instruct rows may hold ground_truth as a list: rendered as JSON text it matched no answer, silently."""
+  spec = {'type': 'math', 'input': OUT, 'reference': '{{item.ground_truth}}'}
+  with pytest.raises(graders.GraderConfigError) as e:
+    graders.check_items(spec, [('d.jsonl:1', {'ground_truth': '27'}), ('d.jsonl:2', {'ground_truth': ['27']})])
+  assert str(e.value) == (
+    'grader.reference uses {{item.ground_truth}}, but at d.jsonl:2 it is a JSON list (["27"]), which the grader '
+    'compares as its JSON text; expected text or a number, e.g. {{item.ground_truth[0]}} (open-instruct rows may '
+    'hold a list of answers)'
+  )
+  graders.check_items({**spec, 'reference': '{{item.ground_truth[0]}}'}, [('d.jsonl:2', {'ground_truth': ['27']})])
+  graders.check_items(spec, [('d.jsonl:1', {'ground_truth': 27})])  # a number is its text
+
+
 @pytest.mark.parametrize(
   'flag, message',
   [

@@ -378,9 +378,17 @@ def check_items(spec: Any, rows: Sequence[tuple[str, dict]], where: str | None =
     missing = []
     for line, item in rows:
       try:
-        templating.lookup('item', steps, {}, item)
+        value = templating.lookup('item', steps, {}, item)
       except core.GradingException as e:
         missing.append((line, str(e)))
+        continue
+      if field.endswith('.reference') and isinstance(value, (list, dict)):  # its JSON text matches no answer
+        first = f'{{{{{expr}[0]}}}}' if isinstance(value, list) else f'{{{{{expr}.<key>}}}}'
+        raise core.GraderConfigError(
+          f'{field} uses {{{{{expr}}}}}, but at {line} it is a JSON {"list" if isinstance(value, list) else "object"} '
+          f'({json.dumps(value)[:60]}), which the grader compares as its JSON text; expected text or a number, e.g. '
+          f'{first} (open-instruct rows may hold a list of answers)'
+        )
     if missing:
       line, why = missing[0]
       file = lambda where: where.rpartition(':')[0]  # noqa: E731 - 'file:line'
