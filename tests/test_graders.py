@@ -481,6 +481,11 @@ def test_local_judges_are_passed_to_build(monkeypatch):
   assert calls[0][1] == {'temperature': 0.0, 'max_completions_tokens': 16}
   unjudged = graders.build(spec).grade_batch(['short'], [{'q': 'x'}])[0]  # no judge given: the API, unreachable
   assert unjudged.errors[0].category == 'model_grader_server' and len(calls) == 2
+  # content parts are joined; a text part without text adds nothing
+  parts = [{'type': 'input_text'}, {'type': 'input_text', 'text': 'Grade '}, {'text': '{{sample.output_text}}'}]
+  spec['input'] = [{'role': 'user', 'content': parts}]
+  graders.build(spec, judges={'local-tiny': judge}).grade_batch(['short'], [{}])
+  assert calls[-1][0] == [{'role': 'user', 'content': 'Grade short'}]
 
 
 def test_multi_with_a_model_judge_through_the_pool():

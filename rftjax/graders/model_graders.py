@@ -119,7 +119,7 @@ def _compile_messages(messages: Any, field: str):
       content = _text_part(content, f'{where}.content')
     elif isinstance(content, list):
       content = ''.join(
-        _text_part(part, f'{where}.content[{j}]') if isinstance(part, dict) else str(part)
+        (_text_part(part, f'{where}.content[{j}]') or '') if isinstance(part, dict) else str(part)
         for j, part in enumerate(content)
       )
     compiled.append((msg['role'], templating.compile_template(content, f'{where}.content')))
