@@ -78,7 +78,16 @@ def check_spec(key: str, spec: str, kinds: tuple[str, ...], label: str = '') -> 
     return
   path = pathlib.Path(rest)
   if kind == 'hf' and not path.is_dir():
-    raise errors.ConfigError(f'{label}={spec!r}: no such folder {path}')
+    hub = not path.is_absolute() and len(path.parts) == 2  # 'Qwen/Qwen3-0.6B': a Hub id, as transformers takes
+    raise errors.ConfigError(
+      f'{label}={spec!r}: no such folder {path}'
+      + (
+        '; hf: names a local folder, and rftjax downloads nothing: fetch the model where the network is (e.g. '
+        f'`huggingface-cli download {path} --local-dir DIR`) and give hf:DIR'
+        if hub
+        else ''
+      )
+    )
   if kind != 'hf' and not path.is_file():
     known = f' (known gguf:NAME shorthands: {", ".join(pretrained.SHORTHANDS)})' if kind == 'gguf' else ''
     raise errors.ConfigError(f'{label}={spec!r}: no such file {path}{known}')

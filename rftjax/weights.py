@@ -209,6 +209,12 @@ class _HFSource:
           ': it holds a PEFT adapter, not a model (its run directory is --workdir; its base, --init)' if adapter else ''
         )
       )
+    if not any(self.dir.glob('*.safetensors')) and any(self.dir.glob('*.bin')):
+      raise FileNotFoundError(
+        f'{self.spec}: the weights are PyTorch .bin files, which rftjax does not read (they can run code when '
+        'loaded); expected model.safetensors: write it with transformers, '
+        '`AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW, safe_serialization=True)`'
+      )
     try:
       self.config = json.loads((self.dir / 'config.json').read_text())
     except ValueError as e:  # UnicodeDecodeError too

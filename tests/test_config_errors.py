@@ -282,15 +282,25 @@ def test_an_unreadable_model_file_is_one_line_naming_config_init(model, tmp_path
   pointer.write_text('version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1\n')
   other = tmp_path / 'notes.gguf'
   other.write_text('hello, this is not a model at all')
-  broken, empty = tmp_path / 'broken', tmp_path / 'empty'
-  broken.mkdir(), empty.mkdir()
+  broken, empty, pickled = tmp_path / 'broken', tmp_path / 'empty', tmp_path / 'pickled'
+  broken.mkdir(), empty.mkdir(), pickled.mkdir()
   (broken / 'config.json').write_text('{"model_type": "llama",')
   (empty / 'config.json').write_text(json.dumps({'model_type': 'llama', 'hidden_size': 8}))
+  (pickled / 'config.json').write_text(json.dumps({'model_type': 'llama', 'hidden_size': 8}))
+  (pickled / 'pytorch_model.bin').write_bytes(b'')
   cases = [
     (f'gguf:{pointer}', 'a Git LFS pointer file, not the GGUF it points to (fetch it: git lfs pull)'),
     (f'gguf:{other}', "not a GGUF v2+ file (it starts with b'hello, t')"),
     (f'hf:{broken}', f'{broken / "config.json"} is not valid JSON'),
-  ] + ([(f'hf:{empty}', 'neither model.safetensors nor model.safetensors.index.json')] if model == '' else [])
+    ('hf:Qwen/Qwen3-0.6B', 'no such folder Qwen/Qwen3-0.6B; hf: names a local folder, and rftjax downloads nothing'),
+  ] + (
+    [
+      (f'hf:{empty}', 'neither model.safetensors nor model.safetensors.index.json'),
+      (f'hf:{pickled}', 'the weights are PyTorch .bin files, which rftjax does not read'),
+    ]
+    if model == ''
+    else []
+  )
   for init, message in cases:
     flags = [TINY, f'--config.init={init}', f'--config.model={model}']
     assert train.main(['rftjax.train', f'--workdir={tmp_path / "run"}', *flags]) == 2
