@@ -6,6 +6,7 @@ continues a finished run. `--openai_job` runs the body of an OpenAI `fine_tuning
 (docs/openai_jobs.md): --config gives defaults, the job overrides them, an explicit --config.x=y overrides both.
 `--verbosity=1` shows the libraries' INFO lines as well. Exit status:
   0    done
+  1    a checkpoint could not be written (a full disk, a bucket refusing writes): the line says what failed
   2    bad input: one `error:` line naming the config key, flag, file and line, or grader field; nothing written
   3    grading or tools broken: more than grading.max_error_share of a step's (or a validation's) gradings failed,
        or more than tools_max_error_share of its tool calls; one `error:` line naming the grader or tools, the
@@ -13,6 +14,7 @@ continues a finished run. `--openai_job` runs the body of an OpenAI `fine_tuning
        when the step-0 validation failed: nothing was trained)
   4    stopped by the collapse guard (guard.stop=True): the line names the best checkpoint and how to export it;
        a checkpoint was written
+  5    an update had a NaN or inf: not applied, the weights before it checkpointed (docs/cli.md)
   42   preempted (SIGTERM): a checkpoint was written (none when it came before the first step: loading,
        compiling); rerun the same command
   130  stopped by Ctrl-C: a checkpoint was written (a second Ctrl-C stops without one; a third is the system's)

@@ -13,7 +13,8 @@ from typing import Any
 from rftjax import errors
 from rftjax import tools
 
-# OpenAI's reinforcement fine-tuning error categories (the `*_error` metrics of a fine-tuning job).
+# OpenAI's reinforcement fine-tuning error categories (the `*_error` metrics of a fine-tuning job), and rftjax's own
+# in their pattern: python_grader_timeout, endpoint_grader.
 SAMPLE_PARSE = 'sample_parse'
 INVALID_VARIABLE = 'invalid_variable'
 FORMULA_PARSE = 'formula_parse'
