@@ -212,7 +212,7 @@ def _size(folder) -> int:
 def _fmt(v) -> str:
   if isinstance(v, float):  # a learning rate of 3e-06 printed as 0.0000
     return f'{v:.4f}' if 1e-3 <= abs(v) < 1000 or v == 0 else f'{v:.0f}' if abs(v) >= 1000 else f'{v:.4g}'
-  return '-' if v is None else str(v)
+  return '-' if v is None or v == '' else str(v)  # a run from an hf: folder has model ''
 
 
 def _unsaved(s: dict) -> str:

@@ -415,7 +415,8 @@ def test_report_shows_the_response_format_share_and_a_small_learning_rate(tmp_pa
     *({'step': k, 'train_reward_mean': 0.1, 'train/response_format_valid': k / 20} for k in range(1, 13)),
     {'step': 12, 'valid_reward_mean': 0.2, 'valid/response_format_valid': 0.25},
   ])  # fmt: skip
-  (tmp_path / 'config.json').write_text(json.dumps({'total_steps': 12, 'optimizer': {'learning_rate': 3e-6}}))
+  config = {'total_steps': 12, 'optimizer': {'learning_rate': 3e-6}, 'model': '', 'init': 'hf:/m'}
+  (tmp_path / 'config.json').write_text(json.dumps(config))
   s = report.summarize(tmp_path)
   assert s['response_format_valid'] == pytest.approx(
     {'train_last10_mean': sum(range(3, 13)) / 200, 'valid_last': 0.25, 'valid_last_step': 12}
@@ -424,6 +425,7 @@ def test_report_shows_the_response_format_share_and_a_small_learning_rate(tmp_pa
   assert 'response format valid train 37.5% (mean of the last steps), valid 25.0% at step 12 (the others scored 0 ' \
          'ungraded)' in table  # fmt: skip
   assert 'learning rate 3e-06' in table and 'train reward 0.1000 (mean of the last 10 steps)' in table
+  assert 'model -' in table and 'init hf:/m' in table  # a model read off its folder: no preset name
 
 
 def test_report_of_a_crashed_run_says_where_a_rerun_resumes(tmp_path, in_repo):
