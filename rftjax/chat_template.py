@@ -240,15 +240,16 @@ def for_serving(text: str, *, thinking: bool) -> str:
   `thinking`, False unless set). A template an export wrote already (a run on an exported folder) gets them once:
   they are taken off first."""
   if text.startswith(SERVING_PRELUDE):
-    text = re.sub(
-      r'^\{%- if enable_thinking is not defined %\}\{%- set enable_thinking = (?:true|false) %\}\{%- endif %\}',
-      '',
-      text[len(SERVING_PRELUDE) :],
-    )
-  if 'enable_thinking' in text:
-    default = f'{{%- set enable_thinking = {str(thinking).lower()} %}}'
-    text = f'{{%- if enable_thinking is not defined %}}{default}{{%- endif %}}{text}'
-  return SERVING_PRELUDE + text
+    text = text[len(SERVING_PRELUDE) :]
+    text = next((text[len(d) :] for d in map(_thinking_default, (False, True)) if text.startswith(d)), text)
+  return SERVING_PRELUDE + (_thinking_default(thinking) + text if 'enable_thinking' in text else text)
+
+
+def _thinking_default(thinking: bool) -> str:
+  """What `for_serving` puts before a template that reads `enable_thinking`."""
+  return (
+    f'{{%- if enable_thinking is not defined %}}{{%- set enable_thinking = {str(thinking).lower()} %}}{{%- endif %}}'
+  )
 
 
 def jinja_twin(name: str, *, add_bos: bool, default_system: str = '', thinking: bool = False) -> str:

@@ -150,12 +150,12 @@ def run(args) -> dict:
 
 def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   examples = data_lib.load_jsonl(args.data, '--data')  # bad input fails before anything slow
-  grader_spec = graders.load(args.grader or (run_config.get('grader') if run_config else None))
+  grader_spec, grader_at = graders.locate(args.grader or (run_config.get('grader') if run_config else None))
   grading = run_config.grading if run_config else {}
   allow = args.allow_unsandboxed or bool(grading.get('allow_unsandboxed', False))
   graders.check_sandbox(graders.build(grader_spec), allow)  # a bad field fails before the model loads
   graders.check_items(grader_spec, [(ex.source, ex.item) for ex in examples])
-  job, fmt = response_format.of_job(args.grader)  # a job file's format, as grade and training take it
+  job, fmt = response_format.of_job(args.grader, grader_at if args.grader else None)  # as grade and training take it
   if not job:
     fmt = response_format.make(run_config.get('response_format') if run_config else None)
   steps = int(run_config.get('max_episode_steps') or 1) if run_config else 1

@@ -118,7 +118,9 @@ def _run(args) -> int:
     graders.check_sandbox(checked, args.allow_unsandboxed)
     from rftjax import response_format
 
-    fmt = response_format.of_job(args.grader)[1]  # a job file: its completions must match its format, as in training
+    fmt = response_format.of_job(args.grader, grader_at)[
+      1
+    ]  # a job file: its completions must match its format, as in training
     judges = {}
     if graders.local_models(spec):
       from rftjax import inference  # JAX and the judge's weights: only for graders that name a local model

@@ -149,12 +149,11 @@ def make(spec: Any, where: str = 'config') -> ResponseFormat | None:
   return None if spec is None else ResponseFormat(spec)
 
 
-def of_job(grader_file: Any, flag: str = '--grader') -> tuple[bool, ResponseFormat | None]:
+def of_job(grader_file: Any, grader_at: str | None, flag: str = '--grader') -> tuple[bool, ResponseFormat | None]:
   """(whether `grader_file` is an OpenAI job file, its response format or None): a job states its task whole, so
-  `rftjax.grade` and `rftjax.evaluate` given one check and ask for its format as training does."""
-  from rftjax import graders  # graders import this module
-
-  if not isinstance(grader_file, str) or graders.locate(grader_file)[1] != 'method.reinforcement.grader':
+  `rftjax.grade` and `rftjax.evaluate` given one check and ask for its format as training does. `grader_at`: where
+  `graders.locate` found the grader in the file."""
+  if grader_at != 'method.reinforcement.grader':
     return False, None
   job = errors.read_json_file(grader_file, errors.ConfigError, f'{flag}={grader_file}')
   return True, make(job['method']['reinforcement'].get('response_format'), 'method.reinforcement')
