@@ -208,6 +208,14 @@ def differs(a, b) -> bool:
   return a != b
 
 
+def model_type(cfg: model_lib.TransformerConfig) -> str:
+  """The Hugging Face `model_type` of an architecture: llama-family options tell Qwen 2 (QKV bias) and Qwen 3 (QK
+  norm) from Llama."""
+  if cfg.family == 'gemma3':
+    return 'gemma3_text'
+  return 'qwen3' if cfg.qk_norm else 'qwen2' if cfg.qkv_bias else 'llama'
+
+
 def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype: str = 'float32') -> dict:
   """config.json for transformers / vLLM. Writes both the current `rope_parameters` and the older flat rope keys."""
   ids = {'bos': 2, 'eos': 1, 'pad': 0} if cfg.family == 'gemma3' else {}
@@ -243,7 +251,7 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
     types = ['sliding_attention' if is_local else 'full_attention' for is_local in cfg.layer_is_local()]
     return dict(
       architectures=['Gemma3ForCausalLM'],
-      model_type='gemma3_text',
+      model_type=model_type(cfg),
       **common,
       hidden_activation='gelu_pytorch_tanh',
       rope_local_base_freq=local,
@@ -281,7 +289,7 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
   if cfg.qk_norm:
     return dict(
       architectures=['Qwen3ForCausalLM'],
-      model_type='qwen3',
+      model_type=model_type(cfg),
       **common,
       hidden_act=act,
       rope_scaling=scaling,
@@ -293,7 +301,7 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
   if cfg.qkv_bias:
     return dict(
       architectures=['Qwen2ForCausalLM'],
-      model_type='qwen2',
+      model_type=model_type(cfg),
       **common,
       hidden_act=act,
       rope_scaling=scaling,
@@ -304,7 +312,7 @@ def write(cfg: model_lib.TransformerConfig, token_ids: dict | None = None, dtype
     )
   return dict(
     architectures=['LlamaForCausalLM'],
-    model_type='llama',
+    model_type=model_type(cfg),
     **common,
     hidden_act=act,
     rope_scaling=scaling,

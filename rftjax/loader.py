@@ -26,6 +26,7 @@ import ml_collections
 from rftjax import checkpoint as checkpoint_lib
 from rftjax import errors
 from rftjax import graders
+from rftjax import hf_config
 from rftjax import lora as lora_lib
 from rftjax import model as model_lib
 from rftjax import presets
@@ -208,7 +209,7 @@ def _load(config, cfg, tok, dtype, mesh, ckpt=None, ckpt_name=None, step=None) -
   source = ckpt_name if ckpt is not None and not cfg.lora else config.get('init') or 'random init'
   log.info(
     'loading %s (%.2fB params, %s%s) from %s',
-    cfg.name if cfg.name != source else f'a {cfg.family} model',  # a file matching no preset is named after itself
+    cfg.name if cfg.name != source else f'a {hf_config.model_type(cfg)} model',  # a file matching no preset: its kind
     cfg.num_params() / 1e9,
     dtype.name,
     f', LoRA rank {cfg.lora.rank}' if cfg.lora else '',

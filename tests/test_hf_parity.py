@@ -16,6 +16,7 @@ file's config.json). Compared:
 
 from __future__ import annotations
 
+import logging
 import re
 
 import jax.numpy as jnp
@@ -185,9 +186,11 @@ def _hf_greedy(tm, prompt):
 
 
 @pytest.mark.parametrize('family', sorted(FAMILIES))
-def test_logits_match_transformers(family, tmp_path):
+def test_logits_match_transformers(family, tmp_path, caplog):
   tm = _hf_model(family)
-  cfg, params = _load_rftjax(tm, tmp_path / 'hf')
+  with caplog.at_level(logging.INFO, logger='rftjax.loader'):
+    cfg, params = _load_rftjax(tm, tmp_path / 'hf')
+  assert f'loading a {tm.config.model_type} model' in caplog.text  # the folder's kind, not 'llama' for Qwen too
   assert cfg.vocab_size == 384 and cfg.num_kv_heads == 2 and cfg.family == ('gemma3' if family == 'gemma3' else 'llama')
   if cfg.sliding_window:  # Gemma: the window bites, and local and global layers both occur
     assert cfg.sliding_window < SEQ_LEN and 0 < cfg.layer_is_local().sum() < cfg.num_layers
