@@ -228,14 +228,15 @@ def main(argv=None) -> int:
 # with the value each has when it does nothing
 PROCESSORS = {'repetition_penalty': 1.0, 'encoder_repetition_penalty': 1.0, 'no_repeat_ngram_size': 0,
               'bad_words_ids': None, 'suppress_tokens': None, 'begin_suppress_tokens': None, 'min_length': 0,
-              'min_new_tokens': None, 'forced_bos_token_id': None, 'forced_eos_token_id': None,
+              'min_new_tokens': 0, 'forced_bos_token_id': None, 'forced_eos_token_id': None,
               'exponential_decay_length_penalty': None, 'sequence_bias': None}  # fmt: skip
 
 
 def untrained_processors(generation: dict) -> list[str]:
-  """'key=value' for each of PROCESSORS that `generation` (a generation_config.json) sets to act."""
+  """'key=value' for each of PROCESSORS that `generation` (a generation_config.json) sets to act (a forced token
+  id of 0 acts: it is Gemma's pad)."""
   return [f'{k}={json.dumps(generation[k])}' for k, idle in PROCESSORS.items()
-          if generation.get(k, idle) not in (idle, None, [], 0)]  # fmt: skip
+          if generation.get(k) not in (idle, None, [])]  # fmt: skip
 
 
 def _hf_json(init: str, name: str) -> dict | None:

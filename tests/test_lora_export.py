@@ -260,6 +260,18 @@ def test_export_says_which_of_the_bases_decoding_settings_rftjax_never_applied(t
   assert json.loads((tmp_path / 'out' / 'generation_config.json').read_text())['repetition_penalty'] == 1.05
 
 
+def test_untrained_processors_takes_a_forced_token_id_of_0_as_set():
+  from rftjax import export
+
+  idle = {'repetition_penalty': 1, 'no_repeat_ngram_size': 0, 'min_new_tokens': 0, 'min_length': 0,
+          'bad_words_ids': [], 'forced_eos_token_id': None, 'temperature': 0.7}  # fmt: skip
+  assert export.untrained_processors(idle) == []
+  assert export.untrained_processors({**idle, 'forced_bos_token_id': 0, 'min_new_tokens': 3}) == [
+    'min_new_tokens=3',
+    'forced_bos_token_id=0',
+  ]
+
+
 def test_merged_export_of_a_bfloat16_base_keeps_small_updates_at_float32(tmp_path):
   """A bfloat16 base (the TPU layouts): W + alpha/r * A @ B rounded to bfloat16 is W again wherever the update is
   under half a bfloat16 step; `--dtype=float32` writes the sum as computed, the default the base's dtype."""
