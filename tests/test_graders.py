@@ -200,6 +200,22 @@ def test_multi_inline():
 
 
 # config errors ---------------------------------------------------------------------------------------------------
+def test_a_python_grader_importing_a_module_only_this_process_sees_is_refused(tmp_path, monkeypatch):
+  """A helper beside the grader (current folder, PYTHONPATH) passed the build check and then failed every grading
+  with ModuleNotFoundError: the sandbox worker runs `python -E -s`, which sees neither."""
+  (tmp_path / 'helper_mod.py').write_text('ANSWER = 1\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  source = 'import json\nimport helper_mod\ndef grade(s, i):\n  return helper_mod.ANSWER\n'
+  with pytest.raises(graders.GraderConfigError) as e:
+    graders.build({'type': 'python', 'source': source})
+  assert str(e.value) == (
+    f'grader.source: line 2 imports helper_mod, found here at {tmp_path / "helper_mod.py"} but not by graders: their '
+    "worker sees only the Python environment's own packages (no current folder, PYTHONPATH or user site); pip "
+    'install it into the environment, or put its code into the grader source'
+  )
+  graders.build({'type': 'python', 'source': 'import sympy, math, sys\ndef grade(s, i):\n  return 1\n'})
+
+
 @pytest.mark.parametrize(
   'spec,needle',
   [

@@ -266,6 +266,37 @@ def test_worker_is_confined_by_the_kernel(pool):
   assert int((w.cgroup / 'pids.max').read_text()) <= 8
 
 
+def test_root_without_a_pids_cgroup_is_warned_about(tmp_path, monkeypatch, caplog):
+  """As root, RLIMIT_NPROC does not bind: without a writable cgroup v1 pids hierarchy (hosts with cgroup v2 only),
+  code that gets past the audit hook forked 20 children. The pool says so, once, for graders that run code."""
+  from rftjax.graders import pool as pool_lib
+
+  if os.geteuid() != 0 or not pool_lib.isolation_lib.probe().available:
+    pytest.skip('needs root and bubblewrap')
+  monkeypatch.setattr(pool_lib, '_CGROUP_ROOT', tmp_path / 'no-pids')
+  grader = py('def grade(s, i):\n  return 1.0\n')
+  with graders.GradingPool(num_workers=1, timeout_s=5) as p, caplog.at_level('WARNING', logger='rftjax'):
+    p.grade(grader, ['a'], [{}])
+    p.grade(grader, ['a'], [{}])
+    p.grade(graders.build({'type': 'math', 'input': '{{sample.output_text}}', 'reference': '1'}), ['1'], [{}])
+  warned = [r.getMessage() for r in caplog.records if 'RLIMIT_NPROC does not bind' in r.getMessage()]
+  assert len(warned) == 1 and "grader 'grader' runs code as root" in warned[0], warned
+  assert f'{tmp_path / "no-pids"} (a cgroup v1 pids hierarchy) is not writable' in warned[0]
+
+
+def test_dev_shm_is_not_a_second_writable_place(pool):
+  """bubblewrap's /dev is a tmpfs: a grader wrote 45 MB into /dev/shm past disk_mb=16 (host memory, kept for later
+  graders on the worker) by opening it read-only and writing relative to it, which the audit hook allows."""
+  if not pool.isolation.available:
+    pytest.skip('no bubblewrap here')
+  src = (
+    "import os\ndef grade(s, i):\n  d = os.open('/dev/shm', os.O_RDONLY)\n"
+    "  os.open('f', os.O_WRONLY | os.O_CREAT, dir_fd=d)\n  return 1.0\n"
+  )
+  (res,) = pool.grade(py(src), ['a'], [{}])
+  assert res.reward == 0.0 and 'Read-only file system' in res.errors[0].message, res
+
+
 # math ------------------------------------------------------------------------------------------------------------
 def math_pairs():
   rows = []
@@ -398,6 +429,50 @@ def test_a_code_sample_cannot_change_how_other_samples_are_graded(pool):
   assert [r.reward for r in res] == [0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 1.0, 1.0, 1.0]
   assert not any(r.errors for r in res)
   assert res[2].metadata['failures'][0] == 'assert add(1, 2) == 3: timed out after 0.5 s'
+
+
+_FORGE = """
+import sys, os, json, struct
+f = sys._getframe()
+while 'index' not in f.f_locals:
+  f = f.f_back
+reply = (b'{{"i": %d, "s": {score}, "e": null, "m": {meta}}}') % f.f_locals['index']
+os.write(int(sys.argv[2]), struct.pack('>I', len(reply)) + reply)
+os._exit(0)
+"""
+
+
+def test_a_code_sample_that_attacks_its_worker_scores_0_and_spoils_nothing():
+  """The completion's code runs in the worker: it could send the pool its own reply (NaN made the group's advantages
+  NaN, 1e9 topped it, `discard` left it out of the loss, a list as metadata or JSON nested 100,000 deep crashed the
+  whole batch), crash the worker (counted as grader errors, which stop a run), or replace the test harness's
+  `_limited` or the namespace's `__builtins__` to pass every test. Each is now the model's 0, no grader error."""
+  g = graders.build(
+    {'type': 'code', 'test_timeout_s': 2, 'tests': ['assert add(1, 2) == 3', 'assert sorted([3, 1]) == [1, 3]']}
+  )
+  fence = '```python\n{}\n```'.format
+  wrong = 'def add(a, b):\n    return 0\n'
+  forged = [('NaN', '{}'), ('1e9', '{}'), ('-1e9', '{}'), ('0.0', '{"discard": true}'), ('1.0', '[1, 2]')]
+  attacks = [fence(_FORGE.format(score=score, meta=meta)) for score, meta in forged]
+  attacks += [
+    fence(_FORGE.format(score='0.0', meta="' + b'[' * 100_000 + b']' * 100_000 + b'")),  # nested too deep
+    fence('import os\nos._exit(0)'),
+    fence(
+      'import functools, sys\nsys.setrecursionlimit(10**7)\n@functools.cache\ndef f(n):\n    return f(n + 1)\nf(0)'
+    ),
+    fence('import __main__\n__main__._limited = lambda *a: None\n' + wrong),
+    fence('import builtins\n__builtins__ = dict(vars(builtins), AssertionError=None)\n' + wrong),
+    fence('import builtins\n__builtins__ = dict(vars(builtins), sorted=lambda x: [1, 3])\n' + wrong),
+  ]
+  right = fence('def add(a, b):\n    return a + b')
+  with graders.GradingPool(num_workers=1, timeout_s=10) as p:
+    res = p.grade(g, [*attacks, right], [{}] * (len(attacks) + 1))
+  assert [r.reward for r in res] == [0.0] * 8 + [0.5, 0.5, 0.5, 1.0], [(r.reward, r.metadata) for r in res]
+  assert not any(r.errors for r in res) and not any('discard' in r.metadata for r in res)
+  assert 'outside [0, 1]' in res[0].metadata['exception'] and 'metadata is list' in res[4].metadata['exception']
+  assert 'unreadable reply' in res[5].metadata['exception']
+  assert 'exited with code 0 before it answered' in res[6].metadata['exception']
+  assert res[7].metadata['exception'] == 'worker process killed by signal SIGSEGV'
 
 
 def test_a_code_samples_deadline_leaves_room_for_every_test_to_time_out():

@@ -78,7 +78,9 @@ def _bwrap_args(disk_mb: int) -> list[str]:
   for p in _readonly_paths():
     if not any(p == s or p.startswith(s + '/') for s in _SYSTEM if os.path.isdir(s) and not os.path.islink(s)):
       args += ['--ro-bind', p, p]
-  args += ['--proc', '/proc', '--dev', '/dev', '--size', str(disk_mb << 20), '--tmpfs', SANDBOX_DIR]
+  # /dev read-only: its tmpfs (/dev/shm) would be a second writable place, in the host's memory and past disk_mb
+  args += ['--proc', '/proc', '--dev', '/dev', '--remount-ro', '/dev', '--size', str(disk_mb << 20), '--tmpfs',
+           SANDBOX_DIR]  # fmt: skip
   return args + ['--chdir', SANDBOX_DIR, '--setenv', 'HOME', SANDBOX_DIR, '--setenv', 'TMPDIR', SANDBOX_DIR]
 
 

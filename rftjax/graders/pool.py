@@ -58,6 +58,7 @@ class _Worker:
 
   def __init__(self, memory_mb: int, disk_mb: int, isolation: isolation_lib.Isolation | None):
     self.tmpdir = None if isolation else tempfile.mkdtemp(prefix=f'rftjax-grader-{os.getpid()}-')
+    self.isolated = isolation is not None
     self.cgroup = _make_cgroup()
     child_r, self.w = os.pipe()
     self.r, child_w = os.pipe()
@@ -153,9 +154,29 @@ class _Worker:
       code = self.proc.wait(timeout=1)
     except subprocess.TimeoutExpired:
       return 'worker process stopped answering'
+    if code > 128 and self.isolated:  # bubblewrap exits 128 + n when the worker died of signal n
+      code = 128 - code
     if code < 0:
-      return f'worker process killed by signal {signal.Signals(-code).name}'
-    return f'worker process exited with code {code}'
+      try:
+        return f'worker process killed by signal {signal.Signals(-code).name}'
+      except ValueError:
+        pass
+    return f'worker process exited with code {code} before it answered'
+
+
+def _runs_completion(w: _Worker) -> bool:
+  """Whether `w` is running a code sample's own code (the `code` grader has loaded): what goes wrong there is the
+  model's doing."""
+  return w.job is not None and w.job.spec['kind'] == 'code' and w.job.spec['key'] in w.loaded
+
+
+def _lost(w: _Worker, category: str, why: str) -> core.GradeResult:
+  """The result of the sample a worker failed on. Once a code sample's own code runs, a crash, a hang past the
+  deadline or a malformed reply is the model's miss: a 0 as for code that raises, not a grader error that counts
+  towards stopping the run."""
+  if _runs_completion(w):
+    return core.GradeResult(0.0, {}, (), {'passed': 0, 'exception': why})
+  return core.failed(category, why)
 
 
 def _alive(pid: int) -> bool:
@@ -189,9 +210,13 @@ def clean_stale() -> int:
   return count
 
 
+def _cgroups_writable() -> bool:
+  return (_CGROUP_ROOT / 'cgroup.procs').exists() and os.access(_CGROUP_ROOT, os.W_OK)
+
+
 def _make_cgroup() -> pathlib.Path | None:
   """A pids cgroup capping the worker's tasks (a fork bomb stops at the cap), where the kernel lets us."""
-  if not (_CGROUP_ROOT / 'cgroup.procs').exists() or not os.access(_CGROUP_ROOT, os.W_OK):
+  if not _cgroups_writable():
     return None
   path = _CGROUP_ROOT / f'rftjax-grader-{os.getpid()}-{next(_counter)}'
   try:
@@ -234,11 +259,16 @@ def _remove_cgroup(path: pathlib.Path | None) -> None:
       time.sleep(0.01)
 
 
+def _runs_code(grader: core.Grader) -> list[core.Grader]:
+  """The graders in `grader` (itself, or a multi's leaves) that run code somebody wrote: python and code."""
+  leaves = grader.leaves() if hasattr(grader, 'leaves') else [grader]
+  return [g for g in leaves if g.mode == core.SANDBOX and g.worker_spec()['kind'] in ('python', 'code')]
+
+
 def check_sandbox(grader: core.Grader, allow_unsandboxed: bool = False) -> bool:
   """Raises GraderConfigError when `grader` runs user code (python, code graders) that this machine cannot isolate,
   unless `allow_unsandboxed`; returns whether it will run without a sandbox. Call it before anything slow."""
-  leaves = grader.leaves() if hasattr(grader, 'leaves') else [grader]
-  user_code = [g for g in leaves if g.mode == core.SANDBOX and g.worker_spec()['kind'] in ('python', 'code')]
+  user_code = _runs_code(grader)
   isolation = isolation_lib.probe()
   if not user_code or isolation.available:
     return False
@@ -315,11 +345,20 @@ class GradingPool:
     self._thread.start()
 
   def check(self, grader: core.Grader) -> None:
-    """`check_sandbox` for this pool; running unsandboxed is logged as a warning, once per grader and pool."""
-    if check_sandbox(grader, self.allow_unsandboxed) and grader.name not in self._warned:
+    """`check_sandbox` for this pool; running unsandboxed, or as root with nothing to cap the processes a grader
+    starts, is logged as a warning, once per grader and pool."""
+    if grader.name in self._warned:
+      return
+    if check_sandbox(grader, self.allow_unsandboxed):
       self._warned.add(grader.name)
       log.warning('grading with %r WITHOUT a sandbox (grading.allow_unsandboxed=True): its code can read and write '
                   'what this user can, and reach the network. %s', grader.name, self.isolation.reason)  # fmt: skip
+    elif _runs_code(grader) and os.geteuid() == 0 and not _cgroups_writable():
+      self._warned.add(grader.name)
+      log.warning('grader %r runs code as root, where RLIMIT_NPROC does not bind and %s (a cgroup v1 pids hierarchy) '
+                  'is not writable: nothing caps the processes its code starts (the audit hook refuses forks, but code '
+                  'can get past it); run rftjax as a non-root user to forbid them (docs/graders.md, "Isolation")',
+                  grader.name, _CGROUP_ROOT)  # fmt: skip
 
   # Public API ------------------------------------------------------------------------------------------------
   def submit(
@@ -519,20 +558,20 @@ class GradingPool:
         if w.r in readable:
           try:
             frames = w.read_frames()
-          except (ValueError, UnicodeDecodeError) as e:
+          except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: JSON nested too deep
             frames = None
-            self._end_current(w, core.failed(core.OTHER, f'worker sent an unreadable reply: {e}'))
+            self._end_current(w, _lost(w, core.OTHER, f'worker sent an unreadable reply: {str(e)[:200]}'))
           if frames is None:
             if w.chunk:
-              self._end_current(w, core.failed(core.PYTHON_RUNTIME, w.exit_description()))
+              self._end_current(w, _lost(w, core.PYTHON_RUNTIME, w.exit_description()))
             self._replace(slot, w)
             continue
           ran_code = w.job.spec['kind'] == 'code'
           try:
             for frame in frames:
               self._accept(w, frame)
-          except (ValueError, KeyError, TypeError, IndexError) as e:
-            self._end_current(w, core.failed(core.OTHER, f'worker sent an unexpected reply: {e}'))
+          except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            self._end_current(w, _lost(w, core.OTHER, f'worker sent an unexpected reply: {str(e)[:200]}'))
             self._replace(slot, w)
             continue
           if frames and w.chunk is not None:  # only whole replies restart the clock
@@ -541,17 +580,16 @@ class GradingPool:
           elif w.chunk is None and ran_code:  # its sample is graded: the worker goes, with whatever it changed
             self._replace(slot, w)
         elif now >= w.deadline:
-          if w.job.spec['kind'] == 'code' and w.job.spec['key'] in w.loaded:
-            # only the completion's code runs there (a loop whose bare `except:` swallows the per-test alarm): the
-            # model's miss, a 0 like code that raises, not a grader error that counts towards stopping the run
-            why = f'ran past the sample deadline of {w.deadline_s:g} s'
-            self._end_current(w, core.GradeResult(0.0, {}, (), {'passed': 0, 'exception': why}))
+          if _runs_completion(w):  # a loop whose bare `except:` swallows the per-test alarm
+            self._end_current(w, _lost(w, core.PYTHON_TIMEOUT, f'ran past the sample deadline of {w.deadline_s:g} s'))
           else:
             why = f'grading took longer than {w.job.timeout_s:g} s (wall clock); worker killed'
             self._end_current(w, core.failed(core.PYTHON_TIMEOUT, why))
           self._replace(slot, w)
 
   def _accept(self, w: _Worker, frame: dict) -> None:
+    if not isinstance(frame, dict):
+      raise TypeError(f'a reply is {type(frame).__name__}, expected an object')
     if 'loaded' in frame:
       w.loaded.add(frame['loaded'])
       return
@@ -559,16 +597,18 @@ class GradingPool:
     idx = frame.get('i')
     if not w.chunk or w.chunk[0][0] != idx:
       raise ValueError(f'worker answered task {idx}, expected {w.chunk[0][0] if w.chunk else None}')
-    w.chunk.pop(0)
+    # a code sample's code runs in the worker and can write to its pipe: a reply is checked before it counts. The
+    # worker sends 0 with an error, or a finite score in [0, 1] (one outside was clamped, the error names it)
     err = frame.get('e')
-    meta = frame.get('m') or {}
-    if err:
-      # 0, or a score outside [0, 1] clamped into it (the worker names that error and keeps the clamped score)
-      job.results[idx] = core.GradeResult(
-        float(frame.get('s') or 0.0), {}, (core.GradeError(str(err[0]), str(err[1])),), meta
-      )
-    else:
-      job.results[idx] = core.GradeResult(float(frame['s']), {}, (), meta)
+    score, meta = float(frame.get('s') or 0.0) if err else float(frame['s']), frame.get('m') or {}
+    if not 0.0 <= score <= 1.0:  # NaN fails this too
+      raise ValueError(f'score {score} outside [0, 1]')
+    if not isinstance(meta, dict):
+      raise TypeError(f'metadata is {type(meta).__name__}, expected an object')
+    meta = {k: v for k, v in meta.items() if k != 'discard'}  # only an HTTP grader's outage leaves a rollout out
+    w.chunk.pop(0)
+    errors = (core.GradeError(str(err[0]), str(err[1])),) if err else ()
+    job.results[idx] = core.GradeResult(score, {}, errors, meta)
     if not w.chunk:
       w.chunk, w.job = None, None
 

@@ -6,9 +6,14 @@ The parent side only renders templates and packs JSON tasks; `sandbox_worker.py`
 from __future__ import annotations
 
 import ast
-import importlib.util
+import functools
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
+import pathlib
+import subprocess
+import sys
 from typing import Any
 
 from rftjax.graders import core
@@ -57,6 +62,20 @@ class PythonGrader(_Sandboxed):
     return [core.sample_dict(text), item]  # built here: the worker imports nothing of rftjax
 
 
+@functools.cache
+def _worker_path() -> tuple[str, ...]:
+  """Where a sandbox worker imports from: it runs `python -E -s sandbox_worker.py` (docs/graders.md), so the
+  environment's own packages and the worker's folder, not this process's current folder, PYTHONPATH or user site."""
+  probe = 'import sys, json; print(json.dumps(sys.path[1:]))'  # sys.path[0] is -c's current folder
+  found = subprocess.run([sys.executable, '-E', '-s', '-c', probe], capture_output=True, text=True, timeout=60)
+  return (str(pathlib.Path(__file__).parent), *json.loads(found.stdout))
+
+
+def _worker_finds(top: str) -> bool:
+  return (top in sys.builtin_module_names or importlib.machinery.FrozenImporter.find_spec(top) is not None
+          or importlib.machinery.PathFinder.find_spec(top, list(_worker_path())) is not None)  # fmt: skip
+
+
 def check_source(source: Any, field: str) -> None:
   if not isinstance(source, str):
     raise core.GraderConfigError(f'{field}: expected Python source code as a string, found {type(source).__name__}')
@@ -80,11 +99,20 @@ def check_source(source: Any, field: str) -> None:
     if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
       names = [node.module]
     for name in names:
-      if importlib.util.find_spec(name.split('.')[0]) is None:
+      top = name.split('.')[0]
+      if _worker_finds(top):
+        continue
+      spec = importlib.util.find_spec(top)
+      if spec is None:
         raise core.GraderConfigError(
           f'{field}: line {node.lineno} imports {name}, which is not installed where rftjax runs; expected a module '
           f'of this Python environment (pip install it there, or import it inside a try)'
         )
+      raise core.GraderConfigError(
+        f'{field}: line {node.lineno} imports {name}, found here at {spec.origin or spec.submodule_search_locations} '
+        "but not by graders: their worker sees only the Python environment's own packages (no current folder, "
+        'PYTHONPATH or user site); pip install it into the environment, or put its code into the grader source'
+      )
   args = fns[-1].args
   positional = len(args.posonlyargs) + len(args.args)
   required = positional - len(args.defaults)  # the defaults belong to the last positional ones

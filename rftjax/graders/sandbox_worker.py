@@ -256,10 +256,12 @@ def _code_block(text):
 
 
 def _run_code(text, tests, test_timeout_s=5.0, *, _builtins=dict(vars(builtins)), _exec=exec, _compile=compile,
-              _live=vars(builtins)):  # fmt: skip
+              _live=vars(builtins), _limited=_limited, _signal=signal.signal, _on_alarm=_on_alarm):  # fmt: skip
   """Score = share of `tests` that pass after the completion's code ran. The pool gives each code sample a fresh
-  worker, so nothing a completion changes reaches another sample; builtins and the alarm handler are restored
-  before each test, so the simplest ways to skip them (`builtins.exec = ...`, ignoring SIGALRM) do not."""
+  worker, so nothing a completion changes reaches another sample; builtins (the module's and the namespace's
+  `__builtins__`) and the alarm handler are restored before each test, and what runs the tests is bound here, so
+  the simplest ways to skip them (`builtins.exec = ...`, ignoring SIGALRM, replacing this module's `_limited`) do
+  not."""
   tests = [tests] if isinstance(tests, str) else list(tests)
   code = _code_block(text)
   if code is None:  # the model's miss (a 0, as a math answer it did not give), not the grader's error
@@ -275,9 +277,9 @@ def _run_code(text, tests, test_timeout_s=5.0, *, _builtins=dict(vars(builtins))
     _live.update(_builtins)  # update, then drop additions: the worker's own code needs its builtins throughout
     for name in [name for name in _live if name not in _builtins]:
       del _live[name]
-    signal.signal(signal.SIGALRM, _on_alarm)
+    _signal(signal.SIGALRM, _on_alarm)
     try:
-      _limited(test_timeout_s, _exec, _compile(test, '<test>', 'exec'), dict(namespace))
+      _limited(test_timeout_s, _exec, _compile(test, '<test>', 'exec'), {**namespace, '__builtins__': _live})
       passed += 1
     except BaseException as e:  # noqa: BLE001
       why = f'timed out after {test_timeout_s:g} s' if isinstance(e, _TestTimeout) else f'{type(e).__name__}: {e}'
