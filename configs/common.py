@@ -101,6 +101,7 @@ def base() -> ml_collections.ConfigDict:
   c.grading.timeout_s = 10.0
   c.grading.max_error_share = 0.5  # stop the run when more gradings than this fail in one step
   c.grading.step_budget_s = 600.0  # the most one step's grading may take; what is left then scores 0 (0 = no cap)
+  c.grading.model_threads = 16  # requests in flight at once to model judges and endpoint graders (a provider's limit)
   c.grading.allow_unsandboxed = False  # True runs python/code graders even where they cannot be isolated
 
   c.mesh = ml_collections.ConfigDict()

@@ -153,7 +153,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   grader_spec, grader_at = graders.locate(args.grader or (run_config.get('grader') if run_config else None))
   grading = run_config.grading if run_config else {}
   allow = args.allow_unsandboxed or bool(grading.get('allow_unsandboxed', False))
-  graders.check_sandbox(graders.build(grader_spec), allow)  # a bad field fails before the model loads
+  graders.check_runnable(graders.build(grader_spec), allow)  # a bad field fails before the model loads
   graders.check_items(grader_spec, [(ex.source, ex.item) for ex in examples])
   job, fmt = response_format.of_job(args.grader, grader_at if args.grader else None)  # as grade and training take it
   if not job:
@@ -167,6 +167,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     specs = tools.load_tools(args.tools, '--tools') if args.tools else tools.load_tools(run_config.get('tools'))
   if specs:  # other data may offer fewer of the run's tools, but none it lacks
     tools.check_data_tools([(ex.source, ex.item) for ex in examples], specs, every_tool_offered=False)
+    tools.check_env(specs, '--tools' if args.tools else 'config.tools')
   ids = []  # encoded once the tokenizer is there, before the weights load: a bad prompt fails first
   loaded = sample_cli.load_from_args(
     args, before=lambda config, tok: ids.extend(data_lib.encode_prompts(examples, tok, response_format=fmt))
@@ -202,7 +203,9 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   else:
     rng = jax.random.key(args.seed or 0)
   timeout = float(grading.get('timeout_s', 10.0))
-  pool = graders.GradingPool(args.num_workers or None, timeout, allow_unsandboxed=allow, response_format=fmt)
+  threads = int(grading.get('model_threads', 16))  # a run's judge's concurrency limit holds here too
+  pool = graders.GradingPool(args.num_workers or None, timeout, model_threads=threads, allow_unsandboxed=allow,
+                             response_format=fmt)  # fmt: skip
   with pool:
     graded = inference.evaluate(
       sampler,

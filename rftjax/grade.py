@@ -115,7 +115,7 @@ def _run(args) -> int:
   try:
     spec, grader_at = graders.locate(args.grader)  # its JSON path in a job or /graders/run body, or None
     checked = graders.build(spec, where=grader_at)  # every field checked before a judge loads
-    graders.check_sandbox(checked, args.allow_unsandboxed)
+    graders.check_runnable(checked, args.allow_unsandboxed)
     from rftjax import response_format
 
     fmt = response_format.of_job(args.grader, grader_at)[
@@ -204,6 +204,10 @@ def _run(args) -> int:
   if failed:  # the zeros above mean the grader could not run, not that the samples are wrong
     print(f'error: {failed}', file=sys.stderr)
     return 1
+  bad = sum(1 for r in results if r.errors)
+  if bad:  # their zeros are in the mean above: say so where a person reads, not only in the JSON's error_rate
+    print(f'note: {bad} of {len(results)} gradings failed and count as 0 in {args.prefix}_reward_mean: '
+          f'{graders.what_failed(results)}', file=sys.stderr)  # fmt: skip
   return 0
 
 

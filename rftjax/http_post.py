@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import os
 import re
 import time
 import urllib.error
@@ -36,6 +37,20 @@ class Reply:
   latency_s: float
 
 
+_ENV_REF = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)\}')
+
+
+def unset_variables(headers: dict[str, str]) -> list[str]:
+  """The environment variables that `headers` values name as ${NAME} and the environment lacks."""
+  return [name for value in headers.values() for name in _ENV_REF.findall(value) if name not in os.environ]
+
+
+def _expanded(headers: dict[str, str]) -> dict[str, str]:
+  """`headers` with each ${NAME} replaced by that environment variable, read at send time: a secret named so stays
+  out of the run's config.json, reports and logs."""
+  return {k: _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ''), v) for k, v in headers.items()}
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
   """A redirected POST would arrive as a GET without its body; a 3xx is the server's answer, not a place to go."""
 
@@ -59,9 +74,10 @@ def post(
   """POST a JSON `payload`. 5xx, 408, 429, timeouts and connection errors are tried again, up to `retries` more
   times, after pauses of backoff_s * 2**k (or the reply's Retry-After, up to timeout_s); any other answer is final.
   A reply body over `max_bytes` is not read past the limit (`oversize`). `timeout_s` bounds each attempt, reading
-  the reply included. `pace()`, when given, runs before every attempt (a rate limiter)."""
+  the reply included. `pace()`, when given, runs before every attempt (a rate limiter). A header value may name
+  environment variables as ${NAME}."""
   t0 = time.perf_counter()
-  sent = {**headers, 'Content-Type': 'application/json'}
+  sent = {**_expanded(headers), 'Content-Type': 'application/json'}
   attempt = 0
   while True:
     if pace is not None:
@@ -113,4 +129,6 @@ def _read(response, status: int, deadline: float, timeout_s: float, max_bytes: i
     if time.monotonic() > deadline:  # a server that trickles bytes would otherwise reset the socket timeout forever
       raise TimeoutError(f'reply not read within {timeout_s:g} s')
     chunks.append(chunk)
+  if length.isdigit() and size < int(length):  # the connection closed mid-reply: tried again, as a reset is
+    raise http.client.IncompleteRead(b''.join(chunks), int(length) - size)
   return 'ok', status, b''.join(chunks), ''

@@ -405,7 +405,8 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   mesh = sharding.make_mesh(config.mesh)
   gr = config.grading
   pool_args = dict(num_workers=gr.num_workers or None, timeout_s=gr.timeout_s, budget_s=gr.step_budget_s or None,
-                   allow_unsandboxed=gr.allow_unsandboxed, response_format=fmt)  # fmt: skip
+                   model_threads=gr.model_threads, allow_unsandboxed=gr.allow_unsandboxed,
+                   response_format=fmt)  # fmt: skip
   clock = _CompileTime()
   with jax.set_mesh(mesh), graders.GradingPool(**pool_args) as pool:
     t0 = time.perf_counter()

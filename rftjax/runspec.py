@@ -250,6 +250,7 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _num(config, 'grading.timeout_s', 0, open_low=True)
   _num(config, 'grading.max_error_share', 0, 1)
   _num(config, 'grading.step_budget_s', 0, why=' (0 = no cap)')
+  _int(config, 'grading.model_threads', 1)
   _bool(config, 'grading.allow_unsandboxed')
   _bool(config, 'guard.enabled')
   _bool(config, 'guard.stop')
@@ -302,7 +303,7 @@ def check_grader(config, examples, explicit=()) -> None:
   field, user code this machine cannot sandbox, every `{{item...}}` path on every line; a job file's grader is named
   by its path there (trainer and preflight alike)."""
   at = grader_at(config, explicit)
-  graders.check_sandbox(graders.build(config.grader, where=at), config.grading.allow_unsandboxed)
+  graders.check_runnable(graders.build(config.grader, where=at), config.grading.allow_unsandboxed)
   graders.check_items(config.grader, [(ex.source, ex.item) for ex in examples], at)
 
 

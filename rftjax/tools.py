@@ -175,6 +175,18 @@ def load_tools(value: Any, where: str = 'config.tools') -> tuple[ToolSpec, ...]:
   return tuple(specs)
 
 
+def check_env(specs: Sequence[ToolSpec], where: str = 'config.tools') -> None:
+  """ConfigError when a tool's headers name an environment variable (${NAME}) that is not set, before anything
+  slow: its calls would go out without the key."""
+  for k, spec in enumerate(specs):
+    unset = http_post.unset_variables(spec.headers)
+    if unset:
+      raise errors.ConfigError(
+        f'{where}[{k}].headers: ${{{unset[0]}}} names an environment variable that is not set; export {unset[0]}=... '
+        'before the command'
+      )
+
+
 # Data --------------------------------------------------------------------------------------------------------------
 def offered(item: dict) -> frozenset[str]:
   """The names of the tools a (checked) data row offers."""

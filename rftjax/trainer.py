@@ -59,7 +59,9 @@ def _checked(config, workdir, explicit) -> dict:
   # a copy: OpenAI fields applied, every key checked (quiet if they must count the prompts that fit, known later)
   config = runspec.resolve(config, len(train_set), explicit, quiet=skips)
   valid_set = data_lib.load_jsonl(config.data.valid, 'config.data.valid')[: config.data.valid_limit or None]
-  tools.check_data_tools([(ex.source, ex.item) for ex in train_set + valid_set], tools.load_tools(config.tools))
+  tool_specs = tools.load_tools(config.tools)
+  tools.check_data_tools([(ex.source, ex.item) for ex in train_set + valid_set], tool_specs)
+  tools.check_env(tool_specs)
   grader_spec = config.grader  # its content (resolve read the file)
   # a bad field, or user code this machine cannot sandbox, fails here, before judges or the model load
   runspec.check_grader(config, train_set + valid_set, explicit)
@@ -186,6 +188,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
         num_workers=g.num_workers or None,
         timeout_s=g.timeout_s,
         budget_s=g.step_budget_s or None,
+        model_threads=g.model_threads,
         allow_unsandboxed=g.allow_unsandboxed,
         response_format=response_format.make(config.response_format),
       )

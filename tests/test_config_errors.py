@@ -106,6 +106,7 @@ BAD = [
   ),
   ([TINY, '--config.thinking=maybe'], 'config.thinking'),
   ([TINY, '--config.grading.step_budget_s=-1'], 'config.grading.step_budget_s: expected a finite number >= 0'),
+  ([TINY, '--config.grading.model_threads=0'], 'config.grading.model_threads: expected an integer >= 1, found 0'),
   ([TINY, '--config.grading.allow_unsandboxed=2'], 'config.grading.allow_unsandboxed'),
 ]
 

@@ -56,6 +56,13 @@ class _Grader(local_http.Handler):
     }
     if text == 'slow':
       time.sleep(0.5)
+    if text == 'dropped' and attempt == 1:  # promises 500 bytes, sends 10, closes: a connection cut mid-reply
+      self.send_response(200)
+      self.send_header('Content-Length', '500')
+      self.end_headers()
+      self.wfile.write(b'{"score": ')
+      self.close_connection = True
+      return
     if text in replies:
       status, reply = replies[text]
     else:  # "0.75" scores 0.75; anything else 0
@@ -127,6 +134,26 @@ def test_server_errors_are_retried_then_discarded(url):
   assert (
     flaky.reward == 1.0 and not flaky.errors and flaky.metadata['attempts'] == 3 and 'discard' not in flaky.metadata
   )
+
+
+def test_a_header_names_its_secret_by_environment_variable(url, monkeypatch):
+  """A token written in the grader spec went into the run's config.json and `report --format=openai`: ${NAME} is
+  read from the environment when the request goes, and an unset one stops the command at the start."""
+  g = graders.build(spec(url, headers={'Authorization': 'Bearer ${RFTJAX_TEST_TOKEN}', 'X-Plain': 'a'}))
+  monkeypatch.delenv('RFTJAX_TEST_TOKEN', raising=False)
+  with pytest.raises(graders.GraderConfigError, match=r'sends http://\S+ a key from .* RFTJAX_TEST_TOKEN, which is'):
+    graders.check_runnable(g)
+  monkeypatch.setenv('RFTJAX_TEST_TOKEN', 's3cr3t')
+  graders.check_runnable(g)
+  assert g.grade_batch(['0.5'], [{}])[0].reward == 0.5
+  assert _Grader.seen[-1][3]['Authorization'] == 'Bearer s3cr3t' and _Grader.seen[-1][3]['X-Plain'] == 'a'
+  assert g.spec['headers']['Authorization'] == 'Bearer ${RFTJAX_TEST_TOKEN}'  # what config.json keeps
+
+
+def test_a_reply_cut_short_is_tried_again(url):
+  """A body shorter than its Content-Length was read as complete and failed as "not JSON", the server's verdict."""
+  (r,) = graders.build(spec(url)).grade_batch(['dropped'], [{}])
+  assert r.reward == 0.0 and not r.errors and r.metadata['attempts'] == 2 and _Grader.attempts['dropped'] == 2
 
 
 def test_timeouts_and_refused_connections_are_discarded(url):
@@ -266,3 +293,18 @@ def test_grade_cli_sends_one_sample(url, tmp_path, capsys):
   assert grade.main([f'--grader={path}', '--sample=0.25', '--item={"q": 1}']) == 0
   assert json.loads(capsys.readouterr().out)['reward'] == 0.25
   assert _Grader.seen[0][2]['item'] == {'q': 1}
+
+
+def test_grade_cli_says_when_some_gradings_failed(url, tmp_path, capsys):
+  """With 1 of 3 gradings failed, `grade --data` exited 0 and said nothing: the mean counts the failure as a 0."""
+  path, data, samples = tmp_path / 'endpoint.json', tmp_path / 'data.jsonl', tmp_path / 'samples.jsonl'
+  path.write_text(json.dumps(spec(url)))
+  data.write_text('{}\n' * 3)
+  samples.write_text('"1"\n"0.5"\n"forbidden"\n')
+  assert grade.main([f'--grader={path}', f'--data={data}', f'--samples={samples}']) == 0
+  out, err = capsys.readouterr()
+  assert json.loads(out)['grade_reward_mean'] == 0.5
+  assert err.strip() == (
+    'note: 1 of 3 gradings failed and count as 0 in grade_reward_mean: endpoint_grader in 1, e.g. HTTP 403 from '
+    f'{url}: {{"error": "bad token"}}'
+  )

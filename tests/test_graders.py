@@ -4,6 +4,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -414,7 +415,19 @@ class _Judge(local_http.Handler):
     _Judge.seen.append((body, self.headers.get('Authorization')))
     key = body['messages'][-1]['content']
     status, content = _Judge.replies.get(key, (200, '0.5'))
+    if isinstance(status, list):  # one status per attempt: [429, 200] is busy once, then answers
+      status = status.pop(0) if len(status) > 1 else status[0]
+    if status in (302, 429):
+      self.send_response(status)
+      self.send_header('Location' if status == 302 else 'Retry-After', content)
+      self.send_header('Content-Length', '0')
+      self.end_headers()
+      return
     self.send(status, json.dumps({'choices': [{'message': {'role': 'assistant', 'content': content}}]}))
+
+  def do_GET(self):
+    _Judge.seen.append(('GET ' + self.path, self.headers.get('Authorization')))
+    self.send(200, json.dumps({'choices': [{'message': {'role': 'assistant', 'content': '1'}}]}))
 
 
 @pytest.fixture(scope='module')
@@ -459,6 +472,10 @@ def test_score_model_http(judge_url, monkeypatch):
     res = pool.grade(g, ['a7', 'a15', 'aneg', 'ajson', 'atext', 'abad', 'a500'], [{'q': '2+2'}] * 7)
   assert [r.reward for r in res] == [7.0, 10.0, 0.0, 2.5, 4.5, 0.0, 0.0]
   assert res[0].metadata['passed'] is True and res[1].metadata['clamped'] is True
+  # off the scale is clamped and counted (a judge on another scale, or a number out of prose), not silent
+  assert [e.category for r in res[1:3] for e in r.errors] == ['model_grader_parse'] * 2
+  assert res[1].errors[0].message == "judge answered 15, outside the range [0, 10], scored 10: '15'"
+  assert not res[0].errors and not res[3].errors and not res[4].errors
   assert res[5].errors[0].category == 'model_grader_parse'
   assert res[6].errors[0].category == 'model_grader_server' and 'HTTP 500' in res[6].errors[0].message
   body, auth = _Judge.seen[0]
@@ -467,17 +484,63 @@ def test_score_model_http(judge_url, monkeypatch):
 
 
 def test_label_model_http_and_unreachable(judge_url):
-  _Judge.replies.update(
-    {'l1': (200, 'correct'), 'l2': (200, 'Incorrect.'), 'l3': (200, '{"result": "correct"}'), 'l4': (200, 'maybe')}
-  )
+  """A label in prose is not a verdict: "Not correct." and "The answer is not correct." passed as `correct` (the
+  one label they name); only the last line, alone or after "Verdict:" and the like, counts."""
+  replies = ['correct', 'Incorrect.', '{"result": "correct"}', 'maybe', 'Not correct.', 'The answer is not correct.']
+  replies += ['This is wrong; the correct answer is 12.', 'It adds up.\nVerdict: **correct**', 'Checked.\nIncorrect']
+  _Judge.replies.update({f'l{k}': (200, text) for k, text in enumerate(replies)})
   g = graders.build(model_spec('label_model', judge_url, labels=['correct', 'incorrect'], passing_labels=['correct']))
-  res = g.grade_batch(['l1', 'l2', 'l3', 'l4'], [{'q': 'x'}] * 4)
-  assert [r.reward for r in res] == [1.0, 0.0, 1.0, 0.0]
-  assert res[1].metadata['label'] == 'incorrect' and res[3].errors[0].category == 'model_grader_parse'
+  res = g.grade_batch([f'l{k}' for k in range(len(replies))], [{'q': 'x'}] * len(replies))
+  assert [r.reward for r in res] == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+  assert [r.metadata.get('label') for r in res] == ['correct', 'incorrect', 'correct', None, None, None, None,
+                                                   'correct', 'incorrect']  # fmt: skip
+  assert [k for k, r in enumerate(res) if r.errors] == [3, 4, 5, 6]
+  assert {r.errors[0].category for r in res if r.errors} == {'model_grader_parse'}
   dead = graders.build(model_spec('label_model', 'http://127.0.0.1:9/v1', labels=['a'], passing_labels=['a']))
   assert dead.grade_batch(['x'], [{'q': 'x'}])[0].errors[0].category == 'model_grader_server'
   missing = g.grade_batch(['l1'], [{}])[0]
   assert missing.errors[0].category == 'invalid_variable'
+
+
+def test_a_judge_server_outage_is_discarded_and_its_redirect_not_followed(judge_url, monkeypatch):
+  """The HTTP judge followed a 302 (its API key went to the other server, whose reply was scored), ignored
+  Retry-After (0.2 s and 0.4 s pauses against a 2 s rate limit: the run stopped), and trained on a persistent 503 as
+  a reward of 0. It now goes through the endpoint grader's HTTP path: a 3xx is the answer, a busy server's
+  Retry-After is honoured, and an outage that outlasts the retries is discarded from the loss."""
+  monkeypatch.setenv('RFTJAX_TEST_KEY', 'sk-secret')
+  seen = len(_Judge.seen)
+  _Judge.replies.update({'moved': (302, f'{judge_url}/collect'), 'busy': ([429, 200], '1'), 'down': (503, 'x')})
+  g = graders.build(model_spec('score_model', judge_url, max_retries=1))
+  t0 = time.monotonic()
+  moved, busy, down = g.grade_batch(['moved', 'busy', 'down'], [{'q': 'x'}] * 3)
+  assert not any(str(body).startswith('GET') for body, _ in _Judge.seen[seen:])  # nothing went to /collect
+  assert moved.errors[0].message.startswith('HTTP 302 from') and 'discard' not in moved.metadata
+  assert busy.reward == 1.0 and not busy.errors  # its answer, '1', after the 429
+  assert down.errors[0].category == 'model_grader_server' and down.metadata['discard'] is True
+  assert 'HTTP 503' in down.errors[0].message and '(2 attempts)' in down.errors[0].message
+  assert time.monotonic() - t0 > 1.4  # the busy reply's Retry-After of 1 s, then 0.5 s before the 503's retry
+
+
+def test_an_unset_api_key_env_stops_the_command_before_anything_slow(judge_url, monkeypatch):
+  monkeypatch.delenv('RFTJAX_TEST_KEY', raising=False)
+  monkeypatch.delenv('OPENAI_API_KEY', raising=False)
+  g = graders.build({'type': 'multi', 'calculate_output': 'j', 'graders': {'j': model_spec('score_model', judge_url)}})
+  with pytest.raises(graders.GraderConfigError) as e:
+    graders.check_runnable(g)
+  assert str(e.value) == (
+    f"grader 'j' (score_model) sends {judge_url} a key from the environment variable RFTJAX_TEST_KEY, which is "
+    'not set; export RFTJAX_TEST_KEY=... before the command'
+  )
+  openai = {'type': 'label_model', 'model': 'gpt-4o-mini', 'input': [{'role': 'user', 'content': 'x'}],
+            'labels': ['a'], 'passing_labels': ['a']}  # fmt: skip
+  with pytest.raises(graders.GraderConfigError, match='sends the OpenAI API a key from .* OPENAI_API_KEY'):
+    graders.check_runnable(graders.build(openai))
+  no_auth = model_spec('score_model', judge_url)
+  del no_auth['api_key_env']  # a local server without auth: no key wanted
+  graders.check_runnable(graders.build(no_auth))
+  graders.check_runnable(graders.build({**openai, 'model': 'gguf:smollm2-135m'}))  # rftjax serves it itself
+  monkeypatch.setenv('RFTJAX_TEST_KEY', 'sk-x')
+  graders.check_runnable(g)
 
 
 def test_local_judges_are_passed_to_build(monkeypatch):

@@ -643,3 +643,19 @@ def test_llamas_untagged_call_is_a_call_and_other_json_is_not():
     'The answer is {"parameters"}',
   ):
     assert tools.parse_calls(answer) == [] and not tools.has_call(answer)  # JSON answers stay answers
+
+
+def test_a_tool_header_may_take_its_secret_from_the_environment(monkeypatch):
+  specs = tools.load_tools(
+    [{'name': 'calc', 'server_url': 'http://127.0.0.1:9/c', 'headers': {'Authorization': 'Bearer ${RFTJAX_T}'}}]
+  )
+  monkeypatch.delenv('RFTJAX_T', raising=False)
+  with pytest.raises(errors.ConfigError) as e:
+    tools.check_env(specs)
+  assert str(e.value) == (
+    'config.tools[0].headers: ${RFTJAX_T} names an environment variable that is not set; export RFTJAX_T=... before '
+    'the command'
+  )
+  monkeypatch.setenv('RFTJAX_T', 'k')
+  tools.check_env(specs)
+  assert specs[0].headers == {'Authorization': 'Bearer ${RFTJAX_T}'}  # expanded only when a call goes out

@@ -14,11 +14,13 @@ from rftjax.graders.core import Grader
 from rftjax.graders.core import GraderConfigError
 from rftjax.graders.metrics import GradingFailed
 from rftjax.graders.metrics import all_failed
+from rftjax.graders.metrics import what_failed
 from rftjax.graders.metrics import check_failures
 from rftjax.graders.metrics import failure_line
 from rftjax.graders.metrics import summarize
 from rftjax.graders.model_graders import http_judge
 from rftjax.graders.pool import GradingPool
+from rftjax.graders.pool import check_runnable
 from rftjax.graders.pool import check_sandbox
 from rftjax.graders.spec import TYPES
 from rftjax.graders.spec import build
@@ -36,7 +38,9 @@ __all__ = [
   'GraderConfigError',
   'GradingFailed',
   'all_failed',
+  'what_failed',
   'check_failures',
+  'check_runnable',
   'check_sandbox',
   'failure_line',
   'summarize',

@@ -76,6 +76,10 @@ class Endpoint(core.Grader):
     rate = spec.get('rate_limit')
     self.pace = limiter(self.url, rate).wait if rate is not None else None
 
+  def missing_key(self) -> str | None:
+    """The first ${NAME} in `headers` that the environment lacks (checked by graders.check_runnable)."""
+    return next(iter(http_post.unset_variables(self.headers)), None)
+
   def grade_one(self, text: str, item: dict, timeout_s: float, trace_id: str | None = None) -> core.GradeResult:
     trace_id = trace_id or new_trace_id()
     sample = {**core.sample_dict(text), 'trace_id': trace_id}

@@ -85,14 +85,20 @@ def failure_line(results: Sequence[core.GradeResult], max_error_share: float, gr
   """'12 of 16 gradings failed (75% > grading.max_error_share=50%): grader 'x' (python), python_grader_runtime
   in 12, e.g. ZeroDivisionError: division by zero'."""
   bad = sum(1 for r in results if r.errors)
+  who = f'grader {grader.name!r} ({grader.type}), ' if grader is not None else ''
+  over = '>' if bad > max_error_share * len(results) else '<='
+  return (
+    f'{bad} of {len(results)} gradings failed ({bad / len(results):.0%} {over} grading.max_error_share='
+    f'{max_error_share:.0%}): {who}{what_failed(results)}'
+  )
+
+
+def what_failed(results: Sequence[core.GradeResult]) -> str:
+  """'python_grader_runtime in 12, e.g. ZeroDivisionError: division by zero (also: other in 1)' for results of
+  which at least one failed."""
   counts = collections.Counter(e.category for r in results for e in r.errors)
   category, n = counts.most_common(1)[0]
   example = next(e.message for r in results for e in r.errors if e.category == category)
   lines = [ln.strip() for ln in example.strip().splitlines() if ln.strip()] or ['(no message)']
-  who = f'grader {grader.name!r} ({grader.type}), ' if grader is not None else ''
   others = f' (also: {", ".join(f"{c} in {k}" for c, k in counts.most_common()[1:])})' if len(counts) > 1 else ''
-  over = '>' if bad > max_error_share * len(results) else '<='
-  return (
-    f'{bad} of {len(results)} gradings failed ({bad / len(results):.0%} {over} grading.max_error_share='
-    f'{max_error_share:.0%}): {who}{category} in {n}, e.g. {lines[-1][:300]}{others}'
-  )
+  return f'{category} in {n}, e.g. {lines[-1][:300]}{others}'

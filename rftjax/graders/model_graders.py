@@ -5,8 +5,8 @@ A judge is any callable `judge(messages: list[dict], sampling_params: dict) -> s
     that name (`inference.local_judges` serves `gguf:...` / `hf:...` models with rftjax's own sampler);
   * an OpenAI-compatible chat endpoint (`POST {base_url}/chat/completions`) given by the spec's `base_url`
     (default https://api.openai.com/v1) and `api_key_env` (default OPENAI_API_KEY; unset env means no auth).
-Failures: transport/HTTP errors -> model_grader_server; an answer that is not a number in range / not one of
-the labels -> model_grader_parse.
+Failures: transport/HTTP errors -> model_grader_server (discarded from the loss when the server or the network failed
+every attempt); an answer that is not a number in range / not one of the labels -> model_grader_parse.
 """
 
 from __future__ import annotations
@@ -15,17 +15,28 @@ import json
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from typing import Any, Callable
 
 from rftjax import errors
+from rftjax import http_post
 from rftjax.graders import core
 from rftjax.graders import templating
 
 Judge = Callable[[list[dict], dict], str]
 DEFAULT_BASE_URL = 'https://api.openai.com/v1'
 _NUM = r'[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?'
+
+
+class JudgeDown(core.GradingException):
+  """The judge's server or the network failed on every attempt: an outage says nothing about the sample, so the
+  result is discarded from the loss (metadata["discard"]), as an `endpoint` grader's is."""
+
+  def __init__(self, message: str):
+    super().__init__(core.MODEL_SERVER, message)
+
+
+MAX_REPLY_BYTES = 1_000_000
+BACKOFF_S = 0.5  # hosted APIs rate-limit by the second: the first pause is half of one, then 1 s, 2 s, ...
 
 
 def http_judge(
@@ -35,43 +46,32 @@ def http_judge(
   timeout_s: float = 60.0,
   max_retries: int = 2,
 ) -> Judge:
-  """A judge backed by an OpenAI-compatible chat completions endpoint (stdlib urllib only)."""
+  """A judge backed by an OpenAI-compatible chat completions endpoint, through `http_post.post` as an `endpoint`
+  grader: no redirects (the key would go wherever a 3xx points), Retry-After honoured, each attempt's reply read
+  within `timeout_s` and at most MAX_REPLY_BYTES."""
   url = base_url.rstrip('/') + '/chat/completions'
 
   def judge(messages: list[dict], sampling_params: dict) -> str:
-    body = {'model': model, 'messages': messages, **_map_sampling(sampling_params)}
-    headers = {'Content-Type': 'application/json'}
+    body = json.dumps({'model': model, 'messages': messages, **_map_sampling(sampling_params)}).encode()
     key = os.environ.get(api_key_env) if api_key_env else None
-    if key:
-      headers['Authorization'] = f'Bearer {key}'
-    last = ''
-    for attempt in range(max_retries + 1):
-      request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method='POST')
-      try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-          payload = json.loads(response.read().decode())
-        break
-      except urllib.error.HTTPError as e:
-        last = f'HTTP {e.code} from {url}: {e.read()[:300].decode(errors="replace")}'
-        if e.code not in (408, 409, 429) and e.code < 500:
-          raise core.GradingException(core.MODEL_SERVER, last) from None
-      except (urllib.error.URLError, TimeoutError, OSError) as e:
-        last = f'cannot reach judge at {url}: {e}'
-      except ValueError as e:
-        raise core.GradingException(core.MODEL_SERVER, f'judge at {url} returned invalid JSON: {e}') from None
-      if attempt < max_retries:
-        time.sleep(0.2 * 2**attempt)
-    else:
-      raise core.GradingException(core.MODEL_SERVER, last)
+    headers = {'Authorization': f'Bearer {key}'} if key else {}
+    reply = http_post.post(url, body, headers, timeout_s, max_retries, MAX_REPLY_BYTES, BACKOFF_S)
+    if reply.kind in http_post.RETRIED:
+      raise JudgeDown(f'{reply.detail} ({reply.attempts} attempts)')
+    if reply.kind != 'ok':
+      raise core.GradingException(core.MODEL_SERVER, reply.detail)
     try:
-      message = payload['choices'][0]['message']
-    except (KeyError, IndexError, TypeError):
+      message = errors.loads_untrusted(reply.body.decode('utf-8', 'replace'))['choices'][0]['message']
+      content, refusal = message.get('content'), message.get('refusal')
+    except ValueError as e:
+      raise core.GradingException(core.MODEL_SERVER, f'judge at {url} returned invalid JSON: {e}') from None
+    except (KeyError, IndexError, TypeError, AttributeError):
       raise core.GradingException(
-        core.MODEL_SERVER, f'judge reply has no choices[0].message: {json.dumps(payload)[:300]}'
+        core.MODEL_SERVER, f'judge reply has no choices[0].message object: {reply.body[:300].decode(errors="replace")}'
       ) from None
-    if message.get('refusal'):
-      raise core.GradingException(core.MODEL_PARSE, f'judge refused: {message["refusal"][:300]}')
-    return message.get('content') or ''
+    if refusal:
+      raise core.GradingException(core.MODEL_PARSE, f'judge refused: {str(refusal)[:300]}')
+    return content if isinstance(content, str) else ''
 
   return judge
 
@@ -138,6 +138,15 @@ class _ModelGrader(core.Grader):
     self.sampling_params = dict(spec.get('sampling_params') or {})
     self.needs_json = 'output_json' in json.dumps(spec.get('input'))
 
+  def missing_key(self) -> str | None:
+    """The `api_key_env` variable this grader's HTTP judge needs and the environment lacks (one the spec names, or
+    OpenAI's own API's, which always wants one); None for a local judge or a key that is set."""
+    if self.local_judge is not None or ('base_url' not in self.spec and self.model.startswith(('gguf:', 'hf:'))):
+      return None  # served by rftjax itself (inference.local_judges)
+    env = self.spec.get('api_key_env', 'OPENAI_API_KEY')
+    needed = 'api_key_env' in self.spec or 'base_url' not in self.spec
+    return env if needed and not os.environ.get(env) else None
+
   def judge(self, timeout_s: float) -> Judge:
     if self.local_judge is not None:
       return self.local_judge
@@ -157,18 +166,21 @@ class _ModelGrader(core.Grader):
       answer = self.judge(timeout_s)(messages, self.sampling_params)
       if not isinstance(answer, str):
         raise core.GradingException(core.MODEL_PARSE, f'judge returned {type(answer).__name__}, expected str')
-      reward, meta = self.parse(answer)
+      reward, meta, errs = self.parse(answer)
+    except JudgeDown as e:
+      return core.failed(e.category, str(e), discard=True, latency_s=time.perf_counter() - t0)
     except core.GradingException as e:
       return core.failed(e.category, str(e), latency_s=time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001  (a local judge's bug must not stop the run)
       return core.failed(core.MODEL_SERVER, f'judge raised {type(e).__name__}: {e}', latency_s=time.perf_counter() - t0)
     meta['latency_s'] = time.perf_counter() - t0
-    return core.GradeResult(reward, {}, (), meta)
+    return core.GradeResult(reward, {}, errs, meta)
 
   def grade_batch(self, samples, items):
     return [self.grade_one(s, it, 60.0) for s, it in zip(samples, items)]
 
-  def parse(self, answer: str) -> tuple[float, dict]:
+  def parse(self, answer: str) -> tuple[float, dict, tuple[core.GradeError, ...]]:
+    """(reward, metadata, errors) of the judge's answer; GradingException when it gives no reward at all."""
     raise NotImplementedError
 
 
@@ -216,11 +228,14 @@ class ScoreModel(_ModelGrader):
       ) from None
     meta: dict[str, Any] = {'raw_score': score}
     clamped = min(max(score, self.lo), self.hi)
-    if clamped != score:
+    errs = ()
+    if clamped != score:  # a judge on another scale ("7" for [0, 1]), or a number from prose: counted, not silent
       meta['clamped'] = True
+      errs = (core.GradeError(core.MODEL_PARSE, f'judge answered {score:g}, outside the range [{self.lo:g}, '
+                              f'{self.hi:g}], scored {clamped:g}: {answer[:200]!r}'),)  # fmt: skip
     if self.pass_threshold is not None:
       meta['passed'] = clamped >= self.pass_threshold
-    return clamped, meta
+    return clamped, meta, errs
 
 
 class LabelModel(_ModelGrader):
@@ -236,14 +251,22 @@ class LabelModel(_ModelGrader):
   def parse(self, answer):
     label = _json_field(answer, ('result', 'label'))
     if not isinstance(label, str):
-      label = answer.strip().strip('*"\'`').strip().rstrip('.').strip()
+      label = _bare(answer)
     if label not in self.labels:
-      folded = [lb for lb in self.labels if lb.lower() == label.lower()]
-      if not folded:
-        folded = [lb for lb in self.labels if re.search(rf'\b{re.escape(lb)}\b', answer, re.IGNORECASE)]
+      # a label in prose is not a verdict ("Not correct." names `correct`): only the answer's last line, alone or
+      # after "label:" / "verdict:" / "answer:" / "result:" / "grade:"
+      last = (answer.strip().splitlines() or [''])[-1]
+      keyed = re.fullmatch(r'\W*(?:final\s+)?(?:label|verdict|answer|result|grade)\W*[:=]\s*(.+)', last, re.I)
+      candidates = {label.lower(), _bare(keyed.group(1) if keyed else last).lower()}
+      folded = [lb for lb in self.labels if lb.lower() in candidates]
       if len(folded) != 1:
         raise core.GradingException(
           core.MODEL_PARSE, f'judge answer is not one of the labels {self.labels}: {answer[:300]!r}'
         )
       label = folded[0]
-    return (1.0 if label in self.passing else 0.0), {'label': label}
+    return (1.0 if label in self.passing else 0.0), {'label': label}, ()
+
+
+def _bare(text: str) -> str:
+  """`text` without surrounding space, quotes, emphasis and a final full stop."""
+  return text.strip().strip('*"\'`').strip().rstrip('.').strip()

@@ -265,6 +265,21 @@ def _runs_code(grader: core.Grader) -> list[core.Grader]:
   return [g for g in leaves if g.mode == core.SANDBOX and g.worker_spec()['kind'] in ('python', 'code')]
 
 
+def check_runnable(grader: core.Grader, allow_unsandboxed: bool = False) -> bool:
+  """What commands check before anything slow: `check_sandbox`, and that the environment variables HTTP graders
+  take keys from are set (a judge's `api_key_env`, an endpoint's ${NAME} headers): an unset one sent requests
+  without a key, and the first 401 came after the step-0 validation had sampled."""
+  leaves = grader.leaves() if hasattr(grader, 'leaves') else [grader]
+  for g in leaves:
+    env = g.missing_key() if hasattr(g, 'missing_key') else None
+    if env:
+      raise core.GraderConfigError(
+        f'grader {g.name!r} ({g.type}) sends {g.spec.get("url") or g.spec.get("base_url", "the OpenAI API")} a key '
+        f'from the environment variable {env}, which is not set; export {env}=... before the command'
+      )
+  return check_sandbox(grader, allow_unsandboxed)
+
+
 def check_sandbox(grader: core.Grader, allow_unsandboxed: bool = False) -> bool:
   """Raises GraderConfigError when `grader` runs user code (python, code graders) that this machine cannot isolate,
   unless `allow_unsandboxed`; returns whether it will run without a sandbox. Call it before anything slow."""
