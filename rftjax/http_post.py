@@ -46,9 +46,9 @@ def unset_variables(headers: dict[str, str]) -> list[str]:
 
 
 def _expanded(headers: dict[str, str]) -> dict[str, str]:
-  """`headers` with each ${NAME} replaced by that environment variable, read at send time: a secret named so stays
-  out of the run's config.json, reports and logs."""
-  return {k: _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ''), v) for k, v in headers.items()}
+  """`headers` with each ${NAME} replaced by that environment variable (stripped of a file's final newline), read
+  at send time: a secret named so stays out of the run's config.json, reports and logs."""
+  return {k: _ENV_REF.sub(lambda m: os.environ.get(m.group(1), '').strip(), v) for k, v in headers.items()}
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

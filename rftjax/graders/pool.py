@@ -154,13 +154,10 @@ class _Worker:
       code = self.proc.wait(timeout=1)
     except subprocess.TimeoutExpired:
       return 'worker process stopped answering'
-    if code > 128 and self.isolated:  # bubblewrap exits 128 + n when the worker died of signal n
-      code = 128 - code
-    if code < 0:
-      try:
-        return f'worker process killed by signal {signal.Signals(-code).name}'
-      except ValueError:
-        pass
+    signum = -code if code < 0 else code - 128 if self.isolated else 0  # bubblewrap exits 128 + n for signal n
+    if signum in signal.valid_signals():
+      name = signal.Signals(signum).name if signum in set(signal.Signals) else str(signum)  # real-time ones: a number
+      return f'worker process killed by signal {name}'
     return f'worker process exited with code {code} before it answered'
 
 

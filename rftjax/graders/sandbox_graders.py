@@ -67,8 +67,12 @@ def _worker_path() -> tuple[str, ...]:
   """Where a sandbox worker imports from: it runs `python -E -s sandbox_worker.py` (docs/graders.md), so the
   environment's own packages and the worker's folder, not this process's current folder, PYTHONPATH or user site."""
   probe = 'import sys, json; print(json.dumps(sys.path[1:]))'  # sys.path[0] is -c's current folder
-  found = subprocess.run([sys.executable, '-E', '-s', '-c', probe], capture_output=True, text=True, timeout=60)
-  return (str(pathlib.Path(__file__).parent), *json.loads(found.stdout))
+  try:
+    found = subprocess.run([sys.executable, '-E', '-s', '-c', probe], capture_output=True, text=True, timeout=60)
+    paths = json.loads(found.stdout)
+  except (OSError, subprocess.TimeoutExpired, ValueError):  # cannot tell: this process's path, as before
+    paths = sys.path
+  return (str(pathlib.Path(__file__).parent), *paths)
 
 
 def _worker_finds(top: str) -> bool:
