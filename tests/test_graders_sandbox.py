@@ -521,6 +521,8 @@ def test_step_budget_scores_what_is_left_zero_with_a_named_error():
     late = [r for r in res if r.errors]
     assert {e.category for r in late for e in r.errors} == {'python_grader_timeout'}
     assert "the step's grading budget of 1.5 s ran out" in late[0].errors[0].message
+    # not graded says nothing of the policy: left out of the loss, as an outage is, not trained on as a 0
+    assert all(r.metadata['discard'] for r in late) and not any('discard' in r.metadata for r in graded)
     assert p.grade(slow, ['again'], [{}])[0].reward == 1.0  # the next call gets a budget of its own
 
 

@@ -505,11 +505,12 @@ class GradingPool:
     return per_leaf[0]
 
   def _over_budget(self) -> core.GradeResult:
+    """A sample the budget left ungraded: discarded from the loss, as an outage's (it says nothing of the policy)."""
     if self.budget_label:
       return core.failed(core.PYTHON_TIMEOUT, f'the grading budget ({self.budget_label}) ran out before this sample '
-                         'was graded')  # fmt: skip
+                         'was graded', discard=True)  # fmt: skip
     return core.failed(core.PYTHON_TIMEOUT, f"the step's grading budget of {self.budget_s:g} s ran out before this "
-                       'sample was graded (grading.step_budget_s)')  # fmt: skip
+                       'sample was graded (grading.step_budget_s)', discard=True)  # fmt: skip
 
   def _judged(self, fut: concurrent.futures.Future, deadline: float) -> core.GradeResult:
     try:
