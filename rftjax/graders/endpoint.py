@@ -1,7 +1,7 @@
 """`endpoint`: a grader that is somebody's HTTP server, as in OpenAI's agent reinforcement fine-tuning.
 
   {"type": "endpoint", "name": "judge", "url": "https://grader.example.com/grade",
-   "headers": {"Authorization": "Bearer ..."}, "rate_limit": 50, "pass_threshold": 0.5}
+   "headers": {"Authorization": "Bearer ${GRADER_TOKEN}"}, "rate_limit": 50, "pass_threshold": 0.5}
 
 Each sample is one POST of {"sample": {"output_text", "output_json", "trace_id"}, "item": <the data row>,
 "trace_id"}, answered by {"score": <finite number>}. `trace_id` is the episode's id, the one its tool calls carried
