@@ -8,7 +8,7 @@
 The guard is host-side and pure: it sees the records the trainer writes to metrics.jsonl (training steps with
 `train_reward_mean`, `entropy`, `truncated_frac`; evaluations with `valid_reward_mean`) and nothing else, so
 replaying the file after a resume rebuilds its counts exactly (metrics.jsonl is cut back to the checkpoint's step).
-Other records (a checkpoint's timing) are ignored. The five alarms (docs/guard.md):
+Other records (a checkpoint's timing) are ignored. The six alarms (docs/guard.md):
 
   valid_reward_drop  valid_reward_mean below the best so far by more than min_delta and more than `sigmas` standard
                      errors of the difference (from valid/num_graded), `patience` evaluations in a row
@@ -19,6 +19,8 @@ Other records (a checkpoint's timing) are ignored. The five alarms (docs/guard.m
   entropy_blowup     entropy > entropy_high x its start (or not a finite number), `step_patience` steps in a row
   length_pinned      truncated_frac >= guard.truncated_frac, `step_patience` steps in a row, in a run that did not
                      start that way
+  no_signal          zero_std_group_frac = 1 (every group's completions scored alike: no advantage, no gradient),
+                     `no_signal_steps` steps in a row
 
 "Its start" is the mean over the first START_STEPS training steps. An alarm fires when its run of bad evaluations or
 steps reaches the patience, once; it fires again only after a good one has ended that run. With `guard.stop`, the
@@ -34,7 +36,7 @@ import shlex
 
 import ml_collections
 
-KINDS = ('valid_reward_drop', 'train_valid_gap', 'entropy_collapse', 'entropy_blowup', 'length_pinned')
+KINDS = ('valid_reward_drop', 'train_valid_gap', 'entropy_collapse', 'entropy_blowup', 'length_pinned', 'no_signal')
 # only direct evidence stops a run: validation (what ranks checkpoints) falling, or a policy more random than the model
 # it started from; a collapsed entropy (a solved task looks the same), pinned lengths and a gap may be healthy
 STOPS = ('valid_reward_drop', 'entropy_blowup')
@@ -56,6 +58,9 @@ def add_guard_fields(config: ml_collections.ConfigDict) -> ml_collections.Config
   g.solved_reward = 0.9  # ... on steps whose train_reward_mean is below this (a learnt task needs no exploration)
   g.entropy_high = 2.0  # blow-up: entropy above this multiple of its start; 0 = off
   g.truncated_frac = 0.8  # pinned: this share of completions or more cut at max_new_tokens; 0 = off
+  g.no_signal_steps = (
+    3  # steps in a row whose every group scored alike (nothing to learn from) before a warning; 0 = off
+  )
   with config.unlocked():
     config.guard = g
   return config
@@ -120,6 +125,7 @@ class Guard:
     self.min_delta, self.sigmas, self.gap = float(cfg.min_delta), float(cfg.sigmas), float(cfg.gap)
     self.entropy_low, self.entropy_high = float(cfg.entropy_low), float(cfg.entropy_high)
     self.solved_reward, self.truncated_frac = float(cfg.solved_reward), float(cfg.truncated_frac)
+    self.no_signal_steps = int(cfg.get('no_signal_steps', 3))  # a run's config.json from before it has none
     self.max_new_tokens = int(max_new_tokens)
     self.restore(None)
 
@@ -159,7 +165,7 @@ class Guard:
   def _count(self, kind: str, hit: bool, step: int, value, patience: int) -> list | None:
     """Extends or ends `kind`'s run of bad records; returns the run's last `patience` [step, value] pairs on the
     record that makes it `patience` long (once per run), else None."""
-    run = self._s['runs'][kind]
+    run = self._s['runs'].setdefault(kind, {'n': 0, 'seen': []})  # a state saved before `kind` existed
     if not hit:
       run['n'], run['seen'] = 0, []
       return None
@@ -181,7 +187,33 @@ class Guard:
       alarms += self._entropy(step, _finite(record['entropy']), reward, _finite(record.get('zero_std_group_frac')))
     if 'truncated_frac' in record:
       alarms += self._length(step, _finite(record['truncated_frac']), _finite(record.get('completion_len_mean')))
+    if 'zero_std_group_frac' in record and self.no_signal_steps > 0:
+      alarms += self._no_signal(step, _finite(record['zero_std_group_frac']), reward)
     return alarms
+
+  def _no_signal(self, step: int, share: float | None, reward: float | None) -> list[Alarm]:
+    # every group of G completions scored alike: GRPO's advantages are all 0, so the step changed nothing. A run of
+    # such steps trains to its end on nothing (a reference the grader can never match, a task already solved)
+    run = self._count('no_signal', share is not None and share >= 1 - _EPS, step, reward, self.no_signal_steps)
+    if not run:
+      return []
+    rewards = [r for _, r in run if r is not None]
+    mean = sum(rewards) / len(rewards) if rewards else None
+    what = ('every completion scored 0: check the grader against a few of them (python -m rftjax.grade --sample=...) '
+            'and the references, or the task is out of reach for this model' if mean == 0 else
+            'every completion scored 1: the task is already solved for these prompts' if mean == 1 else
+            "each prompt's completions all pass or all fail: more num_generations, a higher sampling.temperature "
+            'or prompts of middling difficulty give a group a spread')  # fmt: skip
+    return [
+      self._alarm(
+        'no_signal',
+        step,
+        f'every group of completions got one reward at {_steps(run)} (zero_std_group_frac 1, train_reward_mean '
+        f'{_f(mean)}): no advantage, so no gradient and nothing learnt; {what} (guard.no_signal_steps='
+        f'{self.no_signal_steps})',
+        {'train_reward_mean': mean, 'steps': [run[0][0], step]},
+      )
+    ]
 
   def _entropy(self, step: int, entropy: float | None, reward: float | None, no_signal: float | None) -> list[Alarm]:
     start = self._s['start']['entropy']

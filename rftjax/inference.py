@@ -296,7 +296,8 @@ class Validation:
       raise graders.GradingFailed(f'validation at step {step}: {line} (every completion is in {samples})', [])
     self.writer.write(m)
     k = _group(self.sampler)  # the caller repeated each prompt k times (eval_samples)
-    shown = f'{len(rows) // k} prompts x {k} samples' if k > 1 else f'{len(rows)} prompts'
+    n = len(rows) // k
+    shown = f'{n} prompt{"s" * (n != 1)}' + (f' x {k} samples' if k > 1 else '')
     log.info('step %d: valid_reward_mean=%.4f (%s, %.1fs)', step, m['valid_reward_mean'], shown, m['timing/eval_s'])
     missed = None if self.format_said else response_format.none_matched(results, f'validation at step {step}')
     if missed:

@@ -208,9 +208,9 @@ def _load(config, cfg, tok, dtype, mesh, ckpt=None, ckpt_name=None, step=None) -
   """`load` past the tokenizer and architecture; `ckpt` (read-only) holds the run's trained params at `step`."""
   source = ckpt_name if ckpt is not None and not cfg.lora else config.get('init') or 'random init'
   log.info(
-    'loading %s (%.2fB params, %s%s) from %s',
+    'loading %s (%s params, %s%s) from %s',
     cfg.name if cfg.name != source else f'a {hf_config.model_type(cfg)} model',  # a file matching no preset: its kind
-    cfg.num_params() / 1e9,
+    model_lib.params_text(cfg.num_params()),
     dtype.name,
     f', LoRA rank {cfg.lora.rank}' if cfg.lora else '',
     source,

@@ -368,7 +368,7 @@ def format_plan(plan: Plan) -> str:
     return f'{x / scale:8.2f}'
 
   lines = [
-    f'model {plan.model} ({plan.num_params / 1e9:.2f}B params) on {hw.name}: {hw.chips} chips x '
+    f'model {plan.model} ({model_lib.params_text(plan.num_params)} params) on {hw.name}: {hw.chips} chips x '
     f'{hw.hbm_bytes / GiB:.0f} GiB, {hw.hosts} host(s) x {hw.chips_per_host} chips',
     f'mesh data={plan.mesh["data"]} fsdp={plan.mesh["fsdp"]} tensor={plan.mesh["tensor"]}; '
     f'{plan.rows} rows x {plan.seq_len} tokens per step',

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import re
@@ -73,13 +74,14 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   train = [r for r in records if r.get('train_reward_mean') is not None]
   valid = [r for r in records if r.get('valid_reward_mean') is not None]
   valid_by_step = {int(r['step']): float(r['valid_reward_mean']) for r in valid}
+  graded_by_step = {int(r['step']): r.get('valid/num_graded') for r in valid}
 
   out: dict[str, Any] = {'workdir': str(workdir)}
   out['steps_logged'] = max((int(r['step']) for r in train), default=0)
   out['total_steps'] = config.get('total_steps')
 
   steps_on_disk: list[int] = []
-  best_step, best_reward, best_source = None, None, None
+  best_step, best_reward, best_source, kept_rewards = None, None, None, {}
   if (workdir / 'checkpoints').is_dir():
     ckpt = checkpoint_lib.Checkpointer(workdir / 'checkpoints', read_only=True, async_save=False)
     try:
@@ -88,12 +90,20 @@ def summarize(workdir: str | pathlib.Path) -> dict:
       if best_step is not None:
         best_reward = float(ckpt.metrics(best_step)[ckpt.best_metric])
         best_source = 'checkpoints'
+      for step in steps_on_disk:  # what each kept checkpoint scored (None: never validated)
+        kept = ckpt.metrics(step)
+        kept_rewards[step] = float(kept[ckpt.best_metric]) if kept else None
     finally:
       ckpt.close()
   if best_step is None and valid_by_step:  # no evaluated checkpoint (yet): best of the logged evals
     best_step = max(valid_by_step, key=lambda s: (valid_by_step[s], s))
     best_reward, best_source = valid_by_step[best_step], 'metrics.jsonl'
   out.update(best_step=best_step, best_valid_reward=best_reward, best_from=best_source)
+  graded = graded_by_step.get(best_step)
+  if best_reward is not None and graded:  # a mean of rewards in [0, 1] varies by at most p(1 - p) per answer
+    p = min(max(best_reward, 0.0), 1.0)
+    out.update(best_valid_graded=int(graded), best_valid_stderr=math.sqrt(p * (1 - p) / graded))
+  out['checkpoint_valid_rewards'] = kept_rewards
   if valid_by_step:
     first, last = min(valid_by_step), max(valid_by_step)
     out.update(
@@ -215,6 +225,17 @@ def _fmt(v) -> str:
   return '-' if v is None or v == '' else str(v)  # a run from an hf: folder has model ''
 
 
+def _noise(s: dict) -> str:
+  """' ± 0.171 over 8 graded; steps 50, 150 within one standard error': how far the best's lead can be trusted."""
+  if 'best_valid_stderr' not in s:
+    return ''
+  se, best = s['best_valid_stderr'], s['best_valid_reward']
+  close = [step for step, r in (s.get('checkpoint_valid_rewards') or {}).items()
+           if step != s['best_step'] and r is not None and best - r <= se]  # fmt: skip
+  tie = f'; step{"s" * (len(close) > 1)} {", ".join(map(str, close))} within one standard error' if close else ''
+  return f' ± {se:.3f} over {s["best_valid_graded"]} graded{tie}'
+
+
 def _unsaved(s: dict) -> str:
   """The table's note when steps were logged past the latest checkpoint (a run between saves, or one that died)."""
   if s['steps_logged'] <= s['steps_done']:
@@ -234,8 +255,8 @@ def table(s: dict) -> str:
     ('steps', f'{s["steps_logged"]} / {_fmt(s["total_steps"])}' + _unsaved(s)),
     (
       'best step',
-      f'{_fmt(s["best_step"])}  (valid reward {_fmt(s["best_valid_reward"])}, from {_fmt(s["best_from"])})',
-    ),
+      f'{_fmt(s["best_step"])}  (valid reward {_fmt(s["best_valid_reward"])}{_noise(s)}, from {_fmt(s["best_from"])})',
+    ),  # fmt: skip
   ]
   if 'valid_reward_first' in s:
     rows.append(
@@ -271,7 +292,12 @@ def table(s: dict) -> str:
     rows.append(('time total', f'{s["timing_total_s"]:.1f} s'))
   if 'tokens_per_s' in s:
     rows.append(('tokens/s', f'{s["tokens_per_s"]["mean"]:.1f}  ({s["tokens_per_s"]["key"]})'))
-  rows.append(('checkpoints', ', '.join(map(str, s['checkpoints'])) or '-'))
+  rewards = s.get('checkpoint_valid_rewards') or {}
+  kept = [
+    f'{step} ({_fmt(rewards[step])})' if rewards.get(step) is not None else str(step) for step in s['checkpoints']
+  ]
+  scored = any(r is not None for r in rewards.values())
+  rows.append(('checkpoints', ', '.join(kept) + ' (valid reward)' * scored if kept else '-'))
   for k, v in s['hyperparameters'].items():
     if k == 'openai_resolved':
       rows += [(f'  {name}', how) for name, how in v.items()]

@@ -256,6 +256,7 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _bool(config, 'guard.stop')
   _int(config, 'guard.patience', 1, ' (evaluations in a row)')
   _int(config, 'guard.step_patience', 1, ' (training steps in a row)')
+  _int(config, 'guard.no_signal_steps', 0, ' (training steps in a row; 0 = off)')
   _num(config, 'guard.min_delta', 0)
   _num(config, 'guard.sigmas', 0, why=' (0 = min_delta alone)')
   _num(config, 'guard.gap', 0, why=' (0 = off)')
@@ -341,7 +342,7 @@ def resolve(config, num_train_examples: int, explicit=(), quiet: bool = False):
   config = hparams.apply(config, num_train_examples, explicit, quiet=quiet).copy_and_resolve_references()
   check(config)
   if not quiet:
-    _warn_about_run(config)
+    _warn_about_run(config, num_train_examples)
   if 'grpo.scale_rewards' in explicit and config.grpo.advantage != 'grpo' and not quiet:
     log.warning(
       'grpo.scale_rewards=%s is ignored with grpo.advantage=%s, which has its own scaling (docs/grpo.md); use '
@@ -366,8 +367,20 @@ def _greedy(config, temperature_key: str) -> str | None:
   return 'sampling.top_k=1' if config.sampling.top_k == 1 else None  # only the likeliest token is left
 
 
-def _warn_about_run(config) -> None:
-  """What an epoch count, a warm-up or greedy rollouts do not do in this run, said once its length is known."""
+def _warn_about_run(config, num_train: int) -> None:
+  """How many passes over the data the run makes, and what an epoch count, a warm-up, a batch larger than the data
+  or greedy rollouts do not do in this run, said once its length is known."""
+  draws = int(config.total_steps) * int(config.batch_size)
+  log.info(
+    'the run draws %d prompts (total_steps=%d x batch_size=%d): %.3g passes over the %d training examples',
+    draws, config.total_steps, config.batch_size, draws / max(num_train, 1), num_train,
+  )  # fmt: skip
+  if int(config.batch_size) > num_train:
+    log.warning(
+      'batch_size=%d is more than the %d training examples: every batch holds some prompts twice or more (each '
+      'already gets num_generations=%d completions); a batch_size of at most %d draws each prompt once a batch',
+      config.batch_size, num_train, config.num_generations, num_train,
+    )  # fmt: skip
   greedy = _greedy(config, 'sampling.temperature')
   if greedy and config.max_episode_steps == 1:
     log.warning(

@@ -24,6 +24,7 @@ from rftjax import export
 from rftjax import graders
 from rftjax import inference
 from rftjax import loader
+from rftjax import metrics
 from rftjax import model
 from rftjax import plots
 from rftjax import report
@@ -368,6 +369,16 @@ def test_report_matches_the_checkpointer(run_dir, in_repo, capsys):
   assert s['best_step'] == ckpt.best_step() and s['best_from'] == 'checkpoints'
   assert s['best_valid_reward'] == pytest.approx(ckpt.metrics(ckpt.best_step())['valid_reward_mean'])
   assert s['checkpoints'] == ckpt.all_steps()
+  # each kept checkpoint's reward, and the best one's standard error on its validation set: with 8 prompts, four
+  # checkpoints at 0.625 looked like one exact winner
+  kept = {str(k): ckpt.metrics(k)['valid_reward_mean'] if ckpt.metrics(k) else None for k in ckpt.all_steps()}
+  assert s['checkpoint_valid_rewards'] == pytest.approx(kept)
+  rows = {int(r['step']): r for r in metrics.read_jsonl(run_dir / 'metrics.jsonl') if 'valid_reward_mean' in r}
+  p, n = s['best_valid_reward'], rows[s['best_step']]['valid/num_graded']
+  assert s['best_valid_graded'] == n and s['best_valid_stderr'] == pytest.approx((p * (1 - p) / n) ** 0.5)
+  (s_row,) = [line for line in report.table({**s, 'checkpoint_valid_rewards': {int(k): v for k, v in kept.items()}})
+              .splitlines() if line.startswith('best step')]  # fmt: skip
+  assert f'± {s["best_valid_stderr"]:.3f} over {n:g} graded' in s_row
   assert (s['steps_done'], s['total_steps']) == (3, 3)
   assert s['valid_reward_first_step'] == 0 and s['valid_reward_last_step'] == 3
   assert s['source']['grader'] == 'string_check' and s['source']['model'] == 'tiny'

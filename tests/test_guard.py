@@ -169,7 +169,7 @@ START = [train(s, entropy=e) for s, e in zip(range(1, 6), [0.8, 0.7, 0.6, 0.5, 0
 
 
 def test_entropy_collapse_fires_after_step_patience_low_steps_once_per_run():
-  g = guard.Guard(make_cfg(step_patience=3), max_new_tokens=32)
+  g = guard.Guard(make_cfg(step_patience=3, no_signal_steps=0), max_new_tokens=32)  # no_signal: its own test
   low = [0.05, 0.05, 0.07, 0.01, 0.02, 0.03, 0.0, 0.5, 0.01, 0.01, 0.01]  # steps 6-16; the limit is 0.1 x 0.6 = 0.06
   stream = START + [train(s, entropy=e, zero_std=1.0) for s, e in zip(range(6, 17), low)]
   alarms = g.replay(stream)
@@ -181,7 +181,7 @@ def test_entropy_collapse_fires_after_step_patience_low_steps_once_per_run():
     'zero_std_group_frac 1'
   )
   assert alarms[0].stop is False  # a collapsed entropy only warns, even with guard.stop
-  assert guard.Guard(make_cfg(step_patience=3, stop=True), 32).replay(stream)[0].stop is False
+  assert guard.Guard(make_cfg(step_patience=3, stop=True), 32).replay(stream)[1].stop is False  # [0]: no_signal
 
 
 def test_entropy_collapse_is_no_alarm_on_a_solved_task():
@@ -301,6 +301,25 @@ def test_healthy_noisy_runs_raise_no_alarm():
   assert guard.Guard(make_cfg(), max_new_tokens=24).replay(smollm2_records()) == []
   for seed in range(10):
     assert guard.Guard(make_cfg(), max_new_tokens=64).replay(healthy_run(seed)) == [], seed
+
+
+def test_no_signal_fires_when_every_group_scored_alike_for_no_signal_steps():
+  """A reference the grader could never match trained 40 steps on zeros (grad_norm 0, loss 0) and the report said
+  "succeeded"; a task already solved, the same on ones. Three such steps in a row say so, with what to check."""
+  g = guard.Guard(make_cfg(), max_new_tokens=8)
+  zeros = [train(s, reward=0.0, zero_std=1.0) for s in range(1, 6)]
+  alarms = [a for r in zeros for a in g.observe(r)]
+  assert [(a.step, a.kind, a.stop) for a in alarms] == [(3, 'no_signal', False)]
+  assert alarms[0].message.startswith(
+    'every group of completions got one reward at steps 1-3 (zero_std_group_frac 1, train_reward_mean 0): no '
+    'advantage, so no gradient and nothing learnt; every completion scored 0: check the grader'
+  )
+  g = guard.Guard(make_cfg(), max_new_tokens=8)
+  stream = [train(1, reward=1.0, zero_std=1.0), train(2, reward=1.0, zero_std=0.9)]  # a step with a spread
+  stream += [train(s, reward=1.0, zero_std=1.0) for s in (3, 4, 5)]
+  (alarm,) = [a for r in stream for a in g.observe(r)]
+  assert alarm.step == 5 and 'every completion scored 1: the task is already solved' in alarm.message
+  assert not guard.Guard(make_cfg(no_signal_steps=0), 8).replay(zeros)
 
 
 # ---- one stream with every alarm: stop flags, resume ------------------------------------------------------------

@@ -215,3 +215,27 @@ def test_reasoning_effort_rounds_half_up_as_compute_multiplier_does():
     c.sampling.max_new_tokens = tokens
     budgets.append(hparams.apply(c, 100).sampling.max_new_tokens)
   assert budgets == [2, 3, 4]
+
+
+def test_the_passes_over_the_data_and_a_batch_larger_than_it_are_said(caplog):
+  """30 prompts with tiny.py's 200 steps x 16 were 106.7 passes that nothing mentioned, and batch_size=64 on them
+  repeated each prompt in every batch without a word."""
+  from configs import tiny
+  from rftjax import runspec
+
+  c = tiny.get_config('test')
+  c.total_steps, c.batch_size = 200, 16
+  with caplog.at_level('INFO', logger='rftjax'):
+    runspec.resolve(c, 30, explicit=('total_steps', 'batch_size'))
+  assert 'the run draws 3200 prompts (total_steps=200 x batch_size=16): 107 passes over the 30 training examples' in (
+    caplog.messages
+  )
+  assert not any('is more than the' in m for m in caplog.messages)
+  caplog.clear()
+  c.batch_size = 64
+  with caplog.at_level('INFO', logger='rftjax'):
+    runspec.resolve(c, 30, explicit=('total_steps', 'batch_size'))
+  assert (
+    'batch_size=64 is more than the 30 training examples: every batch holds some prompts twice or more (each already '
+    f'gets num_generations={c.num_generations} completions); a batch_size of at most 30 draws each prompt once a batch'
+  ) in caplog.messages

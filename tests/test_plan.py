@@ -130,7 +130,7 @@ def test_cli_plans_an_openai_job_file_as_train_runs_it(tmp_path, capsys):
   out = capsys.readouterr().out
   # the job's hyperparameters over configs/tiny.py (its batch 16, 200 steps), as the trainer resolves them
   assert 'run: 500 steps of 4 prompts x 8 completions = 32 rows (2000 training examples)' in out
-  assert 'model tiny (0.00B params) on cpu-1' in out and 'fits: peak' in out
+  assert 'model tiny (0.988M params) on cpu-1' in out and 'fits: peak' in out
 
 
 @pytest.mark.parametrize('headroom', ['-1', '1.5'])
