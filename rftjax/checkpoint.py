@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,6 +63,21 @@ logging.getLogger('absl').addFilter(_ReadOnlyNotes())
 
 class StateMismatch(ValueError):
   """A checkpoint's params differ from the target's in leaves or shapes: another model or LoRA setting."""
+
+
+class Gone(FileNotFoundError):
+  """A checkpoint a live run's keep policy deleted while it was being read."""
+
+
+def _vanishing(path, wait_s: float = 3.0) -> bool:
+  """Whether the step folder holding `path` is gone, or goes within `wait_s`: Orbax deletes a step's files before
+  its folder, so a read that failed midway finds the folder still there."""
+  folder, end = path.parent, time.monotonic() + wait_s
+  while folder.exists():
+    if time.monotonic() > end:
+      return False
+    time.sleep(0.1)
+  return True
 
 
 class Checkpointer:
@@ -115,7 +131,14 @@ class Checkpointer:
       read_only=read_only,
       create=not read_only,
     )
-    self._manager = ocp.CheckpointManager(directory, options=options)
+    for attempt in range(5):  # a live run's keep policy may delete a step between Orbax's listing and its stat
+      try:
+        self._manager = ocp.CheckpointManager(directory, options=options)
+        break
+      except FileNotFoundError:
+        if not read_only or attempt == 4:
+          raise
+        time.sleep(0.2)
     # step -> metrics dict or None. Filled lazily from disk, kept current by `save`.
     self._metrics_cache: dict[int, dict[str, Any] | None] = {}
 
@@ -241,16 +264,16 @@ class Checkpointer:
     path = self.directory / str(int(step)) / _STATE
     target = {'params': jax.tree.map(_as_abstract, abstract_params)}
     # a run still training deletes the steps its keep policy drops, maybe while this reads one
-    gone = FileNotFoundError(
+    gone = Gone(
       f'checkpoint {step} is gone from {self.directory} (a run that is still training deletes the checkpoints its '
-      'keep policy drops); run the command again, or pick --step=best'
+      'keep policy drops); run the command again'
     )
     if not path.exists():
       raise gone
     try:
       mismatch = _mismatch({'params': _stored_tree(path)['params']}, target)
     except (KeyError, FileNotFoundError, ValueError, TypeError) as e:  # a broken step (no metadata: None)
-      if not path.exists():
+      if _vanishing(path):
         raise gone from None
       mismatch = f'unreadable metadata ({type(e).__name__}: {e})'
     if mismatch:
@@ -262,7 +285,7 @@ class Checkpointer:
       with ocp.PyTreeCheckpointer() as reader:
         return reader.restore(path, args=args)['params']
     except Exception as e:
-      if not path.exists():
+      if _vanishing(path):
         raise gone from None
       if isinstance(e, (ValueError, KeyError, FileNotFoundError)):  # another model than the run's, a broken step
         raise ValueError(f'{path}: cannot restore the params (does the model preset match the run?): {e}') from None

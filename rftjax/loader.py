@@ -193,15 +193,22 @@ def load(
     return Loaded(cfg, tok, abstract_params(cfg, dtype, mesh), mesh, config)
   if workdir is None:
     return _load(config, cfg, tok, dtype, mesh)
-  ckpt = checkpoint_lib.Checkpointer(runfs.path(workdir) / 'checkpoints', read_only=True, async_save=False)
-  try:  # one listing of the checkpoints folder serves both the step and its restore (requests, on gs://)
-    try:  # the step first: a missing one is an error before minutes of loading
-      step = ckpt.resolve_step('best' if step is None else step)
-    except (FileNotFoundError, ValueError) as e:
-      raise errors.ConfigError(f'--step={step}: {e}') from None
-    return _load(config, cfg, tok, dtype, mesh, ckpt, f'{workdir} step {step}', step)
-  finally:
-    ckpt.close()
+  asked = 'best' if step is None else step
+  for again in (False, True):  # a live run may delete the step `best` or `latest` named while it loads: once more
+    ckpt = checkpoint_lib.Checkpointer(runfs.path(workdir) / 'checkpoints', read_only=True, async_save=False)
+    try:  # one listing of the checkpoints folder serves both the step and its restore (requests, on gs://)
+      try:  # the step first: a missing one is an error before minutes of loading
+        step = ckpt.resolve_step(asked)
+      except (FileNotFoundError, ValueError) as e:
+        raise errors.ConfigError(f'--step={asked}: {e}') from None
+      try:
+        return _load(config, cfg, tok, dtype, mesh, ckpt, f'{workdir} step {step}', step)
+      except checkpoint_lib.Gone as e:
+        if again or asked not in ('best', 'latest'):
+          raise errors.ConfigError(f'--step={asked}: {e}') from None
+        log.info('%s; taking --step=%s again', e, asked)
+    finally:
+      ckpt.close()
 
 
 def _load(config, cfg, tok, dtype, mesh, ckpt=None, ckpt_name=None, step=None) -> Loaded:
@@ -244,6 +251,8 @@ def _restore(ckpt, ckpt_name: str, step: int, abstract) -> Any:
   """The trainable params of checkpoint `step` (a resolved number) into `abstract`'s shardings."""
   try:
     params = ckpt.restore_params(step, abstract)
+  except checkpoint_lib.Gone:  # `load` says which --step, and takes best or latest once more
+    raise
   except (FileNotFoundError, ValueError) as e:
     raise errors.ConfigError(f'--step={step}: {e}') from None
   log.info('loaded %s', ckpt_name)

@@ -125,8 +125,6 @@ def lock(folder: str | os.PathLike):
   import fcntl
   import socket
 
-  from rftjax import errors
-
   file = open(pathlib.Path(folder) / LOCK, 'a+')  # noqa: SIM115 - held open: that is the lock
   try:
     fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -137,16 +135,23 @@ def lock(folder: str | os.PathLike):
     file.seek(0)
     holder = file.read().strip() or 'another process'
     file.close()
-    raise errors.ConfigError(
-      f'--workdir={folder}: {holder} is training in it; expected no other trainer there (stop that one, or give '
-      'this run another --workdir)'
-    ) from None
+    raise busy(folder, holder) from None
   file.seek(0)
   file.truncate()
   started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
   file.write(f'process {os.getpid()} on {socket.gethostname()} (started {started})')
   file.flush()
   return file
+
+
+def busy(folder, holder: str) -> Exception:
+  """The ConfigError for a run folder another trainer is using."""
+  from rftjax import errors
+
+  return errors.ConfigError(
+    f'--workdir={folder}: {holder} is training in it; expected no other trainer there (stop that one, or give '
+    'this run another --workdir)'
+  )
 
 
 def lock_holder(folder: str | os.PathLike) -> tuple[str, bool | None] | None:

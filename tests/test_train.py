@@ -1030,6 +1030,12 @@ def test_a_second_trainer_in_the_same_workdir_is_refused_before_it_writes(tmp_pa
     assert sorted(p.name for p in workdir.iterdir()) == [runfs.LOCK]  # no config.json, checkpoint or log
     said, alive = runfs.lock_holder(workdir)
     assert alive is True and said.startswith(f'process {holder.pid} ')
+    # a live run with checkpoints, resumed with other data: the lock's refusal, not "holds checkpoints of another
+    # run ... (or delete that one to start over)" about a run still training
+    (workdir / 'checkpoints' / '5').mkdir(parents=True)
+    (workdir / 'config.json').write_text(json.dumps({'model': 'tiny', 'grpo': {}, 'data': {'train': 'other.jsonl'}}))
+    with pytest.raises(errors.ConfigError, match=r'\) is training in it; expected no other trainer there'):
+      run(tmp_path, 'run', 1)
   finally:
     holder.kill()
     holder.wait()
