@@ -367,14 +367,16 @@ def _greedy(config, temperature_key: str) -> str | None:
   return 'sampling.top_k=1' if config.sampling.top_k == 1 else None  # only the likeliest token is left
 
 
+def passes(config, num_train: int) -> str:
+  """'the run draws 3200 prompts (total_steps=200 x batch_size=16): 107 passes over the 30 training examples'."""
+  draws = int(config.total_steps) * int(config.batch_size)
+  return (f'the run draws {draws} prompts (total_steps={config.total_steps} x batch_size={config.batch_size}): '
+          f'{draws / max(num_train, 1):.3g} passes over the {num_train} training examples')  # fmt: skip
+
+
 def _warn_about_run(config, num_train: int) -> None:
   """How many passes over the data the run makes, and what an epoch count, a warm-up, a batch larger than the data
   or greedy rollouts do not do in this run, said once its length is known."""
-  draws = int(config.total_steps) * int(config.batch_size)
-  log.info(
-    'the run draws %d prompts (total_steps=%d x batch_size=%d): %.3g passes over the %d training examples',
-    draws, config.total_steps, config.batch_size, draws / max(num_train, 1), num_train,
-  )  # fmt: skip
   if int(config.batch_size) > num_train:
     log.warning(
       'batch_size=%d is more than the %d training examples: every batch holds some prompts twice or more (each '

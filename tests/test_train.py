@@ -751,7 +751,7 @@ def test_the_guard_stops_a_falling_run_and_the_best_checkpoint_exports(tmp_path,
     return out
 
   monkeypatch.setattr(inference.graders, 'summarize', summarize)
-  guard = {'guard.stop': True, 'guard.patience': 2, 'guard.sigmas': 0.0, 'eval_interval': 1}
+  guard = {'guard.stop': True, 'guard.patience': 2, 'guard.sigmas': 0.0, 'eval_interval': 1, 'guard.no_signal_steps': 0}
   with pytest.raises(trainer.GuardStopped) as e:
     run(tmp_path, 'falling', 8, **guard)
   workdir = tmp_path / 'falling'
