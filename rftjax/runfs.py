@@ -144,6 +144,25 @@ def lock(folder: str | os.PathLike):
   return file
 
 
+def held_by(folder: str | os.PathLike) -> str | None:
+  """What the run folder's lock file says when a process holds its lock now (asked of the lock itself, not of a
+  pid, which this very process may have left there), else None. Takes no lock for longer than the asking."""
+  import errno
+  import fcntl
+
+  try:
+    file = open(pathlib.Path(folder) / LOCK)  # noqa: SIM115 - closed below
+  except OSError:
+    return None
+  with file:
+    try:
+      fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      return (file.read().strip() or 'another process') if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
+    fcntl.flock(file, fcntl.LOCK_UN)
+  return None
+
+
 def busy(folder, holder: str) -> Exception:
   """The ConfigError for a run folder another trainer is using."""
   from rftjax import errors

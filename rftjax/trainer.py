@@ -78,9 +78,9 @@ def _checked(config, workdir, explicit) -> dict:
   valid_prompts, valid_set = [p for p in valid_prompts for _ in range(k)], [e for e in valid_set for _ in range(k)]
   # a workdir that holds another run (or no run at all) is refused before anything in it changes
   previous, has_checkpoints = runfs.previous_run(workdir)
-  holder = runfs.lock_holder(workdir) if has_checkpoints and not runfs.is_remote(workdir) else None
-  if holder and holder[1]:  # a live trainer's folder: that, not "holds another run ... or delete that one"
-    raise runfs.busy(workdir, holder[0])
+  holder = runfs.held_by(workdir) if has_checkpoints and not runfs.is_remote(workdir) else None
+  if holder:  # a live trainer's folder: that, not "holds another run ... or delete that one"
+    raise runfs.busy(workdir, holder)
   changed = runspec.check_resume(config, previous, workdir) if has_checkpoints else []
   try:
     run = runfs.RunDir(workdir, sync_interval_s=config.sync_interval_s)
