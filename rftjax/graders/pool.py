@@ -256,18 +256,21 @@ def _remove_cgroup(path: pathlib.Path | None) -> None:
       time.sleep(0.01)
 
 
+def _leaves(grader: core.Grader) -> list[core.Grader]:
+  """`grader` itself, or a multi's sub-graders."""
+  return grader.leaves() if hasattr(grader, 'leaves') else [grader]
+
+
 def _runs_code(grader: core.Grader) -> list[core.Grader]:
-  """The graders in `grader` (itself, or a multi's leaves) that run code somebody wrote: python and code."""
-  leaves = grader.leaves() if hasattr(grader, 'leaves') else [grader]
-  return [g for g in leaves if g.mode == core.SANDBOX and g.worker_spec()['kind'] in ('python', 'code')]
+  """The graders in `grader` that run code somebody wrote: python and code."""
+  return [g for g in _leaves(grader) if g.mode == core.SANDBOX and g.worker_spec()['kind'] in ('python', 'code')]
 
 
 def check_runnable(grader: core.Grader, allow_unsandboxed: bool = False) -> bool:
   """What commands check before anything slow: `check_sandbox`, and that the environment variables HTTP graders
   take keys from are set (a judge's `api_key_env`, an endpoint's ${NAME} headers): an unset one sent requests
   without a key, and the first 401 came after the step-0 validation had sampled."""
-  leaves = grader.leaves() if hasattr(grader, 'leaves') else [grader]
-  for g in leaves:
+  for g in _leaves(grader):
     env = g.missing_key() if hasattr(g, 'missing_key') else None
     if env:
       raise core.GraderConfigError(
@@ -475,7 +478,7 @@ class GradingPool:
   def _grade_now(
     self, grader: core.Grader, samples: list[str], items: list[dict], deadline: float, traces: list[str] | None = None
   ) -> list[core.GradeResult]:
-    leaves = grader.leaves() if hasattr(grader, 'leaves') else [grader]
+    leaves = _leaves(grader)
     per_leaf: list[list[core.GradeResult]] = [None] * len(leaves)  # type: ignore[list-item]
     model_futs, sandbox_jobs = {}, {}
     for k, leaf in enumerate(leaves):
