@@ -7,6 +7,7 @@ A field the user set (anything but 'auto' / None) always overrides the native fi
 `config.openai.enabled = True`, the 'auto' fields are filled by the rules below as well; with it False (the default)
 they leave the native fields alone. Every resolved value is logged and recorded as JSON in
 `config.openai.resolved`. The mapping and the rules are documented in docs/hyperparameters.md; keep them in step.
+What the resolved length, batch and temperature do not do in a run is said once, by `warn_about_run`.
 
   n_epochs                -> total_steps = ceil(n_epochs * n_train / batch_size)
                              auto: clamp(ceil(100 * batch_size / n_train), 1, 10) (at least ~100 steps, <= 10 epochs)
@@ -295,3 +296,51 @@ def apply(
 
     c.openai.resolved = json.dumps(resolved)
   return c
+
+
+def greedy(config, temperature_key: str) -> str | None:
+  """The setting ('<temperature_key>=0' or 'sampling.top_k=1', which validation samples with too) that makes
+  sampling at `temperature_key` greedy, or None."""
+  if _get(config, temperature_key) == 0:
+    return f'{temperature_key}=0'
+  return 'sampling.top_k=1' if config.sampling.top_k == 1 else None  # only the likeliest token is left
+
+
+def passes(config, num_train: int) -> str:
+  """'the run draws 3200 prompts (total_steps=200 x batch_size=16): 107 passes over the 30 training examples'."""
+  draws = int(config.total_steps) * int(config.batch_size)
+  return (f'the run draws {draws} prompts (total_steps={config.total_steps} x batch_size={config.batch_size}): '
+          f'{draws / max(num_train, 1):.3g} passes over the {num_train} training examples')  # fmt: skip
+
+
+def warn_about_run(config, num_train: int) -> None:
+  """How many passes over the data the run makes, and what an epoch count, a warm-up, a batch larger than the data
+  or greedy rollouts do not do in this run, said once its length is known."""
+  if int(config.batch_size) > num_train:
+    log.warning(
+      'batch_size=%d is more than the %d training examples: every batch holds some prompts twice or more (each '
+      'already gets num_generations=%d completions); a batch_size of at most %d draws each prompt once a batch',
+      config.batch_size, num_train, config.num_generations, num_train,
+    )  # fmt: skip
+  greedy_key = greedy(config, 'sampling.temperature')
+  if greedy_key and config.max_episode_steps == 1:
+    log.warning(
+      '%s: greedy decoding gives the num_generations=%d completions of a prompt the same tokens, so every group has '
+      'one reward and no advantage; set sampling.temperature above 0 (1.0 is usual for GRPO) and sampling.top_k to 0 '
+      'or above 1',
+      greedy_key, config.num_generations,
+    )  # fmt: skip
+  total, warmup = int(config.total_steps), int(config.optimizer.warmup_steps)
+  key = deciding_key(config, 'total_steps')
+  if warmup > total and key != 'config.total_steps':  # an epoch count decided the length: the user set no steps
+    log.warning(
+      'optimizer.warmup_steps=%d is more than total_steps=%d (%s): the learning rate reaches at most %.3g of '
+      'optimizer.learning_rate=%g; lower optimizer.warmup_steps',
+      warmup, total, key, total / warmup, config.optimizer.learning_rate,
+    )  # fmt: skip
+  if config.grpo.dynamic_sampling and key != 'config.total_steps':
+    log.warning(
+      '%s counts GRPO steps of batch_size=%d prompts, but grpo.dynamic_sampling may draw up to %d batches a step '
+      '(1 + grpo.max_resample_rounds): the run may pass over the data up to that many times more',
+      key, config.batch_size, 1 + int(config.grpo.max_resample_rounds),
+    )  # fmt: skip

@@ -217,7 +217,7 @@ def _load(config, cfg, tok, dtype, mesh, ckpt=None, ckpt_name=None, step=None) -
   log.info(
     'loading %s (%s params, %s%s) from %s',
     cfg.name if cfg.name != source else f'a {hf_config.model_type(cfg)} model',  # a file matching no preset: its kind
-    model_lib.params_text(cfg.num_params()),
+    presets.params_text(cfg.num_params()),
     dtype.name,
     f', LoRA rank {cfg.lora.rank}' if cfg.lora else '',
     source,

@@ -38,11 +38,6 @@ Params = dict[str, Any]
 Cache = kvcache.Cache
 
 
-def params_text(n: int) -> str:
-  """'27.01B', '135M', '1.05M': a parameter count as logs and plans show it."""
-  return f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.3g}M'
-
-
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """Architecture. Presets live in rftjax/presets.py; `dataclasses.replace` makes variants."""

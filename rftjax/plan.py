@@ -53,6 +53,7 @@ from rftjax import kvcache
 from rftjax import loader
 from rftjax import lora
 from rftjax import model as model_lib
+from rftjax import presets
 from rftjax import runspec
 from rftjax import sharding
 from rftjax import train_step as step_lib
@@ -368,7 +369,7 @@ def format_plan(plan: Plan) -> str:
     return f'{x / scale:8.2f}'
 
   lines = [
-    f'model {plan.model} ({model_lib.params_text(plan.num_params)} params) on {hw.name}: {hw.chips} chips x '
+    f'model {plan.model} ({presets.params_text(plan.num_params)} params) on {hw.name}: {hw.chips} chips x '
     f'{hw.hbm_bytes / GiB:.0f} GiB, {hw.hosts} host(s) x {hw.chips_per_host} chips',
     f'mesh data={plan.mesh["data"]} fsdp={plan.mesh["fsdp"]} tensor={plan.mesh["tensor"]}; '
     f'{plan.rows} rows x {plan.seq_len} tokens per step',

@@ -90,3 +90,8 @@ def get_config(name: str, **overrides) -> TransformerConfig:
     raise ValueError(f'unknown model preset {name!r}; known: {", ".join(sorted(PRESETS))}')
   cfg = PRESETS[name]()
   return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+def params_text(n: int) -> str:
+  """'27.01B', '135M', '1.05M': a parameter count as logs and plans show it."""
+  return f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.3g}M'

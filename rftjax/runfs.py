@@ -116,26 +116,38 @@ def previous_run(workdir: str | os.PathLike) -> tuple[dict | None, bool]:
 LOCK = '.train.lock'  # held by the trainer using a local run folder; the OS lets it go when the process ends
 
 
+def _holder(file) -> str | None:
+  """Takes the lock on an open lock file without waiting: None when this process got it, else what the file says
+  of the process holding it. OSError from a file system without locks (FUSE mounts)."""
+  import errno
+  import fcntl
+
+  try:
+    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      raise
+    file.seek(0)
+    return file.read().strip() or 'another process'
+  return None
+
+
 def lock(folder: str | os.PathLike):
   """An exclusive lock on a local run folder for as long as the returned file stays open: two trainers in one
   folder would write over each other's checkpoints and logs. ConfigError naming the holder (process, host, start)
   when another process has it. flock: released when the holder exits, however it exits (a crash, SIGKILL)."""
   import datetime
-  import errno
-  import fcntl
   import socket
 
   file = open(pathlib.Path(folder) / LOCK, 'a+')  # noqa: SIM115 - held open: that is the lock
   try:
-    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder = _holder(file)
   except OSError as e:
-    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without locks (FUSE mounts)
-      log.warning('--workdir=%s: cannot lock it (%s): a second trainer there would not be stopped', folder, e)
-      return file
-    file.seek(0)
-    holder = file.read().strip() or 'another process'
+    log.warning('--workdir=%s: cannot lock it (%s): a second trainer there would not be stopped', folder, e)
+    return file
+  if holder is not None:
     file.close()
-    raise busy(folder, holder) from None
+    raise busy(folder, holder)
   file.seek(0)
   file.truncate()
   started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
@@ -147,7 +159,6 @@ def lock(folder: str | os.PathLike):
 def held_by(folder: str | os.PathLike) -> str | None:
   """What the run folder's lock file says when a process holds its lock now (asked of the lock itself, not of a
   pid, which this very process may have left there), else None. Takes no lock for longer than the asking."""
-  import errno
   import fcntl
 
   try:
@@ -156,11 +167,12 @@ def held_by(folder: str | os.PathLike) -> str | None:
     return None
   with file:
     try:
-      fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      return (file.read().strip() or 'another process') if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
-    fcntl.flock(file, fcntl.LOCK_UN)
-  return None
+      holder = _holder(file)
+    except OSError:
+      return None
+    if holder is None:
+      fcntl.flock(file, fcntl.LOCK_UN)
+  return holder
 
 
 def busy(folder, holder: str) -> Exception:

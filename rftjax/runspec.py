@@ -236,7 +236,7 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _int(config, 'eval_interval', 1)
   _num(config, 'eval_temperature', 0, why=' (0 = greedy)')
   _int(config, 'eval_samples', 1)
-  eval_greedy = _greedy(config, 'eval_temperature')
+  eval_greedy = hparams.greedy(config, 'eval_temperature')
   if config.eval_samples > 1 and eval_greedy:
     log.warning(
       'eval_samples=%d with %s: greedy decoding gives each validation prompt the same completion %d times; set '
@@ -342,7 +342,7 @@ def resolve(config, num_train_examples: int, explicit=(), quiet: bool = False):
   config = hparams.apply(config, num_train_examples, explicit, quiet=quiet).copy_and_resolve_references()
   check(config)
   if not quiet:
-    _warn_about_run(config, num_train_examples)
+    hparams.warn_about_run(config, num_train_examples)
   if 'grpo.scale_rewards' in explicit and config.grpo.advantage != 'grpo' and not quiet:
     log.warning(
       'grpo.scale_rewards=%s is ignored with grpo.advantage=%s, which has its own scaling (docs/grpo.md); use '
@@ -357,54 +357,6 @@ def resolve(config, num_train_examples: int, explicit=(), quiet: bool = False):
     config.grader = spec
     config.response_format = response_format.load(config.get('response_format'))  # its content, like the grader
   return config
-
-
-def _greedy(config, temperature_key: str) -> str | None:
-  """The setting ('<temperature_key>=0' or 'sampling.top_k=1', which validation samples with too) that makes
-  sampling at `temperature_key` greedy, or None."""
-  if _get(config, temperature_key) == 0:
-    return f'{temperature_key}=0'
-  return 'sampling.top_k=1' if config.sampling.top_k == 1 else None  # only the likeliest token is left
-
-
-def passes(config, num_train: int) -> str:
-  """'the run draws 3200 prompts (total_steps=200 x batch_size=16): 107 passes over the 30 training examples'."""
-  draws = int(config.total_steps) * int(config.batch_size)
-  return (f'the run draws {draws} prompts (total_steps={config.total_steps} x batch_size={config.batch_size}): '
-          f'{draws / max(num_train, 1):.3g} passes over the {num_train} training examples')  # fmt: skip
-
-
-def _warn_about_run(config, num_train: int) -> None:
-  """How many passes over the data the run makes, and what an epoch count, a warm-up, a batch larger than the data
-  or greedy rollouts do not do in this run, said once its length is known."""
-  if int(config.batch_size) > num_train:
-    log.warning(
-      'batch_size=%d is more than the %d training examples: every batch holds some prompts twice or more (each '
-      'already gets num_generations=%d completions); a batch_size of at most %d draws each prompt once a batch',
-      config.batch_size, num_train, config.num_generations, num_train,
-    )  # fmt: skip
-  greedy = _greedy(config, 'sampling.temperature')
-  if greedy and config.max_episode_steps == 1:
-    log.warning(
-      '%s: greedy decoding gives the num_generations=%d completions of a prompt the same tokens, so every group has '
-      'one reward and no advantage; set sampling.temperature above 0 (1.0 is usual for GRPO) and sampling.top_k to 0 '
-      'or above 1',
-      greedy, config.num_generations,
-    )  # fmt: skip
-  total, warmup = int(config.total_steps), int(config.optimizer.warmup_steps)
-  key = hparams.deciding_key(config, 'total_steps')
-  if warmup > total and key != 'config.total_steps':  # an epoch count decided the length: the user set no steps
-    log.warning(
-      'optimizer.warmup_steps=%d is more than total_steps=%d (%s): the learning rate reaches at most %.3g of '
-      'optimizer.learning_rate=%g; lower optimizer.warmup_steps',
-      warmup, total, key, total / warmup, config.optimizer.learning_rate,
-    )  # fmt: skip
-  if config.grpo.dynamic_sampling and key != 'config.total_steps':
-    log.warning(
-      '%s counts GRPO steps of batch_size=%d prompts, but grpo.dynamic_sampling may draw up to %d batches a step '
-      '(1 + grpo.max_resample_rounds): the run may pass over the data up to that many times more',
-      key, config.batch_size, 1 + int(config.grpo.max_resample_rounds),
-    )  # fmt: skip
 
 
 def skips_prompts(config) -> bool:

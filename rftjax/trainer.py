@@ -73,7 +73,7 @@ def _checked(config, workdir, explicit) -> dict:
     config, spec = runspec.resolve_kept(given, len(train_set), explicit, tok)
   valid_set, valid_prompts = runspec.encode(config, valid_set, tok, fmt, 'config.data.valid')
   # what trains and validates (too-long ones skipped), and how often the run passes over it
-  log.info('data: %s; %s', data_lib.describe(train_set, valid_set), runspec.passes(config, len(train_set)))
+  log.info('data: %s; %s', data_lib.describe(train_set, valid_set), hparams.passes(config, len(train_set)))
   k = spec.eval_samples  # k completions per validation prompt, each graded; the means average them all
   valid_prompts, valid_set = [p for p in valid_prompts for _ in range(k)], [e for e in valid_set for _ in range(k)]
   # a workdir that holds another run (or no run at all) is refused before anything in it changes

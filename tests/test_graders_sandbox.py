@@ -273,7 +273,7 @@ def test_root_without_a_pids_cgroup_is_warned_about(tmp_path, monkeypatch, caplo
 
   if os.geteuid() != 0 or not pool_lib.isolation_lib.probe().available:
     pytest.skip('needs root and bubblewrap')
-  monkeypatch.setattr(pool_lib, '_CGROUP_ROOT', tmp_path / 'no-pids')
+  monkeypatch.setattr(pool_lib.workers, 'CGROUP_ROOT', tmp_path / 'no-pids')
   grader = py('def grade(s, i):\n  return 1.0\n')
   with graders.GradingPool(num_workers=1, timeout_s=5) as p, caplog.at_level('WARNING', logger='rftjax'):
     p.grade(grader, ['a'], [{}])

@@ -227,7 +227,7 @@ def test_the_passes_over_the_data_and_a_batch_larger_than_it_are_said(caplog):
   c.total_steps, c.batch_size = 200, 16
   with caplog.at_level('INFO', logger='rftjax'):
     r = runspec.resolve(c, 30, explicit=('total_steps', 'batch_size'))
-  assert runspec.passes(r, 30) == (
+  assert hparams.passes(r, 30) == (
     'the run draws 3200 prompts (total_steps=200 x batch_size=16): 107 passes over the 30 training examples'
   )  # the trainer's `data:` line ends with it
   assert not any('is more than the' in m for m in caplog.messages)

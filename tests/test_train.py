@@ -1030,6 +1030,7 @@ def test_a_second_trainer_in_the_same_workdir_is_refused_before_it_writes(tmp_pa
     assert sorted(p.name for p in workdir.iterdir()) == [runfs.LOCK]  # no config.json, checkpoint or log
     said, alive = runfs.lock_holder(workdir)
     assert alive is True and said.startswith(f'process {holder.pid} ')
+    assert runfs.held_by(workdir) == said  # asked of the lock itself
     # a live run with checkpoints, resumed with other data: the lock's refusal, not "holds checkpoints of another
     # run ... (or delete that one to start over)" about a run still training
     (workdir / 'checkpoints' / '5').mkdir(parents=True)
@@ -1040,6 +1041,7 @@ def test_a_second_trainer_in_the_same_workdir_is_refused_before_it_writes(tmp_pa
     holder.kill()
     holder.wait()
   assert runfs.lock_holder(workdir)[1] is False  # killed: the lock went with it, the file says who it was
+  assert runfs.held_by(workdir) is None
   runfs.lock(workdir).close()
 
 

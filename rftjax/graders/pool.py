@@ -1,7 +1,7 @@
 """GradingPool: grades a step's samples in parallel, host side, with per-call deadlines.
 
 * INLINE graders (string_check, text_similarity) run in the dispatcher thread: no IPC for cheap work.
-* SANDBOX graders (python, math, code) run in warm worker processes (`sandbox_worker.py`). Samples go out in
+* SANDBOX graders (python, math, code) run in warm worker processes (`workers.py` starts them). Samples go out in
   chunks so that one compiled `grade` handles many samples; each result comes back as its own message, so the
   parent knows which sample a worker is on. A sample whose deadline passes, or whose worker dies, scores 0 with
   python_grader_timeout / python_grader_runtime; the worker (its process group and its cgroup) is killed and
@@ -16,31 +16,17 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import itertools
-import json
 import logging
 import os
-import pathlib
 import queue
 import select
-import shutil
-import signal
-import struct
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from typing import Any
 
 from rftjax.graders import core
 from rftjax.graders import isolation as isolation_lib
+from rftjax.graders import workers
 
-_WORKER_SCRIPT = pathlib.Path(__file__).with_name('sandbox_worker.py')
-_CGROUP_ROOT = pathlib.Path('/sys/fs/cgroup/pids')
-_MAX_FRAME = 64 << 20
-_MAX_TASKS_PER_WORKER = 8  # cgroup pids.max: bubblewrap's two processes, the worker, a few threads or children
-_counter = itertools.count()
 log = logging.getLogger('rftjax')
 
 # OpenAI's python grader limits: 2 GB of memory, 1 GB of disk, 2 minutes.
@@ -52,208 +38,19 @@ DEFAULT_DISK_MB = 1024
 LOAD_GRACE_S = 10.0
 
 
-class _Worker:
-  """One sandbox process and the parent's ends of its pipes. With `isolation` the worker runs inside bubblewrap's
-  namespaces and writes only to its in-memory /sandbox; without, to a host temp dir named after this process."""
-
-  def __init__(self, memory_mb: int, disk_mb: int, isolation: isolation_lib.Isolation | None):
-    self.tmpdir = None if isolation else tempfile.mkdtemp(prefix=f'rftjax-grader-{os.getpid()}-')
-    self.isolated = isolation is not None
-    self.cgroup = _make_cgroup()
-    child_r, self.w = os.pipe()
-    self.r, child_w = os.pipe()
-    env = {
-      'PATH': os.environ.get('PATH', '/usr/bin:/bin'),
-      'LANG': 'C.UTF-8',
-      'OMP_NUM_THREADS': '1',
-      'OPENBLAS_NUM_THREADS': '1',
-      'MKL_NUM_THREADS': '1',
-      'PYTHONHASHSEED': '0',
-    }
-    workdir = isolation_lib.SANDBOX_DIR if isolation else self.tmpdir
-    cmd = [sys.executable, '-E', '-s', '-B', str(_WORKER_SCRIPT), str(child_r), str(child_w), workdir,
-           str(memory_mb), str(disk_mb)]  # fmt: skip
-    if isolation:
-      cmd = isolation.wrap(cmd, disk_mb)
-    if self.cgroup:  # joined before anything runs: every process the worker starts is counted
-      cmd = ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', str(self.cgroup / 'cgroup.procs'), *cmd]
-    try:
-      self.proc = subprocess.Popen(
-        cmd,
-        pass_fds=(child_r, child_w),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-        cwd=self.tmpdir or '/',
-      )
-    finally:
-      os.close(child_r)
-      os.close(child_w)
-    os.set_blocking(self.w, False)
-    self.buf = bytearray()
-    self.loaded: set[str] = set()  # grader keys this worker has compiled
-    self.chunk: list[tuple[int, list]] | None = None  # tasks sent and not yet answered
-    self.job = None
-    self.deadline = 0.0
-    self.deadline_s = 0.0  # the current task's deadline, s (without the load grace)
-
-  def send(self, obj: Any, timeout_s: float) -> None:
-    data = json.dumps(obj, default=str).encode()  # non-JSON item values reach the grader as strings
-    view = memoryview(struct.pack('>I', len(data)) + data)
-    end = time.monotonic() + timeout_s
-    while view:
-      _, ready, _ = select.select([], [self.w], [], max(0.0, end - time.monotonic()))
-      if not ready:
-        raise TimeoutError('worker did not read its task')
-      view = view[os.write(self.w, view) :]
-
-  def read_frames(self) -> list[dict] | None:
-    """Reads what is available; returns decoded frames, or None at EOF (the worker died)."""
-    try:
-      data = os.read(self.r, 1 << 20)
-    except OSError:
-      return None
-    if not data:
-      return None
-    self.buf += data
-    frames = []
-    while len(self.buf) >= 4:
-      (n,) = struct.unpack('>I', self.buf[:4])
-      if n > _MAX_FRAME:
-        raise ValueError(f'worker sent a {n}-byte frame')
-      if len(self.buf) < 4 + n:
-        break
-      frames.append(json.loads(bytes(self.buf[4 : 4 + n])))
-      del self.buf[: 4 + n]
-    return frames
-
-  def kill(self) -> None:
-    for sig_target in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), lambda: self.proc.kill()):
-      try:
-        sig_target()
-      except (ProcessLookupError, PermissionError, OSError):
-        pass
-    _kill_cgroup(self.cgroup)
-    try:
-      self.proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-      pass
-    for fd in (self.r, self.w):
-      try:
-        os.close(fd)
-      except OSError:
-        pass
-    _remove_cgroup(self.cgroup)
-    if self.tmpdir:
-      shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-  def exit_description(self) -> str:
-    try:
-      code = self.proc.wait(timeout=1)
-    except subprocess.TimeoutExpired:
-      return 'worker process stopped answering'
-    signum = -code if code < 0 else code - 128 if self.isolated else 0  # bubblewrap exits 128 + n for signal n
-    if signum in signal.valid_signals():
-      name = signal.Signals(signum).name if signum in set(signal.Signals) else str(signum)  # real-time ones: a number
-      return f'worker process killed by signal {name}'
-    return f'worker process exited with code {code} before it answered'
-
-
-def _runs_completion(w: _Worker) -> bool:
+def _runs_completion(w: workers.Worker) -> bool:
   """Whether `w` is running a code sample's own code (the `code` grader has loaded): what goes wrong there is the
   model's doing."""
   return w.job is not None and w.job.spec['kind'] == 'code' and w.job.spec['key'] in w.loaded
 
 
-def _lost(w: _Worker, category: str, why: str) -> core.GradeResult:
+def _lost(w: workers.Worker, category: str, why: str) -> core.GradeResult:
   """The result of the sample a worker failed on. Once a code sample's own code runs, a crash, a hang past the
   deadline or a malformed reply is the model's miss: a 0 as for code that raises, not a grader error that counts
   towards stopping the run."""
   if _runs_completion(w):
     return core.GradeResult(0.0, {}, (), {'passed': 0, 'exception': why})
   return core.failed(category, why)
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except OSError:
-    return True
-  return True
-
-
-def clean_stale() -> int:
-  """Removes the cgroups and temp dirs of grading pools whose process is gone (a `kill -9` of rftjax leaves them
-  behind: nothing runs at the death of a killed process). Names carry the owner's pid. Returns how many went."""
-  count = 0
-  cgroups = list(_CGROUP_ROOT.glob('rftjax-grader-*')) if _CGROUP_ROOT.is_dir() else []
-  for path in cgroups + list(pathlib.Path(tempfile.gettempdir()).glob('rftjax-grader-*')):
-    try:
-      owner = int(path.name.split('-')[2])
-    except (IndexError, ValueError):
-      continue
-    if _alive(owner):
-      continue
-    if path.parent == _CGROUP_ROOT:
-      _kill_cgroup(path)
-      _remove_cgroup(path)
-    else:
-      shutil.rmtree(path, ignore_errors=True)
-    count += not path.exists()
-  return count
-
-
-def _cgroups_writable() -> bool:
-  return (_CGROUP_ROOT / 'cgroup.procs').exists() and os.access(_CGROUP_ROOT, os.W_OK)
-
-
-def _make_cgroup() -> pathlib.Path | None:
-  """A pids cgroup capping the worker's tasks (a fork bomb stops at the cap), where the kernel lets us."""
-  if not _cgroups_writable():
-    return None
-  path = _CGROUP_ROOT / f'rftjax-grader-{os.getpid()}-{next(_counter)}'
-  try:
-    path.mkdir()
-    (path / 'pids.max').write_text(str(_MAX_TASKS_PER_WORKER))
-    return path
-  except OSError:
-    _remove_cgroup(path)
-    return None
-
-
-def _kill_cgroup(path: pathlib.Path | None) -> None:
-  if path is None:
-    return
-  for _ in range(50):
-    try:
-      pids = [int(p) for p in (path / 'cgroup.procs').read_text().split()]
-    except (OSError, ValueError):
-      return
-    if not pids:
-      return
-    for pid in pids:
-      try:
-        os.kill(pid, signal.SIGKILL)
-      except OSError:
-        pass
-    time.sleep(0.01)
-
-
-def _remove_cgroup(path: pathlib.Path | None) -> None:
-  if path is None:
-    return
-  for _ in range(100):
-    try:
-      path.rmdir()
-      return
-    except FileNotFoundError:
-      return
-    except OSError:
-      time.sleep(0.01)
 
 
 def _leaves(grader: core.Grader) -> list[core.Grader]:
@@ -348,8 +145,8 @@ class GradingPool:
     self.load_grace_s, self.budget_s, self.allow_unsandboxed = load_grace_s, budget_s, allow_unsandboxed
     self.response_format = response_format
     self.isolation = isolation_lib.probe()
-    clean_stale()
-    self._workers: list[_Worker] = []
+    workers.clean_stale()
+    self._workers: list[workers.Worker] = []
     self._jobs: queue.Queue = queue.Queue()
     self._model_threads = concurrent.futures.ThreadPoolExecutor(model_threads, thread_name_prefix='rftjax-judge')
     self._closed = False
@@ -368,12 +165,12 @@ class GradingPool:
       self._warned.add(grader.name)
       log.warning('grading with %r WITHOUT a sandbox (grading.allow_unsandboxed=True): its code can read and write '
                   'what this user can, and reach the network. %s', grader.name, self.isolation.reason)  # fmt: skip
-    elif _runs_code(grader) and os.geteuid() == 0 and not _cgroups_writable():
+    elif _runs_code(grader) and os.geteuid() == 0 and not workers.cgroups_writable():
       self._warned.add(grader.name)
       log.warning('grader %r runs code as root, where RLIMIT_NPROC does not bind and %s (a cgroup v1 pids hierarchy) '
                   'is not writable: nothing caps the processes its code starts (the audit hook refuses forks, but code '
                   'can get past it); run rftjax as a non-root user to forbid them (docs/graders.md, "Isolation")',
-                  grader.name, _CGROUP_ROOT)  # fmt: skip
+                  grader.name, workers.CGROUP_ROOT)  # fmt: skip
 
   # Public API ------------------------------------------------------------------------------------------------
   def submit(
@@ -522,8 +319,8 @@ class GradingPool:
       fut.cancel()
       return self._over_budget()
 
-  def _new_worker(self) -> _Worker:
-    return _Worker(self.memory_mb, self.disk_mb, self.isolation if self.isolation.available else None)
+  def _new_worker(self) -> workers.Worker:
+    return workers.Worker(self.memory_mb, self.disk_mb, self.isolation if self.isolation.available else None)
 
   def _run_sandbox(self, jobs: list[_SandboxJob], deadline: float = float('inf')) -> None:
     if not any(j.pending for j in jobs):
@@ -603,7 +400,7 @@ class GradingPool:
             self._end_current(w, core.failed(core.PYTHON_TIMEOUT, why))
           self._replace(slot, w)
 
-  def _accept(self, w: _Worker, frame: dict) -> None:
+  def _accept(self, w: workers.Worker, frame: dict) -> None:
     if not isinstance(frame, dict):
       raise TypeError(f'a reply is {type(frame).__name__}, expected an object')
     if 'loaded' in frame:
@@ -628,7 +425,7 @@ class GradingPool:
     if not w.chunk:
       w.chunk, w.job = None, None
 
-  def _end_current(self, w: _Worker, result: core.GradeResult) -> None:
+  def _end_current(self, w: workers.Worker, result: core.GradeResult) -> None:
     """The task the worker was on gets `result` (it failed, or it ran out its time); its unanswered successors go
     back to the front of the queue."""
     if not w.chunk:
@@ -638,7 +435,7 @@ class GradingPool:
     w.job.pending.extendleft(reversed(rest))
     w.chunk = []
 
-  def _replace(self, slot: int, w: _Worker) -> _Worker:
+  def _replace(self, slot: int, w: workers.Worker) -> workers.Worker:
     job = w.job
     if w.chunk:
       job.pending.extendleft(reversed(w.chunk))
