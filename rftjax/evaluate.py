@@ -54,14 +54,18 @@ def ks_to_report(n: int) -> list[int]:
 
 
 def summarize(rewards: np.ndarray, results_flat, threshold: float) -> dict:
-  """rewards [P, k] -> mean reward, pass@j for j in ks_to_report(k), graders.summarize(prefix='eval')."""
+  """rewards [P, k] -> mean reward, pass@j for j in ks_to_report(k), graders.summarize(prefix='eval'). The mean and
+  std leave out the samples an outage left without a verdict, as eval_reward_mean does; pass@j counts them as misses
+  (its estimator wants k samples a prompt)."""
   p, k = rewards.shape
   passed = (rewards >= threshold).sum(axis=1)
+  verdict = np.asarray([not r.metadata.get('discard') for r in results_flat], bool)
+  counted = rewards.reshape(-1)[verdict]
   out = {
     'num_prompts': int(p),
     'samples_per_prompt': int(k),
-    'reward_mean': float(rewards.mean()),
-    'reward_std': float(rewards.std()),
+    'reward_mean': float(counted.mean()) if counted.size else 0.0,
+    'reward_std': float(counted.std()) if counted.size else 0.0,
   }
   for j in ks_to_report(k):
     out[f'pass@{j}'] = float(np.mean([pass_at_k(k, int(c), j) for c in passed]))

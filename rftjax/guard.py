@@ -11,7 +11,8 @@ replaying the file after a resume rebuilds its counts exactly (metrics.jsonl is 
 Other records (a checkpoint's timing) are ignored. The six alarms (docs/guard.md):
 
   valid_reward_drop  valid_reward_mean below the best so far by more than min_delta and more than `sigmas` standard
-                     errors of the difference (from valid/num_graded), `patience` evaluations in a row
+                     errors of the difference (over valid/num_graded less valid/num_discarded gradings), `patience`
+                     evaluations in a row
   train_valid_gap    train_reward_mean (mean over the steps since the previous evaluation) - valid_reward_mean > gap,
                      `patience` evaluations in a row
   entropy_collapse   entropy < entropy_low x its start, on steps whose train_reward_mean < solved_reward,
@@ -35,6 +36,8 @@ import math
 import shlex
 
 import ml_collections
+
+from rftjax import metrics as metrics_lib
 
 KINDS = ('valid_reward_drop', 'train_valid_gap', 'entropy_collapse', 'entropy_blowup', 'length_pinned', 'no_signal')
 # only direct evidence stops a run: validation (what ranks checkpoints) falling, or a policy more random than the model
@@ -108,7 +111,7 @@ def _steps(pairs) -> str:
 
 def _fresh() -> dict:
   return {
-    'best': None,  # [valid_reward_mean, step, valid/num_graded] of the best evaluation so far (later on ties)
+    'best': None,  # [valid_reward_mean, step, gradings it is over] of the best evaluation so far (later on ties)
     'window': [0.0, 0, None],  # train_reward_mean sum, count and first step since the previous evaluation
     'start': {'entropy': [], 'truncated_frac': []},  # [step, value] of the first START_STEPS training steps
     'runs': {k: {'n': 0, 'seen': []} for k in KINDS},  # each alarm's current run of bad records: length, last few
@@ -319,7 +322,7 @@ class Guard:
             {'train_reward_mean': train, 'valid_reward_mean': value, 'gap': train - value, 'evals': run},
           )
         )
-    best, graded = s['best'], _finite(record.get('valid/num_graded'))
+    best, graded = s['best'], _finite(metrics_lib.num_verdicts(record))
     if best is None or value >= best[0]:
       s['best'] = [value, step, graded]
       self._count('valid_reward_drop', False, step, value, self.patience)

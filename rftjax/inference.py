@@ -303,9 +303,14 @@ class Validation:
     if missed:
       self.format_said = True
       log.warning('%s (said once: valid/response_format_valid in metrics.jsonl is the share each time)', missed)
-    if any(r.errors for r in results):  # too few to stop the run, but each one scores 0
+    if any(r.errors for r in results):  # too few to stop the run, but each one scores 0 or is left out
       line = graders.failure_line(results, self.max_error_share, self.grader)
-      log.warning('validation at step %d: %s; they score 0 (every completion is in %s)', step, line, samples)
+      failed, out = sum(1 for r in results if r.errors), int(m['valid/num_discarded'])
+      others = failed - out  # an outage's 0 says nothing of the checkpoint: out of the mean
+      fate = f'{out} left without a verdict (an outage) {"is" if out == 1 else "are"} out of valid_reward_mean'
+      fate = 'they score 0' if not out else fate + ('' if not others else f', the {others} other{"s" * (others > 1)}'
+                                                    f' score{"s" * (others == 1)} 0')  # fmt: skip
+      log.warning('validation at step %d: %s; %s (every completion is in %s)', step, line, fate, samples)
     self.run.sync(raise_errors=False)
     return m
 

@@ -102,6 +102,16 @@ def run_id(events: list[dict]) -> str | None:
   return None
 
 
+def num_verdicts(record: Mapping, split: str = 'valid') -> float | None:
+  """How many gradings a line's `<split>_reward_mean` is over: `<split>/num_graded` less `<split>/num_discarded`
+  (left out of the mean: an outage's 0 says nothing of the completion). None when the line has no count."""
+  graded = record.get(f'{split}/num_graded')
+  if isinstance(graded, bool) or not isinstance(graded, (int, float)):
+    return None
+  discarded = record.get(f'{split}/num_discarded')
+  return float(graded) - (float(discarded) if isinstance(discarded, (int, float)) else 0.0)
+
+
 def _grader_names(grader: Any) -> tuple[str | None, str | None, dict[str, str]]:
   """(name, type) of the run's grader and {sub-grader name: type} of a multi grader, from its spec."""
   grader = errors.plain(grader)

@@ -120,7 +120,7 @@ def to_global(mesh, x: np.ndarray):
 
 
 # metrics that count over the batch (a host's count is its share: the batch's is the sum over hosts)
-COUNTS = ('num_graded', 'tools/errors/', 'tools/discarded_rollouts', 'tools/outputs_clipped')
+COUNTS = ('num_graded', 'num_discarded', 'tools/errors/', 'tools/discarded_rollouts', 'tools/outputs_clipped')
 
 
 def allmean(values: dict[str, float]) -> dict[str, float]:

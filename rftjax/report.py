@@ -74,7 +74,7 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   train = [r for r in records if r.get('train_reward_mean') is not None]
   valid = [r for r in records if r.get('valid_reward_mean') is not None]
   valid_by_step = {int(r['step']): float(r['valid_reward_mean']) for r in valid}
-  graded_by_step = {int(r['step']): r.get('valid/num_graded') for r in valid}
+  graded_by_step = {int(r['step']): metrics_lib.num_verdicts(r) for r in valid}
 
   out: dict[str, Any] = {'workdir': str(workdir)}
   out['steps_logged'] = max((int(r['step']) for r in train), default=0)

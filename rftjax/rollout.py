@@ -364,11 +364,12 @@ def signal_rewards(r: Rollout, gdpo_weights=()) -> np.ndarray:
 def rollout_metrics(r: Rollout, g: int, prefix: str = 'train', tools: tuple = (), gdpo_weights=()) -> dict[str, float]:
   m = graders.summarize(r.results, prefix=prefix)
   keep = grpo.dynamic_sampling_keep(signal_rewards(r, gdpo_weights), g)
+  verdict = np.asarray([not res.metadata.get('discard') for res in r.results], bool)  # the mean's rows (summarize)
   m.update(episodes_lib.metrics([episodes_lib.record(e) for e in r.episodes], tools=tools))
   m.update(
     {
       'discarded_frac': float(r.discard.mean()),
-      f'{prefix}_reward_std': float(r.rewards.std()),
+      f'{prefix}_reward_std': float(r.rewards[verdict].std()) if verdict.any() else 0.0,
       'zero_std_group_frac': float(1.0 - keep.mean()),
       'completion_len_mean': float(r.lengths.mean()),
       'completion_len_max': float(r.lengths.max()),

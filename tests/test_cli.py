@@ -97,6 +97,13 @@ def test_summary_pass_at_k_small_case():
   assert s['reward_mean'] == pytest.approx(3.5 / 12)
   assert s['eval_reward_mean'] == pytest.approx(3.5 / 12)
   assert evaluate.summarize(rewards, results, threshold=0.5)['pass@4'] == pytest.approx(1.0)
+  # the judge was down for the third prompt's 0.5: out of the means, a miss in pass@j
+  results[-1] = graders.core.failed(graders.core.MODEL_SERVER, 'HTTP 503 (4 attempts)', discard=True)
+  rewards[2, 3] = 0.0
+  s = evaluate.summarize(rewards, results, threshold=0.5)
+  assert s['reward_mean'] == s['eval_reward_mean'] == pytest.approx(3 / 11) and s['eval/num_discarded'] == 1
+  assert s['reward_std'] == pytest.approx(np.std([1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0]))
+  assert s['pass@4'] == pytest.approx(2 / 3)
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------

@@ -405,6 +405,23 @@ def test_summarize_and_check_failures():
   assert 'item' in str(e.value) and len(e.value.errors) == 2
 
 
+def test_results_an_outage_left_without_a_verdict_are_out_of_the_means():
+  """A judge down for 2 of 8 validation answers scored them 0: the checkpoint's valid_reward_mean fell by a quarter
+  for nothing the model did, and could lose its rank. Out of the mean (as out of the loss), counted apart."""
+  from rftjax import metrics
+
+  ok = [graders.GradeResult(r, {'a': r}, ()) for r in (1.0, 1.0, 0.5, 0.0, 1.0, 0.5)]
+  down = [core.failed(core.MODEL_SERVER, 'HTTP 503 (4 attempts)', discard=True)] * 2
+  s = graders.summarize(ok[:3] + down[:1] + ok[3:] + down[1:], prefix='valid')
+  assert s['valid_reward_mean'] == pytest.approx(4.0 / 6) and s['valid/grader/a'] == pytest.approx(4.0 / 6)
+  assert (s['valid/num_graded'], s['valid/num_discarded']) == (8.0, 2.0)
+  assert s['valid/error_rate'] == pytest.approx(0.25) and s['valid/errors/model_grader_server'] == pytest.approx(0.25)
+  assert metrics.num_verdicts(s) == 6.0 and metrics.num_verdicts({'valid/num_graded': 8}) == 8.0  # older lines
+  assert metrics.num_verdicts({'step': 3}) is None
+  every = graders.summarize(down, prefix='valid')
+  assert every['valid_reward_mean'] == 0.0 and every['valid/num_discarded'] == 2.0
+
+
 # model graders ---------------------------------------------------------------------------------------------------
 class _Judge(local_http.Handler):
   replies: dict = {}
@@ -796,3 +813,37 @@ def test_cli_shows_progress_on_long_data(tmp_path):
   shown = [32, 64, 128, 192, 256, 320, 384, 448, 480, 544, 600]  # the first call past each tenth
   assert out.stderr.splitlines() == [f'grading: {n}/600' for n in shown], out.stderr
   assert json.loads(out.stdout)['grade_reward_mean'] == pytest.approx(2 / 3)
+
+
+def test_validation_says_which_failed_gradings_are_out_of_its_mean(tmp_path, monkeypatch, caplog):
+  """Validation's warning said every failed grading 'scores 0'; one a judge's outage left without a verdict is out
+  of valid_reward_mean (test_results_an_outage_left_without_a_verdict_are_out_of_the_means)."""
+  import types
+
+  from rftjax import inference
+
+  ok = [graders.GradeResult(r) for r in (1.0, 0.0, 1.0)]
+  down = core.failed(core.MODEL_SERVER, 'HTTP 503 (4 attempts)', discard=True)
+  graded = [({'text': 'x', 'tokens': [1]}, r) for r in [*ok, down]]
+  broken = core.failed(core.MODEL_PARSE, 'no number in the reply')
+  monkeypatch.setattr(inference, 'evaluate', lambda *a, **k: graded)
+  written = []
+  run = types.SimpleNamespace(local=tmp_path, sync=lambda **k: 0)
+  writer = types.SimpleNamespace(write=written.append)
+  examples = [types.SimpleNamespace(source=f'v.jsonl:{i}', item={}, messages=[]) for i in range(4)]
+  monkeypatch.setattr(inference.data_lib, 'reference', lambda ex: {})
+  judge = graders.build({'type': 'string_check', 'name': 'judge', 'input': OUT, 'reference': 'x', 'operation': 'eq'})
+  v = inference.Validation(types.SimpleNamespace(tools=()), 4, [[1]] * 4, examples, None, judge, None, None, 0,
+                           writer, run)  # fmt: skip
+  with caplog.at_level('WARNING', logger='rftjax'):
+    m = v(None, 3)
+  assert m['valid_reward_mean'] == pytest.approx(2 / 3) and m['valid/num_discarded'] == 1 and written == [m]
+  (said,) = [r.getMessage() for r in caplog.records if 'validation at step 3' in r.getMessage()]
+  assert said.startswith('validation at step 3: 1 of 4 gradings failed')
+  assert '; 1 left without a verdict (an outage) is out of valid_reward_mean (every completion is in' in said
+  graded[1] = ({'text': 'x', 'tokens': [1]}, broken)  # and a judge's reply without a score: a 0 that counts
+  caplog.clear()
+  with caplog.at_level('WARNING', logger='rftjax'):
+    assert v(None, 4)['valid_reward_mean'] == pytest.approx(2 / 3)
+  (said,) = [r.getMessage() for r in caplog.records if 'validation at step 4' in r.getMessage()]
+  assert '; 1 left without a verdict (an outage) is out of valid_reward_mean, the 1 other scores 0 (every' in said

@@ -118,6 +118,10 @@ def test_the_drop_margin_grows_with_the_noise_of_small_validation_sets():
   assert 'more than 0.1696 below the best 0.5 (step 0)' in alarms[0].message
   # sigmas=0: min_delta alone, and the first three 0.35s already count
   assert fired(guard.Guard(make_cfg(sigmas=0), max_new_tokens=32), stream) == [(30, 'valid_reward_drop')]
+  # half of each evaluation left out for a judge's outage (valid/num_discarded): 50 answers, not 100, so
+  # 2.5 * sqrt(.25/50 + .3*.7/50) = 0.2398 > 0.2, and 0.3 is noise too
+  halved = [{**r, 'valid/num_discarded': 50.0} for r in stream]
+  assert fired(guard.Guard(make_cfg(), max_new_tokens=32), halved) == []
 
 
 def test_a_flat_noisy_validation_curve_rarely_alarms():

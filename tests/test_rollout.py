@@ -156,6 +156,11 @@ def test_discarded_rollouts_get_no_loss_and_move_no_advantage(advantage, scale):
   np.testing.assert_allclose(kept, expected, rtol=1e-4)
   np.testing.assert_array_equal(np.asarray(batch.advantages)[[2, 5]], [0, 0])
   assert rollout.rollout_metrics(r, 4)['discarded_frac'] == 0.25
+  # row 5's grader gave no verdict: out of the reward mean and std (row 2, graded after its tool failed, is in both)
+  m = rollout.rollout_metrics(r, 4)
+  counted = np.delete(r.rewards, 5)
+  assert m['train/num_discarded'] == 1.0 and m['train_reward_mean'] == pytest.approx(counted.mean())
+  assert m['train_reward_std'] == pytest.approx(counted.std()) and counted.std() != pytest.approx(r.rewards.std())
 
 
 @pytest.mark.parametrize('advantage,scale', [('grpo', 'batch'), ('gdpo', 'batch')])

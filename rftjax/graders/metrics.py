@@ -19,25 +19,30 @@ class GradingFailed(RuntimeError):
 def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dict[str, float]:
   """Scalars for the metrics writer.
 
-  {prefix}_reward_mean, {prefix}/grader/<name> (mean of each multi sub-grader over every result, as the reward's: 0
-  where it has none, a response-format miss), {prefix}/errors/<category>
+  {prefix}_reward_mean, {prefix}/grader/<name> (mean of each multi sub-grader over the results not discarded, as the
+  reward's: 0 where it has none, a response-format miss), {prefix}/num_discarded (results an outage of a judge or
+  endpoint, or the step's grading budget, left without a verdict: metadata["discard"]; a 0 there says nothing of the
+  completion, so they are left out of those means as they are out of the loss), {prefix}/errors/<category>
   (share of gradings with at least one error of that category, every category present, 0 when none),
   {prefix}/error_rate, {prefix}/grading_latency_s_mean and _max (over results that report a latency: sandbox
   and model graders), {prefix}/num_graded, and with a response format {prefix}/response_format_valid (the share of
   completions that matched it).
   """
   n = len(results)
+  kept = [r for r in results if not (r.metadata or {}).get('discard')]
   out: dict[str, float] = {
-    f'{prefix}_reward_mean': sum(r.reward for r in results) / n if n else 0.0,
+    f'{prefix}_reward_mean': sum(r.reward for r in kept) / len(kept) if kept else 0.0,
     f'{prefix}/num_graded': float(n),
+    f'{prefix}/num_discarded': float(n - len(kept)),
   }
   sub_sum: dict[str, float] = collections.defaultdict(float)
   errors = collections.Counter()
   any_error = 0
   latencies = []
-  for r in results:
+  for r in kept:
     for name, value in r.sub_rewards.items():
       sub_sum[name] += value
+  for r in results:
     if r.errors:
       any_error += 1
       for category in {e.category for e in r.errors}:
@@ -49,7 +54,7 @@ def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dic
     if lat is not None:
       latencies.append(float(lat))
   for name in sub_sum:
-    out[f'{prefix}/grader/{name}'] = sub_sum[name] / n
+    out[f'{prefix}/grader/{name}'] = sub_sum[name] / len(kept)
   for category in core.CATEGORIES:
     out[f'{prefix}/errors/{category}'] = errors[category] / n if n else 0.0
   out[f'{prefix}/error_rate'] = any_error / n if n else 0.0
