@@ -166,6 +166,15 @@ def test_timeouts_and_refused_connections_are_discarded(url):
   assert dead.errors[0].message.startswith('cannot reach http://127.0.0.1:9/grade')
 
 
+def test_the_grading_budget_names_the_server_that_did_not_answer(url):
+  """A budget that ran out on a slow endpoint said python_grader_timeout, a category for code: it is the server's."""
+  with graders.GradingPool(num_workers=1, timeout_s=5, budget_s=0.2) as pool:
+    (late,) = pool.grade(graders.build(spec(url)), ['slow'], [{}])
+  assert late.metadata['discard'] is True and [e.category for e in late.errors] == ['endpoint_grader']
+  assert late.errors[0].message == "the step's grading budget of 0.2 s ran out before this sample was graded " \
+                                   '(grading.step_budget_s)'  # fmt: skip
+
+
 @pytest.mark.parametrize(
   'text, message',
   [

@@ -299,25 +299,27 @@ class GradingPool:
       for k, job in sandbox_jobs.items():
         per_leaf[k] = [job.results[i] for i in range(len(samples))]
     for k, futs in model_futs.items():
-      per_leaf[k] = [self._judged(f, deadline) for f in futs]
+      over = core.ENDPOINT if leaves[k].type == 'endpoint' else core.MODEL_SERVER  # its server did not answer in time
+      per_leaf[k] = [self._judged(f, deadline, over) for f in futs]
     if hasattr(grader, 'combine'):
       return grader.combine(per_leaf)
     return per_leaf[0]
 
-  def _over_budget(self) -> core.GradeResult:
-    """A sample the budget left ungraded: discarded from the loss, as an outage's (it says nothing of the policy)."""
+  def _over_budget(self, category: str = core.PYTHON_TIMEOUT) -> core.GradeResult:
+    """A sample the budget left ungraded: discarded from the loss, as an outage's (it says nothing of the policy).
+    `category`: the grader's timeout (python_grader_timeout; a judge's or endpoint's server that had not answered)."""
     if self.budget_label:
-      return core.failed(core.PYTHON_TIMEOUT, f'the grading budget ({self.budget_label}) ran out before this sample '
-                         'was graded', discard=True)  # fmt: skip
-    return core.failed(core.PYTHON_TIMEOUT, f"the step's grading budget of {self.budget_s:g} s ran out before this "
-                       'sample was graded (grading.step_budget_s)', discard=True)  # fmt: skip
+      return core.failed(category, f'the grading budget ({self.budget_label}) ran out before this sample was graded',
+                         discard=True)  # fmt: skip
+    return core.failed(category, f"the step's grading budget of {self.budget_s:g} s ran out before this sample was "
+                       'graded (grading.step_budget_s)', discard=True)  # fmt: skip
 
-  def _judged(self, fut: concurrent.futures.Future, deadline: float) -> core.GradeResult:
+  def _judged(self, fut: concurrent.futures.Future, deadline: float, category: str) -> core.GradeResult:
     try:
       return fut.result(timeout=max(0.0, deadline - time.monotonic()) if deadline != float('inf') else None)
     except concurrent.futures.TimeoutError:
       fut.cancel()
-      return self._over_budget()
+      return self._over_budget(category)
 
   def _new_worker(self) -> workers.Worker:
     return workers.Worker(self.memory_mb, self.disk_mb, self.isolation if self.isolation.available else None)
