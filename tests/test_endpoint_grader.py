@@ -22,7 +22,7 @@ class _Grader(local_http.Handler):
 
   seen: list = []
   attempts: collections.Counter = collections.Counter()
-  in_flight = 0
+  in_flight = most_in_flight = 0
   lock = threading.Lock()
 
   def do_POST(self):
@@ -34,6 +34,7 @@ class _Grader(local_http.Handler):
       cls.seen.append((arrived, self.path, body, dict(self.headers)))
       cls.attempts[text] += 1
       cls.in_flight += 1
+      cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
     try:
       self.behave(text, cls.attempts[text])
     except (BrokenPipeError, ConnectionResetError):  # the grader gave up waiting
@@ -76,7 +77,7 @@ class _Grader(local_http.Handler):
 
 @pytest.fixture
 def url():
-  _Grader.seen, _Grader.attempts, _Grader.in_flight = [], collections.Counter(), 0
+  _Grader.seen, _Grader.attempts, _Grader.in_flight, _Grader.most_in_flight = [], collections.Counter(), 0, 0
   with local_http.serving(_Grader, '/grade') as url:
     yield url
 
@@ -164,6 +165,15 @@ def test_timeouts_and_refused_connections_are_discarded(url):
   assert slow.errors[0].category == 'endpoint_grader' and 'within 0.2 s' in slow.errors[0].message
   assert dead.metadata['discard'] is True and dead.metadata['attempts'] == 4
   assert dead.errors[0].message.startswith('cannot reach http://127.0.0.1:9/grade')
+
+
+def test_model_threads_caps_the_requests_in_flight(url):
+  """grading.model_threads is the judge's or server's concurrency limit (trainer, preflight and evaluate pass it)."""
+  with graders.GradingPool(num_workers=1, timeout_s=5, model_threads=2) as pool:
+    t0 = time.monotonic()
+    results = pool.grade(graders.build(spec(url)), ['slow'] * 4, [{}] * 4)
+  assert [r.reward for r in results] == [0.0] * 4 and not any(r.errors for r in results)
+  assert _Grader.most_in_flight == 2 and time.monotonic() - t0 >= 1.0  # two rounds of 0.5 s
 
 
 def test_the_grading_budget_names_the_server_that_did_not_answer(url):
