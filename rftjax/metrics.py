@@ -43,18 +43,24 @@ _STEP_TIMING = {
 def read_jsonl(path: str | pathlib.Path, set_aside: bool = False, stepped: bool = False) -> list[dict]:
   """The records of a metrics file. A line that is not JSON (the torn end of a write a crash interrupted) is skipped
   with a warning; with `set_aside` it is appended to `<name>.torn` next to the file, so nothing is thrown away.
-  stepped (metrics.jsonl): a record without an integer "step" (a hand-edited line) is skipped alike."""
+  stepped (metrics.jsonl): a record without an integer "step" (a hand-edited line) is skipped alike. Without
+  `set_aside` (a reader of a run that may be live: report, plots) a last line that is not JSON and has no newline yet
+  is a line being written, and is left out without a word."""
   path = epath.Path(path)  # local or gs:// (report reads a run in a bucket)
   if not path.exists():
     return []
+  text = path.read_bytes().decode('utf-8', errors='replace')
+  lines = text.splitlines()
   records, torn = [], []
-  for n, line in enumerate(path.read_bytes().decode('utf-8', errors='replace').splitlines(), 1):
+  for n, line in enumerate(lines, 1):
     if not line.strip():
       continue
     try:
       record = json.loads(line)
     except ValueError:
       record = None
+      if n == len(lines) and not text.endswith('\n') and not set_aside:
+        continue
     step = record.get('step') if isinstance(record, dict) else None
     if isinstance(record, dict) and (not stepped or (isinstance(step, int) and not isinstance(step, bool))):
       records.append(record)

@@ -260,9 +260,15 @@ def test_a_torn_last_event_line_is_set_aside_and_skipped(tmp_path, caplog):
   torn = '{"object": "fine_tuning.job.event", "id": "ftevent-'
   with (tmp_path / 'events.jsonl').open('a') as f:
     f.write(torn)
-  job = report.openai_job(tmp_path)  # a reader skips it
+  job = report.openai_job(tmp_path)  # a reader skips it: without its newline it may be a line being written
   assert FineTuningJob.model_validate(job).status == 'running'
-  assert 'not a JSON object' in caplog.text
+  assert 'not a JSON object' not in caplog.text
+  with (tmp_path / 'metrics.jsonl').open('a') as f:  # a live run's next line, half written
+    f.write('{"step": 3, "train_reward_me')
+  assert [r['step'] for r in metrics.read_jsonl(tmp_path / 'metrics.jsonl')][-1] == 2 and caplog.text == ''
+  (tmp_path / 'metrics.jsonl').write_text((tmp_path / 'metrics.jsonl').read_text() + '\n')  # a crash's torn line
+  assert [r['step'] for r in metrics.read_jsonl(tmp_path / 'metrics.jsonl')][-1] == 2
+  assert 'metrics.jsonl:' in caplog.text and 'not a JSON object (a write cut short by a crash?); skipped' in caplog.text
   w = metrics.MetricsWriter(tmp_path, resume_step=2, tensorboard=False)
   w.event('Resumed from step 2')
   w.close()
