@@ -191,10 +191,11 @@ class Guard:
     if 'truncated_frac' in record:
       alarms += self._length(step, _finite(record['truncated_frac']), _finite(record.get('completion_len_mean')))
     if 'zero_std_group_frac' in record and self.no_signal_steps > 0:
-      alarms += self._no_signal(step, _finite(record['zero_std_group_frac']), reward)
+      alarms += self._no_signal(step, _finite(record['zero_std_group_frac']), reward,
+                                _finite(record.get('truncated_frac')))  # fmt: skip
     return alarms
 
-  def _no_signal(self, step: int, share: float | None, reward: float | None) -> list[Alarm]:
+  def _no_signal(self, step: int, share: float | None, reward: float | None, cut: float | None) -> list[Alarm]:
     # every group of G completions scored alike: GRPO's advantages are all 0, so the step changed nothing. A run of
     # such steps trains to its end on nothing (a reference the grader can never match, a task already solved)
     run = self._count('no_signal', share is not None and share >= 1 - _EPS, step, reward, self.no_signal_steps)
@@ -202,7 +203,10 @@ class Guard:
       return []
     rewards = [r for _, r in run if r is not None]
     mean = sum(rewards) / len(rewards) if rewards else None
-    what = ('every completion scored 0: check the grader against a few of them (python -m rftjax.grade --sample=...) '
+    cut_short = mean == 0 and cut is not None and cut >= 1 - _EPS  # no answer got to its end
+    what = (f'every completion scored 0 and ran to max_new_tokens={self.max_new_tokens} without stopping: answers cut '
+            'short score 0; raise sampling.max_new_tokens (or ask the prompts for shorter answers)' if cut_short else
+            'every completion scored 0: check the grader against a few of them (python -m rftjax.grade --sample=...) '
             'and the references, or the task is out of reach for this model' if mean == 0 else
             'every completion scored 1: the task is already solved for these prompts' if mean == 1 else
             "each prompt's completions all pass or all fail: more num_generations, a higher sampling.temperature "
@@ -214,7 +218,7 @@ class Guard:
         f'every group of completions got one reward at {_steps(run)} (zero_std_group_frac 1, train_reward_mean '
         f'{_f(mean)}): no advantage, so no gradient and nothing learnt; {what} (guard.no_signal_steps='
         f'{self.no_signal_steps})',
-        {'train_reward_mean': mean, 'steps': [run[0][0], step]},
+        {'train_reward_mean': mean, 'truncated_frac': cut, 'steps': [run[0][0], step]},
       )
     ]
 

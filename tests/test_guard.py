@@ -324,6 +324,13 @@ def test_no_signal_fires_when_every_group_scored_alike_for_no_signal_steps():
   (alarm,) = [a for r in stream for a in g.observe(r)]
   assert alarm.step == 5 and 'every completion scored 1: the task is already solved' in alarm.message
   assert not guard.Guard(make_cfg(no_signal_steps=0), 8).replay(zeros)
+  # every completion cut off at max_new_tokens (sampling.max_new_tokens=4 for arithmetic answers): the cause is
+  # the length, not the grader; length_pinned stays quiet on a run pinned from its first step
+  cut = [train(s, reward=0.0, zero_std=1.0, truncated=1.0) for s in range(1, 6)]
+  (alarm,) = guard.Guard(make_cfg(), max_new_tokens=4).replay(cut)
+  assert alarm.kind == 'no_signal' and alarm.data['truncated_frac'] == 1.0
+  assert 'every completion scored 0 and ran to max_new_tokens=4 without stopping: answers cut short score 0; raise ' \
+         'sampling.max_new_tokens' in alarm.message  # fmt: skip
 
 
 # ---- one stream with every alarm: stop flags, resume ------------------------------------------------------------
