@@ -824,7 +824,7 @@ def test_validation_says_which_failed_gradings_are_out_of_its_mean(tmp_path, mon
 
   ok = [graders.GradeResult(r) for r in (1.0, 0.0, 1.0)]
   down = core.failed(core.MODEL_SERVER, 'HTTP 503 (4 attempts)', discard=True)
-  graded = [({'text': 'x', 'tokens': [1]}, r) for r in [*ok, down]]
+  graded = [({'text': 'x', 'tokens': [1], 'truncated': i == 1}, r) for i, r in enumerate([*ok, down])]
   broken = core.failed(core.MODEL_PARSE, 'no number in the reply')
   monkeypatch.setattr(inference, 'evaluate', lambda *a, **k: graded)
   written = []
@@ -838,10 +838,15 @@ def test_validation_says_which_failed_gradings_are_out_of_its_mean(tmp_path, mon
   with caplog.at_level('WARNING', logger='rftjax'):
     m = v(None, 3)
   assert m['valid_reward_mean'] == pytest.approx(2 / 3) and m['valid/num_discarded'] == 1 and written == [m]
+  kept = [json.loads(line) for line in (tmp_path / 'samples' / 'valid_step000003.jsonl').open()]
+  assert [r['truncated'] for r in kept] == [False, True, False, False] and m['valid_truncated_frac'] == 0.25
   (said,) = [r.getMessage() for r in caplog.records if 'validation at step 3' in r.getMessage()]
   assert said.startswith('validation at step 3: 1 of 4 gradings failed')
   assert '; 1 left without a verdict (an outage) is out of valid_reward_mean (every completion is in' in said
-  graded[1] = ({'text': 'x', 'tokens': [1]}, broken)  # and a judge's reply without a score: a 0 that counts
+  graded[1] = (
+    {'text': 'x', 'tokens': [1], 'truncated': False},
+    broken,
+  )  # and a judge's reply without a score: a 0 that counts
   caplog.clear()
   with caplog.at_level('WARNING', logger='rftjax'):
     assert v(None, 4)['valid_reward_mean'] == pytest.approx(2 / 3)
