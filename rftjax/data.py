@@ -226,8 +226,9 @@ def encode_prompts(
   if too_long and skip_long:
     shown = ', '.join(source for source, _, _ in too_long[:5]) + (', ...' if len(too_long) > 5 else '')
     log.warning(
-      'skipped %d prompts longer than config.data.max_prompt_len=%d (config.data.skip_long_prompts): %s (the longest '
-      '%d tokens)', len(too_long), max_prompt_len, shown, max(t for _, t, _ in too_long),
+      'skipped %d prompt%s longer than config.data.max_prompt_len=%d (config.data.skip_long_prompts): %s (the '
+      'longest %d tokens)', len(too_long), 's' * (len(too_long) > 1), max_prompt_len, shown,
+      max(t for _, t, _ in too_long),
     )  # fmt: skip
     skipped = {source for source, _, _ in too_long}
     return [None if ex.source in skipped else ids for ex, ids in zip(examples, out)]

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import sys
 
@@ -33,6 +34,8 @@ from rftjax import runfs
 from rftjax import sample as sample_cli
 from rftjax import tool_server
 from rftjax import tools
+
+log = logging.getLogger('rftjax')
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -173,9 +176,23 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     tools.check_data_tools([(ex.source, ex.item) for ex in examples], specs, every_tool_offered=False)
     tools.check_env(specs, '--tools' if args.tools else 'config.tools')
   ids = []  # encoded once the tokenizer is there, before the weights load: a bad prompt fails first
-  loaded = sample_cli.load_from_args(
-    args, before=lambda config, tok: ids.extend(data_lib.encode_prompts(examples, tok, response_format=fmt))
-  )
+  data_config = (run_config.get('data') or {}) if run_config else {}
+  limit, skip = data_config.get('max_prompt_len'), bool(data_config.get('skip_long_prompts'))
+
+  def encode(config, tok):
+    encoded = data_lib.encode_prompts(examples, tok, limit if skip else None, response_format=fmt, skip_long=skip)
+    if skip:  # as the run's validation left them out: the same data gives its valid_reward_mean
+      examples[:], encoded = data_lib.fitting(examples, encoded, '--data')
+    longer = [len(p) for p in encoded if limit and len(p) > limit]
+    if longer:
+      log.warning(
+        "--data: %d prompt%s longer than the run's config.data.max_prompt_len=%d (the longest %d tokens): it "
+        'trained on none this long; evaluated all the same', len(longer), ' is' if len(longer) == 1 else 's are',
+        limit, max(longer),
+      )  # fmt: skip
+    ids.extend(encoded)
+
+  loaded = sample_cli.load_from_args(args, before=encode)
   out = epath.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
   if not args.out:
     check_out(out, f'{out} (the default --out)')

@@ -277,6 +277,31 @@ def test_evaluate_writes_graded_samples_and_pass_at_k(run_dir, tmp_path, in_repo
     assert summary[f'pass@{k}'] == pytest.approx(want)
 
 
+def test_evaluate_takes_the_runs_prompt_length_limit(run_dir, tmp_path, in_repo, capsys, caplog, monkeypatch):
+  """A run with data.skip_long_prompts left its long validation prompts out; evaluate graded them all, so the same
+  data did not give the run's valid_reward_mean. Without the skip, a prompt longer than the run's limit is said."""
+  import shutil
+
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  long = {'messages': [{'role': 'user', 'content': 'Largest digit: ' + ' '.join('3' * 30)}], 'answer': '3'}
+  data = write_jsonl(tmp_path / 'mixed.jsonl', [PROMPTS[0], long, PROMPTS[2]])
+  with caplog.at_level('WARNING', logger='rftjax'):
+    assert evaluate.main([f'--workdir={run_dir}', f'--data={data}', '--num_workers=1', f'--out={tmp_path / "a"}']) == 0
+  assert len(read_jsonl(tmp_path / 'a')) == 3
+  (said,) = [m for m in caplog.messages if m.startswith('--data: ')]
+  assert said.startswith("--data: 1 prompt is longer than the run's config.data.max_prompt_len=20 (the longest ")
+  skipping = tmp_path / 'skipping'
+  shutil.copytree(run_dir, skipping)
+  config = json.loads((skipping / 'config.json').read_text())
+  config['data']['skip_long_prompts'] = True
+  (skipping / 'config.json').write_text(json.dumps(config))
+  caplog.clear()
+  with caplog.at_level('WARNING', logger='rftjax'):
+    assert evaluate.main([f'--workdir={skipping}', f'--data={data}', '--num_workers=1', f'--out={tmp_path / "b"}']) == 0
+  assert [r['source'] for r in read_jsonl(tmp_path / 'b')] == [f'{data}:1', f'{data}:3']
+  assert any(m.startswith('skipped 1 prompt longer than config.data.max_prompt_len=20') for m in caplog.messages)
+
+
 def test_evaluate_of_a_run_samples_as_its_validation_did(tmp_path, in_repo, capsys, monkeypatch):
   """A run whose validation sampled (eval_samples 4 at eval_temperature 1, sampling.top_k 2, a bfloat16 KV cache):
   `evaluate --samples=4` with no other flag gives its validation's reward. Before, it sampled without top-k (0.105

@@ -1056,7 +1056,7 @@ def test_long_prompts_can_be_skipped_instead_of_stopping_the_run(tmp_path, in_re
     run(tmp_path, 'strict', 1, **{'data.train': str(train)})
   with caplog.at_level('WARNING', logger='rftjax'):
     workdir = run(tmp_path, 'skip', 1, **{'data.train': str(train), 'data.skip_long_prompts': True})
-  assert any(m.startswith('skipped 1 prompts longer than config.data.max_prompt_len=20') for m in caplog.messages)
+  assert any(m.startswith('skipped 1 prompt longer than config.data.max_prompt_len=20') for m in caplog.messages)
   assert [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_reward_mean' in r] == [1]
   # the file cut under the same name: the saved data position would point at other prompts (it resumed silently)
   train.write_text('\n'.join(lines[:10]) + '\n')
