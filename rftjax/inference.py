@@ -278,16 +278,14 @@ class Validation:
       **graders.summarize(results, prefix='valid'),
       **episodes.metrics([c.get('transcript') for c, _ in rows], 'valid/', self.sampler.tools),
       'valid_completion_len_mean': sum(len(c['tokens']) for c, _ in rows) / max(len(rows), 1),
-      'valid_truncated_frac': sum(c['truncated'] for c, _ in rows)
-      / max(len(rows), 1),  # cut off: its 0 is the length's
+      'valid_truncated_frac': sum(c['truncated'] for c, _ in rows) / max(len(rows), 1),  # ran to max_new_tokens
       'timing/eval_s': time.perf_counter() - t0,
     }
     samples = pathlib.Path('samples') / f'valid_step{step:06d}.jsonl'
     if jax.process_index() == 0:
       records = [
         {'source': ex.source, 'item': data_lib.reference(ex), 'completion': c['text'], 'truncated': c['truncated'],
-         'reward': res.reward,
-         'sub_rewards': res.sub_rewards, 'errors': res.to_json()['errors'],
+         'reward': res.reward, 'sub_rewards': res.sub_rewards, 'errors': res.to_json()['errors'],
          **{k: res.metadata[k] for k in ('response_format_error',) if k in res.metadata},
          **({'transcript': c['transcript']} if 'transcript' in c else {})}
         for ex, (c, res) in zip(self.examples, rows)
