@@ -255,9 +255,13 @@ class MetricsWriter:
     if tensorboard:
       import tensorboardX  # optional at import time: only the writer needs it
 
-      # written out every 10 s and at each validation: a flush per step cost ~11 ms (a fifth of a tiny-demo step)
+      # written out every 10 s and at each validation: a flush per step cost ~11 ms (a fifth of a tiny-demo step).
+      # A queue of 1000 events, not 10: a put never waits on a writer thread that is failing (`_tb_writing`)
       self._tb = tensorboardX.SummaryWriter(
-        str(pathlib.Path(workdir) / 'tensorboard'), purge_step=resume_step + 1 if resumed else None, flush_secs=10
+        str(pathlib.Path(workdir) / 'tensorboard'),
+        purge_step=resume_step + 1 if resumed else None,
+        flush_secs=10,
+        max_queue=1000,
       )
 
   def write(self, record: dict) -> None:
@@ -276,9 +280,23 @@ class MetricsWriter:
         # NaN (no token to average: every row masked) is left out, as metrics.jsonl writes null: tensorboardX
         # would print a warning per value
         if key != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+          if not self._tb_writing(step):
+            return
           self._tb.add_scalar(key, value, step)
       if 'valid_reward_mean' in record:
         self._tb.flush()
+
+  def _tb_writing(self, step: int) -> bool:
+    """Whether TensorBoard's writer thread still runs. A write of its that fails (a full disk) ends it, and then
+    the next events fill its queue and block the trainer for good, deaf to SIGTERM (tensorboardX 2.6.5). So
+    TensorBoard stops there, said once; metrics.jsonl goes on, or fails with the disk's own error."""
+    worker = getattr(getattr(getattr(self._tb, 'file_writer', None), 'event_writer', None), '_worker', None)
+    if worker is None or worker.is_alive():
+      return True
+    log.warning('TensorBoard stopped at step %d: its writer thread failed (its error is above: a full disk?); '
+                'metrics.jsonl keeps every step', step)  # fmt: skip
+    self._tb = None  # closing it would block on the same queue
+    return False
 
   def event(self, message: str, level: str = 'info', data: dict | None = None) -> None:
     """Appends a "message" event. `data.step` defaults to the step of the last record written (the resume step
@@ -309,7 +327,7 @@ class MetricsWriter:
     if self.enabled:
       self._file.close()
       self._events.close()
-      if self._tb is not None:
+      if self._tb is not None and self._tb_writing(self._step):
         self._tb.close()
 
 

@@ -395,3 +395,34 @@ def test_tensorboard_leaves_out_what_metrics_jsonl_writes_as_null(tmp_path):
   w.write({'step': 1, 'loss': 0.0, 'kl': float('nan'), 'entropy': float('inf')})
   assert scalars == [('loss', 0.0, 1)]
   assert json.loads((tmp_path / 'metrics.jsonl').read_text()) == {'step': 1, 'loss': 0.0, 'kl': None, 'entropy': None}
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnhandledThreadExceptionWarning')  # the thread's own death
+def test_a_tensorboard_writer_that_died_does_not_block_the_run(tmp_path, caplog):
+  """A full disk under tensorboard/ ended tensorboardX's writer thread; the next events filled its queue of 10 and
+  the trainer hung for good, deaf to SIGTERM and Ctrl-C. TensorBoard now stops, said once; metrics.jsonl goes on."""
+  import errno
+  import threading
+
+  w = metrics.MetricsWriter(tmp_path, total_steps=TOTAL, grader=GRADER)
+  w.write({'step': 1, 'loss': 0.5})
+  events = w._tb.file_writer.event_writer
+
+  def full(event):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  events._ev_writer.write_event = full
+
+  def steps():
+    w.write({'step': 2, **{f'm{i}': 1.0 for i in range(40)}})  # the thread dies on one of these
+    events._worker.join(timeout=10)
+    w.write({'step': 3, **{f'm{i}': 1.0 for i in range(40)}})
+    w.close()
+
+  wrote = threading.Thread(target=steps, daemon=True)
+  with caplog.at_level('WARNING', logger='rftjax'):
+    wrote.start()
+    wrote.join(timeout=30)
+  assert not wrote.is_alive(), 'the writer blocked'
+  assert [r['step'] for r in metrics.read_jsonl(tmp_path / 'metrics.jsonl')] == [1, 2, 3]
+  assert [m for m in caplog.messages if m.startswith('TensorBoard stopped at step ')] != []
