@@ -93,9 +93,9 @@ def progress(label: str) -> Callable[[int, int], None]:
 
 
 def run(body: Callable[[], int]) -> int:
-  """Calls `body`; a UserError becomes `error: <message>` on stderr and exit status 2 (no traceback), Ctrl-C
-  `interrupted` and 130. When the reader of stdout goes away (`report ... | head`), the command stops quietly with
-  status 141."""
+  """Calls `body`; a UserError becomes `error: <message>` on stderr and exit status 2 (no traceback), a full or
+  read-only disk `error: cannot write <file>: ...` and 1, Ctrl-C `interrupted` and 130. When the reader of stdout
+  goes away (`report ... | head`), the command stops quietly with status 141."""
   try:
     status = body()
     sys.stdout.flush()  # here rather than at exit, so that a reader gone by then is handled below too
@@ -112,6 +112,12 @@ def run(body: Callable[[], int]) -> int:
     # Python flushes stdout again at exit and would report that failure too: send the rest nowhere.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return BROKEN_PIPE_EXIT_CODE
+  except OSError as e:  # a full or read-only disk: one line, as for bad input, but not status 2
+    line = errors.storage_line(e)
+    if line is None:
+      raise
+    print(f'error: {line}; make room (or write elsewhere) and run the command again', file=sys.stderr)
+    return errors.STORAGE_EXIT_CODE
 
 
 def _stdout_closed() -> bool:

@@ -278,9 +278,9 @@ def write_atomic(path: pathlib.Path, payload: str | bytes) -> None:
   try:
     tmp.write_bytes(payload.encode('utf-8') if isinstance(payload, str) else payload)
     tmp.replace(path)
-  except OSError:
+  except OSError as e:
     tmp.unlink(missing_ok=True)
-    raise
+    raise errors.named(e, path) from None
 
 
 class DataIterator:

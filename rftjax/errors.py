@@ -26,6 +26,23 @@ class ConfigError(UserError):
   """A `config.*` value or a command-line flag is unusable."""
 
 
+# A disk that is full, over quota or read-only: not a bug, and no traceback helps; the CLIs say it in one line.
+STORAGE_ERRNOS = frozenset({28, 122, 30})  # ENOSPC, EDQUOT, EROFS (Linux numbers: errno's names vary by platform)
+STORAGE_EXIT_CODE = 1
+
+
+def storage_line(e: OSError) -> str | None:
+  """'cannot write runs/x/metrics.jsonl: No space left on device' for a full or read-only disk, else None."""
+  if e.errno not in STORAGE_ERRNOS:
+    return None
+  return f'cannot write {e.filename or "a file"}: {e.strerror or e}'
+
+
+def named(e: OSError, path) -> OSError:
+  """`e` with `path` as its filename when it has none (a failed write or flush names no file)."""
+  return e if e.filename is not None else OSError(e.errno, e.strerror, str(path))
+
+
 def read_json_file(path, error: type[UserError], label: str | None = None):
   """The value in a JSON file (a local path or gs://). An unreadable file, invalid JSON or an object with a key
   twice raises `error`, its message starting with `label` (default: the path) and giving the line and column of bad

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -85,6 +87,8 @@ def write_folder(out, write: Callable[[pathlib.Path], Any], provenance: dict) ->
   it in `out`'s place. An interrupted or failed export leaves `out` as it was; a replaced export leaves none of
   its files behind (an adapter beside merged weights made transformers apply it on load)."""
   out = pathlib.Path(out).absolute()
+  if out.is_symlink():  # the export goes where the link points; renaming the link would leave the target stale
+    out = out.resolve()
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.partial-', dir=out.parent))
   old = out.parent / f'.{out.name}.old-{tmp.name.rsplit("-", 1)[-1]}'
@@ -95,10 +99,13 @@ def write_folder(out, write: Callable[[pathlib.Path], Any], provenance: dict) ->
     if out.exists():
       out.rename(old)
     tmp.rename(out)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
     if old.exists() and not out.exists():  # between the two renames: the earlier export goes back
       old.rename(out)
+    code = None if isinstance(e, OSError) else re.search(r'\(os error (\d+)\)', str(e))
+    if code:  # safetensors' own error for a full disk: an OSError, which the command says in one line
+      raise OSError(int(code[1]), os.strerror(int(code[1])), str(out)) from e
     raise
   shutil.rmtree(old, ignore_errors=True)
   return pathlib.Path(out)

@@ -269,8 +269,7 @@ class MetricsWriter:
       return
     self._step = int(record['step'])
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-    self._file.write(json.dumps(clean) + '\n')
-    self._file.flush()
+    _append(self._file, json.dumps(clean) + '\n')
     data = openai_metrics(record, total_steps=self.total_steps, grader=self.grader)
     if data is not None:
       self._append_event(_metrics_message(data), 'info', 'metrics', data)
@@ -320,15 +319,29 @@ class MetricsWriter:
       'data': _clean(data),
     }
     self._next_event += 1
-    self._events.write(json.dumps(event) + '\n')
-    self._events.flush()
+    _append(self._events, json.dumps(event) + '\n')
 
   def close(self) -> None:
     if self.enabled:
-      self._file.close()
-      self._events.close()
+      failed = None
+      for file in (self._file, self._events):
+        try:
+          file.close()
+        except OSError as e:  # the other file is closed all the same
+          failed = failed or errors.named(e, file.name)
+      if failed is not None:
+        raise failed
       if self._tb is not None and self._tb_writing(self._step):
         self._tb.close()
+
+
+def _append(file, line: str) -> None:
+  """One whole line, flushed; a failure names the file (a full disk: 'cannot write .../metrics.jsonl')."""
+  try:
+    file.write(line)
+    file.flush()
+  except OSError as e:
+    raise errors.named(e, file.name) from None
 
 
 def _rewrite(path: pathlib.Path, records: list[dict]) -> None:

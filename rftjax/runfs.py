@@ -132,6 +132,12 @@ def _holder(file) -> str | None:
   return None
 
 
+def _unwritable(folder, e: OSError) -> Exception:
+  from rftjax import errors
+
+  return errors.ConfigError(f'--workdir={folder}: cannot write there ({e.strerror or e})')
+
+
 def lock(folder: str | os.PathLike):
   """An exclusive lock on a local run folder for as long as the returned file stays open: two trainers in one
   folder would write over each other's checkpoints and logs. ConfigError naming the holder (process, host, start)
@@ -139,7 +145,10 @@ def lock(folder: str | os.PathLike):
   import datetime
   import socket
 
-  file = open(pathlib.Path(folder) / LOCK, 'a+')  # noqa: SIM115 - held open: that is the lock
+  try:
+    file = open(pathlib.Path(folder) / LOCK, 'a+')  # noqa: SIM115 - held open: that is the lock
+  except OSError as e:  # a read-only or full disk: before anything is written or loaded
+    raise _unwritable(folder, e) from None
   try:
     holder = _holder(file)
   except OSError as e:
@@ -148,11 +157,15 @@ def lock(folder: str | os.PathLike):
   if holder is not None:
     file.close()
     raise busy(folder, holder)
-  file.seek(0)
-  file.truncate()
   started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
-  file.write(f'process {os.getpid()} on {socket.gethostname()} (started {started})')
-  file.flush()
+  try:
+    file.seek(0)
+    file.truncate()
+    file.write(f'process {os.getpid()} on {socket.gethostname()} (started {started})')
+    file.flush()
+  except OSError as e:
+    file.close()
+    raise _unwritable(folder, e) from None
   return file
 
 

@@ -6,7 +6,8 @@ continues a finished run. `--openai_job` runs the body of an OpenAI `fine_tuning
 (docs/openai_jobs.md): --config gives defaults, the job overrides them, an explicit --config.x=y overrides both.
 `--verbosity=1` shows the libraries' INFO lines as well. Exit status:
   0    done
-  1    a checkpoint could not be written (a full disk, a bucket refusing writes): the line says what failed
+  1    a checkpoint or a run file could not be written (a full disk, a bucket refusing writes): the line says what
+       failed
   2    bad input: one `error:` line naming the config key, flag, file and line, or grader field; nothing written
   3    grading or tools broken: more than grading.max_error_share of a step's (or a validation's) gradings failed,
        or more than tools_max_error_share of its tool calls; one `error:` line naming the grader or tools, the
@@ -27,6 +28,7 @@ import signal
 import sys
 
 from rftjax import cli
+from rftjax import errors
 
 log = logging.getLogger('rftjax')
 
@@ -94,6 +96,12 @@ def main(argv=None, abandon_threads: bool = False) -> int:
     except checkpoint.SaveFailed as e:
       print(f'error: {e}', file=sys.stderr)
       return e.exit_code
+    except OSError as e:  # a run file on a full or read-only disk (metrics.jsonl, samples, config.json)
+      if errors.storage_line(e) is None:
+        raise
+      print(f'error: {errors.storage_line(e)}; make room and run the same command: the last checkpoint on disk is '
+            'where it resumes', file=sys.stderr)  # fmt: skip
+      return errors.STORAGE_EXIT_CODE
     except preemption.Preempted as e:
       log.warning('%s', e)
       return e.exit_code

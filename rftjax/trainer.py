@@ -398,29 +398,32 @@ def _job_events(writer, resumed_at: int | None, total_steps: int):
     writer.event(f'Fine-tuning job started: {total_steps} steps', data={'status': 'running'})
   else:
     writer.event(f'Resumed from step {resumed_at}', data={'status': 'running'})
+
+  def ended(*args, **kwargs):  # a full disk that ended the run must not hide its first error behind a second
+    with contextlib.suppress(OSError):
+      writer.event(*args, **kwargs)
+
   try:
     yield
   except preemption.Preempted as e:
     how = 'Ctrl-C' if e.exit_code == preemption.INTERRUPT_EXIT_CODE else 'preempted'
-    writer.event(f'Job stopped at step {e.step} ({how}); rerun the command to resume', level='warn',
+    ended(f'Job stopped at step {e.step} ({how}); rerun the command to resume', level='warn',
                  data={'step': e.step, 'status': 'cancelled'})  # fmt: skip
     raise
   except GradingStopped as e:
-    writer.event(f'Job failed: {e}', level='error', data={'status': 'failed', 'code': e.code})
+    ended(f'Job failed: {e}', level='error', data={'status': 'failed', 'code': e.code})
     raise
   except GuardStopped as e:
-    writer.event(f'Job stopped: {e}', level='warn', data={'status': 'cancelled', 'code': 'guard_stopped'})
+    ended(f'Job stopped: {e}', level='warn', data={'status': 'cancelled', 'code': 'guard_stopped'})
     raise
   except Diverged as e:
-    writer.event(f'Job failed: {e}', level='error', data={'status': 'failed', 'code': 'diverged'})
+    ended(f'Job failed: {e}', level='error', data={'status': 'failed', 'code': 'diverged'})
     raise
   except KeyboardInterrupt:
-    writer.event('Job stopped by a second Ctrl-C, without a checkpoint', level='warn', data={'status': 'cancelled'})
+    ended('Job stopped by a second Ctrl-C, without a checkpoint', level='warn', data={'status': 'cancelled'})
     raise
   except Exception as e:
-    writer.event(
-      f'Job failed: {type(e).__name__}: {e}', level='error', data={'status': 'failed', 'code': type(e).__name__}
-    )
+    ended(f'Job failed: {type(e).__name__}: {e}', level='error', data={'status': 'failed', 'code': type(e).__name__})
     raise
   writer.event('The job has successfully completed', data={'status': 'succeeded'})
 

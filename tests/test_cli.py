@@ -695,6 +695,31 @@ def test_export_out_a_file_or_a_run_is_one_line_and_an_earlier_export_is_replace
   for _ in range(2):  # the second replaces the first
     assert export.main([f'--workdir={run_dir}', f'--out={hf}']) == 0
   assert json.loads((hf / 'config.json').read_text())['model_type']
+  # --out a link to an earlier export: the export replaces the folder it points to, not the link
+  (tmp_path / 'link').symlink_to(hf)
+  assert export.main([f'--workdir={run_dir}', '--step=latest', f'--out={tmp_path / "link"}']) == 0
+  assert (tmp_path / 'link').is_symlink() and json.loads((hf / export.MARKER).read_text())['step'] == 3
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('.')) == []  # no .old- or .partial- left
+
+
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_the_earlier_one(tmp_path, capsys):
+  class SafetensorError(Exception):  # safetensors' error for a full disk is no OSError
+    pass
+
+  def full(folder):
+    (folder / 'model.safetensors').write_bytes(b'half')
+    raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)')
+
+  (tmp_path / 'hf').mkdir()
+  (tmp_path / 'hf' / 'config.json').write_text('{"model_type": "llama"}')
+  assert cli.run(lambda: export.write_folder(tmp_path / 'hf', full, {})) == 1
+  assert capsys.readouterr().err == (
+    f'error: cannot write {tmp_path / "hf"}: No space left on device; make room (or write elsewhere) and run the '
+    'command again\n'
+  )
+  assert [p.name for p in tmp_path.iterdir()] == ['hf'] and [p.name for p in (tmp_path / 'hf').iterdir()] == [
+    'config.json'
+  ]
 
 
 # ---- report ------------------------------------------------------------------------------------------------------
@@ -846,3 +871,43 @@ def test_progress_is_a_line_per_tenth_in_a_log_and_ctrl_c_starts_a_line_of_its_o
 
   assert cli.run(body) == 130
   assert capsys.readouterr().err == '\rgrading: 256/600\ninterrupted\n'  # was '...256/600interrupted'
+
+
+def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+  """A full disk gave 30-70 line tracebacks (a failed write names no file); a read-only workdir one from the lock."""
+  import errno
+
+  from rftjax import data
+  from rftjax import runfs
+
+  (tmp_path / 'x.json.tmp').symlink_to('/dev/full')  # writes there fail with ENOSPC
+  with pytest.raises(OSError) as e:
+    data.write_atomic(tmp_path / 'x.json', 'hello')
+  assert e.value.filename == str(tmp_path / 'x.json') and not (tmp_path / 'x.json').exists()
+  w = metrics.MetricsWriter(tmp_path / 'run', tensorboard=False)
+  w._file = open('/dev/full', 'a')  # noqa: SIM115
+  with pytest.raises(OSError) as e:
+    w.write({'step': 1, 'loss': 0.5})
+  assert errors.storage_line(e.value) == 'cannot write /dev/full: No space left on device'
+
+  def full():
+    raise OSError(errno.ENOSPC, 'No space left on device', 'runs/x/metrics.jsonl')
+
+  assert cli.run(full) == 1
+  assert capsys.readouterr().err == (
+    'error: cannot write runs/x/metrics.jsonl: No space left on device; make room (or write elsewhere) and run the '
+    'command again\n'
+  )
+
+  def other():
+    raise OSError(errno.EIO, 'Input/output error')
+
+  with pytest.raises(OSError, match='Input/output error'):
+    cli.run(other)  # not the disk's room: a traceback
+
+  def read_only(*a, **k):
+    raise OSError(errno.EROFS, 'Read-only file system', str(tmp_path / runfs.LOCK))
+
+  monkeypatch.setattr(runfs, 'open', read_only, raising=False)
+  with pytest.raises(errors.ConfigError, match=r'--workdir=.*: cannot write there \(Read-only file system\)$'):
+    runfs.lock(tmp_path)

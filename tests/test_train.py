@@ -613,6 +613,26 @@ def test_resume_sets_a_torn_metrics_line_aside(tmp_path, in_repo, caplog):
              caplog.messages)  # fmt: skip
 
 
+def test_a_full_disk_stops_the_run_with_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+  """A full disk under the run's samples ended in a 37-line traceback naming no file, and the 'Job failed' event
+  and the files' close failed again on top of it. One line names the file; events.jsonl says the job failed."""
+  from rftjax import cli, train
+
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  workdir = tmp_path / 'run'
+  (workdir / 'samples').mkdir(parents=True)
+  (workdir / 'samples' / 'valid_step000000.jsonl.tmp').symlink_to('/dev/full')  # writes there: ENOSPC
+  argv = ['rftjax.train', f'--workdir={workdir}', '--config=configs/tiny.py:test', '--config.eval_batch_size=200']
+  assert train.main(argv) == 1
+  assert capsys.readouterr().err.splitlines() == [
+    f'error: cannot write {workdir}/samples/valid_step000000.jsonl: No space left on device; make room and run the '
+    'same command: the last checkpoint on disk is where it resumes'
+  ]
+  (ended,) = [e for e in metrics.read_jsonl(workdir / 'events.jsonl') if e['data'].get('status') == 'failed']
+  assert ended['message'].startswith('Job failed: OSError: [Errno 28] No space left on device')
+
+
 def test_broken_grading_stops_with_one_line_and_exit_3(tmp_path, monkeypatch, capsys):
   """The step-0 validation grades with the same grader first: nothing is trained or checkpointed on a broken one,
   and its completions are kept for a look."""
