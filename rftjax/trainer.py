@@ -433,7 +433,7 @@ def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | N
   checkpoints marked, and sync the run files with them."""
   t0 = time.perf_counter()
   best = None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']}
-  _check_room(ckpt, run, step)
+  _check_room(ckpt, run, step, state)
   try:  # an asynchronous save's failure shows here at the next save, or at the end (_wait)
     saved = ckpt.save(step, state, extra={'data': data_iter.state(), 'shapes': shapes.state()}, metrics=best)
   except Exception as e:
@@ -463,22 +463,31 @@ def _save_failed(ckpt, run, e: Exception) -> checkpoint_lib.SaveFailed:
   )
 
 
-def _check_room(ckpt, run, step: int) -> None:
-  """A local disk without room for one more checkpoint the size of the last one is said before Orbax starts
-  writing (a write that fails part-way logs a page from each of Orbax's threads). Old checkpoints are deleted only
-  after the new one commits, so the room must be there first."""
-  steps = ckpt.all_steps()
-  if runfs.is_remote(run.remote) or not steps or step in steps:
+def _check_room(ckpt, run, step: int, state) -> None:
+  """A local disk without room for one more checkpoint is said before Orbax starts writing (a write that fails
+  part-way logs a page from each of Orbax's threads, and an asynchronous one is found out a step or more later).
+  Old checkpoints are deleted only after the new one commits, so the room must be there first. The size: the last
+  checkpoint's, or the state's in memory when that is more (step 0's zero optimizer moments compress to a third)."""
+  if runfs.is_remote(run.remote):
     return
-  last = ckpt.directory / str(steps[-1])
-  size = sum(f.stat().st_size for f in pathlib.Path(last).rglob('*') if f.is_file())
-  free = shutil.disk_usage(ckpt.directory).free
-  if free < 1.05 * size:
-    raise checkpoint_lib.SaveFailed(
-      f'no room for checkpoint {step} in {ckpt.directory}: {free / 2**20:.0f} MiB free, checkpoint {steps[-1]} '
-      f'took {size / 2**20:.0f} MiB; checkpoint {steps[-1]} is where a rerun resumes (make room, then run the same '
-      'command again)'
-    )
+  steps = ckpt.all_steps()
+  if step in steps:
+    return
+  size = 0
+  if steps:
+    size = sum(f.stat().st_size for f in pathlib.Path(ckpt.directory / str(steps[-1])).rglob('*') if f.is_file())
+  state_size = sum(getattr(x, 'nbytes', 0) for x in jax.tree.leaves(state))
+  free = shutil.disk_usage(ckpt.directory if ckpt.directory.exists() else run.remote).free
+  if free >= 1.05 * max(size, state_size):
+    return
+  took = f'checkpoint {steps[-1]} took {size / 2**20:.0f} MiB' if steps else 'no checkpoint yet'
+  if state_size > size:
+    took += f' and the state to save is {state_size / 2**20:.0f} MiB'
+  where = f'checkpoint {steps[-1]} is where a rerun resumes' if steps else 'no checkpoint was kept yet'
+  raise checkpoint_lib.SaveFailed(
+    f'no room for checkpoint {step} in {ckpt.directory}: {free / 2**20:.0f} MiB free, {took}; {where} (make room, '
+    'then run the same command again)'
+  )
 
 
 def _wait(ckpt, run) -> None:

@@ -884,6 +884,8 @@ def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in
   Orbax's tracebacks, and Orbax's threads, never closed, more at exit)."""
   from rftjax import checkpoint, cli, train
 
+  real_wait = checkpoint.Checkpointer.wait_until_finished
+
   def disk_full(self):
     raise OSError(28, 'No space left on device')
 
@@ -902,13 +904,34 @@ def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in
   assert closed == [1]
   events = [json.loads(line) for line in (workdir / 'events.jsonl').read_text().splitlines()]
   assert [ev['data']['status'] for ev in events if 'status' in ev['data']] == ['running', 'failed']
-  # a disk without room for one more checkpoint the size of the last: said before Orbax writes anything
+  # a disk without room for one more checkpoint: said before Orbax writes anything. The size is the state's when
+  # that is more than the last checkpoint's: step 0's zero optimizer moments compress to a third, and a disk with
+  # room for it took the next save part-way, found out a step later
   monkeypatch.setattr(checkpoint.Checkpointer, 'wait_until_finished', lambda self: None)
   monkeypatch.setattr(trainer.shutil, 'disk_usage', lambda path: shutil_usage(total=2**30, used=2**30, free=2**20))
   small = tmp_path / 'small'
   assert train.main([*argv[:1], f'--workdir={small}', *argv[2:]]) == 1
   (line,) = capsys.readouterr().err.splitlines()
-  assert line.startswith(f'error: no room for checkpoint 1 in {small / "checkpoints"}: 1 MiB free, checkpoint 0 took ')
+  assert line.startswith(f'error: no room for checkpoint 0 in {small / "checkpoints"}: 1 MiB free, no checkpoint yet '
+                         'and the state to save is 1')  # fmt: skip
+  assert line.endswith(' MiB; no checkpoint was kept yet (make room, then run the same command again)')
+  sizes = {}
+  monkeypatch.setattr(trainer.shutil, 'disk_usage', lambda path: shutil_usage(2**30, 0, sizes.get('free', 2**30)))
+  real_save = checkpoint.Checkpointer.save
+
+  def then_full(self, step, *a, **k):  # after checkpoint 0, room for one as small as it, not for the state
+    done = real_save(self, step, *a, **k)
+    real_wait(self)
+    size = sum(f.stat().st_size for f in pathlib.Path(self.directory / str(step)).rglob('*') if f.is_file())
+    sizes['free'] = int(1.1 * size)
+    return done
+
+  monkeypatch.setattr(checkpoint.Checkpointer, 'save', then_full)
+  later = tmp_path / 'later'
+  assert train.main([*argv[:1], f'--workdir={later}', *argv[2:]]) == 1
+  (line,) = capsys.readouterr().err.splitlines()
+  assert line.startswith(f'error: no room for checkpoint 1 in {later / "checkpoints"}: ')
+  assert ' MiB free, checkpoint 0 took ' in line and ' MiB and the state to save is 1' in line
   assert line.endswith('; checkpoint 0 is where a rerun resumes (make room, then run the same command again)')
 
 
