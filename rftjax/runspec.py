@@ -398,6 +398,14 @@ def _same_file(a, b) -> bool:
   return a[: len(a) - len(pa)] == b[: len(b) - len(pb)] and os.path.realpath(pa) == os.path.realpath(pb)
 
 
+def _moved(a, b) -> bool:
+  """Whether `a` and `b` may be one file named from two folders: one a relative path the other ends with."""
+  if not (isinstance(a, str) and isinstance(b, str)) or '://' in a + b:
+    return False
+  pa, pb = (os.path.normpath(s.split(':', 1)[1] if ':' in s and len(s.split(':', 1)[0]) <= 4 else s) for s in (a, b))
+  return any(not x.startswith('/') and (y == x or y.endswith('/' + x)) for x, y in ((pa, pb), (pb, pa)))
+
+
 def _difference(key: str, a, b) -> str:
   """'key was A, now B' at the first leaf where two values differ (a grader's field, not the whole grader)."""
   if isinstance(a, dict) and isinstance(b, dict):
@@ -428,6 +436,11 @@ def check_resume(config, previous: dict, workdir) -> list[str]:
   clash = [k for k in changed if any(k == i or k.startswith(i + '.') for i in RUN_IDENTITY)]
   if clash:
     diff = '; '.join(_difference(f'config.{k}', old.get(k), new.get(k)) for k in clash)
+    if all(_moved(old.get(k), new.get(k)) for k in clash):  # the same files, named from another folder
+      raise errors.ConfigError(
+        f'--workdir={workdir} was started in another folder ({diff}): its config.json keeps paths as they were '
+        f'given, relative to that folder; run this command from there (not {os.getcwd()}) to resume it'
+      )
     raise errors.ConfigError(
       f'--workdir={workdir} holds checkpoints of another run ({diff}); resuming it needs the same model, data and '
       'grader: choose a new --workdir (or delete that one to start over)'

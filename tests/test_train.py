@@ -444,6 +444,25 @@ def test_more_steps_on_resume_say_when_the_learning_rate_jumps(schedule):
   assert [n[: len(jumps)] for n in notes] == ([jumps] if schedule == 'cosine' else [])
 
 
+def test_a_run_resumed_from_another_folder_is_told_where_its_relative_paths_start(tmp_path, monkeypatch):
+  """config.json keeps paths as given. Resumed from another folder with the same files named absolutely, the run
+  was "another run ... (or delete that one to start over)": advice to delete a good run."""
+  from rftjax import runspec
+
+  old = tiny.get_config().unlock()  # data/tiny/train.jsonl, sp:... as the repo root names them
+  new = old.copy_and_resolve_references()
+  new.data.train, new.data.valid = str(REPO / old.data.train), str(REPO / old.data.valid)
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(errors.ConfigError) as e:
+    runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'rel')
+  said = str(e.value)
+  assert said.startswith('--workdir=rel was started in another folder (config.data.train was "data/tiny/train.jsonl", ')
+  assert said.endswith(f'relative to that folder; run this command from there (not {tmp_path}) to resume it')
+  new.data.train = str(tmp_path / 'other.jsonl')  # another file indeed
+  with pytest.raises(errors.ConfigError, match=r'holds checkpoints of another run .*\(or delete that one'):
+    runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'rel')
+
+
 def test_schedule_warmup_and_cosine():
   opt = ml_collections.ConfigDict(dict(OPT.to_dict(), warmup_steps=4, schedule='cosine', learning_rate=1.0))
   lr = [train_step.learning_rate(opt, k, 12) for k in range(1, 13)]
