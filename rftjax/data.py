@@ -154,7 +154,8 @@ def load_jsonl(path: str | pathlib.Path, key: str = '') -> list[Example]:
   message when there is no such file."""
   path = epath.Path(path)
   if not path.is_file():
-    raise DataError(f'{path}: no such file' + (f' ({key})' if key else ''))
+    what = 'a folder, not a file' if path.is_dir() else 'no such file'
+    raise DataError(f'{path}: {what}' + (f' ({key})' if key else '') + ('; expected a JSONL file' * path.is_dir()))
   examples = [parse_line(line, where) for where, line in lines(path)]
   if not examples:
     raise DataError(f'{path}: no examples (the file is empty)' + (f' ({key})' if key else ''))

@@ -83,7 +83,12 @@ def write_reward_plot(workdir: str | os.PathLike, out: str | os.PathLike | None 
   out = pathlib.Path(out) if out else pathlib.Path(workdir) / 'reward_curve.png'
   fig = reward_figure(workdir, kept)
   tmp = out.with_name(out.name + '.tmp')
-  fig.savefig(tmp, format='png')
-  plt.close(fig)
-  tmp.replace(out)
+  try:
+    fig.savefig(tmp, format='png')
+    tmp.replace(out)
+  except OSError:  # a full disk: no half-written .tmp left holding its space
+    tmp.unlink(missing_ok=True)
+    raise
+  finally:
+    plt.close(fig)
   return out

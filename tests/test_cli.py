@@ -504,6 +504,8 @@ def assert_png(path):
 
 
 def test_reward_plot(run_dir, tmp_path):
+  import matplotlib.figure
+
   path = plots.write_reward_plot(run_dir)
   assert path == run_dir / 'reward_curve.png'
   assert_png(path)
@@ -514,6 +516,19 @@ def test_reward_plot(run_dir, tmp_path):
   empty = tmp_path / 'empty'
   empty.mkdir()
   assert_png(plots.write_reward_plot(empty))
+  real = matplotlib.figure.Figure.savefig
+
+  def full(fig, path, **k):  # a full disk part-way: the .tmp went on holding its space
+    real(fig, path, **k)
+    raise OSError(28, 'No space left on device')
+
+  matplotlib.figure.Figure.savefig = full
+  try:
+    with pytest.raises(OSError):
+      plots.write_reward_plot(empty)
+  finally:
+    matplotlib.figure.Figure.savefig = real
+  assert sorted(p.name for p in empty.iterdir()) == ['reward_curve.png']
 
 
 def test_smooth_is_debiased():

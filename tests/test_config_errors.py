@@ -63,6 +63,7 @@ BAD = [
   ),
   (['--config=configs/no_such.py'], '--config=configs/no_such.py: no such file'),
   ([TINY, '--config.data.train=data/nope.jsonl'], 'error: data/nope.jsonl: no such file (config.data.train)'),
+  ([TINY, '--config.data.train=data'], 'error: data: a folder, not a file (config.data.train); expected a JSONL file'),
   ([TINY, '--config.batch_size=abc'], "config.batch_size: expected an integer, found 'abc'"),
   ([TINY, '--config.grpo.beta=lots'], "config.grpo.beta: expected a number, found 'lots'"),
   ([TINY, '--config.model=tinyy'], 'config.model: expected one of'),
