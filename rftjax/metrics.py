@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import pathlib
+import re
 import sys
 import time
 import uuid
@@ -243,13 +244,15 @@ class MetricsWriter:
     resumed = resume_step is not None
     kept = [r for r in read_jsonl(self.path, True, stepped=True) if r['step'] <= resume_step] if resumed else []
     _rewrite(self.path, kept)
+    raw = self.events_path.read_bytes().decode('utf-8', 'replace') if resumed and self.events_path.exists() else ''
     events = read_jsonl(self.events_path, set_aside=True) if resumed else []
     kept_events = [e for e in events if event_step(e) <= resume_step]
     _rewrite(self.events_path, kept_events)
-    # ids go on from the highest ever written, dropped ones included: a reader that saw an event never sees its id
-    # again on another one
+    # ids go on from the highest ever written, dropped ones and a torn line's included: a reader that saw an event
+    # never sees its id again on another one
     self.run_id = run_id(kept_events) or uuid.uuid4().hex[:20]
-    self._next_event = 1 + max((_event_number(e) for e in events), default=-1)
+    torn = [int(n) for n in re.findall(r'"id": "ftevent-[0-9a-f]+-(\d+)"', raw)]
+    self._next_event = 1 + max([_event_number(e) for e in events] + torn, default=-1)
     self._file = self.path.open('a')
     self._events = self.events_path.open('a')
     if tensorboard:

@@ -257,6 +257,7 @@ def test_resume_drops_the_events_after_the_resumed_step_and_keeps_the_run_id(tmp
 
 def test_a_torn_last_event_line_is_set_aside_and_skipped(tmp_path, caplog):
   write_run(tmp_path, last_step=2, finish=False)
+  ids = [e['id'] for e in events_of(tmp_path)]
   torn = '{"object": "fine_tuning.job.event", "id": "ftevent-'
   with (tmp_path / 'events.jsonl').open('a') as f:
     f.write(torn)
@@ -269,10 +270,14 @@ def test_a_torn_last_event_line_is_set_aside_and_skipped(tmp_path, caplog):
   (tmp_path / 'metrics.jsonl').write_text((tmp_path / 'metrics.jsonl').read_text() + '\n')  # a crash's torn line
   assert [r['step'] for r in metrics.read_jsonl(tmp_path / 'metrics.jsonl')][-1] == 2
   assert 'metrics.jsonl:' in caplog.text and 'not a JSON object (a write cut short by a crash?); skipped' in caplog.text
+  cut = f'{{"object": "fine_tuning.job.event", "id": "{ids[0].rsplit("-", 1)[0]}-{len(ids)}", "created_at": 17'
+  with (tmp_path / 'events.jsonl').open('a') as f:  # a second torn line, cut after its id: a reader may have seen it
+    f.write('\n' + cut)
   w = metrics.MetricsWriter(tmp_path, resume_step=2, tensorboard=False)
   w.event('Resumed from step 2')
   w.close()
-  assert (tmp_path / 'events.jsonl.torn').read_text() == torn + '\n'
+  assert (tmp_path / 'events.jsonl.torn').read_text() == torn + '\n' + cut + '\n'
+  assert events_of(tmp_path)[-1]['id'] == f'{ids[0].rsplit("-", 1)[0]}-{len(ids) + 1}'  # not the torn line's id
   events = events_of(tmp_path)  # every line parses again
   assert events[-1]['message'] == 'Resumed from step 2'
   assert [FineTuningJobEvent.model_validate(e).type for e in events].count(
