@@ -203,7 +203,8 @@ class Guard:
       return []
     rewards = [r for _, r in run if r is not None]
     mean = sum(rewards) / len(rewards) if rewards else None
-    cut_short = mean == 0 and cut is not None and cut >= 1 - _EPS  # no answer got to its end
+    # no answer got to its end (one token leaves no room for a stop: configs/tiny.py answers in one by design)
+    cut_short = mean == 0 and cut is not None and cut >= 1 - _EPS and self.max_new_tokens > 1
     what = (f'every completion scored 0 and ran to max_new_tokens={self.max_new_tokens} without stopping: answers cut '
             'short score 0; raise sampling.max_new_tokens (or ask the prompts for shorter answers)' if cut_short else
             'every completion scored 0: check the grader against a few of them (python -m rftjax.grade --sample=...) '

@@ -177,6 +177,15 @@ def summarize(workdir: str | pathlib.Path) -> dict:
       'valid_last': valid_formatted[-1]['valid/response_format_valid'] if valid_formatted else None,
       'valid_last_step': int(valid_formatted[-1]['step']) if valid_formatted else None,
     }
+  cut = [r['truncated_frac'] for r in train[-10:] if r.get('truncated_frac') is not None]
+  valid_cut = [r for r in valid if r.get('valid_truncated_frac') is not None]
+  one_token = (config.get('sampling') or {}).get('max_new_tokens') == 1  # no room for a stop: tiny.py's by design
+  if not one_token and (any(cut) or any(r['valid_truncated_frac'] for r in valid_cut)):  # scored as they stand
+    out['truncated'] = {
+      'train_last10_mean': sum(cut) / len(cut) if cut else None,
+      'valid_last': valid_cut[-1]['valid_truncated_frac'] if valid_cut else None,
+      'valid_last_step': int(valid_cut[-1]['step']) if valid_cut else None,
+    }
   out['hyperparameters'] = _hyperparameters(config)
   out['disk_bytes'] = _disk_use(workdir, steps_on_disk)
   return out
@@ -276,13 +285,20 @@ def table(s: dict) -> str:
       said.append(f'train {e["train_error_rate_mean"]:.1%} (mean over steps)')
     if e['valid_error_rate_last'] is not None:
       said.append(f'valid {e["valid_error_rate_last"]:.1%} at step {e["valid_error_rate_last_step"]}')
-    rows.append(('failed gradings', ', '.join(said) + ' (each scored 0; <split>/errors/* in metrics.jsonl)'))
+    rows.append(('failed gradings', ', '.join(said) + ' (each scored 0, or was out of the mean for an outage; '
+                 '<split>/errors/* in metrics.jsonl)'))  # fmt: skip
   if 'response_format_valid' in s:
     f = s['response_format_valid']
     said = [] if f['train_last10_mean'] is None else [f'train {f["train_last10_mean"]:.1%} (mean of the last steps)']
     if f['valid_last'] is not None:
       said.append(f'valid {f["valid_last"]:.1%} at step {f["valid_last_step"]}')
     rows.append(('response format valid', ', '.join(said) + ' (the others scored 0 ungraded)'))
+  if 'truncated' in s:
+    t = s['truncated']
+    said = [] if t['train_last10_mean'] is None else [f'train {t["train_last10_mean"]:.1%} (mean of the last steps)']
+    if t['valid_last'] is not None:
+      said.append(f'valid {t["valid_last"]:.1%} at step {t["valid_last_step"]}')
+    rows.append(('cut off', ', '.join(said) + ' (ran to sampling.max_new_tokens without stopping)'))
   for k, v in s['source'].items():
     rows.append((k.replace('_', ' '), _fmt(v)))
   total = s['timing_total_s'] or 1.0

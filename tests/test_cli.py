@@ -446,9 +446,22 @@ def test_report_shows_a_failed_run_and_its_failed_gradings(tmp_path, capsys):
   table = [' '.join(line.split()) for line in report.table(s).splitlines()]
   assert f'status failed: {why}' in table
   assert (
-    'failed gradings train 12.5% (mean over steps), valid 15.0% at step 0 (each scored 0; <split>/errors/* in '
-    'metrics.jsonl)'
+    'failed gradings train 12.5% (mean over steps), valid 15.0% at step 0 (each scored 0, or was out of the mean for '
+    'an outage; <split>/errors/* in metrics.jsonl)'
   ) in table
+  assert 'truncated' not in s and not [line for line in table if line.startswith('cut off')]
+  # every answer cut off at max_new_tokens: scored as it stood (0), and nothing else in the table said why
+  write_jsonl(tmp_path / 'metrics.jsonl', [
+    {'step': 0, 'valid_reward_mean': 0.0, 'valid_truncated_frac': 1.0},
+    *({'step': k, 'train_reward_mean': 0.0, 'truncated_frac': 1.0} for k in (1, 2)),
+  ])  # fmt: skip
+  s = report.summarize(tmp_path)
+  assert s['truncated'] == {'train_last10_mean': 1.0, 'valid_last': 1.0, 'valid_last_step': 0}
+  (tmp_path / 'config.json').write_text(json.dumps({'total_steps': 5, 'sampling': {'max_new_tokens': 1}}))
+  assert 'truncated' not in report.summarize(tmp_path)  # one token leaves no room for a stop: configs/tiny.py
+  (tmp_path / 'config.json').write_text(json.dumps({'total_steps': 5}))
+  assert ('cut off train 100.0% (mean of the last steps), valid 100.0% at step 0 (ran to sampling.max_new_tokens '
+          'without stopping)') in [' '.join(line.split()) for line in report.table(s).splitlines()]  # fmt: skip
 
 
 def test_report_shows_the_response_format_share_and_a_small_learning_rate(tmp_path):

@@ -331,6 +331,8 @@ def test_no_signal_fires_when_every_group_scored_alike_for_no_signal_steps():
   assert alarm.kind == 'no_signal' and alarm.data['truncated_frac'] == 1.0
   assert 'every completion scored 0 and ran to max_new_tokens=4 without stopping: answers cut short score 0; raise ' \
          'sampling.max_new_tokens' in alarm.message  # fmt: skip
+  (alarm,) = guard.Guard(make_cfg(), max_new_tokens=1).replay(cut)  # one token: no room for a stop, by design
+  assert 'check the grader' in alarm.message
 
 
 # ---- one stream with every alarm: stop flags, resume ------------------------------------------------------------
