@@ -172,10 +172,20 @@ def test_a_python_grader_may_return_a_bool(tmp_path, capsys):
   assert json.loads(capsys.readouterr().out)['reward'] == 1.0
 
 
-@pytest.mark.parametrize('value', ['np.float32(1.0)', 'np.int64(1)', "np.array(['4']) == sample['output_text']"])
+@pytest.mark.parametrize(
+  'value',
+  [
+    'np.float32(1.0)',
+    'np.int64(1)',
+    "np.array(['4']) == sample['output_text']",
+    'fractions.Fraction(2, 2)',
+    "decimal.Decimal('1.0')",
+  ],
+)
 def test_a_python_grader_may_return_a_numpy_number(tmp_path, capsys, value):
-  """np.float32, np.int64 and np.bool_ are not Python's float, int and bool, but a grader returns them naturally."""
-  source = f'import numpy as np\ndef grade(sample, item):\n  return {value}\n'
+  """np.float32, np.int64 and np.bool_ are not Python's float, int and bool, but a grader returns them naturally;
+  so are Fraction and Decimal, from exact arithmetic."""
+  source = f'import decimal, fractions\nimport numpy as np\ndef grade(sample, item):\n  return {value}\n'
   (tmp_path / 'g.json').write_text(json.dumps({'type': 'python', 'name': 'n', 'source': source}))
   assert grade.main([f'--grader={tmp_path / "g.json"}', '--sample=4']) == (0 if 'array' not in value else 1)
   out = json.loads(capsys.readouterr().out)

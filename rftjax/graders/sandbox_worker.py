@@ -192,6 +192,8 @@ def _as_score(value, what='grade()'):
   # scalars are numbers too (np.float32(1.0), np.sum(...), (a == b).all()): their Python value
   if type(value).__module__ == 'numpy' and getattr(value, 'shape', None) == ():
     value = value.item()
+  if type(value).__name__ in ('Fraction', 'Decimal') and type(value).__module__ in ('fractions', 'decimal'):
+    value = float(value)  # exact arithmetic's results: Fraction(3, 4) of the tests passed
   if not isinstance(value, (int, float)):
     raise _Error(
       'python_grader_runtime', f'{what} returned {type(value).__name__} {str(value)[:100]!r}; expected a finite float'
