@@ -408,7 +408,7 @@ def _job_events(writer, resumed_at: int | None, total_steps: int):
   except preemption.Preempted as e:
     how = 'Ctrl-C' if e.exit_code == preemption.INTERRUPT_EXIT_CODE else 'preempted'
     ended(f'Job stopped at step {e.step} ({how}); rerun the command to resume', level='warn',
-                 data={'step': e.step, 'status': 'cancelled'})  # fmt: skip
+          data={'step': e.step, 'status': 'cancelled'})  # fmt: skip
     raise
   except GradingStopped as e:
     ended(f'Job failed: {e}', level='error', data={'status': 'failed', 'code': e.code})
