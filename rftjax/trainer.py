@@ -91,7 +91,14 @@ def _checked(config, workdir, explicit) -> dict:
       # one trainer per folder (a gs:// workdir is not locked: docs/checkpoints.md)
       multihost.on_process_0(lambda: held.enter_context(runfs.lock(run.local)))
       multihost.check_shared_folder(run.local)
-    return _train(config, spec, run, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts, changed)
+    try:
+      return _train(config, spec, run, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts, changed)
+    except (OSError, checkpoint_lib.SaveFailed) as e:
+      # a full disk, most likely: JAX writes each compile-cache entry once, in place, and one cut short was warned
+      # about and recompiled in every later run
+      if not run.is_remote and (isinstance(e, checkpoint_lib.SaveFailed) or errors.storage_line(e)):
+        shutil.rmtree(run.compile_cache, ignore_errors=True)
+      raise
 
 
 def _write_config(config, run: runfs.RunDir) -> None:

@@ -642,6 +642,8 @@ def test_a_full_disk_stops_the_run_with_one_line_and_exit_1(tmp_path, monkeypatc
   workdir = tmp_path / 'run'
   (workdir / 'samples').mkdir(parents=True)
   (workdir / 'samples' / 'valid_step000000.jsonl.tmp').symlink_to('/dev/full')  # writes there: ENOSPC
+  (workdir / '.jax_cache').mkdir()
+  (workdir / '.jax_cache' / 'jit_step-cache').write_bytes(b'cut sho')  # JAX would warn about it in every later run
   argv = ['rftjax.train', f'--workdir={workdir}', '--config=configs/tiny.py:test', '--config.eval_batch_size=200']
   assert train.main(argv) == 1
   assert capsys.readouterr().err.splitlines() == [
@@ -650,6 +652,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_exit_1(tmp_path, monkeypatc
   ]
   (ended,) = [e for e in metrics.read_jsonl(workdir / 'events.jsonl') if e['data'].get('status') == 'failed']
   assert ended['message'].startswith('Job failed: OSError: [Errno 28] No space left on device')
+  assert not (workdir / '.jax_cache').exists()
 
 
 def test_broken_grading_stops_with_one_line_and_exit_3(tmp_path, monkeypatch, capsys):
