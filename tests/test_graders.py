@@ -104,6 +104,29 @@ def test_text_similarity_matches_libraries():
   assert 0.0 < got['meteor'] < 1.0
 
 
+def test_text_similarity_reads_every_script():
+  """rouge-score's tokenizer kept only [a-z0-9]: an exact answer in Chinese or Russian scored 0, and 'Москва, 2024'
+  matched 'Киев, 2024' on its digits (1.0, passed); bleu took a Chinese sentence (no spaces) for one word. On ASCII
+  text the tokens are the libraries' own (test_text_similarity_matches_libraries)."""
+  from rouge_score import tokenize
+
+  for metric in text_graders.SIMILARITY_METRICS:
+    for same in (
+      '我喜欢吃苹果和香蕉',
+      'Москва — столица России и самый большой город страны',
+      'القاهرة هي عاصمة مصر وأكبر مدنها من حيث عدد السكان',
+    ):
+      assert rewards(ts(metric), [same], [{'ref': same}])[0] == pytest.approx(1.0, abs=0.06), (metric, same)
+  # ROUGE-L by hand: the common subsequence of one word in two; 东京 vs 北京: 2 of 3 characters
+  assert rewards(ts('rouge_l'), ['Москва, 2024'], [{'ref': 'Киев, 2024'}])[0] == pytest.approx(0.5)
+  assert rewards(ts('rouge_1'), ['东京 2020'], [{'ref': '北京 2020'}])[0] == pytest.approx(2 / 3)
+  # bleu with each ideograph a word: 4 of 6 unigrams, 3 of 5 bigrams, 2 of 4, 1 of 3: (4/6*3/5*2/4*1/3)^(1/4)
+  bleu = rewards(ts('bleu'), ['我喜欢吃苹果'], [{'ref': '我喜欢吃香蕉'}])[0]
+  assert bleu == pytest.approx((4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
+  ascii_text = "It's 3.5 km -- the cat_sat, on THE mat!"
+  assert text_graders._RougeWords().tokenize(ascii_text) == tokenize.tokenize(ascii_text, None)
+
+
 def test_meteor_without_wordnet_says_so_when_built(monkeypatch, caplog):
   import nltk
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from typing import Any
 
 from rftjax.graders import core
@@ -111,7 +112,9 @@ def metric_fn(metric: str):
   if metric == 'bleu':
     import sacrebleu
 
-    return lambda hyp, ref: sacrebleu.sentence_bleu(hyp, [ref]).score / 100.0
+    # 'zh' is sacrebleu's 13a with each Chinese character a word of its own: CJK text has no spaces, and 13a took a
+    # whole sentence for one word (an answer one character off scored 0)
+    return lambda hyp, ref: sacrebleu.sentence_bleu(hyp, [ref], tokenize='zh').score / 100.0
   if metric == 'gleu':
     from nltk.translate import gleu_score
 
@@ -126,17 +129,33 @@ def metric_fn(metric: str):
   raise core.GraderConfigError(f'evaluation_metric: found {metric!r}, expected one of {SIMILARITY_METRICS}')
 
 
+# Scripts written without spaces between words: each of their characters is a token (as sacrebleu's 'zh' splits)
+_IDEOGRAPHS = '\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff'
+_CJK = re.compile(f'([{_IDEOGRAPHS}])')
+_WORD = re.compile(f'[{_IDEOGRAPHS}]|(?:(?![{_IDEOGRAPHS}])[^\\W_])+')
+
+
 def _tokens(text: str) -> list[str]:
+  """nltk's word and punctuation tokens, each ideograph or kana its own."""
   import nltk
 
-  return nltk.tokenize.wordpunct_tokenize(text.lower())
+  return [t for w in nltk.tokenize.wordpunct_tokenize(text.lower()) for t in _CJK.split(w) if t]
+
+
+class _RougeWords:
+  """rouge-score's tokenizer for any script: its own kept only [a-z0-9] runs, so an exact answer in Chinese,
+  Russian or Arabic scored 0 and 'Москва, 2024' matched 'Киев, 2024' on the digits. On ASCII text the tokens are
+  the same (lowercased letter and digit runs)."""
+
+  def tokenize(self, text: str) -> list[str]:
+    return _WORD.findall(text.lower())
 
 
 @functools.lru_cache(maxsize=None)
 def _rouge_scorer(key: str):
   from rouge_score import rouge_scorer
 
-  return rouge_scorer.RougeScorer([key], use_stemmer=False)
+  return rouge_scorer.RougeScorer([key], use_stemmer=False, tokenizer=_RougeWords())
 
 
 class _NoSynonyms:
