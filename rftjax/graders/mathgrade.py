@@ -28,12 +28,32 @@ _RADICALS = {'√': '\\sqrt', '∛': '\\sqrt[3]', '∜': '\\sqrt[4]'}
 # A number followed, after a space, by one or two unit words ("5 cm", "3 m^2", "12 dollars", "6 sq ft"). A single
 # letter counts only as an SI unit's symbol: "3 x", "2 i" or "5 n" keep their variable. Words are separated by
 # whitespace, so the pattern has one way to match (a `[A-Za-z]+\s*` repeat took exponential time on prose).
-_UNIT_WORD = r'(?:[A-Za-z]{2,}\.?|[mgsLKVAJNWh])(?:\s*\^\s*\(?\d\)?)?'
+_UNIT_WORD = r'(?:[^\W\d_]{2,}\.?|[mgsLKVAJNWh])(?:\s*\^\s*\(?\d\)?)?'  # words of any script: "12 яблок"
 _UNIT = re.compile(rf'^(-?[\d.,/*^()]*\d\)?)\s+({_UNIT_WORD}(?:\s+{_UNIT_WORD})?)$')
 # Words after a number that are not a unit: "5 or more", "3 at least" keep them (and so do not equal 5 or 3).
 _NOT_UNITS = {'pi', 'oo', 'sqrt', 'root', 'or', 'and', 'more', 'less', 'than', 'at', 'least', 'most', 'not', 'no'}
 # Where "the answer is X" ends when no sentence end comes first: "12 since ...", "12, because ..."
 _CLAUSE_END = re.compile(r'\s*(?:[,;]\s+|\s)(?:since|because|as|which|so|when|where|given|for|from)\b.*$', re.DOTALL)
+
+
+_IDEOGRAPH = re.compile('[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]')
+
+
+def _ascii_digits(text: str) -> str:
+  """Digits of any script as ASCII ('１２', '١٢', '१२' -> '12'), the full-width forms of ASCII ('（３）' -> '(3)')
+  as ASCII, and the minus sign U+2212 as '-': a number is a number however it is written."""
+  if text.isascii():
+    return text
+  out = []
+  for c in text:
+    if '\uff01' <= c <= '\uff5e':
+      c = chr(ord(c) - 0xFEE0)
+    elif c == '\u2212':
+      c = '-'
+    elif not c.isascii() and c.isdecimal():
+      c = str(unicodedata.decimal(c))
+    out.append(c)
+  return ''.join(out)
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:
@@ -71,8 +91,12 @@ def _is_bare(text: str) -> bool:
   plain = re.sub(r'[{}]', ' ', re.sub(r'\\[A-Za-z]+', ' ', text)).strip()
   if len(text) > 120 or '\n' in plain or '=' in plain:
     return False
-  words = [w for w in re.findall(r'[A-Za-z]{2,}', plain) if w not in _ALLOWED_NAMES]
-  return not words or (len(words) == 1 and re.search(words[0] + r'\s*(?:\^\s*\d+)?[\s.]*$', plain) is not None)
+  if _IDEOGRAPH.search(plain):  # a script without spaces: prose, or a unit glued to its number ("12个")
+    return False
+  words = [w for w in re.findall(r'[^\W\d_]{2,}', plain) if w not in _ALLOWED_NAMES]  # any script's
+  return not words or (
+    len(words) == 1 and re.search(re.escape(words[0]) + r'\s*(?:\^\s*\d+)?[\s.]*$', plain) is not None
+  )
 
 
 def _after_equals(text: str) -> str | None:
@@ -456,6 +480,7 @@ def answers_equal(answer: str, reference: str, exact_number: bool = False) -> bo
 
 def grade(output_text: str, reference: str, exact_number: bool = False) -> tuple[float, dict]:
   """Score 1.0 when the completion's final answer equals the reference, plus metadata for debugging."""
+  output_text, reference = _ascii_digits(output_text), _ascii_digits(reference)
   answer = extract_answer(output_text)
   ref = last_boxed(reference)
   ref = reference if ref is None else ref
