@@ -542,6 +542,23 @@ def test_label_model_http_and_unreachable(judge_url):
   assert missing.errors[0].category == 'invalid_variable'
 
 
+def test_label_model_reads_the_punctuation_of_any_script(judge_url):
+  """'正确。', '「正确」', '“Correct”' and 'Verdict：Correct' were model_grader_parse errors (which can stop a run)."""
+  zh = graders.build(model_spec('label_model', judge_url, labels=['正确', '错误'], passing_labels=['正确']))
+  assert [zh.parse(a)[1]['label'] for a in ('正确。', '「正确」', '『错误』。', '结论：\n错误')] == [
+    '正确',
+    '正确',
+    '错误',
+    '错误',
+  ]
+  en = graders.build(model_spec('label_model', judge_url, labels=['Correct', 'Wrong'], passing_labels=['Correct']))
+  assert [en.parse(a)[0] for a in ('“Correct”', '«Wrong».', 'Verdict：Correct', 'It adds up.\nVerdict＝Wrong')] == [
+    1.0, 0.0, 1.0, 0.0
+  ]  # fmt: skip
+  with pytest.raises(core.GradingException, match='judge answer is not one of the labels'):
+    zh.parse('不正确。')  # a label inside another word is still no verdict
+
+
 def test_a_judge_server_outage_is_discarded_and_its_redirect_not_followed(judge_url, monkeypatch):
   """The HTTP judge followed a 302 (its API key went to the other server, whose reply was scored), ignored
   Retry-After (0.2 s and 0.4 s pauses against a 2 s rate limit: the run stopped), and trained on a persistent 503 as

@@ -256,7 +256,7 @@ class LabelModel(_ModelGrader):
       # a label in prose is not a verdict ("Not correct." names `correct`): only the answer's last line, alone or
       # after "label:" / "verdict:" / "answer:" / "result:" / "grade:"
       last = (answer.strip().splitlines() or [''])[-1]
-      keyed = re.fullmatch(r'\W*(?:final\s+)?(?:label|verdict|answer|result|grade)\W*[:=]\s*(.+)', last, re.I)
+      keyed = re.fullmatch(r'\W*(?:final\s+)?(?:label|verdict|answer|result|grade)\W*[:=：＝]\s*(.+)', last, re.I)
       candidates = {label.lower(), _bare(keyed.group(1) if keyed else last).lower()}
       folded = [lb for lb in self.labels if lb.lower() in candidates]
       if len(folded) != 1:
@@ -267,6 +267,9 @@ class LabelModel(_ModelGrader):
     return (1.0 if label in self.passing else 0.0), {'label': label}, ()
 
 
+_QUOTES = '*"\'`“”‘’«»「」『』【】'  # emphasis and quotes of any script's typography
+
+
 def _bare(text: str) -> str:
-  """`text` without surrounding space, quotes, emphasis and a final full stop."""
-  return text.strip().strip('*"\'`').strip().rstrip('.').strip()
+  """`text` without surrounding space, quotes, emphasis and a final full stop ('.', CJK's '。' too)."""
+  return text.strip().strip(_QUOTES).strip().rstrip('.。．').strip().strip(_QUOTES).strip()
