@@ -203,6 +203,7 @@ def encode_prompts(
   from rftjax import response_format as response_format_lib
 
   out, too_long = [], []  # (source, tokens, schema note) of each prompt over max_prompt_len: all said at once
+  unk, unspelled = getattr(tok, 'unk_id', None), []  # sources of prompts with text the vocabulary cannot spell
   for ex in examples:
     try:
       messages = response_format_lib.instruct(list(ex.messages), response_format)
@@ -217,6 +218,8 @@ def encode_prompts(
       raise DataError(f'{ex.source}: "text" is empty and this tokenizer adds no BOS: no tokens to complete from')
     if ex.text is None:
       _check_calls_rendered(ex, messages, text)
+    if unk is not None and unk in ids:
+      unspelled.append(ex)
     if max_prompt_len is not None and len(ids) > max_prompt_len:
       schema = ''
       if response_format is not None and ex.text is None:  # what the schema instruction adds, measured
@@ -224,6 +227,8 @@ def encode_prompts(
         schema = f' ({len(ids) - len(bare)} of them the response_format schema instruction)'
       too_long.append((ex.source, len(ids), schema))
     out.append(ids)
+  if unspelled:
+    _say_unspelled(unspelled, tok)
   if too_long and skip_long:
     shown = ', '.join(source for source, _, _ in too_long[:5]) + (', ...' if len(too_long) > 5 else '')
     log.warning(
@@ -244,6 +249,21 @@ def encode_prompts(
       '(config.data.skip_long_prompts=True)'
     )
   return out
+
+
+def _say_unspelled(examples: Sequence[Example], tok) -> None:
+  """A tokenizer without byte fallback encodes characters its pieces lack to its unknown token, and decoding drops
+  it: 'Größte Ziffer' reached the model as 'rte ier' without a word."""
+  first = examples[0]
+  text = first.text if first.text is not None else ' '.join(str(m.get('content', '')) for m in first.messages)
+  odd = ''.join(dict.fromkeys(c for c in text if not c.isspace() and tok.unk_id in tok.encode_text(c)))
+  shown = ', '.join(ex.source for ex in examples[:5]) + (', ...' if len(examples) > 5 else '')
+  log.warning(
+    '%d prompt%s characters the tokenizer cannot spell (%s: %r), which encode to its unknown token %r: the model '
+    'sees none of them. A tokenizer with byte fallback (the real models\') spells any text; prompts: %s',
+    len(examples), 's hold' if len(examples) > 1 else ' holds', first.source, odd[:40], tok.id_to_token(tok.unk_id),
+    shown,
+  )  # fmt: skip
 
 
 def fitting(examples: Sequence[Example], prompts: list, key: str) -> tuple[list[Example], list[list[int]]]:

@@ -111,7 +111,7 @@ def json_loads(text: str, error: type[UserError], label: str, in_file: bool = Tr
   if repeats:
     where = {id(obj): (key, first, last) for obj, key, first, last in reversed(repeats)}  # each object's first
     at, (key, first, last) = _first(value, where, '')
-    shown = lambda v: json.dumps(v)[:40]  # noqa: E731
+    shown = lambda v: json.dumps(v, ensure_ascii=False)[:40]  # noqa: E731
     raise error(
       f'{label}: {at + "." if at else ""}{key}: the key {key!r} appears twice in one object (first {shown(first)}, '
       f'then {shown(last)}); expected each key once (a JSON reader keeps only the last, silently)'

@@ -96,7 +96,7 @@ def _sample_text(row, where: str) -> str:
         return row[key]
   _fail(
     f'{where}: expected a JSON string or an object with a string {" or ".join(map(repr, SAMPLE_KEYS))} (the '
-    f'output of rftjax.sample and rftjax.evaluate has "completion"), found {json.dumps(row)[:80]}'
+    f'output of rftjax.sample and rftjax.evaluate has "completion"), found {json.dumps(row, ensure_ascii=False)[:80]}'
   )
 
 
@@ -152,7 +152,7 @@ def _run(args) -> int:
     _fail('give --validate, or one sample (--sample or --sample_file, with --item), or --data with --samples')
   if modes[0]:  # every input is read and checked before the pool starts
     try:
-      text = args.sample if args.sample is not None else pathlib.Path(args.sample_file).read_text()
+      text = args.sample if args.sample is not None else pathlib.Path(args.sample_file).read_text('utf-8-sig')
     except (OSError, UnicodeDecodeError) as e:
       _fail(f'--sample_file={args.sample_file}: cannot read it ({getattr(e, "strerror", None) or e})')
     try:  # a key given twice is refused, as in data files
@@ -192,12 +192,14 @@ def _run(args) -> int:
       if len(texts) > chunk:
         report(len(results), len(texts))
   if modes[0]:
-    print(json.dumps(results[0].to_json(), default=str))
+    print(json.dumps(results[0].to_json(), default=str, ensure_ascii=False))
     return 1 if results[0].errors else 0  # a grading that failed is not a score of 0
   print(json.dumps(graders.summarize(results, prefix=args.prefix), indent=1))
   if args.output:  # whole or not at all, missing folders made (as check_out promised; the disk may fill since)
     try:
-      data_lib.write_text(args.output, ''.join(json.dumps(r.to_json(), default=str) + '\n' for r in results))
+      data_lib.write_text(
+        args.output, ''.join(json.dumps(r.to_json(), default=str, ensure_ascii=False) + '\n' for r in results)
+      )
     except OSError as e:
       _fail(f'--output={args.output}: cannot write it ({e.strerror or e}); the summary above is all that is left')
   failed = graders.all_failed(results)

@@ -557,10 +557,10 @@ def main(argv=None) -> int:
 
   def body() -> int:
     if fmt == 'openai':
-      print(json.dumps(openai_job(args.workdir), indent=2))
+      print(json.dumps(openai_job(args.workdir), indent=2, ensure_ascii=False))
       return 0
     s = summarize(args.workdir)
-    print(json.dumps(s) if fmt == 'json' else table(s))
+    print(json.dumps(s, ensure_ascii=False) if fmt == 'json' else table(s))
     return 0
 
   return cli.run(body)

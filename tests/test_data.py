@@ -133,7 +133,7 @@ def test_a_prompt_too_long_says_what_the_schema_added(tmp_path, caplog):
   with caplog.at_level(logging.WARNING, logger='rftjax'):
     ids = data.encode_prompts(examples, tok, plain, skip_long=True)
   assert [i is None for i in ids] == [False, True, False, True]
-  assert caplog.messages == [
+  assert [m for m in caplog.messages if m.startswith('skipped')] == [  # ('hi': no 'h' in the tiny vocabulary)
     f'skipped 2 prompts longer than config.data.max_prompt_len={plain} (config.data.skip_long_prompts): '
     f'{tmp_path / "d.jsonl"}:2, {tmp_path / "d.jsonl"}:4 (the longest {longest} tokens)'
   ]
@@ -260,3 +260,23 @@ def test_the_data_line_counts_repeated_prompts_and_validation_prompts_seen_in_tr
 def test_a_file_that_cannot_be_opened_is_a_data_error(tmp_path):
   with pytest.raises(data.DataError, match=f'^{tmp_path}: cannot read it \\(Is a directory\\)$'):
     list(data.lines(tmp_path))
+
+
+def test_prompts_the_tokenizer_cannot_spell_are_said(tmp_path, caplog):
+  """The tiny tokenizer has no byte fallback: 'Größte Ziffer' reached the model as 'rte ier' without a word."""
+  import pathlib
+
+  from rftjax import tokenizer
+
+  tok = tokenizer.load_tokenizer(f'sp:{pathlib.Path(__file__).parents[1] / "data/tiny/tokenizer.model"}')
+  plain = json.dumps({'messages': [{'role': 'user', 'content': 'Largest digit: 3 9'}], 'answer': '9'})
+  german = json.dumps({'messages': [{'role': 'user', 'content': 'Größte Ziffer: 3 9'}], 'answer': '9'})
+  examples = data.load_jsonl(write(tmp_path, [plain, german, german]))
+  with caplog.at_level(logging.WARNING, logger='rftjax'):
+    ids = data.encode_prompts(examples, tok)
+  assert tok.unk_id in ids[1] and tok.unk_id not in ids[0]
+  assert caplog.messages == [
+    f"2 prompts hold characters the tokenizer cannot spell ({tmp_path / 'd.jsonl'}:2: 'GößZf'), which encode to its "
+    f'unknown token {tok.id_to_token(tok.unk_id)!r}: the model sees none of them. A tokenizer with byte fallback (the '
+    f"real models') spells any text; prompts: {tmp_path / 'd.jsonl'}:2, {tmp_path / 'd.jsonl'}:3"
+  ]

@@ -684,6 +684,15 @@ def test_cli(tmp_path):
   one = run_cli(f'--grader={good}', '--sample=abc', '--item={"ref": "abc"}')
   result = json.loads(one.stdout)
   assert result['reward'] == 1.0 and result['sub_rewards'] == {'exact': 1.0, 'close': 1.0} and result['errors'] == []
+  # a sample file a Windows editor saved (a byte-order mark) in another script: read as the data files are, and
+  # the result written readably, not as \\u escapes
+  (tmp_path / 's.txt').write_bytes('\ufeff四'.encode())
+  zh = run_cli(f'--grader={good}', f'--sample_file={tmp_path / "s.txt"}', '--item={"ref": "四"}')
+  assert json.loads(zh.stdout)['reward'] == 1.0 and '"四"' not in zh.stdout
+  (tmp_path / 'zh.jsonl').write_text('{"ref": "四"}\n')
+  (tmp_path / 'zs.jsonl').write_text('{"文本": "四"}\n', encoding='utf-8')
+  odd = run_cli(f'--grader={good}', f'--data={tmp_path / "zh.jsonl"}', f'--samples={tmp_path / "zs.jsonl"}')
+  assert odd.returncode == 2 and 'found {"文本": "四"}' in odd.stderr, odd.stderr
   data, samples = tmp_path / 'd.jsonl', tmp_path / 's.jsonl'
   data.write_text('{"ref": "abc"}\n{"ref": "abc"}\n{"ref": "abd"}\n')
   samples.write_text('"abc"\n{"output_text": "xyz"}\n"abc"\n')
