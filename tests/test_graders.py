@@ -213,6 +213,19 @@ def multi_spec():
   }
 
 
+def test_field_and_sub_grader_names_in_any_script():
+  """{{item.答案}} failed at build ('is not a path'), and a multi sub-grader named réponse passed the name check, then
+  its calculate_output failed on 'é'."""
+  g = graders.build({'type': 'string_check', 'input': OUT, 'reference': '{{item.答案}}', 'operation': 'eq'})
+  assert [r.reward for r in g.grade_batch(['四', '五'], [{'答案': '四'}] * 2)] == [1.0, 0.0]
+  eq = lambda ref: {'type': 'string_check', 'input': OUT, 'reference': ref, 'operation': 'eq'}  # noqa: E731
+  m = graders.build({'type': 'multi', 'graders': {'réponse': eq('{{item.réponse}}'), '正確': eq('x')},
+                     'calculate_output': '0.25 * réponse + 0.75 * 正確'})  # fmt: skip
+  assert [r.reward for r in m.grade_batch(['a', 'x'], [{'réponse': 'a'}] * 2)] == [0.25, 0.75]
+  with pytest.raises(graders.GraderConfigError, match=r'\{item\.答案\}'):
+    graders.build({'type': 'string_check', 'input': OUT, 'reference': '{item.答案}', 'operation': 'eq'})
+
+
 def test_multi_inline():
   g = graders.build(multi_spec())
   r = g.grade_batch(['abc', 'abd'], [{'ref': 'abc'}] * 2)

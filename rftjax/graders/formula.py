@@ -29,7 +29,7 @@ _FUNCS = {
   'sqrt': (math.sqrt, 1),
   'log': (math.log, 1),
 }
-_TOKEN = re.compile(r'\s*(?:(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|(.))')
+_TOKEN = re.compile(r'\s*(?:(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|([^\W\d]\w*)|(.))')
 
 
 class FormulaError(core.GraderConfigError):

@@ -15,10 +15,10 @@ from rftjax import errors
 from rftjax.graders import core
 
 _VAR = re.compile(r'\{\{\s*(.*?)\s*\}\}')
-_PATH = re.compile(r"^(sample|item)((?:\.[A-Za-z_][A-Za-z0-9_\-]*|\[\d+\]|\[\"[^\"]*\"\]|\['[^']*'\])*)$")
+_PATH = re.compile(r"^(sample|item)((?:\.[^\W\d][\w\-]*|\[\d+\]|\[\"[^\"]*\"\]|\['[^']*'\])*)$")
 _UNCLOSED = re.compile(r'\{\{\s*[^{}]{0,80}')  # '{{item.answer}': an opening pair that no closing pair follows
-_SINGLE = re.compile(r'(?<!\{)\{\s*(?:sample|item)\.[A-Za-z_][^{}]{0,80}\}+')  # '{item.answer}}', '{item.answer}'
-_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]|\[\"([^\"]*)\"\]|\['([^']*)'\]")
+_SINGLE = re.compile(r'(?<!\{)\{\s*(?:sample|item)\.[^\W\d][^{}]{0,80}\}+')  # '{item.answer}}', '{item.answer}'
+_STEP = re.compile(r"\.([^\W\d][\w\-]*)|\[(\d+)\]|\[\"([^\"]*)\"\]|\['([^']*)'\]")
 
 
 def parse_path(expr: str, field: str) -> tuple[str, tuple[str | int, ...]]:
