@@ -233,9 +233,9 @@ class Agent:
         n = int(lengths[i])
         row = rows[i]
         row.add(tokens[i, :n], logprobs[i, :n])
-        text = tok.decode(tokens[i, :n])
-        row.messages.append({'role': 'assistant', 'content': text})
         row.truncated = bool(truncated[i])
+        text = tok.decode_cut(tokens[i, :n]) if row.truncated else tok.decode(tokens[i, :n])
+        row.messages.append({'role': 'assistant', 'content': text})
         calls = tools_lib.parse_calls(text) if self.client is not None and not row.truncated else []
         calls = capped_calls(calls, max_calls(tok, self.tool_tokens))
         if calls and turn + 1 < self.max_steps:

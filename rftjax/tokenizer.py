@@ -250,6 +250,11 @@ class Tokenizer:
   def decode_batch(self, batch: Iterable[Iterable[int]], *, skip_special: bool = True) -> list[str]:
     return [self.decode(ids, skip_special=skip_special) for ids in batch]
 
+  def decode_cut(self, ids: Iterable[int]) -> str:
+    """`decode` of a completion that max_new_tokens cut off: a last character whose bytes the cut split (U+FFFD,
+    one per byte or per token) is left out, as streaming detokenizers hold a partial one back ('答案是���')."""
+    return self.decode(ids).rstrip('\ufffd')
+
   # -- prompts ----------------------------------------------------------------------------------------------
   def chat_text(
     self, messages: Sequence[dict], tools: Sequence[dict] | None = None, add_generation_prompt: bool = True
