@@ -36,7 +36,9 @@ _NOT_UNITS = {'pi', 'oo', 'sqrt', 'root', 'or', 'and', 'more', 'less', 'than', '
 _CLAUSE_END = re.compile(r'\s*(?:[,;]\s+|\s)(?:since|because|as|which|so|when|where|given|for|from)\b.*$', re.DOTALL)
 
 
-_IDEOGRAPH = re.compile('[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]')
+# Scripts written without spaces between words (CJK ideographs, kana): text_graders splits them per character too
+IDEOGRAPHS = '\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff'
+_IDEOGRAPH = re.compile(f'[{IDEOGRAPHS}]')
 
 
 def _ascii_digits(text: str) -> str:

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from rftjax.graders import core
+from rftjax.graders import mathgrade
 from rftjax.graders import templating
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,8 @@ def metric_fn(metric: str):
 
 
 # Scripts written without spaces between words: each of their characters is a token (as sacrebleu's 'zh' splits)
-_IDEOGRAPHS = '\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff'
-_CJK = re.compile(f'([{_IDEOGRAPHS}])')
-_WORD = re.compile(f'[{_IDEOGRAPHS}]|(?:(?![{_IDEOGRAPHS}])[^\\W_])+')
+_CJK = re.compile(f'([{mathgrade.IDEOGRAPHS}])')
+_WORD = re.compile(f'[{mathgrade.IDEOGRAPHS}]|(?:(?![{mathgrade.IDEOGRAPHS}])[^\\W_])+')
 
 
 def _tokens(text: str) -> list[str]:
