@@ -484,7 +484,12 @@ def _check_room(ckpt, run, step: int, state) -> None:
   if steps:
     size = sum(f.stat().st_size for f in pathlib.Path(ckpt.directory / str(steps[-1])).rglob('*') if f.is_file())
   state_size = sum(getattr(x, 'nbytes', 0) for x in jax.tree.leaves(state))
-  free = shutil.disk_usage(ckpt.directory if ckpt.directory.exists() else run.remote).free
+  try:
+    free = shutil.disk_usage(ckpt.directory if ckpt.directory.exists() else run.remote).free
+  except FileNotFoundError:  # the run folder deleted under the trainer: its metrics went to deleted files meanwhile
+    raise checkpoint_lib.SaveFailed(
+      f'--workdir={run.remote} is gone (deleted while the run trained?): checkpoint {step} has nowhere to go'
+    ) from None
   if free >= 1.05 * max(size, state_size):
     return
   took = f'checkpoint {steps[-1]} took {size / 2**20:.0f} MiB' if steps else 'no checkpoint yet'

@@ -957,6 +957,21 @@ def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in
   assert line.endswith('; checkpoint 0 is where a rerun resumes (make room, then run the same command again)')
 
 
+def test_a_run_folder_deleted_under_the_trainer_is_one_line_at_the_next_save(tmp_path):
+  """rm -rf of a live run's folder: the next save's room check died in a FileNotFoundError traceback."""
+  import types
+
+  from etils import epath
+
+  from rftjax import checkpoint
+
+  gone = tmp_path / 'run'
+  ckpt = types.SimpleNamespace(all_steps=lambda: [], directory=epath.Path(gone / 'checkpoints'))
+  run = types.SimpleNamespace(remote=gone)
+  with pytest.raises(checkpoint.SaveFailed, match=rf'^--workdir={gone} is gone \(deleted while the run trained\?\)'):
+    trainer._check_room(ckpt, run, 4, {'w': np.zeros(3)})
+
+
 def test_a_librarys_error_on_the_console_is_one_line():
   """Orbax logs a failed save's traceback from each of its threads (~300 lines on a full disk): one line each."""
   import logging
