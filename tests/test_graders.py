@@ -684,6 +684,18 @@ def run_cli(*args):
   )
 
 
+def test_python_graders_run_under_a_users_lower_hard_limits(tmp_path):
+  """The worker set its own limits (256 open files, 2 GB, 1 GB files) as hard limits; under a user's lower ones
+  (ulimit -n 64) that was refused, and every grading failed with 'worker process exited with code 1'."""
+  grader = tmp_path / 'g.json'
+  grader.write_text(json.dumps({'type': 'python', 'source': 'def grade(s, i):\n  return 1.0\n'}))
+  root = pathlib.Path(__file__).resolve().parents[1]
+  cmd = f'ulimit -n 64 && ulimit -f 500000 && {sys.executable} -m rftjax.grade --grader={grader} --sample=x'
+  done = subprocess.run(['bash', '-c', cmd + ' --allow_unsandboxed'], capture_output=True, text=True, timeout=60,
+                        cwd=root)  # fmt: skip
+  assert done.returncode == 0 and json.loads(done.stdout)['reward'] == 1.0, done.stdout + done.stderr
+
+
 def test_cli(tmp_path):
   good = tmp_path / 'g.json'
   good.write_text(json.dumps(multi_spec()))

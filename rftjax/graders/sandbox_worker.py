@@ -122,9 +122,13 @@ def _confine(tmpdir: str, mem_mb: int, disk_mb: int) -> None:
   tempfile.tempdir = tmpdir
   resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
   resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-  resource.setrlimit(resource.RLIMIT_FSIZE, (disk_mb << 20, disk_mb << 20))
-  resource.setrlimit(resource.RLIMIT_AS, (mem_mb << 20, mem_mb << 20))
-  resource.setrlimit(resource.RLIMIT_NOFILE, (_MAX_OPEN_FILES, _MAX_OPEN_FILES))
+  # a user's own lower hard limit (`ulimit -n 64`) holds: raising it is refused, and every grading failed, the
+  # worker gone before it answered
+  for which, cap in ((resource.RLIMIT_FSIZE, disk_mb << 20), (resource.RLIMIT_AS, mem_mb << 20),
+                     (resource.RLIMIT_NOFILE, _MAX_OPEN_FILES)):  # fmt: skip
+    hard = resource.getrlimit(which)[1]
+    cap = cap if hard == resource.RLIM_INFINITY else min(cap, hard)
+    resource.setrlimit(which, (cap, cap))
   signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises OSError instead of killing us
   signal.signal(signal.SIGALRM, _on_alarm)  # the code grader's per-test time limit
 
