@@ -364,10 +364,32 @@ def failure_reason(e: BaseException) -> str:
       return seen.strerror
     seen = seen.__cause__ or seen.__context__
   text = ' '.join(str(e).split())
-  for words in ('No space left on device', 'Disk quota exceeded', 'Permission denied', 'Read-only file system'):
+  for words in (
+    'No space left on device',
+    'Disk quota exceeded',
+    'Permission denied',
+    'Read-only file system',
+    'File too large',
+  ):
     if words in text:
       return words
   return text[:300]
+
+
+# What to do about a failed save, by the OS's words for it (failure_reason): not every one is a full disk
+_REMEDIES = (
+  ('No space left', 'make room'),
+  ('quota', 'make room'),
+  ('File too large', "raise the file-size limit ('ulimit -f')"),
+  ("can't start new thread", "raise the limit on processes ('ulimit -u')"),
+  ('Permission denied', "give this user write and delete rights to the checkpoints' folder"),
+  ('Read-only', 'give the run a writable folder'),
+)
+
+
+def remedy(reason: str) -> str:
+  """'make room' for a full disk, the limit to raise for others; '' when the reason names none."""
+  return next((fix for words, fix in _REMEDIES if words in reason), '')
 
 
 def _mismatch(stored: Any, target: Any) -> str | None:

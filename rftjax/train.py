@@ -95,6 +95,8 @@ def main(argv=None, abandon_threads: bool = False) -> int:
       return e.exit_code
     except checkpoint.SaveFailed as e:
       print(f'error: {e}', file=sys.stderr)
+      if abandon_threads:  # Orbax's threads may wait for good on a save that failed ('ulimit -u'): a supervisor
+        cli.exit_now(e.exit_code)  # must see the process end
       return e.exit_code
     except OSError as e:  # a run file on a full or read-only disk (metrics.jsonl, samples, config.json)
       if errors.storage_line(e) is None:

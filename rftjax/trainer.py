@@ -460,13 +460,15 @@ def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | N
 
 def _save_failed(ckpt, run, e: Exception) -> checkpoint_lib.SaveFailed:
   try:
-    latest = ckpt.all_steps()[-1]
-  except Exception:  # noqa: BLE001  (the folder itself may be what failed)
-    latest = None
-  where = f'checkpoint {latest} is where a rerun resumes' if latest is not None else 'no checkpoint was kept'
+    steps = ckpt.all_steps()
+    where = f'checkpoint {steps[-1]} is where a rerun resumes' if steps else 'no checkpoint was kept'
+  except Exception:  # noqa: BLE001  (the folder itself may be what failed: say nothing false)
+    where = 'the last checkpoint committed is where a rerun resumes'
+  reason = checkpoint_lib.failure_reason(e)
+  fix = checkpoint_lib.remedy(reason)
   return checkpoint_lib.SaveFailed(
-    f'a checkpoint could not be written to {run.remote / "checkpoints"}: {checkpoint_lib.failure_reason(e)}; '
-    f'{where} (make room, then run the same command again)'
+    f'a checkpoint could not be written to {run.remote / "checkpoints"}: {reason}; {where} '
+    f'({fix + ", then run" if fix else "run"} the same command again)'
   )
 
 

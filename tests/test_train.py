@@ -957,6 +957,38 @@ def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in
   assert line.endswith('; checkpoint 0 is where a rerun resumes (make room, then run the same command again)')
 
 
+def test_a_failed_save_names_what_to_do_by_its_cause(tmp_path):
+  """Every failed save said 'make room': under 'ulimit -u' (Orbax could not start a thread), 'ulimit -f' or another
+  user's folder that advice was wrong; and a checkpoints folder that could not be listed was 'no checkpoint was kept'
+  with three on disk."""
+  import types
+
+  from rftjax import checkpoint
+
+  run = types.SimpleNamespace(remote=tmp_path)
+  kept = types.SimpleNamespace(all_steps=lambda: [3, 6])
+  said = lambda e, ckpt=kept: str(trainer._save_failed(ckpt, run, e))  # noqa: E731
+  where = f'a checkpoint could not be written to {tmp_path / "checkpoints"}: '
+  assert said(RuntimeError("can't start new thread")) == (
+    f"{where}can't start new thread; checkpoint 6 is where a rerun resumes (raise the limit on processes ('ulimit -u'"
+    '), then run the same command again)'
+  )
+  assert said(OSError(27, 'File too large')).endswith("(raise the file-size limit ('ulimit -f'), then run the same "
+                                                      'command again)')  # fmt: skip
+  assert said(OSError(28, 'No space left on device')).endswith('(make room, then run the same command again)')
+  assert said(ValueError('something else')).endswith('checkpoint 6 is where a rerun resumes (run the same command '
+                                                     'again)')  # fmt: skip
+
+  def unreadable():
+    raise PermissionError(13, 'Permission denied')
+
+  assert said(PermissionError(13, 'Permission denied'), types.SimpleNamespace(all_steps=unreadable)) == (
+    f'{where}Permission denied; the last checkpoint committed is where a rerun resumes (give this user write and '
+    "delete rights to the checkpoints' folder, then run the same command again)"
+  )
+  assert checkpoint.remedy('Error writing: File too large (27)') == "raise the file-size limit ('ulimit -f')"
+
+
 def test_a_run_folder_deleted_under_the_trainer_is_one_line_at_the_next_save(tmp_path):
   """rm -rf of a live run's folder: the next save's room check died in a FileNotFoundError traceback."""
   import types
