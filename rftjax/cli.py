@@ -116,7 +116,7 @@ def run(body: Callable[[], int]) -> int:
     line = errors.storage_line(e)
     if line is None:
       raise
-    print(f'error: {line}; make room (or write elsewhere) and run the command again', file=sys.stderr)
+    print(f'error: {line}, and run the command again', file=sys.stderr)
     return errors.STORAGE_EXIT_CODE
 
 

@@ -26,16 +26,26 @@ class ConfigError(UserError):
   """A `config.*` value or a command-line flag is unusable."""
 
 
-# A disk that is full, over quota or read-only: not a bug, and no traceback helps; the CLIs say it in one line.
-STORAGE_ERRNOS = frozenset({28, 122, 30})  # ENOSPC, EDQUOT, EROFS (Linux numbers: errno's names vary by platform)
+# A disk that is full, over quota or read-only, or a limit on open files: not a bug, and no traceback helps; the
+# CLIs say it in one line (Linux numbers: errno's names vary by platform)
+STORAGE_ERRNOS = frozenset({28, 122, 30})  # ENOSPC, EDQUOT, EROFS
+FILES_ERRNOS = frozenset({24, 23})  # EMFILE, ENFILE
 STORAGE_EXIT_CODE = 1
 
 
 def storage_line(e: OSError) -> str | None:
-  """'cannot write runs/x/metrics.jsonl: No space left on device' for a full or read-only disk, else None."""
+  """'cannot write runs/x/metrics.jsonl: No space left on device; make room (or write elsewhere)' for a full or
+  read-only disk, the open-files limit and what to do for too many open files, else None."""
+  if e.errno in FILES_ERRNOS:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (f'{e.strerror or e} (this process may open {soft}: ulimit -n); raise the limit, or use fewer grading '
+            'workers (grading.num_workers, --num_workers)')  # fmt: skip
   if e.errno not in STORAGE_ERRNOS:
     return None
-  return f'cannot write {e.filename or "a file"}: {e.strerror or e}'
+  fix = 'write elsewhere' if e.errno == 30 else 'make room (or write elsewhere)'
+  return f'cannot write {e.filename or "a file"}: {e.strerror or e}; {fix}'
 
 
 def named(e: OSError, path) -> OSError:

@@ -96,7 +96,7 @@ def _checked(config, workdir, explicit) -> dict:
     except (OSError, checkpoint_lib.SaveFailed) as e:
       # a full disk, most likely: JAX writes each compile-cache entry once, in place, and one cut short was warned
       # about and recompiled in every later run
-      if not run.is_remote and (isinstance(e, checkpoint_lib.SaveFailed) or errors.storage_line(e)):
+      if not run.is_remote and (isinstance(e, checkpoint_lib.SaveFailed) or e.errno in errors.STORAGE_ERRNOS):
         shutil.rmtree(run.compile_cache, ignore_errors=True)
       raise
 

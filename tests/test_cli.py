@@ -742,7 +742,7 @@ def test_an_export_onto_a_full_disk_is_one_line_and_leaves_the_earlier_one(tmp_p
   (tmp_path / 'hf' / 'config.json').write_text('{"model_type": "llama"}')
   assert cli.run(lambda: export.write_folder(tmp_path / 'hf', full, {})) == 1
   assert capsys.readouterr().err == (
-    f'error: cannot write {tmp_path / "hf"}: No space left on device; make room (or write elsewhere) and run the '
+    f'error: cannot write {tmp_path / "hf"}: No space left on device; make room (or write elsewhere), and run the '
     'command again\n'
   )
   assert [p.name for p in tmp_path.iterdir()] == ['hf'] and [p.name for p in (tmp_path / 'hf').iterdir()] == [
@@ -916,14 +916,26 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, 
   w._file = open('/dev/full', 'a')  # noqa: SIM115
   with pytest.raises(OSError) as e:
     w.write({'step': 1, 'loss': 0.5})
-  assert errors.storage_line(e.value) == 'cannot write /dev/full: No space left on device'
+  assert (
+    errors.storage_line(e.value) == 'cannot write /dev/full: No space left on device; make room (or write elsewhere)'
+  )
 
   def full():
     raise OSError(errno.ENOSPC, 'No space left on device', 'runs/x/metrics.jsonl')
 
   assert cli.run(full) == 1
   assert capsys.readouterr().err == (
-    'error: cannot write runs/x/metrics.jsonl: No space left on device; make room (or write elsewhere) and run the '
+    'error: cannot write runs/x/metrics.jsonl: No space left on device; make room (or write elsewhere), and run the '
+    'command again\n'
+  )
+
+  def many():  # more grading workers than open files allowed: a traceback from the pool's pipes
+    raise OSError(errno.EMFILE, 'Too many open files')
+
+  assert cli.run(many) == 1
+  said = capsys.readouterr().err
+  assert said.startswith('error: Too many open files (this process may open ') and said.endswith(
+    ': ulimit -n); raise the limit, or use fewer grading workers (grading.num_workers, --num_workers), and run the '
     'command again\n'
   )
 

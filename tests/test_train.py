@@ -647,8 +647,8 @@ def test_a_full_disk_stops_the_run_with_one_line_and_exit_1(tmp_path, monkeypatc
   argv = ['rftjax.train', f'--workdir={workdir}', '--config=configs/tiny.py:test', '--config.eval_batch_size=200']
   assert train.main(argv) == 1
   assert capsys.readouterr().err.splitlines() == [
-    f'error: cannot write {workdir}/samples/valid_step000000.jsonl: No space left on device; make room and run the '
-    'same command: the last checkpoint on disk is where it resumes'
+    f'error: cannot write {workdir}/samples/valid_step000000.jsonl: No space left on device; make room (or write '
+    'elsewhere), and run the same command: the last checkpoint on disk is where it resumes'
   ]
   (ended,) = [e for e in metrics.read_jsonl(workdir / 'events.jsonl') if e['data'].get('status') == 'failed']
   assert ended['message'].startswith('Job failed: OSError: [Errno 28] No space left on device')
