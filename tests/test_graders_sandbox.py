@@ -570,3 +570,22 @@ def _owned(owner: int) -> list[pathlib.Path]:
   """The cgroups and temp dirs named after the rftjax process `owner`."""
   names = [*pathlib.Path('/sys/fs/cgroup/pids').glob(f'rftjax-grader-{owner}-*')]
   return names + [*pathlib.Path(tempfile.gettempdir()).glob(f'rftjax-grader-{owner}-*')]
+
+
+def test_a_process_limit_is_not_called_a_namespace_problem(monkeypatch):
+  """Under 'ulimit -u 8' bwrap could not fork, and the user was told the machine cannot create namespaces (and to
+  turn the sandbox off): the limit is what to raise."""
+  from rftjax.graders import isolation
+
+  failed = subprocess.CompletedProcess([], 1, '', "bwrap: Can't fork for pid 1: Resource temporarily unavailable\n")
+  monkeypatch.setattr(isolation.shutil, 'which', lambda name: '/usr/bin/bwrap')
+  monkeypatch.setattr(isolation.subprocess, 'run', lambda *a, **k: failed)
+  isolation.probe.cache_clear()
+  try:
+    reason = isolation.probe().reason
+  finally:
+    isolation.probe.cache_clear()
+  assert reason == (
+    "bubblewrap (/usr/bin/bwrap) could not start a process (bwrap: Can't fork for pid 1: Resource temporarily "
+    "unavailable): this user's limit on processes ('ulimit -u') is too low; raise it"
+  )

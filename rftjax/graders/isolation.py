@@ -99,5 +99,8 @@ def probe() -> Isolation:
     why = (proc.stderr.strip().splitlines() or ['no message'])[-1]
     restricted = os.geteuid() != 0 and _APPARMOR_SWITCH.is_file() and _APPARMOR_SWITCH.read_text().strip() == '1'
     hint = APPARMOR_HINT if restricted else 'docs/graders.md, "Isolation", says what it needs'
+    if "Can't fork" in why or 'Resource temporarily unavailable' in why:  # not namespaces: the process limit
+      return Isolation(None, f"bubblewrap ({bwrap}) could not start a process ({why}): this user's limit on "
+                       "processes ('ulimit -u') is too low; raise it")  # fmt: skip
     return Isolation(None, f'bubblewrap ({bwrap}) cannot create its namespaces here ({why}); {hint}')
   return Isolation(bwrap)
