@@ -589,3 +589,25 @@ def test_a_process_limit_is_not_called_a_namespace_problem(monkeypatch):
     "bubblewrap (/usr/bin/bwrap) could not start a process (bwrap: Can't fork for pid 1: Resource temporarily "
     "unavailable): this user's limit on processes ('ulimit -u') is too low; raise it"
   )
+
+
+def test_stale_leftovers_go_even_when_a_grader_made_them_read_only(tmp_path, monkeypatch):
+  """A grader that made a folder read-only (chmod 500) left its worker's temp dir in /tmp for good, and clean_stale
+  could not remove it either; another user's cgroup leftovers cost a second each at every start."""
+  import time
+
+  from rftjax.graders import workers
+
+  monkeypatch.setattr(workers.tempfile, 'gettempdir', lambda: str(tmp_path))
+  dead = tmp_path / 'rftjax-grader-999999999-1'  # no such process
+  (dead / 'd').mkdir(parents=True)
+  (dead / 'd' / 'f').write_text('x')
+  (dead / 'd').chmod(0o500)  # binds only a non-root user: root removes it anyway
+  cgroups = tmp_path / 'cgroups'
+  (cgroups / 'rftjax-grader-999999999-0').mkdir(parents=True)
+  (cgroups / 'cgroup.procs').write_text('')
+  monkeypatch.setattr(workers, 'CGROUP_ROOT', cgroups)
+  monkeypatch.setattr(workers.os, 'access', lambda path, mode: pathlib.Path(path) == cgroups)  # theirs, not ours
+  t0 = time.monotonic()
+  assert workers.clean_stale() == 1
+  assert not dead.exists() and (cgroups / 'rftjax-grader-999999999-0').exists() and time.monotonic() - t0 < 0.5

@@ -124,7 +124,7 @@ class Worker:
         pass
     remove_cgroup(self.cgroup)
     if self.tmpdir:
-      shutil.rmtree(self.tmpdir, ignore_errors=True)
+      remove_tree(pathlib.Path(self.tmpdir))
 
   def exit_description(self) -> str:
     try:
@@ -152,7 +152,8 @@ def clean_stale() -> int:
   """Removes the cgroups and temp dirs of grading pools whose process is gone (a `kill -9` of rftjax leaves them
   behind: nothing runs at the death of a killed process). Names carry the owner's pid. Returns how many went."""
   count = 0
-  cgroups = list(CGROUP_ROOT.glob('rftjax-grader-*')) if CGROUP_ROOT.is_dir() else []
+  # another user's leftovers are theirs to remove: trying cost a second each (remove_cgroup's retries), every start
+  cgroups = list(CGROUP_ROOT.glob('rftjax-grader-*')) if cgroups_writable() else []
   for path in cgroups + list(pathlib.Path(tempfile.gettempdir()).glob('rftjax-grader-*')):
     try:
       owner = int(path.name.split('-')[2])
@@ -161,10 +162,12 @@ def clean_stale() -> int:
     if _alive(owner):
       continue
     if path.parent == CGROUP_ROOT:
+      if not os.access(path, os.W_OK):
+        continue
       kill_cgroup(path)
       remove_cgroup(path)
     else:
-      shutil.rmtree(path, ignore_errors=True)
+      remove_tree(path)
     count += not path.exists()
   return count
 
@@ -212,7 +215,21 @@ def remove_cgroup(path: pathlib.Path | None) -> None:
     try:
       path.rmdir()
       return
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):  # gone, or not this user's to remove
       return
-    except OSError:
+    except OSError:  # busy: its last processes are still exiting
       time.sleep(0.01)
+
+
+def remove_tree(path: pathlib.Path) -> None:
+  """rmtree that also removes what a grader made read-only (a folder chmod 500 kept the worker's temp dir in /tmp
+  for good); another user's files stay."""
+
+  def writable_then_retry(func, target, _exc):
+    try:
+      os.chmod(os.path.dirname(target), 0o700)
+      func(target)
+    except OSError:
+      pass
+
+  shutil.rmtree(path, **{'onexc' if sys.version_info >= (3, 12) else 'onerror': writable_then_retry})
