@@ -147,8 +147,9 @@ def lock(folder: str | os.PathLike):
 
   try:
     file = open(pathlib.Path(folder) / LOCK, 'a+')  # noqa: SIM115 - held open: that is the lock
-  except OSError as e:  # a read-only or full disk: before anything is written or loaded
-    raise _unwritable(folder, e) from None
+  except OSError as e:  # a read-only or full disk, or another user's lock file: before anything is written
+    holder = held_by(folder)  # readable, and held: that trainer is the news, not the permission
+    raise (busy(folder, holder) if holder else _unwritable(folder, e)) from None
   try:
     holder = _holder(file)
   except OSError as e:

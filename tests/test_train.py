@@ -1143,6 +1143,18 @@ def test_a_second_trainer_in_the_same_workdir_is_refused_before_it_writes(tmp_pa
     said, alive = runfs.lock_holder(workdir)
     assert alive is True and said.startswith(f'process {holder.pid} ')
     assert runfs.held_by(workdir) == said  # asked of the lock itself
+
+    def theirs(path, mode='r', *a, **k):  # another user's lock file (umask 022): readable, not writable
+      if 'a' in mode:
+        raise PermissionError(13, 'Permission denied', str(path))
+      return open(path, mode, *a, **k)
+
+    runfs.open = theirs
+    try:
+      with pytest.raises(errors.ConfigError, match=rf'^--workdir={workdir}: process {holder.pid} on .* is training'):
+        runfs.lock(workdir)  # the trainer there is the news, not the permission
+    finally:
+      del runfs.open
     # a live run with checkpoints, resumed with other data: the lock's refusal, not "holds checkpoints of another
     # run ... (or delete that one to start over)" about a run still training
     (workdir / 'checkpoints' / '5').mkdir(parents=True)
