@@ -43,9 +43,11 @@ _IDEOGRAPH = re.compile(f'[{IDEOGRAPHS}]')
 
 def _ascii_digits(text: str) -> str:
   """Digits of any script as ASCII ('１２', '١٢', '१२' -> '12'), the full-width forms of ASCII ('（３）' -> '(3)')
-  as ASCII, and the minus sign U+2212 as '-': a number is a number however it is written."""
+  as ASCII, and the minus sign U+2212 (or an en dash before a number) as '-': a number is a number however it is
+  written."""
   if text.isascii():
     return text
+  text = re.sub(r'(?<![\w)])\u2013(?=\d)', '-', text)  # an en dash before a number is its minus, not a range's
   out = []
   for c in text:
     if '\uff01' <= c <= '\uff5e':
@@ -225,6 +227,8 @@ def normalize(ans: str) -> tuple[str, bool]:
   for old, new in (
     ('\\$', ''),
     ('$', ''),
+    ('€', ''),
+    ('£', ''),
     ('\\left', ''),
     ('\\right', ''),
     ('\\leq', '<='),
