@@ -373,6 +373,14 @@ def test_evaluate_bad_grader_and_data(run_dir, tmp_path, in_repo, capsys):
   assert capsys.readouterr().err == (
     f'error: --out={data} is the --data file; expected another file (writing it would replace that)\n'
   )
+  blocked = tmp_path / 'blocked'  # the default --out's folder, checked before the model loads
+  blocked.mkdir()
+  (blocked / 'config.json').write_text((run_dir / 'config.json').read_text())
+  (blocked / 'eval').write_text('not a folder')
+  assert evaluate.main([f'--workdir={blocked}', f'--data={data}']) == 2
+  assert capsys.readouterr().err == (
+    f'error: {blocked}/eval (the default --out): a file is there; expected a folder (made if missing)\n'
+  )
 
 
 # ---- report and plot ---------------------------------------------------------------------------------------------
