@@ -608,6 +608,11 @@ def test_stale_leftovers_go_even_when_a_grader_made_them_read_only(tmp_path, mon
   (cgroups / 'cgroup.procs').write_text('')
   monkeypatch.setattr(workers, 'CGROUP_ROOT', cgroups)
   monkeypatch.setattr(workers.os, 'access', lambda path, mode: pathlib.Path(path) == cgroups)  # theirs, not ours
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir(mode=0o755)
+  (tmp_path / 'rftjax-grader-999999999-2').symlink_to(elsewhere)  # anyone can put one in /tmp: never followed
+  tmp_path.chmod(0o755)
   t0 = time.monotonic()
   assert workers.clean_stale() == 1
   assert not dead.exists() and (cgroups / 'rftjax-grader-999999999-0').exists() and time.monotonic() - t0 < 0.5
+  assert elsewhere.stat().st_mode & 0o777 == 0o755 and tmp_path.stat().st_mode & 0o777 == 0o755  # nothing else changed
