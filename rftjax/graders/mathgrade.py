@@ -28,7 +28,10 @@ _RADICALS = {'√': '\\sqrt', '∛': '\\sqrt[3]', '∜': '\\sqrt[4]'}
 # A number followed, after a space, by one or two unit words ("5 cm", "3 m^2", "12 dollars", "6 sq ft"). A single
 # letter counts only as an SI unit's symbol: "3 x", "2 i" or "5 n" keep their variable. Words are separated by
 # whitespace, so the pattern has one way to match (a `[A-Za-z]+\s*` repeat took exponential time on prose).
-_UNIT_WORD = r'(?:[^\W\d_]{2,}\.?|[mgsLKVAJNWh])(?:\s*\^\s*\(?\d\)?)?'  # words of any script: "12 яблок"
+# A letter of any script, but not the ones math writes in answers: Greek (pi, theta), super- and subscripts, vulgar
+# fractions ("x²", "πr²" are not words)
+_LETTER = r'[^\W\d_\u00b2\u00b3\u00b9\u00bc-\u00be\u0370-\u03ff\u2070-\u209f\u2150-\u218f]'
+_UNIT_WORD = rf'(?:{_LETTER}{{2,}}\.?|[mgsLKVAJNWh])(?:\s*\^\s*\(?\d\)?)?'  # words of any script: "12 яблок"
 _UNIT = re.compile(rf'^(-?[\d.,/*^()]*\d\)?)\s+({_UNIT_WORD}(?:\s+{_UNIT_WORD})?)$')
 # Words after a number that are not a unit: "5 or more", "3 at least" keep them (and so do not equal 5 or 3).
 _NOT_UNITS = {'pi', 'oo', 'sqrt', 'root', 'or', 'and', 'more', 'less', 'than', 'at', 'least', 'most', 'not', 'no'}
@@ -97,7 +100,7 @@ def _is_bare(text: str) -> bool:
     return False
   if _IDEOGRAPH.search(plain):  # a script without spaces: prose, or a unit glued to its number ("12个")
     return False
-  words = [w for w in re.findall(r'[^\W\d_]{2,}', plain) if w not in _ALLOWED_NAMES]  # any script's
+  words = [w for w in re.findall(f'{_LETTER}{{2,}}', plain) if w not in _ALLOWED_NAMES]  # any script's
   return not words or (
     len(words) == 1 and re.search(re.escape(words[0]) + r'\s*(?:\^\s*\d+)?[\s.]*$', plain) is not None
   )
