@@ -96,7 +96,8 @@ def _checked(config, workdir, explicit) -> dict:
     except (OSError, checkpoint_lib.SaveFailed) as e:
       # a full disk, most likely: JAX writes each compile-cache entry once, in place, and one cut short was warned
       # about and recompiled in every later run
-      if not run.is_remote and (isinstance(e, checkpoint_lib.SaveFailed) or e.errno in errors.STORAGE_ERRNOS):
+      full = e.errno in errors.STORAGE_ERRNOS if isinstance(e, OSError) else 'No space left' in str(e)
+      if full and not run.is_remote:
         shutil.rmtree(run.compile_cache, ignore_errors=True)
       raise
 
@@ -187,7 +188,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     writer = metrics_lib.MetricsWriter(
       workdir, resume_step=resumed_at, enabled=is_main, total_steps=spec.total_steps, grader=grader_spec
     )
-    cleanup.callback(writer.close)
+    cleanup.push(_closing_writer(writer))
     cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps))  # events.jsonl: started ... succeeded
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
     if is_main:  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
@@ -509,6 +510,23 @@ def _wait(ckpt, run) -> None:
     ckpt.wait_until_finished()
   except Exception as e:
     raise _save_failed(ckpt, run, e) from e
+
+
+def _closing_writer(writer):
+  """The metrics writer's exit, for an ExitStack: a close that fails (a full disk: the line an error's event left
+  in the buffer) raises when nothing else went wrong, else is only logged: the first error is the one to see, and
+  its exit status (42 for a preemption, a failed save's) the one a supervisor acts on."""
+
+  def close(exc_type, exc, tb) -> bool:
+    try:
+      writer.close()
+    except OSError as e:
+      if exc is None:
+        raise
+      log.warning('closing metrics.jsonl and events.jsonl failed too: %s', e)
+    return False
+
+  return close
 
 
 def _closing(ckpt, run):

@@ -989,6 +989,26 @@ def test_a_failed_save_names_what_to_do_by_its_cause(tmp_path):
   assert checkpoint.remedy('Error writing: File too large (27)') == "raise the file-size limit ('ulimit -f')"
 
 
+def test_a_writer_that_cannot_close_does_not_replace_the_error_in_flight(caplog):
+  """A full disk: the 'Job failed' event's line stayed in the buffer and the writer's close raised it again, so a
+  failed save (exit 1, with its remedy) or a preemption (exit 42) became 'cannot write events.jsonl'."""
+  import contextlib
+  import types
+
+  from rftjax import checkpoint
+
+  def full():
+    raise OSError(28, 'No space left on device', 'events.jsonl')
+
+  writer = types.SimpleNamespace(close=full)
+  with pytest.raises(checkpoint.SaveFailed), contextlib.ExitStack() as stack:
+    stack.push(trainer._closing_writer(writer))
+    raise checkpoint.SaveFailed('a checkpoint could not be written')
+  assert 'closing metrics.jsonl and events.jsonl failed too: [Errno 28]' in caplog.text
+  with pytest.raises(OSError, match='No space left'), contextlib.ExitStack() as stack:
+    stack.push(trainer._closing_writer(writer))  # nothing else went wrong: its own error is the one to see
+
+
 def test_a_run_folder_deleted_under_the_trainer_is_one_line_at_the_next_save(tmp_path):
   """rm -rf of a live run's folder: the next save's room check died in a FileNotFoundError traceback."""
   import types
