@@ -125,6 +125,15 @@ def test_text_similarity_reads_every_script():
   assert bleu == pytest.approx((4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
   ascii_text = "It's 3.5 km -- the cat_sat, on THE mat!"
   assert text_graders._RougeWords().tokenize(ascii_text) == tokenize.tokenize(ascii_text, None)
+  # vowel signs are part of their word: 'मैं' (I) is not 'में' (in), nor 'ไม่' (not) 'ไม้' (wood)
+  assert rewards(ts('rouge_1'), ['मैं', 'ไม่'], [{'ref': 'में'}, {'ref': 'ไม้'}]) == [0.0, 0.0]
+  # ASCII text keeps sacrebleu's 13a, escapes and padding included ('zh' only where there are ideographs)
+  import sacrebleu
+
+  for hyp, ref in (('The answer is 3.', 'The answer is 3'), ('A &amp; B', 'A & B'), ('5,000', '5,000.')):
+    assert rewards(ts('bleu'), [hyp], [{'ref': ref}])[0] == pytest.approx(
+      sacrebleu.sentence_bleu(hyp, [ref]).score / 100
+    )
 
 
 def test_meteor_without_wordnet_says_so_when_built(monkeypatch, caplog):

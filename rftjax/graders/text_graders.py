@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import unicodedata
 from typing import Any
 
 from rftjax.graders import core
@@ -113,9 +114,13 @@ def metric_fn(metric: str):
   if metric == 'bleu':
     import sacrebleu
 
-    # 'zh' is sacrebleu's 13a with each Chinese character a word of its own: CJK text has no spaces, and 13a took a
-    # whole sentence for one word (an answer one character off scored 0)
-    return lambda hyp, ref: sacrebleu.sentence_bleu(hyp, [ref], tokenize='zh').score / 100.0
+    # CJK text has no spaces, and 13a took a whole sentence for one word (an answer one character off scored 0):
+    # there sacrebleu's 'zh', each Chinese character a word. Elsewhere 13a, whose escapes and padding 'zh' lacks
+    def bleu(hyp: str, ref: str) -> float:
+      cjk = _CJK.search(hyp) or _CJK.search(ref)
+      return sacrebleu.sentence_bleu(hyp, [ref], tokenize='zh' if cjk else '13a').score / 100.0
+
+    return bleu
   if metric == 'gleu':
     from nltk.translate import gleu_score
 
@@ -132,7 +137,6 @@ def metric_fn(metric: str):
 
 # Scripts written without spaces between words: each of their characters is a token (as sacrebleu's 'zh' splits)
 _CJK = re.compile(f'([{mathgrade.IDEOGRAPHS}])')
-_WORD = re.compile(f'[{mathgrade.IDEOGRAPHS}]|(?:(?![{mathgrade.IDEOGRAPHS}])[^\\W_])+')
 
 
 def _tokens(text: str) -> list[str]:
@@ -144,11 +148,20 @@ def _tokens(text: str) -> list[str]:
 
 class _RougeWords:
   """rouge-score's tokenizer for any script: its own kept only [a-z0-9] runs, so an exact answer in Chinese,
-  Russian or Arabic scored 0 and 'Москва, 2024' matched 'Киев, 2024' on the digits. On ASCII text the tokens are
-  the same (lowercased letter and digit runs)."""
+  Russian or Arabic scored 0 and 'Москва, 2024' matched 'Киев, 2024' on the digits. A word is a run of letters,
+  digits and combining marks (Devanagari's and Thai's vowel signs: 'मैं' is not 'में'); each ideograph or kana is a
+  word of its own. On ASCII text the tokens are rouge-score's (lowercased letter and digit runs)."""
 
   def tokenize(self, text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    words, run = [], []
+    for c in text.lower():
+      if _CJK.match(c) or unicodedata.category(c)[0] not in 'LNM':
+        words += [''.join(run)] if run else []
+        run = []
+        words += [c] if _CJK.match(c) else []
+      else:
+        run.append(c)
+    return words + ([''.join(run)] if run else [])
 
 
 @functools.lru_cache(maxsize=None)
