@@ -134,20 +134,41 @@ def allmean(values: dict[str, float]) -> dict[str, float]:
   return combine(keys, np.asarray(gathered).reshape(jax.process_count(), -1))
 
 
+def _verdicts(keys: list[str], g: np.ndarray, key: str) -> np.ndarray | None:
+  """Each host's count of the gradings behind a split's reward mean, std or sub-grader mean (`<split>/num_graded`
+  less `<split>/num_discarded`), or None for another key or when no host has any."""
+  for end in ('_reward_mean', '_reward_std'):
+    if key.endswith(end):
+      split = key[: -len(end)]
+      break
+  else:
+    split = key.split('/grader/')[0] if '/grader/' in key else None
+  if split is None or f'{split}/num_graded' not in keys:
+    return None
+  n = g[:, keys.index(f'{split}/num_graded')]
+  if f'{split}/num_discarded' in keys:
+    n = n - g[:, keys.index(f'{split}/num_discarded')]
+  return n if n.sum() > 0 else None
+
+
 def combine(keys: list[str], g: np.ndarray) -> dict[str, float]:
-  """`allmean`'s rule on `g[host, i]`, every host's value of `keys[i]`."""
+  """`allmean`'s rule on `g[host, i]`, every host's value of `keys[i]`. A reward's mean and std weigh each host by
+  the gradings they are over: a host whose results an outage left without a verdict has fewer (or none)."""
   out = {}
   for i, k in enumerate(keys):
     col = g[:, i]
+    w = _verdicts(keys, g, k)
+    w = np.ones_like(col) if w is None else w
     if any(k.endswith(c) or c.endswith('/') and c in k for c in COUNTS):
       out[k] = float(col.sum())
     elif k.endswith(('_max', '_max_s')):
       out[k] = float(col.max())
     elif k.endswith('_std') and k[:-4] + '_mean' in keys:
       m = g[:, keys.index(k[:-4] + '_mean')]
-      out[k] = float(np.sqrt(max(np.mean(col**2 + m**2) - np.mean(m) ** 2, 0.0)))
+      mean = np.sum(w * m) / w.sum()
+      out[k] = float(np.sqrt(max(np.sum(w * (col**2 + m**2)) / w.sum() - mean**2, 0.0)))
     else:
-      out[k] = float(col.mean())
+      out[k] = float(np.sum(w * col) / w.sum())
   return out
 
 

@@ -465,6 +465,9 @@ def test_results_an_outage_left_without_a_verdict_are_out_of_the_means():
   assert metrics.num_verdicts({'step': 3}) is None
   every = graders.summarize(down, prefix='valid')
   assert every['valid_reward_mean'] == 0.0 and every['valid/num_discarded'] == 2.0
+  # a host whose every result was discarded still names its sub-graders: hosts' metric keys must match to combine
+  multi_down = graders.GradeResult(0.0, {'a': 0.0}, (), {'discard': True})
+  assert graders.summarize([multi_down], prefix='train')['train/grader/a'] == 0.0
 
 
 # model graders ---------------------------------------------------------------------------------------------------

@@ -293,6 +293,13 @@ def test_host_metrics_combine_by_what_they_measure():
     'tools/latency_mean_s': 0.3, 'train_reward_mean': 0.4,
   })  # fmt: skip
   assert got['train_reward_std'] == pytest.approx(np.sqrt(0.01 + 0.04))  # within-host 0.1^2, between-host 0.2^2
+  # a host whose gradings an outage left without a verdict weighs by the ones it has: host 0 kept none
+  per_host = {'train/num_graded': [8, 8], 'train/num_discarded': [8, 0], 'train_reward_mean': [0.0, 1.0],
+              'train_reward_std': [0.0, 0.0], 'train/grader/a': [0.0, 0.5]}  # fmt: skip
+  keys = sorted(per_host)
+  got = multihost.combine(keys, np.asarray([per_host[k] for k in keys], np.float64).T)
+  assert (got['train_reward_mean'], got['train_reward_std'], got['train/grader/a']) == (1.0, 0.0, 0.5)
+  assert (got['train/num_graded'], got['train/num_discarded']) == (16, 8)
 
 
 def test_distributed_flags_that_cannot_work_are_one_line_errors():

@@ -53,8 +53,8 @@ def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dic
       lat = max(subs) if subs else None
     if lat is not None:
       latencies.append(float(lat))
-  for name in sub_sum:
-    out[f'{prefix}/grader/{name}'] = sub_sum[name] / len(kept)
+  for name in {name: None for r in results for name in r.sub_rewards}:  # every host names the same sub-graders
+    out[f'{prefix}/grader/{name}'] = sub_sum[name] / len(kept) if kept else 0.0
   for category in core.CATEGORIES:
     out[f'{prefix}/errors/{category}'] = errors[category] / n if n else 0.0
   out[f'{prefix}/error_rate'] = any_error / n if n else 0.0
