@@ -233,6 +233,13 @@ def test_field_and_sub_grader_names_in_any_script():
   assert [r.reward for r in m.grade_batch(['a', 'x'], [{'réponse': 'a'}] * 2)] == [0.25, 0.75]
   with pytest.raises(graders.GraderConfigError, match=r'\{item\.答案\}'):
     graders.build({'type': 'string_check', 'input': OUT, 'reference': '{item.答案}', 'operation': 'eq'})
+  # Devanagari's vowel signs are combining marks, which \w lacks: the name is one name all the same; a field name
+  # a .name step cannot spell is reached by brackets, as the error says
+  hi = graders.build({'type': 'multi', 'graders': {'उत्तर': eq('{{item["उत्तर"]}}'), 'x': eq('x')},
+                      'calculate_output': '0.5 * उत्तर + 0.5 * x'})  # fmt: skip
+  assert [r.reward for r in hi.grade_batch(['a', 'x'], [{'उत्तर': 'a'}] * 2)] == [0.5, 0.5]
+  with pytest.raises(graders.GraderConfigError, match=r'\(a field named otherwise: \{\{item\["the field"\]\}\}\)$'):
+    graders.build(eq('{{item.उत्तर}}'))
 
 
 def test_multi_inline():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Any
 
 from rftjax.graders import core
@@ -43,8 +44,13 @@ def _tokenize(text: str, where: str) -> list[tuple[str, str, int]]:
     m = _TOKEN.match(text, pos)
     if m.group(1):
       tokens.append(('num', m.group(1), m.start(1)))
-    elif m.group(2):
-      tokens.append(('name', m.group(2), m.start(2)))
+    elif m.group(2):  # a name goes on through combining marks, which \w lacks (Devanagari's 'उत्तर' is one name)
+      end = m.end(2)
+      while end < len(text) and (text[end].isalnum() or text[end] == '_' or unicodedata.category(text[end])[0] == 'M'):
+        end += 1
+      tokens.append(('name', text[m.start(2) : end], m.start(2)))
+      pos = end
+      continue
     elif m.group(3) in '+-*/^(),':
       tokens.append(('op', m.group(3), m.start(3)))
     else:

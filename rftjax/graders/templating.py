@@ -26,7 +26,7 @@ def parse_path(expr: str, field: str) -> tuple[str, tuple[str | int, ...]]:
   if not m:
     raise core.GraderConfigError(
       f'{field}: template variable {{{{{expr}}}}} is not a path; expected sample.<field>... or item.<field>... '
-      'with .name and [index] steps, e.g. {{item.answers[0]}}'
+      'with .name and [index] steps, e.g. {{item.answers[0]}} (a field named otherwise: {{item["the field"]}})'
     )
   steps: list[str | int] = []
   for name, idx, dq, sq in _STEP.findall(m.group(2)):
