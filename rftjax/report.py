@@ -168,27 +168,38 @@ def summarize(workdir: str | pathlib.Path) -> dict:
       'valid_error_rate_last': valid_errors[-1]['valid/error_rate'] if valid_errors else None,
       'valid_error_rate_last_step': int(valid_errors[-1]['step']) if valid_errors else None,
     }
-  key = 'train/response_format_valid'
-  formatted = [r[key] for r in train[-10:] if r.get(key) is not None]
-  valid_formatted = [r for r in valid if r.get('valid/response_format_valid') is not None]
-  if formatted or valid_formatted:  # a completion off the format scored 0 ungraded: all of them, nothing learned
-    out['response_format_valid'] = {
-      'train_last10_mean': sum(formatted) / len(formatted) if formatted else None,
-      'valid_last': valid_formatted[-1]['valid/response_format_valid'] if valid_formatted else None,
-      'valid_last_step': int(valid_formatted[-1]['step']) if valid_formatted else None,
-    }
-  cut = [r['truncated_frac'] for r in train[-10:] if r.get('truncated_frac') is not None]
-  valid_cut = [r for r in valid if r.get('valid_truncated_frac') is not None]
+  formatted = _share(train, valid, 'train/response_format_valid', 'valid/response_format_valid')
+  if formatted['train_last10_mean'] is not None or formatted['valid_last'] is not None:  # off the format: 0 ungraded
+    out['response_format_valid'] = formatted
+  cut = _share(train, valid, 'truncated_frac', 'valid_truncated_frac')
   one_token = (config.get('sampling') or {}).get('max_new_tokens') == 1  # no room for a stop: tiny.py's by design
-  if not one_token and (any(cut) or any(r['valid_truncated_frac'] for r in valid_cut)):  # scored as they stand
-    out['truncated'] = {
-      'train_last10_mean': sum(cut) / len(cut) if cut else None,
-      'valid_last': valid_cut[-1]['valid_truncated_frac'] if valid_cut else None,
-      'valid_last_step': int(valid_cut[-1]['step']) if valid_cut else None,
-    }
+  if not one_token and (cut['train_last10_mean'] or any(r.get('valid_truncated_frac') for r in valid)):
+    out['truncated'] = cut  # scored as they stand
   out['hyperparameters'] = _hyperparameters(config)
   out['disk_bytes'] = _disk_use(workdir, steps_on_disk)
   return out
+
+
+def _share(train: list[dict], valid: list[dict], train_key: str, valid_key: str) -> dict:
+  """A share the run logs each step and each validation: its mean over the last 10 training steps that have it,
+  and its value at the last validation that has it (None where none has)."""
+  steps = [r[train_key] for r in train[-10:] if r.get(train_key) is not None]
+  evals = [r for r in valid if r.get(valid_key) is not None]
+  return {
+    'train_last10_mean': sum(steps) / len(steps) if steps else None,
+    'valid_last': evals[-1][valid_key] if evals else None,
+    'valid_last_step': int(evals[-1]['step']) if evals else None,
+  }
+
+
+def _share_text(share: dict, what: str) -> str:
+  """'train 12.5% (mean of the last steps), valid 10.0% at step 40 (<what>)'."""
+  said = (
+    [] if share['train_last10_mean'] is None else [f'train {share["train_last10_mean"]:.1%} (mean of the last steps)']
+  )
+  if share['valid_last'] is not None:
+    said.append(f'valid {share["valid_last"]:.1%} at step {share["valid_last_step"]}')
+  return ', '.join(said) + f' ({what})'
 
 
 def _hyperparameters(config: dict) -> dict:
@@ -288,17 +299,9 @@ def table(s: dict) -> str:
     rows.append(('failed gradings', ', '.join(said) + ' (each scored 0, or was out of the mean for an outage; '
                  '<split>/errors/* in metrics.jsonl)'))  # fmt: skip
   if 'response_format_valid' in s:
-    f = s['response_format_valid']
-    said = [] if f['train_last10_mean'] is None else [f'train {f["train_last10_mean"]:.1%} (mean of the last steps)']
-    if f['valid_last'] is not None:
-      said.append(f'valid {f["valid_last"]:.1%} at step {f["valid_last_step"]}')
-    rows.append(('response format valid', ', '.join(said) + ' (the others scored 0 ungraded)'))
+    rows.append(('response format valid', _share_text(s['response_format_valid'], 'the others scored 0 ungraded')))
   if 'truncated' in s:
-    t = s['truncated']
-    said = [] if t['train_last10_mean'] is None else [f'train {t["train_last10_mean"]:.1%} (mean of the last steps)']
-    if t['valid_last'] is not None:
-      said.append(f'valid {t["valid_last"]:.1%} at step {t["valid_last_step"]}')
-    rows.append(('cut off', ', '.join(said) + ' (ran to sampling.max_new_tokens without stopping)'))
+    rows.append(('cut off', _share_text(s['truncated'], 'ran to sampling.max_new_tokens without stopping')))
   for k, v in s['source'].items():
     rows.append((k.replace('_', ' '), _fmt(v)))
   total = s['timing_total_s'] or 1.0
