@@ -256,7 +256,7 @@ def _say_unspelled(examples: Sequence[Example], tok) -> None:
   it: 'Größte Ziffer' reached the model as 'rte ier' without a word."""
   first = examples[0]
   text = first.text if first.text is not None else ' '.join(str(m.get('content', '')) for m in first.messages)
-  odd = ''.join(c for c in dict.fromkeys(text) if not c.isspace() and tok.unk_id in tok.encode_text(c))
+  odd = ''.join(c for c in tok.unspellable(text) if not c.isspace())
   shown = ', '.join(ex.source for ex in examples[:5]) + (', ...' if len(examples) > 5 else '')
   log.warning(
     '%d prompt%s characters the tokenizer cannot spell (%s: %r), which encode to its unknown token %r: the model '

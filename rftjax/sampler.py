@@ -206,7 +206,7 @@ def stop_tokens(tok, strings: Sequence[str]) -> tuple[tuple[int, ...], tuple[tup
     if not enc:
       raise ValueError(f'stop string {s!r} encodes to no tokens')
     if unk is not None and unk in enc and s != tok.id_to_token(unk):  # the model writes no unknown: it never stops
-      odd = ''.join(dict.fromkeys(c for c in s if unk in tok.encode(c)))
+      odd = tok.unspellable(s)
       raise ValueError(
         f'stop string {s!r} has characters the tokenizer cannot spell ({odd!r} encode to its unknown token '
         f'{tok.id_to_token(unk)!r}), so no completion ever ends with it; expected text the tokenizer spells'

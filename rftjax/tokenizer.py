@@ -202,6 +202,12 @@ class Tokenizer:
     lambda self: self._backend.unk_id, doc='The id text the vocabulary cannot spell encodes to, or None (byte-level).'
   )
 
+  def unspellable(self, text: str) -> str:
+    """The characters of `text` the vocabulary cannot spell (each alone encodes to `unk_id`), once each, in order;
+    '' for a byte-level vocabulary, which spells everything."""
+    unk = self.unk_id
+    return '' if unk is None else ''.join(c for c in dict.fromkeys(text) if unk in self.encode(c))
+
   def token_to_id(self, token: str) -> int | None:
     """Id of a token spelled exactly as in the vocabulary, or None."""
     return self._backend.token_id(token)
