@@ -12,6 +12,7 @@ no traceback. Everything else that goes wrong is a bug or an outage and keeps it
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 from typing import Any
 
@@ -27,9 +28,9 @@ class ConfigError(UserError):
 
 
 # A disk that is full, over quota or read-only, or a limit on open files: not a bug, and no traceback helps; the
-# CLIs say it in one line (Linux numbers: errno's names vary by platform)
-STORAGE_ERRNOS = frozenset({28, 122, 30})  # ENOSPC, EDQUOT, EROFS
-FILES_ERRNOS = frozenset({24, 23})  # EMFILE, ENFILE
+# CLIs say it in one line
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+FILES_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 STORAGE_EXIT_CODE = 1
 
 
@@ -44,7 +45,7 @@ def storage_line(e: OSError) -> str | None:
             'workers (grading.num_workers, --num_workers)')  # fmt: skip
   if e.errno not in STORAGE_ERRNOS:
     return None
-  fix = 'write elsewhere' if e.errno == 30 else 'make room (or write elsewhere)'
+  fix = 'write elsewhere' if e.errno == errno.EROFS else 'make room (or write elsewhere)'
   return f'cannot write {e.filename or "a file"}: {e.strerror or e}; {fix}'
 
 

@@ -99,10 +99,11 @@ def main(argv=None, abandon_threads: bool = False) -> int:
         cli.exit_now(e.exit_code)  # must see the process end
       return e.exit_code
     except OSError as e:  # a run file on a full or read-only disk (metrics.jsonl, samples, config.json)
-      if errors.storage_line(e) is None:
+      line = errors.storage_line(e)
+      if line is None:
         raise
-      print(f'error: {errors.storage_line(e)}, and run the same command: the last checkpoint on disk is where it '
-            'resumes', file=sys.stderr)  # fmt: skip
+      print(f'error: {line}, and run the same command: the last checkpoint on disk is where it resumes',
+            file=sys.stderr)  # fmt: skip
       return errors.STORAGE_EXIT_CODE
     except preemption.Preempted as e:
       log.warning('%s', e)
