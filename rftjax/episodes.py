@@ -234,7 +234,7 @@ class Agent:
         row = rows[i]
         row.add(tokens[i, :n], logprobs[i, :n])
         row.truncated = bool(truncated[i])
-        text = tok.decode_cut(tokens[i, :n]) if row.truncated else tok.decode(tokens[i, :n])
+        text = tok.decode_completion(tokens[i, :n], row.truncated)
         row.messages.append({'role': 'assistant', 'content': text})
         calls = tools_lib.parse_calls(text) if self.client is not None and not row.truncated else []
         calls = capped_calls(calls, max_calls(tok, self.tool_tokens))

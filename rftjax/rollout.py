@@ -116,7 +116,7 @@ def sample(sampler, params, prompts: list[list[int]], tok, rng, mesh, items=None
   tokens, mask, logprobs, lengths, truncated = (
     multihost.local_rows(a) for a in (out.tokens, out.mask, out.logprobs, out.lengths, out.truncated)
   )
-  texts = [tok.decode_cut(row[:k]) if cut else tok.decode(row[:k]) for row, k, cut in zip(tokens, lengths, truncated)]
+  texts = [tok.decode_completion(row[:k], cut) for row, k, cut in zip(tokens, lengths, truncated)]
   rewards, results = np.zeros(n, np.float32), [None] * n
   return Rollout(p_tokens, p_mask, tokens, mask.astype(np.float32), logprobs, lengths, truncated, rewards, results,
                  texts, np.zeros(n, bool), [None] * n)  # fmt: skip

@@ -132,7 +132,8 @@ def _holder(file) -> str | None:
   return None
 
 
-def _unwritable(folder, e: OSError) -> Exception:
+def unwritable(folder, e: OSError) -> Exception:
+  """The one-line error for a --workdir that refuses writes: its strerror, not the errno and path again."""
   from rftjax import errors
 
   return errors.ConfigError(f'--workdir={folder}: cannot write there ({e.strerror or e})')
@@ -149,7 +150,7 @@ def lock(folder: str | os.PathLike):
     file = open(pathlib.Path(folder) / LOCK, 'a+')  # noqa: SIM115 - held open: that is the lock
   except OSError as e:  # a read-only or full disk, or another user's lock file: before anything is written
     holder = held_by(folder)  # readable, and held: that trainer is the news, not the permission
-    raise (busy(folder, holder) if holder else _unwritable(folder, e)) from None
+    raise (busy(folder, holder) if holder else unwritable(folder, e)) from None
   try:
     holder = _holder(file)
   except OSError as e:
@@ -166,7 +167,7 @@ def lock(folder: str | os.PathLike):
     file.flush()
   except OSError as e:
     file.close()
-    raise _unwritable(folder, e) from None
+    raise unwritable(folder, e) from None
   return file
 
 

@@ -256,10 +256,9 @@ class Tokenizer:
   def decode_batch(self, batch: Iterable[Iterable[int]], *, skip_special: bool = True) -> list[str]:
     return [self.decode(ids, skip_special=skip_special) for ids in batch]
 
-  def decode_cut(self, ids: Iterable[int]) -> str:
-    """`decode` of a completion that max_new_tokens cut off: a last character whose bytes the cut split (U+FFFD,
-    one per byte or per token) is left out, as streaming detokenizers hold a partial one back ('答案是���')."""
-    return self.decode(ids).rstrip('\ufffd')
+  def decode_completion(self, ids: Iterable[int], cut: bool) -> str:
+    """`decode`; a completion `cut` by max_new_tokens loses a character the cut split ('答案是���', U+FFFD each)."""
+    return self.decode(ids).rstrip('\ufffd') if cut else self.decode(ids)
 
   # -- prompts ----------------------------------------------------------------------------------------------
   def chat_text(

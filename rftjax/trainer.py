@@ -85,7 +85,7 @@ def _checked(config, workdir, explicit) -> dict:
   try:
     run = runfs.RunDir(workdir, sync_interval_s=config.sync_interval_s)
   except OSError as e:
-    raise errors.ConfigError(f'--workdir={workdir}: cannot write there ({e})') from None
+    raise runfs.unwritable(workdir, e) from None
   with run, contextlib.ExitStack() as held:
     if not runfs.is_remote(workdir):  # a pod slice's hosts must share it (a hang at the first checkpoint otherwise)
       # one trainer per folder (a gs:// workdir is not locked: docs/checkpoints.md)
@@ -111,7 +111,7 @@ def _write_config(config, run: runfs.RunDir) -> None:
     try:
       run.sync()
     except OSError as e:
-      raise errors.ConfigError(f'--workdir={run.remote}: cannot write there ({e})') from None
+      raise runfs.unwritable(run.remote, e) from None
 
   multihost.on_process_0(write)
 

@@ -56,3 +56,10 @@ def test_nothing_cites_files_outside_the_repository():
     if f.suffix in ('.py', '.md', '.txt', '.sh', '.toml') and f.name != 'test_repo.py' and '__pycache__' not in f.parts:
       bad += [f'{f.relative_to(REPO)}: {m}' for m in re.findall(r'\.\./shared/\S*|/work/\S+|JAX_NOTES', f.read_text())]
   assert not bad, bad
+
+
+def test_code_files_stay_under_600_lines():
+  """One file per concern (docs/design.md): a file past 600 lines holds two concerns; split it."""
+  files = [f for d in ('rftjax', 'configs', 'benchmarks', 'tpu') for f in (REPO / d).rglob('*.py')]
+  long = [f'{f.relative_to(REPO)}: {n}' for f in files if (n := len(f.read_text().splitlines())) > 600]
+  assert not long, long

@@ -452,7 +452,7 @@ def test_sampling_cuts_prompts_to_a_bucket_of_the_longest_with_the_same_completi
     sampler_lib.Sampler, '__call__', lambda self, *a: widths.append(self.max_prompt_len) or call(self, *a)
   )
   tok = types.SimpleNamespace(
-    decode=lambda ids: ' '.join(map(str, ids)), decode_cut=lambda ids: ' '.join(map(str, ids))
+    decode=lambda ids: ' '.join(map(str, ids)), decode_completion=lambda ids, cut: ' '.join(map(str, ids))
   )
   r = rollout.sample(s, params, prompts, tok, jax.random.key(3), mesh=None)
   full = jax.device_get(call(s, params, *sampler_lib.pad_prompts(prompts, 64, 0), jax.random.key(3)))
@@ -481,7 +481,7 @@ def test_validation_batches_hold_whole_groups_of_eval_samples(monkeypatch):
     sampler_lib.Sampler, '__call__', lambda self, *a: groups.append(self.group_size) or call(self, *a)
   )
   tok = types.SimpleNamespace(
-    decode=lambda ids: ' '.join(map(str, ids)), decode_cut=lambda ids: ' '.join(map(str, ids))
+    decode=lambda ids: ' '.join(map(str, ids)), decode_completion=lambda ids, cut: ' '.join(map(str, ids))
   )
   got = list(inference._host_batches(s, params, prompts, tok, mesh=None, rng=jax.random.key(0), batch_size=4))
   assert [rows for rows, _ in got] == [[0, 1, 2, 3, 4, 5], [6, 7, 8]] and groups == [3, 3]

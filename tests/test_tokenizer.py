@@ -621,13 +621,15 @@ def test_decode_accepts_arrays(model):
   ids = tok.encode('Hello world')
   assert tok.decode(np.asarray(ids, np.int32)) == tok.decode(ids) == 'Hello world'
   assert tok.decode([]) == '' and tok.decode_batch([np.asarray(ids), ids]) == ['Hello world'] * 2
-  # a completion cut off inside a character: its bytes decode to U+FFFD, which decode_cut leaves out
+  # a completion cut off inside a character: its bytes decode to U+FFFD, which decode_completion leaves out
   ids = tok.encode('答案是𠜎𠜱', add_bos=False)  # rare characters: byte fallback, several tokens each
   cut = next(k for k in range(1, len(ids)) if tok.decode(ids[:k]).endswith('\ufffd'))
-  assert tok.decode_cut(ids[:cut]) == tok.decode(ids[:cut]).rstrip('\ufffd') and '\ufffd' not in tok.decode_cut(
-    ids[:cut]
+  whole = tok.decode_completion(ids[:cut], False)
+  assert whole.endswith('\ufffd') and tok.decode_completion(ids[:cut], True) == whole.rstrip('\ufffd')
+  assert '\ufffd' not in tok.decode_completion(ids[:cut], True)
+  assert tok.decode_completion(ids, True) == '答案是𠜎𠜱' and tok.decode_completion(ids[:cut], True) in (
+    '答案是𠜎𠜱'[:j] for j in range(6)
   )
-  assert tok.decode_cut(ids) == '答案是𠜎𠜱' and tok.decode_cut(ids[:cut]) in ('答案是𠜎𠜱'[:j] for j in range(6))
 
 
 @real_weights
