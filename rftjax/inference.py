@@ -193,7 +193,7 @@ def evaluate(
         progress(done, len(prompts))
   mine = []
   for rows, r, future in pending:
-    results = future.result() if future is not None else []
+    results = r.graded(future.result()).results if future is not None else []  # a tool's outage: no verdict
     mine += [[k, _completion(r, j, logprobs=False), res.to_json()] for j, (k, res) in enumerate(zip(rows, results))]
   everything = sorted(_gather(mine, mesh), key=lambda row: row[0])
   return [(c, graders.GradeResult.from_json(res)) for _, c, res in everything]

@@ -63,6 +63,10 @@ class Rollout:
     return Rollout(**{f.name: join(f.name) for f in dataclasses.fields(Rollout)})
 
   def graded(self, results: list) -> Rollout:
+    """With `results` (a GradeResult per row). A row whose tool failed for good is marked metadata["discard"] as a
+    judge's outage is: a reward earned against a broken tool stays out of the reward means, as out of the loss."""
+    mark = lambda r: dataclasses.replace(r, metadata={**(r.metadata or {}), 'discard': True})
+    results = [mark(r) if gone and not r.metadata.get('discard') else r for r, gone in zip(results, self.discard)]
     failed = np.asarray([bool(r.metadata.get('discard')) for r in results], bool)
     rewards = np.asarray([r.reward for r in results], np.float32)
     return dataclasses.replace(self, results=results, rewards=rewards, discard=self.discard | failed)

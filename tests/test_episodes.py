@@ -355,6 +355,11 @@ def test_a_tool_server_that_is_down_stops_the_run_and_fails_evaluate(tmp_path, m
   assert 'tool calls failed for good' in err and f'the samples and the summary are in {out}' in err
   summary = json.loads(out.with_name(out.name + '.summary.json').read_text())
   assert summary['tools/errors/connection'] == summary['tools/discarded_rollouts'] > 0
+  # a reward earned against the broken tool is out of the mean, as a judge's outage is (eval/num_discarded)
+  assert summary['eval/num_discarded'] == summary['tools/discarded_rollouts']
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  kept = [row['reward'] for row in rows if not any(c['discard'] for c in row['transcript']['calls'])]
+  assert summary['reward_mean'] == pytest.approx(sum(kept) / len(kept))
   assert summary['tools/calls_per_rollout/lookup'] == summary['tools/calls_per_rollout']
   # the server moved: --tools points the run's episodes at it, without editing the run
   from rftjax import tool_server

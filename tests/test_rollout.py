@@ -136,8 +136,8 @@ def test_discarded_rollouts_get_no_loss_and_move_no_advantage(advantage, scale):
   group's mean and std (or the batch's), so the other rows' advantages are those of the groups without it."""
   r = fake_rollout([(1, 0, 0, 1), (1, 1, 0, 0)], tag=1)
   r.results[5] = graders.GradeResult(0.0, metadata={'discard': True})  # an endpoint grader gave up on row 5
+  r.discard[2] = True  # a tool gave up on row 2 (the episode marks it before grading)
   r = r.graded(r.results)
-  r.discard[2] = True  # a tool gave up on row 2
   r.lengths[:] = 1
   r.lengths[2] = 2  # and it ran long: an overlong penalty on it would move its group's mean
   cfg = rollout.RolloutConfig(
@@ -156,10 +156,11 @@ def test_discarded_rollouts_get_no_loss_and_move_no_advantage(advantage, scale):
   np.testing.assert_allclose(kept, expected, rtol=1e-4)
   np.testing.assert_array_equal(np.asarray(batch.advantages)[[2, 5]], [0, 0])
   assert rollout.rollout_metrics(r, 4)['discarded_frac'] == 0.25
-  # row 5's grader gave no verdict: out of the reward mean and std (row 2, graded after its tool failed, is in both)
+  # row 5's grader gave no verdict, row 2's reward was earned against a broken tool: both out of the mean and std
   m = rollout.rollout_metrics(r, 4)
-  counted = np.delete(r.rewards, 5)
-  assert m['train/num_discarded'] == 1.0 and m['train_reward_mean'] == pytest.approx(counted.mean())
+  counted = np.delete(r.rewards, [2, 5])
+  assert r.results[2].metadata['discard'] and not r.results[1].metadata.get('discard')
+  assert m['train/num_discarded'] == 2.0 and m['train_reward_mean'] == pytest.approx(counted.mean())
   assert m['train_reward_std'] == pytest.approx(counted.std()) and counted.std() != pytest.approx(r.rewards.std())
 
 

@@ -21,7 +21,8 @@ def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dic
 
   {prefix}_reward_mean, {prefix}/grader/<name> (mean of each multi sub-grader over the results not discarded, as the
   reward's: 0 where it has none, a response-format miss), {prefix}/num_discarded (results an outage of a judge or
-  endpoint, or the step's grading budget, left without a verdict: metadata["discard"]; a 0 there says nothing of the
+  endpoint, the step's grading budget, or a tool's (rollout.Rollout.graded) left without a verdict:
+  metadata["discard"]; a 0 there says nothing of the
   completion, so they are left out of those means as they are out of the loss), {prefix}/errors/<category>
   (share of gradings with at least one error of that category, every category present, 0 when none),
   {prefix}/error_rate, {prefix}/grading_latency_s_mean and _max (over results that report a latency: sandbox
