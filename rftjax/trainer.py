@@ -181,7 +181,12 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
           'data.max_prompt_len, data.skip_long_prompts or the chat template changed since; put them back, or '
           'choose a new --workdir'
         ) from None
-      start = latest  # its number, in GRPO steps (older checkpoints' state['step'] counted num_iterations updates)
+      start = latest  # its number, in GRPO steps
+      counted = int(state['step'])  # replicated: every host reads its own copy
+      if counted != latest:  # an older rftjax's state['step'] counted num_iterations updates, not GRPO steps
+        log.info('checkpoint %d counted %d updates (an older rftjax); its schedule goes on at step %d', latest,
+                 counted, latest)  # fmt: skip
+        state['step'] = state['step'] - (counted - latest)  # the learning rate is read from it (train_step)
       _write_config(config, run)
       log.info('resumed from step %d in %s', start, run.remote)
     resumed_at = start if latest is not None else None  # a run stopped after its step-0 validation resumes at 0

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import pathlib
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -294,6 +295,29 @@ def in_repo(monkeypatch):
   monkeypatch.chdir(REPO)
 
 
+def _full_state(folder, step):
+  from rftjax import checkpoint
+
+  tx = train_step.make_optimizer(tiny.get_config().optimizer, 1)
+  abstract = train_step.abstract_state(train_step.init_state(model.init_params(presets.tiny(vocab_size=32)), tx))
+  with checkpoint.Checkpointer(folder, read_only=True) as ckpt:
+    return ckpt.restore(step, abstract) + (ckpt.metrics(step),)
+
+
+def _stored_step_counter(folder, step) -> int:
+  return int(_full_state(folder, step)[0]['step'])
+
+
+def _rewrite_step_counter(folder, step, counted) -> None:
+  """Checkpoint `step` as rftjax wrote it before state['step'] counted GRPO steps: `counted` updates."""
+  from rftjax import checkpoint
+
+  state, extra, saved_metrics = _full_state(folder, step)
+  shutil.rmtree(folder / str(step))
+  with checkpoint.Checkpointer(folder) as ckpt:
+    ckpt.save(step, {**state, 'step': jnp.asarray(counted, state['step'].dtype)}, extra=extra, metrics=saved_metrics)
+
+
 def restore_params(workdir):
   from rftjax import checkpoint
 
@@ -365,12 +389,22 @@ def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
   run(tmp_path, 'resumed', 3, **mu)
   assert metrics.read_jsonl(short / 'metrics.jsonl') == rows
 
+  # a checkpoint an older rftjax wrote: its state['step'] counted the 6 updates of 3 GRPO steps
+  older = tmp_path / 'older'
+  shutil.copytree(short, older)
+  _rewrite_step_counter(older / 'checkpoints', 3, 6)
+
   # more steps continue from step 3 and land where an uninterrupted 5-step run lands
   run(tmp_path, 'resumed', 5, **mu)
   whole = run(tmp_path, 'whole', 5, **mu)
   step_a, params_a, extra_a = restore_params(short)
   step_b, params_b, extra_b = restore_params(whole)
   assert step_a == step_b == 5 and extra_a['data'] == extra_b['data']
+  # the older checkpoint resumes on the schedule of step 3, not of step 6 (a faster decay, never logged)
+  run(tmp_path, 'older', 5, **mu)
+  assert _stored_step_counter(older / 'checkpoints', 5) == 5
+  for a, b in zip(jax.tree.leaves(restore_params(older)[1]), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(a, b)
   assert extra_a['shapes']['seen'] and extra_a['shapes']['compile_s'] > 0  # the picker's history (measured times)
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_array_equal(a, b)
