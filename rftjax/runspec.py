@@ -406,17 +406,28 @@ def _moved(a, b) -> bool:
   return any(not x.startswith('/') and (y == x or y.endswith('/' + x)) for x, y in ((pa, pb), (pb, pa)))
 
 
-def _difference(key: str, a, b) -> str:
-  """'key was A, now B' at the first leaf where two values differ (a grader's field, not the whole grader)."""
+_UNSET = object()  # a key the run's config.json lacks: added to rftjax, or to the config file, since it began
+
+
+def _differences(key: str, a, b):
+  """(key, a, b) at each leaf where two values differ (a grader's field, not the whole grader); a leaf one side
+  lacks is _UNSET there."""
   if isinstance(a, dict) and isinstance(b, dict):
-    k = next((k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)), None)
-    if k is not None:
-      return _difference(f'{key}.{k}', a.get(k), b.get(k))
-  if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-    if i is not None:
-      return _difference(f'{key}[{i}]', a[i], b[i])
-  show = lambda v: json.dumps(v, ensure_ascii=False)[:200]  # noqa: E731
+    for k in sorted(a.keys() | b.keys()):
+      if a.get(k, _UNSET) != b.get(k, _UNSET):
+        yield from _differences(f'{key}.{k}', a.get(k, _UNSET), b.get(k, _UNSET))
+  elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+    for i, (x, y) in enumerate(zip(a, b)):
+      if x != y:
+        yield from _differences(f'{key}[{i}]', x, y)
+  else:
+    yield key, a, b
+
+
+def _difference(key: str, a, b) -> str:
+  """'key was A, now B' at the first leaf where two values differ."""
+  key, a, b = next(_differences(key, a, b), (key, a, b))
+  show = lambda v: 'not set' if v is _UNSET else json.dumps(v, ensure_ascii=False)[:200]  # noqa: E731
   return f'{key} was {show(a)}, now {show(b)}'
 
 
@@ -435,7 +446,15 @@ def check_resume(config, previous: dict, workdir) -> list[str]:
   ]  # a key the old run's config lacks, at an off value: a setting added to rftjax since, not a change
   clash = [k for k in changed if any(k == i or k.startswith(i + '.') for i in RUN_IDENTITY)]
   if clash:
-    diff = '; '.join(_difference(f'config.{k}', old.get(k), new.get(k)) for k in clash)
+    diff = '; '.join(_difference(f'config.{k}', old.get(k, _UNSET), new.get(k, _UNSET)) for k in clash)
+    leaves = [a for k in clash for _, a, _ in _differences(k, old.get(k, _UNSET), new.get(k, _UNSET))]
+    if all(a is _UNSET for a in leaves):
+      raise errors.ConfigError(  # not another run: a setting new since it began (an upgrade, an edited config)
+        f'--workdir={workdir} began without a setting this config has ({diff}): rftjax or the config file changed '
+        'since, and resuming needs the model, data and grader the run began with; set it as the run began (its '
+        'config.json holds its settings; a grader goes in a JSON file, --config.grader=FILE), or choose a new '
+        '--workdir'
+      )
     if all(_moved(old.get(k), new.get(k)) for k in clash):  # the same files, named from another folder
       raise errors.ConfigError(
         f'--workdir={workdir} was started in another folder ({diff}): its config.json keeps paths as they were '
@@ -449,8 +468,11 @@ def check_resume(config, previous: dict, workdir) -> list[str]:
   notes = [
     f'{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}'
     for k in changed
-    if k not in ('total_steps', 'openai.resolved')
+    if k not in ('total_steps', 'openai.resolved') and k in old
   ]
+  added = [f'{k}={json.dumps(new[k])}' for k in changed if k not in old]
+  if added:  # not the user's change: an rftjax upgrade's new setting, whose default now applies (a guard alarm...)
+    notes.append(f'new since this run began, at their defaults: {", ".join(added)}')
   if 'total_steps' in changed and new.get('optimizer.schedule') == 'cosine':  # the decay is over total_steps
     notes.append(
       f'total_steps {old.get("total_steps")} -> {new.get("total_steps")} under the cosine schedule, which now decays '

@@ -12,6 +12,7 @@ import functools
 import logging
 import pathlib
 import shutil
+import subprocess
 import time
 
 import jax
@@ -194,7 +195,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       workdir, resume_step=resumed_at, enabled=is_main, total_steps=spec.total_steps, grader=grader_spec
     )
     cleanup.push(_closing_writer(writer))
-    cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps))  # events.jsonl: started ... succeeded
+    cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps, changed))  # events.jsonl: started ...
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
     if is_main:  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
       guard.replay(metrics_lib.read_jsonl(writer.path, stepped=True))
@@ -400,17 +401,31 @@ class GradingStopped(RuntimeError):
 BROKEN = (graders.GradingFailed, tools.ToolsFailed)
 
 
+def _code_version() -> str | None:
+  """This rftjax checkout's commit ('-dirty' when its files differ from it), or None outside a git checkout."""
+  try:
+    out = subprocess.run(['git', 'describe', '--always', '--dirty', '--abbrev=12'], cwd=pathlib.Path(__file__).parent,
+                         capture_output=True, text=True, timeout=10)  # fmt: skip
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def _stopped(e: Exception, message: str) -> GradingStopped:
   return GradingStopped(message, 'tools_failed' if isinstance(e, tools.ToolsFailed) else 'grading_failed')
 
 
 @contextlib.contextmanager
-def _job_events(writer, resumed_at: int | None, total_steps: int):
-  """OpenAI-shaped job events around the loop (docs/cli.md, events.jsonl): how the run began and how it ended."""
+def _job_events(writer, resumed_at: int | None, total_steps: int, changed: list[str]):
+  """OpenAI-shaped job events around the loop (docs/cli.md, events.jsonl): how the run began and how it ended. The
+  start and each resume name the rftjax code that ran, a resume the settings that changed: an upgrade mid-run
+  shows in the run's files, not only in a console long scrolled away."""
+  code = {'rftjax': version} if (version := _code_version()) else {}
   if resumed_at is None:
-    writer.event(f'Fine-tuning job started: {total_steps} steps', data={'status': 'running'})
+    writer.event(f'Fine-tuning job started: {total_steps} steps', data={'status': 'running', **code})
   else:
-    writer.event(f'Resumed from step {resumed_at}', data={'status': 'running'})
+    more = {'changed': changed} if changed else {}
+    writer.event(f'Resumed from step {resumed_at}', data={'status': 'running', **code, **more})
 
   def ended(*args, **kwargs):  # a full disk that ended the run must not hide its first error behind a second
     with contextlib.suppress(OSError):

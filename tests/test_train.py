@@ -454,6 +454,11 @@ def test_a_workdir_holds_one_run(tmp_path, in_repo, caplog):
   ]
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['grpo']['beta'] == 0.5 and saved['total_steps'] == 2
+  # events.jsonl keeps what changed, and which rftjax ran each part (an upgrade mid-run shows in the run's files)
+  events = [json.loads(line) for line in (workdir / 'events.jsonl').read_text().splitlines()]
+  started, resumed = [e['data'] for e in events if e['message'].startswith(('Fine-tuning job started', 'Resumed'))]
+  assert resumed['changed'] == ['grpo.beta 0.04 -> 0.5'] and 'changed' not in started
+  assert started.get('rftjax') == resumed.get('rftjax') == trainer._code_version()
 
   hf = tmp_path / 'export'
   hf.mkdir()
@@ -476,6 +481,34 @@ def test_more_steps_on_resume_say_when_the_learning_rate_jumps(schedule):
   notes = runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'runs/x')
   jumps = 'total_steps 3 -> 5 under the cosine schedule, which now decays over the new length: the learning rate jumps'
   assert [n[: len(jumps)] for n in notes] == ([jumps] if schedule == 'cosine' else [])
+
+
+def test_settings_new_since_a_run_began_are_named_as_new_not_as_changes():
+  """After an upgrade, the settings rftjax added since a run began were 'changed settings: x null -> 16', and a
+  grader field a shipped config gained made the run 'another run ... (or delete that one to start over)'."""
+  from rftjax import runspec
+
+  old = tiny.get_config().unlock()
+  old.grader = {'type': 'math', 'name': 'answer', 'input': '{{sample.output_text}}', 'reference': '{{item.answer}}'}
+  previous = json.loads(old.to_json_best_effort())
+  del previous['grading']['model_threads'], previous['guard']['no_signal_steps']  # not in that rftjax yet
+  new = old.copy_and_resolve_references()
+  new.eval_interval = old.eval_interval + 1
+  assert runspec.check_resume(new, previous, 'runs/x') == [
+    f'eval_interval {old.eval_interval} -> {new.eval_interval}',
+    f'new since this run began, at their defaults: grading.model_threads={new.grading.model_threads}, '
+    f'guard.no_signal_steps={new.guard.no_signal_steps}',
+  ]
+  new.grader = {**old.grader, 'exact_number': True}  # the config file's grader gained a field since
+  with pytest.raises(errors.ConfigError) as e:
+    runspec.check_resume(new, previous, 'runs/x')
+  assert str(e.value).startswith(
+    '--workdir=runs/x began without a setting this config has (config.grader.exact_number was not set, now true): '
+    'rftjax or the config file changed since'
+  )
+  new.grader = {**old.grader, 'exact_number': True, 'reference': '{{item.solution}}'}  # and another grader indeed
+  with pytest.raises(errors.ConfigError, match=r'holds checkpoints of another run \(config.grader.exact_number was'):
+    runspec.check_resume(new, previous, 'runs/x')
 
 
 def test_a_run_resumed_from_another_folder_is_told_where_its_relative_paths_start(tmp_path, monkeypatch):
