@@ -1,0 +1,27 @@
+"""rftjax: reinforcement fine-tuning in JAX (README.md; docs/design.md maps the modules)."""
+
+import sys
+
+if sys.argv[:1] == ['-m']:  # `python -m rftjax.<command>`, while Python imports the command (docs/cli.md)
+  import signal
+  import threading
+
+  def _interrupted(kind, value, tb, default=sys.excepthook):
+    """Ctrl-C in the seconds the libraries take to import: one line, as later (cli.run), not their traceback."""
+    if issubclass(kind, KeyboardInterrupt):
+      print('interrupted', file=sys.stderr)
+    else:
+      default(kind, value, tb)
+
+  def _redeliver(unraisable, default=sys.unraisablehook):
+    """A Ctrl-C (or cli.Terminated) that landed in a callback (JAX's garbage-collection hook) is raised again:
+    Python drops it, and the command went on to write its output and exit 0. From another thread, a moment later:
+    raised at once, it would land in this hook and be dropped again. A real signal to the main thread: one only
+    flagged waits for the main thread to leave the C call it is in (a compile, a sleep)."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+      signum = getattr(unraisable.exc_value, 'signum', signal.SIGINT)
+      threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signum)).start()
+    else:
+      default(unraisable)
+
+  sys.excepthook, sys.unraisablehook = _interrupted, _redeliver

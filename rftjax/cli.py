@@ -21,6 +21,7 @@ import os
 import pathlib
 import re
 import select
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -68,6 +69,33 @@ def exit_now(status: int) -> NoReturn:
 
 # The status a shell gives a tool that SIGPIPE ended (128 + 13): what `report ... | head` means with pipefail.
 BROKEN_PIPE_EXIT_CODE = 141
+INTERRUPT_EXIT_CODE, TERMINATE_EXIT_CODE = 130, 143  # Ctrl-C, SIGTERM: 128 + the signal, as a shell reports them
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM (`timeout`, a job scheduler, a VM going away) in a command other than train, which checkpoints on it:
+  unwinds as Ctrl-C does, so a half-written export folder and the grading workers are cleaned up on the way out."""
+
+  signum = signal.SIGTERM  # what rftjax/__init__.py raises again when Python dropped it in a callback
+
+
+def command(main: Callable[[], int]) -> NoReturn:
+  """`if __name__ == '__main__': cli.command(main)`: a command as a process. SIGTERM raises Terminated, and a
+  command that was stopped ends at once with 130 or 143: a normal teardown joins a judge's request threads
+  (minutes) and can crash while XLA work is still in flight. (A Ctrl-C that Python drops in a callback is raised
+  again: rftjax/__init__.py.)"""
+
+  def terminate(signum, frame):
+    del signum, frame
+    raise Terminated()
+
+  setup_logging()
+  signal.signal(signal.SIGTERM, terminate)
+  status = main()
+  if status in (INTERRUPT_EXIT_CODE, TERMINATE_EXIT_CODE):
+    exit_now(status)
+  sys.exit(status)
+
 
 _open_line = False  # a progress line is on a terminal's stderr without its newline yet
 
@@ -94,7 +122,8 @@ def progress(label: str) -> Callable[[int, int], None]:
 
 def run(body: Callable[[], int]) -> int:
   """Calls `body`; a UserError becomes `error: <message>` on stderr and exit status 2 (no traceback), a full or
-  read-only disk `error: cannot write <file>: ...` and 1, Ctrl-C `interrupted` and 130. When the reader of stdout
+  read-only disk `error: cannot write <file>: ...` and 1, Ctrl-C `interrupted` and 130, SIGTERM under `command`
+  `terminated` and 143. When the reader of stdout
   goes away (`report ... | head`), the command stops quietly with status 141."""
   try:
     status = body()
@@ -103,9 +132,10 @@ def run(body: Callable[[], int]) -> int:
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return errors.EXIT_CODE
-  except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for it, no traceback
-    print(('\n' if _open_line else '') + 'interrupted', file=sys.stderr)  # not glued to a progress line
-    return 130
+  except (KeyboardInterrupt, Terminated) as e:  # Ctrl-C or SIGTERM: one line, the shell's status, no traceback
+    stopped = isinstance(e, Terminated)
+    print(('\n' if _open_line else '') + ('terminated' if stopped else 'interrupted'), file=sys.stderr)  # not
+    return TERMINATE_EXIT_CODE if stopped else INTERRUPT_EXIT_CODE  # glued to a progress line
   except BrokenPipeError:
     if not _stdout_closed():  # a socket's broken pipe (a grader endpoint, a tool server) is a real error
       raise

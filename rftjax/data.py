@@ -299,9 +299,11 @@ def write_atomic(path: pathlib.Path, payload: str | bytes) -> None:
   try:
     tmp.write_bytes(payload.encode('utf-8') if isinstance(payload, str) else payload)
     tmp.replace(path)
-  except OSError as e:
+  except BaseException as e:  # Ctrl-C too
     tmp.unlink(missing_ok=True)
-    raise errors.named(e, path) from None
+    if isinstance(e, OSError):
+      raise errors.named(e, path) from None
+    raise
 
 
 class DataIterator:

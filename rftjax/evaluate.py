@@ -273,9 +273,11 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
         **({'transcript': o['transcript']} if 'transcript' in o else {}),
       }
     )
-  if jax.process_index() == 0:
+  if jax.process_index() == 0:  # the summary last, and an earlier one gone first: a stop between the two files
+    summary_file = out.with_name(out.name + '.summary.json')  # leaves no new samples beside an old summary
+    summary_file.unlink(missing_ok=True)
     sample_cli.write_out(out, rows)
-    data_lib.write_text(out.with_name(out.name + '.summary.json'), json.dumps(summary, indent=2) + '\n')
+    data_lib.write_text(summary_file, json.dumps(summary, indent=2) + '\n')
   summary['out'] = str(out)
   failed = graders.all_failed(results)
   if failed:  # a summary of zeros that only mean the grader could not run
@@ -307,5 +309,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  cli.setup_logging()
-  sys.exit(main())
+  cli.command(main)

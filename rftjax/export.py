@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import pathlib
@@ -90,15 +91,16 @@ def write_folder(out, write: Callable[[pathlib.Path], Any], provenance: dict) ->
   if out.is_symlink():  # the export goes where the link points; renaming the link would leave the target stale
     out = out.resolve()
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.partial-', dir=out.parent))
-  old = out.parent / f'.{out.name}.old-{tmp.name.rsplit("-", 1)[-1]}'
+  _clean_stale(out)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.partial-{os.getpid()}-', dir=out.parent))
+  old = out.parent / f'.{out.name}.old-{os.getpid()}-{tmp.name.rsplit("-", 1)[-1]}'
   try:
     write(tmp)
     (tmp / MARKER).write_text(json.dumps(provenance, indent=2) + '\n')
     tmp.chmod(0o755)  # mkdtemp's folder is the user's alone; a model server may run as another
     if out.exists():
       out.rename(old)
-    tmp.rename(out)
+    tmp.rename(out)  # the commit: from here on the export is done, and a Ctrl-C must not say otherwise
   except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
     if old.exists() and not out.exists():  # between the two renames: the earlier export goes back
@@ -107,8 +109,25 @@ def write_folder(out, write: Callable[[pathlib.Path], Any], provenance: dict) ->
     if code:  # safetensors' own error for a full disk: an OSError, which the command says in one line
       raise OSError(int(code[1]), os.strerror(int(code[1])), str(out)) from e
     raise
-  shutil.rmtree(old, ignore_errors=True)
+  while old.exists():
+    try:
+      shutil.rmtree(old, ignore_errors=True)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM after the commit: the earlier export goes all the same
+      continue
   return pathlib.Path(out)
+
+
+def _clean_stale(out: pathlib.Path) -> None:
+  """What an export killed beside `out` left (kill -9, the OOM killer: no cleanup ran; names carry the pid): its
+  partial folder goes, and an earlier export it had moved aside goes back when `out` is missing."""
+  for p in sorted(out.parent.glob(f'.{glob.escape(out.name)}.*-*-*')):
+    m = re.fullmatch(rf'\.{re.escape(out.name)}\.(partial|old)-(\d+)-\w+', p.name)
+    if not m or runfs.alive(int(m[2])):
+      continue
+    if m[1] == 'old' and not out.exists():
+      p.rename(out)
+    else:
+      shutil.rmtree(p, ignore_errors=True)
 
 
 def main(argv=None) -> int:
@@ -259,5 +278,4 @@ def _hf_json(init: str, name: str) -> dict | None:
 
 
 if __name__ == '__main__':
-  cli.setup_logging()
-  sys.exit(main())
+  cli.command(main)

@@ -214,5 +214,4 @@ def _run(args) -> int:
 
 
 if __name__ == '__main__':
-  cli.setup_logging()
-  sys.exit(main())
+  cli.command(main)

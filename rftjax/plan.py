@@ -587,5 +587,4 @@ def _count_lines(path: str) -> int:
 
 
 if __name__ == '__main__':
-  cli.setup_logging()
-  sys.exit(main(sys.argv))
+  cli.command(lambda: main(sys.argv))

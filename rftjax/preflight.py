@@ -482,7 +482,8 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
       "compilation); extrapolated: those x the run's steps and validation passes",
     },
   }
-  data_lib.write_jsonl(out / 'pass_rates.jsonl', rows_out)
+  (out / 'summary.json').unlink(missing_ok=True)  # written last: a stop before it leaves no earlier one beside
+  data_lib.write_jsonl(out / 'pass_rates.jsonl', rows_out)  # these files
   write_histogram([r['pass_rate'] for r in rows_out], samples, out / 'pass_rates.png',
                   f'{config_name or config.data.train}: {len(rows_out)} prompts x {samples} samples')  # fmt: skip
   refusal = None  # said once summary.json is written
@@ -578,4 +579,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.command(main)

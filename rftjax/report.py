@@ -18,7 +18,6 @@ import math
 import os
 import pathlib
 import re
-import sys
 from typing import Any
 
 from rftjax import checkpoint as checkpoint_lib
@@ -570,5 +569,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  cli.setup_logging()
-  sys.exit(main())
+  cli.command(main)

@@ -214,13 +214,18 @@ def lock_holder(folder: str | os.PathLike) -> tuple[str, bool | None] | None:
   m = re.match(r'process (\d+) on (\S+) ', said)
   if not m or m.group(2) != socket.gethostname():
     return said, None
+  return said, alive(int(m.group(1)))
+
+
+def alive(pid: int) -> bool:
+  """Whether process `pid` of this machine is running (another user's counts)."""
   try:
-    os.kill(int(m.group(1)), 0)
+    os.kill(pid, 0)
   except ProcessLookupError:
-    return said, False
-  except PermissionError:  # another user's live process
-    pass
-  return said, True
+    return False
+  except OSError:  # PermissionError: another user's live process
+    return True
+  return True
 
 
 class RunDir:

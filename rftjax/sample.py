@@ -234,5 +234,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  cli.setup_logging()
-  sys.exit(main())
+  cli.command(main)

@@ -277,6 +277,22 @@ def test_evaluate_writes_graded_samples_and_pass_at_k(run_dir, tmp_path, in_repo
     assert summary[f'pass@{k}'] == pytest.approx(want)
 
 
+def test_an_interrupted_evaluate_leaves_no_summary_beside_new_samples(run_dir, tmp_path, in_repo, capsys, monkeypatch):
+  """The samples are written, then the summary: a stop between the two left the new samples beside the summary of
+  an earlier evaluation, which a script would read as theirs."""
+  data, out = write_jsonl(tmp_path / 'heldout.jsonl', [PROMPTS[0]]), tmp_path / 'e.jsonl'
+  assert evaluate.main([f'--workdir={run_dir}', f'--data={data}', f'--out={out}', '--num_workers=1']) == 0
+  written = sample.write_out
+
+  def interrupted(path, rows):
+    written(path, rows)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(sample, 'write_out', interrupted)
+  assert evaluate.main([f'--workdir={run_dir}', f'--data={data}', f'--out={out}', '--num_workers=1']) == 130
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['e.jsonl', 'heldout.jsonl']
+
+
 def test_evaluate_takes_the_runs_prompt_length_limit(run_dir, tmp_path, in_repo, capsys, caplog, monkeypatch):
   """A run with data.skip_long_prompts left its long validation prompts out; evaluate graded them all, so the same
   data did not give the run's valid_reward_mean. Without the skip, a prompt longer than the run's limit is said."""

@@ -57,6 +57,8 @@ class _Grader(local_http.Handler):
     }
     if text == 'slow':
       time.sleep(0.5)
+    if text == 'stuck':  # longer than a Ctrl-C should wait (local_http waits up to 3 s for it when stopping)
+      time.sleep(2.5)
     if text == 'dropped' and attempt == 1:  # promises 500 bytes, sends 10, closes: a connection cut mid-reply
       self.send_response(200)
       self.send_header('Content-Length', '500')
@@ -174,6 +176,19 @@ def test_model_threads_caps_the_requests_in_flight(url):
     results = pool.grade(graders.build(spec(url)), ['slow'] * 4, [{}] * 4)
   assert [r.reward for r in results] == [0.0] * 4 and not any(r.errors for r in results)
   assert _Grader.most_in_flight == 2 and time.monotonic() - t0 >= 1.0  # two rounds of 0.5 s
+
+
+def test_ctrl_c_does_not_wait_for_a_request_in_flight(url):
+  """Ctrl-C in `grade` or `evaluate` while an endpoint or a judge had not answered: the pool's close waited for the
+  request (its timeout, retries included: minutes) before the command could say `interrupted`."""
+  t0 = time.monotonic()
+  with pytest.raises(KeyboardInterrupt):
+    with graders.GradingPool(num_workers=1, timeout_s=20) as pool:
+      future = pool.submit(graders.build(spec(url)), ['stuck'], [{}])
+      while not _Grader.in_flight:
+        time.sleep(0.01)
+      raise KeyboardInterrupt
+  assert time.monotonic() - t0 < 2.0 and future.done()  # the request itself took 2.5 s
 
 
 def test_the_grading_budget_names_the_server_that_did_not_answer(url):

@@ -315,11 +315,18 @@ class GradingPool:
                        'graded (grading.step_budget_s)', discard=True)  # fmt: skip
 
   def _judged(self, fut: concurrent.futures.Future, deadline: float, category: str) -> core.GradeResult:
-    try:
-      return fut.result(timeout=max(0.0, deadline - time.monotonic()) if deadline != float('inf') else None)
-    except concurrent.futures.TimeoutError:
-      fut.cancel()
-      return self._over_budget(category)
+    """A judge's or endpoint's result, waited for in short slices: a pool closing on Ctrl-C stops waiting at once
+    (a request that never answers held the close for its whole timeout, retries included)."""
+    while True:
+      if self._abort.is_set():
+        fut.cancel()
+        raise concurrent.futures.CancelledError('the grading pool was closed')
+      try:
+        return fut.result(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+      except concurrent.futures.TimeoutError:
+        if time.monotonic() >= deadline:
+          fut.cancel()
+          return self._over_budget(category)
 
   def _new_worker(self) -> workers.Worker:
     return workers.Worker(self.memory_mb, self.disk_mb, self.isolation if self.isolation.available else None)

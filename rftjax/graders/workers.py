@@ -20,6 +20,7 @@ import tempfile
 import time
 from typing import Any
 
+from rftjax import runfs
 from rftjax.graders import isolation as isolation_lib
 
 _WORKER_SCRIPT = pathlib.Path(__file__).with_name('sandbox_worker.py')
@@ -138,16 +139,6 @@ class Worker:
     return f'worker process exited with code {code} before it answered'
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except OSError:
-    return True
-  return True
-
-
 def clean_stale() -> int:
   """Removes the cgroups and temp dirs of grading pools whose process is gone (a `kill -9` of rftjax leaves them
   behind: nothing runs at the death of a killed process). Names carry the owner's pid. Returns how many went."""
@@ -159,7 +150,7 @@ def clean_stale() -> int:
       owner = int(path.name.split('-')[2])
     except (IndexError, ValueError):
       continue
-    if _alive(owner):
+    if runfs.alive(owner):
       continue
     if path.parent == CGROUP_ROOT:
       if not os.access(path, os.W_OK):
