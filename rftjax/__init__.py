@@ -9,7 +9,7 @@ if sys.argv[:1] == ['-m']:  # `python -m rftjax.<command>`, while Python imports
   def _interrupted(kind, value, tb, default=sys.excepthook):
     """Ctrl-C in the seconds the libraries take to import: one line, as later (cli.run), not their traceback."""
     if issubclass(kind, KeyboardInterrupt):
-      print('interrupted', file=sys.stderr)
+      print('terminated' if getattr(value, 'signum', None) == signal.SIGTERM else 'interrupted', file=sys.stderr)
     else:
       default(kind, value, tb)
 
@@ -18,10 +18,10 @@ if sys.argv[:1] == ['-m']:  # `python -m rftjax.<command>`, while Python imports
     Python drops it, and the command went on to write its output and exit 0. From another thread, a moment later:
     raised at once, it would land in this hook and be dropped again. A real signal to the main thread: one only
     flagged waits for the main thread to leave the C call it is in (a compile, a sleep)."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt):
-      signum = getattr(unraisable.exc_value, 'signum', signal.SIGINT)
+    signum = getattr(unraisable.exc_value, 'signum', signal.SIGINT)
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and callable(signal.getsignal(signum)):
       threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signum)).start()
-    else:
+    else:  # a handler of the system's (train's Watcher after a second Ctrl-C): sent again, it would kill outright
       default(unraisable)
 
   sys.excepthook, sys.unraisablehook = _interrupted, _redeliver

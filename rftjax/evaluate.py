@@ -61,8 +61,8 @@ def summarize(rewards: np.ndarray, results_flat, threshold: float) -> dict:
   std leave out the samples an outage left without a verdict, as eval_reward_mean does; pass@j counts them as misses
   (its estimator wants k samples a prompt)."""
   p, k = rewards.shape
-  passed = (rewards >= threshold).sum(axis=1)
   verdict = np.asarray([not r.metadata.get('discard') for r in results_flat], bool)
+  passed = ((rewards >= threshold) & verdict.reshape(p, k)).sum(axis=1)  # a pass against a broken tool: a miss
   counted = rewards.reshape(-1)[verdict]
   out = {
     'num_prompts': int(p),
@@ -269,7 +269,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
         'sub_rewards': grade['sub_rewards'],
         'errors': grade['errors'],
         **{k: grade['metadata'][k] for k in ('response_format_error',) if k in grade['metadata']},
-        'passed': bool(r.reward >= threshold),
+        'passed': bool(r.reward >= threshold and not r.metadata.get('discard')),
         **({'transcript': o['transcript']} if 'transcript' in o else {}),
       }
     )

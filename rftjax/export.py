@@ -17,6 +17,7 @@ reads. The export is written beside it and then takes its place whole: an interr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import glob
 import json
@@ -24,8 +25,11 @@ import os
 import pathlib
 import re
 import shutil
+import signal
+import socket
 import sys
 import tempfile
+import threading
 from typing import Any, Callable
 
 from rftjax import cli
@@ -92,15 +96,17 @@ def write_folder(out, write: Callable[[pathlib.Path], Any], provenance: dict) ->
     out = out.resolve()
   out.parent.mkdir(parents=True, exist_ok=True)
   _clean_stale(out)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.partial-{os.getpid()}-', dir=out.parent))
-  old = out.parent / f'.{out.name}.old-{os.getpid()}-{tmp.name.rsplit("-", 1)[-1]}'
+  mine = f'{socket.gethostname()}-{os.getpid()}'  # what _clean_stale reads: whose it is
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.partial-{mine}-', dir=out.parent))
+  old = out.parent / f'.{out.name}.old-{mine}-{tmp.name.rsplit("-", 1)[-1]}'
   try:
     write(tmp)
     (tmp / MARKER).write_text(json.dumps(provenance, indent=2) + '\n')
     tmp.chmod(0o755)  # mkdtemp's folder is the user's alone; a model server may run as another
-    if out.exists():
-      out.rename(old)
-    tmp.rename(out)  # the commit: from here on the export is done, and a Ctrl-C must not say otherwise
+    with _stops_ignored():  # the two renames are the commit: once begun, done, and a Ctrl-C must not say otherwise
+      if out.exists():
+        out.rename(old)
+      tmp.rename(out)
   except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
     if old.exists() and not out.exists():  # between the two renames: the earlier export goes back
@@ -109,20 +115,37 @@ def write_folder(out, write: Callable[[pathlib.Path], Any], provenance: dict) ->
     if code:  # safetensors' own error for a full disk: an OSError, which the command says in one line
       raise OSError(int(code[1]), os.strerror(int(code[1])), str(out)) from e
     raise
-  while old.exists():
+  while True:
     try:
       shutil.rmtree(old, ignore_errors=True)
+      break
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM after the commit: the earlier export goes all the same
       continue
   return pathlib.Path(out)
 
 
+@contextlib.contextmanager
+def _stops_ignored():
+  """Ctrl-C and SIGTERM do nothing inside the block (in the main thread, where Python runs its signal handlers; a
+  blocked signal mask would not do: any thread may take the signal)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for s, handler in before.items():
+      signal.signal(s, handler)
+
+
 def _clean_stale(out: pathlib.Path) -> None:
-  """What an export killed beside `out` left (kill -9, the OOM killer: no cleanup ran; names carry the pid): its
-  partial folder goes, and an earlier export it had moved aside goes back when `out` is missing."""
-  for p in sorted(out.parent.glob(f'.{glob.escape(out.name)}.*-*-*')):
-    m = re.fullmatch(rf'\.{re.escape(out.name)}\.(partial|old)-(\d+)-\w+', p.name)
-    if not m or runfs.alive(int(m[2])):
+  """What an export killed beside `out` on this machine left (kill -9, the OOM killer: no cleanup ran; names carry
+  the host and pid): its partial folder goes, and an earlier export it had moved aside goes back when `out` is
+  missing. Another machine's (a shared folder) are left alone: its pid says nothing here."""
+  for p in sorted(out.parent.glob(f'.{glob.escape(out.name)}.*-*-*-*')):
+    m = re.fullmatch(rf'\.{re.escape(out.name)}\.(partial|old)-(.+)-(\d+)-\w+', p.name)
+    if not m or m[2] != socket.gethostname() or runfs.alive(int(m[3])):
       continue
     if m[1] == 'old' and not out.exists():
       p.rename(out)

@@ -306,7 +306,8 @@ class Validation:
       log.warning('%s (said once: valid/response_format_valid in metrics.jsonl is the share each time)', missed)
     if any(r.errors for r in results):  # too few to stop the run, but each one scores 0 or is left out
       line = graders.failure_line(results, self.max_error_share, self.grader)
-      failed, out = sum(1 for r in results if r.errors), int(m['valid/num_discarded'])
+      failed = sum(1 for r in results if r.errors)  # a tool's outage left out too is no grading error: not here
+      out = sum(1 for r in results if r.errors and r.metadata.get('discard'))
       others = failed - out  # an outage's 0 says nothing of the checkpoint: out of the mean
       fate = f'{out} left without a verdict (an outage) {"is" if out == 1 else "are"} out of valid_reward_mean'
       fate = 'they score 0' if not out else fate + ('' if not others else f', the {others} other{"s" * (others > 1)}'

@@ -390,7 +390,7 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   try:
     out.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise errors.ConfigError(f'--out={out}: cannot write there ({e})') from None
+    raise runfs.unwritable(out, e, '--out') from None
   g, rows = spec.rollout.num_generations, spec.rollout.prompts * spec.rollout.num_generations
   if samples < g:
     log.warning('--samples=%d < num_generations=%d: the zero-variance share is a plug-in estimate, biased upward',

@@ -132,11 +132,12 @@ def _holder(file) -> str | None:
   return None
 
 
-def unwritable(folder, e: OSError) -> Exception:
-  """The one-line error for a --workdir that refuses writes: its strerror, not the errno and path again."""
+def unwritable(folder, e: OSError, flag: str = '--workdir') -> Exception:
+  """The one-line error for a folder flag's folder that refuses writes: its strerror, not the errno and path
+  again."""
   from rftjax import errors
 
-  return errors.ConfigError(f'--workdir={folder}: cannot write there ({e.strerror or e})')
+  return errors.ConfigError(f'{flag}={folder}: cannot write there ({e.strerror or e})')
 
 
 def lock(folder: str | os.PathLike):

@@ -431,9 +431,10 @@ def _difference(key: str, a, b) -> str:
   return f'{key} was {show(a)}, now {show(b)}'
 
 
-def check_resume(config, previous: dict, workdir) -> list[str]:
-  """The settings that changed since the run in `workdir` was started (`previous`: its config.json), as
-  'key old -> new' for a warning; a change of what the run is (RUN_IDENTITY) is a ConfigError."""
+def check_resume(config, previous: dict, workdir) -> tuple[list[str], list[str]]:
+  """(changed, added): the settings that changed since the run in `workdir` was started (`previous`: its
+  config.json), as 'key old -> new', and those its config.json lacks (added to rftjax since), as 'key=value', for
+  warnings; a change of what the run is (RUN_IDENTITY) is a ConfigError."""
   current = json.loads(config.to_json_best_effort())
   before, now = previous.get('tool_server_url'), current.get('tool_server_url')
   if before and now and before != now:  # the example tool server: a new port each run, the same server
@@ -465,21 +466,17 @@ def check_resume(config, previous: dict, workdir) -> list[str]:
       'grader: choose a new --workdir (or delete that one to start over)'
     )
   # total_steps: how a run is continued; openai.resolved: a JSON record of what the changed fields resolved to
-  notes = [
-    f'{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}'
-    for k in changed
-    if k not in ('total_steps', 'openai.resolved') and k in old
-  ]
-  added = [f'{k}={json.dumps(new[k])}' for k in changed if k not in old]
-  if added:  # not the user's change: an rftjax upgrade's new setting, whose default now applies (a guard alarm...)
-    notes.append(f'new since this run began, at their defaults: {", ".join(added)}')
+  listed = [k for k in changed if k not in ('total_steps', 'openai.resolved')]
+  notes = [f'{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}' for k in listed if k in old]
+  # not the user's changes: settings an rftjax upgrade added, whose defaults now apply (a guard alarm, say)
+  added = [f'{k}={json.dumps(new[k])}' for k in listed if k not in old]
   if 'total_steps' in changed and new.get('optimizer.schedule') == 'cosine':  # the decay is over total_steps
     notes.append(
       f'total_steps {old.get("total_steps")} -> {new.get("total_steps")} under the cosine schedule, which now decays '
       'over the new length: the learning rate jumps where the run resumes (a run of the new length from the start '
       'would have decayed differently)'
     )
-  return notes
+  return notes, added
 
 
 # ---- the run description ---------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def _checked(config, workdir, explicit) -> dict:
   holder = runfs.held_by(workdir) if has_checkpoints and not runfs.is_remote(workdir) else None
   if holder:  # a live trainer's folder: that, not "holds another run ... or delete that one"
     raise runfs.busy(workdir, holder)
-  changed = runspec.check_resume(config, previous, workdir) if has_checkpoints else []
+  changed = runspec.check_resume(config, previous, workdir) if has_checkpoints else ([], [])
   try:
     run = runfs.RunDir(workdir, sync_interval_s=config.sync_interval_s)
   except OSError as e:
@@ -143,8 +143,11 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     return {}
   if latest is None:  # a new run; a resumed one writes its config.json once its checkpoint has restored
     _write_config(config, run)
-  elif changed:
-    log.warning('resuming with changed settings: %s', ', '.join(changed))
+  else:
+    if changed[0]:
+      log.warning('resuming with changed settings: %s', ', '.join(changed[0]))
+    if changed[1]:
+      log.warning('resuming with settings new since this run began, at their defaults: %s', ', '.join(changed[1]))
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
 
   # ---- mesh, model, optimizer state ----
@@ -403,12 +406,16 @@ BROKEN = (graders.GradingFailed, tools.ToolsFailed)
 
 def _code_version() -> str | None:
   """This rftjax checkout's commit ('-dirty' when its files differ from it), or None outside a git checkout."""
+  here = pathlib.Path(__file__).resolve().parent
+  git = lambda *args: subprocess.run(['git', *args], cwd=here, capture_output=True, text=True, timeout=10)  # noqa: E731
   try:
-    out = subprocess.run(['git', 'describe', '--always', '--dirty', '--abbrev=12'], cwd=pathlib.Path(__file__).parent,
-                         capture_output=True, text=True, timeout=10)  # fmt: skip
+    top = git('rev-parse', '--show-toplevel')
+    if top.returncode or pathlib.Path(top.stdout.strip()).resolve() != here.parent:  # a user's repo around it
+      return None
+    out = git('describe', '--always', '--dirty', '--abbrev=12')
   except (OSError, subprocess.SubprocessError):
     return None
-  return out.stdout.strip() or None if out.returncode == 0 else None
+  return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def _stopped(e: Exception, message: str) -> GradingStopped:
@@ -416,7 +423,7 @@ def _stopped(e: Exception, message: str) -> GradingStopped:
 
 
 @contextlib.contextmanager
-def _job_events(writer, resumed_at: int | None, total_steps: int, changed: list[str]):
+def _job_events(writer, resumed_at: int | None, total_steps: int, changed: tuple[list[str], list[str]]):
   """OpenAI-shaped job events around the loop (docs/cli.md, events.jsonl): how the run began and how it ended. The
   start and each resume name the rftjax code that ran, a resume the settings that changed: an upgrade mid-run
   shows in the run's files, not only in a console long scrolled away."""
@@ -424,7 +431,7 @@ def _job_events(writer, resumed_at: int | None, total_steps: int, changed: list[
   if resumed_at is None:
     writer.event(f'Fine-tuning job started: {total_steps} steps', data={'status': 'running', **code})
   else:
-    more = {'changed': changed} if changed else {}
+    more = {k: v for k, v in zip(('changed', 'added'), changed) if v}
     writer.event(f'Resumed from step {resumed_at}', data={'status': 'running', **code, **more})
 
   def ended(*args, **kwargs):  # a full disk that ended the run must not hide its first error behind a second

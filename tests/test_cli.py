@@ -104,6 +104,10 @@ def test_summary_pass_at_k_small_case():
   assert s['reward_mean'] == s['eval_reward_mean'] == pytest.approx(3 / 11) and s['eval/num_discarded'] == 1
   assert s['reward_std'] == pytest.approx(np.std([1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0]))
   assert s['pass@4'] == pytest.approx(2 / 3)
+  # the first prompt's pass was earned against a tool that failed for good (kept reward, no verdict): a miss
+  results[0] = graders.GradeResult(1.0, metadata={'discard': True})
+  s = evaluate.summarize(rewards, results, threshold=0.5)
+  assert s['pass@1'] == pytest.approx((0 + 0.5 + 0) / 3) and s['reward_mean'] == pytest.approx(2 / 10)
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------

@@ -503,4 +503,4 @@ def test_a_run_with_the_example_tool_server_resumes_on_its_new_port(monkeypatch)
   first = json.loads(tool_server.substitute(config, 'http://127.0.0.1:4001/').to_json_best_effort())
   assert first['grader']['url'] == 'http://127.0.0.1:4001/grade'
   again = tool_server.substitute(config, 'http://127.0.0.1:4002/')
-  assert runspec.check_resume(again, first, 'runs/x') == []
+  assert runspec.check_resume(again, first, 'runs/x') == ([], [])

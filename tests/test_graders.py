@@ -945,3 +945,10 @@ def test_validation_says_which_failed_gradings_are_out_of_its_mean(tmp_path, mon
     assert v(None, 4)['valid_reward_mean'] == pytest.approx(2 / 3)
   (said,) = [r.getMessage() for r in caplog.records if 'validation at step 4' in r.getMessage()]
   assert '; 1 left without a verdict (an outage) is out of valid_reward_mean, the 1 other scores 0 (every' in said
+  # a rollout whose tool failed for good is out of the mean too, but it is no failed grading: not counted here
+  graded[0] = ({'text': 'x', 'tokens': [1], 'truncated': False}, graders.GradeResult(1.0, metadata={'discard': True}))
+  caplog.clear()
+  with caplog.at_level('WARNING', logger='rftjax'):
+    assert v(None, 5)['valid/num_discarded'] == 2
+  (said,) = [r.getMessage() for r in caplog.records if 'validation at step 5' in r.getMessage()]
+  assert '; 1 left without a verdict (an outage) is out of valid_reward_mean, the 1 other scores 0 (every' in said

@@ -4,6 +4,7 @@ half-written left behind (train checkpoints on them instead: tests/test_preempti
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,12 +33,18 @@ cli.command(main)
 """
 
 
+def _ctrl_c_as_on_a_terminal():
+  """A suite started in the background (`... &`, nohup) hands its children SIGINT ignored, and Python then keeps
+  it ignored: Ctrl-C is tested as a terminal delivers it."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize('sig, said, code', [(signal.SIGTERM, 'terminated', 143), (signal.SIGINT, 'interrupted', 130)])
 def test_a_stopped_command_says_so_in_one_line_and_ends_at_once(sig, said, code):
   """SIGTERM killed the side commands without a word (a half-written export folder stayed); after Ctrl-C a normal
   exit joined a judge's request threads for minutes, or crashed with XLA work in flight."""
   proc = subprocess.Popen([sys.executable, '-c', HANGING], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)  # fmt: skip
+                          text=True, preexec_fn=_ctrl_c_as_on_a_terminal)  # fmt: skip
   assert proc.stdout.readline() == 'ready\n'
   t0 = time.monotonic()
   proc.send_signal(sig)
@@ -60,9 +67,28 @@ def test_a_ctrl_c_that_python_dropped_in_a_callback_is_raised_again():
     "print('went on')\n"
   )
   t0 = time.monotonic()
-  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=60)
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                        preexec_fn=_ctrl_c_as_on_a_terminal)  # fmt: skip
   assert (proc.returncode, proc.stdout, proc.stderr) == (-signal.SIGINT, '', 'interrupted\n')
   assert time.monotonic() - t0 < 20  # raised during the sleep, not after it
+
+
+def test_a_dropped_ctrl_c_is_not_sent_again_where_the_system_would_handle_it():
+  """train's Watcher leaves SIGINT to the system after a second Ctrl-C: sent again, that one would kill the trainer
+  outright, before it logs or syncs its run files. It stays dropped; the trainer stops at its step boundary."""
+  code = (
+    "import sys; sys.argv[:1] = ['-m']\n"
+    'import rftjax, signal, time\n'
+    'signal.signal(signal.SIGINT, signal.SIG_DFL)\n'
+    'class Callback:\n'
+    '  def __del__(self):\n'
+    '    raise KeyboardInterrupt\n'
+    'Callback()\n'
+    'time.sleep(0.5)\n'
+    "print('went on')\n"
+  )
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert (proc.returncode, proc.stdout) == (0, 'went on\n') and 'KeyboardInterrupt' in proc.stderr
 
 
 def test_an_interrupted_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch):
@@ -86,17 +112,19 @@ def _dead_pid() -> int:
 def test_an_export_cleans_up_after_one_that_was_killed(tmp_path):
   """kill -9 (the OOM killer) of an export runs no cleanup: a model-sized .partial folder stayed for good, and one
   killed between its two renames left the earlier export aside, hidden, with --out missing."""
-  pid = _dead_pid()
-  partial = tmp_path / f'.hf.partial-{pid}-ab12_c'
-  aside = tmp_path / f'.hf.old-{pid}-ab12_c'
+  pid, host = _dead_pid(), socket.gethostname()
+  partial = tmp_path / f'.hf.partial-{host}-{pid}-ab12_c'
+  aside = tmp_path / f'.hf.old-{host}-{pid}-ab12_c'
   for folder, marker in ((partial, 'new'), (aside, 'earlier')):
     folder.mkdir()
     (folder / 'model.safetensors').write_text(marker)
-  live = tmp_path / f'.hf.partial-{os.getpid()}-zz'  # another export writing now: left alone
-  live.mkdir()
+  live = tmp_path / f'.hf.partial-{host}-{os.getpid()}-zz'  # another export writing now: left alone
+  remote = tmp_path / f'.hf.partial-other-host.example-{pid}-zz'  # another machine's (a shared folder): its pid
+  for folder in (live, remote):  # says nothing here
+    folder.mkdir()
   export.write_folder(tmp_path / 'hf', lambda folder: (folder / 'model.safetensors').write_text('this one'), {})
   assert (tmp_path / 'hf' / 'model.safetensors').read_text() == 'this one'
-  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['hf', live.name])
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['hf', live.name, remote.name])
   live.rmdir()
   # killed between the renames: the earlier export goes back in place (and a later export replaces it as usual)
   (tmp_path / 'hf').rename(tmp_path / 'elsewhere')

@@ -457,7 +457,7 @@ def test_a_workdir_holds_one_run(tmp_path, in_repo, caplog):
   # events.jsonl keeps what changed, and which rftjax ran each part (an upgrade mid-run shows in the run's files)
   events = [json.loads(line) for line in (workdir / 'events.jsonl').read_text().splitlines()]
   started, resumed = [e['data'] for e in events if e['message'].startswith(('Fine-tuning job started', 'Resumed'))]
-  assert resumed['changed'] == ['grpo.beta 0.04 -> 0.5'] and 'changed' not in started
+  assert resumed['changed'] == ['grpo.beta 0.04 -> 0.5'] and 'changed' not in started and 'added' not in resumed
   assert started.get('rftjax') == resumed.get('rftjax') == trainer._code_version()
 
   hf = tmp_path / 'export'
@@ -478,7 +478,7 @@ def test_more_steps_on_resume_say_when_the_learning_rate_jumps(schedule):
   old.optimizer.schedule, old.total_steps = schedule, 3
   new = old.copy_and_resolve_references()
   new.total_steps = 5
-  notes = runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'runs/x')
+  notes, _ = runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'runs/x')
   jumps = 'total_steps 3 -> 5 under the cosine schedule, which now decays over the new length: the learning rate jumps'
   assert [n[: len(jumps)] for n in notes] == ([jumps] if schedule == 'cosine' else [])
 
@@ -494,11 +494,12 @@ def test_settings_new_since_a_run_began_are_named_as_new_not_as_changes():
   del previous['grading']['model_threads'], previous['guard']['no_signal_steps']  # not in that rftjax yet
   new = old.copy_and_resolve_references()
   new.eval_interval = old.eval_interval + 1
-  assert runspec.check_resume(new, previous, 'runs/x') == [
-    f'eval_interval {old.eval_interval} -> {new.eval_interval}',
-    f'new since this run began, at their defaults: grading.model_threads={new.grading.model_threads}, '
-    f'guard.no_signal_steps={new.guard.no_signal_steps}',
-  ]
+  del previous['openai']['resolved']  # a JSON record of resolved values: neither listed as changed nor as new
+  new.openai.resolved = '{"n_epochs": 3}'
+  assert runspec.check_resume(new, previous, 'runs/x') == (
+    [f'eval_interval {old.eval_interval} -> {new.eval_interval}'],
+    [f'grading.model_threads={new.grading.model_threads}', f'guard.no_signal_steps={new.guard.no_signal_steps}'],
+  )
   new.grader = {**old.grader, 'exact_number': True}  # the config file's grader gained a field since
   with pytest.raises(errors.ConfigError) as e:
     runspec.check_resume(new, previous, 'runs/x')
