@@ -213,6 +213,7 @@ def check_out(path, *, folder: bool = False, label: str | None = None, inputs: d
   which the write would replace. A gs:// path is checked against the inputs only: a bucket has no folders, and its
   permissions show only at the write. Raises ConfigError starting with `label` (default `--out=<path>`)."""
   label = label or f'--out={path}'
+  runfs.check_not_tilde(path, label)
   for flag, given in (inputs or {}).items():
     if given and _same_path(given, path):
       raise errors.ConfigError(f'{label} is the {flag} file; expected another file (writing it would replace that)')

@@ -152,10 +152,11 @@ def parse_line(line: str, where: str) -> Example:
 def load_jsonl(path: str | pathlib.Path, key: str = '') -> list[Example]:
   """Examples from a local JSONL file or a gs:// one. `key`: the config key or flag that named it, for the
   message when there is no such file."""
-  path = epath.Path(path)
+  given, path = path, epath.Path(path)
   if not path.is_file():
-    what = 'a folder, not a file' if path.is_dir() else 'no such file'
-    raise DataError(f'{path}: {what}' + (f' ({key})' if key else '') + ('; expected a JSONL file' * path.is_dir()))
+    what = 'a folder, not a file' if path.is_dir() else f'no such file{runfs.missing_where(given)}'
+    raise DataError(f'{path}: {what}' + (f' ({key})' if key else '') + ('; expected a JSONL file' * path.is_dir())
+                    + runfs.tilde_hint(path))  # fmt: skip
   examples = [parse_line(line, where) for where, line in lines(path)]
   if not examples:
     raise DataError(f'{path}: no examples (the file is empty)' + (f' ({key})' if key else ''))

@@ -64,7 +64,9 @@ def read_json_file(path, error: type[UserError], label: str | None = None):
   try:
     raw = epath.Path(path).read_bytes()
   except OSError as e:
-    raise error(f'{label}: cannot read it ({e.strerror or e})') from None
+    from rftjax import runfs
+
+    raise error(f'{label}: cannot read it ({e.strerror or e}){runfs.tilde_hint(path)}') from None
   try:  # a byte-order mark (Windows editors write one) is no part of the JSON, as in data files
     text = raw.decode('utf-8-sig')
   except UnicodeDecodeError as e:

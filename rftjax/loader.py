@@ -81,17 +81,26 @@ def check_spec(key: str, spec: str, kinds: tuple[str, ...], label: str = '') -> 
   if kind == 'hf' and not path.is_dir():
     hub = not path.is_absolute() and len(path.parts) == 2  # 'Qwen/Qwen3-0.6B': a Hub id, as transformers takes
     raise errors.ConfigError(
-      f'{label}={spec!r}: no such folder {path}'
+      f'{label}={spec!r}: no such folder {path}{"" if hub else runfs.missing_where(path)}'
       + (
         '; hf: names a local folder, and rftjax downloads nothing: fetch the model where the network is (e.g. '
         f'`huggingface-cli download {path} --local-dir DIR`) and give hf:DIR'
         if hub
-        else ''
+        else runfs.tilde_hint(path)
       )
     )
   if kind != 'hf' and not path.is_file():
     known = f' (known gguf:NAME shorthands: {", ".join(pretrained.SHORTHANDS)})' if kind == 'gguf' else ''
-    raise errors.ConfigError(f'{label}={spec!r}: no such file {path}{known}')
+    where = runfs.missing_where(path)
+    raise errors.ConfigError(f'{label}={spec!r}: no such file {path}{where}{known}{runfs.tilde_hint(path)}')
+
+
+def run_paths_note(workdir, e: Exception) -> str:
+  """For a file a run's config.json names that is not there: where its relative paths start, and what to do."""
+  if workdir is None or 'no such' not in str(e):
+    return ''
+  return (f' (as {workdir}/config.json names it: its relative paths start in the folder the run was started in; '
+          'run this command from there, or give --tokenizer=... / --init=...)')  # fmt: skip
 
 
 def check_judges(spec: dict) -> None:
@@ -185,8 +194,11 @@ def load(
     try:
       tok = load_tokenizer(config)
     except errors.ConfigError as e:
-      if tokenizer_required and not abstract:
-        raise
+      # one the config names is needed (the tiny model's vocabulary is its tokenizer's): an export without it
+      # would have no tokenizer, or the wrong vocabulary, for want of the right current folder
+      named = bool(config.get('tokenizer'))
+      if (tokenizer_required or named) and not abstract:
+        raise errors.ConfigError(f'{e}{run_paths_note(workdir, e)}') from None
       log.info('no tokenizer: %s', e)
   cfg = model_config(config, tok)
   if abstract:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import time
@@ -44,6 +45,31 @@ def path(p: str | os.PathLike) -> epath.Path:
     raise errors.ConfigError(f'{os.fspath(p)}: expected a local path or gs://BUCKET/PATH ({what})')
   out = epath.Path(p)
   return out if is_remote(p) else out.absolute()
+
+
+def tilde_hint(p) -> str:
+  """For a path that starts with '~': only a shell expands it, and not after '=' (`--workdir=~/x`), so here it
+  names a folder called '~' in the current one. '' for other paths."""
+  text = os.fspath(p)
+  if not re.match(r'~[\w.-]*(/|$)', text):
+    return ''
+  said = "'~' is not expanded here (a shell expands it only where a word starts, not after '=')"
+  return f'; {said}: write {os.path.expanduser(text)}'
+
+
+def missing_where(p) -> str:
+  """' in <current folder>' for a relative local path that is not there: relative to what it was looked for."""
+  return '' if is_remote(p) or os.path.isabs(os.fspath(p)) else f' in {os.getcwd()}'
+
+
+def check_not_tilde(p, label: str) -> None:
+  """An output path that starts with '~' is refused: it would make a folder named '~' (which `rm -rf ~` removes
+  the home folder to tidy)."""
+  hint = tilde_hint(p)
+  if hint:
+    from rftjax import errors
+
+    raise errors.ConfigError(f'{label}: would make a folder named ~ in {os.getcwd()}{hint}')
 
 
 def read_config(workdir: str | os.PathLike, model_ok: bool = False):

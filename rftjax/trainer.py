@@ -55,6 +55,7 @@ def train(config, workdir: str | pathlib.Path, explicit=()) -> dict:
 
 def _checked(config, workdir, explicit) -> dict:
   # ---- everything the user gave is checked before anything slow runs or any file is written ----
+  runfs.check_not_tilde(workdir, f'--workdir={workdir}')
   train_set = data_lib.load_jsonl(config.data.train, 'config.data.train')
   given, skips = config, runspec.skips_prompts(config)
   # a copy: OpenAI fields applied, every key checked (quiet if they must count the prompts that fit, known later)

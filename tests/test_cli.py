@@ -297,6 +297,42 @@ def test_an_interrupted_evaluate_leaves_no_summary_beside_new_samples(run_dir, t
   assert sorted(p.name for p in tmp_path.iterdir()) == ['e.jsonl', 'heldout.jsonl']
 
 
+def test_paths_say_where_they_were_looked_for(run_dir, tmp_path, monkeypatch, capsys):
+  """A user's own project folder: `--workdir=~/x` (no shell expands ~ after '=') made a folder named ~ here; a run's
+  relative tokenizer, read from another folder, failed with no word of why, and export blamed the model preset."""
+  from rftjax import data
+  from rftjax import trainer
+
+  monkeypatch.chdir(tmp_path)
+  home = pathlib.Path('~').expanduser()
+  tilde = f"'~' is not expanded here (a shell expands it only where a word starts, not after '='): write {home}/x"
+  with pytest.raises(
+    errors.ConfigError, match=re.escape(f'--workdir=~/x: would make a folder named ~ in {tmp_path}; {tilde}')
+  ):
+    trainer.train(tiny.get_config('test'), '~/x')
+  with pytest.raises(
+    errors.ConfigError, match=re.escape(f'--out=~/x: would make a folder named ~ in {tmp_path}; {tilde}')
+  ):
+    cli.check_out('~/x', folder=True)
+  with pytest.raises(data.DataError, match=re.escape(f'~/x: no such file in {tmp_path} (config.data.train); {tilde}')):
+    data.load_jsonl('~/x', 'config.data.train')
+  assert list(tmp_path.iterdir()) == []
+  assert export.main([f'--workdir={run_dir}', f'--out={tmp_path / "hf"}']) == 2
+  assert capsys.readouterr().err == (
+    f"error: config.tokenizer='sp:data/tiny/tokenizer.model': no such file data/tiny/tokenizer.model in {tmp_path} "
+    f'(as {run_dir}/config.json names it: its relative paths start in the folder the run was started in; run this '
+    'command from there, or give --tokenizer=... / --init=...)\n'
+  )
+  assert evaluate.main([f'--workdir={run_dir}', f'--data={REPO}/data/tiny/valid.jsonl', f'--out={tmp_path / "e"}']) == 2
+  assert f'(as {run_dir}/config.json names it: ' in capsys.readouterr().err
+  assert (
+    export.main(
+      [f'--workdir={run_dir}', f'--out={tmp_path / "hf"}', f'--tokenizer=sp:{REPO}/data/tiny/tokenizer.model']
+    )
+    == 0
+  )
+
+
 def test_evaluate_takes_the_runs_prompt_length_limit(run_dir, tmp_path, in_repo, capsys, caplog, monkeypatch):
   """A run with data.skip_long_prompts left its long validation prompts out; evaluate graded them all, so the same
   data did not give the run's valid_reward_mean. Without the skip, a prompt longer than the run's limit is said."""

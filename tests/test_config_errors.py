@@ -62,7 +62,10 @@ BAD = [
     '--config=configs/gemma3_tpu.py: no layout; expected --config=configs/gemma3_tpu.py:LAYOUT',
   ),
   (['--config=configs/no_such.py'], '--config=configs/no_such.py: no such file'),
-  ([TINY, '--config.data.train=data/nope.jsonl'], 'error: data/nope.jsonl: no such file (config.data.train)'),
+  (
+    [TINY, '--config.data.train=data/nope.jsonl'],
+    f'error: data/nope.jsonl: no such file in {REPO} (config.data.train)',
+  ),
   ([TINY, '--config.data.train=data'], 'error: data: a folder, not a file (config.data.train); expected a JSONL file'),
   ([TINY, '--config.batch_size=abc'], "config.batch_size: expected an integer, found 'abc'"),
   ([TINY, '--config.grpo.beta=lots'], "config.grpo.beta: expected a number, found 'lots'"),
