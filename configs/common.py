@@ -173,12 +173,11 @@ def from_layout(name: str, arg, layouts: dict[str, Layout], init: str) -> ml_col
   return c
 
 
-def check_variant(name: str, arg, variants) -> None:
-  """big_vision's parse_arg check: an unknown `--config=configs/NAME.py:VARIANT` is an error, not the default."""
+def check_variant(arg, variants) -> None:
+  """big_vision's parse_arg check: an unknown `--config=FILE:VARIANT` is an error, not the default. The message
+  names no file (a copy of this config elsewhere named the original): the --config flag's check adds it."""
   if arg not in (None, '', *variants):
-    raise errors.ConfigError(
-      f'--config=configs/{name}.py:{arg}: unknown variant {arg!r}; expected one of: {", ".join(variants)} (or none)'
-    )
+    raise errors.ConfigError(f'unknown variant {arg!r}; expected one of: {", ".join(variants)} (or none)')
 
 
 def smoke_test(c: ml_collections.ConfigDict, max_new_tokens: int) -> None:

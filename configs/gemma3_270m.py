@@ -14,7 +14,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  common.check_variant('gemma3_270m', arg, ('tpu', 'test'))
+  common.check_variant(arg, ('tpu', 'test'))
   c = common.base()
   c.model = 'gemma3_270m'
   c.init = 'gguf:gemma3-270m'

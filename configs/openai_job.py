@@ -10,7 +10,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  common.check_variant('openai_job', arg, ())
+  common.check_variant(arg, ())
   c = common.base()
   c.model = ''  # read from the job's init file
   c.init = 'gguf:smollm2-135m'  # replaced by the job's model

@@ -11,7 +11,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  common.check_variant('smollm2_arith', arg, ('test', 'lora', 'lora_test'))
+  common.check_variant(arg, ('test', 'lora', 'lora_test'))
   c = common.base()
   c.model = 'smollm2_135m'
   c.init = 'gguf:smollm2-135m'

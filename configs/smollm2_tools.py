@@ -19,7 +19,7 @@ def grade(sample, item):
 
 
 def get_config(arg=None):
-  common.check_variant('smollm2_tools', arg, ('test',))
+  common.check_variant(arg, ('test',))
   c = common.base()
   c.model = 'smollm2_135m'
   c.init = 'gguf:smollm2-135m'

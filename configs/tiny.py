@@ -8,7 +8,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  common.check_variant('tiny', arg, ('test',))
+  common.check_variant(arg, ('test',))
   c = common.base()
   c.model = 'tiny'
   c.tokenizer = 'sp:data/tiny/tokenizer.model'

@@ -12,7 +12,7 @@ from configs import tiny
 
 
 def get_config(arg=None):
-  common.check_variant('tiny_tools', arg, ('test',))
+  common.check_variant(arg, ('test',))
   c = tiny.get_config(arg).unlock()  # the digit demo's GRPO settings, steps and batch, with a tool to call
   c.tokenizer = 'sp:data/tiny_tools/tokenizer.model'
   c.data.train = 'data/tiny_tools/train.jsonl'

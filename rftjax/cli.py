@@ -251,7 +251,12 @@ def _load_config_file(spec: str):
   module_spec = importlib.util.spec_from_file_location('rftjax_config_file', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  try:
+    return module.get_config(arg or None)
+  except errors.ConfigError as e:
+    if str(e).startswith('unknown variant'):  # configs/common.check_variant: the file is the one given here
+      raise errors.ConfigError(f'--config={spec}: {e}') from None
+    raise
 
 
 def _check_key(config, dotted: str) -> None:

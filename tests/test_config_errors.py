@@ -139,6 +139,17 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(flags, message, tmp_pat
   assert not workdir.exists()  # no config.json, compile cache or checkpoint
 
 
+def test_an_unknown_variant_names_the_config_file_given(tmp_path, monkeypatch, capsys, no_model_loads):
+  """A copy of configs/tiny.py in one's own folder said `--config=configs/tiny.py:tset`: the file it was copied from."""
+  monkeypatch.chdir(REPO)
+  mine = tmp_path / 'my.py'
+  mine.write_text((REPO / 'configs' / 'tiny.py').read_text())
+  assert train.main(['rftjax.train', f'--workdir={tmp_path / "run"}', f'--config={mine}:tset']) == 2
+  assert (
+    capsys.readouterr().err == f"error: --config={mine}:tset: unknown variant 'tset'; expected one of: test (or none)\n"
+  )
+
+
 def test_existing_workdir_is_left_as_it_was(tmp_path, monkeypatch, capsys, no_model_loads):
   monkeypatch.chdir(REPO)
   workdir = tmp_path / 'run'

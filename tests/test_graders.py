@@ -287,6 +287,7 @@ def test_a_python_grader_importing_a_module_only_this_process_sees_is_refused(tm
     ({'type': 'text_similarity', 'input': OUT, 'reference': 'x', 'evaluation_metric': 'rouge_6'}, 'rouge_6'),
     ({'type': 'python', 'source': 'def grade(sample, item):\n  return 1 +\n'}, 'syntax error at line 2'),
     ({'type': 'python', 'source': 'def score(sample, item):\n  return 1\n'}, 'no top-level `def grade'),
+    ({'type': 'python', 'source': './grade_digit.py'}, "grader.source: './grade_digit.py' is a file name; expected"),
     ({'type': 'python', 'source': 'def grade(sample):\n  return 1\n'}, 'expected grade(sample, item)'),
     (
       {'type': 'python', 'source': 'def grade(sample, item,\n          extra):\n  return 1\n'},

@@ -12,6 +12,7 @@ import importlib.machinery
 import importlib.util
 import json
 import pathlib
+import re
 import subprocess
 import sys
 from typing import Any
@@ -86,6 +87,11 @@ def check_source(source: Any, field: str) -> None:
   if len(source.encode()) > MAX_SOURCE_BYTES:
     raise core.GraderConfigError(
       f'{field}: source is {len(source.encode())} bytes, expected at most {MAX_SOURCE_BYTES}'
+    )
+  if re.fullmatch(r'\s*[\w./~-]+\.py\s*', source):  # 'grade.py': the file's name, not its code
+    raise core.GraderConfigError(
+      f'{field}: {source.strip()!r} is a file name; expected the Python source itself (in a config file: '
+      "pathlib.Path(__file__).parent.joinpath('grade.py').read_text(); in JSON, the code as one string)"
     )
   try:
     tree = ast.parse(source, filename=field)
