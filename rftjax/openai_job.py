@@ -90,22 +90,16 @@ class Job:
 
   def file(self, key: str) -> str | None:
     """training_file / validation_file: a relative path is relative to the job file's folder."""
-    return self._relative(self.body.get(key))
+    return runfs.beside(self.path, self.body.get(key))
 
   def init(self) -> str:
     """A `model` that is a file (gguf:PATH, hf:DIR) with its path relative to the job file's folder, as the data
     files' are; gguf:NAME shorthands as they are."""
-    kind, _, where = self.body['model'].partition(':')
-    if kind == 'gguf' and where in pretrained.SHORTHANDS:
-      return self.body['model']
-    return f'{kind}:{self._relative(where)}'
+    return pretrained.beside(self.path, self.body['model'])
 
-  def _relative(self, value: str | None) -> str | None:
-    if value is None or runfs.is_remote(value) or pathlib.Path(value).is_absolute():
-      return value
-    if runfs.is_remote(self.path):  # pathlib would make gs://b/x gs:/b/x, a local path
-      return f'{str(self.path).rsplit("/", 1)[0]}/{value}'
-    return str(pathlib.Path(self.path).parent / value)
+  def grader(self) -> dict:
+    """The grader, its local judge models' paths relative to the job file's folder, as the job's model's is."""
+    return graders.relative_judges(self.reinforcement['grader'], self.path)
 
 
 def _fail(path, where: str, found, expected: str):
@@ -242,7 +236,7 @@ def apply(config, job: Job, explicit=()) -> Any:
       log.info('%s has no validation_file: validating on %s (config.data.valid)', job.path, c.data.valid)
     if body.get('seed') is not None:
       put('seed', body['seed'], 'seed')
-    put('grader', job.reinforcement['grader'], 'method.reinforcement.grader')
+    put('grader', job.grader(), 'method.reinforcement.grader')
     if job.reinforcement.get('response_format') is not None:
       put('response_format', job.reinforcement['response_format'], 'method.reinforcement.response_format')
     put('openai.enabled', True, "the job's 'auto' hyperparameters")  # 'auto' follows rftjax's documented rules

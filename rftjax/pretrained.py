@@ -112,3 +112,14 @@ def resolve(spec: str) -> str:
   if not rest:
     raise ValueError(f'spec {spec!r} names no path after {kind}:')
   return spec
+
+
+def beside(file, spec: str) -> str:
+  """A model spec a file gives (gguf:PATH, hf:DIR) with its path relative to that file's folder (runfs.beside);
+  gguf:NAME shorthands as they are."""
+  from rftjax import runfs
+
+  kind, _, where = spec.partition(':')
+  if kind == 'gguf' and where in SHORTHANDS:
+    return spec
+  return f'{kind}:{runfs.beside(file, where)}'

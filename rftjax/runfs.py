@@ -57,6 +57,16 @@ def tilde_hint(p) -> str:
   return f'; {said}: write {os.path.expanduser(text)}'
 
 
+def beside(file, value: str | None) -> str | None:
+  """`value`, a path a file gives (a job file's data, its models), relative to that file's folder; absolute paths
+  and URLs as they are."""
+  if value is None or is_remote(value) or pathlib.Path(value).is_absolute():
+    return value
+  if is_remote(file):  # pathlib would make gs://b/x gs:/b/x, a local path
+    return f'{str(file).rsplit("/", 1)[0]}/{value}'
+  return str(pathlib.Path(file).parent / value)
+
+
 def missing_where(p) -> str:
   """' in <current folder>' for a relative local path that is not there: relative to what it was looked for."""
   return '' if is_remote(p) or os.path.isabs(os.fspath(p)) else f' in {os.getcwd()}'

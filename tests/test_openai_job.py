@@ -259,6 +259,16 @@ def test_relative_paths_are_relative_to_the_job_file(tmp_path):
   for model, init in (('gguf:models/m.gguf', f'gguf:{tmp_path}/models/m.gguf'), ('hf:/abs/dir', 'hf:/abs/dir'),
                       ('gguf:smollm2-135m', 'gguf:smollm2-135m')):  # fmt: skip
     assert openai_job.read(write_job(tmp_path, model=model)).init() == init
+  # its grader's local judges too (they were relative to the current folder, the job's model to the job file's)
+  judged = {'type': 'label_model', 'name': 'judge', 'model': 'gguf:judge.gguf', 'labels': ['a', 'b'],
+            'input': [{'role': 'user', 'content': '{{sample.output_text}}'}],
+            'passing_labels': ['a']}  # fmt: skip
+  grader = {'type': 'multi', 'graders': {'j': judged, 'api': {**judged, 'base_url': 'http://127.0.0.1:1/v1'},
+            'short': {**judged, 'model': 'gguf:smollm2-135m'}}, 'calculate_output': 'j'}  # fmt: skip
+  path = write_job(tmp_path, **{'method.reinforcement.grader': grader})
+  for given in (openai_job.read(path).grader(), graders.load(path)):  # train's, and grade's or evaluate's --grader
+    models = {name: leaf['model'] for name, leaf in given['graders'].items()}
+    assert models == {'j': f'gguf:{tmp_path}/judge.gguf', 'api': 'gguf:judge.gguf', 'short': 'gguf:smollm2-135m'}
   # a job file in a bucket: its neighbours are in the bucket (pathlib would have made gs://b/... gs:/b/...)
   remote = openai_job.Job('gs://b/jobs/job.json', {**JOB, 'training_file': 't.jsonl', 'validation_file': 'v/v.jsonl'})
   assert (remote.file('training_file'), remote.file('validation_file')) == (

@@ -28,6 +28,7 @@ from rftjax.graders.spec import check_items
 from rftjax.graders.spec import load
 from rftjax.graders.spec import locate
 from rftjax.graders.spec import local_models
+from rftjax.graders.spec import relative_judges
 from rftjax.graders.spec import validate
 
 __all__ = [
@@ -52,5 +53,6 @@ __all__ = [
   'load',
   'locate',
   'local_models',
+  'relative_judges',
   'validate',
 ]

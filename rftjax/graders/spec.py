@@ -280,9 +280,9 @@ def locate(spec: Any) -> tuple[dict, str | None]:
   if spec is None or spec == '':
     raise _E('config.grader is not set: give a grader dict or the path of a grader JSON file')
   spec = errors.plain(spec)
-  label = 'grader'
+  label, file = 'grader', None
   if isinstance(spec, (str, pathlib.Path)):
-    label = f'grader file {spec}'
+    label, file = f'grader file {spec}', spec
     spec = errors.read_json_file(spec, _E, label)  # a local path or gs://; a key given twice is an error
   if not isinstance(spec, dict):
     raise _E(f'{label}: expected a JSON object, found {type(spec).__name__}')
@@ -301,7 +301,7 @@ def locate(spec: Any) -> tuple[dict, str | None]:
           f"{label}: this looks like an OpenAI fine-tuning job file (it has 'method' or 'training_file'), whose "
           f'grader is at {".".join(JOB_GRADER)}, but {".".join(at)} is {found}; expected a grader object there'
         )
-    return node, '.'.join(JOB_GRADER)
+    return (node if file is None else relative_judges(node, file)), '.'.join(JOB_GRADER)
   return spec, None
 
 
@@ -335,6 +335,20 @@ def local_models(spec: dict) -> list[str]:
       if 'base_url' not in leaf and model not in names:
         names.append(model)
   return names
+
+
+def relative_judges(spec: dict, file) -> dict:
+  """A copy of a job file's grader whose local judge models (gguf:PATH, hf:DIR) have their paths relative to the
+  file's folder, as the job's own model and data files have (docs/openai_jobs.md)."""
+  from rftjax import pretrained
+
+  spec = json.loads(json.dumps(spec))
+  judges = set(local_models(spec))
+  subs = spec.get('graders') if spec.get('type') == 'multi' and isinstance(spec.get('graders'), dict) else {}
+  for leaf in [spec, *subs.values()]:
+    if isinstance(leaf, dict) and leaf.get('model') in judges and 'base_url' not in leaf:
+      leaf['model'] = pretrained.beside(file, leaf['model'])
+  return spec
 
 
 def validate(spec: dict | str | pathlib.Path, where: str | None = None) -> None:
