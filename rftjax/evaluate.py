@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import math
 import sys
 
@@ -146,6 +147,19 @@ def check_out(out, label: str, data=None) -> None:
   cli.check_out(f'{out}.summary.json', label=f'{label}: its summary {out}.summary.json')
 
 
+def _say_if_replacing(out, data) -> None:
+  """The default --out is named after the step and the data file's stem: another file of that name (valid.jsonl
+  of another folder) replaces the earlier evaluation, which is said."""
+  try:
+    before = json.loads(epath.Path(f'{out}.summary.json').read_text()).get('data')
+  except (OSError, ValueError, AttributeError):
+    return
+  same = lambda a, b: os.path.realpath(a) == os.path.realpath(b) if not runfs.is_remote(a + b) else a == b  # noqa: E731
+  if isinstance(before, str) and not same(before, str(data)):
+    log.warning('%s held the evaluation of %s, which this one of %s replaces; give --out to keep both', out, before,
+                data)  # fmt: skip
+
+
 def run(args) -> dict:
   if args.out:  # before anything slow; the default (in the run, named after the step) once the step is known
     check_out(args.out, f'--out={args.out}', args.data)
@@ -198,6 +212,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   out = epath.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
   if not args.out:
     check_out(out, f'{out} (the default --out)')
+    _say_if_replacing(out, args.data)
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
   k = args.samples
   if args.temperature is not None:
@@ -248,7 +263,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   rewards = np.asarray([r.reward for r in results], np.float64).reshape(len(examples), k)
   summary = {
     **({'step': loaded.step} if loaded.step is not None else {}),  # an --init model has no step
-    'data': str(args.data),
+    'data': str(args.data) if runfs.is_remote(args.data) else os.path.abspath(args.data),  # from any folder
     'temperature': temperature,
     'pass_threshold': threshold,
     **summarize(rewards, results, threshold),

@@ -333,6 +333,21 @@ def test_paths_say_where_they_were_looked_for(run_dir, tmp_path, monkeypatch, ca
   )
 
 
+def test_evaluate_says_when_its_default_out_replaces_another_datas(run_dir, tmp_path, in_repo, caplog):
+  """The default --out is eval/step<N>_<stem>.jsonl: valid.jsonl of another folder silently replaced the first."""
+  first, second = tmp_path / 'a' / 'valid.jsonl', tmp_path / 'b' / 'valid.jsonl'
+  for path in (first, second):
+    path.parent.mkdir()
+    write_jsonl(path, [PROMPTS[0]])
+  caplog.set_level(logging.WARNING, logger='rftjax')
+  for data in (first, first, second):
+    assert evaluate.main([f'--workdir={run_dir}', f'--data={data}', '--num_workers=1']) == 0
+  said = [m for m in caplog.messages if 'held the evaluation of' in m]
+  assert len(said) == 1 and said[0].endswith(
+    f'held the evaluation of {first}, which this one of {second} replaces; give --out to keep both'
+  )
+
+
 def test_evaluate_takes_the_runs_prompt_length_limit(run_dir, tmp_path, in_repo, capsys, caplog, monkeypatch):
   """A run with data.skip_long_prompts left its long validation prompts out; evaluate graded them all, so the same
   data did not give the run's valid_reward_mean. Without the skip, a prompt longer than the run's limit is said."""
