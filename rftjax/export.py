@@ -210,8 +210,9 @@ def main(argv=None) -> int:
     if loaded.step is not None:
       source = f'{source} step {loaded.step}'
     cfg = loaded.cfg
+    run = args.workdir and (args.workdir if runfs.is_remote(args.workdir) else os.path.abspath(args.workdir))
     provenance = {
-      'source': str(args.workdir or args.init),
+      'source': str(run or args.init),  # a run by its absolute path: the export is read from other folders
       'step': loaded.step,
       'kind': 'adapter' if args.adapter else 'merged' if cfg.lora else 'model',
       'base': config.get('init') or None,

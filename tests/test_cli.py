@@ -5,6 +5,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import pathlib
 import re
 import subprocess
@@ -804,8 +805,10 @@ def test_export_out_a_file_or_a_run_is_one_line_and_an_earlier_export_is_replace
   assert json.loads((hf / 'config.json').read_text())['model_type']
   # --out a link to an earlier export: the export replaces the folder it points to, not the link
   (tmp_path / 'link').symlink_to(hf)
-  assert export.main([f'--workdir={run_dir}', '--step=latest', f'--out={tmp_path / "link"}']) == 0
-  assert (tmp_path / 'link').is_symlink() and json.loads((hf / export.MARKER).read_text())['step'] == 3
+  relative = pathlib.Path(os.path.relpath(run_dir))  # the run named from here: recorded by its absolute path
+  assert export.main([f'--workdir={relative}', '--step=latest', f'--out={tmp_path / "link"}']) == 0
+  marker = json.loads((hf / export.MARKER).read_text())
+  assert (tmp_path / 'link').is_symlink() and (marker['step'], marker['source']) == (3, str(run_dir))
   assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('.')) == []  # no .old- or .partial- left
 
 
