@@ -139,12 +139,10 @@ class Layout:
 def from_layout(name: str, arg, layouts: dict[str, Layout], init: str) -> ml_collections.ConfigDict:
   """A run config for `layouts[arg]`: the model on the slice it was planned for, bfloat16 compute and KV cache,
   remat, no progress bar (unattended logs). `init`, `data.*` and `grader` are placeholders to point at your files."""
+  del name  # the message names no file (a copy elsewhere named the original): the --config flag's check adds it
   if arg not in layouts:  # these configs have no default: the layout is the point
     found = f'unknown layout {arg!r}' if arg else 'no layout'
-    raise errors.ConfigError(
-      f'--config=configs/{name}.py{":" + arg if arg else ""}: {found}; expected '
-      f'--config=configs/{name}.py:LAYOUT with LAYOUT one of {", ".join(layouts)}'
-    )
+    raise errors.ConfigError(f'{found}; expected the file name then :LAYOUT, LAYOUT one of {", ".join(layouts)}')
   layout = layouts[arg]
   c = base()
   c.model = layout.model
@@ -173,9 +171,11 @@ def from_layout(name: str, arg, layouts: dict[str, Layout], init: str) -> ml_col
   return c
 
 
-def check_variant(arg, variants) -> None:
-  """big_vision's parse_arg check: an unknown `--config=FILE:VARIANT` is an error, not the default. The message
-  names no file (a copy of this config elsewhere named the original): the --config flag's check adds it."""
+def check_variant(*args) -> None:
+  """check_variant(arg, variants), big_vision's parse_arg check: an unknown `--config=FILE:VARIANT` is an error, not
+  the default. The message names no file (a copy of this config elsewhere named the original): the --config flag's
+  check adds it. (A config copied from an older rftjax passes its name first: still taken.)"""
+  arg, variants = args[-2:]
   if arg not in (None, '', *variants):
     raise errors.ConfigError(f'unknown variant {arg!r}; expected one of: {", ".join(variants)} (or none)')
 

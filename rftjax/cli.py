@@ -247,14 +247,14 @@ def _load_config_file(spec: str):
   """configs/x.py[:arg] -> get_config(arg), for the error message when config_flags fails on it."""
   path, _, arg = spec.partition(':')
   if not pathlib.Path(path).is_file():
-    raise errors.ConfigError(f'--config={spec}: no such file {path}')
+    raise errors.ConfigError(f'--config={spec}: no such file {path}{runfs.missing_where(path)}{runfs.tilde_hint(path)}')
   module_spec = importlib.util.spec_from_file_location('rftjax_config_file', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   try:
     return module.get_config(arg or None)
   except errors.ConfigError as e:
-    if str(e).startswith('unknown variant'):  # configs/common.check_variant: the file is the one given here
+    if str(e).startswith(('unknown variant', 'unknown layout', 'no layout')):  # configs/common: the file given
       raise errors.ConfigError(f'--config={spec}: {e}') from None
     raise
 

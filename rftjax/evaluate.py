@@ -30,6 +30,7 @@ from rftjax import episodes
 from rftjax import errors
 from rftjax import graders
 from rftjax import inference
+from rftjax import loader
 from rftjax import response_format
 from rftjax import runfs
 from rftjax import sample as sample_cli
@@ -154,8 +155,10 @@ def _say_if_replacing(out, data) -> None:
     before = json.loads(epath.Path(f'{out}.summary.json').read_text()).get('data')
   except (OSError, ValueError, AttributeError):
     return
+  if not isinstance(before, str) or not (runfs.is_remote(before) or os.path.isabs(before)):  # an older summary's
+    return  # path, relative to a folder it does not name
   same = lambda a, b: os.path.realpath(a) == os.path.realpath(b) if not runfs.is_remote(a + b) else a == b  # noqa: E731
-  if isinstance(before, str) and not same(before, str(data)):
+  if not same(before, str(data)):
     log.warning('%s held the evaluation of %s, which this one of %s replaces; give --out to keep both', out, before,
                 data)  # fmt: skip
 
@@ -173,7 +176,12 @@ def run(args) -> dict:
 
 def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   examples = data_lib.load_jsonl(args.data, '--data')  # bad input fails before anything slow
-  grader_spec, grader_at = graders.locate(args.grader or (run_config.get('grader') if run_config else None))
+  try:
+    grader_spec, grader_at = graders.locate(args.grader or (run_config.get('grader') if run_config else None))
+  except graders.GraderConfigError as e:  # a grader file the run's config.json names, from another folder?
+    raise graders.GraderConfigError(
+      f'{e}{"" if args.grader else loader.run_paths_note(args.workdir, e, "--grader")}'
+    ) from None
   grading = run_config.grading if run_config else {}
   allow = args.allow_unsandboxed or bool(grading.get('allow_unsandboxed', False))
   graders.check_runnable(graders.build(grader_spec), allow)  # a bad field fails before the model loads

@@ -26,6 +26,7 @@ from rftjax import cli
 from rftjax import data as data_lib
 from rftjax import errors
 from rftjax import graders
+from rftjax import runfs
 
 
 def _positive(kind: type):
@@ -77,7 +78,7 @@ def _fail(message: str) -> None:
 def _read_jsonl(path: str) -> list[tuple[str, object]]:
   """('file:line', JSON value) per non-blank line."""
   if not pathlib.Path(path).is_file():
-    _fail(f'{path}: no such file')
+    _fail(f'{path}: no such file{runfs.missing_where(path)}{runfs.tilde_hint(path)}')
   try:
     return [(where, data_lib.loads(line, where)) for where, line in data_lib.lines(path)]
   except errors.UserError as e:

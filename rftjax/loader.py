@@ -95,12 +95,12 @@ def check_spec(key: str, spec: str, kinds: tuple[str, ...], label: str = '') -> 
     raise errors.ConfigError(f'{label}={spec!r}: no such file {path}{where}{known}{runfs.tilde_hint(path)}')
 
 
-def run_paths_note(workdir, e: Exception) -> str:
+def run_paths_note(workdir, e: Exception, flag: str = '--tokenizer') -> str:
   """For a file a run's config.json names that is not there: where its relative paths start, and what to do."""
-  if workdir is None or 'no such' not in str(e):
+  if workdir is None or 'no such' not in str(e).lower():
     return ''
   return (f' (as {workdir}/config.json names it: its relative paths start in the folder the run was started in; '
-          'run this command from there, or give --tokenizer=... / --init=...)')  # fmt: skip
+          f'run this command from there, or give {flag}=...)')  # fmt: skip
 
 
 def check_judges(spec: dict) -> None:
@@ -194,10 +194,11 @@ def load(
     try:
       tok = load_tokenizer(config)
     except errors.ConfigError as e:
-      # one the config names is needed (the tiny model's vocabulary is its tokenizer's): an export without it
-      # would have no tokenizer, or the wrong vocabulary, for want of the right current folder
+      # one the config names, or the init's that is not there, is needed (the tiny model's vocabulary is its
+      # tokenizer's): an export would go without it, or with the wrong vocabulary, for want of the right folder
       named = bool(config.get('tokenizer'))
-      if (tokenizer_required or named) and not abstract:
+      missing = ': no such ' in str(e)  # the file or folder the config names is not there (from another folder?)
+      if (tokenizer_required or named or missing) and not abstract:
         raise errors.ConfigError(f'{e}{run_paths_note(workdir, e)}') from None
       log.info('no tokenizer: %s', e)
   cfg = model_config(config, tok)

@@ -51,7 +51,7 @@ def tilde_hint(p) -> str:
   """For a path that starts with '~': only a shell expands it, and not after '=' (`--workdir=~/x`), so here it
   names a folder called '~' in the current one. '' for other paths."""
   text = os.fspath(p)
-  if not re.match(r'~[\w.-]*(/|$)', text):
+  if not re.match(r'~(/|$)', text):  # (~user/x is rare, and ~backup.jsonl may be a file's name)
     return ''
   said = "'~' is not expanded here (a shell expands it only where a word starts, not after '=')"
   return f'; {said}: write {os.path.expanduser(text)}'
@@ -96,7 +96,7 @@ def read_config(workdir: str | os.PathLike, model_ok: bool = False):
     adapter = ' (it holds adapter_config.json: a PEFT adapter, whose run directory is what to give)'
     raise errors.ConfigError(
       f'--workdir={workdir}: no {file.name} there; expected a run directory written by rftjax.train'
-      f'{adapter if (path(workdir) / "adapter_config.json").is_file() else ""}'
+      f'{adapter if (path(workdir) / "adapter_config.json").is_file() else ""}{tilde_hint(workdir)}'
     )
   try:
     found = json.loads(file.read_text())

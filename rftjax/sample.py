@@ -140,9 +140,9 @@ def write_out(path, rows: list[dict]) -> None:
 
 def read_prompts(path: str | pathlib.Path) -> list[tuple[dict, data_lib.Example]]:
   """(the line as a dict, its Example) per non-blank line; a `{"text": ...}` line is an Example with `text`."""
-  path = epath.Path(path)  # local or gs://
+  given, path = path, epath.Path(path)  # local or gs://
   if not path.is_file():
-    raise data_lib.DataError(f'{path}: no such file (--prompts)')
+    raise data_lib.DataError(f'{path}: no such file{runfs.missing_where(given)} (--prompts){runfs.tilde_hint(given)}')
   out = []
   for where, line in data_lib.lines(path):
     try:

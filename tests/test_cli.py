@@ -322,7 +322,7 @@ def test_paths_say_where_they_were_looked_for(run_dir, tmp_path, monkeypatch, ca
   assert capsys.readouterr().err == (
     f"error: config.tokenizer='sp:data/tiny/tokenizer.model': no such file data/tiny/tokenizer.model in {tmp_path} "
     f'(as {run_dir}/config.json names it: its relative paths start in the folder the run was started in; run this '
-    'command from there, or give --tokenizer=... / --init=...)\n'
+    'command from there, or give --tokenizer=...)\n'
   )
   assert evaluate.main([f'--workdir={run_dir}', f'--data={REPO}/data/tiny/valid.jsonl', f'--out={tmp_path / "e"}']) == 2
   assert f'(as {run_dir}/config.json names it: ' in capsys.readouterr().err

@@ -59,7 +59,7 @@ BAD = [
   (['--config=configs/tiny.py:foo'], "--config=configs/tiny.py:foo: unknown variant 'foo'; expected one of: test"),
   (
     ['--config=configs/gemma3_tpu.py'],
-    '--config=configs/gemma3_tpu.py: no layout; expected --config=configs/gemma3_tpu.py:LAYOUT',
+    '--config=configs/gemma3_tpu.py: no layout; expected the file name then :LAYOUT, LAYOUT one of ',
   ),
   (['--config=configs/no_such.py'], '--config=configs/no_such.py: no such file'),
   (
@@ -148,6 +148,14 @@ def test_an_unknown_variant_names_the_config_file_given(tmp_path, monkeypatch, c
   assert (
     capsys.readouterr().err == f"error: --config={mine}:tset: unknown variant 'tset'; expected one of: test (or none)\n"
   )
+  # a copy from an older rftjax passes its name first, as check_variant took it then: still a config
+  mine.write_text(mine.read_text().replace('common.check_variant(arg, ', "common.check_variant('tiny', arg, "))
+  assert train.main(['rftjax.train', f'--workdir={tmp_path / "run"}', f'--config={mine}:tset']) == 2
+  assert "unknown variant 'tset'" in capsys.readouterr().err
+  layouts = tmp_path / 'layouts.py'
+  layouts.write_text((REPO / 'configs' / 'lora_one_vm.py').read_text())
+  assert train.main(['rftjax.train', f'--workdir={tmp_path / "run"}', f'--config={layouts}:bogus']) == 2
+  assert capsys.readouterr().err.startswith(f"error: --config={layouts}:bogus: unknown layout 'bogus'; expected the ")
 
 
 def test_existing_workdir_is_left_as_it_was(tmp_path, monkeypatch, capsys, no_model_loads):

@@ -150,3 +150,11 @@ def test_a_ctrl_c_after_an_export_is_in_place_does_not_say_it_failed(tmp_path, m
   export.write_folder(tmp_path / 'hf', lambda folder: (folder / 'weights').write_text('new'), {})
   assert (tmp_path / 'hf' / 'weights').read_text() == 'new' and sorted(p.name for p in tmp_path.iterdir()) == ['hf']
   assert len(calls) == 2 and '.hf.old-' in str(calls[0])
+
+
+def test_an_exports_commit_ignores_ctrl_c_and_sigterm_and_puts_the_handlers_back():
+  before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  with export._stops_ignored():
+    assert {s: signal.getsignal(s) for s in before} == {s: signal.SIG_IGN for s in before}
+    os.kill(os.getpid(), signal.SIGTERM)  # would end the test process
+  assert {s: signal.getsignal(s) for s in before} == before

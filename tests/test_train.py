@@ -483,6 +483,32 @@ def test_more_steps_on_resume_say_when_the_learning_rate_jumps(schedule):
   assert [n[: len(jumps)] for n in notes] == ([jumps] if schedule == 'cosine' else [])
 
 
+def test_the_rftjax_commit_recorded_is_rftjax_s_own(tmp_path, monkeypatch):
+  """trainer._code_version: `git describe` of rftjax's own checkout; rftjax inside a user's repository (vendored,
+  say) would have recorded that repository's commit as rftjax's."""
+  import subprocess
+
+  def repo(folder):
+    (folder / 'rftjax').mkdir(parents=True)
+    (folder / 'rftjax' / 'trainer.py').write_text('')
+    git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a], cwd=folder, check=True,
+                                    capture_output=True, text=True)  # noqa: E731  # fmt: skip
+    git('init', '-q')
+    git('add', '.')
+    git('commit', '-qm', 'x')
+    return git('rev-parse', '--short=12', 'HEAD').stdout.strip()
+
+  own = repo(tmp_path / 'own')
+  monkeypatch.setattr(trainer, '__file__', str(tmp_path / 'own' / 'rftjax' / 'trainer.py'))
+  assert trainer._code_version() == own
+  (tmp_path / 'own' / 'rftjax' / 'trainer.py').write_text('# edited')
+  assert trainer._code_version() == f'{own}-dirty'
+  repo(tmp_path / 'project' / 'vendor')  # a repository around rftjax's folder, not rftjax's own
+  (tmp_path / 'project' / 'vendor' / '.git').rename(tmp_path / 'project' / '.git')
+  monkeypatch.setattr(trainer, '__file__', str(tmp_path / 'project' / 'vendor' / 'rftjax' / 'trainer.py'))
+  assert trainer._code_version() is None
+
+
 def test_settings_new_since_a_run_began_are_named_as_new_not_as_changes():
   """After an upgrade, the settings rftjax added since a run began were 'changed settings: x null -> 16', and a
   grader field a shipped config gained made the run 'another run ... (or delete that one to start over)'."""

@@ -346,7 +346,12 @@ def relative_judges(spec: dict, file) -> dict:
   judges = set(local_models(spec))
   subs = spec.get('graders') if spec.get('type') == 'multi' and isinstance(spec.get('graders'), dict) else {}
   for leaf in [spec, *subs.values()]:
-    if isinstance(leaf, dict) and leaf.get('model') in judges and 'base_url' not in leaf:
+    if (
+      isinstance(leaf, dict)
+      and isinstance(leaf.get('model'), str)
+      and leaf['model'] in judges
+      and 'base_url' not in leaf
+    ):
       leaf['model'] = pretrained.beside(file, leaf['model'])
   return spec
 
