@@ -332,6 +332,15 @@ def test_paths_say_where_they_were_looked_for(run_dir, tmp_path, monkeypatch, ca
     )
     == 0
   )
+  # a run whose tokenizer is its init's, from another folder: no export without it (it said the run names none)
+  config = runfs.read_config(run_dir)
+  with config.unlocked():
+    config.tokenizer, config.init = '', 'hf:my/models/base'
+  with pytest.raises(
+    errors.ConfigError, match=re.escape(f'no such folder my/models/base in {tmp_path} (as {run_dir}/')
+  ):
+    loader.load(config, workdir=run_dir, tokenizer_required=False)
+  assert runfs.tilde_hint('~backup.jsonl') == runfs.tilde_hint('a/~/b') == ''  # file names, not a home folder
 
 
 def test_evaluate_says_when_its_default_out_replaces_another_datas(run_dir, tmp_path, in_repo, caplog):

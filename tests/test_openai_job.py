@@ -269,6 +269,9 @@ def test_relative_paths_are_relative_to_the_job_file(tmp_path):
   for given in (openai_job.read(path).grader(), graders.load(path)):  # train's, and grade's or evaluate's --grader
     models = {name: leaf['model'] for name, leaf in given['graders'].items()}
     assert models == {'j': f'gguf:{tmp_path}/judge.gguf', 'api': 'gguf:judge.gguf', 'short': 'gguf:smollm2-135m'}
+  malformed = write_job(tmp_path, **{'method.reinforcement.grader': {**judged, 'model': ['gguf:judge.gguf']}})
+  with pytest.raises(graders.GraderConfigError, match='model'):  # not a TypeError from the judges' lookup
+    graders.build(malformed)
   # a job file in a bucket: its neighbours are in the bucket (pathlib would have made gs://b/... gs:/b/...)
   remote = openai_job.Job('gs://b/jobs/job.json', {**JOB, 'training_file': 't.jsonl', 'validation_file': 'v/v.jsonl'})
   assert (remote.file('training_file'), remote.file('validation_file')) == (
