@@ -16,8 +16,8 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import math
+import os
 import sys
 
 import jax

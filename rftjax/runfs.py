@@ -73,8 +73,8 @@ def missing_where(p) -> str:
 
 
 def check_not_tilde(p, label: str) -> None:
-  """An output path that starts with '~' is refused: it would make a folder named '~' (which `rm -rf ~` removes
-  the home folder to tidy)."""
+  """An output path that starts with '~' is refused: it would make a folder named '~' here, and a later `rm -rf ~`
+  to tidy it up would remove the home folder."""
   hint = tilde_hint(p)
   if hint:
     from rftjax import errors
