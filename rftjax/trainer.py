@@ -406,7 +406,8 @@ BROKEN = (graders.GradingFailed, tools.ToolsFailed)
 
 
 def _code_version() -> str | None:
-  """This rftjax checkout's commit ('-dirty' when its files differ from it), or None outside a git checkout."""
+  """This rftjax checkout's commit ('-dirty' when its files differ from it), or None where rftjax is no git
+  checkout of its own (a copy, or a folder in a user's repository)."""
   here = pathlib.Path(__file__).resolve().parent
   git = lambda *args: subprocess.run(['git', *args], cwd=here, capture_output=True, text=True, timeout=10)  # noqa: E731
   try:
