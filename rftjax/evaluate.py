@@ -292,6 +292,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
         'sub_rewards': grade['sub_rewards'],
         'errors': grade['errors'],
         **{k: grade['metadata'][k] for k in ('response_format_error',) if k in grade['metadata']},
+        **({'metadata': r.notes()} if r.notes() else {}),
         'passed': bool(r.reward >= threshold and not r.metadata.get('discard')),
         **({'transcript': o['transcript']} if 'transcript' in o else {}),
       }

@@ -29,6 +29,9 @@ from rftjax import graders
 from rftjax import runfs
 
 
+TRAIN_TIMEOUT_S = 10.0  # configs/common.py's grading.timeout_s
+
+
 def _positive(kind: type):
   """An argparse type: a finite number > 0 (a deadline, budget or worker count of 0 or less grades nothing)."""
 
@@ -175,6 +178,7 @@ def _run(args) -> int:
       if not isinstance(item, dict):
         _fail(f'{where}: expected a JSON object, found {type(item).__name__}')
     texts, items = [_sample_text(r, where) for where, r in rows], [item for _, item in data]
+    sources = [where for where, _ in data]
     try:
       graders.check_items(spec, data, grader_at)
     except errors.UserError as e:
@@ -184,6 +188,7 @@ def _run(args) -> int:
   pool = graders.GradingPool(args.num_workers, args.timeout_s, budget_s=args.budget_s,
                              allow_unsandboxed=args.allow_unsandboxed, response_format=fmt)  # fmt: skip
   pool.budget_label = f'--budget_s={args.budget_s:g}' if args.budget_s else ''
+  pool.timeout_label = '--timeout_s'
   with pool:
     results, t0, report, chunk = [], time.monotonic(), cli.progress('grading'), progress_chunk(pool)
     for start in range(0, len(texts), chunk):  # in chunks, so that a long --data shows how far it got
@@ -195,7 +200,8 @@ def _run(args) -> int:
   if modes[0]:
     print(json.dumps(results[0].to_json(), default=str, ensure_ascii=False))
     return 1 if results[0].errors else 0  # a grading that failed is not a score of 0
-  print(json.dumps(graders.summarize(results, prefix=args.prefix), indent=1))
+  summary = graders.summarize(results, prefix=args.prefix)
+  print(json.dumps(summary, indent=1))
   if args.output:  # whole or not at all, missing folders made (as check_out promised; the disk may fill since)
     try:
       data_lib.write_text(
@@ -209,8 +215,15 @@ def _run(args) -> int:
     return 1
   bad = sum(1 for r in results if r.errors)
   if bad:  # their zeros are in the mean above: say so where a person reads, not only in the JSON's error_rate
+    first = next(where for where, r in zip(sources, results) if r.errors)
+    keep = f'--output={args.output} has' if args.output else '--output=FILE keeps'
     print(f'note: {bad} of {len(results)} gradings failed and count as 0 in {args.prefix}_reward_mean: '
-          f'{graders.what_failed(results)}', file=sys.stderr)  # fmt: skip
+          f"{graders.what_failed(results)}; the first at {first} ({keep} each one's traceback)",
+          file=sys.stderr)  # fmt: skip
+  slowest = summary.get(f'{args.prefix}/grading_latency_s_max', 0.0)
+  if slowest > TRAIN_TIMEOUT_S:  # it passes here (--timeout_s, 120 s by default) and times out in training
+    print(f'note: the slowest grading took {slowest:.1f} s: past the {TRAIN_TIMEOUT_S:g} s train gives each one '
+          "by default (grading.timeout_s, or the grader's own timeout_s)", file=sys.stderr)  # fmt: skip
   return 0
 
 

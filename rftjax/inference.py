@@ -287,6 +287,7 @@ class Validation:
         {'source': ex.source, 'item': data_lib.reference(ex), 'completion': c['text'], 'truncated': c['truncated'],
          'reward': res.reward, 'sub_rewards': res.sub_rewards, 'errors': res.to_json()['errors'],
          **{k: res.metadata[k] for k in ('response_format_error',) if k in res.metadata},
+         **({'metadata': res.notes()} if res.notes() else {}),
          **({'transcript': c['transcript']} if 'transcript' in c else {})}
         for ex, (c, res) in zip(self.examples, rows)
       ]  # fmt: skip

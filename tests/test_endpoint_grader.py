@@ -329,7 +329,7 @@ def test_grade_cli_sends_one_sample(url, tmp_path, capsys):
   assert _Grader.seen[0][2]['item'] == {'q': 1}
 
 
-def test_grade_cli_says_when_some_gradings_failed(url, tmp_path, capsys):
+def test_grade_cli_says_when_some_gradings_failed(url, tmp_path, capsys, monkeypatch):
   """With 1 of 3 gradings failed, `grade --data` exited 0 and said nothing: the mean counts the failure as a 0."""
   path, data, samples = tmp_path / 'endpoint.json', tmp_path / 'data.jsonl', tmp_path / 'samples.jsonl'
   path.write_text(json.dumps(spec(url)))
@@ -340,5 +340,14 @@ def test_grade_cli_says_when_some_gradings_failed(url, tmp_path, capsys):
   assert json.loads(out)['grade_reward_mean'] == 0.5
   assert err.strip() == (
     'note: 1 of 3 gradings failed and count as 0 in grade_reward_mean: endpoint_grader in 1, e.g. HTTP 403 from '
-    f'{url}: {{"error": "bad token"}}'
+    f'{url}: {{"error": "bad token"}}; the first at {data}:3 (--output=FILE keeps each one\'s traceback)'
+  )
+  # a grading slower than training allows passes here (--timeout_s is 120 s): said
+  monkeypatch.setattr(grade, 'TRAIN_TIMEOUT_S', 0.0)
+  samples.write_text('"1"\n"0.5"\n"0"\n')
+  assert grade.main([f'--grader={path}', f'--data={data}', f'--samples={samples}']) == 0
+  assert re.fullmatch(
+    r'note: the slowest grading took \d+\.\d s: past the 0 s train gives each one by default \(grading.timeout_s, '
+    r"or the grader's own timeout_s\)\n",
+    capsys.readouterr().err,
   )

@@ -916,7 +916,8 @@ def test_validation_says_which_failed_gradings_are_out_of_its_mean(tmp_path, mon
 
   from rftjax import inference
 
-  ok = [graders.GradeResult(r) for r in (1.0, 0.0, 1.0)]
+  ok = [graders.GradeResult(r) for r in (1.0, 0.0)]
+  ok.append(graders.GradeResult(1.0, {'num': 1.0}, metadata={'num': {'stdout': 'dbg 7\n', 'latency_s': 0.1}}))
   down = core.failed(core.MODEL_SERVER, 'HTTP 503 (4 attempts)', discard=True)
   graded = [({'text': 'x', 'tokens': [1], 'truncated': i == 1}, r) for i, r in enumerate([*ok, down])]
   broken = core.failed(core.MODEL_PARSE, 'no number in the reply')
@@ -934,6 +935,9 @@ def test_validation_says_which_failed_gradings_are_out_of_its_mean(tmp_path, mon
   assert m['valid_reward_mean'] == pytest.approx(2 / 3) and m['valid/num_discarded'] == 1 and written == [m]
   kept = [json.loads(line) for line in (tmp_path / 'samples' / 'valid_step000003.jsonl').open()]
   assert [r['truncated'] for r in kept] == [False, True, False, False] and m['valid_truncated_frac'] == 0.25
+  # what a grader printed, and that an outage left no verdict, are in the samples file; timings are not
+  assert 'metadata' not in kept[0] and kept[2]['metadata'] == {'num': {'stdout': 'dbg 7\n'}}
+  assert kept[3]['metadata'] == {'discard': True}
   (said,) = [r.getMessage() for r in caplog.records if 'validation at step 3' in r.getMessage()]
   assert said.startswith('validation at step 3: 1 of 4 gradings failed')
   assert '; 1 left without a verdict (an outage) is out of valid_reward_mean (every completion is in' in said

@@ -183,6 +183,13 @@ def test_a_hang_only_costs_its_own_sample(pool):
   res = pool.grade(g, texts, [{}] * len(texts))
   assert [r.reward for r in res] == [0.1, 0.0, 0.3, 0.4, 0.0, 0.6, 0.7, 0.8]
   assert [r.errors[0].category for r in res if r.errors] == ['python_grader_timeout'] * 2
+  # the message says which deadline it was: the grader's own here, else the pool's setting
+  assert res[1].errors[0].message == "grading took longer than 1 s (wall clock, the grader's timeout_s); worker killed"
+  g = py(g.spec['source'])
+  (late,) = pool.grade(g, ['hang'], [{}])
+  assert (
+    late.errors[0].message == f'grading took longer than {TIMEOUT_S:g} s (wall clock, grading.timeout_s); worker killed'
+  )
 
 
 def test_submit_is_non_blocking_and_works_off_the_main_thread(pool):
@@ -616,3 +623,20 @@ def test_stale_leftovers_go_even_when_a_grader_made_them_read_only(tmp_path, mon
   assert workers.clean_stale() == 1
   assert not dead.exists() and (cgroups / 'rftjax-grader-999999999-0').exists() and time.monotonic() - t0 < 0.5
   assert elsewhere.stat().st_mode & 0o777 == 0o755 and tmp_path.stat().st_mode & 0o777 == 0o755  # nothing else changed
+
+
+def test_a_graders_traceback_shows_its_own_lines_and_names_it(pool):
+  """A python grader's error was the worker's frames (`sandbox_worker.py ... fn(*args)`) and `<grader source>`
+  without its code; with two python sub-graders, nothing said which one raised."""
+  src = 'def helper(x):\n  return 1 / x\n\ndef grade(sample, item):\n  return helper(item["d"])\n'
+  spec = {
+    'type': 'multi',
+    'calculate_output': 'num',
+    'graders': {'num': {'type': 'python', 'name': 'num', 'source': src}},
+  }
+  (r,) = pool.grade(graders.build(spec), ['x'], [{'d': 0}])
+  message = r.errors[0].message
+  assert 'File "<grader num>", line 2, in helper\n    return 1 / x\n' in message and 'sandbox_worker' not in message
+  assert graders.what_failed([r]) == (
+    'python_grader_runtime in 1, e.g. ZeroDivisionError: division by zero (grader num, line 2)'
+  )

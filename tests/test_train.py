@@ -763,8 +763,9 @@ def test_broken_grading_stops_with_one_line_and_exit_3(tmp_path, monkeypatch, ca
   assert train.main(argv) == 3
   assert capsys.readouterr().err.splitlines() == [
     'error: grading failed: validation at step 0: 200 of 200 gradings failed (100% > grading.max_error_share=50%): '
-    "grader 'boom' (python), python_grader_runtime in 200, e.g. ZeroDivisionError: division by zero (every "
-    'completion is in samples/valid_step000000.jsonl). Nothing was trained; fix the grader and run again'
+    "grader 'boom' (python), python_grader_runtime in 200, e.g. ZeroDivisionError: division by zero (grader boom, "
+    'line 2) (every completion is in samples/valid_step000000.jsonl). Nothing was trained; fix the grader and run '
+    'again'
   ]
   assert not any(p.name.isdigit() for p in (workdir / 'checkpoints').iterdir())
   assert not [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'valid_reward_mean' in r]
@@ -790,7 +791,9 @@ def test_gradings_that_fail_under_the_share_are_said_on_the_console(tmp_path, in
   assert valid[0].startswith(
     f'validation at step 0: {nines} of 200 gradings failed ({nines / 200:.0%} <= grading.max_error_share=50%): '
     "grader 'picky' (python), python_grader_runtime in"
-  ) and valid[0].endswith('ValueError: nine; they score 0 (every completion is in samples/valid_step000000.jsonl)')
+  ) and valid[0].endswith(
+    'ValueError: nine (grader picky, line 3); they score 0 (every completion is in samples/valid_step000000.jsonl)'
+  )
   train_said = [m for m in said if m not in valid]
   failing = [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if r.get('train/error_rate', 0) > 0]
   assert len(train_said) == 1 and len(failing) >= 2  # said at the first such step only

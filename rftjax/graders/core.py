@@ -73,6 +73,18 @@ class GradeResult:
       'metadata': dict(self.metadata),
     }
 
+  def notes(self) -> dict[str, Any]:
+    """The metadata a samples file keeps for whoever reads a grade: what a grader printed (`stdout`), a code
+    grader's `failures`, a judge's reply, ... (a multi's per sub-grader); not timings, nor what has a field of its
+    own (`response_format_error`)."""
+    drop = ('latency_s', 'response_format_error', 'response_format_valid')
+    out = {}
+    for k, v in self.metadata.items():
+      v = {kk: vv for kk, vv in v.items() if kk not in drop} if isinstance(v, dict) else v
+      if k not in drop and v != {}:
+        out[k] = v
+    return out
+
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> GradeResult:
     """The inverse of `to_json` (results travel between hosts as JSON)."""

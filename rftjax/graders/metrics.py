@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 from typing import Sequence
 
 from rftjax.graders import core
@@ -106,5 +107,7 @@ def what_failed(results: Sequence[core.GradeResult]) -> str:
   category, n = counts.most_common(1)[0]
   example = next(e.message for r in results for e in r.errors if e.category == category)
   lines = [ln.strip() for ln in example.strip().splitlines() if ln.strip()] or ['(no message)']
+  frames = re.findall(r'File "<grader ([^"]*)>", line (\d+)', example)  # a python grader's own code: where
+  at = f' (grader {frames[-1][0]}, line {frames[-1][1]})' if frames else ''
   others = f' (also: {", ".join(f"{c} in {k}" for c, k in counts.most_common()[1:])})' if len(counts) > 1 else ''
-  return f'{category} in {n}, e.g. {lines[-1][:300]}{others}'
+  return f'{category} in {n}, e.g. {lines[-1][:300]}{at}{others}'

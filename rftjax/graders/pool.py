@@ -151,6 +151,7 @@ class GradingPool:
     self._model_threads = concurrent.futures.ThreadPoolExecutor(model_threads, thread_name_prefix='rftjax-judge')
     self._closed = False
     self.budget_label = ''  # what a spent budget's error names, when not grading.step_budget_s (a flag)
+    self.timeout_label = 'grading.timeout_s'  # what a sample's deadline is set by, when not the grader's timeout_s
     self._abort = threading.Event()  # set by a close on an exception (Ctrl-C): the sandbox loop stops at once
     self._warned: set[str] = set()
     self._thread = threading.Thread(target=self._dispatch_forever, name='rftjax-grading', daemon=True)
@@ -405,7 +406,9 @@ class GradingPool:
           if _runs_completion(w):  # a loop whose bare `except:` swallows the per-test alarm
             self._end_current(w, _lost(w, core.PYTHON_TIMEOUT, f'ran past the sample deadline of {w.deadline_s:g} s'))
           else:
-            why = f'grading took longer than {w.job.timeout_s:g} s (wall clock); worker killed'
+            own = w.job.explicit_timeout  # the grader's own timeout_s, else the pool's
+            where = "the grader's timeout_s" if own else self.timeout_label
+            why = f'grading took longer than {w.job.timeout_s:g} s (wall clock, {where}); worker killed'
             self._end_current(w, core.failed(core.PYTHON_TIMEOUT, why))
           self._replace(slot, w)
 

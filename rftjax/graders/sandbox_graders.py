@@ -53,7 +53,7 @@ class PythonGrader(_Sandboxed):
     self.spec, self.name = spec, name
     where = where or name  # errors name the field's place in the spec
     check_source(spec['source'], f'{where}.source')
-    self._worker_spec = {'kind': 'python', 'source': spec['source']}
+    self._worker_spec = {'kind': 'python', 'source': spec['source'], 'name': name}  # tracebacks name it
     self._worker_spec['key'] = _key(self._worker_spec)
 
   def worker_spec(self):

@@ -20,6 +20,7 @@ Protocol on the pipes: frames of a 4-byte big-endian length and UTF-8 JSON. Requ
 import builtins
 import io
 import json
+import linecache
 import math
 import os
 import re
@@ -211,11 +212,14 @@ def _as_score(value, what='grade()'):
 
 
 def _make_python(spec):
+  # tracebacks name the grader (a multi's sub-graders apart) and show its code lines, as for a file
+  filename = f'<grader {spec.get("name") or "source"}>'
+  linecache.cache[filename] = (len(spec['source']), None, spec['source'].splitlines(True), filename)
   namespace = {'__name__': 'grader'}
   try:
-    exec(compile(spec['source'], '<grader source>', 'exec'), namespace)
+    exec(compile(spec['source'], filename, 'exec'), namespace)
   except BaseException:  # noqa: BLE001  (user code)
-    tb = traceback.format_exc(limit=-5)
+    tb = _user_traceback()
 
     def broken(sample, item):
       raise _Error('python_grader_runtime', 'grader source failed to load:\n' + tb)
@@ -229,6 +233,16 @@ def _make_python(spec):
 
     return missing
   return lambda sample, item: (_as_score(grade_fn(sample, item)), None)
+
+
+def _user_traceback() -> str:
+  """The exception being handled, its traceback from the grader's own frames on (this worker's are no help to
+  whoever wrote the grader), the last 8 of them, at most 4000 characters."""
+  kind, value, tb = sys.exc_info()
+  mine = tb
+  while mine is not None and not mine.tb_frame.f_code.co_filename.startswith('<grader'):
+    mine = mine.tb_next
+  return ''.join(traceback.format_exception(kind, value, mine or tb, limit=-8))[-4000:]
 
 
 _FENCE = re.compile(r'```[ \t]*([A-Za-z0-9_+\-]*)[^\n]*\n(.*?)```', re.DOTALL)
@@ -394,7 +408,7 @@ def main(argv):
       except MemoryError:
         err = ['python_grader_runtime', 'MemoryError: the grader exceeded its memory limit']
       except BaseException:  # noqa: BLE001  (user code; SystemExit and KeyboardInterrupt included)
-        err = ['python_grader_runtime', traceback.format_exc(limit=-8)[-4000:]]
+        err = ['python_grader_runtime', _user_traceback()]
       meta = dict(meta or {})
       meta['latency_s'] = time.perf_counter() - t0
       if out.size:
