@@ -174,6 +174,9 @@ def _run(args) -> int:
       _fail(f'--data has {len(data)} lines but --samples has {len(rows)}; expected the same number')
     if not data:  # a mean over nothing would print as 0.0
       _fail(f'--data={args.data}: no items (the file is empty); expected one JSON object per line')
+    # a samples file of a run or of evaluate as --data too: its row's "item" is the data row it answers
+    data = [(w, x['item'] if isinstance(x, dict) and isinstance(x.get('item'), dict) and 'completion' in x else x)
+            for w, x in data]  # fmt: skip
     for where, item in data:
       if not isinstance(item, dict):
         _fail(f'{where}: expected a JSON object, found {type(item).__name__}')

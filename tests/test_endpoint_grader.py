@@ -342,6 +342,13 @@ def test_grade_cli_says_when_some_gradings_failed(url, tmp_path, capsys, monkeyp
     'note: 1 of 3 gradings failed and count as 0 in grade_reward_mean: endpoint_grader in 1, e.g. HTTP 403 from '
     f'{url}: {{"error": "bad token"}}; the first at {data}:3 (--output=FILE keeps each one\'s traceback)'
   )
+  # a run's samples file as both --data and --samples: its rows' "item" is the data row (re-grading a validation)
+  saved = tmp_path / 'valid_step000003.jsonl'
+  saved.write_text(''.join(json.dumps({'item': {'k': i}, 'completion': c, 'reward': 0}) + '\n'
+                           for i, c in enumerate(['1', '0.25'])))  # fmt: skip
+  assert grade.main([f'--grader={path}', f'--data={saved}', f'--samples={saved}']) == 0
+  assert json.loads(capsys.readouterr().out)['grade_reward_mean'] == 0.625
+  assert [body['item'] for _, _, body, _ in _Grader.seen[-2:]] in ([{'k': 0}, {'k': 1}], [{'k': 1}, {'k': 0}])
   # a grading slower than training allows passes here (--timeout_s is 120 s): said
   monkeypatch.setattr(grade, 'TRAIN_TIMEOUT_S', 0.0)
   samples.write_text('"1"\n"0.5"\n"0"\n')
