@@ -206,6 +206,11 @@ def check_inference_flags(p: argparse.ArgumentParser, args: argparse.Namespace) 
     p.error(f'--seed must be in [0, {MAX_SEED}], got {seed}')
 
 
+# The files train writes in a run's folder, which another command's --out must not replace (sample's output made a
+# live run's metrics.jsonl three completion rows)
+RUN_OWN = ('config.json', 'metrics.jsonl', 'events.jsonl', 'reward_curve.png', runfs.LOCK)
+
+
 def check_out(path, *, folder: bool = False, label: str | None = None, inputs: dict | None = None) -> None:
   """Before any work, that `path` can be written: a file (or with `folder`, a folder) that is not the other kind,
   under a folder this process may write in (missing folders are made when writing, as data.write_jsonl and
@@ -224,6 +229,11 @@ def check_out(path, *, folder: bool = False, label: str | None = None, inputs: d
     raise errors.ConfigError(f'{label}: a file is there; expected a folder (made if missing)')
   if not folder and target.is_dir():
     raise errors.ConfigError(f'{label}: a folder is there; expected the name of a file to write')
+  if not folder and target.name in RUN_OWN and (target.parent / 'config.json').is_file():  # a live run's log, say
+    raise errors.ConfigError(
+      f"{label}: {target.parent} is a run's folder, and {target.name} is the run's own; expected another name, e.g. "
+      f'{target.parent / "eval" / "out.jsonl"}'
+    )
   where = target if folder and target.is_dir() else target.parent
   while not where.exists():  # exists() is False below a file too: that file is then named
     where = where.parent

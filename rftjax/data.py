@@ -11,7 +11,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import pathlib
+import secrets
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -296,9 +298,11 @@ def write_atomic(path: pathlib.Path, payload: str | bytes) -> None:
   """A local file written whole or not at all (temp file + rename; a failed write leaves no temp file); text as
   UTF-8. Missing folders are made."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(path.suffix + '.tmp')
+  # a name of this writer's own: two commands writing one file (two evaluations of a step) took each other's
+  tmp = path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp')
   try:
-    tmp.write_bytes(payload.encode('utf-8') if isinstance(payload, str) else payload)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), 'wb') as f:  # the umask's mode
+      f.write(payload.encode('utf-8') if isinstance(payload, str) else payload)
     tmp.replace(path)
   except BaseException as e:  # Ctrl-C too
     tmp.unlink(missing_ok=True)

@@ -148,19 +148,24 @@ def check_out(out, label: str, data=None) -> None:
   cli.check_out(f'{out}.summary.json', label=f'{label}: its summary {out}.summary.json')
 
 
-def _say_if_replacing(out, data) -> None:
-  """The default --out is named after the step and the data file's stem: another file of that name (valid.jsonl
-  of another folder) replaces the earlier evaluation, which is said."""
+def _say_if_replacing(out, now: dict) -> None:
+  """The default --out is named after the step and the data file's stem only: an evaluation of another file of that
+  name (valid.jsonl of another folder), or with other samples or temperature, replaces the earlier one; said."""
   try:
-    before = json.loads(epath.Path(f'{out}.summary.json').read_text()).get('data')
-  except (OSError, ValueError, AttributeError):
+    before = json.loads(epath.Path(f'{out}.summary.json').read_text())
+  except (OSError, ValueError):
     return
-  if not isinstance(before, str) or not (runfs.is_remote(before) or os.path.isabs(before)):  # an older summary's
-    return  # path, relative to a folder it does not name
-  same = lambda a, b: os.path.realpath(a) == os.path.realpath(b) if not runfs.is_remote(a + b) else a == b  # noqa: E731
-  if not same(before, str(data)):
-    log.warning('%s held the evaluation of %s, which this one of %s replaces; give --out to keep both', out, before,
-                data)  # fmt: skip
+  if not isinstance(before, dict):
+    return
+  path = lambda p: p if runfs.is_remote(p) else os.path.realpath(p)  # noqa: E731
+  was = before.get('data')
+  differ = [k for k in now if k != 'data' and k in before and before[k] != now[k]]
+  if isinstance(was, str) and (runfs.is_remote(was) or os.path.isabs(was)) and path(was) != path(now['data']):
+    differ.insert(0, 'data')  # (an older summary's relative path says nothing of the folder it was relative to)
+  if differ:
+    shown = lambda d: ', '.join(f'{k}={d[k]}' for k in differ)  # noqa: E731
+    log.warning('%s held the evaluation with %s, which this one with %s replaces; give --out to keep both', out,
+                shown(before), shown(now))  # fmt: skip
 
 
 def run(args) -> dict:
@@ -220,7 +225,6 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   out = epath.Path(args.out) if args.out else default_out(args.workdir, loaded.step, args.data)
   if not args.out:
     check_out(out, f'{out} (the default --out)')
-    _say_if_replacing(out, args.data)
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
   k = args.samples
   if args.temperature is not None:
@@ -229,6 +233,8 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     temperature = float(run_config.get('eval_temperature') or 0.0)
   else:
     temperature = 0.0 if k == 1 else 1.0
+  if not args.out:
+    _say_if_replacing(out, {'data': str(args.data), 'samples_per_prompt': k, 'temperature': temperature})
   max_new = sample_cli.max_new_tokens(args, loaded)
   threshold = args.pass_threshold if args.pass_threshold is not None else float(grader_spec.get('pass_threshold', 1.0))
   ids = [p for p in ids for _ in range(k)]

@@ -56,6 +56,10 @@ def train(config, workdir: str | pathlib.Path, explicit=()) -> dict:
 def _checked(config, workdir, explicit) -> dict:
   # ---- everything the user gave is checked before anything slow runs or any file is written ----
   runfs.check_not_tilde(workdir, f'--workdir={workdir}')
+  previous, has_checkpoints = runfs.previous_run(workdir)  # a live trainer's folder: said before the data loads
+  holder = runfs.held_by(workdir) if has_checkpoints and not runfs.is_remote(workdir) else None
+  if holder:  # that, not "holds another run ... or delete that one"
+    raise runfs.busy(workdir, holder)
   train_set = data_lib.load_jsonl(config.data.train, 'config.data.train')
   given, skips = config, runspec.skips_prompts(config)
   # a copy: OpenAI fields applied, every key checked (quiet if they must count the prompts that fit, known later)
@@ -79,10 +83,6 @@ def _checked(config, workdir, explicit) -> dict:
   k = spec.eval_samples  # k completions per validation prompt, each graded; the means average them all
   valid_prompts, valid_set = [p for p in valid_prompts for _ in range(k)], [e for e in valid_set for _ in range(k)]
   # a workdir that holds another run (or no run at all) is refused before anything in it changes
-  previous, has_checkpoints = runfs.previous_run(workdir)
-  holder = runfs.held_by(workdir) if has_checkpoints and not runfs.is_remote(workdir) else None
-  if holder:  # a live trainer's folder: that, not "holds another run ... or delete that one"
-    raise runfs.busy(workdir, holder)
   changed = runspec.check_resume(config, previous, workdir) if has_checkpoints else ([], [])
   try:
     run = runfs.RunDir(workdir, sync_interval_s=config.sync_interval_s)

@@ -343,6 +343,19 @@ def test_paths_say_where_they_were_looked_for(run_dir, tmp_path, monkeypatch, ca
   assert runfs.tilde_hint('~backup.jsonl') == runfs.tilde_hint('a/~/b') == ''  # file names, not a home folder
 
 
+def test_an_out_that_is_a_runs_own_file_is_refused(tmp_path):
+  """`sample --out=RUN/metrics.jsonl` replaced a live run's log with completions (the trainer went on writing to
+  the deleted file, and report found no steps)."""
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text('{}')
+  for name in cli.RUN_OWN:
+    with pytest.raises(errors.ConfigError, match=re.escape(f"{run} is a run's folder, and {name} is the run's own")):
+      cli.check_out(run / name)
+  cli.check_out(run / 'eval' / 'mine.jsonl')  # beside them: fine
+  cli.check_out(tmp_path / 'metrics.jsonl')  # no run there: fine
+
+
 def test_evaluate_says_when_its_default_out_replaces_another_datas(run_dir, tmp_path, in_repo, caplog):
   """The default --out is eval/step<N>_<stem>.jsonl: valid.jsonl of another folder silently replaced the first."""
   first, second = tmp_path / 'a' / 'valid.jsonl', tmp_path / 'b' / 'valid.jsonl'
@@ -352,10 +365,15 @@ def test_evaluate_says_when_its_default_out_replaces_another_datas(run_dir, tmp_
   caplog.set_level(logging.WARNING, logger='rftjax')
   for data in (first, first, second):
     assert evaluate.main([f'--workdir={run_dir}', f'--data={data}', '--num_workers=1']) == 0
-  said = [m for m in caplog.messages if 'held the evaluation of' in m]
+  said = [m for m in caplog.messages if 'held the evaluation with' in m]
   assert len(said) == 1 and said[0].endswith(
-    f'held the evaluation of {first}, which this one of {second} replaces; give --out to keep both'
+    f'held the evaluation with data={first}, which this one with data={second} replaces; give --out to keep both'
   )
+  # the same data with other samples: replaced too, and said
+  assert evaluate.main([f'--workdir={run_dir}', f'--data={second}', '--num_workers=1', '--samples=2']) == 0
+  said = [m for m in caplog.messages if 'held the evaluation with' in m]
+  assert said[-1].endswith('with samples_per_prompt=1, temperature=0.0, which this one with samples_per_prompt=2, '
+                           'temperature=1.0 replaces; give --out to keep both')  # fmt: skip
 
 
 def test_evaluate_takes_the_runs_prompt_length_limit(run_dir, tmp_path, in_repo, capsys, caplog, monkeypatch):
@@ -999,10 +1017,13 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, 
   from rftjax import data
   from rftjax import runfs
 
-  (tmp_path / 'x.json.tmp').symlink_to('/dev/full')  # writes there fail with ENOSPC
-  with pytest.raises(OSError) as e:
+  def full(self, target):  # the disk filled: the error names no file
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  with monkeypatch.context() as m, pytest.raises(OSError) as e:
+    m.setattr(pathlib.Path, 'replace', full)
     data.write_atomic(tmp_path / 'x.json', 'hello')
-  assert e.value.filename == str(tmp_path / 'x.json') and not (tmp_path / 'x.json').exists()
+  assert e.value.filename == str(tmp_path / 'x.json') and list(tmp_path.iterdir()) == []  # no temp file left
   w = metrics.MetricsWriter(tmp_path / 'run', tensorboard=False)
   w._file = open('/dev/full', 'a')  # noqa: SIM115
   with pytest.raises(OSError) as e:

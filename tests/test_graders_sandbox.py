@@ -640,3 +640,22 @@ def test_a_graders_traceback_shows_its_own_lines_and_names_it(pool):
   assert graders.what_failed([r]) == (
     'python_grader_runtime in 1, e.g. ZeroDivisionError: division by zero (grader num, line 2)'
   )
+
+
+def test_a_killed_processs_cgroup_under_a_reused_pid_does_not_cost_the_cap(monkeypatch):
+  """kill -9 leaves `rftjax-grader-<pid>-N`; clean_stale spares it when the pid is alive again (this process, reused),
+  and the worker then ran without its fork-bomb cap, without a word."""
+  import itertools
+
+  from rftjax.graders import workers
+
+  if not workers.cgroups_writable():
+    pytest.skip('no writable pids cgroup here')
+  monkeypatch.setattr(workers, '_counter', itertools.count(900))
+  stale = workers.CGROUP_ROOT / f'rftjax-grader-{os.getpid()}-900'
+  stale.mkdir()
+  try:
+    made = workers.make_cgroup()
+    assert made == stale and (made / 'pids.max').read_text().strip() == str(workers._MAX_TASKS_PER_WORKER)
+  finally:
+    workers.remove_cgroup(stale)

@@ -158,3 +158,17 @@ def test_an_exports_commit_ignores_ctrl_c_and_sigterm_and_puts_the_handlers_back
     assert {s: signal.getsignal(s) for s in before} == {s: signal.SIG_IGN for s in before}
     os.kill(os.getpid(), signal.SIGTERM)  # would end the test process
   assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_two_writers_of_one_file_write_their_own_temp_files(tmp_path, monkeypatch):
+  """write_atomic's temp file was always `<out>.tmp`: two evaluations writing one default --out at once renamed
+  each other's, and one failed after all its sampling ('No such file or directory')."""
+  target, used = tmp_path / 'out.jsonl', []
+  rename = pathlib.Path.replace
+  monkeypatch.setattr(pathlib.Path, 'replace', lambda self, to: (used.append(self.name), rename(self, to))[1])
+  data.write_atomic(target, 'a')
+  data.write_atomic(target, 'b')
+  assert len(set(used)) == 2 and all(n.startswith('.out.jsonl.') and n.endswith('.tmp') for n in used)
+  umask = os.umask(0)
+  os.umask(umask)
+  assert target.read_text() == 'b' and target.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it

@@ -1278,6 +1278,9 @@ def test_a_second_trainer_in_the_same_workdir_is_refused_before_it_writes(tmp_pa
     (workdir / 'config.json').write_text(json.dumps({'model': 'tiny', 'grpo': {}, 'data': {'train': 'other.jsonl'}}))
     with pytest.raises(errors.ConfigError, match=r'\) is training in it; expected no other trainer there'):
       run(tmp_path, 'run', 1)
+    # said before the data is read (thousands of prompts to tokenize first, to be refused after)
+    with pytest.raises(errors.ConfigError, match=r'\) is training in it; expected no other trainer there'):
+      run(tmp_path, 'run', 1, **{'data.train': 'no/such.jsonl'})
   finally:
     holder.kill()
     holder.wait()

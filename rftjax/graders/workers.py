@@ -172,6 +172,9 @@ def make_cgroup() -> pathlib.Path | None:
   if not cgroups_writable():
     return None
   path = CGROUP_ROOT / f'rftjax-grader-{os.getpid()}-{next(_counter)}'
+  if path.exists():  # a killed process's of the same pid (reused): clean_stale takes its owner for this live one
+    kill_cgroup(path)
+    remove_cgroup(path)
   try:
     path.mkdir()
     (path / 'pids.max').write_text(str(_MAX_TASKS_PER_WORKER))
