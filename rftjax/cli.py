@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -229,10 +230,11 @@ def check_out(path, *, folder: bool = False, label: str | None = None, inputs: d
     raise errors.ConfigError(f'{label}: a file is there; expected a folder (made if missing)')
   if not folder and target.is_dir():
     raise errors.ConfigError(f'{label}: a folder is there; expected the name of a file to write')
-  if not folder and target.name in RUN_OWN and (target.parent / 'config.json').is_file():  # a live run's log, say
+  run = target.parent if target.name in RUN_OWN else target.parent.parent if target.parent.name == 'samples' else None
+  if not folder and run is not None and _is_run(run):  # a live run's log, say
     raise errors.ConfigError(
-      f"{label}: {target.parent} is a run's folder, and {target.name} is the run's own; expected another name, e.g. "
-      f'{target.parent / "eval" / "out.jsonl"}'
+      f"{label}: {run} is a run's folder, and {target.relative_to(run)} is the run's own; expected another name, "
+      f'e.g. {run / "eval" / "out.jsonl"}'
     )
   where = target if folder and target.is_dir() else target.parent
   while not where.exists():  # exists() is False below a file too: that file is then named
@@ -241,6 +243,14 @@ def check_out(path, *, folder: bool = False, label: str | None = None, inputs: d
     raise errors.ConfigError(f'{label}: {where} is a file; expected a folder there')
   if not os.access(where, os.W_OK | os.X_OK):
     raise errors.ConfigError(f'{label}: cannot write in {where} (permission denied)')
+
+
+def _is_run(folder: pathlib.Path) -> bool:
+  """Whether `folder` holds a run (its config.json as rftjax.train writes it)."""
+  try:
+    return runfs.config_kind(json.loads((folder / 'config.json').read_text())) == 'run'
+  except (OSError, ValueError):
+    return False
 
 
 def _same_path(a, b) -> bool:

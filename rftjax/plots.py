@@ -8,11 +8,13 @@ Read-only on metrics.jsonl, so it can run while training writes; the PNG is repl
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 
 import numpy as np
 
+from rftjax import data as data_lib
 from rftjax import metrics as metrics_lib
 
 
@@ -82,13 +84,10 @@ def write_reward_plot(workdir: str | os.PathLike, out: str | os.PathLike | None 
 
   out = pathlib.Path(out) if out else pathlib.Path(workdir) / 'reward_curve.png'
   fig = reward_figure(workdir, kept)
-  tmp = out.with_name(out.name + '.tmp')
+  png = io.BytesIO()
   try:
-    fig.savefig(tmp, format='png')
-    tmp.replace(out)
-  except OSError:  # a full disk: no half-written .tmp left holding its space
-    tmp.unlink(missing_ok=True)
-    raise
+    fig.savefig(png, format='png')
   finally:
     plt.close(fig)
+  data_lib.write_atomic(out, png.getvalue())  # whole or not at all, its temp file its own (the trainer's beside)
   return out

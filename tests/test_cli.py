@@ -348,12 +348,16 @@ def test_an_out_that_is_a_runs_own_file_is_refused(tmp_path):
   the deleted file, and report found no steps)."""
   run = tmp_path / 'run'
   run.mkdir()
-  (run / 'config.json').write_text('{}')
-  for name in cli.RUN_OWN:
+  (run / 'config.json').write_text(json.dumps({'model': 'tiny', 'grpo': {}, 'data': {}}))
+  for name in (*cli.RUN_OWN, 'samples/valid_step000004.jsonl'):
     with pytest.raises(errors.ConfigError, match=re.escape(f"{run} is a run's folder, and {name} is the run's own")):
       cli.check_out(run / name)
   cli.check_out(run / 'eval' / 'mine.jsonl')  # beside them: fine
   cli.check_out(tmp_path / 'metrics.jsonl')  # no run there: fine
+  hf = tmp_path / 'hf'  # a model folder's config.json is no run's
+  hf.mkdir()
+  (hf / 'config.json').write_text('{"model_type": "llama"}')
+  cli.check_out(hf / 'metrics.jsonl')
 
 
 def test_evaluate_says_when_its_default_out_replaces_another_datas(run_dir, tmp_path, in_repo, caplog):

@@ -35,13 +35,22 @@ class _Grader(local_http.Handler):
       cls.attempts[text] += 1
       cls.in_flight += 1
       cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
+    self.counted = True
     try:
       self.behave(text, cls.attempts[text])
     except (BrokenPipeError, ConnectionResetError):  # the grader gave up waiting
       pass
     finally:
-      with cls.lock:
-        cls.in_flight -= 1
+      self._done()
+
+  def _done(self):
+    with type(self).lock:
+      type(self).in_flight -= self.counted
+      self.counted = False
+
+  def send(self, *args, **kwargs):
+    self._done()  # before the reply: once the client has it, its next request may come before a `finally` runs
+    super().send(*args, **kwargs)
 
   def behave(self, text, attempt):
     replies = {
@@ -340,7 +349,7 @@ def test_grade_cli_says_when_some_gradings_failed(url, tmp_path, capsys, monkeyp
   assert json.loads(out)['grade_reward_mean'] == 0.5
   assert err.strip() == (
     'note: 1 of 3 gradings failed and count as 0 in grade_reward_mean: endpoint_grader in 1, e.g. HTTP 403 from '
-    f'{url}: {{"error": "bad token"}}; the first at {data}:3 (--output=FILE keeps each one\'s traceback)'
+    f'{url}: {{"error": "bad token"}}; the first at {data}:3 (--output=FILE keeps each one\'s error)'
   )
   # a run's samples file as both --data and --samples: its rows' "item" is the data row (re-grading a validation)
   saved = tmp_path / 'valid_step000003.jsonl'
@@ -354,7 +363,7 @@ def test_grade_cli_says_when_some_gradings_failed(url, tmp_path, capsys, monkeyp
   samples.write_text('"1"\n"0.5"\n"0"\n')
   assert grade.main([f'--grader={path}', f'--data={data}', f'--samples={samples}']) == 0
   assert re.fullmatch(
-    r'note: the slowest grading took \d+\.\d s: past the 0 s train gives each one by default \(grading.timeout_s, '
-    r"or the grader's own timeout_s\)\n",
+    r'note: the slowest grading took \d+\.\d s: past the 0 s train gives each one by default \(grading.timeout_s; '
+    r'or give the grader a timeout_s of its own\)\n',
     capsys.readouterr().err,
   )

@@ -625,16 +625,20 @@ def test_stale_leftovers_go_even_when_a_grader_made_them_read_only(tmp_path, mon
   assert elsewhere.stat().st_mode & 0o777 == 0o755 and tmp_path.stat().st_mode & 0o777 == 0o755  # nothing else changed
 
 
-def test_a_graders_traceback_shows_its_own_lines_and_names_it(pool):
+def test_a_graders_traceback_shows_its_own_lines_and_names_it():
   """A python grader's error was the worker's frames (`sandbox_worker.py ... fn(*args)`) and `<grader source>`
   without its code; with two python sub-graders, nothing said which one raised."""
   src = 'def helper(x):\n  return 1 / x\n\ndef grade(sample, item):\n  return helper(item["d"])\n'
   spec = {
     'type': 'multi',
     'calculate_output': 'num',
-    'graders': {'num': {'type': 'python', 'name': 'num', 'source': src}},
+    'graders': {'num': {'type': 'python', 'name': 'same', 'source': src}},  # named by its key in the multi
   }
-  (r,) = pool.grade(graders.build(spec), ['x'], [{'d': 0}])
+  other = {**spec, 'graders': {'num': {'type': 'python', 'source': 'def grade(s, i):\n  return 1 / 0\n'}}}
+  with graders.GradingPool(num_workers=1, timeout_s=TIMEOUT_S) as pool:  # one worker holds both graders
+    pool.grade(graders.build(spec), ['x'], [{'d': 0}])
+    pool.grade(graders.build(other), ['x'], [{}])  # another multi's 'num': its code must not show in the first's
+    (r,) = pool.grade(graders.build(spec), ['x'], [{'d': 0}])
   message = r.errors[0].message
   assert 'File "<grader num>", line 2, in helper\n    return 1 / x\n' in message and 'sandbox_worker' not in message
   assert graders.what_failed([r]) == (

@@ -733,9 +733,18 @@ def test_a_full_disk_stops_the_run_with_one_line_and_exit_1(tmp_path, monkeypatc
 
   monkeypatch.chdir(REPO)
   monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  import errno
+
   workdir = tmp_path / 'run'
   (workdir / 'samples').mkdir(parents=True)
-  (workdir / 'samples' / 'valid_step000000.jsonl.tmp').symlink_to('/dev/full')  # writes there: ENOSPC
+  rename = pathlib.Path.replace
+
+  def full(self, target):  # the disk fills as the samples are written
+    if pathlib.Path(target).name == 'valid_step000000.jsonl':
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return rename(self, target)
+
+  monkeypatch.setattr(pathlib.Path, 'replace', full)
   (workdir / '.jax_cache').mkdir()
   (workdir / '.jax_cache' / 'jit_step-cache').write_bytes(b'cut sho')  # JAX would warn about it in every later run
   argv = ['rftjax.train', f'--workdir={workdir}', '--config=configs/tiny.py:test', '--config.eval_batch_size=200']

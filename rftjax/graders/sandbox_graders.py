@@ -53,10 +53,12 @@ class PythonGrader(_Sandboxed):
     self.spec, self.name = spec, name
     where = where or name  # errors name the field's place in the spec
     check_source(spec['source'], f'{where}.source')
-    self._worker_spec = {'kind': 'python', 'source': spec['source'], 'name': name}  # tracebacks name it
-    self._worker_spec['key'] = _key(self._worker_spec)
 
   def worker_spec(self):
+    """Built when asked: a multi names its sub-graders (`name`) after building them, and tracebacks name them."""
+    if getattr(self, '_worker_spec', {}).get('name') != self.name:
+      self._worker_spec = {'kind': 'python', 'source': self.spec['source'], 'name': self.name}
+      self._worker_spec['key'] = _key(self._worker_spec)
     return self._worker_spec
 
   def task_args(self, text, item):

@@ -214,7 +214,8 @@ def _as_score(value, what='grade()'):
 def _make_python(spec):
   # tracebacks name the grader (a multi's sub-graders apart) and show its code lines, as for a file
   filename = f'<grader {spec.get("name") or "source"}>'
-  linecache.cache[filename] = (len(spec['source']), None, spec['source'].splitlines(True), filename)
+  lines = (len(spec['source']), None, spec['source'].splitlines(True), filename)
+  linecache.cache[filename] = lines
   namespace = {'__name__': 'grader'}
   try:
     exec(compile(spec['source'], filename, 'exec'), namespace)
@@ -232,7 +233,12 @@ def _make_python(spec):
       raise _Error('python_grader_runtime', 'grader source does not define grade(sample, item)')
 
     return missing
-  return lambda sample, item: (_as_score(grade_fn(sample, item)), None)
+
+  def run(sample, item):
+    linecache.cache[filename] = lines  # two graders of one name (two multis' sub-graders) share a worker
+    return _as_score(grade_fn(sample, item)), None
+
+  return run
 
 
 def _user_traceback() -> str:
