@@ -75,8 +75,8 @@ class GradeResult:
 
   def notes(self) -> dict[str, Any]:
     """The metadata a samples file keeps for whoever reads a grade: what a grader printed (`stdout`), a code
-    grader's `failures`, a judge's reply, ... (a multi's per sub-grader); not timings, nor what has a field of its
-    own (`response_format_error`)."""
+    grader's `failures`, a judge's score or label, ... (a multi's per sub-grader); not timings, nor what has a
+    field of its own (`response_format_error`)."""
     drop = ('latency_s', 'response_format_error', 'response_format_valid')
     out = {}
     for k, v in self.metadata.items():
