@@ -502,6 +502,13 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   failed = graders.all_failed(results)
   if failed or sum(1 for r in results if r.errors) > config.grading.max_error_share * len(results):
     raise graders.GradingFailed(failed or graders.failure_line(results, config.grading.max_error_share, grader), [])
+  if any(r.errors for r in results):  # too few to stop the run, but each one a 0 it trains on: say which
+    line = graders.failure_line(results, config.grading.max_error_share, grader)
+    log.warning('preflight: %s; they score 0 (every completion is in %s)', line, out / 'pass_rates.jsonl')
+  elif results and not missed and not any(r.reward for r in results):  # a grader that never gives credit
+    log.warning('preflight: every one of the %d completions scored 0: GRPO learns nothing from that. Check the '
+                'grader on a completion you know is right (python -m rftjax.grade --grader=... --sample=... '
+                '--item=...), or pick prompts the model can sometimes solve', len(results))  # fmt: skip
   return summary
 
 

@@ -268,6 +268,22 @@ def test_a_response_format_no_sample_matches_is_measured_and_said(tmp_path, monk
   assert said.startswith('preflight: none of the 8 completions matched config.response_format (most: not a JSON ')
 
 
+def test_a_grader_that_never_gives_credit_is_said(tmp_path, monkeypatch, caplog):
+  """A grader that scores every completion 0 (a silent bug) showed 'never solved 1.0000' and nothing more."""
+  from rftjax import cli
+
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  grader = tmp_path / 'zero.json'
+  grader.write_text(json.dumps({'type': 'python', 'name': 'zero', 'source': 'def grade(s, i):\n  return 0.0\n'}))
+  argv = ['rftjax.preflight', TINY, f'--config.grader={grader}', '--samples=2', '--limit=4', f'--out={tmp_path / "o"}',
+          '--notime_train_step', '--novalidate']  # fmt: skip
+  with contextlib.redirect_stdout(io.StringIO()), caplog.at_level('WARNING', logger='rftjax'):
+    assert preflight.main(argv) == 0
+  (said,) = [m for m in caplog.messages if 'scored 0' in m]
+  assert said.startswith('preflight: every one of the 8 completions scored 0: GRPO learns nothing from that. Check ')
+
+
 def test_filtering_drops_only_prompts_without_signal_and_keeps_failed_gradings(tmp_path):
   """Partial rewards below the pass threshold still differ, so GRPO learns from them: not 'never solved'. A prompt
   whose grading failed scored zeros that say nothing of it."""
