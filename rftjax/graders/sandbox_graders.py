@@ -55,11 +55,10 @@ class PythonGrader(_Sandboxed):
     check_source(spec['source'], f'{where}.source')
 
   def worker_spec(self):
-    """Built when asked: a multi names its sub-graders (`name`) after building them, and tracebacks name them."""
-    if getattr(self, '_worker_spec', {}).get('name') != self.name:
-      self._worker_spec = {'kind': 'python', 'source': self.spec['source'], 'name': self.name}
-      self._worker_spec['key'] = _key(self._worker_spec)
-    return self._worker_spec
+    """Built when asked, as the other graders' are: a multi names its sub-graders (`name`, which tracebacks show)
+    after building them."""
+    spec = {'kind': 'python', 'source': self.spec['source'], 'name': self.name}
+    return {**spec, 'key': _key(spec)}
 
   def task_args(self, text, item):
     return [core.sample_dict(text), item]  # built here: the worker imports nothing of rftjax
