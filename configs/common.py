@@ -142,7 +142,7 @@ def from_layout(name: str, arg, layouts: dict[str, Layout], init: str) -> ml_col
   del name  # the message names no file (a copy elsewhere named the original): the --config flag's check adds it
   if arg not in layouts:  # these configs have no default: the layout is the point
     found = f'unknown layout {arg!r}' if arg else 'no layout'
-    raise errors.ConfigError(f'{found}; expected the file name then :LAYOUT, LAYOUT one of {", ".join(layouts)}')
+    raise errors.VariantError(f'{found}; expected the file name then :LAYOUT, LAYOUT one of {", ".join(layouts)}')
   layout = layouts[arg]
   c = base()
   c.model = layout.model
@@ -177,7 +177,7 @@ def check_variant(*args) -> None:
   check adds it. (A config copied from an older rftjax passes its name first: still taken.)"""
   arg, variants = args[-2:]
   if arg not in (None, '', *variants):
-    raise errors.ConfigError(f'unknown variant {arg!r}; expected one of: {", ".join(variants)} (or none)')
+    raise errors.VariantError(f'unknown variant {arg!r}; expected one of: {", ".join(variants)} (or none)')
 
 
 def smoke_test(c: ml_collections.ConfigDict, max_new_tokens: int) -> None:

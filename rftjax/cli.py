@@ -273,10 +273,8 @@ def _load_config_file(spec: str):
   module_spec.loader.exec_module(module)
   try:
     return module.get_config(arg or None)
-  except errors.ConfigError as e:
-    if str(e).startswith(('unknown variant', 'unknown layout', 'no layout')):  # configs/common: the file given
-      raise errors.ConfigError(f'--config={spec}: {e}') from None
-    raise
+  except errors.VariantError as e:  # configs/common's refusal names no file: the one given here
+    raise errors.ConfigError(f'--config={spec}: {e}') from None
 
 
 def _check_key(config, dotted: str) -> None:

@@ -5,6 +5,7 @@ was expected, so the command line tools print it as one `error: ...` line and ex
 no traceback. Everything else that goes wrong is a bug or an outage and keeps its traceback.
 
   ConfigError   a `config.*` key or a command-line flag       (runspec.check, hparams, loader, the CLIs)
+  VariantError  a config file's :VARIANT (a ConfigError)      (configs/common.py; cli names the file)
   DataError     a line of a data file                          (rftjax.data)
   GraderConfigError  a field of a grader spec                  (rftjax.graders)
 """
@@ -25,6 +26,11 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
   """A `config.*` value or a command-line flag is unusable."""
+
+
+class VariantError(ConfigError):
+  """A config file's `get_config(arg)` refused its `:VARIANT`; the --config flag's check names the file given (a
+  copy of a shipped config elsewhere would name the original)."""
 
 
 # A disk that is full, over quota or read-only, or a limit on open files: not a bug, and no traceback helps; the
