@@ -133,7 +133,7 @@ def run(body: Callable[[], int]) -> int:
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return errors.EXIT_CODE
-  except (KeyboardInterrupt, Terminated) as e:  # Ctrl-C or SIGTERM: one line, the shell's status, no traceback
+  except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): one line, the shell's status, no traceback
     stopped = isinstance(e, Terminated)
     print(('\n' if _open_line else '') + ('terminated' if stopped else 'interrupted'), file=sys.stderr)  # not
     return TERMINATE_EXIT_CODE if stopped else INTERRUPT_EXIT_CODE  # glued to a progress line

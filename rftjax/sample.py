@@ -110,7 +110,7 @@ def load_from_args(args, before=None) -> loader.Loaded:
     message = str(e)
     for key in flags:  # the value came from the flag: say so
       message = re.sub(rf'^config\.{key}\b', f'--{key}', message)
-    if not message.startswith('--') and '(as ' not in message:  # a file the run's config.json names
+    if not message.startswith('--'):  # a file the run's config.json names (loader.load gets the tokenizer here)
       message += loader.run_paths_note(args.workdir, e)
     raise errors.ConfigError(message) from None
 
