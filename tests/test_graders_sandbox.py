@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -183,12 +184,43 @@ def test_a_hang_only_costs_its_own_sample(pool):
   res = pool.grade(g, texts, [{}] * len(texts))
   assert [r.reward for r in res] == [0.1, 0.0, 0.3, 0.4, 0.0, 0.6, 0.7, 0.8]
   assert [r.errors[0].category for r in res if r.errors] == ['python_grader_timeout'] * 2
-  # the message says which deadline it was: the grader's own here, else the pool's setting
-  assert res[1].errors[0].message == "grading took longer than 1 s (wall clock, the grader's timeout_s); worker killed"
+  # the worker stops the grader and says where it was, and which deadline it was: the grader's own here, else the
+  # pool's setting
+  where, summary = res[1].errors[0].message.rsplit('\n', 1)
+  assert re.fullmatch(r'Traceback \(most recent call last\):\n  File "<grader grader>", line [34], in grade\n.*', where)
+  assert summary == "grading took longer than 1 s (wall clock, the grader's timeout_s); stopped at the line above"
   g = py(g.spec['source'])
   (late,) = pool.grade(g, ['hang'], [{}])
-  assert (
-    late.errors[0].message == f'grading took longer than {TIMEOUT_S:g} s (wall clock, grading.timeout_s); worker killed'
+  assert late.errors[0].message.endswith(
+    f'grading took longer than {TIMEOUT_S:g} s (wall clock, grading.timeout_s); stopped at the line above'
+  )
+
+
+def test_a_hang_says_where_and_keeps_what_was_printed(pool):
+  g = graders.build({'type': 'multi', 'graders': {'slow': {'type': 'python', 'source': (
+    "import time\ndef grade(sample, item):\n  print('checking', sample['output_text'])\n"
+    "  if sample['output_text'] == 'hang':\n    time.sleep(60)\n  return 1.0\n"
+  ), 'timeout_s': 0.5}}, 'calculate_output': 'slow'})  # fmt: skip
+  t0 = time.monotonic()
+  hung, ok = pool.grade(g, ['hang', 'fine'], [{}, {}])
+  assert time.monotonic() - t0 < 5 and ok.reward == 1.0
+  assert hung.errors[0].category == 'python_grader_timeout' and 'checking hang' in hung.metadata['slow']['stdout']
+  assert graders.what_failed([hung, ok]) == (
+    "python_grader_timeout in 1, e.g. grading took longer than 0.5 s (wall clock, the grader's timeout_s); stopped "
+    'at the line above (grader slow, line 5)'
+  )
+
+
+def test_a_hang_that_cannot_be_stopped_is_killed(pool):
+  # a grader that swallows every exception, the stop included, is killed at the deadline plus pool.STOP_GRACE_S
+  g = py('import time\ndef grade(s, i):\n  while True:\n    try:\n      time.sleep(0.1)\n    except BaseException:\n'
+         '      pass\n', timeout_s=0.5)  # fmt: skip
+  t0 = time.monotonic()
+  (r,) = pool.grade(g, ['x'], [{}])
+  assert 1.4 < time.monotonic() - t0 < 6
+  assert r.errors[0].message == (
+    "grading took longer than 0.5 s (wall clock, the grader's timeout_s); worker killed (it could not be stopped to "
+    'show where: a long call into compiled code, or a bare `except:`)'
   )
 
 

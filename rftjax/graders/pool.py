@@ -36,6 +36,9 @@ DEFAULT_DISK_MB = 1024
 # Extra time for a worker to start and load a grader it has not seen (imports such as sympy, module-level code),
 # so a busy machine does not turn a cold start into a timeout of the first sample.
 LOAD_GRACE_S = 10.0
+# A python grader's worker stops a sample at its deadline and answers with the line it was on; the parent kills
+# the worker this much later, should that answer not come.
+STOP_GRACE_S = 1.0
 
 
 def _runs_completion(w: workers.Worker) -> bool:
@@ -94,8 +97,11 @@ def check_sandbox(grader: core.Grader, allow_unsandboxed: bool = False) -> bool:
 
 
 def _task_timeout(job: '_SandboxJob', tasks: list[tuple[int, list]]) -> float:
-  """A sandbox task's deadline: the job's; for a code sample without a `timeout_s` of its own, at least room for
-  its code and each test to run out their `test_timeout_s` (a sample with tests that loop keeps its partial credit)."""
+  """A sandbox task's deadline: the job's; for a python grader, STOP_GRACE_S later, the worker stopping it at the
+  job's to say where; for a code sample without a `timeout_s` of its own, at least room for its code and each test
+  to run out their `test_timeout_s` (a sample with tests that loop keeps its partial credit)."""
+  if job.spec['kind'] == 'python':
+    return job.timeout_s + STOP_GRACE_S
   if job.spec['kind'] != 'code' or job.explicit_timeout or not tasks:
     return job.timeout_s
   tests = tasks[0][1][1]
@@ -349,8 +355,11 @@ class GradingPool:
           # a code sample runs the model's code: one per worker, so that nothing it changes reaches another
           size = 1 if job.spec['kind'] == 'code' else chunk
           tasks = [job.pending.popleft() for _ in range(min(size, len(job.pending)))]
+          request = {'grader': job.spec, 'tasks': tasks}
+          if job.spec['kind'] == 'python':
+            request['stop'] = [job.timeout_s, self._too_long(job)]
           try:
-            w.send({'grader': job.spec, 'tasks': tasks}, job.timeout_s)
+            w.send(request, job.timeout_s)
           except (OSError, TimeoutError):
             job.pending.extendleft(reversed(tasks))
             w = self._replace(slot, w)
@@ -397,20 +406,27 @@ class GradingPool:
             self._end_current(w, _lost(w, core.OTHER, f'worker sent an unexpected reply: {str(e)[:200]}'))
             self._replace(slot, w)
             continue
-          if frames and w.chunk is not None:  # only whole replies restart the clock
+          # a grader the worker stopped may have left processes or half-done state behind: the worker goes, as
+          # does one whose code sample is graded, with whatever it changed
+          stopped = any((f.get('e') or [None])[0] == core.PYTHON_TIMEOUT for f in frames)
+          if stopped or (w.chunk is None and ran_code):
+            self._replace(slot, w)
+          elif frames and w.chunk is not None:  # only whole replies restart the clock
             w.deadline_s = _task_timeout(w.job, w.chunk)
             w.deadline = now + w.deadline_s
-          elif w.chunk is None and ran_code:  # its sample is graded: the worker goes, with whatever it changed
-            self._replace(slot, w)
         elif now >= w.deadline:
           if _runs_completion(w):  # a loop whose bare `except:` swallows the per-test alarm
             self._end_current(w, _lost(w, core.PYTHON_TIMEOUT, f'ran past the sample deadline of {w.deadline_s:g} s'))
           else:
-            own = w.job.explicit_timeout  # the grader's own timeout_s, else the pool's
-            where = "the grader's timeout_s" if own else self.timeout_label
-            why = f'grading took longer than {w.job.timeout_s:g} s (wall clock, {where}); worker killed'
+            why = f'{self._too_long(w.job)}; worker killed'
+            if w.job.spec['kind'] == 'python' and w.job.spec['key'] in w.loaded:
+              why += ' (it could not be stopped to show where: a long call into compiled code, or a bare `except:`)'
             self._end_current(w, core.failed(core.PYTHON_TIMEOUT, why))
           self._replace(slot, w)
+
+  def _too_long(self, job: _SandboxJob) -> str:
+    where = "the grader's timeout_s" if job.explicit_timeout else self.timeout_label  # its own, else the pool's
+    return f'grading took longer than {job.timeout_s:g} s (wall clock, {where})'
 
   def _accept(self, w: workers.Worker, frame: dict) -> None:
     if not isinstance(frame, dict):

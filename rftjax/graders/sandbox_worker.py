@@ -13,8 +13,10 @@ It never imports rftjax (so a heavy package __init__ cannot slow every respawn).
     a second one within it;
   * stdout/stderr are /dev/null at the fd level and a capped buffer at the Python level.
 Protocol on the pipes: frames of a 4-byte big-endian length and UTF-8 JSON. Request
-{"grader": {...}, "tasks": [[index, *args], ...]}; one reply per task: {"i": index, "s": score,
-"e": [category, message] | null, "m": metadata}.
+{"grader": {...}, "tasks": [[index, *args], ...], "stop": [seconds, why] | absent}; one reply per task:
+{"i": index, "s": score, "e": [category, message] | null, "m": metadata}. With `stop` (python graders), a task still
+running after `seconds` is stopped by SIGALRM and answered with where it was (the parent's later deadline kills a
+worker that cannot be stopped: a long call into C, a bare `except:` around the hang).
 """
 
 import builtins
@@ -241,14 +243,23 @@ def _make_python(spec):
   return run
 
 
-def _user_traceback() -> str:
+def _user_traceback(last_line=None) -> str:
   """The exception being handled, its traceback from the grader's own frames on (this worker's are no help to
-  whoever wrote the grader), the last 8 of them, at most 4000 characters."""
+  whoever wrote the grader), the last 8 of them, with the grader's innermost own frame kept when they are all in
+  a library it called; at most 4000 characters. `last_line` replaces the exception's own line."""
   kind, value, tb = sys.exc_info()
   mine = tb
   while mine is not None and not mine.tb_frame.f_code.co_filename.startswith('<grader'):
     mine = mine.tb_next
-  return ''.join(traceback.format_exception(kind, value, mine or tb, limit=-8))[-4000:]
+  frames = traceback.extract_tb(mine or tb)
+  while len(frames) > 1 and frames[-1].filename == __file__:  # the alarm's handler, raising the stop
+    frames.pop()
+  own = [f for f in frames if f.filename.startswith('<grader')]
+  kept = traceback.StackSummary.from_list(frames[-8:]).format()
+  if own and own[-1] not in frames[-8:]:
+    kept = [*traceback.StackSummary.from_list([own[-1]]).format(), '  ...\n', *kept[1:]]
+  tail = [last_line] if last_line else traceback.format_exception_only(kind, value)
+  return ''.join(['Traceback (most recent call last):\n', *kept, *tail])[-4000:]
 
 
 _FENCE = re.compile(r'```[ \t]*([A-Za-z0-9_+\-]*)[^\n]*\n(.*?)```', re.DOTALL)
@@ -403,14 +414,18 @@ def main(argv):
       _send(wfd, {'loaded': key})  # loading (imports, module code) gets its own deadline
     fn = graders[key]
     _clear_workdir()
+    stop = request.get('stop')
     for index, args in request['tasks']:
       t0 = time.perf_counter()
       err, meta, score = None, None, 0.0
       try:
-        score, meta = fn(*args)
+        score, meta = _limited(stop[0], fn, *args) if stop else fn(*args)
         score = _as_score(score)
       except _Error as e:
         err, score = [e.category, str(e)], getattr(e, 'score', 0.0)
+      except _TestTimeout:  # `stop`'s alarm (a code grader catches its tests' own)
+        why = stop[1] if stop else 'the time limit passed'
+        err = ['python_grader_timeout', _user_traceback(f'{why}; stopped at the line above')]
       except MemoryError:
         err = ['python_grader_runtime', 'MemoryError: the grader exceeded its memory limit']
       except BaseException:  # noqa: BLE001  (user code; SystemExit and KeyboardInterrupt included)
