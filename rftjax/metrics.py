@@ -7,7 +7,8 @@ so the file never holds two different values for one step.
 `events.jsonl` holds one `fine_tuning.job.event` per line, shaped like the events OpenAI's fine-tuning API lists
 for a job, so scripts written against `client.fine_tuning.jobs.list_events` read a local run too: a "metrics" event
 per training step and per validation (`openai_metrics` maps rftjax's names to OpenAI's, docs/cli.md), and the
-"message" events the trainer writes with `MetricsWriter.event` (started, resumed, checkpoint, stopped, finished).
+"message" events the trainer writes with `MetricsWriter.event` (started, resumed, checkpoint, stopped, finished),
+and each warning the run logs (`WarningEvents`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import pathlib
 import re
 import sys
+import threading
 import time
 import uuid
 from typing import Any, Mapping
@@ -336,6 +338,42 @@ class MetricsWriter:
         raise failed
       if self._tb is not None and self._tb_writing(self._step):
         self._tb.close()
+
+
+class WarningEvents(logging.Handler):
+  """Each warning (or error) logged on `logger` while open, written to events.jsonl as a `warn` (`error`) message
+  event too: a run read later, by `report` or a script, shows what the console said once and scrolled away (gradings
+  that failed, completions all cut off, the resumed run's changed settings). Records logged before the run's writer
+  exists wait for `attach` (the first 50). Only the opening thread's records are written (another thread's would
+  race the writer); `extra={'event': False}` leaves one out (it has an event of its own)."""
+
+  def __init__(self, logger: logging.Logger):
+    super().__init__(logging.WARNING)
+    self.logger, self.writer, self.pending, self.thread = logger, None, [], threading.get_ident()
+
+  def __enter__(self) -> 'WarningEvents':
+    self.logger.addHandler(self)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.logger.removeHandler(self)
+
+  def attach(self, writer: 'MetricsWriter') -> None:
+    self.writer, pending, self.pending = writer, self.pending, []
+    for record in pending:
+      self.emit(record)
+
+  def emit(self, record: logging.LogRecord) -> None:
+    if record.thread != self.thread or getattr(record, 'event', True) is False:
+      return
+    if self.writer is None:
+      self.pending += [record] * (len(self.pending) < 50)
+      return
+    level = 'error' if record.levelno >= logging.ERROR else 'warn'
+    try:
+      self.writer.event(record.getMessage()[:4000], level=level)
+    except (OSError, ValueError):  # a full disk, a closed file: the console has the line
+      pass
 
 
 def _append(file, line: str) -> None:

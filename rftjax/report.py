@@ -167,6 +167,10 @@ def summarize(workdir: str | pathlib.Path) -> dict:
       'valid_error_rate_last': valid_errors[-1]['valid/error_rate'] if valid_errors else None,
       'valid_error_rate_last_step': int(valid_errors[-1]['step']) if valid_errors else None,
     }
+  warned = [e for e in events if e.get('level') in ('warn', 'error') and not (e.get('data') or {}).get('status')]
+  if warned:  # what the console said during the run (docs/cli.md, events.jsonl); a stop's own event is the status
+    out['warnings'] = {'count': len(warned), 'last': warned[-1].get('message', ''),
+                       'last_step': int(metrics_lib.event_step(warned[-1]))}  # fmt: skip
   formatted = _share(train, valid, 'train/response_format_valid', 'valid/response_format_valid')
   if formatted['train_last10_mean'] is not None or formatted['valid_last'] is not None:  # off the format: 0 ungraded
     out['response_format_valid'] = formatted
@@ -297,6 +301,10 @@ def table(s: dict) -> str:
       said.append(f'valid {e["valid_error_rate_last"]:.1%} at step {e["valid_error_rate_last_step"]}')
     rows.append(('failed gradings', ', '.join(said) + ' (each scored 0, or was out of the mean for an outage; '
                  '<split>/errors/* in metrics.jsonl)'))  # fmt: skip
+  if 'warnings' in s:
+    w, last = s['warnings'], ' '.join(s['warnings']['last'].split())
+    last = last if len(last) <= 160 else last[:159] + '…'
+    rows.append(('warnings', f'{w["count"]} in events.jsonl; the last, at step {_fmt(w["last_step"])}: {last}'))
   if 'response_format_valid' in s:
     rows.append(('response format valid', _share_text(s['response_format_valid'], 'the others scored 0 ungraded')))
   if 'truncated' in s:

@@ -49,11 +49,12 @@ def train(config, workdir: str | pathlib.Path, explicit=()) -> dict:
 
   Bad input (a config key, a data line, a grader field) raises a `errors.UserError` before any model loads and
   before anything is written to the workdir. `explicit`: the config keys the user set on the command line."""
-  with tool_server.serving_for(config) as config:  # the demos' tool server, on a free port for this run only
-    return _checked(config, workdir, explicit)
+  # the demos' tool server, on a free port for this run only; the run's warnings go to events.jsonl too
+  with tool_server.serving_for(config) as config, metrics_lib.WarningEvents(log) as warned:
+    return _checked(config, workdir, explicit, warned)
 
 
-def _checked(config, workdir, explicit) -> dict:
+def _checked(config, workdir, explicit, warned) -> dict:
   # ---- everything the user gave is checked before anything slow runs or any file is written ----
   runfs.check_not_tilde(workdir, f'--workdir={workdir}')
   previous, has_checkpoints = runfs.previous_run(workdir)  # a live trainer's folder: said before the data loads
@@ -94,7 +95,8 @@ def _checked(config, workdir, explicit) -> dict:
       multihost.on_process_0(lambda: held.enter_context(runfs.lock(run.local)))
       multihost.check_shared_folder(run.local)
     try:
-      return _train(config, spec, run, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts, changed)
+      return _train(config, spec, run, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts, changed,
+                    warned)  # fmt: skip
     except (OSError, checkpoint_lib.SaveFailed) as e:
       # a full disk, most likely: JAX writes each compile-cache entry once, in place, and one cut short was warned
       # about and recompiled in every later run
@@ -119,7 +121,7 @@ def _write_config(config, run: runfs.RunDir) -> None:
 
 
 def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, train_set, train_prompts, valid_set,
-           valid_prompts, changed) -> dict:  # fmt: skip
+           valid_prompts, changed, warned) -> dict:  # fmt: skip
   workdir = run.local  # run files; checkpoints go to run.remote (the same folder when the workdir is local)
   is_main = jax.process_index() == 0
   if not jax.config.jax_compilation_cache_dir:  # next to the run, unless the environment chose a place
@@ -200,6 +202,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     )
     cleanup.push(_closing_writer(writer))
     cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps, changed))  # events.jsonl: started ...
+    warned.attach(writer)  # and the warnings logged so far
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
     if is_main:  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
       guard.replay(metrics_lib.read_jsonl(writer.path, stepped=True))
@@ -373,7 +376,7 @@ def _watch(guard, writer, is_main: bool, record: dict):
   logs each alarm and writes it to events.jsonl. Returns the first alarm that asks to stop, or None."""
   stop = None
   for alarm in guard.observe(record) if is_main else []:
-    log.warning('guard: %s: %s', alarm.kind, alarm.message)
+    log.warning('guard: %s: %s', alarm.kind, alarm.message, extra={'event': False})
     writer.event(
       f'{alarm.kind}: {alarm.message}',
       level='warn',

@@ -23,6 +23,7 @@ from rftjax import inference
 from rftjax import lora
 from rftjax import metrics
 from rftjax import model
+from rftjax import report
 from rftjax import multihost
 from rftjax import presets
 from rftjax import sampler
@@ -807,6 +808,15 @@ def test_gradings_that_fail_under_the_share_are_said_on_the_console(tmp_path, in
   failing = [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if r.get('train/error_rate', 0) > 0]
   assert len(train_said) == 1 and len(failing) >= 2  # said at the first such step only
   assert train_said[0].startswith(f'step {failing[0]["step"]}: ') and 'said once' in train_said[0]
+  # what the console said is in events.jsonl too, at its step, and report counts it
+  warned = [e for e in metrics.read_jsonl(workdir / 'events.jsonl') if e['level'] == 'warn']
+  logged = [m for m in caplog.messages if m in {e['message'] for e in warned}]
+  assert [e['message'] for e in warned] == logged and set(said) <= set(logged)
+  assert [e['data']['step'] for e in warned if e['message'] in valid] == [0, 2, 4]
+  summary = report.summarize(workdir)
+  assert summary['warnings'] == {'count': len(warned), 'last': warned[-1]['message'], 'last_step': 4}
+  assert any(line.startswith('warnings') and f'{len(warned)} in events.jsonl; the last, at step 4: ' in line
+             for line in report.table(summary).splitlines())  # fmt: skip
 
 
 def test_a_broken_validation_mid_run_keeps_the_step_unranked(tmp_path, in_repo, monkeypatch, caplog):
