@@ -213,7 +213,7 @@ def _run(args) -> int:
     except OSError as e:
       _fail(f'--output={args.output}: cannot write it ({e.strerror or e}); the summary above is all that is left')
   failed = graders.all_failed(results)
-  if failed:  # the zeros above mean the grader could not run, not that the samples are wrong
+  if failed:  # the zeros above mean the grader could not run (or ran in part), not that the samples are wrong
     print(f'error: {failed}', file=sys.stderr)
     return 1
   bad = sum(1 for r in results if r.errors)

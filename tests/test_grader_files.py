@@ -233,3 +233,25 @@ def test_a_graders_run_body_grades_its_own_sample_and_item(tmp_path):
   )
   r = run_cli(f'--grader={body}', '--sample=abc', f'--sample_file={body}')
   assert r.returncode == 2 and r.stderr == 'error: give one of --sample or --sample_file\n'
+
+
+def test_grade_says_when_every_grading_failed_in_part(tmp_path, capsys):
+  from rftjax import grade
+
+  g, data, samples = tmp_path / 'multi.json', tmp_path / 'd.jsonl', tmp_path / 's.jsonl'
+  g.write_text(json.dumps({'type': 'multi', 'calculate_output': '0.5 * ok + 0.5 * boom', 'graders': {
+    'ok': {'type': 'string_check', 'name': 'ok', 'input': OUT, 'reference': '{{item.answer}}', 'operation': 'eq'},
+    'boom': {'type': 'python', 'name': 'boom', 'source': 'def grade(s, i):\n  return 1 / 0\n'},
+  }}))  # fmt: skip
+  data.write_text('{"answer": "4"}\n{"answer": "5"}\n')
+  samples.write_text('"4"\n"4"\n')
+  assert grade.main([f'--grader={g}', f'--data={data}', f'--samples={samples}']) == 1
+  captured = capsys.readouterr()
+  assert json.loads(captured.out)['grade_reward_mean'] == 0.25  # the string_check's half, for the first sample
+  assert captured.err == (
+    'error: all 2 gradings failed (in part: the rewards count what failed as 0): python_grader_runtime in 2, e.g. '
+    'ZeroDivisionError: division by zero (grader boom, line 2)\n'
+  )
+  data.write_text('{"answer": "5"}\n{"answer": "5"}\n')  # nothing but the failed part: zeros that mean nothing
+  assert grade.main([f'--grader={g}', f'--data={data}', f'--samples={samples}']) == 1
+  assert capsys.readouterr().err.startswith('error: all 2 gradings failed: python_grader_runtime in 2, e.g.')

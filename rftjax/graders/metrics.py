@@ -70,12 +70,13 @@ def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dic
 
 
 def all_failed(results: Sequence[core.GradeResult]) -> str | None:
-  """None, or a one-line account when every grading failed (the rewards are all zeros that mean nothing)."""
+  """None, or a one-line account when every grading failed: 'all 16 gradings failed: python_grader_runtime in 16,
+  e.g. ZeroDivisionError: division by zero (grader boom, line 2)'. The rewards are zeros that mean nothing, or, for
+  a multi grader whose other sub-graders ran, scores that count the failed part as 0: that is said."""
   if not results or not all(r.errors for r in results):
     return None
-  counts = collections.Counter(e.category for r in results for e in r.errors)
-  first = results[0].errors[0].message.strip().splitlines()[-1][:200]
-  return f'all {len(results)} gradings failed ({dict(counts)}); the first: {first}'
+  partial = ' (in part: the rewards count what failed as 0)' if any(r.reward for r in results) else ''
+  return f'all {len(results)} gradings failed{partial}: {what_failed(results)}'
 
 
 def check_failures(results: Sequence[core.GradeResult], max_error_share: float = 0.5, grader=None) -> None:
