@@ -6,6 +6,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from rftjax import errors
+from rftjax import graders
 from rftjax import guard
 from rftjax import hparams
 
@@ -98,7 +99,7 @@ def base() -> ml_collections.ConfigDict:
 
   c.grading = ml_collections.ConfigDict()
   c.grading.num_workers = 0  # 0 = one per CPU core
-  c.grading.timeout_s = 10.0
+  c.grading.timeout_s = graders.pool.TRAIN_TIMEOUT_S  # 10 s per sample (rftjax.grade's default is OpenAI's 120 s)
   c.grading.max_error_share = 0.5  # stop the run when more gradings than this fail in one step
   c.grading.step_budget_s = 600.0  # the most one step's grading may take; what is left then scores 0 (0 = no cap)
   c.grading.model_threads = 16  # requests in flight at once to model judges and endpoint graders (a provider's limit)

@@ -359,7 +359,7 @@ def test_grade_cli_says_when_some_gradings_failed(url, tmp_path, capsys, monkeyp
   assert json.loads(capsys.readouterr().out)['grade_reward_mean'] == 0.625
   assert [body['item'] for _, _, body, _ in _Grader.seen[-2:]] in ([{'k': 0}, {'k': 1}], [{'k': 1}, {'k': 0}])
   # a grading slower than training allows passes here (--timeout_s is 120 s): said
-  monkeypatch.setattr(grade, 'TRAIN_TIMEOUT_S', 0.0)
+  monkeypatch.setattr(graders.pool, 'TRAIN_TIMEOUT_S', 0.0)
   samples.write_text('"1"\n"0.5"\n"0"\n')
   assert grade.main([f'--grader={path}', f'--data={data}', f'--samples={samples}']) == 0
   assert re.fullmatch(

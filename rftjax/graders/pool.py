@@ -33,6 +33,9 @@ log = logging.getLogger('rftjax')
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MEMORY_MB = 2048
 DEFAULT_DISK_MB = 1024
+# train's and evaluate's per-sample deadline (configs/common.py's grading.timeout_s, a run's config.json without
+# one), shorter than OpenAI's: a grader slower than this would stall every training step
+TRAIN_TIMEOUT_S = 10.0
 # Extra time for a worker to start and load a grader it has not seen (imports such as sympy, module-level code),
 # so a busy machine does not turn a cold start into a timeout of the first sample.
 LOAD_GRACE_S = 10.0
