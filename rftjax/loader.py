@@ -103,6 +103,32 @@ def run_paths_note(workdir, e: Exception, flag: str = '--tokenizer') -> str:
           f'run this command from there, or give {flag}=...)')  # fmt: skip
 
 
+def _not_on_disk(config, workdir, asked, steps: list[int]) -> str:
+  """Why the run has no checkpoint `asked`, from its own files: none written yet (its trainer still starting, or
+  stopped before its first), a step the keep policy deleted, or one that was never a checkpoint."""
+  from rftjax import metrics as metrics_lib  # the run's events: which steps were saved
+
+  folder = runfs.path(workdir)
+  if not steps:
+    holder = None if runfs.is_remote(folder) else runfs.held_by(folder)
+    if holder:
+      return f' The run has none yet: its trainer ({holder}) writes the first after its step-0 validation'
+    return (' The run has none: it stopped before its step-0 validation wrote the first (python -m rftjax.report '
+            f'--workdir={workdir} says how it ended)')  # fmt: skip
+  if not (isinstance(asked, int) or str(asked).isdigit()):
+    return ''
+  events = metrics_lib.read_jsonl(folder / 'events.jsonl') if (folder / 'events.jsonl').exists() else []
+  saved = {metrics_lib.event_step(e) for e in events if isinstance(e.get('data'), dict) and e['data'].get('checkpoint')}
+  keep = (config.get('checkpoint') or {}).get('keep_best', 3)
+  if int(asked) in saved:
+    return (f' Step {asked} was saved, then deleted by the keep policy (checkpoint.keep_best={keep}: the {keep} best '
+            'by validation reward, and the latest; docs/checkpoints.md)')  # fmt: skip
+  return (
+    f' Checkpoints are written at step 0, at each validation (eval_interval={config.get("eval_interval")}), '
+    'and at the last step'
+  )
+
+
 def check_judges(spec: dict) -> None:
   """The local judge models a grader spec names (`graders.local_models`) exist, before any loads."""
   for name in graders.local_models(spec):
@@ -213,7 +239,8 @@ def load(
       try:  # the step first: a missing one is an error before minutes of loading
         step = ckpt.resolve_step(asked)
       except (FileNotFoundError, ValueError) as e:
-        raise errors.ConfigError(f'--step={asked}: {e}') from None
+        note = _not_on_disk(config, workdir, asked, ckpt.all_steps()) if isinstance(e, FileNotFoundError) else ''
+        raise errors.ConfigError(f'--step={asked}: {e}{note}') from None
       try:
         return _load(config, cfg, tok, dtype, mesh, ckpt, f'{workdir} step {step}', step)
       except checkpoint_lib.Gone as e:

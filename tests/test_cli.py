@@ -1067,3 +1067,41 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, 
   monkeypatch.setattr(runfs, 'open', read_only, raising=False)
   with pytest.raises(errors.ConfigError, match=r'--workdir=.*: cannot write there \(Read-only file system\)$'):
     runfs.lock(tmp_path)
+
+
+def test_a_step_not_on_disk_says_why(run_dir, tmp_path, in_repo, capsys):
+  """A step the keep policy deleted, one that never was a checkpoint, and a run without any yet each say so."""
+  import shutil
+
+  run = tmp_path / 'run'
+  shutil.copytree(run_dir, run)
+  saved = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
+  assert saved[0] in [e['data'].get('step') for e in read_jsonl(run / 'events.jsonl') if 'checkpoint' in e['data']]
+  shutil.rmtree(run / 'checkpoints' / str(saved[0]))  # as the keep policy deletes a step
+
+  def error(folder, *flags):
+    assert export.main([f'--workdir={folder}', f'--out={tmp_path / "out"}', *flags]) == errors.EXIT_CODE
+    return capsys.readouterr().err.split('steps on disk: ')[1]
+
+  keep = json.loads((run / 'config.json').read_text())['checkpoint']['keep_best']
+  assert error(run, f'--step={saved[0]}') == (
+    f'{saved[1:]}. Step {saved[0]} was saved, then deleted by the keep policy (checkpoint.keep_best={keep}: the '
+    f'{keep} best by validation reward, and the latest; docs/checkpoints.md)\n'
+  )
+  interval = json.loads((run / 'config.json').read_text())['eval_interval']
+  assert error(run, '--step=99') == (
+    f'{saved[1:]}. Checkpoints are written at step 0, at each validation (eval_interval={interval}), and at the last '
+    'step\n'
+  )
+  for step in saved[1:]:
+    shutil.rmtree(run / 'checkpoints' / str(step))
+  assert error(run) == (
+    '[]. The run has none: it stopped before its step-0 validation wrote the first (python -m rftjax.report '
+    f'--workdir={run} says how it ended)\n'
+  )
+  with runfs.lock(run):  # a trainer still starting (loading, compiling, its step-0 validation)
+    said = error(run)
+  assert re.fullmatch(
+    r'\[\]\. The run has none yet: its trainer \(process \d+ on .+\) writes the first after its step-0 validation\n',
+    said,
+  ), said
