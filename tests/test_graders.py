@@ -263,8 +263,9 @@ def test_a_python_grader_importing_a_module_only_this_process_sees_is_refused(tm
     graders.build({'type': 'python', 'source': source})
   assert str(e.value) == (
     f'grader.source: line 2 imports helper_mod, found here at {tmp_path / "helper_mod.py"} but not by graders: their '
-    "worker sees only the Python environment's own packages (no current folder, PYTHONPATH or user site); pip "
-    'install it into the environment, or put its code into the grader source'
+    "worker sees only the Python environment's own packages (no current folder, PYTHONPATH or user site); put its "
+    "code into the grader source (a config file can join the files: source = helper.read_text() + '\\n' + "
+    'grade.read_text())'
   )
   graders.build({'type': 'python', 'source': 'import sympy, math, sys\ndef grade(s, i):\n  return 1\n'})
 

@@ -119,10 +119,17 @@ def check_source(source: Any, field: str) -> None:
           f'{field}: line {node.lineno} imports {name}, which is not installed where rftjax runs; expected a module '
           f'of this Python environment (pip install it there, or import it inside a try)'
         )
+      local = spec.origin and spec.origin.endswith('.py') and 'site-packages' not in spec.origin  # a file of yours
+      fix = (
+        "put its code into the grader source (a config file can join the files: source = helper.read_text() + '\\n' "
+        '+ grade.read_text())'
+        if local
+        else 'pip install it into the environment, or put its code into the grader source'
+      )
       raise core.GraderConfigError(
         f'{field}: line {node.lineno} imports {name}, found here at {spec.origin or spec.submodule_search_locations} '
         "but not by graders: their worker sees only the Python environment's own packages (no current folder, "
-        'PYTHONPATH or user site); pip install it into the environment, or put its code into the grader source'
+        f'PYTHONPATH or user site); {fix}'
       )
   args = fns[-1].args
   positional = len(args.posonlyargs) + len(args.args)
