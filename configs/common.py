@@ -102,6 +102,7 @@ def base() -> ml_collections.ConfigDict:
   c.grading.timeout_s = graders.pool.TRAIN_TIMEOUT_S  # 10 s per sample (rftjax.grade's default is OpenAI's 120 s)
   c.grading.max_error_share = 0.5  # stop the run when more gradings than this fail in one step
   c.grading.step_budget_s = 600.0  # the most one step's grading may take; what is left then scores 0 (0 = no cap)
+  c.grading.memory_mb = 2048  # address space of each python/code/math grader's worker (OpenAI's python grader: 2 GB)
   c.grading.model_threads = 16  # requests in flight at once to model judges and endpoint graders (a provider's limit)
   c.grading.allow_unsandboxed = False  # True runs python/code graders even where they cannot be isolated
 

@@ -254,10 +254,9 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     rng = inference.validation_rng(int(run_config.get('seed') or 0), loaded.step)
   else:
     rng = jax.random.key(args.seed or 0)
-  timeout = float(grading.get('timeout_s', graders.pool.TRAIN_TIMEOUT_S))
-  threads = int(grading.get('model_threads', 16))  # a run's judge's concurrency limit holds here too
-  pool = graders.GradingPool(args.num_workers or None, timeout, model_threads=threads, allow_unsandboxed=allow,
-                             response_format=fmt)  # fmt: skip
+  # the run's deadline, memory and judge concurrency hold here too; a validation has no step budget
+  pool = graders.GradingPool.from_config(grading, fmt, num_workers=args.num_workers or None, budget_s=None,
+                                         allow_unsandboxed=allow)  # fmt: skip
   with pool:
     graded = inference.evaluate(
       sampler,

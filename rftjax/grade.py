@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
   )
   p.add_argument('--num_workers', type=_positive(int), default=None)
   p.add_argument(
+    '--memory_mb', type=_positive(int), default=graders.pool.DEFAULT_MEMORY_MB,
+    help="each python/code/math grader worker's address space, MB (train: grading.memory_mb)",
+  )  # fmt: skip
+  p.add_argument(
     '--budget_s', type=_positive(float), default=None, help='the most the whole grading may take, s (default: no cap)'
   )
   p.add_argument(
@@ -185,10 +189,10 @@ def _run(args) -> int:
       _fail(str(e))
   if args.output:  # before the grading, which may take long
     cli.check_out(args.output, label=f'--output={args.output}', inputs={'--data': args.data, '--samples': args.samples})
-  pool = graders.GradingPool(args.num_workers, args.timeout_s, budget_s=args.budget_s,
+  pool = graders.GradingPool(args.num_workers, args.timeout_s, args.memory_mb, budget_s=args.budget_s,
                              allow_unsandboxed=args.allow_unsandboxed, response_format=fmt)  # fmt: skip
   pool.budget_label = f'--budget_s={args.budget_s:g}' if args.budget_s else ''
-  pool.timeout_label = '--timeout_s'
+  pool.timeout_label, pool.memory_label = '--timeout_s', '--memory_mb'
   with pool:
     results, t0, report, chunk = [], time.monotonic(), cli.progress('grading'), progress_chunk(pool)
     for start in range(0, len(texts), chunk):  # in chunks, so that a long --data shows how far it got

@@ -403,12 +403,8 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   # ---- model, samples, grades, one timed update ----
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
   mesh = sharding.make_mesh(config.mesh)
-  gr = config.grading
-  pool_args = dict(num_workers=gr.num_workers or None, timeout_s=gr.timeout_s, budget_s=gr.step_budget_s or None,
-                   model_threads=gr.model_threads, allow_unsandboxed=gr.allow_unsandboxed,
-                   response_format=fmt)  # fmt: skip
   clock = _CompileTime()
-  with jax.set_mesh(mesh), graders.GradingPool(**pool_args) as pool:
+  with jax.set_mesh(mesh), graders.GradingPool.from_config(config.grading, fmt) as pool:
     t0 = time.perf_counter()
     loaded = loader.load(config, mesh=mesh, tokenizer=tok)
     load_s = max(0.0, time.perf_counter() - t0 - clock.total)  # random init compiles: counted as compilation

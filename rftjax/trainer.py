@@ -207,17 +207,8 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     if is_main:  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
       guard.replay(metrics_lib.read_jsonl(writer.path, stepped=True))
     watch = functools.partial(_watch, guard, writer, is_main)
-    g = config.grading
-    pool = cleanup.enter_context(
-      graders.GradingPool(
-        num_workers=g.num_workers or None,
-        timeout_s=g.timeout_s,
-        budget_s=g.step_budget_s or None,
-        model_threads=g.model_threads,
-        allow_unsandboxed=g.allow_unsandboxed,
-        response_format=response_format.make(config.response_format),
-      )
-    )
+    fmt = response_format.make(config.response_format)
+    pool = cleanup.enter_context(graders.GradingPool.from_config(config.grading, fmt))
     watcher = cleanup.enter_context(preemption.Watcher())
     rng = jax.random.key(config.seed)
     items = [ex.item for ex in train_set]

@@ -182,6 +182,7 @@ def test_a_reference_that_is_a_list_in_the_data_is_named_before_grading():
     ('--budget_s=inf', "argument --budget_s: found 'inf', expected a number > 0"),
     ('--num_workers=0', "argument --num_workers: found '0', expected an integer > 0"),
     ('--num_workers=1.5', "argument --num_workers: found '1.5', expected an integer > 0"),
+    ('--memory_mb=0', "argument --memory_mb: found '0', expected an integer > 0"),
   ],
 )
 def test_grade_refuses_deadlines_budgets_and_workers_of_zero_or_less(tmp_path, capsys, flag, message):

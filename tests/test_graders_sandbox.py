@@ -14,8 +14,11 @@ import time
 
 import pytest
 
+from configs import tiny
 from rftjax import graders
 from rftjax.graders import mathgrade
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 TIMEOUT_S = 1.5
 
@@ -695,3 +698,27 @@ def test_a_killed_processs_cgroup_under_a_reused_pid_does_not_cost_the_cap(monke
     assert made == stale and (made / 'pids.max').read_text().strip() == str(workers._MAX_TASKS_PER_WORKER)
   finally:
     workers.remove_cgroup(stale)
+
+
+def test_the_memory_limit_is_a_setting_and_its_error_names_it(tmp_path):
+  hog = py('def grade(s, i):\n  x = bytearray(600 << 20)\n  return 1.0\n')
+  config = tiny.get_config()
+  assert config.grading.memory_mb == graders.pool.DEFAULT_MEMORY_MB == 2048  # OpenAI's python grader's 2 GB
+  config.grading.memory_mb = 300
+  with graders.GradingPool.from_config(config.grading, num_workers=1) as p:
+    assert (p.memory_mb, p.timeout_s, p.num_workers) == (300, config.grading.timeout_s, 1)  # the flag wins
+    (r,) = p.grade(hog, ['x'], [{}])
+  assert (r.reward, r.errors[0].message) == (
+    0.0, 'MemoryError: the grader exceeded its memory limit of 300 MB (grading.memory_mb)'
+  )  # fmt: skip
+  with graders.GradingPool.from_config({'timeout_s': 5}) as p:  # an older run's config.json: defaults for the rest
+    assert (p.memory_mb, p.timeout_s, p.budget_s) == (2048, 5.0, None)
+    assert p.grade(hog, ['x'], [{}])[0].reward == 1.0
+  g = tmp_path / 'hog.json'
+  g.write_text(json.dumps(hog.spec))
+  done = subprocess.run([sys.executable, '-m', 'rftjax.grade', f'--grader={g}', '--sample=x', '--memory_mb=300'],
+                        capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
+  assert done.returncode == 1 and json.loads(done.stdout)['errors'] == [
+    {'category': 'python_grader_runtime', 'message': 'MemoryError: the grader exceeded its memory limit of 300 MB '
+     '(--memory_mb)'}
+  ]  # fmt: skip

@@ -161,10 +161,27 @@ class GradingPool:
     self._closed = False
     self.budget_label = ''  # what a spent budget's error names, when not grading.step_budget_s (a flag)
     self.timeout_label = 'grading.timeout_s'  # what a sample's deadline is set by, when not the grader's timeout_s
+    self.memory_label = 'grading.memory_mb'  # what sets memory_mb, for a grader that ran out of it
     self._abort = threading.Event()  # set by a close on an exception (Ctrl-C): the sandbox loop stops at once
     self._warned: set[str] = set()
     self._thread = threading.Thread(target=self._dispatch_forever, name='rftjax-grading', daemon=True)
     self._thread.start()
+
+  @classmethod
+  def from_config(cls, grading, response_format=None, **overrides) -> 'GradingPool':
+    """The pool a run's `config.grading` describes (a ConfigDict, or config.json's dict, where a key an older run
+    lacks takes its default); `overrides` (a command's flags) win."""
+    g = grading or {}
+    return cls(**{
+      'num_workers': g.get('num_workers') or None,
+      'timeout_s': float(g.get('timeout_s', TRAIN_TIMEOUT_S)),
+      'memory_mb': int(g.get('memory_mb', DEFAULT_MEMORY_MB)),
+      'budget_s': g.get('step_budget_s') or None,
+      'model_threads': int(g.get('model_threads', 16)),  # a provider's concurrency limit
+      'allow_unsandboxed': bool(g.get('allow_unsandboxed', False)),
+      'response_format': response_format,
+      **overrides,
+    })  # fmt: skip
 
   def check(self, grader: core.Grader) -> None:
     """`check_sandbox` for this pool; running unsandboxed, or as root with nothing to cap the processes a grader
@@ -358,7 +375,7 @@ class GradingPool:
           # a code sample runs the model's code: one per worker, so that nothing it changes reaches another
           size = 1 if job.spec['kind'] == 'code' else chunk
           tasks = [job.pending.popleft() for _ in range(min(size, len(job.pending)))]
-          request = {'grader': job.spec, 'tasks': tasks}
+          request = {'grader': job.spec, 'tasks': tasks, 'memory': f'{self.memory_mb} MB ({self.memory_label})'}
           if job.spec['kind'] == 'python':
             request['stop'] = [job.timeout_s, self._too_long(job)]
           try:

@@ -13,7 +13,8 @@ It never imports rftjax (so a heavy package __init__ cannot slow every respawn).
     a second one within it;
   * stdout/stderr are /dev/null at the fd level and a capped buffer at the Python level.
 Protocol on the pipes: frames of a 4-byte big-endian length and UTF-8 JSON. Request
-{"grader": {...}, "tasks": [[index, *args], ...], "stop": [seconds, why] | absent}; one reply per task:
+{"grader": {...}, "tasks": [[index, *args], ...], "memory": "2048 MB (setting)", "stop": [seconds, why] | absent};
+one reply per task:
 {"i": index, "s": score, "e": [category, message] | null, "m": metadata}. With `stop` (python graders), a task still
 running after `seconds` is stopped by SIGALRM and answered with where it was (the parent's later deadline kills a
 worker that cannot be stopped: a long call into C, a bare `except:` around the hang).
@@ -427,7 +428,8 @@ def main(argv):
         why = stop[1] if stop else 'the time limit passed'
         err = ['python_grader_timeout', _user_traceback(f'{why}; stopped at the line above')]
       except MemoryError:
-        err = ['python_grader_runtime', 'MemoryError: the grader exceeded its memory limit']
+        limit = f' of {request["memory"]}' if request.get('memory') else ''
+        err = ['python_grader_runtime', f'MemoryError: the grader exceeded its memory limit{limit}']
       except BaseException:  # noqa: BLE001  (user code; SystemExit and KeyboardInterrupt included)
         err = ['python_grader_runtime', _user_traceback()]
       meta = dict(meta or {})
