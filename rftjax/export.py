@@ -211,11 +211,11 @@ def main(argv=None) -> int:
       source = f'{source} step {loaded.step}'
     cfg = loaded.cfg
     run = args.workdir and (args.workdir if runfs.is_remote(args.workdir) else os.path.abspath(args.workdir))
-    provenance = {
-      'source': str(run or args.init),  # a run by its absolute path: the export is read from other folders
+    provenance = {  # paths absolute: the export is read from other folders
+      'source': str(run or _absolute(args.init)),
       'step': loaded.step,
       'kind': 'adapter' if args.adapter else 'merged' if cfg.lora else 'model',
-      'base': config.get('init') or None,
+      'base': _absolute(config.get('init')) or None,
       'dtype': args.dtype,  # None: the params' own
       'exported_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
     }
@@ -280,6 +280,15 @@ PROCESSORS = {'repetition_penalty': 1.0, 'encoder_repetition_penalty': 1.0, 'no_
               'bad_words_ids': None, 'suppress_tokens': None, 'begin_suppress_tokens': None, 'min_length': 0,
               'min_new_tokens': 0, 'forced_bos_token_id': None, 'forced_eos_token_id': None,
               'exponential_decay_length_penalty': None, 'sequence_bias': None}  # fmt: skip
+
+
+def _absolute(spec: str | None) -> str | None:
+  """A model spec with its local path made absolute (`hf:models/x` -> `hf:/home/me/models/x`); a package's GGUF
+  (`gguf:NAME`), a URL or a preset name as it is."""
+  kind, sep, rest = (spec or '').partition(':')
+  if sep and kind in ('hf', 'gguf', 'sp') and os.path.exists(rest):
+    return f'{kind}:{os.path.abspath(rest)}'
+  return spec
 
 
 def untrained_processors(generation: dict) -> list[str]:
