@@ -95,9 +95,14 @@ def check_spec(key: str, spec: str, kinds: tuple[str, ...], label: str = '') -> 
     raise errors.ConfigError(f'{label}={spec!r}: no such file {path}{where}{known}{runfs.tilde_hint(path)}')
 
 
+def _names_a_missing_file(e: Exception) -> bool:
+  """Whether a tokenizer or model error says a file or folder is not there ('... no such file', 'no such folder')."""
+  return 'no such ' in str(e).lower()
+
+
 def run_paths_note(workdir, e: Exception, flag: str = '--tokenizer') -> str:
   """For a file a run's config.json names that is not there: where its relative paths start, and what to do."""
-  if workdir is None or 'no such' not in str(e).lower():
+  if workdir is None or not _names_a_missing_file(e):
     return ''
   return (f' (as {workdir}/config.json names it: its relative paths start in the folder the run was started in; '
           f'run this command from there, or give {flag}=...)')  # fmt: skip
@@ -223,7 +228,7 @@ def load(
       # one the config names, or the init's that is not there, is needed (the tiny model's vocabulary is its
       # tokenizer's): an export would go without it, or with the wrong vocabulary, for want of the right folder
       named = bool(config.get('tokenizer'))
-      missing = ': no such ' in str(e)  # the file or folder the config names is not there (from another folder?)
+      missing = _names_a_missing_file(e)  # the file or folder the config names is not there (from another folder?)
       if (tokenizer_required or named or missing) and not abstract:
         raise errors.ConfigError(f'{e}{run_paths_note(workdir, e)}') from None
       log.info('no tokenizer: %s', e)
