@@ -424,25 +424,42 @@ class Progress:
     self.bar.refresh()
 
   def close(self) -> None:
-    self.bar.close()
+    self.bar.close()  # a second close does nothing
+
+  def __enter__(self) -> 'Progress':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 class CompileClock:
-  """Seconds JAX spent compiling since the last `take()`, from jax.monitoring's duration events."""
+  """Seconds JAX spent compiling while it is open (`with`), from jax.monitoring's duration events: `total`, and
+  `take()` for those since the last take. `events`: XLA's compilation (BACKEND), or tracing and lowering too (ALL).
+  Its listener goes on exit: a process that trains twice (a notebook) counts each compilation once."""
 
-  def __init__(self):
+  BACKEND = ('/jax/core/compile/backend_compile_duration',)
+  ALL = ('/jax/core/compile/jaxpr_trace_duration', '/jax/core/compile/jaxpr_to_mlir_module_duration', *BACKEND)
+
+  def __init__(self, events: tuple[str, ...] = BACKEND):
+    self.events, self.total, self._taken = events, 0.0, 0.0
+
+  def _listener(self, event: str, duration: float, **kwargs) -> None:
+    del kwargs
+    if event in self.events:
+      self.total += duration
+
+  def __enter__(self) -> 'CompileClock':
     import jax.monitoring
 
-    self._total = 0.0
-    self._taken = 0.0
+    jax.monitoring.register_event_duration_secs_listener(self._listener)
+    return self
 
-    def listener(event: str, duration: float, **kwargs) -> None:
-      del kwargs
-      if event == '/jax/core/compile/backend_compile_duration':
-        self._total += duration
+  def __exit__(self, *exc) -> None:
+    import jax.monitoring
 
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    jax.monitoring.unregister_event_duration_listener(self._listener)
 
   def take(self) -> float:
-    delta, self._taken = self._total - self._taken, self._total
+    delta, self._taken = self.total - self._taken, self.total
     return delta

@@ -8,9 +8,11 @@ Read-only on metrics.jsonl, so it can run while training writes; the PNG is repl
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import pathlib
+import sys
 
 import numpy as np
 
@@ -39,19 +41,39 @@ def reward_series(records: list[dict]) -> dict[str, tuple[list[int], list[float]
   return {name: metric_series(records, f'{name}_reward_mean') for name in ('train', 'valid')}
 
 
+def figure():
+  """A 7 x 4 inch matplotlib Figure drawn by Agg, and its axes, made without pyplot: pyplot's backend is the
+  process's, and a notebook training in-process kept Agg's after the first plot (its own plots then showed nothing).
+  A Jupyter kernel's MPLBACKEND (`module://matplotlib_inline...`), inherited by `!python -m rftjax.train` whose
+  environment lacks that module, made `import matplotlib` itself fail: it is dropped first."""
+  backend = os.environ.get('MPLBACKEND', '')
+  if backend.startswith('module://') and 'matplotlib' not in sys.modules:
+    if importlib.util.find_spec(backend.removeprefix('module://').split('.')[0]) is None:
+      del os.environ['MPLBACKEND']
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(7, 4), dpi=100)
+  FigureCanvasAgg(fig)
+  return fig, fig.add_subplot()
+
+
+def write_png(fig, path: str | os.PathLike) -> None:
+  """`fig` as a PNG at `path`, whole or not at all (its temp file its own: the trainer's beside)."""
+  png = io.BytesIO()
+  fig.savefig(png, format='png')
+  data_lib.write_atomic(path, png.getvalue())
+
+
 def reward_figure(workdir: str | os.PathLike, kept=()):
   """The figure: train reward (raw and smoothed) and validation reward against step, the kept best checkpoints
   (`kept`, their steps) starred on the validation curve, whole-number steps on the x axis."""
-  import matplotlib
-
-  matplotlib.use('Agg')  # no display; must precede pyplot
-  import matplotlib.ticker
-  from matplotlib import pyplot as plt
-
   workdir = pathlib.Path(workdir)
   records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl', stepped=True)
   series = reward_series(records)
-  fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+  fig, ax = figure()
+  import matplotlib.ticker  # after figure(): the environment's backend is checked first
+
   call_steps, calls = metric_series(records, 'tools/calls_per_rollout')
   if calls:  # an episode run (docs/tools.md): how often the policy calls its tools, on the same axis
     ax.plot(call_steps, smooth(calls), color='tab:green', linestyle='--', linewidth=1.5,
@@ -80,14 +102,6 @@ def reward_figure(workdir: str | os.PathLike, kept=()):
 def write_reward_plot(workdir: str | os.PathLike, out: str | os.PathLike | None = None, kept=()) -> pathlib.Path:
   """Writes `reward_figure` (default DIR/reward_curve.png, replaced atomically) and returns its path; an empty run
   gives an empty axes."""
-  from matplotlib import pyplot as plt
-
   out = pathlib.Path(out) if out else pathlib.Path(workdir) / 'reward_curve.png'
-  fig = reward_figure(workdir, kept)
-  png = io.BytesIO()
-  try:
-    fig.savefig(png, format='png')
-  finally:
-    plt.close(fig)
-  data_lib.write_atomic(out, png.getvalue())  # whole or not at all, its temp file its own (the trainer's beside)
+  write_png(reward_figure(workdir, kept), out)
   return out

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import io
 import json
 import logging
 import math
@@ -144,15 +143,11 @@ def estimate(m: dict, run: dict) -> dict:
 
 def write_histogram(rates, k: int, path: pathlib.Path, title: str) -> None:
   """Prompts per pass rate j/k, one bar per value; the bars at 0 and 1 (no GRPO signal) in red. Atomic."""
-  import matplotlib
+  from rftjax import plots
 
-  matplotlib.use('Agg')  # no display; must precede pyplot
-  from matplotlib import patches as mpatches
-  from matplotlib import pyplot as plt
+  fig, ax = plots.figure()
+  from matplotlib import patches as mpatches  # after figure(): the environment's backend is checked first
 
-  from rftjax import data as data_lib
-
-  fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
   _, _, bars = ax.hist(rates, bins=(np.arange(k + 2) - 0.5) / k, color='tab:blue', edgecolor='white')
   for bar in (bars[0], bars[-1]):
     bar.set_facecolor('tab:red')
@@ -167,10 +162,7 @@ def write_histogram(rates, k: int, path: pathlib.Path, title: str) -> None:
   none = mpatches.Patch(color='tab:red', label='never / always solved: no GRPO signal')
   ax.legend(handles=[signal, none], loc='best')
   fig.tight_layout()
-  png = io.BytesIO()
-  fig.savefig(png, format='png')
-  plt.close(fig)
-  data_lib.write_atomic(path, png.getvalue())
+  plots.write_png(fig, path)
 
 
 def _minutes(s) -> str:
@@ -233,29 +225,6 @@ def table(s: dict) -> str:
 
 
 # ---- the measurement --------------------------------------------------------------------------------------------
-class _CompileTime:
-  """Seconds JAX spent tracing, lowering and compiling since it was made (jax.monitoring's duration events), so
-  that a timed call that compiled can be priced without its compilation."""
-
-  EVENTS = (
-    '/jax/core/compile/jaxpr_trace_duration',
-    '/jax/core/compile/jaxpr_to_mlir_module_duration',
-    '/jax/core/compile/backend_compile_duration',
-  )
-
-  def __init__(self):
-    import jax.monitoring
-
-    self.total = 0.0
-
-    def listener(event: str, duration: float, **kwargs) -> None:
-      del kwargs
-      if event in self.EVENTS:
-        self.total += duration
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-
-
 def _sample_and_grade(spec, params, prompts, items, k, tok, grader, pool, mesh, rng, clock, progress: bool):
   """Every prompt k times with the run's training sampler, in batches of the training shape (B prompts x G rows;
   the last one padded by repeating a row), each batch graded after it is sampled (as a training step does). Returns per
@@ -359,6 +328,7 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   from rftjax import graders
   from rftjax import inference
   from rftjax import loader
+  from rftjax import metrics as metrics_lib
   from rftjax import response_format
   from rftjax import runspec
   from rftjax import sharding
@@ -403,8 +373,9 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   # ---- model, samples, grades, one timed update ----
   grader = graders.build(grader_spec, judges=inference.local_judges(grader_spec))
   mesh = sharding.make_mesh(config.mesh)
-  clock = _CompileTime()
-  with jax.set_mesh(mesh), graders.GradingPool.from_config(config.grading, fmt) as pool:
+  # tracing, lowering and compiling: a timed call that compiled is priced without them
+  clock = metrics_lib.CompileClock(metrics_lib.CompileClock.ALL)
+  with jax.set_mesh(mesh), clock, graders.GradingPool.from_config(config.grading, fmt) as pool:
     t0 = time.perf_counter()
     loaded = loader.load(config, mesh=mesh, tokenizer=tok)
     load_s = max(0.0, time.perf_counter() - t0 - clock.total)  # random init compiles: counted as compilation

@@ -265,8 +265,9 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       save(0, state, data_iter, last_eval)
       if watcher.requested(0):  # Ctrl-C or SIGTERM during the step-0 validation
         raise watcher.stop(0)
-    compile_clock = metrics_lib.CompileClock()
-    progress = metrics_lib.Progress(start, spec.total_steps, enabled=config.progress and is_main)
+    compile_clock = cleanup.enter_context(metrics_lib.CompileClock())
+    # closed on every way out: a bar left open is drawn one line lower, with a cursor-up that a notebook prints
+    progress = cleanup.enter_context(metrics_lib.Progress(start, spec.total_steps, enabled=config.progress and is_main))
     progress.note(start, last_eval)  # step 0's validation, before the first step
     for step in range(start, spec.total_steps):
       t_step = time.perf_counter()
@@ -351,7 +352,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
         if ckpt.latest_step() != step + 1:  # an evaluation step is saved already
           save(step + 1, state, data_iter)
         raise watcher.stop(step + 1)
-    progress.close()
+    progress.close()  # before the last save's wait: the bar ends at the run's last step
     _wait(ckpt, run)  # the last save committed (or failed) inside the job: then 'succeeded' is true
   return last_eval
 

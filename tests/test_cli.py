@@ -655,6 +655,26 @@ def test_reward_plot(run_dir, tmp_path):
   assert sorted(p.name for p in empty.iterdir()) == ['reward_curve.png']
 
 
+def test_the_reward_plot_leaves_a_notebooks_matplotlib_alone(run_dir, tmp_path):
+  """Training in a notebook's process switched its pyplot backend to Agg (its own plots then showed nothing); a
+  `!python -m rftjax.train` given the kernel's MPLBACKEND, a module its environment lacks, could not import
+  matplotlib at all and never wrote the plot."""
+  import matplotlib
+
+  before = matplotlib.get_backend()
+  matplotlib.rcParams['backend'] = 'svg'  # what a session chose (a notebook's is its inline module)
+  try:
+    assert_png(plots.write_reward_plot(run_dir, tmp_path / 'a.png'))
+    assert matplotlib.get_backend() == 'svg'
+  finally:
+    matplotlib.rcParams['backend'] = before
+  code = f'from rftjax import plots; plots.write_reward_plot({str(run_dir)!r}, {str(tmp_path / "b.png")!r})'
+  env = {**os.environ, 'MPLBACKEND': 'module://matplotlib_inline.backend_inline', 'PYTHONPATH': str(REPO)}
+  done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert_png(tmp_path / 'b.png')
+
+
 def test_smooth_is_debiased():
   np.testing.assert_allclose(plots.smooth([1.0, 1.0, 1.0]), [1.0, 1.0, 1.0])
 

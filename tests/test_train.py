@@ -1377,3 +1377,24 @@ def test_resume_calls_only_a_checkpoint_of_other_shapes_a_config_error(tmp_path,
   with pytest.raises(ValueError, match='corrupt') as raised:
     run(tmp_path, 'one', 2)
   assert not isinstance(raised.value, errors.UserError)
+
+
+def test_training_twice_in_one_process_leaves_nothing_behind(tmp_path, in_repo, monkeypatch):
+  """A notebook trains again in the same process: a stopped run's progress bar stayed open (the next was drawn a
+  line lower, with a cursor-up a notebook prints as a new line per refresh), and each run added a compile-time
+  listener to jax.monitoring for good."""
+  import tqdm
+  from jax._src import monitoring
+
+  from rftjax import preemption
+
+  listeners = list(monitoring._event_duration_secs_listeners)
+  with monkeypatch.context() as m:
+    m.setattr(preemption.Watcher, 'requested', lambda self, step: step == 2)
+    with pytest.raises(preemption.Preempted) as stopped:  # kept, as a notebook keeps the last traceback
+      run(tmp_path, 'run', 3, progress=True)
+  assert stopped.value.step == 2 and not [bar for bar in tqdm.tqdm._instances if bar.desc == 'rft']
+  assert monitoring._event_duration_secs_listeners == listeners
+  run(tmp_path, 'run', 3, progress=True)  # resumed at step 2
+  assert not [bar for bar in tqdm.tqdm._instances if bar.desc == 'rft']
+  assert monitoring._event_duration_secs_listeners == listeners
