@@ -37,12 +37,25 @@ def setup_logging(verbosity: int = 0) -> None:
   """rftjax's own INFO lines, warnings from everything; `verbosity >= 1`: the libraries' INFO lines too (Orbax,
   absl, JAX), `>= 2`: DEBUG."""
   level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-  logging.basicConfig(level=level, format=FORMAT, datefmt='%H:%M:%S', stream=sys.stderr, force=True)
+  console = _Console(sys.stderr)
+  console.setFormatter(logging.Formatter(FORMAT, datefmt='%H:%M:%S'))
+  logging.basicConfig(level=level, handlers=[console], force=True)
   logging.getLogger('rftjax').setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
   logging.getLogger('absl').setLevel(level)  # Orbax logs through absl
   if verbosity <= 0:
     for handler in logging.getLogger().handlers:
       handler.addFilter(_short_library_errors)
+
+
+class _Console(logging.StreamHandler):
+  """stderr, where the training progress bar is drawn too: a line logged meanwhile clears the bar first and draws
+  it again after (tqdm's external write mode), instead of running on from the bar's end."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    import tqdm
+
+    with tqdm.tqdm.external_write_mode(file=self.stream):
+      super().emit(record)
 
 
 def _short_library_errors(record: logging.LogRecord) -> bool:

@@ -1125,3 +1125,27 @@ def test_a_step_not_on_disk_says_why(run_dir, tmp_path, in_repo, capsys):
     r'\[\]\. The run has none yet: its trainer \(process \d+ on .+\) writes the first after its step-0 validation\n',
     said,
   ), said
+
+
+def test_a_log_line_does_not_run_on_from_the_progress_bar():
+  """The training bar and the log share stderr: a validation's line began right after the bar's `]`."""
+  import io
+
+  import tqdm
+
+  stream = io.StringIO()
+  console = cli._Console(stream)
+  console.setFormatter(logging.Formatter('%(message)s'))
+  logger = logging.getLogger('rftjax.test_console')
+  logger.addHandler(console)
+  logger.propagate = False
+  bar = tqdm.tqdm(total=3, file=stream, desc='rft', ncols=60)
+  try:
+    bar.update(1)
+    logger.warning('step 1: valid_reward_mean=0.5')
+  finally:
+    logger.removeHandler(console)
+    bar.close()
+  before, after = stream.getvalue().split('step 1: valid_reward_mean=0.5\n')
+  assert before.endswith('\r') and before.rstrip('\r ').endswith(']')  # the bar was cleared to the line's start
+  assert after.startswith('\rrft:')  # and drawn again below the line
