@@ -95,8 +95,9 @@ def _checked(config, workdir, explicit, warned) -> dict:
       multihost.on_process_0(lambda: held.enter_context(runfs.lock(run.local)))
       multihost.check_shared_folder(run.local)
     try:
-      return _train(config, spec, run, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts, changed,
-                    warned)  # fmt: skip
+      with _compile_cache(run):
+        return _train(config, spec, run, tok, grader_spec, train_set, train_prompts, valid_set, valid_prompts,
+                      changed, warned)  # fmt: skip
     except (OSError, checkpoint_lib.SaveFailed) as e:
       # a full disk, most likely: JAX writes each compile-cache entry once, in place, and one cut short was warned
       # about and recompiled in every later run
@@ -104,6 +105,24 @@ def _checked(config, workdir, explicit, warned) -> dict:
       if full and not run.is_remote:
         shutil.rmtree(run.compile_cache, ignore_errors=True)
       raise
+
+
+@contextlib.contextmanager
+def _compile_cache(run: runfs.RunDir):
+  """JAX's persistent compilation cache next to the run (`.jax_cache/`), unless the environment chose a place; the
+  process has none again afterwards: a notebook's next run wrote into this one's folder (deleted, maybe)."""
+  if jax.config.jax_compilation_cache_dir:
+    yield
+    return
+  from jax.experimental.compilation_cache import compilation_cache
+
+  jax.config.update('jax_compilation_cache_dir', str(run.compile_cache))
+  compilation_cache.reset_cache()  # JAX opens its cache at the first compilation, and keeps it
+  try:
+    yield
+  finally:
+    jax.config.update('jax_compilation_cache_dir', None)
+    compilation_cache.reset_cache()
 
 
 def _write_config(config, run: runfs.RunDir) -> None:
@@ -124,8 +143,6 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
            valid_prompts, changed, warned) -> dict:  # fmt: skip
   workdir = run.local  # run files; checkpoints go to run.remote (the same folder when the workdir is local)
   is_main = jax.process_index() == 0
-  if not jax.config.jax_compilation_cache_dir:  # next to the run, unless the environment chose a place
-    jax.config.update('jax_compilation_cache_dir', str(run.compile_cache))
   ckpt = checkpoint_lib.Checkpointer(
     run.remote / 'checkpoints', keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save
   )

@@ -7,6 +7,7 @@ import json
 import pathlib
 import re
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -1398,3 +1399,29 @@ def test_training_twice_in_one_process_leaves_nothing_behind(tmp_path, in_repo, 
   run(tmp_path, 'run', 3, progress=True)  # resumed at step 2
   assert not [bar for bar in tqdm.tqdm._instances if bar.desc == 'rft']
   assert monitoring._event_duration_secs_listeners == listeners
+
+
+def test_each_run_in_a_process_compiles_into_its_own_cache(tmp_path):
+  """Where the environment sets no compilation cache, a run keeps its own next to it; a second run in the same
+  process (a notebook) wrote into the first one's folder, which may be gone."""
+  from jax.experimental.compilation_cache import compilation_cache
+
+  chosen, least = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update('jax_compilation_cache_dir', None)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  compilation_cache.reset_cache()
+  try:
+    entries = {}
+    for name, k in (('a', 3.0), ('b', 5.0)):
+      run = types.SimpleNamespace(compile_cache=tmp_path / name / '.jax_cache')
+      with trainer._compile_cache(run):
+        assert jax.config.jax_compilation_cache_dir == str(run.compile_cache)
+        jax.jit(lambda x, k=k: jnp.sin(x) * k + k)(jnp.arange(11.0 + k)).block_until_ready()
+      assert jax.config.jax_compilation_cache_dir is None
+      entries[name] = sorted(p.name for p in run.compile_cache.iterdir())
+      assert any(e.startswith('jit__lambda') for e in entries[name])  # what it compiled is there
+    assert sorted(p.name for p in (tmp_path / 'a' / '.jax_cache').iterdir()) == entries['a']  # b wrote none there
+  finally:
+    jax.config.update('jax_compilation_cache_dir', chosen)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', least)
+    compilation_cache.reset_cache()
