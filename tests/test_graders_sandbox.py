@@ -1,11 +1,13 @@
 """Sandboxed graders (python, math, code) through the GradingPool: hostile code, deadlines, the math table."""
 
 import concurrent.futures
+import contextlib
 import glob
 import json
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -722,3 +724,23 @@ def test_the_memory_limit_is_a_setting_and_its_error_names_it(tmp_path):
     {'category': 'python_grader_runtime', 'message': 'MemoryError: the grader exceeded its memory limit of 300 MB '
      '(--memory_mb)'}
   ]  # fmt: skip
+
+
+def test_a_call_interrupted_while_it_waits_does_not_hold_up_the_next(tmp_path):
+  """A notebook's Ctrl-C during pool.grade: the job went on grading in the pool's thread, and the next call on the
+  same pool waited for all of it (20 samples of 1 s: 19 s for 2 quick ones)."""
+  slow = py('import time\ndef grade(s, i):\n  time.sleep(1)\n  return 1.0\n')
+  # Python's own Ctrl-C handler: a test run started in the background inherits SIGINT ignored
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  with contextlib.ExitStack() as stack, graders.GradingPool(num_workers=1, timeout_s=5) as p:
+    stack.callback(signal.signal, signal.SIGINT, before)
+    timer = threading.Timer(1.5, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+      p.grade(slow, ['x'] * 20, [{}] * 20)
+    assert time.monotonic() - t0 < 3
+    t0 = time.monotonic()
+    quick = p.grade(py('def grade(s, i):\n  return 0.5\n'), ['a', 'b'], [{}, {}])
+    assert [r.reward for r in quick] == [0.5, 0.5] and time.monotonic() - t0 < 4
+    assert [r.reward for r in p.grade(slow, ['c'], [{}])] == [1.0]  # the pool still grades what it is given

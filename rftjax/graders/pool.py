@@ -163,6 +163,10 @@ class GradingPool:
     self.timeout_label = 'grading.timeout_s'  # what a sample's deadline is set by, when not the grader's timeout_s
     self.memory_label = 'grading.memory_mb'  # what sets memory_mb, for a grader that ran out of it
     self._abort = threading.Event()  # set by a close on an exception (Ctrl-C): the sandbox loop stops at once
+    # the job being graded, and one whose caller stopped waiting (Ctrl-C in a notebook's cell): when they are the
+    # same, that job stops as on an abort, and the pool goes on with the next
+    self._current: concurrent.futures.Future | None = None
+    self._dropped: concurrent.futures.Future | None = None
     self._warned: set[str] = set()
     self._thread = threading.Thread(target=self._dispatch_forever, name='rftjax-grading', daemon=True)
     self._thread.start()
@@ -222,7 +226,13 @@ class GradingPool:
   ) -> list[core.GradeResult]:
     if grader.mode == core.INLINE and not self._closed:  # cheap: skip the thread hop (and INLINE takes no traces)
       return self._formatted(grader, list(samples), list(items), None, lambda s, i, t: grader.grade_batch(s, i))
-    return self.submit(grader, samples, items, traces).result()
+    fut = self.submit(grader, samples, items, traces)
+    try:
+      return fut.result()
+    except BaseException:  # noqa: BLE001  (Ctrl-C while waiting: the next call must not wait for this job)
+      if not fut.cancel():
+        self._dropped = fut
+      raise
 
   def _formatted(
     self, grader: core.Grader, samples: list[str], items: list[dict], traces: list[str] | None, grade_fn
@@ -289,6 +299,7 @@ class GradingPool:
         if not fut.set_running_or_notify_cancel():
           continue
         deadline = time.monotonic() + self.budget_s if self.budget_s else float('inf')
+        self._current = fut
         try:
           grade_fn = lambda s, i, t: self._grade_now(grader, s, i, deadline, t)  # noqa: E731
           fut.set_result(self._formatted(grader, samples, items, traces, grade_fn))
@@ -332,6 +343,10 @@ class GradingPool:
       return grader.combine(per_leaf)
     return per_leaf[0]
 
+  def _stopping(self) -> bool:
+    """Whether the job being graded is to stop: the pool is closing on an exception, or its caller left."""
+    return self._abort.is_set() or (self._dropped is not None and self._dropped is self._current)
+
   def _over_budget(self, category: str = core.PYTHON_TIMEOUT) -> core.GradeResult:
     """A sample the budget left ungraded: discarded from the loss, as an outage's (it says nothing of the policy).
     `category`: the grader's timeout (python_grader_timeout; a judge's or endpoint's server that had not answered)."""
@@ -345,9 +360,9 @@ class GradingPool:
     """A judge's or endpoint's result, waited for in short slices: a pool closing on Ctrl-C stops waiting at once
     (a request that never answers held the close for its whole timeout, retries included)."""
     while True:
-      if self._abort.is_set():
+      if self._stopping():
         fut.cancel()
-        raise concurrent.futures.CancelledError('the grading pool was closed')
+        raise concurrent.futures.CancelledError('the grading pool was closed, or its caller stopped waiting')
       try:
         return fut.result(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
       except concurrent.futures.TimeoutError:
@@ -365,8 +380,12 @@ class GradingPool:
       self._workers.append(self._new_worker())
     chunk = max(1, min(self.chunk_size, -(-sum(len(j.pending) for j in jobs) // (2 * self.num_workers))))
     while True:
-      if self._abort.is_set():  # the pool is closing on an exception: nobody waits for these results
-        raise concurrent.futures.CancelledError('the grading pool was closed')
+      if self._stopping():  # the pool is closing on an exception, or the caller left: nobody waits for these results
+        for slot, w in enumerate(self._workers):  # a busy worker's task goes with it: the pool may go on
+          if w.chunk is not None and not self._abort.is_set():  # (a closing pool kills them all)
+            w.chunk = w.job = None
+            self._replace(slot, w)
+        raise concurrent.futures.CancelledError('the grading pool was closed, or its caller stopped waiting')
       for slot, w in enumerate(self._workers):  # hand out work to idle workers
         while w.chunk is None:
           job = next((j for j in jobs if j.pending), None)
