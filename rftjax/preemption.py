@@ -25,7 +25,8 @@ class Preempted(Exception):
 
   def __init__(self, step: int, interrupted: bool = False):
     cause = 'stopped by Ctrl-C' if interrupted else 'preempted'
-    super().__init__(f'{cause}: checkpoint written at step {step}; rerun the same command to resume')
+    # in words that hold for a command and for trainer.train called in a notebook alike
+    super().__init__(f'{cause}: checkpoint written at step {step}; training again in the same workdir resumes there')
     self.step = step
     self.exit_code = INTERRUPT_EXIT_CODE if interrupted else EXIT_CODE
 
@@ -67,5 +68,5 @@ class Watcher:
     """The exception to raise once the checkpoint of `step` is written (without eval metrics: never ranked best)."""
     how = 'Ctrl-C' if self.interrupted else 'SIGTERM'
     code = INTERRUPT_EXIT_CODE if self.interrupted else EXIT_CODE
-    log.warning('%s: saved a checkpoint at step %d, exiting with status %d', how, step, code)
+    log.warning('%s: saved a checkpoint at step %d; stopping (exit status %d)', how, step, code)
     return Preempted(step, self.interrupted)

@@ -7,6 +7,7 @@ checkpoint of the last completed step (no eval needed), wait for it to be commit
 
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -75,7 +76,8 @@ def test_sigterm_checkpoints_and_the_rerun_continues(tmp_path, sig, code):
         proc.wait()
   out = log_path.read_text()
   assert exit_code == code, out[-3000:]
-  assert 'checkpoint written at step' in out
+  assert re.search(r'checkpoint written at step \d+; training again in the same workdir resumes there', out), out
+  assert re.search(rf'saved a checkpoint at step \d+; stopping \(exit status {code}\)', out), out
 
   reached = train_steps(workdir)[-1]
   assert 3 <= reached < 200
