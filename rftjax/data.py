@@ -47,6 +47,12 @@ def _content_text(content, where: str) -> str:
   if isinstance(content, list):
     texts = []
     for j, part in enumerate(content):
+      kind = part.get('type') if isinstance(part, dict) else None
+      if kind in ('image_url', 'input_image', 'input_audio', 'file', 'input_file'):  # OpenAI's vision and audio rows
+        raise DataError(
+          f'{where}: content part {j} is {kind!r}; rftjax trains text-only models, so a prompt holds text parts '
+          '({"type": "text", "text": "..."}) only: leave such rows out, or put the content into words'
+        )
       if (
         not isinstance(part, dict)
         or part.get('type') not in ('text', 'input_text')

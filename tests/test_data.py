@@ -52,6 +52,12 @@ GOOD = json.dumps({'messages': [{'role': 'user', 'content': 'hi'}], 'answer': '1
       r'd.jsonl:3: the last message must come from "user"',
     ),
     ('{"messages": [{"role": "user", "content": [{"type": "image"}]}]}', r'd.jsonl:3: messages\[0\]: content part 0'),
+    (  # an OpenAI vision row: said as what it is
+      '{"messages": [{"role": "user", "content": [{"type": "text", "text": "Which digit?"}, {"type": "image_url", '
+      '"image_url": {"url": "data:image/png;base64,AA=="}}]}]}',
+      r"d.jsonl:3: messages\[0\]: content part 1 is 'image_url'; rftjax trains text-only models, so a prompt holds "
+      r'text parts \(\{"type": "text", "text": "..."\}\) only: leave such rows out, or put the content into words$',
+    ),
   ],
 )
 def test_bad_line_names_file_and_line(tmp_path, line, message):
