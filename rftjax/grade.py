@@ -29,16 +29,20 @@ from rftjax import graders
 from rftjax import runfs
 
 
-def _positive(kind: type):
-  """An argparse type: a finite number > 0 (a deadline, budget or worker count of 0 or less grades nothing)."""
+def _positive(kind: type, least: int | None = None):
+  """An argparse type: a finite number > 0 (a deadline, budget or worker count of 0 or less grades nothing), or
+  >= `least`."""
 
   def parse(text: str):
     try:
       value = kind(text)
     except ValueError:
       value = None
-    if value is None or not (value > 0 and math.isfinite(value)):
-      raise argparse.ArgumentTypeError(f'found {text!r}, expected {"an integer" if kind is int else "a number"} > 0')
+    if value is None or not (value > 0 and math.isfinite(value)) or value < (least or 0):
+      bound = f'>= {least}' if least else '> 0'
+      raise argparse.ArgumentTypeError(
+        f'found {text!r}, expected {"an integer" if kind is int else "a number"} {bound}'
+      )
     return value
 
   return parse
@@ -60,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
   )
   p.add_argument('--num_workers', type=_positive(int), default=None)
   p.add_argument(
-    '--memory_mb', type=_positive(int), default=graders.pool.DEFAULT_MEMORY_MB,
+    '--memory_mb', type=_positive(int, graders.pool.MIN_MEMORY_MB), default=graders.pool.DEFAULT_MEMORY_MB,
     help="each python/code/math grader worker's address space, MB (train: grading.memory_mb)",
   )  # fmt: skip
   p.add_argument(

@@ -115,11 +115,15 @@ def _not_on_disk(config, workdir, asked, steps: list[int]) -> str:
 
   folder = runfs.path(workdir)
   if not steps:
-    holder = None if runfs.is_remote(folder) else runfs.held_by(folder)
+    report = f'python -m rftjax.report --workdir={workdir}'
+    if runfs.is_remote(folder):  # no lock to ask there
+      return (' The run has none yet (its trainer writes the first after its step-0 validation), or it stopped '
+              f'before that ({report} says which)')  # fmt: skip
+    holder = runfs.held_by(folder)
     if holder:
       return f' The run has none yet: its trainer ({holder}) writes the first after its step-0 validation'
-    return (' The run has none: it stopped before its step-0 validation wrote the first (python -m rftjax.report '
-            f'--workdir={workdir} says how it ended)')  # fmt: skip
+    return f' The run has none: it stopped before its step-0 validation wrote the first ({report} says how it ended)'
+
   if not (isinstance(asked, int) or str(asked).isdigit()):
     return ''
   events = metrics_lib.read_jsonl(folder / 'events.jsonl') if (folder / 'events.jsonl').exists() else []

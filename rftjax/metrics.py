@@ -235,6 +235,7 @@ class MetricsWriter:
     grader: Any = None,
   ):
     self.enabled = enabled
+    self._event_lock = threading.RLock()  # events come from the training thread and the grading pool's (warnings)
     self.path = pathlib.Path(workdir) / 'metrics.jsonl'
     self.events_path = pathlib.Path(workdir) / 'events.jsonl'
     self.total_steps = total_steps
@@ -314,17 +315,18 @@ class MetricsWriter:
     self._append_event(str(message), level, 'message', {'step': self._step, **(data or {})})
 
   def _append_event(self, message: str, level: str, kind: str, data: dict) -> None:
-    event = {
-      'object': 'fine_tuning.job.event',
-      'id': f'ftevent-{self.run_id}-{self._next_event}',
-      'created_at': int(time.time()),
-      'level': level,
-      'message': message,
-      'type': kind,
-      'data': _clean(data),
-    }
-    self._next_event += 1
-    _append(self._events, json.dumps(event) + '\n')
+    with self._event_lock:  # one id each, one whole line each
+      event = {
+        'object': 'fine_tuning.job.event',
+        'id': f'ftevent-{self.run_id}-{self._next_event}',
+        'created_at': int(time.time()),
+        'level': level,
+        'message': message,
+        'type': kind,
+        'data': _clean(data),
+      }
+      self._next_event += 1
+      _append(self._events, json.dumps(event) + '\n')
 
   def close(self) -> None:
     if self.enabled:
@@ -344,12 +346,12 @@ class WarningEvents(logging.Handler):
   """Each warning (or error) logged on `logger` while open, written to events.jsonl as a `warn` (`error`) message
   event too: a run read later, by `report` or a script, shows what the console said once and scrolled away (gradings
   that failed, completions all cut off, the resumed run's changed settings). Records logged before the run's writer
-  exists wait for `attach` (the first 50). Only the opening thread's records are written (another thread's would
-  race the writer); `extra={'event': False}` leaves one out (it has an event of its own)."""
+  exists wait for `attach` (the first 50). Any thread's (the grading pool's runs the graders); `extra={'event':
+  False}` leaves one out (it has an event of its own)."""
 
   def __init__(self, logger: logging.Logger):
     super().__init__(logging.WARNING)
-    self.logger, self.writer, self.pending, self.thread = logger, None, [], threading.get_ident()
+    self.logger, self.writer, self.pending, self._writing = logger, None, [], threading.local()
 
   def __enter__(self) -> 'WarningEvents':
     self.logger.addHandler(self)
@@ -359,21 +361,25 @@ class WarningEvents(logging.Handler):
     self.logger.removeHandler(self)
 
   def attach(self, writer: 'MetricsWriter') -> None:
-    self.writer, pending, self.pending = writer, self.pending, []
-    for record in pending:
-      self.emit(record)
+    with self.lock:  # the handler's own: emit runs under it
+      self.writer, pending, self.pending = writer, self.pending, []
+      for record in pending:
+        self.emit(record)
 
   def emit(self, record: logging.LogRecord) -> None:
-    if record.thread != self.thread or getattr(record, 'event', True) is False:
-      return
+    if getattr(record, 'event', True) is False or getattr(self._writing, 'now', False):
+      return  # (a warning logged while writing one is not written: no loop)
     if self.writer is None:
       self.pending += [record] * (len(self.pending) < 50)
       return
     level = 'error' if record.levelno >= logging.ERROR else 'warn'
+    self._writing.now = True
     try:
       self.writer.event(record.getMessage()[:4000], level=level)
     except (OSError, ValueError):  # a full disk, a closed file: the console has the line
       pass
+    finally:
+      self._writing.now = False
 
 
 def _append(file, line: str) -> None:

@@ -46,7 +46,10 @@ class Watcher:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         raise KeyboardInterrupt('second Ctrl-C: stopped without a checkpoint')
       self.interrupted = True
-      log.warning('Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort without one)')
+      log.warning(
+        'Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort without one)',
+        extra={'event': False},
+      )  # the stop's own event says it
     self.flag = True
 
   def __enter__(self):
@@ -68,5 +71,5 @@ class Watcher:
     """The exception to raise once the checkpoint of `step` is written (without eval metrics: never ranked best)."""
     how = 'Ctrl-C' if self.interrupted else 'SIGTERM'
     code = INTERRUPT_EXIT_CODE if self.interrupted else EXIT_CODE
-    log.warning('%s: saved a checkpoint at step %d; stopping (exit status %d)', how, step, code)
+    log.warning('%s: saved a checkpoint at step %d; stopping (exit status %d)', how, step, code, extra={'event': False})
     return Preempted(step, self.interrupted)

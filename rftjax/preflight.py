@@ -247,29 +247,37 @@ def _sample_and_grade(spec, params, prompts, items, k, tok, grader, pool, mesh, 
   flat = [i for r in range(0, k, g) for i in range(len(prompts)) for _ in range(min(g, k - r))]
   rewards, texts, errs = [[] for _ in prompts], [[] for _ in prompts], [0] * len(prompts)
   results, lengths, truncated, batch_times, grade_s, first_batch = [], [], [], [], 0.0, None
-  bar = tqdm.tqdm(total=len(prompts), unit='prompt', desc='preflight', file=sys.stderr, disable=not progress,
-                  dynamic_ncols=True, bar_format=BAR)  # fmt: skip
-  for b, start in enumerate(range(0, len(flat), rows)):
-    chunk = flat[start : start + rows]
-    padded = chunk + [chunk[-1]] * (rows - len(chunk))  # one shape: one compiled program, as in training
-    t0, compiled = time.perf_counter(), clock.total
-    r = rollout.sample(spec.train_sampler, params, [prompts[i] for i in padded], tok, jax.random.fold_in(rng, b), mesh)
-    t1 = time.perf_counter()
-    graded = pool.grade(grader, r.texts[: len(chunk)], [items[i] for i in chunk])
-    grade_s += time.perf_counter() - t1
-    batch_times.append(t1 - t0 - (clock.total - compiled))
-    if first_batch is None:  # the train-step timing trains on a real batch
-      first_batch = r.graded(graded + graded[-1:] * (rows - len(chunk)))
-    for j, i in enumerate(chunk):
-      rewards[i].append(graded[j].reward)
-      errs[i] += bool(graded[j].errors)
-      texts[i].append(r.texts[j])
-    results += graded
-    lengths += [int(x) for x in r.lengths[: len(chunk)]]
-    truncated += [bool(x) for x in r.truncated[: len(chunk)]]
-    bar.update(len(chunk) / k)  # prompts' worth of samples: a prompt's k samples span the rounds
-    bar.set_postfix({'reward': f'{np.mean([x.reward for x in results]):.3f}'}, refresh=False)
-  bar.close()
+  with tqdm.tqdm(
+    total=len(prompts),
+    unit='prompt',
+    desc='preflight',
+    file=sys.stderr,
+    disable=not progress,
+    dynamic_ncols=True,
+    bar_format=BAR,
+  ) as bar:  # closed on a Ctrl-C too (a notebook goes on drawing an open one)
+    for b, start in enumerate(range(0, len(flat), rows)):
+      chunk = flat[start : start + rows]
+      padded = chunk + [chunk[-1]] * (rows - len(chunk))  # one shape: one compiled program, as in training
+      t0, compiled = time.perf_counter(), clock.total
+      r = rollout.sample(
+        spec.train_sampler, params, [prompts[i] for i in padded], tok, jax.random.fold_in(rng, b), mesh
+      )
+      t1 = time.perf_counter()
+      graded = pool.grade(grader, r.texts[: len(chunk)], [items[i] for i in chunk])
+      grade_s += time.perf_counter() - t1
+      batch_times.append(t1 - t0 - (clock.total - compiled))
+      if first_batch is None:  # the train-step timing trains on a real batch
+        first_batch = r.graded(graded + graded[-1:] * (rows - len(chunk)))
+      for j, i in enumerate(chunk):
+        rewards[i].append(graded[j].reward)
+        errs[i] += bool(graded[j].errors)
+        texts[i].append(r.texts[j])
+      results += graded
+      lengths += [int(x) for x in r.lengths[: len(chunk)]]
+      truncated += [bool(x) for x in r.truncated[: len(chunk)]]
+      bar.update(len(chunk) / k)  # prompts' worth of samples: a prompt's k samples span the rounds
+      bar.set_postfix({'reward': f'{np.mean([x.reward for x in results]):.3f}'}, refresh=False)
   return rewards, texts, errs, results, first_batch, batch_times, grade_s, lengths, truncated
 
 

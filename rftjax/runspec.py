@@ -250,6 +250,7 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   _num(config, 'grading.timeout_s', 0, open_low=True)
   _num(config, 'grading.max_error_share', 0, 1)
   _num(config, 'grading.step_budget_s', 0, why=' (0 = no cap)')
+  _int(config, 'grading.memory_mb', graders.pool.MIN_MEMORY_MB, ' (MB of address space for each grader worker)')
   _int(config, 'grading.model_threads', 1)
   _bool(config, 'grading.allow_unsandboxed')
   _bool(config, 'guard.enabled')

@@ -456,7 +456,7 @@ def _job_events(writer, resumed_at: int | None, total_steps: int, changed: tuple
     yield
   except preemption.Preempted as e:
     how = 'Ctrl-C' if e.exit_code == preemption.INTERRUPT_EXIT_CODE else 'preempted'
-    ended(f'Job stopped at step {e.step} ({how}); rerun the command to resume', level='warn',
+    ended(f'Job stopped at step {e.step} ({how}); training again in the same workdir resumes there', level='warn',
           data={'step': e.step, 'status': 'cancelled'})  # fmt: skip
     raise
   except GradingStopped as e:

@@ -111,6 +111,10 @@ BAD = [
   ([TINY, '--config.thinking=maybe'], 'config.thinking'),
   ([TINY, '--config.grading.step_budget_s=-1'], 'config.grading.step_budget_s: expected a finite number >= 0'),
   ([TINY, '--config.grading.model_threads=0'], 'config.grading.model_threads: expected an integer >= 1, found 0'),
+  (
+    [TINY, '--config.grading.memory_mb=0'],
+    'config.grading.memory_mb: expected an integer >= 64 (MB of address space for each grader worker), found 0',
+  ),
   ([TINY, '--config.grading.allow_unsandboxed=2'], 'config.grading.allow_unsandboxed'),
 ]
 

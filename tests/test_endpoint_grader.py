@@ -2,8 +2,10 @@
 rate limiting, inside `multi`, spec errors, and `rftjax.grade --validate`."""
 
 import collections
+import contextlib
 import json
 import re
+import signal
 import threading
 import time
 
@@ -198,6 +200,22 @@ def test_ctrl_c_does_not_wait_for_a_request_in_flight(url):
         time.sleep(0.01)
       raise KeyboardInterrupt
   assert time.monotonic() - t0 < 2.0 and future.done()  # the request itself took 2.5 s
+
+
+def test_a_call_interrupted_while_it_waits_sends_no_more_requests(url):
+  """A notebook's Ctrl-C in pool.grade drops its job: its requests not yet sent stayed queued on the judge threads,
+  and the next call's waited behind them (20 of 0.5 s on 2 threads: seconds)."""
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background test run ignores SIGINT
+  with contextlib.ExitStack() as stack, graders.GradingPool(num_workers=1, timeout_s=5, model_threads=2) as pool:
+    stack.callback(signal.signal, signal.SIGINT, before)
+    timer = threading.Timer(0.7, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+      pool.grade(graders.build(spec(url)), ['slow'] * 20, [{}] * 20)
+    t0 = time.monotonic()
+    assert [r.reward for r in pool.grade(graders.build(spec(url)), ['0.25', '0.5'], [{}, {}])] == [0.25, 0.5]
+    assert time.monotonic() - t0 < 1.5
+  assert _Grader.attempts['slow'] <= 6  # the ones in flight when it stopped, not all 20
 
 
 def test_the_grading_budget_names_the_server_that_did_not_answer(url):

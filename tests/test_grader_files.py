@@ -182,7 +182,8 @@ def test_a_reference_that_is_a_list_in_the_data_is_named_before_grading():
     ('--budget_s=inf', "argument --budget_s: found 'inf', expected a number > 0"),
     ('--num_workers=0', "argument --num_workers: found '0', expected an integer > 0"),
     ('--num_workers=1.5', "argument --num_workers: found '1.5', expected an integer > 0"),
-    ('--memory_mb=0', "argument --memory_mb: found '0', expected an integer > 0"),
+    ('--memory_mb=0', "argument --memory_mb: found '0', expected an integer >= 64"),
+    ('--memory_mb=63', "argument --memory_mb: found '63', expected an integer >= 64"),
   ],
 )
 def test_grade_refuses_deadlines_budgets_and_workers_of_zero_or_less(tmp_path, capsys, flag, message):
@@ -253,6 +254,10 @@ def test_grade_says_when_every_grading_failed_in_part(tmp_path, capsys):
     'error: all 2 gradings failed (in part: the rewards count what failed as 0): python_grader_runtime in 2, e.g. '
     'ZeroDivisionError: division by zero (grader boom, line 2)\n'
   )
-  data.write_text('{"answer": "5"}\n{"answer": "5"}\n')  # nothing but the failed part: zeros that mean nothing
+  data.write_text('{"answer": "5"}\n{"answer": "5"}\n')  # the string_check ran, and its 0s are scores
   assert grade.main([f'--grader={g}', f'--data={data}', f'--samples={samples}']) == 1
+  assert capsys.readouterr().err.startswith('error: all 2 gradings failed (in part: the rewards count what failed')
+  boom = tmp_path / 'boom.json'  # nothing but what failed: zeros that mean nothing
+  boom.write_text(json.dumps(json.loads(g.read_text())['graders']['boom']))
+  assert grade.main([f'--grader={boom}', f'--data={data}', f'--samples={samples}']) == 1
   assert capsys.readouterr().err.startswith('error: all 2 gradings failed: python_grader_runtime in 2, e.g.')

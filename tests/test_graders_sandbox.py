@@ -225,8 +225,24 @@ def test_a_hang_that_cannot_be_stopped_is_killed(pool):
   assert 1.4 < time.monotonic() - t0 < 6
   assert r.errors[0].message == (
     "grading took longer than 0.5 s (wall clock, the grader's timeout_s); worker killed (it could not be stopped to "
-    'show where: a long call into compiled code, or a bare `except:`)'
+    'show where: a long call into compiled code, a bare `except:`, or a SIGALRM handler or alarm of its own)'
   )
+
+
+def test_a_graders_own_alarm_handler_does_not_outlive_its_sample():
+  """An alarm-based timeout helper in one grader left its SIGALRM handler in the worker: the next grader's hang
+  could not be stopped there, and was killed without a word of where it was."""
+  g = graders.build({'type': 'multi', 'calculate_output': 'own + slow', 'graders': {
+    'own': {'type': 'python', 'source': 'import signal\ndef grade(s, i):\n  signal.signal(signal.SIGALRM, '
+            'lambda *a: None)\n  return 0.5\n'},
+    'slow': {'type': 'python', 'source': 'import time\ndef grade(s, i):\n  time.sleep(60)\n', 'timeout_s': 0.5},
+  }})  # fmt: skip
+  with graders.GradingPool(num_workers=1, timeout_s=5) as p:
+    (r,) = p.grade(g, ['x'], [{}])
+  assert r.sub_rewards == {'own': 0.5, 'slow': 0.0}
+  assert r.errors[0].message.endswith(
+    "grading took longer than 0.5 s (wall clock, the grader's timeout_s); stopped at the line above"
+  ), r.errors[0].message
 
 
 def test_submit_is_non_blocking_and_works_off_the_main_thread(pool):

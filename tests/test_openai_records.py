@@ -2,6 +2,8 @@
 object and its checkpoints), checked against the `openai` package's own types and against the records written."""
 
 import json
+import logging
+import threading
 import time
 import types
 
@@ -333,7 +335,14 @@ def test_report_prints_the_job_and_its_checkpoints_as_openai_objects(tmp_path, c
   'final, status',
   [
     (None, 'running'),
-    (('Job stopped at step 2 (Ctrl-C); rerun the command to resume', 'warn', {'status': 'cancelled'}), 'cancelled'),
+    (
+      (
+        'Job stopped at step 2 (Ctrl-C); training again in the same workdir resumes there',
+        'warn',
+        {'status': 'cancelled'},
+      ),
+      'cancelled',
+    ),
     (('Grading failed at step 3', 'error', {'status': 'failed', 'code': 'grading_failed'}), 'failed'),
   ],
 )
@@ -431,3 +440,31 @@ def test_a_tensorboard_writer_that_died_does_not_block_the_run(tmp_path, caplog)
   assert not wrote.is_alive(), 'the writer blocked'
   assert [r['step'] for r in metrics.read_jsonl(tmp_path / 'metrics.jsonl')] == [1, 2, 3]
   assert [m for m in caplog.messages if m.startswith('TensorBoard stopped at step ')] != []
+
+
+def test_warnings_from_any_thread_become_events_once_each(tmp_path):
+  """The grading pool's thread runs the graders: its warnings were dropped; the stop's own lines have events."""
+  logger = logging.getLogger('rftjax.test_warning_events')
+  logger.propagate = False
+
+  def elsewhere(message):
+    thread = threading.Thread(target=logger.warning, args=(message,))
+    thread.start()
+    thread.join()
+
+  with metrics.WarningEvents(logger) as warned:
+    elsewhere('before the writer, from the pool')
+    logger.warning('before the writer')
+    w = metrics.MetricsWriter(tmp_path, tensorboard=False)
+    warned.attach(w)
+    elsewhere('from the pool')
+    logger.error('broken')
+    logger.warning('said by its own event', extra={'event': False})
+    w.close()
+  logger.warning('after the run')
+  events = [json.loads(line) for line in (tmp_path / 'events.jsonl').read_text().splitlines()]
+  assert [(e['level'], e['message']) for e in events] == [
+    ('warn', 'before the writer, from the pool'), ('warn', 'before the writer'), ('warn', 'from the pool'),
+    ('error', 'broken'),
+  ]  # fmt: skip
+  assert len({e['id'] for e in events}) == 4

@@ -75,7 +75,8 @@ def all_failed(results: Sequence[core.GradeResult]) -> str | None:
   a multi grader whose other sub-graders ran, scores that count the failed part as 0: that is said."""
   if not results or not all(r.errors for r in results):
     return None
-  partial = ' (in part: the rewards count what failed as 0)' if any(r.reward for r in results) else ''
+  ran = any(len(r.sub_rewards) > len(r.errors) for r in results)  # a multi's sub-grader that did not fail
+  partial = ' (in part: the rewards count what failed as 0)' if ran else ''
   return f'all {len(results)} gradings failed{partial}: {what_failed(results)}'
 
 

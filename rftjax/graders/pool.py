@@ -32,6 +32,7 @@ log = logging.getLogger('rftjax')
 # OpenAI's python grader limits: 2 GB of memory, 1 GB of disk, 2 minutes.
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MEMORY_MB = 2048
+MIN_MEMORY_MB = 64  # a worker's Python and a small grader; less, and the worker dies before it answers
 DEFAULT_DISK_MB = 1024
 # train's and evaluate's per-sample deadline (configs/common.py's grading.timeout_s, a run's config.json without
 # one), shorter than OpenAI's: a grader slower than this would stall every training step
@@ -329,16 +330,21 @@ class GradingPool:
         job = _SandboxJob(leaf, tasks, float(leaf.spec.get('timeout_s', self.timeout_s)))
         job.results.update(early)
         sandbox_jobs[k] = job
-    for k, leaf in enumerate(leaves):
-      if leaf.mode == core.INLINE:
-        per_leaf[k] = leaf.grade_batch(samples, items)
-    if sandbox_jobs:
-      self._run_sandbox(list(sandbox_jobs.values()), deadline)
-      for k, job in sandbox_jobs.items():
-        per_leaf[k] = [job.results[i] for i in range(len(samples))]
-    for k, futs in model_futs.items():
-      over = core.ENDPOINT if leaves[k].type == 'endpoint' else core.MODEL_SERVER  # its server did not answer in time
-      per_leaf[k] = [self._judged(f, deadline, over) for f in futs]
+    try:
+      for k, leaf in enumerate(leaves):
+        if leaf.mode == core.INLINE:
+          per_leaf[k] = leaf.grade_batch(samples, items)
+      if sandbox_jobs:
+        self._run_sandbox(list(sandbox_jobs.values()), deadline)
+        for k, job in sandbox_jobs.items():
+          per_leaf[k] = [job.results[i] for i in range(len(samples))]
+      for k, futs in model_futs.items():
+        over = core.ENDPOINT if leaves[k].type == 'endpoint' else core.MODEL_SERVER  # its server did not answer
+        per_leaf[k] = [self._judged(f, deadline, over) for f in futs]
+    except concurrent.futures.CancelledError:  # a dropped job: its requests not yet sent are not sent
+      for fut in (f for futs in model_futs.values() for f in futs):
+        fut.cancel()
+      raise
     if hasattr(grader, 'combine'):
       return grader.combine(per_leaf)
     return per_leaf[0]
@@ -459,7 +465,10 @@ class GradingPool:
           else:
             why = f'{self._too_long(w.job)}; worker killed'
             if w.job.spec['kind'] == 'python' and w.job.spec['key'] in w.loaded:
-              why += ' (it could not be stopped to show where: a long call into compiled code, or a bare `except:`)'
+              why += (
+                ' (it could not be stopped to show where: a long call into compiled code, a bare `except:`, or '
+                'a SIGALRM handler or alarm of its own)'
+              )
             self._end_current(w, core.failed(core.PYTHON_TIMEOUT, why))
           self._replace(slot, w)
 
