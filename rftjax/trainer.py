@@ -61,6 +61,8 @@ def _checked(config, workdir, explicit, warned) -> dict:
   holder = runfs.held_by(workdir) if has_checkpoints and not runfs.is_remote(workdir) else None
   if holder:  # that, not "holds another run ... or delete that one"
     raise runfs.busy(workdir, holder)
+  if previous is not None and not has_checkpoints:
+    _check_logs_without_checkpoints(workdir)
   train_set = data_lib.load_jsonl(config.data.train, 'config.data.train')
   given, skips = config, runspec.skips_prompts(config)
   # a copy: OpenAI fields applied, every key checked (quiet if they must count the prompts that fit, known later)
@@ -105,6 +107,20 @@ def _checked(config, workdir, explicit, warned) -> dict:
       if full and not run.is_remote:
         shutil.rmtree(run.compile_cache, ignore_errors=True)
       raise
+
+
+def _check_logs_without_checkpoints(workdir) -> None:
+  """A run folder whose logs go past step 0 holds no checkpoint (a copy made without checkpoints/, or they were
+  deleted): training there started over without a word and replaced those logs. (A run stopped before its first
+  checkpoint, at step 0, starts over as before.)"""
+  trained = [r['step'] for r in metrics_lib.read_jsonl(runfs.path(workdir) / 'metrics.jsonl', stepped=True)]
+  if trained and max(trained) > 0:
+    raise errors.ConfigError(
+      f'--workdir={workdir}: its metrics.jsonl logs a run up to step {max(trained)}, but its checkpoints/ holds no '
+      'checkpoint (copied without them, or deleted?); training there would start over and replace those logs. '
+      'Restore the checkpoints to resume, or choose a new --workdir (or delete metrics.jsonl and events.jsonl '
+      'there to start over)'
+    )
 
 
 @contextlib.contextmanager

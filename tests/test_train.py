@@ -1425,3 +1425,19 @@ def test_each_run_in_a_process_compiles_into_its_own_cache(tmp_path):
     jax.config.update('jax_compilation_cache_dir', chosen)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', least)
     compilation_cache.reset_cache()
+
+
+def test_a_run_folder_copied_without_its_checkpoints_is_not_started_over(tmp_path, in_repo):
+  """A copy of a run made without checkpoints/: training there started from step 0 without a word, and replaced
+  the logs of the run it held."""
+  workdir = run(tmp_path, 'run', 2)
+  shutil.rmtree(workdir / 'checkpoints')
+  logs = (workdir / 'metrics.jsonl').read_text()
+  with pytest.raises(errors.ConfigError) as e:
+    run(tmp_path, 'run', 4)
+  assert str(e.value) == (
+    f'--workdir={workdir}: its metrics.jsonl logs a run up to step 2, but its checkpoints/ holds no checkpoint '
+    '(copied without them, or deleted?); training there would start over and replace those logs. Restore the '
+    'checkpoints to resume, or choose a new --workdir (or delete metrics.jsonl and events.jsonl there to start over)'
+  )
+  assert (workdir / 'metrics.jsonl').read_text() == logs
