@@ -153,10 +153,12 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   status, said = _status(events, out['steps_done'], out['total_steps'])
   out['status'] = status
   holder = runfs.lock_holder(workdir) if status == 'running' and not runfs.is_remote(workdir) else None
-  if holder:  # the trainer's lock file: whether it still runs, on this host
-    out['status'] = {True: 'running', False: 'stopped', None: 'running'}[holder[1]]
-    out['status_message'] = {True: holder[0], False: f'{holder[0]} ended without a word (killed?)',
-                             None: f'{holder[0]} (another host: not checked)'}[holder[1]]  # fmt: skip
+  if holder:  # the trainer's lock file: on this host the lock itself says whether it still runs (its text and pid
+    # do not: a copy of a live run's folder holds them too)
+    held = runfs.held_by(workdir) if holder[1] is not None else None
+    out['status'] = 'stopped' if holder[1] is not None and not held else 'running'
+    out['status_message'] = (held if held else f'{holder[0]} (another host: not checked)' if holder[1] is None
+                             else f'{holder[0]} ended without a word (killed?)')  # fmt: skip
   if status in ('failed', 'cancelled') and said:
     out['status_message'] = said.get('message', '')
   train_errors = [r['train/error_rate'] for r in train if r.get('train/error_rate') is not None]
@@ -451,12 +453,13 @@ def openai_job(workdir: str | pathlib.Path) -> dict:
 def _status(events: list[dict], done: int, total: int | None) -> tuple[str, dict | None]:
   """'succeeded' once the latest checkpoint reaches total_steps (a rerun has nothing to do); else what the last
   event with a `data.status` says (the trainer writes 'running' when it starts or resumes, 'cancelled' or 'failed'
-  when it stops early); 'running' without one. Returns the status and the event that decided it, if any."""
+  when it stops early, 'succeeded' at its end: a copy that kept only the best checkpoint ended so too); 'running'
+  without one. Returns the status and the event that decided it, if any."""
   said = [e for e in events if isinstance(e.get('data'), dict) and e['data'].get('status') in ('running', *TERMINAL)]
   if total is not None and done >= int(total):
     ends = [e for e in said if e['data']['status'] == 'succeeded']
     return 'succeeded', (ends[-1] if ends else None)
-  if said and said[-1]['data']['status'] in ('failed', 'cancelled'):
+  if said and said[-1]['data']['status'] in TERMINAL:
     return said[-1]['data']['status'], said[-1]
   return 'running', None
 

@@ -1008,7 +1008,9 @@ def test_report_asks_the_lock_file_whether_a_run_without_an_ending_still_runs(tm
   held = runfs.lock(tmp_path)  # this process: alive
   s = report.summarize(tmp_path)
   assert s['status'] == 'running' and s['status_message'].startswith(f'process {os.getpid()} on ')
-  held.close()
+  held.close()  # its text still names this live process, as a copy of a live run's folder does: the lock is free
+  s = report.summarize(tmp_path)
+  assert s['status'] == 'stopped' and s['status_message'].endswith('ended without a word (killed?)')
   dead = subprocess.Popen(['true'])
   dead.wait()
   (tmp_path / runfs.LOCK).write_text(f'process {dead.pid} on {socket.gethostname()} (started 2026-12-06T10:00:00)')
