@@ -110,10 +110,16 @@ def run_paths_note(workdir, e: Exception, flag: str = '--tokenizer') -> str:
 
 def _not_on_disk(config, workdir, asked, steps: list[int]) -> str:
   """Why the run has no checkpoint `asked`, from its own files: none written yet (its trainer still starting, or
-  stopped before its first), a step the keep policy deleted, or one that was never a checkpoint."""
+  stopped before its first), none of those it saved there (a copy without them), a step being written (or cut
+  short), one the keep policy deleted, or one that was never a checkpoint."""
   from rftjax import metrics as metrics_lib  # the run's events: which steps were saved
 
   folder = runfs.path(workdir)
+  events = metrics_lib.read_jsonl(folder / 'events.jsonl') if (folder / 'events.jsonl').exists() else []
+  saved = {metrics_lib.event_step(e) for e in events if isinstance(e.get('data'), dict) and e['data'].get('checkpoint')}
+  if not steps and saved:
+    return (f' None of the checkpoints the run saved (the last at step {max(saved):g}) is in {folder}/checkpoints: '
+            'was the run folder copied without them?')  # fmt: skip
   if not steps:
     report = f'python -m rftjax.report --workdir={workdir}'
     if runfs.is_remote(folder):  # no lock to ask there
@@ -126,8 +132,9 @@ def _not_on_disk(config, workdir, asked, steps: list[int]) -> str:
 
   if not (isinstance(asked, int) or str(asked).isdigit()):
     return ''
-  events = metrics_lib.read_jsonl(folder / 'events.jsonl') if (folder / 'events.jsonl').exists() else []
-  saved = {metrics_lib.event_step(e) for e in events if isinstance(e.get('data'), dict) and e['data'].get('checkpoint')}
+  if (folder / 'checkpoints' / f'{int(asked)}.orbax-checkpoint-tmp').exists():
+    return (f' Step {asked} is incomplete: being written, or its save was cut short (a crash, or the folder copied '
+            'while it was written)')  # fmt: skip
   keep = (config.get('checkpoint') or {}).get('keep_best', 3)
   if int(asked) in saved:
     return (f' Step {asked} was saved, then deleted by the keep policy (checkpoint.keep_best={keep}: the {keep} best '

@@ -1115,8 +1115,18 @@ def test_a_step_not_on_disk_says_why(run_dir, tmp_path, in_repo, capsys):
     f'{saved[1:]}. Checkpoints are written at step 0, at each validation (eval_interval={interval}), and at the last '
     'step\n'
   )
+  (run / 'checkpoints' / '99.orbax-checkpoint-tmp').mkdir()  # a save cut short, or a copy made during one
+  assert error(run, '--step=99') == (
+    f'{saved[1:]}. Step 99 is incomplete: being written, or its save was cut short (a crash, or the folder copied '
+    'while it was written)\n'
+  )
   for step in saved[1:]:
     shutil.rmtree(run / 'checkpoints' / str(step))
+  assert error(run) == (  # a copy made without them
+    f'[]. None of the checkpoints the run saved (the last at step {saved[-1]}) is in {run}/checkpoints: was the run '
+    'folder copied without them?\n'
+  )
+  (run / 'events.jsonl').unlink()  # as a run that stopped before its first checkpoint has none of those events
   assert error(run) == (
     '[]. The run has none: it stopped before its step-0 validation wrote the first (python -m rftjax.report '
     f'--workdir={run} says how it ended)\n'
