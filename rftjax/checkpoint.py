@@ -242,7 +242,10 @@ class Checkpointer:
     self._manager.wait_until_finished()  # the step may still be in flight from this process.
     step = self.resolve_step(step)
     target = jax.tree.map(_as_abstract, abstract_state)
-    mismatch = _mismatch(_stored_tree(self.directory / str(step) / _STATE), target)
+    stored = _stored_tree(self.directory / str(step) / _STATE)
+    if stored is None:  # not another model: a damaged step (a partial copy), which keeps an error of its own
+      raise _incomplete(self.directory, step)
+    mismatch = _mismatch(stored, target)
     if mismatch:
       raise StateMismatch(f'restoring {self.directory}/{step} into abstract_state failed: {mismatch}')
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target), _EXTRA: ocp.args.JsonRestore()})
@@ -270,11 +273,17 @@ class Checkpointer:
     )
     if not path.exists():
       raise gone
+    stored = False  # not read yet
     try:
-      mismatch = _mismatch({'params': _stored_tree(path)['params']}, target)
-    except (KeyError, FileNotFoundError, ValueError, TypeError) as e:  # a broken step (no metadata: None)
+      stored = _stored_tree(path)
+      if stored is None:
+        raise _incomplete(self.directory, int(step))
+      mismatch = _mismatch({'params': stored['params']}, target)
+    except (KeyError, FileNotFoundError, ValueError, TypeError) as e:  # a broken step
       if _vanishing(path):
         raise gone from None
+      if stored is None:
+        raise
       mismatch = f'unreadable metadata ({type(e).__name__}: {e})'
     if mismatch:
       raise ValueError(f'{path}: cannot restore the params (does the model preset match the run?): {mismatch}')
@@ -414,6 +423,18 @@ def _mismatch(stored: Any, target: Any) -> str | None:
   for key in sorted(k for k in want if tuple(want[k]) != tuple(have[k]))[:1]:
     return f'{key}: the checkpoint holds shape {tuple(have[key])}, this config expects {tuple(want[key])}'
   return None
+
+
+class Damaged(ValueError):
+  """A checkpoint whose state metadata cannot be read (a partial copy): not another model's."""
+
+
+def _incomplete(directory, step: int) -> Damaged:
+  """What to say of a checkpoint whose state metadata cannot be read."""
+  return Damaged(
+    f'{directory}/{step}: checkpoint {step} is incomplete or damaged (its state metadata cannot be read: a copy cut '
+    'short?); copy it again, or delete that folder to use the steps before it'
+  )
 
 
 def _stored_tree(path) -> Any:

@@ -208,6 +208,8 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     if latest is not None:
       try:
         state, extra = ckpt.restore(latest, step_lib.abstract_state(state))
+      except checkpoint_lib.Damaged as e:  # a partial copy of the run folder, say
+        raise errors.ConfigError(f'--workdir={run.remote}: {e}') from None
       except checkpoint_lib.StateMismatch as e:  # any other error is a broken step or an outage: its traceback
         raise errors.ConfigError(
           f'--workdir={run.remote}: checkpoint {latest} does not fit this config ({str(e).split(" failed: ")[-1]}); '

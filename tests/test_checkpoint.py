@@ -128,6 +128,26 @@ def test_a_checkpoint_of_other_shapes_is_refused_before_any_read(tmp_path):
     assert reader.restore_params(1, _abstract(params['params']))['lora']['a'][0, :2].tolist() == [1.0, 1.0]
 
 
+def test_a_checkpoint_copied_in_part_is_damaged_not_another_model(tmp_path):
+  """A copy of a run folder cut short lost a step's state metadata: the restore said 'another model or LoRA
+  setting', and export 'does the model preset match the run?'."""
+  params = {'params': {'lora': {'a': jnp.ones((3, 16))}}, 'step': jnp.asarray(1)}
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, params, extra={})
+  (tmp_path / '1' / 'state' / '_METADATA').unlink()
+  said = (
+    f'{tmp_path}/1: checkpoint 1 is incomplete or damaged (its state metadata cannot be read: a copy cut short?); '
+    'copy it again, or delete that folder to use the steps before it'
+  )
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as reader:
+    with pytest.raises(checkpoint.Damaged) as e:
+      reader.restore(1, _abstract(params))
+    assert str(e.value) == said and not isinstance(e.value, checkpoint.StateMismatch)
+    with pytest.raises(checkpoint.Damaged) as e:
+      reader.restore_params(1, _abstract(params['params']))
+    assert str(e.value) == said
+
+
 def test_a_step_deleted_while_it_is_read_is_said_to_be_gone(tmp_path):
   """A run still training deletes the steps its keep policy drops: an export or sample reading one got a TypeError."""
   import shutil
