@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import pathlib
 from typing import Any
 
@@ -106,6 +107,18 @@ def run_paths_note(workdir, e: Exception, flag: str = '--tokenizer') -> str:
     return ''
   return (f' (as {workdir}/config.json names it: its relative paths start in the folder the run was started in; '
           f'run this command from there, or give {flag}=...)')  # fmt: skip
+
+
+def _init_note(workdir, spec: str | None) -> str:
+  """For a run whose init (a LoRA run's base model) is not where its config.json says: where a relative path
+  starts, or how to say the model moved (the run's identity: a resume compares it with config.json's)."""
+  kind, _, where = (spec or '').partition(':')
+  if workdir is None or kind not in ('hf', 'gguf') or not where or os.path.exists(where):
+    return ''
+  if kind == 'gguf' and '/' not in where and not where.endswith('.gguf'):  # an installed package's name
+    return ''
+  start = '' if os.path.isabs(where) else 'its relative paths start in the folder the run was started in; '
+  return f' (as {workdir}/config.json names it: {start}if the model moved, write its new place in that file\'s "init")'
 
 
 def _not_on_disk(config, workdir, asked, steps: list[int]) -> str:
@@ -243,7 +256,10 @@ def load(
       if (tokenizer_required or named or missing) and not abstract:
         raise errors.ConfigError(f'{e}{run_paths_note(workdir, e)}') from None
       log.info('no tokenizer: %s', e)
-  cfg = model_config(config, tok)
+  try:
+    cfg = model_config(config, tok)
+  except errors.ConfigError as e:  # a run's init (a LoRA run's base) that is not where config.json says
+    raise errors.ConfigError(f'{e}{_init_note(workdir, config.get("init"))}') from None
   if abstract:
     return Loaded(cfg, tok, abstract_params(cfg, dtype, mesh), mesh, config)
   if workdir is None:
@@ -259,6 +275,8 @@ def load(
         raise errors.ConfigError(f'--step={asked}: {e}{note}') from None
       try:
         return _load(config, cfg, tok, dtype, mesh, ckpt, f'{workdir} step {step}', step)
+      except errors.ConfigError as e:
+        raise errors.ConfigError(f'{e}{_init_note(workdir, config.get("init"))}') from None
       except checkpoint_lib.Gone as e:
         if again or asked not in ('best', 'latest'):
           raise errors.ConfigError(f'--step={asked}: {e}') from None

@@ -1161,3 +1161,22 @@ def test_a_log_line_does_not_run_on_from_the_progress_bar():
   before, after = stream.getvalue().split('step 1: valid_reward_mean=0.5\n')
   assert before.endswith('\r') and before.rstrip('\r ').endswith(']')  # the bar was cleared to the line's start
   assert after.startswith('\rrft:')  # and drawn again below the line
+
+
+def test_a_runs_base_model_that_moved_says_where_to_put_its_new_place(run_dir, tmp_path, capsys):
+  """A LoRA run copied to a laptop whose base model folder lies elsewhere: every tool said only that the folder
+  had no config.json."""
+  import shutil
+
+  run = tmp_path / 'run'
+  shutil.copytree(run_dir, run)
+  config = json.loads((run / 'config.json').read_text())
+  for init in ('hf:models/base', f'hf:{tmp_path}/models/base'):  # relative, and absolute
+    (run / 'config.json').write_text(json.dumps({**config, 'model': '', 'init': init}))
+    assert export.main([f'--workdir={run}', f'--out={tmp_path / "out"}']) == errors.EXIT_CODE
+    relative = '' if init.startswith(f'hf:{tmp_path}') else 'its relative paths start in the folder the run was ' \
+      'started in; '  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: config.init={init!r}: ') and err.endswith(
+      f'(as {run}/config.json names it: {relative}if the model moved, write its new place in that file\'s "init")\n'
+    ), err
