@@ -407,6 +407,19 @@ def _moved(a, b) -> bool:
   return any(not x.startswith('/') and (y == x or y.endswith('/' + x)) for x, y in ((pa, pb), (pb, pa)))
 
 
+def _relocated(a, b) -> bool:
+  """Whether `a` names a file that is not on this machine and `b` an existing file of the same name: the run's
+  files, moved (to another machine, another disk)."""
+  if not (isinstance(a, str) and isinstance(b, str)) or '://' in a + b:
+    return False
+  pa, pb = (s.split(':', 1)[1] if ':' in s and len(s.split(':', 1)[0]) <= 4 else s for s in (a, b))
+  return (
+    not os.path.exists(pa)
+    and os.path.exists(pb)
+    and os.path.basename(pa.rstrip('/')) == os.path.basename(pb.rstrip('/'))
+  )
+
+
 _UNSET = object()  # a key the run's config.json lacks: added to rftjax, or to the config file, since it began
 
 
@@ -461,6 +474,12 @@ def check_resume(config, previous: dict, workdir) -> tuple[list[str], list[str]]
       raise errors.ConfigError(
         f'--workdir={workdir} was started in another folder ({diff}): its config.json keeps paths as they were '
         f'given, relative to that folder; run this command from there (not {os.getcwd()}) to resume it'
+      )
+    if all(_relocated(old.get(k), new.get(k)) for k in clash):  # gone from where the run had them
+      raise errors.ConfigError(
+        f'--workdir={workdir} was started with files that are not there now ({diff}); if they are the same files '
+        f'moved, write their new places in {workdir}/config.json and run again (the training prompts are checked '
+        "against the run's once the model loads), or choose a new --workdir"
       )
     raise errors.ConfigError(
       f'--workdir={workdir} holds checkpoints of another run ({diff}); resuming it needs the same model, data and '

@@ -559,6 +559,33 @@ def test_a_run_resumed_from_another_folder_is_told_where_its_relative_paths_star
     runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'rel')
 
 
+def test_a_run_whose_files_moved_to_another_machine_is_told_how_to_resume(tmp_path):
+  """A run and its data moved to another machine (absolute paths): the same files elsewhere were 'another run',
+  whose only way out offered was deleting it."""
+  from rftjax import runspec
+
+  old = tiny.get_config().unlock()
+  old.data.train, old.tokenizer = str(tmp_path / 'hostA' / 'train.jsonl'), f'sp:{tmp_path}/hostA/tokenizer.model'
+  new = old.copy_and_resolve_references()
+  (tmp_path / 'hostB').mkdir()
+  for name in ('train.jsonl', 'tokenizer.model'):
+    shutil.copy(REPO / 'data' / 'tiny' / name, tmp_path / 'hostB' / name)
+  new.data.train, new.tokenizer = str(tmp_path / 'hostB' / 'train.jsonl'), f'sp:{tmp_path}/hostB/tokenizer.model'
+  with pytest.raises(errors.ConfigError) as e:
+    runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'runs/x')
+  assert str(e.value).startswith(
+    f'--workdir=runs/x was started with files that are not there now (config.data.train was "{tmp_path}/hostA/'
+    'train.jsonl", now'
+  ) and str(e.value).endswith(
+    'if they are the same files moved, write their new places in runs/x/config.json and run again (the training '
+    "prompts are checked against the run's once the model loads), or choose a new --workdir"
+  )
+  (tmp_path / 'hostA').mkdir()  # the old ones are there too: another run indeed
+  shutil.copy(REPO / 'data' / 'tiny' / 'train.jsonl', tmp_path / 'hostA' / 'train.jsonl')
+  with pytest.raises(errors.ConfigError, match=r'holds checkpoints of another run'):
+    runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'runs/x')
+
+
 def test_schedule_warmup_and_cosine():
   opt = ml_collections.ConfigDict(dict(OPT.to_dict(), warmup_steps=4, schedule='cosine', learning_rate=1.0))
   lr = [train_step.learning_rate(opt, k, 12) for k in range(1, 13)]
