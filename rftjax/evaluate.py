@@ -172,7 +172,10 @@ def run(args) -> dict:
   if args.out:  # before anything slow; the default (in the run, named after the step) once the step is known
     check_out(args.out, f'--out={args.out}', args.data)
   elif args.workdir:  # its folder before anything slow too: a read-only run found out only after the model loaded
-    cli.check_out(epath.Path(args.workdir) / 'eval', folder=True, label=f'{args.workdir}/eval (the default --out)')
+    try:
+      cli.check_out(epath.Path(args.workdir) / 'eval', folder=True, label=f'{args.workdir}/eval (the default --out)')
+    except errors.ConfigError as e:  # a read-only copy of a run: the results may go elsewhere
+      raise errors.ConfigError(f'{e}; give --out=FILE to write the results elsewhere') from None
   run_config = runfs.read_config(args.workdir) if args.workdir else None
   # a run that used the example tool server gets a new one (its own is gone)
   with tool_server.serving_for(run_config) as run_config, contextlib.ExitStack() as stack:

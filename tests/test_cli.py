@@ -482,7 +482,8 @@ def test_evaluate_bad_grader_and_data(run_dir, tmp_path, in_repo, capsys):
   (blocked / 'eval').write_text('not a folder')
   assert evaluate.main([f'--workdir={blocked}', f'--data={data}']) == 2
   assert capsys.readouterr().err == (
-    f'error: {blocked}/eval (the default --out): a file is there; expected a folder (made if missing)\n'
+    f'error: {blocked}/eval (the default --out): a file is there; expected a folder (made if missing); give '
+    '--out=FILE to write the results elsewhere\n'
   )
 
 
