@@ -542,7 +542,7 @@ def export_peft(
     peft_type='LORA',
     task_type='CAUSAL_LM',
     # a folder PEFT can load the base from (an hf:DIR init); a GGUF init stays rftjax's spec (docs/lora.md)
-    base_model_name_or_path=str(pathlib.Path(base_model[3:]).absolute())
+    base_model_name_or_path=os.path.abspath(base_model[3:])  # normalised: no '..' in it
     if base_model.startswith('hf:')
     else base_model,
     r=cfg.lora.rank,

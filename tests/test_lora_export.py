@@ -109,6 +109,8 @@ def test_adapter_folder(case):
   assert config['target_modules'] == sorted(f'{t}_proj' for t in cfg.lora.targets)
   assert (config['r'], config['lora_alpha'], config['peft_type']) == (4, 8.0, 'LORA')
   assert config['base_model_name_or_path'] == str(tmp / 'base')  # an hf:DIR init: a folder PEFT loads by itself
+  again = weights.export_peft(params['lora'], cfg, tmp / 'again', base_model=f'hf:{tmp}/adapter/../base')
+  assert json.loads((again / 'adapter_config.json').read_text())['base_model_name_or_path'] == str(tmp / 'base')
   t = safetensors.numpy.load_file(tmp / 'adapter' / 'adapter_model.safetensors')
   assert len(t) == 2 * cfg.num_layers * len(cfg.lora.targets)
   q = 'base_model.model.model.layers.1.self_attn.q_proj'
