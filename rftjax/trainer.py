@@ -33,6 +33,7 @@ from rftjax import multihost
 from rftjax import plots
 from rftjax import preemption
 from rftjax import response_format
+from rftjax import resume
 from rftjax import rollout
 from rftjax import runfs
 from rftjax import runspec
@@ -62,7 +63,7 @@ def _checked(config, workdir, explicit, warned) -> dict:
   if holder:  # that, not "holds another run ... or delete that one"
     raise runfs.busy(workdir, holder)
   if previous is not None and not has_checkpoints:
-    _check_logs_without_checkpoints(workdir)
+    resume.check_logs(workdir)
   train_set = data_lib.load_jsonl(config.data.train, 'config.data.train')
   given, skips = config, runspec.skips_prompts(config)
   # a copy: OpenAI fields applied, every key checked (quiet if they must count the prompts that fit, known later)
@@ -86,7 +87,7 @@ def _checked(config, workdir, explicit, warned) -> dict:
   k = spec.eval_samples  # k completions per validation prompt, each graded; the means average them all
   valid_prompts, valid_set = [p for p in valid_prompts for _ in range(k)], [e for e in valid_set for _ in range(k)]
   # a workdir that holds another run (or no run at all) is refused before anything in it changes
-  changed = runspec.check_resume(config, previous, workdir) if has_checkpoints else ([], [])
+  changed = resume.check(config, previous, workdir) if has_checkpoints else ([], [])
   try:
     run = runfs.RunDir(workdir, sync_interval_s=config.sync_interval_s)
   except OSError as e:
@@ -107,20 +108,6 @@ def _checked(config, workdir, explicit, warned) -> dict:
       if full and not run.is_remote:
         shutil.rmtree(run.compile_cache, ignore_errors=True)
       raise
-
-
-def _check_logs_without_checkpoints(workdir) -> None:
-  """A run folder whose logs go past step 0 holds no checkpoint (a copy made without checkpoints/, or they were
-  deleted): training there started over without a word and replaced those logs. (A run stopped before its first
-  checkpoint, at step 0, starts over as before.)"""
-  trained = [r['step'] for r in metrics_lib.read_jsonl(runfs.path(workdir) / 'metrics.jsonl', stepped=True)]
-  if trained and max(trained) > 0:
-    raise errors.ConfigError(
-      f'--workdir={workdir}: its metrics.jsonl logs a run up to step {max(trained)}, but its checkpoints/ holds no '
-      'checkpoint (copied without them, or deleted?); training there would start over and replace those logs. '
-      'Restore the checkpoints to resume, or choose a new --workdir (or delete metrics.jsonl and events.jsonl '
-      'there to start over)'
-    )
 
 
 @contextlib.contextmanager

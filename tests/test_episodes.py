@@ -16,6 +16,7 @@ from rftjax import episodes
 from rftjax import model
 from rftjax import multihost
 from rftjax import presets
+from rftjax import resume
 from rftjax import sampler
 from rftjax import sharding
 from rftjax import tasks
@@ -496,11 +497,10 @@ def test_a_run_with_the_example_tool_server_resumes_on_its_new_port(monkeypatch)
   """Each run starts the example server on a free port: the URL in config.json (the grader's, the tools') is not a
   change of grader. Before, the rerun of a stopped tiny_tools run was refused as 'another run'."""
   from configs import tiny_tools
-  from rftjax import runspec
 
   monkeypatch.chdir(REPO)
   config = tiny_tools.get_config('test')
   first = json.loads(tool_server.substitute(config, 'http://127.0.0.1:4001/').to_json_best_effort())
   assert first['grader']['url'] == 'http://127.0.0.1:4001/grade'
   again = tool_server.substitute(config, 'http://127.0.0.1:4002/')
-  assert runspec.check_resume(again, first, 'runs/x') == ([], [])
+  assert resume.check(again, first, 'runs/x') == ([], [])

@@ -13,6 +13,7 @@ from rftjax import graders
 from rftjax import hparams
 from rftjax import openai_job
 from rftjax import response_format
+from rftjax import resume
 from rftjax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -484,14 +485,13 @@ def test_a_data_line_without_a_graded_field_is_named_by_the_jobs_grader_path(tmp
 
 def test_a_resume_with_another_n_epochs_lists_the_field_not_the_resolved_record(tmp_path):
   """config.openai.resolved is a JSON string of every resolved value: it made the warning a wall of escapes."""
-  from rftjax import runspec
 
   runs = [hparams.apply(openai_job.apply(tiny.get_config(), openai_job.read(write_job(tmp_path, **{
     f'{H}.n_epochs': n}))), 2000) for n in (1, 2)]  # fmt: skip
   previous = json.loads(runs[0].to_json_best_effort())
-  assert runspec.check_resume(runs[1], previous, tmp_path) == (['eval_interval 7 -> 13', 'openai.n_epochs 1 -> 2'], [])
+  assert resume.check(runs[1], previous, tmp_path) == (['eval_interval 7 -> 13', 'openai.n_epochs 1 -> 2'], [])
   del previous['data']['skip_long_prompts']  # a run started before rftjax had the setting (off by default)
-  assert runspec.check_resume(runs[0], previous, tmp_path) == ([], [])
+  assert resume.check(runs[0], previous, tmp_path) == ([], [])
 
 
 def test_a_shape_the_jobs_hyperparameters_decided_is_refused_naming_them(tmp_path):

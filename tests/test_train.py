@@ -27,6 +27,7 @@ from rftjax import model
 from rftjax import report
 from rftjax import multihost
 from rftjax import presets
+from rftjax import resume
 from rftjax import sampler
 from rftjax import sharding
 from rftjax import train_step
@@ -474,13 +475,12 @@ def test_a_workdir_holds_one_run(tmp_path, in_repo, caplog):
 @pytest.mark.parametrize('schedule', ['constant', 'cosine'])
 def test_more_steps_on_resume_say_when_the_learning_rate_jumps(schedule):
   """Raising total_steps continues a run; under the cosine schedule it also moves the rate: said at the resume."""
-  from rftjax import runspec
 
   old = tiny.get_config().unlock()
   old.optimizer.schedule, old.total_steps = schedule, 3
   new = old.copy_and_resolve_references()
   new.total_steps = 5
-  notes, _ = runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'runs/x')
+  notes, _ = resume.check(new, json.loads(old.to_json_best_effort()), 'runs/x')
   jumps = 'total_steps 3 -> 5 under the cosine schedule, which now decays over the new length: the learning rate jumps'
   assert [n[: len(jumps)] for n in notes] == ([jumps] if schedule == 'cosine' else [])
 
@@ -514,7 +514,6 @@ def test_the_rftjax_commit_recorded_is_rftjax_s_own(tmp_path, monkeypatch):
 def test_settings_new_since_a_run_began_are_named_as_new_not_as_changes():
   """After an upgrade, the settings rftjax added since a run began were 'changed settings: x null -> 16', and a
   grader field a shipped config gained made the run 'another run ... (or delete that one to start over)'."""
-  from rftjax import runspec
 
   old = tiny.get_config().unlock()
   old.grader = {'type': 'math', 'name': 'answer', 'input': '{{sample.output_text}}', 'reference': '{{item.answer}}'}
@@ -524,45 +523,43 @@ def test_settings_new_since_a_run_began_are_named_as_new_not_as_changes():
   new.eval_interval = old.eval_interval + 1
   del previous['openai']['resolved']  # a JSON record of resolved values: neither listed as changed nor as new
   new.openai.resolved = '{"n_epochs": 3}'
-  assert runspec.check_resume(new, previous, 'runs/x') == (
+  assert resume.check(new, previous, 'runs/x') == (
     [f'eval_interval {old.eval_interval} -> {new.eval_interval}'],
     [f'grading.model_threads={new.grading.model_threads}', f'guard.no_signal_steps={new.guard.no_signal_steps}'],
   )
   new.grader = {**old.grader, 'exact_number': True}  # the config file's grader gained a field since
   with pytest.raises(errors.ConfigError) as e:
-    runspec.check_resume(new, previous, 'runs/x')
+    resume.check(new, previous, 'runs/x')
   assert str(e.value).startswith(
     '--workdir=runs/x began without a setting this config has (config.grader.exact_number was not set, now true): '
     'rftjax or the config file changed since'
   )
   new.grader = {**old.grader, 'exact_number': True, 'reference': '{{item.solution}}'}  # and another grader indeed
   with pytest.raises(errors.ConfigError, match=r'holds checkpoints of another run \(config.grader.exact_number was'):
-    runspec.check_resume(new, previous, 'runs/x')
+    resume.check(new, previous, 'runs/x')
 
 
 def test_a_run_resumed_from_another_folder_is_told_where_its_relative_paths_start(tmp_path, monkeypatch):
   """config.json keeps paths as given. Resumed from another folder with the same files named absolutely, the run
   was "another run ... (or delete that one to start over)": advice to delete a good run."""
-  from rftjax import runspec
 
   old = tiny.get_config().unlock()  # data/tiny/train.jsonl, sp:... as the repo root names them
   new = old.copy_and_resolve_references()
   new.data.train, new.data.valid = str(REPO / old.data.train), str(REPO / old.data.valid)
   monkeypatch.chdir(tmp_path)
   with pytest.raises(errors.ConfigError) as e:
-    runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'rel')
+    resume.check(new, json.loads(old.to_json_best_effort()), 'rel')
   said = str(e.value)
   assert said.startswith('--workdir=rel was started in another folder (config.data.train was "data/tiny/train.jsonl", ')
   assert said.endswith(f'relative to that folder; run this command from there (not {tmp_path}) to resume it')
   new.data.train = str(tmp_path / 'other.jsonl')  # another file indeed
   with pytest.raises(errors.ConfigError, match=r'holds checkpoints of another run .*\(or delete that one'):
-    runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'rel')
+    resume.check(new, json.loads(old.to_json_best_effort()), 'rel')
 
 
 def test_a_run_whose_files_moved_to_another_machine_is_told_how_to_resume(tmp_path):
   """A run and its data moved to another machine (absolute paths): the same files elsewhere were 'another run',
   whose only way out offered was deleting it."""
-  from rftjax import runspec
 
   old = tiny.get_config().unlock()
   old.data.train, old.tokenizer = str(tmp_path / 'hostA' / 'train.jsonl'), f'sp:{tmp_path}/hostA/tokenizer.model'
@@ -572,7 +569,7 @@ def test_a_run_whose_files_moved_to_another_machine_is_told_how_to_resume(tmp_pa
     shutil.copy(REPO / 'data' / 'tiny' / name, tmp_path / 'hostB' / name)
   new.data.train, new.tokenizer = str(tmp_path / 'hostB' / 'train.jsonl'), f'sp:{tmp_path}/hostB/tokenizer.model'
   with pytest.raises(errors.ConfigError) as e:
-    runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'runs/x')
+    resume.check(new, json.loads(old.to_json_best_effort()), 'runs/x')
   assert str(e.value).startswith(
     f'--workdir=runs/x was started with files that are not there now (config.data.train was "{tmp_path}/hostA/'
     'train.jsonl", now'
@@ -583,7 +580,7 @@ def test_a_run_whose_files_moved_to_another_machine_is_told_how_to_resume(tmp_pa
   (tmp_path / 'hostA').mkdir()  # the old ones are there too: another run indeed
   shutil.copy(REPO / 'data' / 'tiny' / 'train.jsonl', tmp_path / 'hostA' / 'train.jsonl')
   with pytest.raises(errors.ConfigError, match=r'holds checkpoints of another run'):
-    runspec.check_resume(new, json.loads(old.to_json_best_effort()), 'runs/x')
+    resume.check(new, json.loads(old.to_json_best_effort()), 'runs/x')
 
 
 def test_schedule_warmup_and_cosine():
