@@ -425,6 +425,15 @@ def _mismatch(stored: Any, target: Any) -> str | None:
   return None
 
 
+def unfinished_steps(folder, committed) -> list:
+  """The checkpoint folders under `folder` whose save has not committed: Orbax's temporary `N.orbax-checkpoint-tmp`
+  (with a time suffix in older versions) on a disk, a step folder not among `committed` in a bucket."""
+  if not folder.exists():
+    return []
+  names = [p for p in folder.iterdir() if p.name.split('.')[0].isdigit()]
+  return [p for p in names if '.orbax-checkpoint-tmp' in p.name or (p.name.isdigit() and int(p.name) not in committed)]
+
+
 class Damaged(ValueError):
   """A checkpoint whose state metadata cannot be read (a partial copy): not another model's."""
 

@@ -130,6 +130,16 @@ def _not_on_disk(config, workdir, asked, steps: list[int]) -> str:
   folder = runfs.path(workdir)
   events = metrics_lib.read_jsonl(folder / 'events.jsonl') if (folder / 'events.jsonl').exists() else []
   saved = {metrics_lib.event_step(e) for e in events if isinstance(e.get('data'), dict) and e['data'].get('checkpoint')}
+  # a step being written, or cut short: Orbax's temporary folder (N.orbax-checkpoint-tmp[-time]) on a disk, the
+  # step's own folder not yet committed in a bucket
+  numbered = str(asked).isdigit() or isinstance(asked, int)
+  unfinished = sorted(int(p.name.split('.')[0]) for p in checkpoint_lib.unfinished_steps(folder / 'checkpoints', steps))
+  if numbered and int(asked) in unfinished or not steps and unfinished:
+    which = f'Step {asked} is' if numbered else f'The run has no other: step {unfinished[-1]} is'
+    return f' {which} incomplete: being written, or its save was cut short (a crash, or the folder copied meanwhile)'
+  holder = None if runfs.is_remote(folder) else runfs.held_by(folder)
+  if not steps and holder:
+    return f' The run has none yet: its trainer ({holder}) writes the first after its step-0 validation'
   if not steps and saved:
     return (f' None of the checkpoints the run saved (the last at step {max(saved):g}) is in {folder}/checkpoints: '
             'was the run folder copied without them?')  # fmt: skip
@@ -138,16 +148,9 @@ def _not_on_disk(config, workdir, asked, steps: list[int]) -> str:
     if runfs.is_remote(folder):  # no lock to ask there
       return (' The run has none yet (its trainer writes the first after its step-0 validation), or it stopped '
               f'before that ({report} says which)')  # fmt: skip
-    holder = runfs.held_by(folder)
-    if holder:
-      return f' The run has none yet: its trainer ({holder}) writes the first after its step-0 validation'
     return f' The run has none: it stopped before its step-0 validation wrote the first ({report} says how it ended)'
-
-  if not (isinstance(asked, int) or str(asked).isdigit()):
+  if not numbered:
     return ''
-  if (folder / 'checkpoints' / f'{int(asked)}.orbax-checkpoint-tmp').exists():
-    return (f' Step {asked} is incomplete: being written, or its save was cut short (a crash, or the folder copied '
-            'while it was written)')  # fmt: skip
   keep = (config.get('checkpoint') or {}).get('keep_best', 3)
   if int(asked) in saved:
     return (f' Step {asked} was saved, then deleted by the keep policy (checkpoint.keep_best={keep}: the {keep} best '

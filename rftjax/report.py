@@ -150,13 +150,13 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   # what a rerun starts from (--format=openai's too): steps logged past the latest checkpoint are done again
   out['steps_done'] = steps_on_disk[-1] if steps_on_disk else out['steps_logged']
   events = metrics_lib.read_jsonl(workdir / 'events.jsonl')
-  status, said = _status(events, out['steps_done'], out['total_steps'])
+  status, said = _status(events, out['steps_done'], out['total_steps'], out['steps_logged'])
   out['status'] = status
   holder = runfs.lock_holder(workdir) if status == 'running' and not runfs.is_remote(workdir) else None
   if holder:  # the trainer's lock file: on this host the lock itself says whether it still runs (its text and pid
     # do not: a copy of a live run's folder holds them too)
-    held = runfs.held_by(workdir) if holder[1] is not None else None
-    out['status'] = 'stopped' if holder[1] is not None and not held else 'running'
+    held = runfs.held_by(workdir, cannot_ask=holder[0] if holder[1] else '') if holder[1] is not None else None
+    out['status'] = 'stopped' if holder[1] is not None and not held else 'running'  # no lock to ask: its pid, then
     out['status_message'] = (held if held else f'{holder[0]} (another host: not checked)' if holder[1] is None
                              else f'{holder[0]} ended without a word (killed?)')  # fmt: skip
   if status in ('failed', 'cancelled') and said:
@@ -370,7 +370,7 @@ def openai_job(workdir: str | pathlib.Path) -> dict:
   total = config.get('total_steps')
   # what a rerun would start from: the latest checkpoint (metrics past it are redone); without checkpoints, the log
   done = steps[-1] if steps else max(train_by_step, default=0)
-  status, status_event = _status(events, done, total)
+  status, status_event = _status(events, done, total, max(train_by_step, default=0))
   times = [e['created_at'] for e in events if isinstance(e.get('created_at'), int)]
   created = times[0] if times else _mtime(workdir / 'config.json') or _mtime(workdir / 'metrics.jsonl') or 0
   finished = None
@@ -450,17 +450,19 @@ def openai_job(workdir: str | pathlib.Path) -> dict:
   }
 
 
-def _status(events: list[dict], done: int, total: int | None) -> tuple[str, dict | None]:
+def _status(events: list[dict], done: int, total: int | None, logged: int) -> tuple[str, dict | None]:
   """'succeeded' once the latest checkpoint reaches total_steps (a rerun has nothing to do); else what the last
   event with a `data.status` says (the trainer writes 'running' when it starts or resumes, 'cancelled' or 'failed'
-  when it stops early, 'succeeded' at its end: a copy that kept only the best checkpoint ended so too); 'running'
+  when it stops early, 'succeeded' at its end: a copy that kept only the best checkpoint ended so too, its log at
+  total_steps; a log short of it is a resume with more steps whose first event is not there yet); 'running'
   without one. Returns the status and the event that decided it, if any."""
   said = [e for e in events if isinstance(e.get('data'), dict) and e['data'].get('status') in ('running', *TERMINAL)]
   if total is not None and done >= int(total):
     ends = [e for e in said if e['data']['status'] == 'succeeded']
     return 'succeeded', (ends[-1] if ends else None)
-  if said and said[-1]['data']['status'] in TERMINAL:
-    return said[-1]['data']['status'], said[-1]
+  last = said[-1]['data']['status'] if said else None
+  if last in ('failed', 'cancelled') or (last == 'succeeded' and (total is None or logged >= int(total))):
+    return last, said[-1]
   return 'running', None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from rftjax import checkpoint
 from rftjax import errors
 from rftjax import metrics
 from rftjax import runfs
@@ -149,8 +150,11 @@ def check(config, previous: dict, workdir) -> tuple[list[str], list[str]]:
 def check_logs(workdir) -> None:
   """A run folder whose logs go past step 0 holds no checkpoint (a copy made without checkpoints/, or they were
   deleted): training there started over without a word and replaced those logs. (A run stopped before its first
-  checkpoint, at step 0, starts over as before.)"""
-  trained = [r['step'] for r in metrics.read_jsonl(runfs.path(workdir) / 'metrics.jsonl', stepped=True)]
+  checkpoint committed, at step 0 or while it was written, starts over as before.)"""
+  folder = runfs.path(workdir)
+  if checkpoint.unfinished_steps(folder / 'checkpoints', ()):  # its first save was cut short: it starts over
+    return
+  trained = [r['step'] for r in metrics.read_jsonl(folder / 'metrics.jsonl', stepped=True)]
   if trained and max(trained) > 0:
     raise errors.ConfigError(
       f'--workdir={workdir}: its metrics.jsonl logs a run up to step {max(trained)}, but its checkpoints/ holds no '

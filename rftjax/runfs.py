@@ -208,9 +208,10 @@ def lock(folder: str | os.PathLike):
   return file
 
 
-def held_by(folder: str | os.PathLike) -> str | None:
+def held_by(folder: str | os.PathLike, cannot_ask=None) -> str | None:
   """What the run folder's lock file says when a process holds its lock now (asked of the lock itself, not of a
-  pid, which this very process may have left there), else None. Takes no lock for longer than the asking."""
+  pid, which this very process may have left there), else None; `cannot_ask` where the folder takes no locks (a
+  FUSE mount: the trainer warned and went on). Takes no lock for longer than the asking."""
   import fcntl
 
   try:
@@ -221,7 +222,7 @@ def held_by(folder: str | os.PathLike) -> str | None:
     try:
       holder = _holder(file)
     except OSError:
-      return None
+      return cannot_ask
     if holder is None:
       fcntl.flock(file, fcntl.LOCK_UN)
   return holder

@@ -994,7 +994,7 @@ def test_docs_name_every_flag_in_the_commands_section(module, capsys, monkeypatc
   assert flags and doc and sorted(f for f in flags if not re.search(rf'--{f}\b', doc)) == []
 
 
-def test_report_asks_the_lock_file_whether_a_run_without_an_ending_still_runs(tmp_path):
+def test_report_asks_the_lock_file_whether_a_run_without_an_ending_still_runs(tmp_path, monkeypatch):
   """events.jsonl says 'running' until the trainer says otherwise: a killed one never does. Its lock file's process
   tells the two apart on the host it ran on."""
   import os
@@ -1012,6 +1012,10 @@ def test_report_asks_the_lock_file_whether_a_run_without_an_ending_still_runs(tm
   held.close()  # its text still names this live process, as a copy of a live run's folder does: the lock is free
   s = report.summarize(tmp_path)
   assert s['status'] == 'stopped' and s['status_message'].endswith('ended without a word (killed?)')
+  with monkeypatch.context() as m:  # a folder that takes no locks (a FUSE mount): the pid is all there is to ask
+    m.setattr(runfs, '_holder', lambda file: (_ for _ in ()).throw(OSError(37, 'No locks available')))
+    s = report.summarize(tmp_path)
+    assert s['status'] == 'running' and s['status_message'].startswith(f'process {os.getpid()} on ')
   dead = subprocess.Popen(['true'])
   dead.wait()
   (tmp_path / runfs.LOCK).write_text(f'process {dead.pid} on {socket.gethostname()} (started 2026-12-06T10:00:00)')
@@ -1116,13 +1120,19 @@ def test_a_step_not_on_disk_says_why(run_dir, tmp_path, in_repo, capsys):
     f'{saved[1:]}. Checkpoints are written at step 0, at each validation (eval_interval={interval}), and at the last '
     'step\n'
   )
-  (run / 'checkpoints' / '99.orbax-checkpoint-tmp').mkdir()  # a save cut short, or a copy made during one
+  cut = run / 'checkpoints' / '99.orbax-checkpoint-tmp-1765000000'  # a save cut short (an older Orbax's name)
+  cut.mkdir()
   assert error(run, '--step=99') == (
     f'{saved[1:]}. Step 99 is incomplete: being written, or its save was cut short (a crash, or the folder copied '
-    'while it was written)\n'
+    'meanwhile)\n'
   )
   for step in saved[1:]:
     shutil.rmtree(run / 'checkpoints' / str(step))
+  assert error(run) == (  # its only checkpoint is that one
+    '[]. The run has no other: step 99 is incomplete: being written, or its save was cut short (a crash, or the '
+    'folder copied meanwhile)\n'
+  )
+  cut.rmdir()
   assert error(run) == (  # a copy made without them
     f'[]. None of the checkpoints the run saved (the last at step {saved[-1]}) is in {run}/checkpoints: was the run '
     'folder copied without them?\n'
@@ -1181,3 +1191,20 @@ def test_a_runs_base_model_that_moved_says_where_to_put_its_new_place(run_dir, t
     assert err.startswith(f'error: config.init={init!r}: ') and err.endswith(
       f'(as {run}/config.json names it: {relative}if the model moved, write its new place in that file\'s "init")\n'
     ), err
+
+
+def test_a_copy_that_kept_only_its_best_checkpoint_still_succeeded(run_dir, tmp_path):
+  """A finished run copied with its best checkpoint only read 'stopped ... killed?' ('running' as an OpenAI job):
+  its latest checkpoint kept is short of total_steps, but its log and its last event say it ended."""
+  import shutil
+
+  run = tmp_path / 'run'
+  shutil.copytree(run_dir, run)
+  steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
+  shutil.rmtree(run / 'checkpoints' / str(steps[-1]))
+  s = report.summarize(run)
+  assert (s['status'], s['steps_logged'], s['steps_done']) == ('succeeded', steps[-1], steps[-2])
+  assert report.openai_job(run)['status'] == 'succeeded'
+  config = json.loads((run / 'config.json').read_text())
+  (run / 'config.json').write_text(json.dumps({**config, 'total_steps': steps[-1] + 4}))  # resumed for more
+  assert report.summarize(run)['status'] != 'succeeded' and report.openai_job(run)['status'] == 'running'

@@ -1465,3 +1465,6 @@ def test_a_run_folder_copied_without_its_checkpoints_is_not_started_over(tmp_pat
     'checkpoints to resume, or choose a new --workdir (or delete metrics.jsonl and events.jsonl there to start over)'
   )
   assert (workdir / 'metrics.jsonl').read_text() == logs
+  (workdir / 'checkpoints' / '0.orbax-checkpoint-tmp').mkdir(parents=True)  # its first save cut short instead
+  run(tmp_path, 'run', 1)  # starts over, as a run stopped before its first checkpoint does
+  assert [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_reward_mean' in r] == [1]
