@@ -88,6 +88,8 @@ def _checked(config, workdir, explicit, warned) -> dict:
   valid_prompts, valid_set = [p for p in valid_prompts for _ in range(k)], [e for e in valid_set for _ in range(k)]
   # a workdir that holds another run (or no run at all) is refused before anything in it changes
   changed = resume.check(config, previous, workdir) if has_checkpoints else ([], [])
+  if has_checkpoints and _finished(config, spec, workdir):
+    return {}
   try:
     run = runfs.RunDir(workdir, sync_interval_s=config.sync_interval_s)
   except OSError as e:
@@ -128,6 +130,25 @@ def _compile_cache(run: runfs.RunDir):
     compilation_cache.reset_cache()
 
 
+def _finished(config, spec: runspec.RunSpec, workdir) -> bool:
+  """Whether the run in `workdir` has reached total_steps, said before anything loads or the folder is locked or
+  written (a finished run's read-only copy has nothing to do too); config.json stays the run's."""
+  ckpt = checkpoint_lib.Checkpointer(runfs.path(workdir) / 'checkpoints', read_only=True, async_save=False)
+  try:
+    latest = ckpt.latest_step()
+    if latest is None or latest < spec.total_steps:
+      return False
+    unranked = ckpt.metrics(latest) is None
+  finally:
+    ckpt.close()
+  key = hparams.deciding_key(config, 'total_steps')
+  log.info('nothing to do: step %d >= total_steps=%d (raise %s to continue)', latest, spec.total_steps, key)
+  if unranked:  # its validation failed (or a stop came first): the run's last model was never measured
+    log.warning('checkpoint %d has no validation reward, so it is not among the best kept; measure it with python -m '
+                'rftjax.evaluate --workdir=%s --step=%d', latest, workdir, latest)  # fmt: skip
+  return True
+
+
 def _write_config(config, run: runfs.RunDir) -> None:
   """config.json, whole or not at all (export and evaluate read it), synced: a bucket this VM may not write to
   fails here, not after the model has loaded. Process 0 writes it; when it cannot, every host stops."""
@@ -150,20 +171,6 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     run.remote / 'checkpoints', keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save
   )
   latest = ckpt.latest_step()
-  if latest is not None and latest >= spec.total_steps:  # said before anything loads; config.json stays the run's
-    unranked = ckpt.metrics(latest) is None
-    ckpt.close()
-    key = hparams.deciding_key(config, 'total_steps')
-    log.info('nothing to do: step %d >= total_steps=%d (raise %s to continue)', latest, spec.total_steps, key)
-    if unranked:  # its validation failed (or a stop came first): the run's last model was never measured
-      log.warning(
-        'checkpoint %d has no validation reward, so it is not among the best kept; measure it with python -m '
-        'rftjax.evaluate --workdir=%s --step=%d',
-        latest,
-        run.remote,
-        latest,
-      )
-    return {}
   if latest is None:  # a new run; a resumed one writes its config.json once its checkpoint has restored
     _write_config(config, run)
   else:

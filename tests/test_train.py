@@ -388,9 +388,12 @@ def test_end_to_end_resume_equals_uninterrupted(tmp_path, in_repo):
   assert tb == pytest.approx({r['step']: r['train_reward_mean'] for r in train_rows}, abs=1e-6)
   assert sorted(e.step for e in acc.Scalars('valid_reward_mean')) == [0, 2, 3]
 
-  # the same command again: nothing to do, nothing rewritten
+  # the same command again: nothing to do, nothing rewritten, nothing locked (a finished run's read-only copy)
+  (short / '.train.lock').unlink()
+  files = sorted(str(p.relative_to(short)) for p in short.rglob('*') if '.jax_cache' not in p.parts)
   run(tmp_path, 'resumed', 3, **mu)
   assert metrics.read_jsonl(short / 'metrics.jsonl') == rows
+  assert sorted(str(p.relative_to(short)) for p in short.rglob('*') if '.jax_cache' not in p.parts) == files
 
   # a checkpoint an older rftjax wrote: its state['step'] counted the 6 updates of 3 GRPO steps
   older = tmp_path / 'older'
