@@ -346,8 +346,8 @@ class WarningEvents(logging.Handler):
   """Each warning (or error) logged on `logger` while open, written to events.jsonl as a `warn` (`error`) message
   event too: a run read later, by `report` or a script, shows what the console said once and scrolled away (gradings
   that failed, completions all cut off, the resumed run's changed settings). Records logged before the run's writer
-  exists wait for `attach` (the first 50). Any thread's (the grading pool's runs the graders); `extra={'event':
-  False}` leaves one out (it has an event of its own)."""
+  exists wait for `attach` (the first 50). Records from any thread are written (the grading pool's thread runs the
+  graders); `extra={'event': False}` leaves one out (it has an event of its own)."""
 
   def __init__(self, logger: logging.Logger):
     super().__init__(logging.WARNING)
