@@ -115,7 +115,7 @@ def _init_note(workdir, spec: str | None) -> str:
   kind, _, where = (spec or '').partition(':')
   if workdir is None or kind not in ('hf', 'gguf') or not where or os.path.exists(where):
     return ''
-  if kind == 'gguf' and '/' not in where and not where.endswith('.gguf'):  # an installed package's name
+  if kind == 'gguf' and where in pretrained.SHORTHANDS:  # an installed package's name: its own error says what to do
     return ''
   start = '' if os.path.isabs(where) else 'its relative paths start in the folder the run was started in; '
   return f' (as {workdir}/config.json names it: {start}if the model moved, write its new place in that file\'s "init")'
