@@ -140,7 +140,7 @@ class Layout:
 
 def from_layout(name: str, arg, layouts: dict[str, Layout], init: str) -> ml_collections.ConfigDict:
   """A run config for `layouts[arg]`: the model on the slice it was planned for, bfloat16 compute and KV cache,
-  remat, no progress bar (unattended logs). `init`, `data.*` and `grader` are placeholders to point at your files."""
+  remat. `init`, `data.*` and `grader` are placeholders to point at your files."""
   del name  # the message names no file (a copy elsewhere named the original): the --config flag's check adds it
   if arg not in layouts:  # these configs have no default: the layout is the point
     found = f'unknown layout {arg!r}' if arg else 'no layout'
@@ -169,7 +169,6 @@ def from_layout(name: str, arg, layouts: dict[str, Layout], init: str) -> ml_col
   c.param_dtype = layout.param_dtype
   c.train_microbatches = layout.train_microbatches
   c.remat = True
-  c.progress = False
   return c
 
 

@@ -13,6 +13,7 @@ and each warning the run logs (`WarningEvents`).
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -402,13 +403,19 @@ def _event_number(event: dict) -> int:
 
 
 class Progress:
-  """A tqdm bar over training steps showing reward, validation reward and ETA."""
+  """Training progress on stderr: a tqdm bar with reward, validation reward and ETA where it is redrawn in place (a
+  terminal, a notebook); elsewhere (nohup's file, a TPU VM's startup-script log, a container's) a log line at each
+  tenth of the run and at least every `every_s`, as cli.progress does: carriage returns there made one line of two
+  updates per step, which grep and log viewers show as one ever-longer line."""
 
-  def __init__(self, start: int, total: int, *, enabled: bool = True):
-    self.bar = tqdm.tqdm(
-      total=total, initial=start, disable=not enabled, unit='step', dynamic_ncols=True, file=sys.stderr, desc='rft'
-    )
+  def __init__(self, start: int, total: int, *, enabled: bool = True, stream=None, every_s: float = 300.0):
+    stream = sys.stderr if stream is None else stream
+    self.lines = enabled and not redraws_in_place(stream)
+    self.bar = tqdm.tqdm(total=total, initial=start, disable=not enabled or self.lines, unit='step',
+                         dynamic_ncols=True, file=stream, desc='rft')  # fmt: skip
     self.post: dict[str, str] = {}
+    self.every_s, self.total = every_s, total
+    self._last = (start, time.monotonic())  # the step and time of the last line
 
   def update(self, step: int, record: dict) -> None:
     # through tqdm's update, so that its rate is a moving average: set directly, the ETA was the whole run's mean,
@@ -416,6 +423,8 @@ class Progress:
     self.bar.update(step - self.bar.n)
     self.post['reward'] = f'{record.get("train_reward_mean", float("nan")):.3f}'
     self._show()
+    if self.lines:
+      self._line(step)
 
   def note(self, step: int, eval_record: dict) -> None:
     """The bar shows the new validation reward at once (the last one of a run too); the validation's own log line
@@ -429,6 +438,19 @@ class Progress:
     self.bar.set_postfix(self.post, refresh=False)
     self.bar.refresh()
 
+  def _line(self, step: int) -> None:
+    """'step 120/200 (60%): reward 0.812, valid 0.905; 3.1 s/step since step 100, about 0:04:08 left'. The rate is
+    the one since the last line: the first line's includes the compilation."""
+    (before, t), now, total = self._last, time.monotonic(), max(self.total, 1)
+    if not (step * 10 // total > before * 10 // total or step >= total or now - t >= self.every_s) or step <= before:
+      return
+    self._last = (step, now)
+    per_step = (now - t) / (step - before)
+    shown = ', '.join(f'{k} {self.post[k]}' for k in ('reward', 'valid') if k in self.post)
+    left = f', about {datetime.timedelta(seconds=round(per_step * (total - step)))} left' if step < total else ''
+    log.info('step %d/%d (%d%%): %s; %.3g s/step since step %d%s', step, total, 100 * step // total, shown,
+             per_step, before, left)  # fmt: skip
+
   def close(self) -> None:
     self.bar.close()  # a second close does nothing
 
@@ -437,6 +459,17 @@ class Progress:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def redraws_in_place(stream) -> bool:
+  """Whether `stream` shows a carriage return as a redraw of the line: a terminal, or a Jupyter or Colab output
+  (ipykernel's stream, which is no terminal to isatty)."""
+  if type(stream).__module__.split('.')[0] == 'ipykernel':
+    return True
+  try:
+    return stream.isatty()
+  except (AttributeError, ValueError):  # a stream without isatty, or closed
+    return False
 
 
 class CompileClock:

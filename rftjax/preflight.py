@@ -237,7 +237,8 @@ def _sample_and_grade(spec, params, prompts, items, k, tok, grader, pool, mesh, 
   import jax
   import tqdm
 
-  from rftjax import rollout
+  from rftjax import inference, rollout
+  from rftjax import metrics as metrics_lib
 
   g = spec.rollout.num_generations
   rows = spec.rollout.prompts * g
@@ -247,12 +248,14 @@ def _sample_and_grade(spec, params, prompts, items, k, tok, grader, pool, mesh, 
   flat = [i for r in range(0, k, g) for i in range(len(prompts)) for _ in range(min(g, k - r))]
   rewards, texts, errs = [[] for _ in prompts], [[] for _ in prompts], [0] * len(prompts)
   results, lengths, truncated, batch_times, grade_s, first_batch = [], [], [], [], 0.0, None
+  drawn = progress and metrics_lib.redraws_in_place(sys.stderr)  # in a log file: a line every 30 s instead
+  lines = inference.progress_log('preflight') if progress and not drawn else lambda done, total: None
   with tqdm.tqdm(
     total=len(prompts),
     unit='prompt',
     desc='preflight',
     file=sys.stderr,
-    disable=not progress,
+    disable=not drawn,
     dynamic_ncols=True,
     bar_format=BAR,
   ) as bar:  # closed on a Ctrl-C too (a notebook goes on drawing an open one)
@@ -277,6 +280,7 @@ def _sample_and_grade(spec, params, prompts, items, k, tok, grader, pool, mesh, 
       lengths += [int(x) for x in r.lengths[: len(chunk)]]
       truncated += [bool(x) for x in r.truncated[: len(chunk)]]
       bar.update(len(chunk) / k)  # prompts' worth of samples: a prompt's k samples span the rounds
+      lines(int((start + len(chunk)) / k), len(prompts))
       bar.set_postfix({'reward': f'{np.mean([x.reward for x in results]):.3f}'}, refresh=False)
   return rewards, texts, errs, results, first_batch, batch_times, grade_s, lengths, truncated
 

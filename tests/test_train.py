@@ -1242,6 +1242,7 @@ def test_the_progress_bars_eta_follows_the_recent_steps_not_the_first_compile(mo
   from rftjax import metrics as metrics_lib
 
   now = [0.0]
+  monkeypatch.setattr(metrics_lib, 'redraws_in_place', lambda stream: True)  # a terminal
   bar = metrics_lib.Progress(0, 200)
   bar.bar.fp, bar.bar._time = io.StringIO(), lambda: now[0]
   bar.bar.start_t = bar.bar.last_print_t = 0.0
@@ -1255,6 +1256,57 @@ def test_the_progress_bars_eta_follows_the_recent_steps_not_the_first_compile(mo
   eta = (left['total'] - left['n']) / rate
   assert 25 < eta < 60, eta  # 175 steps x 0.15 s, give or take what is left of the first step in the average
   bar.bar.disable = True  # nothing more to draw: its clock is the test's
+
+
+def test_progress_in_a_log_file_is_a_line_per_tenth_of_the_run(monkeypatch, caplog):
+  """nohup's file or a TPU VM's startup-script log: the bar's carriage returns made one line of two updates per
+  step (a 30-step run's log was one 3 kB line); there it is a log line at each tenth and every `every_s`."""
+  import io
+
+  from rftjax import metrics as metrics_lib
+
+  now = [100.0]
+  monkeypatch.setattr(metrics_lib.time, 'monotonic', lambda: now[0])
+  stream = io.StringIO()
+  with caplog.at_level('INFO', logger='rftjax'):
+    with metrics_lib.Progress(0, 20, stream=stream) as bar:
+      bar.note(0, {'valid_reward_mean': 0.125})
+      for step in range(1, 21):
+        now[0] += 2.0
+        bar.update(step, {'train_reward_mean': step / 20})
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('step ')]
+    assert stream.getvalue() == ''  # no bar drawn into the file
+    assert [int(x.split('/')[0][5:]) for x in lines] == list(range(2, 21, 2))
+    assert lines[4] == 'step 10/20 (50%): reward 0.500, valid 0.125; 2 s/step since step 8, about 0:00:20 left'
+    assert lines[-1] == 'step 20/20 (100%): reward 1.000, valid 0.125; 2 s/step since step 18'
+    caplog.clear()
+    with metrics_lib.Progress(0, 1000, stream=stream, every_s=300.0) as bar:  # a long run: a line each 5 minutes
+      for step in range(1, 7):
+        now[0] += 200.0
+        bar.update(step, {'train_reward_mean': 0.5})
+    assert [r.getMessage()[:13] for r in caplog.records] == ['step 2/1000 (', 'step 4/1000 (', 'step 6/1000 (']
+    assert caplog.records[0].getMessage().endswith('200 s/step since step 0, about 2 days, 7:26:40 left')
+
+
+def test_the_bar_is_drawn_on_a_terminal_and_in_a_notebook_only():
+  import io
+
+  from rftjax import metrics as metrics_lib
+
+  class Tty(io.StringIO):
+    def isatty(self):
+      return True
+
+  kernel_stream = type('OutStream', (io.StringIO,), {'__module__': 'ipykernel.iostream'})  # Jupyter's, Colab's
+  closed = io.StringIO()
+  closed.close()
+  assert [metrics_lib.redraws_in_place(s) for s in (Tty(), kernel_stream(), io.StringIO(), closed, object())] == [
+    True, True, False, False, False,
+  ]  # fmt: skip
+  bar = metrics_lib.Progress(0, 4, stream=Tty())
+  bar.update(1, {'train_reward_mean': 0.5})
+  bar.close()
+  assert not bar.lines and '1/4' in bar.bar.fp.getvalue()
 
 
 def test_a_stop_during_step_0_validation_keeps_it_and_the_resume_does_not_redo_it(tmp_path, in_repo, monkeypatch):
@@ -1417,6 +1469,7 @@ def test_training_twice_in_one_process_leaves_nothing_behind(tmp_path, in_repo, 
   from rftjax import preemption
 
   listeners = list(monitoring._event_duration_secs_listeners)
+  monkeypatch.setattr(metrics, 'redraws_in_place', lambda stream: True)  # a notebook's output: the bar is drawn
   with monkeypatch.context() as m:
     m.setattr(preemption.Watcher, 'requested', lambda self, step: step == 2)
     with pytest.raises(preemption.Preempted) as stopped:  # kept, as a notebook keeps the last traceback
