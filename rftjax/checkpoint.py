@@ -27,9 +27,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pathlib
+import shutil
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -141,6 +143,8 @@ class Checkpointer:
         time.sleep(0.2)
     # step -> metrics dict or None. Filled lazily from disk, kept current by `save`.
     self._metrics_cache: dict[int, dict[str, Any] | None] = {}
+    self._on_commit: list[Callable[[], None]] = []  # of the saves in flight (settle)
+    self._failed: Exception | None = None  # a save's failure, raised by every wait (Orbax raises it once)
 
   # ---- queries -----------------------------------------------------------------------------------------------
 
@@ -196,9 +200,18 @@ class Checkpointer:
   # ---- save / restore ----------------------------------------------------------------------------------------
 
   def save(
-    self, step: int, state: Any, *, extra: dict[str, Any], metrics: dict[str, Any] | None = None, force: bool = False
+    self,
+    step: int,
+    state: Any,
+    *,
+    extra: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    force: bool = False,
+    on_commit: Callable[[], None] | None = None,
   ) -> bool:
     """Starts writing `state`, `extra` (and `metrics`) as checkpoint `step`, then applies the keep policy.
+    `on_commit()` is called once the step is committed, by the first `settle`, `save` or `wait_until_finished` after
+    that, in the caller's thread (never if the save fails).
 
     Returns True if a checkpoint was started, False if `step` already exists (saving the same step twice, e.g.
     the periodic save and the final save of a run, is a no-op; the first one wins, metrics included).
@@ -224,10 +237,26 @@ class Checkpointer:
     metrics = self._clean_metrics(metrics)
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)})
     # force=True: the decision above replaces Orbax's save-interval policy.
+    self.wait_until_finished()  # Orbax's save waits for the save in flight too: here its on_commit is called
     saved = self._manager.save(step, args=args, metrics=metrics, force=True)
     if saved:
       self._metrics_cache[step] = metrics
+      self._on_commit += [on_commit] if on_commit else []
+    self.settle()  # a synchronous save has committed already
     return bool(saved)
+
+  def settle(self) -> None:
+    """Calls the `on_commit` of the saves that have committed, without waiting for one in flight. A failed save
+    drops its own; its error is raised by the next `save` or `wait_until_finished`."""
+    if not self._on_commit or self._manager.is_saving_in_progress():
+      return
+    # Orbax's last save thread, peeked at: its join raises a failure once only, and that is the caller's to see
+    thread = getattr(getattr(self._manager, '_finalize_thread', None), 'get', lambda: None)()
+    if thread is not None and (thread.is_alive() or getattr(thread, 'exception', None) is not None):
+      return
+    calls, self._on_commit = self._on_commit, []
+    for call in calls:
+      call()
 
   def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """Reads checkpoint `step` (None = latest) into the structure, dtypes and shardings of `abstract_state`.
@@ -301,8 +330,16 @@ class Checkpointer:
       raise
 
   def wait_until_finished(self) -> None:
-    """Blocks until the in-flight save (if any) is committed and old checkpoints are deleted."""
-    self._manager.wait_until_finished()
+    """Blocks until the in-flight save (if any) is committed and old checkpoints are deleted, then calls its
+    `on_commit`."""
+    if self._failed is None:
+      try:
+        self._manager.wait_until_finished()
+      except Exception as e:
+        self._failed, self._on_commit = e, []  # not committed: nothing to announce
+    if self._failed is not None:
+      raise self._failed
+    self.settle()
 
   def close(self) -> None:
     """Waits for pending saves, deletes the checkpoints without metrics that a newer one has replaced, and
@@ -312,7 +349,8 @@ class Checkpointer:
       if not self.read_only:
         # Orbax applies the keep policy before a save commits, so an unranked step stays until the save after the
         # next one: at a run's end (its last save, a SIGTERM's step then one more) it would stay for good
-        self._manager.wait_until_finished()
+        self._on_commit = []  # closing: whoever would hear of a commit has gone (the trainer's writer closes first)
+        self.wait_until_finished()
         steps = self.all_steps()
         for step in steps[:-1]:
           if self.metrics(step) is None:
@@ -399,6 +437,53 @@ _REMEDIES = (
 def remedy(reason: str) -> str:
   """'make room' for a full disk, the limit to raise for others; '' when the reason names none."""
   return next((fix for words, fix in _REMEDIES if words in reason), '')
+
+
+def save_failed(ckpt, workdir, e: Exception) -> SaveFailed:
+  """A failed save of `ckpt` (a run's, in `workdir`) as one line: why, what to do, where a rerun resumes."""
+  try:
+    steps = ckpt.all_steps()
+    where = f'checkpoint {steps[-1]} is where a rerun resumes' if steps else 'no checkpoint was kept'
+  except Exception:  # noqa: BLE001  (the folder itself may be what failed: say nothing false)
+    where = 'the last checkpoint committed is where a rerun resumes'
+  reason = failure_reason(e)
+  fix = remedy(reason)
+  return SaveFailed(
+    f'a checkpoint could not be written to {workdir / "checkpoints"}: {reason}; {where} '
+    f'({fix + ", then run" if fix else "run"} the same command again)'
+  )
+
+
+def check_room(ckpt, workdir, step: int, state) -> None:
+  """A local disk without room for one more checkpoint is said before Orbax starts writing (a write that fails
+  part-way logs a page from each of Orbax's threads, and an asynchronous one is found out a step or more later).
+  Old checkpoints are deleted only after the new one commits, so the room must be there first. The size: the last
+  checkpoint's, or the state's in memory when that is more (step 0's zero optimizer moments compress to a third)."""
+  if runfs.is_remote(workdir):
+    return
+  steps = ckpt.all_steps()
+  if step in steps:
+    return
+  size = 0
+  if steps:
+    size = sum(f.stat().st_size for f in pathlib.Path(ckpt.directory / str(steps[-1])).rglob('*') if f.is_file())
+  state_size = sum(getattr(x, 'nbytes', 0) for x in jax.tree.leaves(state))
+  try:
+    free = shutil.disk_usage(ckpt.directory if ckpt.directory.exists() else workdir).free
+  except FileNotFoundError:  # the run folder deleted under the trainer: its metrics went to deleted files meanwhile
+    raise SaveFailed(
+      f'--workdir={workdir} is gone (deleted while the run trained?): checkpoint {step} has nowhere to go'
+    ) from None
+  if free >= 1.05 * max(size, state_size):
+    return
+  took = f'checkpoint {steps[-1]} took {size / 2**20:.0f} MiB' if steps else 'no checkpoint yet'
+  if state_size > size:
+    took += f' and the state to save is {state_size / 2**20:.0f} MiB'
+  where = f'checkpoint {steps[-1]} is where a rerun resumes' if steps else 'no checkpoint was kept yet'
+  raise SaveFailed(
+    f'no room for checkpoint {step} in {ckpt.directory}: {free / 2**20:.0f} MiB free, {took}; {where} (make room, '
+    'then run the same command again)'
+  )
 
 
 def _mismatch(stored: Any, target: Any) -> str | None:

@@ -231,6 +231,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     )
     cleanup.push(_closing_writer(writer))
     cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps, changed))  # events.jsonl: started ...
+    cleanup.push(_settling(ckpt))  # ... and a stop's checkpoint said before the job's last event
     warned.attach(writer)  # and the warnings logged so far
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
     if is_main:  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
@@ -347,6 +348,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
         'timing/step_s': wall,
       }
       writer.write(record)
+      ckpt.settle()  # 'Checkpoint created' for a save committed meanwhile
       if record['nonfinite_update']:  # the step kept the weights it had: they are saved, and the run stops
         save(step + 1, state, data_iter)
         raise Diverged(
@@ -494,16 +496,19 @@ def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | N
   checkpoints marked, and sync the run files with them."""
   t0 = time.perf_counter()
   best = None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']}
-  _check_room(ckpt, run, step, state)
+  checkpoint_lib.check_room(ckpt, run.remote, step, state)
+  # said once the step has committed (the next step's settle, the next save, a stop or the end), as OpenAI's event
+  # means a checkpoint a script can evaluate or export; an asynchronous save that failed never says it
+  created = functools.partial(writer.event, f'Checkpoint created at step {step}',
+                              data={'step': step, 'checkpoint': str(ckpt.directory / str(step))})  # fmt: skip
   try:  # an asynchronous save's failure shows here at the next save, or at the end (_wait)
-    saved = ckpt.save(step, state, extra={'data': data_iter.state(), 'shapes': shapes.state()}, metrics=best)
+    saved = ckpt.save(
+      step, state, extra={'data': data_iter.state(), 'shapes': shapes.state()}, metrics=best, on_commit=created
+    )
   except Exception as e:
-    raise _save_failed(ckpt, run, e) from e
+    raise checkpoint_lib.save_failed(ckpt, run.remote, e) from e
   if saved:  # a step on disk already (a stop right after a resume) is no second timing row for its step
     writer.write({'step': step, 'timing/checkpoint_s': time.perf_counter() - t0})
-    writer.event(
-      f'Checkpoint created at step {step}', data={'step': step, 'checkpoint': str(ckpt.directory / str(step))}
-    )
   if jax.process_index() == 0:
     try:
       plots.write_reward_plot(run.local, kept=ckpt.best_steps())
@@ -512,57 +517,24 @@ def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | N
   run.sync(raise_errors=False)  # so the bucket holds the metrics up to each checkpoint it holds
 
 
-def _save_failed(ckpt, run, e: Exception) -> checkpoint_lib.SaveFailed:
-  try:
-    steps = ckpt.all_steps()
-    where = f'checkpoint {steps[-1]} is where a rerun resumes' if steps else 'no checkpoint was kept'
-  except Exception:  # noqa: BLE001  (the folder itself may be what failed: say nothing false)
-    where = 'the last checkpoint committed is where a rerun resumes'
-  reason = checkpoint_lib.failure_reason(e)
-  fix = checkpoint_lib.remedy(reason)
-  return checkpoint_lib.SaveFailed(
-    f'a checkpoint could not be written to {run.remote / "checkpoints"}: {reason}; {where} '
-    f'({fix + ", then run" if fix else "run"} the same command again)'
-  )
-
-
-def _check_room(ckpt, run, step: int, state) -> None:
-  """A local disk without room for one more checkpoint is said before Orbax starts writing (a write that fails
-  part-way logs a page from each of Orbax's threads, and an asynchronous one is found out a step or more later).
-  Old checkpoints are deleted only after the new one commits, so the room must be there first. The size: the last
-  checkpoint's, or the state's in memory when that is more (step 0's zero optimizer moments compress to a third)."""
-  if runfs.is_remote(run.remote):
-    return
-  steps = ckpt.all_steps()
-  if step in steps:
-    return
-  size = 0
-  if steps:
-    size = sum(f.stat().st_size for f in pathlib.Path(ckpt.directory / str(steps[-1])).rglob('*') if f.is_file())
-  state_size = sum(getattr(x, 'nbytes', 0) for x in jax.tree.leaves(state))
-  try:
-    free = shutil.disk_usage(ckpt.directory if ckpt.directory.exists() else run.remote).free
-  except FileNotFoundError:  # the run folder deleted under the trainer: its metrics went to deleted files meanwhile
-    raise checkpoint_lib.SaveFailed(
-      f'--workdir={run.remote} is gone (deleted while the run trained?): checkpoint {step} has nowhere to go'
-    ) from None
-  if free >= 1.05 * max(size, state_size):
-    return
-  took = f'checkpoint {steps[-1]} took {size / 2**20:.0f} MiB' if steps else 'no checkpoint yet'
-  if state_size > size:
-    took += f' and the state to save is {state_size / 2**20:.0f} MiB'
-  where = f'checkpoint {steps[-1]} is where a rerun resumes' if steps else 'no checkpoint was kept yet'
-  raise checkpoint_lib.SaveFailed(
-    f'no room for checkpoint {step} in {ckpt.directory}: {free / 2**20:.0f} MiB free, {took}; {where} (make room, '
-    'then run the same command again)'
-  )
-
-
 def _wait(ckpt, run) -> None:
   try:
     ckpt.wait_until_finished()
   except Exception as e:
-    raise _save_failed(ckpt, run, e) from e
+    raise checkpoint_lib.save_failed(ckpt, run.remote, e) from e
+
+
+def _settling(ckpt):
+  """On a way out but success (whose _wait has done it), the save in flight is waited for, so that its 'Checkpoint
+  created' event comes before the job's last one; its failure is the checkpointer's close's to raise or log."""
+
+  def settle(exc_type, exc, tb) -> bool:
+    if exc is not None:
+      with contextlib.suppress(Exception):
+        ckpt.wait_until_finished()
+    return False
+
+  return settle
 
 
 def _closing_writer(writer):
@@ -591,7 +563,7 @@ def _closing(ckpt, run):
       ckpt.close()
     except Exception as e:
       if exc is None:
-        raise _save_failed(ckpt, run, e) from e
+        raise checkpoint_lib.save_failed(ckpt, run.remote, e) from e
       log.warning('the checkpoint in flight failed too: %s', checkpoint_lib.failure_reason(e))
     return False
 

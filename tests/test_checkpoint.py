@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +97,40 @@ def test_an_unevaluated_checkpoint_replaced_by_the_last_save_goes_at_close(tmp_p
   with checkpoint.Checkpointer(tmp_path, keep_best=3) as ckpt:  # the latest stays, ranked or not
     ckpt.save(5, _tiny_state(5), extra={})
   assert _step_dirs(tmp_path) == [0, 4, 5]
+
+
+def test_on_commit_is_called_once_the_step_is_on_disk_and_never_for_a_failed_save(tmp_path):
+  """The trainer's 'Checkpoint created' event was written when the asynchronous save began: a script that acted on it
+  found only N.orbax-checkpoint-tmp, and a save that failed next had been said to be created."""
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  release, seen = threading.Event(), []
+  finalize = ckpt._manager._finalize_checkpoint  # the commit, in Orbax's save thread: held here until released
+
+  def held(step):
+    assert release.wait(30)
+    if step == 2:
+      raise OSError(28, 'No space left on device')
+    finalize(step)
+
+  ckpt._manager._finalize_checkpoint = held
+  on_disk = lambda step: lambda: seen.append((step, _step_dirs(tmp_path)))  # noqa: E731
+  ckpt.save(0, _tiny_state(0), extra={}, metrics={'valid_reward_mean': 0.5}, on_commit=on_disk(0))
+  ckpt.settle()  # in flight: nothing to say yet
+  assert seen == []
+  release.set()
+  ckpt.save(1, _tiny_state(1), extra={}, on_commit=on_disk(1))  # waits for step 0 first, then says it
+  assert seen == [(0, [0])]
+  while ckpt._manager.is_saving_in_progress():
+    time.sleep(0.01)
+  ckpt.settle()  # committed meanwhile: said without a wait
+  assert seen == [(0, [0]), (1, [0, 1])]
+  ckpt.save(2, _tiny_state(2), extra={}, on_commit=on_disk(2))
+  for _ in range(2):  # Orbax raises a failure once; every wait after raises it too
+    with pytest.raises(OSError, match='No space left'):
+      ckpt.wait_until_finished()
+  with pytest.raises(OSError, match='No space left'):
+    ckpt.close()
+  assert seen == [(0, [0]), (1, [0, 1])]  # step 2 never said
 
 
 def test_unevaluated_checkpoint_is_never_best(tmp_path, caplog):

@@ -1052,8 +1052,10 @@ def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in
 
   real_wait = checkpoint.Checkpointer.wait_until_finished
 
-  def disk_full(self):
-    raise OSError(28, 'No space left on device')
+  def disk_full(self):  # the last save's (step 1's) write
+    if 1 in self.all_steps():
+      raise OSError(28, 'No space left on device')
+    real_wait(self)
 
   monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
   monkeypatch.setattr(checkpoint.Checkpointer, 'wait_until_finished', disk_full)
@@ -1109,9 +1111,8 @@ def test_a_failed_save_names_what_to_do_by_its_cause(tmp_path):
 
   from rftjax import checkpoint
 
-  run = types.SimpleNamespace(remote=tmp_path)
   kept = types.SimpleNamespace(all_steps=lambda: [3, 6])
-  said = lambda e, ckpt=kept: str(trainer._save_failed(ckpt, run, e))  # noqa: E731
+  said = lambda e, ckpt=kept: str(checkpoint.save_failed(ckpt, tmp_path, e))  # noqa: E731
   where = f'a checkpoint could not be written to {tmp_path / "checkpoints"}: '
   assert said(RuntimeError("can't start new thread")) == (
     f"{where}can't start new thread; checkpoint 6 is where a rerun resumes (raise the limit on processes ('ulimit -u'"
@@ -1163,9 +1164,8 @@ def test_a_run_folder_deleted_under_the_trainer_is_one_line_at_the_next_save(tmp
 
   gone = tmp_path / 'run'
   ckpt = types.SimpleNamespace(all_steps=lambda: [], directory=epath.Path(gone / 'checkpoints'))
-  run = types.SimpleNamespace(remote=gone)
   with pytest.raises(checkpoint.SaveFailed, match=rf'^--workdir={gone} is gone \(deleted while the run trained\?\)'):
-    trainer._check_room(ckpt, run, 4, {'w': np.zeros(3)})
+    checkpoint.check_room(ckpt, gone, 4, {'w': np.zeros(3)})
 
 
 def test_a_librarys_error_on_the_console_is_one_line():
@@ -1307,6 +1307,35 @@ def test_the_bar_is_drawn_on_a_terminal_and_in_a_notebook_only():
   bar.update(1, {'train_reward_mean': 0.5})
   bar.close()
   assert not bar.lines and '1/4' in bar.bar.fp.getvalue()
+
+
+def test_checkpoint_events_come_once_the_step_is_on_disk_and_before_the_jobs_last_event(tmp_path, in_repo, monkeypatch):
+  """'Checkpoint created at step N' was written as the asynchronous save began (only N.orbax-checkpoint-tmp on disk),
+  and a stop's checkpoint was said before it existed."""
+  from rftjax import preemption
+
+  checked = []
+  event = metrics.MetricsWriter.event
+
+  def on_disk(self, message, **kw):
+    if message.startswith('Checkpoint created'):
+      step = kw['data']['step']
+      checked.append((step, (tmp_path / 'run' / 'checkpoints' / str(step)).is_dir()))
+    return event(self, message, **kw)
+
+  monkeypatch.setattr(metrics.MetricsWriter, 'event', on_disk)
+  with monkeypatch.context() as m:
+    m.setattr(preemption.Watcher, 'requested', lambda self, step: step == 3)
+    with pytest.raises(preemption.Preempted):
+      run(tmp_path, 'run', 4, eval_interval=2)
+  messages = [e['message'] for e in metrics.read_jsonl(tmp_path / 'run' / 'events.jsonl') if e['type'] == 'message']
+  said = [x for x in messages if x.startswith(('Checkpoint', 'Job'))]
+  assert said == ['Checkpoint created at step 0', 'Checkpoint created at step 2', 'Checkpoint created at step 3',
+                  'Job stopped at step 3 (preempted); training again in the same workdir resumes there']  # fmt: skip
+  run(tmp_path, 'run', 4, eval_interval=2)  # resumed: its last save is said before the job's end
+  messages = [e['message'] for e in metrics.read_jsonl(tmp_path / 'run' / 'events.jsonl') if e['type'] == 'message']
+  assert messages[-2:] == ['Checkpoint created at step 4', 'The job has successfully completed']
+  assert checked == [(0, True), (2, True), (3, True), (4, True)]
 
 
 def test_a_stop_during_step_0_validation_keeps_it_and_the_resume_does_not_redo_it(tmp_path, in_repo, monkeypatch):
