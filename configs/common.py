@@ -117,9 +117,10 @@ def base() -> ml_collections.ConfigDict:
   c.train_microbatches = 1  # gradient accumulation: rows per step / this must divide by data x fsdp
   c.progress = True
   c.sync_interval_s = 60.0  # gs:// workdir: upload metrics/samples/TensorBoard this often (and at evals, saves, exit)
+  c.devices = ''  # the slice the config was planned for, as `plan --devices` takes it ('v5e-8'); '': none
   hparams.add_openai_fields(c)  # OpenAI-style n_epochs / batch_size / ... (docs/hyperparameters.md)
   guard.add_guard_fields(c)  # collapse alarms: warnings, and with guard.stop=True a clean stop (docs/guard.md)
-  return c
+  return c.lock()  # a field that does not exist is an error where a config sets it (a typo ran on the default)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -277,17 +277,73 @@ _OVERRIDE = re.compile(r'--?config\.([A-Za-z0-9_.]+)(?:=(.*))?$')
 
 
 def _load_config_file(spec: str):
-  """configs/x.py[:arg] -> get_config(arg), for the error message when config_flags fails on it."""
+  """configs/x.py[:arg] -> get_config(arg) (get_config() for a file whose get_config takes no argument), loaded as
+  Python runs a script: `__file__` absolute (HERE = pathlib.Path(__file__).parent names the same files from any
+  folder) and the file's folder first on sys.path (`import helpers` beside it works). Errors name the file's line."""
+  import inspect
+
+  from ml_collections import config_dict
+
   path, _, arg = spec.partition(':')
+  where = f'--config={spec}'
   if not pathlib.Path(path).is_file():
-    raise errors.ConfigError(f'--config={spec}: no such file {path}{runfs.missing_where(path)}{runfs.tilde_hint(path)}')
-  module_spec = importlib.util.spec_from_file_location('rftjax_config_file', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+    raise errors.ConfigError(f'{where}: no such file {path}{runfs.missing_where(path)}{runfs.tilde_hint(path)}')
+  if not path.endswith('.py'):
+    job = ' (an OpenAI job request goes in --openai_job)' if path.endswith(('.json', '.jsonl')) else ''
+    raise errors.ConfigError(f'{where}: expected a Python config file (.py) with get_config(){job}')
+  full = os.path.abspath(path)
+  sys.path.insert(0, os.path.dirname(full))
   try:
-    return module.get_config(arg or None)
+    module_spec = importlib.util.spec_from_file_location('rftjax_config_file', full)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    get = getattr(module, 'get_config', None)
+    if not callable(get):
+      raise errors.ConfigError(f'{where}: {path} defines no get_config(); a config file returns its ConfigDict from '
+                               'get_config(arg=None) (configs/tiny.py is one)')  # fmt: skip
+    takes = bool(inspect.signature(get).parameters)
+    if arg and not takes:
+      raise errors.ConfigError(f'{where}: {path} takes no variant (its get_config has no argument)')
+    config = get(arg or None) if takes else get()
   except errors.VariantError as e:  # configs/common's refusal names no file: the one given here
-    raise errors.ConfigError(f'--config={spec}: {e}') from None
+    raise errors.ConfigError(f'{where}: {e}') from None
+  except (errors.UserError, SyntaxError):  # a SyntaxError says its file and line itself
+    raise
+  except Exception as e:  # noqa: BLE001  the config file's own error, at its line
+    raise errors.ConfigError(f'{where}: {_at_line(e, full)}') from None
+  finally:
+    sys.path.remove(os.path.dirname(full))
+  if not isinstance(config, config_dict.ConfigDict):
+    raise errors.ConfigError(f'{where}: get_config() returned {type(config).__name__}; expected the ConfigDict of '
+                             'configs.common.base() with your changes (configs/tiny.py is one)')  # fmt: skip
+  return config
+
+
+def _at_line(e: Exception, file: str) -> str:
+  """A config file's error as '<line N (its source)>: what is wrong', the innermost line of that file that raised
+  it; ml_collections' messages for a field that does not exist or a value of another type said plainly."""
+  import linecache
+  import traceback
+
+  frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == file]
+  at = (
+    f'line {frames[-1].lineno} ({(frames[-1].line or linecache.getline(file, frames[-1].lineno)).strip()}): '
+    if frames
+    else ''
+  )
+  text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+  if isinstance(e, (AttributeError, KeyError)) and isinstance(e.args[0] if e.args else None, KeyError):
+    text = e.args[0].args[0]  # ml_collections' AttributeError wraps its KeyError
+  missing = re.match(r'Key "(\w+)" does not exist and cannot be added since the config is locked', text)
+  if missing:
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    return f'{at}no such config field {missing.group(1)!r}' + (f'; did you mean {hint.group(1)!r}?' if hint else '')
+  typed = re.match(r"Could not override field '(\w+)'.*original type <class '(\w+)'> and cannot be casted to type "
+                   r"<class '(\w+)'>", text)  # fmt: skip
+  if typed:
+    field, found, wanted = typed.groups()
+    return f'{at}config field {field!r} holds a {wanted}; found a {found}'
+  return f'{at}{type(e).__name__}: {text}'
 
 
 def _check_key(config, dotted: str) -> None:
@@ -324,11 +380,21 @@ def parse_config_flags(
   from absl import flags
   from ml_collections import config_flags
 
-  argv = list(argv)
+  argv = joined_config_arg(argv)
+  specs = [a.split('=', 1)[1] for a in argv[1:] if re.match(r'--?config=', a)]
+  rest = [a for a in argv if not re.match(r'--?config=', a)]  # the file is loaded here, once; overrides stay
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file(
-    'config', None, 'Run config: configs/*.py[:variant].', flag_values=fv, lock_config=True, sys_argv=argv
-  )
+  help_ = 'Run config: configs/*.py[:variant].'
+  config = None
+  if specs and not any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
+    config = _load_config_file(specs[-1])  # the last one given, as absl takes it
+    for key in override_keys(argv):  # unknown keys first: config_flags would end in a chained traceback
+      _check_key(config, key)
+    config_flags.DEFINE_config_dict('config', config, help_, flag_values=fv, lock_config=True, sys_argv=rest)
+  else:
+    if override_keys(argv) and not specs:
+      raise errors.ConfigError(f'--config.{override_keys(argv)[0]}: no --config=FILE to set it in; give one')
+    flags.DEFINE_string('config', None, help_, flag_values=fv)
   flags.DEFINE_integer(
     'verbosity', 0, "0: rftjax lines and warnings; 1: the libraries' INFO lines too; 2: debug", flag_values=fv
   )
@@ -337,22 +403,13 @@ def parse_config_flags(
   if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
     print(f'{doc.strip()}\n\nflags:\n{fv.get_help()}')
     raise SystemExit(0)
-  config_args = [a for a in argv[1:] if re.match(r'--?config=', a)]
-  if config_args:  # unknown keys first: config_flags would end in a chained traceback
-    try:
-      config = _load_config_file(config_args[-1].split('=', 1)[1])
-    except errors.UserError:
-      raise
-    except Exception as e:  # noqa: BLE001  the config file's own error is the message
-      raise errors.ConfigError(f'{config_args[-1]}: {type(e).__name__}: {e}') from None
-    for key in override_keys(argv):
-      _check_key(config, key)
+  argv = rest
   try:
     fv(argv)
   except flags.Error as e:
     cause = e.__cause__ or e.__context__
     m = re.match(r'flag --config\.([\w.]+)=(.*?): ', str(e))
-    if m and config_args and isinstance(cause, ValueError):  # a value its field's type cannot take
+    if m and config is not None and isinstance(cause, ValueError):  # a value its field's type cannot take
       raise errors.ConfigError(
         f'config.{m.group(1)}: expected {_kind(config, m.group(1))}, found {m.group(2)!r}'
       ) from None
@@ -377,10 +434,19 @@ def define_openai_job(fv) -> None:
   )
 
 
+def joined_config_arg(argv: Sequence[str]) -> list[str]:
+  """argv with `--config FILE` (a form absl takes) as `--config=FILE`, the one form the checks know."""
+  argv = list(argv)
+  for k in range(len(argv) - 2, 0, -1):
+    if argv[k] in ('--config', '-config') and not argv[k + 1].startswith('-'):
+      argv[k : k + 2] = [f'--config={argv[k + 1]}']
+  return argv
+
+
 def openai_job_argv(argv: Sequence[str]):
   """(the --openai_job file read and checked, or None; argv with the --config its model names when none is given).
   Apply the job with `openai_job.apply(config, job, override_keys(argv))` once the flags are parsed."""
-  argv = list(argv)
+  argv = joined_config_arg(argv)
   path = None
   for k, arg in enumerate(argv[1:], 1):
     if arg.startswith('--openai_job='):

@@ -161,6 +161,8 @@ def load_jsonl(path: str | pathlib.Path, key: str = '') -> list[Example]:
   """Examples from a local JSONL file or a gs:// one. `key`: the config key or flag that named it, for the
   message when there is no such file."""
   given, path = path, epath.Path(path)
+  if not str(given).strip():  # epath would read '' as the current folder
+    raise DataError(f'{key or "the data file"}: expected the path of a JSONL file, found {given!r}')
   if not path.is_file():
     what = 'a folder, not a file' if path.is_dir() else f'no such file{runfs.missing_where(given)}'
     raise DataError(f'{path}: {what}' + (f' ({key})' if key else '') + ('; expected a JSONL file' * path.is_dir())

@@ -72,7 +72,9 @@ def read_json_file(path, error: type[UserError], label: str | None = None):
   except OSError as e:
     from rftjax import runfs
 
-    raise error(f'{label}: cannot read it ({e.strerror or e}){runfs.tilde_hint(path)}') from None
+    missing = isinstance(e, FileNotFoundError)
+    why = f'no such file{runfs.missing_where(path)}' if missing else f'cannot read it ({e.strerror or e})'
+    raise error(f'{label}: {why}{runfs.tilde_hint(path)}') from None
   try:  # a byte-order mark (Windows editors write one) is no part of the JSON, as in data files
     text = raw.decode('utf-8-sig')
   except UnicodeDecodeError as e:

@@ -534,7 +534,7 @@ def main(argv: Sequence[str]) -> int:
       config = openai_job.apply(config, job, cli.override_keys(argv_))
     devices = fv.devices or config.get('devices')
     if not devices:
-      raise errors.ConfigError('--devices is required (the config has no `devices` field): e.g. --devices=v5p-32')
+      raise errors.ConfigError("--devices is required (the config's `devices` is empty): e.g. --devices=v5p-32")
     hw = parse_devices(devices)
     if not 0 <= fv.headroom < 1:
       raise errors.ConfigError(f'--headroom={fv.headroom}: expected a fraction of HBM kept free, in [0, 1)')

@@ -2,9 +2,11 @@
 loads and before anything is written to the workdir (no config.json, no compile cache, no checkpoint)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -67,6 +69,13 @@ BAD = [
     f'error: data/nope.jsonl: no such file in {REPO} (config.data.train)',
   ),
   ([TINY, '--config.data.train=data'], 'error: data: a folder, not a file (config.data.train); expected a JSONL file'),
+  ([TINY, '--config.data.train='], "error: config.data.train: expected the path of a JSONL file, found ''"),
+  (['--config', 'configs/tiny.py', '--config.sampling.temprature=0.5'], 'did you mean config.sampling.temperature?'),
+  (['--config.total_steps=3'], 'error: --config.total_steps: no --config=FILE to set it in; give one'),
+  (
+    ['--config=data/tiny/train.jsonl'],
+    'error: --config=data/tiny/train.jsonl: expected a Python config file (.py) with get_config() (an OpenAI job',
+  ),
   ([TINY, '--config.batch_size=abc'], "config.batch_size: expected an integer, found 'abc'"),
   ([TINY, '--config.grpo.beta=lots'], "config.grpo.beta: expected a number, found 'lots'"),
   ([TINY, '--config.model=tinyy'], 'config.model: expected one of'),
@@ -160,6 +169,68 @@ def test_an_unknown_variant_names_the_config_file_given(tmp_path, monkeypatch, c
   layouts.write_text((REPO / 'configs' / 'lora_one_vm.py').read_text())
   assert train.main(['rftjax.train', f'--workdir={tmp_path / "run"}', f'--config={layouts}:bogus']) == 2
   assert capsys.readouterr().err.startswith(f"error: --config={layouts}:bogus: unknown layout 'bogus'; expected the ")
+
+
+USER_CONFIGS = [
+  # a field that does not exist, set in the file: it ran on the default, the misspelt key beside it in config.json
+  ('c = tiny.get_config()\n  c.sampling.temprature = 0.5',
+   "line 6 (c.sampling.temprature = 0.5): no such config field 'temprature'; did you mean 'temperature'?"),
+  ("c = tiny.get_config()\n  c.grpo.beta = '0.04'", "line 6 (c.grpo.beta = '0.04'): config field 'beta' holds a "
+                                                     'float; found a str'),
+  ('c = tiny.get_config()\n  c.total_steps = 1 / 0', 'line 6 (c.total_steps = 1 / 0): ZeroDivisionError: division by '
+                                                      'zero'),
+  ("return {'model': 'tiny'}", 'get_config() returned dict; expected the ConfigDict of configs.common.base() with'),
+  ('return None', 'get_config() returned NoneType; expected'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize('body, message', USER_CONFIGS)
+def test_a_users_config_file_error_is_one_line_at_its_line(body, message, tmp_path, monkeypatch, capsys,
+                                                          no_model_loads):  # fmt: skip
+  monkeypatch.chdir(REPO)
+  mine = tmp_path / 'my_config.py'
+  mine.write_text(f'from configs import tiny\n\n\ndef get_config(arg=None):\n  {body}\n  return c\n')
+  assert train.main(['rftjax.train', f'--workdir={tmp_path / "run"}', f'--config={mine}']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: --config={mine}: {message}') and err.count('\n') == 1, err
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_config_file_runs_as_a_script_from_any_folder(tmp_path, monkeypatch, capsys):
+  """The README's HERE = pathlib.Path(__file__).parent gave relative paths when --config was relative (a run that
+  then worked from its own folder only), a helper module beside the config imported only from that folder, and
+  the file ran twice (config_flags loaded it again)."""
+  project = tmp_path / 'project'
+  project.mkdir()
+  (project / 'helpers.py').write_text('STEPS = 7\n')
+  (project / 'my_config.py').write_text(
+    textwrap.dedent("""\
+      import pathlib
+
+      import helpers
+      from configs import tiny
+
+      HERE = pathlib.Path(__file__).parent
+
+
+      def get_config():
+        c = tiny.get_config()
+        c.data.train = str(HERE / 'train.jsonl')
+        c.total_steps = helpers.STEPS
+        print('loaded')
+        return c
+    """)
+  )
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  monkeypatch.chdir(elsewhere)
+  monkeypatch.syspath_prepend(str(REPO))
+  fv = cli.parse_config_flags(['x', '--config', '../project/my_config.py', '--config.batch_size=4'])
+  assert fv.config.data.train == str(project / 'train.jsonl') and fv.config.total_steps == 7
+  assert fv.config.batch_size == 4 and capsys.readouterr().out == 'loaded\n'
+  assert str(project) not in sys.path  # only while it loads
+  with pytest.raises(AttributeError):  # locked: a later typo in code is no new field either
+    fv.config.sampling.temprature = 0.5
 
 
 def test_existing_workdir_is_left_as_it_was(tmp_path, monkeypatch, capsys, no_model_loads):
@@ -281,8 +352,12 @@ def test_json_files_name_the_file_and_the_line(tmp_path):
   bad.write_text('{"a": 1,\n "b": }')
   with pytest.raises(errors.ConfigError, match=r"^config.x='.*bad.json': not valid JSON \(line 2, column 7: "):
     errors.read_json_file(bad, errors.ConfigError, f'config.x={str(bad)!r}')
-  with pytest.raises(errors.ConfigError, match=r'missing.json: cannot read it \(No such file'):
+  with pytest.raises(errors.ConfigError, match=r'missing.json: no such file$'):  # an absolute path
     errors.read_json_file(tmp_path / 'missing.json', errors.ConfigError)
+  with pytest.raises(errors.ConfigError, match=f'^g/nope.json: no such file in {os.getcwd()}$'):  # where it looked
+    errors.read_json_file('g/nope.json', errors.ConfigError)
+  with pytest.raises(errors.ConfigError, match=r'^.*: cannot read it \(Is a directory\)$'):
+    errors.read_json_file(tmp_path, errors.ConfigError)
   bad.write_text('[1, 2]')
   assert errors.read_json_file(bad, errors.ConfigError) == [1, 2]
 
