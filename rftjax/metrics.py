@@ -2,7 +2,8 @@
 fine-tuning job events), TensorBoard event files, a progress bar.
 
 On resume, lines for steps after the checkpoint are dropped first: they belong to work the resumed run redoes,
-so the file never holds two different values for one step.
+so the file never holds two different values for one step. A file with nothing to drop is appended to as it is (a
+reader following it reads on).
 
 `events.jsonl` holds one `fine_tuning.job.event` per line, shaped like the events OpenAI's fine-tuning API lists
 for a job, so scripts written against `client.fine_tuning.jobs.list_events` read a local run too: a "metrics" event
@@ -247,11 +248,14 @@ class MetricsWriter:
       return
     resumed = resume_step is not None
     kept = [r for r in read_jsonl(self.path, True, stepped=True) if r['step'] <= resume_step] if resumed else []
-    _rewrite(self.path, kept)
+    _keep(self.path, kept)
     raw = self.events_path.read_bytes().decode('utf-8', 'replace') if resumed and self.events_path.exists() else ''
     events = read_jsonl(self.events_path, set_aside=True) if resumed else []
     kept_events = [e for e in events if event_step(e) <= resume_step]
-    _rewrite(self.events_path, kept_events)
+    _keep(self.events_path, kept_events)
+    for redone in (pathlib.Path(workdir) / 'samples').glob('valid_step*.jsonl'):  # as their metrics lines go
+      if redone.stem[10:].isdigit() and int(redone.stem[10:]) > (resume_step if resumed else -1):
+        redone.unlink(missing_ok=True)
     # ids go on from the highest ever written, dropped ones and a torn line's included: a reader that saw an event
     # never sees its id again on another one
     self.run_id = run_id(kept_events) or uuid.uuid4().hex[:20]
@@ -266,7 +270,9 @@ class MetricsWriter:
       # A queue of 1000 events, not 10: a put never waits on a writer thread that is failing (`_tb_writing`)
       self._tb = tensorboardX.SummaryWriter(
         str(pathlib.Path(workdir) / 'tensorboard'),
-        purge_step=resume_step + 1 if resumed else None,
+        # TensorBoard drops the points of earlier event files from this step on: a resume's redone steps, and all
+        # of a run started over (killed during its first save) whose step 0 showed twice
+        purge_step=resume_step + 1 if resumed else 0,
         flush_secs=10,
         max_queue=1000,
       )
@@ -348,7 +354,8 @@ class WarningEvents(logging.Handler):
   event too: a run read later, by `report` or a script, shows what the console said once and scrolled away (gradings
   that failed, completions all cut off, the resumed run's changed settings). Records logged before the run's writer
   exists wait for `attach` (the first 50). Records from any thread are written (the grading pool's thread runs the
-  graders); `extra={'event': False}` leaves one out (it has an event of its own)."""
+  graders); `extra={'event': False}` leaves one out (it has an event of its own), `extra={'step': N}` gives its
+  step (else the last record's)."""
 
   def __init__(self, logger: logging.Logger):
     super().__init__(logging.WARNING)
@@ -376,7 +383,8 @@ class WarningEvents(logging.Handler):
     level = 'error' if record.levelno >= logging.ERROR else 'warn'
     self._writing.now = True
     try:
-      self.writer.event(record.getMessage()[:4000], level=level)
+      step = getattr(record, 'step', None)  # extra={'step': N}: a warning about a step not yet written
+      self.writer.event(record.getMessage()[:4000], level=level, data=None if step is None else {'step': step})
     except (OSError, ValueError):  # a full disk, a closed file: the console has the line
       pass
     finally:
@@ -390,6 +398,16 @@ def _append(file, line: str) -> None:
     file.flush()
   except OSError as e:
     raise errors.named(e, file.name) from None
+
+
+def _keep(path: pathlib.Path, records: list[dict]) -> None:
+  """`path` holding exactly `records` (its own, read from it): left as it is when it holds them already, so a reader
+  following it (`tail -f`, a dashboard) reads on after a resume; else replaced atomically."""
+  text = path.read_bytes() if path.exists() else None
+  whole = text is not None and (not text or text.endswith(b'\n'))
+  if whole and sum(1 for line in text.splitlines() if line.strip()) == len(records):
+    return
+  _rewrite(path, records)
 
 
 def _rewrite(path: pathlib.Path, records: list[dict]) -> None:

@@ -467,6 +467,7 @@ class Rollouts:
         break
       if stop is not None and attempt < cfg.max_resample_rounds and stop():
         raise RolloutStopped(f'step {step + 1}: stopped after {attempt + 1} dynamic-sampling draws')
+    at = {'step': step + 1}  # the warnings' events.jsonl step: the one they name, whose record is not written yet
     if not cfg.dynamic_sampling:
       rolled = parts[0]
     elif n_signal < cfg.prompts * g:  # this host's share; the masked groups train nothing (metrics: zero_std_*)
@@ -474,6 +475,7 @@ class Rollouts:
         'step %d: dynamic sampling found %d of %d groups with reward variance after %d draws '
         '(grpo.max_resample_rounds=%d); the other %d train nothing this step',
         step + 1, n_signal // g, cfg.prompts, len(parts), cfg.max_resample_rounds, cfg.prompts - n_signal // g,
+        extra=at,
       )  # fmt: skip
     results = [x for p in parts for x in p.results]
     if cfg.mask_truncated and not self.truncation_said and rolled.truncated.all():
@@ -482,7 +484,7 @@ class Rollouts:
         'step %d: every completion reached sampling.max_new_tokens=%d without a stop token, and grpo.mask_truncated '
         'masks such completions out of the loss: the step trains nothing; raise sampling.max_new_tokens (said once; '
         'truncated_frac in metrics.jsonl counts them at every step)',
-        step + 1, cfg.max_new_tokens,
+        step + 1, cfg.max_new_tokens, extra=at,
       )  # fmt: skip
     if not self.failures_said and any(x.errors for x in results):
       self.failures_said = True
@@ -491,11 +493,13 @@ class Rollouts:
         'them at every step)',
         step + 1,  # the step this rollout trains, as metrics.jsonl numbers it
         graders.failure_line(results, cfg.max_error_share, self.grader),
+        extra=at,
       )
     missed = None if self.format_said else response_format.none_matched(results, f'step {step + 1}')
     if missed:
       self.format_said = True
-      log.warning('%s (said once: train/response_format_valid in metrics.jsonl is the share at every step)', missed)
+      log.warning('%s (said once: train/response_format_valid in metrics.jsonl is the share at every step)', missed,
+                  extra=at)  # fmt: skip
     stats = {**rollout_metrics(rolled, g, tools=self.sampler.tools, gdpo_weights=cfg.gdpo_weights),
              'sampling_rounds': len(parts)}  # fmt: skip
     batch = make_batch(rolled, cfg, self.mesh, self.shapes)

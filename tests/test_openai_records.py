@@ -463,11 +463,46 @@ def test_warnings_from_any_thread_become_events_once_each(tmp_path):
     elsewhere('from the pool')
     logger.error('broken')
     logger.warning('said by its own event', extra={'event': False})
+    logger.warning('step 2: every completion was cut off', extra={'step': 2})  # before step 2's record exists
     w.close()
   logger.warning('after the run')
   events = [json.loads(line) for line in (tmp_path / 'events.jsonl').read_text().splitlines()]
   assert [(e['level'], e['message']) for e in events] == [
     ('warn', 'before the writer, from the pool'), ('warn', 'before the writer'), ('warn', 'from the pool'),
-    ('error', 'broken'),
+    ('error', 'broken'), ('warn', 'step 2: every completion was cut off'),
   ]  # fmt: skip
-  assert len({e['id'] for e in events}) == 4
+  assert len({e['id'] for e in events}) == 5
+  assert [e['data']['step'] for e in events] == [0, 0, 0, 0, 2]  # a resume from step 1 drops the last
+
+
+def test_a_resume_that_drops_nothing_appends_to_the_files_a_reader_follows(tmp_path):
+  """Each resume replaced metrics.jsonl and events.jsonl with new files: `tail -f` went silent after a preemption,
+  `tail -F` printed the whole run again, and validation samples of the dropped steps stayed behind."""
+  write_run(tmp_path, last_step=3, finish=False)
+  samples = tmp_path / 'samples'
+  samples.mkdir()
+  for step in (0, 2, 3):
+    (samples / f'valid_step{step:06d}.jsonl').write_text('{}\n')
+  inodes = lambda: [(tmp_path / f).stat().st_ino for f in ('metrics.jsonl', 'events.jsonl')]  # noqa: E731
+  before = inodes()
+  metrics.MetricsWriter(tmp_path, resume_step=3, tensorboard=False).close()  # a SIGTERM's checkpoint: the last step
+  assert inodes() == before and sorted(p.name for p in samples.iterdir())[-1] == 'valid_step000003.jsonl'
+  metrics.MetricsWriter(tmp_path, resume_step=2, tensorboard=False).close()  # a crash: step 3 is redone
+  assert inodes() != before
+  assert [r['step'] for r in metrics.read_jsonl(tmp_path / 'metrics.jsonl')][-1] == 2
+  assert sorted(p.name for p in samples.iterdir()) == ['valid_step000000.jsonl', 'valid_step000002.jsonl']
+
+
+def test_a_run_started_over_shows_each_step_once_in_tensorboard(tmp_path):
+  """Killed during its first checkpoint's save, a run starts over: TensorBoard showed step 0 twice, the old event
+  file's and the new one's."""
+  from tensorboard.backend.event_processing import event_accumulator
+
+  for reward in (0.25, 0.5):
+    time.sleep(1.0)  # event files are named by the second: the second writer's is another file
+    w = metrics.MetricsWriter(tmp_path)
+    w.write({'step': 0, 'valid_reward_mean': reward})
+    w.close()
+  acc = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'))
+  acc.Reload()
+  assert [(e.step, e.value) for e in acc.Scalars('valid_reward_mean')] == [(0, 0.5)]
