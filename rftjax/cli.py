@@ -313,10 +313,48 @@ def _load_config_file(spec: str):
     raise errors.ConfigError(f'{where}: {_at_line(e, full)}') from None
   finally:
     sys.path.remove(os.path.dirname(full))
+  expected = 'expected the ConfigDict of configs.common.base() with your changes (configs/tiny.py is one)'
   if not isinstance(config, config_dict.ConfigDict):
-    raise errors.ConfigError(f'{where}: get_config() returned {type(config).__name__}; expected the ConfigDict of '
-                             'configs.common.base() with your changes (configs/tiny.py is one)')  # fmt: skip
+    raise errors.ConfigError(f'{where}: get_config() returned {type(config).__name__}; {expected}')
+  missing = [k for k in _fields(_base()) if not _has(config, k)]
+  if missing:
+    lacks = ', '.join(f'config.{k}' for k in missing[:3]) + (
+      f' and {len(missing) - 3} more' if len(missing) > 3 else ''
+    )
+    raise errors.ConfigError(f'{where}: get_config() returned a ConfigDict without {lacks}; {expected}')
   return config
+
+
+def _base():
+  """configs.common.base(): the one a config imported, else this checkout's (a configs/ package of one's own may
+  hide it from import)."""
+  common = sys.modules.get('configs.common')
+  if common is None:
+    path = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'common.py'
+    module_spec = importlib.util.spec_from_file_location('rftjax_configs_common', path)
+    common = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(common)
+  return common.base()
+
+
+def _fields(config, prefix: str = '') -> list[str]:
+  """The dotted names of a ConfigDict's fields, down to values that are no ConfigDict."""
+  from ml_collections import config_dict
+
+  out = []
+  for k in config.keys():
+    v = config[k]
+    out += _fields(v, f'{prefix}{k}.') if isinstance(v, config_dict.ConfigDict) else [f'{prefix}{k}']
+  return out
+
+
+def _has(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split('.'):
+    if not hasattr(node, 'keys') or part not in node.keys():
+      return False
+    node = node[part]
+  return True
 
 
 def _at_line(e: Exception, file: str) -> str:

@@ -181,6 +181,8 @@ USER_CONFIGS = [
                                                       'zero'),
   ("return {'model': 'tiny'}", 'get_config() returned dict; expected the ConfigDict of configs.common.base() with'),
   ('return None', 'get_config() returned NoneType; expected'),
+  ("c = ml_collections.ConfigDict({'model': 'tiny', 'data': {'train': 'x.jsonl'}})",
+   'get_config() returned a ConfigDict without config.batch_size, config.chat_template, config.checkpoint.async_save '),
 ]  # fmt: skip
 
 
@@ -189,7 +191,9 @@ def test_a_users_config_file_error_is_one_line_at_its_line(body, message, tmp_pa
                                                           no_model_loads):  # fmt: skip
   monkeypatch.chdir(REPO)
   mine = tmp_path / 'my_config.py'
-  mine.write_text(f'from configs import tiny\n\n\ndef get_config(arg=None):\n  {body}\n  return c\n')
+  mine.write_text(
+    f'import ml_collections\nfrom configs import tiny\n\ndef get_config(arg=None):\n  {body}\n  return c\n'
+  )
   assert train.main(['rftjax.train', f'--workdir={tmp_path / "run"}', f'--config={mine}']) == 2
   err = capsys.readouterr().err
   assert err.startswith(f'error: --config={mine}: {message}') and err.count('\n') == 1, err
