@@ -144,7 +144,7 @@ def openai_metrics(record: dict, *, total_steps: int | None = None, grader: Any 
   split = 'train' if record.get('train_reward_mean') is not None else 'valid'
   if record.get(f'{split}_reward_mean') is None:
     return None
-  used = {'step', f'{split}_reward_mean'}
+  used = {'step', 'time', f'{split}_reward_mean'}  # an event has its own time (created_at)
   name, kind, subs = _grader_names(grader)
   top = {'name': name or 'grader', **({'type': kind} if kind else {})}
   reward = record[f'{split}_reward_mean']
@@ -281,6 +281,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     self._step = int(record['step'])
+    record = {**record, 'time': record.get('time', round(time.time(), 3))}  # when written: Unix seconds, UTC
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     _append(self._file, json.dumps(clean) + '\n')
     data = openai_metrics(record, total_steps=self.total_steps, grader=self.grader)
@@ -291,7 +292,12 @@ class MetricsWriter:
       for key, value in record.items():
         # NaN (no token to average: every row masked) is left out, as metrics.jsonl writes null: tensorboardX
         # would print a warning per value
-        if key != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if (
+          key not in ('step', 'time')
+          and isinstance(value, (int, float))
+          and not isinstance(value, bool)
+          and math.isfinite(value)
+        ):
           if not self._tb_writing(step):
             return
           self._tb.add_scalar(key, value, step)

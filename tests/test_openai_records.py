@@ -409,9 +409,12 @@ def test_tensorboard_leaves_out_what_metrics_jsonl_writes_as_null(tmp_path):
   w = metrics.MetricsWriter(tmp_path, tensorboard=False, total_steps=TOTAL, grader=GRADER)
   scalars = []
   w._tb = types.SimpleNamespace(add_scalar=lambda k, v, step: scalars.append((k, v, step)), flush=lambda: None)
+  before = time.time()
   w.write({'step': 1, 'loss': 0.0, 'kl': float('nan'), 'entropy': float('inf')})
-  assert scalars == [('loss', 0.0, 1)]
-  assert json.loads((tmp_path / 'metrics.jsonl').read_text()) == {'step': 1, 'loss': 0.0, 'kl': None, 'entropy': None}
+  assert scalars == [('loss', 0.0, 1)]  # the line's time is no scalar either
+  line = json.loads((tmp_path / 'metrics.jsonl').read_text())
+  assert before - 0.01 <= line.pop('time') <= time.time()  # every line says when it was written (a dashboard's axis)
+  assert line == {'step': 1, 'loss': 0.0, 'kl': None, 'entropy': None}
 
 
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnhandledThreadExceptionWarning')  # the thread's own death
