@@ -119,7 +119,7 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   data = config.get('data') or {}
   out['source'] = {
     'model': config.get('model'),
-    'init': config.get('init') or '(random)',
+    'init': config.get('init') or None,  # None: random init (the table says so)
     'tokenizer': config.get('tokenizer') or config.get('init'),
     'train_data': data.get('train'),
     'valid_data': data.get('valid'),
@@ -312,7 +312,7 @@ def table(s: dict) -> str:
   if 'truncated' in s:
     rows.append(('cut off', _share_text(s['truncated'], 'ran to sampling.max_new_tokens without stopping')))
   for k, v in s['source'].items():
-    rows.append((k.replace('_', ' '), _fmt(v)))
+    rows.append((k.replace('_', ' '), '(random)' if k == 'init' and v is None else _fmt(v)))
   total = s['timing_total_s'] or 1.0
   for k, v in s['timing_s'].items():
     rows.append((f'time {k[:-2]}', f'{v:.1f} s ({100 * v / total:.0f}%)'))

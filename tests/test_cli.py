@@ -526,11 +526,13 @@ def test_report_matches_the_checkpointer(run_dir, in_repo, capsys):
   assert (s['steps_done'], s['total_steps']) == (3, 3)
   assert s['valid_reward_first_step'] == 0 and s['valid_reward_last_step'] == 3
   assert s['source']['grader'] == 'string_check' and s['source']['model'] == 'tiny'
+  assert s['source']['init'] is None  # a random init: null in --json (it was the display text '(random)')
   assert {'sampling_s', 'grading_s', 'training_s', 'eval_s'} <= set(s['timing_s'])
   assert s['status'] == 'succeeded' and 'grading_errors' not in s
   assert report.main([f'--workdir={run_dir}']) == 0
   out = capsys.readouterr().out
   assert 'best step' in out and 'status      ' in out and 'failed gradings' not in out
+  assert re.search(r'^init +\(random\)$', out, re.M)
   assert report.main([f'--workdir={run_dir / "nope"}']) == 2
   assert 'nope' in capsys.readouterr().err
 
