@@ -70,7 +70,8 @@ def summarize(rewards: np.ndarray, results_flat, threshold: float) -> dict:
     'num_prompts': int(p),
     'samples_per_prompt': int(k),
     'reward_mean': float(counted.mean()) if counted.size else 0.0,
-    'reward_std': float(counted.std()) if counted.size else 0.0,
+    'reward_std': float(counted.std()) if counted.size else 0.0,  # of one sample: no measure of the mean's error
+    'reward_stderr': graders.reward_stderr(results_flat, k),  # the mean's, over prompts
   }
   for j in ks_to_report(k):
     out[f'pass@{j}'] = float(np.mean([pass_at_k(k, int(c), j) for c in passed]))

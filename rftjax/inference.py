@@ -279,6 +279,9 @@ class Validation:
       **episodes.metrics([c.get('transcript') for c, _ in rows], 'valid/', self.sampler.tools),
       'valid_completion_len_mean': sum(len(c['tokens']) for c, _ in rows) / max(len(rows), 1),
       'valid_truncated_frac': sum(c['truncated'] for c, _ in rows) / max(len(rows), 1),  # ran to max_new_tokens
+      # over prompts (report's ± and ties): null with fewer than 2
+      'valid_reward_stderr': graders.reward_stderr(results, _group(self.sampler)),
+      'valid/num_prompts': len(rows) // _group(self.sampler),
       'timing/eval_s': time.perf_counter() - t0,
     }
     samples = pathlib.Path('samples') / f'valid_step{step:06d}.jsonl'

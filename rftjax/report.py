@@ -74,6 +74,7 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   valid = [r for r in records if r.get('valid_reward_mean') is not None]
   valid_by_step = {int(r['step']): float(r['valid_reward_mean']) for r in valid}
   graded_by_step = {int(r['step']): metrics_lib.num_verdicts(r) for r in valid}
+  stderr_by_step = {int(r['step']): (r.get('valid_reward_stderr'), r.get('valid/num_prompts')) for r in valid}
 
   out: dict[str, Any] = {'workdir': str(workdir)}
   out['steps_logged'] = max((int(r['step']) for r in train), default=0)
@@ -99,8 +100,11 @@ def summarize(workdir: str | pathlib.Path) -> dict:
     best_reward, best_source = valid_by_step[best_step], 'metrics.jsonl'
   out.update(best_step=best_step, best_valid_reward=best_reward, best_from=best_source)
   graded = graded_by_step.get(best_step)
-  if best_reward is not None and graded:  # a mean of rewards in [0, 1] varies by at most p(1 - p) per answer
-    p = min(max(best_reward, 0.0), 1.0)
+  stderr, prompts = stderr_by_step.get(best_step, (None, None))
+  if best_reward is not None and graded and stderr is not None and prompts:  # over prompts, as the run measured it
+    out.update(best_valid_graded=int(graded), best_valid_prompts=int(prompts), best_valid_stderr=float(stderr))
+  elif best_reward is not None and graded:  # an older run's: a mean of rewards in [0, 1] varies by at most p(1 - p)
+    p = min(max(best_reward, 0.0), 1.0)  # per answer (each answer counted as independent)
     out.update(best_valid_graded=int(graded), best_valid_stderr=math.sqrt(p * (1 - p) / graded))
   out['checkpoint_valid_rewards'] = kept_rewards
   if valid_by_step:
@@ -258,7 +262,9 @@ def _noise(s: dict) -> str:
   close = [step for step, r in (s.get('checkpoint_valid_rewards') or {}).items()
            if step != s['best_step'] and r is not None and best - r <= se]  # fmt: skip
   tie = f'; step{"s" * (len(close) > 1)} {", ".join(map(str, close))} within one standard error' if close else ''
-  return f' ± {se:.3f} over {s["best_valid_graded"]} graded{tie}'
+  prompts, graded = s.get('best_valid_prompts'), s['best_valid_graded']
+  over = f'{prompts} prompts' + (f' x {graded // prompts} samples' if prompts and graded > prompts else '')
+  return f' ± {se:.3f} over {over if prompts else f"{graded} graded"}{tie}'
 
 
 def _unsaved(s: dict) -> str:

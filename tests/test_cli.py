@@ -97,6 +97,8 @@ def test_summary_pass_at_k_small_case():
   assert s['pass@4'] == pytest.approx(2 / 3)
   assert s['reward_mean'] == pytest.approx(3.5 / 12)
   assert s['eval_reward_mean'] == pytest.approx(3.5 / 12)
+  # the mean's error over the 3 prompts (means 1/4, 1/2, 1/8), not over 12 answers as if independent
+  assert s['reward_stderr'] == pytest.approx(np.std([0.25, 0.5, 0.125], ddof=1) / np.sqrt(3))
   assert evaluate.summarize(rewards, results, threshold=0.5)['pass@4'] == pytest.approx(1.0)
   # the judge was down for the third prompt's 0.5: out of the means, a miss in pass@j
   results[-1] = graders.core.failed(graders.core.MODEL_SERVER, 'HTTP 503 (4 attempts)', discard=True)
@@ -104,6 +106,7 @@ def test_summary_pass_at_k_small_case():
   s = evaluate.summarize(rewards, results, threshold=0.5)
   assert s['reward_mean'] == s['eval_reward_mean'] == pytest.approx(3 / 11) and s['eval/num_discarded'] == 1
   assert s['reward_std'] == pytest.approx(np.std([1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0]))
+  assert s['reward_stderr'] == pytest.approx(np.std([0.25, 0.5, 0.0], ddof=1) / np.sqrt(3))  # its 3 with a verdict
   assert s['pass@4'] == pytest.approx(2 / 3)
   # the first prompt's pass was earned against a tool that failed for good (kept reward, no verdict): a miss
   results[0] = graders.GradeResult(1.0, metadata={'discard': True})
@@ -518,11 +521,14 @@ def test_report_matches_the_checkpointer(run_dir, in_repo, capsys):
   kept = {str(k): ckpt.metrics(k)['valid_reward_mean'] if ckpt.metrics(k) else None for k in ckpt.all_steps()}
   assert s['checkpoint_valid_rewards'] == pytest.approx(kept)
   rows = {int(r['step']): r for r in metrics.read_jsonl(run_dir / 'metrics.jsonl') if 'valid_reward_mean' in r}
-  p, n = s['best_valid_reward'], rows[s['best_step']]['valid/num_graded']
-  assert s['best_valid_graded'] == n and s['best_valid_stderr'] == pytest.approx((p * (1 - p) / n) ** 0.5)
+  best, n = rows[s['best_step']], rows[s['best_step']]['valid/num_graded']
+  samples = [r['reward'] for r in read_jsonl(run_dir / 'samples' / f'valid_step{s["best_step"]:06d}.jsonl')]
+  assert best['valid/num_prompts'] == len(samples) == n  # one sample a prompt: its spread over sqrt(prompts)
+  assert best['valid_reward_stderr'] == pytest.approx(np.std(samples, ddof=1) / np.sqrt(n))
+  assert s['best_valid_graded'] == n and s['best_valid_stderr'] == best['valid_reward_stderr']
   (s_row,) = [line for line in report.table({**s, 'checkpoint_valid_rewards': {int(k): v for k, v in kept.items()}})
               .splitlines() if line.startswith('best step')]  # fmt: skip
-  assert f'± {s["best_valid_stderr"]:.3f} over {n:g} graded' in s_row
+  assert f'± {s["best_valid_stderr"]:.3f} over {n:g} prompts' in s_row
   assert (s['steps_done'], s['total_steps']) == (3, 3)
   assert s['valid_reward_first_step'] == 0 and s['valid_reward_last_step'] == 3
   assert s['source']['grader'] == 'string_check' and s['source']['model'] == 'tiny'

@@ -509,3 +509,22 @@ def test_a_run_started_over_shows_each_step_once_in_tensorboard(tmp_path):
   acc = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'))
   acc.Reload()
   assert [(e.step, e.value) for e in acc.Scalars('valid_reward_mean')] == [(0, 0.5)]
+
+
+def test_reports_error_counts_a_prompts_samples_as_one(tmp_path):
+  """eval_samples=4 on 200 prompts: report's ± counted 800 independent answers (0.016 where the error over prompts
+  was 0.031), and so called checkpoints clearly apart that were not."""
+  write_config(tmp_path, eval_samples=4)
+  w = metrics.MetricsWriter(tmp_path, tensorboard=False)
+  w.write({'step': 0, 'valid_reward_mean': 0.3175, 'valid/num_graded': 800.0, 'valid_reward_stderr': 0.031,
+           'valid/num_prompts': 200})  # fmt: skip
+  w.close()
+  s = report.summarize(tmp_path)
+  assert (s['best_valid_stderr'], s['best_valid_prompts'], s['best_valid_graded']) == (0.031, 200, 800)
+  assert '(valid reward 0.3175 ± 0.031 over 200 prompts x 4 samples, from metrics.jsonl)' in report.table(s)
+  w = metrics.MetricsWriter(tmp_path, tensorboard=False)  # a run logged before valid_reward_stderr: the bound
+  w.write({'step': 0, 'valid_reward_mean': 0.3175, 'valid/num_graded': 800.0})
+  w.close()
+  s = report.summarize(tmp_path)
+  assert s['best_valid_stderr'] == pytest.approx((0.3175 * 0.6825 / 800) ** 0.5) and 'best_valid_prompts' not in s
+  assert '± 0.016 over 800 graded' in report.table(s)

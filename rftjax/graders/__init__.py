@@ -17,6 +17,7 @@ from rftjax.graders.metrics import all_failed
 from rftjax.graders.metrics import what_failed
 from rftjax.graders.metrics import check_failures
 from rftjax.graders.metrics import failure_line
+from rftjax.graders.metrics import reward_stderr
 from rftjax.graders.metrics import summarize
 from rftjax.graders.model_graders import http_judge
 from rftjax.graders.pool import GradingPool
@@ -44,6 +45,7 @@ __all__ = [
   'check_runnable',
   'check_sandbox',
   'failure_line',
+  'reward_stderr',
   'summarize',
   'http_judge',
   'GradingPool',

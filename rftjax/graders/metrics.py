@@ -17,6 +17,22 @@ class GradingFailed(RuntimeError):
     self.errors = errors
 
 
+def reward_stderr(results: Sequence[core.GradeResult], k: int = 1) -> float | None:
+  """The standard error of a mean reward over prompts, `results` being k consecutive samples of each: the spread of
+  the per-prompt means (over the results with a verdict) over sqrt(prompts). The k samples of one prompt are not k
+  independent answers: counted as such, the error of an eval_samples=4 validation read about half its size. None
+  with fewer than 2 prompts that have a verdict."""
+  means = []
+  for start in range(0, len(results), k):
+    kept = [r.reward for r in results[start : start + k] if not (r.metadata or {}).get('discard')]
+    means += [sum(kept) / len(kept)] if kept else []
+  n = len(means)
+  if n < 2:
+    return None
+  mean = sum(means) / n
+  return (sum((m - mean) ** 2 for m in means) / (n - 1) / n) ** 0.5
+
+
 def summarize(results: Sequence[core.GradeResult], prefix: str = 'train') -> dict[str, float]:
   """Scalars for the metrics writer.
 
