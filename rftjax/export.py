@@ -165,7 +165,11 @@ def main(argv=None) -> int:
   p.add_argument('--tokenizer', help="tokenizer spec (default: the --init file, or the run's)")
   p.add_argument('--workdir', help='a run directory: export its trained params')
   # default None, read as 'best': so that a --step given with --init is refused rather than ignored
-  p.add_argument('--step', default=None, help="with --workdir: 'best' (default), 'latest' or a step number")
+  p.add_argument(
+    '--step',
+    default=None,
+    help="with --workdir: 'best' (default), 'latest', a step number, or 0 (or 'init'): the run's initial model",
+  )
   # the dtypes weights.export_hf documents and tests/test_weights.py round-trips; a choice, because numpy casts to
   # anything (int8 wrote all-zero weights); float16 is not offered: no export test covers it
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), help="the weights' dtype (default: the params')")

@@ -38,7 +38,11 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   """Flags shared by the inference CLIs: which model to load, and how long and in what batches it samples."""
   p.add_argument('--workdir', help='a run directory (config.json + checkpoints/)')
   # default None, read as 'best': so that a --step given with --init is refused rather than ignored
-  p.add_argument('--step', default=None, help="with --workdir, the checkpoint: 'best' (default), 'latest' or a number")
+  p.add_argument(
+    '--step',
+    default=None,
+    help="with --workdir, the checkpoint: 'best' (default), 'latest', a number, or 0 (or 'init'): the initial model",
+  )
   p.add_argument('--init', help="instead of --workdir: 'gguf:PATH', 'gguf:smollm2-135m', 'hf:DIR', or '' (random)")
   p.add_argument('--model', help="model preset (default: the run's, or what the --init file states)")
   p.add_argument('--tokenizer', help="tokenizer spec (default: the run's, or the --init file's)")

@@ -437,6 +437,29 @@ def test_evaluate_of_a_run_samples_as_its_validation_did(tmp_path, in_repo, caps
   assert inference.make_sampler(loaded, [[1, 2, 3]], max_new_tokens=2, top_k=0).params.top_k == 0  # a flag wins
 
 
+def test_step_0_is_the_runs_init_when_the_keep_policy_deleted_it(run_dir, tmp_path, in_repo, capsys):
+  """Did training help? The base model as the run validated it: --step=0 (or init) was an error once the keep
+  policy had deleted checkpoint 0, and --init gave other settings (the defaults' 128 new tokens: 0.0 for 0.135)."""
+  import shutil
+
+  from rftjax import metrics
+
+  run = tmp_path / 'run'
+  shutil.copytree(run_dir, run)
+  config = runfs.read_config(run)
+  kept = loader.load(config, workdir=run, step=0).params  # checkpoint 0, still on disk
+  shutil.rmtree(run / 'checkpoints' / '0')  # as the keep policy leaves a longer run
+  for step in (0, 'init'):
+    again = loader.load(config, workdir=run, step=step)
+    assert again.step == 0
+    jax.tree.map(np.testing.assert_array_equal, again.params, kept)  # what checkpoint 0 held, exactly
+  step0 = [r for r in metrics.read_jsonl(run / 'metrics.jsonl') if r['step'] == 0 and 'valid_reward_mean' in r][0]
+  data = config['data']['valid']
+  assert evaluate.main([f'--workdir={run}', '--step=init', f'--data={data}', '--num_workers=1']) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary['step'] == 0 and summary['reward_mean'] == step0['valid_reward_mean']
+
+
 def test_evaluate_with_a_job_file_asks_for_and_checks_its_response_format(run_dir, tmp_path, in_repo, capsys):
   """A job file's response_format is the task's, as `grade` and training take it: the schema joins each prompt and
   a completion off it scores 0 ungraded (it was graded as text, every grading failing on output_json)."""
