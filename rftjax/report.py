@@ -222,6 +222,9 @@ def _hyperparameters(config: dict) -> dict:
     'beta': get('grpo', 'beta'), 'advantage': get('grpo', 'advantage'),
     'loss_aggregation': get('grpo', 'loss_aggregation'), 'temperature': get('sampling', 'temperature'),
     'max_new_tokens': get('sampling', 'max_new_tokens'), 'lora_rank': get('lora', 'rank') or 0,
+    # how the validation was measured: two runs' rewards compare only when these agree
+    'eval_samples': get('eval_samples'), 'eval_temperature': get('eval_temperature'),
+    'valid_limit': get('data', 'valid_limit') or None, 'seed': get('seed'),
   }  # fmt: skip
   resolved = json.loads(get('openai', 'resolved') or '{}')
   out['openai_resolved'] = {k: f'{v["value"]} ({v["from"]})' for k, v in resolved.items()}
@@ -562,7 +565,7 @@ def _metadata(raw: Any) -> dict[str, str] | None:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m rftjax.report', description=__doc__.split('\n')[0])
-  p.add_argument('--workdir', required=True, help='a run directory')
+  p.add_argument('--workdir', required=True, action='append', help='a run directory')
   p.add_argument('--json', action='store_true', help='print the summary as one JSON object (the same as --format=json)')
   p.add_argument(
     '--format',
@@ -572,6 +575,10 @@ def main(argv=None) -> int:
     'object (indented JSON)',
   )
   args = p.parse_args(argv)
+  if len(args.workdir) > 1:  # taken as the last one, two runs looked compared
+    p.error(f'--workdir given {len(args.workdir)} times; report reads one run: run it once per run (with --json to '
+            'set them side by side)')  # fmt: skip
+  args.workdir = args.workdir[0]
   if args.json and args.format not in (None, 'json'):
     p.error(f'--json and --format={args.format} ask for two formats: give one (--json is --format=json)')
   fmt = args.format or ('json' if args.json else 'table')

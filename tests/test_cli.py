@@ -564,6 +564,9 @@ def test_report_matches_the_checkpointer(run_dir, in_repo, capsys):
   assert re.search(r'^init +\(random\)$', out, re.M)
   assert report.main([f'--workdir={run_dir / "nope"}']) == 2
   assert 'nope' in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:  # the last one was read: two runs looked compared
+    report.main([f'--workdir={run_dir}', f'--workdir={run_dir}'])
+  assert e.value.code == 2 and '--workdir given 2 times; report reads one run' in capsys.readouterr().err
 
 
 def test_report_shows_a_failed_run_and_its_failed_gradings(tmp_path, capsys):
@@ -1134,8 +1137,10 @@ def test_a_step_not_on_disk_says_why(run_dir, tmp_path, in_repo, capsys):
   run = tmp_path / 'run'
   shutil.copytree(run_dir, run)
   saved = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
+  saved.append(saved.pop(0))  # step 0 last: its own --step loads the init in its place
   assert saved[0] in [e['data'].get('step') for e in read_jsonl(run / 'events.jsonl') if 'checkpoint' in e['data']]
   shutil.rmtree(run / 'checkpoints' / str(saved[0]))  # as the keep policy deletes a step
+  left = sorted(saved[1:])
 
   def error(folder, *flags):
     assert export.main([f'--workdir={folder}', f'--out={tmp_path / "out"}', *flags]) == errors.EXIT_CODE
@@ -1143,18 +1148,17 @@ def test_a_step_not_on_disk_says_why(run_dir, tmp_path, in_repo, capsys):
 
   keep = json.loads((run / 'config.json').read_text())['checkpoint']['keep_best']
   assert error(run, f'--step={saved[0]}') == (
-    f'{saved[1:]}. Step {saved[0]} was saved, then deleted by the keep policy (checkpoint.keep_best={keep}: the '
+    f'{left}. Step {saved[0]} was saved, then deleted by the keep policy (checkpoint.keep_best={keep}: the '
     f'{keep} best by validation reward, and the latest; docs/checkpoints.md)\n'
   )
   interval = json.loads((run / 'config.json').read_text())['eval_interval']
   assert error(run, '--step=99') == (
-    f'{saved[1:]}. Checkpoints are written at step 0, at each validation (eval_interval={interval}), and at the last '
-    'step\n'
+    f'{left}. Checkpoints are written at step 0, at each validation (eval_interval={interval}), and at the last step\n'
   )
   cut = run / 'checkpoints' / '99.orbax-checkpoint-tmp-1765000000'  # a save cut short (an older Orbax's name)
   cut.mkdir()
   assert error(run, '--step=99') == (
-    f'{saved[1:]}. Step 99 is incomplete: being written, or its save was cut short (a crash, or the folder copied '
+    f'{left}. Step 99 is incomplete: being written, or its save was cut short (a crash, or the folder copied '
     'meanwhile)\n'
   )
   for step in saved[1:]:
@@ -1165,7 +1169,7 @@ def test_a_step_not_on_disk_says_why(run_dir, tmp_path, in_repo, capsys):
   )
   cut.rmdir()
   assert error(run) == (  # a copy made without them
-    f'[]. None of the checkpoints the run saved (the last at step {saved[-1]}) is in {run}/checkpoints: was the run '
+    f'[]. None of the checkpoints the run saved (the last at step {max(saved)}) is in {run}/checkpoints: was the run '
     'folder copied without them?\n'
   )
   (run / 'events.jsonl').unlink()  # as a run that stopped before its first checkpoint has none of those events
