@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
+import hashlib
 import json
 import logging
 import math
@@ -86,7 +88,8 @@ def default_out(workdir, step, data_path):
 def table(summary: dict) -> str:
   rows = [(k, v) for k, v in summary.items() if not k.startswith('eval/errors/') or v]
   width = max(len(k) for k, _ in rows)
-  return '\n'.join(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}' for k, v in rows)
+  shown = lambda v: f'{v:.4f}' if isinstance(v, float) else json.dumps(v) if isinstance(v, dict) else v  # noqa: E731
+  return '\n'.join(f'{k:<{width}}  {shown(v)}' for k, v in rows)
 
 
 def parse_args(argv):
@@ -94,6 +97,7 @@ def parse_args(argv):
   sample_cli.add_model_flags(p)
   p.add_argument('--data', required=True, help='JSONL in the training format (messages + grader fields)')
   p.add_argument('--samples', type=int, default=1, help='k: samples per prompt, >= 1')
+  p.add_argument('--limit', type=int, default=0, help='only the first N prompts of --data (0: all), as valid_limit')
   p.add_argument(
     '--temperature',
     type=float,
@@ -133,6 +137,8 @@ def parse_args(argv):
   p.add_argument('--out', default=None, help='per-sample JSONL (default: DIR/eval/step<N>_<data stem>.jsonl)')
   args = p.parse_args(argv)
   cli.check_inference_flags(p, args)
+  if args.limit < 0:
+    p.error(f'--limit={args.limit}: expected a number of prompts >= 0 (0: all)')
   if args.init is not None and not args.out:
     p.error('--init needs --out (there is no run directory to write into)')
   if args.init is not None and args.tools:
@@ -169,6 +175,34 @@ def _say_if_replacing(out, now: dict) -> None:
                 shown(before), shown(now))  # fmt: skip
 
 
+def _grader_id(spec: dict) -> str:
+  """'name (type, 1a2b3c4d)': which grader, its content's hash telling two of one name apart."""
+  digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:8]
+  return f'{spec.get("name") or "grader"} ({spec.get("type")}, {digest})'
+
+
+def _absolute(path: str) -> str:
+  return path if runfs.is_remote(path) else os.path.abspath(path)
+
+
+def _note_other_settings(args, run_config) -> None:
+  """A line where these settings will not give the run's logged valid_reward_mean on its own validation file."""
+  if run_config is None:
+    return
+  data = run_config.get('data') or {}
+  valid, limit = data.get('valid'), int(data.get('valid_limit') or 0)
+  same = (
+    isinstance(valid, str) and not runfs.is_remote(valid) and os.path.realpath(valid) == os.path.realpath(args.data)
+  )
+  if same and limit and args.limit != limit:
+    log.info('the run validated on the first %d prompts of %s (config.data.valid_limit): --limit=%d gives its '
+             'valid_reward_mean', limit, args.data, limit)  # fmt: skip
+  k = int(run_config.get('eval_samples') or 1)
+  if same and k != args.samples:
+    log.info('the run validated with %d sample%s a prompt at eval_temperature %s: --samples=%d gives its '
+             'valid_reward_mean', k, 's' * (k > 1), run_config.get('eval_temperature'), k)  # fmt: skip
+
+
 def run(args) -> dict:
   if args.out:  # before anything slow; the default (in the run, named after the step) once the step is known
     check_out(args.out, f'--out={args.out}', args.data)
@@ -184,7 +218,8 @@ def run(args) -> dict:
 
 
 def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
-  examples = data_lib.load_jsonl(args.data, '--data')  # bad input fails before anything slow
+  examples = data_lib.load_jsonl(args.data, '--data')[: args.limit or None]  # bad input fails before anything slow
+  _note_other_settings(args, run_config)
   try:
     grader_spec, grader_at = graders.locate(args.grader or (run_config.get('grader') if run_config else None))
   except graders.GraderConfigError as e:  # a grader file the run's config.json names, from another folder?
@@ -237,8 +272,10 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     temperature = float(run_config.get('eval_temperature') or 0.0)
   else:
     temperature = 0.0 if k == 1 else 1.0
+  grader_id = _grader_id(grader_spec)
   if not args.out:
-    _say_if_replacing(out, {'data': str(args.data), 'samples_per_prompt': k, 'temperature': temperature})
+    _say_if_replacing(out, {'data': str(args.data), 'samples_per_prompt': k, 'temperature': temperature,
+                            'limit': args.limit, 'grader': grader_id})  # fmt: skip
   max_new = sample_cli.max_new_tokens(args, loaded)
   threshold = args.pass_threshold if args.pass_threshold is not None else float(grader_spec.get('pass_threshold', 1.0))
   ids = [p for p in ids for _ in range(k)]
@@ -247,6 +284,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     loaded, ids, max_new_tokens=max_new, temperature=temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop,
     group_size=k,  # k copies of each prompt in a row: one prefill each, and the program the run's validation ran
   )  # fmt: skip
+  chosen = sampler.params  # the top_p and top_k it samples with: the flags', else the run's
   if steps > 1:  # the run's episodes: the same tools, turns and room for tool outputs (docs/tools.md)
     width = int(run_config.sampling.tool_tokens)
     slots = episodes.context_len(sampler.max_prompt_len, max_new, steps, width)
@@ -283,6 +321,14 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     'data': str(args.data) if runfs.is_remote(args.data) else os.path.abspath(args.data),  # from any folder
     'temperature': temperature,
     'pass_threshold': threshold,
+    # what was measured, so that the file says it alone: the model, the grader, the sampling
+    'model': {'workdir': _absolute(args.workdir)} if args.workdir else {'init': args.init, 'preset': loaded.cfg.name},
+    'grader': grader_id,
+    'max_new_tokens': max_new,
+    'top_p': float(chosen.top_p),
+    'top_k': int(chosen.top_k),
+    'limit': args.limit,
+    'evaluated_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
     **summarize(rewards, results, threshold),
     **episodes.metrics(transcripts, tools=sampler.tools),
   }

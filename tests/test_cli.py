@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import datetime
 import json
 import logging
 import math
@@ -458,6 +459,34 @@ def test_step_0_is_the_runs_init_when_the_keep_policy_deleted_it(run_dir, tmp_pa
   assert evaluate.main([f'--workdir={run}', '--step=init', f'--data={data}', '--num_workers=1']) == 0
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert summary['step'] == 0 and summary['reward_mean'] == step0['valid_reward_mean']
+
+
+def test_evaluate_says_what_it_measured_and_how_to_match_the_runs_validation(run_dir, tmp_path, in_repo, capsys,
+                                                                            caplog):  # fmt: skip
+  """An evaluate summary named no model, grader or settings; another grader replaced an earlier result without a
+  word; and on the run's validation file other settings than its own gave another number without a note."""
+  import shutil
+
+  run = tmp_path / 'run'
+  shutil.copytree(run_dir, run)
+  valid = runfs.read_config(run)['data']['valid']
+  argv = [f'--workdir={run}', '--step=latest', f'--data={valid}', '--limit=5', '--samples=2', '--num_workers=1']
+  with caplog.at_level('INFO', logger='rftjax'):
+    assert evaluate.main(argv) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary['num_prompts'] == 5 and summary['limit'] == 5 and summary['model'] == {'workdir': str(run)}
+  assert re.fullmatch(r'exact_answer \(string_check, [0-9a-f]{8}\)', summary['grader'])
+  assert (summary['max_new_tokens'], summary['top_p'], summary['top_k']) == (1, 1.0, 0)
+  assert datetime.datetime.fromisoformat(summary['evaluated_at']).tzinfo is not None
+  assert json.loads(pathlib.Path(summary['out'] + '.summary.json').read_text())['grader'] == summary['grader']
+  assert 'the run validated with 1 sample a prompt at eval_temperature 0.0: --samples=1 gives' in caplog.text
+  other = json.loads((REPO / 'data' / 'tiny' / 'grader.json').read_text())
+  other['operation'] = 'ne'  # the same name, another grader
+  grader = tmp_path / 'g.json'
+  grader.write_text(json.dumps(other))
+  caplog.clear()
+  assert evaluate.main([*argv, f'--grader={grader}']) == 0
+  assert f'with grader={summary["grader"]}, which this one with grader=exact_answer (string_check, ' in caplog.text
 
 
 def test_evaluate_with_a_job_file_asks_for_and_checks_its_response_format(run_dir, tmp_path, in_repo, capsys):
