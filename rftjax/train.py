@@ -113,6 +113,10 @@ def main(argv=None, abandon_threads: bool = False) -> int:
       if abandon_threads:
         cli.exit_now(preemption.INTERRUPT_EXIT_CODE)
       return preemption.INTERRUPT_EXIT_CODE
+    except SystemExit as e:  # a SIGTERM while starting (_preempted_while_starting), once the stack has unwound
+      if abandon_threads and e.code == preemption.EXIT_CODE:  # XLA may be compiling in its threads: the normal
+        cli.exit_now(e.code)  # teardown then crashed (a segfault, 139: supervise.sh relaunches on 42 only)
+      raise
     finally:
       signal.signal(signal.SIGTERM, before)
     return 0
