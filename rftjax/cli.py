@@ -23,6 +23,7 @@ import pathlib
 import re
 import select
 import signal
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -243,6 +244,11 @@ def check_out(path, *, folder: bool = False, label: str | None = None, inputs: d
     raise errors.ConfigError(f'{label}: a file is there; expected a folder (made if missing)')
   if not folder and target.is_dir():
     raise errors.ConfigError(f'{label}: a folder is there; expected the name of a file to write')
+  if not folder and os.fspath(path) == '-':  # no stdout here: it would be a file named '-'
+    raise errors.ConfigError(f'{label}: expected the name of a file to write (- is not stdout here)')
+  if not folder and target.exists() and not target.is_file():  # the write's rename would replace it (as root, a
+    kind = 'a pipe' if stat.S_ISFIFO(target.stat().st_mode) else 'a device or socket'  # device: /dev/null for all)
+    raise errors.ConfigError(f'{label}: {kind} is there, not a file; expected the name of a file to write')
   run = target.parent if target.name in RUN_OWN else target.parent.parent if target.parent.name == 'samples' else None
   if not folder and run is not None and _is_run(run):  # a live run's log, say
     raise errors.ConfigError(

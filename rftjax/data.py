@@ -304,7 +304,9 @@ def write_text(path: str | pathlib.Path, text: str) -> None:
 
 def write_atomic(path: pathlib.Path, payload: str | bytes) -> None:
   """A local file written whole or not at all (temp file + rename; a failed write leaves no temp file); text as
-  UTF-8. Missing folders are made."""
+  UTF-8. Missing folders are made. A symbolic link is followed: its target is written (the rename replaced the
+  link and left the target as it was)."""
+  path = pathlib.Path(os.path.realpath(path)) if os.path.islink(path) else path
   path.parent.mkdir(parents=True, exist_ok=True)
   # a name of this writer's own: two commands writing one file (two evaluations of a step) took each other's
   tmp = path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp')

@@ -20,6 +20,7 @@ import pytest
 from configs import tiny
 from rftjax import checkpoint
 from rftjax import cli
+from rftjax import data as data_lib
 from rftjax import errors
 from rftjax import evaluate
 from rftjax import export
@@ -362,6 +363,25 @@ def test_an_out_that_is_a_runs_own_file_is_refused(tmp_path):
   hf.mkdir()
   (hf / 'config.json').write_text('{"model_type": "llama"}')
   cli.check_out(hf / 'metrics.jsonl')
+
+
+def test_an_out_that_is_no_file_is_refused_and_a_link_is_written_through(tmp_path):
+  """Results are written to a temporary file and renamed into place: as root, --output=/dev/null replaced the
+  machine's /dev/null with a file, a pipe (>(cat)) failed only after the work, '-' made a file named '-', and a
+  symbolic link was replaced by a file while its target kept the old content."""
+  fifo = tmp_path / 'fifo'
+  os.mkfifo(fifo)
+  for path, kind in (('/dev/null', 'a device or socket'), (fifo, 'a pipe')):
+    with pytest.raises(errors.ConfigError, match=f'^--out={path}: {kind} is there, not a file; expected the name'):
+      cli.check_out(path)
+  with pytest.raises(errors.ConfigError, match=r'^--out=-: expected the name of a file to write \(- is not stdout'):
+    cli.check_out('-')
+  target = tmp_path / 'target.jsonl'
+  target.write_text('old\n')
+  (tmp_path / 'link.jsonl').symlink_to(target)
+  cli.check_out(tmp_path / 'link.jsonl')
+  data_lib.write_jsonl(tmp_path / 'link.jsonl', [{'a': 1}])
+  assert (tmp_path / 'link.jsonl').is_symlink() and target.read_text() == '{"a": 1}\n'
 
 
 def test_evaluate_says_when_its_default_out_replaces_another_datas(run_dir, tmp_path, in_repo, caplog):
