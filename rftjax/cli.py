@@ -104,12 +104,52 @@ def command(main: Callable[[], int]) -> NoReturn:
     del signum, frame
     raise Terminated()
 
+  console_for_pipes()
   setup_logging()
   signal.signal(signal.SIGTERM, terminate)
   status = main()
   if status in (INTERRUPT_EXIT_CODE, TERMINATE_EXIT_CODE):
     exit_now(status)
   sys.exit(status)
+
+
+def console_for_pipes() -> None:
+  """A command's stdout and stderr as scripts use them: a character their encoding lacks (PYTHONIOENCODING=ascii,
+  a latin-1 terminal) is written as an escape, not a UnicodeEncodeError; and once the reader of stderr has gone
+  (`2> >(head -1)`), its lines are dropped instead of the command's work (evaluate lost its finished results to a
+  progress line). Commands only: a notebook's streams are left alone."""
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.reconfigure(errors='backslashreplace')
+    except (AttributeError, ValueError):  # not a text file of io's (a test's capture)
+      pass
+  if not isinstance(sys.stderr, _Dropping):
+    sys.stderr = _Dropping(sys.stderr)
+
+
+class _Dropping:
+  """A stream whose writes stop, without an error, once its reader has gone."""
+
+  def __init__(self, stream):
+    self._stream, self.gone = stream, False
+
+  def write(self, text: str) -> int:
+    if not self.gone:
+      try:
+        return self._stream.write(text)
+      except (BrokenPipeError, ConnectionResetError):
+        self.gone = True
+    return len(text)
+
+  def flush(self) -> None:
+    if not self.gone:
+      try:
+        self._stream.flush()
+      except (BrokenPipeError, ConnectionResetError):
+        self.gone = True
+
+  def __getattr__(self, name: str):
+    return getattr(self._stream, name)
 
 
 _open_line = False  # a progress line is on a terminal's stderr without its newline yet

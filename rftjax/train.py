@@ -125,4 +125,5 @@ def main(argv=None, abandon_threads: bool = False) -> int:
 
 
 if __name__ == '__main__':
+  cli.console_for_pipes()
   sys.exit(main(abandon_threads=True))

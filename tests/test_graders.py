@@ -1,6 +1,7 @@
 """In-process graders, templates, formulas, config errors, metrics, model judges (stub server) and the CLI."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -828,8 +829,10 @@ def test_cli_checks_what_validate_promises_and_names_the_flags(tmp_path):
   data, samples = tmp_path / 'd.jsonl', tmp_path / 's.jsonl'
   data.write_text('{}\n')
   samples.write_text('"a"\n')
-  spent = run_cli(f'--grader={slow}', f'--data={data}', f'--samples={samples}', '--budget_s=0.5', '--output=-')
-  assert 'the grading budget (--budget_s=0.5) ran out before this sample was graded' in spent.stdout + spent.stderr
+  out = tmp_path / 'graded.jsonl'  # ('--output=-' wrote a file named '-' into the checkout)
+  spent = run_cli(f'--grader={slow}', f'--data={data}', f'--samples={samples}', '--budget_s=0.5', f'--output={out}')
+  assert spent.returncode == 1, spent.stderr  # all failed: the results are written all the same
+  assert 'the grading budget (--budget_s=0.5) ran out before this sample was graded' in out.read_text()
 
 
 def test_cli_output_that_cannot_be_written_is_one_line_after_the_summary(tmp_path):
@@ -908,6 +911,32 @@ def test_cli_shows_progress_on_long_data(tmp_path):
   shown = [32, 64, 128, 192, 256, 320, 384, 448, 480, 544, 600]  # the first call past each tenth
   assert out.stderr.splitlines() == [f'grading: {n}/600' for n in shown], out.stderr
   assert json.loads(out.stdout)['grade_reward_mean'] == pytest.approx(2 / 3)
+
+
+def test_a_command_whose_stderr_reader_went_away_still_gives_its_results(tmp_path):
+  """`evaluate ... 2> >(head -1)`: the progress line after the reader had gone raised BrokenPipeError, and the
+  finished work was lost (exit 1, no results). A character stdout's encoding lacks was a traceback."""
+  grader = tmp_path / 'g.json'
+  grader.write_text(json.dumps({'type': 'string_check', 'name': 'eq', 'input': OUT, 'reference': '{{item.ref}}',
+                                'operation': 'eq'}))  # fmt: skip
+  data, samples, out = tmp_path / 'd.jsonl', tmp_path / 's.jsonl', tmp_path / 'graded.jsonl'
+  data.write_text('{"ref": "a"}\n' * 300)
+  samples.write_text('"a"\n"b"\n"a"\n' * 100)
+  root = pathlib.Path(__file__).resolve().parents[1]
+  argv = [sys.executable, '-m', 'rftjax.grade', f'--grader={grader}', f'--data={data}', f'--samples={samples}',
+          '--num_workers=1', f'--output={out}']  # fmt: skip
+  read_err, write_err = os.pipe()
+  os.close(read_err)  # the reader has gone before the first line
+  try:
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=write_err, text=True, timeout=60, cwd=root)
+  finally:
+    os.close(write_err)
+  assert done.returncode == 0 and json.loads(done.stdout)['grade_reward_mean'] == pytest.approx(2 / 3)
+  assert len(out.read_text().splitlines()) == 300
+  env = {**os.environ, 'PYTHONIOENCODING': 'ascii'}
+  done = subprocess.run([sys.executable, '-m', 'rftjax.report', f'--workdir={tmp_path / "été"}'],
+                        capture_output=True, text=True, timeout=60, cwd=root, env=env)  # fmt: skip
+  assert done.returncode == 2 and done.stderr.startswith('error: --workdir=') and '\\xe9t\\xe9' in done.stderr
 
 
 def test_validation_says_which_failed_gradings_are_out_of_its_mean(tmp_path, monkeypatch, caplog):
