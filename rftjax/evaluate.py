@@ -381,6 +381,13 @@ def main(argv=None) -> int:
     if jax.process_index() == 0:
       print(table({k: v for k, v in summary.items() if k != 'out'}))
       print(f'samples written to {summary["out"]}', file=sys.stderr)
+      n = int(summary.get('eval/num_graded') or 0)
+      failed, out = round(float(summary.get('eval/error_rate') or 0.0) * n), int(summary.get('eval/num_discarded') or 0)
+      if failed:  # too few to fail the command; said where a person reads, as grade says it
+        fate = 'count as 0 in reward_mean' if not out else f'{out} left without a verdict are out of reward_mean, ' \
+          'the others count as 0'  # fmt: skip
+        print(f"note: {failed} of {n} gradings failed ({fate}); each one's error is in {summary['out']}",
+              file=sys.stderr)  # fmt: skip
       print(json.dumps(summary))
     return 0
 

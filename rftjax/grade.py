@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument(
     '--timeout_s', type=_positive(float), default=graders.pool.DEFAULT_TIMEOUT_S, help='per-sample deadline (s)'
   )
-  p.add_argument('--num_workers', type=_positive(int), default=None)
+  p.add_argument('--num_workers', type=_positive(int), default=None, help='grading processes (default: one per core)')
   p.add_argument(
     '--memory_mb', type=_positive(int, graders.pool.MIN_MEMORY_MB), default=graders.pool.DEFAULT_MEMORY_MB,
     help="each python/code/math grader worker's address space, MB (train: grading.memory_mb)",

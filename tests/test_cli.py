@@ -509,6 +509,22 @@ def test_evaluate_says_what_it_measured_and_how_to_match_the_runs_validation(run
   assert f'with grader={summary["grader"]}, which this one with grader=exact_answer (string_check, ' in caplog.text
 
 
+def test_evaluate_says_when_some_gradings_failed(run_dir, tmp_path, in_repo, capsys):
+  """15% of gradings failing (a grader raising) exited 0 without a word: a reward_mean lowered by zeros that only
+  mean the grader could not run."""
+  grader = tmp_path / 'g.json'
+  grader.write_text(json.dumps({'type': 'python', 'name': 'picky', 'source': "def grade(sample, item):\n  if item["
+                                "'answer'] == '9':\n    raise ValueError('no')\n  return 1.0\n"}))  # fmt: skip
+  valid = runfs.read_config(run_dir)['data']['valid']
+  nines = sum(1 for line in read_jsonl(valid) if line['answer'] == '9')
+  out = tmp_path / 'e.jsonl'
+  argv = [f'--workdir={run_dir}', f'--data={valid}', f'--grader={grader}', f'--out={out}', '--num_workers=1']
+  assert 0 < nines < 16 and evaluate.main(argv) == 0
+  assert f"note: {nines} of 16 gradings failed (count as 0 in reward_mean); each one's error is in {out}" in (
+    capsys.readouterr().err
+  )
+
+
 def test_evaluate_with_a_job_file_asks_for_and_checks_its_response_format(run_dir, tmp_path, in_repo, capsys):
   """A job file's response_format is the task's, as `grade` and training take it: the schema joins each prompt and
   a completion off it scores 0 ungraded (it was graded as text, every grading failing on output_json)."""
