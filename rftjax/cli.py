@@ -353,8 +353,10 @@ def _load_config_file(spec: str):
     config = get(arg or None) if takes else get()
   except errors.VariantError as e:  # configs/common's refusal names no file: the one given here
     raise errors.ConfigError(f'{where}: {e}') from None
-  except (errors.UserError, SyntaxError):  # a SyntaxError says its file and line itself
+  except errors.UserError:
     raise
+  except SyntaxError as e:  # in the file or a module it imports: it names its file and line
+    raise errors.ConfigError(f'{where}: SyntaxError: {e.msg} ({e.filename}, line {e.lineno})') from None
   except Exception as e:  # noqa: BLE001  the config file's own error, at its line
     raise errors.ConfigError(f'{where}: {_at_line(e, full)}') from None
   finally:
@@ -372,14 +374,12 @@ def _load_config_file(spec: str):
 
 
 def _base():
-  """configs.common.base(): the one a config imported, else this checkout's (a configs/ package of one's own may
-  hide it from import)."""
-  common = sys.modules.get('configs.common')
-  if common is None:
-    path = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'common.py'
-    module_spec = importlib.util.spec_from_file_location('rftjax_configs_common', path)
-    common = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(common)
+  """This checkout's configs.common.base(), by its path: a configs/ package of one's own (a copy of an older
+  common.py, say) may hide it from import, and its base() is what rftjax reads."""
+  path = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'common.py'
+  module_spec = importlib.util.spec_from_file_location('rftjax_configs_common', path)
+  common = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(common)
   return common.base()
 
 
@@ -419,6 +419,7 @@ def _at_line(e: Exception, file: str) -> str:
   if isinstance(e, (AttributeError, KeyError)) and isinstance(e.args[0] if e.args else None, KeyError):
     text = e.args[0].args[0]  # ml_collections' AttributeError wraps its KeyError
   missing = re.match(r'Key "(\w+)" does not exist and cannot be added since the config is locked', text)
+  missing = missing or (re.match(r"'(\w+)'", text) if isinstance(e, (AttributeError, KeyError)) else None)  # read
   if missing:
     hint = re.search(r'Did you mean "(\w+)"', text)
     return f'{at}no such config field {missing.group(1)!r}' + (f'; did you mean {hint.group(1)!r}?' if hint else '')
@@ -470,13 +471,14 @@ def parse_config_flags(
   fv = flags.FlagValues()
   help_ = 'Run config: configs/*.py[:variant].'
   config = None
-  if specs and not any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
+  helping = any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:])
+  if specs and not helping:
     config = _load_config_file(specs[-1])  # the last one given, as absl takes it
     for key in override_keys(argv):  # unknown keys first: config_flags would end in a chained traceback
       _check_key(config, key)
     config_flags.DEFINE_config_dict('config', config, help_, flag_values=fv, lock_config=True, sys_argv=rest)
   else:
-    if override_keys(argv) and not specs:
+    if override_keys(argv) and not specs and not helping:
       raise errors.ConfigError(f'--config.{override_keys(argv)[0]}: no --config=FILE to set it in; give one')
     flags.DEFINE_string('config', None, help_, flag_values=fv)
   flags.DEFINE_integer(
@@ -484,7 +486,7 @@ def parse_config_flags(
   )
   if define is not None:
     define(fv)
-  if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
+  if helping:
     print(f'{doc.strip()}\n\nflags:\n{fv.get_help()}')
     raise SystemExit(0)
   argv = rest

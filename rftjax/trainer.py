@@ -231,7 +231,6 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     )
     cleanup.push(_closing_writer(writer))
     cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps, changed))  # events.jsonl: started ...
-    cleanup.push(_settling(ckpt))  # ... and a stop's checkpoint said before the job's last event
     warned.attach(writer)  # and the warnings logged so far
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
     if is_main:  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
@@ -240,6 +239,9 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     fmt = response_format.make(config.response_format)
     pool = cleanup.enter_context(graders.GradingPool.from_config(config.grading, fmt))
     watcher = cleanup.enter_context(preemption.Watcher())
+    # a stop's checkpoint said before the job's last event, waited for while the watcher still takes a second
+    # SIGTERM (after it, the start-up handler would end the process with the events unwritten)
+    cleanup.push(_settling(ckpt))
     rng = jax.random.key(config.seed)
     items = [ex.item for ex in train_set]
     train_sampler, eval_sampler = spec.train_sampler, spec.eval_sampler
@@ -564,7 +566,8 @@ def _closing(ckpt, run):
     except Exception as e:
       if exc is None:
         raise checkpoint_lib.save_failed(ckpt, run.remote, e) from e
-      log.warning('the checkpoint in flight failed too: %s', checkpoint_lib.failure_reason(e))
+      if e is not exc.__cause__:  # the failure the run stopped for, raised again, is no second one
+        log.warning('the checkpoint in flight failed too: %s', checkpoint_lib.failure_reason(e))
     return False
 
   return close

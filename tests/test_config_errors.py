@@ -181,6 +181,9 @@ USER_CONFIGS = [
                                                       'zero'),
   ("return {'model': 'tiny'}", 'get_config() returned dict; expected the ConfigDict of configs.common.base() with'),
   ('return None', 'get_config() returned NoneType; expected'),
+  ('c = (tiny.get_config()', "SyntaxError: '(' was never closed ("),  # a traceback and exit 1 for a while
+  ('c = tiny.get_config()\n  x = c.sampling.temprature',
+   "line 6 (x = c.sampling.temprature): no such config field 'temprature'; did you mean 'temperature'?"),
   ("c = ml_collections.ConfigDict({'model': 'tiny', 'data': {'train': 'x.jsonl'}})",
    'get_config() returned a ConfigDict without config.batch_size, config.chat_template, config.checkpoint.async_save '),
 ]  # fmt: skip
@@ -413,3 +416,22 @@ def test_an_unreadable_model_file_is_one_line_naming_config_init(model, tmp_path
     assert train.main(['rftjax.train', f'--workdir={tmp_path / "run"}', *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f'error: config.init={init!r}: ') and message in err[0], err
+
+
+def test_help_is_help_and_a_stale_copy_of_common_is_named(tmp_path, monkeypatch, capsys):
+  """-h with an override but no --config said the override needed a config; a config built on an older copy of
+  configs/common.py (a project's own configs/ package hides this one) died on KeyError 'thinking'."""
+  with pytest.raises(SystemExit) as e:
+    train.main(['train', '--workdir=x', '--config.total_steps=3', '-h'])
+  assert e.value.code == 0 and '--workdir' in capsys.readouterr().out
+  project = tmp_path / 'project'
+  (project / 'configs').mkdir(parents=True)
+  (project / 'configs' / '__init__.py').write_text('')
+  common = (REPO / 'configs' / 'common.py').read_text()
+  (project / 'configs' / 'common.py').write_text(common.replace('  c.thinking = False', '  pass'))
+  (project / 'my.py').write_text('from configs import common\n\n\ndef get_config():\n  return common.base()\n')
+  monkeypatch.syspath_prepend(str(project))
+  for name in [m for m in sys.modules if m == 'configs' or m.startswith('configs.')]:
+    monkeypatch.delitem(sys.modules, name)
+  with pytest.raises(cli.errors.ConfigError, match=r'get_config\(\) returned a ConfigDict without config.thinking;'):
+    cli.parse_config_flags(['x', f'--config={project / "my.py"}'])

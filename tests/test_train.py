@@ -1044,7 +1044,8 @@ def test_a_sigterm_during_a_validation_saves_after_the_batch_not_after_the_pass(
 shutil_usage = collections.namedtuple('usage', 'total used free')
 
 
-def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in_repo, monkeypatch, capsys):
+def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in_repo, monkeypatch, capsys,
+                                                                   caplog):  # fmt: skip
   """The last save is asynchronous: when it fails (a full disk, a bucket's quota), events.jsonl must end 'failed',
   not 'succeeded' written before the failure showed; `train` says so in one line and exits 1 (it printed pages of
   Orbax's tracebacks, and Orbax's threads, never closed, more at exit)."""
@@ -1052,9 +1053,11 @@ def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in
 
   real_wait = checkpoint.Checkpointer.wait_until_finished
 
-  def disk_full(self):  # the last save's (step 1's) write
+  full = OSError(28, 'No space left on device')
+
+  def disk_full(self):  # the last save's (step 1's) write: every wait after raises that failure (Checkpointer)
     if 1 in self.all_steps():
-      raise OSError(28, 'No space left on device')
+      raise full
     real_wait(self)
 
   monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
@@ -1069,7 +1072,7 @@ def test_succeeded_is_said_only_once_the_last_checkpoint_is_written(tmp_path, in
     f'error: a checkpoint could not be written to {workdir / "checkpoints"}: No space left on device; checkpoint 1 '
     'is where a rerun resumes (make room, then run the same command again)'
   ]
-  assert closed == [1]
+  assert closed == [1] and 'failed too' not in caplog.text  # the failure it stopped for is no second one
   events = [json.loads(line) for line in (workdir / 'events.jsonl').read_text().splitlines()]
   assert [ev['data']['status'] for ev in events if 'status' in ev['data']] == ['running', 'failed']
   # a disk without room for one more checkpoint: said before Orbax writes anything. The size is the state's when
@@ -1336,6 +1339,38 @@ def test_checkpoint_events_come_once_the_step_is_on_disk_and_before_the_jobs_las
   messages = [e['message'] for e in metrics.read_jsonl(tmp_path / 'run' / 'events.jsonl') if e['type'] == 'message']
   assert messages[-2:] == ['Checkpoint created at step 4', 'The job has successfully completed']
   assert checked == [(0, True), (2, True), (3, True), (4, True)]
+
+
+def test_a_second_sigterm_while_a_stops_checkpoint_is_written_keeps_the_stops_events(tmp_path, in_repo,
+                                                                                       monkeypatch):  # fmt: skip
+  """The stop's save is waited for before the job's last event: a second SIGTERM meanwhile found the start-up
+  handler back (the watcher had gone), which ended the process with neither event written."""
+  import os
+  import signal
+  import time
+
+  import orbax.checkpoint as ocp
+
+  from rftjax import preemption
+
+  stopping, real_wait, real_stop = [], ocp.CheckpointManager.wait_until_finished, preemption.Watcher.stop
+
+  def wait(self):
+    if stopping == [True]:
+      stopping.append('sent')
+      os.kill(os.getpid(), signal.SIGTERM)  # a preemption's notice, sent again
+      time.sleep(0.2)
+    return real_wait(self)
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'wait_until_finished', wait)
+  monkeypatch.setattr(preemption.Watcher, 'requested', lambda self, step: step == 3)
+  monkeypatch.setattr(preemption.Watcher, 'stop', lambda self, step: stopping.append(True) or real_stop(self, step))
+  with pytest.raises(preemption.Preempted):
+    run(tmp_path, 'run', 4, eval_interval=2)
+  assert stopping == [True, 'sent']
+  messages = [e['message'] for e in metrics.read_jsonl(tmp_path / 'run' / 'events.jsonl') if e['type'] == 'message']
+  stopped = 'Job stopped at step 3 (preempted); training again in the same workdir resumes there'
+  assert messages[-2:] == ['Checkpoint created at step 3', stopped]
 
 
 def test_a_stop_during_step_0_validation_keeps_it_and_the_resume_does_not_redo_it(tmp_path, in_repo, monkeypatch):
