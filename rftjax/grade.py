@@ -85,8 +85,10 @@ def _fail(message: str) -> None:
 
 def _read_jsonl(path: str) -> list[tuple[str, object]]:
   """('file:line', JSON value) per non-blank line."""
-  if not pathlib.Path(path).is_file():
+  if not pathlib.Path(path).exists():  # a pipe (<(...), /dev/stdin) is read as a file is
     _fail(f'{path}: no such file{runfs.missing_where(path)}{runfs.tilde_hint(path)}')
+  if pathlib.Path(path).is_dir():
+    _fail(f'{path}: a folder, not a file; expected a JSONL file')
   try:
     return [(where, data_lib.loads(line, where)) for where, line in data_lib.lines(path)]
   except errors.UserError as e:

@@ -939,6 +939,20 @@ def test_a_command_whose_stderr_reader_went_away_still_gives_its_results(tmp_pat
   assert done.returncode == 2 and done.stderr.startswith('error: --workdir=') and '\\xe9t\\xe9' in done.stderr
 
 
+def test_grade_reads_data_and_samples_from_pipes(tmp_path):
+  """--data=<(...) and --samples=<(...) in a script: 'no such file' for a pipe that was there (evaluate and
+  sample took them)."""
+  grader = tmp_path / 'g.json'
+  grader.write_text(json.dumps({'type': 'string_check', 'name': 'eq', 'input': OUT, 'reference': '{{item.ref}}',
+                                'operation': 'eq'}))  # fmt: skip
+  root = pathlib.Path(__file__).resolve().parents[1]
+  script = (f'{sys.executable} -m rftjax.grade --grader={grader} --num_workers=1 '
+            """--data=<(printf '{"ref": "a"}\\n{"ref": "b"}\\n') --samples=<(printf '"a"\\n"a"\\n')""")  # fmt: skip
+  done = subprocess.run(['bash', '-c', script], capture_output=True, text=True, timeout=60, cwd=root)
+  assert done.returncode == 0, done.stderr
+  assert json.loads(done.stdout)['grade_reward_mean'] == 0.5
+
+
 def test_validation_says_which_failed_gradings_are_out_of_its_mean(tmp_path, monkeypatch, caplog):
   """Validation's warning said every failed grading 'scores 0'; one a judge's outage left without a verdict is out
   of valid_reward_mean (test_results_an_outage_left_without_a_verdict_are_out_of_the_means)."""
