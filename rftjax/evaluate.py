@@ -230,6 +230,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   allow = args.allow_unsandboxed or bool(grading.get('allow_unsandboxed', False))
   graders.check_runnable(graders.build(grader_spec), allow)  # a bad field fails before the model loads
   graders.check_items(grader_spec, [(ex.source, ex.item) for ex in examples])
+  graders.say_if_ignoring_sample(grader_spec)
   job, fmt = response_format.of_job(args.grader, grader_at if args.grader else None)  # as grade and training take it
   if not job:
     fmt = response_format.make(run_config.get('response_format') if run_config else None)

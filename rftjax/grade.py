@@ -157,6 +157,9 @@ def _run(args) -> int:
       _fail('--validate only checks the grader: drop --sample, --sample_file, --data and --samples')
     at = {'grader_at': grader_at} if grader_at else {}  # which grader of the file was checked
     print(json.dumps({'valid': True, 'type': grader.type, 'name': grader.name, **at}))
+    for where in graders.ignoring_sample(spec, grader_at):  # valid, and useless for training
+      print(f'note: {where}: no {{{{sample.*}}}} in its templates, so it scores every completion alike',
+            file=sys.stderr)  # fmt: skip
     return 0
   modes = [bool(args.sample is not None or args.sample_file), bool(args.data or args.samples)]
   if sum(modes) != 1:

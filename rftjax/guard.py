@@ -115,6 +115,7 @@ def _fresh() -> dict:
     'window': [0.0, 0, None],  # train_reward_mean sum, count and first step since the previous evaluation
     'start': {'entropy': [], 'truncated_frac': []},  # [step, value] of the first START_STEPS training steps
     'runs': {k: {'n': 0, 'seen': []} for k in KINDS},  # each alarm's current run of bad records: length, last few
+    'peak': None,  # [train_reward_mean, step] of the best training step so far
   }
 
 
@@ -183,6 +184,8 @@ class Guard:
     s, alarms = self._s, []
     reward = _finite(record.get('train_reward_mean'))
     if reward is not None:
+      if s.get('peak') is None or reward > s['peak'][0]:  # a state saved before 'peak' existed has none
+        s['peak'] = [reward, step]
       window = s['window']
       window[0], window[1] = window[0] + reward, window[1] + 1
       window[2] = step if window[2] is None else window[2]
@@ -192,10 +195,11 @@ class Guard:
       alarms += self._length(step, _finite(record['truncated_frac']), _finite(record.get('completion_len_mean')))
     if 'zero_std_group_frac' in record and self.no_signal_steps > 0:
       alarms += self._no_signal(step, _finite(record['zero_std_group_frac']), reward,
-                                _finite(record.get('truncated_frac')))  # fmt: skip
+                                _finite(record.get('truncated_frac')), record)  # fmt: skip
     return alarms
 
-  def _no_signal(self, step: int, share: float | None, reward: float | None, cut: float | None) -> list[Alarm]:
+  def _no_signal(self, step: int, share: float | None, reward: float | None, cut: float | None,
+                 record: dict) -> list[Alarm]:  # fmt: skip
     # every group of G completions scored alike: GRPO's advantages are all 0, so the step changed nothing. A run of
     # such steps trains to its end on nothing (a reference the grader can never match, a task already solved)
     run = self._count('no_signal', share is not None and share >= 1 - _EPS, step, reward, self.no_signal_steps)
@@ -203,13 +207,21 @@ class Guard:
       return []
     rewards = [r for _, r in run if r is not None]
     mean = sum(rewards) / len(rewards) if rewards else None
-    # no answer got to its end (one token leaves no room for a stop: configs/tiny.py answers in one by design)
-    cut_short = mean == 0 and cut is not None and cut >= 1 - _EPS and self.max_new_tokens > 1
-    what = (f'every completion scored 0 and ran to max_new_tokens={self.max_new_tokens} without stopping: answers cut '
+    # most answers did not get to their end (one token leaves no room for a stop: configs/tiny.py answers in one)
+    cut_short = mean == 0 and cut is not None and cut >= 0.5 and self.max_new_tokens > 1
+    peak = self._s.get('peak')
+    # the run earned reward before: the grader and the task were fine then, the policy has moved off its answers
+    fell = mean == 0 and peak is not None and peak[0] > 0 and peak[1] < run[0][0]
+    moved = ', '.join(f'{k} {_f(v)}' for k in ('kl', 'entropy') if (v := _finite(record.get(k))) is not None)
+    what = (f'{_f(cut)} of the completions ran to max_new_tokens={self.max_new_tokens} without stopping: answers cut '
             'short score 0; raise sampling.max_new_tokens (or ask the prompts for shorter answers)' if cut_short else
+            f'every completion scored 0, after train_reward_mean {_f(peak[0])} at step {peak[1]}: the policy moved '
+            f'off the answers it gave ({moved}); a learning rate too high does this: lower optimizer.learning_rate '
+            '(or raise grpo.beta) and train again from a checkpoint before the fall (docs/guard.md)' if fell else
             'every completion scored 0: check the grader against a few of them (python -m rftjax.grade --sample=...) '
             'and the references, or the task is out of reach for this model' if mean == 0 else
-            'every completion scored 1: the task is already solved for these prompts' if mean == 1 else
+            'every completion scored 1: the task is already solved for these prompts, or the grader passes anything '
+            '(try it on a wrong answer: python -m rftjax.grade --sample=...)' if mean == 1 else
             "each prompt's completions all pass or all fail: more num_generations, a higher sampling.temperature "
             'or prompts of middling difficulty give a group a spread')  # fmt: skip
     return [

@@ -484,6 +484,10 @@ def run(config, out, *, samples: int, limit: int = 0, write_filtered=None, drop=
   if any(r.errors for r in results):  # too few to stop the run, but each one a 0 it trains on: say which
     line = graders.failure_line(results, config.grading.max_error_share, grader)
     log.warning('preflight: %s; they score 0 (every completion is in %s)', line, out / 'pass_rates.jsonl')
+  elif results and len({r.reward for r in results}) == 1 and results[0].reward:  # a grader that passes anything?
+    log.warning('preflight: every one of the %d completions scored %g: GRPO learns nothing from that. The task is '
+                'solved for these prompts, or the grader passes anything: try it on a wrong answer (python -m '
+                'rftjax.grade --grader=... --sample=... --item=...)', len(results), results[0].reward)  # fmt: skip
   elif results and not missed and not any(r.reward for r in results):  # a grader that never gives credit
     log.warning('preflight: every one of the %d completions scored 0: GRPO learns nothing from that. Check the '
                 'grader on a completion you know is right (python -m rftjax.grade --grader=... --sample=... '

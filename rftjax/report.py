@@ -313,8 +313,7 @@ def table(s: dict) -> str:
     rows.append(('failed gradings', ', '.join(said) + ' (each scored 0, or was out of the mean for an outage; '
                  '<split>/errors/* in metrics.jsonl)'))  # fmt: skip
   if 'warnings' in s:
-    w, last = s['warnings'], ' '.join(s['warnings']['last'].split())
-    last = last if len(last) <= 160 else last[:159] + '…'
+    w, last = s['warnings'], ' '.join(s['warnings']['last'].split())  # whole: its cause and fix come last
     rows.append(('warnings', f'{w["count"]} in events.jsonl; the last, at step {_fmt(w["last_step"])}: {last}'))
   if 'response_format_valid' in s:
     rows.append(('response format valid', _share_text(s['response_format_valid'], 'the others scored 0 ungraded')))

@@ -305,6 +305,7 @@ def check_grader(config, examples, explicit=()) -> None:
   at = grader_at(config, explicit)
   graders.check_runnable(graders.build(config.grader, where=at), config.grading.allow_unsandboxed)
   graders.check_items(config.grader, [(ex.source, ex.item) for ex in examples], at)
+  graders.say_if_ignoring_sample(config.grader, at)
 
 
 def encode(config, examples, tok, fmt, key: str) -> tuple[list, list[list[int]]]:

@@ -1001,3 +1001,22 @@ def test_validation_says_which_failed_gradings_are_out_of_its_mean(tmp_path, mon
     assert v(None, 5)['valid/num_discarded'] == 2
   (said,) = [r.getMessage() for r in caplog.records if 'validation at step 5' in r.getMessage()]
   assert '; 1 left without a verdict (an outage) is out of valid_reward_mean, the 1 other scores 0 (every' in said
+
+
+def test_a_grader_that_never_reads_the_completion_is_said(tmp_path):
+  """input and reference both from the item: every completion passed, step 0 validated at 1.0 on random weights,
+  and grade --validate called it valid without a word."""
+  blind = {'type': 'string_check', 'name': 'x', 'input': '{{item.answer}}', 'reference': '{{item.answer}}',
+           'operation': 'eq'}  # fmt: skip
+  reads = {**blind, 'input': '{{ sample.output_text }}'}
+  judge = {'type': 'score_model', 'name': 'j', 'model': 'm', 'input': [{'role': 'user', 'content': '{{item.q}}'}]}
+  multi = {'type': 'multi', 'graders': {'a': reads, 'b': blind, 'c': judge}, 'calculate_output': 'a + b + c'}
+  assert graders.ignoring_sample(blind) == ['grader'] and graders.ignoring_sample(reads) == []
+  assert graders.ignoring_sample(multi) == ['grader.graders.b', 'grader.graders.c']
+  for fine in ({'type': 'math', 'reference': '{{item.a}}'}, {'type': 'python', 'source': 'def grade(s, i): return 1'}):
+    assert graders.ignoring_sample(fine) == []  # they read the sample themselves
+  grader = tmp_path / 'g.json'
+  grader.write_text(json.dumps(blind))
+  done = run_cli(f'--grader={grader}', '--validate')
+  assert done.returncode == 0 and json.loads(done.stdout)['valid'] is True
+  assert done.stderr == 'note: grader: no {{sample.*}} in its templates, so it scores every completion alike\n'

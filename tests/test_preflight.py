@@ -282,6 +282,15 @@ def test_a_grader_that_never_gives_credit_is_said(tmp_path, monkeypatch, caplog)
     assert preflight.main(argv) == 0
   (said,) = [m for m in caplog.messages if 'scored 0' in m]
   assert said.startswith('preflight: every one of the 8 completions scored 0: GRPO learns nothing from that. Check ')
+  # and one that passes everything (its fields never read the completion): 100% 'always solved' without a word
+  grader.write_text(json.dumps({'type': 'string_check', 'name': 'self', 'input': '{{item.answer}}',
+                                'reference': '{{item.answer}}', 'operation': 'eq'}))  # fmt: skip
+  caplog.clear()
+  with contextlib.redirect_stdout(io.StringIO()), caplog.at_level('WARNING', logger='rftjax'):
+    assert preflight.main(argv) == 0
+  assert any(m.startswith('grader: no {{sample.*}} in its templates') for m in caplog.messages)
+  (said,) = [m for m in caplog.messages if 'scored 1' in m]
+  assert 'the grader passes anything: try it on a wrong answer' in said
 
 
 def test_filtering_drops_only_prompts_without_signal_and_keeps_failed_gradings(tmp_path):

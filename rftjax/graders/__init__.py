@@ -26,6 +26,8 @@ from rftjax.graders.pool import check_sandbox
 from rftjax.graders.spec import TYPES
 from rftjax.graders.spec import build
 from rftjax.graders.spec import check_items
+from rftjax.graders.spec import ignoring_sample
+from rftjax.graders.spec import say_if_ignoring_sample
 from rftjax.graders.spec import load
 from rftjax.graders.spec import locate
 from rftjax.graders.spec import local_models
@@ -52,6 +54,8 @@ __all__ = [
   'TYPES',
   'build',
   'check_items',
+  'ignoring_sample',
+  'say_if_ignoring_sample',
   'load',
   'locate',
   'local_models',

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pathlib
+import re
 from typing import Any, Sequence
 
 
@@ -17,6 +19,8 @@ from rftjax.graders import model_graders
 from rftjax.graders import sandbox_graders
 from rftjax.graders import templating
 from rftjax.graders import text_graders
+
+log = logging.getLogger('rftjax')
 
 _E = core.GraderConfigError
 _STR = (str,)
@@ -386,6 +390,32 @@ def item_variables(spec: Any, where: str | None = None) -> list[tuple[str, str, 
   spec, at = locate(spec)
   walk(spec, where or at or 'grader')
   return found
+
+
+def ignoring_sample(spec: Any, where: str | None = None) -> list[str]:
+  """The graders in `spec` (a multi's sub-graders too) whose templates name no `{{sample.*}}`: they score every
+  completion alike (`"input": "{{item.answer}}"` against `"reference": "{{item.answer}}"` passed every one), so
+  GRPO learns nothing from them. python and endpoint graders see the sample whatever they do, math and code read
+  it when they set no `input`."""
+  spec, where = errors.plain(spec), where or 'grader'
+  if not isinstance(spec, dict):
+    return []
+  if spec.get('type') == 'multi':
+    subs = spec.get('graders') if isinstance(spec.get('graders'), dict) else {}
+    return [x for name, sub in subs.items() for x in ignoring_sample(sub, f'{where}.graders.{name}')]
+  kind = spec.get('type')
+  if kind not in ('string_check', 'text_similarity', 'math', 'code', 'score_model', 'label_model'):
+    return []
+  if kind in ('math', 'code') and 'input' not in spec:
+    return []
+  text = json.dumps({k: spec.get(k) for k in ('input', 'reference', 'tests')})
+  return [] if re.search(r'\{\{\s*sample\.', text) else [where]
+
+
+def say_if_ignoring_sample(spec: Any, where: str | None = None) -> None:
+  for at in ignoring_sample(spec, where):
+    log.warning('%s: no {{sample.*}} in its templates, so it scores every completion alike and trains nothing; '
+                'expected its input to name the completion, e.g. "{{sample.output_text}}"', at)  # fmt: skip
 
 
 def check_items(spec: Any, rows: Sequence[tuple[str, dict]], where: str | None = None) -> None:
