@@ -265,6 +265,9 @@ def _noise(s: dict) -> str:
   close = [step for step, r in (s.get('checkpoint_valid_rewards') or {}).items()
            if step != s['best_step'] and r is not None and best - r <= se]  # fmt: skip
   tie = f'; step{"s" * (len(close) > 1)} {", ".join(map(str, close))} within one standard error' if close else ''
+  first = s.get('valid_reward_first') if s.get('valid_reward_first_step') == 0 else None
+  if first is not None and s['best_step'] != 0 and 0 not in close and best - first <= se:  # a learning rate too low,
+    tie += f'; no better than step 0 (the untrained model, {first:.4f}) by one standard error'  # a beta too high
   prompts, graded = s.get('best_valid_prompts'), s['best_valid_graded']
   over = f'{prompts} prompts' + (f' x {graded // prompts} samples' if prompts and graded > prompts else '')
   return f' ± {se:.3f} over {over if prompts else f"{graded} graded"}{tie}'

@@ -528,3 +528,23 @@ def test_reports_error_counts_a_prompts_samples_as_one(tmp_path):
   s = report.summarize(tmp_path)
   assert s['best_valid_stderr'] == pytest.approx((0.3175 * 0.6825 / 800) ** 0.5) and 'best_valid_prompts' not in s
   assert '± 0.016 over 800 graded' in report.table(s)
+
+
+def test_report_says_when_the_best_is_no_better_than_the_untrained_model(tmp_path):
+  """learning_rate=1e-7: validation 0.1350 at every evaluation, and report said 'best step 50 (valid reward
+  0.1350 ...)' as if training had helped."""
+  write_config(tmp_path)
+  w = metrics.MetricsWriter(tmp_path, tensorboard=False)
+  for step, reward in ((0, 0.135), (10, 0.135), (20, 0.14)):
+    w.write({'step': step, 'valid_reward_mean': reward, 'valid/num_graded': 200.0, 'valid_reward_stderr': 0.024,
+             'valid/num_prompts': 200})  # fmt: skip
+  w.close()
+  s = report.summarize(tmp_path)
+  assert s['best_step'] == 20 and 'no better than step 0 (the untrained model, 0.1350) by one standard error' in (
+    report.table(s)
+  )
+  w = metrics.MetricsWriter(tmp_path, resume_step=10, tensorboard=False)
+  w.write({'step': 20, 'valid_reward_mean': 0.5, 'valid/num_graded': 200.0, 'valid_reward_stderr': 0.035,
+           'valid/num_prompts': 200})  # fmt: skip
+  w.close()
+  assert 'no better than step 0' not in report.table(report.summarize(tmp_path))
