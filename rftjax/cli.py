@@ -360,7 +360,8 @@ def _load_config_file(spec: str):
   except Exception as e:  # noqa: BLE001  the config file's own error, at its line
     raise errors.ConfigError(f'{where}: {_at_line(e, full)}') from None
   finally:
-    sys.path.remove(os.path.dirname(full))
+    if os.path.dirname(full) in sys.path:  # (unless the file took it out itself)
+      sys.path.remove(os.path.dirname(full))
   expected = 'expected the ConfigDict of configs.common.base() with your changes (configs/tiny.py is one)'
   if not isinstance(config, config_dict.ConfigDict):
     raise errors.ConfigError(f'{where}: get_config() returned {type(config).__name__}; {expected}')
@@ -409,7 +410,9 @@ def _at_line(e: Exception, file: str) -> str:
   import linecache
   import traceback
 
-  frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == file]
+  stack = traceback.extract_tb(e.__traceback__)
+  frames = [f for f in stack if f.filename == file]
+  of_config = bool(stack) and 'ml_collections' in stack[-1].filename  # raised by the ConfigDict, not the file's code
   at = (
     f'line {frames[-1].lineno} ({(frames[-1].line or linecache.getline(file, frames[-1].lineno)).strip()}): '
     if frames
@@ -419,7 +422,7 @@ def _at_line(e: Exception, file: str) -> str:
   if isinstance(e, (AttributeError, KeyError)) and isinstance(e.args[0] if e.args else None, KeyError):
     text = e.args[0].args[0]  # ml_collections' AttributeError wraps its KeyError
   missing = re.match(r'Key "(\w+)" does not exist and cannot be added since the config is locked', text)
-  missing = missing or (re.match(r"'(\w+)'", text) if isinstance(e, (AttributeError, KeyError)) else None)  # read
+  missing = missing or (re.match(r"'(\w+)'", text) if of_config and isinstance(e, (AttributeError, KeyError)) else None)
   if missing:
     hint = re.search(r'Did you mean "(\w+)"', text)
     return f'{at}no such config field {missing.group(1)!r}' + (f'; did you mean {hint.group(1)!r}?' if hint else '')

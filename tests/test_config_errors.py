@@ -182,6 +182,7 @@ USER_CONFIGS = [
   ("return {'model': 'tiny'}", 'get_config() returned dict; expected the ConfigDict of configs.common.base() with'),
   ('return None', 'get_config() returned NoneType; expected'),
   ('c = (tiny.get_config()', "SyntaxError: '(' was never closed ("),  # a traceback and exit 1 for a while
+  ("c = tiny.get_config()\n  x = {}['FOO']", "line 6 (x = {}['FOO']): KeyError: FOO"),  # the file's own: no field
   ('c = tiny.get_config()\n  x = c.sampling.temprature',
    "line 6 (x = c.sampling.temprature): no such config field 'temprature'; did you mean 'temperature'?"),
   ("c = ml_collections.ConfigDict({'model': 'tiny', 'data': {'train': 'x.jsonl'}})",
