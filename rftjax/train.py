@@ -83,7 +83,9 @@ def main(argv=None, abandon_threads: bool = False) -> int:
         from rftjax import openai_job
 
         config = openai_job.apply(config, job, explicit)
-      trainer.train(config, fv.workdir, explicit=explicit)
+      if trainer.train(config, fv.workdir, explicit=explicit):  # ({}: nothing was left to do)
+        log.info('done: python -m rftjax.report --workdir=%s names the best checkpoint; python -m rftjax.export '
+                 '--workdir=%s --out=DIR exports it', fv.workdir, fv.workdir)  # fmt: skip
     except trainer.GradingStopped as e:
       print(f'error: {"tool calls" if e.code == "tools_failed" else "grading"} failed: {e}', file=sys.stderr)
       return e.exit_code

@@ -1275,11 +1275,12 @@ def test_progress_in_a_log_file_is_a_line_per_tenth_of_the_run(monkeypatch, capl
     with metrics_lib.Progress(0, 20, stream=stream) as bar:
       bar.note(0, {'valid_reward_mean': 0.125})
       for step in range(1, 21):
-        now[0] += 2.0
-        bar.update(step, {'train_reward_mean': step / 20})
+        now[0] += 2.0 + 30.0 * (step == 1)  # the first step compiled for 30 s
+        bar.update(step, {'train_reward_mean': step / 20, 'timing/compile_s': 30.0 * (step == 1)})
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('step ')]
     assert stream.getvalue() == ''  # no bar drawn into the file
     assert [int(x.split('/')[0][5:]) for x in lines] == list(range(2, 21, 2))
+    assert lines[0] == 'step 2/20 (10%): reward 0.100, valid 0.125; 2 s/step since step 0, about 0:00:36 left'
     assert lines[4] == 'step 10/20 (50%): reward 0.500, valid 0.125; 2 s/step since step 8, about 0:00:20 left'
     assert lines[-1] == 'step 20/20 (100%): reward 1.000, valid 0.125; 2 s/step since step 18'
     caplog.clear()
@@ -1371,6 +1372,22 @@ def test_a_second_sigterm_while_a_stops_checkpoint_is_written_keeps_the_stops_ev
   messages = [e['message'] for e in metrics.read_jsonl(tmp_path / 'run' / 'events.jsonl') if e['type'] == 'message']
   stopped = 'Job stopped at step 3 (preempted); training again in the same workdir resumes there'
   assert messages[-2:] == ['Checkpoint created at step 3', stopped]
+
+
+def test_a_finished_run_says_what_to_do_next(tmp_path, in_repo, monkeypatch, caplog):
+  """A run that succeeded ended on its last validation line; a stop or a failure says a line of its own."""
+  from rftjax import cli, train
+
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  w = tmp_path / 'run'
+  argv = ['rftjax.train', f'--workdir={w}', '--config=configs/tiny.py:test', '--config.total_steps=1']
+  with caplog.at_level('INFO', logger='rftjax'):
+    assert train.main(argv) == 0
+    assert caplog.messages[-1] == (f'done: python -m rftjax.report --workdir={w} names the best checkpoint; python -m '
+                                   f'rftjax.export --workdir={w} --out=DIR exports it')  # fmt: skip
+    caplog.clear()
+    assert train.main(argv) == 0  # nothing left to do: not 'done' again
+    assert caplog.messages[-1].startswith('nothing to do: step 1 >= total_steps=1')
 
 
 def test_a_stop_during_step_0_validation_keeps_it_and_the_resume_does_not_redo_it(tmp_path, in_repo, monkeypatch):
