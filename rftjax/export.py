@@ -60,7 +60,15 @@ def check_out_folder(out, base: str | None = None) -> None:
       f'--out={out}: that is the model this export reads ({base}), which the run also needs (a LoRA run applies its '
       f'adapters to it); expected another folder, e.g. --out={out}-exported'
     )
-  if not out.is_dir() or (out / MARKER).is_file():
+  if (out / MARKER).is_file():  # replaced whole: said, with what it held (the base a PEFT adapter needs, say)
+    try:
+      held = json.loads((out / MARKER).read_text())
+      what = f'{held.get("kind")} of {held.get("source")}' + (f' step {held["step"]}' if 'step' in held else '')
+    except (OSError, ValueError, AttributeError):
+      what = 'an earlier export'
+    print(f'note: --out={out}: replacing the earlier export there ({what})', file=sys.stderr)
+    return
+  if not out.is_dir():
     return
   entries = sorted(p.name for p in out.iterdir())
   if not entries:

@@ -315,10 +315,15 @@ def test_export_replaces_an_earlier_export_whole_and_refuses_other_folders(tmp_p
   assert (out / 'model.safetensors').is_file()
   marker = json.loads((out / export.MARKER).read_text())
   assert (marker['source'], marker['kind'], marker['base']) == (str(run), 'merged', f'hf:{base}')
+  capsys.readouterr()
   with monkeypatch.context() as m:  # a relative --init is written absolute: the marker is read from other folders
     m.chdir(tmp_path)
     assert export.main(['--init=hf:base', f'--out={out}']) == 0
   assert json.loads((out / export.MARKER).read_text())['source'] == f'hf:{base}'
+  step = marker['step']  # what was replaced is said (a PEFT adapter's base, written over, got its adapters twice)
+  assert f'note: --out={out}: replacing the earlier export there (merged of {run} step {step})' in (
+    capsys.readouterr().err
+  )
   assert export.main([f'--workdir={run}', '--adapter', f'--out={out}']) == 0
   assert sorted(p.name for p in out.iterdir()) == ['adapter_config.json', 'adapter_model.safetensors', export.MARKER]
   assert json.loads((out / export.MARKER).read_text())['kind'] == 'adapter'
