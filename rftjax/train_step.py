@@ -91,7 +91,7 @@ def _schedule_at(opt_state, count):
 
 def learning_rate(opt_cfg, step: int, total_steps: int) -> float:
   """The rate used by GRPO step `step` (1-based, as logged; each of its num_iterations updates), for metrics."""
-  return float(schedule(opt_cfg, total_steps)(step - 1))
+  return float(str(np.float32(schedule(opt_cfg, total_steps)(step - 1))))  # float32's shortest decimal: 1e-04
 
 
 def _replicated(params):

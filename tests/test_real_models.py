@@ -272,3 +272,5 @@ def test_config_from_file_without_preset(real):
   }
   assert not diff
   assert read.name == cfg.name  # named after the preset it matches, for logs (export --init printed 'from_file')
+  assert read.norm_eps == cfg.norm_eps  # the file's float32 as its shortest decimal: an export's config.json said
+  # rms_norm_eps 9.999999747378752e-06 from the GGUF and 1e-05 from the preset
