@@ -63,7 +63,9 @@ def check_out_folder(out, base: str | None = None) -> None:
   if (out / MARKER).is_file():  # replaced whole: said, with what it held (the base a PEFT adapter needs, say)
     try:
       held = json.loads((out / MARKER).read_text())
-      what = f'{held.get("kind")} of {held.get("source")}' + (f' step {held["step"]}' if 'step' in held else '')
+      what = f'{held.get("kind")} of {held.get("source")}' + (
+        f' step {held["step"]}' if held.get('step') is not None else ''
+      )
     except (OSError, ValueError, AttributeError):
       what = 'an earlier export'
     print(f'note: --out={out}: replacing the earlier export there ({what})', file=sys.stderr)

@@ -169,7 +169,7 @@ class GGUFFile:
       head_dim=int(head_dim),
       mlp_dim=int(self.arch('feed_forward_length')),
       # float32 in the file: its shortest decimal (1e-05), not the widened 9.999999747378752e-06 in an export
-      norm_eps=float(str(np.float32(self.arch('attention.layer_norm_rms_epsilon')))),
+      norm_eps=float(str(np.float32(float(self.arch('attention.layer_norm_rms_epsilon'))))),  # (None: an error)
       tie_embeddings='output.weight' not in self._tensors,
     )
     scaling = self.arch('rope.scaling.type')

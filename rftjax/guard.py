@@ -211,12 +211,15 @@ class Guard:
     cut_short = mean == 0 and cut is not None and cut >= 0.5 and self.max_new_tokens > 1
     peak = self._s.get('peak')
     # the run earned reward before: the grader and the task were fine then, the policy has moved off its answers
-    fell = mean == 0 and peak is not None and peak[0] > 0 and peak[1] < run[0][0]
-    moved = ', '.join(f'{k} {_f(v)}' for k in ('kl', 'entropy') if (v := _finite(record.get(k))) is not None)
-    what = (f'{_f(cut)} of the completions ran to max_new_tokens={self.max_new_tokens} without stopping: answers cut '
+    fell = mean == 0 and peak is not None and peak[0] >= 0.05 and peak[1] < run[0][0]
+    # kl is measured only against a reference (grpo.beta > 0): a 0 there is no evidence of anything
+    moved = ', '.join(f'{k} {_f(v)}' for k in ('kl', 'entropy')
+                      if (v := _finite(record.get(k))) is not None and (k != 'kl' or v > 0))  # fmt: skip
+    moved = f' ({moved})' if moved else ''
+    what = (f'{cut:.0%} of the completions ran to max_new_tokens={self.max_new_tokens} without stopping: answers cut '
             'short score 0; raise sampling.max_new_tokens (or ask the prompts for shorter answers)' if cut_short else
             f'every completion scored 0, after train_reward_mean {_f(peak[0])} at step {peak[1]}: the policy moved '
-            f'off the answers it gave ({moved}); a learning rate too high does this: lower optimizer.learning_rate '
+            f'off the answers it gave{moved}; a learning rate too high does this: lower optimizer.learning_rate '
             '(or raise grpo.beta) and train again from a checkpoint before the fall (docs/guard.md)' if fell else
             'every completion scored 0: check the grader against a few of them (python -m rftjax.grade --sample=...) '
             'and the references, or the task is out of reach for this model' if mean == 0 else

@@ -471,7 +471,8 @@ class Progress:
     (before, t), now, total = self._last, time.monotonic(), max(self.total, 1)
     if not (step * 10 // total > before * 10 // total or step >= total or now - t >= self.every_s) or step <= before:
       return
-    self._last, compiling, self._compiling = (step, now), min(self._compiling, now - t), 0.0
+    # (compilations that overlap, a judge's in the grading threads, can add up past the interval: then none)
+    self._last, compiling, self._compiling = (step, now), self._compiling if self._compiling < now - t else 0.0, 0.0
     per_step = (now - t - compiling) / (step - before)
     shown = ', '.join(f'{k} {self.post[k]}' for k in ('reward', 'valid') if k in self.post)
     left = f', about {datetime.timedelta(seconds=round(per_step * (total - step)))} left' if step < total else ''

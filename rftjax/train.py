@@ -73,6 +73,8 @@ def main(argv=None, abandon_threads: bool = False) -> int:
 
   def body() -> int:
     job, fv, argv_ = cli.parse_job_flags(argv, _define, required=('workdir',), doc=__doc__)
+    import jax
+
     from rftjax import checkpoint, multihost, preemption, trainer  # JAX starts here, after the flags are good
 
     multihost.initialize(fv.distributed, fv.coordinator, fv.num_processes, fv.process_id)
@@ -83,7 +85,8 @@ def main(argv=None, abandon_threads: bool = False) -> int:
         from rftjax import openai_job
 
         config = openai_job.apply(config, job, explicit)
-      if trainer.train(config, fv.workdir, explicit=explicit):  # ({}: nothing was left to do)
+      done = trainer.train(config, fv.workdir, explicit=explicit)  # ({}: nothing was left to do)
+      if done and jax.process_index() == 0:  # once, not once per host
         log.info('done: python -m rftjax.report --workdir=%s names the best checkpoint; python -m rftjax.export '
                  '--workdir=%s --out=DIR exports it', fv.workdir, fv.workdir)  # fmt: skip
     except trainer.GradingStopped as e:

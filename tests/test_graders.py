@@ -1012,6 +1012,9 @@ def test_a_grader_that_never_reads_the_completion_is_said(tmp_path):
   judge = {'type': 'score_model', 'name': 'j', 'model': 'm', 'input': [{'role': 'user', 'content': '{{item.q}}'}]}
   multi = {'type': 'multi', 'graders': {'a': reads, 'b': blind, 'c': judge}, 'calculate_output': 'a + b + c'}
   assert graders.ignoring_sample(blind) == ['grader'] and graders.ignoring_sample(reads) == []
+  for other in ('{{sample["output_text"]}}', "{{sample['output_text']}}", '{{sample}}'):  # other spellings read it
+    assert graders.ignoring_sample({**blind, 'input': other}) == [], other
+  assert graders.ignoring_sample({**blind, 'input': '{{samples.x}}'}) == ['grader']
   assert graders.ignoring_sample(multi) == ['grader.graders.b', 'grader.graders.c']
   for fine in ({'type': 'math', 'reference': '{{item.a}}'}, {'type': 'python', 'source': 'def grade(s, i): return 1'}):
     assert graders.ignoring_sample(fine) == []  # they read the sample themselves

@@ -329,14 +329,14 @@ def test_no_signal_fires_when_every_group_scored_alike_for_no_signal_steps():
   cut = [train(s, reward=0.0, zero_std=1.0, truncated=1.0) for s in range(1, 6)]
   (alarm,) = guard.Guard(make_cfg(), max_new_tokens=4).replay(cut)
   assert alarm.kind == 'no_signal' and alarm.data['truncated_frac'] == 1.0
-  assert '1 of the completions ran to max_new_tokens=4 without stopping: answers cut short score 0; raise ' \
+  assert '100% of the completions ran to max_new_tokens=4 without stopping: answers cut short score 0; raise ' \
          'sampling.max_new_tokens' in alarm.message  # fmt: skip
   (alarm,) = guard.Guard(make_cfg(), max_new_tokens=1).replay(cut)  # one token: no room for a stop, by design
   assert 'check the grader' in alarm.message
   # most cut off, a few ending early: it was 'check the grader' unless every one ran out
   most = [train(s, reward=0.0, zero_std=1.0, truncated=0.9) for s in range(1, 6)]
   (alarm,) = guard.Guard(make_cfg(), max_new_tokens=2).replay(most)
-  assert '0.9 of the completions ran to max_new_tokens=2 without stopping' in alarm.message
+  assert '90% of the completions ran to max_new_tokens=2 without stopping' in alarm.message
   assert 'or the grader passes anything (try it on a wrong answer' in g.replay(stream)[0].message
 
 
@@ -347,6 +347,11 @@ def test_no_signal_after_a_fall_from_reward_names_the_learning_rate_not_the_grad
   fall += [{**train(s, reward=0.0, zero_std=1.0, entropy=0.05), 'kl': 4.3} for s in range(5, 8)]
   (alarm,) = guard.Guard(make_cfg(), max_new_tokens=8).replay(fall)
   assert alarm.kind == 'no_signal' and 'check the grader' not in alarm.message
+  unmeasured = [{**r, 'kl': 0.0} for r in fall]  # grpo.beta=0 (the default): kl is not measured, no evidence
+  (quiet,) = guard.Guard(make_cfg(), max_new_tokens=8).replay(unmeasured)
+  assert 'the policy moved off the answers it gave (entropy 0.05); a learning' in quiet.message
+  lucky = [train(1, reward=0.016)] + [train(s, reward=0.0, zero_std=1.0) for s in (2, 3, 4)]  # no earned reward
+  assert 'check the grader' in guard.Guard(make_cfg(), max_new_tokens=8).replay(lucky)[0].message
   assert 'every completion scored 0, after train_reward_mean 0.2 at step 1: the policy moved off the answers it ' \
          'gave (kl 4.3, entropy 0.05); a learning rate too high does this: lower optimizer.learning_rate' \
          in alarm.message  # fmt: skip

@@ -409,7 +409,7 @@ def ignoring_sample(spec: Any, where: str | None = None) -> list[str]:
   if kind in ('math', 'code') and 'input' not in spec:
     return []
   text = json.dumps({k: spec.get(k) for k in ('input', 'reference', 'tests')})
-  return [] if re.search(r'\{\{\s*sample\.', text) else [where]
+  return [] if re.search(r'\{\{\s*sample(?![A-Za-z0-9_])', text) else [where]  # .x, ["x"], or the whole sample
 
 
 def say_if_ignoring_sample(spec: Any, where: str | None = None) -> None:
