@@ -422,6 +422,7 @@ def test_an_unreadable_model_file_is_one_line_naming_config_init(model, tmp_path
 def test_help_is_help_and_a_stale_copy_of_common_is_named(tmp_path, monkeypatch, capsys):
   """-h with an override but no --config said the override needed a config; a config built on an older copy of
   configs/common.py (a project's own configs/ package hides this one) died on KeyError 'thinking'."""
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)  # a console on pytest's capture outlives it
   with pytest.raises(SystemExit) as e:
     train.main(['train', '--workdir=x', '--config.total_steps=3', '-h'])
   assert e.value.code == 0 and '--workdir' in capsys.readouterr().out
