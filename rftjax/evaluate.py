@@ -135,6 +135,7 @@ def parse_args(argv):
     help="a tool run's tools as a JSON file (default: the run's config.tools): a server that has moved, new headers",
   )
   p.add_argument('--out', default=None, help='per-sample JSONL (default: DIR/eval/step<N>_<data stem>.jsonl)')
+  p.add_argument('--json', action='store_true', help='stdout: the summary as one JSON object only, without the table')
   args = p.parse_args(argv)
   cli.check_inference_flags(p, args)
   if args.limit < 0:
@@ -380,7 +381,8 @@ def main(argv=None) -> int:
       print(f'error: {e}', file=sys.stderr)
       return 1
     if jax.process_index() == 0:
-      print(table({k: v for k, v in summary.items() if k != 'out'}))
+      if not args.json:  # (a script reads the JSON line: `| jq` wants it alone)
+        print(table({k: v for k, v in summary.items() if k != 'out'}))
       print(f'samples written to {summary["out"]}', file=sys.stderr)
       n = int(summary.get('eval/num_graded') or 0)
       failed, out = round(float(summary.get('eval/error_rate') or 0.0) * n), int(summary.get('eval/num_discarded') or 0)

@@ -519,10 +519,10 @@ def test_evaluate_says_when_some_gradings_failed(run_dir, tmp_path, in_repo, cap
   nines = sum(1 for line in read_jsonl(valid) if line['answer'] == '9')
   out = tmp_path / 'e.jsonl'
   argv = [f'--workdir={run_dir}', f'--data={valid}', f'--grader={grader}', f'--out={out}', '--num_workers=1']
-  assert 0 < nines < 16 and evaluate.main(argv) == 0
-  assert f"note: {nines} of 16 gradings failed (count as 0 in reward_mean); each one's error is in {out}" in (
-    capsys.readouterr().err
-  )
+  assert 0 < nines < 16 and evaluate.main([*argv, '--json']) == 0
+  out_, err = capsys.readouterr()
+  assert f"note: {nines} of 16 gradings failed (count as 0 in reward_mean); each one's error is in {out}" in err
+  assert json.loads(out_)['eval/num_graded'] == 16  # --json: the summary alone, as jq wants it
 
 
 def test_evaluate_with_a_job_file_asks_for_and_checks_its_response_format(run_dir, tmp_path, in_repo, capsys):
