@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import pathlib
-import re
 from typing import Any, Sequence
 
 
@@ -364,32 +363,33 @@ def validate(spec: dict | str | pathlib.Path, where: str | None = None) -> None:
   build(spec, where=where)
 
 
+def _variables(node: Any, field: str) -> list[tuple[str, str, str, tuple]]:
+  """(field, expression, root, steps) of every template variable in `node`, in order; `field` is `node`'s JSON path.
+  A python grader's `source` is code, not a template, and is not searched; a variable that does not parse is left
+  to build(), which names it."""
+  found: list[tuple[str, str, str, tuple]] = []
+  if isinstance(node, dict):
+    for key, value in node.items():
+      found += _variables(value, f'{field}.{key}') if key != 'source' else []
+  elif isinstance(node, list):
+    for k, value in enumerate(node):
+      found += _variables(value, f'{field}[{k}]')
+  elif isinstance(node, str):
+    for m in templating._VAR.finditer(node):
+      try:
+        root, steps = templating.parse_path(m.group(1), field)
+      except core.GraderConfigError:
+        continue
+      found.append((field, m.group(1), root, steps))
+  return found
+
+
 def item_variables(spec: Any, where: str | None = None) -> list[tuple[str, str, tuple]]:
   """Every `{{item...}}` variable of the grader's templates: (field, expression, steps), in spec order; `field` starts
-  at `where` (the grader's JSON path, default `grader`). A python grader's `source` is code, not a template, and is
-  not searched."""
-  found: list[tuple[str, str, tuple]] = []
-
-  def walk(node: Any, field: str) -> None:
-    if isinstance(node, dict):
-      for key, value in node.items():
-        if key != 'source':
-          walk(value, f'{field}.{key}')
-    elif isinstance(node, list):
-      for k, value in enumerate(node):
-        walk(value, f'{field}[{k}]')
-    elif isinstance(node, str):
-      for m in templating._VAR.finditer(node):
-        try:
-          root, steps = templating.parse_path(m.group(1), field)
-        except core.GraderConfigError:
-          continue  # build() names it
-        if root == 'item':
-          found.append((field, m.group(1), steps))
-
+  at `where` (the grader's JSON path, default `grader`)."""
   spec, at = locate(spec)
-  walk(spec, where or at or 'grader')
-  return found
+  return [(field, expr, steps) for field, expr, root, steps in _variables(spec, where or at or 'grader')
+          if root == 'item']  # fmt: skip
 
 
 def ignoring_sample(spec: Any, where: str | None = None) -> list[str]:
@@ -408,8 +408,8 @@ def ignoring_sample(spec: Any, where: str | None = None) -> list[str]:
     return []
   if kind in ('math', 'code') and 'input' not in spec:
     return []
-  text = json.dumps({k: spec.get(k) for k in ('input', 'reference', 'tests')})
-  return [] if re.search(r'\{\{\s*sample(?![A-Za-z0-9_])', text) else [where]  # .x, ["x"], or the whole sample
+  # {{sample.x}}, {{sample["x"]}} or the whole {{sample}}, parsed as the templates are
+  return [] if any(root == 'sample' for _, _, root, _ in _variables(spec, where)) else [where]
 
 
 def say_if_ignoring_sample(spec: Any, where: str | None = None) -> None:
