@@ -268,13 +268,14 @@ def load(
   if workdir is None:
     return _load(config, cfg, tok, dtype, mesh)
   asked = 'best' if step is None else step
-  if str(asked) in ('0', 'init') and not _on_disk(workdir, 0):  # step 0 holds the init, as the trainer loaded it
-    log.info("step 0 is not on disk (the keep policy deletes it): loading what it held, the run's init")
-    return dataclasses.replace(_load(config, cfg, tok, dtype, mesh), step=0)
-  asked = 0 if asked == 'init' else asked
+  initial = str(asked) in ('0', 'init')
+  asked = 0 if initial else asked
   for again in (False, True):  # a live run may delete the step `best` or `latest` named while it loads: once more
     ckpt = checkpoint_lib.Checkpointer(runfs.path(workdir) / 'checkpoints', read_only=True, async_save=False)
     try:  # one listing of the checkpoints folder serves both the step and its restore (requests, on gs://)
+      if initial and 0 not in ckpt.all_steps():  # step 0 holds the init, as the trainer loaded it
+        log.info("step 0 is not on disk (the keep policy deletes it): loading what it held, the run's init")
+        return dataclasses.replace(_load(config, cfg, tok, dtype, mesh), step=0)
       try:  # the step first: a missing one is an error before minutes of loading
         step = ckpt.resolve_step(asked)
       except (FileNotFoundError, ValueError) as e:
@@ -290,16 +291,6 @@ def load(
         log.info('%s; taking --step=%s again', e, asked)
     finally:
       ckpt.close()
-
-
-def _on_disk(workdir, step: int) -> bool:
-  if not (runfs.path(workdir) / 'checkpoints').is_dir():
-    return False
-  ckpt = checkpoint_lib.Checkpointer(runfs.path(workdir) / 'checkpoints', read_only=True, async_save=False)
-  try:
-    return step in ckpt.all_steps()
-  finally:
-    ckpt.close()
 
 
 def _load(config, cfg, tok, dtype, mesh, ckpt=None, ckpt_name=None, step=None) -> Loaded:
