@@ -275,7 +275,7 @@ def check_out(path, *, folder: bool = False, label: str | None = None, inputs: d
   label = label or f'--out={path}'
   runfs.check_not_tilde(path, label)
   for flag, given in (inputs or {}).items():
-    if given and _same_path(given, path):
+    if given and same_path(given, path):
       raise errors.ConfigError(f'{label} is the {flag} file; expected another file (writing it would replace that)')
   if runfs.is_remote(path):
     return
@@ -312,7 +312,8 @@ def _is_run(folder: pathlib.Path) -> bool:
     return False
 
 
-def _same_path(a, b) -> bool:
+def same_path(a, b) -> bool:
+  """Whether two spellings name one file or folder (local: resolved; gs://: the same text)."""
   if runfs.is_remote(a) or runfs.is_remote(b):
     return os.fspath(a).rstrip('/') == os.fspath(b).rstrip('/')
   return pathlib.Path(os.fspath(a)).resolve() == pathlib.Path(os.fspath(b)).resolve()

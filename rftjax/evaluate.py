@@ -165,10 +165,9 @@ def _say_if_replacing(out, now: dict) -> None:
     return
   if not isinstance(before, dict):
     return
-  path = lambda p: p if runfs.is_remote(p) else os.path.realpath(p)  # noqa: E731
   was = before.get('data')
   differ = [k for k in now if k != 'data' and k in before and before[k] != now[k]]
-  if isinstance(was, str) and (runfs.is_remote(was) or os.path.isabs(was)) and path(was) != path(now['data']):
+  if isinstance(was, str) and (runfs.is_remote(was) or os.path.isabs(was)) and not cli.same_path(was, now['data']):
     differ.insert(0, 'data')  # (an older summary's relative path says nothing of the folder it was relative to)
   if differ:
     shown = lambda d: ', '.join(f'{k}={d[k]}' for k in differ)  # noqa: E731
@@ -192,9 +191,7 @@ def _note_other_settings(args, run_config) -> None:
     return
   data = run_config.get('data') or {}
   valid, limit = data.get('valid'), int(data.get('valid_limit') or 0)
-  same = (
-    isinstance(valid, str) and not runfs.is_remote(valid) and os.path.realpath(valid) == os.path.realpath(args.data)
-  )
+  same = isinstance(valid, str) and cli.same_path(valid, args.data)
   if same and limit and args.limit != limit:
     log.info('the run validated on the first %d prompts of %s (config.data.valid_limit): --limit=%d gives its '
              'valid_reward_mean', limit, args.data, limit)  # fmt: skip
@@ -320,7 +317,7 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   rewards = np.asarray([r.reward for r in results], np.float64).reshape(len(examples), k)
   summary = {
     **({'step': loaded.step} if loaded.step is not None else {}),  # an --init model has no step
-    'data': str(args.data) if runfs.is_remote(args.data) else os.path.abspath(args.data),  # from any folder
+    'data': _absolute(args.data),  # from any folder
     'temperature': temperature,
     'pass_threshold': threshold,
     # what was measured, so that the file says it alone: the model, the grader, the sampling

@@ -245,8 +245,8 @@ class Validation:
     the pass early with ValidationStopped: a preemption's notice is shorter than a whole pass may be. Once the last
     batch is sampled the pass is finished and graded, so a stop during a one-batch pass loses nothing."""
     t0 = time.perf_counter()
-
-    rows = _batch_rows(self.mesh, self.batch_size, len(self.prompts), _group(self.sampler))[0]
+    k = _group(self.sampler)  # the caller repeated each prompt k times (eval_samples)
+    rows = _batch_rows(self.mesh, self.batch_size, len(self.prompts), k)[0]
     batches = -(-len(self.prompts) // rows)
     seen, said = [], progress_log(f'step {step}: validating')
 
@@ -280,8 +280,8 @@ class Validation:
       'valid_completion_len_mean': sum(len(c['tokens']) for c, _ in rows) / max(len(rows), 1),
       'valid_truncated_frac': sum(c['truncated'] for c, _ in rows) / max(len(rows), 1),  # ran to max_new_tokens
       # over prompts (report's ± and ties): null with fewer than 2
-      'valid_reward_stderr': graders.reward_stderr(results, _group(self.sampler)),
-      'valid/num_prompts': len(rows) // _group(self.sampler),
+      'valid_reward_stderr': graders.reward_stderr(results, k),
+      'valid/num_prompts': len(rows) // k,
       'timing/eval_s': time.perf_counter() - t0,
     }
     samples = pathlib.Path('samples') / f'valid_step{step:06d}.jsonl'
@@ -300,7 +300,6 @@ class Validation:
       line = graders.failure_line(results, self.max_error_share, self.grader)
       raise graders.GradingFailed(f'validation at step {step}: {line} (every completion is in {samples})', [])
     self.writer.write(m)
-    k = _group(self.sampler)  # the caller repeated each prompt k times (eval_samples)
     n = len(rows) // k
     shown = f'{n} prompt{"s" * (n != 1)}' + (f' x {k} samples' if k > 1 else '')
     log.info('step %d: valid_reward_mean=%.4f (%s, %.1fs)', step, m['valid_reward_mean'], shown, m['timing/eval_s'])
