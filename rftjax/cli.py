@@ -186,7 +186,7 @@ def run(body: Callable[[], int]) -> int:
     return status
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
-    return errors.EXIT_CODE
+    return getattr(e, 'exit_code', errors.EXIT_CODE)  # OutputError: 1
   except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): one line, the shell's status, no traceback
     stopped = isinstance(e, Terminated)
     print(('\n' if _open_line else '') + ('terminated' if stopped else 'interrupted'), file=sys.stderr)  # not

@@ -8,6 +8,7 @@ no traceback. Everything else that goes wrong is a bug or an outage and keeps it
   VariantError  a config file's :VARIANT (a ConfigError)      (configs/common.py; cli names the file)
   DataError     a line of a data file                          (rftjax.data)
   GraderConfigError  a field of a grader spec                  (rftjax.graders)
+  OutputError   a command's output file, after its work: exit 1 (sample, evaluate, grade)
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
   """A `config.*` value or a command-line flag is unusable."""
+
+
+class OutputError(UserError):
+  """A command's work is done but the file it was asked to write could not be (the disk filled or a folder appeared
+  there since `cli.check_out` looked): one line naming the flag, exit 1, as a full disk anywhere, not 2, which says
+  an input was bad and nothing ran."""
+
+  exit_code = 1  # STORAGE_EXIT_CODE
 
 
 class VariantError(ConfigError):

@@ -213,15 +213,21 @@ def _run(args) -> int:
   if modes[0]:
     print(json.dumps(results[0].to_json(), default=str, ensure_ascii=False))
     return 1 if results[0].errors else 0  # a grading that failed is not a score of 0
-  summary = graders.summarize(results, prefix=args.prefix)
-  print(json.dumps(summary, indent=1))
-  if args.output:  # whole or not at all, missing folders made (as check_out promised; the disk may fill since)
-    try:
+  unwritten = None
+  if args.output:  # before the summary, whose reader may go (`| head -1`); whole or not at all, missing folders
+    try:  # made (as check_out promised; the disk may fill since)
       data_lib.write_text(
         args.output, ''.join(json.dumps(r.to_json(), default=str, ensure_ascii=False) + '\n' for r in results)
       )
     except OSError as e:
-      _fail(f'--output={args.output}: cannot write it ({e.strerror or e}); the summary above is all that is left')
+      unwritten = e
+  summary = graders.summarize(results, prefix=args.prefix)
+  print(json.dumps(summary, indent=1))
+  if unwritten is not None:
+    raise errors.OutputError(
+      f'--output={args.output}: cannot write it ({unwritten.strerror or unwritten}); the summary above is all that '
+      'is left'
+    )
   failed = graders.all_failed(results)
   if failed:  # the zeros above mean the grader could not run (or ran in part), not that the samples are wrong
     print(f'error: {failed}', file=sys.stderr)

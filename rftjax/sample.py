@@ -135,11 +135,11 @@ def batch_size(args, loaded: loader.Loaded) -> int:
 
 def write_out(path, rows: list[dict]) -> None:
   """data.write_jsonl, where a failed write (checked by cli.check_out before the work, but the disk can fill or a
-  folder appear meanwhile) is one line naming --out (write_jsonl leaves no temp file behind)."""
+  folder appear meanwhile) is one line naming --out and exit 1 (write_jsonl leaves no temp file behind)."""
   try:
     data_lib.write_jsonl(path, rows)
   except OSError as e:
-    raise errors.ConfigError(f'--out={path}: cannot write it ({e.strerror or e})') from None
+    raise errors.OutputError(f'--out={path}: cannot write it ({e.strerror or e})') from None
 
 
 def read_prompts(path: str | pathlib.Path) -> list[tuple[dict, data_lib.Example]]:

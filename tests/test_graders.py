@@ -793,6 +793,25 @@ def test_cli_output_is_written_whole_and_never_over_an_input(tmp_path):
   assert empty.stderr == f'error: --data={data}: no items (the file is empty); expected one JSON object per line\n'
 
 
+def test_cli_output_is_written_when_the_reader_of_the_summary_has_gone(tmp_path):
+  """`grade ... --output=r.jsonl | head -1`: the summary's reader goes after one line; the results were written
+  after the summary and so were lost."""
+  good = tmp_path / 'g.json'
+  good.write_text(json.dumps(multi_spec()))
+  data, samples = tmp_path / 'd.jsonl', tmp_path / 's.jsonl'
+  data.write_text('{"ref": "abc"}\n' * 3)
+  samples.write_text('"abc"\n' * 3)
+  out = tmp_path / 'r.jsonl'
+  root = pathlib.Path(__file__).resolve().parents[1]
+  cmd = [sys.executable, '-m', 'rftjax.grade', f'--grader={good}', f'--data={data}', f'--samples={samples}']
+  read, write = os.pipe()
+  os.close(read)  # a reader gone before the first line: the summary's print fails at once
+  with os.fdopen(write, 'wb') as stdout:
+    done = subprocess.run([*cmd, f'--output={out}'], stdout=stdout, stderr=subprocess.PIPE, timeout=60, cwd=root)
+  assert done.returncode == 141, done.stderr.decode()
+  assert [json.loads(line)['reward'] for line in out.read_text().splitlines()] == [1.0] * 3
+
+
 def test_cli_checks_what_validate_promises_and_names_the_flags(tmp_path):
   job = tmp_path / 'job.json'
   reinforcement = {
@@ -861,7 +880,7 @@ def test_cli_output_that_cannot_be_written_is_one_line_after_the_summary(tmp_pat
   ]
   root = pathlib.Path(__file__).resolve().parents[1]
   full = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root, preexec_fn=disk_full)
-  assert full.returncode == 2 and 'Traceback' not in full.stderr, full.stderr
+  assert full.returncode == 1 and 'Traceback' not in full.stderr, full.stderr  # the work ran; 2 is a bad input
   assert full.stderr.splitlines()[-1] == (
     f'error: --output={out}: cannot write it (File too large); the summary above is all that is left'
   )
