@@ -244,6 +244,7 @@ class MetricsWriter:
     self.grader = errors.plain(grader)  # a ConfigDict: once, not per step
     self._tb = None
     self._step = resume_step or 0
+    self.announced: set[float] = set()  # the steps whose "Checkpoint created" events a resume keeps
     if not enabled:
       return
     resumed = resume_step is not None
@@ -259,6 +260,7 @@ class MetricsWriter:
     # ids go on from the highest ever written, dropped ones and a torn line's included: a reader that saw an event
     # never sees its id again on another one
     self.run_id = run_id(kept_events) or uuid.uuid4().hex[:20]
+    self.announced = {event_step(e) for e in kept_events if 'checkpoint' in (e.get('data') or {})}
     torn = [int(n) for n in re.findall(r'"id": "ftevent-[0-9a-f]+-(\d+)"', raw)]
     self._next_event = 1 + max([_event_number(e) for e in events] + torn, default=-1)
     self._file = self.path.open('a')
@@ -316,23 +318,23 @@ class MetricsWriter:
     self._tb = None  # closing it would block on the same queue
     return False
 
-  def event(self, message: str, level: str = 'info', data: dict | None = None) -> None:
-    """Appends a "message" event. `data.step` defaults to the step of the last record written (the resume step
-    before any), so a resume keeps the events of the steps it keeps. `data.status` ('running', 'succeeded',
-    'failed', 'cancelled') is what `report --format=openai` reads the job's status from, `data.checkpoint` (a
-    path) marks a checkpoint's creation time."""
+  def event(self, message: str, level: str = 'info', data: dict | None = None, created_at: int | None = None) -> None:
+    """Appends a "message" event, dated `created_at` (Unix seconds; default now). `data.step` defaults to the
+    step of the last record written (the resume step before any), so a resume keeps the events of the steps it
+    keeps. `data.status` ('running', 'succeeded', 'failed', 'cancelled') is what `report --format=openai` reads the
+    job's status from, `data.checkpoint` (a path) marks a checkpoint's creation."""
     if level not in LEVELS:
       raise ValueError(f'MetricsWriter.event(level={level!r}): expected one of {list(LEVELS)}')
     if not self.enabled:
       return
-    self._append_event(str(message), level, 'message', {'step': self._step, **(data or {})})
+    self._append_event(str(message), level, 'message', {'step': self._step, **(data or {})}, created_at)
 
-  def _append_event(self, message: str, level: str, kind: str, data: dict) -> None:
+  def _append_event(self, message: str, level: str, kind: str, data: dict, created_at: int | None = None) -> None:
     with self._event_lock:  # one id each, one whole line each
       event = {
         'object': 'fine_tuning.job.event',
         'id': f'ftevent-{self.run_id}-{self._next_event}',
-        'created_at': int(time.time()),
+        'created_at': int(time.time()) if created_at is None else created_at,
         'level': level,
         'message': message,
         'type': kind,

@@ -383,11 +383,11 @@ def openai_job(workdir: str | pathlib.Path) -> dict:
   done = steps[-1] if steps else max(train_by_step, default=0)
   status, status_event = _status(events, done, total, max(train_by_step, default=0))
   times = [e['created_at'] for e in events if isinstance(e.get('created_at'), int)]
-  created = times[0] if times else _mtime(workdir / 'config.json') or _mtime(workdir / 'metrics.jsonl') or 0
+  created = times[0] if times else runfs.mtime(workdir / 'config.json') or runfs.mtime(workdir / 'metrics.jsonl') or 0
   finished = None
   if status in TERMINAL:
     finished = status_event['created_at'] if status_event else max(times, default=None)
-    finished = finished or _mtime(workdir / 'metrics.jsonl') or created
+    finished = finished or runfs.mtime(workdir / 'metrics.jsonl') or created
   estimated = None
   step_times = [r['timing/step_s'] for r in train if isinstance(r.get('timing/step_s'), (int, float))]
   if status == 'running' and times and total and step_times:
@@ -428,7 +428,7 @@ def openai_job(workdir: str | pathlib.Path) -> dict:
       {
         'object': 'fine_tuning.job.checkpoint',
         'id': f'ftckpt-{run}-{s}',
-        'created_at': checkpoint_times.get(s) or _mtime(workdir / 'checkpoints' / str(s)) or created,
+        'created_at': checkpoint_times.get(s) or runfs.mtime(workdir / 'checkpoints' / str(s)) or created,
         'fine_tuned_model_checkpoint': str(workdir / 'checkpoints' / str(s)),
         'fine_tuning_job_id': job_id,
         'metrics': m,
@@ -475,15 +475,6 @@ def _status(events: list[dict], done: int, total: int | None, logged: int) -> tu
   if last in ('failed', 'cancelled') or (last == 'succeeded' and (total is None or logged >= int(total))):
     return last, said[-1]
   return 'running', None
-
-
-def _mtime(path) -> int | None:
-  try:
-    st = path.stat()
-  except OSError:
-    return None
-  value = getattr(st, 'st_mtime', None) or getattr(st, 'mtime', None)  # os.stat_result locally, epath's on GCS
-  return int(value) if value else None
 
 
 def _number(raw) -> float | None:

@@ -72,6 +72,16 @@ def missing_where(p) -> str:
   return '' if is_remote(p) or os.path.isabs(os.fspath(p)) else f' in {os.getcwd()}'
 
 
+def mtime(p) -> int | None:
+  """When `p` was last written, in Unix seconds (a local path or gs://), or None when it cannot be read."""
+  try:
+    st = p.stat()
+  except OSError:
+    return None
+  value = getattr(st, 'st_mtime', None) or getattr(st, 'mtime', None)  # os.stat_result locally, epath's on GCS
+  return int(value) if value else None
+
+
 def check_not_tilde(p, label: str) -> None:
   """An output path that starts with '~' is refused: it would make a folder named '~' here, and a later `rm -rf ~`
   to tidy it up would remove the home folder."""

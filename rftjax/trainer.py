@@ -230,6 +230,8 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       workdir, resume_step=resumed_at, enabled=is_main, total_steps=spec.total_steps, grader=grader_spec
     )
     cleanup.push(_closing_writer(writer))
+    if resumed_at is not None and resumed_at not in writer.announced:  # killed between its commit and the settle
+      _created(writer, ckpt, resumed_at, runfs.mtime(ckpt.directory / str(resumed_at)))  # that says it: said late
     cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps, changed))  # events.jsonl: started ...
     warned.attach(writer)  # and the warnings logged so far
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
@@ -501,8 +503,7 @@ def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | N
   checkpoint_lib.check_room(ckpt, run.remote, step, state)
   # said once the step has committed (the next step's settle, the next save, a stop or the end), as OpenAI's event
   # means a checkpoint a script can evaluate or export; an asynchronous save that failed never says it
-  created = functools.partial(writer.event, f'Checkpoint created at step {step}',
-                              data={'step': step, 'checkpoint': str(ckpt.directory / str(step))})  # fmt: skip
+  created = functools.partial(_created, writer, ckpt, step)
   try:  # an asynchronous save's failure shows here at the next save, or at the end (_wait)
     saved = ckpt.save(
       step, state, extra={'data': data_iter.state(), 'shapes': shapes.state()}, metrics=best, on_commit=created
@@ -517,6 +518,11 @@ def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | N
     except Exception as e:  # a plot must never stop a run
       log.warning('could not write the reward plot: %s', e)
   run.sync(raise_errors=False)  # so the bucket holds the metrics up to each checkpoint it holds
+
+
+def _created(writer, ckpt, step: int, created_at: int | None = None) -> None:
+  writer.event(f'Checkpoint created at step {step}', data={'step': step, 'checkpoint': str(ckpt.directory / str(step))},
+               created_at=created_at)  # fmt: skip
 
 
 def _wait(ckpt, run) -> None:

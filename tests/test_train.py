@@ -1339,7 +1339,26 @@ def test_checkpoint_events_come_once_the_step_is_on_disk_and_before_the_jobs_las
   run(tmp_path, 'run', 4, eval_interval=2)  # resumed: its last save is said before the job's end
   messages = [e['message'] for e in metrics.read_jsonl(tmp_path / 'run' / 'events.jsonl') if e['type'] == 'message']
   assert messages[-2:] == ['Checkpoint created at step 4', 'The job has successfully completed']
+  assert messages.count('Checkpoint created at step 3') == 1  # said at the stop: not again at the resume
   assert checked == [(0, True), (2, True), (3, True), (4, True)]
+
+
+def test_a_checkpoint_a_hard_kill_left_unsaid_is_said_at_the_resume(tmp_path, in_repo):
+  """A save is said at the next step's settle: a kill -9 between its commit and that left no 'Checkpoint created'
+  event for a checkpoint the resume then starts from, and a script waiting on the event never saw it."""
+  import os
+
+  run(tmp_path, 'run', 2, eval_interval=2)
+  events = tmp_path / 'run' / 'events.jsonl'
+  lines = events.read_text().splitlines(keepends=True)
+  events.write_text(''.join(x for x in lines if 'Checkpoint created at step 2' not in x))  # as the kill left it
+  os.utime(tmp_path / 'run' / 'checkpoints' / '2', (1_700_000_000, 1_700_000_000))
+  run(tmp_path, 'run', 3, eval_interval=2)
+  said = [(e['message'], e['created_at']) for e in metrics.read_jsonl(events) if e['type'] == 'message']
+  at = [m for m, _ in said].index('Resumed from step 2')
+  assert said[at - 1] == ('Checkpoint created at step 2', 1_700_000_000)  # dated by its folder, not the resume
+  assert [m for m, _ in said].count('Checkpoint created at step 2') == 1
+  assert [m for m, _ in said].count('Checkpoint created at step 0') == 1  # said before: not again
 
 
 def test_a_second_sigterm_while_a_stops_checkpoint_is_written_keeps_the_stops_events(tmp_path, in_repo,
