@@ -137,12 +137,16 @@ def summarize(workdir: str | pathlib.Path) -> dict:
       timing[name] = float(sum(values))
   out['timing_s'] = timing
   out['timing_total_s'] = float(sum(timing.values()))
+  out['timing_compile_s'] = float(sum(r.get('timing/compile_s') or 0.0 for r in records))  # within the phases
 
   logged = [k for r in records for k in r if 'tokens_per_s' in k or 'tok_per_s' in k]
   if logged:
     key = logged[-1]
-    vals = [r[key] for r in records if r.get(key) is not None]
-    out['tokens_per_s'] = {'key': key, 'mean': sum(vals) / len(vals)}
+    rated = [r for r in records if r.get(key) is not None]
+    steady = [r for r in rated if not r.get('timing/compile_s')]  # a compiling step's rate measures the compiler
+    vals = [r[key] for r in steady or rated]
+    out['tokens_per_s'] = {'key': key, 'mean': sum(vals) / len(vals), 'steps': len(vals),
+                           'compiling_left_out': len(rated) - len(vals)}  # fmt: skip
   elif train and timing.get('sampling_s') and config.get('batch_size') and config.get('num_generations'):
     rows = config['batch_size'] * config['num_generations']
     tokens = sum(r.get('completion_len_mean', 0.0) * rows for r in train)
@@ -328,9 +332,12 @@ def table(s: dict) -> str:
   for k, v in s['timing_s'].items():
     rows.append((f'time {k[:-2]}', f'{v:.1f} s ({100 * v / total:.0f}%)'))
   if s['timing_s']:
-    rows.append(('time total', f'{s["timing_total_s"]:.1f} s'))
+    compiling = f' (compiling {s["timing_compile_s"]:.1f} s of it)' if s['timing_compile_s'] else ''
+    rows.append(('time total', f'{s["timing_total_s"]:.1f} s{compiling}'))
   if 'tokens_per_s' in s:
-    rows.append(('tokens/s', f'{s["tokens_per_s"]["mean"]:.1f}  ({s["tokens_per_s"]["key"]})'))
+    rate = s['tokens_per_s']
+    left = f', {rate["compiling_left_out"]} compiling left out' if rate.get('compiling_left_out') else ''
+    rows.append(('tokens/s', f'{rate["mean"]:.1f}  ({rate["key"]}{left})'))
   rewards = s.get('checkpoint_valid_rewards') or {}
   kept = [
     f'{step} ({_fmt(rewards[step])})' if rewards.get(step) is not None else str(step) for step in s['checkpoints']

@@ -695,6 +695,27 @@ def test_report_shows_the_response_format_share_and_a_small_learning_rate(tmp_pa
   assert 'model -' in table and 'init hf:/m' in table  # a model read off its folder: no preset name
 
 
+def test_report_tokens_per_s_leaves_out_the_steps_that_compiled(tmp_path):
+  """A compiling step's tokens/s measures the compiler (16 where the demo's steady steps make ~3000), and its mean
+  went into the rate the table gave; how much of the run's time was compiling was not shown."""
+  write_jsonl(tmp_path / 'metrics.jsonl', [
+    {'step': 1, 'train_reward_mean': 0.1, 'tokens_per_s': 16.0, 'timing/compile_s': 6.5, 'timing/sampling_s': 7.0,
+     'timing/training_s': 1.0},
+    {'step': 2, 'train_reward_mean': 0.2, 'tokens_per_s': 3000.0, 'timing/compile_s': 0.0, 'timing/sampling_s': 0.5,
+     'timing/training_s': 1.0},
+    {'step': 3, 'train_reward_mean': 0.3, 'tokens_per_s': 2000.0, 'timing/sampling_s': 0.5, 'timing/training_s': 1.0},
+  ])  # fmt: skip
+  (tmp_path / 'config.json').write_text(json.dumps({'total_steps': 3}))
+  s = report.summarize(tmp_path)
+  assert s['tokens_per_s'] == {'key': 'tokens_per_s', 'mean': 2500.0, 'steps': 2, 'compiling_left_out': 1}
+  assert s['timing_compile_s'] == 6.5
+  table = [' '.join(line.split()) for line in report.table(s).splitlines()]
+  assert 'time total 11.0 s (compiling 6.5 s of it)' in table
+  assert 'tokens/s 2500.0 (tokens_per_s, 1 compiling left out)' in table
+  write_jsonl(tmp_path / 'metrics.jsonl', [{'step': 1, 'tokens_per_s': 16.0, 'timing/compile_s': 6.5}])
+  assert report.summarize(tmp_path)['tokens_per_s']['mean'] == 16.0  # every step compiled: the rate is all there is
+
+
 def test_report_of_a_crashed_run_says_where_a_rerun_resumes(tmp_path, in_repo):
   """A run that died at step 4 logged step 3 but saved step 2 last: `steps_done` is 2 in --json as in
   --format=openai (it was 3 in one and 2 in the other), `steps_logged` 3, and the table says step 3 is done again."""
