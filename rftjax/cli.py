@@ -155,11 +155,26 @@ class _Dropping:
 _open_line = False  # a progress line is on a terminal's stderr without its newline yet
 
 
+def redraws_in_place(stream) -> bool:
+  """Whether `stream` shows a carriage return as a redraw of the line: a terminal, or a Jupyter or Colab output
+  (ipykernel's stream, which is no terminal to isatty)."""
+  if type(stream).__module__.split('.')[0] == 'ipykernel':
+    return True
+  try:
+    return stream.isatty()
+  except (AttributeError, ValueError):  # a stream without isatty, or closed
+    return False
+
+
+def new_tenth(before: int, done: int, total: int) -> bool:
+  """Whether `done` of `total` is in a later tenth of the way than `before`: when a log file gets a progress line."""
+  return done * 10 // total > before * 10 // total
+
+
 def progress(label: str) -> Callable[[int, int], None]:
   """`report(done, total)` for long work, on stderr: on a terminal one line rewritten in place; in a log file a
   line at each tenth of the way (carriage returns there made one line of hundreds of updates)."""
-  tty = sys.stderr.isatty()
-  tenths = [-1]
+  tty, last = redraws_in_place(sys.stderr), [-1]  # a notebook's output redraws too
 
   def report(done: int, total: int) -> None:
     global _open_line
@@ -168,8 +183,8 @@ def progress(label: str) -> Callable[[int, int], None]:
     if tty:
       print(f'\r{label}: {done}/{total}', end='\n' if done == total else '', file=sys.stderr, flush=True)
       _open_line = done != total
-    elif done == total or done * 10 // total > tenths[0]:
-      tenths[0] = done * 10 // total
+    elif done == total or last[0] < 0 or new_tenth(last[0], done, total):
+      last[0] = done
       print(f'{label}: {done}/{total}', file=sys.stderr, flush=True)
 
   return report

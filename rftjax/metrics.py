@@ -29,6 +29,7 @@ from typing import Any, Mapping
 import tqdm
 from etils import epath
 
+from rftjax import cli
 from rftjax import data as data_lib
 from rftjax import errors
 
@@ -436,7 +437,7 @@ class Progress:
 
   def __init__(self, start: int, total: int, *, enabled: bool = True, stream=None, every_s: float = 300.0):
     stream = sys.stderr if stream is None else stream
-    self.lines = enabled and not redraws_in_place(stream)
+    self.lines = enabled and not cli.redraws_in_place(stream)
     self.bar = tqdm.tqdm(total=total, initial=start, disable=not enabled or self.lines, unit='step',
                          dynamic_ncols=True, file=stream, desc='rft')  # fmt: skip
     self.post: dict[str, str] = {}
@@ -471,7 +472,7 @@ class Progress:
     the one since the last line, without the seconds spent compiling (the first steps': 46 s of SmolLM2's first
     63 made the time left 3-4x too long)."""
     (before, t), now, total = self._last, time.monotonic(), max(self.total, 1)
-    if not (step * 10 // total > before * 10 // total or step >= total or now - t >= self.every_s) or step <= before:
+    if not (cli.new_tenth(before, step, total) or step >= total or now - t >= self.every_s) or step <= before:
       return
     # (compilations that overlap, a judge's in the grading threads, can add up past the interval: then none)
     self._last, compiling, self._compiling = (step, now), self._compiling if self._compiling < now - t else 0.0, 0.0
@@ -489,17 +490,6 @@ class Progress:
 
   def __exit__(self, *exc) -> None:
     self.close()
-
-
-def redraws_in_place(stream) -> bool:
-  """Whether `stream` shows a carriage return as a redraw of the line: a terminal, or a Jupyter or Colab output
-  (ipykernel's stream, which is no terminal to isatty)."""
-  if type(stream).__module__.split('.')[0] == 'ipykernel':
-    return True
-  try:
-    return stream.isatty()
-  except (AttributeError, ValueError):  # a stream without isatty, or closed
-    return False
 
 
 class CompileClock:

@@ -238,7 +238,6 @@ def _sample_and_grade(spec, params, prompts, items, k, tok, grader, pool, mesh, 
   import tqdm
 
   from rftjax import inference, rollout
-  from rftjax import metrics as metrics_lib
 
   g = spec.rollout.num_generations
   rows = spec.rollout.prompts * g
@@ -248,7 +247,7 @@ def _sample_and_grade(spec, params, prompts, items, k, tok, grader, pool, mesh, 
   flat = [i for r in range(0, k, g) for i in range(len(prompts)) for _ in range(min(g, k - r))]
   rewards, texts, errs = [[] for _ in prompts], [[] for _ in prompts], [0] * len(prompts)
   results, lengths, truncated, batch_times, grade_s, first_batch = [], [], [], [], 0.0, None
-  drawn = progress and metrics_lib.redraws_in_place(sys.stderr)  # in a log file: a line every 30 s instead
+  drawn = progress and cli.redraws_in_place(sys.stderr)  # in a log file: a line every 30 s instead
   lines = inference.progress_log('preflight') if progress and not drawn else lambda done, total: None
   with tqdm.tqdm(
     total=len(prompts),

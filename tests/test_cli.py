@@ -1159,6 +1159,10 @@ def test_progress_is_a_line_per_tenth_in_a_log_and_ctrl_c_starts_a_line_of_its_o
 
   assert cli.run(body) == 130
   assert capsys.readouterr().err == '\rgrading: 256/600\ninterrupted\n'  # was '...256/600interrupted'
+  monkeypatch.setattr(sys.stderr, 'isatty', lambda: False)
+  monkeypatch.setattr(sys.stderr.__class__, '__module__', 'ipykernel.iostream')  # a notebook's output, no tty
+  cli.progress('sampling')(3, 8)  # evaluate.main in a notebook: redrawn in place as train's bar is, not a log
+  assert capsys.readouterr().err == '\rsampling: 3/8'
 
 
 def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):

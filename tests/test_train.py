@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from rftjax import cli
 from rftjax import errors
 from rftjax import graders
 from rftjax import grpo
@@ -1245,7 +1246,7 @@ def test_the_progress_bars_eta_follows_the_recent_steps_not_the_first_compile(mo
   from rftjax import metrics as metrics_lib
 
   now = [0.0]
-  monkeypatch.setattr(metrics_lib, 'redraws_in_place', lambda stream: True)  # a terminal
+  monkeypatch.setattr(cli, 'redraws_in_place', lambda stream: True)  # a terminal
   bar = metrics_lib.Progress(0, 200)
   bar.bar.fp, bar.bar._time = io.StringIO(), lambda: now[0]
   bar.bar.start_t = bar.bar.last_print_t = 0.0
@@ -1304,7 +1305,7 @@ def test_the_bar_is_drawn_on_a_terminal_and_in_a_notebook_only():
   kernel_stream = type('OutStream', (io.StringIO,), {'__module__': 'ipykernel.iostream'})  # Jupyter's, Colab's
   closed = io.StringIO()
   closed.close()
-  assert [metrics_lib.redraws_in_place(s) for s in (Tty(), kernel_stream(), io.StringIO(), closed, object())] == [
+  assert [cli.redraws_in_place(s) for s in (Tty(), kernel_stream(), io.StringIO(), closed, object())] == [
     True, True, False, False, False,
   ]  # fmt: skip
   bar = metrics_lib.Progress(0, 4, stream=Tty())
@@ -1569,7 +1570,7 @@ def test_training_twice_in_one_process_leaves_nothing_behind(tmp_path, in_repo, 
   from rftjax import preemption
 
   listeners = list(monitoring._event_duration_secs_listeners)
-  monkeypatch.setattr(metrics, 'redraws_in_place', lambda stream: True)  # a notebook's output: the bar is drawn
+  monkeypatch.setattr(cli, 'redraws_in_place', lambda stream: True)  # a notebook's output: the bar is drawn
   with monkeypatch.context() as m:
     m.setattr(preemption.Watcher, 'requested', lambda self, step: step == 2)
     with pytest.raises(preemption.Preempted) as stopped:  # kept, as a notebook keeps the last traceback
