@@ -331,26 +331,12 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     **summarize(rewards, results, threshold),
     **episodes.metrics(transcripts, tools=sampler.tools),
   }
-  rows = []
-  for i, (o, r) in enumerate(graded):
-    grade = r.to_json()
-    rows.append(
-      {
-        'source': examples[i // k].source,
-        'item': data_lib.reference(examples[i // k]),
-        'sample': i % k,
-        'completion': o['text'],
-        'tokens': o['tokens'],
-        'truncated': o['truncated'],
-        'reward': grade['reward'],
-        'sub_rewards': grade['sub_rewards'],
-        'errors': grade['errors'],
-        **{k: grade['metadata'][k] for k in ('response_format_error',) if k in grade['metadata']},
-        **({'metadata': r.notes()} if r.notes() else {}),
-        'passed': bool(r.reward >= threshold and not r.metadata.get('discard')),
-        **({'transcript': o['transcript']} if 'transcript' in o else {}),
-      }
+  rows = [
+    inference.graded_row(
+      examples[i // k], i % k, o, r, passed=bool(r.reward >= threshold and not r.metadata.get('discard'))
     )
+    for i, (o, r) in enumerate(graded)
+  ]
   if jax.process_index() == 0:  # the summary last, and an earlier one gone first: a stop between the two files
     summary_file = out.with_name(out.name + '.summary.json')  # leaves no new samples beside an old summary
     summary_file.unlink(missing_ok=True)

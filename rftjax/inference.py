@@ -199,6 +199,28 @@ def evaluate(
   return [(c, graders.GradeResult.from_json(res)) for _, c, res in everything]
 
 
+def graded_row(example: data_lib.Example, sample: int, completion: dict, result, **more) -> dict:
+  """One line of a validation's samples file and of `evaluate --out`: the data row it answers (`source` file:line,
+  `item`), which of its k samples (`sample`), the completion (text, token ids, cut off or not) and its grading;
+  `more` (evaluate's `passed`) before an episode's transcript, the longest part, last."""
+  grade = result.to_json()
+  return {
+    'source': example.source,
+    'item': data_lib.reference(example),
+    'sample': sample,
+    'completion': completion['text'],
+    'tokens': completion['tokens'],
+    'truncated': completion['truncated'],
+    'reward': grade['reward'],
+    'sub_rewards': grade['sub_rewards'],
+    'errors': grade['errors'],
+    **{k: grade['metadata'][k] for k in ('response_format_error',) if k in grade['metadata']},
+    **({'metadata': result.notes()} if result.notes() else {}),
+    **more,
+    **({'transcript': completion['transcript']} if 'transcript' in completion else {}),
+  }
+
+
 def progress_log(label: str, every_s: float = 30.0):
   """A `progress(done, total)` for `evaluate` that logs '<label>: done/total prompts (Ns)' when `every_s` have
   passed since the pass began or since the last line: a pass over a few thousand prompts takes minutes, and a
@@ -286,14 +308,7 @@ class Validation:
     }
     samples = pathlib.Path('samples') / f'valid_step{step:06d}.jsonl'
     if jax.process_index() == 0:
-      records = [
-        {'source': ex.source, 'item': data_lib.reference(ex), 'completion': c['text'], 'truncated': c['truncated'],
-         'reward': res.reward, 'sub_rewards': res.sub_rewards, 'errors': res.to_json()['errors'],
-         **{k: res.metadata[k] for k in ('response_format_error',) if k in res.metadata},
-         **({'metadata': res.notes()} if res.notes() else {}),
-         **({'transcript': c['transcript']} if 'transcript' in c else {})}
-        for ex, (c, res) in zip(self.examples, rows)
-      ]  # fmt: skip
+      records = [graded_row(ex, i % k, c, res) for i, (ex, (c, res)) in enumerate(zip(self.examples, rows))]
       data_lib.write_jsonl(self.run.local / samples, records)
     if sum(1 for r in results if r.errors) > self.max_error_share * len(results):
       self.run.sync(raise_errors=False)

@@ -998,6 +998,7 @@ def test_validation_says_which_failed_gradings_are_out_of_its_mean(tmp_path, mon
   assert m['valid_reward_mean'] == pytest.approx(2 / 3) and m['valid/num_discarded'] == 1 and written == [m]
   kept = [json.loads(line) for line in (tmp_path / 'samples' / 'valid_step000003.jsonl').open()]
   assert [r['truncated'] for r in kept] == [False, True, False, False] and m['valid_truncated_frac'] == 0.25
+  assert [(r['sample'], r['tokens']) for r in kept] == [(0, [1])] * 4  # as evaluate's rows: one reader for both
   # what a grader printed, and that an outage left no verdict, are in the samples file; timings are not
   assert 'metadata' not in kept[0] and kept[2]['metadata'] == {'num': {'stdout': 'dbg 7\n'}}
   assert kept[3]['metadata'] == {'discard': True}
