@@ -334,21 +334,18 @@ class DataIterator:
     batch_size: int,
     seed: int,
     *,
-    shuffle: bool = True,
     process_index: int = 0,
     process_count: int = 1,
     prompts: str | None = None,
   ):
     """`prompts`: the `fingerprint` of the examples' prompt ids, saved with the state; `restore` refuses a state
     saved over other prompts, where its position would point at other examples."""
-    self.num_examples, self.batch_size, self.seed, self.shuffle = num_examples, batch_size, seed, shuffle
+    self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
     self.process_index, self.process_count = process_index, process_count
     self.epoch, self.position = 0, 0
     self.prompts = prompts
 
   def _order(self, epoch: int) -> np.ndarray:
-    if not self.shuffle:
-      return np.arange(self.num_examples)
     return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
 
   def next_global(self) -> np.ndarray:

@@ -196,8 +196,3 @@ class GGUFFile:
       fields['qkv_bias'] = 'blk.0.attn_q.bias' in self._tensors
       fields['qk_norm'] = 'blk.0.attn_q_norm.weight' in self._tensors
     return fields
-
-  def token_ids(self) -> dict:
-    """bos / eos / pad ids from the tokenizer metadata (for generation_config.json on export)."""
-    get = lambda key: self.field(f'tokenizer.ggml.{key}_token_id')  # noqa: E731
-    return {k: int(v) for k, v in (('bos', get('bos')), ('eos', get('eos')), ('pad', get('padding'))) if v is not None}

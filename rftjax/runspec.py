@@ -212,8 +212,6 @@ def check(config, *, devices: int | None = None, processes: int | None = None, i
   if overlong >= new_tokens:
     _fail('grpo.overlong_buffer', overlong, f'fewer tokens than config.sampling.max_new_tokens={new_tokens}')
   _num(config, 'grpo.overlong_penalty', 0)
-  if advantage == 'rloo' and g < 2:
-    _fail('num_generations', g, '>= 2 for grpo.advantage=rloo')
   if advantage == 'gdpo' and overlong:
     _fail('grpo.overlong_buffer', overlong, '0 with grpo.advantage=gdpo (the penalty is not a sub-grader)')
   grader = config.get('grader')

@@ -286,10 +286,6 @@ class Tokenizer:
     bos = self._jinja.variables.get('bos_token')
     return text[len(bos) :] if self.add_bos and bos and text.startswith(bos) else text
 
-  def apply_chat(self, messages: Sequence[dict]) -> str:
-    """`chat_text(messages)`: kept for existing callers."""
-    return self.chat_text(messages)
-
   def encode_prompt(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> list[int]:
     """Chat-rendered prompt ids, with BOS when the model's tokenizer config adds one."""
     return self.encode(self.chat_text(messages, tools), add_bos=self.add_bos)

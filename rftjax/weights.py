@@ -440,7 +440,6 @@ def export_hf(
   tokenizer=None,
   *,
   dtype: str | None = None,
-  token_ids: dict | None = None,
   max_shard_bytes: int = 4 << 30,
   generation: dict | None = None,
 ) -> pathlib.Path:
@@ -458,10 +457,8 @@ def export_hf(
   leaves = jax.tree.leaves(params)
   dtype = dtype or jnp.dtype(leaves[0].dtype).name
   np_dtype = np.dtype(jnp.dtype(dtype))
-  if tokenizer is not None:
-    token_ids = {**{k: getattr(tokenizer, f'{k}_id') for k in ('bos', 'eos', 'pad')}, **(token_ids or {})}
-    token_ids = {k: v for k, v in token_ids.items() if v is not None}
-  config = hf_config.write(cfg, token_ids, dtype)
+  ids = {k: getattr(tokenizer, f'{k}_id', None) for k in ('bos', 'eos', 'pad')}  # none without a tokenizer
+  config = hf_config.write(cfg, {k: v for k, v in ids.items() if v is not None}, dtype)
   (out / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
   stops = list(getattr(tokenizer, 'stop_ids', ()) or [config['eos_token_id']])
   source = {k: v for k, v in (generation or {}).items() if k not in ('transformers_version', '_from_model_config')}

@@ -697,11 +697,9 @@ def test_chat_template_gemma_matches_official():
   tok, ref = _model('gemma3')
   for messages in CONVERSATIONS:
     want = ref.render(messages, chat_template=GEMMA3_JINJA)  # starts with the text "<bos>"
-    assert '<bos>' + tok.apply_chat(messages) == want
+    assert '<bos>' + tok.chat_text(messages) == want
     assert tok.encode_prompt(messages) == ref.encode([want])[0]
-  assert tok.apply_chat(CONVERSATIONS[0]) == (
-    '<start_of_turn>user\nWhat is 2 + 2?<end_of_turn>\n<start_of_turn>model\n'
-  )
+  assert tok.chat_text(CONVERSATIONS[0]) == ('<start_of_turn>user\nWhat is 2 + 2?<end_of_turn>\n<start_of_turn>model\n')
 
 
 @real_weights
@@ -710,10 +708,10 @@ def test_chat_template_smollm2_matches_gguf():
   assert ref.chat_template and 'SmolLM' in ref.chat_template  # the GGUF's own template
   for messages in CONVERSATIONS:
     want = ref.render(messages)
-    assert tok.apply_chat(messages) == want
+    assert tok.chat_text(messages) == want
     assert tok.encode_prompt(messages) == ref.encode([want])[0]
   # No system message: SmolLM2's template inserts its default one.
-  assert tok.apply_chat(CONVERSATIONS[0]).startswith(
+  assert tok.chat_text(CONVERSATIONS[0]).startswith(
     '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n'
   )
 
@@ -730,14 +728,14 @@ def test_chat_template_llama3_matches_official():
 def test_chat_template_override_and_plain():
   tok = tokenizer.load_tokenizer('gguf:smollm2-135m', chat_template='plain')
   assert tok.chat_template == 'plain' and tok.stop_ids == (tok.eos_id,)
-  assert tok.apply_chat(CONVERSATIONS[2]) == '  Tell me a joke.\n\n'
+  assert tok.chat_text(CONVERSATIONS[2]) == '  Tell me a joke.\n\n'
   assert tok.encode_prompt(CONVERSATIONS[2]) == tok.encode('  Tell me a joke.\n\n')
   with pytest.raises(ValueError, match='alternate'):
     tokenizer.render_chat('gemma', [{'role': 'assistant', 'content': 'x'}])
   with pytest.raises(ValueError, match='unknown chat template'):
     tokenizer.load_tokenizer('gguf:smollm2-135m', chat_template='vicuna')
   with pytest.raises(ValueError, match='messages\\[0\\]'):
-    tok.apply_chat([{'role': 'tool', 'content': 'x'}])
+    tok.chat_text([{'role': 'tool', 'content': 'x'}])
 
 
 # ---------------------------------------------------------------------------------------------------------------
