@@ -36,5 +36,6 @@ def get_config(arg=None):
     c.eval_interval = 2
     c.batch_size = 4
     c.num_generations = 4
+    c.seed = 1  # seed 0 earns no reward in these steps: nothing trained, and tests compared initial weights
     c.progress = False
   return c.lock()

@@ -337,13 +337,16 @@ def test_stale_temporary_directory_is_ignored(tmp_path):
 
 
 _CRASHING_RUN = textwrap.dedent("""
-    import os, sys
+    import os, pathlib, sys, time
     import jax.numpy as jnp
     from rftjax import checkpoint
     ckpt = checkpoint.Checkpointer(sys.argv[1])
     ckpt.save(0, {'w': jnp.zeros((4,))}, extra={'pos': 0})
     ckpt.wait_until_finished()
-    ckpt.save(1, {'w': jnp.ones((8192, 1024))}, extra={'pos': 1})  # 32 MB: still writing when we die.
+    ckpt.save(1, {'w': jnp.ones((8192, 4096))}, extra={'pos': 1})  # 128 MB: still writing when we die.
+    writing, t0 = pathlib.Path(sys.argv[1], '1.orbax-checkpoint-tmp'), time.monotonic()
+    while not writing.exists() and time.monotonic() - t0 < 30:  # its folder is made in Orbax's thread: under load
+      time.sleep(0.005)  # the exit came before it
     os._exit(3)
 """)
 

@@ -797,7 +797,10 @@ def test_the_reward_plot_leaves_a_notebooks_matplotlib_alone(run_dir, tmp_path):
 
 
 def test_smooth_is_debiased():
-  np.testing.assert_allclose(plots.smooth([1.0, 1.0, 1.0]), [1.0, 1.0, 1.0])
+  np.testing.assert_allclose(plots.smooth([1.0, 1.0, 1.0]), [1.0, 1.0, 1.0])  # not pulled towards 0 at the start
+  # by hand, weight 0.8: averages 0.2, 0.16, 0.128 over debiasing 0.2, 0.36, 0.488
+  np.testing.assert_allclose(plots.smooth([1.0, 0.0, 0.0]), [1.0, 0.16 / 0.36, 0.128 / 0.488])
+  np.testing.assert_allclose(plots.smooth([1.0, 0.0], weight=0.5), [1.0, 0.25 / 0.75])
 
 
 # ---- local judge -------------------------------------------------------------------------------------------------

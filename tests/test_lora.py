@@ -175,6 +175,9 @@ def test_lora_step_on_8_devices_equals_one_device():
   heads = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None, 'tensor'))
   assert b.sharding.is_equivalent_to(heads, b.ndim)  # [L, R, N, H]: heads over tensor
   np.testing.assert_allclose(m8['loss'], m1['loss'], atol=1e-5)
+  # one Adam step moves each weight by about lr * sign(gradient): a gradient off by a factor would pass the params
+  np.testing.assert_allclose(m8['grad_norm'], m1['grad_norm'], rtol=1e-5)
+  assert float(m1['grad_norm']) > 0
   for a, c in zip(
     jax.tree.leaves(jax.device_get(sharded['params'])), jax.tree.leaves(jax.device_get(single['params']))
   ):
@@ -207,6 +210,7 @@ def test_lora_run_checkpoints_adapters_only_and_resumes_exactly(tiny_base, tmp_p
   whole = lora_run(tiny_base, tmp_path / 'whole', 4)
   rows = [r for r in metrics.read_jsonl(short / 'metrics.jsonl') if 'train_reward_mean' in r]
   assert [r['step'] for r in rows] == [1, 2, 3, 4] and rows[0]['kl'] == 0.0  # B = 0: the policy is the reference
+  assert all(r['grad_norm'] > 0 for r in rows[:2]), rows  # trained before the resume: the equality below means it
   assert json.loads((short / 'config.json').read_text())['lora']['rank'] == 4
 
   def state_of(run):
