@@ -645,10 +645,9 @@ def test_llamas_untagged_call_is_a_call_and_other_json_is_not():
     assert tools.parse_calls(answer) == [] and not tools.has_call(answer)  # JSON answers stay answers
 
 
-def test_a_tool_header_may_take_its_secret_from_the_environment(monkeypatch):
-  specs = tools.load_tools(
-    [{'name': 'calc', 'server_url': 'http://127.0.0.1:9/c', 'headers': {'Authorization': 'Bearer ${RFTJAX_T}'}}]
-  )
+def test_a_tool_header_may_take_its_secret_from_the_environment(scripted, monkeypatch):
+  url = scripted[0].server_url
+  specs = tools.load_tools([{'name': 'echo', 'server_url': url, 'headers': {'Authorization': 'Bearer ${RFTJAX_T}'}}])
   monkeypatch.delenv('RFTJAX_T', raising=False)
   with pytest.raises(errors.ConfigError) as e:
     tools.check_env(specs)
@@ -659,3 +658,6 @@ def test_a_tool_header_may_take_its_secret_from_the_environment(monkeypatch):
   monkeypatch.setenv('RFTJAX_T', 'k')
   tools.check_env(specs)
   assert specs[0].headers == {'Authorization': 'Bearer ${RFTJAX_T}'}  # expanded only when a call goes out
+  with tools.ToolClient(specs, **FAST) as client:
+    (done,) = client.call_many([(call('echo', key='k7'), 'trace_a')])
+  assert done.kind == 'ok' and _Scripted.seen[0][1]['Authorization'] == 'Bearer k'  # what the server saw
