@@ -354,7 +354,8 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
 
 
 def main(argv=None) -> int:
-  """Returns the exit status: 0, or 2 with the reason on stderr (argparse errors raise SystemExit(2))."""
+  """Returns the exit status: 0; 1 when every grading failed, too many tool calls did, or --out could not be
+  written after the work; 2 for a bad input (argparse errors raise SystemExit(2)); the reason on stderr."""
   args = parse_args(argv)
 
   def body() -> int:
