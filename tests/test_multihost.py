@@ -169,8 +169,10 @@ def test_two_processes_train_like_one(runs):
   step_m, params_m = params_of(multi)
   step_s, params_s = params_of(single)
   assert step_m == step_s == 2
+  # 3e-5, as test_meshes (measured 1.1e-6 apart): the 2 steps move the weights by up to 1.8e-4, so 1e-4 had let
+  # most of an update go missing
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params_s), jax.tree.leaves(params_m)):
-    np.testing.assert_allclose(b, a, atol=1e-4, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(b, a, atol=3e-5, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.slow
