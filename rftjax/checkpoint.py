@@ -439,6 +439,12 @@ def remedy(reason: str) -> str:
   return next((fix for words, fix in _REMEDIES if words in reason), '')
 
 
+def written_at(folder) -> int | None:
+  """When the checkpoint in `folder` (`<checkpoints>/<step>`) was written, in Unix seconds: its Orbax metadata
+  file's time (a bucket has no folders to date: theirs reads 0), else the folder's; None when neither is there."""
+  return runfs.mtime(folder / '_CHECKPOINT_METADATA') or runfs.mtime(folder)
+
+
 def save_failed(ckpt, workdir, e: Exception) -> SaveFailed:
   """A failed save of `ckpt` (a run's, in `workdir`) as one line: why, what to do, where a rerun resumes."""
   try:

@@ -2,7 +2,7 @@
 
   cli.setup_logging(verbosity)           # rftjax's lines + every warning; verbosity 1 adds the libraries' INFO
   fv = cli.parse_config_flags(argv, define=...)   # --config=configs/x.py[:variant] --config.a.b=v, checked
-  return cli.run(main_body)              # a UserError is one `error: ...` line on stderr and exit status 2
+  return cli.run(main_body)              # a UserError is one `error: ...` line on stderr, exit 2 (OutputError 1)
   cli.check_inference_flags(parser, args)  # sample and evaluate: one check of the flags they share
   cli.check_out(path, folder=False)      # before any work: --out can be written
 
@@ -191,7 +191,8 @@ def progress(label: str) -> Callable[[int, int], None]:
 
 
 def run(body: Callable[[], int]) -> int:
-  """Calls `body`; a UserError becomes `error: <message>` on stderr and exit status 2 (no traceback), a full or
+  """Calls `body`; a UserError becomes `error: <message>` on stderr and exit status 2 (no traceback; an
+  OutputError, an output that could not be written after the work, 1), a full or
   read-only disk `error: cannot write <file>: ...` and 1, Ctrl-C `interrupted` and 130, SIGTERM under `command`
   `terminated` and 143. When the reader of stdout
   goes away (`report ... | head`), the command stops quietly with status 141."""

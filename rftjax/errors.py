@@ -32,7 +32,7 @@ class ConfigError(UserError):
 class OutputError(UserError):
   """A command's work is done but the file it was asked to write could not be (the disk filled or a folder appeared
   there since `cli.check_out` looked): one line naming the flag, exit 1, as a full disk anywhere, not 2, which says
-  an input was bad and nothing ran."""
+  an input was bad."""
 
   exit_code = 1  # STORAGE_EXIT_CODE
 

@@ -222,12 +222,14 @@ def _run(args) -> int:
     except OSError as e:
       unwritten = e
   summary = graders.summarize(results, prefix=args.prefix)
-  print(json.dumps(summary, indent=1))
-  if unwritten is not None:
-    raise errors.OutputError(
-      f'--output={args.output}: cannot write it ({unwritten.strerror or unwritten}); the summary above is all that '
-      'is left'
-    )
+  try:
+    print(json.dumps(summary, indent=1))
+  finally:  # said even when the summary's reader has gone too
+    if unwritten is not None:
+      raise errors.OutputError(
+        f'--output={args.output}: cannot write it ({unwritten.strerror or unwritten}); the summary above is all '
+        'that is left'
+      )
   failed = graders.all_failed(results)
   if failed:  # the zeros above mean the grader could not run (or ran in part), not that the samples are wrong
     print(f'error: {failed}', file=sys.stderr)

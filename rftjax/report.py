@@ -137,7 +137,8 @@ def summarize(workdir: str | pathlib.Path) -> dict:
       timing[name] = float(sum(values))
   out['timing_s'] = timing
   out['timing_total_s'] = float(sum(timing.values()))
-  out['timing_compile_s'] = float(sum(r.get('timing/compile_s') or 0.0 for r in records))  # within the phases
+  compiled = [r['timing/compile_s'] for r in records if r.get('timing/compile_s') is not None]  # within the phases
+  out['timing_compile_s'] = float(sum(compiled)) if compiled else None  # the training steps'; None: not logged
 
   logged = [k for r in records for k in r if 'tokens_per_s' in k or 'tok_per_s' in k]
   if logged:
@@ -146,14 +147,14 @@ def summarize(workdir: str | pathlib.Path) -> dict:
     steady = [r for r in rated if not r.get('timing/compile_s')]  # a compiling step's rate measures the compiler
     vals = [r[key] for r in steady or rated]
     out['tokens_per_s'] = {'key': key, 'mean': sum(vals) / len(vals), 'steps': len(vals),
-                           'compiling_left_out': len(rated) - len(vals)}  # fmt: skip
+                           'compiling_left_out': len(rated) - len(vals),
+                           'compiling_in_mean': 0 if steady else len(rated) - len(steady)}  # fmt: skip
   elif train and timing.get('sampling_s') and config.get('batch_size') and config.get('num_generations'):
     rows = config['batch_size'] * config['num_generations']
     tokens = sum(r.get('completion_len_mean', 0.0) * rows for r in train)
-    out['tokens_per_s'] = {
-      'key': 'estimated: completion_len_mean x batch_size x num_generations / sampling_s',
-      'mean': tokens / timing['sampling_s'],
-    }
+    key = 'estimated: completion_len_mean x batch_size x num_generations / sampling_s'  # no compiling step known
+    out['tokens_per_s'] = dict(key=key, mean=tokens / timing['sampling_s'], steps=len(train), compiling_left_out=0,
+                               compiling_in_mean=None)  # fmt: skip
   out['checkpoints'] = steps_on_disk
   # what a rerun starts from (--format=openai's too): steps logged past the latest checkpoint are done again
   out['steps_done'] = steps_on_disk[-1] if steps_on_disk else out['steps_logged']
@@ -337,6 +338,7 @@ def table(s: dict) -> str:
   if 'tokens_per_s' in s:
     rate = s['tokens_per_s']
     left = f', {rate["compiling_left_out"]} compiling left out' if rate.get('compiling_left_out') else ''
+    left += ', every step compiled' if rate.get('compiling_in_mean') else ''
     rows.append(('tokens/s', f'{rate["mean"]:.1f}  ({rate["key"]}{left})'))
   rewards = s.get('checkpoint_valid_rewards') or {}
   kept = [
@@ -435,7 +437,7 @@ def openai_job(workdir: str | pathlib.Path) -> dict:
       {
         'object': 'fine_tuning.job.checkpoint',
         'id': f'ftckpt-{run}-{s}',
-        'created_at': checkpoint_times.get(s) or runfs.mtime(workdir / 'checkpoints' / str(s)) or created,
+        'created_at': checkpoint_times.get(s) or checkpoint_lib.written_at(workdir / 'checkpoints' / str(s)) or created,
         'fine_tuned_model_checkpoint': str(workdir / 'checkpoints' / str(s)),
         'fine_tuning_job_id': job_id,
         'metrics': m,

@@ -231,7 +231,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     )
     cleanup.push(_closing_writer(writer))
     if resumed_at is not None and resumed_at not in writer.announced:  # killed between its commit and the settle
-      _created(writer, ckpt, resumed_at, runfs.mtime(ckpt.directory / str(resumed_at)))  # that says it: said late
+      _created(writer, ckpt, resumed_at, checkpoint_lib.written_at(ckpt.directory / str(resumed_at)))  # said late
     cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps, changed))  # events.jsonl: started ...
     warned.attach(writer)  # and the warnings logged so far
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)

@@ -707,13 +707,21 @@ def test_report_tokens_per_s_leaves_out_the_steps_that_compiled(tmp_path):
   ])  # fmt: skip
   (tmp_path / 'config.json').write_text(json.dumps({'total_steps': 3}))
   s = report.summarize(tmp_path)
-  assert s['tokens_per_s'] == {'key': 'tokens_per_s', 'mean': 2500.0, 'steps': 2, 'compiling_left_out': 1}
+  assert s['tokens_per_s'] == {
+    'key': 'tokens_per_s', 'mean': 2500.0, 'steps': 2, 'compiling_left_out': 1, 'compiling_in_mean': 0
+  }  # fmt: skip
   assert s['timing_compile_s'] == 6.5
   table = [' '.join(line.split()) for line in report.table(s).splitlines()]
   assert 'time total 11.0 s (compiling 6.5 s of it)' in table
   assert 'tokens/s 2500.0 (tokens_per_s, 1 compiling left out)' in table
   write_jsonl(tmp_path / 'metrics.jsonl', [{'step': 1, 'tokens_per_s': 16.0, 'timing/compile_s': 6.5}])
-  assert report.summarize(tmp_path)['tokens_per_s']['mean'] == 16.0  # every step compiled: the rate is all there is
+  s = report.summarize(tmp_path)  # every step compiled: the rate is all there is, and says so
+  assert s['tokens_per_s'] == {
+    'key': 'tokens_per_s', 'mean': 16.0, 'steps': 1, 'compiling_left_out': 0, 'compiling_in_mean': 1
+  }  # fmt: skip
+  assert 'every step compiled' in report.table(s)
+  write_jsonl(tmp_path / 'metrics.jsonl', [{'step': 1, 'tokens_per_s': 16.0}])  # an rftjax before compile_s
+  assert report.summarize(tmp_path)['timing_compile_s'] is None
 
 
 def test_report_of_a_crashed_run_says_where_a_rerun_resumes(tmp_path, in_repo):

@@ -107,6 +107,19 @@ def test_train_resume_and_read_back_from_a_bucket(bucket, tmp_path, monkeypatch)
   assert (tmp_path / 'hf' / 'model.safetensors').stat().st_size > 0
 
 
+def test_a_checkpoint_in_a_bucket_is_dated_by_its_metadata_file(bucket):
+  """A bucket has no folders: a checkpoint folder's time read 0, and a checkpoint said late (or one report lists
+  without its event) was dated by the resume, or the run's start."""
+  import time
+
+  from rftjax import checkpoint
+
+  folder = epath.Path(f'{bucket}/dated/checkpoints/5')
+  (folder / '_CHECKPOINT_METADATA').write_text('{}')
+  assert runfs.mtime(folder) is None  # what the trainer and report had to go on
+  assert abs(checkpoint.written_at(folder) - time.time()) < 120
+
+
 def test_a_bucket_that_does_not_exist_is_a_config_error(bucket):
   del bucket  # the emulator must be up: the error is the missing bucket, not a dead endpoint
   with pytest.raises(errors.ConfigError, match='gs://no-such-bucket/run: cannot write there'):

@@ -885,6 +885,12 @@ def test_cli_output_that_cannot_be_written_is_one_line_after_the_summary(tmp_pat
     f'error: --output={out}: cannot write it (File too large); the summary above is all that is left'
   )
   assert json.loads(full.stdout)['grade_reward_mean'] == 1.0 and not out.exists()
+  read, write = os.pipe()
+  os.close(read)  # and the summary's reader gone too (`| head -1`): the lost file is still said, exit 1, not 141
+  with os.fdopen(write, 'wb') as stdout:
+    both = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, cwd=root,
+                          preexec_fn=disk_full)  # fmt: skip
+  assert both.returncode == 1 and both.stderr.splitlines()[-1].startswith(f'error: --output={out}: cannot write it')
 
 
 @pytest.mark.parametrize(

@@ -1358,11 +1358,11 @@ def test_a_checkpoint_a_hard_kill_left_unsaid_is_said_at_the_resume(tmp_path, in
   events = tmp_path / 'run' / 'events.jsonl'
   lines = events.read_text().splitlines(keepends=True)
   events.write_text(''.join(x for x in lines if 'Checkpoint created at step 2' not in x))  # as the kill left it
-  os.utime(tmp_path / 'run' / 'checkpoints' / '2', (1_700_000_000, 1_700_000_000))
+  os.utime(tmp_path / 'run' / 'checkpoints' / '2' / '_CHECKPOINT_METADATA', (1_700_000_000, 1_700_000_000))
   run(tmp_path, 'run', 3, eval_interval=2)
   said = [(e['message'], e['created_at']) for e in metrics.read_jsonl(events) if e['type'] == 'message']
   at = [m for m, _ in said].index('Resumed from step 2')
-  assert said[at - 1] == ('Checkpoint created at step 2', 1_700_000_000)  # dated by its folder, not the resume
+  assert said[at - 1] == ('Checkpoint created at step 2', 1_700_000_000)  # dated by its writing, not the resume
   assert [m for m, _ in said].count('Checkpoint created at step 2') == 1
   assert [m for m, _ in said].count('Checkpoint created at step 0') == 1  # said before: not again
 
