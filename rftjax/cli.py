@@ -202,6 +202,8 @@ def run(body: Callable[[], int]) -> int:
     return status
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
+    if _stdout_closed():  # grade's lost --output after a summary whose reader had gone: Python's flush at exit
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # would fail and make the status 120
     return getattr(e, 'exit_code', errors.EXIT_CODE)  # OutputError: 1
   except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): one line, the shell's status, no traceback
     stopped = isinstance(e, Terminated)

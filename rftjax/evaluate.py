@@ -339,9 +339,17 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
   ]
   if jax.process_index() == 0:  # the summary last, and an earlier one gone first: a stop between the two files
     summary_file = out.with_name(out.name + '.summary.json')  # leaves no new samples beside an old summary
-    summary_file.unlink(missing_ok=True)
+    try:
+      summary_file.unlink(missing_ok=True)
+    except OSError as e:  # a folder of that name: the work is done, its result cannot be kept
+      raise errors.OutputError(f'{summary_file}: cannot replace it ({e.strerror or e}); nothing was written') from None
     sample_cli.write_out(out, rows)
-    data_lib.write_text(summary_file, json.dumps(summary, indent=2) + '\n')
+    try:
+      data_lib.write_text(summary_file, json.dumps(summary, indent=2) + '\n')
+    except OSError as e:
+      raise errors.OutputError(
+        f'{summary_file}: cannot write it ({e.strerror or e}); the samples are in {out}'
+      ) from None
   summary['out'] = str(out)
   failed = graders.all_failed(results)
   if failed:  # a summary of zeros that only mean the grader could not run

@@ -146,9 +146,9 @@ def summarize(workdir: str | pathlib.Path) -> dict:
     rated = [r for r in records if r.get(key) is not None]
     steady = [r for r in rated if not r.get('timing/compile_s')]  # a compiling step's rate measures the compiler
     vals = [r[key] for r in steady or rated]
-    out['tokens_per_s'] = {'key': key, 'mean': sum(vals) / len(vals), 'steps': len(vals),
-                           'compiling_left_out': len(rated) - len(vals),
-                           'compiling_in_mean': 0 if steady else len(rated) - len(steady)}  # fmt: skip
+    out['tokens_per_s'] = {'key': key, 'mean': sum(vals) / len(vals), 'steps': len(vals),  # None: no compile_s
+                           'compiling_left_out': len(rated) - len(vals) if compiled else None,
+                           'compiling_in_mean': (0 if steady else len(rated)) if compiled else None}  # fmt: skip
   elif train and timing.get('sampling_s') and config.get('batch_size') and config.get('num_generations'):
     rows = config['batch_size'] * config['num_generations']
     tokens = sum(r.get('completion_len_mean', 0.0) * rows for r in train)

@@ -721,7 +721,9 @@ def test_report_tokens_per_s_leaves_out_the_steps_that_compiled(tmp_path):
   }  # fmt: skip
   assert 'every step compiled' in report.table(s)
   write_jsonl(tmp_path / 'metrics.jsonl', [{'step': 1, 'tokens_per_s': 16.0}])  # an rftjax before compile_s
-  assert report.summarize(tmp_path)['timing_compile_s'] is None
+  s = report.summarize(tmp_path)  # which steps compiled is not known: not said to be none
+  assert s['timing_compile_s'] is None and s['tokens_per_s']['compiling_in_mean'] is None
+  assert s['tokens_per_s']['compiling_left_out'] is None
 
 
 def test_report_of_a_crashed_run_says_where_a_rerun_resumes(tmp_path, in_repo):
@@ -931,6 +933,19 @@ def test_a_write_that_fails_after_sampling_leaves_no_temp_file(run_dir, tmp_path
   err = capsys.readouterr().err.strip().splitlines()  # 1: the work ran and its result is lost; 2 says bad input
   assert err[-1].startswith(f'error: --out={folder}: cannot write it (') and 'Traceback' not in ''.join(err)
   assert sorted(p.name for p in tmp_path.iterdir()) == ['appeared', 'p.jsonl']
+
+
+def test_evaluate_whose_summary_cannot_be_written_says_so_and_exits_1(run_dir, tmp_path, in_repo, capsys,
+                                                                      monkeypatch):  # fmt: skip
+  """A folder made where evaluate's summary goes while it sampled (the check before passed): a traceback, where
+  --out's own failure is a line."""
+  prompts = write_jsonl(tmp_path / 'p.jsonl', PROMPTS[:1])
+  out = tmp_path / 'e.jsonl'
+  held = tmp_path / 'e.jsonl.summary.json' / 'x'  # a folder that holds a file (an empty one is removed)
+  monkeypatch.setattr(evaluate, 'check_out', lambda *a, **k: held.parent.mkdir() or held.write_text(''))
+  assert evaluate.main([f'--workdir={run_dir}', f'--data={prompts}', f'--out={out}', '--max_new_tokens=1']) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith(f'error: {out}.summary.json: cannot replace it (') and not out.exists()
 
 
 # ---- export: its flags, its --out ----------------------------------------------------------------------------------

@@ -806,8 +806,10 @@ def test_cli_output_is_written_when_the_reader_of_the_summary_has_gone(tmp_path)
   cmd = [sys.executable, '-m', 'rftjax.grade', f'--grader={good}', f'--data={data}', f'--samples={samples}']
   read, write = os.pipe()
   os.close(read)  # a reader gone before the first line: the summary's print fails at once
+  unbuffered = {**os.environ, 'PYTHONUNBUFFERED': '1'}  # the summary's print meets the closed pipe (as `python -u`)
   with os.fdopen(write, 'wb') as stdout:
-    done = subprocess.run([*cmd, f'--output={out}'], stdout=stdout, stderr=subprocess.PIPE, timeout=60, cwd=root)
+    done = subprocess.run([*cmd, f'--output={out}'], stdout=stdout, stderr=subprocess.PIPE, timeout=60, cwd=root,
+                          env=unbuffered)  # fmt: skip
   assert done.returncode == 141, done.stderr.decode()
   assert [json.loads(line)['reward'] for line in out.read_text().splitlines()] == [1.0] * 3
 
@@ -885,12 +887,15 @@ def test_cli_output_that_cannot_be_written_is_one_line_after_the_summary(tmp_pat
     f'error: --output={out}: cannot write it (File too large); the summary above is all that is left'
   )
   assert json.loads(full.stdout)['grade_reward_mean'] == 1.0 and not out.exists()
-  read, write = os.pipe()
-  os.close(read)  # and the summary's reader gone too (`| head -1`): the lost file is still said, exit 1, not 141
-  with os.fdopen(write, 'wb') as stdout:
-    both = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, cwd=root,
-                          preexec_fn=disk_full)  # fmt: skip
-  assert both.returncode == 1 and both.stderr.splitlines()[-1].startswith(f'error: --output={out}: cannot write it')
+  buffered = {k: v for k, v in os.environ.items() if k != 'PYTHONUNBUFFERED'}
+  for env in (buffered, {**buffered, 'PYTHONUNBUFFERED': '1'}):  # the pipe fails at exit's flush, or at the print
+    read, write = os.pipe()
+    os.close(read)  # and the summary's reader gone too (`| head -1`): the lost file is still said, exit 1 (was 120)
+    with os.fdopen(write, 'wb') as stdout:
+      both = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, cwd=root, env=env,
+                            preexec_fn=disk_full)  # fmt: skip
+    assert both.returncode == 1, both.stderr
+    assert both.stderr.splitlines()[-1].startswith(f'error: --output={out}: cannot write it')
 
 
 @pytest.mark.parametrize(
