@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 EXIT_CODE = 2
+STORAGE_EXIT_CODE = 1  # a full or read-only disk, an output that could not be written after the work
 
 
 class UserError(ValueError):
@@ -34,7 +35,7 @@ class OutputError(UserError):
   there since `cli.check_out` looked): one line naming the flag, exit 1, as a full disk anywhere, not 2, which says
   an input was bad."""
 
-  exit_code = 1  # STORAGE_EXIT_CODE
+  exit_code = STORAGE_EXIT_CODE
 
 
 class VariantError(ConfigError):
@@ -46,7 +47,6 @@ class VariantError(ConfigError):
 # CLIs say it in one line
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 FILES_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
-STORAGE_EXIT_CODE = 1
 
 
 def storage_line(e: OSError) -> str | None:
