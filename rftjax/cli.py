@@ -183,7 +183,7 @@ def progress(label: str) -> Callable[[int, int], None]:
     if tty:
       print(f'\r{label}: {done}/{total}', end='\n' if done == total else '', file=sys.stderr, flush=True)
       _open_line = done != total
-    elif done == total or last[0] < 0 or new_tenth(last[0], done, total):
+    elif done == total or new_tenth(last[0], done, total):  # (from -1: the first call's line too)
       last[0] = done
       print(f'{label}: {done}/{total}', file=sys.stderr, flush=True)
 
@@ -202,8 +202,8 @@ def run(body: Callable[[], int]) -> int:
     return status
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
-    if _stdout_closed():  # grade's lost --output after a summary whose reader had gone: Python's flush at exit
-      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # would fail and make the status 120
+    if _stdout_closed():  # grade's lost --output after a summary whose reader had gone
+      _stdout_nowhere()
     return getattr(e, 'exit_code', errors.EXIT_CODE)  # OutputError: 1
   except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): one line, the shell's status, no traceback
     stopped = isinstance(e, Terminated)
@@ -212,8 +212,7 @@ def run(body: Callable[[], int]) -> int:
   except BrokenPipeError:
     if not _stdout_closed():  # a socket's broken pipe (a grader endpoint, a tool server) is a real error
       raise
-    # Python flushes stdout again at exit and would report that failure too: send the rest nowhere.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    _stdout_nowhere()
     return BROKEN_PIPE_EXIT_CODE
   except OSError as e:  # a full or read-only disk: one line, as for bad input, but not status 2
     line = errors.storage_line(e)
@@ -221,6 +220,12 @@ def run(body: Callable[[], int]) -> int:
       raise
     print(f'error: {line}, and run the command again', file=sys.stderr)
     return errors.STORAGE_EXIT_CODE
+
+
+def _stdout_nowhere() -> None:
+  """Python flushes stdout again at exit, and a pipe whose reader has gone fails that flush (exit status 120, an
+  'Exception ignored' line): what is left goes nowhere instead."""
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _stdout_closed() -> bool:
