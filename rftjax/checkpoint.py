@@ -24,6 +24,8 @@ Orbax pitfalls this module exists to hide (docs/platform.md):
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import os
@@ -37,6 +39,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rftjax import data
+from rftjax import multihost
 from rftjax import runfs
 
 _STATE = 'state'
@@ -244,6 +248,30 @@ class Checkpointer:
       self._on_commit += [on_commit] if on_commit else []
     self.settle()  # a synchronous save has committed already
     return bool(saved)
+
+  def rank(self, step: int, metrics: dict[str, Any]) -> None:
+    """Gives `metrics` to `step`, saved without them (its validation, cut short, redone on resume). Orbax has no call
+    for it: process 0 writes them whole where its save would (`<step>/metrics/metrics`); every host then reloads."""
+    step, metrics = int(step), self._clean_metrics(metrics)
+    if self.read_only or self.metrics(step) is not None:
+      raise ValueError(f'rank(step={step}): the step has metrics already, or {self.directory} is read-only.')
+    self.wait_until_finished()
+    name = ocp.checkpoint_manager.METRIC_ITEM_NAME
+    file, text = self.directory / str(step) / name / name, json.dumps(metrics)
+    # a bucket's object is whole by itself; a local file is renamed into place
+    write = file.write_text if runfs.is_remote(file) else functools.partial(data.write_atomic, pathlib.Path(file))
+    multihost.on_process_0(write, text)  # every host waits for it (a collective)
+    self._manager.reload()  # Orbax's own list of steps and metrics, which its keep policy ranks by
+    self._metrics_cache[step] = metrics
+
+  def extra(self, step: int) -> dict[str, Any]:
+    """The `extra` dict saved with `step`; the state is not read."""
+    self._manager.wait_until_finished()
+    return self._manager.restore(int(step), args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))[_EXTRA]
+
+  def validation_due(self, step: int) -> bool:
+    """Saved unranked because its validation was cut short (the trainer's `extra['validation_due']`)."""
+    return self.metrics(step) is None and bool(self.extra(step).get('validation_due'))
 
   def settle(self) -> None:
     """Calls the `on_commit` of the saves that have committed, without waiting for one in flight. A failed save

@@ -68,7 +68,8 @@ class Watcher:
     return multihost.any_host(self.flag)
 
   def stop(self, step: int) -> Preempted:
-    """The exception to raise once the checkpoint of `step` is written (without eval metrics: never ranked best)."""
+    """The exception to raise once the checkpoint of `step` is written (without eval metrics: unranked, unless a
+    resume validates it because its validation was cut short)."""
     how = 'Ctrl-C' if self.interrupted else 'SIGTERM'
     code = INTERRUPT_EXIT_CODE if self.interrupted else EXIT_CODE
     log.warning('%s: saved a checkpoint at step %d; stopping (exit status %d)', how, step, code, extra={'event': False})

@@ -80,12 +80,13 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   out['steps_logged'] = max((int(r['step']) for r in train), default=0)
   out['total_steps'] = config.get('total_steps')
 
-  steps_on_disk: list[int] = []
+  steps_on_disk, due = [], False
   best_step, best_reward, best_source, kept_rewards = None, None, None, {}
   if (workdir / 'checkpoints').is_dir():
     ckpt = checkpoint_lib.Checkpointer(workdir / 'checkpoints', read_only=True, async_save=False)
     try:
       steps_on_disk = ckpt.all_steps()
+      due = bool(steps_on_disk) and ckpt.validation_due(steps_on_disk[-1])  # its rerun has that validation to do
       best_step = ckpt.best_step()
       if best_step is not None:
         best_reward = float(ckpt.metrics(best_step)[ckpt.best_metric])
@@ -109,12 +110,8 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   out['checkpoint_valid_rewards'] = kept_rewards
   if valid_by_step:
     first, last = min(valid_by_step), max(valid_by_step)
-    out.update(
-      valid_reward_first=valid_by_step[first],
-      valid_reward_first_step=first,
-      valid_reward_last=valid_by_step[last],
-      valid_reward_last_step=last,
-    )
+    out.update(valid_reward_first=valid_by_step[first], valid_reward_first_step=first,
+               valid_reward_last=valid_by_step[last], valid_reward_last_step=last)  # fmt: skip
   if train:
     tail = train[-10:]
     out['train_reward_last_n'] = len(tail)
@@ -159,7 +156,7 @@ def summarize(workdir: str | pathlib.Path) -> dict:
   # what a rerun starts from (--format=openai's too): steps logged past the latest checkpoint are done again
   out['steps_done'] = steps_on_disk[-1] if steps_on_disk else out['steps_logged']
   events = metrics_lib.read_jsonl(workdir / 'events.jsonl')
-  status, said = _status(events, out['steps_done'], out['total_steps'], out['steps_logged'])
+  status, said = _status(events, out['steps_done'], out['total_steps'], out['steps_logged'], due)
   out['status'] = status
   holder = runfs.lock_holder(workdir) if status == 'running' and not runfs.is_remote(workdir) else None
   if holder:  # the trainer's lock file: on this host the lock itself says whether it still runs (its text and pid
@@ -376,11 +373,12 @@ def openai_job(workdir: str | pathlib.Path) -> dict:
     int(r['step']): float(r['valid_reward_mean']) for r in records if r.get('valid_reward_mean') is not None
   }
 
-  steps, best, saved = [], None, {}
+  steps, best, saved, due = [], None, {}, False
   if (workdir / 'checkpoints').is_dir():
     ckpt = checkpoint_lib.Checkpointer(workdir / 'checkpoints', read_only=True, async_save=False)
     try:
       steps, best = ckpt.all_steps(), ckpt.best_step()
+      due = bool(steps) and ckpt.validation_due(steps[-1])
       saved = {s: (ckpt.metrics(s) or {}).get(ckpt.best_metric) for s in steps}
     finally:
       ckpt.close()
@@ -390,7 +388,7 @@ def openai_job(workdir: str | pathlib.Path) -> dict:
   total = config.get('total_steps')
   # what a rerun would start from: the latest checkpoint (metrics past it are redone); without checkpoints, the log
   done = steps[-1] if steps else max(train_by_step, default=0)
-  status, status_event = _status(events, done, total, max(train_by_step, default=0))
+  status, status_event = _status(events, done, total, max(train_by_step, default=0), due)
   times = [e['created_at'] for e in events if isinstance(e.get('created_at'), int)]
   created = times[0] if times else runfs.mtime(workdir / 'config.json') or runfs.mtime(workdir / 'metrics.jsonl') or 0
   finished = None
@@ -470,14 +468,14 @@ def openai_job(workdir: str | pathlib.Path) -> dict:
   }
 
 
-def _status(events: list[dict], done: int, total: int | None, logged: int) -> tuple[str, dict | None]:
-  """'succeeded' once the latest checkpoint reaches total_steps (a rerun has nothing to do); else what the last
-  event with a `data.status` says (the trainer writes 'running' when it starts or resumes, 'cancelled' or 'failed'
-  when it stops early, 'succeeded' at its end: a copy that kept only the best checkpoint ended so too, its log at
-  total_steps; a log short of it is a resume with more steps whose first event is not there yet); 'running'
-  without one. Returns the status and the event that decided it, if any."""
+def _status(events: list[dict], done: int, total: int | None, logged: int, due: bool) -> tuple[str, dict | None]:
+  """'succeeded' once the latest checkpoint reaches total_steps, its validation not `due` (cut short): a rerun has
+  nothing to do. Else what the last event with a `data.status` says (the trainer writes 'running' when it starts or
+  resumes, 'cancelled' or 'failed' when it stops early, 'succeeded' at its end: a copy that kept only the best
+  checkpoint ended so too, its log at total_steps; a log short of it is a resume with more steps whose first event
+  is not there yet); 'running' without one. Returns the status and the event that decided it, if any."""
   said = [e for e in events if isinstance(e.get('data'), dict) and e['data'].get('status') in ('running', *TERMINAL)]
-  if total is not None and done >= int(total):
+  if total is not None and done >= int(total) and not due:
     ends = [e for e in said if e['data']['status'] == 'succeeded']
     return 'succeeded', (ends[-1] if ends else None)
   last = said[-1]['data']['status'] if said else None

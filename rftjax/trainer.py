@@ -139,6 +139,8 @@ def _finished(config, spec: runspec.RunSpec, workdir) -> bool:
     if latest is None or latest < spec.total_steps:
       return False
     unranked = ckpt.metrics(latest) is None
+    if unranked and latest == spec.total_steps and ckpt.validation_due(latest):
+      return False  # a stop cut its validation short: that is left to do
   finally:
     ckpt.close()
   key = hparams.deciding_key(config, 'total_steps')
@@ -299,6 +301,18 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       save(0, state, data_iter, last_eval)
       if watcher.requested(0):  # Ctrl-C or SIGTERM during the step-0 validation
         raise watcher.stop(0)
+    elif ckpt.validation_due(start):  # a stop or a failed grading cut the step's validation short
+      try:
+        last_eval = validate(lora.join(state['params'], frozen), start, stop=lambda: watcher.requested(start))
+      except inference.ValidationStopped:
+        raise watcher.stop(start) from None
+      except BROKEN as e:
+        raise _stopped(e, f'{e}. The checkpoint at step {start} is where a rerun resumes') from None
+      stop = watch(last_eval)
+      ckpt.rank(start, {'valid_reward_mean': last_eval['valid_reward_mean']})  # among the best, as if saved so
+      _replot(ckpt, run)
+      if (guarded := guard_stop(start, state, stop)) or watcher.requested(start):
+        raise guarded or watcher.stop(start)
     compile_clock = cleanup.enter_context(metrics_lib.CompileClock())
     # closed on every way out: a bar left open is drawn one line lower, with a cursor-up that a notebook prints
     progress = cleanup.enter_context(metrics_lib.Progress(start, spec.total_steps, enabled=config.progress and is_main))
@@ -369,10 +383,10 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
         try:
           last_eval = validate(lora.join(state['params'], frozen), step + 1, stop=lambda: watcher.requested(step + 1))
         except inference.ValidationStopped:  # SIGTERM mid-pass: keep the step, unranked, before the notice runs out
-          save(step + 1, state, data_iter)
+          save(step + 1, state, data_iter, due=True)
           raise (guard_stop(step + 1, state, stop) or watcher.stop(step + 1)) from None
         except BROKEN as e:  # the step is kept, unranked: a broken grading is no measure of it
-          save(step + 1, state, data_iter)
+          save(step + 1, state, data_iter, due=True)
           guarded = guard_stop(step + 1, state, stop)  # said too: a rerun would train on past the collapse
           also = f'; also {guarded}' if guarded else f'. The checkpoint at step {step + 1} is where a rerun resumes'
           raise _stopped(e, f'{e}{also}') from None
@@ -495,23 +509,26 @@ def _job_events(writer, resumed_at: int | None, total_steps: int, changed: tuple
   writer.event('The job has successfully completed', data={'status': 'succeeded'})
 
 
-def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | None = None, *, shapes) -> None:
-  """Checkpoint `step` (ranked by its validation reward when it has one), redraw the reward plot with the kept best
-  checkpoints marked, and sync the run files with them."""
+def _save(ckpt, writer, run, step: int, state, data_iter, eval_metrics: dict | None = None, *, shapes, due=False):
+  """Checkpoint `step` (ranked by its validation reward when it has one; `due`: its validation was cut short, to be
+  redone on resume), redraw the reward plot with the kept best checkpoints marked, and sync the run files."""
   t0 = time.perf_counter()
   best = None if eval_metrics is None else {'valid_reward_mean': eval_metrics['valid_reward_mean']}
   checkpoint_lib.check_room(ckpt, run.remote, step, state)
   # said once the step has committed (the next step's settle, the next save, a stop or the end), as OpenAI's event
   # means a checkpoint a script can evaluate or export; an asynchronous save that failed never says it
   created = functools.partial(_created, writer, ckpt, step)
+  extra = {'data': data_iter.state(), 'shapes': shapes.state(), 'validation_due': due}
   try:  # an asynchronous save's failure shows here at the next save, or at the end (_wait)
-    saved = ckpt.save(
-      step, state, extra={'data': data_iter.state(), 'shapes': shapes.state()}, metrics=best, on_commit=created
-    )
+    saved = ckpt.save(step, state, extra=extra, metrics=best, on_commit=created)
   except Exception as e:
     raise checkpoint_lib.save_failed(ckpt, run.remote, e) from e
   if saved:  # a step on disk already (a stop right after a resume) is no second timing row for its step
     writer.write({'step': step, 'timing/checkpoint_s': time.perf_counter() - t0})
+  _replot(ckpt, run)
+
+
+def _replot(ckpt, run) -> None:
   if jax.process_index() == 0:
     try:
       plots.write_reward_plot(run.local, kept=ckpt.best_steps())

@@ -99,6 +99,26 @@ def test_an_unevaluated_checkpoint_replaced_by_the_last_save_goes_at_close(tmp_p
   assert _step_dirs(tmp_path) == [0, 4, 5]
 
 
+def test_a_step_ranked_after_its_save_is_kept_as_best_and_read_back(tmp_path):
+  """A step saved without metrics (its validation cut short) and ranked once the resume has validated it: Orbax's
+  keep policy, another process and `extra` see it as if it was saved with them."""
+  with checkpoint.Checkpointer(tmp_path, keep_best=1) as ckpt:
+    ckpt.save(1, _tiny_state(1), extra={}, metrics={'valid_reward_mean': 0.5})
+    ckpt.save(2, _tiny_state(2), extra={'validation_due': True})  # the SIGTERM's save
+  with checkpoint.Checkpointer(tmp_path, keep_best=1) as ckpt:  # the resume
+    assert ckpt.extra(2) == {'validation_due': True} and ckpt.metrics(2) is None and ckpt.best_step() == 1
+    ckpt.rank(2, {'valid_reward_mean': np.float32(0.75)})
+    assert ckpt.metrics(2) == {'valid_reward_mean': 0.75} and ckpt.best_step() == 2
+    with pytest.raises(ValueError, match='rank\\(step=2\\): the step has metrics already'):
+      ckpt.rank(2, {'valid_reward_mean': 0.8})
+    ckpt.save(3, _tiny_state(3), extra={}, metrics={'valid_reward_mean': 0.25})
+    ckpt.save(4, _tiny_state(4), extra={}, metrics={'valid_reward_mean': 0.25})
+  assert _step_dirs(tmp_path) == [2, 4]  # 1 went when 2 outranked it (unranked, 2 would have gone instead)
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
+    assert ckpt.metrics(2) == {'valid_reward_mean': 0.75} and ckpt.best_step() == 2
+  assert not [p.name for p in (tmp_path / '2' / 'metrics').iterdir() if p.name != 'metrics']  # no temp file left
+
+
 def test_on_commit_is_called_once_the_step_is_on_disk_and_never_for_a_failed_save(tmp_path):
   """The trainer's 'Checkpoint created' event was written when the asynchronous save began: a script that acted on it
   found only N.orbax-checkpoint-tmp, and a save that failed next had been said to be created."""

@@ -120,6 +120,23 @@ def test_a_checkpoint_in_a_bucket_is_dated_by_its_metadata_file(bucket):
   assert abs(checkpoint.written_at(folder) - time.time()) < 120
 
 
+def test_a_checkpoint_in_a_bucket_is_ranked_after_its_save(bucket):
+  """A resume that redoes a validation cut short gives the step its metrics in the bucket, where every reader finds
+  them."""
+  import jax.numpy as jnp
+
+  from rftjax import checkpoint
+
+  with checkpoint.Checkpointer(f'{bucket}/ranked/checkpoints', keep_best=1) as ckpt:
+    ckpt.save(1, {'w': jnp.ones(2)}, extra={}, metrics={'valid_reward_mean': 0.5})
+    ckpt.save(2, {'w': jnp.ones(2)}, extra={'validation_due': True})
+    ckpt.wait_until_finished()
+    assert ckpt.validation_due(2)
+    ckpt.rank(2, {'valid_reward_mean': 0.75})
+  with checkpoint.Checkpointer(f'{bucket}/ranked/checkpoints', read_only=True) as ckpt:
+    assert ckpt.metrics(2) == {'valid_reward_mean': 0.75} and ckpt.best_step() == 2 and not ckpt.validation_due(2)
+
+
 def test_a_bucket_that_does_not_exist_is_a_config_error(bucket):
   del bucket  # the emulator must be up: the error is the missing bucket, not a dead endpoint
   with pytest.raises(errors.ConfigError, match='gs://no-such-bucket/run: cannot write there'):

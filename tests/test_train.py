@@ -854,6 +854,8 @@ def test_gradings_that_fail_under_the_share_are_said_on_the_console(tmp_path, in
 
 
 def test_a_broken_validation_mid_run_keeps_the_step_unranked(tmp_path, in_repo, monkeypatch, caplog):
+  """The step (the run's last) is kept unranked, and the run is not finished: the same command again validates the
+  step, ranks it and ends the run."""
   from rftjax import checkpoint, inference
 
   real, calls = inference.evaluate, []
@@ -861,7 +863,7 @@ def test_a_broken_validation_mid_run_keeps_the_step_unranked(tmp_path, in_repo, 
   def broken_second_time(*args, **kwargs):
     rows = real(*args, **kwargs)
     calls.append(len(rows))
-    if len(calls) < 2:
+    if len(calls) != 2:
       return rows
     error = graders.GradeError('python_grader_runtime', 'KeyError: x')
     return [(c, graders.GradeResult(0.0, errors=(error,))) for c, _ in rows[:-1]] + rows[-1:]
@@ -872,15 +874,41 @@ def test_a_broken_validation_mid_run_keeps_the_step_unranked(tmp_path, in_repo, 
     r'samples/valid_step000002.jsonl\). The checkpoint at step 2 is where a rerun resumes$'
   )
   with pytest.raises(trainer.GradingStopped, match=stopped):
-    run(tmp_path, 'stop', 3)  # eval_interval 2
+    run(tmp_path, 'stop', 2)  # eval_interval 2
   ckpt = checkpoint.Checkpointer(tmp_path / 'stop' / 'checkpoints', read_only=True)
   assert ckpt.latest_step() == 2 and ckpt.metrics(2) is None and ckpt.best_step() == 0
   assert [r['step'] for r in metrics.read_jsonl(tmp_path / 'stop' / 'metrics.jsonl') if 'valid_reward_mean' in r] == [0]
-  # the same command with total_steps=2 has nothing to do: it says that step 2 was never measured
-  with caplog.at_level('WARNING', logger='rftjax'):
+  assert report.summarize(tmp_path / 'stop')['status'] == report.openai_job(tmp_path / 'stop')['status'] == 'failed'
+  # the grader mended (an outage over), the same command validates step 2 and ranks it
+  assert run(tmp_path, 'stop', 2) and len(calls) == 3
+  rows = metrics.read_jsonl(tmp_path / 'stop' / 'metrics.jsonl')
+  (valid,) = [r['valid_reward_mean'] for r in rows if r.get('step') == 2 and 'valid_reward_mean' in r]
+  ckpt = checkpoint.Checkpointer(tmp_path / 'stop' / 'checkpoints', read_only=True)
+  assert ckpt.metrics(2) == {'valid_reward_mean': valid} and 2 in ckpt.best_steps()
+  events = [json.loads(line) for line in (tmp_path / 'stop' / 'events.jsonl').read_text().splitlines()]
+  assert events[-1]['data'] == {'step': 2, 'status': 'succeeded'}
+  assert report.summarize(tmp_path / 'stop')['status'] == report.openai_job(tmp_path / 'stop')['status'] == 'succeeded'
+  with caplog.at_level('INFO', logger='rftjax'):  # now nothing is left to do, and nothing to warn of
     run(tmp_path, 'stop', 2)
-  said = 'checkpoint 2 has no validation reward, so it is not among the best kept; measure it with python -m '
-  assert f'{said}rftjax.evaluate --workdir={tmp_path / "stop"} --step=2' in caplog.messages
+  assert len(calls) == 3 and not [r for r in caplog.records if r.levelname == 'WARNING']
+  assert 'nothing to do: step 2 >= total_steps=2 (raise config.total_steps to continue)' in caplog.messages
+
+
+def test_a_last_step_saved_unranked_between_validations_is_said_by_the_rerun(tmp_path, in_repo, monkeypatch, caplog):
+  """A SIGTERM after step 1 (no validation due there) of a run later given total_steps=1: nothing is left to do, and
+  the rerun says how to measure the step no validation ranked."""
+  from rftjax import checkpoint, preemption
+
+  with monkeypatch.context() as m:
+    m.setattr(preemption.Watcher, 'requested', lambda self, step: step == 1)
+    with pytest.raises(preemption.Preempted):
+      run(tmp_path, 'cut', 2)  # eval_interval 2
+  assert not checkpoint.Checkpointer(tmp_path / 'cut' / 'checkpoints', read_only=True).validation_due(1)
+  with caplog.at_level('INFO', logger='rftjax'):
+    run(tmp_path, 'cut', 1)
+  said = 'checkpoint 1 has no validation reward, so it is not among the best kept; measure it with python -m '
+  assert caplog.messages[-1] == f'{said}rftjax.evaluate --workdir={tmp_path / "cut"} --step=1'
+  assert 'nothing to do: step 1 >= total_steps=1' in caplog.text
 
 
 def test_a_grading_stop_mid_run_checkpoints_the_step_before_it(tmp_path, in_repo, monkeypatch):
@@ -1045,6 +1073,17 @@ def test_a_sigterm_during_a_validation_saves_after_the_batch_not_after_the_pass(
   else:
     assert ckpt.metrics(2) is not None and validated == [0, 2]
     assert (workdir / 'samples' / 'valid_step000002.jsonl').exists()
+  # the resume validates step 2 first (it was never ranked, nor in metrics.jsonl), as an unbroken run did
+  monkeypatch.setattr(preemption.Watcher, 'requested', lambda self, step: False)
+  run(tmp_path, 'run', 3, eval_batch_size=200 // batches)
+  whole = run(tmp_path, 'whole', 3, eval_batch_size=200 // batches)
+  valid = [[(r['step'], r['valid_reward_mean']) for r in metrics.read_jsonl(w / 'metrics.jsonl')
+            if 'valid_reward_mean' in r] for w in (workdir, whole)]  # fmt: skip
+  assert valid[0] == valid[1] and [s for s, _ in valid[0]] == [0, 2, 3]
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
+  assert (
+    ckpt.metrics(2) == {'valid_reward_mean': valid[1][1][1]} and (workdir / 'samples/valid_step000002.jsonl').exists()
+  )
 
 
 shutil_usage = collections.namedtuple('usage', 'total used free')
