@@ -33,6 +33,7 @@ from rftjax import errors
 from rftjax import graders
 from rftjax import inference
 from rftjax import loader
+from rftjax import multihost
 from rftjax import response_format
 from rftjax import runfs
 from rftjax import sample as sample_cli
@@ -337,9 +338,10 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
     )
     for i, (o, r) in enumerate(graded)
   ]
-  if jax.process_index() == 0:  # the summary last, and an earlier one gone first: a stop between the two files
-    summary_file = out.with_name(out.name + '.summary.json')  # leaves no new samples beside an old summary
-    try:
+  summary_file = out.with_name(out.name + '.summary.json')
+
+  def keep():  # the summary last, and an earlier one gone first: a stop between the two files
+    try:  # leaves no new samples beside an old summary
       summary_file.unlink(missing_ok=True)
     except OSError as e:  # a folder of that name: the work is done, its result cannot be kept
       raise errors.OutputError(f'{summary_file}: cannot replace it ({e.strerror or e}); nothing was written') from None
@@ -350,6 +352,8 @@ def _run(args, run_config, stack: contextlib.ExitStack) -> dict:
       raise errors.OutputError(
         f'{summary_file}: cannot write it ({e.strerror or e}); the samples are in {out}'
       ) from None
+
+  multihost.on_process_0(keep)  # process 0 writes; a failure is every host's (exit 1)
   summary['out'] = str(out)
   failed = graders.all_failed(results)
   if failed:  # a summary of zeros that only mean the grader could not run

@@ -223,8 +223,9 @@ def check_shared_folder(folder) -> None:
 
 def on_process_0(fn, *args):
   """`fn(*args)` on process 0 only (its result there, None elsewhere). When it raises, every host raises: process 0
-  its exception, the others a UserError with its message (a RuntimeError naming it, for a bug), so no host waits at
-  its next collective for a process 0 that has gone, until the coordinator's heartbeat gives up."""
+  its exception, the others one of its class (an errors.UserError's; OutputError's exit status is 1) with its message
+  (a RuntimeError naming it, for a bug), so no host waits at its next collective for a process 0 that has gone,
+  until the coordinator's heartbeat gives up."""
   if jax.process_count() == 1:
     return fn(*args)
   result, failure = None, None
@@ -240,8 +241,9 @@ def on_process_0(fn, *args):
     raise failure
   if said:
     user_error, kind, message = said[0]
-    if user_error:  # the CLIs print it as process 0 does: one `error: ...` line, exit status 2
-      raise errors.UserError(message)
+    if user_error:  # the CLIs print it as process 0 does: one `error: ...` line, its exit status (OutputError's 1)
+      kind = getattr(errors, kind, errors.UserError)
+      raise (kind if isinstance(kind, type) and issubclass(kind, errors.UserError) else errors.UserError)(message)
     raise RuntimeError(f'process 0 stopped with {kind}: {message}')
   return result
 

@@ -231,8 +231,8 @@ def main(argv=None) -> int:
       }
       for (obj, ex), o in zip(prompts, outs)
     ]
+    multihost.on_process_0(write_out, args.out, rows)  # a failure is every host's (exit 1)
     if jax.process_index() == 0:
-      write_out(args.out, rows)
       print(f'wrote {len(rows)} completions to {args.out}', file=sys.stderr)
     return 0
 

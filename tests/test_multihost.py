@@ -232,6 +232,30 @@ def test_evaluate_on_two_processes_equals_one(runs, tmp_path):
 
 
 @pytest.mark.slow
+def test_an_output_that_cannot_be_written_fails_every_host_alike(runs, tmp_path):
+  """Process 0 alone writes evaluate's files; when it cannot after the work (the disk filled meanwhile), every host
+  says so and exits 1, as one host does: process 1 exited 0, and a launcher that waits on every worker (gcloud
+  --worker=all) saw the failure only in process 0's log."""
+  multi, _ = runs
+  out = tmp_path / 'two.jsonl'
+  driver = tmp_path / 'full_disk.py'  # rftjax.evaluate with a disk that fills during the work
+  driver.write_text(
+    'import errno\nfrom rftjax import cli, data, evaluate\n'
+    "data.write_jsonl = lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, 'No space left on device'))\n"
+    'cli.command(evaluate.main)\n'
+  )
+  port = free_port()
+  args = [str(driver), f'--workdir={multi}', '--step=latest', f'--data={small_valid(tmp_path)}', '--batch_size=8',
+          f'--out={out}', '--num_workers=1']  # fmt: skip
+  codes = finish([spawn(args, tmp_path / f'eval{i}.log', i, port) for i in range(2)], timeout=300)
+  logs = [(tmp_path / f'eval{i}.log').read_text() for i in range(2)]
+  assert codes == [1, 1], '\n'.join(log[-2000:] for log in logs)
+  for log in logs:
+    assert f'error: --out={out}: cannot write it (No space left on device)' in log, log[-2000:]
+  assert not out.exists() and not (tmp_path / 'two.jsonl.summary.json').exists()
+
+
+@pytest.mark.slow
 def test_hosts_that_do_not_share_a_local_workdir_are_refused(tmp_path):
   """Each host with a folder of its own (a pod slice's local disks): Orbax's first checkpoint would wait forever for
   the other host's files. Two processes given two folders stand in for one path on two disks."""
