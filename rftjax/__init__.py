@@ -14,12 +14,14 @@ if sys.argv[:1] == ['-m']:  # `python -m rftjax.<command>`, while Python imports
       default(kind, value, tb)
 
   def _redeliver(unraisable, default=sys.unraisablehook):
-    """A Ctrl-C (or cli.Terminated) that landed in a callback (JAX's garbage-collection hook) is raised again:
-    Python drops it, and the command went on to write its output and exit 0. From another thread, a moment later:
-    raised at once, it would land in this hook and be dropped again. A real signal to the main thread: one only
-    flagged waits for the main thread to leave the C call it is in (a compile, a sleep)."""
-    signum = getattr(unraisable.exc_value, 'signum', signal.SIGINT)
-    if isinstance(unraisable.exc_value, KeyboardInterrupt) and callable(signal.getsignal(signum)):
+    """A Ctrl-C (or cli.Terminated, or train's exit on a SIGTERM while starting) that landed in a callback (JAX's
+    garbage-collection hook) is raised again: Python drops it, and the command went on to write its output and exit
+    0 (train trained on to the end). From another thread, a moment later: raised at once, it would land in this
+    hook and be dropped again. A real signal to the main thread: one only flagged waits for the main thread to
+    leave the C call it is in (a compile, a sleep)."""
+    exc = unraisable.exc_value
+    signum = getattr(exc, 'signum', signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None)
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)) and signum and callable(signal.getsignal(signum)):
       threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signum)).start()
     else:  # a handler of the system's (train's Watcher after a second Ctrl-C): sent again, it would kill outright
       default(unraisable)

@@ -57,12 +57,18 @@ def _define(fv) -> None:
 
 def _preempted_while_starting(signum, frame):
   """SIGTERM before the training loop watches for it (loading and compiling can take minutes): nothing to save,
-  and status 42 tells tpu/supervise.sh to relaunch, as after any preemption."""
-  del signum, frame
+  and status 42 tells tpu/supervise.sh to relaunch, as after any preemption. Raised in a callback (JAX's
+  garbage-collection hook), Python drops the exit and the run trained on: its `signum` has it sent again
+  (rftjax/__init__.py), to this handler or, once the loop has begun, to the loop's."""
+  del frame
   from rftjax import preemption
 
-  log.warning('SIGTERM before the first step: nothing to save; exiting with status %d', preemption.EXIT_CODE)
-  raise SystemExit(preemption.EXIT_CODE)
+  if not _preempted_while_starting.said:  # once, when it is sent again
+    log.warning('SIGTERM before the first step: nothing to save; exiting with status %d', preemption.EXIT_CODE)
+    _preempted_while_starting.said = True
+  stop = SystemExit(preemption.EXIT_CODE)
+  stop.signum = signum
+  raise stop
 
 
 def main(argv=None, abandon_threads: bool = False) -> int:
@@ -78,6 +84,7 @@ def main(argv=None, abandon_threads: bool = False) -> int:
     from rftjax import checkpoint, multihost, preemption, trainer  # JAX starts here, after the flags are good
 
     multihost.initialize(fv.distributed, fv.coordinator, fv.num_processes, fv.process_id)
+    _preempted_while_starting.said = False
     before = signal.signal(signal.SIGTERM, _preempted_while_starting)  # the loop's own handler replaces it
     try:
       config, explicit = fv.config, cli.override_keys(argv_)

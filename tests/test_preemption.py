@@ -168,3 +168,27 @@ def test_sigterm_before_the_first_step_exits_42(monkeypatch, tmp_path):
   with pytest.raises(SystemExit) as e:
     train.main(['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path / "run"}'], abandon_threads=True)
   assert e.value.code == ('now', PREEMPTED)
+
+
+def test_a_sigterm_while_starting_that_lands_in_a_callback_still_stops_the_run():
+  """The handler's exit, raised in a callback (JAX's garbage-collection hook), was dropped by Python: the run
+  logged 'exiting with status 42' and trained on to the end (found by SIGTERMs at random moments). The signal is
+  sent again, and the second exit lands where it ends the process; the warning is said once."""
+  code = (
+    "import sys; sys.argv[:1] = ['-m']\n"  # as while `python -m` imports the command
+    'import rftjax, signal, time\n'
+    'from rftjax import train\n'
+    'train._preempted_while_starting.said = False\n'
+    'signal.signal(signal.SIGTERM, train._preempted_while_starting)\n'
+    'class Callback:\n'
+    '  def __del__(self):\n'
+    '    train._preempted_while_starting(signal.SIGTERM, None)\n'
+    'Callback()\n'
+    'time.sleep(30)\n'
+    "print('went on')\n"
+  )
+  t0 = time.monotonic()
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
+  assert (proc.returncode, proc.stdout) == (PREEMPTED, ''), proc.stderr
+  assert proc.stderr.count('SIGTERM before the first step: nothing to save; exiting with status 42') == 1
+  assert time.monotonic() - t0 < 20  # raised during the sleep, not after it
