@@ -251,27 +251,29 @@ class Checkpointer:
 
   def rank(self, step: int, metrics: dict[str, Any]) -> None:
     """Gives `metrics` to `step`, saved without them (its validation, cut short, redone on resume). Orbax has no call
-    for it: process 0 writes them whole where its save would (`<step>/metrics/metrics`); every host then reloads."""
+    for it: process 0 writes them whole (a rename; a bucket's object is whole by itself) where its save would
+    (`<step>/metrics/metrics`), and every host reloads Orbax's list of steps, which its keep policy ranks."""
     step, metrics = int(step), self._clean_metrics(metrics)
     if self.read_only or self.metrics(step) is not None:
       raise ValueError(f'rank(step={step}): the step has metrics already, or {self.directory} is read-only.')
     self.wait_until_finished()
     name = ocp.checkpoint_manager.METRIC_ITEM_NAME
     file, text = self.directory / str(step) / name / name, json.dumps(metrics)
-    # a bucket's object is whole by itself; a local file is renamed into place
     write = file.write_text if runfs.is_remote(file) else functools.partial(data.write_atomic, pathlib.Path(file))
     multihost.on_process_0(write, text)  # every host waits for it (a collective)
-    self._manager.reload()  # Orbax's own list of steps and metrics, which its keep policy ranks by
+    self._manager.reload()
     self._metrics_cache[step] = metrics
 
-  def extra(self, step: int) -> dict[str, Any]:
-    """The `extra` dict saved with `step`; the state is not read."""
-    self._manager.wait_until_finished()
-    return self._manager.restore(int(step), args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))[_EXTRA]
-
   def validation_due(self, step: int) -> bool:
-    """Saved unranked because its validation was cut short (the trainer's `extra['validation_due']`)."""
-    return self.metrics(step) is None and bool(self.extra(step).get('validation_due'))
+    """Saved unranked because its validation was cut short (the trainer's `extra['validation_due']`; only `extra`
+    is read). False for a step whose `extra` cannot be read (a partial copy's: restoring it says what is wrong)."""
+    if self.metrics(step) is not None:
+      return False
+    try:
+      extra = self._manager.restore(int(step), args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))[_EXTRA]
+    except (KeyError, OSError, ValueError):
+      return False
+    return bool(extra.get('validation_due'))
 
   def settle(self) -> None:
     """Calls the `on_commit` of the saves that have committed, without waiting for one in flight. A failed save
@@ -324,10 +326,8 @@ class Checkpointer:
     path = self.directory / str(int(step)) / _STATE
     target = {'params': jax.tree.map(_as_abstract, abstract_params)}
     # a run still training deletes the steps its keep policy drops, maybe while this reads one
-    gone = Gone(
-      f'checkpoint {step} is gone from {self.directory} (a run that is still training deletes the checkpoints its '
-      'keep policy drops); run the command again'
-    )
+    gone = Gone(f'checkpoint {step} is gone from {self.directory} (a run that is still training deletes the '
+                'checkpoints its keep policy drops); run the command again')  # fmt: skip
     if not path.exists():
       raise gone
     stored = False  # not read yet

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import pathlib
 import shutil
 import subprocess
@@ -237,8 +238,8 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps, changed))  # events.jsonl: started ...
     warned.attach(writer)  # and the warnings logged so far
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
-    if is_main:  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
-      guard.replay(metrics_lib.read_jsonl(writer.path, stepped=True))
+    replayed = metrics_lib.read_jsonl(writer.path, stepped=True) if is_main else []  # process 0 holds the file
+    guard.replay(replayed)  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
     watch = functools.partial(_watch, guard, writer, is_main)
     fmt = response_format.make(config.response_format)
     pool = cleanup.enter_context(graders.GradingPool.from_config(config.grading, fmt))
@@ -301,15 +302,18 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       save(0, state, data_iter, last_eval)
       if watcher.requested(0):  # Ctrl-C or SIGTERM during the step-0 validation
         raise watcher.stop(0)
-    elif ckpt.validation_due(start):  # a stop or a failed grading cut the step's validation short
+    elif extra.get('validation_due') and ckpt.metrics(start) is None:  # a stop or a failed grading cut it short
+      # done already when a run ended between the validation's line and the rank below: that line is its measure
+      logged = multihost.gather_objects([r for r in replayed if r['step'] == start and 'valid_reward_mean' in r][-1:])
+      redo = lambda: validate(lora.join(state['params'], frozen), start, stop=lambda: watcher.requested(start))  # noqa: E731
       try:
-        last_eval = validate(lora.join(state['params'], frozen), start, stop=lambda: watcher.requested(start))
+        last_eval = logged[0] if logged else redo()
       except inference.ValidationStopped:
         raise watcher.stop(start) from None
       except BROKEN as e:
         raise _stopped(e, f'{e}. The checkpoint at step {start} is where a rerun resumes') from None
-      stop = watch(last_eval)
-      ckpt.rank(start, {'valid_reward_mean': last_eval['valid_reward_mean']})  # among the best, as if saved so
+      stop, reward = None if logged else watch(last_eval), last_eval['valid_reward_mean']  # null: not finite
+      ckpt.rank(start, {'valid_reward_mean': math.nan if reward is None else reward})  # among the best, as if saved so
       _replot(ckpt, run)
       if (guarded := guard_stop(start, state, stop)) or watcher.requested(start):
         raise guarded or watcher.stop(start)

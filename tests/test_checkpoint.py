@@ -106,7 +106,7 @@ def test_a_step_ranked_after_its_save_is_kept_as_best_and_read_back(tmp_path):
     ckpt.save(1, _tiny_state(1), extra={}, metrics={'valid_reward_mean': 0.5})
     ckpt.save(2, _tiny_state(2), extra={'validation_due': True})  # the SIGTERM's save
   with checkpoint.Checkpointer(tmp_path, keep_best=1) as ckpt:  # the resume
-    assert ckpt.extra(2) == {'validation_due': True} and ckpt.metrics(2) is None and ckpt.best_step() == 1
+    assert ckpt.validation_due(2) and not ckpt.validation_due(1) and ckpt.best_step() == 1
     ckpt.rank(2, {'valid_reward_mean': np.float32(0.75)})
     assert ckpt.metrics(2) == {'valid_reward_mean': 0.75} and ckpt.best_step() == 2
     with pytest.raises(ValueError, match='rank\\(step=2\\): the step has metrics already'):
@@ -117,6 +117,10 @@ def test_a_step_ranked_after_its_save_is_kept_as_best_and_read_back(tmp_path):
   with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
     assert ckpt.metrics(2) == {'valid_reward_mean': 0.75} and ckpt.best_step() == 2
   assert not [p.name for p in (tmp_path / '2' / 'metrics').iterdir() if p.name != 'metrics']  # no temp file left
+  shutil.rmtree(tmp_path / '4' / 'metrics')
+  shutil.rmtree(tmp_path / '4' / 'extra')  # a partial copy: the question is not this one's to answer
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
+    assert ckpt.metrics(4) is None and not ckpt.validation_due(4)
 
 
 def test_on_commit_is_called_once_the_step_is_on_disk_and_never_for_a_failed_save(tmp_path):

@@ -894,6 +894,61 @@ def test_a_broken_validation_mid_run_keeps_the_step_unranked(tmp_path, in_repo, 
   assert 'nothing to do: step 2 >= total_steps=2 (raise config.total_steps to continue)' in caplog.messages
 
 
+def test_a_run_that_ends_between_a_redone_validation_and_its_rank_is_not_validated_twice(tmp_path, in_repo,
+                                                                                        monkeypatch):  # fmt: skip
+  """The redone validation's line is in metrics.jsonl when the rank fails (a full disk, a kill): the next resume
+  ranks the step by that line, so the step has one validation line and one metrics event, as an unbroken run's."""
+  from rftjax import checkpoint, preemption
+
+  with monkeypatch.context() as m:
+    m.setattr(preemption.Watcher, 'requested', lambda self, step: step == 2)
+    with pytest.raises(preemption.Preempted):
+      run(tmp_path, 'run', 2, eval_batch_size=50)  # eval_interval 2: step 2's validation cut short
+  rank, failures = checkpoint.Checkpointer.rank, [OSError(28, 'No space left on device')]
+
+  def full_once(*args):
+    if failures:
+      raise failures.pop()
+    return rank(*args)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, 'rank', full_once)
+  with pytest.raises(OSError, match='No space left on device'):
+    run(tmp_path, 'run', 2, eval_batch_size=50)
+  validations = []
+  monkeypatch.setattr(inference.Validation, '__call__', lambda *a, **k: validations.append(a) or {})
+  run(tmp_path, 'run', 2, eval_batch_size=50)
+  workdir = tmp_path / 'run'
+  valid = [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'valid_reward_mean' in r]
+  events = [json.loads(line) for line in (workdir / 'events.jsonl').read_text().splitlines()]
+  assert validations == [] and [r['step'] for r in valid] == [0, 2]
+  assert [e['data']['step'] for e in events if 'full_valid_mean_reward' in e['data']] == [0, 2]
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True)
+  assert (
+    ckpt.metrics(2) == {'valid_reward_mean': valid[1]['valid_reward_mean']}
+    and events[-1]['data']['status'] == 'succeeded'
+  )
+
+
+def test_the_collapse_guard_hears_a_redone_validation(tmp_path, in_repo, monkeypatch):
+  """A SIGTERM cuts step 4's validation; the resume's redone one is the guard's second bad validation, and the guard
+  stops the run there (guard.stop), as it stopped the unbroken run at step 4."""
+  from rftjax import checkpoint, preemption
+
+  falling = iter([0.5, 0.5, 0.5, 0.2, 0.2, 0.2])  # the validations that finish: steps 0, 1, 2, 3, then 4 redone
+  real = graders.summarize
+  monkeypatch.setattr(inference.graders, 'summarize', lambda results, prefix='train': {
+    **real(results, prefix), **({'valid_reward_mean': next(falling)} if prefix == 'valid' else {})})  # fmt: skip
+  guard = {'guard.stop': True, 'guard.patience': 2, 'guard.sigmas': 0.0, 'eval_interval': 1, 'eval_batch_size': 50}
+  with monkeypatch.context() as m:
+    m.setattr(preemption.Watcher, 'requested', lambda self, step: step == 4)
+    with pytest.raises(preemption.Preempted):
+      run(tmp_path, 'falling', 8, **guard)
+  with pytest.raises(trainer.GuardStopped, match='valid_reward_mean fell to 0.2 at step 4'):
+    run(tmp_path, 'falling', 8, **guard)
+  ckpt = checkpoint.Checkpointer(tmp_path / 'falling' / 'checkpoints', read_only=True)
+  assert ckpt.latest_step() == 4 and ckpt.metrics(4) == {'valid_reward_mean': 0.2}
+
+
 def test_a_last_step_saved_unranked_between_validations_is_said_by_the_rerun(tmp_path, in_repo, monkeypatch, caplog):
   """A SIGTERM after step 1 (no validation due there) of a run later given total_steps=1: nothing is left to do, and
   the rerun says how to measure the step no validation ranked."""
@@ -1070,6 +1125,10 @@ def test_a_sigterm_during_a_validation_saves_after_the_batch_not_after_the_pass(
   if batches > 1:
     assert ckpt.metrics(2) is None and ckpt.best_step() == 0 and validated == [0]
     assert not (workdir / 'samples' / 'valid_step000002.jsonl').exists()  # the pass did not run to its end
+    with pytest.raises(preemption.Preempted):  # a second SIGTERM, during the redone validation: cut short again
+      run(tmp_path, 'run', 3, eval_batch_size=200 // batches)
+    assert [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'valid_reward_mean' in r] == [0]
+    assert checkpoint.Checkpointer(workdir / 'checkpoints', read_only=True).validation_due(2)
   else:
     assert ckpt.metrics(2) is not None and validated == [0, 2]
     assert (workdir / 'samples' / 'valid_step000002.jsonl').exists()
