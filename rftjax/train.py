@@ -71,6 +71,16 @@ def _preempted_while_starting(signum, frame):
   raise stop
 
 
+def _preempted_after_the_work(signum, frame):
+  """SIGTERM in the command line's teardown, the run's work over: it ended the process as 143, which tpu/supervise.sh
+  takes for a crash. 42 says 'run me again': the rerun resumes, or has nothing left to do."""
+  del signum, frame
+  from rftjax import preemption
+
+  log.warning('SIGTERM after the work: exiting with status %d', preemption.EXIT_CODE)
+  cli.exit_now(preemption.EXIT_CODE)
+
+
 def main(argv=None, abandon_threads: bool = False) -> int:
   """Returns the exit status. `abandon_threads` (the command line): a second Ctrl-C ends the process at once,
   without waiting for worker threads (a tool call may hang for minutes)."""
@@ -129,8 +139,8 @@ def main(argv=None, abandon_threads: bool = False) -> int:
       if abandon_threads and e.code == preemption.EXIT_CODE:  # XLA may be compiling in its threads: the normal
         cli.exit_now(e.code)  # teardown then crashed (a segfault, 139: supervise.sh relaunches on 42 only)
       raise
-    finally:
-      signal.signal(signal.SIGTERM, before)
+    finally:  # the command line's process ends next: no SIGTERM in its teardown may say it crashed
+      signal.signal(signal.SIGTERM, _preempted_after_the_work if abandon_threads else before)
     return 0
 
   return cli.run(body)

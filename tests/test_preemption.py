@@ -165,9 +165,38 @@ def test_sigterm_before_the_first_step_exits_42(monkeypatch, tmp_path):
   # the command line ends the process at once: Python's teardown, with XLA still compiling in its threads,
   # crashed with a segfault (139) after the 42 was said
   monkeypatch.setattr(cli, 'exit_now', lambda status: (_ for _ in ()).throw(SystemExit(('now', status))))
-  with pytest.raises(SystemExit) as e:
-    train.main(['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path / "run"}'], abandon_threads=True)
-  assert e.value.code == ('now', PREEMPTED)
+  try:
+    with pytest.raises(SystemExit) as e:
+      train.main(['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path / "run"}'], abandon_threads=True)
+    assert e.value.code == ('now', PREEMPTED)
+  finally:
+    signal.signal(signal.SIGTERM, before)
+
+
+def test_a_sigterm_in_the_teardown_after_the_work_exits_42_not_143(monkeypatch, tmp_path):
+  """The command line's process, its run done, got a SIGTERM while Python tore down (a VM going away just then) and
+  ended as 143, which tpu/supervise.sh takes for a crash of a run that had succeeded (found by SIGTERMs sent at
+  random moments). It now exits 42 at once: the rerun has nothing left to do."""
+  from rftjax import cli
+  from rftjax import train
+  from rftjax import trainer
+
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  monkeypatch.setattr(trainer, 'train', lambda *args, **kwargs: {})  # a run with nothing left to do
+  monkeypatch.setattr(cli, 'exit_now', lambda status: (_ for _ in ()).throw(SystemExit(('now', status))))
+  before = signal.getsignal(signal.SIGTERM)
+  try:
+    assert train.main(['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path}'], abandon_threads=True) == 0
+    handler = signal.getsignal(signal.SIGTERM)  # called, not sent: the default would end this test's process
+    assert callable(handler)
+    with pytest.raises(SystemExit) as e:
+      handler(signal.SIGTERM, None)
+    assert e.value.code == ('now', PREEMPTED)
+  finally:
+    signal.signal(signal.SIGTERM, before)
+  assert train.main(['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path}']) == 0
+  assert signal.getsignal(signal.SIGTERM) is before  # in-process use leaves the handler it found
 
 
 def test_a_sigterm_while_starting_that_lands_in_a_callback_still_stops_the_run():
