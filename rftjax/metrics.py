@@ -20,6 +20,7 @@ import logging
 import math
 import pathlib
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -427,6 +428,21 @@ def _rewrite(path: pathlib.Path, records: list[dict]) -> None:
 def _event_number(event: dict) -> int:
   tail = str(event.get('id', '')).rsplit('-', 1)[-1]
   return int(tail) if tail.isdigit() else -1
+
+
+def code_version() -> str | None:
+  """This rftjax checkout's commit ('-dirty' when its files differ from it), or None where rftjax is no git
+  checkout of its own (a copy, or a folder in a user's repository)."""
+  here = pathlib.Path(__file__).resolve().parent
+  git = lambda *args: subprocess.run(['git', *args], cwd=here, capture_output=True, text=True, timeout=10)  # noqa: E731
+  try:
+    top = git('rev-parse', '--show-toplevel')
+    if top.returncode or pathlib.Path(top.stdout.strip()).resolve() != here.parent:  # a user's repo around it
+      return None
+    out = git('describe', '--always', '--dirty', '--abbrev=12')
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 class Progress:

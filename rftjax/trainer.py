@@ -13,7 +13,6 @@ import logging
 import math
 import pathlib
 import shutil
-import subprocess
 import time
 
 import jax
@@ -238,8 +237,11 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps, changed))  # events.jsonl: started ...
     warned.attach(writer)  # and the warnings logged so far
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
+    due = bool(extra.get('validation_due')) and ckpt.metrics(start) is None  # a stop or failed grading cut it short
     replayed = metrics_lib.read_jsonl(writer.path, stepped=True) if is_main else []  # process 0 holds the file
-    guard.replay(replayed)  # metrics.jsonl now ends at `start`: replaying it gives the counts an unbroken run has
+    # the line of a validation redone but not ranked (the run ended between): its measure, which the guard hears below
+    logged = [r for r in replayed if due and r['step'] == start and 'valid_reward_mean' in r][-1:]
+    guard.replay([r for r in replayed if r not in logged])  # metrics.jsonl ends at `start`: an unbroken run's counts
     watch = functools.partial(_watch, guard, writer, is_main)
     fmt = response_format.make(config.response_format)
     pool = cleanup.enter_context(graders.GradingPool.from_config(config.grading, fmt))
@@ -302,9 +304,8 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       save(0, state, data_iter, last_eval)
       if watcher.requested(0):  # Ctrl-C or SIGTERM during the step-0 validation
         raise watcher.stop(0)
-    elif extra.get('validation_due') and ckpt.metrics(start) is None:  # a stop or a failed grading cut it short
-      # done already when a run ended between the validation's line and the rank below: that line is its measure
-      logged = multihost.gather_objects([r for r in replayed if r['step'] == start and 'valid_reward_mean' in r][-1:])
+    elif due:
+      logged = multihost.gather_objects(logged)  # every host alike
       redo = lambda: validate(lora.join(state['params'], frozen), start, stop=lambda: watcher.requested(start))  # noqa: E731
       try:
         last_eval = logged[0] if logged else redo()
@@ -312,7 +313,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
         raise watcher.stop(start) from None
       except BROKEN as e:
         raise _stopped(e, f'{e}. The checkpoint at step {start} is where a rerun resumes') from None
-      stop, reward = None if logged else watch(last_eval), last_eval['valid_reward_mean']  # null: not finite
+      stop, reward = watch(last_eval), last_eval['valid_reward_mean']  # null: not finite
       ckpt.rank(start, {'valid_reward_mean': math.nan if reward is None else reward})  # among the best, as if saved so
       _replot(ckpt, run)
       if (guarded := guard_stop(start, state, stop)) or watcher.requested(start):
@@ -453,21 +454,6 @@ class GradingStopped(RuntimeError):
 BROKEN = (graders.GradingFailed, tools.ToolsFailed)
 
 
-def _code_version() -> str | None:
-  """This rftjax checkout's commit ('-dirty' when its files differ from it), or None where rftjax is no git
-  checkout of its own (a copy, or a folder in a user's repository)."""
-  here = pathlib.Path(__file__).resolve().parent
-  git = lambda *args: subprocess.run(['git', *args], cwd=here, capture_output=True, text=True, timeout=10)  # noqa: E731
-  try:
-    top = git('rev-parse', '--show-toplevel')
-    if top.returncode or pathlib.Path(top.stdout.strip()).resolve() != here.parent:  # a user's repo around it
-      return None
-    out = git('describe', '--always', '--dirty', '--abbrev=12')
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
 def _stopped(e: Exception, message: str) -> GradingStopped:
   return GradingStopped(message, 'tools_failed' if isinstance(e, tools.ToolsFailed) else 'grading_failed')
 
@@ -477,7 +463,7 @@ def _job_events(writer, resumed_at: int | None, total_steps: int, changed: tuple
   """OpenAI-shaped job events around the loop (docs/cli.md, events.jsonl): how the run began and how it ended. The
   start and each resume name the rftjax code that ran, a resume the settings that changed: an upgrade mid-run
   shows in the run's files, not only in a console long scrolled away."""
-  code = {'rftjax': version} if (version := _code_version()) else {}
+  code = {'rftjax': version} if (version := metrics_lib.code_version()) else {}
   if resumed_at is None:
     writer.event(f'Fine-tuning job started: {total_steps} steps', data={'status': 'running', **code})
   else:

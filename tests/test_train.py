@@ -468,7 +468,7 @@ def test_a_workdir_holds_one_run(tmp_path, in_repo, caplog):
   events = [json.loads(line) for line in (workdir / 'events.jsonl').read_text().splitlines()]
   started, resumed = [e['data'] for e in events if e['message'].startswith(('Fine-tuning job started', 'Resumed'))]
   assert resumed['changed'] == ['grpo.beta 0.04 -> 0.5'] and 'changed' not in started and 'added' not in resumed
-  assert started.get('rftjax') == resumed.get('rftjax') == trainer._code_version()
+  assert started.get('rftjax') == resumed.get('rftjax') == metrics.code_version()
 
   hf = tmp_path / 'export'
   hf.mkdir()
@@ -493,13 +493,13 @@ def test_more_steps_on_resume_say_when_the_learning_rate_jumps(schedule):
 
 
 def test_the_rftjax_commit_recorded_is_rftjax_s_own(tmp_path, monkeypatch):
-  """trainer._code_version: `git describe` of rftjax's own checkout; rftjax inside a user's repository (vendored,
+  """metrics.code_version: `git describe` of rftjax's own checkout; rftjax inside a user's repository (vendored,
   say) would have recorded that repository's commit as rftjax's."""
   import subprocess
 
   def repo(folder):
     (folder / 'rftjax').mkdir(parents=True)
-    (folder / 'rftjax' / 'trainer.py').write_text('')
+    (folder / 'rftjax' / 'metrics.py').write_text('')
     git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a], cwd=folder, check=True,
                                     capture_output=True, text=True)  # noqa: E731  # fmt: skip
     git('init', '-q')
@@ -508,14 +508,14 @@ def test_the_rftjax_commit_recorded_is_rftjax_s_own(tmp_path, monkeypatch):
     return git('rev-parse', '--short=12', 'HEAD').stdout.strip()
 
   own = repo(tmp_path / 'own')
-  monkeypatch.setattr(trainer, '__file__', str(tmp_path / 'own' / 'rftjax' / 'trainer.py'))
-  assert trainer._code_version() == own
-  (tmp_path / 'own' / 'rftjax' / 'trainer.py').write_text('# edited')
-  assert trainer._code_version() == f'{own}-dirty'
+  monkeypatch.setattr(metrics, '__file__', str(tmp_path / 'own' / 'rftjax' / 'metrics.py'))
+  assert metrics.code_version() == own
+  (tmp_path / 'own' / 'rftjax' / 'metrics.py').write_text('# edited')
+  assert metrics.code_version() == f'{own}-dirty'
   repo(tmp_path / 'project' / 'vendor')  # a repository around rftjax's folder, not rftjax's own
   (tmp_path / 'project' / 'vendor' / '.git').rename(tmp_path / 'project' / '.git')
-  monkeypatch.setattr(trainer, '__file__', str(tmp_path / 'project' / 'vendor' / 'rftjax' / 'trainer.py'))
-  assert trainer._code_version() is None
+  monkeypatch.setattr(metrics, '__file__', str(tmp_path / 'project' / 'vendor' / 'rftjax' / 'metrics.py'))
+  assert metrics.code_version() is None
 
 
 def test_settings_new_since_a_run_began_are_named_as_new_not_as_changes():
@@ -929,9 +929,11 @@ def test_a_run_that_ends_between_a_redone_validation_and_its_rank_is_not_validat
   )
 
 
-def test_the_collapse_guard_hears_a_redone_validation(tmp_path, in_repo, monkeypatch):
+@pytest.mark.parametrize('rank_fails', [False, True])
+def test_the_collapse_guard_hears_a_redone_validation(rank_fails, tmp_path, in_repo, monkeypatch):
   """A SIGTERM cuts step 4's validation; the resume's redone one is the guard's second bad validation, and the guard
-  stops the run there (guard.stop), as it stopped the unbroken run at step 4."""
+  stops the run there (guard.stop), as it stopped the unbroken run at step 4. Also when the resume that redid it
+  ended before its rank (a full disk): the next one hears the logged line (it trained on to the end)."""
   from rftjax import checkpoint, preemption
 
   falling = iter([0.5, 0.5, 0.5, 0.2, 0.2, 0.2])  # the validations that finish: steps 0, 1, 2, 3, then 4 redone
@@ -943,6 +945,11 @@ def test_the_collapse_guard_hears_a_redone_validation(tmp_path, in_repo, monkeyp
     m.setattr(preemption.Watcher, 'requested', lambda self, step: step == 4)
     with pytest.raises(preemption.Preempted):
       run(tmp_path, 'falling', 8, **guard)
+  if rank_fails:
+    with monkeypatch.context() as m:
+      m.setattr(checkpoint.Checkpointer, 'rank', lambda *a: (_ for _ in ()).throw(OSError(28, 'No space left')))
+      with pytest.raises(OSError):
+        run(tmp_path, 'falling', 8, **guard)
   with pytest.raises(trainer.GuardStopped, match='valid_reward_mean fell to 0.2 at step 4'):
     run(tmp_path, 'falling', 8, **guard)
   ckpt = checkpoint.Checkpointer(tmp_path / 'falling' / 'checkpoints', read_only=True)
