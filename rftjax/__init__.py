@@ -22,7 +22,14 @@ if sys.argv[:1] == ['-m']:  # `python -m rftjax.<command>`, while Python imports
     exc = unraisable.exc_value
     signum = getattr(exc, 'signum', signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None)
     if isinstance(exc, (KeyboardInterrupt, SystemExit)) and signum and callable(signal.getsignal(signum)):
-      threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signum)).start()
+
+      def again():  # asked again: the command may have put the system's handler back meanwhile, its work over
+        if callable(signal.getsignal(signum)):
+          signal.pthread_kill(threading.main_thread().ident, signum)
+
+      timer = threading.Timer(0.05, again)
+      timer.daemon = True  # a process that ends meanwhile does not wait for it
+      timer.start()
     else:  # a handler of the system's (train's Watcher after a second Ctrl-C): sent again, it would kill outright
       default(unraisable)
 

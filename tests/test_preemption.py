@@ -221,3 +221,26 @@ def test_a_sigterm_while_starting_that_lands_in_a_callback_still_stops_the_run()
   assert (proc.returncode, proc.stdout) == (PREEMPTED, ''), proc.stderr
   assert proc.stderr.count('SIGTERM before the first step: nothing to save; exiting with status 42') == 1
   assert time.monotonic() - t0 < 20  # raised during the sleep, not after it
+
+
+def test_a_dropped_exit_is_not_sent_again_once_the_systems_handler_is_back():
+  """The command put the system's SIGTERM handler back (its work over) before the dropped exit was sent again: the
+  signal would end it as 143, where it was exiting 2 (or 0, or 42) on its own."""
+  code = (
+    "import sys; sys.argv[:1] = ['-m']\n"
+    'import rftjax, signal, time\n'
+    'def handler(signum, frame):\n'
+    '  stop = SystemExit(42)\n'
+    '  stop.signum = signum\n'
+    '  raise stop\n'
+    'signal.signal(signal.SIGTERM, handler)\n'
+    'class Callback:\n'
+    '  def __del__(self):\n'
+    '    handler(signal.SIGTERM, None)\n'
+    'Callback()\n'
+    'signal.signal(signal.SIGTERM, signal.SIG_DFL)\n'
+    'time.sleep(0.5)\n'
+    'sys.exit(2)\n'
+  )
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 2, proc.stderr
