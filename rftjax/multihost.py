@@ -224,19 +224,18 @@ def check_shared_folder(folder) -> None:
 def on_process_0(fn, *args):
   """`fn(*args)` on process 0 only (its result there, None elsewhere). When it raises, every host raises: process 0
   its exception, the others one of its class (an errors.UserError's; OutputError's exit status is 1) with its message
-  (a RuntimeError naming it, for a bug), so no host waits at its next collective for a process 0 that has gone,
-  until the coordinator's heartbeat gives up."""
+  (a RuntimeError naming it, for a bug; a KeyboardInterrupt for a Ctrl-C or SIGTERM), so no host waits at its next
+  collective for a process 0 that has gone, until the coordinator's heartbeat gives up."""
   if jax.process_count() == 1:
     return fn(*args)
   result, failure = None, None
   if jax.process_index() == 0:
     try:
       result = fn(*args)
-    except Exception as e:
+    except BaseException as e:  # a Ctrl-C or SIGTERM (cli.Terminated) too: the others wait in the gather below
       failure = e
-  said = gather_objects(
-    [[isinstance(failure, errors.UserError), type(failure).__name__, str(failure)]] if failure is not None else []
-  )
+  kind = 'interrupt' if isinstance(failure, KeyboardInterrupt) else type(failure).__name__
+  said = gather_objects([[isinstance(failure, errors.UserError), kind, str(failure)]] if failure is not None else [])
   if failure is not None:
     raise failure
   if said:
@@ -244,6 +243,8 @@ def on_process_0(fn, *args):
     if user_error:  # the CLIs print it as process 0 does: one `error: ...` line, its exit status (OutputError's 1)
       kind = getattr(errors, kind, errors.UserError)
       raise (kind if isinstance(kind, type) and issubclass(kind, errors.UserError) else errors.UserError)(message)
+    if kind == 'interrupt':  # stopped as process 0 was: the CLIs say 'interrupted'
+      raise KeyboardInterrupt(message)
     raise RuntimeError(f'process 0 stopped with {kind}: {message}')
   return result
 

@@ -25,9 +25,11 @@ import local_http
 
 from configs import tiny
 from rftjax import checkpoint
+from rftjax import errors
 from rftjax import evaluate
 from rftjax import metrics
 from rftjax import model
+from rftjax import multihost
 from rftjax import presets
 from rftjax import train_step
 from rftjax import trainer
@@ -293,6 +295,38 @@ def test_a_startup_error_on_process_0_alone_stops_every_host(tmp_path):
     assert f'error: --workdir={workdir}: process {os.getpid()} on ' in log, log[-2000:]
     assert 'is training in it; expected no other trainer there' in log
   assert not (workdir / 'config.json').exists()
+
+
+@pytest.mark.parametrize(
+  'raised, code',
+  [(errors.OutputError('--out=x: cannot write it'), 1), (errors.ConfigError('config.x: bad'), 2),
+   (KeyboardInterrupt(), 130), (ZeroDivisionError('a bug'), None)],
+  ids=['output', 'config', 'interrupt', 'bug'],
+)  # fmt: skip
+def test_what_process_0_raised_the_other_hosts_raise_alike(monkeypatch, capsys, raised, code):
+  """multihost.on_process_0 on 2 hosts, each side in turn: process 1 raises what process 0 sent, with the exit
+  status process 0 has (a bug: a RuntimeError naming it). An OutputError was a plain UserError there (2, not 1);
+  a Ctrl-C on process 0 (not an Exception) left process 1 waiting in the gather until the heartbeat gave up."""
+  from rftjax import cli
+
+  def fail():
+    raise raised
+
+  sent = []
+  monkeypatch.setattr(multihost.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost.jax, 'process_index', lambda: 0)
+  monkeypatch.setattr(multihost, 'gather_objects', lambda objects: sent.extend(objects) or list(objects))
+  with pytest.raises(type(raised)):
+    multihost.on_process_0(fail)
+  assert len(sent) == 1  # process 0 took part in the gather
+  monkeypatch.setattr(multihost.jax, 'process_index', lambda: 1)
+  monkeypatch.setattr(multihost, 'gather_objects', lambda objects: list(sent))
+  if code is None:
+    with pytest.raises(RuntimeError, match='process 0 stopped with ZeroDivisionError: a bug'):
+      multihost.on_process_0(fail)
+  else:
+    assert cli.run(lambda: multihost.on_process_0(fail)) == code
+    assert str(raised) in capsys.readouterr().err
 
 
 def test_host_metrics_combine_by_what_they_measure():
