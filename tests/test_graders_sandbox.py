@@ -569,6 +569,28 @@ def test_code_grader_per_test_time_limit(pool):
     graders.build({'type': 'code', 'tests': ['pass'], 'test_timeout_s': 0})
 
 
+def test_a_time_limit_that_goes_off_in_a_finalizer_still_times_the_test_out(pool):
+  """Python drops an exception raised in `__del__`: the alarm's, there, was lost, and a test that ran past its
+  limit in a finalizer passed (a model's code could loop in one). It fails as timed out, and a loop after the lost
+  alarm is stopped too."""
+  g = graders.build({'type': 'code', 'timeout_s': 60, 'test_timeout_s': 0.5, 'tests': [
+    'assert f(1) == 1', 'assert f(2) == 2', 'assert f(3) == 3']})  # fmt: skip
+  code = (
+    '```python\nimport time\nclass Slow:\n    def __del__(self):\n        t = time.monotonic()\n'
+    '        while time.monotonic() - t < 2:\n            pass\n'
+    'def f(x):\n    if x == 2:\n        Slow()\n    if x == 3:\n        Slow()\n        while True:\n            pass\n'
+    '    return x\n```'
+  )
+  t0 = time.monotonic()
+  (result,) = pool.grade(g, [code], [{}])
+  assert time.monotonic() - t0 < 10
+  assert result.reward == pytest.approx(1 / 3) and not result.errors
+  assert result.metadata['failures'] == [
+    'assert f(2) == 2: timed out after 0.5 s',
+    'assert f(3) == 3: timed out after 0.5 s',
+  ]
+
+
 def test_step_budget_scores_what_is_left_zero_with_a_named_error():
   slow = py('import time\ndef grade(s, i):\n  time.sleep(0.4)\n  return 1.0\n')
   with graders.GradingPool(num_workers=1, timeout_s=5, budget_s=1.5) as p:
