@@ -402,7 +402,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
       guarded = guard_stop(step + 1, state, stop)
       if guarded is not None:
         raise guarded
-      if watcher.requested(step + 1):
+      if watcher.requested(step + 1) and step + 1 < spec.total_steps:  # after the last step the run has ended
         if ckpt.latest_step() != step + 1:  # an evaluation step is saved already
           save(step + 1, state, data_iter)
         raise watcher.stop(step + 1)

@@ -956,6 +956,18 @@ def test_the_collapse_guard_hears_a_redone_validation(rank_fails, tmp_path, in_r
   assert ckpt.latest_step() == 4 and ckpt.metrics(4) == {'valid_reward_mean': 0.2}
 
 
+def test_a_stop_asked_once_the_last_step_is_done_ends_the_run_as_succeeded(tmp_path, in_repo, monkeypatch):
+  """Ctrl-C or SIGTERM after the last step's validation and save: nothing is left but the end, which it is (it
+  stopped with 130 or 42 and a 'cancelled' event, and the rerun said 'nothing to do' without a 'succeeded' one)."""
+  from rftjax import preemption
+
+  monkeypatch.setattr(preemption.Watcher, 'requested', lambda self, step: step == 2)
+  workdir = run(tmp_path, 'run', 2, eval_batch_size=200)  # eval_interval 2; one validation batch: never cut short
+  events = [json.loads(line) for line in (workdir / 'events.jsonl').read_text().splitlines()]
+  assert [e['data']['status'] for e in events if 'status' in e['data']] == ['running', 'succeeded']
+  assert [r['step'] for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'valid_reward_mean' in r] == [0, 2]
+
+
 def test_a_last_step_saved_unranked_between_validations_is_said_by_the_rerun(tmp_path, in_repo, monkeypatch, caplog):
   """A SIGTERM after step 1 (no validation due there) of a run later given total_steps=1: nothing is left to do, and
   the rerun says how to measure the step no validation ranked."""
