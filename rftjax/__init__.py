@@ -23,8 +23,8 @@ if sys.argv[:1] == ['-m']:  # `python -m rftjax.<command>`, while Python imports
     signum = getattr(exc, 'signum', signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None)
     if isinstance(exc, (KeyboardInterrupt, SystemExit)) and signum and callable(signal.getsignal(signum)):
 
-      def again():  # asked again: the command may have put the system's handler back meanwhile, its work over
-        if callable(signal.getsignal(signum)):
+      def again():  # asked again: the command may have put the system's handler back meanwhile, or be exiting
+        if threading.main_thread().is_alive() and callable(signal.getsignal(signum)):
           signal.pthread_kill(threading.main_thread().ident, signum)
 
       timer = threading.Timer(0.05, again)

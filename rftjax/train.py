@@ -23,6 +23,7 @@ continues a finished run. `--openai_job` runs the body of an OpenAI `fine_tuning
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import sys
@@ -71,14 +72,13 @@ def _preempted_while_starting(signum, frame):
   raise stop
 
 
-def _preempted_after_the_work(signum, frame):
+def _ending(status: int, signum, frame):
   """SIGTERM in the command line's teardown, the run's work over: it ended the process as 143, which tpu/supervise.sh
-  takes for a crash. 42 says 'run me again': the rerun resumes, or has nothing left to do."""
+  takes for a crash of a run that had succeeded (or relaunches as a preemption, when 42 stood in for a failure's
+  status: a guard stop trained on past the collapse). The status the work ended with stands."""
   del signum, frame
-  from rftjax import preemption
-
-  log.warning('SIGTERM after the work: exiting with status %d', preemption.EXIT_CODE)
-  cli.exit_now(preemption.EXIT_CODE)
+  log.warning('SIGTERM while exiting: exiting now with status %d', status)
+  cli.exit_now(status)
 
 
 def main(argv=None, abandon_threads: bool = False) -> int:
@@ -139,11 +139,17 @@ def main(argv=None, abandon_threads: bool = False) -> int:
       if abandon_threads and e.code == preemption.EXIT_CODE:  # XLA may be compiling in its threads: the normal
         cli.exit_now(e.code)  # teardown then crashed (a segfault, 139: supervise.sh relaunches on 42 only)
       raise
-    finally:  # the command line's process ends next: no SIGTERM in its teardown may say it crashed
-      signal.signal(signal.SIGTERM, _preempted_after_the_work if abandon_threads else before)
+    finally:  # the command line's process: until main's own, below, a SIGTERM may not change its status
+      signal.signal(signal.SIGTERM, signal.SIG_IGN if abandon_threads else before)
     return 0
 
-  return cli.run(body)
+  status = 1  # a bug's traceback, if cli.run raises
+  try:
+    status = cli.run(body)
+    return status
+  finally:
+    if abandon_threads:  # the process ends next: a SIGTERM in its teardown keeps the status, at once
+      signal.signal(signal.SIGTERM, functools.partial(_ending, status))
 
 
 if __name__ == '__main__':

@@ -173,29 +173,39 @@ def test_sigterm_before_the_first_step_exits_42(monkeypatch, tmp_path):
     signal.signal(signal.SIGTERM, before)
 
 
-def test_a_sigterm_in_the_teardown_after_the_work_exits_42_not_143(monkeypatch, tmp_path):
-  """The command line's process, its run done, got a SIGTERM while Python tore down (a VM going away just then) and
+@pytest.mark.parametrize('ending, status', [('done', 0), ('guard', 4), ('diverged', 5)])
+def test_a_sigterm_in_the_teardown_keeps_the_status_the_work_ended_with(monkeypatch, tmp_path, ending, status):
+  """The command line's process, its run over, got a SIGTERM while Python tore down (a VM going away just then) and
   ended as 143, which tpu/supervise.sh takes for a crash of a run that had succeeded (found by SIGTERMs sent at
-  random moments). It now exits 42 at once: the rerun has nothing left to do."""
+  random moments). It now exits at once with the status the work ended with: 0, or a failure's (as 42, supervise
+  would relaunch a run the collapse guard had stopped, which then trains on past the collapse)."""
   from rftjax import cli
   from rftjax import train
   from rftjax import trainer
 
+  def train_ending(*args, **kwargs):
+    if ending == 'guard':
+      raise trainer.GuardStopped('the collapse guard stopped the run at step 4')
+    if ending == 'diverged':
+      raise trainer.Diverged('step 4: the update was not finite')
+    return {}  # a run with nothing left to do
+
   monkeypatch.chdir(REPO)
   monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
-  monkeypatch.setattr(trainer, 'train', lambda *args, **kwargs: {})  # a run with nothing left to do
+  monkeypatch.setattr(trainer, 'train', train_ending)
   monkeypatch.setattr(cli, 'exit_now', lambda status: (_ for _ in ()).throw(SystemExit(('now', status))))
   before = signal.getsignal(signal.SIGTERM)
   try:
-    assert train.main(['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path}'], abandon_threads=True) == 0
+    argv = ['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path}']
+    assert train.main(argv, abandon_threads=True) == status
     handler = signal.getsignal(signal.SIGTERM)  # called, not sent: the default would end this test's process
     assert callable(handler)
     with pytest.raises(SystemExit) as e:
       handler(signal.SIGTERM, None)
-    assert e.value.code == ('now', PREEMPTED)
+    assert e.value.code == ('now', status)
   finally:
     signal.signal(signal.SIGTERM, before)
-  assert train.main(['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path}']) == 0
+  assert train.main(argv) == status
   assert signal.getsignal(signal.SIGTERM) is before  # in-process use leaves the handler it found
 
 
@@ -244,3 +254,23 @@ def test_a_dropped_exit_is_not_sent_again_once_the_systems_handler_is_back():
   )
   proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
   assert proc.returncode == 2, proc.stderr
+
+
+def test_a_dropped_exit_is_not_sent_again_into_the_exit_hooks():
+  """The main thread has ended (Python runs the exit hooks): sent again there, the signal cut a hook short."""
+  code = (
+    "import sys; sys.argv[:1] = ['-m']\n"
+    'import atexit, os, rftjax, signal, time\n'
+    'def handler(signum, frame):\n'
+    '  stop = SystemExit(42)\n'
+    '  stop.signum = signum\n'
+    '  raise stop\n'
+    'signal.signal(signal.SIGTERM, handler)\n'
+    "atexit.register(lambda: (time.sleep(0.3), os.write(1, b'hook ran')))\n"
+    'class Callback:\n'
+    '  def __del__(self):\n'
+    '    handler(signal.SIGTERM, None)\n'
+    'Callback()\n'
+  )
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
+  assert (proc.returncode, proc.stdout) == (0, 'hook ran'), proc.stderr
