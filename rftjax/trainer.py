@@ -313,7 +313,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
         raise watcher.stop(start) from None
       except BROKEN as e:
         raise _stopped(e, f'{e}. The checkpoint at step {start} is where a rerun resumes') from None
-      stop, reward = watch(last_eval), last_eval['valid_reward_mean']  # null: not finite
+      stop, reward = watch(last_eval, said=bool(logged)), last_eval['valid_reward_mean']  # null: not finite
       ckpt.rank(start, {'valid_reward_mean': math.nan if reward is None else reward})  # among the best, as if saved so
       _replot(ckpt, run)
       if (guarded := guard_stop(start, state, stop)) or watcher.requested(start):
@@ -417,11 +417,15 @@ class GuardStopped(RuntimeError):
   exit_code = 4
 
 
-def _watch(guard, writer, is_main: bool, record: dict):
+def _watch(guard, writer, is_main: bool, record: dict, said: bool = False):
   """Feeds a record just written to metrics.jsonl to the collapse guard (process 0 holds the file a resume replays);
-  logs each alarm and writes it to events.jsonl. Returns the first alarm that asks to stop, or None."""
+  logs each alarm and writes it to events.jsonl (not when `said` already, by the run that wrote the record). Returns
+  the first alarm that asks to stop, or None."""
   stop = None
   for alarm in guard.observe(record) if is_main else []:
+    if said:
+      stop = stop or (alarm if alarm.stop else None)
+      continue
     log.warning('guard: %s: %s', alarm.kind, alarm.message, extra={'event': False})
     writer.event(
       f'{alarm.kind}: {alarm.message}',

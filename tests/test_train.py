@@ -954,6 +954,9 @@ def test_the_collapse_guard_hears_a_redone_validation(rank_fails, tmp_path, in_r
     run(tmp_path, 'falling', 8, **guard)
   ckpt = checkpoint.Checkpointer(tmp_path / 'falling' / 'checkpoints', read_only=True)
   assert ckpt.latest_step() == 4 and ckpt.metrics(4) == {'valid_reward_mean': 0.2}
+  events = [json.loads(line) for line in (tmp_path / 'falling' / 'events.jsonl').read_text().splitlines()]
+  alarms = [(e['data']['step'], e['data']['guard']['alarm']) for e in events if 'guard' in e['data']]
+  assert alarms == [(4, 'valid_reward_drop')]  # said once, by the run that first saw it
 
 
 def test_a_stop_asked_once_the_last_step_is_done_ends_the_run_as_succeeded(tmp_path, in_repo, monkeypatch):
