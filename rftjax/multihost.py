@@ -15,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import signal
 import urllib.request
 
 import jax
@@ -224,8 +225,8 @@ def check_shared_folder(folder) -> None:
 def on_process_0(fn, *args):
   """`fn(*args)` on process 0 only (its result there, None elsewhere). When it raises, every host raises: process 0
   its exception, the others one of its class (an errors.UserError's; OutputError's exit status is 1) with its message
-  (a RuntimeError naming it, for a bug; a KeyboardInterrupt for a Ctrl-C or SIGTERM), so no host waits at its next
-  collective for a process 0 that has gone, until the coordinator's heartbeat gives up."""
+  (a RuntimeError naming it, for a bug; a Ctrl-C's, a SIGTERM's or an exit's, with its status), so no host waits at
+  its next collective for a process 0 that has gone, until the coordinator's heartbeat gives up."""
   if jax.process_count() == 1:
     return fn(*args)
   result, failure = None, None
@@ -234,8 +235,11 @@ def on_process_0(fn, *args):
       result = fn(*args)
     except BaseException as e:  # a Ctrl-C or SIGTERM (cli.Terminated) too: the others wait in the gather below
       failure = e
-  kind = 'interrupt' if isinstance(failure, KeyboardInterrupt) else type(failure).__name__
-  said = gather_objects([[isinstance(failure, errors.UserError), kind, str(failure)]] if failure is not None else [])
+  kind = type(failure).__name__
+  if isinstance(failure, KeyboardInterrupt):  # cli.Terminated: a SIGTERM's
+    kind = 'terminated' if getattr(failure, 'signum', None) == signal.SIGTERM else 'interrupt'
+  message = failure.code if isinstance(failure, SystemExit) else str(failure)
+  said = gather_objects([[isinstance(failure, errors.UserError), kind, message]] if failure is not None else [])
   if failure is not None:
     raise failure
   if said:
@@ -243,8 +247,12 @@ def on_process_0(fn, *args):
     if user_error:  # the CLIs print it as process 0 does: one `error: ...` line, its exit status (OutputError's 1)
       kind = getattr(errors, kind, errors.UserError)
       raise (kind if isinstance(kind, type) and issubclass(kind, errors.UserError) else errors.UserError)(message)
-    if kind == 'interrupt':  # stopped as process 0 was: the CLIs say 'interrupted'
-      raise KeyboardInterrupt(message)
+    if kind == 'SystemExit':  # train's on a SIGTERM while starting: its status (42)
+      raise SystemExit(message)
+    if kind in ('interrupt', 'terminated'):  # stopped as process 0 was: 'interrupted' (130) or 'terminated' (143)
+      from rftjax import cli
+
+      raise cli.Terminated() if kind == 'terminated' else KeyboardInterrupt()
     raise RuntimeError(f'process 0 stopped with {kind}: {message}')
   return result
 

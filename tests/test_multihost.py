@@ -300,14 +300,16 @@ def test_a_startup_error_on_process_0_alone_stops_every_host(tmp_path):
 @pytest.mark.parametrize(
   'raised, code',
   [(errors.OutputError('--out=x: cannot write it'), 1), (errors.ConfigError('config.x: bad'), 2),
-   (KeyboardInterrupt(), 130), (ZeroDivisionError('a bug'), None)],
-  ids=['output', 'config', 'interrupt', 'bug'],
+   (KeyboardInterrupt(), 130), ('terminated', 143), (SystemExit(42), 42), (ZeroDivisionError('a bug'), None)],
+  ids=['output', 'config', 'interrupt', 'sigterm', 'exit', 'bug'],
 )  # fmt: skip
 def test_what_process_0_raised_the_other_hosts_raise_alike(monkeypatch, capsys, raised, code):
   """multihost.on_process_0 on 2 hosts, each side in turn: process 1 raises what process 0 sent, with the exit
   status process 0 has (a bug: a RuntimeError naming it). An OutputError was a plain UserError there (2, not 1);
   a Ctrl-C on process 0 (not an Exception) left process 1 waiting in the gather until the heartbeat gave up."""
   from rftjax import cli
+
+  raised = cli.Terminated() if raised == 'terminated' else raised
 
   def fail():
     raise raised
@@ -324,6 +326,10 @@ def test_what_process_0_raised_the_other_hosts_raise_alike(monkeypatch, capsys, 
   if code is None:
     with pytest.raises(RuntimeError, match='process 0 stopped with ZeroDivisionError: a bug'):
       multihost.on_process_0(fail)
+  elif isinstance(raised, SystemExit):
+    with pytest.raises(SystemExit) as e:
+      multihost.on_process_0(fail)
+    assert e.value.code == code
   else:
     assert cli.run(lambda: multihost.on_process_0(fail)) == code
     assert str(raised) in capsys.readouterr().err
