@@ -239,6 +239,7 @@ def on_process_0(fn, *args):
   if isinstance(failure, KeyboardInterrupt):  # cli.Terminated: a SIGTERM's
     kind = 'terminated' if getattr(failure, 'signum', None) == signal.SIGTERM else 'interrupt'
   message = failure.code if isinstance(failure, SystemExit) else str(failure)
+  message = message if isinstance(message, (int, str, type(None))) else str(message)  # JSON, for the gather
   said = gather_objects([[isinstance(failure, errors.UserError), kind, message]] if failure is not None else [])
   if failure is not None:
     raise failure

@@ -52,7 +52,10 @@ class Watcher:
       )  # the stop's own event says it
     self.flag = True
 
+  entered = 0  # Watchers this process has entered: train's start-up handler tells its teardown by it
+
   def __enter__(self):
+    Watcher.entered += 1
     if threading.current_thread() is threading.main_thread():
       for sig in self.signals:
         self._old[sig] = signal.signal(sig, self._handle)

@@ -60,16 +60,22 @@ def _preempted_while_starting(signum, frame):
   """SIGTERM before the training loop watches for it (loading and compiling can take minutes): nothing to save,
   and status 42 tells tpu/supervise.sh to relaunch, as after any preemption. Raised in a callback (JAX's
   garbage-collection hook), Python drops the exit and the run trained on: its `signum` has it sent again
-  (rftjax/__init__.py), to this handler or, once the loop has begun, to the loop's."""
+  (rftjax/__init__.py), to this handler or, once the loop has begun, to the loop's. Once the loop has run (its
+  Watcher put this handler back), the teardown's status stands: a SIGTERM then is left to main's own handler."""
   del frame
   from rftjax import preemption
 
+  if preemption.Watcher.entered != _preempted_while_starting.loops:  # the teardown: the work is over
+    return
   if not _preempted_while_starting.said:  # once, when it is sent again
     log.warning('SIGTERM before the first step: nothing to save; exiting with status %d', preemption.EXIT_CODE)
     _preempted_while_starting.said = True
   stop = SystemExit(preemption.EXIT_CODE)
   stop.signum = signum
   raise stop
+
+
+_preempted_while_starting.said, _preempted_while_starting.loops = False, 0  # main sets them for each run
 
 
 def _ending(status: int, signum, frame):
@@ -94,7 +100,7 @@ def main(argv=None, abandon_threads: bool = False) -> int:
     from rftjax import checkpoint, multihost, preemption, trainer  # JAX starts here, after the flags are good
 
     multihost.initialize(fv.distributed, fv.coordinator, fv.num_processes, fv.process_id)
-    _preempted_while_starting.said = False
+    _preempted_while_starting.said, _preempted_while_starting.loops = False, preemption.Watcher.entered
     before = signal.signal(signal.SIGTERM, _preempted_while_starting)  # the loop's own handler replaces it
     try:
       config, explicit = fv.config, cli.override_keys(argv_)

@@ -274,3 +274,25 @@ def test_a_dropped_exit_is_not_sent_again_into_the_exit_hooks():
   )
   proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
   assert (proc.returncode, proc.stdout) == (0, 'hook ran'), proc.stderr
+
+
+def test_a_sigterm_in_the_trainers_teardown_does_not_turn_a_guard_stop_into_a_preemption(monkeypatch, tmp_path):
+  """Once the loop's Watcher has gone (the trainer closing its pool, writer and checkpoints), a SIGTERM met train's
+  start-up handler again: SystemExit 42 and 'before the first step' in the log, and supervise.sh relaunched a run
+  the collapse guard had stopped. The teardown goes on, and the status stands (4)."""
+  from rftjax import cli
+  from rftjax import train
+  from rftjax import trainer
+
+  def stopped_by_the_guard(*args, **kwargs):
+    with preemption.Watcher():  # the loop
+      pass
+    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # the SIGTERM, during the teardown: nothing raised
+    raise trainer.GuardStopped('the collapse guard stopped the run at step 4')
+
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
+  monkeypatch.setattr(trainer, 'train', stopped_by_the_guard)
+  before = signal.getsignal(signal.SIGTERM)
+  assert train.main(['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path}']) == 4
+  assert signal.getsignal(signal.SIGTERM) is before

@@ -277,8 +277,7 @@ def _on_alarm(signum, frame):
 def _limited(seconds, fn, *args, _clock=time.monotonic, _setitimer=signal.setitimer):
   """fn(*args), interrupted after `seconds` of wall clock (SIGALRM: this worker is single-threaded). Raised in a
   finalizer (`__del__`), Python drops the exception: the alarm goes off again every 0.1 s, and a call that returns
-  past its time is timed out all the same (a test whose finalizer looped had passed). Bound here: the model's code
-  runs in this process."""
+  past its time is timed out all the same (a test whose finalizer looped had passed)."""
   t0 = _clock()
   _setitimer(signal.ITIMER_REAL, seconds, 0.1)
   try:
@@ -288,15 +287,6 @@ def _limited(seconds, fn, *args, _clock=time.monotonic, _setitimer=signal.setiti
   if _clock() - t0 >= seconds:
     raise _TestTimeout
   return result
-
-
-def _run_and_drop(code, namespace, _exec=exec):
-  """`exec` whose namespace is emptied before it returns: what the code made is freed (its finalizers run) inside
-  the time limit, not after it."""
-  try:
-    _exec(code, namespace)
-  finally:
-    namespace.clear()
 
 
 _CODE_TAGS = ('', 'python', 'py', 'python3')
@@ -310,8 +300,7 @@ def _code_block(text):
 
 
 def _run_code(text, tests, test_timeout_s=5.0, *, _builtins=dict(vars(builtins)), _exec=exec, _compile=compile,
-              _live=vars(builtins), _limited=_limited, _signal=signal.signal, _on_alarm=_on_alarm,
-              _run_and_drop=_run_and_drop):  # fmt: skip
+              _live=vars(builtins), _limited=_limited, _signal=signal.signal, _on_alarm=_on_alarm):  # fmt: skip
   """Score = share of `tests` that pass after the completion's code ran. The pool gives each code sample a fresh
   worker, so nothing a completion changes reaches another sample; builtins (the module's and the namespace's
   `__builtins__`) and the alarm handler are restored before each test, and what runs the tests is bound here, so
@@ -334,7 +323,7 @@ def _run_code(text, tests, test_timeout_s=5.0, *, _builtins=dict(vars(builtins))
       del _live[name]
     _signal(signal.SIGALRM, _on_alarm)
     try:
-      _limited(test_timeout_s, _run_and_drop, _compile(test, '<test>', 'exec'), {**namespace, '__builtins__': _live})
+      _limited(test_timeout_s, _exec, _compile(test, '<test>', 'exec'), {**namespace, '__builtins__': _live})
       passed += 1
     except BaseException as e:  # noqa: BLE001
       why = f'timed out after {test_timeout_s:g} s' if isinstance(e, _TestTimeout) else f'{type(e).__name__}: {e}'
