@@ -61,11 +61,16 @@ def _preempted_while_starting(signum, frame):
   and status 42 tells tpu/supervise.sh to relaunch, as after any preemption. Raised in a callback (JAX's
   garbage-collection hook), Python drops the exit and the run trained on: its `signum` has it sent again
   (rftjax/__init__.py), to this handler or, once the loop has begun, to the loop's. Once the loop has run (its
-  Watcher put this handler back), the teardown's status stands: a SIGTERM then is left to main's own handler."""
+  Watcher put this handler back) the run's status stands: the close goes on, and main exits with that status at
+  once after it; a second SIGTERM, for a close that hangs (a bucket upload, a judge's request), exits 42 now."""
   del frame
   from rftjax import preemption
 
-  if preemption.Watcher.entered != _preempted_while_starting.loops:  # the teardown: the work is over
+  if preemption.Watcher.entered != _preempted_while_starting.loops:  # the trainer's teardown: the work is over
+    if _preempted_while_starting.late:
+      cli.exit_now(preemption.EXIT_CODE)
+    _preempted_while_starting.late = True
+    log.warning('SIGTERM while the run closes: its status stands once closed (SIGTERM again: exit 42 now)')
     return
   if not _preempted_while_starting.said:  # once, when it is sent again
     log.warning('SIGTERM before the first step: nothing to save; exiting with status %d', preemption.EXIT_CODE)
@@ -75,7 +80,7 @@ def _preempted_while_starting(signum, frame):
   raise stop
 
 
-_preempted_while_starting.said, _preempted_while_starting.loops = False, 0  # main sets them for each run
+_preempted_while_starting.said, _preempted_while_starting.late, _preempted_while_starting.loops = False, False, 0
 
 
 def _ending(status: int, signum, frame):
@@ -100,7 +105,8 @@ def main(argv=None, abandon_threads: bool = False) -> int:
     from rftjax import checkpoint, multihost, preemption, trainer  # JAX starts here, after the flags are good
 
     multihost.initialize(fv.distributed, fv.coordinator, fv.num_processes, fv.process_id)
-    _preempted_while_starting.said, _preempted_while_starting.loops = False, preemption.Watcher.entered
+    starting = _preempted_while_starting
+    starting.said, starting.late, starting.loops = False, False, preemption.Watcher.entered
     before = signal.signal(signal.SIGTERM, _preempted_while_starting)  # the loop's own handler replaces it
     try:
       config, explicit = fv.config, cli.override_keys(argv_)
@@ -156,6 +162,8 @@ def main(argv=None, abandon_threads: bool = False) -> int:
   finally:
     if abandon_threads:  # the process ends next: a SIGTERM in its teardown keeps the status, at once
       signal.signal(signal.SIGTERM, functools.partial(_ending, status))
+      if _preempted_while_starting.late:  # one came while the run closed: no waiting for threads now
+        _ending(status, signal.SIGTERM, None)
 
 
 if __name__ == '__main__':

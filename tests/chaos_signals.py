@@ -32,7 +32,7 @@ ARGS = ['--config=configs/tiny.py', '--config.total_steps=40', '--config.eval_in
         '--config.eval_batch_size=2']  # fmt: skip
 # what each signal may end an attempt with: its own status, the shell's for a process it ended outright, or 0 for
 # an attempt that finished first
-STATUSES = {'TERM': {0, 42, 143, -15}, 'INT': {0, 130, -2}, 'KILL': {0, -9}}
+STATUSES = {'TERM': {0, 42, -15}, 'INT': {0, 130, -2}, 'KILL': {0, -9}}  # -15: before Python's handlers are set
 
 
 def train(workdir: pathlib.Path, log) -> subprocess.Popen:

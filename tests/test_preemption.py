@@ -293,6 +293,27 @@ def test_a_sigterm_in_the_trainers_teardown_does_not_turn_a_guard_stop_into_a_pr
   monkeypatch.chdir(REPO)
   monkeypatch.setattr(cli, 'setup_logging', lambda verbosity=0: None)
   monkeypatch.setattr(trainer, 'train', stopped_by_the_guard)
+  monkeypatch.setattr(cli, 'exit_now', lambda status: (_ for _ in ()).throw(SystemExit(('now', status))))
   before = signal.getsignal(signal.SIGTERM)
-  assert train.main(['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path}']) == 4
+  argv = ['train', '--config=configs/tiny.py:test', f'--workdir={tmp_path}']
+  assert train.main(argv) == 4
+  assert signal.getsignal(signal.SIGTERM) is before
+  try:  # the command line: once closed, it exits with the status at once, not waiting for threads
+    with pytest.raises(SystemExit) as e:
+      train.main(argv, abandon_threads=True)
+    assert e.value.code == ('now', 4)
+  finally:
+    signal.signal(signal.SIGTERM, before)
+
+  def stuck(*args, **kwargs):  # a close that hangs: a second SIGTERM exits now, as a preemption
+    with preemption.Watcher():
+      pass
+    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    raise AssertionError('the second SIGTERM did not end it')
+
+  monkeypatch.setattr(trainer, 'train', stuck)
+  with pytest.raises(SystemExit) as e:
+    train.main(argv)
+  assert e.value.code == ('now', PREEMPTED)
   assert signal.getsignal(signal.SIGTERM) is before
