@@ -36,6 +36,8 @@ class Watcher:
   SIGINT raises KeyboardInterrupt at once, and leaves SIGINT to the system: Python drops a KeyboardInterrupt that
   lands in a callback (a garbage-collection hook, say), and a third Ctrl-C then ends the process for sure."""
 
+  entered = 0  # Watchers this process has entered: train's start-up handler tells its teardown by it
+
   def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
     self.signals, self._old, self.flag, self.interrupted = signals, {}, False, False
 
@@ -51,8 +53,6 @@ class Watcher:
         extra={'event': False},
       )  # the stop's own event says it
     self.flag = True
-
-  entered = 0  # Watchers this process has entered: train's start-up handler tells its teardown by it
 
   def __enter__(self):
     Watcher.entered += 1
