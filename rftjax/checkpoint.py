@@ -9,9 +9,8 @@ items, written together and atomically:
   metrics/ the eval metrics passed to `save` (absent when none were), used to rank checkpoints.
 
 Retention (see docs/checkpoints.md): after each save, a checkpoint survives if it is among the `keep_best`
-evaluated checkpoints with the highest `best_metric`, OR it is the latest one. A checkpoint saved without
-metrics (final step, SIGTERM between evals) is never "best" and is deleted once a newer one exists (by the next
-save's policy, or at `close`).
+evaluated checkpoints with the highest `best_metric`, OR it is the latest one. One saved without metrics (a SIGTERM
+between evals) is never "best" unless `rank` gives it some, and goes once a newer one exists (next save, `close`).
 
 Orbax pitfalls this module exists to hide (docs/platform.md):
   * `best_fn` + `max_to_keep` alone deletes the newest checkpoint when it is not among the best, so resume
@@ -264,15 +263,16 @@ class Checkpointer:
     self._manager.reload()
     self._metrics_cache[step] = metrics
 
-  def validation_due(self, step: int) -> bool:
-    """Saved unranked because its validation was cut short (the trainer's `extra['validation_due']`; only `extra`
-    is read). False for a step whose `extra` cannot be read (a partial copy's: restoring it says what is wrong)."""
+  def validation_due(self, step: int, extra: dict[str, Any] | None = None) -> bool:
+    """Saved unranked because its validation was cut short (the trainer's `extra['validation_due']`: only that item
+    is read, unless a restore's is given). False when it cannot be read (a partial copy: restore says what is wrong)."""
     if self.metrics(step) is not None:
       return False
-    try:
-      extra = self._manager.restore(int(step), args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))[_EXTRA]
-    except (KeyError, OSError, ValueError):
-      return False
+    if extra is None:
+      try:
+        extra = self._manager.restore(int(step), args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))[_EXTRA]
+      except (KeyError, OSError, ValueError):
+        return False
     return bool(extra.get('validation_due'))
 
   def settle(self) -> None:

@@ -237,7 +237,7 @@ def _train(config, spec: runspec.RunSpec, run: runfs.RunDir, tok, grader_spec, t
     cleanup.enter_context(_job_events(writer, resumed_at, spec.total_steps, changed))  # events.jsonl: started ...
     warned.attach(writer)  # and the warnings logged so far
     guard = guard_lib.Guard(config.guard, spec.rollout.max_new_tokens)
-    due = bool(extra.get('validation_due')) and ckpt.metrics(start) is None  # a stop or failed grading cut it short
+    due = latest is not None and ckpt.validation_due(start, extra)  # a stop or a failed grading cut it short
     replayed = metrics_lib.read_jsonl(writer.path, stepped=True) if is_main else []  # process 0 holds the file
     # the line of a validation redone but not ranked (the run ended between): its measure, which the guard hears below
     logged = [r for r in replayed if due and r['step'] == start and 'valid_reward_mean' in r][-1:]
