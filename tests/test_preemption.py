@@ -209,25 +209,28 @@ def test_a_sigterm_in_the_teardown_keeps_the_status_the_work_ended_with(monkeypa
   assert signal.getsignal(signal.SIGTERM) is before  # in-process use leaves the handler it found
 
 
+# a SIGTERM handler as train's start-up one: an exit that carries its signal
+EXIT_42 = 'def handler(signum, frame):\n  stop = SystemExit(42)\n  stop.signum = signum\n  raise stop\n'
+
+
+def _dropped_in_a_callback(setup: str, after: str = '') -> subprocess.CompletedProcess:
+  """`python -c` as while `python -m rftjax.X` imports the command: `setup` defines `handler`, set for SIGTERM; a
+  finalizer calls it, as JAX's garbage-collection hook may (Python drops what it raises there); then `after`."""
+  code = (
+    "import sys; sys.argv[:1] = ['-m']\nimport atexit, os, rftjax, signal, time\n" + setup
+    + 'signal.signal(signal.SIGTERM, handler)\n'
+    + 'class Callback:\n  def __del__(self):\n    handler(signal.SIGTERM, None)\nCallback()\n' + after
+  )  # fmt: skip
+  return subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
+
+
 def test_a_sigterm_while_starting_that_lands_in_a_callback_still_stops_the_run():
   """The handler's exit, raised in a callback (JAX's garbage-collection hook), was dropped by Python: the run
   logged 'exiting with status 42' and trained on to the end (found by SIGTERMs at random moments). The signal is
   sent again, and the second exit lands where it ends the process; the warning is said once."""
-  code = (
-    "import sys; sys.argv[:1] = ['-m']\n"  # as while `python -m` imports the command
-    'import rftjax, signal, time\n'
-    'from rftjax import train\n'
-    'train._preempted_while_starting.said = False\n'
-    'signal.signal(signal.SIGTERM, train._preempted_while_starting)\n'
-    'class Callback:\n'
-    '  def __del__(self):\n'
-    '    train._preempted_while_starting(signal.SIGTERM, None)\n'
-    'Callback()\n'
-    'time.sleep(30)\n'
-    "print('went on')\n"
-  )
   t0 = time.monotonic()
-  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
+  proc = _dropped_in_a_callback('from rftjax import train\nhandler = train._preempted_while_starting\n',
+                                after="time.sleep(30)\nprint('went on')\n")  # fmt: skip
   assert (proc.returncode, proc.stdout) == (PREEMPTED, ''), proc.stderr
   assert proc.stderr.count('SIGTERM before the first step: nothing to save; exiting with status 42') == 1
   assert time.monotonic() - t0 < 20  # raised during the sleep, not after it
@@ -236,43 +239,15 @@ def test_a_sigterm_while_starting_that_lands_in_a_callback_still_stops_the_run()
 def test_a_dropped_exit_is_not_sent_again_once_the_systems_handler_is_back():
   """The command put the system's SIGTERM handler back (its work over) before the dropped exit was sent again: the
   signal would end it as 143, where it was exiting 2 (or 0, or 42) on its own."""
-  code = (
-    "import sys; sys.argv[:1] = ['-m']\n"
-    'import rftjax, signal, time\n'
-    'def handler(signum, frame):\n'
-    '  stop = SystemExit(42)\n'
-    '  stop.signum = signum\n'
-    '  raise stop\n'
-    'signal.signal(signal.SIGTERM, handler)\n'
-    'class Callback:\n'
-    '  def __del__(self):\n'
-    '    handler(signal.SIGTERM, None)\n'
-    'Callback()\n'
-    'signal.signal(signal.SIGTERM, signal.SIG_DFL)\n'
-    'time.sleep(0.5)\n'
-    'sys.exit(2)\n'
+  proc = _dropped_in_a_callback(
+    EXIT_42, after='signal.signal(signal.SIGTERM, signal.SIG_DFL)\ntime.sleep(0.5)\nsys.exit(2)\n'
   )
-  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
   assert proc.returncode == 2, proc.stderr
 
 
 def test_a_dropped_exit_is_not_sent_again_into_the_exit_hooks():
   """The main thread has ended (Python runs the exit hooks): sent again there, the signal cut a hook short."""
-  code = (
-    "import sys; sys.argv[:1] = ['-m']\n"
-    'import atexit, os, rftjax, signal, time\n'
-    'def handler(signum, frame):\n'
-    '  stop = SystemExit(42)\n'
-    '  stop.signum = signum\n'
-    '  raise stop\n'
-    'signal.signal(signal.SIGTERM, handler)\n'
-    "atexit.register(lambda: (time.sleep(0.3), os.write(1, b'hook ran')))\n"
-    'class Callback:\n'
-    '  def __del__(self):\n'
-    '    handler(signal.SIGTERM, None)\n'
-    'Callback()\n'
-  )
-  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
+  proc = _dropped_in_a_callback(EXIT_42 + "atexit.register(lambda: (time.sleep(0.3), os.write(1, b'hook ran')))\n")
   assert (proc.returncode, proc.stdout) == (0, 'hook ran'), proc.stderr
 
 
